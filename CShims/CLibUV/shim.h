@@ -1,0 +1,78 @@
+#ifndef REMORA_CLIBUV_SHIM_H
+#define REMORA_CLIBUV_SHIM_H
+#include <uv.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <string.h>
+#include <errno.h>
+#include <signal.h>
+#include <unistd.h>
+
+/* Helpers for what Swift cannot import or call conveniently. */
+
+/* Creates a non-blocking TCP socket bound to `addr`, ready for uv_tcp_open + uv_listen.
+ * `first` binds without SO_REUSEPORT, so the bind fails when anything else holds the port, and
+ * sets SO_REUSEPORT only afterwards; the worker siblings then bind the same port with it set
+ * (libuv 1.44 has no flag for SO_REUSEPORT). Returns the fd, or -errno. */
+static inline int remora_reuseport_socket(const struct sockaddr *addr, int first) {
+    int domain = addr->sa_family;
+    int fd = socket(domain, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    int one = 1;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+        (!first && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0)) {
+        int e = errno; close(fd); return -e;
+    }
+    if (domain == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    socklen_t len = domain == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    if (bind(fd, addr, len) != 0) { int e = errno; close(fd); return -e; }
+    if (first && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
+        int e = errno; close(fd); return -e;
+    }
+    return fd;
+}
+
+static inline uv_stream_t *remora_stream(uv_tcp_t *t) { return (uv_stream_t *)t; }
+static inline uv_handle_t *remora_handle_tcp(uv_tcp_t *t) { return (uv_handle_t *)t; }
+static inline uv_handle_t *remora_handle_timer(uv_timer_t *t) { return (uv_handle_t *)t; }
+static inline uv_handle_t *remora_handle_async(uv_async_t *t) { return (uv_handle_t *)t; }
+static inline uv_handle_t *remora_handle_signal(uv_signal_t *t) { return (uv_handle_t *)t; }
+static inline uv_handle_t *remora_handle_fs_event(uv_fs_event_t *t) { return (uv_handle_t *)t; }
+static inline uv_handle_t *remora_handle_stream(uv_stream_t *t) { return (uv_handle_t *)t; }
+
+static inline int remora_sockaddr_port(const struct sockaddr *sa) {
+    if (sa->sa_family == AF_INET) return ntohs(((const struct sockaddr_in *)sa)->sin_port);
+    if (sa->sa_family == AF_INET6) return ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
+    return 0;
+}
+
+/* Writes the numeric address (no port) of `sa` into dst; returns its length or 0. */
+static inline int remora_sockaddr_ip(const struct sockaddr *sa, char *dst, size_t cap) {
+    int r = -1;
+    if (sa->sa_family == AF_INET) r = uv_ip4_name((const struct sockaddr_in *)sa, dst, cap);
+    else if (sa->sa_family == AF_INET6) r = uv_ip6_name((const struct sockaddr_in6 *)sa, dst, cap);
+    if (r != 0) return 0;
+    return (int)strlen(dst);
+}
+
+/* Every libuv object one TCP connection needs, in one allocation: the socket, its timer, and the
+ * requests libuv wants embedded (one write, connect and shutdown at a time). */
+typedef struct remora_conn_handles {
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    uv_write_t write_req;
+    uv_connect_t connect_req;
+    uv_shutdown_t shutdown_req;
+} remora_conn_handles;
+
+static inline uv_tcp_t *remora_ch_tcp(remora_conn_handles *h) { return &h->tcp; }
+static inline uv_timer_t *remora_ch_timer(remora_conn_handles *h) { return &h->timer; }
+static inline uv_write_t *remora_ch_write(remora_conn_handles *h) { return &h->write_req; }
+static inline uv_connect_t *remora_ch_connect(remora_conn_handles *h) { return &h->connect_req; }
+static inline uv_shutdown_t *remora_ch_shutdown(remora_conn_handles *h) { return &h->shutdown_req; }
+
+static inline void remora_ignore_sigpipe(void) { signal(SIGPIPE, SIG_IGN); }
+
+#endif

@@ -1,0 +1,4 @@
+#ifndef REMORA_CNGHTTP2_SHIM_H
+#define REMORA_CNGHTTP2_SHIM_H
+#include <nghttp2/nghttp2.h>
+#endif

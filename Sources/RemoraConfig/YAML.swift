@@ -1,0 +1,151 @@
+import CYAML
+
+/// A YAML node as the config decoder sees it: a scalar, a list or a mapping, with its 1-based line.
+struct Node {
+    enum Value {
+        /// `plain` = unquoted; only plain scalars can be null (`~`, `null`, or nothing at all).
+        case scalar(String, plain: Bool)
+        case list([Node])
+        case map([Entry])
+    }
+
+    struct Entry {
+        var key: String
+        var keyLine: Int
+        var value: Node
+    }
+
+    var value: Value
+    var line: Int
+
+    var isNull: Bool {
+        if case .scalar(let s, plain: true) = value { return ["", "~", "null", "Null", "NULL"].contains(s) }
+        return false
+    }
+
+    /// The scalar's text; "" for collections.
+    var text: String {
+        if case .scalar(let s, _) = value { return s }
+        return ""
+    }
+
+    /// How the node reads in "got …" messages.
+    var summary: String {
+        switch value {
+        case .list: "a list"
+        case .map: "a mapping"
+        case .scalar(let s, _): isNull ? "nothing" : "\"\(s)\""
+        }
+    }
+}
+
+/// A problem libyaml (or the tree builder) found before any schema checks.
+struct SyntaxError: Error {
+    var line: Int
+    var message: String
+}
+
+enum YAML {
+    /// Parses a stream holding at most one document into a node tree; nil when the stream is empty.
+    /// Aliases are expanded (an alias must refer to an anchor that is already complete).
+    static func parse(_ bytes: UnsafeBufferPointer<UInt8>) -> Result<Node?, SyntaxError> {
+        guard let base = bytes.baseAddress, bytes.count > 0 else { return .success(nil) }
+        var parser = yaml_parser_t()
+        guard yaml_parser_initialize(&parser) != 0 else {
+            return .failure(SyntaxError(line: 0, message: "libyaml could not allocate a parser"))
+        }
+        defer { yaml_parser_delete(&parser) }
+        yaml_parser_set_input_string(&parser, base, bytes.count)
+
+        var builder = TreeBuilder()
+        var event = yaml_event_t()
+        while true {
+            guard yaml_parser_parse(&parser, &event) != 0 else { return .failure(syntaxError(parser)) }
+            defer { yaml_event_delete(&event) }
+            do {
+                if try builder.handle(event) { return .success(builder.root) }
+            } catch {
+                return .failure(error)
+            }
+        }
+    }
+
+    private static func syntaxError(_ p: yaml_parser_t) -> SyntaxError {
+        var message = "invalid YAML: " + (p.problem.map { String(cString: $0) } ?? "unknown error")
+        if let context = p.context {
+            message += " (\(String(cString: context)) on line \(p.context_mark.line + 1))"
+        }
+        return SyntaxError(line: Int(p.problem_mark.line) + 1, message: message)
+    }
+}
+
+/// Turns libyaml events into a `Node` tree.
+private struct TreeBuilder {
+    private struct Open {
+        var line: Int
+        var anchor: String?
+        var isMap: Bool
+        var items: [Node] = []
+    }
+
+    private(set) var root: Node?
+    private var open: [Open] = []
+    private var anchors: [String: Node] = [:]
+    private var documents = 0
+
+    /// Returns true at the end of the stream.
+    mutating func handle(_ e: yaml_event_t) throws(SyntaxError) -> Bool {
+        let line = Int(e.start_mark.line) + 1
+        switch e.type {
+        case YAML_STREAM_END_EVENT:
+            return true
+        case YAML_DOCUMENT_START_EVENT:
+            documents += 1
+            if documents > 1 { throw SyntaxError(line: line, message: "expected one YAML document, found a second one") }
+        case YAML_SCALAR_EVENT:
+            let s = e.data.scalar
+            let text = String(decoding: UnsafeBufferPointer(start: s.value, count: s.length), as: UTF8.self)
+            try add(Node(value: .scalar(text, plain: s.style == YAML_PLAIN_SCALAR_STYLE), line: line),
+                    anchor: string(s.anchor))
+        case YAML_SEQUENCE_START_EVENT:
+            open.append(Open(line: line, anchor: string(e.data.sequence_start.anchor), isMap: false))
+        case YAML_MAPPING_START_EVENT:
+            open.append(Open(line: line, anchor: string(e.data.mapping_start.anchor), isMap: true))
+        case YAML_SEQUENCE_END_EVENT, YAML_MAPPING_END_EVENT:
+            let o = open.removeLast()
+            try add(Node(value: o.isMap ? .map(try entries(o.items)) : .list(o.items), line: o.line), anchor: o.anchor)
+        case YAML_ALIAS_EVENT:
+            let name = string(e.data.alias.anchor) ?? ""
+            guard let node = anchors[name] else {
+                throw SyntaxError(line: line, message: "alias *\(name) refers to no complete anchor &\(name)")
+            }
+            try add(node, anchor: nil)
+        default:
+            break
+        }
+        return false
+    }
+
+    private mutating func add(_ node: Node, anchor: String?) throws(SyntaxError) {
+        if let anchor { anchors[anchor] = node }
+        if open.isEmpty { root = node } else { open[open.count - 1].items.append(node) }
+    }
+
+    private func entries(_ items: [Node]) throws(SyntaxError) -> [Node.Entry] {
+        var result: [Node.Entry] = []
+        for i in stride(from: 0, to: items.count - 1, by: 2) {
+            let key = items[i]
+            var value = items[i + 1]
+            guard case .scalar = key.value else {
+                throw SyntaxError(line: key.line, message: "a mapping key must be a plain string, got \(key.summary)")
+            }
+            if value.isNull { value.line = key.line } // an empty value is "on" its key's line
+            result.append(Node.Entry(key: key.text, keyLine: key.line, value: value))
+        }
+        return result
+    }
+
+    private func string(_ p: UnsafeMutablePointer<yaml_char_t>?) -> String? {
+        p.map { String(cString: $0) }
+    }
+}

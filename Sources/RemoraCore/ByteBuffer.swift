@@ -1,0 +1,136 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A growable byte buffer over malloc'd memory, for the hot path: appends copy bytes, nothing is
+/// reference counted, and the owner decides when the memory goes back (`release()`), so a buffer
+/// that is reused request after request allocates only when it first grows.
+///
+/// It is a plain struct with manual memory: exactly one owner may call `release()`, and a copy
+/// of the struct must not outlive it. Owners are long-lived objects (a connection, a worker).
+public struct ByteBuffer {
+    /// Start of the storage; nil until the first append or reserve.
+    public private(set) var base: UnsafeMutableRawPointer?
+    /// Bytes in use, 0 ... capacity.
+    public private(set) var count: Int = 0
+    /// Bytes allocated.
+    public private(set) var capacity: Int = 0
+
+    public init() {}
+
+    public init(capacity: Int) { reserve(capacity) }
+
+    public var isEmpty: Bool { count == 0 }
+
+    /// The bytes in use (valid until the next mutation).
+    public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: count) }
+
+    public mutating func reserve(_ minimumCapacity: Int) {
+        guard minimumCapacity > capacity else { return }
+        var newCapacity = Swift.max(capacity * 2, 256)
+        while newCapacity < minimumCapacity { newCapacity *= 2 }
+        guard let p = realloc(base, newCapacity) else { fatalError("out of memory") }
+        base = p
+        capacity = newCapacity
+    }
+
+    @inline(__always)
+    public mutating func append(_ p: UnsafeRawPointer, _ n: Int) {
+        if n == 0 { return }
+        if count + n > capacity { reserve(count + n) }
+        (base! + count).copyMemory(from: p, byteCount: n)
+        count += n
+    }
+
+    @inline(__always)
+    public mutating func append(_ b: UnsafeRawBufferPointer) {
+        if let p = b.baseAddress { append(p, b.count) }
+    }
+
+    @inline(__always)
+    public mutating func append(_ s: StaticString) {
+        append(s.utf8Start, s.utf8CodeUnitCount)
+    }
+
+    @inline(__always)
+    public mutating func append(byte: UInt8) {
+        if count + 1 > capacity { reserve(count + 1) }
+        base!.storeBytes(of: byte, toByteOffset: count, as: UInt8.self)
+        count += 1
+    }
+
+    public mutating func append(_ s: String) {
+        var s = s
+        s.withUTF8 { append(UnsafeRawBufferPointer($0)) }
+    }
+
+    /// Appends `v` in decimal without allocating.
+    public mutating func appendDecimal(_ v: UInt64) {
+        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0) // 24 bytes of scratch, enough for 20 digits
+        withUnsafeMutableBytes(of: &digits) { scratch in
+            var i = scratch.count
+            var x = v
+            repeat {
+                i -= 1
+                scratch[i] = UInt8(truncatingIfNeeded: 48 + x % 10)
+                x /= 10
+            } while x != 0
+            append(UnsafeRawBufferPointer(rebasing: scratch[i...]))
+        }
+    }
+
+    /// Appends `v` in lowercase hexadecimal without allocating (chunk sizes).
+    public mutating func appendHex(_ v: UInt64) {
+        var digits: (UInt64, UInt64) = (0, 0)
+        withUnsafeMutableBytes(of: &digits) { scratch in
+            var i = scratch.count
+            var x = v
+            repeat {
+                i -= 1
+                let d = UInt8(truncatingIfNeeded: x & 0xF)
+                scratch[i] = d < 10 ? 48 + d : 87 + d
+                x >>= 4
+            } while x != 0
+            append(UnsafeRawBufferPointer(rebasing: scratch[i...]))
+        }
+    }
+
+    /// Drops the first `n` bytes, moving the rest to the front.
+    public mutating func consume(_ n: Int) {
+        if n >= count { count = 0; return }
+        memmove(base!, base! + n, count - n)
+        count -= n
+    }
+
+    /// Forgets the contents; frees the storage when it has grown beyond `keepingAtMost` bytes, so a
+    /// connection that once carried a large head does not hold that memory while idle.
+    public mutating func clear(keepingAtMost limit: Int = Int.max) {
+        count = 0
+        if capacity > limit { release() }
+    }
+
+    /// Frees the storage. The buffer is empty and usable again afterwards.
+    public mutating func release() {
+        free(base)
+        base = nil
+        count = 0
+        capacity = 0
+    }
+
+    public mutating func swapContents(with other: inout ByteBuffer) {
+        swap(&self, &other)
+    }
+}
+
+extension UnsafeRawBufferPointer {
+    /// ASCII case-insensitive comparison with a lowercase literal.
+    @inline(__always)
+    public func equalsLowercase(_ lower: StaticString) -> Bool {
+        guard count == lower.utf8CodeUnitCount else { return false }
+        let l = lower.utf8Start
+        for i in 0..<count where (self[i] | 0x20) != l[i] && self[i] != l[i] { return false }
+        return true
+    }
+
+    public var string: String { String(decoding: self, as: UTF8.self) }
+}

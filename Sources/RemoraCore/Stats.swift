@@ -1,0 +1,64 @@
+import CRemoraSupport
+
+/// Stats are declared once per component, in Envoy's vocabulary, as the cases of an enum. Each
+/// worker owns one `StatBlock` per scope (a listener, a cluster); it is the only writer. The admin
+/// thread sums blocks across workers when /stats is read. Counters and gauges are plain 64-bit words
+/// written with relaxed atomic stores: no lock, no locked instruction on the request path.
+public protocol StatGroup: CaseIterable, RawRepresentable where RawValue == Int {
+    /// Prefix of the scope: "listener" or "cluster".
+    static var scope: String { get }
+}
+
+/// Downstream (client side) stats of one listener: `listener.<name>.<stat>`.
+public enum ListenerStat: Int, StatGroup {
+    public static let scope = "listener"
+    case downstream_cx_total, downstream_cx_active, downstream_cx_destroy_remote, downstream_cx_idle_timeout
+    case downstream_cx_protocol_error
+    case downstream_rq_total, downstream_rq_active
+    case downstream_rq_1xx, downstream_rq_2xx, downstream_rq_3xx, downstream_rq_4xx, downstream_rq_5xx
+    case downstream_rq_timeout, downstream_rq_rx_reset, downstream_rq_no_route, downstream_rq_too_large
+    case downstream_cx_rx_bytes_total, downstream_cx_tx_bytes_total
+}
+
+/// Upstream (backend side) stats of one cluster: `cluster.<name>.<stat>`.
+public enum ClusterStat: Int, StatGroup {
+    public static let scope = "cluster"
+    case upstream_cx_total, upstream_cx_active, upstream_cx_connect_fail, upstream_cx_connect_timeout
+    case upstream_cx_destroy_remote, upstream_cx_pool_reuse
+    case upstream_rq_total, upstream_rq_active, upstream_rq_timeout, upstream_rq_retry
+    case upstream_rq_1xx, upstream_rq_2xx, upstream_rq_3xx, upstream_rq_4xx, upstream_rq_5xx
+    case upstream_rq_reset_after_head
+    case upstream_cx_rx_bytes_total, upstream_cx_tx_bytes_total
+}
+
+/// One scope's counters in one worker. Reference semantics over a malloc'd block that lives as
+/// long as the worker (never freed while a reader may look at it).
+public struct StatBlock<G: StatGroup>: @unchecked Sendable {
+    public let words: UnsafeMutablePointer<UInt64>
+
+    public init() {
+        words = .allocate(capacity: G.allCases.count)
+        words.initialize(repeating: 0, count: G.allCases.count)
+    }
+
+    @inline(__always) public func inc(_ s: G) { remora_counter_add(words + s.rawValue, 1) }
+    @inline(__always) public func add(_ s: G, _ v: UInt64) { remora_counter_add(words + s.rawValue, v) }
+    @inline(__always) public func dec(_ s: G) { remora_counter_sub(words + s.rawValue, 1) }
+    @inline(__always) public func load(_ s: G) -> UInt64 { remora_counter_load(words + s.rawValue) }
+
+    /// Increments the `_1xx` … `_5xx` counter of `status` (the cases named like that in G).
+    @inline(__always) public func incClass(_ first1xx: G, status: Int) {
+        let cls = status / 100
+        guard cls >= 1 && cls <= 5, let s = G(rawValue: first1xx.rawValue + cls - 1) else { return }
+        inc(s)
+    }
+}
+
+/// Sums the same scope over all workers and renders `scope.name.stat value` lines.
+public func renderStats<G: StatGroup>(_: G.Type, name: String, blocks: [StatBlock<G>], into out: inout String) {
+    for s in G.allCases {
+        var total: UInt64 = 0
+        for b in blocks { total &+= b.load(s) }
+        out += "\(G.scope).\(name).\(s) \(total)\n"
+    }
+}

@@ -1,0 +1,247 @@
+import CLLHTTP
+import Glibc
+import RemoraCore
+
+/// Where one header's name and value sit in `HTTP1Parser.head`.
+public struct HeaderSpan {
+    public var nameOffset: Int32 = 0
+    public var nameLength: Int32 = 0
+    public var valueOffset: Int32 = 0
+    public var valueLength: Int32 = 0
+}
+
+public protocol HTTP1ParserDelegate: AnyObject {
+    /// The head is complete and readable through the parser. Return true when the message has no
+    /// body whatever its headers say (a response to HEAD).
+    func parserHeadComplete(_ p: HTTP1Parser) -> Bool
+    /// A piece of the body, de-chunked. Points into the caller's input: use or copy it now.
+    func parserBody(_ p: HTTP1Parser, _ data: UnsafeRawBufferPointer)
+    /// The message (body included) is complete.
+    func parserMessageComplete(_ p: HTTP1Parser)
+}
+
+/// Why a message was refused; `status` is what a server answers (400, 431, …).
+public struct HTTPParseError: Error, CustomStringConvertible {
+    public var status: Int
+    public var reason: String
+    public var description: String { "\(status) \(reason)" }
+}
+
+/// A strict HTTP/1.x parser for one connection: llhttp (Node's parser, from Debian's node-llhttp)
+/// plus the head storage and limits a proxy needs. The head (request target or reason phrase, then
+/// every header name and value) is copied into one reusable buffer as it streams in, indexed by
+/// `HeaderSpan`s, so nothing is allocated per message once the buffer has grown to the usual size.
+public final class HTTP1Parser {
+    public enum Kind { case request, response }
+    public enum Result: Equatable {
+        case ok
+        /// Stopped after a complete message (pipelining): `consumed` bytes of the input were used.
+        case paused(consumed: Int)
+        case error
+    }
+
+    let ll: UnsafeMutablePointer<llhttp_t>
+    public let kind: Kind
+    public unowned(unsafe) var delegate: (any HTTP1ParserDelegate)?
+
+    /// Request target (or reason phrase), then header names and values, back to back.
+    public private(set) var head = ByteBuffer()
+    public private(set) var headers: UnsafeMutablePointer<HeaderSpan>
+    public private(set) var headerCount = 0
+    /// Length of the request target / reason phrase at the start of `head`.
+    public private(set) var startLineLength = 0
+    /// Largest head accepted (bytes of target + headers as sent); beyond it the error is 431.
+    public var maxHeadBytes: Int
+    /// At most this many headers; beyond it the error is 431.
+    public let maxHeaders: Int
+    /// Pause after each complete message, so that a pipelined next message waits its turn.
+    public var pauseAfterMessage: Bool
+    public private(set) var error: HTTPParseError?
+    /// True between the first byte of a message and its head's end.
+    public private(set) var inHead = false
+    /// True from the head's end to the message's end (body and trailers).
+    public private(set) var inBody = false
+    var fieldState: UInt8 = 0     // 0 none, 1 in a name, 2 in a value
+    var headBytes = 0              // as sent on the wire, roughly: target + names + values + 4 per header
+
+    public init(kind: Kind, maxHeadBytes: Int = 60 * 1024, maxHeaders: Int = 100, pauseAfterMessage: Bool = true) {
+        self.kind = kind
+        self.maxHeadBytes = maxHeadBytes
+        self.maxHeaders = maxHeaders
+        self.pauseAfterMessage = pauseAfterMessage
+        ll = .allocate(capacity: 1)
+        headers = .allocate(capacity: maxHeaders)
+        llhttp_init(ll, kind == .request ? HTTP_REQUEST : HTTP_RESPONSE,
+                    kind == .request ? requestSettings : responseSettings)
+        ll.pointee.data = Unmanaged.passUnretained(self).toOpaque()
+    }
+
+    deinit {
+        head.release()
+        headers.deallocate()
+        ll.deallocate()
+    }
+
+    /// Parses `data`. Delegate calls happen inside.
+    public func feed(_ data: UnsafeRawBufferPointer) -> Result {
+        guard let base = data.baseAddress else { return .ok }
+        let start = base.assumingMemoryBound(to: CChar.self)
+        let rc = llhttp_execute(ll, start, data.count)
+        switch rc {
+        case HPE_OK: return .ok
+        case HPE_PAUSED:
+            let pos = llhttp_get_error_pos(ll)!
+            return .paused(consumed: start.distance(to: pos))
+        default:
+            recordError(rc)
+            return .error
+        }
+    }
+
+    /// The peer closed: completes a message delimited by the connection's end, or reports that
+    /// the message was cut short.
+    public func finish() -> Result {
+        let rc = llhttp_finish(ll)
+        if rc == HPE_OK { return .ok }
+        if rc == HPE_PAUSED { return .paused(consumed: 0) }
+        recordError(rc)
+        return .error
+    }
+
+    /// Continues after `.paused`.
+    public func resume() { llhttp_resume(ll) }
+
+    /// Back to the initial state (a new connection).
+    public func reset() {
+        llhttp_reset(ll)
+        head.clear(keepingAtMost: 4096)
+        headerCount = 0
+        inHead = false
+        inBody = false
+        error = nil
+    }
+
+    /// Gives back head storage beyond the usual size (an idle connection holds little).
+    public func trim() { if !inHead { head.clear(keepingAtMost: 4096) } }
+
+    func recordError(_ rc: llhttp_errno_t) {
+        if error != nil { return }
+        let reason = llhttp_get_error_reason(ll).map { String(cString: $0) } ?? String(cString: llhttp_errno_name(rc))
+        error = HTTPParseError(status: 400, reason: reason)
+    }
+
+    // MARK: the parsed message
+
+    public var method: UInt8 { ll.pointee.method }
+    public var isHEAD: Bool { ll.pointee.method == UInt8(HTTP_HEAD.rawValue) }
+    public var isCONNECT: Bool { ll.pointee.method == UInt8(HTTP_CONNECT.rawValue) }
+    /// The method as text ("GET"); a static C string, nothing allocated.
+    public var methodName: UnsafeRawBufferPointer {
+        let p = llhttp_method_name(llhttp_method_t(UInt32(ll.pointee.method)))!
+        return UnsafeRawBufferPointer(start: p, count: strlen(p))
+    }
+    public var statusCode: Int { Int(ll.pointee.status_code) }
+    public var versionMajor: Int { Int(ll.pointee.http_major) }
+    public var versionMinor: Int { Int(ll.pointee.http_minor) }
+    /// Request target, or the reason phrase of a response.
+    public var startLine: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: head.base, count: startLineLength) }
+    public var isChunked: Bool { ll.pointee.flags & UInt16(F_CHUNKED.rawValue) != 0 }
+    public var hasContentLength: Bool { ll.pointee.flags & UInt16(F_CONTENT_LENGTH.rawValue) != 0 }
+    /// Remaining body bytes of a Content-Length message (decreases as the body is parsed).
+    public var contentLength: UInt64 { ll.pointee.content_length }
+    /// Whether the connection may carry another message after this one (HTTP version + Connection).
+    public var shouldKeepAlive: Bool { llhttp_should_keep_alive(ll) != 0 }
+    /// Whether the message's body, as framed, has any bytes to come (chunked or Content-Length > 0).
+    public var hasBody: Bool { isChunked || (hasContentLength && ll.pointee.content_length > 0) }
+
+    @inline(__always)
+    public func name(_ i: Int) -> UnsafeRawBufferPointer {
+        let s = headers[i]
+        return UnsafeRawBufferPointer(start: head.base! + Int(s.nameOffset), count: Int(s.nameLength))
+    }
+
+    @inline(__always)
+    public func value(_ i: Int) -> UnsafeRawBufferPointer {
+        let s = headers[i]
+        if s.valueLength == 0 { return UnsafeRawBufferPointer(start: nil, count: 0) }
+        return UnsafeRawBufferPointer(start: head.base! + Int(s.valueOffset), count: Int(s.valueLength))
+    }
+
+    /// Index of the first header named `lower` (a lowercase literal), or nil.
+    public func firstIndex(of lower: StaticString) -> Int? {
+        for i in 0..<headerCount where name(i).equalsLowercase(lower) { return i }
+        return nil
+    }
+
+    // MARK: from the callbacks
+
+    func messageBegin() {
+        head.clear(keepingAtMost: 16 * 1024)
+        headerCount = 0
+        startLineLength = 0
+        headBytes = 0
+        fieldState = 0
+        inHead = true
+        inBody = false
+    }
+
+    /// Appends head bytes, enforcing the size limit. Returns false when over.
+    @inline(__always)
+    func appendHead(_ p: UnsafePointer<CChar>, _ n: Int) -> Bool {
+        headBytes += n
+        if headBytes > maxHeadBytes { error = HTTPParseError(status: 431, reason: "request header fields too large"); return false }
+        head.append(UnsafeRawPointer(p), n)
+        return true
+    }
+
+    func startLineData(_ p: UnsafePointer<CChar>, _ n: Int) -> Int32 {
+        guard appendHead(p, n) else { return -1 }
+        startLineLength += n
+        return 0
+    }
+
+    func headerField(_ p: UnsafePointer<CChar>, _ n: Int) -> Int32 {
+        if inBody { return 0 }   // trailers are not forwarded over HTTP/1.1 (yet): skip them
+        if fieldState != 1 {
+            if headerCount == maxHeaders { error = HTTPParseError(status: 431, reason: "too many header fields"); return -1 }
+            headers[headerCount] = HeaderSpan(nameOffset: Int32(head.count), nameLength: 0, valueOffset: 0, valueLength: 0)
+            headerCount += 1
+            headBytes += 4
+            fieldState = 1
+        }
+        guard appendHead(p, n) else { return -1 }
+        headers[headerCount - 1].nameLength += Int32(n)
+        return 0
+    }
+
+    func headerValue(_ p: UnsafePointer<CChar>, _ n: Int) -> Int32 {
+        if inBody { return 0 }
+        if fieldState != 2 {
+            headers[headerCount - 1].valueOffset = Int32(head.count)
+            fieldState = 2
+        }
+        guard appendHead(p, n) else { return -1 }
+        headers[headerCount - 1].valueLength += Int32(n)
+        return 0
+    }
+
+    func headersComplete() -> Int32 {
+        inHead = false
+        inBody = true
+        // Upgrade and Connection: upgrade are hop-by-hop and not forwarded: parse on as a plain message.
+        if !isCONNECT { ll.pointee.upgrade = 0 }
+        guard let d = delegate else { return 0 }
+        return d.parserHeadComplete(self) ? 1 : 0
+    }
+
+    func body(_ p: UnsafePointer<CChar>, _ n: Int) -> Int32 {
+        delegate?.parserBody(self, UnsafeRawBufferPointer(start: p, count: n))
+        return 0
+    }
+
+    func messageComplete() -> Int32 {
+        inBody = false
+        delegate?.parserMessageComplete(self)
+        return pauseAfterMessage ? Int32(HPE_PAUSED.rawValue) : 0
+    }
+}

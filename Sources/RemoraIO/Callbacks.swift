@@ -1,0 +1,72 @@
+import CLibUV
+
+// Every libuv callback of the project, in one place. Each is a non-capturing trampoline that
+// recovers its object from `data` and calls one method on it.
+
+@inline(__always)
+private func conn(_ p: UnsafeMutableRawPointer?) -> TCPConnection {
+    Unmanaged<TCPConnection>.fromOpaque(p!).takeUnretainedValue()
+}
+
+let ioAllocCallback: uv_alloc_cb = { handle, _, buf in
+    let loop = Unmanaged<EventLoop>.fromOpaque(handle!.pointee.loop.pointee.data).takeUnretainedValue()
+    buf!.pointee = uv_buf_init(loop.readBuffer.assumingMemoryBound(to: CChar.self), UInt32(EventLoop.readBufferSize))
+}
+
+let ioReadCallback: uv_read_cb = { stream, n, _ in
+    conn(stream!.pointee.data).readCompleted(n)
+}
+
+let ioWriteCallback: uv_write_cb = { req, status in
+    conn(req!.pointee.data).writeCompleted(status)
+}
+
+let ioConnectCallback: uv_connect_cb = { req, status in
+    conn(req!.pointee.data).connectCompleted(status)
+}
+
+let ioShutdownCallback: uv_shutdown_cb = { req, status in
+    conn(req!.pointee.data).shutdownCompleted(status)
+}
+
+let ioTimerCallback: uv_timer_cb = { t in
+    conn(t!.pointee.data).timerFired()
+}
+
+let ioCloseCallback: uv_close_cb = { h in
+    conn(h!.pointee.data).handleClosed()
+}
+
+let ioConnectionCallback: uv_connection_cb = { server, status in
+    guard status == 0 else { return }
+    Unmanaged<Listener>.fromOpaque(server!.pointee.data).takeUnretainedValue().accept()
+}
+
+let ioListenerCloseCallback: uv_close_cb = { h in
+    Unmanaged<Listener>.fromOpaque(h!.pointee.data).takeUnretainedValue().closed()
+}
+
+let ioAsyncCallback: uv_async_cb = { a in
+    Unmanaged<MailboxBase>.fromOpaque(a!.pointee.data).takeUnretainedValue().deliver()
+}
+
+let ioAsyncCloseCallback: uv_close_cb = { h in
+    Unmanaged<MailboxBase>.fromOpaque(h!.pointee.data).takeUnretainedValue().handleClosed()
+}
+
+let ioSignalCallback: uv_signal_cb = { s, signum in
+    let w = Unmanaged<SignalWatcher>.fromOpaque(s!.pointee.data).takeUnretainedValue()
+    w.handler(signum)
+}
+
+let ioSignalCloseCallback: uv_close_cb = { h in
+    Unmanaged<SignalWatcher>.fromOpaque(h!.pointee.data).takeUnretainedValue().handleClosed()
+}
+
+let ioLoopTimerCallback: uv_timer_cb = { t in
+    Unmanaged<LoopTimer>.fromOpaque(t!.pointee.data).takeUnretainedValue().handler?()
+}
+
+let ioLoopTimerCloseCallback: uv_close_cb = { h in
+    Unmanaged<LoopTimer>.fromOpaque(h!.pointee.data).takeUnretainedValue().handleClosed()
+}

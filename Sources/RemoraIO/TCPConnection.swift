@@ -1,0 +1,328 @@
+import CLibUV
+import RemoraCore
+
+/// What a TCP connection reports to its owner. Every call comes from a libuv callback on the
+/// connection's loop, never from inside one of the connection's own methods, so an owner may call
+/// any method (including `close()`) from any of these.
+public protocol TCPConnectionDelegate: AnyObject {
+    /// Bytes read. `data` points into the loop's shared read buffer: consume or copy it now.
+    func connectionRead(_ c: TCPConnection, _ data: UnsafeRawBufferPointer)
+    /// The peer shut down its write side (FIN).
+    func connectionEOF(_ c: TCPConnection)
+    /// A read or write failed (reset, broken pipe). The connection is unusable; close it.
+    func connectionError(_ c: TCPConnection, _ code: Int32)
+    /// An outgoing connect finished: status 0, or a negative libuv error.
+    func connectionConnected(_ c: TCPConnection, _ status: Int32)
+    /// The write queue, which had gone above the high watermark, is empty again.
+    func connectionDrained(_ c: TCPConnection)
+    /// The deadline set with `setDeadline` passed.
+    func connectionTimeout(_ c: TCPConnection)
+    /// Both handles are closed; the connection is gone. Last call.
+    func connectionClosed(_ c: TCPConnection)
+}
+
+extension TCPConnectionDelegate {
+    public func connectionConnected(_ c: TCPConnection, _ status: Int32) {}
+    public func connectionDrained(_ c: TCPConnection) {}
+    public func connectionTimeout(_ c: TCPConnection) {}
+    public func connectionClosed(_ c: TCPConnection) {}
+}
+
+/// A TCP socket with its timer, its write queue and its embedded libuv requests, all in one
+/// allocation made when the connection is created; nothing is allocated per read or write.
+///
+/// Writes go out with `uv_try_write` first; whatever the kernel does not take is copied into the
+/// queue and written with one `uv_write` at a time (two buffers: the one libuv is writing and the
+/// one collecting). Owners watch `isAboveHighWatermark` to pause their source and get
+/// `connectionDrained` when the queue is empty again.
+///
+/// Lifetime: the libuv handles hold a +1 reference on the connection until their close callbacks
+/// ran; `owner` keeps the delegate alive until then as well, and is cleared after
+/// `connectionClosed`, which breaks the owner <-> connection cycle.
+public final class TCPConnection {
+    let h: UnsafeMutablePointer<remora_conn_handles>
+    let tcp: UnsafeMutablePointer<uv_tcp_t>
+    let stream: UnsafeMutablePointer<uv_stream_t>
+    let timer: UnsafeMutablePointer<uv_timer_t>
+    public unowned(unsafe) let loop: EventLoop
+    /// Receives the events. Not retained: `owner` does that.
+    public unowned(unsafe) var delegate: (any TCPConnectionDelegate)?
+    /// Kept alive until the connection is closed.
+    public var owner: AnyObject?
+    /// Free for the owner (an index, a state).
+    public var tag: Int = 0
+
+    /// Bytes queued beyond this pause the writer's source (the owner checks). Default 256 KiB.
+    public var highWatermark = 256 * 1024
+    var pending = ByteBuffer()
+    var inflight = ByteBuffer()
+    var writing = false
+    var aboveHigh = false
+    public private(set) var connecting = false
+    public private(set) var reading = false
+    public private(set) var isClosing = false
+    /// A write failed; further writes are refused.
+    public private(set) var failed = false
+    var shutdownAfterFlush = false
+    var closeAfterFlush = false
+    var shutdownDone = false
+    var openHandles = 0
+    /// Absolute loop time (ms) of the current deadline; 0 = none.
+    var deadline: UInt64 = 0
+    /// Absolute loop time the timer is armed for; 0 = not armed.
+    var timerDue: UInt64 = 0
+    /// After a graceful finish: reads are discarded until EOF or the linger timer.
+    var lingering = false
+
+    /// Creates an unconnected socket on `loop` (for `connect` or `accept`).
+    public init(loop: EventLoop) {
+        self.loop = loop
+        h = .allocate(capacity: 1)
+        tcp = remora_ch_tcp(h)
+        stream = remora_stream(tcp)
+        timer = remora_ch_timer(h)
+        uv_tcp_init(loop.uv, tcp)
+        uv_timer_init(loop.uv, timer)
+        openHandles = 2
+        let me = Unmanaged.passRetained(self).toOpaque()   // released when both handles closed
+        tcp.pointee.data = me
+        timer.pointee.data = me
+        remora_ch_write(h).pointee.data = me
+        remora_ch_connect(h).pointee.data = me
+        remora_ch_shutdown(h).pointee.data = me
+    }
+
+    deinit {
+        pending.release()
+        inflight.release()
+        h.deallocate()
+    }
+
+    // MARK: reading
+
+    public func startReading() {
+        guard !reading, !isClosing else { return }
+        reading = true
+        if !connecting { uv_read_start(stream, ioAllocCallback, ioReadCallback) }   // else once connected
+    }
+
+    public func stopReading() {
+        guard reading, !isClosing else { return }
+        reading = false
+        if !connecting { uv_read_stop(stream) }
+    }
+
+    // MARK: writing
+
+    public var queuedBytes: Int { pending.count + inflight.count }
+    public var isAboveHighWatermark: Bool { aboveHigh }
+
+    /// Writes `a`, then `b`, then `c` (any may be empty), in order after everything written before.
+    /// Returns false when the connection has failed or is closing (nothing was written).
+    @discardableResult
+    public func write(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
+                      _ c: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0)) -> Bool {
+        if failed || isClosing || shutdownAfterFlush || shutdownDone { return false }
+        let total = a.count + b.count + c.count
+        if total == 0 { return true }
+        if writing || connecting || !pending.isEmpty {
+            pending.append(a); pending.append(b); pending.append(c)
+            noteQueued()
+            return true
+        }
+        var bufs = (uvBuf(a), uvBuf(b), uvBuf(c))
+        let r = withUnsafeMutablePointer(to: &bufs) { p in
+            p.withMemoryRebound(to: uv_buf_t.self, capacity: 3) { uv_try_write(stream, $0, 3) }
+        }
+        if r == total { return true }
+        if r < 0 && r != Int32(UV_EAGAIN.rawValue) { failed = true; return false }
+        var skip = max(0, Int(r))
+        for part in [a, b, c] where part.count > 0 {   // small fixed array: stack-promoted
+            if skip >= part.count { skip -= part.count; continue }
+            pending.append(part.baseAddress! + skip, part.count - skip)
+            skip = 0
+        }
+        noteQueued()
+        startWrite()
+        return true
+    }
+
+    @inline(__always) func uvBuf(_ b: UnsafeRawBufferPointer) -> uv_buf_t {
+        uv_buf_init(UnsafeMutableRawPointer(mutating: b.baseAddress)?.assumingMemoryBound(to: CChar.self), UInt32(b.count))
+    }
+
+    @inline(__always) func noteQueued() {
+        if queuedBytes > highWatermark { aboveHigh = true }
+    }
+
+    func startWrite() {
+        guard !writing, !connecting, !isClosing, !pending.isEmpty else { return }
+        swap(&pending, &inflight)
+        writing = true
+        var buf = uvBuf(inflight.bytes)
+        let rc = uv_write(remora_ch_write(h), stream, &buf, 1, ioWriteCallback)
+        if rc != 0 { writing = false; failed = true; inflight.clear() }
+    }
+
+    func writeCompleted(_ status: Int32) {
+        writing = false
+        inflight.clear(keepingAtMost: 64 * 1024)
+        if isClosing { return }
+        if status < 0 {
+            failed = true
+            delegate?.connectionError(self, status)
+            return
+        }
+        if !pending.isEmpty { startWrite(); return }
+        pending.clear(keepingAtMost: 64 * 1024)
+        flushFinished()
+        if aboveHigh && !isClosing {
+            aboveHigh = false
+            delegate?.connectionDrained(self)
+        }
+    }
+
+    /// Runs what was waiting for an empty queue: a shutdown or a graceful close.
+    func flushFinished() {
+        if closeAfterFlush { beginLinger(); return }
+        if shutdownAfterFlush && !shutdownDone { doShutdown() }
+    }
+
+    /// Sends FIN once everything queued is written (TCP half-close). Reading continues.
+    public func shutdownWrite() {
+        guard !isClosing, !shutdownAfterFlush, !shutdownDone else { return }
+        shutdownAfterFlush = true
+        if !writing && pending.isEmpty && !connecting { doShutdown() }
+    }
+
+    func doShutdown() {
+        shutdownDone = true
+        if uv_shutdown(remora_ch_shutdown(h), stream, ioShutdownCallback) != 0 && closeAfterFlush { close() }
+    }
+
+    func shutdownCompleted(_ status: Int32) {
+        if lingering && status < 0 { close() }
+    }
+
+    /// Closes gracefully: writes everything queued, sends FIN, then discards what the peer still
+    /// sends until it closes too or `linger` ms pass (so that the peer reads our last response
+    /// instead of a reset), then closes.
+    public func finish(linger: UInt64 = 2_000) {
+        guard !isClosing, !closeAfterFlush else { return }
+        closeAfterFlush = true
+        lingerMs = linger
+        if !writing && pending.isEmpty && !connecting { beginLinger() }
+    }
+    var lingerMs: UInt64 = 2_000
+
+    func beginLinger() {
+        if failed { close(); return }
+        lingering = true
+        if !shutdownDone { doShutdown() }
+        setDeadline(after: lingerMs)
+        if !reading { startReading() }
+    }
+
+    // MARK: connecting
+
+    /// Starts a connect; `connectionConnected` reports the result. Writes made meanwhile are queued.
+    public func connect(to addr: SocketAddress) -> Int32 {
+        let rc = addr.withSockaddr { uv_tcp_connect(remora_ch_connect(h), tcp, $0, ioConnectCallback) }
+        if rc == 0 { connecting = true }
+        return rc
+    }
+
+    func connectCompleted(_ status: Int32) {
+        connecting = false
+        if isClosing { return }
+        if status == 0 {
+            uv_tcp_nodelay(tcp, 1)
+            if reading { uv_read_start(stream, ioAllocCallback, ioReadCallback) }
+            startWrite()
+            if pending.isEmpty && !writing { flushFinished() }
+        }
+        delegate?.connectionConnected(self, status)
+    }
+
+    // MARK: timer
+
+    /// Sets the deadline to `ms` from now (replacing any other). Re-arms the timer only when the new
+    /// deadline is earlier than the armed one, so moving a deadline later costs nothing.
+    @inline(__always)
+    public func setDeadline(after ms: UInt64) {
+        let d = loop.now &+ ms
+        deadline = d
+        if timerDue == 0 || timerDue > d {
+            timerDue = d
+            uv_timer_start(timer, ioTimerCallback, ms, 0)
+        }
+    }
+
+    /// Clears the deadline (the armed timer, if any, fires later and finds nothing to do).
+    @inline(__always)
+    public func clearDeadline() { deadline = 0 }
+
+    func timerFired() {
+        timerDue = 0
+        guard deadline != 0, !isClosing else { return }
+        let now = loop.now
+        if now >= deadline {
+            deadline = 0
+            if lingering { close(); return }
+            delegate?.connectionTimeout(self)
+        } else {
+            timerDue = deadline
+            uv_timer_start(timer, ioTimerCallback, deadline - now, 0)
+        }
+    }
+
+    // MARK: reads (from the callbacks)
+
+    func readCompleted(_ n: Int) {
+        if isClosing { return }
+        if n > 0 {
+            if lingering { return }
+            delegate?.connectionRead(self, UnsafeRawBufferPointer(start: loop.readBuffer, count: n))
+        } else if n == Int(UV_EOF.rawValue) {
+            if lingering { close(); return }
+            delegate?.connectionEOF(self)
+        } else if n < 0 {
+            if lingering { close(); return }
+            delegate?.connectionError(self, Int32(n))
+        }
+    }
+
+    // MARK: closing
+
+    /// Closes now; queued writes are dropped. `connectionClosed` follows from the loop.
+    public func close() {
+        guard !isClosing else { return }
+        isClosing = true
+        reading = false
+        uv_timer_stop(timer)
+        uv_close(remora_handle_tcp(tcp), ioCloseCallback)
+        uv_close(remora_handle_timer(timer), ioCloseCallback)
+    }
+
+    func handleClosed() {
+        openHandles -= 1
+        guard openHandles == 0 else { return }
+        delegate?.connectionClosed(self)
+        delegate = nil
+        owner = nil
+        Unmanaged.passUnretained(self).release()
+    }
+
+    // MARK: addresses
+
+    /// The peer's numeric IP ("127.0.0.1", "::1"), or "" when unknown.
+    public func peerIP() -> String {
+        var ss = sockaddr_storage()
+        var len = Int32(MemoryLayout<sockaddr_storage>.size)
+        let rc = withUnsafeMutablePointer(to: &ss) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { uv_tcp_getpeername(tcp, $0, &len) }
+        }
+        guard rc == 0 else { return "" }
+        return withUnsafePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { SocketAddress(copying: $0) } }.ipString
+    }
+}

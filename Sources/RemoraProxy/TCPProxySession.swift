@@ -1,0 +1,117 @@
+import RemoraCore
+import RemoraIO
+
+/// A raw TCP connection forwarded to one cluster: a two-way pump with watermarks (a side whose
+/// peer writes slower than it reads stops being read), half-close carried both ways, idle timeout.
+final class TCPProxySession: Session, TCPConnectionDelegate {
+    unowned(unsafe) let worker: Worker
+    unowned(unsafe) let listener: ListenerRuntime
+    unowned(unsafe) let cluster: ClusterRuntime
+    let down: TCPConnection
+    var up: TCPConnection?
+    var downEOF = false
+    var upEOF = false
+    var closing = false
+    var connectAttempts = 0
+
+    init(worker: Worker, listener: ListenerRuntime, cluster: ClusterRuntime, down: TCPConnection) {
+        self.worker = worker
+        self.listener = listener
+        self.cluster = cluster
+        self.down = down
+        super.init()
+        down.delegate = self
+        down.owner = self
+        down.setDeadline(after: listener.config.idleTimeout)
+        connectUpstream()
+        down.startReading()
+    }
+
+    func connectUpstream() {
+        connectAttempts += 1
+        let c = TCPConnection(loop: worker.loop)
+        c.delegate = self
+        c.owner = self
+        cluster.stats.inc(.upstream_cx_total)
+        cluster.stats.inc(.upstream_cx_active)
+        up = c
+        if c.connect(to: cluster.endpoints[cluster.nextEndpoint()]) != 0 {
+            cluster.stats.inc(.upstream_cx_connect_fail)
+            abort()
+            return
+        }
+        c.setDeadline(after: cluster.config.connectTimeout)
+    }
+
+    @inline(__always) func peer(of c: TCPConnection) -> TCPConnection? { c === down ? up : down }
+
+    func connectionConnected(_ c: TCPConnection, _ status: Int32) {
+        if status != 0 {
+            cluster.stats.inc(.upstream_cx_connect_fail)
+            abort()
+            return
+        }
+        c.clearDeadline()
+        c.startReading()
+    }
+
+    func connectionRead(_ c: TCPConnection, _ data: UnsafeRawBufferPointer) {
+        guard let p = peer(of: c) else { return }
+        if c === down {
+            listener.stats.add(.downstream_cx_rx_bytes_total, UInt64(data.count))
+            cluster.stats.add(.upstream_cx_tx_bytes_total, UInt64(data.count))
+        } else {
+            cluster.stats.add(.upstream_cx_rx_bytes_total, UInt64(data.count))
+            listener.stats.add(.downstream_cx_tx_bytes_total, UInt64(data.count))
+        }
+        down.setDeadline(after: listener.config.idleTimeout)
+        if !p.write(data) { abort(); return }
+        if p.isAboveHighWatermark { c.stopReading() }
+    }
+
+    func connectionDrained(_ c: TCPConnection) {
+        // `c` can take more: resume reading its peer.
+        guard let p = peer(of: c), !(p === down ? downEOF : upEOF) else { return }
+        p.startReading()
+    }
+
+    func connectionEOF(_ c: TCPConnection) {
+        if c === down { downEOF = true } else { upEOF = true }
+        peer(of: c)?.shutdownWrite()
+        if downEOF && upEOF {
+            down.finish(linger: 0)
+            up?.finish(linger: 0)
+        }
+    }
+
+    func connectionError(_ c: TCPConnection, _ code: Int32) {
+        if c !== down { cluster.stats.inc(.upstream_cx_destroy_remote) }
+        abort()
+    }
+
+    func connectionTimeout(_ c: TCPConnection) {
+        if c === down { listener.stats.inc(.downstream_cx_idle_timeout) } else {
+            cluster.stats.inc(.upstream_cx_connect_timeout)
+            cluster.stats.inc(.upstream_cx_connect_fail)
+        }
+        abort()
+    }
+
+    func connectionClosed(_ c: TCPConnection) {
+        if c === down {
+            listener.stats.dec(.downstream_cx_active)
+            worker.remove(self)
+        } else {
+            cluster.stats.dec(.upstream_cx_active)
+        }
+        // Both sides ended their streams: the other side is flushing and closes by itself.
+        if !(downEOF && upEOF) { abort() }
+    }
+
+    override func drain() {}   // a byte stream has no request boundary: it ends when its peers end it
+
+    override func abort() {
+        down.close()
+        up?.close()
+    }
+}

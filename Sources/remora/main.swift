@@ -1,0 +1,165 @@
+import Glibc
+import RemoraConfig
+import RemoraCore
+import RemoraIO
+import RemoraProxy
+
+// The one executable. Arguments are parsed by hand: swift-argument-parser imports
+// FoundationEssentials, which the data-plane binary leaves out to keep its memory small.
+
+let usage = """
+usage: remora <command> [options]
+
+commands:
+  run --config FILE        run the proxy in the foreground (SIGTERM drains, then exits 0)
+  validate FILE...         check config files; every error as file:line: path: message
+  demo [--port N]          the proxy with a built-in config and two demo backends
+  help                     this text
+
+"""
+
+func printErr(_ s: String) {
+    var s = s + "\n"
+    s.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+}
+
+func printOut(_ s: String) {
+    var s = s + "\n"
+    s.withUTF8 { _ = write(1, $0.baseAddress, $0.count) }
+}
+
+/// Values of `--name VALUE` / `--name=VALUE`; everything else is positional.
+struct Args {
+    var options: [String: String] = [:]
+    var positional: [String] = []
+    init(_ argv: ArraySlice<String>, valued: Set<String>) throws {
+        var it = argv.makeIterator()
+        while let a = it.next() {
+            if a.hasPrefix("--") {
+                let body = a.dropFirst(2)
+                if let eq = body.firstIndex(of: "=") {
+                    options[String(body[..<eq])] = String(body[body.index(after: eq)...])
+                } else if valued.contains(String(body)) {
+                    guard let v = it.next() else { throw UsageError("option --\(body) needs a value") }
+                    options[String(body)] = v
+                } else {
+                    throw UsageError("unknown option \(a)")
+                }
+            } else {
+                positional.append(a)
+            }
+        }
+        for k in options.keys where !valued.contains(k) { throw UsageError("unknown option --\(k)") }
+    }
+}
+
+struct UsageError: Error { let message: String; init(_ m: String) { message = m } }
+
+func load(_ path: String) -> Config? {
+    switch ConfigLoader.load(path: path) {
+    case .success(let c): return c
+    case .failure(let e):
+        printErr(e.description)
+        return nil
+    }
+}
+
+func runCommand(_ args: Args) -> Int32 {
+    guard let path = args.options["config"] ?? args.positional.first else {
+        printErr("remora run: --config FILE is required\n\n" + usage)
+        return 2
+    }
+    guard let config = load(path) else { return 1 }
+    return Server(config: config).run()
+}
+
+func validateCommand(_ args: Args) -> Int32 {
+    guard !args.positional.isEmpty else { printErr("remora validate: name at least one file"); return 2 }
+    var failed = false
+    for path in args.positional {
+        switch ConfigLoader.load(path: path) {
+        case .success:
+            printOut("\(path): ok")
+        case .failure(let e):
+            printErr(e.description)
+            failed = true
+        }
+    }
+    return failed ? 1 : 0
+}
+
+func demoCommand(_ args: Args) -> Int32 {
+    let port = args.options["port"] ?? "8080"
+    let adminPort = args.options["admin-port"] ?? "9901"
+    let loop = EventLoop()
+    var backends: [LocalHTTPServer] = []
+    for name in ["v1", "v2"] {
+        do {
+            let s = try LocalHTTPServer(loop: loop, address: SocketAddress(ip: "127.0.0.1", port: 0)!) { req in
+                .init(status: 200, body: "hello from demo backend \(name): \(req.method) \(req.target)\n")
+            }
+            backends.append(s)
+        } catch {
+            printErr("demo backend: \(error)")
+            return 1
+        }
+    }
+    let yaml = demoConfig(port: port, adminPort: adminPort, v1: backends[0].address.port, v2: backends[1].address.port)
+    let config: Config
+    switch ConfigLoader.parse(yaml: yaml, file: "<demo>") {
+    case .success(let c): config = c
+    case .failure(let e): printErr(e.description); return 1
+    }
+    let server = Server(config: config, loop: loop)
+    server.extraClose = backends.map { b in { b.close() } }
+    server.onReady = {
+        printErr("""
+
+        Remora demo: a proxy on 127.0.0.1:\(port) in front of two demo backends (v1, v2).
+        Try:
+          curl -s http://127.0.0.1:\(port)/hello
+          for i in $(seq 10); do curl -s http://127.0.0.1:\(port)/; done
+          curl -s http://127.0.0.1:\(adminPort)/stats | grep rq_total
+        The config it runs:
+        \(yaml)
+        Ctrl-C to stop.
+        """)
+    }
+    return server.run()
+}
+
+func demoConfig(port: String, adminPort: String, v1: UInt16, v2: UInt16) -> String {
+    """
+    admin: { address: 127.0.0.1:\(adminPort) }
+    workers: 1
+    listeners:
+      - name: web
+        address: 127.0.0.1:\(port)
+        protocol: http
+        routes:
+          - name: all
+            match: { path: { prefix: / } }
+            backends: [ { cluster: demo } ]
+    clusters:
+      - name: demo
+        endpoints: [ "127.0.0.1:\(v1)", "127.0.0.1:\(v2)" ]
+    """
+}
+
+let argv = CommandLine.arguments
+let command = argv.count > 1 ? argv[1] : "help"
+let rest = argv.dropFirst(2)
+let code: Int32
+do {
+    switch command {
+    case "run": code = runCommand(try Args(rest, valued: ["config"]))
+    case "validate": code = validateCommand(try Args(rest, valued: []))
+    case "demo": code = demoCommand(try Args(rest, valued: ["port", "admin-port"]))
+    case "help", "--help", "-h": printOut(usage); code = 0
+    default: printErr("remora: unknown command \(command)\n\n" + usage); code = 2
+    }
+} catch let e as UsageError {
+    printErr("remora \(command): \(e.message)\n\n" + usage)
+    code = 2
+}
+exit(code)
