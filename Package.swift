@@ -4,7 +4,7 @@ import PackageDescription
 // Hot modules skip dynamic exclusivity checks in release builds (measured ~18 %
 // of instructions per request when state crosses modules; see docs/architecture.md).
 let hot: [SwiftSetting] = [
-    .unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release)),
+    .unsafeFlags(["-enforce-exclusivity=unchecked", "-cross-module-optimization"], .when(configuration: .release)),
 ]
 
 let package = Package(
@@ -25,7 +25,7 @@ let package = Package(
                 cSettings: [.unsafeFlags(["-O3", "-Wno-everything"])]),
 
         // Pure Swift values: config model, errors, sizes and durations, stat names.
-        .target(name: "RemoraCore", dependencies: ["CRemoraSupport"]),
+        .target(name: "RemoraCore", dependencies: ["CRemoraSupport"], swiftSettings: hot),
         // YAML (libyaml) -> validated config model, errors as file:line: path: message.
         .target(name: "RemoraConfig", dependencies: ["RemoraCore", "CYAML"]),
         // The only importer of libuv.

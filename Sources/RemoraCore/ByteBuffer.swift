@@ -9,22 +9,24 @@ import Glibc
 /// It is a plain struct with manual memory: exactly one owner may call `release()`, and a copy
 /// of the struct must not outlive it. Owners are long-lived objects (a connection, a worker).
 public struct ByteBuffer {
+    // Public so that appends inline across modules; only ByteBuffer's own methods change them.
     /// Start of the storage; nil until the first append or reserve.
-    public private(set) var base: UnsafeMutableRawPointer?
+    public var base: UnsafeMutableRawPointer?
     /// Bytes in use, 0 ... capacity.
-    public private(set) var count: Int = 0
+    public var count: Int = 0
     /// Bytes allocated.
-    public private(set) var capacity: Int = 0
+    public var capacity: Int = 0
 
     public init() {}
 
     public init(capacity: Int) { reserve(capacity) }
 
-    public var isEmpty: Bool { count == 0 }
+    @inlinable public var isEmpty: Bool { count == 0 }
 
     /// The bytes in use (valid until the next mutation).
-    public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: count) }
+    @inlinable public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: count) }
 
+    @inlinable
     public mutating func reserve(_ minimumCapacity: Int) {
         guard minimumCapacity > capacity else { return }
         var newCapacity = Swift.max(capacity * 2, 256)
@@ -34,7 +36,7 @@ public struct ByteBuffer {
         capacity = newCapacity
     }
 
-    @inline(__always)
+    @inlinable @inline(__always)
     public mutating func append(_ p: UnsafeRawPointer, _ n: Int) {
         if n == 0 { return }
         if count + n > capacity { reserve(count + n) }
@@ -42,17 +44,17 @@ public struct ByteBuffer {
         count += n
     }
 
-    @inline(__always)
+    @inlinable @inline(__always)
     public mutating func append(_ b: UnsafeRawBufferPointer) {
         if let p = b.baseAddress { append(p, b.count) }
     }
 
-    @inline(__always)
+    @inlinable @inline(__always)
     public mutating func append(_ s: StaticString) {
         append(s.utf8Start, s.utf8CodeUnitCount)
     }
 
-    @inline(__always)
+    @inlinable @inline(__always)
     public mutating func append(byte: UInt8) {
         if count + 1 > capacity { reserve(count + 1) }
         base!.storeBytes(of: byte, toByteOffset: count, as: UInt8.self)
@@ -65,6 +67,7 @@ public struct ByteBuffer {
     }
 
     /// Appends `v` in decimal without allocating.
+    @inlinable
     public mutating func appendDecimal(_ v: UInt64) {
         var digits: (UInt64, UInt64, UInt64) = (0, 0, 0) // 24 bytes of scratch, enough for 20 digits
         withUnsafeMutableBytes(of: &digits) { scratch in
@@ -80,6 +83,7 @@ public struct ByteBuffer {
     }
 
     /// Appends `v` in lowercase hexadecimal without allocating (chunk sizes).
+    @inlinable
     public mutating func appendHex(_ v: UInt64) {
         var digits: (UInt64, UInt64) = (0, 0)
         withUnsafeMutableBytes(of: &digits) { scratch in
@@ -104,12 +108,14 @@ public struct ByteBuffer {
 
     /// Forgets the contents; frees the storage when it has grown beyond `keepingAtMost` bytes, so a
     /// connection that once carried a large head does not hold that memory while idle.
+    @inlinable
     public mutating func clear(keepingAtMost limit: Int = Int.max) {
         count = 0
         if capacity > limit { release() }
     }
 
     /// Frees the storage. The buffer is empty and usable again afterwards.
+    @inlinable
     public mutating func release() {
         free(base)
         base = nil
@@ -123,12 +129,12 @@ public struct ByteBuffer {
 }
 
 extension UnsafeRawBufferPointer {
-    /// ASCII case-insensitive comparison with a lowercase literal.
-    @inline(__always)
+    /// ASCII case-insensitive comparison with a lowercase literal (letters, digits and '-').
+    @inlinable @inline(__always)
     public func equalsLowercase(_ lower: StaticString) -> Bool {
-        guard count == lower.utf8CodeUnitCount else { return false }
+        guard count == lower.utf8CodeUnitCount, let b = baseAddress else { return false }
         let l = lower.utf8Start
-        for i in 0..<count where (self[i] | 0x20) != l[i] && self[i] != l[i] { return false }
+        for i in 0..<count where (b.load(fromByteOffset: i, as: UInt8.self) | 0x20) != l[i] { return false }
         return true
     }
 

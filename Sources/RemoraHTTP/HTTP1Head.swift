@@ -17,7 +17,9 @@ public enum BodyFraming: Equatable {
 /// X-Forwarded-For/-Proto added, Host and everything else copied in order.
 public enum HTTP1Head {
     /// True when header `i` must not be forwarded: hop-by-hop by name or named by a Connection header.
+    @inline(__always)
     static func isHopByHop(_ p: HTTP1Parser, _ i: Int) -> Bool {
+        let connection = p.connectionNamesFields
         let n = p.name(i)
         switch n.count {
         case 2: if n.equalsLowercase("te") { return true }
@@ -27,8 +29,9 @@ public enum HTTP1Head {
         case 17: if n.equalsLowercase("transfer-encoding") { return true }
         default: break
         }
-        // Named by a Connection header? (rare: only scan when one exists)
-        for j in 0..<p.headerCount where p.name(j).count == 10 && p.name(j).equalsLowercase("connection") {
+        // Named by a Connection header? (only scanned when one exists)
+        if connection < 0 { return false }
+        for j in connection..<p.headerCount where p.name(j).count == 10 && p.name(j).equalsLowercase("connection") {
             if connectionTokens(p.value(j), contain: n) { return true }
         }
         return false
@@ -72,7 +75,7 @@ public enum HTTP1Head {
             let n = p.name(i)
             if n.count == 15 && n.equalsLowercase("x-forwarded-for") { if xffFirst < 0 { xffFirst = i }; continue }
             if n.count == 17 && n.equalsLowercase("x-forwarded-proto") { continue }
-            if dropExpect && n.count == 6 && n.equalsLowercase("expect") { continue }
+            if dropExpect && i == p.expectIndex { continue }
             if isHopByHop(p, i) { continue }
             appendHeader(&out, p, i)
         }

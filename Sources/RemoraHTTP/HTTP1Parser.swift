@@ -61,6 +61,11 @@ public final class HTTP1Parser {
     public private(set) var inHead = false
     /// True from the head's end to the message's end (body and trailers).
     public private(set) var inBody = false
+    /// Index of the first `Expect` header, or -1.
+    public private(set) var expectIndex = -1
+    /// Index of the first `Connection` header that names fields beyond `close`/`keep-alive`
+    /// (those fields are hop-by-hop too), or -1: the usual Connection header names none.
+    public private(set) var connectionNamesFields = -1
     var fieldState: UInt8 = 0     // 0 none, 1 in a name, 2 in a value
     var headBytes = 0              // as sent on the wire, roughly: target + names + values + 4 per header
 
@@ -181,6 +186,8 @@ public final class HTTP1Parser {
         startLineLength = 0
         headBytes = 0
         fieldState = 0
+        expectIndex = -1
+        connectionNamesFields = -1
         inHead = true
         inBody = false
     }
@@ -225,8 +232,21 @@ public final class HTTP1Parser {
         return 0
     }
 
+    /// Notes the headers the proxy acts on, once per head.
+    func classifyHeaders() {
+        for i in 0..<headerCount {
+            let n = name(i)
+            if n.count == 6 && expectIndex < 0 && n.equalsLowercase("expect") { expectIndex = i }
+            if n.count == 10 && connectionNamesFields < 0 && n.equalsLowercase("connection") {
+                let v = value(i)
+                if !(v.equalsLowercase("keep-alive") || v.equalsLowercase("close")) { connectionNamesFields = i }
+            }
+        }
+    }
+
     func headersComplete() -> Int32 {
         inHead = false
+        classifyHeaders()
         inBody = true
         // Upgrade and Connection: upgrade are hop-by-hop and not forwarded: parse on as a plain message.
         if !isCONNECT { ll.pointee.upgrade = 0 }

@@ -3,9 +3,10 @@ import CLibUV
 // Every libuv callback of the project, in one place. Each is a non-capturing trampoline that
 // recovers its object from `data` and calls one method on it.
 
+/// Calls `body` with the connection behind `p`, without retaining it (its handles hold +1).
 @inline(__always)
-private func conn(_ p: UnsafeMutableRawPointer?) -> TCPConnection {
-    Unmanaged<TCPConnection>.fromOpaque(p!).takeUnretainedValue()
+private func conn(_ p: UnsafeMutableRawPointer?, _ body: (TCPConnection) -> Void) {
+    Unmanaged<TCPConnection>.fromOpaque(p!)._withUnsafeGuaranteedRef(body)
 }
 
 let ioAllocCallback: uv_alloc_cb = { handle, _, buf in
@@ -14,27 +15,27 @@ let ioAllocCallback: uv_alloc_cb = { handle, _, buf in
 }
 
 let ioReadCallback: uv_read_cb = { stream, n, _ in
-    conn(stream!.pointee.data).readCompleted(n)
+    conn(stream!.pointee.data) { $0.readCompleted(n) }
 }
 
 let ioWriteCallback: uv_write_cb = { req, status in
-    conn(req!.pointee.data).writeCompleted(status)
+    conn(req!.pointee.data) { $0.writeCompleted(status) }
 }
 
 let ioConnectCallback: uv_connect_cb = { req, status in
-    conn(req!.pointee.data).connectCompleted(status)
+    conn(req!.pointee.data) { $0.connectCompleted(status) }
 }
 
 let ioShutdownCallback: uv_shutdown_cb = { req, status in
-    conn(req!.pointee.data).shutdownCompleted(status)
+    conn(req!.pointee.data) { $0.shutdownCompleted(status) }
 }
 
 let ioTimerCallback: uv_timer_cb = { t in
-    conn(t!.pointee.data).timerFired()
+    conn(t!.pointee.data) { $0.timerFired() }
 }
 
 let ioCloseCallback: uv_close_cb = { h in
-    conn(h!.pointee.data).handleClosed()
+    conn(h!.pointee.data) { $0.handleClosed() }
 }
 
 let ioConnectionCallback: uv_connection_cb = { server, status in

@@ -220,16 +220,14 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Up
             localResponse(404, "no route\n", closing: p.hasBody)
             return false
         }
-        let route = listener.routes.routes[ri]
-        let ci = route.split.targets[route.split.pick(worker.rng.next())]
-        let cl = worker.clusters[ci]
+        let cl = worker.clusters[listener.routes.pickCluster(route: ri, random: worker.rng.next())]
         cluster = cl
-        routeTimeout = route.timeout
+        routeTimeout = listener.routes.entries[ri].timeout
         reqFraming = p.isChunked ? .chunked : (p.hasContentLength ? .contentLength : .none)
 
         var expectContinue = false
-        if let i = p.firstIndex(of: "expect") {
-            guard p.value(i).equalsLowercase("100-continue") else {
+        if p.expectIndex >= 0 {
+            guard p.value(p.expectIndex).equalsLowercase("100-continue") else {
                 localResponse(417, "unsupported expectation\n", closing: true)
                 return false
             }

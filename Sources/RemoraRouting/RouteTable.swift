@@ -1,47 +1,87 @@
 import RemoraCore
 
-/// A listener's routes compiled for matching: ordered, first match wins. A value shared read-only
-/// by every worker; matching allocates nothing.
-public struct RouteTable: Sendable {
-    public struct Route: Sendable {
-        public let name: String
+/// A listener's routes compiled for matching: ordered, first match wins. Shared read-only by every
+/// worker. Stored flat (trivial entries plus one byte arena and one split arena) so that matching
+/// and picking copy no reference-counted value and allocate nothing.
+public final class RouteTable: Sendable {
+    /// One route; every field trivial.
+    public struct Entry: Sendable {
         let kind: UInt8              // 0 prefix, 1 exact
-        let path: [UInt8]
-        /// Backends as indices into the snapshot's cluster list, with cumulative weights.
-        public let split: WeightedSplit
+        let pathOffset: Int
+        let pathLength: Int
+        let splitOffset: Int
+        let splitCount: Int
         /// Upstream response-head timeout in ms; 0 = none.
         public let timeout: Millis
     }
 
-    public let routes: [Route]
+    public let entries: [Entry]
+    /// Route names, by index (stats, logs).
+    public let names: [String]
+    let bytes: [UInt8]
+    /// Per backend of every route: cluster index and cumulative weight.
+    let targets: [Int]
+    let cumulative: [UInt64]
 
     /// `clusterIndex` maps a cluster name to its index in the snapshot.
     public init(_ configs: [RouteConfig], clusterIndex: (String) -> Int?) {
-        routes = configs.map { r in
+        var entries: [Entry] = [], bytes: [UInt8] = [], targets: [Int] = [], cumulative: [UInt64] = []
+        for r in configs {
             let (kind, path): (UInt8, String) = switch r.match.path {
             case .prefix(let p): (0, p)
             case .exact(let p): (1, p)
             }
-            let split = WeightedSplit(r.backends.map { (clusterIndex($0.cluster) ?? -1, $0.weight) })
-            return Route(name: r.name, kind: kind, path: Array(path.utf8), split: split, timeout: r.timeout)
+            let offset = bytes.count
+            bytes += Array(path.utf8)
+            let splitOffset = targets.count
+            var sum: UInt64 = 0
+            for b in r.backends {
+                sum += UInt64(b.weight)
+                targets.append(clusterIndex(b.cluster) ?? -1)
+                cumulative.append(sum)
+            }
+            entries.append(Entry(kind: kind, pathOffset: offset, pathLength: bytes.count - offset,
+                                 splitOffset: splitOffset, splitCount: r.backends.count, timeout: r.timeout))
         }
+        self.entries = entries
+        self.names = configs.map(\.name)
+        self.bytes = bytes
+        self.targets = targets
+        self.cumulative = cumulative
     }
 
     /// Index of the first route matching the request target's path (query excluded), or nil.
     @inline(__always)
     public func match(target: UnsafeRawBufferPointer) -> Int? {
         let path = RouteTable.pathOf(target)
-        for i in routes.indices {
-            let r = routes[i]
-            let ok: Bool = r.path.withUnsafeBytes { want in
-                if r.kind == 1 {
-                    return path.count == want.count && memeq(path.baseAddress, want.baseAddress, want.count)
+        return bytes.withUnsafeBytes { arena in
+            entries.withUnsafeBufferPointer { es in
+                for i in es.indices {
+                    let e = es[i]
+                    if e.kind == 1 ? path.count != e.pathLength : path.count < e.pathLength { continue }
+                    if memeq(path.baseAddress, arena.baseAddress.map { $0 + e.pathOffset }, e.pathLength) { return i }
                 }
-                return path.count >= want.count && memeq(path.baseAddress, want.baseAddress, want.count)
+                return nil
             }
-            if ok { return i }
         }
-        return nil
+    }
+
+    /// The cluster index route `route` sends to, for a uniformly random `r` (weighted split:
+    /// share = weight / Σweights; binary search over cumulative weights).
+    @inline(__always)
+    public func pickCluster(route: Int, random r: UInt64) -> Int {
+        let e = entries[route]
+        if e.splitCount == 1 { return targets[e.splitOffset] }
+        return cumulative.withUnsafeBufferPointer { cum in
+            let total = cum[e.splitOffset + e.splitCount - 1]
+            let x = r % total
+            var lo = e.splitOffset, hi = e.splitOffset + e.splitCount - 1
+            while lo < hi {
+                let mid = (lo + hi) / 2
+                if cum[mid] > x { hi = mid } else { lo = mid + 1 }
+            }
+            return targets[lo]
+        }
     }
 
     /// The path part of a request target: up to `?` or `#`; absolute-form targets lose scheme and authority.
@@ -66,33 +106,6 @@ func memeq(_ a: UnsafeRawPointer?, _ b: UnsafeRawPointer?, _ n: Int) -> Bool {
     guard let a, let b else { return false }
     for i in 0..<n where a.load(fromByteOffset: i, as: UInt8.self) != b.load(fromByteOffset: i, as: UInt8.self) { return false }
     return true
-}
-
-/// Integer weights of any total (share = w / Σw). Picking is a binary search over cumulative weights.
-public struct WeightedSplit: Sendable {
-    /// Cluster index of each backend.
-    public let targets: [Int]
-    let cumulative: [UInt64]
-    public var total: UInt64 { cumulative.last ?? 0 }
-
-    public init(_ backends: [(Int, UInt32)]) {
-        targets = backends.map(\.0)
-        var sum: UInt64 = 0
-        cumulative = backends.map { sum += UInt64($0.1); return sum }
-    }
-
-    /// The backend position for a uniformly random `r`.
-    @inline(__always)
-    public func pick(_ r: UInt64) -> Int {
-        if targets.count == 1 { return 0 }
-        let x = r % total
-        var lo = 0, hi = cumulative.count - 1
-        while lo < hi {
-            let mid = (lo + hi) / 2
-            if cumulative[mid] > x { hi = mid } else { lo = mid + 1 }
-        }
-        return lo
-    }
 }
 
 /// A small fast PRNG (wyrand), one per worker; never shared across threads.

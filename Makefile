@@ -1,0 +1,39 @@
+# Remora: `make demo` runs the proxy with demo backends, `make test` runs every test.
+# Both install what is missing first (Debian packages; needs root or sudo).
+
+APT_PACKAGES := libuv1-dev libnghttp2-dev libyaml-dev node-llhttp pkg-config curl socat nghttp2-client
+SWIFT_RELEASE := swift build -c release --static-swift-stdlib
+BIN := .build/release/remora
+
+.PHONY: setup build demo test unit integration perf clean
+
+setup:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+	@python3 -c 'import pytest' 2>/dev/null || python3 -m pip install -q pytest
+
+build: setup
+	$(SWIFT_RELEASE)
+
+demo: build
+	$(BIN) demo
+
+unit: setup
+	swift test
+
+integration: build
+	REMORA_BIN=$(BIN) python3 -m pytest -q Tests/integration
+
+test: build
+	swift test
+	REMORA_BIN=$(BIN) python3 -m pytest -q Tests/integration
+
+perf: build
+	perf/run.sh
+
+clean:
+	rm -rf .build
