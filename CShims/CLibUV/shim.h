@@ -31,6 +31,9 @@ static inline int remora_reuseport_socket(const struct sockaddr *addr, int first
     if (first && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
         int e = errno; close(fd); return -e;
     }
+    /* Listening at once makes the port exclusive right away (two bound, non-listening sockets
+     * with SO_REUSEADDR may share a port); uv_listen later only sets the backlog again. */
+    if (listen(fd, 1024) != 0) { int e = errno; close(fd); return -e; }
     return fd;
 }
 

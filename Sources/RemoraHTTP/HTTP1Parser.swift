@@ -246,6 +246,10 @@ public final class HTTP1Parser {
 
     func headersComplete() -> Int32 {
         inHead = false
+        if ll.pointee.http_major != 1 {
+            error = HTTPParseError(status: 400, reason: "unsupported HTTP version")
+            return -1
+        }
         classifyHeaders()
         inBody = true
         // Upgrade and Connection: upgrade are hop-by-hop and not forwarded: parse on as a plain message.

@@ -1,0 +1,202 @@
+import Testing
+import RemoraCore
+@testable import RemoraHTTP
+
+/// Records what the parser reports.
+final class Recorder: HTTP1ParserDelegate {
+    var heads: [(target: String, headers: [(String, String)])] = []
+    var body: [UInt8] = []
+    var completed = 0
+    var skipBody = false
+
+    func parserHeadComplete(_ p: HTTP1Parser) -> Bool {
+        heads.append((p.startLine.string, (0..<p.headerCount).map { (p.name($0).string, p.value($0).string) }))
+        return skipBody
+    }
+    func parserBody(_ p: HTTP1Parser, _ data: UnsafeRawBufferPointer) { body += data }
+    func parserMessageComplete(_ p: HTTP1Parser) { completed += 1 }
+}
+
+func feed(_ p: HTTP1Parser, _ s: String) -> HTTP1Parser.Result {
+    var bytes = Array(s.utf8)
+    return bytes.withUnsafeMutableBytes { p.feed(UnsafeRawBufferPointer($0)) }
+}
+
+@Suite struct HTTP1ParserTests {
+    @Test func parsesHeadAcrossArbitrarySplits() {
+        let msg = "GET /a/b?x=1 HTTP/1.1\r\nHost: example\r\nX-Long: " + String(repeating: "v", count: 300) + "\r\n\r\n"
+        for split in [1, 2, 7, 20, 100, msg.utf8.count - 1] {
+            let p = HTTP1Parser(kind: .request)
+            let r = Recorder()
+            p.delegate = r
+            let bytes = Array(msg.utf8)
+            var results: [HTTP1Parser.Result] = []
+            for chunk in stride(from: 0, to: bytes.count, by: split) {
+                var piece = Array(bytes[chunk..<min(chunk + split, bytes.count)])
+                results.append(piece.withUnsafeMutableBytes { p.feed(UnsafeRawBufferPointer($0)) })
+            }
+            #expect(r.heads.count == 1, "split \(split)")
+            #expect(r.heads.first?.target == "/a/b?x=1")
+            #expect(r.heads.first?.headers.map(\.0) == ["Host", "X-Long"])
+            #expect(r.heads.first?.headers[1].1.count == 300)
+            #expect(results.last == .paused(consumed: bytes.count - (bytes.count - 1) / split * split))
+        }
+    }
+
+    @Test func pausesAfterEachPipelinedMessage() {
+        let p = HTTP1Parser(kind: .request)
+        let r = Recorder()
+        p.delegate = r
+        let two = "GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n"
+        let first = "GET /1 HTTP/1.1\r\nHost: a\r\n\r\n".utf8.count
+        #expect(feed(p, two) == .paused(consumed: first))
+        #expect(r.completed == 1)
+        p.resume()
+        var rest = Array(two.utf8.dropFirst(first))
+        #expect(rest.withUnsafeMutableBytes { p.feed(UnsafeRawBufferPointer($0)) } == .paused(consumed: rest.count))
+        #expect(r.heads.map(\.target) == ["/1", "/2"])
+    }
+
+    @Test func dechunksBodies() {
+        let p = HTTP1Parser(kind: .request)
+        let r = Recorder()
+        p.delegate = r
+        #expect(feed(p, "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+                != .error)
+        #expect(String(decoding: r.body, as: UTF8.self) == "hello world")
+        #expect(r.completed == 1)
+    }
+
+    @Test(arguments: [
+        ("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", 400),
+        ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+        ("GET / HTTP/1.1\r\nHost: a\0b\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\nHo st: a\r\n\r\n", 400),
+        ("GET /\r\n\r\n", 400),
+        ("GET / HTTP/1.1\nHost: a\n\n", 400),
+        ("BREW / HTTP/1.1\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\nX: \(String(repeating: "a", count: 2000))\r\n\r\n", 431),
+    ])
+    func rejectsBadInput(input: String, status: Int) {
+        let p = HTTP1Parser(kind: .request, maxHeadBytes: 1024)
+        let r = Recorder()
+        p.delegate = r
+        #expect(feed(p, input) == .error)
+        #expect(p.error?.status == status)
+    }
+
+    @Test func obsoleteLineFoldingBecomesASpace() {
+        // RFC 9112 §5.2 allows replacing obs-fold with SP instead of a 400; no CR/LF reaches the value.
+        let p = HTTP1Parser(kind: .request)
+        let r = Recorder()
+        p.delegate = r
+        _ = feed(p, "GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n")
+        #expect(r.heads.first?.headers.first?.1 == "a folded")
+    }
+
+    @Test func tooManyHeadersIs431() {
+        let p = HTTP1Parser(kind: .request, maxHeaders: 10)
+        let r = Recorder()
+        p.delegate = r
+        let head = "GET / HTTP/1.1\r\n" + (0..<11).map { "X\($0): v\r\n" }.joined() + "\r\n"
+        #expect(feed(p, head) == .error)
+        #expect(p.error?.status == 431)
+        withExtendedLifetime(r) {}
+    }
+
+    @Test func responseToHEADHasNoBodyWhenTheDelegateSaysSo() {
+        let p = HTTP1Parser(kind: .response)
+        let r = Recorder()
+        r.skipBody = true
+        p.delegate = r
+        #expect(feed(p, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n") == .paused(consumed: 39))
+        #expect(r.completed == 1)
+        #expect(p.statusCode == 200)
+    }
+
+    @Test func closeDelimitedResponseCompletesAtEOF() {
+        let p = HTTP1Parser(kind: .response)
+        let r = Recorder()
+        p.delegate = r
+        #expect(feed(p, "HTTP/1.1 200 OK\r\n\r\nabc") == .ok)
+        #expect(r.completed == 0)
+        #expect(p.finish() != .error)
+        #expect(r.completed == 1)
+        #expect(String(decoding: r.body, as: UTF8.self) == "abc")
+    }
+
+    @Test func truncatedContentLengthResponseIsAnErrorAtEOF() {
+        let p = HTTP1Parser(kind: .response)
+        let r = Recorder()
+        p.delegate = r
+        #expect(feed(p, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc") == .ok)
+        #expect(p.finish() == .error)
+        withExtendedLifetime(r) {}
+    }
+}
+
+@Suite struct HTTP1HeadTests {
+    let recorder = Recorder()
+    func parsed(_ s: String) -> HTTP1Parser {
+        let p = HTTP1Parser(kind: .request)
+        p.delegate = recorder
+        _ = feed(p, s)
+        return p
+    }
+
+    @Test func requestDropsHopByHopAndAddsForwardedHeaders() {
+        let p = parsed("POST /x HTTP/1.1\r\nHost: svc\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\n"
+                       + "TE: trailers\r\nUpgrade: h2c\r\nProxy-Connection: x\r\nX-Forwarded-For: 10.0.0.1\r\n"
+                       + "X-Forwarded-Proto: https\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\nAccept: */*\r\n\r\n")
+        var out = ByteBuffer()
+        var ip = Array("127.0.0.1".utf8)
+        ip.withUnsafeMutableBytes { ipb in
+            HTTP1Head.writeRequest(p, framing: .chunked, clientIP: UnsafeRawBufferPointer(ipb), proto: "http",
+                                   dropExpect: true, into: &out)
+        }
+        let text = out.bytes.string
+        #expect(text == "POST /x HTTP/1.1\r\nHost: svc\r\nAccept: */*\r\ntransfer-encoding: chunked\r\n"
+                + "x-forwarded-for: 10.0.0.1, 127.0.0.1\r\nx-forwarded-proto: http\r\n\r\n")
+        out.release()
+    }
+
+    @Test func responseReframesAndMarksClose() {
+        let p = HTTP1Parser(kind: .response)
+        p.delegate = recorder
+        _ = feed(p, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\nServer: s\r\n\r\n")
+        var out = ByteBuffer()
+        HTTP1Head.writeResponse(p, framing: .chunked, keepAlive: false, into: &out)
+        #expect(out.bytes.string == "HTTP/1.1 200 OK\r\nServer: s\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n")
+        out.release()
+    }
+
+    @Test func connectionTokenLists() {
+        func check(_ list: String, _ name: String) -> Bool {
+            var l = Array(list.utf8), n = Array(name.utf8)
+            return l.withUnsafeMutableBytes { lb in n.withUnsafeMutableBytes { nb in
+                HTTP1Head.connectionTokens(UnsafeRawBufferPointer(lb), contain: UnsafeRawBufferPointer(nb)) } }
+        }
+        #expect(check("close, X-Foo", "x-foo"))
+        #expect(check(" x-foo ", "X-FOO"))
+        #expect(!check("x-foobar", "x-foo"))
+        #expect(!check("", "x"))
+    }
+}
+
+@Suite struct ByteBufferTests {
+    @Test func numbersAndGrowth() {
+        var b = ByteBuffer()
+        b.appendDecimal(0); b.append(byte: 32); b.appendDecimal(18_446_744_073_709_551_615)
+        b.append(byte: 32); b.appendHex(0); b.append(byte: 32); b.appendHex(0xABCDEF)
+        #expect(b.bytes.string == "0 18446744073709551615 0 abcdef")
+        for _ in 0..<1000 { b.append("xyz") }
+        #expect(b.count == 31 + 3000)
+        b.consume(31)
+        #expect(b.bytes.string == String(repeating: "xyz", count: 1000))
+        b.clear(keepingAtMost: 16)
+        #expect(b.capacity == 0 && b.isEmpty)
+        b.release()
+    }
+}
+

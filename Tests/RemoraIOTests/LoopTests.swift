@@ -1,0 +1,89 @@
+import Testing
+import RemoraCore
+@testable import RemoraIO
+
+/// Echoes what it reads; closes on EOF.
+final class EchoServer: ListenerDelegate, TCPConnectionDelegate {
+    var closedConnections = 0
+    func listenerAccepted(_ l: Listener, _ c: TCPConnection) {
+        c.delegate = self
+        c.owner = self
+        c.startReading()
+    }
+    func connectionRead(_ c: TCPConnection, _ data: UnsafeRawBufferPointer) { c.write(data) }
+    func connectionEOF(_ c: TCPConnection) { c.shutdownWrite(); c.finish(linger: 0) }
+    func connectionError(_ c: TCPConnection, _ code: Int32) { c.close() }
+    func connectionClosed(_ c: TCPConnection) { closedConnections += 1 }
+}
+
+/// Connects, sends a payload, half-closes, collects the echo until EOF.
+final class Client: TCPConnectionDelegate {
+    var received: [UInt8] = []
+    var eof = false
+    var payload: [UInt8]
+    init(payload: [UInt8]) { self.payload = payload }
+    func connectionConnected(_ c: TCPConnection, _ status: Int32) {
+        #expect(status == 0)
+        payload.withUnsafeBytes { _ = c.write($0) }
+        c.shutdownWrite()
+        c.startReading()
+    }
+    func connectionRead(_ c: TCPConnection, _ data: UnsafeRawBufferPointer) { received += data }
+    func connectionEOF(_ c: TCPConnection) { eof = true; c.close() }
+    func connectionError(_ c: TCPConnection, _ code: Int32) { c.close() }
+}
+
+@Suite struct LoopTests {
+    @Test func echoLargePayloadWithHalfCloseAndCloseCleanly() throws {
+        let loop = EventLoop()
+        let fd = try ListenSocket.bind(SocketAddress(ip: "127.0.0.1", port: 0)!)
+        let addr = ListenSocket.localAddress(fd)!
+        let server = EchoServer()
+        let listener = try Listener(loop: loop, fd: fd)
+        listener.delegate = server
+        var payload = [UInt8](repeating: 0, count: 4 << 20)
+        for i in payload.indices { payload[i] = UInt8(truncatingIfNeeded: i &* 31) }
+        let client = Client(payload: payload)
+        let c = TCPConnection(loop: loop)
+        c.delegate = client
+        c.owner = client
+        #expect(c.connect(to: addr) == 0)
+        let guardTimer = LoopTimer(loop: loop)
+        guardTimer.start(after: 10_000) { loop.stop() }   // bound the test
+        guardTimer.unref()
+        // Run until the client saw EOF, then close the listener and let the loop end by itself.
+        let stopper = LoopTimer(loop: loop)
+        stopper.start(after: 10, repeat: 10) {
+            if client.eof { stopper.close(); listener.close() }
+        }
+        loop.run()
+        guardTimer.close()
+        loop.run()
+        #expect(client.received == payload)
+        #expect(server.closedConnections == 1)
+        #expect(loop.handleCount == 0)
+        #expect(loop.close())
+    }
+
+    @Test func mailboxDeliversAcrossThreadsInOrder() {
+        let loop = EventLoop()
+        var got: [Int] = []
+        let box = Mailbox<Int>(loop: loop) { got.append($0) }
+        let t = spawnThread { for i in 0..<1000 { box.post(i) } ; box.post(-1) }
+        let closer = LoopTimer(loop: loop)
+        closer.start(after: 5, repeat: 5) { if got.last == -1 { closer.close(); box.close() } }
+        loop.run()
+        joinThread(t)
+        #expect(got == Array(0..<1000) + [-1])
+        #expect(loop.close())
+    }
+
+    @Test func secondExclusiveBindOfAPortFails() throws {
+        let fd = try ListenSocket.bind(SocketAddress(ip: "127.0.0.1", port: 0)!)
+        let port = ListenSocket.localAddress(fd)!.port
+        #expect(throws: IOError.self) { _ = try ListenSocket.bind(SocketAddress(ip: "127.0.0.1", port: port)!) }
+        let sibling = try ListenSocket.bind(SocketAddress(ip: "127.0.0.1", port: port)!, first: false)
+        ListenSocket.closeFD(sibling)
+        ListenSocket.closeFD(fd)
+    }
+}
