@@ -229,7 +229,8 @@ final class UpstreamConnection: TCPConnectionDelegate, HTTP1ParserDelegate {
         }
         interim = false
         guard let o = owner else { return true }
-        return o.upstreamHead(self, p) || requestIsHEAD
+        // No body after 204, 304 or a response to HEAD, whatever Content-Length says (RFC 9112 §6.3).
+        return o.upstreamHead(self, p) || requestIsHEAD || status == 204 || status == 304
     }
 
     func parserBody(_ p: HTTP1Parser, _ data: UnsafeRawBufferPointer) {
