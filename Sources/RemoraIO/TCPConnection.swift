@@ -63,6 +63,8 @@ public final class TCPConnection {
     public private(set) var isClosing = false
     /// A write failed; further writes are refused.
     public private(set) var failed = false
+    /// Writes are collected, not sent, until `uncork()` (one syscall for a head and its body).
+    public private(set) var corked = false
     var shutdownAfterFlush = false
     var closeAfterFlush = false
     var shutdownDone = false
@@ -125,7 +127,7 @@ public final class TCPConnection {
         if failed || isClosing || shutdownAfterFlush || shutdownDone { return false }
         let total = a.count + b.count + c.count
         if total == 0 { return true }
-        if writing || connecting || !pending.isEmpty {
+        if writing || connecting || corked || !pending.isEmpty {
             pending.append(a); pending.append(b); pending.append(c)
             noteQueued()
             return true
@@ -147,6 +149,27 @@ public final class TCPConnection {
         return true
     }
 
+    /// Holds writes back until `uncork()`.
+    @inline(__always)
+    public func cork() { corked = true }
+
+    /// Sends what was written while corked, `uv_try_write` first.
+    public func uncork() {
+        guard corked else { return }
+        corked = false
+        guard !writing, !connecting, !isClosing, !failed, !pending.isEmpty else { return }
+        var buf = uvBuf(pending.bytes)
+        let r = uv_try_write(stream, &buf, 1)
+        if r == pending.count {
+            pending.clear(keepingAtMost: 64 * 1024)
+            flushFinished()
+            return
+        }
+        if r < 0 && r != Int32(UV_EAGAIN.rawValue) { failed = true; return }
+        if r > 0 { pending.consume(Int(r)) }
+        startWrite()
+    }
+
     @inline(__always) func uvBuf(_ b: UnsafeRawBufferPointer) -> uv_buf_t {
         uv_buf_init(UnsafeMutableRawPointer(mutating: b.baseAddress)?.assumingMemoryBound(to: CChar.self), UInt32(b.count))
     }
@@ -156,7 +179,7 @@ public final class TCPConnection {
     }
 
     func startWrite() {
-        guard !writing, !connecting, !isClosing, !pending.isEmpty else { return }
+        guard !writing, !connecting, !corked, !isClosing, !pending.isEmpty else { return }
         swap(&pending, &inflight)
         writing = true
         var buf = uvBuf(inflight.bytes)
@@ -191,6 +214,7 @@ public final class TCPConnection {
     /// Sends FIN once everything queued is written (TCP half-close). Reading continues.
     public func shutdownWrite() {
         guard !isClosing, !shutdownAfterFlush, !shutdownDone else { return }
+        uncork()
         shutdownAfterFlush = true
         if !writing && pending.isEmpty && !connecting { doShutdown() }
     }
@@ -209,6 +233,7 @@ public final class TCPConnection {
     /// instead of a reset), then closes.
     public func finish(linger: UInt64 = 2_000) {
         guard !isClosing, !closeAfterFlush else { return }
+        uncork()
         closeAfterFlush = true
         lingerMs = linger
         if !writing && pending.isEmpty && !connecting { beginLinger() }

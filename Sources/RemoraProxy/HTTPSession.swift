@@ -101,6 +101,7 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Up
             inFeed = true
             let r = parser.feed(input)
             inFeed = false
+            upstream?.conn.uncork()
             if ending { return }
             switch r {
             case .ok: break
@@ -260,6 +261,7 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Up
                 return
             }
             upstream = u
+            if inFeed { u.conn.cork() }   // head and body bytes of this read leave together (see feed)
             if u.begin(owner: self, head: upHead.bytes, isHEAD: isHEAD) {
                 if !replay.isEmpty { writeUpstreamBody(u, replay.bytes) }
                 if requestDone && reqFraming == .chunked { u.conn.write(rawBytes("0\r\n\r\n")) }
@@ -342,6 +344,7 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Up
         if draining || worker.draining { keepAlive = false }
         worker.scratch.clear()
         HTTP1Head.writeResponse(p, framing: respFraming, keepAlive: keepAlive, into: &worker.scratch)
+        conn.cork()   // the head goes out with the body bytes of the same read: one syscall
         writeDownstream(worker.scratch.bytes)
         arm(.stream, listener.config.idleTimeout)
         return false
@@ -363,8 +366,11 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Up
         }
     }
 
+    func upstreamReadDone(_ u: UpstreamConnection) { conn.uncork() }
+
     func upstreamComplete(_ u: UpstreamConnection) {
         if respFraming == .chunked { writeDownstream(rawBytes("0\r\n\r\n")) }
+        conn.uncork()
         responseDone = true
         upstream = nil
         if upstreamPausedByUs { upstreamPausedByUs = false; u.conn.startReading() }
@@ -436,11 +442,13 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Up
                                          keepAlive: keepAlive, headOnly: isHEAD, into: &worker.scratch)
         }
         writeDownstream(worker.scratch.bytes)
+        conn.uncork()
         if requestDone { finishExchange() } else if !keepAlive { endConnection() }
         // else: a request without body; its end follows at once and finishes the exchange.
     }
 
     @inline(__always) func writeDownstream(_ b: UnsafeRawBufferPointer) {
+        // (while corked this only queues; `uncork` or `finish` sends)
         stats.add(.downstream_cx_tx_bytes_total, UInt64(b.count))
         if !conn.write(b) { abort() }
     }

@@ -90,6 +90,8 @@ protocol UpstreamOwner: AnyObject {
     func upstreamComplete(_ u: UpstreamConnection)
     /// The connection failed; `connectFailed` when it never came up.
     func upstreamFailed(_ u: UpstreamConnection, connectFailed: Bool, timedOut: Bool)
+    /// One read from the upstream has been parsed (the owner flushes what it collected).
+    func upstreamReadDone(_ u: UpstreamConnection)
     /// The connection's write queue emptied after being above its high watermark.
     func upstreamDrained(_ u: UpstreamConnection)
 }
@@ -177,6 +179,7 @@ final class UpstreamConnection: TCPConnectionDelegate, HTTP1ParserDelegate {
         case .error:
             fail(timedOut: false)
         }
+        owner?.upstreamReadDone(self)
     }
 
     func connectionEOF(_ c: TCPConnection) {
