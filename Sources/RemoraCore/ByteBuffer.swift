@@ -140,3 +140,46 @@ extension UnsafeRawBufferPointer {
 
     public var string: String { String(decoding: self, as: UTF8.self) }
 }
+
+/// Buffers lent for the length of one exchange and given back, so that an idle connection owns no
+/// buffer and a busy one allocates nothing in steady state. One per worker (not thread-safe).
+public final class BufferPool {
+    var free: [ByteBuffer] = []
+    /// Capacity of a new buffer, bytes.
+    public let initialCapacity: Int
+    /// Buffers kept for reuse at most; more are freed when given back.
+    public let maxKept: Int
+    /// A buffer that grew beyond this is freed instead of kept, bytes.
+    public let maxCapacity: Int
+
+    public init(initialCapacity: Int = 4096, maxKept: Int = 1024, maxCapacity: Int = 64 * 1024) {
+        self.initialCapacity = initialCapacity
+        self.maxKept = maxKept
+        self.maxCapacity = maxCapacity
+        free.reserveCapacity(maxKept)
+    }
+
+    /// An empty buffer with at least `initialCapacity` bytes.
+    @inlinable
+    public func take() -> ByteBuffer {
+        if let b = popFree() { return b }
+        return ByteBuffer(capacity: initialCapacity)
+    }
+
+    @usableFromInline
+    func popFree() -> ByteBuffer? { free.popLast() }
+
+    /// Takes `b` back (emptied) and leaves an empty, storage-less buffer in its place.
+    public func give(_ b: inout ByteBuffer) {
+        guard b.capacity > 0 else { return }
+        if b.capacity > maxCapacity || free.count >= maxKept {
+            b.release()
+        } else {
+            b.count = 0
+            free.append(b)
+            b = ByteBuffer()
+        }
+    }
+
+    deinit { for i in free.indices { free[i].release() } }
+}

@@ -46,8 +46,13 @@ public final class HTTP1Parser {
 
     /// Request target (or reason phrase), then header names and values, back to back.
     public private(set) var head = ByteBuffer()
-    public private(set) var headers: UnsafeMutablePointer<HeaderSpan>
+    /// The `HeaderSpan`s, back to back.
+    var spans = ByteBuffer()
     public private(set) var headerCount = 0
+    /// When set, head storage comes from this pool at a message's start and goes back right after
+    /// `parserHeadComplete`: the head is then readable only inside that call, and a connection
+    /// between messages owns no head storage.
+    public unowned(unsafe) var pool: BufferPool?
     /// Length of the request target / reason phrase at the start of `head`.
     public private(set) var startLineLength = 0
     /// Largest head accepted (bytes of target + headers as sent); beyond it the error is 431.
@@ -75,16 +80,26 @@ public final class HTTP1Parser {
         self.maxHeaders = maxHeaders
         self.pauseAfterMessage = pauseAfterMessage
         ll = .allocate(capacity: 1)
-        headers = .allocate(capacity: maxHeaders)
         llhttp_init(ll, kind == .request ? HTTP_REQUEST : HTTP_RESPONSE,
                     kind == .request ? requestSettings : responseSettings)
         ll.pointee.data = Unmanaged.passUnretained(self).toOpaque()
     }
 
     deinit {
+        giveBack()
         head.release()
-        headers.deallocate()
+        spans.release()
         ll.deallocate()
+    }
+
+    @inline(__always)
+    var headers: UnsafeMutablePointer<HeaderSpan> { spans.base!.assumingMemoryBound(to: HeaderSpan.self) }
+
+    /// Returns head storage to the pool (when pooled).
+    func giveBack() {
+        guard let pool else { return }
+        pool.give(&head)
+        pool.give(&spans)
     }
 
     /// Parses `data`. Delegate calls happen inside.
@@ -119,7 +134,7 @@ public final class HTTP1Parser {
     /// Back to the initial state (a new connection).
     public func reset() {
         llhttp_reset(ll)
-        head.clear(keepingAtMost: 4096)
+        if pool != nil { giveBack() } else { head.clear(keepingAtMost: 4096) }
         headerCount = 0
         inHead = false
         inBody = false
@@ -127,7 +142,10 @@ public final class HTTP1Parser {
     }
 
     /// Gives back head storage beyond the usual size (an idle connection holds little).
-    public func trim() { if !inHead { head.clear(keepingAtMost: 4096) } }
+    public func trim() {
+        if inHead { return }
+        if pool != nil { giveBack() } else { head.clear(keepingAtMost: 4096) }
+    }
 
     func recordError(_ rc: llhttp_errno_t) {
         if error != nil { return }
@@ -181,6 +199,10 @@ public final class HTTP1Parser {
     // MARK: from the callbacks
 
     func messageBegin() {
+        if let pool {
+            if head.base == nil { head = pool.take() }
+            if spans.base == nil { spans = pool.take() }
+        }
         head.clear(keepingAtMost: 16 * 1024)
         headerCount = 0
         startLineLength = 0
@@ -211,6 +233,7 @@ public final class HTTP1Parser {
         if inBody { return 0 }   // trailers are not forwarded over HTTP/1.1 (yet): skip them
         if fieldState != 1 {
             if headerCount == maxHeaders { error = HTTPParseError(status: 431, reason: "too many header fields"); return -1 }
+            spans.reserve((headerCount + 1) * MemoryLayout<HeaderSpan>.stride)
             headers[headerCount] = HeaderSpan(nameOffset: Int32(head.count), nameLength: 0, valueOffset: 0, valueLength: 0)
             headerCount += 1
             headBytes += 4
@@ -255,7 +278,9 @@ public final class HTTP1Parser {
         // Upgrade and Connection: upgrade are hop-by-hop and not forwarded: parse on as a plain message.
         if !isCONNECT { ll.pointee.upgrade = 0 }
         guard let d = delegate else { return 0 }
-        return d.parserHeadComplete(self) ? 1 : 0
+        let skipBody = d.parserHeadComplete(self)
+        if pool != nil { giveBack() }
+        return skipBody ? 1 : 0
     }
 
     func body(_ p: UnsafePointer<CChar>, _ n: Int) -> Int32 {

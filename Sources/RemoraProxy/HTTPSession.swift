@@ -14,8 +14,8 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Up
     unowned(unsafe) let listener: ListenerRuntime
     let conn: TCPConnection
     let parser: HTTP1Parser
-    /// The client's IP, for X-Forwarded-For.
-    var clientIP = ByteBuffer()
+    /// The client's IP, for X-Forwarded-For (an IPv4 address fits a String's inline storage).
+    var clientIP: String
     var deadlineKind = Deadline.header
 
     // The current exchange.
@@ -59,11 +59,12 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Up
         self.listener = listener
         self.conn = conn
         parser = HTTP1Parser(kind: .request, maxHeadBytes: listener.config.maxRequestHeaderBytes)
+        clientIP = conn.peerIP()
         super.init()
         parser.delegate = self
+        parser.pool = worker.pool
         conn.delegate = self
         conn.owner = self
-        clientIP.append(conn.peerIP())
         arm(.header, listener.config.requestHeaderTimeout)
         conn.startReading()
     }
@@ -112,7 +113,7 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Up
                 parseError()
                 return
             }
-            work.clear(keepingAtMost: HTTPSession.stashLimit)
+            work.clear(keepingAtMost: 0)
             guard resumePending else { updateReading(); return }
             resumePending = false
             parserPaused = false
@@ -194,7 +195,7 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Up
         if active { endExchangeStats() }
         stats.dec(.downstream_cx_active)
         parser.delegate = nil
-        clientIP.release(); upHead.release(); replay.release(); stash.release(); work.release()
+        worker.pool.give(&upHead); worker.pool.give(&replay); stash.release(); work.release()
         worker.remove(self)
     }
 
@@ -234,10 +235,13 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Up
             }
             expectContinue = !isHTTP10
         }
-        upHead.clear(keepingAtMost: 16 * 1024)
-        HTTP1Head.writeRequest(p, framing: reqFraming, clientIP: clientIP.bytes, proto: "http",
-                               dropExpect: expectContinue, into: &upHead)
-        replay.clear(keepingAtMost: 4096)
+        if upHead.base == nil { upHead = worker.pool.take() }
+        upHead.clear()
+        clientIP.withUTF8 { ip in
+            HTTP1Head.writeRequest(p, framing: reqFraming, clientIP: UnsafeRawBufferPointer(ip), proto: "http",
+                                   dropExpect: expectContinue, into: &upHead)
+        }
+        replay.clear()
         replayable = true
         reuseRetries = 1
         connectRetries = cl.endpoints.count > 1 ? 1 : 0
@@ -280,9 +284,12 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Up
     func parserBody(_ p: HTTP1Parser, _ data: UnsafeRawBufferPointer) {
         guard let u = upstream, !responseDone else { return }
         if replayable {
-            if replay.count + data.count <= HTTPSession.replayLimit { replay.append(data) } else {
+            if replay.count + data.count <= HTTPSession.replayLimit {
+                if replay.base == nil { replay = worker.pool.take() }
+                replay.append(data)
+            } else {
                 replayable = false
-                replay.clear(keepingAtMost: 4096)
+                worker.pool.give(&replay)
             }
         }
         writeUpstreamBody(u, data)
@@ -462,6 +469,8 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Up
         guard active else { return }
         active = false
         endExchangeStats()
+        worker.pool.give(&upHead)
+        worker.pool.give(&replay)
         if !keepAlive || draining || worker.draining { endConnection(); return }
         arm(.idle, listener.config.idleTimeout)
         resumeInput()

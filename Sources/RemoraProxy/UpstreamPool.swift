@@ -121,6 +121,7 @@ final class UpstreamConnection: TCPConnectionDelegate, HTTP1ParserDelegate {
         self.conn = conn
         parser = HTTP1Parser(kind: .response, maxHeadBytes: 256 * 1024, maxHeaders: 200, pauseAfterMessage: true)
         parser.delegate = self
+        parser.pool = cluster.worker.pool
         conn.delegate = self
         conn.owner = self
         conn.startReading()
@@ -171,13 +172,20 @@ final class UpstreamConnection: TCPConnectionDelegate, HTTP1ParserDelegate {
             return
         }
         gotResponseBytes = true
-        switch parser.feed(data) {
-        case .ok: break
-        case .paused(let consumed):
-            if consumed != data.count { responseDone = false; c.close() } // extra bytes after the response
-            parser.resume()
-        case .error:
-            fail(timedOut: false)
+        var input = data
+        parsing: while true {
+            switch parser.feed(input) {
+            case .ok:
+                break parsing
+            case .paused(let consumed):   // after a complete message: an interim 1xx, or the response
+                parser.resume()
+                if consumed == input.count { break parsing }
+                if responseDone { c.close(); break parsing }   // bytes after the response: out of sync
+                input = UnsafeRawBufferPointer(rebasing: input[consumed...])
+            case .error:
+                fail(timedOut: false)
+                return
+            }
         }
         owner?.upstreamReadDone(self)
     }

@@ -31,6 +31,8 @@ final class Worker {
     var rng: FastRandom
     /// Scratch space for assembling heads and frames before a write (used synchronously only).
     var scratch = ByteBuffer(capacity: 16 * 1024)
+    /// Head and body buffers lent to exchanges (idle connections own none).
+    let pool = BufferPool()
     /// Downstream sessions, for draining (intrusive list: no allocation per connection).
     var sessionHead: Session?
     var sessionCount = 0

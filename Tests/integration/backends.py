@@ -10,6 +10,9 @@ Remora forwards (framing, headers) and misbehave on purpose. Endpoints (path, qu
   /repeat/M                     200, M MiB (a fixed 1 MiB block M times), Content-Length, X-Body-Sha256
   /status/CODE                  CODE; 204 without body; 304 with ETag and a Content-Length of 50 but no body
   /sleep/MS                     waits MS milliseconds (interruptible at shutdown), then /echo
+  /slowbody/N/MS                200 head at once, then N bytes in 10 pieces spread over MS milliseconds
+  /interim/{same|split}         a 103 Early Hints, then the /echo response: in the same write (same) or
+                                200 ms later (split)
   /stall-read                   waits for .release (an Event) before reading the request body, then /echo
   /abort/{cl|chunked}/{rst|fin} sends a head (Content-Length 100000, or chunked) and 1000 body bytes,
                                 waits 300 ms, then closes (fin) or resets (rst, SO_LINGER 0)
@@ -247,14 +250,15 @@ class HTTPBackend(_ServerBase):
             if not keep or self.mode == "close_after_response":
                 return
 
-    def _send(self, conn, status: int, headers: list[tuple[str, str]], body: bytes | None, head_only: bool):
+    def _send(self, conn, status: int, headers: list[tuple[str, str]], body: bytes | None, head_only: bool,
+              prefix: bytes = b""):
         reason = {200: "OK", 204: "No Content", 304: "Not Modified", 404: "Not Found",
                   500: "Internal Server Error", 503: "Service Unavailable"}.get(status, "Status")
         out = f"HTTP/1.1 {status} {reason}\r\n".encode() + b"".join(
             f"{k}: {v}\r\n".encode() for k, v in headers) + CRLF
         if body and not head_only:
             out += body
-        conn.sendall(out)
+        conn.sendall(prefix + out)
 
     def _respond(self, conn, req: dict, path: str) -> bool:
         method = req["method"]
@@ -269,6 +273,15 @@ class HTTPBackend(_ServerBase):
 
         if seg[0] == "sleep" and len(seg) == 2:
             self.stop.wait(int(seg[1]) / 1000)
+            seg = ["echo"]
+        prefix = b""
+        if seg[0] == "interim" and len(seg) == 2:
+            early = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+            if seg[1] == "same":
+                prefix = early  # the 1xx and the final response in one write
+            else:
+                conn.sendall(early)
+                self.stop.wait(0.2)
             seg = ["echo"]
 
         if seg[0] == "bytes" and len(seg) == 2:
@@ -297,6 +310,15 @@ class HTTPBackend(_ServerBase):
                         conn.sendall(view[off:off + 64 * 1024])
                         with self.lock:
                             self.bytes_sent += 64 * 1024
+        elif seg[0] == "slowbody" and len(seg) == 3:
+            body = pattern_bytes(int(seg[1]))
+            self._send(conn, 200, base + [("Content-Length", str(len(body))),
+                                          ("X-Body-Sha256", hashlib.sha256(body).hexdigest())], None, True)
+            if not head_only:
+                step = max(1, len(body) // 10)
+                for i in range(0, len(body), step):
+                    self.stop.wait(int(seg[2]) / 1000 / 10)
+                    conn.sendall(body[i:i + step])
         elif seg[0] == "status" and len(seg) == 2:
             code = int(seg[1])
             if code == 204:
@@ -334,7 +356,7 @@ class HTTPBackend(_ServerBase):
             info["trailers"] = [[k, v] for k, v in req["trailers"]]
             body = json.dumps(info).encode()
             self._send(conn, 200, base + [("Content-Type", "application/json"),
-                                          ("Content-Length", str(len(body)))], body, head_only)
+                                          ("Content-Length", str(len(body)))], body, head_only, prefix)
         return not wants_close
 
 

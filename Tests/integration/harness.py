@@ -186,7 +186,8 @@ class Remora:
 
     def stderr_tail(self, n: int = 60) -> str:
         try:
-            self._stderr_file.flush()
+            if not self._stderr_file.closed:
+                self._stderr_file.flush()
             lines = self.stderr_path.read_text(errors="replace").splitlines()
         except OSError:
             return "<no stderr>"

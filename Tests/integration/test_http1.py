@@ -14,7 +14,7 @@ from backends import pattern_bytes, repeat_block, repeat_sha
 from conftest import ipv6_available
 from harness import (Client, assert_healthy, build_request, cluster, connect, get, http_listener,
                      make_config, poll, request, route, run_curl)
-from wire import Reader, header_values, read_response, read_response_head
+from wire import Reader, header_values, read_response, read_response_head, wait_closed
 
 MiB = 1 << 20
 
@@ -385,6 +385,33 @@ def test_upload_backpressure(start_remora, http_backend):
     assert_healthy(remora)
 
 
+@pytest.mark.timeout(90)
+def test_pipelined_requests_respect_backpressure(start_remora, http_backend):
+    """A client pipelines 1000 requests for 100 kB each (100 MB in all) and reads nothing: the proxy
+    must stop taking on new requests once the client's connection is backed up, not buffer every
+    response in memory."""
+    backend = http_backend()
+    remora = start_remora(make_config([http_listener("web")], [cluster("app", [backend.endpoint])]))
+    port = remora.port("web")
+    assert get(port, "/bytes/100000").status == 200
+    backend.requests.clear()
+    rss0 = remora.rss_kib()
+    n, size = 1000, 100_000
+    with Client(port, rcvbuf=64 * 1024, timeout=20) as c:
+        c.send(b"".join(build_request("GET", f"/bytes/{size}?i={i}") for i in range(n)))  # ~45 kB
+        served = _wait_stalled(lambda: len(backend.requests), "backend request count")
+        growth = remora.rss_kib() - rss0
+        assert served < n // 2, (f"the proxy fetched {served} of {n} pipelined responses "
+                                 f"({served * size >> 20} MiB) for a client that reads nothing")
+        assert growth < 48 * 1024, f"remora RSS grew by {growth >> 10} MiB while the client was not reading"
+        sha = hashlib.sha256(pattern_bytes(size)).hexdigest()
+        for i in range(n):
+            r = c.read_response()
+            assert r.status == 200 and r.sha256 == sha, f"response {i}"
+    assert [q["target"] for q in backend.requests] == [f"/bytes/{size}?i={i}" for i in range(n)]
+    assert_healthy(remora)
+
+
 @pytest.mark.skipif(not ipv6_available(), reason="::1 not available")
 def test_ipv6_backend(start_remora, http_backend):
     backend = http_backend(host="::1")
@@ -405,3 +432,28 @@ def test_ipv6_listener(start_remora, http_backend):
         r = c.request("GET", "/echo?v6=listener")
     assert r.status == 200
     assert values(r.json(), "x-forwarded-for") == ["::1"]
+
+
+def test_client_connection_close_is_honoured(proxy):
+    with Client(proxy.port, timeout=5) as c:
+        r = c.request("GET", "/echo", headers=[("Connection", "close")])
+        assert r.status == 200
+        how, extra = wait_closed(c.sock, 3.0)
+    assert how in ("eof", "reset"), "proxy kept the connection open after Connection: close"
+    assert extra == b""
+
+
+@pytest.mark.parametrize("when", ["split", "same"])
+def test_upstream_interim_1xx_then_final_response(proxy, when):
+    """A 1xx from the upstream (here 103 Early Hints) is followed by the final response: the client
+    gets the final response (the 1xx may be forwarded or dropped). "same": both in one TCP write."""
+    with Client(proxy.port, timeout=5) as c:
+        try:
+            r = c.request("GET", f"/interim/{when}")
+        except TimeoutError:
+            pytest.fail("no final response within 5 s: the proxy lost the response that followed the 1xx")
+        assert r.status == 200, f"got {r.status} {r.body[:100]!r}"
+        assert r.json()["target"] == f"/interim/{when}"
+        assert set(r.interim) <= {103}
+        r2 = c.request("GET", "/echo?after=interim")
+        assert r2.status == 200 and r2.json()["target"] == "/echo?after=interim"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import pytest
 
+from backends import pattern_bytes
 from harness import (Client, assert_healthy, build_request, cluster, connect, get, http_listener,
                      make_config, route, run_curl)
 from wire import ProtocolError, Reader, read_chunked, read_response_head, wait_closed
@@ -81,6 +83,17 @@ def test_truncated_response_is_an_error_for_curl(proxy, tmp_path):
     assert p.returncode in (18, 56, 52), p.stderr.decode()  # partial file / recv failure / empty reply
 
 
+def test_route_timeout_covers_the_head_not_a_slow_body(start_remora, http_backend):
+    """The route timeout bounds the wait for the response head; a body streaming for longer is fine."""
+    backend = http_backend()
+    remora = start_remora(make_config(
+        [http_listener("web", routes=[route("app", timeout="500ms")])], [cluster("app", [backend.endpoint])]))
+    with Client(remora.port("web"), timeout=5) as c:
+        r = c.request("GET", "/slowbody/10000/1500")
+    assert r.status == 200
+    assert len(r.body) == 10000 and r.sha256 == r.header("x-body-sha256")
+
+
 def test_retry_when_upstream_closes_after_each_response(start_remora, http_backend):
     """The backend closes every keep-alive connection right after answering, without announcing it."""
     backend = http_backend(mode="close_after_response")
@@ -106,3 +119,17 @@ def test_retry_once_on_reused_connection_failure(start_remora, http_backend):
     assert [q["target"] for q in backend.requests] == [f"/echo?i={i}" for i in range(20)]
     remora.wait_stat("cluster.app.upstream_rq_retry", lambda v: v >= 1)
     assert_healthy(remora)
+
+
+def test_retry_replays_a_small_request_body(start_remora, http_backend):
+    """The retried request carries its body again, byte for byte (10 KB POSTs, reused-connection reset)."""
+    backend = http_backend(mode="drop_reused")
+    remora = start_remora(make_config([http_listener("web")], [cluster("app", [backend.endpoint])]))
+    with Client(remora.port("web")) as c:
+        for i in range(10):
+            body = pattern_bytes(10_000, seed=i)
+            r = c.request("POST", f"/echo?i={i}", body=body)
+            assert r.status == 200, f"request {i} got {r.status} {r.body[:120]!r}"
+            assert r.json()["body_sha256"] == hashlib.sha256(body).hexdigest()
+    assert backend.dropped >= 1
+    remora.wait_stat("cluster.app.upstream_rq_retry", lambda v: v >= 1)
