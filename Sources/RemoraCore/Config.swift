@@ -86,6 +86,8 @@ public struct ListenerConfig: Sendable, Equatable {
     /// HTTP: idle keep-alive connections close after this long; a stalled body stream is aborted
     /// after this long without progress. TCP: a connection with no bytes either way closes. Default 60 s.
     public var idleTimeout: Millis
+    /// HTTP only: HTTP/2 (h2c) settings advertised to clients on this listener.
+    public var http2: HTTP2Settings
     /// HTTP only: ordered; the first match wins; no match -> 404 from the proxy.
     public var routes: [RouteConfig]
     /// TCP only: the cluster that receives the bytes.
@@ -93,8 +95,9 @@ public struct ListenerConfig: Sendable, Equatable {
 
     public init(name: String, address: HostPort, protocol: ListenerProtocol = .http,
                 requestHeaderTimeout: Millis = 10_000, maxRequestHeaderBytes: Int = 60 * 1024,
-                idleTimeout: Millis = 60_000, routes: [RouteConfig] = [], cluster: String? = nil) {
-        self.name = name; self.address = address; self.protocol = `protocol`
+                idleTimeout: Millis = 60_000, http2: HTTP2Settings = HTTP2Settings(), routes: [RouteConfig] = [],
+                cluster: String? = nil) {
+        self.name = name; self.address = address; self.protocol = `protocol`; self.http2 = http2
         self.requestHeaderTimeout = requestHeaderTimeout; self.maxRequestHeaderBytes = maxRequestHeaderBytes
         self.idleTimeout = idleTimeout; self.routes = routes; self.cluster = cluster
     }
@@ -152,10 +155,31 @@ public struct ClusterConfig: Sendable, Equatable {
     public var connectTimeout: Millis
     /// Idle keep-alive connections kept per endpoint per worker. Default 128, range 0 ... 100_000.
     public var maxIdlePerEndpoint: Int
+    /// `protocol: http2` only: what this proxy advertises to the upstream. The peer's own
+    /// SETTINGS_MAX_CONCURRENT_STREAMS decides how many streams share one connection.
+    public var http2: HTTP2Settings
 
     public init(name: String, protocol: ClusterProtocol = .http1, endpoints: [HostPort],
-                connectTimeout: Millis = 5_000, maxIdlePerEndpoint: Int = 128) {
-        self.name = name; self.protocol = `protocol`; self.endpoints = endpoints
+                connectTimeout: Millis = 5_000, maxIdlePerEndpoint: Int = 128, http2: HTTP2Settings = HTTP2Settings()) {
+        self.name = name; self.protocol = `protocol`; self.endpoints = endpoints; self.http2 = http2
         self.connectTimeout = connectTimeout; self.maxIdlePerEndpoint = maxIdlePerEndpoint
+    }
+}
+
+/// HTTP/2 settings (RFC 9113 §6.5.2) one side advertises. YAML: `http2: { max_concurrent_streams: 100, … }`.
+public struct HTTP2Settings: Sendable, Equatable {
+    /// SETTINGS_MAX_CONCURRENT_STREAMS. Default 100, range 1 ... 10_000.
+    public var maxConcurrentStreams: Int
+    /// SETTINGS_INITIAL_WINDOW_SIZE: per-stream receive window, bytes. Default 1 MiB, range 64 KiB ... 16 MiB.
+    public var initialStreamWindow: Int
+    /// Connection-level receive window, bytes. Default 4 MiB, range 64 KiB ... 1 GiB.
+    public var connectionWindow: Int
+    /// SETTINGS_MAX_HEADER_LIST_SIZE, bytes; larger header blocks are refused. Default 64 KiB, range 1 KiB ... 1 MiB.
+    public var maxHeaderListSize: Int
+
+    public init(maxConcurrentStreams: Int = 100, initialStreamWindow: Int = 1 << 20, connectionWindow: Int = 4 << 20,
+                maxHeaderListSize: Int = 64 * 1024) {
+        self.maxConcurrentStreams = maxConcurrentStreams; self.initialStreamWindow = initialStreamWindow
+        self.connectionWindow = connectionWindow; self.maxHeaderListSize = maxHeaderListSize
     }
 }
