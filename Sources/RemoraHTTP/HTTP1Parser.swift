@@ -68,6 +68,11 @@ public final class HTTP1Parser {
     public private(set) var inBody = false
     /// Index of the first `Expect` header, or -1.
     public private(set) var expectIndex = -1
+    /// Index of the first `Host` header, or -1; `hostCount` how many there are.
+    public private(set) var hostIndex = -1
+    public private(set) var hostCount = 0
+    /// Index of the first `Transfer-Encoding` header, or -1.
+    public private(set) var transferEncodingIndex = -1
     /// Index of the first `Connection` header that names fields beyond `close`/`keep-alive`
     /// (those fields are hop-by-hop too), or -1: the usual Connection header names none.
     public private(set) var connectionNamesFields = -1
@@ -209,6 +214,9 @@ public final class HTTP1Parser {
         headBytes = 0
         fieldState = 0
         expectIndex = -1
+        hostIndex = -1
+        hostCount = 0
+        transferEncodingIndex = -1
         connectionNamesFields = -1
         inHead = true
         inBody = false
@@ -259,7 +267,12 @@ public final class HTTP1Parser {
     func classifyHeaders() {
         for i in 0..<headerCount {
             let n = name(i)
-            if n.count == 6 && expectIndex < 0 && n.equalsLowercase("expect") { expectIndex = i }
+            switch n.count {
+            case 4: if n.equalsLowercase("host") { if hostIndex < 0 { hostIndex = i }; hostCount += 1 }
+            case 6: if expectIndex < 0 && n.equalsLowercase("expect") { expectIndex = i }
+            case 17: if transferEncodingIndex < 0 && n.equalsLowercase("transfer-encoding") { transferEncodingIndex = i }
+            default: break
+            }
             if n.count == 10 && connectionNamesFields < 0 && n.equalsLowercase("connection") {
                 let v = value(i)
                 if !(v.equalsLowercase("keep-alive") || v.equalsLowercase("close")) { connectionNamesFields = i }

@@ -50,6 +50,7 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Up
     var pausedForUpstream = false
     /// We stopped reading the upstream because the client reads slower than it writes.
     var upstreamPausedByUs = false
+    var resumeWhenDrained = false
     var draining = false
     var ending = false
     static let stashLimit = 64 * 1024
@@ -125,8 +126,10 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Up
         }
     }
 
-    /// After an exchange: lets the parser go on with the next (pipelined) request.
+    /// After an exchange: lets the parser go on with the next (pipelined) request — once the client
+    /// has read what is queued for it, so a client that pipelines without reading gets no more.
     func resumeInput() {
+        if conn.isAboveHighWatermark { resumeWhenDrained = true; return }
         if inFeed { resumePending = true; return }
         guard parserPaused else { updateReading(); return }
         parserPaused = false
@@ -160,6 +163,10 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Up
     }
 
     func connectionDrained(_ c: TCPConnection) {
+        if resumeWhenDrained {
+            resumeWhenDrained = false
+            resumeInput()
+        }
         if upstreamPausedByUs, let u = upstream {
             upstreamPausedByUs = false
             u.conn.startReading()
@@ -217,6 +224,16 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Up
             localResponse(405, "CONNECT is not supported\n", closing: true)
             return false
         }
+        // RFC 9112 §3.2: exactly one Host in HTTP/1.1. §6.1: a transfer coding other than chunked
+        // cannot be forwarded faithfully once the body is re-framed: refuse it.
+        if p.hostCount > 1 || (p.hostCount == 0 && !isHTTP10) {
+            localResponse(400, "exactly one Host header is required\n", closing: true)
+            return false
+        }
+        if p.transferEncodingIndex >= 0 && !p.value(p.transferEncodingIndex).equalsLowercase("chunked") {
+            localResponse(501, "only the chunked transfer coding is supported\n", closing: true)
+            return false
+        }
         guard let ri = listener.routes.match(target: p.startLine) else {
             stats.inc(.downstream_rq_no_route)
             localResponse(404, "no route\n", closing: p.hasBody)
@@ -249,7 +266,9 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Up
         cl.stats.inc(.upstream_rq_active)
         clusterActive = true
         if expectContinue && p.hasBody { conn.write(rawBytes("HTTP/1.1 100 Continue\r\n\r\n")) }
-        dispatch(fresh: false)
+        // A body that may outgrow the replay buffer goes on a fresh connection: a pooled one could
+        // be closed by the backend under it (the keep-alive race) with nothing left to retry from.
+        dispatch(fresh: p.isChunked || (p.hasContentLength && p.contentLength > UInt64(HTTPSession.replayLimit)))
         return false
     }
 
@@ -265,6 +284,7 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Up
                 return
             }
             upstream = u
+            cl.stats.add(.upstream_cx_tx_bytes_total, UInt64(upHead.count))
             if inFeed { u.conn.cork() }   // head and body bytes of this read leave together (see feed)
             if u.begin(owner: self, head: upHead.bytes, isHEAD: isHEAD) {
                 if !replay.isEmpty { writeUpstreamBody(u, replay.bytes) }

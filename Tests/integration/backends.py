@@ -35,7 +35,6 @@ import random
 import socket
 import struct
 import threading
-import time
 from urllib.parse import urlsplit, parse_qs
 
 from wire import CRLF, ProtocolError, Reader, header, header_values, parse_headers, read_chunked, split_head

@@ -4,7 +4,6 @@ process keeps serving other connections."""
 from __future__ import annotations
 
 import select
-import socket
 import time
 
 import pytest
@@ -163,3 +162,25 @@ def test_many_bad_connections_do_not_disturb_a_good_one(strict_proxy):
             assert r.status == 200 and r.json()["target"] == f"/echo?i={i}"
     assert [q["target"] for q in strict_proxy.backend.requests] == [f"/echo?i={i}" for i in range(20)]
     assert_healthy(strict_proxy.remora)
+
+
+HOST_AND_CODING = {
+    "missing_host_http11": (b"GET / HTTP/1.1\r\nAccept: */*\r\n\r\n", 400),
+    "duplicate_host": (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    "unsupported_transfer_coding": (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+                                    b"5\r\nhello\r\n0\r\n\r\n", 501),
+}
+
+
+@pytest.mark.parametrize("name", list(HOST_AND_CODING))
+def test_host_rules_and_transfer_codings(strict_proxy, name):
+    """RFC 9112: exactly one Host in HTTP/1.1 (400); a transfer coding the proxy would drop when it
+    re-frames the body is refused (501) rather than forwarded as plain chunked."""
+    data, status = HOST_AND_CODING[name]
+    expect_status_and_close(strict_proxy, data, status)
+
+
+def test_http10_without_host_is_served(strict_proxy):
+    resp, s = send_raw(strict_proxy.port, b"GET /echo HTTP/1.0\r\n\r\n")
+    s.close()
+    assert resp.status == 200

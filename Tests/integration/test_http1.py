@@ -12,9 +12,9 @@ import pytest
 
 from backends import pattern_bytes, repeat_block, repeat_sha
 from conftest import ipv6_available
-from harness import (Client, assert_healthy, build_request, cluster, connect, get, http_listener,
-                     make_config, poll, request, route, run_curl)
-from wire import Reader, header_values, read_response, read_response_head, wait_closed
+from harness import (Client, assert_healthy, build_request, cluster, get, http_listener, make_config,
+                     request, route, run_curl)
+from wire import header_values, read_response_head, wait_closed
 
 MiB = 1 << 20
 
@@ -380,6 +380,10 @@ def test_upload_backpressure(start_remora, http_backend):
         assert info["body_sha256"] == repeat_sha(mib)
     finally:
         backend.release.set()
+        try:
+            c.sock.shutdown(socket.SHUT_RDWR)  # wakes the sender if it is still blocked
+        except OSError:
+            pass
         c.close()
         t.join(5)
     assert_healthy(remora)
@@ -387,18 +391,20 @@ def test_upload_backpressure(start_remora, http_backend):
 
 @pytest.mark.timeout(90)
 def test_pipelined_requests_respect_backpressure(start_remora, http_backend):
-    """A client pipelines 1000 requests for 100 kB each (100 MB in all) and reads nothing: the proxy
+    """A client pipelines 2000 requests for 50 kB each (100 MB in all) and reads nothing: the proxy
     must stop taking on new requests once the client's connection is backed up, not buffer every
-    response in memory."""
+    response in memory. (Each response is small enough to arrive from the backend in one piece.)"""
     backend = http_backend()
     remora = start_remora(make_config([http_listener("web")], [cluster("app", [backend.endpoint])]))
     port = remora.port("web")
-    assert get(port, "/bytes/100000").status == 200
+    assert get(port, "/bytes/50000").status == 200
     backend.requests.clear()
     rss0 = remora.rss_kib()
-    n, size = 1000, 100_000
+    n, size = 2000, 50_000
     with Client(port, rcvbuf=64 * 1024, timeout=20) as c:
-        c.send(b"".join(build_request("GET", f"/bytes/{size}?i={i}") for i in range(n)))  # ~45 kB
+        pipeline = b"".join(build_request("GET", f"/bytes/{size}?i={i}") for i in range(n))  # ~90 kB
+        sender = threading.Thread(target=c.sock.sendall, args=(pipeline,), daemon=True)
+        sender.start()  # may block once the proxy stops reading: that is allowed
         served = _wait_stalled(lambda: len(backend.requests), "backend request count")
         growth = remora.rss_kib() - rss0
         assert served < n // 2, (f"the proxy fetched {served} of {n} pipelined responses "
@@ -408,6 +414,7 @@ def test_pipelined_requests_respect_backpressure(start_remora, http_backend):
         for i in range(n):
             r = c.read_response()
             assert r.status == 200 and r.sha256 == sha, f"response {i}"
+        sender.join(5)
     assert [q["target"] for q in backend.requests] == [f"/bytes/{size}?i={i}" for i in range(n)]
     assert_healthy(remora)
 

@@ -8,8 +8,6 @@ import subprocess
 import threading
 import time
 
-import pytest
-
 from harness import Client, cluster, connect, get, http_listener, make_config, poll, to_yaml
 from wire import Reader, read_response, wait_closed
 

@@ -158,3 +158,49 @@ def test_connect_failure_closes_client(start_remora, tcp_backend, refused_endpoi
         s.close()
     assert (got, how) == (b"pingBYE", "eof")
     remora.assert_alive()
+
+
+def test_tcp_backpressure_when_client_does_not_read(tcp_proxy):
+    """The client sends 128 MiB and never reads the echo: once the echo backs up, the proxy stops
+    reading the client instead of buffering."""
+    remora, _ = tcp_proxy
+    rss0 = remora.rss_kib()
+    s = connect(remora.port("echo"), timeout=30, rcvbuf=64 * 1024, sndbuf=64 * 1024)
+    t = None
+    try:
+        progress = {"sent": 0}
+        block = memoryview(pattern_bytes(MiB))
+
+        def send():
+            try:
+                for _ in range(128):
+                    for off in range(0, MiB, 64 * 1024):
+                        s.sendall(block[off:off + 64 * 1024])
+                        progress["sent"] += 64 * 1024
+            except OSError:
+                pass
+
+        t = threading.Thread(target=send, daemon=True)
+        t.start()
+        deadline = time.monotonic() + 15
+        last, since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            if progress["sent"] != last:
+                last, since = progress["sent"], time.monotonic()
+            elif time.monotonic() - since >= 0.4:
+                break
+        else:
+            pytest.fail("client upload never stalled")
+        growth = remora.rss_kib() - rss0
+        assert last < 96 * MiB, f"the proxy took {last >> 20} MiB from a client that reads nothing"
+        assert growth < 48 * 1024, f"remora RSS grew by {growth >> 10} MiB"
+    finally:
+        try:
+            s.shutdown(socket.SHUT_RDWR)  # wakes the sender blocked in sendall
+        except OSError:
+            pass
+        s.close()
+        if t:
+            t.join(5)
+    remora.assert_alive()

@@ -8,9 +8,9 @@ import time
 import pytest
 
 from backends import pattern_bytes
-from harness import (Client, assert_healthy, build_request, cluster, connect, get, http_listener,
-                     make_config, route, run_curl)
-from wire import ProtocolError, Reader, read_chunked, read_response_head, wait_closed
+from harness import (Client, assert_healthy, build_request, cluster, get, http_listener, make_config,
+                     route, run_curl)
+from wire import ProtocolError, read_chunked, read_response_head, wait_closed
 
 
 def test_connection_refused_503_names_cluster(start_remora, http_backend, refused_endpoint):
@@ -133,3 +133,18 @@ def test_retry_replays_a_small_request_body(start_remora, http_backend):
             assert r.json()["body_sha256"] == hashlib.sha256(body).hexdigest()
     assert backend.dropped >= 1
     remora.wait_stat("cluster.app.upstream_rq_retry", lambda v: v >= 1)
+
+
+def test_large_bodies_are_safe_from_the_keepalive_race(start_remora, http_backend):
+    """Bodies too large to replay (1 MiB here) go on fresh upstream connections, so a backend that
+    resets reused connections never turns them into 502s."""
+    backend = http_backend(mode="drop_reused")
+    remora = start_remora(make_config([http_listener("web")], [cluster("app", [backend.endpoint])]))
+    with Client(remora.port("web")) as c:
+        for i in range(6):
+            body = pattern_bytes(1 << 20, seed=i)
+            r = c.request("POST", f"/echo?i={i}", body=body)
+            assert r.status == 200, f"request {i} got {r.status} {r.body[:120]!r}"
+            assert r.json()["body_sha256"] == hashlib.sha256(body).hexdigest()
+            r = c.request("GET", f"/echo?small={i}")     # small requests still reuse pooled connections
+            assert r.status == 200
