@@ -71,3 +71,11 @@ let ioLoopTimerCallback: uv_timer_cb = { t in
 let ioLoopTimerCloseCallback: uv_close_cb = { h in
     Unmanaged<LoopTimer>.fromOpaque(h!.pointee.data).takeUnretainedValue().handleClosed()
 }
+
+let ioDeadlineCallback: uv_timer_cb = { t in
+    Unmanaged<DeadlineTimer>.fromOpaque(t!.pointee.data)._withUnsafeGuaranteedRef { $0.fired() }
+}
+
+let ioDeadlineCloseCallback: uv_close_cb = { h in
+    Unmanaged<DeadlineTimer>.fromOpaque(h!.pointee.data).takeUnretainedValue().handleClosed()
+}
