@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Remora vs HAProxy vs nginx: side-by-side benchmark (NOT a test).
+#
+# Usage: perf/run.sh [--quick] [--rounds N] [--duration S] [--only remora,haproxy,nginx]
+#                    [--scenarios h1,tcp,rss] [--callgrind] [--conns N] [--help]
+# Env:   REMORA_BIN (default .build/release/remora), ROUNDS, DURATION, CONNS,
+#        LOAD_CPU (0), PROXY_CPU (1), BACKEND_CPU (0), PYTHON (python3), SKIP_APT=1
+# See perf/README.md.
+#
+# Debian packages this benchmark needs (installed with apt-get if missing):
+#   haproxy              HAProxy 2.6 (proxy under comparison)
+#   nginx                nginx 1.22 (backend + proxy under comparison)
+#   libnginx-mod-stream  nginx stream{} module (TCP scenario)
+#   wrk                  HTTP/1.1 load generator (scenario h1)
+#   iperf3               TCP throughput source/sink (scenario tcp)
+#   nghttp2-client       h2load (request-count-bounded load for --callgrind)
+#   valgrind             callgrind (only for --callgrind; includes callgrind_control)
+#   binutils             strip (only for --callgrind: valgrind 3.19 cannot read Swift DWARF 5)
+#   linux-perf           perf stat: syscalls per request (h1 scenario; skip with --no-syscalls)
+#   util-linux           taskset, setpriv (core pinning; kill children if the driver dies)
+#   procps               misc (ps) for diagnostics
+#   python3              driver (stdlib only)
+set -euo pipefail
+
+PERF_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$PERF_DIR/.." && pwd)"
+PACKAGES=(haproxy nginx libnginx-mod-stream wrk iperf3 nghttp2-client linux-perf valgrind binutils util-linux procps python3)
+
+log() { printf '[run.sh] %s\n' "$*" >&2; }
+
+# ---- argument peek (the full parsing is done by bench.py) -------------------
+want_remora=1
+want_callgrind=0
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+  case "${args[$i]}" in
+    -h|--help) exec "${PYTHON:-python3}" "$PERF_DIR/bench.py" --help ;;
+    --only) only="${args[$((i + 1))]:-}"; [[ ",$only," == *",remora,"* ]] || want_remora=0 ;;
+    --only=*) only="${args[$i]#--only=}"; [[ ",$only," == *",remora,"* ]] || want_remora=0 ;;
+    --callgrind) want_callgrind=1 ;;
+  esac
+done
+
+# ---- packages ---------------------------------------------------------------
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if [[ ( "$p" == valgrind || "$p" == binutils ) && $want_callgrind == 0 ]]; then continue; fi
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$p")
+  fi
+done
+if ((${#missing[@]})); then
+  if [[ "${SKIP_APT:-0}" == 1 ]]; then
+    log "missing packages (SKIP_APT=1, not installing): ${missing[*]}"
+  else
+    log "installing missing packages: ${missing[*]}"
+    SUDO=""; [[ $(id -u) == 0 ]] || SUDO="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get install -y --no-install-recommends "${missing[@]}" ||
+      { $SUDO apt-get update && $SUDO apt-get install -y --no-install-recommends "${missing[@]}"; } ||
+      log "WARNING: apt-get failed; scenarios needing ${missing[*]} will be skipped"
+  fi
+fi
+
+# ---- file descriptors: soft limit up to the hard limit (try to raise the hard one too) ----
+ulimit -Hn 1048576 2>/dev/null || true
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+log "open-files limit: soft=$(ulimit -Sn) hard=$(ulimit -Hn)"
+
+# ---- Remora binary ----------------------------------------------------------
+if [[ $want_remora == 1 ]]; then
+  if [[ -n "${REMORA_BIN:-}" ]]; then
+    [[ -x "$REMORA_BIN" ]] || log "WARNING: REMORA_BIN=$REMORA_BIN is not executable; Remora will be reported as failed"
+  else
+    REMORA_BIN="$REPO_ROOT/.build/release/remora"
+    if [[ ! -x "$REMORA_BIN" ]]; then
+      log "building Remora: (cd $REPO_ROOT && swift build -c release --static-swift-stdlib)"
+      (cd "$REPO_ROOT" && swift build -c release --static-swift-stdlib) ||
+        log "WARNING: swift build failed; Remora will be reported as failed"
+    fi
+  fi
+  export REMORA_BIN
+fi
+
+mkdir -p "$PERF_DIR/out"
+exec "${PYTHON:-python3}" "$PERF_DIR/bench.py" "$@"
