@@ -31,7 +31,7 @@ let package = Package(
         // The only importer of libuv.
         .target(name: "RemoraIO", dependencies: ["RemoraCore", "CLibUV"], swiftSettings: hot),
         // The only importer of llhttp (and, later, nghttp2).
-        .target(name: "RemoraHTTP", dependencies: ["RemoraCore", "CLLHTTP"], swiftSettings: hot),
+        .target(name: "RemoraHTTP", dependencies: ["RemoraCore", "CLLHTTP", "CNGHTTP2"], swiftSettings: hot),
         // Pure decisions, no I/O: route table, load balancing.
         .target(name: "RemoraRouting", dependencies: ["RemoraCore"], swiftSettings: hot),
         // The glue: workers, connection managers, upstream pools, TCP proxy, admin.

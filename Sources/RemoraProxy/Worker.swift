@@ -33,6 +33,12 @@ final class Worker {
     var scratch = ByteBuffer(capacity: 16 * 1024)
     /// Head and body buffers lent to exchanges (idle connections own none).
     let pool = BufferPool()
+    /// Recycled exchanges and HTTP/2 server streams (nothing allocated per request once warm).
+    var freeExchanges: [Exchange] = []
+    var freeServerStreams: [H2ServerStream] = []
+    /// Sessions with frames or stashed requests to process at the end of this loop iteration.
+    var toFlush: [any Flushable] = []
+    var flushHook: IterationHook?
     /// Downstream sessions, for draining (intrusive list: no allocation per connection).
     var sessionHead: Session?
     var sessionCount = 0
@@ -60,6 +66,7 @@ final class Worker {
     /// socket for listener i.
     func run(fds: [Int32], main: Mailbox<MainMessage>) {
         mailbox = Mailbox(loop: loop) { [unowned self] m in self.handle(m) }
+        flushHook = IterationHook(loop: loop) { [unowned self] in self.runFlushes() }
         var error: String?
         for (i, fd) in fds.enumerated() {
             do {
@@ -105,6 +112,29 @@ final class Worker {
         guard draining, sessionCount == 0 else { return }
         for c in clusters { c.closeIdle() }
         mailbox.close()
+        flushHook?.close()
+        for e in freeExchanges { e.timer.close() }
+        freeExchanges.removeAll()
+    }
+
+    // MARK: pools and deferred work
+
+    func takeExchange() -> Exchange { freeExchanges.popLast() ?? Exchange(worker: self) }
+
+    func recycle(_ e: Exchange) {
+        if draining && sessionCount == 0 { e.timer.close(); return }
+        freeExchanges.append(e)
+    }
+
+    func scheduleFlush(_ f: any Flushable) { toFlush.append(f) }
+
+    func runFlushes() {
+        var i = 0
+        while i < toFlush.count {   // a flush may schedule more
+            toFlush[i].flush()
+            i += 1
+        }
+        toFlush.removeAll(keepingCapacity: true)
     }
 
     // MARK: session list
@@ -114,6 +144,16 @@ final class Worker {
         sessionHead?.prev = s
         sessionHead = s
         sessionCount += 1
+    }
+
+    /// A connection changed protocol (HTTP/1.1 → HTTP/2): the new session takes the old one's place.
+    func replace(_ old: Session, with new: Session) {
+        add(new)
+        if let p = old.prev { p.next = old.next } else { sessionHead = old.next }
+        old.next?.prev = old.prev
+        old.prev = nil
+        old.next = nil
+        sessionCount -= 1
     }
 
     func remove(_ s: Session) {
