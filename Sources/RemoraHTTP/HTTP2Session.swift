@@ -115,49 +115,65 @@ public final class HTTP2Session {
 
     // MARK: submitting (never from inside a delegate call)
 
-    /// Builds an nghttp2 header list: `pseudo` first, then `headers` with names lowercased, minus
-    /// hop-by-hop fields (and Host, which `:authority` replaces), then `extra`.
-    func withNV<R>(pseudo: [(StaticString, UnsafeRawBufferPointer)], headers h: UnsafeBufferPointer<HeaderRef>,
-                   extra: [(StaticString, UnsafeRawBufferPointer)], dropHost: Bool,
+    /// Builds an nghttp2 header list: up to four pseudo-headers, then `headers` minus hop-by-hop
+    /// fields (and Host when `dropHost`: `:authority` replaces it). Names must already be lowercase
+    /// unless `lowercase`, which lowercases them into `scratch`. With `noCopy`, nghttp2 keeps
+    /// pointers to the bytes, which must then stay unchanged until the frame is sent.
+    @inline(__always)
+    func withNV<R>(_ p0: StaticString?, _ v0: UnsafeRawBufferPointer, _ p1: StaticString?, _ v1: UnsafeRawBufferPointer,
+                   _ p2: StaticString?, _ v2: UnsafeRawBufferPointer, _ p3: StaticString?, _ v3: UnsafeRawBufferPointer,
+                   headers h: UnsafeBufferPointer<HeaderRef>, dropHost: Bool, lowercase: Bool, noCopy: Bool,
                    _ body: (UnsafePointer<nghttp2_nv>, Int) -> R) -> R {
         let hop = HopFilter(h, keepTETrailers: true)
-        scratch.count = 0
-        var nameBytes = 0
-        for f in h { nameBytes += f.name.count }
-        scratch.reserve(nameBytes)
-        let total = pseudo.count + h.count + extra.count
-        return withUnsafeTemporaryAllocation(of: nghttp2_nv.self, capacity: max(total, 1)) { nv in
+        if lowercase {
+            scratch.count = 0
+            var nameBytes = 0
+            for f in h { nameBytes += f.name.count }
+            scratch.reserve(nameBytes)
+        }
+        let flags = UInt8(noCopy ? NGHTTP2_NV_FLAG_NO_COPY_NAME.rawValue | NGHTTP2_NV_FLAG_NO_COPY_VALUE.rawValue
+                                 : NGHTTP2_NV_FLAG_NONE.rawValue)
+        return withUnsafeTemporaryAllocation(of: nghttp2_nv.self, capacity: h.count + 4) { nv in
             var n = 0
-            func add(_ name: UnsafeRawPointer, _ nl: Int, _ value: UnsafeRawBufferPointer) {
+            @inline(__always) func add(_ name: UnsafeRawPointer, _ nl: Int, _ value: UnsafeRawBufferPointer, _ f: UInt8) {
                 nv[n] = nghttp2_nv(name: UnsafeMutablePointer(mutating: name.assumingMemoryBound(to: UInt8.self)),
-                                   value: UnsafeMutablePointer(mutating: (value.baseAddress ?? UnsafeRawPointer(name)).assumingMemoryBound(to: UInt8.self)),
-                                   namelen: nl, valuelen: value.count, flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue))
+                                   value: UnsafeMutablePointer(mutating: (value.baseAddress ?? name).assumingMemoryBound(to: UInt8.self)),
+                                   namelen: nl, valuelen: value.count, flags: f)
                 n += 1
             }
-            for (name, value) in pseudo { add(name.utf8Start, name.utf8CodeUnitCount, value) }
+            let staticName = UInt8(NGHTTP2_NV_FLAG_NO_COPY_NAME.rawValue) | (flags & UInt8(NGHTTP2_NV_FLAG_NO_COPY_VALUE.rawValue))
+            if let p0 { add(p0.utf8Start, p0.utf8CodeUnitCount, v0, staticName) }
+            if let p1 { add(p1.utf8Start, p1.utf8CodeUnitCount, v1, staticName) }
+            if let p2 { add(p2.utf8Start, p2.utf8CodeUnitCount, v2, staticName) }
+            if let p3 { add(p3.utf8Start, p3.utf8CodeUnitCount, v3, staticName) }
             for i in h.indices {
                 if hop.isHopByHop(h, i) { continue }
                 let name = h[i].name
                 if dropHost && name.count == 4 && name.equalsLowercase("host") { continue }
-                let start = scratch.count
-                for k in 0..<name.count {
-                    let c = name[k]
-                    scratch.append(byte: c >= 0x41 && c <= 0x5A ? c | 0x20 : c)
+                if lowercase {
+                    let start = scratch.count
+                    scratch.append(name)
+                    let b = (scratch.base! + start).assumingMemoryBound(to: UInt8.self)
+                    for k in 0..<name.count where b[k] &- 0x41 < 26 { b[k] |= 0x20 }
+                    add(scratch.base! + start, name.count, h[i].value, flags & UInt8(NGHTTP2_NV_FLAG_NO_COPY_VALUE.rawValue))
+                } else {
+                    add(name.baseAddress!, name.count, h[i].value, flags)
                 }
-                add(scratch.base! + start, name.count, h[i].value)
             }
-            for (name, value) in extra { add(name.utf8Start, name.utf8CodeUnitCount, value) }
             return body(UnsafePointer(nv.baseAddress!), n)
         }
     }
 
+    static var none: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: nil, count: 0) }
+
     /// Server: sends a response head; `hasBody` attaches the body source (`h2ReadBody`).
     @discardableResult
-    public func submitResponse(stream: Int32, status: Int, headers: UnsafeBufferPointer<HeaderRef>,
-                               extra: [(StaticString, UnsafeRawBufferPointer)] = [], hasBody: Bool) -> Bool {
+    public func submitResponse(stream: Int32, status: Int, headers: UnsafeBufferPointer<HeaderRef>, hasBody: Bool,
+                               lowercase: Bool) -> Bool {
         var digits: (UInt8, UInt8, UInt8) = (48 + UInt8(status / 100 % 10), 48 + UInt8(status / 10 % 10), 48 + UInt8(status % 10))
         return withUnsafeBytes(of: &digits) { st in
-            withNV(pseudo: [(":status", st)], headers: headers, extra: extra, dropHost: false) { nv, n in
+            withNV(":status", st, nil, Self.none, nil, Self.none, nil, Self.none, headers: headers, dropHost: false,
+                   lowercase: lowercase, noCopy: false) { nv, n in
                 if hasBody {
                     var prd = nghttp2_data_provider(source: nghttp2_data_source(ptr: nil), read_callback: h2ReadCallback)
                     return nghttp2_submit_response(session, stream, nv, n, &prd) == 0
@@ -170,12 +186,11 @@ public final class HTTP2Session {
     /// Client: sends a request head; returns the stream id (< 0 on failure). `hasBody` attaches the
     /// body source. Host among `headers` is dropped (`authority` becomes `:authority`).
     public func submitRequest(method: UnsafeRawBufferPointer, scheme: StaticString, authority: UnsafeRawBufferPointer,
-                              path: UnsafeRawBufferPointer, headers: UnsafeBufferPointer<HeaderRef>,
-                              extra: [(StaticString, UnsafeRawBufferPointer)], hasBody: Bool,
-                              streamData: UnsafeMutableRawPointer?) -> Int32 {
+                              path: UnsafeRawBufferPointer, headers: UnsafeBufferPointer<HeaderRef>, lowercase: Bool,
+                              hasBody: Bool, streamData: UnsafeMutableRawPointer?) -> Int32 {
         let sch = UnsafeRawBufferPointer(start: scheme.utf8Start, count: scheme.utf8CodeUnitCount)
-        return withNV(pseudo: [(":method", method), (":scheme", sch), (":authority", authority), (":path", path)],
-                      headers: headers, extra: extra, dropHost: true) { nv, n in
+        return withNV(":method", method, ":scheme", sch, ":authority", authority, ":path", path,
+                      headers: headers, dropHost: true, lowercase: lowercase, noCopy: false) { nv, n in
             if hasBody {
                 var prd = nghttp2_data_provider(source: nghttp2_data_source(ptr: nil), read_callback: h2ReadCallback)
                 return nghttp2_submit_request(session, nil, nv, n, &prd, streamData)
@@ -185,9 +200,9 @@ public final class HTTP2Session {
     }
 
     /// Trailer fields, ending the stream (after the body source reported `trailers`).
-    public func submitTrailers(stream: Int32, _ trailers: UnsafeBufferPointer<HeaderRef>,
-                               extra: [(StaticString, UnsafeRawBufferPointer)] = []) {
-        withNV(pseudo: [], headers: trailers, extra: extra, dropHost: false) { nv, n in
+    public func submitTrailers(stream: Int32, _ trailers: UnsafeBufferPointer<HeaderRef>) {
+        withNV(nil, Self.none, nil, Self.none, nil, Self.none, nil, Self.none, headers: trailers, dropHost: false,
+               lowercase: false, noCopy: false) { nv, n in
             _ = nghttp2_submit_trailer(session, stream, nv, n)
         }
     }

@@ -11,16 +11,21 @@ public struct HeaderBlock {
 
     public init() {}
 
+    /// Takes storage from `pool` unless the block has some (before filling it).
+    @inline(__always)
+    public mutating func prepare(_ pool: BufferPool) {
+        if arena.base == nil { arena = pool.take() }
+        if spans.base == nil { spans = pool.take() }
+        removeAll()
+    }
+
+    @inline(__always)
     public mutating func append(_ name: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer, lowercaseName: Bool = false) {
-        spans.reserve((count + 1) * MemoryLayout<HeaderSpan>.stride)
+        let need = (count + 1) * MemoryLayout<HeaderSpan>.stride
+        if need > spans.capacity { spans.reserve(need) }
         let nameOffset = arena.count
         arena.append(name)
-        if lowercaseName, let b = arena.base {
-            for i in nameOffset..<arena.count {
-                let c = b.load(fromByteOffset: i, as: UInt8.self)
-                if c >= 0x41 && c <= 0x5A { b.storeBytes(of: c | 0x20, toByteOffset: i, as: UInt8.self) }
-            }
-        }
+        if lowercaseName { lowercase(from: nameOffset, count: name.count) }
         let valueOffset = arena.count
         arena.append(value)
         spans.base!.assumingMemoryBound(to: HeaderSpan.self)[count] =
@@ -28,6 +33,13 @@ public struct HeaderBlock {
                        valueOffset: Int32(valueOffset), valueLength: Int32(value.count))
         count += 1
         listSize += name.count + value.count + 32
+    }
+
+    /// ASCII-lowercases `n` arena bytes in place.
+    @inline(__always)
+    mutating func lowercase(from offset: Int, count n: Int) {
+        guard n > 0, let b = arena.base?.advanced(by: offset).assumingMemoryBound(to: UInt8.self) else { return }
+        for i in 0..<n where b[i] &- 0x41 < 26 { b[i] |= 0x20 }
     }
 
     @inline(__always) func span(_ i: Int) -> HeaderSpan { spans.base!.assumingMemoryBound(to: HeaderSpan.self)[i] }

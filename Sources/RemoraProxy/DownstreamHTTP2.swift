@@ -24,6 +24,9 @@ final class H2ServerStream: DownstreamSide {
     var deferred = false
     var resetCode: UInt32? = nil
     var closed = false
+    /// Position in the connection's `all` list; in its dirty list.
+    var slot = -1
+    var isDirty = false
 
     func prepare(_ c: H2ServerConnection, _ id: Int32) {
         connection = c
@@ -38,8 +41,7 @@ final class H2ServerStream: DownstreamSide {
         resetCode = nil
         closed = false
         let pool = c.worker.pool
-        if fields.arena.base == nil { fields.arena = pool.take() }
-        fields.removeAll()
+        fields.prepare(pool)
     }
 
     static let bodyWatermark = 256 * 1024
@@ -49,14 +51,18 @@ final class H2ServerStream: DownstreamSide {
     func respondHead(status: Int, reason: UnsafeRawBufferPointer, headers: UnsafeBufferPointer<HeaderRef>,
                      lengthKnown: Bool, endStream: Bool) {
         guard let c = connection else { return }
-        if responseHead.arena.base == nil { responseHead.arena = c.worker.pool.take() }
-        responseHead.removeAll()
+        if endStream { responseEnded = true }
+        if !c.inSession {   // the usual case (the head comes from an upstream read): submit now, no copy
+            c.h2.submitResponse(stream: id, status: status, headers: headers, hasBody: !endStream, lowercase: true)
+            c.schedule()
+            return
+        }
+        responseHead.prepare(c.worker.pool)
         for f in headers { responseHead.append(f.name, f.value, lowercaseName: true) }
         responseStatus = status
         headPending = true
         headEndsStream = endStream
-        if endStream { responseEnded = true }
-        c.schedule()
+        c.markDirty(self)
     }
 
     func respondBody(_ data: UnsafeRawBufferPointer) {
@@ -71,7 +77,7 @@ final class H2ServerStream: DownstreamSide {
         responseEnded = true
         if let t, t.count > 0 {
             hasTrailers = true
-            trailers.removeAll()
+            trailers.prepare(c.worker.pool)
             for f in t { trailers.append(f.name, f.value, lowercaseName: true) }
         }
         c.resume(self)
@@ -79,7 +85,7 @@ final class H2ServerStream: DownstreamSide {
 
     func respondReset(code: UInt32) {
         resetCode = code
-        connection?.schedule()
+        connection?.markDirty(self)
     }
 
     var responseBlocked: Bool { body.count > H2ServerStream.bodyWatermark }
@@ -114,7 +120,10 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
     let conn: TCPConnection
     let h2: HTTP2Session
     let clientIP: String
-    var streams: [Int32: H2ServerStream] = [:]
+    /// Open streams (each also reachable by id through nghttp2's stream user data).
+    var all: [H2ServerStream] = []
+    /// Streams with a head, a reset or a resumed body to hand to nghttp2 at the next flush.
+    var dirty: [H2ServerStream] = []
     var inSession = false
     var flushScheduled = false
     var closing = false
@@ -128,7 +137,7 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
         self.clientIP = clientIP
         h2 = HTTP2Session(role: .server, settings: listener.config.http2)
         super.init()
-        streams.reserveCapacity(listener.config.http2.maxConcurrentStreams)
+        all.reserveCapacity(listener.config.http2.maxConcurrentStreams)
         h2.delegate = self
         conn.delegate = self
         conn.owner = self
@@ -145,7 +154,30 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
         worker.scheduleFlush(self)
     }
 
-    func resume(_ s: H2ServerStream) { schedule() }
+    func resume(_ s: H2ServerStream) { if s.deferred { markDirty(s) } else { schedule() } }
+
+    func markDirty(_ s: H2ServerStream) {
+        if !s.isDirty { s.isDirty = true; dirty.append(s) }
+        schedule()
+    }
+
+    @inline(__always)
+    func stream(_ id: Int32) -> H2ServerStream? {
+        guard let p = h2.streamData(id) else { return nil }
+        return Unmanaged<H2ServerStream>.fromOpaque(p).takeUnretainedValue()
+    }
+
+    func addStream(_ s: H2ServerStream) {
+        s.slot = all.count
+        all.append(s)
+        h2.setStreamData(s.id, Unmanaged.passUnretained(s).toOpaque())
+    }
+
+    func removeStream(_ s: H2ServerStream) {
+        let last = all.removeLast()
+        if last !== s { all[s.slot] = last; last.slot = s.slot }
+        s.slot = -1
+    }
 
     func consume(_ s: H2ServerStream, _ n: Int) {
         guard s.id > 0 else { return }
@@ -159,12 +191,14 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
         guard !closing else { return }
         for (id, n) in toConsume { h2.consume(stream: id, n) }
         toConsume.removeAll(keepingCapacity: true)
-        for s in streams.values where s.headPending || s.resetCode != nil || s.deferred {
+        for s in dirty where !s.closed && s.slot >= 0 {
+            s.isDirty = false
             if s.headPending {
                 s.headPending = false
-                s.responseHead.withRefs { h2.submitResponse(stream: s.id, status: s.responseStatus, headers: $0, hasBody: !s.headEndsStream) }
+                s.responseHead.withRefs { h2.submitResponse(stream: s.id, status: s.responseStatus, headers: $0,
+                                                            hasBody: !s.headEndsStream, lowercase: false) }
             }
-            if let code = s.resetCode, !s.closed {
+            if let code = s.resetCode {
                 s.resetCode = nil
                 h2.reset(stream: s.id, code: code)
             }
@@ -173,20 +207,24 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
                 h2.resumeData(stream: s.id)
             }
         }
+        for s in dirty { s.isDirty = false }
+        dirty.removeAll(keepingCapacity: true)
         var ok = send()
         while ok && !h2.trailersDue.isEmpty {
             let due = h2.trailersDue
             h2.trailersDue.removeAll(keepingCapacity: true)
-            for id in due { if let s = streams[id] { s.trailers.withRefs { h2.submitTrailers(stream: id, $0) } } }
+            for id in due { if let s = stream(id) { s.trailers.withRefs { h2.submitTrailers(stream: id, $0) } } }
             ok = send()
         }
         if !ok || h2.abused || (!h2.wantsRead && !h2.wantsWrite) { closeConnection() }
-        else if draining && streams.isEmpty { closeConnection() }
+        else if draining && all.isEmpty { closeConnection() }
     }
 
+    /// Every queued frame into one write (the socket is corked while nghttp2 serializes).
     func send() -> Bool {
         inSession = true
-        defer { inSession = false }
+        conn.cork()
+        defer { conn.uncork(); inSession = false }
         return h2.send { b in
             listener.stats.add(.downstream_cx_tx_bytes_total, UInt64(b.count))
             return conn.write(b)
@@ -216,7 +254,7 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
     func connectionError(_ c: TCPConnection, _ code: Int32) { abortAll(); c.close() }
 
     func connectionTimeout(_ c: TCPConnection) {
-        if streams.isEmpty {
+        if all.isEmpty {
             listener.stats.inc(.downstream_cx_idle_timeout)
             h2.goAway()
             draining = true
@@ -227,7 +265,7 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
     }
 
     func connectionDrained(_ c: TCPConnection) {
-        for s in streams.values { s.exchange?.downstreamDrained() }
+        for s in all { s.exchange?.downstreamDrained() }
         schedule()
     }
 
@@ -240,9 +278,9 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
     }
 
     func abortAll() {
-        let all = Array(streams.values)
-        streams.removeAll()
-        for s in all {
+        let streams = all
+        all.removeAll()
+        for s in streams {
             s.closed = true
             s.exchange?.downstreamAborted()
             s.recycle(pool: worker.pool)
@@ -252,21 +290,21 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
 
     // MARK: HTTP2SessionDelegate
 
-    func h2BeginHeaders(_ s: HTTP2Session, stream: Int32) {
-        if streams[stream] != nil { return }   // trailers of an open stream
+    func h2BeginHeaders(_ s: HTTP2Session, stream id: Int32) {
+        if stream(id) != nil { return }   // trailers of an open stream
         let st = worker.freeServerStreams.popLast() ?? H2ServerStream()
-        st.prepare(self, stream)
-        streams[stream] = st
+        st.prepare(self, id)
+        addStream(st)
     }
 
     func h2Header(_ s: HTTP2Session, stream: Int32, name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) -> Bool {
-        guard let st = streams[stream] else { return false }
+        guard let st = self.stream(stream) else { return false }
         st.fields.append(name, value)
         return st.fields.listSize <= listener.config.http2.maxHeaderListSize
     }
 
     func h2HeadersComplete(_ s: HTTP2Session, stream: Int32, endStream: Bool) {
-        guard let st = streams[stream] else { return }
+        guard let st = self.stream(stream) else { return }
         if st.started {   // request trailers
             st.requestEnded = true
             st.fields.withRefs { st.exchange?.requestEnd(trailers: $0) }
@@ -303,7 +341,7 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
     }
 
     func h2Data(_ s: HTTP2Session, stream: Int32, data: UnsafeRawBufferPointer) {
-        guard let st = streams[stream], let e = st.exchange else {
+        guard let st = self.stream(stream), let e = st.exchange else {
             toConsume.append((stream, data.count))
             return
         }
@@ -311,13 +349,14 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
     }
 
     func h2DataEnd(_ s: HTTP2Session, stream: Int32) {
-        guard let st = streams[stream] else { return }
+        guard let st = self.stream(stream) else { return }
         st.requestEnded = true
         st.exchange?.requestEnd(trailers: nil)
     }
 
     func h2StreamClosed(_ s: HTTP2Session, stream: Int32, errorCode: UInt32) {
-        guard let st = streams.removeValue(forKey: stream) else { return }
+        guard let st = self.stream(stream), st.slot >= 0 else { return }
+        removeStream(st)
         st.closed = true
         if let e = st.exchange {
             // Closed before the exchange finished: the client cancelled (or the stream failed).
@@ -325,14 +364,14 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
         }
         st.recycle(pool: worker.pool)
         worker.freeServerStreams.append(st)
-        if draining && streams.isEmpty { schedule() }
+        if draining && all.isEmpty { schedule() }
     }
 
     func h2GoAway(_ s: HTTP2Session, lastStreamID: Int32, errorCode: UInt32) {}
     func h2Settings(_ s: HTTP2Session) {}
 
     func h2ReadBody(_ s: HTTP2Session, stream: Int32, into buf: UnsafeMutableRawBufferPointer) -> (count: Int, eof: Bool, trailers: Bool)? {
-        guard let st = streams[stream] else { return (0, true, false) }
+        guard let st = self.stream(stream) else { return (0, true, false) }
         let n = min(buf.count, st.body.count)
         if n > 0 {
             buf.baseAddress!.copyMemory(from: st.body.base!, byteCount: n)

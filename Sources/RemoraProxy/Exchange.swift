@@ -170,7 +170,7 @@ final class Exchange: DeadlineTimerDelegate {
                 HTTP1Head.writeRequest(view, framing: reqFraming, addHost: fromHTTP2, clientIP: ipb, proto: "http",
                                        dropExpect: dropExpect, into: &upHead)
             } else {
-                storeHTTP2Head(view, clientIP: ipb, dropExpect: dropExpect)
+                storeHTTP2Head(view, clientIP: ipb, dropExpect: dropExpect, fromHTTP2: fromHTTP2)
             }
         }
         reuseRetries = 1
@@ -186,9 +186,8 @@ final class Exchange: DeadlineTimerDelegate {
     }
 
     /// Copies what an HTTP/2 upstream needs (a retry may submit it again).
-    func storeHTTP2Head(_ v: RequestView, clientIP: UnsafeRawBufferPointer, dropExpect: Bool) {
-        if reqHead.arena.base == nil { reqHead.arena = worker.pool.take() }
-        reqHead.removeAll()
+    func storeHTTP2Head(_ v: RequestView, clientIP: UnsafeRawBufferPointer, dropExpect: Bool, fromHTTP2: Bool) {
+        reqHead.prepare(worker.pool)
         reqHead.append(rawBytes(":method"), v.method)
         reqHead.append(rawBytes(":authority"), v.authority)
         reqHead.append(rawBytes(":path"), v.target)
@@ -202,7 +201,7 @@ final class Exchange: DeadlineTimerDelegate {
             if n.count == 6 && dropExpect && n.equalsLowercase("expect") { continue }
             if n.count == 17 && n.equalsLowercase("x-forwarded-proto") { continue }
             if n.count == 15 && n.equalsLowercase("x-forwarded-for") { xff.append(h[i].value); xff.append(", "); continue }
-            reqHead.append(n, h[i].value, lowercaseName: true)
+            reqHead.append(n, h[i].value, lowercaseName: !fromHTTP2)
         }
         xff.append(clientIP)
         reqHead.append(rawBytes("x-forwarded-for"), xff.bytes)

@@ -27,6 +27,8 @@ final class H2UpstreamStream: UpstreamStream {
     var hasTrailers = false
     /// Waiting for `resumeData` (the data source said "nothing yet").
     var deferred = false
+    /// Position in the connection's `all` list.
+    var slot = -1
 
     func reset(for e: Exchange, on c: H2UpstreamConnection) {
         exchange = e
@@ -53,7 +55,7 @@ final class H2UpstreamStream: UpstreamStream {
         requestEnded = true
         if let t, t.count > 0 {
             hasTrailers = true
-            trailers.removeAll()
+            trailers.prepare(c.cluster.worker.pool)
             for f in t { trailers.append(f.name, f.value, lowercaseName: true) }
         }
         c.resume(self)
@@ -93,7 +95,8 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
     let endpoint: Int
     let conn: TCPConnection
     let h2: HTTP2Session
-    var streams: [Int32: H2UpstreamStream] = [:]
+    /// Open streams (each also reachable by id through nghttp2's stream user data).
+    var all: [H2UpstreamStream] = []
     var connected = false
     var goingAway = false
     var closing = false
@@ -113,7 +116,7 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
         self.endpoint = endpoint
         self.conn = conn
         h2 = HTTP2Session(role: .client, settings: cluster.config.http2)
-        streams.reserveCapacity(128)
+        all.reserveCapacity(128)
         h2.delegate = self
         conn.delegate = self
         conn.owner = self
@@ -121,7 +124,7 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
     }
 
     var hasRoom: Bool {
-        !goingAway && !closing && h2.canOpenStream && streams.count < h2.remoteMaxConcurrentStreams
+        !goingAway && !closing && h2.canOpenStream && all.count < h2.remoteMaxConcurrentStreams
     }
 
     func open(_ s: H2UpstreamStream, for e: Exchange, head: HeaderBlock, hasBody: Bool) -> Bool {
@@ -130,12 +133,13 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
         let id: Int32 = head.withRefs { refs in
             guard refs.count >= 3 else { return -1 }
             return h2.submitRequest(method: refs[0].value, scheme: "http", authority: refs[1].value, path: refs[2].value,
-                                    headers: UnsafeBufferPointer(rebasing: refs[3...]), extra: [], hasBody: hasBody,
-                                    streamData: nil)
+                                    headers: UnsafeBufferPointer(rebasing: refs[3...]), lowercase: false, hasBody: hasBody,
+                                    streamData: Unmanaged.passUnretained(s).toOpaque())
         }
         if id < 0 { return false }
         s.id = id
-        streams[id] = s
+        s.slot = all.count
+        all.append(s)
         opened += 1
         schedule()
         return true
@@ -156,8 +160,21 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
         schedule()
     }
 
+    @inline(__always)
+    func stream(_ id: Int32) -> H2UpstreamStream? {
+        guard let p = h2.streamData(id) else { return nil }
+        let s = Unmanaged<H2UpstreamStream>.fromOpaque(p).takeUnretainedValue()
+        return s.slot >= 0 ? s : nil
+    }
+
+    func removeStream(_ s: H2UpstreamStream) {
+        let last = all.removeLast()
+        if last !== s { all[s.slot] = last; last.slot = s.slot }
+        s.slot = -1
+    }
+
     func cancel(_ s: H2UpstreamStream) {
-        guard s.id >= 0, streams[s.id] != nil else { return }
+        guard s.id >= 0, s.slot >= 0 else { return }
         if inSession { toCancel.append(s.id) } else { h2.reset(stream: s.id, code: 0x8) }   // CANCEL
         schedule()
     }
@@ -178,24 +195,28 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
         toCancel.removeAll(keepingCapacity: true)
         toResume.removeAll(keepingCapacity: true)
         toConsume.removeAll(keepingCapacity: true)
-        inSession = true
-        var ok = h2.send { conn.write($0) }
-        inSession = false
+        var ok = send()
         while ok && !h2.trailersDue.isEmpty {
             let due = h2.trailersDue
             h2.trailersDue.removeAll(keepingCapacity: true)
-            for id in due { if let s = streams[id] { s.trailers.withRefs { h2.submitTrailers(stream: id, $0) } } }
-            inSession = true
-            ok = h2.send { conn.write($0) }
-            inSession = false
+            for id in due { if let s = stream(id) { s.trailers.withRefs { h2.submitTrailers(stream: id, $0) } } }
+            ok = send()
         }
         if !ok { failAll(.protocolError) }
-        else if goingAway && streams.isEmpty { closeNow() }
+        else if goingAway && all.isEmpty { closeNow() }
+    }
+
+    /// Every queued frame into one write (the socket is corked while nghttp2 serializes).
+    func send() -> Bool {
+        inSession = true
+        conn.cork()
+        defer { conn.uncork(); inSession = false }
+        return h2.send { conn.write($0) }
     }
 
     func drain() {
         goingAway = true
-        if streams.isEmpty { closeNow() } else { h2.goAway(); schedule() }
+        if all.isEmpty { closeNow() } else { h2.goAway(); schedule() }
     }
 
     func closeNow() {
@@ -208,12 +229,13 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
     func failAll(_ why: UpstreamFailure) {
         closing = true
         cluster.removeHTTP2(self)
-        let all = Array(streams.values)
-        streams.removeAll()
-        for s in all {
+        let streams = all
+        all.removeAll()
+        for s in streams {
             let e = s.exchange
             s.exchange = nil
             s.id = -1
+            s.slot = -1
             if !s.responseEnded { e?.upstreamFailed(why) }
             s.recycle(pool: cluster.worker.pool, into: &cluster.freeStreams)
         }
@@ -261,33 +283,32 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
     }
 
     func connectionDrained(_ c: TCPConnection) {
-        for s in streams.values { s.exchange?.upstreamDrained() }
+        for s in all { s.exchange?.upstreamDrained() }
         schedule()
     }
 
     func connectionClosed(_ c: TCPConnection) {
         cluster.stats.dec(.upstream_cx_active)
-        if !streams.isEmpty { failAll(.reset(code: 0)) }
+        if !all.isEmpty { failAll(.reset(code: 0)) }
         h2.delegate = nil
     }
 
     // MARK: HTTP2SessionDelegate
 
     func h2BeginHeaders(_ s: HTTP2Session, stream: Int32) {
-        guard let st = streams[stream] else { return }
-        if st.fields.arena.base == nil { st.fields.arena = cluster.worker.pool.take() }
-        st.fields.removeAll()
+        guard let st = self.stream(stream) else { return }
+        st.fields.prepare(cluster.worker.pool)
         st.gotBytes = true
     }
 
     func h2Header(_ s: HTTP2Session, stream: Int32, name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) -> Bool {
-        guard let st = streams[stream] else { return true }
+        guard let st = self.stream(stream) else { return true }
         st.fields.append(name, value)
         return st.fields.listSize <= cluster.config.http2.maxHeaderListSize
     }
 
     func h2HeadersComplete(_ s: HTTP2Session, stream: Int32, endStream: Bool) {
-        guard let st = streams[stream], let e = st.exchange else { return }
+        guard let st = self.stream(stream), let e = st.exchange else { return }
         if !st.headDelivered {
             var status = 0
             var lengthKnown = false
@@ -316,20 +337,21 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
     }
 
     func h2Data(_ s: HTTP2Session, stream: Int32, data: UnsafeRawBufferPointer) {
-        guard let st = streams[stream] else { toConsume.append((stream, data.count)); return }
+        guard let st = self.stream(stream) else { toConsume.append((stream, data.count)); return }
         guard let e = st.exchange else { toConsume.append((stream, data.count)); return }
         if touched.last !== e { touched.append(e) }
         e.upstreamBody(data)
     }
 
     func h2DataEnd(_ s: HTTP2Session, stream: Int32) {
-        guard let st = streams[stream], !st.responseEnded else { return }
+        guard let st = self.stream(stream), !st.responseEnded else { return }
         st.responseEnded = true
         st.exchange?.upstreamEnd(trailers: nil)
     }
 
     func h2StreamClosed(_ s: HTTP2Session, stream: Int32, errorCode: UInt32) {
-        guard let st = streams.removeValue(forKey: stream) else { return }
+        guard let st = self.stream(stream) else { return }
+        removeStream(st)
         let e = st.exchange
         st.exchange = nil
         st.id = -1
@@ -337,7 +359,7 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
             e.upstreamFailed(errorCode == 0x7 ? .refused : .reset(code: errorCode == 0 ? 0x2 : errorCode))
         }
         st.recycle(pool: cluster.worker.pool, into: &cluster.freeStreams)
-        if goingAway && streams.isEmpty { schedule() }
+        if goingAway && all.isEmpty { schedule() }
     }
 
     func h2GoAway(_ s: HTTP2Session, lastStreamID: Int32, errorCode: UInt32) {
@@ -347,7 +369,7 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
     func h2Settings(_ s: HTTP2Session) {}
 
     func h2ReadBody(_ s: HTTP2Session, stream: Int32, into buf: UnsafeMutableRawBufferPointer) -> (count: Int, eof: Bool, trailers: Bool)? {
-        guard let st = streams[stream] else { return (0, true, false) }
+        guard let st = self.stream(stream) else { return (0, true, false) }
         let n = min(buf.count, st.body.count)
         if n > 0 {
             buf.baseAddress!.copyMemory(from: st.body.base!, byteCount: n)
