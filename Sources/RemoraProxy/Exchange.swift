@@ -100,6 +100,10 @@ final class Exchange: DeadlineTimerDelegate {
     var reuseRetries = 0
     var connectRetries = 0
     var refusedRetries = 0
+    /// Header changes the matched route makes to the response (empty when none).
+    var responseMutations = HeaderMutations()
+    /// Counters of the chosen backend of the route (the real split).
+    var backendStats: StatBlock<RouteBackendStat>?
     /// Request bytes passed on while the upstream was blocked: credit owed to the client.
     var owedCredit = 0
     var requestPaused = false
@@ -149,30 +153,57 @@ final class Exchange: DeadlineTimerDelegate {
         let h = view.headers
         isGRPC = h.firstIndex(named: "content-type").map { GRPC.isGRPC(contentType: h[$0].value) } ?? false
 
-        guard let ri = l.routes.match(target: view.target) else {
+        guard let ri = l.routes.match(view) else {
             stats.inc(.downstream_rq_no_route)
             if isGRPC { grpcLocal(.unimplemented, "no route for \(view.target.string)") } else { local(404, "no route\n") }
             return
         }
-        let cl = worker.clusters[l.routes.pickCluster(route: ri, random: worker.rng.next())]
+        let table = l.routes
+        let route = table[ri]
+        responseMutations = table.responseHeaders(route: ri)
+        switch route.action {
+        case .respond:
+            local(route.status, body: table.body(route: ri), location: nil)
+            return
+        case .redirect:
+            var location = worker.pool.take()
+            table.writeLocation(route: ri, request: view, scheme: rawBytes("http"), into: &location)
+            local(route.status, body: UnsafeRawBufferPointer(start: nil, count: 0), location: location.bytes)
+            worker.pool.give(&location)
+            return
+        case .forward:
+            break
+        }
+        let backend = table.pick(route: ri, request: view, random: worker.rng.next())
+        let cl = worker.clusters[backend.cluster]
         cluster = cl
-        routeTimeout = l.routes.entries[ri].timeout
+        backendStats = l.backendStats[backend.slot]
+        backendStats?.inc(.upstream_rq_total)
+        routeTimeout = route.timeout
         if isGRPC, let i = h.firstIndex(named: "grpc-timeout"), let ms = GRPC.timeout(h[i].value) {
             grpcDeadline = worker.loop.now &+ ms
         }
         reqFraming = chunked ? .chunked : (lengthKnown ? .contentLength : (endStream ? .none : .chunked))
+        // The request as the upstream gets it: rewritten target, the route's header changes.
+        var rewritten = ByteBuffer()
+        var target = view.target
+        if table.rewriteTarget(route: ri, target: view.target, into: &rewritten) { target = rewritten.bytes }
         var clientIP = clientIP
         clientIP.withUTF8 { ip in
             let ipb = UnsafeRawBufferPointer(ip)
-            if cl.config.protocol == .http1 {
-                if upHead.base == nil { upHead = worker.pool.take() }
-                upHead.clear()
-                HTTP1Head.writeRequest(view, framing: reqFraming, addHost: fromHTTP2, clientIP: ipb, proto: "http",
-                                       dropExpect: dropExpect, into: &upHead)
-            } else {
-                storeHTTP2Head(view, clientIP: ipb, dropExpect: dropExpect, fromHTTP2: fromHTTP2)
+            withMutated(view.headers, table.requestHeaders(route: ri)) { headers in
+                let v = RequestView(method: view.method, target: target, authority: view.authority, headers: headers)
+                if cl.config.protocol == .http1 {
+                    if upHead.base == nil { upHead = worker.pool.take() }
+                    upHead.clear()
+                    HTTP1Head.writeRequest(v, framing: reqFraming, addHost: fromHTTP2, clientIP: ipb, proto: "http",
+                                           dropExpect: dropExpect, into: &upHead)
+                } else {
+                    storeHTTP2Head(v, clientIP: ipb, dropExpect: dropExpect, fromHTTP2: fromHTTP2)
+                }
             }
         }
+        rewritten.release()
         reuseRetries = 1
         connectRetries = cl.endpoints.count > 1 ? 1 : 0
         refusedRetries = 2
@@ -278,7 +309,10 @@ final class Exchange: DeadlineTimerDelegate {
         responseStarted = true
         stats.incClass(.downstream_rq_1xx, status: status)
         cluster?.stats.incClass(.upstream_rq_1xx, status: status)
-        d.respondHead(status: status, reason: reason, headers: headers, lengthKnown: lengthKnown, endStream: endStream)
+        backendStats?.incClass(.upstream_rq_1xx, status: status)
+        withMutated(headers, responseMutations) { h in
+            d.respondHead(status: status, reason: reason, headers: h, lengthKnown: lengthKnown, endStream: endStream)
+        }
         if endStream {   // trailers-only (a gRPC error): the response is complete
             responseDone = true
             finish(clean: requestDone)
@@ -367,26 +401,32 @@ final class Exchange: DeadlineTimerDelegate {
 
     /// A plain-text answer from the proxy.
     func local(_ status: Int, _ body: String) {
+        var body = body
+        body.withUTF8 { local(status, body: UnsafeRawBufferPointer($0), location: nil) }
+    }
+
+    /// An answer from the proxy: an error, a route's direct response, or a redirect (`location`).
+    func local(_ status: Int, body: UnsafeRawBufferPointer, location: UnsafeRawBufferPointer?) {
         guard active, let d = downstream else { return }
         detachUpstream()
         responseStarted = true
         responseDone = true
         stats.incClass(.downstream_rq_1xx, status: status)
-        var body = body
-        body.withUTF8 { b in
-            var len = ByteBuffer()
-            len.appendDecimal(UInt64(b.count))
-            let fields = [HeaderRef(name: rawBytes("content-type"), value: rawBytes("text/plain")),
-                          HeaderRef(name: rawBytes("content-length"), value: len.bytes)]
-            fields.withUnsafeBufferPointer { f in
-                d.respondHead(status: status, reason: UnsafeRawBufferPointer(start: nil, count: 0), headers: f,
-                              lengthKnown: true, endStream: isHEAD)
+        var len = ByteBuffer()
+        len.appendDecimal(UInt64(body.count))
+        var fields = [HeaderRef(name: rawBytes("content-type"), value: rawBytes("text/plain")),
+                      HeaderRef(name: rawBytes("content-length"), value: len.bytes)]
+        if let location { fields.append(HeaderRef(name: rawBytes("location"), value: location)) }
+        fields.withUnsafeBufferPointer { f in
+            withMutated(f, responseMutations) { h in
+                d.respondHead(status: status, reason: UnsafeRawBufferPointer(start: nil, count: 0), headers: h,
+                              lengthKnown: true, endStream: isHEAD || body.count == 0)
             }
-            len.release()
-            if !isHEAD {
-                d.respondBody(UnsafeRawBufferPointer(b))
-                d.respondEnd(trailers: nil)
-            }
+        }
+        len.release()
+        if !isHEAD && body.count > 0 {
+            d.respondBody(body)
+            d.respondEnd(trailers: nil)
         }
         finish(clean: requestDone)
     }
@@ -488,7 +528,24 @@ final class Exchange: DeadlineTimerDelegate {
         let d = downstream
         downstream = nil
         cluster = nil
+        backendStats = nil
+        responseMutations = HeaderMutations()
         d?.exchangeDone(self)
+    }
+}
+
+/// `headers` with a route's changes applied (the same list when there are none), valid inside `body`.
+@inline(__always)
+func withMutated<R>(_ headers: UnsafeBufferPointer<HeaderRef>, _ m: HeaderMutations,
+                    _ body: (UnsafeBufferPointer<HeaderRef>) -> R) -> R {
+    if m.isEmpty { return body(headers) }
+    return withUnsafeTemporaryAllocation(of: HeaderRef.self, capacity: headers.count + m.items.count) { buf in
+        var n = 0
+        m.apply(to: headers) { name, value in
+            buf.initializeElement(at: n, to: HeaderRef(name: name, value: value))
+            n += 1
+        }
+        return body(UnsafeBufferPointer(rebasing: buf[0..<n]))
     }
 }
 

@@ -63,7 +63,7 @@ public final class Server {
                 self.beginDrain(timeout: s == SIGINT ? min(self.config.drainTimeout, 1_000) : self.config.drainTimeout)
             })
         }
-        stats = (0..<n).map { _ in WorkerStats(listeners: config.listeners.count, clusters: config.clusters.count) }
+        stats = (0..<n).map { _ in WorkerStats(snapshot: snapshot) }
         workerMailboxes = Array(repeating: nil, count: n)
         let snap = snapshot!
         let main = mainMailbox!
@@ -154,6 +154,14 @@ public final class Server {
         }
         for (i, c) in config.clusters.enumerated() {
             renderStats(ClusterStat.self, name: c.name, blocks: stats.map { $0.clusters[i] }, into: &out)
+        }
+        for (l, table) in snapshot.routeTables.enumerated() {
+            for r in table.info {
+                for b in r.backends {
+                    renderStats(RouteBackendStat.self, name: "\(config.listeners[l].name).\(r.name).\(b.clusterName)",
+                                blocks: stats.map { $0.routeBackends[l][b.slot] }, into: &out)
+                }
+            }
         }
         out += "server.workers \(stats.count)\n"
         out += "server.draining \(draining ? 1 : 0)\n"

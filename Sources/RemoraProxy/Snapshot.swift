@@ -17,7 +17,9 @@ public final class Snapshot: Sendable {
         self.config = config
         var index: [String: Int] = [:]
         for (i, c) in config.clusters.enumerated() { index[c.name] = i }
-        routeTables = config.listeners.map { RouteTable($0.routes, clusterIndex: { index[$0] }) }
+        var tables: [RouteTable] = []
+        for l in config.listeners { tables.append(try RouteTable(l, clusters: index)) }
+        routeTables = tables
         tcpCluster = config.listeners.map { l in l.cluster.flatMap { index[$0] } ?? -1 }
         var eps: [[SocketAddress]] = []
         for c in config.clusters {
@@ -39,8 +41,11 @@ public final class Snapshot: Sendable {
 public final class WorkerStats: Sendable {
     public let listeners: [StatBlock<ListenerStat>]
     public let clusters: [StatBlock<ClusterStat>]
-    init(listeners: Int, clusters: Int) {
-        self.listeners = (0..<listeners).map { _ in StatBlock() }
-        self.clusters = (0..<clusters).map { _ in StatBlock() }
+    /// Per listener, per backend slot of its route table.
+    public let routeBackends: [[StatBlock<RouteBackendStat>]]
+    init(snapshot: Snapshot) {
+        listeners = snapshot.config.listeners.map { _ in StatBlock() }
+        clusters = snapshot.config.clusters.map { _ in StatBlock() }
+        routeBackends = snapshot.routeTables.map { t in (0..<t.backendCount).map { _ in StatBlock() } }
     }
 }

@@ -58,7 +58,8 @@ final class Worker {
         }
         for (i, l) in snapshot.config.listeners.enumerated() {
             listenerRuntimes.append(ListenerRuntime(worker: self, index: i, config: l, routes: snapshot.routeTables[i],
-                                                    tcpCluster: snapshot.tcpCluster[i], stats: stats.listeners[i]))
+                                                    tcpCluster: snapshot.tcpCluster[i], stats: stats.listeners[i],
+                                                    backendStats: stats.routeBackends[i]))
         }
     }
 
@@ -184,10 +185,13 @@ final class ListenerRuntime: ListenerDelegate {
     let routes: RouteTable
     let tcpCluster: Int
     let stats: StatBlock<ListenerStat>
+    /// Per backend slot of `routes`.
+    let backendStats: [StatBlock<RouteBackendStat>]
 
-    init(worker: Worker, index: Int, config: ListenerConfig, routes: RouteTable, tcpCluster: Int, stats: StatBlock<ListenerStat>) {
+    init(worker: Worker, index: Int, config: ListenerConfig, routes: RouteTable, tcpCluster: Int, stats: StatBlock<ListenerStat>,
+         backendStats: [StatBlock<RouteBackendStat>]) {
         self.worker = worker; self.index = index; self.config = config; self.routes = routes
-        self.tcpCluster = tcpCluster; self.stats = stats
+        self.tcpCluster = tcpCluster; self.stats = stats; self.backendStats = backendStats
     }
 
     func listenerAccepted(_ l: Listener, _ c: TCPConnection) {

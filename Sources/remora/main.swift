@@ -115,11 +115,13 @@ func demoCommand(_ args: Args) -> Int32 {
     server.onReady = {
         printErr("""
 
-        Remora demo: a proxy on 127.0.0.1:\(port) in front of two demo backends (v1, v2).
+        Remora demo: a proxy on 127.0.0.1:\(port) in front of two demo backends, v1 and v2, split 90/10.
         Try:
           curl -s http://127.0.0.1:\(port)/hello
-          for i in $(seq 10); do curl -s http://127.0.0.1:\(port)/; done
-          curl -s http://127.0.0.1:\(adminPort)/stats | grep rq_total
+          for i in $(seq 100); do curl -s http://127.0.0.1:\(port)/; done | sort | uniq -c      # ~90 v1, ~10 v2
+          curl -s -H 'x-canary: always' http://127.0.0.1:\(port)/                             # always v2
+          curl -s --http2-prior-knowledge http://127.0.0.1:\(port)/                            # HTTP/2 (h2c)
+          curl -s http://127.0.0.1:\(adminPort)/stats | grep upstream_rq_total
         The config it runs:
         \(yaml)
         Ctrl-C to stop.
@@ -135,14 +137,21 @@ func demoConfig(port: String, adminPort: String, v1: UInt16, v2: UInt16) -> Stri
     listeners:
       - name: web
         address: 127.0.0.1:\(port)
-        protocol: http
+        protocol: http            # HTTP/1.1 and h2c on the same port
         routes:
-          - name: all
+          # Testing in production: this header always reaches the canary.
+          - name: canary-override
+            match: { headers: [ { name: x-canary, exact: always } ] }
+            backends: [ { cluster: v2 } ]
+          # The canary split: 90 % to v1, 10 % to v2.
+          - name: split
             match: { path: { prefix: / } }
-            backends: [ { cluster: demo } ]
+            backends: [ { cluster: v1, weight: 90 }, { cluster: v2, weight: 10 } ]
     clusters:
-      - name: demo
-        endpoints: [ "127.0.0.1:\(v1)", "127.0.0.1:\(v2)" ]
+      - name: v1
+        endpoints: [ "127.0.0.1:\(v1)" ]
+      - name: v2
+        endpoints: [ "127.0.0.1:\(v2)" ]
     """
 }
 
