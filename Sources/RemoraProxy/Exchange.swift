@@ -118,7 +118,12 @@ final class Exchange: DeadlineTimerDelegate {
         timer.delegate = self
     }
 
-    var stats: StatBlock<ListenerStat> { listener.stats }
+    /// The listener's stats (a shadow request counts in the worker's unlisted shadow block).
+    var stats: StatBlock<ListenerStat>!
+    /// A mirrored copy of this request (fire and forget), while it runs.
+    var shadow: Exchange?
+    /// For a shadow: the request it copies, while that one runs.
+    unowned(unsafe) var primary: Exchange?
     var inDownstreamRead: Bool { downstream?.isReading ?? false }
 
     /// The downstream finished one read: what it wrote toward the upstream may leave now.
@@ -136,6 +141,7 @@ final class Exchange: DeadlineTimerDelegate {
                fromHTTP2: Bool, dropExpect: Bool) {
         downstream = d
         listener = l
+        stats = l.stats
         active = true
         self.isHEAD = isHEAD
         requestDone = endStream
@@ -175,6 +181,10 @@ final class Exchange: DeadlineTimerDelegate {
             break
         }
         let backend = table.pick(route: ri, request: view, random: worker.rng.next())
+        if let mc = table.mirror(route: ri, random: worker.rng.next()) {
+            startShadow(cluster: worker.clusters[mc], view: view, clientIP: clientIP, isHEAD: isHEAD, lengthKnown: lengthKnown,
+                        contentLength: contentLength, chunked: chunked, endStream: endStream, fromHTTP2: fromHTTP2)
+        }
         let cl = worker.clusters[backend.cluster]
         cluster = cl
         backendStats = l.backendStats[backend.slot]
@@ -214,6 +224,67 @@ final class Exchange: DeadlineTimerDelegate {
         // one could be closed under it (the keep-alive race) with nothing left to retry from.
         dispatch(fresh: chunked || (lengthKnown && contentLength > UInt64(Exchange.replayLimit)))
         if active && !responseStarted { armAfterRequestProgress() }
+    }
+
+    /// Sends a copy of this request to `cluster` (route mirroring). Its response is discarded; it
+    /// gets body bytes only while its upstream keeps up, and is dropped the moment it would have
+    /// to wait, so it never slows this request.
+    func startShadow(cluster cl: ClusterRuntime, view: RequestView, clientIP: String, isHEAD: Bool, lengthKnown: Bool,
+                     contentLength: UInt64, chunked: Bool, endStream: Bool, fromHTTP2: Bool) {
+        let sh = worker.takeExchange()
+        sh.primary = self
+        shadow = sh
+        sh.downstream = worker.discard
+        worker.discard.running.append(sh)
+        sh.listener = listener
+        sh.stats = worker.shadowStats
+        sh.active = true
+        sh.isHEAD = isHEAD
+        sh.requestDone = endStream
+        sh.requestHasBody = !endStream
+        sh.responseStarted = false
+        sh.responseDone = false
+        sh.replayable = false
+        sh.isGRPC = false
+        sh.grpcDeadline = 0
+        sh.owedCredit = 0
+        sh.owedUpstreamCredit = 0
+        sh.requestPaused = false
+        sh.responsePaused = false
+        sh.cluster = cl
+        sh.routeTimeout = 0
+        sh.reqFraming = chunked ? .chunked : (lengthKnown ? .contentLength : (endStream ? .none : .chunked))
+        var clientIP = clientIP
+        clientIP.withUTF8 { ip in
+            if cl.config.protocol == .http1 {
+                if sh.upHead.base == nil { sh.upHead = worker.pool.take() }
+                sh.upHead.clear()
+                HTTP1Head.writeRequest(view, framing: sh.reqFraming, addHost: fromHTTP2, clientIP: UnsafeRawBufferPointer(ip),
+                                       proto: "http", dropExpect: true, into: &sh.upHead)
+            } else {
+                sh.storeHTTP2Head(view, clientIP: UnsafeRawBufferPointer(ip), dropExpect: true, fromHTTP2: fromHTTP2)
+            }
+        }
+        sh.reuseRetries = 0
+        sh.connectRetries = 0
+        sh.refusedRetries = 0
+        cl.stats.inc(.upstream_rq_total)
+        cl.stats.inc(.upstream_rq_active)
+        sh.clusterActive = true
+        sh.dispatch(fresh: chunked || (lengthKnown && contentLength > UInt64(Exchange.replayLimit)))
+        if sh.active { sh.arm(.stream, listener.config.idleTimeout) }
+    }
+
+    /// The shadow copy gets these body bytes only if its upstream can take them now.
+    func feedShadow(_ data: UnsafeRawBufferPointer) {
+        guard let sh = shadow else { return }
+        if let u = sh.upstream, !u.requestBlocked, sh.active, !sh.responseDone {
+            u.sendBody(data)
+        } else {
+            shadow = nil
+            sh.primary = nil
+            sh.finish(clean: false)
+        }
     }
 
     /// Copies what an HTTP/2 upstream needs (a retry may submit it again).
@@ -269,6 +340,7 @@ final class Exchange: DeadlineTimerDelegate {
             }
         }
         cluster?.stats.add(.upstream_cx_tx_bytes_total, UInt64(data.count))
+        if shadow != nil { feedShadow(data) }
         u.sendBody(data)
         if u.requestBlocked {
             owedCredit += data.count
@@ -281,6 +353,7 @@ final class Exchange: DeadlineTimerDelegate {
 
     func requestEnd(trailers: UnsafeBufferPointer<HeaderRef>?) {
         requestDone = true
+        if let sh = shadow { sh.requestEnd(trailers: trailers) }
         guard active else { return }
         if let u = upstream, !responseDone, requestHasBody { u.sendEnd(trailers: trailers) }
         if responseDone { finish(clean: true) } else { armAfterRequestProgress() }
@@ -288,6 +361,7 @@ final class Exchange: DeadlineTimerDelegate {
 
     /// The client went away or reset the stream: cancel upstream, drop everything.
     func downstreamAborted() {
+        if let sh = shadow, !sh.requestDone { shadow = nil; sh.primary = nil; sh.finish(clean: false) }
         guard active else { return }
         stats.inc(.downstream_rq_rx_reset)
         finish(clean: false)
@@ -525,6 +599,8 @@ final class Exchange: DeadlineTimerDelegate {
         worker.pool.give(&upHead)
         worker.pool.give(&replay)
         reqHead.release(to: worker.pool)
+        if let sh = shadow { shadow = nil; sh.primary = nil }   // a complete copy runs on by itself
+        if let p = primary { primary = nil; p.shadow = nil }
         let d = downstream
         downstream = nil
         cluster = nil
@@ -553,4 +629,27 @@ func withMutated<R>(_ headers: UnsafeBufferPointer<HeaderRef>, _ m: HeaderMutati
 @inline(__always)
 func rawBytes(_ s: StaticString) -> UnsafeRawBufferPointer {
     UnsafeRawBufferPointer(start: s.utf8Start, count: s.utf8CodeUnitCount)
+}
+
+/// The downstream of shadow (mirrored) requests: keeps them alive while they run and discards
+/// their responses.
+final class DiscardDownstream: DownstreamSide {
+    unowned(unsafe) let worker: Worker
+    var running: [Exchange] = []
+    init(worker: Worker) { self.worker = worker }
+    func respondHead(status: Int, reason: UnsafeRawBufferPointer, headers: UnsafeBufferPointer<HeaderRef>,
+                     lengthKnown: Bool, endStream: Bool) {}
+    func respondBody(_ data: UnsafeRawBufferPointer) {}
+    func respondEnd(trailers: UnsafeBufferPointer<HeaderRef>?) {}
+    func respondReset(code: UInt32) {}
+    var responseBlocked: Bool { false }
+    func requestConsumed(_ n: Int) {}
+    func pauseRequest() {}
+    func resumeRequest() {}
+    func exchangeDone(_ e: Exchange) {
+        if let i = running.firstIndex(where: { $0 === e }) { running.swapAt(i, running.count - 1); running.removeLast() }
+        worker.recycle(e)
+    }
+    var isReading: Bool { false }
+    func flushResponse() {}
 }

@@ -35,6 +35,9 @@ final class Worker {
     let pool = BufferPool()
     /// Recycled exchanges and HTTP/2 server streams (nothing allocated per request once warm).
     var freeExchanges: [Exchange] = []
+    /// Where mirrored requests' responses go, and what they count in (not listed in /stats).
+    lazy var discard = DiscardDownstream(worker: self)
+    let shadowStats = StatBlock<ListenerStat>()
     var freeServerStreams: [H2ServerStream] = []
     /// Sessions with frames or stashed requests to process at the end of this loop iteration.
     var toFlush: [any Flushable] = []
