@@ -116,7 +116,9 @@ final class H2ServerStream: DownstreamSide {
 /// (`flush`); whatever the streams ask of nghttp2 while it is calling us waits for that flush.
 final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDelegate, Flushable {
     unowned(unsafe) let worker: Worker
-    unowned(unsafe) let listener: ListenerRuntime
+    /// The listener; `listener` is its runtime for the current snapshot (each stream takes it anew).
+    let slot: ListenerSlot
+    var listener: ListenerRuntime { slot.current }
     let conn: TCPConnection
     let h2: HTTP2Session
     let clientIP: String
@@ -130,12 +132,12 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
     var draining = false
     var toConsume: [(Int32, Int)] = []
 
-    init(worker: Worker, listener: ListenerRuntime, conn: TCPConnection, clientIP: String, initial: UnsafeRawBufferPointer) {
+    init(worker: Worker, slot: ListenerSlot, conn: TCPConnection, clientIP: String, initial: UnsafeRawBufferPointer) {
         self.worker = worker
-        self.listener = listener
+        self.slot = slot
         self.conn = conn
         self.clientIP = clientIP
-        h2 = HTTP2Session(role: .server, settings: listener.config.http2)
+        h2 = HTTP2Session(role: .server, settings: slot.current.config.http2)
         super.init()
         all.reserveCapacity(listener.config.http2.maxConcurrentStreams)
         h2.delegate = self

@@ -71,7 +71,8 @@ final class Exchange: DeadlineTimerDelegate {
     unowned(unsafe) let worker: Worker
     let timer: DeadlineTimer
     unowned(unsafe) var downstream: (any DownstreamSide)?
-    unowned(unsafe) var listener: ListenerRuntime!
+    /// The listener's runtime of the snapshot this request started on (held while it runs).
+    var listener: ListenerRuntime!
     unowned(unsafe) var cluster: ClusterRuntime?
     var upstream: (any UpstreamStream)?
     var deadlineKind = Deadline.stream
@@ -182,10 +183,10 @@ final class Exchange: DeadlineTimerDelegate {
         }
         let backend = table.pick(route: ri, request: view, random: worker.rng.next())
         if let mc = table.mirror(route: ri, random: worker.rng.next()) {
-            startShadow(cluster: worker.clusters[mc], view: view, clientIP: clientIP, isHEAD: isHEAD, lengthKnown: lengthKnown,
+            startShadow(cluster: l.clusters[mc], view: view, clientIP: clientIP, isHEAD: isHEAD, lengthKnown: lengthKnown,
                         contentLength: contentLength, chunked: chunked, endStream: endStream, fromHTTP2: fromHTTP2)
         }
-        let cl = worker.clusters[backend.cluster]
+        let cl = l.clusters[backend.cluster]
         cluster = cl
         backendStats = l.backendStats[backend.slot]
         backendStats?.inc(.upstream_rq_total)
@@ -604,6 +605,7 @@ final class Exchange: DeadlineTimerDelegate {
         let d = downstream
         downstream = nil
         cluster = nil
+        listener = nil
         backendStats = nil
         responseMutations = HeaderMutations()
         d?.exchangeDone(self)

@@ -11,7 +11,9 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
     enum Deadline { case header, idle }
 
     unowned(unsafe) let worker: Worker
-    unowned(unsafe) let listener: ListenerRuntime
+    /// The listener; `listener` is its runtime for the current snapshot (each request takes it anew).
+    let slot: ListenerSlot
+    var listener: ListenerRuntime { slot.current }
     let conn: TCPConnection
     let parser: HTTP1Parser
     /// The client's IP, for X-Forwarded-For (an IPv4 address fits a String's inline storage).
@@ -43,11 +45,11 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
     static let stashLimit = 64 * 1024
     static let preface: StaticString = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
-    init(worker: Worker, listener: ListenerRuntime, conn: TCPConnection) {
+    init(worker: Worker, slot: ListenerSlot, conn: TCPConnection) {
         self.worker = worker
-        self.listener = listener
+        self.slot = slot
         self.conn = conn
-        parser = HTTP1Parser(kind: .request, maxHeadBytes: listener.config.maxRequestHeaderBytes)
+        parser = HTTP1Parser(kind: .request, maxHeadBytes: slot.current.config.maxRequestHeaderBytes)
         clientIP = conn.peerIP()
         super.init()
         parser.delegate = self
@@ -86,7 +88,7 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
         if sniffed < want { return true }   // a partial preface: wait for more
         // HTTP/2: hand over the connection with the preface and whatever followed it.
         sniff.append(UnsafeRawBufferPointer(rebasing: data[i...]))
-        let h2 = H2ServerConnection(worker: worker, listener: listener, conn: conn, clientIP: clientIP, initial: sniff.bytes)
+        let h2 = H2ServerConnection(worker: worker, slot: slot, conn: conn, clientIP: clientIP, initial: sniff.bytes)
         sniff.release()
         worker.replace(self, with: h2)
         ending = true

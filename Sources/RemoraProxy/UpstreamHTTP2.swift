@@ -289,6 +289,7 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
 
     func connectionClosed(_ c: TCPConnection) {
         cluster.stats.dec(.upstream_cx_active)
+        cluster.openConnections -= 1
         if !all.isEmpty { failAll(.reset(code: 0)) }
         h2.delegate = nil
     }

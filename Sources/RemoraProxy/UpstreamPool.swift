@@ -18,6 +18,10 @@ final class ClusterRuntime {
     /// Recycled HTTP/2 stream objects.
     var freeStreams: [H2UpstreamStream] = []
     var rr = 0
+    /// Upstream connections open (or connecting) from this runtime.
+    var openConnections = 0
+    /// A retired runtime can be let go once nothing of it is open.
+    var isUnused: Bool { openConnections == 0 }
 
     init(worker: Worker, index: Int, config: ClusterConfig, endpoints: [SocketAddress], stats: StatBlock<ClusterStat>) {
         self.worker = worker; self.index = index; self.config = config; self.endpoints = endpoints; self.stats = stats
@@ -65,6 +69,7 @@ final class ClusterRuntime {
             c.close()
             return nil
         }
+        openConnections += 1
         c.setDeadline(after: config.connectTimeout)
         return c
     }
@@ -266,6 +271,7 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
 
     func connectionClosed(_ c: TCPConnection) {
         cluster.stats.dec(.upstream_cx_active)
+        cluster.openConnections -= 1
         cluster.removeIdle(self)
         parser.delegate = nil
     }
