@@ -1,7 +1,7 @@
 # Remora: `make demo` runs the proxy with demo backends, `make test` runs every test.
 # Both install what is missing first (Debian packages; needs root or sudo).
 
-APT_PACKAGES := libuv1-dev libnghttp2-dev libyaml-dev node-llhttp pkg-config curl socat nghttp2-client
+APT_PACKAGES := libuv1-dev libnghttp2-dev libyaml-dev libre2-dev node-llhttp pkg-config curl socat nghttp2-client
 SWIFT_RELEASE := swift build -c release --static-swift-stdlib
 BIN := .build/release/remora
 

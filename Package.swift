@@ -23,21 +23,26 @@ let package = Package(
         .systemLibrary(name: "CRemoraSupport", path: "CShims/CRemoraSupport"),
         .target(name: "CLLHTTP", path: "CShims/CLLHTTP",
                 cSettings: [.unsafeFlags(["-O3", "-Wno-everything"])]),
+        // RE2 (Debian libre2-dev) behind a small C interface: linear-time regex matching for routes.
+        .target(name: "CRE2", path: "CShims/CRE2", linkerSettings: [.linkedLibrary("re2")]),
 
         // Pure Swift values: config model, errors, sizes and durations, stat names.
         .target(name: "RemoraCore", dependencies: ["CRemoraSupport"], swiftSettings: hot),
         // YAML (libyaml) -> validated config model, errors as file:line: path: message.
-        .target(name: "RemoraConfig", dependencies: ["RemoraCore", "CYAML"]),
+        .target(name: "RemoraConfig", dependencies: ["RemoraCore", "RemoraRouting", "CYAML"]),
         // The only importer of libuv.
         .target(name: "RemoraIO", dependencies: ["RemoraCore", "CLibUV"], swiftSettings: hot),
         // The only importer of llhttp (and, later, nghttp2).
-        .target(name: "RemoraHTTP", dependencies: ["RemoraCore", "CLLHTTP"], swiftSettings: hot),
+        .target(name: "RemoraHTTP", dependencies: ["RemoraCore", "CLLHTTP", "CNGHTTP2"], swiftSettings: hot),
         // Pure decisions, no I/O: route table, load balancing.
-        .target(name: "RemoraRouting", dependencies: ["RemoraCore"], swiftSettings: hot),
+        .target(name: "RemoraRouting", dependencies: ["RemoraCore", "CRE2"], swiftSettings: hot),
         // The glue: workers, connection managers, upstream pools, TCP proxy, admin.
         .target(name: "RemoraProxy",
                 dependencies: ["RemoraCore", "RemoraConfig", "RemoraIO", "RemoraHTTP", "RemoraRouting"],
                 swiftSettings: hot),
+        // ns per match of a compiled route table (perf/routing/README.md).
+        .executableTarget(name: "RemoraRoutingBench", dependencies: ["RemoraRouting", "RemoraCore"],
+                          path: "perf/routing", exclude: ["README.md"], swiftSettings: hot),
         .executableTarget(name: "remora", dependencies: ["RemoraProxy", "RemoraConfig", "RemoraCore"]),
 
         .testTarget(name: "RemoraCoreTests", dependencies: ["RemoraCore"]),

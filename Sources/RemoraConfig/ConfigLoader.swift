@@ -1,5 +1,6 @@
 import Glibc
 import RemoraCore
+import RemoraRouting
 
 public enum ConfigLoader {
     /// Reads and validates a YAML file. Errors carry `file` = path as given.
@@ -79,51 +80,149 @@ private final class Schema {
 
     func listener(_ n: Node, _ p: String) -> ListenerConfig? {
         guard var m = d.mapping(n, p, keys: ["name", "address", "protocol", "request_header_timeout",
-                                             "max_request_header_bytes", "idle_timeout", "routes", "cluster"])
+                                             "max_request_header_bytes", "idle_timeout", "http2", "routes",
+                                             "virtual_hosts", "cluster"])
         else { return nil }
         let name = m.required("name") { self.name($0, $1, "listener", &listenerNames) }
         let address = m.required("address", listenAddress)
         let proto: ListenerProtocol? = m.has("protocol") ? m.optional("protocol", d.oneOf) : .http
         switch proto {
-        case .tcp: m.forbid(["routes", "request_header_timeout", "max_request_header_bytes"], "only allowed on an http listener")
+        case .tcp: m.forbid(["routes", "virtual_hosts", "request_header_timeout", "max_request_header_bytes", "http2"],
+                            "only allowed on an http listener")
         case .http: m.forbid(["cluster"], "only allowed on a tcp listener (an http listener uses routes)")
         case nil: break // bad protocol, already reported: check what is there, demand nothing
         }
+        if m.has("routes") { m.forbid(["virtual_hosts"], "not allowed with routes (routes is one virtual host for any domain)") }
         let headerTimeout = m.optional("request_header_timeout") { d.duration($0, $1, positive: true) }
         let maxHeaderBytes = m.optional("max_request_header_bytes") { d.size($0, $1, in: 1024...1024 * 1024) }
         let idleTimeout = m.optional("idle_timeout") { d.duration($0, $1, positive: true) }
-        var routeNames: [String: Int] = [:]
-        let routes = m.optional("routes") { d.list($0, $1) { route($0, $1, &routeNames) } }
+        let http2 = m.optional("http2", http2Settings)
+        var names = ListenerNames()
+        let routes = m.optional("routes") { d.list($0, $1) { route($0, $1, &names) } }
+        let hosts = m.optional("virtual_hosts") { d.list($0, $1) { virtualHost($0, $1, &names) } }
         let cluster = proto == .tcp ? m.required("cluster", clusterRef) : m.optional("cluster", clusterRef)
         guard let name, let address else { return nil }
         return ListenerConfig(name: name, address: address, protocol: proto ?? .http,
                               requestHeaderTimeout: headerTimeout ?? 10_000, maxRequestHeaderBytes: maxHeaderBytes ?? 60 * 1024,
-                              idleTimeout: idleTimeout ?? 60_000, routes: routes ?? [], cluster: cluster)
+                              idleTimeout: idleTimeout ?? 60_000, http2: http2 ?? HTTP2Settings(),
+                              virtualHosts: hosts ?? routes.map { [VirtualHostConfig(name: "default", routes: $0)] } ?? [],
+                              cluster: cluster)
     }
 
-    func route(_ n: Node, _ p: String, _ names: inout [String: Int]) -> RouteConfig? {
-        guard let m = d.mapping(n, p, keys: ["name", "match", "backends", "timeout"]) else { return nil }
-        let name = m.required("name") { self.name($0, $1, "route", &names) }
+    /// Names that must be unique within one listener.
+    struct ListenerNames {
+        var routes: [String: Int] = [:]
+        var hosts: [String: Int] = [:]
+        var domains: [String: Int] = [:]
+    }
+
+    func virtualHost(_ n: Node, _ p: String, _ names: inout ListenerNames) -> VirtualHostConfig? {
+        guard let m = d.mapping(n, p, keys: ["name", "domains", "routes"]) else { return nil }
+        let name = m.required("name") { self.name($0, $1, "virtual host", &names.hosts) }
+        let domains = m.required("domains") { d.list($0, $1, ifEmpty: "at least one domain is required") { n, p in
+            let s = d.checked(n, p) { RouteSyntax.domain($0) }
+            if let s { d.unique(s.lowercased(), "domain \"\(s)\"", n, p, in: &names.domains) }
+            return s
+        } }
+        let routes = m.optional("routes") { d.list($0, $1) { route($0, $1, &names) } }
+        guard let name, let domains else { return nil }
+        return VirtualHostConfig(name: name, domains: domains, routes: routes ?? [])
+    }
+
+    func route(_ n: Node, _ p: String, _ names: inout ListenerNames) -> RouteConfig? {
+        guard var m = d.mapping(n, p, keys: ["name", "match", "backends", "hash_on", "timeout", "mirror", "redirect",
+                                             "direct_response", "rewrite", "request_headers", "response_headers"])
+        else { return nil }
+        let name = m.required("name") { self.name($0, $1, "route", &names.routes) }
         let match = m.optional("match", routeMatch)
-        let backends = m.required("backends", backends)
-        let timeout = m.optional("timeout") { d.duration($0, $1) }
-        guard let name, let backends else { return nil }
-        return RouteConfig(name: name, match: match ?? RouteMatch(), backends: backends, timeout: timeout ?? 15_000)
+        let actions = ["backends", "redirect", "direct_response"]
+        let kind = actions.filter(m.has)
+        if kind.isEmpty {
+            d.fail(m.line, Fields.join(p, "backends"), #"missing required key "backends" (or "redirect" or "direct_response")"#)
+        }
+        m.forbid(Array(kind.dropFirst()), "not allowed with \(kind.first ?? "") (a route has one action)")
+        if let first = kind.first, first != "backends" {
+            m.forbid(["hash_on", "timeout", "mirror", "request_headers"], "only allowed with backends")
+        }
+        if kind.first == "direct_response" { m.forbid(["rewrite"], "not allowed with direct_response") }
+        let action: RouteAction?
+        switch kind.first {
+        case "redirect": action = m.optional("redirect", redirect).map(RouteAction.redirect)
+        case "direct_response": action = m.optional("direct_response", directResponse).map(RouteAction.respond)
+        default:
+            let backends = m.optional("backends", backends)
+            let hashOn = m.optional("hash_on", hashKey)
+            let timeout = m.optional("timeout") { d.duration($0, $1) }
+            let mirror = m.optional("mirror", mirror)
+            action = backends.map { .forward(ForwardAction(backends: $0, hashOn: hashOn, timeout: timeout ?? 15_000, mirror: mirror)) }
+        }
+        let rewrite = m.optional("rewrite") { pathRewrite($0, $1, regexPath: match?.grpc == nil && match?.path.kind == .regex) }
+        let requestHeaders = m.optional("request_headers", headerRewrite)
+        let responseHeaders = m.optional("response_headers", headerRewrite)
+        guard let name, let action else { return nil }
+        return RouteConfig(name: name, match: match ?? RouteMatch(), action: action, rewrite: rewrite,
+                           requestHeaders: requestHeaders ?? HeaderRewrite(), responseHeaders: responseHeaders ?? HeaderRewrite())
     }
 
     func routeMatch(_ n: Node, _ p: String) -> RouteMatch? {
-        d.mapping(n, p, keys: ["path"]).map { RouteMatch(path: $0.optional("path", pathMatch) ?? .prefix("/")) }
+        guard var m = d.mapping(n, p, keys: ["path", "grpc", "methods", "headers", "query"]) else { return nil }
+        if m.has("grpc") { m.forbid(["path"], "not allowed with grpc (grpc sets the path)") }
+        let path = m.optional("path", pathMatch)
+        let grpc = m.optional("grpc", grpcMatch)
+        let methods = m.optional("methods") { d.list($0, $1) { d.checked($0, $1) { RouteSyntax.method($0) } } }
+        let headers = m.optional("headers") { d.list($0, $1) { fieldMatch($0, $1, header: true) } }
+        let query = m.optional("query") { d.list($0, $1) { fieldMatch($0, $1, header: false) } }
+        return RouteMatch(path: path ?? .prefix("/"), grpc: grpc, methods: methods ?? [], headers: headers ?? [],
+                          queryParameters: query ?? [])
     }
 
     func pathMatch(_ n: Node, _ p: String) -> PathMatch? {
-        guard let m = d.mapping(n, p, keys: ["prefix", "exact"]) else { return nil }
-        guard m.has("prefix") != m.has("exact") else {
-            d.fail(n.line, p, "expected exactly one of prefix or exact")
-            return nil
+        guard let m = d.mapping(n, p, keys: ["prefix", "exact", "regex", "ignore_case"]) else { return nil }
+        let ignoreCase = m.optional("ignore_case", d.bool) ?? false
+        switch m.one(of: ["prefix", "exact", "regex"]) {
+        case "prefix": return m.optional("prefix", absolutePath).map { .prefix($0, ignoreCase: ignoreCase) }
+        case "exact": return m.optional("exact", absolutePath).map { .exact($0, ignoreCase: ignoreCase) }
+        case "regex": return m.optional("regex") { regex($0, $1, ignoreCase: ignoreCase) }.map { .regex($0, ignoreCase: ignoreCase) }
+        default: return nil
         }
-        let absolute = { (n: Node, p: String) in self.d.value(n, p, #"a path starting with "/""#) { $0.hasPrefix("/") ? $0 : nil } }
-        if let prefix = m.optional("prefix", absolute) { return .prefix(prefix) }
-        return m.optional("exact", absolute).map(PathMatch.exact)
+    }
+
+    func grpcMatch(_ n: Node, _ p: String) -> GRPCMatch? {
+        guard let m = d.mapping(n, p, keys: ["service", "method"]) else { return nil }
+        let identifier = { (n: Node, p: String, dots: Bool) in
+            self.d.value(n, p, dots ? #"a service name like "pkg.v1.Greeter""# : #"a method name like "SayHello""#) { s in
+                !s.isEmpty && s.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_" || (dots && $0 == ".")) } ? s : nil
+            }
+        }
+        let service = m.required("service") { identifier($0, $1, true) }
+        let method = m.optional("method") { identifier($0, $1, false) }
+        return service.map { GRPCMatch(service: $0, method: method) }
+    }
+
+    /// A header (`header: true`) or query parameter condition.
+    func fieldMatch(_ n: Node, _ p: String, header: Bool) -> FieldMatch? {
+        let tests = ["exact", "prefix", "suffix", "contains", "regex", "present", "absent"]
+        guard let m = d.mapping(n, p, keys: ["name"] + tests + ["ignore_case", "invert"]) else { return nil }
+        let name = m.required("name") { n, p in
+            header ? d.checked(n, p) { RouteSyntax.headerName($0) }
+                : d.value(n, p, ##"a query parameter name (no "&", "=", "#" or spaces)"##) { s in
+                    !s.isEmpty && !s.contains(where: { "&=# \t".contains($0) }) ? s : nil
+                }
+        }
+        let ignoreCase = m.optional("ignore_case", d.bool) ?? false
+        let invert = m.optional("invert", d.bool) ?? false
+        let value: ValueMatch?
+        switch m.one(of: tests) {
+        case "present": value = m.optional("present", d.bool).map { $0 ? .present : .absent }
+        case "absent": value = m.optional("absent", d.bool).map { $0 ? .absent : .present }
+        case "regex": value = m.optional("regex") { regex($0, $1, ignoreCase: ignoreCase) }.map(ValueMatch.regex)
+        case let test?:
+            let s = m.optional(test) { d.checked($0, $1, RouteSyntax.headerValue) }
+            value = s.map { ["exact": .exact($0), "prefix": .prefix($0), "suffix": .suffix($0)][test] ?? .contains($0) }
+        case nil: value = nil
+        }
+        guard let name, let value else { return nil }
+        return FieldMatch(name: name, value, ignoreCase: ignoreCase, invert: invert)
     }
 
     func backends(_ n: Node, _ p: String) -> [WeightedBackend]? {
@@ -142,8 +241,99 @@ private final class Schema {
         return cluster.map { WeightedBackend(cluster: $0, weight: UInt32(weight ?? 1)) }
     }
 
+    func hashKey(_ n: Node, _ p: String) -> HashKey? {
+        guard let m = d.mapping(n, p, keys: ["header", "cookie"]) else { return nil }
+        let name = { (n: Node, p: String) in self.d.checked(n, p) { RouteSyntax.headerName($0) } }
+        switch m.one(of: ["header", "cookie"]) {
+        case "header": return m.optional("header", name).map(HashKey.header)
+        case "cookie": return m.optional("cookie", name).map(HashKey.cookie)
+        default: return nil
+        }
+    }
+
+    func mirror(_ n: Node, _ p: String) -> MirrorPolicy? {
+        guard let m = d.mapping(n, p, keys: ["cluster", "percent"]) else { return nil }
+        let cluster = m.required("cluster", clusterRef)
+        let percent = m.optional("percent") { d.value($0, $1, #"a percentage from 0 to 100 like "5" or "0.25" (at most 4 decimals)"#,
+                                                     ConfigValue.percent) }
+        return cluster.map { MirrorPolicy(cluster: $0, perMillion: percent ?? 1_000_000) }
+    }
+
+    func redirect(_ n: Node, _ p: String) -> RedirectAction? {
+        guard let m = d.mapping(n, p, keys: ["scheme", "host", "code", "strip_query"]) else { return nil }
+        let scheme = m.optional("scheme") { d.value($0, $1, "http or https") { ["http", "https"].contains($0) ? $0 : nil } }
+        let host = m.optional("host") { d.checked($0, $1, RouteSyntax.host) }
+        let code = m.optional("code") { d.value($0, $1, "301, 302, 303, 307 or 308") { Int($0).flatMap { [301, 302, 303, 307, 308].contains($0) ? $0 : nil } } }
+        let stripQuery = m.optional("strip_query", d.bool)
+        return RedirectAction(scheme: scheme, host: host, code: code ?? 301, stripQuery: stripQuery ?? false)
+    }
+
+    func directResponse(_ n: Node, _ p: String) -> DirectResponse? {
+        guard let m = d.mapping(n, p, keys: ["status", "body"]) else { return nil }
+        let status = m.required("status") { d.int($0, $1, in: 200...599) }
+        let body = m.optional("body", d.string)
+        return status.map { DirectResponse(status: $0, body: body ?? "") }
+    }
+
+    func pathRewrite(_ n: Node, _ p: String, regexPath: Bool) -> PathRewrite? {
+        guard var m = d.mapping(n, p, keys: ["path", "prefix", "regex", "substitution"]) else { return nil }
+        let kind = m.one(of: ["path", "prefix", "regex"])
+        if kind != "regex" { m.forbid(["substitution"], "only allowed with regex") }
+        switch kind {
+        case "path": return m.optional("path", rewrittenPath).map(PathRewrite.path)
+        case "prefix":
+            guard !regexPath else {
+                d.fail(m.line, Fields.join(p, "prefix"), "needs a prefix or exact path match (use regex with a regex path)")
+                return nil
+            }
+            return m.optional("prefix", rewrittenPath).map(PathRewrite.prefix)
+        case "regex":
+            let pattern = m.optional("regex") { regex($0, $1, ignoreCase: false) }
+            let substitution = m.required("substitution") { n, p in
+                d.checked(n, p) { s in pattern.flatMap { RouteSyntax.substitution(s, regex: $0) } }
+            }
+            guard let pattern, let substitution else { return nil }
+            return .regex(pattern, substitution: substitution)
+        default: return nil
+        }
+    }
+
+    func headerRewrite(_ n: Node, _ p: String) -> HeaderRewrite? {
+        guard let m = d.mapping(n, p, keys: ["set", "add", "remove"]) else { return nil }
+        let values = { (n: Node, p: String) in
+            self.d.entries(n, p) { e, p -> HeaderValue? in
+                if let problem = RouteSyntax.mutableHeaderName(e.key) {
+                    self.d.fail(e.keyLine, p, problem)
+                    return nil
+                }
+                return self.d.checked(e.value, p, RouteSyntax.headerValue).map { HeaderValue(e.key, $0) }
+            }
+        }
+        let set = m.optional("set", values)
+        let add = m.optional("add", values)
+        let remove = m.optional("remove") { d.list($0, $1) { d.checked($0, $1, RouteSyntax.mutableHeaderName) } }
+        return HeaderRewrite(set: set ?? [], add: add ?? [], remove: remove ?? [])
+    }
+
+    /// An RE2 pattern that compiles.
+    func regex(_ n: Node, _ p: String, ignoreCase: Bool) -> String? {
+        d.checked(n, p) { RouteSyntax.regex($0, ignoreCase: ignoreCase) }
+    }
+
+    func absolutePath(_ n: Node, _ p: String) -> String? {
+        d.value(n, p, #"a path starting with "/""#) { $0.hasPrefix("/") ? $0 : nil }
+    }
+
+    /// A path a rewrite produces: starts with "/", no query, fragment, spaces or control characters.
+    func rewrittenPath(_ n: Node, _ p: String) -> String? {
+        d.value(n, p, ##"a path starting with "/" (no "?", "#", spaces or control characters)"##) { s in
+            s.hasPrefix("/") && !s.utf8.contains { $0 <= 0x20 || $0 == 0x7F || $0 == 0x3F || $0 == 0x23 } ? s : nil
+        }
+    }
+
     func cluster(_ n: Node, _ p: String) -> ClusterConfig? {
-        guard let m = d.mapping(n, p, keys: ["name", "protocol", "endpoints", "connect_timeout", "max_idle_per_endpoint"])
+        guard var m = d.mapping(n, p, keys: ["name", "protocol", "endpoints", "connect_timeout", "max_idle_per_endpoint",
+                                             "http2"])
         else { return nil }
         let name = m.required("name") { self.name($0, $1, "cluster", &clusterNames) }
         let proto: ClusterProtocol? = m.optional("protocol", d.oneOf)
@@ -152,9 +342,24 @@ private final class Schema {
         }
         let connectTimeout = m.optional("connect_timeout") { d.duration($0, $1, positive: true) }
         let maxIdle = m.optional("max_idle_per_endpoint") { d.int($0, $1, in: 0...100_000) }
+        if proto != .http2 { m.forbid(["http2"], "only allowed on a cluster with protocol: http2") }
+        let http2 = m.optional("http2", http2Settings)
         guard let name, let endpoints else { return nil }
         return ClusterConfig(name: name, protocol: proto ?? .http1, endpoints: endpoints,
-                             connectTimeout: connectTimeout ?? 5_000, maxIdlePerEndpoint: maxIdle ?? 128)
+                             connectTimeout: connectTimeout ?? 5_000, maxIdlePerEndpoint: maxIdle ?? 128,
+                             http2: http2 ?? HTTP2Settings())
+    }
+
+    /// `http2: { max_concurrent_streams, initial_stream_window, connection_window, max_header_list_size }`.
+    func http2Settings(_ n: Node, _ p: String) -> HTTP2Settings? {
+        guard let m = d.mapping(n, p, keys: ["max_concurrent_streams", "initial_stream_window", "connection_window",
+                                             "max_header_list_size"]) else { return nil }
+        var s = HTTP2Settings()
+        if let v = m.optional("max_concurrent_streams", { d.int($0, $1, in: 1...10_000) }) { s.maxConcurrentStreams = v }
+        if let v = m.optional("initial_stream_window", { d.size($0, $1, in: 65_536...(16 << 20)) }) { s.initialStreamWindow = v }
+        if let v = m.optional("connection_window", { d.size($0, $1, in: 65_536...(1 << 30)) }) { s.connectionWindow = v }
+        if let v = m.optional("max_header_list_size", { d.size($0, $1, in: 1024...(1 << 20)) }) { s.maxHeaderListSize = v }
+        return s
     }
 
     // MARK: Cross-checks

@@ -25,6 +25,12 @@ public enum ConfigValue {
         return Int(exactly: bytes)
     }
 
+    /// "5", "0.5", "12.25", "100" (at most 4 decimals, at most 100); returns parts per million.
+    public static func percent(_ s: String) -> UInt32? {
+        guard let ppm = scaled(Substring(s).utf8, by: 10_000), ppm <= 1_000_000 else { return nil }
+        return UInt32(ppm)
+    }
+
     /// "1KiB", "60KiB", "1MiB" when exact in a binary unit, else "<n>B"; for messages.
     static func sizeText(_ bytes: Int) -> String {
         for (unit, factor) in [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] where bytes != 0 && bytes % factor == 0 {

@@ -21,24 +21,34 @@ final class Decoder {
 
     /// A mapping whose keys must all be in `keys`; reports unknown and duplicate keys.
     func mapping(_ n: Node, _ p: String, keys: [String]) -> Fields? {
+        let known = entries(n, p) { e, path -> Node.Entry? in
+            if keys.contains(e.key) { return e }
+            fail(e.keyLine, path, "unknown key \"\(e.key)\" (expected one of: \(keys.joined(separator: ", ")))")
+            return nil
+        }
+        guard let known else { return nil }
+        var fields = Fields(decoder: self, path: p, line: n.line)
+        for e in known { fields.nodes[e.key] = e.value }
+        return fields
+    }
+
+    /// A mapping with free keys (header names, …), in order; reports duplicate keys. Returns the
+    /// entries `element` accepts; nil when `n` is not a mapping.
+    func entries<T>(_ n: Node, _ p: String, _ element: (Node.Entry, String) -> T?) -> [T]? {
         guard case .map(let entries) = n.value else {
             fail(n.line, p, "expected a mapping, got \(n.summary)")
             return nil
         }
-        var fields = Fields(decoder: self, path: p, line: n.line)
         var seen: [String: Int] = [:]
-        for e in entries {
+        return entries.compactMap { e in
             let path = Fields.join(p, e.key)
             if let first = seen[e.key] {
                 fail(e.keyLine, path, "duplicate key \"\(e.key)\" (first on line \(first))")
-            } else if !keys.contains(e.key) {
-                fail(e.keyLine, path, "unknown key \"\(e.key)\" (expected one of: \(keys.joined(separator: ", ")))")
-            } else {
-                fields.nodes[e.key] = e.value
+                return nil
             }
-            seen[e.key] = seen[e.key] ?? e.keyLine
+            seen[e.key] = e.keyLine
+            return element(e, path)
         }
-        return fields
     }
 
     /// A list whose elements all decode; nil (after reporting) otherwise. `ifEmpty` makes [] an error.
@@ -72,6 +82,18 @@ final class Decoder {
     }
 
     func string(_ n: Node, _ p: String) -> String? { value(n, p, "a string") { $0 } }
+
+    func bool(_ n: Node, _ p: String) -> Bool? { value(n, p, "true or false") { ["true": true, "false": false][$0] } }
+
+    /// A string `check` accepts (it returns nil, or what is wrong).
+    func checked(_ n: Node, _ p: String, _ check: (String) -> String?) -> String? {
+        guard let s = string(n, p) else { return nil }
+        if let problem = check(s) {
+            fail(n.line, p, problem)
+            return nil
+        }
+        return s
+    }
 
     /// `[A-Za-z0-9_.-]+`: listener, route and cluster names, which end up in stat names.
     func name(_ n: Node, _ p: String) -> String? {
@@ -156,6 +178,15 @@ struct Fields {
             return nil
         }
         return decode(n, Fields.join(path, key))
+    }
+
+    /// Of `keys`, the one that is set; reports (at the mapping) when none or several are.
+    func one(of keys: [String]) -> String? {
+        let given = keys.filter(has)
+        if given.count == 1 { return given[0] }
+        let names = keys.dropLast().joined(separator: ", ") + " or " + keys.last!
+        decoder.fail(line, path, "expected exactly one of \(names)" + (given.isEmpty ? "" : ", got \(given.joined(separator: " and "))"))
+        return nil
     }
 
     /// Reports each of `keys` that is set, and drops it so it is not decoded too.

@@ -88,49 +88,222 @@ public struct ListenerConfig: Sendable, Equatable {
     public var idleTimeout: Millis
     /// HTTP only: HTTP/2 (h2c) settings advertised to clients on this listener.
     public var http2: HTTP2Settings
-    /// HTTP only: ordered; the first match wins; no match -> 404 from the proxy.
-    public var routes: [RouteConfig]
+    /// HTTP only: the request's authority picks one virtual host (see `VirtualHostConfig`), whose
+    /// routes are tried in order; the first match wins. No host or no route matches -> 404 from the
+    /// proxy (gRPC: UNIMPLEMENTED). YAML `routes:` is one catch-all virtual host named "default".
+    public var virtualHosts: [VirtualHostConfig]
     /// TCP only: the cluster that receives the bytes.
     public var cluster: String?
 
     public init(name: String, address: HostPort, protocol: ListenerProtocol = .http,
                 requestHeaderTimeout: Millis = 10_000, maxRequestHeaderBytes: Int = 60 * 1024,
-                idleTimeout: Millis = 60_000, http2: HTTP2Settings = HTTP2Settings(), routes: [RouteConfig] = [],
-                cluster: String? = nil) {
+                idleTimeout: Millis = 60_000, http2: HTTP2Settings = HTTP2Settings(),
+                virtualHosts: [VirtualHostConfig] = [], cluster: String? = nil) {
         self.name = name; self.address = address; self.protocol = `protocol`; self.http2 = http2
         self.requestHeaderTimeout = requestHeaderTimeout; self.maxRequestHeaderBytes = maxRequestHeaderBytes
-        self.idleTimeout = idleTimeout; self.routes = routes; self.cluster = cluster
+        self.idleTimeout = idleTimeout; self.virtualHosts = virtualHosts; self.cluster = cluster
+    }
+}
+
+/// A set of domains one listener serves, with its own routes (Envoy's virtual host).
+public struct VirtualHostConfig: Sendable, Equatable {
+    /// Unique within its listener.
+    public var name: String
+    /// At least one; each unique within the listener, compared ignoring case. `api.example.com`
+    /// (that host, any port), `api.example.com:8443` (that host and port), `*.example.com` (any host
+    /// ending in ".example.com", not example.com itself), `*` (any host). The most specific pattern
+    /// wins whatever the order: exact, then the longest wildcard suffix, then `*`; with a port
+    /// before without.
+    public var domains: [String]
+    /// Ordered; the first match wins.
+    public var routes: [RouteConfig]
+
+    public init(name: String, domains: [String] = ["*"], routes: [RouteConfig]) {
+        self.name = name; self.domains = domains; self.routes = routes
     }
 }
 
 public struct RouteConfig: Sendable, Equatable {
-    /// Unique within its listener; used in stat names.
+    /// Unique within its listener (across its virtual hosts); used in stat names.
     public var name: String
     public var match: RouteMatch
-    /// One or more clusters with integer weights (share = weight / sum). At least one weight > 0.
-    public var backends: [WeightedBackend]
-    /// Time allowed for the upstream to produce the response head, after which the proxy answers
-    /// 504. 0 disables it. Default 15 s.
-    public var timeout: Millis
+    public var action: RouteAction
+    /// Forward: the path sent upstream; redirect: the path in Location. nil = unchanged.
+    public var rewrite: PathRewrite?
+    /// Forward only: applied to the request sent upstream.
+    public var requestHeaders: HeaderRewrite
+    /// Applied to the response sent downstream (upstream responses, redirects, direct responses).
+    public var responseHeaders: HeaderRewrite
 
-    public init(name: String, match: RouteMatch = RouteMatch(), backends: [WeightedBackend], timeout: Millis = 15_000) {
-        self.name = name; self.match = match; self.backends = backends; self.timeout = timeout
+    public init(name: String, match: RouteMatch = RouteMatch(), action: RouteAction, rewrite: PathRewrite? = nil,
+                requestHeaders: HeaderRewrite = HeaderRewrite(), responseHeaders: HeaderRewrite = HeaderRewrite()) {
+        self.name = name; self.match = match; self.action = action; self.rewrite = rewrite
+        self.requestHeaders = requestHeaders; self.responseHeaders = responseHeaders
     }
 }
 
 /// What a request must look like for a route to apply. All given conditions must hold.
-/// (The routing issue adds header, query, method, host and gRPC matchers here.)
 public struct RouteMatch: Sendable, Equatable {
+    /// Matched against the path without the query, as received (no percent-decoding, no
+    /// normalization). Ignored when `grpc` is set.
     public var path: PathMatch
+    /// gRPC sugar: path `/service/method` (or prefix `/service/` without a method) and a
+    /// content-type `application/grpc`, `application/grpc+…` or `application/grpc;…`.
+    public var grpc: GRPCMatch?
+    /// Any of these methods (case-sensitive, "GET"); empty = any method.
+    public var methods: [String]
+    /// Header conditions, all of which must hold; names compared ignoring case.
+    public var headers: [FieldMatch]
+    /// Query parameter conditions, all of which must hold. Names and values are compared as
+    /// received, percent-encoding included (`a%20b` is not `a b`).
+    public var queryParameters: [FieldMatch]
 
-    public init(path: PathMatch = .prefix("/")) { self.path = path }
+    public init(path: PathMatch = .prefix("/"), grpc: GRPCMatch? = nil, methods: [String] = [],
+                headers: [FieldMatch] = [], queryParameters: [FieldMatch] = []) {
+        self.path = path; self.grpc = grpc; self.methods = methods
+        self.headers = headers; self.queryParameters = queryParameters
+    }
 }
 
-public enum PathMatch: Sendable, Equatable {
-    /// The path (query excluded) starts with this string.
+public struct PathMatch: Sendable, Equatable {
+    public enum Kind: Sendable, Equatable {
+        /// The path starts with `value`.
+        case prefix
+        /// The path equals `value`.
+        case exact
+        /// `value` (RE2 syntax) matches the whole path.
+        case regex
+    }
+    public var kind: Kind
+    public var value: String
+    /// ASCII letters compare ignoring case (for a regex: RE2's case-insensitive mode).
+    public var ignoreCase: Bool
+
+    public init(_ kind: Kind, _ value: String, ignoreCase: Bool = false) {
+        self.kind = kind; self.value = value; self.ignoreCase = ignoreCase
+    }
+    public static func prefix(_ v: String, ignoreCase: Bool = false) -> PathMatch { PathMatch(.prefix, v, ignoreCase: ignoreCase) }
+    public static func exact(_ v: String, ignoreCase: Bool = false) -> PathMatch { PathMatch(.exact, v, ignoreCase: ignoreCase) }
+    public static func regex(_ v: String, ignoreCase: Bool = false) -> PathMatch { PathMatch(.regex, v, ignoreCase: ignoreCase) }
+}
+
+public struct GRPCMatch: Sendable, Equatable {
+    /// Fully qualified service: "pkg.Svc".
+    public var service: String
+    /// nil = every method of the service.
+    public var method: String?
+    public init(service: String, method: String? = nil) { self.service = service; self.method = method }
+}
+
+/// One condition on a header or a query parameter. When the name occurs several times, a value
+/// condition holds if any occurrence satisfies it.
+public struct FieldMatch: Sendable, Equatable {
+    /// Header name (any case) or query parameter name (exact bytes).
+    public var name: String
+    public var value: ValueMatch
+    /// ASCII letters of the value compare ignoring case (regex: case-insensitive mode).
+    public var ignoreCase: Bool
+    /// The condition holds when the test fails.
+    public var invert: Bool
+
+    public init(name: String, _ value: ValueMatch, ignoreCase: Bool = false, invert: Bool = false) {
+        self.name = name; self.value = value; self.ignoreCase = ignoreCase; self.invert = invert
+    }
+}
+
+public enum ValueMatch: Sendable, Equatable {
+    case present, absent
+    case exact(String), prefix(String), suffix(String), contains(String)
+    /// RE2 syntax, matched against the whole value.
+    case regex(String)
+}
+
+public enum RouteAction: Sendable, Equatable {
+    /// Proxy to one of the backends.
+    case forward(ForwardAction)
+    /// Answer with a redirect.
+    case redirect(RedirectAction)
+    /// Answer with a fixed response.
+    case respond(DirectResponse)
+}
+
+public struct ForwardAction: Sendable, Equatable {
+    /// One or more clusters with integer weights (share = weight / sum). At least one weight > 0.
+    public var backends: [WeightedBackend]
+    /// Sticky split: requests with the same key go to the same backend while the weights stay the
+    /// same. nil, or no key in the request = a random pick.
+    public var hashOn: HashKey?
+    /// Time allowed for the upstream to produce the response head, after which the proxy answers
+    /// 504. 0 disables it. Default 15 s.
+    public var timeout: Millis
+    /// Copies of a share of the requests go to a shadow cluster (responses discarded).
+    public var mirror: MirrorPolicy?
+
+    public init(backends: [WeightedBackend], hashOn: HashKey? = nil, timeout: Millis = 15_000, mirror: MirrorPolicy? = nil) {
+        self.backends = backends; self.hashOn = hashOn; self.timeout = timeout; self.mirror = mirror
+    }
+}
+
+public enum HashKey: Sendable, Equatable {
+    /// The first value of this header (any case).
+    case header(String)
+    /// The value of this cookie.
+    case cookie(String)
+}
+
+public struct MirrorPolicy: Sendable, Equatable {
+    public var cluster: String
+    /// Share of requests copied, in millionths: 0 ... 1_000_000 (= all). YAML `percent: 12.5`.
+    public var perMillion: UInt32
+    public init(cluster: String, perMillion: UInt32 = 1_000_000) { self.cluster = cluster; self.perMillion = perMillion }
+}
+
+public struct RedirectAction: Sendable, Equatable {
+    /// "http" or "https"; nil keeps the request's scheme.
+    public var scheme: String?
+    /// "host" or "host:port"; nil keeps the request's authority (without its port when `scheme` is set).
+    public var host: String?
+    /// 301, 302, 303, 307 or 308. Default 301.
+    public var code: Int
+    /// Drop the request's query from Location.
+    public var stripQuery: Bool
+
+    public init(scheme: String? = nil, host: String? = nil, code: Int = 301, stripQuery: Bool = false) {
+        self.scheme = scheme; self.host = host; self.code = code; self.stripQuery = stripQuery
+    }
+}
+
+public struct DirectResponse: Sendable, Equatable {
+    /// 200 ... 599.
+    public var status: Int
+    public var body: String
+    public init(status: Int, body: String = "") { self.status = status; self.body = body }
+}
+
+public enum PathRewrite: Sendable, Equatable {
+    /// The whole path becomes this.
+    case path(String)
+    /// The part of the path the route's prefix (or exact) match covered becomes this.
     case prefix(String)
-    /// The path (query excluded) equals this string.
-    case exact(String)
+    /// Every match of `regex` in the path is replaced by `substitution` (`\1` = group 1, `\\` = a backslash).
+    case regex(String, substitution: String)
+}
+
+/// Header changes, applied in this order: remove, set (replaces every value), add (appends a value).
+/// Values are literal.
+public struct HeaderRewrite: Sendable, Equatable {
+    public var set: [HeaderValue]
+    public var add: [HeaderValue]
+    public var remove: [String]
+    public init(set: [HeaderValue] = [], add: [HeaderValue] = [], remove: [String] = []) {
+        self.set = set; self.add = add; self.remove = remove
+    }
+}
+
+public struct HeaderValue: Sendable, Equatable {
+    public var name: String
+    public var value: String
+    public init(_ name: String, _ value: String) { self.name = name; self.value = value }
 }
 
 public struct WeightedBackend: Sendable, Equatable {

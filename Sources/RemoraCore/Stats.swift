@@ -31,6 +31,13 @@ public enum ClusterStat: Int, StatGroup {
     case upstream_cx_rx_bytes_total, upstream_cx_tx_bytes_total
 }
 
+/// Per backend of a route, so an operator sees the real split:
+/// `route.<listener>.<route>.<cluster>.<stat>`.
+public enum RouteBackendStat: Int, StatGroup {
+    public static let scope = "route"
+    case upstream_rq_total, upstream_rq_1xx, upstream_rq_2xx, upstream_rq_3xx, upstream_rq_4xx, upstream_rq_5xx
+}
+
 /// One scope's counters in one worker. Reference semantics over a malloc'd block that lives as
 /// long as the worker (never freed while a reader may look at it).
 public struct StatBlock<G: StatGroup>: @unchecked Sendable {

@@ -12,31 +12,9 @@ public enum BodyFraming: Equatable {
     case closeDelimited
 }
 
-/// Writes heads to forward: hop-by-hop fields dropped (RFC 9110 §7.6.1: Connection and the fields it
-/// names, Keep-Alive, Proxy-Connection, TE, Upgrade, Transfer-Encoding — re-framed instead),
-/// X-Forwarded-For/-Proto added, Host and everything else copied in order.
+/// Writes HTTP/1.1 heads to forward, from any protocol's header list: hop-by-hop fields dropped
+/// (`HopFilter`), X-Forwarded-For/-Proto added, Host and everything else copied in order.
 public enum HTTP1Head {
-    /// True when header `i` must not be forwarded: hop-by-hop by name or named by a Connection header.
-    @inline(__always)
-    static func isHopByHop(_ p: HTTP1Parser, _ i: Int) -> Bool {
-        let connection = p.connectionNamesFields
-        let n = p.name(i)
-        switch n.count {
-        case 2: if n.equalsLowercase("te") { return true }
-        case 7: if n.equalsLowercase("upgrade") { return true }
-        case 10: if n.equalsLowercase("connection") || n.equalsLowercase("keep-alive") { return true }
-        case 16: if n.equalsLowercase("proxy-connection") { return true }
-        case 17: if n.equalsLowercase("transfer-encoding") { return true }
-        default: break
-        }
-        // Named by a Connection header? (only scanned when one exists)
-        if connection < 0 { return false }
-        for j in connection..<p.headerCount where p.name(j).count == 10 && p.name(j).equalsLowercase("connection") {
-            if connectionTokens(p.value(j), contain: n) { return true }
-        }
-        return false
-    }
-
     /// Whether a comma-separated token list contains `name` (ASCII case-insensitive).
     static func connectionTokens(_ list: UnsafeRawBufferPointer, contain name: UnsafeRawBufferPointer) -> Bool {
         var i = 0
@@ -57,33 +35,41 @@ public enum HTTP1Head {
     }
 
     @inline(__always)
-    static func appendHeader(_ out: inout ByteBuffer, _ p: HTTP1Parser, _ i: Int) {
-        out.append(p.name(i)); out.append(": "); out.append(p.value(i)); out.append("\r\n")
+    static func appendHeader(_ out: inout ByteBuffer, _ h: HeaderRef) {
+        out.append(h.name); out.append(": "); out.append(h.value); out.append("\r\n")
     }
 
-    /// The request head to send upstream, from a parsed downstream request.
-    /// `clientIP` is appended to X-Forwarded-For; `dropExpect` removes `Expect: 100-continue`
-    /// (the proxy answers it itself).
-    public static func writeRequest(_ p: HTTP1Parser, framing: BodyFraming, clientIP: UnsafeRawBufferPointer,
+    /// The request head to send to an HTTP/1.1 upstream. `addHost` writes Host from the authority
+    /// (requests that came over HTTP/2 carry `:authority`, not Host); `clientIP` is appended to
+    /// X-Forwarded-For; `dropExpect` removes `Expect: 100-continue` (the proxy answers it itself).
+    public static func writeRequest(_ v: RequestView, framing: BodyFraming, addHost: Bool, clientIP: UnsafeRawBufferPointer,
                                     proto: StaticString, dropExpect: Bool, into out: inout ByteBuffer) {
-        out.append(p.methodName)
+        let h = v.headers
+        let hop = HopFilter(h)
+        out.append(v.method)
         out.append(byte: 0x20)
-        out.append(p.startLine)
+        out.append(v.target)
         out.append(" HTTP/1.1\r\n")
+        if addHost { out.append("host: "); out.append(v.authority); out.append("\r\n") }
         var xffFirst = -1
-        for i in 0..<p.headerCount {
-            let n = p.name(i)
-            if n.count == 15 && n.equalsLowercase("x-forwarded-for") { if xffFirst < 0 { xffFirst = i }; continue }
-            if n.count == 17 && n.equalsLowercase("x-forwarded-proto") { continue }
-            if dropExpect && i == p.expectIndex { continue }
-            if isHopByHop(p, i) { continue }
-            appendHeader(&out, p, i)
+        for i in h.indices {
+            let n = h[i].name
+            switch n.count {
+            case 4: if addHost && n.equalsLowercase("host") { continue }
+            case 6: if dropExpect && n.equalsLowercase("expect") { continue }
+            case 14: if framing == .chunked && n.equalsLowercase("content-length") { continue }
+            case 15: if n.equalsLowercase("x-forwarded-for") { if xffFirst < 0 { xffFirst = i }; continue }
+            case 17: if n.equalsLowercase("x-forwarded-proto") { continue }
+            default: break
+            }
+            if hop.isHopByHop(h, i) { continue }
+            appendHeader(&out, h[i])
         }
         if framing == .chunked { out.append("transfer-encoding: chunked\r\n") }
         out.append("x-forwarded-for: ")
         if xffFirst >= 0 {
-            for i in xffFirst..<p.headerCount where p.name(i).count == 15 && p.name(i).equalsLowercase("x-forwarded-for") {
-                out.append(p.value(i)); out.append(", ")
+            for i in xffFirst..<h.count where h[i].name.count == 15 && h[i].name.equalsLowercase("x-forwarded-for") {
+                out.append(h[i].value); out.append(", ")
             }
         }
         out.append(clientIP)
@@ -92,19 +78,30 @@ public enum HTTP1Head {
         out.append("\r\n\r\n")
     }
 
-    /// The response head to send downstream, from a parsed upstream response.
-    public static func writeResponse(_ p: HTTP1Parser, framing: BodyFraming, keepAlive: Bool, into out: inout ByteBuffer) {
+    /// The response head to send to an HTTP/1.1 client. `reason` empty = the standard phrase.
+    public static func writeResponse(status: Int, reason: UnsafeRawBufferPointer, headers h: UnsafeBufferPointer<HeaderRef>,
+                                     framing: BodyFraming, keepAlive: Bool, extraLine: StaticString? = nil,
+                                     into out: inout ByteBuffer) {
+        let hop = HopFilter(h)
         out.append("HTTP/1.1 ")
-        out.appendDecimal(UInt64(p.statusCode))
+        out.appendDecimal(UInt64(status))
         out.append(byte: 0x20)
-        out.append(p.startLine)
+        if reason.count > 0 { out.append(reason) } else { out.append(reasonPhrase(status)) }
         out.append("\r\n")
-        for i in 0..<p.headerCount where !isHopByHop(p, i) {
-            if framing == .chunked && p.name(i).count == 14 && p.name(i).equalsLowercase("content-length") { continue }
-            appendHeader(&out, p, i)
+        for i in h.indices where !hop.isHopByHop(h, i) {
+            if framing == .chunked && h[i].name.count == 14 && h[i].name.equalsLowercase("content-length") { continue }
+            appendHeader(&out, h[i])
         }
         if framing == .chunked { out.append("transfer-encoding: chunked\r\n") }
+        if let extraLine { out.append(extraLine) }
         if !keepAlive { out.append("connection: close\r\n") }
+        out.append("\r\n")
+    }
+
+    /// The end of a chunked body, with trailer fields when there are any.
+    public static func writeLastChunk(trailers: UnsafeBufferPointer<HeaderRef>?, into out: inout ByteBuffer) {
+        out.append("0\r\n")
+        if let t = trailers { for f in t { appendHeader(&out, f) } }
         out.append("\r\n")
     }
 

@@ -73,9 +73,6 @@ public final class HTTP1Parser {
     public private(set) var hostCount = 0
     /// Index of the first `Transfer-Encoding` header, or -1.
     public private(set) var transferEncodingIndex = -1
-    /// Index of the first `Connection` header that names fields beyond `close`/`keep-alive`
-    /// (those fields are hop-by-hop too), or -1: the usual Connection header names none.
-    public private(set) var connectionNamesFields = -1
     var fieldState: UInt8 = 0     // 0 none, 1 in a name, 2 in a value
     var headBytes = 0              // as sent on the wire, roughly: target + names + values + 4 per header
 
@@ -195,12 +192,6 @@ public final class HTTP1Parser {
         return UnsafeRawBufferPointer(start: head.base! + Int(s.valueOffset), count: Int(s.valueLength))
     }
 
-    /// Index of the first header named `lower` (a lowercase literal), or nil.
-    public func firstIndex(of lower: StaticString) -> Int? {
-        for i in 0..<headerCount where name(i).equalsLowercase(lower) { return i }
-        return nil
-    }
-
     // MARK: from the callbacks
 
     func messageBegin() {
@@ -217,7 +208,6 @@ public final class HTTP1Parser {
         hostIndex = -1
         hostCount = 0
         transferEncodingIndex = -1
-        connectionNamesFields = -1
         inHead = true
         inBody = false
     }
@@ -272,10 +262,6 @@ public final class HTTP1Parser {
             case 6: if expectIndex < 0 && n.equalsLowercase("expect") { expectIndex = i }
             case 17: if transferEncodingIndex < 0 && n.equalsLowercase("transfer-encoding") { transferEncodingIndex = i }
             default: break
-            }
-            if n.count == 10 && connectionNamesFields < 0 && n.equalsLowercase("connection") {
-                let v = value(i)
-                if !(v.equalsLowercase("keep-alive") || v.equalsLowercase("close")) { connectionNamesFields = i }
             }
         }
     }

@@ -79,3 +79,19 @@ let ioDeadlineCallback: uv_timer_cb = { t in
 let ioDeadlineCloseCallback: uv_close_cb = { h in
     Unmanaged<DeadlineTimer>.fromOpaque(h!.pointee.data).takeUnretainedValue().handleClosed()
 }
+
+let ioCheckCallback: uv_check_cb = { h in
+    Unmanaged<IterationHook>.fromOpaque(h!.pointee.data)._withUnsafeGuaranteedRef { $0.handler() }
+}
+
+let ioCheckCloseCallback: uv_close_cb = { h in
+    Unmanaged<IterationHook>.fromOpaque(h!.pointee.data).takeUnretainedValue().handleClosed()
+}
+
+let ioFSEventCallback: uv_fs_event_cb = { h, file, _, _ in
+    Unmanaged<FileWatcher>.fromOpaque(h!.pointee.data)._withUnsafeGuaranteedRef { $0.changed(file) }
+}
+
+let ioFSEventCloseCallback: uv_close_cb = { h in
+    Unmanaged<FileWatcher>.fromOpaque(h!.pointee.data).takeUnretainedValue().handleClosed()
+}

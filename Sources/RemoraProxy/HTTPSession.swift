@@ -3,43 +3,33 @@ import RemoraHTTP
 import RemoraIO
 import RemoraRouting
 
-/// One downstream HTTP/1.1 connection: parses requests, routes each to a cluster, forwards it on a
-/// pooled upstream connection and streams the response back. One exchange at a time; pipelined
-/// requests wait (bytes stashed, bounded) until the previous response is complete, so answers go out
-/// in order. Bodies stream both ways with watermarks: the side that writes too fast stops being read.
-final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, UpstreamOwner {
-    enum Deadline { case header, idle, upstreamHead, stream }
+/// One downstream HTTP/1.1 connection: parses requests and hands each to an `Exchange`, one at a
+/// time. Pipelined requests wait (bytes stashed, bounded) until the previous response is complete,
+/// so answers go out in order. A connection that opens with the HTTP/2 preface becomes an
+/// `H2ServerConnection` (h2c with prior knowledge on the same port).
+final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, DownstreamSide, Flushable {
+    enum Deadline { case header, idle }
 
     unowned(unsafe) let worker: Worker
-    unowned(unsafe) let listener: ListenerRuntime
+    /// The listener; `listener` is its runtime for the current snapshot (each request takes it anew).
+    let slot: ListenerSlot
+    var listener: ListenerRuntime { slot.current }
     let conn: TCPConnection
     let parser: HTTP1Parser
     /// The client's IP, for X-Forwarded-For (an IPv4 address fits a String's inline storage).
-    var clientIP: String
+    let clientIP: String
     var deadlineKind = Deadline.header
-
-    // The current exchange.
+    var exchange: Exchange?
+    /// A request is between its head and the end of its exchange.
     var active = false
     var requestDone = false
-    var responseStarted = false
-    var responseDone = false
     var keepAlive = true
     var isHEAD = false
     var isHTTP10 = false
-    var reqFraming = BodyFraming.none
     var respFraming = BodyFraming.none
-    var upstream: UpstreamConnection?
-    unowned(unsafe) var cluster: ClusterRuntime?
-    var clusterActive = false
-    var routeTimeout: Millis = 0
-    /// Serialized upstream request head, kept until the response starts (for a retry).
-    var upHead = ByteBuffer()
-    /// Request body bytes sent so far, while they fit in `replayLimit` (for a retry).
-    var replay = ByteBuffer()
-    var replayable = true
-    var reuseRetries = 0
-    var connectRetries = 0
-    static let replayLimit = 64 * 1024
+    /// Bytes seen before the protocol is known (at most the HTTP/2 preface).
+    var sniffed = 0
+    var sniff = ByteBuffer()
 
     // Input flow.
     var stash = ByteBuffer()
@@ -48,18 +38,18 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Up
     var inFeed = false
     var resumePending = false
     var pausedForUpstream = false
-    /// We stopped reading the upstream because the client reads slower than it writes.
-    var upstreamPausedByUs = false
     var resumeWhenDrained = false
     var draining = false
     var ending = false
+    var flushScheduled = false
     static let stashLimit = 64 * 1024
+    static let preface: StaticString = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
-    init(worker: Worker, listener: ListenerRuntime, conn: TCPConnection) {
+    init(worker: Worker, slot: ListenerSlot, conn: TCPConnection) {
         self.worker = worker
-        self.listener = listener
+        self.slot = slot
         self.conn = conn
-        parser = HTTP1Parser(kind: .request, maxHeadBytes: listener.config.maxRequestHeaderBytes)
+        parser = HTTP1Parser(kind: .request, maxHeadBytes: slot.current.config.maxRequestHeaderBytes)
         clientIP = conn.peerIP()
         super.init()
         parser.delegate = self
@@ -77,21 +67,60 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Up
 
     var stats: StatBlock<ListenerStat> { listener.stats }
 
+    // MARK: protocol detection
+
+    /// Looks at the first bytes: the HTTP/2 connection preface hands the connection over to an
+    /// HTTP/2 session. Returns true when `data` was consumed here.
+    func detect(_ data: UnsafeRawBufferPointer) -> Bool {
+        let p = HTTPSession.preface
+        let want = p.utf8CodeUnitCount
+        var i = 0
+        while i < data.count && sniffed + i < want {
+            if data[i] != p.utf8Start[sniffed + i] { sniffed = want; break }   // not HTTP/2
+            i += 1
+        }
+        if sniffed >= want {   // HTTP/1: replay what was held back, then this read
+            sniff.release()
+            return false
+        }
+        sniffed += i
+        sniff.append(UnsafeRawBufferPointer(rebasing: data[0..<i]))
+        if sniffed < want { return true }   // a partial preface: wait for more
+        // HTTP/2: hand over the connection with the preface and whatever followed it.
+        sniff.append(UnsafeRawBufferPointer(rebasing: data[i...]))
+        let h2 = H2ServerConnection(worker: worker, slot: slot, conn: conn, clientIP: clientIP, initial: sniff.bytes)
+        sniff.release()
+        worker.replace(self, with: h2)
+        ending = true
+        return true
+    }
+
     // MARK: downstream input
 
     func connectionRead(_ c: TCPConnection, _ data: UnsafeRawBufferPointer) {
         stats.add(.downstream_cx_rx_bytes_total, UInt64(data.count))
         if ending { return }
+        if sniffed < HTTPSession.preface.utf8CodeUnitCount {
+            let held = sniff.count
+            if detect(data) { return }
+            if held > 0 {   // the bytes held back while deciding come first
+                var h = sniff
+                sniff = ByteBuffer()
+                feedOrStash(h.bytes)
+                h.release()
+                if ending { return }
+            }
+        }
+        feedOrStash(data)
+    }
+
+    func feedOrStash(_ data: UnsafeRawBufferPointer) {
         if parserPaused || inFeed {
             stash.append(data)
             updateReading()
             return
         }
-        if !active {
-            if !parser.inHead { arm(.header, listener.config.requestHeaderTimeout) }
-        } else if !requestDone {
-            arm(.stream, listener.config.idleTimeout)
-        }
+        if !active && !parser.inHead { arm(.header, listener.config.requestHeaderTimeout) }
         feed(data)
     }
 
@@ -103,7 +132,7 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Up
             inFeed = true
             let r = parser.feed(input)
             inFeed = false
-            upstream?.conn.uncork()
+            exchange?.downstreamReadDone()
             if ending { return }
             switch r {
             case .ok: break
@@ -128,13 +157,27 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Up
 
     /// After an exchange: lets the parser go on with the next (pipelined) request — once the client
     /// has read what is queued for it, so a client that pipelines without reading gets no more.
+    /// Stashed requests are parsed at the end of the loop iteration (`flush`), never from inside
+    /// the call chain that finished the previous exchange.
     func resumeInput() {
         if conn.isAboveHighWatermark { resumeWhenDrained = true; return }
         if inFeed { resumePending = true; return }
         guard parserPaused else { updateReading(); return }
+        if stash.isEmpty {
+            parserPaused = false
+            parser.resume()
+            updateReading()
+            return
+        }
+        if !flushScheduled { flushScheduled = true; worker.scheduleFlush(self) }
+    }
+
+    /// Parses stashed pipelined requests (from the worker's end-of-iteration hook).
+    func flush() {
+        flushScheduled = false
+        guard !ending, parserPaused, !active else { return }
         parserPaused = false
         parser.resume()
-        if stash.isEmpty { updateReading(); return }
         swap(&stash, &work)
         arm(.header, listener.config.requestHeaderTimeout)
         feed(work.bytes)
@@ -147,7 +190,6 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Up
 
     func connectionEOF(_ c: TCPConnection) {
         if active && !requestDone {
-            stats.inc(.downstream_rq_rx_reset)
             abort()
         } else if active {
             keepAlive = false     // half-closed after a complete request: answer, then close
@@ -157,52 +199,34 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Up
         }
     }
 
-    func connectionError(_ c: TCPConnection, _ code: Int32) {
-        if active { stats.inc(.downstream_rq_rx_reset) }
-        abort()
-    }
+    func connectionError(_ c: TCPConnection, _ code: Int32) { abort() }
 
     func connectionDrained(_ c: TCPConnection) {
         if resumeWhenDrained {
             resumeWhenDrained = false
             resumeInput()
         }
-        if upstreamPausedByUs, let u = upstream {
-            upstreamPausedByUs = false
-            u.conn.startReading()
-        }
+        exchange?.downstreamDrained()
     }
 
     func connectionTimeout(_ c: TCPConnection) {
         switch deadlineKind {
         case .header:
-            if active { abort(); return }
+            if active { return }   // the exchange keeps its own deadlines
             stats.inc(.downstream_rq_timeout)
-            localResponse(408, "request header timeout\n", closing: true)
+            localResponse(408, "request header timeout\n")
         case .idle:
             stats.inc(.downstream_cx_idle_timeout)
             c.close()
-        case .upstreamHead:
-            cluster?.stats.inc(.upstream_rq_timeout)
-            stats.inc(.downstream_rq_timeout)
-            localResponse(504, "upstream request timeout\n", closing: !requestDone)
-        case .stream:
-            if !responseStarted && !requestDone {
-                stats.inc(.downstream_rq_timeout)
-                localResponse(408, "request body timeout\n", closing: true)
-            } else {
-                abort()
-            }
         }
     }
 
     func connectionClosed(_ c: TCPConnection) {
         ending = true
-        if let u = upstream { upstream = nil; u.finish(reusable: false) }
-        if active { endExchangeStats() }
+        if let e = exchange { exchange = nil; e.downstreamAborted() }
         stats.dec(.downstream_cx_active)
         parser.delegate = nil
-        worker.pool.give(&upHead); worker.pool.give(&replay); stash.release(); work.release()
+        stash.release(); work.release(); sniff.release()
         worker.remove(self)
     }
 
@@ -211,134 +235,53 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Up
     func parserHeadComplete(_ p: HTTP1Parser) -> Bool {
         active = true
         requestDone = false
-        responseStarted = false
-        responseDone = false
-        stats.inc(.downstream_rq_total)
-        stats.inc(.downstream_rq_active)
         isHEAD = p.isHEAD
         isHTTP10 = p.versionMajor == 1 && p.versionMinor == 0
         keepAlive = p.shouldKeepAlive && !draining && !worker.draining
-        arm(.stream, listener.config.idleTimeout)
-
-        if p.isCONNECT {
-            localResponse(405, "CONNECT is not supported\n", closing: true)
-            return false
-        }
+        conn.clearDeadline()   // the exchange keeps the request's deadlines
+        if p.isCONNECT { localResponse(405, "CONNECT is not supported\n"); return false }
         // RFC 9112 §3.2: exactly one Host in HTTP/1.1. §6.1: a transfer coding other than chunked
         // cannot be forwarded faithfully once the body is re-framed: refuse it.
         if p.hostCount > 1 || (p.hostCount == 0 && !isHTTP10) {
-            localResponse(400, "exactly one Host header is required\n", closing: true)
+            localResponse(400, "exactly one Host header is required\n")
             return false
         }
         if p.transferEncodingIndex >= 0 && !p.value(p.transferEncodingIndex).equalsLowercase("chunked") {
-            localResponse(501, "only the chunked transfer coding is supported\n", closing: true)
+            localResponse(501, "only the chunked transfer coding is supported\n")
             return false
         }
-        guard let ri = listener.routes.match(target: p.startLine) else {
-            stats.inc(.downstream_rq_no_route)
-            localResponse(404, "no route\n", closing: p.hasBody)
-            return false
-        }
-        let cl = worker.clusters[listener.routes.pickCluster(route: ri, random: worker.rng.next())]
-        cluster = cl
-        routeTimeout = listener.routes.entries[ri].timeout
-        reqFraming = p.isChunked ? .chunked : (p.hasContentLength ? .contentLength : .none)
-
         var expectContinue = false
         if p.expectIndex >= 0 {
             guard p.value(p.expectIndex).equalsLowercase("100-continue") else {
-                localResponse(417, "unsupported expectation\n", closing: true)
+                localResponse(417, "unsupported expectation\n")
                 return false
             }
             expectContinue = !isHTTP10
         }
-        if upHead.base == nil { upHead = worker.pool.take() }
-        upHead.clear()
-        clientIP.withUTF8 { ip in
-            HTTP1Head.writeRequest(p, framing: reqFraming, clientIP: UnsafeRawBufferPointer(ip), proto: "http",
-                                   dropExpect: expectContinue, into: &upHead)
+        let e = worker.takeExchange()
+        exchange = e
+        p.withRequestView { view in
+            e.start(downstream: self, listener: listener, view: view, clientIP: clientIP, isHEAD: isHEAD,
+                    lengthKnown: p.hasContentLength, contentLength: p.contentLength, chunked: p.isChunked,
+                    endStream: !p.hasBody, fromHTTP2: false, dropExpect: expectContinue)
         }
-        replay.clear()
-        replayable = true
-        reuseRetries = 1
-        connectRetries = cl.endpoints.count > 1 ? 1 : 0
-        cl.stats.inc(.upstream_rq_total)
-        cl.stats.inc(.upstream_rq_active)
-        clusterActive = true
-        if expectContinue && p.hasBody { conn.write(rawBytes("HTTP/1.1 100 Continue\r\n\r\n")) }
-        // A body that may outgrow the replay buffer goes on a fresh connection: a pooled one could
-        // be closed by the backend under it (the keep-alive race) with nothing left to retry from.
-        dispatch(fresh: p.isChunked || (p.hasContentLength && p.contentLength > UInt64(HTTPSession.replayLimit)))
+        // The proxy answers `Expect: 100-continue` itself once the request is on its way.
+        if expectContinue && p.hasBody && exchange != nil && !(exchange!.responseStarted) {
+            conn.write(rawBytes("HTTP/1.1 100 Continue\r\n\r\n"))
+        }
         return false
     }
 
-    /// Sends the request (head, and any body bytes already received) on an upstream connection:
-    /// an idle pooled one unless `fresh`, else a new one.
-    func dispatch(fresh: Bool) {
-        guard let cl = cluster else { return }
-        var fresh = fresh
-        while true {
-            let e = cl.nextEndpoint()
-            guard let u = (fresh ? nil : cl.takeIdle(e)) ?? cl.connect(e) else {
-                noUpstream(connectFailed: true)
-                return
-            }
-            upstream = u
-            cl.stats.add(.upstream_cx_tx_bytes_total, UInt64(upHead.count))
-            if inFeed { u.conn.cork() }   // head and body bytes of this read leave together (see feed)
-            if u.begin(owner: self, head: upHead.bytes, isHEAD: isHEAD) {
-                if !replay.isEmpty { writeUpstreamBody(u, replay.bytes) }
-                if requestDone && reqFraming == .chunked { u.conn.write(rawBytes("0\r\n\r\n")) }
-                if requestDone && routeTimeout > 0 { arm(.upstreamHead, routeTimeout) }
-                return
-            }
-            // The idle connection was closed by the backend since it was pooled.
-            upstream = nil
-            u.finish(reusable: false)
-            if fresh { noUpstream(connectFailed: false); return }
-            cl.stats.inc(.upstream_rq_retry)
-            fresh = true
-        }
-    }
-
     func parserBody(_ p: HTTP1Parser, _ data: UnsafeRawBufferPointer) {
-        guard let u = upstream, !responseDone else { return }
-        if replayable {
-            if replay.count + data.count <= HTTPSession.replayLimit {
-                if replay.base == nil { replay = worker.pool.take() }
-                replay.append(data)
-            } else {
-                replayable = false
-                worker.pool.give(&replay)
-            }
-        }
-        writeUpstreamBody(u, data)
-        if u.conn.isAboveHighWatermark && !pausedForUpstream {
-            pausedForUpstream = true
-            updateReading()
-        }
-    }
-
-    func writeUpstreamBody(_ u: UpstreamConnection, _ data: UnsafeRawBufferPointer) {
-        cluster?.stats.add(.upstream_cx_tx_bytes_total, UInt64(data.count))
-        if reqFraming == .chunked {
-            worker.scratch.clear()
-            HTTP1Head.writeChunkHeader(data.count, into: &worker.scratch)
-            u.conn.write(worker.scratch.bytes, data, rawBytes("\r\n"))
-        } else {
-            u.conn.write(data)
-        }
+        exchange?.requestBody(data)
     }
 
     func parserMessageComplete(_ p: HTTP1Parser) {
         requestDone = true
-        if let u = upstream, reqFraming == .chunked { u.conn.write(rawBytes("0\r\n\r\n")) }
-        if responseDone {
-            finishExchange()
-        } else if !responseStarted && upstream != nil && routeTimeout > 0 {
-            arm(.upstreamHead, routeTimeout)
-        } else if !responseStarted {
-            conn.clearDeadline()
+        if let e = exchange {
+            if e.requestHasBody { e.requestEnd(trailers: nil) }
+        } else if active {
+            finishExchange()   // answered locally before the body ended
         }
     }
 
@@ -346,151 +289,103 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Up
         stats.inc(.downstream_cx_protocol_error)
         let status = parser.error?.status ?? 400
         if status == 431 { stats.inc(.downstream_rq_too_large) }
-        if responseStarted { abort(); return }
-        switch status {
-        case 431: localResponse(431, "request header fields too large\n", closing: true)
-        default: localResponse(400, "bad request\n", closing: true)
+        if let e = exchange {
+            if e.responseStarted { abort(); return }
+            exchange = nil
+            e.downstreamAborted()
         }
+        keepAlive = false
+        localResponse(status == 431 ? 431 : 400, status == 431 ? "request header fields too large\n" : "bad request\n")
     }
 
-    // MARK: responses
-
-    func upstreamHead(_ u: UpstreamConnection, _ p: HTTP1Parser) -> Bool {
-        responseStarted = true
-        let status = p.statusCode
+    /// An answer from the session itself (before or instead of an exchange); always closes after.
+    func localResponse(_ status: Int, _ body: StaticString) {
+        if !active { active = true }
+        keepAlive = false
+        stats.inc(.downstream_rq_total)
         stats.incClass(.downstream_rq_1xx, status: status)
-        cluster?.stats.incClass(.upstream_rq_1xx, status: status)
-        if isHEAD || status == 204 || status == 304 {
+        worker.scratch.clear()
+        HTTP1Head.writeLocalResponse(status: status, reason: reasonPhrase(status), body: rawBytes(body),
+                                     keepAlive: false, headOnly: isHEAD, into: &worker.scratch)
+        conn.write(worker.scratch.bytes)
+        endConnection()
+    }
+
+    // MARK: DownstreamSide
+
+    func respondHead(status: Int, reason: UnsafeRawBufferPointer, headers: UnsafeBufferPointer<HeaderRef>,
+                     lengthKnown: Bool, endStream: Bool) {
+        if isHEAD || status == 204 || status == 304 || endStream {
             respFraming = .none
-        } else if p.hasContentLength && !p.isChunked {
+        } else if lengthKnown {
             respFraming = .contentLength
         } else {
             respFraming = isHTTP10 ? .closeDelimited : .chunked
         }
         if respFraming == .closeDelimited { keepAlive = false }
         if draining || worker.draining { keepAlive = false }
+        // A bodyless end without a length would leave an HTTP/1.1 client waiting: say 0.
+        let addZeroLength = endStream && !lengthKnown && !isHEAD && status != 204 && status != 304
         worker.scratch.clear()
-        HTTP1Head.writeResponse(p, framing: respFraming, keepAlive: keepAlive, into: &worker.scratch)
+        HTTP1Head.writeResponse(status: status, reason: reason, headers: headers, framing: respFraming,
+                                keepAlive: keepAlive, extraLine: addZeroLength ? "content-length: 0\r\n" : nil,
+                                into: &worker.scratch)
         conn.cork()   // the head goes out with the body bytes of the same read: one syscall
         writeDownstream(worker.scratch.bytes)
-        arm(.stream, listener.config.idleTimeout)
-        return false
     }
 
-    func upstreamBody(_ u: UpstreamConnection, _ data: UnsafeRawBufferPointer) {
-        if respFraming == .chunked {
+    func respondBody(_ data: UnsafeRawBufferPointer) {
+        switch respFraming {
+        case .chunked:
             worker.scratch.clear()
             HTTP1Head.writeChunkHeader(data.count, into: &worker.scratch)
             stats.add(.downstream_cx_tx_bytes_total, UInt64(data.count))
-            if !conn.write(worker.scratch.bytes, data, rawBytes("\r\n")) { abort(); return }
-        } else {
+            if !conn.write(worker.scratch.bytes, data, rawBytes("\r\n")) { abort() }
+        case .none:
+            break
+        default:
             writeDownstream(data)
         }
-        arm(.stream, listener.config.idleTimeout)
-        if conn.isAboveHighWatermark && !upstreamPausedByUs {
-            upstreamPausedByUs = true
-            u.conn.stopReading()
-        }
     }
 
-    func upstreamReadDone(_ u: UpstreamConnection) { conn.uncork() }
-
-    func upstreamComplete(_ u: UpstreamConnection) {
-        if respFraming == .chunked { writeDownstream(rawBytes("0\r\n\r\n")) }
+    func respondEnd(trailers: UnsafeBufferPointer<HeaderRef>?) {
+        if respFraming == .chunked {
+            worker.scratch.clear()
+            HTTP1Head.writeLastChunk(trailers: trailers, into: &worker.scratch)
+            writeDownstream(worker.scratch.bytes)
+        }
         conn.uncork()
-        responseDone = true
-        upstream = nil
-        if upstreamPausedByUs { upstreamPausedByUs = false; u.conn.startReading() }
-        u.finish(reusable: requestDone)
-        if requestDone { finishExchange() } else { endConnection() }
     }
 
-    func upstreamFailed(_ u: UpstreamConnection, connectFailed: Bool, timedOut: Bool) {
-        upstream = nil
-        upstreamPausedByUs = false
-        guard let cl = cluster else { return }
-        if responseStarted {
-            // Never let a truncated response look complete: abort the downstream connection.
-            cl.stats.inc(.upstream_rq_reset_after_head)
-            abort()
-            return
-        }
-        if replayable {
-            if connectFailed && connectRetries > 0 {
-                connectRetries -= 1
-                cl.stats.inc(.upstream_rq_retry)
-                dispatch(fresh: true)
-                return
-            }
-            if !connectFailed && u.reused && !u.gotResponseBytes && reuseRetries > 0 {
-                // The keep-alive close race: the backend closed a pooled connection as we reused it.
-                reuseRetries -= 1
-                cl.stats.inc(.upstream_rq_retry)
-                dispatch(fresh: true)
-                return
-            }
-        }
-        noUpstream(connectFailed: connectFailed)
-    }
+    func respondReset(code: UInt32) { abort() }
 
-    func upstreamDrained(_ u: UpstreamConnection) {
-        if pausedForUpstream {
-            pausedForUpstream = false
-            updateReading()
-        }
-    }
+    var responseBlocked: Bool { conn.isAboveHighWatermark }
+    func requestConsumed(_ n: Int) {}
+    func pauseRequest() { pausedForUpstream = true; updateReading() }
+    func resumeRequest() { pausedForUpstream = false; updateReading() }
+    var isReading: Bool { inFeed }
+    func flushResponse() { conn.uncork() }
 
-    func noUpstream(connectFailed: Bool) {
-        let name = cluster?.config.name ?? "?"
-        cluster?.stats.inc(.upstream_rq_5xx)
-        if connectFailed {
-            localResponse(503, "no healthy upstream: connection to cluster \(name) failed\n", closing: !requestDone)
-        } else {
-            localResponse(502, "upstream in cluster \(name) closed the connection before responding\n", closing: !requestDone)
-        }
-    }
-
-    /// Answers the current request from the proxy itself. `closing` ends the connection afterwards.
-    func localResponse(_ status: Int, _ body: String, closing: Bool) {
-        if !active {
-            active = true
-            stats.inc(.downstream_rq_total)
-            stats.inc(.downstream_rq_active)
-        }
-        if let u = upstream { upstream = nil; u.finish(reusable: false) }
-        responseStarted = true
-        responseDone = true
-        if closing || draining || worker.draining { keepAlive = false }
-        stats.incClass(.downstream_rq_1xx, status: status)
-        worker.scratch.clear()
-        var body = body
-        body.withUTF8 { b in
-            HTTP1Head.writeLocalResponse(status: status, reason: reasonPhrase(status), body: UnsafeRawBufferPointer(b),
-                                         keepAlive: keepAlive, headOnly: isHEAD, into: &worker.scratch)
-        }
-        writeDownstream(worker.scratch.bytes)
-        conn.uncork()
+    func exchangeDone(_ e: Exchange) {
+        worker.recycle(e)
+        guard exchange === e else { return }   // the session had already let it go
+        exchange = nil
+        pausedForUpstream = false
+        if !e.responseDone { abort(); return }    // the response could not be completed
+        if !e.requestDone { keepAlive = false }   // the rest of the body is not read: close after
         if requestDone { finishExchange() } else if !keepAlive { endConnection() }
-        // else: a request without body; its end follows at once and finishes the exchange.
+        // else: a request without body whose end is about to be parsed finishes the exchange.
     }
 
     @inline(__always) func writeDownstream(_ b: UnsafeRawBufferPointer) {
-        // (while corked this only queues; `uncork` or `finish` sends)
         stats.add(.downstream_cx_tx_bytes_total, UInt64(b.count))
         if !conn.write(b) { abort() }
-    }
-
-    func endExchangeStats() {
-        stats.dec(.downstream_rq_active)
-        if clusterActive { cluster?.stats.dec(.upstream_rq_active); clusterActive = false }
     }
 
     func finishExchange() {
         guard active else { return }
         active = false
-        endExchangeStats()
-        worker.pool.give(&upHead)
-        worker.pool.give(&replay)
+        conn.uncork()
         if !keepAlive || draining || worker.draining { endConnection(); return }
         arm(.idle, listener.config.idleTimeout)
         resumeInput()
@@ -500,7 +395,7 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Up
     func endConnection() {
         if ending { return }
         ending = true
-        if active { active = false; endExchangeStats() }
+        active = false
         conn.finish(linger: 1_000)
     }
 
@@ -512,14 +407,8 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Up
     }
 
     override func abort() {
-        if let u = upstream { upstream = nil; u.finish(reusable: false) }
         ending = true
+        if let e = exchange { exchange = nil; e.downstreamAborted() }
         conn.close()
     }
-}
-
-/// The bytes of a literal, for writes.
-@inline(__always)
-func rawBytes(_ s: StaticString) -> UnsafeRawBufferPointer {
-    UnsafeRawBufferPointer(start: s.utf8Start, count: s.utf8CodeUnitCount)
 }

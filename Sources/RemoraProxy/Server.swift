@@ -1,32 +1,47 @@
 import Glibc
+import RemoraConfig
 import RemoraCore
 import RemoraIO
 
 /// The process: binds every listener once per worker (SO_REUSEPORT), starts the worker threads,
-/// serves admin on the main loop, and turns SIGTERM/SIGINT into a graceful drain.
+/// serves admin on the main loop, turns SIGTERM/SIGINT into a graceful drain, and installs new
+/// configurations (SIGHUP, `--watch`, later the control plane) without a restart.
 public final class Server {
-    let config: Config
+    /// The configuration serving now, its YAML source and version (1 = the one started with).
+    var config: Config
+    var source: String
+    var version = 1
     let loop: EventLoop
     var snapshot: Snapshot!
-    var stats: [WorkerStats] = []
+    var registry: StatRegistry!
+    var workerCount = 0
+    /// What each listener's sockets were bound for, by listener name.
+    var bound: [String: (spec: HostPort, proto: ListenerProtocol, actual: SocketAddress)] = [:]
     var threads: [pthread_t] = []
     var workerMailboxes: [Mailbox<WorkerMessage>?] = []
     var mainMailbox: Mailbox<MainMessage>!
     var admin: LocalHTTPServer?
     var signals: [SignalWatcher] = []
+    var watcher: FileWatcher?
     var drainTimer: LoopTimer?
     var started = 0
     var stopped = 0
     var ready = false
     var draining = false
     var exitCode: Int32 = 0
-    var boundAddresses: [SocketAddress] = []
+    /// The config file (SIGHUP and `--watch` reload it).
+    public var configPath: String?
+    /// Reload `configPath` whenever it changes.
+    public var watch = false
     /// Called on the main loop once every worker is listening (demo prints its hint here).
     public var onReady: (() -> Void)?
+    /// More things the main loop must close at exit (demo backends).
+    public var extraClose: [() -> Void] = []
 
     /// `loop` is the main thread's loop (the caller may already run demo backends on it).
-    public init(config: Config, loop: EventLoop = EventLoop()) {
+    public init(config: Config, source: String = "", loop: EventLoop = EventLoop()) {
         self.config = config
+        self.source = source
         self.loop = loop
     }
 
@@ -37,37 +52,33 @@ public final class Server {
             log("\(error)")
             return 1
         }
-        let n = config.workers > 0 ? config.workers : onlineCPUs()
-        var fds = Array(repeating: [Int32](), count: n)
+        workerCount = config.workers > 0 ? config.workers : onlineCPUs()
+        let fds: [[String: Int32]]
         do {
-            for l in config.listeners {
-                guard var addr = try Resolver.resolve(l.address).first else { continue }
-                for w in 0..<n {
-                    let fd = try ListenSocket.bind(addr, first: w == 0)
-                    if w == 0, let actual = ListenSocket.localAddress(fd) { addr = actual; boundAddresses.append(actual) }
-                    fds[w].append(fd)
-                }
-            }
+            fds = try bindNew(config)
             if let a = config.admin, let addr = try Resolver.resolve(a.address).first {
                 admin = try LocalHTTPServer(loop: loop, address: addr) { [unowned self] in self.adminRequest($0) }
             }
         } catch {
             log("\(error)")
-            fds.joined().forEach(ListenSocket.closeFD)
             return 1
         }
-
         mainMailbox = Mailbox(loop: loop) { [unowned self] in self.handle($0) }
         for sig in [SIGTERM, SIGINT] {
             signals.append(SignalWatcher(loop: loop, signal: sig) { [unowned self] s in
                 self.beginDrain(timeout: s == SIGINT ? min(self.config.drainTimeout, 1_000) : self.config.drainTimeout)
             })
         }
-        stats = (0..<n).map { _ in WorkerStats(listeners: config.listeners.count, clusters: config.clusters.count) }
-        workerMailboxes = Array(repeating: nil, count: n)
+        signals.append(SignalWatcher(loop: loop, signal: SIGHUP) { [unowned self] _ in self.reloadFile() })
+        if watch, let path = configPath {
+            watcher = FileWatcher(loop: loop, path: path) { [unowned self] in self.reloadFile() }
+        }
+        registry = StatRegistry(workers: workerCount)
+        let stats = registry.stats(for: snapshot)
+        workerMailboxes = Array(repeating: nil, count: workerCount)
         let snap = snapshot!
         let main = mainMailbox!
-        for w in 0..<n {
+        for w in 0..<workerCount {
             let myFDs = fds[w]
             let st = stats[w]
             threads.append(spawnThread {
@@ -78,6 +89,71 @@ public final class Server {
         threads.forEach(joinThread)
         if !loop.close() { log("main loop closed with \(loop.handleCount) handles left") }
         return exitCode
+    }
+
+    /// Binds sockets for the listeners of `cfg` that are new or moved (one per worker), returning
+    /// them by worker and listener name. A listener keeps its sockets while its address and
+    /// protocol stay. A new address binds exclusively (it fails when anything else holds it); an
+    /// address this process already serves joins that reuseport group, so the new socket listens
+    /// before the old one closes. On failure nothing stays bound.
+    func bindNew(_ cfg: Config) throws -> [[String: Int32]] {
+        var fds = Array(repeating: [String: Int32](), count: workerCount)
+        var got: [String: (spec: HostPort, proto: ListenerProtocol, actual: SocketAddress)] = [:]
+        do {
+            for l in cfg.listeners {
+                if let b = bound[l.name], b.spec == l.address, b.proto == l.protocol { continue }
+                let served = bound.values.first { $0.spec == l.address && $0.spec.port != 0 }
+                guard var addr = try served?.actual ?? Resolver.resolve(l.address).first else { continue }
+                for w in 0..<workerCount {
+                    let fd = try ListenSocket.bind(addr, first: w == 0 && served == nil)
+                    if w == 0, let actual = ListenSocket.localAddress(fd) { addr = actual }
+                    fds[w][l.name] = fd
+                }
+                got[l.name] = (l.address, l.protocol, addr)
+            }
+        } catch {
+            for f in fds { f.values.forEach(ListenSocket.closeFD) }
+            throw error
+        }
+        for (name, b) in got { bound[name] = b }
+        return fds
+    }
+
+    /// Installs a new configuration in every worker, make-before-break. Returns the errors when it
+    /// is refused; the configuration serving now then stays.
+    @discardableResult
+    public func apply(_ cfg: Config, source src: String) -> ConfigErrors? {
+        if draining { return ConfigErrors([ConfigError(file: "", line: 0, path: "", message: "draining")]) }
+        let snap: Snapshot
+        do { snap = try Snapshot(config: cfg) } catch let e as ConfigErrors { return e } catch {
+            return ConfigErrors([ConfigError(file: "", line: 0, path: "", message: "\(error)")])
+        }
+        let fds: [[String: Int32]]
+        do { fds = try bindNew(cfg) } catch {
+            return ConfigErrors([ConfigError(file: "", line: 0, path: "listeners", message: "\(error)")])
+        }
+        let names = Set(cfg.listeners.map(\.name))
+        for name in bound.keys where !names.contains(name) { bound[name] = nil }
+        let stats = registry.stats(for: snap)
+        for (w, box) in workerMailboxes.enumerated() { box?.post(.apply(snap, stats[w], fds: fds[w])) }
+        snapshot = snap
+        config = cfg
+        source = src
+        version += 1
+        log("configuration version \(version) applied")
+        return nil
+    }
+
+    /// Reloads `configPath` (SIGHUP, `--watch`); a bad file is reported and the serving one stays.
+    func reloadFile() {
+        guard let path = configPath, ready, !draining else { return }
+        switch ConfigLoader.load(path: path) {
+        case .failure(let e):
+            log("\(path) not applied:\n\(e)")
+        case .success(let cfg):
+            if cfg == config { return }
+            if let e = apply(cfg, source: readFile(path) ?? "") { log("\(path) not applied:\n\(e)") }
+        }
     }
 
     func handle(_ m: MainMessage) {
@@ -103,7 +179,7 @@ public final class Server {
         ready = true
         var out = ""
         if let a = admin { out += "listening admin \(a.address)\n" }
-        for (i, l) in config.listeners.enumerated() { out += "listening listener \(l.name) \(boundAddresses[i])\n" }
+        for l in config.listeners { out += "listening listener \(l.name) \(bound[l.name]!.actual)\n" }
         out += "ready\n"
         out.withUTF8 { _ = Glibc.write(1, $0.baseAddress, $0.count) }
         onReady?()
@@ -126,14 +202,12 @@ public final class Server {
 
     func shutdownMain() {
         drainTimer?.close()
+        watcher?.close()
         admin?.close()
         signals.forEach { $0.close() }
         mainMailbox.close()
         extraClose.forEach { $0() }
     }
-
-    /// More things the main loop must close at exit (demo backends).
-    public var extraClose: [() -> Void] = []
 
     func adminRequest(_ r: LocalHTTPServer.Request) -> LocalHTTPServer.Response {
         switch (r.method, r.path) {
@@ -141,22 +215,35 @@ public final class Server {
             if draining { return .init(status: 503, body: "draining\n") }
             return ready ? .init(status: 200, body: "ready\n") : .init(status: 503, body: "starting\n")
         case ("GET", "/stats"):
-            return .init(status: 200, body: renderAllStats())
+            var out = registry?.render(snapshot) ?? ""
+            out += "server.workers \(workerCount)\n"
+            out += "server.config_version \(version)\n"
+            out += "server.draining \(draining ? 1 : 0)\n"
+            return .init(status: 200, body: out)
+        case ("GET", "/config_dump"):
+            return .init(status: 200, contentType: "application/yaml", body: "# version \(version)\n" + source)
+        case ("POST", "/drain"):
+            beginDrain(timeout: config.drainTimeout)
+            return .init(status: 200, body: "draining; the process exits when in-flight requests are done\n")
+        case ("POST", "/quitquitquit"):
+            beginDrain(timeout: min(config.drainTimeout, 1_000))
+            return .init(status: 200, body: "exiting\n")
         default:
-            return .init(status: 404, body: "admin endpoints: GET /ready, GET /stats\n")
+            return .init(status: 404, body: "admin endpoints: GET /ready, GET /stats, GET /config_dump, POST /drain, POST /quitquitquit\n")
         }
     }
+}
 
-    func renderAllStats() -> String {
-        var out = ""
-        for (i, l) in config.listeners.enumerated() {
-            renderStats(ListenerStat.self, name: l.name, blocks: stats.map { $0.listeners[i] }, into: &out)
-        }
-        for (i, c) in config.clusters.enumerated() {
-            renderStats(ClusterStat.self, name: c.name, blocks: stats.map { $0.clusters[i] }, into: &out)
-        }
-        out += "server.workers \(stats.count)\n"
-        out += "server.draining \(draining ? 1 : 0)\n"
-        return out
+/// The whole file as text, or nil.
+public func readFile(_ path: String) -> String? {
+    guard let f = fopen(path, "rb") else { return nil }
+    defer { fclose(f) }
+    var bytes: [UInt8] = []
+    var buf = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = fread(&buf, 1, buf.count, f)
+        if n <= 0 { break }
+        bytes += buf[0..<n]
     }
+    return String(decoding: bytes, as: UTF8.self)
 }

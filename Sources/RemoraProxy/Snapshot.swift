@@ -17,7 +17,9 @@ public final class Snapshot: Sendable {
         self.config = config
         var index: [String: Int] = [:]
         for (i, c) in config.clusters.enumerated() { index[c.name] = i }
-        routeTables = config.listeners.map { RouteTable($0.routes, clusterIndex: { index[$0] }) }
+        var tables: [RouteTable] = []
+        for l in config.listeners { tables.append(try RouteTable(l, clusters: index)) }
+        routeTables = tables
         tcpCluster = config.listeners.map { l in l.cluster.flatMap { index[$0] } ?? -1 }
         var eps: [[SocketAddress]] = []
         for c in config.clusters {
@@ -34,13 +36,64 @@ public final class Snapshot: Sendable {
     }
 }
 
-/// Stats blocks of one worker: created by the main thread before the worker starts, written only by
-/// that worker, read by the admin server.
+/// Stats blocks of one worker for one snapshot: written only by that worker, read by the admin
+/// server. Blocks come from `StatRegistry`, so a counter keeps its value across snapshots.
 public final class WorkerStats: Sendable {
     public let listeners: [StatBlock<ListenerStat>]
     public let clusters: [StatBlock<ClusterStat>]
-    init(listeners: Int, clusters: Int) {
-        self.listeners = (0..<listeners).map { _ in StatBlock() }
-        self.clusters = (0..<clusters).map { _ in StatBlock() }
+    /// Per listener, per backend slot of its route table.
+    public let routeBackends: [[StatBlock<RouteBackendStat>]]
+
+    init(listeners: [StatBlock<ListenerStat>], clusters: [StatBlock<ClusterStat>],
+         routeBackends: [[StatBlock<RouteBackendStat>]]) {
+        self.listeners = listeners; self.clusters = clusters; self.routeBackends = routeBackends
+    }
+}
+
+/// Every stat block ever created, by full name and worker (main thread only). Blocks are never
+/// freed: a worker may still write one after a snapshot dropped its name.
+final class StatRegistry {
+    let workers: Int
+    var listeners: [String: [StatBlock<ListenerStat>]] = [:]
+    var clusters: [String: [StatBlock<ClusterStat>]] = [:]
+    var routes: [String: [StatBlock<RouteBackendStat>]] = [:]
+
+    init(workers: Int) { self.workers = workers }
+
+    func blocks<G: StatGroup>(_ table: inout [String: [StatBlock<G>]], _ name: String) -> [StatBlock<G>] {
+        if let b = table[name] { return b }
+        let b = (0..<workers).map { _ in StatBlock<G>() }
+        table[name] = b
+        return b
+    }
+
+    /// `route.<listener>.<route>.<cluster>` names of a snapshot, per listener, by backend slot.
+    static func routeNames(_ s: Snapshot) -> [[String]] {
+        s.routeTables.enumerated().map { l, table in
+            var names = Array(repeating: "", count: table.backendCount)
+            for r in table.info { for b in r.backends { names[b.slot] = "\(s.config.listeners[l].name).\(r.name).\(b.clusterName)" } }
+            return names
+        }
+    }
+
+    /// One `WorkerStats` per worker for `snapshot`.
+    func stats(for snapshot: Snapshot) -> [WorkerStats] {
+        let l = snapshot.config.listeners.map { blocks(&listeners, $0.name) }
+        let c = snapshot.config.clusters.map { blocks(&clusters, $0.name) }
+        let r = StatRegistry.routeNames(snapshot).map { names in names.map { blocks(&routes, $0) } }
+        return (0..<workers).map { w in
+            WorkerStats(listeners: l.map { $0[w] }, clusters: c.map { $0[w] }, routeBackends: r.map { $0.map { $0[w] } })
+        }
+    }
+
+    /// `/stats` for the names `snapshot` uses.
+    func render(_ snapshot: Snapshot) -> String {
+        var out = ""
+        for l in snapshot.config.listeners { renderStats(ListenerStat.self, name: l.name, blocks: blocks(&listeners, l.name), into: &out) }
+        for c in snapshot.config.clusters { renderStats(ClusterStat.self, name: c.name, blocks: blocks(&clusters, c.name), into: &out) }
+        for names in StatRegistry.routeNames(snapshot) {
+            for n in names { renderStats(RouteBackendStat.self, name: n, blocks: blocks(&routes, n), into: &out) }
+        }
+        return out
     }
 }

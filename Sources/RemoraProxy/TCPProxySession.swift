@@ -5,8 +5,8 @@ import RemoraIO
 /// peer writes slower than it reads stops being read), half-close carried both ways, idle timeout.
 final class TCPProxySession: Session, TCPConnectionDelegate {
     unowned(unsafe) let worker: Worker
-    unowned(unsafe) let listener: ListenerRuntime
-    unowned(unsafe) let cluster: ClusterRuntime
+    let listener: ListenerRuntime
+    let cluster: ClusterRuntime
     let down: TCPConnection
     var up: TCPConnection?
     var downEOF = false
@@ -34,6 +34,7 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
         c.owner = self
         cluster.stats.inc(.upstream_cx_total)
         cluster.stats.inc(.upstream_cx_active)
+        cluster.openConnections += 1
         up = c
         if c.connect(to: cluster.endpoints[cluster.nextEndpoint()]) != 0 {
             cluster.stats.inc(.upstream_cx_connect_fail)
@@ -103,6 +104,7 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
             worker.remove(self)
         } else {
             cluster.stats.dec(.upstream_cx_active)
+            cluster.openConnections -= 1
         }
         // Both sides ended their streams: the other side is flushing and closes by itself.
         if !(downEOF && upEOF) { abort() }

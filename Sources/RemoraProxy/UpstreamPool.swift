@@ -2,21 +2,31 @@ import RemoraCore
 import RemoraHTTP
 import RemoraIO
 
-/// One cluster's per-worker state: endpoints, round-robin position, idle keep-alive connections.
+/// One cluster's per-worker state: endpoints, round-robin position, idle HTTP/1.1 keep-alive
+/// connections, HTTP/2 connections and their free stream objects.
 final class ClusterRuntime {
     unowned(unsafe) let worker: Worker
     let index: Int
     let config: ClusterConfig
     let endpoints: [SocketAddress]
     let stats: StatBlock<ClusterStat>
-    /// Idle connections per endpoint, most recently used last (LIFO: the warmest is least likely
-    /// to have been closed by the backend).
-    var idle: [[UpstreamConnection]]
+    /// Idle HTTP/1.1 connections per endpoint, most recently used last (LIFO: the warmest is the
+    /// least likely to have been closed by the backend).
+    var idle: [[H1Upstream]]
+    /// HTTP/2 connections per endpoint (new streams go to the first with room).
+    var h2: [[H2UpstreamConnection]]
+    /// Recycled HTTP/2 stream objects.
+    var freeStreams: [H2UpstreamStream] = []
     var rr = 0
+    /// Upstream connections open (or connecting) from this runtime.
+    var openConnections = 0
+    /// A retired runtime can be let go once nothing of it is open.
+    var isUnused: Bool { openConnections == 0 }
 
     init(worker: Worker, index: Int, config: ClusterConfig, endpoints: [SocketAddress], stats: StatBlock<ClusterStat>) {
         self.worker = worker; self.index = index; self.config = config; self.endpoints = endpoints; self.stats = stats
         idle = Array(repeating: [], count: endpoints.count)
+        h2 = Array(repeating: [], count: endpoints.count)
         idle.indices.forEach { idle[$0].reserveCapacity(min(config.maxIdlePerEndpoint, 256)) }
     }
 
@@ -28,35 +38,45 @@ final class ClusterRuntime {
         return e
     }
 
-    /// An idle connection to `endpoint`, or nil.
-    @inline(__always)
-    func takeIdle(_ endpoint: Int) -> UpstreamConnection? {
-        guard let u = idle[endpoint].popLast() else { return nil }
-        u.isIdle = false
-        stats.inc(.upstream_cx_pool_reuse)
+    // MARK: HTTP/1.1
+
+    /// A connection carrying `head` for `exchange`: a pooled one (unless `fresh`) or a new one
+    /// (connecting; writes wait for it). nil when no connect could even start.
+    func openHTTP1(for exchange: Exchange, head: UnsafeRawBufferPointer, isHEAD: Bool, fresh: Bool) -> H1Upstream? {
+        let e = nextEndpoint()
+        if !fresh {
+            while let u = idle[e].popLast() {
+                u.isIdle = false
+                stats.inc(.upstream_cx_pool_reuse)
+                if u.begin(exchange: exchange, head: head, isHEAD: isHEAD) { return u }
+                u.conn.close()   // the backend closed it while pooled
+            }
+        }
+        guard let c = connect(e) else { return nil }
+        let u = H1Upstream(cluster: self, endpoint: e, conn: c)
+        _ = u.begin(exchange: exchange, head: head, isHEAD: isHEAD)
         return u
     }
 
-    /// A new connection to `endpoint` (connecting; writes are queued until it is up), or nil when
-    /// the connect could not even start.
-    func connect(_ endpoint: Int) -> UpstreamConnection? {
+    /// A new TCP connection to `endpoint`, connecting, with the connect timeout armed.
+    func connect(_ endpoint: Int) -> TCPConnection? {
         let c = TCPConnection(loop: worker.loop)
-        let u = UpstreamConnection(cluster: self, endpoint: endpoint, conn: c)
         stats.inc(.upstream_cx_total)
         stats.inc(.upstream_cx_active)
-        let rc = c.connect(to: endpoints[endpoint])
-        if rc != 0 {
+        if c.connect(to: endpoints[endpoint]) != 0 {
             stats.inc(.upstream_cx_connect_fail)
+            stats.dec(.upstream_cx_active)
             c.close()
             return nil
         }
+        openConnections += 1
         c.setDeadline(after: config.connectTimeout)
-        return u
+        return c
     }
 
     /// Takes back a connection whose exchange finished cleanly; closes it when the pool is full
     /// or the worker is draining.
-    func release(_ u: UpstreamConnection) {
+    func release(_ u: H1Upstream) {
         if worker.draining || idle[u.endpoint].count >= config.maxIdlePerEndpoint {
             u.conn.close()
             return
@@ -67,10 +87,36 @@ final class ClusterRuntime {
     }
 
     /// Forgets an idle connection that closed.
-    func removeIdle(_ u: UpstreamConnection) {
+    func removeIdle(_ u: H1Upstream) {
         guard u.isIdle else { return }
         u.isIdle = false
         if let i = idle[u.endpoint].firstIndex(where: { $0 === u }) { idle[u.endpoint].remove(at: i) }
+    }
+
+    // MARK: HTTP/2
+
+    /// A stream for `exchange` on a connection to the next endpoint that has room (the peer's
+    /// SETTINGS_MAX_CONCURRENT_STREAMS), or on a new connection.
+    func openHTTP2(for exchange: Exchange, head: HeaderBlock, hasBody: Bool) -> H2UpstreamStream? {
+        let e = nextEndpoint()
+        var conn = h2[e].first { $0.hasRoom }
+        if conn == nil {
+            guard let c = connect(e) else { return nil }
+            let n = H2UpstreamConnection(cluster: self, endpoint: e, conn: c)
+            h2[e].append(n)
+            conn = n
+        }
+        let s = freeStreams.popLast() ?? H2UpstreamStream()
+        if !conn!.open(s, for: exchange, head: head, hasBody: hasBody) {
+            freeStreams.append(s)
+            return nil
+        }
+        stats.inc(.upstream_cx_pool_reuse)
+        return s
+    }
+
+    func removeHTTP2(_ c: H2UpstreamConnection) {
+        if let i = h2[c.endpoint].firstIndex(where: { $0 === c }) { h2[c.endpoint].remove(at: i) }
     }
 
     func closeIdle() {
@@ -79,41 +125,25 @@ final class ClusterRuntime {
             idle[e].removeAll()
             for u in list { u.isIdle = false; u.conn.close() }
         }
+        for e in h2.indices { for c in h2[e] { c.drain() } }
     }
 }
 
-/// What an upstream connection tells the request it serves.
-protocol UpstreamOwner: AnyObject {
-    /// Return true when the response has no body whatever its headers say (HEAD).
-    func upstreamHead(_ u: UpstreamConnection, _ p: HTTP1Parser) -> Bool
-    func upstreamBody(_ u: UpstreamConnection, _ data: UnsafeRawBufferPointer)
-    func upstreamComplete(_ u: UpstreamConnection)
-    /// The connection failed; `connectFailed` when it never came up.
-    func upstreamFailed(_ u: UpstreamConnection, connectFailed: Bool, timedOut: Bool)
-    /// One read from the upstream has been parsed (the owner flushes what it collected).
-    func upstreamReadDone(_ u: UpstreamConnection)
-    /// The connection's write queue emptied after being above its high watermark.
-    func upstreamDrained(_ u: UpstreamConnection)
-}
-
-/// An HTTP/1.1 client connection to one endpoint, serving one request at a time.
-final class UpstreamConnection: TCPConnectionDelegate, HTTP1ParserDelegate {
+/// An HTTP/1.1 client connection to one endpoint, serving one exchange at a time.
+final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelegate {
     unowned(unsafe) let cluster: ClusterRuntime
     let endpoint: Int
     let conn: TCPConnection
     let parser: HTTP1Parser
-    unowned(unsafe) var owner: (any UpstreamOwner)?
+    unowned(unsafe) var exchange: Exchange?
     var isIdle = false
-    var connected = false
-    /// Has carried at least one complete exchange (so a failure may be the keep-alive close race).
     var reused = false
-    /// Any byte of the current response arrived.
     var gotResponseBytes = false
     /// The current response is a 1xx interim response (not forwarded; the final one follows).
     var interim = false
-    /// The request being answered was HEAD.
     var requestIsHEAD = false
     var responseDone = false
+    var framing = BodyFraming.none
 
     init(cluster: ClusterRuntime, endpoint: Int, conn: TCPConnection) {
         self.cluster = cluster
@@ -127,22 +157,52 @@ final class UpstreamConnection: TCPConnectionDelegate, HTTP1ParserDelegate {
         conn.startReading()
     }
 
-    /// Starts serving a request; `head` is written first.
-    func begin(owner: any UpstreamOwner, head: UnsafeRawBufferPointer, isHEAD: Bool) -> Bool {
-        self.owner = owner
+    /// Starts serving `exchange`, `head` first. False when the connection is already unusable.
+    func begin(exchange e: Exchange, head: UnsafeRawBufferPointer, isHEAD: Bool) -> Bool {
+        exchange = e
         requestIsHEAD = isHEAD
+        framing = e.reqFraming
         gotResponseBytes = false
         responseDone = false
         interim = false
+        if e.inDownstreamRead { conn.cork() }   // head and body of the same read leave together
         return conn.write(head)
     }
 
-    /// Ends the current exchange: back to the pool when the response completed on a reusable
-    /// connection, closed otherwise (the backend then sees the request cancelled).
-    func finish(reusable: Bool) {
-        owner = nil
-        if reusable && responseDone && parser.shouldKeepAlive && !conn.isClosing && !conn.failed {
+    // MARK: UpstreamStream
+
+    func sendBody(_ data: UnsafeRawBufferPointer) {
+        if framing == .chunked {
+            let w = cluster.worker
+            w.scratch.clear()
+            HTTP1Head.writeChunkHeader(data.count, into: &w.scratch)
+            conn.write(w.scratch.bytes, data, rawBytes("\r\n"))
+        } else {
+            conn.write(data)
+        }
+    }
+
+    func sendEnd(trailers: UnsafeBufferPointer<HeaderRef>?) {
+        guard framing == .chunked else { return }
+        let w = cluster.worker
+        w.scratch.clear()
+        HTTP1Head.writeLastChunk(trailers: trailers, into: &w.scratch)
+        conn.write(w.scratch.bytes)
+    }
+
+    var requestBlocked: Bool { conn.isAboveHighWatermark }
+    func pauseResponse() { conn.stopReading() }
+    func resumeResponse() { conn.startReading() }
+    func responseConsumed(_ n: Int) {}
+    var wasReused: Bool { reused }
+    func flushRequest() { conn.uncork() }
+
+    func detach(clean: Bool) {
+        exchange = nil
+        conn.uncork()
+        if clean && responseDone && parser.shouldKeepAlive && !conn.isClosing && !conn.failed {
             reused = true
+            conn.startReading()
             parser.trim()
             cluster.release(self)
         } else {
@@ -155,19 +215,14 @@ final class UpstreamConnection: TCPConnectionDelegate, HTTP1ParserDelegate {
     func connectionConnected(_ c: TCPConnection, _ status: Int32) {
         if status != 0 {
             cluster.stats.inc(.upstream_cx_connect_fail)
-            let o = owner
-            owner = nil
-            c.close()
-            o?.upstreamFailed(self, connectFailed: true, timedOut: false)
+            fail(.connectFailed)
             return
         }
-        connected = true
         c.clearDeadline()
     }
 
     func connectionRead(_ c: TCPConnection, _ data: UnsafeRawBufferPointer) {
-        cluster.stats.add(.upstream_cx_rx_bytes_total, UInt64(data.count))
-        guard owner != nil, !responseDone else {
+        guard let e = exchange, !responseDone else {
             c.close()   // bytes nobody asked for: the connection is out of sync
             return
         }
@@ -183,51 +238,49 @@ final class UpstreamConnection: TCPConnectionDelegate, HTTP1ParserDelegate {
                 if responseDone { c.close(); break parsing }   // bytes after the response: out of sync
                 input = UnsafeRawBufferPointer(rebasing: input[consumed...])
             case .error:
-                fail(timedOut: false)
+                fail(.protocolError)
                 return
             }
         }
-        owner?.upstreamReadDone(self)
+        e.upstreamReadDone()
     }
 
     func connectionEOF(_ c: TCPConnection) {
-        if owner != nil && !responseDone && gotResponseBytes {
+        if exchange != nil && !responseDone && gotResponseBytes {
             // A response delimited by the connection's end completes here; anything else was cut short.
             _ = parser.finish()
             if responseDone { return }
         }
-        if owner != nil && !responseDone { cluster.stats.inc(.upstream_cx_destroy_remote) }
-        fail(timedOut: false)
+        if exchange != nil && !responseDone { cluster.stats.inc(.upstream_cx_destroy_remote) }
+        fail(.reset(code: 0))
     }
 
     func connectionError(_ c: TCPConnection, _ code: Int32) {
         cluster.stats.inc(.upstream_cx_destroy_remote)
-        fail(timedOut: false)
+        fail(.reset(code: 0))
     }
 
     func connectionTimeout(_ c: TCPConnection) {
         // Only armed while connecting.
         cluster.stats.inc(.upstream_cx_connect_timeout)
         cluster.stats.inc(.upstream_cx_connect_fail)
-        let o = owner
-        owner = nil
-        c.close()
-        o?.upstreamFailed(self, connectFailed: true, timedOut: true)
+        fail(.connectFailed)
     }
 
-    func connectionDrained(_ c: TCPConnection) { owner?.upstreamDrained(self) }
+    func connectionDrained(_ c: TCPConnection) { exchange?.upstreamDrained() }
 
     func connectionClosed(_ c: TCPConnection) {
         cluster.stats.dec(.upstream_cx_active)
+        cluster.openConnections -= 1
         cluster.removeIdle(self)
         parser.delegate = nil
     }
 
-    func fail(timedOut: Bool) {
-        let o = owner
-        owner = nil
+    func fail(_ why: UpstreamFailure) {
+        let e = exchange
         conn.close()
-        if !responseDone { o?.upstreamFailed(self, connectFailed: false, timedOut: timedOut) }
+        if !responseDone { e?.upstreamFailed(why) }   // the exchange detaches us
+        exchange = nil
     }
 
     // MARK: HTTP1ParserDelegate
@@ -239,18 +292,23 @@ final class UpstreamConnection: TCPConnectionDelegate, HTTP1ParserDelegate {
             return false
         }
         interim = false
-        guard let o = owner else { return true }
         // No body after 204, 304 or a response to HEAD, whatever Content-Length says (RFC 9112 §6.3).
-        return o.upstreamHead(self, p) || requestIsHEAD || status == 204 || status == 304
+        let noBody = requestIsHEAD || status == 204 || status == 304
+        guard let e = exchange else { return true }
+        p.withHeaderRefs { h in
+            e.upstreamHead(status: status, reason: p.startLine, headers: h,
+                           lengthKnown: p.hasContentLength && !p.isChunked, endStream: false)
+        }
+        return noBody
     }
 
     func parserBody(_ p: HTTP1Parser, _ data: UnsafeRawBufferPointer) {
-        owner?.upstreamBody(self, data)
+        exchange?.upstreamBody(data)
     }
 
     func parserMessageComplete(_ p: HTTP1Parser) {
         if interim { interim = false; return }
         responseDone = true
-        owner?.upstreamComplete(self)
+        exchange?.upstreamEnd(trailers: nil)
     }
 }

@@ -9,6 +9,9 @@ enum WorkerMessage: Sendable {
     case drain
     /// Drain time is up: close everything now.
     case forceClose
+    /// A new snapshot, with this worker's new listening sockets by listener name (a listener whose
+    /// socket is kept has none).
+    case apply(Snapshot, WorkerStats, fds: [String: Int32])
 }
 
 /// Messages a worker posts to the main thread.
@@ -18,21 +21,35 @@ enum MainMessage: Sendable {
 }
 
 /// One event loop on one thread with everything it serves: its own listening sockets, its own
-/// upstream pools, its own stats. Nothing mutable is shared with other workers.
+/// upstream pools, its own stats. Nothing mutable is shared with other workers. A new snapshot is
+/// installed make-before-break: in-flight requests finish on the snapshot they started with,
+/// sockets of unchanged listeners and pools of unchanged clusters are kept.
 final class Worker {
     let id: Int
     let loop: EventLoop
-    let snapshot: Snapshot
-    let stats: WorkerStats
-    var listeners: [Listener] = []
-    var listenerRuntimes: [ListenerRuntime] = []
-    var clusters: [ClusterRuntime] = []
+    var snapshot: Snapshot
+    var stats: WorkerStats
+    /// Listeners by name: stable across snapshots (sessions hold them).
+    var slots: [String: ListenerSlot] = [:]
+    /// Clusters of the current snapshot by name (kept across snapshots while their config holds).
+    var clusterByName: [String: ClusterRuntime] = [:]
+    /// Clusters a snapshot dropped or changed: idle connections closed, in-flight requests finish.
+    var retired: [ClusterRuntime] = []
     var mailbox: Mailbox<WorkerMessage>!
     var rng: FastRandom
     /// Scratch space for assembling heads and frames before a write (used synchronously only).
     var scratch = ByteBuffer(capacity: 16 * 1024)
     /// Head and body buffers lent to exchanges (idle connections own none).
     let pool = BufferPool()
+    /// Recycled exchanges and HTTP/2 server streams (nothing allocated per request once warm).
+    var freeExchanges: [Exchange] = []
+    /// Where mirrored requests' responses go, and what they count in (not listed in /stats).
+    lazy var discard = DiscardDownstream(worker: self)
+    let shadowStats = StatBlock<ListenerStat>()
+    var freeServerStreams: [H2ServerStream] = []
+    /// Sessions with frames or stashed requests to process at the end of this loop iteration.
+    var toFlush: [any Flushable] = []
+    var flushHook: IterationHook?
     /// Downstream sessions, for draining (intrusive list: no allocation per connection).
     var sessionHead: Session?
     var sessionCount = 0
@@ -46,33 +63,14 @@ final class Worker {
         var seed: UInt64 = 0
         withUnsafeMutableBytes(of: &seed) { _ = getentropy($0.baseAddress, 8) }
         rng = FastRandom(seed: seed ^ UInt64(id))
-        for (i, c) in snapshot.config.clusters.enumerated() {
-            clusters.append(ClusterRuntime(worker: self, index: i, config: c, endpoints: snapshot.endpoints[i],
-                                           stats: stats.clusters[i]))
-        }
-        for (i, l) in snapshot.config.listeners.enumerated() {
-            listenerRuntimes.append(ListenerRuntime(worker: self, index: i, config: l, routes: snapshot.routeTables[i],
-                                                    tcpCluster: snapshot.tcpCluster[i], stats: stats.listeners[i]))
-        }
     }
 
-    /// Runs the worker on the calling thread until it has drained. `fds[i]` is this worker's bound
-    /// socket for listener i.
-    func run(fds: [Int32], main: Mailbox<MainMessage>) {
+    /// Runs the worker on the calling thread until it has drained. `fds` are its bound sockets by
+    /// listener name.
+    func run(fds: [String: Int32], main: Mailbox<MainMessage>) {
         mailbox = Mailbox(loop: loop) { [unowned self] m in self.handle(m) }
-        var error: String?
-        for (i, fd) in fds.enumerated() {
-            do {
-                let l = try Listener(loop: loop, fd: fd)
-                l.tag = i
-                l.delegate = listenerRuntimes[i]
-                l.owner = listenerRuntimes[i]
-                listeners.append(l)
-            } catch let e {
-                error = "listener \(snapshot.config.listeners[i].name): \(e)"
-                break
-            }
-        }
+        flushHook = IterationHook(loop: loop) { [unowned self] in self.runFlushes() }
+        let error = install(snapshot, stats, fds: fds)
         main.post(.started(worker: id, mailbox: mailbox, error: error))
         if error != nil { beginDrain() }
         loop.run()
@@ -81,8 +79,65 @@ final class Worker {
         main.post(.stopped(worker: id))
     }
 
+    /// Makes `snap` current. Returns an error when a new socket could not listen (the listener
+    /// keeps its old socket, if it had one).
+    @discardableResult
+    func install(_ snap: Snapshot, _ st: WorkerStats, fds: [String: Int32]) -> String? {
+        var error: String?
+        var clusters: [ClusterRuntime] = []
+        var byName: [String: ClusterRuntime] = [:]
+        for (i, c) in snap.config.clusters.enumerated() {
+            let eps = snap.endpoints[i]
+            if let old = clusterByName[c.name], old.config == c,
+               old.endpoints.map(\.description) == eps.map(\.description) {
+                clusters.append(old)
+            } else {
+                clusters.append(ClusterRuntime(worker: self, index: i, config: c, endpoints: eps, stats: st.clusters[i]))
+            }
+            byName[c.name] = clusters[i]
+        }
+        for (name, old) in clusterByName where byName[name] !== old {
+            old.closeIdle()
+            retired.append(old)
+        }
+        retired.removeAll { $0.isUnused }
+        clusterByName = byName
+        var live: Set<String> = []
+        for (i, l) in snap.config.listeners.enumerated() {
+            live.insert(l.name)
+            let tcp = snap.tcpCluster[i] >= 0 ? clusters[snap.tcpCluster[i]] : nil
+            let runtime = ListenerRuntime(worker: self, config: l, routes: snap.routeTables[i], clusters: clusters,
+                                          tcpCluster: tcp, stats: st.listeners[i], backendStats: st.routeBackends[i])
+            let slot = slots[l.name] ?? ListenerSlot(worker: self, name: l.name, current: runtime)
+            slots[l.name] = slot
+            slot.current = runtime
+            if let fd = fds[l.name] {
+                do {
+                    let sock = try Listener(loop: loop, fd: fd)   // listening before the old socket closes
+                    sock.delegate = slot
+                    sock.owner = slot
+                    slot.socket?.close()
+                    slot.socket = sock
+                } catch let e {
+                    error = "listener \(l.name): \(e)"
+                }
+            }
+        }
+        for (name, slot) in slots where !live.contains(name) {
+            slot.socket?.close()   // its connections finish on the runtime they hold
+            slot.socket = nil
+            slots[name] = nil
+        }
+        snapshot = snap
+        stats = st
+        return error
+    }
+
     func handle(_ m: WorkerMessage) {
         switch m {
+        case let .apply(snap, st, fds):
+            if draining { fds.values.forEach(ListenSocket.closeFD); return }
+            if let e = install(snap, st, fds: fds) { log("worker \(id): \(e)") }
         case .drain: beginDrain()
         case .forceClose:
             beginDrain()
@@ -94,8 +149,7 @@ final class Worker {
     func beginDrain() {
         if draining { return }
         draining = true
-        for l in listeners { l.close() }
-        listeners.removeAll()
+        for slot in slots.values { slot.socket?.close(); slot.socket = nil }
         var s = sessionHead
         while let cur = s { s = cur.next; cur.drain() }
         maybeFinishDrain()
@@ -103,8 +157,32 @@ final class Worker {
 
     func maybeFinishDrain() {
         guard draining, sessionCount == 0 else { return }
-        for c in clusters { c.closeIdle() }
+        for c in clusterByName.values { c.closeIdle() }
+        for c in retired { c.closeIdle() }
         mailbox.close()
+        flushHook?.close()
+        for e in freeExchanges { e.timer.close() }
+        freeExchanges.removeAll()
+    }
+
+    // MARK: pools and deferred work
+
+    func takeExchange() -> Exchange { freeExchanges.popLast() ?? Exchange(worker: self) }
+
+    func recycle(_ e: Exchange) {
+        if draining && sessionCount == 0 { e.timer.close(); return }
+        freeExchanges.append(e)
+    }
+
+    func scheduleFlush(_ f: any Flushable) { toFlush.append(f) }
+
+    func runFlushes() {
+        var i = 0
+        while i < toFlush.count {   // a flush may schedule more
+            toFlush[i].flush()
+            i += 1
+        }
+        toFlush.removeAll(keepingCapacity: true)
     }
 
     // MARK: session list
@@ -114,6 +192,16 @@ final class Worker {
         sessionHead?.prev = s
         sessionHead = s
         sessionCount += 1
+    }
+
+    /// A connection changed protocol (HTTP/1.1 → HTTP/2): the new session takes the old one's place.
+    func replace(_ old: Session, with new: Session) {
+        add(new)
+        if let p = old.prev { p.next = old.next } else { sessionHead = old.next }
+        old.next?.prev = old.prev
+        old.prev = nil
+        old.next = nil
+        sessionCount -= 1
     }
 
     func remove(_ s: Session) {
@@ -136,29 +224,49 @@ class Session {
     func abort() {}
 }
 
-/// One listener's per-worker state: config, route table, stats.
-final class ListenerRuntime: ListenerDelegate {
+/// One listener in one worker, stable across snapshots: its socket, and the runtime of the
+/// current snapshot. Sessions hold the slot and take `current` when a request starts.
+final class ListenerSlot: ListenerDelegate {
     unowned(unsafe) let worker: Worker
-    let index: Int
-    let config: ListenerConfig
-    let routes: RouteTable
-    let tcpCluster: Int
-    let stats: StatBlock<ListenerStat>
+    let name: String
+    var current: ListenerRuntime
+    var socket: Listener?
 
-    init(worker: Worker, index: Int, config: ListenerConfig, routes: RouteTable, tcpCluster: Int, stats: StatBlock<ListenerStat>) {
-        self.worker = worker; self.index = index; self.config = config; self.routes = routes
-        self.tcpCluster = tcpCluster; self.stats = stats
+    init(worker: Worker, name: String, current: ListenerRuntime) {
+        self.worker = worker; self.name = name; self.current = current
     }
 
     func listenerAccepted(_ l: Listener, _ c: TCPConnection) {
-        stats.inc(.downstream_cx_total)
-        stats.inc(.downstream_cx_active)
+        let rt = current
+        rt.stats.inc(.downstream_cx_total)
+        rt.stats.inc(.downstream_cx_active)
         let s: Session
-        switch config.protocol {
-        case .http: s = HTTPSession(worker: worker, listener: self, conn: c)
-        case .tcp: s = TCPProxySession(worker: worker, listener: self, cluster: worker.clusters[tcpCluster], down: c)
+        switch rt.config.protocol {
+        case .http: s = HTTPSession(worker: worker, slot: self, conn: c)
+        case .tcp:
+            guard let cl = rt.tcpCluster else { rt.stats.dec(.downstream_cx_active); c.close(); return }
+            s = TCPProxySession(worker: worker, listener: rt, cluster: cl, down: c)
         }
         worker.add(s)
+    }
+}
+
+/// One listener's state for one snapshot in one worker: config, route table, the clusters its
+/// routes name (by the snapshot's cluster index), stats. Requests hold it while they run.
+final class ListenerRuntime {
+    unowned(unsafe) let worker: Worker
+    let config: ListenerConfig
+    let routes: RouteTable
+    let clusters: [ClusterRuntime]
+    let tcpCluster: ClusterRuntime?
+    let stats: StatBlock<ListenerStat>
+    /// Per backend slot of `routes`.
+    let backendStats: [StatBlock<RouteBackendStat>]
+
+    init(worker: Worker, config: ListenerConfig, routes: RouteTable, clusters: [ClusterRuntime], tcpCluster: ClusterRuntime?,
+         stats: StatBlock<ListenerStat>, backendStats: [StatBlock<RouteBackendStat>]) {
+        self.worker = worker; self.config = config; self.routes = routes; self.clusters = clusters
+        self.tcpCluster = tcpCluster; self.stats = stats; self.backendStats = backendStats
     }
 }
 

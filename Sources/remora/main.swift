@@ -11,7 +11,9 @@ let usage = """
 usage: remora <command> [options]
 
 commands:
-  run --config FILE        run the proxy in the foreground (SIGTERM drains, then exits 0)
+  run --config FILE [--watch]
+                           run the proxy in the foreground (SIGTERM drains, then exits 0;
+                           SIGHUP, or any change with --watch, reloads FILE without a restart)
   validate FILE...         check config files; every error as file:line: path: message
   demo [--port N]          the proxy with a built-in config and two demo backends
   help                     this text
@@ -28,17 +30,20 @@ func printOut(_ s: String) {
     s.withUTF8 { _ = write(1, $0.baseAddress, $0.count) }
 }
 
-/// Values of `--name VALUE` / `--name=VALUE`; everything else is positional.
+/// Values of `--name VALUE` / `--name=VALUE`, `--flag`s; everything else is positional.
 struct Args {
     var options: [String: String] = [:]
+    var flags: Set<String> = []
     var positional: [String] = []
-    init(_ argv: ArraySlice<String>, valued: Set<String>) throws {
+    init(_ argv: ArraySlice<String>, valued: Set<String>, flags allowed: Set<String> = []) throws {
         var it = argv.makeIterator()
         while let a = it.next() {
             if a.hasPrefix("--") {
                 let body = a.dropFirst(2)
                 if let eq = body.firstIndex(of: "=") {
                     options[String(body[..<eq])] = String(body[body.index(after: eq)...])
+                } else if allowed.contains(String(body)) {
+                    flags.insert(String(body))
                 } else if valued.contains(String(body)) {
                     guard let v = it.next() else { throw UsageError("option --\(body) needs a value") }
                     options[String(body)] = v
@@ -70,7 +75,10 @@ func runCommand(_ args: Args) -> Int32 {
         return 2
     }
     guard let config = load(path) else { return 1 }
-    return Server(config: config).run()
+    let server = Server(config: config, source: readFile(path) ?? "")
+    server.configPath = path
+    server.watch = args.flags.contains("watch")
+    return server.run()
 }
 
 func validateCommand(_ args: Args) -> Int32 {
@@ -110,16 +118,18 @@ func demoCommand(_ args: Args) -> Int32 {
     case .success(let c): config = c
     case .failure(let e): printErr(e.description); return 1
     }
-    let server = Server(config: config, loop: loop)
+    let server = Server(config: config, source: yaml, loop: loop)
     server.extraClose = backends.map { b in { b.close() } }
     server.onReady = {
         printErr("""
 
-        Remora demo: a proxy on 127.0.0.1:\(port) in front of two demo backends (v1, v2).
+        Remora demo: a proxy on 127.0.0.1:\(port) in front of two demo backends, v1 and v2, split 90/10.
         Try:
           curl -s http://127.0.0.1:\(port)/hello
-          for i in $(seq 10); do curl -s http://127.0.0.1:\(port)/; done
-          curl -s http://127.0.0.1:\(adminPort)/stats | grep rq_total
+          for i in $(seq 100); do curl -s http://127.0.0.1:\(port)/; done | sort | uniq -c      # ~90 v1, ~10 v2
+          curl -s -H 'x-canary: always' http://127.0.0.1:\(port)/                             # always v2
+          curl -s --http2-prior-knowledge http://127.0.0.1:\(port)/                            # HTTP/2 (h2c)
+          curl -s http://127.0.0.1:\(adminPort)/stats | grep upstream_rq_total
         The config it runs:
         \(yaml)
         Ctrl-C to stop.
@@ -135,14 +145,21 @@ func demoConfig(port: String, adminPort: String, v1: UInt16, v2: UInt16) -> Stri
     listeners:
       - name: web
         address: 127.0.0.1:\(port)
-        protocol: http
+        protocol: http            # HTTP/1.1 and h2c on the same port
         routes:
-          - name: all
+          # Testing in production: this header always reaches the canary.
+          - name: canary-override
+            match: { headers: [ { name: x-canary, exact: always } ] }
+            backends: [ { cluster: v2 } ]
+          # The canary split: 90 % to v1, 10 % to v2.
+          - name: split
             match: { path: { prefix: / } }
-            backends: [ { cluster: demo } ]
+            backends: [ { cluster: v1, weight: 90 }, { cluster: v2, weight: 10 } ]
     clusters:
-      - name: demo
-        endpoints: [ "127.0.0.1:\(v1)", "127.0.0.1:\(v2)" ]
+      - name: v1
+        endpoints: [ "127.0.0.1:\(v1)" ]
+      - name: v2
+        endpoints: [ "127.0.0.1:\(v2)" ]
     """
 }
 
@@ -152,7 +169,7 @@ let rest = argv.dropFirst(2)
 let code: Int32
 do {
     switch command {
-    case "run": code = runCommand(try Args(rest, valued: ["config"]))
+    case "run": code = runCommand(try Args(rest, valued: ["config"], flags: ["watch"]))
     case "validate": code = validateCommand(try Args(rest, valued: []))
     case "demo": code = demoCommand(try Args(rest, valued: ["port", "admin-port"]))
     case "help", "--help", "-h": printOut(usage); code = 0

@@ -25,6 +25,11 @@ private func config(_ yaml: String) -> Config? {
 
 private func hp(_ s: String) -> HostPort { HostPort.parse(s)! }
 
+extension ListenerConfig {
+    /// Every route, across virtual hosts.
+    var routes: [RouteConfig] { virtualHosts.flatMap(\.routes) }
+}
+
 @Suite struct ConfigLoaderTests {
     @Test func fullExample() throws {
         let yaml = """
@@ -74,13 +79,13 @@ private func hp(_ s: String) -> HostPort { HostPort.parse(s)! }
             listeners: [
                 ListenerConfig(name: "web", address: hp("127.0.0.1:8080"), protocol: .http,
                                requestHeaderTimeout: 10_000, maxRequestHeaderBytes: 61_440, idleTimeout: 60_000,
-                               routes: [
-                                   RouteConfig(name: "all", match: RouteMatch(path: .prefix("/")),
-                                               backends: [WeightedBackend(cluster: "app", weight: 1)], timeout: 15_000),
-                                   RouteConfig(name: "health", match: RouteMatch(path: .exact("/healthz")),
-                                               backends: [WeightedBackend(cluster: "app", weight: 0),
-                                                          WeightedBackend(cluster: "app2", weight: 1)], timeout: 0),
-                               ]),
+                               virtualHosts: [VirtualHostConfig(name: "default", domains: ["*"], routes: [
+                                   RouteConfig(name: "all", match: RouteMatch(path: .prefix("/")), action: .forward(
+                                       ForwardAction(backends: [WeightedBackend(cluster: "app", weight: 1)], timeout: 15_000))),
+                                   RouteConfig(name: "health", match: RouteMatch(path: .exact("/healthz")), action: .forward(
+                                       ForwardAction(backends: [WeightedBackend(cluster: "app", weight: 0),
+                                                                WeightedBackend(cluster: "app2", weight: 1)], timeout: 0))),
+                               ])]),
                 ListenerConfig(name: "db", address: hp("127.0.0.1:15432"), protocol: .tcp, cluster: "postgres"),
             ],
             clusters: [
@@ -116,10 +121,11 @@ private func hp(_ s: String) -> HostPort { HostPort.parse(s)! }
         let web = c.listeners[0], raw = c.listeners[1]
         #expect(web.protocol == .http && web.requestHeaderTimeout == 10_000 && web.maxRequestHeaderBytes == 60 * 1024)
         #expect(web.idleTimeout == 60_000 && web.cluster == nil)
-        #expect(web.routes == [RouteConfig(name: "all", match: RouteMatch(path: .prefix("/")),
-                                           backends: [WeightedBackend(cluster: "app", weight: 1)], timeout: 15_000)])
+        #expect(web.virtualHosts == [VirtualHostConfig(name: "default", domains: ["*"], routes: [
+            RouteConfig(name: "all", match: RouteMatch(path: .prefix("/")),
+                        action: .forward(ForwardAction(backends: [WeightedBackend(cluster: "app", weight: 1)], timeout: 15_000)))])])
         #expect(raw == ListenerConfig(name: "raw", address: HostPort(host: "::", port: 9000), protocol: .tcp,
-                                      idleTimeout: 60_000, routes: [], cluster: "app"))
+                                      idleTimeout: 60_000, virtualHosts: [], cluster: "app"))
         #expect(c.clusters == [ClusterConfig(name: "app", protocol: .http1, endpoints: [hp("app.internal:8080")],
                                              connectTimeout: 5_000, maxIdlePerEndpoint: 128)])
     }
@@ -152,9 +158,11 @@ private func hp(_ s: String) -> HostPort { HostPort.parse(s)! }
             """))
         #expect(c.workers == 256 && c.drainTimeout == 0 && c.admin == nil)
         #expect(c.listeners.map(\.name) == ["a.b_c-1", "b", "c"])
-        #expect(c.listeners[1].idleTimeout == 60_000 && c.listeners[1].routes.isEmpty)
+        #expect(c.listeners[0].virtualHosts == [VirtualHostConfig(name: "default", routes: [])])
+        #expect(c.listeners[1].idleTimeout == 60_000 && c.listeners[1].virtualHosts.isEmpty)
         let backends = [WeightedBackend(cluster: "x", weight: 1_000_000), WeightedBackend(cluster: "x", weight: 0)]
-        #expect(c.listeners[2].routes.map(\.backends) == [backends, backends])
+        #expect(c.listeners[2].routes.map { $0.action } == [.forward(ForwardAction(backends: backends)),
+                                                            .forward(ForwardAction(backends: backends))])
         #expect(c.listeners[2].routes[0].match.path == .prefix("/api/"))
     }
 
@@ -169,7 +177,7 @@ private func hp(_ s: String) -> HostPort { HostPort.parse(s)! }
                  backends: [ { cluster: app } ]
                  tiemout: 5s
          clusters: [ { name: app, endpoints: [ 127.0.0.1:1 ] } ]
-         """, 7, "listeners[0].routes[0].tiemout", #"unknown key "tiemout" (expected one of: name, match, backends, timeout)"#),
+         """, 7, "listeners[0].routes[0].tiemout", #"unknown key "tiemout" (expected one of: name, match, backends, hash_on, timeout, mirror, redirect, direct_response, rewrite, request_headers, response_headers)"#),
         ("""
          listeners:
            - name: web
@@ -345,7 +353,7 @@ private func hp(_ s: String) -> HostPort { HostPort.parse(s)! }
                    path: { prefix: /, exact: /x }
                  backends: [ { cluster: x } ]
          clusters: [ { name: x, endpoints: [ 127.0.0.1:1 ] } ]
-         """, 7, "listeners[0].routes[0].match.path", "expected exactly one of prefix or exact"),
+         """, 7, "listeners[0].routes[0].match.path", "expected exactly one of prefix, exact or regex"),
         ("""
          listeners:
            - name: a
@@ -356,7 +364,7 @@ private func hp(_ s: String) -> HostPort { HostPort.parse(s)! }
                    path: {}
                  backends: [ { cluster: x } ]
          clusters: [ { name: x, endpoints: [ 127.0.0.1:1 ] } ]
-         """, 7, "listeners[0].routes[0].match.path", "expected exactly one of prefix or exact"),
+         """, 7, "listeners[0].routes[0].match.path", "expected exactly one of prefix, exact or regex"),
         ("""
          listeners:
            - name: a
@@ -577,6 +585,37 @@ private func hp(_ s: String) -> HostPort { HostPort.parse(s)! }
         #expect(e.first?.line == line, "\(e)")
         #expect(e.first?.path == "")
         #expect(e.first?.message.hasPrefix(message) == true, "\(e)")
+    }
+
+    @Test func http2Settings() throws {
+        let c = try #require(config("""
+            listeners:
+              - name: web
+                address: 127.0.0.1:1
+                http2: { max_concurrent_streams: 250, initial_stream_window: 256KiB, connection_window: 8MiB, max_header_list_size: 16KiB }
+                routes: [ { name: all, backends: [ { cluster: h2 } ] } ]
+            clusters:
+              - name: h2
+                protocol: http2
+                endpoints: [ 127.0.0.1:2 ]
+                http2: { initial_stream_window: 64KiB }
+            """))
+        #expect(c.listeners[0].http2 == HTTP2Settings(maxConcurrentStreams: 250, initialStreamWindow: 256 * 1024,
+                                                        connectionWindow: 8 << 20, maxHeaderListSize: 16 * 1024))
+        #expect(c.clusters[0].http2.initialStreamWindow == 64 * 1024)
+        #expect(c.clusters[0].http2.maxConcurrentStreams == 100)
+        let e = errors("""
+            listeners:
+              - name: web
+                address: 127.0.0.1:1
+                http2: { max_concurrent_streams: 0 }
+                routes: [ { name: all, backends: [ { cluster: a } ] } ]
+            clusters:
+              - name: a
+                endpoints: [ 127.0.0.1:2 ]
+                http2: { initial_stream_window: 1MiB }
+            """)
+        #expect(e.map(\.path) == ["listeners[0].http2.max_concurrent_streams", "clusters[0].http2"])
     }
 
     @Test func loadFromFile() throws {

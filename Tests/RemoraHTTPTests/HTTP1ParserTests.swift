@@ -152,8 +152,10 @@ func feed(_ p: HTTP1Parser, _ s: String) -> HTTP1Parser.Result {
         var out = ByteBuffer()
         var ip = Array("127.0.0.1".utf8)
         ip.withUnsafeMutableBytes { ipb in
-            HTTP1Head.writeRequest(p, framing: .chunked, clientIP: UnsafeRawBufferPointer(ipb), proto: "http",
-                                   dropExpect: true, into: &out)
+            p.withRequestView { v in
+                HTTP1Head.writeRequest(v, framing: .chunked, addHost: false, clientIP: UnsafeRawBufferPointer(ipb),
+                                       proto: "http", dropExpect: true, into: &out)
+            }
         }
         let text = out.bytes.string
         #expect(text == "POST /x HTTP/1.1\r\nHost: svc\r\nAccept: */*\r\ntransfer-encoding: chunked\r\n"
@@ -166,8 +168,37 @@ func feed(_ p: HTTP1Parser, _ s: String) -> HTTP1Parser.Result {
         p.delegate = recorder
         _ = feed(p, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\nServer: s\r\n\r\n")
         var out = ByteBuffer()
-        HTTP1Head.writeResponse(p, framing: .chunked, keepAlive: false, into: &out)
+        p.withHeaderRefs { h in
+            HTTP1Head.writeResponse(status: p.statusCode, reason: p.startLine, headers: h, framing: .chunked,
+                                    keepAlive: false, into: &out)
+        }
         #expect(out.bytes.string == "HTTP/1.1 200 OK\r\nServer: s\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n")
+        out.release()
+    }
+
+    @Test func requestFromHTTP2GetsHostFromAuthority() {
+        var out = ByteBuffer()
+        var fields = HeaderBlock()
+        fields.append(rawBytes("accept"), rawBytes("*/*"))
+        fields.append(rawBytes("te"), rawBytes("trailers"))
+        fields.withRefs { refs in
+            HTTP1Head.writeRequest(RequestView(method: rawBytes("GET"), target: rawBytes("/a?b"), authority: rawBytes("svc:80"),
+                                               headers: refs),
+                                   framing: .none, addHost: true, clientIP: rawBytes("::1"), proto: "http",
+                                   dropExpect: false, into: &out)
+        }
+        #expect(out.bytes.string == "GET /a?b HTTP/1.1\r\nhost: svc:80\r\naccept: */*\r\n"
+                + "x-forwarded-for: ::1\r\nx-forwarded-proto: http\r\n\r\n")
+        out.release()
+        fields.release(to: nil)
+    }
+
+    @Test func lastChunkCarriesTrailers() {
+        var out = ByteBuffer()
+        [HeaderRef(name: rawBytes("grpc-status"), value: rawBytes("0"))].withUnsafeBufferPointer {
+            HTTP1Head.writeLastChunk(trailers: $0, into: &out)
+        }
+        #expect(out.bytes.string == "0\r\ngrpc-status: 0\r\n\r\n")
         out.release()
     }
 
@@ -181,6 +212,41 @@ func feed(_ p: HTTP1Parser, _ s: String) -> HTTP1Parser.Result {
         #expect(check(" x-foo ", "X-FOO"))
         #expect(!check("x-foobar", "x-foo"))
         #expect(!check("", "x"))
+    }
+}
+
+func rawBytes(_ s: StaticString) -> UnsafeRawBufferPointer {
+    UnsafeRawBufferPointer(start: s.utf8Start, count: s.utf8CodeUnitCount)
+}
+
+@Suite struct GRPCTests {
+    @Test(arguments: [("1S", 1000), ("250m", 250), ("2M", 120_000), ("1H", 3_600_000), ("1500u", 2), ("1n", 1),
+                      ("0m", 0), ("99999999m", 99_999_999)])
+    func timeouts(text: String, ms: Int) {
+        var b = Array(text.utf8)
+        #expect(b.withUnsafeMutableBytes { GRPC.timeout(UnsafeRawBufferPointer($0)) } == UInt64(ms))
+    }
+
+    @Test(arguments: ["", "1", "S", "100000000m", "1x", "-1S", "1.5S"])
+    func badTimeouts(text: String) {
+        var b = Array(text.utf8)
+        #expect(b.withUnsafeMutableBytes { GRPC.timeout(UnsafeRawBufferPointer($0)) } == nil)
+    }
+
+    @Test func contentTypes() {
+        func check(_ s: String) -> Bool { var b = Array(s.utf8); return b.withUnsafeMutableBytes { GRPC.isGRPC(contentType: UnsafeRawBufferPointer($0)) } }
+        #expect(check("application/grpc"))
+        #expect(check("application/grpc+proto"))
+        #expect(check("application/grpc; charset=x"))
+        #expect(!check("application/grpcx"))
+        #expect(!check("application/json"))
+    }
+
+    @Test func messageEncoding() {
+        var out = ByteBuffer()
+        GRPC.appendEncodedMessage("50% off: ü", into: &out)
+        #expect(out.bytes.string == "50%25 off: %C3%BC")
+        out.release()
     }
 }
 

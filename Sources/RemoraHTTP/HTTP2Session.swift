@@ -1,0 +1,290 @@
+import CNGHTTP2
+import RemoraCore
+
+/// What an HTTP/2 connection reports. Calls come from inside `receive` (frames read) or `send`
+/// (body bytes wanted); a delegate records what to do and must not call back into the session
+/// from them — the session's owner acts after `receive` / `send` return.
+public protocol HTTP2SessionDelegate: AnyObject {
+    /// A header block starts on `stream` (server: a request; client: a response or trailers).
+    func h2BeginHeaders(_ s: HTTP2Session, stream: Int32)
+    /// One field of the block (names are lowercase; pseudo-headers first). Return false to refuse
+    /// the stream (it is reset).
+    func h2Header(_ s: HTTP2Session, stream: Int32, name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) -> Bool
+    /// The block is complete. `endStream`: nothing follows on this stream from the peer.
+    func h2HeadersComplete(_ s: HTTP2Session, stream: Int32, endStream: Bool)
+    /// Body bytes (flow-control credit is given back only by `consume`).
+    func h2Data(_ s: HTTP2Session, stream: Int32, data: UnsafeRawBufferPointer)
+    /// END_STREAM arrived on a DATA frame.
+    func h2DataEnd(_ s: HTTP2Session, stream: Int32)
+    /// The stream is gone; `errorCode` 0 when it ended cleanly, else the RST_STREAM code.
+    func h2StreamClosed(_ s: HTTP2Session, stream: Int32, errorCode: UInt32)
+    /// The peer sent GOAWAY: streams above `lastStreamID` were never processed.
+    func h2GoAway(_ s: HTTP2Session, lastStreamID: Int32, errorCode: UInt32)
+    /// The peer's SETTINGS arrived (or changed).
+    func h2Settings(_ s: HTTP2Session)
+    /// Body bytes to send on `stream`: copy at most `buf.count` into `buf`. Return nil when nothing
+    /// is available yet (the stream waits for `resumeData`), else the count and whether the body
+    /// ended (`trailers`: the body ended and trailer fields follow; the owner submits them after `send`).
+    func h2ReadBody(_ s: HTTP2Session, stream: Int32, into buf: UnsafeMutableRawBufferPointer) -> (count: Int, eof: Bool, trailers: Bool)?
+}
+
+/// One HTTP/2 connection's protocol state (nghttp2), server or client side. Reading
+/// (`receive`, nghttp2_session_mem_recv) and writing (`send`, nghttp2_session_mem_send into the
+/// connection's write path) are separate steps; flow-control credit is returned explicitly
+/// (`consume`) once received bytes have been passed on, so a slow reader throttles a fast writer
+/// through HTTP/2 windows instead of through memory.
+public final class HTTP2Session {
+    public enum Role { case server, client }
+
+    let session: OpaquePointer
+    public let role: Role
+    public unowned(unsafe) var delegate: (any HTTP2SessionDelegate)?
+    /// Streams whose body ended with trailers to submit (collected during `send`).
+    public var trailersDue: [Int32] = []
+    /// Lowercased names for outgoing header lists (nghttp2 copies what it is given).
+    var scratch = ByteBuffer()
+    /// Empty DATA frames without END_STREAM in a row (CVE-2019-9518 style floods).
+    var emptyFrames = 0
+    /// The peer did something abusive; the session is being torn down (GOAWAY queued).
+    public private(set) var abused = false
+
+    public init(role: Role, settings: HTTP2Settings) {
+        self.role = role
+        var opt: OpaquePointer?
+        nghttp2_option_new(&opt)
+        nghttp2_option_set_no_auto_window_update(opt, 1)     // credit only when bytes were passed on
+        nghttp2_option_set_max_outbound_ack(opt, 1000)       // PING / SETTINGS floods
+        nghttp2_option_set_max_settings(opt, 64)             // SETTINGS with too many entries
+        nghttp2_option_set_stream_reset_rate_limit(opt, 1000, 100)   // rapid reset (CVE-2023-44487)
+        nghttp2_option_set_max_continuations(opt, 16)        // CONTINUATION floods (CVE-2024-28182)
+        if role == .client { nghttp2_option_set_peer_max_concurrent_streams(opt, 100) }
+        var s: OpaquePointer?
+        if role == .server {
+            nghttp2_session_server_new2(&s, h2Callbacks, nil, opt)
+        } else {
+            nghttp2_session_client_new2(&s, h2Callbacks, nil, opt)
+        }
+        nghttp2_option_del(opt)
+        session = s!
+        nghttp2_session_set_user_data(session, Unmanaged.passUnretained(self).toOpaque())
+        var iv: [nghttp2_settings_entry] = [
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE.rawValue),
+                                   value: UInt32(settings.initialStreamWindow)),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE.rawValue),
+                                   value: UInt32(settings.maxHeaderListSize)),
+        ]
+        if role == .server {
+            iv.append(nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS.rawValue),
+                                             value: UInt32(settings.maxConcurrentStreams)))
+        } else {
+            iv.append(nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_ENABLE_PUSH.rawValue), value: 0))
+        }
+        nghttp2_submit_settings(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), iv, iv.count)
+        nghttp2_session_set_local_window_size(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, Int32(settings.connectionWindow))
+    }
+
+    deinit {
+        nghttp2_session_del(session)
+        scratch.release()
+    }
+
+    // MARK: reading and writing
+
+    /// Processes bytes from the peer. False: the connection must be closed (a GOAWAY, if any, is
+    /// queued: call `send` first).
+    public func receive(_ data: UnsafeRawBufferPointer) -> Bool {
+        guard let p = data.baseAddress else { return true }
+        let rc = nghttp2_session_mem_recv(session, p.assumingMemoryBound(to: UInt8.self), data.count)
+        return rc >= 0 && !abused
+    }
+
+    /// Hands every pending frame to `write` (which copies or sends it at once). False: `write`
+    /// failed or the session hit a fatal error.
+    public func send(_ write: (UnsafeRawBufferPointer) -> Bool) -> Bool {
+        while true {
+            var p: UnsafePointer<UInt8>?
+            let n = nghttp2_session_mem_send(session, &p)
+            if n < 0 { return false }
+            if n == 0 { return true }
+            if !write(UnsafeRawBufferPointer(start: p, count: n)) { return false }
+        }
+    }
+
+    public var wantsRead: Bool { nghttp2_session_want_read(session) != 0 }
+    public var wantsWrite: Bool { nghttp2_session_want_write(session) != 0 }
+
+    // MARK: submitting (never from inside a delegate call)
+
+    /// Builds an nghttp2 header list: up to four pseudo-headers, then `headers` minus hop-by-hop
+    /// fields (and Host when `dropHost`: `:authority` replaces it). Names must already be lowercase
+    /// unless `lowercase`, which lowercases them into `scratch`. With `noCopy`, nghttp2 keeps
+    /// pointers to the bytes, which must then stay unchanged until the frame is sent.
+    @inline(__always)
+    func withNV<R>(_ p0: StaticString?, _ v0: UnsafeRawBufferPointer, _ p1: StaticString?, _ v1: UnsafeRawBufferPointer,
+                   _ p2: StaticString?, _ v2: UnsafeRawBufferPointer, _ p3: StaticString?, _ v3: UnsafeRawBufferPointer,
+                   headers h: UnsafeBufferPointer<HeaderRef>, dropHost: Bool, lowercase: Bool, noCopy: Bool,
+                   _ body: (UnsafePointer<nghttp2_nv>, Int) -> R) -> R {
+        let hop = HopFilter(h, keepTETrailers: true)
+        if lowercase {
+            scratch.count = 0
+            var nameBytes = 0
+            for f in h { nameBytes += f.name.count }
+            scratch.reserve(nameBytes)
+        }
+        let flags = UInt8(noCopy ? NGHTTP2_NV_FLAG_NO_COPY_NAME.rawValue | NGHTTP2_NV_FLAG_NO_COPY_VALUE.rawValue
+                                 : NGHTTP2_NV_FLAG_NONE.rawValue)
+        return withUnsafeTemporaryAllocation(of: nghttp2_nv.self, capacity: h.count + 4) { nv in
+            var n = 0
+            @inline(__always) func add(_ name: UnsafeRawPointer, _ nl: Int, _ value: UnsafeRawBufferPointer, _ f: UInt8) {
+                nv[n] = nghttp2_nv(name: UnsafeMutablePointer(mutating: name.assumingMemoryBound(to: UInt8.self)),
+                                   value: UnsafeMutablePointer(mutating: (value.baseAddress ?? name).assumingMemoryBound(to: UInt8.self)),
+                                   namelen: nl, valuelen: value.count, flags: f)
+                n += 1
+            }
+            let staticName = UInt8(NGHTTP2_NV_FLAG_NO_COPY_NAME.rawValue) | (flags & UInt8(NGHTTP2_NV_FLAG_NO_COPY_VALUE.rawValue))
+            if let p0 { add(p0.utf8Start, p0.utf8CodeUnitCount, v0, staticName) }
+            if let p1 { add(p1.utf8Start, p1.utf8CodeUnitCount, v1, staticName) }
+            if let p2 { add(p2.utf8Start, p2.utf8CodeUnitCount, v2, staticName) }
+            if let p3 { add(p3.utf8Start, p3.utf8CodeUnitCount, v3, staticName) }
+            for i in h.indices {
+                if hop.isHopByHop(h, i) { continue }
+                let name = h[i].name
+                if dropHost && name.count == 4 && name.equalsLowercase("host") { continue }
+                if lowercase {
+                    let start = scratch.count
+                    scratch.append(name)
+                    let b = (scratch.base! + start).assumingMemoryBound(to: UInt8.self)
+                    for k in 0..<name.count where b[k] &- 0x41 < 26 { b[k] |= 0x20 }
+                    add(scratch.base! + start, name.count, h[i].value, flags & UInt8(NGHTTP2_NV_FLAG_NO_COPY_VALUE.rawValue))
+                } else {
+                    add(name.baseAddress!, name.count, h[i].value, flags)
+                }
+            }
+            return body(UnsafePointer(nv.baseAddress!), n)
+        }
+    }
+
+    static var none: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: nil, count: 0) }
+
+    /// Server: sends a response head; `hasBody` attaches the body source (`h2ReadBody`).
+    @discardableResult
+    public func submitResponse(stream: Int32, status: Int, headers: UnsafeBufferPointer<HeaderRef>, hasBody: Bool,
+                               lowercase: Bool) -> Bool {
+        var digits: (UInt8, UInt8, UInt8) = (48 + UInt8(status / 100 % 10), 48 + UInt8(status / 10 % 10), 48 + UInt8(status % 10))
+        return withUnsafeBytes(of: &digits) { st in
+            withNV(":status", st, nil, Self.none, nil, Self.none, nil, Self.none, headers: headers, dropHost: false,
+                   lowercase: lowercase, noCopy: false) { nv, n in
+                if hasBody {
+                    var prd = nghttp2_data_provider(source: nghttp2_data_source(ptr: nil), read_callback: h2ReadCallback)
+                    return nghttp2_submit_response(session, stream, nv, n, &prd) == 0
+                }
+                return nghttp2_submit_response(session, stream, nv, n, nil) == 0
+            }
+        }
+    }
+
+    /// Client: sends a request head; returns the stream id (< 0 on failure). `hasBody` attaches the
+    /// body source. Host among `headers` is dropped (`authority` becomes `:authority`).
+    public func submitRequest(method: UnsafeRawBufferPointer, scheme: StaticString, authority: UnsafeRawBufferPointer,
+                              path: UnsafeRawBufferPointer, headers: UnsafeBufferPointer<HeaderRef>, lowercase: Bool,
+                              hasBody: Bool, streamData: UnsafeMutableRawPointer?) -> Int32 {
+        let sch = UnsafeRawBufferPointer(start: scheme.utf8Start, count: scheme.utf8CodeUnitCount)
+        return withNV(":method", method, ":scheme", sch, ":authority", authority, ":path", path,
+                      headers: headers, dropHost: true, lowercase: lowercase, noCopy: false) { nv, n in
+            if hasBody {
+                var prd = nghttp2_data_provider(source: nghttp2_data_source(ptr: nil), read_callback: h2ReadCallback)
+                return nghttp2_submit_request(session, nil, nv, n, &prd, streamData)
+            }
+            return nghttp2_submit_request(session, nil, nv, n, nil, streamData)
+        }
+    }
+
+    /// Trailer fields, ending the stream (after the body source reported `trailers`).
+    public func submitTrailers(stream: Int32, _ trailers: UnsafeBufferPointer<HeaderRef>) {
+        withNV(nil, Self.none, nil, Self.none, nil, Self.none, nil, Self.none, headers: trailers, dropHost: false,
+               lowercase: false, noCopy: false) { nv, n in
+            _ = nghttp2_submit_trailer(session, stream, nv, n)
+        }
+    }
+
+    /// The body source of `stream` has data again.
+    public func resumeData(stream: Int32) { nghttp2_session_resume_data(session, stream) }
+
+    /// Gives `n` bytes of flow-control credit back on `stream` and the connection.
+    public func consume(stream: Int32, _ n: Int) {
+        if n > 0 { nghttp2_session_consume(session, stream, n) }
+    }
+
+    public func reset(stream: Int32, code: UInt32) {
+        nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream, code)
+    }
+
+    /// Graceful shutdown: new streams are refused, open ones finish.
+    public func goAway(code: UInt32 = 0) {
+        nghttp2_submit_goaway(session, UInt8(NGHTTP2_FLAG_NONE.rawValue),
+                              nghttp2_session_get_last_proc_stream_id(session), code, nil, 0)
+    }
+
+    /// Immediate shutdown with an error code (abuse): GOAWAY, then the owner closes after `send`.
+    public func terminate(code: UInt32) {
+        abused = true
+        nghttp2_session_terminate_session(session, code)
+    }
+
+    public func setStreamData(_ stream: Int32, _ p: UnsafeMutableRawPointer?) {
+        nghttp2_session_set_stream_user_data(session, stream, p)
+    }
+
+    public func streamData(_ stream: Int32) -> UnsafeMutableRawPointer? {
+        nghttp2_session_get_stream_user_data(session, stream)
+    }
+
+    /// The peer's SETTINGS_MAX_CONCURRENT_STREAMS (100 until its SETTINGS arrive).
+    public var remoteMaxConcurrentStreams: Int {
+        Int(nghttp2_session_get_remote_settings(session, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS))
+    }
+
+    /// Whether a new request may be opened (client; false after GOAWAY or when ids run out).
+    public var canOpenStream: Bool { nghttp2_session_check_request_allowed(session) != 0 }
+
+    // MARK: from the callbacks
+
+    func frameReceived(_ f: UnsafePointer<nghttp2_frame>) -> Int32 {
+        let hd = f.pointee.hd
+        let endStream = hd.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0
+        switch Int(hd.type) {
+        case Int(NGHTTP2_HEADERS.rawValue):
+            delegate?.h2HeadersComplete(self, stream: hd.stream_id, endStream: endStream)
+        case Int(NGHTTP2_DATA.rawValue):
+            if hd.length == 0 && !endStream {
+                emptyFrames += 1
+                if emptyFrames > 100 { terminate(code: NGHTTP2_ENHANCE_YOUR_CALM.rawValue) }
+            } else {
+                emptyFrames = 0
+            }
+            if endStream { delegate?.h2DataEnd(self, stream: hd.stream_id) }
+        case Int(NGHTTP2_GOAWAY.rawValue):
+            delegate?.h2GoAway(self, lastStreamID: f.pointee.goaway.last_stream_id, errorCode: f.pointee.goaway.error_code)
+        case Int(NGHTTP2_SETTINGS.rawValue):
+            if hd.flags & UInt8(NGHTTP2_FLAG_ACK.rawValue) == 0 { delegate?.h2Settings(self) }
+        default:
+            break
+        }
+        return 0
+    }
+
+    func readBody(_ stream: Int32, _ buf: UnsafeMutablePointer<UInt8>, _ length: Int, _ flags: UnsafeMutablePointer<UInt32>) -> Int {
+        guard let d = delegate,
+              let r = d.h2ReadBody(self, stream: stream, into: UnsafeMutableRawBufferPointer(start: buf, count: length)) else {
+            return Int(NGHTTP2_ERR_DEFERRED.rawValue)
+        }
+        if r.eof {
+            flags.pointee |= NGHTTP2_DATA_FLAG_EOF.rawValue
+            if r.trailers {
+                flags.pointee |= NGHTTP2_DATA_FLAG_NO_END_STREAM.rawValue
+                trailersDue.append(stream)
+            }
+        }
+        return r.count
+    }
+}

@@ -1,0 +1,140 @@
+import RemoraCore
+
+/// A header list the codec owns: name and value bytes in one arena, indexed by spans. Used for
+/// HTTP/2 header blocks as they arrive and for trailers; storage comes from and goes back to a pool.
+public struct HeaderBlock {
+    public var arena = ByteBuffer()
+    var spans = ByteBuffer()
+    public private(set) var count = 0
+    /// Bytes of names and values plus 32 per field (RFC 9113 §6.5.2's header list size).
+    public private(set) var listSize = 0
+
+    public init() {}
+
+    /// Takes storage from `pool` unless the block has some (before filling it).
+    @inline(__always)
+    public mutating func prepare(_ pool: BufferPool) {
+        if arena.base == nil { arena = pool.take() }
+        if spans.base == nil { spans = pool.take() }
+        removeAll()
+    }
+
+    @inline(__always)
+    public mutating func append(_ name: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer, lowercaseName: Bool = false) {
+        let need = (count + 1) * MemoryLayout<HeaderSpan>.stride
+        if need > spans.capacity { spans.reserve(need) }
+        let nameOffset = arena.count
+        arena.append(name)
+        if lowercaseName { lowercase(from: nameOffset, count: name.count) }
+        let valueOffset = arena.count
+        arena.append(value)
+        spans.base!.assumingMemoryBound(to: HeaderSpan.self)[count] =
+            HeaderSpan(nameOffset: Int32(nameOffset), nameLength: Int32(name.count),
+                       valueOffset: Int32(valueOffset), valueLength: Int32(value.count))
+        count += 1
+        listSize += name.count + value.count + 32
+    }
+
+    /// ASCII-lowercases `n` arena bytes in place.
+    @inline(__always)
+    mutating func lowercase(from offset: Int, count n: Int) {
+        guard n > 0, let b = arena.base?.advanced(by: offset).assumingMemoryBound(to: UInt8.self) else { return }
+        for i in 0..<n where b[i] &- 0x41 < 26 { b[i] |= 0x20 }
+    }
+
+    @inline(__always) func span(_ i: Int) -> HeaderSpan { spans.base!.assumingMemoryBound(to: HeaderSpan.self)[i] }
+
+    public func name(_ i: Int) -> UnsafeRawBufferPointer {
+        let s = span(i)
+        return UnsafeRawBufferPointer(start: arena.base! + Int(s.nameOffset), count: Int(s.nameLength))
+    }
+
+    public func value(_ i: Int) -> UnsafeRawBufferPointer {
+        let s = span(i)
+        return UnsafeRawBufferPointer(start: arena.base.map { $0 + Int(s.valueOffset) }, count: Int(s.valueLength))
+    }
+
+    public mutating func removeAll() {
+        arena.count = 0
+        count = 0
+        listSize = 0
+    }
+
+    /// Gives the storage back (to `pool` when given).
+    public mutating func release(to pool: BufferPool?) {
+        removeAll()
+        if let pool { pool.give(&arena); pool.give(&spans) } else { arena.release(); spans.release() }
+    }
+
+    /// The fields as `HeaderRef`s (built on the stack; valid inside `body` only).
+    public func withRefs<R>(_ body: (UnsafeBufferPointer<HeaderRef>) -> R) -> R {
+        withUnsafeTemporaryAllocation(of: HeaderRef.self, capacity: max(count, 1)) { buf in
+            for i in 0..<count { buf.initializeElement(at: i, to: HeaderRef(name: name(i), value: value(i))) }
+            return body(UnsafeBufferPointer(rebasing: buf[0..<count]))
+        }
+    }
+}
+
+/// Which fields of a header list must not be forwarded to the next hop (RFC 9110 §7.6.1):
+/// Connection and the fields it names, Keep-Alive, Proxy-Connection, TE (except `te: trailers`
+/// toward HTTP/2, where gRPC needs it), Upgrade, Transfer-Encoding (bodies are re-framed).
+public struct HopFilter {
+    /// Index of a Connection header naming fields beyond close/keep-alive, or -1.
+    let connection: Int
+    let keepTETrailers: Bool
+
+    public init(_ h: UnsafeBufferPointer<HeaderRef>, keepTETrailers: Bool = false) {
+        var c = -1
+        for i in h.indices where h[i].name.count == 10 && h[i].name.equalsLowercase("connection") {
+            let v = h[i].value
+            if !(v.equalsLowercase("keep-alive") || v.equalsLowercase("close")) { c = i; break }
+        }
+        connection = c
+        self.keepTETrailers = keepTETrailers
+    }
+
+    @inline(__always)
+    public func isHopByHop(_ h: UnsafeBufferPointer<HeaderRef>, _ i: Int) -> Bool {
+        let n = h[i].name
+        switch n.count {
+        case 2: if n.equalsLowercase("te") { return !(keepTETrailers && h[i].value.equalsLowercase("trailers")) }
+        case 7: if n.equalsLowercase("upgrade") { return true }
+        case 10: if n.equalsLowercase("connection") || n.equalsLowercase("keep-alive") { return true }
+        case 16: if n.equalsLowercase("proxy-connection") { return true }
+        case 17: if n.equalsLowercase("transfer-encoding") { return true }
+        default: break
+        }
+        if connection < 0 { return false }
+        for j in connection..<h.count where h[j].name.count == 10 && h[j].name.equalsLowercase("connection") {
+            if HTTP1Head.connectionTokens(h[j].value, contain: n) { return true }
+        }
+        return false
+    }
+}
+
+extension UnsafeBufferPointer where Element == HeaderRef {
+    /// Index of the first field named `lower` (a lowercase literal), or nil.
+    @inline(__always)
+    public func firstIndex(named lower: StaticString) -> Int? {
+        for i in indices where self[i].name.count == lower.utf8CodeUnitCount && self[i].name.equalsLowercase(lower) { return i }
+        return nil
+    }
+}
+
+extension HTTP1Parser {
+    /// The parsed request as routing sees it (valid inside `body` only). Authority is the Host header.
+    public func withRequestView<R>(_ body: (RequestView) -> R) -> R {
+        withHeaderRefs { refs in
+            let authority = hostIndex >= 0 ? value(hostIndex) : UnsafeRawBufferPointer(start: nil, count: 0)
+            return body(RequestView(method: methodName, target: startLine, authority: authority, headers: refs))
+        }
+    }
+
+    /// The parsed headers as `HeaderRef`s (valid inside `body` only).
+    public func withHeaderRefs<R>(_ body: (UnsafeBufferPointer<HeaderRef>) -> R) -> R {
+        withUnsafeTemporaryAllocation(of: HeaderRef.self, capacity: max(headerCount, 1)) { buf in
+            for i in 0..<headerCount { buf.initializeElement(at: i, to: HeaderRef(name: name(i), value: value(i))) }
+            return body(UnsafeBufferPointer(rebasing: buf[0..<headerCount]))
+        }
+    }
+}

@@ -1,0 +1,401 @@
+import RemoraCore
+import RemoraHTTP
+import RemoraIO
+
+/// One client stream of an HTTP/2 connection: the downstream half of one exchange. Recycled.
+final class H2ServerStream: DownstreamSide {
+    unowned(unsafe) var connection: H2ServerConnection?
+    var id: Int32 = -1
+    var exchange: Exchange?
+    /// Request head (pseudo-headers and fields), then request trailers.
+    var fields = HeaderBlock()
+    var started = false
+    var requestEnded = false
+    /// Response head waiting to be submitted (copied: the exchange's view is gone by then).
+    var responseHead = HeaderBlock()
+    var responseStatus = 0
+    var headPending = false
+    var headEndsStream = false
+    /// Response body waiting for nghttp2 to take it (the data source), and its end.
+    var body = ByteBuffer()
+    var responseEnded = false
+    var trailers = HeaderBlock()
+    var hasTrailers = false
+    var deferred = false
+    var resetCode: UInt32? = nil
+    var closed = false
+    /// Position in the connection's `all` list; in its dirty list.
+    var slot = -1
+    var isDirty = false
+
+    func prepare(_ c: H2ServerConnection, _ id: Int32) {
+        connection = c
+        self.id = id
+        started = false
+        requestEnded = false
+        headPending = false
+        headEndsStream = false
+        responseEnded = false
+        hasTrailers = false
+        deferred = false
+        resetCode = nil
+        closed = false
+        let pool = c.worker.pool
+        fields.prepare(pool)
+    }
+
+    static let bodyWatermark = 256 * 1024
+
+    // MARK: DownstreamSide
+
+    func respondHead(status: Int, reason: UnsafeRawBufferPointer, headers: UnsafeBufferPointer<HeaderRef>,
+                     lengthKnown: Bool, endStream: Bool) {
+        guard let c = connection else { return }
+        if endStream { responseEnded = true }
+        if !c.inSession {   // the usual case (the head comes from an upstream read): submit now, no copy
+            c.h2.submitResponse(stream: id, status: status, headers: headers, hasBody: !endStream, lowercase: true)
+            c.schedule()
+            return
+        }
+        responseHead.prepare(c.worker.pool)
+        for f in headers { responseHead.append(f.name, f.value, lowercaseName: true) }
+        responseStatus = status
+        headPending = true
+        headEndsStream = endStream
+        c.markDirty(self)
+    }
+
+    func respondBody(_ data: UnsafeRawBufferPointer) {
+        guard let c = connection else { return }
+        if body.base == nil { body = c.worker.pool.take() }
+        body.append(data)
+        c.resume(self)
+    }
+
+    func respondEnd(trailers t: UnsafeBufferPointer<HeaderRef>?) {
+        guard let c = connection else { return }
+        responseEnded = true
+        if let t, t.count > 0 {
+            hasTrailers = true
+            trailers.prepare(c.worker.pool)
+            for f in t { trailers.append(f.name, f.value, lowercaseName: true) }
+        }
+        c.resume(self)
+    }
+
+    func respondReset(code: UInt32) {
+        resetCode = code
+        connection?.markDirty(self)
+    }
+
+    var responseBlocked: Bool { body.count > H2ServerStream.bodyWatermark }
+    func requestConsumed(_ n: Int) { connection?.consume(self, n) }
+    func pauseRequest() {}      // HTTP/2: the credit the exchange withholds is the pause
+    func resumeRequest() {}
+    var isReading: Bool { false }   // (corking is for HTTP/1.1 reads: frames are batched per iteration)
+    func flushResponse() {}     // the connection flushes at the end of the iteration
+
+    func exchangeDone(_ e: Exchange) {
+        exchange = nil
+        connection?.worker.recycle(e)
+        connection?.schedule()   // DATA still arriving for this stream is consumed and dropped
+    }
+
+    func recycle(pool: BufferPool) {
+        fields.release(to: pool)
+        responseHead.release(to: pool)
+        trailers.release(to: pool)
+        pool.give(&body)
+        connection = nil
+        id = -1
+    }
+}
+
+/// A downstream HTTP/2 (h2c) connection: an nghttp2 server session whose streams are exchanges,
+/// forwarded concurrently. Frames are read in `connectionRead` and written once per loop iteration
+/// (`flush`); whatever the streams ask of nghttp2 while it is calling us waits for that flush.
+final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDelegate, Flushable {
+    unowned(unsafe) let worker: Worker
+    /// The listener; `listener` is its runtime for the current snapshot (each stream takes it anew).
+    let slot: ListenerSlot
+    var listener: ListenerRuntime { slot.current }
+    let conn: TCPConnection
+    let h2: HTTP2Session
+    let clientIP: String
+    /// Open streams (each also reachable by id through nghttp2's stream user data).
+    var all: [H2ServerStream] = []
+    /// Streams with a head, a reset or a resumed body to hand to nghttp2 at the next flush.
+    var dirty: [H2ServerStream] = []
+    var inSession = false
+    var flushScheduled = false
+    var closing = false
+    var draining = false
+    var toConsume: [(Int32, Int)] = []
+
+    init(worker: Worker, slot: ListenerSlot, conn: TCPConnection, clientIP: String, initial: UnsafeRawBufferPointer) {
+        self.worker = worker
+        self.slot = slot
+        self.conn = conn
+        self.clientIP = clientIP
+        h2 = HTTP2Session(role: .server, settings: slot.current.config.http2)
+        super.init()
+        all.reserveCapacity(listener.config.http2.maxConcurrentStreams)
+        h2.delegate = self
+        conn.delegate = self
+        conn.owner = self
+        conn.setDeadline(after: listener.config.idleTimeout)
+        conn.startReading()
+        if initial.count > 0 { connectionRead(conn, initial) }
+    }
+
+    // MARK: deferred work
+
+    func schedule() {
+        if flushScheduled || closing { return }
+        flushScheduled = true
+        worker.scheduleFlush(self)
+    }
+
+    func resume(_ s: H2ServerStream) { if s.deferred { markDirty(s) } else { schedule() } }
+
+    func markDirty(_ s: H2ServerStream) {
+        if !s.isDirty { s.isDirty = true; dirty.append(s) }
+        schedule()
+    }
+
+    @inline(__always)
+    func stream(_ id: Int32) -> H2ServerStream? {
+        guard let p = h2.streamData(id) else { return nil }
+        return Unmanaged<H2ServerStream>.fromOpaque(p).takeUnretainedValue()
+    }
+
+    func addStream(_ s: H2ServerStream) {
+        s.slot = all.count
+        all.append(s)
+        h2.setStreamData(s.id, Unmanaged.passUnretained(s).toOpaque())
+    }
+
+    func removeStream(_ s: H2ServerStream) {
+        let last = all.removeLast()
+        if last !== s { all[s.slot] = last; last.slot = s.slot }
+        s.slot = -1
+    }
+
+    func consume(_ s: H2ServerStream, _ n: Int) {
+        guard s.id > 0 else { return }
+        toConsume.append((s.id, n))
+        schedule()
+    }
+
+    /// Applies what streams asked for, then writes every queued frame.
+    func flush() {
+        flushScheduled = false
+        guard !closing else { return }
+        for (id, n) in toConsume { h2.consume(stream: id, n) }
+        toConsume.removeAll(keepingCapacity: true)
+        for s in dirty where !s.closed && s.slot >= 0 {
+            s.isDirty = false
+            if s.headPending {
+                s.headPending = false
+                s.responseHead.withRefs { h2.submitResponse(stream: s.id, status: s.responseStatus, headers: $0,
+                                                            hasBody: !s.headEndsStream, lowercase: false) }
+            }
+            if let code = s.resetCode {
+                s.resetCode = nil
+                h2.reset(stream: s.id, code: code)
+            }
+            if s.deferred && (s.body.count > 0 || s.responseEnded) {
+                s.deferred = false
+                h2.resumeData(stream: s.id)
+            }
+        }
+        for s in dirty { s.isDirty = false }
+        dirty.removeAll(keepingCapacity: true)
+        var ok = send()
+        while ok && !h2.trailersDue.isEmpty {
+            let due = h2.trailersDue
+            h2.trailersDue.removeAll(keepingCapacity: true)
+            for id in due { if let s = stream(id) { s.trailers.withRefs { h2.submitTrailers(stream: id, $0) } } }
+            ok = send()
+        }
+        if !ok || h2.abused || (!h2.wantsRead && !h2.wantsWrite) { closeConnection() }
+        else if draining && all.isEmpty { closeConnection() }
+    }
+
+    /// Every queued frame into one write (the socket is corked while nghttp2 serializes).
+    func send() -> Bool {
+        inSession = true
+        conn.cork()
+        defer { conn.uncork(); inSession = false }
+        return h2.send { b in
+            listener.stats.add(.downstream_cx_tx_bytes_total, UInt64(b.count))
+            return conn.write(b)
+        }
+    }
+
+    func closeConnection() {
+        if closing { return }
+        closing = true
+        conn.finish(linger: 500)
+    }
+
+    // MARK: TCPConnectionDelegate
+
+    func connectionRead(_ c: TCPConnection, _ data: UnsafeRawBufferPointer) {
+        listener.stats.add(.downstream_cx_rx_bytes_total, UInt64(data.count))
+        c.setDeadline(after: listener.config.idleTimeout)
+        inSession = true
+        let ok = h2.receive(data)
+        inSession = false
+        if !ok { listener.stats.inc(.downstream_cx_protocol_error) }
+        flush()
+        if !ok { closeConnection() }
+    }
+
+    func connectionEOF(_ c: TCPConnection) { abortAll(); c.close() }
+    func connectionError(_ c: TCPConnection, _ code: Int32) { abortAll(); c.close() }
+
+    func connectionTimeout(_ c: TCPConnection) {
+        if all.isEmpty {
+            listener.stats.inc(.downstream_cx_idle_timeout)
+            h2.goAway()
+            draining = true
+            flush()
+        } else {
+            c.setDeadline(after: listener.config.idleTimeout)   // streams keep their own deadlines
+        }
+    }
+
+    func connectionDrained(_ c: TCPConnection) {
+        for s in all { s.exchange?.downstreamDrained() }
+        schedule()
+    }
+
+    func connectionClosed(_ c: TCPConnection) {
+        closing = true
+        abortAll()
+        listener.stats.dec(.downstream_cx_active)
+        h2.delegate = nil
+        worker.remove(self)
+    }
+
+    func abortAll() {
+        let streams = all
+        all.removeAll()
+        for s in streams {
+            s.closed = true
+            s.exchange?.downstreamAborted()
+            s.recycle(pool: worker.pool)
+            worker.freeServerStreams.append(s)
+        }
+    }
+
+    // MARK: HTTP2SessionDelegate
+
+    func h2BeginHeaders(_ s: HTTP2Session, stream id: Int32) {
+        if stream(id) != nil { return }   // trailers of an open stream
+        let st = worker.freeServerStreams.popLast() ?? H2ServerStream()
+        st.prepare(self, id)
+        addStream(st)
+    }
+
+    func h2Header(_ s: HTTP2Session, stream: Int32, name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) -> Bool {
+        guard let st = self.stream(stream) else { return false }
+        st.fields.append(name, value)
+        return st.fields.listSize <= listener.config.http2.maxHeaderListSize
+    }
+
+    func h2HeadersComplete(_ s: HTTP2Session, stream: Int32, endStream: Bool) {
+        guard let st = self.stream(stream) else { return }
+        if st.started {   // request trailers
+            st.requestEnded = true
+            st.fields.withRefs { st.exchange?.requestEnd(trailers: $0) }
+            return
+        }
+        st.started = true
+        if endStream { st.requestEnded = true }
+        let e = worker.takeExchange()
+        st.exchange = e
+        st.fields.withRefs { refs in
+            var method = UnsafeRawBufferPointer(start: nil, count: 0), path = method, authority = method
+            var firstRegular = refs.count
+            var lengthKnown = false
+            var contentLength: UInt64 = 0
+            for i in refs.indices {
+                let n = refs[i].name
+                if n.first != 0x3A { if firstRegular == refs.count { firstRegular = i }; continue }
+                if n.equalsLowercase(":method") { method = refs[i].value }
+                else if n.equalsLowercase(":path") { path = refs[i].value }
+                else if n.equalsLowercase(":authority") { authority = refs[i].value }
+            }
+            let regular = UnsafeBufferPointer(rebasing: refs[firstRegular...])
+            if let i = regular.firstIndex(named: "content-length") {
+                lengthKnown = true
+                for c in regular[i].value { contentLength = contentLength &* 10 &+ UInt64(c &- 0x30) }
+            }
+            if authority.count == 0, let i = regular.firstIndex(named: "host") { authority = regular[i].value }
+            let isHEAD = method.equalsLowercase("head") && method.count == 4
+            e.start(downstream: st, listener: listener,
+                    view: RequestView(method: method, target: path, authority: authority, headers: regular),
+                    clientIP: clientIP, isHEAD: isHEAD, lengthKnown: lengthKnown, contentLength: contentLength,
+                    chunked: false, endStream: endStream, fromHTTP2: true, dropExpect: true)
+        }
+    }
+
+    func h2Data(_ s: HTTP2Session, stream: Int32, data: UnsafeRawBufferPointer) {
+        guard let st = self.stream(stream), let e = st.exchange else {
+            toConsume.append((stream, data.count))
+            return
+        }
+        e.requestBody(data)
+    }
+
+    func h2DataEnd(_ s: HTTP2Session, stream: Int32) {
+        guard let st = self.stream(stream) else { return }
+        st.requestEnded = true
+        st.exchange?.requestEnd(trailers: nil)
+    }
+
+    func h2StreamClosed(_ s: HTTP2Session, stream: Int32, errorCode: UInt32) {
+        guard let st = self.stream(stream), st.slot >= 0 else { return }
+        removeStream(st)
+        st.closed = true
+        if let e = st.exchange {
+            // Closed before the exchange finished: the client cancelled (or the stream failed).
+            e.downstreamAborted()
+        }
+        st.recycle(pool: worker.pool)
+        worker.freeServerStreams.append(st)
+        if draining && all.isEmpty { schedule() }
+    }
+
+    func h2GoAway(_ s: HTTP2Session, lastStreamID: Int32, errorCode: UInt32) {}
+    func h2Settings(_ s: HTTP2Session) {}
+
+    func h2ReadBody(_ s: HTTP2Session, stream: Int32, into buf: UnsafeMutableRawBufferPointer) -> (count: Int, eof: Bool, trailers: Bool)? {
+        guard let st = self.stream(stream) else { return (0, true, false) }
+        let n = min(buf.count, st.body.count)
+        if n > 0 {
+            buf.baseAddress!.copyMemory(from: st.body.base!, byteCount: n)
+            let wasBlocked = st.responseBlocked
+            st.body.consume(n)
+            if wasBlocked && !st.responseBlocked { st.exchange?.downstreamDrained() }
+        }
+        if st.body.count == 0 && st.responseEnded { return (n, true, st.hasTrailers) }
+        if n == 0 { st.deferred = true; return nil }
+        return (n, false, false)
+    }
+
+    // MARK: Session
+
+    override func drain() {
+        draining = true
+        h2.goAway()
+        schedule()
+    }
+
+    override func abort() {
+        abortAll()
+        conn.close()
+    }
+}

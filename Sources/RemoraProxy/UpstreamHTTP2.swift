@@ -1,0 +1,385 @@
+import RemoraCore
+import RemoraHTTP
+import RemoraIO
+
+/// Something with HTTP/2 frames to write at the end of the loop iteration.
+protocol Flushable: AnyObject {
+    var flushScheduled: Bool { get set }
+    func flush()
+}
+
+/// One stream of an upstream HTTP/2 connection: the upstream half of one exchange. Recycled.
+final class H2UpstreamStream: UpstreamStream {
+    unowned(unsafe) var connection: H2UpstreamConnection?
+    unowned(unsafe) var exchange: Exchange?
+    var id: Int32 = -1
+    /// Response head, then trailers, as they arrive.
+    var fields = HeaderBlock()
+    var headDelivered = false
+    var responseEnded = false
+    var gotBytes = false
+    /// The connection existed before this stream (a failure may be the peer closing an idle connection).
+    var onReusedConnection = false
+    /// Request body waiting for nghttp2 to take it (the data source).
+    var body = ByteBuffer()
+    var requestEnded = false
+    var trailers = HeaderBlock()
+    var hasTrailers = false
+    /// Waiting for `resumeData` (the data source said "nothing yet").
+    var deferred = false
+    /// Position in the connection's `all` list.
+    var slot = -1
+
+    func reset(for e: Exchange, on c: H2UpstreamConnection) {
+        exchange = e
+        connection = c
+        headDelivered = false
+        responseEnded = false
+        gotBytes = false
+        requestEnded = false
+        hasTrailers = false
+        deferred = false
+    }
+
+    // MARK: UpstreamStream
+
+    func sendBody(_ data: UnsafeRawBufferPointer) {
+        guard let c = connection else { return }
+        if body.base == nil { body = c.cluster.worker.pool.take() }
+        body.append(data)
+        c.resume(self)
+    }
+
+    func sendEnd(trailers t: UnsafeBufferPointer<HeaderRef>?) {
+        guard let c = connection else { return }
+        requestEnded = true
+        if let t, t.count > 0 {
+            hasTrailers = true
+            trailers.prepare(c.cluster.worker.pool)
+            for f in t { trailers.append(f.name, f.value, lowercaseName: true) }
+        }
+        c.resume(self)
+    }
+
+    var requestBlocked: Bool { body.count > 256 * 1024 || (connection?.conn.isAboveHighWatermark ?? false) }
+    func pauseResponse() {}          // credit is withheld by the exchange instead
+    func resumeResponse() {}
+    func responseConsumed(_ n: Int) { connection?.consume(self, n) }
+    var wasReused: Bool { onReusedConnection }
+    var gotResponseBytes: Bool { gotBytes }
+    func flushRequest() {}           // the connection flushes at the end of the iteration
+
+    func detach(clean: Bool) {
+        exchange = nil
+        if !(clean && responseEnded) { connection?.cancel(self) }
+    }
+
+    /// Back to the cluster's free list (the stream is closed).
+    func recycle(pool: BufferPool, into free: inout [H2UpstreamStream]) {
+        fields.release(to: pool)
+        trailers.release(to: pool)
+        pool.give(&body)
+        connection = nil
+        exchange = nil
+        id = -1
+        free.append(self)
+    }
+}
+
+/// An HTTP/2 (h2c, prior knowledge) client connection to one endpoint carrying many streams.
+/// Streams open while the peer's SETTINGS_MAX_CONCURRENT_STREAMS allows; after a GOAWAY the
+/// connection takes no new stream, finishes the ones the peer accepted, and the ones it never
+/// processed are retried elsewhere by their exchanges.
+final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, Flushable {
+    unowned(unsafe) let cluster: ClusterRuntime
+    let endpoint: Int
+    let conn: TCPConnection
+    let h2: HTTP2Session
+    /// Open streams (each also reachable by id through nghttp2's stream user data).
+    var all: [H2UpstreamStream] = []
+    var connected = false
+    var goingAway = false
+    var closing = false
+    var inSession = false
+    var flushScheduled = false
+    /// Streams ever opened here (a stream on a connection that carried others is "reused").
+    var opened = 0
+    /// Streams to reset or resume once we are out of nghttp2's callbacks.
+    var toCancel: [Int32] = []
+    var toResume: [Int32] = []
+    var toConsume: [(Int32, Int)] = []
+    /// Exchanges that received something during the current read (told `upstreamReadDone` after).
+    var touched: [Exchange] = []
+
+    init(cluster: ClusterRuntime, endpoint: Int, conn: TCPConnection) {
+        self.cluster = cluster
+        self.endpoint = endpoint
+        self.conn = conn
+        h2 = HTTP2Session(role: .client, settings: cluster.config.http2)
+        all.reserveCapacity(128)
+        h2.delegate = self
+        conn.delegate = self
+        conn.owner = self
+        conn.startReading()
+    }
+
+    var hasRoom: Bool {
+        !goingAway && !closing && h2.canOpenStream && all.count < h2.remoteMaxConcurrentStreams
+    }
+
+    func open(_ s: H2UpstreamStream, for e: Exchange, head: HeaderBlock, hasBody: Bool) -> Bool {
+        s.reset(for: e, on: self)
+        s.onReusedConnection = opened > 0
+        let id: Int32 = head.withRefs { refs in
+            guard refs.count >= 3 else { return -1 }
+            return h2.submitRequest(method: refs[0].value, scheme: "http", authority: refs[1].value, path: refs[2].value,
+                                    headers: UnsafeBufferPointer(rebasing: refs[3...]), lowercase: false, hasBody: hasBody,
+                                    streamData: Unmanaged.passUnretained(s).toOpaque())
+        }
+        if id < 0 { return false }
+        s.id = id
+        s.slot = all.count
+        all.append(s)
+        opened += 1
+        schedule()
+        return true
+    }
+
+    // MARK: from streams (deferred while inside nghttp2)
+
+    func resume(_ s: H2UpstreamStream) {
+        guard s.deferred, s.id >= 0 else { schedule(); return }
+        s.deferred = false
+        if inSession { toResume.append(s.id) } else { h2.resumeData(stream: s.id) }
+        schedule()
+    }
+
+    func consume(_ s: H2UpstreamStream, _ n: Int) {
+        guard s.id >= 0 else { return }
+        if inSession { toConsume.append((s.id, n)) } else { h2.consume(stream: s.id, n) }
+        schedule()
+    }
+
+    @inline(__always)
+    func stream(_ id: Int32) -> H2UpstreamStream? {
+        guard let p = h2.streamData(id) else { return nil }
+        let s = Unmanaged<H2UpstreamStream>.fromOpaque(p).takeUnretainedValue()
+        return s.slot >= 0 ? s : nil
+    }
+
+    func removeStream(_ s: H2UpstreamStream) {
+        let last = all.removeLast()
+        if last !== s { all[s.slot] = last; last.slot = s.slot }
+        s.slot = -1
+    }
+
+    func cancel(_ s: H2UpstreamStream) {
+        guard s.id >= 0, s.slot >= 0 else { return }
+        if inSession { toCancel.append(s.id) } else { h2.reset(stream: s.id, code: 0x8) }   // CANCEL
+        schedule()
+    }
+
+    func schedule() {
+        if flushScheduled || closing { return }
+        flushScheduled = true
+        cluster.worker.scheduleFlush(self)
+    }
+
+    /// Writes what nghttp2 has queued (after applying what waited for the end of its callbacks).
+    func flush() {
+        flushScheduled = false
+        guard !closing else { return }
+        for id in toCancel { h2.reset(stream: id, code: 0x8) }
+        for id in toResume { h2.resumeData(stream: id) }
+        for (id, n) in toConsume { h2.consume(stream: id, n) }
+        toCancel.removeAll(keepingCapacity: true)
+        toResume.removeAll(keepingCapacity: true)
+        toConsume.removeAll(keepingCapacity: true)
+        var ok = send()
+        while ok && !h2.trailersDue.isEmpty {
+            let due = h2.trailersDue
+            h2.trailersDue.removeAll(keepingCapacity: true)
+            for id in due { if let s = stream(id) { s.trailers.withRefs { h2.submitTrailers(stream: id, $0) } } }
+            ok = send()
+        }
+        if !ok { failAll(.protocolError) }
+        else if goingAway && all.isEmpty { closeNow() }
+    }
+
+    /// Every queued frame into one write (the socket is corked while nghttp2 serializes).
+    func send() -> Bool {
+        inSession = true
+        conn.cork()
+        defer { conn.uncork(); inSession = false }
+        return h2.send { conn.write($0) }
+    }
+
+    func drain() {
+        goingAway = true
+        if all.isEmpty { closeNow() } else { h2.goAway(); schedule() }
+    }
+
+    func closeNow() {
+        if closing { return }
+        closing = true
+        cluster.removeHTTP2(self)
+        conn.finish(linger: 0)
+    }
+
+    func failAll(_ why: UpstreamFailure) {
+        closing = true
+        cluster.removeHTTP2(self)
+        let streams = all
+        all.removeAll()
+        for s in streams {
+            let e = s.exchange
+            s.exchange = nil
+            s.id = -1
+            s.slot = -1
+            if !s.responseEnded { e?.upstreamFailed(why) }
+            s.recycle(pool: cluster.worker.pool, into: &cluster.freeStreams)
+        }
+        conn.close()
+    }
+
+    // MARK: TCPConnectionDelegate
+
+    func connectionConnected(_ c: TCPConnection, _ status: Int32) {
+        if status != 0 {
+            cluster.stats.inc(.upstream_cx_connect_fail)
+            failAll(.connectFailed)
+            return
+        }
+        connected = true
+        c.clearDeadline()
+        schedule()
+    }
+
+    func connectionRead(_ c: TCPConnection, _ data: UnsafeRawBufferPointer) {
+        cluster.stats.add(.upstream_cx_rx_bytes_total, UInt64(data.count))
+        inSession = true
+        let ok = h2.receive(data)
+        inSession = false
+        for e in touched { e.upstreamReadDone() }
+        touched.removeAll(keepingCapacity: true)
+        flush()
+        if !ok { failAll(.protocolError) }
+    }
+
+    func connectionEOF(_ c: TCPConnection) {
+        cluster.stats.inc(.upstream_cx_destroy_remote)
+        failAll(.reset(code: 0))
+    }
+
+    func connectionError(_ c: TCPConnection, _ code: Int32) {
+        cluster.stats.inc(.upstream_cx_destroy_remote)
+        failAll(.reset(code: 0))
+    }
+
+    func connectionTimeout(_ c: TCPConnection) {
+        cluster.stats.inc(.upstream_cx_connect_timeout)
+        cluster.stats.inc(.upstream_cx_connect_fail)
+        failAll(.connectFailed)
+    }
+
+    func connectionDrained(_ c: TCPConnection) {
+        for s in all { s.exchange?.upstreamDrained() }
+        schedule()
+    }
+
+    func connectionClosed(_ c: TCPConnection) {
+        cluster.stats.dec(.upstream_cx_active)
+        cluster.openConnections -= 1
+        if !all.isEmpty { failAll(.reset(code: 0)) }
+        h2.delegate = nil
+    }
+
+    // MARK: HTTP2SessionDelegate
+
+    func h2BeginHeaders(_ s: HTTP2Session, stream: Int32) {
+        guard let st = self.stream(stream) else { return }
+        st.fields.prepare(cluster.worker.pool)
+        st.gotBytes = true
+    }
+
+    func h2Header(_ s: HTTP2Session, stream: Int32, name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) -> Bool {
+        guard let st = self.stream(stream) else { return true }
+        st.fields.append(name, value)
+        return st.fields.listSize <= cluster.config.http2.maxHeaderListSize
+    }
+
+    func h2HeadersComplete(_ s: HTTP2Session, stream: Int32, endStream: Bool) {
+        guard let st = self.stream(stream), let e = st.exchange else { return }
+        if !st.headDelivered {
+            var status = 0
+            var lengthKnown = false
+            for i in 0..<st.fields.count {
+                let n = st.fields.name(i)
+                if n.count == 7 && n.equalsLowercase(":status") {
+                    for c in st.fields.value(i) { status = status * 10 + Int(c &- 0x30) }
+                } else if n.count == 14 && n.equalsLowercase("content-length") {
+                    lengthKnown = true
+                }
+            }
+            if status >= 100 && status < 200 { st.fields.removeAll(); return }   // interim: not forwarded
+            st.headDelivered = true
+            touched.append(e)
+            if endStream { st.responseEnded = true }
+            st.fields.withRefs { refs in
+                let first = refs.firstIndex { $0.name.first != 0x3A } ?? refs.count
+                let regular = UnsafeBufferPointer(rebasing: refs[first...])
+                e.upstreamHead(status: status, reason: UnsafeRawBufferPointer(start: nil, count: 0), headers: regular,
+                               lengthKnown: lengthKnown, endStream: endStream)
+            }
+        } else {
+            st.responseEnded = true
+            st.fields.withRefs { e.upstreamEnd(trailers: $0) }
+        }
+    }
+
+    func h2Data(_ s: HTTP2Session, stream: Int32, data: UnsafeRawBufferPointer) {
+        guard let st = self.stream(stream) else { toConsume.append((stream, data.count)); return }
+        guard let e = st.exchange else { toConsume.append((stream, data.count)); return }
+        if touched.last !== e { touched.append(e) }
+        e.upstreamBody(data)
+    }
+
+    func h2DataEnd(_ s: HTTP2Session, stream: Int32) {
+        guard let st = self.stream(stream), !st.responseEnded else { return }
+        st.responseEnded = true
+        st.exchange?.upstreamEnd(trailers: nil)
+    }
+
+    func h2StreamClosed(_ s: HTTP2Session, stream: Int32, errorCode: UInt32) {
+        guard let st = self.stream(stream) else { return }
+        removeStream(st)
+        let e = st.exchange
+        st.exchange = nil
+        st.id = -1
+        if !st.responseEnded, let e {
+            e.upstreamFailed(errorCode == 0x7 ? .refused : .reset(code: errorCode == 0 ? 0x2 : errorCode))
+        }
+        st.recycle(pool: cluster.worker.pool, into: &cluster.freeStreams)
+        if goingAway && all.isEmpty { schedule() }
+    }
+
+    func h2GoAway(_ s: HTTP2Session, lastStreamID: Int32, errorCode: UInt32) {
+        goingAway = true   // no new streams; those above lastStreamID are closed by nghttp2 (REFUSED_STREAM)
+    }
+
+    func h2Settings(_ s: HTTP2Session) {}
+
+    func h2ReadBody(_ s: HTTP2Session, stream: Int32, into buf: UnsafeMutableRawBufferPointer) -> (count: Int, eof: Bool, trailers: Bool)? {
+        guard let st = self.stream(stream) else { return (0, true, false) }
+        let n = min(buf.count, st.body.count)
+        if n > 0 {
+            buf.baseAddress!.copyMemory(from: st.body.base!, byteCount: n)
+            let wasBlocked = st.requestBlocked
+            st.body.consume(n)
+            if wasBlocked && !st.requestBlocked { st.exchange?.upstreamDrained() }
+        }
+        if st.body.count == 0 && st.requestEnded { return (n, true, st.hasTrailers) }
+        if n == 0 { st.deferred = true; return nil }
+        return (n, false, false)
+    }
+}
