@@ -16,6 +16,10 @@ commands:
                            SIGHUP, or any change with --watch, reloads FILE without a restart)
   validate FILE...         check config files; every error as file:line: path: message
   demo [--port N]          the proxy with a built-in config and two demo backends
+  control --state DIR [--listen HOST:PORT] [--token-file F]
+                           the control server: holds each group's config, pushes it to proxies
+  ctl [--control URL] status | get G | apply G FILE | split G ROUTE c1=W c2=W [--step N --every D]
+                           talk to the control server
   help                     this text
 
 """
@@ -172,6 +176,8 @@ do {
     case "run": code = runCommand(try Args(rest, valued: ["config"], flags: ["watch"]))
     case "validate": code = validateCommand(try Args(rest, valued: []))
     case "demo": code = demoCommand(try Args(rest, valued: ["port", "admin-port"]))
+    case "control": code = controlCommand(rest)
+    case "ctl": code = ctlCommand(rest)
     case "help", "--help", "-h": printOut(usage); code = 0
     default: printErr("remora: unknown command \(command)\n\n" + usage); code = 2
     }

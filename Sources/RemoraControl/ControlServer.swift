@@ -1,0 +1,2 @@
+// The control server (`remora control`): see docs/control-plane.md.
+public enum RemoraControlPlaceholder {}
