@@ -52,11 +52,15 @@ public enum HTTP1Head {
         out.append(" HTTP/1.1\r\n")
         if addHost { out.append("host: "); out.append(v.authority); out.append("\r\n") }
         var xffFirst = -1
+        var cookies = 0
         for i in h.indices {
             let n = h[i].name
             switch n.count {
             case 4: if addHost && n.equalsLowercase("host") { continue }
-            case 6: if dropExpect && n.equalsLowercase("expect") { continue }
+            case 6:
+                // HTTP/2 may split Cookie into several fields; HTTP/1.1 gets one (RFC 9113 §8.2.3), below.
+                if addHost && n.equalsLowercase("cookie") { cookies += 1; continue }
+                if dropExpect && n.equalsLowercase("expect") { continue }
             case 14: if framing == .chunked && n.equalsLowercase("content-length") { continue }
             case 15: if n.equalsLowercase("x-forwarded-for") { if xffFirst < 0 { xffFirst = i }; continue }
             case 17: if n.equalsLowercase("x-forwarded-proto") { continue }
@@ -64,6 +68,16 @@ public enum HTTP1Head {
             }
             if hop.isHopByHop(h, i) { continue }
             appendHeader(&out, h[i])
+        }
+        if cookies > 0 {
+            out.append("cookie: ")
+            var first = true
+            for f in h where f.name.count == 6 && f.name.equalsLowercase("cookie") {
+                if !first { out.append("; ") }
+                out.append(f.value)
+                first = false
+            }
+            out.append("\r\n")
         }
         if framing == .chunked { out.append("transfer-encoding: chunked\r\n") }
         out.append("x-forwarded-for: ")

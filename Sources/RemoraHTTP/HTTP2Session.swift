@@ -90,24 +90,30 @@ public final class HTTP2Session {
 
     // MARK: reading and writing
 
-    /// Processes bytes from the peer. False: the connection must be closed (a GOAWAY, if any, is
-    /// queued: call `send` first).
+    /// Processes bytes from the peer. False: the connection must be closed; a GOAWAY saying why is
+    /// queued (call `send` first).
     public func receive(_ data: UnsafeRawBufferPointer) -> Bool {
         guard let p = data.baseAddress else { return true }
         let rc = nghttp2_session_mem_recv(session, p.assumingMemoryBound(to: UInt8.self), data.count)
+        if rc < 0 && !abused {
+            // Floods (PING/SETTINGS acks, CONTINUATION) are a matter of calm; anything else a protocol error.
+            let calm = rc == Int(NGHTTP2_ERR_FLOODED.rawValue) || rc == Int(NGHTTP2_ERR_TOO_MANY_CONTINUATIONS.rawValue)
+            terminate(code: calm ? NGHTTP2_ENHANCE_YOUR_CALM.rawValue : NGHTTP2_PROTOCOL_ERROR.rawValue)
+        }
         return rc >= 0 && !abused
     }
 
-    /// Hands every pending frame to `write` (which copies or sends it at once). False: `write`
-    /// failed or the session hit a fatal error.
-    public func send(_ write: (UnsafeRawBufferPointer) -> Bool) -> Bool {
-        while true {
+    /// Hands pending frames to `write` (which copies or sends them at once) until nothing is left or
+    /// `until` says to stop (the socket is full). False: `write` failed or the session hit a fatal error.
+    public func send(until full: () -> Bool = { false }, _ write: (UnsafeRawBufferPointer) -> Bool) -> Bool {
+        while !full() {
             var p: UnsafePointer<UInt8>?
             let n = nghttp2_session_mem_send(session, &p)
             if n < 0 { return false }
             if n == 0 { return true }
             if !write(UnsafeRawBufferPointer(start: p, count: n)) { return false }
         }
+        return true
     }
 
     public var wantsRead: Bool { nghttp2_session_want_read(session) != 0 }

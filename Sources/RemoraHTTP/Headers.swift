@@ -11,6 +11,12 @@ public struct HeaderBlock {
 
     public init() {}
 
+    /// Takes storage from `pool` for an empty block that has none.
+    @inline(__always)
+    public mutating func prepareIfEmpty(_ pool: BufferPool) {
+        if count == 0 { prepare(pool) }
+    }
+
     /// Takes storage from `pool` unless the block has some (before filling it).
     @inline(__always)
     public mutating func prepare(_ pool: BufferPool) {

@@ -279,7 +279,10 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
     func parserMessageComplete(_ p: HTTP1Parser) {
         requestDone = true
         if let e = exchange {
-            if e.requestHasBody { e.requestEnd(trailers: nil) }
+            if e.requestHasBody {
+                if p.trailers.count > 0 { p.trailers.withRefs { e.requestEnd(trailers: $0) } } else { e.requestEnd(trailers: nil) }
+            }
+            p.clearTrailers()
         } else if active {
             finishExchange()   // answered locally before the body ended
         }

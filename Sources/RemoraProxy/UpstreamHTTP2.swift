@@ -211,7 +211,7 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
         inSession = true
         conn.cork()
         defer { conn.uncork(); inSession = false }
-        return h2.send { conn.write($0) }
+        return h2.send(until: { conn.isAboveHighWatermark }) { conn.write($0) }
     }
 
     func drain() {

@@ -309,6 +309,7 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
     func parserMessageComplete(_ p: HTTP1Parser) {
         if interim { interim = false; return }
         responseDone = true
-        exchange?.upstreamEnd(trailers: nil)
+        if p.trailers.count > 0 { p.trailers.withRefs { exchange?.upstreamEnd(trailers: $0) } } else { exchange?.upstreamEnd(trailers: nil) }
+        p.clearTrailers()
     }
 }
