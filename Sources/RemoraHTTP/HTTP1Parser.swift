@@ -258,8 +258,22 @@ public final class HTTP1Parser {
         trailerValue.release()
     }
 
+    /// Drops trailing spaces and tabs of the last value (RFC 9112 §5.1: optional whitespace
+    /// around a field value is not part of it; llhttp strips only the leading one).
+    @inline(__always)
+    func trimLastValue() {
+        guard fieldState == 2, headerCount > 0, let b = head.base else { return }
+        let i = headerCount - 1
+        while headers[i].valueLength > 0 {
+            let c = b.load(fromByteOffset: Int(headers[i].valueOffset + headers[i].valueLength - 1), as: UInt8.self)
+            guard c == 0x20 || c == 0x09 else { break }
+            headers[i].valueLength -= 1
+        }
+    }
+
     func headerField(_ p: UnsafePointer<CChar>, _ n: Int) -> Int32 {
         if inBody { return trailerData(p, n, value: false) }
+        trimLastValue()
         if fieldState != 1 {
             if headerCount == maxHeaders { error = HTTPParseError(status: 431, reason: "too many header fields"); return -1 }
             spans.reserve((headerCount + 1) * MemoryLayout<HeaderSpan>.stride)
@@ -286,6 +300,7 @@ public final class HTTP1Parser {
 
     /// Notes the headers the proxy acts on, once per head.
     func classifyHeaders() {
+        trimLastValue()
         for i in 0..<headerCount {
             let n = name(i)
             switch n.count {

@@ -57,6 +57,8 @@ public final class HTTP2Session {
         nghttp2_option_set_max_settings(opt, 64)             // SETTINGS with too many entries
         nghttp2_option_set_stream_reset_rate_limit(opt, 1000, 100)   // rapid reset (CVE-2023-44487)
         nghttp2_option_set_max_continuations(opt, 16)        // CONTINUATION floods (CVE-2024-28182)
+        // gRPC metadata may end in a space (PROTOCOL-HTTP2.md); grpc peers accept it, so must we.
+        nghttp2_option_set_no_rfc9113_leading_and_trailing_ws_validation(opt, 1)
         if role == .client { nghttp2_option_set_peer_max_concurrent_streams(opt, 100) }
         var s: OpaquePointer?
         if role == .server {
@@ -216,9 +218,17 @@ public final class HTTP2Session {
     /// The body source of `stream` has data again.
     public func resumeData(stream: Int32) { nghttp2_session_resume_data(session, stream) }
 
-    /// Gives `n` bytes of flow-control credit back on `stream` and the connection.
+    /// Gives `n` bytes of credit back on `stream` only. Connection-level credit is returned as soon
+    /// as DATA arrives (`consumeConnection`), so a stalled stream holds back its own window, never
+    /// its siblings' (no head-of-line blocking across streams); buffering stays bounded by one
+    /// stream window per stream.
     public func consume(stream: Int32, _ n: Int) {
-        if n > 0 { nghttp2_session_consume(session, stream, n) }
+        if n > 0 { nghttp2_session_consume_stream(session, stream, n) }
+    }
+
+    /// Gives `n` bytes of connection-level credit back.
+    public func consumeConnection(_ n: Int) {
+        if n > 0 { nghttp2_session_consume_connection(session, n) }
     }
 
     public func reset(stream: Int32, code: UInt32) {

@@ -144,3 +144,23 @@ extension HTTP1Parser {
         }
     }
 }
+
+/// Request targets (RFC 9112 §3.2).
+public enum RequestTarget {
+    /// For an absolute-form target ("http://host:port/path?q"), its authority and its origin-form
+    /// rest ("/path?q", "/" when empty); nil for any other form.
+    public static func splitAbsolute(_ t: UnsafeRawBufferPointer) -> (authority: UnsafeRawBufferPointer, path: UnsafeRawBufferPointer)? {
+        guard t.count > 7, t[0] != 0x2F, (t[0] | 0x20) == 0x68, (t[1] | 0x20) == 0x74,
+              let colon = t.firstIndex(of: 0x3A), colon + 2 < t.count, t[colon + 1] == 0x2F, t[colon + 2] == 0x2F
+        else { return nil }
+        let start = colon + 3
+        var end = start
+        while end < t.count && t[end] != 0x2F && t[end] != 0x3F { end += 1 }
+        let authority = UnsafeRawBufferPointer(rebasing: t[start..<end])
+        if end == t.count {
+            let slash: StaticString = "/"
+            return (authority, UnsafeRawBufferPointer(start: slash.utf8Start, count: 1))
+        }
+        return (authority, UnsafeRawBufferPointer(rebasing: t[end...]))
+    }
+}

@@ -131,6 +131,8 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
     var closing = false
     var draining = false
     var toConsume: [(Int32, Int)] = []
+    /// Connection-level credit to return at the next flush (all DATA received so far).
+    var connectionCredit = 0
 
     init(worker: Worker, slot: ListenerSlot, conn: TCPConnection, clientIP: String, initial: UnsafeRawBufferPointer) {
         self.worker = worker
@@ -193,6 +195,8 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
         guard !closing else { return }
         for (id, n) in toConsume { h2.consume(stream: id, n) }
         toConsume.removeAll(keepingCapacity: true)
+        h2.consumeConnection(connectionCredit)
+        connectionCredit = 0
         for s in dirty where !s.closed && s.slot >= 0 {
             s.isDirty = false
             if s.headPending {
@@ -348,6 +352,7 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
     }
 
     func h2Data(_ s: HTTP2Session, stream: Int32, data: UnsafeRawBufferPointer) {
+        connectionCredit += data.count
         guard let st = self.stream(stream), let e = st.exchange else {
             toConsume.append((stream, data.count))
             return
