@@ -40,16 +40,19 @@ let package = Package(
         .target(name: "RemoraProxy",
                 dependencies: ["RemoraCore", "RemoraConfig", "RemoraIO", "RemoraHTTP", "RemoraRouting"],
                 swiftSettings: hot),
+        // Control plane: `remora control` (desired state, long-poll pushes) and `remora ctl`.
+        .target(name: "RemoraControl", dependencies: ["RemoraCore", "RemoraConfig", "RemoraIO", "RemoraHTTP", "RemoraProxy"]),
         // ns per match of a compiled route table (perf/routing/README.md).
         .executableTarget(name: "RemoraRoutingBench", dependencies: ["RemoraRouting", "RemoraCore"],
                           path: "perf/routing", exclude: ["README.md"], swiftSettings: hot),
-        .executableTarget(name: "remora", dependencies: ["RemoraProxy", "RemoraConfig", "RemoraCore"]),
+        .executableTarget(name: "remora", dependencies: ["RemoraProxy", "RemoraConfig", "RemoraCore", "RemoraControl"]),
 
         .testTarget(name: "RemoraCoreTests", dependencies: ["RemoraCore"]),
         .testTarget(name: "RemoraConfigTests", dependencies: ["RemoraConfig", "RemoraCore"]),
         .testTarget(name: "RemoraHTTPTests", dependencies: ["RemoraHTTP", "RemoraCore"]),
         .testTarget(name: "RemoraRoutingTests", dependencies: ["RemoraRouting", "RemoraCore"]),
         .testTarget(name: "RemoraIOTests", dependencies: ["RemoraIO", "RemoraCore"]),
+        .testTarget(name: "RemoraControlTests", dependencies: ["RemoraControl", "RemoraConfig", "RemoraCore"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -231,6 +231,11 @@ private final class Schema {
             d.fail(n.line, p, "at least one backend must have a weight above 0")
             return nil
         }
+        var seen: Set<String> = []
+        for (i, b) in list.enumerated() where !seen.insert(b.cluster).inserted {
+            d.fail(n.line, "\(p)[\(i)].cluster", "cluster \"\(b.cluster)\" appears twice in this split (give it one backend with the sum of the weights)")
+            return nil
+        }
         return list
     }
 

@@ -52,11 +52,15 @@ public enum HTTP1Head {
         out.append(" HTTP/1.1\r\n")
         if addHost { out.append("host: "); out.append(v.authority); out.append("\r\n") }
         var xffFirst = -1
+        var cookies = 0
         for i in h.indices {
             let n = h[i].name
             switch n.count {
             case 4: if addHost && n.equalsLowercase("host") { continue }
-            case 6: if dropExpect && n.equalsLowercase("expect") { continue }
+            case 6:
+                // HTTP/2 may split Cookie into several fields; HTTP/1.1 gets one (RFC 9113 §8.2.3), below.
+                if addHost && n.equalsLowercase("cookie") { cookies += 1; continue }
+                if dropExpect && n.equalsLowercase("expect") { continue }
             case 14: if framing == .chunked && n.equalsLowercase("content-length") { continue }
             case 15: if n.equalsLowercase("x-forwarded-for") { if xffFirst < 0 { xffFirst = i }; continue }
             case 17: if n.equalsLowercase("x-forwarded-proto") { continue }
@@ -64,6 +68,16 @@ public enum HTTP1Head {
             }
             if hop.isHopByHop(h, i) { continue }
             appendHeader(&out, h[i])
+        }
+        if cookies > 0 {
+            out.append("cookie: ")
+            var first = true
+            for f in h where f.name.count == 6 && f.name.equalsLowercase("cookie") {
+                if !first { out.append("; ") }
+                out.append(f.value)
+                first = false
+            }
+            out.append("\r\n")
         }
         if framing == .chunked { out.append("transfer-encoding: chunked\r\n") }
         out.append("x-forwarded-for: ")
@@ -133,14 +147,31 @@ public enum HTTP1Head {
 public func reasonPhrase(_ status: Int) -> StaticString {
     switch status {
     case 100: return "Continue"
+    case 101: return "Switching Protocols"
+    case 103: return "Early Hints"
     case 200: return "OK"
+    case 201: return "Created"
+    case 202: return "Accepted"
+    case 204: return "No Content"
+    case 206: return "Partial Content"
+    case 301: return "Moved Permanently"
+    case 302: return "Found"
+    case 303: return "See Other"
+    case 304: return "Not Modified"
+    case 307: return "Temporary Redirect"
+    case 308: return "Permanent Redirect"
+    case 401: return "Unauthorized"
     case 400: return "Bad Request"
     case 403: return "Forbidden"
     case 404: return "Not Found"
     case 405: return "Method Not Allowed"
     case 408: return "Request Timeout"
+    case 409: return "Conflict"
+    case 410: return "Gone"
     case 413: return "Content Too Large"
     case 417: return "Expectation Failed"
+    case 418: return "I'm a teapot"
+    case 429: return "Too Many Requests"
     case 431: return "Request Header Fields Too Large"
     case 500: return "Internal Server Error"
     case 501: return "Not Implemented"

@@ -73,6 +73,10 @@ public final class HTTP1Parser {
     public private(set) var hostCount = 0
     /// Index of the first `Transfer-Encoding` header, or -1.
     public private(set) var transferEncodingIndex = -1
+    /// Trailer fields of a chunked message (complete at `parserMessageComplete`).
+    public private(set) var trailers = HeaderBlock()
+    var trailerName = ByteBuffer()
+    var trailerValue = ByteBuffer()
     var fieldState: UInt8 = 0     // 0 none, 1 in a name, 2 in a value
     var headBytes = 0              // as sent on the wire, roughly: target + names + values + 4 per header
 
@@ -89,6 +93,7 @@ public final class HTTP1Parser {
 
     deinit {
         giveBack()
+        clearTrailers()
         head.release()
         spans.release()
         ll.deallocate()
@@ -227,8 +232,48 @@ public final class HTTP1Parser {
         return 0
     }
 
+    /// A trailer field (after a chunked body): collected into `trailers`, within the head's size limit.
+    func trailerData(_ p: UnsafePointer<CChar>, _ n: Int, value: Bool) -> Int32 {
+        if !value && fieldState == 2 { commitTrailer() }
+        fieldState = value ? 2 : 1
+        headBytes += n
+        if headBytes > maxHeadBytes { error = HTTPParseError(status: 431, reason: "trailer fields too large"); return -1 }
+        if value { trailerValue.append(UnsafeRawPointer(p), n) } else { trailerName.append(UnsafeRawPointer(p), n) }
+        return 0
+    }
+
+    func commitTrailer() {
+        if trailerName.count > 0 {
+            if let pool { trailers.prepareIfEmpty(pool) }
+            trailers.append(trailerName.bytes, trailerValue.bytes)
+        }
+        trailerName.clear()
+        trailerValue.clear()
+    }
+
+    /// Forgets the trailers (after they were passed on).
+    public func clearTrailers() {
+        trailers.release(to: pool)
+        trailerName.release()
+        trailerValue.release()
+    }
+
+    /// Drops trailing spaces and tabs of the last value (RFC 9112 §5.1: optional whitespace
+    /// around a field value is not part of it; llhttp strips only the leading one).
+    @inline(__always)
+    func trimLastValue() {
+        guard fieldState == 2, headerCount > 0, let b = head.base else { return }
+        let i = headerCount - 1
+        while headers[i].valueLength > 0 {
+            let c = b.load(fromByteOffset: Int(headers[i].valueOffset + headers[i].valueLength - 1), as: UInt8.self)
+            guard c == 0x20 || c == 0x09 else { break }
+            headers[i].valueLength -= 1
+        }
+    }
+
     func headerField(_ p: UnsafePointer<CChar>, _ n: Int) -> Int32 {
-        if inBody { return 0 }   // trailers are not forwarded over HTTP/1.1 (yet): skip them
+        if inBody { return trailerData(p, n, value: false) }
+        trimLastValue()
         if fieldState != 1 {
             if headerCount == maxHeaders { error = HTTPParseError(status: 431, reason: "too many header fields"); return -1 }
             spans.reserve((headerCount + 1) * MemoryLayout<HeaderSpan>.stride)
@@ -243,7 +288,7 @@ public final class HTTP1Parser {
     }
 
     func headerValue(_ p: UnsafePointer<CChar>, _ n: Int) -> Int32 {
-        if inBody { return 0 }
+        if inBody { return trailerData(p, n, value: true) }
         if fieldState != 2 {
             headers[headerCount - 1].valueOffset = Int32(head.count)
             fieldState = 2
@@ -255,6 +300,7 @@ public final class HTTP1Parser {
 
     /// Notes the headers the proxy acts on, once per head.
     func classifyHeaders() {
+        trimLastValue()
         for i in 0..<headerCount {
             let n = name(i)
             switch n.count {
@@ -268,6 +314,7 @@ public final class HTTP1Parser {
 
     func headersComplete() -> Int32 {
         inHead = false
+        if inBody { return 0 }   // the end of the trailer section
         if ll.pointee.http_major != 1 {
             error = HTTPParseError(status: 400, reason: "unsupported HTTP version")
             return -1
@@ -288,6 +335,8 @@ public final class HTTP1Parser {
     }
 
     func messageComplete() -> Int32 {
+        if fieldState == 2 || trailerName.count > 0 { commitTrailer() }
+        fieldState = 0
         inBody = false
         delegate?.parserMessageComplete(self)
         return pauseAfterMessage ? Int32(HPE_PAUSED.rawValue) : 0

@@ -57,6 +57,8 @@ public final class HTTP2Session {
         nghttp2_option_set_max_settings(opt, 64)             // SETTINGS with too many entries
         nghttp2_option_set_stream_reset_rate_limit(opt, 1000, 100)   // rapid reset (CVE-2023-44487)
         nghttp2_option_set_max_continuations(opt, 16)        // CONTINUATION floods (CVE-2024-28182)
+        // gRPC metadata may end in a space (PROTOCOL-HTTP2.md); grpc peers accept it, so must we.
+        nghttp2_option_set_no_rfc9113_leading_and_trailing_ws_validation(opt, 1)
         if role == .client { nghttp2_option_set_peer_max_concurrent_streams(opt, 100) }
         var s: OpaquePointer?
         if role == .server {
@@ -90,24 +92,30 @@ public final class HTTP2Session {
 
     // MARK: reading and writing
 
-    /// Processes bytes from the peer. False: the connection must be closed (a GOAWAY, if any, is
-    /// queued: call `send` first).
+    /// Processes bytes from the peer. False: the connection must be closed; a GOAWAY saying why is
+    /// queued (call `send` first).
     public func receive(_ data: UnsafeRawBufferPointer) -> Bool {
         guard let p = data.baseAddress else { return true }
         let rc = nghttp2_session_mem_recv(session, p.assumingMemoryBound(to: UInt8.self), data.count)
+        if rc < 0 && !abused {
+            // Floods (PING/SETTINGS acks, CONTINUATION) are a matter of calm; anything else a protocol error.
+            let calm = rc == Int(NGHTTP2_ERR_FLOODED.rawValue) || rc == Int(NGHTTP2_ERR_TOO_MANY_CONTINUATIONS.rawValue)
+            terminate(code: calm ? NGHTTP2_ENHANCE_YOUR_CALM.rawValue : NGHTTP2_PROTOCOL_ERROR.rawValue)
+        }
         return rc >= 0 && !abused
     }
 
-    /// Hands every pending frame to `write` (which copies or sends it at once). False: `write`
-    /// failed or the session hit a fatal error.
-    public func send(_ write: (UnsafeRawBufferPointer) -> Bool) -> Bool {
-        while true {
+    /// Hands pending frames to `write` (which copies or sends them at once) until nothing is left or
+    /// `until` says to stop (the socket is full). False: `write` failed or the session hit a fatal error.
+    public func send(until full: () -> Bool = { false }, _ write: (UnsafeRawBufferPointer) -> Bool) -> Bool {
+        while !full() {
             var p: UnsafePointer<UInt8>?
             let n = nghttp2_session_mem_send(session, &p)
             if n < 0 { return false }
             if n == 0 { return true }
             if !write(UnsafeRawBufferPointer(start: p, count: n)) { return false }
         }
+        return true
     }
 
     public var wantsRead: Bool { nghttp2_session_want_read(session) != 0 }
@@ -210,9 +218,17 @@ public final class HTTP2Session {
     /// The body source of `stream` has data again.
     public func resumeData(stream: Int32) { nghttp2_session_resume_data(session, stream) }
 
-    /// Gives `n` bytes of flow-control credit back on `stream` and the connection.
+    /// Gives `n` bytes of credit back on `stream` only. Connection-level credit is returned as soon
+    /// as DATA arrives (`consumeConnection`), so a stalled stream holds back its own window, never
+    /// its siblings' (no head-of-line blocking across streams); buffering stays bounded by one
+    /// stream window per stream.
     public func consume(stream: Int32, _ n: Int) {
-        if n > 0 { nghttp2_session_consume(session, stream, n) }
+        if n > 0 { nghttp2_session_consume_stream(session, stream, n) }
+    }
+
+    /// Gives `n` bytes of connection-level credit back.
+    public func consumeConnection(_ n: Int) {
+        if n > 0 { nghttp2_session_consume_connection(session, n) }
     }
 
     public func reset(stream: Int32, code: UInt32) {

@@ -11,6 +11,12 @@ public struct HeaderBlock {
 
     public init() {}
 
+    /// Takes storage from `pool` for an empty block that has none.
+    @inline(__always)
+    public mutating func prepareIfEmpty(_ pool: BufferPool) {
+        if count == 0 { prepare(pool) }
+    }
+
     /// Takes storage from `pool` unless the block has some (before filling it).
     @inline(__always)
     public mutating func prepare(_ pool: BufferPool) {
@@ -136,5 +142,25 @@ extension HTTP1Parser {
             for i in 0..<headerCount { buf.initializeElement(at: i, to: HeaderRef(name: name(i), value: value(i))) }
             return body(UnsafeBufferPointer(rebasing: buf[0..<headerCount]))
         }
+    }
+}
+
+/// Request targets (RFC 9112 §3.2).
+public enum RequestTarget {
+    /// For an absolute-form target ("http://host:port/path?q"), its authority and its origin-form
+    /// rest ("/path?q", "/" when empty); nil for any other form.
+    public static func splitAbsolute(_ t: UnsafeRawBufferPointer) -> (authority: UnsafeRawBufferPointer, path: UnsafeRawBufferPointer)? {
+        guard t.count > 7, t[0] != 0x2F, (t[0] | 0x20) == 0x68, (t[1] | 0x20) == 0x74,
+              let colon = t.firstIndex(of: 0x3A), colon + 2 < t.count, t[colon + 1] == 0x2F, t[colon + 2] == 0x2F
+        else { return nil }
+        let start = colon + 3
+        var end = start
+        while end < t.count && t[end] != 0x2F && t[end] != 0x3F { end += 1 }
+        let authority = UnsafeRawBufferPointer(rebasing: t[start..<end])
+        if end == t.count {
+            let slash: StaticString = "/"
+            return (authority, UnsafeRawBufferPointer(start: slash.utf8Start, count: 1))
+        }
+        return (authority, UnsafeRawBufferPointer(rebasing: t[end...]))
     }
 }

@@ -81,8 +81,10 @@ let ioDeadlineCloseCallback: uv_close_cb = { h in
 }
 
 let ioCheckCallback: uv_check_cb = { h in
-    Unmanaged<IterationHook>.fromOpaque(h!.pointee.data)._withUnsafeGuaranteedRef { $0.handler() }
+    Unmanaged<IterationHook>.fromOpaque(h!.pointee.data)._withUnsafeGuaranteedRef { $0.run() }
 }
+
+let ioIdleCallback: uv_idle_cb = { _ in }   // exists only to keep the loop from blocking in poll
 
 let ioCheckCloseCallback: uv_close_cb = { h in
     Unmanaged<IterationHook>.fromOpaque(h!.pointee.data).takeUnretainedValue().handleClosed()

@@ -163,6 +163,10 @@ public final class TCPConnection {
         if r == pending.count {
             pending.clear(keepingAtMost: 64 * 1024)
             flushFinished()
+            if aboveHigh && !isClosing {   // the queue went above the watermark and is empty again
+                aboveHigh = false
+                delegate?.connectionDrained(self)
+            }
             return
         }
         if r < 0 && r != Int32(UV_EAGAIN.rawValue) { failed = true; return }

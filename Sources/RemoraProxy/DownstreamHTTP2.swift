@@ -131,6 +131,8 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
     var closing = false
     var draining = false
     var toConsume: [(Int32, Int)] = []
+    /// Connection-level credit to return at the next flush (all DATA received so far).
+    var connectionCredit = 0
 
     init(worker: Worker, slot: ListenerSlot, conn: TCPConnection, clientIP: String, initial: UnsafeRawBufferPointer) {
         self.worker = worker
@@ -193,6 +195,8 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
         guard !closing else { return }
         for (id, n) in toConsume { h2.consume(stream: id, n) }
         toConsume.removeAll(keepingCapacity: true)
+        h2.consumeConnection(connectionCredit)
+        connectionCredit = 0
         for s in dirty where !s.closed && s.slot >= 0 {
             s.isDirty = false
             if s.headPending {
@@ -222,12 +226,14 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
         else if draining && all.isEmpty { closeConnection() }
     }
 
-    /// Every queued frame into one write (the socket is corked while nghttp2 serializes).
+    /// Every queued frame into one write (the socket is corked while nghttp2 serializes). While the
+    /// client does not read, frames stay inside nghttp2 (whose queue limits then end a flood) instead
+    /// of piling up in the socket's buffer; `connectionDrained` resumes.
     func send() -> Bool {
         inSession = true
         conn.cork()
         defer { conn.uncork(); inSession = false }
-        return h2.send { b in
+        return h2.send(until: { conn.isAboveHighWatermark }) { b in
             listener.stats.add(.downstream_cx_tx_bytes_total, UInt64(b.count))
             return conn.write(b)
         }
@@ -293,7 +299,10 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
     // MARK: HTTP2SessionDelegate
 
     func h2BeginHeaders(_ s: HTTP2Session, stream id: Int32) {
-        if stream(id) != nil { return }   // trailers of an open stream
+        if let st = stream(id) {   // trailers of an open stream: the request head was copied already
+            st.fields.removeAll()
+            return
+        }
         let st = worker.freeServerStreams.popLast() ?? H2ServerStream()
         st.prepare(self, id)
         addStream(st)
@@ -343,6 +352,7 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
     }
 
     func h2Data(_ s: HTTP2Session, stream: Int32, data: UnsafeRawBufferPointer) {
+        connectionCredit += data.count
         guard let st = self.stream(stream), let e = st.exchange else {
             toConsume.append((stream, data.count))
             return

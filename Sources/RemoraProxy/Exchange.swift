@@ -139,7 +139,7 @@ final class Exchange: DeadlineTimerDelegate {
     /// is among the headers; `chunked`: an HTTP/1.1 chunked body; `endStream`: no body follows.
     func start(downstream d: any DownstreamSide, listener l: ListenerRuntime, view: RequestView, clientIP: String,
                isHEAD: Bool, lengthKnown: Bool, contentLength: UInt64, chunked: Bool, endStream: Bool,
-               fromHTTP2: Bool, dropExpect: Bool) {
+               fromHTTP2: Bool, authorityReplacesHost: Bool = false, dropExpect: Bool) {
         downstream = d
         listener = l
         stats = l.stats
@@ -182,10 +182,7 @@ final class Exchange: DeadlineTimerDelegate {
             break
         }
         let backend = table.pick(route: ri, request: view, random: worker.rng.next())
-        if let mc = table.mirror(route: ri, random: worker.rng.next()) {
-            startShadow(cluster: l.clusters[mc], view: view, clientIP: clientIP, isHEAD: isHEAD, lengthKnown: lengthKnown,
-                        contentLength: contentLength, chunked: chunked, endStream: endStream, fromHTTP2: fromHTTP2)
-        }
+        let mirrorCluster = table.mirror(route: ri, random: worker.rng.next())
         let cl = l.clusters[backend.cluster]
         cluster = cl
         backendStats = l.backendStats[backend.slot]
@@ -199,25 +196,35 @@ final class Exchange: DeadlineTimerDelegate {
         var rewritten = ByteBuffer()
         var target = view.target
         if table.rewriteTarget(route: ri, target: view.target, into: &rewritten) { target = rewritten.bytes }
-        var clientIP = clientIP
-        clientIP.withUTF8 { ip in
+        var ipText = clientIP
+        ipText.withUTF8 { ip in
             let ipb = UnsafeRawBufferPointer(ip)
-            withMutated(view.headers, table.requestHeaders(route: ri)) { headers in
-                let v = RequestView(method: view.method, target: target, authority: view.authority, headers: headers)
+            let mutations = table.requestHeaders(route: ri)
+            withMutated(view.headers, mutations) { headers in
+                var v = RequestView(method: view.method, target: target, authority: view.authority, headers: headers)
+                let addHost = fromHTTP2 || authorityReplacesHost
+                // A route that sets Host sets the authority, whatever protocol either side speaks.
+                if !mutations.isEmpty && addHost, let i = headers.firstIndex(named: "host") { v.authority = headers[i].value }
                 if cl.config.protocol == .http1 {
                     if upHead.base == nil { upHead = worker.pool.take() }
                     upHead.clear()
-                    HTTP1Head.writeRequest(v, framing: reqFraming, addHost: fromHTTP2, clientIP: ipb, proto: "http",
+                    HTTP1Head.writeRequest(v, framing: reqFraming, addHost: addHost, clientIP: ipb, proto: "http",
                                            dropExpect: dropExpect, into: &upHead)
                 } else {
                     storeHTTP2Head(v, clientIP: ipb, dropExpect: dropExpect, fromHTTP2: fromHTTP2)
+                }
+                // The shadow gets the request as routed (rewritten, with the route's header changes).
+                if let mc = mirrorCluster {
+                    startShadow(cluster: l.clusters[mc], view: v, clientIP: clientIP, isHEAD: isHEAD, lengthKnown: lengthKnown,
+                                contentLength: contentLength, chunked: chunked, endStream: endStream, addHost: addHost,
+                                fromHTTP2: fromHTTP2)
                 }
             }
         }
         rewritten.release()
         reuseRetries = 1
         connectRetries = cl.endpoints.count > 1 ? 1 : 0
-        refusedRetries = 2
+        refusedRetries = 4   // the peer never processed a refused stream: always safe to send again
         cl.stats.inc(.upstream_rq_total)
         cl.stats.inc(.upstream_rq_active)
         clusterActive = true
@@ -231,7 +238,7 @@ final class Exchange: DeadlineTimerDelegate {
     /// gets body bytes only while its upstream keeps up, and is dropped the moment it would have
     /// to wait, so it never slows this request.
     func startShadow(cluster cl: ClusterRuntime, view: RequestView, clientIP: String, isHEAD: Bool, lengthKnown: Bool,
-                     contentLength: UInt64, chunked: Bool, endStream: Bool, fromHTTP2: Bool) {
+                     contentLength: UInt64, chunked: Bool, endStream: Bool, addHost: Bool, fromHTTP2: Bool) {
         let sh = worker.takeExchange()
         sh.primary = self
         shadow = sh
@@ -253,14 +260,14 @@ final class Exchange: DeadlineTimerDelegate {
         sh.requestPaused = false
         sh.responsePaused = false
         sh.cluster = cl
-        sh.routeTimeout = 0
+        sh.routeTimeout = listener.config.idleTimeout   // a shadow that never answers is let go
         sh.reqFraming = chunked ? .chunked : (lengthKnown ? .contentLength : (endStream ? .none : .chunked))
         var clientIP = clientIP
         clientIP.withUTF8 { ip in
             if cl.config.protocol == .http1 {
                 if sh.upHead.base == nil { sh.upHead = worker.pool.take() }
                 sh.upHead.clear()
-                HTTP1Head.writeRequest(view, framing: sh.reqFraming, addHost: fromHTTP2, clientIP: UnsafeRawBufferPointer(ip),
+                HTTP1Head.writeRequest(view, framing: sh.reqFraming, addHost: addHost, clientIP: UnsafeRawBufferPointer(ip),
                                        proto: "http", dropExpect: true, into: &sh.upHead)
             } else {
                 sh.storeHTTP2Head(view, clientIP: UnsafeRawBufferPointer(ip), dropExpect: true, fromHTTP2: fromHTTP2)
@@ -273,7 +280,7 @@ final class Exchange: DeadlineTimerDelegate {
         cl.stats.inc(.upstream_rq_active)
         sh.clusterActive = true
         sh.dispatch(fresh: chunked || (lengthKnown && contentLength > UInt64(Exchange.replayLimit)))
-        if sh.active { sh.arm(.stream, listener.config.idleTimeout) }
+        sh.arm(.stream)
     }
 
     /// The shadow copy gets these body bytes only if its upstream can take them now.
@@ -318,7 +325,7 @@ final class Exchange: DeadlineTimerDelegate {
         guard let cl = cluster else { return }
         let u: (any UpstreamStream)? = cl.config.protocol == .http1
             ? cl.openHTTP1(for: self, head: upHead.bytes, isHEAD: isHEAD, fresh: fresh)
-            : cl.openHTTP2(for: self, head: reqHead, hasBody: requestHasBody)
+            : cl.openHTTP2(for: self, head: reqHead, hasBody: requestHasBody, retry: fresh)
         guard let u else { noUpstream(.connectFailed); return }
         upstream = u
         cl.stats.add(.upstream_cx_tx_bytes_total, UInt64(upHead.count))
@@ -393,7 +400,7 @@ final class Exchange: DeadlineTimerDelegate {
             finish(clean: requestDone)
             return
         }
-        arm(.stream, listener.config.idleTimeout)
+        arm(.stream)
     }
 
     func upstreamBody(_ data: UnsafeRawBufferPointer) {
@@ -406,7 +413,7 @@ final class Exchange: DeadlineTimerDelegate {
         } else {
             u.responseConsumed(data.count)
         }
-        arm(.stream, listener.config.idleTimeout)
+        arm(.stream)
     }
 
     func upstreamEnd(trailers: UnsafeBufferPointer<HeaderRef>?) {
@@ -487,10 +494,13 @@ final class Exchange: DeadlineTimerDelegate {
         responseStarted = true
         responseDone = true
         stats.incClass(.downstream_rq_1xx, status: status)
+        // 204 and 304 have no content (RFC 9110 §15.3.5, §15.4.5): no length, no body.
+        let noContent = status == 204 || status == 304
+        let body = noContent ? UnsafeRawBufferPointer(start: nil, count: 0) : body
         var len = ByteBuffer()
         len.appendDecimal(UInt64(body.count))
-        var fields = [HeaderRef(name: rawBytes("content-type"), value: rawBytes("text/plain")),
-                      HeaderRef(name: rawBytes("content-length"), value: len.bytes)]
+        var fields = noContent ? [] : [HeaderRef(name: rawBytes("content-type"), value: rawBytes("text/plain")),
+                                       HeaderRef(name: rawBytes("content-length"), value: len.bytes)]
         if let location { fields.append(HeaderRef(name: rawBytes("location"), value: location)) }
         fields.withUnsafeBufferPointer { f in
             withMutated(f, responseMutations) { h in
@@ -531,8 +541,13 @@ final class Exchange: DeadlineTimerDelegate {
 
     // MARK: deadlines
 
-    @inline(__always) func arm(_ kind: Deadline, _ ms: Millis) {
+    /// Arms the deadline of `kind` (upstream head: the route timeout; stream: the listener's idle
+    /// timeout, renewed on progress), capped by the gRPC deadline. Nothing once the exchange is over
+    /// (a call into either side may have finished it).
+    @inline(__always) func arm(_ kind: Deadline) {
+        guard active, let l = listener else { return }
         deadlineKind = kind
+        let ms = kind == .stream ? l.config.idleTimeout : routeTimeout
         var at = ms == 0 ? 0 : worker.loop.now &+ ms
         if grpcDeadline != 0 && (at == 0 || grpcDeadline < at) { at = grpcDeadline }
         if at == 0 { timer.clear(); return }
@@ -543,7 +558,7 @@ final class Exchange: DeadlineTimerDelegate {
     /// While the request streams in: stream idle; once it is complete: the upstream head timeout.
     func armAfterRequestProgress() {
         if responseStarted { return }
-        if requestDone { arm(.upstreamHead, routeTimeout) } else { arm(.stream, listener.config.idleTimeout) }
+        arm(requestDone ? .upstreamHead : .stream)
     }
 
     func deadlineReached(_ t: DeadlineTimer) {

@@ -26,6 +26,9 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
     var keepAlive = true
     var isHEAD = false
     var isHTTP10 = false
+    /// The request's body is small and of known length: after an early answer (a local response)
+    /// the rest is read and dropped and the connection stays usable.
+    var smallBody = true
     var respFraming = BodyFraming.none
     /// Bytes seen before the protocol is known (at most the HTTP/2 preface).
     var sniffed = 0
@@ -258,12 +261,18 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
             }
             expectContinue = !isHTTP10
         }
+        smallBody = !p.hasBody || (p.hasContentLength && p.contentLength <= 64 * 1024)
         let e = worker.takeExchange()
         exchange = e
         p.withRequestView { view in
-            e.start(downstream: self, listener: listener, view: view, clientIP: clientIP, isHEAD: isHEAD,
+            var v = view
+            // Absolute form (RFC 9112 §3.2.2): the target's authority replaces Host; forward origin form.
+            let absolute = RequestTarget.splitAbsolute(view.target)
+            if let (authority, path) = absolute { v.authority = authority; v.target = path }
+            e.start(downstream: self, listener: listener, view: v, clientIP: clientIP, isHEAD: isHEAD,
                     lengthKnown: p.hasContentLength, contentLength: p.contentLength, chunked: p.isChunked,
-                    endStream: !p.hasBody, fromHTTP2: false, dropExpect: expectContinue)
+                    endStream: !p.hasBody, fromHTTP2: false, authorityReplacesHost: absolute != nil,
+                    dropExpect: expectContinue)
         }
         // The proxy answers `Expect: 100-continue` itself once the request is on its way.
         if expectContinue && p.hasBody && exchange != nil && !(exchange!.responseStarted) {
@@ -279,7 +288,10 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
     func parserMessageComplete(_ p: HTTP1Parser) {
         requestDone = true
         if let e = exchange {
-            if e.requestHasBody { e.requestEnd(trailers: nil) }
+            if e.requestHasBody {
+                if p.trailers.count > 0 { p.trailers.withRefs { e.requestEnd(trailers: $0) } } else { e.requestEnd(trailers: nil) }
+            }
+            p.clearTrailers()
         } else if active {
             finishExchange()   // answered locally before the body ended
         }
@@ -324,6 +336,9 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
         }
         if respFraming == .closeDelimited { keepAlive = false }
         if draining || worker.draining { keepAlive = false }
+        // Answered before the request's body arrived: keep the connection only when the rest is
+        // small enough to read and drop; otherwise say it closes.
+        if let e = exchange, !e.requestDone, !smallBody { keepAlive = false }
         // A bodyless end without a length would leave an HTTP/1.1 client waiting: say 0.
         let addZeroLength = endStream && !lengthKnown && !isHEAD && status != 204 && status != 304
         worker.scratch.clear()
@@ -372,7 +387,8 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
         exchange = nil
         pausedForUpstream = false
         if !e.responseDone { abort(); return }    // the response could not be completed
-        if !e.requestDone { keepAlive = false }   // the rest of the body is not read: close after
+        if !e.requestDone && !smallBody { keepAlive = false }   // the rest of the body is not read: close after
+        updateReading()
         if requestDone { finishExchange() } else if !keepAlive { endConnection() }
         // else: a request without body whose end is about to be parsed finishes the exchange.
     }

@@ -33,6 +33,11 @@ public final class Server {
     public var configPath: String?
     /// Reload `configPath` whenever it changes.
     public var watch = false
+    /// Subscribe to a control server: `(url, node, group, token)`. Without a local config the
+    /// proxy reports ready only once the first configuration from it is installed.
+    public var control: (url: String, node: String, group: String, token: String?)?
+    var subscriber: Subscriber?
+    var awaitingControl = false
     /// Called on the main loop once every worker is listening (demo prints its hint here).
     public var onReady: (() -> Void)?
     /// More things the main loop must close at exit (demo backends).
@@ -72,6 +77,15 @@ public final class Server {
         signals.append(SignalWatcher(loop: loop, signal: SIGHUP) { [unowned self] _ in self.reloadFile() })
         if watch, let path = configPath {
             watcher = FileWatcher(loop: loop, path: path) { [unowned self] in self.reloadFile() }
+        }
+        if let c = control {
+            do {
+                subscriber = try Subscriber(server: self, loop: loop, url: c.url, node: c.node, group: c.group, token: c.token)
+            } catch {
+                log("\(error)")
+                return 1
+            }
+            awaitingControl = configPath == nil
         }
         registry = StatRegistry(workers: workerCount)
         let stats = registry.stats(for: snapshot)
@@ -124,6 +138,9 @@ public final class Server {
     @discardableResult
     public func apply(_ cfg: Config, source src: String) -> ConfigErrors? {
         if draining { return ConfigErrors([ConfigError(file: "", line: 0, path: "", message: "draining")]) }
+        if !ready && !awaitingControl {
+            return ConfigErrors([ConfigError(file: "", line: 0, path: "", message: "not started yet")])
+        }
         let snap: Snapshot
         do { snap = try Snapshot(config: cfg) } catch let e as ConfigErrors { return e } catch {
             return ConfigErrors([ConfigError(file: "", line: 0, path: "", message: "\(error)")])
@@ -141,6 +158,10 @@ public final class Server {
         source = src
         version += 1
         log("configuration version \(version) applied")
+        if awaitingControl {   // the first configuration from the control server: now serving
+            awaitingControl = false
+            announce()
+        }
         return nil
     }
 
@@ -167,7 +188,10 @@ public final class Server {
                 beginDrain(timeout: 0)
             }
             if draining { mailbox.post(.drain) }
-            if started == workerMailboxes.count && !draining { announce() }
+            if started == workerMailboxes.count && !draining {
+                subscriber?.start()
+                if !awaitingControl { announce() }
+            }
         case .stopped:
             stopped += 1
             if stopped == workerMailboxes.count { shutdownMain() }
@@ -175,6 +199,9 @@ public final class Server {
     }
 
     /// Tells the world where everything listens, then `ready` (tests and scripts wait for it).
+    /// The admin server's address, for the control server's status table.
+    var adminAddress: String? { admin.map { "\($0.address)" } }
+
     func announce() {
         ready = true
         var out = ""
@@ -192,6 +219,7 @@ public final class Server {
             return
         }
         draining = true
+        subscriber?.stop()
         log("draining (up to \(timeout) ms)")
         workerMailboxes.forEach { $0?.post(.drain) }
         let t = LoopTimer(loop: loop)
@@ -203,6 +231,7 @@ public final class Server {
     func shutdownMain() {
         drainTimer?.close()
         watcher?.close()
+        subscriber?.stop()
         admin?.close()
         signals.forEach { $0.close() }
         mainMailbox.close()
@@ -213,12 +242,23 @@ public final class Server {
         switch (r.method, r.path) {
         case ("GET", "/ready"), ("HEAD", "/ready"):
             if draining { return .init(status: 503, body: "draining\n") }
-            return ready ? .init(status: 200, body: "ready\n") : .init(status: 503, body: "starting\n")
+            if !ready { return .init(status: 503, body: awaitingControl ? "waiting for the control server\n" : "starting\n") }
+            // Serving the last good configuration while the control server is away: still ready.
+            if let sub = subscriber, !sub.connected { return .init(status: 200, body: "ready (control server unreachable, \(sub.staleSeconds)s stale)\n") }
+            return .init(status: 200, body: "ready\n")
         case ("GET", "/stats"):
             var out = registry?.render(snapshot) ?? ""
             out += "server.workers \(workerCount)\n"
             out += "server.config_version \(version)\n"
             out += "server.draining \(draining ? 1 : 0)\n"
+            if let sub = subscriber {
+                out += "control.connected \(sub.connected ? 1 : 0)\n"
+                out += "control.version \(sub.version)\n"
+                out += "control.stale_seconds \(sub.staleSeconds)\n"
+                out += "control.update_success \(sub.updates)\n"
+                out += "control.update_rejected \(sub.rejected)\n"
+                out += "control.update_failure \(sub.failures)\n"
+            }
             return .init(status: 200, body: out)
         case ("GET", "/config_dump"):
             return .init(status: 200, contentType: "application/yaml", body: "# version \(version)\n" + source)

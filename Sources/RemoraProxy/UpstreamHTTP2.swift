@@ -108,6 +108,8 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
     var toCancel: [Int32] = []
     var toResume: [Int32] = []
     var toConsume: [(Int32, Int)] = []
+    /// Connection-level credit to return at the next flush (all DATA received so far).
+    var connectionCredit = 0
     /// Exchanges that received something during the current read (told `upstreamReadDone` after).
     var touched: [Exchange] = []
 
@@ -122,6 +124,9 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
         conn.owner = self
         conn.startReading()
     }
+
+    /// The peer's SETTINGS arrived (its stream limit is known).
+    var settingsKnown = false
 
     var hasRoom: Bool {
         !goingAway && !closing && h2.canOpenStream && all.count < h2.remoteMaxConcurrentStreams
@@ -192,6 +197,8 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
         for id in toCancel { h2.reset(stream: id, code: 0x8) }
         for id in toResume { h2.resumeData(stream: id) }
         for (id, n) in toConsume { h2.consume(stream: id, n) }
+        h2.consumeConnection(connectionCredit)
+        connectionCredit = 0
         toCancel.removeAll(keepingCapacity: true)
         toResume.removeAll(keepingCapacity: true)
         toConsume.removeAll(keepingCapacity: true)
@@ -211,7 +218,7 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
         inSession = true
         conn.cork()
         defer { conn.uncork(); inSession = false }
-        return h2.send { conn.write($0) }
+        return h2.send(until: { conn.isAboveHighWatermark }) { conn.write($0) }
     }
 
     func drain() {
@@ -338,6 +345,8 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
     }
 
     func h2Data(_ s: HTTP2Session, stream: Int32, data: UnsafeRawBufferPointer) {
+        connectionCredit += data.count
+        schedule()
         guard let st = self.stream(stream) else { toConsume.append((stream, data.count)); return }
         guard let e = st.exchange else { toConsume.append((stream, data.count)); return }
         if touched.last !== e { touched.append(e) }
@@ -367,7 +376,7 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
         goingAway = true   // no new streams; those above lastStreamID are closed by nghttp2 (REFUSED_STREAM)
     }
 
-    func h2Settings(_ s: HTTP2Session) {}
+    func h2Settings(_ s: HTTP2Session) { settingsKnown = true }
 
     func h2ReadBody(_ s: HTTP2Session, stream: Int32, into buf: UnsafeMutableRawBufferPointer) -> (count: Int, eof: Bool, trailers: Bool)? {
         guard let st = self.stream(stream) else { return (0, true, false) }

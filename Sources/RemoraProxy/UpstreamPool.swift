@@ -97,9 +97,10 @@ final class ClusterRuntime {
 
     /// A stream for `exchange` on a connection to the next endpoint that has room (the peer's
     /// SETTINGS_MAX_CONCURRENT_STREAMS), or on a new connection.
-    func openHTTP2(for exchange: Exchange, head: HeaderBlock, hasBody: Bool) -> H2UpstreamStream? {
+    /// `retry`: a stream the peer refused goes where the peer's limit is known, or on a new connection.
+    func openHTTP2(for exchange: Exchange, head: HeaderBlock, hasBody: Bool, retry: Bool = false) -> H2UpstreamStream? {
         let e = nextEndpoint()
-        var conn = h2[e].first { $0.hasRoom }
+        var conn = h2[e].first { $0.hasRoom && (!retry || $0.settingsKnown) }
         if conn == nil {
             guard let c = connect(e) else { return nil }
             let n = H2UpstreamConnection(cluster: self, endpoint: e, conn: c)
@@ -309,6 +310,7 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
     func parserMessageComplete(_ p: HTTP1Parser) {
         if interim { interim = false; return }
         responseDone = true
-        exchange?.upstreamEnd(trailers: nil)
+        if p.trailers.count > 0 { p.trailers.withRefs { exchange?.upstreamEnd(trailers: $0) } } else { exchange?.upstreamEnd(trailers: nil) }
+        p.clearTrailers()
     }
 }

@@ -174,7 +174,10 @@ final class Worker {
         freeExchanges.append(e)
     }
 
-    func scheduleFlush(_ f: any Flushable) { toFlush.append(f) }
+    func scheduleFlush(_ f: any Flushable) {
+        toFlush.append(f)
+        flushHook?.arm()
+    }
 
     func runFlushes() {
         var i = 0

@@ -69,12 +69,12 @@ extension RouteTable {
     /// (unless the route strips it).
     public func writeLocation(route i: Int, request r: RequestView, scheme: UnsafeRawBufferPointer, into out: inout ByteBuffer) {
         let route = routes[i]
-        out.append(route.scheme.count > 0 ? text(route.scheme) : scheme)
-        out.append("://")
-        if route.host.count > 0 {
-            out.append(text(route.host))
-        } else {
-            out.append(route.scheme.count > 0 ? Bytes.splitAuthority(r.authority).host : r.authority)
+        let host = route.host.count > 0 ? text(route.host)
+            : (route.scheme.count > 0 ? Bytes.splitAuthority(r.authority).host : r.authority)
+        if host.count > 0 {   // no host known (HTTP/1.0 without Host): a relative reference
+            out.append(route.scheme.count > 0 ? text(route.scheme) : scheme)
+            out.append("://")
+            out.append(host)
         }
         let path = Bytes.path(r.target)
         if !writePath(route: i, path, into: &out) { out.append(path) }

@@ -215,6 +215,9 @@ public final class RouteTable: @unchecked Sendable {   // immutable after init; 
                 }
                 i = end + 1
             }
+        } else if c.name.count == 4 && text(c.name).equalsLowercase("host") {
+            // Host is the authority: the Host header over HTTP/1.1, `:authority` over HTTP/2.
+            found = r.authority.count > 0 && (c.op.isPresence || test(c, r.authority))
         } else {
             if seen.name != c.name.start { seen = locate(c.name, r.headers) }
             let (first, last) = (seen.first, seen.last)

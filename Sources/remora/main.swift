@@ -14,8 +14,14 @@ commands:
   run --config FILE [--watch]
                            run the proxy in the foreground (SIGTERM drains, then exits 0;
                            SIGHUP, or any change with --watch, reloads FILE without a restart)
+  run --control URL --node ID --group NAME [--admin HOST:PORT] [--config FILE] [--token-file F]
+                           take the configuration from a control server (FILE: the initial one)
   validate FILE...         check config files; every error as file:line: path: message
   demo [--port N]          the proxy with a built-in config and two demo backends
+  control --state DIR [--listen HOST:PORT] [--token-file F]
+                           the control server: holds each group's config, pushes it to proxies
+  ctl [--control URL] status | get G | apply G FILE | split G ROUTE c1=W c2=W [--step N --every D]
+                           talk to the control server
   help                     this text
 
 """
@@ -70,14 +76,36 @@ func load(_ path: String) -> Config? {
 }
 
 func runCommand(_ args: Args) -> Int32 {
-    guard let path = args.options["config"] ?? args.positional.first else {
-        printErr("remora run: --config FILE is required\n\n" + usage)
+    let path = args.options["config"] ?? args.positional.first
+    let controlURL = args.options["control"]
+    guard path != nil || controlURL != nil else {
+        printErr("remora run: --config FILE or --control URL is required\n\n" + usage)
         return 2
     }
-    guard let config = load(path) else { return 1 }
-    let server = Server(config: config, source: readFile(path) ?? "")
+    var config = Config()
+    if let path {
+        guard let c = load(path) else { return 1 }
+        config = c
+    }
+    if let a = args.options["admin"] {
+        guard let hp = HostPort.parse(a) else { printErr("remora run: --admin: expected HOST:PORT, got \(a)"); return 2 }
+        config.admin = AdminConfig(address: hp)
+    }
+    let server = Server(config: config, source: path.flatMap(readFile) ?? "")
     server.configPath = path
     server.watch = args.flags.contains("watch")
+    if let url = controlURL {
+        guard let node = args.options["node"], let group = args.options["group"] else {
+            printErr("remora run: --control needs --node ID and --group NAME")
+            return 2
+        }
+        var token = getenv("REMORA_CONTROL_TOKEN").map { String(cString: $0) }
+        if let f = args.options["token-file"] {
+            guard let t = readFile(f) else { printErr("remora run: cannot read --token-file \(f)"); return 2 }
+            token = String(t.split(whereSeparator: \.isNewline).first ?? "")
+        }
+        server.control = (url, node, group, token)
+    }
     return server.run()
 }
 
@@ -169,9 +197,12 @@ let rest = argv.dropFirst(2)
 let code: Int32
 do {
     switch command {
-    case "run": code = runCommand(try Args(rest, valued: ["config"], flags: ["watch"]))
+    case "run": code = runCommand(try Args(rest, valued: ["config", "control", "node", "group", "admin", "token-file"],
+                                           flags: ["watch"]))
     case "validate": code = validateCommand(try Args(rest, valued: []))
     case "demo": code = demoCommand(try Args(rest, valued: ["port", "admin-port"]))
+    case "control": code = controlCommand(rest)
+    case "ctl": code = ctlCommand(rest)
     case "help", "--help", "-h": printOut(usage); code = 0
     default: printErr("remora: unknown command \(command)\n\n" + usage); code = 2
     }

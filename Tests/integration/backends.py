@@ -401,3 +401,33 @@ def refused_endpoint_socket(host: str = "127.0.0.1") -> socket.socket:
     s = socket.socket(_family(host), socket.SOCK_STREAM)
     s.bind((host, 0))
     return s
+
+
+class NamedBackend(HTTPBackend):
+    """An HTTPBackend that says who it is (for routing tests): every response carries
+    `X-Backend-Name: <name>`, and `/id` (any query) answers 200 with the name as the body, cheaply.
+    `delay_ms` makes it wait that long before answering anything (a slow shadow backend).
+    `.served` counts the requests it answered (including /id), under `.lock`."""
+
+    def __init__(self, name: str, host: str = "127.0.0.1", mode: str = "normal", delay_ms: int = 0, **kw):
+        self.name = name
+        self.delay_ms = delay_ms
+        self.served = 0
+        super().__init__(host, mode, **kw)
+
+    def _send(self, conn, status, headers, body, head_only, prefix=b""):
+        super()._send(conn, status, list(headers) + [("X-Backend-Name", self.name)], body, head_only, prefix)
+
+    def _respond(self, conn, req, path):
+        if self.delay_ms:
+            self.stop.wait(self.delay_ms / 1000)
+        with self.lock:
+            self.served += 1
+        if path == "/id":
+            body = self.name.encode()
+            close = any(t.strip().lower() == "close"
+                        for v in header_values(req["headers"], "connection") for t in v.split(","))
+            self._send(conn, 200, [("Content-Length", str(len(body)))] + ([("Connection", "close")] if close else []),
+                       body, req["method"] == "HEAD")
+            return not close
+        return super()._respond(conn, req, path)

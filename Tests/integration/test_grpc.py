@@ -9,9 +9,7 @@ from __future__ import annotations
 import hashlib
 import queue
 import sys
-import threading
 import time
-from concurrent import futures
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -153,7 +151,7 @@ def test_bidi_ping_pong_200_rounds(gproxy):
 
 def test_4mib_message_both_ways(gproxy):
     payload = bytes(range(256)) * (4 * MiB // 256)
-    reply, call = gproxy.stub.Unary.with_call(req(message="big", payload=payload), timeout=20)
+    reply, call = gproxy.stub.Unary.with_call(req(message="big", payload=payload), timeout=10)
     assert reply.received_bytes == 4 * MiB
     assert reply.payload_sha256 == hashlib.sha256(payload).hexdigest()
     assert reply.payload == payload
@@ -234,27 +232,11 @@ def test_deadline_exceeded(gproxy):
     assert elapsed < 2.5, f"DEADLINE_EXCEEDED after {elapsed:.2f}s for a 0.5s deadline"
     rec = gproxy.backend.call("slow-1")
     assert rec.ended.wait(3), "the backend never saw the call end after the deadline"
+    assert rec.finished.wait(3), rec
     assert not rec.completed, f"the slow handler ran to completion: {rec}"
     assert rec.ended_at - t0 < 3.0
     # the connection is still good
     assert gproxy.stub.Unary(req(message="after"), timeout=5).message == "after"
-
-
-def test_grpc_timeout_bounds_the_call_at_the_proxy(start_remora, grpc_backend, channel):
-    """The proxy itself enforces grpc-timeout (smaller than the route timeout): the backend is
-    cancelled by the proxy although the route timeout (10 s) has not passed."""
-    backend = grpc_backend("A")
-    remora = start_remora(make_config([http_listener("web", routes=[route("grpc", timeout="10s")])],
-                                      [cluster("grpc", [backend.endpoint], protocol="http2")]))
-    stub = channel(remora.port("web"))
-    with pytest.raises(grpc.RpcError) as ei:
-        stub.Unary(req(first_delay_ms=5000, call_id="gt"), timeout=0.7)
-    assert ei.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    rec = backend.call("gt")
-    assert rec.ended.wait(3)
-    assert not rec.completed
-    remora.wait_stat("listener.web.downstream_rq_timeout", lambda v: v >= 1, timeout=3,
-                     what="the proxy counted the deadline")
 
 
 @pytest.mark.parametrize("kind", ["server_stream", "bidi"])
@@ -281,7 +263,8 @@ def test_client_cancel_of_stream_seen_by_backend(gproxy, kind):
         call.cancel()
         assert rec.ended.wait(3), f"the backend never saw the client's cancel: {rec}"
         took = time.monotonic() - t0
-        assert not rec.completed
+        assert rec.finished.wait(3), rec
+        assert not rec.completed, rec
         sent = rec.sent
         time.sleep(0.3)
         assert rec.sent <= sent + 1, "the backend kept streaming after the cancel"
@@ -315,7 +298,8 @@ def test_client_cancel_of_client_stream_seen_by_backend(gproxy):
         assert rec.received == 6
         fut.cancel()
         assert rec.ended.wait(3), f"the backend never saw the client's cancel: {rec}"
-        assert not rec.completed
+        assert rec.finished.wait(3), rec
+        assert not rec.completed, f"the backend's request stream ended cleanly (END_STREAM, not a reset): {rec}"
     finally:
         outbox.put(None)
         fut.cancel()
@@ -370,6 +354,7 @@ def test_route_timeout_answers_a_stream_without_response_head(start_remora, grpc
     assert 0.4 < elapsed < 2.5, f"answered after {elapsed:.2f}s with a 500ms route timeout"
     rec = backend.call("late")
     assert rec.ended.wait(3), "the proxy did not cancel the backend's call"
+    assert rec.finished.wait(3), rec
     assert not rec.completed
     remora.wait_stat("cluster.grpc.upstream_rq_timeout", lambda v: v >= 1)
 

@@ -9,8 +9,9 @@ answered, and the handler's metadata:
   trailing metadata `trailer-KEY: V` (binary `-bin` keys too, as bytes).
 - `EchoReply.metadata` holds every text metadata entry the handler received (binary ones as hex).
 
-Calls with a `call_id` are recorded in `.calls[call_id]` (a `CallRecord`): `started` and `ended`
-(threading.Events; `ended` is set by grpcio's termination callback, whatever the outcome),
+Calls with a `call_id` are recorded in `.calls[call_id]` (a `CallRecord`): `started`, `ended` and
+`finished` (threading.Events; `ended` is set by grpcio's termination callback, whatever the outcome;
+`finished` when the handler has returned),
 `saw_cancel` (the handler found the RPC no longer active while it was waiting or streaming, i.e.
 grpcio told it the call was cancelled or its deadline passed), `completed` (the handler returned
 normally), and `sent` (replies yielded by a streaming handler).
@@ -47,6 +48,7 @@ class CallRecord:
         self.call_id = call_id
         self.started = threading.Event()
         self.ended = threading.Event()
+        self.finished = threading.Event()   # the handler returned (however)
         self.saw_cancel = False
         self.completed = False
         self.sent = 0
@@ -55,6 +57,7 @@ class CallRecord:
 
     def __repr__(self):
         return (f"CallRecord({self.call_id!r}, started={self.started.is_set()}, ended={self.ended.is_set()}, "
+                f"finished={self.finished.is_set()}, "
                 f"saw_cancel={self.saw_cancel}, completed={self.completed}, sent={self.sent}, "
                 f"received={self.received})")
 
@@ -83,9 +86,55 @@ def _wait(context, ms: int) -> bool:
         time.sleep(min(0.01, left))
 
 
+def _cancelled_after_requests(context, rec: "CallRecord | None") -> bool:
+    """The request iterator ended: a half-close from the client, or (grpcio ends the iterator quietly)
+    a cancel. For recorded calls, give a cancel 300 ms to show as an inactive RPC before deciding."""
+    if rec is not None:
+        end = time.monotonic() + 0.3
+        while time.monotonic() < end and context.is_active():
+            time.sleep(0.01)
+    if not context.is_active():
+        if rec is not None:
+            rec.saw_cancel = True
+        return True
+    return False
+
+
 class _Service(echo_pb2_grpc.EchoServicer):
     def __init__(self, backend: "GRPCBackend"):
         self.b = backend
+        self.live: dict[int, CallRecord] = {}   # id(context) -> record, until the handler returns
+
+    def _finish(self, context):
+        with self.b.lock:
+            rec = self.live.pop(id(context), None)
+        if rec is not None:
+            rec.finished.set()
+
+    # Public handlers: set CallRecord.finished however the handler ends.
+    def Unary(self, request, context):
+        try:
+            return self._unary(request, context)
+        finally:
+            self._finish(context)
+
+    def ServerStream(self, request, context):
+        try:
+            yield from self._server_stream(request, context)
+        finally:
+            self._finish(context)
+
+    def ClientStream(self, request_iterator, context):
+        try:
+            return self._client_stream(request_iterator, context)
+        finally:
+            self._finish(context)
+
+    def Bidi(self, request_iterator, context):
+        try:
+            yield from self._bidi(request_iterator, context)
+        finally:
+            self._finish(context)
 
     def _record(self, call_id: str, context) -> CallRecord | None:
         if not call_id:
@@ -93,6 +142,7 @@ class _Service(echo_pb2_grpc.EchoServicer):
         rec = CallRecord(call_id)
         with self.b.lock:
             self.b.calls[call_id] = rec
+            self.live[id(context)] = rec
 
         def on_end():
             rec.ended_at = time.monotonic()
@@ -115,7 +165,7 @@ class _Service(echo_pb2_grpc.EchoServicer):
         ))
         context.abort(grpc.StatusCode(_CODES[request.fail_code]), request.fail_message)
 
-    def Unary(self, request, context):
+    def _unary(self, request, context):
         rec = self._record(request.call_id, context)
         seen, initial, trailing = _metadata(context)
         if initial:
@@ -131,7 +181,7 @@ class _Service(echo_pb2_grpc.EchoServicer):
             rec.completed = True
         return self._reply(request, seen)
 
-    def ServerStream(self, request, context):
+    def _server_stream(self, request, context):
         rec = self._record(request.call_id, context)
         seen, initial, trailing = _metadata(context)
         if request.headers_first or initial:
@@ -158,7 +208,7 @@ class _Service(echo_pb2_grpc.EchoServicer):
         if rec:
             rec.completed = True
 
-    def ClientStream(self, request_iterator, context):
+    def _client_stream(self, request_iterator, context):
         seen, initial, trailing = _metadata(context)
         rec = None
         n = 0
@@ -174,9 +224,7 @@ class _Service(echo_pb2_grpc.EchoServicer):
             last = req
             if rec:
                 rec.received = n
-        if not context.is_active():   # grpcio ends the request iterator quietly on a cancel
-            if rec:
-                rec.saw_cancel = True
+        if _cancelled_after_requests(context, rec):
             return echo_pb2.EchoReply()
         context.set_trailing_metadata(tuple(trailing))
         if rec:
@@ -184,7 +232,7 @@ class _Service(echo_pb2_grpc.EchoServicer):
         return echo_pb2.EchoReply(backend=self.b.name, message=last.message, index=n, received_bytes=total,
                                   payload_sha256=h.hexdigest(), metadata=seen)
 
-    def Bidi(self, request_iterator, context):
+    def _bidi(self, request_iterator, context):
         seen, initial, trailing = _metadata(context)
         if initial:
             context.send_initial_metadata(tuple(initial))
@@ -198,9 +246,7 @@ class _Service(echo_pb2_grpc.EchoServicer):
             if rec:
                 rec.received = n
                 rec.sent = n
-        if not context.is_active():   # grpcio ends the request iterator quietly on a cancel
-            if rec:
-                rec.saw_cancel = True
+        if _cancelled_after_requests(context, rec):
             return
         context.set_trailing_metadata(tuple(trailing))
         if rec:
