@@ -14,7 +14,8 @@ setup:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
-	@python3 -c 'import pytest' 2>/dev/null || python3 -m pip install -q pytest
+	@python3 -c 'import pytest, grpc, google.protobuf, h2' 2>/dev/null || \
+	  python3 -m pip install -q pytest "grpcio==1.85.1" "protobuf==7.36.2" "h2==4.4.1"
 
 build: setup
 	$(SWIFT_RELEASE)
