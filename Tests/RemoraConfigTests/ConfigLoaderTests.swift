@@ -150,20 +150,34 @@ extension ListenerConfig {
                 routes:
                   - name: r
                     match: { path: { prefix: /api/ } }
-                    backends: &two [ { cluster: x, weight: 1000000 }, { cluster: x, weight: "0" } ]
+                    backends: &two [ { cluster: x, weight: 1000000 }, { cluster: y, weight: "0" } ]
                   - name: r2
                     backends: *two
             clusters:
               - { name: x, endpoints: [ "127.0.0.1:65535" ] }
+              - { name: y, endpoints: [ "127.0.0.1:65534" ] }
             """))
         #expect(c.workers == 256 && c.drainTimeout == 0 && c.admin == nil)
         #expect(c.listeners.map(\.name) == ["a.b_c-1", "b", "c"])
         #expect(c.listeners[0].virtualHosts == [VirtualHostConfig(name: "default", routes: [])])
         #expect(c.listeners[1].idleTimeout == 60_000 && c.listeners[1].virtualHosts.isEmpty)
-        let backends = [WeightedBackend(cluster: "x", weight: 1_000_000), WeightedBackend(cluster: "x", weight: 0)]
+        let backends = [WeightedBackend(cluster: "x", weight: 1_000_000), WeightedBackend(cluster: "y", weight: 0)]
         #expect(c.listeners[2].routes.map { $0.action } == [.forward(ForwardAction(backends: backends)),
                                                             .forward(ForwardAction(backends: backends))])
         #expect(c.listeners[2].routes[0].match.path == .prefix("/api/"))
+    }
+
+    @Test func sameClusterTwiceInASplitIsRefused() {
+        let e = errors("""
+            listeners:
+              - name: web
+                address: 127.0.0.1:1
+                routes: [ { name: r, backends: [ { cluster: a, weight: 1 }, { cluster: a, weight: 2 } ] } ]
+            clusters:
+              - { name: a, endpoints: [ "127.0.0.1:2" ] }
+            """)
+        #expect(e.map(\.path) == ["listeners[0].routes[0].backends[1].cluster"])
+        #expect(e.first?.message.contains("appears twice") == true)
     }
 
     /// One broken thing per config: the single error's line, path and message.

@@ -715,8 +715,6 @@ def test_h2load_through_h2_upstream_multiplexes(start_remora, h2_backend):
     assert b.max_active > 10, f"upstream streams were not concurrent (max {b.max_active} at once)"
 
 
-@pytest.mark.xfail(strict=False, reason="known race: a few streams can still be refused right after the peer's "
-                   "SETTINGS arrive on a connection opened during a burst (retried, never lost); see the closing note")
 def test_upstream_max_concurrent_streams_opens_more_connections(start_remora, h2_backend):
     b = h2_backend(max_concurrent_streams=4)
     remora = start_remora(make_config([http_listener("web")], [cluster("app", [b.endpoint], protocol="http2")],
