@@ -41,7 +41,9 @@ let package = Package(
                 dependencies: ["RemoraCore", "RemoraConfig", "RemoraIO", "RemoraHTTP", "RemoraRouting"],
                 swiftSettings: hot),
         // Control plane: `remora control` (desired state, long-poll pushes) and `remora ctl`.
-        .target(name: "RemoraControl", dependencies: ["RemoraCore", "RemoraConfig", "RemoraIO", "RemoraHTTP", "RemoraProxy"]),
+        // (CYAML: the split edit locates weights in the stored YAML text to change only them.)
+        .target(name: "RemoraControl", dependencies: ["RemoraCore", "RemoraConfig", "RemoraIO", "RemoraHTTP", "RemoraProxy",
+                                                       "CYAML"]),
         // ns per match of a compiled route table (perf/routing/README.md).
         .executableTarget(name: "RemoraRoutingBench", dependencies: ["RemoraRouting", "RemoraCore"],
                           path: "perf/routing", exclude: ["README.md"], swiftSettings: hot),

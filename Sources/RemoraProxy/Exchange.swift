@@ -494,6 +494,7 @@ final class Exchange: DeadlineTimerDelegate {
         responseStarted = true
         responseDone = true
         stats.incClass(.downstream_rq_1xx, status: status)
+        backendStats?.incClass(.upstream_rq_1xx, status: status)   // a canary that cannot answer must not look healthy
         // 204 and 304 have no content (RFC 9110 §15.3.5, §15.4.5): no length, no body.
         let noContent = status == 204 || status == 304
         let body = noContent ? UnsafeRawBufferPointer(start: nil, count: 0) : body
@@ -523,6 +524,7 @@ final class Exchange: DeadlineTimerDelegate {
         responseStarted = true
         responseDone = true
         stats.incClass(.downstream_rq_1xx, status: 200)
+        if status != .ok { backendStats?.inc(.upstream_rq_5xx) }
         var code = ByteBuffer()
         code.appendDecimal(UInt64(status.rawValue))
         var msg = ByteBuffer()

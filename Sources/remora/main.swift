@@ -20,7 +20,8 @@ commands:
   demo [--port N]          the proxy with a built-in config and two demo backends
   control --state DIR [--listen HOST:PORT] [--token-file F]
                            the control server: holds each group's config, pushes it to proxies
-  ctl [--control URL] status | get G | apply G FILE | split G ROUTE c1=W c2=W [--step N --every D]
+  ctl [--control URL] status | get G | apply G FILE | split G ROUTE c1=W c2=W
+      | split G ROUTE --canary C --step N --every D [--max-5xx-rate R]
                            talk to the control server
   help                     this text
 
