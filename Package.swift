@@ -12,6 +12,9 @@ let package = Package(
     products: [
         .executable(name: "remora", targets: ["remora"]),
     ],
+    dependencies: [
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+    ],
     targets: [
         // C modules: system libraries found through pkg-config, plus llhttp built from Debian's node-llhttp.
         .systemLibrary(name: "CLibUV", path: "CShims/CLibUV", pkgConfig: "libuv",
@@ -47,13 +50,21 @@ let package = Package(
         // ns per match of a compiled route table (perf/routing/README.md).
         .executableTarget(name: "RemoraRoutingBench", dependencies: ["RemoraRouting", "RemoraCore"],
                           path: "perf/routing", exclude: ["README.md"], swiftSettings: hot),
-        .executableTarget(name: "remora", dependencies: ["RemoraProxy", "RemoraConfig", "RemoraCore", "RemoraControl"]),
+        // `remora bench`: the load generator (HTTP/1.1 now; h2c and gRPC drivers later).
+        .target(name: "RemoraBench",
+                dependencies: ["RemoraCore", "RemoraIO", "RemoraHTTP",
+                               .product(name: "Histogram", package: "hdrhistogram-swift")],
+                swiftSettings: hot),
+        .executableTarget(name: "remora", dependencies: ["RemoraProxy", "RemoraConfig", "RemoraCore", "RemoraControl",
+                                                         "RemoraBench"]),
 
         .testTarget(name: "RemoraCoreTests", dependencies: ["RemoraCore"]),
         .testTarget(name: "RemoraConfigTests", dependencies: ["RemoraConfig", "RemoraCore"]),
         .testTarget(name: "RemoraHTTPTests", dependencies: ["RemoraHTTP", "RemoraCore"]),
         .testTarget(name: "RemoraRoutingTests", dependencies: ["RemoraRouting", "RemoraCore"]),
         .testTarget(name: "RemoraIOTests", dependencies: ["RemoraIO", "RemoraCore"]),
+        .testTarget(name: "RemoraBenchTests", dependencies: ["RemoraBench", "RemoraCore",
+                                                              .product(name: "Histogram", package: "hdrhistogram-swift")]),
         .testTarget(name: "RemoraControlTests", dependencies: ["RemoraControl", "RemoraConfig", "RemoraCore"]),
     ],
     swiftLanguageModes: [.v6]

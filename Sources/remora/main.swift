@@ -18,6 +18,7 @@ commands:
                            take the configuration from a control server (FILE: the initial one)
   validate FILE...         check config files; every error as file:line: path: message
   demo [--port N]          the proxy with a built-in config and two demo backends
+  bench [options] URL      load generator: closed/open loop, HdrHistogram latency (bench --help)
   control --state DIR [--listen HOST:PORT] [--token-file F]
                            the control server: holds each group's config, pushes it to proxies
   ctl [--control URL] status | get G | apply G FILE | split G ROUTE c1=W c2=W
@@ -202,6 +203,7 @@ do {
                                            flags: ["watch"]))
     case "validate": code = validateCommand(try Args(rest, valued: []))
     case "demo": code = demoCommand(try Args(rest, valued: ["port", "admin-port"]))
+    case "bench": code = benchCommand(rest)
     case "control": code = controlCommand(rest)
     case "ctl": code = ctlCommand(rest)
     case "help", "--help", "-h": printOut(usage); code = 0

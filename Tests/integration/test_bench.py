@@ -1,0 +1,237 @@
+"""`remora bench`: open-loop correctness (coordinated omission), bad targets, Ctrl-C, outputs.
+
+The load generator runs as a subprocess against Python backends on 127.0.0.1; every run has a
+subprocess timeout, so a hang fails the test instead of stalling the suite.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+from backends import _ServerBase
+from wire import Reader, header, parse_headers, split_head
+
+RUN_TIMEOUT = 20.0
+
+
+def bench(binary, *args: str, timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess:
+    return subprocess.run([str(binary), "bench", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def bench_json(binary, tmp_path, *args: str, name: str = "out.json", expect_code: int | None = 0) -> tuple[dict, subprocess.CompletedProcess]:
+    out = tmp_path / name
+    p = bench(binary, "--json", str(out), *args)
+    assert p.returncode >= 0, f"remora bench died of signal {-p.returncode}\n{p.stderr}"
+    if expect_code is not None:
+        assert p.returncode == expect_code, f"exit {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}"
+    return json.loads(out.read_text()), p
+
+
+class StallingBackend(_ServerBase):
+    """HTTP/1.1 keep-alive server that answers every request after `service_s`, except that the
+    whole server stalls for `stall_s` once per `period_s` (like a GC pause): a request read during
+    a stall is answered when the stall ends."""
+
+    RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain\r\n\r\nok\n"
+
+    def __init__(self, stall_s: float = 0.1, period_s: float = 1.0, service_s: float = 0.001):
+        self.stall_s, self.period_s, self.service_s = stall_s, period_s, service_s
+        self.t0 = time.monotonic()
+        self.served = 0
+        super().__init__("127.0.0.1")
+
+    def handle(self, conn, conn_id):
+        reader = Reader(conn)
+        while not self.stop.is_set():
+            try:
+                head = reader.read_until(b"\r\n\r\n")
+            except EOFError:
+                return
+            _, lines = split_head(head)
+            cl = header(parse_headers(lines), "content-length")
+            if cl:
+                reader.read_exact(int(cl))
+            if self.service_s:
+                time.sleep(self.service_s)
+            phase = (time.monotonic() - self.t0) % self.period_s
+            if phase < self.stall_s:
+                self.stop.wait(self.stall_s - phase)
+            conn.sendall(self.RESPONSE)
+            with self.lock:
+                self.served += 1
+
+
+@pytest.fixture
+def stalling_backend():
+    b = StallingBackend()
+    yield b
+    b.close()
+
+
+def p_ms(doc: dict, p: str, key: str = "latency_ms") -> float:
+    return doc[key]["percentiles"][p]
+
+
+# -- coordinated omission -------------------------------------------------------------------------
+
+@pytest.mark.timeout(40)
+def test_open_loop_p99_shows_stalls_that_closed_loop_hides(remora_binary, stalling_backend, tmp_path):
+    url = f"http://127.0.0.1:{stalling_backend.port}/"
+    # Closed loop, one connection: ~1 ms per response, so ~800 req/s. During each 100 ms stall it
+    # simply waits: one slow sample per second among ~800 — p99 never sees the stall.
+    closed, _ = bench_json(remora_binary, tmp_path, "-t", "1", "-c", "1", "-d", "4s", "-w", "500ms", url,
+                           name="closed.json")
+    # Open loop at about the same throughput: requests keep their intended send times during the
+    # stall, so ~10% of them are 0-100 ms late and p99 reflects the stall (as wrk2 reports it).
+    rate = max(200, min(800, int(closed["requests_per_s"])))
+    opened, p = bench_json(remora_binary, tmp_path, "-t", "1", "-c", "8", "-R", str(rate), "-d", "4s", "-w", "500ms",
+                           url, name="open.json")
+    summary = (f"closed: {closed['requests_per_s']:.0f} req/s p99 {p_ms(closed, 'p99')} ms; "
+               f"open: {opened['requests_per_s']:.0f} req/s p99 {p_ms(opened, 'p99')} ms "
+               f"(uncorrected {p_ms(opened, 'p99', 'uncorrected_latency_ms')} ms)")
+    print(summary)
+    assert closed["errors_total"] == 0 and opened["errors_total"] == 0, summary
+    assert closed["responses"] > 1000, summary
+    assert opened["responses"] > 0.8 * rate * 4, summary
+    assert p_ms(opened, "p99") >= 50, summary          # the stalls are visible
+    assert p_ms(closed, "p99") < 20, summary           # ... and hidden by the closed loop
+    assert p_ms(opened, "p99") > 5 * p_ms(closed, "p99"), summary
+    assert p_ms(closed, "p100") >= 50, summary         # the stall is in the closed run too, in its max only
+    assert opened["sends"]["waited_for_connection"] > 0, summary   # 8 connections stuck in each stall
+    assert "coordinated omission corrected" in p.stdout
+
+
+# -- bad targets: counted and reported, never a crash or a hang ------------------------------------
+
+def test_refused_connections_are_counted(remora_binary, refused_endpoint, tmp_path):
+    t0 = time.monotonic()
+    doc, p = bench_json(remora_binary, tmp_path, "-c", "4", "-d", "1s", f"http://{refused_endpoint}/",
+                        expect_code=1)
+    assert time.monotonic() - t0 < 8
+    assert doc["responses"] == 0
+    assert doc["errors"]["connect"] >= 4
+    assert doc["connections"]["opened"] == 0
+    assert "connect" in p.stdout and "Errors" in p.stdout
+
+
+def test_refused_with_request_count_gives_up_after_the_timeout(remora_binary, refused_endpoint, tmp_path):
+    t0 = time.monotonic()
+    doc, _ = bench_json(remora_binary, tmp_path, "-c", "2", "-n", "100", "--timeout", "500ms",
+                        f"http://{refused_endpoint}/", expect_code=1)
+    assert time.monotonic() - t0 < 8
+    assert doc["errors"]["connect"] >= 2
+
+
+def test_unreachable_target_times_out_connecting(remora_binary, tmp_path):
+    # A listener that never accepts, its backlog full: further SYNs are dropped, like a black hole.
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(0)
+    fillers = []
+    try:
+        for _ in range(4):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(lsock.getsockname())
+            fillers.append(s)
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        doc, p = bench_json(remora_binary, tmp_path, "-c", "2", "-t", "1", "-d", "1500ms", "--timeout", "300ms",
+                            f"http://127.0.0.1:{lsock.getsockname()[1]}/", expect_code=None)
+        assert time.monotonic() - t0 < 10
+        assert p.returncode in (0, 1)
+        assert doc["errors"]["connect"] >= 2, p.stdout
+    finally:
+        for s in fillers:
+            s.close()
+        lsock.close()
+
+
+@pytest.mark.parametrize("how", ["fin", "rst"])
+def test_server_closing_mid_response_is_a_reset_error(remora_binary, http_backend, tmp_path, how):
+    backend = http_backend()
+    doc, p = bench_json(remora_binary, tmp_path, "-c", "2", "-d", "1s",
+                        f"http://{backend.endpoint}/abort/cl/{how}", expect_code=1)
+    assert doc["responses"] == 0
+    assert doc["errors"]["reset"] >= 2, p.stdout
+    assert doc["errors"]["parse"] == 0
+    assert doc["connections"]["opened"] >= 2
+
+
+def test_slow_responses_time_out(remora_binary, http_backend, tmp_path):
+    backend = http_backend()
+    t0 = time.monotonic()
+    doc, p = bench_json(remora_binary, tmp_path, "-c", "2", "-d", "1s", "--timeout", "300ms",
+                        f"http://{backend.endpoint}/sleep/5000", expect_code=1)
+    assert time.monotonic() - t0 < 6   # the drain after the run is bounded by the timeout too
+    assert doc["errors"]["timeout"] >= 2, p.stdout
+    assert doc["responses"] == 0
+
+
+def test_ctrl_c_prints_the_results_so_far(remora_binary, http_backend, tmp_path):
+    backend = http_backend()
+    out = tmp_path / "int.json"
+    proc = subprocess.Popen([str(remora_binary), "bench", "-c", "2", "-d", "60s", "--json", str(out),
+                             f"http://{backend.endpoint}/"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert "INTERRUPTED" in stdout
+    doc = json.loads(out.read_text())
+    assert doc["interrupted"] is True
+    assert doc["responses"] > 0
+    assert 1.0 < doc["elapsed_s"] < 5
+
+
+# -- load shapes and outputs -----------------------------------------------------------------------
+
+def test_request_count_pipelining_body_and_outputs(remora_binary, http_backend, tmp_path):
+    backend = http_backend()
+    body = tmp_path / "body.bin"
+    body.write_bytes(b"x" * 1000)
+    doc, p = bench_json(remora_binary, tmp_path, "-c", "3", "-m", "4", "-n", "600", "--body-file", str(body),
+                        "-H", "X-Bench: yes", "--hgrm", str(tmp_path / "o.hgrm"), "--plot", str(tmp_path / "o.svg"),
+                        "--label", "first", f"http://{backend.endpoint}/mirror")
+    assert doc["responses"] == 600 and doc["sent"] == 600, p.stdout
+    assert doc["status"] == {"200": 600}
+    assert doc["errors_total"] == 0
+    assert doc["config"]["method"] == "POST"
+    assert doc["bytes_read"] > 600 * 1000
+    reqs = backend.requests
+    assert len(reqs) == 600
+    assert all(r["method"] == "POST" and r["body_length"] == 1000 and header(r["headers"], "x-bench") == "yes"
+               for r in reqs)
+    assert doc["latency_ms"]["histogram"]["encoded"].startswith("HISTF")
+    hgrm = (tmp_path / "o.hgrm").read_text()
+    assert hgrm.startswith("       Value     Percentile TotalCount 1/(1-Percentile)\n\n")
+    assert "#[Max     =" in hgrm and "Total count    =          600]" in hgrm
+    svg = (tmp_path / "o.svg").read_text()
+    assert svg.startswith("<svg") and svg.count("<polyline") == 1
+
+    # A second run drawn on the first one's chart; progress forced on (stderr is a pipe here).
+    doc2, p2 = bench_json(remora_binary, tmp_path, "-c", "2", "-d", "2200ms", "--progress", "--label", "second",
+                          "--plot", str(tmp_path / "both.svg"), "--plot-compare", str(tmp_path / "out.json"),
+                          f"http://{backend.endpoint}/", name="second.json")
+    both = (tmp_path / "both.svg").read_text()
+    assert both.count("<polyline") == 2 and "first" in both and "second" in both
+    assert sum("req/s" in line and "p99" in line for line in p2.stderr.splitlines()) >= 2, p2.stderr
+    assert not any("req/s" in line for line in p.stderr.splitlines())   # piped: quiet by default
+
+
+def test_usage_errors_exit_2(remora_binary):
+    p = bench(remora_binary, "--connections", "0", "http://127.0.0.1:1/")
+    assert p.returncode == 2 and "--connections 0" in p.stderr
+    p = bench(remora_binary, "--help")
+    assert p.returncode == 0 and "--rate" in p.stdout and "--max-connections" in p.stdout
