@@ -117,8 +117,8 @@ final class H2ServerStream: DownstreamSide {
 final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDelegate, Flushable {
     unowned(unsafe) let worker: Worker
     /// The listener; `listener` is its runtime for the current snapshot (each stream takes it anew).
-    let slot: ListenerSlot
-    var listener: ListenerRuntime { slot.current }
+    let listenerSlot: ListenerSlot
+    var listener: ListenerRuntime { listenerSlot.current }
     let conn: TCPConnection
     let h2: HTTP2Session
     let clientIP: String
@@ -136,11 +136,12 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
 
     init(worker: Worker, slot: ListenerSlot, conn: TCPConnection, clientIP: String, initial: UnsafeRawBufferPointer) {
         self.worker = worker
-        self.slot = slot
+        listenerSlot = slot
         self.conn = conn
         self.clientIP = clientIP
-        h2 = HTTP2Session(role: .server, settings: slot.current.config.http2)
+        h2 = HTTP2Session(role: .server, settings: listenerSlot.current.config.http2)
         super.init()
+        self.slot = slot
         all.reserveCapacity(listener.config.http2.maxConcurrentStreams)
         h2.delegate = self
         conn.delegate = self

@@ -12,8 +12,8 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
 
     unowned(unsafe) let worker: Worker
     /// The listener; `listener` is its runtime for the current snapshot (each request takes it anew).
-    let slot: ListenerSlot
-    var listener: ListenerRuntime { slot.current }
+    let listenerSlot: ListenerSlot
+    var listener: ListenerRuntime { listenerSlot.current }
     let conn: TCPConnection
     let parser: HTTP1Parser
     /// The client's IP, for X-Forwarded-For (an IPv4 address fits a String's inline storage).
@@ -50,11 +50,12 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
 
     init(worker: Worker, slot: ListenerSlot, conn: TCPConnection) {
         self.worker = worker
-        self.slot = slot
+        listenerSlot = slot
         self.conn = conn
-        parser = HTTP1Parser(kind: .request, maxHeadBytes: slot.current.config.maxRequestHeaderBytes)
+        parser = HTTP1Parser(kind: .request, maxHeadBytes: listenerSlot.current.config.maxRequestHeaderBytes)
         clientIP = conn.peerIP()
         super.init()
+        self.slot = slot
         parser.delegate = self
         parser.pool = worker.pool
         conn.delegate = self
@@ -91,7 +92,7 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
         if sniffed < want { return true }   // a partial preface: wait for more
         // HTTP/2: hand over the connection with the preface and whatever followed it.
         sniff.append(UnsafeRawBufferPointer(rebasing: data[i...]))
-        let h2 = H2ServerConnection(worker: worker, slot: slot, conn: conn, clientIP: clientIP, initial: sniff.bytes)
+        let h2 = H2ServerConnection(worker: worker, slot: listenerSlot, conn: conn, clientIP: clientIP, initial: sniff.bytes)
         sniff.release()
         worker.replace(self, with: h2)
         ending = true

@@ -87,10 +87,22 @@ public final class Server {
             }
             awaitingControl = configPath == nil
         }
+        if awaitingControl {
+            // Workers start with the first configuration from the control server (its `workers` counts).
+            subscriber?.start()
+        } else {
+            startWorkers(snapshot, fds: fds)
+        }
+        loop.run()
+        threads.forEach(joinThread)
+        if !loop.close() { log("main loop closed with \(loop.handleCount) handles left") }
+        return exitCode
+    }
+
+    func startWorkers(_ snap: Snapshot, fds: [[String: Int32]]) {
         registry = StatRegistry(workers: workerCount)
-        let stats = registry.stats(for: snapshot)
+        let stats = registry.stats(for: snap)
         workerMailboxes = Array(repeating: nil, count: workerCount)
-        let snap = snapshot!
         let main = mainMailbox!
         for w in 0..<workerCount {
             let myFDs = fds[w]
@@ -99,10 +111,6 @@ public final class Server {
                 Worker(id: w, snapshot: snap, stats: st).run(fds: myFDs, main: main)
             })
         }
-        loop.run()
-        threads.forEach(joinThread)
-        if !loop.close() { log("main loop closed with \(loop.handleCount) handles left") }
-        return exitCode
     }
 
     /// Binds sockets for the listeners of `cfg` that are new or moved (one per worker), returning
@@ -138,8 +146,17 @@ public final class Server {
     @discardableResult
     public func apply(_ cfg: Config, source src: String) -> ConfigErrors? {
         if draining { return ConfigErrors([ConfigError(file: "", line: 0, path: "", message: "draining")]) }
-        if !ready && !awaitingControl {
+        if awaitingControl { return startWith(cfg, source: src) }
+        if !ready {
             return ConfigErrors([ConfigError(file: "", line: 0, path: "", message: "not started yet")])
+        }
+        if cfg.workers != 0 && cfg.workers != workerCount {
+            return ConfigErrors([ConfigError(file: "", line: 0, path: "workers",
+                                             message: "fixed at start (\(workerCount) running); a restart changes it")])
+        }
+        if let a = cfg.admin, a.address != config.admin?.address {
+            return ConfigErrors([ConfigError(file: "", line: 0, path: "admin.address",
+                                             message: "fixed at start (\(adminAddress ?? "none")); a restart changes it")])
         }
         let snap: Snapshot
         do { snap = try Snapshot(config: cfg) } catch let e as ConfigErrors { return e } catch {
@@ -158,16 +175,43 @@ public final class Server {
         source = src
         version += 1
         log("configuration version \(version) applied")
-        if awaitingControl {   // the first configuration from the control server: now serving
-            awaitingControl = false
-            announce()
+        return nil
+    }
+
+    /// The first configuration of a proxy that had none: bind, start the workers (`ready` follows
+    /// once they listen).
+    func startWith(_ cfg: Config, source src: String) -> ConfigErrors? {
+        let snap: Snapshot
+        do { snap = try Snapshot(config: cfg) } catch let e as ConfigErrors { return e } catch {
+            return ConfigErrors([ConfigError(file: "", line: 0, path: "", message: "\(error)")])
         }
+        if let a = cfg.admin, a.address != config.admin?.address {
+            return ConfigErrors([ConfigError(file: "", line: 0, path: "admin.address",
+                                             message: "fixed at start (\(adminAddress ?? "none")); a restart changes it")])
+        }
+        workerCount = cfg.workers > 0 ? cfg.workers : onlineCPUs()
+        let fds: [[String: Int32]]
+        do { fds = try bindNew(cfg) } catch {
+            return ConfigErrors([ConfigError(file: "", line: 0, path: "listeners", message: "\(error)")])
+        }
+        var cfg = cfg
+        cfg.admin = config.admin
+        snapshot = snap
+        config = cfg
+        source = src
+        awaitingControl = false
+        startWorkers(snap, fds: fds)
+        log("configuration version \(version) applied; workers starting")
         return nil
     }
 
     /// Reloads `configPath` (SIGHUP, `--watch`); a bad file is reported and the serving one stays.
     func reloadFile() {
         guard let path = configPath, ready, !draining else { return }
+        if subscriber != nil {   // the control server owns the configuration; the file was only the first one
+            log("\(path) changed or SIGHUP: ignored, the configuration comes from the control server")
+            return
+        }
         switch ConfigLoader.load(path: path) {
         case .failure(let e):
             log("\(path) not applied:\n\(e)")
@@ -189,8 +233,8 @@ public final class Server {
             }
             if draining { mailbox.post(.drain) }
             if started == workerMailboxes.count && !draining {
-                subscriber?.start()
-                if !awaitingControl { announce() }
+                if !(subscriber?.running ?? true) { subscriber?.start() }
+                announce()
             }
         case .stopped:
             stopped += 1
@@ -221,6 +265,7 @@ public final class Server {
         draining = true
         subscriber?.stop()
         log("draining (up to \(timeout) ms)")
+        if threads.isEmpty { shutdownMain(); return }   // never got a configuration: nothing to drain
         workerMailboxes.forEach { $0?.post(.drain) }
         let t = LoopTimer(loop: loop)
         t.start(after: timeout) { [unowned self] in self.workerMailboxes.forEach { $0?.post(.forceClose) } }
@@ -261,7 +306,9 @@ public final class Server {
             }
             return .init(status: 200, body: out)
         case ("GET", "/config_dump"):
-            return .init(status: 200, contentType: "application/yaml", body: "# version \(version)\n" + source)
+            // The version the control server gave it, when it has one; else the local install count.
+            let v = "# version \(subscriber?.version ?? version)"
+            return .init(status: 200, contentType: "application/yaml", body: v + "\n" + source)
         case ("POST", "/drain"):
             beginDrain(timeout: config.drainTimeout)
             return .init(status: 200, body: "draining; the process exits when in-flight requests are done\n")

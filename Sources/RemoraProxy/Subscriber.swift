@@ -21,6 +21,8 @@ final class Subscriber: TCPConnectionDelegate, HTTP1ParserDelegate {
     let wait = 30
     /// The version installed (0 = none yet).
     var version = 0
+    /// The newest version seen (installed or refused): what the next poll asks beyond.
+    var seen = 0
     /// Loop time of the last answer from the control server (ms), for staleness.
     var lastContact: UInt64 = 0
     var connected = false
@@ -58,7 +60,13 @@ final class Subscriber: TCPConnectionDelegate, HTTP1ParserDelegate {
         timer = LoopTimer(loop: loop)
     }
 
-    func start() { next() }
+    var running = false
+
+    func start() {
+        running = true
+        startedAt = loop.now
+        next()
+    }
 
     func stop() {
         stopped = true
@@ -66,8 +74,13 @@ final class Subscriber: TCPConnectionDelegate, HTTP1ParserDelegate {
         conn?.close()
     }
 
-    /// Seconds since the control server last answered (0 before the first answer is due).
-    var staleSeconds: UInt64 { lastContact == 0 ? 0 : (loop.now - lastContact) / 1000 }
+    /// Seconds since the control server was last reachable (0 while a poll is held open by it;
+    /// since the start when it was never reached).
+    var staleSeconds: UInt64 {
+        if connected { return 0 }
+        return (loop.now - (lastContact == 0 ? startedAt : lastContact)) / 1000
+    }
+    var startedAt: UInt64 = 0
 
     // MARK: requests
 
@@ -77,7 +90,7 @@ final class Subscriber: TCPConnectionDelegate, HTTP1ParserDelegate {
             send("POST \(r.path) HTTP/1.1", body: r.body, timeout: 5_000)
         } else {
             let admin = server.adminAddress.map { "&admin=\($0)" } ?? ""
-            send("GET /v1/snapshot?group=\(group)&node=\(node)&version=\(version)&wait=\(wait)\(admin) HTTP/1.1",
+            send("GET /v1/snapshot?group=\(group)&node=\(node)&version=\(seen)&wait=\(wait)\(admin) HTTP/1.1",
                  body: "", timeout: UInt64(wait + 10) * 1000)
         }
     }
@@ -94,7 +107,13 @@ final class Subscriber: TCPConnectionDelegate, HTTP1ParserDelegate {
         status = 0
         answerVersion = 0
         done = false
-        if c.connect(to: address) != 0 { c.close(); return }
+        if c.connect(to: address) != 0 {   // fails at once (no route to the address): try again later
+            c.close()
+            conn = nil
+            done = true
+            retryLater()
+            return
+        }
         var head = requestLine + "\r\nhost: \(hostHeader)\r\nconnection: close\r\ncontent-length: \(requestBody.utf8.count)\r\n"
         if let token { head += "authorization: Bearer \(token)\r\n" }
         head += "\r\n" + requestBody
@@ -111,19 +130,23 @@ final class Subscriber: TCPConnectionDelegate, HTTP1ParserDelegate {
         conn = nil
         guard status != 0 else { return retryLater() }
         lastContact = loop.now
-        connected = true
-        backoff = 0
-        if !reports.isEmpty {   // an ack or nack went through
+        if !reports.isEmpty {   // an ack or nack
+            guard status < 300 else {
+                log("control: \(status) from the control server for a report on group \(group)")
+                return retryLater()
+            }
             reports.removeFirst()
         } else {
             switch status {
             case 200: install()
             case 304: break
-            default:
+            default:   // no such group yet, refused, broken: keep serving, back off
                 log("control: \(status) from the control server for group \(group)")
                 return retryLater()
             }
         }
+        connected = true
+        backoff = 0
         // Continue from the loop, not from inside this connection's parser callbacks.
         timer.start(after: 0) { [unowned self] in self.next() }
     }
@@ -147,7 +170,7 @@ final class Subscriber: TCPConnectionDelegate, HTTP1ParserDelegate {
             reports.append(("/v1/nack?group=\(group)&node=\(node)&version=\(v)", e.description))
             log("control: version \(v) refused:\n\(e)")
         }
-        if version < v { version = v }   // do not fetch a refused version again; wait for the next one
+        if seen < v { seen = v }   // a refused version is not fetched again; the next one is
     }
 
     /// Capped exponential backoff with full jitter: 100 ms doubling to 10 s.
@@ -164,7 +187,8 @@ final class Subscriber: TCPConnectionDelegate, HTTP1ParserDelegate {
     // MARK: TCPConnectionDelegate
 
     func connectionConnected(_ c: TCPConnection, _ status: Int32) {
-        if status != 0 { finished() }
+        if status != 0 { finished(); return }
+        if reports.isEmpty && backoff == 0 { connected = true; lastContact = loop.now }
     }
 
     func connectionRead(_ c: TCPConnection, _ data: UnsafeRawBufferPointer) {

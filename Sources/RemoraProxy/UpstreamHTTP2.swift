@@ -369,6 +369,7 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
             e.upstreamFailed(errorCode == 0x7 ? .refused : .reset(code: errorCode == 0 ? 0x2 : errorCode))
         }
         st.recycle(pool: cluster.worker.pool, into: &cluster.freeStreams)
+        if cluster.retired && all.isEmpty { closeNow() }
         if goingAway && all.isEmpty { schedule() }
     }
 

@@ -22,6 +22,8 @@ final class ClusterRuntime {
     var openConnections = 0
     /// A retired runtime can be let go once nothing of it is open.
     var isUnused: Bool { openConnections == 0 }
+    /// A newer snapshot dropped or changed this cluster: connections close instead of being pooled.
+    var retired = false
 
     init(worker: Worker, index: Int, config: ClusterConfig, endpoints: [SocketAddress], stats: StatBlock<ClusterStat>) {
         self.worker = worker; self.index = index; self.config = config; self.endpoints = endpoints; self.stats = stats
@@ -77,7 +79,7 @@ final class ClusterRuntime {
     /// Takes back a connection whose exchange finished cleanly; closes it when the pool is full
     /// or the worker is draining.
     func release(_ u: H1Upstream) {
-        if worker.draining || idle[u.endpoint].count >= config.maxIdlePerEndpoint {
+        if worker.draining || retired || idle[u.endpoint].count >= config.maxIdlePerEndpoint {
             u.conn.close()
             return
         }

@@ -97,6 +97,7 @@ final class Worker {
             byName[c.name] = clusters[i]
         }
         for (name, old) in clusterByName where byName[name] !== old {
+            old.retired = true   // busy connections close when their exchange ends
             old.closeIdle()
             retired.append(old)
         }
@@ -124,9 +125,12 @@ final class Worker {
             }
         }
         for (name, slot) in slots where !live.contains(name) {
-            slot.socket?.close()   // its connections finish on the runtime they hold
+            slot.socket?.close()
             slot.socket = nil
             slots[name] = nil
+            // Its connections finish what is in flight on the runtime they hold, then close.
+            var s = sessionHead
+            while let cur = s { s = cur.next; if cur.slot === slot { cur.drain() } }
         }
         snapshot = snap
         stats = st
@@ -221,6 +225,8 @@ final class Worker {
 class Session {
     unowned(unsafe) var prev: Session?
     var next: Session?
+    /// The listener the connection came in on (a removed listener drains its sessions).
+    unowned(unsafe) var slot: ListenerSlot?
     /// Finish what is in flight, then close; close now when idle.
     func drain() {}
     /// Close now.
@@ -250,6 +256,7 @@ final class ListenerSlot: ListenerDelegate {
             guard let cl = rt.tcpCluster else { rt.stats.dec(.downstream_cx_active); c.close(); return }
             s = TCPProxySession(worker: worker, listener: rt, cluster: cl, down: c)
         }
+        s.slot = self
         worker.add(s)
     }
 }

@@ -101,6 +101,12 @@ func runCommand(_ args: Args) -> Int32 {
             printErr("remora run: --control needs --node ID and --group NAME")
             return 2
         }
+        for (flag, value) in [("--node", node), ("--group", group)] where value.isEmpty || !value.utf8.allSatisfy({
+            ($0 >= 0x30 && $0 <= 0x39) || ($0 | 0x20 >= 0x61 && $0 | 0x20 <= 0x7A) || $0 == 0x2E || $0 == 0x5F || $0 == 0x2D
+        }) {
+            printErr("remora run: \(flag) \"\(value)\": use letters, digits, '.', '_' and '-'")
+            return 2
+        }
         var token = getenv("REMORA_CONTROL_TOKEN").map { String(cString: $0) }
         if let f = args.options["token-file"] {
             guard let t = readFile(f) else { printErr("remora run: cannot read --token-file \(f)"); return 2 }
