@@ -202,8 +202,8 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
             s.isDirty = false
             if s.headPending {
                 s.headPending = false
-                s.responseHead.withRefs { h2.submitResponse(stream: s.id, status: s.responseStatus, headers: $0,
-                                                            hasBody: !s.headEndsStream, lowercase: false) }
+                _ = s.responseHead.withRefs { h2.submitResponse(stream: s.id, status: s.responseStatus, headers: $0,
+                                                                hasBody: !s.headEndsStream, lowercase: false) }
             }
             if let code = s.resetCode {
                 s.resetCode = nil
