@@ -202,8 +202,8 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
             s.isDirty = false
             if s.headPending {
                 s.headPending = false
-                s.responseHead.withRefs { h2.submitResponse(stream: s.id, status: s.responseStatus, headers: $0,
-                                                            hasBody: !s.headEndsStream, lowercase: false) }
+                _ = s.responseHead.withRefs { h2.submitResponse(stream: s.id, status: s.responseStatus, headers: $0,
+                                                                hasBody: !s.headEndsStream, lowercase: false) }
             }
             if let code = s.resetCode {
                 s.resetCode = nil
@@ -385,16 +385,10 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
 
     func h2ReadBody(_ s: HTTP2Session, stream: Int32, into buf: UnsafeMutableRawBufferPointer) -> (count: Int, eof: Bool, trailers: Bool)? {
         guard let st = self.stream(stream) else { return (0, true, false) }
-        let n = min(buf.count, st.body.count)
-        if n > 0 {
-            buf.baseAddress!.copyMemory(from: st.body.base!, byteCount: n)
-            let wasBlocked = st.responseBlocked
-            st.body.consume(n)
-            if wasBlocked && !st.responseBlocked { st.exchange?.downstreamDrained() }
-        }
-        if st.body.count == 0 && st.responseEnded { return (n, true, st.hasTrailers) }
-        if n == 0 { st.deferred = true; return nil }
-        return (n, false, false)
+        let wasBlocked = st.responseBlocked
+        let r = readBody(&st.body, ended: st.responseEnded, trailers: st.hasTrailers, deferred: &st.deferred, into: buf)
+        if wasBlocked && !st.responseBlocked { st.exchange?.downstreamDrained() }
+        return r
     }
 
     // MARK: Session

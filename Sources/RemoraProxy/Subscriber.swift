@@ -117,7 +117,7 @@ final class Subscriber: TCPConnectionDelegate, HTTP1ParserDelegate {
         var head = requestLine + "\r\nhost: \(hostHeader)\r\nconnection: close\r\ncontent-length: \(requestBody.utf8.count)\r\n"
         if let token { head += "authorization: Bearer \(token)\r\n" }
         head += "\r\n" + requestBody
-        head.withUTF8 { c.write(UnsafeRawBufferPointer($0)) }
+        head.withUTF8 { _ = c.write(UnsafeRawBufferPointer($0)) }
         c.setDeadline(after: timeout)
         c.startReading()
     }

@@ -381,15 +381,23 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
 
     func h2ReadBody(_ s: HTTP2Session, stream: Int32, into buf: UnsafeMutableRawBufferPointer) -> (count: Int, eof: Bool, trailers: Bool)? {
         guard let st = self.stream(stream) else { return (0, true, false) }
-        let n = min(buf.count, st.body.count)
-        if n > 0 {
-            buf.baseAddress!.copyMemory(from: st.body.base!, byteCount: n)
-            let wasBlocked = st.requestBlocked
-            st.body.consume(n)
-            if wasBlocked && !st.requestBlocked { st.exchange?.upstreamDrained() }
-        }
-        if st.body.count == 0 && st.requestEnded { return (n, true, st.hasTrailers) }
-        if n == 0 { st.deferred = true; return nil }
-        return (n, false, false)
+        let wasBlocked = st.requestBlocked
+        let r = readBody(&st.body, ended: st.requestEnded, trailers: st.hasTrailers, deferred: &st.deferred, into: buf)
+        if wasBlocked && !st.requestBlocked { st.exchange?.upstreamDrained() }
+        return r
     }
+}
+
+/// An HTTP/2 body source's read: copies what is buffered into nghttp2's `buf`; the end (with trailers
+/// or not) once everything went; nil ("deferred": wait for `resumeData`) when nothing is buffered yet.
+func readBody(_ body: inout ByteBuffer, ended: Bool, trailers: Bool, deferred: inout Bool,
+              into buf: UnsafeMutableRawBufferPointer) -> (count: Int, eof: Bool, trailers: Bool)? {
+    let n = min(buf.count, body.count)
+    if n > 0 {
+        buf.baseAddress!.copyMemory(from: body.base!, byteCount: n)
+        body.consume(n)
+    }
+    if body.count == 0 && ended { return (n, true, trailers) }
+    if n == 0 { deferred = true; return nil }
+    return (n, false, false)
 }
