@@ -257,15 +257,20 @@ final class HTTP2Connection: BenchConnection, TCPConnectionDelegate, HTTP2Sessio
             c.close()
             return
         }
-        connected = true
-        c.clearDeadline()
+        // Up for the worker once the server's SETTINGS arrive (its stream limit known): until
+        // then nghttp2 would assume 100 streams and the server refuse those above its limit.
+        // The connect deadline runs on until then.
         c.startReading()
         if closeRequested { c.close(); return }
-        inCallback = true
+        flush()   // the preface and our SETTINGS
+    }
+
+    /// The server's SETTINGS: the connection is up; its first requests go out with the ACK.
+    func h2Settings(_ s: HTTP2Session) {
+        guard !connected else { return }
+        connected = true
+        tcp.clearDeadline()
         worker.connectionUp(self, now: monotonicNanos())
-        inCallback = false
-        flush()   // the preface, SETTINGS and the first requests in one write
-        afterCallback()
     }
 
     func connectionRead(_ c: TCPConnection, _ data: UnsafeRawBufferPointer) {
@@ -275,7 +280,7 @@ final class HTTP2Connection: BenchConnection, TCPConnectionDelegate, HTTP2Sessio
         let ok = h2.receive(data)
         inCallback = false
         flush()
-        if !ok { fail(.parse) }
+        if !ok { if connected { fail(.parse) } else { connectFailed = true; tcp.close() } }
         afterCallback()
     }
 
@@ -287,7 +292,7 @@ final class HTTP2Connection: BenchConnection, TCPConnectionDelegate, HTTP2Sessio
     func connectionDrained(_ c: TCPConnection) { flush() }
 
     func connectionEOF(_ c: TCPConnection) {
-        closedByServer = true
+        if connected { closedByServer = true } else { connectFailed = true }
         if active > 0 { fail(.reset) }
         c.close()
     }
@@ -369,7 +374,6 @@ final class HTTP2Connection: BenchConnection, TCPConnectionDelegate, HTTP2Sessio
         closedByServer = true
     }
 
-    func h2Settings(_ s: HTTP2Session) {}
 
     func h2ReadBody(_ s: HTTP2Session, stream: Int32, into buf: UnsafeMutableRawBufferPointer) -> (count: Int, eof: Bool, trailers: Bool)? {
         guard let body = proto.body, let i = slot(stream) else { return (0, true, false) }
