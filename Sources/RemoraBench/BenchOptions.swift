@@ -3,10 +3,17 @@ import RemoraCore
 /// What `remora bench` was asked to do: the parsed command line, validated, before anything is
 /// resolved or opened. Pure values; `BenchCommandLine.parse` builds it.
 public struct BenchOptions: Sendable, Equatable {
-    /// The target kind. One case per protocol driver (`BenchProtocol`); h2c and gRPC come next.
+    /// The target kind. One case per protocol driver (`BenchProtocol`).
     public enum Target: Sendable, Equatable {
         /// `http://host:port/path`: HTTP/1.1 with keep-alive.
         case http1(BenchURL)
+        /// `--h2c http://host:port/path`: HTTP/2 with prior knowledge, `--streams` per connection.
+        case h2c(BenchURL)
+        /// `--grpc host:port --method /pkg.Svc/Method`: gRPC unary over h2c; the URL's target is
+        /// the method path.
+        case grpc(BenchURL)
+
+        public var isHTTP1: Bool { if case .http1 = self { return true } else { return false } }
     }
 
     public var target: Target
@@ -36,6 +43,8 @@ public struct BenchOptions: Sendable, Equatable {
     public var method: String?
     /// File whose contents are sent as the request body (with Content-Length).
     public var bodyFile: String?
+    /// gRPC: file holding the serialized request message, sent as-is (length-prefixed).
+    public var dataFile: String?
     /// Output files.
     public var jsonPath: String?
     public var hgrmPath: String?
@@ -62,7 +71,10 @@ public struct BenchOptions: Sendable, Equatable {
     }
 
     /// The request method actually sent.
-    public var effectiveMethod: String { method ?? (bodyFile != nil ? "POST" : "GET") }
+    public var effectiveMethod: String {
+        if case .grpc = target { return "POST" }
+        return method ?? (bodyFile != nil ? "POST" : "GET")
+    }
 
     public var isOpenLoop: Bool { rate != nil }
 }
@@ -150,13 +162,18 @@ public enum BenchCommandLine {
 
     public static let help = """
     usage: remora bench [options] URL
+           remora bench --h2c [options] URL
+           remora bench --grpc HOST:PORT --method /pkg.Svc/Method [--data F] [options]
 
-    Load generator: HTTP/1.1 keep-alive against URL (http://host:port/path).
+    Load generator: HTTP/1.1 keep-alive against URL (http://host:port/path); with
+    --h2c, HTTP/2 with prior knowledge (streams multiplexed per connection); with
+    --grpc, unary gRPC calls over h2c.
 
     Load shape:                                                            [default]
       -c, --connections N      connections in total, split across threads       [16]
       -m, --streams M          requests in flight per connection (HTTP/1.1
-                               pipelining depth)                                 [1]
+                               pipelining depth; HTTP/2 concurrent streams,
+                               capped by the server's limit)                     [1]
       -t, --threads T          threads, each its own loop and connections [cores, ≤ N]
       -R, --rate R             open loop: R requests/s in total, each sent at its
                                intended time, latency measured from that time
@@ -175,6 +192,11 @@ public enum BenchCommandLine {
                                the default one)
           --method M           request method             [GET, or POST with a body]
           --body-file F        send F's bytes as the body, with Content-Length
+          --h2c                HTTP/2 with prior knowledge (cleartext) to URL
+          --grpc               gRPC: the target is HOST:PORT, --method the path
+                               (/pkg.Service/Method)
+          --data F             gRPC: F holds the serialized request message (a
+                               protobuf, sent as-is)                       [empty]
 
     Output (a summary on stdout in any case):
           --json F             results as JSON, with the encoded HdrHistogram
@@ -199,6 +221,8 @@ public enum BenchCommandLine {
         var urlText: String?
         var o = BenchOptions(target: .http1(BenchURL(host: "", port: 0, target: "/", authority: "")))
         var threadsSet = false
+        var h2c = false
+        var grpc = false
 
         func value(_ name: String, _ inline: String?) throws(BenchUsageError) -> String {
             if let inline { return inline }
@@ -224,6 +248,10 @@ public enum BenchCommandLine {
             if a.hasPrefix("--"), let eq = a.firstIndex(of: "=") {
                 name = String(a[..<eq])
                 inline = String(a[a.index(after: eq)...])
+            } else if !a.hasPrefix("--"), a.count > 2, "cmtRdnwH".contains(a[a.index(after: a.startIndex)]) {
+                // Short option with its value attached: -c16, -t1, -d5s (as wrk and h2load take them).
+                name = String(a.prefix(2))
+                inline = String(a.dropFirst(2))
             }
             switch name {
             case "-h", "--help": return .help
@@ -249,12 +277,7 @@ public enum BenchCommandLine {
                 o.timeout = try parseDuration(value(name, inline), option: name)
                 if o.timeout < nsPerMilli { throw BenchUsageError("--timeout must be at least 1ms") }
             case "-H", "--header": o.headers.append(try parseHeader(value(name, inline)))
-            case "--method":
-                let m = try value(name, inline)
-                guard !m.isEmpty, m.utf8.allSatisfy(isTokenByte) else {
-                    throw BenchUsageError("--method \(m): not a valid method token")
-                }
-                o.method = m
+            case "--method": o.method = try value(name, inline)   // checked below (gRPC: a path)
             case "--body-file": o.bodyFile = try value(name, inline)
             case "--json": o.jsonPath = try value(name, inline)
             case "--hgrm": o.hgrmPath = try value(name, inline)
@@ -263,14 +286,34 @@ public enum BenchCommandLine {
             case "--label": o.label = try value(name, inline)
             case "--progress": o.progress = true
             case "--no-progress": o.progress = false
-            case "--h2c", "--grpc", "--data":
-                throw BenchUsageError("\(name): h2c and gRPC targets are not implemented yet (HTTP/1.1 only)")
+            case "--h2c": h2c = true
+            case "--grpc": grpc = true
+            case "--data": o.dataFile = try value(name, inline)
             default:
                 throw BenchUsageError("unknown option \(a)")
             }
         }
-        guard let urlText else { throw BenchUsageError("no target URL given") }
-        o.target = .http1(try BenchURL.parse(urlText))
+        if h2c && grpc { throw BenchUsageError("--h2c and --grpc: choose one") }
+        if grpc {
+            guard let urlText else { throw BenchUsageError("--grpc: no target HOST:PORT given") }
+            guard let m = o.method else { throw BenchUsageError("--grpc needs --method /pkg.Service/Method") }
+            guard m.hasPrefix("/"), m.dropFirst().contains("/"),
+                  !m.utf8.contains(where: { $0 <= 0x20 || $0 == 0x7F }) else {
+                throw BenchUsageError("--method \(m): a gRPC method is a path like /pkg.Service/Method")
+            }
+            if o.bodyFile != nil { throw BenchUsageError("--body-file does not apply to --grpc (use --data)") }
+            var u = try BenchURL.parse(urlText.contains("://") ? urlText : "http://" + urlText)
+            u.target = m
+            o.target = .grpc(u)
+        } else {
+            guard let urlText else { throw BenchUsageError("no target URL given") }
+            if o.dataFile != nil { throw BenchUsageError("--data only applies to --grpc (use --body-file)") }
+            if let m = o.method, m.isEmpty || !m.utf8.allSatisfy(isTokenByte) {
+                throw BenchUsageError("--method \(m): not a valid method token")
+            }
+            let u = try BenchURL.parse(urlText)
+            o.target = h2c ? .h2c(u) : .http1(u)
+        }
 
         if threadsSet, let t = o.threads, t > o.connections {
             throw BenchUsageError("--threads \(t) is more than --connections \(o.connections): each thread needs a connection")

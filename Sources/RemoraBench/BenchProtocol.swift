@@ -40,4 +40,11 @@ public protocol BenchConnection: AnyObject {
     func closeWhenIdle()
     /// Closes now; in-flight requests are dropped, not counted (Ctrl-C).
     func abort()
+    /// Writes what `send` queued outside the connection's own callbacks (after
+    /// `BenchWorker.deferFlush`). Connections that write in `send` need not implement it.
+    func flush()
+}
+
+extension BenchConnection {
+    public func flush() {}
 }

@@ -20,7 +20,8 @@ public struct BenchReport {
 
     public var url: String {
         switch options.target {
-        case let .http1(u): return "http://\(u.authority)\(u.target)"
+        case let .http1(u), let .h2c(u): return "http://\(u.authority)\(u.target)"
+        case let .grpc(u): return "grpc://\(u.authority)\(u.target)"
         }
     }
 
@@ -36,7 +37,7 @@ public struct BenchReport {
         let o = options
         var s = "remora bench \(url) (\(protocolName), \(o.effectiveMethod))\n"
         let tw = threads == 1 ? "1 thread" : "\(threads) threads"
-        let streams = o.streams == 1 ? "1 request in flight each" : "up to \(o.streams) requests in flight each (pipelined)"
+        let streams = o.streams == 1 ? "1 request in flight each" : "up to \(o.streams) requests in flight each (\(o.target.isHTTP1 ? "pipelined" : "concurrent streams"))"
         if let r = o.rate {
             let grow = o.maxConnections.map { $0 > o.connections ? " (up to \($0))" : "" } ?? ""
             s += "  open loop: \(Fmt.rate(r)) requests/s over \(o.connections) connections\(grow), \(streams), \(tw);\n"
@@ -85,6 +86,10 @@ public struct BenchReport {
 
         let codes = c.statusCounts
         s += "Status        " + (codes.isEmpty ? "none" : codes.map { "\($0.code == 0 ? "other" : String($0.code)): \(Fmt.grouped($0.count))" }.joined(separator: ", ")) + "\n"
+        if case .grpc = o.target {
+            let g = c.grpcStatusCounts
+            s += "gRPC status   " + (g.isEmpty ? "none" : g.map { "\($0.code == 17 ? "missing" : String($0.code)): \(Fmt.grouped($0.count))" }.joined(separator: ", ")) + "\n"
+        }
         if c.errorsTotal == 0 {
             s += "Errors        none\n"
         } else {
@@ -142,6 +147,7 @@ public struct BenchReport {
             ("bytes_written", .int(c.bytesWritten)),
             ("bytes_read_per_s", .double(elapsedSeconds > 0 ? Double(c.bytesRead) / elapsedSeconds : 0, 1)),
             ("status", .object(c.statusCounts.map { ($0.code == 0 ? "other" : String($0.code), .int($0.count)) })),
+            ("grpc_status", .object(c.grpcStatusCounts.map { ($0.code == 17 ? "missing" : String($0.code), .int($0.count)) })),
             ("errors", .object(BenchErrorKind.allCases.map { ($0.name, .int(c[$0])) })),
             ("errors_total", .int(c.errorsTotal)),
             ("connections", .object([

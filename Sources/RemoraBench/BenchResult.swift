@@ -47,6 +47,9 @@ public struct BenchCounters: Sendable, Equatable {
     public var bytesWritten: UInt64 = 0
     /// Responses by status code: index = status (100…599); index 0 = anything else.
     public var status = [UInt64](repeating: 0, count: 600)
+    /// gRPC responses by grpc-status: index = code (0…16); 17 = missing or out of range. All zero
+    /// for HTTP targets.
+    public var grpcStatus = [UInt64](repeating: 0, count: 18)
     /// Failed requests (and connection attempts, for `.connect`) by kind.
     public var errors = [UInt64](repeating: 0, count: BenchErrorKind.allCases.count)
     /// Connections established.
@@ -87,6 +90,7 @@ public struct BenchCounters: Sendable, Equatable {
         bytesWritten += o.bytesWritten
         for i in status.indices { status[i] += o.status[i] }
         for i in errors.indices { errors[i] += o.errors[i] }
+        for i in grpcStatus.indices { grpcStatus[i] += o.grpcStatus[i] }
         connectionsOpened += o.connectionsOpened
         connectionsClosedByServer += o.connectionsClosedByServer
         connectionsPeak += o.connectionsPeak   // threads run side by side: the peaks add up
@@ -96,6 +100,11 @@ public struct BenchCounters: Sendable, Equatable {
         waitedForConnection += o.waitedForConnection
         expiredUnsent += o.expiredUnsent
         unsentAtEnd += o.unsentAtEnd
+    }
+
+    /// gRPC status codes that occurred, ascending, with their counts (17 = missing).
+    public var grpcStatusCounts: [(code: Int, count: UInt64)] {
+        grpcStatus.indices.filter { grpcStatus[$0] > 0 }.map { ($0, grpcStatus[$0]) }
     }
 
     /// Status codes that occurred, ascending, with their counts (index 0 reported as 0).

@@ -49,6 +49,8 @@ public final class BenchWorker {
     /// Open loop: the next send is too close for a timer; the loop polls instead (`iteration`).
     var spinning = false
     var hook: IterationHook?
+    /// Connections with requests queued by a send from a timer (open loop), written after it.
+    var toFlush: [any BenchConnection] = []
     /// When connects began failing with none succeeding since, ns (0 = not failing).
     var failingSince: UInt64 = 0
 
@@ -259,6 +261,7 @@ public final class BenchWorker {
     /// and sends between I/O callbacks. (A 0 ms timer re-armed from its own callback would make
     /// libuv < 1.48 spin in its timer phase without polling I/O.)
     func tick() {
+        defer { flushDeferred() }
         guard let ms = sendDue() else { return }
         if ms > 0 {
             tickTimer?.start(after: ms, tickHandler!)
@@ -271,6 +274,7 @@ public final class BenchWorker {
     /// Once per loop iteration, after I/O (uv_check): while polling, send what is due.
     func iteration() {
         guard spinning else { return }
+        defer { flushDeferred() }
         guard let ms = sendDue() else { spinning = false; return }
         if ms > 0 {
             spinning = false
@@ -319,19 +323,42 @@ public final class BenchWorker {
 
     // MARK: from the connections
 
+    /// `c` queued a request outside its own callbacks: it is flushed once the current tick is
+    /// done (one write per connection per loop iteration).
+    public func deferFlush(_ c: any BenchConnection) {
+        toFlush.append(c)
+    }
+
+    func flushDeferred() {
+        if toFlush.isEmpty { return }
+        for c in toFlush { c.flush() }
+        toFlush.removeAll(keepingCapacity: true)
+    }
+
     /// Bytes read (counted from the measured period on).
     @inline(__always)
     public func noteRead(_ n: Int, now: UInt64) {
         if now >= measureStart { result.counters.bytesRead &+= UInt64(n) }
     }
 
+    /// Bytes written by a connection whose requests share writes (HTTP/2), counted from the
+    /// measured period on; its `send` returns 0.
+    @inline(__always)
+    public func noteWritten(_ n: Int, now: UInt64) {
+        if now >= measureStart { result.counters.bytesWritten &+= UInt64(n) }
+    }
+
     /// A response is complete. `c` may be sent on again from here.
     @inline(__always)
-    public func responded(_ c: any BenchConnection, origin: UInt64, sent: UInt64, now: UInt64, status: Int) {
+    public func responded(_ c: any BenchConnection, origin: UInt64, sent: UInt64, now: UInt64, status: Int,
+                          grpcStatus: Int = -1) {
         inFlight -= 1
         if origin >= measureStart {
             result.counters.responses &+= 1
             result.counters.status[status >= 100 && status < 600 ? status : 0] &+= 1
+            if grpcStatus != -1 {
+                result.counters.grpcStatus[grpcStatus >= 0 && grpcStatus < 17 ? grpcStatus : 17] &+= 1
+            }
             let us = (now &- origin) / 1000
             result.latency.record(us < LatencyHistogram.highestTrackable ? us : LatencyHistogram.highestTrackable)
             if openLoop {

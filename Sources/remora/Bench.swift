@@ -54,6 +54,28 @@ func benchCommand(_ argv: ArraySlice<String>) -> Int32 {
         let request = HTTP1Protocol.serialize(method: options.effectiveMethod, url: url, headers: options.headers, body: body)
         proto = HTTP1Protocol(request: request, method: options.effectiveMethod, streams: options.streams,
                               timeoutNs: options.timeout)
+    case let .h2c(url), let .grpc(url):
+        do {
+            addresses = try Resolver.resolve(HostPort(host: url.host, port: url.port))
+        } catch {
+            printErr("remora bench: \(error)")
+            return 1
+        }
+        var isGRPC = false
+        if case .grpc = options.target {
+            isGRPC = true
+            if let path = options.dataFile {
+                guard let b = readWholeFile(path) else {
+                    printErr("remora bench: --data \(path): \(String(cString: strerror(errno)))")
+                    return 1
+                }
+                body = b
+            } else {
+                body = []
+            }
+        }
+        proto = HTTP2Protocol(grpc: isGRPC, method: options.effectiveMethod, url: url, headers: options.headers,
+                              body: body, streams: options.streams, timeoutNs: options.timeout)
     }
 
     var o = options

@@ -103,8 +103,35 @@ import Testing
         #expect(error("-H Bad\tName:1 http://a/")?.contains("not a valid header name") == true)
         #expect(error("-H Content-Length:5 http://a/")?.contains("--body-file") == true)
         #expect(error("--method G\u{1}T http://a/")?.contains("not a valid method") == true)
-        #expect(error("--h2c http://a/")?.contains("not implemented yet") == true)
+        #expect(error("--h2c --grpc http://a/")?.contains("choose one") == true)
+        #expect(error("--grpc 127.0.0.1:50051")?.contains("needs --method") == true)
+        #expect(error("--grpc 127.0.0.1:50051 --method Unary")?.contains("/pkg.Service/Method") == true)
+        #expect(error("--grpc a:1 --method /p.S/M --body-file b")?.contains("use --data") == true)
+        #expect(error("--grpc --method /p.S/M")?.contains("no target") == true)
+        #expect(error("--data d.bin http://a/")?.contains("only applies to --grpc") == true)
+        #expect(error("--h2c --method /p.S/M http://a/")?.contains("not a valid method") == true)
         #expect(error("https://a/")?.contains("https is not supported") == true)
+    }
+
+    @Test func h2cAndGRPCTargets() throws {
+        let h = try parse("--h2c http://127.0.0.1:8080/path -c 16 -m 32 -d 5s")
+        #expect(h.target == .h2c(BenchURL(host: "127.0.0.1", port: 8080, target: "/path", authority: "127.0.0.1:8080")))
+        #expect(h.connections == 16 && h.streams == 32 && h.duration == 5 * nsPerSecond)
+        #expect(h.effectiveMethod == "GET")
+        let h2 = try parse("-t1 -c16 -m32 -d5s --h2c http://a/")   // attached short-option values
+        #expect(h2.target == .h2c(BenchURL(host: "a", port: 80, target: "/", authority: "a")))
+        #expect(h2.threads == 1 && h2.connections == 16 && h2.streams == 32 && h2.duration == 5 * nsPerSecond)
+        #expect(try parse("--h2c --body-file b http://a/").effectiveMethod == "POST")
+
+        let g = try parse("--grpc 127.0.0.1:50051 --method /pkg.Svc/Method --data req.bin -c 4 -m 8 -d 5s -R 100 --json j")
+        #expect(g.target == .grpc(BenchURL(host: "127.0.0.1", port: 50051, target: "/pkg.Svc/Method",
+                                           authority: "127.0.0.1:50051")))
+        #expect(g.dataFile == "req.bin")
+        #expect(g.effectiveMethod == "POST")
+        #expect(g.connections == 4 && g.streams == 8 && g.rate == 100 && g.jsonPath == "j")
+        let g2 = try parse("--grpc http://[::1]:9000 --method=/a.B/C")   // a URL works too; no --data: empty message
+        #expect(g2.target == .grpc(BenchURL(host: "::1", port: 9000, target: "/a.B/C", authority: "[::1]:9000")))
+        #expect(g2.dataFile == nil)
     }
 
     @Test func headerValuesAreTrimmedAndChecked() throws {

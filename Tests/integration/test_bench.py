@@ -235,3 +235,74 @@ def test_usage_errors_exit_2(remora_binary):
     assert p.returncode == 2 and "--connections 0" in p.stderr
     p = bench(remora_binary, "--help")
     assert p.returncode == 0 and "--rate" in p.stdout and "--max-connections" in p.stdout
+
+
+# -- h2c and gRPC ------------------------------------------------------------------------------
+
+def test_h2c_closed_and_open_loop(remora_binary, tmp_path):
+    pytest.importorskip("h2", reason="hyper-h2 is not installed (pip install h2)")
+    from test_http2 import H2Backend
+
+    backend = H2Backend(max_concurrent_streams=8)
+    try:
+        doc, p = bench_json(remora_binary, tmp_path, "--h2c", "-c", "4", "-m", "32", "-t", "2", "-d", "1s",
+                            "--hgrm", str(tmp_path / "h.hgrm"), "--plot", str(tmp_path / "h.svg"),
+                            f"http://{backend.endpoint}/bytes/100")
+        assert "HTTP/2 (h2c)" in p.stdout
+        assert doc["responses"] > 0 and doc["errors_total"] == 0, p.stdout
+        assert doc["status"] == {"200": doc["responses"]}
+        assert doc["bytes_read"] > doc["responses"] * 100 and doc["bytes_written"] > 0
+        assert doc["connections"]["opened"] == 4
+        # Streams multiplexed, and capped by the server's SETTINGS_MAX_CONCURRENT_STREAMS (8 < -m 32).
+        assert 1 < backend.max_active <= 8
+        assert backend.refused == 0
+        assert (tmp_path / "h.hgrm").read_text().startswith("       Value")
+        assert (tmp_path / "h.svg").read_text().startswith("<svg")
+
+        # Open loop with a POST body.
+        body = tmp_path / "body.bin"
+        body.write_bytes(b"x" * 300)
+        n_before = len(backend.requests)
+        doc, p = bench_json(remora_binary, tmp_path, "--h2c", "-c", "2", "-m", "4", "-R", "200", "-d", "1s",
+                            "--body-file", str(body), f"http://{backend.endpoint}/echo", name="open.json")
+        assert doc["errors_total"] == 0 and 150 <= doc["responses"] <= 250, p.stdout
+        assert "sends" in doc
+        reqs = backend.requests[n_before:]
+        assert reqs and all(dict(r["headers"])[":method"] == "POST" and r["body_length"] == 300
+                            and dict(r["headers"])["content-length"] == "300" for r in reqs), reqs[:1]
+    finally:
+        backend.close()
+
+
+def test_grpc_unary(remora_binary, tmp_path):
+    pytest.importorskip("grpc", reason="grpcio is not installed (pip install grpcio protobuf)")
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "grpc_fixtures"))
+    import echo_pb2
+    from echo_server import GRPCBackend
+
+    backend = GRPCBackend("bench")
+    try:
+        req = tmp_path / "req.bin"
+        req.write_bytes(echo_pb2.EchoRequest(message="hello", payload=b"p" * 64).SerializeToString())
+        doc, p = bench_json(remora_binary, tmp_path, "--grpc", backend.endpoint, "--method", "/remora.test.Echo/Unary",
+                            "--data", str(req), "-c", "4", "-m", "8", "-d", "1s")
+        assert "gRPC status   0: " in p.stdout, p.stdout
+        assert doc["responses"] > 0 and doc["errors_total"] == 0, p.stdout
+        assert doc["grpc_status"] == {"0": doc["responses"]}
+        assert doc["status"] == {"200": doc["responses"]}
+
+        # A failing method: grpc-status from a trailers-only response is counted, not an error.
+        bad = tmp_path / "bad.bin"
+        bad.write_bytes(echo_pb2.EchoRequest(fail_code=5).SerializeToString())
+        doc, p = bench_json(remora_binary, tmp_path, "--grpc", backend.endpoint, "--method", "/remora.test.Echo/Unary",
+                            "--data", str(bad), "-c", "1", "-m", "2", "-n", "50", name="bad.json")
+        assert doc["grpc_status"] == {"5": 50} and doc["errors_total"] == 0, p.stdout
+
+        # An unknown method: UNIMPLEMENTED (12).
+        doc, p = bench_json(remora_binary, tmp_path, "--grpc", backend.endpoint, "--method", "/remora.test.Echo/Nope",
+                            "-c", "1", "-n", "10", name="unimpl.json")
+        assert doc["grpc_status"] == {"12": 10}, p.stdout
+    finally:
+        backend.server.stop(None).wait(5)

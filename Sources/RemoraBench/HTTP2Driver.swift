@@ -1,0 +1,386 @@
+import RemoraCore
+import RemoraHTTP
+import RemoraIO
+
+/// HTTP/2 with prior knowledge (h2c) and gRPC unary over it, on the data plane's `HTTP2Session`
+/// (nghttp2) as a client. The header block and the request body (gRPC: the length-prefixed
+/// message) are built once per run and shared by every stream of every connection.
+public final class HTTP2Protocol: BenchProtocol, @unchecked Sendable {
+    public let name: String
+    public let streamsPerConnection: Int
+    public let isGRPC: Bool
+    let timeoutMs: UInt64
+    let timeoutNs: UInt64
+    /// One allocation holding method, authority, path, every header name and value, and the body.
+    let storage: UnsafeMutableRawBufferPointer
+    let method: UnsafeRawBufferPointer
+    let authority: UnsafeRawBufferPointer
+    let path: UnsafeRawBufferPointer
+    let headers: UnsafeMutableBufferPointer<HeaderRef>
+    /// nil: no body (no DATA frame, END_STREAM on HEADERS).
+    let body: UnsafeRawBufferPointer?
+
+    /// h2c: `headers` as given (names lowercased here); a Host header becomes `:authority`.
+    /// gRPC: `path` is `/pkg.Service/Method`, `body` the serialized message (prefixed here).
+    public init(grpc: Bool, method: String, url: BenchURL, headers hs: [BenchOptions.Header], body rawBody: [UInt8]?,
+                streams: Int, timeoutNs: UInt64) {
+        isGRPC = grpc
+        name = grpc ? "gRPC (HTTP/2, h2c)" : "HTTP/2 (h2c)"
+        streamsPerConnection = max(1, streams)
+        self.timeoutNs = timeoutNs
+        timeoutMs = max(1, (timeoutNs + nsPerMilli - 1) / nsPerMilli)
+
+        var authorityText = url.authority
+        var fields: [(String, String)] = []
+        for h in hs {
+            let n = h.name.lowercased()
+            if n == "host" { authorityText = h.value; continue }
+            fields.append((n, h.value))
+        }
+        var bodyBytes = rawBody
+        if grpc {
+            let msg = rawBody ?? []
+            let n = UInt32(msg.count)
+            bodyBytes = [0, UInt8(n >> 24), UInt8((n >> 16) & 0xFF), UInt8((n >> 8) & 0xFF), UInt8(n & 0xFF)] + msg
+            if !fields.contains(where: { $0.0 == "content-type" }) { fields.insert(("content-type", "application/grpc"), at: 0) }
+            if !fields.contains(where: { $0.0 == "te" }) { fields.insert(("te", "trailers"), at: 1) }
+        } else if let b = bodyBytes {
+            fields.append(("content-length", String(b.count)))
+        }
+
+        var flat: [UInt8] = []
+        var ranges: [Range<Int>] = []
+        func put(_ s: String) { let a = flat.count; flat += Array(s.utf8); ranges.append(a..<flat.count) }
+        put(method); put(authorityText); put(url.target)
+        for (n, v) in fields { put(n); put(v) }
+        let bodyStart = flat.count
+        if let b = bodyBytes { flat += b }
+        storage = .allocate(byteCount: max(1, flat.count), alignment: 16)
+        storage.copyBytes(from: flat)
+        let base = UnsafeRawBufferPointer(storage)
+        func slice(_ r: Range<Int>) -> UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: base[r]) }
+        self.method = slice(ranges[0])
+        authority = slice(ranges[1])
+        path = slice(ranges[2])
+        headers = .allocate(capacity: max(1, fields.count))
+        for i in 0..<fields.count {
+            headers[i] = HeaderRef(name: slice(ranges[3 + 2 * i]), value: slice(ranges[4 + 2 * i]))
+        }
+        headerCount = fields.count
+        body = bodyBytes.map { _ in slice(bodyStart..<flat.count) }
+    }
+
+    let headerCount: Int
+
+    deinit {
+        storage.deallocate()
+        headers.deallocate()
+    }
+
+    var headerList: UnsafeBufferPointer<HeaderRef> {
+        UnsafeBufferPointer(rebasing: UnsafeBufferPointer(headers)[0..<headerCount])
+    }
+
+    public func makeConnection(worker: BenchWorker) -> any BenchConnection {
+        HTTP2Connection(worker: worker, proto: self)
+    }
+}
+
+/// One HTTP/2 connection carrying up to `--streams` concurrent streams (fewer when the server's
+/// SETTINGS_MAX_CONCURRENT_STREAMS says so). Per-stream state lives in fixed tables indexed by a
+/// slot number (the stream's user data); nothing is allocated per request. Frames queued by the
+/// requests and responses of one callback go out in one corked write at its end (sends from the
+/// worker's timers are flushed by the worker after its tick).
+final class HTTP2Connection: BenchConnection, TCPConnectionDelegate, HTTP2SessionDelegate {
+    unowned(unsafe) let worker: BenchWorker
+    let proto: HTTP2Protocol
+    let tcp: TCPConnection
+    let h2: HTTP2Session
+    let depth: Int
+    // Per-slot tables.
+    let origins: UnsafeMutablePointer<UInt64>
+    let sents: UnsafeMutablePointer<UInt64>
+    let streamIDs: UnsafeMutablePointer<Int32>
+    let bodyOffsets: UnsafeMutablePointer<Int>
+    let statuses: UnsafeMutablePointer<Int>
+    let grpcStatuses: UnsafeMutablePointer<Int>
+    let ended: UnsafeMutablePointer<Bool>
+    /// Free slot numbers (a stack).
+    let freeList: UnsafeMutablePointer<Int>
+    var freeCount: Int
+    var active = 0
+    var connected = false
+    var goingAway = false
+    var closeRequested = false
+    var aborted = false
+    var connectFailed = false
+    var closedByServer = false
+    var failKind: BenchErrorKind?
+    /// Inside one of our I/O callbacks: flush at its end, never close mid-way.
+    var inCallback = false
+    /// Handed to the worker for a flush after its tick.
+    var flushDeferred = false
+    var now: UInt64 = 0
+    /// DATA bytes received whose connection-level credit goes back at the next flush.
+    var connectionCredit = 0
+    /// Send time of the request the connection's deadline is for (the oldest in flight).
+    var deadlineSent: UInt64 = 0
+
+    init(worker: BenchWorker, proto: HTTP2Protocol) {
+        self.worker = worker
+        self.proto = proto
+        depth = proto.streamsPerConnection
+        origins = .allocate(capacity: depth)
+        sents = .allocate(capacity: depth)
+        streamIDs = .allocate(capacity: depth)
+        bodyOffsets = .allocate(capacity: depth)
+        statuses = .allocate(capacity: depth)
+        grpcStatuses = .allocate(capacity: depth)
+        ended = .allocate(capacity: depth)
+        freeList = .allocate(capacity: depth)
+        for i in 0..<depth { freeList[i] = depth - 1 - i; streamIDs[i] = -1 }
+        freeCount = depth
+        tcp = TCPConnection(loop: worker.loop)
+        h2 = HTTP2Session(role: .client, settings: HTTP2Settings(initialStreamWindow: 16 << 20, connectionWindow: 64 << 20))
+        h2.delegate = self
+        tcp.delegate = self
+        tcp.owner = self
+    }
+
+    deinit {
+        origins.deallocate(); sents.deallocate(); streamIDs.deallocate(); bodyOffsets.deallocate()
+        statuses.deallocate(); grpcStatuses.deallocate(); ended.deallocate(); freeList.deallocate()
+    }
+
+    // MARK: BenchConnection
+
+    func connect(to address: SocketAddress) {
+        if tcp.connect(to: address) != 0 {
+            connectFailed = true
+            tcp.close()
+            return
+        }
+        tcp.setDeadline(after: proto.timeoutMs)
+    }
+
+    var freeSlots: Int {
+        @inline(__always) get {
+            guard connected && !goingAway && !closeRequested && failKind == nil && !tcp.isClosing else { return 0 }
+            let limit = min(depth, h2.remoteMaxConcurrentStreams)
+            return limit > active ? limit - active : 0
+        }
+    }
+
+    func send(origin: UInt64, now: UInt64) -> Int {
+        guard freeCount > 0 else { fail(.reset); return 0 }
+        freeCount -= 1
+        let slot = freeList[freeCount]
+        origins[slot] = origin
+        sents[slot] = now
+        bodyOffsets[slot] = 0
+        statuses[slot] = 0
+        grpcStatuses[slot] = -1
+        ended[slot] = false
+        let id = h2.submitRequest(method: proto.method, scheme: "http", authority: proto.authority, path: proto.path,
+                                  headers: proto.headerList, lowercase: false, hasBody: proto.body != nil,
+                                  streamData: UnsafeMutableRawPointer(bitPattern: slot + 1))
+        if id < 0 {
+            freeList[freeCount] = slot
+            freeCount += 1
+            worker.failed(.reset, origin: origin)   // counted; the connection takes no more
+            goingAway = true
+            return 0
+        }
+        streamIDs[slot] = id
+        active += 1
+        if active == 1 {
+            deadlineSent = now
+            tcp.setDeadline(after: proto.timeoutMs)
+        }
+        if !inCallback && !flushDeferred {
+            flushDeferred = true
+            worker.deferFlush(self)
+        }
+        return 0   // bytes are counted when written (`flush`), frames being shared between requests
+    }
+
+    func flush() {
+        flushDeferred = false
+        guard !tcp.isClosing else { return }
+        h2.consumeConnection(connectionCredit)
+        connectionCredit = 0
+        var written = 0
+        tcp.cork()
+        let ok = h2.send(until: { tcp.isAboveHighWatermark }) { written += $0.count; return tcp.write($0) }
+        tcp.uncork()
+        if written > 0 { worker.noteWritten(written, now: monotonicNanos()) }
+        if !ok { fail(.reset) }
+    }
+
+    func closeWhenIdle() {
+        closeRequested = true
+        if active == 0 && !inCallback { tcp.close() }
+    }
+
+    func abort() {
+        aborted = true
+        tcp.close()
+    }
+
+    func fail(_ kind: BenchErrorKind) {
+        if failKind == nil { failKind = kind }
+        if !inCallback { tcp.close() }
+    }
+
+    @inline(__always)
+    func slot(_ stream: Int32) -> Int? {
+        guard let p = h2.streamData(stream) else { return nil }
+        let s = Int(bitPattern: p) - 1
+        return s >= 0 && s < depth && streamIDs[s] == stream ? s : nil
+    }
+
+    /// Re-arms the deadline for the oldest request still in flight.
+    func rearmDeadline() {
+        if active == 0 { tcp.clearDeadline(); return }
+        var oldest = UInt64.max
+        for i in 0..<depth where streamIDs[i] >= 0 && sents[i] < oldest { oldest = sents[i] }
+        deadlineSent = oldest
+        let due = oldest &+ proto.timeoutNs
+        tcp.setDeadline(after: due > now ? (due - now + nsPerMilli - 1) / nsPerMilli : 0)
+    }
+
+    // MARK: TCPConnectionDelegate
+
+    func connectionConnected(_ c: TCPConnection, _ status: Int32) {
+        guard status == 0 else {
+            connectFailed = true
+            c.close()
+            return
+        }
+        // Up for the worker once the server's SETTINGS arrive (its stream limit known): until
+        // then nghttp2 would assume 100 streams and the server refuse those above its limit.
+        // The connect deadline runs on until then.
+        c.startReading()
+        if closeRequested { c.close(); return }
+        flush()   // the preface and our SETTINGS
+    }
+
+    /// The server's SETTINGS: the connection is up; its first requests go out with the ACK.
+    func h2Settings(_ s: HTTP2Session) {
+        guard !connected else { return }
+        connected = true
+        tcp.clearDeadline()
+        worker.connectionUp(self, now: monotonicNanos())
+    }
+
+    func connectionRead(_ c: TCPConnection, _ data: UnsafeRawBufferPointer) {
+        now = monotonicNanos()
+        worker.noteRead(data.count, now: now)
+        inCallback = true
+        let ok = h2.receive(data)
+        inCallback = false
+        flush()
+        if !ok { if connected { fail(.parse) } else { connectFailed = true; tcp.close() } }
+        afterCallback()
+    }
+
+    func afterCallback() {
+        if failKind != nil { tcp.close() }
+        else if (closeRequested || goingAway) && active == 0 { tcp.close() }
+    }
+
+    func connectionDrained(_ c: TCPConnection) { flush() }
+
+    func connectionEOF(_ c: TCPConnection) {
+        if connected { closedByServer = true } else { connectFailed = true }
+        if active > 0 { fail(.reset) }
+        c.close()
+    }
+
+    func connectionError(_ c: TCPConnection, _ code: Int32) {
+        if connected { fail(.reset) } else { connectFailed = true }
+        c.close()
+    }
+
+    func connectionTimeout(_ c: TCPConnection) {
+        if connected { fail(.timeout) } else { connectFailed = true }
+        c.close()
+    }
+
+    func connectionClosed(_ c: TCPConnection) {
+        var dropped = 0
+        for i in 0..<depth where streamIDs[i] >= 0 {
+            streamIDs[i] = -1
+            active -= 1
+            if aborted { dropped += 1 } else { worker.failed(failKind ?? .reset, origin: origins[i]) }
+        }
+        h2.delegate = nil
+        worker.connectionGone(self, wasConnected: connected, connectFailed: connectFailed,
+                              closedByServer: closedByServer && !aborted, inFlightDropped: dropped)
+    }
+
+    // MARK: HTTP2SessionDelegate
+
+    func h2BeginHeaders(_ s: HTTP2Session, stream: Int32) {}
+
+    func h2Header(_ s: HTTP2Session, stream: Int32, name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) -> Bool {
+        guard let i = slot(stream) else { return true }
+        if name.count == 7 && name.equalsLowercase(":status") {
+            var v = 0
+            for ch in value where ch >= 0x30 && ch <= 0x39 { v = v * 10 + Int(ch &- 0x30) }
+            statuses[i] = v
+        } else if name.count == 11 && name.equalsLowercase("grpc-status") {
+            var v = 0
+            for ch in value where ch >= 0x30 && ch <= 0x39 { v = v * 10 + Int(ch &- 0x30) }
+            grpcStatuses[i] = v
+        }
+        return true
+    }
+
+    func h2HeadersComplete(_ s: HTTP2Session, stream: Int32, endStream: Bool) {
+        guard let i = slot(stream) else { return }
+        if statuses[i] >= 100 && statuses[i] < 200 && !endStream { statuses[i] = 0; return }   // interim
+        if endStream { ended[i] = true }
+    }
+
+    func h2Data(_ s: HTTP2Session, stream: Int32, data: UnsafeRawBufferPointer) {
+        connectionCredit += data.count
+        h2.consume(stream: stream, data.count)
+    }
+
+    func h2DataEnd(_ s: HTTP2Session, stream: Int32) {
+        if let i = slot(stream) { ended[i] = true }
+    }
+
+    func h2StreamClosed(_ s: HTTP2Session, stream: Int32, errorCode: UInt32) {
+        guard let i = slot(stream) else { return }
+        streamIDs[i] = -1
+        active -= 1
+        freeList[freeCount] = i
+        freeCount += 1
+        let origin = origins[i]
+        let sent = sents[i]
+        if sent == deadlineSent { rearmDeadline() }
+        if ended[i] && errorCode == 0 {
+            worker.responded(self, origin: origin, sent: sent, now: now, status: statuses[i],
+                             grpcStatus: proto.isGRPC ? grpcStatuses[i] : -1)
+        } else {
+            worker.failed(.reset, origin: origin)
+        }
+    }
+
+    func h2GoAway(_ s: HTTP2Session, lastStreamID: Int32, errorCode: UInt32) {
+        goingAway = true
+        closedByServer = true
+    }
+
+
+    func h2ReadBody(_ s: HTTP2Session, stream: Int32, into buf: UnsafeMutableRawBufferPointer) -> (count: Int, eof: Bool, trailers: Bool)? {
+        guard let body = proto.body, let i = slot(stream) else { return (0, true, false) }
+        let off = bodyOffsets[i]
+        let n = min(buf.count, body.count - off)
+        if n > 0 { buf.baseAddress!.copyMemory(from: body.baseAddress! + off, byteCount: n) }
+        bodyOffsets[i] = off + n
+        return (n, off + n == body.count, false)
+    }
+}
