@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Remora vs HAProxy vs nginx: side-by-side benchmark (NOT a test).
+# Remora vs HAProxy vs nginx vs nghttpx: side-by-side benchmark (NOT a test).
 #
-# Usage: perf/run.sh [--quick] [--rounds N] [--duration S] [--only remora,haproxy,nginx]
-#                    [--scenarios h1,tcp,rss] [--callgrind] [--conns N] [--help]
-# Env:   REMORA_BIN (default .build/release/remora), ROUNDS, DURATION, CONNS,
-#        LOAD_CPU (0), PROXY_CPU (1), BACKEND_CPU (0), PYTHON (python3), SKIP_APT=1
+# Usage: perf/run.sh [--quick] [--rounds N] [--duration S] [--short-duration S]
+#                    [--only remora,haproxy,nginx,nghttpx]
+#                    [--scenarios h1,post,h2c,grpc,large,churn,latency,tcp,rss] [--callgrind] [--conns N] [--help]
+#        Default: every scenario, every proxy, 3 rounds (~20-25 min on a quiet 2-core machine).
+# Env:   REMORA_BIN (default .build/release/remora), ROUNDS, DURATION, SHORT_DURATION, CONNS, LATENCY_RATE,
+#        LOAD_CPU (0), PROXY_CPU (1), BACKEND_CPU (1), SINK_CPU (0), PYTHON (python3), SKIP_APT=1
 # See perf/README.md.
 #
 # Debian packages this benchmark needs (installed with apt-get if missing):
@@ -13,18 +15,20 @@
 #   libnginx-mod-stream  nginx stream{} module (TCP scenario)
 #   wrk                  HTTP/1.1 load generator (scenario h1)
 #   iperf3               TCP throughput source/sink (scenario tcp)
-#   nghttp2-client       h2load (request-count-bounded load for --callgrind)
+#   nghttp2-client       h2load (h2c, grpc, large, latency; --callgrind), nghttp (gRPC check)
+#   nghttp2-proxy        nghttpx (proxy under comparison)
 #   valgrind             callgrind (only for --callgrind; includes callgrind_control)
 #   binutils             strip (only for --callgrind: valgrind 3.19 cannot read Swift DWARF 5)
 #   linux-perf           perf stat: syscalls per request (h1 scenario; skip with --no-syscalls)
 #   util-linux           taskset, setpriv (core pinning; kill children if the driver dies)
 #   procps               misc (ps) for diagnostics
-#   python3              driver (stdlib only)
+#   python3              driver (stdlib only); the gRPC check also uses Python grpcio if importable (optional,
+#                        not installed by this script: pip install grpcio)
 set -euo pipefail
 
 PERF_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$PERF_DIR/.." && pwd)"
-PACKAGES=(haproxy nginx libnginx-mod-stream wrk iperf3 nghttp2-client linux-perf valgrind binutils util-linux procps python3)
+PACKAGES=(haproxy nginx libnginx-mod-stream wrk iperf3 nghttp2-client nghttp2-proxy linux-perf valgrind binutils util-linux procps python3)
 
 log() { printf '[run.sh] %s\n' "$*" >&2; }
 
@@ -81,6 +85,9 @@ if [[ $want_remora == 1 ]]; then
   fi
   export REMORA_BIN
 fi
+
+"${PYTHON:-python3}" -c 'import grpc' 2>/dev/null ||
+  log "note: Python grpcio not importable: the grpc scenario checks the backend's answers with nghttp only (pip install grpcio for the client check)"
 
 mkdir -p "$PERF_DIR/out"
 exec "${PYTHON:-python3}" "$PERF_DIR/bench.py" "$@"
