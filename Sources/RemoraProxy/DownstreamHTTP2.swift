@@ -16,12 +16,8 @@ final class H2ServerStream: DownstreamSide {
     var responseStatus = 0
     var headPending = false
     var headEndsStream = false
-    /// Response body waiting for nghttp2 to take it (the data source), and its end.
-    var body = ByteBuffer()
-    var responseEnded = false
-    var trailers = HeaderBlock()
-    var hasTrailers = false
-    var deferred = false
+    /// The response body, as nghttp2's data source takes it.
+    var out = OutgoingBody()
     var resetCode: UInt32? = nil
     var closed = false
     /// Position in the connection's `all` list; in its dirty list.
@@ -35,9 +31,7 @@ final class H2ServerStream: DownstreamSide {
         requestEnded = false
         headPending = false
         headEndsStream = false
-        responseEnded = false
-        hasTrailers = false
-        deferred = false
+        out.reset()
         resetCode = nil
         closed = false
         let pool = c.worker.pool
@@ -51,7 +45,7 @@ final class H2ServerStream: DownstreamSide {
     func respondHead(status: Int, reason: UnsafeRawBufferPointer, headers: UnsafeBufferPointer<HeaderRef>,
                      lengthKnown: Bool, endStream: Bool) {
         guard let c = connection else { return }
-        if endStream { responseEnded = true }
+        if endStream { out.ended = true }
         if !c.inSession {   // the usual case (the head comes from an upstream read): submit now, no copy
             c.h2.submitResponse(stream: id, status: status, headers: headers, hasBody: !endStream, lowercase: true)
             c.schedule()
@@ -67,19 +61,13 @@ final class H2ServerStream: DownstreamSide {
 
     func respondBody(_ data: UnsafeRawBufferPointer) {
         guard let c = connection else { return }
-        if body.base == nil { body = c.worker.pool.take() }
-        body.append(data)
+        out.append(data, pool: c.worker.pool)
         c.resume(self)
     }
 
     func respondEnd(trailers t: UnsafeBufferPointer<HeaderRef>?) {
         guard let c = connection else { return }
-        responseEnded = true
-        if let t, t.count > 0 {
-            hasTrailers = true
-            trailers.prepare(c.worker.pool)
-            for f in t { trailers.append(f.name, f.value, lowercaseName: true) }
-        }
+        out.end(trailers: t, pool: c.worker.pool)
         c.resume(self)
     }
 
@@ -88,7 +76,7 @@ final class H2ServerStream: DownstreamSide {
         connection?.markDirty(self)
     }
 
-    var responseBlocked: Bool { body.count > H2ServerStream.bodyWatermark }
+    var responseBlocked: Bool { out.bytes.count > H2ServerStream.bodyWatermark }
     func requestConsumed(_ n: Int) { connection?.consume(self, n) }
     func pauseRequest() {}      // HTTP/2: the credit the exchange withholds is the pause
     func resumeRequest() {}
@@ -104,8 +92,7 @@ final class H2ServerStream: DownstreamSide {
     func recycle(pool: BufferPool) {
         fields.release(to: pool)
         responseHead.release(to: pool)
-        trailers.release(to: pool)
-        pool.give(&body)
+        out.release(to: pool)
         connection = nil
         id = -1
     }
@@ -159,7 +146,7 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
         worker.scheduleFlush(self)
     }
 
-    func resume(_ s: H2ServerStream) { if s.deferred { markDirty(s) } else { schedule() } }
+    func resume(_ s: H2ServerStream) { if s.out.deferred { markDirty(s) } else { schedule() } }
 
     func markDirty(_ s: H2ServerStream) {
         if !s.isDirty { s.isDirty = true; dirty.append(s) }
@@ -209,8 +196,8 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
                 s.resetCode = nil
                 h2.reset(stream: s.id, code: code)
             }
-            if s.deferred && (s.body.count > 0 || s.responseEnded) {
-                s.deferred = false
+            if s.out.ready {
+                s.out.deferred = false
                 h2.resumeData(stream: s.id)
             }
         }
@@ -220,7 +207,7 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
         while ok && !h2.trailersDue.isEmpty {
             let due = h2.trailersDue
             h2.trailersDue.removeAll(keepingCapacity: true)
-            for id in due { if let s = stream(id) { s.trailers.withRefs { h2.submitTrailers(stream: id, $0) } } }
+            for id in due { if let s = stream(id) { s.out.trailers.withRefs { h2.submitTrailers(stream: id, $0) } } }
             ok = send()
         }
         if !ok || h2.abused || (!h2.wantsRead && !h2.wantsWrite) { closeConnection() }
@@ -386,7 +373,7 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
     func h2ReadBody(_ s: HTTP2Session, stream: Int32, into buf: UnsafeMutableRawBufferPointer) -> (count: Int, eof: Bool, trailers: Bool)? {
         guard let st = self.stream(stream) else { return (0, true, false) }
         let wasBlocked = st.responseBlocked
-        let r = readBody(&st.body, ended: st.responseEnded, trailers: st.hasTrailers, deferred: &st.deferred, into: buf)
+        let r = st.out.read(into: buf)
         if wasBlocked && !st.responseBlocked { st.exchange?.downstreamDrained() }
         return r
     }

@@ -20,13 +20,8 @@ final class H2UpstreamStream: UpstreamStream {
     var gotBytes = false
     /// The connection existed before this stream (a failure may be the peer closing an idle connection).
     var onReusedConnection = false
-    /// Request body waiting for nghttp2 to take it (the data source).
-    var body = ByteBuffer()
-    var requestEnded = false
-    var trailers = HeaderBlock()
-    var hasTrailers = false
-    /// Waiting for `resumeData` (the data source said "nothing yet").
-    var deferred = false
+    /// The request body, as nghttp2's data source takes it.
+    var out = OutgoingBody()
     /// Position in the connection's `all` list.
     var slot = -1
 
@@ -36,32 +31,24 @@ final class H2UpstreamStream: UpstreamStream {
         headDelivered = false
         responseEnded = false
         gotBytes = false
-        requestEnded = false
-        hasTrailers = false
-        deferred = false
+        out.reset()
     }
 
     // MARK: UpstreamStream
 
     func sendBody(_ data: UnsafeRawBufferPointer) {
         guard let c = connection else { return }
-        if body.base == nil { body = c.cluster.worker.pool.take() }
-        body.append(data)
+        out.append(data, pool: c.cluster.worker.pool)
         c.resume(self)
     }
 
     func sendEnd(trailers t: UnsafeBufferPointer<HeaderRef>?) {
         guard let c = connection else { return }
-        requestEnded = true
-        if let t, t.count > 0 {
-            hasTrailers = true
-            trailers.prepare(c.cluster.worker.pool)
-            for f in t { trailers.append(f.name, f.value, lowercaseName: true) }
-        }
+        out.end(trailers: t, pool: c.cluster.worker.pool)
         c.resume(self)
     }
 
-    var requestBlocked: Bool { body.count > 256 * 1024 || (connection?.conn.isAboveHighWatermark ?? false) }
+    var requestBlocked: Bool { out.bytes.count > 256 * 1024 || (connection?.conn.isAboveHighWatermark ?? false) }
     func pauseResponse() {}          // credit is withheld by the exchange instead
     func resumeResponse() {}
     func responseConsumed(_ n: Int) { connection?.consume(self, n) }
@@ -77,8 +64,7 @@ final class H2UpstreamStream: UpstreamStream {
     /// Back to the cluster's free list (the stream is closed).
     func recycle(pool: BufferPool, into free: inout [H2UpstreamStream]) {
         fields.release(to: pool)
-        trailers.release(to: pool)
-        pool.give(&body)
+        out.release(to: pool)
         connection = nil
         exchange = nil
         id = -1
@@ -153,8 +139,8 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
     // MARK: from streams (deferred while inside nghttp2)
 
     func resume(_ s: H2UpstreamStream) {
-        guard s.deferred, s.id >= 0 else { schedule(); return }
-        s.deferred = false
+        guard s.out.deferred, s.id >= 0 else { schedule(); return }
+        s.out.deferred = false
         if inSession { toResume.append(s.id) } else { h2.resumeData(stream: s.id) }
         schedule()
     }
@@ -206,7 +192,7 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
         while ok && !h2.trailersDue.isEmpty {
             let due = h2.trailersDue
             h2.trailersDue.removeAll(keepingCapacity: true)
-            for id in due { if let s = stream(id) { s.trailers.withRefs { h2.submitTrailers(stream: id, $0) } } }
+            for id in due { if let s = stream(id) { s.out.trailers.withRefs { h2.submitTrailers(stream: id, $0) } } }
             ok = send()
         }
         if !ok { failAll(.protocolError) }
@@ -382,22 +368,9 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
     func h2ReadBody(_ s: HTTP2Session, stream: Int32, into buf: UnsafeMutableRawBufferPointer) -> (count: Int, eof: Bool, trailers: Bool)? {
         guard let st = self.stream(stream) else { return (0, true, false) }
         let wasBlocked = st.requestBlocked
-        let r = readBody(&st.body, ended: st.requestEnded, trailers: st.hasTrailers, deferred: &st.deferred, into: buf)
+        let r = st.out.read(into: buf)
         if wasBlocked && !st.requestBlocked { st.exchange?.upstreamDrained() }
         return r
     }
 }
 
-/// An HTTP/2 body source's read: copies what is buffered into nghttp2's `buf`; the end (with trailers
-/// or not) once everything went; nil ("deferred": wait for `resumeData`) when nothing is buffered yet.
-func readBody(_ body: inout ByteBuffer, ended: Bool, trailers: Bool, deferred: inout Bool,
-              into buf: UnsafeMutableRawBufferPointer) -> (count: Int, eof: Bool, trailers: Bool)? {
-    let n = min(buf.count, body.count)
-    if n > 0 {
-        buf.baseAddress!.copyMemory(from: body.base!, byteCount: n)
-        body.consume(n)
-    }
-    if body.count == 0 && ended { return (n, true, trailers) }
-    if n == 0 { deferred = true; return nil }
-    return (n, false, false)
-}
