@@ -1462,8 +1462,13 @@ class Bench:
     def scenario_callgrind(self):
         a = self.args
         be = self.ensure_backend()
+        h2 = a.cg_scenario != "h1"
+        if a.cg_scenario == "grpc":
+            self.grpc_req = self.outdir / "grpc-request.bin"
+            self.grpc_req.write_bytes(grpc_frame(GRPC_REQUEST))
+        shown = " ".join(shlex.quote(x) for x in self.cg_load_argv(0, 0)[1:-1]).replace("-n0", "-n N")
         res = {"proxies": {}, "failed": {}, "params": {"requests": a.cg_requests, "warmup": a.cg_warmup,
-                                                       "h2load": "--h1 -c16 -t1 -n N"}}
+                                                       "scenario": a.cg_scenario, "h2load": shown}}
         self.results["scenarios"]["callgrind"] = res
         for tool in ("valgrind", "callgrind_control", "h2load"):
             if not shutil.which(tool):
@@ -1475,7 +1480,7 @@ class Bench:
             cgdir.mkdir(exist_ok=True)
             outfile = cgdir / ("callgrind.%s.out" % name)
             vg = ["valgrind", "--tool=callgrind", "--callgrind-out-file=%s" % outfile]
-            if not p.start(backend_port=be.port, valgrind=vg, tag="cg-"):
+            if not p.start(backend_port=be.h2_port if h2 else be.port, valgrind=vg, tag="cg-", h2=h2):
                 res["failed"][name] = p.error
                 self.err("callgrind: " + p.error)
                 continue
@@ -1486,20 +1491,30 @@ class Bench:
             finally:
                 p.stop()
 
+    def cg_load_argv(self, port, n):
+        """h2load for the callgrind scenario: h1 keep-alive, h2c multiplexed or gRPC unary, n requests."""
+        a = self.args
+        url = "http://%s:%d/" % (HOST, port)
+        if a.cg_scenario == "h1":
+            return ["h2load", "--h1", "-c16", "-t1", "-n%d" % n, url]
+        argv = ["h2load", "-t1", "-c%d" % a.h2_clients, "-m%d" % a.h2_streams, "-n%d" % n]
+        if a.cg_scenario == "grpc":
+            return argv + ["-d", str(self.grpc_req), "-H", "content-type: application/grpc", "-H", "te: trailers",
+                           "http://%s:%d%s" % (HOST, port, GRPC_PATH)]
+        return argv + [url]
+
     def callgrind_one(self, p, outfile):
         a = self.args
-        url = "http://%s:%d/" % (HOST, p.http_port)
         r = {}
         pid = str(p.proc.pid)  # taskset/setpriv exec into valgrind, so this is valgrind's (= the proxy's) pid
         if p.name == "nginx":  # master_process off: one process
             pass
-        self.r.run(["h2load", "--h1", "-c16", "-t1", "-n%d" % a.cg_warmup, url], cpu=a.load_cpu, timeout=600,
-                   note="warm-up")
+        self.r.run(self.cg_load_argv(p.http_port, a.cg_warmup), cpu=a.load_cpu, timeout=600, note="warm-up")
         z = self.r.run(["callgrind_control", "-z", pid], timeout=60, note="zero the counters")
         if z.returncode != 0:
             r["error"] = "callgrind_control -z failed: " + (z.stdout + z.stderr)[:300]
             return r
-        h = self.r.run(["h2load", "--h1", "-c16", "-t1", "-n%d" % a.cg_requests, url], cpu=a.load_cpu, timeout=3600)
+        h = self.r.run(self.cg_load_argv(p.http_port, a.cg_requests), cpu=a.load_cpu, timeout=3600)
         m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed", h.stdout)
         if not m:
             r["error"] = "cannot parse h2load output: " + (h.stdout + h.stderr)[-300:]
@@ -2089,8 +2104,9 @@ class Bench:
 
     def report_cg(self, res):
         f = self.fmt
-        L = ["## Callgrind — instructions per request (`h2load %s`, N=%d after %d warm-up)" % (
-            res["params"]["h2load"], res["params"]["requests"], res["params"]["warmup"]), ""]
+        L = ["## Callgrind — instructions per request, %s (`h2load %s`, N=%d after %d warm-up)" % (
+            res["params"].get("scenario", "h1"), res["params"]["h2load"], res["params"]["requests"],
+            res["params"]["warmup"]), ""]
         L.append("| proxy | Ir / request | total Ir | requests ok / failed | note |")
         L.append("|---|---:|---:|---|---|")
         for name, r in res["proxies"].items():
@@ -2235,6 +2251,8 @@ def parse_args(argv):
     ap.add_argument("--scenarios", default=",".join(ALL_SCENARIOS), help="comma-separated, any of: " + ",".join(ALL_SCENARIOS))
     ap.add_argument("--callgrind", action="store_true", help="also measure instructions/request under callgrind (slow)")
     ap.add_argument("--cg-requests", type=int, default=20000, help="requests measured under callgrind")
+    ap.add_argument("--cg-scenario", choices=("h1", "h2c", "grpc"), default="h1",
+                    help="load measured under callgrind: h1 keep-alive (h2load --h1 -c16), h2c or grpc (h2load -c16 -m32)")
     ap.add_argument("--cg-warmup", type=int, default=2000, help="warm-up requests under callgrind (not counted)")
     ap.add_argument("--conns", type=int, default=int(env.get("CONNS", 10000)), help="idle connections for the memory scenario")
     ap.add_argument("--settle", type=float, default=2.0, help="seconds to wait before reading memory")

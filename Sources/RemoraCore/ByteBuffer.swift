@@ -144,7 +144,9 @@ extension UnsafeRawBufferPointer {
 /// Buffers lent for the length of one exchange and given back, so that an idle connection owns no
 /// buffer and a busy one allocates nothing in steady state. One per worker (not thread-safe).
 public final class BufferPool {
-    var free: [ByteBuffer] = []
+    /// The kept buffers, a stack of `kept` entries (manual storage: no array bookkeeping per call).
+    @usableFromInline let free: UnsafeMutablePointer<ByteBuffer>
+    @usableFromInline var kept = 0
     /// Capacity of a new buffer, bytes.
     public let initialCapacity: Int
     /// Buffers kept for reuse at most; more are freed when given back.
@@ -156,30 +158,35 @@ public final class BufferPool {
         self.initialCapacity = initialCapacity
         self.maxKept = maxKept
         self.maxCapacity = maxCapacity
-        free.reserveCapacity(maxKept)
+        free = .allocate(capacity: maxKept)
     }
 
     /// An empty buffer with at least `initialCapacity` bytes.
     @inlinable
     public func take() -> ByteBuffer {
-        if let b = popFree() { return b }
+        if kept > 0 {
+            kept -= 1
+            return (free + kept).move()
+        }
         return ByteBuffer(capacity: initialCapacity)
     }
 
-    @usableFromInline
-    func popFree() -> ByteBuffer? { free.popLast() }
-
     /// Takes `b` back (emptied) and leaves an empty, storage-less buffer in its place.
+    @inlinable
     public func give(_ b: inout ByteBuffer) {
         guard b.capacity > 0 else { return }
-        if b.capacity > maxCapacity || free.count >= maxKept {
+        if b.capacity > maxCapacity || kept >= maxKept {
             b.release()
         } else {
             b.count = 0
-            free.append(b)
+            (free + kept).initialize(to: b)
+            kept += 1
             b = ByteBuffer()
         }
     }
 
-    deinit { for i in free.indices { free[i].release() } }
+    deinit {
+        for i in 0..<kept { free[i].release() }
+        free.deallocate()
+    }
 }

@@ -253,7 +253,7 @@ public final class HTTP1Parser {
 
     /// Forgets the trailers (after they were passed on).
     public func clearTrailers() {
-        trailers.release(to: pool)
+        if let pool { trailers.release(to: pool) } else { trailers.release() }
         trailerName.release()
         trailerValue.release()
     }

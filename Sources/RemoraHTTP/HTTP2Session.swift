@@ -1,3 +1,4 @@
+import CH2Mem
 import CNGHTTP2
 import RemoraCore
 
@@ -28,6 +29,14 @@ public protocol HTTP2SessionDelegate: AnyObject {
     func h2ReadBody(_ s: HTTP2Session, stream: Int32, into buf: UnsafeMutableRawBufferPointer) -> (count: Int, eof: Bool, trailers: Bool)?
 }
 
+extension HTTP2SessionDelegate {
+    /// `body` with the object at `p` (of this type) as a guaranteed reference: no retain.
+    @inline(__always)
+    static func guaranteed<R>(_ p: UnsafeMutableRawPointer, _ body: (any HTTP2SessionDelegate) -> R) -> R {
+        Unmanaged<Self>.fromOpaque(p)._withUnsafeGuaranteedRef { body($0) }
+    }
+}
+
 /// One HTTP/2 connection's protocol state (nghttp2), server or client side. Reading
 /// (`receive`, nghttp2_session_mem_recv) and writing (`send`, nghttp2_session_mem_send into the
 /// connection's write path) are separate steps; flow-control credit is returned explicitly
@@ -38,7 +47,24 @@ public final class HTTP2Session {
 
     let session: OpaquePointer
     public let role: Role
-    public unowned(unsafe) var delegate: (any HTTP2SessionDelegate)?
+    /// Not retained. Kept as a raw object pointer and its type so that the callbacks reach it as a
+    /// guaranteed reference (no retain/release per frame or header).
+    public var delegate: (any HTTP2SessionDelegate)? {
+        get { delegateObject.flatMap { p in delegateType.map { $0.guaranteed(p) { $0 } } } }
+        set {
+            delegateObject = newValue.map { Unmanaged.passUnretained($0 as AnyObject).toOpaque() }
+            delegateType = newValue.map { type(of: $0) }
+        }
+    }
+    var delegateObject: UnsafeMutableRawPointer?
+    var delegateType: (any HTTP2SessionDelegate.Type)?
+
+    /// Calls `body` with the delegate (`none` when there is none).
+    @inline(__always)
+    func withDelegate<R>(_ none: R, _ body: (any HTTP2SessionDelegate) -> R) -> R {
+        guard let p = delegateObject, let t = delegateType else { return none }
+        return t.guaranteed(p, body)
+    }
     /// Streams whose body ended with trailers to submit (collected during `send`).
     public var trailersDue: [Int32] = []
     /// Lowercased names for outgoing header lists (nghttp2 copies what it is given).
@@ -62,9 +88,9 @@ public final class HTTP2Session {
         if role == .client { nghttp2_option_set_peer_max_concurrent_streams(opt, 100) }
         var s: OpaquePointer?
         if role == .server {
-            nghttp2_session_server_new2(&s, h2Callbacks, nil, opt)
+            nghttp2_session_server_new3(&s, h2Callbacks, nil, opt, remora_h2_mem().assumingMemoryBound(to: nghttp2_mem.self))
         } else {
-            nghttp2_session_client_new2(&s, h2Callbacks, nil, opt)
+            nghttp2_session_client_new3(&s, h2Callbacks, nil, opt, remora_h2_mem().assumingMemoryBound(to: nghttp2_mem.self))
         }
         nghttp2_option_del(opt)
         session = s!
@@ -270,7 +296,7 @@ public final class HTTP2Session {
         let endStream = hd.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0
         switch Int(hd.type) {
         case Int(NGHTTP2_HEADERS.rawValue):
-            delegate?.h2HeadersComplete(self, stream: hd.stream_id, endStream: endStream)
+            withDelegate(()) { $0.h2HeadersComplete(self, stream: hd.stream_id, endStream: endStream) }
         case Int(NGHTTP2_DATA.rawValue):
             if hd.length == 0 && !endStream {
                 emptyFrames += 1
@@ -278,11 +304,11 @@ public final class HTTP2Session {
             } else {
                 emptyFrames = 0
             }
-            if endStream { delegate?.h2DataEnd(self, stream: hd.stream_id) }
+            if endStream { withDelegate(()) { $0.h2DataEnd(self, stream: hd.stream_id) } }
         case Int(NGHTTP2_GOAWAY.rawValue):
-            delegate?.h2GoAway(self, lastStreamID: f.pointee.goaway.last_stream_id, errorCode: f.pointee.goaway.error_code)
+            withDelegate(()) { $0.h2GoAway(self, lastStreamID: f.pointee.goaway.last_stream_id, errorCode: f.pointee.goaway.error_code) }
         case Int(NGHTTP2_SETTINGS.rawValue):
-            if hd.flags & UInt8(NGHTTP2_FLAG_ACK.rawValue) == 0 { delegate?.h2Settings(self) }
+            if hd.flags & UInt8(NGHTTP2_FLAG_ACK.rawValue) == 0 { withDelegate(()) { $0.h2Settings(self) } }
         default:
             break
         }
@@ -290,8 +316,7 @@ public final class HTTP2Session {
     }
 
     func readBody(_ stream: Int32, _ buf: UnsafeMutablePointer<UInt8>, _ length: Int, _ flags: UnsafeMutablePointer<UInt32>) -> Int {
-        guard let d = delegate,
-              let r = d.h2ReadBody(self, stream: stream, into: UnsafeMutableRawBufferPointer(start: buf, count: length)) else {
+        guard let r = withDelegate(nil, { $0.h2ReadBody(self, stream: stream, into: UnsafeMutableRawBufferPointer(start: buf, count: length)) }) else {
             return Int(NGHTTP2_ERR_DEFERRED.rawValue)
         }
         if r.eof {

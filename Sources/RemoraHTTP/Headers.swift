@@ -25,27 +25,52 @@ public struct HeaderBlock {
         removeAll()
     }
 
+    /// Appends a field (names from HTTP/2 are lowercase already: nghttp2 refuses others).
     @inline(__always)
-    public mutating func append(_ name: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer, lowercaseName: Bool = false) {
-        let need = (count + 1) * MemoryLayout<HeaderSpan>.stride
-        if need > spans.capacity { spans.reserve(need) }
-        let nameOffset = arena.count
-        arena.append(name)
-        if lowercaseName { lowercase(from: nameOffset, count: name.count) }
-        let valueOffset = arena.count
-        arena.append(value)
-        spans.base!.assumingMemoryBound(to: HeaderSpan.self)[count] =
-            HeaderSpan(nameOffset: Int32(nameOffset), nameLength: Int32(name.count),
-                       valueOffset: Int32(valueOffset), valueLength: Int32(value.count))
-        count += 1
-        listSize += name.count + value.count + 32
+    public mutating func append(_ name: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer) {
+        let nl = name.count, vl = value.count
+        let offset = arena.count
+        if offset &+ nl &+ vl > arena.capacity { arena.reserve(offset &+ nl &+ vl) }
+        let base = arena.base!
+        if nl > 0 { (base + offset).copyMemory(from: name.baseAddress!, byteCount: nl) }
+        if vl > 0 { (base + (offset &+ nl)).copyMemory(from: value.baseAddress!, byteCount: vl) }
+        arena.count = offset &+ nl &+ vl
+        endField(nameOffset: offset, nameLength: nl)
     }
 
-    /// ASCII-lowercases `n` arena bytes in place.
+    /// Appends a field with its name ASCII-lowercased (from HTTP/1.1).
+    public mutating func append(lowercasingName name: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer) {
+        let nameOffset = beginField(name)
+        if let b = arena.base?.advanced(by: nameOffset).assumingMemoryBound(to: UInt8.self) {
+            for i in 0..<name.count where b[i] &- 0x41 < 26 { b[i] |= 0x20 }
+        }
+        appendToValue(value)
+        endField(nameOffset: nameOffset, nameLength: name.count)
+    }
+
+    /// A field built in pieces: `beginField(name)`, any number of `appendToValue`, then `endField`.
     @inline(__always)
-    mutating func lowercase(from offset: Int, count n: Int) {
-        guard n > 0, let b = arena.base?.advanced(by: offset).assumingMemoryBound(to: UInt8.self) else { return }
-        for i in 0..<n where b[i] &- 0x41 < 26 { b[i] |= 0x20 }
+    public mutating func beginField(_ name: UnsafeRawBufferPointer) -> Int {
+        let offset = arena.count
+        arena.append(name)
+        return offset
+    }
+
+    @inline(__always)
+    public mutating func appendToValue(_ bytes: UnsafeRawBufferPointer) { arena.append(bytes) }
+
+    @inline(__always)
+    public mutating func endField(nameOffset: Int, nameLength: Int) {
+        // (Sizes stay far below 2^31: header lists are capped well under a megabyte.)
+        let need = (count &+ 1) &* MemoryLayout<HeaderSpan>.stride
+        if need > spans.capacity { spans.reserve(need) }
+        let valueOffset = nameOffset &+ nameLength
+        let valueLength = arena.count &- valueOffset
+        spans.base!.assumingMemoryBound(to: HeaderSpan.self)[count] =
+            HeaderSpan(nameOffset: Int32(truncatingIfNeeded: nameOffset), nameLength: Int32(truncatingIfNeeded: nameLength),
+                       valueOffset: Int32(truncatingIfNeeded: valueOffset), valueLength: Int32(truncatingIfNeeded: valueLength))
+        count &+= 1
+        listSize &+= nameLength &+ valueLength &+ 32
     }
 
     @inline(__always) func span(_ i: Int) -> HeaderSpan { spans.base!.assumingMemoryBound(to: HeaderSpan.self)[i] }
@@ -66,10 +91,20 @@ public struct HeaderBlock {
         listSize = 0
     }
 
-    /// Gives the storage back (to `pool` when given).
-    public mutating func release(to pool: BufferPool?) {
+    /// Gives the storage back to `pool`.
+    @inline(__always)
+    public mutating func release(to pool: BufferPool) {
+        if arena.base == nil && spans.base == nil { return }
         removeAll()
-        if let pool { pool.give(&arena); pool.give(&spans) } else { arena.release(); spans.release() }
+        pool.give(&arena)
+        pool.give(&spans)
+    }
+
+    /// Frees the storage.
+    public mutating func release() {
+        removeAll()
+        arena.release()
+        spans.release()
     }
 
     /// The fields as `HeaderRef`s (built on the stack; valid inside `body` only).

@@ -12,14 +12,15 @@ private func makeCallbacks() -> OpaquePointer {
     var cbs: OpaquePointer?
     nghttp2_session_callbacks_new(&cbs)
     nghttp2_session_callbacks_set_on_begin_headers_callback(cbs) { _, frame, user in
-        with(user) { s in s.delegate?.h2BeginHeaders(s, stream: frame!.pointee.hd.stream_id) }
+        with(user) { s in s.withDelegate(()) { $0.h2BeginHeaders(s, stream: frame!.pointee.hd.stream_id) } }
         return 0
     }
     nghttp2_session_callbacks_set_on_header_callback(cbs) { _, frame, name, namelen, value, valuelen, _, user in
         with(user) { s in
-            let ok = s.delegate?.h2Header(s, stream: frame!.pointee.hd.stream_id,
-                                           name: UnsafeRawBufferPointer(start: name, count: namelen),
-                                           value: UnsafeRawBufferPointer(start: value, count: valuelen)) ?? false
+            let ok = s.withDelegate(false) {
+                $0.h2Header(s, stream: frame!.pointee.hd.stream_id, name: UnsafeRawBufferPointer(start: name, count: namelen),
+                            value: UnsafeRawBufferPointer(start: value, count: valuelen))
+            }
             return ok ? 0 : Int32(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)   // resets the stream
         }
     }
@@ -27,11 +28,11 @@ private func makeCallbacks() -> OpaquePointer {
         with(user) { $0.frameReceived(frame!) }
     }
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs) { _, _, stream, data, len, user in
-        with(user) { s in s.delegate?.h2Data(s, stream: stream, data: UnsafeRawBufferPointer(start: data, count: len)) }
+        with(user) { s in s.withDelegate(()) { $0.h2Data(s, stream: stream, data: UnsafeRawBufferPointer(start: data, count: len)) } }
         return 0
     }
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs) { _, stream, code, user in
-        with(user) { s in s.delegate?.h2StreamClosed(s, stream: stream, errorCode: code) }
+        with(user) { s in s.withDelegate(()) { $0.h2StreamClosed(s, stream: stream, errorCode: code) } }
         return 0
     }
     return cbs!

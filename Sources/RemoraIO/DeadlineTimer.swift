@@ -10,6 +10,8 @@ public protocol DeadlineTimerDelegate: AnyObject {
 public final class DeadlineTimer {
     let handle: UnsafeMutablePointer<uv_timer_t>
     public unowned(unsafe) let loop: EventLoop
+    /// The loop's libuv handle (reading the time through it costs no retain of `loop`).
+    let uvLoop: UnsafeMutablePointer<uv_loop_t>
     public unowned(unsafe) var delegate: (any DeadlineTimerDelegate)?
     var deadline: UInt64 = 0
     var due: UInt64 = 0
@@ -17,6 +19,7 @@ public final class DeadlineTimer {
 
     public init(loop: EventLoop) {
         self.loop = loop
+        uvLoop = loop.uv
         handle = .allocate(capacity: 1)
         uv_timer_init(loop.uv, handle)
         uv_unref(remora_handle_timer(handle))   // a pending deadline alone does not keep a loop alive
@@ -26,7 +29,7 @@ public final class DeadlineTimer {
     @inline(__always)
     public func set(after ms: UInt64) {
         guard !closed else { return }
-        let d = loop.now &+ ms
+        let d = uv_now(uvLoop) &+ ms
         deadline = d
         if due == 0 || due > d {
             due = d
@@ -37,12 +40,15 @@ public final class DeadlineTimer {
     @inline(__always)
     public func clear() { deadline = 0 }
 
+    /// The loop's cached time, ms.
+    @inline(__always) public var now: UInt64 { uv_now(uvLoop) }
+
     public var isSet: Bool { deadline != 0 }
 
     func fired() {
         due = 0
         guard deadline != 0, !closed else { return }
-        let now = loop.now
+        let now = uv_now(uvLoop)
         if now >= deadline {
             deadline = 0
             delegate?.deadlineReached(self)

@@ -47,12 +47,13 @@ final class H2ServerStream: DownstreamSide {
         guard let c = connection else { return }
         if endStream { out.ended = true }
         if !c.inSession {   // the usual case (the head comes from an upstream read): submit now, no copy
-            c.h2.submitResponse(stream: id, status: status, headers: headers, hasBody: !endStream, lowercase: true)
+            c.h2.submitResponse(stream: id, status: status, headers: headers, hasBody: !endStream,
+                                lowercase: !(exchange?.responseNamesLowercase ?? false))
             c.schedule()
             return
         }
         responseHead.prepare(c.worker.pool)
-        for f in headers { responseHead.append(f.name, f.value, lowercaseName: true) }
+        for f in headers { responseHead.append(lowercasingName: f.name, f.value) }
         responseStatus = status
         headPending = true
         headEndsStream = endStream
@@ -120,6 +121,8 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
     var toConsume: [(Int32, Int)] = []
     /// Connection-level credit to return at the next flush (all DATA received so far).
     var connectionCredit = 0
+    /// The listener's header list limit when the connection opened (the SETTINGS it sent).
+    let maxHeaderListSize: Int
 
     init(worker: Worker, slot: ListenerSlot, conn: TCPConnection, clientIP: String, initial: UnsafeRawBufferPointer) {
         self.worker = worker
@@ -127,6 +130,7 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
         self.conn = conn
         self.clientIP = clientIP
         h2 = HTTP2Session(role: .server, settings: listenerSlot.current.config.http2)
+        maxHeaderListSize = listenerSlot.current.config.http2.maxHeaderListSize
         super.init()
         self.slot = slot
         all.reserveCapacity(listener.config.http2.maxConcurrentStreams)
@@ -157,6 +161,13 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
     func stream(_ id: Int32) -> H2ServerStream? {
         guard let p = h2.streamData(id) else { return nil }
         return Unmanaged<H2ServerStream>.fromOpaque(p).takeUnretainedValue()
+    }
+
+    /// `body` with the stream `id` as a guaranteed reference (no retain), or `none`.
+    @inline(__always)
+    func withStream<R>(_ id: Int32, else none: R, _ body: (H2ServerStream) -> R) -> R {
+        guard let p = h2.streamData(id) else { return none }
+        return Unmanaged<H2ServerStream>.fromOpaque(p)._withUnsafeGuaranteedRef(body)
     }
 
     func addStream(_ s: H2ServerStream) {
@@ -297,13 +308,17 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
     }
 
     func h2Header(_ s: HTTP2Session, stream: Int32, name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) -> Bool {
-        guard let st = self.stream(stream) else { return false }
-        st.fields.append(name, value)
-        return st.fields.listSize <= listener.config.http2.maxHeaderListSize
+        withStream(stream, else: false) { st in
+            st.fields.append(name, value)
+            return st.fields.listSize <= maxHeaderListSize
+        }
     }
 
     func h2HeadersComplete(_ s: HTTP2Session, stream: Int32, endStream: Bool) {
-        guard let st = self.stream(stream) else { return }
+        withStream(stream, else: ()) { headersComplete($0, endStream: endStream) }
+    }
+
+    func headersComplete(_ st: H2ServerStream, endStream: Bool) {
         if st.started {   // request trailers
             st.requestEnded = true
             st.fields.withRefs { st.exchange?.requestEnd(trailers: $0) }
@@ -341,20 +356,23 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
 
     func h2Data(_ s: HTTP2Session, stream: Int32, data: UnsafeRawBufferPointer) {
         connectionCredit += data.count
-        guard let st = self.stream(stream), let e = st.exchange else {
-            toConsume.append((stream, data.count))
-            return
+        let taken = withStream(stream, else: false) { st in
+            guard let e = st.exchange else { return false }
+            e.requestBody(data)
+            return true
         }
-        e.requestBody(data)
+        if !taken { toConsume.append((stream, data.count)) }
     }
 
     func h2DataEnd(_ s: HTTP2Session, stream: Int32) {
-        guard let st = self.stream(stream) else { return }
-        st.requestEnded = true
-        st.exchange?.requestEnd(trailers: nil)
+        withStream(stream, else: ()) { st in
+            st.requestEnded = true
+            st.exchange?.requestEnd(trailers: nil)
+        }
     }
 
     func h2StreamClosed(_ s: HTTP2Session, stream: Int32, errorCode: UInt32) {
+        // A retained reference: removing the stream drops the connection's.
         guard let st = self.stream(stream), st.slot >= 0 else { return }
         removeStream(st)
         st.closed = true
@@ -371,11 +389,12 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
     func h2Settings(_ s: HTTP2Session) {}
 
     func h2ReadBody(_ s: HTTP2Session, stream: Int32, into buf: UnsafeMutableRawBufferPointer) -> (count: Int, eof: Bool, trailers: Bool)? {
-        guard let st = self.stream(stream) else { return (0, true, false) }
-        let wasBlocked = st.responseBlocked
-        let r = st.out.read(into: buf)
-        if wasBlocked && !st.responseBlocked { st.exchange?.downstreamDrained() }
-        return r
+        withStream(stream, else: (0, true, false)) { st in
+            let wasBlocked = st.responseBlocked
+            let r = st.out.read(into: buf)
+            if wasBlocked && !st.responseBlocked { st.exchange?.downstreamDrained() }
+            return r
+        }
     }
 
     // MARK: Session

@@ -69,11 +69,17 @@ final class Exchange: DeadlineTimerDelegate {
     enum Deadline { case upstreamHead, stream }
 
     unowned(unsafe) let worker: Worker
+    /// The worker's buffers (a strong `let`: reached without a retain).
+    let pool: BufferPool
     let timer: DeadlineTimer
     unowned(unsafe) var downstream: (any DownstreamSide)?
     /// The listener's runtime of the snapshot this request started on (held while it runs).
     var listener: ListenerRuntime!
-    unowned(unsafe) var cluster: ClusterRuntime?
+    unowned(unsafe) var cluster: ClusterRuntime? { didSet { clusterStats = cluster?.stats } }
+    /// The cluster's counters (a plain value: counting costs no retain of the cluster).
+    var clusterStats: StatBlock<ClusterStat>?
+    /// The listener's stream idle timeout, ms (copied at start).
+    var streamIdleTimeout: Millis = 0
     var upstream: (any UpstreamStream)?
     var deadlineKind = Deadline.stream
 
@@ -103,6 +109,11 @@ final class Exchange: DeadlineTimerDelegate {
     var refusedRetries = 0
     /// Header changes the matched route makes to the response (empty when none).
     var responseMutations = HeaderMutations()
+    /// The response head being delivered has lowercase names only (from HTTP/2 or the proxy, with
+    /// no route changes): an HTTP/2 client side can skip lowercasing.
+    var responseNamesLowercase = false
+    /// The chosen cluster speaks HTTP/2 (copied at start).
+    var upstreamIsHTTP2 = false
     /// Counters of the chosen backend of the route (the real split).
     var backendStats: StatBlock<RouteBackendStat>?
     /// Request bytes passed on while the upstream was blocked: credit owed to the client.
@@ -115,6 +126,7 @@ final class Exchange: DeadlineTimerDelegate {
 
     init(worker: Worker) {
         self.worker = worker
+        pool = worker.pool
         timer = DeadlineTimer(loop: worker.loop)
         timer.delegate = self
     }
@@ -143,6 +155,7 @@ final class Exchange: DeadlineTimerDelegate {
         downstream = d
         listener = l
         stats = l.stats
+        streamIdleTimeout = l.config.idleTimeout
         active = true
         self.isHEAD = isHEAD
         requestDone = endStream
@@ -173,10 +186,10 @@ final class Exchange: DeadlineTimerDelegate {
             local(route.status, body: table.body(route: ri), location: nil)
             return
         case .redirect:
-            var location = worker.pool.take()
+            var location = pool.take()
             table.writeLocation(route: ri, request: view, scheme: rawBytes("http"), into: &location)
             local(route.status, body: UnsafeRawBufferPointer(start: nil, count: 0), location: location.bytes)
-            worker.pool.give(&location)
+            pool.give(&location)
             return
         case .forward:
             break
@@ -185,11 +198,12 @@ final class Exchange: DeadlineTimerDelegate {
         let mirrorCluster = table.mirror(route: ri, random: worker.rng.next())
         let cl = l.clusters[backend.cluster]
         cluster = cl
+        upstreamIsHTTP2 = cl.config.protocol != .http1
         backendStats = l.backendStats[backend.slot]
         backendStats?.inc(.upstream_rq_total)
         routeTimeout = route.timeout
         if isGRPC, let i = h.firstIndex(named: "grpc-timeout"), let ms = GRPC.timeout(h[i].value) {
-            grpcDeadline = worker.loop.now &+ ms
+            grpcDeadline = timer.now &+ ms
         }
         reqFraming = chunked ? .chunked : (lengthKnown ? .contentLength : (endStream ? .none : .chunked))
         // The request as the upstream gets it: rewritten target, the route's header changes.
@@ -206,7 +220,7 @@ final class Exchange: DeadlineTimerDelegate {
                 // A route that sets Host sets the authority, whatever protocol either side speaks.
                 if !mutations.isEmpty && addHost, let i = headers.firstIndex(named: "host") { v.authority = headers[i].value }
                 if cl.config.protocol == .http1 {
-                    if upHead.base == nil { upHead = worker.pool.take() }
+                    if upHead.base == nil { upHead = pool.take() }
                     upHead.clear()
                     HTTP1Head.writeRequest(v, framing: reqFraming, addHost: addHost, clientIP: ipb, proto: "http",
                                            dropExpect: dropExpect, into: &upHead)
@@ -245,6 +259,7 @@ final class Exchange: DeadlineTimerDelegate {
         sh.downstream = worker.discard
         worker.discard.running.append(sh)
         sh.listener = listener
+        sh.streamIdleTimeout = streamIdleTimeout
         sh.stats = worker.shadowStats
         sh.active = true
         sh.isHEAD = isHEAD
@@ -265,7 +280,7 @@ final class Exchange: DeadlineTimerDelegate {
         var clientIP = clientIP
         clientIP.withUTF8 { ip in
             if cl.config.protocol == .http1 {
-                if sh.upHead.base == nil { sh.upHead = worker.pool.take() }
+                if sh.upHead.base == nil { sh.upHead = pool.take() }
                 sh.upHead.clear()
                 HTTP1Head.writeRequest(view, framing: sh.reqFraming, addHost: addHost, clientIP: UnsafeRawBufferPointer(ip),
                                        proto: "http", dropExpect: true, into: &sh.upHead)
@@ -297,26 +312,29 @@ final class Exchange: DeadlineTimerDelegate {
 
     /// Copies what an HTTP/2 upstream needs (a retry may submit it again).
     func storeHTTP2Head(_ v: RequestView, clientIP: UnsafeRawBufferPointer, dropExpect: Bool, fromHTTP2: Bool) {
-        reqHead.prepare(worker.pool)
+        reqHead.prepare(pool)
         reqHead.append(rawBytes(":method"), v.method)
         reqHead.append(rawBytes(":authority"), v.authority)
         reqHead.append(rawBytes(":path"), v.target)
         let h = v.headers
         let hop = HopFilter(h, keepTETrailers: true)
-        var xff = ByteBuffer()
         for i in h.indices {
             let n = h[i].name
             if hop.isHopByHop(h, i) { continue }
             if n.count == 4 && n.equalsLowercase("host") { continue }
             if n.count == 6 && dropExpect && n.equalsLowercase("expect") { continue }
             if n.count == 17 && n.equalsLowercase("x-forwarded-proto") { continue }
-            if n.count == 15 && n.equalsLowercase("x-forwarded-for") { xff.append(h[i].value); xff.append(", "); continue }
-            reqHead.append(n, h[i].value, lowercaseName: !fromHTTP2)
+            if n.count == 15 && n.equalsLowercase("x-forwarded-for") { continue }
+            if fromHTTP2 { reqHead.append(n, h[i].value) } else { reqHead.append(lowercasingName: n, h[i].value) }
         }
-        xff.append(clientIP)
-        reqHead.append(rawBytes("x-forwarded-for"), xff.bytes)
+        let xff = reqHead.beginField(rawBytes("x-forwarded-for"))
+        for f in h where f.name.count == 15 && f.name.equalsLowercase("x-forwarded-for") {
+            reqHead.appendToValue(f.value)
+            reqHead.appendToValue(rawBytes(", "))
+        }
+        reqHead.appendToValue(clientIP)
+        reqHead.endField(nameOffset: xff, nameLength: 15)
         reqHead.append(rawBytes("x-forwarded-proto"), rawBytes("http"))
-        xff.release()
     }
 
     /// Sends the request on an upstream: an idle pooled HTTP/1.1 connection unless `fresh`, an
@@ -340,14 +358,14 @@ final class Exchange: DeadlineTimerDelegate {
         }
         if replayable {
             if replay.count + data.count <= Exchange.replayLimit {
-                if replay.base == nil { replay = worker.pool.take() }
+                if replay.base == nil { replay = pool.take() }
                 replay.append(data)
             } else {
                 replayable = false
-                worker.pool.give(&replay)
+                pool.give(&replay)
             }
         }
-        cluster?.stats.add(.upstream_cx_tx_bytes_total, UInt64(data.count))
+        clusterStats?.add(.upstream_cx_tx_bytes_total, UInt64(data.count))
         if shadow != nil { feedShadow(data) }
         u.sendBody(data)
         if u.requestBlocked {
@@ -390,8 +408,9 @@ final class Exchange: DeadlineTimerDelegate {
         guard active, let d = downstream else { return }
         responseStarted = true
         stats.incClass(.downstream_rq_1xx, status: status)
-        cluster?.stats.incClass(.upstream_rq_1xx, status: status)
+        clusterStats?.incClass(.upstream_rq_1xx, status: status)
         backendStats?.incClass(.upstream_rq_1xx, status: status)
+        responseNamesLowercase = responseMutations.isEmpty && upstreamIsHTTP2
         withMutated(headers, responseMutations) { h in
             d.respondHead(status: status, reason: reason, headers: h, lengthKnown: lengthKnown, endStream: endStream)
         }
@@ -405,7 +424,7 @@ final class Exchange: DeadlineTimerDelegate {
 
     func upstreamBody(_ data: UnsafeRawBufferPointer) {
         guard active, let d = downstream, let u = upstream else { return }
-        cluster?.stats.add(.upstream_cx_rx_bytes_total, UInt64(data.count))
+        clusterStats?.add(.upstream_cx_rx_bytes_total, UInt64(data.count))
         d.respondBody(data)
         if d.responseBlocked {
             owedUpstreamCredit += data.count
@@ -464,7 +483,7 @@ final class Exchange: DeadlineTimerDelegate {
 
     func noUpstream(_ why: UpstreamFailure) {
         let name = cluster?.config.name ?? "?"
-        cluster?.stats.inc(.upstream_rq_5xx)
+        clusterStats?.inc(.upstream_rq_5xx)
         switch why {
         case .connectFailed, .refused:
             if isGRPC { grpcLocal(.unavailable, "no healthy upstream in cluster \(name)") } else {
@@ -503,6 +522,7 @@ final class Exchange: DeadlineTimerDelegate {
         var fields = noContent ? [] : [HeaderRef(name: rawBytes("content-type"), value: rawBytes("text/plain")),
                                        HeaderRef(name: rawBytes("content-length"), value: len.bytes)]
         if let location { fields.append(HeaderRef(name: rawBytes("location"), value: location)) }
+        responseNamesLowercase = responseMutations.isEmpty
         fields.withUnsafeBufferPointer { f in
             withMutated(f, responseMutations) { h in
                 d.respondHead(status: status, reason: UnsafeRawBufferPointer(start: nil, count: 0), headers: h,
@@ -532,6 +552,7 @@ final class Exchange: DeadlineTimerDelegate {
         let fields = [HeaderRef(name: rawBytes("content-type"), value: rawBytes("application/grpc")),
                       HeaderRef(name: rawBytes("grpc-status"), value: code.bytes),
                       HeaderRef(name: rawBytes("grpc-message"), value: msg.bytes)]
+        responseNamesLowercase = true
         fields.withUnsafeBufferPointer { f in
             d.respondHead(status: 200, reason: UnsafeRawBufferPointer(start: nil, count: 0), headers: f,
                           lengthKnown: false, endStream: true)
@@ -547,13 +568,13 @@ final class Exchange: DeadlineTimerDelegate {
     /// timeout, renewed on progress), capped by the gRPC deadline. Nothing once the exchange is over
     /// (a call into either side may have finished it).
     @inline(__always) func arm(_ kind: Deadline) {
-        guard active, let l = listener else { return }
+        guard active else { return }
         deadlineKind = kind
-        let ms = kind == .stream ? l.config.idleTimeout : routeTimeout
-        var at = ms == 0 ? 0 : worker.loop.now &+ ms
+        let ms = kind == .stream ? streamIdleTimeout : routeTimeout
+        let now = timer.now
+        var at = ms == 0 ? 0 : now &+ ms
         if grpcDeadline != 0 && (at == 0 || grpcDeadline < at) { at = grpcDeadline }
         if at == 0 { timer.clear(); return }
-        let now = worker.loop.now
         timer.set(after: at > now ? at - now : 0)
     }
 
@@ -565,9 +586,9 @@ final class Exchange: DeadlineTimerDelegate {
 
     func deadlineReached(_ t: DeadlineTimer) {
         guard active else { return }
-        if grpcDeadline != 0 && worker.loop.now >= grpcDeadline {
+        if grpcDeadline != 0 && timer.now >= grpcDeadline {
             stats.inc(.downstream_rq_timeout)
-            cluster?.stats.inc(.upstream_rq_timeout)
+            clusterStats?.inc(.upstream_rq_timeout)
             if responseStarted {
                 downstream?.respondReset(code: 0x8)   // CANCEL: the client's deadline passed
                 finish(clean: false)
@@ -578,7 +599,7 @@ final class Exchange: DeadlineTimerDelegate {
         }
         switch deadlineKind {
         case .upstreamHead:
-            cluster?.stats.inc(.upstream_rq_timeout)
+            clusterStats?.inc(.upstream_rq_timeout)
             stats.inc(.downstream_rq_timeout)
             if isGRPC { grpcLocal(.deadlineExceeded, "upstream request timeout") } else { local(504, "upstream request timeout\n") }
         case .stream:
@@ -613,10 +634,10 @@ final class Exchange: DeadlineTimerDelegate {
             u.detach(clean: clean)
         }
         stats.dec(.downstream_rq_active)
-        if clusterActive { cluster?.stats.dec(.upstream_rq_active); clusterActive = false }
-        worker.pool.give(&upHead)
-        worker.pool.give(&replay)
-        reqHead.release(to: worker.pool)
+        if clusterActive { clusterStats?.dec(.upstream_rq_active); clusterActive = false }
+        pool.give(&upHead)
+        pool.give(&replay)
+        reqHead.release(to: pool)
         if let sh = shadow { shadow = nil; sh.primary = nil }   // a complete copy runs on by itself
         if let p = primary { primary = nil; p.shadow = nil }
         let d = downstream

@@ -99,8 +99,14 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
     /// Exchanges that received something during the current read (told `upstreamReadDone` after).
     var touched: [Exchange] = []
 
+    /// The worker's buffer pool; the cluster's header list limit (as sent in SETTINGS).
+    let pool: BufferPool
+    let maxHeaderListSize: Int
+
     init(cluster: ClusterRuntime, endpoint: Int, conn: TCPConnection) {
         self.cluster = cluster
+        pool = cluster.worker.pool
+        maxHeaderListSize = cluster.config.http2.maxHeaderListSize
         self.endpoint = endpoint
         self.conn = conn
         h2 = HTTP2Session(role: .client, settings: cluster.config.http2)
@@ -156,6 +162,13 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
         guard let p = h2.streamData(id) else { return nil }
         let s = Unmanaged<H2UpstreamStream>.fromOpaque(p).takeUnretainedValue()
         return s.slot >= 0 ? s : nil
+    }
+
+    /// `body` with the open stream `id` as a guaranteed reference (no retain), or `none`.
+    @inline(__always)
+    func withStream<R>(_ id: Int32, else none: R, _ body: (H2UpstreamStream) -> R) -> R {
+        guard let p = h2.streamData(id) else { return none }
+        return Unmanaged<H2UpstreamStream>.fromOpaque(p)._withUnsafeGuaranteedRef { $0.slot >= 0 ? body($0) : none }
     }
 
     func removeStream(_ s: H2UpstreamStream) {
@@ -290,19 +303,25 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
     // MARK: HTTP2SessionDelegate
 
     func h2BeginHeaders(_ s: HTTP2Session, stream: Int32) {
-        guard let st = self.stream(stream) else { return }
-        st.fields.prepare(cluster.worker.pool)
-        st.gotBytes = true
+        withStream(stream, else: ()) { st in
+            st.fields.prepare(pool)
+            st.gotBytes = true
+        }
     }
 
     func h2Header(_ s: HTTP2Session, stream: Int32, name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) -> Bool {
-        guard let st = self.stream(stream) else { return true }
-        st.fields.append(name, value)
-        return st.fields.listSize <= cluster.config.http2.maxHeaderListSize
+        withStream(stream, else: true) { st in
+            st.fields.append(name, value)
+            return st.fields.listSize <= maxHeaderListSize
+        }
     }
 
     func h2HeadersComplete(_ s: HTTP2Session, stream: Int32, endStream: Bool) {
-        guard let st = self.stream(stream), let e = st.exchange else { return }
+        withStream(stream, else: ()) { headersComplete($0, endStream: endStream) }
+    }
+
+    func headersComplete(_ st: H2UpstreamStream, endStream: Bool) {
+        guard let e = st.exchange else { return }
         if !st.headDelivered {
             var status = 0
             var lengthKnown = false
@@ -333,19 +352,25 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
     func h2Data(_ s: HTTP2Session, stream: Int32, data: UnsafeRawBufferPointer) {
         connectionCredit += data.count
         schedule()
-        guard let st = self.stream(stream) else { toConsume.append((stream, data.count)); return }
-        guard let e = st.exchange else { toConsume.append((stream, data.count)); return }
-        if touched.last !== e { touched.append(e) }
-        e.upstreamBody(data)
+        let taken = withStream(stream, else: false) { st in
+            guard let e = st.exchange else { return false }
+            if touched.last !== e { touched.append(e) }
+            e.upstreamBody(data)
+            return true
+        }
+        if !taken { toConsume.append((stream, data.count)) }
     }
 
     func h2DataEnd(_ s: HTTP2Session, stream: Int32) {
-        guard let st = self.stream(stream), !st.responseEnded else { return }
-        st.responseEnded = true
-        st.exchange?.upstreamEnd(trailers: nil)
+        withStream(stream, else: ()) { st in
+            guard !st.responseEnded else { return }
+            st.responseEnded = true
+            st.exchange?.upstreamEnd(trailers: nil)
+        }
     }
 
     func h2StreamClosed(_ s: HTTP2Session, stream: Int32, errorCode: UInt32) {
+        // A retained reference: removing the stream drops the connection's.
         guard let st = self.stream(stream) else { return }
         removeStream(st)
         let e = st.exchange
@@ -354,7 +379,7 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
         if !st.responseEnded, let e {
             e.upstreamFailed(errorCode == 0x7 ? .refused : .reset(code: errorCode == 0 ? 0x2 : errorCode))
         }
-        st.recycle(pool: cluster.worker.pool, into: &cluster.freeStreams)
+        st.recycle(pool: pool, into: &cluster.freeStreams)
         if cluster.retired && all.isEmpty { closeNow() }
         if goingAway && all.isEmpty { schedule() }
     }
@@ -366,11 +391,12 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
     func h2Settings(_ s: HTTP2Session) { settingsKnown = true }
 
     func h2ReadBody(_ s: HTTP2Session, stream: Int32, into buf: UnsafeMutableRawBufferPointer) -> (count: Int, eof: Bool, trailers: Bool)? {
-        guard let st = self.stream(stream) else { return (0, true, false) }
-        let wasBlocked = st.requestBlocked
-        let r = st.out.read(into: buf)
-        if wasBlocked && !st.requestBlocked { st.exchange?.upstreamDrained() }
-        return r
+        withStream(stream, else: (0, true, false)) { st in
+            let wasBlocked = st.requestBlocked
+            let r = st.out.read(into: buf)
+            if wasBlocked && !st.requestBlocked { st.exchange?.upstreamDrained() }
+            return r
+        }
     }
 }
 
