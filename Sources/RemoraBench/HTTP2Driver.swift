@@ -182,7 +182,7 @@ final class HTTP2Connection: BenchConnection, TCPConnectionDelegate, HTTP2Sessio
         grpcStatuses[slot] = -1
         ended[slot] = false
         let id = h2.submitRequest(method: proto.method, scheme: "http", authority: proto.authority, path: proto.path,
-                                  headers: proto.headerList, lowercase: false, hasBody: proto.body != nil,
+                                  headers: proto.headerList, clean: false, hasBody: proto.body != nil,
                                   streamData: UnsafeMutableRawPointer(bitPattern: slot + 1))
         if id < 0 {
             freeList[freeCount] = slot

@@ -150,15 +150,16 @@ public final class HTTP2Session {
     // MARK: submitting (never from inside a delegate call)
 
     /// Builds an nghttp2 header list: up to four pseudo-headers, then `headers` minus hop-by-hop
-    /// fields (and Host when `dropHost`: `:authority` replaces it). Names must already be lowercase
-    /// unless `lowercase`, which lowercases them into `scratch`. With `noCopy`, nghttp2 keeps
-    /// pointers to the bytes, which must then stay unchanged until the frame is sent.
+    /// fields (and Host when `dropHost`: `:authority` replaces it) unless `clean` (the caller
+    /// filtered them already). Names must already be lowercase unless `lowercase`, which lowercases
+    /// them into `scratch`. With `noCopy`, nghttp2 keeps pointers to the bytes, which must then stay
+    /// unchanged until the frame is sent.
     @inline(__always)
     func withNV<R>(_ p0: StaticString?, _ v0: UnsafeRawBufferPointer, _ p1: StaticString?, _ v1: UnsafeRawBufferPointer,
                    _ p2: StaticString?, _ v2: UnsafeRawBufferPointer, _ p3: StaticString?, _ v3: UnsafeRawBufferPointer,
-                   headers h: UnsafeBufferPointer<HeaderRef>, dropHost: Bool, lowercase: Bool, noCopy: Bool,
-                   _ body: (UnsafePointer<nghttp2_nv>, Int) -> R) -> R {
-        let hop = HopFilter(h, keepTETrailers: true)
+                   headers h: UnsafeBufferPointer<HeaderRef>, dropHost: Bool, lowercase: Bool, clean: Bool = false,
+                   noCopy: Bool, _ body: (UnsafePointer<nghttp2_nv>, Int) -> R) -> R {
+        let hop = clean ? HopFilter.none : HopFilter(h, keepTETrailers: true)
         if lowercase {
             scratch.count = 0
             var nameBytes = 0
@@ -181,9 +182,11 @@ public final class HTTP2Session {
             if let p2 { add(p2.utf8Start, p2.utf8CodeUnitCount, v2, staticName) }
             if let p3 { add(p3.utf8Start, p3.utf8CodeUnitCount, v3, staticName) }
             for i in h.indices {
-                if hop.isHopByHop(h, i) { continue }
                 let name = h[i].name
-                if dropHost && name.count == 4 && name.equalsLowercase("host") { continue }
+                if !clean {
+                    if hop.isHopByHop(h, i) { continue }
+                    if dropHost && name.count == 4 && name.equalsLowercase("host") { continue }
+                }
                 if lowercase {
                     let start = scratch.count
                     scratch.append(name)
@@ -200,14 +203,16 @@ public final class HTTP2Session {
 
     static var none: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: nil, count: 0) }
 
-    /// Server: sends a response head; `hasBody` attaches the body source (`h2ReadBody`).
+    /// Server: sends a response head; `hasBody` attaches the body source (`h2ReadBody`). `clean`:
+    /// names are lowercase and no hop-by-hop field is among them (they come from HTTP/2, whose
+    /// codec refuses both); otherwise names are lowercased and hop-by-hop fields dropped here.
     @discardableResult
     public func submitResponse(stream: Int32, status: Int, headers: UnsafeBufferPointer<HeaderRef>, hasBody: Bool,
-                               lowercase: Bool) -> Bool {
+                               clean: Bool) -> Bool {
         var digits: (UInt8, UInt8, UInt8) = (48 + UInt8(status / 100 % 10), 48 + UInt8(status / 10 % 10), 48 + UInt8(status % 10))
         return withUnsafeBytes(of: &digits) { st in
             withNV(":status", st, nil, Self.none, nil, Self.none, nil, Self.none, headers: headers, dropHost: false,
-                   lowercase: lowercase, noCopy: false) { nv, n in
+                   lowercase: !clean, clean: clean, noCopy: false) { nv, n in
                 if hasBody {
                     var prd = nghttp2_data_provider(source: nghttp2_data_source(ptr: nil), read_callback: h2ReadCallback)
                     return nghttp2_submit_response(session, stream, nv, n, &prd) == 0
@@ -218,13 +223,15 @@ public final class HTTP2Session {
     }
 
     /// Client: sends a request head; returns the stream id (< 0 on failure). `hasBody` attaches the
-    /// body source. Host among `headers` is dropped (`authority` becomes `:authority`).
+    /// body source. Unless `clean` (lowercase names, no hop-by-hop fields, no Host: the caller
+    /// filtered them), names are lowercased and those fields dropped here (`authority` becomes
+    /// `:authority`).
     public func submitRequest(method: UnsafeRawBufferPointer, scheme: StaticString, authority: UnsafeRawBufferPointer,
-                              path: UnsafeRawBufferPointer, headers: UnsafeBufferPointer<HeaderRef>, lowercase: Bool,
+                              path: UnsafeRawBufferPointer, headers: UnsafeBufferPointer<HeaderRef>, clean: Bool,
                               hasBody: Bool, streamData: UnsafeMutableRawPointer?) -> Int32 {
         let sch = UnsafeRawBufferPointer(start: scheme.utf8Start, count: scheme.utf8CodeUnitCount)
         return withNV(":method", method, ":scheme", sch, ":authority", authority, ":path", path,
-                      headers: headers, dropHost: true, lowercase: lowercase, noCopy: false) { nv, n in
+                      headers: headers, dropHost: true, lowercase: !clean, clean: clean, noCopy: false) { nv, n in
             if hasBody {
                 var prd = nghttp2_data_provider(source: nghttp2_data_source(ptr: nil), read_callback: h2ReadCallback)
                 return nghttp2_submit_request(session, nil, nv, n, &prd, streamData)

@@ -119,10 +119,14 @@ public struct HeaderBlock {
 /// Which fields of a header list must not be forwarded to the next hop (RFC 9110 §7.6.1):
 /// Connection and the fields it names, Keep-Alive, Proxy-Connection, TE (except `te: trailers`
 /// toward HTTP/2, where gRPC needs it), Upgrade, Transfer-Encoding (bodies are re-framed).
-public struct HopFilter {
+public struct HopFilter: Sendable {
     /// Index of a Connection header naming fields beyond close/keep-alive, or -1.
     let connection: Int
     let keepTETrailers: Bool
+
+    /// Filters nothing (for lists known to hold no hop-by-hop field).
+    public static let none = HopFilter(connection: -1, keepTETrailers: true)
+    init(connection: Int, keepTETrailers: Bool) { self.connection = connection; self.keepTETrailers = keepTETrailers }
 
     public init(_ h: UnsafeBufferPointer<HeaderRef>, keepTETrailers: Bool = false) {
         var c = -1

@@ -48,7 +48,7 @@ final class H2ServerStream: DownstreamSide {
         if endStream { out.ended = true }
         if !c.inSession {   // the usual case (the head comes from an upstream read): submit now, no copy
             c.h2.submitResponse(stream: id, status: status, headers: headers, hasBody: !endStream,
-                                lowercase: !(exchange?.responseNamesLowercase ?? false))
+                                clean: exchange?.responseNamesLowercase ?? false)
             c.schedule()
             return
         }
@@ -201,7 +201,7 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
             if s.headPending {
                 s.headPending = false
                 _ = s.responseHead.withRefs { h2.submitResponse(stream: s.id, status: s.responseStatus, headers: $0,
-                                                                hasBody: !s.headEndsStream, lowercase: false) }
+                                                                hasBody: !s.headEndsStream, clean: false) }
             }
             if let code = s.resetCode {
                 s.resetCode = nil

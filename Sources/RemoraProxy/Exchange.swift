@@ -109,8 +109,9 @@ final class Exchange: DeadlineTimerDelegate {
     var refusedRetries = 0
     /// Header changes the matched route makes to the response (empty when none).
     var responseMutations = HeaderMutations()
-    /// The response head being delivered has lowercase names only (from HTTP/2 or the proxy, with
-    /// no route changes): an HTTP/2 client side can skip lowercasing.
+    /// The response head being delivered has lowercase names and no hop-by-hop field (from HTTP/2,
+    /// whose codec refuses both, or from the proxy, with no route changes): an HTTP/2 client side
+    /// can pass it on as it is.
     var responseNamesLowercase = false
     /// The chosen cluster speaks HTTP/2 (copied at start).
     var upstreamIsHTTP2 = false

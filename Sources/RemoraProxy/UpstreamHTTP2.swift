@@ -130,7 +130,7 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
         let id: Int32 = head.withRefs { refs in
             guard refs.count >= 3 else { return -1 }
             return h2.submitRequest(method: refs[0].value, scheme: "http", authority: refs[1].value, path: refs[2].value,
-                                    headers: UnsafeBufferPointer(rebasing: refs[3...]), lowercase: false, hasBody: hasBody,
+                                    headers: UnsafeBufferPointer(rebasing: refs[3...]), clean: true, hasBody: hasBody,
                                     streamData: Unmanaged.passUnretained(s).toOpaque())
         }
         if id < 0 { return false }
