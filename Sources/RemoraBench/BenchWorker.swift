@@ -366,6 +366,12 @@ public final class BenchWorker {
                 result.uncorrected.record(u < LatencyHistogram.highestTrackable ? u : LatencyHistogram.highestTrackable)
             }
         }
+        slotFreed(c, now: now)
+    }
+
+    /// `c` has room for another request: send it (or close `c` when the run is stopping).
+    @inline(__always)
+    func slotFreed(_ c: any BenchConnection, now: UInt64) {
         if stopping {
             c.closeWhenIdle()
             return
@@ -382,6 +388,14 @@ public final class BenchWorker {
     /// An error that belongs to no request in flight (a response nobody asked for).
     public func protocolError(_ kind: BenchErrorKind, now: UInt64) {
         if now >= measureStart { result.counters[kind] += 1 }
+    }
+
+    /// A request was lost (`kind`) on a connection that stays up (an HTTP/2 stream reset): `c`
+    /// may be sent on again from here.
+    public func failed(_ kind: BenchErrorKind, origin: UInt64, on c: any BenchConnection, now: UInt64) {
+        inFlight -= 1
+        if origin >= measureStart { result.counters[kind] += 1 }
+        slotFreed(c, now: now)
     }
 
     /// A request was lost (`kind`); its connection is closing.

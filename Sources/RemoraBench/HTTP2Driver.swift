@@ -179,7 +179,7 @@ final class HTTP2Connection: BenchConnection, TCPConnectionDelegate, HTTP2Sessio
         sents[slot] = now
         bodyOffsets[slot] = 0
         statuses[slot] = 0
-        grpcStatuses[slot] = -1
+        grpcStatuses[slot] = 17   // "missing" until a grpc-status field says otherwise
         ended[slot] = false
         let id = h2.submitRequest(method: proto.method, scheme: "http", authority: proto.authority, path: proto.path,
                                   headers: proto.headerList, lowercase: false, hasBody: proto.body != nil,
@@ -210,11 +210,16 @@ final class HTTP2Connection: BenchConnection, TCPConnectionDelegate, HTTP2Sessio
         h2.consumeConnection(connectionCredit)
         connectionCredit = 0
         var written = 0
+        // Streams may close while their last frame goes out (our END_STREAM or RST_STREAM after
+        // the server's END_STREAM): the socket closes, if it must, after the write, not amid it.
+        inCallback = true
         tcp.cork()
         let ok = h2.send(until: { tcp.isAboveHighWatermark }) { written += $0.count; return tcp.write($0) }
         tcp.uncork()
+        inCallback = false
         if written > 0 { worker.noteWritten(written, now: monotonicNanos()) }
         if !ok { fail(.reset) }
+        afterCallback()
     }
 
     func closeWhenIdle() {
@@ -281,7 +286,6 @@ final class HTTP2Connection: BenchConnection, TCPConnectionDelegate, HTTP2Sessio
         inCallback = false
         flush()
         if !ok { if connected { fail(.parse) } else { connectFailed = true; tcp.close() } }
-        afterCallback()
     }
 
     func afterCallback() {
@@ -365,7 +369,7 @@ final class HTTP2Connection: BenchConnection, TCPConnectionDelegate, HTTP2Sessio
             worker.responded(self, origin: origin, sent: sent, now: now, status: statuses[i],
                              grpcStatus: proto.isGRPC ? grpcStatuses[i] : -1)
         } else {
-            worker.failed(.reset, origin: origin)
+            worker.failed(.reset, origin: origin, on: self, now: now)   // the connection carries on
         }
     }
 
