@@ -37,11 +37,8 @@ public struct BenchReport {
         return o.grpcMode.rawValue + (o.messagesPerCall > 1 ? ", \(o.messagesPerCall) messages per call" : "")
     }
 
-    /// What `result.latency` times.
-    var latencyOf: String {
-        guard options.isGRPC else { return "request" }
-        return options.grpcMode == .bidi ? "message" : "call"
-    }
+    /// `result.latency` times message round trips (gRPC bidi), not whole requests or calls.
+    var perMessage: Bool { options.isGRPC && options.grpcMode == .bidi }
 
     // MARK: human summary
 
@@ -55,7 +52,7 @@ public struct BenchReport {
         if let r = o.rate {
             let grow = o.maxConnections.map { $0 > o.connections ? " (up to \($0))" : "" } ?? ""
             s += "  open loop: \(Fmt.rate(r)) \(request)s/s over \(o.connections) connections\(grow), \(streams), \(tw);\n"
-            let what = latencyOf == "message" ? "each call's first round trip measured from the call's" : "latency measured from each \(request)'s"
+            let what = perMessage ? "each call's first round trip measured from the call's" : "latency measured from each \(request)'s"
             s += "  \(what) intended send time (coordinated omission corrected)\n"
         } else {
             s += "  closed loop: \(o.connections) connections, \(streams), \(tw)\n"
@@ -85,7 +82,7 @@ public struct BenchReport {
         if h.totalCount > 0 {
             s += "Latency (ms)  min \(Fmt.ms(h.min))  mean \(Fmt.fixed(h.mean / 1000, 3))"
             s += "  stdev \(Fmt.fixed(h.stdDeviation / 1000, 3))  max \(Fmt.ms(h.maxRecorded))"
-            s += o.isGRPC ? "  (per \(latencyOf == "message" ? "message round trip" : "call"))\n" : "\n"
+            s += o.isGRPC ? "  (per \(perMessage ? "message round trip" : "call"))\n" : "\n"
             let open = o.isOpenLoop && result.uncorrected.totalCount > 0
             s += open ? "  percentile   corrected  uncorrected (from the actual send)\n" : ""
             for p in BenchReport.spectrum {
@@ -94,7 +91,7 @@ public struct BenchReport {
                 s += line + "\n"
             }
         } else {
-            s += "Latency       no \(latencyOf == "message" ? "replies" : "responses")\n"
+            s += "Latency       no \(perMessage ? "replies" : "responses")\n"
         }
         if o.isOpenLoop {
             let pct = c.sent > 0 ? Double(c.lateSends) * 100 / Double(c.sent) : 0
@@ -211,7 +208,7 @@ public struct BenchReport {
             ])))
         }
         fields.append(("unsent_at_end", .int(c.unsentAtEnd)))
-        if o.isGRPC { fields.append(("latency_of", .string(latencyOf))) }   // "call", or "message" (bidi round trips)
+        if o.isGRPC { fields.append(("latency_of", .string(perMessage ? "message" : "call"))) }
         fields.append(("latency_ms", BenchReport.latencyJSON(result.latency)))
         if o.isOpenLoop { fields.append(("uncorrected_latency_ms", BenchReport.latencyJSON(result.uncorrected))) }
         return .object(fields)

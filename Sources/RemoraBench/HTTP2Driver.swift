@@ -479,7 +479,7 @@ struct GRPCCall {
     /// What to do with the stream once `receive` has returned.
     var action = Action.none
 
-    enum Action: UInt8 {
+    enum Action {
         case none
         /// Bidi: the body source has its next message.
         case resume
