@@ -45,6 +45,10 @@ public struct BenchOptions: Sendable, Equatable {
     public var bodyFile: String?
     /// gRPC: file holding the serialized request message, sent as-is (length-prefixed).
     public var dataFile: String?
+    /// gRPC: the call type (`--grpc-mode`).
+    public var grpcMode: GRPCMode = .unary
+    /// gRPC client-stream and bidi: messages each call sends (`--messages`); nil = 10.
+    public var messages: Int?
     /// Output files.
     public var jsonPath: String?
     public var hgrmPath: String?
@@ -62,6 +66,18 @@ public struct BenchOptions: Sendable, Equatable {
         public init(name: String, value: String) { self.name = name; self.value = value }
     }
 
+    /// The four kinds of gRPC method, by what each call sends and receives.
+    public enum GRPCMode: String, CaseIterable, Sendable {
+        /// One request message, one reply.
+        case unary
+        /// One request message, then every reply message the server streams until its trailers.
+        case serverStream = "server-stream"
+        /// `messagesPerCall` request messages, then one reply.
+        case clientStream = "client-stream"
+        /// Ping-pong: a request message, then its reply, `messagesPerCall` times; latency per round trip.
+        case bidi
+    }
+
     public init(target: Target) { self.target = target }
 
     /// Threads to run with `cores` online CPUs: the explicit count, else one per core but never
@@ -77,6 +93,16 @@ public struct BenchOptions: Sendable, Equatable {
     }
 
     public var isOpenLoop: Bool { rate != nil }
+
+    public var isGRPC: Bool { if case .grpc = target { return true } else { return false } }
+
+    /// gRPC: messages each call sends (`--messages`, default 10, for client-stream and bidi; 1 otherwise).
+    public var messagesPerCall: Int {
+        switch grpcMode {
+        case .clientStream, .bidi: return messages ?? 10
+        case .unary, .serverStream: return 1
+        }
+    }
 }
 
 public let nsPerSecond: UInt64 = 1_000_000_000
@@ -163,11 +189,12 @@ public enum BenchCommandLine {
     public static let help = """
     usage: remora bench [options] URL
            remora bench --h2c [options] URL
-           remora bench --grpc HOST:PORT --method /pkg.Svc/Method [--data F] [options]
+           remora bench --grpc HOST:PORT --method /pkg.Svc/Method [--data F]
+                        [--grpc-mode MODE] [--messages N] [options]
 
     Load generator: HTTP/1.1 keep-alive against URL (http://host:port/path); with
     --h2c, HTTP/2 with prior knowledge (streams multiplexed per connection); with
-    --grpc, unary gRPC calls over h2c.
+    --grpc, gRPC calls over h2c (for gRPC, each "request" below is a call).
 
     Load shape:                                                            [default]
       -c, --connections N      connections in total, split across threads       [16]
@@ -175,7 +202,8 @@ public enum BenchCommandLine {
                                pipelining depth; HTTP/2 concurrent streams,
                                capped by the server's limit)                     [1]
       -t, --threads T          threads, each its own loop and connections [cores, ≤ N]
-      -R, --rate R             open loop: R requests/s in total, each sent at its
+      -R, --rate R             open loop: R requests/s (gRPC: calls/s, whatever
+                               the messages per call) in total, each sent at its
                                intended time, latency measured from that time
                                (coordinated omission corrected, as wrk2). Without
                                --rate: closed loop, as fast as responses come back.
@@ -185,7 +213,8 @@ public enum BenchCommandLine {
       -d, --duration D         measure for D (500ms, 10s, 2m)                  [10s]
       -n, --requests N         measure N requests instead of a duration
       -w, --warmup D           run D first, excluded from every result          [0s]
-          --timeout D          per-request and connect timeout                  [5s]
+          --timeout D          per-request and connect timeout (gRPC: per       [5s]
+                               call, however many messages it carries)
 
     Request:
       -H, --header 'N: V'      add a header (repeatable; a Host header replaces
@@ -197,6 +226,16 @@ public enum BenchCommandLine {
                                (/pkg.Service/Method)
           --data F             gRPC: F holds the serialized request message (a
                                protobuf, sent as-is)                       [empty]
+          --grpc-mode M        gRPC call type, as the method is declared:    [unary]
+                               unary          one message each way
+                               server-stream  one message sent, then every
+                                              reply message counted until the
+                                              trailers
+                               client-stream  --messages sent, one reply
+                               bidi           ping-pong: a message, then its
+                                              reply, --messages times; latency
+                                              is per message round trip
+          --messages N         client-stream and bidi: messages per call        [10]
 
     Output (a summary on stdout in any case):
           --json F             results as JSON, with the encoded HdrHistogram
@@ -208,10 +247,12 @@ public enum BenchCommandLine {
                                a line per second on stderr   [if stderr is a tty]
       -h, --help               this text
 
-    Errors are counted by kind (connect, reset, timeout, parse), never fatal; every
-    request has a timeout. Ctrl-C stops and prints the results so far (exit 130).
-    Exit status: 0 when at least one response came back, 1 when none did, 2 for
-    bad usage.
+    gRPC reports calls/s and messages/s sent and received; grpc-status codes are
+    counted (a non-zero status is not an error). Errors are counted by kind
+    (connect, reset of the connection or the stream, timeout, parse), never fatal;
+    every request has a timeout. Ctrl-C stops and prints the results so far (exit
+    130). Exit status: 0 when at least one response came back, 1 when none did, 2
+    for bad usage.
 
     """
 
@@ -223,6 +264,7 @@ public enum BenchCommandLine {
         var threadsSet = false
         var h2c = false
         var grpc = false
+        var grpcModeSet = false
 
         func value(_ name: String, _ inline: String?) throws(BenchUsageError) -> String {
             if let inline { return inline }
@@ -289,6 +331,13 @@ public enum BenchCommandLine {
             case "--h2c": h2c = true
             case "--grpc": grpc = true
             case "--data": o.dataFile = try value(name, inline)
+            case "--grpc-mode":
+                let t = try value(name, inline)
+                guard let m = BenchOptions.GRPCMode(rawValue: t) else {
+                    throw BenchUsageError("--grpc-mode \(t): expected unary, server-stream, client-stream or bidi")
+                }
+                o.grpcMode = m; grpcModeSet = true
+            case "--messages": o.messages = try count(name, value(name, inline))
             default:
                 throw BenchUsageError("unknown option \(a)")
             }
@@ -302,12 +351,18 @@ public enum BenchCommandLine {
                 throw BenchUsageError("--method \(m): a gRPC method is a path like /pkg.Service/Method")
             }
             if o.bodyFile != nil { throw BenchUsageError("--body-file does not apply to --grpc (use --data)") }
+            if o.messages != nil && o.grpcMode != .clientStream && o.grpcMode != .bidi {
+                throw BenchUsageError("--messages applies to --grpc-mode client-stream and bidi (\(o.grpcMode.rawValue) sends one message)")
+            }
             var u = try BenchURL.parse(urlText.contains("://") ? urlText : "http://" + urlText)
             u.target = m
             o.target = .grpc(u)
         } else {
             guard let urlText else { throw BenchUsageError("no target URL given") }
             if o.dataFile != nil { throw BenchUsageError("--data only applies to --grpc (use --body-file)") }
+            if grpcModeSet || o.messages != nil {
+                throw BenchUsageError("\(grpcModeSet ? "--grpc-mode" : "--messages") only applies to --grpc")
+            }
             if let m = o.method, m.isEmpty || !m.utf8.allSatisfy(isTokenByte) {
                 throw BenchUsageError("--method \(m): not a valid method token")
             }

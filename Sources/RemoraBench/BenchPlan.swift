@@ -68,6 +68,9 @@ public struct BenchProgress: Sendable {
     public var tick: Int
     public var responses: UInt64
     public var errors: UInt64
+    /// gRPC messages sent and received so far.
+    public var messagesSent: UInt64
+    public var messagesReceived: UInt64
     /// Measured latency so far (a copy; µs).
     public var latency: Histogram<UInt64>
     public var warmingUp: Bool

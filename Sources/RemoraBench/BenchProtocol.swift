@@ -15,6 +15,12 @@ public protocol BenchProtocol: AnyObject, Sendable {
     var streamsPerConnection: Int { get }
     /// A new, unconnected connection on `worker`'s loop. Called on that loop's thread.
     func makeConnection(worker: BenchWorker) -> any BenchConnection
+    /// gRPC: requests are calls, and their messages are counted too.
+    var isGRPC: Bool { get }
+}
+
+extension BenchProtocol {
+    public var isGRPC: Bool { false }
 }
 
 /// One connection of a worker: its socket, its codec, its in-flight requests and their deadline.

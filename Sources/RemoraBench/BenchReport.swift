@@ -28,20 +28,32 @@ public struct BenchReport {
     public var label: String { options.label ?? url }
     public var mode: String { options.isOpenLoop ? "open" : "closed" }
     var elapsedSeconds: Double { Double(result.elapsedNs) / 1e9 }
-    public var requestsPerSecond: Double { elapsedSeconds > 0 ? Double(result.counters.responses) / elapsedSeconds : 0 }
+    public var requestsPerSecond: Double { perSecond(result.counters.responses) }
+    func perSecond(_ n: UInt64) -> Double { elapsedSeconds > 0 ? Double(n) / elapsedSeconds : 0 }
+
+    /// gRPC: the call type, and the messages each call sends when there are several.
+    var grpcShape: String {
+        let o = options
+        return o.grpcMode.rawValue + (o.messagesPerCall > 1 ? ", \(o.messagesPerCall) messages per call" : "")
+    }
+
+    /// `result.latency` times message round trips (gRPC bidi), not whole requests or calls.
+    var perMessage: Bool { options.isGRPC && options.grpcMode == .bidi }
 
     // MARK: human summary
 
     public func summary() -> String {
         let c = result.counters
         let o = options
-        var s = "remora bench \(url) (\(protocolName), \(o.effectiveMethod))\n"
+        let request = o.isGRPC ? "call" : "request"
+        var s = "remora bench \(url) (\(protocolName), \(o.isGRPC ? grpcShape : o.effectiveMethod))\n"
         let tw = threads == 1 ? "1 thread" : "\(threads) threads"
-        let streams = o.streams == 1 ? "1 request in flight each" : "up to \(o.streams) requests in flight each (\(o.target.isHTTP1 ? "pipelined" : "concurrent streams"))"
+        let streams = o.streams == 1 ? "1 \(request) in flight each" : "up to \(o.streams) \(request)s in flight each (\(o.target.isHTTP1 ? "pipelined" : "concurrent streams"))"
         if let r = o.rate {
             let grow = o.maxConnections.map { $0 > o.connections ? " (up to \($0))" : "" } ?? ""
-            s += "  open loop: \(Fmt.rate(r)) requests/s over \(o.connections) connections\(grow), \(streams), \(tw);\n"
-            s += "  latency measured from each request's intended send time (coordinated omission corrected)\n"
+            s += "  open loop: \(Fmt.rate(r)) \(request)s/s over \(o.connections) connections\(grow), \(streams), \(tw);\n"
+            let what = perMessage ? "each call's first round trip measured from the call's" : "latency measured from each \(request)'s"
+            s += "  \(what) intended send time (coordinated omission corrected)\n"
         } else {
             s += "  closed loop: \(o.connections) connections, \(streams), \(tw)\n"
         }
@@ -52,8 +64,15 @@ public struct BenchReport {
         if result.interrupted { s += "  INTERRUPTED (Ctrl-C): the results so far\n" }
         s += "\n"
 
-        s += "Requests      \(Fmt.grouped(c.responses)) responses, \(Fmt.rate(requestsPerSecond)) req/s"
-        s += "  (\(Fmt.grouped(c.sent)) sent)\n"
+        if o.isGRPC {
+            s += "Calls         \(Fmt.grouped(c.responses)) completed, \(Fmt.rate(requestsPerSecond)) calls/s"
+            s += "  (\(Fmt.grouped(c.sent)) started)\n"
+            s += "Messages      sent \(Fmt.grouped(c.messagesSent)) (\(Fmt.rate(perSecond(c.messagesSent)))/s),"
+            s += " received \(Fmt.grouped(c.messagesReceived)) (\(Fmt.rate(perSecond(c.messagesReceived)))/s)\n"
+        } else {
+            s += "Requests      \(Fmt.grouped(c.responses)) responses, \(Fmt.rate(requestsPerSecond)) req/s"
+            s += "  (\(Fmt.grouped(c.sent)) sent)\n"
+        }
         let secs = elapsedSeconds
         s += "Transfer      read \(Fmt.bytes(Double(c.bytesRead)))"
         if secs > 0 { s += " (\(Fmt.bytes(Double(c.bytesRead) / secs))/s)" }
@@ -62,7 +81,8 @@ public struct BenchReport {
         let h = result.latency
         if h.totalCount > 0 {
             s += "Latency (ms)  min \(Fmt.ms(h.min))  mean \(Fmt.fixed(h.mean / 1000, 3))"
-            s += "  stdev \(Fmt.fixed(h.stdDeviation / 1000, 3))  max \(Fmt.ms(h.maxRecorded))\n"
+            s += "  stdev \(Fmt.fixed(h.stdDeviation / 1000, 3))  max \(Fmt.ms(h.maxRecorded))"
+            s += o.isGRPC ? "  (per \(perMessage ? "message round trip" : "call"))\n" : "\n"
             let open = o.isOpenLoop && result.uncorrected.totalCount > 0
             s += open ? "  percentile   corrected  uncorrected (from the actual send)\n" : ""
             for p in BenchReport.spectrum {
@@ -71,7 +91,7 @@ public struct BenchReport {
                 s += line + "\n"
             }
         } else {
-            s += "Latency       no responses\n"
+            s += "Latency       no \(perMessage ? "replies" : "responses")\n"
         }
         if o.isOpenLoop {
             let pct = c.sent > 0 ? Double(c.lateSends) * 100 / Double(c.sent) : 0
@@ -101,12 +121,18 @@ public struct BenchReport {
         return s
     }
 
-    /// The line printed each second on a terminal.
+    /// The line printed each second on a terminal. gRPC (`messagesPerSecond` given): calls/s and
+    /// messages/s each way.
     public static func progressLine(second: Int, warmingUp: Bool, ratePerSecond: UInt64, latency: Histogram<UInt64>,
-                                    errors: UInt64) -> String {
+                                    errors: UInt64, messagesPerSecond: (sent: UInt64, received: UInt64)? = nil) -> String {
         var s = "[" + Fmt.pad(String(second), 4) + "s] "
         if warmingUp { return s + "warming up" }
-        s += Fmt.pad(Fmt.grouped(ratePerSecond), 11) + " req/s"
+        if let m = messagesPerSecond {
+            s += Fmt.pad(Fmt.grouped(ratePerSecond), 11) + " calls/s" + Fmt.pad(Fmt.grouped(m.sent), 12) + " msg/s out"
+            s += Fmt.pad(Fmt.grouped(m.received), 12) + " msg/s in"
+        } else {
+            s += Fmt.pad(Fmt.grouped(ratePerSecond), 11) + " req/s"
+        }
         if latency.totalCount > 0 {
             s += "  p50 " + Fmt.ms(latency.valueAtPercentile(50)) + " ms  p99 " + Fmt.ms(latency.valueAtPercentile(99)) + " ms"
         }
@@ -124,6 +150,10 @@ public struct BenchReport {
             ("mode", .string(mode)), ("threads", .int(threads)), ("connections", .int(o.connections)),
             ("streams", .int(o.streams)),
         ]
+        if o.isGRPC {
+            config.append(("grpc_mode", .string(o.grpcMode.rawValue)))
+            config.append(("messages_per_call", .int(o.messagesPerCall)))
+        }
         if let r = o.rate {
             config.append(("rate", .double(r, 3)))
             config.append(("max_connections", .int(o.maxConnections ?? o.connections)))
@@ -143,9 +173,20 @@ public struct BenchReport {
             ("responses", .int(c.responses)),
             ("sent", .int(c.sent)),
             ("requests_per_s", .double(requestsPerSecond, 3)),
+        ]
+        if o.isGRPC {
+            fields.append(("calls_per_s", .double(requestsPerSecond, 3)))
+            fields.append(("messages", .object([
+                ("sent", .int(c.messagesSent)),
+                ("received", .int(c.messagesReceived)),
+                ("sent_per_s", .double(perSecond(c.messagesSent), 3)),
+                ("received_per_s", .double(perSecond(c.messagesReceived), 3)),
+            ])))
+        }
+        fields += [
             ("bytes_read", .int(c.bytesRead)),
             ("bytes_written", .int(c.bytesWritten)),
-            ("bytes_read_per_s", .double(elapsedSeconds > 0 ? Double(c.bytesRead) / elapsedSeconds : 0, 1)),
+            ("bytes_read_per_s", .double(perSecond(c.bytesRead), 1)),
             ("status", .object(c.statusCounts.map { ($0.code == 0 ? "other" : String($0.code), .int($0.count)) })),
             ("grpc_status", .object(c.grpcStatusCounts.map { ($0.code == 17 ? "missing" : String($0.code), .int($0.count)) })),
             ("errors", .object(BenchErrorKind.allCases.map { ($0.name, .int(c[$0])) })),
@@ -167,6 +208,7 @@ public struct BenchReport {
             ])))
         }
         fields.append(("unsent_at_end", .int(c.unsentAtEnd)))
+        if o.isGRPC { fields.append(("latency_of", .string(perMessage ? "message" : "call"))) }
         fields.append(("latency_ms", BenchReport.latencyJSON(result.latency)))
         if o.isOpenLoop { fields.append(("uncorrected_latency_ms", BenchReport.latencyJSON(result.uncorrected))) }
         return .object(fields)

@@ -5,7 +5,8 @@ public enum BenchErrorKind: Int, CaseIterable, Sendable {
     /// The connection could not be made: refused, unreachable, connect timeout.
     case connect
     /// The connection broke with requests in flight: reset, or closed by the server before the
-    /// response was complete (mid-response, or before its first byte).
+    /// response was complete (mid-response, or before its first byte); for HTTP/2, also a stream
+    /// reset by the server (RST_STREAM) while the connection stays up.
     case reset
     /// No complete response within `--timeout` (including requests that never found a
     /// connection in time, open loop).
@@ -41,6 +42,9 @@ public struct BenchCounters: Sendable, Equatable {
     public var responses: UInt64 = 0
     /// Requests written.
     public var sent: UInt64 = 0
+    /// gRPC: messages written (whole, length prefix included) and messages received (complete).
+    public var messagesSent: UInt64 = 0
+    public var messagesReceived: UInt64 = 0
     /// Bytes read from sockets (response heads and bodies).
     public var bytesRead: UInt64 = 0
     /// Bytes of requests written.
@@ -86,6 +90,8 @@ public struct BenchCounters: Sendable, Equatable {
     public mutating func add(_ o: BenchCounters) {
         responses += o.responses
         sent += o.sent
+        messagesSent += o.messagesSent
+        messagesReceived += o.messagesReceived
         bytesRead += o.bytesRead
         bytesWritten += o.bytesWritten
         for i in status.indices { status[i] += o.status[i] }
@@ -117,6 +123,8 @@ public struct BenchCounters: Sendable, Equatable {
 public struct BenchResult: Sendable {
     public var counters = BenchCounters()
     /// Latency, µs: from the intended send time (open loop) or the actual send time (closed loop).
+    /// gRPC bidi: per message round trip instead (the first message of a call timed from the
+    /// call's send time, each next one from the reply before it, when it is written).
     public var latency = LatencyHistogram.make()
     /// Open loop only: latency from the actual send time, µs — what a tool that ignores
     /// coordinated omission would report. Empty in closed loop.

@@ -17,6 +17,7 @@ public final class BenchRunner {
     var signals: [SignalWatcher] = []
     var interrupted = false
     var lastProgressResponses: UInt64 = 0
+    var lastProgressMessages: (sent: UInt64, received: UInt64) = (0, 0)
     /// Last second printed; a line is printed once every running thread has reported that second.
     var printedTick = 0
     /// Writes one progress line (stderr). Set before `run`.
@@ -100,19 +101,26 @@ public final class BenchRunner {
         guard let sink = progressSink else { return }
         var responses: UInt64 = 0
         var errors: UInt64 = 0
+        var sent: UInt64 = 0
+        var received: UInt64 = 0
         var warming = false
         var hist = LatencyHistogram.make()
         for p in latestProgress {
             guard let p else { continue }
             responses += p.responses
             errors += p.errors
+            sent += p.messagesSent
+            received += p.messagesReceived
             warming = warming || p.warmingUp
             hist.add(p.latency)
         }
-        let rate = responses >= lastProgressResponses ? responses - lastProgressResponses : 0
+        func delta(_ now: UInt64, _ before: UInt64) -> UInt64 { now >= before ? now - before : 0 }
+        let rate = delta(responses, lastProgressResponses)
+        let messages = (sent: delta(sent, lastProgressMessages.sent), received: delta(received, lastProgressMessages.received))
         lastProgressResponses = responses
+        lastProgressMessages = (sent, received)
         sink(BenchReport.progressLine(second: printedTick, warmingUp: warming, ratePerSecond: rate,
-                                      latency: hist, errors: errors))
+                                      latency: hist, errors: errors, messagesPerSecond: proto.isGRPC ? messages : nil))
     }
 }
 

@@ -348,10 +348,11 @@ public final class BenchWorker {
         if now >= measureStart { result.counters.bytesWritten &+= UInt64(n) }
     }
 
-    /// A response is complete. `c` may be sent on again from here.
+    /// A response is complete. `c` may be sent on again from here. `latency`: record the request's
+    /// latency (false when its messages are timed instead, gRPC bidi).
     @inline(__always)
     public func responded(_ c: any BenchConnection, origin: UInt64, sent: UInt64, now: UInt64, status: Int,
-                          grpcStatus: Int = -1) {
+                          grpcStatus: Int = -1, latency: Bool = true) {
         inFlight -= 1
         if origin >= measureStart {
             result.counters.responses &+= 1
@@ -359,13 +360,14 @@ public final class BenchWorker {
             if grpcStatus != -1 {
                 result.counters.grpcStatus[grpcStatus >= 0 && grpcStatus < 17 ? grpcStatus : 17] &+= 1
             }
-            let us = (now &- origin) / 1000
-            result.latency.record(us < LatencyHistogram.highestTrackable ? us : LatencyHistogram.highestTrackable)
-            if openLoop {
-                let u = (now &- sent) / 1000
-                result.uncorrected.record(u < LatencyHistogram.highestTrackable ? u : LatencyHistogram.highestTrackable)
-            }
+            if latency { recordLatency(from: origin, sent: sent, now: now) }
         }
+        slotFreed(c, now: now)
+    }
+
+    /// `c` has room for another request: send it (or close `c` when the run is stopping).
+    @inline(__always)
+    func slotFreed(_ c: any BenchConnection, now: UInt64) {
         if stopping {
             c.closeWhenIdle()
             return
@@ -379,9 +381,43 @@ public final class BenchWorker {
         }
     }
 
+    /// gRPC: `sent` messages of the call started at `origin` were written, `received` read.
+    @inline(__always)
+    public func noteMessages(sent: Int, received: Int, origin: UInt64) {
+        if origin >= measureStart {
+            result.counters.messagesSent &+= UInt64(sent)
+            result.counters.messagesReceived &+= UInt64(received)
+        }
+    }
+
+    /// gRPC bidi: a message's reply arrived; its round trip ran from `start` (`sent`: when it was
+    /// actually written, for the uncorrected histogram). `origin`: the call's, for the measured period.
+    @inline(__always)
+    public func messageRoundTrip(origin: UInt64, start: UInt64, sent: UInt64, now: UInt64) {
+        if origin >= measureStart { recordLatency(from: start, sent: sent, now: now) }
+    }
+
+    @inline(__always)
+    func recordLatency(from start: UInt64, sent: UInt64, now: UInt64) {
+        let us = (now &- start) / 1000
+        result.latency.record(us < LatencyHistogram.highestTrackable ? us : LatencyHistogram.highestTrackable)
+        if openLoop {
+            let u = (now &- sent) / 1000
+            result.uncorrected.record(u < LatencyHistogram.highestTrackable ? u : LatencyHistogram.highestTrackable)
+        }
+    }
+
     /// An error that belongs to no request in flight (a response nobody asked for).
     public func protocolError(_ kind: BenchErrorKind, now: UInt64) {
         if now >= measureStart { result.counters[kind] += 1 }
+    }
+
+    /// A request was lost (`kind`) on a connection that stays up (an HTTP/2 stream reset): `c`
+    /// may be sent on again from here.
+    public func failed(_ kind: BenchErrorKind, origin: UInt64, on c: any BenchConnection, now: UInt64) {
+        inFlight -= 1
+        if origin >= measureStart { result.counters[kind] += 1 }
+        slotFreed(c, now: now)
     }
 
     /// A request was lost (`kind`); its connection is closing.
@@ -447,6 +483,7 @@ public final class BenchWorker {
         progressTicks += 1
         main.post(.progress(thread: thread, BenchProgress(
             tick: progressTicks, responses: result.counters.responses, errors: result.counters.errorsTotal,
+            messagesSent: result.counters.messagesSent, messagesReceived: result.counters.messagesReceived,
             latency: result.latency, warmingUp: monotonicNanos() < measureStart)))
     }
 }

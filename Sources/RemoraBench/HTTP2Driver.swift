@@ -2,13 +2,19 @@ import RemoraCore
 import RemoraHTTP
 import RemoraIO
 
-/// HTTP/2 with prior knowledge (h2c) and gRPC unary over it, on the data plane's `HTTP2Session`
-/// (nghttp2) as a client. The header block and the request body (gRPC: the length-prefixed
-/// message) are built once per run and shared by every stream of every connection.
+/// HTTP/2 with prior knowledge (h2c) and gRPC over it (unary and streaming calls), on the data
+/// plane's `HTTP2Session` (nghttp2) as a client. The header block and the request body (gRPC: the
+/// length-prefixed message) are built once per run and shared by every stream of every connection;
+/// a call sending several messages sends that one message several times.
 public final class HTTP2Protocol: BenchProtocol, @unchecked Sendable {
     public let name: String
     public let streamsPerConnection: Int
     public let isGRPC: Bool
+    /// gRPC: the messages each call sends (the request body is `body` this many times); else 1.
+    let messagesPerCall: Int
+    /// gRPC bidi: each message waits for the reply to the one before (ping-pong); latency is
+    /// recorded per message round trip.
+    let pingPong: Bool
     let timeoutMs: UInt64
     let timeoutNs: UInt64
     /// One allocation holding method, authority, path, every header name and value, and the body.
@@ -20,11 +26,15 @@ public final class HTTP2Protocol: BenchProtocol, @unchecked Sendable {
     /// nil: no body (no DATA frame, END_STREAM on HEADERS).
     let body: UnsafeRawBufferPointer?
 
-    /// h2c: `headers` as given (names lowercased here); a Host header becomes `:authority`.
-    /// gRPC: `path` is `/pkg.Service/Method`, `body` the serialized message (prefixed here).
-    public init(grpc: Bool, method: String, url: BenchURL, headers hs: [BenchOptions.Header], body rawBody: [UInt8]?,
-                streams: Int, timeoutNs: UInt64) {
+    /// h2c (`grpc` nil): `headers` as given (names lowercased here); a Host header becomes `:authority`.
+    /// gRPC: `path` is `/pkg.Service/Method`, `body` the serialized message (prefixed here), sent
+    /// `messagesPerCall` times per call.
+    public init(grpc mode: BenchOptions.GRPCMode?, messagesPerCall: Int = 1, method: String, url: BenchURL,
+                headers hs: [BenchOptions.Header], body rawBody: [UInt8]?, streams: Int, timeoutNs: UInt64) {
+        let grpc = mode != nil
         isGRPC = grpc
+        self.messagesPerCall = grpc ? max(1, messagesPerCall) : 1
+        pingPong = mode == .bidi
         name = grpc ? "gRPC (HTTP/2, h2c)" : "HTTP/2 (h2c)"
         streamsPerConnection = max(1, streams)
         self.timeoutNs = timeoutNs
@@ -68,9 +78,12 @@ public final class HTTP2Protocol: BenchProtocol, @unchecked Sendable {
         }
         headerCount = fields.count
         body = bodyBytes.map { _ in slice(bodyStart..<flat.count) }
+        bodyLength = (bodyBytes?.count ?? 0) * self.messagesPerCall
     }
 
     let headerCount: Int
+    /// Bytes of DATA each request sends: the body, `messagesPerCall` times.
+    let bodyLength: Int
 
     deinit {
         storage.deallocate()
@@ -88,9 +101,15 @@ public final class HTTP2Protocol: BenchProtocol, @unchecked Sendable {
 
 /// One HTTP/2 connection carrying up to `--streams` concurrent streams (fewer when the server's
 /// SETTINGS_MAX_CONCURRENT_STREAMS says so). Per-stream state lives in fixed tables indexed by a
-/// slot number (the stream's user data); nothing is allocated per request. Frames queued by the
-/// requests and responses of one callback go out in one corked write at its end (sends from the
-/// worker's timers are flushed by the worker after its tick).
+/// slot number (the stream's user data); nothing is allocated per request or per message. Frames
+/// queued by the requests and responses of one callback go out in one corked write at its end
+/// (sends from the worker's timers are flushed by the worker after its tick).
+///
+/// gRPC: a call ends at the server's trailers (or its END_STREAM), its reply messages counted as
+/// they arrive (`GRPCMessageFramer`). Bidi calls hold their next message back (the body source
+/// defers) until the reply to the last one is in. What a callback decides about a stream — resume
+/// its body, or end it because the server already ended the call — is done after `receive`
+/// returns, never from inside nghttp2.
 final class HTTP2Connection: BenchConnection, TCPConnectionDelegate, HTTP2SessionDelegate {
     unowned(unsafe) let worker: BenchWorker
     let proto: HTTP2Protocol
@@ -105,6 +124,10 @@ final class HTTP2Connection: BenchConnection, TCPConnectionDelegate, HTTP2Sessio
     let statuses: UnsafeMutablePointer<Int>
     let grpcStatuses: UnsafeMutablePointer<Int>
     let ended: UnsafeMutablePointer<Bool>
+    /// gRPC: each call's message state.
+    let calls: UnsafeMutablePointer<GRPCCall>
+    /// Some call has an action due (`GRPCCall.action`).
+    var actionsDue = false
     /// Free slot numbers (a stack).
     let freeList: UnsafeMutablePointer<Int>
     var freeCount: Int
@@ -137,6 +160,8 @@ final class HTTP2Connection: BenchConnection, TCPConnectionDelegate, HTTP2Sessio
         statuses = .allocate(capacity: depth)
         grpcStatuses = .allocate(capacity: depth)
         ended = .allocate(capacity: depth)
+        calls = .allocate(capacity: depth)
+        calls.initialize(repeating: GRPCCall(), count: depth)
         freeList = .allocate(capacity: depth)
         for i in 0..<depth { freeList[i] = depth - 1 - i; streamIDs[i] = -1 }
         freeCount = depth
@@ -149,7 +174,7 @@ final class HTTP2Connection: BenchConnection, TCPConnectionDelegate, HTTP2Sessio
 
     deinit {
         origins.deallocate(); sents.deallocate(); streamIDs.deallocate(); bodyOffsets.deallocate()
-        statuses.deallocate(); grpcStatuses.deallocate(); ended.deallocate(); freeList.deallocate()
+        statuses.deallocate(); grpcStatuses.deallocate(); ended.deallocate(); calls.deallocate(); freeList.deallocate()
     }
 
     // MARK: BenchConnection
@@ -179,8 +204,9 @@ final class HTTP2Connection: BenchConnection, TCPConnectionDelegate, HTTP2Sessio
         sents[slot] = now
         bodyOffsets[slot] = 0
         statuses[slot] = 0
-        grpcStatuses[slot] = -1
+        grpcStatuses[slot] = 17   // "missing" until a grpc-status field says otherwise
         ended[slot] = false
+        calls[slot] = GRPCCall()
         let id = h2.submitRequest(method: proto.method, scheme: "http", authority: proto.authority, path: proto.path,
                                   headers: proto.headerList, clean: false, hasBody: proto.body != nil,
                                   streamData: UnsafeMutableRawPointer(bitPattern: slot + 1))
@@ -210,11 +236,16 @@ final class HTTP2Connection: BenchConnection, TCPConnectionDelegate, HTTP2Sessio
         h2.consumeConnection(connectionCredit)
         connectionCredit = 0
         var written = 0
+        // Streams may close while their last frame goes out (our END_STREAM or RST_STREAM after
+        // the server's END_STREAM): the socket closes, if it must, after the write, not amid it.
+        inCallback = true
         tcp.cork()
         let ok = h2.send(until: { tcp.isAboveHighWatermark }) { written += $0.count; return tcp.write($0) }
         tcp.uncork()
+        inCallback = false
         if written > 0 { worker.noteWritten(written, now: monotonicNanos()) }
         if !ok { fail(.reset) }
+        afterCallback()
     }
 
     func closeWhenIdle() {
@@ -279,9 +310,9 @@ final class HTTP2Connection: BenchConnection, TCPConnectionDelegate, HTTP2Sessio
         inCallback = true
         let ok = h2.receive(data)
         inCallback = false
+        if actionsDue { runDueActions() }
         flush()
         if !ok { if connected { fail(.parse) } else { connectFailed = true; tcp.close() } }
-        afterCallback()
     }
 
     func afterCallback() {
@@ -340,16 +371,53 @@ final class HTTP2Connection: BenchConnection, TCPConnectionDelegate, HTTP2Sessio
     func h2HeadersComplete(_ s: HTTP2Session, stream: Int32, endStream: Bool) {
         guard let i = slot(stream) else { return }
         if statuses[i] >= 100 && statuses[i] < 200 && !endStream { statuses[i] = 0; return }   // interim
-        if endStream { ended[i] = true }
+        if endStream { serverEnded(i) }
     }
 
     func h2Data(_ s: HTTP2Session, stream: Int32, data: UnsafeRawBufferPointer) {
         connectionCredit += data.count
         h2.consume(stream: stream, data.count)
+        guard proto.isGRPC, let i = slot(stream) else { return }
+        let n = calls[i].framer.feed(data)
+        if n == 0 { return }
+        worker.noteMessages(sent: 0, received: n, origin: origins[i])
+        guard calls[i].awaitingReply else { return }
+        // Bidi: the reply to the message in flight; the next message goes now.
+        calls[i].awaitingReply = false
+        let start = calls[i].messageStart
+        worker.messageRoundTrip(origin: origins[i], start: start == 0 ? origins[i] : start,
+                                sent: start == 0 ? sents[i] : start, now: now)
+        calls[i].messageStart = now
+        if bodyOffsets[i] < proto.bodyLength { due(i, .resume) }
     }
 
     func h2DataEnd(_ s: HTTP2Session, stream: Int32) {
-        if let i = slot(stream) { ended[i] = true }
+        if let i = slot(stream) { serverEnded(i) }
+    }
+
+    /// The server's END_STREAM. gRPC: the call is over; a body not yet all sent (a bidi call
+    /// waiting for a reply that will not come, messages held back by flow control) is cut short
+    /// with RST_STREAM(NO_ERROR), so the stream closes and the call counts as answered.
+    func serverEnded(_ i: Int) {
+        ended[i] = true
+        if proto.isGRPC && bodyOffsets[i] < proto.bodyLength { due(i, .finish) }
+    }
+
+    func due(_ i: Int, _ a: GRPCCall.Action) {
+        calls[i].action = a
+        actionsDue = true
+    }
+
+    /// Carries out what the callbacks of one `receive` decided (not from inside nghttp2).
+    func runDueActions() {
+        actionsDue = false
+        for i in 0..<depth where calls[i].action != .none {
+            let a = calls[i].action
+            calls[i].action = .none
+            let id = streamIDs[i]
+            guard id >= 0 else { continue }
+            if a == .resume { h2.resumeData(stream: id) } else { h2.reset(stream: id, code: 0) }
+        }
     }
 
     func h2StreamClosed(_ s: HTTP2Session, stream: Int32, errorCode: UInt32) {
@@ -361,11 +429,12 @@ final class HTTP2Connection: BenchConnection, TCPConnectionDelegate, HTTP2Sessio
         let origin = origins[i]
         let sent = sents[i]
         if sent == deadlineSent { rearmDeadline() }
-        if ended[i] && errorCode == 0 {
+        if ended[i] && errorCode == 0 && calls[i].framer.atBoundary {
             worker.responded(self, origin: origin, sent: sent, now: now, status: statuses[i],
-                             grpcStatus: proto.isGRPC ? grpcStatuses[i] : -1)
+                             grpcStatus: proto.isGRPC ? grpcStatuses[i] : -1, latency: !proto.pingPong)
         } else {
-            worker.failed(.reset, origin: origin)
+            // Reset, or ended in the middle of a gRPC message; the connection carries on.
+            worker.failed(ended[i] && errorCode == 0 ? .parse : .reset, origin: origin, on: self, now: now)
         }
     }
 
@@ -375,12 +444,46 @@ final class HTTP2Connection: BenchConnection, TCPConnectionDelegate, HTTP2Sessio
     }
 
 
+    /// The request body: `body` `messagesPerCall` times (gRPC client-stream: several messages
+    /// per DATA frame when they fit); bidi: one message, then nothing until its reply is in.
     func h2ReadBody(_ s: HTTP2Session, stream: Int32, into buf: UnsafeMutableRawBufferPointer) -> (count: Int, eof: Bool, trailers: Bool)? {
         guard let body = proto.body, let i = slot(stream) else { return (0, true, false) }
+        if calls[i].awaitingReply { return nil }   // resumed by the reply (or ended by the server)
+        let len = body.count
         let off = bodyOffsets[i]
-        let n = min(buf.count, body.count - off)
-        if n > 0 { buf.baseAddress!.copyMemory(from: body.baseAddress! + off, byteCount: n) }
-        bodyOffsets[i] = off + n
-        return (n, off + n == body.count, false)
+        let limit = proto.pingPong ? off - off % len + len : proto.bodyLength
+        var end = off
+        while end < limit && end - off < buf.count {
+            let k = end % len
+            let n = min(len - k, limit - end, buf.count - (end - off))
+            (buf.baseAddress! + (end - off)).copyMemory(from: body.baseAddress! + k, byteCount: n)
+            end += n
+        }
+        bodyOffsets[i] = end
+        if proto.isGRPC && end / len > off / len {
+            worker.noteMessages(sent: end / len - off / len, received: 0, origin: origins[i])
+            if proto.pingPong { calls[i].awaitingReply = true }
+        }
+        return (end - off, end == proto.bodyLength, false)
+    }
+}
+
+/// A gRPC call's state beside its stream's (one per slot, reset by each send).
+struct GRPCCall {
+    var framer = GRPCMessageFramer()
+    /// Bidi: the last message written waits for its reply; the next one is held back until then.
+    var awaitingReply = false
+    /// Bidi: when the message awaiting its reply was written (the previous reply's arrival); 0 for
+    /// a call's first message, timed from the call's own origin and send time.
+    var messageStart: UInt64 = 0
+    /// What to do with the stream once `receive` has returned.
+    var action = Action.none
+
+    enum Action {
+        case none
+        /// Bidi: the body source has its next message.
+        case resume
+        /// The server ended the call before the request body was all sent: end the stream.
+        case finish
     }
 }

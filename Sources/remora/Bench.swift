@@ -61,9 +61,7 @@ func benchCommand(_ argv: ArraySlice<String>) -> Int32 {
             printErr("remora bench: \(error)")
             return 1
         }
-        var isGRPC = false
-        if case .grpc = options.target {
-            isGRPC = true
+        if options.isGRPC {
             if let path = options.dataFile {
                 guard let b = readWholeFile(path) else {
                     printErr("remora bench: --data \(path): \(String(cString: strerror(errno)))")
@@ -74,7 +72,8 @@ func benchCommand(_ argv: ArraySlice<String>) -> Int32 {
                 body = []
             }
         }
-        proto = HTTP2Protocol(grpc: isGRPC, method: options.effectiveMethod, url: url, headers: options.headers,
+        proto = HTTP2Protocol(grpc: options.isGRPC ? options.grpcMode : nil, messagesPerCall: options.messagesPerCall,
+                              method: options.effectiveMethod, url: url, headers: options.headers,
                               body: body, streams: options.streams, timeoutNs: options.timeout)
     }
 

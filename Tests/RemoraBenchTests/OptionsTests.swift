@@ -134,6 +134,33 @@ import Testing
         #expect(g2.dataFile == nil)
     }
 
+    @Test func grpcModes() throws {
+        let base = "--grpc 127.0.0.1:50051 --method /p.S/M "
+        let u = try parse(base)
+        #expect(u.grpcMode == .unary && u.messages == nil && u.messagesPerCall == 1)
+        #expect(try parse(base + "--grpc-mode server-stream").grpcMode == .serverStream)
+        #expect(try parse(base + "--grpc-mode=server-stream").messagesPerCall == 1)
+        let c = try parse(base + "--grpc-mode client-stream")
+        #expect(c.grpcMode == .clientStream && c.messages == nil && c.messagesPerCall == 10)   // the default
+        let b = try parse(base + "--grpc-mode bidi --messages 3 -R 50")
+        #expect(b.grpcMode == .bidi && b.messages == 3 && b.messagesPerCall == 3)
+        #expect(b.rate == 50)   // calls per second
+        #expect(try parse("--messages=100 --grpc-mode client-stream " + base).messagesPerCall == 100)
+        #expect(BenchOptions.GRPCMode.allCases.map(\.rawValue) == ["unary", "server-stream", "client-stream", "bidi"])
+    }
+
+    @Test func grpcModeUsageErrors() {
+        let base = "--grpc 127.0.0.1:50051 --method /p.S/M "
+        #expect(error(base + "--grpc-mode stream")
+                == "--grpc-mode stream: expected unary, server-stream, client-stream or bidi")
+        #expect(error(base + "--grpc-mode")?.contains("needs a value") == true)
+        #expect(error(base + "--messages 5")?.contains("applies to --grpc-mode client-stream and bidi (unary") == true)
+        #expect(error(base + "--grpc-mode server-stream --messages 5")?.contains("(server-stream sends one message)") == true)
+        #expect(error(base + "--grpc-mode bidi --messages 0")?.contains("expected a whole number > 0") == true)
+        #expect(error("--grpc-mode bidi http://a/") == "--grpc-mode only applies to --grpc")
+        #expect(error("--h2c --messages 2 http://a/") == "--messages only applies to --grpc")
+    }
+
     @Test func headerValuesAreTrimmedAndChecked() throws {
         #expect(try BenchCommandLine.parseHeader("X-Y:   a b  ") == .init(name: "X-Y", value: "a b"))
         #expect(try BenchCommandLine.parseHeader("X-Y:") == .init(name: "X-Y", value: ""))

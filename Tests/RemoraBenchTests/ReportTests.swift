@@ -102,6 +102,71 @@ import Testing
                 == "[   1s] warming up")
     }
 
+    func grpcReport(_ mode: BenchOptions.GRPCMode, open: Bool = false) -> BenchReport {
+        var o = BenchOptions(target: .grpc(BenchURL(host: "h", port: 50051, target: "/p.S/M", authority: "h:50051")))
+        o.connections = 2
+        o.streams = 4
+        o.grpcMode = mode
+        if mode == .bidi { o.messages = 5 }
+        if open { o.rate = 100 }
+        var r = BenchResult()
+        r.measureStart = 1_000_000_000
+        r.measureEnd = 3_000_000_000
+        for _ in 0..<1_000 { r.latency.record(250) }
+        r.counters.responses = 200
+        r.counters.sent = 201
+        r.counters.messagesSent = 1_000
+        r.counters.messagesReceived = 998
+        r.counters.status[200] = 200
+        r.counters.grpcStatus[0] = 199
+        r.counters.grpcStatus[14] = 1
+        return BenchReport(options: o, protocolName: "gRPC (HTTP/2, h2c)", threads: 1, result: r)
+    }
+
+    @Test func grpcSummaryCountsCallsAndMessages() {
+        let s = grpcReport(.bidi).summary()
+        #expect(s.hasPrefix("remora bench grpc://h:50051/p.S/M (gRPC (HTTP/2, h2c), bidi, 5 messages per call)\n"))
+        #expect(s.contains("closed loop: 2 connections, up to 4 calls in flight each (concurrent streams), 1 thread"))
+        #expect(s.contains("Calls         200 completed, 100.0 calls/s  (201 started)\n"))
+        #expect(s.contains("Messages      sent 1,000 (500.0/s), received 998 (499.0/s)\n"))
+        #expect(s.contains("max 0.250  (per message round trip)\n"))
+        #expect(s.contains("gRPC status   0: 199, 14: 1\n"))
+        #expect(!s.contains("Requests"))
+        let ss = grpcReport(.serverStream, open: true).summary()
+        #expect(ss.contains("(gRPC (HTTP/2, h2c), server-stream)\n"))
+        #expect(ss.contains("open loop: 100.0 calls/s over 2 connections"))
+        #expect(ss.contains("(per call)\n"))
+        #expect(grpcReport(.bidi, open: true).summary().contains("each call's first round trip measured from the call's intended send time"))
+    }
+
+    @Test func grpcJSONHasCallsAndMessages() throws {
+        let j = try JSON.parse(grpcReport(.bidi).json().serialized())
+        #expect(j["config"]?["grpc_mode"] == .string("bidi"))
+        #expect(j["config"]?["messages_per_call"] == .number("5"))
+        #expect(j["calls_per_s"]?.doubleValue == 100)
+        #expect(j["requests_per_s"]?.doubleValue == 100)
+        #expect(j["messages"]?["sent"] == .number("1000"))
+        #expect(j["messages"]?["received"] == .number("998"))
+        #expect(j["messages"]?["sent_per_s"]?.doubleValue == 500)
+        #expect(j["messages"]?["received_per_s"]?.doubleValue == 499)
+        #expect(j["latency_of"] == .string("message"))
+        #expect(j["grpc_status"]?["14"] == .number("1"))
+        let c = try JSON.parse(grpcReport(.clientStream).json().serialized())
+        #expect(c["config"]?["messages_per_call"] == .number("10"))
+        #expect(c["latency_of"] == .string("call"))
+        // HTTP runs carry none of it.
+        let h = try JSON.parse(sampleReport(open: false).json().serialized())
+        #expect(h["messages"] == nil && h["calls_per_s"] == nil && h["latency_of"] == nil && h["config"]?["grpc_mode"] == nil)
+    }
+
+    @Test func grpcProgressLine() {
+        var h = LatencyHistogram.make()
+        h.record(100)
+        #expect(BenchReport.progressLine(second: 2, warmingUp: false, ratePerSecond: 1_234, latency: h, errors: 0,
+                                         messagesPerSecond: (sent: 12_340, received: 12_339))
+                == "[   2s]       1,234 calls/s      12,340 msg/s out      12,339 msg/s in  p50 0.100 ms  p99 0.100 ms  errors 0")
+    }
+
     @Test func svgChartHasBothRunsOnALogPercentileAxis() {
         let rep = sampleReport(open: false)
         var other = LatencyHistogram.make()

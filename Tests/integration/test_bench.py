@@ -1,4 +1,6 @@
-"""`remora bench`: open-loop correctness (coordinated omission), bad targets, Ctrl-C, outputs.
+"""`remora bench`: open-loop correctness (coordinated omission), bad targets, Ctrl-C, outputs;
+h2c; gRPC unary and streaming calls against a real grpcio server (grpc_fixtures/echo_server.py),
+directly and through Remora.
 
 The load generator runs as a subprocess against Python backends on 127.0.0.1; every run has a
 subprocess timeout, so a hang fails the test instead of stalling the suite.
@@ -6,15 +8,21 @@ subprocess timeout, so a hang fails the test instead of stalling the suite.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import select
 import signal
 import socket
 import subprocess
+import sys
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from backends import _ServerBase
+from harness import cluster, http_listener, make_config, poll, route
 from wire import Reader, header, parse_headers, split_head
 
 RUN_TIMEOUT = 20.0
@@ -274,35 +282,308 @@ def test_h2c_closed_and_open_loop(remora_binary, tmp_path):
         backend.close()
 
 
-def test_grpc_unary(remora_binary, tmp_path):
+# -- gRPC: unary, server-stream, client-stream, bidi (grpcio on the other side) ---------------
+
+FIXTURES = Path(__file__).resolve().parent / "grpc_fixtures"
+ECHO = "/remora.test.Echo/"
+
+
+@pytest.fixture
+def grpc_echo():
+    """grpc_echo.backend(): a grpcio server of remora.test.Echo in this process (stopped at teardown);
+    grpc_echo.request(**fields): a serialized EchoRequest (what --data sends)."""
     pytest.importorskip("grpc", reason="grpcio is not installed (pip install grpcio protobuf)")
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parent / "grpc_fixtures"))
+    sys.path.insert(0, str(FIXTURES))
     import echo_pb2
     from echo_server import GRPCBackend
 
-    backend = GRPCBackend("bench")
+    made: list = []
+
+    def backend(name: str = "bench"):
+        b = GRPCBackend(name)
+        made.append(b)
+        return b
+
+    yield SimpleNamespace(backend=backend, request=lambda **kw: echo_pb2.EchoRequest(**kw).SerializeToString())
+    for b in made:
+        b.stop(None).wait(5)
+
+
+def grpc_bench(binary, tmp_path, endpoint: str, method: str, request: bytes, *args: str, name: str = "out.json",
+               expect_code: int | None = 0) -> tuple[dict, subprocess.CompletedProcess]:
+    data = tmp_path / (name + ".bin")
+    data.write_bytes(request)
+    return bench_json(binary, tmp_path, "--grpc", endpoint, "--method", ECHO + method, "--data", str(data), *args,
+                      name=name, expect_code=expect_code)
+
+
+def assert_clean_calls(doc: dict, p, calls: int, sent: int, received: int):
+    assert doc["responses"] == calls and doc["sent"] == calls, p.stdout
+    assert doc["grpc_status"] == {"0": calls} and doc["status"] == {"200": calls}, p.stdout
+    assert doc["errors_total"] == 0, p.stdout
+    assert doc["messages"]["sent"] == sent and doc["messages"]["received"] == received, p.stdout
+
+
+def test_grpc_unary(remora_binary, tmp_path, grpc_echo):
+    backend = grpc_echo.backend()
+    req = grpc_echo.request(message="hello", payload=b"p" * 64)
+    doc, p = grpc_bench(remora_binary, tmp_path, backend.endpoint, "Unary", req, "-c", "4", "-m", "8", "-d", "1s")
+    assert "gRPC status   0: " in p.stdout, p.stdout
+    assert doc["responses"] > 0 and doc["errors_total"] == 0, p.stdout
+    assert doc["grpc_status"] == {"0": doc["responses"]}
+    assert doc["status"] == {"200": doc["responses"]}
+    assert doc["config"]["grpc_mode"] == "unary" and doc["latency_of"] == "call"
+
+    # A failing method: grpc-status from a trailers-only response is counted, not an error.
+    bad = grpc_echo.request(fail_code=5)
+    doc, p = grpc_bench(remora_binary, tmp_path, backend.endpoint, "Unary", bad, "-c", "1", "-m", "2", "-n", "50",
+                        name="bad.json")
+    assert doc["grpc_status"] == {"5": 50} and doc["errors_total"] == 0, p.stdout
+
+    # An unknown method: UNIMPLEMENTED (12).
+    doc, p = bench_json(remora_binary, tmp_path, "--grpc", backend.endpoint, "--method", "/remora.test.Echo/Nope",
+                        "-c", "1", "-n", "10", name="unimpl.json")
+    assert doc["grpc_status"] == {"12": 10}, p.stdout
+
+
+def test_grpc_server_stream_counts_every_message(remora_binary, tmp_path, grpc_echo):
+    backend = grpc_echo.backend()
+    # Small replies (several to a DATA frame) and 40 KB ones (each split across DATA frames).
+    for count, size, calls in ((7, 100, 60), (3, 40_000, 20)):
+        req = grpc_echo.request(count=count, reply_size=size)
+        doc, p = grpc_bench(remora_binary, tmp_path, backend.endpoint, "ServerStream", req, "--grpc-mode",
+                            "server-stream", "-c", "2", "-m", "4", "-n", str(calls), name=f"ss{size}.json")
+        assert_clean_calls(doc, p, calls, sent=calls, received=count * calls)
+        assert doc["latency_of"] == "call" and doc["latency_ms"]["count"] == calls
+        assert doc["bytes_read"] > count * calls * size
+        assert doc["messages"]["received_per_s"] > doc["calls_per_s"] > 0
+        assert "(gRPC (HTTP/2, h2c), server-stream)" in p.stdout
+        assert f"received {count * calls:,} (" in p.stdout, p.stdout
+
+
+def test_grpc_client_stream(remora_binary, tmp_path, grpc_echo):
+    backend = grpc_echo.backend()
+    req = grpc_echo.request(message="m", payload=b"c" * 3000)
+    doc, p = grpc_bench(remora_binary, tmp_path, backend.endpoint, "ClientStream", req, "--grpc-mode", "client-stream",
+                        "--messages", "20", "-c", "2", "-m", "2", "-n", "30")
+    assert_clean_calls(doc, p, 30, sent=600, received=30)
+    assert doc["config"]["messages_per_call"] == 20
+    assert doc["bytes_written"] > 600 * 3000
+
+    # What the server counted: a recorded call (its call_id) got all 20 messages before the half-close.
+    doc, p = grpc_bench(remora_binary, tmp_path, backend.endpoint, "ClientStream",
+                        grpc_echo.request(call_id="cs", payload=b"c" * 10), "--grpc-mode", "client-stream",
+                        "--messages", "20", "-c", "1", "-n", "1", name="one.json")
+    rec = backend.call("cs")
+    assert rec.finished.wait(5) and rec.completed, rec
+    assert rec.received == 20, rec
+
+
+def test_grpc_bidi_ping_pong(remora_binary, tmp_path, grpc_echo):
+    backend = grpc_echo.backend()
+    req = grpc_echo.request(message="ping", payload=b"b" * 200)
+    doc, p = grpc_bench(remora_binary, tmp_path, backend.endpoint, "Bidi", req, "--grpc-mode", "bidi",
+                        "--messages", "8", "-c", "2", "-m", "2", "-n", "40")
+    assert_clean_calls(doc, p, 40, sent=320, received=320)
+    # One latency sample per message round trip, not per call.
+    assert doc["latency_of"] == "message" and doc["latency_ms"]["count"] == 320, p.stdout
+    assert "(per message round trip)" in p.stdout
+
+    # The server's view of one call: 8 requests read, 8 replies sent, then the half-close.
+    doc, p = grpc_bench(remora_binary, tmp_path, backend.endpoint, "Bidi", grpc_echo.request(call_id="pp"),
+                        "--grpc-mode", "bidi", "--messages", "8", "-c", "1", "-n", "1", name="one.json")
+    rec = backend.call("pp")
+    assert rec.finished.wait(5) and rec.completed, rec
+    assert rec.received == 8 and rec.sent == 8, rec
+
+    # Open loop: --rate is calls/s; the progress line shows calls/s and messages/s both ways.
+    doc, p = grpc_bench(remora_binary, tmp_path, backend.endpoint, "Bidi", req, "--grpc-mode", "bidi",
+                        "--messages", "4", "-c", "2", "-m", "2", "-R", "100", "-d", "2200ms", "--progress",
+                        name="open.json")
+    assert doc["errors_total"] == 0 and 150 <= doc["responses"] <= 230, p.stdout
+    assert doc["messages"]["sent"] == doc["messages"]["received"] == 4 * doc["responses"], p.stdout
+    assert doc["uncorrected_latency_ms"]["count"] == doc["latency_ms"]["count"] == 4 * doc["responses"]
+    lines = [line for line in p.stderr.splitlines() if "calls/s" in line]
+    assert len(lines) >= 2 and all("msg/s out" in line and "msg/s in" in line for line in lines), p.stderr
+
+
+def test_grpc_bidi_waits_for_each_reply(remora_binary, tmp_path):
+    """Ping-pong, seen from the server: against one that answers only once the request stream has
+    ended (hyper-h2's /mirror), a bidi call sends its first message and nothing more — and times out
+    (never a hang) — while client-stream sends all of them and gets them back."""
+    pytest.importorskip("h2", reason="hyper-h2 is not installed (pip install h2)")
+    from test_http2 import H2Backend
+
+    backend = H2Backend()
     try:
-        req = tmp_path / "req.bin"
-        req.write_bytes(echo_pb2.EchoRequest(message="hello", payload=b"p" * 64).SerializeToString())
-        doc, p = bench_json(remora_binary, tmp_path, "--grpc", backend.endpoint, "--method", "/remora.test.Echo/Unary",
-                            "--data", str(req), "-c", "4", "-m", "8", "-d", "1s")
-        assert "gRPC status   0: " in p.stdout, p.stdout
-        assert doc["responses"] > 0 and doc["errors_total"] == 0, p.stdout
-        assert doc["grpc_status"] == {"0": doc["responses"]}
-        assert doc["status"] == {"200": doc["responses"]}
+        msg = b"\x0a\x04ping"   # any bytes: the server does not parse them
+        t0 = time.monotonic()
+        doc, p = bench_json(remora_binary, tmp_path, "--grpc", backend.endpoint, "--method", "/mirror/x",
+                            "--data", str(write(tmp_path / "m.bin", msg)), "--grpc-mode", "bidi", "--messages", "4",
+                            "-c", "1", "-m", "2", "-n", "2", "--timeout", "500ms", expect_code=1)
+        assert time.monotonic() - t0 < 8
+        assert doc["errors"]["timeout"] == 2 and doc["responses"] == 0, p.stdout
+        assert doc["messages"] == {**doc["messages"], "sent": 2, "received": 0}, p.stdout   # one each, then waited
+        assert backend.requests == []   # no request stream ever ended
 
-        # A failing method: grpc-status from a trailers-only response is counted, not an error.
-        bad = tmp_path / "bad.bin"
-        bad.write_bytes(echo_pb2.EchoRequest(fail_code=5).SerializeToString())
-        doc, p = bench_json(remora_binary, tmp_path, "--grpc", backend.endpoint, "--method", "/remora.test.Echo/Unary",
-                            "--data", str(bad), "-c", "1", "-m", "2", "-n", "50", name="bad.json")
-        assert doc["grpc_status"] == {"5": 50} and doc["errors_total"] == 0, p.stdout
-
-        # An unknown method: UNIMPLEMENTED (12).
-        doc, p = bench_json(remora_binary, tmp_path, "--grpc", backend.endpoint, "--method", "/remora.test.Echo/Nope",
-                            "-c", "1", "-n", "10", name="unimpl.json")
-        assert doc["grpc_status"] == {"12": 10}, p.stdout
+        doc, p = bench_json(remora_binary, tmp_path, "--grpc", backend.endpoint, "--method", "/mirror/x",
+                            "--data", str(tmp_path / "m.bin"), "--grpc-mode", "client-stream", "--messages", "4",
+                            "-c", "1", "-n", "3", name="cs.json")
+        assert doc["responses"] == 3 and doc["errors_total"] == 0, p.stdout
+        assert doc["messages"]["sent"] == doc["messages"]["received"] == 12, p.stdout
+        assert doc["grpc_status"] == {"missing": 3}   # /mirror sends no trailers
+        assert [r["body_length"] for r in backend.requests] == [4 * (5 + len(msg))] * 3
     finally:
-        backend.server.stop(None).wait(5)
+        backend.close()
+
+
+class EarlyEndBackend(_ServerBase):
+    """h2c (hyper-h2): answers every request at once with a trailers-only gRPC OK (HEADERS with
+    END_STREAM) while the client's request stream is still open, and never resets the stream
+    itself — the client has to end its side. Records the RST_STREAM codes it receives."""
+
+    def __init__(self):
+        self.resets: list[int] = []
+        super().__init__("127.0.0.1")
+
+    def handle(self, conn, conn_id):
+        import h2.config
+        import h2.connection
+        import h2.events
+
+        hc = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        hc.initiate_connection()
+        conn.sendall(hc.data_to_send())
+        while not self.stop.is_set():
+            data = conn.recv(1 << 16)
+            if not data:
+                return
+            for ev in hc.receive_data(data):
+                if isinstance(ev, h2.events.RequestReceived):
+                    hc.send_headers(ev.stream_id, [(":status", "200"), ("content-type", "application/grpc"),
+                                                   ("grpc-status", "0")], end_stream=True)
+                elif isinstance(ev, h2.events.DataReceived):
+                    hc.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif isinstance(ev, h2.events.StreamReset):
+                    with self.lock:
+                        self.resets.append(ev.error_code)
+            conn.sendall(hc.data_to_send())
+
+
+def test_grpc_call_ended_by_the_server_before_the_client_is_done(remora_binary, tmp_path):
+    """A bidi call waiting for a reply that will never come, the server having ended the call: the
+    client ends its side (RST_STREAM NO_ERROR) and counts the call, at once — not at --timeout."""
+    pytest.importorskip("h2", reason="hyper-h2 is not installed (pip install h2)")
+    backend = EarlyEndBackend()
+    try:
+        t0 = time.monotonic()
+        doc, p = bench_json(remora_binary, tmp_path, "--grpc", backend.endpoint, "--method", "/p.S/M",
+                            "--grpc-mode", "bidi", "--messages", "5", "-c", "1", "-m", "2", "-n", "20",
+                            "--timeout", "3s")
+        assert time.monotonic() - t0 < 2.5, p.stdout
+        assert doc["responses"] == 20 and doc["grpc_status"] == {"0": 20} and doc["errors_total"] == 0, p.stdout
+        assert doc["messages"]["received"] == 0
+        poll(lambda: len(backend.resets) == 20, 5, what=f"20 RST_STREAM from the client (got {backend.resets})")
+        assert set(backend.resets) == {0}
+    finally:
+        backend.close()
+
+
+def test_grpc_error_status_is_counted_not_an_error(remora_binary, tmp_path, grpc_echo):
+    backend = grpc_echo.backend()
+    # Three replies, then status 9 (FAILED_PRECONDITION) in the trailers.
+    doc, p = grpc_bench(remora_binary, tmp_path, backend.endpoint, "ServerStream",
+                        grpc_echo.request(count=3, fail_code=9, fail_message="no"), "--grpc-mode", "server-stream",
+                        "-c", "1", "-m", "4", "-n", "40")
+    assert doc["grpc_status"] == {"9": 40} and doc["errors_total"] == 0, p.stdout
+    assert doc["messages"]["received"] == 120
+    assert "gRPC status   9: 40" in p.stdout
+    # A bidi call on an unknown method: UNIMPLEMENTED at once, the remaining messages never sent.
+    doc, p = bench_json(remora_binary, tmp_path, "--grpc", backend.endpoint, "--method", ECHO + "Nope",
+                        "--grpc-mode", "bidi", "--messages", "5", "-c", "1", "-n", "10", "--timeout", "2s",
+                        name="unimpl.json")
+    assert doc["grpc_status"] == {"12": 10} and doc["errors_total"] == 0, p.stdout
+    assert doc["messages"]["sent"] <= 10 and doc["messages"]["received"] == 0
+
+
+def test_grpc_server_stream_times_out(remora_binary, tmp_path, grpc_echo):
+    backend = grpc_echo.backend()
+    t0 = time.monotonic()
+    doc, p = grpc_bench(remora_binary, tmp_path, backend.endpoint, "ServerStream",
+                        grpc_echo.request(count=100, interval_ms=50), "--grpc-mode", "server-stream",
+                        "-c", "1", "-m", "2", "-n", "2", "--timeout", "500ms", expect_code=1)
+    assert time.monotonic() - t0 < 6
+    assert doc["errors"]["timeout"] == 2 and doc["responses"] == 0, p.stdout
+    assert 2 <= doc["messages"]["received"] <= 2 * 12, p.stdout   # what came within the timeout was counted
+
+
+def test_grpc_server_stream_through_remora(remora_binary, tmp_path, grpc_echo, start_remora):
+    backend = grpc_echo.backend()
+    remora = start_remora(make_config([http_listener("web", routes=[route("grpc")])],
+                                      [cluster("grpc", [backend.endpoint], protocol="http2")]))
+    doc, p = grpc_bench(remora_binary, tmp_path, f"127.0.0.1:{remora.port('web')}", "ServerStream",
+                        grpc_echo.request(count=25, reply_size=500), "--grpc-mode", "server-stream",
+                        "-c", "2", "-m", "4", "-n", "80")
+    assert_clean_calls(doc, p, 80, sent=80, received=2000)
+    remora.wait_stat("cluster.grpc.upstream_rq_2xx", lambda v: v >= 80)
+
+
+@contextlib.contextmanager
+def killable_grpc_backend():
+    """The echo server in a child process, to be killed (SIGKILL: no trailers, no GOAWAY)."""
+    pytest.importorskip("grpc", reason="grpcio is not installed (pip install grpcio protobuf)")
+    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from echo_server import GRPCBackend; "
+            "b = GRPCBackend('child'); print(b.port, flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(FIXTURES)], stdout=subprocess.PIPE, text=True)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 15)
+        assert ready, "the grpcio child did not start"
+        yield f"127.0.0.1:{int(proc.stdout.readline())}", proc
+    finally:
+        proc.kill()
+        proc.wait(5)
+        proc.stdout.close()
+
+
+@pytest.mark.parametrize("via", ["direct", "remora"])
+def test_grpc_server_killed_mid_stream(remora_binary, tmp_path, grpc_echo, start_remora, via):
+    """Streams cut mid-call: directly, the connection breaks (reset errors, closed by the server, then
+    refused connects); through Remora, the proxy resets each stream (RST_STREAM) and answers the
+    next calls UNAVAILABLE (14) on the same connections. Counted by kind; the run ends on time."""
+    with killable_grpc_backend() as (endpoint, child):
+        target = endpoint
+        if via == "remora":
+            remora = start_remora(make_config([http_listener("web", routes=[route("grpc")])],
+                                              [cluster("grpc", [endpoint], protocol="http2")]))
+            target = f"127.0.0.1:{remora.port('web')}"
+        data = write(tmp_path / "slow.bin", grpc_echo.request(count=1000, interval_ms=10))
+        out = tmp_path / "kill.json"
+        proc = subprocess.Popen([str(remora_binary), "bench", "--grpc", target, "--method", ECHO + "ServerStream",
+                                 "--data", str(data), "--grpc-mode", "server-stream", "-c", "2", "-m", "2",
+                                 "-t", "1", "-d", "2s", "--timeout", "5s", "--json", str(out)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(0.8)
+            child.kill()
+            stdout, stderr = proc.communicate(timeout=15)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    doc = json.loads(out.read_text())
+    assert proc.returncode in (0, 1), stderr
+    assert doc["messages"]["received"] > 0, stdout        # streams were flowing before the kill
+    assert doc["errors"]["reset"] == 4, stdout            # the 4 calls in flight, each counted once
+    assert doc["errors"]["timeout"] == 0 and doc["errors"]["parse"] == 0, stdout
+    if via == "direct":
+        assert doc["connections"]["closed_by_server"] == 2, stdout
+        assert doc["errors"]["connect"] >= 1, stdout
+    else:
+        assert doc["connections"]["closed_by_server"] == 0, stdout
+        assert doc["grpc_status"].get("14", 0) > 0, stdout
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
