@@ -1,10 +1,12 @@
 import RemoraCore
 
-/// A header list the codec owns: name and value bytes in one arena, indexed by spans. Used for
-/// HTTP/2 header blocks as they arrive and for trailers; storage comes from and goes back to a pool.
+/// A header list the codec owns: name and value bytes in one arena, and the fields as `HeaderRef`s
+/// pointing into it (moved along when the arena grows), so handing the list on costs nothing. Used
+/// for HTTP/2 header blocks as they arrive, request heads kept for retries, and trailers; storage
+/// comes from and goes back to a pool.
 public struct HeaderBlock {
     public var arena = ByteBuffer()
-    var spans = ByteBuffer()
+    var refs = ByteBuffer()
     public private(set) var count = 0
     /// Bytes of names and values plus 32 per field (RFC 9113 §6.5.2's header list size).
     public private(set) var listSize = 0
@@ -21,16 +23,36 @@ public struct HeaderBlock {
     @inline(__always)
     public mutating func prepare(_ pool: BufferPool) {
         if arena.base == nil { arena = pool.take() }
-        if spans.base == nil { spans = pool.take() }
+        if refs.base == nil { refs = pool.take() }
         removeAll()
+    }
+
+    @inline(__always) var fields: UnsafeMutablePointer<HeaderRef> { refs.base!.assumingMemoryBound(to: HeaderRef.self) }
+
+    /// Makes room for `n` more arena bytes; fields move with the arena.
+    @inline(__always)
+    mutating func reserveArena(_ n: Int) {
+        if arena.count &+ n > arena.capacity { growArena(arena.count &+ n) }
+    }
+
+    mutating func growArena(_ capacity: Int) {
+        let old = arena.base
+        arena.reserve(capacity)
+        guard let old = old.map(UnsafeRawPointer.init), let new = arena.base, UnsafeRawPointer(new) != old else { return }
+        let f = fields
+        for i in 0..<count {
+            let r = f[i]
+            f[i] = HeaderRef(name: UnsafeRawBufferPointer(start: new + (r.name.baseAddress! - old), count: r.name.count),
+                             value: UnsafeRawBufferPointer(start: new + (r.value.baseAddress! - old), count: r.value.count))
+        }
     }
 
     /// Appends a field (names from HTTP/2 are lowercase already: nghttp2 refuses others).
     @inline(__always)
     public mutating func append(_ name: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer) {
         let nl = name.count, vl = value.count
+        reserveArena(nl &+ vl)
         let offset = arena.count
-        if offset &+ nl &+ vl > arena.capacity { arena.reserve(offset &+ nl &+ vl) }
         let base = arena.base!
         if nl > 0 { (base + offset).copyMemory(from: name.baseAddress!, byteCount: nl) }
         if vl > 0 { (base + (offset &+ nl)).copyMemory(from: value.baseAddress!, byteCount: vl) }
@@ -52,38 +74,36 @@ public struct HeaderBlock {
     @inline(__always)
     public mutating func beginField(_ name: UnsafeRawBufferPointer) -> Int {
         let offset = arena.count
-        arena.append(name)
+        appendToValue(name)
         return offset
     }
 
     @inline(__always)
-    public mutating func appendToValue(_ bytes: UnsafeRawBufferPointer) { arena.append(bytes) }
+    public mutating func appendToValue(_ bytes: UnsafeRawBufferPointer) {
+        guard let p = bytes.baseAddress, bytes.count > 0 else { return }
+        reserveArena(bytes.count)
+        (arena.base! + arena.count).copyMemory(from: p, byteCount: bytes.count)
+        arena.count &+= bytes.count
+    }
 
     @inline(__always)
     public mutating func endField(nameOffset: Int, nameLength: Int) {
         // (Sizes stay far below 2^31: header lists are capped well under a megabyte.)
-        let need = (count &+ 1) &* MemoryLayout<HeaderSpan>.stride
-        if need > spans.capacity { spans.reserve(need) }
+        let need = (count &+ 1) &* MemoryLayout<HeaderRef>.stride
+        if need > refs.capacity { refs.reserve(need) }
+        if arena.base == nil { arena.reserve(1) }   // an empty first field still points somewhere
+        let base = arena.base!
         let valueOffset = nameOffset &+ nameLength
         let valueLength = arena.count &- valueOffset
-        spans.base!.assumingMemoryBound(to: HeaderSpan.self)[count] =
-            HeaderSpan(nameOffset: Int32(truncatingIfNeeded: nameOffset), nameLength: Int32(truncatingIfNeeded: nameLength),
-                       valueOffset: Int32(truncatingIfNeeded: valueOffset), valueLength: Int32(truncatingIfNeeded: valueLength))
+        fields[count] = HeaderRef(name: UnsafeRawBufferPointer(start: base + nameOffset, count: nameLength),
+                                  value: UnsafeRawBufferPointer(start: base + valueOffset, count: valueLength))
         count &+= 1
         listSize &+= nameLength &+ valueLength &+ 32
     }
 
-    @inline(__always) func span(_ i: Int) -> HeaderSpan { spans.base!.assumingMemoryBound(to: HeaderSpan.self)[i] }
+    public func name(_ i: Int) -> UnsafeRawBufferPointer { fields[i].name }
 
-    public func name(_ i: Int) -> UnsafeRawBufferPointer {
-        let s = span(i)
-        return UnsafeRawBufferPointer(start: arena.base! + Int(s.nameOffset), count: Int(s.nameLength))
-    }
-
-    public func value(_ i: Int) -> UnsafeRawBufferPointer {
-        let s = span(i)
-        return UnsafeRawBufferPointer(start: arena.base.map { $0 + Int(s.valueOffset) }, count: Int(s.valueLength))
-    }
+    public func value(_ i: Int) -> UnsafeRawBufferPointer { fields[i].value }
 
     public mutating func removeAll() {
         arena.count = 0
@@ -94,26 +114,28 @@ public struct HeaderBlock {
     /// Gives the storage back to `pool`.
     @inline(__always)
     public mutating func release(to pool: BufferPool) {
-        if arena.base == nil && spans.base == nil { return }
+        if arena.base == nil && refs.base == nil { return }
         removeAll()
         pool.give(&arena)
-        pool.give(&spans)
+        pool.give(&refs)
     }
 
     /// Frees the storage.
     public mutating func release() {
         removeAll()
         arena.release()
-        spans.release()
+        refs.release()
     }
 
-    /// The fields as `HeaderRef`s (built on the stack; valid inside `body` only).
-    public func withRefs<R>(_ body: (UnsafeBufferPointer<HeaderRef>) -> R) -> R {
-        withUnsafeTemporaryAllocation(of: HeaderRef.self, capacity: max(count, 1)) { buf in
-            for i in 0..<count { buf.initializeElement(at: i, to: HeaderRef(name: name(i), value: value(i))) }
-            return body(UnsafeBufferPointer(rebasing: buf[0..<count]))
-        }
+    /// The fields (valid until the block changes).
+    @inline(__always)
+    public var headerRefs: UnsafeBufferPointer<HeaderRef> {
+        count == 0 ? UnsafeBufferPointer(start: nil, count: 0) : UnsafeBufferPointer(start: fields, count: count)
     }
+
+    /// The fields as `HeaderRef`s (valid inside `body` only).
+    @inline(__always)
+    public func withRefs<R>(_ body: (UnsafeBufferPointer<HeaderRef>) -> R) -> R { body(headerRefs) }
 }
 
 /// Which fields of a header list must not be forwarded to the next hop (RFC 9110 §7.6.1):
