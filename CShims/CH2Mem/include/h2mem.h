@@ -5,7 +5,8 @@
 /// (each worker loop is one thread), so the ~35 small allocations nghttp2 makes per stream
 /// (stream state, header buffers, outbound items) are a pointer pop and push instead of a trip
 /// through malloc's bins. A block may be freed on another thread (it then joins that thread's
-/// lists). Each class keeps at most REMORA_H2MEM_KEEP_BYTES; beyond that blocks go back to libc.
+/// lists). Each class keeps at most 128 KiB (10 classes: 1.25 MiB per thread at worst); beyond
+/// that blocks go back to libc.
 /// The allocator, an `nghttp2_mem *` (void * here so that nghttp2.h stays owned by CNGHTTP2).
 void *remora_h2_mem(void);
 
