@@ -190,7 +190,7 @@ func feed(_ p: HTTP1Parser, _ s: String) -> HTTP1Parser.Result {
         #expect(out.bytes.string == "GET /a?b HTTP/1.1\r\nhost: svc:80\r\naccept: */*\r\n"
                 + "x-forwarded-for: ::1\r\nx-forwarded-proto: http\r\n\r\n")
         out.release()
-        fields.release(to: nil)
+        fields.release()
     }
 
     @Test func lastChunkCarriesTrailers() {
