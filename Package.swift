@@ -66,7 +66,7 @@ let package = Package(
         .testTarget(name: "RemoraHTTPTests", dependencies: ["RemoraHTTP", "RemoraCore"]),
         .testTarget(name: "RemoraRoutingTests", dependencies: ["RemoraRouting", "RemoraCore"]),
         .testTarget(name: "RemoraIOTests", dependencies: ["RemoraIO", "RemoraCore"]),
-        .testTarget(name: "RemoraBenchTests", dependencies: ["RemoraBench", "RemoraCore",
+        .testTarget(name: "RemoraBenchTests", dependencies: ["RemoraBench", "RemoraCore", "RemoraHTTP",
                                                               .product(name: "Histogram", package: "hdrhistogram-swift")]),
         .testTarget(name: "RemoraControlTests", dependencies: ["RemoraControl", "RemoraConfig", "RemoraCore"]),
     ],
