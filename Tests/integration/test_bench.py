@@ -489,6 +489,56 @@ def test_grpc_call_ended_by_the_server_before_the_client_is_done(remora_binary, 
         backend.close()
 
 
+class StallOneStreamBackend(_ServerBase):
+    """h2c (hyper-h2): answers every request at once (200, 2 bytes), except stream 3 — each
+    connection's second — which it never answers."""
+
+    def handle(self, conn, conn_id):
+        import h2.config
+        import h2.connection
+        import h2.events
+
+        hc = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        hc.initiate_connection()
+        conn.sendall(hc.data_to_send())
+        while not self.stop.is_set():
+            data = conn.recv(1 << 16)
+            if not data:
+                return
+            for ev in hc.receive_data(data):
+                if isinstance(ev, h2.events.RequestReceived) and ev.stream_id != 3:
+                    hc.send_headers(ev.stream_id, [(":status", "200"), ("content-length", "2")])
+                    hc.send_data(ev.stream_id, b"ok", end_stream=True)
+            conn.sendall(hc.data_to_send())
+
+
+def test_h2c_stream_timeout_while_others_complete(remora_binary, tmp_path):
+    """The request deadline is not moved as responses come back: the timer set by a connection's
+    first request checks, when it fires, whether the oldest request in flight is overdue. One
+    stuck stream among answered ones times out on time (the connection, taking no more, is
+    replaced); a busy connection with none stuck, its timer firing many times, loses nothing."""
+    pytest.importorskip("h2", reason="hyper-h2 is not installed (pip install h2)")
+    backend = StallOneStreamBackend("127.0.0.1")
+    try:
+        doc, p = bench_json(remora_binary, tmp_path, "--h2c", "-t", "1", "-c", "1", "-m", "4", "-d", "1500ms",
+                            "--timeout", "200ms", f"http://{backend.endpoint}/")
+        assert doc["responses"] > 50, p.stdout
+        # a stuck stream every ~200 ms: its connection's requests in flight time out, a new one follows
+        assert 3 <= doc["errors"]["timeout"] and doc["errors"]["reset"] == doc["errors"]["parse"] == 0, p.stdout
+        assert 3 <= doc["connections"]["opened"] <= 9, p.stdout
+    finally:
+        backend.close()
+    h2 = pytest.importorskip("test_http2")
+    backend = h2.H2Backend()
+    try:
+        doc, p = bench_json(remora_binary, tmp_path, "--h2c", "-t", "1", "-c", "2", "-m", "4", "-d", "1500ms",
+                            "--timeout", "150ms", f"http://{backend.endpoint}/bytes/10", name="busy.json")
+        assert doc["responses"] > 50 and doc["errors_total"] == 0, p.stdout
+        assert doc["connections"]["opened"] == 2, p.stdout
+    finally:
+        backend.close()
+
+
 def test_grpc_error_status_is_counted_not_an_error(remora_binary, tmp_path, grpc_echo):
     backend = grpc_echo.backend()
     # Three replies, then status 9 (FAILED_PRECONDITION) in the trailers.
