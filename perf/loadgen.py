@@ -2,7 +2,7 @@
 """Load generators side by side: `remora bench` vs wrk (HTTP/1.1 keep-alive) and vs h2load (h2c),
 one thread each, against the same backend in one run, rounds alternating the tools. Stdlib only.
 
-    python3 perf/loadgen.py                 # 5 rounds x 10 s per tool and scenario (~12 min)
+    python3 perf/loadgen.py                 # 5 rounds x 10 s per tool and scenario (~7 min)
     python3 perf/loadgen.py --callgrind     # also instructions per request of each generator
     python3 perf/loadgen.py --help
 
@@ -23,8 +23,9 @@ from pathlib import Path
 
 import bench as B   # perf/bench.py: /proc helpers, process runner, tool output parsers, nginx backend
 
-# Debian packages: always, and with --callgrind (apt-get installs the missing ones, as perf/run.sh does)
-PACKAGES = ["wrk", "nghttp2-client", "nginx", "util-linux"]
+# Debian packages: always, with --backend nginx, with --callgrind (apt-get installs the missing ones, as perf/run.sh does)
+PACKAGES = ["wrk", "nghttp2-client", "util-linux"]
+NGINX_PACKAGES = ["nginx"]
 CG_PACKAGES = ["valgrind", "binutils"]
 # The function each generator runs its event loop in: under callgrind only instructions executed
 # inside it are counted (--toggle-collect), so start-up and the final report are left out.
@@ -91,7 +92,6 @@ def killpg(pgid):
 class RemoraBackend:
     """`remora run`, one worker, one route answering every request with a direct response
     (`direct_response: { status: 200, body: "ok\\n" }`): no upstream, HTTP/1.1 and h2c on one port."""
-    name = "remora"
 
     def __init__(self, runner, cpu, binary):
         self.r, self.cpu, self.binary = runner, cpu, binary
@@ -120,7 +120,6 @@ class RemoraBackend:
 
 class NginxBackend(B.Backend):
     """perf/bench.py's backend: nginx, one worker, `/` -> 200 "ok\\n" on an HTTP/1.1 and an h2c port."""
-    name = "nginx"
 
     def url(self, proto):
         return "http://%s:%d/" % (B.HOST, self.h2_port if proto == "h2c" else self.port)
@@ -146,17 +145,20 @@ class LoadGen:
             return RemoraBackend(self.r, a.backend_cpu, a.remora_bin)
         return NginxBackend(self.r, a.backend_cpu, 4096)
 
-    def launch(self, tool, sc, url, seconds=None, requests=None, backend=None, prefix=None):
-        """Runs one generator to its end on the load core; returns what it did and what it cost."""
+    def launch(self, tool, sc, url, seconds=None, requests=None, backend=None, prefix=None, remora_bin=None,
+               note=None):
+        """Runs one generator to its end on the load core; returns what it did and what it cost.
+        `prefix`: valgrind's command line; `remora_bin`: another binary than --remora-bin."""
         name, proto, conns, streams = sc
         self.seq += 1
         tag = "%03d-%s-%s" % (self.seq, tool, name.replace(" ", "").replace("-", "_"))
         json_path = self.outdir / (tag + ".json") if tool == "remora" else None
         log_path = self.outdir / (tag + ".log")
-        argv = (prefix or []) + tool_argv(tool, proto, conns, streams, url, self.a.remora_bin, seconds, requests, json_path)
+        argv = (prefix or []) + tool_argv(tool, proto, conns, streams, url, remora_bin or self.a.remora_bin, seconds,
+                                          requests, json_path)
         window = B.CpuWindow().start()
         b0 = B.cpu_seconds(backend.pids()) if backend else 0.0
-        p = self.r.spawn(argv, cpu=self.a.load_cpu, log_path=log_path, note=tool)
+        p = self.r.spawn(argv, cpu=self.a.load_cpu, log_path=log_path, note=note or tool)
         limit = (seconds or 0) + (600 if prefix else 60)
         watchdog = threading.Timer(limit, killpg, (p.pid,))
         watchdog.start()
@@ -192,7 +194,7 @@ class LoadGen:
     def measured_run(self, tool, sc, url, backend, rnd):
         a = self.a
         if a.warmup:
-            self.launch(tool, sc, url, seconds=a.warmup, backend=backend)
+            self.launch(tool, sc, url, seconds=a.warmup, backend=backend, note="warm-up, not measured")
         for attempt in range(a.retry_noisy + 1):
             waited, _ = B.wait_quiet(a.quiet_wait, a.quiet_threshold)
             rec = self.launch(tool, sc, url, seconds=a.duration, backend=backend)
@@ -218,14 +220,10 @@ class LoadGen:
             out = self.outdir / ("callgrind.%s.%s.out" % (tool, sc[0].replace(" ", "")))
             prefix = ["valgrind", "--tool=callgrind", "--toggle-collect=" + LOOP_FUNCTION[tool],
                       "--callgrind-out-file=" + str(out)]
-            saved, a.remora_bin = a.remora_bin, str(nodebug)
-            try:
-                if tool == "wrk":
-                    rec = self.launch(tool, sc, url, seconds=a.cg_wrk_seconds, prefix=prefix)
-                else:
-                    rec = self.launch(tool, sc, url, requests=a.cg_requests, prefix=prefix)
-            finally:
-                a.remora_bin = saved
+            if tool == "wrk":
+                rec = self.launch(tool, sc, url, seconds=a.cg_wrk_seconds, prefix=prefix)
+            else:
+                rec = self.launch(tool, sc, url, requests=a.cg_requests, prefix=prefix, remora_bin=str(nodebug))
             ir = None
             try:
                 for line in out.read_text().splitlines():
@@ -427,7 +425,7 @@ def parse_args(argv):
 
 def main():
     args = parse_args(sys.argv[1:])
-    install(PACKAGES + (CG_PACKAGES if args.callgrind else []))
+    install(PACKAGES + (NGINX_PACKAGES if args.backend == "nginx" else []) + (CG_PACKAGES if args.callgrind else []))
     if not os.access(args.remora_bin, os.X_OK) and "REMORA_BIN" not in os.environ:
         B.log("building Remora: swift build -c release --static-swift-stdlib")
         subprocess.run(["swift", "build", "-c", "release", "--static-swift-stdlib"], cwd=B.REPO, check=True)
