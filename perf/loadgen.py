@@ -243,8 +243,9 @@ class LoadGen:
         meta = machine(a)
         B.log("output %s; backend %s on CPU %s, generators on CPU %s" % (self.outdir, a.backend, a.backend_cpu, a.load_cpu))
         backend = self.backend()
-        backend.start()
+        interrupted = None
         try:
+            backend.start()
             for rnd in range(a.rounds):
                 for sc in scenarios(a):
                     url = backend.url(sc[1])
@@ -255,6 +256,9 @@ class LoadGen:
             if a.callgrind:
                 for sc in scenarios(a):
                     self.measure_callgrind(sc, backend.url(sc[1]))
+        except (KeyboardInterrupt, B.Interrupted) as e:   # report what was measured, then stop
+            interrupted = e
+            self.problems.append("interrupted (%s): partial results" % (e or "Ctrl-C"))
         finally:
             self.r.kill_all()
         doc = {"meta": meta, "outdir": str(self.outdir), "params": {k: v for k, v in vars(a).items()}, "runs": self.runs,
@@ -265,6 +269,8 @@ class LoadGen:
         base.with_suffix(".md").write_text(text)
         print(text)
         B.log("wrote %s.md and %s.json" % (base, base))
+        if interrupted:
+            raise interrupted
 
 
 # --------------------------------------------------------------------------- report
@@ -277,11 +283,9 @@ def summarize(runs, scenario, tool):
     def med(k):
         return B.median([r.get(k) for r in quiet])
 
-    return {"n": len(mine), "noisy": sum(r["noisy"] for r in mine), "errors": sum(r["errors"] or 0 for r in mine),
-            "rps": med("rps"), "cpu_us_per_req": med("cpu_us_per_req"), "backend_busy": med("backend_busy"),
-            "load_core_busy": med("load_core_busy"), "foreign_max": max((r["foreign_cores"] or 0) for r in mine) if mine else 0,
-            "rounds": [r["rps"] for r in mine], "rounds_cpu": [r.get("cpu_us_per_req") for r in mine],
-            "noisy_flags": [r["noisy"] for r in mine]}
+    return {"rps": med("rps"), "cpu_us_per_req": med("cpu_us_per_req"), "backend_busy": med("backend_busy"),
+            "load_core_busy": med("load_core_busy"), "rounds": [r["rps"] for r in mine],
+            "rounds_cpu": [r.get("cpu_us_per_req") for r in mine], "noisy_flags": [r["noisy"] for r in mine]}
 
 
 def fmt(v, f="%.0f"):
