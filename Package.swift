@@ -53,7 +53,7 @@ let package = Package(
         // ns per match of a compiled route table (perf/routing/README.md).
         .executableTarget(name: "RemoraRoutingBench", dependencies: ["RemoraRouting", "RemoraCore"],
                           path: "perf/routing", exclude: ["README.md"], swiftSettings: hot),
-        // `remora bench`: the load generator (HTTP/1.1 now; h2c and gRPC drivers later).
+        // `remora bench`: the load generator (HTTP/1.1, h2c, gRPC).
         .target(name: "RemoraBench",
                 dependencies: ["RemoraCore", "RemoraIO", "RemoraHTTP",
                                .product(name: "Histogram", package: "hdrhistogram-swift")],
@@ -66,7 +66,7 @@ let package = Package(
         .testTarget(name: "RemoraHTTPTests", dependencies: ["RemoraHTTP", "RemoraCore"]),
         .testTarget(name: "RemoraRoutingTests", dependencies: ["RemoraRouting", "RemoraCore"]),
         .testTarget(name: "RemoraIOTests", dependencies: ["RemoraIO", "RemoraCore"]),
-        .testTarget(name: "RemoraBenchTests", dependencies: ["RemoraBench", "RemoraCore",
+        .testTarget(name: "RemoraBenchTests", dependencies: ["RemoraBench", "RemoraCore", "RemoraHTTP",
                                                               .product(name: "Histogram", package: "hdrhistogram-swift")]),
         .testTarget(name: "RemoraControlTests", dependencies: ["RemoraControl", "RemoraConfig", "RemoraCore"]),
     ],

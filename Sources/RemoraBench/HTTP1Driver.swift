@@ -1,9 +1,8 @@
 import RemoraCore
-import RemoraHTTP
 import RemoraIO
 
 /// HTTP/1.1 keep-alive, optionally pipelined: the request is serialized once per run, every send
-/// writes the same bytes; responses are parsed by the data plane's `HTTP1Parser` (llhttp).
+/// writes the same bytes; responses are framed by `HTTP1ResponseParser`.
 public final class HTTP1Protocol: BenchProtocol, @unchecked Sendable {
     public let name = "HTTP/1.1"
     public let streamsPerConnection: Int
@@ -47,12 +46,12 @@ public final class HTTP1Protocol: BenchProtocol, @unchecked Sendable {
 
 /// One HTTP/1.1 connection: a FIFO of in-flight requests (pipelining), one deadline for the
 /// oldest. Nothing is allocated per request: the FIFO is two fixed arrays sized to the depth, the
-/// request bytes are shared, the parser's head buffer is reused.
-final class HTTP1Connection: BenchConnection, TCPConnectionDelegate, HTTP1ParserDelegate {
+/// request bytes are shared, the parser keeps no header.
+final class HTTP1Connection: BenchConnection, TCPConnectionDelegate {
     unowned(unsafe) let worker: BenchWorker
     let proto: HTTP1Protocol
     let tcp: TCPConnection
-    let parser: HTTP1Parser
+    var parser: HTTP1ResponseParser
     /// Pipelining depth, ≥ 1.
     let depth: Int
     /// In-flight requests, oldest at `head`: latency origin and actual send time, ns.
@@ -73,9 +72,6 @@ final class HTTP1Connection: BenchConnection, TCPConnectionDelegate, HTTP1Parser
     var inRead = false
     /// Time of the current read, ns.
     var now: UInt64 = 0
-    /// Status of the response being parsed; `interim` for 1xx before the final response.
-    var status = 0
-    var interim = false
 
     init(worker: BenchWorker, proto: HTTP1Protocol) {
         self.worker = worker
@@ -84,8 +80,7 @@ final class HTTP1Connection: BenchConnection, TCPConnectionDelegate, HTTP1Parser
         origins = .allocate(capacity: depth)
         sents = .allocate(capacity: depth)
         tcp = TCPConnection(loop: worker.loop)
-        parser = HTTP1Parser(kind: .response, maxHeadBytes: 256 * 1024, maxHeaders: 256, pauseAfterMessage: false)
-        parser.delegate = self
+        parser = HTTP1ResponseParser(isHEAD: proto.isHEAD)
         tcp.delegate = self
         tcp.owner = self   // kept alive until the socket's close callback
     }
@@ -93,6 +88,7 @@ final class HTTP1Connection: BenchConnection, TCPConnectionDelegate, HTTP1Parser
     deinit {
         origins.deallocate()
         sents.deallocate()
+        parser.release()
     }
 
     // MARK: BenchConnection
@@ -160,10 +156,18 @@ final class HTTP1Connection: BenchConnection, TCPConnectionDelegate, HTTP1Parser
         worker.noteRead(data.count, now: now)
         inRead = true
         c.cork()
-        let r = parser.feed(data)
+        var offset = 0
+        var parseError = false
+        parsing: while failKind == nil {
+            switch parser.next(data, &offset) {
+            case .needMore: break parsing
+            case .error: parseError = true; break parsing
+            case let .response(status, keepAlive): responded(status: status, keepAlive: keepAlive)
+            }
+        }
         c.uncork()
         inRead = false
-        if r == .error {
+        if parseError {
             fail(.parse)
         } else if failKind != nil {
             c.close()
@@ -181,7 +185,9 @@ final class HTTP1Connection: BenchConnection, TCPConnectionDelegate, HTTP1Parser
         if inFlight > 0 {
             now = monotonicNanos()
             inRead = true
-            _ = parser.finish()   // completes a response delimited by the connection's end
+            if case let .response(status, _) = parser.finish() {   // a response delimited by the connection's end
+                responded(status: status, keepAlive: false)
+            }
             inRead = false
             if inFlight > 0 { fail(.reset) }   // cut short: mid-response or before it began
         }
@@ -208,27 +214,12 @@ final class HTTP1Connection: BenchConnection, TCPConnectionDelegate, HTTP1Parser
                 worker.failed(kind, origin: origin)
             }
         }
-        parser.delegate = nil
         worker.connectionGone(self, wasConnected: connected, connectFailed: connectFailed,
                               closedByServer: closedByServer && !aborted, inFlightDropped: inFlight)
     }
 
-    // MARK: HTTP1ParserDelegate
-
-    func parserHeadComplete(_ p: HTTP1Parser) -> Bool {
-        status = p.statusCode
-        if status >= 100 && status < 200 && status != 101 {
-            interim = true   // 100 Continue, 103 Early Hints: the final response follows
-            return false
-        }
-        interim = false
-        return proto.isHEAD || status == 204 || status == 304
-    }
-
-    func parserBody(_ p: HTTP1Parser, _ data: UnsafeRawBufferPointer) {}
-
-    func parserMessageComplete(_ p: HTTP1Parser) {
-        if interim { interim = false; return }
+    /// A response is complete: its request leaves the FIFO.
+    func responded(status: Int, keepAlive: Bool) {
         guard inFlight > 0, failKind == nil else {
             if failKind == nil {   // a response nobody asked for: the connection is out of step
                 failKind = .parse
@@ -241,7 +232,7 @@ final class HTTP1Connection: BenchConnection, TCPConnectionDelegate, HTTP1Parser
         head += 1
         if head == depth { head = 0 }
         inFlight -= 1
-        if !p.shouldKeepAlive || status == 101 { keepAlive = false }
+        if !keepAlive { self.keepAlive = false }
         if inFlight > 0 {
             // The next oldest request's deadline: its send time + timeout.
             let due = sents[head] &+ proto.timeoutNs

@@ -76,7 +76,13 @@ public final class HTTP2Protocol: BenchProtocol, @unchecked Sendable {
         for i in 0..<fields.count {
             headers[i] = HeaderRef(name: slice(ranges[3 + 2 * i]), value: slice(ranges[4 + 2 * i]))
         }
-        headerCount = fields.count
+        // Hop-by-hop fields (Connection and those it names, TE but trailers, ...) are dropped once
+        // here, not by every request's submit: the list is clean (names lowercase, no Host either).
+        let all = UnsafeBufferPointer(rebasing: headers[0..<fields.count])
+        let hop = HopFilter(all, keepTETrailers: true)
+        let kept = all.indices.filter { !hop.isHopByHop(all, $0) }
+        for (k, i) in kept.enumerated() { headers[k] = headers[i] }
+        headerCount = kept.count
         body = bodyBytes.map { _ in slice(bodyStart..<flat.count) }
         bodyLength = (bodyBytes?.count ?? 0) * self.messagesPerCall
     }
@@ -146,8 +152,9 @@ final class HTTP2Connection: BenchConnection, TCPConnectionDelegate, HTTP2Sessio
     var now: UInt64 = 0
     /// DATA bytes received whose connection-level credit goes back at the next flush.
     var connectionCredit = 0
-    /// Send time of the request the connection's deadline is for (the oldest in flight).
-    var deadlineSent: UInt64 = 0
+    /// The stream a callback last looked up, and its slot: a stream's frames come one after the other.
+    var lastStream: Int32 = -1
+    var lastSlot = 0
 
     init(worker: BenchWorker, proto: HTTP2Protocol) {
         self.worker = worker
@@ -208,7 +215,7 @@ final class HTTP2Connection: BenchConnection, TCPConnectionDelegate, HTTP2Sessio
         ended[slot] = false
         calls[slot] = GRPCCall()
         let id = h2.submitRequest(method: proto.method, scheme: "http", authority: proto.authority, path: proto.path,
-                                  headers: proto.headerList, clean: false, hasBody: proto.body != nil,
+                                  headers: proto.headerList, clean: true, hasBody: proto.body != nil,
                                   streamData: UnsafeMutableRawPointer(bitPattern: slot + 1))
         if id < 0 {
             freeList[freeCount] = slot
@@ -219,10 +226,7 @@ final class HTTP2Connection: BenchConnection, TCPConnectionDelegate, HTTP2Sessio
         }
         streamIDs[slot] = id
         active += 1
-        if active == 1 {
-            deadlineSent = now
-            tcp.setDeadline(after: proto.timeoutMs)
-        }
+        if active == 1 { tcp.setDeadline(after: proto.timeoutMs) }
         if !inCallback && !flushDeferred {
             flushDeferred = true
             worker.deferFlush(self)
@@ -265,19 +269,13 @@ final class HTTP2Connection: BenchConnection, TCPConnectionDelegate, HTTP2Sessio
 
     @inline(__always)
     func slot(_ stream: Int32) -> Int? {
+        if stream == lastStream && streamIDs[lastSlot] == stream { return lastSlot }
         guard let p = h2.streamData(stream) else { return nil }
         let s = Int(bitPattern: p) - 1
-        return s >= 0 && s < depth && streamIDs[s] == stream ? s : nil
-    }
-
-    /// Re-arms the deadline for the oldest request still in flight.
-    func rearmDeadline() {
-        if active == 0 { tcp.clearDeadline(); return }
-        var oldest = UInt64.max
-        for i in 0..<depth where streamIDs[i] >= 0 && sents[i] < oldest { oldest = sents[i] }
-        deadlineSent = oldest
-        let due = oldest &+ proto.timeoutNs
-        tcp.setDeadline(after: due > now ? (due - now + nsPerMilli - 1) / nsPerMilli : 0)
+        guard s >= 0 && s < depth && streamIDs[s] == stream else { return nil }
+        lastStream = stream
+        lastSlot = s
+        return s
     }
 
     // MARK: TCPConnectionDelegate
@@ -333,8 +331,24 @@ final class HTTP2Connection: BenchConnection, TCPConnectionDelegate, HTTP2Sessio
         c.close()
     }
 
+    /// The deadline set when the first request of a busy spell went out has passed (it is not
+    /// moved as requests complete: that would mean a search per response). Fails the connection if
+    /// the oldest request in flight is past its timeout; else sets the deadline to when it will be.
     func connectionTimeout(_ c: TCPConnection) {
-        if connected { fail(.timeout) } else { connectFailed = true }
+        if connected {
+            guard active > 0 else { return }
+            var oldest = UInt64.max
+            for i in 0..<depth where streamIDs[i] >= 0 && sents[i] < oldest { oldest = sents[i] }
+            let due = oldest &+ proto.timeoutNs
+            let t = monotonicNanos()
+            if due > t {
+                c.setDeadline(after: (due - t + nsPerMilli - 1) / nsPerMilli)
+                return
+            }
+            fail(.timeout)
+        } else {
+            connectFailed = true
+        }
         c.close()
     }
 
@@ -428,7 +442,7 @@ final class HTTP2Connection: BenchConnection, TCPConnectionDelegate, HTTP2Sessio
         freeCount += 1
         let origin = origins[i]
         let sent = sents[i]
-        if sent == deadlineSent { rearmDeadline() }
+        if active == 0 { tcp.clearDeadline() }
         if ended[i] && errorCode == 0 && calls[i].framer.atBoundary {
             worker.responded(self, origin: origin, sent: sent, now: now, status: statuses[i],
                              grpcStatus: proto.isGRPC ? grpcStatuses[i] : -1, latency: !proto.pingPong)

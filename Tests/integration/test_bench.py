@@ -437,19 +437,15 @@ def test_grpc_bidi_waits_for_each_reply(remora_binary, tmp_path):
         backend.close()
 
 
-class EarlyEndBackend(_ServerBase):
-    """h2c (hyper-h2): answers every request at once with a trailers-only gRPC OK (HEADERS with
-    END_STREAM) while the client's request stream is still open, and never resets the stream
-    itself — the client has to end its side. Records the RST_STREAM codes it receives."""
+class H2EventBackend(_ServerBase):
+    """h2c (hyper-h2), one thread per connection: `on_event(hc, ev)` answers each event."""
 
     def __init__(self):
-        self.resets: list[int] = []
         super().__init__("127.0.0.1")
 
     def handle(self, conn, conn_id):
         import h2.config
         import h2.connection
-        import h2.events
 
         hc = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
         hc.initiate_connection()
@@ -459,15 +455,30 @@ class EarlyEndBackend(_ServerBase):
             if not data:
                 return
             for ev in hc.receive_data(data):
-                if isinstance(ev, h2.events.RequestReceived):
-                    hc.send_headers(ev.stream_id, [(":status", "200"), ("content-type", "application/grpc"),
-                                                   ("grpc-status", "0")], end_stream=True)
-                elif isinstance(ev, h2.events.DataReceived):
-                    hc.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-                elif isinstance(ev, h2.events.StreamReset):
-                    with self.lock:
-                        self.resets.append(ev.error_code)
+                self.on_event(hc, ev)
             conn.sendall(hc.data_to_send())
+
+
+class EarlyEndBackend(H2EventBackend):
+    """Answers every request at once with a trailers-only gRPC OK (HEADERS with END_STREAM) while
+    the client's request stream is still open, and never resets the stream itself — the client has
+    to end its side. Records the RST_STREAM codes it receives."""
+
+    def __init__(self):
+        self.resets: list[int] = []
+        super().__init__()
+
+    def on_event(self, hc, ev):
+        import h2.events
+
+        if isinstance(ev, h2.events.RequestReceived):
+            hc.send_headers(ev.stream_id, [(":status", "200"), ("content-type", "application/grpc"),
+                                           ("grpc-status", "0")], end_stream=True)
+        elif isinstance(ev, h2.events.DataReceived):
+            hc.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+        elif isinstance(ev, h2.events.StreamReset):
+            with self.lock:
+                self.resets.append(ev.error_code)
 
 
 def test_grpc_call_ended_by_the_server_before_the_client_is_done(remora_binary, tmp_path):
@@ -485,6 +496,45 @@ def test_grpc_call_ended_by_the_server_before_the_client_is_done(remora_binary, 
         assert doc["messages"]["received"] == 0
         poll(lambda: len(backend.resets) == 20, 5, what=f"20 RST_STREAM from the client (got {backend.resets})")
         assert set(backend.resets) == {0}
+    finally:
+        backend.close()
+
+
+class StallOneStreamBackend(H2EventBackend):
+    """Answers every request at once (200, 2 bytes), except stream 3 — each connection's second —
+    which it never answers."""
+
+    def on_event(self, hc, ev):
+        import h2.events
+
+        if isinstance(ev, h2.events.RequestReceived) and ev.stream_id != 3:
+            hc.send_headers(ev.stream_id, [(":status", "200"), ("content-length", "2")])
+            hc.send_data(ev.stream_id, b"ok", end_stream=True)
+
+
+def test_h2c_stream_timeout_while_others_complete(remora_binary, tmp_path):
+    """The request deadline is not moved as responses come back: the timer set by a connection's
+    first request checks, when it fires, whether the oldest request in flight is overdue. One
+    stuck stream among answered ones times out on time (the connection, taking no more, is
+    replaced); a busy connection with none stuck, its timer firing many times, loses nothing."""
+    pytest.importorskip("h2", reason="hyper-h2 is not installed (pip install h2)")
+    backend = StallOneStreamBackend()
+    try:
+        doc, p = bench_json(remora_binary, tmp_path, "--h2c", "-t", "1", "-c", "1", "-m", "4", "-d", "1500ms",
+                            "--timeout", "200ms", f"http://{backend.endpoint}/")
+        assert doc["responses"] > 50, p.stdout
+        # a stuck stream every ~200 ms: its connection's requests in flight time out, a new one follows
+        assert 3 <= doc["errors"]["timeout"] and doc["errors"]["reset"] == doc["errors"]["parse"] == 0, p.stdout
+        assert 3 <= doc["connections"]["opened"] <= 9, p.stdout
+    finally:
+        backend.close()
+    h2 = pytest.importorskip("test_http2")
+    backend = h2.H2Backend()
+    try:
+        doc, p = bench_json(remora_binary, tmp_path, "--h2c", "-t", "1", "-c", "2", "-m", "4", "-d", "1500ms",
+                            "--timeout", "150ms", f"http://{backend.endpoint}/bytes/10", name="busy.json")
+        assert doc["responses"] > 50 and doc["errors_total"] == 0, p.stdout
+        assert doc["connections"]["opened"] == 2, p.stdout
     finally:
         backend.close()
 
