@@ -1,8 +1,9 @@
 import RemoraCore
 import RemoraIO
+import RemoraHTTP
 
 /// HTTP/1.1 keep-alive, optionally pipelined: the request is serialized once per run, every send
-/// writes the same bytes; responses are framed by `HTTP1ResponseParser`.
+/// writes the same bytes; responses are framed by `HTTP1ResponseFramer` (llhttp, nothing stored).
 public final class HTTP1Protocol: BenchProtocol, @unchecked Sendable {
     public let name = "HTTP/1.1"
     public let streamsPerConnection: Int
@@ -51,7 +52,7 @@ final class HTTP1Connection: BenchConnection, TCPConnectionDelegate {
     unowned(unsafe) let worker: BenchWorker
     let proto: HTTP1Protocol
     let tcp: TCPConnection
-    var parser: HTTP1ResponseParser
+    let parser: HTTP1ResponseFramer
     /// Pipelining depth, ≥ 1.
     let depth: Int
     /// In-flight requests, oldest at `head`: latency origin and actual send time, ns.
@@ -80,7 +81,7 @@ final class HTTP1Connection: BenchConnection, TCPConnectionDelegate {
         origins = .allocate(capacity: depth)
         sents = .allocate(capacity: depth)
         tcp = TCPConnection(loop: worker.loop)
-        parser = HTTP1ResponseParser(isHEAD: proto.isHEAD)
+        parser = HTTP1ResponseFramer(isHEAD: proto.isHEAD)
         tcp.delegate = self
         tcp.owner = self   // kept alive until the socket's close callback
     }
@@ -88,7 +89,6 @@ final class HTTP1Connection: BenchConnection, TCPConnectionDelegate {
     deinit {
         origins.deallocate()
         sents.deallocate()
-        parser.release()
     }
 
     // MARK: BenchConnection

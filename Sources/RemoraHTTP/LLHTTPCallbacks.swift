@@ -28,3 +28,18 @@ private func makeSettings(_ kind: HTTP1Parser.Kind) -> UnsafeMutablePointer<llht
 
 nonisolated(unsafe) let requestSettings = makeSettings(.request)
 nonisolated(unsafe) let responseSettings = makeSettings(.response)
+
+/// The load generator's response framer: only what framing needs (see HTTP1ResponseFramer).
+private func makeFramerSettings() -> UnsafeMutablePointer<llhttp_settings_t> {
+    let s = UnsafeMutablePointer<llhttp_settings_t>.allocate(capacity: 1)
+    llhttp_settings_init(s)
+    s.pointee.on_headers_complete = { ll in
+        Unmanaged<HTTP1ResponseFramer>.fromOpaque(ll!.pointee.data)._withUnsafeGuaranteedRef { $0.headersComplete() }
+    }
+    s.pointee.on_message_complete = { ll in
+        Unmanaged<HTTP1ResponseFramer>.fromOpaque(ll!.pointee.data)._withUnsafeGuaranteedRef { $0.messageComplete() }
+    }
+    return s
+}
+
+nonisolated(unsafe) let framerSettings = makeFramerSettings()

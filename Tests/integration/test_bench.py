@@ -532,7 +532,7 @@ def test_h2c_stream_timeout_while_others_complete(remora_binary, tmp_path):
     backend = h2.H2Backend()
     try:
         doc, p = bench_json(remora_binary, tmp_path, "--h2c", "-t", "1", "-c", "2", "-m", "4", "-d", "1500ms",
-                            "--timeout", "150ms", f"http://{backend.endpoint}/bytes/10", name="busy.json")
+                            "--timeout", "500ms", f"http://{backend.endpoint}/bytes/10", name="busy.json")
         assert doc["responses"] > 50 and doc["errors_total"] == 0, p.stdout
         assert doc["connections"]["opened"] == 2, p.stdout
     finally:
