@@ -61,7 +61,9 @@ public struct ByteBuffer {
         count += 1
     }
 
-    public mutating func append(_ s: String) {
+    /// (Named apart from `append(_: StaticString)`, which string literals must reach: a literal
+    /// would otherwise become a String and take the slow path.)
+    public mutating func append(string s: String) {
         var s = s
         s.withUTF8 { append(UnsafeRawBufferPointer($0)) }
     }

@@ -42,7 +42,23 @@ public final class HTTP1Parser {
 
     let ll: UnsafeMutablePointer<llhttp_t>
     public let kind: Kind
-    public unowned(unsafe) var delegate: (any HTTP1ParserDelegate)?
+    /// Not retained. Kept as a raw object pointer and its type, so that the callbacks reach it as
+    /// a guaranteed reference (no retain/release per callback).
+    public var delegate: (any HTTP1ParserDelegate)? {
+        get { delegateObject.flatMap { p in delegateType.map { $0.guaranteed(p) { $0 } } } }
+        set {
+            delegateObject = newValue.map { Unmanaged.passUnretained($0 as AnyObject).toOpaque() }
+            delegateType = newValue.map { type(of: $0) }
+        }
+    }
+    var delegateObject: UnsafeMutableRawPointer?
+    var delegateType: (any HTTP1ParserDelegate.Type)?
+
+    @inline(__always)
+    func withDelegate<R>(_ none: R, _ body: (any HTTP1ParserDelegate) -> R) -> R {
+        guard let p = delegateObject, let t = delegateType else { return none }
+        return t.guaranteed(p, body)
+    }
 
     /// Request target (or reason phrase), then header names and values, back to back.
     public private(set) var head = ByteBuffer()
@@ -52,7 +68,12 @@ public final class HTTP1Parser {
     /// When set, head storage comes from this pool at a message's start and goes back right after
     /// `parserHeadComplete`: the head is then readable only inside that call, and a connection
     /// between messages owns no head storage.
-    public unowned(unsafe) var pool: BufferPool?
+    public var pool: BufferPool? {
+        get { poolRef?.takeUnretainedValue() }
+        set { poolRef = newValue.map { Unmanaged.passUnretained($0) } }
+    }
+    /// Not retained (the owner keeps the pool alive); reached as a guaranteed reference.
+    var poolRef: Unmanaged<BufferPool>?
     /// Length of the request target / reason phrase at the start of `head`.
     public private(set) var startLineLength = 0
     /// Largest head accepted (bytes of target + headers as sent); beyond it the error is 431.
@@ -104,9 +125,10 @@ public final class HTTP1Parser {
 
     /// Returns head storage to the pool (when pooled).
     func giveBack() {
-        guard let pool else { return }
-        pool.give(&head)
-        pool.give(&spans)
+        poolRef?._withUnsafeGuaranteedRef { pool in
+            pool.give(&head)
+            pool.give(&spans)
+        }
     }
 
     /// Parses `data`. Delegate calls happen inside.
@@ -141,7 +163,7 @@ public final class HTTP1Parser {
     /// Back to the initial state (a new connection).
     public func reset() {
         llhttp_reset(ll)
-        if pool != nil { giveBack() } else { head.clear(keepingAtMost: 4096) }
+        if poolRef != nil { giveBack() } else { head.clear(keepingAtMost: 4096) }
         headerCount = 0
         inHead = false
         inBody = false
@@ -151,7 +173,7 @@ public final class HTTP1Parser {
     /// Gives back head storage beyond the usual size (an idle connection holds little).
     public func trim() {
         if inHead { return }
-        if pool != nil { giveBack() } else { head.clear(keepingAtMost: 4096) }
+        if poolRef != nil { giveBack() } else { head.clear(keepingAtMost: 4096) }
     }
 
     func recordError(_ rc: llhttp_errno_t) {
@@ -200,9 +222,9 @@ public final class HTTP1Parser {
     // MARK: from the callbacks
 
     func messageBegin() {
-        if let pool {
-            if head.base == nil { head = pool.take() }
-            if spans.base == nil { spans = pool.take() }
+        if let poolRef {
+            if head.base == nil { head = poolRef._withUnsafeGuaranteedRef { $0.take() } }
+            if spans.base == nil { spans = poolRef._withUnsafeGuaranteedRef { $0.take() } }
         }
         head.clear(keepingAtMost: 16 * 1024)
         headerCount = 0
@@ -244,7 +266,7 @@ public final class HTTP1Parser {
 
     func commitTrailer() {
         if trailerName.count > 0 {
-            if let pool { trailers.prepareIfEmpty(pool) }
+            poolRef?._withUnsafeGuaranteedRef { trailers.prepareIfEmpty($0) }
             trailers.append(trailerName.bytes, trailerValue.bytes)
         }
         trailerName.clear()
@@ -253,7 +275,7 @@ public final class HTTP1Parser {
 
     /// Forgets the trailers (after they were passed on).
     public func clearTrailers() {
-        if let pool { trailers.release(to: pool) } else { trailers.release() }
+        if let poolRef { poolRef._withUnsafeGuaranteedRef { trailers.release(to: $0) } } else { trailers.release() }
         trailerName.release()
         trailerValue.release()
     }
@@ -323,14 +345,14 @@ public final class HTTP1Parser {
         inBody = true
         // Upgrade and Connection: upgrade are hop-by-hop and not forwarded: parse on as a plain message.
         if !isCONNECT { ll.pointee.upgrade = 0 }
-        guard let d = delegate else { return 0 }
-        let skipBody = d.parserHeadComplete(self)
-        if pool != nil { giveBack() }
+        guard delegateObject != nil else { return 0 }
+        let skipBody = withDelegate(false) { $0.parserHeadComplete(self) }
+        if poolRef != nil { giveBack() }
         return skipBody ? 1 : 0
     }
 
     func body(_ p: UnsafePointer<CChar>, _ n: Int) -> Int32 {
-        delegate?.parserBody(self, UnsafeRawBufferPointer(start: p, count: n))
+        withDelegate(()) { $0.parserBody(self, UnsafeRawBufferPointer(start: p, count: n)) }
         return 0
     }
 
@@ -338,7 +360,15 @@ public final class HTTP1Parser {
         if fieldState == 2 || trailerName.count > 0 { commitTrailer() }
         fieldState = 0
         inBody = false
-        delegate?.parserMessageComplete(self)
+        withDelegate(()) { $0.parserMessageComplete(self) }
         return pauseAfterMessage ? Int32(HPE_PAUSED.rawValue) : 0
+    }
+}
+
+extension HTTP1ParserDelegate {
+    /// `body` with the object at `p` (of this type) as a guaranteed reference: no retain.
+    @inline(__always)
+    static func guaranteed<R>(_ p: UnsafeMutableRawPointer, _ body: (any HTTP1ParserDelegate) -> R) -> R {
+        Unmanaged<Self>.fromOpaque(p)._withUnsafeGuaranteedRef { body($0) }
     }
 }

@@ -10,8 +10,8 @@ private func conn(_ p: UnsafeMutableRawPointer?, _ body: (TCPConnection) -> Void
 }
 
 let ioAllocCallback: uv_alloc_cb = { handle, _, buf in
-    let loop = Unmanaged<EventLoop>.fromOpaque(handle!.pointee.loop.pointee.data).takeUnretainedValue()
-    buf!.pointee = uv_buf_init(loop.readBuffer.assumingMemoryBound(to: CChar.self), UInt32(EventLoop.readBufferSize))
+    let p = Unmanaged<EventLoop>.fromOpaque(handle!.pointee.loop.pointee.data)._withUnsafeGuaranteedRef { $0.readBuffer }
+    buf!.pointee = uv_buf_init(p.assumingMemoryBound(to: CChar.self), UInt32(EventLoop.readBufferSize))
 }
 
 let ioReadCallback: uv_read_cb = { stream, n, _ in

@@ -45,6 +45,8 @@ public final class TCPConnection {
     let stream: UnsafeMutablePointer<uv_stream_t>
     let timer: UnsafeMutablePointer<uv_timer_t>
     public unowned(unsafe) let loop: EventLoop
+    /// The loop's read buffer (fixed for its life; reached without a retain of `loop`).
+    let readBuffer: UnsafeMutableRawPointer
     /// Receives the events. Not retained: `owner` does that.
     public unowned(unsafe) var delegate: (any TCPConnectionDelegate)?
     /// Kept alive until the connection is closed.
@@ -79,6 +81,7 @@ public final class TCPConnection {
     /// Creates an unconnected socket on `loop` (for `connect` or `accept`).
     public init(loop: EventLoop) {
         self.loop = loop
+        readBuffer = loop.readBuffer
         h = .allocate(capacity: 1)
         tcp = remora_ch_tcp(h)
         stream = remora_stream(tcp)
@@ -279,7 +282,7 @@ public final class TCPConnection {
     /// deadline is earlier than the armed one, so moving a deadline later costs nothing.
     @inline(__always)
     public func setDeadline(after ms: UInt64) {
-        let d = loop.now &+ ms
+        let d = uv_now(tcp.pointee.loop) &+ ms
         deadline = d
         if timerDue == 0 || timerDue > d {
             timerDue = d
@@ -294,7 +297,7 @@ public final class TCPConnection {
     func timerFired() {
         timerDue = 0
         guard deadline != 0, !isClosing else { return }
-        let now = loop.now
+        let now = uv_now(tcp.pointee.loop)
         if now >= deadline {
             deadline = 0
             if lingering { close(); return }
@@ -311,7 +314,7 @@ public final class TCPConnection {
         if isClosing { return }
         if n > 0 {
             if lingering { return }
-            delegate?.connectionRead(self, UnsafeRawBufferPointer(start: loop.readBuffer, count: n))
+            delegate?.connectionRead(self, UnsafeRawBufferPointer(start: readBuffer, count: n))
         } else if n == Int(UV_EOF.rawValue) {
             if lingering { close(); return }
             delegate?.connectionEOF(self)
