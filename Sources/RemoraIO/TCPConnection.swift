@@ -214,7 +214,7 @@ public final class TCPConnection {
 
     /// Runs what was waiting for an empty queue: a shutdown or a graceful close.
     func flushFinished() {
-        if closeAfterFlush { beginLinger(); return }
+        if closeAfterFlush { if lingerMs == 0 { close() } else { beginLinger() }; return }
         if shutdownAfterFlush && !shutdownDone { doShutdown() }
     }
 
@@ -246,6 +246,17 @@ public final class TCPConnection {
         if !writing && pending.isEmpty && !connecting { beginLinger() }
     }
     var lingerMs: UInt64 = 2_000
+
+    /// Closes once everything written has reached the kernel, without FIN-and-linger: for a peer
+    /// that said it sends nothing more (and whose bytes were all read), the kernel delivers what is
+    /// queued and then the FIN; there is nothing unread to turn the close into a reset.
+    public func closeWhenFlushed() {
+        guard !isClosing, !closeAfterFlush else { return }
+        uncork()
+        if failed || (!writing && pending.isEmpty && !connecting) { close(); return }
+        closeAfterFlush = true
+        lingerMs = 0
+    }
 
     func beginLinger() {
         if failed { close(); return }

@@ -24,6 +24,8 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
     var active = false
     var requestDone = false
     var keepAlive = true
+    /// The client said it ends the connection after this request (or half-closed).
+    var clientCloses = false
     var isHEAD = false
     var isHTTP10 = false
     /// The request's body is small and of known length: after an early answer (a local response)
@@ -197,6 +199,7 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
             abort()
         } else if active {
             keepAlive = false     // half-closed after a complete request: answer, then close
+            clientCloses = true
         } else {
             stats.inc(.downstream_cx_destroy_remote)
             c.close()
@@ -242,6 +245,7 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
         isHEAD = p.isHEAD
         isHTTP10 = p.versionMajor == 1 && p.versionMinor == 0
         keepAlive = p.shouldKeepAlive && !draining && !worker.draining
+        clientCloses = !p.shouldKeepAlive
         conn.clearDeadline()   // the exchange keeps the request's deadlines
         if p.isCONNECT { localResponse(405, "CONNECT is not supported\n"); return false }
         // RFC 9112 §3.2: exactly one Host in HTTP/1.1. §6.1: a transfer coding other than chunked
@@ -408,12 +412,15 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
         resumeInput()
     }
 
-    /// Flushes, sends FIN, discards what the client still sends for a moment, then closes.
+    /// Flushes, sends FIN, discards what the client still sends for a moment, then closes. When the
+    /// client itself ends the connection (Connection: close, HTTP/1.0, or its FIN) and everything it
+    /// sent was read, there is nothing to discard: close as soon as the response is flushed (saves a
+    /// shutdown, a read and the linger timer per connection).
     func endConnection() {
         if ending { return }
         ending = true
         active = false
-        conn.finish(linger: 1_000)
+        if clientCloses && requestDone && stash.isEmpty && !parser.inHead { conn.closeWhenFlushed() } else { conn.finish(linger: 1_000) }
     }
 
     // MARK: Session

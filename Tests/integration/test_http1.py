@@ -450,6 +450,22 @@ def test_client_connection_close_is_honoured(proxy):
     assert extra == b""
 
 
+@pytest.mark.parametrize("version,close_header", [("HTTP/1.1", "Connection: close\r\n"), ("HTTP/1.0", "")])
+def test_client_close_gets_the_whole_response_then_a_clean_eof(proxy, version, close_header):
+    """When the client ends the connection (Connection: close, or HTTP/1.0 without keep-alive) the proxy
+    closes as soon as the response is flushed, without a FIN-and-linger: every response must still
+    arrive whole and end in a clean EOF, never a reset, including bodies larger than one write."""
+    for i in range(60):
+        size = (1 << 20) if i % 3 == 0 else 100 + i
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
+            s.sendall(f"GET /bytes/{size} {version}\r\nHost: x\r\n{close_header}\r\n".encode())
+            how, data = wait_closed(s, 5.0)
+        assert how == "eof", f"request {i}: the connection ended with {how} after {len(data)} bytes"
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.split(b" ")[1] == b"200", head[:100]
+        assert len(body) == size, f"request {i}: {len(body)} of {size} body bytes"
+
+
 @pytest.mark.parametrize("when", ["split", "same"])
 def test_upstream_interim_1xx_then_final_response(proxy, when):
     """A 1xx from the upstream (here 103 Early Hints) is followed by the final response: the client
