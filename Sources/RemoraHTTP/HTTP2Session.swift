@@ -149,53 +149,49 @@ public final class HTTP2Session {
 
     // MARK: submitting (never from inside a delegate call)
 
-    /// Builds an nghttp2 header list: up to four pseudo-headers, then `headers` minus hop-by-hop
-    /// fields (and Host when `dropHost`: `:authority` replaces it) unless `clean` (the caller
-    /// filtered them already). Names must already be lowercase unless `lowercase`, which lowercases
-    /// them into `scratch`. With `noCopy`, nghttp2 keeps pointers to the bytes, which must then stay
-    /// unchanged until the frame is sent.
+    /// Builds an nghttp2 header list: up to four pseudo-headers, then `headers`. Unless `clean`
+    /// (the caller knows the names are lowercase and no hop-by-hop field or Host is among them),
+    /// hop-by-hop fields are dropped (and Host when `dropHost`: `:authority` replaces it) and names
+    /// are lowercased into `scratch`. nghttp2 copies names and values (pseudo-header names are
+    /// literals: not copied).
     @inline(__always)
     func withNV<R>(_ p0: StaticString?, _ v0: UnsafeRawBufferPointer, _ p1: StaticString?, _ v1: UnsafeRawBufferPointer,
                    _ p2: StaticString?, _ v2: UnsafeRawBufferPointer, _ p3: StaticString?, _ v3: UnsafeRawBufferPointer,
-                   headers h: UnsafeBufferPointer<HeaderRef>, dropHost: Bool, lowercase: Bool, clean: Bool = false,
-                   noCopy: Bool, _ body: (UnsafePointer<nghttp2_nv>, Int) -> R) -> R {
+                   headers h: UnsafeBufferPointer<HeaderRef>, dropHost: Bool, clean: Bool,
+                   _ body: (UnsafePointer<nghttp2_nv>, Int) -> R) -> R {
         let hop = clean ? HopFilter.none : HopFilter(h, keepTETrailers: true)
-        if lowercase {
+        if !clean {
             scratch.count = 0
             var nameBytes = 0
             for f in h { nameBytes += f.name.count }
             scratch.reserve(nameBytes)
         }
-        let flags = UInt8(noCopy ? NGHTTP2_NV_FLAG_NO_COPY_NAME.rawValue | NGHTTP2_NV_FLAG_NO_COPY_VALUE.rawValue
-                                 : NGHTTP2_NV_FLAG_NONE.rawValue)
         return withUnsafeTemporaryAllocation(of: nghttp2_nv.self, capacity: h.count + 4) { nv in
             var n = 0
-            @inline(__always) func add(_ name: UnsafeRawPointer, _ nl: Int, _ value: UnsafeRawBufferPointer, _ f: UInt8) {
+            @inline(__always) func add(_ name: UnsafeRawPointer, _ nl: Int, _ value: UnsafeRawBufferPointer, _ f: UInt32) {
                 nv[n] = nghttp2_nv(name: UnsafeMutablePointer(mutating: name.assumingMemoryBound(to: UInt8.self)),
                                    value: UnsafeMutablePointer(mutating: (value.baseAddress ?? name).assumingMemoryBound(to: UInt8.self)),
-                                   namelen: nl, valuelen: value.count, flags: f)
+                                   namelen: nl, valuelen: value.count, flags: UInt8(f))
                 n += 1
             }
-            let staticName = UInt8(NGHTTP2_NV_FLAG_NO_COPY_NAME.rawValue) | (flags & UInt8(NGHTTP2_NV_FLAG_NO_COPY_VALUE.rawValue))
-            if let p0 { add(p0.utf8Start, p0.utf8CodeUnitCount, v0, staticName) }
-            if let p1 { add(p1.utf8Start, p1.utf8CodeUnitCount, v1, staticName) }
-            if let p2 { add(p2.utf8Start, p2.utf8CodeUnitCount, v2, staticName) }
-            if let p3 { add(p3.utf8Start, p3.utf8CodeUnitCount, v3, staticName) }
+            let literal = NGHTTP2_NV_FLAG_NO_COPY_NAME.rawValue
+            if let p0 { add(p0.utf8Start, p0.utf8CodeUnitCount, v0, literal) }
+            if let p1 { add(p1.utf8Start, p1.utf8CodeUnitCount, v1, literal) }
+            if let p2 { add(p2.utf8Start, p2.utf8CodeUnitCount, v2, literal) }
+            if let p3 { add(p3.utf8Start, p3.utf8CodeUnitCount, v3, literal) }
             for i in h.indices {
                 let name = h[i].name
-                if !clean {
-                    if hop.isHopByHop(h, i) { continue }
-                    if dropHost && name.count == 4 && name.equalsLowercase("host") { continue }
+                if clean {
+                    add(name.baseAddress!, name.count, h[i].value, NGHTTP2_NV_FLAG_NONE.rawValue)
+                    continue
                 }
-                if lowercase {
-                    let start = scratch.count
-                    scratch.append(name)
-                    let b = (scratch.base! + start).assumingMemoryBound(to: UInt8.self)
-                    for k in 0..<name.count where b[k] &- 0x41 < 26 { b[k] |= 0x20 }
-                    add(scratch.base! + start, name.count, h[i].value, flags & UInt8(NGHTTP2_NV_FLAG_NO_COPY_VALUE.rawValue))
-                } else {
-                    add(name.baseAddress!, name.count, h[i].value, flags)
-                }
+                if hop.isHopByHop(h, i) { continue }
+                if dropHost && name.count == 4 && name.equalsLowercase("host") { continue }
+                let start = scratch.count
+                scratch.append(name)
+                let b = (scratch.base! + start).assumingMemoryBound(to: UInt8.self)
+                for k in 0..<name.count where b[k] &- 0x41 < 26 { b[k] |= 0x20 }
+                add(scratch.base! + start, name.count, h[i].value, NGHTTP2_NV_FLAG_NONE.rawValue)
             }
             return body(UnsafePointer(nv.baseAddress!), n)
         }
@@ -212,7 +208,7 @@ public final class HTTP2Session {
         var digits: (UInt8, UInt8, UInt8) = (48 + UInt8(status / 100 % 10), 48 + UInt8(status / 10 % 10), 48 + UInt8(status % 10))
         return withUnsafeBytes(of: &digits) { st in
             withNV(":status", st, nil, Self.none, nil, Self.none, nil, Self.none, headers: headers, dropHost: false,
-                   lowercase: !clean, clean: clean, noCopy: false) { nv, n in
+                   clean: clean) { nv, n in
                 if hasBody {
                     var prd = nghttp2_data_provider(source: nghttp2_data_source(ptr: nil), read_callback: h2ReadCallback)
                     return nghttp2_submit_response(session, stream, nv, n, &prd) == 0
@@ -231,7 +227,7 @@ public final class HTTP2Session {
                               hasBody: Bool, streamData: UnsafeMutableRawPointer?) -> Int32 {
         let sch = UnsafeRawBufferPointer(start: scheme.utf8Start, count: scheme.utf8CodeUnitCount)
         return withNV(":method", method, ":scheme", sch, ":authority", authority, ":path", path,
-                      headers: headers, dropHost: true, lowercase: !clean, clean: clean, noCopy: false) { nv, n in
+                      headers: headers, dropHost: true, clean: clean) { nv, n in
             if hasBody {
                 var prd = nghttp2_data_provider(source: nghttp2_data_source(ptr: nil), read_callback: h2ReadCallback)
                 return nghttp2_submit_request(session, nil, nv, n, &prd, streamData)
@@ -243,7 +239,7 @@ public final class HTTP2Session {
     /// Trailer fields, ending the stream (after the body source reported `trailers`).
     public func submitTrailers(stream: Int32, _ trailers: UnsafeBufferPointer<HeaderRef>) {
         withNV(nil, Self.none, nil, Self.none, nil, Self.none, nil, Self.none, headers: trailers, dropHost: false,
-               lowercase: false, noCopy: false) { nv, n in
+               clean: false) { nv, n in
             _ = nghttp2_submit_trailer(session, stream, nv, n)
         }
     }
