@@ -53,7 +53,7 @@ final class H2ServerStream: DownstreamSide {
             return
         }
         responseHead.prepare(c.worker.pool)
-        for f in headers { responseHead.append(lowercasingName: f.name, f.value) }
+        for f in headers { responseHead.append(f.name, f.value) }   // lowercased and filtered when submitted
         responseStatus = status
         headPending = true
         headEndsStream = endStream

@@ -29,7 +29,7 @@ struct OutgoingBody {
         if let t, t.count > 0 {
             hasTrailers = true
             trailers.prepare(pool)
-            for f in t { trailers.append(lowercasingName: f.name, f.value) }
+            for f in t { trailers.append(f.name, f.value) }   // lowercased and filtered when submitted
         }
     }
 
