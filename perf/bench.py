@@ -933,10 +933,11 @@ class Bench:
         if sc == "churn":
             return ["wrk", "-t1", "-c%d" % a.churn_connections, "-d%ds" % seconds, "--latency",
                     "-H", "Connection: close", url], parse_wrk
+        bound = ["-n%d" % count] if count is not None else ["-D", str(seconds)]   # h2c, grpc: requests or seconds
         if sc == "h2c":
-            return ["h2load", "-t1", "-c%d" % a.h2_clients, "-m%d" % a.h2_streams, "-D", str(seconds), url], parse_h2load
+            return ["h2load", "-t1", "-c%d" % a.h2_clients, "-m%d" % a.h2_streams] + bound + [url], parse_h2load
         if sc == "grpc":
-            return ["h2load", "-t1", "-c%d" % a.h2_clients, "-m%d" % a.h2_streams, "-D", str(seconds),
+            return ["h2load", "-t1", "-c%d" % a.h2_clients, "-m%d" % a.h2_streams] + bound + [
                     "-d", str(self.grpc_req), "-H", "content-type: application/grpc", "-H", "te: trailers",
                     "http://%s:%d%s" % (HOST, port, GRPC_PATH)], parse_h2load
         if sc == "latency":
@@ -1492,16 +1493,10 @@ class Bench:
                 p.stop()
 
     def cg_load_argv(self, port, n):
-        """h2load for the callgrind scenario: h1 keep-alive, h2c multiplexed or gRPC unary, n requests."""
-        a = self.args
-        url = "http://%s:%d/" % (HOST, port)
-        if a.cg_scenario == "h1":
-            return ["h2load", "--h1", "-c16", "-t1", "-n%d" % n, url]
-        argv = ["h2load", "-t1", "-c%d" % a.h2_clients, "-m%d" % a.h2_streams, "-n%d" % n]
-        if a.cg_scenario == "grpc":
-            return argv + ["-d", str(self.grpc_req), "-H", "content-type: application/grpc", "-H", "te: trailers",
-                           "http://%s:%d%s" % (HOST, port, GRPC_PATH)]
-        return argv + [url]
+        """h2load for the callgrind scenario, n requests: h1 keep-alive, or the h2c / grpc scenario's load."""
+        if self.args.cg_scenario == "h1":
+            return ["h2load", "--h1", "-c16", "-t1", "-n%d" % n, "http://%s:%d/" % (HOST, port)]
+        return self.load_argv(self.args.cg_scenario, port, None, count=n)[0]
 
     def callgrind_one(self, p, outfile):
         a = self.args
