@@ -17,7 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from backends import HTTPBackend, TCPBackend, refused_endpoint_socket  # noqa: E402
-from harness import Remora, cluster, http_listener, make_config, remora_bin  # noqa: E402
+from harness import Remora, cluster, http_listener, made_and_closed, make_config, remora_bin  # noqa: E402
 
 DEFAULT_TEST_TIMEOUT = 60
 
@@ -94,35 +94,13 @@ def start_remora(remora_binary, tmp_path, request):
 @pytest.fixture
 def http_backend(request):
     """http_backend(host="127.0.0.1", mode="normal", ...) -> a running HTTPBackend, closed at teardown."""
-    made: list = []
-    request.node._backends = made
-
-    def make(host: str = "127.0.0.1", mode: str = "normal", **kw) -> HTTPBackend:
-        b = HTTPBackend(host, mode, **kw)
-        made.append(b)
-        return b
-
-    yield make
-    errors = []
-    for b in made:
-        b.close()
-        errors += b.errors
-    if errors:
-        pytest.fail("backend saw malformed traffic from the proxy: " + "; ".join(errors), pytrace=False)
+    yield from made_and_closed(lambda host="127.0.0.1", mode="normal", **kw: HTTPBackend(host, mode, **kw),
+                               request=request, failure="backend saw malformed traffic from the proxy: ")
 
 
 @pytest.fixture
-def tcp_backend(request):
-    made: list = []
-
-    def make(host: str = "127.0.0.1", mode: str = "echo_bye") -> TCPBackend:
-        b = TCPBackend(host, mode)
-        made.append(b)
-        return b
-
-    yield make
-    for b in made:
-        b.close()
+def tcp_backend():
+    yield from made_and_closed(lambda host="127.0.0.1", mode="echo_bye": TCPBackend(host, mode))
 
 
 @pytest.fixture

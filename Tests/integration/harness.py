@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from wire import Reader, Response, build_request, read_response
 
 REPO = Path(__file__).resolve().parents[2]
@@ -364,3 +366,26 @@ def poll(pred, timeout: float, interval: float = 0.02, what: str = "condition"):
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {timeout}s")
         time.sleep(interval)
+
+
+def made_and_closed(ctor, close=lambda b: b.close(), request=None, failure: str | None = None):
+    """The body of a fixture that hands out backends: yields `make(*args, **kw)` -> `ctor(*args, **kw)`
+    and, at teardown, closes every one made. With `request`, a failed test's report shows their errors
+    (conftest); with `failure`, errors they saw fail the test, prefixed by it."""
+    made: list = []
+    if request is not None:
+        request.node._backends = made
+
+    def make(*args, **kw):
+        b = ctor(*args, **kw)
+        made.append(b)
+        return b
+
+    yield make
+    errors = []
+    for b in made:
+        close(b)
+        if failure:
+            errors += b.errors
+    if errors:
+        pytest.fail(failure + "; ".join(errors), pytrace=False)

@@ -23,7 +23,7 @@ import echo_pb2  # noqa: E402
 import echo_pb2_grpc  # noqa: E402
 from echo_server import MAX_MESSAGE, GRPCBackend  # noqa: E402
 
-from harness import cluster, http_listener, make_config, route  # noqa: E402
+from harness import cluster, http_listener, made_and_closed, make_config, route  # noqa: E402
 
 MiB = 1 << 20
 CHANNEL_OPTIONS = [
@@ -38,16 +38,7 @@ CHANNEL_OPTIONS = [
 
 @pytest.fixture
 def grpc_backend():
-    made: list[GRPCBackend] = []
-
-    def make(name: str = "A") -> GRPCBackend:
-        b = GRPCBackend(name)
-        made.append(b)
-        return b
-
-    yield make
-    for b in made:
-        b.stop(None).wait(5)
+    yield from made_and_closed(lambda name="A": GRPCBackend(name), close=lambda b: b.stop(None).wait(5))
 
 
 @pytest.fixture

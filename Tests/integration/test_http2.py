@@ -29,8 +29,8 @@ import h2.exceptions  # noqa: E402
 import h2.settings  # noqa: E402
 
 from backends import _ServerBase, pattern_bytes, repeat_sha  # noqa: E402
-from harness import (Client, build_request, cluster, connect, get, http_listener, make_config,  # noqa: E402
-                     poll, route)
+from harness import (Client, build_request, cluster, connect, get, http_listener, made_and_closed,  # noqa: E402
+                     make_config, poll, route)
 from wire import read_chunked, read_response_head  # noqa: E402
 
 MiB = 1 << 20
@@ -571,21 +571,8 @@ class H2Backend(_ServerBase):
 
 
 @pytest.fixture
-def h2_backend(request):
-    made: list[H2Backend] = []
-
-    def make(**kw) -> H2Backend:
-        b = H2Backend(**kw)
-        made.append(b)
-        return b
-
-    yield make
-    errors = []
-    for b in made:
-        b.close()
-        errors += b.errors
-    if errors:
-        pytest.fail("h2 backend failed: " + "; ".join(errors), pytrace=False)
+def h2_backend():
+    yield from made_and_closed(H2Backend, failure="h2 backend failed: ")
 
 
 @pytest.fixture

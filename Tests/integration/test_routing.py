@@ -24,7 +24,8 @@ from types import SimpleNamespace
 import pytest
 
 from backends import NamedBackend, pattern_bytes, refused_endpoint_socket
-from harness import Client, build_request, cluster, connect, get, http_listener, make_config, poll, request
+from harness import (Client, build_request, cluster, connect, get, http_listener, made_and_closed, make_config,
+                     poll, request)
 from wire import Reader, header_values, read_response
 
 # -- fixtures and helpers ---------------------------------------------------------------------------------
@@ -34,21 +35,7 @@ from wire import Reader, header_values, read_response
 def named(request):
     """named("a", delay_ms=0) -> a running NamedBackend "a"; closed at teardown. A backend that saw
     malformed traffic from the proxy fails the test."""
-    made: list[NamedBackend] = []
-    request.node._backends = made   # conftest attaches their errors to a failure report
-
-    def make(name: str, **kw) -> NamedBackend:
-        b = NamedBackend(name, **kw)
-        made.append(b)
-        return b
-
-    yield make
-    errors = []
-    for b in made:
-        b.close()
-        errors += b.errors
-    if errors:
-        pytest.fail("backend saw malformed traffic from the proxy: " + "; ".join(errors), pytrace=False)
+    yield from made_and_closed(NamedBackend, request=request, failure="backend saw malformed traffic from the proxy: ")
 
 
 @pytest.fixture
