@@ -81,13 +81,15 @@ private final class Schema {
     func listener(_ n: Node, _ p: String) -> ListenerConfig? {
         guard var m = d.mapping(n, p, keys: ["name", "address", "protocol", "request_header_timeout",
                                              "max_request_header_bytes", "idle_timeout", "http2", "routes",
-                                             "virtual_hosts", "cluster"])
+                                             "virtual_hosts", "cluster", "request_timeout", "max_request_body",
+                                             "headers_with_underscores"])
         else { return nil }
         let name = m.required("name") { self.name($0, $1, "listener", &listenerNames) }
         let address = m.required("address", listenAddress)
         let proto: ListenerProtocol? = m.has("protocol") ? m.optional("protocol", d.oneOf) : .http
         switch proto {
-        case .tcp: m.forbid(["routes", "virtual_hosts", "request_header_timeout", "max_request_header_bytes", "http2"],
+        case .tcp: m.forbid(["routes", "virtual_hosts", "request_header_timeout", "max_request_header_bytes", "http2",
+                             "request_timeout", "max_request_body", "headers_with_underscores"],
                             "only allowed on an http listener")
         case .http: m.forbid(["cluster"], "only allowed on a tcp listener (an http listener uses routes)")
         case nil: break // bad protocol, already reported: check what is there, demand nothing
@@ -97,6 +99,9 @@ private final class Schema {
         let maxHeaderBytes = m.optional("max_request_header_bytes") { d.size($0, $1, in: 1024...1024 * 1024) }
         let idleTimeout = m.optional("idle_timeout") { d.duration($0, $1, positive: true) }
         let http2 = m.optional("http2", http2Settings)
+        let requestTimeout = m.optional("request_timeout") { d.duration($0, $1) }
+        let maxBody = m.optional("max_request_body") { d.size($0, $1, in: 0...(1 << 50)) }
+        let underscores: HeadersWithUnderscores? = m.optional("headers_with_underscores", d.oneOf)
         var names = ListenerNames()
         let routes = m.optional("routes") { d.list($0, $1) { route($0, $1, &names) } }
         let hosts = m.optional("virtual_hosts") { d.list($0, $1) { virtualHost($0, $1, &names) } }
@@ -106,7 +111,9 @@ private final class Schema {
                               requestHeaderTimeout: headerTimeout ?? 10_000, maxRequestHeaderBytes: maxHeaderBytes ?? 60 * 1024,
                               idleTimeout: idleTimeout ?? 60_000, http2: http2 ?? HTTP2Settings(),
                               virtualHosts: hosts ?? routes.map { [VirtualHostConfig(name: "default", routes: $0)] } ?? [],
-                              cluster: cluster)
+                              cluster: cluster, requestTimeout: requestTimeout ?? 60_000,
+                              maxRequestBodyBytes: maxBody.map(UInt64.init) ?? 1 << 30,
+                              headersWithUnderscores: underscores ?? .drop)
     }
 
     /// Names that must be unique within one listener.
@@ -131,7 +138,8 @@ private final class Schema {
 
     func route(_ n: Node, _ p: String, _ names: inout ListenerNames) -> RouteConfig? {
         guard var m = d.mapping(n, p, keys: ["name", "match", "backends", "hash_on", "timeout", "mirror", "redirect",
-                                             "direct_response", "rewrite", "request_headers", "response_headers"])
+                                             "direct_response", "rewrite", "request_headers", "response_headers",
+                                             "request_timeout"])
         else { return nil }
         let name = m.required("name") { self.name($0, $1, "route", &names.routes) }
         let match = m.optional("match", routeMatch)
@@ -142,7 +150,7 @@ private final class Schema {
         }
         m.forbid(Array(kind.dropFirst()), "not allowed with \(kind.first ?? "") (a route has one action)")
         if let first = kind.first, first != "backends" {
-            m.forbid(["hash_on", "timeout", "mirror", "request_headers"], "only allowed with backends")
+            m.forbid(["hash_on", "timeout", "mirror", "request_headers", "request_timeout"], "only allowed with backends")
         }
         if kind.first == "direct_response" { m.forbid(["rewrite"], "not allowed with direct_response") }
         let action: RouteAction?
@@ -154,7 +162,9 @@ private final class Schema {
             let hashOn = m.optional("hash_on", hashKey)
             let timeout = m.optional("timeout") { d.duration($0, $1) }
             let mirror = m.optional("mirror", mirror)
-            action = backends.map { .forward(ForwardAction(backends: $0, hashOn: hashOn, timeout: timeout ?? 15_000, mirror: mirror)) }
+            let requestTimeout = m.optional("request_timeout") { d.duration($0, $1) }
+            action = backends.map { .forward(ForwardAction(backends: $0, hashOn: hashOn, timeout: timeout ?? 15_000, mirror: mirror,
+                                                           requestTimeout: requestTimeout)) }
         }
         let rewrite = m.optional("rewrite") { pathRewrite($0, $1, regexPath: match?.grpc == nil && match?.path.kind == .regex) }
         let requestHeaders = m.optional("request_headers", headerRewrite)

@@ -140,6 +140,12 @@ extension UnsafeRawBufferPointer {
         return true
     }
 
+    /// Byte-for-byte comparison with a literal.
+    @inlinable @inline(__always)
+    public func equals(_ s: StaticString) -> Bool {
+        count == s.utf8CodeUnitCount && (count == 0 || memcmp(baseAddress!, s.utf8Start, count) == 0)
+    }
+
     public var string: String { String(decoding: self, as: UTF8.self) }
 }
 

@@ -94,15 +94,42 @@ public struct ListenerConfig: Sendable, Equatable {
     public var virtualHosts: [VirtualHostConfig]
     /// TCP only: the cluster that receives the bytes.
     public var cluster: String?
+    /// HTTP: a request must be received whole (body included) within this long after its head,
+    /// else 408 (the response not started) or a reset; bounds slow-body attacks that the idle
+    /// timeout cannot (every byte is progress). gRPC requests are exempt: their deadline is
+    /// `grpc-timeout`, and a healthy client stream may last hours. A route may set its own. 0 = off.
+    /// Default 60 s.
+    public var requestTimeout: Millis
+    /// HTTP: largest request body, bytes: a larger Content-Length gets 413 before anything is
+    /// forwarded; a body without a length (chunked, HTTP/2) that grows past it gets 413, or a reset
+    /// once the response started. gRPC requests are exempt. 0 = no limit. Default 1 GiB.
+    public var maxRequestBodyBytes: UInt64
+    /// HTTP: request header names containing `_`. Default `drop`.
+    public var headersWithUnderscores: HeadersWithUnderscores
 
     public init(name: String, address: HostPort, protocol: ListenerProtocol = .http,
                 requestHeaderTimeout: Millis = 10_000, maxRequestHeaderBytes: Int = 60 * 1024,
                 idleTimeout: Millis = 60_000, http2: HTTP2Settings = HTTP2Settings(),
-                virtualHosts: [VirtualHostConfig] = [], cluster: String? = nil) {
+                virtualHosts: [VirtualHostConfig] = [], cluster: String? = nil, requestTimeout: Millis = 60_000,
+                maxRequestBodyBytes: UInt64 = 1 << 30, headersWithUnderscores: HeadersWithUnderscores = .drop) {
         self.name = name; self.address = address; self.protocol = `protocol`; self.http2 = http2
         self.requestHeaderTimeout = requestHeaderTimeout; self.maxRequestHeaderBytes = maxRequestHeaderBytes
         self.idleTimeout = idleTimeout; self.virtualHosts = virtualHosts; self.cluster = cluster
+        self.requestTimeout = requestTimeout; self.maxRequestBodyBytes = maxRequestBodyBytes
+        self.headersWithUnderscores = headersWithUnderscores
     }
+}
+
+/// What becomes of a request header whose name contains `_`. A CGI/WSGI backend maps `_` and `-`
+/// to the same variable, so `Transfer_Encoding: chunked` beside a real Content-Length could change
+/// the framing there. nginx drops such fields by default; Envoy can drop or reject them.
+public enum HeadersWithUnderscores: String, Sendable, Equatable, CaseIterable {
+    /// Forwarded unchanged.
+    case allow
+    /// Removed before routing and forwarding, counted (`dropped_headers_with_underscores`).
+    case drop
+    /// The request gets 400 (`requests_rejected_with_underscores_in_headers`).
+    case reject
 }
 
 /// A set of domains one listener serves, with its own routes (Envoy's virtual host).
@@ -238,9 +265,13 @@ public struct ForwardAction: Sendable, Equatable {
     public var timeout: Millis
     /// Copies of a share of the requests go to a shadow cluster (responses discarded).
     public var mirror: MirrorPolicy?
+    /// The listener's `requestTimeout` for this route's requests; nil = the listener's.
+    public var requestTimeout: Millis?
 
-    public init(backends: [WeightedBackend], hashOn: HashKey? = nil, timeout: Millis = 15_000, mirror: MirrorPolicy? = nil) {
+    public init(backends: [WeightedBackend], hashOn: HashKey? = nil, timeout: Millis = 15_000, mirror: MirrorPolicy? = nil,
+                requestTimeout: Millis? = nil) {
         self.backends = backends; self.hashOn = hashOn; self.timeout = timeout; self.mirror = mirror
+        self.requestTimeout = requestTimeout
     }
 }
 

@@ -18,6 +18,7 @@ public enum ListenerStat: Int, StatGroup {
     case downstream_rq_1xx, downstream_rq_2xx, downstream_rq_3xx, downstream_rq_4xx, downstream_rq_5xx
     case downstream_rq_timeout, downstream_rq_rx_reset, downstream_rq_no_route, downstream_rq_too_large
     case downstream_cx_rx_bytes_total, downstream_cx_tx_bytes_total
+    case downstream_rq_body_too_large, dropped_headers_with_underscores, requests_rejected_with_underscores_in_headers
 }
 
 /// Upstream (backend side) stats of one cluster: `cluster.<name>.<stat>`.

@@ -100,6 +100,17 @@ public final class HTTP1Parser {
     var trailerValue = ByteBuffer()
     var fieldState: UInt8 = 0     // 0 none, 1 in a name, 2 in a value
     var headBytes = 0              // as sent on the wire, roughly: target + names + values + 4 per header
+    /// Request headers whose names contain `_`: forwarded, dropped (default) or refused with 400.
+    public var underscoreAction = HeadersWithUnderscores.drop
+    public static let underscoreRefusal = "header name with an underscore"
+    /// Headers dropped by `underscoreAction` in the current message.
+    public private(set) var droppedUnderscoreHeaders = 0
+    /// Where the current `feed` began, and how many bytes of the stream came before it: a value
+    /// piece that does not start where the previous one ended had a line break in between (obs-fold).
+    var feedStart: UnsafePointer<CChar>?
+    var fedBefore = 0
+    /// Stream offset just past the last header value piece.
+    var valueEnd = 0
 
     public init(kind: Kind, maxHeadBytes: Int = 60 * 1024, maxHeaders: Int = 100, pauseAfterMessage: Bool = true) {
         self.kind = kind
@@ -135,11 +146,15 @@ public final class HTTP1Parser {
     public func feed(_ data: UnsafeRawBufferPointer) -> Result {
         guard let base = data.baseAddress else { return .ok }
         let start = base.assumingMemoryBound(to: CChar.self)
+        feedStart = UnsafePointer(start)
         let rc = llhttp_execute(ll, start, data.count)
         switch rc {
-        case HPE_OK: return .ok
+        case HPE_OK:
+            fedBefore &+= data.count
+            return .ok
         case HPE_PAUSED:
             let pos = llhttp_get_error_pos(ll)!
+            fedBefore &+= start.distance(to: pos)
             return .paused(consumed: start.distance(to: pos))
         default:
             recordError(rc)
@@ -235,6 +250,7 @@ public final class HTTP1Parser {
         hostIndex = -1
         hostCount = 0
         transferEncodingIndex = -1
+        droppedUnderscoreHeaders = 0
         inHead = true
         inBody = false
     }
@@ -256,6 +272,7 @@ public final class HTTP1Parser {
 
     /// A trailer field (after a chunked body): collected into `trailers`, within the head's size limit.
     func trailerData(_ p: UnsafePointer<CChar>, _ n: Int, value: Bool) -> Int32 {
+        if value && !valuePieceContinues(p, n) { return -1 }
         if !value && fieldState == 2 { commitTrailer() }
         fieldState = value ? 2 : 1
         headBytes += n
@@ -265,6 +282,10 @@ public final class HTTP1Parser {
     }
 
     func commitTrailer() {
+        if trailerName.count == 0 && trailerValue.count > 0 {   // ": v" among the trailers: dropped
+            trailerValue.clear()
+            return
+        }
         if trailerName.count > 0 {
             poolRef?._withUnsafeGuaranteedRef { trailers.prepareIfEmpty($0) }
             trailers.append(trailerName.bytes, trailerValue.bytes)
@@ -309,8 +330,24 @@ public final class HTTP1Parser {
         return 0
     }
 
+    /// Notes where a value piece ends; false (and a 400) when a piece of the same value starts
+    /// elsewhere: llhttp joins an obsolete line folding (RFC 9112 §5.2) into the value, and a
+    /// proxy that forwarded `Host: x` + ` Transfer-Encoding: chunked` as one field would hand
+    /// the next hop a header the proxy never saw. Refused, as RFC 9112 allows.
+    @inline(__always)
+    func valuePieceContinues(_ p: UnsafePointer<CChar>, _ n: Int) -> Bool {
+        let at = fedBefore &+ feedStart!.distance(to: p)
+        if fieldState == 2 && at != valueEnd {
+            error = HTTPParseError(status: 400, reason: "obsolete line folding in a header value")
+            return false
+        }
+        valueEnd = at &+ n
+        return true
+    }
+
     func headerValue(_ p: UnsafePointer<CChar>, _ n: Int) -> Int32 {
         if inBody { return trailerData(p, n, value: true) }
+        if !valuePieceContinues(p, n) { return -1 }
         if fieldState != 2 {
             headers[headerCount - 1].valueOffset = Int32(head.count)
             fieldState = 2
@@ -320,18 +357,37 @@ public final class HTTP1Parser {
         return 0
     }
 
-    /// Notes the headers the proxy acts on, once per head.
-    func classifyHeaders() {
+    /// Notes the headers the proxy acts on, once per head; refuses empty names, and applies
+    /// `underscoreAction` to request header names with `_`. False on a refusal (`error` says why).
+    func classifyHeaders() -> Bool {
         trimLastValue()
+        var kept = 0
         for i in 0..<headerCount {
             let n = name(i)
+            if n.count == 0 {
+                error = HTTPParseError(status: 400, reason: "empty header name")
+                return false
+            }
+            if kind == .request && underscoreAction != .allow && memchr(n.baseAddress!, 0x5F, n.count) != nil {
+                if underscoreAction == .reject {
+                    error = HTTPParseError(status: 400, reason: HTTP1Parser.underscoreRefusal)
+                    return false
+                }
+                droppedUnderscoreHeaders &+= 1
+                continue
+            }
+            if kept != i { headers[kept] = headers[i] }
+            let k = kept
+            kept &+= 1
             switch n.count {
-            case 4: if n.equalsLowercase("host") { if hostIndex < 0 { hostIndex = i }; hostCount += 1 }
-            case 6: if expectIndex < 0 && n.equalsLowercase("expect") { expectIndex = i }
-            case 17: if transferEncodingIndex < 0 && n.equalsLowercase("transfer-encoding") { transferEncodingIndex = i }
+            case 4: if n.equalsLowercase("host") { if hostIndex < 0 { hostIndex = k }; hostCount += 1 }
+            case 6: if expectIndex < 0 && n.equalsLowercase("expect") { expectIndex = k }
+            case 17: if transferEncodingIndex < 0 && n.equalsLowercase("transfer-encoding") { transferEncodingIndex = k }
             default: break
             }
         }
+        headerCount = kept
+        return true
     }
 
     func headersComplete() -> Int32 {
@@ -341,7 +397,7 @@ public final class HTTP1Parser {
             error = HTTPParseError(status: 400, reason: "unsupported HTTP version")
             return -1
         }
-        classifyHeaders()
+        guard classifyHeaders() else { return -1 }
         inBody = true
         // Upgrade and Connection: upgrade are hop-by-hop and not forwarded: parse on as a plain message.
         if !isCONNECT { ll.pointee.upgrade = 0 }

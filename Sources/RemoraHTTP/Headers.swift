@@ -141,6 +141,10 @@ public struct HeaderBlock {
 /// Which fields of a header list must not be forwarded to the next hop (RFC 9110 §7.6.1):
 /// Connection and the fields it names, Keep-Alive, Proxy-Connection, TE (except `te: trailers`
 /// toward HTTP/2, where gRPC needs it), Upgrade, Transfer-Encoding (bodies are re-framed).
+/// A `Connection` token naming Content-Length or Host is ignored, as HAProxy does: the framing and
+/// the authority the proxy sends come from its own parse, and a peer that could delete them would
+/// make the next hop read the body as another request (request smuggling). Ignoring is chosen over
+/// a 400 because the field itself is valid; only the peer's claim that it is hop-by-hop is not.
 public struct HopFilter: Sendable {
     /// Index of a Connection header naming fields beyond close/keep-alive, or -1.
     let connection: Int
@@ -171,11 +175,19 @@ public struct HopFilter: Sendable {
         case 17: if n.equalsLowercase("transfer-encoding") { return true }
         default: break
         }
-        if connection < 0 { return false }
+        if connection < 0 || HopFilter.isFraming(n) { return false }
         for j in connection..<h.count where h[j].name.count == 10 && h[j].name.equalsLowercase("connection") {
             if HTTP1Head.connectionTokens(h[j].value, contain: n) { return true }
         }
         return false
+    }
+}
+
+extension HopFilter {
+    /// Content-Length and Host: fields a `Connection` header may not remove (see the type's note).
+    @inline(__always)
+    static func isFraming(_ n: UnsafeRawBufferPointer) -> Bool {
+        (n.count == 14 && n.equalsLowercase("content-length")) || (n.count == 4 && n.equalsLowercase("host"))
     }
 }
 

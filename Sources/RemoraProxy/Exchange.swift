@@ -95,6 +95,15 @@ final class Exchange: DeadlineTimerDelegate {
     var routeTimeout: Millis = 0
     /// Absolute loop time by which a gRPC call must be over (from grpc-timeout); 0 = none.
     var grpcDeadline: UInt64 = 0
+    /// Absolute loop time by which the request body must be complete (the request timeout); 0 = none.
+    var requestDeadline: UInt64 = 0
+    /// Largest request body accepted, bytes; 0 = no limit (gRPC requests have none).
+    var maxRequestBody: UInt64 = 0
+    /// Request body bytes received so far.
+    var requestBodyBytes: UInt64 = 0
+    /// The method is idempotent (RFC 9110 §9.2.2): a request lost in the keep-alive close race may
+    /// be sent again. Others are not: the backend may have acted on them.
+    var idempotent = false
     /// Framing of the body toward an HTTP/1.1 upstream.
     var reqFraming = BodyFraming.none
     /// The request head as sent to an HTTP/1.1 upstream (kept for a retry).
@@ -169,6 +178,9 @@ final class Exchange: DeadlineTimerDelegate {
         requestPaused = false
         responsePaused = false
         grpcDeadline = 0
+        requestDeadline = 0
+        requestBodyBytes = 0
+        idempotent = Exchange.isIdempotent(view.method)
         stats.inc(.downstream_rq_total)
         stats.inc(.downstream_rq_active)
         let h = view.headers
@@ -195,6 +207,15 @@ final class Exchange: DeadlineTimerDelegate {
         case .forward:
             break
         }
+        // Slow or oversized bodies (gRPC is bounded by its deadline and its server's message limits).
+        maxRequestBody = isGRPC ? 0 : l.config.maxRequestBodyBytes
+        if maxRequestBody != 0 && lengthKnown && contentLength > maxRequestBody {
+            stats.inc(.downstream_rq_body_too_large)
+            local(413, "request body larger than \(maxRequestBody) bytes\n")
+            return
+        }
+        let requestTimeout = route.requestTimeout == .max ? l.config.requestTimeout : route.requestTimeout
+        if !isGRPC && !endStream && requestTimeout > 0 { requestDeadline = timer.now &+ requestTimeout }
         let backend = table.pick(route: ri, request: view, random: worker.rng.next())
         let mirrorCluster = table.mirror(route: ri, random: worker.rng.next())
         let cl = l.clusters[backend.cluster]
@@ -353,6 +374,15 @@ final class Exchange: DeadlineTimerDelegate {
     }
 
     func requestBody(_ data: UnsafeRawBufferPointer) {
+        requestBodyBytes &+= UInt64(data.count)
+        if maxRequestBody != 0 && requestBodyBytes > maxRequestBody && active && !responseDone {
+            stats.inc(.downstream_rq_body_too_large)
+            downstream?.requestConsumed(data.count)
+            if responseStarted { downstream?.respondReset(code: 0x8); finish(clean: false) } else {
+                local(413, "request body larger than \(maxRequestBody) bytes\n")
+            }
+            return
+        }
         guard active, !responseDone, let u = upstream else {
             downstream?.requestConsumed(data.count)
             return
@@ -380,6 +410,7 @@ final class Exchange: DeadlineTimerDelegate {
 
     func requestEnd(trailers: UnsafeBufferPointer<HeaderRef>?) {
         requestDone = true
+        requestDeadline = 0
         if let sh = shadow { sh.requestEnd(trailers: trailers) }
         guard active else { return }
         if let u = upstream, !responseDone, requestHasBody { u.sendEnd(trailers: trailers) }
@@ -461,7 +492,9 @@ final class Exchange: DeadlineTimerDelegate {
             case .refused where refusedRetries > 0:
                 refusedRetries -= 1
             case .reset, .protocolError:
-                guard u.wasReused && !u.gotResponseBytes && reuseRetries > 0 else { return noUpstream(why) }
+                // The keep-alive close race: sent again only when the method is idempotent, since
+                // the backend may have received and acted on the request before the connection died.
+                guard idempotent && u.wasReused && !u.gotResponseBytes && reuseRetries > 0 else { return noUpstream(why) }
                 reuseRetries -= 1
             default:
                 return noUpstream(why)
@@ -575,6 +608,7 @@ final class Exchange: DeadlineTimerDelegate {
         let now = timer.now
         var at = ms == 0 ? 0 : now &+ ms
         if grpcDeadline != 0 && (at == 0 || grpcDeadline < at) { at = grpcDeadline }
+        if requestDeadline != 0 && (at == 0 || requestDeadline < at) { at = requestDeadline }
         if at == 0 { timer.clear(); return }
         timer.set(after: at > now ? at - now : 0)
     }
@@ -587,6 +621,16 @@ final class Exchange: DeadlineTimerDelegate {
 
     func deadlineReached(_ t: DeadlineTimer) {
         guard active else { return }
+        if requestDeadline != 0 && !requestDone && timer.now >= requestDeadline {
+            stats.inc(.downstream_rq_timeout)
+            if responseStarted {
+                downstream?.respondReset(code: 0x8)
+                finish(clean: false)
+            } else {
+                local(408, "request timeout: the body did not arrive in time\n")
+            }
+            return
+        }
         if grpcDeadline != 0 && timer.now >= grpcDeadline {
             stats.inc(.downstream_rq_timeout)
             clusterStats?.inc(.upstream_rq_timeout)
@@ -648,6 +692,20 @@ final class Exchange: DeadlineTimerDelegate {
         backendStats = nil
         responseMutations = HeaderMutations()
         d?.exchangeDone(self)
+    }
+}
+
+extension Exchange {
+    /// GET, HEAD, OPTIONS, TRACE, PUT, DELETE (RFC 9110 §9.2.2).
+    static func isIdempotent(_ m: UnsafeRawBufferPointer) -> Bool {
+        switch m.count {
+        case 3: return m.equals("GET") || m.equals("PUT")
+        case 4: return m.equals("HEAD")
+        case 5: return m.equals("TRACE")
+        case 6: return m.equals("DELETE")
+        case 7: return m.equals("OPTIONS")
+        default: return false
+        }
     }
 }
 

@@ -60,6 +60,7 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
         self.slot = slot
         parser.delegate = self
         parser.pool = worker.pool
+        parser.underscoreAction = listenerSlot.current.config.headersWithUnderscores
         conn.delegate = self
         conn.owner = self
         arm(.header, listener.config.requestHeaderTimeout)
@@ -247,11 +248,18 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
         keepAlive = p.shouldKeepAlive && !draining && !worker.draining
         clientCloses = !p.shouldKeepAlive
         conn.clearDeadline()   // the exchange keeps the request's deadlines
+        if p.droppedUnderscoreHeaders > 0 { stats.add(.dropped_headers_with_underscores, UInt64(p.droppedUnderscoreHeaders)) }
+        p.underscoreAction = listener.config.headersWithUnderscores   // for the next request
         if p.isCONNECT { localResponse(405, "CONNECT is not supported\n"); return false }
         // RFC 9112 §3.2: exactly one Host in HTTP/1.1. §6.1: a transfer coding other than chunked
         // cannot be forwarded faithfully once the body is re-framed: refuse it.
         if p.hostCount > 1 || (p.hostCount == 0 && !isHTTP10) {
             localResponse(400, "exactly one Host header is required\n")
+            return false
+        }
+        // RFC 9112 §6.1: HTTP/1.0 has no chunked coding; a sender using it is not to be trusted with framing.
+        if p.transferEncodingIndex >= 0 && isHTTP10 {
+            localResponse(400, "Transfer-Encoding is not allowed in HTTP/1.0\n")
             return false
         }
         if p.transferEncodingIndex >= 0 && !p.value(p.transferEncodingIndex).equalsLowercase("chunked") {
@@ -306,6 +314,7 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
         stats.inc(.downstream_cx_protocol_error)
         let status = parser.error?.status ?? 400
         if status == 431 { stats.inc(.downstream_rq_too_large) }
+        if parser.error?.reason == HTTP1Parser.underscoreRefusal { stats.inc(.requests_rejected_with_underscores_in_headers) }
         if let e = exchange {
             if e.responseStarted { abort(); return }
             exchange = nil

@@ -47,7 +47,7 @@ struct Compiler {
         let matcher = self.matcher(r.match, at)
         var backendInfo: [RouteTable.BackendInfo] = []
         var mirror: (cluster: Int, name: String)?
-        var action = RouteTable.Route.Action.forward, timeout: Millis = 0, status = 0
+        var action = RouteTable.Route.Action.forward, timeout: Millis = 0, requestTimeout = Millis.max, status = 0
         var backendSpan = Span(start: backends.count, count: 0), total: UInt64 = 0
         var hashHeader = Span.empty, hashCookie = Span.empty, mirrorPerMillion: UInt64 = 0
         var scheme = Span.empty, host = Span.empty, stripQuery = false, body = Span.empty
@@ -71,6 +71,7 @@ struct Compiler {
                 mirrorPerMillion = UInt64(m.perMillion)
             }
             timeout = f.timeout
+            requestTimeout = f.requestTimeout ?? .max
         case .redirect(let d):
             action = .redirect; status = d.code; stripQuery = d.stripQuery
             scheme = add(Array((d.scheme ?? "").utf8)); host = add(Array((d.host ?? "").utf8))
@@ -94,7 +95,7 @@ struct Compiler {
         let responseHeaders = headerMutations(r.responseHeaders, at + ".response_headers")
         matchers.append(matcher)
         routes.append(RouteTable.Route(
-            action: action, timeout: timeout, status: status, backends: backendSpan, total: total,
+            action: action, timeout: timeout, requestTimeout: requestTimeout, status: status, backends: backendSpan, total: total,
             hashHeader: hashHeader, hashCookie: hashCookie, mirrorCluster: mirror?.cluster ?? -1,
             mirrorPerMillion: mirrorPerMillion, rewrite: rewrite, rewriteText: rewriteText, rewriteRegex: rewriteRegex,
             rewriteGroups: rewriteGroups, scheme: scheme, host: host, stripQuery: stripQuery, body: body,

@@ -24,6 +24,8 @@ public final class RouteTable: @unchecked Sendable {   // immutable after init; 
         public let action: Action
         /// Forward: time allowed for the upstream's response head, ms; 0 = none.
         public let timeout: Millis
+        /// Forward: the route's own request timeout, ms (0 = none); `UInt64.max` = the listener's.
+        public let requestTimeout: Millis
         /// Redirect: 301, 302, 303, 307 or 308. Respond: 200 ... 599. Forward: 0.
         public let status: Int
         let backends: Span          // into `backends`; empty unless forward

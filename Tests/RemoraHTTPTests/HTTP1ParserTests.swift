@@ -86,13 +86,80 @@ func feed(_ p: HTTP1Parser, _ s: String) -> HTTP1Parser.Result {
         #expect(p.error?.status == status)
     }
 
-    @Test func obsoleteLineFoldingBecomesASpace() {
-        // RFC 9112 §5.2 allows replacing obs-fold with SP instead of a 400; no CR/LF reaches the value.
-        let p = HTTP1Parser(kind: .request)
+    @Test func obsoleteLineFoldingIsRefused() {
+        // RFC 9112 §5.2 allows a 400 or a space; a space let `Host: x` + ` Transfer-Encoding: chunked`
+        // reach a backend as one field, so it is refused, wherever the reads split the message.
+        for msg in ["GET / HTTP/1.1\r\nHost: a\r\n Transfer-Encoding: chunked\r\n\r\n",
+                    "GET / HTTP/1.1\r\nHost: a\r\nX: b\r\n\tc\r\n\r\n",
+                    "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nT: a\r\n b\r\n\r\n"] {
+            let bytes = Array(msg.utf8)
+            for split in 1...bytes.count {
+                let p = HTTP1Parser(kind: .request)
+                let r = Recorder()
+                p.delegate = r
+                var last = HTTP1Parser.Result.ok
+                var at = 0
+                while at < bytes.count && last != .error {
+                    var piece = Array(bytes[at..<min(at + split, bytes.count)])
+                    last = piece.withUnsafeMutableBytes { p.feed(UnsafeRawBufferPointer($0)) }
+                    at += split
+                }
+                #expect(last == .error, "split \(split)")
+                #expect(p.error?.status == 400)
+            }
+        }
+    }
+
+    @Test func valuesSplitAnywhereAreNotFolding() {
+        let msg = "POST /x HTTP/1.1\r\nHost: a.example:80\r\nConnection: keep-alive, x-a\r\nContent-Length: 12\r\n"
+            + "X-A: one two  three\r\nUser-Agent: curl/8\r\n\r\nhello world!"
+        let bytes = Array(msg.utf8)
+        for split in 1...bytes.count {
+            let p = HTTP1Parser(kind: .request)
+            let r = Recorder()
+            p.delegate = r
+            var at = 0
+            while at < bytes.count {
+                var piece = Array(bytes[at..<min(at + split, bytes.count)])
+                #expect(piece.withUnsafeMutableBytes { p.feed(UnsafeRawBufferPointer($0)) } != .error, "split \(split)")
+                at += split
+            }
+            #expect(r.completed == 1)
+            #expect(r.heads.first?.headers.map(\.1) == ["a.example:80", "keep-alive, x-a", "12", "one two  three", "curl/8"])
+        }
+    }
+
+    @Test func emptyHeaderNameIsRefused() {
+        for msg in ["GET / HTTP/1.1\r\nHost: a\r\n: v\r\n\r\n", "GET / HTTP/1.1\r\n: v\r\nHost: a\r\n\r\n"] {
+            let p = HTTP1Parser(kind: .request)
+            p.delegate = Recorder()
+            #expect(feed(p, msg) == .error)
+            #expect(p.error?.status == 400)
+        }
+    }
+
+    @Test func underscoreHeaderNames() {
+        let msg = "POST / HTTP/1.1\r\nHost: a\r\nTransfer_Encoding: chunked\r\nContent-Length: 0\r\nX_B: 1\r\nX-C: 2\r\n\r\n"
+        let drop = HTTP1Parser(kind: .request)
         let r = Recorder()
-        p.delegate = r
-        _ = feed(p, "GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n")
-        #expect(r.heads.first?.headers.first?.1 == "a folded")
+        drop.delegate = r
+        #expect(feed(drop, msg) != .error)
+        #expect(r.heads.first?.headers.map(\.0) == ["Host", "Content-Length", "X-C"])
+        #expect(drop.droppedUnderscoreHeaders == 2)
+        #expect(drop.hostIndex == 0)
+
+        let reject = HTTP1Parser(kind: .request)
+        reject.underscoreAction = .reject
+        reject.delegate = Recorder()
+        #expect(feed(reject, msg) == .error)
+        #expect(reject.error?.status == 400)
+
+        let allow = HTTP1Parser(kind: .request)
+        allow.underscoreAction = .allow
+        let ra = Recorder()
+        allow.delegate = ra
+        #expect(feed(allow, msg) != .error)
+        #expect(ra.heads.first?.headers.count == 5)
     }
 
     @Test func tooManyHeadersIs431() {
@@ -161,6 +228,31 @@ func feed(_ p: HTTP1Parser, _ s: String) -> HTTP1Parser.Result {
         #expect(text == "POST /x HTTP/1.1\r\nHost: svc\r\nAccept: */*\r\ntransfer-encoding: chunked\r\n"
                 + "x-forwarded-for: 10.0.0.1, 127.0.0.1\r\nx-forwarded-proto: http\r\n\r\n")
         out.release()
+    }
+
+    @Test func connectionCannotRemoveFramingOrHost() {
+        // Request smuggling: a Connection token naming Content-Length would send the body unframed.
+        let p = parsed("POST /x HTTP/1.1\r\nHost: svc\r\nConnection: keep-alive, Content-Length, host, X-A\r\n"
+                       + "Content-Length: 4\r\nX-A: 1\r\n\r\n")
+        var out = ByteBuffer()
+        p.withRequestView { v in
+            HTTP1Head.writeRequest(v, framing: .contentLength, addHost: false, clientIP: rawBytes("1.2.3.4"),
+                                   proto: "http", dropExpect: true, into: &out)
+        }
+        #expect(out.bytes.string == "POST /x HTTP/1.1\r\nHost: svc\r\nContent-Length: 4\r\n"
+                + "x-forwarded-for: 1.2.3.4\r\nx-forwarded-proto: http\r\n\r\n")
+        out.release()
+
+        let r = HTTP1Parser(kind: .response)
+        r.delegate = recorder
+        _ = feed(r, "HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 5\r\n\r\n")
+        var resp = ByteBuffer()
+        r.withHeaderRefs { h in
+            HTTP1Head.writeResponse(status: 200, reason: r.startLine, headers: h, framing: .contentLength,
+                                    keepAlive: true, into: &resp)
+        }
+        #expect(resp.bytes.string == "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+        resp.release()
     }
 
     @Test func responseReframesAndMarksClose() {

@@ -122,13 +122,15 @@ def test_retry_once_on_reused_connection_failure(start_remora, http_backend):
 
 
 def test_retry_replays_a_small_request_body(start_remora, http_backend):
-    """The retried request carries its body again, byte for byte (10 KB POSTs, reused-connection reset)."""
+    """The retried request carries its body again, byte for byte (10 KB PUTs, reused-connection reset).
+    PUT, not POST: only idempotent methods are sent again after the keep-alive race (issue 19,
+    test_smuggling.py::test_post_not_resent_after_keepalive_race)."""
     backend = http_backend(mode="drop_reused")
     remora = start_remora(make_config([http_listener("web")], [cluster("app", [backend.endpoint])]))
     with Client(remora.port("web")) as c:
         for i in range(10):
             body = pattern_bytes(10_000, seed=i)
-            r = c.request("POST", f"/echo?i={i}", body=body)
+            r = c.request("PUT", f"/echo?i={i}", body=body)
             assert r.status == 200, f"request {i} got {r.status} {r.body[:120]!r}"
             assert r.json()["body_sha256"] == hashlib.sha256(body).hexdigest()
     assert backend.dropped >= 1
@@ -143,7 +145,7 @@ def test_large_bodies_are_safe_from_the_keepalive_race(start_remora, http_backen
     with Client(remora.port("web")) as c:
         for i in range(6):
             body = pattern_bytes(1 << 20, seed=i)
-            r = c.request("POST", f"/echo?i={i}", body=body)
+            r = c.request("PUT", f"/echo?i={i}", body=body)
             assert r.status == 200, f"request {i} got {r.status} {r.body[:120]!r}"
             assert r.json()["body_sha256"] == hashlib.sha256(body).hexdigest()
             r = c.request("GET", f"/echo?small={i}")     # small requests still reuse pooled connections
