@@ -140,6 +140,43 @@ extension UnsafeRawBufferPointer {
         return true
     }
 
+    /// Whether any byte is `byte`: eight bytes at a time, the tail by one overlapping load, so a
+    /// header name costs a handful of instructions.
+    @inlinable @inline(__always)
+    public func contains(byte: UInt8) -> Bool {
+        guard let p = baseAddress else { return false }
+        let n = count
+        if n >= 8 {
+            let ones: UInt64 = 0x0101_0101_0101_0101
+            let pattern = ones &* UInt64(byte)
+            @inline(__always) func has(_ at: Int) -> Bool {
+                let x = p.loadUnaligned(fromByteOffset: at, as: UInt64.self) ^ pattern
+                return (x &- ones) & ~x & 0x8080_8080_8080_8080 != 0
+            }
+            var i = 0
+            while i &+ 8 < n {
+                if has(i) { return true }
+                i &+= 8
+            }
+            return has(n &- 8)
+        }
+        if n >= 4 {
+            let ones: UInt32 = 0x0101_0101
+            let pattern = ones &* UInt32(byte)
+            @inline(__always) func has(_ at: Int) -> Bool {
+                let x = p.loadUnaligned(fromByteOffset: at, as: UInt32.self) ^ pattern
+                return (x &- ones) & ~x & 0x8080_8080 != 0
+            }
+            return has(0) || has(n &- 4)
+        }
+        var i = 0
+        while i < n {
+            if p.load(fromByteOffset: i, as: UInt8.self) == byte { return true }
+            i &+= 1
+        }
+        return false
+    }
+
     /// Byte-for-byte comparison with a literal.
     @inlinable @inline(__always)
     public func equals(_ s: StaticString) -> Bool {

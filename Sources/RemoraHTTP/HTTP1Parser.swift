@@ -105,12 +105,16 @@ public final class HTTP1Parser {
     public static let underscoreRefusal = "header name with an underscore"
     /// Headers dropped by `underscoreAction` in the current message.
     public private(set) var droppedUnderscoreHeaders = 0
-    /// Where the current `feed` began, and how many bytes of the stream came before it: a value
-    /// piece that does not start where the previous one ended had a line break in between (obs-fold).
-    var feedStart: UnsafePointer<CChar>?
-    var fedBefore = 0
-    /// Stream offset just past the last header value piece.
-    var valueEnd = 0
+    /// `underscoreAction` applies to this message (a request, and not `allow`).
+    var checkUnderscores = false
+    /// The name of the field being read has a `_`.
+    var fieldUnderscore = false
+    /// Where the next piece of the current header value must start: just past the previous piece in
+    /// the same input, or at the start of the next `feed`'s input when that piece ended the last one
+    /// (`valueAtEnd`); nil when no piece may follow. A piece that starts elsewhere had a line break
+    /// before it (obs-fold). Reset at every `feed`, so a pointer into an earlier input never matches.
+    var valueEnd: UnsafePointer<CChar>?
+    var valueAtEnd = false
 
     public init(kind: Kind, maxHeadBytes: Int = 60 * 1024, maxHeaders: Int = 100, pauseAfterMessage: Bool = true) {
         self.kind = kind
@@ -146,15 +150,13 @@ public final class HTTP1Parser {
     public func feed(_ data: UnsafeRawBufferPointer) -> Result {
         guard let base = data.baseAddress else { return .ok }
         let start = base.assumingMemoryBound(to: CChar.self)
-        feedStart = UnsafePointer(start)
+        valueEnd = valueAtEnd ? UnsafePointer(start) : nil
         let rc = llhttp_execute(ll, start, data.count)
+        valueAtEnd = fieldState == 2 && valueEnd == UnsafePointer(start + data.count)
         switch rc {
-        case HPE_OK:
-            fedBefore &+= data.count
-            return .ok
+        case HPE_OK: return .ok
         case HPE_PAUSED:
             let pos = llhttp_get_error_pos(ll)!
-            fedBefore &+= start.distance(to: pos)
             return .paused(consumed: start.distance(to: pos))
         default:
             recordError(rc)
@@ -182,6 +184,7 @@ public final class HTTP1Parser {
         headerCount = 0
         inHead = false
         inBody = false
+        valueAtEnd = false
         error = nil
     }
 
@@ -251,6 +254,8 @@ public final class HTTP1Parser {
         hostCount = 0
         transferEncodingIndex = -1
         droppedUnderscoreHeaders = 0
+        checkUnderscores = kind == .request && underscoreAction != .allow
+        fieldUnderscore = false
         inHead = true
         inBody = false
     }
@@ -318,6 +323,7 @@ public final class HTTP1Parser {
         if inBody { return trailerData(p, n, value: false) }
         trimLastValue()
         if fieldState != 1 {
+            if headerCount > 0 && !endHeaderField() { return -1 }
             if headerCount == maxHeaders { error = HTTPParseError(status: 431, reason: "too many header fields"); return -1 }
             spans.reserve((headerCount + 1) * MemoryLayout<HeaderSpan>.stride)
             headers[headerCount] = HeaderSpan(nameOffset: Int32(head.count), nameLength: 0, valueOffset: 0, valueLength: 0)
@@ -327,7 +333,29 @@ public final class HTTP1Parser {
         }
         guard appendHead(p, n) else { return -1 }
         headers[headerCount - 1].nameLength += Int32(n)
+        if checkUnderscores && !fieldUnderscore { fieldUnderscore = UnsafeRawBufferPointer(start: p, count: n).contains(byte: 0x5F) }
         return 0
+    }
+
+    /// The last field is complete: refuses an empty name, and applies `underscoreAction` to a name
+    /// with `_` (the field is dropped, or the message refused). False on a refusal (`error` says why).
+    @inline(__always)
+    func endHeaderField() -> Bool {
+        let i = headerCount &- 1
+        if headers[i].nameLength == 0 {
+            error = HTTPParseError(status: 400, reason: "empty header name")
+            return false
+        }
+        if fieldUnderscore {
+            fieldUnderscore = false
+            if underscoreAction == .reject {
+                error = HTTPParseError(status: 400, reason: HTTP1Parser.underscoreRefusal)
+                return false
+            }
+            droppedUnderscoreHeaders &+= 1
+            headerCount = i
+        }
+        return true
     }
 
     /// Notes where a value piece ends; false (and a 400) when a piece of the same value starts
@@ -336,12 +364,11 @@ public final class HTTP1Parser {
     /// the next hop a header the proxy never saw. Refused, as RFC 9112 allows.
     @inline(__always)
     func valuePieceContinues(_ p: UnsafePointer<CChar>, _ n: Int) -> Bool {
-        let at = fedBefore &+ feedStart!.distance(to: p)
-        if fieldState == 2 && at != valueEnd {
+        if fieldState == 2 && p != valueEnd {
             error = HTTPParseError(status: 400, reason: "obsolete line folding in a header value")
             return false
         }
-        valueEnd = at &+ n
+        valueEnd = p + n
         return true
     }
 
@@ -357,36 +384,20 @@ public final class HTTP1Parser {
         return 0
     }
 
-    /// Notes the headers the proxy acts on, once per head; refuses empty names, and applies
-    /// `underscoreAction` to request header names with `_`. False on a refusal (`error` says why).
+    /// Ends the last field, then notes the headers the proxy acts on, once per head. False on a
+    /// refusal (`error` says why).
     func classifyHeaders() -> Bool {
         trimLastValue()
-        var kept = 0
+        if headerCount > 0 && !endHeaderField() { return false }
         for i in 0..<headerCount {
             let n = name(i)
-            if n.count == 0 {
-                error = HTTPParseError(status: 400, reason: "empty header name")
-                return false
-            }
-            if kind == .request && underscoreAction != .allow && memchr(n.baseAddress!, 0x5F, n.count) != nil {
-                if underscoreAction == .reject {
-                    error = HTTPParseError(status: 400, reason: HTTP1Parser.underscoreRefusal)
-                    return false
-                }
-                droppedUnderscoreHeaders &+= 1
-                continue
-            }
-            if kept != i { headers[kept] = headers[i] }
-            let k = kept
-            kept &+= 1
             switch n.count {
-            case 4: if n.equalsLowercase("host") { if hostIndex < 0 { hostIndex = k }; hostCount += 1 }
-            case 6: if expectIndex < 0 && n.equalsLowercase("expect") { expectIndex = k }
-            case 17: if transferEncodingIndex < 0 && n.equalsLowercase("transfer-encoding") { transferEncodingIndex = k }
+            case 4: if n.equalsLowercase("host") { if hostIndex < 0 { hostIndex = i }; hostCount += 1 }
+            case 6: if expectIndex < 0 && n.equalsLowercase("expect") { expectIndex = i }
+            case 17: if transferEncodingIndex < 0 && n.equalsLowercase("transfer-encoding") { transferEncodingIndex = i }
             default: break
             }
         }
-        headerCount = kept
         return true
     }
 

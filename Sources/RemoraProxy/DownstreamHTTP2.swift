@@ -1,4 +1,3 @@
-import Glibc
 import RemoraCore
 import RemoraHTTP
 import RemoraIO
@@ -311,7 +310,7 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
     func h2Header(_ s: HTTP2Session, stream: Int32, name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) -> Bool {
         withStream(stream, else: false) { st in
             // Names with `_`: the listener's policy, as for HTTP/1.1 (false resets the stream).
-            if name.count > 0, memchr(name.baseAddress!, 0x5F, name.count) != nil, listener.config.headersWithUnderscores != .allow {
+            if name.first != 0x3A && name.contains(byte: 0x5F), listener.config.headersWithUnderscores != .allow {
                 if listener.config.headersWithUnderscores == .reject {
                     listener.stats.inc(.requests_rejected_with_underscores_in_headers)
                     return false

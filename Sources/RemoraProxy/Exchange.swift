@@ -101,9 +101,6 @@ final class Exchange: DeadlineTimerDelegate {
     var maxRequestBody: UInt64 = 0
     /// Request body bytes received so far.
     var requestBodyBytes: UInt64 = 0
-    /// The method is idempotent (RFC 9110 §9.2.2): a request lost in the keep-alive close race may
-    /// be sent again. Others are not: the backend may have acted on them.
-    var idempotent = false
     /// Framing of the body toward an HTTP/1.1 upstream.
     var reqFraming = BodyFraming.none
     /// The request head as sent to an HTTP/1.1 upstream (kept for a retry).
@@ -180,7 +177,6 @@ final class Exchange: DeadlineTimerDelegate {
         grpcDeadline = 0
         requestDeadline = 0
         requestBodyBytes = 0
-        idempotent = Exchange.isIdempotent(view.method)
         stats.inc(.downstream_rq_total)
         stats.inc(.downstream_rq_active)
         let h = view.headers
@@ -494,7 +490,7 @@ final class Exchange: DeadlineTimerDelegate {
             case .reset, .protocolError:
                 // The keep-alive close race: sent again only when the method is idempotent, since
                 // the backend may have received and acted on the request before the connection died.
-                guard idempotent && u.wasReused && !u.gotResponseBytes && reuseRetries > 0 else { return noUpstream(why) }
+                guard u.wasReused && !u.gotResponseBytes && reuseRetries > 0 && methodIsIdempotent else { return noUpstream(why) }
                 reuseRetries -= 1
             default:
                 return noUpstream(why)
@@ -696,6 +692,16 @@ final class Exchange: DeadlineTimerDelegate {
 }
 
 extension Exchange {
+    /// The request's method is idempotent: a request lost in the keep-alive close race may be sent
+    /// again; others not, since the backend may have acted on them. Read from the stored head (the
+    /// request line toward HTTP/1.1, `:method` toward HTTP/2), only when a retry is considered.
+    var methodIsIdempotent: Bool {
+        if upstreamIsHTTP2 { return reqHead.count > 0 && Exchange.isIdempotent(reqHead.value(0)) }
+        let line = upHead.bytes
+        guard let sp = line.firstIndex(of: 0x20) else { return false }
+        return Exchange.isIdempotent(UnsafeRawBufferPointer(rebasing: line[..<sp]))
+    }
+
     /// GET, HEAD, OPTIONS, TRACE, PUT, DELETE (RFC 9110 §9.2.2).
     static func isIdempotent(_ m: UnsafeRawBufferPointer) -> Bool {
         switch m.count {

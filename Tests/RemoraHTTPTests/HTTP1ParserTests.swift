@@ -358,3 +358,19 @@ func rawBytes(_ s: StaticString) -> UnsafeRawBufferPointer {
     }
 }
 
+
+@Suite struct ContainsByteTests {
+    @Test func everyLengthAndPosition() {
+        for n in 0...40 {
+            var bytes = [UInt8](repeating: 0x41, count: n)
+            bytes.withUnsafeBytes { #expect(!$0.contains(byte: 0x5F), "n \(n)") }
+            for at in 0..<n {
+                bytes[at] = 0x5F
+                bytes.withUnsafeBytes { #expect($0.contains(byte: 0x5F), "n \(n) at \(at)") }
+                bytes[at] = 0xDF   // 0x5F | 0x80: not a match
+                bytes.withUnsafeBytes { #expect(!$0.contains(byte: 0x5F), "n \(n) at \(at) high bit") }
+                bytes[at] = 0x41
+            }
+        }
+    }
+}
