@@ -5,12 +5,22 @@ import RemoraRouting
 public enum ConfigLoader {
     /// Reads and validates a YAML file. Errors carry `file` = path as given.
     public static func load(path: String) -> Result<Config, ConfigErrors> {
+        read(path: path).flatMap { parse(bytes: $0, file: path) }
+    }
+
+    /// The whole file, or the error that says why it cannot be read.
+    public static func read(path: String) -> Result<[UInt8], ConfigErrors> {
         let (bytes, error) = readFile(path)
         guard error == 0 else {
             let reason = String(cString: strerror(error))
             return .failure(ConfigErrors([ConfigError(file: path, line: 0, path: "", message: "cannot read the file: \(reason)")]))
         }
-        return bytes.withUnsafeBufferPointer { decode($0, file: path) }
+        return .success(bytes)
+    }
+
+    /// Validates YAML bytes (as read by `read`); `file` is used in error messages.
+    public static func parse(bytes: [UInt8], file: String) -> Result<Config, ConfigErrors> {
+        bytes.withUnsafeBufferPointer { decode($0, file: file) }
     }
 
     /// Validates YAML text; `file` is used in error messages (e.g. "<embedded>").

@@ -227,15 +227,13 @@ public final class Server {
             log("\(path) changed or SIGHUP: ignored, the configuration comes from the control server")
             return
         }
-        guard let text = readFile(path) else {
-            log("\(path) not applied: cannot read it: \(String(cString: strerror(errno)))")
-            return
-        }
-        switch ConfigLoader.parse(yaml: text, file: path) {
+        let read = ConfigLoader.read(path: path)
+        switch read.flatMap({ ConfigLoader.parse(bytes: $0, file: path) }) {
         case .failure(let e):
             log("\(path) not applied:\n\(e)")
         case .success(let cfg):
             if cfg == config { return }
+            let text = (try? read.get()).map { String(decoding: $0, as: UTF8.self) } ?? ""
             if let e = apply(cfg, source: text, file: path) { log("\(path) not applied:\n\(e)") }
         }
     }
