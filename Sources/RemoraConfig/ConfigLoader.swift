@@ -5,12 +5,22 @@ import RemoraRouting
 public enum ConfigLoader {
     /// Reads and validates a YAML file. Errors carry `file` = path as given.
     public static func load(path: String) -> Result<Config, ConfigErrors> {
+        read(path: path).flatMap { parse(bytes: $0, file: path) }
+    }
+
+    /// The whole file, or the error that says why it cannot be read.
+    public static func read(path: String) -> Result<[UInt8], ConfigErrors> {
         let (bytes, error) = readFile(path)
         guard error == 0 else {
             let reason = String(cString: strerror(error))
             return .failure(ConfigErrors([ConfigError(file: path, line: 0, path: "", message: "cannot read the file: \(reason)")]))
         }
-        return bytes.withUnsafeBufferPointer { decode($0, file: path) }
+        return .success(bytes)
+    }
+
+    /// Validates YAML bytes (as read by `read`); `file` is used in error messages.
+    public static func parse(bytes: [UInt8], file: String) -> Result<Config, ConfigErrors> {
+        bytes.withUnsafeBufferPointer { decode($0, file: file) }
     }
 
     /// Validates YAML text; `file` is used in error messages (e.g. "<embedded>").
@@ -29,6 +39,65 @@ public enum ConfigLoader {
             if let config, d.errors.isEmpty { return .success(config) }
             return .failure(ConfigErrors(d.sortedErrors))
         }
+    }
+
+    /// Gives errors found after decoding, which know only the path of their field (route
+    /// compilation, endpoint resolution, what a reload may not change such as `workers`), the
+    /// file they came from and the line of that field in `yaml`: the deepest node of the path
+    /// found there. Errors that already have a line keep it.
+    public static func locate(_ errors: ConfigErrors, in yaml: String, file: String) -> ConfigErrors {
+        var yaml = yaml
+        let root: Node? = yaml.withUTF8 { if case .success(let r) = YAML.parse($0) { r } else { nil } }
+        return ConfigErrors(errors.errors.map { e in
+            var e = e
+            if e.file.isEmpty { e.file = file }
+            if e.line == 0, let root, !e.path.isEmpty { e.line = line(of: Substring(e.path), in: root) }
+            return e
+        })
+    }
+
+    /// The line of `path` (`listeners[0].address`, or with names for list items:
+    /// `clusters.db.endpoints`, `listeners.web.routes.api.backends`) under `node`, or of the
+    /// deepest part of it that exists.
+    static func line(of path: Substring, in node: Node) -> Int {
+        var rest = path
+        if rest.first == "." { rest = rest.dropFirst() }
+        if rest.isEmpty { return node.line }
+        // The longest key or item name that `rest` starts with, followed by ".", "[" or the end.
+        func matches(_ name: String) -> Bool {
+            guard rest.hasPrefix(name) else { return false }
+            let after = rest.dropFirst(name.count).first
+            return after == nil || after == "." || after == "["
+        }
+        switch node.value {
+        case .map(let entries):
+            if let e = entries.filter({ matches($0.key) }).max(by: { $0.key.count < $1.key.count }) {
+                return line(of: rest.dropFirst(e.key.count), in: e.value)
+            }
+            // A listener's routes may sit under its virtual hosts (compiled as one host).
+            if rest.hasPrefix("routes."), let hosts = entries.first(where: { $0.key == "virtual_hosts" }),
+               case .list(let items) = hosts.value.value {
+                for h in items {
+                    let l = line(of: rest, in: h)
+                    if l != h.line { return l }
+                }
+            }
+        case .list(let items):
+            if rest.first == "[", let close = rest.firstIndex(of: "]"), let i = Int(rest[rest.index(after: rest.startIndex)..<close]),
+               items.indices.contains(i) {
+                return line(of: rest[rest.index(after: close)...], in: items[i])
+            }
+            let named = items.compactMap { item -> (String, Node)? in
+                guard case .map(let entries) = item.value, let n = entries.first(where: { $0.key == "name" }) else { return nil }
+                return (n.value.text, item)
+            }
+            if let (name, item) = named.filter({ matches($0.0) }).max(by: { $0.0.count < $1.0.count }) {
+                return line(of: rest.dropFirst(name.count), in: item)
+            }
+        case .scalar:
+            break
+        }
+        return node.line
     }
 
     /// The whole file, or the `errno` of what failed.

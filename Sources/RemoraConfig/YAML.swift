@@ -45,9 +45,27 @@ struct SyntaxError: Error {
     var message: String
 }
 
+/// What a YAML document may cost, for every reader of config YAML (the loader, the control
+/// server's weight edit).
+public enum YAMLLimits {
+    /// Aliases may repeat at most this many nodes in all, or `aliasRatio` times the nodes the
+    /// document spells out, whichever is more: enough for any config that reuses a block, while a
+    /// "billion laughs" (anchors of aliases of anchors…) is refused at the alias that crosses it,
+    /// in milliseconds, instead of the decoder walking an exponential tree.
+    public static let aliasNodes = 100_000
+    public static let aliasRatio = 10
+    /// Collections may nest this deep (a config needs about 8). Deeper input is refused before
+    /// libyaml's cost grows (it is quadratic in flow nesting) and before anything recurses on it.
+    public static let depth = 64
+
+    /// The most nodes aliases may repeat in a document that spells out `written` nodes.
+    public static func aliasLimit(written: Int) -> Int { max(aliasNodes, aliasRatio * written) }
+}
+
 enum YAML {
     /// Parses a stream holding at most one document into a node tree; nil when the stream is empty.
-    /// Aliases are expanded (an alias must refer to an anchor that is already complete).
+    /// Aliases are expanded (an alias must refer to an anchor that is already complete), within
+    /// `YAMLLimits`; collections nest at most `YAMLLimits.depth` deep.
     static func parse(_ bytes: UnsafeBufferPointer<UInt8>) -> Result<Node?, SyntaxError> {
         guard let base = bytes.baseAddress, bytes.count > 0 else { return .success(nil) }
         var parser = yaml_parser_t()
@@ -86,12 +104,19 @@ private struct TreeBuilder {
         var anchor: String?
         var isMap: Bool
         var items: [Node] = []
+        /// Nodes in this collection once aliases are expanded, itself included.
+        var size = 1
     }
 
     private(set) var root: Node?
     private var open: [Open] = []
-    private var anchors: [String: Node] = [:]
+    /// Each anchored node with its size (nodes, aliases expanded).
+    private var anchors: [String: (node: Node, size: Int)] = [:]
     private var documents = 0
+    /// Nodes spelled out in the text (scalars, lists, mappings; not aliases).
+    private var written = 0
+    /// Nodes repeated by aliases.
+    private var repeated = 0
 
     /// Returns true at the end of the stream.
     mutating func handle(_ e: yaml_event_t) throws(SyntaxError) -> Bool {
@@ -105,30 +130,52 @@ private struct TreeBuilder {
         case YAML_SCALAR_EVENT:
             let s = e.data.scalar
             let text = String(decoding: UnsafeBufferPointer(start: s.value, count: s.length), as: UTF8.self)
-            try add(Node(value: .scalar(text, plain: s.style == YAML_PLAIN_SCALAR_STYLE), line: line),
-                    anchor: string(s.anchor))
+            written += 1
+            add(Node(value: .scalar(text, plain: s.style == YAML_PLAIN_SCALAR_STYLE), line: line), size: 1,
+                anchor: string(s.anchor))
         case YAML_SEQUENCE_START_EVENT:
-            open.append(Open(line: line, anchor: string(e.data.sequence_start.anchor), isMap: false))
+            try push(Open(line: line, anchor: string(e.data.sequence_start.anchor), isMap: false))
         case YAML_MAPPING_START_EVENT:
-            open.append(Open(line: line, anchor: string(e.data.mapping_start.anchor), isMap: true))
+            try push(Open(line: line, anchor: string(e.data.mapping_start.anchor), isMap: true))
         case YAML_SEQUENCE_END_EVENT, YAML_MAPPING_END_EVENT:
             let o = open.removeLast()
-            try add(Node(value: o.isMap ? .map(try entries(o.items)) : .list(o.items), line: o.line), anchor: o.anchor)
+            add(Node(value: o.isMap ? .map(try entries(o.items)) : .list(o.items), line: o.line), size: o.size,
+                anchor: o.anchor)
         case YAML_ALIAS_EVENT:
             let name = string(e.data.alias.anchor) ?? ""
-            guard let node = anchors[name] else {
+            guard let anchored = anchors[name] else {
                 throw SyntaxError(line: line, message: "alias *\(name) refers to no complete anchor &\(name)")
             }
-            try add(node, anchor: nil)
+            repeated += anchored.size
+            let limit = YAMLLimits.aliasLimit(written: written)
+            if repeated > limit {
+                throw SyntaxError(line: line, message: "alias *\(name): aliases would repeat more than \(limit) nodes "
+                    + "(at most \(YAMLLimits.aliasNodes), or \(YAMLLimits.aliasRatio) times the nodes written out); "
+                    + "refusing the document (an alias bomb?)")
+            }
+            add(anchored.node, size: anchored.size, anchor: nil)
         default:
             break
         }
         return false
     }
 
-    private mutating func add(_ node: Node, anchor: String?) throws(SyntaxError) {
-        if let anchor { anchors[anchor] = node }
-        if open.isEmpty { root = node } else { open[open.count - 1].items.append(node) }
+    private mutating func push(_ o: Open) throws(SyntaxError) {
+        written += 1
+        if open.count >= YAMLLimits.depth {
+            throw SyntaxError(line: o.line, message: "lists and mappings nested more than \(YAMLLimits.depth) deep")
+        }
+        open.append(o)
+    }
+
+    private mutating func add(_ node: Node, size: Int, anchor: String?) {
+        if let anchor { anchors[anchor] = (node, size) }
+        if open.isEmpty {
+            root = node
+        } else {
+            open[open.count - 1].items.append(node)
+            open[open.count - 1].size += size
+        }
     }
 
     private func entries(_ items: [Node]) throws(SyntaxError) -> [Node.Entry] {

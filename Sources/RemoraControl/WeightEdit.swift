@@ -47,17 +47,20 @@ struct MarkedNode {
         }
     }
 
-    mutating func markAliasCopy() {
+    /// Returns the number of nodes marked.
+    mutating func markAliasCopy() -> Int {
         viaAlias = true
+        var n = 1
         switch kind {
         case .scalar: break
         case .list(var l):
-            for i in l.indices { l[i].markAliasCopy() }
+            for i in l.indices { n += l[i].markAliasCopy() }
             kind = .list(l)
         case .map(var m):
-            for i in m.indices { m[i].key.markAliasCopy(); m[i].value.markAliasCopy() }
+            for i in m.indices { n += m[i].key.markAliasCopy() + m[i].value.markAliasCopy() }
             kind = .map(m)
         }
+        return n
     }
 }
 
@@ -87,6 +90,7 @@ enum MarkedYAML {
             var open: [Open] = []
             var anchors: [String: MarkedNode] = [:]
             var root: MarkedNode?
+            var written = 0, repeated = 0   // nodes spelled out, nodes copied by aliases (YAMLLimits)
             var event = yaml_event_t()
             func add(_ n: MarkedNode, anchor: String?) {
                 if let anchor { anchors[anchor] = n }
@@ -103,12 +107,17 @@ enum MarkedYAML {
                 case YAML_STREAM_END_EVENT, YAML_DOCUMENT_END_EVENT:
                     return root
                 case YAML_SCALAR_EVENT:
+                    written += 1
                     let s = event.data.scalar
                     let text = String(decoding: UnsafeBufferPointer(start: s.value, count: s.length), as: UTF8.self)
                     add(MarkedNode(kind: .scalar(text), start: byte(event.start_mark), end: byte(event.end_mark), line: line,
                                    flow: false, anchored: s.anchor != nil),
                         anchor: s.anchor.map { String(cString: $0) })
                 case YAML_SEQUENCE_START_EVENT, YAML_MAPPING_START_EVENT:
+                    written += 1
+                    if open.count >= YAMLLimits.depth {
+                        throw ControlError(400, "lists and mappings nested more than \(YAMLLimits.depth) deep on line \(line)")
+                    }
                     let isMap = event.type == YAML_MAPPING_START_EVENT
                     let anchor = isMap ? event.data.mapping_start.anchor : event.data.sequence_start.anchor
                     let flow = isMap ? event.data.mapping_start.style == YAML_FLOW_MAPPING_STYLE
@@ -133,7 +142,11 @@ enum MarkedYAML {
                 case YAML_ALIAS_EVENT:
                     let name = event.data.alias.anchor.map { String(cString: $0) } ?? ""
                     guard var copy = anchors[name] else { throw ControlError(400, "alias *\(name) refers to no anchor") }
-                    copy.markAliasCopy()
+                    repeated += copy.markAliasCopy()
+                    if repeated > YAMLLimits.aliasLimit(written: written) {
+                        throw ControlError(400, "alias *\(name) on line \(line): aliases would repeat more than "
+                                           + "\(YAMLLimits.aliasLimit(written: written)) nodes; refusing the document")
+                    }
                     add(copy, anchor: nil)
                 default:
                     break

@@ -95,5 +95,5 @@ let ioFSEventCallback: uv_fs_event_cb = { h, file, _, _ in
 }
 
 let ioFSEventCloseCallback: uv_close_cb = { h in
-    Unmanaged<FileWatcher>.fromOpaque(h!.pointee.data).takeUnretainedValue().handleClosed()
+    Unmanaged<FileWatcher>.fromOpaque(h!.pointee.data).takeUnretainedValue().handleClosed(UnsafeMutableRawPointer(h!))
 }

@@ -76,7 +76,9 @@ public final class Server {
         }
         signals.append(SignalWatcher(loop: loop, signal: SIGHUP) { [unowned self] _ in self.reloadFile() })
         if watch, let path = configPath {
-            watcher = FileWatcher(loop: loop, path: path) { [unowned self] in self.reloadFile() }
+            // Applied once the file has stayed unchanged for 500 ms (FileWatcher), so a file being
+            // written is never read half-way, however slowly it is written (up to 500 ms pauses).
+            watcher = FileWatcher(loop: loop, path: path, settle: 500) { [unowned self] in self.reloadFile() }
         }
         if let c = control {
             do {
@@ -121,8 +123,10 @@ public final class Server {
     func bindNew(_ cfg: Config) throws -> [[String: Int32]] {
         var fds = Array(repeating: [String: Int32](), count: workerCount)
         var got: [String: (spec: HostPort, proto: ListenerProtocol, actual: SocketAddress)] = [:]
+        var listener = ""
         do {
             for l in cfg.listeners {
+                listener = l.name
                 if let b = bound[l.name], b.spec == l.address, b.proto == l.protocol { continue }
                 let served = bound.values.first { $0.spec == l.address && $0.spec.port != 0 }
                 guard var addr = try served?.actual ?? Resolver.resolve(l.address).first else { continue }
@@ -135,16 +139,21 @@ public final class Server {
             }
         } catch {
             for f in fds { f.values.forEach(ListenSocket.closeFD) }
-            throw error
+            throw ListenerBindError(listener: listener, error: error)
         }
         for (name, b) in got { bound[name] = b }
         return fds
     }
 
     /// Installs a new configuration in every worker, make-before-break. Returns the errors when it
-    /// is refused; the configuration serving now then stays.
+    /// is refused, each with `file` and the line of its field in `src`; the configuration serving
+    /// now then stays.
     @discardableResult
-    public func apply(_ cfg: Config, source src: String) -> ConfigErrors? {
+    public func apply(_ cfg: Config, source src: String, file: String = "") -> ConfigErrors? {
+        install(cfg, source: src).map { ConfigLoader.locate($0, in: src, file: file) }
+    }
+
+    func install(_ cfg: Config, source src: String) -> ConfigErrors? {
         if draining { return ConfigErrors([ConfigError(file: "", line: 0, path: "", message: "draining")]) }
         if awaitingControl { return startWith(cfg, source: src) }
         if !ready {
@@ -164,7 +173,7 @@ public final class Server {
         }
         let fds: [[String: Int32]]
         do { fds = try bindNew(cfg) } catch {
-            return ConfigErrors([ConfigError(file: "", line: 0, path: "listeners", message: "\(error)")])
+            return ConfigErrors([ConfigError(file: "", line: 0, path: bindErrorPath(error), message: "\(error)")])
         }
         let names = Set(cfg.listeners.map(\.name))
         for name in bound.keys where !names.contains(name) { bound[name] = nil }
@@ -192,7 +201,7 @@ public final class Server {
         workerCount = cfg.workers > 0 ? cfg.workers : onlineCPUs()
         let fds: [[String: Int32]]
         do { fds = try bindNew(cfg) } catch {
-            return ConfigErrors([ConfigError(file: "", line: 0, path: "listeners", message: "\(error)")])
+            return ConfigErrors([ConfigError(file: "", line: 0, path: bindErrorPath(error), message: "\(error)")])
         }
         var cfg = cfg
         cfg.admin = config.admin
@@ -205,19 +214,27 @@ public final class Server {
         return nil
     }
 
+    /// `listeners.NAME.address` for a listener that could not be bound.
+    func bindErrorPath(_ error: any Error) -> String {
+        (error as? ListenerBindError).map { "listeners.\($0.listener).address" } ?? "listeners"
+    }
+
     /// Reloads `configPath` (SIGHUP, `--watch`); a bad file is reported and the serving one stays.
+    /// The file is read once: what is validated is what is installed and shown by /config_dump.
     func reloadFile() {
         guard let path = configPath, ready, !draining else { return }
         if subscriber != nil {   // the control server owns the configuration; the file was only the first one
             log("\(path) changed or SIGHUP: ignored, the configuration comes from the control server")
             return
         }
-        switch ConfigLoader.load(path: path) {
+        let read = ConfigLoader.read(path: path)
+        switch read.flatMap({ ConfigLoader.parse(bytes: $0, file: path) }) {
         case .failure(let e):
             log("\(path) not applied:\n\(e)")
         case .success(let cfg):
             if cfg == config { return }
-            if let e = apply(cfg, source: readFile(path) ?? "") { log("\(path) not applied:\n\(e)") }
+            let text = (try? read.get()).map { String(decoding: $0, as: UTF8.self) } ?? ""
+            if let e = apply(cfg, source: text, file: path) { log("\(path) not applied:\n\(e)") }
         }
     }
 
@@ -319,6 +336,13 @@ public final class Server {
             return .init(status: 404, body: "admin endpoints: GET /ready, GET /stats, GET /config_dump, POST /drain, POST /quitquitquit\n")
         }
     }
+}
+
+/// A listener's address could not be resolved or bound (prints as the underlying error).
+struct ListenerBindError: Error, CustomStringConvertible {
+    var listener: String
+    var error: any Error
+    var description: String { "\(error)" }
 }
 
 /// The whole file as text, or nil.

@@ -156,7 +156,7 @@ final class Subscriber: TCPConnectionDelegate, HTTP1ParserDelegate {
         let v = answerVersion
         switch ConfigLoader.parse(yaml: yaml, file: "\(group)@\(v)") {
         case .success(let cfg):
-            if let e = server.apply(cfg, source: yaml) {
+            if let e = server.apply(cfg, source: yaml, file: "\(group)@\(v)") {
                 rejected += 1
                 reports.append(("/v1/nack?group=\(group)&node=\(node)&version=\(v)", e.description))
                 log("control: version \(v) refused:\n\(e)")

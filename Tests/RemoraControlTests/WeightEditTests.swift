@@ -170,6 +170,29 @@ let realistic = """
         }
     }
 
+    /// A document stored with `--force` is still parsed by the split edit: alias bombs and deep
+    /// nesting are refused (400) at once, not copied out exponentially (issue 19, finding 9).
+    @Test func yamlBombsAreRefused() {
+        var lines = [#"x: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol","lol"]"#]
+        for i in 1...8 { lines.append("a\(i): &a\(i) [" + Array(repeating: "*a\(i - 1)", count: 10).joined(separator: ",") + "]") }
+        lines.append("listeners: [ { name: a, routes: [ { name: r, backends: [ { cluster: x, weight: 1 } ] } ], extra: *a8 } ]")
+        do {
+            _ = try WeightEdit.apply(to: lines.joined(separator: "\n"), route: "r", weights: [ClusterWeight("x", 2)])
+            Issue.record("expected a refusal")
+        } catch {
+            #expect(error.status == 400)
+            #expect(error.message.hasPrefix("alias *a3 on line 5: aliases would repeat more than 100000 nodes"), "\(error.message)")
+        }
+        do {
+            _ = try WeightEdit.apply(to: "listeners: " + String(repeating: "[", count: 100_000), route: "r",
+                                     weights: [ClusterWeight("x", 2)])
+            Issue.record("expected a refusal")
+        } catch {
+            #expect(error.status == 400)
+            #expect(error.message == "lists and mappings nested more than 64 deep on line 1", "\(error.message)")
+        }
+    }
+
     @Test func anchorsAndAliasesAreNotEditedInPlace() throws {
         let doc = """
             listeners:
