@@ -10,6 +10,8 @@ an IP or localhost as Host) keep working. docs/config.md "Admin endpoints", docs
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 
@@ -129,6 +131,17 @@ def test_admin_token(admin_proxy):
                   f"http://127.0.0.1:{r.admin_port}/quitquitquit"])
     assert p.stdout == b"200", (p.stdout, p.stderr)
     poll(lambda: not r.alive(), 5, what="exit after /quitquitquit with the token")
+
+
+def test_admin_token_is_fixed_at_start(admin_proxy):
+    """A reload that changes admin.token is refused (as one that moves admin.address): the running
+    token stays, and the log says so."""
+    r = admin_proxy({"address": "127.0.0.1:0", "token": "first"})
+    r.config_path.write_text(r.config_path.read_text().replace("first", "second"))
+    os.kill(r.pid, signal.SIGHUP)
+    poll(lambda: "admin.token: fixed at start" in r.stderr_tail(), 5, what="the refused reload")
+    assert admin_request(r, "POST", "/drain", [("Authorization", "Bearer second")]).status == 401
+    still_serving(r, r.port("web"))
 
 
 def test_admin_token_must_be_a_token(tmp_path):
