@@ -144,7 +144,19 @@ private final class Schema {
     }
 
     func admin(_ n: Node, _ p: String) -> AdminConfig? {
-        d.mapping(n, p, keys: ["address"])?.required("address", listenAddress).map(AdminConfig.init)
+        guard let m = d.mapping(n, p, keys: ["address", "token"]) else { return nil }
+        let token = m.optional("token", adminToken)
+        return m.required("address", listenAddress).map { AdminConfig(address: $0, token: token) }
+    }
+
+    /// Visible ASCII, no spaces: it is sent as `authorization: Bearer TOKEN`.
+    func adminToken(_ n: Node, _ p: String) -> String? {
+        guard let t = d.string(n, p) else { return nil }
+        guard !t.isEmpty, t.utf8.allSatisfy({ $0 > 32 && $0 < 127 }) else {
+            d.fail(n.line, p, "expected a non-empty token of visible ASCII characters without spaces (the value is not shown)")
+            return nil
+        }
+        return t
     }
 
     func listener(_ n: Node, _ p: String) -> ListenerConfig? {

@@ -7,7 +7,8 @@ import RemoraProxy
 /// `remora control`: serves docs/control-plane.md on one libuv loop. Requests are parsed by
 /// `ControlRequest`, decided by `ControlState`, stored by `StateDirectory`; this class carries out
 /// the I/O: the HTTP server, long polls waiting for a change of their group (each with its timer),
-/// the token check, and SIGTERM/SIGINT (waiting polls get 304, then the process exits 0).
+/// who may call it (`LocalRequestGuard`: Host, Origin, token), and SIGTERM/SIGINT (waiting polls
+/// get 304, then the process exits 0).
 public final class ControlServer {
     public struct Options {
         /// The state directory (created if missing).
@@ -35,7 +36,9 @@ public final class ControlServer {
     public let loop: EventLoop
     public let state: ControlState
     let directory: StateDirectory
-    let token: [UInt8]?
+    /// Refuses rebinding Hosts, cross-origin requests (every method: even a poll records its node)
+    /// and requests without the token.
+    let access: LocalRequestGuard
     var http: LocalHTTPServer!
     /// Waiting polls by group.
     var waiting: [String: [ObjectIdentifier: Waiter]] = [:]
@@ -70,7 +73,7 @@ public final class ControlServer {
                                + "(--token-file FILE or REMORA_CONTROL_TOKEN)")
         }
         self.loop = loop
-        token = options.token.flatMap { $0.isEmpty ? nil : Array($0.utf8) }
+        access = LocalRequestGuard(token: options.token)
         directory = try StateDirectory(path: options.stateDirectory)
         try directory.lock()
         let groups = try directory.load()
@@ -90,10 +93,7 @@ public final class ControlServer {
     }
 
     /// 127.0.0.0/8, ::1 and IPv4-mapped 127.x.
-    public static func isLoopback(_ a: SocketAddress) -> Bool {
-        let ip = a.ipString
-        return ip.hasPrefix("127.") || ip == "::1" || ip.hasPrefix("::ffff:127.")
-    }
+    public static func isLoopback(_ a: SocketAddress) -> Bool { LocalRequestGuard.isLoopback(a) }
 
     /// Serves until SIGTERM or SIGINT. Returns the exit code.
     public func run() -> Int32 {
@@ -133,9 +133,8 @@ public final class ControlServer {
     // MARK: requests
 
     func handle(_ req: LocalHTTPServer.Request, _ pending: LocalHTTPServer.Pending) -> LocalHTTPServer.Response? {
-        if let token, !Self.authorized(req.header("authorization"), token: token) {
-            return .init(status: 401, body: "a bearer token is required (authorization: Bearer TOKEN)\n",
-                         headers: [("www-authenticate", "Bearer")])
+        if let refused = access.hostRefusal(req) ?? access.crossOriginRefusal(req) ?? access.tokenRefusal(req) {
+            return refused
         }
         switch ControlRequest.parse(method: req.method, target: req.target, body: req.body) {
         case .failure(let e):
@@ -242,15 +241,4 @@ public final class ControlServer {
 
     /// Polls waiting now (tests, logs).
     public var waitingCount: Int { waiting.values.reduce(0) { $0 + $1.count } }
-
-    /// `Bearer <token>`, compared in constant time.
-    static func authorized(_ header: String?, token: [UInt8]) -> Bool {
-        guard let h = header else { return false }
-        let parts = h.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: true)
-        guard parts.count == 2, parts[0].lowercased() == "bearer" else { return false }
-        let given = Array(parts[1].utf8)
-        var diff = UInt8(given.count == token.count ? 0 : 1)
-        for i in 0..<token.count { diff |= token[i] ^ (i < given.count ? given[i] : 0) }
-        return diff == 0
-    }
 }

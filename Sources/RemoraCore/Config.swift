@@ -64,7 +64,10 @@ public struct Config: Sendable, Equatable {
 
 public struct AdminConfig: Sendable, Equatable {
     public var address: HostPort
-    public init(address: HostPort) { self.address = address }
+    /// Bearer token that `POST /drain` and `POST /quitquitquit` must carry (`authorization: Bearer
+    /// TOKEN`); nil = none (a warning at start when `address` is not loopback). Fixed at start.
+    public var token: String?
+    public init(address: HostPort, token: String? = nil) { self.address = address; self.token = token }
 }
 
 public enum ListenerProtocol: String, Sendable, Equatable, CaseIterable {

@@ -312,6 +312,7 @@ func statusText(_ status: Int) -> String {
     case 401: return "Unauthorized"
     case 409: return "Conflict"
     case 413: return "Content Too Large"
+    case 421: return "Misdirected Request"
     case 429: return "Too Many Requests"
     default: return "\(reasonPhrase(status))"
     }

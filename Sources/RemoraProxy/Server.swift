@@ -21,6 +21,9 @@ public final class Server {
     var workerMailboxes: [Mailbox<WorkerMessage>?] = []
     var mainMailbox: Mailbox<MainMessage>!
     var admin: LocalHTTPServer?
+    /// `admin.token` as started with (fixed until a restart) and the checks it feeds.
+    var adminToken: String?
+    var adminAccess = LocalRequestGuard(token: nil)
     var signals: [SignalWatcher] = []
     var watcher: FileWatcher?
     var drainTimer: LoopTimer?
@@ -62,7 +65,15 @@ public final class Server {
         do {
             fds = try bindNew(config)
             if let a = config.admin, let addr = try Resolver.resolve(a.address).first {
-                admin = try LocalHTTPServer(loop: loop, address: addr) { [unowned self] in self.adminRequest($0) }
+                let server = try LocalHTTPServer(loop: loop, address: addr) { [unowned self] in self.adminRequest($0) }
+                admin = server
+                adminToken = a.token
+                adminAccess = LocalRequestGuard(token: a.token)
+                if a.token == nil && !LocalRequestGuard.isLoopback(server.address) {
+                    log("warning: admin listens on \(server.address), off loopback, without admin.token: anyone who can reach it "
+                        + "can read the configuration (GET /config_dump) and drain or stop the proxy (POST /drain, "
+                        + "/quitquitquit); set admin.token or listen on 127.0.0.1")
+                }
             }
         } catch {
             log("\(error)")
@@ -167,6 +178,10 @@ public final class Server {
             return ConfigErrors([ConfigError(file: "", line: 0, path: "admin.address",
                                              message: "fixed at start (\(adminAddress ?? "none")); a restart changes it")])
         }
+        if let a = cfg.admin, a.token != adminToken {
+            return ConfigErrors([ConfigError(file: "", line: 0, path: "admin.token",
+                                             message: "fixed at start; a restart changes it")])
+        }
         let snap: Snapshot
         do { snap = try Snapshot(config: cfg) } catch let e as ConfigErrors { return e } catch {
             return ConfigErrors([ConfigError(file: "", line: 0, path: "", message: "\(error)")])
@@ -197,6 +212,10 @@ public final class Server {
         if let a = cfg.admin, a.address != config.admin?.address {
             return ConfigErrors([ConfigError(file: "", line: 0, path: "admin.address",
                                              message: "fixed at start (\(adminAddress ?? "none")); a restart changes it")])
+        }
+        if let a = cfg.admin, a.token != adminToken {
+            return ConfigErrors([ConfigError(file: "", line: 0, path: "admin.token",
+                                             message: "fixed at start; a restart changes it")])
         }
         workerCount = cfg.workers > 0 ? cfg.workers : onlineCPUs()
         let fds: [[String: Int32]]
@@ -300,7 +319,32 @@ public final class Server {
         extraClose.forEach { $0() }
     }
 
+    /// Admin endpoints by path: true for the ones that change state (POST only), false for the
+    /// read-only ones (GET and HEAD only). Nothing changes state on GET.
+    static let adminEndpoints: [Substring: Bool] = ["/ready": false, "/stats": false, "/config_dump": false,
+                                                    "/drain": true, "/quitquitquit": true]
+
+    /// Who may call an admin endpoint (docs/config.md, "Admin endpoints"): a Host that is not an
+    /// address of this machine gets 421 on every endpoint (DNS rebinding: /config_dump shows the
+    /// configuration); a wrong method 405; a state change sent from a web page of another origin 403,
+    /// and without `admin.token` (when one is set) 401. nil: go on.
+    func adminRefusal(_ r: LocalHTTPServer.Request) -> LocalHTTPServer.Response? {
+        if let refused = adminAccess.hostRefusal(r) { return refused }
+        guard let changes = Self.adminEndpoints[r.path] else { return nil }   // 404 below
+        if changes {
+            guard r.method == "POST" else {
+                return .init(status: 405, body: "use POST for \(r.path)\n", headers: [("allow", "POST")])
+            }
+            return adminAccess.crossOriginRefusal(r) ?? adminAccess.tokenRefusal(r)
+        }
+        guard r.method == "GET" || r.method == "HEAD" else {
+            return .init(status: 405, body: "use GET for \(r.path)\n", headers: [("allow", "GET, HEAD")])
+        }
+        return nil
+    }
+
     func adminRequest(_ r: LocalHTTPServer.Request) -> LocalHTTPServer.Response {
+        if let refused = adminRefusal(r) { return refused }
         switch (r.method, r.path) {
         case ("GET", "/ready"), ("HEAD", "/ready"):
             if draining { return .init(status: 503, body: "draining\n") }
@@ -308,7 +352,7 @@ public final class Server {
             // Serving the last good configuration while the control server is away: still ready.
             if let sub = subscriber, !sub.connected { return .init(status: 200, body: "ready (control server unreachable, \(sub.staleSeconds)s stale)\n") }
             return .init(status: 200, body: "ready\n")
-        case ("GET", "/stats"):
+        case ("GET", "/stats"), ("HEAD", "/stats"):
             var out = registry?.render(snapshot) ?? ""
             out += "server.workers \(workerCount)\n"
             out += "server.config_version \(version)\n"
@@ -322,7 +366,7 @@ public final class Server {
                 out += "control.update_failure \(sub.failures)\n"
             }
             return .init(status: 200, body: out)
-        case ("GET", "/config_dump"):
+        case ("GET", "/config_dump"), ("HEAD", "/config_dump"):
             // The version the control server gave it, when it has one; else the local install count.
             let v = "# version \(subscriber?.version ?? version)"
             return .init(status: 200, contentType: "application/yaml", body: v + "\n" + source)

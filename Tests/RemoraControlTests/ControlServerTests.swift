@@ -146,7 +146,7 @@ enum Probe: Sendable {
             let took = nowMs() - t0
             rec("timeout \(r.0) \(took >= 900 && took < 2_000)")
             // A client that leaves while waiting frees its poll.
-            sendAndLeave(port, "GET /v1/snapshot?group=web&node=n3&version=2&wait=10 HTTP/1.1\r\nhost: x\r\n\r\n", after: 200)
+            sendAndLeave(port, "GET /v1/snapshot?group=web&node=n3&version=2&wait=10 HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n", after: 200)
             sleepMs(200)
             box.post(.checkWaiting("after leaving"))
             // Reports, then status.
@@ -157,8 +157,8 @@ enum Probe: Sendable {
             r = call(port, "GET", "/v1/status")
             rec("status \(r.0)\n\(r.1)")
             // Pipelined requests on one connection while the first waits: answered in order.
-            let both = exchange(port, "GET /v1/snapshot?group=web&node=n5&version=2&wait=1 HTTP/1.1\r\nhost: x\r\n\r\n"
-                                + "GET /v1/groups HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            let both = exchange(port, "GET /v1/snapshot?group=web&node=n5&version=2&wait=1 HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"
+                                + "GET /v1/groups HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")
             rec("pipelined \(both.hasPrefix("HTTP/1.1 304 Not Modified\r\n\r\nHTTP/1.1 200 OK\r\n") && both.hasSuffix("\r\n\r\nweb 2\n"))")
             // A poll waiting when the server stops gets 304.
             let last = spawnThread {

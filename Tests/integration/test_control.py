@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Client, IO_TIMEOUT, poll, remora_bin, request
+from harness import Client, IO_TIMEOUT, poll, remora_bin
 
 DOC = """\
 # The web group: every proxy of the web service.
@@ -108,12 +108,19 @@ class Control:
         self._stderr.flush()
         return self.stderr_path.read_text(errors="replace")
 
-    def call(self, method: str, target: str, body: bytes | str | None = None, headers=None, timeout: float = IO_TIMEOUT):
+    @property
+    def authority(self) -> str:
+        return self.url[len("http://"):]
+
+    def call(self, method: str, target: str, body: bytes | str | None = None, headers=None, timeout: float = IO_TIMEOUT,
+             host: str | None = None):
+        """One request with `Host: <its address>` (or `host`): the server refuses names (DNS rebinding)."""
         if isinstance(body, str):
             body = body.encode()
         if body is None and method in ("PUT", "POST"):
             body = b""
-        return request(self.port, method, target, headers, body, timeout=timeout, addr=self.host)
+        with Client(self.port, self.host, timeout) as cl:
+            return cl.request(method, target, headers, body, host=host or self.authority)
 
     def stop(self, timeout: float = 5.0) -> int:
         try:
