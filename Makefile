@@ -2,10 +2,12 @@
 # Both install what is missing first (Debian packages; needs root or sudo).
 
 APT_PACKAGES := libuv1-dev libnghttp2-dev libyaml-dev libre2-dev node-llhttp pkg-config curl socat nghttp2-client
+# The hot-path guard (perf/cg_guard.py): callgrind, an nginx backend, strip for valgrind 3.19.
+GUARD_PACKAGES := valgrind nginx binutils
 SWIFT_RELEASE := swift build -c release --static-swift-stdlib
 BIN := .build/release/remora
 
-.PHONY: setup build demo test unit integration perf clean
+.PHONY: setup guard-setup build demo test unit integration perf perf-guard clean
 
 setup:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -16,6 +18,18 @@ setup:
 	fi
 	@python3 -c 'import pytest, grpc, google.protobuf, h2' 2>/dev/null || \
 	  python3 -m pip install -q pytest "grpcio==1.85.1" "protobuf==7.36.2" "h2==4.4.1"
+
+# nginx's package would start a server on port 80: service starts are refused while it installs.
+guard-setup:
+	@missing=""; for p in $(GUARD_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  policy=/usr/sbin/policy-rc.d; own=0; \
+	  if [ ! -e $$policy ]; then printf '#!/bin/sh\nexit 101\n' | $$SUDO tee $$policy >/dev/null; $$SUDO chmod +x $$policy; own=1; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; rc=$$?; \
+	  [ $$own = 1 ] && $$SUDO rm -f $$policy; exit $$rc; \
+	fi
 
 build: setup
 	$(SWIFT_RELEASE)
@@ -29,9 +43,15 @@ unit: setup
 integration: build
 	REMORA_BIN=$(BIN) python3 -m pytest -q Tests/integration
 
-test: build
+# Unit tests, the hot-path guard (instructions per request vs perf/cg-baseline.json), then the
+# integration suite.
+test: build guard-setup
 	swift test
+	REMORA_BIN=$(BIN) python3 perf/cg_guard.py
 	REMORA_BIN=$(BIN) python3 -m pytest -q Tests/integration
+
+perf-guard: build guard-setup
+	REMORA_BIN=$(BIN) python3 perf/cg_guard.py
 
 perf: build
 	perf/run.sh
