@@ -18,6 +18,11 @@ public enum ListenerStat: Int, StatGroup {
     case downstream_rq_1xx, downstream_rq_2xx, downstream_rq_3xx, downstream_rq_4xx, downstream_rq_5xx
     case downstream_rq_timeout, downstream_rq_rx_reset, downstream_rq_no_route, downstream_rq_too_large
     case downstream_cx_rx_bytes_total, downstream_cx_tx_bytes_total
+    /// An HTTP/2 connection's streams went over `per_connection_buffer_limit` (its upstreams paused).
+    case downstream_cx_buffer_limit_reached
+    /// Overload (`overload:`): requests refused above `refuse_streams_above`, connections closed at
+    /// accept above `refuse_connections_above`.
+    case downstream_rq_overload_refused, downstream_cx_overload_reject
 }
 
 /// Upstream (backend side) stats of one cluster: `cluster.<name>.<stat>`.
@@ -29,6 +34,10 @@ public enum ClusterStat: Int, StatGroup {
     case upstream_rq_1xx, upstream_rq_2xx, upstream_rq_3xx, upstream_rq_4xx, upstream_rq_5xx
     case upstream_rq_reset_after_head
     case upstream_cx_rx_bytes_total, upstream_cx_tx_bytes_total
+    /// Connects refused by `max_connects_per_second` (the request got 503).
+    case upstream_cx_connect_rate_limited
+    /// Requests cancelled before any byte of them left: the connection went back to the pool.
+    case upstream_rq_cancelled_unsent
 }
 
 /// Per backend of a route, so an operator sees the real split:
@@ -67,5 +76,31 @@ public func renderStats<G: StatGroup>(_: G.Type, name: String, blocks: [StatBloc
         var total: UInt64 = 0
         for b in blocks { total &+= b.load(s) }
         out += "\(G.scope).\(name).\(s) \(total)\n"
+    }
+}
+
+/// The process's overload level (`overload:`), written by the main thread once a second from the
+/// resident set size and read by the workers when a request or a connection starts: 0 normal,
+/// 1 refuse new requests, 2 refuse new connections as well. One relaxed word: no lock.
+public enum OverloadState {
+    nonisolated(unsafe) static let word: UnsafeMutablePointer<UInt64> = {
+        let p = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
+        p.initialize(to: 0)
+        return p
+    }()
+    /// Resident set size at the last sample, bytes (0 when overload actions are off).
+    nonisolated(unsafe) static let rssWord: UnsafeMutablePointer<UInt64> = {
+        let p = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
+        p.initialize(to: 0)
+        return p
+    }()
+
+    @inline(__always) public static var level: UInt64 { remora_counter_load(word) }
+    public static var rss: UInt64 { remora_counter_load(rssWord) }
+
+    /// Main thread only (the single writer).
+    public static func publish(level: UInt64, rss: UInt64) {
+        remora_counter_add(word, level &- remora_counter_load(word))
+        remora_counter_add(rssWord, rss &- remora_counter_load(rssWord))
     }
 }
