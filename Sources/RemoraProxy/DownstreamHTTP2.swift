@@ -438,7 +438,15 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
             let wasBlocked = st.responseBlocked
             let r = st.out.read(into: buf)
             if let r { budget.buffered -= r.count }
-            if budget.over { budgetCheck() } else if wasBlocked && !st.responseBlocked { st.exchange?.downstreamDrained() }
+            if budget.over {
+                budgetCheck()
+                // Still over (other streams hold it), but the client takes this stream's bytes: it
+                // goes on, one upstream read or credit at a time, so reading one stream while
+                // ignoring others never stalls it.
+                if budget.over && st.out.pending == 0 { st.exchange?.downstreamDrained() }
+            } else if wasBlocked && !st.responseBlocked {
+                st.exchange?.downstreamDrained()
+            }
             return r
         }
     }

@@ -43,6 +43,7 @@ class BulkH2Backend(_ServerBase):
     def __init__(self, host: str = "127.0.0.1"):
         self.requests = 0
         self.bodies: dict[int, bytes] = {}
+        self.max_window = 0   # the largest send window the proxy gave any stream
         super().__init__(host)
 
     def body(self, n: int) -> bytes:
@@ -92,6 +93,7 @@ class BulkH2Backend(_ServerBase):
                     view = sending[sid]
                     try:
                         n = min(hc.local_flow_control_window(sid), hc.max_outbound_frame_size, len(view))
+                        self.max_window = max(self.max_window, hc.local_flow_control_window(sid))
                         while n > 0:
                             hc.send_data(sid, view[:n].tobytes(), end_stream=n == len(view))
                             view = view[n:]
@@ -147,9 +149,10 @@ def stall_and_drain(remora, port: int, nconn: int, streams: int, size: int, limi
         fresh = h2_get(port, "/bytes/1000", timeout=5)
         fresh_s = time.monotonic() - t0
         assert fresh.status == 200 and fresh.length == 1000, "a fresh client was not served"
-        # Worst case per connection (docs/config.md): the budget, plus one read (64 KiB) per
-        # stream whose response started while the connection was over it; plus the baseline.
-        bound_kib = 16 * 1024 + nconn * (limit + streams * 64 * KiB) // KiB
+        # Worst case (docs/config.md): per connection the budget, plus per stream the bytes its
+        # upstream could send before it was paused (one 64 KiB read from HTTP/1.1, the initial
+        # 64 KiB window from HTTP/2) and its bookkeeping (< 48 KiB); plus the baseline.
+        bound_kib = 16 * 1024 + nconn * (limit + streams * 112 * KiB) // KiB
         growth = rss_stalled - rss0
         print(f"{name}: RSS {rss0} KiB -> {rss_stalled} KiB (+{growth >> 10} MiB, bound {bound_kib >> 10} MiB), "
               f"{heads} heads, CPU {cpu_stalled:.2f}s in 4s, fresh request {fresh_s * 1000:.0f} ms")
@@ -206,6 +209,53 @@ def test_stalled_h2_clients_hold_at_most_their_budget_h2_upstream(start_remora, 
     assert remora.stat("listener.web.downstream_cx_buffer_limit_reached") >= 1
 
 
+@pytest.mark.timeout(30)
+def test_h2_upstream_window_is_raised_for_a_reading_client(start_remora, bulk_h2_backend):
+    """A client that reads: its stream's upstream window goes from 64 KiB to the cluster's
+    initial_stream_window (1 MiB by default), so large downloads are not held to 64 KiB per round trip."""
+    b = bulk_h2_backend()
+    remora = start_remora(make_config([http_listener("web")], [cluster("app", [b.endpoint], protocol="http2")],
+                                      workers=1))
+    with H2Client(remora.port("web"), timeout=20) as c:
+        c.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 8 * MiB})
+        c.conn.increment_flow_control_window(64 * MiB)
+        c.flush()
+        st = c.get(f"/bytes/{8 * MiB}", keep_body=False, timeout=20)
+        assert st.status == 200 and st.length == 8 * MiB
+        assert st.sha.hexdigest() == hashlib.sha256(pattern_bytes(8 * MiB)).hexdigest()
+    assert b.max_window > 512 * KiB, f"the upstream window stayed at {b.max_window}"
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("protocol", ["http1", "http2"])
+def test_a_stream_the_client_reads_goes_on_while_others_hold_the_budget(start_remora, http_backend,
+                                                                        bulk_h2_backend, protocol):
+    """Ten streams the client never reads fill its connection's budget; a stream it does read (its own
+    WINDOW_UPDATEs) still gets its whole 2 MiB response, and the stalled ones complete afterwards."""
+    b = http_backend() if protocol == "http1" else bulk_h2_backend()
+    remora = start_remora(make_config([http_listener("web")], [cluster("app", [b.endpoint], protocol=protocol)],
+                                      workers=1))
+    with H2Client(remora.port("web"), auto_ack=False, settings=WINDOW0, timeout=20) as c:
+        c.conn.increment_flow_control_window(64 * MiB)
+        stalled = [c.start("GET", f"/bytes/{512 * KiB}", keep_body=False) for _ in range(10)]
+        c.wait(lambda: all(s.status for s in stalled), 10, "the stalled streams' heads")
+        remora.wait_stat("listener.web.downstream_cx_buffer_limit_reached", lambda v: v >= 1, timeout=5)
+        st = c.start("GET", f"/bytes/{2 * MiB}", keep_body=False)
+        deadline = time.monotonic() + 15
+        while not st.done and time.monotonic() < deadline:   # this stream only gets WINDOW_UPDATEs
+            if c.conn.remote_flow_control_window(st.id) < 128 * KiB:
+                c.conn.increment_flow_control_window(256 * KiB, stream_id=st.id)
+                c.flush()
+            c.pump(0.02)
+        assert st.ended and st.length == 2 * MiB, f"the read stream got {st.length} bytes (reset {st.reset_code})"
+        assert st.sha.hexdigest() == hashlib.sha256(pattern_bytes(2 * MiB)).hexdigest()
+        c.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 * MiB})
+        c.auto_ack = True
+        c.ack()
+        c.wait(lambda: all(s.done for s in stalled), 15, "the stalled streams, once read")
+        assert all(s.ended and s.length == 512 * KiB for s in stalled)
+
+
 # -- overload -----------------------------------------------------------------------------------------
 
 @pytest.mark.timeout(30)
@@ -252,16 +302,16 @@ def test_overload_refuses_new_connections_above_the_higher_mark(start_remora, ht
 def reset_cycles(port: int, conns: int, same_write: bool, path: bytes = b"/sleep/100"):
     """`conns` client connections, one after another, each opening one stream and resetting it (in
     the same write as the HEADERS, or in a later one), then closing."""
+    hs = frame(HEADERS, END_HEADERS | END_STREAM, 1, hpack_get(path))
+    rst = frame(RST_STREAM, 0, 1, struct.pack(">I", CANCEL))
     for _ in range(conns):
         s = connect(port, timeout=5)
         try:
-            hs = frame(HEADERS, END_HEADERS | END_STREAM, 1, hpack_get(path))
-            rst = frame(RST_STREAM, 0, 1, struct.pack(">I", CANCEL))
             s.sendall(PREFACE + frame(SETTINGS, 0, 0) + frame(SETTINGS, ACK, 0) + hs + (rst if same_write else b""))
             if not same_write:
-                time.sleep(0.002)
+                read_frames(s, 0.002)
                 s.sendall(rst)
-            read_frames(s, 0.05)
+            read_frames(s, 0.002)
         finally:
             s.close()
 
@@ -301,6 +351,7 @@ def test_rapid_reset_in_a_later_write_is_bounded_by_the_connect_rate(start_remor
     print(f"later write: {b.connections} backend connections, {len(b.requests)} requests, {total} connects, "
           f"{limited} rate-limited, in {took:.1f}s")
     assert total <= 50 * (took + 1) + 5, f"{total} upstream connects in {took:.1f}s over a cap of 50/s"
+    assert b.connections <= 50 * (took + 1) + 5
 
 
 def assert_healthy_after_resets(remora, port: int):
