@@ -81,26 +81,9 @@ public func renderStats<G: StatGroup>(_: G.Type, name: String, blocks: [StatBloc
 
 /// The process's overload level (`overload:`), written by the main thread once a second from the
 /// resident set size and read by the workers when a request or a connection starts: 0 normal,
-/// 1 refuse new requests, 2 refuse new connections as well. One relaxed word: no lock.
-public enum OverloadState {
-    nonisolated(unsafe) static let word: UnsafeMutablePointer<UInt64> = {
-        let p = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
-        p.initialize(to: 0)
-        return p
-    }()
-    /// Resident set size at the last sample, bytes (0 when overload actions are off).
-    nonisolated(unsafe) static let rssWord: UnsafeMutablePointer<UInt64> = {
-        let p = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
-        p.initialize(to: 0)
-        return p
-    }()
-
-    @inline(__always) public static var level: UInt64 { remora_counter_load(word) }
-    public static var rss: UInt64 { remora_counter_load(rssWord) }
-
-    /// Main thread only (the single writer).
-    public static func publish(level: UInt64, rss: UInt64) {
-        remora_counter_add(word, level &- remora_counter_load(word))
-        remora_counter_add(rssWord, rss &- remora_counter_load(rssWord))
-    }
-}
+/// 1 refuse new requests, 2 refuse new connections as well. One aligned word with a constant
+/// initializer (a plain load, no lazy-initialization check): a worker may see a new level one
+/// request late, which is all the precision this needs.
+nonisolated(unsafe) public var overloadLevel: UInt64 = 0
+/// Resident set size at the last sample, bytes (0 while overload actions are off).
+nonisolated(unsafe) public var overloadRSS: UInt64 = 0

@@ -23,9 +23,17 @@ final class H2ServerStream: DownstreamSide {
     /// Position in the connection's `all` list; in its dirty list.
     var slot = -1
     var isDirty = false
+    /// The connection's budget, reached without retain/release (the connection outlives its streams).
+    var budgetRef: Unmanaged<ResponseBudget>?
+
+    @inline(__always) func withBudget<R>(_ none: R, _ body: (ResponseBudget) -> R) -> R {
+        guard let b = budgetRef else { return none }
+        return b._withUnsafeGuaranteedRef(body)
+    }
 
     func prepare(_ c: H2ServerConnection, _ id: Int32) {
         connection = c
+        budgetRef = Unmanaged.passUnretained(c.budget)
         self.id = id
         started = false
         requestEnded = false
@@ -63,9 +71,7 @@ final class H2ServerStream: DownstreamSide {
     func respondBody(_ data: UnsafeRawBufferPointer) {
         guard let c = connection else { return }
         out.append(data, pool: c.worker.pool)
-        let b = c.budget
-        b.buffered += data.count
-        if b.buffered > b.limit && !b.over { c.budgetExceeded() }
+        if withBudget(false, { b in b.buffered += data.count; return b.buffered > b.limit && !b.over }) { c.budgetExceeded() }
         c.resume(self)
     }
 
@@ -82,7 +88,7 @@ final class H2ServerStream: DownstreamSide {
 
     /// Its own buffer is above the watermark, or its connection's streams together hold more than
     /// the connection's budget.
-    var responseBlocked: Bool { out.pending > H2ServerStream.bodyWatermark || (connection?.budget.over ?? false) }
+    var responseBlocked: Bool { out.pending > H2ServerStream.bodyWatermark || withBudget(false) { $0.over } }
     var responseBudget: ResponseBudget? { connection?.budget }
     func requestConsumed(_ n: Int) { connection?.consume(self, n) }
     func pauseRequest() {}      // HTTP/2: the credit the exchange withholds is the pause
@@ -99,7 +105,9 @@ final class H2ServerStream: DownstreamSide {
     }
 
     func recycle(pool: BufferPool) {
-        if let c = connection { c.budget.buffered -= out.pending }
+        let left = out.pending
+        withBudget(()) { $0.buffered -= left }
+        budgetRef = nil
         fields.release(to: pool)
         responseHead.release(to: pool)
         out.release(to: pool)
@@ -363,7 +371,7 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
         }
         st.started = true
         if endStream { st.requestEnded = true }
-        if OverloadState.level >= 1 {   // the client may retry it elsewhere: nothing was processed
+        if overloadLevel >= 1 {   // the client may retry it elsewhere: nothing was processed
             listener.stats.inc(.downstream_rq_overload_refused)
             st.resetCode = 0x7   // REFUSED_STREAM
             markDirty(st)
@@ -371,7 +379,6 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
         }
         let e = worker.takeExchange()
         st.exchange = e
-        touched.append(e)
         st.fields.withRefs { refs in
             var method = UnsafeRawBufferPointer(start: nil, count: 0), path = method, authority = method
             var firstRegular = refs.count
@@ -396,6 +403,8 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
                     clientIP: clientIP, isHEAD: isHEAD, lengthKnown: lengthKnown, contentLength: contentLength,
                     chunked: false, endStream: endStream, fromHTTP2: true, dropExpect: true)
         }
+        // An HTTP/1.1 upstream holds the request corked until this read is over (`isReading`).
+        if !e.upstreamIsHTTP2 && e.upstream != nil { touched.append(e) }
     }
 
     func h2Data(_ s: HTTP2Session, stream: Int32, data: UnsafeRawBufferPointer) {

@@ -248,7 +248,7 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
         clientCloses = !p.shouldKeepAlive
         conn.clearDeadline()   // the exchange keeps the request's deadlines
         if p.isCONNECT { localResponse(405, "CONNECT is not supported\n"); return false }
-        if OverloadState.level >= 1 {
+        if overloadLevel >= 1 {
             stats.inc(.downstream_rq_overload_refused)
             localResponse(503, "overloaded\n")
             return false

@@ -3,7 +3,7 @@ import RemoraCore
 import RemoraIO
 
 /// Samples the process's resident set size once a second on the main loop (`/proc/self/statm`: one
-/// open, read and close) and publishes the overload level the workers act on (`OverloadState`).
+/// open, read and close) and publishes the overload level the workers act on (`overloadLevel`).
 /// Runs only while the configuration has an `overload:` section; `config` is asked at every tick,
 /// so a reload that adds, changes or removes it takes effect within a second.
 final class OverloadMonitor {
@@ -20,13 +20,14 @@ final class OverloadMonitor {
 
     func tick() {
         guard let c = config() else {
-            if OverloadState.level != 0 || OverloadState.rss != 0 { OverloadState.publish(level: 0, rss: 0) }
+            if overloadLevel != 0 || overloadRSS != 0 { overloadLevel = 0; overloadRSS = 0 }
             return
         }
         let rss = OverloadMonitor.residentPages() * pageSize
         let level: UInt64 = rss > UInt64(c.refuseConnectionsAbove) ? 2 : rss > UInt64(c.refuseStreamsAbove) ? 1 : 0
-        if level != OverloadState.level { log("overload: RSS \(rss >> 20) MiB, level \(level)") }
-        OverloadState.publish(level: level, rss: rss)
+        if level != overloadLevel { log("overload: RSS \(rss >> 20) MiB, level \(level)") }
+        overloadLevel = level
+        overloadRSS = rss
     }
 
     /// The second field of /proc/self/statm (resident pages), 0 when unreadable.

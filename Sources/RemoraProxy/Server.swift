@@ -299,8 +299,8 @@ public final class Server {
             out += "server.workers \(workerCount)\n"
             out += "server.config_version \(version)\n"
             out += "server.draining \(draining ? 1 : 0)\n"
-            out += "server.overload_level \(OverloadState.level)\n"
-            out += "server.overload_rss_bytes \(OverloadState.rss)\n"
+            out += "server.overload_level \(overloadLevel)\n"
+            out += "server.overload_rss_bytes \(overloadRSS)\n"
             if let sub = subscriber {
                 out += "control.connected \(sub.connected ? 1 : 0)\n"
                 out += "control.version \(sub.version)\n"

@@ -247,7 +247,7 @@ final class ListenerSlot: ListenerDelegate {
 
     func listenerAccepted(_ l: Listener, _ c: TCPConnection) {
         let rt = current
-        if OverloadState.level >= 2 {
+        if overloadLevel >= 2 {
             rt.stats.inc(.downstream_cx_overload_reject)
             c.close()
             return
