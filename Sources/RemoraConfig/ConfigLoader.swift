@@ -130,7 +130,8 @@ private final class Schema {
             d.fail(1, "listeners", "no listeners")
             return nil
         }
-        guard let m = d.mapping(root, "", keys: ["admin", "workers", "drain_timeout", "listeners", "clusters"]) else { return nil }
+        guard let m = d.mapping(root, "", keys: ["admin", "workers", "drain_timeout", "listeners", "clusters",
+                                                   "overload"]) else { return nil }
         let admin = m.optional("admin", admin)
         let workers = m.optional("workers") { d.int($0, $1, in: 0...256) }
         let drainTimeout = m.optional("drain_timeout") { d.duration($0, $1) }
@@ -138,9 +139,24 @@ private final class Schema {
         let clusters = m.optional("clusters") { d.list($0, $1, cluster) }
         if !m.has("listeners") { d.fail(m.line, "listeners", "no listeners") }
         let listeners = m.optional("listeners") { d.list($0, $1, ifEmpty: "no listeners", listener) }
+        let overload = m.optional("overload", overload)
         guard let listeners else { return nil }
         return Config(admin: admin, workers: workers ?? 0, drainTimeout: drainTimeout ?? 5_000,
-                      listeners: listeners, clusters: clusters ?? [])
+                      listeners: listeners, clusters: clusters ?? [], overload: overload)
+    }
+
+    /// `overload: { refuse_streams_above: SIZE, refuse_connections_above: SIZE }`.
+    func overload(_ n: Node, _ p: String) -> OverloadConfig? {
+        guard let m = d.mapping(n, p, keys: ["refuse_streams_above", "refuse_connections_above"]) else { return nil }
+        let range = (1 << 20)...(1 << 40)
+        let streams = m.required("refuse_streams_above") { d.size($0, $1, in: range) }
+        let conns = m.optional("refuse_connections_above") { d.size($0, $1, in: range) }
+        guard let streams else { return nil }
+        if let conns, conns < streams {
+            d.fail(m.line, Fields.join(p, "refuse_connections_above"), "must be at least refuse_streams_above")
+            return nil
+        }
+        return OverloadConfig(refuseStreamsAbove: streams, refuseConnectionsAbove: conns)
     }
 
     func admin(_ n: Node, _ p: String) -> AdminConfig? {
@@ -163,14 +179,14 @@ private final class Schema {
         guard var m = d.mapping(n, p, keys: ["name", "address", "protocol", "request_header_timeout",
                                              "max_request_header_bytes", "idle_timeout", "http2", "routes",
                                              "virtual_hosts", "cluster", "request_timeout", "max_request_body",
-                                             "headers_with_underscores"])
+                                             "headers_with_underscores", "per_connection_buffer_limit"])
         else { return nil }
         let name = m.required("name") { self.name($0, $1, "listener", &listenerNames) }
         let address = m.required("address", listenAddress)
         let proto: ListenerProtocol? = m.has("protocol") ? m.optional("protocol", d.oneOf) : .http
         switch proto {
         case .tcp: m.forbid(["routes", "virtual_hosts", "request_header_timeout", "max_request_header_bytes", "http2",
-                             "request_timeout", "max_request_body", "headers_with_underscores"],
+                             "request_timeout", "max_request_body", "headers_with_underscores", "per_connection_buffer_limit"],
                             "only allowed on an http listener")
         case .http: m.forbid(["cluster"], "only allowed on a tcp listener (an http listener uses routes)")
         case nil: break // bad protocol, already reported: check what is there, demand nothing
@@ -183,6 +199,7 @@ private final class Schema {
         let requestTimeout = m.optional("request_timeout") { d.duration($0, $1) }
         let maxBody = m.optional("max_request_body") { d.size($0, $1, in: 0...(1 << 50)) }
         let underscores: HeadersWithUnderscores? = m.optional("headers_with_underscores", d.oneOf)
+        let bufferLimit = m.optional("per_connection_buffer_limit") { d.size($0, $1, in: (64 << 10)...(1 << 30)) }
         var names = ListenerNames()
         let routes = m.optional("routes") { d.list($0, $1) { route($0, $1, &names) } }
         let hosts = m.optional("virtual_hosts") { d.list($0, $1) { virtualHost($0, $1, &names) } }
@@ -194,7 +211,7 @@ private final class Schema {
                               virtualHosts: hosts ?? routes.map { [VirtualHostConfig(name: "default", routes: $0)] } ?? [],
                               cluster: cluster, requestTimeout: requestTimeout ?? 60_000,
                               maxRequestBodyBytes: maxBody.map(UInt64.init) ?? 1 << 30,
-                              headersWithUnderscores: underscores ?? .drop)
+                              headersWithUnderscores: underscores ?? .drop, perConnectionBufferLimit: bufferLimit ?? 1 << 20)
     }
 
     /// Names that must be unique within one listener.
@@ -429,7 +446,7 @@ private final class Schema {
 
     func cluster(_ n: Node, _ p: String) -> ClusterConfig? {
         guard var m = d.mapping(n, p, keys: ["name", "protocol", "endpoints", "connect_timeout", "max_idle_per_endpoint",
-                                             "http2"])
+                                             "http2", "max_connects_per_second"])
         else { return nil }
         let name = m.required("name") { self.name($0, $1, "cluster", &clusterNames) }
         let proto: ClusterProtocol? = m.optional("protocol", d.oneOf)
@@ -438,12 +455,13 @@ private final class Schema {
         }
         let connectTimeout = m.optional("connect_timeout") { d.duration($0, $1, positive: true) }
         let maxIdle = m.optional("max_idle_per_endpoint") { d.int($0, $1, in: 0...100_000) }
+        let connectRate = m.optional("max_connects_per_second") { d.int($0, $1, in: 0...1_000_000) }
         if proto != .http2 { m.forbid(["http2"], "only allowed on a cluster with protocol: http2") }
         let http2 = m.optional("http2", http2Settings)
         guard let name, let endpoints else { return nil }
         return ClusterConfig(name: name, protocol: proto ?? .http1, endpoints: endpoints,
                              connectTimeout: connectTimeout ?? 5_000, maxIdlePerEndpoint: maxIdle ?? 128,
-                             http2: http2 ?? HTTP2Settings())
+                             http2: http2 ?? HTTP2Settings(), maxConnectsPerSecond: connectRate ?? 1000)
     }
 
     /// `http2: { max_concurrent_streams, initial_stream_window, connection_window, max_header_list_size }`.

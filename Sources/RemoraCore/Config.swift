@@ -52,14 +52,33 @@ public struct Config: Sendable, Equatable {
     public var drainTimeout: Millis
     public var listeners: [ListenerConfig]
     public var clusters: [ClusterConfig]
+    /// Process-wide overload actions by resident memory. nil = none (the default: the per-connection
+    /// buffer limits already bound what clients can make the proxy hold).
+    public var overload: OverloadConfig?
 
     public init(admin: AdminConfig? = nil, workers: Int = 0, drainTimeout: Millis = 5_000,
-                listeners: [ListenerConfig] = [], clusters: [ClusterConfig] = []) {
+                listeners: [ListenerConfig] = [], clusters: [ClusterConfig] = [], overload: OverloadConfig? = nil) {
         self.admin = admin; self.workers = workers; self.drainTimeout = drainTimeout
-        self.listeners = listeners; self.clusters = clusters
+        self.listeners = listeners; self.clusters = clusters; self.overload = overload
     }
 
     public func cluster(named name: String) -> ClusterConfig? { clusters.first { $0.name == name } }
+}
+
+/// What the proxy does when its resident memory (RSS, sampled once a second) grows too large.
+/// YAML: `overload: { refuse_streams_above: 1GiB, refuse_connections_above: 1280MiB }`.
+public struct OverloadConfig: Sendable, Equatable {
+    /// Above this RSS, bytes: new requests are refused (HTTP/2 RST_STREAM REFUSED_STREAM, HTTP/1.1
+    /// 503 and close); requests in flight go on. Range 1 MiB ... 1 TiB.
+    public var refuseStreamsAbove: Int
+    /// Above this RSS, bytes: new connections are accepted and closed at once. At least
+    /// `refuseStreamsAbove`; default 1.25 x it.
+    public var refuseConnectionsAbove: Int
+
+    public init(refuseStreamsAbove: Int, refuseConnectionsAbove: Int? = nil) {
+        self.refuseStreamsAbove = refuseStreamsAbove
+        self.refuseConnectionsAbove = refuseConnectionsAbove ?? refuseStreamsAbove + refuseStreamsAbove / 4
+    }
 }
 
 public struct AdminConfig: Sendable, Equatable {
@@ -109,17 +128,24 @@ public struct ListenerConfig: Sendable, Equatable {
     public var maxRequestBodyBytes: UInt64
     /// HTTP: request header names containing `_`. Default `drop`.
     public var headersWithUnderscores: HeadersWithUnderscores
+    /// HTTP only: response bytes all the HTTP/2 streams of one client connection may hold in the
+    /// proxy together (Envoy's per_connection_buffer_limit_bytes). Beyond it the upstreams feeding
+    /// that connection stop being read (HTTP/1.1) or get no more credit (HTTP/2) until the client
+    /// has taken half of it. Default 1 MiB, range 64 KiB ... 1 GiB.
+    public var perConnectionBufferLimit: Int
 
     public init(name: String, address: HostPort, protocol: ListenerProtocol = .http,
                 requestHeaderTimeout: Millis = 10_000, maxRequestHeaderBytes: Int = 60 * 1024,
                 idleTimeout: Millis = 60_000, http2: HTTP2Settings = HTTP2Settings(),
                 virtualHosts: [VirtualHostConfig] = [], cluster: String? = nil, requestTimeout: Millis = 60_000,
-                maxRequestBodyBytes: UInt64 = 1 << 30, headersWithUnderscores: HeadersWithUnderscores = .drop) {
+                maxRequestBodyBytes: UInt64 = 1 << 30, headersWithUnderscores: HeadersWithUnderscores = .drop,
+                perConnectionBufferLimit: Int = 1 << 20) {
         self.name = name; self.address = address; self.protocol = `protocol`; self.http2 = http2
         self.requestHeaderTimeout = requestHeaderTimeout; self.maxRequestHeaderBytes = maxRequestHeaderBytes
         self.idleTimeout = idleTimeout; self.virtualHosts = virtualHosts; self.cluster = cluster
         self.requestTimeout = requestTimeout; self.maxRequestBodyBytes = maxRequestBodyBytes
         self.headersWithUnderscores = headersWithUnderscores
+        self.perConnectionBufferLimit = perConnectionBufferLimit
     }
 }
 
@@ -365,11 +391,17 @@ public struct ClusterConfig: Sendable, Equatable {
     /// `protocol: http2` only: what this proxy advertises to the upstream. The peer's own
     /// SETTINGS_MAX_CONCURRENT_STREAMS decides how many streams share one connection.
     public var http2: HTTP2Settings
+    /// New TCP connections each worker may open to this cluster per second (a token bucket holding
+    /// one second's worth). A request that would need one more gets 503 (gRPC UNAVAILABLE) at once.
+    /// 0 = no limit. Default 1000, range 0 ... 1_000_000.
+    public var maxConnectsPerSecond: Int
 
     public init(name: String, protocol: ClusterProtocol = .http1, endpoints: [HostPort],
-                connectTimeout: Millis = 5_000, maxIdlePerEndpoint: Int = 128, http2: HTTP2Settings = HTTP2Settings()) {
+                connectTimeout: Millis = 5_000, maxIdlePerEndpoint: Int = 128, http2: HTTP2Settings = HTTP2Settings(),
+                maxConnectsPerSecond: Int = 1000) {
         self.name = name; self.protocol = `protocol`; self.endpoints = endpoints; self.http2 = http2
         self.connectTimeout = connectTimeout; self.maxIdlePerEndpoint = maxIdlePerEndpoint
+        self.maxConnectsPerSecond = maxConnectsPerSecond
     }
 }
 

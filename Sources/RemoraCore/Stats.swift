@@ -19,6 +19,11 @@ public enum ListenerStat: Int, StatGroup {
     case downstream_rq_timeout, downstream_rq_rx_reset, downstream_rq_no_route, downstream_rq_too_large
     case downstream_cx_rx_bytes_total, downstream_cx_tx_bytes_total
     case downstream_rq_body_too_large, dropped_headers_with_underscores, requests_rejected_with_underscores_in_headers
+    /// An HTTP/2 connection's streams went over `per_connection_buffer_limit` (its upstreams paused).
+    case downstream_cx_buffer_limit_reached
+    /// Overload (`overload:`): requests refused above `refuse_streams_above`, connections closed at
+    /// accept above `refuse_connections_above`.
+    case downstream_rq_overload_refused, downstream_cx_overload_reject
 }
 
 /// Upstream (backend side) stats of one cluster: `cluster.<name>.<stat>`.
@@ -30,6 +35,10 @@ public enum ClusterStat: Int, StatGroup {
     case upstream_rq_1xx, upstream_rq_2xx, upstream_rq_3xx, upstream_rq_4xx, upstream_rq_5xx
     case upstream_rq_reset_after_head
     case upstream_cx_rx_bytes_total, upstream_cx_tx_bytes_total
+    /// Connects refused by `max_connects_per_second` (the request got 503).
+    case upstream_cx_connect_rate_limited
+    /// Requests cancelled before any byte of them left: the connection went back to the pool.
+    case upstream_rq_cancelled_unsent
 }
 
 /// Per backend of a route, so an operator sees the real split:
@@ -70,3 +79,12 @@ public func renderStats<G: StatGroup>(_: G.Type, name: String, blocks: [StatBloc
         out += "\(G.scope).\(name).\(s) \(total)\n"
     }
 }
+
+/// The process's overload level (`overload:`), written by the main thread once a second from the
+/// resident set size and read by the workers when a request or a connection starts: 0 normal,
+/// 1 refuse new requests, 2 refuse new connections as well. One aligned word with a constant
+/// initializer (a plain load, no lazy-initialization check): a worker may see a new level one
+/// request late, which is all the precision this needs.
+nonisolated(unsafe) public var overloadLevel: UInt64 = 0
+/// Resident set size at the last sample, bytes (0 while overload actions are off).
+nonisolated(unsafe) public var overloadRSS: UInt64 = 0

@@ -255,6 +255,11 @@ public final class HTTP2Session {
         if n > 0 { nghttp2_session_consume_stream(session, stream, n) }
     }
 
+    /// Raises the receive window of `stream` to `size` bytes (a WINDOW_UPDATE for the difference).
+    public func setStreamWindow(stream: Int32, _ size: Int) {
+        nghttp2_session_set_local_window_size(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream, Int32(size))
+    }
+
     /// Gives `n` bytes of connection-level credit back.
     public func consumeConnection(_ n: Int) {
         if n > 0 { nghttp2_session_consume_connection(session, n) }

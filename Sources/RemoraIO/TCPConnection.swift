@@ -121,6 +121,18 @@ public final class TCPConnection {
 
     public var queuedBytes: Int { pending.count + inflight.count }
     public var isAboveHighWatermark: Bool { aboveHigh }
+    /// Writes handed to the kernel or to libuv so far (each `uv_try_write` that took bytes and each
+    /// `uv_write`): unchanged between two looks means nothing queued in between has left.
+    public private(set) var writesStarted: UInt64 = 0
+
+    /// Drops what is queued and not yet handed to the kernel (a request that was cancelled before
+    /// any of it left). False, and nothing dropped, while a `uv_write` is in progress.
+    public func discardQueued() -> Bool {
+        guard !writing, inflight.isEmpty else { return false }
+        pending.clear(keepingAtMost: 64 * 1024)
+        aboveHigh = false
+        return true
+    }
 
     /// Writes `a`, then `b`, then `c` (any may be empty), in order after everything written before.
     /// Returns false when the connection has failed or is closing (nothing was written).
@@ -139,6 +151,7 @@ public final class TCPConnection {
         let r = withUnsafeMutablePointer(to: &bufs) { p in
             p.withMemoryRebound(to: uv_buf_t.self, capacity: 3) { uv_try_write(stream, $0, 3) }
         }
+        if r > 0 { writesStarted &+= 1 }
         if r == total { return true }
         if r < 0 && r != Int32(UV_EAGAIN.rawValue) { failed = true; return false }
         var skip = max(0, Int(r))
@@ -163,6 +176,7 @@ public final class TCPConnection {
         guard !writing, !connecting, !isClosing, !failed, !pending.isEmpty else { return }
         var buf = uvBuf(pending.bytes)
         let r = uv_try_write(stream, &buf, 1)
+        if r > 0 { writesStarted &+= 1 }
         if r == pending.count {
             pending.clear(keepingAtMost: 64 * 1024)
             flushFinished()
@@ -189,6 +203,7 @@ public final class TCPConnection {
         guard !writing, !connecting, !corked, !isClosing, !pending.isEmpty else { return }
         swap(&pending, &inflight)
         writing = true
+        writesStarted &+= 1
         var buf = uvBuf(inflight.bytes)
         let rc = uv_write(remora_ch_write(h), stream, &buf, 1, ioWriteCallback)
         if rc != 0 { writing = false; failed = true; inflight.clear() }

@@ -23,9 +23,17 @@ final class H2ServerStream: DownstreamSide {
     /// Position in the connection's `all` list; in its dirty list.
     var slot = -1
     var isDirty = false
+    /// The connection's budget, reached without retain/release (the connection outlives its streams).
+    var budgetRef: Unmanaged<ResponseBudget>?
+
+    @inline(__always) func withBudget<R>(_ none: R, _ body: (ResponseBudget) -> R) -> R {
+        guard let b = budgetRef else { return none }
+        return b._withUnsafeGuaranteedRef(body)
+    }
 
     func prepare(_ c: H2ServerConnection, _ id: Int32) {
         connection = c
+        budgetRef = Unmanaged.passUnretained(c.budget)
         self.id = id
         started = false
         requestEnded = false
@@ -63,6 +71,7 @@ final class H2ServerStream: DownstreamSide {
     func respondBody(_ data: UnsafeRawBufferPointer) {
         guard let c = connection else { return }
         out.append(data, pool: c.worker.pool)
+        if withBudget(false, { b in b.buffered += data.count; return b.buffered > b.limit && !b.over }) { c.budgetExceeded() }
         c.resume(self)
     }
 
@@ -77,11 +86,16 @@ final class H2ServerStream: DownstreamSide {
         connection?.markDirty(self)
     }
 
-    var responseBlocked: Bool { out.bytes.count > H2ServerStream.bodyWatermark }
+    /// Its own buffer is above the watermark, or its connection's streams together hold more than
+    /// the connection's budget.
+    var responseBlocked: Bool { out.pending > H2ServerStream.bodyWatermark || withBudget(false) { $0.over } }
+    var responseBudget: ResponseBudget? { connection?.budget }
     func requestConsumed(_ n: Int) { connection?.consume(self, n) }
     func pauseRequest() {}      // HTTP/2: the credit the exchange withholds is the pause
     func resumeRequest() {}
-    var isReading: Bool { false }   // (corking is for HTTP/1.1 reads: frames are batched per iteration)
+    /// Inside the connection's read: an HTTP/1.1 upstream holds the request head back (corked) until
+    /// the read is over, so a stream reset in the same read never sends it.
+    var isReading: Bool { connection?.inReceive ?? false }
     func flushResponse() {}     // the connection flushes at the end of the iteration
 
     func exchangeDone(_ e: Exchange) {
@@ -91,6 +105,9 @@ final class H2ServerStream: DownstreamSide {
     }
 
     func recycle(pool: BufferPool) {
+        let left = out.pending
+        withBudget(()) { $0.buffered -= left }
+        budgetRef = nil
         fields.release(to: pool)
         responseHead.release(to: pool)
         out.release(to: pool)
@@ -123,6 +140,12 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
     var connectionCredit = 0
     /// The listener's header list limit when the connection opened (the SETTINGS it sent).
     let maxHeaderListSize: Int
+    /// What its streams may hold toward the client together (the listener's limit when it opened).
+    let budget: ResponseBudget
+    /// Inside `h2.receive`; exchanges that got a head or body bytes during it (their upstream
+    /// writes leave together when it returns: `downstreamReadDone`).
+    var inReceive = false
+    var touched: [Exchange] = []
 
     init(worker: Worker, slot: ListenerSlot, conn: TCPConnection, clientIP: String, initial: UnsafeRawBufferPointer) {
         self.worker = worker
@@ -131,6 +154,7 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
         self.clientIP = clientIP
         h2 = HTTP2Session(role: .server, settings: listenerSlot.current.config.http2)
         maxHeaderListSize = listenerSlot.current.config.http2.maxHeaderListSize
+        budget = ResponseBudget(limit: listenerSlot.current.config.perConnectionBufferLimit)
         super.init()
         self.slot = slot
         all.reserveCapacity(listener.config.http2.maxConcurrentStreams)
@@ -238,6 +262,21 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
         }
     }
 
+    /// The streams hold more than the budget: every exchange feeding this connection stops reading
+    /// its upstream (HTTP/1.1) or giving it credit (HTTP/2) until the client drains half of it.
+    func budgetExceeded() {
+        budget.over = true
+        listener.stats.inc(.downstream_cx_buffer_limit_reached)
+        for s in all { s.exchange?.downstreamBlocked() }
+    }
+
+    /// Below half the budget again: the exchanges whose own stream is not full go on.
+    func budgetCheck() {
+        guard budget.over, budget.buffered <= budget.limit / 2 else { return }
+        budget.over = false
+        for s in all where s.out.pending <= H2ServerStream.bodyWatermark { s.exchange?.downstreamDrained() }
+    }
+
     func closeConnection() {
         if closing { return }
         closing = true
@@ -250,8 +289,14 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
         listener.stats.add(.downstream_cx_rx_bytes_total, UInt64(data.count))
         c.setDeadline(after: listener.config.idleTimeout)
         inSession = true
+        inReceive = true
         let ok = h2.receive(data)
+        inReceive = false
         inSession = false
+        if !touched.isEmpty {
+            for e in touched { e.downstreamReadDone() }
+            touched.removeAll(keepingCapacity: true)
+        }
         if !ok { listener.stats.inc(.downstream_cx_protocol_error) }
         flush()
         if !ok { closeConnection() }
@@ -335,6 +380,12 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
         }
         st.started = true
         if endStream { st.requestEnded = true }
+        if overloadLevel >= 1 {   // the client may retry it elsewhere: nothing was processed
+            listener.stats.inc(.downstream_rq_overload_refused)
+            st.resetCode = 0x7   // REFUSED_STREAM
+            markDirty(st)
+            return
+        }
         let e = worker.takeExchange()
         st.exchange = e
         st.fields.withRefs { refs in
@@ -361,6 +412,8 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
                     clientIP: clientIP, isHEAD: isHEAD, lengthKnown: lengthKnown, contentLength: contentLength,
                     chunked: false, endStream: endStream, fromHTTP2: true, dropExpect: true)
         }
+        // An HTTP/1.1 upstream holds the request corked until this read is over (`isReading`).
+        if !e.upstreamIsHTTP2 && e.upstream != nil { touched.append(e) }
     }
 
     func h2Data(_ s: HTTP2Session, stream: Int32, data: UnsafeRawBufferPointer) {
@@ -391,6 +444,7 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
         }
         st.recycle(pool: worker.pool)
         worker.freeServerStreams.append(st)
+        if budget.over { budgetCheck() }
         if draining && all.isEmpty { schedule() }
     }
 
@@ -401,7 +455,16 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
         withStream(stream, else: (0, true, false)) { st in
             let wasBlocked = st.responseBlocked
             let r = st.out.read(into: buf)
-            if wasBlocked && !st.responseBlocked { st.exchange?.downstreamDrained() }
+            if let r { budget.buffered -= r.count }
+            if budget.over {
+                budgetCheck()
+                // Still over (other streams hold it), but the client takes this stream's bytes: it
+                // goes on, one upstream read or credit at a time, so reading one stream while
+                // ignoring others never stalls it.
+                if budget.over && st.out.pending == 0 { st.exchange?.downstreamDrained() }
+            } else if wasBlocked && !st.responseBlocked {
+                st.exchange?.downstreamDrained()
+            }
             return r
         }
     }

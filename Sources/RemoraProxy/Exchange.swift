@@ -26,6 +26,12 @@ protocol DownstreamSide: AnyObject {
     var isReading: Bool { get }
     /// Sends what was collected toward the client.
     func flushResponse()
+    /// The memory budget the response shares with other streams of its connection (HTTP/2), or nil.
+    var responseBudget: ResponseBudget? { get }
+}
+
+extension DownstreamSide {
+    var responseBudget: ResponseBudget? { nil }
 }
 
 /// Where a request goes: an HTTP/1.1 upstream connection or an HTTP/2 upstream stream.
@@ -419,6 +425,14 @@ final class Exchange: DeadlineTimerDelegate {
         guard active else { return }
         stats.inc(.downstream_rq_rx_reset)
         finish(clean: false)
+    }
+
+    /// The client's connection holds too much already: stop taking response bytes from the upstream
+    /// (before the head arrives the upstream is left alone: the head is small and starts the clock).
+    func downstreamBlocked() {
+        guard active, responseStarted, !responsePaused, let u = upstream else { return }
+        responsePaused = true
+        u.pauseResponse()
     }
 
     /// The client can take more response bytes.

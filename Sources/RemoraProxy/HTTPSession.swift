@@ -251,6 +251,11 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
         if p.droppedUnderscoreHeaders > 0 { stats.add(.dropped_headers_with_underscores, UInt64(p.droppedUnderscoreHeaders)) }
         p.underscoreAction = listener.config.headersWithUnderscores   // for the next request
         if p.isCONNECT { localResponse(405, "CONNECT is not supported\n"); return false }
+        if overloadLevel >= 1 {
+            stats.inc(.downstream_rq_overload_refused)
+            localResponse(503, "overloaded\n")
+            return false
+        }
         // RFC 9112 §3.2: exactly one Host in HTTP/1.1. §6.1: a transfer coding other than chunked
         // cannot be forwarded faithfully once the body is re-framed: refuse it.
         if p.hostCount > 1 || (p.hostCount == 0 && !isHTTP10) {

@@ -27,6 +27,7 @@ public final class Server {
     var signals: [SignalWatcher] = []
     var watcher: FileWatcher?
     var drainTimer: LoopTimer?
+    var overload: OverloadMonitor?
     var started = 0
     var stopped = 0
     var ready = false
@@ -80,6 +81,7 @@ public final class Server {
             return 1
         }
         mainMailbox = Mailbox(loop: loop) { [unowned self] in self.handle($0) }
+        overload = OverloadMonitor(loop: loop) { [unowned self] in self.config.overload }
         for sig in [SIGTERM, SIGINT] {
             signals.append(SignalWatcher(loop: loop, signal: sig) { [unowned self] s in
                 self.beginDrain(timeout: s == SIGINT ? min(self.config.drainTimeout, 1_000) : self.config.drainTimeout)
@@ -311,6 +313,7 @@ public final class Server {
 
     func shutdownMain() {
         drainTimer?.close()
+        overload?.close()
         watcher?.close()
         subscriber?.stop()
         admin?.close()
@@ -357,6 +360,8 @@ public final class Server {
             out += "server.workers \(workerCount)\n"
             out += "server.config_version \(version)\n"
             out += "server.draining \(draining ? 1 : 0)\n"
+            out += "server.overload_level \(overloadLevel)\n"
+            out += "server.overload_rss_bytes \(overloadRSS)\n"
             if let sub = subscriber {
                 out += "control.connected \(sub.connected ? 1 : 0)\n"
                 out += "control.version \(sub.version)\n"

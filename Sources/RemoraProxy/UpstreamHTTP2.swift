@@ -24,6 +24,12 @@ final class H2UpstreamStream: UpstreamStream {
     var out = OutgoingBody()
     /// Position in the connection's `all` list.
     var slot = -1
+    /// Response bytes passed on so far (a stream past half its first window may get a larger one).
+    var received = 0
+    /// Its receive window was raised above the initial 64 KiB; `pledge` holds that credit against
+    /// the downstream connection's budget until the stream is done.
+    var raised = false
+    var pledge: ResponseBudget?
 
     func reset(for e: Exchange, on c: H2UpstreamConnection) {
         exchange = e
@@ -31,7 +37,15 @@ final class H2UpstreamStream: UpstreamStream {
         headDelivered = false
         responseEnded = false
         gotBytes = false
+        received = 0
+        raised = false
         out.reset()
+    }
+
+    /// Gives back the credit pledged against the downstream's budget.
+    @inline(__always) func releasePledge() {
+        if let b = pledge, let c = connection { b.pledged -= c.raisedWindow - c.baseWindow }
+        pledge = nil
     }
 
     // MARK: UpstreamStream
@@ -48,7 +62,7 @@ final class H2UpstreamStream: UpstreamStream {
         c.resume(self)
     }
 
-    var requestBlocked: Bool { out.bytes.count > 256 * 1024 || (connection?.conn.isAboveHighWatermark ?? false) }
+    var requestBlocked: Bool { out.pending > 256 * 1024 || (connection?.conn.isAboveHighWatermark ?? false) }
     func pauseResponse() {}          // credit is withheld by the exchange instead
     func resumeResponse() {}
     func responseConsumed(_ n: Int) { connection?.consume(self, n) }
@@ -57,12 +71,14 @@ final class H2UpstreamStream: UpstreamStream {
     func flushRequest() {}           // the connection flushes at the end of the iteration
 
     func detach(clean: Bool) {
+        if pledge != nil { releasePledge() }
         exchange = nil
         if !(clean && responseEnded) { connection?.cancel(self) }
     }
 
     /// Back to the cluster's free list (the stream is closed).
     func recycle(pool: BufferPool, into free: inout [H2UpstreamStream]) {
+        if pledge != nil { releasePledge() }
         fields.release(to: pool)
         out.release(to: pool)
         connection = nil
@@ -94,6 +110,7 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
     var toCancel: [Int32] = []
     var toResume: [Int32] = []
     var toConsume: [(Int32, Int)] = []
+    var toRaise: [Int32] = []
     /// Connection-level credit to return at the next flush (all DATA received so far).
     var connectionCredit = 0
     /// Exchanges that received something during the current read (told `upstreamReadDone` after).
@@ -102,6 +119,12 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
     /// The worker's buffer pool; the cluster's header list limit (as sent in SETTINGS).
     let pool: BufferPool
     let maxHeaderListSize: Int
+    /// Each stream's receive window starts at `baseWindow` (the protocol's 64 KiB, or the cluster's
+    /// `initial_stream_window` when smaller) and is raised to `raisedWindow` (the cluster's) once it
+    /// has passed on half of that and its downstream connection's budget can hold the difference:
+    /// what an upstream may push toward a client that does not read stays bounded by that budget.
+    let baseWindow: Int
+    let raisedWindow: Int
 
     init(cluster: ClusterRuntime, endpoint: Int, conn: TCPConnection) {
         self.cluster = cluster
@@ -109,7 +132,11 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
         maxHeaderListSize = cluster.config.http2.maxHeaderListSize
         self.endpoint = endpoint
         self.conn = conn
-        h2 = HTTP2Session(role: .client, settings: cluster.config.http2)
+        raisedWindow = cluster.config.http2.initialStreamWindow
+        baseWindow = min(raisedWindow, 65_535)
+        var settings = cluster.config.http2
+        settings.initialStreamWindow = baseWindow
+        h2 = HTTP2Session(role: .client, settings: settings)
         all.reserveCapacity(128)
         h2.delegate = self
         conn.delegate = self
@@ -154,7 +181,23 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
     func consume(_ s: H2UpstreamStream, _ n: Int) {
         guard s.id >= 0 else { return }
         if inSession { toConsume.append((s.id, n)) } else { h2.consume(stream: s.id, n) }
+        s.received &+= n
+        if !s.raised && s.received >= baseWindow / 2 && raisedWindow > baseWindow { raise(s) }
         schedule()
+    }
+
+    /// A stream carrying a large response gets the cluster's full window, if its downstream can
+    /// hold that much more (HTTP/1.1 clients and mirrors have no shared budget: one stream each).
+    func raise(_ s: H2UpstreamStream) {
+        let extra = raisedWindow - baseWindow
+        let budget = s.exchange?.downstream?.responseBudget
+        if let b = budget {
+            guard b.canPledge(extra) else { return }
+            b.pledged += extra
+            s.pledge = b
+        }
+        s.raised = true
+        if inSession { toRaise.append(s.id) } else { h2.setStreamWindow(stream: s.id, raisedWindow) }
     }
 
     @inline(__always)
@@ -196,6 +239,10 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
         for id in toCancel { h2.reset(stream: id, code: 0x8) }
         for id in toResume { h2.resumeData(stream: id) }
         for (id, n) in toConsume { h2.consume(stream: id, n) }
+        if !toRaise.isEmpty {
+            for id in toRaise where stream(id) != nil { h2.setStreamWindow(stream: id, raisedWindow) }
+            toRaise.removeAll(keepingCapacity: true)
+        }
         h2.consumeConnection(connectionCredit)
         connectionCredit = 0
         toCancel.removeAll(keepingCapacity: true)

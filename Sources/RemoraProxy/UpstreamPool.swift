@@ -20,6 +20,10 @@ final class ClusterRuntime {
     var rr = 0
     /// Upstream connections open (or connecting) from this runtime.
     var openConnections = 0
+    /// Connect rate limit (`max_connects_per_second`): credit in thousandths of a connect, refilled
+    /// with loop time, at most one second's worth.
+    var connectCredit: Int
+    var creditAt: UInt64 = 0
     /// A retired runtime can be let go once nothing of it is open.
     var isUnused: Bool { openConnections == 0 }
     /// A newer snapshot dropped or changed this cluster: connections close instead of being pooled.
@@ -29,7 +33,25 @@ final class ClusterRuntime {
         self.worker = worker; self.index = index; self.config = config; self.endpoints = endpoints; self.stats = stats
         idle = Array(repeating: [], count: endpoints.count)
         h2 = Array(repeating: [], count: endpoints.count)
+        connectCredit = config.maxConnectsPerSecond * 1000
         idle.indices.forEach { idle[$0].reserveCapacity(min(config.maxIdlePerEndpoint, 256)) }
+    }
+
+    /// One more connect within `max_connects_per_second`? Counts a refusal.
+    func mayConnect() -> Bool {
+        let rate = config.maxConnectsPerSecond
+        if rate == 0 { return true }
+        let now = worker.loop.now
+        if now > creditAt {
+            connectCredit = min(rate * 1000, connectCredit + Int(min(now - creditAt, 1000)) * rate)
+            creditAt = now
+        }
+        if connectCredit < 1000 {
+            stats.inc(.upstream_cx_connect_rate_limited)
+            return false
+        }
+        connectCredit -= 1000
+        return true
     }
 
     /// The next endpoint in round-robin order.
@@ -62,6 +84,7 @@ final class ClusterRuntime {
 
     /// A new TCP connection to `endpoint`, connecting, with the connect timeout armed.
     func connect(_ endpoint: Int) -> TCPConnection? {
+        guard mayConnect() else { return nil }
         let c = TCPConnection(loop: worker.loop)
         stats.inc(.upstream_cx_total)
         stats.inc(.upstream_cx_active)
@@ -84,7 +107,7 @@ final class ClusterRuntime {
             return
         }
         u.isIdle = true
-        u.conn.clearDeadline()
+        if !u.conn.connecting { u.conn.clearDeadline() }   // a connecting one keeps its connect timeout
         idle[u.endpoint].append(u)
     }
 
@@ -147,6 +170,11 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
     var requestIsHEAD = false
     var responseDone = false
     var framing = BodyFraming.none
+    /// At `begin`: nothing was queued, and the connection's write count then. If neither changed
+    /// when the exchange is cancelled, no byte of its request left: the queue is dropped and the
+    /// connection (even one still connecting) goes back to the pool instead of being closed.
+    var startedEmpty = false
+    var writesAtBegin: UInt64 = 0
 
     init(cluster: ClusterRuntime, endpoint: Int, conn: TCPConnection) {
         self.cluster = cluster
@@ -169,6 +197,8 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
         responseDone = false
         interim = false
         if e.inDownstreamRead { conn.cork() }   // head and body of the same read leave together
+        startedEmpty = conn.queuedBytes == 0
+        writesAtBegin = conn.writesStarted
         return conn.write(head)
     }
 
@@ -202,6 +232,12 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
 
     func detach(clean: Bool) {
         exchange = nil
+        if !clean && unsent() {
+            cluster.stats.inc(.upstream_rq_cancelled_unsent)
+            conn.uncork()
+            cluster.release(self)
+            return
+        }
         conn.uncork()
         if clean && responseDone && parser.shouldKeepAlive && !conn.isClosing && !conn.failed {
             reused = true
@@ -213,11 +249,20 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
         }
     }
 
+    /// Nothing of the current request left (it was corked or waiting for the connect) and no
+    /// response byte came: drops the queued request, true when the connection is clean again.
+    func unsent() -> Bool {
+        guard startedEmpty, conn.writesStarted == writesAtBegin, !gotResponseBytes, !conn.isClosing, !conn.failed,
+              conn.discardQueued() else { return false }
+        return true
+    }
+
     // MARK: TCPConnectionDelegate
 
     func connectionConnected(_ c: TCPConnection, _ status: Int32) {
         if status != 0 {
             cluster.stats.inc(.upstream_cx_connect_fail)
+            if exchange == nil { c.close(); return }   // pooled while connecting
             fail(.connectFailed)
             return
         }
@@ -267,6 +312,7 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
         // Only armed while connecting.
         cluster.stats.inc(.upstream_cx_connect_timeout)
         cluster.stats.inc(.upstream_cx_connect_fail)
+        if exchange == nil { c.close(); return }   // pooled while connecting
         fail(.connectFailed)
     }
 

@@ -247,6 +247,11 @@ final class ListenerSlot: ListenerDelegate {
 
     func listenerAccepted(_ l: Listener, _ c: TCPConnection) {
         let rt = current
+        if overloadLevel >= 2 {
+            rt.stats.inc(.downstream_cx_overload_reject)
+            c.close()
+            return
+        }
         rt.stats.inc(.downstream_cx_total)
         rt.stats.inc(.downstream_cx_active)
         let s: Session

@@ -500,7 +500,7 @@ extension ListenerConfig {
            - name: a
              address: 127.0.0.1:1
          listeners: [ { name: b, address: 127.0.0.1:2 } ]
-         """, 1, "listener", #"unknown key "listener" (expected one of: admin, workers, drain_timeout, listeners, clusters)"#),
+         """, 1, "listener", #"unknown key "listener" (expected one of: admin, workers, drain_timeout, listeners, clusters, overload)"#),
         ("""
          admin: 127.0.0.1:9901
          listeners: [ { name: b, address: 127.0.0.1:2 } ]
@@ -666,5 +666,35 @@ extension ListenerConfig {
             return
         }
         #expect(e.errors.first?.message == "cannot read the file: Is a directory")
+    }
+
+    @Test func bufferLimitConnectRateAndOverload() throws {
+        func yaml(_ limit: String, _ rate: String, _ extra: String = "") -> String {
+            """
+            listeners:
+              - name: web
+                address: 127.0.0.1:0
+            \(limit)
+                routes: [ { name: all, backends: [ { cluster: app } ] } ]
+            clusters:
+              - name: app
+                endpoints: [ 127.0.0.1:9000 ]
+            \(rate)
+            \(extra)
+            """
+        }
+        let limit = "    per_connection_buffer_limit: 256KiB", rate = "    max_connects_per_second: 50"
+        let c = try #require(config(yaml(limit, rate, "overload: { refuse_streams_above: 512MiB }")))
+        #expect(c.listeners[0].perConnectionBufferLimit == 256 * 1024)
+        #expect(c.clusters[0].maxConnectsPerSecond == 50)
+        #expect(c.overload == OverloadConfig(refuseStreamsAbove: 512 << 20, refuseConnectionsAbove: 640 << 20))
+        let d = try #require(config(yaml("", "")))
+        #expect(d.listeners[0].perConnectionBufferLimit == 1 << 20)
+        #expect(d.clusters[0].maxConnectsPerSecond == 1000)
+        #expect(d.overload == nil)
+        let e = errors(yaml(limit, rate, "overload: { refuse_streams_above: 2GiB, refuse_connections_above: 1GiB }"))
+        #expect(e.map(\.path) == ["overload.refuse_connections_above"])
+        let f = errors(yaml("    per_connection_buffer_limit: 1KiB", rate))
+        #expect(f.map(\.path) == ["listeners[0].per_connection_buffer_limit"])
     }
 }
