@@ -42,9 +42,12 @@ let package = Package(
         .target(name: "RemoraHTTP", dependencies: ["RemoraCore", "CLLHTTP", "CNGHTTP2", "CH2Mem"], swiftSettings: hot),
         // Pure decisions, no I/O: route table, load balancing.
         .target(name: "RemoraRouting", dependencies: ["RemoraCore", "CRE2"], swiftSettings: hot),
+        // Pure policy, no I/O: attempt outcomes, load balancers, retry state and budgets, breakers,
+        // outlier detection, health state, backoff; values and state machines that return decisions.
+        .target(name: "RemoraPolicy", swiftSettings: hot),
         // The glue: workers, connection managers, upstream pools, TCP proxy, admin.
         .target(name: "RemoraProxy",
-                dependencies: ["RemoraCore", "RemoraConfig", "RemoraIO", "RemoraHTTP", "RemoraRouting"],
+                dependencies: ["RemoraCore", "RemoraConfig", "RemoraIO", "RemoraHTTP", "RemoraRouting", "RemoraPolicy"],
                 swiftSettings: hot),
         // Control plane: `remora control` (desired state, long-poll pushes) and `remora ctl`.
         // (CYAML: the split edit locates weights in the stored YAML text to change only them.)

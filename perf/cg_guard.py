@@ -98,9 +98,14 @@ def report_growth(name: str, now: dict, base: dict, limit: int = 15) -> None:
     fb, fn = base.get("functions", {}), now["functions"]
     deltas = sorted(((fn.get(k, 0.0) - fb.get(k, 0.0), k) for k in set(fb) | set(fn)), reverse=True)
     grew = [(d, k) for d, k in deltas if d > 0.5][:limit]
-    pretty = demangle([k for _, k in grew])
-    print(f"  functions whose own instructions per request grew most ({name}):")
+    shrank = [(d, k) for d, k in reversed(deltas) if d < -0.5][:limit // 2]
+    pretty = demangle([k for _, k in grew + shrank])
+    print(f"  functions whose own instructions per request grew most ({name}; a renamed or newly inlined")
+    print("  function shows as one that grew and one that shrank):")
     for d, k in grew:
+        print(f"    {d:+9.1f}  {fb.get(k, 0.0):9.1f} -> {fn.get(k, 0.0):9.1f}  {pretty.get(k, k)[:150]}")
+    print("  and shrank most:")
+    for d, k in shrank:
         print(f"    {d:+9.1f}  {fb.get(k, 0.0):9.1f} -> {fn.get(k, 0.0):9.1f}  {pretty.get(k, k)[:150]}")
 
 

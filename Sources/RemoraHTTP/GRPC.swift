@@ -40,6 +40,17 @@ public enum GRPC {
         }
     }
 
+    /// A grpc-status value as a number (0 ... 999), or -1 when it is not one.
+    public static func statusCode(_ v: UnsafeRawBufferPointer) -> Int {
+        guard v.count > 0 && v.count <= 3 else { return -1 }
+        var n = 0
+        for c in v {
+            guard c >= 0x30 && c <= 0x39 else { return -1 }
+            n = n * 10 + Int(c - 0x30)
+        }
+        return n
+    }
+
     /// The gRPC status for an HTTP/2 RST_STREAM code from the upstream.
     public static func status(forResetCode code: UInt32) -> Status {
         switch code {

@@ -13,7 +13,8 @@ public enum BodyFraming: Equatable {
 }
 
 /// Writes HTTP/1.1 heads to forward, from any protocol's header list: hop-by-hop fields dropped
-/// (`HopFilter`), X-Forwarded-For/-Proto added, Host and everything else copied in order.
+/// (`HopFilter`), X-Forwarded-For/-Proto added, Host and everything else copied in order (requests:
+/// by the request-head policy, `RequestHead`, which the HTTP/2 writer shares).
 public enum HTTP1Head {
     /// Whether a comma-separated token list contains `name` (ASCII case-insensitive).
     static func connectionTokens(_ list: UnsafeRawBufferPointer, contain name: UnsafeRawBufferPointer) -> Bool {
@@ -39,37 +40,25 @@ public enum HTTP1Head {
         out.append(h.name); out.append(": "); out.append(h.value); out.append("\r\n")
     }
 
-    /// The request head to send to an HTTP/1.1 upstream. `addHost` writes Host from the authority
-    /// (requests that came over HTTP/2 carry `:authority`, not Host); `clientIP` is appended to
-    /// X-Forwarded-For; `dropExpect` removes `Expect: 100-continue` (the proxy answers it itself).
+    /// The request head to send to an HTTP/1.1 upstream, by the request-head policy (`RequestHead`).
+    /// `addHost` writes Host from the authority (requests that came over HTTP/2 carry `:authority`,
+    /// not Host); `clientIP` is appended to X-Forwarded-For; `proto` is the listener's scheme, for
+    /// X-Forwarded-Proto; `dropExpect` removes `Expect: 100-continue` (the proxy answers it itself).
     public static func writeRequest(_ v: RequestView, framing: BodyFraming, addHost: Bool, clientIP: UnsafeRawBufferPointer,
                                     proto: StaticString, dropExpect: Bool, into out: inout ByteBuffer) {
         let h = v.headers
-        let hop = HopFilter(h)
         out.append(v.method)
         out.append(byte: 0x20)
         out.append(v.target)
         out.append(" HTTP/1.1\r\n")
         if addHost { out.append("host: "); out.append(v.authority); out.append("\r\n") }
-        var xffFirst = -1
-        var cookies = 0
-        for i in h.indices {
-            let n = h[i].name
-            switch n.count {
-            case 4: if addHost && n.equalsLowercase("host") { continue }
-            case 6:
-                // HTTP/2 may split Cookie into several fields; HTTP/1.1 gets one (RFC 9113 §8.2.3), below.
-                if addHost && n.equalsLowercase("cookie") { cookies += 1; continue }
-                if dropExpect && n.equalsLowercase("expect") { continue }
-            case 14: if framing == .chunked && n.equalsLowercase("content-length") { continue }
-            case 15: if n.equalsLowercase("x-forwarded-for") { if xffFirst < 0 { xffFirst = i }; continue }
-            case 17: if n.equalsLowercase("x-forwarded-proto") { continue }
-            default: break
-            }
-            if hop.isHopByHop(h, i) { continue }
-            appendHeader(&out, h[i])
-        }
-        if cookies > 0 {
+        // HTTP/2 may split Cookie into several fields; HTTP/1.1 gets one (RFC 9113 §8.2.3).
+        let policy = RequestHead(dropHost: addHost, dropExpect: dropExpect, dropContentLength: framing == .chunked,
+                                 joinCookies: addHost, keepTETrailers: false)
+        let hop = policy.hopFilter(h)
+        var seen = RequestHead.Seen()
+        for i in h.indices where policy.forwards(h, i, hop, &seen) { appendHeader(&out, h[i]) }
+        if seen.cookies > 0 {
             out.append("cookie: ")
             var first = true
             for f in h where f.name.count == 6 && f.name.equalsLowercase("cookie") {
@@ -81,11 +70,7 @@ public enum HTTP1Head {
         }
         if framing == .chunked { out.append("transfer-encoding: chunked\r\n") }
         out.append("x-forwarded-for: ")
-        if xffFirst >= 0 {
-            for i in xffFirst..<h.count where h[i].name.count == 15 && h[i].name.equalsLowercase("x-forwarded-for") {
-                out.append(h[i].value); out.append(", ")
-            }
-        }
+        RequestHead.forEachForwardedFor(h, from: seen.forwardedFor) { out.append($0); out.append(", ") }
         out.append(clientIP)
         out.append("\r\nx-forwarded-proto: ")
         out.append(proto)

@@ -277,6 +277,10 @@ final class ListenerRuntime {
     let stats: StatBlock<ListenerStat>
     /// Per backend slot of `routes`.
     let backendStats: [StatBlock<RouteBackendStat>]
+    /// The scheme requests arrive with (X-Forwarded-Proto, redirects): "http" until TLS listeners.
+    let scheme: StaticString = "http"
+    /// The listener's HTTP filters, in order (`Filters/HTTPFilter.swift`); the router runs after them.
+    let filters: [any HTTPFilter] = []
 
     init(worker: Worker, config: ListenerConfig, routes: RouteTable, clusters: [ClusterRuntime], tcpCluster: ClusterRuntime?,
          stats: StatBlock<ListenerStat>, backendStats: [StatBlock<RouteBackendStat>]) {

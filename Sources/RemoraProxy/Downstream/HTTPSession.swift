@@ -287,10 +287,11 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
             // Absolute form (RFC 9112 §3.2.2): the target's authority replaces Host; forward origin form.
             let absolute = RequestTarget.splitAbsolute(view.target)
             if let (authority, path) = absolute { v.authority = authority; v.target = path }
-            e.start(downstream: self, listener: listener, view: v, clientIP: clientIP, isHEAD: isHEAD,
-                    lengthKnown: p.hasContentLength, contentLength: p.contentLength, chunked: p.isChunked,
-                    endStream: !p.hasBody, fromHTTP2: false, authorityReplacesHost: absolute != nil,
-                    dropExpect: expectContinue)
+            e.start(downstream: self, listener: listener,
+                    RequestStart(view: v, isHEAD: isHEAD, lengthKnown: p.hasContentLength,
+                                 contentLength: p.contentLength, chunked: p.isChunked, endStream: !p.hasBody,
+                                 fromHTTP2: false, authorityReplacesHost: absolute != nil, dropExpect: expectContinue),
+                    clientIP: clientIP)
         }
         // The proxy answers `Expect: 100-continue` itself once the request is on its way.
         if expectContinue && p.hasBody && exchange != nil && !(exchange!.responseStarted) {

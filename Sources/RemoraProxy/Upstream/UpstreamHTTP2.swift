@@ -68,6 +68,7 @@ final class H2UpstreamStream: UpstreamStream {
     func responseConsumed(_ n: Int) { connection?.consume(self, n) }
     var wasReused: Bool { onReusedConnection }
     var gotResponseBytes: Bool { gotBytes }
+    var endpoint: Int { connection?.endpoint ?? -1 }
     func flushRequest() {}           // the connection flushes at the end of the iteration
 
     func detach(clean: Bool) {

@@ -1,6 +1,7 @@
 import RemoraCore
 import RemoraHTTP
 import RemoraIO
+import RemoraPolicy
 
 /// One cluster's per-worker state: endpoints, round-robin position, idle HTTP/1.1 keep-alive
 /// connections, HTTP/2 connections and their free stream objects.
@@ -61,6 +62,12 @@ final class ClusterRuntime {
         rr = rr + 1 == endpoints.count ? 0 : rr + 1
         return e
     }
+
+    /// The outcome hook: every upstream attempt of an exchange ends here exactly once, with its
+    /// endpoint (an index in `endpoints`) and what happened. Endpoint health, outlier detection,
+    /// breakers, budgets and latency-aware balancing hang on it (none yet).
+    @inline(__always)
+    func attemptEnded(endpoint: Int, _ outcome: AttemptOutcome) {}
 
     // MARK: HTTP/1.1
 

@@ -408,9 +408,10 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
             if authority.count == 0, let i = regular.firstIndex(named: "host") { authority = regular[i].value }
             let isHEAD = method.equalsLowercase("head") && method.count == 4
             e.start(downstream: st, listener: listener,
-                    view: RequestView(method: method, target: path, authority: authority, headers: regular),
-                    clientIP: clientIP, isHEAD: isHEAD, lengthKnown: lengthKnown, contentLength: contentLength,
-                    chunked: false, endStream: endStream, fromHTTP2: true, dropExpect: true)
+                    RequestStart(view: RequestView(method: method, target: path, authority: authority, headers: regular),
+                                 isHEAD: isHEAD, lengthKnown: lengthKnown, contentLength: contentLength,
+                                 chunked: false, endStream: endStream, fromHTTP2: true, dropExpect: true),
+                    clientIP: clientIP)
         }
         // An HTTP/1.1 upstream holds the request corked until this read is over (`isReading`).
         if !e.upstreamIsHTTP2 && e.upstream != nil { touched.append(e) }

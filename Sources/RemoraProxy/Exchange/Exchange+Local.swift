@@ -1,0 +1,89 @@
+import RemoraCore
+import RemoraHTTP
+
+extension Exchange {
+    // MARK: answers from the proxy
+
+    func noUpstream(_ why: UpstreamFailure) {
+        let name = cluster?.config.name ?? "?"
+        clusterStats?.inc(.upstream_rq_5xx)
+        switch why {
+        case .connectFailed, .refused:
+            if isGRPC { grpcLocal(.unavailable, "no healthy upstream in cluster \(name)") } else {
+                local(503, "no healthy upstream: connection to cluster \(name) failed\n")
+            }
+        case .reset(let code):
+            if isGRPC { grpcLocal(GRPC.status(forResetCode: code), "upstream in cluster \(name) reset the request") } else {
+                local(502, "upstream in cluster \(name) closed the connection before responding\n")
+            }
+        case .protocolError:
+            if isGRPC { grpcLocal(.unavailable, "upstream in cluster \(name) sent an invalid response") } else {
+                local(502, "upstream in cluster \(name) sent an invalid response\n")
+            }
+        }
+    }
+
+    /// A plain-text answer from the proxy.
+    func local(_ status: Int, _ body: String) {
+        var body = body
+        body.withUTF8 { local(status, body: UnsafeRawBufferPointer($0), location: nil) }
+    }
+
+    /// An answer from the proxy: an error, a route's direct response, or a redirect (`location`).
+    func local(_ status: Int, body: UnsafeRawBufferPointer, location: UnsafeRawBufferPointer?) {
+        guard active, let d = downstream else { return }
+        detachUpstream()
+        responseStarted = true
+        responseDone = true
+        stats.incClass(.downstream_rq_1xx, status: status)
+        backendStats?.incClass(.upstream_rq_1xx, status: status)   // a canary that cannot answer must not look healthy
+        // 204 and 304 have no content (RFC 9110 §15.3.5, §15.4.5): no length, no body.
+        let noContent = status == 204 || status == 304
+        let body = noContent ? UnsafeRawBufferPointer(start: nil, count: 0) : body
+        var len = ByteBuffer()
+        len.appendDecimal(UInt64(body.count))
+        var fields = noContent ? [] : [HeaderRef(name: rawBytes("content-type"), value: rawBytes("text/plain")),
+                                       HeaderRef(name: rawBytes("content-length"), value: len.bytes)]
+        if let location { fields.append(HeaderRef(name: rawBytes("location"), value: location)) }
+        responseNamesLowercase = responseMutations.isEmpty
+        fields.withUnsafeBufferPointer { f in
+            withMutated(f, responseMutations) { h in
+                if runsFilters { runResponseFilters(status: status, headers: h) }
+                d.respondHead(status: status, reason: UnsafeRawBufferPointer(start: nil, count: 0), headers: h,
+                              lengthKnown: true, endStream: isHEAD || body.count == 0)
+            }
+        }
+        len.release()
+        if !isHEAD && body.count > 0 {
+            d.respondBody(body)
+            d.respondEnd(trailers: nil)
+        }
+        finish(clean: requestDone)
+    }
+
+    /// A gRPC answer from the proxy: HTTP 200, trailers-only, grpc-status and grpc-message.
+    func grpcLocal(_ status: GRPC.Status, _ message: String) {
+        guard active, let d = downstream else { return }
+        detachUpstream()
+        responseStarted = true
+        responseDone = true
+        stats.incClass(.downstream_rq_1xx, status: 200)
+        if status != .ok { backendStats?.inc(.upstream_rq_5xx) }
+        var code = ByteBuffer()
+        code.appendDecimal(UInt64(status.rawValue))
+        var msg = ByteBuffer()
+        GRPC.appendEncodedMessage(message, into: &msg)
+        let fields = [HeaderRef(name: rawBytes("content-type"), value: rawBytes("application/grpc")),
+                      HeaderRef(name: rawBytes("grpc-status"), value: code.bytes),
+                      HeaderRef(name: rawBytes("grpc-message"), value: msg.bytes)]
+        responseNamesLowercase = true
+        fields.withUnsafeBufferPointer { f in
+            if runsFilters { runResponseFilters(status: 200, headers: f) }
+            d.respondHead(status: 200, reason: UnsafeRawBufferPointer(start: nil, count: 0), headers: f,
+                          lengthKnown: false, endStream: true)
+        }
+        code.release()
+        msg.release()
+        finish(clean: requestDone)
+    }
+}

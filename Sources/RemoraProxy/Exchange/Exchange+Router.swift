@@ -1,0 +1,165 @@
+import RemoraCore
+import RemoraHTTP
+import RemoraRouting
+
+/// A request head as a downstream codec hands it to an exchange.
+struct RequestStart {
+    /// Method, target (origin form), authority, headers: valid only during `Exchange.start`.
+    var view: RequestView
+    var isHEAD: Bool
+    /// Content-Length is among the headers (its value in `contentLength`).
+    var lengthKnown: Bool
+    var contentLength: UInt64
+    /// An HTTP/1.1 chunked body.
+    var chunked: Bool
+    /// No body follows.
+    var endStream: Bool
+    /// From an HTTP/2 client (the authority is `:authority`, names are lowercase).
+    var fromHTTP2: Bool
+    /// An absolute-form target's authority replaces Host.
+    var authorityReplacesHost = false
+    /// `Expect: 100-continue`, which the proxy answers itself, is not forwarded.
+    var dropExpect: Bool
+
+    /// How the body goes to an HTTP/1.1 upstream.
+    var framing: BodyFraming { chunked ? .chunked : (lengthKnown ? .contentLength : (endStream ? .none : .chunked)) }
+    /// A body that may outgrow the replay buffer goes on a fresh HTTP/1.1 connection: a pooled one
+    /// could be closed under it (the keep-alive race) with nothing left to retry from.
+    var wantsFreshConnection: Bool { chunked || (lengthKnown && contentLength > UInt64(Exchange.replayLimit)) }
+}
+
+extension Exchange {
+    // MARK: the request head: filters, then the router (the last request filter)
+
+    /// A request head arrived: the listener's filters see it in order (any may answer it), then the
+    /// router matches a route and answers locally, or picks a backend and sends the request there.
+    /// `clientIP` (for X-Forwarded-For) is the downstream connection's.
+    func start(downstream d: any DownstreamSide, listener l: ListenerRuntime, _ r: RequestStart, clientIP: String) {
+        begin(downstream: d, listener: l, stats: l.stats, isHEAD: r.isHEAD, endStream: r.endStream)
+        stats.inc(.downstream_rq_total)
+        stats.inc(.downstream_rq_active)
+        let h = r.view.headers
+        isGRPC = h.firstIndex(named: "content-type").map { GRPC.isGRPC(contentType: h[$0].value) } ?? false
+        if !l.filters.isEmpty {
+            runsFilters = true
+            if case .respond(let status, let body) = runRequestFilters(l.filters, r.view) {
+                var body = body
+                body.withUTF8 { local(status, body: UnsafeRawBufferPointer($0), location: nil) }
+                return
+            }
+        }
+        route(r, l, clientIP: clientIP)
+    }
+
+    /// Each filter's request-headers phase, in order, until one answers.
+    func runRequestFilters(_ filters: [any HTTPFilter], _ view: RequestView) -> FilterVerdict {
+        for f in filters {
+            let v = f.requestHeaders(self, view)
+            if case .respond = v { return v }
+        }
+        return .next
+    }
+
+    /// The router: match, then a local answer (no route, direct response, redirect, a body too
+    /// large) or the forward path (split, mirror, deadlines, the upstream request, dispatch).
+    func route(_ r: RequestStart, _ l: ListenerRuntime, clientIP: String) {
+        let view = r.view
+        guard let ri = l.routes.match(view) else {
+            stats.inc(.downstream_rq_no_route)
+            if isGRPC { grpcLocal(.unimplemented, "no route for \(view.target.string)") } else { local(404, "no route\n") }
+            return
+        }
+        let table = l.routes
+        let route = table[ri]
+        responseMutations = table.responseHeaders(route: ri)
+        switch route.action {
+        case .respond:
+            local(route.status, body: table.body(route: ri), location: nil)
+            return
+        case .redirect:
+            var location = pool.take()
+            table.writeLocation(route: ri, request: view, scheme: rawBytes(l.scheme), into: &location)
+            local(route.status, body: UnsafeRawBufferPointer(start: nil, count: 0), location: location.bytes)
+            pool.give(&location)
+            return
+        case .forward:
+            break
+        }
+        // Slow or oversized bodies (gRPC is bounded by its deadline and its server's message limits).
+        maxRequestBody = isGRPC ? 0 : l.config.maxRequestBodyBytes
+        if maxRequestBody != 0 && r.lengthKnown && r.contentLength > maxRequestBody {
+            stats.inc(.downstream_rq_body_too_large)
+            local(413, "request body larger than \(maxRequestBody) bytes\n")
+            return
+        }
+        let requestTimeout = route.requestTimeout == .max ? l.config.requestTimeout : route.requestTimeout
+        if !isGRPC && !r.endStream && requestTimeout > 0 { requestDeadline = timer.now &+ requestTimeout }
+        let backend = table.pick(route: ri, request: view, random: worker.rng.next())
+        let mirrorCluster = table.mirror(route: ri, random: worker.rng.next())
+        let cl = l.clusters[backend.cluster]
+        backendStats = l.backendStats[backend.slot]
+        backendStats?.inc(.upstream_rq_total)
+        routeTimeout = route.timeout
+        let h = view.headers
+        if isGRPC, let i = h.firstIndex(named: "grpc-timeout"), let ms = GRPC.timeout(h[i].value) {
+            grpcDeadline = timer.now &+ ms
+        }
+        // The request as the upstream gets it: rewritten target, the route's header changes.
+        var rewritten = ByteBuffer()
+        var target = view.target
+        if table.rewriteTarget(route: ri, target: view.target, into: &rewritten) { target = rewritten.bytes }
+        let mutations = table.requestHeaders(route: ri)
+        var ip = clientIP
+        ip.withUTF8 { ipBytes in
+            let clientIP = UnsafeRawBufferPointer(ipBytes)
+            withMutated(view.headers, mutations) { headers in
+                var routed = RequestView(method: view.method, target: target, authority: view.authority, headers: headers)
+                // A route that sets Host sets the authority, whatever protocol either side speaks.
+                if !mutations.isEmpty && (r.fromHTTP2 || r.authorityReplacesHost), let i = headers.firstIndex(named: "host") {
+                    routed.authority = headers[i].value
+                }
+                prepareUpstream(cl, r, routed, clientIP: clientIP, scheme: l.scheme, dropExpect: r.dropExpect)
+                // The shadow gets the request as routed (rewritten, with the route's header changes).
+                if let mc = mirrorCluster { startShadow(cluster: l.clusters[mc], l, r, routed, clientIP: clientIP) }
+            }
+        }
+        rewritten.release()
+        reuseRetries = 1
+        connectRetries = cl.endpoints.count > 1 ? 1 : 0
+        refusedRetries = 4   // the peer never processed a refused stream: always safe to send again
+        dispatch(fresh: r.wantsFreshConnection)
+        if active && !responseStarted { armAfterRequestProgress() }
+    }
+
+    /// Sends a copy of this request to `cluster` (route mirroring). Its response is discarded; it
+    /// gets body bytes only while its upstream keeps up, and is dropped the moment it would have
+    /// to wait, so it never slows this request.
+    func startShadow(cluster cl: ClusterRuntime, _ l: ListenerRuntime, _ r: RequestStart, _ view: RequestView,
+                     clientIP: UnsafeRawBufferPointer) {
+        let sh = worker.takeExchange()
+        sh.primary = self
+        shadow = sh
+        worker.discard.running.append(sh)
+        sh.begin(downstream: worker.discard, listener: l, stats: worker.shadowStats, isHEAD: r.isHEAD, endStream: r.endStream)
+        sh.replayable = false
+        sh.routeTimeout = l.config.idleTimeout   // a shadow that never answers is let go
+        sh.prepareUpstream(cl, r, view, clientIP: clientIP, scheme: l.scheme, dropExpect: true)
+        sh.reuseRetries = 0
+        sh.connectRetries = 0
+        sh.refusedRetries = 0
+        sh.dispatch(fresh: r.wantsFreshConnection)
+        sh.arm(.stream)
+    }
+
+    /// The shadow copy gets these body bytes only if its upstream can take them now.
+    func feedShadow(_ data: UnsafeRawBufferPointer) {
+        guard let sh = shadow else { return }
+        if let u = sh.upstream, !u.requestBlocked, sh.active, !sh.responseDone {
+            u.sendBody(data)
+        } else {
+            shadow = nil
+            sh.primary = nil
+            sh.finish(clean: false)
+        }
+    }
+}

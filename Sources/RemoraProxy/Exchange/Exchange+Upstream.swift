@@ -1,0 +1,130 @@
+import RemoraCore
+import RemoraHTTP
+import RemoraPolicy
+
+extension Exchange {
+    // MARK: the upstream request
+
+    /// Takes `cl` as the request's cluster and stores the request as its upstream gets it (kept
+    /// for retries), by the request-head policy written once in RemoraHTTP (`RequestHead`).
+    /// `view` is the request as routed (target rewritten, the route's header changes applied).
+    func prepareUpstream(_ cl: ClusterRuntime, _ r: RequestStart, _ view: RequestView, clientIP: UnsafeRawBufferPointer,
+                         scheme: StaticString, dropExpect: Bool) {
+        cluster = cl
+        upstreamIsHTTP2 = cl.config.protocol != .http1
+        reqFraming = r.framing
+        if upstreamIsHTTP2 {
+            reqHead.prepare(pool)
+            HTTP2Head.storeRequest(view, clientIP: clientIP, proto: scheme, dropExpect: dropExpect,
+                                   namesLowercase: r.fromHTTP2, into: &reqHead)
+        } else {
+            if upHead.base == nil { upHead = pool.take() }
+            upHead.clear()
+            HTTP1Head.writeRequest(view, framing: reqFraming, addHost: r.fromHTTP2 || r.authorityReplacesHost,
+                                   clientIP: clientIP, proto: scheme, dropExpect: dropExpect, into: &upHead)
+        }
+        cl.stats.inc(.upstream_rq_total)
+        cl.stats.inc(.upstream_rq_active)
+        clusterActive = true
+    }
+
+    /// Sends the request on an upstream: an idle pooled HTTP/1.1 connection unless `fresh`, an
+    /// HTTP/2 connection with a free stream, or a new connection. Starts an attempt.
+    func dispatch(fresh: Bool) {
+        guard let cl = cluster else { return }
+        let u: (any UpstreamStream)? = upstreamIsHTTP2
+            ? cl.openHTTP2(for: self, head: reqHead, hasBody: requestHasBody, retry: fresh)
+            : cl.openHTTP1(for: self, head: upHead.bytes, isHEAD: isHEAD, fresh: fresh)
+        guard let u else { noUpstream(.connectFailed); return }
+        upstream = u
+        attemptEndpoint = u.endpoint
+        attemptStart = timer.now
+        attemptStatus = 0
+        attemptGRPCStatus = -1
+        cl.stats.add(.upstream_cx_tx_bytes_total, UInt64(upHead.count))
+        if !replay.isEmpty { u.sendBody(replay.bytes) }
+        if requestDone && requestHasBody { u.sendEnd(trailers: nil) }
+    }
+
+    // MARK: failed attempts
+
+    func upstreamFailed(_ why: UpstreamFailure) {
+        guard active, let cl = cluster, let u = upstream else { return }
+        upstream = nil
+        endAttempt(why.outcomeKind)
+        u.detach(clean: false)
+        if responseStarted {
+            // Never let a truncated response look complete.
+            cl.stats.inc(.upstream_rq_reset_after_head)
+            if case .reset(let code) = why, code != 0 { downstream?.respondReset(code: code) } else { downstream?.respondReset(code: 2) }
+            finish(clean: false)
+            return
+        }
+        if replayable {
+            switch why {
+            case .connectFailed where connectRetries > 0:
+                connectRetries -= 1
+            case .refused where refusedRetries > 0:
+                refusedRetries -= 1
+            case .reset, .protocolError:
+                // The keep-alive close race: sent again only when the method is idempotent, since
+                // the backend may have received and acted on the request before the connection died.
+                guard u.wasReused && !u.gotResponseBytes && reuseRetries > 0 && methodIsIdempotent else { return noUpstream(why) }
+                reuseRetries -= 1
+            default:
+                return noUpstream(why)
+            }
+            cl.stats.inc(.upstream_rq_retry)
+            dispatch(fresh: true)
+            return
+        }
+        noUpstream(why)
+    }
+
+    // MARK: the outcome hook
+
+    /// Reports how the attempt under way ended to its endpoint and cluster, once (later calls for
+    /// the same attempt do nothing). Every attempt ends here: failures, timeouts, cancellations and
+    /// complete responses alike.
+    @inline(__always)
+    func endAttempt(_ kind: AttemptOutcome.Kind) {
+        guard attemptEndpoint >= 0, let cl = cluster else { return }
+        let endpoint = attemptEndpoint
+        attemptEndpoint = -1
+        cl.attemptEnded(endpoint: endpoint, AttemptOutcome(kind: kind, status: attemptStatus, grpcStatus: attemptGRPCStatus,
+                                                            latency: timer.now &- attemptStart))
+    }
+
+    /// The request's method is idempotent: a request lost in the keep-alive close race may be sent
+    /// again; others not, since the backend may have acted on them. Read from the stored head (the
+    /// request line toward HTTP/1.1, `:method` toward HTTP/2), only when a retry is considered.
+    var methodIsIdempotent: Bool {
+        if upstreamIsHTTP2 { return reqHead.count > 0 && Exchange.isIdempotent(reqHead.value(0)) }
+        let line = upHead.bytes
+        guard let sp = line.firstIndex(of: 0x20) else { return false }
+        return Exchange.isIdempotent(UnsafeRawBufferPointer(rebasing: line[..<sp]))
+    }
+
+    /// GET, HEAD, OPTIONS, TRACE, PUT, DELETE (RFC 9110 §9.2.2).
+    static func isIdempotent(_ m: UnsafeRawBufferPointer) -> Bool {
+        switch m.count {
+        case 3: return m.equals("GET") || m.equals("PUT")
+        case 4: return m.equals("HEAD")
+        case 5: return m.equals("TRACE")
+        case 6: return m.equals("DELETE")
+        case 7: return m.equals("OPTIONS")
+        default: return false
+        }
+    }
+}
+
+extension UpstreamFailure {
+    var outcomeKind: AttemptOutcome.Kind {
+        switch self {
+        case .connectFailed: return .connectFailure
+        case .refused: return .refused
+        case .reset: return .reset
+        case .protocolError: return .protocolError
+        }
+    }
+}

@@ -1,0 +1,181 @@
+import RemoraCore
+import RemoraHTTP
+import RemoraIO
+import RemoraPolicy
+import RemoraRouting
+
+/// One request/response exchange, whatever the protocols on either side. Its concerns live in
+/// `Exchange+….swift` files, in the order a request meets them:
+/// - `Exchange+Router.swift`: the request head through the listener's filters, then the router (the
+///   last request filter): match, local answers, split, mirroring;
+/// - `Exchange+Upstream.swift`: the request head as the upstream gets it, dispatch to the cluster,
+///   retries of failed attempts, and the outcome hook (one report per attempt);
+/// - `Exchange+Body.swift`: request body bytes and flow control both ways;
+/// - `Exchange+Response.swift`: the response-head decision point, then the response;
+/// - `Exchange+Local.swift`: answers from the proxy (gRPC-shaped for gRPC requests);
+/// - `Exchange+Deadlines.swift`: route timeout, stream idle, request timeout, gRPC deadline.
+/// Pooled per worker: nothing here is allocated per request once the pool is warm. `begin` is the
+/// one place per-request state is set; `finish` the one place it ends.
+final class Exchange: DeadlineTimerDelegate {
+    enum Deadline { case upstreamHead, stream }
+
+    unowned(unsafe) let worker: Worker
+    /// The worker's buffers (a strong `let`: reached without a retain).
+    let pool: BufferPool
+    let timer: DeadlineTimer
+    unowned(unsafe) var downstream: (any DownstreamSide)?
+    /// The listener's runtime of the snapshot this request started on (held while it runs).
+    var listener: ListenerRuntime!
+    /// The listener's stats (a shadow request counts in the worker's unlisted shadow block).
+    var stats: StatBlock<ListenerStat>!
+    unowned(unsafe) var cluster: ClusterRuntime? { didSet { clusterStats = cluster?.stats } }
+    /// The cluster's counters (a plain value: counting costs no retain of the cluster).
+    var clusterStats: StatBlock<ClusterStat>?
+    /// The listener's stream idle timeout, ms (copied at start).
+    var streamIdleTimeout: Millis = 0
+    var upstream: (any UpstreamStream)?
+    var deadlineKind = Deadline.stream
+
+    var active = false
+    var isHEAD = false
+    var isGRPC = false
+    var requestHasBody = false
+    var requestDone = false
+    var responseStarted = false
+    var responseDone = false
+    var clusterActive = false
+    /// Time allowed for the upstream's response head, ms; 0 = none.
+    var routeTimeout: Millis = 0
+    /// Absolute loop time by which a gRPC call must be over (from grpc-timeout); 0 = none.
+    var grpcDeadline: UInt64 = 0
+    /// Absolute loop time by which the request body must be complete (the request timeout); 0 = none.
+    var requestDeadline: UInt64 = 0
+    /// Largest request body accepted, bytes; 0 = no limit (gRPC requests have none).
+    var maxRequestBody: UInt64 = 0
+    /// Request body bytes received so far.
+    var requestBodyBytes: UInt64 = 0
+    /// Framing of the body toward an HTTP/1.1 upstream.
+    var reqFraming = BodyFraming.none
+    /// The request head as sent to an HTTP/1.1 upstream (kept for a retry).
+    var upHead = ByteBuffer()
+    /// The request head for an HTTP/2 upstream: :method, :authority, :path, then regular fields.
+    var reqHead = HeaderBlock()
+    /// Request body bytes sent so far, while they fit (for a retry).
+    var replay = ByteBuffer()
+    var replayable = true
+    var reuseRetries = 0
+    var connectRetries = 0
+    var refusedRetries = 0
+    /// The attempt under way: its endpoint (-1 = none open), its start (loop ms) and its response
+    /// head's status (0 = none yet). The outcome hook reports it once (`endAttempt`).
+    var attemptEndpoint = -1
+    var attemptStart: UInt64 = 0
+    var attemptStatus = 0
+    /// The attempt's grpc-status (trailers-only head or trailers), -1 = none.
+    var attemptGRPCStatus = -1
+    /// Header changes the matched route makes to the response (empty when none).
+    var responseMutations = HeaderMutations()
+    /// The response head being delivered has lowercase names and no hop-by-hop field (from HTTP/2,
+    /// whose codec refuses both, or from the proxy, with no route changes): an HTTP/2 client side
+    /// can pass it on as it is.
+    var responseNamesLowercase = false
+    /// The chosen cluster speaks HTTP/2 (copied at start).
+    var upstreamIsHTTP2 = false
+    /// Counters of the chosen backend of the route (the real split).
+    var backendStats: StatBlock<RouteBackendStat>?
+    /// Request bytes passed on while the upstream was blocked: credit owed to the client.
+    var owedCredit = 0
+    var requestPaused = false
+    var responsePaused = false
+    /// Response bytes passed on while the client was blocked: credit owed to the upstream.
+    var owedUpstreamCredit = 0
+    /// A mirrored copy of this request (fire and forget), while it runs.
+    var shadow: Exchange?
+    /// For a shadow: the request it copies, while that one runs.
+    unowned(unsafe) var primary: Exchange?
+    /// The listener's filters see this exchange (not a shadow; none configured: false).
+    var runsFilters = false
+    static let replayLimit = 64 * 1024
+
+    init(worker: Worker) {
+        self.worker = worker
+        pool = worker.pool
+        timer = DeadlineTimer(loop: worker.loop)
+        timer.delegate = self
+    }
+
+    /// Per-request state for a new request (the one reset path, for requests and their shadows).
+    @inline(__always)
+    func begin(downstream d: any DownstreamSide, listener l: ListenerRuntime, stats s: StatBlock<ListenerStat>,
+               isHEAD: Bool, endStream: Bool) {
+        downstream = d
+        listener = l
+        stats = s
+        streamIdleTimeout = l.config.idleTimeout
+        active = true
+        self.isHEAD = isHEAD
+        requestDone = endStream
+        requestHasBody = !endStream
+        responseStarted = false
+        responseDone = false
+        replayable = true
+        isGRPC = false
+        owedCredit = 0
+        owedUpstreamCredit = 0
+        requestPaused = false
+        responsePaused = false
+        grpcDeadline = 0
+        requestDeadline = 0
+        maxRequestBody = 0
+        requestBodyBytes = 0
+        attemptEndpoint = -1
+        runsFilters = false
+    }
+
+    var inDownstreamRead: Bool { downstream?.isReading ?? false }
+
+    /// The downstream finished one read: what it wrote toward the upstream may leave now.
+    func downstreamReadDone() { upstream?.flushRequest() }
+
+    /// The upstream finished one read: what it wrote toward the client may leave now.
+    func upstreamReadDone() { downstream?.flushResponse() }
+
+    // MARK: the end
+
+    func detachUpstream() {
+        if let u = upstream {
+            upstream = nil
+            endAttempt(.cancelled)
+            u.detach(clean: false)
+        }
+    }
+
+    /// Ends the exchange. `clean`: request and response both completed (an HTTP/1.1 upstream
+    /// connection may go back to its pool). The downstream decides from `requestDone` and
+    /// `responseDone` what becomes of its connection or stream.
+    func finish(clean: Bool) {
+        guard active else { return }
+        active = false
+        timer.clear()
+        if let u = upstream {
+            upstream = nil
+            endAttempt(responseDone ? .response : .cancelled)
+            u.detach(clean: clean)
+        }
+        if runsFilters { for f in listener.filters { f.log(self) } }
+        stats.dec(.downstream_rq_active)
+        if clusterActive { clusterStats?.dec(.upstream_rq_active); clusterActive = false }
+        pool.give(&upHead)
+        pool.give(&replay)
+        reqHead.release(to: pool)
+        if let sh = shadow { shadow = nil; sh.primary = nil }   // a complete copy runs on by itself
+        if let p = primary { primary = nil; p.shadow = nil }
+        let d = downstream
+        downstream = nil
+        cluster = nil
+        listener = nil
+        backendStats = nil
+        responseMutations = HeaderMutations()
+        d?.exchangeDone(self)
+    }
+}
