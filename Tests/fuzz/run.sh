@@ -41,7 +41,9 @@ for t in "${targets[@]}"; do
 done
 
 # LeakSanitizer stays on (libFuzzer checks each input that allocates more than it frees).
-export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=0:detect_stack_use_after_return=1}
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_stack_use_after_return=1}
+# A failed check (fatalError) goes straight to libFuzzer's handler, not to Swift's backtracer.
+export SWIFT_BACKTRACE=enable=no
 failed=()
 for t in "${targets[@]}"; do
     bin="$scratch/release/${product[$t]}"

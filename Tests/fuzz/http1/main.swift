@@ -56,6 +56,7 @@ final class Recorder: HTTP1ParserDelegate {
         let isHTTP10 = p.versionMajor == 1 && p.versionMinor == 0
         if p.isCONNECT { return }
         if p.hostCount > 1 || (p.hostCount == 0 && !isHTTP10) { return }
+        if !RequestTarget.isForwardable(p.startLine, isOPTIONS: p.isOPTIONS) { return }
         if p.transferEncodingIndex >= 0 && !p.value(p.transferEncodingIndex).equalsLowercase("chunked") { return }
         var expectContinue = false
         if p.expectIndex >= 0 {
