@@ -66,6 +66,15 @@ H1 = {
     "many_headers": b"GET / HTTP/1.1\r\nHost: a\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(101)) + b"\r\n",
 }
 
+# Inputs the fuzzer found, cut byte included (kept as regression seeds; Tests/fuzz/README.md).
+H1_FOUND = {
+    # became "POST ? HTTP/1.1" with an empty Host upstream (now 400)
+    "found_scheme_prefix_no_path": b"\x00POST httpu://? HTTP/1.0\r\nHost: g: chunked\r\n\r\n1\r\n\r\n",
+    # a malformed 101st field: 400 in one piece, 431 in 1-byte pieces (both refusals)
+    "found_limit_vs_malformed_cut": b"\x01GET / HTTP/1.1\r\nHost: a\r\n"
+                                    + b"".join(b"X-%d: v\r\n" % i for i in range(99)) + b"X-60v\r\n\r\n",
+}
+
 # Dictionary for libFuzzer (-dict): HTTP/1.1 tokens.
 H1_DICT = ["GET", "HEAD", "POST", "PUT", "CONNECT", "OPTIONS", " HTTP/1.1\r\n", " HTTP/1.0\r\n", "\r\n", "\r\n\r\n",
            ": ", "Host", "Content-Length", "Transfer-Encoding", "chunked", "Connection", "keep-alive", "close",
@@ -100,6 +109,8 @@ def write(kind, name, data):
 def http1():
     for i, (name, req) in enumerate(H1.items()):
         write("http1", name, cut_byte(i) + req)
+    for name, data in H1_FOUND.items():
+        write("http1", name, data)
     with open(os.path.join(HERE, "http1.dict"), "w") as f:
         f.write("# HTTP/1.1 tokens for FuzzHTTP1 (written by make_corpus.py)\n")
         for t in H1_DICT:
