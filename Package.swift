@@ -72,3 +72,18 @@ let package = Package(
     ],
     swiftLanguageModes: [.v6]
 )
+
+// libFuzzer targets (Tests/fuzz/README.md, `make fuzz`): declared only when REMORA_FUZZ is set, so the
+// normal build and `swift test` never see them. Built with -sanitize=fuzzer,address by Tests/fuzz/run.sh;
+// linked with lld (gold fails on the sanitizer runtime's debug info).
+if Context.environment["REMORA_FUZZ"] != nil {
+    let lld: [LinkerSetting] = [.unsafeFlags(["-use-ld=lld"])]
+    package.targets += [
+        .executableTarget(name: "FuzzHTTP1", dependencies: ["RemoraHTTP", "RemoraCore"], path: "Tests/fuzz/http1",
+                          linkerSettings: lld),
+        .executableTarget(name: "FuzzHTTP2", dependencies: ["RemoraHTTP", "RemoraCore"], path: "Tests/fuzz/http2",
+                          linkerSettings: lld),
+        .executableTarget(name: "FuzzConfig", dependencies: ["RemoraConfig", "RemoraRouting", "RemoraCore"],
+                          path: "Tests/fuzz/config", linkerSettings: lld),
+    ]
+}
