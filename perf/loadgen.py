@@ -123,7 +123,7 @@ class RemoraBackend:
 
 
 class NginxBackend(Backend):
-    """perf/bench.py's backend: nginx, one worker, `/` -> 200 "ok\\n" on an HTTP/1.1 and an h2c port."""
+    """bench.py's backend (remora_perf.backend): nginx, one worker, `/` -> 200 "ok\\n" on an HTTP/1.1 and an h2c port."""
 
     def url(self, proto):
         return "http://%s:%d/" % (HOST, self.h2_port if proto == "h2c" else self.port)

@@ -126,7 +126,9 @@ class Bench(HTTPScenarios, TCPScenario, MemoryScenario, CallgrindScenario, Repor
             "iperf3": first_line(["iperf3", "--version"]),
         }
         if "envoy" in self.args.only:
-            versions["envoy"] = first_line([self.args.envoy_bin or "envoy", "--version"])
+            # "<path>  version: <commit>/1.40.0/Clean/RELEASE/BoringSSL"
+            v = first_line([self.args.envoy_bin or "envoy", "--version"])
+            versions["envoy"] = "%s (%s)" % (v.split("version:", 1)[-1].strip(), self.args.envoy_bin)
         if self.args.callgrind:
             versions["valgrind"] = first_line(["valgrind", "--version"])
         rb = self.args.remora_bin
