@@ -42,13 +42,17 @@ let package = Package(
         .target(name: "RemoraHTTP", dependencies: ["RemoraCore", "CLLHTTP", "CNGHTTP2", "CH2Mem"], swiftSettings: hot),
         // Pure decisions, no I/O: route table, load balancing.
         .target(name: "RemoraRouting", dependencies: ["RemoraCore", "CRE2"], swiftSettings: hot),
-        // The glue: workers, connection managers, upstream pools, TCP proxy, admin.
+        // The local HTTP server, who may call it, the admin endpoints and the stats renderers.
+        // Off the data path: it reads the proxy through `AdminTarget`, never imports RemoraProxy.
+        .target(name: "RemoraAdmin", dependencies: ["RemoraCore", "RemoraIO", "RemoraHTTP"]),
+        // The glue: workers, connection managers, upstream pools, TCP proxy, process lifecycle.
         .target(name: "RemoraProxy",
-                dependencies: ["RemoraCore", "RemoraConfig", "RemoraIO", "RemoraHTTP", "RemoraRouting"],
+                dependencies: ["RemoraCore", "RemoraConfig", "RemoraIO", "RemoraHTTP", "RemoraRouting", "RemoraAdmin",
+                               "CRemoraSupport"],
                 swiftSettings: hot),
         // Control plane: `remora control` (desired state, long-poll pushes) and `remora ctl`.
         // (CYAML: the split edit locates weights in the stored YAML text to change only them.)
-        .target(name: "RemoraControl", dependencies: ["RemoraCore", "RemoraConfig", "RemoraIO", "RemoraHTTP", "RemoraProxy",
+        .target(name: "RemoraControl", dependencies: ["RemoraCore", "RemoraConfig", "RemoraIO", "RemoraHTTP", "RemoraAdmin",
                                                        "CYAML"]),
         // ns per match of a compiled route table (perf/routing/README.md).
         .executableTarget(name: "RemoraRoutingBench", dependencies: ["RemoraRouting", "RemoraCore"],
@@ -59,7 +63,7 @@ let package = Package(
                                .product(name: "Histogram", package: "hdrhistogram-swift")],
                 swiftSettings: hot),
         .executableTarget(name: "remora", dependencies: ["RemoraProxy", "RemoraConfig", "RemoraCore", "RemoraControl",
-                                                         "RemoraBench"]),
+                                                         "RemoraBench", "RemoraAdmin"]),
 
         .testTarget(name: "RemoraCoreTests", dependencies: ["RemoraCore"]),
         .testTarget(name: "RemoraConfigTests", dependencies: ["RemoraConfig", "RemoraCore"]),
@@ -69,6 +73,8 @@ let package = Package(
         .testTarget(name: "RemoraBenchTests", dependencies: ["RemoraBench", "RemoraCore", "RemoraHTTP",
                                                               .product(name: "Histogram", package: "hdrhistogram-swift")]),
         .testTarget(name: "RemoraControlTests", dependencies: ["RemoraControl", "RemoraConfig", "RemoraCore"]),
+        .testTarget(name: "RemoraAdminTests", dependencies: ["RemoraAdmin", "RemoraCore"]),
+        .testTarget(name: "RemoraProxyTests", dependencies: ["RemoraProxy", "RemoraAdmin", "RemoraCore", "RemoraConfig", "RemoraIO"]),
     ],
     swiftLanguageModes: [.v6]
 )
