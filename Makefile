@@ -6,8 +6,13 @@ APT_PACKAGES := libuv1-dev libnghttp2-dev libyaml-dev libre2-dev node-llhttp pkg
 GUARD_PACKAGES := valgrind nginx binutils
 SWIFT_RELEASE := swift build -c release --static-swift-stdlib
 BIN := .build/release/remora
+# `make fuzz`: seconds per fuzz target (Tests/fuzz/README.md).
+FUZZ_SECONDS ?= 60
+# `make asan`: the integration suite against an AddressSanitizer build (Tests/integration/README.md).
+ASAN_BIN := .build-asan/release/remora
+ASAN_OPTIONS ?= detect_leaks=0
 
-.PHONY: setup guard-setup build demo test unit integration perf perf-guard clean
+.PHONY: setup guard-setup build demo test unit integration perf perf-guard clean fuzz asan
 
 setup:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -56,5 +61,13 @@ perf-guard: build guard-setup
 perf: build
 	perf/run.sh
 
+fuzz: setup
+	FUZZ_SECONDS=$(FUZZ_SECONDS) Tests/fuzz/run.sh
+
+asan: setup
+	$(SWIFT_RELEASE) --product remora --scratch-path .build-asan -Xswiftc -sanitize=address -Xcc -fsanitize=address \
+	  -Xswiftc -Xclang-linker -Xswiftc -fuse-ld=lld
+	ASAN_OPTIONS=$(ASAN_OPTIONS) REMORA_BIN=$(ASAN_BIN) python3 -m pytest -q Tests/integration
+
 clean:
-	rm -rf .build
+	rm -rf .build .build-fuzz .build-asan

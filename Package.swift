@@ -45,13 +45,17 @@ let package = Package(
         // Pure policy, no I/O: attempt outcomes, load balancers, retry state and budgets, breakers,
         // outlier detection, health state, backoff; values and state machines that return decisions.
         .target(name: "RemoraPolicy", swiftSettings: hot),
-        // The glue: workers, connection managers, upstream pools, TCP proxy, admin.
+        // The local HTTP server, who may call it, the admin endpoints and the stats renderers.
+        // Off the data path: it reads the proxy through `AdminTarget`, never imports RemoraProxy.
+        .target(name: "RemoraAdmin", dependencies: ["RemoraCore", "RemoraIO", "RemoraHTTP"]),
+        // The glue: workers, connection managers, upstream pools, TCP proxy, process lifecycle.
         .target(name: "RemoraProxy",
-                dependencies: ["RemoraCore", "RemoraConfig", "RemoraIO", "RemoraHTTP", "RemoraRouting", "RemoraPolicy"],
+                dependencies: ["RemoraCore", "RemoraConfig", "RemoraIO", "RemoraHTTP", "RemoraRouting", "RemoraPolicy",
+                               "RemoraAdmin", "CRemoraSupport"],
                 swiftSettings: hot),
         // Control plane: `remora control` (desired state, long-poll pushes) and `remora ctl`.
         // (CYAML: the split edit locates weights in the stored YAML text to change only them.)
-        .target(name: "RemoraControl", dependencies: ["RemoraCore", "RemoraConfig", "RemoraIO", "RemoraHTTP", "RemoraProxy",
+        .target(name: "RemoraControl", dependencies: ["RemoraCore", "RemoraConfig", "RemoraIO", "RemoraHTTP", "RemoraAdmin",
                                                        "CYAML"]),
         // ns per match of a compiled route table (perf/routing/README.md).
         .executableTarget(name: "RemoraRoutingBench", dependencies: ["RemoraRouting", "RemoraCore"],
@@ -62,7 +66,7 @@ let package = Package(
                                .product(name: "Histogram", package: "hdrhistogram-swift")],
                 swiftSettings: hot),
         .executableTarget(name: "remora", dependencies: ["RemoraProxy", "RemoraConfig", "RemoraCore", "RemoraControl",
-                                                         "RemoraBench"]),
+                                                         "RemoraBench", "RemoraAdmin"]),
 
         .testTarget(name: "RemoraCoreTests", dependencies: ["RemoraCore"]),
         .testTarget(name: "RemoraConfigTests", dependencies: ["RemoraConfig", "RemoraCore"]),
@@ -72,6 +76,23 @@ let package = Package(
         .testTarget(name: "RemoraBenchTests", dependencies: ["RemoraBench", "RemoraCore", "RemoraHTTP",
                                                               .product(name: "Histogram", package: "hdrhistogram-swift")]),
         .testTarget(name: "RemoraControlTests", dependencies: ["RemoraControl", "RemoraConfig", "RemoraCore"]),
+        .testTarget(name: "RemoraAdminTests", dependencies: ["RemoraAdmin", "RemoraCore"]),
+        .testTarget(name: "RemoraProxyTests", dependencies: ["RemoraProxy", "RemoraAdmin", "RemoraCore", "RemoraConfig", "RemoraIO"]),
     ],
     swiftLanguageModes: [.v6]
 )
+
+// libFuzzer targets (Tests/fuzz/README.md, `make fuzz`): declared only when REMORA_FUZZ is set, so the
+// normal build and `swift test` never see them. Built with -sanitize=fuzzer,address by Tests/fuzz/run.sh;
+// linked with lld (gold fails on the sanitizer runtime's debug info).
+if Context.environment["REMORA_FUZZ"] != nil {
+    let lld: [LinkerSetting] = [.unsafeFlags(["-use-ld=lld"])]
+    package.targets += [
+        .executableTarget(name: "FuzzHTTP1", dependencies: ["RemoraHTTP", "RemoraCore"], path: "Tests/fuzz/http1",
+                          linkerSettings: lld),
+        .executableTarget(name: "FuzzHTTP2", dependencies: ["RemoraHTTP", "RemoraCore"], path: "Tests/fuzz/http2",
+                          linkerSettings: lld),
+        .executableTarget(name: "FuzzConfig", dependencies: ["RemoraConfig", "RemoraRouting", "RemoraCore"],
+                          path: "Tests/fuzz/config", linkerSettings: lld),
+    ]
+}

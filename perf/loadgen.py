@@ -21,7 +21,11 @@ import sys
 import threading
 from pathlib import Path
 
-import bench as B   # perf/bench.py: /proc helpers, process runner, tool output parsers, nginx backend
+from remora_perf.backend import Backend
+from remora_perf.common import HOST, OUT, REPO, Interrupted, first_line, free_port, log, median, ratio, tail
+from remora_perf.parsers import parse_h2load, parse_wrk
+from remora_perf.runner import Runner, wait_listening
+from remora_perf.sampling import CpuWindow, cpu_seconds, proc_tree, wait_quiet
 
 # Debian packages: always, with --backend nginx, with --callgrind (apt-get installs the missing ones, as perf/run.sh does)
 PACKAGES = ["wrk", "nghttp2-client", "util-linux"]
@@ -74,9 +78,9 @@ def parse_output(tool, text, json_path=None):
         return {"rps": doc.get("requests_per_s"), "requests": doc.get("responses"),
                 "errors": doc.get("errors_total", 0) + non2xx}
     if tool == "wrk":
-        r = B.parse_wrk(text)
+        r = parse_wrk(text)
         return {"rps": r.get("rps"), "requests": r.get("requests"), "errors": r.get("socket_errors", 0) + r.get("non2xx", 0)}
-    r = B.parse_h2load(text)
+    r = parse_h2load(text)
     return {"rps": r.get("rps"), "requests": r.get("requests"), "errors": r.get("failed", 0) + r.get("non2xx", 0)}
 
 
@@ -95,7 +99,7 @@ class RemoraBackend:
 
     def __init__(self, runner, cpu, binary):
         self.r, self.cpu, self.binary = runner, cpu, binary
-        self.port = B.free_port()
+        self.port = free_port()
         self.proc = None
 
     def start(self):
@@ -104,25 +108,25 @@ class RemoraBackend:
         conf = d / "remora.yaml"
         conf.write_text("workers: 1\nlisteners:\n  - name: web\n    address: %s:%d\n    protocol: http\n"
                         "    routes:\n      - name: ok\n        direct_response: { status: 200, body: \"ok\\n\" }\n"
-                        % (B.HOST, self.port))
+                        % (HOST, self.port))
         self.proc = self.r.spawn([self.binary, "run", "--config", str(conf)], cpu=self.cpu,
                                  log_path=d / "output.log", note="backend")
-        err = B.wait_listening([self.port], self.proc, 20)
+        err = wait_listening([self.port], self.proc, 20)
         if err:
-            raise RuntimeError("backend remora: %s\n%s" % (err, B.tail(d / "output.log")))
+            raise RuntimeError("backend remora: %s\n%s" % (err, tail(d / "output.log")))
 
     def url(self, proto):
-        return "http://%s:%d/" % (B.HOST, self.port)
+        return "http://%s:%d/" % (HOST, self.port)
 
     def pids(self):
-        return B.proc_tree(self.proc.pid) if self.proc else []
+        return proc_tree(self.proc.pid) if self.proc else []
 
 
-class NginxBackend(B.Backend):
-    """perf/bench.py's backend: nginx, one worker, `/` -> 200 "ok\\n" on an HTTP/1.1 and an h2c port."""
+class NginxBackend(Backend):
+    """bench.py's backend (remora_perf.backend): nginx, one worker, `/` -> 200 "ok\\n" on an HTTP/1.1 and an h2c port."""
 
     def url(self, proto):
-        return "http://%s:%d/" % (B.HOST, self.h2_port if proto == "h2c" else self.port)
+        return "http://%s:%d/" % (HOST, self.h2_port if proto == "h2c" else self.port)
 
 
 # --------------------------------------------------------------------------- the comparison
@@ -131,9 +135,9 @@ class LoadGen:
     def __init__(self, args):
         self.a = args
         self.stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        self.outdir = B.OUT / ("loadgen-" + self.stamp)
+        self.outdir = OUT / ("loadgen-" + self.stamp)
         self.outdir.mkdir(parents=True, exist_ok=True)
-        self.r = B.Runner(args, self.outdir)
+        self.r = Runner(args, self.outdir)
         self.runs = []        # every measured run (discarded noisy attempts included, flagged)
         self.callgrind = []   # one record per generator and scenario
         self.problems = []
@@ -156,8 +160,8 @@ class LoadGen:
         log_path = self.outdir / (tag + ".log")
         argv = (prefix or []) + tool_argv(tool, proto, conns, streams, url, remora_bin or self.a.remora_bin, seconds,
                                           requests, json_path)
-        window = B.CpuWindow().start()
-        b0 = B.cpu_seconds(backend.pids()) if backend else 0.0
+        window = CpuWindow().start()
+        b0 = cpu_seconds(backend.pids()) if backend else 0.0
         p = self.r.spawn(argv, cpu=self.a.load_cpu, log_path=log_path, note=note or tool)
         limit = (seconds or 0) + (600 if prefix else 60)
         watchdog = threading.Timer(limit, killpg, (p.pid,))
@@ -172,9 +176,9 @@ class LoadGen:
         rec = {"tool": tool, "scenario": name, "exit": p.returncode, "log": str(log_path), "argv": argv,
                "wall_s": cpu["wall_s"], "foreign_cores": cpu["foreign_cores"],
                "gen_user_s": ru.ru_utime, "gen_sys_s": ru.ru_stime}
-        rec.update(parse_output(tool, B.tail(log_path, 400), json_path))
+        rec.update(parse_output(tool, tail(log_path, 400), json_path))
         if backend:
-            rec["backend_cpu_s"] = B.cpu_seconds(backend.pids()) - b0
+            rec["backend_cpu_s"] = cpu_seconds(backend.pids()) - b0
             rec["backend_busy"] = rec["backend_cpu_s"] / cpu["wall_s"]
         for role, c in (("load_core_busy", self.a.load_cpu), ("backend_core_busy", self.a.backend_cpu)):
             if c is not None and int(c) in cpu["busy"]:
@@ -196,12 +200,12 @@ class LoadGen:
         if a.warmup:
             self.launch(tool, sc, url, seconds=a.warmup, backend=backend, note="warm-up, not measured")
         for attempt in range(a.retry_noisy + 1):
-            waited, _ = B.wait_quiet(a.quiet_wait, a.quiet_threshold)
+            waited, _ = wait_quiet(a.quiet_wait, a.quiet_threshold)
             rec = self.launch(tool, sc, url, seconds=a.duration, backend=backend)
             rec.update(round=rnd, attempt=attempt, quiet_wait_s=round(waited, 1),
                        noisy=(rec["foreign_cores"] or 0) > a.noisy_threshold)
             self.runs.append(rec)
-            B.log("round %d %-14s %-7s %8.0f req/s  %5.2f us/req (load core %5.2f)  backend %3.0f%% (%5.2f us/req)  "
+            log("round %d %-14s %-7s %8.0f req/s  %5.2f us/req (load core %5.2f)  backend %3.0f%% (%5.2f us/req)  "
                   "other procs %.2f cores%s" % (
                       rnd + 1, sc[0], tool, rec["rps"] or 0, rec.get("cpu_us_per_req") or 0, rec.get("load_core_us_per_req") or 0,
                       100 * rec.get("backend_busy", 0), rec.get("backend_us_per_req") or 0, rec["foreign_cores"] or 0,
@@ -235,13 +239,13 @@ class LoadGen:
             rec["ir"] = ir
             rec["ir_per_req"] = ir / rec["requests"] if ir and rec["requests"] else None
             self.callgrind.append(rec)
-            B.log("callgrind %-14s %-7s %s requests, %s Ir/request" % (
+            log("callgrind %-14s %-7s %s requests, %s Ir/request" % (
                 sc[0], tool, rec["requests"], "%.0f" % rec["ir_per_req"] if rec["ir_per_req"] else "?"))
 
     def main(self):
         a = self.a
         meta = machine(a)
-        B.log("output %s; backend %s on CPU %s, generators on CPU %s" % (self.outdir, a.backend, a.backend_cpu, a.load_cpu))
+        log("output %s; backend %s on CPU %s, generators on CPU %s" % (self.outdir, a.backend, a.backend_cpu, a.load_cpu))
         backend = self.backend()
         interrupted = None
         try:
@@ -256,19 +260,19 @@ class LoadGen:
             if a.callgrind:
                 for sc in scenarios(a):
                     self.measure_callgrind(sc, backend.url(sc[1]))
-        except (KeyboardInterrupt, B.Interrupted) as e:   # report what was measured, then stop
+        except (KeyboardInterrupt, Interrupted) as e:   # report what was measured, then stop
             interrupted = e
             self.problems.append("interrupted (%s): partial results" % (e or "Ctrl-C"))
         finally:
             self.r.kill_all()
         doc = {"meta": meta, "outdir": str(self.outdir), "params": {k: v for k, v in vars(a).items()}, "runs": self.runs,
                "callgrind": self.callgrind, "problems": self.problems, "commands": self.r.commands}
-        base = B.OUT / ("loadgen-" + self.stamp)
+        base = OUT / ("loadgen-" + self.stamp)
         base.with_suffix(".json").write_text(json.dumps(doc, indent=1, default=str))
         text = report(doc)
         base.with_suffix(".md").write_text(text)
         print(text)
-        B.log("wrote %s.md and %s.json" % (base, base))
+        log("wrote %s.md and %s.json" % (base, base))
         if interrupted:
             raise interrupted
 
@@ -281,7 +285,7 @@ def summarize(runs, scenario, tool):
     quiet = [r for r in clean if not r["noisy"]] or clean
 
     def med(k):
-        return B.median([r.get(k) for r in quiet])
+        return median([r.get(k) for r in quiet])
 
     return {"rps": med("rps"), "cpu_us_per_req": med("cpu_us_per_req"), "backend_busy": med("backend_busy"),
             "load_core_busy": med("load_core_busy"), "rounds": [r["rps"] for r in mine],
@@ -313,7 +317,7 @@ def report(doc):
         for t, x in s.items():
             ratios = ["", ""]
             if t != "remora" and "remora" in s:
-                ratios = [fmt(B.ratio(s["remora"][k], x[k]), "%.2f×") for k in ("rps", "cpu_us_per_req")]
+                ratios = [fmt(ratio(s["remora"][k], x[k]), "%.2f×") for k in ("rps", "cpu_us_per_req")]
             L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
                 name, "remora bench" if t == "remora" else t, fmt(x["rps"]), fmt(x["cpu_us_per_req"], "%.2f"),
                 pct(x["backend_busy"]), pct(x["load_core_busy"]), ratios[0], ratios[1],
@@ -344,12 +348,12 @@ def report(doc):
         for r in doc["callgrind"]:
             label = {"remora": "remora bench", "h2load": "h2load --h1" if r["scenario"].startswith("h1") else "h2load"}.get(r["tool"], r["tool"])
             L.append("| %s | %s | %s | %s | %s |" % (r["scenario"], label, fmt(r["requests"]), fmt(r["ir_per_req"]),
-                                                     "" if r["tool"] == "remora" else fmt(B.ratio(rem.get(r["scenario"]), r["ir_per_req"]), "%.2f×")))
+                                                     "" if r["tool"] == "remora" else fmt(ratio(rem.get(r["scenario"]), r["ir_per_req"]), "%.2f×")))
     quiet = [r["foreign_cores"] or 0 for r in doc["runs"]]
     waited = sum(r.get("quiet_wait_s", 0) for r in doc["runs"])
     L += ["", "Other processes during the measured runs: median %.2f, max %.2f cores; %.0f s spent waiting for quiet; "
           "%d of %d runs noisy (re-run up to %d times)." % (
-              B.median(quiet) or 0, max(quiet or [0]), waited, sum(r["noisy"] for r in doc["runs"]), len(doc["runs"]),
+              median(quiet) or 0, max(quiet or [0]), waited, sum(r["noisy"] for r in doc["runs"]), len(doc["runs"]),
               p["retry_noisy"])]
     if doc["problems"]:
         L += ["", "## Problems", ""] + ["* " + x for x in doc["problems"]]
@@ -365,15 +369,15 @@ def report(doc):
 
 def machine(args):
     model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    versions = {"wrk": B.first_line(["wrk", "-v"]), "h2load": B.first_line(["h2load", "--version"])}
+    versions = {"wrk": first_line(["wrk", "-v"]), "h2load": first_line(["h2load", "--version"])}
     if args.backend == "nginx":
-        versions["nginx"] = B.first_line(["nginx", "-v"])
+        versions["nginx"] = first_line(["nginx", "-v"])
     if args.callgrind:
-        versions["valgrind"] = B.first_line(["valgrind", "--version"])
+        versions["valgrind"] = first_line(["valgrind", "--version"])
     st = os.stat(args.remora_src)
     versions["remora"] = "%s (built %s)" % (args.remora_src, datetime.datetime.fromtimestamp(st.st_mtime).strftime("%Y-%m-%d %H:%M"))
     return {"date": datetime.datetime.now().isoformat(timespec="seconds"), "cpu_model": model, "ncpu": os.cpu_count(),
-            "kernel": platform.release(), "git": B.first_line(["git", "-C", str(B.REPO), "rev-parse", "--short", "HEAD"]),
+            "kernel": platform.release(), "git": first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),
             "versions": versions, "argv": sys.argv[1:]}
 
 
@@ -384,9 +388,9 @@ def install(packages):
     if not missing:
         return
     if os.environ.get("SKIP_APT") == "1":
-        B.log("missing packages (SKIP_APT=1, not installing): %s" % " ".join(missing))
+        log("missing packages (SKIP_APT=1, not installing): %s" % " ".join(missing))
         return
-    B.log("installing missing packages: %s" % " ".join(missing))
+    log("installing missing packages: %s" % " ".join(missing))
     sudo = [] if os.geteuid() == 0 else ["sudo"]
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     cmd = sudo + ["apt-get", "install", "-y", "--no-install-recommends"] + missing
@@ -418,7 +422,7 @@ def parse_args(argv):
     ap.add_argument("--quiet-threshold", type=float, default=0.15, help="'quiet' = other processes use fewer cores than this")
     ap.add_argument("--noisy-threshold", type=float, default=0.2, help="a run is noisy when other processes used more cores than this")
     ap.add_argument("--retry-noisy", type=int, default=2, help="re-run a noisy run up to this many times")
-    ap.add_argument("--remora-bin", default=env.get("REMORA_BIN", str(B.REPO / ".build/release/remora")))
+    ap.add_argument("--remora-bin", default=env.get("REMORA_BIN", str(REPO / ".build/release/remora")))
     a = ap.parse_args(argv)
     a.connections = [int(x) for x in a.connections.split(",") if x.strip()]
     for k in ("load_cpu", "backend_cpu"):
@@ -431,8 +435,8 @@ def main():
     args = parse_args(sys.argv[1:])
     install(PACKAGES + (NGINX_PACKAGES if args.backend == "nginx" else []) + (CG_PACKAGES if args.callgrind else []))
     if not os.access(args.remora_bin, os.X_OK) and "REMORA_BIN" not in os.environ:
-        B.log("building Remora: swift build -c release --static-swift-stdlib")
-        subprocess.run(["swift", "build", "-c", "release", "--static-swift-stdlib"], cwd=B.REPO, check=True)
+        log("building Remora: swift build -c release --static-swift-stdlib")
+        subprocess.run(["swift", "build", "-c", "release", "--static-swift-stdlib"], cwd=REPO, check=True)
     # run a private copy: the binary may be rebuilt while this runs
     lg = LoadGen(args)
     args.remora_src = args.remora_bin
@@ -440,15 +444,15 @@ def main():
     args.remora_bin = str(lg.outdir / "remora")
 
     def on_signal(signum, _frame):
-        raise B.Interrupted("signal %d" % signum)
+        raise Interrupted("signal %d" % signum)
 
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, on_signal)
     try:
         lg.main()
-    except (KeyboardInterrupt, B.Interrupted) as e:
+    except (KeyboardInterrupt, Interrupted) as e:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        B.log("interrupted (%s)" % e)
+        log("interrupted (%s)" % e)
         lg.r.kill_all()
         sys.exit(130)
 

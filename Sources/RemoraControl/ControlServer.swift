@@ -1,8 +1,8 @@
 import Glibc
+import RemoraAdmin
 import RemoraConfig
 import RemoraCore
 import RemoraIO
-import RemoraProxy
 
 /// `remora control`: serves docs/control-plane.md on one libuv loop. Requests are parsed by
 /// `ControlRequest`, decided by `ControlState`, stored by `StateDirectory`; this class carries out

@@ -71,12 +71,44 @@ public struct StatBlock<G: StatGroup>: @unchecked Sendable {
     }
 }
 
-/// Sums the same scope over all workers and renders `scope.name.stat value` lines.
-public func renderStats<G: StatGroup>(_: G.Type, name: String, blocks: [StatBlock<G>], into out: inout String) {
-    for s in G.allCases {
-        var total: UInt64 = 0
-        for b in blocks { total &+= b.load(s) }
-        out += "\(G.scope).\(name).\(s) \(total)\n"
+/// Stat values at one moment, summed over workers, in the order /stats lists them: what the admin
+/// renderers print (RemoraAdmin: text today). Built on the main thread when an endpoint is read,
+/// never on the request path.
+public struct StatsSnapshot: Sendable, Equatable {
+    public struct Sample: Sendable, Equatable {
+        /// "listener", "cluster", "route" (a `StatGroup.scope`), or "server" / "control" for the process.
+        public var scope: String
+        /// The listener, cluster or route (`listener.route.cluster`); "" for a process-wide value.
+        public var name: String
+        /// The stat itself: `downstream_rq_total`, `workers`.
+        public var stat: String
+        /// A counter's total or a gauge's current value (0 ... 2^64-1).
+        public var value: UInt64
+
+        public init(scope: String, name: String, stat: String, value: UInt64) {
+            self.scope = scope; self.name = name; self.stat = stat; self.value = value
+        }
+
+        /// `scope.name.stat`, or `scope.stat` without a name.
+        public var fullName: String { name.isEmpty ? "\(scope).\(stat)" : "\(scope).\(name).\(stat)" }
+    }
+
+    public var samples: [Sample] = []
+
+    public init(samples: [Sample] = []) { self.samples = samples }
+
+    /// Every stat of `G` for scope `name`, each summed over `blocks` (one per worker).
+    public mutating func add<G: StatGroup>(_: G.Type, name: String, blocks: [StatBlock<G>]) {
+        for s in G.allCases {
+            var total: UInt64 = 0
+            for b in blocks { total &+= b.load(s) }
+            samples.append(Sample(scope: G.scope, name: name, stat: "\(s)", value: total))
+        }
+    }
+
+    /// One process-wide value: `add(scope: "server", stat: "workers", value: 4)`.
+    public mutating func add(scope: String, name: String = "", stat: String, value: UInt64) {
+        samples.append(Sample(scope: scope, name: name, stat: stat, value: value))
     }
 }
 

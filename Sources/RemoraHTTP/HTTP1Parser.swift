@@ -204,6 +204,7 @@ public final class HTTP1Parser {
 
     public var method: UInt8 { ll.pointee.method }
     public var isHEAD: Bool { ll.pointee.method == UInt8(HTTP_HEAD.rawValue) }
+    public var isOPTIONS: Bool { ll.pointee.method == UInt8(HTTP_OPTIONS.rawValue) }
     public var isCONNECT: Bool { ll.pointee.method == UInt8(HTTP_CONNECT.rawValue) }
     /// The method as text ("GET"); a static C string, nothing allocated.
     public var methodName: UnsafeRawBufferPointer {

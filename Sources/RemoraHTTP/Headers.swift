@@ -220,15 +220,28 @@ extension HTTP1Parser {
 
 /// Request targets (RFC 9112 §3.2).
 public enum RequestTarget {
-    /// For an absolute-form target ("http://host:port/path?q"), its authority and its origin-form
-    /// rest ("/path?q", "/" when empty); nil for any other form.
+    /// Whether a proxy can forward `t` as an origin-form target: origin form ("/a?q"), an absolute
+    /// form `splitAbsolute` takes apart, or "*" for OPTIONS.
+    public static func isForwardable(_ t: UnsafeRawBufferPointer, isOPTIONS: Bool) -> Bool {
+        guard let first = t.first else { return false }
+        if first == 0x2F { return true }
+        if t.count == 1 && first == 0x2A { return isOPTIONS }
+        return splitAbsolute(t) != nil
+    }
+
+    /// For an absolute-form target ("http://host:port/path?q", scheme http or https), its authority
+    /// and its origin-form rest ("/path?q", "/" when empty); nil for any other form, and for an
+    /// absolute form whose rest is not origin-form ("http://host?q": no path before the query).
     public static func splitAbsolute(_ t: UnsafeRawBufferPointer) -> (authority: UnsafeRawBufferPointer, path: UnsafeRawBufferPointer)? {
-        guard t.count > 7, t[0] != 0x2F, (t[0] | 0x20) == 0x68, (t[1] | 0x20) == 0x74,
-              let colon = t.firstIndex(of: 0x3A), colon + 2 < t.count, t[colon + 1] == 0x2F, t[colon + 2] == 0x2F
+        guard t.count > 7, t[0] != 0x2F, let colon = t.firstIndex(of: 0x3A), colon + 2 < t.count,
+              t[colon + 1] == 0x2F, t[colon + 2] == 0x2F
         else { return nil }
+        let scheme = UnsafeRawBufferPointer(rebasing: t[0..<colon])
+        guard scheme.equalsLowercase("http") || scheme.equalsLowercase("https") else { return nil }
         let start = colon + 3
         var end = start
         while end < t.count && t[end] != 0x2F && t[end] != 0x3F { end += 1 }
+        if end < t.count && t[end] == 0x3F { return nil }
         let authority = UnsafeRawBufferPointer(rebasing: t[start..<end])
         if end == t.count {
             let slash: StaticString = "/"

@@ -1,11 +1,13 @@
 import Glibc
+import RemoraAdmin
 import RemoraConfig
 import RemoraCore
 import RemoraIO
 
 /// The process: binds every listener once per worker (SO_REUSEPORT), starts the worker threads,
 /// serves admin on the main loop, turns SIGTERM/SIGINT into a graceful drain, and installs new
-/// configurations (SIGHUP, `--watch`, later the control plane) without a restart.
+/// configurations (SIGHUP, `--watch`, later the control plane) without a restart. What the admin
+/// endpoints (RemoraAdmin) read and act on is in Server+Admin.swift.
 public final class Server {
     /// The configuration serving now, its YAML source and version (1 = the one started with).
     var config: Config
@@ -19,11 +21,12 @@ public final class Server {
     var bound: [String: (spec: HostPort, proto: ListenerProtocol, actual: SocketAddress)] = [:]
     var threads: [pthread_t] = []
     var workerMailboxes: [Mailbox<WorkerMessage>?] = []
+    /// Each worker's log lines in flight to this thread (Worker.log).
+    var workerLogs: [WorkerLog] = []
     var mainMailbox: Mailbox<MainMessage>!
-    var admin: LocalHTTPServer?
-    /// `admin.token` as started with (fixed until a restart) and the checks it feeds.
+    var admin: AdminServer?
+    /// `admin.token` as started with (fixed until a restart).
     var adminToken: String?
-    var adminAccess = LocalRequestGuard(token: nil)
     var signals: [SignalWatcher] = []
     var watcher: FileWatcher?
     var drainTimer: LoopTimer?
@@ -66,15 +69,10 @@ public final class Server {
         do {
             fds = try bindNew(config)
             if let a = config.admin, let addr = try Resolver.resolve(a.address).first {
-                let server = try LocalHTTPServer(loop: loop, address: addr) { [unowned self] in self.adminRequest($0) }
+                let server = try AdminServer(loop: loop, address: addr, token: a.token, target: self)
                 admin = server
                 adminToken = a.token
-                adminAccess = LocalRequestGuard(token: a.token)
-                if a.token == nil && !LocalRequestGuard.isLoopback(server.address) {
-                    log("warning: admin listens on \(server.address), off loopback, without admin.token: anyone who can reach it "
-                        + "can read the configuration (GET /config_dump) and drain or stop the proxy (POST /drain, "
-                        + "/quitquitquit); set admin.token or listen on 127.0.0.1")
-                }
+                if let warning = server.exposureWarning { log(warning) }
             }
         } catch {
             log("\(error)")
@@ -118,12 +116,14 @@ public final class Server {
         registry = StatRegistry(workers: workerCount)
         let stats = registry.stats(for: snap)
         workerMailboxes = Array(repeating: nil, count: workerCount)
+        workerLogs = (0..<workerCount).map { _ in WorkerLog() }
         let main = mainMailbox!
         for w in 0..<workerCount {
             let myFDs = fds[w]
             let st = stats[w]
+            let wlog = workerLogs[w]
             threads.append(spawnThread {
-                Worker(id: w, snapshot: snap, stats: st).run(fds: myFDs, main: main)
+                Worker(id: w, snapshot: snap, stats: st, log: wlog).run(fds: myFDs, main: main)
             })
         }
     }
@@ -274,10 +274,20 @@ public final class Server {
                 if !(subscriber?.running ?? true) { subscriber?.start() }
                 announce()
             }
-        case .stopped:
+        case let .log(w, line):
+            reportDroppedLines(worker: w)
+            log(line)
+            workerLogs[w].written(line)
+        case let .stopped(w):
+            reportDroppedLines(worker: w)
             stopped += 1
             if stopped == workerMailboxes.count { shutdownMain() }
         }
+    }
+
+    func reportDroppedLines(worker w: Int) {
+        let n = workerLogs[w].takeDropped()
+        if n > 0 { log("worker \(w): \(n) log line(s) dropped (its log buffer was full)") }
     }
 
     /// Tells the world where everything listens, then `ready` (tests and scripts wait for it).
@@ -320,70 +330,6 @@ public final class Server {
         signals.forEach { $0.close() }
         mainMailbox.close()
         extraClose.forEach { $0() }
-    }
-
-    /// Admin endpoints by path: true for the ones that change state (POST only), false for the
-    /// read-only ones (GET and HEAD only). Nothing changes state on GET.
-    static let adminEndpoints: [Substring: Bool] = ["/ready": false, "/stats": false, "/config_dump": false,
-                                                    "/drain": true, "/quitquitquit": true]
-
-    /// Who may call an admin endpoint (docs/config.md, "Admin endpoints"): a Host that is not an
-    /// address of this machine gets 421 on every endpoint (DNS rebinding: /config_dump shows the
-    /// configuration); a wrong method 405; a state change sent from a web page of another origin 403,
-    /// and without `admin.token` (when one is set) 401. nil: go on.
-    func adminRefusal(_ r: LocalHTTPServer.Request) -> LocalHTTPServer.Response? {
-        if let refused = adminAccess.hostRefusal(r) { return refused }
-        guard let changes = Self.adminEndpoints[r.path] else { return nil }   // 404 below
-        if changes {
-            guard r.method == "POST" else {
-                return .init(status: 405, body: "use POST for \(r.path)\n", headers: [("allow", "POST")])
-            }
-            return adminAccess.crossOriginRefusal(r) ?? adminAccess.tokenRefusal(r)
-        }
-        guard r.method == "GET" || r.method == "HEAD" else {
-            return .init(status: 405, body: "use GET for \(r.path)\n", headers: [("allow", "GET, HEAD")])
-        }
-        return nil
-    }
-
-    func adminRequest(_ r: LocalHTTPServer.Request) -> LocalHTTPServer.Response {
-        if let refused = adminRefusal(r) { return refused }
-        switch (r.method, r.path) {
-        case ("GET", "/ready"), ("HEAD", "/ready"):
-            if draining { return .init(status: 503, body: "draining\n") }
-            if !ready { return .init(status: 503, body: awaitingControl ? "waiting for the control server\n" : "starting\n") }
-            // Serving the last good configuration while the control server is away: still ready.
-            if let sub = subscriber, !sub.connected { return .init(status: 200, body: "ready (control server unreachable, \(sub.staleSeconds)s stale)\n") }
-            return .init(status: 200, body: "ready\n")
-        case ("GET", "/stats"), ("HEAD", "/stats"):
-            var out = registry?.render(snapshot) ?? ""
-            out += "server.workers \(workerCount)\n"
-            out += "server.config_version \(version)\n"
-            out += "server.draining \(draining ? 1 : 0)\n"
-            out += "server.overload_level \(overloadLevel)\n"
-            out += "server.overload_rss_bytes \(overloadRSS)\n"
-            if let sub = subscriber {
-                out += "control.connected \(sub.connected ? 1 : 0)\n"
-                out += "control.version \(sub.version)\n"
-                out += "control.stale_seconds \(sub.staleSeconds)\n"
-                out += "control.update_success \(sub.updates)\n"
-                out += "control.update_rejected \(sub.rejected)\n"
-                out += "control.update_failure \(sub.failures)\n"
-            }
-            return .init(status: 200, body: out)
-        case ("GET", "/config_dump"), ("HEAD", "/config_dump"):
-            // The version the control server gave it, when it has one; else the local install count.
-            let v = "# version \(subscriber?.version ?? version)"
-            return .init(status: 200, contentType: "application/yaml", body: v + "\n" + source)
-        case ("POST", "/drain"):
-            beginDrain(timeout: config.drainTimeout)
-            return .init(status: 200, body: "draining; the process exits when in-flight requests are done\n")
-        case ("POST", "/quitquitquit"):
-            beginDrain(timeout: min(config.drainTimeout, 1_000))
-            return .init(status: 200, body: "exiting\n")
-        default:
-            return .init(status: 404, body: "admin endpoints: GET /ready, GET /stats, GET /config_dump, POST /drain, POST /quitquitquit\n")
-        }
     }
 }
 

@@ -86,14 +86,12 @@ final class StatRegistry {
         }
     }
 
-    /// `/stats` for the names `snapshot` uses.
-    func render(_ snapshot: Snapshot) -> String {
-        var out = ""
-        for l in snapshot.config.listeners { renderStats(ListenerStat.self, name: l.name, blocks: blocks(&listeners, l.name), into: &out) }
-        for c in snapshot.config.clusters { renderStats(ClusterStat.self, name: c.name, blocks: blocks(&clusters, c.name), into: &out) }
+    /// The stats of the names `snapshot` uses, summed over workers (listeners, clusters, routes).
+    func collect(_ snapshot: Snapshot, into out: inout StatsSnapshot) {
+        for l in snapshot.config.listeners { out.add(ListenerStat.self, name: l.name, blocks: blocks(&listeners, l.name)) }
+        for c in snapshot.config.clusters { out.add(ClusterStat.self, name: c.name, blocks: blocks(&clusters, c.name)) }
         for names in StatRegistry.routeNames(snapshot) {
-            for n in names { renderStats(RouteBackendStat.self, name: n, blocks: blocks(&routes, n), into: &out) }
+            for n in names { out.add(RouteBackendStat.self, name: n, blocks: blocks(&routes, n)) }
         }
-        return out
     }
 }

@@ -18,6 +18,8 @@ enum WorkerMessage: Sendable {
 enum MainMessage: Sendable {
     case started(worker: Int, mailbox: Mailbox<WorkerMessage>, error: String?)
     case stopped(worker: Int)
+    /// A line to log (Worker.log: the main thread writes it, a worker never does).
+    case log(worker: Int, line: String)
 }
 
 /// One event loop on one thread with everything it serves: its own listening sockets, its own
@@ -54,11 +56,15 @@ final class Worker {
     var sessionHead: Session?
     var sessionCount = 0
     var draining = false
+    /// Log lines on their way to the main thread, which writes them (`log`).
+    let logBuffer: WorkerLog
+    var main: Mailbox<MainMessage>!
 
-    init(id: Int, snapshot: Snapshot, stats: WorkerStats) {
+    init(id: Int, snapshot: Snapshot, stats: WorkerStats, log: WorkerLog) {
         self.id = id
         self.snapshot = snapshot
         self.stats = stats
+        logBuffer = log
         loop = EventLoop()
         var seed: UInt64 = 0
         withUnsafeMutableBytes(of: &seed) { _ = getentropy($0.baseAddress, 8) }
@@ -68,6 +74,7 @@ final class Worker {
     /// Runs the worker on the calling thread until it has drained. `fds` are its bound sockets by
     /// listener name.
     func run(fds: [String: Int32], main: Mailbox<MainMessage>) {
+        self.main = main
         mailbox = Mailbox(loop: loop) { [unowned self] m in self.handle(m) }
         flushHook = IterationHook(loop: loop) { [unowned self] in self.runFlushes() }
         let error = install(snapshot, stats, fds: fds)
@@ -75,7 +82,7 @@ final class Worker {
         if error != nil { beginDrain() }
         loop.run()
         scratch.release()
-        if !loop.close() { log("worker \(id): loop closed with \(loop.handleCount) handles left") }
+        if !loop.close() { log("loop closed with \(loop.handleCount) handles left") }
         main.post(.stopped(worker: id))
     }
 
@@ -141,13 +148,21 @@ final class Worker {
         switch m {
         case let .apply(snap, st, fds):
             if draining { fds.values.forEach(ListenSocket.closeFD); return }
-            if let e = install(snap, st, fds: fds) { log("worker \(id): \(e)") }
+            if let e = install(snap, st, fds: fds) { log(e) }
         case .drain: beginDrain()
         case .forceClose:
             beginDrain()
             var s = sessionHead
             while let cur = s { s = cur.next; cur.abort() }
         }
+    }
+
+    /// Logs "worker N: `s`" without blocking the loop: the main thread writes it; when the main
+    /// thread is behind by more than `logBuffer.capacity`, the line is dropped and counted.
+    func log(_ s: String) {
+        let line = "worker \(id): " + s
+        guard logBuffer.admit(line) else { return }
+        if !main.post(.log(worker: id, line: line)) { logBuffer.written(line) }
     }
 
     func beginDrain() {
@@ -289,6 +304,8 @@ final class ListenerRuntime {
     }
 }
 
+/// Writes "remora: `s`" to stderr: a blocking write(2), for the main thread only (a worker's
+/// `Worker.log` hands its lines to the main thread instead).
 func log(_ s: String) {
     var line = "remora: " + s + "\n"
     line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }

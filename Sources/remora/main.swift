@@ -1,4 +1,5 @@
 import Glibc
+import RemoraAdmin
 import RemoraConfig
 import RemoraCore
 import RemoraIO

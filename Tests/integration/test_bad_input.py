@@ -172,6 +172,24 @@ HOST_AND_CODING = {
 }
 
 
+BAD_TARGETS = {
+    # absolute form with a scheme other than http(s): routes saw no path, the backend may find one
+    "other_scheme": b"GET ftp://x/admin HTTP/1.1\r\nHost: a\r\n\r\n",
+    # found by Tests/fuzz/http1: routed, and written upstream, as "POST ? HTTP/1.1" with an empty Host
+    "scheme_prefix_no_path": b"POST httpu://? HTTP/1.0\r\nHost: g\r\nContent-Length: 0\r\n\r\n",
+    "query_without_path": b"GET http://x?q=1 HTTP/1.1\r\nHost: a\r\n\r\n",
+    "star_not_options": b"GET * HTTP/1.1\r\nHost: a\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_TARGETS))
+def test_target_not_origin_or_http_absolute_form_400(strict_proxy, name):
+    """RFC 9112 §3.2: the proxy forwards origin form, http/https absolute form (as origin form) and
+    `*` for OPTIONS; any other target is refused with 400, never forwarded (before: routed on the
+    raw target, 404 with prefix routes, forwarded as it was by a route whose regex matched it)."""
+    expect_status_and_close(strict_proxy, BAD_TARGETS[name], 400)
+
+
 @pytest.mark.parametrize("name", list(HOST_AND_CODING))
 def test_host_rules_and_transfer_codings(strict_proxy, name):
     """RFC 9112: exactly one Host in HTTP/1.1 (400); a transfer coding the proxy would drop when it

@@ -267,6 +267,13 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
             localResponse(400, "Transfer-Encoding is not allowed in HTTP/1.0\n")
             return false
         }
+        // RFC 9112 §3.2: origin form, absolute form (http or https, split below) or `*` for OPTIONS.
+        // Anything else ("ftp://x/admin", "http://x?q") would reach the upstream as a target the
+        // routes never saw as a path.
+        if !RequestTarget.isForwardable(p.startLine, isOPTIONS: p.isOPTIONS) {
+            localResponse(400, "invalid request target\n")
+            return false
+        }
         if p.transferEncodingIndex >= 0 && !p.value(p.transferEncodingIndex).equalsLowercase("chunked") {
             localResponse(501, "only the chunked transfer coding is supported\n")
             return false

@@ -240,7 +240,8 @@ final class LocalHTTPSession: TCPConnectionDelegate, HTTP1ParserDelegate {
             return false
         }
         if expectContinue && p.hasBody && !finishing {
-            conn.write(UnsafeRawBufferPointer(rawBytes("HTTP/1.1 100 Continue\r\n\r\n")))
+            let interim: StaticString = "HTTP/1.1 100 Continue\r\n\r\n"
+            conn.write(UnsafeRawBufferPointer(start: interim.utf8Start, count: interim.utf8CodeUnitCount))
         }
         return false
     }

@@ -1,4 +1,4 @@
-import RemoraProxy
+import RemoraAdmin
 import Testing
 
 /// The rules the admin and control servers apply before their endpoints (issue #19, finding 8).

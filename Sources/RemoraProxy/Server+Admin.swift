@@ -1,0 +1,40 @@
+import RemoraAdmin
+import RemoraCore
+
+/// The process as the admin endpoints see it (RemoraAdmin's `AdminTarget`), on the main loop.
+extension Server: AdminTarget {
+    public var readiness: Readiness {
+        if draining { return .draining }
+        if !ready { return awaitingControl ? .waitingForControl : .starting }
+        // Serving the last good configuration while the control server is away: still ready.
+        if let sub = subscriber, !sub.connected { return .readyControlUnreachable(staleSeconds: sub.staleSeconds) }
+        return .ready
+    }
+
+    /// Listeners, clusters and routes of the serving snapshot, then `server.*` and `control.*`.
+    public func statsSnapshot() -> StatsSnapshot {
+        var out = StatsSnapshot()
+        registry?.collect(snapshot, into: &out)
+        out.add(scope: "server", stat: "workers", value: UInt64(clamping: workerCount))
+        out.add(scope: "server", stat: "config_version", value: UInt64(clamping: version))
+        out.add(scope: "server", stat: "draining", value: draining ? 1 : 0)
+        out.add(scope: "server", stat: "overload_level", value: overloadLevel)
+        out.add(scope: "server", stat: "overload_rss_bytes", value: overloadRSS)
+        if let sub = subscriber {
+            out.add(scope: "control", stat: "connected", value: sub.connected ? 1 : 0)
+            out.add(scope: "control", stat: "version", value: UInt64(clamping: sub.version))
+            out.add(scope: "control", stat: "stale_seconds", value: sub.staleSeconds)
+            out.add(scope: "control", stat: "update_success", value: UInt64(clamping: sub.updates))
+            out.add(scope: "control", stat: "update_rejected", value: UInt64(clamping: sub.rejected))
+            out.add(scope: "control", stat: "update_failure", value: UInt64(clamping: sub.failures))
+        }
+        return out
+    }
+
+    /// The version the control server gave it, when it has one; else the local install count.
+    public var configDump: ConfigDump { ConfigDump(version: subscriber?.version ?? version, yaml: source) }
+
+    public func drain(quick: Bool) {
+        beginDrain(timeout: quick ? min(config.drainTimeout, 1_000) : config.drainTimeout)
+    }
+}
