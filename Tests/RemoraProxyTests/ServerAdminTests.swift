@@ -32,7 +32,7 @@ import Testing
         let ready = get(server, "/ready")
         #expect(ready.status == 503 && ready.body == "starting\n")
         #expect(get(server, "/config_dump").body == "# version 1\n" + yaml)
-        #expect(get(server, "/stats").body == "server.workers 0\nserver.config_version 1\nserver.draining 0\n")
+        #expect(get(server, "/stats").body == "server.workers 0\nserver.config_version 1\nserver.draining 0\nserver.overload_level 0\nserver.overload_rss_bytes 0\n")
         server.awaitingControl = true
         #expect(get(server, "/ready").body == "waiting for the control server\n")
         server.ready = true
