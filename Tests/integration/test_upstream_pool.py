@@ -2,7 +2,7 @@
 h2c streams toward an HTTP/1.1 backend reuse about as many upstream connections as there are
 concurrent requests (no churn), connections left idle close after the cluster's `idle_timeout`, the
 ones a lower demand no longer reaches expire while the others keep serving, and `max_idle_per_endpoint`
-stays a hard cap.
+stays a hard cap. HTTP/2 upstream connections with no stream open close after the same timeout.
 
 Real binary, real peers: h2load (nghttp2-client) as the h2c client, the threaded HTTP/1.1 backend of
 backends.py (one thread per connection; `/sleep/MS` answers after MS milliseconds, so concurrent
@@ -17,7 +17,7 @@ import subprocess
 
 import pytest
 
-from harness import cluster, http_listener, make_config, poll
+from harness import cluster, http_listener, made_and_closed, make_config, poll
 
 
 def need(tool: str):
@@ -93,3 +93,28 @@ def test_max_idle_per_endpoint_is_a_hard_cap(start_remora, http_backend):
     assert succeeded(out) == 64, out
     remora.wait_stat("cluster.app.upstream_cx_active", lambda v: v == 8, timeout=5, what="== 8 (the cap)")
     assert remora.stat("cluster.app.upstream_cx_idle_timeout") == 0
+
+
+@pytest.mark.timeout(30)
+def test_http2_upstream_connection_without_streams_closes_after_idle_timeout(start_remora):
+    pytest.importorskip("h2", reason="hyper-h2 is not installed (pip install h2)")
+    from test_http2 import H2Backend, curl_h2
+    gen = made_and_closed(H2Backend, failure="h2 backend failed: ")
+    make = next(gen)
+    try:
+        b = make()
+        remora = start_remora(make_config([http_listener("web")],
+                                          [cluster("app", [b.endpoint], protocol="http2", idle_timeout="500ms")],
+                                          workers=1))
+        port = remora.port("web")
+        for _ in range(3):   # one connection carries them all, then sits idle
+            r = curl_h2(["-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{port}/echo"])
+            assert r.stdout == b"200", r.stdout + r.stderr
+        assert remora.stat("cluster.app.upstream_cx_total") == 1
+        remora.wait_stat("cluster.app.upstream_cx_active", lambda v: v == 0, timeout=5, what="== 0 after idle_timeout")
+        assert remora.stat("cluster.app.upstream_cx_idle_timeout") == 1
+        poll(lambda: b.closed_conns == 1, 5, what="the backend sees the connection closed")
+        r = curl_h2(["-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{port}/echo"])
+        assert r.stdout == b"200" and remora.stat("cluster.app.upstream_cx_total") == 2   # a new one
+    finally:
+        next(gen, None)

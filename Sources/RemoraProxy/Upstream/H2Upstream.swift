@@ -438,7 +438,7 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
         st.recycle(pool: pool, into: &cluster.freeStreams)
         if all.isEmpty {
             if cluster.retired { closeNow() }
-            if goingAway { schedule() } else if !closing { conn.setDeadline(after: cluster.config.idleTimeout) }
+            if goingAway { schedule() } else if connected && !closing { conn.setDeadline(after: cluster.config.idleTimeout) }
         }
     }
 
