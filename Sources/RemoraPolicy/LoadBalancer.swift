@@ -16,35 +16,42 @@ public protocol LoadBalancer {
     mutating func pick<E: BalancedEndpoint, R: RandomSource>(_ endpoints: [E], random: inout R) -> Int
 }
 
-/// Endpoints in turn, each `weight` times per round (weight-1 endpoints: plain rotation 0, 1, 2, …,
-/// starting at 0). Weighted rounds are interleaved smoothly (nginx's smooth weighted round robin:
-/// weights 5, 1, 1 give a a b a c a a, not a a a a a b c).
+/// Endpoints in turn, each `weight` times per round. Equal weights: plain rotation 0, 1, 2, …,
+/// starting at 0. Other weights are interleaved smoothly (nginx's smooth weighted round robin:
+/// weights 5, 1, 1 give a a b a c a a, not a a a a a b c). Weights are read once, at creation (a
+/// cluster's endpoints and weights are fixed for a snapshot).
 public struct RoundRobin: LoadBalancer {
-    /// The index picked next when every weight is 1.
+    /// The index picked next (equal weights).
     var position = 0
-    /// Smooth weighted round robin's running scores, one per endpoint (empty while weights are all 1).
-    var current: [Int] = []
+    /// The endpoints' weights when they differ (empty: equal weights, plain rotation).
+    let weights: [Int]
+    /// Smooth weighted round robin's running scores, one per endpoint.
+    var current: [Int]
 
-    public init() {}
+    /// Equal weights unless `weights` says otherwise (one per endpoint, ≥ 0).
+    public init(weights: [Int] = []) {
+        self.weights = weights.allSatisfy { $0 == weights.first } ? [] : weights.map { max($0, 0) }
+        current = Array(repeating: 0, count: self.weights.count)
+    }
+
+    /// With the weights of `endpoints`.
+    public init<E: BalancedEndpoint>(for endpoints: [E]) { self.init(weights: endpoints.map(\.weight)) }
 
     @inline(__always)
     public mutating func pick<E: BalancedEndpoint, R: RandomSource>(_ endpoints: [E], random: inout R) -> Int {
-        if current.isEmpty {
+        if weights.isEmpty {
             let e = position
             position = e + 1 >= endpoints.count ? 0 : e + 1
-            if endpoints[e].weight == 1 { return e }
-            current = Array(repeating: 0, count: endpoints.count)   // the first weight other than 1: weighted from now on
+            return e
         }
-        return pickWeighted(endpoints)
+        return pickWeighted()
     }
 
-    mutating func pickWeighted<E: BalancedEndpoint>(_ endpoints: [E]) -> Int {
-        if current.count != endpoints.count { current = Array(repeating: 0, count: endpoints.count) }
+    mutating func pickWeighted() -> Int {
         var best = 0, total = 0
-        for i in endpoints.indices {
-            let w = max(endpoints[i].weight, 0)
-            current[i] += w
-            total += w
+        for i in weights.indices {
+            current[i] += weights[i]
+            total += weights[i]
             if current[i] > current[best] { best = i }
         }
         current[best] -= total

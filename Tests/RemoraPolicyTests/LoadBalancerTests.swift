@@ -27,9 +27,9 @@ import Testing
     }
 
     @Test func weightedRoundRobinIsSmoothAndProportional() {
-        var rr = RoundRobin()
-        var random = ScriptedRandom([0])
         let eps = [TestEndpoint(weight: 5), TestEndpoint(weight: 1), TestEndpoint(weight: 1)]
+        var rr = RoundRobin(for: eps)
+        var random = ScriptedRandom([0])
         let picks = (0..<7).map { _ in rr.pick(eps, random: &random) }
         #expect(picks == [0, 0, 1, 0, 2, 0, 0])   // nginx's smooth weighted round robin for 5, 1, 1
         var counts = [0, 0, 0]
@@ -38,11 +38,18 @@ import Testing
     }
 
     @Test func weightZeroIsNeverPicked() {
-        var rr = RoundRobin()
-        var random = ScriptedRandom([0])
         let eps = [TestEndpoint(weight: 2), TestEndpoint(weight: 0), TestEndpoint(weight: 1)]
+        var rr = RoundRobin(for: eps)
+        var random = ScriptedRandom([0])
         let picks = (0..<30).map { _ in rr.pick(eps, random: &random) }
         #expect(!picks.contains(1))
         #expect(picks.filter { $0 == 0 }.count == 20)
+    }
+
+    @Test func equalWeightsRotate() {
+        let eps = (0..<3).map { _ in TestEndpoint(weight: 7) }
+        var rr = RoundRobin(for: eps)
+        var random = ScriptedRandom([0])
+        #expect((0..<4).map { _ in rr.pick(eps, random: &random) } == [0, 1, 2, 0])
     }
 }

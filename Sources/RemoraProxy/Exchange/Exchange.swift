@@ -68,7 +68,7 @@ final class Exchange: DeadlineTimerDelegate {
     var refusedRetries = 0
     /// The attempt under way: its endpoint (nil = none open; owned by the cluster), its start (loop
     /// ms) and its response head's status (0 = none yet). The outcome hook reports it once (`endAttempt`).
-    unowned(unsafe) var attemptEndpoint: Endpoint?
+    var attemptEndpoint: Endpoint.Ref?
     var attemptStart: UInt64 = 0
     var attemptStatus = 0
     /// The attempt's grpc-status (trailers-only head or trailers), -1 = none.

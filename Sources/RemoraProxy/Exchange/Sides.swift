@@ -55,7 +55,7 @@ protocol UpstreamStream: AnyObject {
     /// Sends what was collected toward the upstream.
     func flushRequest()
     /// The endpoint it goes to (read when an attempt starts).
-    var endpoint: Endpoint { get }
+    var endpoint: Endpoint.Ref { get }
 }
 
 /// Why an upstream request failed.

@@ -36,7 +36,7 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
         cluster.stats.inc(.upstream_cx_active)
         cluster.openConnections += 1
         up = c
-        if c.connect(to: cluster.pickEndpoint().address) != 0 {
+        if c.connect(to: cluster.pickEndpoint().takeUnretainedValue().address) != 0 {
             cluster.stats.inc(.upstream_cx_connect_fail)
             abort()
             return

@@ -19,46 +19,49 @@ extension Cluster {
     /// A connection carrying `head` for `exchange`: a pooled one (unless `fresh`) or a new one
     /// (connecting; writes wait for it). nil when no connect could even start.
     func openHTTP1(for exchange: Exchange, head: UnsafeRawBufferPointer, isHEAD: Bool, fresh: Bool) -> H1Upstream? {
-        let e = pickEndpoint()
-        if !fresh {
-            while let u = e.idle.popLast() {
-                u.isIdle = false
-                if !u.conn.connecting { u.conn.clearDeadline() }   // the idle timeout
-                stats.inc(.upstream_cx_pool_reuse)
-                if u.begin(exchange: exchange, head: head, isHEAD: isHEAD) {
-                    e.activeRequests += 1
-                    return u
+        let ref = pickEndpoint()
+        return ref._withUnsafeGuaranteedRef { e in
+            if !fresh {
+                while let u = e.idle.popLast() {
+                    u.isIdle = false
+                    if !u.conn.connecting { u.conn.clearDeadline() }   // the idle timeout
+                    stats.inc(.upstream_cx_pool_reuse)
+                    if u.begin(exchange: exchange, head: head, isHEAD: isHEAD) {
+                        e.activeRequests += 1
+                        return u
+                    }
+                    u.conn.close()   // the backend closed it while pooled
                 }
-                u.conn.close()   // the backend closed it while pooled
             }
+            guard let c = connect(e) else { return nil }
+            let u = H1Upstream(cluster: self, endpoint: ref, conn: c)
+            _ = u.begin(exchange: exchange, head: head, isHEAD: isHEAD)
+            e.activeRequests += 1
+            return u
         }
-        guard let c = connect(e) else { return nil }
-        let u = H1Upstream(cluster: self, endpoint: e, conn: c)
-        _ = u.begin(exchange: exchange, head: head, isHEAD: isHEAD)
-        e.activeRequests += 1
-        return u
     }
 
     /// Takes back a connection whose exchange finished cleanly, idle until reused or until the
     /// idle timeout; closes it when the endpoint's hard cap is reached or the worker is draining.
     func release(_ u: H1Upstream) {
-        let e = u.endpoint
-        if worker.draining || retired || e.idle.count >= maxIdlePerEndpoint {
-            u.conn.close()
-            return
+        u.endpoint._withUnsafeGuaranteedRef { e in
+            if worker.draining || retired || e.idle.count >= maxIdlePerEndpoint {
+                u.conn.close()
+                return
+            }
+            u.isIdle = true
+            // A connecting one keeps its connect timeout (the idle timeout starts once it is connected).
+            if !u.conn.connecting { u.conn.setDeadline(after: config.idleTimeout) }
+            e.idle.append(u)
         }
-        u.isIdle = true
-        // A connecting one keeps its connect timeout (the idle timeout starts once it is connected).
-        if !u.conn.connecting { u.conn.setDeadline(after: config.idleTimeout) }
-        e.idle.append(u)
     }
 
     /// Forgets an idle connection that closed.
     func removeIdle(_ u: H1Upstream) {
         guard u.isIdle else { return }
         u.isIdle = false
-        let e = u.endpoint
-        if let i = e.idle.lastIndex(where: { $0 === u }) { e.idle.remove(at: i) }
+        let e = u.endpoint.takeUnretainedValue()
+        if let i = e.idle.firstIndex(where: { $0 === u }) { e.idle.remove(at: i) }
     }
 
     // MARK: HTTP/2
@@ -67,26 +70,28 @@ extension Cluster {
     /// SETTINGS_MAX_CONCURRENT_STREAMS), or on a new connection.
     /// `retry`: a stream the peer refused goes where the peer's limit is known, or on a new connection.
     func openHTTP2(for exchange: Exchange, head: HeaderBlock, hasBody: Bool, retry: Bool = false) -> H2UpstreamStream? {
-        let e = pickEndpoint()
-        var conn = e.h2.first { $0.hasRoom && (!retry || $0.settingsKnown) }
-        if conn == nil {
-            guard let c = connect(e) else { return nil }
-            let n = H2UpstreamConnection(cluster: self, endpoint: e, conn: c)
-            e.h2.append(n)
-            conn = n
+        let ref = pickEndpoint()
+        return ref._withUnsafeGuaranteedRef { e in
+            var conn = e.h2.first { $0.hasRoom && (!retry || $0.settingsKnown) }
+            if conn == nil {
+                guard let c = connect(e) else { return nil }
+                let n = H2UpstreamConnection(cluster: self, endpoint: ref, conn: c)
+                e.h2.append(n)
+                conn = n
+            }
+            let s = freeStreams.popLast() ?? H2UpstreamStream()
+            if !conn!.open(s, for: exchange, head: head, hasBody: hasBody) {
+                freeStreams.append(s)
+                return nil
+            }
+            stats.inc(.upstream_cx_pool_reuse)
+            e.activeRequests += 1
+            return s
         }
-        let s = freeStreams.popLast() ?? H2UpstreamStream()
-        if !conn!.open(s, for: exchange, head: head, hasBody: hasBody) {
-            freeStreams.append(s)
-            return nil
-        }
-        stats.inc(.upstream_cx_pool_reuse)
-        e.activeRequests += 1
-        return s
     }
 
     func removeHTTP2(_ c: H2UpstreamConnection) {
-        let e = c.endpoint
+        let e = c.endpoint.takeUnretainedValue()
         if let i = e.h2.firstIndex(where: { $0 === c }) { e.h2.remove(at: i) }
     }
 }

@@ -15,7 +15,9 @@ final class Cluster {
     let endpoints: [Endpoint]
     let stats: StatBlock<ClusterStat>
     /// Picks the endpoint of each attempt (today round robin; RemoraPolicy holds the balancers).
-    var balancer = RoundRobin()
+    var balancer: RoundRobin
+    /// The balancer's random source (seeded from the worker's; kept here so a pick touches only the cluster).
+    var random: FastRandom
     /// Idle HTTP/1.1 connections kept per endpoint at most (`max_idle_per_endpoint`; unset: no cap
     /// but demand, see `Cluster+Pool.swift`).
     let maxIdlePerEndpoint: Int
@@ -38,12 +40,14 @@ final class Cluster {
         maxIdlePerEndpoint = config.maxIdlePerEndpoint ?? Int.max
         connectCredit = config.maxConnectsPerSecond * 1000
         for e in self.endpoints { e.idle.reserveCapacity(min(maxIdlePerEndpoint, 64)) }
+        balancer = RoundRobin(for: self.endpoints)
+        random = FastRandom(seed: worker.rng.next())
     }
 
-    /// The endpoint for the next attempt (HTTP pools and the TCP proxy alike).
+    /// The endpoint for the next attempt (HTTP pools and the TCP proxy alike), unretained.
     @inline(__always)
-    func pickEndpoint() -> Endpoint {
-        endpoints[balancer.pick(endpoints, random: &worker.rng)]
+    func pickEndpoint() -> Endpoint.Ref {
+        Unmanaged.passUnretained(endpoints[balancer.pick(endpoints, random: &random)])
     }
 
     /// The outcome hook: every upstream attempt ends here exactly once, with its endpoint and what
@@ -51,8 +55,8 @@ final class Cluster {
     /// row, last outcome); outlier detection, breakers, budgets and latency-aware balancing hang here.
     /// Allocates nothing.
     @inline(__always)
-    func attemptEnded(endpoint: Endpoint, _ outcome: AttemptOutcome) {
-        endpoint.attemptEnded(outcome)
+    func attemptEnded(endpoint: Endpoint.Ref, _ outcome: AttemptOutcome) {
+        endpoint._withUnsafeGuaranteedRef { $0.attemptEnded(outcome) }
     }
 
     /// One more connect within `max_connects_per_second`? Counts a refusal.

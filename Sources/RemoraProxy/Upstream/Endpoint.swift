@@ -6,6 +6,12 @@ import RemoraPolicy
 /// ejection, circuit-breaker counts and latency (EWMA) state are fields of this object when they
 /// come, fed by `attemptEnded`. Owned by its `Cluster`; lives as long as the cluster does.
 final class Endpoint: BalancedEndpoint {
+    /// How connections, streams and exchanges name their endpoint on the hot path: an unretained
+    /// reference (no retain/release per request), sound because the cluster owns its endpoints and
+    /// outlives every connection and attempt of theirs (a retired cluster stays in `Worker.retired`
+    /// until its last connection has closed).
+    typealias Ref = Unmanaged<Endpoint>
+
     /// Position in the cluster's `endpoints` (the snapshot's endpoint order).
     let index: Int
     let address: SocketAddress
@@ -21,9 +27,6 @@ final class Endpoint: BalancedEndpoint {
 
     /// Attempts under way (started by the cluster's pool, not yet reported to `attemptEnded`).
     var activeRequests = 0
-    /// Attempts reported, and those of them that failed (`AttemptOutcome.isFailure`).
-    var attempts: UInt64 = 0
-    var failures: UInt64 = 0
     /// Failures in a row since the last success (what consecutive-5xx outlier detection reads).
     var consecutiveFailures = 0
     /// How the last reported attempt ended (nil before the first).
@@ -39,10 +42,8 @@ final class Endpoint: BalancedEndpoint {
     @inline(__always)
     func attemptEnded(_ outcome: AttemptOutcome) {
         activeRequests -= 1
-        attempts &+= 1
         lastOutcome = outcome.kind
         if outcome.isFailure {
-            failures &+= 1
             consecutiveFailures += 1
         } else if outcome.kind == .response {
             consecutiveFailures = 0

@@ -7,7 +7,7 @@ import RemoraIO
 final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelegate {
     unowned(unsafe) let cluster: Cluster
     /// Its endpoint (owned by the cluster, which outlives its connections).
-    unowned(unsafe) let endpoint: Endpoint
+    let endpoint: Endpoint.Ref
     let conn: TCPConnection
     let parser: HTTP1Parser
     unowned(unsafe) var exchange: Exchange?
@@ -25,7 +25,7 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
     var startedEmpty = false
     var writesAtBegin: UInt64 = 0
 
-    init(cluster: Cluster, endpoint: Endpoint, conn: TCPConnection) {
+    init(cluster: Cluster, endpoint: Endpoint.Ref, conn: TCPConnection) {
         self.cluster = cluster
         self.endpoint = endpoint
         self.conn = conn

@@ -69,7 +69,7 @@ final class H2UpstreamStream: UpstreamStream {
     var wasReused: Bool { onReusedConnection }
     var gotResponseBytes: Bool { gotBytes }
     /// Valid while the stream serves an exchange (read right after `open`).
-    var endpoint: Endpoint { connection!.endpoint }
+    var endpoint: Endpoint.Ref { connection!.endpoint }
     func flushRequest() {}           // the connection flushes at the end of the iteration
 
     func detach(clean: Bool) {
@@ -97,7 +97,7 @@ final class H2UpstreamStream: UpstreamStream {
 final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, Flushable {
     unowned(unsafe) let cluster: Cluster
     /// Its endpoint (owned by the cluster, which outlives its connections).
-    unowned(unsafe) let endpoint: Endpoint
+    let endpoint: Endpoint.Ref
     let conn: TCPConnection
     let h2: HTTP2Session
     /// Open streams (each also reachable by id through nghttp2's stream user data).
@@ -129,7 +129,7 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
     let baseWindow: Int
     let raisedWindow: Int
 
-    init(cluster: Cluster, endpoint: Endpoint, conn: TCPConnection) {
+    init(cluster: Cluster, endpoint: Endpoint.Ref, conn: TCPConnection) {
         self.cluster = cluster
         pool = cluster.worker.pool
         maxHeaderListSize = cluster.config.http2.maxHeaderListSize
