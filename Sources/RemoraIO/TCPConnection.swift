@@ -39,6 +39,25 @@ extension TCPConnectionDelegate {
 /// Lifetime: the libuv handles hold a +1 reference on the connection until their close callbacks
 /// ran; `owner` keeps the delegate alive until then as well, and is cleared after
 /// `connectionClosed`, which breaks the owner <-> connection cycle.
+/// The byte layer of a connection, between its TCP socket and its delegate (Envoy's transport
+/// socket): the seam where TLS (RemoraTLS) goes. A connection without one (`transportSocket` nil,
+/// every connection today) is raw TCP: bytes pass unchanged, at the cost of one nil check per read
+/// and per write. A layer turns wire bytes into application bytes (handing them on with
+/// `TCPConnection.deliver`) and application bytes into wire bytes (`TCPConnection.writeWire`), may
+/// hold `connectionConnected` back until its handshake is done (`deliverConnected`), and writes
+/// what must precede FIN (TLS close_notify) in `shutdown`. Sessions and upstreams hold the same
+/// `TCPConnection` and call the same methods either way: they never see the layer.
+public protocol TransportSocket: AnyObject {
+    /// The TCP connect completed with `status` (0: connected; the layer may start a handshake).
+    func connected(_ c: TCPConnection, status: Int32)
+    /// Wire bytes arrived.
+    func received(_ c: TCPConnection, _ wire: UnsafeRawBufferPointer)
+    /// Application bytes to send, after everything sent before. False when nothing can be sent.
+    func send(_ c: TCPConnection, _ data: UnsafeRawBufferPointer) -> Bool
+    /// The application will write nothing more: the last wire bytes before FIN.
+    func shutdown(_ c: TCPConnection)
+}
+
 public final class TCPConnection {
     let h: UnsafeMutablePointer<remora_conn_handles>
     let tcp: UnsafeMutablePointer<uv_tcp_t>
@@ -49,6 +68,10 @@ public final class TCPConnection {
     let readBuffer: UnsafeMutableRawPointer
     /// Receives the events. Not retained: `owner` does that.
     public unowned(unsafe) var delegate: (any TCPConnectionDelegate)?
+    /// The byte layer (TLS), or nil for raw TCP (see `TransportSocket`). Set before the first byte.
+    public var transportSocket: (any TransportSocket)?
+    /// The layer was told the application writes nothing more.
+    var layerShutDown = false
     /// Kept alive until the connection is closed.
     public var owner: AnyObject?
     /// Free for the owner (an index, a state).
@@ -134,11 +157,23 @@ public final class TCPConnection {
         return true
     }
 
-    /// Writes `a`, then `b`, then `c` (any may be empty), in order after everything written before.
-    /// Returns false when the connection has failed or is closing (nothing was written).
+    /// Writes `a`, then `b`, then `c` (any may be empty), in order after everything written before,
+    /// through the transport socket when there is one. Returns false when the connection has failed
+    /// or is closing (nothing was written).
     @discardableResult
     public func write(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
                       _ c: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0)) -> Bool {
+        if let ts = transportSocket {
+            if failed || isClosing || shutdownAfterFlush || shutdownDone { return false }
+            return ts.send(self, a) && (b.count == 0 || ts.send(self, b)) && (c.count == 0 || ts.send(self, c))
+        }
+        return writeWire(a, b, c)
+    }
+
+    /// Writes bytes to the socket as they are (the transport socket's output; raw TCP's `write`).
+    @inline(__always) @discardableResult
+    public func writeWire(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
+                          _ c: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0)) -> Bool {
         if failed || isClosing || shutdownAfterFlush || shutdownDone { return false }
         let total = a.count + b.count + c.count
         if total == 0 { return true }
@@ -233,9 +268,19 @@ public final class TCPConnection {
         if shutdownAfterFlush && !shutdownDone { doShutdown() }
     }
 
+    /// Lets the transport socket write what precedes FIN, once.
+    @inline(__always)
+    func shutDownLayer() {
+        if let ts = transportSocket, !layerShutDown, !failed {
+            layerShutDown = true
+            ts.shutdown(self)
+        }
+    }
+
     /// Sends FIN once everything queued is written (TCP half-close). Reading continues.
     public func shutdownWrite() {
         guard !isClosing, !shutdownAfterFlush, !shutdownDone else { return }
+        shutDownLayer()
         uncork()
         shutdownAfterFlush = true
         if !writing && pending.isEmpty && !connecting { doShutdown() }
@@ -255,6 +300,7 @@ public final class TCPConnection {
     /// instead of a reset), then closes.
     public func finish(linger: UInt64 = 2_000) {
         guard !isClosing, !closeAfterFlush else { return }
+        shutDownLayer()
         uncork()
         closeAfterFlush = true
         lingerMs = linger
@@ -267,6 +313,7 @@ public final class TCPConnection {
     /// queued and then the FIN; there is nothing unread to turn the close into a reset.
     public func closeWhenFlushed() {
         guard !isClosing, !closeAfterFlush else { return }
+        shutDownLayer()
         uncork()
         if failed || (!writing && pending.isEmpty && !connecting) { close(); return }
         closeAfterFlush = true
@@ -299,7 +346,12 @@ public final class TCPConnection {
             startWrite()
             if pending.isEmpty && !writing { flushFinished() }
         }
-        delegate?.connectionConnected(self, status)
+        if let ts = transportSocket { ts.connected(self, status: status) } else { delegate?.connectionConnected(self, status) }
+    }
+
+    /// Reports the connect's result to the delegate (for the transport socket, once its handshake is done).
+    public func deliverConnected(_ status: Int32) {
+        if !isClosing { delegate?.connectionConnected(self, status) }
     }
 
     // MARK: timer
@@ -340,7 +392,8 @@ public final class TCPConnection {
         if isClosing { return }
         if n > 0 {
             if lingering { return }
-            delegate?.connectionRead(self, UnsafeRawBufferPointer(start: readBuffer, count: n))
+            let bytes = UnsafeRawBufferPointer(start: readBuffer, count: n)
+            if let ts = transportSocket { ts.received(self, bytes) } else { delegate?.connectionRead(self, bytes) }
         } else if n == Int(UV_EOF.rawValue) {
             if lingering { close(); return }
             delegate?.connectionEOF(self)
@@ -348,6 +401,11 @@ public final class TCPConnection {
             if lingering { close(); return }
             delegate?.connectionError(self, Int32(n))
         }
+    }
+
+    /// Hands application bytes to the delegate (for the transport socket, from what it received).
+    public func deliver(_ data: UnsafeRawBufferPointer) {
+        if !isClosing && !lingering { delegate?.connectionRead(self, data) }
     }
 
     // MARK: closing
