@@ -479,13 +479,13 @@ class Report:
         for title, proxies, suffix in tables:
             L.append("%s:" % title)
             L.append("")
-            L.append("| proxy | idle RSS MiB | idle PSS MiB | idle USS MiB | RSS after warm-up MiB | RSS with conns MiB | PSS with conns MiB | KiB RSS / conn | KiB USS / conn | conns ok / failed | still open at measure | proxy fds | RSS after close MiB | note |")
+            L.append("| proxy | idle RSS MiB | idle PSS MiB | idle USS MiB | RSS after warm-up MiB | RSS with conns MiB | PSS with conns MiB | KiB RSS / conn | KiB anon / conn | conns ok / failed | still open at measure | proxy fds | RSS after close MiB | note |")
             L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|")
             for name, m in proxies.items():
                 L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s / %s | %s | %s | %s | %s |" % (
                     name, f(mib(m["idle"], "rss_kb")), f(mib(m["idle"], "pss_kb")), f(mib(m["idle"], "uss_kb")),
                     f(mib(m.get("warm"), "rss_kb")), f(mib(m.get("held"), "rss_kb")), f(mib(m.get("held"), "pss_kb")), f(m.get("per_conn_kb"), "%.2f"),
-                    f(m.get("per_conn_uss_kb"), "%.2f"), m.get("conns_ok", "—"),
+                    f(m.get("per_conn_anon_kb"), "%.2f"), m.get("conns_ok", "—"),
                     m.get("conns_failed", "—"), m.get("alive_at_measure", "—"), (m.get("held") or {}).get("fds", "—"),
                     f(mib(m.get("after_close"), "rss_kb")), (m.get("error") or "").replace("|", "/")[:120]))
             for name, e in res["failed"].items():
@@ -501,7 +501,8 @@ class Report:
                 L.append("- %s: %s (<1 = Remora smaller)" % (label, ", ".join(cells)))
         L.append("- Idle = fresh process, before any request. KiB / conn = (with conns − after warm-up) / conns; the warm-up "
                  "(%d connections, one request each, closed) brings in the code and pools a first request needs, so the "
-                 "figure is what each held connection adds." % WARM)
+                 "figure is what each held connection adds. KiB anon / conn: the same from anonymous memory alone (heap and "
+                 "stacks; code pages mapped back on use are file pages and do not count)." % WARM)
         L.append("- RSS/PSS/USS are summed over the proxy's process tree (nginx: master + worker). USS = pages mapped by "
                  "the process alone (private clean + dirty, from smaps_rollup); PSS adds its share of shared pages.")
         L.append("")

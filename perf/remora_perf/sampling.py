@@ -112,6 +112,7 @@ def mem_snapshot(pids):
         "rss_kb": sum(status_kb(p, "VmRSS") for p in pids),
         "pss_kb": sum(pss_kb(p) for p in pids),
         "uss_kb": sum(uss_kb(p) for p in pids),
+        "anon_kb": sum(rollup_kb(p, "Anonymous") for p in pids),
         "hwm_kb": sum(status_kb(p, "VmHWM") for p in pids),
         "fds": sum(fd_count(p) for p in pids),
         "nprocs": len(pids),

@@ -84,6 +84,7 @@ class MemoryScenario:
                 out["per_conn_kb"] = (out["held"]["rss_kb"] - base["rss_kb"]) / out["conns_ok"]
                 out["per_conn_pss_kb"] = (out["held"]["pss_kb"] - base["pss_kb"]) / out["conns_ok"]
                 out["per_conn_uss_kb"] = (out["held"]["uss_kb"] - base["uss_kb"]) / out["conns_ok"]
+                out["per_conn_anon_kb"] = (out["held"]["anon_kb"] - base["anon_kb"]) / out["conns_ok"]
             holder.stdin.write(b"quit\n")
             holder.stdin.flush()
             self.read_line(holder, 60)

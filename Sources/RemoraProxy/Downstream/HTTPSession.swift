@@ -8,11 +8,11 @@ import RemoraRouting
 /// so answers go out in order. A connection that opens with the HTTP/2 preface becomes an
 /// `H2ServerConnection` (h2c with prior knowledge on the same port).
 ///
-/// Memory: a keep-alive connection idle for `parkAfter` ms is *parked*: it gives up its parser
-/// (with llhttp's state) and its write queue's storage, and the next request's first bytes make a
-/// new parser. An idle connection then holds its socket and timer, its `TCPConnection` and this
-/// object (about 0.9 KiB, docs/architecture.md "Memory"); a busy one keeps everything, so the
-/// request path allocates nothing.
+/// Memory: a keep-alive connection idle for `parkAfter` ms is *parked*: it gives its parser (with
+/// llhttp's state) back to the worker (`Worker.freeParsers`) and frees its write queue's storage;
+/// the next request's first bytes take a parser again. An idle connection then holds its socket
+/// and timer, its `TCPConnection` and this object (about 0.9 KiB, docs/architecture.md "Memory");
+/// a busy one keeps its parser, so the request path costs nothing more.
 final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, DownstreamSide, Flushable {
     /// What the connection's one deadline is for: the request head, parking, or the idle timeout.
     enum Deadline { case header, park, idle }
@@ -26,8 +26,8 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
     let listenerSlot: ListenerSlot
     var listener: ListenerRuntime { listenerSlot.current }
     let conn: TCPConnection
-    /// The request parser (+1, released in `park` or at the end); nil before the first request and
-    /// while parked. Reached through `withParser`, without a retain per use.
+    /// The request parser (+1), taken from the worker at the first request and given back when
+    /// parked; nil before and while parked. Reached through `withParser`, without a retain per use.
     var parserRef: Unmanaged<HTTP1Parser>?
     /// `body` with the parser; only where one exists (after `unpark`).
     @inline(__always) func withParser<R>(_ body: (HTTP1Parser) -> R) -> R { parserRef!._withUnsafeGuaranteedRef(body) }
@@ -80,27 +80,44 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
         conn.startReading()
     }
 
-    deinit { parserRef?.release() }
+    deinit { parserRef?.release() }   // a connection closed mid-request: its parser is dropped
 
-    /// Makes the parser (the first request, or the first after parking), for the current listener.
-    @inline(never) func unpark() {
+    /// Takes a parser from the worker (a new one when none is free), set up for the current listener.
+    @inline(never) func takeParser() {
         let cfg = listener.config
-        let p = HTTP1Parser(kind: .request, maxHeadBytes: cfg.maxRequestHeaderBytes)
-        p.delegate = self
-        p.pool = worker.pool
-        p.underscoreAction = cfg.headersWithUnderscores
-        parserRef = Unmanaged.passRetained(p)
+        let ref = worker.freeParsers.take() ?? newParser()
+        ref._withUnsafeGuaranteedRef { p in
+            p.maxHeadBytes = cfg.maxRequestHeaderBytes
+            p.underscoreAction = cfg.headersWithUnderscores
+            p.attach(self)
+        }
+        parserRef = ref
     }
 
-    /// Gives up what an idle connection does not need: the parser and the write queue's storage.
-    /// Only between requests, with nothing stashed or half parsed.
+    @inline(never) func newParser() -> Unmanaged<HTTP1Parser> {
+        let p = HTTP1Parser(kind: .request, maxHeadBytes: listener.config.maxRequestHeaderBytes)
+        p.pool = worker.pool
+        return Unmanaged.passRetained(p)
+    }
+
+    /// Whether the parser is between messages with nothing of this connection in it: no request
+    /// active, nothing stashed, not paused, not inside its own `feed`.
+    @inline(__always) var parserIdle: Bool { !active && !ending && !parserPaused && !inFeed && stash.isEmpty && !inHead }
+
+    /// Gives the parser back to the worker (llhttp is between two keep-alive messages: it parses
+    /// the next one for any connection as it would for this one).
+    @inline(__always) func giveBackParser() {
+        guard let p = parserRef else { return }
+        parserRef = nil
+        p._withUnsafeGuaranteedRef { $0.detach() }
+        worker.freeParsers.give(p)
+    }
+
+    /// Gives up what an idle connection does not need: the parser, the stash's spare storage and
+    /// the write queue's storage. Only between requests, with nothing stashed or half parsed.
     func park() {
-        guard !active, !ending, !parserPaused, !inFeed, stash.isEmpty, !inHead else { return }
-        if let p = parserRef {
-            parserRef = nil
-            p._withUnsafeGuaranteedRef { $0.delegate = nil }
-            p.release()
-        }
+        guard parserIdle else { return }
+        giveBackParser()
         work.release()
         conn.releaseIdleBuffers()
     }
@@ -165,7 +182,7 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
             updateReading()
             return
         }
-        if parserRef == nil { unpark() }
+        if parserRef == nil { takeParser() }
         if !active && !withParser({ $0.inHead }) { arm(.header, listener.config.requestHeaderTimeout) }
         feed(data)
     }
