@@ -40,7 +40,7 @@ let package = Package(
         .target(name: "RemoraIO", dependencies: ["RemoraCore", "CLibUV"], swiftSettings: hot),
         // The only importer of llhttp (and, later, nghttp2).
         .target(name: "RemoraHTTP", dependencies: ["RemoraCore", "CLLHTTP", "CNGHTTP2", "CH2Mem"], swiftSettings: hot),
-        // Pure decisions, no I/O: route table, load balancing.
+        // Pure decisions, no I/O: the route table, matchers, weighted split.
         .target(name: "RemoraRouting", dependencies: ["RemoraCore", "CRE2"], swiftSettings: hot),
         // Pure policy, no I/O: attempt outcomes, load balancers, retry state and budgets, breakers,
         // outlier detection, health state, backoff; values and state machines that return decisions.
@@ -58,11 +58,11 @@ let package = Package(
         .target(name: "RemoraControl", dependencies: ["RemoraCore", "RemoraConfig", "RemoraIO", "RemoraHTTP", "RemoraAdmin",
                                                        "CYAML"]),
         // ns per match of a compiled route table (perf/routing/README.md).
-        .executableTarget(name: "RemoraRoutingBench", dependencies: ["RemoraRouting", "RemoraCore"],
+        .executableTarget(name: "RemoraRoutingBench", dependencies: ["RemoraRouting", "RemoraCore", "RemoraPolicy"],
                           path: "perf/routing", exclude: ["README.md"], swiftSettings: hot),
         // `remora bench`: the load generator (HTTP/1.1, h2c, gRPC).
         .target(name: "RemoraBench",
-                dependencies: ["RemoraCore", "RemoraIO", "RemoraHTTP",
+                dependencies: ["RemoraCore", "RemoraIO", "RemoraHTTP", "RemoraPolicy",
                                .product(name: "Histogram", package: "hdrhistogram-swift")],
                 swiftSettings: hot),
         .executableTarget(name: "remora", dependencies: ["RemoraProxy", "RemoraConfig", "RemoraCore", "RemoraControl",
@@ -71,13 +71,14 @@ let package = Package(
         .testTarget(name: "RemoraCoreTests", dependencies: ["RemoraCore"]),
         .testTarget(name: "RemoraConfigTests", dependencies: ["RemoraConfig", "RemoraCore"]),
         .testTarget(name: "RemoraHTTPTests", dependencies: ["RemoraHTTP", "RemoraCore"]),
-        .testTarget(name: "RemoraRoutingTests", dependencies: ["RemoraRouting", "RemoraCore"]),
+        .testTarget(name: "RemoraRoutingTests", dependencies: ["RemoraRouting", "RemoraCore", "RemoraPolicy"]),
+        .testTarget(name: "RemoraPolicyTests", dependencies: ["RemoraPolicy"]),
         .testTarget(name: "RemoraIOTests", dependencies: ["RemoraIO", "RemoraCore"]),
         .testTarget(name: "RemoraBenchTests", dependencies: ["RemoraBench", "RemoraCore", "RemoraHTTP",
                                                               .product(name: "Histogram", package: "hdrhistogram-swift")]),
         .testTarget(name: "RemoraControlTests", dependencies: ["RemoraControl", "RemoraConfig", "RemoraCore"]),
         .testTarget(name: "RemoraAdminTests", dependencies: ["RemoraAdmin", "RemoraCore"]),
-        .testTarget(name: "RemoraProxyTests", dependencies: ["RemoraProxy", "RemoraAdmin", "RemoraCore", "RemoraConfig", "RemoraIO"]),
+        .testTarget(name: "RemoraProxyTests", dependencies: ["RemoraProxy", "RemoraAdmin", "RemoraCore", "RemoraConfig", "RemoraIO", "RemoraPolicy"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -2,6 +2,7 @@ import Glibc
 import Histogram
 import RemoraCore
 import RemoraIO
+import RemoraPolicy
 
 /// One thread of a run: its own loop, its own connections, its own histograms. Drives the load
 /// shape — closed loop (each connection sends again as soon as a response frees a slot) or open
@@ -42,8 +43,9 @@ public final class BenchWorker {
     var stopping = false
     var aborted = false
     var finished = false
-    /// Delay before the next reconnect after failed connects, ms (0 = none failed).
-    var backoffMs: UInt64 = 0
+    /// Delays before reconnects after failed connects: 1 ms doubling to 1 s, full jitter.
+    var backoff = Backoff(base: 1, cap: 1000)
+    var rng = FastRandom(seed: monotonicNanos())
     var reconnectPending = false
     var progressTicks = 0
     /// Open loop: the next send is too close for a timer; the loop polls instead (`iteration`).
@@ -145,7 +147,7 @@ public final class BenchWorker {
     /// A connection is up: fill its slots.
     public func connectionUp(_ c: any BenchConnection, now: UInt64) {
         connecting -= 1
-        backoffMs = 0
+        backoff.reset()
         failingSince = 0
         result.counters.connectionsOpened += 1
         if stopping { c.closeWhenIdle(); return }
@@ -170,10 +172,10 @@ public final class BenchWorker {
         if closedByServer { result.counters.connectionsClosedByServer += 1 }
         if stopping || aborted { maybeFinish(); return }
         if connectFailed {
-            backoffMs = backoffMs == 0 ? 1 : min(backoffMs * 2, 1000)
+            let delay = backoff.next(random: &rng)
             if !reconnectPending {
                 reconnectPending = true
-                reconnectTimer?.start(after: backoffMs, reconnectHandler!)
+                reconnectTimer?.start(after: delay, reconnectHandler!)
             }
         } else if !reconnectPending {
             replenish()

@@ -446,7 +446,7 @@ private final class Schema {
 
     func cluster(_ n: Node, _ p: String) -> ClusterConfig? {
         guard var m = d.mapping(n, p, keys: ["name", "protocol", "endpoints", "connect_timeout", "max_idle_per_endpoint",
-                                             "http2", "max_connects_per_second"])
+                                             "http2", "max_connects_per_second", "idle_timeout"])
         else { return nil }
         let name = m.required("name") { self.name($0, $1, "cluster", &clusterNames) }
         let proto: ClusterProtocol? = m.optional("protocol", d.oneOf)
@@ -456,12 +456,14 @@ private final class Schema {
         let connectTimeout = m.optional("connect_timeout") { d.duration($0, $1, positive: true) }
         let maxIdle = m.optional("max_idle_per_endpoint") { d.int($0, $1, in: 0...100_000) }
         let connectRate = m.optional("max_connects_per_second") { d.int($0, $1, in: 0...1_000_000) }
+        let idleTimeout = m.optional("idle_timeout") { d.duration($0, $1, positive: true) }
         if proto != .http2 { m.forbid(["http2"], "only allowed on a cluster with protocol: http2") }
         let http2 = m.optional("http2", http2Settings)
         guard let name, let endpoints else { return nil }
         return ClusterConfig(name: name, protocol: proto ?? .http1, endpoints: endpoints,
-                             connectTimeout: connectTimeout ?? 5_000, maxIdlePerEndpoint: maxIdle ?? 128,
-                             http2: http2 ?? HTTP2Settings(), maxConnectsPerSecond: connectRate ?? 1000)
+                             connectTimeout: connectTimeout ?? 5_000, maxIdlePerEndpoint: maxIdle,
+                             http2: http2 ?? HTTP2Settings(), maxConnectsPerSecond: connectRate ?? 1000,
+                             idleTimeout: idleTimeout ?? 60_000)
     }
 
     /// `http2: { max_concurrent_streams, initial_stream_window, connection_window, max_header_list_size }`.

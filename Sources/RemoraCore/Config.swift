@@ -386,8 +386,13 @@ public struct ClusterConfig: Sendable, Equatable {
     public var endpoints: [HostPort]
     /// Time allowed for a TCP connect to an endpoint. Default 5 s.
     public var connectTimeout: Millis
-    /// Idle keep-alive connections kept per endpoint per worker. Default 128, range 0 ... 100_000.
-    public var maxIdlePerEndpoint: Int
+    /// A hard cap on idle HTTP/1.1 keep-alive connections per endpoint per worker, range 0 ... 100_000.
+    /// Default nil: no cap but demand (the pool keeps what the recent peak of concurrent requests
+    /// needed; `idleTimeout` closes the rest).
+    public var maxIdlePerEndpoint: Int?
+    /// An upstream connection that carries no request for this long closes (HTTP/1.1 idle in the
+    /// pool; HTTP/2 with no stream open). Default 60 s; more than 0.
+    public var idleTimeout: Millis
     /// `protocol: http2` only: what this proxy advertises to the upstream. The peer's own
     /// SETTINGS_MAX_CONCURRENT_STREAMS decides how many streams share one connection.
     public var http2: HTTP2Settings
@@ -397,11 +402,11 @@ public struct ClusterConfig: Sendable, Equatable {
     public var maxConnectsPerSecond: Int
 
     public init(name: String, protocol: ClusterProtocol = .http1, endpoints: [HostPort],
-                connectTimeout: Millis = 5_000, maxIdlePerEndpoint: Int = 128, http2: HTTP2Settings = HTTP2Settings(),
-                maxConnectsPerSecond: Int = 1000) {
+                connectTimeout: Millis = 5_000, maxIdlePerEndpoint: Int? = nil, http2: HTTP2Settings = HTTP2Settings(),
+                maxConnectsPerSecond: Int = 1000, idleTimeout: Millis = 60_000) {
         self.name = name; self.protocol = `protocol`; self.endpoints = endpoints; self.http2 = http2
         self.connectTimeout = connectTimeout; self.maxIdlePerEndpoint = maxIdlePerEndpoint
-        self.maxConnectsPerSecond = maxConnectsPerSecond
+        self.maxConnectsPerSecond = maxConnectsPerSecond; self.idleTimeout = idleTimeout
     }
 }
 

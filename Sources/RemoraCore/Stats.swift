@@ -39,6 +39,8 @@ public enum ClusterStat: Int, StatGroup {
     case upstream_cx_connect_rate_limited
     /// Requests cancelled before any byte of them left: the connection went back to the pool.
     case upstream_rq_cancelled_unsent
+    /// Connections closed after carrying no request for the cluster's `idle_timeout`.
+    case upstream_cx_idle_timeout
 }
 
 /// Per backend of a route, so an operator sees the real split:

@@ -1,6 +1,7 @@
 /// How one upstream attempt ended: what the outcome hook reports, exactly once per attempt, to the
-/// attempt's endpoint and cluster (`ClusterRuntime.attemptEnded`). Outlier detection, circuit
-/// breakers, retry budgets, latency-aware balancing and per-endpoint stats read it there.
+/// attempt's endpoint and cluster (`Cluster.attemptEnded`, passed on to `Endpoint.attemptEnded`).
+/// Outlier detection, circuit breakers, retry budgets, latency-aware balancing and per-endpoint
+/// stats read it there.
 public struct AttemptOutcome: Sendable, Equatable {
     public enum Kind: UInt8, Sendable {
         /// The TCP connect failed or timed out (or was refused by the connect rate limit).

@@ -3,6 +3,7 @@ import RemoraConfig
 import RemoraCore
 import RemoraHTTP
 import RemoraIO
+import RemoraPolicy
 
 /// The proxy side of the control plane (docs/control-plane.md): long-polls the control server for
 /// its group's configuration, installs each new version through `Server.apply` (validate, compile,
@@ -27,8 +28,9 @@ final class Subscriber: TCPConnectionDelegate, HTTP1ParserDelegate {
     var lastContact: UInt64 = 0
     var connected = false
     var updates = 0, rejected = 0, failures = 0
-    var backoff: UInt64 = 0
-    var rng = UInt64(UInt32(bitPattern: getpid())) &* 0x9E37_79B9_7F4A_7C15
+    /// Reconnect delays after failures: 100 ms doubling to 10 s, full jitter (RemoraPolicy).
+    var backoff = Backoff(base: 100, cap: 10_000)
+    var rng = FastRandom(seed: UInt64(UInt32(bitPattern: getpid())) &* 0x9E37_79B9_7F4A_7C15)
     let timer: LoopTimer
     var conn: TCPConnection?
     var parser: HTTP1Parser?
@@ -146,7 +148,7 @@ final class Subscriber: TCPConnectionDelegate, HTTP1ParserDelegate {
             }
         }
         connected = true
-        backoff = 0
+        backoff.reset()
         // Continue from the loop, not from inside this connection's parser callbacks.
         timer.start(after: 0) { [unowned self] in self.next() }
     }
@@ -173,14 +175,13 @@ final class Subscriber: TCPConnectionDelegate, HTTP1ParserDelegate {
         if seen < v { seen = v }   // a refused version is not fetched again; the next one is
     }
 
-    /// Capped exponential backoff with full jitter: 100 ms doubling to 10 s.
+    /// Tries again after the backoff's next delay (capped exponential, full jitter: 0 ... 100 ms,
+    /// 0 ... 200 ms, … up to 0 ... 10 s).
     func retryLater() {
         guard !stopped else { return }
         failures += 1
         connected = false
-        backoff = backoff == 0 ? 100 : min(backoff * 2, 10_000)
-        rng = rng &* 6364136223846793005 &+ 1442695040888963407
-        let delay = backoff / 2 + (rng >> 33) % (backoff / 2 + 1)
+        let delay = backoff.next(random: &rng)
         timer.start(after: delay) { [unowned self] in self.next() }
     }
 
@@ -188,7 +189,7 @@ final class Subscriber: TCPConnectionDelegate, HTTP1ParserDelegate {
 
     func connectionConnected(_ c: TCPConnection, _ status: Int32) {
         if status != 0 { finished(); return }
-        if reports.isEmpty && backoff == 0 { connected = true; lastContact = loop.now }
+        if reports.isEmpty && !backoff.isBackingOff { connected = true; lastContact = loop.now }
     }
 
     func connectionRead(_ c: TCPConnection, _ data: UnsafeRawBufferPointer) {

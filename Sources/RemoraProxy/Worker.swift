@@ -2,6 +2,7 @@ import Glibc
 import RemoraCore
 import RemoraHTTP
 import RemoraIO
+import RemoraPolicy
 import RemoraRouting
 
 /// Messages the main thread posts to a worker.
@@ -35,9 +36,9 @@ final class Worker {
     /// Listeners by name: stable across snapshots (sessions hold them).
     var slots: [String: ListenerSlot] = [:]
     /// Clusters of the current snapshot by name (kept across snapshots while their config holds).
-    var clusterByName: [String: ClusterRuntime] = [:]
+    var clusterByName: [String: Cluster] = [:]
     /// Clusters a snapshot dropped or changed: idle connections closed, in-flight requests finish.
-    var retired: [ClusterRuntime] = []
+    var retired: [Cluster] = []
     var mailbox: Mailbox<WorkerMessage>!
     var rng: FastRandom
     /// Scratch space for assembling heads and frames before a write (used synchronously only).
@@ -96,15 +97,15 @@ final class Worker {
     @discardableResult
     func install(_ snap: Snapshot, _ st: WorkerStats, fds: [String: Int32]) -> String? {
         var error: String?
-        var clusters: [ClusterRuntime] = []
-        var byName: [String: ClusterRuntime] = [:]
+        var clusters: [Cluster] = []
+        var byName: [String: Cluster] = [:]
         for (i, c) in snap.config.clusters.enumerated() {
             let eps = snap.endpoints[i]
             if let old = clusterByName[c.name], old.config == c,
-               old.endpoints.map(\.description) == eps.map(\.description) {
+               old.endpoints.map(\.address.description) == eps.map(\.description) {
                 clusters.append(old)
             } else {
-                clusters.append(ClusterRuntime(worker: self, index: i, config: c, endpoints: eps, stats: st.clusters[i]))
+                clusters.append(Cluster(worker: self, index: i, config: c, endpoints: eps, stats: st.clusters[i]))
             }
             byName[c.name] = clusters[i]
         }
@@ -293,8 +294,8 @@ final class ListenerRuntime {
     unowned(unsafe) let worker: Worker
     let config: ListenerConfig
     let routes: RouteTable
-    let clusters: [ClusterRuntime]
-    let tcpCluster: ClusterRuntime?
+    let clusters: [Cluster]
+    let tcpCluster: Cluster?
     let stats: StatBlock<ListenerStat>
     /// Per backend slot of `routes`.
     let backendStats: [StatBlock<RouteBackendStat>]
@@ -303,7 +304,7 @@ final class ListenerRuntime {
     /// The listener's HTTP filters, in order (`Filters/HTTPFilter.swift`); the router runs after them.
     let filters: [any HTTPFilter] = []
 
-    init(worker: Worker, config: ListenerConfig, routes: RouteTable, clusters: [ClusterRuntime], tcpCluster: ClusterRuntime?,
+    init(worker: Worker, config: ListenerConfig, routes: RouteTable, clusters: [Cluster], tcpCluster: Cluster?,
          stats: StatBlock<ListenerStat>, backendStats: [StatBlock<RouteBackendStat>]) {
         self.worker = worker; self.config = config; self.routes = routes; self.clusters = clusters
         self.tcpCluster = tcpCluster; self.stats = stats; self.backendStats = backendStats

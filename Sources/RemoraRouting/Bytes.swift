@@ -142,15 +142,3 @@ enum Bytes {
     @inline(__always)
     static func scale(_ x: UInt64, _ n: UInt64) -> UInt64 { x.multipliedFullWidth(by: n).high }
 }
-
-/// A small fast PRNG (wyrand), one per worker; never shared across threads.
-public struct FastRandom {
-    /// Advances by a fixed odd constant per draw; any seed is fine.
-    var state: UInt64
-    public init(seed: UInt64) { state = seed }
-    @inline(__always)
-    public mutating func next() -> UInt64 {
-        state &+= 0xA076_1D64_78BD_642F
-        return Bytes.mix(state, state ^ 0xE703_7ED1_A0B4_28DB)
-    }
-}

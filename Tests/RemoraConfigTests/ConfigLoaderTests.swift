@@ -126,8 +126,9 @@ extension ListenerConfig {
                         action: .forward(ForwardAction(backends: [WeightedBackend(cluster: "app", weight: 1)], timeout: 15_000)))])])
         #expect(raw == ListenerConfig(name: "raw", address: HostPort(host: "::", port: 9000), protocol: .tcp,
                                       idleTimeout: 60_000, virtualHosts: [], cluster: "app"))
+        // Issue 17: the idle pool follows demand (no cap unless configured) and closes after 60 s idle.
         #expect(c.clusters == [ClusterConfig(name: "app", protocol: .http1, endpoints: [hp("app.internal:8080")],
-                                             connectTimeout: 5_000, maxIdlePerEndpoint: 128)])
+                                             connectTimeout: 5_000, maxIdlePerEndpoint: nil, idleTimeout: 60_000)])
     }
 
     @Test func acceptedEdgeCases() throws {
@@ -696,5 +697,23 @@ extension ListenerConfig {
         #expect(e.map(\.path) == ["overload.refuse_connections_above"])
         let f = errors(yaml("    per_connection_buffer_limit: 1KiB", rate))
         #expect(f.map(\.path) == ["listeners[0].per_connection_buffer_limit"])
+    }
+
+    @Test func clusterIdleTimeoutAndIdleCap() throws {
+        func yaml(_ extra: String) -> String {
+            """
+            listeners: [ { name: raw, address: 127.0.0.1:0, protocol: tcp, cluster: app } ]
+            clusters:
+              - name: app
+                endpoints: [ 127.0.0.1:9000 ]
+            \(extra)
+            """
+        }
+        let c = try #require(config(yaml("    idle_timeout: 250ms\n    max_idle_per_endpoint: 16")))
+        #expect(c.clusters[0].idleTimeout == 250 && c.clusters[0].maxIdlePerEndpoint == 16)
+        let d = try #require(config(yaml("")))
+        #expect(d.clusters[0].idleTimeout == 60_000 && d.clusters[0].maxIdlePerEndpoint == nil)
+        #expect(errors(yaml("    idle_timeout: 0")).map(\.path) == ["clusters[0].idle_timeout"])
+        #expect(errors(yaml("    idle_timeout: soon")).map(\.path) == ["clusters[0].idle_timeout"])
     }
 }

@@ -1,4 +1,5 @@
 import RemoraCore
+import RemoraPolicy
 import Testing
 @testable import RemoraRouting
 

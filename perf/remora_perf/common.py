@@ -17,7 +17,7 @@ PEERS = [p for p in ALL_PROXIES if p != "remora"]
 BEST_OF = ["haproxy", "nginx", "nghttpx"]
 TITLES = {"remora": "Remora", "haproxy": "HAProxy", "nginx": "nginx", "nghttpx": "nghttpx", "envoy": "Envoy"}
 # the order they run in; perf/run.sh runs all of them unless --scenarios says otherwise
-ALL_SCENARIOS = ["h1", "post", "h2c", "grpc", "large", "churn", "latency", "tcp", "rss"]
+ALL_SCENARIOS = ["h1", "post", "h2c", "grpc", "h2c-h1", "large", "churn", "latency", "tcp", "rss"]
 # proxies that can take part in a scenario (nghttpx has no plain TCP mode)
 SUPPORTS = {"tcp": ["remora", "haproxy", "nginx", "envoy"]}
 POST_BYTES = 16 * 1024          # scenario post: request body size
@@ -31,6 +31,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 HOST = "127.0.0.1"
 NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 SC_TITLES = {"h1": "h1 keep-alive", "post": "h1 16 KiB POST", "h2c": "h2c multiplexed", "grpc": "gRPC unary",
+             "h2c-h1": "h2c → HTTP/1.1",
              "large": "1 MiB responses", "churn": "connection churn", "latency": "latency @ fixed rate",
              "tcp": "TCP bulk", "rss": "memory"}
 

@@ -162,7 +162,7 @@ class Bench(HTTPScenarios, TCPScenario, MemoryScenario, CallgrindScenario, Repor
             for sc in a.scenarios:
                 log("=== scenario %s ===" % sc)
                 try:
-                    getattr(self, "scenario_" + sc)()
+                    getattr(self, "scenario_" + sc.replace("-", "_"))()
                 except (KeyboardInterrupt, Interrupted):
                     raise
                 except Exception as e:  # noqa: BLE001 - keep going with the other scenarios

@@ -29,12 +29,15 @@ class Proxy:
         self.error = None
         self.instance = 0
         self.h2 = False
+        self.front_h2 = False
 
     # backend_port: an HTTP listener forwarding to it; sink_port: a TCP listener forwarding to it;
-    # h2: the HTTP listener takes h2c (prior knowledge) and the upstream is h2c; valgrind: run under callgrind
-    def start(self, backend_port=None, sink_port=None, valgrind=None, tag="", h2=False):
+    # h2: the HTTP listener takes h2c (prior knowledge) and the upstream is h2c; front_h2: the listener takes h2c,
+    # the upstream is HTTP/1.1 (only nginx needs telling; the others detect the h2c preface); valgrind: run under callgrind
+    def start(self, backend_port=None, sink_port=None, valgrind=None, tag="", h2=False, front_h2=False):
         self.instance += 1
         self.h2 = h2
+        self.front_h2 = front_h2 or h2
         self.dir = self.r.outdir / ("%s-%s%d" % (self.name, tag, self.instance))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.http_port = free_port() if backend_port else None
@@ -240,7 +243,9 @@ events {{ worker_connections {max(1024, self.nofile - 100)}; }}
                 # responses in memory (the defaults, 8k and 1024m, write them to temp files on disk)
                 buffers = (f"    proxy_temp_path {self.dir}/tmp;\n    client_body_buffer_size 64k;\n"
                            "    proxy_max_temp_file_size 0;\n")
-                pool, http2 = 128, ""
+                # h2c clients toward an HTTP/1.1 upstream (h2c-h1): 512 concurrent requests want as many
+                # upstream connections, so the keep-alive pool is sized for them
+                pool, http2 = (1024, " http2") if self.front_h2 else (128, "")
                 location = 'proxy_pass http://app;\n            proxy_http_version 1.1;\n            proxy_set_header Connection "";'
             text += f"""
 http {{

@@ -140,6 +140,8 @@ class Report:
         ("h2c", "cpu_us_per_req", "CPU per request", "µs", False, "%.2f"),
         ("grpc", "rps", "calls/s", "", True, "%.0f"),
         ("grpc", "cpu_us_per_req", "CPU per call", "µs", False, "%.2f"),
+        ("h2c-h1", "rps", "req/s", "", True, "%.0f"),
+        ("h2c-h1", "cpu_us_per_req", "CPU per request", "µs", False, "%.2f"),
         ("large", "gbps", "Gbit/s", "", True, "%.2f"),
         ("large", "cpu_s_per_gb", "CPU per GB", "s", False, "%.3f"),
         ("churn", "rps", "connections/s", "", True, "%.0f"),
@@ -241,8 +243,10 @@ class Report:
             L.append("Memory is RSS summed over the process tree (nginx and nghttpx: master + worker, so pages they share are "
                      "counted twice; Envoy: one process, all its threads); PSS, which splits shared pages (including shared libraries used by other processes — "
                      "Remora is statically linked), is in the memory section.")
-        h2 = [r for r in rows if r["scenario"] == "h2c"]
-        if h2:
+        for sc, issue in (("h2c", "Issue 3"), ("h2c-h1", "Issue 17")):
+            h2 = [r for r in rows if r["scenario"] == sc]
+            if not h2:
+                continue
             cells = []
             for r in h2:
                 rt = r["ratios"].get("nghttpx")
@@ -251,7 +255,7 @@ class Report:
                 cells.append("%s Remora/nghttpx = %s (target %s: %s)" % (
                     r["metric"], f(rt, "%.2f"), target, "met" if met else "**not met**" if rt is not None else "no data"))
             L.append("")
-            L.append("Issue 3 target, h2c vs nghttpx: " + "; ".join(cells) + ".")
+            L.append("%s target, %s vs nghttpx: " % (issue, sc) + "; ".join(cells) + ".")
         L.append("")
         return L
 
@@ -338,6 +342,12 @@ class Report:
                    "http2`). nginx has no HTTP/2 upstream for `proxy_pass`, so it uses `grpc_pass` (one stream per upstream "
                    "connection, keep-alive pool of 1024). nghttpx: CPU of all its processes (master + worker). Envoy: "
                    "`http2_protocol_options` toward the backend; CPU of all its threads (main, one worker, helpers).",
+            "h2c-h1": "h2load speaks h2c (prior knowledge) to each proxy (16 connections × 32 streams: 512 concurrent "
+                      "requests); every proxy speaks HTTP/1.1 with keep-alive to the backend nginx, so it needs about 512 "
+                      "upstream connections and must keep them between requests (`tcp_active_opens` in the JSON counts "
+                      "the connects made during a run). Remora runs with its defaults (idle pool by demand, 60 s idle "
+                      "timeout); nginx with `listen ... http2` and a keep-alive pool of 1024; nghttpx and Envoy with "
+                      "their defaults.",
             "grpc": "POST %s with a %d-byte gRPC frame, `content-type: application/grpc`, `te: trailers`; the backend answers 200, "
                     "one %d-byte gRPC frame and the trailer `grpc-status: 0`. h2load counts HTTP status only; the gRPC check "
                     "below (one call per proxy before the timed runs) is what shows that a gRPC client accepts the answer."

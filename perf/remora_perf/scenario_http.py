@@ -1,4 +1,4 @@
-"""HTTP scenarios: h1 (keep-alive), post (16 KiB bodies), h2c, grpc, large (1 MiB responses), churn (a connection per
+"""HTTP scenarios: h1 (keep-alive), post (16 KiB bodies), h2c, grpc, h2c-h1 (h2c client, HTTP/1.1 backend), large (1 MiB responses), churn (a connection per
 request) and latency (fixed rate); with the gRPC client check, the mid-response abort check and the syscall count."""
 import json
 import os
@@ -25,6 +25,7 @@ class HTTPScenarios:
         "post": ("wrk", False, "HTTP/1.1 keep-alive, 16 KiB POST bodies"),
         "h2c": ("h2load", True, "h2c multiplexed, small responses, h2c backend"),
         "grpc": ("h2load", True, "gRPC unary over h2c, h2c backend"),
+        "h2c-h1": ("h2load", False, "h2c multiplexed client, HTTP/1.1 backend (512 concurrent requests on upstream connections)"),
         "large": ("h2load", False, "HTTP/1.1 keep-alive, 1 MiB responses"),
         "churn": ("wrk", False, "HTTP/1.1, a new connection per request (`Connection: close`)"),
         "latency": ("h2load", False, "HTTP/1.1 latency at a fixed moderate rate"),
@@ -50,7 +51,7 @@ class HTTPScenarios:
             return ["wrk", "-t1", "-c%d" % a.churn_connections, "-d%ds" % seconds, "--latency",
                     "-H", "Connection: close", url], parse_wrk
         bound = ["-n%d" % count] if count is not None else ["-D", str(seconds)]   # h2c, grpc: requests or seconds
-        if sc == "h2c":
+        if sc in ("h2c", "h2c-h1"):
             return ["h2load", "-t1", "-c%d" % a.h2_clients, "-m%d" % a.h2_streams] + bound + [url], parse_h2load
         if sc == "grpc":
             return ["h2load", "-t1", "-c%d" % a.h2_clients, "-m%d" % a.h2_streams] + bound + [
@@ -75,6 +76,9 @@ class HTTPScenarios:
 
     def scenario_grpc(self):
         self.http_scenario("grpc")
+
+    def scenario_h2c_h1(self):
+        self.http_scenario("h2c-h1")
 
     def scenario_large(self):
         self.http_scenario("large")
@@ -116,7 +120,7 @@ class HTTPScenarios:
         self.results["scenarios"][sc] = res  # early, so an interrupted run still reports what it has
         for name in self.proxies_for(sc):
             p = self.make_proxy(name)
-            if p.start(backend_port=bport, tag=sc + "-", h2=h2):
+            if p.start(backend_port=bport, tag=sc + "-", h2=h2, front_h2=sc == "h2c-h1"):
                 proxies[name] = p
             else:
                 res["failed"][name] = p.error
@@ -140,7 +144,7 @@ class HTTPScenarios:
                         msg = "%s died before round %d (%s): %s" % (name, rnd + 1, exit_desc(p.proc), p.diagnostics())
                         self.err("%s: %s" % (sc, msg))
                         res["failed"].setdefault(name, msg)
-                        if not p.start(backend_port=bport, tag=sc + "-", h2=h2):
+                        if not p.start(backend_port=bport, tag=sc + "-", h2=h2, front_h2=sc == "h2c-h1"):
                             continue
                     port = p.http_port
                 run = self.retry_noisy(res, lambda: self.load_run(sc, name, port, proxies.get(name), rnd))

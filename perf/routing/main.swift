@@ -5,6 +5,7 @@
 import Glibc
 #endif
 import RemoraCore
+import RemoraPolicy
 import RemoraRouting
 
 let iterations = CommandLine.arguments.count > 1 ? Int(CommandLine.arguments[1]) ?? 1_000_000 : 1_000_000

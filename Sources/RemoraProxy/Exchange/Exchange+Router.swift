@@ -134,7 +134,7 @@ extension Exchange {
     /// Sends a copy of this request to `cluster` (route mirroring). Its response is discarded; it
     /// gets body bytes only while its upstream keeps up, and is dropped the moment it would have
     /// to wait, so it never slows this request.
-    func startShadow(cluster cl: ClusterRuntime, _ l: ListenerRuntime, _ r: RequestStart, _ view: RequestView,
+    func startShadow(cluster cl: Cluster, _ l: ListenerRuntime, _ r: RequestStart, _ view: RequestView,
                      clientIP: UnsafeRawBufferPointer) {
         let sh = worker.takeExchange()
         sh.primary = self

@@ -8,7 +8,7 @@ extension Exchange {
     /// Takes `cl` as the request's cluster and stores the request as its upstream gets it (kept
     /// for retries), by the request-head policy written once in RemoraHTTP (`RequestHead`).
     /// `view` is the request as routed (target rewritten, the route's header changes applied).
-    func prepareUpstream(_ cl: ClusterRuntime, _ r: RequestStart, _ view: RequestView, clientIP: UnsafeRawBufferPointer,
+    func prepareUpstream(_ cl: Cluster, _ r: RequestStart, _ view: RequestView, clientIP: UnsafeRawBufferPointer,
                          scheme: StaticString, dropExpect: Bool) {
         cluster = cl
         upstreamIsHTTP2 = cl.config.protocol != .http1
@@ -88,9 +88,8 @@ extension Exchange {
     /// complete responses alike.
     @inline(__always)
     func endAttempt(_ kind: AttemptOutcome.Kind) {
-        guard attemptEndpoint >= 0, let cl = cluster else { return }
-        let endpoint = attemptEndpoint
-        attemptEndpoint = -1
+        guard let endpoint = attemptEndpoint, let cl = cluster else { return }
+        attemptEndpoint = nil
         cl.attemptEnded(endpoint: endpoint, AttemptOutcome(kind: kind, status: attemptStatus, grpcStatus: attemptGRPCStatus,
                                                             latency: timer.now &- attemptStart))
     }

@@ -28,7 +28,7 @@ final class Exchange: DeadlineTimerDelegate {
     var listener: ListenerRuntime!
     /// The listener's stats (a shadow request counts in the worker's unlisted shadow block).
     var stats: StatBlock<ListenerStat>!
-    unowned(unsafe) var cluster: ClusterRuntime? { didSet { clusterStats = cluster?.stats } }
+    unowned(unsafe) var cluster: Cluster? { didSet { clusterStats = cluster?.stats } }
     /// The cluster's counters (a plain value: counting costs no retain of the cluster).
     var clusterStats: StatBlock<ClusterStat>?
     /// The listener's stream idle timeout, ms (copied at start).
@@ -66,9 +66,9 @@ final class Exchange: DeadlineTimerDelegate {
     var reuseRetries = 0
     var connectRetries = 0
     var refusedRetries = 0
-    /// The attempt under way: its endpoint (-1 = none open), its start (loop ms) and its response
-    /// head's status (0 = none yet). The outcome hook reports it once (`endAttempt`).
-    var attemptEndpoint = -1
+    /// The attempt under way: its endpoint (nil = none open; owned by the cluster), its start (loop
+    /// ms) and its response head's status (0 = none yet). The outcome hook reports it once (`endAttempt`).
+    var attemptEndpoint: Endpoint.Ref?
     var attemptStart: UInt64 = 0
     var attemptStatus = 0
     /// The attempt's grpc-status (trailers-only head or trailers), -1 = none.
@@ -128,7 +128,7 @@ final class Exchange: DeadlineTimerDelegate {
         requestDeadline = 0
         maxRequestBody = 0
         requestBodyBytes = 0
-        attemptEndpoint = -1
+        attemptEndpoint = nil
         runsFilters = false
     }
 

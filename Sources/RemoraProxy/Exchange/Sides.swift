@@ -54,8 +54,8 @@ protocol UpstreamStream: AnyObject {
     func detach(clean: Bool)
     /// Sends what was collected toward the upstream.
     func flushRequest()
-    /// The endpoint (index in its cluster) it goes to.
-    var endpoint: Int { get }
+    /// The endpoint it goes to (read when an attempt starts).
+    var endpoint: Endpoint.Ref { get }
 }
 
 /// Why an upstream request failed.

@@ -6,7 +6,7 @@ import RemoraIO
 final class TCPProxySession: Session, TCPConnectionDelegate {
     unowned(unsafe) let worker: Worker
     let listener: ListenerRuntime
-    let cluster: ClusterRuntime
+    let cluster: Cluster
     let down: TCPConnection
     var up: TCPConnection?
     var downEOF = false
@@ -14,7 +14,7 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
     var closing = false
     var connectAttempts = 0
 
-    init(worker: Worker, listener: ListenerRuntime, cluster: ClusterRuntime, down: TCPConnection) {
+    init(worker: Worker, listener: ListenerRuntime, cluster: Cluster, down: TCPConnection) {
         self.worker = worker
         self.listener = listener
         self.cluster = cluster
@@ -36,7 +36,7 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
         cluster.stats.inc(.upstream_cx_active)
         cluster.openConnections += 1
         up = c
-        if c.connect(to: cluster.endpoints[cluster.nextEndpoint()]) != 0 {
+        if c.connect(to: cluster.pickEndpoint().takeUnretainedValue().address) != 0 {
             cluster.stats.inc(.upstream_cx_connect_fail)
             abort()
             return

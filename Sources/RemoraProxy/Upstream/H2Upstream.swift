@@ -68,7 +68,8 @@ final class H2UpstreamStream: UpstreamStream {
     func responseConsumed(_ n: Int) { connection?.consume(self, n) }
     var wasReused: Bool { onReusedConnection }
     var gotResponseBytes: Bool { gotBytes }
-    var endpoint: Int { connection?.endpoint ?? -1 }
+    /// Valid while the stream serves an exchange (read right after `open`).
+    var endpoint: Endpoint.Ref { connection!.endpoint }
     func flushRequest() {}           // the connection flushes at the end of the iteration
 
     func detach(clean: Bool) {
@@ -94,8 +95,9 @@ final class H2UpstreamStream: UpstreamStream {
 /// connection takes no new stream, finishes the ones the peer accepted, and the ones it never
 /// processed are retried elsewhere by their exchanges.
 final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, Flushable {
-    unowned(unsafe) let cluster: ClusterRuntime
-    let endpoint: Int
+    unowned(unsafe) let cluster: Cluster
+    /// Its endpoint (owned by the cluster, which outlives its connections).
+    let endpoint: Endpoint.Ref
     let conn: TCPConnection
     let h2: HTTP2Session
     /// Open streams (each also reachable by id through nghttp2's stream user data).
@@ -127,7 +129,7 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
     let baseWindow: Int
     let raisedWindow: Int
 
-    init(cluster: ClusterRuntime, endpoint: Int, conn: TCPConnection) {
+    init(cluster: Cluster, endpoint: Endpoint.Ref, conn: TCPConnection) {
         self.cluster = cluster
         pool = cluster.worker.pool
         maxHeaderListSize = cluster.config.http2.maxHeaderListSize
@@ -162,6 +164,7 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
                                     streamData: Unmanaged.passUnretained(s).toOpaque())
         }
         if id < 0 { return false }
+        if all.isEmpty && connected { conn.clearDeadline() }   // the idle timeout
         s.id = id
         s.slot = all.count
         all.append(s)
@@ -305,7 +308,7 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
             return
         }
         connected = true
-        c.clearDeadline()
+        if all.isEmpty { c.setDeadline(after: cluster.config.idleTimeout) } else { c.clearDeadline() }
         schedule()
     }
 
@@ -331,6 +334,11 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
     }
 
     func connectionTimeout(_ c: TCPConnection) {
+        if connected {   // idle for the cluster's idle timeout: no new stream may start here now
+            cluster.stats.inc(.upstream_cx_idle_timeout)
+            drain()
+            return
+        }
         cluster.stats.inc(.upstream_cx_connect_timeout)
         cluster.stats.inc(.upstream_cx_connect_fail)
         failAll(.connectFailed)
@@ -428,8 +436,10 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
             e.upstreamFailed(errorCode == 0x7 ? .refused : .reset(code: errorCode == 0 ? 0x2 : errorCode))
         }
         st.recycle(pool: pool, into: &cluster.freeStreams)
-        if cluster.retired && all.isEmpty { closeNow() }
-        if goingAway && all.isEmpty { schedule() }
+        if all.isEmpty {
+            if cluster.retired { closeNow() }
+            if goingAway { schedule() } else if connected && !closing { conn.setDeadline(after: cluster.config.idleTimeout) }
+        }
     }
 
     func h2GoAway(_ s: HTTP2Session, lastStreamID: Int32, errorCode: UInt32) {

@@ -1,0 +1,97 @@
+import RemoraCore
+import RemoraHTTP
+import RemoraIO
+
+/// The connection pools of a cluster, per endpoint: idle HTTP/1.1 connections and HTTP/2
+/// connections with free streams. An attempt starts here (the endpoint counts it active) and ends
+/// at the outcome hook (`Cluster.attemptEnded`).
+///
+/// Idle HTTP/1.1 connections are kept by demand and age, as Envoy and HAProxy do: a connection
+/// whose exchange ended cleanly goes back on its endpoint's stack (LIFO), and one that stays idle
+/// for the cluster's `idle_timeout` closes (its own deadline). A new connection is opened only when
+/// the stack is empty, that is when every connection to the endpoint is busy, so the pool never
+/// holds more than the peak of concurrent requests to the endpoint within the last idle timeout;
+/// when demand falls, the connections at the bottom of the stack go unused and expire. The optional
+/// `max_idle_per_endpoint` is a hard cap on top.
+extension Cluster {
+    // MARK: HTTP/1.1
+
+    /// A connection carrying `head` for `exchange`: a pooled one (unless `fresh`) or a new one
+    /// (connecting; writes wait for it). nil when no connect could even start.
+    func openHTTP1(for exchange: Exchange, head: UnsafeRawBufferPointer, isHEAD: Bool, fresh: Bool) -> H1Upstream? {
+        let ref = pickEndpoint()
+        return ref._withUnsafeGuaranteedRef { e in
+            if !fresh {
+                while let u = e.idle.popLast() {
+                    u.isIdle = false
+                    if !u.conn.connecting { u.conn.clearDeadline() }   // the idle timeout
+                    stats.inc(.upstream_cx_pool_reuse)
+                    if u.begin(exchange: exchange, head: head, isHEAD: isHEAD) {
+                        e.activeRequests += 1
+                        return u
+                    }
+                    u.conn.close()   // the backend closed it while pooled
+                }
+            }
+            guard let c = connect(e) else { return nil }
+            let u = H1Upstream(cluster: self, endpoint: ref, conn: c)
+            _ = u.begin(exchange: exchange, head: head, isHEAD: isHEAD)
+            e.activeRequests += 1
+            return u
+        }
+    }
+
+    /// Takes back a connection whose exchange finished cleanly, idle until reused or until the
+    /// idle timeout; closes it when the endpoint's hard cap is reached or the worker is draining.
+    func release(_ u: H1Upstream) {
+        u.endpoint._withUnsafeGuaranteedRef { e in
+            if worker.draining || retired || e.idle.count >= maxIdlePerEndpoint {
+                u.conn.close()
+                return
+            }
+            u.isIdle = true
+            // A connecting one keeps its connect timeout (the idle timeout starts once it is connected).
+            if !u.conn.connecting { u.conn.setDeadline(after: config.idleTimeout) }
+            e.idle.append(u)
+        }
+    }
+
+    /// Forgets an idle connection that closed.
+    func removeIdle(_ u: H1Upstream) {
+        guard u.isIdle else { return }
+        u.isIdle = false
+        let e = u.endpoint.takeUnretainedValue()
+        if let i = e.idle.firstIndex(where: { $0 === u }) { e.idle.remove(at: i) }
+    }
+
+    // MARK: HTTP/2
+
+    /// A stream for `exchange` on a connection to the next endpoint that has room (the peer's
+    /// SETTINGS_MAX_CONCURRENT_STREAMS), or on a new connection.
+    /// `retry`: a stream the peer refused goes where the peer's limit is known, or on a new connection.
+    func openHTTP2(for exchange: Exchange, head: HeaderBlock, hasBody: Bool, retry: Bool = false) -> H2UpstreamStream? {
+        let ref = pickEndpoint()
+        return ref._withUnsafeGuaranteedRef { e in
+            var conn = e.h2.first { $0.hasRoom && (!retry || $0.settingsKnown) }
+            if conn == nil {
+                guard let c = connect(e) else { return nil }
+                let n = H2UpstreamConnection(cluster: self, endpoint: ref, conn: c)
+                e.h2.append(n)
+                conn = n
+            }
+            let s = freeStreams.popLast() ?? H2UpstreamStream()
+            if !conn!.open(s, for: exchange, head: head, hasBody: hasBody) {
+                freeStreams.append(s)
+                return nil
+            }
+            stats.inc(.upstream_cx_pool_reuse)
+            e.activeRequests += 1
+            return s
+        }
+    }
+
+    func removeHTTP2(_ c: H2UpstreamConnection) {
+        let e = c.endpoint.takeUnretainedValue()
+        if let i = e.h2.firstIndex(where: { $0 === c }) { e.h2.remove(at: i) }
+    }
+}
