@@ -60,21 +60,24 @@ static inline int remora_sockaddr_ip(const struct sockaddr *sa, char *dst, size_
     return (int)strlen(dst);
 }
 
-/* Every libuv object one TCP connection needs, in one allocation: the socket, its timer, and the
- * requests libuv wants embedded (one write, connect and shutdown at a time). */
+/* The libuv handles one TCP connection always has, in one allocation: the socket and its timer. */
 typedef struct remora_conn_handles {
     uv_tcp_t tcp;
     uv_timer_t timer;
+} remora_conn_handles;
+
+/* The requests libuv wants embedded (one write, connect and shutdown at a time), in a second
+ * allocation made on first need: an accepted connection whose writes all leave through
+ * uv_try_write never makes it (368 bytes an idle keep-alive connection does not hold). */
+typedef struct remora_conn_requests {
     uv_write_t write_req;
     uv_connect_t connect_req;
     uv_shutdown_t shutdown_req;
-} remora_conn_handles;
+} remora_conn_requests;
 
-static inline uv_tcp_t *remora_ch_tcp(remora_conn_handles *h) { return &h->tcp; }
-static inline uv_timer_t *remora_ch_timer(remora_conn_handles *h) { return &h->timer; }
-static inline uv_write_t *remora_ch_write(remora_conn_handles *h) { return &h->write_req; }
-static inline uv_connect_t *remora_ch_connect(remora_conn_handles *h) { return &h->connect_req; }
-static inline uv_shutdown_t *remora_ch_shutdown(remora_conn_handles *h) { return &h->shutdown_req; }
+static inline uv_write_t *remora_cr_write(remora_conn_requests *r) { return &r->write_req; }
+static inline uv_connect_t *remora_cr_connect(remora_conn_requests *r) { return &r->connect_req; }
+static inline uv_shutdown_t *remora_cr_shutdown(remora_conn_requests *r) { return &r->shutdown_req; }
 
 static inline void remora_ignore_sigpipe(void) { signal(SIGPIPE, SIG_IGN); }
 

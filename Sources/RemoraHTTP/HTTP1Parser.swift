@@ -51,8 +51,22 @@ public final class HTTP1Parser {
             delegateType = newValue.map { type(of: $0) }
         }
     }
-    var delegateObject: UnsafeMutableRawPointer?
-    var delegateType: (any HTTP1ParserDelegate.Type)?
+    @usableFromInline var delegateObject: UnsafeMutableRawPointer?
+    @usableFromInline var delegateType: (any HTTP1ParserDelegate.Type)?
+
+    /// Sets the delegate (not retained) for a known type: no existential built at run time.
+    @inlinable @inline(__always)
+    public func attach<D: HTTP1ParserDelegate>(_ d: D) {
+        delegateObject = Unmanaged.passUnretained(d).toOpaque()
+        delegateType = D.self
+    }
+
+    /// Clears the delegate.
+    @inlinable @inline(__always)
+    public func detach() { delegateObject = nil }
+
+    /// The next parser in an owner's free list (+1 held by the list; `ParserFreeList`).
+    @usableFromInline var nextFree: Unmanaged<HTTP1Parser>?
 
     @inline(__always)
     func withDelegate<R>(_ none: R, _ body: (any HTTP1ParserDelegate) -> R) -> R {
@@ -430,6 +444,43 @@ public final class HTTP1Parser {
         inBody = false
         withDelegate(()) { $0.parserMessageComplete(self) }
         return pauseAfterMessage ? Int32(HPE_PAUSED.rawValue) : 0
+    }
+}
+
+/// Parsers between messages, for reuse by any connection of one owner (a worker): an intrusive
+/// list of +1 references, so taking and giving back cost no reference counting. A parser given
+/// back must be between two messages (a keep-alive request complete and resumed) or new.
+public struct ParserFreeList {
+    @usableFromInline var head: Unmanaged<HTTP1Parser>?
+    /// Parsers in the list.
+    public var count: Int { kept }
+    @usableFromInline var kept = 0
+    /// More given back are freed.
+    public let maxKept: Int
+
+    public init(maxKept: Int) { self.maxKept = maxKept }
+
+    /// A kept parser (+1, owned by the caller), or nil.
+    @inlinable @inline(__always)
+    public mutating func take() -> Unmanaged<HTTP1Parser>? {
+        guard let p = head else { return nil }
+        head = p._withUnsafeGuaranteedRef { $0.nextFree }
+        kept &-= 1
+        return p
+    }
+
+    /// Keeps `p` (+1, given up by the caller), or frees it when `maxKept` are kept.
+    @inlinable @inline(__always)
+    public mutating func give(_ p: Unmanaged<HTTP1Parser>) {
+        if kept >= maxKept { p.release(); return }
+        p._withUnsafeGuaranteedRef { $0.nextFree = head }
+        head = p
+        kept &+= 1
+    }
+
+    /// Frees every kept parser.
+    public mutating func removeAll() {
+        while let p = take() { p.release() }
     }
 }
 

@@ -116,6 +116,13 @@ public final class HTTP2Session {
         scratch.release()
     }
 
+    /// Frees Remora's own buffers of an idle session (the name scratch, the trailers list);
+    /// nghttp2's state stays. They grow again on the next use.
+    public func releaseIdleMemory() {
+        scratch.release()
+        trailersDue = []
+    }
+
     // MARK: reading and writing
 
     /// Processes bytes from the peer. False: the connection must be closed; a GOAWAY saying why is

@@ -28,8 +28,11 @@ extension TCPConnectionDelegate {
     public func connectionClosed(_ c: TCPConnection) {}
 }
 
-/// A TCP socket with its timer, its write queue and its embedded libuv requests, all in one
-/// allocation made when the connection is created; nothing is allocated per read or write.
+/// A TCP socket with its timer, its write queue and its embedded libuv requests; nothing is
+/// allocated per read or write. The socket and timer are one allocation made with the connection;
+/// the requests (write, connect, shutdown) a second one made on first need and kept until the
+/// connection is freed, so an accepted connection whose writes all leave through `uv_try_write`
+/// never makes it. What an idle connection holds: `idleMemory` in docs/architecture.md.
 ///
 /// Writes go out with `uv_try_write` first; whatever the kernel does not take is copied into the
 /// queue and written with one `uv_write` at a time (two buffers: the one libuv is writing and the
@@ -39,16 +42,42 @@ extension TCPConnectionDelegate {
 /// Lifetime: the libuv handles hold a +1 reference on the connection until their close callbacks
 /// ran; `owner` keeps the delegate alive until then as well, and is cleared after
 /// `connectionClosed`, which breaks the owner <-> connection cycle.
+/// The byte layer of a connection, between its TCP socket and its delegate (Envoy's transport
+/// socket): the seam where TLS (RemoraTLS) goes. A connection without one (`transportSocket` nil,
+/// every connection today) is raw TCP: bytes pass unchanged, at the cost of one nil check per read
+/// and per write. A layer turns wire bytes into application bytes (handing them on with
+/// `TCPConnection.deliver`) and application bytes into wire bytes (`TCPConnection.writeWire`), may
+/// hold `connectionConnected` back until its handshake is done (`deliverConnected`), and writes
+/// what must precede FIN (TLS close_notify) in `shutdown`. Sessions and upstreams hold the same
+/// `TCPConnection` and call the same methods either way: they never see the layer.
+public protocol TransportSocket: AnyObject {
+    /// The TCP connect completed with `status` (0: connected; the layer may start a handshake).
+    func connected(_ c: TCPConnection, status: Int32)
+    /// Wire bytes arrived.
+    func received(_ c: TCPConnection, _ wire: UnsafeRawBufferPointer)
+    /// Application bytes to send, after everything sent before. False when nothing can be sent.
+    func send(_ c: TCPConnection, _ data: UnsafeRawBufferPointer) -> Bool
+    /// The application will write nothing more: the last wire bytes before FIN.
+    func shutdown(_ c: TCPConnection)
+}
+
 public final class TCPConnection {
     let h: UnsafeMutablePointer<remora_conn_handles>
-    let tcp: UnsafeMutablePointer<uv_tcp_t>
-    let stream: UnsafeMutablePointer<uv_stream_t>
-    let timer: UnsafeMutablePointer<uv_timer_t>
+    /// The embedded requests, nil until the first `uv_write`, connect or shutdown (`requests`).
+    var reqs: UnsafeMutablePointer<remora_conn_requests>?
+    // The handles inside `h`, computed rather than stored (24 bytes less per connection).
+    @inline(__always) var tcp: UnsafeMutablePointer<uv_tcp_t> { UnsafeMutableRawPointer(h).assumingMemoryBound(to: uv_tcp_t.self) }
+    @inline(__always) var stream: UnsafeMutablePointer<uv_stream_t> { UnsafeMutableRawPointer(h).assumingMemoryBound(to: uv_stream_t.self) }
+    @inline(__always) var timer: UnsafeMutablePointer<uv_timer_t> {
+        (UnsafeMutableRawPointer(h) + MemoryLayout<remora_conn_handles>.offset(of: \.timer)!).assumingMemoryBound(to: uv_timer_t.self)
+    }
     public unowned(unsafe) let loop: EventLoop
     /// The loop's read buffer (fixed for its life; reached without a retain of `loop`).
     let readBuffer: UnsafeMutableRawPointer
     /// Receives the events. Not retained: `owner` does that.
     public unowned(unsafe) var delegate: (any TCPConnectionDelegate)?
+    /// The byte layer (TLS), or nil for raw TCP (see `TransportSocket`). Set before the first byte.
+    public var transportSocket: (any TransportSocket)?
     /// Kept alive until the connection is closed.
     public var owner: AnyObject?
     /// Free for the owner (an index, a state).
@@ -70,37 +99,62 @@ public final class TCPConnection {
     var shutdownAfterFlush = false
     var closeAfterFlush = false
     var shutdownDone = false
+    /// The layer was told the application writes nothing more.
+    var layerShutDown = false
+    /// After a graceful finish: reads are discarded until EOF or the linger timer.
+    var lingering = false
     var openHandles = 0
     /// Absolute loop time (ms) of the current deadline; 0 = none.
     var deadline: UInt64 = 0
     /// Absolute loop time the timer is armed for; 0 = not armed.
     var timerDue: UInt64 = 0
-    /// After a graceful finish: reads are discarded until EOF or the linger timer.
-    var lingering = false
 
     /// Creates an unconnected socket on `loop` (for `connect` or `accept`).
     public init(loop: EventLoop) {
         self.loop = loop
         readBuffer = loop.readBuffer
         h = .allocate(capacity: 1)
-        tcp = remora_ch_tcp(h)
-        stream = remora_stream(tcp)
-        timer = remora_ch_timer(h)
         uv_tcp_init(loop.uv, tcp)
         uv_timer_init(loop.uv, timer)
         openHandles = 2
         let me = Unmanaged.passRetained(self).toOpaque()   // released when both handles closed
         tcp.pointee.data = me
         timer.pointee.data = me
-        remora_ch_write(h).pointee.data = me
-        remora_ch_connect(h).pointee.data = me
-        remora_ch_shutdown(h).pointee.data = me
     }
 
     deinit {
         pending.release()
         inflight.release()
+        reqs?.deallocate()   // libuv ran every request's callback before the handles' close callbacks
         h.deallocate()
+    }
+
+    /// The embedded requests, made on first need (a connect, a `uv_write`, a shutdown).
+    @inline(__always) var requests: UnsafeMutablePointer<remora_conn_requests> { reqs ?? makeRequests() }
+
+    @inline(never) func makeRequests() -> UnsafeMutablePointer<remora_conn_requests> {
+        let r = UnsafeMutablePointer<remora_conn_requests>.allocate(capacity: 1)
+        let me = Unmanaged.passUnretained(self).toOpaque()
+        remora_cr_write(r).pointee.data = me
+        remora_cr_connect(r).pointee.data = me
+        remora_cr_shutdown(r).pointee.data = me
+        reqs = r
+        return r
+    }
+
+    /// Frees the write queue's storage while nothing is queued or being written (an idle
+    /// connection's owner calls it; the next queued write allocates again).
+    public func releaseIdleBuffers() {
+        guard !writing else { return }
+        if pending.isEmpty { pending.release() }
+        if inflight.isEmpty { inflight.release() }
+    }
+
+    /// Bytes of heap this connection holds beyond its object: the handles, the requests once made,
+    /// the write queue's storage (for tests and the memory notes; malloc's rounding not included).
+    public var heapBytes: Int {
+        MemoryLayout<remora_conn_handles>.size + (reqs == nil ? 0 : MemoryLayout<remora_conn_requests>.size)
+            + pending.capacity + inflight.capacity
     }
 
     // MARK: reading
@@ -134,11 +188,23 @@ public final class TCPConnection {
         return true
     }
 
-    /// Writes `a`, then `b`, then `c` (any may be empty), in order after everything written before.
-    /// Returns false when the connection has failed or is closing (nothing was written).
+    /// Writes `a`, then `b`, then `c` (any may be empty), in order after everything written before,
+    /// through the transport socket when there is one. Returns false when the connection has failed
+    /// or is closing (nothing was written).
     @discardableResult
     public func write(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
                       _ c: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0)) -> Bool {
+        if let ts = transportSocket {
+            if failed || isClosing || shutdownAfterFlush || shutdownDone { return false }
+            return ts.send(self, a) && (b.count == 0 || ts.send(self, b)) && (c.count == 0 || ts.send(self, c))
+        }
+        return writeWire(a, b, c)
+    }
+
+    /// Writes bytes to the socket as they are (the transport socket's output; raw TCP's `write`).
+    @inline(__always) @discardableResult
+    public func writeWire(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
+                          _ c: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0)) -> Bool {
         if failed || isClosing || shutdownAfterFlush || shutdownDone { return false }
         let total = a.count + b.count + c.count
         if total == 0 { return true }
@@ -205,7 +271,7 @@ public final class TCPConnection {
         writing = true
         writesStarted &+= 1
         var buf = uvBuf(inflight.bytes)
-        let rc = uv_write(remora_ch_write(h), stream, &buf, 1, ioWriteCallback)
+        let rc = uv_write(remora_cr_write(requests), stream, &buf, 1, ioWriteCallback)
         if rc != 0 { writing = false; failed = true; inflight.clear() }
     }
 
@@ -233,9 +299,19 @@ public final class TCPConnection {
         if shutdownAfterFlush && !shutdownDone { doShutdown() }
     }
 
+    /// Lets the transport socket write what precedes FIN, once.
+    @inline(__always)
+    func shutDownLayer() {
+        if let ts = transportSocket, !layerShutDown, !failed {
+            layerShutDown = true
+            ts.shutdown(self)
+        }
+    }
+
     /// Sends FIN once everything queued is written (TCP half-close). Reading continues.
     public func shutdownWrite() {
         guard !isClosing, !shutdownAfterFlush, !shutdownDone else { return }
+        shutDownLayer()
         uncork()
         shutdownAfterFlush = true
         if !writing && pending.isEmpty && !connecting { doShutdown() }
@@ -243,7 +319,7 @@ public final class TCPConnection {
 
     func doShutdown() {
         shutdownDone = true
-        if uv_shutdown(remora_ch_shutdown(h), stream, ioShutdownCallback) != 0 && closeAfterFlush { close() }
+        if uv_shutdown(remora_cr_shutdown(requests), stream, ioShutdownCallback) != 0 && closeAfterFlush { close() }
     }
 
     func shutdownCompleted(_ status: Int32) {
@@ -255,6 +331,7 @@ public final class TCPConnection {
     /// instead of a reset), then closes.
     public func finish(linger: UInt64 = 2_000) {
         guard !isClosing, !closeAfterFlush else { return }
+        shutDownLayer()
         uncork()
         closeAfterFlush = true
         lingerMs = linger
@@ -267,6 +344,7 @@ public final class TCPConnection {
     /// queued and then the FIN; there is nothing unread to turn the close into a reset.
     public func closeWhenFlushed() {
         guard !isClosing, !closeAfterFlush else { return }
+        shutDownLayer()
         uncork()
         if failed || (!writing && pending.isEmpty && !connecting) { close(); return }
         closeAfterFlush = true
@@ -285,7 +363,7 @@ public final class TCPConnection {
 
     /// Starts a connect; `connectionConnected` reports the result. Writes made meanwhile are queued.
     public func connect(to addr: SocketAddress) -> Int32 {
-        let rc = addr.withSockaddr { uv_tcp_connect(remora_ch_connect(h), tcp, $0, ioConnectCallback) }
+        let rc = addr.withSockaddr { uv_tcp_connect(remora_cr_connect(requests), tcp, $0, ioConnectCallback) }
         if rc == 0 { connecting = true }
         return rc
     }
@@ -299,7 +377,12 @@ public final class TCPConnection {
             startWrite()
             if pending.isEmpty && !writing { flushFinished() }
         }
-        delegate?.connectionConnected(self, status)
+        if let ts = transportSocket { ts.connected(self, status: status) } else { delegate?.connectionConnected(self, status) }
+    }
+
+    /// Reports the connect's result to the delegate (for the transport socket, once its handshake is done).
+    public func deliverConnected(_ status: Int32) {
+        if !isClosing { delegate?.connectionConnected(self, status) }
     }
 
     // MARK: timer
@@ -340,7 +423,8 @@ public final class TCPConnection {
         if isClosing { return }
         if n > 0 {
             if lingering { return }
-            delegate?.connectionRead(self, UnsafeRawBufferPointer(start: readBuffer, count: n))
+            let bytes = UnsafeRawBufferPointer(start: readBuffer, count: n)
+            if let ts = transportSocket { ts.received(self, bytes) } else { delegate?.connectionRead(self, bytes) }
         } else if n == Int(UV_EOF.rawValue) {
             if lingering { close(); return }
             delegate?.connectionEOF(self)
@@ -348,6 +432,11 @@ public final class TCPConnection {
             if lingering { close(); return }
             delegate?.connectionError(self, Int32(n))
         }
+    }
+
+    /// Hands application bytes to the delegate (for the transport socket, from what it received).
+    public func deliver(_ data: UnsafeRawBufferPointer) {
+        if !isClosing && !lingering { delegate?.connectionRead(self, data) }
     }
 
     // MARK: closing

@@ -1,3 +1,4 @@
+import CRemoraSupport
 import Glibc
 import RemoraAdmin
 import RemoraConfig
@@ -34,6 +35,10 @@ public final class Server {
     var started = 0
     var stopped = 0
     var ready = false
+    /// Bytes of the executable's text released from the mapping once serving (0: not yet, or skipped).
+    var startupTextReleased = 0
+    /// Runs that release once, a second after `ready`.
+    var textTimer: LoopTimer?
     var draining = false
     var exitCode: Int32 = 0
     /// The config file (SIGHUP and `--watch` reload it).
@@ -295,6 +300,19 @@ public final class Server {
     var adminAddress: String? { admin.map { "\($0.address)" } }
 
     func announce() {
+        if !ready {
+            // Start-up code has run: its text need not stay mapped (support.h says why). A second
+            // later, so that the last start-up steps (this line, the workers' first loop turns) do
+            // not map much of it back at once.
+            let t = LoopTimer(loop: loop)
+            t.unref()
+            t.start(after: 1_000) { [unowned self] in
+                startupTextReleased = remora_release_startup_text()
+                textTimer?.close()
+                textTimer = nil
+            }
+            textTimer = t
+        }
         ready = true
         var out = ""
         if let a = admin { out += "listening admin \(a.address)\n" }
@@ -323,6 +341,7 @@ public final class Server {
 
     func shutdownMain() {
         drainTimer?.close()
+        textTimer?.close()
         overload?.close()
         watcher?.close()
         subscriber?.stop()

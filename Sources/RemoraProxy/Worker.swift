@@ -1,5 +1,6 @@
 import Glibc
 import RemoraCore
+import RemoraHTTP
 import RemoraIO
 import RemoraPolicy
 import RemoraRouting
@@ -50,6 +51,10 @@ final class Worker {
     lazy var discard = DiscardDownstream(worker: self)
     let shadowStats = StatBlock<ListenerStat>()
     var freeServerStreams: [H2ServerStream] = []
+    /// HTTP/1.1 request parsers given back by parked sessions (`HTTPSession.park`), for the next
+    /// session that needs one (at most 256 kept).
+    var freeParsers = ParserFreeList(maxKept: 256)
+    deinit { freeParsers.removeAll() }
     /// Sessions with frames or stashed requests to process at the end of this loop iteration.
     var toFlush: [any Flushable] = []
     var flushHook: IterationHook?
@@ -183,6 +188,7 @@ final class Worker {
         flushHook?.close()
         for e in freeExchanges { e.timer.close() }
         freeExchanges.removeAll()
+        freeParsers.removeAll()
     }
 
     // MARK: pools and deferred work

@@ -374,3 +374,29 @@ func rawBytes(_ s: StaticString) -> UnsafeRawBufferPointer {
         }
     }
 }
+
+@Suite struct RequestHeadPolicyTests {
+    /// The one policy, seen through both writers: the same client fields go on either way.
+    @Test func bothWritersForwardTheSameFields() {
+        var fields = HeaderBlock()
+        for (n, v) in [("Host", "svc"), ("Connection", "keep-alive, X-Hop"), ("X-Hop", "1"), ("TE", "trailers"),
+                       ("X-Forwarded-For", "10.0.0.1"), ("X-Forwarded-Proto", "https"), ("Expect", "100-continue"),
+                       ("Accept", "*/*"), ("Content-Length", "3")] {
+            var nb = Array(n.utf8), vb = Array(v.utf8)
+            nb.withUnsafeBytes { nr in vb.withUnsafeBytes { vr in fields.append(nr, vr) } }
+        }
+        let view = fields.withRefs { RequestView(method: rawBytes("POST"), target: rawBytes("/p"), authority: rawBytes("svc"), headers: $0) }
+        var h2 = HeaderBlock()
+        HTTP2Head.storeRequest(view, clientIP: rawBytes("1.2.3.4"), proto: "http", dropExpect: true, namesLowercase: false, into: &h2)
+        let got = (0..<h2.count).map { (h2.name($0).string, h2.value($0).string) }
+        #expect(got.map(\.0) == [":method", ":authority", ":path", "te", "accept", "content-length",
+                                 "x-forwarded-for", "x-forwarded-proto"])
+        #expect(got[6].1 == "10.0.0.1, 1.2.3.4" && got[7].1 == "http")
+        var h1 = ByteBuffer()
+        HTTP1Head.writeRequest(view, framing: .contentLength, addHost: false, clientIP: rawBytes("1.2.3.4"), proto: "http",
+                               dropExpect: true, into: &h1)
+        #expect(h1.bytes.string == "POST /p HTTP/1.1\r\nHost: svc\r\nAccept: */*\r\nContent-Length: 3\r\n"
+                + "x-forwarded-for: 10.0.0.1, 1.2.3.4\r\nx-forwarded-proto: http\r\n\r\n")
+        h1.release(); h2.release(); fields.release()
+    }
+}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from types import SimpleNamespace
 
 import h2.config
 import h2.connection
@@ -28,13 +29,7 @@ def guarded(start_remora, http_backend):
               {"name": "all", "match": {"path": {"prefix": "/"}}, "backends": [{"cluster": "app"}]}]
     remora = start_remora(make_config([http_listener("web", routes=routes, request_timeout="1s")],
                                       [cluster("app", [backend.endpoint])]))
-
-    class P:
-        pass
-
-    p = P()
-    p.remora, p.backend, p.port = remora, backend, remora.port("web")
-    return p
+    return SimpleNamespace(remora=remora, backend=backend, port=remora.port("web"))
 
 
 def exchange(port: int, raw: bytes, responses: int = 1, timeout: float = 5.0):

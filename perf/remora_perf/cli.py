@@ -38,6 +38,8 @@ def parse_args(argv):
     ap.add_argument("--cg-warmup", type=int, default=2000, help="warm-up requests under callgrind (not counted)")
     ap.add_argument("--conns", type=int, default=int(env.get("CONNS", 10000)), help="idle connections for the memory scenario")
     ap.add_argument("--settle", type=float, default=2.0, help="seconds to wait before reading memory")
+    ap.add_argument("--rss-protocols", default="h1,h2c",
+                    help="memory scenario: the idle connections' protocol(s), h1 and/or h2c (prior knowledge; h1 is the headline)")
     ap.add_argument("--quiet-wait", type=float, default=float(env.get("QUIET_WAIT", 60)),
                     help="before each run, wait up to this many seconds for other processes on the machine to go quiet (0 = don't)")
     ap.add_argument("--quiet-threshold", type=float, default=0.15, help="'quiet' = other processes use less than this many cores")

@@ -5,6 +5,7 @@ import time
 from .common import (ALL_SCENARIOS, BEST_OF, GRPC_PATH, GRPC_REQUEST, GRPC_RESPONSE, LARGE_BYTES, OUT, PEERS, POST_BYTES,
                      REPO, SC_TITLES, SUPPORTS, TITLES, fmt, grpc_frame, median, ratio, sc_all)
 from .plot import svg_chart
+from .scenario_rss import WARM
 
 
 class Report:
@@ -481,18 +482,26 @@ class Report:
         f = self.fmt
         n = res["params"]["conns"]
         L = ["## Memory — idle, and holding %d idle keep-alive connections (one request each)" % n, ""]
-        L.append("| proxy | idle RSS MiB | idle PSS MiB | RSS with conns MiB | PSS with conns MiB | KiB RSS / conn | conns ok / failed | still open at measure | proxy fds | RSS after close MiB | note |")
-        L.append("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|")
         mib = lambda d, k: None if not d else d.get(k, 0) / 1024  # noqa: E731
-        for name, m in res["proxies"].items():
-            L.append("| %s | %s | %s | %s | %s | %s | %s / %s | %s | %s | %s | %s |" % (
-                name, f(mib(m["idle"], "rss_kb")), f(mib(m["idle"], "pss_kb")), f(mib(m.get("held"), "rss_kb")),
-                f(mib(m.get("held"), "pss_kb")), f(m.get("per_conn_kb"), "%.2f"), m.get("conns_ok", "—"),
-                m.get("conns_failed", "—"), m.get("alive_at_measure", "—"), (m.get("held") or {}).get("fds", "—"),
-                f(mib(m.get("after_close"), "rss_kb")), (m.get("error") or "").replace("|", "/")[:120]))
-        for name, e in res["failed"].items():
-            L.append("| %s | FAILED | | | | | | | | | %s |" % (name, e.splitlines()[0][:150].replace("|", "/")))
-        L.append("")
+        tables = [("HTTP/1.1", res["proxies"], "")]
+        if "h2c" in res:
+            tables.append(("h2c (prior knowledge; one stream each)", res["h2c"], " (h2c)"))
+        for title, proxies, suffix in tables:
+            L.append("%s:" % title)
+            L.append("")
+            L.append("| proxy | idle RSS MiB | idle PSS MiB | idle USS MiB | RSS after warm-up MiB | RSS with conns MiB | PSS with conns MiB | KiB RSS / conn | KiB anon / conn | conns ok / failed | still open at measure | proxy fds | RSS after close MiB | note |")
+            L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|")
+            for name, m in proxies.items():
+                L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s / %s | %s | %s | %s | %s |" % (
+                    name, f(mib(m["idle"], "rss_kb")), f(mib(m["idle"], "pss_kb")), f(mib(m["idle"], "uss_kb")),
+                    f(mib(m.get("warm"), "rss_kb")), f(mib(m.get("held"), "rss_kb")), f(mib(m.get("held"), "pss_kb")), f(m.get("per_conn_kb"), "%.2f"),
+                    f(m.get("per_conn_anon_kb"), "%.2f"), m.get("conns_ok", "—"),
+                    m.get("conns_failed", "—"), m.get("alive_at_measure", "—"), (m.get("held") or {}).get("fds", "—"),
+                    f(mib(m.get("after_close"), "rss_kb")), (m.get("error") or "").replace("|", "/")[:120]))
+            for name, e in res["failed"].items():
+                if name.endswith(" (h2c)") == bool(suffix):
+                    L.append("| %s | FAILED | | | | | | | | | | | | %s |" % (name, e.splitlines()[0][:150].replace("|", "/")))
+            L.append("")
         p = res["proxies"]
         for key, label in (("idle", "idle RSS"), ("held", "RSS with %d conns" % n)):
             rem = (p.get("remora", {}).get(key) or {}).get("rss_kb")
@@ -500,7 +509,12 @@ class Report:
                      for o in PEERS if o in p]
             if rem:
                 L.append("- %s: %s (<1 = Remora smaller)" % (label, ", ".join(cells)))
-        L.append("- RSS/PSS are summed over the proxy's process tree (nginx: master + worker).")
+        L.append("- Idle = fresh process, before any request. KiB / conn = (with conns − after warm-up) / conns; the warm-up "
+                 "(%d connections, one request each, closed) brings in the code and pools a first request needs, so the "
+                 "figure is what each held connection adds. KiB anon / conn: the same from anonymous memory alone (heap and "
+                 "stacks; code pages mapped back on use are file pages and do not count)." % WARM)
+        L.append("- RSS/PSS/USS are summed over the proxy's process tree (nginx: master + worker). USS = pages mapped by "
+                 "the process alone (private clean + dirty, from smaps_rollup); PSS adds its share of shared pages.")
         L.append("")
         return L
 

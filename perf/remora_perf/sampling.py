@@ -77,15 +77,27 @@ def status_kb(pid, key):
     return 0
 
 
-def pss_kb(pid):
+def rollup_kb(pid, *fields):
+    """Sum of the given fields of /proc/PID/smaps_rollup, kB (0 when unreadable)."""
+    total = 0
     try:
         with open("/proc/%d/smaps_rollup" % pid) as f:
             for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
+                k, _, v = line.partition(":")
+                if k in fields:
+                    total += int(v.split()[0])
+    except (OSError, ValueError, IndexError):
         pass
-    return 0
+    return total
+
+
+def pss_kb(pid):
+    return rollup_kb(pid, "Pss")
+
+
+def uss_kb(pid):
+    """Unique set size: pages mapped by this process alone (private clean + private dirty)."""
+    return rollup_kb(pid, "Private_Clean", "Private_Dirty")
 
 
 def fd_count(pid):
@@ -99,6 +111,8 @@ def mem_snapshot(pids):
     return {
         "rss_kb": sum(status_kb(p, "VmRSS") for p in pids),
         "pss_kb": sum(pss_kb(p) for p in pids),
+        "uss_kb": sum(uss_kb(p) for p in pids),
+        "anon_kb": sum(rollup_kb(p, "Anonymous") for p in pids),
         "hwm_kb": sum(status_kb(p, "VmHWM") for p in pids),
         "fds": sum(fd_count(p) for p in pids),
         "nprocs": len(pids),

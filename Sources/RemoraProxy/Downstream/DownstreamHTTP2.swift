@@ -119,6 +119,8 @@ final class H2ServerStream: DownstreamSide {
 /// A downstream HTTP/2 (h2c) connection: an nghttp2 server session whose streams are exchanges,
 /// forwarded concurrently. Frames are read in `connectionRead` and written once per loop iteration
 /// (`flush`); whatever the streams ask of nghttp2 while it is calling us waits for that flush.
+/// Like `HTTPSession`, a connection without streams for `HTTPSession.parkAfter` ms is parked: it
+/// frees its stream lists and write buffers (nghttp2's session, with its HPACK tables, stays).
 final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDelegate, Flushable {
     unowned(unsafe) let worker: Worker
     /// The listener; `listener` is its runtime for the current snapshot (each stream takes it anew).
@@ -146,6 +148,9 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
     /// writes leave together when it returns: `downstreamReadDone`).
     var inReceive = false
     var touched: [Exchange] = []
+    /// The connection's deadline is the parking one (`HTTPSession.parkAfter` after the last read),
+    /// not yet the idle timeout.
+    var parkDue = false
 
     init(worker: Worker, slot: ListenerSlot, conn: TCPConnection, clientIP: String, initial: UnsafeRawBufferPointer) {
         self.worker = worker
@@ -157,13 +162,31 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
         budget = ResponseBudget(limit: listenerSlot.current.config.perConnectionBufferLimit)
         super.init()
         self.slot = slot
-        all.reserveCapacity(listener.config.http2.maxConcurrentStreams)
         h2.delegate = self
         conn.delegate = self
         conn.owner = self
-        conn.setDeadline(after: listener.config.idleTimeout)
+        armIdle()
         conn.startReading()
         if initial.count > 0 { connectionRead(conn, initial) }
+    }
+
+    /// Arms the deadline after a read: parking first when the idle timeout is longer than that.
+    @inline(__always) func armIdle() {
+        let idle = listener.config.idleTimeout
+        parkDue = idle > HTTPSession.parkAfter
+        conn.setDeadline(after: parkDue ? HTTPSession.parkAfter : idle)
+    }
+
+    /// Frees what a connection without streams does not need (the lists' storage, nghttp2's name
+    /// scratch, the write queue's storage); they grow again with the next streams.
+    func park() {
+        guard all.isEmpty, dirty.isEmpty, toConsume.isEmpty, touched.isEmpty, !flushScheduled, !closing else { return }
+        all = []
+        dirty = []
+        toConsume = []
+        touched = []
+        h2.releaseIdleMemory()
+        conn.releaseIdleBuffers()
     }
 
     // MARK: deferred work
@@ -287,7 +310,7 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
 
     func connectionRead(_ c: TCPConnection, _ data: UnsafeRawBufferPointer) {
         listener.stats.add(.downstream_cx_rx_bytes_total, UInt64(data.count))
-        c.setDeadline(after: listener.config.idleTimeout)
+        armIdle()
         inSession = true
         inReceive = true
         let ok = h2.receive(data)
@@ -306,6 +329,13 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
     func connectionError(_ c: TCPConnection, _ code: Int32) { abortAll(); c.close() }
 
     func connectionTimeout(_ c: TCPConnection) {
+        if parkDue {   // parked now; the idle timeout counts from the same read
+            parkDue = false
+            park()
+            let idle = listener.config.idleTimeout
+            c.setDeadline(after: idle > HTTPSession.parkAfter ? idle - HTTPSession.parkAfter : 1)
+            return
+        }
         if all.isEmpty {
             listener.stats.inc(.downstream_cx_idle_timeout)
             h2.goAway()

@@ -7,15 +7,32 @@ import RemoraRouting
 /// time. Pipelined requests wait (bytes stashed, bounded) until the previous response is complete,
 /// so answers go out in order. A connection that opens with the HTTP/2 preface becomes an
 /// `H2ServerConnection` (h2c with prior knowledge on the same port).
+///
+/// Memory: a keep-alive connection idle for `parkAfter` ms is *parked*: it gives its parser (with
+/// llhttp's state) back to the worker (`Worker.freeParsers`) and frees its write queue's storage;
+/// the next request's first bytes take a parser again. An idle connection then holds its socket
+/// and timer, its `TCPConnection` and this object (about 0.9 KiB, docs/architecture.md "Memory");
+/// a busy one keeps its parser, so the request path costs nothing more.
 final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, DownstreamSide, Flushable {
-    enum Deadline { case header, idle }
+    /// What the connection's one deadline is for: the request head, parking, or the idle timeout.
+    enum Deadline { case header, park, idle }
+    /// A connection idle this long (ms) is parked (see the type's notes); the idle timeout counts
+    /// from the same moment. Short enough that idle connections shed memory soon, long enough that
+    /// a connection under load is never parked between two requests.
+    static let parkAfter: Millis = 1_000
 
     unowned(unsafe) let worker: Worker
     /// The listener; `listener` is its runtime for the current snapshot (each request takes it anew).
     let listenerSlot: ListenerSlot
     var listener: ListenerRuntime { listenerSlot.current }
     let conn: TCPConnection
-    let parser: HTTP1Parser
+    /// The request parser (+1), taken from the worker at the first request and given back when
+    /// parked; nil before and while parked. Reached through `withParser`, without a retain per use.
+    var parserRef: Unmanaged<HTTP1Parser>?
+    /// `body` with the parser; only where one exists (after `unpark`).
+    @inline(__always) func withParser<R>(_ body: (HTTP1Parser) -> R) -> R { parserRef!._withUnsafeGuaranteedRef(body) }
+    /// A request head is being parsed.
+    var inHead: Bool { parserRef?._withUnsafeGuaranteedRef { $0.inHead } ?? false }
     /// The client's IP, for X-Forwarded-For (an IPv4 address fits a String's inline storage).
     let clientIP: String
     var deadlineKind = Deadline.header
@@ -54,17 +71,55 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
         self.worker = worker
         listenerSlot = slot
         self.conn = conn
-        parser = HTTP1Parser(kind: .request, maxHeadBytes: listenerSlot.current.config.maxRequestHeaderBytes)
         clientIP = conn.peerIP()
         super.init()
         self.slot = slot
-        parser.delegate = self
-        parser.pool = worker.pool
-        parser.underscoreAction = listenerSlot.current.config.headersWithUnderscores
         conn.delegate = self
         conn.owner = self
         arm(.header, listener.config.requestHeaderTimeout)
         conn.startReading()
+    }
+
+    deinit { parserRef?.release() }   // a connection closed mid-request: its parser is dropped
+
+    /// Takes a parser from the worker (a new one when none is free), set up for the current listener.
+    @inline(never) func takeParser() {
+        let cfg = listener.config
+        let ref = worker.freeParsers.take() ?? newParser()
+        ref._withUnsafeGuaranteedRef { p in
+            p.maxHeadBytes = cfg.maxRequestHeaderBytes
+            p.underscoreAction = cfg.headersWithUnderscores
+            p.attach(self)
+        }
+        parserRef = ref
+    }
+
+    @inline(never) func newParser() -> Unmanaged<HTTP1Parser> {
+        let p = HTTP1Parser(kind: .request, maxHeadBytes: listener.config.maxRequestHeaderBytes)
+        p.pool = worker.pool
+        return Unmanaged.passRetained(p)
+    }
+
+    /// Whether the parser is between messages with nothing of this connection in it: no request
+    /// active, nothing stashed, not paused, not inside its own `feed`.
+    @inline(__always) var parserIdle: Bool { !active && !ending && !parserPaused && !inFeed && stash.isEmpty && !inHead }
+
+    /// Gives the parser back to the worker (llhttp is between two keep-alive messages: it parses
+    /// the next one for any connection as it would for this one).
+    @inline(__always) func giveBackParser() {
+        guard let p = parserRef else { return }
+        parserRef = nil
+        p._withUnsafeGuaranteedRef { $0.detach() }
+        worker.freeParsers.give(p)
+    }
+
+    /// Gives up what an idle connection does not need: the parser, the stash's spare storage and
+    /// the write queue's storage. Only between requests, with nothing stashed or half parsed.
+    func park() {
+        guard parserIdle else { return }
+        giveBackParser()
+        work.release()
+        conn.releaseIdleBuffers()
     }
 
     @inline(__always) func arm(_ kind: Deadline, _ ms: Millis) {
@@ -127,7 +182,8 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
             updateReading()
             return
         }
-        if !active && !parser.inHead { arm(.header, listener.config.requestHeaderTimeout) }
+        if parserRef == nil { takeParser() }
+        if !active && !withParser({ $0.inHead }) { arm(.header, listener.config.requestHeaderTimeout) }
         feed(data)
     }
 
@@ -137,7 +193,7 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
         var input = data
         while true {
             inFeed = true
-            let r = parser.feed(input)
+            let r = withParser { $0.feed(input) }
             inFeed = false
             exchange?.downstreamReadDone()
             if ending { return }
@@ -154,7 +210,7 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
             guard resumePending else { updateReading(); return }
             resumePending = false
             parserPaused = false
-            parser.resume()
+            withParser { $0.resume() }
             if stash.isEmpty { updateReading(); return }
             swap(&stash, &work)
             input = work.bytes
@@ -172,7 +228,7 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
         guard parserPaused else { updateReading(); return }
         if stash.isEmpty {
             parserPaused = false
-            parser.resume()
+            withParser { $0.resume() }
             updateReading()
             return
         }
@@ -184,7 +240,7 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
         flushScheduled = false
         guard !ending, parserPaused, !active else { return }
         parserPaused = false
-        parser.resume()
+        withParser { $0.resume() }
         swap(&stash, &work)
         arm(.header, listener.config.requestHeaderTimeout)
         feed(work.bytes)
@@ -223,6 +279,14 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
             if active { return }   // the exchange keeps its own deadlines
             stats.inc(.downstream_rq_timeout)
             localResponse(408, "request header timeout\n")
+        case .park:
+            park()
+            let idle = listener.config.idleTimeout
+            if idle == 0 { conn.clearDeadline(); return }
+            let rest = idle - min(idle, HTTPSession.parkAfter)
+            if rest > 0 { arm(.idle, rest); return }
+            stats.inc(.downstream_cx_idle_timeout)
+            c.close()
         case .idle:
             stats.inc(.downstream_cx_idle_timeout)
             c.close()
@@ -233,7 +297,7 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
         ending = true
         if let e = exchange { exchange = nil; e.downstreamAborted() }
         stats.dec(.downstream_cx_active)
-        parser.delegate = nil
+        parserRef?._withUnsafeGuaranteedRef { $0.delegate = nil }
         stash.release(); work.release(); sniff.release()
         worker.remove(self)
     }
@@ -325,9 +389,10 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
 
     func parseError() {
         stats.inc(.downstream_cx_protocol_error)
-        let status = parser.error?.status ?? 400
+        let error = withParser { $0.error }
+        let status = error?.status ?? 400
         if status == 431 { stats.inc(.downstream_rq_too_large) }
-        if parser.error?.reason == HTTP1Parser.underscoreRefusal { stats.inc(.requests_rejected_with_underscores_in_headers) }
+        if error?.reason == HTTP1Parser.underscoreRefusal { stats.inc(.requests_rejected_with_underscores_in_headers) }
         if let e = exchange {
             if e.responseStarted { abort(); return }
             exchange = nil
@@ -430,7 +495,8 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
         active = false
         conn.uncork()
         if !keepAlive || draining || worker.draining { endConnection(); return }
-        arm(.idle, listener.config.idleTimeout)
+        let idle = listener.config.idleTimeout
+        arm(.park, idle == 0 ? HTTPSession.parkAfter : min(idle, HTTPSession.parkAfter))
         resumeInput()
     }
 
@@ -442,14 +508,14 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
         if ending { return }
         ending = true
         active = false
-        if clientCloses && requestDone && stash.isEmpty && !parser.inHead { conn.closeWhenFlushed() } else { conn.finish(linger: 1_000) }
+        if clientCloses && requestDone && stash.isEmpty && !inHead { conn.closeWhenFlushed() } else { conn.finish(linger: 1_000) }
     }
 
     // MARK: Session
 
     override func drain() {
         draining = true
-        if !active && !parser.inHead { conn.close() }
+        if !active && !inHead { conn.close() }
     }
 
     override func abort() {

@@ -1,0 +1,61 @@
+import Testing
+import RemoraCore
+@testable import RemoraIO
+
+/// Answers each read with a corked echo (as an HTTP/1.1 session writes a head and its body) and
+/// records what the accepted connection held once the answer had left.
+final class CorkedEcho: ListenerDelegate, TCPConnectionDelegate {
+    var requestsMadeAfterAnswer: Bool?
+    var queueCapacityAfterAnswer = -1
+    var queueCapacityAfterRelease = -1
+    func listenerAccepted(_ l: Listener, _ c: TCPConnection) {
+        c.delegate = self
+        c.owner = self
+        c.startReading()
+    }
+    func connectionRead(_ c: TCPConnection, _ data: UnsafeRawBufferPointer) {
+        c.cork()
+        c.write(data)
+        c.uncork()   // leaves with uv_try_write: no uv_write_t needed
+        requestsMadeAfterAnswer = c.reqs != nil
+        queueCapacityAfterAnswer = c.pending.capacity
+        c.releaseIdleBuffers()
+        queueCapacityAfterRelease = c.pending.capacity + c.inflight.capacity
+    }
+    func connectionEOF(_ c: TCPConnection) { c.close() }
+    func connectionError(_ c: TCPConnection, _ code: Int32) { c.close() }
+}
+
+@Suite struct ConnectionMemoryTests {
+    /// An accepted connection whose writes all go out at once never allocates its uv requests, and
+    /// an idle one can give its write queue's storage back (issue 17: memory per idle connection).
+    @Test func acceptedConnectionHoldsNoRequestsAndReleasesItsQueue() throws {
+        let loop = EventLoop()
+        let fd = try ListenSocket.bind(SocketAddress(ip: "127.0.0.1", port: 0)!)
+        let addr = ListenSocket.localAddress(fd)!
+        let server = CorkedEcho()
+        let listener = try Listener(loop: loop, fd: fd)
+        listener.delegate = server
+        let client = Client(payload: Array("GET / HTTP/1.1\r\n\r\n".utf8))
+        let c = TCPConnection(loop: loop)
+        c.delegate = client
+        c.owner = client
+        #expect(c.reqs == nil)
+        #expect(c.connect(to: addr) == 0)
+        #expect(c.reqs != nil)   // an outgoing connect needs its uv_connect_t
+        let guardTimer = LoopTimer(loop: loop)
+        guardTimer.start(after: 10_000) { loop.stop() }
+        guardTimer.unref()
+        let stopper = LoopTimer(loop: loop)
+        stopper.start(after: 5, repeat: 5) { if client.eof { stopper.close(); listener.close() } }
+        loop.run()
+        guardTimer.close()
+        loop.run()
+        #expect(client.received == Array("GET / HTTP/1.1\r\n\r\n".utf8))
+        #expect(server.requestsMadeAfterAnswer == false)
+        #expect(server.queueCapacityAfterAnswer > 0)   // the corked bytes had a buffer
+        #expect(server.queueCapacityAfterRelease == 0)
+        #expect(loop.handleCount == 0)
+        #expect(loop.close())
+    }
+}
