@@ -33,15 +33,15 @@ let package = Package(
         .target(name: "CRE2", path: "CShims/CRE2", linkerSettings: [.linkedLibrary("re2")]),
 
         // Pure Swift values: config model, errors, sizes and durations, stat names.
-        .target(name: "RemoraCore", dependencies: ["CRemoraSupport"], swiftSettings: hot),
+        .target(name: "RemoraCore", dependencies: ["CRemoraSupport", "RemoraPolicy"], swiftSettings: hot),
         // YAML (libyaml) -> validated config model, errors as file:line: path: message.
-        .target(name: "RemoraConfig", dependencies: ["RemoraCore", "RemoraRouting", "CYAML"]),
+        .target(name: "RemoraConfig", dependencies: ["RemoraCore", "RemoraRouting", "RemoraPolicy", "CYAML"]),
         // The only importer of libuv.
         .target(name: "RemoraIO", dependencies: ["RemoraCore", "CLibUV"], swiftSettings: hot),
         // The only importer of llhttp (and, later, nghttp2).
         .target(name: "RemoraHTTP", dependencies: ["RemoraCore", "CLLHTTP", "CNGHTTP2", "CH2Mem"], swiftSettings: hot),
         // Pure decisions, no I/O: the route table, matchers, weighted split.
-        .target(name: "RemoraRouting", dependencies: ["RemoraCore", "CRE2"], swiftSettings: hot),
+        .target(name: "RemoraRouting", dependencies: ["RemoraCore", "RemoraPolicy", "CRE2"], swiftSettings: hot),
         // Pure policy, no I/O: attempt outcomes, load balancers, retry state and budgets, breakers,
         // outlier detection, health state, backoff; values and state machines that return decisions.
         .target(name: "RemoraPolicy", swiftSettings: hot),

@@ -1,5 +1,6 @@
 import Glibc
 import RemoraCore
+import RemoraPolicy
 import RemoraRouting
 
 public enum ConfigLoader {
@@ -237,7 +238,7 @@ private final class Schema {
     func route(_ n: Node, _ p: String, _ names: inout ListenerNames) -> RouteConfig? {
         guard var m = d.mapping(n, p, keys: ["name", "match", "backends", "hash_on", "timeout", "mirror", "redirect",
                                              "direct_response", "rewrite", "request_headers", "response_headers",
-                                             "request_timeout"])
+                                             "request_timeout", "retry"])
         else { return nil }
         let name = m.required("name") { self.name($0, $1, "route", &names.routes) }
         let match = m.optional("match", routeMatch)
@@ -248,7 +249,7 @@ private final class Schema {
         }
         m.forbid(Array(kind.dropFirst()), "not allowed with \(kind.first ?? "") (a route has one action)")
         if let first = kind.first, first != "backends" {
-            m.forbid(["hash_on", "timeout", "mirror", "request_headers", "request_timeout"], "only allowed with backends")
+            m.forbid(["hash_on", "timeout", "mirror", "request_headers", "request_timeout", "retry"], "only allowed with backends")
         }
         if kind.first == "direct_response" { m.forbid(["rewrite"], "not allowed with direct_response") }
         let action: RouteAction?
@@ -261,8 +262,9 @@ private final class Schema {
             let timeout = m.optional("timeout") { d.duration($0, $1) }
             let mirror = m.optional("mirror", mirror)
             let requestTimeout = m.optional("request_timeout") { d.duration($0, $1) }
+            let retry = m.optional("retry", retryPolicy)
             action = backends.map { .forward(ForwardAction(backends: $0, hashOn: hashOn, timeout: timeout ?? 15_000, mirror: mirror,
-                                                           requestTimeout: requestTimeout)) }
+                                                           requestTimeout: requestTimeout, retry: retry)) }
         }
         let rewrite = m.optional("rewrite") { pathRewrite($0, $1, regexPath: match?.grpc == nil && match?.path.kind == .regex) }
         let requestHeaders = m.optional("request_headers", headerRewrite)
@@ -446,7 +448,7 @@ private final class Schema {
 
     func cluster(_ n: Node, _ p: String) -> ClusterConfig? {
         guard var m = d.mapping(n, p, keys: ["name", "protocol", "endpoints", "connect_timeout", "max_idle_per_endpoint",
-                                             "http2", "max_connects_per_second", "idle_timeout"])
+                                             "http2", "max_connects_per_second", "idle_timeout", "retry_budget"])
         else { return nil }
         let name = m.required("name") { self.name($0, $1, "cluster", &clusterNames) }
         let proto: ClusterProtocol? = m.optional("protocol", d.oneOf)
@@ -459,11 +461,51 @@ private final class Schema {
         let idleTimeout = m.optional("idle_timeout") { d.duration($0, $1, positive: true) }
         if proto != .http2 { m.forbid(["http2"], "only allowed on a cluster with protocol: http2") }
         let http2 = m.optional("http2", http2Settings)
+        let budget = m.has("retry_budget") ? m.optional("retry_budget", retryBudget) : RetryBudget()
         guard let name, let endpoints else { return nil }
         return ClusterConfig(name: name, protocol: proto ?? .http1, endpoints: endpoints,
                              connectTimeout: connectTimeout ?? 5_000, maxIdlePerEndpoint: maxIdle,
                              http2: http2 ?? HTTP2Settings(), maxConnectsPerSecond: connectRate ?? 1000,
-                             idleTimeout: idleTimeout ?? 60_000)
+                             idleTimeout: idleTimeout ?? 60_000, retryBudget: budget ?? nil)
+    }
+
+    /// `retry_budget: { percent: 20, min_concurrency: 3 }`, or `retry_budget: off`.
+    func retryBudget(_ n: Node, _ p: String) -> RetryBudget?? {
+        if case .scalar = n.value { return d.value(n, p, #"a mapping, or "off""#, { $0 == "off" ? .some(nil) : nil }) }
+        guard let m = d.mapping(n, p, keys: ["percent", "min_concurrency"]) else { return nil }
+        let percent = m.optional("percent") { d.value($0, $1, "a percentage from 0 to 100", { Double($0).flatMap { (0...100).contains($0) ? $0 : nil } }) }
+        let minimum = m.optional("min_concurrency") { d.int($0, $1, in: 0...100_000) }
+        return .some(RetryBudget(percent: percent ?? 20, minConcurrency: minimum ?? 3))
+    }
+
+    /// A route's `retry:` (docs/config.md).
+    func retryPolicy(_ n: Node, _ p: String) -> RetryPolicy? {
+        guard let m = d.mapping(n, p, keys: ["attempts", "on", "status_codes", "per_try_timeout", "backoff", "methods"])
+        else { return nil }
+        var r = RetryPolicy()
+        if let v = m.optional("attempts", { d.int($0, $1, in: 1...10) }) { r.attempts = v }
+        let names = RetryPolicy.Conditions.names
+        if let on = m.optional("on", { d.list($0, $1) { n, p in
+            d.value(n, p, "one of: " + names.map(\.0).joined(separator: ", ")) { s in names.first { $0.0 == s }?.1 }
+        } }) {
+            r.on = on.reduce(into: RetryPolicy.Conditions()) { $0.formUnion($1) }
+        }
+        if let codes = m.optional("status_codes", { d.list($0, $1) { d.int($0, $1, in: 100...599) } }) {
+            r.statusCodes = codes
+            if !m.has("on") { r.on.insert(.retriableStatusCodes) }
+        }
+        if let t = m.optional("per_try_timeout", { d.duration($0, $1) }) { r.perTryTimeout = t }
+        if m.has("backoff"), let b = m.optional("backoff", { n, p -> (UInt64, UInt64)? in
+            guard let bm = d.mapping(n, p, keys: ["base", "max"]) else { return nil }
+            let base = bm.optional("base") { d.duration($0, $1, positive: true) } ?? 25
+            let cap = bm.optional("max") { d.duration($0, $1, positive: true) } ?? max(250, base)
+            if cap < base { d.fail(bm.line, Fields.join(p, "max"), "must not be below base") }
+            return (base, cap)
+        }) { r.backoffBase = b.0; r.backoffMax = max(b.1, b.0) }
+        if let methods = m.optional("methods", { d.list($0, $1) { d.checked($0, $1) { RouteSyntax.method($0) } } }) {
+            r.methods = methods
+        }
+        return r
     }
 
     /// `http2: { max_concurrent_streams, initial_stream_window, connection_window, max_header_list_size }`.

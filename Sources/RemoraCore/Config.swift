@@ -1,3 +1,5 @@
+import RemoraPolicy
+
 /// The validated configuration model. Produced by `RemoraConfig` from YAML (or, later, by the
 /// control plane), compiled once, then shared read-only by every worker as part of a snapshot.
 /// Every duration is in milliseconds, every size in bytes.
@@ -296,11 +298,20 @@ public struct ForwardAction: Sendable, Equatable {
     public var mirror: MirrorPolicy?
     /// The listener's `requestTimeout` for this route's requests; nil = the listener's.
     public var requestTimeout: Millis?
+    /// Retries of failed tries (`retry:`); nil = none beyond the proxy's own safe ones (connect
+    /// failure with another endpoint, refused streams, the keep-alive race of idempotent requests).
+    public var retry: RetryPolicy?
 
     public init(backends: [WeightedBackend], hashOn: HashKey? = nil, timeout: Millis = 15_000, mirror: MirrorPolicy? = nil,
                 requestTimeout: Millis? = nil) {
         self.backends = backends; self.hashOn = hashOn; self.timeout = timeout; self.mirror = mirror
         self.requestTimeout = requestTimeout
+    }
+
+    public init(backends: [WeightedBackend], hashOn: HashKey? = nil, timeout: Millis = 15_000, mirror: MirrorPolicy? = nil,
+                requestTimeout: Millis? = nil, retry: RetryPolicy?) {
+        self.init(backends: backends, hashOn: hashOn, timeout: timeout, mirror: mirror, requestTimeout: requestTimeout)
+        self.retry = retry
     }
 }
 
@@ -400,10 +411,14 @@ public struct ClusterConfig: Sendable, Equatable {
     /// one second's worth). A request that would need one more gets 503 (gRPC UNAVAILABLE) at once.
     /// 0 = no limit. Default 1000, range 0 ... 1_000_000.
     public var maxConnectsPerSecond: Int
+    /// Retries in flight per worker may not exceed this share of the cluster's active requests
+    /// (with a floor); nil = unbounded (only `attempts` limits them). On by default: 20 %, 3.
+    public var retryBudget: RetryBudget?
 
     public init(name: String, protocol: ClusterProtocol = .http1, endpoints: [HostPort],
                 connectTimeout: Millis = 5_000, maxIdlePerEndpoint: Int? = nil, http2: HTTP2Settings = HTTP2Settings(),
-                maxConnectsPerSecond: Int = 1000, idleTimeout: Millis = 60_000) {
+                maxConnectsPerSecond: Int = 1000, idleTimeout: Millis = 60_000, retryBudget: RetryBudget? = RetryBudget()) {
+        self.retryBudget = retryBudget
         self.name = name; self.protocol = `protocol`; self.endpoints = endpoints; self.http2 = http2
         self.connectTimeout = connectTimeout; self.maxIdlePerEndpoint = maxIdlePerEndpoint
         self.maxConnectsPerSecond = maxConnectsPerSecond; self.idleTimeout = idleTimeout

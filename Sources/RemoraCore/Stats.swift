@@ -32,6 +32,11 @@ public enum ClusterStat: Int, StatGroup {
     case upstream_cx_total, upstream_cx_active, upstream_cx_connect_fail, upstream_cx_connect_timeout
     case upstream_cx_destroy_remote, upstream_cx_pool_reuse
     case upstream_rq_total, upstream_rq_active, upstream_rq_timeout, upstream_rq_retry
+    /// Retries (issue 11, `retry:` on a route): retried requests that then succeeded; tries refused
+    /// because `attempts` were made, because the cluster's retry budget was spent, or because the body
+    /// outgrew the replay buffer; retries that waited a backoff; tries cut by `per_try_timeout`.
+    case upstream_rq_retry_success, upstream_rq_retry_limit_exceeded, upstream_rq_retry_overflow
+    case upstream_rq_retry_body_too_large, upstream_rq_retry_backoff_exponential, upstream_rq_per_try_timeout
     case upstream_rq_1xx, upstream_rq_2xx, upstream_rq_3xx, upstream_rq_4xx, upstream_rq_5xx
     case upstream_rq_reset_after_head
     case upstream_cx_rx_bytes_total, upstream_cx_tx_bytes_total

@@ -64,7 +64,7 @@ public struct RetryPolicy: Sendable, Equatable {
         case .connectFailure: return !on.isDisjoint(with: [.connectFailure, .gatewayError, .fiveXX])
         case .refused: return !on.isDisjoint(with: [.refusedStream, .reset, .gatewayError, .fiveXX])
         case .reset, .protocolError: return !on.isDisjoint(with: [.reset, .gatewayError, .fiveXX])
-        case .timeout: return on.contains(.perTryTimeout)
+        case .timeout: return !on.isDisjoint(with: [.perTryTimeout, .gatewayError, .fiveXX])   // as a 504
         case .cancelled: return false
         case .response:
             let s = o.status

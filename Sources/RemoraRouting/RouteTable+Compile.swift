@@ -1,4 +1,5 @@
 import RemoraCore
+import RemoraPolicy
 
 /// Turns a listener's virtual hosts into the table's flat arrays; collects every problem.
 struct Compiler {
@@ -19,6 +20,7 @@ struct Compiler {
     var mutations: [(op: RouteTable.HeaderMutation.Op, name: Span, value: Span)] = []
     var regexes: [OpaquePointer] = []
     var info: [RouteTable.RouteInfo] = []
+    var retryPolicies: [RetryPolicy?] = []
 
     init(listener: String, clusters: [String: Int]) { self.listener = listener; self.clusters = clusters }
 
@@ -94,6 +96,7 @@ struct Compiler {
         let requestHeaders = action == .forward ? headerMutations(r.requestHeaders, at + ".request_headers") : .empty
         let responseHeaders = headerMutations(r.responseHeaders, at + ".response_headers")
         matchers.append(matcher)
+        if case .forward(let f) = r.action { retryPolicies.append(f.retry) } else { retryPolicies.append(nil) }
         routes.append(RouteTable.Route(
             action: action, timeout: timeout, requestTimeout: requestTimeout, status: status, backends: backendSpan, total: total,
             hashHeader: hashHeader, hashCookie: hashCookie, mirrorCluster: mirror?.cluster ?? -1,

@@ -1,4 +1,5 @@
 import RemoraCore
+import RemoraPolicy
 
 /// A listener's virtual hosts and routes, compiled once per config and shared read-only by every
 /// worker. `match` picks the virtual host by authority, then the first route of that host whose
@@ -127,6 +128,7 @@ public final class RouteTable: @unchecked Sendable {   // immutable after init; 
                            value: UnsafeRawBufferPointer(start: base + m.value.start, count: m.value.count))
         })
         info = c.info
+        retryPolicies = c.retryPolicies
         backendCount = c.backends.count
     }
 
@@ -140,6 +142,13 @@ public final class RouteTable: @unchecked Sendable {   // immutable after init; 
 
     /// Routes over all virtual hosts.
     public var count: Int { routes.count }
+
+    /// Per route: its retry policy (nil: none). Read only by requests of routes that have one.
+    let retryPolicies: [RetryPolicy?]
+
+    /// The route's retry policy, nil when it has none (cheap: no copy unless there is one).
+    @inline(__always)
+    public func retryPolicy(route: Int) -> RetryPolicy? { retryPolicies[route] }
 
     @inline(__always)
     public subscript(route: Int) -> Route { routes[route] }

@@ -9,7 +9,7 @@ import Testing
         #expect(gateway.matches(response(503)) && gateway.matches(response(502)) && gateway.matches(response(504)))
         #expect(!gateway.matches(response(500)) && !gateway.matches(response(200)))
         #expect(gateway.matches(AttemptOutcome(kind: .connectFailure)) && gateway.matches(AttemptOutcome(kind: .reset)))
-        #expect(!gateway.matches(AttemptOutcome(kind: .timeout)) && !gateway.matches(AttemptOutcome(kind: .cancelled)))
+        #expect(gateway.matches(AttemptOutcome(kind: .timeout)) && !gateway.matches(AttemptOutcome(kind: .cancelled)))   // a try timeout counts as a 504
         let codes = RetryPolicy(on: [.retriableStatusCodes], statusCodes: [409])
         #expect(codes.matches(response(409)) && !codes.matches(response(503)))
         let grpc = RetryPolicy(on: [.grpcUnavailable])

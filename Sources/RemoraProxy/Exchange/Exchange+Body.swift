@@ -15,7 +15,7 @@ extension Exchange {
             return
         }
         guard active, !responseDone, let u = upstream else {
-            downstream?.requestConsumed(data.count)
+            if retryAt != 0 && active && !responseDone { bufferWhileWaiting(data) } else { downstream?.requestConsumed(data.count) }
             return
         }
         if replayable {

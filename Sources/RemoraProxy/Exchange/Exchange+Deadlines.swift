@@ -10,9 +10,16 @@ extension Exchange {
     @inline(__always) func arm(_ kind: Deadline) {
         guard active else { return }
         deadlineKind = kind
-        let ms = kind == .stream ? streamIdleTimeout : routeTimeout
         let now = timer.now
-        var at = ms == 0 ? 0 : now &+ ms
+        var at: UInt64
+        if kind == .stream {
+            at = streamIdleTimeout == 0 ? 0 : now &+ streamIdleTimeout
+        } else {   // the route timeout runs once, across every try
+            if headDeadline == 0 && routeTimeout != 0 { headDeadline = now &+ routeTimeout }
+            at = headDeadline
+        }
+        if tryDeadline != 0 && !responseStarted && (at == 0 || tryDeadline < at) { at = tryDeadline }
+        if retryAt != 0 && (at == 0 || retryAt < at) { at = retryAt }
         if grpcDeadline != 0 && (at == 0 || grpcDeadline < at) { at = grpcDeadline }
         if requestDeadline != 0 && (at == 0 || requestDeadline < at) { at = requestDeadline }
         if at == 0 { timer.clear(); return }
@@ -27,6 +34,11 @@ extension Exchange {
 
     func deadlineReached(_ t: DeadlineTimer) {
         guard active else { return }
+        if retryAt != 0 && timer.now >= retryAt {   // a retry's backoff is over
+            retryAt = 0
+            startRetry()
+            return
+        }
         if requestDeadline != 0 && !requestDone && timer.now >= requestDeadline {
             stats.inc(.downstream_rq_timeout)
             if responseStarted {
@@ -47,6 +59,10 @@ extension Exchange {
             } else {
                 grpcLocal(.deadlineExceeded, "deadline exceeded")
             }
+            return
+        }
+        if tryDeadline != 0 && !responseStarted && timer.now >= tryDeadline {
+            tryTimedOut()
             return
         }
         switch deadlineKind {

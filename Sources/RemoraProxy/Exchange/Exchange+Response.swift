@@ -1,17 +1,25 @@
 import RemoraCore
 import RemoraHTTP
+import RemoraPolicy
 
 extension Exchange {
     // MARK: the response (from the upstream)
 
     /// What to do with an upstream response head before anything of it reaches the client: the
-    /// decision point of response-side policies (a retry on 503, on a gRPC status). Today every head
-    /// is forwarded.
-    enum ResponseHeadDecision { case forward }
+    /// decision point of response-side policies. Forward it, or try again after `wait` ms (the
+    /// route's retry policy matched its status or gRPC status, and the budget allowed it).
+    enum ResponseHeadDecision { case forward, retry(wait: UInt64) }
 
     @inline(__always)
     func decideResponseHead(status: Int, headers: UnsafeBufferPointer<HeaderRef>, endStream: Bool) -> ResponseHeadDecision {
-        .forward
+        guard let r = retry else { return .forward }
+        let o = AttemptOutcome(kind: .response, status: status, grpcStatus: attemptGRPCStatus)
+        guard r.policy.matches(o) else {
+            if r.tries > 1 { clusterStats?.inc(.upstream_rq_retry_success) }
+            return .forward
+        }
+        let wait = retryDecision(o, pushback: Exchange.pushback(status: status, headers: headers, grpc: isGRPC))
+        return wait.map { .retry(wait: $0) } ?? .forward
     }
 
     func upstreamHead(status: Int, reason: UnsafeRawBufferPointer, headers: UnsafeBufferPointer<HeaderRef>,
@@ -20,7 +28,17 @@ extension Exchange {
         attemptStatus = status
         if isGRPC && endStream, let i = headers.firstIndex(named: "grpc-status") { attemptGRPCStatus = GRPC.statusCode(headers[i].value) }
         switch decideResponseHead(status: status, headers: headers, endStream: endStream) {
-        case .forward: break
+        case .forward:
+            break
+        case .retry(let wait):   // this try's answer is dropped (its connection or stream cancelled)
+            clusterStats?.incClass(.upstream_rq_1xx, status: status)
+            if let u = upstream {
+                upstream = nil
+                endAttempt(.response)
+                u.detach(clean: false)
+            }
+            scheduleRetry(after: wait)
+            return
         }
         responseStarted = true
         stats.incClass(.downstream_rq_1xx, status: status)

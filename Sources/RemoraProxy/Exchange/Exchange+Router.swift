@@ -1,5 +1,6 @@
 import RemoraCore
 import RemoraHTTP
+import RemoraPolicy
 import RemoraRouting
 
 /// A request head as a downstream codec hands it to an exchange.
@@ -100,6 +101,7 @@ extension Exchange {
         backendStats = l.backendStats[backend.slot]
         backendStats?.inc(.upstream_rq_total)
         routeTimeout = route.timeout
+        if let policy = table.retryPolicy(route: ri) { retry = RetryState(policy: policy) }
         let h = view.headers
         if isGRPC, let i = h.firstIndex(named: "grpc-timeout"), let ms = GRPC.timeout(h[i].value) {
             grpcDeadline = timer.now &+ ms

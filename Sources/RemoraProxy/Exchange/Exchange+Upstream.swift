@@ -41,6 +41,10 @@ extension Exchange {
         attemptStart = timer.now
         attemptStatus = 0
         attemptGRPCStatus = -1
+        if let r = retry, r.policy.perTryTimeout != 0 {
+            tryDeadline = attemptStart &+ r.policy.perTryTimeout
+            arm(deadlineKind)
+        }
         cl.stats.add(.upstream_cx_tx_bytes_total, UInt64(upHead.count))
         if !replay.isEmpty { u.sendBody(replay.bytes) }
         if requestDone && requestHasBody { u.sendEnd(trailers: nil) }
@@ -60,22 +64,36 @@ extension Exchange {
             finish(clean: false)
             return
         }
+        // The proxy's own retries, always safe: another endpoint after a failed connect, a stream the
+        // peer never processed, the keep-alive close race of an idempotent request.
         if replayable {
+            var again = false
             switch why {
             case .connectFailed where connectRetries > 0:
                 connectRetries -= 1
+                again = true
             case .refused where refusedRetries > 0:
                 refusedRetries -= 1
+                again = true
             case .reset, .protocolError:
                 // The keep-alive close race: sent again only when the method is idempotent, since
                 // the backend may have received and acted on the request before the connection died.
-                guard u.wasReused && !u.gotResponseBytes && reuseRetries > 0 && methodIsIdempotent else { return noUpstream(why) }
-                reuseRetries -= 1
+                if u.wasReused && !u.gotResponseBytes && reuseRetries > 0 && methodIsIdempotent {
+                    reuseRetries -= 1
+                    again = true
+                }
             default:
-                return noUpstream(why)
+                break
             }
-            cl.stats.inc(.upstream_rq_retry)
-            dispatch(fresh: true)
+            if again {
+                cl.stats.inc(.upstream_rq_retry)
+                dispatch(fresh: true)
+                return
+            }
+        }
+        // The route's retry policy.
+        if let wait = retryDecision(AttemptOutcome(kind: why.outcomeKind)) {
+            scheduleRetry(after: wait)
             return
         }
         noUpstream(why)
@@ -90,6 +108,8 @@ extension Exchange {
     func endAttempt(_ kind: AttemptOutcome.Kind) {
         guard let endpoint = attemptEndpoint, let cl = cluster else { return }
         attemptEndpoint = nil
+        lastTryEndpoint = endpoint
+        tryDeadline = 0
         cl.attemptEnded(endpoint: endpoint, AttemptOutcome(kind: kind, status: attemptStatus, grpcStatus: attemptGRPCStatus,
                                                             latency: timer.now &- attemptStart))
     }

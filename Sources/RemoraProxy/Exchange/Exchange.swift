@@ -46,6 +46,19 @@ final class Exchange: DeadlineTimerDelegate {
     var clusterActive = false
     /// Time allowed for the upstream's response head, ms; 0 = none.
     var routeTimeout: Millis = 0
+    /// Absolute loop time of the route timeout, fixed when first armed: all tries fit in it; 0 = not yet.
+    var headDeadline: UInt64 = 0
+    /// The route's retry policy and the try this request is on; nil = no policy (only the proxy's
+    /// own safe retries). `Exchange+Retry.swift`.
+    var retry: RetryState?
+    /// A policy retry holds one unit of the cluster's retry budget until it ends.
+    var holdsRetryBudget = false
+    /// Absolute loop time by which the current try must have its response head (`per_try_timeout`); 0 = none.
+    var tryDeadline: UInt64 = 0
+    /// Absolute loop time at which the next try starts (a retry in its backoff); 0 = none waiting.
+    var retryAt: UInt64 = 0
+    /// The endpoint of the last try that ended (a retry prefers another).
+    var lastTryEndpoint: Endpoint.Ref?
     /// Absolute loop time by which a gRPC call must be over (from grpc-timeout); 0 = none.
     var grpcDeadline: UInt64 = 0
     /// Absolute loop time by which the request body must be complete (the request timeout); 0 = none.
@@ -129,6 +142,12 @@ final class Exchange: DeadlineTimerDelegate {
         maxRequestBody = 0
         requestBodyBytes = 0
         attemptEndpoint = nil
+        headDeadline = 0
+        retry = nil
+        holdsRetryBudget = false
+        tryDeadline = 0
+        retryAt = 0
+        lastTryEndpoint = nil
         runsFilters = false
     }
 
@@ -157,6 +176,8 @@ final class Exchange: DeadlineTimerDelegate {
         guard active else { return }
         active = false
         timer.clear()
+        retryAt = 0
+        if holdsRetryBudget { releaseRetryBudget() }
         if let u = upstream {
             upstream = nil
             endAttempt(responseDone ? .response : .cancelled)

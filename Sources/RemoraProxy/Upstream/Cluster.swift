@@ -33,6 +33,11 @@ final class Cluster {
     var retired = false
     /// Recycled HTTP/2 stream objects (shared by the cluster's HTTP/2 connections).
     var freeStreams: [H2UpstreamStream] = []
+    /// Retries in flight from this worker, within a share of the cluster's active requests
+    /// (`retry_budget`); nil = unbounded.
+    var retryBudget: RetryBudget?
+    /// The next pick avoids this endpoint when the cluster has another (set for one retry).
+    var avoidNext: Endpoint.Ref?
 
     init(worker: Worker, index: Int, config: ClusterConfig, endpoints: [SocketAddress], stats: StatBlock<ClusterStat>) {
         self.worker = worker; self.index = index; self.config = config; self.stats = stats
@@ -41,13 +46,19 @@ final class Cluster {
         connectCredit = config.maxConnectsPerSecond * 1000
         for e in self.endpoints { e.idle.reserveCapacity(min(maxIdlePerEndpoint, 64)) }
         balancer = RoundRobin(for: self.endpoints)
+        retryBudget = config.retryBudget
         random = FastRandom(seed: worker.rng.next())
     }
 
     /// The endpoint for the next attempt (HTTP pools and the TCP proxy alike), unretained.
     @inline(__always)
     func pickEndpoint() -> Endpoint.Ref {
-        Unmanaged.passUnretained(endpoints[balancer.pick(endpoints, random: &random)])
+        var i = balancer.pick(endpoints, random: &random)
+        if let avoid = avoidNext {   // a retry: another endpoint than the last try's, when there is one
+            avoidNext = nil
+            if endpoints.count > 1 && endpoints[i] === avoid.takeUnretainedValue() { i = balancer.pick(endpoints, random: &random) }
+        }
+        return Unmanaged.passUnretained(endpoints[i])
     }
 
     /// The outcome hook: every upstream attempt ends here exactly once, with its endpoint and what

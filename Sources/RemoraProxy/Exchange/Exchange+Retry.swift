@@ -1,0 +1,122 @@
+import RemoraCore
+import RemoraHTTP
+import RemoraPolicy
+
+extension Exchange {
+    // MARK: retries by the route's policy (`retry:`; the decisions are RemoraPolicy's RetryState)
+
+    /// Whether to try again after an attempt that ended as `o` with nothing of it sent to the
+    /// client: the wait in ms, with one unit of the cluster's retry budget taken, or nil (counted
+    /// by reason). `pushback` is the server's requested wait (Retry-After, grpc-retry-pushback-ms).
+    /// A request holds at most one unit: from its first retry until it ends (a retried request in
+    /// flight, waiting or streaming its answer, counts against the budget).
+    func retryDecision(_ o: AttemptOutcome, pushback: UInt64? = nil) -> UInt64? {
+        guard retry != nil, !responseStarted, let cl = cluster else { return nil }
+        let now = timer.now
+        var remaining: UInt64?
+        for d in [headDeadline, grpcDeadline] where d != 0 {
+            let left = d > now ? d - now : 0
+            remaining = min(remaining ?? left, left)
+        }
+        // gRPC calls are all POSTs: their retries are decided by status, as gRPC's own retry policy
+        // (gRFC A6) does, not by method.
+        let methodAllowed = isGRPC || (retry!.policy.methods.map(methodListed) ?? methodIsIdempotent)
+        switch retry!.decide(o, methodAllowed: methodAllowed, replayable: replayable, pushback: pushback,
+                             remaining: remaining, random: &worker.rng) {
+        case .stop(let why):
+            switch why {
+            case .limitExceeded: cl.stats.inc(.upstream_rq_retry_limit_exceeded)
+            case .bodyTooLarge: cl.stats.inc(.upstream_rq_retry_body_too_large)
+            default: break
+            }
+            return nil
+        case .retry(let wait):
+            if cl.retryBudget != nil && !holdsRetryBudget {
+                guard cl.retryBudget!.admit(activeRequests: Int(cl.stats.load(.upstream_rq_active))) else {
+                    cl.stats.inc(.upstream_rq_retry_overflow)
+                    return nil
+                }
+                holdsRetryBudget = true
+            }
+            return wait
+        }
+    }
+
+    /// Starts the next try now, or after `wait` ms (the timer's `retryAt`).
+    func scheduleRetry(after wait: UInt64) {
+        clusterStats?.inc(.upstream_rq_retry)
+        if wait == 0 { startRetry(); return }
+        clusterStats?.inc(.upstream_rq_retry_backoff_exponential)
+        retryAt = timer.now &+ wait
+        arm(deadlineKind)
+    }
+
+    /// The next try, on another endpoint than the last when the cluster has one.
+    func startRetry() {
+        cluster?.avoidNext = lastTryEndpoint
+        dispatch(fresh: true)
+    }
+
+    /// The try's `per_try_timeout` passed before its response head: cancel it (HTTP/2 RST_STREAM
+    /// CANCEL, HTTP/1.1 connection closed), then retry if the policy allows, else 504.
+    func tryTimedOut() {
+        tryDeadline = 0
+        clusterStats?.inc(.upstream_rq_per_try_timeout)
+        if let u = upstream {
+            upstream = nil
+            endAttempt(.timeout)
+            u.detach(clean: false)
+        }
+        if let wait = retryDecision(AttemptOutcome(kind: .timeout)) {
+            scheduleRetry(after: wait)
+            return
+        }
+        clusterStats?.inc(.upstream_rq_timeout)
+        stats.inc(.downstream_rq_timeout)
+        if isGRPC { grpcLocal(.deadlineExceeded, "upstream per-try timeout") } else { local(504, "upstream per-try timeout\n") }
+    }
+
+    /// Request body bytes that arrive while a retry waits its backoff: kept for the next try while
+    /// they fit the replay buffer; beyond it the retry is given up (502, as the failed try).
+    func bufferWhileWaiting(_ data: UnsafeRawBufferPointer) {
+        downstream?.requestConsumed(data.count)
+        if replayable && replay.count + data.count <= Exchange.replayLimit {
+            if replay.base == nil { replay = pool.take() }
+            replay.append(data)
+            return
+        }
+        replayable = false
+        retryAt = 0
+        if holdsRetryBudget { releaseRetryBudget() }
+        clusterStats?.inc(.upstream_rq_retry_body_too_large)
+        noUpstream(.reset(code: 0))
+    }
+
+    func releaseRetryBudget() {
+        holdsRetryBudget = false
+        cluster?.retryBudget?.release()
+    }
+
+    /// The server's requested wait before a retry: Retry-After (503, 429) or grpc-retry-pushback-ms.
+    static func pushback(status: Int, headers: UnsafeBufferPointer<HeaderRef>, grpc: Bool) -> UInt64? {
+        if grpc, let i = headers.firstIndex(named: "grpc-retry-pushback-ms") { return RetryPushback.grpcPushback(headers[i].value) }
+        if status == 503 || status == 429, let i = headers.firstIndex(named: "retry-after") {
+            return RetryPushback.retryAfter(headers[i].value)
+        }
+        return nil
+    }
+
+    /// The request's method is one of `methods` (the policy's `methods:`).
+    func methodListed(_ methods: [String]) -> Bool {
+        let m: UnsafeRawBufferPointer
+        if upstreamIsHTTP2 {
+            guard reqHead.count > 0 else { return false }
+            m = reqHead.value(0)
+        } else {
+            let line = upHead.bytes
+            guard let sp = line.firstIndex(of: 0x20) else { return false }
+            m = UnsafeRawBufferPointer(rebasing: line[..<sp])
+        }
+        return methods.contains { $0.utf8.elementsEqual(m) }
+    }
+}
