@@ -143,7 +143,7 @@ final class Exchange: DeadlineTimerDelegate {
         requestBodyBytes = 0
         attemptEndpoint = nil
         headDeadline = 0
-        retry = nil
+        if retry != nil { retry = nil }   // (a check: destroying an absent policy still costs a call)
         holdsRetryBudget = false
         tryDeadline = 0
         retryAt = 0
