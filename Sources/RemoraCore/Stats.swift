@@ -24,6 +24,10 @@ public enum ListenerStat: Int, StatGroup {
     /// Overload (`overload:`): requests refused above `refuse_streams_above`, connections closed at
     /// accept above `refuse_connections_above`.
     case downstream_rq_overload_refused, downstream_cx_overload_reject
+    /// Fault injection (`fault:` on a route): requests delayed, requests answered by an abort.
+    case fault_delays_injected, fault_aborts_injected
+    /// Local rate limit (`rate_limit:` on a route): requests answered 429 / RESOURCE_EXHAUSTED.
+    case downstream_rq_rate_limited
 }
 
 /// Upstream (backend side) stats of one cluster: `cluster.<name>.<stat>`.

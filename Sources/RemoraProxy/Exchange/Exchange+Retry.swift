@@ -79,6 +79,7 @@ extension Exchange {
     /// Request body bytes that arrive while a retry waits its backoff: kept for the next try while
     /// they fit the replay buffer; beyond it the retry is given up (502, as the failed try).
     func bufferWhileWaiting(_ data: UnsafeRawBufferPointer) {
+        if dispatchDelay != 0 { holdDuringDelay(data); return }   // the first try waits a filter's delay
         downstream?.requestConsumed(data.count)
         if replayable && replay.count + data.count <= Exchange.replayLimit {
             if replay.base == nil { replay = pool.take() }

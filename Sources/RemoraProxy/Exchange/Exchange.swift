@@ -108,6 +108,16 @@ final class Exchange: DeadlineTimerDelegate {
     unowned(unsafe) var primary: Exchange?
     /// The listener's filters see this exchange (not a shadow; none configured: false).
     var runsFilters = false
+    /// The route the request matched (an index into the listener's route table), -1 = none; set
+    /// before the filters run, so they can read per-route settings (`Filters/`).
+    var routeIndex = -1
+    /// A filter's `.delay`: ms the first try waits before the upstream is contacted (fault injection);
+    /// 0 = none. While it waits, `retryAt` holds its end. `Exchange+Delay.swift`.
+    var dispatchDelay: Millis = 0
+    /// The delayed first try goes on a fresh HTTP/1.1 connection (a body that may outgrow the replay buffer).
+    var delayedFresh = false
+    /// Answered with this when the delay is over instead of going upstream (a fault's delay, then abort).
+    var delayedReply: LocalReply?
     static let replayLimit = 64 * 1024
 
     init(worker: Worker) {
@@ -149,6 +159,7 @@ final class Exchange: DeadlineTimerDelegate {
         retryAt = 0
         lastTryEndpoint = nil
         runsFilters = false
+        dispatchDelay = 0
     }
 
     var inDownstreamRead: Bool { downstream?.isReading ?? false }
