@@ -488,7 +488,8 @@ private final class Schema {
 
     /// A route's `retry:` (docs/config.md).
     func retryPolicy(_ n: Node, _ p: String) -> RetryPolicy? {
-        guard let m = d.mapping(n, p, keys: ["attempts", "on", "status_codes", "per_try_timeout", "backoff", "methods"])
+        guard let m = d.mapping(n, p, keys: ["attempts", "on", "status_codes", "per_try_timeout", "backoff", "methods",
+                                             "hedge_after"])
         else { return nil }
         var r = RetryPolicy()
         if let v = m.optional("attempts", { d.int($0, $1, in: 1...10) }) { r.attempts = v }
@@ -503,6 +504,7 @@ private final class Schema {
             if !m.has("on") { r.on.insert(.retriableStatusCodes) }
         }
         if let t = m.optional("per_try_timeout", { d.duration($0, $1) }) { r.perTryTimeout = t }
+        if let h = m.optional("hedge_after", { d.duration($0, $1) }) { r.hedgeAfter = h }
         if m.has("backoff"), let b = m.optional("backoff", { n, p -> (UInt64, UInt64)? in
             guard let bm = d.mapping(n, p, keys: ["base", "max"]) else { return nil }
             let base = bm.optional("base") { d.duration($0, $1, positive: true) } ?? 25

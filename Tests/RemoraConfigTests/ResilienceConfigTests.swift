@@ -52,6 +52,11 @@ import RemoraPolicy
         #expect(errors("rate_limit: { per_second: 0 }").contains { $0.contains("between 1 and 1000000") })
     }
 
+    @Test func hedgeAfter() {
+        #expect(forward("retry: { attempts: 2, hedge_after: 50ms }")?.retry?.hedgeAfter == 50)
+        #expect(forward("retry: { attempts: 2 }")?.retry?.hedgeAfter == 0)
+    }
+
     @Test func onlyOnForwardingRoutes() {
         let yaml = """
         listeners:

@@ -246,3 +246,89 @@ def test_routes_without_a_limit_are_not_limited(start_remora, http_backend):
     with Client(remora.port("web")) as c:
         assert [c.request("GET", "/l").status for _ in range(3)] == [200, 429, 429]
         assert all(c.request("GET", "/f").status == 200 for _ in range(50))
+
+
+# -- hedging ---------------------------------------------------------------------------------------
+
+def percentile(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(math.ceil(p * len(xs))) - 1)]
+
+
+def timed_requests(port: int, n_threads: int, per: int, target: str = "/echo") -> list[float]:
+    times: list[float] = []
+    lock = threading.Lock()
+
+    def client(i):
+        with Client(port, timeout=10) as c:
+            for _ in range(per):
+                t0 = time.monotonic()
+                assert c.request("GET", target).status == 200
+                with lock:
+                    times.append(time.monotonic() - t0)
+
+    run_parallel(n_threads, client)
+    return times
+
+
+@pytest.mark.timeout(60)
+def test_hedging_beats_a_slow_endpoint(start_remora):
+    from backends import NamedBackend
+    slow, fast = NamedBackend("slow", delay_ms=500), NamedBackend("fast")
+    try:
+        hedged = fwd("hedged", "/", "app", retry={"attempts": 2, "hedge_after": "50ms"})
+        direct = fwd("direct", "/direct", "fastonly")
+        remora = start_remora(make_config(
+            [http_listener("web", routes=[direct, hedged])],
+            [cluster("app", [slow.endpoint, fast.endpoint]), cluster("fastonly", [fast.endpoint])]))
+        port = remora.port("web")
+        fast_p99 = percentile(timed_requests(port, 4, 25, "/direct/echo"), 0.99)
+        times = timed_requests(port, 4, 25)
+        p99 = percentile(times, 0.99)
+        print(f"hedging: p99 {p99 * 1000:.1f} ms (fast endpoint alone: {fast_p99 * 1000:.1f} ms; slow: 500 ms)")
+        assert p99 < 0.050 + fast_p99 + 0.025, f"p99 {p99:.3f}s with a hedge after 50 ms (fast p99 {fast_p99:.3f}s)"
+        stats = remora.stats()
+        assert stats["cluster.app.upstream_rq_hedged"] >= 40   # about every other request went to the slow one first
+        assert stats["cluster.app.upstream_rq_2xx"] == 100
+    finally:
+        slow.close()
+        fast.close()
+
+
+class SlowEcho(EchoServicer):
+    def __init__(self, delay: float):
+        super().__init__()
+        self.delay = delay
+
+    def Unary(self, request, context):
+        time.sleep(self.delay)
+        return super().Unary(request, context)
+
+
+@pytest.mark.timeout(60)
+def test_hedging_grpc_over_http2(start_remora):
+    servers, servicers, endpoints = [], [], []
+    for delay in (0.5, 0.0):
+        s = SlowEcho(delay)
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=[("grpc.so_reuseport", 0)])
+        echo_pb2_grpc.add_EchoServicer_to_server(s, server)
+        endpoints.append(f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}")
+        server.start()
+        servers.append(server)
+        servicers.append(s)
+    try:
+        remora = start_remora(make_config(
+            [http_listener("web", routes=[fwd(retry={"attempts": 2, "hedge_after": "50ms"})])],
+            [cluster("app", endpoints, protocol="http2")], workers=1))
+        times = []
+        with grpc.insecure_channel(f"127.0.0.1:{remora.port('web')}") as ch:
+            stub = echo_pb2_grpc.EchoStub(ch)
+            for i in range(20):
+                t0 = time.monotonic()
+                assert stub.Unary(echo_pb2.EchoRequest(message=f"m{i}"), timeout=5).message == f"m{i}"
+                times.append(time.monotonic() - t0)
+        assert max(times) < 0.3, f"slowest call {max(times):.3f}s"
+        assert remora.stat("cluster.app.upstream_rq_hedged") >= 8
+    finally:
+        for s in servers:
+            s.stop(None).wait(5)

@@ -58,12 +58,12 @@ extension Exchange {
     func answer(_ r: LocalReply) {
         let extra = r.extraFields
         if isGRPC {
-            grpcLocal(code: r.grpcStatus, String(describing: r.message), extra: extra)
+            grpcLocal(code: Int(r.grpcStatus), String(describing: r.message), extra: extra)
         } else {
             var body = ByteBuffer(capacity: r.message.utf8CodeUnitCount + 1)
             body.append(r.message)
             body.append(byte: 0x0A)
-            local(r.status, body: body.bytes, location: nil, extra: extra)
+            local(Int(r.status), body: body.bytes, location: nil, extra: extra)
             body.release()
         }
     }

@@ -5,6 +5,7 @@ extension Exchange {
     // MARK: answers from the proxy
 
     func noUpstream(_ why: UpstreamFailure) {
+        if let p = hedgeOf { p.hedgeFailed(self, why); return }   // a hedge answers nobody
         let name = cluster?.config.name ?? "?"
         clusterStats?.inc(.upstream_rq_5xx)
         switch why {

@@ -118,6 +118,15 @@ final class Exchange: DeadlineTimerDelegate {
     var delayedFresh = false
     /// Answered with this when the delay is over instead of going upstream (a fault's delay, then abort).
     var delayedReply: LocalReply?
+    /// Hedging (`retry.hedge_after`, `Exchange+Hedge.swift`): the exchange running the second try,
+    /// while it runs.
+    var hedge: Exchange?
+    /// For a hedge: the request it tries for (nil otherwise); while `relaying`, the request that took
+    /// its upstream, which it passes the end of the upstream's read to.
+    unowned(unsafe) var hedgeOf: Exchange?
+    var relaying = false
+    /// Absolute loop time at which the first try gets a hedge (folded into `tryDeadline`); 0 = none.
+    var hedgeAt: UInt64 = 0
     static let replayLimit = 64 * 1024
 
     init(worker: Worker) {
@@ -168,7 +177,10 @@ final class Exchange: DeadlineTimerDelegate {
     func downstreamReadDone() { upstream?.flushRequest() }
 
     /// The upstream finished one read: what it wrote toward the client may leave now.
-    func upstreamReadDone() { downstream?.flushResponse() }
+    func upstreamReadDone() {
+        if hedgeOf != nil { hedgeReadDone(); return }
+        downstream?.flushResponse()
+    }
 
     // MARK: the end
 
@@ -188,6 +200,7 @@ final class Exchange: DeadlineTimerDelegate {
         active = false
         timer.clear()
         retryAt = 0
+        if let h = hedge { hedge = nil; Exchange.endHedge(h) }
         if holdsRetryBudget { releaseRetryBudget() }
         if let u = upstream {
             upstream = nil

@@ -9,21 +9,25 @@ import RemoraRouting
 /// only when some route of the listener has `fault:`. Decided once per request on the worker's
 /// random source (`FaultPolicy.decide`, RemoraPolicy); counted in `listener.<name>.fault_*`.
 final class FaultFilter: HTTPFilter {
-    /// Per route of the listener's table (nil: no faults).
+    /// Per route of the listener's table (nil: no faults), without `onlyWithHeader` (kept apart in
+    /// `headers`, so reading a policy copies no reference).
     let faults: [FaultPolicy?]
+    /// Per route: the header a request must carry for faults to apply (lowercase), or nil.
+    let headers: [String?]
 
     init?(routes: RouteTable) {
         guard routes.faults.contains(where: { $0 != nil }) else { return nil }
-        faults = routes.faults
+        headers = routes.faults.map { $0?.onlyWithHeader }
+        faults = routes.faults.map { $0.map { var f = $0; f.onlyWithHeader = nil; return f } }
     }
 
     func requestHeaders(_ e: Exchange, _ request: RequestView) -> FilterVerdict {
         let ri = e.routeIndex
         guard ri >= 0, let f = faults[ri] else { return .next }
-        if let name = f.onlyWithHeader, !FaultFilter.has(request.headers, name) { return .next }
+        if let name = headers[ri], !FaultFilter.has(request.headers, name) { return .next }
         let d = f.decide(random: &e.worker.rng)
         if d.isNone { return .next }
-        let reply = LocalReply(status: f.abortStatus, grpcStatus: f.grpcAbortStatus, message: "fault filter abort")
+        let reply = LocalReply(.faultAbort, status: f.abortStatus, grpcStatus: f.grpcAbortStatus)
         if d.delay != 0 { e.stats.inc(.fault_delays_injected) }
         if d.abort { e.stats.inc(.fault_aborts_injected) }
         if d.delay == 0 { return .reply(reply) }
