@@ -23,6 +23,16 @@ static inline uint64_t remora_counter_load(const uint64_t *p) {
     return __atomic_load_n(p, __ATOMIC_RELAXED);
 }
 
+/* A word several workers update (the shared token buckets of local rate limits): a relaxed load,
+ * then a compare-and-swap (lock cmpxchg) that succeeds only if nobody changed the word meanwhile;
+ * on failure *expected holds the current value. Relaxed: the word publishes no other data. */
+static inline uint64_t remora_shared_load(const uint64_t *p) {
+    return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+static inline int remora_shared_cas(uint64_t *p, uint64_t *expected, uint64_t desired) {
+    return __atomic_compare_exchange_n(p, expected, desired, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+}
+
 #if UINTPTR_MAX > 0xffffffffu
 typedef Elf64_Phdr remora_phdr;
 typedef Elf64_Dyn remora_dyn;

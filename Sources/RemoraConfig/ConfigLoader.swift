@@ -238,7 +238,7 @@ private final class Schema {
     func route(_ n: Node, _ p: String, _ names: inout ListenerNames) -> RouteConfig? {
         guard var m = d.mapping(n, p, keys: ["name", "match", "backends", "hash_on", "timeout", "mirror", "redirect",
                                              "direct_response", "rewrite", "request_headers", "response_headers",
-                                             "request_timeout", "retry"])
+                                             "request_timeout", "retry", "fault", "rate_limit"])
         else { return nil }
         let name = m.required("name") { self.name($0, $1, "route", &names.routes) }
         let match = m.optional("match", routeMatch)
@@ -249,7 +249,8 @@ private final class Schema {
         }
         m.forbid(Array(kind.dropFirst()), "not allowed with \(kind.first ?? "") (a route has one action)")
         if let first = kind.first, first != "backends" {
-            m.forbid(["hash_on", "timeout", "mirror", "request_headers", "request_timeout", "retry"], "only allowed with backends")
+            m.forbid(["hash_on", "timeout", "mirror", "request_headers", "request_timeout", "retry", "fault", "rate_limit"],
+                     "only allowed with backends")
         }
         if kind.first == "direct_response" { m.forbid(["rewrite"], "not allowed with direct_response") }
         let action: RouteAction?
@@ -263,8 +264,15 @@ private final class Schema {
             let mirror = m.optional("mirror", mirror)
             let requestTimeout = m.optional("request_timeout") { d.duration($0, $1) }
             let retry = m.optional("retry", retryPolicy)
-            action = backends.map { .forward(ForwardAction(backends: $0, hashOn: hashOn, timeout: timeout ?? 15_000, mirror: mirror,
-                                                           requestTimeout: requestTimeout, retry: retry)) }
+            let fault = m.optional("fault", faultPolicy)
+            let rateLimit = m.optional("rate_limit", rateLimitPolicy)
+            action = backends.map {
+                var f = ForwardAction(backends: $0, hashOn: hashOn, timeout: timeout ?? 15_000, mirror: mirror,
+                                      requestTimeout: requestTimeout, retry: retry)
+                f.fault = fault
+                f.rateLimit = rateLimit
+                return .forward(f)
+            }
         }
         let rewrite = m.optional("rewrite") { pathRewrite($0, $1, regexPath: match?.grpc == nil && match?.path.kind == .regex) }
         let requestHeaders = m.optional("request_headers", headerRewrite)
@@ -480,7 +488,8 @@ private final class Schema {
 
     /// A route's `retry:` (docs/config.md).
     func retryPolicy(_ n: Node, _ p: String) -> RetryPolicy? {
-        guard let m = d.mapping(n, p, keys: ["attempts", "on", "status_codes", "per_try_timeout", "backoff", "methods"])
+        guard let m = d.mapping(n, p, keys: ["attempts", "on", "status_codes", "per_try_timeout", "backoff", "methods",
+                                             "hedge_after"])
         else { return nil }
         var r = RetryPolicy()
         if let v = m.optional("attempts", { d.int($0, $1, in: 1...10) }) { r.attempts = v }
@@ -495,6 +504,7 @@ private final class Schema {
             if !m.has("on") { r.on.insert(.retriableStatusCodes) }
         }
         if let t = m.optional("per_try_timeout", { d.duration($0, $1) }) { r.perTryTimeout = t }
+        if let h = m.optional("hedge_after", { d.duration($0, $1) }) { r.hedgeAfter = h }
         if m.has("backoff"), let b = m.optional("backoff", { n, p -> (UInt64, UInt64)? in
             guard let bm = d.mapping(n, p, keys: ["base", "max"]) else { return nil }
             let base = bm.optional("base") { d.duration($0, $1, positive: true) } ?? 25
@@ -506,6 +516,42 @@ private final class Schema {
             r.methods = methods
         }
         return r
+    }
+
+    /// A route's `fault:` (docs/config.md): `delay: { fixed, percent }`, `abort: { status | grpc_status,
+    /// percent }`, `only_with_header`.
+    func faultPolicy(_ n: Node, _ p: String) -> FaultPolicy? {
+        guard let m = d.mapping(n, p, keys: ["delay", "abort", "only_with_header"]) else { return nil }
+        if !m.has("delay") && !m.has("abort") { d.fail(m.line, p, #"expected "delay", "abort" or both"#) }
+        var f = FaultPolicy()
+        let percent = { (n: Node, p: String) in
+            self.d.value(n, p, "a percentage from 0 to 100", { Double($0).flatMap { (0...100).contains($0) ? $0 : nil } })
+        }
+        if let dm = m.optional("delay", { d.mapping($0, $1, keys: ["fixed", "percent"]) }) {
+            f.delay = dm.required("fixed") { d.duration($0, $1, positive: true) } ?? 0
+            f.delayShare = FaultPolicy.share(percent: dm.required("percent", percent) ?? 0)
+        }
+        if let am = m.optional("abort", { d.mapping($0, $1, keys: ["status", "grpc_status", "percent"]) }) {
+            if !am.has("status") && !am.has("grpc_status") {
+                d.fail(am.line, Fields.join(p, "abort"), #"expected "status", "grpc_status" or both"#)
+            }
+            if let s = am.optional("status", { d.int($0, $1, in: 200...599) }) { f.abortStatus = s }
+            if let g = am.optional("grpc_status", { d.int($0, $1, in: 1...16) }) { f.abortGRPCStatus = g }
+            f.abortShare = FaultPolicy.share(percent: am.required("percent", percent) ?? 0)
+        }
+        if let h = m.optional("only_with_header", { d.checked($0, $1) { RouteSyntax.headerName($0) } }) {
+            f.onlyWithHeader = h.lowercased()
+        }
+        return f
+    }
+
+    /// A route's `rate_limit: { per_second, burst }` (docs/config.md).
+    func rateLimitPolicy(_ n: Node, _ p: String) -> RateLimitPolicy? {
+        guard let m = d.mapping(n, p, keys: ["per_second", "burst"]) else { return nil }
+        let rate = m.required("per_second") { d.int($0, $1, in: 1...1_000_000) }
+        let burst = m.optional("burst") { d.int($0, $1, in: 1...1_000_000) }
+        guard let rate else { return nil }
+        return RateLimitPolicy(perSecond: UInt64(rate), burst: burst.map(UInt64.init))
     }
 
     /// `http2: { max_concurrent_streams, initial_stream_window, connection_window, max_header_list_size }`.

@@ -301,6 +301,10 @@ public struct ForwardAction: Sendable, Equatable {
     /// Retries of failed tries (`retry:`); nil = none beyond the proxy's own safe ones (connect
     /// failure with another endpoint, refused streams, the keep-alive race of idempotent requests).
     public var retry: RetryPolicy?
+    /// Fault injection (`fault:`): delays and aborts for a share of the requests; nil = none.
+    public var fault: FaultPolicy?
+    /// Local rate limit (`rate_limit:`), one token bucket for the route over the whole proxy; nil = none.
+    public var rateLimit: RateLimitPolicy?
 
     public init(backends: [WeightedBackend], hashOn: HashKey? = nil, timeout: Millis = 15_000, mirror: MirrorPolicy? = nil,
                 requestTimeout: Millis? = nil) {

@@ -24,6 +24,10 @@ public enum ListenerStat: Int, StatGroup {
     /// Overload (`overload:`): requests refused above `refuse_streams_above`, connections closed at
     /// accept above `refuse_connections_above`.
     case downstream_rq_overload_refused, downstream_cx_overload_reject
+    /// Fault injection (`fault:` on a route): requests delayed, requests answered by an abort.
+    case fault_delays_injected, fault_aborts_injected
+    /// Local rate limit (`rate_limit:` on a route): requests answered 429 / RESOURCE_EXHAUSTED.
+    case downstream_rq_rate_limited
 }
 
 /// Upstream (backend side) stats of one cluster: `cluster.<name>.<stat>`.
@@ -37,6 +41,8 @@ public enum ClusterStat: Int, StatGroup {
     /// outgrew the replay buffer; retries that waited a backoff; tries cut by `per_try_timeout`.
     case upstream_rq_retry_success, upstream_rq_retry_limit_exceeded, upstream_rq_retry_overflow
     case upstream_rq_retry_body_too_large, upstream_rq_retry_backoff_exponential, upstream_rq_per_try_timeout
+    /// Hedged requests (`retry.hedge_after`): a second try started while the first had no head yet.
+    case upstream_rq_hedged
     case upstream_rq_1xx, upstream_rq_2xx, upstream_rq_3xx, upstream_rq_4xx, upstream_rq_5xx
     case upstream_rq_reset_after_head
     case upstream_cx_rx_bytes_total, upstream_cx_tx_bytes_total

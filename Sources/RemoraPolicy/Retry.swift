@@ -49,6 +49,10 @@ public struct RetryPolicy: Sendable, Equatable {
     /// Methods that may be retried (exact, "GET"); nil = the idempotent ones (GET, HEAD, OPTIONS,
     /// TRACE, PUT, DELETE).
     public var methods: [String]?
+    /// Hedging: when the first try has no response head after this many ms, a second try starts on
+    /// another endpoint and the first head to arrive wins (the other try is cancelled); 0 = off.
+    /// The hedge is one of `attempts` and counts against the retry budget.
+    public var hedgeAfter: UInt64 = 0
 
     public init(attempts: Int = 2, on: Conditions = [.connectFailure, .refusedStream, .reset, .gatewayError],
                 statusCodes: [Int] = [], perTryTimeout: UInt64 = 0, backoffBase: UInt64 = 25, backoffMax: UInt64 = 250,
@@ -173,6 +177,14 @@ public struct RetryState: Sendable {
         if let r = remaining, wait >= r { return .stop(.pushback) }
         tries += 1
         return .retry(after: wait)
+    }
+
+    /// Whether the first try, still without a head after `policy.hedgeAfter`, gets a hedge: only the
+    /// first try is hedged, and only while `attempts` allows another try (which the hedge then is).
+    public mutating func hedge() -> Bool {
+        guard policy.hedgeAfter != 0, tries == 1, tries < policy.attempts else { return false }
+        tries += 1
+        return true
     }
 }
 

@@ -12,6 +12,8 @@ public final class Snapshot: Sendable {
     public let endpoints: [[SocketAddress]]
     /// Per TCP listener: cluster index; -1 for HTTP listeners.
     public let tcpCluster: [Int]
+    /// Per listener, per route: the route's local rate limit bucket, shared by every worker (nil: none).
+    let rateLimitBuckets: [[SharedTokenBucket?]]
 
     public init(config: Config) throws {
         self.config = config
@@ -20,6 +22,7 @@ public final class Snapshot: Sendable {
         var tables: [RouteTable] = []
         for l in config.listeners { tables.append(try RouteTable(l, clusters: index)) }
         routeTables = tables
+        rateLimitBuckets = tables.map { $0.rateLimits.map { $0.map(SharedTokenBucket.init) } }
         tcpCluster = config.listeners.map { l in l.cluster.flatMap { index[$0] } ?? -1 }
         var eps: [[SocketAddress]] = []
         for c in config.clusters {

@@ -121,7 +121,8 @@ final class Worker {
             live.insert(l.name)
             let tcp = snap.tcpCluster[i] >= 0 ? clusters[snap.tcpCluster[i]] : nil
             let runtime = ListenerRuntime(worker: self, config: l, routes: snap.routeTables[i], clusters: clusters,
-                                          tcpCluster: tcp, stats: st.listeners[i], backendStats: st.routeBackends[i])
+                                          tcpCluster: tcp, stats: st.listeners[i], backendStats: st.routeBackends[i],
+                                          rateLimitBuckets: snap.rateLimitBuckets[i])
             let slot = slots[l.name] ?? ListenerSlot(worker: self, name: l.name, current: runtime)
             slots[l.name] = slot
             slot.current = runtime
@@ -302,12 +303,15 @@ final class ListenerRuntime {
     /// The scheme requests arrive with (X-Forwarded-Proto, redirects): "http" until TLS listeners.
     let scheme: StaticString = "http"
     /// The listener's HTTP filters, in order (`Filters/HTTPFilter.swift`); the router runs after them.
-    let filters: [any HTTPFilter] = []
+    let filters: [any HTTPFilter]
 
     init(worker: Worker, config: ListenerConfig, routes: RouteTable, clusters: [Cluster], tcpCluster: Cluster?,
-         stats: StatBlock<ListenerStat>, backendStats: [StatBlock<RouteBackendStat>]) {
+         stats: StatBlock<ListenerStat>, backendStats: [StatBlock<RouteBackendStat>], rateLimitBuckets: [SharedTokenBucket?] = []) {
         self.worker = worker; self.config = config; self.routes = routes; self.clusters = clusters
         self.tcpCluster = tcpCluster; self.stats = stats; self.backendStats = backendStats
+        var filters: [any HTTPFilter] = []
+        filters += resilienceFilters(routes: routes, buckets: rateLimitBuckets)   // fault injection, rate limit
+        self.filters = filters
     }
 }
 

@@ -21,6 +21,8 @@ struct Compiler {
     var regexes: [OpaquePointer] = []
     var info: [RouteTable.RouteInfo] = []
     var retryPolicies: [RetryPolicy?] = []
+    var faults: [FaultPolicy?] = []
+    var rateLimits: [RateLimitPolicy?] = []
 
     init(listener: String, clusters: [String: Int]) { self.listener = listener; self.clusters = clusters }
 
@@ -96,7 +98,11 @@ struct Compiler {
         let requestHeaders = action == .forward ? headerMutations(r.requestHeaders, at + ".request_headers") : .empty
         let responseHeaders = headerMutations(r.responseHeaders, at + ".response_headers")
         matchers.append(matcher)
-        if case .forward(let f) = r.action { retryPolicies.append(f.retry) } else { retryPolicies.append(nil) }
+        if case .forward(let f) = r.action {
+            retryPolicies.append(f.retry); faults.append(f.fault); rateLimits.append(f.rateLimit)
+        } else {
+            retryPolicies.append(nil); faults.append(nil); rateLimits.append(nil)
+        }
         routes.append(RouteTable.Route(
             action: action, timeout: timeout, requestTimeout: requestTimeout, status: status, backends: backendSpan, total: total,
             hashHeader: hashHeader, hashCookie: hashCookie, mirrorCluster: mirror?.cluster ?? -1,

@@ -129,6 +129,8 @@ public final class RouteTable: @unchecked Sendable {   // immutable after init; 
         })
         info = c.info
         retryPolicies = c.retryPolicies
+        faults = c.faults
+        rateLimits = c.rateLimits
         backendCount = c.backends.count
     }
 
@@ -145,6 +147,11 @@ public final class RouteTable: @unchecked Sendable {   // immutable after init; 
 
     /// Per route: its retry policy (nil: none). Read only by requests of routes that have one.
     let retryPolicies: [RetryPolicy?]
+
+    /// Per route: fault injection and the local rate limit (nil: none). Read by the listener's fault
+    /// and rate-limit filters, which exist only when some route of the listener has one.
+    public let faults: [FaultPolicy?]
+    public let rateLimits: [RateLimitPolicy?]
 
     /// The route's retry policy, nil when it has none (cheap: no copy unless there is one).
     @inline(__always)

@@ -62,4 +62,24 @@ import Testing
         #expect(parse("-1", RetryPushback.grpcPushback) == .max)
         #expect(parse("", RetryPushback.grpcPushback) == .max)
     }
+
+    @Test func onlyTheFirstTryIsHedgedAndItCountsAsATry() {
+        var p = RetryPolicy(attempts: 2, on: [.fiveXX])
+        var none = RetryState(policy: p)
+        let noneHedged = none.hedge()
+        #expect(!noneHedged, "no hedge_after: no hedge")
+        p.hedgeAfter = 50
+        var s = RetryState(policy: p)
+        let first = s.hedge()
+        #expect(first && s.tries == 2)
+        let second = s.hedge()
+        #expect(!second, "one hedge per request")
+        var r = ScriptedRandom([0])
+        let d = s.decide(AttemptOutcome(kind: .response, status: 503), methodAllowed: true, replayable: true,
+                         pushback: nil, remaining: nil, random: &r)
+        #expect(d == .stop(.limitExceeded), "the hedge was the second try")
+        var single = RetryState(policy: RetryPolicy(attempts: 1))
+        let singleHedged = single.hedge()
+        #expect(!singleHedged)
+    }
 }

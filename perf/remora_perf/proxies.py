@@ -104,6 +104,9 @@ class Remora(Proxy):
                       "    routes:",
                       "      - name: all",
                       "        backends: [ { cluster: app } ]"]
+            # REMORA_ROUTE_EXTRA: more keys for the route, one per line ("retry: { attempts: 2 }"), to
+            # measure what a route feature costs (perf/README.md).
+            lines += ["        " + x.strip() for x in os.environ.get("REMORA_ROUTE_EXTRA", "").split("\n") if x.strip()]
         if self.tcp_port:
             lines += ["  - name: bulk",
                       "    address: %s:%d" % (HOST, self.tcp_port),

@@ -34,9 +34,9 @@ extension Exchange {
 
     func deadlineReached(_ t: DeadlineTimer) {
         guard active else { return }
-        if retryAt != 0 && timer.now >= retryAt {   // a retry's backoff is over
+        if retryAt != 0 && timer.now >= retryAt {   // a retry's backoff, or a filter's delay, is over
             retryAt = 0
-            startRetry()
+            if dispatchDelay != 0 { endDelay() } else { startRetry() }
             return
         }
         if requestDeadline != 0 && !requestDone && timer.now >= requestDeadline {

@@ -5,6 +5,7 @@ extension Exchange {
     // MARK: answers from the proxy
 
     func noUpstream(_ why: UpstreamFailure) {
+        if let p = hedgeOf { p.hedgeFailed(self, why); return }   // a hedge answers nobody
         let name = cluster?.config.name ?? "?"
         clusterStats?.inc(.upstream_rq_5xx)
         switch why {
@@ -29,8 +30,10 @@ extension Exchange {
         body.withUTF8 { local(status, body: UnsafeRawBufferPointer($0), location: nil) }
     }
 
-    /// An answer from the proxy: an error, a route's direct response, or a redirect (`location`).
-    func local(_ status: Int, body: UnsafeRawBufferPointer, location: UnsafeRawBufferPointer?) {
+    /// An answer from the proxy: an error, a route's direct response, or a redirect (`location`);
+    /// `extra`: a filter's header fields with decimal values.
+    func local(_ status: Int, body: UnsafeRawBufferPointer, location: UnsafeRawBufferPointer?,
+               extra: [LocalReply.NumericField] = []) {
         guard active, let d = downstream else { return }
         detachUpstream()
         responseStarted = true
@@ -45,6 +48,8 @@ extension Exchange {
         var fields = noContent ? [] : [HeaderRef(name: rawBytes("content-type"), value: rawBytes("text/plain")),
                                        HeaderRef(name: rawBytes("content-length"), value: len.bytes)]
         if let location { fields.append(HeaderRef(name: rawBytes("location"), value: location)) }
+        var values = ByteBuffer()
+        if !extra.isEmpty { Exchange.appendNumeric(extra, to: &fields, storage: &values) }
         responseNamesLowercase = responseMutations.isEmpty
         fields.withUnsafeBufferPointer { f in
             withMutated(f, responseMutations) { h in
@@ -54,6 +59,7 @@ extension Exchange {
             }
         }
         len.release()
+        values.release()
         if !isHEAD && body.count > 0 {
             d.respondBody(body)
             d.respondEnd(trailers: nil)
@@ -62,20 +68,25 @@ extension Exchange {
     }
 
     /// A gRPC answer from the proxy: HTTP 200, trailers-only, grpc-status and grpc-message.
-    func grpcLocal(_ status: GRPC.Status, _ message: String) {
+    func grpcLocal(_ status: GRPC.Status, _ message: String) { grpcLocal(code: status.rawValue, message) }
+
+    /// A gRPC answer with any grpc-status `code` (0 ... 16); `extra`: a filter's header fields.
+    func grpcLocal(code status: Int, _ message: String, extra: [LocalReply.NumericField] = []) {
         guard active, let d = downstream else { return }
         detachUpstream()
         responseStarted = true
         responseDone = true
         stats.incClass(.downstream_rq_1xx, status: 200)
-        if status != .ok { backendStats?.inc(.upstream_rq_5xx) }
+        if status != 0 { backendStats?.inc(.upstream_rq_5xx) }
         var code = ByteBuffer()
-        code.appendDecimal(UInt64(status.rawValue))
+        code.appendDecimal(UInt64(status))
         var msg = ByteBuffer()
         GRPC.appendEncodedMessage(message, into: &msg)
-        let fields = [HeaderRef(name: rawBytes("content-type"), value: rawBytes("application/grpc")),
+        var fields = [HeaderRef(name: rawBytes("content-type"), value: rawBytes("application/grpc")),
                       HeaderRef(name: rawBytes("grpc-status"), value: code.bytes),
                       HeaderRef(name: rawBytes("grpc-message"), value: msg.bytes)]
+        var values = ByteBuffer()
+        if !extra.isEmpty { Exchange.appendNumeric(extra, to: &fields, storage: &values) }
         responseNamesLowercase = true
         fields.withUnsafeBufferPointer { f in
             if runsFilters { runResponseFilters(status: 200, headers: f) }
@@ -84,6 +95,23 @@ extension Exchange {
         }
         code.release()
         msg.release()
+        values.release()
         finish(clean: requestDone)
+    }
+
+    /// Appends `extra` to `fields`, their decimal values written into `storage` (reserved first, so
+    /// the fields' pointers stay valid while `storage` lives).
+    static func appendNumeric(_ extra: [LocalReply.NumericField], to fields: inout [HeaderRef], storage: inout ByteBuffer) {
+        storage.reserve(extra.count * 20)
+        var offsets: [(Int, Int)] = []
+        for f in extra {
+            let start = storage.count
+            storage.appendDecimal(f.value)
+            offsets.append((start, storage.count - start))
+        }
+        let base = storage.bytes.baseAddress!
+        for (f, (at, n)) in zip(extra, offsets) {
+            fields.append(HeaderRef(name: rawBytes(f.name), value: UnsafeRawBufferPointer(start: base + at, count: n)))
+        }
     }
 }

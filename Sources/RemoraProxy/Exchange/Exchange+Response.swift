@@ -8,7 +8,8 @@ extension Exchange {
     /// What to do with an upstream response head before anything of it reaches the client: the
     /// decision point of response-side policies. Forward it, or try again after `wait` ms (the
     /// route's retry policy matched its status or gRPC status, and the budget allowed it).
-    enum ResponseHeadDecision { case forward, retry(wait: UInt64) }
+    /// `drop`: this try's answer is dropped and the hedge under way awaited.
+    enum ResponseHeadDecision { case forward, retry(wait: UInt64), drop }
 
     @inline(__always)
     func decideResponseHead(status: Int, headers: UnsafeBufferPointer<HeaderRef>, endStream: Bool) -> ResponseHeadDecision {
@@ -16,14 +17,18 @@ extension Exchange {
         let o = AttemptOutcome(kind: .response, status: status, grpcStatus: attemptGRPCStatus)
         guard r.policy.matches(o) else {
             if r.tries > 1 { clusterStats?.inc(.upstream_rq_retry_success) }
+            if let h = hedge { hedge = nil; Exchange.endHedge(h) }   // this head won: the hedge is cancelled
             return .forward
         }
+        if hedge != nil { return .drop }
         let wait = retryDecision(o, pushback: Exchange.pushback(status: status, headers: headers, grpc: isGRPC))
         return wait.map { .retry(wait: $0) } ?? .forward
     }
 
     func upstreamHead(status: Int, reason: UnsafeRawBufferPointer, headers: UnsafeBufferPointer<HeaderRef>,
                       lengthKnown: Bool, endStream: Bool) {
+        if let p = hedgeOf { p.hedgeHead(self, status: status, reason: reason, headers: headers, lengthKnown: lengthKnown,
+                                         endStream: endStream); return }
         guard active, let d = downstream else { return }
         attemptStatus = status
         if isGRPC && endStream, let i = headers.firstIndex(named: "grpc-status") { attemptGRPCStatus = GRPC.statusCode(headers[i].value) }
@@ -38,6 +43,14 @@ extension Exchange {
                 u.detach(clean: false)
             }
             scheduleRetry(after: wait)
+            return
+        case .drop:
+            clusterStats?.incClass(.upstream_rq_1xx, status: status)
+            if let u = upstream {
+                upstream = nil
+                endAttempt(.response)
+                u.detach(clean: false)
+            }
             return
         }
         responseStarted = true

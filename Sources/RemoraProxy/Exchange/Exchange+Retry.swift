@@ -60,6 +60,13 @@ extension Exchange {
     /// The try's `per_try_timeout` passed before its response head: cancel it (HTTP/2 RST_STREAM
     /// CANCEL, HTTP/1.1 connection closed), then retry if the policy allows, else 504.
     func tryTimedOut() {
+        if hedgeAt != 0 {   // time for the hedge (the per-try timeout, if any, is later)
+            let perTry = retry?.policy.perTryTimeout ?? 0
+            hedgeAt = 0
+            tryDeadline = perTry != 0 ? attemptStart &+ perTry : 0
+            startHedge()
+            if tryDeadline == 0 || timer.now < tryDeadline { arm(deadlineKind); return }
+        }
         tryDeadline = 0
         clusterStats?.inc(.upstream_rq_per_try_timeout)
         if let u = upstream {
@@ -67,6 +74,7 @@ extension Exchange {
             endAttempt(.timeout)
             u.detach(clean: false)
         }
+        if hedge != nil { return }   // the hedge under way is the next try
         if let wait = retryDecision(AttemptOutcome(kind: .timeout)) {
             scheduleRetry(after: wait)
             return
@@ -79,6 +87,7 @@ extension Exchange {
     /// Request body bytes that arrive while a retry waits its backoff: kept for the next try while
     /// they fit the replay buffer; beyond it the retry is given up (502, as the failed try).
     func bufferWhileWaiting(_ data: UnsafeRawBufferPointer) {
+        if dispatchDelay != 0 { holdDuringDelay(data); return }   // the first try waits a filter's delay
         downstream?.requestConsumed(data.count)
         if replayable && replay.count + data.count <= Exchange.replayLimit {
             if replay.base == nil { replay = pool.take() }

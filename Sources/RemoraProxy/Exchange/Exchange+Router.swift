@@ -41,35 +41,52 @@ extension Exchange {
         stats.inc(.downstream_rq_active)
         let h = r.view.headers
         isGRPC = h.firstIndex(named: "content-type").map { GRPC.isGRPC(contentType: h[$0].value) } ?? false
+        routeIndex = l.routes.match(r.view) ?? -1
         if !l.filters.isEmpty {
             runsFilters = true
-            if case .respond(let status, let body) = runRequestFilters(l.filters, r.view) {
+            switch runRequestFilters(l.filters, r.view) {
+            case .next, .delay(_, then: nil):
+                break
+            case .respond(let status, let body):
                 var body = body
                 body.withUTF8 { local(status, body: UnsafeRawBufferPointer($0), location: nil) }
+                return
+            case .reply(let reply):
+                answer(reply)
+                return
+            case .delay(let ms, then: let reply?):
+                delayThenAnswer(ms, reply)
                 return
             }
         }
         route(r, l, clientIP: clientIP)
     }
 
-    /// Each filter's request-headers phase, in order, until one answers.
+    /// Each filter's request-headers phase, in order, until one answers. A `.delay` without an answer
+    /// is kept (the longest) and the next filter runs.
     func runRequestFilters(_ filters: [any HTTPFilter], _ view: RequestView) -> FilterVerdict {
         for f in filters {
             let v = f.requestHeaders(self, view)
-            if case .respond = v { return v }
+            switch v {
+            case .next: continue
+            case .delay(let ms, then: nil):
+                if ms > dispatchDelay { dispatchDelay = ms; delayedReply = nil }
+            default: return v
+            }
         }
         return .next
     }
 
-    /// The router: match, then a local answer (no route, direct response, redirect, a body too
+    /// The router: the matched route's local answer (no route, direct response, redirect, a body too
     /// large) or the forward path (split, mirror, deadlines, the upstream request, dispatch).
     func route(_ r: RequestStart, _ l: ListenerRuntime, clientIP: String) {
         let view = r.view
-        guard let ri = l.routes.match(view) else {
+        guard routeIndex >= 0 else {
             stats.inc(.downstream_rq_no_route)
             if isGRPC { grpcLocal(.unimplemented, "no route for \(view.target.string)") } else { local(404, "no route\n") }
             return
         }
+        let ri = routeIndex
         let table = l.routes
         let route = table[ri]
         responseMutations = table.responseHeaders(route: ri)
@@ -129,7 +146,7 @@ extension Exchange {
         reuseRetries = 1
         connectRetries = cl.endpoints.count > 1 ? 1 : 0
         refusedRetries = 4   // the peer never processed a refused stream: always safe to send again
-        dispatch(fresh: r.wantsFreshConnection)
+        if dispatchDelay == 0 { dispatch(fresh: r.wantsFreshConnection) } else { delayDispatch(fresh: r.wantsFreshConnection) }
         if active && !responseStarted { armAfterRequestProgress() }
     }
 

@@ -41,8 +41,10 @@ extension Exchange {
         attemptStart = timer.now
         attemptStatus = 0
         attemptGRPCStatus = -1
-        if let r = retry, r.policy.perTryTimeout != 0 {
-            tryDeadline = attemptStart &+ r.policy.perTryTimeout
+        if let r = retry, r.policy.perTryTimeout != 0 || r.policy.hedgeAfter != 0 {
+            tryDeadline = r.policy.perTryTimeout != 0 ? attemptStart &+ r.policy.perTryTimeout : 0
+            hedgeAt = r.policy.hedgeAfter != 0 && r.tries == 1 ? attemptStart &+ r.policy.hedgeAfter : 0
+            if hedgeAt != 0 && (tryDeadline == 0 || hedgeAt < tryDeadline) { tryDeadline = hedgeAt }
             arm(deadlineKind)
         }
         cl.stats.add(.upstream_cx_tx_bytes_total, UInt64(upHead.count))
@@ -57,6 +59,7 @@ extension Exchange {
         upstream = nil
         endAttempt(why.outcomeKind)
         u.detach(clean: false)
+        if let p = hedgeOf { p.hedgeFailed(self, why); return }
         if responseStarted {
             // Never let a truncated response look complete.
             cl.stats.inc(.upstream_rq_reset_after_head)
@@ -91,7 +94,8 @@ extension Exchange {
                 return
             }
         }
-        // The route's retry policy.
+        // The route's retry policy (a hedge under way is the next try: wait for it).
+        if hedge != nil { return }
         if let wait = retryDecision(AttemptOutcome(kind: why.outcomeKind)) {
             scheduleRetry(after: wait)
             return

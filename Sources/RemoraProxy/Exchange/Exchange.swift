@@ -108,6 +108,25 @@ final class Exchange: DeadlineTimerDelegate {
     unowned(unsafe) var primary: Exchange?
     /// The listener's filters see this exchange (not a shadow; none configured: false).
     var runsFilters = false
+    /// The route the request matched (an index into the listener's route table), -1 = none; set
+    /// before the filters run, so they can read per-route settings (`Filters/`).
+    var routeIndex = -1
+    /// A filter's `.delay`: ms the first try waits before the upstream is contacted (fault injection);
+    /// 0 = none. While it waits, `retryAt` holds its end. `Exchange+Delay.swift`.
+    var dispatchDelay: Millis = 0
+    /// The delayed first try goes on a fresh HTTP/1.1 connection (a body that may outgrow the replay buffer).
+    var delayedFresh = false
+    /// Answered with this when the delay is over instead of going upstream (a fault's delay, then abort).
+    var delayedReply: LocalReply?
+    /// Hedging (`retry.hedge_after`, `Exchange+Hedge.swift`): the exchange running the second try,
+    /// while it runs.
+    var hedge: Exchange?
+    /// For a hedge: the request it tries for (nil otherwise); while `relaying`, the request that took
+    /// its upstream, which it passes the end of the upstream's read to.
+    unowned(unsafe) var hedgeOf: Exchange?
+    var relaying = false
+    /// Absolute loop time at which the first try gets a hedge (folded into `tryDeadline`); 0 = none.
+    var hedgeAt: UInt64 = 0
     static let replayLimit = 64 * 1024
 
     init(worker: Worker) {
@@ -149,6 +168,7 @@ final class Exchange: DeadlineTimerDelegate {
         retryAt = 0
         lastTryEndpoint = nil
         runsFilters = false
+        dispatchDelay = 0
     }
 
     var inDownstreamRead: Bool { downstream?.isReading ?? false }
@@ -157,7 +177,10 @@ final class Exchange: DeadlineTimerDelegate {
     func downstreamReadDone() { upstream?.flushRequest() }
 
     /// The upstream finished one read: what it wrote toward the client may leave now.
-    func upstreamReadDone() { downstream?.flushResponse() }
+    func upstreamReadDone() {
+        if hedgeOf != nil { hedgeReadDone(); return }
+        downstream?.flushResponse()
+    }
 
     // MARK: the end
 
@@ -177,6 +200,7 @@ final class Exchange: DeadlineTimerDelegate {
         active = false
         timer.clear()
         retryAt = 0
+        if let h = hedge { hedge = nil; Exchange.endHedge(h) }
         if holdsRetryBudget { releaseRetryBudget() }
         if let u = upstream {
             upstream = nil

@@ -56,6 +56,8 @@ protocol UpstreamStream: AnyObject {
     func flushRequest()
     /// The endpoint it goes to (read when an attempt starts).
     var endpoint: Endpoint.Ref { get }
+    /// The exchange it serves (the one its callbacks go to); a hedge's winning try is handed over.
+    var exchange: Exchange? { get set }
 }
 
 /// Why an upstream request failed.
