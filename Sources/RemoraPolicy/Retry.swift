@@ -1,6 +1,16 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// A route's retry policy (config `retry:`), compiled: which attempts may be tried again, how often,
 /// how long each may take and how long to wait in between.
 public struct RetryPolicy: Sendable, Equatable {
+    public static func == (a: RetryPolicy, b: RetryPolicy) -> Bool {
+        a.attempts == b.attempts && a.on == b.on && a.statusCodes == b.statusCodes && a.perTryTimeout == b.perTryTimeout
+            && a.backoffBase == b.backoffBase && a.backoffMax == b.backoffMax && a.methodBits == b.methodBits
+            && a.hedgeAfter == b.hedgeAfter
+    }
+
     /// Conditions under which an attempt is retried.
     public struct Conditions: OptionSet, Sendable, Hashable {
         public let rawValue: UInt32
@@ -39,16 +49,54 @@ public struct RetryPolicy: Sendable, Equatable {
     /// Tries in all, the first included (1 = no retry). 1 ... 10.
     public var attempts: Int
     public var on: Conditions
-    /// For `.retriableStatusCodes`.
-    public var statusCodes: [Int]
+    /// For `.retriableStatusCodes` (100 ... 611), as a bit set: the policy is a plain value, copied
+    /// into each request that has one without reference counting.
+    var statusBits: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
+    public var statusCodes: [Int] {
+        get { (100...611).filter(hasStatus) }
+        set {
+            statusBits = (0, 0, 0, 0, 0, 0, 0, 0)
+            withUnsafeMutableBytes(of: &statusBits) { w in
+                let words = w.bindMemory(to: UInt64.self)
+                for s in newValue where (100...611).contains(s) { words[(s - 100) >> 6] |= 1 << UInt64((s - 100) & 63) }
+            }
+        }
+    }
+    @inline(__always)
+    func hasStatus(_ s: Int) -> Bool {
+        guard s >= 100 && s <= 611 else { return false }
+        return withUnsafeBytes(of: statusBits) { $0.bindMemory(to: UInt64.self)[(s - 100) >> 6] >> UInt64((s - 100) & 63) & 1 == 1 }
+    }
     /// Each try's time to its response head, ms; 0 = none (the route timeout still bounds them all).
     public var perTryTimeout: UInt64
     /// Full-jitter backoff between tries: try n waits uniform in 0 ... min(max, base × 2ⁿ⁻¹), ms.
     public var backoffBase: UInt64
     public var backoffMax: UInt64
     /// Methods that may be retried (exact, "GET"); nil = the idempotent ones (GET, HEAD, OPTIONS,
-    /// TRACE, PUT, DELETE).
-    public var methods: [String]?
+    /// TRACE, PUT, DELETE). Kept as a bit set of the standard methods (`methodBits`; others are not
+    /// retried).
+    public var methods: [String]? {
+        get { methodBits.map { b in RetryPolicy.methodNames.indices.filter { b & (1 << $0) != 0 }.map { RetryPolicy.methodNames[$0].description } } }
+        set {
+            methodBits = newValue.map { list in
+                list.reduce(UInt16(0)) { acc, m in
+                    acc | (RetryPolicy.methodNames.firstIndex { $0.description == m }.map { UInt16(1) << UInt16($0) } ?? 0)
+                }
+            }
+        }
+    }
+    var methodBits: UInt16?
+    static let methodNames: [StaticString] = ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH", "CONNECT"]
+
+    /// Whether a request with this method (exact bytes) may be retried by `methods`; nil when the
+    /// policy lists none (the idempotent default applies).
+    public func allowsMethod(_ m: UnsafeRawBufferPointer) -> Bool? {
+        guard let bits = methodBits else { return nil }
+        for (i, name) in RetryPolicy.methodNames.enumerated() where bits & (1 << UInt16(i)) != 0 {
+            if m.count == name.utf8CodeUnitCount && (m.count == 0 || memcmp(m.baseAddress!, name.utf8Start, m.count) == 0) { return true }
+        }
+        return false
+    }
     /// Hedging: when the first try has no response head after this many ms, a second try starts on
     /// another endpoint and the first head to arrive wins (the other try is cancelled); 0 = off.
     /// The hedge is one of `attempts` and counts against the retry budget.
@@ -57,8 +105,10 @@ public struct RetryPolicy: Sendable, Equatable {
     public init(attempts: Int = 2, on: Conditions = [.connectFailure, .refusedStream, .reset, .gatewayError],
                 statusCodes: [Int] = [], perTryTimeout: UInt64 = 0, backoffBase: UInt64 = 25, backoffMax: UInt64 = 250,
                 methods: [String]? = nil) {
-        self.attempts = attempts; self.on = on; self.statusCodes = statusCodes; self.perTryTimeout = perTryTimeout
-        self.backoffBase = backoffBase; self.backoffMax = max(backoffMax, backoffBase); self.methods = methods
+        self.attempts = attempts; self.on = on; self.perTryTimeout = perTryTimeout
+        self.backoffBase = backoffBase; self.backoffMax = max(backoffMax, backoffBase)
+        self.statusCodes = statusCodes
+        self.methods = methods
     }
 
     /// Whether an attempt that ended like `o` meets a retry condition. `o.status` is the response
@@ -74,7 +124,7 @@ public struct RetryPolicy: Sendable, Equatable {
             let s = o.status
             if s >= 500 && on.contains(.fiveXX) { return true }
             if (s == 502 || s == 503 || s == 504) && on.contains(.gatewayError) { return true }
-            if on.contains(.retriableStatusCodes) && statusCodes.contains(s) { return true }
+            if on.contains(.retriableStatusCodes) && hasStatus(s) { return true }
             switch o.grpcStatus {
             case 14: return on.contains(.grpcUnavailable)
             case 1: return on.contains(.grpcCancelled)

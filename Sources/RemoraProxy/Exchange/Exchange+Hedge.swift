@@ -13,7 +13,7 @@ extension Exchange {
     func startHedge() {
         guard hedge == nil, requestDone, replayable, !responseStarted, let cl = cluster, retry != nil else { return }
         // As for retries: gRPC calls by their policy, other requests when their method may be sent twice.
-        guard isGRPC || (retry!.policy.methods.map(methodListed) ?? methodIsIdempotent) else { return }
+        guard isGRPC || (retry!.policy.allowsMethod(requestMethod) ?? methodIsIdempotent) else { return }
         if cl.retryBudget != nil && !holdsRetryBudget {
             guard cl.retryBudget!.admit(activeRequests: Int(cl.stats.load(.upstream_rq_active))) else {
                 cl.stats.inc(.upstream_rq_retry_overflow)

@@ -20,7 +20,7 @@ extension Exchange {
         }
         // gRPC calls are all POSTs: their retries are decided by status, as gRPC's own retry policy
         // (gRFC A6) does, not by method.
-        let methodAllowed = isGRPC || (retry!.policy.methods.map(methodListed) ?? methodIsIdempotent)
+        let methodAllowed = isGRPC || (retry!.policy.allowsMethod(requestMethod) ?? methodIsIdempotent)
         switch retry!.decide(o, methodAllowed: methodAllowed, replayable: replayable, pushback: pushback,
                              remaining: remaining, random: &worker.rng) {
         case .stop(let why):
@@ -115,17 +115,12 @@ extension Exchange {
         return nil
     }
 
-    /// The request's method is one of `methods` (the policy's `methods:`).
-    func methodListed(_ methods: [String]) -> Bool {
-        let m: UnsafeRawBufferPointer
-        if upstreamIsHTTP2 {
-            guard reqHead.count > 0 else { return false }
-            m = reqHead.value(0)
-        } else {
-            let line = upHead.bytes
-            guard let sp = line.firstIndex(of: 0x20) else { return false }
-            m = UnsafeRawBufferPointer(rebasing: line[..<sp])
-        }
-        return methods.contains { $0.utf8.elementsEqual(m) }
+    /// The request's method as stored for the upstream (the request line toward HTTP/1.1, `:method`
+    /// toward HTTP/2).
+    var requestMethod: UnsafeRawBufferPointer {
+        if upstreamIsHTTP2 { return reqHead.count > 0 ? reqHead.value(0) : UnsafeRawBufferPointer(start: nil, count: 0) }
+        let line = upHead.bytes
+        guard let sp = line.firstIndex(of: 0x20) else { return UnsafeRawBufferPointer(start: nil, count: 0) }
+        return UnsafeRawBufferPointer(rebasing: line[..<sp])
     }
 }

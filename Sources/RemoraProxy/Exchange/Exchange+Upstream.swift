@@ -121,12 +121,7 @@ extension Exchange {
     /// The request's method is idempotent: a request lost in the keep-alive close race may be sent
     /// again; others not, since the backend may have acted on them. Read from the stored head (the
     /// request line toward HTTP/1.1, `:method` toward HTTP/2), only when a retry is considered.
-    var methodIsIdempotent: Bool {
-        if upstreamIsHTTP2 { return reqHead.count > 0 && Exchange.isIdempotent(reqHead.value(0)) }
-        let line = upHead.bytes
-        guard let sp = line.firstIndex(of: 0x20) else { return false }
-        return Exchange.isIdempotent(UnsafeRawBufferPointer(rebasing: line[..<sp]))
-    }
+    var methodIsIdempotent: Bool { Exchange.isIdempotent(requestMethod) }
 
     /// GET, HEAD, OPTIONS, TRACE, PUT, DELETE (RFC 9110 §9.2.2).
     static func isIdempotent(_ m: UnsafeRawBufferPointer) -> Bool {
