@@ -414,6 +414,26 @@ public struct ClusterConfig: Sendable, Equatable {
     /// Retries in flight per worker may not exceed this share of the cluster's active requests
     /// (with a floor); nil = unbounded (only `attempts` limits them). On by default: 20 %, 3.
     public var retryBudget: RetryBudget?
+    /// Per endpoint (same order as `endpoints`): its relative share, 1 ... 10_000 (`{ address, weight }`).
+    /// Empty: every endpoint weighs 1. An endpoint named by a host resolving to several
+    /// addresses gives each address its weight.
+    public var endpointWeights: [Int] = []
+    /// The load balancer (`lb:`). Default `peak_ewma` (docs/config.md says why).
+    public var lb: BalancerKind = ClusterConfig.defaultBalancer
+    /// `ring_hash` / `maglev`: where a request's key comes from; nil (or a request without one) = random.
+    public var hashOn: ClusterHashKey?
+    /// Limits per cluster per process (`circuit_breaker:`); nil = none.
+    public var circuitBreaker: CircuitBreakerConfig?
+    /// Passive health checking on the outcome hook (`outlier_detection:`); nil = off.
+    public var outlierDetection: OutlierDetectionConfig?
+    /// Below this share of available (not ejected) endpoints, in percent, the balancer uses every
+    /// endpoint (`lb_healthy_panic`). 0 ... 100, default 50; 0 turns panic mode off.
+    public var panicThreshold: Int = 50
+
+    public static let defaultBalancer = BalancerKind.peakEWMA
+
+    /// The weight of endpoint `i` (1 when none is given).
+    public func weight(ofEndpoint i: Int) -> Int { i < endpointWeights.count ? endpointWeights[i] : 1 }
 
     public init(name: String, protocol: ClusterProtocol = .http1, endpoints: [HostPort],
                 connectTimeout: Millis = 5_000, maxIdlePerEndpoint: Int? = nil, http2: HTTP2Settings = HTTP2Settings(),
@@ -422,6 +442,63 @@ public struct ClusterConfig: Sendable, Equatable {
         self.name = name; self.protocol = `protocol`; self.endpoints = endpoints; self.http2 = http2
         self.connectTimeout = connectTimeout; self.maxIdlePerEndpoint = maxIdlePerEndpoint
         self.maxConnectsPerSecond = maxConnectsPerSecond; self.idleTimeout = idleTimeout
+    }
+}
+
+/// A cluster's `hash_on` (ring_hash, maglev): the key a request is placed by.
+public enum ClusterHashKey: Sendable, Equatable {
+    /// The first non-empty value of this header (any case).
+    case header(String)
+    /// The value of this cookie.
+    case cookie(String)
+    /// The client's address (the downstream connection's peer IP; for the TCP proxy too).
+    case sourceIP
+}
+
+/// `circuit_breaker:` — limits per cluster per process (summed over workers), Envoy's thresholds.
+/// A request over a limit fails at once: 503 with `x-remora-overloaded: true` (gRPC UNAVAILABLE).
+public struct CircuitBreakerConfig: Sendable, Equatable {
+    /// Upstream connections open at once. Default 1024, range 1 ... 1_000_000.
+    public var maxConnections: Int
+    /// Requests waiting for a connection being established at once. Default 1024, range 1 ... 1_000_000.
+    public var maxPending: Int
+    /// Requests under way at once. Default 1024, range 1 ... 1_000_000.
+    public var maxRequests: Int
+    /// Retries under way at once. Default 3, range 0 ... 1_000_000.
+    public var maxRetries: Int
+
+    public init(maxConnections: Int = 1024, maxPending: Int = 1024, maxRequests: Int = 1024, maxRetries: Int = 3) {
+        self.maxConnections = maxConnections; self.maxPending = maxPending
+        self.maxRequests = maxRequests; self.maxRetries = maxRetries
+    }
+}
+
+/// `outlier_detection:` — endpoints that fail in a row are ejected for a while, decided once per
+/// process (Envoy's outlier detection, consecutive kinds). Counts of 0 turn that kind off.
+public struct OutlierDetectionConfig: Sendable, Equatable {
+    /// 5xx responses and local failures in a row. Default 5, range 0 ... 1_000.
+    public var consecutive5xx: Int
+    /// 502, 503, 504 and local failures in a row. Default 5, range 0 ... 1_000.
+    public var consecutiveGatewayErrors: Int
+    /// Connect failures, resets, timeouts, invalid responses in a row. Default 5, range 0 ... 1_000.
+    public var consecutiveLocalFailures: Int
+    /// How often ejections are reviewed (returns, and the ejection count decays). Default 10 s.
+    public var interval: Millis
+    /// An ejection lasts this × the times the endpoint was ejected. Default 30 s.
+    public var baseEjectionTime: Millis
+    /// … capped by this. Default 300 s.
+    public var maxEjectionTime: Millis
+    /// At most this share of a cluster's endpoints ejected at once, rounded down, and never the last
+    /// one. Default 50 %, range 0 ... 100.
+    public var maxEjectionPercent: Int
+
+    public init(consecutive5xx: Int = 5, consecutiveGatewayErrors: Int = 5, consecutiveLocalFailures: Int = 5,
+                interval: Millis = 10_000, baseEjectionTime: Millis = 30_000, maxEjectionTime: Millis = 300_000,
+                maxEjectionPercent: Int = 50) {
+        self.consecutive5xx = consecutive5xx; self.consecutiveGatewayErrors = consecutiveGatewayErrors
+        self.consecutiveLocalFailures = consecutiveLocalFailures; self.interval = interval
+        self.baseEjectionTime = baseEjectionTime; self.maxEjectionTime = maxEjectionTime
+        self.maxEjectionPercent = maxEjectionPercent
     }
 }
 

@@ -10,6 +10,8 @@ public final class Snapshot: Sendable {
     public let routeTables: [RouteTable]
     /// Per cluster (same order as config.clusters): resolved endpoint addresses.
     public let endpoints: [[SocketAddress]]
+    /// Per cluster, per resolved address: its weight (an address inherits its name's).
+    public let weights: [[Int]]
     /// Per TCP listener: cluster index; -1 for HTTP listeners.
     public let tcpCluster: [Int]
 
@@ -22,17 +24,25 @@ public final class Snapshot: Sendable {
         routeTables = tables
         tcpCluster = config.listeners.map { l in l.cluster.flatMap { index[$0] } ?? -1 }
         var eps: [[SocketAddress]] = []
+        var ws: [[Int]] = []
         for c in config.clusters {
             var list: [SocketAddress] = []
-            for e in c.endpoints {
-                do { list += try Resolver.resolve(e) } catch {
+            var w: [Int] = []
+            for (i, e) in c.endpoints.enumerated() {
+                do {
+                    let resolved = try Resolver.resolve(e)
+                    list += resolved
+                    w += Array(repeating: c.weight(ofEndpoint: i), count: resolved.count)
+                } catch {
                     throw ConfigErrors([ConfigError(file: "", line: 0, path: "clusters.\(c.name).endpoints",
                                                     message: "cannot resolve \(e): \(error)")])
                 }
             }
             eps.append(list)
+            ws.append(w)
         }
         endpoints = eps
+        weights = ws
     }
 }
 

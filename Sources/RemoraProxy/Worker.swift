@@ -102,10 +102,12 @@ final class Worker {
         for (i, c) in snap.config.clusters.enumerated() {
             let eps = snap.endpoints[i]
             if let old = clusterByName[c.name], old.config == c,
-               old.endpoints.map(\.address.description) == eps.map(\.description) {
+               old.endpoints.map(\.address.description) == eps.map(\.description),
+               old.endpoints.map(\.weight) == snap.weights[i] {
                 clusters.append(old)
             } else {
-                clusters.append(Cluster(worker: self, index: i, config: c, endpoints: eps, stats: st.clusters[i]))
+                clusters.append(Cluster(worker: self, index: i, config: c, endpoints: eps, weights: snap.weights[i],
+                                        stats: st.clusters[i]))
             }
             byName[c.name] = clusters[i]
         }
