@@ -473,35 +473,6 @@ public struct CircuitBreakerConfig: Sendable, Equatable {
     }
 }
 
-/// `outlier_detection:` — endpoints that fail in a row are ejected for a while, decided once per
-/// process (Envoy's outlier detection, consecutive kinds). Counts of 0 turn that kind off.
-public struct OutlierDetectionConfig: Sendable, Equatable {
-    /// 5xx responses and local failures in a row. Default 5, range 0 ... 1_000.
-    public var consecutive5xx: Int
-    /// 502, 503, 504 and local failures in a row. Default 5, range 0 ... 1_000.
-    public var consecutiveGatewayErrors: Int
-    /// Connect failures, resets, timeouts, invalid responses in a row. Default 5, range 0 ... 1_000.
-    public var consecutiveLocalFailures: Int
-    /// How often ejections are reviewed (returns, and the ejection count decays). Default 10 s.
-    public var interval: Millis
-    /// An ejection lasts this × the times the endpoint was ejected. Default 30 s.
-    public var baseEjectionTime: Millis
-    /// … capped by this. Default 300 s.
-    public var maxEjectionTime: Millis
-    /// At most this share of a cluster's endpoints ejected at once, rounded down, and never the last
-    /// one. Default 50 %, range 0 ... 100.
-    public var maxEjectionPercent: Int
-
-    public init(consecutive5xx: Int = 5, consecutiveGatewayErrors: Int = 5, consecutiveLocalFailures: Int = 5,
-                interval: Millis = 10_000, baseEjectionTime: Millis = 30_000, maxEjectionTime: Millis = 300_000,
-                maxEjectionPercent: Int = 50) {
-        self.consecutive5xx = consecutive5xx; self.consecutiveGatewayErrors = consecutiveGatewayErrors
-        self.consecutiveLocalFailures = consecutiveLocalFailures; self.interval = interval
-        self.baseEjectionTime = baseEjectionTime; self.maxEjectionTime = maxEjectionTime
-        self.maxEjectionPercent = maxEjectionPercent
-    }
-}
-
 /// HTTP/2 settings (RFC 9113 §6.5.2) one side advertises. YAML: `http2: { max_concurrent_streams: 100, … }`.
 public struct HTTP2Settings: Sendable, Equatable {
     /// SETTINGS_MAX_CONCURRENT_STREAMS. Default 100, range 1 ... 10_000.

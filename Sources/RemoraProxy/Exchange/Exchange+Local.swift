@@ -23,6 +23,15 @@ extension Exchange {
         }
     }
 
+    /// A circuit breaker of `cl` refused the request (`circuit_breaker:`): 503 with
+    /// `x-remora-overloaded: true` at once (gRPC UNAVAILABLE), without waiting for anything.
+    func overloaded(_ cl: Cluster) {
+        clusterStats?.inc(.upstream_rq_5xx)
+        if isGRPC { grpcLocal(.unavailable, "cluster \(cl.config.name) is overloaded (circuit breaker)"); return }
+        var body = "upstream overloaded: cluster \(cl.config.name) is at its circuit breaker limit\n"
+        body.withUTF8 { local(503, body: UnsafeRawBufferPointer($0), location: nil, overloaded: true) }
+    }
+
     /// A plain-text answer from the proxy.
     func local(_ status: Int, _ body: String) {
         var body = body
@@ -30,7 +39,7 @@ extension Exchange {
     }
 
     /// An answer from the proxy: an error, a route's direct response, or a redirect (`location`).
-    func local(_ status: Int, body: UnsafeRawBufferPointer, location: UnsafeRawBufferPointer?) {
+    func local(_ status: Int, body: UnsafeRawBufferPointer, location: UnsafeRawBufferPointer?, overloaded: Bool = false) {
         guard active, let d = downstream else { return }
         detachUpstream()
         responseStarted = true
@@ -45,6 +54,7 @@ extension Exchange {
         var fields = noContent ? [] : [HeaderRef(name: rawBytes("content-type"), value: rawBytes("text/plain")),
                                        HeaderRef(name: rawBytes("content-length"), value: len.bytes)]
         if let location { fields.append(HeaderRef(name: rawBytes("location"), value: location)) }
+        if overloaded { fields.append(HeaderRef(name: rawBytes("x-remora-overloaded"), value: rawBytes("true"))) }
         responseNamesLowercase = responseMutations.isEmpty
         fields.withUnsafeBufferPointer { f in
             withMutated(f, responseMutations) { h in

@@ -31,8 +31,15 @@ extension Exchange {
             }
             return nil
         case .retry(let wait):
-            if cl.retryBudget != nil && !holdsRetryBudget {
-                guard cl.retryBudget!.admit(activeRequests: Int(cl.stats.load(.upstream_rq_active))) else {
+            if !holdsRetryBudget {   // the budget (per worker) and the max_retries breaker (per process)
+                if cl.retryBudget != nil {
+                    guard cl.retryBudget!.admit(activeRequests: Int(cl.stats.load(.upstream_rq_active))) else {
+                        cl.stats.inc(.upstream_rq_retry_overflow)
+                        return nil
+                    }
+                }
+                guard cl.admitRetry() else {
+                    cl.retryBudget?.release()
                     cl.stats.inc(.upstream_rq_retry_overflow)
                     return nil
                 }
@@ -95,6 +102,7 @@ extension Exchange {
     func releaseRetryBudget() {
         holdsRetryBudget = false
         cluster?.retryBudget?.release()
+        cluster?.releaseRetry()
     }
 
     /// The server's requested wait before a retry: Retry-After (503, 429) or grpc-retry-pushback-ms.

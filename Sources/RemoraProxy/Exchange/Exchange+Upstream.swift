@@ -36,7 +36,10 @@ extension Exchange {
         let u: (any UpstreamStream)? = upstreamIsHTTP2
             ? cl.openHTTP2(for: self, head: reqHead, hasBody: requestHasBody, retry: fresh, hash: lbHash)
             : cl.openHTTP1(for: self, head: upHead.bytes, isHEAD: isHEAD, fresh: fresh, hash: lbHash)
-        guard let u else { noUpstream(.connectFailed); return }
+        guard let u else {
+            if cl.overflowed { cl.overflowed = false; overloaded(cl) } else { noUpstream(.connectFailed) }
+            return
+        }
         upstream = u
         attemptEndpoint = u.endpoint
         attemptStart = timer.now

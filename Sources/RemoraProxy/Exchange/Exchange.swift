@@ -189,7 +189,7 @@ final class Exchange: DeadlineTimerDelegate {
         }
         if runsFilters { for f in listener.filters { f.log(self) } }
         stats.dec(.downstream_rq_active)
-        if clusterActive { clusterStats?.dec(.upstream_rq_active); clusterActive = false }
+        if clusterActive { clusterStats?.dec(.upstream_rq_active); cluster?.releaseRequest(); clusterActive = false }
         pool.give(&upHead)
         pool.give(&replay)
         reqHead.release(to: pool)

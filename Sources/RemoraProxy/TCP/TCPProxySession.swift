@@ -37,6 +37,12 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
     func connectUpstream() {
         connectAttempts += 1
         let c = TCPConnection(loop: worker.loop)
+        guard cluster.admitConnection(c) else {   // over max_connections / max_pending: the client is let go
+            cluster.overflowed = false
+            c.close()
+            down.close()
+            return
+        }
         c.delegate = self
         c.owner = self
         cluster.stats.inc(.upstream_cx_total)
@@ -63,6 +69,7 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
     @inline(__always) func peer(of c: TCPConnection) -> TCPConnection? { c === down ? up : down }
 
     func connectionConnected(_ c: TCPConnection, _ status: Int32) {
+        cluster.connectSettled(c)
         if status != 0 {
             cluster.stats.inc(.upstream_cx_connect_fail)
             abort()
@@ -131,7 +138,7 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
             worker.remove(self)
         } else {
             cluster.stats.dec(.upstream_cx_active)
-            cluster.openConnections -= 1
+            cluster.connectionClosed(c)
             endAttempt()
         }
         // Both sides ended their streams: the other side is flushing and closes by itself.

@@ -48,10 +48,24 @@ final class Cluster {
     var retryBudget: RetryBudget?
     /// The next pick avoids this endpoint when the cluster has another (set for one retry).
     var avoidNext: Endpoint.Ref?
+    /// What the cluster's workers share: circuit-breaker counts, outlier detection.
+    let shared: ClusterShared
+    /// `circuit_breaker:` (nil: no limits, nothing counted).
+    let breaker: CircuitBreakerConfig?
+    /// The last `connect` was refused by a circuit breaker (the request is answered 503 overloaded,
+    /// not "connection failed"); read and cleared by the caller.
+    var overflowed = false
+    /// The ejections' version this worker applied (`ClusterShared.version`).
+    var appliedVersion: Int64 = 0
+    /// `outlier_detection:` thresholds by kind (5xx, gateway, local; 0 = off); nil = not detecting.
+    let outlierThresholds: (Int, Int, Int)?
 
     init(worker: Worker, index: Int, config: ClusterConfig, endpoints: [SocketAddress], weights: [Int] = [],
-         stats: StatBlock<ClusterStat>) {
+         shared: ClusterShared? = nil, stats: StatBlock<ClusterStat>) {
         self.worker = worker; self.index = index; self.config = config; self.stats = stats
+        self.shared = shared ?? ClusterShared(config: config, endpoints: endpoints.count)
+        breaker = config.circuitBreaker
+        outlierThresholds = config.outlierDetection.map { ($0.consecutive5xx, $0.consecutiveGatewayErrors, $0.consecutiveLocalFailures) }
         let now = worker.loop.now
         self.endpoints = endpoints.enumerated().map {
             Endpoint(index: $0.offset, address: $0.element, weight: $0.offset < weights.count ? weights[$0.offset] : 1, now: now)
@@ -65,6 +79,7 @@ final class Cluster {
         for e in self.endpoints { e.idle.reserveCapacity(min(maxIdlePerEndpoint, 64)) }
         retryBudget = config.retryBudget
         random = FastRandom(seed: worker.rng.next())
+        applyEjections()
     }
 
     /// The endpoint for the next attempt (HTTP pools and the TCP proxy alike), unretained. `hash`:
@@ -91,6 +106,16 @@ final class Cluster {
         return k.hash(headers, clientIP: clientIP) ?? random.next()
     }
 
+    /// Takes the process's ejections (outlier detection, decided on the main loop) when they changed
+    /// since this worker last looked.
+    func applyEjections() {
+        let v = shared.version
+        guard v != appliedVersion else { return }
+        appliedVersion = v
+        for e in endpoints { e.ejected = shared.isEjected(e.index) }
+        endpointsChanged()
+    }
+
     /// `live` and the balancer again, after endpoints were ejected or returned.
     func endpointsChanged() {
         let available = endpoints.filter { !$0.ejected }
@@ -108,6 +133,9 @@ final class Cluster {
         endpoint._withUnsafeGuaranteedRef { e in
             e.attemptEnded(outcome)
             if tracksLatency { e.observeLatency(outcome, now: worker.loop.now) }
+            if let t = outlierThresholds, let k = shared.countFailure(e.index, outcome, thresholds: t) {
+                worker.main.post(.outlier(shared, endpoint: e.index, kind: k))
+            }
         }
     }
 
@@ -128,15 +156,72 @@ final class Cluster {
         return true
     }
 
+    // MARK: circuit breakers (`circuit_breaker:`, per cluster per process)
+
+    /// A request may start within `max_requests` (counted until `releaseRequest`); a refusal is
+    /// counted (`upstream_rq_overflow`).
+    @inline(__always)
+    func admitRequest() -> Bool {
+        guard let b = breaker else { return true }
+        if shared.acquire(.requests, limit: b.maxRequests) { return true }
+        stats.inc(.upstream_rq_overflow)
+        return false
+    }
+
+    @inline(__always) func releaseRequest() { if breaker != nil { shared.release(.requests) } }
+
+    /// A retry may start within `max_retries` (counted until `releaseRetry`).
+    func admitRetry() -> Bool {
+        guard let b = breaker else { return true }
+        return shared.acquire(.retries, limit: b.maxRetries)
+    }
+
+    func releaseRetry() { if breaker != nil { shared.release(.retries) } }
+
+    /// Within `max_connections` and `max_pending` for one more connection (the request that needs
+    /// it waits for it: pending, until `connectSettled`). Refusals are counted and set `overflowed`.
+    func admitConnection(_ c: TCPConnection) -> Bool {
+        guard let b = breaker else { return true }
+        guard shared.acquire(.connections, limit: b.maxConnections) else {
+            stats.inc(.upstream_cx_overflow)
+            overflowed = true
+            return false
+        }
+        guard shared.acquire(.pending, limit: b.maxPending) else {
+            shared.release(.connections)
+            stats.inc(.upstream_rq_pending_overflow)
+            overflowed = true
+            return false
+        }
+        c.tag = 1   // holds a pending slot until connected or closed
+        return true
+    }
+
+    /// The connect of `c` ended (connected, failed, or closed first): its pending slot is free.
+    @inline(__always)
+    func connectSettled(_ c: TCPConnection) {
+        if c.tag == 1 { c.tag = 0; shared.release(.pending) }
+    }
+
+    /// An upstream connection of this cluster closed (HTTP pools and the TCP proxy alike).
+    func connectionClosed(_ c: TCPConnection) {
+        openConnections -= 1
+        connectSettled(c)
+        if breaker != nil { shared.release(.connections) }
+    }
+
     /// A new TCP connection to `endpoint`, connecting, with the connect timeout armed.
     func connect(_ endpoint: Endpoint) -> TCPConnection? {
         guard mayConnect() else { return nil }
         let c = TCPConnection(loop: worker.loop)
+        guard admitConnection(c) else { c.close(); return nil }
         stats.inc(.upstream_cx_total)
         stats.inc(.upstream_cx_active)
         if c.connect(to: endpoint.address) != 0 {
             stats.inc(.upstream_cx_connect_fail)
             stats.dec(.upstream_cx_active)
+            connectSettled(c)
+            if breaker != nil { shared.release(.connections) }
             c.close()
             return nil
         }
