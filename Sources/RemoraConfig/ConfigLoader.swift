@@ -449,7 +449,8 @@ private final class Schema {
     func cluster(_ n: Node, _ p: String) -> ClusterConfig? {
         guard var m = d.mapping(n, p, keys: ["name", "protocol", "endpoints", "connect_timeout", "max_idle_per_endpoint",
                                              "http2", "max_connects_per_second", "idle_timeout", "retry_budget",
-                                             "lb", "hash_on", "circuit_breaker", "outlier_detection", "panic_threshold"])
+                                             "lb", "hash_on", "circuit_breaker", "outlier_detection", "panic_threshold",
+                                             "health_check"])
         else { return nil }
         let name = m.required("name") { self.name($0, $1, "cluster", &clusterNames) }
         let proto: ClusterProtocol? = m.optional("protocol", d.oneOf)
@@ -469,6 +470,7 @@ private final class Schema {
         let breaker = m.optional("circuit_breaker", circuitBreaker)
         let outlier = m.optional("outlier_detection", outlierDetection)
         let panic = m.optional("panic_threshold", percentInt)
+        let health = m.optional("health_check", healthCheck)
         guard let name, let endpoints else { return nil }
         var c = ClusterConfig(name: name, protocol: proto ?? .http1, endpoints: endpoints.map(\.0),
                               connectTimeout: connectTimeout ?? 5_000, maxIdlePerEndpoint: maxIdle,
@@ -480,6 +482,7 @@ private final class Schema {
         c.circuitBreaker = breaker
         c.outlierDetection = outlier
         if let panic { c.panicThreshold = panic }
+        c.healthCheck = health
         return c
     }
 
@@ -537,6 +540,34 @@ private final class Schema {
             d.fail(m.line, Fields.join(p, "max_ejection_time"), "must not be below base_ejection_time")
         }
         return o
+    }
+
+    /// `health_check: { http: { path, expect } | tcp: {}, interval, timeout, jitter, unhealthy_threshold,
+    /// healthy_threshold }`.
+    func healthCheck(_ n: Node, _ p: String) -> HealthCheckConfig? {
+        guard var m = d.mapping(n, p, keys: ["http", "tcp", "grpc", "interval", "timeout", "jitter", "unhealthy_threshold",
+                                             "healthy_threshold"]) else { return nil }
+        m.forbid(["grpc"], "gRPC health checks are not supported yet (use http or tcp)")
+        let kind: HealthCheckConfig.Kind?
+        switch m.one(of: ["http", "tcp"]) {
+        case "tcp":
+            kind = m.optional("tcp") { n, p in d.mapping(n, p, keys: []).map { _ in HealthCheckConfig.Kind.tcp } }
+        case "http":
+            kind = m.optional("http") { n, p -> HealthCheckConfig.Kind? in
+                guard let h = d.mapping(n, p, keys: ["path", "expect"]) else { return nil }
+                let path = h.required("path", rewrittenPath)
+                let expect = h.optional("expect") { d.list($0, $1, ifEmpty: "at least one status") { d.int($0, $1, in: 100...599) } }
+                return path.map { .http(path: $0, expect: expect ?? [200]) }
+            }
+        default: kind = nil
+        }
+        var c = HealthCheckConfig(kind: kind ?? .tcp)
+        if let v = m.optional("interval", { d.duration($0, $1, positive: true) }) { c.interval = v }
+        if let v = m.optional("timeout", { d.duration($0, $1, positive: true) }) { c.timeout = v }
+        if let v = m.optional("jitter", percentInt) { c.jitterPercent = v }
+        if let v = m.optional("unhealthy_threshold", { d.int($0, $1, in: 1...100) }) { c.unhealthyThreshold = v }
+        if let v = m.optional("healthy_threshold", { d.int($0, $1, in: 1...100) }) { c.healthyThreshold = v }
+        return kind == nil ? nil : c
     }
 
     /// A whole percentage 0 ... 100: `50`, `50%`.

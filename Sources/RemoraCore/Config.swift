@@ -426,6 +426,8 @@ public struct ClusterConfig: Sendable, Equatable {
     public var circuitBreaker: CircuitBreakerConfig?
     /// Passive health checking on the outcome hook (`outlier_detection:`); nil = off.
     public var outlierDetection: OutlierDetectionConfig?
+    /// Active health checking (`health_check:`), once per process; nil = off.
+    public var healthCheck: HealthCheckConfig?
     /// Below this share of available (not ejected) endpoints, in percent, the balancer uses every
     /// endpoint (`lb_healthy_panic`). 0 ... 100, default 50; 0 turns panic mode off.
     public var panicThreshold: Int = 50

@@ -63,4 +63,19 @@ extension Server {
     }
 
     func tellWorkers() { workerMailboxes.forEach { $0?.post(.ejectionsChanged) } }
+
+    /// Starts the health checkers of `snap`'s clusters with `health_check:` (once per process, here on
+    /// the main loop); stops those of clusters it no longer has.
+    func watchHealth(_ snap: Snapshot) {
+        let now = snap.shared.enumerated().filter { snap.config.clusters[$0.offset].healthCheck != nil }
+        for s in healthWatched where !now.contains(where: { $0.element === s }) { s.checker?.stop(); s.checker = nil }
+        for (i, s) in now where s.checker == nil {
+            let h = HealthChecker(shared: s, config: snap.config.clusters[i].healthCheck!, addresses: snap.endpoints[i],
+                                  loop: loop, seed: UInt64(truncatingIfNeeded: ObjectIdentifier(s).hashValue) ^ loop.now,
+                                  onChange: { [unowned self] in self.tellWorkers() }, log: { log($0) })
+            s.checker = h
+            h.start()
+        }
+        healthWatched = now.map(\.element)
+    }
 }

@@ -33,6 +33,8 @@ public final class Server {
     var drainTimer: LoopTimer?
     /// Clusters of the current snapshot with outlier detection (their review timers run here).
     var outlierWatched: [ClusterShared] = []
+    /// Clusters of the current snapshot with active health checks (their probes run here).
+    var healthWatched: [ClusterShared] = []
     var overload: OverloadMonitor?
     var started = 0
     var stopped = 0
@@ -121,6 +123,7 @@ public final class Server {
 
     func startWorkers(_ snap: Snapshot, fds: [[String: Int32]]) {
         watchOutliers(snap)
+        watchHealth(snap)
         registry = StatRegistry(workers: workerCount)
         let stats = registry.stats(for: snap)
         workerMailboxes = Array(repeating: nil, count: workerCount)
@@ -205,6 +208,7 @@ public final class Server {
         let stats = registry.stats(for: snap)
         for (w, box) in workerMailboxes.enumerated() { box?.post(.apply(snap, stats[w], fds: fds[w])) }
         watchOutliers(snap)
+        watchHealth(snap)
         snapshot = snap
         config = cfg
         source = src
@@ -348,6 +352,8 @@ public final class Server {
     func shutdownMain() {
         for s in outlierWatched { s.timer?.close(); s.timer = nil }
         outlierWatched = []
+        for s in healthWatched { s.checker?.stop(); s.checker = nil }
+        healthWatched = []
         drainTimer?.close()
         textTimer?.close()
         overload?.close()

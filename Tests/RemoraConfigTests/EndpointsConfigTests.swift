@@ -64,4 +64,19 @@ import RemoraPolicy
             .contains("must not be below base_ejection_time"))
         #expect(error("  - { name: app, endpoints: [ 127.0.0.1:1 ], panic_threshold: 120% }").contains("whole percentage"))
     }
+
+    @Test func healthCheck() {
+        let c = cluster("""
+          - name: app
+            endpoints: [ 127.0.0.1:1 ]
+            health_check: { http: { path: /healthz, expect: [200, 204] }, interval: 2s, timeout: 500ms, jitter: 5%,
+                            unhealthy_threshold: 4, healthy_threshold: 1 }
+        """)
+        #expect(c?.healthCheck == HealthCheckConfig(kind: .http(path: "/healthz", expect: [200, 204]), interval: 2_000,
+                                                    timeout: 500, jitterPercent: 5, unhealthyThreshold: 4, healthyThreshold: 1))
+        #expect(cluster("  - { name: app, endpoints: [ 127.0.0.1:1 ], health_check: { tcp: {} } }")?.healthCheck
+            == HealthCheckConfig(kind: .tcp))
+        #expect(error("  - { name: app, endpoints: [ 127.0.0.1:1 ], health_check: { grpc: {} } }").contains("not supported yet"))
+        #expect(error("  - { name: app, endpoints: [ 127.0.0.1:1 ], health_check: { interval: 1s } }").contains("exactly one of http or tcp"))
+    }
 }

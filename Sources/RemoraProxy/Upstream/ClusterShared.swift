@@ -17,7 +17,8 @@ final class ClusterShared: @unchecked Sendable {
     let outlier: OutlierDetectionConfig?
     let endpointCount: Int
     /// `Count` words and the ejections' version, each on its own cache line (8 words apart), then
-    /// per endpoint and per `OutlierKind` the failures in a row, then per endpoint 1 when ejected.
+    /// per endpoint and per `OutlierKind` the failures in a row, then per endpoint why it is out of
+    /// load balancing (bit 0: ejected by outlier detection, bit 1: failing its health checks; 0 = in).
     private let words: UnsafeMutablePointer<Int64>
     private static let stride = 8
     private var failuresBase: Int { 5 * ClusterShared.stride }
@@ -32,6 +33,8 @@ final class ClusterShared: @unchecked Sendable {
     var ejectionsTotal: UInt64 = 0
     var ejectionsByKind: [UInt64] = [0, 0, 0]
     var ejectionsOverflow: UInt64 = 0
+    /// Active health checking (`health_check:`), while a snapshot holds this cluster.
+    var checker: HealthChecker?
     var overflowLogged = false
 
     init(config: ClusterConfig, endpoints: Int, addresses: [String] = []) {
@@ -72,12 +75,22 @@ final class ClusterShared: @unchecked Sendable {
         words + failuresBase + endpoint * 3 + k.rawValue
     }
 
+    /// Out of load balancing: ejected, or failing its health checks.
     func isEjected(_ endpoint: Int) -> Bool { remora_shared_load(words + ejectedBase + endpoint) != 0 }
 
     /// Main loop: marks `endpoint` ejected or back, and forgets its failures in a row.
     func setEjected(_ endpoint: Int, _ on: Bool) {
-        remora_shared_store(words + ejectedBase + endpoint, on ? 1 : 0)
+        setFlag(endpoint, 1, on)
         resetFailures(endpoint)
+    }
+
+    /// Main loop: marks `endpoint` unhealthy (its health checks failed) or healthy again.
+    func setUnhealthy(_ endpoint: Int, _ on: Bool) { setFlag(endpoint, 2, on) }
+
+    private func setFlag(_ endpoint: Int, _ bit: Int64, _ on: Bool) {
+        let p = words + ejectedBase + endpoint
+        let v = remora_shared_load(p)
+        remora_shared_store(p, on ? v | bit : v & ~bit)   // only the main loop writes it
         remora_shared_add(words + 4 * ClusterShared.stride, 1)
     }
 
@@ -134,6 +147,12 @@ final class ClusterShared: @unchecked Sendable {
                 out.add(scope: "cluster", name: name, stat: "outlier_detection.ejections_\(k.name)", value: ejectionsByKind[k.rawValue])
             }
             out.add(scope: "cluster", name: name, stat: "outlier_detection.ejections_overflow", value: ejectionsOverflow)
+        }
+        if let h = checker {
+            out.add(scope: "cluster", name: name, stat: "health_check.attempt", value: h.attempts)
+            out.add(scope: "cluster", name: name, stat: "health_check.success", value: h.successes)
+            out.add(scope: "cluster", name: name, stat: "health_check.failure", value: h.failures)
+            out.add(scope: "cluster", name: name, stat: "health_check.healthy", value: UInt64(h.healthyCount))
         }
     }
 }
