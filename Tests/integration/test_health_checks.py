@@ -15,19 +15,23 @@ from harness import Client, cluster, http_listener, make_config, poll
 class HealthBackend(HTTPBackend):
     """/healthz answers 200, or 503 while `sick`; everything else as usual. Counts its probes."""
 
-    def __init__(self):
+    def __init__(self, keep_alive: bool = False):
         self.sick = False
         self.probes = 0
+        self.keep_alive = keep_alive
+        self.probe_conns: set[int] = set()
         super().__init__()
 
     def _respond(self, conn, req, path):
         if path == "/healthz":
             with self.lock:
                 self.probes += 1
+                self.probe_conns.add(req["conn_id"])
                 self.requests.remove(req)   # not traffic
             status = 503 if self.sick else 200
-            self._send(conn, status, [("content-length", "0"), ("connection", "close")], b"", False)
-            return False
+            headers = [("content-length", "0")] + ([] if self.keep_alive else [("connection", "close")])
+            self._send(conn, status, headers, b"", False)
+            return self.keep_alive
         return super()._respond(conn, req, path)
 
 
@@ -35,8 +39,8 @@ class HealthBackend(HTTPBackend):
 def health_backend(request):
     made = []
 
-    def make():
-        b = HealthBackend()
+    def make(**kw):
+        b = HealthBackend(**kw)
         made.append(b)
         return b
 
@@ -126,3 +130,12 @@ def test_panic_spreads_over_all_when_too_few_are_healthy(start_remora, health_ba
             c.request("GET", "/echo")
     assert all(len(b.requests) >= 8 for b in backends), [len(b.requests) for b in backends]
     assert remora.stat("cluster.app.lb_healthy_panic") >= 30
+
+
+def test_http_probes_reuse_their_connection(start_remora, health_backend):
+    b = health_backend(keep_alive=True)
+    remora = start_remora(make_config([http_listener("web")],
+                                      [cluster("app", [b.endpoint], health_check=hc(interval="50ms"))]))
+    poll(lambda: b.probes >= 10, timeout=5, what="ten probes")
+    assert len(b.probe_conns) == 1, f"{b.probes} probes on {len(b.probe_conns)} connections"
+    assert remora.stat("cluster.app.health_check.healthy") == 1

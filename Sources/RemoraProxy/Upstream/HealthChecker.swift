@@ -1,10 +1,11 @@
 import RemoraCore
+import RemoraHTTP
 import RemoraIO
 import RemoraPolicy
 
 /// Active health checking of one cluster (`health_check:`), once per process, on the main loop:
 /// one probe per endpoint, each on its own jittered timer (a TCP connect, or `GET path` over
-/// HTTP/1.1 with `Connection: close` and the status line read). Results go through RemoraPolicy's
+/// HTTP/1.1 on a kept-alive connection, the answer read whole). Results go through RemoraPolicy's
 /// `HealthState` (thresholds hold for every kind of failure); a flip marks the endpoint in
 /// `ClusterShared`, is logged, and every worker is told through its mailbox (`onChange`), as
 /// outlier detection's ejections are.
@@ -26,7 +27,7 @@ final class HealthChecker {
         self.shared = shared; self.config = config; self.loop = loop; self.onChange = onChange; self.log = log
         random = FastRandom(seed: seed)
         if case .http(let path, _) = config.kind {
-            request = Array("GET \(path) HTTP/1.1\r\nhost: \(shared.name)\r\nuser-agent: remora-health-check\r\nconnection: close\r\n\r\n".utf8)
+            request = Array("GET \(path) HTTP/1.1\r\nhost: \(shared.name)\r\nuser-agent: remora-health-check\r\n\r\n".utf8)
         } else {
             request = []
         }
@@ -52,16 +53,26 @@ final class HealthChecker {
     }
 }
 
-/// One endpoint's probe: a timer, and at most one connection at a time.
-final class HealthProbe: TCPConnectionDelegate {
+/// One endpoint's probe: a timer, and at most one connection at a time. HTTP probes keep their
+/// connection open between probes (keep-alive, as Envoy's health checker does): a new TCP
+/// connection per probe is most of a probe's cost (the kernel's connect and teardown), so a
+/// connection is opened again only when the endpoint closed it or a probe failed.
+final class HealthProbe: TCPConnectionDelegate, HTTP1ParserDelegate {
     unowned let checker: HealthChecker
     let index: Int
     let address: SocketAddress
     var state = HealthState()
     let timer: LoopTimer
     var conn: TCPConnection?
-    /// The start of the answer, until its status line is complete (at most 64 bytes kept).
-    var head: [UInt8] = []
+    /// The HTTP response parser of `conn` (`http` probes).
+    var parser: HTTP1Parser?
+    /// A probe is waiting for its answer on `conn` (otherwise `conn` is idle, kept for the next one).
+    var inFlight = false
+    /// The answer's status, and whether it is complete (set in the parser's callbacks, acted on after).
+    var status = 0
+    var complete = false
+    /// The answer did not say `Connection: close`: the connection stays for the next probe.
+    var keepAlive = false
     var stopped = false
 
     init(checker: HealthChecker, index: Int, address: SocketAddress) {
@@ -78,69 +89,101 @@ final class HealthProbe: TCPConnectionDelegate {
     func stop() {
         stopped = true
         timer.close()
-        conn?.close()
-        conn = nil
+        drop()
     }
+
+    func drop() {
+        let c = conn
+        conn = nil
+        parser = nil
+        inFlight = false
+        c?.close()
+    }
+
+    var isHTTP: Bool { !checker.request.isEmpty }
 
     func run() {
         guard !stopped else { return }
+        inFlight = true
+        status = 0
+        complete = false
+        if let c = conn {   // an idle keep-alive connection
+            checker.request.withUnsafeBytes { _ = c.write($0) }
+            c.setDeadline(after: checker.config.timeout)
+            return
+        }
         let c = TCPConnection(loop: checker.loop)
         c.delegate = self
         c.owner = self
-        head.removeAll(keepingCapacity: true)
         if c.connect(to: address) != 0 {
             c.close()
-            finish(passed: false, nil)
+            finish(passed: false, nil, keep: false)
             return
         }
         conn = c
-        if !checker.request.isEmpty { checker.request.withUnsafeBytes { _ = c.write($0) } }
+        if isHTTP {
+            let p = HTTP1Parser(kind: .response, maxHeadBytes: 16 * 1024, maxHeaders: 64, pauseAfterMessage: false)
+            p.delegate = self
+            parser = p
+            checker.request.withUnsafeBytes { _ = c.write($0) }
+        }
         c.setDeadline(after: checker.config.timeout)
         c.startReading()
     }
 
-    /// The probe's result; the connection (if any) is closed, the next probe scheduled.
-    func finish(passed: Bool, _ c: TCPConnection?) {
-        if let c, c !== conn { return }   // a late event of a probe already decided
-        conn = nil
-        c?.close()
+    /// The probe's result: the connection is kept (`keep`) or closed, the next probe scheduled.
+    func finish(passed: Bool, _ c: TCPConnection?, keep: Bool) {
+        if let c, c !== conn { return }   // a late event of a connection already let go
+        inFlight = false
+        if keep, let c { c.clearDeadline() } else { drop() }
         guard !stopped else { return }
         checker.report(self, passed: passed)
         schedule(after: checker.nextDelay())
     }
 
-    /// "HTTP/1.x NNN …": the status, once the status line is complete.
-    func status() -> Int? {
-        guard let end = head.firstIndex(of: 0x0A) else { return nil }
-        let line = head[..<end]
-        guard line.count >= 12, line.starts(with: Array("HTTP/1.".utf8)) else { return 0 }
-        var code = 0
-        for b in line[line.startIndex + 9 ..< line.startIndex + 12] {
-            guard b >= 0x30 && b <= 0x39 else { return 0 }
-            code = code * 10 + Int(b - 0x30)
-        }
-        return code
+    /// An idle connection the endpoint closed, or that sent what nobody asked for: let go, no result.
+    func lost(_ c: TCPConnection) {
+        guard c === conn else { return }
+        if inFlight { finish(passed: false, c, keep: false) } else { drop() }
     }
 
     // MARK: TCPConnectionDelegate
 
     func connectionConnected(_ c: TCPConnection, _ status: Int32) {
-        if status != 0 { finish(passed: false, c); return }
-        if case .tcp = checker.config.kind { finish(passed: true, c) }
+        guard c === conn else { return }
+        if status != 0 { finish(passed: false, c, keep: false); return }
+        if !isHTTP { finish(passed: true, c, keep: false) }
     }
 
     func connectionRead(_ c: TCPConnection, _ data: UnsafeRawBufferPointer) {
-        guard c === conn else { return }
-        head.append(contentsOf: data.prefix(max(0, 64 - head.count)))
-        if let code = status() {
+        guard c === conn, inFlight, let p = parser else { lost(c); return }
+        if p.feed(data) == .error { finish(passed: false, c, keep: false); return }
+        if complete {
             guard case .http(_, let expect) = checker.config.kind else { return }
-            finish(passed: expect.contains(code), c)
-        } else if head.count >= 64 {
-            finish(passed: false, c)
+            finish(passed: expect.contains(status), c, keep: keepAlive)
         }
     }
 
-    func connectionEOF(_ c: TCPConnection) { finish(passed: false, c) }
-    func connectionError(_ c: TCPConnection, _ code: Int32) { finish(passed: false, c) }
-    func connectionTimeout(_ c: TCPConnection) { finish(passed: false, c) }
+    func connectionEOF(_ c: TCPConnection) { lost(c) }
+    func connectionError(_ c: TCPConnection, _ code: Int32) { lost(c) }
+    func connectionTimeout(_ c: TCPConnection) { lost(c) }
+    func connectionClosed(_ c: TCPConnection) { if c === conn { lost(c) } }
+
+    // MARK: HTTP1ParserDelegate (record only; acted on once `feed` returns)
+
+    func parserHeadComplete(_ p: HTTP1Parser) -> Bool {
+        status = p.statusCode
+        keepAlive = true
+        for i in 0..<p.headerCount where p.name(i).equalsLowercase("connection") {
+            let v = p.value(i), close: [UInt8] = Array("close".utf8)
+            if v.count >= 5 && (0...(v.count - 5)).contains(where: { o in (0..<5).allSatisfy { v[o + $0] | 0x20 == close[$0] } }) {
+                keepAlive = false
+            }
+        }
+        return false
+    }
+
+    func parserBody(_ p: HTTP1Parser, _ data: UnsafeRawBufferPointer) {}
+
+    func parserMessageComplete(_ p: HTTP1Parser) { complete = true }
 }
