@@ -25,13 +25,13 @@ static inline uint64_t remora_counter_load(const uint64_t *p) {
 
 /* Counts shared by every worker (circuit breakers, outlier detection's failures in a row): many
  * writers, so a locked read-modify-write; relaxed, since nothing else is ordered by them. */
-static inline int64_t remora_shared_add(int64_t *p, int64_t v) {
+static inline int64_t remora_atomic_add(int64_t *p, int64_t v) {
     return __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
 }
-static inline int64_t remora_shared_load(const int64_t *p) {
+static inline int64_t remora_atomic_load(const int64_t *p) {
     return __atomic_load_n(p, __ATOMIC_RELAXED);
 }
-static inline void remora_shared_store(int64_t *p, int64_t v) {
+static inline void remora_atomic_store(int64_t *p, int64_t v) {
     __atomic_store_n(p, v, __ATOMIC_RELAXED);
 }
 

@@ -53,20 +53,20 @@ final class ClusterShared: @unchecked Sendable {
 
     // MARK: circuit breakers
 
-    @inline(__always) func load(_ c: Count) -> Int64 { remora_shared_load(words + c.rawValue * ClusterShared.stride) }
+    @inline(__always) func load(_ c: Count) -> Int64 { remora_atomic_load(words + c.rawValue * ClusterShared.stride) }
 
     /// One more of `c` within `limit`: counted and true, or false (nothing counted).
     @inline(__always)
     func acquire(_ c: Count, limit: Int) -> Bool {
         let p = words + c.rawValue * ClusterShared.stride
-        if remora_shared_add(p, 1) >= Int64(limit) {
-            remora_shared_add(p, -1)
+        if remora_atomic_add(p, 1) >= Int64(limit) {
+            remora_atomic_add(p, -1)
             return false
         }
         return true
     }
 
-    @inline(__always) func release(_ c: Count) { remora_shared_add(words + c.rawValue * ClusterShared.stride, -1) }
+    @inline(__always) func release(_ c: Count) { remora_atomic_add(words + c.rawValue * ClusterShared.stride, -1) }
 
     // MARK: outlier detection
 
@@ -76,7 +76,7 @@ final class ClusterShared: @unchecked Sendable {
     }
 
     /// Out of load balancing: ejected, or failing its health checks.
-    func isEjected(_ endpoint: Int) -> Bool { remora_shared_load(words + ejectedBase + endpoint) != 0 }
+    func isEjected(_ endpoint: Int) -> Bool { remora_atomic_load(words + ejectedBase + endpoint) != 0 }
 
     /// Main loop: marks `endpoint` ejected or back, and forgets its failures in a row.
     func setEjected(_ endpoint: Int, _ on: Bool) {
@@ -89,13 +89,13 @@ final class ClusterShared: @unchecked Sendable {
 
     private func setFlag(_ endpoint: Int, _ bit: Int64, _ on: Bool) {
         let p = words + ejectedBase + endpoint
-        let v = remora_shared_load(p)
-        remora_shared_store(p, on ? v | bit : v & ~bit)   // only the main loop writes it
-        remora_shared_add(words + 4 * ClusterShared.stride, 1)
+        let v = remora_atomic_load(p)
+        remora_atomic_store(p, on ? v | bit : v & ~bit)   // only the main loop writes it
+        remora_atomic_add(words + 4 * ClusterShared.stride, 1)
     }
 
     func resetFailures(_ endpoint: Int) {
-        for k in OutlierKind.allCases { remora_shared_store(failures(endpoint, k), 0) }
+        for k in OutlierKind.allCases { remora_atomic_store(failures(endpoint, k), 0) }
     }
 
     /// Worker: counts `o` on `endpoint`'s failures in a row; true when a kind just reached its
@@ -115,14 +115,14 @@ final class ClusterShared: @unchecked Sendable {
         guard limit > 0, let fails = k.counts(o) else { return }
         let p = failures(endpoint, k)
         if fails {
-            if remora_shared_add(p, 1) + 1 == Int64(limit) && reached == nil { reached = k }
-        } else if remora_shared_load(p) != 0 {
-            remora_shared_store(p, 0)
+            if remora_atomic_add(p, 1) + 1 == Int64(limit) && reached == nil { reached = k }
+        } else if remora_atomic_load(p) != 0 {
+            remora_atomic_store(p, 0)
         }
     }
 
     /// Bumped (main loop) each time the ejected set changes; a worker compares it with the one it applied.
-    var version: Int64 { remora_shared_load(words + 4 * ClusterShared.stride) }
+    var version: Int64 { remora_atomic_load(words + 4 * ClusterShared.stride) }
 
     // MARK: stats (main loop, when /stats is read)
 
