@@ -33,6 +33,18 @@ static inline int remora_shared_cas(uint64_t *p, uint64_t *expected, uint64_t de
     return __atomic_compare_exchange_n(p, expected, desired, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
 }
 
+/* Counts shared by every worker (circuit breakers, outlier detection's failures in a row): many
+ * writers, so a locked read-modify-write; relaxed, since nothing else is ordered by them. */
+static inline int64_t remora_atomic_add(int64_t *p, int64_t v) {
+    return __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
+}
+static inline int64_t remora_atomic_load(const int64_t *p) {
+    return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+static inline void remora_atomic_store(int64_t *p, int64_t v) {
+    __atomic_store_n(p, v, __ATOMIC_RELAXED);
+}
+
 #if UINTPTR_MAX > 0xffffffffu
 typedef Elf64_Phdr remora_phdr;
 typedef Elf64_Dyn remora_dyn;

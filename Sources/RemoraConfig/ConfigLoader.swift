@@ -456,12 +456,14 @@ private final class Schema {
 
     func cluster(_ n: Node, _ p: String) -> ClusterConfig? {
         guard var m = d.mapping(n, p, keys: ["name", "protocol", "endpoints", "connect_timeout", "max_idle_per_endpoint",
-                                             "http2", "max_connects_per_second", "idle_timeout", "retry_budget"])
+                                             "http2", "max_connects_per_second", "idle_timeout", "retry_budget",
+                                             "lb", "hash_on", "circuit_breaker", "outlier_detection", "panic_threshold",
+                                             "health_check"])
         else { return nil }
         let name = m.required("name") { self.name($0, $1, "cluster", &clusterNames) }
         let proto: ClusterProtocol? = m.optional("protocol", d.oneOf)
         let endpoints = m.required("endpoints") {
-            d.list($0, $1, ifEmpty: "at least one endpoint is required") { d.hostPort($0, $1, portZero: false) }
+            d.list($0, $1, ifEmpty: "at least one endpoint is required", endpoint)
         }
         let connectTimeout = m.optional("connect_timeout") { d.duration($0, $1, positive: true) }
         let maxIdle = m.optional("max_idle_per_endpoint") { d.int($0, $1, in: 0...100_000) }
@@ -470,11 +472,117 @@ private final class Schema {
         if proto != .http2 { m.forbid(["http2"], "only allowed on a cluster with protocol: http2") }
         let http2 = m.optional("http2", http2Settings)
         let budget = m.has("retry_budget") ? m.optional("retry_budget", retryBudget) : RetryBudget()
+        let lb: BalancerKind? = m.optional("lb", d.oneOf)
+        if !(lb?.isConsistentHash ?? false) { m.forbid(["hash_on"], "only allowed with lb: ring_hash or maglev") }
+        let hashOn = m.optional("hash_on", clusterHashKey)
+        let breaker = m.optional("circuit_breaker", circuitBreaker)
+        let outlier = m.optional("outlier_detection", outlierDetection)
+        let panic = m.optional("panic_threshold", percentInt)
+        let health = m.optional("health_check", healthCheck)
         guard let name, let endpoints else { return nil }
-        return ClusterConfig(name: name, protocol: proto ?? .http1, endpoints: endpoints,
-                             connectTimeout: connectTimeout ?? 5_000, maxIdlePerEndpoint: maxIdle,
-                             http2: http2 ?? HTTP2Settings(), maxConnectsPerSecond: connectRate ?? 1000,
-                             idleTimeout: idleTimeout ?? 60_000, retryBudget: budget ?? nil)
+        var c = ClusterConfig(name: name, protocol: proto ?? .http1, endpoints: endpoints.map(\.0),
+                              connectTimeout: connectTimeout ?? 5_000, maxIdlePerEndpoint: maxIdle,
+                              http2: http2 ?? HTTP2Settings(), maxConnectsPerSecond: connectRate ?? 1000,
+                              idleTimeout: idleTimeout ?? 60_000, retryBudget: budget ?? nil)
+        if endpoints.contains(where: { $0.1 != 1 }) { c.endpointWeights = endpoints.map(\.1) }
+        if let lb { c.lb = lb }
+        c.hashOn = hashOn
+        c.circuitBreaker = breaker
+        c.outlierDetection = outlier
+        if let panic { c.panicThreshold = panic }
+        c.healthCheck = health
+        return c
+    }
+
+    /// An endpoint: `"host:port"`, or `{ address: "host:port", weight: 3 }`.
+    func endpoint(_ n: Node, _ p: String) -> (HostPort, Int)? {
+        if case .scalar = n.value { return d.hostPort(n, p, portZero: false).map { ($0, 1) } }
+        guard let m = d.mapping(n, p, keys: ["address", "weight"]) else { return nil }
+        let address = m.required("address") { d.hostPort($0, $1, portZero: false) }
+        let weight = m.optional("weight") { d.int($0, $1, in: 1...10_000) }
+        return address.map { ($0, weight ?? 1) }
+    }
+
+    /// A cluster's `hash_on`: `{ header: name }`, `{ cookie: name }`, or `source_ip`.
+    func clusterHashKey(_ n: Node, _ p: String) -> ClusterHashKey? {
+        if case .scalar = n.value {
+            return d.value(n, p, #"source_ip, or a mapping { header: name } or { cookie: name }"#) { $0 == "source_ip" ? .sourceIP : nil }
+        }
+        guard let m = d.mapping(n, p, keys: ["header", "cookie", "source_ip"]) else { return nil }
+        let name = { (n: Node, p: String) in self.d.checked(n, p) { RouteSyntax.headerName($0) } }
+        switch m.one(of: ["header", "cookie", "source_ip"]) {
+        case "header": return m.optional("header", name).map(ClusterHashKey.header)
+        case "cookie": return m.optional("cookie", name).map(ClusterHashKey.cookie)
+        case "source_ip":
+            return m.optional("source_ip") { d.value($0, $1, "true") { $0 == "true" ? ClusterHashKey.sourceIP : nil } }
+        default: return nil
+        }
+    }
+
+    /// `circuit_breaker: { max_connections, max_pending, max_requests, max_retries }`.
+    func circuitBreaker(_ n: Node, _ p: String) -> CircuitBreakerConfig? {
+        guard let m = d.mapping(n, p, keys: ["max_connections", "max_pending", "max_requests", "max_retries"]) else { return nil }
+        var c = CircuitBreakerConfig()
+        if let v = m.optional("max_connections", { d.int($0, $1, in: 1...1_000_000) }) { c.maxConnections = v }
+        if let v = m.optional("max_pending", { d.int($0, $1, in: 1...1_000_000) }) { c.maxPending = v }
+        if let v = m.optional("max_requests", { d.int($0, $1, in: 1...1_000_000) }) { c.maxRequests = v }
+        if let v = m.optional("max_retries", { d.int($0, $1, in: 0...1_000_000) }) { c.maxRetries = v }
+        return c
+    }
+
+    /// `outlier_detection: { consecutive_5xx, consecutive_gateway_errors, consecutive_local_failures,
+    /// interval, base_ejection_time, max_ejection_time, max_ejection_percent }`.
+    func outlierDetection(_ n: Node, _ p: String) -> OutlierDetectionConfig? {
+        guard let m = d.mapping(n, p, keys: ["consecutive_5xx", "consecutive_gateway_errors", "consecutive_local_failures",
+                                             "interval", "base_ejection_time", "max_ejection_time", "max_ejection_percent"])
+        else { return nil }
+        var o = OutlierDetectionConfig()
+        if let v = m.optional("consecutive_5xx", { d.int($0, $1, in: 0...1_000) }) { o.consecutive5xx = v }
+        if let v = m.optional("consecutive_gateway_errors", { d.int($0, $1, in: 0...1_000) }) { o.consecutiveGatewayErrors = v }
+        if let v = m.optional("consecutive_local_failures", { d.int($0, $1, in: 0...1_000) }) { o.consecutiveLocalFailures = v }
+        if let v = m.optional("interval", { d.duration($0, $1, positive: true) }) { o.interval = v }
+        if let v = m.optional("base_ejection_time", { d.duration($0, $1, positive: true) }) { o.baseEjectionTime = v }
+        if let v = m.optional("max_ejection_time", { d.duration($0, $1, positive: true) }) { o.maxEjectionTime = v }
+        if let v = m.optional("max_ejection_percent", percentInt) { o.maxEjectionPercent = v }
+        if o.maxEjectionTime < o.baseEjectionTime {
+            d.fail(m.line, Fields.join(p, "max_ejection_time"), "must not be below base_ejection_time")
+        }
+        return o
+    }
+
+    /// `health_check: { http: { path, expect } | tcp: {}, interval, timeout, jitter, unhealthy_threshold,
+    /// healthy_threshold }`.
+    func healthCheck(_ n: Node, _ p: String) -> HealthCheckConfig? {
+        guard var m = d.mapping(n, p, keys: ["http", "tcp", "grpc", "interval", "timeout", "jitter", "unhealthy_threshold",
+                                             "healthy_threshold"]) else { return nil }
+        m.forbid(["grpc"], "gRPC health checks are not supported yet (use http or tcp)")
+        let kind: HealthCheckConfig.Kind?
+        switch m.one(of: ["http", "tcp"]) {
+        case "tcp":
+            kind = m.optional("tcp") { n, p in d.mapping(n, p, keys: []).map { _ in HealthCheckConfig.Kind.tcp } }
+        case "http":
+            kind = m.optional("http") { n, p -> HealthCheckConfig.Kind? in
+                guard let h = d.mapping(n, p, keys: ["path", "expect"]) else { return nil }
+                let path = h.required("path", rewrittenPath)
+                let expect = h.optional("expect") { d.list($0, $1, ifEmpty: "at least one status") { d.int($0, $1, in: 100...599) } }
+                return path.map { .http(path: $0, expect: expect ?? [200]) }
+            }
+        default: kind = nil
+        }
+        var c = HealthCheckConfig(kind: kind ?? .tcp)
+        if let v = m.optional("interval", { d.duration($0, $1, positive: true) }) { c.interval = v }
+        if let v = m.optional("timeout", { d.duration($0, $1, positive: true) }) { c.timeout = v }
+        if let v = m.optional("jitter", percentInt) { c.jitterPercent = v }
+        if let v = m.optional("unhealthy_threshold", { d.int($0, $1, in: 1...100) }) { c.unhealthyThreshold = v }
+        if let v = m.optional("healthy_threshold", { d.int($0, $1, in: 1...100) }) { c.healthyThreshold = v }
+        return kind == nil ? nil : c
+    }
+
+    /// A whole percentage 0 ... 100: `50`, `50%`.
+    func percentInt(_ n: Node, _ p: String) -> Int? {
+        d.value(n, p, #"a whole percentage from 0 to 100 like "50" or "50%""#) { s in
+            Int(s.hasSuffix("%") ? String(s.dropLast()) : s).flatMap { (0...100).contains($0) ? $0 : nil }
+        }
     }
 
     /// `retry_budget: { percent: 20, min_concurrency: 3 }`, or `retry_budget: off`.

@@ -418,6 +418,28 @@ public struct ClusterConfig: Sendable, Equatable {
     /// Retries in flight per worker may not exceed this share of the cluster's active requests
     /// (with a floor); nil = unbounded (only `attempts` limits them). On by default: 20 %, 3.
     public var retryBudget: RetryBudget?
+    /// Per endpoint (same order as `endpoints`): its relative share, 1 ... 10_000 (`{ address, weight }`).
+    /// Empty: every endpoint weighs 1. An endpoint named by a host resolving to several
+    /// addresses gives each address its weight.
+    public var endpointWeights: [Int] = []
+    /// The load balancer (`lb:`). Default `peak_ewma` (docs/config.md says why).
+    public var lb: BalancerKind = ClusterConfig.defaultBalancer
+    /// `ring_hash` / `maglev`: where a request's key comes from; nil (or a request without one) = random.
+    public var hashOn: ClusterHashKey?
+    /// Limits per cluster per process (`circuit_breaker:`); nil = none.
+    public var circuitBreaker: CircuitBreakerConfig?
+    /// Passive health checking on the outcome hook (`outlier_detection:`); nil = off.
+    public var outlierDetection: OutlierDetectionConfig?
+    /// Active health checking (`health_check:`), once per process; nil = off.
+    public var healthCheck: HealthCheckConfig?
+    /// Below this share of available (not ejected) endpoints, in percent, the balancer uses every
+    /// endpoint (`lb_healthy_panic`). 0 ... 100, default 50; 0 turns panic mode off.
+    public var panicThreshold: Int = 50
+
+    public static let defaultBalancer = BalancerKind.peakEWMA
+
+    /// The weight of endpoint `i` (1 when none is given).
+    public func weight(ofEndpoint i: Int) -> Int { i < endpointWeights.count ? endpointWeights[i] : 1 }
 
     public init(name: String, protocol: ClusterProtocol = .http1, endpoints: [HostPort],
                 connectTimeout: Millis = 5_000, maxIdlePerEndpoint: Int? = nil, http2: HTTP2Settings = HTTP2Settings(),
@@ -426,6 +448,34 @@ public struct ClusterConfig: Sendable, Equatable {
         self.name = name; self.protocol = `protocol`; self.endpoints = endpoints; self.http2 = http2
         self.connectTimeout = connectTimeout; self.maxIdlePerEndpoint = maxIdlePerEndpoint
         self.maxConnectsPerSecond = maxConnectsPerSecond; self.idleTimeout = idleTimeout
+    }
+}
+
+/// A cluster's `hash_on` (ring_hash, maglev): the key a request is placed by.
+public enum ClusterHashKey: Sendable, Equatable {
+    /// The first non-empty value of this header (any case).
+    case header(String)
+    /// The value of this cookie.
+    case cookie(String)
+    /// The client's address (the downstream connection's peer IP; for the TCP proxy too).
+    case sourceIP
+}
+
+/// `circuit_breaker:` — limits per cluster per process (summed over workers), Envoy's thresholds.
+/// A request over a limit fails at once: 503 with `x-remora-overloaded: true` (gRPC UNAVAILABLE).
+public struct CircuitBreakerConfig: Sendable, Equatable {
+    /// Upstream connections open at once. Default 1024, range 1 ... 1_000_000.
+    public var maxConnections: Int
+    /// Requests waiting for a connection being established at once. Default 1024, range 1 ... 1_000_000.
+    public var maxPending: Int
+    /// Requests under way at once. Default 1024, range 1 ... 1_000_000.
+    public var maxRequests: Int
+    /// Retries under way at once. Default 3, range 0 ... 1_000_000.
+    public var maxRetries: Int
+
+    public init(maxConnections: Int = 1024, maxPending: Int = 1024, maxRequests: Int = 1024, maxRetries: Int = 3) {
+        self.maxConnections = maxConnections; self.maxPending = maxPending
+        self.maxRequests = maxRequests; self.maxRetries = maxRetries
     }
 }
 

@@ -52,6 +52,11 @@ public enum ClusterStat: Int, StatGroup {
     case upstream_rq_cancelled_unsent
     /// Connections closed after carrying no request for the cluster's `idle_timeout`.
     case upstream_cx_idle_timeout
+    /// Picks made over every endpoint because fewer than `panic_threshold` % were available.
+    case lb_healthy_panic
+    /// Circuit breakers (`circuit_breaker:`): connections not opened over `max_connections`,
+    /// requests refused over `max_pending` and over `max_requests` (each answered 503 overloaded).
+    case upstream_cx_overflow, upstream_rq_pending_overflow, upstream_rq_overflow
 }
 
 /// Per backend of a route, so an operator sees the real split:

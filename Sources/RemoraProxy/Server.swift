@@ -31,6 +31,10 @@ public final class Server {
     var signals: [SignalWatcher] = []
     var watcher: FileWatcher?
     var drainTimer: LoopTimer?
+    /// Clusters of the current snapshot with outlier detection (their review timers run here).
+    var outlierWatched: [ClusterShared] = []
+    /// Clusters of the current snapshot with active health checks (their probes run here).
+    var healthWatched: [ClusterShared] = []
     var overload: OverloadMonitor?
     var started = 0
     var stopped = 0
@@ -118,6 +122,8 @@ public final class Server {
     }
 
     func startWorkers(_ snap: Snapshot, fds: [[String: Int32]]) {
+        watchOutliers(snap)
+        watchHealth(snap)
         registry = StatRegistry(workers: workerCount)
         let stats = registry.stats(for: snap)
         workerMailboxes = Array(repeating: nil, count: workerCount)
@@ -190,7 +196,7 @@ public final class Server {
                                              message: "fixed at start; a restart changes it")])
         }
         let snap: Snapshot
-        do { snap = try Snapshot(config: cfg) } catch let e as ConfigErrors { return e } catch {
+        do { snap = try Snapshot(config: cfg, previous: snapshot) } catch let e as ConfigErrors { return e } catch {
             return ConfigErrors([ConfigError(file: "", line: 0, path: "", message: "\(error)")])
         }
         let fds: [[String: Int32]]
@@ -201,6 +207,8 @@ public final class Server {
         for name in bound.keys where !names.contains(name) { bound[name] = nil }
         let stats = registry.stats(for: snap)
         for (w, box) in workerMailboxes.enumerated() { box?.post(.apply(snap, stats[w], fds: fds[w])) }
+        watchOutliers(snap)
+        watchHealth(snap)
         snapshot = snap
         config = cfg
         source = src
@@ -283,6 +291,8 @@ public final class Server {
             reportDroppedLines(worker: w)
             log(line)
             workerLogs[w].written(line)
+        case let .outlier(shared, e, kind):
+            outlierFailed(shared, endpoint: e, kind: kind)
         case let .stopped(w):
             reportDroppedLines(worker: w)
             stopped += 1
@@ -340,6 +350,10 @@ public final class Server {
     }
 
     func shutdownMain() {
+        for s in outlierWatched { s.timer?.close(); s.timer = nil }
+        outlierWatched = []
+        for s in healthWatched { s.checker?.stop(); s.checker = nil }
+        healthWatched = []
         drainTimer?.close()
         textTimer?.close()
         overload?.close()

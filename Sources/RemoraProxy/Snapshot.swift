@@ -10,12 +10,18 @@ public final class Snapshot: Sendable {
     public let routeTables: [RouteTable]
     /// Per cluster (same order as config.clusters): resolved endpoint addresses.
     public let endpoints: [[SocketAddress]]
+    /// Per cluster, per resolved address: its weight (an address inherits its name's).
+    public let weights: [[Int]]
     /// Per TCP listener: cluster index; -1 for HTTP listeners.
     public let tcpCluster: [Int]
     /// Per listener, per route: the route's local rate limit bucket, shared by every worker (nil: none).
     let rateLimitBuckets: [[SharedTokenBucket?]]
+    /// Per cluster: what its workers share (breaker counts, outlier detection), the previous
+    /// snapshot's when the cluster's config and endpoints did not change.
+    let shared: [ClusterShared]
 
-    public init(config: Config) throws {
+    /// `previous`: the snapshot this one replaces (its clusters' shared state carries over).
+    public init(config: Config, previous: Snapshot? = nil) throws {
         self.config = config
         var index: [String: Int] = [:]
         for (i, c) in config.clusters.enumerated() { index[c.name] = i }
@@ -25,17 +31,32 @@ public final class Snapshot: Sendable {
         rateLimitBuckets = tables.map { $0.rateLimits.map { $0.map(SharedTokenBucket.init) } }
         tcpCluster = config.listeners.map { l in l.cluster.flatMap { index[$0] } ?? -1 }
         var eps: [[SocketAddress]] = []
+        var ws: [[Int]] = []
         for c in config.clusters {
             var list: [SocketAddress] = []
-            for e in c.endpoints {
-                do { list += try Resolver.resolve(e) } catch {
+            var w: [Int] = []
+            for (i, e) in c.endpoints.enumerated() {
+                do {
+                    let resolved = try Resolver.resolve(e)
+                    list += resolved
+                    w += Array(repeating: c.weight(ofEndpoint: i), count: resolved.count)
+                } catch {
                     throw ConfigErrors([ConfigError(file: "", line: 0, path: "clusters.\(c.name).endpoints",
                                                     message: "cannot resolve \(e): \(error)")])
                 }
             }
             eps.append(list)
+            ws.append(w)
         }
         endpoints = eps
+        weights = ws
+        shared = config.clusters.enumerated().map { i, c in
+            if let p = previous, let j = p.config.clusters.firstIndex(where: { $0.name == c.name }),
+               p.config.clusters[j] == c, p.endpoints[j].map(\.description) == eps[i].map(\.description), p.weights[j] == ws[i] {
+                return p.shared[j]
+            }
+            return ClusterShared(config: c, endpoints: eps[i].count, addresses: eps[i].map(\.description))
+        }
     }
 }
 
@@ -92,7 +113,10 @@ final class StatRegistry {
     /// The stats of the names `snapshot` uses, summed over workers (listeners, clusters, routes).
     func collect(_ snapshot: Snapshot, into out: inout StatsSnapshot) {
         for l in snapshot.config.listeners { out.add(ListenerStat.self, name: l.name, blocks: blocks(&listeners, l.name)) }
-        for c in snapshot.config.clusters { out.add(ClusterStat.self, name: c.name, blocks: blocks(&clusters, c.name)) }
+        for (i, c) in snapshot.config.clusters.enumerated() {
+            out.add(ClusterStat.self, name: c.name, blocks: blocks(&clusters, c.name))
+            snapshot.shared[i].collect(into: &out)
+        }
         for names in StatRegistry.routeNames(snapshot) {
             for n in names { out.add(RouteBackendStat.self, name: n, blocks: blocks(&routes, n)) }
         }

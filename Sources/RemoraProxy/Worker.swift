@@ -14,6 +14,8 @@ enum WorkerMessage: Sendable {
     /// A new snapshot, with this worker's new listening sockets by listener name (a listener whose
     /// socket is kept has none).
     case apply(Snapshot, WorkerStats, fds: [String: Int32])
+    /// Outlier detection ejected or returned endpoints: clusters take the new set (`applyEjections`).
+    case ejectionsChanged
 }
 
 /// Messages a worker posts to the main thread.
@@ -22,6 +24,9 @@ enum MainMessage: Sendable {
     case stopped(worker: Int)
     /// A line to log (Worker.log: the main thread writes it, a worker never does).
     case log(worker: Int, line: String)
+    /// Outlier detection: an endpoint of a cluster reached a threshold of failures in a row (the
+    /// main loop decides whether it is ejected).
+    case outlier(ClusterShared, endpoint: Int, kind: OutlierKind)
 }
 
 /// One event loop on one thread with everything it serves: its own listening sockets, its own
@@ -102,10 +107,12 @@ final class Worker {
         for (i, c) in snap.config.clusters.enumerated() {
             let eps = snap.endpoints[i]
             if let old = clusterByName[c.name], old.config == c,
-               old.endpoints.map(\.address.description) == eps.map(\.description) {
+               old.endpoints.map(\.address.description) == eps.map(\.description),
+               old.endpoints.map(\.weight) == snap.weights[i], old.shared === snap.shared[i] {
                 clusters.append(old)
             } else {
-                clusters.append(Cluster(worker: self, index: i, config: c, endpoints: eps, stats: st.clusters[i]))
+                clusters.append(Cluster(worker: self, index: i, config: c, endpoints: eps, weights: snap.weights[i],
+                                        shared: snap.shared[i], stats: st.clusters[i]))
             }
             byName[c.name] = clusters[i]
         }
@@ -156,6 +163,8 @@ final class Worker {
         case let .apply(snap, st, fds):
             if draining { fds.values.forEach(ListenSocket.closeFD); return }
             if let e = install(snap, st, fds: fds) { log(e) }
+        case .ejectionsChanged:
+            for c in clusterByName.values { c.applyEjections() }
         case .drain: beginDrain()
         case .forceClose:
             beginDrain()

@@ -142,3 +142,23 @@ enum Bytes {
     @inline(__always)
     static func scale(_ x: UInt64, _ n: UInt64) -> UInt64 { x.multipliedFullWidth(by: n).high }
 }
+
+extension Bytes {
+    /// The non-empty value of cookie `name` in one Cookie header value ("a=1; b=2"), trimmed.
+    static func cookie(in v: UnsafeRawBufferPointer, named name: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer? {
+        let n = name.count
+        var i = 0
+        while i < v.count {
+            while i < v.count && (v[i] == 0x20 || v[i] == 0x09) { i += 1 }
+            var end = i
+            while end < v.count && v[end] != 0x3B { end += 1 }              // ';'
+            if end - i > n + 1 && v[i + n] == 0x3D && (n == 0 || equal(v.baseAddress! + i, name.baseAddress!, n, ignoreCase: false)) {
+                var last = end
+                while last > i + n + 1 && (v[last - 1] == 0x20 || v[last - 1] == 0x09) { last -= 1 }
+                if last > i + n + 1 { return UnsafeRawBufferPointer(rebasing: v[(i + n + 1)..<last]) }
+            }
+            i = end + 1
+        }
+        return nil
+    }
+}

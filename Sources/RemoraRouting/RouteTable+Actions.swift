@@ -28,19 +28,7 @@ extension RouteTable {
                 continue
             }
             // Cookie: "a=1; b=2"; HTTP/2 may split it over several headers.
-            let v = h.value, n = route.hashCookie.count
-            var i = 0
-            while i < v.count {
-                while i < v.count && (v[i] == 0x20 || v[i] == 0x09) { i += 1 }
-                var end = i
-                while end < v.count && v[end] != 0x3B { end += 1 }              // ';'
-                if end - i > n + 1 && v[i + n] == 0x3D && same(v, at: i, route.hashCookie, ignoreCase: false) {
-                    var last = end
-                    while last > i + n + 1 && (v[last - 1] == 0x20 || v[last - 1] == 0x09) { last -= 1 }
-                    if last > i + n + 1 { return UnsafeRawBufferPointer(rebasing: v[(i + n + 1)..<last]) }
-                }
-                i = end + 1
-            }
+            if let v = Bytes.cookie(in: h.value, named: text(route.hashCookie)) { return v }
         }
         return nil
     }

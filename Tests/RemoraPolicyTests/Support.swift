@@ -15,5 +15,12 @@ struct ScriptedRandom: RandomSource {
 final class TestEndpoint: BalancedEndpoint {
     var weight: Int
     var activeRequests = 0
-    init(weight: Int = 1) { self.weight = weight }
+    var latency = PeakEWMA()
+    var hashKey: UInt64
+    init(weight: Int = 1, key: UInt64 = 0) {
+        self.weight = weight
+        hashKey = key
+    }
+    /// An endpoint named like a real one ("10.0.0.<i>:80"), hashed as the proxy hashes addresses.
+    convenience init(named i: Int, weight: Int = 1) { self.init(weight: weight, key: KeyHash.string("10.0.0.\(i):80")) }
 }

@@ -389,9 +389,10 @@ def test_upstream_goaway_drains_gracefully(start_remora, grpc_backend, channel):
     a = grpc_backend("A")
     b = grpc_backend("B")
     remora = start_remora(make_config([http_listener("web", routes=[route("grpc")])],
-                                      [cluster("grpc", [a.endpoint, b.endpoint], protocol="http2")], workers=1))
+                                      [cluster("grpc", [a.endpoint, b.endpoint], protocol="http2", lb="round_robin")],
+                                      workers=1))
     stub = channel(remora.port("web"))
-    # open the connections to both backends
+    # open the connections to both backends (in turn: round robin)
     seen = {stub.Unary(req(message="w"), timeout=5).backend for _ in range(4)}
     assert seen == {"A", "B"}
     call = stub.ServerStream(req(count=20, interval_ms=100, headers_first=True, call_id="long"), timeout=20)

@@ -155,7 +155,7 @@ def test_per_try_timeout_moves_to_the_other_endpoint(start_remora, http_backend)
         remora = start_remora(make_config(
             [http_listener("web", routes=[retry_route(attempts=2, on=["gateway-error"], per_try_timeout="200ms",
                                                       backoff={"base": "1ms", "max": "5ms"})])],
-            [cluster("app", [silent.endpoint, good.endpoint])], workers=1))
+            [cluster("app", [silent.endpoint, good.endpoint], lb="round_robin")], workers=1))
         with Client(remora.port("web"), timeout=5) as c:
             t0 = time.monotonic()
             r = c.request("GET", "/first")   # round robin starts with the silent endpoint

@@ -14,13 +14,7 @@ extension Exchange {
         guard hedge == nil, requestDone, replayable, !responseStarted, let cl = cluster, retry != nil else { return }
         // As for retries: gRPC calls by their policy, other requests when their method may be sent twice.
         guard isGRPC || (retry!.policy.allowsMethod(requestMethod) ?? methodIsIdempotent) else { return }
-        if cl.retryBudget != nil && !holdsRetryBudget {
-            guard cl.retryBudget!.admit(activeRequests: Int(cl.stats.load(.upstream_rq_active))) else {
-                cl.stats.inc(.upstream_rq_retry_overflow)
-                return
-            }
-            holdsRetryBudget = true
-        }
+        guard takeRetryBudget(cl) else { return }
         guard retry!.hedge() else { return }
         cl.stats.inc(.upstream_rq_hedged)
         let h = worker.takeExchange()

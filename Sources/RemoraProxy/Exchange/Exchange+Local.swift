@@ -24,6 +24,15 @@ extension Exchange {
         }
     }
 
+    /// A circuit breaker of `cl` refused the request (`circuit_breaker:`): 503 with
+    /// `x-remora-overloaded: true` at once (gRPC UNAVAILABLE), without waiting for anything.
+    func overloaded(_ cl: Cluster) {
+        clusterStats?.inc(.upstream_rq_5xx)
+        if isGRPC { grpcLocal(.unavailable, "cluster \(cl.config.name) is overloaded (circuit breaker)"); return }
+        var body = "upstream overloaded: cluster \(cl.config.name) is at its circuit breaker limit\n"
+        body.withUTF8 { local(503, body: UnsafeRawBufferPointer($0), location: nil, overloaded: true) }
+    }
+
     /// A plain-text answer from the proxy.
     func local(_ status: Int, _ body: String) {
         var body = body
@@ -31,9 +40,10 @@ extension Exchange {
     }
 
     /// An answer from the proxy: an error, a route's direct response, or a redirect (`location`);
-    /// `extra`: a filter's header fields with decimal values.
+    /// `extra`: a filter's header fields with decimal values; `overloaded`: a circuit breaker's
+    /// answer (`x-remora-overloaded: true`).
     func local(_ status: Int, body: UnsafeRawBufferPointer, location: UnsafeRawBufferPointer?,
-               extra: [LocalReply.NumericField] = []) {
+               extra: [LocalReply.NumericField] = [], overloaded: Bool = false) {
         guard active, let d = downstream else { return }
         detachUpstream()
         responseStarted = true
@@ -50,6 +60,7 @@ extension Exchange {
         if let location { fields.append(HeaderRef(name: rawBytes("location"), value: location)) }
         var values = ByteBuffer()
         if !extra.isEmpty { Exchange.appendNumeric(extra, to: &fields, storage: &values) }
+        if overloaded { fields.append(HeaderRef(name: rawBytes("x-remora-overloaded"), value: rawBytes("true"))) }
         responseNamesLowercase = responseMutations.isEmpty
         fields.withUnsafeBufferPointer { f in
             withMutated(f, responseMutations) { h in

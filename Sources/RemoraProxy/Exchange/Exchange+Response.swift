@@ -31,6 +31,7 @@ extension Exchange {
                                          endStream: endStream); return }
         guard active, let d = downstream else { return }
         attemptStatus = status
+        attemptHeadAt = timer.now
         if isGRPC && endStream, let i = headers.firstIndex(named: "grpc-status") { attemptGRPCStatus = GRPC.statusCode(headers[i].value) }
         switch decideResponseHead(status: status, headers: headers, endStream: endStream) {
         case .forward:

@@ -31,15 +31,28 @@ extension Exchange {
             }
             return nil
         case .retry(let wait):
-            if cl.retryBudget != nil && !holdsRetryBudget {
-                guard cl.retryBudget!.admit(activeRequests: Int(cl.stats.load(.upstream_rq_active))) else {
-                    cl.stats.inc(.upstream_rq_retry_overflow)
-                    return nil
-                }
-                holdsRetryBudget = true
-            }
-            return wait
+            return takeRetryBudget(cl) ? wait : nil
         }
+    }
+
+    /// The request's one unit of the retry budget (per worker) and of the max_retries breaker (per
+    /// process), taken for its first retry or hedge and held until it ends; false (counted) when
+    /// either is spent.
+    func takeRetryBudget(_ cl: Cluster) -> Bool {
+        if holdsRetryBudget { return true }
+        if cl.retryBudget != nil {
+            guard cl.retryBudget!.admit(activeRequests: Int(cl.stats.load(.upstream_rq_active))) else {
+                cl.stats.inc(.upstream_rq_retry_overflow)
+                return false
+            }
+        }
+        guard cl.admitRetry() else {
+            cl.retryBudget?.release()
+            cl.stats.inc(.upstream_rq_retry_overflow)
+            return false
+        }
+        holdsRetryBudget = true
+        return true
     }
 
     /// Starts the next try now, or after `wait` ms (the timer's `retryAt`).
@@ -104,6 +117,7 @@ extension Exchange {
     func releaseRetryBudget() {
         holdsRetryBudget = false
         cluster?.retryBudget?.release()
+        cluster?.releaseRetry()
     }
 
     /// The server's requested wait before a retry: Retry-After (503, 429) or grpc-retry-pushback-ms.

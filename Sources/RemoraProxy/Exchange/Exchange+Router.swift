@@ -117,6 +117,7 @@ extension Exchange {
         let cl = l.clusters[backend.cluster]
         backendStats = l.backendStats[backend.slot]
         backendStats?.inc(.upstream_rq_total)
+        guard cl.admitRequest() else { overloaded(cl); return }   // max_requests (released in finish)
         routeTimeout = route.timeout
         if let policy = table.retryPolicy(route: ri) { retry = RetryState(policy: policy) }
         let h = view.headers
@@ -155,6 +156,7 @@ extension Exchange {
     /// to wait, so it never slows this request.
     func startShadow(cluster cl: Cluster, _ l: ListenerRuntime, _ r: RequestStart, _ view: RequestView,
                      clientIP: UnsafeRawBufferPointer) {
+        guard cl.admitRequest() else { return }   // no copy over the shadow cluster's max_requests
         let sh = worker.takeExchange()
         sh.primary = self
         shadow = sh

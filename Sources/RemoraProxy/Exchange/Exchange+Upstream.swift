@@ -23,6 +23,7 @@ extension Exchange {
             HTTP1Head.writeRequest(view, framing: reqFraming, addHost: r.fromHTTP2 || r.authorityReplacesHost,
                                    clientIP: clientIP, proto: scheme, dropExpect: dropExpect, into: &upHead)
         }
+        if cl.requestKey != nil { lbHash = cl.requestHash(view.headers, clientIP: clientIP) }
         cl.stats.inc(.upstream_rq_total)
         cl.stats.inc(.upstream_rq_active)
         clusterActive = true
@@ -33,12 +34,16 @@ extension Exchange {
     func dispatch(fresh: Bool) {
         guard let cl = cluster else { return }
         let u: (any UpstreamStream)? = upstreamIsHTTP2
-            ? cl.openHTTP2(for: self, head: reqHead, hasBody: requestHasBody, retry: fresh)
-            : cl.openHTTP1(for: self, head: upHead.bytes, isHEAD: isHEAD, fresh: fresh)
-        guard let u else { noUpstream(.connectFailed); return }
+            ? cl.openHTTP2(for: self, head: reqHead, hasBody: requestHasBody, retry: fresh, hash: lbHash)
+            : cl.openHTTP1(for: self, head: upHead.bytes, isHEAD: isHEAD, fresh: fresh, hash: lbHash)
+        guard let u else {
+            if cl.overflowed { cl.overflowed = false; overloaded(cl) } else { noUpstream(.connectFailed) }
+            return
+        }
         upstream = u
         attemptEndpoint = u.endpoint
         attemptStart = timer.now
+        attemptHeadAt = 0
         attemptStatus = 0
         attemptGRPCStatus = -1
         if let r = retry, r.policy.perTryTimeout != 0 || r.policy.hedgeAfter != 0 {
@@ -115,7 +120,7 @@ extension Exchange {
         lastTryEndpoint = endpoint
         tryDeadline = 0
         cl.attemptEnded(endpoint: endpoint, AttemptOutcome(kind: kind, status: attemptStatus, grpcStatus: attemptGRPCStatus,
-                                                            latency: timer.now &- attemptStart))
+                                                            latency: (attemptHeadAt != 0 ? attemptHeadAt : timer.now) &- attemptStart))
     }
 
     /// The request's method is idempotent: a request lost in the keep-alive close race may be sent

@@ -84,6 +84,10 @@ final class Exchange: DeadlineTimerDelegate {
     var attemptEndpoint: Endpoint.Ref?
     var attemptStart: UInt64 = 0
     var attemptStatus = 0
+    /// Loop time the attempt's response head arrived (0 = not yet): the outcome's latency ends there.
+    var attemptHeadAt: UInt64 = 0
+    /// The request's key hash for a consistent-hash balancer (`hash_on`), set with the cluster.
+    var lbHash: UInt64 = 0
     /// The attempt's grpc-status (trailers-only head or trailers), -1 = none.
     var attemptGRPCStatus = -1
     /// Header changes the matched route makes to the response (empty when none).
@@ -209,7 +213,7 @@ final class Exchange: DeadlineTimerDelegate {
         }
         if runsFilters { for f in listener.filters { f.log(self) } }
         stats.dec(.downstream_rq_active)
-        if clusterActive { clusterStats?.dec(.upstream_rq_active); clusterActive = false }
+        if clusterActive { clusterStats?.dec(.upstream_rq_active); cluster?.releaseRequest(); clusterActive = false }
         pool.give(&upHead)
         pool.give(&replay)
         reqHead.release(to: pool)

@@ -1,5 +1,6 @@
 import RemoraCore
 import RemoraIO
+import RemoraPolicy
 
 /// A raw TCP connection forwarded to one cluster: a two-way pump with watermarks (a side whose
 /// peer writes slower than it reads stops being read), half-close carried both ways, idle timeout.
@@ -13,6 +14,12 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
     var upEOF = false
     var closing = false
     var connectAttempts = 0
+    /// The endpoint connected to, while its connection counts as one active request there (the
+    /// balancers' load); reported to the outcome hook when the connection ends.
+    var endpoint: Endpoint.Ref?
+    /// Loop time the connect started, and the connect's latency once connected (ms).
+    var connectStart: UInt64 = 0
+    var connectLatency: UInt64?
 
     init(worker: Worker, listener: ListenerRuntime, cluster: Cluster, down: TCPConnection) {
         self.worker = worker
@@ -30,13 +37,28 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
     func connectUpstream() {
         connectAttempts += 1
         let c = TCPConnection(loop: worker.loop)
+        guard cluster.admitConnection(c) else {   // over max_connections / max_pending: the client is let go
+            cluster.overflowed = false
+            c.close()
+            down.close()
+            return
+        }
         c.delegate = self
         c.owner = self
         cluster.stats.inc(.upstream_cx_total)
         cluster.stats.inc(.upstream_cx_active)
         cluster.openConnections += 1
         up = c
-        if c.connect(to: cluster.pickEndpoint().takeUnretainedValue().address) != 0 {
+        var hash: UInt64 = 0
+        if cluster.requestKey != nil {
+            var ip = down.peerIP()
+            hash = ip.withUTF8 { cluster.requestHash(UnsafeBufferPointer(start: nil, count: 0), clientIP: UnsafeRawBufferPointer($0)) }
+        }
+        let ref = cluster.pickEndpoint(hash: hash)
+        endpoint = ref
+        connectStart = worker.loop.now
+        ref._withUnsafeGuaranteedRef { $0.activeRequests += 1 }
+        if c.connect(to: ref.takeUnretainedValue().address) != 0 {
             cluster.stats.inc(.upstream_cx_connect_fail)
             abort()
             return
@@ -47,13 +69,25 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
     @inline(__always) func peer(of c: TCPConnection) -> TCPConnection? { c === down ? up : down }
 
     func connectionConnected(_ c: TCPConnection, _ status: Int32) {
+        cluster.connectSettled(c)
         if status != 0 {
             cluster.stats.inc(.upstream_cx_connect_fail)
             abort()
             return
         }
         c.clearDeadline()
+        connectLatency = worker.loop.now &- connectStart
         c.startReading()
+    }
+
+    /// The outcome hook for the connection: once, when it ends (a connect that failed or timed out,
+    /// or a connection that carried its stream), with the connect's latency.
+    func endAttempt() {
+        guard let e = endpoint else { return }
+        endpoint = nil
+        let latency = connectLatency ?? (worker.loop.now &- connectStart)
+        cluster.attemptEnded(endpoint: e, AttemptOutcome(kind: connectLatency == nil ? .connectFailure : .response,
+                                                         latency: latency))
     }
 
     func connectionRead(_ c: TCPConnection, _ data: UnsafeRawBufferPointer) {
@@ -104,7 +138,8 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
             worker.remove(self)
         } else {
             cluster.stats.dec(.upstream_cx_active)
-            cluster.openConnections -= 1
+            cluster.connectionClosed(c)
+            endAttempt()
         }
         // Both sides ended their streams: the other side is flushing and closes by itself.
         if !(downEOF && upEOF) { abort() }

@@ -18,8 +18,8 @@ extension Cluster {
 
     /// A connection carrying `head` for `exchange`: a pooled one (unless `fresh`) or a new one
     /// (connecting; writes wait for it). nil when no connect could even start.
-    func openHTTP1(for exchange: Exchange, head: UnsafeRawBufferPointer, isHEAD: Bool, fresh: Bool) -> H1Upstream? {
-        let ref = pickEndpoint()
+    func openHTTP1(for exchange: Exchange, head: UnsafeRawBufferPointer, isHEAD: Bool, fresh: Bool, hash: UInt64 = 0) -> H1Upstream? {
+        let ref = pickEndpoint(hash: hash)
         return ref._withUnsafeGuaranteedRef { e in
             if !fresh {
                 while let u = e.idle.popLast() {
@@ -69,8 +69,8 @@ extension Cluster {
     /// A stream for `exchange` on a connection to the next endpoint that has room (the peer's
     /// SETTINGS_MAX_CONCURRENT_STREAMS), or on a new connection.
     /// `retry`: a stream the peer refused goes where the peer's limit is known, or on a new connection.
-    func openHTTP2(for exchange: Exchange, head: HeaderBlock, hasBody: Bool, retry: Bool = false) -> H2UpstreamStream? {
-        let ref = pickEndpoint()
+    func openHTTP2(for exchange: Exchange, head: HeaderBlock, hasBody: Bool, retry: Bool = false, hash: UInt64 = 0) -> H2UpstreamStream? {
+        let ref = pickEndpoint(hash: hash)
         return ref._withUnsafeGuaranteedRef { e in
             var conn = e.h2.first { $0.hasRoom && (!retry || $0.settingsKnown) }
             if conn == nil {

@@ -1,6 +1,7 @@
 import RemoraCore
 import RemoraIO
 import RemoraPolicy
+import RemoraRouting
 
 /// One cluster in one worker (Envoy's per-worker cluster): its endpoints (objects carrying their own
 /// connections and outcome state), the load balancer that picks among them, the connect rate
@@ -13,9 +14,18 @@ final class Cluster {
     let config: ClusterConfig
     /// At least one, in the snapshot's order.
     let endpoints: [Endpoint]
+    /// What the balancer picks among: the endpoints not ejected, or every endpoint when fewer than
+    /// `panic_threshold` % are available (panic mode, counted per pick as `lb_healthy_panic`).
+    var live: [Endpoint]
+    var panicking = false
     let stats: StatBlock<ClusterStat>
-    /// Picks the endpoint of each attempt (today round robin; RemoraPolicy holds the balancers).
-    var balancer: RoundRobin
+    /// Picks the endpoint of each attempt among `live` (`lb:`; RemoraPolicy's balancers), rebuilt
+    /// when `live` changes.
+    var balancer: Balancer
+    /// `peak_ewma`: the outcome hook feeds each endpoint's latency estimate.
+    let tracksLatency: Bool
+    /// `ring_hash` / `maglev`: where a request's key is read (`hash_on`); nil = random keys.
+    let requestKey: RequestKey?
     /// The balancer's random source (seeded from the worker's; kept here so a pick touches only the cluster).
     var random: FastRandom
     /// Idle HTTP/1.1 connections kept per endpoint at most (`max_idle_per_endpoint`; unset: no cap
@@ -38,36 +48,95 @@ final class Cluster {
     var retryBudget: RetryBudget?
     /// The next pick avoids this endpoint when the cluster has another (set for one retry).
     var avoidNext: Endpoint.Ref?
+    /// What the cluster's workers share: circuit-breaker counts, outlier detection.
+    let shared: ClusterShared
+    /// `circuit_breaker:` (nil: no limits, nothing counted).
+    let breaker: CircuitBreakerConfig?
+    /// The last `connect` was refused by a circuit breaker (the request is answered 503 overloaded,
+    /// not "connection failed"); read and cleared by the caller.
+    var overflowed = false
+    /// The ejections' version this worker applied (`ClusterShared.version`).
+    var appliedVersion: Int64 = 0
+    /// `outlier_detection:` thresholds by kind (5xx, gateway, local; 0 = off); nil = not detecting.
+    let outlierThresholds: (Int, Int, Int)?
 
-    init(worker: Worker, index: Int, config: ClusterConfig, endpoints: [SocketAddress], stats: StatBlock<ClusterStat>) {
+    init(worker: Worker, index: Int, config: ClusterConfig, endpoints: [SocketAddress], weights: [Int] = [],
+         shared: ClusterShared? = nil, stats: StatBlock<ClusterStat>) {
         self.worker = worker; self.index = index; self.config = config; self.stats = stats
-        self.endpoints = endpoints.enumerated().map { Endpoint(index: $0.offset, address: $0.element) }
+        self.shared = shared ?? ClusterShared(config: config, endpoints: endpoints.count)
+        breaker = config.circuitBreaker
+        outlierThresholds = config.outlierDetection.map { ($0.consecutive5xx, $0.consecutiveGatewayErrors, $0.consecutiveLocalFailures) }
+        let now = worker.loop.now
+        self.endpoints = endpoints.enumerated().map {
+            Endpoint(index: $0.offset, address: $0.element, weight: $0.offset < weights.count ? weights[$0.offset] : 1, now: now)
+        }
+        live = self.endpoints
+        balancer = Balancer(config.lb, for: self.endpoints)
+        tracksLatency = config.lb == .peakEWMA
+        requestKey = config.lb.isConsistentHash ? config.hashOn.map(RequestKey.init) : nil
         maxIdlePerEndpoint = config.maxIdlePerEndpoint ?? Int.max
         connectCredit = config.maxConnectsPerSecond * 1000
         for e in self.endpoints { e.idle.reserveCapacity(min(maxIdlePerEndpoint, 64)) }
-        balancer = RoundRobin(for: self.endpoints)
         retryBudget = config.retryBudget
         random = FastRandom(seed: worker.rng.next())
+        applyEjections()
     }
 
-    /// The endpoint for the next attempt (HTTP pools and the TCP proxy alike), unretained.
+    /// The endpoint for the next attempt (HTTP pools and the TCP proxy alike), unretained. `hash`:
+    /// the request's key for `ring_hash` / `maglev` (`requestHash`); ignored by the others.
     @inline(__always)
-    func pickEndpoint() -> Endpoint.Ref {
-        var i = balancer.pick(endpoints, random: &random)
+    func pickEndpoint(hash: UInt64 = 0) -> Endpoint.Ref {
+        let now = balancer.needsClock ? worker.loop.now : 0
+        if panicking { stats.inc(.lb_healthy_panic) }
+        var i = balancer.pick(live, hash: hash, now: now, random: &random)
         if let avoid = avoidNext {   // a retry: another endpoint than the last try's, when there is one
             avoidNext = nil
-            if endpoints.count > 1 && endpoints[i] === avoid.takeUnretainedValue() { i = balancer.pick(endpoints, random: &random) }
+            if live.count > 1 && live[i] === avoid.takeUnretainedValue() {
+                i = balancer.pick(live, hash: KeyHash.mix(hash), now: now, random: &random)
+            }
         }
-        return Unmanaged.passUnretained(endpoints[i])
+        return Unmanaged.passUnretained(live[i])
+    }
+
+    /// The key hash a request is balanced by: its `hash_on` key's, or a random one (no key, or a
+    /// balancer that does not hash).
+    @inline(__always)
+    func requestHash(_ headers: UnsafeBufferPointer<HeaderRef>, clientIP: UnsafeRawBufferPointer) -> UInt64 {
+        guard let k = requestKey else { return 0 }
+        return k.hash(headers, clientIP: clientIP) ?? random.next()
+    }
+
+    /// Takes the process's ejections (outlier detection, decided on the main loop) when they changed
+    /// since this worker last looked.
+    func applyEjections() {
+        let v = shared.version
+        guard v != appliedVersion else { return }
+        appliedVersion = v
+        for e in endpoints { e.ejected = shared.isEjected(e.index) }
+        endpointsChanged()
+    }
+
+    /// `live` and the balancer again, after endpoints were ejected or returned.
+    func endpointsChanged() {
+        let available = endpoints.filter { !$0.ejected }
+        panicking = available.isEmpty || available.count * 100 < endpoints.count * config.panicThreshold
+        live = panicking ? endpoints : available
+        balancer = Balancer(config.lb, for: live)
     }
 
     /// The outcome hook: every upstream attempt ends here exactly once, with its endpoint and what
     /// happened (`Exchange.endAttempt`). The endpoint keeps its part (active requests, failures in a
-    /// row, last outcome); outlier detection, breakers, budgets and latency-aware balancing hang here.
+    /// row, last outcome, latency); outlier detection, breakers and budgets hang here.
     /// Allocates nothing.
     @inline(__always)
     func attemptEnded(endpoint: Endpoint.Ref, _ outcome: AttemptOutcome) {
-        endpoint._withUnsafeGuaranteedRef { $0.attemptEnded(outcome) }
+        endpoint._withUnsafeGuaranteedRef { e in
+            e.attemptEnded(outcome)
+            if tracksLatency { e.observeLatency(outcome, now: worker.loop.now) }
+            if let t = outlierThresholds, let k = shared.countFailure(e.index, outcome, thresholds: t) {
+                worker.main.post(.outlier(shared, endpoint: e.index, kind: k))
+            }
+        }
     }
 
     /// One more connect within `max_connects_per_second`? Counts a refusal.
@@ -87,15 +156,72 @@ final class Cluster {
         return true
     }
 
+    // MARK: circuit breakers (`circuit_breaker:`, per cluster per process)
+
+    /// A request may start within `max_requests` (counted until `releaseRequest`); a refusal is
+    /// counted (`upstream_rq_overflow`).
+    @inline(__always)
+    func admitRequest() -> Bool {
+        guard let b = breaker else { return true }
+        if shared.acquire(.requests, limit: b.maxRequests) { return true }
+        stats.inc(.upstream_rq_overflow)
+        return false
+    }
+
+    @inline(__always) func releaseRequest() { if breaker != nil { shared.release(.requests) } }
+
+    /// A retry may start within `max_retries` (counted until `releaseRetry`).
+    func admitRetry() -> Bool {
+        guard let b = breaker else { return true }
+        return shared.acquire(.retries, limit: b.maxRetries)
+    }
+
+    func releaseRetry() { if breaker != nil { shared.release(.retries) } }
+
+    /// Within `max_connections` and `max_pending` for one more connection (the request that needs
+    /// it waits for it: pending, until `connectSettled`). Refusals are counted and set `overflowed`.
+    func admitConnection(_ c: TCPConnection) -> Bool {
+        guard let b = breaker else { return true }
+        guard shared.acquire(.connections, limit: b.maxConnections) else {
+            stats.inc(.upstream_cx_overflow)
+            overflowed = true
+            return false
+        }
+        guard shared.acquire(.pending, limit: b.maxPending) else {
+            shared.release(.connections)
+            stats.inc(.upstream_rq_pending_overflow)
+            overflowed = true
+            return false
+        }
+        c.tag = 1   // holds a pending slot until connected or closed
+        return true
+    }
+
+    /// The connect of `c` ended (connected, failed, or closed first): its pending slot is free.
+    @inline(__always)
+    func connectSettled(_ c: TCPConnection) {
+        if c.tag == 1 { c.tag = 0; shared.release(.pending) }
+    }
+
+    /// An upstream connection of this cluster closed (HTTP pools and the TCP proxy alike).
+    func connectionClosed(_ c: TCPConnection) {
+        openConnections -= 1
+        connectSettled(c)
+        if breaker != nil { shared.release(.connections) }
+    }
+
     /// A new TCP connection to `endpoint`, connecting, with the connect timeout armed.
     func connect(_ endpoint: Endpoint) -> TCPConnection? {
         guard mayConnect() else { return nil }
         let c = TCPConnection(loop: worker.loop)
+        guard admitConnection(c) else { c.close(); return nil }
         stats.inc(.upstream_cx_total)
         stats.inc(.upstream_cx_active)
         if c.connect(to: endpoint.address) != 0 {
             stats.inc(.upstream_cx_connect_fail)
             stats.dec(.upstream_cx_active)
+            connectSettled(c)
+            if breaker != nil { shared.release(.connections) }
             c.close()
             return nil
         }

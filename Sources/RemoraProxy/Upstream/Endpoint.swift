@@ -15,8 +15,11 @@ final class Endpoint: BalancedEndpoint {
     /// Position in the cluster's `endpoints` (the snapshot's endpoint order).
     let index: Int
     let address: SocketAddress
-    /// Relative share of requests for the load balancer; 1 (endpoint weights are not configurable yet).
-    let weight = 1
+    /// Relative share of requests for the load balancer, 1 ... 10_000 (`{ address, weight }`).
+    let weight: Int
+    /// The address's hash: the endpoint's place on a hash ring or maglev table, the same in every
+    /// worker and snapshot.
+    let hashKey: UInt64
 
     /// Idle HTTP/1.1 keep-alive connections, most recently used last (LIFO: the warmest is the least
     /// likely to have been closed by the backend, and the coldest, unused while demand stays below
@@ -31,10 +34,17 @@ final class Endpoint: BalancedEndpoint {
     var consecutiveFailures = 0
     /// How the last reported attempt ended (nil before the first).
     var lastOutcome: AttemptOutcome.Kind?
+    /// Peak-EWMA latency, fed by the outcome hook when the cluster balances by it (`peak_ewma`).
+    var latency: PeakEWMA
+    /// Out of load balancing (outlier detection ejected it); set from the process-wide decision.
+    var ejected = false
 
-    init(index: Int, address: SocketAddress) {
+    init(index: Int, address: SocketAddress, weight: Int = 1, now: UInt64 = 0) {
         self.index = index
         self.address = address
+        self.weight = weight
+        hashKey = KeyHash.string(address.description)
+        latency = PeakEWMA(stamp: now)
     }
 
     /// The outcome hook's endpoint half: one call per attempt (`Cluster.attemptEnded`). A
@@ -47,6 +57,20 @@ final class Endpoint: BalancedEndpoint {
             consecutiveFailures += 1
         } else if outcome.kind == .response {
             consecutiveFailures = 0
+        }
+    }
+
+    /// Feeds the latency estimate (`peak_ewma`): a response's or a timeout's latency as it was; a
+    /// connect failure, reset or invalid response (often fast, never good) as at least twice the
+    /// current estimate, so a failing endpoint looks slow rather than quick. Cancellations and
+    /// refused streams say nothing.
+    @inline(__always)
+    func observeLatency(_ o: AttemptOutcome, now: UInt64) {
+        switch o.kind {
+        case .response, .timeout: latency.observe(o.latency, now: now)
+        case .connectFailure, .reset, .protocolError:
+            latency.observe(max(o.latency, UInt64(min(latency.current(now: now) * 2, 3_600_000))), now: now)
+        case .cancelled, .refused: break
         }
     }
 }

@@ -109,6 +109,7 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
     // MARK: TCPConnectionDelegate
 
     func connectionConnected(_ c: TCPConnection, _ status: Int32) {
+        cluster.connectSettled(c)
         if status != 0 {
             cluster.stats.inc(.upstream_cx_connect_fail)
             if exchange == nil { c.close(); return }   // pooled while connecting
@@ -175,7 +176,7 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
 
     func connectionClosed(_ c: TCPConnection) {
         cluster.stats.dec(.upstream_cx_active)
-        cluster.openConnections -= 1
+        cluster.connectionClosed(c)
         cluster.removeIdle(self)
         parser.delegate = nil
     }

@@ -302,6 +302,7 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
     // MARK: TCPConnectionDelegate
 
     func connectionConnected(_ c: TCPConnection, _ status: Int32) {
+        cluster.connectSettled(c)
         if status != 0 {
             cluster.stats.inc(.upstream_cx_connect_fail)
             failAll(.connectFailed)
@@ -351,7 +352,7 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
 
     func connectionClosed(_ c: TCPConnection) {
         cluster.stats.dec(.upstream_cx_active)
-        cluster.openConnections -= 1
+        cluster.connectionClosed(c)
         if !all.isEmpty { failAll(.reset(code: 0)) }
         h2.delegate = nil
     }

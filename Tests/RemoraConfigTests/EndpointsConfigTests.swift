@@ -1,0 +1,82 @@
+import Testing
+import RemoraCore
+import RemoraPolicy
+@testable import RemoraConfig
+
+/// Issue 12's cluster fields: weights, lb, hash_on, circuit_breaker, outlier_detection, panic_threshold.
+@Suite struct EndpointsConfigTests {
+    let base = "listeners: [ { name: web, address: 127.0.0.1:0, routes: [ { name: a, backends: [ { cluster: app } ] } ] } ]\n"
+
+    func load(_ clusters: String) -> Result<Config, ConfigErrors> {
+        ConfigLoader.parse(yaml: base + "clusters:\n" + clusters, file: "t.yaml")
+    }
+
+    func cluster(_ yaml: String) -> ClusterConfig? {
+        if case .success(let c) = load(yaml) { return c.clusters[0] }
+        return nil
+    }
+
+    func error(_ yaml: String) -> String {
+        if case .failure(let e) = load(yaml) { return e.errors.map(\.message).joined(separator: "; ") }
+        return ""
+    }
+
+    @Test func defaults() {
+        let c = cluster("  - { name: app, endpoints: [ 127.0.0.1:1, 127.0.0.1:2 ] }")
+        #expect(c?.lb == .peakEWMA && c?.endpointWeights == [] && c?.weight(ofEndpoint: 1) == 1)
+        #expect(c?.hashOn == nil && c?.circuitBreaker == nil && c?.outlierDetection == nil && c?.panicThreshold == 50)
+    }
+
+    @Test func weightsAndBalancers() {
+        let c = cluster("""
+          - name: app
+            endpoints: [ 127.0.0.1:1, { address: "127.0.0.1:2", weight: 3 } ]
+            lb: maglev
+            hash_on: { cookie: session }
+        """)
+        #expect(c?.endpointWeights == [1, 3] && c?.lb == .maglev && c?.hashOn == .cookie("session"))
+        #expect(cluster("  - { name: app, endpoints: [ 127.0.0.1:1 ], lb: ring_hash, hash_on: source_ip }")?.hashOn == .sourceIP)
+        #expect(cluster("  - { name: app, endpoints: [ 127.0.0.1:1 ], lb: ring_hash, hash_on: { header: x-user } }")?.hashOn == .header("x-user"))
+        for kind in BalancerKind.allCases {
+            #expect(cluster("  - { name: app, endpoints: [ 127.0.0.1:1 ], lb: \(kind.rawValue) }")?.lb == kind)
+        }
+        #expect(error("  - { name: app, endpoints: [ 127.0.0.1:1 ], lb: fastest }").contains("round_robin, random"))
+        #expect(error("  - { name: app, endpoints: [ 127.0.0.1:1 ], hash_on: source_ip }").contains("only allowed with lb: ring_hash or maglev"))
+        #expect(error("  - { name: app, endpoints: [ { address: \"127.0.0.1:1\", weight: 0 } ] }").contains("between 1 and 10000"))
+        #expect(error("  - { name: app, endpoints: [ { weight: 2 } ] }").contains("missing required key \"address\""))
+    }
+
+    @Test func breakersOutliersPanic() {
+        let c = cluster("""
+          - name: app
+            endpoints: [ 127.0.0.1:1 ]
+            circuit_breaker: { max_requests: 10, max_retries: 0 }
+            outlier_detection: { consecutive_5xx: 3, interval: 500ms, base_ejection_time: 1s, max_ejection_percent: 25 }
+            panic_threshold: 30%
+        """)
+        #expect(c?.circuitBreaker == CircuitBreakerConfig(maxRequests: 10, maxRetries: 0))
+        #expect(c?.outlierDetection == OutlierDetectionConfig(consecutive5xx: 3, interval: 500, baseEjectionTime: 1000,
+                                                              maxEjectionPercent: 25))
+        #expect(c?.panicThreshold == 30)
+        #expect(cluster("  - { name: app, endpoints: [ 127.0.0.1:1 ], circuit_breaker: {} }")?.circuitBreaker == CircuitBreakerConfig())
+        #expect(error("  - { name: app, endpoints: [ 127.0.0.1:1 ], circuit_breaker: { max_requests: 0 } }").contains("between 1"))
+        #expect(error("  - { name: app, endpoints: [ 127.0.0.1:1 ], outlier_detection: { base_ejection_time: 10s, max_ejection_time: 5s } }")
+            .contains("must not be below base_ejection_time"))
+        #expect(error("  - { name: app, endpoints: [ 127.0.0.1:1 ], panic_threshold: 120% }").contains("whole percentage"))
+    }
+
+    @Test func healthCheck() {
+        let c = cluster("""
+          - name: app
+            endpoints: [ 127.0.0.1:1 ]
+            health_check: { http: { path: /healthz, expect: [200, 204] }, interval: 2s, timeout: 500ms, jitter: 5%,
+                            unhealthy_threshold: 4, healthy_threshold: 1 }
+        """)
+        #expect(c?.healthCheck == HealthCheckConfig(kind: .http(path: "/healthz", expect: [200, 204]), interval: 2_000,
+                                                    timeout: 500, jitterPercent: 5, unhealthyThreshold: 4, healthyThreshold: 1))
+        #expect(cluster("  - { name: app, endpoints: [ 127.0.0.1:1 ], health_check: { tcp: {} } }")?.healthCheck
+            == HealthCheckConfig(kind: .tcp))
+        #expect(error("  - { name: app, endpoints: [ 127.0.0.1:1 ], health_check: { grpc: {} } }").contains("not supported yet"))
+        #expect(error("  - { name: app, endpoints: [ 127.0.0.1:1 ], health_check: { interval: 1s } }").contains("exactly one of http or tcp"))
+    }
+}
