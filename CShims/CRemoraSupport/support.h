@@ -16,4 +16,45 @@ static inline void remora_counter_sub(uint64_t *p, uint64_t v) {
 static inline uint64_t remora_counter_load(const uint64_t *p) {
     return __atomic_load_n(p, __ATOMIC_RELAXED);
 }
+/* Histograms (RemoraCore/Stats.swift): per worker, single writer, plain words like the counters.
+ * One histogram is REMORA_HIST_STRIDE words: a count per bucket of Envoy's default bounds (not
+ * cumulative: word i counts values in (bound[i-1], bound[i]]), the count above the last bound,
+ * then the sum of the values in microseconds. */
+#define REMORA_HIST_BUCKETS 19
+#define REMORA_HIST_STRIDE (REMORA_HIST_BUCKETS + 2)
+/* Envoy's default buckets (0.5 ms ... 1 h), in microseconds. */
+static const uint64_t remora_hist_bounds_us[REMORA_HIST_BUCKETS] = {
+    500, 1000, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000, 5000000,
+    10000000, 30000000, 60000000, 300000000, 600000000, 1800000000, 3600000000ull
+};
+static inline void remora_histogram_record(uint64_t *h, uint64_t us) {
+    unsigned i = 0;
+    while (i < REMORA_HIST_BUCKETS && us > remora_hist_bounds_us[i]) i++;
+    remora_counter_add(h + i, 1);
+    remora_counter_add(h + REMORA_HIST_BUCKETS + 1, us);
+}
+
+/* A labelled series table (Istio's request metrics): `n` entries of 1 key word + one histogram,
+ * keyed by a non-zero 64-bit label set; n - 1 is a power of two. The worker inserts (single writer): the key is published
+ * with a release store after the entry's words, which are zero from the start, so a reader that
+ * sees the key (acquire) sees a valid entry. The last entry collects every label set that found
+ * no room (key UINT64_MAX): the table never grows and never allocates. Returns the histogram. */
+#define REMORA_SERIES_ENTRY (1 + REMORA_HIST_STRIDE)
+static inline uint64_t *remora_series_find(uint64_t *table, unsigned n, uint64_t key) {
+    unsigned slots = n - 1;   /* a power of two */
+    unsigned i = (unsigned)((key * 0x9E3779B97F4A7C15ull) >> 40) & (slots - 1);
+    for (unsigned probe = 0; probe < slots; probe++) {
+        uint64_t *e = table + (uint64_t)i * REMORA_SERIES_ENTRY;
+        uint64_t k = __atomic_load_n(e, __ATOMIC_RELAXED);
+        if (k == key) return e + 1;
+        if (k == 0) { __atomic_store_n(e, key, __ATOMIC_RELEASE); return e + 1; }
+        i = (i + 1) & (slots - 1);
+    }
+    uint64_t *e = table + (uint64_t)slots * REMORA_SERIES_ENTRY;
+    if (__atomic_load_n(e, __ATOMIC_RELAXED) == 0) __atomic_store_n(e, UINT64_MAX, __ATOMIC_RELEASE);
+    return e + 1;
+}
+static inline uint64_t remora_series_key(const uint64_t *table, unsigned i) {
+    return __atomic_load_n(table + (uint64_t)i * REMORA_SERIES_ENTRY, __ATOMIC_ACQUIRE);
+}
 #endif

@@ -131,7 +131,7 @@ private final class Schema {
             return nil
         }
         guard let m = d.mapping(root, "", keys: ["admin", "workers", "drain_timeout", "listeners", "clusters",
-                                                   "overload"]) else { return nil }
+                                                   "overload", "node"]) else { return nil }
         let admin = m.optional("admin", admin)
         let workers = m.optional("workers") { d.int($0, $1, in: 0...256) }
         let drainTimeout = m.optional("drain_timeout") { d.duration($0, $1) }
@@ -140,9 +140,20 @@ private final class Schema {
         if !m.has("listeners") { d.fail(m.line, "listeners", "no listeners") }
         let listeners = m.optional("listeners") { d.list($0, $1, ifEmpty: "no listeners", listener) }
         let overload = m.optional("overload", overload)
+        let node = m.optional("node", nodeName)
         guard let listeners else { return nil }
         return Config(admin: admin, workers: workers ?? 0, drainTimeout: drainTimeout ?? 5_000,
-                      listeners: listeners, clusters: clusters ?? [], overload: overload)
+                      listeners: listeners, clusters: clusters ?? [], overload: overload, node: node)
+    }
+
+    /// `node: NAME`: 1 ... 128 visible ASCII characters.
+    func nodeName(_ n: Node, _ p: String) -> String? {
+        guard let s = d.string(n, p) else { return nil }
+        guard (1...128).contains(s.utf8.count), s.utf8.allSatisfy({ $0 > 32 && $0 < 127 }) else {
+            d.fail(n.line, p, "expected 1 to 128 visible ASCII characters")
+            return nil
+        }
+        return s
     }
 
     /// `overload: { refuse_streams_above: SIZE, refuse_connections_above: SIZE }`.

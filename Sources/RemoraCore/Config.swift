@@ -55,11 +55,14 @@ public struct Config: Sendable, Equatable {
     /// Process-wide overload actions by resident memory. nil = none (the default: the per-connection
     /// buffer limits already bound what clients can make the proxy hold).
     public var overload: OverloadConfig?
+    /// This proxy's name in Istio's metrics (`source_workload`). nil = `--node`, else "remora".
+    public var node: String?
 
     public init(admin: AdminConfig? = nil, workers: Int = 0, drainTimeout: Millis = 5_000,
-                listeners: [ListenerConfig] = [], clusters: [ClusterConfig] = [], overload: OverloadConfig? = nil) {
+                listeners: [ListenerConfig] = [], clusters: [ClusterConfig] = [], overload: OverloadConfig? = nil,
+                node: String? = nil) {
         self.admin = admin; self.workers = workers; self.drainTimeout = drainTimeout
-        self.listeners = listeners; self.clusters = clusters; self.overload = overload
+        self.listeners = listeners; self.clusters = clusters; self.overload = overload; self.node = node
     }
 
     public func cluster(named name: String) -> ClusterConfig? { clusters.first { $0.name == name } }

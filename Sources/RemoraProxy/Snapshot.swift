@@ -69,9 +69,14 @@ final class StatRegistry {
 
     /// `route.<listener>.<route>.<cluster>` names of a snapshot, per listener, by backend slot.
     static func routeNames(_ s: Snapshot) -> [[String]] {
+        routeParts(s).map { $0.map { $0.joined(separator: ".") } }
+    }
+
+    /// The same names as their parts (listener, route, cluster): Prometheus labels.
+    static func routeParts(_ s: Snapshot) -> [[[String]]] {
         s.routeTables.enumerated().map { l, table in
-            var names = Array(repeating: "", count: table.backendCount)
-            for r in table.info { for b in r.backends { names[b.slot] = "\(s.config.listeners[l].name).\(r.name).\(b.clusterName)" } }
+            var names = Array(repeating: [String](), count: table.backendCount)
+            for r in table.info { for b in r.backends { names[b.slot] = [s.config.listeners[l].name, r.name, b.clusterName] } }
             return names
         }
     }
@@ -88,10 +93,14 @@ final class StatRegistry {
 
     /// The stats of the names `snapshot` uses, summed over workers (listeners, clusters, routes).
     func collect(_ snapshot: Snapshot, into out: inout StatsSnapshot) {
-        for l in snapshot.config.listeners { out.add(ListenerStat.self, name: l.name, blocks: blocks(&listeners, l.name)) }
-        for c in snapshot.config.clusters { out.add(ClusterStat.self, name: c.name, blocks: blocks(&clusters, c.name)) }
-        for names in StatRegistry.routeNames(snapshot) {
-            for n in names { out.add(RouteBackendStat.self, name: n, blocks: blocks(&routes, n)) }
+        // Labelled request series: a listener's are its requests answered without a cluster.
+        for l in snapshot.config.listeners { out.add(ListenerStat.self, name: l.name, blocks: blocks(&listeners, l.name), destination: "") }
+        for c in snapshot.config.clusters { out.add(ClusterStat.self, name: c.name, blocks: blocks(&clusters, c.name), destination: c.name) }
+        for names in StatRegistry.routeParts(snapshot) {
+            for parts in names {
+                let n = parts.joined(separator: ".")
+                out.add(RouteBackendStat.self, name: n, nameParts: parts, blocks: blocks(&routes, n))
+            }
         }
     }
 }

@@ -23,6 +23,7 @@ extension Exchange {
         case .forward: break
         }
         responseStarted = true
+        observe.status = status
         stats.incClass(.downstream_rq_1xx, status: status)
         clusterStats?.incClass(.upstream_rq_1xx, status: status)
         backendStats?.incClass(.upstream_rq_1xx, status: status)
@@ -42,6 +43,7 @@ extension Exchange {
     func upstreamBody(_ data: UnsafeRawBufferPointer) {
         guard active, let d = downstream, let u = upstream else { return }
         clusterStats?.add(.upstream_cx_rx_bytes_total, UInt64(data.count))
+        observe.bytesSent &+= UInt64(data.count)
         d.respondBody(data)
         if d.responseBlocked {
             owedUpstreamCredit += data.count

@@ -36,6 +36,7 @@ extension Exchange {
     /// `clientIP` (for X-Forwarded-For) is the downstream connection's.
     func start(downstream d: any DownstreamSide, listener l: ListenerRuntime, _ r: RequestStart, clientIP: String) {
         begin(downstream: d, listener: l, stats: l.stats, isHEAD: r.isHEAD, endStream: r.endStream)
+        observeStart()
         stats.inc(.downstream_rq_total)
         stats.inc(.downstream_rq_active)
         let h = r.view.headers
@@ -66,11 +67,13 @@ extension Exchange {
         let view = r.view
         guard let ri = l.routes.match(view) else {
             stats.inc(.downstream_rq_no_route)
+            observe.flags.insert(.NR)
             if isGRPC { grpcLocal(.unimplemented, "no route for \(view.target.string)") } else { local(404, "no route\n") }
             return
         }
         let table = l.routes
         let route = table[ri]
+        observe.route = ri
         responseMutations = table.responseHeaders(route: ri)
         switch route.action {
         case .respond:

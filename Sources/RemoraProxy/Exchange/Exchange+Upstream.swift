@@ -56,6 +56,7 @@ extension Exchange {
         if responseStarted {
             // Never let a truncated response look complete.
             cl.stats.inc(.upstream_rq_reset_after_head)
+            observe.flags.insert(why.responseFlag)
             if case .reset(let code) = why, code != 0 { downstream?.respondReset(code: code) } else { downstream?.respondReset(code: 2) }
             finish(clean: false)
             return
@@ -91,8 +92,9 @@ extension Exchange {
         guard attemptEndpoint >= 0, let cl = cluster else { return }
         let endpoint = attemptEndpoint
         attemptEndpoint = -1
-        cl.attemptEnded(endpoint: endpoint, AttemptOutcome(kind: kind, status: attemptStatus, grpcStatus: attemptGRPCStatus,
-                                                            latency: timer.now &- attemptStart))
+        let outcome = AttemptOutcome(kind: kind, status: attemptStatus, grpcStatus: attemptGRPCStatus, latency: timer.now &- attemptStart)
+        observeAttempt(endpoint: endpoint, outcome)
+        cl.attemptEnded(endpoint: endpoint, outcome)
     }
 
     /// The request's method is idempotent: a request lost in the keep-alive close race may be sent

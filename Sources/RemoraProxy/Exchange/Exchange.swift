@@ -95,6 +95,8 @@ final class Exchange: DeadlineTimerDelegate {
     unowned(unsafe) var primary: Exchange?
     /// The listener's filters see this exchange (not a shadow; none configured: false).
     var runsFilters = false
+    /// What the metrics, the access log and tracing see of this request (`Exchange+Observe.swift`).
+    var observe = Observation()
     static let replayLimit = 64 * 1024
 
     init(worker: Worker) {
@@ -162,6 +164,7 @@ final class Exchange: DeadlineTimerDelegate {
             endAttempt(responseDone ? .response : .cancelled)
             u.detach(clean: clean)
         }
+        observeFinish()
         if runsFilters { for f in listener.filters { f.log(self) } }
         stats.dec(.downstream_rq_active)
         if clusterActive { clusterStats?.dec(.upstream_rq_active); clusterActive = false }
