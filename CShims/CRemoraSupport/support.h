@@ -57,4 +57,51 @@ static inline uint64_t *remora_series_find(uint64_t *table, unsigned n, uint64_t
 static inline uint64_t remora_series_key(const uint64_t *table, unsigned i) {
     return __atomic_load_n(table + (uint64_t)i * REMORA_SERIES_ENTRY, __ATOMIC_ACQUIRE);
 }
+/* Access log ring (RemoraProxy/Observe/AccessLog.swift): one producer (a worker), one consumer (the
+ * log writer thread). The producer copies whole lines in and publishes the new tail (release); the
+ * consumer reads what is published and gives the space back by publishing the new head. A line that
+ * does not fit is refused (the worker drops and counts it): the worker never waits. */
+#include <string.h>
+typedef struct {
+    uint64_t head;          /* consumer: bytes taken */
+    char pad0[56];
+    uint64_t tail;          /* producer: bytes published */
+    uint64_t signalled;     /* producer asked the writer to come (cleared by the writer) */
+    char pad1[48];
+    uint64_t capacity;
+    uint8_t *bytes;
+} remora_log_ring;
+
+static inline int remora_log_ring_push(remora_log_ring *r, const uint8_t *p, uint64_t n) {
+    uint64_t head = __atomic_load_n(&r->head, __ATOMIC_ACQUIRE);
+    uint64_t tail = r->tail;
+    if (tail - head + n > r->capacity) return 0;
+    uint64_t off = tail % r->capacity, first = r->capacity - off;
+    if (first >= n) memcpy(r->bytes + off, p, n);
+    else { memcpy(r->bytes + off, p, first); memcpy(r->bytes, p + first, n - first); }
+    __atomic_store_n(&r->tail, tail + n, __ATOMIC_RELEASE);
+    return 1;
+}
+/* Bytes published and not yet taken (producer side: for the flush threshold). */
+static inline uint64_t remora_log_ring_used(remora_log_ring *r) {
+    return r->tail - __atomic_load_n(&r->head, __ATOMIC_RELAXED);
+}
+/* Consumer: up to two spans of what is published now (whole lines). */
+static inline uint64_t remora_log_ring_peek(remora_log_ring *r, const uint8_t **a, uint64_t *na,
+                                            const uint8_t **b, uint64_t *nb) {
+    uint64_t tail = __atomic_load_n(&r->tail, __ATOMIC_ACQUIRE);
+    uint64_t head = r->head, n = tail - head;
+    uint64_t off = head % r->capacity, first = r->capacity - off;
+    *a = r->bytes + off; *na = n < first ? n : first;
+    *b = r->bytes; *nb = n - *na;
+    return n;
+}
+static inline void remora_log_ring_consume(remora_log_ring *r, uint64_t n) {
+    __atomic_store_n(&r->head, r->head + n, __ATOMIC_RELEASE);
+}
+static inline uint64_t remora_atomic_exchange(uint64_t *p, uint64_t v) {
+    return __atomic_exchange_n(p, v, __ATOMIC_ACQ_REL);
+}
+static inline uint64_t remora_atomic_load(uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void remora_atomic_store(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 #endif

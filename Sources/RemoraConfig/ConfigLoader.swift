@@ -190,7 +190,7 @@ private final class Schema {
         guard var m = d.mapping(n, p, keys: ["name", "address", "protocol", "request_header_timeout",
                                              "max_request_header_bytes", "idle_timeout", "http2", "routes",
                                              "virtual_hosts", "cluster", "request_timeout", "max_request_body",
-                                             "headers_with_underscores", "per_connection_buffer_limit"])
+                                             "headers_with_underscores", "per_connection_buffer_limit", "access_log"])
         else { return nil }
         let name = m.required("name") { self.name($0, $1, "listener", &listenerNames) }
         let address = m.required("address", listenAddress)
@@ -211,6 +211,7 @@ private final class Schema {
         let maxBody = m.optional("max_request_body") { d.size($0, $1, in: 0...(1 << 50)) }
         let underscores: HeadersWithUnderscores? = m.optional("headers_with_underscores", d.oneOf)
         let bufferLimit = m.optional("per_connection_buffer_limit") { d.size($0, $1, in: (64 << 10)...(1 << 30)) }
+        let accessLog = m.optional("access_log", accessLog)
         var names = ListenerNames()
         let routes = m.optional("routes") { d.list($0, $1) { route($0, $1, &names) } }
         let hosts = m.optional("virtual_hosts") { d.list($0, $1) { virtualHost($0, $1, &names) } }
@@ -222,7 +223,35 @@ private final class Schema {
                               virtualHosts: hosts ?? routes.map { [VirtualHostConfig(name: "default", routes: $0)] } ?? [],
                               cluster: cluster, requestTimeout: requestTimeout ?? 60_000,
                               maxRequestBodyBytes: maxBody.map(UInt64.init) ?? 1 << 30,
-                              headersWithUnderscores: underscores ?? .drop, perConnectionBufferLimit: bufferLimit ?? 1 << 20)
+                              headersWithUnderscores: underscores ?? .drop, perConnectionBufferLimit: bufferLimit ?? 1 << 20,
+                              accessLog: accessLog)
+    }
+
+    /// `access_log: { path: FILE | stdout, format: json | text | "<format string>" }`.
+    func accessLog(_ n: Node, _ p: String) -> AccessLogConfig? {
+        guard let m = d.mapping(n, p, keys: ["path", "format"]) else { return nil }
+        let path = m.required("path") { n, p -> String? in
+            guard let s = d.string(n, p) else { return nil }
+            guard s == "stdout" || s.hasPrefix("/") else {
+                d.fail(n.line, p, "expected an absolute file path or stdout")
+                return nil
+            }
+            return s
+        }
+        let format = m.optional("format") { n, p -> AccessLogFormat? in
+            guard let s = d.string(n, p) else { return nil }
+            switch s {
+            case "json": return .json
+            case "text": return .text(AccessLogFormat.envoyDefault)
+            default:
+                switch AccessLogFormat.parse(s) {
+                case .success(let pieces): return .text(pieces)
+                case .failure(let e): d.fail(n.line, p, e.message); return nil
+                }
+            }
+        }
+        guard let path else { return nil }
+        return AccessLogConfig(path: path, format: format ?? .text(AccessLogFormat.envoyDefault))
     }
 
     /// Names that must be unique within one listener.

@@ -136,19 +136,23 @@ public struct ListenerConfig: Sendable, Equatable {
     /// that connection stop being read (HTTP/1.1) or get no more credit (HTTP/2) until the client
     /// has taken half of it. Default 1 MiB, range 64 KiB ... 1 GiB.
     public var perConnectionBufferLimit: Int
+    /// The listener's access log: one line per request (HTTP) or per connection (TCP), written off
+    /// the request path. nil = none (the default).
+    public var accessLog: AccessLogConfig?
 
     public init(name: String, address: HostPort, protocol: ListenerProtocol = .http,
                 requestHeaderTimeout: Millis = 10_000, maxRequestHeaderBytes: Int = 60 * 1024,
                 idleTimeout: Millis = 60_000, http2: HTTP2Settings = HTTP2Settings(),
                 virtualHosts: [VirtualHostConfig] = [], cluster: String? = nil, requestTimeout: Millis = 60_000,
                 maxRequestBodyBytes: UInt64 = 1 << 30, headersWithUnderscores: HeadersWithUnderscores = .drop,
-                perConnectionBufferLimit: Int = 1 << 20) {
+                perConnectionBufferLimit: Int = 1 << 20, accessLog: AccessLogConfig? = nil) {
         self.name = name; self.address = address; self.protocol = `protocol`; self.http2 = http2
         self.requestHeaderTimeout = requestHeaderTimeout; self.maxRequestHeaderBytes = maxRequestHeaderBytes
         self.idleTimeout = idleTimeout; self.virtualHosts = virtualHosts; self.cluster = cluster
         self.requestTimeout = requestTimeout; self.maxRequestBodyBytes = maxRequestBodyBytes
         self.headersWithUnderscores = headersWithUnderscores
         self.perConnectionBufferLimit = perConnectionBufferLimit
+        self.accessLog = accessLog
     }
 }
 

@@ -1,3 +1,4 @@
+import CRemoraSupport
 import RemoraCore
 import RemoraIO
 import RemoraRouting
@@ -38,15 +39,20 @@ public final class Snapshot: Sendable {
 
 /// Stats blocks of one worker for one snapshot: written only by that worker, read by the admin
 /// server. Blocks come from `StatRegistry`, so a counter keeps its value across snapshots.
-public final class WorkerStats: Sendable {
+public final class WorkerStats: @unchecked Sendable {   // the rings: each written by its worker only
     public let listeners: [StatBlock<ListenerStat>]
     public let clusters: [StatBlock<ClusterStat>]
     /// Per listener, per backend slot of its route table.
     public let routeBackends: [[StatBlock<RouteBackendStat>]]
+    /// Per listener: this worker's ring of the listener's access log file (nil: no access log).
+    let accessLogs: [UnsafeMutablePointer<remora_log_ring>?]
+    let accessLogWriter: AccessLogWriter
 
     init(listeners: [StatBlock<ListenerStat>], clusters: [StatBlock<ClusterStat>],
-         routeBackends: [[StatBlock<RouteBackendStat>]]) {
+         routeBackends: [[StatBlock<RouteBackendStat>]], accessLogs: [UnsafeMutablePointer<remora_log_ring>?],
+         accessLogWriter: AccessLogWriter) {
         self.listeners = listeners; self.clusters = clusters; self.routeBackends = routeBackends
+        self.accessLogs = accessLogs; self.accessLogWriter = accessLogWriter
     }
 }
 
@@ -57,6 +63,9 @@ final class StatRegistry {
     var listeners: [String: [StatBlock<ListenerStat>]] = [:]
     var clusters: [String: [StatBlock<ClusterStat>]] = [:]
     var routes: [String: [StatBlock<RouteBackendStat>]] = [:]
+
+    /// The access logs' writer thread (started with the first access log).
+    let accessLogWriter = AccessLogWriter()
 
     init(workers: Int) { self.workers = workers }
 
@@ -86,8 +95,10 @@ final class StatRegistry {
         let l = snapshot.config.listeners.map { blocks(&listeners, $0.name) }
         let c = snapshot.config.clusters.map { blocks(&clusters, $0.name) }
         let r = StatRegistry.routeNames(snapshot).map { names in names.map { blocks(&routes, $0) } }
+        let logs = snapshot.config.listeners.map { l in l.accessLog.map { accessLogWriter.sink(path: $0.path, workers: workers) } }
         return (0..<workers).map { w in
-            WorkerStats(listeners: l.map { $0[w] }, clusters: c.map { $0[w] }, routeBackends: r.map { $0.map { $0[w] } })
+            WorkerStats(listeners: l.map { $0[w] }, clusters: c.map { $0[w] }, routeBackends: r.map { $0.map { $0[w] } },
+                        accessLogs: logs.map { $0?.rings[w] }, accessLogWriter: accessLogWriter)
         }
     }
 

@@ -115,7 +115,8 @@ final class Worker {
             live.insert(l.name)
             let tcp = snap.tcpCluster[i] >= 0 ? clusters[snap.tcpCluster[i]] : nil
             let runtime = ListenerRuntime(worker: self, config: l, routes: snap.routeTables[i], clusters: clusters,
-                                          tcpCluster: tcp, stats: st.listeners[i], backendStats: st.routeBackends[i])
+                                          tcpCluster: tcp, stats: st.listeners[i], backendStats: st.routeBackends[i],
+                                          filters: ListenerRuntime.filters(l, st, i, routes: snap.routeTables[i]))
             let slot = slots[l.name] ?? ListenerSlot(worker: self, name: l.name, current: runtime)
             slots[l.name] = slot
             slot.current = runtime
@@ -295,12 +296,23 @@ final class ListenerRuntime {
     /// The scheme requests arrive with (X-Forwarded-Proto, redirects): "http" until TLS listeners.
     let scheme: StaticString = "http"
     /// The listener's HTTP filters, in order (`Filters/HTTPFilter.swift`); the router runs after them.
-    let filters: [any HTTPFilter] = []
+    let filters: [any HTTPFilter]
 
     init(worker: Worker, config: ListenerConfig, routes: RouteTable, clusters: [ClusterRuntime], tcpCluster: ClusterRuntime?,
-         stats: StatBlock<ListenerStat>, backendStats: [StatBlock<RouteBackendStat>]) {
+         stats: StatBlock<ListenerStat>, backendStats: [StatBlock<RouteBackendStat>], filters: [any HTTPFilter]) {
         self.worker = worker; self.config = config; self.routes = routes; self.clusters = clusters
-        self.tcpCluster = tcpCluster; self.stats = stats; self.backendStats = backendStats
+        self.tcpCluster = tcpCluster; self.stats = stats; self.backendStats = backendStats; self.filters = filters
+    }
+
+    /// The filters listener `l` (index `i` of the snapshot) configures, in their order: the access log
+    /// last, so that it sees what the others decided.
+    static func filters(_ l: ListenerConfig, _ st: WorkerStats, _ i: Int, routes: RouteTable) -> [any HTTPFilter] {
+        var out: [any HTTPFilter] = []
+        if let log = l.accessLog, let ring = st.accessLogs[i] {
+            out.append(AccessLogFilter(ring: ring, writer: st.accessLogWriter, format: log.format, stats: st.listeners[i],
+                                       routes: routes))
+        }
+        return out
     }
 }
 

@@ -131,3 +131,195 @@ def test_prometheus_families_typed_histograms_cumulative_counts_match(metrics_pr
     text = remora.admin_get("/stats").body.decode()
     assert f"listener.web.downstream_rq_time: count={n} " in text
     assert remora.stats()["listener.web.downstream_rq_total"] == n   # the text format still parses as before
+
+
+# -- access logs ----------------------------------------------------------------------------------
+
+import os
+import re
+import signal
+import socket
+import struct
+from pathlib import Path
+
+from harness import build_request, connect
+
+
+def read_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def wait_lines(path: Path, n: int, timeout: float = 5.0) -> list[str]:
+    poll(lambda: len(read_lines(path)) >= n, timeout=timeout, what=f"{n} lines in {path}")
+    return read_lines(path)
+
+
+def test_access_log_json_1000_mixed_requests(start_remora, http_backend, refused_endpoint, tmp_path):
+    backend = http_backend()
+    log = tmp_path / "web.log"
+    routes = [status_route("ok", "/status", "app"), status_route("down", "/down", "gone"),
+              {**status_route("slow", "/sleep", "app"), "timeout": "100ms"}]
+    cfg = make_config([http_listener("web", routes=routes, access_log={"path": str(log), "format": "json"})],
+                      [cluster("app", [backend.endpoint]), cluster("gone", [refused_endpoint])])
+    remora = start_remora(cfg)
+    port = remora.port("web")
+    expect: dict[str, dict] = {}
+    c = Client(port)
+    for i in range(1000):
+        rid = f"req-{i:04d}"
+        headers = [("X-Request-Id", rid), ("User-Agent", f"ua/{i}"), ("X-Forwarded-For", "10.0.0.9")]
+        if i % 50 == 7:      # 504: no response head within the route timeout
+            kind, target = "504", "/sleep/400"
+        elif i % 50 == 19:   # the client goes away before the answer
+            kind, target = "reset", "/sleep/300"
+        else:
+            kind, target = [("200", "/status/200"), ("404", "/nothing"), ("503", "/down"), ("500", "/status/500")][i % 4]
+        expect[rid] = {"kind": kind, "target": target}
+        if kind == "reset":
+            s = connect(port)
+            s.sendall(build_request("GET", target, headers, None, None, "remora.test"))
+            time.sleep(0.05)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))   # RST
+            s.close()
+            continue
+        r = c.request("GET", target, headers)
+        assert r.status == int(kind), (i, r.status)
+    c.close()
+    lines = wait_lines(log, 1000)
+    assert len(lines) == 1000, f"{len(lines)} lines for 1000 requests"
+    seen = set()
+    ep = backend.endpoint
+    for line in lines:
+        e = json.loads(line)
+        rid = e["request_id"]
+        assert rid in expect and rid not in seen, rid
+        seen.add(rid)
+        want = expect[rid]
+        assert e["method"] == "GET" and e["path"] == want["target"] and e["protocol"] == "HTTP/1.1"
+        assert e["authority"] == "remora.test" and e["user_agent"] == f"ua/{int(rid[4:])}"
+        assert e["x_forwarded_for"] == "10.0.0.9"
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", e["start_time"]), e["start_time"]
+        assert isinstance(e["duration"], int) and e["duration"] >= 0 and e["bytes_received"] == 0
+        assert e["grpc_status"] is None and e["downstream_peer_identity"] is None
+        k = want["kind"]
+        if k in ("200", "500"):
+            assert e["response_code"] == int(k) and e["response_flags"] == "-", e
+            assert e["upstream_cluster"] == "app" and e["route_name"] == "ok" and e["upstream_host"] == ep
+            assert e["bytes_sent"] == len(f"status {k}\n") and e["retry_count"] == 0
+            assert isinstance(e["upstream_service_time"], int)
+        elif k == "404":
+            assert e["response_code"] == 404 and e["response_flags"] == "NR", e
+            assert e["upstream_cluster"] is None and e["route_name"] is None and e["upstream_host"] is None
+        elif k == "503":
+            assert e["response_code"] == 503 and e["response_flags"] == "UF", e
+            assert e["upstream_cluster"] == "gone" and e["route_name"] == "down"
+        elif k == "504":
+            assert e["response_code"] == 504 and e["response_flags"] == "UT", e
+            assert e["upstream_host"] == ep and e["duration"] >= 90
+        else:
+            assert e["response_code"] == 0 and e["response_flags"] == "DC", e
+    assert seen == set(expect)
+    assert remora.stat("listener.web.access_log_dropped") == 0
+
+
+def test_access_log_envoy_default_text_and_format_string(start_remora, http_backend, tmp_path):
+    backend = http_backend()
+    text_log, fmt_log = tmp_path / "text.log", tmp_path / "fmt.log"
+    cfg = make_config([http_listener("web", routes=[status_route("ok", "/status", "app")],
+                                     access_log={"path": str(text_log)}),
+                       http_listener("api", routes=[status_route("ok", "/status", "app")],
+                                     access_log={"path": str(fmt_log),
+                                                 "format": "%REQ(:METHOD)% %RESPONSE_CODE% %UPSTREAM_CLUSTER% 100%% %REQ(X-REQUEST-ID)%"})],
+                      [cluster("app", [backend.endpoint])])
+    remora = start_remora(cfg)
+    assert get(remora.port("web"), "/status/200", headers=[("User-Agent", "curl/8"), ("X-Request-Id", "abc")]).status == 200
+    assert get(remora.port("api"), "/status/200").status == 200
+    line = wait_lines(text_log, 1)[0]
+    m = re.fullmatch(r'\[(\S+)\] "GET /status/200 HTTP/1.1" 200 - 0 11 (\d+) (\d+) "-" "curl/8" "abc" "remora.test" "(\S+)"',
+                     line)
+    assert m, line
+    assert m.group(4) == backend.endpoint
+    assert wait_lines(fmt_log, 1) == ["GET 200 app 100% -"]
+
+
+def test_access_log_to_a_fifo_nobody_reads_drops_and_counts(start_remora, http_backend, tmp_path):
+    backend = http_backend()
+    fifo = tmp_path / "stuck.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)   # a reader that never reads: the pipe fills
+    try:
+        cfg = make_config([http_listener("web", routes=[status_route("ok", "/status", "app")],
+                                         access_log={"path": str(fifo), "format": "json"})],
+                          [cluster("app", [backend.endpoint])])
+        remora = start_remora(cfg)
+        ua = "x" * 4000
+        n = 600   # ~2.6 MB of lines: more than the pipe (64 KiB) and the workers' rings (2 x 256 KiB)
+        started = time.monotonic()
+        with Client(remora.port("web")) as c:
+            for _ in range(n):
+                assert c.request("GET", "/status/200", [("User-Agent", ua)]).status == 200
+        elapsed = time.monotonic() - started
+        remora.wait_stat("listener.web.access_log_dropped", lambda v: v > 0, what="> 0 dropped lines")
+        dropped = remora.stat("listener.web.access_log_dropped")
+        assert dropped < n
+        assert remora.stat("listener.web.downstream_rq_2xx") == n
+        assert elapsed < 20, f"requests slowed down by the stuck log: {elapsed:.1f}s"
+        assert remora.rss_kib() < 200 * 1024
+    finally:
+        os.close(reader)
+
+
+def test_access_log_sigusr1_reopens_after_rename(start_remora, http_backend, tmp_path):
+    backend = http_backend()
+    log = tmp_path / "web.log"
+    cfg = make_config([http_listener("web", routes=[status_route("ok", "/status", "app")],
+                                     access_log={"path": str(log), "format": "json"})],
+                      [cluster("app", [backend.endpoint])])
+    remora = start_remora(cfg)
+    port = remora.port("web")
+    for i in range(5):
+        assert get(port, "/status/200", headers=[("X-Request-Id", f"old-{i}")]).status == 200
+    wait_lines(log, 5)
+    rotated = tmp_path / "web.log.1"
+    log.rename(rotated)
+    os.kill(remora.pid, signal.SIGUSR1)
+    poll(lambda: log.exists(), timeout=5, what="the log reopened at its path")
+    for i in range(7):
+        assert get(port, "/status/200", headers=[("X-Request-Id", f"new-{i}")]).status == 200
+    new = wait_lines(log, 7)
+    # Lines of two workers: each worker's in order, the two interleaved in any order.
+    assert sorted(json.loads(line)["request_id"] for line in new) == [f"new-{i}" for i in range(7)]
+    assert sorted(json.loads(line)["request_id"] for line in read_lines(rotated)) == [f"old-{i}" for i in range(5)]
+
+
+def test_tcp_listener_logs_one_line_per_connection(start_remora, tcp_backend, refused_endpoint, tmp_path):
+    from harness import tcp_listener
+    backend = tcp_backend()
+    log = tmp_path / "tcp.log"
+    cfg = make_config([tcp_listener("db", "pg", access_log={"path": str(log), "format": "json"}),
+                       tcp_listener("dead", "gone", access_log={"path": str(log), "format": "json"})],
+                      [cluster("pg", [backend.endpoint]), cluster("gone", [refused_endpoint])])
+    remora = start_remora(cfg)
+    s = connect(remora.port("db"))
+    s.sendall(b"hello")
+    s.shutdown(socket.SHUT_WR)
+    got = b""
+    while True:
+        chunk = s.recv(1024)
+        if not chunk:
+            break
+        got += chunk
+    s.close()
+    assert got == b"helloBYE"
+    s = connect(remora.port("dead"))
+    assert s.recv(16) == b""   # closed: the connect was refused
+    s.close()
+    lines = [json.loads(line) for line in wait_lines(log, 2)]
+    ok = next(e for e in lines if e["upstream_cluster"] == "pg")
+    assert ok["protocol"] == "TCP" and ok["bytes_received"] == 5 and ok["bytes_sent"] == 8
+    assert ok["upstream_host"] == backend.endpoint and ok["response_flags"] == "-" and ok["response_code"] is None
+    dead = next(e for e in lines if e["upstream_cluster"] == "gone")
+    assert dead["response_flags"] == "UF" and dead["bytes_sent"] == 0

@@ -97,8 +97,12 @@ class Remora(Proxy):
         if self.http_port:
             lines += ["  - name: web",
                       "    address: %s:%d" % (HOST, self.http_port),
-                      "    protocol: http",
-                      "    routes:",
+                      "    protocol: http"]
+            # REMORA_PERF_ACCESS_LOG=json|text: the same run with the listener's access log on (cost of logs).
+            log_format = os.environ.get("REMORA_PERF_ACCESS_LOG")
+            if log_format:
+                lines.append("    access_log: { path: %s, format: %s }" % (self.dir / "access.log", log_format))
+            lines += ["    routes:",
                       "      - name: all",
                       "        backends: [ { cluster: app } ]"]
         if self.tcp_port:

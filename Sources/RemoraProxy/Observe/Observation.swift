@@ -26,6 +26,18 @@ struct Observation {
     var route = -1
     /// Response body bytes sent to the client.
     var bytesSent: UInt64 = 0
+    /// Request fields an access log keeps for its line (a pooled buffer; only with an access log,
+    /// given back when the line is written) and where each is in it (`LogField`: offset, length;
+    /// -1 = absent).
+    var logHead = ByteBuffer()
+    var logSpans = SIMD16<Int32>(repeating: -1)
+    /// The client's protocol: 0 HTTP/1.1, 1 HTTP/1.0, 2 HTTP/2.
+    var downstreamProtocol: UInt8 = 0
+}
+
+/// The request fields an access log keeps (slots in `Observation.logSpans`: 2 per field).
+enum LogField: Int {
+    case method, path, authority, xForwardedFor, userAgent, requestID
 }
 
 /// The monotonic clock in microseconds (a vDSO call, no syscall).

@@ -13,6 +13,12 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
     var upEOF = false
     var closing = false
     var connectAttempts = 0
+    /// For the access log: start (monotonic µs), bytes each way, the endpoint, why it ended.
+    var startMicros: UInt64 = 0
+    var bytesIn: UInt64 = 0
+    var bytesOut: UInt64 = 0
+    var endpoint = -1
+    var flags = ResponseFlags()
 
     init(worker: Worker, listener: ListenerRuntime, cluster: ClusterRuntime, down: TCPConnection) {
         self.worker = worker
@@ -20,6 +26,7 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
         self.cluster = cluster
         self.down = down
         super.init()
+        if !listener.filters.isEmpty { startMicros = monotonicMicros() }
         down.delegate = self
         down.owner = self
         down.setDeadline(after: listener.config.idleTimeout)
@@ -36,8 +43,10 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
         cluster.stats.inc(.upstream_cx_active)
         cluster.openConnections += 1
         up = c
-        if c.connect(to: cluster.endpoints[cluster.nextEndpoint()]) != 0 {
+        endpoint = cluster.nextEndpoint()
+        if c.connect(to: cluster.endpoints[endpoint]) != 0 {
             cluster.stats.inc(.upstream_cx_connect_fail)
+            flags.insert(.UF)
             abort()
             return
         }
@@ -49,6 +58,7 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
     func connectionConnected(_ c: TCPConnection, _ status: Int32) {
         if status != 0 {
             cluster.stats.inc(.upstream_cx_connect_fail)
+            flags.insert(.UF)
             abort()
             return
         }
@@ -61,7 +71,9 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
         if c === down {
             listener.stats.add(.downstream_cx_rx_bytes_total, UInt64(data.count))
             cluster.stats.add(.upstream_cx_tx_bytes_total, UInt64(data.count))
+            bytesIn &+= UInt64(data.count)
         } else {
+            bytesOut &+= UInt64(data.count)
             cluster.stats.add(.upstream_cx_rx_bytes_total, UInt64(data.count))
             listener.stats.add(.downstream_cx_tx_bytes_total, UInt64(data.count))
         }
@@ -86,12 +98,13 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
     }
 
     func connectionError(_ c: TCPConnection, _ code: Int32) {
-        if c !== down { cluster.stats.inc(.upstream_cx_destroy_remote) }
+        if c !== down { cluster.stats.inc(.upstream_cx_destroy_remote); flags.insert(.UC) } else { flags.insert(.DC) }
         abort()
     }
 
     func connectionTimeout(_ c: TCPConnection) {
-        if c === down { listener.stats.inc(.downstream_cx_idle_timeout) } else {
+        if c === down { listener.stats.inc(.downstream_cx_idle_timeout); flags.insert(.SI) } else {
+            flags.insert(.UF)
             cluster.stats.inc(.upstream_cx_connect_timeout)
             cluster.stats.inc(.upstream_cx_connect_fail)
         }
@@ -101,6 +114,9 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
     func connectionClosed(_ c: TCPConnection) {
         if c === down {
             listener.stats.dec(.downstream_cx_active)
+            if startMicros != 0, let log = listener.filters.first(where: { $0 is AccessLogFilter }) as? AccessLogFilter {
+                log.logConnection(self)
+            }
             worker.remove(self)
         } else {
             cluster.stats.dec(.upstream_cx_active)
