@@ -4,19 +4,11 @@ import RemoraCore
 /// AdminEndpoints.swift (text: GET /stats, JSON: GET /stats?format=json, Prometheus: GET
 /// /stats/prometheus).
 public enum StatsRenderers {
-    /// GET /stats: `scope.name.stat value`, one line each, in the snapshot's order (Envoy's format);
-    /// then one line per histogram: `scope.name.stat: count=N sum=S P50=… P90=… P99=…` (ms).
+    /// GET /stats: `scope.name.stat value`, one line each, in the snapshot's order (Envoy's format).
+    /// Histograms are in the JSON and Prometheus formats (`?format=json`, /stats/prometheus).
     public static func text(_ s: StatsSnapshot) -> String {
         var out = ""
         for sample in s.samples { out += "\(sample.fullName) \(sample.value)\n" }
-        for h in s.histograms {
-            let v = h.value
-            out += "\(h.fullName): count=\(v.count) sum=\(millis(v.sumMicros))"
-            for (q, label) in [(0.5, "P50"), (0.9, "P90"), (0.99, "P99")] {
-                out += " \(label)=" + (v.quantileMillis(q).map(number) ?? "nan")
-            }
-            out += "\n"
-        }
         return out
     }
 

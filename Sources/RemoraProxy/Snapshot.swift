@@ -44,12 +44,13 @@ public final class WorkerStats: @unchecked Sendable {   // the rings: each writt
     public let clusters: [StatBlock<ClusterStat>]
     /// Per listener, per backend slot of its route table.
     public let routeBackends: [[StatBlock<RouteBackendStat>]]
-    /// Per listener: this worker's ring of the listener's access log file (nil: no access log).
-    let accessLogs: [UnsafeMutablePointer<remora_log_ring>?]
+    /// Per listener: this worker's ring of the listener's access log file and the listener's
+    /// format there (nil: no access log).
+    let accessLogs: [(ring: UnsafeMutablePointer<remora_log_ring>, format: UInt16)?]
     let accessLogWriter: AccessLogWriter
 
     init(listeners: [StatBlock<ListenerStat>], clusters: [StatBlock<ClusterStat>],
-         routeBackends: [[StatBlock<RouteBackendStat>]], accessLogs: [UnsafeMutablePointer<remora_log_ring>?],
+         routeBackends: [[StatBlock<RouteBackendStat>]], accessLogs: [(ring: UnsafeMutablePointer<remora_log_ring>, format: UInt16)?],
          accessLogWriter: AccessLogWriter) {
         self.listeners = listeners; self.clusters = clusters; self.routeBackends = routeBackends
         self.accessLogs = accessLogs; self.accessLogWriter = accessLogWriter
@@ -95,10 +96,15 @@ final class StatRegistry {
         let l = snapshot.config.listeners.map { blocks(&listeners, $0.name) }
         let c = snapshot.config.clusters.map { blocks(&clusters, $0.name) }
         let r = StatRegistry.routeNames(snapshot).map { names in names.map { blocks(&routes, $0) } }
-        let logs = snapshot.config.listeners.map { l in l.accessLog.map { accessLogWriter.sink(path: $0.path, workers: workers) } }
+        let logs = snapshot.config.listeners.map { l in
+            l.accessLog.map { log in
+                let sink = accessLogWriter.sink(path: log.path, workers: workers)
+                return (sink, accessLogWriter.register(log.format, in: sink))
+            }
+        }
         return (0..<workers).map { w in
             WorkerStats(listeners: l.map { $0[w] }, clusters: c.map { $0[w] }, routeBackends: r.map { $0.map { $0[w] } },
-                        accessLogs: logs.map { $0?.rings[w] }, accessLogWriter: accessLogWriter)
+                        accessLogs: logs.map { $0.map { ($0.0.rings[w], $0.1) } }, accessLogWriter: accessLogWriter)
         }
     }
 

@@ -308,8 +308,8 @@ final class ListenerRuntime {
     /// last, so that it sees what the others decided.
     static func filters(_ l: ListenerConfig, _ st: WorkerStats, _ i: Int, routes: RouteTable) -> [any HTTPFilter] {
         var out: [any HTTPFilter] = []
-        if let log = l.accessLog, let ring = st.accessLogs[i] {
-            out.append(AccessLogFilter(ring: ring, writer: st.accessLogWriter, format: log.format, stats: st.listeners[i],
+        if l.accessLog != nil, let log = st.accessLogs[i] {
+            out.append(AccessLogFilter(ring: log.ring, writer: st.accessLogWriter, format: log.format, stats: st.listeners[i],
                                        routes: routes))
         }
         return out

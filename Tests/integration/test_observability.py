@@ -117,7 +117,7 @@ def test_prometheus_families_typed_histograms_cumulative_counts_match(metrics_pr
     assert fams["istio_request_duration_milliseconds"].type == "histogram"
     assert total(fams, "istio_request_duration_milliseconds", "istio_request_duration_milliseconds_count") == n
 
-    # The same numbers as JSON, and histogram lines in the text format.
+    # The same numbers as JSON; the text format as before.
     r = remora.admin_get("/stats?format=json")
     assert r.status == 200 and r.header("content-type") == "application/json"
     doc = json.loads(r.body)
@@ -128,8 +128,6 @@ def test_prometheus_families_typed_histograms_cumulative_counts_match(metrics_pr
     assert hist["cluster.app.upstream_rq_time"]["count"] == upstream
     assert hist["listener.web.downstream_rq_time"]["buckets"][-1][1] == n
     assert sum(q["count"] for q in doc["requests"]) == n
-    text = remora.admin_get("/stats").body.decode()
-    assert f"listener.web.downstream_rq_time: count={n} " in text
     assert remora.stats()["listener.web.downstream_rq_total"] == n   # the text format still parses as before
 
 
@@ -170,7 +168,7 @@ def test_access_log_json_1000_mixed_requests(start_remora, http_backend, refused
     c = Client(port)
     for i in range(1000):
         rid = f"req-{i:04d}"
-        headers = [("X-Request-Id", rid), ("User-Agent", f"ua/{i}"), ("X-Forwarded-For", "10.0.0.9")]
+        headers = [("X-Request-Id", rid), ("User-Agent", f'ua/{i} "quoted" back\\slash'), ("X-Forwarded-For", "10.0.0.9")]
         if i % 50 == 7:      # 504: no response head within the route timeout
             kind, target = "504", "/sleep/400"
         elif i % 50 == 19:   # the client goes away before the answer
@@ -199,7 +197,7 @@ def test_access_log_json_1000_mixed_requests(start_remora, http_backend, refused
         seen.add(rid)
         want = expect[rid]
         assert e["method"] == "GET" and e["path"] == want["target"] and e["protocol"] == "HTTP/1.1"
-        assert e["authority"] == "remora.test" and e["user_agent"] == f"ua/{int(rid[4:])}"
+        assert e["authority"] == "remora.test" and e["user_agent"] == f'ua/{int(rid[4:])} "quoted" back\\slash'
         assert e["x_forwarded_for"] == "10.0.0.9"
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", e["start_time"]), e["start_time"]
         assert isinstance(e["duration"], int) and e["duration"] >= 0 and e["bytes_received"] == 0

@@ -4,75 +4,70 @@ import RemoraCore
 import RemoraHTTP
 import RemoraRouting
 
+/// The fixed part of one access log record, as a worker hands it to the writer thread: numbers,
+/// then where each string is in the bytes that follow. The worker copies values; the writer thread
+/// formats them (JSON, text), so the request path never formats a line.
+struct AccessLogRecord {
+    /// The whole record (this head, then the strings), bytes.
+    var length: UInt32 = 0
+    /// The listener's format (index in its sink's formats).
+    var format: UInt16 = 0
+    /// 0 HTTP/1.1, 1 HTTP/1.0, 2 HTTP/2, 3 TCP.
+    var proto: UInt8 = 0
+    var pad: UInt8 = 0
+    /// When the request head arrived (TCP: the accept), wall clock µs.
+    var startMicros: UInt64 = 0
+    var durationMicros: UInt64 = 0
+    var bytesReceived: UInt64 = 0
+    var bytesSent: UInt64 = 0
+    /// ms from the last attempt's start to its response head; -1 = none.
+    var upstreamMillis: Int64 = -1
+    /// The status the client got (0: none); -1 = not HTTP.
+    var status: Int32 = -1
+    var grpcStatus: Int32 = -1
+    var flags: UInt32 = 0
+    /// Attempts after the first; -1 = not HTTP.
+    var retries: Int32 = -1
+    /// (offset, length) of each string in the bytes after the head, by `Slot`; offset -1 = absent.
+    var spans = SIMD16<Int32>(repeating: -1)
+    var routeSpan = SIMD2<Int32>(repeating: -1)
+
+    /// String slots (×2 in `spans`): the first six are the request fields the filter captures, in
+    /// `Observation.logSpans` order.
+    enum Slot: Int { case method, path, authority, xForwardedFor, userAgent, requestID, upstreamHost, upstreamCluster }
+
+    static let size = MemoryLayout<AccessLogRecord>.stride
+}
+
 /// A listener's access log, as an HTTP filter (`log` phase): at `requestHeaders` it copies the
 /// request fields its line needs into a pooled buffer of the exchange; when the exchange is over
-/// it formats one line (JSON, Envoy's default text, or a format string) and appends it to the
-/// worker's ring of the log's file. The writer thread writes it (`AccessLogWriter`). Nothing here
-/// waits or allocates per request once warm.
+/// it appends one record (numbers and those bytes) to the worker's ring of the log's file. The
+/// writer thread formats and writes it (`AccessLogWriter`). Nothing here formats, waits or
+/// allocates per request once warm.
 final class AccessLogFilter: HTTPFilter {
     let sink: UnsafeMutablePointer<remora_log_ring>
     let writer: AccessLogWriter
-    /// The format compiled once: literal bytes (JSON keys and punctuation included), then a field.
-    let ops: [Op]
-    let json: Bool
+    /// The listener's format in its sink.
+    let format: UInt16
     /// The listener's stats (`access_log_dropped`).
     let stats: StatBlock<ListenerStat>
     /// Route names by index of the listener's table, as bytes.
     let routeNames: [[UInt8]]
-    /// The line being formatted (reused).
-    var line = ByteBuffer(capacity: 1024)
-    /// Endpoint names of the last cluster seen (SocketAddress.description formats with printf).
-    unowned(unsafe) var hostsOf: ClusterRuntime?
+    /// The record being built (reused).
+    var record = ByteBuffer(capacity: 1024)
+    /// Names of the last cluster seen: its own and its endpoints' (SocketAddress.description formats
+    /// with printf: done once per cluster runtime, not per request).
+    unowned(unsafe) var namesOf: ClusterRuntime?
+    var clusterName: [UInt8] = []
     var hostNames: [[UInt8]] = []
-    /// `2026-12-07T04:45:00` of the last second formatted, and that second.
-    var timeSecond: UInt64 = .max
-    var timePrefix = ByteBuffer(capacity: 32)
 
-    /// One step of a line: literal bytes, then a field (nil: none). `quoted`: a JSON string value
-    /// (quotes around it, `null` when absent); JSON numbers are written bare or `null`.
-    struct Op {
-        var literal: UnsafeRawBufferPointer
-        var field: AccessLogField?
-        var quoted: Bool
-    }
-
-    init(ring: UnsafeMutablePointer<remora_log_ring>, writer: AccessLogWriter, format: AccessLogFormat,
+    init(ring: UnsafeMutablePointer<remora_log_ring>, writer: AccessLogWriter, format: UInt16,
          stats: StatBlock<ListenerStat>, routes: RouteTable) {
-        sink = ring; self.writer = writer; self.stats = stats
+        sink = ring; self.writer = writer; self.format = format; self.stats = stats
         routeNames = routes.info.map { Array($0.name.utf8) }
-        func bytes(_ s: String) -> UnsafeRawBufferPointer {
-            let u = Array(s.utf8)
-            let p = UnsafeMutableRawBufferPointer.allocate(byteCount: max(u.count, 1), alignment: 1)
-            p.copyBytes(from: u)
-            return UnsafeRawBufferPointer(rebasing: p[0..<u.count])
-        }
-        var ops: [Op] = []
-        switch format {
-        case .json:
-            json = true
-            for (i, f) in AccessLogField.allCases.enumerated() {
-                ops.append(Op(literal: bytes((i == 0 ? "{\"" : ",\"") + f.jsonKey + "\":"), field: f, quoted: !f.isNumber))
-            }
-            ops.append(Op(literal: bytes("}\n"), field: nil, quoted: false))
-        case .text(let pieces):
-            json = false
-            var lit = ""
-            for p in pieces {
-                switch p {
-                case .literal(let t): lit += t
-                case .field(let f): ops.append(Op(literal: bytes(lit), field: f, quoted: false)); lit = ""
-                }
-            }
-            ops.append(Op(literal: bytes(lit + "\n"), field: nil, quoted: false))
-        }
-        self.ops = ops
     }
 
-    deinit {
-        for op in ops { UnsafeMutableRawPointer(mutating: op.literal.baseAddress)?.deallocate() }
-        line.release()
-        timePrefix.release()
-    }
+    deinit { record.release() }
 
     func requestHeaders(_ e: Exchange, _ r: RequestView) -> FilterVerdict {
         var head = e.pool.take()
@@ -93,197 +88,263 @@ final class AccessLogFilter: HTTPFilter {
         }
         e.observe.logHead = head
         e.observe.logSpans = spans
-        e.observe.downstreamProtocol = e.downstream is H2ServerStream ? 2 : ((e.downstream as? HTTPSession)?.isHTTP10 == true ? 1 : 0)
+        // By type identity (a load), not a dynamic cast (a runtime call) per request.
+        if let d = e.downstream {
+            let t = ObjectIdentifier(type(of: d))
+            e.observe.downstreamProtocol = t == ObjectIdentifier(H2ServerStream.self) ? 2
+                : (t == ObjectIdentifier(HTTPSession.self) && unsafeDowncast(d, to: HTTPSession.self).isHTTP10 ? 1 : 0)
+        }
         return .next
     }
 
     func log(_ e: Exchange) {
-        line.clear()
-        for op in ops {
-            line.append(op.literal)
-            guard let f = op.field else { continue }
-            if json {
-                if op.quoted {
-                    let mark = line.count
-                    line.append(byte: 0x22)
-                    if writeValue(f, e) { line.append(byte: 0x22) } else { line.count = mark; line.append("null") }
-                } else if !writeValue(f, e) {
-                    line.append("null")
-                }
-            } else if !writeValue(f, e) {
-                line.append(byte: 0x2D)   // Envoy writes "-" for what is absent
-            }
+        var r = AccessLogRecord()
+        r.format = format
+        r.proto = e.observe.downstreamProtocol
+        r.durationMicros = e.observe.durationMicros
+        r.startMicros = realtimeMicros() &- r.durationMicros
+        r.bytesReceived = e.requestBodyBytes
+        r.bytesSent = e.observe.bytesSent
+        r.status = Int32(truncatingIfNeeded: e.observe.status)
+        r.grpcStatus = Int32(truncatingIfNeeded: e.responseGRPCStatus)
+        r.flags = e.observe.flags.rawValue
+        r.retries = Int32(truncatingIfNeeded: max(0, e.observe.attempts - 1))
+        if e.observe.attempts > 0 && e.observe.status != 0 && e.clusterStats != nil {
+            r.upstreamMillis = Int64(truncatingIfNeeded: e.observe.upstreamMillis)
         }
+        r.spans = e.observe.logSpans
+        record.clear()
+        record.reserve(AccessLogRecord.size)
+        record.count = AccessLogRecord.size
+        record.append(e.observe.logHead.bytes)
         e.pool.give(&e.observe.logHead)
-        push()
+        if let c = e.cluster { appendCluster(&r, c, endpoint: e.observe.endpoint) }
+        let route = e.observe.route
+        if route >= 0 && route < routeNames.count {
+            r.routeSpan = SIMD2(Int32(record.count - AccessLogRecord.size), Int32(routeNames[route].count))
+            routeNames[route].withUnsafeBytes { record.append($0) }
+        }
+        push(&r)
     }
 
-    /// A TCP listener's line, one per connection: start time, duration, bytes both ways, the
-    /// upstream host and cluster, flags (`UF` connect failure, `UC`/`DC` a side failed, `SI` idle
-    /// timeout); the HTTP fields are absent ("-", null).
+    /// The cluster's name and the endpoint's `host:port` (cached per cluster runtime).
+    @inline(__always) func appendCluster(_ r: inout AccessLogRecord, _ c: ClusterRuntime, endpoint: Int) {
+        if namesOf !== c {
+            namesOf = c
+            clusterName = Array(c.config.name.utf8)
+            hostNames = c.endpoints.map { Array($0.description.utf8) }
+        }
+        let base = AccessLogRecord.size
+        r.spans[14] = Int32(record.count - base); r.spans[15] = Int32(clusterName.count)
+        clusterName.withUnsafeBytes { record.append($0) }
+        if endpoint >= 0 && endpoint < hostNames.count {
+            r.spans[12] = Int32(record.count - base); r.spans[13] = Int32(hostNames[endpoint].count)
+            hostNames[endpoint].withUnsafeBytes { record.append($0) }
+        }
+    }
+
+    /// A TCP listener's record, one per connection: start, duration, bytes both ways, the upstream
+    /// host and cluster, flags (`UF` connect failure, `UC`/`DC` a side failed, `SI` idle timeout).
     func logConnection(_ s: TCPProxySession) {
-        line.clear()
-        let duration = monotonicMicros() &- s.startMicros
-        for op in ops {
-            line.append(op.literal)
-            guard let f = op.field else { continue }
-            let mark = line.count
-            if op.quoted { line.append(byte: 0x22) }
-            if writeConnectionValue(f, s, duration) {
-                if op.quoted { line.append(byte: 0x22) }
-            } else {
-                line.count = mark
-                if json { line.append("null") } else { line.append(byte: 0x2D) }
-            }
-        }
-        push()
+        var r = AccessLogRecord()
+        r.format = format
+        r.proto = 3
+        r.durationMicros = monotonicMicros() &- s.startMicros
+        r.startMicros = realtimeMicros() &- r.durationMicros
+        r.bytesReceived = s.bytesIn
+        r.bytesSent = s.bytesOut
+        r.flags = s.flags.rawValue
+        record.clear()
+        record.reserve(AccessLogRecord.size)
+        record.count = AccessLogRecord.size
+        appendCluster(&r, s.cluster, endpoint: s.endpoint)
+        push(&r)
     }
 
-    func writeConnectionValue(_ f: AccessLogField, _ s: TCPProxySession, _ duration: UInt64) -> Bool {
-        switch f {
-        case .startTime: writeTime(realtimeMicros() &- duration)
-        case .protocol: line.append("TCP")
-        case .responseFlags: writeFlags(s.flags)
-        case .bytesReceived: line.appendDecimal(s.bytesIn)
-        case .bytesSent: line.appendDecimal(s.bytesOut)
-        case .duration: line.appendDecimal(duration / 1000)
-        case .upstreamHost:
-            guard s.endpoint >= 0 else { return false }
-            return writeHost(s.cluster, s.endpoint)
-        case .upstreamCluster: line.append(string: s.cluster.config.name)
-        default: return false
-        }
-        return true
-    }
-
-    /// Appends the line to the ring; dropped and counted when the ring is full (the writer is behind).
-    @inline(__always) func push() {
+    /// Appends the record to the ring; dropped and counted when the ring is full (the writer is
+    /// behind). Wakes the writer once the ring holds `flushAt` bytes.
+    @inline(__always) func push(_ r: inout AccessLogRecord) {
+        r.length = UInt32(record.count)
+        withUnsafeBytes(of: &r) { record.base!.copyMemory(from: $0.baseAddress!, byteCount: AccessLogRecord.size) }
         let ring = sink
-        let ok = remora_log_ring_push(ring, line.base!.assumingMemoryBound(to: UInt8.self), UInt64(line.count)) == 1
-        if !ok { stats.inc(.access_log_dropped) }
+        if remora_log_ring_push(ring, record.base!.assumingMemoryBound(to: UInt8.self), UInt64(record.count)) == 0 {
+            stats.inc(.access_log_dropped)
+        }
         if remora_log_ring_used(ring) >= AccessLogWriter.flushAt && remora_atomic_exchange(&ring.pointee.signalled, 1) == 0 {
             writer.wake()
         }
     }
+}
 
-    // MARK: fields
+/// Formats records into lines, on the writer thread: one per sink.
+struct AccessLogFormatter {
+    /// One step of a line: literal bytes, then a field (nil: none). `quoted`: a JSON string value
+    /// (quotes around it, `null` when absent); JSON numbers are bare or `null`.
+    struct Op {
+        var literal: ByteBuffer
+        var field: AccessLogField?
+        var quoted: Bool
+    }
 
-    /// Writes `f`'s value (JSON-escaped when the format is JSON); false when it has none.
-    func writeValue(_ f: AccessLogField, _ e: Exchange) -> Bool {
-        switch f {
-        case .startTime: writeTime(realtimeMicros() &- e.observe.durationMicros)
-        case .method: return writeCaptured(e, 0)
-        case .path: return writeCaptured(e, 2)
-        case .authority: return writeCaptured(e, 4)
-        case .xForwardedFor: return writeCaptured(e, 6)
-        case .userAgent: return writeCaptured(e, 8)
-        case .requestID: return writeCaptured(e, 10)
-        case .protocol:
-            switch e.observe.downstreamProtocol {
-            case 2: line.append("HTTP/2")
-            case 1: line.append("HTTP/1.0")
-            default: line.append("HTTP/1.1")
+    struct Compiled {
+        var ops: [Op]
+        var json: Bool
+    }
+
+    static func compile(_ format: AccessLogFormat) -> Compiled {
+        func bytes(_ s: String) -> ByteBuffer { var b = ByteBuffer(); b.append(string: s); return b }
+        var ops: [Op] = []
+        switch format {
+        case .json:
+            for (i, f) in AccessLogField.allCases.enumerated() {
+                ops.append(Op(literal: bytes((i == 0 ? "{\"" : ",\"") + f.jsonKey + "\":"), field: f, quoted: !f.isNumber))
             }
-        case .responseCode: line.appendDecimal(UInt64(e.observe.status))
+            ops.append(Op(literal: bytes("}\n"), field: nil, quoted: false))
+            return Compiled(ops: ops, json: true)
+        case .text(let pieces):
+            var lit = ""
+            for p in pieces {
+                switch p {
+                case .literal(let t): lit += t
+                case .field(let f): ops.append(Op(literal: bytes(lit), field: f, quoted: false)); lit = ""
+                }
+            }
+            ops.append(Op(literal: bytes(lit + "\n"), field: nil, quoted: false))
+            return Compiled(ops: ops, json: false)
+        }
+    }
+
+    var formats: [Compiled] = []
+    /// `2026-12-07T04:45:00.` of the last second formatted, and that second.
+    var timeSecond: UInt64 = .max
+    var timePrefix = ByteBuffer()
+    /// Letters of the last flags formatted (flags repeat).
+    var flagsValue: UInt32 = .max
+    var flagsText = ByteBuffer()
+
+    /// Appends the line of record `r` (its strings in `strings`) to `out`.
+    mutating func format(_ r: AccessLogRecord, strings: UnsafeRawBufferPointer, into out: inout ByteBuffer) {
+        guard Int(r.format) < formats.count else { return }
+        let json = formats[Int(r.format)].json
+        let ops = formats[Int(r.format)].ops
+        for op in ops {
+            out.append(op.literal.bytes)
+            guard let f = op.field else { continue }
+            let mark = out.count
+            if json && op.quoted { out.append(byte: 0x22) }
+            if value(f, r, strings, json: json, into: &out) {
+                if json && op.quoted { out.append(byte: 0x22) }
+            } else {
+                out.count = mark
+                if json { out.append("null") } else { out.append(byte: 0x2D) }
+            }
+        }
+    }
+
+    mutating func value(_ f: AccessLogField, _ r: AccessLogRecord, _ s: UnsafeRawBufferPointer, json: Bool,
+                        into out: inout ByteBuffer) -> Bool {
+        switch f {
+        case .startTime: time(r.startMicros, into: &out)
+        case .method: return string(r.spans[0], r.spans[1], s, json, &out)
+        case .path: return string(r.spans[2], r.spans[3], s, json, &out)
+        case .authority: return string(r.spans[4], r.spans[5], s, json, &out)
+        case .xForwardedFor: return string(r.spans[6], r.spans[7], s, json, &out)
+        case .userAgent: return string(r.spans[8], r.spans[9], s, json, &out)
+        case .requestID: return string(r.spans[10], r.spans[11], s, json, &out)
+        case .upstreamHost: return string(r.spans[12], r.spans[13], s, json, &out)
+        case .upstreamCluster: return string(r.spans[14], r.spans[15], s, json, &out)
+        case .routeName: return string(r.routeSpan[0], r.routeSpan[1], s, json, &out)
+        case .protocol:
+            switch r.proto {
+            case 3: out.append("TCP")
+            case 2: out.append("HTTP/2")
+            case 1: out.append("HTTP/1.0")
+            default: out.append("HTTP/1.1")
+            }
+        case .responseCode:
+            guard r.status >= 0 else { return false }
+            out.appendDecimal(UInt64(r.status))
         case .grpcStatus:
-            let g = e.responseGRPCStatus
-            guard g >= 0 else { return false }
-            line.appendDecimal(UInt64(g))
-        case .responseFlags: writeFlags(e.observe.flags)
-        case .bytesReceived: line.appendDecimal(e.requestBodyBytes)
-        case .bytesSent: line.appendDecimal(e.observe.bytesSent)
-        case .duration: line.appendDecimal(e.observe.durationMicros / 1000)
+            guard r.grpcStatus >= 0 else { return false }
+            out.appendDecimal(UInt64(r.grpcStatus))
+        case .responseFlags:
+            if r.flags == 0 { out.append(byte: 0x2D); return true }
+            if r.flags != flagsValue {
+                flagsValue = r.flags
+                flagsText.clear()
+                flagsText.append(string: ResponseFlags(rawValue: r.flags).letters)
+            }
+            out.append(flagsText.bytes)
+        case .bytesReceived: out.appendDecimal(r.bytesReceived)
+        case .bytesSent: out.appendDecimal(r.bytesSent)
+        case .duration: out.appendDecimal(r.durationMicros / 1000)
         case .upstreamServiceTime:
-            guard e.observe.attempts > 0, e.observe.status != 0, e.clusterStats != nil else { return false }
-            line.appendDecimal(e.observe.upstreamMillis)
-        case .upstreamHost:
-            guard e.observe.endpoint >= 0, let c = e.cluster else { return false }
-            return writeHost(c, e.observe.endpoint)
-        case .upstreamCluster:
-            guard let c = e.cluster else { return false }
-            line.append(string: c.config.name)
-        case .routeName:
-            let r = e.observe.route
-            guard r >= 0 && r < routeNames.count else { return false }
-            routeNames[r].withUnsafeBytes { line.append($0) }
+            guard r.upstreamMillis >= 0 else { return false }
+            out.appendDecimal(UInt64(r.upstreamMillis))
         case .retryCount:
-            line.appendDecimal(UInt64(max(0, e.observe.attempts - 1)))
+            guard r.retries >= 0 else { return false }
+            out.appendDecimal(UInt64(r.retries))
         case .peerIdentity:
             return false   // no TLS yet
         }
         return true
     }
 
-    func writeFlags(_ flags: ResponseFlags) {
-        if flags.isEmpty { line.append(byte: 0x2D); return }
-        var first = true
-        for (flag, letters) in ResponseFlags.all where flags.contains(flag) {
-            if !first { line.append(byte: 0x2C) }
-            first = false
-            line.append(string: letters)
+    /// The string at (`offset`, `length`) of `s`: as it is (text), or escaped for a JSON string.
+    @inline(__always)
+    func string(_ offset: Int32, _ length: Int32, _ s: UnsafeRawBufferPointer, _ json: Bool, _ out: inout ByteBuffer) -> Bool {
+        let off = Int(offset), len = Int(length)
+        guard off >= 0 && len >= 0 && off + len <= s.count, let base = s.baseAddress else { return false }
+        let v = UnsafeRawBufferPointer(start: base + off, count: len)
+        if !json { out.append(v); return true }
+        // Eight bytes at a time while none needs escaping (control, '"', '\\', DEL): the common case.
+        var i = 0
+        while i + 8 <= len {
+            let x = v.loadUnaligned(fromByteOffset: i, as: UInt64.self)
+            let lo: UInt64 = 0x0101_0101_0101_0101, hi: UInt64 = 0x8080_8080_8080_8080
+            func zero(_ y: UInt64) -> UInt64 { (y &- lo) & ~y & hi }
+            if (zero(x & 0xE0E0_E0E0_E0E0_E0E0) | zero(x ^ 0x2222_2222_2222_2222) | zero(x ^ 0x5C5C_5C5C_5C5C_5C5C)
+                | zero(x ^ 0x7F7F_7F7F_7F7F_7F7F)) != 0 { break }
+            i += 8
         }
-    }
-
-    /// The endpoint's `host:port`, formatted once per cluster runtime.
-    func writeHost(_ c: ClusterRuntime, _ endpoint: Int) -> Bool {
-        if hostsOf !== c {
-            hostsOf = c
-            hostNames = c.endpoints.map { Array($0.description.utf8) }
-        }
-        guard endpoint < hostNames.count else { return false }
-        hostNames[endpoint].withUnsafeBytes { line.append($0) }
-        return true
-    }
-
-    /// A captured request field (slot 2 × `LogField`), escaped for JSON when the format is JSON.
-    @inline(__always) func writeCaptured(_ e: Exchange, _ slot: Int) -> Bool {
-        let off = e.observe.logSpans[slot]
-        guard off >= 0, let base = e.observe.logHead.base else { return false }
-        let v = UnsafeRawBufferPointer(start: base + Int(off), count: Int(e.observe.logSpans[slot + 1]))
-        if !json || !v.contains(where: { $0 < 0x20 || $0 == 0x22 || $0 == 0x5C || $0 == 0x7F }) {
-            line.append(v)
-            return true
-        }
-        for b in v {
+        var run = 0
+        for i in i..<len {
+            let b = v[i]
+            if b >= 0x20 && b != 0x22 && b != 0x5C && b != 0x7F { continue }
+            out.append(UnsafeRawBufferPointer(rebasing: v[run..<i]))
+            run = i + 1
             switch b {
-            case 0x22: line.append("\\\"")
-            case 0x5C: line.append("\\\\")
-            case 0..<0x20, 0x7F:
-                line.append("\\u00")
-                line.append(byte: AccessLogFilter.hex[Int(b >> 4)])
-                line.append(byte: AccessLogFilter.hex[Int(b & 15)])
-            default: line.append(byte: b)
+            case 0x22: out.append("\\\"")
+            case 0x5C: out.append("\\\\")
+            default:
+                out.append("\\u00")
+                out.append(byte: AccessLogFormatter.hex(b >> 4))
+                out.append(byte: AccessLogFormatter.hex(b & 15))
             }
         }
+        out.append(UnsafeRawBufferPointer(rebasing: v[run..<len]))
         return true
     }
 
-    static let hex: [UInt8] = Array("0123456789abcdef".utf8)
+    @inline(__always) static func hex(_ d: UInt8) -> UInt8 { d < 10 ? 48 + d : 87 + d }
 
-    /// `2026-12-07T04:45:00.123Z` (Envoy's START_TIME); the part down to the second is formatted
-    /// once per second.
-    func writeTime(_ us: UInt64) {
+    /// `2026-12-07T04:45:00.123Z` (Envoy's START_TIME).
+    mutating func time(_ us: UInt64, into out: inout ByteBuffer) {
         let sec = us / 1_000_000
         if sec != timeSecond {
             timeSecond = sec
-            timePrefix.clear()
             var t = time_t(sec)
             var tm = Glibc.tm()
             gmtime_r(&t, &tm)
-            func two(_ v: Int32) { timePrefix.append(byte: UInt8(48 + v / 10)); timePrefix.append(byte: UInt8(48 + v % 10)) }
-            timePrefix.appendDecimal(UInt64(tm.tm_year + 1900))
-            timePrefix.append(byte: 0x2D); two(tm.tm_mon + 1)
-            timePrefix.append(byte: 0x2D); two(tm.tm_mday)
-            timePrefix.append(byte: 0x54); two(tm.tm_hour)
-            timePrefix.append(byte: 0x3A); two(tm.tm_min)
-            timePrefix.append(byte: 0x3A); two(tm.tm_sec)
-            timePrefix.append(byte: 0x2E)
+            func two(_ v: Int32) -> String { v < 10 ? "0\(v)" : "\(v)" }
+            timePrefix.clear()
+            timePrefix.append(string: "\(tm.tm_year + 1900)-\(two(tm.tm_mon + 1))-\(two(tm.tm_mday))T\(two(tm.tm_hour)):\(two(tm.tm_min)):\(two(tm.tm_sec)).")
         }
-        line.append(timePrefix.bytes)
+        out.append(timePrefix.bytes)
         let ms = us / 1000 % 1000
-        line.append(byte: UInt8(truncatingIfNeeded: 48 + ms / 100))
-        line.append(byte: UInt8(truncatingIfNeeded: 48 + ms / 10 % 10))
-        line.append(byte: UInt8(truncatingIfNeeded: 48 + ms % 10))
-        line.append(byte: 0x5A)
+        out.append(byte: UInt8(truncatingIfNeeded: 48 + ms / 100))
+        out.append(byte: UInt8(truncatingIfNeeded: 48 + ms / 10 % 10))
+        out.append(byte: UInt8(truncatingIfNeeded: 48 + ms % 10))
+        out.append(byte: 0x5A)
     }
 }

@@ -4,8 +4,9 @@ import RemoraCore
 import RemoraIO
 
 /// Where access log lines go: one file (or stdout), with one ring per worker. Workers append whole
-/// lines to their own ring and never wait: a line that does not fit is dropped and counted
-/// (`listener.<name>.access_log_dropped`). The writer thread empties the rings into the file.
+/// records to their own ring and never wait: a record that does not fit is dropped and counted
+/// (`listener.<name>.access_log_dropped`). The writer thread formats the records into lines and
+/// writes them.
 final class AccessLogSink: @unchecked Sendable {
     /// "stdout" or an absolute path.
     let path: String
@@ -13,11 +14,15 @@ final class AccessLogSink: @unchecked Sendable {
     let rings: [UnsafeMutablePointer<remora_log_ring>]
     /// Set by SIGUSR1 (main thread), taken by the writer: close and open the path again.
     let reopenFlag: UnsafeMutablePointer<UInt64>
-    /// Writer thread only: the open file, -1 = not open (then the rings fill and lines are dropped).
+    /// The formats of the listeners writing here (a record names its format by index). Appended by
+    /// the main thread under the writer's lock, never removed.
+    var formats: [AccessLogFormat] = []
+    /// Writer thread only: the open file, -1 = not open (then the rings fill and records are dropped).
     var fd: Int32 = -1
-    /// Writer thread only: a ring whose published bytes were written in part (a pipe that took only
-    /// some): it is finished first, so that lines of two workers never interleave.
-    var partial = -1
+    /// Writer thread only: lines formatted and not yet taken by the file (a pipe that is not read).
+    var out = ByteBuffer(capacity: 128 * 1024)
+    var formatter = AccessLogFormatter()
+    var scratch = ByteBuffer(capacity: AccessLogWriter.ringCapacity)
 
     init(path: String, workers: Int) {
         self.path = path
@@ -42,36 +47,54 @@ final class AccessLogSink: @unchecked Sendable {
         fd = nfd
     }
 
-    /// Writer thread: writes what the rings hold. Returns false when the file took less than all.
-    func drain() {
-        if fd < 0 || remora_atomic_exchange(reopenFlag, 0) == 1 { open() }
-        guard fd >= 0 else { return }
-        if partial >= 0 {
-            if !drain(rings[partial]) { return }
-            partial = -1
+    /// Writer thread: formats what the rings hold and writes it. `formats`: this sink's formats
+    /// as of this round.
+    func drain(formats: [AccessLogFormat]) {
+        while formatter.formats.count < formats.count {
+            formatter.formats.append(AccessLogFormatter.compile(formats[formatter.formats.count]))
         }
-        for (i, r) in rings.enumerated() where !drain(r) { partial = i; return }
+        if fd < 0 || remora_atomic_exchange(reopenFlag, 0) == 1 { open() }
+        guard fd >= 0, flush() else { return }
+        for r in rings {
+            take(r)
+            if out.count >= Int(AccessLogWriter.flushAt) && !flush() { return }
+        }
+        _ = flush()
     }
 
-    /// Writes one ring's published bytes; false when the file did not take them all (what it took
-    /// is consumed, the rest waits).
-    func drain(_ r: UnsafeMutablePointer<remora_log_ring>) -> Bool {
+    /// Formats every record published in ring `r` into `out` and gives the space back.
+    func take(_ r: UnsafeMutablePointer<remora_log_ring>) {
         var a: UnsafePointer<UInt8>?, b: UnsafePointer<UInt8>?
         var na: UInt64 = 0, nb: UInt64 = 0
-        let n = remora_log_ring_peek(r, &a, &na, &b, &nb)
+        let n = Int(remora_log_ring_peek(r, &a, &na, &b, &nb))
         remora_atomic_store(&r.pointee.signalled, 0)
-        if n == 0 { return true }
-        for (p, len) in [(a, na), (b, nb)] where len > 0 {
-            var off = 0
-            while off < Int(len) {
-                let w = write(fd, p! + off, Int(len) - off)
-                if w > 0 { off += w; remora_log_ring_consume(r, UInt64(w)); continue }
-                if w < 0 && errno == EINTR { continue }
-                if w < 0 && errno == EAGAIN { return false }
-                // Another error (a full disk, a closed pipe): these bytes are lost, counted as dropped.
-                remora_log_ring_consume(r, len - UInt64(off))
-                break
-            }
+        if n == 0 { return }
+        scratch.clear()
+        scratch.append(UnsafeRawBufferPointer(start: a, count: Int(na)))
+        if nb > 0 { scratch.append(UnsafeRawBufferPointer(start: b, count: Int(nb))) }
+        remora_log_ring_consume(r, UInt64(n))
+        let all = scratch.bytes
+        var off = 0
+        while off + AccessLogRecord.size <= all.count {
+            let rec = all.loadUnaligned(fromByteOffset: off, as: AccessLogRecord.self)
+            let len = Int(rec.length)
+            guard len >= AccessLogRecord.size && off + len <= all.count else { break }
+            formatter.format(rec, strings: UnsafeRawBufferPointer(rebasing: all[(off + AccessLogRecord.size)..<(off + len)]),
+                             into: &out)
+            off += len
+        }
+    }
+
+    /// Writes `out`; false when the file did not take it all (the rest waits for the next round).
+    func flush() -> Bool {
+        var done = 0
+        defer { if done > 0 { out.consume(done) } }
+        while done < out.count {
+            let w = write(fd, out.base! + done, out.count - done)
+            if w > 0 { done += w; continue }
+            if w < 0 && errno == EINTR { continue }
+            if w < 0 && errno == EAGAIN { return false }
+            done = out.count   // another error (a full disk, a closed pipe): these lines are lost
         }
         return true
     }
@@ -82,9 +105,11 @@ final class AccessLogSink: @unchecked Sendable {
 /// to its file; on SIGUSR1 it reopens the files (after logrotate renamed them). It never holds
 /// anything a worker waits for.
 final class AccessLogWriter: @unchecked Sendable {
-    /// Bytes a worker's ring can hold for one file: what it may write while the writer is away.
+    /// Bytes a worker's ring can hold for one file: what it may hand over while the writer is away
+    /// (~1,000 records of ~250 bytes).
     static let ringCapacity = 256 * 1024
-    /// A worker wakes the writer when its ring holds this much (else the writer comes within 1 s).
+    /// A worker wakes the writer when its ring holds this much (else the writer comes within 1 s);
+    /// the writer writes its lines in pieces of this much.
     static let flushAt: UInt64 = 64 * 1024
 
     private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
@@ -100,6 +125,15 @@ final class AccessLogWriter: @unchecked Sendable {
         sem_init(wakeup, 0, 0)
         sem_init(finished, 0, 0)
         stopping.initialize(to: 0)
+    }
+
+    /// Main thread: `format`'s index in `sink` (what the listener's records name).
+    func register(_ format: AccessLogFormat, in sink: AccessLogSink) -> UInt16 {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        if let i = sink.formats.firstIndex(of: format) { return UInt16(i) }
+        sink.formats.append(format)
+        return UInt16(sink.formats.count - 1)
     }
 
     /// The sink of `path` (main thread), created on first use, with one ring per worker.
@@ -147,10 +181,10 @@ final class AccessLogWriter: @unchecked Sendable {
             _ = sem_timedwait(wakeup, &ts)
             while sem_trywait(wakeup) == 0 {}   // wake-ups that came meanwhile are this round
             pthread_mutex_lock(lock)
-            let list = sinks
+            let list = sinks.map { ($0, $0.formats) }
             pthread_mutex_unlock(lock)
             let stop = remora_atomic_load(stopping) == 1
-            for s in list { s.drain() }
+            for (s, formats) in list { s.drain(formats: formats) }
             if stop { sem_post(finished); return }
         }
     }
