@@ -104,4 +104,20 @@ static inline uint64_t remora_atomic_exchange(uint64_t *p, uint64_t v) {
 }
 static inline uint64_t remora_atomic_load(uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void remora_atomic_store(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+/* Lowercase hex of the low `n` (1 ... 8) nibbles of v into dst, most significant first, without a
+ * loop per digit (request ids and traceparent: Observe/Tracing.swift). */
+static inline void remora_hex8(uint8_t *dst, uint32_t v, int n) {
+    uint64_t x = v;
+    x = ((x & 0xFFFF0000ull) << 16) | (x & 0xFFFFull);
+    x = ((x & 0x0000FF000000FF00ull) << 8) | (x & 0x000000FF000000FFull);
+    x = ((x & 0x00F000F000F000F0ull) << 4) | (x & 0x000F000F000F000Full);
+    uint64_t letters = ((x + 0x0606060606060606ull) >> 4) & 0x0101010101010101ull;
+    x += 0x3030303030303030ull + letters * 0x27;
+    x = __builtin_bswap64(x);
+    memcpy(dst, (const uint8_t *)&x + (8 - n), (size_t)n);
+}
+static inline void remora_hex16(uint8_t *dst, uint64_t v) {
+    remora_hex8(dst, (uint32_t)(v >> 32), 8);
+    remora_hex8(dst + 8, (uint32_t)v, 8);
+}
 #endif

@@ -190,13 +190,14 @@ private final class Schema {
         guard var m = d.mapping(n, p, keys: ["name", "address", "protocol", "request_header_timeout",
                                              "max_request_header_bytes", "idle_timeout", "http2", "routes",
                                              "virtual_hosts", "cluster", "request_timeout", "max_request_body",
-                                             "headers_with_underscores", "per_connection_buffer_limit", "access_log"])
+                                             "headers_with_underscores", "per_connection_buffer_limit", "access_log",
+                                             "tracing"])
         else { return nil }
         let name = m.required("name") { self.name($0, $1, "listener", &listenerNames) }
         let address = m.required("address", listenAddress)
         let proto: ListenerProtocol? = m.has("protocol") ? m.optional("protocol", d.oneOf) : .http
         switch proto {
-        case .tcp: m.forbid(["routes", "virtual_hosts", "request_header_timeout", "max_request_header_bytes", "http2",
+        case .tcp: m.forbid(["routes", "virtual_hosts", "request_header_timeout", "max_request_header_bytes", "http2", "tracing",
                              "request_timeout", "max_request_body", "headers_with_underscores", "per_connection_buffer_limit"],
                             "only allowed on an http listener")
         case .http: m.forbid(["cluster"], "only allowed on a tcp listener (an http listener uses routes)")
@@ -212,6 +213,7 @@ private final class Schema {
         let underscores: HeadersWithUnderscores? = m.optional("headers_with_underscores", d.oneOf)
         let bufferLimit = m.optional("per_connection_buffer_limit") { d.size($0, $1, in: (64 << 10)...(1 << 30)) }
         let accessLog = m.optional("access_log", accessLog)
+        let tracing = m.optional("tracing", tracing)
         var names = ListenerNames()
         let routes = m.optional("routes") { d.list($0, $1) { route($0, $1, &names) } }
         let hosts = m.optional("virtual_hosts") { d.list($0, $1) { virtualHost($0, $1, &names) } }
@@ -224,7 +226,29 @@ private final class Schema {
                               cluster: cluster, requestTimeout: requestTimeout ?? 60_000,
                               maxRequestBodyBytes: maxBody.map(UInt64.init) ?? 1 << 30,
                               headersWithUnderscores: underscores ?? .drop, perConnectionBufferLimit: bufferLimit ?? 1 << 20,
-                              accessLog: accessLog)
+                              accessLog: accessLog, tracing: tracing)
+    }
+
+    /// `tracing: { propagate: [w3c], sample_percent: 0 ... 100 }`.
+    func tracing(_ n: Node, _ p: String) -> TracingConfig? {
+        guard let m = d.mapping(n, p, keys: ["propagate", "sample_percent"]) else { return nil }
+        let propagate = m.optional("propagate") { n, p -> [TracingConfig.Propagation]? in
+            d.list(n, p) { n, p -> TracingConfig.Propagation? in
+                if d.string(n, p) == "b3" {
+                    d.fail(n.line, p, "b3 propagation is not supported yet (w3c is)")
+                    return nil
+                }
+                return d.oneOf(n, p)
+            }
+        }
+        let percent = m.optional("sample_percent") { n, p -> Double? in
+            guard let s = d.string(n, p), let v = Double(s), v >= 0, v <= 100 else {
+                d.fail(n.line, p, "expected a number from 0 to 100")
+                return nil
+            }
+            return v
+        }
+        return TracingConfig(propagate: propagate ?? [.w3c], samplePercent: percent ?? 1)
     }
 
     /// `access_log: { path: FILE | stdout, format: json | text | "<format string>" }`.

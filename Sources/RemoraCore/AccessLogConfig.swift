@@ -101,3 +101,20 @@ public enum AccessLogField: String, Sendable, Equatable, CaseIterable {
         self = f
     }
 }
+
+/// A listener's request ids and trace propagation (`tracing: { propagate: [w3c], sample_percent: 1 }`).
+/// With it, a request without `x-request-id` gets one (a UUIDv4 from the worker's fast random
+/// source) and a W3C `traceparent` is continued with the proxy's own span as a child (same trace
+/// id, a new span id, the sampled flag kept) or started (sampled at `samplePercent`). See
+/// docs/observability.md.
+public struct TracingConfig: Sendable, Equatable {
+    public enum Propagation: String, Sendable, Equatable, CaseIterable { case w3c }
+    /// Trace header formats read and written. Default [w3c].
+    public var propagate: [Propagation]
+    /// Percent (0 ... 100) of new traces marked sampled. Default 1.
+    public var samplePercent: Double
+
+    public init(propagate: [Propagation] = [.w3c], samplePercent: Double = 1) {
+        self.propagate = propagate; self.samplePercent = samplePercent
+    }
+}

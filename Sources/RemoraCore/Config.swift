@@ -139,13 +139,15 @@ public struct ListenerConfig: Sendable, Equatable {
     /// The listener's access log: one line per request (HTTP) or per connection (TCP), written off
     /// the request path. nil = none (the default).
     public var accessLog: AccessLogConfig?
+    /// HTTP: request ids and trace propagation. nil = none (the default): headers pass as they are.
+    public var tracing: TracingConfig?
 
     public init(name: String, address: HostPort, protocol: ListenerProtocol = .http,
                 requestHeaderTimeout: Millis = 10_000, maxRequestHeaderBytes: Int = 60 * 1024,
                 idleTimeout: Millis = 60_000, http2: HTTP2Settings = HTTP2Settings(),
                 virtualHosts: [VirtualHostConfig] = [], cluster: String? = nil, requestTimeout: Millis = 60_000,
                 maxRequestBodyBytes: UInt64 = 1 << 30, headersWithUnderscores: HeadersWithUnderscores = .drop,
-                perConnectionBufferLimit: Int = 1 << 20, accessLog: AccessLogConfig? = nil) {
+                perConnectionBufferLimit: Int = 1 << 20, accessLog: AccessLogConfig? = nil, tracing: TracingConfig? = nil) {
         self.name = name; self.address = address; self.protocol = `protocol`; self.http2 = http2
         self.requestHeaderTimeout = requestHeaderTimeout; self.maxRequestHeaderBytes = maxRequestHeaderBytes
         self.idleTimeout = idleTimeout; self.virtualHosts = virtualHosts; self.cluster = cluster
@@ -153,6 +155,7 @@ public struct ListenerConfig: Sendable, Equatable {
         self.headersWithUnderscores = headersWithUnderscores
         self.perConnectionBufferLimit = perConnectionBufferLimit
         self.accessLog = accessLog
+        self.tracing = tracing
     }
 }
 

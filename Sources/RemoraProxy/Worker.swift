@@ -116,7 +116,7 @@ final class Worker {
             let tcp = snap.tcpCluster[i] >= 0 ? clusters[snap.tcpCluster[i]] : nil
             let runtime = ListenerRuntime(worker: self, config: l, routes: snap.routeTables[i], clusters: clusters,
                                           tcpCluster: tcp, stats: st.listeners[i], backendStats: st.routeBackends[i],
-                                          filters: ListenerRuntime.filters(l, st, i, routes: snap.routeTables[i]))
+                                          filters: ListenerRuntime.filters(l, st, i, routes: snap.routeTables[i], worker: self))
             let slot = slots[l.name] ?? ListenerSlot(worker: self, name: l.name, current: runtime)
             slots[l.name] = slot
             slot.current = runtime
@@ -297,17 +297,24 @@ final class ListenerRuntime {
     let scheme: StaticString = "http"
     /// The listener's HTTP filters, in order (`Filters/HTTPFilter.swift`); the router runs after them.
     let filters: [any HTTPFilter]
+    /// `filters` is not empty (one load per request, no array access when there are none).
+    let hasFilters: Bool
+    /// The tracing filter among `filters` (the router asks it for the forwarded fields).
+    let tracing: TracingFilter?
 
     init(worker: Worker, config: ListenerConfig, routes: RouteTable, clusters: [ClusterRuntime], tcpCluster: ClusterRuntime?,
          stats: StatBlock<ListenerStat>, backendStats: [StatBlock<RouteBackendStat>], filters: [any HTTPFilter]) {
         self.worker = worker; self.config = config; self.routes = routes; self.clusters = clusters
         self.tcpCluster = tcpCluster; self.stats = stats; self.backendStats = backendStats; self.filters = filters
+        hasFilters = !filters.isEmpty
+        tracing = filters.first { $0 is TracingFilter } as? TracingFilter
     }
 
-    /// The filters listener `l` (index `i` of the snapshot) configures, in their order: the access log
-    /// last, so that it sees what the others decided.
-    static func filters(_ l: ListenerConfig, _ st: WorkerStats, _ i: Int, routes: RouteTable) -> [any HTTPFilter] {
+    /// The filters listener `l` (index `i` of the snapshot) configures, in their order: tracing first
+    /// (request id, trace context), the access log last, so that it sees what the others decided.
+    static func filters(_ l: ListenerConfig, _ st: WorkerStats, _ i: Int, routes: RouteTable, worker: Worker) -> [any HTTPFilter] {
         var out: [any HTTPFilter] = []
+        if let t = l.tracing { out.append(TracingFilter(worker: worker, config: t)) }
         if l.accessLog != nil, let log = st.accessLogs[i] {
             out.append(AccessLogFilter(ring: log.ring, writer: st.accessLogWriter, format: log.format, stats: st.listeners[i],
                                        routes: routes))

@@ -6,13 +6,15 @@ import Testing
 @Suite struct ObservabilityConfigTests {
     func parse(_ yaml: String) -> Result<Config, ConfigErrors> { ConfigLoader.parse(yaml: yaml, file: "t.yaml") }
 
-    func listener(_ accessLog: String) -> String {
+    func listener(_ accessLog: String, tracing: String? = nil) -> String {
         """
         node: edge-1
         listeners:
           - name: web
             address: 127.0.0.1:1
             access_log: \(accessLog)
+        """ + (tracing.map { "\n    tracing: \($0)" } ?? "") + """
+
             routes: [ { name: all, direct_response: { status: 200 } } ]
         """
     }
@@ -26,6 +28,17 @@ import Testing
         let custom = try parse(listener("{ path: stdout, format: \"%REQ(:METHOD)% 100%% %RESPONSE_FLAGS%\" }")).get()
         #expect(custom.listeners[0].accessLog?.format == .text([.field(.method), .literal(" 100% "), .field(.responseFlags)]))
         #expect(try parse(listener("{ path: /tmp/a.log }").replacingNode()).get().listeners[0].accessLog != nil)
+    }
+
+    @Test func tracing() throws {
+        let yaml = listener("{ path: stdout }", tracing: "{ propagate: [ w3c ], sample_percent: 2.5 }")
+        let c = try parse(yaml).get()
+        #expect(c.listeners[0].tracing == TracingConfig(propagate: [.w3c], samplePercent: 2.5))
+        for (t, message) in [("{ sample_percent: 101 }", "0 to 100"), ("{ propagate: [ b3 ] }", "b3 propagation is not supported")] {
+            let bad = listener("{ path: stdout }", tracing: t)
+            guard case .failure(let e) = parse(bad) else { Issue.record("accepted \(t)"); continue }
+            #expect(e.errors.contains { $0.message.contains(message) }, "\(t): \(e)")
+        }
     }
 
     @Test func refused() {

@@ -321,3 +321,72 @@ def test_tcp_listener_logs_one_line_per_connection(start_remora, tcp_backend, re
     assert ok["upstream_host"] == backend.endpoint and ok["response_flags"] == "-" and ok["response_code"] is None
     dead = next(e for e in lines if e["upstream_cluster"] == "gone")
     assert dead["response_flags"] == "UF" and dead["bytes_sent"] == 0
+
+
+# -- request ids and trace propagation --------------------------------------------------------------
+
+from wire import header_values
+
+UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+
+
+def traced_proxy(start_remora, http_backend, tmp_path, **tracing):
+    backend = http_backend()
+    log = tmp_path / "trace.log"
+    cfg = make_config([http_listener("web", routes=[status_route("ok", "/status", "app")], tracing=tracing,
+                                     access_log={"path": str(log), "format": "json"}),
+                       http_listener("plain", routes=[status_route("ok", "/status", "app")])],
+                      [cluster("app", [backend.endpoint])])
+    return start_remora(cfg), backend, log
+
+
+def last_request(backend) -> list:
+    poll(lambda: backend.requests, timeout=5, what="a request at the backend")
+    return backend.requests[-1]["headers"]
+
+
+def test_request_id_generated_when_absent_and_kept_when_present(start_remora, http_backend, tmp_path):
+    remora, backend, log = traced_proxy(start_remora, http_backend, tmp_path)
+    ids = []
+    for _ in range(3):
+        assert get(remora.port("web"), "/status/200").status == 200
+        got = header_values(last_request(backend), "x-request-id")
+        assert len(got) == 1 and UUID4.fullmatch(got[0]), got
+        ids.append(got[0])
+    assert len(set(ids)) == 3
+    assert get(remora.port("web"), "/status/200", headers=[("X-Request-Id", "client-id-1")]).status == 200
+    assert header_values(last_request(backend), "x-request-id") == ["client-id-1"]
+    logged = [json.loads(line)["request_id"] for line in wait_lines(log, 4)]
+    assert sorted(logged) == sorted(ids + ["client-id-1"])
+    # Without `tracing:` nothing is added.
+    assert get(remora.port("plain"), "/status/200").status == 200
+    h = last_request(backend)
+    assert header_values(h, "x-request-id") == [] and header_values(h, "traceparent") == []
+
+
+def test_traceparent_continued_with_the_proxys_span_as_child(start_remora, http_backend, tmp_path):
+    remora, backend, _ = traced_proxy(start_remora, http_backend, tmp_path, sample_percent=0)
+    trace, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    for flags in ("01", "00"):
+        assert get(remora.port("web"), "/status/200",
+                   headers=[("traceparent", f"00-{trace}-{parent}-{flags}"), ("tracestate", "vendor=x")]).status == 200
+        h = last_request(backend)
+        tp = header_values(h, "traceparent")
+        assert len(tp) == 1, tp
+        m = TRACEPARENT.fullmatch(tp[0])
+        assert m and m.group(1) == trace and m.group(2) not in (parent, "0" * 16) and m.group(3) == flags, tp
+        assert header_values(h, "tracestate") == ["vendor=x"]
+    # No (or an invalid) traceparent: a new trace, sampled at sample_percent (0 here: never).
+    for bad in (None, "00-zz-00f067aa0ba902b7-01", f"00-{'0' * 32}-{parent}-01"):
+        assert get(remora.port("web"), "/status/200", headers=[("traceparent", bad)] if bad else None).status == 200
+        tp = header_values(last_request(backend), "traceparent")
+        m = TRACEPARENT.fullmatch(tp[0]) if len(tp) == 1 else None
+        assert m and m.group(1) != trace and m.group(1) != "0" * 32 and m.group(3) == "00", tp
+
+
+def test_new_traces_sampled_at_sample_percent(start_remora, http_backend, tmp_path):
+    remora, backend, _ = traced_proxy(start_remora, http_backend, tmp_path, sample_percent=100)
+    assert get(remora.port("web"), "/status/200").status == 200
+    m = TRACEPARENT.fullmatch(header_values(last_request(backend), "traceparent")[0])
+    assert m and m.group(3) == "01"

@@ -102,6 +102,9 @@ class Remora(Proxy):
             log_format = os.environ.get("REMORA_PERF_ACCESS_LOG")
             if log_format:
                 lines.append("    access_log: { path: %s, format: %s }" % (self.dir / "access.log", log_format))
+            # REMORA_PERF_TRACING=1: request ids and W3C trace propagation on (cost of tracing).
+            if os.environ.get("REMORA_PERF_TRACING"):
+                lines.append("    tracing: { propagate: [ w3c ], sample_percent: 1 }")
             lines += ["    routes:",
                       "      - name: all",
                       "        backends: [ { cluster: app } ]"]

@@ -6,8 +6,15 @@ extension Exchange {
 
     /// A client request starts: its clock starts.
     @inline(__always) func observeStart() {
-        observe = Observation()
         observe.startMicros = monotonicMicros()
+        observe.flags = []
+        observe.status = 0
+        observe.localGRPCStatus = -1
+        observe.attempts = 0
+        observe.endpoint = -1
+        observe.route = -1
+        observe.bytesSent = 0
+        observe.hasTrace = false
     }
 
     /// The outcome hook's report of one attempt, as the metrics see it: the cluster's upstream

@@ -41,7 +41,7 @@ extension Exchange {
         stats.inc(.downstream_rq_active)
         let h = r.view.headers
         isGRPC = h.firstIndex(named: "content-type").map { GRPC.isGRPC(contentType: h[$0].value) } ?? false
-        if !l.filters.isEmpty {
+        if l.hasFilters {
             runsFilters = true
             if case .respond(let status, let body) = runRequestFilters(l.filters, r.view) {
                 var body = body
@@ -115,7 +115,9 @@ extension Exchange {
         var ip = clientIP
         ip.withUTF8 { ipBytes in
             let clientIP = UnsafeRawBufferPointer(ipBytes)
-            withMutated(view.headers, mutations) { headers in
+            withMutated(view.headers, mutations) { mutated in
+                // With `tracing:`, the request id and traceparent (Observe/Tracing.swift).
+                let headers = observe.hasTrace ? l.tracing!.forwarded(mutated, self) : mutated
                 var routed = RequestView(method: view.method, target: target, authority: view.authority, headers: headers)
                 // A route that sets Host sets the authority, whatever protocol either side speaks.
                 if !mutations.isEmpty && (r.fromHTTP2 || r.authorityReplacesHost), let i = headers.firstIndex(named: "host") {

@@ -86,6 +86,13 @@ final class AccessLogFilter: HTTPFilter {
             if spans[slot] >= 0 { continue }   // the first one
             spans[slot] = Int32(head.count); spans[slot + 1] = Int32(h.value.count); head.append(h.value)
         }
+        if e.observe.hasTrace && e.observe.generatedID {   // the id the tracing filter generated
+            spans[10] = Int32(head.count); spans[11] = 36
+            head.reserve(head.count + 36)
+            writeUUID(e.observe.requestID.0, e.observe.requestID.1,
+                      into: UnsafeMutableRawBufferPointer(start: head.base! + head.count, count: 36))
+            head.count += 36
+        }
         e.observe.logHead = head
         e.observe.logSpans = spans
         // By type identity (a load), not a dynamic cast (a runtime call) per request.

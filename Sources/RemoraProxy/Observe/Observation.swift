@@ -1,3 +1,4 @@
+import CRemoraSupport
 import Glibc
 import RemoraCore
 
@@ -33,11 +34,74 @@ struct Observation {
     var logSpans = SIMD16<Int32>(repeating: -1)
     /// The client's protocol: 0 HTTP/1.1, 1 HTTP/1.0, 2 HTTP/2.
     var downstreamProtocol: UInt8 = 0
+    /// Tracing (`tracing:`): the x-request-id the proxy generated (a UUIDv4's 128 bits), when the
+    /// request had none.
+    var generatedID = false
+    var requestID: (UInt64, UInt64) = (0, 0)
+    /// The trace this request is part of and the proxy's span in it (`TraceContext`); forwarded as
+    /// `traceparent` when `hasTrace`.
+    var hasTrace = false
+    var trace = TraceContext()
 }
 
-/// The request fields an access log keeps (slots in `Observation.logSpans`: 2 per field).
-enum LogField: Int {
-    case method, path, authority, xForwardedFor, userAgent, requestID
+/// W3C trace context of one request: the trace id, the proxy's own span id, its parent (the
+/// client's span; 0 when the proxy started the trace) and the flags (bit 0: sampled).
+struct TraceContext: Equatable {
+    var traceHi: UInt64 = 0
+    var traceLo: UInt64 = 0
+    var span: UInt64 = 0
+    var parent: UInt64 = 0
+    var flags: UInt8 = 0
+
+    /// Parses `traceparent` version 00 (`00-<32 hex>-<16 hex>-<2 hex>`, trace id and parent id not
+    /// zero). nil when it is not one: the proxy starts a new trace then.
+    static func parse(_ v: UnsafeRawBufferPointer) -> TraceContext? {
+        guard v.count >= 55, v[0] == 0x30, v[1] == 0x30, v[2] == 0x2D, v[35] == 0x2D, v[52] == 0x2D,
+              v.count == 55 || v[55] == 0x2D else { return nil }
+        func hex(_ from: Int, _ n: Int) -> UInt64? {
+            var x: UInt64 = 0
+            for i in from..<(from + n) {
+                let c = v[i]
+                let d: UInt8
+                switch c {
+                case 0x30...0x39: d = c - 0x30
+                case 0x61...0x66: d = c - 0x61 + 10
+                default: return nil
+                }
+                x = x << 4 | UInt64(d)
+            }
+            return x
+        }
+        guard let hi = hex(3, 16), let lo = hex(19, 16), let parent = hex(36, 16), let flags = hex(53, 2),
+              hi | lo != 0, parent != 0 else { return nil }
+        return TraceContext(traceHi: hi, traceLo: lo, span: 0, parent: parent, flags: UInt8(flags))
+    }
+
+    /// `00-<trace id>-<span id>-<flags>`: what the upstream gets (the proxy's span is its parent).
+    func write(into p: UnsafeMutableRawBufferPointer) {
+        let b = p.baseAddress!.assumingMemoryBound(to: UInt8.self)
+        b[0] = 0x30; b[1] = 0x30; b[2] = 0x2D
+        remora_hex16(b + 3, traceHi); remora_hex16(b + 19, traceLo)
+        b[35] = 0x2D
+        remora_hex16(b + 36, span)
+        b[52] = 0x2D
+        remora_hex8(b + 53, UInt32(flags), 2)
+    }
+
+    static let length = 55
+}
+
+/// A UUIDv4 (RFC 9562) from 128 random bits: `xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx`, 36 bytes.
+func writeUUID(_ hi: UInt64, _ lo: UInt64, into p: UnsafeMutableRawBufferPointer) {
+    let hi = hi & ~0xF000 | 0x4000                              // version 4
+    let lo = lo & ~(0xC000 << 48) | (0x8000 << 48)               // variant 10
+    let b = p.baseAddress!.assumingMemoryBound(to: UInt8.self)
+    remora_hex8(b, UInt32(truncatingIfNeeded: hi >> 32), 8); b[8] = 0x2D
+    remora_hex8(b + 9, UInt32(truncatingIfNeeded: hi >> 16), 4); b[13] = 0x2D
+    remora_hex8(b + 14, UInt32(truncatingIfNeeded: hi), 4); b[18] = 0x2D
+    remora_hex8(b + 19, UInt32(truncatingIfNeeded: lo >> 48), 4); b[23] = 0x2D
+    remora_hex8(b + 24, UInt32(truncatingIfNeeded: lo >> 32), 4)
+    remora_hex8(b + 28, UInt32(truncatingIfNeeded: lo), 8)
 }
 
 /// The monotonic clock in microseconds (a vDSO call, no syscall).
