@@ -99,11 +99,12 @@ static inline uint64_t remora_log_ring_peek(remora_log_ring *r, const uint8_t **
 static inline void remora_log_ring_consume(remora_log_ring *r, uint64_t n) {
     __atomic_store_n(&r->head, r->head + n, __ATOMIC_RELEASE);
 }
-static inline uint64_t remora_atomic_exchange(uint64_t *p, uint64_t v) {
+/* Access log flags (a ring's signalled word, reopen, stop): named apart from the int64 remora_atomic_* of the breakers. */
+static inline uint64_t remora_flag_exchange(uint64_t *p, uint64_t v) {
     return __atomic_exchange_n(p, v, __ATOMIC_ACQ_REL);
 }
-static inline uint64_t remora_atomic_load(uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
-static inline void remora_atomic_store(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline uint64_t remora_flag_load(uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void remora_flag_store(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 /* Lowercase hex of the low `n` (1 ... 8) nibbles of v into dst, most significant first, without a
  * loop per digit (request ids and traceparent: Observe/Tracing.swift). */
 static inline void remora_hex8(uint8_t *dst, uint32_t v, int n) {
@@ -119,5 +120,12 @@ static inline void remora_hex8(uint8_t *dst, uint32_t v, int n) {
 static inline void remora_hex16(uint8_t *dst, uint64_t v) {
     remora_hex8(dst, (uint32_t)(v >> 32), 8);
     remora_hex8(dst + 8, (uint32_t)v, 8);
+}
+/* Lowers the calling thread's priority (Linux: nice applies per thread): the access log writer. */
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+static inline void remora_nice_this_thread(int n) {
+    (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), n);
 }
 #endif

@@ -21,6 +21,9 @@ public protocol StatGroup: CaseIterable, RawRepresentable where RawValue == Int 
 
 extension StatGroup {
     public static var seriesCapacity: Int { 0 }
+    /// A component that does not say: a counter, its HELP line its name.
+    public var kind: StatKind { .counter }
+    public var help: String { "" }
 }
 
 /// What a stat is, declared with it: Prometheus' TYPE.
@@ -53,7 +56,7 @@ public enum HistogramBuckets {
 }
 
 /// Downstream (client side) stats of one listener: `listener.<name>.<stat>`.
-public enum ListenerStat: Int, StatGroup {
+public enum ListenerStat: Int, StatGroup, Sendable {
     public static let scope = "listener"
     public typealias Histogram = ListenerHistogram
     /// Label sets of requests the proxy answered without a cluster (no route, direct responses).
@@ -80,32 +83,36 @@ public enum ListenerStat: Int, StatGroup {
         }
     }
 
-    public var help: String {
-        switch self {
-        case .downstream_cx_total: return "Connections accepted"
-        case .downstream_cx_active: return "Connections open"
-        case .downstream_cx_destroy_remote: return "Connections closed by the client"
-        case .downstream_cx_idle_timeout: return "Connections closed by the idle timeout"
-        case .downstream_cx_protocol_error: return "Connections closed on a protocol error"
-        case .downstream_rq_total: return "Requests received"
-        case .downstream_rq_active: return "Requests in flight"
-        case .downstream_rq_1xx, .downstream_rq_2xx, .downstream_rq_3xx, .downstream_rq_4xx, .downstream_rq_5xx:
-            return "Responses by status class"
-        case .downstream_rq_timeout: return "Requests ended by a timeout"
-        case .downstream_rq_rx_reset: return "Requests reset by the client"
-        case .downstream_rq_no_route: return "Requests without a matching route"
-        case .downstream_rq_too_large: return "Request heads over the size limit"
-        case .downstream_cx_rx_bytes_total: return "Bytes received from clients"
-        case .downstream_cx_tx_bytes_total: return "Bytes sent to clients"
-        case .downstream_rq_body_too_large: return "Requests whose body was over max_request_body"
-        case .dropped_headers_with_underscores: return "Request header fields dropped for an underscore in the name"
-        case .requests_rejected_with_underscores_in_headers: return "Requests rejected for an underscore in a header name"
-        case .downstream_cx_buffer_limit_reached: return "HTTP/2 connections that went over per_connection_buffer_limit"
-        case .downstream_rq_overload_refused: return "Requests refused by the overload level"
-        case .downstream_cx_overload_reject: return "Connections closed at accept by the overload level"
-        case .access_log_dropped: return "Access log lines dropped because the writer was behind"
-        }
-    }
+    public var help: String { Self.helpLines[self] ?? "\(self)" }
+
+    /// HELP lines (a stat added without one shows its name).
+    static let helpLines: [ListenerStat: String] = [
+        .downstream_cx_total: "Connections accepted",
+        .downstream_cx_active: "Connections open",
+        .downstream_cx_destroy_remote: "Connections closed by the client",
+        .downstream_cx_idle_timeout: "Connections closed by the idle timeout",
+        .downstream_cx_protocol_error: "Connections closed on a protocol error",
+        .downstream_rq_total: "Requests received",
+        .downstream_rq_active: "Requests in flight",
+        .downstream_rq_1xx: "Responses by status class",
+        .downstream_rq_2xx: "Responses by status class",
+        .downstream_rq_3xx: "Responses by status class",
+        .downstream_rq_4xx: "Responses by status class",
+        .downstream_rq_5xx: "Responses by status class",
+        .downstream_rq_timeout: "Requests ended by a timeout",
+        .downstream_rq_rx_reset: "Requests reset by the client",
+        .downstream_rq_no_route: "Requests without a matching route",
+        .downstream_rq_too_large: "Request heads over the size limit",
+        .downstream_cx_rx_bytes_total: "Bytes received from clients",
+        .downstream_cx_tx_bytes_total: "Bytes sent to clients",
+        .downstream_rq_body_too_large: "Requests whose body was over max_request_body",
+        .dropped_headers_with_underscores: "Request header fields dropped for an underscore in the name",
+        .requests_rejected_with_underscores_in_headers: "Requests rejected for an underscore in a header name",
+        .downstream_cx_buffer_limit_reached: "HTTP/2 connections that went over per_connection_buffer_limit",
+        .downstream_rq_overload_refused: "Requests refused by the overload level",
+        .downstream_cx_overload_reject: "Connections closed at accept by the overload level",
+        .access_log_dropped: "Access log lines dropped because the writer was behind",
+    ]
 }
 
 /// Histograms of one listener: `listener.<name>.<histogram>` (Prometheus: `envoy_http_…`).
@@ -132,7 +139,7 @@ public enum ClusterHistogram: Int, HistogramGroup {
 }
 
 /// Upstream (backend side) stats of one cluster: `cluster.<name>.<stat>`.
-public enum ClusterStat: Int, StatGroup {
+public enum ClusterStat: Int, StatGroup, Sendable {
     public static let scope = "cluster"
     case upstream_cx_total, upstream_cx_active, upstream_cx_connect_fail, upstream_cx_connect_timeout
     case upstream_cx_destroy_remote, upstream_cx_pool_reuse
@@ -156,27 +163,31 @@ public enum ClusterStat: Int, StatGroup {
         }
     }
 
-    public var help: String {
-        switch self {
-        case .upstream_cx_total: return "Upstream connections opened"
-        case .upstream_cx_active: return "Upstream connections open"
-        case .upstream_cx_connect_fail: return "Upstream connects that failed"
-        case .upstream_cx_connect_timeout: return "Upstream connects that timed out"
-        case .upstream_cx_destroy_remote: return "Upstream connections closed by the upstream"
-        case .upstream_cx_pool_reuse: return "Requests sent on a pooled connection"
-        case .upstream_rq_total: return "Requests sent to the cluster"
-        case .upstream_rq_active: return "Requests in flight to the cluster"
-        case .upstream_rq_timeout: return "Requests whose response head did not come in time"
-        case .upstream_rq_retry: return "Attempts sent again"
-        case .upstream_rq_1xx, .upstream_rq_2xx, .upstream_rq_3xx, .upstream_rq_4xx, .upstream_rq_5xx:
-            return "Upstream responses by status class"
-        case .upstream_rq_reset_after_head: return "Responses cut after their head was forwarded"
-        case .upstream_cx_rx_bytes_total: return "Bytes received from upstreams"
-        case .upstream_cx_tx_bytes_total: return "Bytes sent to upstreams"
-        case .upstream_cx_connect_rate_limited: return "Connects refused by max_connects_per_second"
-        case .upstream_rq_cancelled_unsent: return "Requests cancelled before any byte of them was sent"
-        }
-    }
+    public var help: String { Self.helpLines[self] ?? "\(self)" }
+
+    /// HELP lines (a stat added without one shows its name).
+    static let helpLines: [ClusterStat: String] = [
+        .upstream_cx_total: "Upstream connections opened",
+        .upstream_cx_active: "Upstream connections open",
+        .upstream_cx_connect_fail: "Upstream connects that failed",
+        .upstream_cx_connect_timeout: "Upstream connects that timed out",
+        .upstream_cx_destroy_remote: "Upstream connections closed by the upstream",
+        .upstream_cx_pool_reuse: "Requests sent on a pooled connection",
+        .upstream_rq_total: "Requests sent to the cluster",
+        .upstream_rq_active: "Requests in flight to the cluster",
+        .upstream_rq_timeout: "Requests whose response head did not come in time",
+        .upstream_rq_retry: "Attempts sent again",
+        .upstream_rq_1xx: "Upstream responses by status class",
+        .upstream_rq_2xx: "Upstream responses by status class",
+        .upstream_rq_3xx: "Upstream responses by status class",
+        .upstream_rq_4xx: "Upstream responses by status class",
+        .upstream_rq_5xx: "Upstream responses by status class",
+        .upstream_rq_reset_after_head: "Responses cut after their head was forwarded",
+        .upstream_cx_rx_bytes_total: "Bytes received from upstreams",
+        .upstream_cx_tx_bytes_total: "Bytes sent to upstreams",
+        .upstream_cx_connect_rate_limited: "Connects refused by max_connects_per_second",
+        .upstream_rq_cancelled_unsent: "Requests cancelled before any byte of them was sent",
+    ]
 }
 
 /// Per backend of a route, so an operator sees the real split:

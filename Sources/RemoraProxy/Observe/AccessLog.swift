@@ -177,7 +177,7 @@ final class AccessLogFilter: HTTPFilter {
         if remora_log_ring_push(ring, record.base!.assumingMemoryBound(to: UInt8.self), UInt64(record.count)) == 0 {
             stats.inc(.access_log_dropped)
         }
-        if remora_log_ring_used(ring) >= AccessLogWriter.flushAt && remora_atomic_exchange(&ring.pointee.signalled, 1) == 0 {
+        if remora_log_ring_used(ring) >= AccessLogWriter.flushAt && remora_flag_exchange(&ring.pointee.signalled, 1) == 0 {
             writer.wake()
         }
     }

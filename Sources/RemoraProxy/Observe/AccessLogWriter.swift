@@ -53,7 +53,7 @@ final class AccessLogSink: @unchecked Sendable {
         while formatter.formats.count < formats.count {
             formatter.formats.append(AccessLogFormatter.compile(formats[formatter.formats.count]))
         }
-        if fd < 0 || remora_atomic_exchange(reopenFlag, 0) == 1 { open() }
+        if fd < 0 || remora_flag_exchange(reopenFlag, 0) == 1 { open() }
         guard fd >= 0, flush() else { return }
         for r in rings {
             take(r)
@@ -67,7 +67,7 @@ final class AccessLogSink: @unchecked Sendable {
         var a: UnsafePointer<UInt8>?, b: UnsafePointer<UInt8>?
         var na: UInt64 = 0, nb: UInt64 = 0
         let n = Int(remora_log_ring_peek(r, &a, &na, &b, &nb))
-        remora_atomic_store(&r.pointee.signalled, 0)
+        remora_flag_store(&r.pointee.signalled, 0)
         if n == 0 { return }
         scratch.clear()
         scratch.append(UnsafeRawBufferPointer(start: a, count: Int(na)))
@@ -158,7 +158,7 @@ final class AccessLogWriter: @unchecked Sendable {
     /// SIGUSR1: every file is reopened on the writer's next round, which starts now.
     func reopenAll() {
         pthread_mutex_lock(lock)
-        for s in sinks { remora_atomic_store(s.reopenFlag, 1) }
+        for s in sinks { remora_flag_store(s.reopenFlag, 1) }
         pthread_mutex_unlock(lock)
         wake()
     }
@@ -169,13 +169,17 @@ final class AccessLogWriter: @unchecked Sendable {
         let running = started
         pthread_mutex_unlock(lock)
         guard running else { return }
-        remora_atomic_store(stopping, 1)
+        remora_flag_store(stopping, 1)
         wake()
         var ts = AccessLogWriter.deadline(afterMs: timeoutMs)
         while sem_timedwait(finished, &ts) != 0 && errno == EINTR {}
     }
 
     private func run() {
+        // Below the workers (nice +10, this thread only): on a busy core a worker runs first and
+        // the writer takes the slack; if there is none the rings fill and records are dropped
+        // and counted, as when the disk is slow.
+        remora_nice_this_thread(10)
         while true {
             var ts = AccessLogWriter.deadline(afterMs: 1000)
             _ = sem_timedwait(wakeup, &ts)
@@ -183,7 +187,7 @@ final class AccessLogWriter: @unchecked Sendable {
             pthread_mutex_lock(lock)
             let list = sinks.map { ($0, $0.formats) }
             pthread_mutex_unlock(lock)
-            let stop = remora_atomic_load(stopping) == 1
+            let stop = remora_flag_load(stopping) == 1
             for (s, formats) in list { s.drain(formats: formats) }
             if stop { sem_post(finished); return }
         }
