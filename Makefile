@@ -21,8 +21,8 @@ setup:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
-	@python3 -c 'import pytest, grpc, google.protobuf, h2' 2>/dev/null || \
-	  python3 -m pip install -q pytest "grpcio==1.85.1" "protobuf==7.36.2" "h2==4.4.1"
+	@python3 -c 'import pytest, grpc, google.protobuf, h2, prometheus_client' 2>/dev/null || \
+	  python3 -m pip install -q pytest "grpcio==1.85.1" "protobuf==7.36.2" "h2==4.4.1" "prometheus_client==0.26.0"
 
 # nginx's package would start a server on port 80: service starts are refused while it installs.
 guard-setup:

@@ -105,4 +105,117 @@ static inline size_t remora_release_startup_text(void) {
     }
     return released;
 }
+
+/* Histograms (RemoraCore/Stats.swift): per worker, single writer, plain words like the counters.
+ * One histogram is REMORA_HIST_STRIDE words: a count per bucket of Envoy's default bounds (not
+ * cumulative: word i counts values in (bound[i-1], bound[i]]), the count above the last bound,
+ * then the sum of the values in microseconds. */
+#define REMORA_HIST_BUCKETS 19
+#define REMORA_HIST_STRIDE (REMORA_HIST_BUCKETS + 2)
+/* Envoy's default buckets (0.5 ms ... 1 h), in microseconds. */
+static const uint64_t remora_hist_bounds_us[REMORA_HIST_BUCKETS] = {
+    500, 1000, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000, 5000000,
+    10000000, 30000000, 60000000, 300000000, 600000000, 1800000000, 3600000000ull
+};
+static inline void remora_histogram_record(uint64_t *h, uint64_t us) {
+    unsigned i = 0;
+    while (i < REMORA_HIST_BUCKETS && us > remora_hist_bounds_us[i]) i++;
+    remora_counter_add(h + i, 1);
+    remora_counter_add(h + REMORA_HIST_BUCKETS + 1, us);
+}
+
+/* A labelled series table (Istio's request metrics): `n` entries of 1 key word + one histogram,
+ * keyed by a non-zero 64-bit label set; n - 1 is a power of two. The worker inserts (single writer): the key is published
+ * with a release store after the entry's words, which are zero from the start, so a reader that
+ * sees the key (acquire) sees a valid entry. The last entry collects every label set that found
+ * no room (key UINT64_MAX): the table never grows and never allocates. Returns the histogram. */
+#define REMORA_SERIES_ENTRY (1 + REMORA_HIST_STRIDE)
+static inline uint64_t *remora_series_find(uint64_t *table, unsigned n, uint64_t key) {
+    unsigned slots = n - 1;   /* a power of two */
+    unsigned i = (unsigned)((key * 0x9E3779B97F4A7C15ull) >> 40) & (slots - 1);
+    for (unsigned probe = 0; probe < slots; probe++) {
+        uint64_t *e = table + (uint64_t)i * REMORA_SERIES_ENTRY;
+        uint64_t k = __atomic_load_n(e, __ATOMIC_RELAXED);
+        if (k == key) return e + 1;
+        if (k == 0) { __atomic_store_n(e, key, __ATOMIC_RELEASE); return e + 1; }
+        i = (i + 1) & (slots - 1);
+    }
+    uint64_t *e = table + (uint64_t)slots * REMORA_SERIES_ENTRY;
+    if (__atomic_load_n(e, __ATOMIC_RELAXED) == 0) __atomic_store_n(e, UINT64_MAX, __ATOMIC_RELEASE);
+    return e + 1;
+}
+static inline uint64_t remora_series_key(const uint64_t *table, unsigned i) {
+    return __atomic_load_n(table + (uint64_t)i * REMORA_SERIES_ENTRY, __ATOMIC_ACQUIRE);
+}
+/* Access log ring (RemoraProxy/Observe/AccessLog.swift): one producer (a worker), one consumer (the
+ * log writer thread). The producer copies whole lines in and publishes the new tail (release); the
+ * consumer reads what is published and gives the space back by publishing the new head. A line that
+ * does not fit is refused (the worker drops and counts it): the worker never waits. */
+#include <string.h>
+typedef struct {
+    uint64_t head;          /* consumer: bytes taken */
+    char pad0[56];
+    uint64_t tail;          /* producer: bytes published */
+    uint64_t signalled;     /* producer asked the writer to come (cleared by the writer) */
+    char pad1[48];
+    uint64_t capacity;
+    uint8_t *bytes;
+} remora_log_ring;
+
+static inline int remora_log_ring_push(remora_log_ring *r, const uint8_t *p, uint64_t n) {
+    uint64_t head = __atomic_load_n(&r->head, __ATOMIC_ACQUIRE);
+    uint64_t tail = r->tail;
+    if (tail - head + n > r->capacity) return 0;
+    uint64_t off = tail % r->capacity, first = r->capacity - off;
+    if (first >= n) memcpy(r->bytes + off, p, n);
+    else { memcpy(r->bytes + off, p, first); memcpy(r->bytes, p + first, n - first); }
+    __atomic_store_n(&r->tail, tail + n, __ATOMIC_RELEASE);
+    return 1;
+}
+/* Bytes published and not yet taken (producer side: for the flush threshold). */
+static inline uint64_t remora_log_ring_used(remora_log_ring *r) {
+    return r->tail - __atomic_load_n(&r->head, __ATOMIC_RELAXED);
+}
+/* Consumer: up to two spans of what is published now (whole lines). */
+static inline uint64_t remora_log_ring_peek(remora_log_ring *r, const uint8_t **a, uint64_t *na,
+                                            const uint8_t **b, uint64_t *nb) {
+    uint64_t tail = __atomic_load_n(&r->tail, __ATOMIC_ACQUIRE);
+    uint64_t head = r->head, n = tail - head;
+    uint64_t off = head % r->capacity, first = r->capacity - off;
+    *a = r->bytes + off; *na = n < first ? n : first;
+    *b = r->bytes; *nb = n - *na;
+    return n;
+}
+static inline void remora_log_ring_consume(remora_log_ring *r, uint64_t n) {
+    __atomic_store_n(&r->head, r->head + n, __ATOMIC_RELEASE);
+}
+/* Access log flags (a ring's signalled word, reopen, stop): named apart from the int64 remora_atomic_* of the breakers. */
+static inline uint64_t remora_flag_exchange(uint64_t *p, uint64_t v) {
+    return __atomic_exchange_n(p, v, __ATOMIC_ACQ_REL);
+}
+static inline uint64_t remora_flag_load(uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void remora_flag_store(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+/* Lowercase hex of the low `n` (1 ... 8) nibbles of v into dst, most significant first, without a
+ * loop per digit (request ids and traceparent: Observe/Tracing.swift). */
+static inline void remora_hex8(uint8_t *dst, uint32_t v, int n) {
+    uint64_t x = v;
+    x = ((x & 0xFFFF0000ull) << 16) | (x & 0xFFFFull);
+    x = ((x & 0x0000FF000000FF00ull) << 8) | (x & 0x000000FF000000FFull);
+    x = ((x & 0x00F000F000F000F0ull) << 4) | (x & 0x000F000F000F000Full);
+    uint64_t letters = ((x + 0x0606060606060606ull) >> 4) & 0x0101010101010101ull;
+    x += 0x3030303030303030ull + letters * 0x27;
+    x = __builtin_bswap64(x);
+    memcpy(dst, (const uint8_t *)&x + (8 - n), (size_t)n);
+}
+static inline void remora_hex16(uint8_t *dst, uint64_t v) {
+    remora_hex8(dst, (uint32_t)(v >> 32), 8);
+    remora_hex8(dst + 8, (uint32_t)v, 8);
+}
+/* Lowers the calling thread's priority (Linux: nice applies per thread): the access log writer. */
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+static inline void remora_nice_this_thread(int n) {
+    (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), n);
+}
 #endif

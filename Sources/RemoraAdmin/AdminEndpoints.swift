@@ -1,3 +1,5 @@
+import RemoraCore
+
 /// One admin endpoint: a path, whether it changes state, and its answer. Adding an endpoint is one
 /// entry in `AdminEndpoint.all` below (its answer beside it); the router (AdminRouter.swift) does
 /// the rest: who may call it, the method, HEAD, and the 404 list.
@@ -21,7 +23,7 @@ public struct AdminEndpoint: Sendable {
 
 extension AdminEndpoint {
     /// The admin server's endpoints, in the order the 404 answer lists them.
-    public static let all: [AdminEndpoint] = [ready, stats, configDump, drain, quitquitquit]
+    public static let all: [AdminEndpoint] = [ready, stats, prometheusStats, configDump, drain, quitquitquit]
 
     /// 200 while serving (also while the control server is away: the last good configuration
     /// still serves), 503 while starting, waiting for a first configuration, or draining.
@@ -36,9 +38,31 @@ extension AdminEndpoint {
         }
     }
 
-    /// Every counter and gauge, summed over workers: `scope.name.stat value` lines.
-    public static let stats = AdminEndpoint("/stats") { _, target in
-        .init(status: 200, body: StatsRenderers.text(target.statsSnapshot()))
+    /// Every counter, gauge and histogram, summed over workers: `scope.name.stat value` lines;
+    /// `?format=json`: JSON (what the dashboard polls); `?format=prometheus`: as /stats/prometheus.
+    public static let stats = AdminEndpoint("/stats") { r, target in
+        let s = target.statsSnapshot()
+        switch format(r.query) {
+        case "json": return .init(status: 200, contentType: "application/json", body: StatsRenderers.json(s))
+        case "prometheus": return prometheusAnswer(s, target)
+        default: return .init(status: 200, body: StatsRenderers.text(s))
+        }
+    }
+
+    /// Prometheus text format 0.0.4: Envoy's names, then Istio's request metrics.
+    public static let prometheusStats = AdminEndpoint("/stats/prometheus") { _, target in
+        prometheusAnswer(target.statsSnapshot(), target)
+    }
+
+    static func prometheusAnswer(_ s: StatsSnapshot, _ target: any AdminTarget) -> Response {
+        .init(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8",
+              body: StatsRenderers.prometheus(s, node: target.nodeName))
+    }
+
+    /// The value of `format=` in a query ("" when absent).
+    static func format(_ query: Substring) -> Substring {
+        for part in query.split(separator: "&") where part.hasPrefix("format=") { return part.dropFirst(7) }
+        return ""
     }
 
     /// The YAML serving now, after a `# version N` line.

@@ -13,6 +13,13 @@ public protocol AdminTarget: AnyObject {
     /// Stop accepting, finish what is in flight, then exit 0. `quick`: wait at most 1 s
     /// (POST /quitquitquit); else the configured `drain_timeout` (POST /drain).
     func drain(quick: Bool)
+    /// This proxy's name in Istio's metrics (`source_workload`): the configuration's `node`, else
+    /// `--node`, else "remora".
+    var nodeName: String { get }
+}
+
+extension AdminTarget {
+    public var nodeName: String { "remora" }
 }
 
 /// Where the proxy is in its life, as GET /ready reports it.

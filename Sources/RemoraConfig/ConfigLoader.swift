@@ -132,7 +132,7 @@ private final class Schema {
             return nil
         }
         guard let m = d.mapping(root, "", keys: ["admin", "workers", "drain_timeout", "listeners", "clusters",
-                                                   "overload"]) else { return nil }
+                                                   "overload", "node"]) else { return nil }
         let admin = m.optional("admin", admin)
         let workers = m.optional("workers") { d.int($0, $1, in: 0...256) }
         let drainTimeout = m.optional("drain_timeout") { d.duration($0, $1) }
@@ -141,9 +141,20 @@ private final class Schema {
         if !m.has("listeners") { d.fail(m.line, "listeners", "no listeners") }
         let listeners = m.optional("listeners") { d.list($0, $1, ifEmpty: "no listeners", listener) }
         let overload = m.optional("overload", overload)
+        let node = m.optional("node", nodeName)
         guard let listeners else { return nil }
         return Config(admin: admin, workers: workers ?? 0, drainTimeout: drainTimeout ?? 5_000,
-                      listeners: listeners, clusters: clusters ?? [], overload: overload)
+                      listeners: listeners, clusters: clusters ?? [], overload: overload, node: node)
+    }
+
+    /// `node: NAME`: 1 ... 128 visible ASCII characters.
+    func nodeName(_ n: Node, _ p: String) -> String? {
+        guard let s = d.string(n, p) else { return nil }
+        guard (1...128).contains(s.utf8.count), s.utf8.allSatisfy({ $0 > 32 && $0 < 127 }) else {
+            d.fail(n.line, p, "expected 1 to 128 visible ASCII characters")
+            return nil
+        }
+        return s
     }
 
     /// `overload: { refuse_streams_above: SIZE, refuse_connections_above: SIZE }`.
@@ -180,13 +191,14 @@ private final class Schema {
         guard var m = d.mapping(n, p, keys: ["name", "address", "protocol", "request_header_timeout",
                                              "max_request_header_bytes", "idle_timeout", "http2", "routes",
                                              "virtual_hosts", "cluster", "request_timeout", "max_request_body",
-                                             "headers_with_underscores", "per_connection_buffer_limit"])
+                                             "headers_with_underscores", "per_connection_buffer_limit", "access_log",
+                                             "tracing"])
         else { return nil }
         let name = m.required("name") { self.name($0, $1, "listener", &listenerNames) }
         let address = m.required("address", listenAddress)
         let proto: ListenerProtocol? = m.has("protocol") ? m.optional("protocol", d.oneOf) : .http
         switch proto {
-        case .tcp: m.forbid(["routes", "virtual_hosts", "request_header_timeout", "max_request_header_bytes", "http2",
+        case .tcp: m.forbid(["routes", "virtual_hosts", "request_header_timeout", "max_request_header_bytes", "http2", "tracing",
                              "request_timeout", "max_request_body", "headers_with_underscores", "per_connection_buffer_limit"],
                             "only allowed on an http listener")
         case .http: m.forbid(["cluster"], "only allowed on a tcp listener (an http listener uses routes)")
@@ -201,6 +213,8 @@ private final class Schema {
         let maxBody = m.optional("max_request_body") { d.size($0, $1, in: 0...(1 << 50)) }
         let underscores: HeadersWithUnderscores? = m.optional("headers_with_underscores", d.oneOf)
         let bufferLimit = m.optional("per_connection_buffer_limit") { d.size($0, $1, in: (64 << 10)...(1 << 30)) }
+        let accessLog = m.optional("access_log", accessLog)
+        let tracing = m.optional("tracing", tracing)
         var names = ListenerNames()
         let routes = m.optional("routes") { d.list($0, $1) { route($0, $1, &names) } }
         let hosts = m.optional("virtual_hosts") { d.list($0, $1) { virtualHost($0, $1, &names) } }
@@ -212,7 +226,57 @@ private final class Schema {
                               virtualHosts: hosts ?? routes.map { [VirtualHostConfig(name: "default", routes: $0)] } ?? [],
                               cluster: cluster, requestTimeout: requestTimeout ?? 60_000,
                               maxRequestBodyBytes: maxBody.map(UInt64.init) ?? 1 << 30,
-                              headersWithUnderscores: underscores ?? .drop, perConnectionBufferLimit: bufferLimit ?? 1 << 20)
+                              headersWithUnderscores: underscores ?? .drop, perConnectionBufferLimit: bufferLimit ?? 1 << 20,
+                              accessLog: accessLog, tracing: tracing)
+    }
+
+    /// `tracing: { propagate: [w3c], sample_percent: 0 ... 100 }`.
+    func tracing(_ n: Node, _ p: String) -> TracingConfig? {
+        guard let m = d.mapping(n, p, keys: ["propagate", "sample_percent"]) else { return nil }
+        let propagate = m.optional("propagate") { n, p -> [TracingConfig.Propagation]? in
+            d.list(n, p) { n, p -> TracingConfig.Propagation? in
+                if d.string(n, p) == "b3" {
+                    d.fail(n.line, p, "b3 propagation is not supported yet (w3c is)")
+                    return nil
+                }
+                return d.oneOf(n, p)
+            }
+        }
+        let percent = m.optional("sample_percent") { n, p -> Double? in
+            guard let s = d.string(n, p), let v = Double(s), v >= 0, v <= 100 else {
+                d.fail(n.line, p, "expected a number from 0 to 100")
+                return nil
+            }
+            return v
+        }
+        return TracingConfig(propagate: propagate ?? [.w3c], samplePercent: percent ?? 1)
+    }
+
+    /// `access_log: { path: FILE | stdout, format: json | text | "<format string>" }`.
+    func accessLog(_ n: Node, _ p: String) -> AccessLogConfig? {
+        guard let m = d.mapping(n, p, keys: ["path", "format"]) else { return nil }
+        let path = m.required("path") { n, p -> String? in
+            guard let s = d.string(n, p) else { return nil }
+            guard s == "stdout" || s.hasPrefix("/") else {
+                d.fail(n.line, p, "expected an absolute file path or stdout")
+                return nil
+            }
+            return s
+        }
+        let format = m.optional("format") { n, p -> AccessLogFormat? in
+            guard let s = d.string(n, p) else { return nil }
+            switch s {
+            case "json": return .json
+            case "text": return .text(AccessLogFormat.envoyDefault)
+            default:
+                switch AccessLogFormat.parse(s) {
+                case .success(let pieces): return .text(pieces)
+                case .failure(let e): d.fail(n.line, p, e.message); return nil
+                }
+            }
+        }
+        guard let path else { return nil }
+        return AccessLogConfig(path: path, format: format ?? .text(AccessLogFormat.envoyDefault))
     }
 
     /// Names that must be unique within one listener.

@@ -57,11 +57,14 @@ public struct Config: Sendable, Equatable {
     /// Process-wide overload actions by resident memory. nil = none (the default: the per-connection
     /// buffer limits already bound what clients can make the proxy hold).
     public var overload: OverloadConfig?
+    /// This proxy's name in Istio's metrics (`source_workload`). nil = `--node`, else "remora".
+    public var node: String?
 
     public init(admin: AdminConfig? = nil, workers: Int = 0, drainTimeout: Millis = 5_000,
-                listeners: [ListenerConfig] = [], clusters: [ClusterConfig] = [], overload: OverloadConfig? = nil) {
+                listeners: [ListenerConfig] = [], clusters: [ClusterConfig] = [], overload: OverloadConfig? = nil,
+                node: String? = nil) {
         self.admin = admin; self.workers = workers; self.drainTimeout = drainTimeout
-        self.listeners = listeners; self.clusters = clusters; self.overload = overload
+        self.listeners = listeners; self.clusters = clusters; self.overload = overload; self.node = node
     }
 
     public func cluster(named name: String) -> ClusterConfig? { clusters.first { $0.name == name } }
@@ -135,19 +138,26 @@ public struct ListenerConfig: Sendable, Equatable {
     /// that connection stop being read (HTTP/1.1) or get no more credit (HTTP/2) until the client
     /// has taken half of it. Default 1 MiB, range 64 KiB ... 1 GiB.
     public var perConnectionBufferLimit: Int
+    /// The listener's access log: one line per request (HTTP) or per connection (TCP), written off
+    /// the request path. nil = none (the default).
+    public var accessLog: AccessLogConfig?
+    /// HTTP: request ids and trace propagation. nil = none (the default): headers pass as they are.
+    public var tracing: TracingConfig?
 
     public init(name: String, address: HostPort, protocol: ListenerProtocol = .http,
                 requestHeaderTimeout: Millis = 10_000, maxRequestHeaderBytes: Int = 60 * 1024,
                 idleTimeout: Millis = 60_000, http2: HTTP2Settings = HTTP2Settings(),
                 virtualHosts: [VirtualHostConfig] = [], cluster: String? = nil, requestTimeout: Millis = 60_000,
                 maxRequestBodyBytes: UInt64 = 1 << 30, headersWithUnderscores: HeadersWithUnderscores = .drop,
-                perConnectionBufferLimit: Int = 1 << 20) {
+                perConnectionBufferLimit: Int = 1 << 20, accessLog: AccessLogConfig? = nil, tracing: TracingConfig? = nil) {
         self.name = name; self.address = address; self.protocol = `protocol`; self.http2 = http2
         self.requestHeaderTimeout = requestHeaderTimeout; self.maxRequestHeaderBytes = maxRequestHeaderBytes
         self.idleTimeout = idleTimeout; self.virtualHosts = virtualHosts; self.cluster = cluster
         self.requestTimeout = requestTimeout; self.maxRequestBodyBytes = maxRequestBodyBytes
         self.headersWithUnderscores = headersWithUnderscores
         self.perConnectionBufferLimit = perConnectionBufferLimit
+        self.accessLog = accessLog
+        self.tracing = tracing
     }
 }
 

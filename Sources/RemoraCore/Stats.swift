@@ -7,11 +7,60 @@ import CRemoraSupport
 public protocol StatGroup: CaseIterable, RawRepresentable where RawValue == Int {
     /// Prefix of the scope: "listener" or "cluster".
     static var scope: String { get }
+    /// The component's histograms (`NoHistogram` when it has none).
+    associatedtype Histogram: HistogramGroup = NoHistogram
+    /// Entries of the component's labelled request series (Istio's `istio_requests_total` and
+    /// `istio_request_duration_milliseconds`, one entry per label set): 0 = none, else a power of
+    /// two plus one (the last entry collects the label sets that found no room).
+    static var seriesCapacity: Int { get }
+    /// A counter (only grows) or a gauge (goes up and down): Prometheus' TYPE.
+    var kind: StatKind { get }
+    /// One line for Prometheus' HELP.
+    var help: String { get }
+}
+
+extension StatGroup {
+    public static var seriesCapacity: Int { 0 }
+    /// A component that does not say: a counter, its HELP line its name.
+    public var kind: StatKind { .counter }
+    public var help: String { "" }
+}
+
+/// What a stat is, declared with it: Prometheus' TYPE.
+public enum StatKind: String, Sendable, Equatable { case counter, gauge }
+
+/// A component's histograms, declared once as the cases of an enum beside its stats. Each is a
+/// distribution of durations over Envoy's default buckets (0.5 ms ... 1 h), recorded in
+/// microseconds per worker without a lock or a locked instruction, summed when read.
+public protocol HistogramGroup: CaseIterable, RawRepresentable where RawValue == Int {
+    /// One line for Prometheus' HELP.
+    var help: String { get }
+}
+
+/// For components without histograms.
+public enum NoHistogram: Int, HistogramGroup {
+    case none
+    public static var allCases: [NoHistogram] { [] }
+    public var help: String { "" }
+}
+
+/// Envoy's default histogram bucket bounds, milliseconds (`le` labels): 0.5 ... 3,600,000.
+public enum HistogramBuckets {
+    public static let count = Int(REMORA_HIST_BUCKETS)
+    /// Upper bounds in microseconds (as recorded).
+    public static let boundsMicros: [UInt64] = withUnsafeBytes(of: remora_hist_bounds_us) {
+        Array($0.bindMemory(to: UInt64.self))
+    }
+    /// `le` as Prometheus prints it: "0.5", "1", ..., "3600000".
+    public static let labels: [String] = boundsMicros.map { $0 % 1000 == 0 ? "\($0 / 1000)" : "\($0 / 1000).\($0 % 1000 / 100)" }
 }
 
 /// Downstream (client side) stats of one listener: `listener.<name>.<stat>`.
-public enum ListenerStat: Int, StatGroup {
+public enum ListenerStat: Int, StatGroup, Sendable {
     public static let scope = "listener"
+    public typealias Histogram = ListenerHistogram
+    /// Label sets of requests the proxy answered without a cluster (no route, direct responses).
+    public static var seriesCapacity: Int { 17 }
     case downstream_cx_total, downstream_cx_active, downstream_cx_destroy_remote, downstream_cx_idle_timeout
     case downstream_cx_protocol_error
     case downstream_rq_total, downstream_rq_active
@@ -28,10 +77,73 @@ public enum ListenerStat: Int, StatGroup {
     case fault_delays_injected, fault_aborts_injected
     /// Local rate limit (`rate_limit:` on a route): requests answered 429 / RESOURCE_EXHAUSTED.
     case downstream_rq_rate_limited
+    /// Access log lines dropped because the log writer was behind (`access_log:`).
+    case access_log_dropped
+
+    public var kind: StatKind {
+        switch self {
+        case .downstream_cx_active, .downstream_rq_active: return .gauge
+        default: return .counter
+        }
+    }
+
+    public var help: String { Self.helpLines[self] ?? "\(self)" }
+
+    /// HELP lines (a stat added without one shows its name).
+    static let helpLines: [ListenerStat: String] = [
+        .downstream_cx_total: "Connections accepted",
+        .downstream_cx_active: "Connections open",
+        .downstream_cx_destroy_remote: "Connections closed by the client",
+        .downstream_cx_idle_timeout: "Connections closed by the idle timeout",
+        .downstream_cx_protocol_error: "Connections closed on a protocol error",
+        .downstream_rq_total: "Requests received",
+        .downstream_rq_active: "Requests in flight",
+        .downstream_rq_1xx: "Responses by status class",
+        .downstream_rq_2xx: "Responses by status class",
+        .downstream_rq_3xx: "Responses by status class",
+        .downstream_rq_4xx: "Responses by status class",
+        .downstream_rq_5xx: "Responses by status class",
+        .downstream_rq_timeout: "Requests ended by a timeout",
+        .downstream_rq_rx_reset: "Requests reset by the client",
+        .downstream_rq_no_route: "Requests without a matching route",
+        .downstream_rq_too_large: "Request heads over the size limit",
+        .downstream_cx_rx_bytes_total: "Bytes received from clients",
+        .downstream_cx_tx_bytes_total: "Bytes sent to clients",
+        .downstream_rq_body_too_large: "Requests whose body was over max_request_body",
+        .dropped_headers_with_underscores: "Request header fields dropped for an underscore in the name",
+        .requests_rejected_with_underscores_in_headers: "Requests rejected for an underscore in a header name",
+        .downstream_cx_buffer_limit_reached: "HTTP/2 connections that went over per_connection_buffer_limit",
+        .downstream_rq_overload_refused: "Requests refused by the overload level",
+        .downstream_cx_overload_reject: "Connections closed at accept by the overload level",
+        .access_log_dropped: "Access log lines dropped because the writer was behind",
+    ]
+}
+
+/// Histograms of one listener: `listener.<name>.<histogram>` (Prometheus: `envoy_http_…`).
+public enum ListenerHistogram: Int, HistogramGroup {
+    /// From the request head to the end of the response (or of the exchange), microseconds.
+    case downstream_rq_time
+
+    public var help: String { "Time from the request head to the end of the exchange, milliseconds" }
+}
+
+/// Histograms of one cluster: `cluster.<name>.<histogram>`.
+public enum ClusterHistogram: Int, HistogramGroup {
+    /// From an attempt's start to its response head or its failure (the outcome hook's latency).
+    case upstream_rq_time
+    /// From the start of a TCP connect to the connection being established.
+    case upstream_cx_connect_ms
+
+    public var help: String {
+        switch self {
+        case .upstream_rq_time: return "Time from an upstream attempt's start to its response head or failure, milliseconds"
+        case .upstream_cx_connect_ms: return "Time to establish an upstream connection, milliseconds"
+        }
+    }
 }
 
 /// Upstream (backend side) stats of one cluster: `cluster.<name>.<stat>`.
-public enum ClusterStat: Int, StatGroup {
+public enum ClusterStat: Int, StatGroup, Sendable {
     public static let scope = "cluster"
     case upstream_cx_total, upstream_cx_active, upstream_cx_connect_fail, upstream_cx_connect_timeout
     case upstream_cx_destroy_remote, upstream_cx_pool_reuse
@@ -57,6 +169,43 @@ public enum ClusterStat: Int, StatGroup {
     /// Circuit breakers (`circuit_breaker:`): connections not opened over `max_connections`,
     /// requests refused over `max_pending` and over `max_requests` (each answered 503 overloaded).
     case upstream_cx_overflow, upstream_rq_pending_overflow, upstream_rq_overflow
+
+    public typealias Histogram = ClusterHistogram
+    /// Label sets (status, grpc-status, protocol, flags) of the cluster's requests.
+    public static var seriesCapacity: Int { 65 }
+
+    public var kind: StatKind {
+        switch self {
+        case .upstream_cx_active, .upstream_rq_active: return .gauge
+        default: return .counter
+        }
+    }
+
+    public var help: String { Self.helpLines[self] ?? "\(self)" }
+
+    /// HELP lines (a stat added without one shows its name).
+    static let helpLines: [ClusterStat: String] = [
+        .upstream_cx_total: "Upstream connections opened",
+        .upstream_cx_active: "Upstream connections open",
+        .upstream_cx_connect_fail: "Upstream connects that failed",
+        .upstream_cx_connect_timeout: "Upstream connects that timed out",
+        .upstream_cx_destroy_remote: "Upstream connections closed by the upstream",
+        .upstream_cx_pool_reuse: "Requests sent on a pooled connection",
+        .upstream_rq_total: "Requests sent to the cluster",
+        .upstream_rq_active: "Requests in flight to the cluster",
+        .upstream_rq_timeout: "Requests whose response head did not come in time",
+        .upstream_rq_retry: "Attempts sent again",
+        .upstream_rq_1xx: "Upstream responses by status class",
+        .upstream_rq_2xx: "Upstream responses by status class",
+        .upstream_rq_3xx: "Upstream responses by status class",
+        .upstream_rq_4xx: "Upstream responses by status class",
+        .upstream_rq_5xx: "Upstream responses by status class",
+        .upstream_rq_reset_after_head: "Responses cut after their head was forwarded",
+        .upstream_cx_rx_bytes_total: "Bytes received from upstreams",
+        .upstream_cx_tx_bytes_total: "Bytes sent to upstreams",
+        .upstream_cx_connect_rate_limited: "Connects refused by max_connects_per_second",
+        .upstream_rq_cancelled_unsent: "Requests cancelled before any byte of them was sent",
+    ]
 }
 
 /// Per backend of a route, so an operator sees the real split:
@@ -64,16 +213,48 @@ public enum ClusterStat: Int, StatGroup {
 public enum RouteBackendStat: Int, StatGroup {
     public static let scope = "route"
     case upstream_rq_total, upstream_rq_1xx, upstream_rq_2xx, upstream_rq_3xx, upstream_rq_4xx, upstream_rq_5xx
+
+    public var kind: StatKind { .counter }
+    public var help: String {
+        self == .upstream_rq_total ? "Requests a route sent to this backend" : "Answers to a route's backend by status class"
+    }
 }
 
 /// One scope's counters in one worker. Reference semantics over a malloc'd block that lives as
 /// long as the worker (never freed while a reader may look at it).
+/// After the counters come the component's histograms (`HistogramBuckets`, C: `REMORA_HIST_STRIDE`
+/// words each), then its labelled series table (`REMORA_SERIES_ENTRY` words per entry).
 public struct StatBlock<G: StatGroup>: @unchecked Sendable {
     public let words: UnsafeMutablePointer<UInt64>
+    /// The first histogram's first word.
+    public let histograms: UnsafeMutablePointer<UInt64>
+    /// The series table (`G.seriesCapacity` entries).
+    public let series: UnsafeMutablePointer<UInt64>
 
     public init() {
-        words = .allocate(capacity: G.allCases.count)
-        words.initialize(repeating: 0, count: G.allCases.count)
+        let counters = G.allCases.count
+        let hist = G.Histogram.allCases.count * Int(REMORA_HIST_STRIDE)
+        let total = counters + hist + G.seriesCapacity * Int(REMORA_SERIES_ENTRY)
+        words = .allocate(capacity: total)
+        words.initialize(repeating: 0, count: total)
+        histograms = words + counters
+        series = histograms + hist
+    }
+
+    /// Records `micros` in histogram `h` (plain words, like the counters).
+    @inline(__always) public func record(_ h: G.Histogram, micros: UInt64) {
+        remora_histogram_record(histograms + h.rawValue * Int(REMORA_HIST_STRIDE), micros)
+    }
+
+    /// Records one request of label set `key` (non-zero, `RequestSeriesKey`) lasting `micros`.
+    @inline(__always) public func recordSeries(_ key: UInt64, micros: UInt64) {
+        remora_histogram_record(remora_series_find(series, UInt32(G.seriesCapacity), key), micros)
+    }
+
+    /// Histogram `h`: per-bucket counts (not cumulative, the last one above every bound) and the
+    /// sum in microseconds, as read now (off the request path).
+    public func read(_ h: G.Histogram) -> HistogramValue {
+        HistogramValue(histograms + h.rawValue * Int(REMORA_HIST_STRIDE))
     }
 
     @inline(__always) public func inc(_ s: G) { remora_counter_add(words + s.rawValue, 1) }
@@ -102,32 +283,170 @@ public struct StatsSnapshot: Sendable, Equatable {
         public var stat: String
         /// A counter's total or a gauge's current value (0 ... 2^64-1).
         public var value: UInt64
+        public var kind: StatKind
+        /// Prometheus' HELP line ("" = the stat's name).
+        public var help: String
+        /// The parts of `name` (a route: listener, route, cluster), for labels.
+        public var nameParts: [String]
 
-        public init(scope: String, name: String, stat: String, value: UInt64) {
+        public init(scope: String, name: String, stat: String, value: UInt64, kind: StatKind = .counter,
+                    help: String = "", nameParts: [String]? = nil) {
             self.scope = scope; self.name = name; self.stat = stat; self.value = value
+            self.kind = kind; self.help = help; self.nameParts = nameParts ?? (name.isEmpty ? [] : [name])
         }
 
         /// `scope.name.stat`, or `scope.stat` without a name.
         public var fullName: String { name.isEmpty ? "\(scope).\(stat)" : "\(scope).\(name).\(stat)" }
     }
 
-    public var samples: [Sample] = []
+    /// One histogram of one scope, summed over workers.
+    public struct Histogram: Sendable, Equatable {
+        public var scope: String
+        public var name: String
+        public var nameParts: [String]
+        public var stat: String
+        public var help: String
+        public var value: HistogramValue
 
-    public init(samples: [Sample] = []) { self.samples = samples }
+        public init(scope: String, name: String, nameParts: [String], stat: String, help: String, value: HistogramValue) {
+            self.scope = scope; self.name = name; self.nameParts = nameParts; self.stat = stat; self.help = help; self.value = value
+        }
 
-    /// Every stat of `G` for scope `name`, each summed over `blocks` (one per worker).
-    public mutating func add<G: StatGroup>(_: G.Type, name: String, blocks: [StatBlock<G>]) {
-        for s in G.allCases {
-            var total: UInt64 = 0
-            for b in blocks { total &+= b.load(s) }
-            samples.append(Sample(scope: G.scope, name: name, stat: "\(s)", value: total))
+        /// `scope.name.stat`.
+        public var fullName: String { name.isEmpty ? "\(scope).\(stat)" : "\(scope).\(name).\(stat)" }
+    }
+
+    /// Requests of one label set (Istio's metrics) to one destination, summed over workers.
+    public struct Series: Sendable, Equatable {
+        /// The cluster, or "" for requests the proxy answered without one.
+        public var destination: String
+        public var key: RequestSeriesKey
+        /// Durations of the requests (downstream request time); `count` is the request count.
+        public var value: HistogramValue
+
+        public init(destination: String, key: RequestSeriesKey, value: HistogramValue) {
+            self.destination = destination; self.key = key; self.value = value
         }
     }
 
-    /// One process-wide value: `add(scope: "server", stat: "workers", value: 4)`.
-    public mutating func add(scope: String, name: String = "", stat: String, value: UInt64) {
-        samples.append(Sample(scope: scope, name: name, stat: stat, value: value))
+    public var samples: [Sample] = []
+    public var histograms: [Histogram] = []
+    public var series: [Series] = []
+
+    public init(samples: [Sample] = [], histograms: [Histogram] = [], series: [Series] = []) {
+        self.samples = samples; self.histograms = histograms; self.series = series
     }
+
+    /// Every stat and histogram of `G` for scope `name`, each summed over `blocks` (one per
+    /// worker). `nameParts`: the labels `name` is made of (default: `[name]`). `destination`:
+    /// where the block's labelled series go (nil: they are not read).
+    public mutating func add<G: StatGroup>(_: G.Type, name: String, nameParts: [String]? = nil, blocks: [StatBlock<G>],
+                                           destination: String? = nil) {
+        for s in G.allCases {
+            var total: UInt64 = 0
+            for b in blocks { total &+= b.load(s) }
+            samples.append(Sample(scope: G.scope, name: name, stat: "\(s)", value: total, kind: s.kind, help: s.help,
+                                  nameParts: nameParts))
+        }
+        for h in G.Histogram.allCases {
+            var v = HistogramValue()
+            for b in blocks { v.add(b.read(h)) }
+            histograms.append(Histogram(scope: G.scope, name: name, nameParts: nameParts ?? [name], stat: "\(h)",
+                                        help: h.help, value: v))
+        }
+        guard let destination, G.seriesCapacity > 0 else { return }
+        var merged: [UInt64: HistogramValue] = [:]
+        var order: [UInt64] = []
+        for b in blocks {
+            for i in 0..<G.seriesCapacity {
+                let key = remora_series_key(b.series, UInt32(i))
+                if key == 0 { continue }
+                let v = HistogramValue(b.series + i * Int(REMORA_SERIES_ENTRY) + 1)
+                if merged[key] == nil { order.append(key); merged[key] = v } else { merged[key]!.add(v) }
+            }
+        }
+        for k in order.sorted() { series.append(Series(destination: destination, key: RequestSeriesKey(raw: k), value: merged[k]!)) }
+    }
+
+    /// One process-wide value: `add(scope: "server", stat: "workers", value: 4)`.
+    public mutating func add(scope: String, name: String = "", stat: String, value: UInt64, kind: StatKind = .counter,
+                             help: String = "") {
+        samples.append(Sample(scope: scope, name: name, stat: stat, value: value, kind: kind, help: help))
+    }
+}
+
+/// A histogram's value: counts per bucket of `HistogramBuckets` (not cumulative; one more at the
+/// end for values above the last bound) and the sum of the values in microseconds.
+public struct HistogramValue: Sendable, Equatable {
+    public var buckets: [UInt64]
+    public var sumMicros: UInt64
+
+    public init(buckets: [UInt64]? = nil, sumMicros: UInt64 = 0) {
+        self.buckets = buckets ?? Array(repeating: 0, count: HistogramBuckets.count + 1)
+        self.sumMicros = sumMicros
+    }
+
+    /// Reads one histogram's words (`REMORA_HIST_STRIDE` of them).
+    init(_ p: UnsafeMutablePointer<UInt64>) {
+        buckets = (0...HistogramBuckets.count).map { remora_counter_load(p + $0) }
+        sumMicros = remora_counter_load(p + HistogramBuckets.count + 1)
+    }
+
+    public mutating func add(_ o: HistogramValue) {
+        for i in buckets.indices { buckets[i] &+= o.buckets[i] }
+        sumMicros &+= o.sumMicros
+    }
+
+    /// Values recorded.
+    public var count: UInt64 { buckets.reduce(0, &+) }
+
+    /// Counts of values at or below each bound, then the total (`+Inf`): Prometheus' buckets.
+    public var cumulative: [UInt64] {
+        var run: UInt64 = 0
+        return buckets.map { run &+= $0; return run }
+    }
+
+    /// The `q` quantile (0...1) in milliseconds, interpolated linearly inside its bucket (as
+    /// Prometheus' histogram_quantile does); nil when empty.
+    public func quantileMillis(_ q: Double) -> Double? {
+        let total = count
+        guard total > 0 else { return nil }
+        let rank = q * Double(total)
+        var run: UInt64 = 0
+        for (i, c) in buckets.enumerated() {
+            let prev = run
+            run &+= c
+            if Double(run) >= rank && c > 0 {
+                let lo = i == 0 ? 0 : Double(HistogramBuckets.boundsMicros[i - 1]) / 1000
+                guard i < HistogramBuckets.count else { return lo }
+                let hi = Double(HistogramBuckets.boundsMicros[i]) / 1000
+                return lo + (hi - lo) * (rank - Double(prev)) / Double(c)
+            }
+        }
+        return nil
+    }
+}
+
+/// The label set of one request in Istio's standard metrics, packed in one word (the series
+/// table's key): response code, grpc-status, protocol and response flags. Never 0.
+public struct RequestSeriesKey: Sendable, Equatable, Hashable {
+    public var raw: UInt64
+
+    public init(raw: UInt64) { self.raw = raw }
+
+    /// `status` 0...999 (0: no response), `grpcStatus` -1 (none) ... 30, `grpc`: the request was gRPC.
+    @inline(__always)
+    public init(status: Int, grpcStatus: Int, grpc: Bool, flags: ResponseFlags) {
+        raw = 1 << 63 | UInt64(truncatingIfNeeded: status & 0x3ff) | UInt64(truncatingIfNeeded: (grpcStatus + 1) & 0x1f) << 10
+            | (grpc ? 1 << 15 : 0) | UInt64(flags.rawValue) << 16
+    }
+
+    /// The entry that collects label sets that found no room in the table.
+    public var isOverflow: Bool { raw == UInt64.max }
+    public var status: Int { Int(raw & 0x3ff) }
+    public var grpcStatus: Int { Int(raw >> 10 & 0x1f) - 1 }
+    public var isGRPC: Bool { raw >> 15 & 1 == 1 }
+    public var flags: ResponseFlags { ResponseFlags(rawValue: UInt32(truncatingIfNeeded: raw >> 16)) }
 }
 
 /// The process's overload level (`overload:`), written by the main thread once a second from the

@@ -95,6 +95,8 @@ public final class Server {
             })
         }
         signals.append(SignalWatcher(loop: loop, signal: SIGHUP) { [unowned self] _ in self.reloadFile() })
+        // logrotate's way: rename the files, then SIGUSR1; the writer opens the paths anew.
+        signals.append(SignalWatcher(loop: loop, signal: SIGUSR1) { [unowned self] _ in self.registry?.accessLogWriter.reopenAll() })
         if watch, let path = configPath {
             // Applied once the file has stayed unchanged for 500 ms (FileWatcher), so a file being
             // written is never read half-way, however slowly it is written (up to 500 ms pauses).
@@ -354,6 +356,7 @@ public final class Server {
         outlierWatched = []
         for s in healthWatched { s.checker?.stop(); s.checker = nil }
         healthWatched = []
+        registry?.accessLogWriter.finish(timeoutMs: 1_000)   // the last lines, unless the file is stuck
         drainTimer?.close()
         textTimer?.close()
         overload?.close()

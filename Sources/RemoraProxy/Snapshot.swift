@@ -1,3 +1,4 @@
+import CRemoraSupport
 import RemoraCore
 import RemoraIO
 import RemoraRouting
@@ -62,15 +63,21 @@ public final class Snapshot: Sendable {
 
 /// Stats blocks of one worker for one snapshot: written only by that worker, read by the admin
 /// server. Blocks come from `StatRegistry`, so a counter keeps its value across snapshots.
-public final class WorkerStats: Sendable {
+public final class WorkerStats: @unchecked Sendable {   // the rings: each written by its worker only
     public let listeners: [StatBlock<ListenerStat>]
     public let clusters: [StatBlock<ClusterStat>]
     /// Per listener, per backend slot of its route table.
     public let routeBackends: [[StatBlock<RouteBackendStat>]]
+    /// Per listener: this worker's ring of the listener's access log file and the listener's
+    /// format there (nil: no access log).
+    let accessLogs: [(ring: UnsafeMutablePointer<remora_log_ring>, format: UInt16)?]
+    let accessLogWriter: AccessLogWriter
 
     init(listeners: [StatBlock<ListenerStat>], clusters: [StatBlock<ClusterStat>],
-         routeBackends: [[StatBlock<RouteBackendStat>]]) {
+         routeBackends: [[StatBlock<RouteBackendStat>]], accessLogs: [(ring: UnsafeMutablePointer<remora_log_ring>, format: UInt16)?],
+         accessLogWriter: AccessLogWriter) {
         self.listeners = listeners; self.clusters = clusters; self.routeBackends = routeBackends
+        self.accessLogs = accessLogs; self.accessLogWriter = accessLogWriter
     }
 }
 
@@ -81,6 +88,9 @@ final class StatRegistry {
     var listeners: [String: [StatBlock<ListenerStat>]] = [:]
     var clusters: [String: [StatBlock<ClusterStat>]] = [:]
     var routes: [String: [StatBlock<RouteBackendStat>]] = [:]
+
+    /// The access logs' writer thread (started with the first access log).
+    let accessLogWriter = AccessLogWriter()
 
     init(workers: Int) { self.workers = workers }
 
@@ -93,9 +103,14 @@ final class StatRegistry {
 
     /// `route.<listener>.<route>.<cluster>` names of a snapshot, per listener, by backend slot.
     static func routeNames(_ s: Snapshot) -> [[String]] {
+        routeParts(s).map { $0.map { $0.joined(separator: ".") } }
+    }
+
+    /// The same names as their parts (listener, route, cluster): Prometheus labels.
+    static func routeParts(_ s: Snapshot) -> [[[String]]] {
         s.routeTables.enumerated().map { l, table in
-            var names = Array(repeating: "", count: table.backendCount)
-            for r in table.info { for b in r.backends { names[b.slot] = "\(s.config.listeners[l].name).\(r.name).\(b.clusterName)" } }
+            var names = Array(repeating: [String](), count: table.backendCount)
+            for r in table.info { for b in r.backends { names[b.slot] = [s.config.listeners[l].name, r.name, b.clusterName] } }
             return names
         }
     }
@@ -105,20 +120,31 @@ final class StatRegistry {
         let l = snapshot.config.listeners.map { blocks(&listeners, $0.name) }
         let c = snapshot.config.clusters.map { blocks(&clusters, $0.name) }
         let r = StatRegistry.routeNames(snapshot).map { names in names.map { blocks(&routes, $0) } }
+        let logs = snapshot.config.listeners.map { l in
+            l.accessLog.map { log in
+                let sink = accessLogWriter.sink(path: log.path, workers: workers)
+                return (sink, accessLogWriter.register(log.format, in: sink))
+            }
+        }
         return (0..<workers).map { w in
-            WorkerStats(listeners: l.map { $0[w] }, clusters: c.map { $0[w] }, routeBackends: r.map { $0.map { $0[w] } })
+            WorkerStats(listeners: l.map { $0[w] }, clusters: c.map { $0[w] }, routeBackends: r.map { $0.map { $0[w] } },
+                        accessLogs: logs.map { $0.map { ($0.0.rings[w], $0.1) } }, accessLogWriter: accessLogWriter)
         }
     }
 
     /// The stats of the names `snapshot` uses, summed over workers (listeners, clusters, routes).
     func collect(_ snapshot: Snapshot, into out: inout StatsSnapshot) {
-        for l in snapshot.config.listeners { out.add(ListenerStat.self, name: l.name, blocks: blocks(&listeners, l.name)) }
+        // Labelled request series: a listener's are its requests answered without a cluster.
+        for l in snapshot.config.listeners { out.add(ListenerStat.self, name: l.name, blocks: blocks(&listeners, l.name), destination: "") }
         for (i, c) in snapshot.config.clusters.enumerated() {
-            out.add(ClusterStat.self, name: c.name, blocks: blocks(&clusters, c.name))
+            out.add(ClusterStat.self, name: c.name, blocks: blocks(&clusters, c.name), destination: c.name)
             snapshot.shared[i].collect(into: &out)
         }
-        for names in StatRegistry.routeNames(snapshot) {
-            for n in names { out.add(RouteBackendStat.self, name: n, blocks: blocks(&routes, n)) }
+        for names in StatRegistry.routeParts(snapshot) {
+            for parts in names {
+                let n = parts.joined(separator: ".")
+                out.add(RouteBackendStat.self, name: n, nameParts: parts, blocks: blocks(&routes, n))
+            }
         }
     }
 }

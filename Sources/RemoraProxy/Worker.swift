@@ -129,7 +129,8 @@ final class Worker {
             let tcp = snap.tcpCluster[i] >= 0 ? clusters[snap.tcpCluster[i]] : nil
             let runtime = ListenerRuntime(worker: self, config: l, routes: snap.routeTables[i], clusters: clusters,
                                           tcpCluster: tcp, stats: st.listeners[i], backendStats: st.routeBackends[i],
-                                          rateLimitBuckets: snap.rateLimitBuckets[i])
+                                          filters: ListenerRuntime.filters(l, st, i, routes: snap.routeTables[i], worker: self,
+                                                                           rateLimitBuckets: snap.rateLimitBuckets[i]))
             let slot = slots[l.name] ?? ListenerSlot(worker: self, name: l.name, current: runtime)
             slots[l.name] = slot
             slot.current = runtime
@@ -313,14 +314,32 @@ final class ListenerRuntime {
     let scheme: StaticString = "http"
     /// The listener's HTTP filters, in order (`Filters/HTTPFilter.swift`); the router runs after them.
     let filters: [any HTTPFilter]
+    /// `filters` is not empty (one load per request, no array access when there are none).
+    let hasFilters: Bool
+    /// The tracing filter among `filters` (the router asks it for the forwarded fields).
+    let tracing: TracingFilter?
 
     init(worker: Worker, config: ListenerConfig, routes: RouteTable, clusters: [Cluster], tcpCluster: Cluster?,
-         stats: StatBlock<ListenerStat>, backendStats: [StatBlock<RouteBackendStat>], rateLimitBuckets: [SharedTokenBucket?] = []) {
+         stats: StatBlock<ListenerStat>, backendStats: [StatBlock<RouteBackendStat>], filters: [any HTTPFilter]) {
         self.worker = worker; self.config = config; self.routes = routes; self.clusters = clusters
-        self.tcpCluster = tcpCluster; self.stats = stats; self.backendStats = backendStats
-        var filters: [any HTTPFilter] = []
-        filters += resilienceFilters(routes: routes, buckets: rateLimitBuckets)   // fault injection, rate limit
-        self.filters = filters
+        self.tcpCluster = tcpCluster; self.stats = stats; self.backendStats = backendStats; self.filters = filters
+        hasFilters = !filters.isEmpty
+        tracing = filters.first { $0 is TracingFilter } as? TracingFilter
+    }
+
+    /// The filters listener `l` (index `i` of the snapshot) configures, in their order: tracing first
+    /// (request id, trace context), fault injection and rate limits, the access log last, so that it
+    /// sees what the others decided.
+    static func filters(_ l: ListenerConfig, _ st: WorkerStats, _ i: Int, routes: RouteTable, worker: Worker,
+                        rateLimitBuckets: [SharedTokenBucket?]) -> [any HTTPFilter] {
+        var out: [any HTTPFilter] = []
+        if let t = l.tracing { out.append(TracingFilter(worker: worker, config: t)) }
+        out += resilienceFilters(routes: routes, buckets: rateLimitBuckets)   // fault injection, rate limit
+        if l.accessLog != nil, let log = st.accessLogs[i] {
+            out.append(AccessLogFilter(ring: log.ring, writer: st.accessLogWriter, format: log.format, stats: st.listeners[i],
+                                       routes: routes))
+        }
+        return out
     }
 }
 

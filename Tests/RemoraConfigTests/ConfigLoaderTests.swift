@@ -501,7 +501,7 @@ extension ListenerConfig {
            - name: a
              address: 127.0.0.1:1
          listeners: [ { name: b, address: 127.0.0.1:2 } ]
-         """, 1, "listener", #"unknown key "listener" (expected one of: admin, workers, drain_timeout, listeners, clusters, overload)"#),
+         """, 1, "listener", #"unknown key "listener" (expected one of: admin, workers, drain_timeout, listeners, clusters, overload, node)"#),
         ("""
          admin: 127.0.0.1:9901
          listeners: [ { name: b, address: 127.0.0.1:2 } ]

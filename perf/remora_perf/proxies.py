@@ -100,8 +100,15 @@ class Remora(Proxy):
         if self.http_port:
             lines += ["  - name: web",
                       "    address: %s:%d" % (HOST, self.http_port),
-                      "    protocol: http",
-                      "    routes:",
+                      "    protocol: http"]
+            # REMORA_PERF_ACCESS_LOG=json|text: the same run with the listener's access log on (cost of logs).
+            log_format = os.environ.get("REMORA_PERF_ACCESS_LOG")
+            if log_format:
+                lines.append("    access_log: { path: %s, format: %s }" % (self.dir / "access.log", log_format))
+            # REMORA_PERF_TRACING=1: request ids and W3C trace propagation on (cost of tracing).
+            if os.environ.get("REMORA_PERF_TRACING"):
+                lines.append("    tracing: { propagate: [ w3c ], sample_percent: 1 }")
+            lines += ["    routes:",
                       "      - name: all",
                       "        backends: [ { cluster: app } ]"]
             # REMORA_ROUTE_EXTRA: more keys for the route, one per line ("retry: { attempts: 2 }"), to

@@ -41,6 +41,7 @@ extension Exchange {
         }
         if requestDeadline != 0 && !requestDone && timer.now >= requestDeadline {
             stats.inc(.downstream_rq_timeout)
+            observe.flags.insert(.DT)
             if responseStarted {
                 downstream?.respondReset(code: 0x8)
                 finish(clean: false)
@@ -51,6 +52,7 @@ extension Exchange {
         }
         if grpcDeadline != 0 && timer.now >= grpcDeadline {
             endAttempt(.timeout)
+            observe.flags.insert(.UT)
             stats.inc(.downstream_rq_timeout)
             clusterStats?.inc(.upstream_rq_timeout)
             if responseStarted {
@@ -68,11 +70,13 @@ extension Exchange {
         switch deadlineKind {
         case .upstreamHead:
             endAttempt(.timeout)
+            observe.flags.insert(.UT)
             clusterStats?.inc(.upstream_rq_timeout)
             stats.inc(.downstream_rq_timeout)
             if isGRPC { grpcLocal(.deadlineExceeded, "upstream request timeout") } else { local(504, "upstream request timeout\n") }
         case .stream:
             stats.inc(.downstream_rq_timeout)
+            observe.flags.insert(.SI)
             if !responseStarted && !requestDone {
                 if isGRPC { grpcLocal(.deadlineExceeded, "request body timeout") } else { local(408, "request body timeout\n") }
             } else {

@@ -8,6 +8,7 @@ extension Exchange {
         if let p = hedgeOf { p.hedgeFailed(self, why); return }   // a hedge answers nobody
         let name = cluster?.config.name ?? "?"
         clusterStats?.inc(.upstream_rq_5xx)
+        observe.flags.insert(observe.attempts > 1 ? [why.responseFlag, .URX] : why.responseFlag)
         switch why {
         case .connectFailed, .refused:
             if isGRPC { grpcLocal(.unavailable, "no healthy upstream in cluster \(name)") } else {
@@ -53,6 +54,8 @@ extension Exchange {
         // 204 and 304 have no content (RFC 9110 §15.3.5, §15.4.5): no length, no body.
         let noContent = status == 204 || status == 304
         let body = noContent ? UnsafeRawBufferPointer(start: nil, count: 0) : body
+        observe.status = status
+        observe.bytesSent = isHEAD ? 0 : UInt64(body.count)
         var len = ByteBuffer()
         len.appendDecimal(UInt64(body.count))
         var fields = noContent ? [] : [HeaderRef(name: rawBytes("content-type"), value: rawBytes("text/plain")),
@@ -88,6 +91,8 @@ extension Exchange {
         responseStarted = true
         responseDone = true
         stats.incClass(.downstream_rq_1xx, status: 200)
+        observe.status = 200
+        observe.localGRPCStatus = status
         if status != 0 { backendStats?.inc(.upstream_rq_5xx) }
         var code = ByteBuffer()
         code.appendDecimal(UInt64(status))

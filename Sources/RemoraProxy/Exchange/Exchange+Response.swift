@@ -55,6 +55,7 @@ extension Exchange {
             return
         }
         responseStarted = true
+        observe.status = status
         stats.incClass(.downstream_rq_1xx, status: status)
         clusterStats?.incClass(.upstream_rq_1xx, status: status)
         backendStats?.incClass(.upstream_rq_1xx, status: status)
@@ -74,6 +75,7 @@ extension Exchange {
     func upstreamBody(_ data: UnsafeRawBufferPointer) {
         guard active, let d = downstream, let u = upstream else { return }
         clusterStats?.add(.upstream_cx_rx_bytes_total, UInt64(data.count))
+        observe.bytesSent &+= UInt64(data.count)
         d.respondBody(data)
         if d.responseBlocked {
             owedUpstreamCredit += data.count

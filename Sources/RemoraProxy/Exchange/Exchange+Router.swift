@@ -37,12 +37,13 @@ extension Exchange {
     /// `clientIP` (for X-Forwarded-For) is the downstream connection's.
     func start(downstream d: any DownstreamSide, listener l: ListenerRuntime, _ r: RequestStart, clientIP: String) {
         begin(downstream: d, listener: l, stats: l.stats, isHEAD: r.isHEAD, endStream: r.endStream)
+        observeStart()
         stats.inc(.downstream_rq_total)
         stats.inc(.downstream_rq_active)
         let h = r.view.headers
         isGRPC = h.firstIndex(named: "content-type").map { GRPC.isGRPC(contentType: h[$0].value) } ?? false
         routeIndex = l.routes.match(r.view) ?? -1
-        if !l.filters.isEmpty {
+        if l.hasFilters {
             runsFilters = true
             switch runRequestFilters(l.filters, r.view) {
             case .next, .delay(_, then: nil):
@@ -83,12 +84,14 @@ extension Exchange {
         let view = r.view
         guard routeIndex >= 0 else {
             stats.inc(.downstream_rq_no_route)
+            observe.flags.insert(.NR)
             if isGRPC { grpcLocal(.unimplemented, "no route for \(view.target.string)") } else { local(404, "no route\n") }
             return
         }
         let ri = routeIndex
         let table = l.routes
         let route = table[ri]
+        observe.route = ri
         responseMutations = table.responseHeaders(route: ri)
         switch route.action {
         case .respond:
@@ -132,7 +135,9 @@ extension Exchange {
         var ip = clientIP
         ip.withUTF8 { ipBytes in
             let clientIP = UnsafeRawBufferPointer(ipBytes)
-            withMutated(view.headers, mutations) { headers in
+            withMutated(view.headers, mutations) { mutated in
+                // With `tracing:`, the request id and traceparent (Observe/Tracing.swift).
+                let headers = observe.hasTrace ? l.tracing!.forwarded(mutated, self) : mutated
                 var routed = RequestView(method: view.method, target: target, authority: view.authority, headers: headers)
                 // A route that sets Host sets the authority, whatever protocol either side speaks.
                 if !mutations.isEmpty && (r.fromHTTP2 || r.authorityReplacesHost), let i = headers.firstIndex(named: "host") {

@@ -68,6 +68,7 @@ extension Exchange {
         if responseStarted {
             // Never let a truncated response look complete.
             cl.stats.inc(.upstream_rq_reset_after_head)
+            observe.flags.insert(why.responseFlag)
             if case .reset(let code) = why, code != 0 { downstream?.respondReset(code: code) } else { downstream?.respondReset(code: 2) }
             finish(clean: false)
             return
@@ -119,8 +120,10 @@ extension Exchange {
         attemptEndpoint = nil
         lastTryEndpoint = endpoint
         tryDeadline = 0
-        cl.attemptEnded(endpoint: endpoint, AttemptOutcome(kind: kind, status: attemptStatus, grpcStatus: attemptGRPCStatus,
-                                                            latency: (attemptHeadAt != 0 ? attemptHeadAt : timer.now) &- attemptStart))
+        let outcome = AttemptOutcome(kind: kind, status: attemptStatus, grpcStatus: attemptGRPCStatus,
+                                     latency: (attemptHeadAt != 0 ? attemptHeadAt : timer.now) &- attemptStart)
+        observeAttempt(endpoint: endpoint._withUnsafeGuaranteedRef { $0.index }, outcome)
+        cl.attemptEnded(endpoint: endpoint, outcome)
     }
 
     /// The request's method is idempotent: a request lost in the keep-alive close race may be sent

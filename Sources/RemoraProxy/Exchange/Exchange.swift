@@ -131,6 +131,8 @@ final class Exchange: DeadlineTimerDelegate {
     var relaying = false
     /// Absolute loop time at which the first try gets a hedge (folded into `tryDeadline`); 0 = none.
     var hedgeAt: UInt64 = 0
+    /// What the metrics, the access log and tracing see of this request (`Exchange+Observe.swift`).
+    var observe = Observation()
     static let replayLimit = 64 * 1024
 
     init(worker: Worker) {
@@ -211,6 +213,7 @@ final class Exchange: DeadlineTimerDelegate {
             endAttempt(responseDone ? .response : .cancelled)
             u.detach(clean: clean)
         }
+        observeFinish()
         if runsFilters { for f in listener.filters { f.log(self) } }
         stats.dec(.downstream_rq_active)
         if clusterActive { clusterStats?.dec(.upstream_rq_active); cluster?.releaseRequest(); clusterActive = false }

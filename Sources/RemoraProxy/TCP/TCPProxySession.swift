@@ -20,6 +20,12 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
     /// Loop time the connect started, and the connect's latency once connected (ms).
     var connectStart: UInt64 = 0
     var connectLatency: UInt64?
+    /// For the access log: start (monotonic µs), bytes each way, the endpoint, why it ended.
+    var startMicros: UInt64 = 0
+    var bytesIn: UInt64 = 0
+    var bytesOut: UInt64 = 0
+    var endpointIndex = -1
+    var flags = ResponseFlags()
 
     init(worker: Worker, listener: ListenerRuntime, cluster: Cluster, down: TCPConnection) {
         self.worker = worker
@@ -27,6 +33,7 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
         self.cluster = cluster
         self.down = down
         super.init()
+        if !listener.filters.isEmpty { startMicros = monotonicMicros() }
         down.delegate = self
         down.owner = self
         down.setDeadline(after: listener.config.idleTimeout)
@@ -56,10 +63,12 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
         }
         let ref = cluster.pickEndpoint(hash: hash)
         endpoint = ref
+        endpointIndex = ref._withUnsafeGuaranteedRef { $0.index }
         connectStart = worker.loop.now
         ref._withUnsafeGuaranteedRef { $0.activeRequests += 1 }
         if c.connect(to: ref.takeUnretainedValue().address) != 0 {
             cluster.stats.inc(.upstream_cx_connect_fail)
+            flags.insert(.UF)
             abort()
             return
         }
@@ -72,6 +81,7 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
         cluster.connectSettled(c)
         if status != 0 {
             cluster.stats.inc(.upstream_cx_connect_fail)
+            flags.insert(.UF)
             abort()
             return
         }
@@ -95,7 +105,9 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
         if c === down {
             listener.stats.add(.downstream_cx_rx_bytes_total, UInt64(data.count))
             cluster.stats.add(.upstream_cx_tx_bytes_total, UInt64(data.count))
+            bytesIn &+= UInt64(data.count)
         } else {
+            bytesOut &+= UInt64(data.count)
             cluster.stats.add(.upstream_cx_rx_bytes_total, UInt64(data.count))
             listener.stats.add(.downstream_cx_tx_bytes_total, UInt64(data.count))
         }
@@ -120,12 +132,13 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
     }
 
     func connectionError(_ c: TCPConnection, _ code: Int32) {
-        if c !== down { cluster.stats.inc(.upstream_cx_destroy_remote) }
+        if c !== down { cluster.stats.inc(.upstream_cx_destroy_remote); flags.insert(.UC) } else { flags.insert(.DC) }
         abort()
     }
 
     func connectionTimeout(_ c: TCPConnection) {
-        if c === down { listener.stats.inc(.downstream_cx_idle_timeout) } else {
+        if c === down { listener.stats.inc(.downstream_cx_idle_timeout); flags.insert(.SI) } else {
+            flags.insert(.UF)
             cluster.stats.inc(.upstream_cx_connect_timeout)
             cluster.stats.inc(.upstream_cx_connect_fail)
         }
@@ -135,6 +148,9 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
     func connectionClosed(_ c: TCPConnection) {
         if c === down {
             listener.stats.dec(.downstream_cx_active)
+            if startMicros != 0, let log = listener.filters.first(where: { $0 is AccessLogFilter }) as? AccessLogFilter {
+                log.logConnection(self)
+            }
             worker.remove(self)
         } else {
             cluster.stats.dec(.upstream_cx_active)

@@ -1,0 +1,131 @@
+import CRemoraSupport
+import Glibc
+import RemoraCore
+
+/// What the proxy observes about one exchange for its metrics, access log and trace: set by the
+/// exchange's observation hooks (`Exchange+Observe.swift`), read when it ends. A plain value in the
+/// exchange (nothing allocated), reset when a request starts.
+struct Observation {
+    /// Monotonic start of the request (its head arrived), microseconds; 0 = not a client request
+    /// (a mirrored copy), nothing is recorded for it.
+    var startMicros: UInt64 = 0
+    /// From the request head to the end of the exchange, microseconds (set when it ends).
+    var durationMicros: UInt64 = 0
+    /// Why it ended as it did (Envoy's letters).
+    var flags = ResponseFlags()
+    /// The status the client got (0 = none: the exchange ended without a response head).
+    var status = 0
+    /// The grpc-status of an answer from the proxy; -1 = none (then the upstream's, if any).
+    var localGRPCStatus = -1
+    /// Upstream attempts reported to the outcome hook.
+    var attempts = 0
+    /// The last attempt's endpoint (index in the cluster), -1 = none.
+    var endpoint = -1
+    /// The last attempt's time to its response head or failure, ms (Envoy's upstream service time).
+    var upstreamMillis: UInt64 = 0
+    /// The matched route (index in the listener's table), -1 = none.
+    var route = -1
+    /// Response body bytes sent to the client.
+    var bytesSent: UInt64 = 0
+    /// Request fields an access log keeps for its line (a pooled buffer; only with an access log,
+    /// given back when the line is written) and where each is in it (`LogField`: offset, length;
+    /// -1 = absent).
+    var logHead = ByteBuffer()
+    var logSpans = SIMD16<Int32>(repeating: -1)
+    /// The client's protocol: 0 HTTP/1.1, 1 HTTP/1.0, 2 HTTP/2.
+    var downstreamProtocol: UInt8 = 0
+    /// Tracing (`tracing:`): the x-request-id the proxy generated (a UUIDv4's 128 bits), when the
+    /// request had none.
+    var generatedID = false
+    var requestID: (UInt64, UInt64) = (0, 0)
+    /// The trace this request is part of and the proxy's span in it (`TraceContext`); forwarded as
+    /// `traceparent` when `hasTrace`.
+    var hasTrace = false
+    var trace = TraceContext()
+}
+
+/// W3C trace context of one request: the trace id, the proxy's own span id, its parent (the
+/// client's span; 0 when the proxy started the trace) and the flags (bit 0: sampled).
+struct TraceContext: Equatable {
+    var traceHi: UInt64 = 0
+    var traceLo: UInt64 = 0
+    var span: UInt64 = 0
+    var parent: UInt64 = 0
+    var flags: UInt8 = 0
+
+    /// Parses `traceparent` version 00 (`00-<32 hex>-<16 hex>-<2 hex>`, trace id and parent id not
+    /// zero). nil when it is not one: the proxy starts a new trace then.
+    static func parse(_ v: UnsafeRawBufferPointer) -> TraceContext? {
+        guard v.count >= 55, v[0] == 0x30, v[1] == 0x30, v[2] == 0x2D, v[35] == 0x2D, v[52] == 0x2D,
+              v.count == 55 || v[55] == 0x2D else { return nil }
+        func hex(_ from: Int, _ n: Int) -> UInt64? {
+            var x: UInt64 = 0
+            for i in from..<(from + n) {
+                let c = v[i]
+                let d: UInt8
+                switch c {
+                case 0x30...0x39: d = c - 0x30
+                case 0x61...0x66: d = c - 0x61 + 10
+                default: return nil
+                }
+                x = x << 4 | UInt64(d)
+            }
+            return x
+        }
+        guard let hi = hex(3, 16), let lo = hex(19, 16), let parent = hex(36, 16), let flags = hex(53, 2),
+              hi | lo != 0, parent != 0 else { return nil }
+        return TraceContext(traceHi: hi, traceLo: lo, span: 0, parent: parent, flags: UInt8(flags))
+    }
+
+    /// `00-<trace id>-<span id>-<flags>`: what the upstream gets (the proxy's span is its parent).
+    func write(into p: UnsafeMutableRawBufferPointer) {
+        let b = p.baseAddress!.assumingMemoryBound(to: UInt8.self)
+        b[0] = 0x30; b[1] = 0x30; b[2] = 0x2D
+        remora_hex16(b + 3, traceHi); remora_hex16(b + 19, traceLo)
+        b[35] = 0x2D
+        remora_hex16(b + 36, span)
+        b[52] = 0x2D
+        remora_hex8(b + 53, UInt32(flags), 2)
+    }
+
+    static let length = 55
+}
+
+/// A UUIDv4 (RFC 9562) from 128 random bits: `xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx`, 36 bytes.
+func writeUUID(_ hi: UInt64, _ lo: UInt64, into p: UnsafeMutableRawBufferPointer) {
+    let hi = hi & ~0xF000 | 0x4000                              // version 4
+    let lo = lo & ~(0xC000 << 48) | (0x8000 << 48)               // variant 10
+    let b = p.baseAddress!.assumingMemoryBound(to: UInt8.self)
+    remora_hex8(b, UInt32(truncatingIfNeeded: hi >> 32), 8); b[8] = 0x2D
+    remora_hex8(b + 9, UInt32(truncatingIfNeeded: hi >> 16), 4); b[13] = 0x2D
+    remora_hex8(b + 14, UInt32(truncatingIfNeeded: hi), 4); b[18] = 0x2D
+    remora_hex8(b + 19, UInt32(truncatingIfNeeded: lo >> 48), 4); b[23] = 0x2D
+    remora_hex8(b + 24, UInt32(truncatingIfNeeded: lo >> 32), 4)
+    remora_hex8(b + 28, UInt32(truncatingIfNeeded: lo), 8)
+}
+
+/// The monotonic clock in microseconds (a vDSO call, no syscall).
+@inline(__always) func monotonicMicros() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) &* 1_000_000 &+ UInt64(ts.tv_nsec) / 1000
+}
+
+/// The wall clock in microseconds since the epoch (access log start times).
+func realtimeMicros() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return UInt64(ts.tv_sec) &* 1_000_000 &+ UInt64(ts.tv_nsec) / 1000
+}
+
+extension UpstreamFailure {
+    /// The response flag of a request that ended on this failure.
+    var responseFlag: ResponseFlags {
+        switch self {
+        case .connectFailed: return .UF
+        case .refused: return .UR
+        case .reset(let code): return code == 0 ? .UC : .UR
+        case .protocolError: return .UPE
+        }
+    }
+}
