@@ -200,21 +200,8 @@ public enum StatsRenderers {
     }
 
     static func jsonString(_ s: String) -> String {
-        var out = "\""
-        for c in s.unicodeScalars {
-            switch c {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if c.value < 0x20 {
-                    let hex = String(c.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                } else { out.unicodeScalars.append(c) }
-            }
-        }
-        return out + "\""
+        var out = ""
+        JSONText.appendQuoted(s, into: &out)
+        return out
     }
 }

@@ -1,3 +1,5 @@
+import RemoraCore
+
 /// A small JSON value: written by the report (hand-made, the binary has no Foundation), read back
 /// by `--plot-compare`. Numbers keep their literal text, so 64-bit counts round-trip exactly.
 public indirect enum JSON: Equatable {
@@ -89,26 +91,7 @@ public indirect enum JSON: Equatable {
         }
     }
 
-    static func quote(_ s: String, into out: inout String) {
-        out += "\""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if u.value < 0x20 {
-                    let hex = Array("0123456789abcdef")
-                    out += "\\u00" + String(hex[Int(u.value >> 4)]) + String(hex[Int(u.value & 15)])
-                } else {
-                    out.unicodeScalars.append(u)
-                }
-            }
-        }
-        out += "\""
-    }
+    static func quote(_ s: String, into out: inout String) { JSONText.appendQuoted(s, into: &out) }
 
     // MARK: reading
 
