@@ -59,6 +59,16 @@ public protocol TransportSocket: AnyObject {
     func send(_ c: TCPConnection, _ data: UnsafeRawBufferPointer) -> Bool
     /// The application will write nothing more: the last wire bytes before FIN.
     func shutdown(_ c: TCPConnection)
+    /// The peer's verified identity once the handshake is done (a SPIFFE URI SAN, else the first
+    /// DNS SAN of its certificate), or nil: no certificate, or not a TLS layer.
+    var peerPrincipal: String? { get }
+    /// The server name the client asked for (TLS SNI), or nil.
+    var serverName: String? { get }
+}
+
+extension TransportSocket {
+    public var peerPrincipal: String? { nil }
+    public var serverName: String? { nil }
 }
 
 public final class TCPConnection {
@@ -78,6 +88,10 @@ public final class TCPConnection {
     public unowned(unsafe) var delegate: (any TCPConnectionDelegate)?
     /// The byte layer (TLS), or nil for raw TCP (see `TransportSocket`). Set before the first byte.
     public var transportSocket: (any TransportSocket)?
+    /// The peer's verified identity (see `TransportSocket.peerPrincipal`); nil on raw TCP.
+    @inline(__always) public var peerPrincipal: String? { transportSocket?.peerPrincipal }
+    /// The TLS server name the client sent; nil on raw TCP.
+    @inline(__always) public var serverName: String? { transportSocket?.serverName }
     /// Kept alive until the connection is closed.
     public var owner: AnyObject?
     /// Free for the owner (an index, a state).
