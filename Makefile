@@ -2,6 +2,11 @@
 # Both install what is missing first (Debian packages; needs root or sudo).
 
 APT_PACKAGES := libuv1-dev libnghttp2-dev libyaml-dev libre2-dev node-llhttp pkg-config curl socat nghttp2-client
+# Test clients and servers from PyPI: grpcio (the generated stubs in Tests/integration/grpc_fixtures need
+# >= 1.85.1 and protobuf 7), hyper-h2 for scripted raw HTTP/2 peers, prometheus_client to parse
+# /stats/prometheus. PIP_IMPORTS: the modules whose absence means "install PIP_PACKAGES".
+PIP_PACKAGES := pytest grpcio==1.85.1 protobuf==7.36.2 h2==4.4.1 prometheus_client==0.26.0
+PIP_IMPORTS := pytest grpc google.protobuf h2 prometheus_client
 # The hot-path guard (perf/cg_guard.py): callgrind, an nginx backend, strip for valgrind 3.19.
 GUARD_PACKAGES := valgrind nginx binutils
 SWIFT_RELEASE := swift build -c release --static-swift-stdlib
@@ -21,8 +26,7 @@ setup:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
-	@python3 -c 'import pytest, grpc, google.protobuf, h2, prometheus_client' 2>/dev/null || \
-	  python3 -m pip install -q pytest "grpcio==1.85.1" "protobuf==7.36.2" "h2==4.4.1" "prometheus_client==0.26.0"
+	@for m in $(PIP_IMPORTS); do python3 -c "import $$m" 2>/dev/null || { python3 -m pip install -q $(PIP_PACKAGES); break; }; done
 
 # nginx's package would start a server on port 80: service starts are refused while it installs.
 guard-setup:
