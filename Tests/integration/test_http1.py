@@ -480,3 +480,15 @@ def test_upstream_interim_1xx_then_final_response(proxy, when):
         assert set(r.interim) <= {103}
         r2 = c.request("GET", "/echo?after=interim")
         assert r2.status == 200 and r2.json()["target"] == "/echo?after=interim"
+
+
+def test_http10_without_host_gets_the_cluster_name_as_host(proxy):
+    """HTTP/1.0 allows a request without Host; the request goes upstream as HTTP/1.1, which must carry
+    one (RFC 9112 3.2), so the cluster's name stands in (nginx's proxy_pass does the same)."""
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
+        s.sendall(b"GET /echo?v=10 HTTP/1.0\r\nUser-Agent: old\r\n\r\n")
+        how, data = wait_closed(s, 5.0)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == b"200", head[:200]
+    info = json.loads(body)
+    assert values(info, "host") == ["app"]

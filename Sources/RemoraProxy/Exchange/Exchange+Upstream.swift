@@ -13,6 +13,23 @@ extension Exchange {
         cluster = cl
         upstreamIsHTTP2 = cl.config.protocol != .http1
         reqFraming = r.framing
+        if view.authority.isEmpty {
+            // HTTP/1.0 without Host: HTTP/1.1 and HTTP/2 upstreams need one; the cluster's name
+            // stands in for it, as nginx's proxy_pass sends its upstream's name (rare, not hot).
+            var v = view, name = cl.config.name
+            name.withUTF8 { v.authority = UnsafeRawBufferPointer($0); storeUpstreamHead(r, v, clientIP, scheme, dropExpect, addHost: true) }
+        } else {
+            storeUpstreamHead(r, view, clientIP, scheme, dropExpect, addHost: r.fromHTTP2 || r.authorityReplacesHost)
+        }
+        if cl.requestKey != nil { lbHash = cl.requestHash(view.headers, clientIP: clientIP) }
+        cl.stats.inc(.upstream_rq_total)
+        cl.stats.inc(.upstream_rq_active)
+        clusterActive = true
+    }
+
+    @inline(__always)
+    func storeUpstreamHead(_ r: RequestStart, _ view: RequestView, _ clientIP: UnsafeRawBufferPointer,
+                           _ scheme: StaticString, _ dropExpect: Bool, addHost: Bool) {
         if upstreamIsHTTP2 {
             reqHead.prepare(pool)
             HTTP2Head.storeRequest(view, clientIP: clientIP, proto: scheme, dropExpect: dropExpect,
@@ -20,13 +37,9 @@ extension Exchange {
         } else {
             if upHead.base == nil { upHead = pool.take() }
             upHead.clear()
-            HTTP1Head.writeRequest(view, framing: reqFraming, addHost: r.fromHTTP2 || r.authorityReplacesHost,
+            HTTP1Head.writeRequest(view, framing: reqFraming, addHost: addHost,
                                    clientIP: clientIP, proto: scheme, dropExpect: dropExpect, into: &upHead)
         }
-        if cl.requestKey != nil { lbHash = cl.requestHash(view.headers, clientIP: clientIP) }
-        cl.stats.inc(.upstream_rq_total)
-        cl.stats.inc(.upstream_rq_active)
-        clusterActive = true
     }
 
     /// Sends the request on an upstream: an idle pooled HTTP/1.1 connection unless `fresh`, an
