@@ -290,8 +290,12 @@ void *remora_tls_server_ctx_new(remora_tls_server *s, const char *cert, const ch
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
     SSL_CTX_set_read_ahead(ctx, 1);
     if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) { set_err(err, errlen, "no certificate in", cert); goto fail; }
-    if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) { set_err(err, errlen, "no private key in", key); goto fail; }
-    if (SSL_CTX_check_private_key(ctx) != 1) {
+    if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
+        if (ERR_GET_REASON(ERR_peek_last_error()) != X509_R_KEY_VALUES_MISMATCH &&
+            ERR_GET_REASON(ERR_peek_last_error()) != SSL_R_PRIVATE_KEY_MISMATCH) {
+            set_err(err, errlen, "no private key in", key);
+            goto fail;
+        }
         snprintf(err, errlen, "the key in %s does not match the certificate in %s", key, cert);
         ERR_clear_error();
         goto fail;
@@ -373,8 +377,12 @@ void *remora_tls_client_ctx_new(remora_tls_client *c, const char *ca, const char
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
     if (cert) {
         if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) { set_err(err, errlen, "no certificate in", cert); goto fail; }
-        if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) { set_err(err, errlen, "no private key in", key); goto fail; }
-        if (SSL_CTX_check_private_key(ctx) != 1) {
+        if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
+            if (ERR_GET_REASON(ERR_peek_last_error()) != X509_R_KEY_VALUES_MISMATCH &&
+                ERR_GET_REASON(ERR_peek_last_error()) != SSL_R_PRIVATE_KEY_MISMATCH) {
+                set_err(err, errlen, "no private key in", key);
+                goto fail;
+            }
             snprintf(err, errlen, "the key in %s does not match the certificate in %s", key, cert);
             ERR_clear_error();
             goto fail;

@@ -85,7 +85,7 @@ public final class TLSServerContext: @unchecked Sendable {
         else { throw TLSLoadError(field: "certificates", message: "out of memory") }
         server = s
         state = Mutex(([], nil))
-        do { try reload() } catch { remora_tls_server_free(s); throw error }
+        try reload()   // on failure deinit frees what init made
     }
 
     deinit { remora_tls_server_free(server) }
@@ -165,7 +165,7 @@ public final class TLSClientContext: @unchecked Sendable {
         guard let c = remora_tls_client_new() else { throw TLSLoadError(field: "ca", message: "out of memory") }
         client = c
         state = Mutex([])
-        do { try reload() } catch { remora_tls_client_free(c); throw error }
+        try reload()   // on failure deinit frees what init made
     }
 
     deinit { remora_tls_client_free(client) }

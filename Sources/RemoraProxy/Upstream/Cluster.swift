@@ -214,6 +214,13 @@ final class Cluster {
         if breaker != nil { shared.release(.connections) }
     }
 
+    /// A connect that failed in its TLS handshake (`TLSSocket.handshakeFailed`): one log line saying why
+    /// (the request gets 503 with UF like any failed connect).
+    func connectFailed(_ c: TCPConnection, _ status: Int32) {
+        guard status == TLSSocket.handshakeFailed, let t = c.transportSocket as? TLSSocket else { return }
+        worker.log("cluster \(config.name): TLS handshake with \(c.peerIP()) failed: \(t.failure ?? "unknown reason")")
+    }
+
     /// A new TCP connection to `endpoint`, connecting, with the connect timeout armed.
     func connect(_ endpoint: Endpoint) -> TCPConnection? {
         guard mayConnect() else { return nil }
