@@ -457,6 +457,15 @@ void remora_tls_shutdown(remora_tls_conn *c) {
     ERR_clear_error();
 }
 
+void remora_tls_release_buffers(remora_tls_conn *c) {
+    (void)SSL_free_buffers(c->ssl);   // refused (0) while a record is half read or written
+    if (c->out_len == 0 && c->out) {
+        free(c->out);
+        c->out = NULL;
+        c->out_cap = 0;
+    }
+}
+
 void remora_tls_error(remora_tls_conn *c, char *buf, size_t len) {
     if (len == 0) return;
     buf[0] = 0;

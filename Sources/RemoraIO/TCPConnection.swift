@@ -66,6 +66,9 @@ public protocol TransportSocket: AnyObject {
     /// `TCPConnection.discardQueued` asks whether application bytes not yet sent may be dropped
     /// (the layer drops what it holds and says yes, or says no: they are already sealed).
     func discardUnsent(_ c: TCPConnection) -> Bool
+    /// The connection is idle (`TCPConnection.releaseIdleBuffers`): give back what the next bytes
+    /// can allocate again.
+    func releaseIdleBuffers(_ c: TCPConnection)
     /// The application will write nothing more: the last wire bytes before FIN.
     func shutdown(_ c: TCPConnection)
     /// The peer's verified identity once the handshake is done (a SPIFFE URI SAN, else the first
@@ -83,6 +86,7 @@ extension TransportSocket {
     }
     public func receivedEnd(_ c: TCPConnection, _ code: Int32) { c.deliverEnd(code) }
     public func discardUnsent(_ c: TCPConnection) -> Bool { false }
+    public func releaseIdleBuffers(_ c: TCPConnection) {}
 }
 
 public final class TCPConnection {
@@ -174,6 +178,7 @@ public final class TCPConnection {
     /// connection's owner calls it; the next queued write allocates again).
     public func releaseIdleBuffers() {
         guard !writing else { return }
+        transportSocket?.releaseIdleBuffers(self)
         if pending.isEmpty { pending.release() }
         if inflight.isEmpty { inflight.release() }
     }

@@ -69,6 +69,16 @@ public final class Snapshot: Sendable {
         }
     }
 
+    /// Loads every certificate, key and CA file `config` names (`remora validate`): the first problem,
+    /// by the path of its field, or nil.
+    public static func checkTLSFiles(_ config: Config) -> ConfigErrors? {
+        do {
+            _ = try listenerTLS(config, previous: nil)
+            _ = try clusterTLS(config, previous: nil)
+            return nil
+        } catch let e as ConfigErrors { return e } catch { return ConfigErrors([]) }
+    }
+
     /// Per listener: its TLS server side, the previous snapshot's when its `tls:` did not change.
     static func listenerTLS(_ config: Config, previous: Snapshot?) throws -> [TLSServerContext?] {
         var out: [TLSServerContext?] = []

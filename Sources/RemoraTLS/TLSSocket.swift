@@ -153,6 +153,10 @@ public final class TLSSocket: TransportSocket {
         c.deliverEnd(code)
     }
 
+    public func releaseIdleBuffers(_ c: TCPConnection) {
+        if handshakeDone { remora_tls_release_buffers(tls) }
+    }
+
     public func discardUnsent(_ c: TCPConnection) -> Bool {
         guard !started else { return false }
         held.clear()

@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness import cluster, http_listener, make_config, poll, route, run_curl
+from harness import cluster, http_listener, make_config, poll, remora_bin, route, run_curl, tcp_listener
 from tlspki import CA, serial_of
 
 OPENSSL = shutil.which("openssl")
@@ -469,3 +469,64 @@ def test_bad_tls_config_is_refused_with_file_line_field(start_remora, pki, probl
         assert "does not match" in err
     else:
         assert "nope.pem" in err
+    v = subprocess.run([str(remora_bin()), "validate", str(remora.config_path)], capture_output=True, timeout=20)
+    assert v.returncode == 1 and field in v.stderr.decode(), v.stderr
+
+
+def test_tcp_listener_terminates_tls(start_remora, tcp_backend, pki):
+    backend = tcp_backend()
+    lst = tcp_listener("tcp", "echo", tls={"certificates": [{"cert": str(pki.web[0]), "key": str(pki.web[1])}]})
+    remora = start_remora(make_config([lst], [cluster("echo", [backend.endpoint])]))
+    with socket.create_connection(("127.0.0.1", remora.port("tcp")), timeout=5) as s:
+        with client_ctx(pki).wrap_socket(s, server_hostname="web.test") as t:
+            assert t.selected_alpn_protocol() is None
+            t.sendall(b"ping over tls")
+            got = b""
+            while len(got) < 13:
+                chunk = t.recv(100)
+                if not chunk:
+                    break
+                got += chunk
+            assert got == b"ping over tls"
+
+
+def test_parked_connections_keep_working(start_remora, http_backend, pki):
+    """An idle connection gives back its TLS record buffers after 1 s (parked); the next request
+    on it works, over HTTP/1.1 and HTTP/2."""
+    backend = http_backend()
+    remora = start_remora(make_config([tls_listener(pki)], [cluster("app", [backend.endpoint])]))
+    conn = http.client.HTTPSConnection("127.0.0.1", remora.port("web"), context=client_ctx(pki), timeout=5)
+    try:
+        for _ in range(2):
+            conn.request("GET", "/bytes/100000", headers={"Host": "web.test"})
+            r = conn.getresponse()
+            assert r.status == 200 and len(r.read()) == 100000
+            time.sleep(1.3)
+    finally:
+        conn.close()
+    # HTTP/2 (hyper-h2 over the ssl module), a pause between the streams
+    import h2.config
+    import h2.connection
+    import h2.events
+    with socket.create_connection(("127.0.0.1", remora.port("web")), timeout=5) as raw:
+        with client_ctx(pki, alpn=["h2"]).wrap_socket(raw, server_hostname="web.test") as t:
+            assert t.selected_alpn_protocol() == "h2"
+            c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+            c.initiate_connection()
+            t.sendall(c.data_to_send())
+            for stream in (1, 3):
+                c.send_headers(stream, [(":method", "GET"), (":path", "/bytes/50000"), (":scheme", "https"),
+                                        (":authority", "web.test")], end_stream=True)
+                t.sendall(c.data_to_send())
+                got, done, deadline = 0, False, time.monotonic() + 5
+                while not done and time.monotonic() < deadline:
+                    for ev in c.receive_data(t.recv(65536)):
+                        if isinstance(ev, h2.events.DataReceived):
+                            got += len(ev.data)
+                            c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                        if isinstance(ev, h2.events.StreamEnded) and ev.stream_id == stream:
+                            done = True
+                    t.sendall(c.data_to_send())
+                assert done and got == 50000
+                time.sleep(1.3)
+    assert remora.stat("listener.web.ssl_handshake") == 2

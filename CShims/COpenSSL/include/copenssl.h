@@ -84,6 +84,10 @@ int remora_tls_write(remora_tls_conn *c, const uint8_t *p, int len);
 /// Writes close_notify into `out`.
 void remora_tls_shutdown(remora_tls_conn *c);
 
+/// An idle connection gives back OpenSSL's record buffers (~34 KiB) and `out`; the next record
+/// allocates them again.
+void remora_tls_release_buffers(remora_tls_conn *c);
+
 /// Why the last call failed (verification result first, then OpenSSL's error queue), NUL-terminated.
 void remora_tls_error(remora_tls_conn *c, char *buf, size_t len);
 
