@@ -530,3 +530,19 @@ def test_parked_connections_keep_working(start_remora, http_backend, pki):
                 assert done and got == 50000
                 time.sleep(1.3)
     assert remora.stat("listener.web.ssl_handshake") == 2
+
+
+def test_health_checks_use_the_cluster_tls(start_remora, tls_backend, pki):
+    app = pki.ca.issue("app", dns=["app.shop.svc"])
+    b = tls_backend(*app)
+    hc = {"http": {"path": "/healthz"}, "interval": "100ms", "timeout": "1s", "unhealthy_threshold": 2,
+          "healthy_threshold": 1}
+    remora = start_remora(make_config(
+        [http_listener("web", routes=[route("good", name="good", prefix="/good/"), route("bad", name="bad", prefix="/bad/")])],
+        [cluster("good", [b.endpoint], tls={"ca": str(pki.ca.cert), "verify_san": ["app.shop.svc"]}, health_check=hc),
+         cluster("bad", [b.endpoint], tls={"ca": str(pki.ca.cert), "verify_san": ["db.shop.svc"]}, health_check=hc)]))
+    remora.wait_stat("cluster.good.health_check.success", lambda v: v >= 3, timeout=5)
+    remora.wait_stat("cluster.bad.health_check.failure", lambda v: v >= 3, timeout=5)
+    assert remora.stat("cluster.good.health_check.failure") == 0
+    assert remora.stat("cluster.good.health_check.healthy") == 1
+    assert remora.stat("cluster.bad.health_check.healthy") == 0
