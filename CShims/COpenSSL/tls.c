@@ -488,6 +488,19 @@ int remora_tls_session_reused(remora_tls_conn *c) { return SSL_session_reused(c-
 
 const char *remora_tls_version(remora_tls_conn *c) { return SSL_get_version(c->ssl); }
 
+static int64_t not_after(X509 *x) {
+    struct tm tm;
+    if (!x || ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) != 1) return 0;
+    return (int64_t)timegm(&tm);
+}
+
+int64_t remora_tls_expiry(remora_tls_conn *c) {
+    int64_t own = not_after(SSL_get_certificate(c->ssl)), peer = not_after(SSL_get0_peer_certificate(c->ssl));
+    if (own == 0) return peer;
+    if (peer == 0) return own;
+    return own < peer ? own : peer;
+}
+
 int remora_tls_peer_has_cert(remora_tls_conn *c) { return SSL_get0_peer_certificate(c->ssl) != NULL; }
 
 // MARK: certificate details

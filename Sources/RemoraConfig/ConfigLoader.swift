@@ -237,7 +237,7 @@ private final class Schema {
     /// forward_client_cert }` on a listener.
     func listenerTLS(_ n: Node, _ p: String) -> ListenerTLSConfig? {
         guard let m = d.mapping(n, p, keys: ["certificates", "alpn", "client_ca", "min_version", "ticket_key_rotation",
-                                             "forward_client_cert"]) else { return nil }
+                                             "forward_client_cert", "close_expired"]) else { return nil }
         let certs = m.required("certificates") {
             d.list($0, $1, ifEmpty: "at least one certificate is required") { n, p -> TLSCertificateFiles? in
                 guard let m = d.mapping(n, p, keys: ["cert", "key"]) else { return nil }
@@ -258,10 +258,11 @@ private final class Schema {
             return ms
         }
         let forward = m.optional("forward_client_cert", d.bool)
+        let closeExpired = m.optional("close_expired", d.bool)
         guard let certs else { return nil }
         return ListenerTLSConfig(certificates: certs, alpn: alpn ?? ["h2", "http/1.1"], clientCA: ca,
                                  minVersion: minVersion ?? .tls12, ticketKeyRotation: rotation ?? 3_600_000,
-                                 forwardClientCert: forward)
+                                 forwardClientCert: forward, closeExpired: closeExpired ?? true)
     }
 
     /// `tls: { ca, server_name, verify_san, cert, key, alpn, min_version }` on a cluster.

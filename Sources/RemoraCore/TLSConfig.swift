@@ -39,11 +39,18 @@ public struct ListenerTLSConfig: Sendable, Equatable {
     /// By, Hash, URI, DNS). Default true when `client_ca` is set. An inbound field of that name is
     /// always removed, on every listener.
     public var forwardClientCert: Bool
+    /// Connections are closed gracefully (HTTP/1.1 after the request in flight, HTTP/2 with GOAWAY,
+    /// TCP at once) when the certificate they were made with, the listener's or the client's,
+    /// expires: a renewed certificate then reaches every client, and no connection outlives the
+    /// credential it was authenticated with. Default true.
+    public var closeExpired: Bool
 
     public init(certificates: [TLSCertificateFiles], alpn: [String] = ["h2", "http/1.1"], clientCA: String? = nil,
-                minVersion: TLSVersion = .tls12, ticketKeyRotation: Millis = 3_600_000, forwardClientCert: Bool? = nil) {
+                minVersion: TLSVersion = .tls12, ticketKeyRotation: Millis = 3_600_000, forwardClientCert: Bool? = nil,
+                closeExpired: Bool = true) {
         self.certificates = certificates; self.alpn = alpn; self.clientCA = clientCA; self.minVersion = minVersion
         self.ticketKeyRotation = ticketKeyRotation; self.forwardClientCert = forwardClientCert ?? (clientCA != nil)
+        self.closeExpired = closeExpired
     }
 }
 

@@ -68,6 +68,10 @@ final class Worker {
     var sessionHead: Session?
     var sessionCount = 0
     var draining = false
+    /// `close_expired`: the timer for the earliest certificate expiry among this worker's TLS
+    /// connections (`Worker+TLS.swift`), and when it is due (Unix seconds; 0: not armed).
+    var expiryTimer: LoopTimer?
+    var expiryDue: Int64 = 0
     /// Log lines on their way to the main thread, which writes them (`log`).
     let logBuffer: WorkerLog
     var main: Mailbox<MainMessage>!
@@ -194,6 +198,8 @@ final class Worker {
 
     func maybeFinishDrain() {
         guard draining, sessionCount == 0 else { return }
+        expiryTimer?.close()
+        expiryTimer = nil
         for c in clusterByName.values { c.closeIdle() }
         for c in retired { c.closeIdle() }
         mailbox.close()
@@ -265,6 +271,10 @@ class Session {
     func drain() {}
     /// Close now.
     func abort() {}
+    /// The client's connection (for `close_expired`).
+    var downstreamConnection: TCPConnection? { nil }
+    /// A certificate this connection was made with expired: finish what is in flight, then close.
+    func closeExpired() { drain() }
 }
 
 /// One listener in one worker, stable across snapshots: its socket, and the runtime of the
@@ -291,6 +301,7 @@ final class ListenerSlot: ListenerDelegate {
         if let tls = rt.tls {   // TLS under the session: it sees plaintext (RemoraTLS.TLSSocket)
             guard let layer = TLSSocket(server: tls) else { rt.stats.dec(.downstream_cx_active); c.close(); return }
             layer.listenerStats = rt.stats
+            if tls.config.closeExpired { layer.observer = worker }
             c.transportSocket = layer
         }
         let s: Session

@@ -2,6 +2,12 @@ import COpenSSL
 import RemoraCore
 import RemoraIO
 
+/// Told when a server-role handshake completes (a worker closes connections whose certificate
+/// expires: `close_expired`). No allocation: the worker is the observer.
+public protocol TLSObserver: AnyObject {
+    func tlsHandshakeDone(_ s: TLSSocket)
+}
+
 /// TLS as a transport socket (`RemoraIO.TransportSocket`): between a `TCPConnection`'s socket and
 /// its delegate, in the server role (a TLS listener) or the client role (a TLS cluster).
 ///
@@ -35,6 +41,11 @@ public final class TLSSocket: TransportSocket {
     /// Per-listener counters (server role) or per-cluster (client role); may be nil (tests).
     public var listenerStats: StatBlock<ListenerStat>?
     public var clusterStats: StatBlock<ClusterStat>?
+    /// When the first of this side's and the peer's certificates expires, Unix seconds (0: unknown),
+    /// known once the handshake is done.
+    public private(set) var expiresAt: Int64 = 0
+    /// Told when the server-role handshake is done (nil: nobody asked).
+    public unowned(unsafe) var observer: (any TLSObserver)?
 
     /// The libuv-style error a failed handshake reports (EPROTO).
     public static let handshakeFailed: Int32 = -71
@@ -194,6 +205,10 @@ public final class TLSSocket: TransportSocket {
         if remora_tls_session_reused(tls) != 0 { listenerStats?.inc(.ssl_session_reused) }
         if let n = remora_tls_server_name(tls) { serverName = String(cString: n) }
         alpn = negotiatedALPN()
+        if let o = observer {
+            expiresAt = remora_tls_expiry(tls)
+            o.tlsHandshakeDone(self)
+        }
         guard remora_tls_peer_has_cert(tls) != 0, let (id, hash) = peer() else { return }
         peerPrincipal = id.principal
         if let s = server, s.config.forwardClientCert {

@@ -31,7 +31,9 @@ import Testing
         #expect(t.certificates == [TLSCertificateFiles(cert: "a.pem", key: "a-key.pem")])
         #expect(t.alpn == ["h2", "http/1.1"])
         #expect(t.clientCA == nil && !t.forwardClientCert)
-        #expect(t.minVersion == .tls12 && t.ticketKeyRotation == 3_600_000)
+        #expect(t.minVersion == .tls12 && t.ticketKeyRotation == 3_600_000 && t.closeExpired)
+        let off = try parse(config(listenerTLS: "{ certificates: [ { cert: a.pem, key: b } ], close_expired: false }")).get()
+        #expect(off.listeners[0].tls?.closeExpired == false)
         let m = try parse(config(listenerTLS: """
             { certificates: [ { cert: a.pem, key: a.key }, { cert: b.pem, key: b.key } ], alpn: [ http/1.1 ], \
             client_ca: ca.pem, min_version: "1.3", ticket_key_rotation: 10m }

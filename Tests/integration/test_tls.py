@@ -546,3 +546,34 @@ def test_health_checks_use_the_cluster_tls(start_remora, tls_backend, pki):
     assert remora.stat("cluster.good.health_check.failure") == 0
     assert remora.stat("cluster.good.health_check.healthy") == 1
     assert remora.stat("cluster.bad.health_check.healthy") == 0
+
+
+def test_close_expired_closes_connections_whose_client_cert_expired(start_remora, http_backend, pki):
+    import datetime
+    backend = http_backend()
+    end = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0) + datetime.timedelta(seconds=4)
+    short = pki.ca.issue_until("short", end, uris=["spiffe://mesh.local/ns/shop/sa/short"])
+    remora = start_remora(make_config([tls_listener(pki, client_ca=True)], [cluster("app", [backend.endpoint])]))
+    port = remora.port("web")
+    conns = {}
+    for name, cert in (("short", short), ("long", pki.client)):
+        c = http.client.HTTPSConnection("127.0.0.1", port, context=client_ctx(pki, cert), timeout=5)
+        c.request("GET", "/echo", headers={"Host": "web.test"})
+        r = c.getresponse()
+        assert r.status == 200
+        assert echo_headers(r.read())["x-forwarded-client-cert"]
+        conns[name] = c
+    try:
+        remora.wait_stat("listener.web.ssl_connection_expired", lambda v: v >= 1, timeout=10)
+        # the expired one was closed: reading it gives EOF; the other still serves on the same connection
+        s = conns["short"].sock
+        s.settimeout(3)
+        assert s.recv(100) == b""
+        conns["long"].request("GET", "/echo", headers={"Host": "web.test"})
+        r = conns["long"].getresponse()
+        assert r.status == 200 and r.read()
+        assert remora.stat("listener.web.ssl_connection_expired") == 1
+        assert remora.stat("listener.web.ssl_handshake") == 2
+    finally:
+        for c in conns.values():
+            c.close()

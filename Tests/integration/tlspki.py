@@ -53,6 +53,30 @@ class CA:
         return cert, key
 
 
+    def issue_until(self, name: str, end: "datetime.datetime", uris: list[str] = (), dns: list[str] = ()) -> tuple[Path, Path]:
+        """A leaf that expires at `end` (UTC, to the second): `openssl ca -enddate` (openssl 3.0's
+        `x509 -req` only counts days)."""
+        import datetime
+        work = self.dir / f"{name}.ca"
+        work.mkdir(exist_ok=True)
+        (work / "index.txt").write_text("")
+        (work / "serial").write_text(os.urandom(8).hex() + "\n")
+        sans = ",".join([f"DNS:{d}" for d in dns] + [f"URI:{u}" for u in uris])
+        (work / "ca.cnf").write_text(
+            "[ca]\ndefault_ca = d\n[d]\ndatabase = index.txt\nnew_certs_dir = .\nserial = serial\n"
+            "default_md = sha256\npolicy = p\nunique_subject = no\n[p]\ncommonName = supplied\n"
+            f"[ext]\nbasicConstraints = CA:FALSE\nkeyUsage = critical,digitalSignature\n"
+            f"extendedKeyUsage = serverAuth,clientAuth\n" + (f"subjectAltName = {sans}\n" if sans else ""))
+        key, cert, csr = self.dir / f"{name}-key.pem", self.dir / f"{name}.pem", work / "req.csr"
+        _run(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", str(key)], work)
+        _run(["req", "-new", "-key", str(key), "-subj", f"/CN={name}", "-out", str(csr)], work)
+        start = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=1)).strftime("%Y%m%d%H%M%SZ")
+        _run(["ca", "-batch", "-config", "ca.cnf", "-cert", str(self.cert), "-keyfile", str(self.key), "-in", str(csr),
+              "-out", str(cert), "-startdate", start, "-enddate", end.strftime("%Y%m%d%H%M%SZ"), "-extensions", "ext",
+              "-notext"], work)
+        return cert, key
+
+
 def serial_of(cert_pem: str | bytes) -> str:
     """The serial (hex, upper case) of a PEM certificate."""
     data = cert_pem.encode() if isinstance(cert_pem, str) else cert_pem

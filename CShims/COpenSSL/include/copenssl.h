@@ -104,6 +104,8 @@ void remora_tls_alpn(remora_tls_conn *c, const uint8_t **p, unsigned *len);
 int remora_tls_session_reused(remora_tls_conn *c);
 /// "TLSv1.3", …
 const char *remora_tls_version(remora_tls_conn *c);
+/// The earliest expiry (Unix seconds) of this side's certificate and the peer's; 0 when neither has one.
+int64_t remora_tls_expiry(remora_tls_conn *c);
 /// 1 when the peer presented a certificate.
 int remora_tls_peer_has_cert(remora_tls_conn *c);
 /// The peer's certificate's URI and DNS SANs as lines "U <uri>\n" / "D <name>\n", NUL-terminated,

@@ -503,6 +503,8 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
 
     // MARK: Session
 
+    override var downstreamConnection: TCPConnection? { conn }
+
     override func drain() {
         draining = true
         h2.goAway()

@@ -514,6 +514,8 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
 
     // MARK: Session
 
+    override var downstreamConnection: TCPConnection? { conn }
+
     override func drain() {
         draining = true
         if !active && !inHead { conn.close() }
