@@ -31,6 +31,9 @@ let package = Package(
                 cSettings: [.unsafeFlags(["-O3", "-Wno-everything"])]),
         // RE2 (Debian libre2-dev) behind a small C interface: linear-time regex matching for routes.
         .target(name: "CRE2", path: "CShims/CRE2", linkerSettings: [.linkedLibrary("re2")]),
+        // OpenSSL 3 (Debian libssl-dev) behind a small C interface; every OpenSSL callback is in its tls.c.
+        .target(name: "COpenSSL", path: "CShims/COpenSSL", cSettings: [.unsafeFlags(["-O2"])],
+                linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]),
 
         // Pure Swift values: config model, errors, sizes and durations, stat names.
         .target(name: "RemoraCore", dependencies: ["CRemoraSupport", "RemoraPolicy"], swiftSettings: hot),
@@ -40,6 +43,8 @@ let package = Package(
         .target(name: "RemoraIO", dependencies: ["RemoraCore", "CLibUV"], swiftSettings: hot),
         // The only importer of llhttp (and, later, nghttp2).
         .target(name: "RemoraHTTP", dependencies: ["RemoraCore", "CLLHTTP", "CNGHTTP2", "CH2Mem"], swiftSettings: hot),
+        // The only importer of OpenSSL (COpenSSL): the TLS transport socket, certificate contexts.
+        .target(name: "RemoraTLS", dependencies: ["RemoraCore", "RemoraIO", "COpenSSL"], swiftSettings: hot),
         // Pure decisions, no I/O: the route table, matchers, weighted split.
         .target(name: "RemoraRouting", dependencies: ["RemoraCore", "RemoraPolicy", "CRE2"], swiftSettings: hot),
         // Pure policy, no I/O: attempt outcomes, load balancers, retry state and budgets, breakers,
@@ -51,7 +56,7 @@ let package = Package(
         // The glue: workers, connection managers, upstream pools, TCP proxy, process lifecycle.
         .target(name: "RemoraProxy",
                 dependencies: ["RemoraCore", "RemoraConfig", "RemoraIO", "RemoraHTTP", "RemoraRouting", "RemoraPolicy",
-                               "RemoraAdmin", "CRemoraSupport"],
+                               "RemoraAdmin", "RemoraTLS", "CRemoraSupport"],
                 swiftSettings: hot),
         // Control plane: `remora control` (desired state, long-poll pushes) and `remora ctl`.
         // (CYAML: the split edit locates weights in the stored YAML text to change only them.)

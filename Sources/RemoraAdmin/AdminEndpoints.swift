@@ -23,7 +23,7 @@ public struct AdminEndpoint: Sendable {
 
 extension AdminEndpoint {
     /// The admin server's endpoints, in the order the 404 answer lists them.
-    public static let all: [AdminEndpoint] = [ready, stats, prometheusStats, configDump, drain, quitquitquit]
+    public static let all: [AdminEndpoint] = [ready, stats, prometheusStats, configDump, certs, drain, quitquitquit]
 
     /// 200 while serving (also while the control server is away: the last good configuration
     /// still serves), 503 while starting, waiting for a first configuration, or draining.
@@ -69,6 +69,26 @@ extension AdminEndpoint {
     public static let configDump = AdminEndpoint("/config_dump") { _, target in
         let dump = target.configDump
         return .init(status: 200, contentType: "application/yaml", body: "# version \(dump.version)\n" + dump.yaml)
+    }
+
+    /// Every loaded certificate as JSON: `{"certificates": [{name, path, subject, serial, not_after,
+    /// seconds_left, uri_sans, dns_sans}]}` (Envoy's /certs, simplified).
+    public static let certs = AdminEndpoint("/certs") { _, target in
+        var out = "{\"certificates\":["
+        for (i, c) in target.certificates().enumerated() {
+            if i > 0 { out += "," }
+            out += "{\"name\":"; JSONText.appendQuoted(c.name, into: &out)
+            out += ",\"path\":"; JSONText.appendQuoted(c.path, into: &out)
+            out += ",\"subject\":"; JSONText.appendQuoted(c.subject, into: &out)
+            out += ",\"serial\":"; JSONText.appendQuoted(c.serial, into: &out)
+            out += ",\"not_after\":\(c.notAfter),\"seconds_left\":\(c.secondsLeft),\"uri_sans\":["
+            for (j, u) in c.uriSANs.enumerated() { if j > 0 { out += "," }; JSONText.appendQuoted(u, into: &out) }
+            out += "],\"dns_sans\":["
+            for (j, d) in c.dnsSANs.enumerated() { if j > 0 { out += "," }; JSONText.appendQuoted(d, into: &out) }
+            out += "]}"
+        }
+        out += "]}\n"
+        return .init(status: 200, contentType: "application/json", body: out)
     }
 
     /// Graceful drain (up to `drain_timeout`), then exit 0.

@@ -16,10 +16,34 @@ public protocol AdminTarget: AnyObject {
     /// This proxy's name in Istio's metrics (`source_workload`): the configuration's `node`, else
     /// `--node`, else "remora".
     var nodeName: String { get }
+    /// Every certificate the proxy loaded (served, presented upstream, trusted CAs) (GET /certs).
+    func certificates() -> [AdminCertificate]
 }
 
 extension AdminTarget {
     public var nodeName: String { "remora" }
+    public func certificates() -> [AdminCertificate] { [] }
+}
+
+/// One loaded certificate as GET /certs shows it.
+public struct AdminCertificate: Equatable, Sendable {
+    /// Where it is used: "listener.web.certificates[0]", "listener.web.client_ca", "cluster.app.ca", …
+    public var name: String
+    public var path: String
+    public var subject: String
+    public var serial: String
+    /// Unix seconds.
+    public var notAfter: Int64
+    /// Negative once expired.
+    public var secondsLeft: Int64
+    public var uriSANs: [String]
+    public var dnsSANs: [String]
+
+    public init(name: String, path: String, subject: String, serial: String, notAfter: Int64, secondsLeft: Int64,
+                uriSANs: [String], dnsSANs: [String]) {
+        self.name = name; self.path = path; self.subject = subject; self.serial = serial; self.notAfter = notAfter
+        self.secondsLeft = secondsLeft; self.uriSANs = uriSANs; self.dnsSANs = dnsSANs
+    }
 }
 
 /// Where the proxy is in its life, as GET /ready reports it.

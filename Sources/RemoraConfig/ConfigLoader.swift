@@ -192,7 +192,7 @@ private final class Schema {
                                              "max_request_header_bytes", "idle_timeout", "http2", "routes",
                                              "virtual_hosts", "cluster", "request_timeout", "max_request_body",
                                              "headers_with_underscores", "per_connection_buffer_limit", "access_log",
-                                             "tracing"])
+                                             "tracing", "tls"])
         else { return nil }
         let name = m.required("name") { self.name($0, $1, "listener", &listenerNames) }
         let address = m.required("address", listenAddress)
@@ -215,12 +215,13 @@ private final class Schema {
         let bufferLimit = m.optional("per_connection_buffer_limit") { d.size($0, $1, in: (64 << 10)...(1 << 30)) }
         let accessLog = m.optional("access_log", accessLog)
         let tracing = m.optional("tracing", tracing)
+        let tls = m.optional("tls", listenerTLS)
         var names = ListenerNames()
         let routes = m.optional("routes") { d.list($0, $1) { route($0, $1, &names) } }
         let hosts = m.optional("virtual_hosts") { d.list($0, $1) { virtualHost($0, $1, &names) } }
         let cluster = proto == .tcp ? m.required("cluster", clusterRef) : m.optional("cluster", clusterRef)
         guard let name, let address else { return nil }
-        return ListenerConfig(name: name, address: address, protocol: proto ?? .http,
+        var listener = ListenerConfig(name: name, address: address, protocol: proto ?? .http,
                               requestHeaderTimeout: headerTimeout ?? 10_000, maxRequestHeaderBytes: maxHeaderBytes ?? 60 * 1024,
                               idleTimeout: idleTimeout ?? 60_000, http2: http2 ?? HTTP2Settings(),
                               virtualHosts: hosts ?? routes.map { [VirtualHostConfig(name: "default", routes: $0)] } ?? [],
@@ -228,6 +229,72 @@ private final class Schema {
                               maxRequestBodyBytes: maxBody.map(UInt64.init) ?? 1 << 30,
                               headersWithUnderscores: underscores ?? .drop, perConnectionBufferLimit: bufferLimit ?? 1 << 20,
                               accessLog: accessLog, tracing: tracing)
+        listener.tls = tls
+        return listener
+    }
+
+    /// `tls: { certificates: [{ cert, key }], alpn, client_ca, min_version, ticket_key_rotation,
+    /// forward_client_cert }` on a listener.
+    func listenerTLS(_ n: Node, _ p: String) -> ListenerTLSConfig? {
+        guard let m = d.mapping(n, p, keys: ["certificates", "alpn", "client_ca", "min_version", "ticket_key_rotation",
+                                             "forward_client_cert", "close_expired"]) else { return nil }
+        let certs = m.required("certificates") {
+            d.list($0, $1, ifEmpty: "at least one certificate is required") { n, p -> TLSCertificateFiles? in
+                guard let m = d.mapping(n, p, keys: ["cert", "key"]) else { return nil }
+                let cert = m.required("cert", filePath), key = m.required("key", filePath)
+                guard let cert, let key else { return nil }
+                return TLSCertificateFiles(cert: cert, key: key)
+            }
+        }
+        let alpn = m.optional("alpn", alpnList)
+        let ca = m.optional("client_ca", filePath)
+        let minVersion: TLSVersion? = m.optional("min_version", d.oneOf)
+        let rotation = m.optional("ticket_key_rotation") { n, p -> Millis? in
+            guard let ms = d.duration(n, p) else { return nil }
+            guard ms >= 60_000 && ms <= 7 * 86_400_000 else {
+                d.fail(n.line, p, "must be between 1m and 168h, got \(n.text)")
+                return nil
+            }
+            return ms
+        }
+        let forward = m.optional("forward_client_cert", d.bool)
+        let closeExpired = m.optional("close_expired", d.bool)
+        guard let certs else { return nil }
+        return ListenerTLSConfig(certificates: certs, alpn: alpn ?? ["h2", "http/1.1"], clientCA: ca,
+                                 minVersion: minVersion ?? .tls12, ticketKeyRotation: rotation ?? 3_600_000,
+                                 forwardClientCert: forward, closeExpired: closeExpired ?? true)
+    }
+
+    /// `tls: { ca, server_name, verify_san, cert, key, alpn, min_version }` on a cluster.
+    func clusterTLS(_ n: Node, _ p: String) -> ClusterTLSConfig? {
+        guard var m = d.mapping(n, p, keys: ["ca", "server_name", "verify_san", "cert", "key", "alpn", "min_version"])
+        else { return nil }
+        if m.has("cert") != m.has("key") {
+            d.fail(n.line, p, "cert and key go together (a client certificate needs its key)")
+            m.forbid(["cert", "key"], "needs both cert and key")
+        }
+        let ca = m.optional("ca", filePath)
+        let sni = m.optional("server_name") { n, p in
+            d.value(n, p, "a DNS name") { s in
+                !s.isEmpty && s.utf8.count < 256 && s.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "-.".contains($0)) } ? s : nil
+            }
+        }
+        let sans = m.optional("verify_san") { d.list($0, $1, ifEmpty: "at least one name (or leave verify_san out)", d.string) }
+        let cert = m.optional("cert", filePath), key = m.optional("key", filePath)
+        let alpn = m.optional("alpn", alpnList)
+        let minVersion: TLSVersion? = m.optional("min_version", d.oneOf)
+        return ClusterTLSConfig(ca: ca, serverName: sni, verifySAN: sans ?? [], cert: cert, key: key, alpn: alpn ?? [],
+                                minVersion: minVersion ?? .tls12)
+    }
+
+    func filePath(_ n: Node, _ p: String) -> String? {
+        d.value(n, p, "a file path") { $0.isEmpty || $0.utf8.contains(0) ? nil : $0 }
+    }
+
+    func alpnList(_ n: Node, _ p: String) -> [String]? {
+        d.list(n, p, ifEmpty: "at least one protocol") { n, p in
+            d.value(n, p, "h2 or http/1.1") { ["h2", "http/1.1"].contains($0) ? $0 : nil }
+        }
     }
 
     /// `tracing: { propagate: [w3c], sample_percent: 0 ... 100 }`.
@@ -522,7 +589,7 @@ private final class Schema {
         guard var m = d.mapping(n, p, keys: ["name", "protocol", "endpoints", "connect_timeout", "max_idle_per_endpoint",
                                              "http2", "max_connects_per_second", "idle_timeout", "retry_budget",
                                              "lb", "hash_on", "circuit_breaker", "outlier_detection", "panic_threshold",
-                                             "health_check"])
+                                             "health_check", "tls"])
         else { return nil }
         let name = m.required("name") { self.name($0, $1, "cluster", &clusterNames) }
         let proto: ClusterProtocol? = m.optional("protocol", d.oneOf)
@@ -543,6 +610,7 @@ private final class Schema {
         let outlier = m.optional("outlier_detection", outlierDetection)
         let panic = m.optional("panic_threshold", percentInt)
         let health = m.optional("health_check", healthCheck)
+        let tls = m.optional("tls", clusterTLS)
         guard let name, let endpoints else { return nil }
         var c = ClusterConfig(name: name, protocol: proto ?? .http1, endpoints: endpoints.map(\.0),
                               connectTimeout: connectTimeout ?? 5_000, maxIdlePerEndpoint: maxIdle,
@@ -555,6 +623,7 @@ private final class Schema {
         c.outlierDetection = outlier
         if let panic { c.panicThreshold = panic }
         c.healthCheck = health
+        c.tls = tls
         return c
     }
 

@@ -143,6 +143,8 @@ public struct ListenerConfig: Sendable, Equatable {
     public var accessLog: AccessLogConfig?
     /// HTTP: request ids and trace propagation. nil = none (the default): headers pass as they are.
     public var tracing: TracingConfig?
+    /// TLS termination (certificates, ALPN, mutual TLS). nil = plaintext (the default).
+    public var tls: ListenerTLSConfig?
 
     public init(name: String, address: HostPort, protocol: ListenerProtocol = .http,
                 requestHeaderTimeout: Millis = 10_000, maxRequestHeaderBytes: Int = 60 * 1024,
@@ -445,6 +447,8 @@ public struct ClusterConfig: Sendable, Equatable {
     /// Below this share of available (not ejected) endpoints, in percent, the balancer uses every
     /// endpoint (`lb_healthy_panic`). 0 ... 100, default 50; 0 turns panic mode off.
     public var panicThreshold: Int = 50
+    /// TLS toward the endpoints (verification, SNI, client certificate). nil = plaintext (the default).
+    public var tls: ClusterTLSConfig?
 
     public static let defaultBalancer = BalancerKind.peakEWMA
 

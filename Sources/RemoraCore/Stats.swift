@@ -79,6 +79,12 @@ public enum ListenerStat: Int, StatGroup, Sendable {
     case downstream_rq_rate_limited
     /// Access log lines dropped because the log writer was behind (`access_log:`).
     case access_log_dropped
+    /// TLS (`tls:`): handshakes completed, handshakes failed (any reason), clients refused for
+    /// sending no certificate to a `client_ca` listener, and for one that did not verify; handshakes
+    /// that resumed a session (ticket). Envoy's `ssl.*` names.
+    case ssl_handshake, ssl_connection_error, ssl_fail_verify_no_cert, ssl_fail_verify_error, ssl_session_reused
+    /// Connections closed because their certificate (the listener's or the client's) expired (`close_expired`).
+    case ssl_connection_expired
 
     public var kind: StatKind {
         switch self {
@@ -116,6 +122,12 @@ public enum ListenerStat: Int, StatGroup, Sendable {
         .downstream_rq_overload_refused: "Requests refused by the overload level",
         .downstream_cx_overload_reject: "Connections closed at accept by the overload level",
         .access_log_dropped: "Access log lines dropped because the writer was behind",
+        .ssl_handshake: "TLS handshakes completed",
+        .ssl_connection_error: "TLS handshakes that failed",
+        .ssl_fail_verify_no_cert: "TLS clients refused for presenting no certificate (client_ca)",
+        .ssl_fail_verify_error: "TLS clients refused for a certificate that did not verify",
+        .ssl_session_reused: "TLS handshakes that resumed a session",
+        .ssl_connection_expired: "TLS connections closed because a certificate they were made with expired",
     ]
 }
 
@@ -169,6 +181,9 @@ public enum ClusterStat: Int, StatGroup, Sendable {
     /// Circuit breakers (`circuit_breaker:`): connections not opened over `max_connections`,
     /// requests refused over `max_pending` and over `max_requests` (each answered 503 overloaded).
     case upstream_cx_overflow, upstream_rq_pending_overflow, upstream_rq_overflow
+    /// TLS to the endpoints (`tls:`): handshakes completed, failed (any reason), failed because the
+    /// server's certificate did not verify or lacked every `verify_san`, resumed a session.
+    case ssl_handshake, ssl_connection_error, ssl_fail_verify_error, ssl_session_reused
 
     public typealias Histogram = ClusterHistogram
     /// Label sets (status, grpc-status, protocol, flags) of the cluster's requests.
@@ -205,6 +220,10 @@ public enum ClusterStat: Int, StatGroup, Sendable {
         .upstream_cx_tx_bytes_total: "Bytes sent to upstreams",
         .upstream_cx_connect_rate_limited: "Connects refused by max_connects_per_second",
         .upstream_rq_cancelled_unsent: "Requests cancelled before any byte of them was sent",
+        .ssl_handshake: "TLS handshakes with upstreams completed",
+        .ssl_connection_error: "TLS handshakes with upstreams that failed",
+        .ssl_fail_verify_error: "Upstream certificates that did not verify (CA or verify_san)",
+        .ssl_session_reused: "TLS handshakes with upstreams that resumed a session",
     ]
 }
 

@@ -44,8 +44,11 @@ public enum HTTP1Head {
     /// `addHost` writes Host from the authority (requests that came over HTTP/2 carry `:authority`,
     /// not Host); `clientIP` is appended to X-Forwarded-For; `proto` is the listener's scheme, for
     /// X-Forwarded-Proto; `dropExpect` removes `Expect: 100-continue` (the proxy answers it itself).
+    /// `clientCert`: the `x-forwarded-client-cert` value to add (empty: none; a client's own never passes).
     public static func writeRequest(_ v: RequestView, framing: BodyFraming, addHost: Bool, clientIP: UnsafeRawBufferPointer,
-                                    proto: StaticString, dropExpect: Bool, into out: inout ByteBuffer) {
+                                    proto: StaticString, dropExpect: Bool,
+                                    clientCert: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
+                                    into out: inout ByteBuffer) {
         let h = v.headers
         out.append(v.method)
         out.append(byte: 0x20)
@@ -74,6 +77,7 @@ public enum HTTP1Head {
         out.append(clientIP)
         out.append("\r\nx-forwarded-proto: ")
         out.append(proto)
+        if clientCert.count > 0 { out.append("\r\nx-forwarded-client-cert: "); out.append(clientCert) }
         out.append("\r\n\r\n")
     }
 

@@ -3,7 +3,9 @@ import RemoraCore
 /// The request-head policy, written once for both upstream codecs (`HTTP1Head.writeRequest`,
 /// `HTTP2Head.storeRequest`): which of the client's fields are forwarded. Hop-by-hop fields go
 /// (`HopFilter`), and so do X-Forwarded-For and X-Forwarded-Proto, which the writers add anew (the
-/// client's X-Forwarded-For list first, then the client's address; the listener's scheme).
+/// client's X-Forwarded-For list first, then the client's address; the listener's scheme), and
+/// X-Forwarded-Client-Cert, which only the proxy may write (from a verified client certificate on
+/// a mutual-TLS listener): a client's own is always removed, so it cannot be forged.
 public struct RequestHead {
     /// The authority replaces any Host field (requests from HTTP/2, absolute-form targets, and
     /// every request toward HTTP/2, where `:authority` carries it).
@@ -47,6 +49,7 @@ public struct RequestHead {
         case 14: if dropContentLength && n.equalsLowercase("content-length") { return false }
         case 15: if n.equalsLowercase("x-forwarded-for") { if seen.forwardedFor < 0 { seen.forwardedFor = i }; return false }
         case 17: if n.equalsLowercase("x-forwarded-proto") { return false }
+        case 23: if n.equalsLowercase("x-forwarded-client-cert") { return false }
         default: break
         }
         return !hop.isHopByHop(h, i)
@@ -70,7 +73,9 @@ public enum HTTP2Head {
     /// unless `namesLowercase` (from HTTP/2, whose codec refuses uppercase), X-Forwarded-For with
     /// `clientIP` last, and X-Forwarded-Proto `proto` (the listener's scheme).
     public static func storeRequest(_ v: RequestView, clientIP: UnsafeRawBufferPointer, proto: StaticString,
-                                    dropExpect: Bool, namesLowercase: Bool, into block: inout HeaderBlock) {
+                                    dropExpect: Bool, namesLowercase: Bool,
+                                    clientCert: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
+                                    into block: inout HeaderBlock) {
         block.append(bytesOf(":method"), v.method)
         block.append(bytesOf(":authority"), v.authority)
         block.append(bytesOf(":path"), v.target)
@@ -91,6 +96,7 @@ public enum HTTP2Head {
         block.endField(nameOffset: xff, nameLength: 15)
         block.append(bytesOf("x-forwarded-proto"),
                      bytesOf(proto))
+        if clientCert.count > 0 { block.append(bytesOf("x-forwarded-client-cert"), clientCert) }
     }
 }
 

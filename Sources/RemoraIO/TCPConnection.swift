@@ -57,6 +57,18 @@ public protocol TransportSocket: AnyObject {
     func received(_ c: TCPConnection, _ wire: UnsafeRawBufferPointer)
     /// Application bytes to send, after everything sent before. False when nothing can be sent.
     func send(_ c: TCPConnection, _ data: UnsafeRawBufferPointer) -> Bool
+    /// `a`, then `b`, then `d` (any may be empty), as `TCPConnection.write` gets them: a layer may
+    /// seal them together (one TLS record for a small head and body). Default: `send` for each.
+    func send(_ c: TCPConnection, _ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, _ d: UnsafeRawBufferPointer) -> Bool
+    /// The peer's FIN (`code` UV_EOF) or a read error: by default reported to the delegate as it
+    /// is; a layer in the middle of its handshake may report a failed connect instead.
+    func receivedEnd(_ c: TCPConnection, _ code: Int32)
+    /// `TCPConnection.discardQueued` asks whether application bytes not yet sent may be dropped
+    /// (the layer drops what it holds and says yes, or says no: they are already sealed).
+    func discardUnsent(_ c: TCPConnection) -> Bool
+    /// The connection is idle (`TCPConnection.releaseIdleBuffers`): give back what the next bytes
+    /// can allocate again.
+    func releaseIdleBuffers(_ c: TCPConnection)
     /// The application will write nothing more: the last wire bytes before FIN.
     func shutdown(_ c: TCPConnection)
     /// The peer's verified identity once the handshake is done (a SPIFFE URI SAN, else the first
@@ -69,6 +81,12 @@ public protocol TransportSocket: AnyObject {
 extension TransportSocket {
     public var peerPrincipal: String? { nil }
     public var serverName: String? { nil }
+    public func send(_ c: TCPConnection, _ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, _ d: UnsafeRawBufferPointer) -> Bool {
+        send(c, a) && (b.count == 0 || send(c, b)) && (d.count == 0 || send(c, d))
+    }
+    public func receivedEnd(_ c: TCPConnection, _ code: Int32) { c.deliverEnd(code) }
+    public func discardUnsent(_ c: TCPConnection) -> Bool { false }
+    public func releaseIdleBuffers(_ c: TCPConnection) {}
 }
 
 public final class TCPConnection {
@@ -160,6 +178,7 @@ public final class TCPConnection {
     /// connection's owner calls it; the next queued write allocates again).
     public func releaseIdleBuffers() {
         guard !writing else { return }
+        transportSocket?.releaseIdleBuffers(self)
         if pending.isEmpty { pending.release() }
         if inflight.isEmpty { inflight.release() }
     }
@@ -197,6 +216,7 @@ public final class TCPConnection {
     /// any of it left). False, and nothing dropped, while a `uv_write` is in progress.
     public func discardQueued() -> Bool {
         guard !writing, inflight.isEmpty else { return false }
+        if let ts = transportSocket, !(pending.isEmpty && ts.discardUnsent(self)) { return false }
         pending.clear(keepingAtMost: 64 * 1024)
         aboveHigh = false
         return true
@@ -210,7 +230,7 @@ public final class TCPConnection {
                       _ c: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0)) -> Bool {
         if let ts = transportSocket {
             if failed || isClosing || shutdownAfterFlush || shutdownDone { return false }
-            return ts.send(self, a) && (b.count == 0 || ts.send(self, b)) && (c.count == 0 || ts.send(self, c))
+            return ts.send(self, a, b, c)
         }
         return writeWire(a, b, c)
     }
@@ -439,13 +459,16 @@ public final class TCPConnection {
             if lingering { return }
             let bytes = UnsafeRawBufferPointer(start: readBuffer, count: n)
             if let ts = transportSocket { ts.received(self, bytes) } else { delegate?.connectionRead(self, bytes) }
-        } else if n == Int(UV_EOF.rawValue) {
-            if lingering { close(); return }
-            delegate?.connectionEOF(self)
         } else if n < 0 {
             if lingering { close(); return }
-            delegate?.connectionError(self, Int32(n))
+            if let ts = transportSocket { ts.receivedEnd(self, Int32(n)) } else { deliverEnd(Int32(n)) }
         }
+    }
+
+    /// Reports the peer's FIN (`code` UV_EOF) or a read error to the delegate (for the transport socket).
+    public func deliverEnd(_ code: Int32) {
+        if isClosing { return }
+        if code == Int32(UV_EOF.rawValue) { delegate?.connectionEOF(self) } else { delegate?.connectionError(self, code) }
     }
 
     /// Hands application bytes to the delegate (for the transport socket, from what it received).

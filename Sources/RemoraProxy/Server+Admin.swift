@@ -15,6 +15,7 @@ extension Server: AdminTarget {
     public func statsSnapshot() -> StatsSnapshot {
         var out = StatsSnapshot()
         registry?.collect(snapshot, into: &out)
+        addTLSStats(into: &out)
         out.add(scope: "server", stat: "workers", value: UInt64(clamping: workerCount), kind: .gauge, help: "Worker threads")
         out.add(scope: "server", stat: "config_version", value: UInt64(clamping: version), kind: .gauge,
                 help: "Configurations installed (local) or the control server's version")

@@ -72,6 +72,7 @@ extension Server {
         for (i, s) in now where s.checker == nil {
             let h = HealthChecker(shared: s, config: snap.config.clusters[i].healthCheck!, addresses: snap.endpoints[i],
                                   loop: loop, seed: UInt64(truncatingIfNeeded: ObjectIdentifier(s).hashValue) ^ loop.now,
+                                  tls: snap.clusterTLS[i],
                                   onChange: { [unowned self] in self.tellWorkers() }, log: { log($0) })
             s.checker = h
             h.start()

@@ -30,6 +30,11 @@ public final class Server {
     var adminToken: String?
     var signals: [SignalWatcher] = []
     var watcher: FileWatcher?
+    /// TLS certificate, key and CA files of the serving snapshot, watched by path (`Server+TLS.swift`).
+    var tlsWatchers: [String: FileWatcher] = [:]
+    /// Certificate reloads done, and refused (a bad file: the old certificate stays).
+    var tlsReloads = 0
+    var tlsReloadFailures = 0
     var drainTimer: LoopTimer?
     /// Clusters of the current snapshot with outlier detection (their review timers run here).
     var outlierWatched: [ClusterShared] = []
@@ -69,7 +74,10 @@ public final class Server {
     /// Runs until drained. Returns the process exit code.
     public func run() -> Int32 {
         remoraIgnoreSIGPIPE()
-        do { snapshot = try Snapshot(config: config) } catch {
+        do { snapshot = try Snapshot(config: config) } catch let e as ConfigErrors {
+            log("\(ConfigLoader.locate(e, in: source, file: configPath ?? ""))")
+            return 1
+        } catch {
             log("\(error)")
             return 1
         }
@@ -126,6 +134,7 @@ public final class Server {
     func startWorkers(_ snap: Snapshot, fds: [[String: Int32]]) {
         watchOutliers(snap)
         watchHealth(snap)
+        watchTLS(snap)
         registry = StatRegistry(workers: workerCount)
         let stats = registry.stats(for: snap)
         workerMailboxes = Array(repeating: nil, count: workerCount)
@@ -211,6 +220,7 @@ public final class Server {
         for (w, box) in workerMailboxes.enumerated() { box?.post(.apply(snap, stats[w], fds: fds[w])) }
         watchOutliers(snap)
         watchHealth(snap)
+        watchTLS(snap)
         snapshot = snap
         config = cfg
         source = src
@@ -361,6 +371,8 @@ public final class Server {
         textTimer?.close()
         overload?.close()
         watcher?.close()
+        tlsWatchers.values.forEach { $0.close() }
+        tlsWatchers = [:]
         subscriber?.stop()
         admin?.close()
         signals.forEach { $0.close() }

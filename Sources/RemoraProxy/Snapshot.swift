@@ -2,6 +2,7 @@ import CRemoraSupport
 import RemoraCore
 import RemoraIO
 import RemoraRouting
+import RemoraTLS
 
 /// One validated, compiled, immutable configuration, shared read-only by every worker.
 /// Endpoint names are resolved here, once, off the workers.
@@ -20,6 +21,12 @@ public final class Snapshot: Sendable {
     /// Per cluster: what its workers share (breaker counts, outlier detection), the previous
     /// snapshot's when the cluster's config and endpoints did not change.
     let shared: [ClusterShared]
+    /// Per listener: its TLS server side (certificates by SNI, ticket keys), nil for plaintext.
+    /// Kept from the previous snapshot while the listener's `tls:` is unchanged (its certificates
+    /// reload when their files change, `Server+TLS.swift`), so tickets stay valid across reloads.
+    let listenerTLS: [TLSServerContext?]
+    /// Per cluster: its TLS client side (CA, SANs, client certificate, last session), or nil.
+    let clusterTLS: [TLSClientContext?]
 
     /// `previous`: the snapshot this one replaces (its clusters' shared state carries over).
     public init(config: Config, previous: Snapshot? = nil) throws {
@@ -51,6 +58,8 @@ public final class Snapshot: Sendable {
         }
         endpoints = eps
         weights = ws
+        listenerTLS = try Snapshot.listenerTLS(config, previous: previous)
+        clusterTLS = try Snapshot.clusterTLS(config, previous: previous)
         shared = config.clusters.enumerated().map { i, c in
             if let p = previous, let j = p.config.clusters.firstIndex(where: { $0.name == c.name }),
                p.config.clusters[j] == c, p.endpoints[j].map(\.description) == eps[i].map(\.description), p.weights[j] == ws[i] {
@@ -58,6 +67,56 @@ public final class Snapshot: Sendable {
             }
             return ClusterShared(config: c, endpoints: eps[i].count, addresses: eps[i].map(\.description))
         }
+    }
+
+    /// Loads every certificate, key and CA file `config` names (`remora validate`): the first problem,
+    /// by the path of its field, or nil.
+    public static func checkTLSFiles(_ config: Config) -> ConfigErrors? {
+        do {
+            _ = try listenerTLS(config, previous: nil)
+            _ = try clusterTLS(config, previous: nil)
+            return nil
+        } catch let e as ConfigErrors { return e } catch { return ConfigErrors([]) }
+    }
+
+    /// Per listener: its TLS server side, the previous snapshot's when its `tls:` did not change.
+    static func listenerTLS(_ config: Config, previous: Snapshot?) throws -> [TLSServerContext?] {
+        var out: [TLSServerContext?] = []
+        for l in config.listeners {
+            guard let t = l.tls else { out.append(nil); continue }
+            if let p = previous, let j = p.config.listeners.firstIndex(where: { $0.name == l.name }),
+               p.config.listeners[j].tls == t, p.config.listeners[j].protocol == l.protocol, let old = p.listenerTLS[j] {
+                out.append(old)
+                continue
+            }
+            let alpn = l.protocol == .http ? t.alpn : []
+            switch Result(catching: { () throws(TLSLoadError) in try TLSServerContext(listener: l.name, config: t, alpn: alpn) }) {
+            case .success(let c): out.append(c)
+            case .failure(let e):
+                throw ConfigErrors([ConfigError(file: "", line: 0, path: "listeners.\(l.name).tls.\(e.field)", message: e.message)])
+            }
+        }
+        return out
+    }
+
+    /// Per cluster: its TLS client side, the previous snapshot's when its `tls:` did not change.
+    static func clusterTLS(_ config: Config, previous: Snapshot?) throws -> [TLSClientContext?] {
+        var out: [TLSClientContext?] = []
+        for c in config.clusters {
+            guard let t = c.tls else { out.append(nil); continue }
+            if let p = previous, let j = p.config.clusters.firstIndex(where: { $0.name == c.name }),
+               p.config.clusters[j].tls == t, p.config.clusters[j].protocol == c.protocol, let old = p.clusterTLS[j] {
+                out.append(old)
+                continue
+            }
+            let h2 = c.protocol != .http1
+            switch Result(catching: { () throws(TLSLoadError) in try TLSClientContext(cluster: c.name, config: t, http2: h2) }) {
+            case .success(let ctx): out.append(ctx)
+            case .failure(let e):
+                throw ConfigErrors([ConfigError(file: "", line: 0, path: "clusters.\(c.name).tls.\(e.field)", message: e.message)])
+            }
+        }
+        return out
     }
 }
 

@@ -4,6 +4,7 @@ import RemoraHTTP
 import RemoraIO
 import RemoraPolicy
 import RemoraRouting
+import RemoraTLS
 
 /// Messages the main thread posts to a worker.
 enum WorkerMessage: Sendable {
@@ -67,6 +68,10 @@ final class Worker {
     var sessionHead: Session?
     var sessionCount = 0
     var draining = false
+    /// `close_expired`: the timer for the earliest certificate expiry among this worker's TLS
+    /// connections (`Worker+TLS.swift`), and when it is due (Unix seconds; 0: not armed).
+    var expiryTimer: LoopTimer?
+    var expiryDue: Int64 = 0
     /// Log lines on their way to the main thread, which writes them (`log`).
     let logBuffer: WorkerLog
     var main: Mailbox<MainMessage>!
@@ -112,7 +117,7 @@ final class Worker {
                 clusters.append(old)
             } else {
                 clusters.append(Cluster(worker: self, index: i, config: c, endpoints: eps, weights: snap.weights[i],
-                                        shared: snap.shared[i], stats: st.clusters[i]))
+                                        shared: snap.shared[i], stats: st.clusters[i], tls: snap.clusterTLS[i]))
             }
             byName[c.name] = clusters[i]
         }
@@ -127,7 +132,7 @@ final class Worker {
         for (i, l) in snap.config.listeners.enumerated() {
             live.insert(l.name)
             let tcp = snap.tcpCluster[i] >= 0 ? clusters[snap.tcpCluster[i]] : nil
-            let runtime = ListenerRuntime(worker: self, config: l, routes: snap.routeTables[i], clusters: clusters,
+            let runtime = ListenerRuntime(worker: self, config: l, tls: snap.listenerTLS[i], routes: snap.routeTables[i], clusters: clusters,
                                           tcpCluster: tcp, stats: st.listeners[i], backendStats: st.routeBackends[i],
                                           filters: ListenerRuntime.filters(l, st, i, routes: snap.routeTables[i], worker: self,
                                                                            rateLimitBuckets: snap.rateLimitBuckets[i]))
@@ -193,6 +198,8 @@ final class Worker {
 
     func maybeFinishDrain() {
         guard draining, sessionCount == 0 else { return }
+        expiryTimer?.close()
+        expiryTimer = nil
         for c in clusterByName.values { c.closeIdle() }
         for c in retired { c.closeIdle() }
         mailbox.close()
@@ -264,6 +271,10 @@ class Session {
     func drain() {}
     /// Close now.
     func abort() {}
+    /// The client's connection (for `close_expired`).
+    var downstreamConnection: TCPConnection? { nil }
+    /// A certificate this connection was made with expired: finish what is in flight, then close.
+    func closeExpired() { drain() }
 }
 
 /// One listener in one worker, stable across snapshots: its socket, and the runtime of the
@@ -287,6 +298,12 @@ final class ListenerSlot: ListenerDelegate {
         }
         rt.stats.inc(.downstream_cx_total)
         rt.stats.inc(.downstream_cx_active)
+        if let tls = rt.tls {   // TLS under the session: it sees plaintext (RemoraTLS.TLSSocket)
+            guard let layer = TLSSocket(server: tls) else { rt.stats.dec(.downstream_cx_active); c.close(); return }
+            layer.listenerStats = rt.stats
+            if tls.config.closeExpired { layer.observer = worker }
+            c.transportSocket = layer
+        }
         let s: Session
         switch rt.config.protocol {
         case .http: s = HTTPSession(worker: worker, slot: self, conn: c)
@@ -304,14 +321,16 @@ final class ListenerSlot: ListenerDelegate {
 final class ListenerRuntime {
     unowned(unsafe) let worker: Worker
     let config: ListenerConfig
+    /// TLS termination (`tls:`), shared by every worker; nil: plaintext.
+    let tls: TLSServerContext?
     let routes: RouteTable
     let clusters: [Cluster]
     let tcpCluster: Cluster?
     let stats: StatBlock<ListenerStat>
     /// Per backend slot of `routes`.
     let backendStats: [StatBlock<RouteBackendStat>]
-    /// The scheme requests arrive with (X-Forwarded-Proto, redirects): "http" until TLS listeners.
-    let scheme: StaticString = "http"
+    /// The scheme requests arrive with (X-Forwarded-Proto, redirects): "https" on a TLS listener.
+    let scheme: StaticString
     /// The listener's HTTP filters, in order (`Filters/HTTPFilter.swift`); the router runs after them.
     let filters: [any HTTPFilter]
     /// `filters` is not empty (one load per request, no array access when there are none).
@@ -319,9 +338,11 @@ final class ListenerRuntime {
     /// The tracing filter among `filters` (the router asks it for the forwarded fields).
     let tracing: TracingFilter?
 
-    init(worker: Worker, config: ListenerConfig, routes: RouteTable, clusters: [Cluster], tcpCluster: Cluster?,
-         stats: StatBlock<ListenerStat>, backendStats: [StatBlock<RouteBackendStat>], filters: [any HTTPFilter]) {
-        self.worker = worker; self.config = config; self.routes = routes; self.clusters = clusters
+    init(worker: Worker, config: ListenerConfig, tls: TLSServerContext? = nil, routes: RouteTable, clusters: [Cluster],
+         tcpCluster: Cluster?, stats: StatBlock<ListenerStat>, backendStats: [StatBlock<RouteBackendStat>],
+         filters: [any HTTPFilter]) {
+        self.worker = worker; self.config = config; self.tls = tls; self.routes = routes; self.clusters = clusters
+        scheme = tls == nil ? "http" : "https"
         self.tcpCluster = tcpCluster; self.stats = stats; self.backendStats = backendStats; self.filters = filters
         hasFilters = !filters.isEmpty
         tracing = filters.first { $0 is TracingFilter } as? TracingFilter

@@ -123,7 +123,14 @@ func validateCommand(_ args: Args) -> Int32 {
     var failed = false
     for path in args.positional {
         switch ConfigLoader.load(path: path) {
-        case .success:
+        case .success(let config):
+            // The TLS files too: a missing certificate or a key that does not match is an error here.
+            if let e = Snapshot.checkTLSFiles(config) {
+                let text = readFile(path) ?? ""
+                printErr(ConfigLoader.locate(e, in: text, file: path).description)
+                failed = true
+                continue
+            }
             printOut("\(path): ok")
         case .failure(let e):
             printErr(e.description)

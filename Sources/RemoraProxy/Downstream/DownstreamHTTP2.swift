@@ -440,7 +440,8 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
             e.start(downstream: st, listener: listener,
                     RequestStart(view: RequestView(method: method, target: path, authority: authority, headers: regular),
                                  isHEAD: isHEAD, lengthKnown: lengthKnown, contentLength: contentLength,
-                                 chunked: false, endStream: endStream, fromHTTP2: true, dropExpect: true),
+                                 chunked: false, endStream: endStream, fromHTTP2: true, dropExpect: true,
+                                 clientCert: conn.forwardedClientCert),
                     clientIP: clientIP)
         }
         // An HTTP/1.1 upstream holds the request corked until this read is over (`isReading`).
@@ -501,6 +502,8 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
     }
 
     // MARK: Session
+
+    override var downstreamConnection: TCPConnection? { conn }
 
     override func drain() {
         draining = true

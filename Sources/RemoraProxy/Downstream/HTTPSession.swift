@@ -361,7 +361,8 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
             e.start(downstream: self, listener: listener,
                     RequestStart(view: v, isHEAD: isHEAD, lengthKnown: p.hasContentLength,
                                  contentLength: p.contentLength, chunked: p.isChunked, endStream: !p.hasBody,
-                                 fromHTTP2: false, authorityReplacesHost: absolute != nil, dropExpect: expectContinue),
+                                 fromHTTP2: false, authorityReplacesHost: absolute != nil, dropExpect: expectContinue,
+                                 clientCert: conn.forwardedClientCert),
                     clientIP: clientIP)
         }
         // The proxy answers `Expect: 100-continue` itself once the request is on its way.
@@ -512,6 +513,8 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
     }
 
     // MARK: Session
+
+    override var downstreamConnection: TCPConnection? { conn }
 
     override func drain() {
         draining = true

@@ -21,6 +21,8 @@ struct RequestStart {
     var authorityReplacesHost = false
     /// `Expect: 100-continue`, which the proxy answers itself, is not forwarded.
     var dropExpect: Bool
+    /// The `x-forwarded-client-cert` value of a mutual-TLS connection (empty: none).
+    var clientCert = UnsafeRawBufferPointer(start: nil, count: 0)
 
     /// How the body goes to an HTTP/1.1 upstream.
     var framing: BodyFraming { chunked ? .chunked : (lengthKnown ? .contentLength : (endStream ? .none : .chunked)) }

@@ -33,12 +33,12 @@ extension Exchange {
         if upstreamIsHTTP2 {
             reqHead.prepare(pool)
             HTTP2Head.storeRequest(view, clientIP: clientIP, proto: scheme, dropExpect: dropExpect,
-                                   namesLowercase: r.fromHTTP2, into: &reqHead)
+                                   namesLowercase: r.fromHTTP2, clientCert: r.clientCert, into: &reqHead)
         } else {
             if upHead.base == nil { upHead = pool.take() }
             upHead.clear()
-            HTTP1Head.writeRequest(view, framing: reqFraming, addHost: addHost,
-                                   clientIP: clientIP, proto: scheme, dropExpect: dropExpect, into: &upHead)
+            HTTP1Head.writeRequest(view, framing: reqFraming, addHost: addHost, clientIP: clientIP, proto: scheme,
+                                   dropExpect: dropExpect, clientCert: r.clientCert, into: &upHead)
         }
     }
 

@@ -31,6 +31,8 @@ struct AccessLogRecord {
     /// (offset, length) of each string in the bytes after the head, by `Slot`; offset -1 = absent.
     var spans = SIMD16<Int32>(repeating: -1)
     var routeSpan = SIMD2<Int32>(repeating: -1)
+    /// The client certificate's identity (mutual TLS), in the strings like `spans`; -1 = none.
+    var peerSpan = SIMD2<Int32>(repeating: -1)
 
     /// String slots (×2 in `spans`): the first six are the request fields the filter captures, in
     /// `Observation.logSpans` order.
@@ -93,14 +95,23 @@ final class AccessLogFilter: HTTPFilter {
                       into: UnsafeMutableRawBufferPointer(start: head.base! + head.count, count: 36))
             head.count += 36
         }
-        e.observe.logHead = head
-        e.observe.logSpans = spans
         // By type identity (a load), not a dynamic cast (a runtime call) per request.
+        e.observe.logPeer = SIMD2(repeating: -1)
         if let d = e.downstream {
             let t = ObjectIdentifier(type(of: d))
-            e.observe.downstreamProtocol = t == ObjectIdentifier(H2ServerStream.self) ? 2
+            let h2 = t == ObjectIdentifier(H2ServerStream.self)
+            e.observe.downstreamProtocol = h2 ? 2
                 : (t == ObjectIdentifier(HTTPSession.self) && unsafeDowncast(d, to: HTTPSession.self).isHTTP10 ? 1 : 0)
+            // The client's TLS identity (mutual TLS): only connections with a transport socket have one.
+            let conn = h2 ? unsafeDowncast(d, to: H2ServerStream.self).connection?.conn
+                : (t == ObjectIdentifier(HTTPSession.self) ? unsafeDowncast(d, to: HTTPSession.self).conn : nil)
+            if let c = conn, c.transportSocket != nil, let p = c.peerPrincipal {
+                e.observe.logPeer = SIMD2(Int32(head.count), Int32(p.utf8.count))
+                head.append(string: p)
+            }
         }
+        e.observe.logHead = head
+        e.observe.logSpans = spans
         return .next
     }
 
@@ -120,6 +131,7 @@ final class AccessLogFilter: HTTPFilter {
             r.upstreamMillis = Int64(truncatingIfNeeded: e.observe.upstreamMillis)
         }
         r.spans = e.observe.logSpans
+        r.peerSpan = e.observe.logPeer
         record.clear()
         record.reserve(AccessLogRecord.size)
         record.count = AccessLogRecord.size
@@ -291,8 +303,7 @@ struct AccessLogFormatter {
         case .retryCount:
             guard r.retries >= 0 else { return false }
             out.appendDecimal(UInt64(r.retries))
-        case .peerIdentity:
-            return false   // no TLS yet
+        case .peerIdentity: return string(r.peerSpan[0], r.peerSpan[1], s, json, &out)
         }
         return true
     }

@@ -32,6 +32,8 @@ struct Observation {
     /// -1 = absent).
     var logHead = ByteBuffer()
     var logSpans = SIMD16<Int32>(repeating: -1)
+    /// (offset, length) in `logHead` of the client's TLS identity (`downstream_peer_identity`); -1: none.
+    var logPeer = SIMD2<Int32>(repeating: -1)
     /// The client's protocol: 0 HTTP/1.1, 1 HTTP/1.0, 2 HTTP/2.
     var downstreamProtocol: UInt8 = 0
     /// Tracing (`tracing:`): the x-request-id the proxy generated (a UUIDv4's 128 bits), when the

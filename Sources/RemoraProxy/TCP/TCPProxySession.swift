@@ -161,6 +161,9 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
         if !(downEOF && upEOF) { abort() }
     }
 
+    override var downstreamConnection: TCPConnection? { down }
+    /// A byte stream cannot be ended between requests: an expired certificate closes it now.
+    override func closeExpired() { abort() }
     override func drain() {}   // a byte stream has no request boundary: it ends when its peers end it
 
     override func abort() {

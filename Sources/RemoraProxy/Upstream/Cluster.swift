@@ -2,6 +2,7 @@ import RemoraCore
 import RemoraIO
 import RemoraPolicy
 import RemoraRouting
+import RemoraTLS
 
 /// One cluster in one worker (Envoy's per-worker cluster): its endpoints (objects carrying their own
 /// connections and outcome state), the load balancer that picks among them, the connect rate
@@ -60,9 +61,12 @@ final class Cluster {
     /// `outlier_detection:` thresholds by kind (5xx, gateway, local; 0 = off); nil = not detecting.
     let outlierThresholds: (Int, Int, Int)?
 
+    /// TLS toward the endpoints (`tls:`), shared by every worker; nil: plaintext.
+    let tls: TLSClientContext?
+
     init(worker: Worker, index: Int, config: ClusterConfig, endpoints: [SocketAddress], weights: [Int] = [],
-         shared: ClusterShared? = nil, stats: StatBlock<ClusterStat>) {
-        self.worker = worker; self.index = index; self.config = config; self.stats = stats
+         shared: ClusterShared? = nil, stats: StatBlock<ClusterStat>, tls: TLSClientContext? = nil) {
+        self.worker = worker; self.index = index; self.config = config; self.stats = stats; self.tls = tls
         self.shared = shared ?? ClusterShared(config: config, endpoints: endpoints.count)
         breaker = config.circuitBreaker
         outlierThresholds = config.outlierDetection.map { ($0.consecutive5xx, $0.consecutiveGatewayErrors, $0.consecutiveLocalFailures) }
@@ -210,11 +214,23 @@ final class Cluster {
         if breaker != nil { shared.release(.connections) }
     }
 
+    /// A connect that failed in its TLS handshake (`TLSSocket.handshakeFailed`): one log line saying why
+    /// (the request gets 503 with UF like any failed connect).
+    func connectFailed(_ c: TCPConnection, _ status: Int32) {
+        guard status == TLSSocket.handshakeFailed, let t = c.transportSocket as? TLSSocket else { return }
+        worker.log("cluster \(config.name): TLS handshake with \(c.peerIP()) failed: \(t.failure ?? "unknown reason")")
+    }
+
     /// A new TCP connection to `endpoint`, connecting, with the connect timeout armed.
     func connect(_ endpoint: Endpoint) -> TCPConnection? {
         guard mayConnect() else { return nil }
         let c = TCPConnection(loop: worker.loop)
         guard admitConnection(c) else { c.close(); return nil }
+        if let tls {
+            guard let layer = TLSSocket(client: tls) else { c.close(); return nil }
+            layer.clusterStats = stats
+            c.transportSocket = layer
+        }
         stats.inc(.upstream_cx_total)
         stats.inc(.upstream_cx_active)
         if c.connect(to: endpoint.address) != 0 {

@@ -112,6 +112,7 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
         cluster.connectSettled(c)
         if status != 0 {
             cluster.stats.inc(.upstream_cx_connect_fail)
+            cluster.connectFailed(c, status)
             if exchange == nil { c.close(); return }   // pooled while connecting
             fail(.connectFailed)
             return

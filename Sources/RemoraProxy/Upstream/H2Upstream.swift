@@ -305,6 +305,7 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
         cluster.connectSettled(c)
         if status != 0 {
             cluster.stats.inc(.upstream_cx_connect_fail)
+            cluster.connectFailed(c, status)
             failAll(.connectFailed)
             return
         }

@@ -2,6 +2,7 @@ import RemoraCore
 import RemoraHTTP
 import RemoraIO
 import RemoraPolicy
+import RemoraTLS
 
 /// Active health checking of one cluster (`health_check:`), once per process, on the main loop:
 /// one probe per endpoint, each on its own jittered timer (a TCP connect, or `GET path` over
@@ -21,10 +22,14 @@ final class HealthChecker {
     var healthyCount: Int { probes.filter { $0.state.healthy }.count }
     /// The request a probe writes (`http`), built once.
     let request: [UInt8]
+    /// The cluster's TLS (`tls:`): probes connect as requests do (a `tcp` probe passes once the
+    /// handshake and verification succeed).
+    let tls: TLSClientContext?
 
     init(shared: ClusterShared, config: HealthCheckConfig, addresses: [SocketAddress], loop: EventLoop,
-         seed: UInt64, onChange: @escaping () -> Void, log: @escaping (String) -> Void) {
+         seed: UInt64, tls: TLSClientContext? = nil, onChange: @escaping () -> Void, log: @escaping (String) -> Void) {
         self.shared = shared; self.config = config; self.loop = loop; self.onChange = onChange; self.log = log
+        self.tls = tls
         random = FastRandom(seed: seed)
         if case .http(let path, _) = config.kind {
             request = Array("GET \(path) HTTP/1.1\r\nhost: \(shared.name)\r\nuser-agent: remora-health-check\r\n\r\n".utf8)
@@ -115,6 +120,10 @@ final class HealthProbe: TCPConnectionDelegate, HTTP1ParserDelegate {
         let c = TCPConnection(loop: checker.loop)
         c.delegate = self
         c.owner = self
+        if let tls = checker.tls {
+            guard let layer = TLSSocket(client: tls) else { c.close(); finish(passed: false, nil, keep: false); return }
+            c.transportSocket = layer
+        }
         if c.connect(to: address) != 0 {
             c.close()
             finish(passed: false, nil, keep: false)

@@ -259,7 +259,7 @@ _CODES = {c.value[0]: c.value for c in grpc.StatusCode}
 class GRPCBackend:
     """A grpcio server for remora.test.Echo on an OS-chosen port of 127.0.0.1."""
 
-    def __init__(self, name: str = "backend", max_workers: int = 64, host: str = "127.0.0.1"):
+    def __init__(self, name: str = "backend", max_workers: int = 64, host: str = "127.0.0.1", credentials=None):
         self.name = name
         self.lock = threading.Lock()
         self.calls: dict[str, CallRecord] = {}
@@ -267,7 +267,9 @@ class GRPCBackend:
                                                              thread_name_prefix=f"grpc-{name}"),
                                   options=SERVER_OPTIONS, maximum_concurrent_rpcs=None)
         echo_pb2_grpc.add_EchoServicer_to_server(_Service(self), self.server)
-        self.port = self.server.add_insecure_port(f"{host}:0")
+        # credentials: grpc.ssl_server_credentials(...) to serve over TLS (test_tls.py).
+        self.port = (self.server.add_secure_port(f"{host}:0", credentials) if credentials is not None
+                     else self.server.add_insecure_port(f"{host}:0"))
         assert self.port, "grpc server could not bind"
         self.host = host
         self.server.start()

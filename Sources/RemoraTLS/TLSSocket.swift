@@ -1,0 +1,277 @@
+import COpenSSL
+import RemoraCore
+import RemoraIO
+
+/// Told when a server-role handshake completes (a worker closes connections whose certificate
+/// expires: `close_expired`). No allocation: the worker is the observer.
+public protocol TLSObserver: AnyObject {
+    func tlsHandshakeDone(_ s: TLSSocket)
+}
+
+/// TLS as a transport socket (`RemoraIO.TransportSocket`): between a `TCPConnection`'s socket and
+/// its delegate, in the server role (a TLS listener) or the client role (a TLS cluster).
+///
+/// Wire bytes go to OpenSSL through the C shim's BIO without a copy of ours (it reads the loop's
+/// read buffer during `received`); the records OpenSSL writes collect in the shim's output buffer,
+/// which goes to the socket with one `writeWire` after each step. Handshakes advance as bytes
+/// arrive and never wait. Plaintext is decrypted into a 16 KiB buffer per thread and handed on
+/// with `deliver`. Nothing is allocated per record beyond OpenSSL's own buffers.
+///
+/// Client role: application bytes written before the handshake is done are held (`held`) and
+/// sealed once it is; `connectionConnected` reaches the delegate only then (or with an error:
+/// `failure` says why).
+public final class TLSSocket: TransportSocket {
+    let tls: UnsafeMutablePointer<remora_tls_conn>
+    let server: TLSServerContext?
+    let client: TLSClientContext?
+    public private(set) var handshakeDone = false
+    /// Client: the ClientHello went out.
+    var started = false
+    /// Client: application bytes written before the handshake finished.
+    var held = ByteBuffer()
+    public private(set) var peerPrincipal: String?
+    public private(set) var serverName: String?
+    /// The negotiated ALPN protocol ("h2", "http/1.1"), or "".
+    public private(set) var alpn: String = ""
+    /// Why the handshake failed (for the log), once it has.
+    public private(set) var failure: String?
+    /// Server role with `forward_client_cert`: the `x-forwarded-client-cert` value for this
+    /// connection's requests (empty: none).
+    public private(set) var forwardedClientCert = ByteBuffer()
+    /// Per-listener counters (server role) or per-cluster (client role); may be nil (tests).
+    public var listenerStats: StatBlock<ListenerStat>?
+    public var clusterStats: StatBlock<ClusterStat>?
+    /// When the first of this side's and the peer's certificates expires, Unix seconds (0: unknown),
+    /// known once the handshake is done.
+    public private(set) var expiresAt: Int64 = 0
+    /// Told when the server-role handshake is done (nil: nobody asked).
+    public unowned(unsafe) var observer: (any TLSObserver)?
+
+    /// The libuv-style error a failed handshake reports (EPROTO).
+    public static let handshakeFailed: Int32 = -71
+
+    /// A server-role layer with the listener's current certificates; nil when OpenSSL cannot make one.
+    public init?(server: TLSServerContext) {
+        guard let t = server.makeConnection() else { return nil }
+        tls = t
+        self.server = server
+        client = nil
+    }
+
+    /// A client-role layer toward the cluster's endpoints (resuming its last session).
+    public init?(client: TLSClientContext) {
+        guard let t = client.makeConnection() else { return nil }
+        tls = t
+        self.client = client
+        server = nil
+    }
+
+    deinit {
+        remora_tls_conn_free(tls)
+        held.release()
+        forwardedClientCert.release()
+    }
+
+    /// Writes what OpenSSL produced to the socket.
+    @inline(__always) @discardableResult
+    func flush(_ c: TCPConnection) -> Bool {
+        let n = tls.pointee.out_len
+        if n == 0 { return true }
+        tls.pointee.out_len = 0
+        return c.writeWire(UnsafeRawBufferPointer(start: tls.pointee.out, count: n))
+    }
+
+    // MARK: TransportSocket
+
+    public func connected(_ c: TCPConnection, status: Int32) {
+        guard status == 0 else { c.deliverConnected(status); return }
+        started = true
+        advance(c)
+    }
+
+    public func received(_ c: TCPConnection, _ wire: UnsafeRawBufferPointer) {
+        tls.pointee.in = wire.baseAddress?.assumingMemoryBound(to: UInt8.self)
+        tls.pointee.in_len = wire.count
+        defer { tls.pointee.in = nil; tls.pointee.in_len = 0 }
+        if !handshakeDone {
+            advance(c)
+            if !handshakeDone || c.isClosing { return }
+        }
+        let buf = remora_tls_plain_buffer()!
+        while true {
+            let n = remora_tls_read(tls, buf, Int32(REMORA_TLS_PLAIN_SIZE))
+            if n > 0 {
+                c.deliver(UnsafeRawBufferPointer(start: buf, count: Int(n)))
+                if c.isClosing { return }
+                continue
+            }
+            if n == -1 {   // a bad record: the connection cannot go on
+                flush(c)
+                failure = lastError()
+                c.deliverEnd(TLSSocket.handshakeFailed)
+                return
+            }
+            break   // 0: wants more bytes; -2: close_notify (the FIN follows)
+        }
+        flush(c)   // post-handshake messages (tickets, key updates)
+    }
+
+    public func send(_ c: TCPConnection, _ data: UnsafeRawBufferPointer) -> Bool {
+        send(c, data, UnsafeRawBufferPointer(start: nil, count: 0), UnsafeRawBufferPointer(start: nil, count: 0))
+    }
+
+    public func send(_ c: TCPConnection, _ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, _ d: UnsafeRawBufferPointer) -> Bool {
+        if !handshakeDone {
+            held.append(a); held.append(b); held.append(d)
+            return true
+        }
+        let total = a.count + b.count + d.count
+        if total == 0 { return true }
+        if (b.count > 0 || d.count > 0) && total <= Int(REMORA_TLS_PLAIN_SIZE) {
+            // A small head and body: one record, not one per part.
+            let buf = remora_tls_plain_buffer()!
+            var at = 0
+            for part in [a, b, d] where part.count > 0 {
+                UnsafeMutableRawPointer(buf + at).copyMemory(from: part.baseAddress!, byteCount: part.count)
+                at += part.count
+            }
+            if remora_tls_write(tls, buf, Int32(total)) < 0 { failure = lastError(); return false }
+        } else {
+            for part in [a, b, d] where part.count > 0 {
+                if remora_tls_write(tls, part.baseAddress!.assumingMemoryBound(to: UInt8.self), Int32(part.count)) < 0 {
+                    failure = lastError()
+                    return false
+                }
+            }
+        }
+        return flush(c)
+    }
+
+    public func shutdown(_ c: TCPConnection) {
+        guard handshakeDone else { return }
+        remora_tls_shutdown(tls)
+        flush(c)
+    }
+
+    public func receivedEnd(_ c: TCPConnection, _ code: Int32) {
+        if !handshakeDone && client != nil && failure == nil {
+            failure = code == UVCode.eof ? "the server closed the connection during the TLS handshake" : "read failed during the TLS handshake"
+            clusterStats?.inc(.ssl_connection_error)
+            c.deliverConnected(TLSSocket.handshakeFailed)
+            return
+        }
+        if !handshakeDone && server != nil { listenerStats?.inc(.ssl_connection_error) }
+        c.deliverEnd(code)
+    }
+
+    public func releaseIdleBuffers(_ c: TCPConnection) {
+        if handshakeDone { remora_tls_release_buffers(tls) }
+    }
+
+    public func discardUnsent(_ c: TCPConnection) -> Bool {
+        guard !started else { return false }
+        held.clear()
+        return true
+    }
+
+    // MARK: the handshake
+
+    /// Runs the handshake as far as the bytes allow; finishes or fails it.
+    func advance(_ c: TCPConnection) {
+        let r = remora_tls_handshake(tls)
+        flush(c)   // our flight (or the alert)
+        if r == 0 { return }
+        if r < 0 { fail(c, r); return }
+        handshakeDone = true
+        if client != nil { clientDone(c) } else { serverDone(c) }
+    }
+
+    func fail(_ c: TCPConnection, _ r: Int32) {
+        failure = lastError()
+        if client != nil {
+            clusterStats?.inc(.ssl_connection_error)
+            if r == -3 { clusterStats?.inc(.ssl_fail_verify_error) }
+            c.deliverConnected(TLSSocket.handshakeFailed)
+            return
+        }
+        listenerStats?.inc(.ssl_connection_error)
+        if r == -2 { listenerStats?.inc(.ssl_fail_verify_no_cert) }
+        if r == -3 { listenerStats?.inc(.ssl_fail_verify_error) }
+        c.deliverEnd(TLSSocket.handshakeFailed)
+    }
+
+    func serverDone(_ c: TCPConnection) {
+        listenerStats?.inc(.ssl_handshake)
+        if remora_tls_session_reused(tls) != 0 { listenerStats?.inc(.ssl_session_reused) }
+        if let n = remora_tls_server_name(tls) { serverName = String(cString: n) }
+        alpn = negotiatedALPN()
+        if let o = observer {
+            expiresAt = remora_tls_expiry(tls)
+            o.tlsHandshakeDone(self)
+        }
+        guard remora_tls_peer_has_cert(tls) != 0, let (id, hash) = peer() else { return }
+        peerPrincipal = id.principal
+        if let s = server, s.config.forwardClientCert {
+            forwardedClientCert.append(string: id.forwardedClientCert(by: s.ownURI, hash: hash))
+        }
+    }
+
+    func clientDone(_ c: TCPConnection) {
+        guard let cl = client else { return }
+        alpn = negotiatedALPN()
+        let (id, _) = peer() ?? (PeerIdentity(), "")
+        peerPrincipal = id.principal
+        if !cl.config.verifySAN.isEmpty && !cl.config.verifySAN.contains(where: id.carries) {
+            failure = "the server's certificate has none of the SANs in verify_san (it has: "
+                + (id.uris + id.dns).joined(separator: ", ") + ")"
+            clusterStats?.inc(.ssl_connection_error)
+            clusterStats?.inc(.ssl_fail_verify_error)
+            c.deliverConnected(TLSSocket.handshakeFailed)
+            return
+        }
+        if !alpn.isEmpty && alpn != cl.expectedALPN {
+            failure = "the server chose ALPN \(alpn), the cluster speaks \(cl.expectedALPN)"
+            clusterStats?.inc(.ssl_connection_error)
+            c.deliverConnected(TLSSocket.handshakeFailed)
+            return
+        }
+        clusterStats?.inc(.ssl_handshake)
+        if remora_tls_session_reused(tls) != 0 { clusterStats?.inc(.ssl_session_reused) }
+        if !held.isEmpty {
+            let h = held
+            held = ByteBuffer()
+            _ = send(c, h.bytes)
+            var hh = h
+            hh.release()
+        }
+        c.deliverConnected(0)
+    }
+
+    func negotiatedALPN() -> String {
+        var p: UnsafePointer<UInt8>?
+        var n: UInt32 = 0
+        remora_tls_alpn(tls, &p, &n)
+        guard let p, n > 0 else { return "" }
+        return String(decoding: UnsafeBufferPointer(start: p, count: Int(n)), as: UTF8.self)
+    }
+
+    /// The peer certificate's SANs and SHA-256.
+    func peer() -> (PeerIdentity, String)? {
+        var sans = [CChar](repeating: 0, count: 4096)
+        var hash = [CChar](repeating: 0, count: 65)
+        let ok = sans.withUnsafeMutableBufferPointer { s in
+            hash.withUnsafeMutableBufferPointer { h in remora_tls_peer_info(tls, s.baseAddress, s.count, h.baseAddress) }
+        }
+        guard ok != 0 else { return nil }
+        return (PeerIdentity(sanLines: cString(sans)), cString(hash))
+    }
+
+    func lastError() -> String {
+        var buf = [CChar](repeating: 0, count: 256)
+        buf.withUnsafeMutableBufferPointer { remora_tls_error(tls, $0.baseAddress, $0.count) }
+        return cString(buf)
+    }
+
+    /// The negotiated version ("TLSv1.3").
+    public var version: String { String(cString: remora_tls_version(tls)) }
+}

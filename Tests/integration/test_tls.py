@@ -1,0 +1,579 @@
+"""TLS (issue 14): termination on listeners (curl, openssl s_client, Python ssl, grpcio), SNI, ALPN,
+versions, mutual TLS and x-forwarded-client-cert, TLS toward clusters (a Python ssl server, a grpcio
+server with TLS credentials), certificate reloads under keep-alive load, /certs and expiry gauges,
+bad TLS config. Certificates are made per test with the openssl CLI (tlspki.py, ECDSA P-256).
+"""
+from __future__ import annotations
+
+import http.client
+import http.server
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from harness import cluster, http_listener, make_config, poll, remora_bin, route, run_curl, tcp_listener
+from tlspki import CA, serial_of
+
+OPENSSL = shutil.which("openssl")
+pytestmark = pytest.mark.skipif(OPENSSL is None, reason="the openssl CLI is needed")
+
+SPIFFE = "spiffe://mesh.local/ns/shop/sa/frontend"
+
+
+@pytest.fixture
+def pki(tmp_path):
+    d = tmp_path / "pki"
+    ca = CA(d, "ca")
+    web = ca.issue("web", dns=["web.test", "localhost"], uris=["spiffe://mesh.local/ns/shop/sa/web"])
+    other = ca.issue("api", dns=["api.test"])
+    client = ca.issue("client", uris=[SPIFFE], dns=["frontend.shop"])
+    rogue_ca = CA(d, "rogue", cn="Rogue CA")
+    rogue = rogue_ca.issue("rogue-client", uris=["spiffe://evil/x"])
+    return SimpleNamespace(dir=d, ca=ca, web=web, api=other, client=client, rogue_ca=rogue_ca, rogue=rogue)
+
+
+def tls_listener(pki, name="web", client_ca=False, routes=None, **tls):
+    t = {"certificates": [{"cert": str(pki.web[0]), "key": str(pki.web[1])}]}
+    if client_ca:
+        t["client_ca"] = str(pki.ca.cert)
+    t.update(tls)
+    return http_listener(name, routes=routes, tls=t)
+
+
+def client_ctx(pki, cert=None, alpn=None, server_name=True, tls_max=None):
+    ctx = ssl.create_default_context(cafile=str(pki.ca.cert))
+    ctx.check_hostname = False
+    if cert is not None:
+        ctx.load_cert_chain(str(cert[0]), str(cert[1]))
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    if tls_max:
+        ctx.maximum_version = tls_max
+    return ctx
+
+
+def https_get(port, pki, path="/echo", cert=None, headers=None, host="web.test", timeout=5.0):
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=client_ctx(pki, cert), timeout=timeout)
+    conn._tunnel_host = None
+    try:
+        conn.request("GET", path, headers={"Host": host, **(headers or {})})
+        r = conn.getresponse()
+        return r.status, r.read(), dict(r.getheaders())
+    finally:
+        conn.close()
+
+
+def echo_headers(body: bytes) -> dict:
+    return {k.lower(): v for k, v in json.loads(body)["headers"]}
+
+
+def s_client(port, *args, stdin=b"", timeout=10):
+    p = subprocess.run([OPENSSL, "s_client", "-connect", f"127.0.0.1:{port}", "-brief", "-ign_eof", *args], input=stdin,
+                       capture_output=True, timeout=timeout)
+    return p.stdout.decode(errors="replace") + p.stderr.decode(errors="replace")
+
+
+def peer_serial(port, server_name=None, timeout=5.0) -> str:
+    """The serial of the certificate the server presents (new connection, full handshake)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        with ctx.wrap_socket(s, server_hostname=server_name) as t:
+            der = t.getpeercert(binary_form=True)
+    return serial_of(ssl.DER_cert_to_PEM_cert(der))
+
+
+# -- termination ----------------------------------------------------------------------------------
+
+def test_curl_http1_and_h2_by_alpn_with_https_scheme(start_remora, http_backend, pki):
+    backend = http_backend()
+    remora = start_remora(make_config([tls_listener(pki)], [cluster("app", [backend.endpoint])]))
+    port = remora.port("web")
+    for flag, version in (("--http1.1", "1.1"), ("--http2", "2")):
+        r = run_curl(["-sS", flag, "--cacert", str(pki.ca.cert), "--resolve", f"web.test:{port}:127.0.0.1",
+                      "-w", "\n%{http_version}", f"https://web.test:{port}/echo"])
+        assert r.returncode == 0, r.stderr
+        body, got_version = r.stdout.rsplit(b"\n", 1)
+        assert got_version.decode() == version
+        h = echo_headers(body)
+        assert h["x-forwarded-proto"] == "https"
+    assert remora.stat("listener.web.ssl_handshake") >= 2
+    # plaintext on a TLS port gets no HTTP answer
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        try:
+            while len(data) < 4096:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        except (ConnectionResetError, socket.timeout):
+            pass
+        assert b"HTTP/1.1" not in data
+    remora.wait_stat("listener.web.ssl_connection_error", lambda v: v >= 1)
+
+
+def test_tls12_and_tls13_and_min_version(start_remora, pki):
+    direct = [{"name": "d", "match": {"path": {"prefix": "/"}}, "direct_response": {"status": 200, "body": "ok"}}]
+    remora = start_remora(make_config([tls_listener(pki, routes=direct),
+                                       tls_listener(pki, name="strict", routes=direct, min_version="1.3")], []))
+    for flag, proto in (("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")):
+        out = s_client(remora.port("web"), flag, "-CAfile", str(pki.ca.cert), stdin=b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert f"Protocol version: {proto}" in out, out
+        assert "HTTP/1.1 200" in out, out
+    req = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    out = s_client(remora.port("strict"), "-tls1_2", "-CAfile", str(pki.ca.cert), stdin=req)
+    assert "Protocol version: TLSv1.2" not in out and "HTTP/1.1 200" not in out, out
+    out = s_client(remora.port("strict"), "-tls1_3", "-CAfile", str(pki.ca.cert), stdin=req)
+    assert "Protocol version: TLSv1.3" in out and "HTTP/1.1 200" in out, out
+
+
+def test_sni_picks_the_certificate(start_remora, pki):
+    lst = tls_listener(pki, routes=[{"name": "d", "match": {"path": {"prefix": "/"}},
+                                      "direct_response": {"status": 200, "body": "ok"}}])
+    lst["tls"]["certificates"].append({"cert": str(pki.api[0]), "key": str(pki.api[1])})
+    remora = start_remora(make_config([lst], []))
+    port = remora.port("web")
+    web_serial = serial_of(pki.web[0].read_text())
+    api_serial = serial_of(pki.api[0].read_text())
+    assert peer_serial(port, "api.test") == api_serial
+    assert peer_serial(port, "web.test") == web_serial
+    assert peer_serial(port, "unknown.test") == web_serial   # the first is the default
+    assert peer_serial(port, None) == web_serial
+    # curl verifies the name it asked for
+    r = run_curl(["-sS", "--cacert", str(pki.ca.cert), "--resolve", f"api.test:{port}:127.0.0.1", f"https://api.test:{port}/"])
+    assert r.returncode == 0 and r.stdout == b"ok", r.stderr
+
+
+def test_alpn_offer_outside_the_list_is_refused(start_remora, pki):
+    remora = start_remora(make_config([tls_listener(pki, alpn=["http/1.1"])], [cluster("app", ["127.0.0.1:9"])]))
+    ctx = client_ctx(pki, alpn=["h2"])
+    with socket.create_connection(("127.0.0.1", remora.port("web")), timeout=5) as s:
+        with pytest.raises(ssl.SSLError):
+            ctx.wrap_socket(s, server_hostname="web.test")
+    ctx = client_ctx(pki, alpn=["h2", "http/1.1"])
+    with socket.create_connection(("127.0.0.1", remora.port("web")), timeout=5) as s:
+        with ctx.wrap_socket(s, server_hostname="web.test") as t:
+            assert t.selected_alpn_protocol() == "http/1.1"
+
+
+def test_session_tickets_resume(start_remora, pki):
+    remora = start_remora(make_config([tls_listener(pki, routes=[{"name": "d", "match": {"path": {"prefix": "/"}},
+                                                                  "direct_response": {"status": 204}}])], []))
+    port = remora.port("web")
+    ctx = client_ctx(pki)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2   # the session is known right after the handshake
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s, ctx.wrap_socket(s, server_hostname="web.test") as t:
+        sess = t.session
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s, \
+            ctx.wrap_socket(s, server_hostname="web.test", session=sess) as t:
+        assert t.session_reused
+    remora.wait_stat("listener.web.ssl_session_reused", lambda v: v >= 1)
+
+
+# -- mutual TLS -----------------------------------------------------------------------------------
+
+def test_mtls_identity_forwarded_and_refusals(start_remora, http_backend, pki, tmp_path):
+    backend = http_backend()
+    lst = tls_listener(pki, client_ca=True)
+    log = tmp_path / "access.log"
+    lst["access_log"] = {"path": str(log), "format": "json"}
+    remora = start_remora(make_config([lst], [cluster("app", [backend.endpoint])]))
+    port = remora.port("web")
+    status, body, _ = https_get(port, pki, cert=pki.client, headers={"X-Forwarded-Client-Cert": "By=forged;URI=spiffe://evil"})
+    assert status == 200
+    xfcc = echo_headers(body)["x-forwarded-client-cert"]
+    parts = xfcc.split(";")
+    assert parts[0] == "By=spiffe://mesh.local/ns/shop/sa/web"
+    assert parts[1].startswith("Hash=") and len(parts[1]) == 5 + 64
+    assert f"URI={SPIFFE}" in parts and "DNS=frontend.shop" in parts
+    assert "forged" not in xfcc
+    # without a certificate, or with another CA's: refused, counted
+    for cert, stat in ((None, "listener.web.ssl_fail_verify_no_cert"), (pki.rogue, "listener.web.ssl_fail_verify_error")):
+        with pytest.raises((ssl.SSLError, ConnectionError, http.client.HTTPException, OSError)):
+            https_get(port, pki, cert=cert)
+        remora.wait_stat(stat, lambda v: v >= 1, what=stat)
+    # the access log carries the identity
+    def logged():
+        lines = [json.loads(l) for l in log.read_text().splitlines()] if log.exists() else []
+        return [l for l in lines if l.get("downstream_peer_identity")]
+    lines = poll(logged, timeout=5, what="an access log line with the peer identity")
+    assert lines[0]["downstream_peer_identity"] == SPIFFE
+
+
+def test_forged_xfcc_removed_without_mtls(start_remora, http_backend, pki):
+    backend = http_backend()
+    remora = start_remora(make_config([tls_listener(pki), http_listener("plain")], [cluster("app", [backend.endpoint])]))
+    _, body, _ = https_get(remora.port("web"), pki, headers={"x-forwarded-client-cert": "URI=spiffe://forged"})
+    assert "x-forwarded-client-cert" not in echo_headers(body)
+    r = run_curl(["-sS", "-H", "X-Forwarded-Client-Cert: URI=spiffe://forged", f"http://127.0.0.1:{remora.port('plain')}/echo"])
+    assert "x-forwarded-client-cert" not in echo_headers(r.stdout)
+    r = run_curl(["-sS", "--http2-prior-knowledge", "-H", "x-forwarded-client-cert: URI=spiffe://forged",
+                  f"http://127.0.0.1:{remora.port('plain')}/echo"])
+    assert "x-forwarded-client-cert" not in echo_headers(r.stdout)
+
+
+def test_grpc_with_tls_channel_credentials(start_remora, pki):
+    grpc = pytest.importorskip("grpc")
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "grpc_fixtures"))
+    import echo_pb2
+    import echo_pb2_grpc
+    from echo_server import GRPCBackend
+    backend = GRPCBackend("A")
+    try:
+        remora = start_remora(make_config([tls_listener(pki, routes=[route("grpc")])],
+                                          [cluster("grpc", [backend.endpoint], protocol="http2")]))
+        creds = grpc.ssl_channel_credentials(root_certificates=pki.ca.cert.read_bytes())
+        ch = grpc.secure_channel(f"127.0.0.1:{remora.port('web')}", creds,
+                                 options=[("grpc.ssl_target_name_override", "web.test"), ("grpc.enable_http_proxy", 0)])
+        try:
+            stub = echo_pb2_grpc.EchoStub(ch)
+            reply = stub.Unary(echo_pb2.EchoRequest(message="over tls"), timeout=5)
+            assert reply.message == "over tls"
+            assert reply.metadata.get("x-forwarded-proto") == "https"
+        finally:
+            ch.close()
+    finally:
+        backend.stop(None).wait(5)
+
+
+# -- origination (clusters) -----------------------------------------------------------------------
+
+class TLSBackend:
+    """A threaded HTTP/1.1 server over TLS that answers with the request's headers (and the client
+    certificate's subject, when it sent one)."""
+
+    def __init__(self, cert, key, client_ca=None):
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):
+                peer = self.connection.getpeercert()
+                body = json.dumps({"headers": [[k, v] for k, v in self.headers.items()],
+                                   "client": dict(x[0] for x in peer["subject"]) if peer else None}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(cert), str(key))
+        if client_ca:
+            ctx.load_verify_locations(str(client_ca))
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.endpoint = f"127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def tls_backend():
+    made = []
+
+    def make(*a, **kw):
+        b = TLSBackend(*a, **kw)
+        made.append(b)
+        return b
+    yield make
+    for b in made:
+        b.close()
+
+
+def test_upstream_tls_verification(start_remora, tls_backend, pki):
+    ca = pki.ca
+    app = ca.issue("app", dns=["app.shop.svc"], uris=["spiffe://mesh.local/ns/shop/sa/app"])
+    b = tls_backend(*app)
+    good = {"ca": str(ca.cert), "server_name": "app.shop.svc", "verify_san": ["spiffe://mesh.local/ns/shop/sa/app"]}
+    clusters = [
+        cluster("good", [b.endpoint], tls=good),
+        cluster("dns", [b.endpoint], tls={"ca": str(ca.cert), "verify_san": ["*.shop.svc", "app.shop.svc"]}),
+        cluster("wrongca", [b.endpoint], tls={"ca": str(pki.rogue_ca.cert)}),
+        cluster("wrongsan", [b.endpoint], tls={"ca": str(ca.cert), "verify_san": ["spiffe://mesh.local/ns/shop/sa/db"]}),
+        cluster("plain", [b.endpoint]),
+    ]
+    routes = [route(c["name"], name=c["name"], prefix=f"/{c['name']}/") for c in clusters]
+    remora = start_remora(make_config([http_listener("web", routes=routes)], clusters))
+    port = remora.port("web")
+    for name in ("good", "dns"):
+        r = run_curl(["-sS", "-w", "\n%{http_code}", f"http://127.0.0.1:{port}/{name}/x"])
+        body, code = r.stdout.rsplit(b"\n", 1)
+        assert code == b"200", (name, r.stdout, remora.stderr_tail())
+        assert echo_headers(body)["x-forwarded-proto"] == "http"
+    for name in ("wrongca", "wrongsan"):
+        r = run_curl(["-sS", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{port}/{name}/x"])
+        assert r.stdout == b"503", name
+        remora.wait_stat(f"cluster.{name}.ssl_fail_verify_error", lambda v: v >= 1)
+    poll(lambda: "verify_san" in remora.stderr_tail() and "certificate verify failed" in remora.stderr_tail(),
+         timeout=5, what="log lines for both verification failures")
+    # a new connection per request resumes the cluster's last session
+    for _ in range(3):
+        run_curl(["-sS", "-o", "/dev/null", "-H", "Connection: close", f"http://127.0.0.1:{port}/good/x"])
+        subprocess.run(["true"])
+    assert remora.stat("cluster.good.ssl_handshake") >= 1
+
+
+def test_upstream_mtls_client_certificate(start_remora, tls_backend, pki):
+    app = pki.ca.issue("app", dns=["app.shop.svc"])
+    sidecar = pki.ca.issue("sidecar", uris=["spiffe://mesh.local/ns/shop/sa/sidecar"], cn="sidecar")
+    b = tls_backend(*app, client_ca=pki.ca.cert)
+    clusters = [cluster("m", [b.endpoint], tls={"ca": str(pki.ca.cert), "server_name": "app.shop.svc",
+                                                  "cert": str(sidecar[0]), "key": str(sidecar[1])}),
+                cluster("nocert", [b.endpoint], tls={"ca": str(pki.ca.cert)})]
+    routes = [route("m", name="m", prefix="/m/"), route("nocert", name="nocert", prefix="/nocert/")]
+    remora = start_remora(make_config([http_listener("web", routes=routes)], clusters))
+    r = run_curl(["-sS", f"http://127.0.0.1:{remora.port('web')}/m/x"])
+    assert json.loads(r.stdout)["client"] == {"commonName": "sidecar"}
+    # The server refuses us: with TLS 1.3 its alert comes after our side finished the handshake and
+    # sent the request (502, the connection reset), with TLS 1.2 during the handshake (503).
+    r = run_curl(["-sS", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{remora.port('web')}/nocert/x"])
+    assert r.stdout in (b"502", b"503")
+
+
+def test_upstream_h2_over_tls_to_grpc(start_remora, pki):
+    grpc = pytest.importorskip("grpc")
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "grpc_fixtures"))
+    import echo_pb2
+    import echo_pb2_grpc
+    from echo_server import GRPCBackend
+    app = pki.ca.issue("grpcapp", dns=["grpc.shop.svc"])
+    creds = grpc.ssl_server_credentials([(app[1].read_bytes(), app[0].read_bytes())])
+    backend = GRPCBackend("T", credentials=creds)
+    try:
+        remora = start_remora(make_config(
+            [http_listener("web", routes=[route("g")])],
+            [cluster("g", [backend.endpoint], protocol="http2",
+                     tls={"ca": str(pki.ca.cert), "server_name": "grpc.shop.svc", "verify_san": ["grpc.shop.svc"]})]))
+        ch = grpc.insecure_channel(f"127.0.0.1:{remora.port('web')}", options=[("grpc.enable_http_proxy", 0)])
+        try:
+            reply = echo_pb2_grpc.EchoStub(ch).Unary(echo_pb2.EchoRequest(message="h2 over tls"), timeout=5)
+            assert reply.message == "h2 over tls" and reply.backend == "T"
+        finally:
+            ch.close()
+        assert remora.stat("cluster.g.ssl_handshake") >= 1
+    finally:
+        backend.stop(None).wait(5)
+
+
+# -- reloads, /certs, expiry ----------------------------------------------------------------------
+
+def test_cert_files_replaced_under_keepalive_load(start_remora, http_backend, pki):
+    backend = http_backend()
+    live_dir = pki.dir / "live"
+    live_dir.mkdir()
+    cert, key = live_dir / "web.pem", live_dir / "web-key.pem"
+    shutil.copy(pki.web[0], cert)
+    shutil.copy(pki.web[1], key)
+    lst = http_listener("web", tls={"certificates": [{"cert": str(cert), "key": str(key)}]})
+    remora = start_remora(make_config([lst], [cluster("app", [backend.endpoint])]))
+    port = remora.port("web")
+    old_serial = serial_of(cert.read_text())
+    assert peer_serial(port, "web.test") == old_serial
+    stop = threading.Event()
+    failures, counts = [], [0] * 4
+
+    def client(i):
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=client_ctx(pki), timeout=5)
+        try:
+            while not stop.is_set():
+                conn.request("GET", "/echo", headers={"Host": "web.test"})
+                r = conn.getresponse()
+                r.read()
+                if r.status != 200:
+                    failures.append(r.status)
+                counts[i] += 1
+        except Exception as e:   # noqa: BLE001
+            failures.append(repr(e))
+        finally:
+            conn.close()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.3)
+        # A bad key first: refused, the old certificate stays.
+        key.write_text("not a key\n")
+        remora_log = lambda: remora.stderr_tail()   # noqa: E731
+        poll(lambda: "TLS reload refused" in remora_log(), timeout=5, what="the refused reload")
+        assert peer_serial(port, "web.test") == old_serial
+        # Then a new pair, each file renamed into place.
+        new = pki.ca.issue("web2", dns=["web.test"])
+        os.replace(new[1], key)
+        os.replace(new[0], cert)
+        new_serial = serial_of(cert.read_text())
+        poll(lambda: peer_serial(port, "web.test") == new_serial, timeout=5, what="the new certificate served")
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    assert failures == [], failures
+    assert all(c > 0 for c in counts)
+    s = remora.stats()
+    assert s.get("tls.cert_reload_failed", 0) >= 1 and s.get("tls.cert_reload", 0) >= 1
+
+
+def test_certs_endpoint_and_expiry_gauge(start_remora, tls_backend, pki):
+    app = pki.ca.issue("app", dns=["app.shop.svc"])
+    b = tls_backend(*app)
+    remora = start_remora(make_config([tls_listener(pki, client_ca=True)],
+                                      [cluster("app", [b.endpoint], tls={"ca": str(pki.ca.cert)})]))
+    certs = json.loads(remora.admin_get("/certs").body)["certificates"]
+    names = {c["name"]: c for c in certs}
+    assert set(names) == {"listener.web.certificates[0]", "listener.web.client_ca", "cluster.app.ca"}
+    web = names["listener.web.certificates[0]"]
+    assert web["dns_sans"] == ["web.test", "localhost"] and web["path"] == str(pki.web[0])
+    assert 29 * 86400 < web["seconds_left"] <= 30 * 86400
+    s = remora.stats()
+    assert 29 * 86400 < s["tls.listener.web.certificates[0].cert_expiry_seconds"] <= 30 * 86400
+    prom = remora.admin_get("/stats/prometheus").body.decode()
+    assert 'envoy_tls_cert_expiry_seconds{name="listener.web.certificates[0]"}' in prom
+
+
+@pytest.mark.parametrize("problem", ["missing", "mismatch"])
+def test_bad_tls_config_is_refused_with_file_line_field(start_remora, pki, problem):
+    key = str(pki.web[1]) if problem == "missing" else str(pki.api[1])
+    cert = str(pki.dir / "nope.pem") if problem == "missing" else str(pki.web[0])
+    direct = [{"name": "d", "match": {"path": {"prefix": "/"}}, "direct_response": {"status": 200}}]
+    lst = http_listener("web", routes=direct, tls={"certificates": [{"cert": cert, "key": key}]})
+    remora = start_remora(make_config([lst], []), wait=False)
+    assert remora.proc.wait(10) != 0
+    err = remora.stderr_tail()
+    field = "listeners.web.tls.certificates[0].cert" if problem == "missing" else "listeners.web.tls.certificates[0].key"
+    assert field in err, err
+    assert f"{remora.config_path}:" in err and ":0:" not in err.split(field)[0][-10:], err
+    if problem == "mismatch":
+        assert "does not match" in err
+    else:
+        assert "nope.pem" in err
+    v = subprocess.run([str(remora_bin()), "validate", str(remora.config_path)], capture_output=True, timeout=20)
+    assert v.returncode == 1 and field in v.stderr.decode(), v.stderr
+
+
+def test_tcp_listener_terminates_tls(start_remora, tcp_backend, pki):
+    backend = tcp_backend()
+    lst = tcp_listener("tcp", "echo", tls={"certificates": [{"cert": str(pki.web[0]), "key": str(pki.web[1])}]})
+    remora = start_remora(make_config([lst], [cluster("echo", [backend.endpoint])]))
+    with socket.create_connection(("127.0.0.1", remora.port("tcp")), timeout=5) as s:
+        with client_ctx(pki).wrap_socket(s, server_hostname="web.test") as t:
+            assert t.selected_alpn_protocol() is None
+            t.sendall(b"ping over tls")
+            got = b""
+            while len(got) < 13:
+                chunk = t.recv(100)
+                if not chunk:
+                    break
+                got += chunk
+            assert got == b"ping over tls"
+
+
+def test_parked_connections_keep_working(start_remora, http_backend, pki):
+    """An idle connection gives back its TLS record buffers after 1 s (parked); the next request
+    on it works, over HTTP/1.1 and HTTP/2."""
+    backend = http_backend()
+    remora = start_remora(make_config([tls_listener(pki)], [cluster("app", [backend.endpoint])]))
+    conn = http.client.HTTPSConnection("127.0.0.1", remora.port("web"), context=client_ctx(pki), timeout=5)
+    try:
+        for _ in range(2):
+            conn.request("GET", "/bytes/100000", headers={"Host": "web.test"})
+            r = conn.getresponse()
+            assert r.status == 200 and len(r.read()) == 100000
+            time.sleep(1.3)
+    finally:
+        conn.close()
+    # HTTP/2 (hyper-h2 over the ssl module), a pause between the streams
+    import h2.config
+    import h2.connection
+    import h2.events
+    with socket.create_connection(("127.0.0.1", remora.port("web")), timeout=5) as raw:
+        with client_ctx(pki, alpn=["h2"]).wrap_socket(raw, server_hostname="web.test") as t:
+            assert t.selected_alpn_protocol() == "h2"
+            c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+            c.initiate_connection()
+            t.sendall(c.data_to_send())
+            for stream in (1, 3):
+                c.send_headers(stream, [(":method", "GET"), (":path", "/bytes/50000"), (":scheme", "https"),
+                                        (":authority", "web.test")], end_stream=True)
+                t.sendall(c.data_to_send())
+                got, done, deadline = 0, False, time.monotonic() + 5
+                while not done and time.monotonic() < deadline:
+                    for ev in c.receive_data(t.recv(65536)):
+                        if isinstance(ev, h2.events.DataReceived):
+                            got += len(ev.data)
+                            c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                        if isinstance(ev, h2.events.StreamEnded) and ev.stream_id == stream:
+                            done = True
+                    t.sendall(c.data_to_send())
+                assert done and got == 50000
+                time.sleep(1.3)
+    assert remora.stat("listener.web.ssl_handshake") == 2
+
+
+def test_health_checks_use_the_cluster_tls(start_remora, tls_backend, pki):
+    app = pki.ca.issue("app", dns=["app.shop.svc"])
+    b = tls_backend(*app)
+    hc = {"http": {"path": "/healthz"}, "interval": "100ms", "timeout": "1s", "unhealthy_threshold": 2,
+          "healthy_threshold": 1}
+    remora = start_remora(make_config(
+        [http_listener("web", routes=[route("good", name="good", prefix="/good/"), route("bad", name="bad", prefix="/bad/")])],
+        [cluster("good", [b.endpoint], tls={"ca": str(pki.ca.cert), "verify_san": ["app.shop.svc"]}, health_check=hc),
+         cluster("bad", [b.endpoint], tls={"ca": str(pki.ca.cert), "verify_san": ["db.shop.svc"]}, health_check=hc)]))
+    remora.wait_stat("cluster.good.health_check.success", lambda v: v >= 3, timeout=5)
+    remora.wait_stat("cluster.bad.health_check.failure", lambda v: v >= 3, timeout=5)
+    assert remora.stat("cluster.good.health_check.failure") == 0
+    assert remora.stat("cluster.good.health_check.healthy") == 1
+    assert remora.stat("cluster.bad.health_check.healthy") == 0
+
+
+def test_close_expired_closes_connections_whose_client_cert_expired(start_remora, http_backend, pki):
+    import datetime
+    backend = http_backend()
+    end = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0) + datetime.timedelta(seconds=4)
+    short = pki.ca.issue_until("short", end, uris=["spiffe://mesh.local/ns/shop/sa/short"])
+    remora = start_remora(make_config([tls_listener(pki, client_ca=True)], [cluster("app", [backend.endpoint])]))
+    port = remora.port("web")
+    conns = {}
+    for name, cert in (("short", short), ("long", pki.client)):
+        c = http.client.HTTPSConnection("127.0.0.1", port, context=client_ctx(pki, cert), timeout=5)
+        c.request("GET", "/echo", headers={"Host": "web.test"})
+        r = c.getresponse()
+        assert r.status == 200
+        assert echo_headers(r.read())["x-forwarded-client-cert"]
+        conns[name] = c
+    try:
+        remora.wait_stat("listener.web.ssl_connection_expired", lambda v: v >= 1, timeout=10)
+        # the expired one was closed: reading it gives EOF; the other still serves on the same connection
+        s = conns["short"].sock
+        s.settimeout(3)
+        assert s.recv(100) == b""
+        conns["long"].request("GET", "/echo", headers={"Host": "web.test"})
+        r = conns["long"].getresponse()
+        assert r.status == 200 and r.read()
+        assert remora.stat("listener.web.ssl_connection_expired") == 1
+        assert remora.stat("listener.web.ssl_handshake") == 2
+    finally:
+        for c in conns.values():
+            c.close()
