@@ -79,6 +79,14 @@ public enum ListenerStat: Int, StatGroup, Sendable {
     case downstream_rq_rate_limited
     /// Access log lines dropped because the log writer was behind (`access_log:`).
     case access_log_dropped
+    /// Authorization (`authorization:`, Envoy's `rbac.allowed` / `rbac.denied`): requests (TCP
+    /// listeners: connections) a policy allowed, and denied (403 / PERMISSION_DENIED / closed).
+    case rbac_allowed, rbac_denied
+    /// Requests refused with 400 by `path_normalization` (an escaped slash refused, a bad escape).
+    case downstream_rq_failed_path_normalization
+    /// Connections accepted and closed at once over the listener's `max_connections`, and over
+    /// the process-wide `max_connections`.
+    case downstream_cx_overflow, downstream_global_cx_overflow
 
     public var kind: StatKind {
         switch self {
@@ -116,6 +124,11 @@ public enum ListenerStat: Int, StatGroup, Sendable {
         .downstream_rq_overload_refused: "Requests refused by the overload level",
         .downstream_cx_overload_reject: "Connections closed at accept by the overload level",
         .access_log_dropped: "Access log lines dropped because the writer was behind",
+        .rbac_allowed: "Requests (TCP: connections) an authorization policy allowed",
+        .rbac_denied: "Requests (TCP: connections) an authorization policy denied",
+        .downstream_rq_failed_path_normalization: "Requests refused by path normalization (escaped slash, bad escape)",
+        .downstream_cx_overflow: "Connections closed at accept over the listener's max_connections",
+        .downstream_global_cx_overflow: "Connections closed at accept over the process-wide max_connections",
     ]
 }
 
@@ -217,6 +230,19 @@ public enum RouteBackendStat: Int, StatGroup {
     public var kind: StatKind { .counter }
     public var help: String {
         self == .upstream_rq_total ? "Requests a route sent to this backend" : "Answers to a route's backend by status class"
+    }
+}
+
+/// Per rule of an authorization policy: `authz.<listener>.<rule>.<stat>` (a route's rules:
+/// `authz.<listener>.<route>.<rule>.<stat>`).
+public enum AuthzRuleStat: Int, StatGroup {
+    public static let scope = "authz"
+    /// Requests (connections) an allow rule let through; requests a deny rule refused.
+    case allowed, denied
+
+    public var kind: StatKind { .counter }
+    public var help: String {
+        self == .allowed ? "Requests an allow rule of an authorization policy matched" : "Requests a deny rule of an authorization policy matched"
     }
 }
 

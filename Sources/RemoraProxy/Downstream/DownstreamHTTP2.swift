@@ -5,6 +5,7 @@ import RemoraIO
 /// One client stream of an HTTP/2 connection: the downstream half of one exchange. Recycled.
 final class H2ServerStream: DownstreamSide {
     unowned(unsafe) var connection: H2ServerConnection?
+    var transportConnection: TCPConnection? { connection?.conn }
     var id: Int32 = -1
     var exchange: Exchange?
     /// Request head (pseudo-headers and fields), then request trailers.

@@ -26,6 +26,7 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
     let listenerSlot: ListenerSlot
     var listener: ListenerRuntime { listenerSlot.current }
     let conn: TCPConnection
+    var transportConnection: TCPConnection? { conn }
     /// The request parser (+1), taken from the worker at the first request and given back when
     /// parked; nil before and while parked. Reached through `withParser`, without a retain per use.
     var parserRef: Unmanaged<HTTP1Parser>?

@@ -28,10 +28,13 @@ protocol DownstreamSide: AnyObject {
     func flushResponse()
     /// The memory budget the response shares with other streams of its connection (HTTP/2), or nil.
     var responseBudget: ResponseBudget? { get }
+    /// The client's connection (its peer identity and SNI are read from it), or nil (a shadow's).
+    var transportConnection: TCPConnection? { get }
 }
 
 extension DownstreamSide {
     var responseBudget: ResponseBudget? { nil }
+    var transportConnection: TCPConnection? { nil }
 }
 
 /// Where a request goes: an HTTP/1.1 upstream connection or an HTTP/2 upstream stream.
