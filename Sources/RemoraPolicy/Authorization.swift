@@ -303,12 +303,14 @@ public final class Authorizer: @unchecked Sendable {   // immutable after init; 
         var regex: Int32
     }
 
-    let bytes: [UInt8]
-    let rules: [Rule]
-    let texts: [Text]                 // principals, methods, paths, server names
-    let cidrs: [CIDR]
-    let headers: [Header]
-    let regexes: [OpaquePointer]
+    /// Every string of the policy, by `Span` (allocated once, freed in deinit).
+    let bytes: UnsafeMutableRawBufferPointer
+    // Flat storage allocated once (no array bookkeeping when matching).
+    let rules: UnsafeMutableBufferPointer<Rule>
+    let texts: UnsafeMutableBufferPointer<Text>   // principals, methods, paths, server names
+    let cidrs: UnsafeMutableBufferPointer<CIDR>
+    let headers: UnsafeMutableBufferPointer<Header>
+    let regexes: UnsafeMutableBufferPointer<OpaquePointer>
 
     /// Compiles `policy`; an invalid regex throws its message (the config loader checked them).
     public init(_ policy: AuthorizationPolicy) throws(RegexError) {
@@ -382,14 +384,20 @@ public final class Authorizer: @unchecked Sendable {   // immutable after init; 
             sni = sni || !r.serverNames.isEmpty
             rules.append(c)
         }
-        self.bytes = bytes; self.rules = rules; self.texts = texts; self.cidrs = cidrs
-        self.headers = headers; self.regexes = regexes
+        self.bytes = UnsafeMutableRawBufferPointer.allocate(byteCount: max(bytes.count, 1), alignment: 8)
+        self.bytes.copyBytes(from: bytes)
+        self.rules = freeze(rules); self.texts = freeze(texts); self.cidrs = freeze(cidrs)
+        self.headers = freeze(headers); self.regexes = freeze(regexes)
         ruleNames = policy.rules.map(\.name)
         denyCount = policy.deny.count
         needsPrincipal = principal; needsSource = source; needsServerName = sni
     }
 
-    deinit { regexes.forEach(Regex.free) }
+    deinit {
+        regexes.forEach(Regex.free)
+        bytes.deallocate()
+        rules.deallocate(); texts.deallocate(); cidrs.deallocate(); headers.deallocate(); regexes.deallocate()
+    }
 
     /// Deny rules in order (the first match denies), then allow rules (the first match allows);
     /// with allow rules and none matching, denied.
@@ -490,14 +498,22 @@ public final class Authorizer: @unchecked Sendable {   // immutable after init; 
     /// `ignoreCase`, the request side folded).
     @inline(__always)
     func same(_ v: UnsafeRawBufferPointer, _ at: Int, _ s: Span, _ ignoreCase: Bool) -> Bool {
+        let n = Int(s.count)
+        if n == 0 { return true }
+        let a = v.baseAddress! + at, b = UnsafeRawPointer(bytes.baseAddress!) + Int(s.start)
         var k = 0
-        let start = Int(s.start)
-        while k < Int(s.count) {
-            var c = v[at + k]
+        while k < n {
+            var c = a.load(fromByteOffset: k, as: UInt8.self)
             if ignoreCase && c &- 65 < 26 { c |= 0x20 }
-            if c != bytes[start + k] { return false }
+            if c != b.load(fromByteOffset: k, as: UInt8.self) { return false }
             k += 1
         }
         return true
     }
+}
+
+private func freeze<T>(_ a: [T]) -> UnsafeMutableBufferPointer<T> {
+    let p = UnsafeMutableBufferPointer<T>.allocate(capacity: max(a.count, 1))
+    _ = p.initialize(from: a)
+    return UnsafeMutableBufferPointer(start: p.baseAddress, count: a.count)
 }

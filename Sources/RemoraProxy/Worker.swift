@@ -354,8 +354,7 @@ final class ListenerRuntime {
     /// Authorization (`authorization:`): the listener's compiled policies and their rule stats.
     private(set) var authorization: ListenerAuthorization?
     private(set) var authzRules: [StatBlock<AuthzRuleStat>] = []
-    /// A request needs its peer's identity (routes match on it, or a policy asks), address or SNI.
-    private(set) var needsPeer = false
+    /// A request needs its peer's identity (routes match on it, or a policy asks).
     private(set) var needsPrincipal = false
     /// Where this listener's connections are counted, and the limits (Int.max: none).
     private(set) var connections: ConnectionCounter!
@@ -379,7 +378,6 @@ final class ListenerRuntime {
         authorization = a
         authzRules = rules
         needsPrincipal = routes.matchesPrincipal || (a?.needsPrincipal ?? false)
-        needsPeer = needsPrincipal || (a?.needsSource ?? false) || (a?.needsServerName ?? false)
         connections = c
         maxConnections = config.maxConnections ?? Int.max
         processMaxConnections = process ?? Int.max

@@ -44,18 +44,21 @@ extension Exchange {
         isGRPC = h.firstIndex(named: "content-type").map { GRPC.isGRPC(contentType: h[$0].value) } ?? false
         // The path as routing, authorization and the upstream see it (`path_normalization:`).
         // One scan finds the common case, a path with no "%", "/." or "//": nothing to do.
-        guard l.normalizesPaths, PathNormalizer.mayChange(r.view.target) else { return startPeer(d, l, r, clientIP: clientIP) }
+        guard l.normalizesPaths, PathNormalizer.mayChange(r.view.target) else {
+            if l.needsPrincipal { return startWithPrincipal(d, l, r, clientIP: clientIP) }
+            return startRouting(l, r, clientIP: clientIP)
+        }
         var normalized = pool.take()
         normalized.reserve(r.view.target.count)
         let outcome = PathNormalizer.normalize(r.view.target, l.normalization,
                                                into: UnsafeMutableRawBufferPointer(start: normalized.base, count: r.view.target.count))
         switch outcome {
         case .unchanged:
-            startPeer(d, l, r, clientIP: clientIP)
+            if l.needsPrincipal { startWithPrincipal(d, l, r, clientIP: clientIP) } else { startRouting(l, r, clientIP: clientIP) }
         case .changed(let n):
             var nr = r
             nr.view.target = UnsafeRawBufferPointer(start: normalized.base, count: n)
-            startPeer(d, l, nr, clientIP: clientIP)
+            if l.needsPrincipal { startWithPrincipal(d, l, nr, clientIP: clientIP) } else { startRouting(l, nr, clientIP: clientIP) }
         case .rejected(let why):
             stats.inc(.downstream_rq_failed_path_normalization)
             observe.flags.insert(.DPE)
@@ -65,18 +68,8 @@ extension Exchange {
         pool.give(&normalized)
     }
 
-    /// The peer's identity, address and SNI for the listeners that ask (routes matching on the
-    /// identity, authorization), then the route and the filters.
-    @inline(__always)
-    func startPeer(_ d: any DownstreamSide, _ l: ListenerRuntime, _ r: RequestStart, clientIP: String) {
-        guard l.needsPeer else { return startRouting(l, r, clientIP: clientIP) }
-        if let a = l.authorization {
-            peerSource = a.needsSource ? IPAddress.parse(clientIP) : nil
-            peerServerName = a.needsServerName ? d.transportConnection?.serverName : nil
-        }
-        startWithPrincipal(d, l, r, clientIP: clientIP)
-    }
-
+    /// The peer's identity in the view (`RequestView.principal`), for listeners whose routes match
+    /// on it or whose authorization asks; then the route and the filters.
     func startWithPrincipal(_ d: any DownstreamSide, _ l: ListenerRuntime, _ r: RequestStart, clientIP: String) {
         guard l.needsPrincipal, var p = d.transportConnection?.peerPrincipal, !p.isEmpty else {
             return startRouting(l, r, clientIP: clientIP)

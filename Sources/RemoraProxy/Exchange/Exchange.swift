@@ -133,10 +133,6 @@ final class Exchange: DeadlineTimerDelegate {
     var hedgeAt: UInt64 = 0
     /// What the metrics, the access log and tracing see of this request (`Exchange+Observe.swift`).
     var observe = Observation()
-    /// The client's address and TLS SNI, set at start only on listeners whose authorization asks
-    /// for them (`ListenerRuntime.needsPeer`); stale otherwise.
-    var peerSource: IPAddress?
-    var peerServerName: String?
     static let replayLimit = 64 * 1024
 
     init(worker: Worker) {

@@ -80,27 +80,41 @@ struct ConnectionAuthorizationInput: AuthorizationRequest {
 /// resilience filters: a denied request spends no rate-limit token and meets no injected fault.
 /// One per listener and worker, present only when the listener or one of its routes has a policy.
 final class AuthorizationFilter: HTTPFilter {
-    let authz: ListenerAuthorization
+    /// The listener's policy, and its routes' by route index (empty when none has one).
+    let listenerPolicy: Authorizer?
+    let routePolicies: [Authorizer?]
+    let routeBase: [Int]
+    let needsSource: Bool
+    let needsServerName: Bool
     let stats: StatBlock<ListenerStat>
     /// By rule slot.
     let rules: [StatBlock<AuthzRuleStat>]
 
     init(_ authz: ListenerAuthorization, stats: StatBlock<ListenerStat>, rules: [StatBlock<AuthzRuleStat>]) {
-        self.authz = authz; self.stats = stats; self.rules = rules
+        listenerPolicy = authz.listener; routePolicies = authz.routes; routeBase = authz.routeBase
+        needsSource = authz.needsSource; needsServerName = authz.needsServerName
+        self.stats = stats; self.rules = rules
     }
 
     func requestHeaders(_ e: Exchange, _ request: RequestView) -> FilterVerdict {
         let t = request.target
         var end = 0
-        while end < t.count && t[end] != 0x3F && t[end] != 0x23 { end += 1 }
-        let path = UnsafeRawBufferPointer(rebasing: t[0..<end])
+        if let p = t.baseAddress {
+            while end < t.count {
+                let c = p.load(fromByteOffset: end, as: UInt8.self)
+                if c == 0x3F || c == 0x23 { break }
+                end += 1
+            }
+        }
+        let path = UnsafeRawBufferPointer(start: t.baseAddress, count: end)
+        let source = needsSource ? e.downstream?.sourceAddress : nil
         let allowed: Bool
-        if authz.needsServerName, var sni = e.peerServerName {
+        if needsServerName, var sni = e.downstream?.transportConnection?.serverName {
             allowed = sni.withUTF8 { s in
-                decide(e, HTTPAuthorizationInput(view: request, path: path, source: e.peerSource, serverName: UnsafeRawBufferPointer(s)))
+                decide(e, HTTPAuthorizationInput(view: request, path: path, source: source, serverName: UnsafeRawBufferPointer(s)))
             }
         } else {
-            allowed = decide(e, HTTPAuthorizationInput(view: request, path: path, source: e.peerSource, serverName: nil))
+            allowed = decide(e, HTTPAuthorizationInput(view: request, path: path, source: source, serverName: nil))
         }
         if allowed { return .next }
         e.observe.flags.insert(.UAEX)
@@ -110,9 +124,9 @@ final class AuthorizationFilter: HTTPFilter {
     /// The listener's policy, then the route's; counts the outcome.
     @inline(__always)
     func decide(_ e: Exchange, _ input: HTTPAuthorizationInput) -> Bool {
-        if let a = authz.listener, !check(a, base: 0, input) { return false }
+        if let a = listenerPolicy, !check(a, base: 0, input) { return false }
         let ri = e.routeIndex
-        if ri >= 0 && ri < authz.routes.count, let a = authz.routes[ri], !check(a, base: authz.routeBase[ri], input) {
+        if ri >= 0 && ri < routePolicies.count, let a = routePolicies[ri], !check(a, base: routeBase[ri], input) {
             return false
         }
         stats.inc(.rbac_allowed)
