@@ -7,7 +7,8 @@ import RemoraCore
 /// Steps, in order, over the path only (the query and a fragment are copied unchanged):
 /// 1. Percent-escapes: an encoded unreserved character (`A-Z a-z 0-9 - . _ ~`) is decoded
 ///    (`decodeUnreserved`); `%2F` / `%5C` are kept, refused or decoded (`escapedSlashes`); every
-///    other escape is kept with uppercase hex digits; a `%` without two hex digits is refused.
+///    other escape is kept with uppercase hex digits; a `%` without two hex digits, and `%00`, are
+///    refused. With `removeDotSegments`, a backslash (literal, or decoded from `%5C`) is a slash.
 /// 2. Segments: `.` and `..` removed (`removeDotSegments`; `..` above the root stays at the root),
 ///    empty segments dropped (`mergeSlashes`); a path that ended in `/`, `/.` or `/..` keeps its
 ///    trailing `/`.
@@ -55,7 +56,7 @@ public enum PathNormalizer {
     }
 
     /// The fast scan: false when normalizing `target` can change nothing (not origin form, or a
-    /// path without `%`, `/.` and `//`: the path ends at "?" or "#").
+    /// path without `%`, `\\`, `/.` and `//`: the path ends at "?" or "#").
     @inline(__always)
     public static func mayChange(_ target: UnsafeRawBufferPointer) -> Bool {
         guard let base = target.baseAddress, target.count > 0, base.load(as: UInt8.self) == 0x2F else { return false }
@@ -64,7 +65,7 @@ public enum PathNormalizer {
         while i < n {
             let c = base.load(fromByteOffset: i, as: UInt8.self)
             if c == 0x3F || c == 0x23 { return false }
-            if c == 0x25 { return true }
+            if c == 0x25 || c == 0x5C { return true }
             if c == 0x2F && i + 1 < n {
                 let d = base.load(fromByteOffset: i + 1, as: UInt8.self)
                 if d == 0x2F || d == 0x2E { return true }
@@ -89,18 +90,23 @@ public enum PathNormalizer {
         // Step 1: escapes, into `out`.
         var w = 0
         var i = 0
+        // A backslash is a slash (as Envoy's normalize_path and Istio's BASE: Windows servers agree).
+        let slashForBackslash: UInt8 = o.removeDotSegments ? 0x2F : 0x5C
         while i < end {
             let c = target[i]
+            if c == 0x5C { out[w] = slashForBackslash; w += 1; i += 1; continue }
             if c != 0x25 { out[w] = c; w += 1; i += 1; continue }
             guard i + 2 < end, let hi = hex(target[i + 1]), let lo = hex(target[i + 2]) else {
                 if o.decodeUnreserved || o.escapedSlashes != .keep { return .rejected(.badEscape) }
                 out[w] = c; w += 1; i += 1; continue
             }
             let v = hi << 4 | lo
+            // An encoded NUL ends strings in C backends: never forwarded (Istio refuses it too).
+            if v == 0 && (o.decodeUnreserved || o.escapedSlashes != .keep) { return .rejected(.badEscape) }
             if v == 0x2F || v == 0x5C {
                 switch o.escapedSlashes {
                 case .reject: return .rejected(.escapedSlash)
-                case .decode: out[w] = v; w += 1; i += 3; continue
+                case .decode: out[w] = v == 0x5C ? slashForBackslash : v; w += 1; i += 3; continue
                 case .keep: break
                 }
             } else if o.decodeUnreserved && isUnreserved(v) {

@@ -54,6 +54,11 @@ import RemoraHTTP
         #expect(norm("/a%?x") == "reject:badEscape")
         #expect(norm("/a?%zz") == "/a?%zz", "the query's escapes are the upstream's business")
         #expect(norm("/%2525") == "/%2525", "a percent sign stays encoded")
+        #expect(norm("/a%00b") == "reject:badEscape", "an encoded NUL is refused")
+        #expect(norm("/\\admin") == "/admin")
+        #expect(norm("/x\\..\\admin") == "/admin", "a backslash is a slash")
+        #expect(norm("/a%5C..%5Cadmin", .init(escapedSlashes: .decode)) == "/admin")
+        #expect(norm("/a\\b", .init(removeDotSegments: false)) == "/a\\b")
     }
 
     @Test func commonPathsAreUnchangedByTheFastScan() {
@@ -67,7 +72,7 @@ import RemoraHTTP
 
     @Test func stepsCanBeTurnedOff() {
         let none = PathNormalizer.Options(removeDotSegments: false, decodeUnreserved: false, mergeSlashes: false, escapedSlashes: .keep)
-        for s in ["//admin", "/a/../b", "/%61", "/%zz", "/a%2f"] { #expect(norm(s, none) == s, "\(s)") }
+        for s in ["//admin", "/a/../b", "/%61", "/%zz", "/a%2f", "/a%00", "/a\\b"] { #expect(norm(s, none) == s, "\(s)") }
         #expect(norm("/a/../%61", .init(removeDotSegments: false)) == "/a/../a")
         #expect(norm("/a/../%61", .init(decodeUnreserved: false)) == "/%61")
         #expect(!ListenerConfig(name: "l", address: HostPort(host: "127.0.0.1", port: 0)).with { $0.pathNormalization = .off }.normalizesPaths)
