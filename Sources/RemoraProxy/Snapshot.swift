@@ -164,7 +164,7 @@ final class StatRegistry {
             snapshot.shared[i].collect(into: &out)
         }
         for names in StatRegistry.authzNames(snapshot) {
-            for n in names { out.add(AuthzRuleStat.self, name: n, nameParts: n.split(separator: ".").map(String.init), blocks: blocks(&authz, n)) }
+            for n in names { out.add(AuthzRuleStat.self, name: n, blocks: blocks(&authz, n)) }
         }
         for names in StatRegistry.routeParts(snapshot) {
             for parts in names {
