@@ -96,5 +96,7 @@ if Context.environment["REMORA_FUZZ"] != nil {
                           linkerSettings: lld),
         .executableTarget(name: "FuzzConfig", dependencies: ["RemoraConfig", "RemoraRouting", "RemoraCore"],
                           path: "Tests/fuzz/config", linkerSettings: lld),
+        .executableTarget(name: "FuzzPathNorm", dependencies: ["RemoraHTTP", "RemoraPolicy", "RemoraCore"],
+                          path: "Tests/fuzz/pathnorm", linkerSettings: lld),
     ]
 }
