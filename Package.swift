@@ -46,10 +46,11 @@ let package = Package(
         // The only importer of OpenSSL (COpenSSL): the TLS transport socket, certificate contexts.
         .target(name: "RemoraTLS", dependencies: ["RemoraCore", "RemoraIO", "COpenSSL"], swiftSettings: hot),
         // Pure decisions, no I/O: the route table, matchers, weighted split.
-        .target(name: "RemoraRouting", dependencies: ["RemoraCore", "RemoraPolicy", "CRE2"], swiftSettings: hot),
+        .target(name: "RemoraRouting", dependencies: ["RemoraCore", "RemoraPolicy"], swiftSettings: hot),
         // Pure policy, no I/O: attempt outcomes, load balancers, retry state and budgets, breakers,
         // outlier detection, health state, backoff; values and state machines that return decisions.
-        .target(name: "RemoraPolicy", swiftSettings: hot),
+        // RE2 (CRE2) lives here, behind `Regex`: route and authorization matchers both use it.
+        .target(name: "RemoraPolicy", dependencies: ["CRE2"], swiftSettings: hot),
         // The local HTTP server, who may call it, the admin endpoints and the stats renderers.
         // Off the data path: it reads the proxy through `AdminTarget`, never imports RemoraProxy.
         .target(name: "RemoraAdmin", dependencies: ["RemoraCore", "RemoraIO", "RemoraHTTP"]),
@@ -100,5 +101,7 @@ if Context.environment["REMORA_FUZZ"] != nil {
                           linkerSettings: lld),
         .executableTarget(name: "FuzzConfig", dependencies: ["RemoraConfig", "RemoraRouting", "RemoraCore"],
                           path: "Tests/fuzz/config", linkerSettings: lld),
+        .executableTarget(name: "FuzzPathNorm", dependencies: ["RemoraHTTP", "RemoraPolicy", "RemoraCore"],
+                          path: "Tests/fuzz/pathnorm", linkerSettings: lld),
     ]
 }

@@ -132,7 +132,7 @@ private final class Schema {
             return nil
         }
         guard let m = d.mapping(root, "", keys: ["admin", "workers", "drain_timeout", "listeners", "clusters",
-                                                   "overload", "node"]) else { return nil }
+                                                   "overload", "node", "max_connections"]) else { return nil }
         let admin = m.optional("admin", admin)
         let workers = m.optional("workers") { d.int($0, $1, in: 0...256) }
         let drainTimeout = m.optional("drain_timeout") { d.duration($0, $1) }
@@ -142,9 +142,12 @@ private final class Schema {
         let listeners = m.optional("listeners") { d.list($0, $1, ifEmpty: "no listeners", listener) }
         let overload = m.optional("overload", overload)
         let node = m.optional("node", nodeName)
+        let maxConnections = m.optional("max_connections", connectionLimit)
         guard let listeners else { return nil }
-        return Config(admin: admin, workers: workers ?? 0, drainTimeout: drainTimeout ?? 5_000,
-                      listeners: listeners, clusters: clusters ?? [], overload: overload, node: node)
+        var c = Config(admin: admin, workers: workers ?? 0, drainTimeout: drainTimeout ?? 5_000,
+                       listeners: listeners, clusters: clusters ?? [], overload: overload, node: node)
+        c.maxConnections = maxConnections
+        return c
     }
 
     /// `node: NAME`: 1 ... 128 visible ASCII characters.
@@ -192,14 +195,16 @@ private final class Schema {
                                              "max_request_header_bytes", "idle_timeout", "http2", "routes",
                                              "virtual_hosts", "cluster", "request_timeout", "max_request_body",
                                              "headers_with_underscores", "per_connection_buffer_limit", "access_log",
-                                             "tracing", "tls"])
+                                             "tracing", "tls", "path_normalization", "authorization",
+                                             "max_connections"])
         else { return nil }
         let name = m.required("name") { self.name($0, $1, "listener", &listenerNames) }
         let address = m.required("address", listenAddress)
         let proto: ListenerProtocol? = m.has("protocol") ? m.optional("protocol", d.oneOf) : .http
         switch proto {
         case .tcp: m.forbid(["routes", "virtual_hosts", "request_header_timeout", "max_request_header_bytes", "http2", "tracing",
-                             "request_timeout", "max_request_body", "headers_with_underscores", "per_connection_buffer_limit"],
+                             "request_timeout", "max_request_body", "headers_with_underscores", "per_connection_buffer_limit",
+                             "path_normalization"],
                             "only allowed on an http listener")
         case .http: m.forbid(["cluster"], "only allowed on a tcp listener (an http listener uses routes)")
         case nil: break // bad protocol, already reported: check what is there, demand nothing
@@ -216,12 +221,15 @@ private final class Schema {
         let accessLog = m.optional("access_log", accessLog)
         let tracing = m.optional("tracing", tracing)
         let tls = m.optional("tls", listenerTLS)
+        let normalization = m.optional("path_normalization", pathNormalization)
+        let authorization = m.optional("authorization") { authorizationPolicy($0, $1, tcp: proto == .tcp) }
+        let maxConnections = m.optional("max_connections", connectionLimit)
         var names = ListenerNames()
         let routes = m.optional("routes") { d.list($0, $1) { route($0, $1, &names) } }
         let hosts = m.optional("virtual_hosts") { d.list($0, $1) { virtualHost($0, $1, &names) } }
         let cluster = proto == .tcp ? m.required("cluster", clusterRef) : m.optional("cluster", clusterRef)
         guard let name, let address else { return nil }
-        var listener = ListenerConfig(name: name, address: address, protocol: proto ?? .http,
+        var l = ListenerConfig(name: name, address: address, protocol: proto ?? .http,
                               requestHeaderTimeout: headerTimeout ?? 10_000, maxRequestHeaderBytes: maxHeaderBytes ?? 60 * 1024,
                               idleTimeout: idleTimeout ?? 60_000, http2: http2 ?? HTTP2Settings(),
                               virtualHosts: hosts ?? routes.map { [VirtualHostConfig(name: "default", routes: $0)] } ?? [],
@@ -229,8 +237,11 @@ private final class Schema {
                               maxRequestBodyBytes: maxBody.map(UInt64.init) ?? 1 << 30,
                               headersWithUnderscores: underscores ?? .drop, perConnectionBufferLimit: bufferLimit ?? 1 << 20,
                               accessLog: accessLog, tracing: tracing)
-        listener.tls = tls
-        return listener
+        l.tls = tls
+        if let normalization { l.pathNormalization = normalization }
+        l.authorization = authorization
+        l.maxConnections = maxConnections
+        return l
     }
 
     /// `tls: { certificates: [{ cert, key }], alpn, client_ca, min_version, ticket_key_rotation,
@@ -294,6 +305,112 @@ private final class Schema {
     func alpnList(_ n: Node, _ p: String) -> [String]? {
         d.list(n, p, ifEmpty: "at least one protocol") { n, p in
             d.value(n, p, "h2 or http/1.1") { ["h2", "http/1.1"].contains($0) ? $0 : nil }
+        }
+    }
+
+    /// `max_connections: N`, 1 ... 10_000_000.
+    func connectionLimit(_ n: Node, _ p: String) -> Int? { d.int(n, p, in: 1...10_000_000) }
+
+    /// `path_normalization: false` (every step off), or `{ remove_dot_segments: BOOL,
+    /// decode_unreserved: BOOL, merge_slashes: BOOL, escaped_slashes: keep | reject | decode }`.
+    func pathNormalization(_ n: Node, _ p: String) -> PathNormalization? {
+        if case .scalar = n.value {
+            guard let on = d.bool(n, p) else { return nil }
+            return on ? PathNormalization() : .off
+        }
+        guard let m = d.mapping(n, p, keys: ["remove_dot_segments", "decode_unreserved", "merge_slashes", "escaped_slashes"])
+        else { return nil }
+        var out = PathNormalization()
+        if let v = m.optional("remove_dot_segments", d.bool) { out.removeDotSegments = v }
+        if let v = m.optional("decode_unreserved", d.bool) { out.decodeUnreserved = v }
+        if let v = m.optional("merge_slashes", d.bool) { out.mergeSlashes = v }
+        out.escapedSlashes = m.optional("escaped_slashes", d.oneOf)
+        return out
+    }
+
+    /// `authorization: { action: allow | deny, rules: [RULE], deny: [RULE] }`: `deny` rules are
+    /// checked first; `rules` are allow rules (`action: allow`, the default) or more deny rules.
+    /// On a TCP listener a rule may only name principals, source CIDRs and server names.
+    func authorizationPolicy(_ n: Node, _ p: String, tcp: Bool) -> AuthorizationPolicy? {
+        guard let m = d.mapping(n, p, keys: ["action", "rules", "deny"]) else { return nil }
+        let action = m.optional("action") { d.value($0, $1, "allow or deny") { ["allow", "deny"].contains($0) ? $0 : nil } }
+        var names: [String: Int] = [:]
+        let deny = m.optional("deny") { d.list($0, $1) { n, p in self.authorizationRule(n, p, tcp: tcp, names: &names) } }
+        let rules = m.optional("rules") { d.list($0, $1) { n, p in self.authorizationRule(n, p, tcp: tcp, names: &names) } }
+        func named(_ list: [AuthorizationRule]?, _ prefix: String) -> [AuthorizationRule] {
+            (list ?? []).enumerated().map { i, r in
+                var r = r
+                if r.name.isEmpty { r.name = "\(prefix)-\(i)" }
+                return r
+            }
+        }
+        let denyRules = named(deny, "deny"), ruleList = named(rules, "rule")
+        let all = denyRules + ruleList
+        var seen: [String: Int] = [:]
+        for r in all where seen.updateValue(0, forKey: r.name) != nil {
+            d.fail(m.line, Fields.join(p, "rules"), "rule name \"\(r.name)\" is used twice in this policy")
+        }
+        return action == "deny" ? AuthorizationPolicy(allow: [], deny: denyRules + ruleList)
+            : AuthorizationPolicy(allow: ruleList, deny: denyRules)
+    }
+
+    /// `{ name: NAME, from: { principals: [..], source_cidrs: [..] },
+    ///    to: { methods: [..], paths: [{ exact | prefix | regex: .. }], headers: [..], server_names: [..] } }`.
+    func authorizationRule(_ n: Node, _ p: String, tcp: Bool, names: inout [String: Int]) -> AuthorizationRule? {
+        guard let m = d.mapping(n, p, keys: ["name", "from", "to"]) else { return nil }
+        let name = m.optional("name") { self.name($0, $1, "rule", &names) }
+        var rule = AuthorizationRule(name: name ?? "")
+        _ = m.optional("from") { n, p -> Bool? in
+            guard let f = d.mapping(n, p, keys: ["principals", "source_cidrs"]) else { return nil }
+            rule.principals = f.optional("principals") { d.list($0, $1) { n, p in
+                d.value(n, p, #"a principal ("spiffe://…", a prefix ending in "*", or "*")"#) { $0.isEmpty ? nil : PrincipalMatch($0) }
+            } } ?? []
+            rule.sourceCIDRs = f.optional("source_cidrs") { d.list($0, $1) { n, p in
+                d.value(n, p, #"an address or range like "10.0.0.0/8", "192.168.1.7" or "fd00::/8""#) { CIDR($0) }
+            } } ?? []
+            return true
+        }
+        _ = m.optional("to") { n, p -> Bool? in
+            guard var t = d.mapping(n, p, keys: ["methods", "paths", "headers", "server_names"]) else { return nil }
+            if tcp { t.forbid(["methods", "paths", "headers"], "not allowed on a tcp listener (its rules see connections, not requests)") }
+            rule.methods = t.optional("methods") { d.list($0, $1) { d.checked($0, $1) { RouteSyntax.method($0) } } } ?? []
+            rule.paths = t.optional("paths") { d.list($0, $1, authorizationPath) } ?? []
+            rule.headers = t.optional("headers") { d.list($0, $1) { n, p -> AuthorizationHeaderMatch? in
+                guard let f = fieldMatch(n, p, header: true) else { return nil }
+                if f.ignoreCase {
+                    d.fail(n.line, Fields.join(p, "ignore_case"), "not supported in authorization rules")
+                    return nil
+                }
+                switch f.value {
+                case .present: return AuthorizationHeaderMatch(name: f.name, .present, invert: f.invert)
+                case .absent: return AuthorizationHeaderMatch(name: f.name, .present, invert: !f.invert)
+                case .exact(let v): return AuthorizationHeaderMatch(name: f.name, .exact(v), invert: f.invert)
+                case .prefix(let v): return AuthorizationHeaderMatch(name: f.name, .prefix(v), invert: f.invert)
+                case .suffix(let v): return AuthorizationHeaderMatch(name: f.name, .suffix(v), invert: f.invert)
+                case .contains(let v): return AuthorizationHeaderMatch(name: f.name, .contains(v), invert: f.invert)
+                case .regex(let v): return AuthorizationHeaderMatch(name: f.name, .regex(v), invert: f.invert)
+                }
+            } } ?? []
+            rule.serverNames = t.optional("server_names") { d.list($0, $1) { n, p in
+                d.checked(n, p) { s in
+                    let host = s.hasPrefix("*.") ? String(s.dropFirst(2)) : s
+                    return RouteSyntax.domain(host) == nil && !host.contains(":") && !host.contains("*")
+                        ? nil : #"expected a server name like "api.example.com" or "*.example.com""#
+                }
+            } } ?? []
+            return true
+        }
+        return rule
+    }
+
+    /// `{ exact: /p }`, `{ prefix: /p }` or `{ regex: RE2 }` (matched against the normalized path).
+    func authorizationPath(_ n: Node, _ p: String) -> AuthorizationPathMatch? {
+        guard let m = d.mapping(n, p, keys: ["prefix", "exact", "regex"]) else { return nil }
+        switch m.one(of: ["prefix", "exact", "regex"]) {
+        case "prefix": return m.optional("prefix", absolutePath).map { .prefix($0) }
+        case "exact": return m.optional("exact", absolutePath).map { .exact($0) }
+        case "regex": return m.optional("regex") { regex($0, $1, ignoreCase: false) }.map { .regex($0) }
+        default: return nil
         }
     }
 
@@ -369,7 +486,7 @@ private final class Schema {
     func route(_ n: Node, _ p: String, _ names: inout ListenerNames) -> RouteConfig? {
         guard var m = d.mapping(n, p, keys: ["name", "match", "backends", "hash_on", "timeout", "mirror", "redirect",
                                              "direct_response", "rewrite", "request_headers", "response_headers",
-                                             "request_timeout", "retry", "fault", "rate_limit"])
+                                             "request_timeout", "retry", "fault", "rate_limit", "authorization"])
         else { return nil }
         let name = m.required("name") { self.name($0, $1, "route", &names.routes) }
         let match = m.optional("match", routeMatch)
@@ -408,21 +525,38 @@ private final class Schema {
         let rewrite = m.optional("rewrite") { pathRewrite($0, $1, regexPath: match?.grpc == nil && match?.path.kind == .regex) }
         let requestHeaders = m.optional("request_headers", headerRewrite)
         let responseHeaders = m.optional("response_headers", headerRewrite)
+        let authorization = m.optional("authorization") { authorizationPolicy($0, $1, tcp: false) }
         guard let name, let action else { return nil }
-        return RouteConfig(name: name, match: match ?? RouteMatch(), action: action, rewrite: rewrite,
-                           requestHeaders: requestHeaders ?? HeaderRewrite(), responseHeaders: responseHeaders ?? HeaderRewrite())
+        var r = RouteConfig(name: name, match: match ?? RouteMatch(), action: action, rewrite: rewrite,
+                            requestHeaders: requestHeaders ?? HeaderRewrite(), responseHeaders: responseHeaders ?? HeaderRewrite())
+        r.authorization = authorization
+        return r
     }
 
     func routeMatch(_ n: Node, _ p: String) -> RouteMatch? {
-        guard var m = d.mapping(n, p, keys: ["path", "grpc", "methods", "headers", "query"]) else { return nil }
+        guard var m = d.mapping(n, p, keys: ["path", "grpc", "methods", "headers", "query", "principal"]) else { return nil }
         if m.has("grpc") { m.forbid(["path"], "not allowed with grpc (grpc sets the path)") }
         let path = m.optional("path", pathMatch)
         let grpc = m.optional("grpc", grpcMatch)
         let methods = m.optional("methods") { d.list($0, $1) { d.checked($0, $1) { RouteSyntax.method($0) } } }
         let headers = m.optional("headers") { d.list($0, $1) { fieldMatch($0, $1, header: true) } }
         let query = m.optional("query") { d.list($0, $1) { fieldMatch($0, $1, header: false) } }
-        return RouteMatch(path: path ?? .prefix("/"), grpc: grpc, methods: methods ?? [], headers: headers ?? [],
-                          queryParameters: query ?? [])
+        let principal = m.optional("principal", principalMatch)
+        var out = RouteMatch(path: path ?? .prefix("/"), grpc: grpc, methods: methods ?? [], headers: headers ?? [],
+                             queryParameters: query ?? [])
+        out.principal = principal
+        return out
+    }
+
+    /// A route's `principal: { exact: ID }` or `{ prefix: ID }`.
+    func principalMatch(_ n: Node, _ p: String) -> PrincipalMatch? {
+        guard let m = d.mapping(n, p, keys: ["exact", "prefix"]) else { return nil }
+        let text = { (n: Node, p: String) in self.d.value(n, p, "a non-empty identity") { $0.isEmpty ? nil : $0 } }
+        switch m.one(of: ["exact", "prefix"]) {
+        case "exact": return m.optional("exact", text).map { .exact($0) }
+        case "prefix": return m.optional("prefix", text).map { .prefix($0) }
+        default: return nil
+        }
     }
 
     func pathMatch(_ n: Node, _ p: String) -> PathMatch? {

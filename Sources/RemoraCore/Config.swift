@@ -59,6 +59,10 @@ public struct Config: Sendable, Equatable {
     public var overload: OverloadConfig?
     /// This proxy's name in Istio's metrics (`source_workload`). nil = `--node`, else "remora".
     public var node: String?
+    /// Downstream connections open at once over the whole process, every listener together
+    /// (`max_connections:` at the top level); over it a new connection is accepted and closed at
+    /// once (`downstream_global_cx_overflow`). nil = no limit (the default). Range 1 ... 10_000_000.
+    public var maxConnections: Int?
 
     public init(admin: AdminConfig? = nil, workers: Int = 0, drainTimeout: Millis = 5_000,
                 listeners: [ListenerConfig] = [], clusters: [ClusterConfig] = [], overload: OverloadConfig? = nil,
@@ -145,6 +149,16 @@ public struct ListenerConfig: Sendable, Equatable {
     public var tracing: TracingConfig?
     /// TLS termination (certificates, ALPN, mutual TLS). nil = plaintext (the default).
     public var tls: ListenerTLSConfig?
+    /// HTTP: how request paths are normalized before routing, authorization and forwarding
+    /// (`path_normalization:`). Default: every step on, escaped slashes per `escapedSlashes`.
+    public var pathNormalization = PathNormalization()
+    /// Who may do what (`authorization:`): HTTP listeners check every request (403, gRPC
+    /// PERMISSION_DENIED), TCP listeners every connection (closed at once). nil = everything allowed.
+    public var authorization: AuthorizationPolicy?
+    /// Connections open at once on this listener over all workers (`max_connections:`); over it a
+    /// new connection is accepted and closed at once (HTTP: a 503 first), counted in
+    /// `downstream_cx_overflow`. nil = no limit (the default). Range 1 ... 10_000_000.
+    public var maxConnections: Int?
 
     public init(name: String, address: HostPort, protocol: ListenerProtocol = .http,
                 requestHeaderTimeout: Millis = 10_000, maxRequestHeaderBytes: Int = 60 * 1024,
@@ -204,6 +218,9 @@ public struct RouteConfig: Sendable, Equatable {
     public var requestHeaders: HeaderRewrite
     /// Applied to the response sent downstream (upstream responses, redirects, direct responses).
     public var responseHeaders: HeaderRewrite
+    /// Checked after the listener's policy (both must allow): a route can only narrow what its
+    /// listener allows. nil = the listener's alone.
+    public var authorization: AuthorizationPolicy?
 
     public init(name: String, match: RouteMatch = RouteMatch(), action: RouteAction, rewrite: PathRewrite? = nil,
                 requestHeaders: HeaderRewrite = HeaderRewrite(), responseHeaders: HeaderRewrite = HeaderRewrite()) {
@@ -214,8 +231,8 @@ public struct RouteConfig: Sendable, Equatable {
 
 /// What a request must look like for a route to apply. All given conditions must hold.
 public struct RouteMatch: Sendable, Equatable {
-    /// Matched against the path without the query, as received (no percent-decoding, no
-    /// normalization). Ignored when `grpc` is set.
+    /// Matched against the path without the query, after the listener's `path_normalization`
+    /// (nothing else is decoded). Ignored when `grpc` is set.
     public var path: PathMatch
     /// gRPC sugar: path `/service/method` (or prefix `/service/` without a method) and a
     /// content-type `application/grpc`, `application/grpc+…` or `application/grpc;…`.
@@ -227,6 +244,9 @@ public struct RouteMatch: Sendable, Equatable {
     /// Query parameter conditions, all of which must hold. Names and values are compared as
     /// received, percent-encoding included (`a%20b` is not `a b`).
     public var queryParameters: [FieldMatch]
+    /// The peer's verified identity (mTLS: SPIFFE URI SAN, else the first DNS SAN) is this (`exact`)
+    /// or starts with it (`prefix`); a request without one never matches. nil = no condition.
+    public var principal: PrincipalMatch?
 
     public init(path: PathMatch = .prefix("/"), grpc: GRPCMatch? = nil, methods: [String] = [],
                 headers: [FieldMatch] = [], queryParameters: [FieldMatch] = []) {

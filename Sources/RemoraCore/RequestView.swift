@@ -19,6 +19,9 @@ public struct RequestView {
     public var authority: UnsafeRawBufferPointer
     /// Regular headers (no pseudo-headers), in the order received.
     public var headers: UnsafeBufferPointer<HeaderRef>
+    /// The peer's verified identity (mTLS), for routes that match on it; empty when it has none, or
+    /// when no route of the listener asks (`RouteTable.matchesPrincipal`: only then is it filled).
+    public var principal = UnsafeRawBufferPointer(start: nil, count: 0)
 
     public init(method: UnsafeRawBufferPointer, target: UnsafeRawBufferPointer, authority: UnsafeRawBufferPointer,
                 headers: UnsafeBufferPointer<HeaderRef>) {

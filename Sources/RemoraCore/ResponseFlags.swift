@@ -44,12 +44,16 @@ public struct ResponseFlags: OptionSet, Sendable, Hashable {
     public static let UMSDR = ResponseFlags(rawValue: 1 << 17)
     /// Refused by the overload manager (`overload:`).
     public static let OM = ResponseFlags(rawValue: 1 << 18)
+    /// Denied by an authorization policy (`authorization:`). Envoy sets no flag for its RBAC
+    /// filter's denials and this letter for ext_authz's; Remora uses it for both kinds of
+    /// authorization, so a 403 from the proxy is told apart from an upstream's (envoy#21197).
+    public static let UAEX = ResponseFlags(rawValue: 1 << 19)
 
     /// Every flag with its letters, in Envoy's order.
     public static let all: [(ResponseFlags, String)] = [
         (.UH, "UH"), (.UF, "UF"), (.UO, "UO"), (.NR, "NR"), (.URX, "URX"), (.DT, "DT"), (.DC, "DC"), (.UT, "UT"),
         (.LR, "LR"), (.UR, "UR"), (.UC, "UC"), (.DI, "DI"), (.FI, "FI"), (.RL, "RL"), (.SI, "SI"), (.DPE, "DPE"),
-        (.UPE, "UPE"), (.UMSDR, "UMSDR"), (.OM, "OM"),
+        (.UPE, "UPE"), (.UMSDR, "UMSDR"), (.OM, "OM"), (.UAEX, "UAEX"),
     ]
 
     /// "UF,URX", or "-" when none is set (Envoy's format).

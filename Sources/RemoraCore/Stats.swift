@@ -85,6 +85,14 @@ public enum ListenerStat: Int, StatGroup, Sendable {
     case ssl_handshake, ssl_connection_error, ssl_fail_verify_no_cert, ssl_fail_verify_error, ssl_session_reused
     /// Connections closed because their certificate (the listener's or the client's) expired (`close_expired`).
     case ssl_connection_expired
+    /// Authorization (`authorization:`, Envoy's `rbac.allowed` / `rbac.denied`): requests (TCP
+    /// listeners: connections) a policy allowed, and denied (403 / PERMISSION_DENIED / closed).
+    case rbac_allowed, rbac_denied
+    /// Requests refused with 400 by `path_normalization` (an escaped slash refused, a bad escape).
+    case downstream_rq_failed_path_normalization
+    /// Connections accepted and closed at once over the listener's `max_connections`, and over
+    /// the process-wide `max_connections`.
+    case downstream_cx_overflow, downstream_global_cx_overflow
 
     public var kind: StatKind {
         switch self {
@@ -128,6 +136,11 @@ public enum ListenerStat: Int, StatGroup, Sendable {
         .ssl_fail_verify_error: "TLS clients refused for a certificate that did not verify",
         .ssl_session_reused: "TLS handshakes that resumed a session",
         .ssl_connection_expired: "TLS connections closed because a certificate they were made with expired",
+        .rbac_allowed: "Requests (TCP: connections) an authorization policy allowed",
+        .rbac_denied: "Requests (TCP: connections) an authorization policy denied",
+        .downstream_rq_failed_path_normalization: "Requests refused by path normalization (escaped slash, bad escape)",
+        .downstream_cx_overflow: "Connections closed at accept over the listener's max_connections",
+        .downstream_global_cx_overflow: "Connections closed at accept over the process-wide max_connections",
     ]
 }
 
@@ -236,6 +249,19 @@ public enum RouteBackendStat: Int, StatGroup {
     public var kind: StatKind { .counter }
     public var help: String {
         self == .upstream_rq_total ? "Requests a route sent to this backend" : "Answers to a route's backend by status class"
+    }
+}
+
+/// Per rule of an authorization policy: `authz.<listener>.<rule>.<stat>` (a route's rules:
+/// `authz.<listener>.<route>.<rule>.<stat>`).
+public enum AuthzRuleStat: Int, StatGroup {
+    public static let scope = "authz"
+    /// Requests (connections) an allow rule let through; requests a deny rule refused.
+    case allowed, denied
+
+    public var kind: StatKind { .counter }
+    public var help: String {
+        self == .allowed ? "Requests an allow rule of an authorization policy matched" : "Requests a deny rule of an authorization policy matched"
     }
 }
 

@@ -27,6 +27,12 @@ public final class Snapshot: Sendable {
     let listenerTLS: [TLSServerContext?]
     /// Per cluster: its TLS client side (CA, SANs, client certificate, last session), or nil.
     let clusterTLS: [TLSClientContext?]
+    /// Per listener: its compiled authorization policies (nil: none).
+    let authorization: [ListenerAuthorization?]
+    /// Per listener: its open connections over all workers (`max_connections`), the previous
+    /// snapshot's counter for a listener of the same name; and the process's.
+    let connections: [ConnectionCounter]
+    let processConnections: ConnectionCounter
 
     /// `previous`: the snapshot this one replaces (its clusters' shared state carries over).
     public init(config: Config, previous: Snapshot? = nil) throws {
@@ -36,6 +42,13 @@ public final class Snapshot: Sendable {
         var tables: [RouteTable] = []
         for l in config.listeners { tables.append(try RouteTable(l, clusters: index)) }
         routeTables = tables
+        authorization = try config.listeners.map { l in try ListenerAuthorization(l) }
+        let process = previous?.processConnections ?? ConnectionCounter(process: nil)
+        processConnections = process
+        connections = config.listeners.map { l in
+            if let p = previous, let j = p.config.listeners.firstIndex(where: { $0.name == l.name }) { return p.connections[j] }
+            return ConnectionCounter(process: process)
+        }
         rateLimitBuckets = tables.map { $0.rateLimits.map { $0.map(SharedTokenBucket.init) } }
         tcpCluster = config.listeners.map { l in l.cluster.flatMap { index[$0] } ?? -1 }
         var eps: [[SocketAddress]] = []
@@ -131,12 +144,14 @@ public final class WorkerStats: @unchecked Sendable {   // the rings: each writt
     /// format there (nil: no access log).
     let accessLogs: [(ring: UnsafeMutablePointer<remora_log_ring>, format: UInt16)?]
     let accessLogWriter: AccessLogWriter
+    /// Per listener, per rule slot of its authorization (`ListenerAuthorization.slotNames`).
+    let authzRules: [[StatBlock<AuthzRuleStat>]]
 
     init(listeners: [StatBlock<ListenerStat>], clusters: [StatBlock<ClusterStat>],
          routeBackends: [[StatBlock<RouteBackendStat>]], accessLogs: [(ring: UnsafeMutablePointer<remora_log_ring>, format: UInt16)?],
-         accessLogWriter: AccessLogWriter) {
+         accessLogWriter: AccessLogWriter, authzRules: [[StatBlock<AuthzRuleStat>]] = []) {
         self.listeners = listeners; self.clusters = clusters; self.routeBackends = routeBackends
-        self.accessLogs = accessLogs; self.accessLogWriter = accessLogWriter
+        self.accessLogs = accessLogs; self.accessLogWriter = accessLogWriter; self.authzRules = authzRules
     }
 }
 
@@ -147,6 +162,7 @@ final class StatRegistry {
     var listeners: [String: [StatBlock<ListenerStat>]] = [:]
     var clusters: [String: [StatBlock<ClusterStat>]] = [:]
     var routes: [String: [StatBlock<RouteBackendStat>]] = [:]
+    var authz: [String: [StatBlock<AuthzRuleStat>]] = [:]
 
     /// The access logs' writer thread (started with the first access log).
     let accessLogWriter = AccessLogWriter()
@@ -185,10 +201,17 @@ final class StatRegistry {
                 return (sink, accessLogWriter.register(log.format, in: sink))
             }
         }
+        let a = StatRegistry.authzNames(snapshot).map { names in names.map { blocks(&authz, $0) } }
         return (0..<workers).map { w in
             WorkerStats(listeners: l.map { $0[w] }, clusters: c.map { $0[w] }, routeBackends: r.map { $0.map { $0[w] } },
-                        accessLogs: logs.map { $0.map { ($0.0.rings[w], $0.1) } }, accessLogWriter: accessLogWriter)
+                        accessLogs: logs.map { $0.map { ($0.0.rings[w], $0.1) } }, accessLogWriter: accessLogWriter,
+                        authzRules: a.map { $0.map { $0[w] } })
         }
+    }
+
+    /// `authz.<listener>.<rule>` names of a snapshot (without the scope), per listener, by rule slot.
+    static func authzNames(_ s: Snapshot) -> [[String]] {
+        zip(s.config.listeners, s.authorization).map { l, a in (a?.slotNames ?? []).map { "\(l.name).\($0)" } }
     }
 
     /// The stats of the names `snapshot` uses, summed over workers (listeners, clusters, routes).
@@ -198,6 +221,9 @@ final class StatRegistry {
         for (i, c) in snapshot.config.clusters.enumerated() {
             out.add(ClusterStat.self, name: c.name, blocks: blocks(&clusters, c.name), destination: c.name)
             snapshot.shared[i].collect(into: &out)
+        }
+        for names in StatRegistry.authzNames(snapshot) {
+            for n in names { out.add(AuthzRuleStat.self, name: n, blocks: blocks(&authz, n)) }
         }
         for names in StatRegistry.routeParts(snapshot) {
             for parts in names {

@@ -135,7 +135,10 @@ final class Worker {
             let runtime = ListenerRuntime(worker: self, config: l, tls: snap.listenerTLS[i], routes: snap.routeTables[i], clusters: clusters,
                                           tcpCluster: tcp, stats: st.listeners[i], backendStats: st.routeBackends[i],
                                           filters: ListenerRuntime.filters(l, st, i, routes: snap.routeTables[i], worker: self,
-                                                                           rateLimitBuckets: snap.rateLimitBuckets[i]))
+                                                                           rateLimitBuckets: snap.rateLimitBuckets[i],
+                                                                           authorization: snap.authorization[i]))
+            runtime.secure(authorization: snap.authorization[i], rules: i < st.authzRules.count ? st.authzRules[i] : [],
+                           connections: snap.connections[i], processMaxConnections: snap.config.maxConnections)
             let slot = slots[l.name] ?? ListenerSlot(worker: self, name: l.name, current: runtime)
             slots[l.name] = slot
             slot.current = runtime
@@ -243,6 +246,8 @@ final class Worker {
 
     /// A connection changed protocol (HTTP/1.1 → HTTP/2): the new session takes the old one's place.
     func replace(_ old: Session, with new: Session) {
+        new.connections = old.connections   // the same connection: still counted once
+        old.connections = nil
         add(new)
         if let p = old.prev { p.next = old.next } else { sessionHead = old.next }
         old.next?.prev = old.prev
@@ -252,6 +257,7 @@ final class Worker {
     }
 
     func remove(_ s: Session) {
+        if let c = s.connections { s.connections = nil; c.release() }
         if let p = s.prev { p.next = s.next } else { sessionHead = s.next }
         s.next?.prev = s.prev
         s.prev = nil
@@ -267,6 +273,8 @@ class Session {
     var next: Session?
     /// The listener the connection came in on (a removed listener drains its sessions).
     unowned(unsafe) var slot: ListenerSlot?
+    /// Where the connection is counted (`max_connections`); released when the session ends.
+    var connections: ConnectionCounter?
     /// Finish what is in flight, then close; close now when idle.
     func drain() {}
     /// Close now.
@@ -296,6 +304,24 @@ final class ListenerSlot: ListenerDelegate {
             c.close()
             return
         }
+        // A TCP listener's policy is decided per connection, before it is counted.
+        if let authz = rt.authorization, rt.config.protocol == .tcp, !rt.admitConnection(authz, c) {
+            c.close()
+            return
+        }
+        // Connection limits (`max_connections`): over one, accepted and closed at once.
+        let counter: ConnectionCounter = rt.connections
+        switch counter.acquire(limit: rt.maxConnections, processLimit: rt.processMaxConnections) {
+        case .admitted: break
+        case .overListener:
+            rt.stats.inc(.downstream_cx_overflow)
+            ConnectionCounter.refuse(c, http: rt.config.protocol == .http)
+            return
+        case .overProcess:
+            rt.stats.inc(.downstream_global_cx_overflow)
+            ConnectionCounter.refuse(c, http: rt.config.protocol == .http)
+            return
+        }
         rt.stats.inc(.downstream_cx_total)
         rt.stats.inc(.downstream_cx_active)
         if let tls = rt.tls {   // TLS under the session: it sees plaintext (RemoraTLS.TLSSocket)
@@ -308,10 +334,11 @@ final class ListenerSlot: ListenerDelegate {
         switch rt.config.protocol {
         case .http: s = HTTPSession(worker: worker, slot: self, conn: c)
         case .tcp:
-            guard let cl = rt.tcpCluster else { rt.stats.dec(.downstream_cx_active); c.close(); return }
+            guard let cl = rt.tcpCluster else { rt.stats.dec(.downstream_cx_active); counter.release(); c.close(); return }
             s = TCPProxySession(worker: worker, listener: rt, cluster: cl, down: c)
         }
         s.slot = self
+        s.connections = counter
         worker.add(s)
     }
 }
@@ -337,6 +364,21 @@ final class ListenerRuntime {
     let hasFilters: Bool
     /// The tracing filter among `filters` (the router asks it for the forwarded fields).
     let tracing: TracingFilter?
+    /// The access log filter among `filters` (it captures the request even when a filter before it
+    /// answers).
+    let accessLog: AccessLogFilter?
+    /// Path normalization (`path_normalization:`): off entirely when no step is on.
+    let normalizesPaths: Bool
+    let normalization: PathNormalizer.Options
+    /// Authorization (`authorization:`): the listener's compiled policies and their rule stats.
+    private(set) var authorization: ListenerAuthorization?
+    private(set) var authzRules: [StatBlock<AuthzRuleStat>] = []
+    /// A request needs its peer's identity (routes match on it, or a policy asks).
+    private(set) var needsPrincipal = false
+    /// Where this listener's connections are counted, and the limits (Int.max: none).
+    private(set) var connections: ConnectionCounter!
+    private(set) var maxConnections = Int.max
+    private(set) var processMaxConnections = Int.max
 
     init(worker: Worker, config: ListenerConfig, tls: TLSServerContext? = nil, routes: RouteTable, clusters: [Cluster],
          tcpCluster: Cluster?, stats: StatBlock<ListenerStat>, backendStats: [StatBlock<RouteBackendStat>],
@@ -346,15 +388,46 @@ final class ListenerRuntime {
         self.tcpCluster = tcpCluster; self.stats = stats; self.backendStats = backendStats; self.filters = filters
         hasFilters = !filters.isEmpty
         tracing = filters.first { $0 is TracingFilter } as? TracingFilter
+        accessLog = filters.first { $0 is AccessLogFilter } as? AccessLogFilter
+        normalization = PathNormalizer.Options(config)
+        normalizesPaths = config.protocol == .http && config.normalizesPaths
+    }
+
+    /// Authorization and connection limits of this snapshot.
+    func secure(authorization a: ListenerAuthorization?, rules: [StatBlock<AuthzRuleStat>], connections c: ConnectionCounter,
+                processMaxConnections process: Int?) {
+        authorization = a
+        authzRules = rules
+        needsPrincipal = routes.matchesPrincipal || (a?.needsPrincipal ?? false)
+        connections = c
+        maxConnections = config.maxConnections ?? Int.max
+        processMaxConnections = process ?? Int.max
+    }
+
+    /// A TCP listener's connection against its policy (counted); false: close it.
+    func admitConnection(_ a: ListenerAuthorization, _ c: TCPConnection) -> Bool {
+        let source = a.needsSource ? IPAddress.parse(c.peerIP()) : nil
+        var principal = a.needsPrincipal ? c.peerPrincipal : nil
+        var sni = a.needsServerName ? c.serverName : nil
+        return withOptionalUTF8(&principal) { p in
+            withOptionalUTF8(&sni) { s in
+                AuthorizationFilter.admit(a, ConnectionAuthorizationInput(principal: p, source: source, serverName: s),
+                                          stats: stats, rules: authzRules)
+            }
+        }
     }
 
     /// The filters listener `l` (index `i` of the snapshot) configures, in their order: tracing first
-    /// (request id, trace context), fault injection and rate limits, the access log last, so that it
-    /// sees what the others decided.
+    /// (request id, trace context), authorization, fault injection and rate limits, the access log
+    /// last, so that it sees what the others decided.
     static func filters(_ l: ListenerConfig, _ st: WorkerStats, _ i: Int, routes: RouteTable, worker: Worker,
-                        rateLimitBuckets: [SharedTokenBucket?]) -> [any HTTPFilter] {
+                        rateLimitBuckets: [SharedTokenBucket?], authorization: ListenerAuthorization? = nil) -> [any HTTPFilter] {
         var out: [any HTTPFilter] = []
         if let t = l.tracing { out.append(TracingFilter(worker: worker, config: t)) }
+        // Authorization before the resilience filters: a denied request spends no token.
+        if l.protocol == .http, let a = authorization {
+            out.append(AuthorizationFilter(a, stats: st.listeners[i], rules: i < st.authzRules.count ? st.authzRules[i] : []))
+        }
         out += resilienceFilters(routes: routes, buckets: rateLimitBuckets)   // fault injection, rate limit
         if l.accessLog != nil, let log = st.accessLogs[i] {
             out.append(AccessLogFilter(ring: log.ring, writer: st.accessLogWriter, format: log.format, stats: st.listeners[i],
@@ -369,4 +442,11 @@ final class ListenerRuntime {
 func log(_ s: String) {
     var line = "remora: " + s + "\n"
     line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+}
+
+/// `body` with the UTF-8 bytes of `s`, or nil when `s` is nil.
+@inline(__always)
+func withOptionalUTF8<R>(_ s: inout String?, _ body: (UnsafeRawBufferPointer?) -> R) -> R {
+    guard var v = s else { return body(nil) }
+    return v.withUTF8 { body(UnsafeRawBufferPointer($0)) }
 }

@@ -1,3 +1,5 @@
+import RemoraPolicy
+
 /// The rules route config values must follow, shared by `ConfigLoader` (which reports them with
 /// file and line) and `RouteTable.init` (for configs from elsewhere). Each returns nil when the
 /// value is fine, else what is wrong.

@@ -1,4 +1,5 @@
 import RemoraCore
+import RemoraPolicy
 
 /// What the proxy does with a matched route, as pure functions of the table, the route index and
 /// the request. Only the proxy sends anything.

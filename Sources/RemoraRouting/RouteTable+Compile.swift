@@ -151,6 +151,12 @@ struct Compiler {
         for f in m.headers { condition(f, query: false, at + ".match.headers") }
         for f in m.queryParameters { condition(f, query: true, at + ".match.query") }
         out.conditions = Span(start: first, count: conditions.count - first)
+        switch m.principal {
+        case .exact(let s)?: out.principalKind = 1; out.principal = add(Array(s.utf8))
+        case .prefix(let s)?: out.principalKind = 2; out.principal = add(Array(s.utf8))
+        case .any?: out.principalKind = 2; out.principal = .empty   // any identity at all
+        case nil: break
+        }
         return out
     }
 

@@ -128,6 +128,7 @@ public final class RouteTable: @unchecked Sendable {   // immutable after init; 
                            value: UnsafeRawBufferPointer(start: base + m.value.start, count: m.value.count))
         })
         info = c.info
+        matchesPrincipal = c.matchers.contains { $0.principalKind != 0 }
         retryPolicies = c.retryPolicies
         faults = c.faults
         rateLimits = c.rateLimits
@@ -144,6 +145,10 @@ public final class RouteTable: @unchecked Sendable {   // immutable after init; 
 
     /// Routes over all virtual hosts.
     public var count: Int { routes.count }
+
+    /// Some route matches on the peer identity (`match.principal`): the caller fills
+    /// `RequestView.principal` before `match` (only then).
+    public let matchesPrincipal: Bool
 
     /// Per route: its retry policy (nil: none). Read only by requests of routes that have one.
     let retryPolicies: [RetryPolicy?]
@@ -210,6 +215,11 @@ public final class RouteTable: @unchecked Sendable {   // immutable after init; 
             return false
         }
         if m.kind == .regex && !Regex.fullMatch(regexes[m.regex], path) { return false }
+        if m.principalKind != 0 {
+            let p = r.principal, n = m.principal.count
+            guard p.count > 0, m.principalKind == 1 ? p.count == n : p.count >= n, same(p, at: 0, m.principal, ignoreCase: false)
+            else { return false }
+        }
         if m.methods.count > 0 && !methods[m.methods.range].contains(where: { r.method.count == $0.count && same(r.method, at: 0, $0, ignoreCase: false) }) {
             return false
         }
@@ -328,6 +338,8 @@ struct Matcher {
     var regex: Int                  // index in `regexes`
     var methods: Span               // into `methods`; empty = any
     var conditions: Span            // into `conditions`, all must hold
+    var principalKind: UInt8 = 0    // 0 none, 1 exact, 2 prefix (`match.principal`)
+    var principal = Span.empty
 }
 
 struct Condition {

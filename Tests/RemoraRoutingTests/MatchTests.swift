@@ -188,3 +188,31 @@ import Testing
         #expect(t.match(Req("/2", authority: "b.test")) == nil)
     }
 }
+
+/// `match.principal`: routes on the peer identity (mTLS), exact or prefix.
+@Suite struct PrincipalMatchTests {
+    func match(_ t: RouteTable, principal: String?) -> Int? {
+        Req("/x").with { v in
+            guard var p = principal else { return t.match(v) }
+            return p.withUTF8 { u in
+                var v = v
+                v.principal = UnsafeRawBufferPointer(u)
+                return t.match(v)
+            }
+        }
+    }
+
+    @Test func routesByIdentity() throws {
+        var exact = RouteMatch(), prefix = RouteMatch()
+        exact.principal = .exact("spiffe://mesh.local/ns/shop/sa/admin")
+        prefix.principal = .prefix("spiffe://mesh.local/ns/shop/")
+        let t = try table([forward("admin", exact), forward("shop", prefix), forward("rest")])
+        #expect(t.matchesPrincipal)
+        #expect(match(t, principal: "spiffe://mesh.local/ns/shop/sa/admin") == 0)
+        #expect(match(t, principal: "spiffe://mesh.local/ns/shop/sa/admin2") == 1)
+        #expect(match(t, principal: "spiffe://mesh.local/ns/shop/sa/web") == 1)
+        #expect(match(t, principal: "spiffe://mesh.local/ns/other/sa/web") == 2)
+        #expect(match(t, principal: nil) == 2, "no identity: no principal route")
+        #expect(try !table([forward("rest")]).matchesPrincipal)
+    }
+}

@@ -108,6 +108,9 @@ class Remora(Proxy):
             # REMORA_PERF_TRACING=1: request ids and W3C trace propagation on (cost of tracing).
             if os.environ.get("REMORA_PERF_TRACING"):
                 lines.append("    tracing: { propagate: [ w3c ], sample_percent: 1 }")
+            # REMORA_PERF_LISTENER_EXTRA: more keys for the listener, one per line ("path_normalization: false",
+            # "authorization: { deny: [ ... ] }"), to measure what a listener feature costs (perf/README.md).
+            lines += ["    " + x.strip() for x in os.environ.get("REMORA_PERF_LISTENER_EXTRA", "").split("\n") if x.strip()]
             lines += ["    routes:",
                       "      - name: all",
                       "        backends: [ { cluster: app } ]"]

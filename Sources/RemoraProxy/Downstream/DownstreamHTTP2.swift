@@ -1,10 +1,13 @@
 import RemoraCore
 import RemoraHTTP
 import RemoraIO
+import RemoraPolicy
 
 /// One client stream of an HTTP/2 connection: the downstream half of one exchange. Recycled.
 final class H2ServerStream: DownstreamSide {
     unowned(unsafe) var connection: H2ServerConnection?
+    var transportConnection: TCPConnection? { connection?.conn }
+    var sourceAddress: IPAddress? { connection?.sourceAddress }
     var id: Int32 = -1
     var exchange: Exchange?
     /// Request head (pseudo-headers and fields), then request trailers.
@@ -129,6 +132,8 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
     let conn: TCPConnection
     let h2: HTTP2Session
     let clientIP: String
+    /// Parsed from `clientIP` the first time a policy asks (then once per connection).
+    lazy var sourceAddress: IPAddress? = IPAddress.parse(clientIP)
     /// Open streams (each also reachable by id through nghttp2's stream user data).
     var all: [H2ServerStream] = []
     /// Streams with a head, a reset or a resumed body to hand to nghttp2 at the next flush.

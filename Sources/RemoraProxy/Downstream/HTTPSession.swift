@@ -1,6 +1,7 @@
 import RemoraCore
 import RemoraHTTP
 import RemoraIO
+import RemoraPolicy
 import RemoraRouting
 
 /// One downstream HTTP/1.1 connection: parses requests and hands each to an `Exchange`, one at a
@@ -26,6 +27,9 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
     let listenerSlot: ListenerSlot
     var listener: ListenerRuntime { listenerSlot.current }
     let conn: TCPConnection
+    var transportConnection: TCPConnection? { conn }
+    /// Parsed from `clientIP` the first time a policy asks (then once per connection).
+    lazy var sourceAddress: IPAddress? = IPAddress.parse(clientIP)
     /// The request parser (+1), taken from the worker at the first request and given back when
     /// parked; nil before and while parked. Reached through `withParser`, without a retain per use.
     var parserRef: Unmanaged<HTTP1Parser>?

@@ -44,6 +44,48 @@ extension Exchange {
         stats.inc(.downstream_rq_active)
         let h = r.view.headers
         isGRPC = h.firstIndex(named: "content-type").map { GRPC.isGRPC(contentType: h[$0].value) } ?? false
+        // The path as routing, authorization and the upstream see it (`path_normalization:`).
+        // One scan finds the common case, a path with no "%", "/." or "//": nothing to do.
+        guard l.normalizesPaths, PathNormalizer.mayChange(r.view.target) else {
+            if l.needsPrincipal { return startWithPrincipal(d, l, r, clientIP: clientIP) }
+            return startRouting(l, r, clientIP: clientIP)
+        }
+        var normalized = pool.take()
+        normalized.reserve(r.view.target.count)
+        let outcome = PathNormalizer.normalize(r.view.target, l.normalization,
+                                               into: UnsafeMutableRawBufferPointer(start: normalized.base, count: r.view.target.count))
+        switch outcome {
+        case .unchanged:
+            if l.needsPrincipal { startWithPrincipal(d, l, r, clientIP: clientIP) } else { startRouting(l, r, clientIP: clientIP) }
+        case .changed(let n):
+            var nr = r
+            nr.view.target = UnsafeRawBufferPointer(start: normalized.base, count: n)
+            if l.needsPrincipal { startWithPrincipal(d, l, nr, clientIP: clientIP) } else { startRouting(l, nr, clientIP: clientIP) }
+        case .rejected(let why):
+            stats.inc(.downstream_rq_failed_path_normalization)
+            observe.flags.insert(.DPE)
+            if l.hasFilters { runsFilters = true; l.accessLog.map { _ = $0.requestHeaders(self, r.view) } }
+            local(400, body: rawBytes(why.message), location: nil)
+        }
+        pool.give(&normalized)
+    }
+
+    /// The peer's identity in the view (`RequestView.principal`), for listeners whose routes match
+    /// on it or whose authorization asks; then the route and the filters.
+    func startWithPrincipal(_ d: any DownstreamSide, _ l: ListenerRuntime, _ r: RequestStart, clientIP: String) {
+        guard l.needsPrincipal, var p = d.transportConnection?.peerPrincipal, !p.isEmpty else {
+            return startRouting(l, r, clientIP: clientIP)
+        }
+        p.withUTF8 { u in
+            var pr = r
+            pr.view.principal = UnsafeRawBufferPointer(u)
+            startRouting(l, pr, clientIP: clientIP)
+        }
+    }
+
+    /// The route, the filters, then the router.
+    @inline(__always)
+    func startRouting(_ l: ListenerRuntime, _ r: RequestStart, clientIP: String) {
         routeIndex = l.routes.match(r.view) ?? -1
         if l.hasFilters {
             runsFilters = true
@@ -74,7 +116,10 @@ extension Exchange {
             case .next: continue
             case .delay(let ms, then: nil):
                 if ms > dispatchDelay { dispatchDelay = ms; delayedReply = nil }
-            default: return v
+            default:
+                // The access log (the last filter) still captures a request another filter answered.
+                if let log = listener.accessLog, f !== log { _ = log.requestHeaders(self, view) }
+                return v
             }
         }
         return .next

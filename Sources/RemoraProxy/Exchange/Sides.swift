@@ -1,6 +1,7 @@
 import RemoraCore
 import RemoraHTTP
 import RemoraIO
+import RemoraPolicy
 import RemoraRouting
 
 /// Where a response goes: an HTTP/1.1 connection or an HTTP/2 stream. Calls come from the exchange.
@@ -28,10 +29,16 @@ protocol DownstreamSide: AnyObject {
     func flushResponse()
     /// The memory budget the response shares with other streams of its connection (HTTP/2), or nil.
     var responseBudget: ResponseBudget? { get }
+    /// The client's connection (its peer identity and SNI are read from it), or nil (a shadow's).
+    var transportConnection: TCPConnection? { get }
+    /// The client's address, parsed once per connection (authorization's source CIDRs); nil when unknown.
+    var sourceAddress: IPAddress? { get }
 }
 
 extension DownstreamSide {
     var responseBudget: ResponseBudget? { nil }
+    var transportConnection: TCPConnection? { nil }
+    var sourceAddress: IPAddress? { nil }
 }
 
 /// Where a request goes: an HTTP/1.1 upstream connection or an HTTP/2 upstream stream.

@@ -29,6 +29,8 @@ struct LocalReply {
         /// Over a local rate limit: "local_rate_limited", with `x-ratelimit-limit` (`values.0`),
         /// `x-ratelimit-remaining` (`values.1`), `x-ratelimit-reset` (`values.2`, seconds).
         case rateLimited
+        /// Denied by an authorization policy: "RBAC: access denied" (Envoy's words).
+        case accessDenied
     }
     var kind: Kind
     /// The status of a plain HTTP request's answer (its body is the message and a newline).
@@ -45,6 +47,7 @@ struct LocalReply {
         switch kind {
         case .faultAbort: return "fault filter abort"
         case .rateLimited: return "local_rate_limited"
+        case .accessDenied: return "RBAC: access denied"
         }
     }
 
@@ -53,7 +56,7 @@ struct LocalReply {
     /// The extra header fields of this answer.
     var extraFields: [NumericField] {
         switch kind {
-        case .faultAbort: return []
+        case .faultAbort, .accessDenied: return []
         case .rateLimited:
             return [NumericField(name: "x-ratelimit-limit", value: UInt64(values.0)),
                     NumericField(name: "x-ratelimit-remaining", value: UInt64(values.1)),

@@ -1,11 +1,12 @@
 import CRE2
 
-/// RE2, the regex engine of routes (as in Envoy): matching time is linear in the input, whatever
-/// the pattern, so no request can make a route match backtrack. The only importer of CRE2.
-/// A compiled regex is immutable and safe to use from every worker at once.
-enum Regex {
+/// RE2, the regex engine of routes and authorization rules (as in Envoy): matching time is linear
+/// in the input, whatever the pattern, so no request can make a match backtrack. The only importer
+/// of CRE2 (RemoraRouting and the authorizer use it from here). A compiled regex is immutable and
+/// safe to use from every worker at once.
+public enum Regex {
     /// Compiles `pattern`; on failure returns RE2's message.
-    static func compile(_ pattern: String, ignoreCase: Bool) -> Result<OpaquePointer, RegexError> {
+    public static func compile(_ pattern: String, ignoreCase: Bool) -> Result<OpaquePointer, RegexError> {
         var pattern = pattern
         var message = [CChar](repeating: 0, count: 256)
         let re = pattern.withUTF8 { p in
@@ -14,25 +15,25 @@ enum Regex {
         return re.map { .success($0) } ?? .failure(RegexError(message: "invalid regex: " + text(message)))
     }
 
-    static func free(_ re: OpaquePointer) { cre2_free(re) }
+    public static func free(_ re: OpaquePointer) { cre2_free(re) }
 
-    static func groups(_ re: OpaquePointer) -> Int { Int(cre2_groups(re)) }
+    public static func groups(_ re: OpaquePointer) -> Int { Int(cre2_groups(re)) }
 
     /// `re` matches all of `text`.
     @inline(__always)
-    static func fullMatch(_ re: OpaquePointer, _ text: UnsafeRawBufferPointer) -> Bool {
+    public static func fullMatch(_ re: OpaquePointer, _ text: UnsafeRawBufferPointer) -> Bool {
         cre2_full_match(re, chars(text), text.count) != 0
     }
 
     /// The first match in text[from...]: `spans` receives start and end of groups 0 ..< spans.count / 2.
     @inline(__always)
-    static func search(_ re: OpaquePointer, _ text: UnsafeRawBufferPointer, from: Int, _ spans: UnsafeMutableBufferPointer<Int>) -> Bool {
+    public static func search(_ re: OpaquePointer, _ text: UnsafeRawBufferPointer, from: Int, _ spans: UnsafeMutableBufferPointer<Int>) -> Bool {
         cre2_search(re, chars(text), text.count, from, spans.baseAddress, Int32(spans.count / 2)) != 0
     }
 
     /// Bounds [min, max] of every string `re` matches, for a cheap rejection before calling RE2;
     /// nil when RE2 cannot bound them.
-    static func range(_ re: OpaquePointer) -> (min: [UInt8], max: [UInt8])? {
+    public static func range(_ re: OpaquePointer) -> (min: [UInt8], max: [UInt8])? {
         let cap = 32
         var lo = [CChar](repeating: 0, count: cap), hi = lo
         var loCount = 0, hiCount = 0
@@ -41,7 +42,7 @@ enum Regex {
     }
 
     /// nil when `substitution` only refers to groups `re` has; else RE2's message.
-    static func checkSubstitution(_ re: OpaquePointer, _ substitution: String) -> String? {
+    public static func checkSubstitution(_ re: OpaquePointer, _ substitution: String) -> String? {
         var s = substitution
         var message = [CChar](repeating: 0, count: 256)
         let ok = s.withUTF8 { p in
@@ -61,4 +62,4 @@ enum Regex {
     }
 }
 
-struct RegexError: Error { var message: String }
+public struct RegexError: Error { public var message: String }
