@@ -397,6 +397,6 @@ def test_principal_rules_and_routes_over_mtls(start_remora, http_backend, tmp_pa
     assert curl("frontend", "/api/x")[0] == "200"
     assert curl("frontend", "/whoami") == ("200", "shop")          # the route matched on the identity
     assert curl("other", "/whoami") == ("200", "not shop")         # allowed by the prefix rule, another route
-    assert curl("other", "/api/x") == ("403", "RBAC: access denied")
+    assert curl("other", "/api/x") == ("403", "RBAC: access denied\n")
     assert remora.stat("authz.web.frontend.allowed") == 2
     assert remora.stat("authz.web.mesh.allowed") == 1
