@@ -49,6 +49,8 @@ public final class Server {
     public var configPath: String?
     /// Reload `configPath` whenever it changes.
     public var watch = false
+    /// `remora run --sidecar`: a reloaded file without a `sidecar:` section gets its defaults too.
+    public var sidecarDefault = false
     /// Subscribe to a control server: `(url, node, group, token)`. Without a local config the
     /// proxy reports ready only once the first configuration from it is installed.
     public var control: (url: String, node: String, group: String, token: String?)?
@@ -153,6 +155,7 @@ public final class Server {
         do {
             for l in cfg.listeners {
                 listener = l.name
+                if l.isInternal { continue }   // a sidecar service's HTTP listener: fed by the outbound one
                 if let b = bound[l.name], b.spec == l.address, b.proto == l.protocol { continue }
                 let served = bound.values.first { $0.spec == l.address && $0.spec.port != 0 }
                 guard var addr = try served?.actual ?? Resolver.resolve(l.address).first else { continue }
@@ -267,7 +270,8 @@ public final class Server {
         switch read.flatMap({ ConfigLoader.parse(bytes: $0, file: path) }) {
         case .failure(let e):
             log("\(path) not applied:\n\(e)")
-        case .success(let cfg):
+        case .success(var cfg):
+            if sidecarDefault && cfg.sidecar == nil { _ = cfg.addSidecar(SidecarConfig()) }   // `run --sidecar`
             if cfg == config { return }
             let text = (try? read.get()).map { String(decoding: $0, as: UTF8.self) } ?? ""
             if let e = apply(cfg, source: text, file: path) { log("\(path) not applied:\n\(e)") }
@@ -328,7 +332,7 @@ public final class Server {
         ready = true
         var out = ""
         if let a = admin { out += "listening admin \(a.address)\n" }
-        for l in config.listeners { out += "listening listener \(l.name) \(bound[l.name]!.actual)\n" }
+        for l in config.listeners where !l.isInternal { out += "listening listener \(l.name) \(bound[l.name]!.actual)\n" }
         out += "ready\n"
         out.withUTF8 { _ = Glibc.write(1, $0.baseAddress, $0.count) }
         onReady?()

@@ -293,6 +293,22 @@ final class ListenerSlot: ListenerDelegate {
         case .tcp:
             guard let cl = rt.tcpCluster else { rt.stats.dec(.downstream_cx_active); c.close(); return }
             s = TCPProxySession(worker: worker, listener: rt, cluster: cl, down: c)
+        case .tls, .sidecarOutbound:
+            let sniff = SniffSession(worker: worker, listener: rt, down: c)
+            sniff.slot = self
+            worker.add(sniff)
+            if rt.config.protocol == .tls { sniff.start() } else { sniff.startOutbound() }
+            return
+        case .sidecarInbound:
+            guard let dst = c.originalDestination(), let local = c.localAddress(),
+                  !(dst.port == local.port && dst.ipString == local.ipString),
+                  let target = SocketAddress(ip: dst.isIPv6 ? "::1" : "127.0.0.1", port: dst.port) else {
+                rt.stats.inc(.sidecar_no_original_dst)
+                rt.stats.dec(.downstream_cx_active)
+                c.close()
+                return
+            }
+            s = TCPProxySession(worker: worker, listener: rt, cluster: nil, target: target, down: c)
         }
         s.slot = self
         worker.add(s)
@@ -318,6 +334,13 @@ final class ListenerRuntime {
     let hasFilters: Bool
     /// The tracing filter among `filters` (the router asks it for the forwarded fields).
     let tracing: TracingFilter?
+    /// `protocol: tls`: indexes into `clusters` by server name, the default cluster's as the default.
+    let sni: ServerNameTable<Int>
+    /// The sidecar's outbound listener: per service of `config.sidecar`, its cluster; and the
+    /// services by "address|port" and by port alone (the addresses in inet_ntop's form).
+    let serviceClusters: [Cluster?]
+    let servicesByAddress: [String: Int]
+    let servicesByPort: [UInt16: Int]
 
     init(worker: Worker, config: ListenerConfig, routes: RouteTable, clusters: [Cluster], tcpCluster: Cluster?,
          stats: StatBlock<ListenerStat>, backendStats: [StatBlock<RouteBackendStat>], filters: [any HTTPFilter]) {
@@ -325,6 +348,34 @@ final class ListenerRuntime {
         self.tcpCluster = tcpCluster; self.stats = stats; self.backendStats = backendStats; self.filters = filters
         hasFilters = !filters.isEmpty
         tracing = filters.first { $0 is TracingFilter } as? TracingFilter
+        var sni = ServerNameTable<Int>()
+        var serviceClusters: [Cluster?] = []
+        var byAddress: [String: Int] = [:]
+        var byPort: [UInt16: Int] = [:]
+        if config.protocol == .tls || config.sidecar != nil {
+            var index: [String: Int] = [:]
+            for (i, c) in clusters.enumerated() { index[c.config.name] = i }
+            if config.protocol == .tls {
+                sni.defaultValue = config.cluster.flatMap { index[$0] }
+                for r in config.sni { if let i = index[r.cluster] { for n in r.serverNames { sni.add(n, i) } } }
+            }
+            for (i, svc) in (config.sidecar?.services ?? []).enumerated() {
+                serviceClusters.append(index[svc.cluster].map { clusters[$0] })
+                if svc.addresses.isEmpty { byPort[svc.port] = i }
+                for a in svc.addresses { byAddress["\(a)|\(svc.port)"] = i }
+            }
+        }
+        self.sni = sni
+        self.serviceClusters = serviceClusters
+        servicesByAddress = byAddress
+        servicesByPort = byPort
+    }
+
+    /// The sidecar service `dst` is (an exact address and port first, then the port), or nil.
+    func service(for dst: SocketAddress) -> Int? {
+        let port = dst.port
+        if !servicesByAddress.isEmpty, let i = servicesByAddress["\(dst.ipString)|\(port)"] { return i }
+        return servicesByPort[port]
     }
 
     /// The filters listener `l` (index `i` of the snapshot) configures, in their order: tracing first
