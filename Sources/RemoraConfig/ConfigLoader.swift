@@ -228,7 +228,7 @@ private final class Schema {
             m.forbid(["sni", "sniff_timeout", "max_sniff_bytes"], "only allowed on a tls listener")
         case .tls: m.forbid(httpOnly, "only allowed on an http listener")
         case .http:
-            m.forbid(["cluster"], "only allowed on a tcp or tls listener (an http listener uses routes)")
+            m.forbid(["cluster"], "only allowed on a tcp listener or a tls listener (an http listener uses routes)")
             m.forbid(["sni", "sniff_timeout", "max_sniff_bytes"], "only allowed on a tls listener")
         case .sidecarOutbound, .sidecarInbound, nil: break // bad protocol, already reported: check what is there, demand nothing
         }
@@ -251,7 +251,7 @@ private final class Schema {
         let sni = m.optional("sni") { d.list($0, $1, ifEmpty: "at least one entry (or leave sni out)") { sniRoute($0, $1, &sniNames) } }
         let sniffTimeout = m.optional("sniff_timeout") { d.duration($0, $1, positive: true) }
         let maxSniff = m.optional("max_sniff_bytes") { d.size($0, $1, in: 1024...65_536) }
-        if proto == .tls && sni == nil && cluster == nil {
+        if proto == .tls && !m.has("sni") && !m.has("cluster") {
             d.fail(m.line, Fields.join(p, "sni"), "a tls listener needs sni routes, a default cluster, or both")
         }
         guard let name, let address else { return nil }
@@ -321,7 +321,7 @@ private final class Schema {
         if proto == .tcp { m.forbid(["routes"], "not allowed with protocol: tcp (routes are HTTP)") }
         var routeNames = ListenerNames()
         let routes = m.optional("routes") { d.list($0, $1) { route($0, $1, &routeNames) } }
-        if let port {
+        if let port, addresses != nil || !m.has("addresses") {
             for a in addresses ?? ["*"] {
                 d.unique("\(a)|\(port)", "destination \(a == "*" ? "port" : a) \(port)", n, p, in: &keys)
             }

@@ -65,10 +65,10 @@ private let clusters = """
             """)
         #expect(m.contains { $0.hasPrefix("5: listeners[0].routes: only allowed on an http listener") })
         #expect(m.contains { $0.hasPrefix("7: listeners[0].sni[0].server_names[0]: expected a host name") })
-        #expect(m.contains { $0.hasPrefix("8: listeners[0].sni[1].server_names[0]: server name \"API.X\"") })
+        #expect(m.contains { $0.hasPrefix("8: listeners[0].sni[1].server_names[0]: duplicate server name \"API.X\"") })
         #expect(m.contains { $0.hasPrefix("8: listeners[0].sni[1].cluster: cluster \"c\" is not defined") })
         #expect(m.contains { $0.hasPrefix("9: listeners[0].max_sniff_bytes:") })
-        #expect(m.contains { $0.hasPrefix("11: listeners[1].sni: a tls listener needs sni routes, a default cluster, or both") })
+        #expect(m.contains { $0.hasPrefix("10: listeners[1].sni: a tls listener needs sni routes, a default cluster, or both") })
         #expect(m.contains { $0.hasPrefix("15: listeners[2].sni: only allowed on a tls listener") })
         #expect(m.contains { $0.hasPrefix("18: listeners[3].protocol: expected http, tcp or tls") })
     }
@@ -145,7 +145,7 @@ private let clusters = """
         #expect(m.contains { $0.hasPrefix("7: sidecar.services[0].addresses[0]: expected an IP address") })
         #expect(m.contains { $0.hasPrefix("8: sidecar.services[1].routes: not allowed with protocol: tcp") })
         #expect(m.contains { $0.hasPrefix("8: sidecar.services[1].cluster: cluster \"nope\" is not defined") })
-        #expect(m.contains { $0.hasPrefix("9: sidecar.services[2]: destination port 80") })
+        #expect(m.contains { $0.hasPrefix("9: sidecar.services[2]: duplicate destination port 80") })
     }
 
     @Test func addSidecarNameClash() {
