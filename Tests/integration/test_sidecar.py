@@ -245,3 +245,73 @@ def test_outbound_http_is_routed_tcp_passes_through_inbound_reaches_the_app(pods
             remora.kill()
     assert code == 0, remora.stderr_tail()
     assert "handles left" not in remora.stderr_tail(10_000)
+
+
+GREETER = r"""
+import socket, sys, threading
+def serve(c):
+    with c:
+        c.settimeout(10)
+        c.sendall(b"220 hello\r\n")
+        while True:
+            d = c.recv(65536)
+            if not d: return
+            c.sendall(d)
+def run(port):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("0.0.0.0", port)); s.listen(16)
+    while True:
+        c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
+threading.Thread(target=run, args=(25,), daemon=True).start()
+run(2525)
+"""
+
+# Connects, times the server's greeting, then says something and reads the echo.
+GREET_CLIENT = r"""
+import socket, sys, time
+t0 = time.monotonic()
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10) as s:
+    g = s.recv(100)
+    dt = time.monotonic() - t0
+    s.sendall(b"QUIT\r\n"); s.shutdown(socket.SHUT_WR)
+    rest = b""
+    while True:
+        d = s.recv(100)
+        if not d: break
+        rest += d
+print(f"{dt:.3f} {g.decode().strip()} {rest.decode().strip()}")
+"""
+
+
+@pytest.mark.timeout(120)
+def test_run_sidecar_flag_server_first_ports_and_silent_clients(pods, tmp_path):
+    """`remora run --sidecar` with no file: every default. A server that speaks first on port 25 (a
+    server-first port) greets at once; on 2525 the proxy waits sniff_timeout (300 ms) for the client,
+    then passes the bytes through."""
+    pod, peer, procs = pods
+    procs.append(subprocess.Popen(["ip", "netns", "exec", peer, "python3", "-c", GREETER],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    # The harness passes `run --config FILE`; this wrapper runs `run --sidecar` without a file instead.
+    wrapper = tmp_path / "remora-sidecar-flag"
+    wrapper.write_text(f"#!/bin/sh\nexec ip netns exec {pod} {remora_bin()} run --sidecar --admin 127.0.0.1:{ADMIN}\n")
+    wrapper.chmod(0o755)
+    remora = Remora(wrapper, "unused: true\n", tmp_path, name="sidecar-flag")
+    try:
+        remora.wait_ready()
+        assert set(remora.listeners) == {"sidecar_outbound", "sidecar_outbound_ipv6", "sidecar_inbound", "sidecar_inbound_ipv6"}
+        assert remora.listeners["sidecar_outbound"][1] == 15001 and remora.listeners["sidecar_inbound"][1] == 15006
+        in_ns(pod, str(remora_bin()), "iptables", "--uid", "0", "--apply")
+        wait_port(peer, PEER_IP, 2525)
+        wait_port(peer, PEER_IP, 25)
+        fast = in_ns(pod, "python3", "-c", GREET_CLIENT, PEER_IP, "25", app=True).stdout.decode().split(" ", 1)
+        slow = in_ns(pod, "python3", "-c", GREET_CLIENT, PEER_IP, "2525", app=True).stdout.decode().split(" ", 1)
+        assert fast[1].strip() == "220 hello QUIT" and slow[1].strip() == "220 hello QUIT"
+        assert float(slow[0]) >= 0.29, slow        # waited for the client's first bytes, then gave up
+        assert float(fast[0]) < float(slow[0]), (fast, slow)
+        s = stats(pod)
+        assert s["listener.sidecar_outbound.downstream_pre_cx_timeout"] == 1
+        assert s["listener.sidecar_outbound.sidecar_passthrough"] == 2
+    finally:
+        code = remora.stop(timeout=5) if remora.proc.poll() is None else remora.proc.returncode
+        if remora.proc.returncode is None:
+            remora.kill()
+    assert code == 0, remora.stderr_tail()
