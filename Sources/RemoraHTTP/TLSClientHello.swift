@@ -31,6 +31,24 @@ public struct ClientHello: Sendable, Equatable {
     /// Largest ClientHello handshake message accepted (it may span records). Real ones are under
     /// 2 KiB (post-quantum key shares included).
     public static let maxHandshake = 65_536
+    /// Most records a ClientHello may span (real ones use one, rarely two or three). Bounds the work
+    /// of a client that cuts its hello into one-byte records: a caller re-parses once per record
+    /// (`recordBoundary`), so at most this many times.
+    public static let maxRecords = 128
+
+    /// Where the records that start at `from` end, walking their headers: the end of the last one
+    /// whose header is whole (beyond `bytes.count` while it is incomplete), or the offset of a header
+    /// that is not a handshake record's. A caller that has `bytes.count` below the answer can wait
+    /// for more before parsing again: no record completed since the last parse. Pass the previous
+    /// answer as `from` so that each header is read once.
+    public static func recordBoundary(_ bytes: UnsafeRawBufferPointer, from: Int) -> Int {
+        var pos = from
+        while pos + 5 <= bytes.count {
+            guard bytes[pos] == 22 else { return pos }
+            pos += 5 + (Int(bytes[pos + 3]) << 8 | Int(bytes[pos + 4]))
+        }
+        return pos < bytes.count ? pos + 5 : pos   // a partial header: at least the rest of it is needed
+    }
 
     /// Parses the ClientHello at the start of `bytes` (what the client sent so far). Each byte is
     /// looked at once at most, and every length is checked against the one that encloses it.
@@ -107,6 +125,8 @@ struct HandshakeReader {
     var offset = 0
     /// A record header was not a TLS handshake record.
     var failed = false
+    /// Records entered so far (`ClientHello.maxRecords`).
+    var records = 0
 
     init(_ b: UnsafeRawBufferPointer) { self.b = b }
 
@@ -123,7 +143,9 @@ struct HandshakeReader {
                 return false
             }
             let len = Int(b[pos + 3]) << 8 | Int(b[pos + 4])
-            guard b[pos] == 22, b[pos + 1] == 3, len >= 1, len <= ClientHello.maxRecord else { failed = true; return false }
+            records += 1
+            guard b[pos] == 22, b[pos + 1] == 3, len >= 1, len <= ClientHello.maxRecord, records <= ClientHello.maxRecords
+            else { failed = true; return false }
             pos += 5
             recordEnd = pos + len
         }

@@ -69,11 +69,37 @@ func records(_ message: [UInt8], fragment: Int = 16_384) -> [UInt8] {
 
     @Test func spansRecords() {
         let m = helloMessage(sni: Array("Multi.Example.COM.".utf8), alpn: ["h2"])
-        for fragment in [1, 2, 7, 100] {
+        for fragment in [2, 7, 100] {
             let b = records(m, fragment: fragment)
             #expect(parseHello(b) == .hello(ClientHello(serverName: "multi.example.com", alpn: ["h2"], length: b.count)), "fragment \(fragment)")
             #expect(parseHello(Array(b.dropLast())) == .needMore)
         }
+    }
+
+    /// A hello cut into more than `maxRecords` records is refused (it would cost one parse per record).
+    @Test func tooManyRecords() {
+        let padding: [UInt8] = [0, 21, 0, 100] + [UInt8](repeating: 0, count: 100)   // the padding extension
+        let m = helloMessage(sni: Array("x.example".utf8), alpn: ["h2"], extra: padding)
+        #expect(m.count > ClientHello.maxRecords)
+        #expect(parseHello(records(m, fragment: 2)) != .notTLS)
+        #expect(parseHello(records(m, fragment: 1)) == .notTLS)
+    }
+
+    @Test func recordBoundary() {
+        let b = records(helloMessage(sni: Array("a.b".utf8)), fragment: 10)
+        b.withUnsafeBytes { all in
+            #expect(ClientHello.recordBoundary(all, from: 0) == b.count)
+            let part = UnsafeRawBufferPointer(rebasing: all[0..<23])   // two records and 3 bytes of the third
+            #expect(ClientHello.recordBoundary(part, from: 0) == 30)    // beyond 23: wait
+            #expect(ClientHello.recordBoundary(part, from: 15) == 30)
+            let header = UnsafeRawBufferPointer(rebasing: all[0..<32])   // a partial third header
+            #expect(ClientHello.recordBoundary(header, from: 0) == 35)
+            #expect(ClientHello.recordBoundary(header, from: 30) == 35)
+            let whole = UnsafeRawBufferPointer(rebasing: all[0..<30])    // two whole records: parse
+            #expect(ClientHello.recordBoundary(whole, from: 0) == 30)
+        }
+        let http = Array("GET / HTTP/1.1\r\n".utf8)
+        http.withUnsafeBytes { #expect(ClientHello.recordBoundary($0, from: 0) == 0) }
     }
 
     @Test func notTLS() {

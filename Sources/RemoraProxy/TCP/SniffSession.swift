@@ -22,6 +22,10 @@ final class SniffSession: Session, TCPConnectionDelegate {
     let down: TCPConnection
     /// What the client sent so far.
     var buffer = ByteBuffer()
+    /// TLS: where the records seen so far end (`ClientHello.recordBoundary`); the ClientHello is
+    /// parsed again only when a record is complete, so a client trickling bytes costs one parse per
+    /// record, not one per read.
+    var recordsEnd = 0
     /// Sidecar: where the client was going, and the service that destination is (nil: passthrough).
     var original: SocketAddress?
     var service: SidecarService?
@@ -47,7 +51,7 @@ final class SniffSession: Session, TCPConnectionDelegate {
     // MARK: the sidecar's outbound listener
 
     /// Decides what needs no bytes (original destination, service, passthrough policy, server-first
-    /// ports); false when the connection was closed or handed over already.
+    /// ports): closes the connection, hands it over, or starts sniffing.
     func startOutbound() {
         guard let sc = listener.config.sidecar, let dst = down.originalDestination(), !isSelf(dst) else {
             stats.inc(.sidecar_no_original_dst)
@@ -83,7 +87,7 @@ final class SniffSession: Session, TCPConnectionDelegate {
 
     func connectionRead(_ c: TCPConnection, _ data: UnsafeRawBufferPointer) {
         buffer.append(data)
-        withExtendedLifetime(self) { decide(final: false) }
+        withExtendedLifetime(self) { decide() }
     }
 
     func connectionEOF(_ c: TCPConnection) {
@@ -120,9 +124,13 @@ final class SniffSession: Session, TCPConnectionDelegate {
 
     // MARK: deciding
 
-    /// Looks at what was read; `final`: no more will come.
-    func decide(final: Bool) {
+    /// Looks at what was read: hands the connection over once it knows where it goes.
+    func decide() {
         let max = listener.config.maxSniffBytes
+        if buffer.bytes.first == 22 && (buffer.count < 2 || buffer.bytes[1] == 3) && buffer.count < max {
+            recordsEnd = ClientHello.recordBoundary(buffer.bytes, from: recordsEnd)
+            if recordsEnd > buffer.count { return }   // the record in progress is not complete yet
+        }
         if listener.config.protocol == .tls {
             switch ClientHello.parse(buffer.bytes) {
             case .hello(let h):
