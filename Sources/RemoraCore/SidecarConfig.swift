@@ -64,6 +64,10 @@ public struct SidecarOutbound: Sendable, Equatable {
     /// Unknown destinations: connect to the original destination (true) or close (false).
     public var passthrough: Bool
     public var serverFirstPorts: [UInt16]
+
+    public init(services: [SidecarService], passthrough: Bool, serverFirstPorts: [UInt16]) {
+        self.services = services; self.passthrough = passthrough; self.serverFirstPorts = serverFirstPorts
+    }
 }
 
 /// One destination of outbound traffic: its addresses (service VIPs) and port, and the cluster

@@ -336,11 +336,10 @@ final class ListenerRuntime {
     let tracing: TracingFilter?
     /// `protocol: tls`: indexes into `clusters` by server name, the default cluster's as the default.
     let sni: ServerNameTable<Int>
-    /// The sidecar's outbound listener: per service of `config.sidecar`, its cluster; and the
-    /// services by "address|port" and by port alone (the addresses in inet_ntop's form).
+    /// The sidecar's outbound listener: its decisions (`SidecarRoutes`), and per service of
+    /// `config.sidecar`, its cluster.
+    let sidecar: SidecarRoutes?
     let serviceClusters: [Cluster?]
-    let servicesByAddress: [String: Int]
-    let servicesByPort: [UInt16: Int]
 
     init(worker: Worker, config: ListenerConfig, routes: RouteTable, clusters: [Cluster], tcpCluster: Cluster?,
          stats: StatBlock<ListenerStat>, backendStats: [StatBlock<RouteBackendStat>], filters: [any HTTPFilter]) {
@@ -350,8 +349,6 @@ final class ListenerRuntime {
         tracing = filters.first { $0 is TracingFilter } as? TracingFilter
         var sni = ServerNameTable<Int>()
         var serviceClusters: [Cluster?] = []
-        var byAddress: [String: Int] = [:]
-        var byPort: [UInt16: Int] = [:]
         if config.protocol == .tls || config.sidecar != nil {
             var index: [String: Int] = [:]
             for (i, c) in clusters.enumerated() { index[c.config.name] = i }
@@ -359,23 +356,11 @@ final class ListenerRuntime {
                 sni.defaultValue = config.cluster.flatMap { index[$0] }
                 for r in config.sni { if let i = index[r.cluster] { for n in r.serverNames { sni.add(n, i) } } }
             }
-            for (i, svc) in (config.sidecar?.services ?? []).enumerated() {
-                serviceClusters.append(index[svc.cluster].map { clusters[$0] })
-                if svc.addresses.isEmpty { byPort[svc.port] = i }
-                for a in svc.addresses { byAddress["\(a)|\(svc.port)"] = i }
-            }
+            for svc in config.sidecar?.services ?? [] { serviceClusters.append(index[svc.cluster].map { clusters[$0] }) }
         }
         self.sni = sni
         self.serviceClusters = serviceClusters
-        servicesByAddress = byAddress
-        servicesByPort = byPort
-    }
-
-    /// The sidecar service `dst` is (an exact address and port first, then the port), or nil.
-    func service(for dst: SocketAddress) -> Int? {
-        let port = dst.port
-        if !servicesByAddress.isEmpty, let i = servicesByAddress["\(dst.ipString)|\(port)"] { return i }
-        return servicesByPort[port]
+        sidecar = config.sidecar.map(SidecarRoutes.init)
     }
 
     /// The filters listener `l` (index `i` of the snapshot) configures, in their order: tracing first

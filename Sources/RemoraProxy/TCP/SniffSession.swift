@@ -29,6 +29,7 @@ final class SniffSession: Session, TCPConnectionDelegate {
     /// Sidecar: where the client was going, and the service that destination is (nil: passthrough).
     var original: SocketAddress?
     var service: SidecarService?
+    var serviceIndex: Int?
     var serviceCluster: Cluster?
 
     init(worker: Worker, listener: ListenerRuntime, down: TCPConnection) {
@@ -53,27 +54,26 @@ final class SniffSession: Session, TCPConnectionDelegate {
     /// Decides what needs no bytes (original destination, service, passthrough policy, server-first
     /// ports): closes the connection, hands it over, or starts sniffing.
     func startOutbound() {
-        guard let sc = listener.config.sidecar, let dst = down.originalDestination(), !isSelf(dst) else {
+        guard let routes = listener.sidecar, let dst = down.originalDestination(), !isSelf(dst) else {
             stats.inc(.sidecar_no_original_dst)
             down.close()
             return
         }
         original = dst
-        if let i = listener.service(for: dst) {
-            service = sc.services[i]
+        func take(_ i: Int?) {
+            guard let i else { return }
+            service = listener.config.sidecar?.services[i]
+            serviceIndex = i
             serviceCluster = listener.serviceClusters[i]
-        } else if !sc.passthrough {
+        }
+        switch routes.first(ip: dst.ipString, port: dst.port) {
+        case .deny:
             stats.inc(.sidecar_passthrough_denied)
             down.close()
-            return
+        case .tcp(let i): take(i); toTCP()
+        case .http(let i): take(i); toHTTP()
+        case .sniff(let i): take(i); start()
         }
-        switch service?.protocol {
-        case .tcp?: toTCP(); return
-        case .http?: toHTTP(); return
-        default: break
-        }
-        if sc.serverFirstPorts.contains(dst.port) { toTCP(); return }
-        start()
     }
 
     /// The original destination is this listener itself: not redirected (a direct connection to
@@ -146,22 +146,20 @@ final class SniffSession: Session, TCPConnectionDelegate {
             }
             return
         }
-        switch ProtocolSniffer.classify(buffer.bytes, maxBytes: max) {
-        case nil: return
-        case .http1?:
-            stats.inc(.http11_found)
-            if service != nil { toHTTP() } else { toTCP() }
-        case .http2?:
-            stats.inc(.http2_found)
-            if service != nil { toHTTP() } else { toTCP() }
-        case .tls(let h)?:
+        guard let sniffed = ProtocolSniffer.classify(buffer.bytes, maxBytes: max) else { return }
+        switch sniffed {
+        case .http1: stats.inc(.http11_found)
+        case .http2: stats.inc(.http2_found)
+        case .tls(let h):
             stats.inc(.tls_found)
             stats.inc(h.serverName == nil ? .sni_not_found : .sni_found)
             stats.inc(.http_not_found)
-            toTCP()
-        case .opaque?:
-            stats.inc(.http_not_found)
-            toTCP()
+        case .opaque: stats.inc(.http_not_found)
+        }
+        let isHTTP = sniffed == .http1 || sniffed == .http2
+        switch listener.sidecar?.afterSniff(service: serviceIndex, isHTTP: isHTTP) ?? .tcp(nil) {
+        case .http: toHTTP()
+        case .tcp: toTCP()
         }
     }
 
