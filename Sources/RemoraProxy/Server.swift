@@ -76,9 +76,13 @@ public final class Server {
             return 1
         }
         workerCount = config.workers > 0 ? config.workers : onlineCPUs()
+        // A proxy waiting for its first configuration from the control server binds nothing yet
+        // (`run --sidecar --control` starts with the sidecar's listeners in `config`): the first
+        // pushed configuration binds its listeners and starts the workers (`startWith`).
+        let waitsForControl = control != nil && configPath == nil
         let fds: [[String: Int32]]
         do {
-            fds = try bindNew(config)
+            fds = waitsForControl ? [] : try bindNew(config)
             if let a = config.admin, let addr = try Resolver.resolve(a.address).first {
                 let server = try AdminServer(loop: loop, address: addr, token: a.token, target: self)
                 admin = server
@@ -184,6 +188,8 @@ public final class Server {
 
     func install(_ cfg: Config, source src: String) -> ConfigErrors? {
         if draining { return ConfigErrors([ConfigError(file: "", line: 0, path: "", message: "draining")]) }
+        var cfg = cfg
+        if let e = addSidecarDefault(&cfg) { return e }
         if awaitingControl { return startWith(cfg, source: src) }
         if !ready {
             return ConfigErrors([ConfigError(file: "", line: 0, path: "", message: "not started yet")])
@@ -253,6 +259,18 @@ public final class Server {
         return nil
     }
 
+    /// `remora run --sidecar`: a configuration without a `sidecar:` section, from the file, a reload
+    /// or the control server, gets the section's defaults (outbound 15001, inbound 15006, passthrough).
+    /// Refused when one of those listener names is taken.
+    func addSidecarDefault(_ cfg: inout Config) -> ConfigErrors? {
+        guard sidecarDefault && cfg.sidecar == nil else { return nil }
+        let clash = cfg.addSidecar(SidecarConfig())
+        guard !clash.isEmpty else { return nil }
+        return ConfigErrors(clash.map {
+            ConfigError(file: "", line: 0, path: "listeners.\($0)", message: "name taken: `remora run --sidecar` adds a listener by that name")
+        })
+    }
+
     /// `listeners.NAME.address` for a listener that could not be bound.
     func bindErrorPath(_ error: any Error) -> String {
         (error as? ListenerBindError).map { "listeners.\($0.listener).address" } ?? "listeners"
@@ -271,9 +289,9 @@ public final class Server {
         case .failure(let e):
             log("\(path) not applied:\n\(e)")
         case .success(var cfg):
-            if sidecarDefault && cfg.sidecar == nil { _ = cfg.addSidecar(SidecarConfig()) }   // `run --sidecar`
-            if cfg == config { return }
             let text = (try? read.get()).map { String(decoding: $0, as: UTF8.self) } ?? ""
+            if let e = addSidecarDefault(&cfg) { log("\(path) not applied:\n\(ConfigLoader.locate(e, in: text, file: path))"); return }
+            if cfg == config { return }
             if let e = apply(cfg, source: text, file: path) { log("\(path) not applied:\n\(e)") }
         }
     }

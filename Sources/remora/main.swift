@@ -17,9 +17,10 @@ commands:
                            SIGHUP, or any change with --watch, reloads FILE without a restart)
   run --control URL --node ID --group NAME [--admin HOST:PORT] [--config FILE] [--token-file F]
                            take the configuration from a control server (FILE: the initial one)
-  run --sidecar [--config FILE] [--admin HOST:PORT]
-                           sidecar mode: adds the `sidecar:` section's defaults when FILE has none
-                           (outbound listener 15001, inbound 15006; docs/sidecar.md)
+  run --sidecar [--config FILE] [--admin HOST:PORT] [--control URL --node ID --group NAME ...]
+                           sidecar mode: adds the `sidecar:` section's defaults to a configuration
+                           (FILE's or the control server's) that has none (outbound listener 15001,
+                           inbound 15006; docs/sidecar.md)
   iptables --uid N [--apply | --clean] [options]
                            print (or apply) the iptables rules that send traffic to the sidecar
   validate FILE...         check config files; every error as file:line: path: message

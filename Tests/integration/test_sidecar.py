@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Remora, remora_bin, to_yaml
+from harness import Remora, http_listener, remora_bin, route, to_yaml
 
 POD_IP, PEER_IP = "10.231.0.1", "10.231.0.2"
 POD_IP6, PEER_IP6 = "fd00:231::1", "fd00:231::2"
@@ -310,6 +310,85 @@ def test_run_sidecar_flag_server_first_ports_and_silent_clients(pods, tmp_path):
         s = stats(pod)
         assert s["listener.sidecar_outbound.downstream_pre_cx_timeout"] == 1
         assert s["listener.sidecar_outbound.sidecar_passthrough"] == 2
+    finally:
+        code = remora.stop(timeout=5) if remora.proc.poll() is None else remora.proc.returncode
+        if remora.proc.returncode is None:
+            remora.kill()
+    assert code == 0, remora.stderr_tail()
+
+
+def ctl_in(ns: str, url: str, token: Path, *args: str) -> subprocess.CompletedProcess:
+    return in_ns(ns, str(remora_bin()), "ctl", "--control", url, "--token-file", str(token), *args, timeout=30)
+
+
+@pytest.mark.timeout(120)
+def test_run_sidecar_with_control_plane_as_in_kubernetes(pods, tmp_path):
+    """deploy/kubernetes' order of things: the rules are installed first (the init container's
+    `remora iptables --uid N --admin-port 15000 --apply`), then `remora run --sidecar --control URL
+    --token-file F --node N --group G` takes its configuration from `remora control` running in
+    another namespace (a non-loopback control server: the token is required). The first pushed
+    document has no `sidecar:` section (--sidecar adds the defaults: everything passes through); the
+    second names the service, and HTTP to its VIP is then routed to the cluster."""
+    pod, peer, procs = pods
+    token = tmp_path / "token"
+    token.write_text("sidecar-test-token-0123456789abcdef\n")
+    url = f"http://{PEER_IP}:9911"
+    control_err = open(tmp_path / "control.stderr", "wb")
+    procs.append(subprocess.Popen(["ip", "netns", "exec", peer, str(remora_bin()), "control", "--state", str(tmp_path / "state"),
+                                   "--listen", f"{PEER_IP}:9911", "--token-file", str(token)],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=control_err))
+    control_err.close()
+    wait_port(peer, PEER_IP, 9911)
+    clusters = [{"name": "orders", "endpoints": [f"{PEER_IP}:8081"]}]
+    first = {"workers": 1, "drain_timeout": "1s", "clusters": clusters,
+             "listeners": [http_listener("egress", [route("orders")], address="127.0.0.1:18080")]}
+    second = {"workers": 1, "drain_timeout": "1s", "clusters": clusters,
+              "sidecar": {"services": [{"name": "orders", "addresses": [VIP], "port": 80, "cluster": "orders"}]}}
+    (tmp_path / "first.yaml").write_text(to_yaml(first))
+    (tmp_path / "second.yaml").write_text(to_yaml(second))
+    ctl_in(peer, url, token, "apply", "orders", str(tmp_path / "first.yaml"))
+
+    # The init container: rules first, while nothing listens yet.
+    in_ns(pod, str(remora_bin()), "iptables", "--uid", "0", "--admin-port", str(ADMIN), "--apply")
+    wrapper = tmp_path / "remora-sidecar-control"
+    wrapper.write_text(f"#!/bin/sh\nexec ip netns exec {pod} {remora_bin()} run --sidecar --admin 127.0.0.1:{ADMIN} "
+                       f"--control {url} --token-file {token} --node pod-1 --group orders\n")
+    wrapper.chmod(0o755)
+    remora = Remora(wrapper, "unused: true\n", tmp_path, name="sidecar-control")
+    try:
+        remora.wait_ready()
+        assert set(remora.listeners) == {"egress", "sidecar_outbound", "sidecar_outbound_ipv6", "sidecar_inbound",
+                                         "sidecar_inbound_ipv6"}
+        assert remora.listeners["sidecar_outbound"][1] == 15001
+        wait_port(peer, PEER_IP, 8081)
+        wait_port(pod, "127.0.0.1", 9000)
+        # Captured and passed through (no service yet), and the pushed listener works beside it.
+        r = in_ns(pod, "curl", "-s", "--noproxy", "*", "--max-time", "5", f"http://{PEER_IP}:8081/direct", app=True)
+        assert json.loads(r.stdout)["path"] == "/direct"
+        r = in_ns(pod, "curl", "-s", "--noproxy", "*", "--max-time", "5", "http://127.0.0.1:18080/egress", app=True)
+        assert json.loads(r.stdout)["path"] == "/egress"
+        assert in_ns(peer, "python3", "-c", CLIENT, POD_IP, "9000", "inbound").stdout == b"app:inbound"
+        s = stats(pod)
+        assert s["listener.sidecar_outbound.sidecar_passthrough"] == 1
+        assert s["listener.sidecar_inbound.downstream_cx_total"] == 1
+
+        # The control plane names the service: HTTP to its VIP is now routed (it went nowhere before).
+        ctl_in(peer, url, token, "apply", "orders", str(tmp_path / "second.yaml"))
+        deadline = time.monotonic() + 10
+        while True:
+            r = in_ns(pod, "curl", "-s", "--noproxy", "*", "--max-time", "2", f"http://{VIP}/orders/7", app=True, check=False)
+            if r.returncode == 0 and r.stdout:
+                break
+            assert time.monotonic() < deadline, f"the VIP was never routed: {remora.stderr_tail()}"
+            time.sleep(0.2)
+        seen = json.loads(r.stdout)
+        assert seen["path"] == "/orders/7" and seen["headers"]["x-forwarded-proto"] == "http"
+        s = stats(pod)
+        assert s["listener.outbound_orders.downstream_rq_total"] >= 1
+        assert s["listener.sidecar_outbound.sidecar_service_matched"] >= 1
+        status = ctl_in(peer, url, token, "status").stdout.decode()
+        assert any(line.split()[:2] == ["pod-1", "orders"] and "ACK" in line.split() for line in status.splitlines()), status
+        assert remora.alive
     finally:
         code = remora.stop(timeout=5) if remora.proc.poll() is None else remora.proc.returncode
         if remora.proc.returncode is None:
