@@ -2,8 +2,10 @@
 # Both install what is missing first (Debian packages; needs root or sudo).
 
 APT_PACKAGES := libuv1-dev libnghttp2-dev libyaml-dev libre2-dev node-llhttp pkg-config curl socat nghttp2-client
-# TLS (RemoraTLS): OpenSSL 3's headers and library; the openssl CLI makes the tests' certificates.
-APT_PACKAGES += libssl-dev openssl
+# TLS (RemoraTLS): OpenSSL 3's headers and library; the openssl CLI makes the tests' certificates and
+# is a client in the TLS passthrough tests. ip netns and iptables/ip6tables for the sidecar's
+# interception test (Tests/integration/test_sidecar.py).
+APT_PACKAGES += libssl-dev openssl iproute2 iptables
 # Test clients and servers from PyPI: grpcio (the generated stubs in Tests/integration/grpc_fixtures need
 # >= 1.85.1 and protobuf 7), hyper-h2 for scripted raw HTTP/2 peers, prometheus_client to parse
 # /stats/prometheus. PIP_IMPORTS: the modules whose absence means "install PIP_PACKAGES".

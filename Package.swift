@@ -99,6 +99,8 @@ if Context.environment["REMORA_FUZZ"] != nil {
                           linkerSettings: lld),
         .executableTarget(name: "FuzzHTTP2", dependencies: ["RemoraHTTP", "RemoraCore"], path: "Tests/fuzz/http2",
                           linkerSettings: lld),
+        .executableTarget(name: "FuzzTLS", dependencies: ["RemoraHTTP", "RemoraRouting"], path: "Tests/fuzz/tls",
+                          linkerSettings: lld),
         .executableTarget(name: "FuzzConfig", dependencies: ["RemoraConfig", "RemoraRouting", "RemoraCore"],
                           path: "Tests/fuzz/config", linkerSettings: lld),
         .executableTarget(name: "FuzzPathNorm", dependencies: ["RemoraHTTP", "RemoraPolicy", "RemoraCore"],

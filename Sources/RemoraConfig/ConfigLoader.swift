@@ -115,6 +115,18 @@ public enum ConfigLoader {
     }
 }
 
+/// `s` as an IP literal in its canonical text (inet_ntop's, as the proxy prints peer addresses), or
+/// nil when it is not one.
+func canonicalIP(_ s: String) -> String? {
+    var buf = [UInt8](repeating: 0, count: 16)
+    var text = [CChar](repeating: 0, count: 64)
+    for family in [AF_INET, AF_INET6] where inet_pton(family, s, &buf) == 1 {
+        guard inet_ntop(family, buf, &text, socklen_t(text.count)) != nil else { return nil }
+        return String(cString: text)
+    }
+    return nil
+}
+
 /// The config schema: one decode function per model type, plus the cross-checks (unique names and
 /// addresses, cluster references). A model value comes back even when some of its optional fields
 /// were wrong; the loader only returns a `Config` when no error was reported at all.
@@ -132,21 +144,29 @@ private final class Schema {
             return nil
         }
         guard let m = d.mapping(root, "", keys: ["admin", "workers", "drain_timeout", "listeners", "clusters",
-                                                   "overload", "node", "max_connections"]) else { return nil }
+                                                   "overload", "node", "max_connections", "sidecar"]) else { return nil }
         let admin = m.optional("admin", admin)
         let workers = m.optional("workers") { d.int($0, $1, in: 0...256) }
         let drainTimeout = m.optional("drain_timeout") { d.duration($0, $1) }
         // Clusters first, so that listeners can check their references.
         let clusters = m.optional("clusters") { d.list($0, $1, cluster) }
-        if !m.has("listeners") { d.fail(m.line, "listeners", "no listeners") }
+        if !m.has("listeners") && m.nodes["sidecar"] == nil { d.fail(m.line, "listeners", "no listeners") }
         let listeners = m.optional("listeners") { d.list($0, $1, ifEmpty: "no listeners", listener) }
         let overload = m.optional("overload", overload)
         let node = m.optional("node", nodeName)
         let maxConnections = m.optional("max_connections", connectionLimit)
-        guard let listeners else { return nil }
+        let sidecar = m.nodes["sidecar"].flatMap { $0.isNull ? SidecarConfig() : self.sidecar($0, "sidecar") }
+        guard let listeners = listeners ?? (sidecar != nil ? [] : nil) else { return nil }
         var c = Config(admin: admin, workers: workers ?? 0, drainTimeout: drainTimeout ?? 5_000,
                        listeners: listeners, clusters: clusters ?? [], overload: overload, node: node)
         c.maxConnections = maxConnections
+        if let sidecar {
+            let clash = c.addSidecar(sidecar)
+            if !clash.isEmpty {
+                d.fail(m.line, "sidecar", "the sidecar's listeners need these names, which a listener already has: "
+                       + clash.joined(separator: ", "))
+            }
+        }
         return c
     }
 
@@ -196,18 +216,28 @@ private final class Schema {
                                              "virtual_hosts", "cluster", "request_timeout", "max_request_body",
                                              "headers_with_underscores", "per_connection_buffer_limit", "access_log",
                                              "tracing", "tls", "path_normalization", "authorization",
-                                             "max_connections"])
+                                             "max_connections", "sni", "sniff_timeout", "max_sniff_bytes"])
         else { return nil }
         let name = m.required("name") { self.name($0, $1, "listener", &listenerNames) }
         let address = m.required("address", listenAddress)
-        let proto: ListenerProtocol? = m.has("protocol") ? m.optional("protocol", d.oneOf) : .http
+        let proto: ListenerProtocol? = m.has("protocol") ? m.optional("protocol") { n, p in
+            d.value(n, p, "http, tcp or tls") { ["http": .http, "tcp": .tcp, "tls": .tls][$0] }
+        } : .http
+        let httpOnly = ["routes", "virtual_hosts", "request_header_timeout", "max_request_header_bytes", "http2", "tracing",
+                        "request_timeout", "max_request_body", "headers_with_underscores", "per_connection_buffer_limit",
+                        "path_normalization"]
         switch proto {
-        case .tcp: m.forbid(["routes", "virtual_hosts", "request_header_timeout", "max_request_header_bytes", "http2", "tracing",
-                             "request_timeout", "max_request_body", "headers_with_underscores", "per_connection_buffer_limit",
-                             "path_normalization"],
-                            "only allowed on an http listener")
-        case .http: m.forbid(["cluster"], "only allowed on a tcp listener (an http listener uses routes)")
-        case nil: break // bad protocol, already reported: check what is there, demand nothing
+        case .tcp:
+            m.forbid(httpOnly, "only allowed on an http listener")
+            m.forbid(["sni", "sniff_timeout", "max_sniff_bytes"], "only allowed on a tls listener")
+        case .tls:
+            m.forbid(httpOnly, "only allowed on an http listener")
+            m.forbid(["tls"], "not allowed on a tls listener (it passes TLS through by SNI; to terminate TLS, put tls: on an http or tcp listener)")
+            m.forbid(["authorization"], "not supported on a tls listener yet (route server names with sni:, or terminate TLS on a tcp listener)")
+        case .http:
+            m.forbid(["cluster"], "only allowed on a tcp listener or a tls listener (an http listener uses routes)")
+            m.forbid(["sni", "sniff_timeout", "max_sniff_bytes"], "only allowed on a tls listener")
+        case .sidecarOutbound, .sidecarInbound, nil: break // bad protocol, already reported: check what is there, demand nothing
         }
         if m.has("routes") { m.forbid(["virtual_hosts"], "not allowed with routes (routes is one virtual host for any domain)") }
         let headerTimeout = m.optional("request_header_timeout") { d.duration($0, $1, positive: true) }
@@ -228,6 +258,13 @@ private final class Schema {
         let routes = m.optional("routes") { d.list($0, $1) { route($0, $1, &names) } }
         let hosts = m.optional("virtual_hosts") { d.list($0, $1) { virtualHost($0, $1, &names) } }
         let cluster = proto == .tcp ? m.required("cluster", clusterRef) : m.optional("cluster", clusterRef)
+        var sniNames: [String: Int] = [:]
+        let sni = m.optional("sni") { d.list($0, $1, ifEmpty: "at least one entry (or leave sni out)") { sniRoute($0, $1, &sniNames) } }
+        let sniffTimeout = m.optional("sniff_timeout") { d.duration($0, $1, positive: true) }
+        let maxSniff = m.optional("max_sniff_bytes") { d.size($0, $1, in: 1024...65_536) }
+        if proto == .tls && !m.has("sni") && !m.has("cluster") {
+            d.fail(m.line, Fields.join(p, "sni"), "a tls listener needs sni routes, a default cluster, or both")
+        }
         guard let name, let address else { return nil }
         var l = ListenerConfig(name: name, address: address, protocol: proto ?? .http,
                               requestHeaderTimeout: headerTimeout ?? 10_000, maxRequestHeaderBytes: maxHeaderBytes ?? 60 * 1024,
@@ -241,6 +278,9 @@ private final class Schema {
         if let normalization { l.pathNormalization = normalization }
         l.authorization = authorization
         l.maxConnections = maxConnections
+        l.sni = sni ?? []
+        if let sniffTimeout { l.sniffTimeout = sniffTimeout }
+        if let maxSniff { l.maxSniffBytes = maxSniff }
         return l
     }
 
@@ -412,6 +452,68 @@ private final class Schema {
         case "regex": return m.optional("regex") { regex($0, $1, ignoreCase: false) }.map { .regex($0) }
         default: return nil
         }
+    }
+
+    /// One `sni:` entry: `{ server_names: [api.example.com, "*.example.org"], cluster: NAME }`.
+    func sniRoute(_ n: Node, _ p: String, _ seen: inout [String: Int]) -> SNIRoute? {
+        guard let m = d.mapping(n, p, keys: ["server_names", "cluster"]) else { return nil }
+        let names = m.required("server_names") { d.list($0, $1, ifEmpty: "at least one server name") { n, p in
+            let s = d.checked(n, p) { ServerNameTable<Int>.problem($0) }
+            if let s { d.unique(s.lowercased(), "server name \"\(s)\"", n, p, in: &seen) }
+            return s
+        } }
+        let cluster = m.required("cluster", clusterRef)
+        guard let names, let cluster else { return nil }
+        return SNIRoute(serverNames: names, cluster: cluster)
+    }
+
+    /// `sidecar: { outbound_port, inbound_port, ipv6, passthrough, sniff_timeout, server_first_ports, services }`
+    /// (docs/sidecar.md).
+    func sidecar(_ n: Node, _ p: String) -> SidecarConfig? {
+        guard let m = d.mapping(n, p, keys: ["outbound_port", "inbound_port", "ipv6", "passthrough", "sniff_timeout",
+                                             "server_first_ports", "services"]) else { return nil }
+        var s = SidecarConfig()
+        let port = { (n: Node, p: String) in self.d.int(n, p, in: 1...65_535).map { UInt16($0) } }
+        if let v = m.optional("outbound_port", port) { s.outboundPort = v }
+        if let v = m.optional("inbound_port", port) { s.inboundPort = v }
+        if s.inboundPort == s.outboundPort {
+            d.fail(m.line, Fields.join(p, "inbound_port"), "must differ from outbound_port (\(s.outboundPort))")
+        }
+        if let v = m.optional("ipv6", d.bool) { s.ipv6 = v }
+        if let v = m.optional("passthrough", { d.value($0, $1, "allow or deny") { ["allow": true, "deny": false][$0] } }) {
+            s.passthrough = v
+        }
+        if let v = m.optional("sniff_timeout", { d.duration($0, $1, positive: true) }) {
+            if v < 10 || v > 10_000 { d.fail(m.line, Fields.join(p, "sniff_timeout"), "expected 10ms ... 10s") } else { s.sniffTimeout = v }
+        }
+        if let v = m.optional("server_first_ports", { d.list($0, $1, port) }) { s.serverFirstPorts = v }
+        var names: [String: Int] = [:]
+        var keys: [String: Int] = [:]
+        if let v = m.optional("services", { d.list($0, $1) { sidecarService($0, $1, &names, &keys) } }) { s.services = v }
+        return s
+    }
+
+    /// One `sidecar.services` entry: `{ name, addresses: [VIP...], port, cluster, protocol: auto | http | tcp, routes }`.
+    func sidecarService(_ n: Node, _ p: String, _ names: inout [String: Int], _ keys: inout [String: Int]) -> SidecarService? {
+        guard var m = d.mapping(n, p, keys: ["name", "addresses", "port", "cluster", "protocol", "routes"]) else { return nil }
+        let name = m.required("name") { self.name($0, $1, "service", &names) }
+        let addresses = m.optional("addresses") { d.list($0, $1, ifEmpty: "at least one address (or leave addresses out: any address)") { n, p in
+            d.value(n, p, #"an IP address like "10.96.0.10" or "fd00::10""#, canonicalIP)
+        } }
+        let port = m.required("port") { d.int($0, $1, in: 1...65_535).map { UInt16($0) } }
+        let cluster = m.required("cluster", clusterRef)
+        let proto: SidecarService.Kind? = m.optional("protocol", d.oneOf)
+        if proto == .tcp { m.forbid(["routes"], "not allowed with protocol: tcp (routes are HTTP)") }
+        var routeNames = ListenerNames()
+        let routes = m.optional("routes") { d.list($0, $1) { route($0, $1, &routeNames) } }
+        if let port, addresses != nil || !m.has("addresses") {
+            for a in addresses ?? ["*"] {
+                d.unique("\(a)|\(port)", "destination \(a == "*" ? "port" : a) \(port)", n, p, in: &keys)
+            }
+        }
+        guard let name, let port, let cluster else { return nil }
+        return SidecarService(name: name, addresses: addresses ?? [], port: port, cluster: cluster, protocol: proto ?? .auto,
+                              routes: routes ?? [])
     }
 
     /// `tracing: { propagate: [w3c], sample_percent: 0 ... 100 }`.

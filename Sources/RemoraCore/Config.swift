@@ -63,6 +63,8 @@ public struct Config: Sendable, Equatable {
     /// (`max_connections:` at the top level); over it a new connection is accepted and closed at
     /// once (`downstream_global_cx_overflow`). nil = no limit (the default). Range 1 ... 10_000_000.
     public var maxConnections: Int?
+    /// Sidecar mode (`sidecar:`, `remora run --sidecar`); its listeners are in `listeners`. nil = off.
+    public var sidecar: SidecarConfig?
 
     public init(admin: AdminConfig? = nil, workers: Int = 0, drainTimeout: Millis = 5_000,
                 listeners: [ListenerConfig] = [], clusters: [ClusterConfig] = [], overload: OverloadConfig? = nil,
@@ -103,6 +105,14 @@ public enum ListenerProtocol: String, Sendable, Equatable, CaseIterable {
     case http
     /// Raw TCP forwarded to one cluster.
     case tcp
+    /// TLS passed through without being terminated, to a cluster chosen by the ClientHello's server
+    /// name (SNI): `sni` routes, `cluster` the default.
+    case tls
+    /// The sidecar's outbound listener (made by the `sidecar:` section, not written as a protocol):
+    /// connections redirected by iptables, sent on by their original destination.
+    case sidecarOutbound = "sidecar_outbound"
+    /// The sidecar's inbound listener: redirected connections sent to the application on 127.0.0.1.
+    case sidecarInbound = "sidecar_inbound"
 }
 
 public struct ListenerConfig: Sendable, Equatable {
@@ -159,6 +169,21 @@ public struct ListenerConfig: Sendable, Equatable {
     /// new connection is accepted and closed at once (HTTP: a 503 first), counted in
     /// `downstream_cx_overflow`. nil = no limit (the default). Range 1 ... 10_000_000.
     public var maxConnections: Int?
+    /// TLS: clusters by the ClientHello's server name, tried exact names first, then the longest
+    /// `*.suffix` wildcard; `cluster` is the default (none: such connections are closed).
+    public var sni: [SNIRoute] = []
+    /// TLS and the sidecar's outbound listener: how long the first bytes (a whole ClientHello on a
+    /// TLS listener) may take after the accept. TLS: the connection is closed after it (default 5 s);
+    /// sidecar: what came is proxied as opaque TCP (default 300 ms, `sidecar.sniff_timeout`).
+    public var sniffTimeout: Millis = 5_000
+    /// TLS and the sidecar's outbound listener: the most bytes read while deciding (a ClientHello
+    /// larger than this is not routed by its name). Default 16 KiB, range 1 KiB ... 64 KiB.
+    public var maxSniffBytes: Int = 16 * 1024
+    /// Made by the `sidecar:` section for one service's HTTP traffic: not bound to an address; the
+    /// outbound listener hands it the connections its sniffing found to be HTTP.
+    public var isInternal = false
+    /// The sidecar's outbound listener: its services and passthrough policy.
+    public var sidecar: SidecarOutbound?
 
     public init(name: String, address: HostPort, protocol: ListenerProtocol = .http,
                 requestHeaderTimeout: Millis = 10_000, maxRequestHeaderBytes: Int = 60 * 1024,

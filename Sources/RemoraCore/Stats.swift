@@ -93,6 +93,20 @@ public enum ListenerStat: Int, StatGroup, Sendable {
     /// Connections accepted and closed at once over the listener's `max_connections`, and over
     /// the process-wide `max_connections`.
     case downstream_cx_overflow, downstream_global_cx_overflow
+    /// Protocol sniffing (`protocol: tls` listeners, the sidecar's outbound listener), with the
+    /// names of Envoy's tls_inspector and http_inspector: a ClientHello read whole or not; with a
+    /// server name or without; larger than `max_sniff_bytes`; HTTP/1.x or HTTP/2 found or not; the
+    /// first bytes did not come within `sniff_timeout` (`downstream_pre_cx_timeout`).
+    case tls_found, tls_not_found, sni_found, sni_not_found, client_hello_too_large
+    case http11_found, http2_found, http_not_found, downstream_pre_cx_timeout
+    /// `protocol: tls`: connections routed by an `sni` entry, sent to the default cluster, closed
+    /// for want of either (Envoy's `no_filter_chain_match`).
+    case sni_route_matched, sni_route_default, no_filter_chain_match
+    /// Sidecar (docs/sidecar.md): connections sent to a configured service's cluster; sent on to
+    /// their original destination (Istio's PassthroughCluster); closed by `passthrough: deny`
+    /// (Istio's BlackHoleCluster); closed because they had no original destination (not redirected,
+    /// or redirected to the proxy's own listener: a loop).
+    case sidecar_service_matched, sidecar_passthrough, sidecar_passthrough_denied, sidecar_no_original_dst
 
     public var kind: StatKind {
         switch self {
@@ -141,6 +155,22 @@ public enum ListenerStat: Int, StatGroup, Sendable {
         .downstream_rq_failed_path_normalization: "Requests refused by path normalization (escaped slash, bad escape)",
         .downstream_cx_overflow: "Connections closed at accept over the listener's max_connections",
         .downstream_global_cx_overflow: "Connections closed at accept over the process-wide max_connections",
+        .tls_found: "Connections that started with a whole TLS ClientHello",
+        .tls_not_found: "Connections sniffed for TLS that did not start with a ClientHello",
+        .sni_found: "ClientHellos with a server name",
+        .sni_not_found: "ClientHellos without a server name",
+        .client_hello_too_large: "ClientHellos larger than max_sniff_bytes",
+        .http11_found: "Sniffed connections that started with an HTTP/1.x request",
+        .http2_found: "Sniffed connections that started with the HTTP/2 preface",
+        .http_not_found: "Sniffed connections that were not HTTP",
+        .downstream_pre_cx_timeout: "Connections whose first bytes did not come within sniff_timeout",
+        .sni_route_matched: "TLS connections routed by their server name",
+        .sni_route_default: "TLS connections sent to the default cluster",
+        .no_filter_chain_match: "TLS connections closed: no cluster for their server name",
+        .sidecar_service_matched: "Sidecar connections sent to a configured service",
+        .sidecar_passthrough: "Sidecar connections sent on to their original destination",
+        .sidecar_passthrough_denied: "Sidecar connections closed by passthrough: deny",
+        .sidecar_no_original_dst: "Sidecar connections without a usable original destination",
     ]
 }
 

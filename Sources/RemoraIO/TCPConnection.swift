@@ -499,6 +499,21 @@ public final class TCPConnection {
 
     // MARK: addresses
 
+    /// Where the client was going before iptables REDIRECT brought the connection here
+    /// (`SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST`); nil when the connection was not redirected.
+    public func originalDestination() -> SocketAddress? {
+        var a = SocketAddress()
+        guard remora_original_dst(tcp, &a.storage) == 0 else { return nil }
+        return a
+    }
+
+    /// The address the connection was accepted on (or connected from); nil when unknown.
+    public func localAddress() -> SocketAddress? {
+        var a = SocketAddress()
+        guard remora_local_addr(tcp, &a.storage) == 0 else { return nil }
+        return a
+    }
+
     /// The peer's numeric IP ("127.0.0.1", "::1"), or "" when unknown.
     public func peerIP() -> String {
         var ss = sockaddr_storage()

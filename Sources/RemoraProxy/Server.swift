@@ -54,6 +54,8 @@ public final class Server {
     public var configPath: String?
     /// Reload `configPath` whenever it changes.
     public var watch = false
+    /// `remora run --sidecar`: a reloaded file without a `sidecar:` section gets its defaults too.
+    public var sidecarDefault = false
     /// Subscribe to a control server: `(url, node, group, token)`. Without a local config the
     /// proxy reports ready only once the first configuration from it is installed.
     public var control: (url: String, node: String, group: String, token: String?)?
@@ -82,9 +84,13 @@ public final class Server {
             return 1
         }
         workerCount = config.workers > 0 ? config.workers : onlineCPUs()
+        // A proxy waiting for its first configuration from the control server binds nothing yet
+        // (`run --sidecar --control` starts with the sidecar's listeners in `config`): the first
+        // pushed configuration binds its listeners and starts the workers (`startWith`).
+        let waitsForControl = control != nil && configPath == nil
         let fds: [[String: Int32]]
         do {
-            fds = try bindNew(config)
+            fds = waitsForControl ? [] : try bindNew(config)
             if let a = config.admin, let addr = try Resolver.resolve(a.address).first {
                 let server = try AdminServer(loop: loop, address: addr, token: a.token, target: self)
                 admin = server
@@ -162,6 +168,7 @@ public final class Server {
         do {
             for l in cfg.listeners {
                 listener = l.name
+                if l.isInternal { continue }   // a sidecar service's HTTP listener: fed by the outbound one
                 if let b = bound[l.name], b.spec == l.address, b.proto == l.protocol { continue }
                 let served = bound.values.first { $0.spec == l.address && $0.spec.port != 0 }
                 guard var addr = try served?.actual ?? Resolver.resolve(l.address).first else { continue }
@@ -190,6 +197,8 @@ public final class Server {
 
     func install(_ cfg: Config, source src: String) -> ConfigErrors? {
         if draining { return ConfigErrors([ConfigError(file: "", line: 0, path: "", message: "draining")]) }
+        var cfg = cfg
+        if let e = addSidecarDefault(&cfg) { return e }
         if awaitingControl { return startWith(cfg, source: src) }
         if !ready {
             return ConfigErrors([ConfigError(file: "", line: 0, path: "", message: "not started yet")])
@@ -260,6 +269,18 @@ public final class Server {
         return nil
     }
 
+    /// `remora run --sidecar`: a configuration without a `sidecar:` section, from the file, a reload
+    /// or the control server, gets the section's defaults (outbound 15001, inbound 15006, passthrough).
+    /// Refused when one of those listener names is taken.
+    func addSidecarDefault(_ cfg: inout Config) -> ConfigErrors? {
+        guard sidecarDefault && cfg.sidecar == nil else { return nil }
+        let clash = cfg.addSidecar(SidecarConfig())
+        guard !clash.isEmpty else { return nil }
+        return ConfigErrors(clash.map {
+            ConfigError(file: "", line: 0, path: "listeners.\($0)", message: "name taken: `remora run --sidecar` adds a listener by that name")
+        })
+    }
+
     /// `listeners.NAME.address` for a listener that could not be bound.
     func bindErrorPath(_ error: any Error) -> String {
         (error as? ListenerBindError).map { "listeners.\($0.listener).address" } ?? "listeners"
@@ -277,9 +298,10 @@ public final class Server {
         switch read.flatMap({ ConfigLoader.parse(bytes: $0, file: path) }) {
         case .failure(let e):
             log("\(path) not applied:\n\(e)")
-        case .success(let cfg):
-            if cfg == config { return }
+        case .success(var cfg):
             let text = (try? read.get()).map { String(decoding: $0, as: UTF8.self) } ?? ""
+            if let e = addSidecarDefault(&cfg) { log("\(path) not applied:\n\(ConfigLoader.locate(e, in: text, file: path))"); return }
+            if cfg == config { return }
             if let e = apply(cfg, source: text, file: path) { log("\(path) not applied:\n\(e)") }
         }
     }
@@ -338,7 +360,7 @@ public final class Server {
         ready = true
         var out = ""
         if let a = admin { out += "listening admin \(a.address)\n" }
-        for l in config.listeners { out += "listening listener \(l.name) \(bound[l.name]!.actual)\n" }
+        for l in config.listeners where !l.isInternal { out += "listening listener \(l.name) \(bound[l.name]!.actual)\n" }
         out += "ready\n"
         out.withUTF8 { _ = Glibc.write(1, $0.baseAddress, $0.count) }
         onReady?()

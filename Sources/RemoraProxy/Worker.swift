@@ -325,7 +325,7 @@ final class ListenerSlot: ListenerDelegate {
         rt.stats.inc(.downstream_cx_total)
         rt.stats.inc(.downstream_cx_active)
         if let tls = rt.tls {   // TLS under the session: it sees plaintext (RemoraTLS.TLSSocket)
-            guard let layer = TLSSocket(server: tls) else { rt.stats.dec(.downstream_cx_active); c.close(); return }
+            guard let layer = TLSSocket(server: tls) else { rt.stats.dec(.downstream_cx_active); counter.release(); c.close(); return }
             layer.listenerStats = rt.stats
             if tls.config.closeExpired { layer.observer = worker }
             c.transportSocket = layer
@@ -336,6 +336,24 @@ final class ListenerSlot: ListenerDelegate {
         case .tcp:
             guard let cl = rt.tcpCluster else { rt.stats.dec(.downstream_cx_active); counter.release(); c.close(); return }
             s = TCPProxySession(worker: worker, listener: rt, cluster: cl, down: c)
+        case .tls, .sidecarOutbound:
+            let sniff = SniffSession(worker: worker, listener: rt, down: c)
+            sniff.slot = self
+            sniff.connections = counter
+            worker.add(sniff)
+            if rt.config.protocol == .tls { sniff.start() } else { sniff.startOutbound() }
+            return
+        case .sidecarInbound:
+            guard let dst = c.originalDestination(), let local = c.localAddress(),
+                  !(dst.port == local.port && dst.ipString == local.ipString),
+                  let target = SocketAddress(ip: dst.isIPv6 ? "::1" : "127.0.0.1", port: dst.port) else {
+                rt.stats.inc(.sidecar_no_original_dst)
+                rt.stats.dec(.downstream_cx_active)
+                counter.release()
+                c.close()
+                return
+            }
+            s = TCPProxySession(worker: worker, listener: rt, cluster: nil, target: target, down: c)
         }
         s.slot = self
         s.connections = counter
@@ -379,6 +397,12 @@ final class ListenerRuntime {
     private(set) var connections: ConnectionCounter!
     private(set) var maxConnections = Int.max
     private(set) var processMaxConnections = Int.max
+    /// `protocol: tls`: indexes into `clusters` by server name, the default cluster's as the default.
+    let sni: ServerNameTable<Int>
+    /// The sidecar's outbound listener: its decisions (`SidecarRoutes`), and per service of
+    /// `config.sidecar`, its cluster.
+    let sidecar: SidecarRoutes?
+    let serviceClusters: [Cluster?]
 
     init(worker: Worker, config: ListenerConfig, tls: TLSServerContext? = nil, routes: RouteTable, clusters: [Cluster],
          tcpCluster: Cluster?, stats: StatBlock<ListenerStat>, backendStats: [StatBlock<RouteBackendStat>],
@@ -391,6 +415,20 @@ final class ListenerRuntime {
         accessLog = filters.first { $0 is AccessLogFilter } as? AccessLogFilter
         normalization = PathNormalizer.Options(config)
         normalizesPaths = config.protocol == .http && config.normalizesPaths
+        var sni = ServerNameTable<Int>()
+        var serviceClusters: [Cluster?] = []
+        if config.protocol == .tls || config.sidecar != nil {
+            var index: [String: Int] = [:]
+            for (i, c) in clusters.enumerated() { index[c.config.name] = i }
+            if config.protocol == .tls {
+                sni.defaultValue = config.cluster.flatMap { index[$0] }
+                for r in config.sni { if let i = index[r.cluster] { for n in r.serverNames { sni.add(n, i) } } }
+            }
+            for svc in config.sidecar?.services ?? [] { serviceClusters.append(index[svc.cluster].map { clusters[$0] }) }
+        }
+        self.sni = sni
+        self.serviceClusters = serviceClusters
+        sidecar = config.sidecar.map(SidecarRoutes.init)
     }
 
     /// Authorization and connection limits of this snapshot.

@@ -17,6 +17,12 @@ commands:
                            SIGHUP, or any change with --watch, reloads FILE without a restart)
   run --control URL --node ID --group NAME [--admin HOST:PORT] [--config FILE] [--token-file F]
                            take the configuration from a control server (FILE: the initial one)
+  run --sidecar [--config FILE] [--admin HOST:PORT] [--control URL --node ID --group NAME ...]
+                           sidecar mode: adds the `sidecar:` section's defaults to a configuration
+                           (FILE's or the control server's) that has none (outbound listener 15001,
+                           inbound 15006; docs/sidecar.md)
+  iptables --uid N [--apply | --clean] [options]
+                           print (or apply) the iptables rules that send traffic to the sidecar
   validate FILE...         check config files; every error as file:line: path: message
   demo [--port N]          the proxy with a built-in config and two demo backends
   bench [options] URL      load generator: closed/open loop, HdrHistogram latency (bench --help)
@@ -81,14 +87,19 @@ func load(_ path: String) -> Config? {
 func runCommand(_ args: Args) -> Int32 {
     let path = args.options["config"] ?? args.positional.first
     let controlURL = args.options["control"]
-    guard path != nil || controlURL != nil else {
-        printErr("remora run: --config FILE or --control URL is required\n\n" + usage)
+    let sidecar = args.flags.contains("sidecar")
+    guard path != nil || controlURL != nil || sidecar else {
+        printErr("remora run: --config FILE, --control URL or --sidecar is required\n\n" + usage)
         return 2
     }
     var config = Config()
     if let path {
         guard let c = load(path) else { return 1 }
         config = c
+    }
+    if sidecar && config.sidecar == nil {
+        let clash = config.addSidecar(SidecarConfig())
+        if !clash.isEmpty { printErr("remora run: --sidecar: listener names taken: \(clash.joined(separator: ", "))"); return 1 }
     }
     if let a = args.options["admin"] {
         guard let hp = HostPort.parse(a) else { printErr("remora run: --admin: expected HOST:PORT, got \(a)"); return 2 }
@@ -97,6 +108,7 @@ func runCommand(_ args: Args) -> Int32 {
     let server = Server(config: config, source: path.flatMap(readFile) ?? "")
     server.configPath = path
     server.watch = args.flags.contains("watch")
+    server.sidecarDefault = sidecar
     if let url = controlURL {
         guard let node = args.options["node"], let group = args.options["group"] else {
             printErr("remora run: --control needs --node ID and --group NAME")
@@ -214,7 +226,8 @@ let code: Int32
 do {
     switch command {
     case "run": code = runCommand(try Args(rest, valued: ["config", "control", "node", "group", "admin", "token-file"],
-                                           flags: ["watch"]))
+                                           flags: ["watch", "sidecar"]))
+    case "iptables": code = iptablesCommand(rest)
     case "validate": code = validateCommand(try Args(rest, valued: []))
     case "demo": code = demoCommand(try Args(rest, valued: ["port", "admin-port"]))
     case "bench": code = benchCommand(rest)

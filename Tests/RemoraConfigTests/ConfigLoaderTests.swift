@@ -428,13 +428,13 @@ extension ListenerConfig {
            - name: a
              address: 127.0.0.1:1
              protocol: udp
-         """, 4, "listeners[0].protocol", #"expected http or tcp, got "udp""#),
+         """, 4, "listeners[0].protocol", #"expected http, tcp or tls, got "udp""#),
         ("""
          listeners:
            - name: a
              address: 127.0.0.1:1
              protocol: -tcp
-         """, 4, "listeners[0].protocol", #"expected http or tcp, got "-tcp""#),
+         """, 4, "listeners[0].protocol", #"expected http, tcp or tls, got "-tcp""#),
         ("""
          listeners:
            - name: a
@@ -501,7 +501,7 @@ extension ListenerConfig {
            - name: a
              address: 127.0.0.1:1
          listeners: [ { name: b, address: 127.0.0.1:2 } ]
-         """, 1, "listener", #"unknown key "listener" (expected one of: admin, workers, drain_timeout, listeners, clusters, overload, node, max_connections)"#),
+         """, 1, "listener", #"unknown key "listener" (expected one of: admin, workers, drain_timeout, listeners, clusters, overload, node, max_connections, sidecar)"#),
         ("""
          admin: 127.0.0.1:9901
          listeners: [ { name: b, address: 127.0.0.1:2 } ]

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes the seed corpora of the fuzz targets (Tests/fuzz/corpus/{http1,http2,config}/).
+"""Writes the seed corpora of the fuzz targets (Tests/fuzz/corpus/{http1,http2,config,tls}/).
 
     python3 Tests/fuzz/make_corpus.py        # needs hyper-h2 (pip h2==4.4.1), as the integration suite
 
@@ -248,11 +248,43 @@ def config():
             f.write(dict_entry(t))
 
 
+def tls():
+    """FuzzTLS: the ClientHellos of Tests/RemoraHTTPTests/ClientHelloSamples.swift (openssl s_client and
+    Python ssl), the same cut into small records, and the first bytes of other protocols. Byte 0 of
+    each input picks how many prefixes the target checks."""
+    src = open(os.path.join(ROOT, "Tests", "RemoraHTTPTests", "ClientHelloSamples.swift")).read()
+    samples = {name: bytes.fromhex("".join(body.split()))
+               for name, body in re.findall(r'static let (\w+) = hex\("""\n(.*?)"""\)', src, re.S)}
+
+    def rerecord(data, size):
+        body = b""
+        i = 0
+        while i < len(data):          # the handshake bytes of every record
+            n = int.from_bytes(data[i + 3:i + 5], "big")
+            body += data[i + 5:i + 5 + n]
+            i += 5 + n
+        out = b""
+        for j in range(0, len(body), size):
+            part = body[j:j + size]
+            out += bytes([22, 3, 1]) + len(part).to_bytes(2, "big") + part
+        return out
+
+    for i, (name, data) in enumerate(samples.items()):
+        write("tls", name, bytes([i]) + data)
+        write("tls", name + "_records_7", bytes([i + 3]) + rerecord(data, 7))
+    for name, data in {"http1": b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+                       "h2_preface": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00",
+                       "ssh": b"SSH-2.0-OpenSSH_9.2\r\n",
+                       "postgres_sslrequest": bytes([0, 0, 0, 8, 4, 210, 22, 47])}.items():
+        write("tls", name, bytes([7]) + data)
+
+
 if __name__ == "__main__":
     if os.path.isdir(OUT):
         shutil.rmtree(OUT)
     http1()
     http2()
     config()
-    for k in ("http1", "http2", "config"):
+    tls()
+    for k in ("http1", "http2", "config", "tls"):
         print(k, len(os.listdir(os.path.join(OUT, k))), "files", file=sys.stderr)

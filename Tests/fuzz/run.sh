@@ -3,7 +3,7 @@
 # runs each for SECONDS (default 60) from its committed seed corpus. Exits non-zero when any target
 # crashes, hits a memory error or leak, runs past the per-input timeout or the RSS limit.
 #
-#   Tests/fuzz/run.sh [SECONDS] [http1|http2|config|pathnorm ...]   # default: all four, 60 s each
+#   Tests/fuzz/run.sh [SECONDS] [http1|http2|config|pathnorm|tls ...]  # default: all five, 60 s each
 #   Tests/fuzz/run.sh --replay                               # every corpus input once (seconds)
 #
 # New inputs go to .build-fuzz/corpus/<target>/ (the committed corpus is read, never written);
@@ -17,18 +17,18 @@ replay=0
 if [ "${1:-}" = "--replay" ]; then replay=1; shift
 elif [[ "${1:-}" =~ ^[0-9]+$ ]]; then seconds=$1; shift; fi
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(http1 http2 config pathnorm)
+[ ${#targets[@]} -eq 0 ] && targets=(http1 http2 config pathnorm tls)
 
 scratch=.build-fuzz
-declare -A product=([http1]=FuzzHTTP1 [http2]=FuzzHTTP2 [config]=FuzzConfig [pathnorm]=FuzzPathNorm)
+declare -A product=([http1]=FuzzHTTP1 [http2]=FuzzHTTP2 [config]=FuzzConfig [pathnorm]=FuzzPathNorm [tls]=FuzzTLS)
 # Per-input timeout (s) and largest input (bytes). Every input takes well under a millisecond; 10 s
 # is a hang. The config target reads whole files, the protocol targets streams of frames or requests.
-declare -A timeout=([http1]=10 [http2]=10 [config]=10 [pathnorm]=10)
-declare -A maxlen=([http1]=16384 [http2]=16384 [config]=8192 [pathnorm]=1024)
-declare -A dict=([http1]=Tests/fuzz/http1.dict [http2]= [config]=Tests/fuzz/config.dict [pathnorm]=Tests/fuzz/pathnorm.dict)
+declare -A timeout=([http1]=10 [http2]=10 [config]=10 [pathnorm]=10 [tls]=10)
+declare -A maxlen=([http1]=16384 [http2]=16384 [config]=8192 [pathnorm]=1024 [tls]=4096)
+declare -A dict=([http1]=Tests/fuzz/http1.dict [http2]= [config]=Tests/fuzz/config.dict [pathnorm]=Tests/fuzz/pathnorm.dict [tls]=)
 
 for t in "${targets[@]}"; do
-    [ -n "${product[$t]:-}" ] || { echo "unknown target $t (http1, http2, config, pathnorm)" >&2; exit 2; }
+    [ -n "${product[$t]:-}" ] || { echo "unknown target $t (http1, http2, config, pathnorm, tls)" >&2; exit 2; }
 done
 
 # Coverage instrumentation and ASan for every Swift and C module of the targets (llhttp included;

@@ -176,7 +176,7 @@ final class AccessLogFilter: HTTPFilter {
         record.clear()
         record.reserve(AccessLogRecord.size)
         record.count = AccessLogRecord.size
-        appendCluster(&r, s.cluster, endpoint: s.endpointIndex)
+        if let c = s.cluster { appendCluster(&r, c, endpoint: s.endpointIndex) }
         push(&r)
     }
 

@@ -2,12 +2,17 @@ import RemoraCore
 import RemoraIO
 import RemoraPolicy
 
-/// A raw TCP connection forwarded to one cluster: a two-way pump with watermarks (a side whose
-/// peer writes slower than it reads stops being read), half-close carried both ways, idle timeout.
+/// A raw TCP connection forwarded to one cluster, or to one address (the sidecar's passthrough
+/// and inbound traffic): a two-way pump with watermarks (a side whose peer writes slower than it
+/// reads stops being read), half-close carried both ways, idle timeout. Bytes a sniffing session
+/// read before it chose the destination (`initial`) are sent upstream first.
 final class TCPProxySession: Session, TCPConnectionDelegate {
     unowned(unsafe) let worker: Worker
     let listener: ListenerRuntime
-    let cluster: Cluster
+    /// The cluster, or nil for a connection to `target`.
+    let cluster: Cluster?
+    /// Where a connection without a cluster goes.
+    let target: SocketAddress?
     let down: TCPConnection
     var up: TCPConnection?
     var downEOF = false
@@ -27,21 +32,45 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
     var endpointIndex = -1
     var flags = ResponseFlags()
 
-    init(worker: Worker, listener: ListenerRuntime, cluster: Cluster, down: TCPConnection) {
+    /// `initial`: bytes already read from `down`, sent upstream before anything else.
+    init(worker: Worker, listener: ListenerRuntime, cluster: Cluster?, target: SocketAddress? = nil, down: TCPConnection,
+         initial: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0)) {
         self.worker = worker
         self.listener = listener
         self.cluster = cluster
+        self.target = target
         self.down = down
         super.init()
         if !listener.filters.isEmpty { startMicros = monotonicMicros() }
         down.delegate = self
         down.owner = self
         down.setDeadline(after: listener.config.idleTimeout)
-        connectUpstream()
+        if let cluster { connectUpstream(cluster) } else { connectTarget() }
+        if initial.count > 0, let up, !up.isClosing {
+            listener.stats.add(.downstream_cx_rx_bytes_total, UInt64(initial.count))
+            cluster?.stats.add(.upstream_cx_tx_bytes_total, UInt64(initial.count))
+            bytesIn &+= UInt64(initial.count)
+            up.write(initial)   // queued until the connect completes
+        }
         down.startReading()
     }
 
-    func connectUpstream() {
+    /// A connection without a cluster: straight to `target`.
+    func connectTarget() {
+        let c = TCPConnection(loop: worker.loop)
+        c.delegate = self
+        c.owner = self
+        up = c
+        connectStart = worker.loop.now
+        guard let t = target, c.connect(to: t) == 0 else {
+            flags.insert(.UF)
+            abort()
+            return
+        }
+        c.setDeadline(after: 5_000)
+    }
+
+    func connectUpstream(_ cluster: Cluster) {
         connectAttempts += 1
         let c = TCPConnection(loop: worker.loop)
         guard cluster.admitConnection(c) else {   // over max_connections / max_pending: the client is let go
@@ -78,9 +107,9 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
     @inline(__always) func peer(of c: TCPConnection) -> TCPConnection? { c === down ? up : down }
 
     func connectionConnected(_ c: TCPConnection, _ status: Int32) {
-        cluster.connectSettled(c)
+        cluster?.connectSettled(c)
         if status != 0 {
-            cluster.stats.inc(.upstream_cx_connect_fail)
+            cluster?.stats.inc(.upstream_cx_connect_fail)
             flags.insert(.UF)
             abort()
             return
@@ -93,7 +122,7 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
     /// The outcome hook for the connection: once, when it ends (a connect that failed or timed out,
     /// or a connection that carried its stream), with the connect's latency.
     func endAttempt() {
-        guard let e = endpoint else { return }
+        guard let e = endpoint, let cluster else { return }
         endpoint = nil
         let latency = connectLatency ?? (worker.loop.now &- connectStart)
         cluster.attemptEnded(endpoint: e, AttemptOutcome(kind: connectLatency == nil ? .connectFailure : .response,
@@ -104,11 +133,11 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
         guard let p = peer(of: c) else { return }
         if c === down {
             listener.stats.add(.downstream_cx_rx_bytes_total, UInt64(data.count))
-            cluster.stats.add(.upstream_cx_tx_bytes_total, UInt64(data.count))
+            cluster?.stats.add(.upstream_cx_tx_bytes_total, UInt64(data.count))
             bytesIn &+= UInt64(data.count)
         } else {
             bytesOut &+= UInt64(data.count)
-            cluster.stats.add(.upstream_cx_rx_bytes_total, UInt64(data.count))
+            cluster?.stats.add(.upstream_cx_rx_bytes_total, UInt64(data.count))
             listener.stats.add(.downstream_cx_tx_bytes_total, UInt64(data.count))
         }
         down.setDeadline(after: listener.config.idleTimeout)
@@ -132,15 +161,15 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
     }
 
     func connectionError(_ c: TCPConnection, _ code: Int32) {
-        if c !== down { cluster.stats.inc(.upstream_cx_destroy_remote); flags.insert(.UC) } else { flags.insert(.DC) }
+        if c !== down { cluster?.stats.inc(.upstream_cx_destroy_remote); flags.insert(.UC) } else { flags.insert(.DC) }
         abort()
     }
 
     func connectionTimeout(_ c: TCPConnection) {
         if c === down { listener.stats.inc(.downstream_cx_idle_timeout); flags.insert(.SI) } else {
             flags.insert(.UF)
-            cluster.stats.inc(.upstream_cx_connect_timeout)
-            cluster.stats.inc(.upstream_cx_connect_fail)
+            cluster?.stats.inc(.upstream_cx_connect_timeout)
+            cluster?.stats.inc(.upstream_cx_connect_fail)
         }
         abort()
     }
@@ -152,7 +181,7 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
                 log.logConnection(self)
             }
             worker.remove(self)
-        } else {
+        } else if let cluster {
             cluster.stats.dec(.upstream_cx_active)
             cluster.connectionClosed(c)
             endAttempt()

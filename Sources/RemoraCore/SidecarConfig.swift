@@ -1,0 +1,123 @@
+/// Sidecar mode (docs/sidecar.md): iptables REDIRECT sends an application's outbound connections to
+/// the outbound listener and connections to it to the inbound listener, in the style of Istio's
+/// ports 15001 and 15006. The section (or `remora run --sidecar`) adds those listeners, and one
+/// internal HTTP listener per service, to the configuration (`SidecarConfig.expand`).
+public struct SidecarConfig: Sendable, Equatable {
+    /// The outbound listener's port (iptables REDIRECT --to-ports). Default 15001.
+    public var outboundPort: UInt16 = 15001
+    /// The inbound listener's port. Default 15006.
+    public var inboundPort: UInt16 = 15006
+    /// Also listen on `[::]` for IPv6 (`ip6tables` rules). Default true.
+    public var ipv6 = true
+    /// A connection whose original destination is no service's: sent there (`allow`, the default)
+    /// or closed (`deny`).
+    public var passthrough = true
+    /// How long the outbound listener waits for the client's first bytes to decide the protocol;
+    /// then it proxies as opaque TCP. Default 300 ms, range 10 ms ... 10 s.
+    public var sniffTimeout: Millis = 300
+    /// Ports of protocols where the server speaks first (SMTP, MySQL, SSH): not sniffed, proxied as
+    /// TCP at once. Default [22, 25, 3306].
+    public var serverFirstPorts: [UInt16] = [22, 25, 3306]
+    /// Destinations the proxy knows, by original address and port.
+    public var services: [SidecarService] = []
+    /// Outbound connections whose sniffing found HTTP go through the HTTP listener of their service;
+    /// its settings (timeouts, limits) are these listener defaults.
+    public init() {}
+
+    public static let outboundName = "sidecar_outbound"
+    public static let inboundName = "sidecar_inbound"
+
+    /// The listeners the section stands for: outbound and inbound (and their IPv6 twins), one
+    /// internal HTTP listener per service (`outbound_<service>`).
+    public func listeners() -> [ListenerConfig] {
+        var out: [ListenerConfig] = []
+        var outbound = SidecarOutbound(services: services, passthrough: passthrough, serverFirstPorts: serverFirstPorts)
+        for i in outbound.services.indices { outbound.services[i].httpListener = "outbound_" + services[i].name }
+        func make(_ name: String, _ host: String, _ port: UInt16, _ proto: ListenerProtocol) -> ListenerConfig {
+            var l = ListenerConfig(name: name, address: HostPort(host: host, port: port), protocol: proto)
+            if proto == .sidecarOutbound {
+                l.sidecar = outbound
+                l.sniffTimeout = sniffTimeout
+            }
+            return l
+        }
+        out.append(make(Self.outboundName, "0.0.0.0", outboundPort, .sidecarOutbound))
+        if ipv6 { out.append(make(Self.outboundName + "_ipv6", "::", outboundPort, .sidecarOutbound)) }
+        out.append(make(Self.inboundName, "0.0.0.0", inboundPort, .sidecarInbound))
+        if ipv6 { out.append(make(Self.inboundName + "_ipv6", "::", inboundPort, .sidecarInbound)) }
+        for s in outbound.services where s.protocol != .tcp {
+            var l = ListenerConfig(name: s.httpListener, address: HostPort(host: "0.0.0.0", port: 0), protocol: .http)
+            l.isInternal = true
+            let routes = s.routes.isEmpty
+                ? [RouteConfig(name: "default", action: .forward(ForwardAction(backends: [WeightedBackend(cluster: s.cluster)])))]
+                : s.routes
+            l.virtualHosts = [VirtualHostConfig(name: "default", routes: routes)]
+            out.append(l)
+        }
+        return out
+    }
+}
+
+/// What the outbound listener knows (copied into its `ListenerConfig.sidecar`).
+public struct SidecarOutbound: Sendable, Equatable {
+    public var services: [SidecarService]
+    /// Unknown destinations: connect to the original destination (true) or close (false).
+    public var passthrough: Bool
+    public var serverFirstPorts: [UInt16]
+
+    public init(services: [SidecarService], passthrough: Bool, serverFirstPorts: [UInt16]) {
+        self.services = services; self.passthrough = passthrough; self.serverFirstPorts = serverFirstPorts
+    }
+}
+
+/// One destination of outbound traffic: its addresses (service VIPs) and port, and the cluster
+/// that serves it.
+public struct SidecarService: Sendable, Equatable {
+    public enum Kind: String, Sendable, Equatable, CaseIterable {
+        /// Sniffed: HTTP/1.1 and h2c go through the service's HTTP listener, the rest as TCP.
+        case auto
+        /// Always the HTTP listener (after the sniffing, which only feeds it the bytes it read).
+        case http
+        /// Always TCP to the cluster; no HTTP listener.
+        case tcp
+    }
+    /// Unique among services; the HTTP listener is `outbound_<name>`.
+    public var name: String
+    /// IP literals; empty = any address with this port (an exact address and port wins over a port).
+    public var addresses: [String]
+    public var port: UInt16
+    public var cluster: String
+    public var `protocol`: Kind
+    /// HTTP routes for this service; empty = one route, any path, to `cluster`.
+    public var routes: [RouteConfig]
+    /// Set by the expansion: the internal HTTP listener's name.
+    public var httpListener = ""
+
+    public init(name: String, addresses: [String] = [], port: UInt16, cluster: String, protocol: Kind = .auto,
+                routes: [RouteConfig] = []) {
+        self.name = name; self.addresses = addresses; self.port = port; self.cluster = cluster
+        self.protocol = `protocol`; self.routes = routes
+    }
+}
+
+/// One `sni:` entry of a `protocol: tls` listener.
+public struct SNIRoute: Sendable, Equatable {
+    /// Exact names or `*.suffix` wildcards, any case.
+    public var serverNames: [String]
+    public var cluster: String
+    public init(serverNames: [String], cluster: String) { self.serverNames = serverNames; self.cluster = cluster }
+}
+
+extension Config {
+    /// Adds the listeners of `sidecar` (`SidecarConfig.listeners`). Returns the names that were
+    /// already taken (then nothing is added).
+    public mutating func addSidecar(_ sidecar: SidecarConfig) -> [String] {
+        let new = sidecar.listeners()
+        let taken = Set(listeners.map(\.name))
+        let clash = new.map(\.name).filter(taken.contains)
+        guard clash.isEmpty else { return clash }
+        self.sidecar = sidecar
+        listeners += new
+        return []
+    }
+}
