@@ -192,14 +192,15 @@ private final class Schema {
                                              "max_request_header_bytes", "idle_timeout", "http2", "routes",
                                              "virtual_hosts", "cluster", "request_timeout", "max_request_body",
                                              "headers_with_underscores", "per_connection_buffer_limit", "access_log",
-                                             "tracing"])
+                                             "tracing", "tunnel_idle_timeout"])
         else { return nil }
         let name = m.required("name") { self.name($0, $1, "listener", &listenerNames) }
         let address = m.required("address", listenAddress)
         let proto: ListenerProtocol? = m.has("protocol") ? m.optional("protocol", d.oneOf) : .http
         switch proto {
         case .tcp: m.forbid(["routes", "virtual_hosts", "request_header_timeout", "max_request_header_bytes", "http2", "tracing",
-                             "request_timeout", "max_request_body", "headers_with_underscores", "per_connection_buffer_limit"],
+                             "request_timeout", "max_request_body", "headers_with_underscores", "per_connection_buffer_limit",
+                             "tunnel_idle_timeout"],
                             "only allowed on an http listener")
         case .http: m.forbid(["cluster"], "only allowed on a tcp listener (an http listener uses routes)")
         case nil: break // bad protocol, already reported: check what is there, demand nothing
@@ -215,12 +216,13 @@ private final class Schema {
         let bufferLimit = m.optional("per_connection_buffer_limit") { d.size($0, $1, in: (64 << 10)...(1 << 30)) }
         let accessLog = m.optional("access_log", accessLog)
         let tracing = m.optional("tracing", tracing)
+        let tunnelIdleTimeout = m.optional("tunnel_idle_timeout") { d.duration($0, $1) }   // issue 18
         var names = ListenerNames()
         let routes = m.optional("routes") { d.list($0, $1) { route($0, $1, &names) } }
         let hosts = m.optional("virtual_hosts") { d.list($0, $1) { virtualHost($0, $1, &names) } }
         let cluster = proto == .tcp ? m.required("cluster", clusterRef) : m.optional("cluster", clusterRef)
         guard let name, let address else { return nil }
-        return ListenerConfig(name: name, address: address, protocol: proto ?? .http,
+        var listener = ListenerConfig(name: name, address: address, protocol: proto ?? .http,
                               requestHeaderTimeout: headerTimeout ?? 10_000, maxRequestHeaderBytes: maxHeaderBytes ?? 60 * 1024,
                               idleTimeout: idleTimeout ?? 60_000, http2: http2 ?? HTTP2Settings(),
                               virtualHosts: hosts ?? routes.map { [VirtualHostConfig(name: "default", routes: $0)] } ?? [],
@@ -228,6 +230,8 @@ private final class Schema {
                               maxRequestBodyBytes: maxBody.map(UInt64.init) ?? 1 << 30,
                               headersWithUnderscores: underscores ?? .drop, perConnectionBufferLimit: bufferLimit ?? 1 << 20,
                               accessLog: accessLog, tracing: tracing)
+        if let tunnelIdleTimeout { listener.tunnelIdleTimeout = tunnelIdleTimeout }
+        return listener
     }
 
     /// `tracing: { propagate: [w3c], sample_percent: 0 ... 100 }`.
@@ -302,7 +306,7 @@ private final class Schema {
     func route(_ n: Node, _ p: String, _ names: inout ListenerNames) -> RouteConfig? {
         guard var m = d.mapping(n, p, keys: ["name", "match", "backends", "hash_on", "timeout", "mirror", "redirect",
                                              "direct_response", "rewrite", "request_headers", "response_headers",
-                                             "request_timeout", "retry", "fault", "rate_limit"])
+                                             "request_timeout", "retry", "fault", "rate_limit", "upgrade"])
         else { return nil }
         let name = m.required("name") { self.name($0, $1, "route", &names.routes) }
         let match = m.optional("match", routeMatch)
@@ -313,7 +317,8 @@ private final class Schema {
         }
         m.forbid(Array(kind.dropFirst()), "not allowed with \(kind.first ?? "") (a route has one action)")
         if let first = kind.first, first != "backends" {
-            m.forbid(["hash_on", "timeout", "mirror", "request_headers", "request_timeout", "retry", "fault", "rate_limit"],
+            m.forbid(["hash_on", "timeout", "mirror", "request_headers", "request_timeout", "retry", "fault", "rate_limit",
+                      "upgrade"],
                      "only allowed with backends")
         }
         if kind.first == "direct_response" { m.forbid(["rewrite"], "not allowed with direct_response") }
@@ -330,11 +335,16 @@ private final class Schema {
             let retry = m.optional("retry", retryPolicy)
             let fault = m.optional("fault", faultPolicy)
             let rateLimit = m.optional("rate_limit", rateLimitPolicy)
+            // `upgrade: [websocket]` (issue 18); `[]` refuses upgrades.
+            let upgrade = m.optional("upgrade") { n, p -> [UpgradeProtocol]? in
+                d.list(n, p) { n, p in d.value(n, p, "websocket (the one upgrade supported)") { UpgradeProtocol(rawValue: $0) } }
+            }
             action = backends.map {
                 var f = ForwardAction(backends: $0, hashOn: hashOn, timeout: timeout ?? 15_000, mirror: mirror,
                                       requestTimeout: requestTimeout, retry: retry)
                 f.fault = fault
                 f.rateLimit = rateLimit
+                if let upgrade { f.upgrade = upgrade }
                 return .forward(f)
             }
         }

@@ -143,6 +143,10 @@ public struct ListenerConfig: Sendable, Equatable {
     public var accessLog: AccessLogConfig?
     /// HTTP: request ids and trace propagation. nil = none (the default): headers pass as they are.
     public var tracing: TracingConfig?
+    // Tunnels (issue 18: WebSocket, CONNECT).
+    /// HTTP: a tunnel (an upgraded WebSocket connection) with no byte either way for this long is
+    /// closed. 0 = never. Default 5 min (Envoy's stream idle timeout, which its upgrades inherit).
+    public var tunnelIdleTimeout: Millis = 300_000
 
     public init(name: String, address: HostPort, protocol: ListenerProtocol = .http,
                 requestHeaderTimeout: Millis = 10_000, maxRequestHeaderBytes: Int = 60 * 1024,
@@ -315,6 +319,12 @@ public struct ForwardAction: Sendable, Equatable {
     public var fault: FaultPolicy?
     /// Local rate limit (`rate_limit:`), one token bucket for the route over the whole proxy; nil = none.
     public var rateLimit: RateLimitPolicy?
+    // Upgrades (issue 18).
+    /// Protocols a request may switch to on this route (`upgrade:`): `Connection: upgrade` +
+    /// `Upgrade: websocket` is forwarded and a 101 turns both connections into a tunnel. Default
+    /// `[websocket]` (see docs/config.md); `[]` refuses upgrades with 403. Applies toward HTTP/1.1
+    /// clusters; an upgrade toward an HTTP/2 cluster is refused.
+    public var upgrade: [UpgradeProtocol] = [.websocket]
 
     public init(backends: [WeightedBackend], hashOn: HashKey? = nil, timeout: Millis = 15_000, mirror: MirrorPolicy? = nil,
                 requestTimeout: Millis? = nil) {
@@ -327,6 +337,11 @@ public struct ForwardAction: Sendable, Equatable {
         self.init(backends: backends, hashOn: hashOn, timeout: timeout, mirror: mirror, requestTimeout: requestTimeout)
         self.retry = retry
     }
+}
+
+/// A protocol a route lets requests upgrade to (`upgrade:`).
+public enum UpgradeProtocol: String, Sendable, Equatable, CaseIterable {
+    case websocket
 }
 
 public enum HashKey: Sendable, Equatable {

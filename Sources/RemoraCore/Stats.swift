@@ -79,10 +79,13 @@ public enum ListenerStat: Int, StatGroup, Sendable {
     case downstream_rq_rate_limited
     /// Access log lines dropped because the log writer was behind (`access_log:`).
     case access_log_dropped
+    /// Upgrades (issue 18): connections that became tunnels (WebSocket after a 101), tunnels open,
+    /// upgrade requests refused with 403 (not allowed on the route, or toward an HTTP/2 cluster).
+    case downstream_cx_upgrades_total, downstream_cx_upgrades_active, downstream_rq_upgrade_refused
 
     public var kind: StatKind {
         switch self {
-        case .downstream_cx_active, .downstream_rq_active: return .gauge
+        case .downstream_cx_active, .downstream_rq_active, .downstream_cx_upgrades_active: return .gauge
         default: return .counter
         }
     }
@@ -116,6 +119,9 @@ public enum ListenerStat: Int, StatGroup, Sendable {
         .downstream_rq_overload_refused: "Requests refused by the overload level",
         .downstream_cx_overload_reject: "Connections closed at accept by the overload level",
         .access_log_dropped: "Access log lines dropped because the writer was behind",
+        .downstream_cx_upgrades_total: "Connections upgraded to a tunnel (WebSocket)",
+        .downstream_cx_upgrades_active: "Upgraded connections (tunnels) open",
+        .downstream_rq_upgrade_refused: "Upgrade requests refused with 403",
     ]
 }
 

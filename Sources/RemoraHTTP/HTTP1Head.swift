@@ -44,8 +44,12 @@ public enum HTTP1Head {
     /// `addHost` writes Host from the authority (requests that came over HTTP/2 carry `:authority`,
     /// not Host); `clientIP` is appended to X-Forwarded-For; `proto` is the listener's scheme, for
     /// X-Forwarded-Proto; `dropExpect` removes `Expect: 100-continue` (the proxy answers it itself).
+    /// `upgrade` (non-empty: a WebSocket handshake) is sent as `connection: upgrade` + `upgrade: …`,
+    /// the client's own upgrade fields being hop-by-hop.
     public static func writeRequest(_ v: RequestView, framing: BodyFraming, addHost: Bool, clientIP: UnsafeRawBufferPointer,
-                                    proto: StaticString, dropExpect: Bool, into out: inout ByteBuffer) {
+                                    proto: StaticString, dropExpect: Bool,
+                                    upgrade: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
+                                    into out: inout ByteBuffer) {
         let h = v.headers
         out.append(v.method)
         out.append(byte: 0x20)
@@ -69,6 +73,7 @@ public enum HTTP1Head {
             out.append("\r\n")
         }
         if framing == .chunked { out.append("transfer-encoding: chunked\r\n") }
+        if upgrade.count > 0 { out.append("connection: upgrade\r\nupgrade: "); out.append(upgrade); out.append("\r\n") }
         out.append("x-forwarded-for: ")
         RequestHead.forEachForwardedFor(h, from: seen.forwardedFor) { out.append($0); out.append(", ") }
         out.append(clientIP)
@@ -95,6 +100,19 @@ public enum HTTP1Head {
         if let extraLine { out.append(extraLine) }
         if !keepAlive { out.append("connection: close\r\n") }
         out.append("\r\n")
+    }
+
+    /// A `101 Switching Protocols` for an HTTP/1.1 client: the upstream's fields without its
+    /// hop-by-hop ones, then `connection: upgrade` and `upgrade: <protocol>` (the upstream's own
+    /// Upgrade value, else `fallback`).
+    public static func writeSwitchingProtocols(headers h: UnsafeBufferPointer<HeaderRef>, fallback: StaticString,
+                                               into out: inout ByteBuffer) {
+        let hop = HopFilter(h)
+        out.append("HTTP/1.1 101 Switching Protocols\r\n")
+        for i in h.indices where !hop.isHopByHop(h, i) { appendHeader(&out, h[i]) }
+        out.append("connection: upgrade\r\nupgrade: ")
+        if let i = h.firstIndex(named: "upgrade"), h[i].value.count > 0 { out.append(h[i].value) } else { out.append(fallback) }
+        out.append("\r\n\r\n")
     }
 
     /// The end of a chunked body, with trailer fields when there are any.

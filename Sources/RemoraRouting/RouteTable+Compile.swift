@@ -108,7 +108,8 @@ struct Compiler {
             hashHeader: hashHeader, hashCookie: hashCookie, mirrorCluster: mirror?.cluster ?? -1,
             mirrorPerMillion: mirrorPerMillion, rewrite: rewrite, rewriteText: rewriteText, rewriteRegex: rewriteRegex,
             rewriteGroups: rewriteGroups, scheme: scheme, host: host, stripQuery: stripQuery, body: body,
-            requestHeaders: requestHeaders, responseHeaders: responseHeaders))
+            requestHeaders: requestHeaders, responseHeaders: responseHeaders,
+            upgradeWebSocket: { if case .forward(let f) = r.action { return f.upgrade.contains(.websocket) }; return false }()))
         info.append(RouteTable.RouteInfo(name: r.name, virtualHost: virtualHost, backends: backendInfo, mirror: mirror))
     }
 

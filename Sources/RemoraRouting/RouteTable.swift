@@ -45,6 +45,8 @@ public final class RouteTable: @unchecked Sendable {   // immutable after init; 
         let body: Span              // respond
         let requestHeaders: Span    // into `mutations`
         let responseHeaders: Span   // into `mutations`
+        /// Forward: `Upgrade: websocket` requests are forwarded as upgrades (`upgrade:`, issue 18).
+        public let upgradeWebSocket: Bool
     }
 
     /// One backend of a forward route: the cluster (index in the snapshot's clusters) and its slot,

@@ -63,6 +63,8 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
     var resumeWhenDrained = false
     var draining = false
     var ending = false
+    /// The connection became a tunnel (an accepted upgrade): the session is done with it.
+    var tunneled = false
     var flushScheduled = false
     static let stashLimit = 64 * 1024
     static let preface: StaticString = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -351,6 +353,8 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
             expectContinue = !isHTTP10
         }
         smallBody = !p.hasBody || (p.hasContentLength && p.contentLength <= 64 * 1024)
+        // `Connection: upgrade` + `Upgrade` (WebSocket; h2c is ignored): the router decides (Exchange+Upgrade).
+        let upgrade = p.wantsUpgrade ? p.withHeaderRefs { UpgradeRequest.classify($0) } : .none
         let e = worker.takeExchange()
         exchange = e
         p.withRequestView { view in
@@ -361,7 +365,8 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
             e.start(downstream: self, listener: listener,
                     RequestStart(view: v, isHEAD: isHEAD, lengthKnown: p.hasContentLength,
                                  contentLength: p.contentLength, chunked: p.isChunked, endStream: !p.hasBody,
-                                 fromHTTP2: false, authorityReplacesHost: absolute != nil, dropExpect: expectContinue),
+                                 fromHTTP2: false, authorityReplacesHost: absolute != nil, dropExpect: expectContinue,
+                                 upgrade: upgrade),
                     clientIP: clientIP)
         }
         // The proxy answers `Expect: 100-continue` itself once the request is on its way.
@@ -419,6 +424,7 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
 
     func respondHead(status: Int, reason: UnsafeRawBufferPointer, headers: UnsafeBufferPointer<HeaderRef>,
                      lengthKnown: Bool, endStream: Bool) {
+        if status == 101 { switchingProtocols(headers); return }
         if isHEAD || status == 204 || status == 304 || endStream {
             respFraming = .none
         } else if lengthKnown {
@@ -476,6 +482,7 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
     func exchangeDone(_ e: Exchange) {
         worker.recycle(e)
         guard exchange === e else { return }   // the session had already let it go
+        if tunneled { exchange = nil; return }   // the connection is the tunnel's now
         exchange = nil
         pausedForUpstream = false
         if !e.responseDone { abort(); return }    // the response could not be completed
@@ -509,6 +516,38 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
         ending = true
         active = false
         if clientCloses && requestDone && stash.isEmpty && !inHead { conn.closeWhenFlushed() } else { conn.finish(linger: 1_000) }
+    }
+
+    // MARK: upgrades (Exchange+Upgrade.swift)
+
+    /// The upstream's 101, with `connection: upgrade` and its `upgrade` protocol.
+    func switchingProtocols(_ headers: UnsafeBufferPointer<HeaderRef>) {
+        respFraming = .none
+        worker.scratch.clear()
+        HTTP1Head.writeSwitchingProtocols(headers: headers, fallback: "websocket", into: &worker.scratch)
+        writeDownstream(worker.scratch.bytes)
+    }
+
+    /// Hands the connection and `up` to a tunnel (the TCP proxy's pump) that takes this session's
+    /// place in the worker; what the client sent after its upgrade request (stashed while the
+    /// parser waited) goes up first, `leftover` down.
+    func startTunnel(cluster: Cluster, upstream up: TCPConnection, leftover: UnsafeRawBufferPointer) -> Bool {
+        guard !ending else { return false }
+        ending = true
+        tunneled = true
+        conn.uncork()
+        let t = TCPProxySession(tunnel: worker, listener: listener, cluster: cluster, down: conn, up: up)
+        t.slot = slot
+        worker.replace(self, with: t)
+        if !stash.isEmpty { t.forward(from: conn, stash.bytes) }
+        if leftover.count > 0 { t.forward(from: up, leftover) }
+        stash.release(); work.release(); sniff.release()
+        if let p = parserRef {   // (paused after the upgrade request: back to a clean state)
+            parserRef = nil
+            p._withUnsafeGuaranteedRef { $0.detach(); $0.reset() }
+            worker.freeParsers.give(p)
+        }
+        return true
     }
 
     // MARK: Session

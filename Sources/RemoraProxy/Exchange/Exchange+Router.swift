@@ -21,6 +21,8 @@ struct RequestStart {
     var authorityReplacesHost = false
     /// `Expect: 100-continue`, which the proxy answers itself, is not forwarded.
     var dropExpect: Bool
+    /// The protocol the request asks to upgrade to (`Exchange+Upgrade.swift`); `.none` for almost all.
+    var upgrade = UpgradeRequest.none
 
     /// How the body goes to an HTTP/1.1 upstream.
     var framing: BodyFraming { chunked ? .chunked : (lengthKnown ? .contentLength : (endStream ? .none : .chunked)) }
@@ -37,6 +39,7 @@ extension Exchange {
     /// `clientIP` (for X-Forwarded-For) is the downstream connection's.
     func start(downstream d: any DownstreamSide, listener l: ListenerRuntime, _ r: RequestStart, clientIP: String) {
         begin(downstream: d, listener: l, stats: l.stats, isHEAD: r.isHEAD, endStream: r.endStream)
+        upgrade = r.upgrade
         observeStart()
         stats.inc(.downstream_rq_total)
         stats.inc(.downstream_rq_active)
@@ -118,6 +121,7 @@ extension Exchange {
         let backend = table.pick(route: ri, request: view, random: worker.rng.next())
         let mirrorCluster = table.mirror(route: ri, random: worker.rng.next())
         let cl = l.clusters[backend.cluster]
+        if upgrade != .none && refusesUpgrade(route, cl) { return }   // one flag test for other requests
         backendStats = l.backendStats[backend.slot]
         backendStats?.inc(.upstream_rq_total)
         guard cl.admitRequest() else { overloaded(cl); return }   // max_requests (released in finish)
@@ -145,7 +149,7 @@ extension Exchange {
                 }
                 prepareUpstream(cl, r, routed, clientIP: clientIP, scheme: l.scheme, dropExpect: r.dropExpect)
                 // The shadow gets the request as routed (rewritten, with the route's header changes).
-                if let mc = mirrorCluster { startShadow(cluster: l.clusters[mc], l, r, routed, clientIP: clientIP) }
+                if let mc = mirrorCluster, upgrade == .none { startShadow(cluster: l.clusters[mc], l, r, routed, clientIP: clientIP) }
             }
         }
         rewritten.release()

@@ -21,7 +21,9 @@ extension Exchange {
             if upHead.base == nil { upHead = pool.take() }
             upHead.clear()
             HTTP1Head.writeRequest(view, framing: reqFraming, addHost: r.fromHTTP2 || r.authorityReplacesHost,
-                                   clientIP: clientIP, proto: scheme, dropExpect: dropExpect, into: &upHead)
+                                   clientIP: clientIP, proto: scheme, dropExpect: dropExpect,
+                                   upgrade: upgrade == .websocket ? rawBytes("websocket") : UnsafeRawBufferPointer(start: nil, count: 0),
+                                   into: &upHead)
         }
         if cl.requestKey != nil { lbHash = cl.requestHash(view.headers, clientIP: clientIP) }
         cl.stats.inc(.upstream_rq_total)

@@ -131,6 +131,8 @@ final class Exchange: DeadlineTimerDelegate {
     var relaying = false
     /// Absolute loop time at which the first try gets a hedge (folded into `tryDeadline`); 0 = none.
     var hedgeAt: UInt64 = 0
+    /// The protocol the request asks to upgrade to (`Exchange+Upgrade.swift`); `.none` for almost all.
+    var upgrade = UpgradeRequest.none
     /// What the metrics, the access log and tracing see of this request (`Exchange+Observe.swift`).
     var observe = Observation()
     static let replayLimit = 64 * 1024
@@ -175,6 +177,7 @@ final class Exchange: DeadlineTimerDelegate {
         lastTryEndpoint = nil
         runsFilters = false
         dispatchDelay = 0
+        upgrade = .none
     }
 
     var inDownstreamRead: Bool { downstream?.isReading ?? false }

@@ -28,10 +28,16 @@ protocol DownstreamSide: AnyObject {
     func flushResponse()
     /// The memory budget the response shares with other streams of its connection (HTTP/2), or nil.
     var responseBudget: ResponseBudget? { get }
+    /// An upgrade was accepted (101, already written by `respondHead`): the downstream and `upstream`
+    /// (an HTTP/1.1 connection of `cluster`, handed over) become a byte tunnel, `leftover` (bytes the
+    /// upstream sent after its 101) going to the client first. False when this side cannot tunnel.
+    /// The exchange finishes right after (`exchangeDone`). `Exchange+Upgrade.swift`.
+    func startTunnel(cluster: Cluster, upstream: TCPConnection, leftover: UnsafeRawBufferPointer) -> Bool
 }
 
 extension DownstreamSide {
     var responseBudget: ResponseBudget? { nil }
+    func startTunnel(cluster: Cluster, upstream: TCPConnection, leftover: UnsafeRawBufferPointer) -> Bool { false }
 }
 
 /// Where a request goes: an HTTP/1.1 upstream connection or an HTTP/2 upstream stream.

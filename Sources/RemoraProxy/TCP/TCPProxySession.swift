@@ -4,6 +4,8 @@ import RemoraPolicy
 
 /// A raw TCP connection forwarded to one cluster: a two-way pump with watermarks (a side whose
 /// peer writes slower than it reads stops being read), half-close carried both ways, idle timeout.
+/// The same pump carries tunnels: an HTTP/1.1 connection whose upgrade (WebSocket) the upstream
+/// accepted with 101 (`init(tunnel:…)`, `Exchange+Upgrade.swift`).
 final class TCPProxySession: Session, TCPConnectionDelegate {
     unowned(unsafe) let worker: Worker
     let listener: ListenerRuntime
@@ -26,19 +28,51 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
     var bytesOut: UInt64 = 0
     var endpointIndex = -1
     var flags = ResponseFlags()
+    /// No byte either way for this long closes the connection (ms; 0 = never): the listener's
+    /// `idle_timeout`, or for a tunnel its `tunnel_idle_timeout`.
+    let idleTimeout: Millis
+    /// An upgraded HTTP connection (counted in `downstream_cx_upgrades_active` while open).
+    let isTunnel: Bool
 
     init(worker: Worker, listener: ListenerRuntime, cluster: Cluster, down: TCPConnection) {
         self.worker = worker
         self.listener = listener
         self.cluster = cluster
         self.down = down
+        idleTimeout = listener.config.idleTimeout
+        isTunnel = false
         super.init()
         if !listener.filters.isEmpty { startMicros = monotonicMicros() }
         down.delegate = self
         down.owner = self
-        down.setDeadline(after: listener.config.idleTimeout)
+        down.setDeadline(after: idleTimeout)
         connectUpstream()
         down.startReading()
+    }
+
+    /// A tunnel between two connected connections: `down` (an HTTP/1.1 client whose upgrade was
+    /// accepted) and `up` (the HTTP/1.1 upstream connection that accepted it, counted open in
+    /// `cluster`). Its request was the exchange's (access log, stats, outcome hook); the tunnel
+    /// counts bytes and `downstream_cx_upgrades_*`.
+    init(tunnel worker: Worker, listener: ListenerRuntime, cluster: Cluster, down: TCPConnection, up: TCPConnection) {
+        self.worker = worker
+        self.listener = listener
+        self.cluster = cluster
+        self.down = down
+        self.up = up
+        idleTimeout = listener.config.tunnelIdleTimeout
+        isTunnel = true
+        connectLatency = 0
+        super.init()
+        listener.stats.inc(.downstream_cx_upgrades_total)
+        listener.stats.inc(.downstream_cx_upgrades_active)
+        for c in [down, up] {
+            c.delegate = self
+            c.owner = self
+            c.clearDeadline()
+            c.startReading()
+        }
+        if idleTimeout > 0 { down.setDeadline(after: idleTimeout) }
     }
 
     func connectUpstream() {
@@ -100,7 +134,11 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
                                                          latency: latency))
     }
 
-    func connectionRead(_ c: TCPConnection, _ data: UnsafeRawBufferPointer) {
+    func connectionRead(_ c: TCPConnection, _ data: UnsafeRawBufferPointer) { forward(from: c, data) }
+
+    /// Passes `data`, read from `c`, to its peer; stops reading `c` while the peer is above its
+    /// high watermark.
+    func forward(from c: TCPConnection, _ data: UnsafeRawBufferPointer) {
         guard let p = peer(of: c) else { return }
         if c === down {
             listener.stats.add(.downstream_cx_rx_bytes_total, UInt64(data.count))
@@ -111,7 +149,7 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
             cluster.stats.add(.upstream_cx_rx_bytes_total, UInt64(data.count))
             listener.stats.add(.downstream_cx_tx_bytes_total, UInt64(data.count))
         }
-        down.setDeadline(after: listener.config.idleTimeout)
+        if idleTimeout > 0 { down.setDeadline(after: idleTimeout) }
         if !p.write(data) { abort(); return }
         if p.isAboveHighWatermark { c.stopReading() }
     }
@@ -148,6 +186,7 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
     func connectionClosed(_ c: TCPConnection) {
         if c === down {
             listener.stats.dec(.downstream_cx_active)
+            if isTunnel { listener.stats.dec(.downstream_cx_upgrades_active) }
             if startMicros != 0, let log = listener.filters.first(where: { $0 is AccessLogFilter }) as? AccessLogFilter {
                 log.logConnection(self)
             }

@@ -18,6 +18,8 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
     var interim = false
     var requestIsHEAD = false
     var responseDone = false
+    /// The response was a 101 to an upgrade request: what follows it is the tunnel's, not HTTP.
+    var upgraded = false
     var framing = BodyFraming.none
     /// At `begin`: nothing was queued, and the connection's write count then. If neither changed
     /// when the exchange is cancelled, no byte of its request left: the queue is dropped and the
@@ -45,6 +47,7 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
         gotResponseBytes = false
         responseDone = false
         interim = false
+        upgraded = false
         if e.inDownstreamRead { conn.cork() }   // head and body of the same read leave together
         startedEmpty = conn.queuedBytes == 0
         writesAtBegin = conn.writesStarted
@@ -106,6 +109,17 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
         return true
     }
 
+    /// Gives the connection up to a tunnel after a 101: the cluster keeps counting it open (the
+    /// tunnel reports its close: `Cluster.connectionClosed`); this object lets go of it.
+    func handOver() -> TCPConnection {
+        exchange = nil
+        parser.delegate = nil
+        conn.uncork()
+        conn.clearDeadline()
+        conn.delegate = nil
+        return conn
+    }
+
     // MARK: TCPConnectionDelegate
 
     func connectionConnected(_ c: TCPConnection, _ status: Int32) {
@@ -132,6 +146,12 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
             case .ok:
                 break parsing
             case .paused(let consumed):   // after a complete message: an interim 1xx, or the response
+                if upgraded {   // a 101: the rest is the tunnel's (this object is let go inside)
+                    withExtendedLifetime(self) {
+                        e.upstreamUpgraded(self, leftover: UnsafeRawBufferPointer(rebasing: input[consumed...]))
+                    }
+                    return
+                }
                 parser.resume()
                 if consumed == input.count { break parsing }
                 if responseDone { c.close(); break parsing }   // bytes after the response: out of sync
@@ -193,6 +213,13 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
     func parserHeadComplete(_ p: HTTP1Parser) -> Bool {
         let status = p.statusCode
         if status >= 100 && status < 200 {
+            if status == 101, let e = exchange, e.upgrade != .none {   // the upgrade accepted: the head goes on
+                upgraded = true
+                p.withHeaderRefs { h in
+                    e.upstreamHead(status: 101, reason: p.startLine, headers: h, lengthKnown: false, endStream: false)
+                }
+                return true
+            }
             interim = true
             return false
         }
@@ -213,6 +240,7 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
 
     func parserMessageComplete(_ p: HTTP1Parser) {
         if interim { interim = false; return }
+        if upgraded { return }   // the exchange ends when the parse returns (`upstreamUpgraded`)
         responseDone = true
         if p.trailers.count > 0 { p.trailers.withRefs { exchange?.upstreamEnd(trailers: $0) } } else { exchange?.upstreamEnd(trailers: nil) }
         p.clearTrailers()
