@@ -1,0 +1,297 @@
+"""WebSocket through Remora (issue 18): HTTP/1.1 Upgrade forwarded, a 101 turns both connections into a
+byte tunnel (the TCP proxy's pump), anything else stays HTTP. Real peers: the PyPI `websockets` echo
+server (ws_echo.py, its own process) and client, curl for the raw handshake."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from websockets.exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, InvalidStatus
+from websockets.sync.client import connect as ws_connect
+
+from harness import Client, cluster, connect, http_listener, make_config, poll, route, run_curl, to_yaml
+from wire import Reader
+
+HERE = Path(__file__).parent
+MiB = 1 << 20
+
+
+class WSEcho:
+    """ws_echo.py in its own process (so that it can be killed like a real backend)."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, str(HERE / "ws_echo.py")], stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        line = self.proc.stdout.readline().decode()
+        assert line.startswith("port "), f"ws_echo did not start: {line!r}"
+        self.port = int(line.split()[1])
+        self.endpoint = f"127.0.0.1:{self.port}"
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=5)
+        self.proc.stdout.close()
+
+
+@pytest.fixture
+def ws_backend():
+    made: list[WSEcho] = []
+
+    def make() -> WSEcho:
+        b = WSEcho()
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        b.kill()
+
+
+def ws_config(endpoint: str, **listener_opts) -> dict:
+    return make_config([http_listener("web", **listener_opts)], [cluster("app", [endpoint])])
+
+
+@pytest.fixture
+def ws_proxy(start_remora, ws_backend):
+    b = ws_backend()
+    r = start_remora(ws_config(b.endpoint))
+    return r, b
+
+
+def url(remora, path: str = "/echo") -> str:
+    return f"ws://127.0.0.1:{remora.port('web')}{path}"
+
+
+def accept_for(key: str) -> str:
+    return base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+
+
+def test_echo_text_binary_ping_and_client_close(ws_proxy):
+    r, _ = ws_proxy
+    with ws_connect(url(r, "/echo?x=1"), open_timeout=5, close_timeout=5, ping_interval=None) as ws:
+        assert ws.response.status_code == 101
+        assert ws.response.headers["x-ws-path"] == "/echo?x=1", "the target reached the backend unchanged"
+        ws.send("héllo text")
+        assert ws.recv(timeout=5) == "héllo text"
+        blob = os.urandom(70_000)
+        ws.send(blob)
+        assert ws.recv(timeout=5) == blob
+        for i in range(20):   # many small messages both ways, in order
+            ws.send(f"m{i}")
+        assert [ws.recv(timeout=5) for _ in range(20)] == [f"m{i}" for i in range(20)]
+        pong = ws.ping(b"are you there")
+        assert pong.wait(5), "no pong through the tunnel"
+        ws.close(1000, "done")
+    assert ws.close_code == 1000
+    st = r.stats()
+    assert st["listener.web.downstream_cx_upgrades_total"] == 1
+    poll(lambda: r.stat("listener.web.downstream_cx_upgrades_active") == 0, 5, what="the tunnel closed")
+    assert st["listener.web.downstream_rq_1xx"] == 1, "the upgrade request counts as a 1xx response"
+    assert st["listener.web.downstream_cx_rx_bytes_total"] > 70_000
+    assert st["listener.web.downstream_cx_tx_bytes_total"] > 70_000
+    assert st["cluster.app.upstream_cx_rx_bytes_total"] > 70_000
+    poll(lambda: r.stat("cluster.app.upstream_cx_active") == 0, 5, what="the upstream connection closed")
+
+
+def test_16mib_message_both_ways(ws_proxy):
+    r, _ = ws_proxy
+    with ws_connect(url(r), open_timeout=5, max_size=None, ping_interval=None) as ws:
+        big = os.urandom(16 * MiB)
+        ws.send(big)
+        got = ws.recv(timeout=30)
+        assert len(got) == len(big) and hashlib.sha256(got).digest() == hashlib.sha256(big).digest()
+        ws.send("after")
+        assert ws.recv(timeout=5) == "after"
+
+
+def test_server_initiated_close_reaches_client(ws_proxy):
+    r, _ = ws_proxy
+    with ws_connect(url(r, "/close"), open_timeout=5, ping_interval=None) as ws:
+        ws.send("one")
+        assert ws.recv(timeout=5) == "one"
+        with pytest.raises(ConnectionClosed) as e:
+            ws.recv(timeout=5)
+    assert e.value.rcvd is not None and e.value.rcvd.code == 4000 and e.value.rcvd.reason == "bye", e.value
+    poll(lambda: r.stat("listener.web.downstream_cx_upgrades_active") == 0, 5, what="the tunnel closed")
+
+
+def test_server_speaks_first_and_client_bytes_before_101_are_kept(ws_proxy):
+    """The backend's first frame may share a packet with its 101; a client may send a frame right after
+    its request, before the 101 (RFC 6455 says it should wait; the proxy must not lose or misparse it)."""
+    r, _ = ws_proxy
+    key = base64.b64encode(os.urandom(16)).decode()
+    head = (f"GET /hello HTTP/1.1\r\nHost: remora.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+    # A masked text frame "ping!" sent with the request.
+    mask = os.urandom(4)
+    payload = b"ping!"
+    frame = bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    s = connect(r.port("web"))
+    s.sendall(head + frame)
+    reader = Reader(s)
+    resp = reader.read_until(b"\r\n\r\n")
+    assert resp.startswith(b"HTTP/1.1 101 "), resp
+    lower = resp.lower()
+    assert b"\r\nconnection: upgrade\r\n" in lower and b"\r\nupgrade: websocket\r\n" in lower, resp
+    assert f"sec-websocket-accept: {accept_for(key)}".lower().encode() in lower, resp
+    # Server frames: "hello" first (sent at once), then the echo of "ping!".
+    got = reader.read_exact(2 + 5) + reader.read_exact(2 + 5)
+    assert got == bytes([0x81, 5]) + b"hello" + bytes([0x81, 5]) + b"ping!", got
+    s.close()
+
+
+def test_curl_handshake(ws_proxy):
+    r, _ = ws_proxy
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    out = run_curl(["curl", "--include", "--no-buffer", "--silent", "--max-time", "2", "--http1.1",
+                    "-H", "Connection: Upgrade", "-H", "Upgrade: websocket", "-H", f"Sec-WebSocket-Key: {key}",
+                    "-H", "Sec-WebSocket-Version: 13", f"http://127.0.0.1:{r.port('web')}/hello"])
+    text = out.stdout.decode("latin-1")
+    assert text.startswith("HTTP/1.1 101 Switching Protocols\r\n"), text
+    assert "\r\nsec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=\r\n" in text.lower(), text
+    assert text.endswith("\x81\x05hello"), "the first frame through the tunnel"
+
+
+def test_non_101_answer_stays_http(start_remora, http_backend):
+    """The backend answers the upgrade with an ordinary response: it is forwarded as one, and the
+    connection serves the next request."""
+    b = http_backend()
+    r = start_remora(ws_config(b.endpoint))
+    with Client(r.port("web")) as c:
+        resp = c.request("GET", "/echo", headers=[("Connection", "Upgrade"), ("Upgrade", "websocket"),
+                                                   ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                                                   ("Sec-WebSocket-Version", "13")])
+        assert resp.status == 200
+        hdrs = {k.lower(): v for k, v in resp.json()["headers"]}
+        assert hdrs.get("upgrade") == "websocket" and hdrs.get("connection", "").lower() == "upgrade", hdrs
+        assert hdrs.get("sec-websocket-key") == "dGhlIHNhbXBsZSBub25jZQ=="
+        again = c.request("GET", "/echo")
+        assert again.status == 200
+    assert r.stat("listener.web.downstream_cx_upgrades_total") == 0
+
+
+def test_upgrade_refused_with_403_where_not_allowed(start_remora, ws_backend, http_backend):
+    wsb = ws_backend()
+    h = http_backend()
+    rt_off = route("app", name="off", prefix="/off")
+    rt_off["upgrade"] = []
+    cfg = make_config([http_listener("web", routes=[rt_off, route("h2app", name="h2", prefix="/h2"), route("app")])],
+                      [cluster("app", [wsb.endpoint]), cluster("h2app", [h.endpoint], protocol="http2")])
+    r = start_remora(cfg)
+    with pytest.raises(InvalidStatus) as e:
+        ws_connect(url(r, "/off"), open_timeout=5)
+    assert e.value.response.status_code == 403
+    with pytest.raises(InvalidStatus) as e:
+        ws_connect(url(r, "/h2"), open_timeout=5)
+    assert e.value.response.status_code == 403
+    # Another protocol: 403, not a hang; h2c is ignored as before (served as HTTP/1.1).
+    with Client(r.port("web")) as c:
+        resp = c.request("GET", "/x", headers=[("Connection", "Upgrade"), ("Upgrade", "foo/1")])
+        assert resp.status == 403 and b"not supported" in resp.body
+    with Client(r.port("web")) as c:
+        resp = c.request("GET", "/x", headers=[("Connection", "Upgrade, HTTP2-Settings"), ("Upgrade", "h2c"),
+                                                ("HTTP2-Settings", "AAMAAABkAAQCAAAAAAIAAAAA")])
+        assert resp.status not in (101, 403), "h2c is ignored: an ordinary request to the backend"
+    assert r.stat("listener.web.downstream_rq_upgrade_refused") == 3
+    # The default route still upgrades.
+    with ws_connect(url(r, "/ok"), open_timeout=5) as ws:
+        ws.send("x")
+        assert ws.recv(timeout=5) == "x"
+
+
+def test_backend_killed_mid_stream_client_sees_close(start_remora, ws_backend):
+    b = ws_backend()
+    r = start_remora(ws_config(b.endpoint))
+    with ws_connect(url(r), open_timeout=5, ping_interval=None) as ws:
+        ws.send("before")
+        assert ws.recv(timeout=5) == "before"
+        b.kill()
+        started = time.monotonic()
+        with pytest.raises(ConnectionClosedError):
+            ws.recv(timeout=5)
+        assert time.monotonic() - started < 4
+    poll(lambda: r.stat("listener.web.downstream_cx_upgrades_active") == 0, 5, what="the tunnel closed")
+
+
+def test_idle_tunnel_closed_after_tunnel_idle_timeout(start_remora, ws_backend):
+    b = ws_backend()
+    r = start_remora(ws_config(b.endpoint, tunnel_idle_timeout="1s", idle_timeout="60s"))
+    with ws_connect(url(r), open_timeout=5, ping_interval=None) as ws:
+        for _ in range(3):   # traffic keeps it open past the timeout
+            ws.send("tick")
+            assert ws.recv(timeout=5) == "tick"
+            time.sleep(0.5)
+        started = time.monotonic()
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=5)
+        waited = time.monotonic() - started
+        assert 0.3 < waited < 3, waited
+    assert r.stat("listener.web.downstream_cx_idle_timeout") == 1
+
+
+def test_hot_reload_leaves_established_tunnels_alone(start_remora, ws_backend):
+    b = ws_backend()
+    r = start_remora(ws_config(b.endpoint))
+    with ws_connect(url(r), open_timeout=5, ping_interval=None) as ws:
+        ws.send("before")
+        assert ws.recv(timeout=5) == "before"
+        # A new snapshot: another route first, another cluster name for the same backend.
+        cfg = make_config([http_listener("web", routes=[route("other", name="new", prefix="/new"), route("app")])],
+                          [cluster("app", [b.endpoint], connect_timeout="3s"), cluster("other", [b.endpoint])])
+        r.config_path.write_text(to_yaml(cfg))
+        os.kill(r.pid, signal.SIGHUP)
+        poll(lambda: "configuration version 2 applied" in r.stderr_tail(), 5, what="the reload")
+        for i in range(5):
+            ws.send(f"after {i}")
+            assert ws.recv(timeout=5) == f"after {i}"
+        with ws_connect(url(r, "/new"), open_timeout=5) as ws2:
+            ws2.send("new")
+            assert ws2.recv(timeout=5) == "new"
+    r.assert_alive()
+
+
+@pytest.mark.timeout(120)
+def test_many_concurrent_connections(start_remora, ws_backend):
+    """1,000 WebSocket connections open at once through one proxy, each echoing, then all closed."""
+    b = ws_backend()
+    r = start_remora(ws_config(b.endpoint))
+    n = 1000
+    from websockets.asyncio.client import connect as aconnect
+
+    async def one(i: int, all_open: asyncio.Event, opened: list):
+        async with aconnect(url(r, f"/c{i}"), open_timeout=30, ping_interval=None, close_timeout=10) as ws:
+            opened.append(i)
+            if len(opened) == n:
+                all_open.set()
+            await asyncio.wait_for(all_open.wait(), 60)
+            await ws.send(f"msg {i}")
+            assert await asyncio.wait_for(ws.recv(), 30) == f"msg {i}"
+        return True
+
+    async def run():
+        all_open = asyncio.Event()
+        opened: list[int] = []
+        sem = asyncio.Semaphore(200)   # connects in flight at once (the listen backlogs)
+
+        async def gated(i):
+            async with sem:
+                pass
+            return await one(i, all_open, opened)
+
+        return await asyncio.gather(*(gated(i) for i in range(n)))
+
+    results = asyncio.run(run())
+    assert all(results) and len(results) == n
+    assert r.stat("listener.web.downstream_cx_upgrades_total") == n
+    poll(lambda: r.stat("listener.web.downstream_cx_upgrades_active") == 0, 10, what="every tunnel closed")
