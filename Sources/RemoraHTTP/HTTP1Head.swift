@@ -44,11 +44,11 @@ public enum HTTP1Head {
     /// `addHost` writes Host from the authority (requests that came over HTTP/2 carry `:authority`,
     /// not Host); `clientIP` is appended to X-Forwarded-For; `proto` is the listener's scheme, for
     /// X-Forwarded-Proto; `dropExpect` removes `Expect: 100-continue` (the proxy answers it itself).
-    /// `upgrade` (non-empty: a WebSocket handshake) is sent as `connection: upgrade` + `upgrade: …`,
-    /// the client's own upgrade fields being hop-by-hop.
+    /// `upgradeFields` (non-empty for a WebSocket handshake: `connection: upgrade`, `upgrade: …`
+    /// lines, the client's own being hop-by-hop) are written as they are.
     public static func writeRequest(_ v: RequestView, framing: BodyFraming, addHost: Bool, clientIP: UnsafeRawBufferPointer,
                                     proto: StaticString, dropExpect: Bool,
-                                    upgrade: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
+                                    upgradeFields: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
                                     into out: inout ByteBuffer) {
         let h = v.headers
         out.append(v.method)
@@ -73,7 +73,7 @@ public enum HTTP1Head {
             out.append("\r\n")
         }
         if framing == .chunked { out.append("transfer-encoding: chunked\r\n") }
-        if upgrade.count > 0 { out.append("connection: upgrade\r\nupgrade: "); out.append(upgrade); out.append("\r\n") }
+        if upgradeFields.count > 0 { out.append(upgradeFields) }
         out.append("x-forwarded-for: ")
         RequestHead.forEachForwardedFor(h, from: seen.forwardedFor) { out.append($0); out.append(", ") }
         out.append(clientIP)

@@ -104,6 +104,9 @@ public final class HTTP2Session {
         if role == .server {
             iv.append(nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS.rawValue),
                                              value: UInt32(settings.maxConcurrentStreams)))
+            // RFC 8441: extended CONNECT (`:protocol websocket`) is accepted; whether a route takes
+            // it is the router's decision (Exchange+Upgrade.swift).
+            iv.append(nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL.rawValue), value: 1))
         } else {
             iv.append(nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_ENABLE_PUSH.rawValue), value: 0))
         }

@@ -41,3 +41,43 @@ public enum UpgradeRequest: UInt8, Sendable {
         }
     }
 }
+
+extension UpgradeRequest {
+    /// The upgrade fields an HTTP/1.1 upstream gets for a WebSocket handshake from an HTTP/1.1 client.
+    public static let websocketFields: StaticString = "connection: upgrade\r\nupgrade: websocket\r\n"
+
+    /// The fields for a WebSocket handshake translated from an RFC 8441 extended CONNECT (HTTP/2
+    /// has no Sec-WebSocket-Key: the proxy makes one from 16 random bytes, RFC 6455 §4.1).
+    public static func writeWebSocketFields(key random: (UInt64, UInt64), into out: inout ByteBuffer) {
+        out.append(websocketFields)
+        out.append("sec-websocket-key: ")
+        var r = random
+        withUnsafeBytes(of: &r) { Base64.encode($0, into: &out) }
+        out.append("\r\n")
+    }
+}
+
+/// Base64 (RFC 4648 §4, with padding).
+public enum Base64 {
+    static let alphabet: StaticString = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+    public static func encode(_ b: UnsafeRawBufferPointer, into out: inout ByteBuffer) {
+        let a = alphabet.utf8Start
+        var i = 0
+        while i + 3 <= b.count {
+            let v = UInt32(b[i]) << 16 | UInt32(b[i + 1]) << 8 | UInt32(b[i + 2])
+            out.append(byte: a[Int(v >> 18 & 63)]); out.append(byte: a[Int(v >> 12 & 63)])
+            out.append(byte: a[Int(v >> 6 & 63)]); out.append(byte: a[Int(v & 63)])
+            i += 3
+        }
+        let rest = b.count - i
+        if rest == 1 {
+            let v = UInt32(b[i]) << 16
+            out.append(byte: a[Int(v >> 18 & 63)]); out.append(byte: a[Int(v >> 12 & 63)]); out.append("==")
+        } else if rest == 2 {
+            let v = UInt32(b[i]) << 16 | UInt32(b[i + 1]) << 8
+            out.append(byte: a[Int(v >> 18 & 63)]); out.append(byte: a[Int(v >> 12 & 63)])
+            out.append(byte: a[Int(v >> 6 & 63)]); out.append("=")
+        }
+    }
+}

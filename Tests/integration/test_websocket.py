@@ -295,3 +295,187 @@ def test_many_concurrent_connections(start_remora, ws_backend):
     assert all(results) and len(results) == n
     assert r.stat("listener.web.downstream_cx_upgrades_total") == n
     poll(lambda: r.stat("listener.web.downstream_cx_upgrades_active") == 0, 10, what="every tunnel closed")
+
+
+# -- RFC 8441: WebSocket over HTTP/2 (extended CONNECT) to an HTTP/1.1 backend ---------------------
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+
+
+def ws_frame(opcode: int, payload: bytes) -> bytes:
+    """A masked client frame (RFC 6455 §5.2)."""
+    mask = os.urandom(4)
+    n = len(payload)
+    if n < 126:
+        head = bytes([0x80 | opcode, 0x80 | n])
+    elif n < 65536:
+        head = bytes([0x80 | opcode, 0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        head = bytes([0x80 | opcode, 0x80 | 127]) + n.to_bytes(8, "big")
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload)) if n < 4096 else \
+        (int.from_bytes(payload, "big") ^ int.from_bytes((mask * (n // 4 + 1))[:n], "big")).to_bytes(n, "big")
+    return head + mask + masked
+
+
+def parse_frames(buf: bytearray) -> list[tuple[int, bytes]]:
+    """Complete unmasked server frames at the front of `buf` (consumed)."""
+    out = []
+    while len(buf) >= 2:
+        opcode, n, off = buf[0] & 0x0F, buf[1] & 0x7F, 2
+        if n == 126:
+            if len(buf) < 4:
+                break
+            n, off = int.from_bytes(buf[2:4], "big"), 4
+        elif n == 127:
+            if len(buf) < 10:
+                break
+            n, off = int.from_bytes(buf[2:10], "big"), 10
+        if len(buf) < off + n:
+            break
+        out.append((opcode, bytes(buf[off:off + n])))
+        del buf[:off + n]
+    return out
+
+
+class H2WS:
+    """A hyper-h2 client opening one extended CONNECT stream and speaking WebSocket frames on it."""
+
+    def __init__(self, port: int, path: str = "/echo", protocol: bytes = b"websocket"):
+        self.sock = connect(port)
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        self.conn.initiate_connection()
+        self.sock.sendall(self.conn.data_to_send())
+        self.settings: dict[int, int] = {}
+        self.status = None
+        self.headers: dict[bytes, bytes] = {}
+        self.data = bytearray()
+        self.ended = False
+        self.reset = None
+        self.pump_until(lambda: h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL in self.settings, 5)
+        self.sid = self.conn.get_next_available_stream_id()
+        self.conn.send_headers(self.sid, [(b":method", b"CONNECT"), (b":protocol", protocol), (b":scheme", b"http"),
+                                          (b":path", path.encode()), (b":authority", b"remora.test"),
+                                          (b"sec-websocket-version", b"13"), (b"origin", b"http://remora.test")])
+        self.sock.sendall(self.conn.data_to_send())
+
+    def pump_until(self, pred, timeout: float):
+        deadline = time.monotonic() + timeout
+        while not pred():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError("timed out waiting")
+            self.sock.settimeout(min(left, 0.5))
+            try:
+                d = self.sock.recv(1 << 20)
+            except socket.timeout:
+                continue
+            if not d:
+                raise AssertionError("connection closed")
+            for ev in self.conn.receive_data(d):
+                if isinstance(ev, h2.events.RemoteSettingsChanged):
+                    for k, v in ev.changed_settings.items():
+                        self.settings[int(k)] = v.new_value
+                elif isinstance(ev, h2.events.ResponseReceived):
+                    hd = dict(ev.headers)
+                    self.status = int(hd[b":status"])
+                    self.headers = hd
+                elif isinstance(ev, h2.events.DataReceived):
+                    self.data += ev.data
+                    self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif isinstance(ev, h2.events.StreamEnded):
+                    self.ended = True
+                elif isinstance(ev, h2.events.StreamReset):
+                    self.reset = ev.error_code
+            out = self.conn.data_to_send()
+            if out:
+                self.sock.sendall(out)
+
+    def send(self, data: bytes, end: bool = False):
+        view = memoryview(data)
+        while view:
+            window = min(self.conn.local_flow_control_window(self.sid), self.conn.max_outbound_frame_size)
+            if window <= 0:
+                w0 = self.conn.local_flow_control_window(self.sid)
+                self.pump_until(lambda: self.conn.local_flow_control_window(self.sid) > w0, 10)
+                continue
+            self.conn.send_data(self.sid, bytes(view[:window]))
+            view = view[window:]
+            self.sock.sendall(self.conn.data_to_send())
+        if end:
+            self.conn.end_stream(self.sid)
+            self.sock.sendall(self.conn.data_to_send())
+
+    def frames(self, count: int, timeout: float = 10) -> list[tuple[int, bytes]]:
+        got: list[tuple[int, bytes]] = []
+
+        def have():
+            got.extend(parse_frames(self.data))
+            return len(got) >= count
+        self.pump_until(have, timeout)
+        return got
+
+    def close(self):
+        self.sock.close()
+
+
+def test_rfc8441_extended_connect_over_h2c_to_http1_backend(ws_proxy):
+    r, _ = ws_proxy
+    c = H2WS(r.port("web"), "/hello?via=h2")
+    try:
+        assert c.settings[h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL] == 1
+        c.pump_until(lambda: c.status is not None, 5)
+        assert c.status == 200, c.headers
+        assert c.headers.get(b"x-ws-path") == b"/hello?via=h2", "the path reached the backend as a GET target"
+        assert b"upgrade" not in c.headers and b"connection" not in c.headers
+        assert c.frames(1) == [(1, b"hello")], "the backend's first frame"
+        c.send(ws_frame(1, b"text over h2"))
+        assert c.frames(1) == [(1, b"text over h2")]
+        big = os.urandom(1 * MiB)   # more than the stream windows both ways
+        c.send(ws_frame(2, big))
+        (op, payload), = c.frames(1, timeout=20)
+        assert op == 2 and payload == big
+        c.send(ws_frame(9, b"ping"))   # ping -> pong
+        assert c.frames(1) == [(10, b"ping")]
+        c.send(ws_frame(8, (1000).to_bytes(2, "big") + b"bye"))   # close handshake, client first
+        (op, payload), = c.frames(1)
+        assert op == 8 and payload[:2] == (1000).to_bytes(2, "big")
+        c.pump_until(lambda: c.ended or c.reset is not None, 5)   # the backend closed: the stream ends
+        assert c.ended and c.reset is None
+    finally:
+        c.close()
+    st = r.stats()
+    assert st["listener.web.downstream_cx_upgrades_total"] == 1
+    assert st["listener.web.downstream_rq_2xx"] == 1
+
+
+def test_rfc8441_refused_protocols_and_routes(start_remora, ws_backend):
+    b = ws_backend()
+    rt_off = route("app", name="off", prefix="/off")
+    rt_off["upgrade"] = []
+    r = start_remora(make_config([http_listener("web", routes=[rt_off, route("app")])], [cluster("app", [b.endpoint])]))
+    for path, proto in (("/off", b"websocket"), ("/x", b"foo")):
+        c = H2WS(r.port("web"), path, protocol=proto)
+        try:
+            c.pump_until(lambda: c.status is not None, 5)
+            assert c.status == 403
+            c.pump_until(lambda: c.ended, 5)
+        finally:
+            c.close()
+    assert r.stat("listener.web.downstream_rq_upgrade_refused") == 2
+
+
+def test_rfc8441_backend_killed_resets_or_ends_stream(start_remora, ws_backend):
+    b = ws_backend()
+    r = start_remora(ws_config(b.endpoint))
+    c = H2WS(r.port("web"))
+    try:
+        c.pump_until(lambda: c.status == 200, 5)
+        c.send(ws_frame(1, b"x"))
+        assert c.frames(1) == [(1, b"x")]
+        b.kill()
+        c.pump_until(lambda: c.ended or c.reset is not None, 5)
+    finally:
+        c.close()

@@ -121,7 +121,7 @@ extension Exchange {
         let backend = table.pick(route: ri, request: view, random: worker.rng.next())
         let mirrorCluster = table.mirror(route: ri, random: worker.rng.next())
         let cl = l.clusters[backend.cluster]
-        if upgrade != .none && refusesUpgrade(route, cl) { return }   // one flag test for other requests
+        if upgrade != .none && refusesUpgrade(route, cl, r) { return }   // one flag test for other requests
         backendStats = l.backendStats[backend.slot]
         backendStats?.inc(.upstream_rq_total)
         guard cl.admitRequest() else { overloaded(cl); return }   // max_requests (released in finish)

@@ -8,9 +8,17 @@ import RemoraRouting
 /// log and stats all apply to it — and is forwarded with its upgrade fields. An upstream `101`
 /// ends the exchange and turns the two connections into a byte tunnel (the TCP proxy's pump,
 /// `TCP/TCPProxySession.swift`); any other answer is a normal response and both connections stay HTTP.
+///
+/// From an HTTP/2 client (RFC 8441: CONNECT with `:protocol websocket` on a connection that announced
+/// SETTINGS_ENABLE_CONNECT_PROTOCOL) the request becomes an HTTP/1.1 handshake (GET, upgrade fields,
+/// a Sec-WebSocket-Key made here); the 101 is answered `200` on the stream, and the exchange stays
+/// open as the tunnel: DATA frames are written to the upstream connection as bytes and its bytes
+/// come back as DATA (the exchange's flow control both ways, the tunnel idle timeout as its stream
+/// timeout); an upstream end ends the stream, a client END_STREAM half-closes the upstream.
 extension Exchange {
     /// Whether the route and cluster refuse this upgrade request; when they do, it is answered (403).
-    func refusesUpgrade(_ route: RouteTable.Route, _ cl: Cluster) -> Bool {
+    /// Otherwise the request is set up as a tunnel's start: no body limit or request timeout.
+    func refusesUpgrade(_ route: RouteTable.Route, _ cl: Cluster, _ r: RequestStart) -> Bool {
         let why: String
         if upgrade == .other {
             why = "this upgrade protocol is not supported (websocket is)\n"
@@ -18,9 +26,12 @@ extension Exchange {
             why = "websocket upgrades are not allowed on this route\n"
         } else if cl.config.protocol != .http1 {
             why = "websocket upgrades need an http1 cluster\n"
-        } else if requestHasBody {
+        } else if requestHasBody && !r.fromHTTP2 {
             why = "an upgrade request cannot have a body\n"
         } else {
+            tunnelOverStream = r.fromHTTP2
+            maxRequestBody = 0
+            requestDeadline = 0
             return false
         }
         stats.inc(.downstream_rq_upgrade_refused)
@@ -35,6 +46,15 @@ extension Exchange {
     /// cannot tunnel (the upstream connection is then closed).
     func upstreamUpgraded(_ u: H1Upstream, leftover: UnsafeRawBufferPointer) {
         guard active, upstream === u, let d = downstream, let cl = cluster else { u.conn.close(); return }
+        if tunnelOverStream {   // RFC 8441: this exchange is the tunnel from now on
+            endAttempt(.response)
+            u.tunnel = true
+            streamIdleTimeout = listener.config.tunnelIdleTimeout
+            stats.inc(.downstream_cx_upgrades_total)
+            if leftover.count > 0 { upstreamBody(leftover) }
+            arm(.stream)
+            return
+        }
         withExtendedLifetime(d) {
             upstream = nil
             endAttempt(.response)
@@ -46,5 +66,24 @@ extension Exchange {
             }
             finish(clean: true)
         }
+    }
+}
+
+extension Exchange {
+    /// The handshake as an HTTP/1.1 upstream gets it: the request-head policy's fields, then the
+    /// upgrade fields (from HTTP/2: method GET and a Sec-WebSocket-Key, RFC 8441 §5 in reverse).
+    func writeUpgradeRequest(_ view: RequestView, _ r: RequestStart, clientIP: UnsafeRawBufferPointer, scheme: StaticString) {
+        if !r.fromHTTP2 {
+            HTTP1Head.writeRequest(view, framing: .none, addHost: r.authorityReplacesHost, clientIP: clientIP, proto: scheme,
+                                   dropExpect: r.dropExpect, upgradeFields: rawBytes(UpgradeRequest.websocketFields), into: &upHead)
+            return
+        }
+        var fields = pool.take()
+        UpgradeRequest.writeWebSocketFields(key: (worker.rng.next(), worker.rng.next()), into: &fields)
+        var get = view
+        get.method = rawBytes("GET")
+        HTTP1Head.writeRequest(get, framing: .none, addHost: true, clientIP: clientIP, proto: scheme, dropExpect: true,
+                               upgradeFields: fields.bytes, into: &upHead)
+        pool.give(&fields)
     }
 }

@@ -20,10 +20,12 @@ extension Exchange {
         } else {
             if upHead.base == nil { upHead = pool.take() }
             upHead.clear()
-            HTTP1Head.writeRequest(view, framing: reqFraming, addHost: r.fromHTTP2 || r.authorityReplacesHost,
-                                   clientIP: clientIP, proto: scheme, dropExpect: dropExpect,
-                                   upgrade: upgrade == .websocket ? rawBytes("websocket") : UnsafeRawBufferPointer(start: nil, count: 0),
-                                   into: &upHead)
+            if upgrade != .none {   // a WebSocket handshake (Exchange+Upgrade.swift)
+                writeUpgradeRequest(view, r, clientIP: clientIP, scheme: scheme)
+            } else {
+                HTTP1Head.writeRequest(view, framing: reqFraming, addHost: r.fromHTTP2 || r.authorityReplacesHost,
+                                       clientIP: clientIP, proto: scheme, dropExpect: dropExpect, into: &upHead)
+            }
         }
         if cl.requestKey != nil { lbHash = cl.requestHash(view.headers, clientIP: clientIP) }
         cl.stats.inc(.upstream_rq_total)

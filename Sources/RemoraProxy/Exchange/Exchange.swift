@@ -133,6 +133,10 @@ final class Exchange: DeadlineTimerDelegate {
     var hedgeAt: UInt64 = 0
     /// The protocol the request asks to upgrade to (`Exchange+Upgrade.swift`); `.none` for almost all.
     var upgrade = UpgradeRequest.none
+    /// With `upgrade`: the client is an HTTP/2 stream (RFC 8441 extended CONNECT), so after the
+    /// upstream's 101 the exchange itself carries the tunnel (DATA <-> bytes). Read only when
+    /// `upgrade` is set (which `begin` clears).
+    var tunnelOverStream = false
     /// What the metrics, the access log and tracing see of this request (`Exchange+Observe.swift`).
     var observe = Observation()
     static let replayLimit = 64 * 1024

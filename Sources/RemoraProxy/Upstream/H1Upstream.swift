@@ -20,6 +20,9 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
     var responseDone = false
     /// The response was a 101 to an upgrade request: what follows it is the tunnel's, not HTTP.
     var upgraded = false
+    /// After a 101 for an HTTP/2 client's extended CONNECT: bytes both ways are the tunnel's,
+    /// passed to and from the exchange as body (`Exchange+Upgrade.swift`).
+    var tunnel = false
     var framing = BodyFraming.none
     /// At `begin`: nothing was queued, and the connection's write count then. If neither changed
     /// when the exchange is cancelled, no byte of its request left: the queue is dropped and the
@@ -48,6 +51,7 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
         responseDone = false
         interim = false
         upgraded = false
+        tunnel = false
         if e.inDownstreamRead { conn.cork() }   // head and body of the same read leave together
         startedEmpty = conn.queuedBytes == 0
         writesAtBegin = conn.writesStarted
@@ -68,7 +72,10 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
     }
 
     func sendEnd(trailers: UnsafeBufferPointer<HeaderRef>?) {
-        guard framing == .chunked else { return }
+        guard framing == .chunked else {
+            if tunnel { conn.shutdownWrite() }   // the client half-closed its tunnel stream
+            return
+        }
         let w = cluster.worker
         w.scratch.clear()
         HTTP1Head.writeLastChunk(trailers: trailers, into: &w.scratch)
@@ -140,6 +147,11 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
             return
         }
         gotResponseBytes = true
+        if tunnel {   // RFC 8441 tunnel: the bytes are the stream's DATA
+            e.upstreamBody(data)
+            e.upstreamReadDone()
+            return
+        }
         var input = data
         parsing: while true {
             switch parser.feed(input) {
@@ -165,6 +177,10 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
     }
 
     func connectionEOF(_ c: TCPConnection) {
+        if tunnel, let e = exchange {   // the upstream ended the tunnel: the stream ends (never pooled)
+            e.upstreamEnd(trailers: nil)
+            return
+        }
         if exchange != nil && !responseDone && gotResponseBytes {
             // A response delimited by the connection's end completes here; anything else was cut short.
             _ = parser.finish()
@@ -215,8 +231,9 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
         if status >= 100 && status < 200 {
             if status == 101, let e = exchange, e.upgrade != .none {   // the upgrade accepted: the head goes on
                 upgraded = true
-                p.withHeaderRefs { h in
-                    e.upstreamHead(status: 101, reason: p.startLine, headers: h, lengthKnown: false, endStream: false)
+                p.withHeaderRefs { h in   // (an HTTP/2 client is told 200: RFC 8441 §5)
+                    e.upstreamHead(status: e.tunnelOverStream ? 200 : 101, reason: p.startLine, headers: h,
+                                   lengthKnown: false, endStream: false)
                 }
                 return true
             }
