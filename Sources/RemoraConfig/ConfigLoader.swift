@@ -192,7 +192,7 @@ private final class Schema {
                                              "max_request_header_bytes", "idle_timeout", "http2", "routes",
                                              "virtual_hosts", "cluster", "request_timeout", "max_request_body",
                                              "headers_with_underscores", "per_connection_buffer_limit", "access_log",
-                                             "tracing", "tunnel_idle_timeout"])
+                                             "tracing", "tunnel_idle_timeout", "connect"])
         else { return nil }
         let name = m.required("name") { self.name($0, $1, "listener", &listenerNames) }
         let address = m.required("address", listenAddress)
@@ -200,7 +200,7 @@ private final class Schema {
         switch proto {
         case .tcp: m.forbid(["routes", "virtual_hosts", "request_header_timeout", "max_request_header_bytes", "http2", "tracing",
                              "request_timeout", "max_request_body", "headers_with_underscores", "per_connection_buffer_limit",
-                             "tunnel_idle_timeout"],
+                             "tunnel_idle_timeout", "connect"],
                             "only allowed on an http listener")
         case .http: m.forbid(["cluster"], "only allowed on a tcp listener (an http listener uses routes)")
         case nil: break // bad protocol, already reported: check what is there, demand nothing
@@ -217,6 +217,10 @@ private final class Schema {
         let accessLog = m.optional("access_log", accessLog)
         let tracing = m.optional("tracing", tracing)
         let tunnelIdleTimeout = m.optional("tunnel_idle_timeout") { d.duration($0, $1) }   // issue 18
+        let connect = m.optional("connect") { n, p -> ConnectConfig? in
+            guard let c = d.mapping(n, p, keys: ["cluster"]) else { return nil }
+            return c.required("cluster", clusterRef).map(ConnectConfig.init)
+        }
         var names = ListenerNames()
         let routes = m.optional("routes") { d.list($0, $1) { route($0, $1, &names) } }
         let hosts = m.optional("virtual_hosts") { d.list($0, $1) { virtualHost($0, $1, &names) } }
@@ -231,6 +235,7 @@ private final class Schema {
                               headersWithUnderscores: underscores ?? .drop, perConnectionBufferLimit: bufferLimit ?? 1 << 20,
                               accessLog: accessLog, tracing: tracing)
         if let tunnelIdleTimeout { listener.tunnelIdleTimeout = tunnelIdleTimeout }
+        listener.connect = connect
         return listener
     }
 

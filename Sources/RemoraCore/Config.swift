@@ -147,6 +147,9 @@ public struct ListenerConfig: Sendable, Equatable {
     /// HTTP: a tunnel (an upgraded WebSocket connection) with no byte either way for this long is
     /// closed. 0 = never. Default 5 min (Envoy's stream idle timeout, which its upgrades inherit).
     public var tunnelIdleTimeout: Millis = 300_000
+    /// HTTP: `CONNECT host:port` opens a TCP tunnel to an allowed destination (`connect:`); nil =
+    /// CONNECT is refused with 405 (the default: an open proxy is never an accident).
+    public var connect: ConnectConfig?
 
     public init(name: String, address: HostPort, protocol: ListenerProtocol = .http,
                 requestHeaderTimeout: Millis = 10_000, maxRequestHeaderBytes: Int = 60 * 1024,
@@ -337,6 +340,15 @@ public struct ForwardAction: Sendable, Equatable {
         self.init(backends: backends, hashOn: hashOn, timeout: timeout, mirror: mirror, requestTimeout: requestTimeout)
         self.retry = retry
     }
+}
+
+/// CONNECT tunnels on a listener (issue 18), the egress-proxy case: `connect: { cluster: NAME }`.
+/// The allowed destinations are that cluster's endpoints, as written (`host:port`, a name compared
+/// ignoring case) or as the addresses they resolve to; a CONNECT to anything else gets 403. The
+/// tunnel counts in the cluster's stats and obeys its connect timeout and circuit breakers.
+public struct ConnectConfig: Sendable, Equatable {
+    public var cluster: String
+    public init(cluster: String) { self.cluster = cluster }
 }
 
 /// A protocol a route lets requests upgrade to (`upgrade:`).

@@ -131,6 +131,10 @@ final class Worker {
                                           tcpCluster: tcp, stats: st.listeners[i], backendStats: st.routeBackends[i],
                                           filters: ListenerRuntime.filters(l, st, i, routes: snap.routeTables[i], worker: self,
                                                                            rateLimitBuckets: snap.rateLimitBuckets[i]))
+            if snap.connectCluster[i] >= 0 {   // CONNECT tunnels (issue 18)
+                runtime.connectCluster = clusters[snap.connectCluster[i]]
+                runtime.connectTargets = snap.connectTargets[snap.connectCluster[i]]
+            }
             let slot = slots[l.name] ?? ListenerSlot(worker: self, name: l.name, current: runtime)
             slots[l.name] = slot
             slot.current = runtime
@@ -318,6 +322,10 @@ final class ListenerRuntime {
     let hasFilters: Bool
     /// The tracing filter among `filters` (the router asks it for the forwarded fields).
     let tracing: TracingFilter?
+    /// CONNECT tunnels (`connect:`, issue 18): their cluster and the targets it allows (endpoint
+    /// index by `host:port`); nil = CONNECT is refused.
+    var connectCluster: Cluster?
+    var connectTargets: [String: Int] = [:]
 
     init(worker: Worker, config: ListenerConfig, routes: RouteTable, clusters: [Cluster], tcpCluster: Cluster?,
          stats: StatBlock<ListenerStat>, backendStats: [StatBlock<RouteBackendStat>], filters: [any HTTPFilter]) {

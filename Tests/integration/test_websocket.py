@@ -154,7 +154,7 @@ def test_server_speaks_first_and_client_bytes_before_101_are_kept(ws_proxy):
 def test_curl_handshake(ws_proxy):
     r, _ = ws_proxy
     key = "dGhlIHNhbXBsZSBub25jZQ=="
-    out = run_curl(["curl", "--include", "--no-buffer", "--silent", "--max-time", "2", "--http1.1",
+    out = run_curl(["--include", "--no-buffer", "--max-time", "2", "--http1.1",
                     "-H", "Connection: Upgrade", "-H", "Upgrade: websocket", "-H", f"Sec-WebSocket-Key: {key}",
                     "-H", "Sec-WebSocket-Version: 13", f"http://127.0.0.1:{r.port('web')}/hello"])
     text = out.stdout.decode("latin-1")

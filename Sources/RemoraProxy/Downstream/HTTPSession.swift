@@ -65,6 +65,9 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
     var ending = false
     /// The connection became a tunnel (an accepted upgrade): the session is done with it.
     var tunneled = false
+    /// An allowed CONNECT: the endpoint (index in the listener's connect cluster) its tunnel goes
+    /// to once the parser has returned; -1 = none.
+    var connectTo = -1
     var flushScheduled = false
     static let stashLimit = 64 * 1024
     static let preface: StaticString = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -204,6 +207,7 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
             case .paused(let consumed):
                 parserPaused = true
                 if consumed < input.count { stash.append(UnsafeRawBufferPointer(rebasing: input[consumed...])) }
+                if connectTo >= 0 { startConnectTunnel(); return }
             case .error:
                 parseError()
                 return
@@ -316,7 +320,7 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
         conn.clearDeadline()   // the exchange keeps the request's deadlines
         if p.droppedUnderscoreHeaders > 0 { stats.add(.dropped_headers_with_underscores, UInt64(p.droppedUnderscoreHeaders)) }
         p.underscoreAction = listener.config.headersWithUnderscores   // for the next request
-        if p.isCONNECT { localResponse(405, "CONNECT is not supported\n"); return false }
+        if p.isCONNECT { connectRequest(p); return false }
         if overloadLevel >= 1 {
             stats.inc(.downstream_rq_overload_refused)
             localResponse(503, "overloaded\n")
@@ -387,7 +391,7 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
                 if p.trailers.count > 0 { p.trailers.withRefs { e.requestEnd(trailers: $0) } } else { e.requestEnd(trailers: nil) }
             }
             p.clearTrailers()
-        } else if active {
+        } else if active && connectTo < 0 {
             finishExchange()   // answered locally before the body ended
         }
     }
@@ -548,6 +552,42 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
             worker.freeParsers.give(p)
         }
         return true
+    }
+
+    /// `CONNECT host:port` (issue 18): allowed when the listener has `connect:` and the target is
+    /// one of its cluster's endpoints; the tunnel starts once the parser has returned
+    /// (`startConnectTunnel`). Otherwise 405 (no `connect:`) or 403 (another destination).
+    func connectRequest(_ p: HTTP1Parser) {
+        let l = listener
+        guard l.connectCluster != nil else { localResponse(405, "CONNECT is not supported\n"); return }
+        if p.hasBody { localResponse(400, "a CONNECT request cannot have a body\n"); return }
+        guard let i = l.connectTargets[String(decoding: p.startLine, as: UTF8.self).lowercased()] else {
+            stats.inc(.downstream_rq_upgrade_refused)
+            localResponse(403, "CONNECT to this destination is not allowed\n")
+            return
+        }
+        stats.inc(.downstream_rq_total)
+        connectTo = i
+    }
+
+    /// Hands the connection to a tunnel toward the CONNECT's endpoint, which answers 200 once
+    /// connected (503 if the connect fails); bytes the client sent after its request go up first.
+    func startConnectTunnel() {
+        guard let cl = listener.connectCluster else { return }
+        let endpoint = connectTo
+        connectTo = -1
+        ending = true
+        tunneled = true
+        let t = TCPProxySession(connect: worker, listener: listener, cluster: cl, endpoint: endpoint, down: conn)
+        t.slot = slot
+        worker.replace(self, with: t)
+        if !stash.isEmpty { t.forward(from: conn, stash.bytes) }
+        stash.release(); work.release(); sniff.release()
+        if let p = parserRef {
+            parserRef = nil
+            p._withUnsafeGuaranteedRef { $0.detach(); $0.reset() }
+            worker.freeParsers.give(p)
+        }
     }
 
     // MARK: Session

@@ -33,6 +33,12 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
     let idleTimeout: Millis
     /// An upgraded HTTP connection (counted in `downstream_cx_upgrades_active` while open).
     let isTunnel: Bool
+    /// A CONNECT tunnel: the endpoint it goes to (index in the cluster; -1: the balancer picks),
+    /// and whether the client is still to be told how the connect went (200, or 503).
+    var pinnedEndpoint = -1
+    var answerConnect = false
+    /// The CONNECT was answered 503: the client's connection closes once that is flushed.
+    var refused = false
 
     init(worker: Worker, listener: ListenerRuntime, cluster: Cluster, down: TCPConnection) {
         self.worker = worker
@@ -75,13 +81,49 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
         if idleTimeout > 0 { down.setDeadline(after: idleTimeout) }
     }
 
+    /// A CONNECT tunnel (`HTTPSession.connectRequest`): connects to endpoint `endpoint` of
+    /// `cluster`, then answers the client 200 and pumps; a failed connect is answered 503.
+    init(connect worker: Worker, listener: ListenerRuntime, cluster: Cluster, endpoint: Int, down: TCPConnection) {
+        self.worker = worker
+        self.listener = listener
+        self.cluster = cluster
+        self.down = down
+        idleTimeout = listener.config.tunnelIdleTimeout
+        isTunnel = true
+        pinnedEndpoint = endpoint
+        answerConnect = true
+        super.init()
+        listener.stats.inc(.downstream_cx_upgrades_total)
+        listener.stats.inc(.downstream_cx_upgrades_active)
+        down.delegate = self
+        down.owner = self
+        if idleTimeout > 0 { down.setDeadline(after: idleTimeout) } else { down.clearDeadline() }
+        connectUpstream()
+        down.startReading()
+    }
+
+    /// The CONNECT's answer: 200 once connected, else 503 and the connection ends.
+    func answer(connected: Bool) {
+        answerConnect = false
+        if connected {
+            listener.stats.inc(.downstream_rq_2xx)
+            down.write(rawBytes("HTTP/1.1 200 Connection Established\r\n\r\n"))
+            return
+        }
+        listener.stats.inc(.downstream_rq_5xx)
+        refused = true
+        down.write(rawBytes("HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 24\r\nconnection: close\r\n\r\nupstream connect failed\n"))
+        up?.close()
+        down.closeWhenFlushed()
+    }
+
     func connectUpstream() {
         connectAttempts += 1
         let c = TCPConnection(loop: worker.loop)
         guard cluster.admitConnection(c) else {   // over max_connections / max_pending: the client is let go
             cluster.overflowed = false
             c.close()
-            down.close()
+            if answerConnect { answer(connected: false) } else { down.close() }
             return
         }
         c.delegate = self
@@ -95,7 +137,8 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
             var ip = down.peerIP()
             hash = ip.withUTF8 { cluster.requestHash(UnsafeBufferPointer(start: nil, count: 0), clientIP: UnsafeRawBufferPointer($0)) }
         }
-        let ref = cluster.pickEndpoint(hash: hash)
+        let ref = pinnedEndpoint >= 0 && pinnedEndpoint < cluster.endpoints.count
+            ? Unmanaged.passUnretained(cluster.endpoints[pinnedEndpoint]) : cluster.pickEndpoint(hash: hash)
         endpoint = ref
         endpointIndex = ref._withUnsafeGuaranteedRef { $0.index }
         connectStart = worker.loop.now
@@ -103,6 +146,7 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
         if c.connect(to: ref.takeUnretainedValue().address) != 0 {
             cluster.stats.inc(.upstream_cx_connect_fail)
             flags.insert(.UF)
+            if answerConnect { answer(connected: false); return }
             abort()
             return
         }
@@ -116,10 +160,12 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
         if status != 0 {
             cluster.stats.inc(.upstream_cx_connect_fail)
             flags.insert(.UF)
+            if answerConnect { answer(connected: false); return }
             abort()
             return
         }
         c.clearDeadline()
+        if answerConnect { answer(connected: true) }
         connectLatency = worker.loop.now &- connectStart
         c.startReading()
     }
@@ -179,6 +225,7 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
             flags.insert(.UF)
             cluster.stats.inc(.upstream_cx_connect_timeout)
             cluster.stats.inc(.upstream_cx_connect_fail)
+            if answerConnect { answer(connected: false); return }
         }
         abort()
     }
@@ -197,7 +244,7 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
             endAttempt()
         }
         // Both sides ended their streams: the other side is flushing and closes by itself.
-        if !(downEOF && upEOF) { abort() }
+        if !(downEOF && upEOF) && !refused { abort() }
     }
 
     override func drain() {}   // a byte stream has no request boundary: it ends when its peers end it
