@@ -10,6 +10,8 @@ public enum UpgradeRequest: UInt8, Sendable {
     case websocket
     /// Any other protocol: refused with 403 (no route allows it).
     case other
+    /// An HTTP/2 CONNECT (no `:protocol`): a TCP tunnel to `:authority` when the listener allows it.
+    case connect
 
     /// The upgrade `headers` ask for: `websocket` when an Upgrade field lists it (any case, among
     /// other tokens), else `other` when one lists anything but h2c, else `none`.

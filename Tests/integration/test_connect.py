@@ -82,3 +82,70 @@ def test_connect_failure_answers_503(start_remora, refused_endpoint):
     s, reader, head = open_tunnel(r.port("web"), refused_endpoint)
     assert head.startswith(b"HTTP/1.1 503 "), head
     s.close()
+
+
+def h2_connect(port: int, authority: str):
+    import h2.config
+    import h2.connection
+    s = connect(port)
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    c.initiate_connection()
+    sid = c.get_next_available_stream_id()
+    c.send_headers(sid, [(b":method", b"CONNECT"), (b":authority", authority.encode())])
+    s.sendall(c.data_to_send())
+    return s, c, sid
+
+
+def h2_pump(s, c, state: dict, pred, timeout: float = 5):
+    import time
+
+    import h2.events
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out: {state}"
+        s.settimeout(0.5)
+        try:
+            d = s.recv(1 << 16)
+        except socket.timeout:
+            continue
+        assert d, "connection closed"
+        for ev in c.receive_data(d):
+            if isinstance(ev, h2.events.ResponseReceived):
+                state["status"] = int(dict(ev.headers)[b":status"])
+            elif isinstance(ev, h2.events.DataReceived):
+                state["data"] = state.get("data", b"") + ev.data
+                c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            elif isinstance(ev, h2.events.StreamEnded):
+                state["ended"] = True
+            elif isinstance(ev, h2.events.StreamReset):
+                state["reset"] = ev.error_code
+        out = c.data_to_send()
+        if out:
+            s.sendall(out)
+
+
+def test_h2_connect_tunnel_to_allowed_tcp_echo_and_403(start_remora, tcp_backend):
+    b = tcp_backend()
+    other = tcp_backend()
+    r = start_remora(connect_config([b.endpoint]))
+    s, c, sid = h2_connect(r.port("web"), b.endpoint)
+    st: dict = {}
+    try:
+        h2_pump(s, c, st, lambda: "status" in st)
+        assert st["status"] == 200
+        c.send_data(sid, b"over h2")
+        s.sendall(c.data_to_send())
+        h2_pump(s, c, st, lambda: st.get("data", b"") == b"over h2")
+        c.end_stream(sid)   # half-close: the echo answers BYE and ends, so does the stream
+        s.sendall(c.data_to_send())
+        h2_pump(s, c, st, lambda: st.get("ended") or "reset" in st)
+        assert st["data"] == b"over h2BYE" and st.get("ended") and "reset" not in st, st
+    finally:
+        s.close()
+    s, c, sid = h2_connect(r.port("web"), other.endpoint)
+    st = {}
+    try:
+        h2_pump(s, c, st, lambda: "status" in st)
+        assert st["status"] == 403
+    finally:
+        s.close()

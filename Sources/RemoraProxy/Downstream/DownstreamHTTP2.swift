@@ -445,6 +445,8 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
                 start.upgrade = proto.count == 9 && proto.equalsLowercase("websocket") ? .websocket : .other
                 start.lengthKnown = true   // toward HTTP/1.1 the bytes go as they are, unframed
                 start.contentLength = 0
+            } else if method.count == 7 && method.equalsLowercase("connect") {   // a TCP tunnel to :authority
+                start.upgrade = .connect
             }
             e.start(downstream: st, listener: listener, start, clientIP: clientIP)
         }

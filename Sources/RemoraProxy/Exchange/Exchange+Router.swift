@@ -43,6 +43,7 @@ extension Exchange {
         observeStart()
         stats.inc(.downstream_rq_total)
         stats.inc(.downstream_rq_active)
+        if upgrade == .connect { connectTunnel(r, l); return }   // HTTP/2 CONNECT (Exchange+Upgrade.swift)
         let h = r.view.headers
         isGRPC = h.firstIndex(named: "content-type").map { GRPC.isGRPC(contentType: h[$0].value) } ?? false
         routeIndex = l.routes.match(r.view) ?? -1

@@ -87,3 +87,56 @@ extension Exchange {
         pool.give(&fields)
     }
 }
+
+extension Exchange {
+    /// An HTTP/2 CONNECT (issue 18): allowed when the listener has `connect:` and `:authority` is
+    /// one of its cluster's endpoints (else 405 / 403). The exchange carries the tunnel as for
+    /// RFC 8441: an upstream connection in tunnel mode from the start, `200` once it is connected
+    /// (a failed connect is answered 503), DATA <-> bytes, the tunnel idle timeout.
+    func connectTunnel(_ r: RequestStart, _ l: ListenerRuntime) {
+        guard let cl = l.connectCluster else { local(405, "CONNECT is not supported\n"); return }
+        guard let i = l.connectTargets[String(decoding: r.view.authority, as: UTF8.self).lowercased()] else {
+            stats.inc(.downstream_rq_upgrade_refused)
+            local(403, "CONNECT to this destination is not allowed\n")
+            return
+        }
+        cluster = cl
+        upstreamIsHTTP2 = false
+        tunnelOverStream = true
+        streamIdleTimeout = l.config.tunnelIdleTimeout
+        reqFraming = .contentLength
+        replayable = false
+        cl.stats.inc(.upstream_rq_total)
+        cl.stats.inc(.upstream_rq_active)
+        clusterActive = true
+        guard let u = cl.openTunnel(for: self, endpoint: i) else {
+            if cl.overflowed { cl.overflowed = false; overloaded(cl) } else { noUpstream(.connectFailed) }
+            return
+        }
+        upstream = u
+        attemptEndpoint = u.endpoint
+        attemptStart = timer.now
+        attemptHeadAt = 0
+        attemptStatus = 0
+        attemptGRPCStatus = -1
+        stats.inc(.downstream_cx_upgrades_total)
+        if !replay.isEmpty { u.sendBody(replay.bytes) }
+        arm(.stream)
+    }
+}
+
+extension Cluster {
+    /// A new connection to endpoint `i` in tunnel mode for `exchange` (an HTTP/2 CONNECT), or nil.
+    func openTunnel(for exchange: Exchange, endpoint i: Int) -> H1Upstream? {
+        guard i >= 0 && i < endpoints.count else { return nil }
+        let e = endpoints[i]
+        guard let c = connect(e) else { return nil }
+        let u = H1Upstream(cluster: self, endpoint: Unmanaged.passUnretained(e), conn: c)
+        u.exchange = exchange
+        u.framing = .contentLength
+        u.tunnel = true
+        u.answerConnect = true
+        e.activeRequests += 1
+        return u
+    }
+}

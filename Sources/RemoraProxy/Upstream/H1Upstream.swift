@@ -23,6 +23,8 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
     /// After a 101 for an HTTP/2 client's extended CONNECT: bytes both ways are the tunnel's,
     /// passed to and from the exchange as body (`Exchange+Upgrade.swift`).
     var tunnel = false
+    /// An HTTP/2 CONNECT's tunnel, connecting: the exchange hears `200` once connected.
+    var answerConnect = false
     var framing = BodyFraming.none
     /// At `begin`: nothing was queued, and the connection's write count then. If neither changed
     /// when the exchange is cancelled, no byte of its request left: the queue is dropped and the
@@ -135,6 +137,13 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
             cluster.stats.inc(.upstream_cx_connect_fail)
             if exchange == nil { c.close(); return }   // pooled while connecting
             fail(.connectFailed)
+            return
+        }
+        if answerConnect, let e = exchange {   // an HTTP/2 CONNECT: the tunnel is open
+            answerConnect = false
+            c.clearDeadline()
+            e.upstreamHead(status: 200, reason: UnsafeRawBufferPointer(start: nil, count: 0),
+                           headers: UnsafeBufferPointer(start: nil, count: 0), lengthKnown: false, endStream: false)
             return
         }
         // Pooled while connecting (its exchange went away before a byte left): idle from now.
