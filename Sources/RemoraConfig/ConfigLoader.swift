@@ -311,7 +311,7 @@ private final class Schema {
     func route(_ n: Node, _ p: String, _ names: inout ListenerNames) -> RouteConfig? {
         guard var m = d.mapping(n, p, keys: ["name", "match", "backends", "hash_on", "timeout", "mirror", "redirect",
                                              "direct_response", "rewrite", "request_headers", "response_headers",
-                                             "request_timeout", "retry", "fault", "rate_limit", "upgrade"])
+                                             "request_timeout", "retry", "fault", "rate_limit", "upgrade", "grpc_web"])
         else { return nil }
         let name = m.required("name") { self.name($0, $1, "route", &names.routes) }
         let match = m.optional("match", routeMatch)
@@ -323,7 +323,7 @@ private final class Schema {
         m.forbid(Array(kind.dropFirst()), "not allowed with \(kind.first ?? "") (a route has one action)")
         if let first = kind.first, first != "backends" {
             m.forbid(["hash_on", "timeout", "mirror", "request_headers", "request_timeout", "retry", "fault", "rate_limit",
-                      "upgrade"],
+                      "upgrade", "grpc_web"],
                      "only allowed with backends")
         }
         if kind.first == "direct_response" { m.forbid(["rewrite"], "not allowed with direct_response") }
@@ -344,12 +344,18 @@ private final class Schema {
             let upgrade = m.optional("upgrade") { n, p -> [UpgradeProtocol]? in
                 d.list(n, p) { n, p in d.value(n, p, "websocket (the one upgrade supported)") { UpgradeProtocol(rawValue: $0) } }
             }
+            let grpcWeb = m.optional("grpc_web") { n, p -> GRPCWebConfig? in   // issue 18
+                guard let g = d.mapping(n, p, keys: ["allow_origins"]) else { return nil }
+                let origins = g.optional("allow_origins") { n, p in d.list(n, p) { d.string($0, $1) } }
+                return GRPCWebConfig(allowOrigins: origins ?? [])
+            }
             action = backends.map {
                 var f = ForwardAction(backends: $0, hashOn: hashOn, timeout: timeout ?? 15_000, mirror: mirror,
                                       requestTimeout: requestTimeout, retry: retry)
                 f.fault = fault
                 f.rateLimit = rateLimit
                 if let upgrade { f.upgrade = upgrade }
+                f.grpcWeb = grpcWeb
                 return .forward(f)
             }
         }

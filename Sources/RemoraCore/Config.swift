@@ -328,6 +328,9 @@ public struct ForwardAction: Sendable, Equatable {
     /// `[websocket]` (see docs/config.md); `[]` refuses upgrades with 403. Applies toward HTTP/1.1
     /// clusters; an upgrade toward an HTTP/2 cluster is refused.
     public var upgrade: [UpgradeProtocol] = [.websocket]
+    /// gRPC-Web (`grpc_web:`, issue 18): `application/grpc-web(+proto)` and `-text` requests are
+    /// translated to gRPC toward the (HTTP/2) cluster and their responses back; nil = off.
+    public var grpcWeb: GRPCWebConfig?
 
     public init(backends: [WeightedBackend], hashOn: HashKey? = nil, timeout: Millis = 15_000, mirror: MirrorPolicy? = nil,
                 requestTimeout: Millis? = nil) {
@@ -349,6 +352,19 @@ public struct ForwardAction: Sendable, Equatable {
 public struct ConnectConfig: Sendable, Equatable {
     public var cluster: String
     public init(cluster: String) { self.cluster = cluster }
+}
+
+/// gRPC-Web on a route (`grpc_web: { allow_origins: [...] }`).
+public struct GRPCWebConfig: Sendable, Equatable {
+    /// Origins whose browsers may call the route (CORS): a preflight (`OPTIONS` with
+    /// `Access-Control-Request-Method`) from one is answered 204 by the proxy, and responses to it
+    /// carry `access-control-allow-origin` and expose the grpc-status fields. `"*"` = any origin.
+    /// Empty (the default) = no CORS handling.
+    public var allowOrigins: [String]
+    public init(allowOrigins: [String] = []) { self.allowOrigins = allowOrigins }
+
+    /// Whether `origin` is allowed.
+    public func allows(_ origin: String) -> Bool { allowOrigins.contains("*") || allowOrigins.contains(origin) }
 }
 
 /// A protocol a route lets requests upgrade to (`upgrade:`).

@@ -110,6 +110,7 @@ extension Exchange {
         case .forward:
             break
         }
+        if route.grpcWeb && startGRPCWeb(r, route: ri, table) { return }   // gRPC-Web (a preflight answered)
         // Slow or oversized bodies (gRPC is bounded by its deadline and its server's message limits).
         maxRequestBody = isGRPC ? 0 : l.config.maxRequestBodyBytes
         if maxRequestBody != 0 && r.lengthKnown && r.contentLength > maxRequestBody {
@@ -148,7 +149,11 @@ extension Exchange {
                 if !mutations.isEmpty && (r.fromHTTP2 || r.authorityReplacesHost), let i = headers.firstIndex(named: "host") {
                     routed.authority = headers[i].value
                 }
-                prepareUpstream(cl, r, routed, clientIP: clientIP, scheme: l.scheme, dropExpect: r.dropExpect)
+                if grpcWeb != .off {
+                    withGRPCWebHead(routed) { prepareUpstream(cl, r, $0, clientIP: clientIP, scheme: l.scheme, dropExpect: r.dropExpect) }
+                } else {
+                    prepareUpstream(cl, r, routed, clientIP: clientIP, scheme: l.scheme, dropExpect: r.dropExpect)
+                }
                 // The shadow gets the request as routed (rewritten, with the route's header changes).
                 if let mc = mirrorCluster, upgrade == .none { startShadow(cluster: l.clusters[mc], l, r, routed, clientIP: clientIP) }
             }

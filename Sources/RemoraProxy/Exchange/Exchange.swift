@@ -137,6 +137,12 @@ final class Exchange: DeadlineTimerDelegate {
     /// upstream's 101 the exchange itself carries the tunnel (DATA <-> bytes). Read only when
     /// `upgrade` is set (which `begin` clears).
     var tunnelOverStream = false
+    /// gRPC-Web (`Exchange+GRPCWeb.swift`): the request's mode (`.off` for all others), the text
+    /// mode's base64 state both ways, the CORS origin echoed in the response (nil: none).
+    var grpcWeb = GRPCWeb.Mode.off
+    var grpcWebIn = GRPCWeb.Decoder()
+    var grpcWebOut = GRPCWeb.Encoder()
+    var grpcWebOrigin: String?
     /// What the metrics, the access log and tracing see of this request (`Exchange+Observe.swift`).
     var observe = Observation()
     static let replayLimit = 64 * 1024
@@ -182,6 +188,7 @@ final class Exchange: DeadlineTimerDelegate {
         runsFilters = false
         dispatchDelay = 0
         upgrade = .none
+        grpcWeb = .off
     }
 
     var inDownstreamRead: Bool { downstream?.isReading ?? false }

@@ -1,0 +1,72 @@
+import Testing
+import RemoraCore
+@testable import RemoraHTTP
+
+/// Upgrade decisions (issue 18): which upgrades a request asks for, the parser's flag, the heads written.
+@Suite struct UpgradeTests {
+    func classify(_ fields: [(StaticString, StaticString)]) -> UpgradeRequest {
+        let refs = fields.map { HeaderRef(name: rawBytes($0.0), value: rawBytes($0.1)) }
+        return refs.withUnsafeBufferPointer { UpgradeRequest.classify($0) }
+    }
+
+    @Test func classifiesTheUpgradeField() {
+        #expect(classify([("Upgrade", "websocket")]) == .websocket)
+        #expect(classify([("upgrade", "WebSocket")]) == .websocket)
+        #expect(classify([("Upgrade", "foo/1, websocket")]) == .websocket)
+        #expect(classify([("Upgrade", "h2c")]) == UpgradeRequest.none, "h2c is ignored as before")
+        #expect(classify([("Upgrade", " h2c , ")]) == UpgradeRequest.none)
+        #expect(classify([("Upgrade", "TLS/1.0")]) == .other)
+        #expect(classify([("Upgrade", "h2c, foo")]) == .other)
+        #expect(classify([("Upgrade", "websocketx")]) == .other)
+        #expect(classify([("X-Upgrade", "websocket")]) == UpgradeRequest.none)
+        #expect(classify([]) == UpgradeRequest.none)
+    }
+
+    @Test func parserFlagsUpgradeRequestsAndParsesThemAsPlainMessages() {
+        let p = HTTP1Parser(kind: .request)
+        let r = Recorder()
+        p.delegate = r
+        let msg = "GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\u{81}\u{05}hello"
+        let result = feed(p, msg)
+        #expect(p.wantsUpgrade)
+        #expect(r.completed == 1)
+        guard case .paused(let consumed) = result else { Issue.record("expected a pause after the message"); return }
+        #expect(msg.utf8.count - consumed == 7, "the frame after the head is left for the tunnel")
+        let q = HTTP1Parser(kind: .request)
+        q.delegate = Recorder()
+        _ = feed(q, "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n")   // no Connection: upgrade
+        #expect(!q.wantsUpgrade)
+        let s = HTTP1Parser(kind: .response)
+        s.delegate = Recorder()
+        _ = feed(s, "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")
+        #expect(s.wantsUpgrade)
+    }
+
+    @Test func base64AndTheKeyField() {
+        func b64(_ s: String) -> String {
+            var out = ByteBuffer()
+            defer { out.release() }
+            Array(s.utf8).withUnsafeBytes { Base64.encode($0, into: &out) }
+            return out.bytes.string
+        }
+        #expect(b64("") == "" && b64("f") == "Zg==" && b64("fo") == "Zm8=" && b64("foo") == "Zm9v")
+        #expect(b64("foobar") == "Zm9vYmFy" && b64("the sample nonce") == "dGhlIHNhbXBsZSBub25jZQ==")
+        var out = ByteBuffer()
+        defer { out.release() }
+        UpgradeRequest.writeWebSocketFields(key: (1, 2), into: &out)
+        let text = out.bytes.string
+        #expect(text.hasPrefix("connection: upgrade\r\nupgrade: websocket\r\nsec-websocket-key: "))
+        #expect(text.hasSuffix("==\r\n") && text.count == 41 + 19 + 24 + 2)
+    }
+
+    @Test func switchingProtocolsHeadKeepsEndToEndFieldsOnly() {
+        let fields: [(StaticString, StaticString)] = [("Sec-WebSocket-Accept", "abc"), ("Connection", "Upgrade, X-Hop"),
+                                                      ("X-Hop", "1"), ("Upgrade", "websocket"), ("X-Kept", "2")]
+        let refs = fields.map { HeaderRef(name: rawBytes($0.0), value: rawBytes($0.1)) }
+        var out = ByteBuffer()
+        defer { out.release() }
+        refs.withUnsafeBufferPointer { HTTP1Head.writeSwitchingProtocols(headers: $0, fallback: "websocket", into: &out) }
+        #expect(out.bytes.string == "HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: abc\r\nX-Kept: 2\r\n"
+                + "connection: upgrade\r\nupgrade: websocket\r\n\r\n")
+    }
+}
