@@ -121,3 +121,16 @@ import RemoraPolicy
         #expect(tcp.contains { $0.contains("connect") && $0.contains("only allowed on an http listener") }, "\(tcp)")
     }
 }
+
+extension TunnelConfigTests {
+    @Test func grpcWeb() throws {
+        let c = try parse(route: "grpc_web: { allow_origins: [ \"https://a.example\" ] }").get()
+        guard case .forward(let f) = c.listeners[0].virtualHosts[0].routes[0].action else { Issue.record("forward"); return }
+        #expect(f.grpcWeb == GRPCWebConfig(allowOrigins: ["https://a.example"]))
+        #expect(f.grpcWeb?.allows("https://a.example") == true && f.grpcWeb?.allows("https://b.example") == false)
+        let plain = try parse(route: "grpc_web: {}").get()
+        guard case .forward(let g) = plain.listeners[0].virtualHosts[0].routes[0].action else { Issue.record("forward"); return }
+        #expect(g.grpcWeb == GRPCWebConfig())
+        #expect(errors(parse(route: "grpc_web: { origins: [x] }")).contains { $0.contains("grpc_web.origins") })
+    }
+}

@@ -70,3 +70,70 @@ import RemoraCore
                 + "connection: upgrade\r\nupgrade: websocket\r\n\r\n")
     }
 }
+
+/// gRPC-Web's pure pieces (issue 18).
+@Suite struct GRPCWebTests {
+    func mode(_ s: StaticString) -> GRPCWeb.Mode { GRPCWeb.mode(contentType: rawBytes(s)) }
+
+    @Test func contentTypes() {
+        #expect(mode("application/grpc-web") == .binary && mode("application/grpc-web+proto") == .binary)
+        #expect(mode("Application/GRPC-Web;charset=x") == .binary)
+        #expect(mode("application/grpc-web-text") == .text && mode("application/grpc-web-text+proto") == .text)
+        #expect(mode("application/grpc") == .off && mode("application/grpc+proto") == .off)
+        #expect(mode("application/grpc-webx") == .off && mode("application/grpc-web-textual") == .off && mode("text/plain") == .off)
+        var out = ByteBuffer()
+        defer { out.release() }
+        GRPCWeb.upstreamContentType(rawBytes("application/grpc-web-text+proto"), into: &out)
+        #expect(out.bytes.string == "application/grpc+proto")
+        out.clear()
+        GRPCWeb.upstreamContentType(rawBytes("application/grpc-web"), into: &out)
+        #expect(out.bytes.string == "application/grpc")
+    }
+
+    @Test func trailerFrame() {
+        let t = [HeaderRef(name: rawBytes("Grpc-Status"), value: rawBytes("0")), HeaderRef(name: rawBytes("grpc-message"), value: rawBytes("ok"))]
+        var out = ByteBuffer()
+        defer { out.release() }
+        t.withUnsafeBufferPointer { GRPCWeb.writeTrailerFrame($0, into: &out) }
+        let lines = "grpc-status:0\r\ngrpc-message:ok\r\n"
+        #expect(Array(out.bytes) == [0x80, 0, 0, 0, UInt8(lines.utf8.count)] + Array(lines.utf8))
+    }
+
+    @Test func base64StreamsInAnyPieces() {
+        let data = (0..<1000).map { UInt8(truncatingIfNeeded: $0 &* 37 &+ 11) }
+        for piece in [1, 2, 3, 4, 5, 7, 64, 1000] {
+            var enc = GRPCWeb.Encoder()
+            var encoded = ByteBuffer()
+            defer { encoded.release() }
+            var i = 0
+            while i < data.count {
+                let end = min(i + piece, data.count)
+                data[i..<end].withUnsafeBytes { enc.encode($0, into: &encoded) }
+                i = end
+            }
+            enc.finish(into: &encoded)
+            var whole = ByteBuffer()
+            defer { whole.release() }
+            data.withUnsafeBytes { Base64.encode($0, into: &whole) }
+            #expect(encoded.bytes.string == whole.bytes.string, "piece \(piece)")
+            var dec = GRPCWeb.Decoder()
+            var decoded = ByteBuffer()
+            defer { decoded.release() }
+            let text = Array(encoded.bytes)
+            var j = 0
+            while j < text.count {
+                let end = min(j + piece, text.count)
+                #expect(text[j..<end].withUnsafeBytes { dec.decode($0, into: &decoded) })
+                j = end
+            }
+            #expect(Array(decoded.bytes) == data && !dec.isMidQuad)
+        }
+        // Padding between separately encoded messages, and bad input.
+        var dec = GRPCWeb.Decoder()
+        var out = ByteBuffer()
+        defer { out.release() }
+        #expect(Array("Zg==Zm8=Zm9v".utf8).withUnsafeBytes { dec.decode($0, into: &out) })
+        #expect(out.bytes.string == "ffofoo")
+        #expect(!Array("Zm9v!".utf8).withUnsafeBytes { dec.decode($0, into: &out) } && dec.failed)
+    }
+}
