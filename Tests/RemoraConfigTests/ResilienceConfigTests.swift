@@ -111,7 +111,7 @@ import RemoraPolicy
 
     @Test func mistakesNameTheLineAndField() {
         let bad = errors(parse(route: "upgrade: [ spdy ]"))
-        #expect(bad.contains { $0.contains("t.yaml:7") && $0.contains("upgrade[0]") && $0.contains("websocket") }, "\(bad)")
+        #expect(bad.contains { $0.contains("t.yaml:8") && $0.contains("upgrade[0]") && $0.contains("websocket") }, "\(bad)")
         let noCluster = errors(parse(listener: "connect: { cluster: nope }"))
         #expect(noCluster.contains { $0.contains("connect.cluster") && $0.contains(#"cluster "nope" is not defined"#) }, "\(noCluster)")
         let tcp = errors(ConfigLoader.parse(yaml: """

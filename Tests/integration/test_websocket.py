@@ -580,3 +580,21 @@ def test_same_scenario_through_remora_and_envoy(proxy, start_remora, ws_backend,
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def test_rfc8441_idle_tunnel_closed_after_tunnel_idle_timeout(start_remora, ws_backend):
+    """Bytes either way keep an HTTP/2 tunnel open; none for tunnel_idle_timeout ends its stream."""
+    b = ws_backend()
+    r = start_remora(ws_config(b.endpoint, tunnel_idle_timeout="1s"))
+    c = H2WS(r.port("web"))
+    try:
+        c.pump_until(lambda: c.status == 200, 5)
+        for i in range(4):   # pings (and their pongs) past the timeout keep it open
+            c.send(ws_frame(9, b"p%d" % i))
+            time.sleep(0.4)
+        assert not c.ended and c.reset is None, "traffic kept the tunnel open"
+        started = time.monotonic()
+        c.pump_until(lambda: c.ended or c.reset is not None, 5)
+        assert 0.5 < time.monotonic() - started < 3
+    finally:
+        c.close()
