@@ -317,6 +317,12 @@ public final class HTTP2Session {
         Int(nghttp2_session_get_remote_settings(session, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS))
     }
 
+    /// The peer announced SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441): it takes extended CONNECT.
+    /// Meaningful once its SETTINGS arrived (0 before).
+    public var remoteEnablesConnectProtocol: Bool {
+        nghttp2_session_get_remote_settings(session, NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL) != 0
+    }
+
     /// Whether a new request may be opened (client; false after GOAWAY or when ids run out).
     public var canOpenStream: Bool { nghttp2_session_check_request_allowed(session) != 0 }
 

@@ -22,6 +22,27 @@ import RemoraCore
         #expect(classify([]) == UpgradeRequest.none)
     }
 
+    /// RFC 8441 passed through to an HTTP/2 upstream: `:protocol` right after the pseudo-fields the
+    /// session writes itself, so it goes out before every regular field; without the flag, nothing changes.
+    @Test func extendedConnectStoresTheProtocolPseudoField() {
+        var fields = HeaderBlock()
+        fields.append(rawBytes("sec-websocket-version"), rawBytes("13"))
+        fields.append(rawBytes("origin"), rawBytes("http://a"))
+        let view = fields.withRefs { RequestView(method: rawBytes("CONNECT"), target: rawBytes("/chat"), authority: rawBytes("svc"), headers: $0) }
+        for ext in [true, false] {
+            var h2 = HeaderBlock()
+            HTTP2Head.storeRequest(view, clientIP: rawBytes("1.2.3.4"), proto: "http", dropExpect: true, namesLowercase: true,
+                                   extendedConnect: ext, into: &h2)
+            let got = (0..<h2.count).map { (h2.name($0).string, h2.value($0).string) }
+            let names = [":method", ":authority", ":path"] + (ext ? [":protocol"] : [])
+                + ["sec-websocket-version", "origin", "x-forwarded-for", "x-forwarded-proto"]
+            #expect(got.map(\.0) == names)
+            if ext { #expect(got[3].1 == "websocket" && got[0].1 == "CONNECT") }
+            h2.release()
+        }
+        fields.release()
+    }
+
     @Test func parserFlagsUpgradeRequestsAndParsesThemAsPlainMessages() {
         let p = HTTP1Parser(kind: .request)
         let r = Recorder()

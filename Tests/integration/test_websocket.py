@@ -179,6 +179,7 @@ def test_non_101_answer_stays_http(start_remora, http_backend):
         again = c.request("GET", "/echo")
         assert again.status == 200
     assert r.stat("listener.web.downstream_cx_upgrades_total") == 0
+    assert b.connections == 1, "one upstream connection: a known refusal opens no new one"
 
 
 def test_upgrade_refused_with_403_where_not_allowed(start_remora, ws_backend, http_backend):
@@ -598,3 +599,172 @@ def test_rfc8441_idle_tunnel_closed_after_tunnel_idle_timeout(start_remora, ws_b
         assert 0.5 < time.monotonic() - started < 3
     finally:
         c.close()
+
+
+# -- RFC 8441 passed through to an HTTP/2 backend (extended CONNECT both sides) ----------------------
+
+from backends import _ServerBase
+
+
+class H2TunnelBackend(_ServerBase):
+    """A hyper-h2 h2c server taking extended CONNECT: answers 200 and echoes the stream's DATA back;
+    the bytes `bye` end its side of the stream, the client's END_STREAM ends it too. Announces
+    SETTINGS_ENABLE_CONNECT_PROTOCOL only with `enable_connect`. Records each request's fields."""
+
+    def __init__(self, enable_connect: bool = True):
+        self.enable_connect = enable_connect
+        self.requests: list[dict[bytes, bytes]] = []
+        self.streams_per_conn: dict[int, int] = {}
+        super().__init__("127.0.0.1")
+
+    def handle(self, conn, conn_id):
+        hc = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        if self.enable_connect:
+            hc.local_settings = h2.settings.Settings(client=False, initial_values={
+                h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 1})
+        hc.initiate_connection()
+        conn.sendall(hc.data_to_send())
+        conn.settimeout(0.05)
+        while not self.stop.is_set():
+            try:
+                data = conn.recv(1 << 20)
+                if not data:
+                    return
+            except socket.timeout:
+                continue
+            for ev in hc.receive_data(data):
+                sid = getattr(ev, "stream_id", 0)
+                if isinstance(ev, h2.events.RequestReceived):
+                    hd = dict(ev.headers)
+                    with self.lock:
+                        self.requests.append(hd)
+                        self.streams_per_conn[conn_id] = self.streams_per_conn.get(conn_id, 0) + 1
+                    if hd.get(b":method") == b"CONNECT" and hd.get(b":protocol") == b"websocket":
+                        hc.send_headers(sid, [(b":status", b"200"), (b"sec-websocket-protocol", b"chat"),
+                                              (b"x-backend", b"h2")])
+                    else:
+                        hc.send_headers(sid, [(b":status", b"404"), (b"content-length", b"0")], end_stream=True)
+                elif isinstance(ev, h2.events.DataReceived):
+                    hc.acknowledge_received_data(ev.flow_controlled_length, sid)
+                    if ev.data == b"bye":
+                        hc.end_stream(sid)
+                    elif ev.data:
+                        hc.send_data(sid, ev.data)
+                elif isinstance(ev, h2.events.StreamEnded):
+                    try:
+                        hc.end_stream(sid)
+                    except h2.exceptions.StreamClosedError:
+                        pass
+            out = hc.data_to_send()
+            if out:
+                conn.sendall(out)
+
+
+import h2.exceptions
+
+
+@pytest.fixture
+def h2_tunnel_backend():
+    made: list[H2TunnelBackend] = []
+
+    def make(**kw) -> H2TunnelBackend:
+        b = H2TunnelBackend(**kw)
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        b.close()
+
+
+def h2_cluster_config(endpoint: str, **listener_opts) -> dict:
+    return make_config([http_listener("web", **listener_opts)], [cluster("app", [endpoint], protocol="http2")],
+                       workers=1)
+
+
+def test_rfc8441_passed_through_to_an_http2_backend(start_remora, h2_tunnel_backend):
+    """The first tunnel waits for the new upstream connection's SETTINGS; the second goes on the same
+    connection at once. Bytes both ways, the backend ending its side, the client ending its side."""
+    b = h2_tunnel_backend()
+    r = start_remora(h2_cluster_config(b.endpoint))
+    for i in range(2):
+        c = H2WS(r.port("web"), f"/chat?n={i}")
+        try:
+            c.pump_until(lambda: c.status is not None, 5)
+            assert c.status == 200, c.headers
+            assert c.headers.get(b"sec-websocket-protocol") == b"chat" and c.headers.get(b"x-backend") == b"h2"
+            c.send(b"hello over h2 " * 3)
+            c.pump_until(lambda: len(c.data) >= 42, 5)
+            assert bytes(c.data) == b"hello over h2 " * 3
+            c.data.clear()
+            big = os.urandom(1 * MiB)   # more than the stream windows on both hops
+            c.send(big)
+            c.pump_until(lambda: len(c.data) >= len(big), 20)
+            assert bytes(c.data) == big
+            if i == 0:
+                c.send(b"bye")   # the backend ends its side: the client's stream ends
+                c.pump_until(lambda: c.ended or c.reset is not None, 5)
+                assert c.ended and c.reset is None
+            else:
+                c.send(b"", end=True)   # the client ends its side: the backend answers with its end
+                c.pump_until(lambda: c.ended or c.reset is not None, 5)
+                assert c.ended and c.reset is None
+        finally:
+            c.close()
+    assert len(b.requests) == 2
+    for i, hd in enumerate(b.requests):
+        assert hd[b":method"] == b"CONNECT" and hd[b":protocol"] == b"websocket"
+        assert hd[b":path"] == f"/chat?n={i}".encode() and hd[b":authority"] == b"remora.test"
+        assert hd[b"sec-websocket-version"] == b"13" and hd[b"origin"] == b"http://remora.test"
+    assert list(b.streams_per_conn.values()) == [2], "the second tunnel reused the upstream connection"
+    st = r.stats()
+    assert st["listener.web.downstream_cx_upgrades_total"] == 2
+    assert st["listener.web.downstream_rq_2xx"] == 2
+    assert not b.errors, b.errors
+
+
+def test_rfc8441_to_http2_backend_without_the_setting_is_502(start_remora, h2_tunnel_backend):
+    """A backend that does not announce SETTINGS_ENABLE_CONNECT_PROTOCOL never gets :protocol: the
+    client is answered 502, and the connection still serves ordinary requests."""
+    b = h2_tunnel_backend(enable_connect=False)
+    r = start_remora(h2_cluster_config(b.endpoint))
+    for _ in range(2):   # a new upstream connection (waits for its SETTINGS), then the same one, known
+        c = H2WS(r.port("web"))
+        try:
+            c.pump_until(lambda: c.status is not None, 5)
+            assert c.status == 502
+            c.pump_until(lambda: c.ended, 5)
+        finally:
+            c.close()
+    assert b.requests == [], "no extended CONNECT reached a backend that did not announce it"
+    with Client(r.port("web")) as cl:
+        resp = cl.request("GET", "/plain")
+        assert resp.status == 404   # the backend's own answer: the upstream connection works
+    assert b.requests and b.requests[-1][b":path"] == b"/plain"
+    assert r.stat("listener.web.downstream_cx_upgrades_total") == 0
+    assert b.connections == 1, "one upstream connection: a known refusal opens no new one"
+
+
+def test_rfc8441_client_leaves_while_waiting_for_upstream_settings(start_remora):
+    """An upstream that never sends SETTINGS: the extended CONNECT waits (nothing sent); the client
+    resetting its stream cancels the wait cleanly, and the proxy serves on."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)   # never accepted: the kernel completes the connect, nobody ever speaks
+    try:
+        r = start_remora(h2_cluster_config(f"127.0.0.1:{silent.getsockname()[1]}"))
+        c = H2WS(r.port("web"))
+        try:
+            poll(lambda: r.stat("cluster.app.upstream_rq_active") == 1, 5, what="the request waiting upstream")
+            time.sleep(0.2)
+            assert c.status is None
+            c.conn.reset_stream(c.sid, 8)
+            c.sock.sendall(c.conn.data_to_send())
+            poll(lambda: r.stat("cluster.app.upstream_rq_active") == 0, 5, what="the wait cancelled")
+        finally:
+            c.close()
+        c = H2WS(r.port("web"))   # the proxy still serves (this one waits too, until the client goes)
+        c.close()
+        assert r.stat("listener.web.downstream_cx_upgrades_total") == 0
+    finally:
+        silent.close()

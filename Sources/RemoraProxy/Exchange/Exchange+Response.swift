@@ -74,6 +74,7 @@ extension Exchange {
             finish(clean: requestDone)
             return
         }
+        if upgrade == .websocket && upstreamIsHTTP2 && status / 100 == 2 { upstreamStreamTunnel() }   // RFC 8441 through
         arm(.stream)
     }
 

@@ -15,6 +15,10 @@ import RemoraRouting
 /// open as the tunnel: DATA frames are written to the upstream connection as bytes and its bytes
 /// come back as DATA (the exchange's flow control both ways, the tunnel idle timeout as its stream
 /// timeout); an upstream end ends the stream, a client END_STREAM half-closes the upstream.
+/// Toward an HTTP/2 cluster the extended CONNECT is passed through as it is (`:protocol websocket`)
+/// on a connection whose peer announced SETTINGS_ENABLE_CONNECT_PROTOCOL (a new connection's stream
+/// waits for the peer's SETTINGS; one that lacks it fails the attempt: 502); its 2xx makes the
+/// exchange the tunnel, DATA both ways (`upstreamStreamTunnel`).
 extension Exchange {
     /// Whether the route and cluster refuse this upgrade request; when they do, it is answered (403).
     /// Otherwise the request is set up as a tunnel's start: no body limit or request timeout.
@@ -24,8 +28,8 @@ extension Exchange {
             why = "this upgrade protocol is not supported (websocket is)\n"
         } else if !route.upgradeWebSocket {
             why = "websocket upgrades are not allowed on this route\n"
-        } else if cl.config.protocol != .http1 {
-            why = "websocket upgrades need an http1 cluster\n"
+        } else if cl.config.protocol != .http1 && !r.fromHTTP2 {
+            why = "websocket upgrades from HTTP/1.1 need an http1 cluster\n"
         } else if requestHasBody && !r.fromHTTP2 {
             why = "an upgrade request cannot have a body\n"
         } else {
@@ -70,6 +74,15 @@ extension Exchange {
 }
 
 extension Exchange {
+    /// An HTTP/2 upstream accepted the extended CONNECT (2xx; its head already went to the client):
+    /// the attempt ends there (no retry after it, the route timeout no longer applies) and the
+    /// exchange carries the tunnel until either side ends its stream, bounded by the tunnel idle timeout.
+    func upstreamStreamTunnel() {
+        endAttempt(.response)
+        streamIdleTimeout = listener.config.tunnelIdleTimeout
+        stats.inc(.downstream_cx_upgrades_total)
+    }
+
     /// The handshake as an HTTP/1.1 upstream gets it: the request-head policy's fields, then the
     /// upgrade fields (from HTTP/2: method GET and a Sec-WebSocket-Key, RFC 8441 §5 in reverse).
     func writeUpgradeRequest(_ view: RequestView, _ r: RequestStart, clientIP: UnsafeRawBufferPointer, scheme: StaticString) {
