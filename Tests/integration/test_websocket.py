@@ -298,6 +298,49 @@ def test_many_concurrent_connections(start_remora, ws_backend):
     poll(lambda: r.stat("listener.web.downstream_cx_upgrades_active") == 0, 10, what="every tunnel closed")
 
 
+def test_upgrade_request_is_routed_rewritten_retried_logged_and_counted(start_remora, ws_backend, refused_endpoint,
+                                                                         tmp_path):
+    """The handshake is an ordinary request until its 101: the route's header actions both ways, the
+    proxy's retry of a failed connect on another endpoint (before the 101), the access log and stats."""
+    import json
+    b = ws_backend()
+    log = tmp_path / "access.log"
+    rt = route("app", name="chat", prefix="/chat")
+    rt["request_headers"] = {"set": {"x-env": "prod"}}
+    rt["response_headers"] = {"set": {"x-edge": "remora"}}
+    cfg = make_config([http_listener("web", routes=[rt], access_log={"path": str(log), "format": "json"})],
+                      [cluster("app", [refused_endpoint, b.endpoint], lb="round_robin")], workers=1)
+    r = start_remora(cfg)
+    n = 4   # the first handshake to pick the refused endpoint is retried on the other one
+    for i in range(n):
+        with ws_connect(url(r, f"/chat/{i}"), open_timeout=5, additional_headers={"x-env": "dev"}) as ws:
+            hd = ws.response.headers
+            assert hd["x-ws-env"] == "prod", "the route's request header action reached the backend"
+            assert hd["x-edge"] == "remora", "the route's response header action is on the 101"
+            assert hd["x-ws-path"] == f"/chat/{i}"
+            ws.send(f"m{i}")
+            assert ws.recv(timeout=5) == f"m{i}"
+    with pytest.raises(InvalidStatus) as e:   # no route: 404, as for any request
+        ws_connect(url(r, "/other"), open_timeout=5)
+    assert e.value.response.status_code == 404
+    st = r.stats()
+    assert st["cluster.app.upstream_rq_retry"] >= 1, "a failed connect retried on the other endpoint"
+    assert st["listener.web.downstream_rq_1xx"] == n and st["listener.web.downstream_cx_upgrades_total"] == n
+    assert st["listener.web.downstream_rq_4xx"] == 1
+
+    def lines():
+        return [json.loads(x) for x in log.read_text().splitlines() if x.strip()] if log.exists() else []
+    poll(lambda: len(lines()) >= n + 1, 5, what="an access log line per handshake")
+    got = lines()
+    ups = [e for e in got if e["response_code"] == 101]
+    assert sorted(e["path"] for e in ups) == [f"/chat/{i}" for i in range(n)]
+    for e in ups:
+        assert e["method"] == "GET" and e["route_name"] == "chat" and e["upstream_cluster"] == "app"
+        assert e["upstream_host"] == b.endpoint
+    assert sum(e["retry_count"] for e in ups) == st["cluster.app.upstream_rq_retry"]
+    assert [e["response_code"] for e in got if e not in ups] == [404]
+
+
 # -- RFC 8441: WebSocket over HTTP/2 (extended CONNECT) to an HTTP/1.1 backend ---------------------
 
 import h2.config

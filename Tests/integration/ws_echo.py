@@ -5,7 +5,8 @@
 Paths: any path echoes every message back (text as text, binary as binary, any size); `/close`
 echoes the first message, then closes with code 4000 "bye"; `/hello` sends "hello" as soon as the
 handshake is done (the first tunnel bytes come from the server). The 101 carries
-`x-ws-path: <path>` so a test can see what the backend received.
+`x-ws-path: <path>` (and `x-ws-env: <x-env values>` when the request had any) so a test can see what
+the backend received.
 """
 
 import asyncio
@@ -27,6 +28,8 @@ async def handler(ws):
 
 def process_response(connection, request, response):
     response.headers["x-ws-path"] = request.path
+    if "x-env" in request.headers:   # what the proxy's request header actions made of it
+        response.headers["x-ws-env"] = ",".join(request.headers.get_all("x-env"))
     return response
 
 
