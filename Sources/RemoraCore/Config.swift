@@ -184,6 +184,13 @@ public struct ListenerConfig: Sendable, Equatable {
     public var isInternal = false
     /// The sidecar's outbound listener: its services and passthrough policy.
     public var sidecar: SidecarOutbound?
+    // Tunnels (issue 18: WebSocket, CONNECT).
+    /// HTTP: a tunnel (an upgraded WebSocket connection) with no byte either way for this long is
+    /// closed. 0 = never. Default 5 min (Envoy's stream idle timeout, which its upgrades inherit).
+    public var tunnelIdleTimeout: Millis = 300_000
+    /// HTTP: `CONNECT host:port` opens a TCP tunnel to an allowed destination (`connect:`); nil =
+    /// CONNECT is refused with 405 (the default: an open proxy is never an accident).
+    public var connect: ConnectConfig?
 
     public init(name: String, address: HostPort, protocol: ListenerProtocol = .http,
                 requestHeaderTimeout: Millis = 10_000, maxRequestHeaderBytes: Int = 60 * 1024,
@@ -362,6 +369,15 @@ public struct ForwardAction: Sendable, Equatable {
     public var fault: FaultPolicy?
     /// Local rate limit (`rate_limit:`), one token bucket for the route over the whole proxy; nil = none.
     public var rateLimit: RateLimitPolicy?
+    // Upgrades (issue 18).
+    /// Protocols a request may switch to on this route (`upgrade:`): `Connection: upgrade` +
+    /// `Upgrade: websocket` is forwarded and a 101 turns both connections into a tunnel. Default
+    /// `[websocket]` (see docs/config.md); `[]` refuses upgrades with 403. Applies toward HTTP/1.1
+    /// clusters; an upgrade toward an HTTP/2 cluster is refused.
+    public var upgrade: [UpgradeProtocol] = [.websocket]
+    /// gRPC-Web (`grpc_web:`, issue 18): `application/grpc-web(+proto)` and `-text` requests are
+    /// translated to gRPC toward the (HTTP/2) cluster and their responses back; nil = off.
+    public var grpcWeb: GRPCWebConfig?
 
     public init(backends: [WeightedBackend], hashOn: HashKey? = nil, timeout: Millis = 15_000, mirror: MirrorPolicy? = nil,
                 requestTimeout: Millis? = nil) {
@@ -374,6 +390,33 @@ public struct ForwardAction: Sendable, Equatable {
         self.init(backends: backends, hashOn: hashOn, timeout: timeout, mirror: mirror, requestTimeout: requestTimeout)
         self.retry = retry
     }
+}
+
+/// CONNECT tunnels on a listener (issue 18), the egress-proxy case: `connect: { cluster: NAME }`.
+/// The allowed destinations are that cluster's endpoints, as written (`host:port`, a name compared
+/// ignoring case) or as the addresses they resolve to; a CONNECT to anything else gets 403. The
+/// tunnel counts in the cluster's stats and obeys its connect timeout and circuit breakers.
+public struct ConnectConfig: Sendable, Equatable {
+    public var cluster: String
+    public init(cluster: String) { self.cluster = cluster }
+}
+
+/// gRPC-Web on a route (`grpc_web: { allow_origins: [...] }`).
+public struct GRPCWebConfig: Sendable, Equatable {
+    /// Origins whose browsers may call the route (CORS): a preflight (`OPTIONS` with
+    /// `Access-Control-Request-Method`) from one is answered 204 by the proxy, and responses to it
+    /// carry `access-control-allow-origin` and expose the grpc-status fields. `"*"` = any origin.
+    /// Empty (the default) = no CORS handling.
+    public var allowOrigins: [String]
+    public init(allowOrigins: [String] = []) { self.allowOrigins = allowOrigins }
+
+    /// Whether `origin` is allowed.
+    public func allows(_ origin: String) -> Bool { allowOrigins.contains("*") || allowOrigins.contains(origin) }
+}
+
+/// A protocol a route lets requests upgrade to (`upgrade:`).
+public enum UpgradeProtocol: String, Sendable, Equatable, CaseIterable {
+    case websocket
 }
 
 public enum HashKey: Sendable, Equatable {

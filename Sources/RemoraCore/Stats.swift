@@ -107,10 +107,13 @@ public enum ListenerStat: Int, StatGroup, Sendable {
     /// (Istio's BlackHoleCluster); closed because they had no original destination (not redirected,
     /// or redirected to the proxy's own listener: a loop).
     case sidecar_service_matched, sidecar_passthrough, sidecar_passthrough_denied, sidecar_no_original_dst
+    /// Upgrades (issue 18): connections that became tunnels (WebSocket after a 101), tunnels open,
+    /// upgrade requests refused with 403 (not allowed on the route, or toward an HTTP/2 cluster).
+    case downstream_cx_upgrades_total, downstream_cx_upgrades_active, downstream_rq_upgrade_refused
 
     public var kind: StatKind {
         switch self {
-        case .downstream_cx_active, .downstream_rq_active: return .gauge
+        case .downstream_cx_active, .downstream_rq_active, .downstream_cx_upgrades_active: return .gauge
         default: return .counter
         }
     }
@@ -171,6 +174,9 @@ public enum ListenerStat: Int, StatGroup, Sendable {
         .sidecar_passthrough: "Sidecar connections sent on to their original destination",
         .sidecar_passthrough_denied: "Sidecar connections closed by passthrough: deny",
         .sidecar_no_original_dst: "Sidecar connections without a usable original destination",
+        .downstream_cx_upgrades_total: "Connections upgraded to a tunnel (WebSocket)",
+        .downstream_cx_upgrades_active: "Upgraded connections (tunnels) open",
+        .downstream_rq_upgrade_refused: "Upgrade requests refused with 403",
     ]
 }
 

@@ -45,9 +45,12 @@ public enum HTTP1Head {
     /// not Host); `clientIP` is appended to X-Forwarded-For; `proto` is the listener's scheme, for
     /// X-Forwarded-Proto; `dropExpect` removes `Expect: 100-continue` (the proxy answers it itself).
     /// `clientCert`: the `x-forwarded-client-cert` value to add (empty: none; a client's own never passes).
+    /// `upgradeFields` (non-empty for a WebSocket handshake: `connection: upgrade`, `upgrade: …`
+    /// lines, the client's own being hop-by-hop) are written as they are.
     public static func writeRequest(_ v: RequestView, framing: BodyFraming, addHost: Bool, clientIP: UnsafeRawBufferPointer,
                                     proto: StaticString, dropExpect: Bool,
                                     clientCert: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
+                                    upgradeFields: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
                                     into out: inout ByteBuffer) {
         let h = v.headers
         out.append(v.method)
@@ -72,6 +75,7 @@ public enum HTTP1Head {
             out.append("\r\n")
         }
         if framing == .chunked { out.append("transfer-encoding: chunked\r\n") }
+        if upgradeFields.count > 0 { out.append(upgradeFields) }
         out.append("x-forwarded-for: ")
         RequestHead.forEachForwardedFor(h, from: seen.forwardedFor) { out.append($0); out.append(", ") }
         out.append(clientIP)
@@ -99,6 +103,19 @@ public enum HTTP1Head {
         if let extraLine { out.append(extraLine) }
         if !keepAlive { out.append("connection: close\r\n") }
         out.append("\r\n")
+    }
+
+    /// A `101 Switching Protocols` for an HTTP/1.1 client: the upstream's fields without its
+    /// hop-by-hop ones, then `connection: upgrade` and `upgrade: <protocol>` (the upstream's own
+    /// Upgrade value, else `fallback`).
+    public static func writeSwitchingProtocols(headers h: UnsafeBufferPointer<HeaderRef>, fallback: StaticString,
+                                               into out: inout ByteBuffer) {
+        let hop = HopFilter(h)
+        out.append("HTTP/1.1 101 Switching Protocols\r\n")
+        for i in h.indices where !hop.isHopByHop(h, i) { appendHeader(&out, h[i]) }
+        out.append("connection: upgrade\r\nupgrade: ")
+        if let i = h.firstIndex(named: "upgrade"), h[i].value.count > 0 { out.append(h[i].value) } else { out.append(fallback) }
+        out.append("\r\n\r\n")
     }
 
     /// The end of a chunked body, with trailer fields when there are any.

@@ -108,6 +108,10 @@ public final class HTTP1Parser {
     public private(set) var hostCount = 0
     /// Index of the first `Transfer-Encoding` header, or -1.
     public private(set) var transferEncodingIndex = -1
+    /// The message asks for a protocol switch (`Connection: upgrade` and `Upgrade` in a request;
+    /// a response: `101` with both), as llhttp saw it; CONNECT not included. The message itself is
+    /// parsed as a plain message whatever this says: the owner decides what follows it.
+    public private(set) var wantsUpgrade = false
     /// Trailer fields of a chunked message (complete at `parserMessageComplete`).
     public private(set) var trailers = HeaderBlock()
     var trailerName = ByteBuffer()
@@ -425,8 +429,10 @@ public final class HTTP1Parser {
         }
         guard classifyHeaders() else { return -1 }
         inBody = true
-        // Upgrade and Connection: upgrade are hop-by-hop and not forwarded: parse on as a plain message.
-        if !isCONNECT { ll.pointee.upgrade = 0 }
+        // Upgrade and Connection: upgrade are hop-by-hop: the message is parsed on as a plain one;
+        // `wantsUpgrade` tells the owner, which decides (WebSocket) what the bytes after it are.
+        wantsUpgrade = ll.pointee.upgrade != 0 && !isCONNECT
+        if wantsUpgrade { ll.pointee.upgrade = 0 }
         guard delegateObject != nil else { return 0 }
         let skipBody = withDelegate(false) { $0.parserHeadComplete(self) }
         if poolRef != nil { giveBack() }

@@ -104,6 +104,9 @@ public final class HTTP2Session {
         if role == .server {
             iv.append(nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS.rawValue),
                                              value: UInt32(settings.maxConcurrentStreams)))
+            // RFC 8441: extended CONNECT (`:protocol websocket`) is accepted; whether a route takes
+            // it is the router's decision (Exchange+Upgrade.swift).
+            iv.append(nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL.rawValue), value: 1))
         } else {
             iv.append(nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_ENABLE_PUSH.rawValue), value: 0))
         }
@@ -312,6 +315,12 @@ public final class HTTP2Session {
     /// The peer's SETTINGS_MAX_CONCURRENT_STREAMS (100 until its SETTINGS arrive).
     public var remoteMaxConcurrentStreams: Int {
         Int(nghttp2_session_get_remote_settings(session, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS))
+    }
+
+    /// The peer announced SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441): it takes extended CONNECT.
+    /// Meaningful once its SETTINGS arrived (0 before).
+    public var remoteEnablesConnectProtocol: Bool {
+        nghttp2_session_get_remote_settings(session, NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL) != 0
     }
 
     /// Whether a new request may be opened (client; false after GOAWAY or when ids run out).

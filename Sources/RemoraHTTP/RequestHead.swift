@@ -73,12 +73,15 @@ public enum HTTP2Head {
     /// unless `namesLowercase` (from HTTP/2, whose codec refuses uppercase), X-Forwarded-For with
     /// `clientIP` last, and X-Forwarded-Proto `proto` (the listener's scheme).
     public static func storeRequest(_ v: RequestView, clientIP: UnsafeRawBufferPointer, proto: StaticString,
-                                    dropExpect: Bool, namesLowercase: Bool,
+                                    dropExpect: Bool, namesLowercase: Bool, extendedConnect: Bool = false,
                                     clientCert: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
                                     into block: inout HeaderBlock) {
         block.append(bytesOf(":method"), v.method)
         block.append(bytesOf(":authority"), v.authority)
         block.append(bytesOf(":path"), v.target)
+        // RFC 8441 passed through: `:protocol` right after the pseudo-fields the session writes itself
+        // (the first of the "headers", which an HTTP/2 session sends as they are, pseudo-fields first).
+        if extendedConnect { block.append(bytesOf(":protocol"), bytesOf("websocket")) }
         let h = v.headers
         let policy = RequestHead(dropHost: true, dropExpect: dropExpect, dropContentLength: false, joinCookies: false,
                                  keepTETrailers: true)

@@ -16,6 +16,11 @@ public final class Snapshot: Sendable {
     public let weights: [[Int]]
     /// Per TCP listener: cluster index; -1 for HTTP listeners.
     public let tcpCluster: [Int]
+    /// Per listener: the cluster of its CONNECT tunnels (`connect:`), -1 = none.
+    let connectCluster: [Int]
+    /// Per cluster: the CONNECT targets it allows, as written (`host:port`, lowercased) and as
+    /// resolved, each to the index of its (first) resolved endpoint.
+    let connectTargets: [[String: Int]]
     /// Per listener, per route: the route's local rate limit bucket, shared by every worker (nil: none).
     let rateLimitBuckets: [[SharedTokenBucket?]]
     /// Per cluster: what its workers share (breaker counts, outlier detection), the previous
@@ -51,14 +56,19 @@ public final class Snapshot: Sendable {
         }
         rateLimitBuckets = tables.map { $0.rateLimits.map { $0.map(SharedTokenBucket.init) } }
         tcpCluster = config.listeners.map { l in l.cluster.flatMap { index[$0] } ?? -1 }
+        connectCluster = config.listeners.map { l in l.connect.flatMap { index[$0.cluster] } ?? -1 }
+        var targets: [[String: Int]] = []
         var eps: [[SocketAddress]] = []
         var ws: [[Int]] = []
         for c in config.clusters {
             var list: [SocketAddress] = []
             var w: [Int] = []
+            var t: [String: Int] = [:]
             for (i, e) in c.endpoints.enumerated() {
                 do {
                     let resolved = try Resolver.resolve(e)
+                    if !resolved.isEmpty, t[e.description.lowercased()] == nil { t[e.description.lowercased()] = list.count }
+                    for (k, a) in resolved.enumerated() where t[a.description] == nil { t[a.description] = list.count + k }
                     list += resolved
                     w += Array(repeating: c.weight(ofEndpoint: i), count: resolved.count)
                 } catch {
@@ -68,11 +78,13 @@ public final class Snapshot: Sendable {
             }
             eps.append(list)
             ws.append(w)
+            targets.append(t)
         }
         endpoints = eps
         weights = ws
         listenerTLS = try Snapshot.listenerTLS(config, previous: previous)
         clusterTLS = try Snapshot.clusterTLS(config, previous: previous)
+        connectTargets = targets
         shared = config.clusters.enumerated().map { i, c in
             if let p = previous, let j = p.config.clusters.firstIndex(where: { $0.name == c.name }),
                p.config.clusters[j] == c, p.endpoints[j].map(\.description) == eps[i].map(\.description), p.weights[j] == ws[i] {

@@ -139,6 +139,10 @@ final class Worker {
                                                                            authorization: snap.authorization[i]))
             runtime.secure(authorization: snap.authorization[i], rules: i < st.authzRules.count ? st.authzRules[i] : [],
                            connections: snap.connections[i], processMaxConnections: snap.config.maxConnections)
+            if snap.connectCluster[i] >= 0 {   // CONNECT tunnels (issue 18)
+                runtime.connectCluster = clusters[snap.connectCluster[i]]
+                runtime.connectTargets = snap.connectTargets[snap.connectCluster[i]]
+            }
             let slot = slots[l.name] ?? ListenerSlot(worker: self, name: l.name, current: runtime)
             slots[l.name] = slot
             slot.current = runtime
@@ -403,6 +407,10 @@ final class ListenerRuntime {
     /// `config.sidecar`, its cluster.
     let sidecar: SidecarRoutes?
     let serviceClusters: [Cluster?]
+    /// CONNECT tunnels (`connect:`, issue 18): their cluster and the targets it allows (endpoint
+    /// index by `host:port`); nil = CONNECT is refused.
+    var connectCluster: Cluster?
+    var connectTargets: [String: Int] = [:]
 
     init(worker: Worker, config: ListenerConfig, tls: TLSServerContext? = nil, routes: RouteTable, clusters: [Cluster],
          tcpCluster: Cluster?, stats: StatBlock<ListenerStat>, backendStats: [StatBlock<RouteBackendStat>],

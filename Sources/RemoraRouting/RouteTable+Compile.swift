@@ -23,6 +23,7 @@ struct Compiler {
     var retryPolicies: [RetryPolicy?] = []
     var faults: [FaultPolicy?] = []
     var rateLimits: [RateLimitPolicy?] = []
+    var grpcWeb: [GRPCWebConfig?] = []
 
     init(listener: String, clusters: [String: Int]) { self.listener = listener; self.clusters = clusters }
 
@@ -99,16 +100,18 @@ struct Compiler {
         let responseHeaders = headerMutations(r.responseHeaders, at + ".response_headers")
         matchers.append(matcher)
         if case .forward(let f) = r.action {
-            retryPolicies.append(f.retry); faults.append(f.fault); rateLimits.append(f.rateLimit)
+            retryPolicies.append(f.retry); faults.append(f.fault); rateLimits.append(f.rateLimit); grpcWeb.append(f.grpcWeb)
         } else {
-            retryPolicies.append(nil); faults.append(nil); rateLimits.append(nil)
+            retryPolicies.append(nil); faults.append(nil); rateLimits.append(nil); grpcWeb.append(nil)
         }
         routes.append(RouteTable.Route(
             action: action, timeout: timeout, requestTimeout: requestTimeout, status: status, backends: backendSpan, total: total,
             hashHeader: hashHeader, hashCookie: hashCookie, mirrorCluster: mirror?.cluster ?? -1,
             mirrorPerMillion: mirrorPerMillion, rewrite: rewrite, rewriteText: rewriteText, rewriteRegex: rewriteRegex,
             rewriteGroups: rewriteGroups, scheme: scheme, host: host, stripQuery: stripQuery, body: body,
-            requestHeaders: requestHeaders, responseHeaders: responseHeaders))
+            requestHeaders: requestHeaders, responseHeaders: responseHeaders,
+            upgradeWebSocket: { if case .forward(let f) = r.action { return f.upgrade.contains(.websocket) }; return false }(),
+            grpcWeb: { if case .forward(let f) = r.action { return f.grpcWeb != nil }; return false }()))
         info.append(RouteTable.RouteInfo(name: r.name, virtualHost: virtualHost, backends: backendInfo, mirror: mirror))
     }
 

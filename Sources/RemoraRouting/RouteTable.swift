@@ -45,6 +45,10 @@ public final class RouteTable: @unchecked Sendable {   // immutable after init; 
         let body: Span              // respond
         let requestHeaders: Span    // into `mutations`
         let responseHeaders: Span   // into `mutations`
+        /// Forward: `Upgrade: websocket` requests are forwarded as upgrades (`upgrade:`, issue 18).
+        public let upgradeWebSocket: Bool
+        /// Forward: gRPC-Web requests are translated (`grpc_web:`; its settings in `grpcWeb`).
+        public let grpcWeb: Bool
     }
 
     /// One backend of a forward route: the cluster (index in the snapshot's clusters) and its slot,
@@ -132,6 +136,7 @@ public final class RouteTable: @unchecked Sendable {   // immutable after init; 
         retryPolicies = c.retryPolicies
         faults = c.faults
         rateLimits = c.rateLimits
+        grpcWeb = c.grpcWeb
         backendCount = c.backends.count
     }
 
@@ -157,6 +162,8 @@ public final class RouteTable: @unchecked Sendable {   // immutable after init; 
     /// and rate-limit filters, which exist only when some route of the listener has one.
     public let faults: [FaultPolicy?]
     public let rateLimits: [RateLimitPolicy?]
+    /// Per route: gRPC-Web settings (nil: off). Read only for routes whose `Route.grpcWeb` is set.
+    public let grpcWeb: [GRPCWebConfig?]
 
     /// The route's retry policy, nil when it has none (cheap: no copy unless there is one).
     @inline(__always)

@@ -192,7 +192,7 @@ extension ListenerConfig {
                  backends: [ { cluster: app } ]
                  tiemout: 5s
          clusters: [ { name: app, endpoints: [ 127.0.0.1:1 ] } ]
-         """, 7, "listeners[0].routes[0].tiemout", #"unknown key "tiemout" (expected one of: name, match, backends, hash_on, timeout, mirror, redirect, direct_response, rewrite, request_headers, response_headers, request_timeout, retry, fault, rate_limit, authorization)"#),
+         """, 7, "listeners[0].routes[0].tiemout", #"unknown key "tiemout" (expected one of: name, match, backends, hash_on, timeout, mirror, redirect, direct_response, rewrite, request_headers, response_headers, request_timeout, retry, fault, rate_limit, authorization, upgrade, grpc_web)"#),
         ("""
          listeners:
            - name: web

@@ -73,3 +73,64 @@ import RemoraPolicy
         #expect(e.errors.filter { $0.message == "only allowed with backends" }.count == 2)
     }
 }
+
+/// Tunnels (issue 18): `upgrade:` per route, `tunnel_idle_timeout` and `connect:` per listener.
+@Suite struct TunnelConfigTests {
+    func parse(listener: String = "", route: String = "") -> Result<Config, ConfigErrors> {
+        ConfigLoader.parse(yaml: """
+        listeners:
+          - name: web
+            address: 127.0.0.1:0
+            \(listener)
+            routes:
+              - name: a
+                backends: [ { cluster: app } ]
+                \(route)
+        clusters: [ { name: app, endpoints: [ 127.0.0.1:1 ] } ]
+        """, file: "t.yaml")
+    }
+
+    func errors(_ r: Result<Config, ConfigErrors>) -> [String] {
+        guard case .failure(let e) = r else { return [] }
+        return e.errors.map { "\($0)" }
+    }
+
+    @Test func defaults() throws {
+        let c = try parse().get()
+        #expect(c.listeners[0].tunnelIdleTimeout == 300_000 && c.listeners[0].connect == nil)
+        guard case .forward(let f) = c.listeners[0].virtualHosts[0].routes[0].action else { Issue.record("forward"); return }
+        #expect(f.upgrade == [.websocket], "WebSocket is on by default")
+    }
+
+    @Test func fields() throws {
+        let c = try parse(listener: "tunnel_idle_timeout: 30s\n    connect: { cluster: app }", route: "upgrade: []").get()
+        #expect(c.listeners[0].tunnelIdleTimeout == 30_000 && c.listeners[0].connect == ConnectConfig(cluster: "app"))
+        guard case .forward(let f) = c.listeners[0].virtualHosts[0].routes[0].action else { Issue.record("forward"); return }
+        #expect(f.upgrade.isEmpty)
+    }
+
+    @Test func mistakesNameTheLineAndField() {
+        let bad = errors(parse(route: "upgrade: [ spdy ]"))
+        #expect(bad.contains { $0.contains("t.yaml:8") && $0.contains("upgrade[0]") && $0.contains("websocket") }, "\(bad)")
+        let noCluster = errors(parse(listener: "connect: { cluster: nope }"))
+        #expect(noCluster.contains { $0.contains("connect.cluster") && $0.contains(#"cluster "nope" is not defined"#) }, "\(noCluster)")
+        let tcp = errors(ConfigLoader.parse(yaml: """
+        listeners: [ { name: t, address: 127.0.0.1:0, protocol: tcp, cluster: app, connect: { cluster: app } } ]
+        clusters: [ { name: app, endpoints: [ 127.0.0.1:1 ] } ]
+        """, file: "t.yaml"))
+        #expect(tcp.contains { $0.contains("connect") && $0.contains("only allowed on an http listener") }, "\(tcp)")
+    }
+}
+
+extension TunnelConfigTests {
+    @Test func grpcWeb() throws {
+        let c = try parse(route: "grpc_web: { allow_origins: [ \"https://a.example\" ] }").get()
+        guard case .forward(let f) = c.listeners[0].virtualHosts[0].routes[0].action else { Issue.record("forward"); return }
+        #expect(f.grpcWeb == GRPCWebConfig(allowOrigins: ["https://a.example"]))
+        #expect(f.grpcWeb?.allows("https://a.example") == true && f.grpcWeb?.allows("https://b.example") == false)
+        let plain = try parse(route: "grpc_web: {}").get()
+        guard case .forward(let g) = plain.listeners[0].virtualHosts[0].routes[0].action else { Issue.record("forward"); return }
+        #expect(g.grpcWeb == GRPCWebConfig())
+        #expect(errors(parse(route: "grpc_web: { origins: [x] }")).contains { $0.contains("grpc_web.origins") })
+    }
+}

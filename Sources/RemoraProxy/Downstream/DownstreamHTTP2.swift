@@ -424,7 +424,7 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
         let e = worker.takeExchange()
         st.exchange = e
         st.fields.withRefs { refs in
-            var method = UnsafeRawBufferPointer(start: nil, count: 0), path = method, authority = method
+            var method = UnsafeRawBufferPointer(start: nil, count: 0), path = method, authority = method, proto = method
             var firstRegular = refs.count
             var lengthKnown = false
             var contentLength: UInt64 = 0
@@ -434,6 +434,7 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
                 if n.equalsLowercase(":method") { method = refs[i].value }
                 else if n.equalsLowercase(":path") { path = refs[i].value }
                 else if n.equalsLowercase(":authority") { authority = refs[i].value }
+                else if n.equalsLowercase(":protocol") { proto = refs[i].value }   // RFC 8441 (nghttp2 checked it)
             }
             let regular = UnsafeBufferPointer(rebasing: refs[firstRegular...])
             if let i = regular.firstIndex(named: "content-length") {
@@ -442,12 +443,18 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
             }
             if authority.count == 0, let i = regular.firstIndex(named: "host") { authority = regular[i].value }
             let isHEAD = method.equalsLowercase("head") && method.count == 4
-            e.start(downstream: st, listener: listener,
-                    RequestStart(view: RequestView(method: method, target: path, authority: authority, headers: regular),
-                                 isHEAD: isHEAD, lengthKnown: lengthKnown, contentLength: contentLength,
-                                 chunked: false, endStream: endStream, fromHTTP2: true, dropExpect: true,
-                                 clientCert: conn.forwardedClientCert),
-                    clientIP: clientIP)
+            var start = RequestStart(view: RequestView(method: method, target: path, authority: authority, headers: regular),
+                                     isHEAD: isHEAD, lengthKnown: lengthKnown, contentLength: contentLength,
+                                     chunked: false, endStream: endStream, fromHTTP2: true, dropExpect: true,
+                                     clientCert: conn.forwardedClientCert)
+            if proto.count > 0 {   // extended CONNECT: a WebSocket (or refused) upgrade, its DATA the tunnel's bytes
+                start.upgrade = proto.count == 9 && proto.equalsLowercase("websocket") ? .websocket : .other
+                start.lengthKnown = true   // toward HTTP/1.1 the bytes go as they are, unframed
+                start.contentLength = 0
+            } else if method.count == 7 && method.equalsLowercase("connect") {   // a TCP tunnel to :authority
+                start.upgrade = .connect
+            }
+            e.start(downstream: st, listener: listener, start, clientIP: clientIP)
         }
         // An HTTP/1.1 upstream holds the request corked until this read is over (`isReading`).
         if !e.upstreamIsHTTP2 && e.upstream != nil { touched.append(e) }

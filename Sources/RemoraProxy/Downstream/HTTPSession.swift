@@ -67,6 +67,11 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
     var resumeWhenDrained = false
     var draining = false
     var ending = false
+    /// The connection became a tunnel (an accepted upgrade): the session is done with it.
+    var tunneled = false
+    /// An allowed CONNECT: the endpoint (index in the listener's connect cluster) its tunnel goes
+    /// to once the parser has returned; -1 = none.
+    var connectTo = -1
     var flushScheduled = false
     static let stashLimit = 64 * 1024
     static let preface: StaticString = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -206,6 +211,7 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
             case .paused(let consumed):
                 parserPaused = true
                 if consumed < input.count { stash.append(UnsafeRawBufferPointer(rebasing: input[consumed...])) }
+                if connectTo >= 0 { startConnectTunnel(); return }
             case .error:
                 parseError()
                 return
@@ -318,7 +324,7 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
         conn.clearDeadline()   // the exchange keeps the request's deadlines
         if p.droppedUnderscoreHeaders > 0 { stats.add(.dropped_headers_with_underscores, UInt64(p.droppedUnderscoreHeaders)) }
         p.underscoreAction = listener.config.headersWithUnderscores   // for the next request
-        if p.isCONNECT { localResponse(405, "CONNECT is not supported\n"); return false }
+        if p.isCONNECT { connectRequest(p); return false }
         if overloadLevel >= 1 {
             stats.inc(.downstream_rq_overload_refused)
             localResponse(503, "overloaded\n")
@@ -355,6 +361,8 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
             expectContinue = !isHTTP10
         }
         smallBody = !p.hasBody || (p.hasContentLength && p.contentLength <= 64 * 1024)
+        // `Connection: upgrade` + `Upgrade` (WebSocket; h2c is ignored): the router decides (Exchange+Upgrade).
+        let upgrade = p.wantsUpgrade ? p.withHeaderRefs { UpgradeRequest.classify($0) } : .none
         let e = worker.takeExchange()
         exchange = e
         p.withRequestView { view in
@@ -366,7 +374,7 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
                     RequestStart(view: v, isHEAD: isHEAD, lengthKnown: p.hasContentLength,
                                  contentLength: p.contentLength, chunked: p.isChunked, endStream: !p.hasBody,
                                  fromHTTP2: false, authorityReplacesHost: absolute != nil, dropExpect: expectContinue,
-                                 clientCert: conn.forwardedClientCert),
+                                 clientCert: conn.forwardedClientCert, upgrade: upgrade),
                     clientIP: clientIP)
         }
         // The proxy answers `Expect: 100-continue` itself once the request is on its way.
@@ -387,7 +395,7 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
                 if p.trailers.count > 0 { p.trailers.withRefs { e.requestEnd(trailers: $0) } } else { e.requestEnd(trailers: nil) }
             }
             p.clearTrailers()
-        } else if active {
+        } else if active && connectTo < 0 {
             finishExchange()   // answered locally before the body ended
         }
     }
@@ -424,6 +432,7 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
 
     func respondHead(status: Int, reason: UnsafeRawBufferPointer, headers: UnsafeBufferPointer<HeaderRef>,
                      lengthKnown: Bool, endStream: Bool) {
+        if status == 101 { switchingProtocols(headers); return }
         if isHEAD || status == 204 || status == 304 || endStream {
             respFraming = .none
         } else if lengthKnown {
@@ -481,6 +490,7 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
     func exchangeDone(_ e: Exchange) {
         worker.recycle(e)
         guard exchange === e else { return }   // the session had already let it go
+        if tunneled { exchange = nil; return }   // the connection is the tunnel's now
         exchange = nil
         pausedForUpstream = false
         if !e.responseDone { abort(); return }    // the response could not be completed
@@ -514,6 +524,74 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
         ending = true
         active = false
         if clientCloses && requestDone && stash.isEmpty && !inHead { conn.closeWhenFlushed() } else { conn.finish(linger: 1_000) }
+    }
+
+    // MARK: upgrades (Exchange+Upgrade.swift)
+
+    /// The upstream's 101, with `connection: upgrade` and its `upgrade` protocol.
+    func switchingProtocols(_ headers: UnsafeBufferPointer<HeaderRef>) {
+        respFraming = .none
+        worker.scratch.clear()
+        HTTP1Head.writeSwitchingProtocols(headers: headers, fallback: "websocket", into: &worker.scratch)
+        writeDownstream(worker.scratch.bytes)
+    }
+
+    /// Hands the connection and `up` to a tunnel (the TCP proxy's pump) that takes this session's
+    /// place in the worker; what the client sent after its upgrade request (stashed while the
+    /// parser waited) goes up first, `leftover` down.
+    func startTunnel(cluster: Cluster, upstream up: TCPConnection, leftover: UnsafeRawBufferPointer) -> Bool {
+        guard !ending else { return false }
+        ending = true
+        tunneled = true
+        conn.uncork()
+        let t = TCPProxySession(tunnel: worker, listener: listener, cluster: cluster, down: conn, up: up)
+        t.slot = slot
+        worker.replace(self, with: t)
+        if !stash.isEmpty { t.forward(from: conn, stash.bytes) }
+        if leftover.count > 0 { t.forward(from: up, leftover) }
+        stash.release(); work.release(); sniff.release()
+        if let p = parserRef {   // (paused after the upgrade request: back to a clean state)
+            parserRef = nil
+            p._withUnsafeGuaranteedRef { $0.detach(); $0.reset() }
+            worker.freeParsers.give(p)
+        }
+        return true
+    }
+
+    /// `CONNECT host:port` (issue 18): allowed when the listener has `connect:` and the target is
+    /// one of its cluster's endpoints; the tunnel starts once the parser has returned
+    /// (`startConnectTunnel`). Otherwise 405 (no `connect:`) or 403 (another destination).
+    func connectRequest(_ p: HTTP1Parser) {
+        let l = listener
+        guard l.connectCluster != nil else { localResponse(405, "CONNECT is not supported\n"); return }
+        if p.hasBody { localResponse(400, "a CONNECT request cannot have a body\n"); return }
+        guard let i = l.connectTargets[String(decoding: p.startLine, as: UTF8.self).lowercased()] else {
+            stats.inc(.downstream_rq_upgrade_refused)
+            localResponse(403, "CONNECT to this destination is not allowed\n")
+            return
+        }
+        stats.inc(.downstream_rq_total)
+        connectTo = i
+    }
+
+    /// Hands the connection to a tunnel toward the CONNECT's endpoint, which answers 200 once
+    /// connected (503 if the connect fails); bytes the client sent after its request go up first.
+    func startConnectTunnel() {
+        guard let cl = listener.connectCluster else { return }
+        let endpoint = connectTo
+        connectTo = -1
+        ending = true
+        tunneled = true
+        let t = TCPProxySession(connect: worker, listener: listener, cluster: cl, endpoint: endpoint, down: conn)
+        t.slot = slot
+        worker.replace(self, with: t)
+        if !stash.isEmpty { t.forward(from: conn, stash.bytes) }
+        stash.release(); work.release(); sniff.release()
+        if let p = parserRef {
+            parserRef = nil
+            p._withUnsafeGuaranteedRef { $0.detach(); $0.reset() }
+            worker.freeParsers.give(p)
+        }
     }
 
     // MARK: Session

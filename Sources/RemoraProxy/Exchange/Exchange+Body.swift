@@ -5,6 +5,7 @@ extension Exchange {
     // MARK: request body and flow control (who pauses whom: docs/architecture.md)
 
     func requestBody(_ data: UnsafeRawBufferPointer) {
+        if grpcWeb == .text { requestBodyGRPCWebText(data); return }   // base64 decoded first (Exchange+GRPCWeb)
         requestBodyBytes &+= UInt64(data.count)
         if maxRequestBody != 0 && requestBodyBytes > maxRequestBody && active && !responseDone {
             stats.inc(.downstream_rq_body_too_large)

@@ -28,7 +28,10 @@ extension Exchange {
 
     /// While the request streams in: stream idle; once it is complete: the upstream head timeout.
     func armAfterRequestProgress() {
-        if responseStarted { return }
+        if responseStarted {
+            if upgrade != .none && tunnelOverStream { arm(.stream) }   // a tunnel: bytes either way are progress
+            return
+        }
         arm(requestDone ? .upstreamHead : .stream)
     }
 

@@ -60,15 +60,21 @@ extension Exchange {
         clusterStats?.incClass(.upstream_rq_1xx, status: status)
         backendStats?.incClass(.upstream_rq_1xx, status: status)
         responseNamesLowercase = responseMutations.isEmpty && upstreamIsHTTP2
-        withMutated(headers, responseMutations) { h in
-            if runsFilters { runResponseFilters(status: status, headers: h) }
-            d.respondHead(status: status, reason: reason, headers: h, lengthKnown: lengthKnown, endStream: endStream)
+        if grpcWeb != .off {
+            responseNamesLowercase = false
+            respondGRPCWebHead(d, status: status, reason: reason, headers: headers, endStream: endStream)
+        } else {
+            withMutated(headers, responseMutations) { h in
+                if runsFilters { runResponseFilters(status: status, headers: h) }
+                d.respondHead(status: status, reason: reason, headers: h, lengthKnown: lengthKnown, endStream: endStream)
+            }
         }
         if endStream {   // trailers-only (a gRPC error): the response is complete
             responseDone = true
             finish(clean: requestDone)
             return
         }
+        if upgrade == .websocket && upstreamIsHTTP2 && status / 100 == 2 { upstreamStreamTunnel() }   // RFC 8441 through
         arm(.stream)
     }
 
@@ -76,7 +82,7 @@ extension Exchange {
         guard active, let d = downstream, let u = upstream else { return }
         clusterStats?.add(.upstream_cx_rx_bytes_total, UInt64(data.count))
         observe.bytesSent &+= UInt64(data.count)
-        d.respondBody(data)
+        if grpcWeb != .off { respondGRPCWebBody(d, data) } else { d.respondBody(data) }
         if d.responseBlocked {
             owedUpstreamCredit += data.count
             if !responsePaused { responsePaused = true; u.pauseResponse() }
@@ -90,7 +96,7 @@ extension Exchange {
         guard active, let d = downstream else { return }
         if isGRPC, let t = trailers, let i = t.firstIndex(named: "grpc-status") { attemptGRPCStatus = GRPC.statusCode(t[i].value) }
         responseDone = true
-        d.respondEnd(trailers: trailers)
+        if grpcWeb != .off { respondGRPCWebEnd(d, trailers: trailers) } else { d.respondEnd(trailers: trailers) }
         finish(clean: requestDone)
     }
 

@@ -23,6 +23,8 @@ struct RequestStart {
     var dropExpect: Bool
     /// The `x-forwarded-client-cert` value of a mutual-TLS connection (empty: none).
     var clientCert = UnsafeRawBufferPointer(start: nil, count: 0)
+    /// The protocol the request asks to upgrade to (`Exchange+Upgrade.swift`); `.none` for almost all.
+    var upgrade = UpgradeRequest.none
 
     /// How the body goes to an HTTP/1.1 upstream.
     var framing: BodyFraming { chunked ? .chunked : (lengthKnown ? .contentLength : (endStream ? .none : .chunked)) }
@@ -39,9 +41,11 @@ extension Exchange {
     /// `clientIP` (for X-Forwarded-For) is the downstream connection's.
     func start(downstream d: any DownstreamSide, listener l: ListenerRuntime, _ r: RequestStart, clientIP: String) {
         begin(downstream: d, listener: l, stats: l.stats, isHEAD: r.isHEAD, endStream: r.endStream)
+        upgrade = r.upgrade
         observeStart()
         stats.inc(.downstream_rq_total)
         stats.inc(.downstream_rq_active)
+        if upgrade == .connect { connectTunnel(r, l); return }   // HTTP/2 CONNECT (Exchange+Upgrade.swift)
         let h = r.view.headers
         isGRPC = h.firstIndex(named: "content-type").map { GRPC.isGRPC(contentType: h[$0].value) } ?? false
         // The path as routing, authorization and the upstream see it (`path_normalization:`).
@@ -153,6 +157,7 @@ extension Exchange {
         case .forward:
             break
         }
+        if route.grpcWeb && startGRPCWeb(r, route: ri, table) { return }   // gRPC-Web (a preflight answered)
         // Slow or oversized bodies (gRPC is bounded by its deadline and its server's message limits).
         maxRequestBody = isGRPC ? 0 : l.config.maxRequestBodyBytes
         if maxRequestBody != 0 && r.lengthKnown && r.contentLength > maxRequestBody {
@@ -165,6 +170,7 @@ extension Exchange {
         let backend = table.pick(route: ri, request: view, random: worker.rng.next())
         let mirrorCluster = table.mirror(route: ri, random: worker.rng.next())
         let cl = l.clusters[backend.cluster]
+        if upgrade != .none && refusesUpgrade(route, cl, r) { return }   // one flag test for other requests
         backendStats = l.backendStats[backend.slot]
         backendStats?.inc(.upstream_rq_total)
         guard cl.admitRequest() else { overloaded(cl); return }   // max_requests (released in finish)
@@ -190,9 +196,13 @@ extension Exchange {
                 if !mutations.isEmpty && (r.fromHTTP2 || r.authorityReplacesHost), let i = headers.firstIndex(named: "host") {
                     routed.authority = headers[i].value
                 }
-                prepareUpstream(cl, r, routed, clientIP: clientIP, scheme: l.scheme, dropExpect: r.dropExpect)
+                if grpcWeb != .off {
+                    withGRPCWebHead(routed) { prepareUpstream(cl, r, $0, clientIP: clientIP, scheme: l.scheme, dropExpect: r.dropExpect) }
+                } else {
+                    prepareUpstream(cl, r, routed, clientIP: clientIP, scheme: l.scheme, dropExpect: r.dropExpect)
+                }
                 // The shadow gets the request as routed (rewritten, with the route's header changes).
-                if let mc = mirrorCluster { startShadow(cluster: l.clusters[mc], l, r, routed, clientIP: clientIP) }
+                if let mc = mirrorCluster, upgrade == .none { startShadow(cluster: l.clusters[mc], l, r, routed, clientIP: clientIP) }
             }
         }
         rewritten.release()

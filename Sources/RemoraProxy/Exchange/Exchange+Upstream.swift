@@ -33,12 +33,17 @@ extension Exchange {
         if upstreamIsHTTP2 {
             reqHead.prepare(pool)
             HTTP2Head.storeRequest(view, clientIP: clientIP, proto: scheme, dropExpect: dropExpect,
-                                   namesLowercase: r.fromHTTP2, clientCert: r.clientCert, into: &reqHead)
+                                   namesLowercase: r.fromHTTP2, extendedConnect: upgrade == .websocket,
+                                   clientCert: r.clientCert, into: &reqHead)
         } else {
             if upHead.base == nil { upHead = pool.take() }
             upHead.clear()
-            HTTP1Head.writeRequest(view, framing: reqFraming, addHost: addHost, clientIP: clientIP, proto: scheme,
-                                   dropExpect: dropExpect, clientCert: r.clientCert, into: &upHead)
+            if upgrade != .none {   // a WebSocket handshake (Exchange+Upgrade.swift)
+                writeUpgradeRequest(view, r, clientIP: clientIP, scheme: scheme, addHost: addHost)
+            } else {
+                HTTP1Head.writeRequest(view, framing: reqFraming, addHost: addHost, clientIP: clientIP, proto: scheme,
+                                       dropExpect: dropExpect, clientCert: r.clientCert, into: &upHead)
+            }
         }
     }
 
@@ -47,7 +52,8 @@ extension Exchange {
     func dispatch(fresh: Bool) {
         guard let cl = cluster else { return }
         let u: (any UpstreamStream)? = upstreamIsHTTP2
-            ? cl.openHTTP2(for: self, head: reqHead, hasBody: requestHasBody, retry: fresh, hash: lbHash)
+            ? cl.openHTTP2(for: self, head: reqHead, hasBody: requestHasBody, retry: fresh, hash: lbHash,
+                           extendedConnect: upgrade == .websocket)
             : cl.openHTTP1(for: self, head: upHead.bytes, isHEAD: isHEAD, fresh: fresh, hash: lbHash)
         guard let u else {
             if cl.overflowed { cl.overflowed = false; overloaded(cl) } else { noUpstream(.connectFailed) }

@@ -131,6 +131,18 @@ final class Exchange: DeadlineTimerDelegate {
     var relaying = false
     /// Absolute loop time at which the first try gets a hedge (folded into `tryDeadline`); 0 = none.
     var hedgeAt: UInt64 = 0
+    /// The protocol the request asks to upgrade to (`Exchange+Upgrade.swift`); `.none` for almost all.
+    var upgrade = UpgradeRequest.none
+    /// With `upgrade`: the client is an HTTP/2 stream (RFC 8441 extended CONNECT), so after the
+    /// upstream's 101 the exchange itself carries the tunnel (DATA <-> bytes). Read only when
+    /// `upgrade` is set (which `begin` clears).
+    var tunnelOverStream = false
+    /// gRPC-Web (`Exchange+GRPCWeb.swift`): the request's mode (`.off` for all others), the text
+    /// mode's base64 state both ways, the CORS origin echoed in the response (nil: none).
+    var grpcWeb = GRPCWeb.Mode.off
+    var grpcWebIn = GRPCWeb.Decoder()
+    var grpcWebOut = GRPCWeb.Encoder()
+    var grpcWebOrigin: String?
     /// What the metrics, the access log and tracing see of this request (`Exchange+Observe.swift`).
     var observe = Observation()
     static let replayLimit = 64 * 1024
@@ -175,6 +187,8 @@ final class Exchange: DeadlineTimerDelegate {
         lastTryEndpoint = nil
         runsFilters = false
         dispatchDelay = 0
+        upgrade = .none
+        grpcWeb = .off
     }
 
     var inDownstreamRead: Bool { downstream?.isReading ?? false }

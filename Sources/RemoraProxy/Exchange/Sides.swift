@@ -33,12 +33,18 @@ protocol DownstreamSide: AnyObject {
     var transportConnection: TCPConnection? { get }
     /// The client's address, parsed once per connection (authorization's source CIDRs); nil when unknown.
     var sourceAddress: IPAddress? { get }
+    /// An upgrade was accepted (101, already written by `respondHead`): the downstream and `upstream`
+    /// (an HTTP/1.1 connection of `cluster`, handed over) become a byte tunnel, `leftover` (bytes the
+    /// upstream sent after its 101) going to the client first. False when this side cannot tunnel.
+    /// The exchange finishes right after (`exchangeDone`). `Exchange+Upgrade.swift`.
+    func startTunnel(cluster: Cluster, upstream: TCPConnection, leftover: UnsafeRawBufferPointer) -> Bool
 }
 
 extension DownstreamSide {
     var responseBudget: ResponseBudget? { nil }
     var transportConnection: TCPConnection? { nil }
     var sourceAddress: IPAddress? { nil }
+    func startTunnel(cluster: Cluster, upstream: TCPConnection, leftover: UnsafeRawBufferPointer) -> Bool { false }
 }
 
 /// Where a request goes: an HTTP/1.1 upstream connection or an HTTP/2 upstream stream.

@@ -5,7 +5,8 @@ import RemoraPolicy
 /// A raw TCP connection forwarded to one cluster, or to one address (the sidecar's passthrough
 /// and inbound traffic): a two-way pump with watermarks (a side whose peer writes slower than it
 /// reads stops being read), half-close carried both ways, idle timeout. Bytes a sniffing session
-/// read before it chose the destination (`initial`) are sent upstream first.
+/// read before it chose the destination (`initial`) are sent upstream first. The same pump carries tunnels: an HTTP/1.1 connection whose upgrade (WebSocket) the upstream
+/// accepted with 101 (`init(tunnel:…)`, `Exchange+Upgrade.swift`).
 final class TCPProxySession: Session, TCPConnectionDelegate {
     unowned(unsafe) let worker: Worker
     let listener: ListenerRuntime
@@ -31,6 +32,17 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
     var bytesOut: UInt64 = 0
     var endpointIndex = -1
     var flags = ResponseFlags()
+    /// No byte either way for this long closes the connection (ms; 0 = never): the listener's
+    /// `idle_timeout`, or for a tunnel its `tunnel_idle_timeout`.
+    let idleTimeout: Millis
+    /// An upgraded HTTP connection (counted in `downstream_cx_upgrades_active` while open).
+    let isTunnel: Bool
+    /// A CONNECT tunnel: the endpoint it goes to (index in the cluster; -1: the balancer picks),
+    /// and whether the client is still to be told how the connect went (200, or 503).
+    var pinnedEndpoint = -1
+    var answerConnect = false
+    /// The CONNECT was answered 503: the client's connection closes once that is flushed.
+    var refused = false
 
     /// `initial`: bytes already read from `down`, sent upstream before anything else.
     init(worker: Worker, listener: ListenerRuntime, cluster: Cluster?, target: SocketAddress? = nil, down: TCPConnection,
@@ -40,11 +52,13 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
         self.cluster = cluster
         self.target = target
         self.down = down
+        idleTimeout = listener.config.idleTimeout
+        isTunnel = false
         super.init()
         if !listener.filters.isEmpty { startMicros = monotonicMicros() }
         down.delegate = self
         down.owner = self
-        down.setDeadline(after: listener.config.idleTimeout)
+        down.setDeadline(after: idleTimeout)
         if let cluster { connectUpstream(cluster) } else { connectTarget() }
         if initial.count > 0, let up, !up.isClosing {
             listener.stats.add(.downstream_cx_rx_bytes_total, UInt64(initial.count))
@@ -53,6 +67,69 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
             up.write(initial)   // queued until the connect completes
         }
         down.startReading()
+    }
+
+    /// A tunnel between two connected connections: `down` (an HTTP/1.1 client whose upgrade was
+    /// accepted) and `up` (the HTTP/1.1 upstream connection that accepted it, counted open in
+    /// `cluster`). Its request was the exchange's (access log, stats, outcome hook); the tunnel
+    /// counts bytes and `downstream_cx_upgrades_*`.
+    init(tunnel worker: Worker, listener: ListenerRuntime, cluster: Cluster, down: TCPConnection, up: TCPConnection) {
+        self.worker = worker
+        self.listener = listener
+        self.cluster = cluster
+        target = nil
+        self.down = down
+        self.up = up
+        idleTimeout = listener.config.tunnelIdleTimeout
+        isTunnel = true
+        connectLatency = 0
+        super.init()
+        listener.stats.inc(.downstream_cx_upgrades_total)
+        listener.stats.inc(.downstream_cx_upgrades_active)
+        for c in [down, up] {
+            c.delegate = self
+            c.owner = self
+            c.clearDeadline()
+            c.startReading()
+        }
+        if idleTimeout > 0 { down.setDeadline(after: idleTimeout) }
+    }
+
+    /// A CONNECT tunnel (`HTTPSession.connectRequest`): connects to endpoint `endpoint` of
+    /// `cluster`, then answers the client 200 and pumps; a failed connect is answered 503.
+    init(connect worker: Worker, listener: ListenerRuntime, cluster: Cluster, endpoint: Int, down: TCPConnection) {
+        self.worker = worker
+        self.listener = listener
+        self.cluster = cluster
+        target = nil
+        self.down = down
+        idleTimeout = listener.config.tunnelIdleTimeout
+        isTunnel = true
+        pinnedEndpoint = endpoint
+        answerConnect = true
+        super.init()
+        listener.stats.inc(.downstream_cx_upgrades_total)
+        listener.stats.inc(.downstream_cx_upgrades_active)
+        down.delegate = self
+        down.owner = self
+        if idleTimeout > 0 { down.setDeadline(after: idleTimeout) } else { down.clearDeadline() }
+        connectUpstream(cluster)
+        down.startReading()
+    }
+
+    /// The CONNECT's answer: 200 once connected, else 503 and the connection ends.
+    func answer(connected: Bool) {
+        answerConnect = false
+        if connected {
+            listener.stats.inc(.downstream_rq_2xx)
+            down.write(rawBytes("HTTP/1.1 200 Connection Established\r\n\r\n"))
+            return
+        }
+        listener.stats.inc(.downstream_rq_5xx)
+        refused = true
+        down.write(rawBytes("HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 24\r\nconnection: close\r\n\r\nupstream connect failed\n"))
+        up?.close()
+        down.closeWhenFlushed()
     }
 
     /// A connection without a cluster: straight to `target`.
@@ -76,7 +153,7 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
         guard cluster.admitConnection(c) else {   // over max_connections / max_pending: the client is let go
             cluster.overflowed = false
             c.close()
-            down.close()
+            if answerConnect { answer(connected: false) } else { down.close() }
             return
         }
         c.delegate = self
@@ -90,7 +167,8 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
             var ip = down.peerIP()
             hash = ip.withUTF8 { cluster.requestHash(UnsafeBufferPointer(start: nil, count: 0), clientIP: UnsafeRawBufferPointer($0)) }
         }
-        let ref = cluster.pickEndpoint(hash: hash)
+        let ref = pinnedEndpoint >= 0 && pinnedEndpoint < cluster.endpoints.count
+            ? Unmanaged.passUnretained(cluster.endpoints[pinnedEndpoint]) : cluster.pickEndpoint(hash: hash)
         endpoint = ref
         endpointIndex = ref._withUnsafeGuaranteedRef { $0.index }
         connectStart = worker.loop.now
@@ -98,6 +176,7 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
         if c.connect(to: ref.takeUnretainedValue().address) != 0 {
             cluster.stats.inc(.upstream_cx_connect_fail)
             flags.insert(.UF)
+            if answerConnect { answer(connected: false); return }
             abort()
             return
         }
@@ -111,10 +190,12 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
         if status != 0 {
             cluster?.stats.inc(.upstream_cx_connect_fail)
             flags.insert(.UF)
+            if answerConnect { answer(connected: false); return }
             abort()
             return
         }
         c.clearDeadline()
+        if answerConnect { answer(connected: true) }
         connectLatency = worker.loop.now &- connectStart
         c.startReading()
     }
@@ -129,7 +210,11 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
                                                          latency: latency))
     }
 
-    func connectionRead(_ c: TCPConnection, _ data: UnsafeRawBufferPointer) {
+    func connectionRead(_ c: TCPConnection, _ data: UnsafeRawBufferPointer) { forward(from: c, data) }
+
+    /// Passes `data`, read from `c`, to its peer; stops reading `c` while the peer is above its
+    /// high watermark.
+    func forward(from c: TCPConnection, _ data: UnsafeRawBufferPointer) {
         guard let p = peer(of: c) else { return }
         if c === down {
             listener.stats.add(.downstream_cx_rx_bytes_total, UInt64(data.count))
@@ -140,7 +225,7 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
             cluster?.stats.add(.upstream_cx_rx_bytes_total, UInt64(data.count))
             listener.stats.add(.downstream_cx_tx_bytes_total, UInt64(data.count))
         }
-        down.setDeadline(after: listener.config.idleTimeout)
+        if idleTimeout > 0 { down.setDeadline(after: idleTimeout) }
         if !p.write(data) { abort(); return }
         if p.isAboveHighWatermark { c.stopReading() }
     }
@@ -170,6 +255,7 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
             flags.insert(.UF)
             cluster?.stats.inc(.upstream_cx_connect_timeout)
             cluster?.stats.inc(.upstream_cx_connect_fail)
+            if answerConnect { answer(connected: false); return }
         }
         abort()
     }
@@ -177,6 +263,7 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
     func connectionClosed(_ c: TCPConnection) {
         if c === down {
             listener.stats.dec(.downstream_cx_active)
+            if isTunnel { listener.stats.dec(.downstream_cx_upgrades_active) }
             if startMicros != 0, let log = listener.filters.first(where: { $0 is AccessLogFilter }) as? AccessLogFilter {
                 log.logConnection(self)
             }
@@ -187,7 +274,7 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
             endAttempt()
         }
         // Both sides ended their streams: the other side is flushing and closes by itself.
-        if !(downEOF && upEOF) { abort() }
+        if !(downEOF && upEOF) && !refused { abort() }
     }
 
     override var downstreamConnection: TCPConnection? { down }

@@ -69,7 +69,9 @@ extension Cluster {
     /// A stream for `exchange` on a connection to the next endpoint that has room (the peer's
     /// SETTINGS_MAX_CONCURRENT_STREAMS), or on a new connection.
     /// `retry`: a stream the peer refused goes where the peer's limit is known, or on a new connection.
-    func openHTTP2(for exchange: Exchange, head: HeaderBlock, hasBody: Bool, retry: Bool = false, hash: UInt64 = 0) -> H2UpstreamStream? {
+    /// `extendedConnect` (RFC 8441 passed through): see `H2UpstreamConnection.open`.
+    func openHTTP2(for exchange: Exchange, head: HeaderBlock, hasBody: Bool, retry: Bool = false, hash: UInt64 = 0,
+                   extendedConnect: Bool = false) -> H2UpstreamStream? {
         let ref = pickEndpoint(hash: hash)
         return ref._withUnsafeGuaranteedRef { e in
             var conn = e.h2.first { $0.hasRoom && (!retry || $0.settingsKnown) }
@@ -80,7 +82,7 @@ extension Cluster {
                 conn = n
             }
             let s = freeStreams.popLast() ?? H2UpstreamStream()
-            if !conn!.open(s, for: exchange, head: head, hasBody: hasBody) {
+            if !conn!.open(s, for: exchange, head: head, hasBody: hasBody, extendedConnect: extendedConnect) {
                 freeStreams.append(s)
                 return nil
             }

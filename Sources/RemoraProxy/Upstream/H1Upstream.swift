@@ -18,6 +18,13 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
     var interim = false
     var requestIsHEAD = false
     var responseDone = false
+    /// The response was a 101 to an upgrade request: what follows it is the tunnel's, not HTTP.
+    var upgraded = false
+    /// After a 101 for an HTTP/2 client's extended CONNECT: bytes both ways are the tunnel's,
+    /// passed to and from the exchange as body (`Exchange+Upgrade.swift`).
+    var tunnel = false
+    /// An HTTP/2 CONNECT's tunnel, connecting: the exchange hears `200` once connected.
+    var answerConnect = false
     var framing = BodyFraming.none
     /// At `begin`: nothing was queued, and the connection's write count then. If neither changed
     /// when the exchange is cancelled, no byte of its request left: the queue is dropped and the
@@ -45,6 +52,8 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
         gotResponseBytes = false
         responseDone = false
         interim = false
+        upgraded = false
+        tunnel = false
         if e.inDownstreamRead { conn.cork() }   // head and body of the same read leave together
         startedEmpty = conn.queuedBytes == 0
         writesAtBegin = conn.writesStarted
@@ -65,7 +74,10 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
     }
 
     func sendEnd(trailers: UnsafeBufferPointer<HeaderRef>?) {
-        guard framing == .chunked else { return }
+        guard framing == .chunked else {
+            if tunnel { conn.shutdownWrite() }   // the client half-closed its tunnel stream
+            return
+        }
         let w = cluster.worker
         w.scratch.clear()
         HTTP1Head.writeLastChunk(trailers: trailers, into: &w.scratch)
@@ -106,6 +118,17 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
         return true
     }
 
+    /// Gives the connection up to a tunnel after a 101: the cluster keeps counting it open (the
+    /// tunnel reports its close: `Cluster.connectionClosed`); this object lets go of it.
+    func handOver() -> TCPConnection {
+        exchange = nil
+        parser.delegate = nil
+        conn.uncork()
+        conn.clearDeadline()
+        conn.delegate = nil
+        return conn
+    }
+
     // MARK: TCPConnectionDelegate
 
     func connectionConnected(_ c: TCPConnection, _ status: Int32) {
@@ -115,6 +138,13 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
             cluster.connectFailed(c, status)
             if exchange == nil { c.close(); return }   // pooled while connecting
             fail(.connectFailed)
+            return
+        }
+        if answerConnect, let e = exchange {   // an HTTP/2 CONNECT: the tunnel is open
+            answerConnect = false
+            c.clearDeadline()
+            e.upstreamHead(status: 200, reason: UnsafeRawBufferPointer(start: nil, count: 0),
+                           headers: UnsafeBufferPointer(start: nil, count: 0), lengthKnown: false, endStream: false)
             return
         }
         // Pooled while connecting (its exchange went away before a byte left): idle from now.
@@ -127,12 +157,23 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
             return
         }
         gotResponseBytes = true
+        if tunnel {   // RFC 8441 tunnel: the bytes are the stream's DATA
+            e.upstreamBody(data)
+            e.upstreamReadDone()
+            return
+        }
         var input = data
         parsing: while true {
             switch parser.feed(input) {
             case .ok:
                 break parsing
             case .paused(let consumed):   // after a complete message: an interim 1xx, or the response
+                if upgraded {   // a 101: the rest is the tunnel's (this object is let go inside)
+                    withExtendedLifetime(self) {
+                        e.upstreamUpgraded(self, leftover: UnsafeRawBufferPointer(rebasing: input[consumed...]))
+                    }
+                    return
+                }
                 parser.resume()
                 if consumed == input.count { break parsing }
                 if responseDone { c.close(); break parsing }   // bytes after the response: out of sync
@@ -146,6 +187,10 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
     }
 
     func connectionEOF(_ c: TCPConnection) {
+        if tunnel, let e = exchange {   // the upstream ended the tunnel: the stream ends (never pooled)
+            e.upstreamEnd(trailers: nil)
+            return
+        }
         if exchange != nil && !responseDone && gotResponseBytes {
             // A response delimited by the connection's end completes here; anything else was cut short.
             _ = parser.finish()
@@ -194,6 +239,14 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
     func parserHeadComplete(_ p: HTTP1Parser) -> Bool {
         let status = p.statusCode
         if status >= 100 && status < 200 {
+            if status == 101, let e = exchange, e.upgrade != .none {   // the upgrade accepted: the head goes on
+                upgraded = true
+                p.withHeaderRefs { h in   // (an HTTP/2 client is told 200: RFC 8441 §5)
+                    e.upstreamHead(status: e.tunnelOverStream ? 200 : 101, reason: p.startLine, headers: h,
+                                   lengthKnown: false, endStream: false)
+                }
+                return true
+            }
             interim = true
             return false
         }
@@ -214,6 +267,7 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
 
     func parserMessageComplete(_ p: HTTP1Parser) {
         if interim { interim = false; return }
+        if upgraded { return }   // the exchange ends when the parse returns (`upstreamUpgraded`)
         responseDone = true
         if p.trailers.count > 0 { p.trailers.withRefs { exchange?.upstreamEnd(trailers: $0) } } else { exchange?.upstreamEnd(trailers: nil) }
         p.clearTrailers()

@@ -154,9 +154,30 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
         !goingAway && !closing && h2.canOpenStream && all.count < h2.remoteMaxConcurrentStreams
     }
 
-    func open(_ s: H2UpstreamStream, for e: Exchange, head: HeaderBlock, hasBody: Bool) -> Bool {
+    /// Extended CONNECT streams (RFC 8441 §3: `:protocol` only once the peer announced
+    /// SETTINGS_ENABLE_CONNECT_PROTOCOL) opened before the peer's SETTINGS arrived, or on a peer
+    /// that did not announce it: in `all` with no id, submitted or failed (502) at the next flush
+    /// after the SETTINGS (never from inside nghttp2's callback). Never sent to a peer without it.
+    var awaitingSettings: [H2UpstreamStream] = []
+
+    func open(_ s: H2UpstreamStream, for e: Exchange, head: HeaderBlock, hasBody: Bool, extendedConnect: Bool = false) -> Bool {
         s.reset(for: e, on: self)
         s.onReusedConnection = opened > 0
+        if extendedConnect && !(settingsKnown && h2.remoteEnablesConnectProtocol) {
+            s.id = -1
+            s.slot = all.count
+            all.append(s)
+            awaitingSettings.append(s)
+            opened += 1
+            if connected { conn.clearDeadline() }
+            if settingsKnown { schedule() }
+            return true
+        }
+        return submit(s, head: head, hasBody: hasBody)
+    }
+
+    /// Starts the request of `s` on the session (its id is known from here on).
+    func submit(_ s: H2UpstreamStream, head: HeaderBlock, hasBody: Bool) -> Bool {
         let id: Int32 = head.withRefs { refs in
             guard refs.count >= 3 else { return -1 }
             return h2.submitRequest(method: refs[0].value, scheme: "http", authority: refs[1].value, path: refs[2].value,
@@ -164,13 +185,34 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
                                     streamData: Unmanaged.passUnretained(s).toOpaque())
         }
         if id < 0 { return false }
-        if all.isEmpty && connected { conn.clearDeadline() }   // the idle timeout
         s.id = id
-        s.slot = all.count
-        all.append(s)
-        opened += 1
+        if s.slot < 0 {
+            if all.isEmpty && connected { conn.clearDeadline() }   // the idle timeout
+            s.slot = all.count
+            all.append(s)
+            opened += 1
+        }
         schedule()
         return true
+    }
+
+    /// After the peer's SETTINGS: each waiting extended CONNECT is submitted if the peer takes it,
+    /// else its attempt fails (an invalid answer: 502) and the connection stays for other requests.
+    func startAwaitingSettings() {
+        let waiting = awaitingSettings
+        awaitingSettings.removeAll()
+        let accepted = h2.remoteEnablesConnectProtocol
+        for s in waiting where s.slot >= 0 {
+            if let e = s.exchange, accepted, submit(s, head: e.reqHead, hasBody: e.requestHasBody) {
+                continue
+            }
+            removeStream(s)
+            let e = s.exchange
+            s.exchange = nil
+            e?.upstreamFailed(.protocolError)
+            s.recycle(pool: pool, into: &cluster.freeStreams)
+        }
+        if all.isEmpty && connected && !closing { conn.setDeadline(after: cluster.config.idleTimeout) }
     }
 
     // MARK: from streams (deferred while inside nghttp2)
@@ -225,6 +267,13 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
     }
 
     func cancel(_ s: H2UpstreamStream) {
+        if s.id < 0 && s.slot >= 0, let i = awaitingSettings.firstIndex(where: { $0 === s }) {   // never sent
+            awaitingSettings.remove(at: i)
+            removeStream(s)
+            s.recycle(pool: pool, into: &cluster.freeStreams)
+            if all.isEmpty && connected && !closing { conn.setDeadline(after: cluster.config.idleTimeout) }
+            return
+        }
         guard s.id >= 0, s.slot >= 0 else { return }
         if inSession { toCancel.append(s.id) } else { h2.reset(stream: s.id, code: 0x8) }   // CANCEL
         schedule()
@@ -247,6 +296,7 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
             for id in toRaise where stream(id) != nil { h2.setStreamWindow(stream: id, raisedWindow) }
             toRaise.removeAll(keepingCapacity: true)
         }
+        if settingsKnown && !awaitingSettings.isEmpty { startAwaitingSettings() }
         h2.consumeConnection(connectionCredit)
         connectionCredit = 0
         toCancel.removeAll(keepingCapacity: true)
@@ -288,6 +338,7 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
         cluster.removeHTTP2(self)
         let streams = all
         all.removeAll()
+        awaitingSettings.removeAll()
         for s in streams {
             let e = s.exchange
             s.exchange = nil
@@ -448,7 +499,10 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
         goingAway = true   // no new streams; those above lastStreamID are closed by nghttp2 (REFUSED_STREAM)
     }
 
-    func h2Settings(_ s: HTTP2Session) { settingsKnown = true }
+    func h2Settings(_ s: HTTP2Session) {
+        settingsKnown = true
+        if !awaitingSettings.isEmpty { schedule() }
+    }
 
     func h2ReadBody(_ s: HTTP2Session, stream: Int32, into buf: UnsafeMutableRawBufferPointer) -> (count: Int, eof: Bool, trailers: Bool)? {
         withStream(stream, else: (0, true, false)) { st in
