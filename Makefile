@@ -7,6 +7,10 @@ APT_PACKAGES := libuv1-dev libnghttp2-dev libyaml-dev libre2-dev node-llhttp pkg
 # /stats/prometheus. PIP_IMPORTS: the modules whose absence means "install PIP_PACKAGES".
 PIP_PACKAGES := pytest grpcio==1.85.1 protobuf==7.36.2 h2==4.4.1 prometheus_client==0.26.0
 PIP_IMPORTS := pytest grpc google.protobuf h2 prometheus_client
+# The OTLP collector stand-in (test_observability.py) parses what the proxy exports with the
+# OpenTelemetry protos (needs protobuf >= 5, < 8: works with 7.36.2 above).
+PIP_PACKAGES += opentelemetry-proto==1.45.2
+PIP_IMPORTS += opentelemetry.proto
 # The hot-path guard (perf/cg_guard.py): callgrind, an nginx backend, strip for valgrind 3.19.
 GUARD_PACKAGES := valgrind nginx binutils
 SWIFT_RELEASE := swift build -c release --static-swift-stdlib

@@ -16,10 +16,16 @@ public protocol AdminTarget: AnyObject {
     /// This proxy's name in Istio's metrics (`source_workload`): the configuration's `node`, else
     /// `--node`, else "remora".
     var nodeName: String { get }
+    /// Every cluster with its endpoints (GET /clusters).
+    func clusterStatuses() -> [ClusterStatus]
+    /// Every listener's compiled routes with their backends' request counts (GET /routes).
+    func routeStatuses() -> [RouteStatus]
 }
 
 extension AdminTarget {
     public var nodeName: String { "remora" }
+    public func clusterStatuses() -> [ClusterStatus] { [] }
+    public func routeStatuses() -> [RouteStatus] { [] }
 }
 
 /// Where the proxy is in its life, as GET /ready reports it.

@@ -79,6 +79,8 @@ public enum ListenerStat: Int, StatGroup, Sendable {
     case downstream_rq_rate_limited
     /// Access log lines dropped because the log writer was behind (`access_log:`).
     case access_log_dropped
+    /// Sampled spans dropped because the OTLP exporter was behind (`tracing.otlp`).
+    case tracing_spans_dropped
 
     public var kind: StatKind {
         switch self {
@@ -116,6 +118,7 @@ public enum ListenerStat: Int, StatGroup, Sendable {
         .downstream_rq_overload_refused: "Requests refused by the overload level",
         .downstream_cx_overload_reject: "Connections closed at accept by the overload level",
         .access_log_dropped: "Access log lines dropped because the writer was behind",
+        .tracing_spans_dropped: "Sampled spans dropped because the OTLP exporter was behind",
     ]
 }
 

@@ -318,6 +318,9 @@ final class ListenerRuntime {
     let hasFilters: Bool
     /// The tracing filter among `filters` (the router asks it for the forwarded fields).
     let tracing: TracingFilter?
+    /// The access log filter among `filters` (TCP connections and requests refused before an
+    /// exchange log through it).
+    let accessLog: AccessLogFilter?
 
     init(worker: Worker, config: ListenerConfig, routes: RouteTable, clusters: [Cluster], tcpCluster: Cluster?,
          stats: StatBlock<ListenerStat>, backendStats: [StatBlock<RouteBackendStat>], filters: [any HTTPFilter]) {
@@ -325,20 +328,28 @@ final class ListenerRuntime {
         self.tcpCluster = tcpCluster; self.stats = stats; self.backendStats = backendStats; self.filters = filters
         hasFilters = !filters.isEmpty
         tracing = filters.first { $0 is TracingFilter } as? TracingFilter
+        accessLog = filters.first { $0 is AccessLogFilter } as? AccessLogFilter
     }
 
     /// The filters listener `l` (index `i` of the snapshot) configures, in their order: tracing first
-    /// (request id, trace context), fault injection and rate limits, the access log last, so that it
-    /// sees what the others decided.
+    /// (request id, trace context), the access log (its copy of the request), fault injection and
+    /// rate limits; every log phase runs once the exchange is over, when all have decided.
     static func filters(_ l: ListenerConfig, _ st: WorkerStats, _ i: Int, routes: RouteTable, worker: Worker,
                         rateLimitBuckets: [SharedTokenBucket?]) -> [any HTTPFilter] {
         var out: [any HTTPFilter] = []
-        if let t = l.tracing { out.append(TracingFilter(worker: worker, config: t)) }
-        out += resilienceFilters(routes: routes, buckets: rateLimitBuckets)   // fault injection, rate limit
+        if let t = l.tracing {
+            let spans = i < st.spanExports.count ? st.spanExports[i].map {
+                SpanRecorder(ring: $0.ring, exporter: $0.exporter, stats: st.listeners[i], listener: l.name, routes: routes)
+            } : nil
+            out.append(TracingFilter(worker: worker, config: t, spans: spans))
+        }
+        // The access log takes its copy of the request before a filter may answer it (a fault's
+        // abort, a rate limit); its line is written at the end, after every filter decided.
         if l.accessLog != nil, let log = st.accessLogs[i] {
             out.append(AccessLogFilter(ring: log.ring, writer: st.accessLogWriter, format: log.format, stats: st.listeners[i],
                                        routes: routes))
         }
+        out += resilienceFilters(routes: routes, buckets: rateLimitBuckets)   // fault injection, rate limit
         return out
     }
 }

@@ -83,7 +83,8 @@ final class FakeTarget: AdminTarget {
     @Test func notFoundListsEveryEndpoint() {
         let r = router.respond(to: req("GET", "/nope"), target: FakeTarget())
         #expect(r.status == 404)
-        #expect(r.body == "admin endpoints: GET /ready, GET /stats, GET /stats/prometheus, GET /config_dump, POST /drain, POST /quitquitquit\n")
+        #expect(r.body == "admin endpoints: GET /, GET /ready, GET /stats, GET /stats/prometheus, GET /clusters, GET /routes, "
+                + "GET /config_dump, POST /drain, POST /quitquitquit\n")
     }
 
     @Test func accessChecksComeFirst() {

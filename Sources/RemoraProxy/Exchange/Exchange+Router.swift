@@ -43,6 +43,7 @@ extension Exchange {
         let h = r.view.headers
         isGRPC = h.firstIndex(named: "content-type").map { GRPC.isGRPC(contentType: h[$0].value) } ?? false
         routeIndex = l.routes.match(r.view) ?? -1
+        observe.route = routeIndex   // a filter's answer is logged with its route too
         if l.hasFilters {
             runsFilters = true
             switch runRequestFilters(l.filters, r.view) {
@@ -91,7 +92,6 @@ extension Exchange {
         let ri = routeIndex
         let table = l.routes
         let route = table[ri]
-        observe.route = ri
         responseMutations = table.responseHeaders(route: ri)
         switch route.action {
         case .respond:
