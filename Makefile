@@ -2,6 +2,10 @@
 # Both install what is missing first (Debian packages; needs root or sudo).
 
 APT_PACKAGES := libuv1-dev libnghttp2-dev libyaml-dev libre2-dev node-llhttp pkg-config curl socat nghttp2-client
+# The dashboard test (test_admin_pages.py) loads GET / in a real headless Chromium: Debian's
+# chromium-headless-shell (~138 MB download, ~280 MB installed, ~2 min to install here); without it
+# that one test skips and says why.
+APT_PACKAGES += chromium-headless-shell
 # Test clients and servers from PyPI: grpcio (the generated stubs in Tests/integration/grpc_fixtures need
 # >= 1.85.1 and protobuf 7), hyper-h2 for scripted raw HTTP/2 peers, prometheus_client to parse
 # /stats/prometheus. PIP_IMPORTS: the modules whose absence means "install PIP_PACKAGES".
