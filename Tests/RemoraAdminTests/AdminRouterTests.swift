@@ -128,7 +128,8 @@ final class FakeTarget: AdminTarget {
         #expect(router.respond(to: req("GET", "/rotate"), target: t).status == 405)
         #expect(router.respond(to: req("POST", "/rotate", [("origin", "http://evil.example")]), target: t).status == 403)
         #expect(router.respond(to: req("POST", "/rotate"), target: t).body == "rotated\n")
-        #expect(router.respond(to: req("GET", "/"), target: t).body.hasSuffix("POST /quitquitquit, GET /hello, POST /rotate\n"))
+        // (GET / is the dashboard now: an unknown path shows the list.)
+        #expect(router.respond(to: req("GET", "/nope"), target: t).body.hasSuffix("POST /quitquitquit, GET /hello, POST /rotate\n"))
     }
 
     @Test func statsText() {
