@@ -112,7 +112,7 @@ public struct TraceContext: Equatable, Sendable {
     /// `00-<trace id>-<span id>-<flags>`, `traceparentLength` bytes at `b`.
     public func writeTraceparent(_ b: UnsafeMutablePointer<UInt8>) {
         b[0] = 0x30; b[1] = 0x30; b[2] = 0x2D
-        remora_hex16(b + 3, traceHi); remora_hex16(b + 19, traceLo)
+        remora_hex32(b + 3, traceHi, traceLo)
         b[35] = 0x2D
         remora_hex16(b + 36, span)
         b[52] = 0x2D
@@ -122,7 +122,7 @@ public struct TraceContext: Equatable, Sendable {
     /// The trace id as B3 writes it (16 or 32 hex digits) at `b`; its length.
     public func writeB3TraceID(_ b: UnsafeMutablePointer<UInt8>) -> Int {
         if shortID && traceHi == 0 { remora_hex16(b, traceLo); return 16 }
-        remora_hex16(b, traceHi); remora_hex16(b + 16, traceLo)
+        remora_hex32(b, traceHi, traceLo)
         return 32
     }
 

@@ -44,8 +44,12 @@ public enum HTTP1Head {
     /// `addHost` writes Host from the authority (requests that came over HTTP/2 carry `:authority`,
     /// not Host); `clientIP` is appended to X-Forwarded-For; `proto` is the listener's scheme, for
     /// X-Forwarded-Proto; `dropExpect` removes `Expect: 100-continue` (the proxy answers it itself).
+    /// `extra`: fields the proxy adds itself (request id, trace context), valid and lowercase, written
+    /// as they are after the client's (the policy has nothing to decide about them).
     public static func writeRequest(_ v: RequestView, framing: BodyFraming, addHost: Bool, clientIP: UnsafeRawBufferPointer,
-                                    proto: StaticString, dropExpect: Bool, into out: inout ByteBuffer) {
+                                    proto: StaticString, dropExpect: Bool,
+                                    extra: UnsafeBufferPointer<HeaderRef> = UnsafeBufferPointer(start: nil, count: 0),
+                                    into out: inout ByteBuffer) {
         let h = v.headers
         out.append(v.method)
         out.append(byte: 0x20)
@@ -58,6 +62,7 @@ public enum HTTP1Head {
         let hop = policy.hopFilter(h)
         var seen = RequestHead.Seen()
         for i in h.indices where policy.forwards(h, i, hop, &seen) { appendHeader(&out, h[i]) }
+        for f in extra { appendHeader(&out, f) }
         if seen.cookies > 0 {
             out.append("cookie: ")
             var first = true

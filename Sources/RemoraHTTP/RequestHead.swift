@@ -70,7 +70,9 @@ public enum HTTP2Head {
     /// unless `namesLowercase` (from HTTP/2, whose codec refuses uppercase), X-Forwarded-For with
     /// `clientIP` last, and X-Forwarded-Proto `proto` (the listener's scheme).
     public static func storeRequest(_ v: RequestView, clientIP: UnsafeRawBufferPointer, proto: StaticString,
-                                    dropExpect: Bool, namesLowercase: Bool, into block: inout HeaderBlock) {
+                                    dropExpect: Bool, namesLowercase: Bool,
+                                    extra: UnsafeBufferPointer<HeaderRef> = UnsafeBufferPointer(start: nil, count: 0),
+                                    into block: inout HeaderBlock) {
         block.append(bytesOf(":method"), v.method)
         block.append(bytesOf(":authority"), v.authority)
         block.append(bytesOf(":path"), v.target)
@@ -82,6 +84,7 @@ public enum HTTP2Head {
         for i in h.indices where policy.forwards(h, i, hop, &seen) {
             if namesLowercase { block.append(h[i].name, h[i].value) } else { block.append(lowercasingName: h[i].name, h[i].value) }
         }
+        for f in extra { block.append(f.name, f.value) }   // the proxy's own fields: lowercase, valid
         let xff = block.beginField(bytesOf("x-forwarded-for"))
         RequestHead.forEachForwardedFor(h, from: seen.forwardedFor) { value in
             block.appendToValue(value)

@@ -130,7 +130,8 @@ final class Worker {
             let runtime = ListenerRuntime(worker: self, config: l, routes: snap.routeTables[i], clusters: clusters,
                                           tcpCluster: tcp, stats: st.listeners[i], backendStats: st.routeBackends[i],
                                           filters: ListenerRuntime.filters(l, st, i, routes: snap.routeTables[i], worker: self,
-                                                                           rateLimitBuckets: snap.rateLimitBuckets[i]))
+                                                                           rateLimitBuckets: snap.rateLimitBuckets[i]),
+                                          tracing: ListenerRuntime.tracing(l, st, i, routes: snap.routeTables[i], worker: self))
             let slot = slots[l.name] ?? ListenerSlot(worker: self, name: l.name, current: runtime)
             slots[l.name] = slot
             slot.current = runtime
@@ -316,33 +317,39 @@ final class ListenerRuntime {
     let filters: [any HTTPFilter]
     /// `filters` is not empty (one load per request, no array access when there are none).
     let hasFilters: Bool
-    /// The tracing filter among `filters` (the router asks it for the forwarded fields).
+    /// The listener's request ids and trace propagation (`tracing:`): called directly by the exchange
+    /// before the filters (it never answers), not one of `filters`; the router asks it for the
+    /// forwarded fields.
     let tracing: TracingFilter?
     /// The access log filter among `filters` (TCP connections and requests refused before an
     /// exchange log through it).
     let accessLog: AccessLogFilter?
 
     init(worker: Worker, config: ListenerConfig, routes: RouteTable, clusters: [Cluster], tcpCluster: Cluster?,
-         stats: StatBlock<ListenerStat>, backendStats: [StatBlock<RouteBackendStat>], filters: [any HTTPFilter]) {
+         stats: StatBlock<ListenerStat>, backendStats: [StatBlock<RouteBackendStat>], filters: [any HTTPFilter],
+         tracing: TracingFilter? = nil) {
         self.worker = worker; self.config = config; self.routes = routes; self.clusters = clusters
         self.tcpCluster = tcpCluster; self.stats = stats; self.backendStats = backendStats; self.filters = filters
         hasFilters = !filters.isEmpty
-        tracing = filters.first { $0 is TracingFilter } as? TracingFilter
+        self.tracing = tracing
         accessLog = filters.first { $0 is AccessLogFilter } as? AccessLogFilter
     }
 
-    /// The filters listener `l` (index `i` of the snapshot) configures, in their order: tracing first
-    /// (request id, trace context), the access log (its copy of the request), fault injection and
+    /// The tracing of listener `l` (index `i` of the snapshot), with its span recorder when it exports.
+    static func tracing(_ l: ListenerConfig, _ st: WorkerStats, _ i: Int, routes: RouteTable, worker: Worker) -> TracingFilter? {
+        guard let t = l.tracing else { return nil }
+        let spans = i < st.spanExports.count ? st.spanExports[i].map {
+            SpanRecorder(ring: $0.ring, exporter: $0.exporter, stats: st.listeners[i], listener: l.name, routes: routes)
+        } : nil
+        return TracingFilter(worker: worker, config: t, spans: spans)
+    }
+
+    /// The filters listener `l` (index `i` of the snapshot) configures, in their order (after tracing,
+    /// which the exchange calls first): the access log (its copy of the request), fault injection and
     /// rate limits; every log phase runs once the exchange is over, when all have decided.
     static func filters(_ l: ListenerConfig, _ st: WorkerStats, _ i: Int, routes: RouteTable, worker: Worker,
                         rateLimitBuckets: [SharedTokenBucket?]) -> [any HTTPFilter] {
         var out: [any HTTPFilter] = []
-        if let t = l.tracing {
-            let spans = i < st.spanExports.count ? st.spanExports[i].map {
-                SpanRecorder(ring: $0.ring, exporter: $0.exporter, stats: st.listeners[i], listener: l.name, routes: routes)
-            } : nil
-            out.append(TracingFilter(worker: worker, config: t, spans: spans))
-        }
         // The access log takes its copy of the request before a filter may answer it (a fault's
         // abort, a rate limit); its line is written at the end, after every filter decided.
         if l.accessLog != nil, let log = st.accessLogs[i] {

@@ -45,6 +45,9 @@ struct Observation {
     /// `traceparent` when `hasTrace`.
     var hasTrace = false
     var trace = TraceContext()
+    /// The client sent trace fields of a format the listener propagates (they are replaced, so the
+    /// forwarded fields are a filtered copy; else the client's fields go as they are).
+    var traceFieldsSeen = false
     /// With span export (`tracing.otlp`), for a sampled request: method, target and authority
     /// (a pooled buffer, given back when the span is recorded) and where the first two end.
     var spanHead = ByteBuffer()
@@ -55,13 +58,7 @@ struct Observation {
 func writeUUID(_ hi: UInt64, _ lo: UInt64, into p: UnsafeMutableRawBufferPointer) {
     let hi = hi & ~0xF000 | 0x4000                              // version 4
     let lo = lo & ~(0xC000 << 48) | (0x8000 << 48)               // variant 10
-    let b = p.baseAddress!.assumingMemoryBound(to: UInt8.self)
-    remora_hex8(b, UInt32(truncatingIfNeeded: hi >> 32), 8); b[8] = 0x2D
-    remora_hex8(b + 9, UInt32(truncatingIfNeeded: hi >> 16), 4); b[13] = 0x2D
-    remora_hex8(b + 14, UInt32(truncatingIfNeeded: hi), 4); b[18] = 0x2D
-    remora_hex8(b + 19, UInt32(truncatingIfNeeded: lo >> 48), 4); b[23] = 0x2D
-    remora_hex8(b + 24, UInt32(truncatingIfNeeded: lo >> 32), 4)
-    remora_hex8(b + 28, UInt32(truncatingIfNeeded: lo), 8)
+    remora_uuid36(p.baseAddress!.assumingMemoryBound(to: UInt8.self), hi, lo)
 }
 
 /// The monotonic clock in microseconds (a vDSO call, no syscall).
