@@ -35,6 +35,10 @@ public enum HTTP1Head {
         return false
     }
 
+    /// Out of line: requests without added fields pay one compare, not the copy's code around them.
+    @inline(never)
+    static func appendLines(_ out: inout ByteBuffer, _ lines: UnsafeRawBufferPointer) { out.append(lines) }
+
     @inline(__always)
     static func appendHeader(_ out: inout ByteBuffer, _ h: HeaderRef) {
         out.append(h.name); out.append(": "); out.append(h.value); out.append("\r\n")
@@ -44,11 +48,11 @@ public enum HTTP1Head {
     /// `addHost` writes Host from the authority (requests that came over HTTP/2 carry `:authority`,
     /// not Host); `clientIP` is appended to X-Forwarded-For; `proto` is the listener's scheme, for
     /// X-Forwarded-Proto; `dropExpect` removes `Expect: 100-continue` (the proxy answers it itself).
-    /// `extra`: fields the proxy adds itself (request id, trace context), valid and lowercase, written
-    /// as they are after the client's (the policy has nothing to decide about them).
+    /// `extraLines`: fields the proxy adds itself (request id, trace context) as header lines, written
+    /// as they are after the client's (`AddedFields.lines`).
     public static func writeRequest(_ v: RequestView, framing: BodyFraming, addHost: Bool, clientIP: UnsafeRawBufferPointer,
                                     proto: StaticString, dropExpect: Bool,
-                                    extra: UnsafeBufferPointer<HeaderRef> = UnsafeBufferPointer(start: nil, count: 0),
+                                    extraLines: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
                                     into out: inout ByteBuffer) {
         let h = v.headers
         out.append(v.method)
@@ -62,7 +66,7 @@ public enum HTTP1Head {
         let hop = policy.hopFilter(h)
         var seen = RequestHead.Seen()
         for i in h.indices where policy.forwards(h, i, hop, &seen) { appendHeader(&out, h[i]) }
-        for f in extra { appendHeader(&out, f) }
+        if extraLines.count > 0 { appendLines(&out, extraLines) }   // the proxy's own fields
         if seen.cookies > 0 {
             out.append("cookie: ")
             var first = true

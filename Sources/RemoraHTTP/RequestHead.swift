@@ -63,6 +63,25 @@ public struct RequestHead {
     }
 }
 
+/// Fields the proxy adds to a request itself (the request id, the trace context): lowercase names,
+/// valid values, nothing for the request-head policy to decide, written after the client's fields.
+/// `fields` for HTTP/2; `lines` — the same fields as HTTP/1.1 header lines (`name: value\r\n` each,
+/// in order) — for HTTP/1.1, which copies them in one piece. The codecs take the one they write
+/// (two words: a wider argument costs every request a few spills, tracing on or off).
+public struct AddedFields {
+    public var fields: UnsafeBufferPointer<HeaderRef>
+    public var lines: UnsafeRawBufferPointer
+
+    @inline(__always)
+    public init(fields: UnsafeBufferPointer<HeaderRef>, lines: UnsafeRawBufferPointer) {
+        self.fields = fields; self.lines = lines
+    }
+
+    public static var none: AddedFields {
+        AddedFields(fields: UnsafeBufferPointer(start: nil, count: 0), lines: UnsafeRawBufferPointer(start: nil, count: 0))
+    }
+}
+
 /// Request heads for an HTTP/2 upstream.
 public enum HTTP2Head {
     /// Stores the request for an HTTP/2 upstream in `block` (kept: a retry submits it again):

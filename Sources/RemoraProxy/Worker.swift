@@ -321,6 +321,8 @@ final class ListenerRuntime {
     /// before the filters (it never answers), not one of `filters`; the router asks it for the
     /// forwarded fields.
     let tracing: TracingFilter?
+    /// `tracing` without a retain and release per use (the runtime keeps it alive).
+    let tracingRef: Unmanaged<TracingFilter>?
     /// The access log filter among `filters` (TCP connections and requests refused before an
     /// exchange log through it).
     let accessLog: AccessLogFilter?
@@ -332,6 +334,7 @@ final class ListenerRuntime {
         self.tcpCluster = tcpCluster; self.stats = stats; self.backendStats = backendStats; self.filters = filters
         hasFilters = !filters.isEmpty
         self.tracing = tracing
+        tracingRef = tracing.map { Unmanaged.passUnretained($0) }
         accessLog = filters.first { $0 is AccessLogFilter } as? AccessLogFilter
     }
 

@@ -570,6 +570,59 @@ def test_b3_only_leaves_traceparent_alone(start_remora, http_backend, tmp_path):
     assert one(h, "x-b3-sampled") == "1" and re.fullmatch(r"[0-9a-f]{32}", one(h, "x-b3-traceid"))
 
 
+@pytest.mark.timeout(30)
+def test_trace_fields_once_each_to_an_http2_upstream_and_a_mirror(start_remora, http_backend):
+    """The proxy's own fields (x-request-id, traceparent, B3) go to an HTTP/2 upstream (the HPACK
+    path: `AddedFields.fields`) and to the route's mirror over HTTP/1.1 (the lines path:
+    `AddedFields.lines`) exactly once each and the same on both; the client's trace fields are
+    replaced, its other fields kept."""
+    pytest.importorskip("h2", reason="hyper-h2 is not installed (pip install h2)")
+    from harness import made_and_closed
+    from test_http2 import H2Backend
+    gen = made_and_closed(H2Backend, failure="h2 backend failed: ")
+    make = next(gen)
+    try:
+        h2b, shadow = make(), http_backend()
+        route = status_route("all", "/", "app")
+        route["mirror"] = {"cluster": "shadow", "percent": 100}
+        remora = start_remora(make_config(
+            [http_listener("web", routes=[route], tracing={"propagate": ["w3c", "b3"], "sample_percent": 100})],
+            [cluster("app", [h2b.endpoint], protocol="http2"), cluster("shadow", [shadow.endpoint])]))
+        port = remora.port("web")
+        trace, client_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+        sent = [[("X-Custom", "kept")],
+                [("traceparent", f"00-{trace}-{client_span}-01"), ("X-B3-TraceId", "not-the-proxys"),
+                 ("X-Custom", "kept")],
+                [("b3", f"{trace}-{client_span}-0"), ("X-Custom", "kept")]]
+        for i, hdrs in enumerate(sent):
+            assert get(port, f"/echo?i={i}", headers=hdrs).status == 200
+            poll(lambda: len(h2b.requests) > i and len(shadow.requests) > i, timeout=5,
+                 what="the request at the HTTP/2 upstream and at the mirror")
+        for i in range(len(sent)):
+            up, sh = h2b.requests[i]["headers"], shadow.requests[i]["headers"]
+            fields = ("x-request-id", "traceparent", "b3", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid",
+                      "x-b3-sampled", "x-custom")
+            assert {n: header_values(up, n) for n in fields} == {n: header_values(sh, n) for n in fields}, (up, sh)
+            assert UUID4.fullmatch(one(up, "x-request-id")) and one(up, "x-custom") == "kept"
+            m = TRACEPARENT.fullmatch(one(up, "traceparent"))
+            assert m, up
+            if i == 0:   # a new trace: B3 in multiple headers, no parent
+                assert m.group(1) != trace and m.group(3) == "01"
+                assert one(up, "x-b3-traceid") == m.group(1) and one(up, "x-b3-spanid") == m.group(2)
+                assert one(up, "x-b3-sampled") == "1" and header_values(up, "x-b3-parentspanid") == []
+            elif i == 1:   # W3C continued; the client's B3 field replaced by the proxy's
+                assert m.group(1) == trace and m.group(2) != client_span and m.group(3) == "01"
+                assert one(up, "x-b3-traceid") == trace and one(up, "x-b3-parentspanid") == client_span
+                assert one(up, "x-b3-spanid") == m.group(2)
+            else:   # one b3 header in, one out
+                assert m.group(1) == trace and m.group(3) == "00"
+                assert one(up, "b3") == f"{trace}-{m.group(2)}-0-{client_span}"
+                assert header_values(up, "x-b3-traceid") == []
+        assert len({one(h2b.requests[i]["headers"], "x-request-id") for i in range(len(sent))}) == len(sent)
+    finally:
+        gen.close()
+
+
 # -- OTLP span export -------------------------------------------------------------------------------
 
 import base64

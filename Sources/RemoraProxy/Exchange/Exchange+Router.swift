@@ -46,7 +46,7 @@ extension Exchange {
         observe.route = routeIndex   // a filter's answer is logged with its route too
         // Request id and trace context first (a direct call: tracing never answers, and a listener
         // with only tracing runs no filter machinery).
-        if let t = l.tracing { t.begin(self, r.view) }
+        if let u = l.tracingRef { u._withUnsafeGuaranteedRef { $0.begin(self, r.view) } }
         if l.hasFilters {
             runsFilters = true
             switch runRequestFilters(l.filters, r.view) {
@@ -141,8 +141,14 @@ extension Exchange {
             withMutated(view.headers, mutations) { mutated in
                 // With `tracing:`, the request id and trace context (Observe/Tracing.swift): added after
                 // the client's fields, whose own trace fields are left out when it sent any.
-                let headers = observe.hasTrace ? l.tracing!.forwarded(mutated, self) : mutated
-                let extra = observe.hasTrace ? l.tracing!.added(self) : UnsafeBufferPointer(start: nil, count: 0)
+                var headers = mutated
+                var extra = AddedFields.none
+                if observe.hasTrace, let u = l.tracingRef {
+                    u._withUnsafeGuaranteedRef { t in
+                        if observe.traceFieldsSeen { headers = t.forwarded(mutated) }
+                        extra = t.added(self)
+                    }
+                }
                 var routed = RequestView(method: view.method, target: target, authority: view.authority, headers: headers)
                 // A route that sets Host sets the authority, whatever protocol either side speaks.
                 if !mutations.isEmpty && (r.fromHTTP2 || r.authorityReplacesHost), let i = headers.firstIndex(named: "host") {
@@ -165,7 +171,7 @@ extension Exchange {
     /// gets body bytes only while its upstream keeps up, and is dropped the moment it would have
     /// to wait, so it never slows this request.
     func startShadow(cluster cl: Cluster, _ l: ListenerRuntime, _ r: RequestStart, _ view: RequestView,
-                     clientIP: UnsafeRawBufferPointer, extra: UnsafeBufferPointer<HeaderRef>) {
+                     clientIP: UnsafeRawBufferPointer, extra: AddedFields) {
         guard cl.admitRequest() else { return }   // no copy over the shadow cluster's max_requests
         let sh = worker.takeExchange()
         sh.primary = self

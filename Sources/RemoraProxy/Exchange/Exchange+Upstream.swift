@@ -10,19 +10,19 @@ extension Exchange {
     /// `view` is the request as routed (target rewritten, the route's header changes applied).
     func prepareUpstream(_ cl: Cluster, _ r: RequestStart, _ view: RequestView, clientIP: UnsafeRawBufferPointer,
                          scheme: StaticString, dropExpect: Bool,
-                         extra: UnsafeBufferPointer<HeaderRef> = UnsafeBufferPointer(start: nil, count: 0)) {
+                         extra: AddedFields = .none) {
         cluster = cl
         upstreamIsHTTP2 = cl.config.protocol != .http1
         reqFraming = r.framing
         if upstreamIsHTTP2 {
             reqHead.prepare(pool)
             HTTP2Head.storeRequest(view, clientIP: clientIP, proto: scheme, dropExpect: dropExpect,
-                                   namesLowercase: r.fromHTTP2, extra: extra, into: &reqHead)
+                                   namesLowercase: r.fromHTTP2, extra: extra.fields, into: &reqHead)
         } else {
             if upHead.base == nil { upHead = pool.take() }
             upHead.clear()
             HTTP1Head.writeRequest(view, framing: reqFraming, addHost: r.fromHTTP2 || r.authorityReplacesHost,
-                                   clientIP: clientIP, proto: scheme, dropExpect: dropExpect, extra: extra, into: &upHead)
+                                   clientIP: clientIP, proto: scheme, dropExpect: dropExpect, extraLines: extra.lines, into: &upHead)
         }
         if cl.requestKey != nil { lbHash = cl.requestHash(view.headers, clientIP: clientIP) }
         cl.stats.inc(.upstream_rq_total)

@@ -21,11 +21,20 @@ final class TracingFilter {
     let b3: Bool
     /// Where sampled spans go (nil: not exported).
     let spans: SpanRecorder?
-    /// The fields `forwarded` and `added` return and the text of the added ones: used synchronously
-    /// (the upstream head is written from them before the router returns), reused by every request.
+    /// The fields `forwarded` returns (reused by every request).
     var fields: UnsafeMutableBufferPointer<HeaderRef>
+    /// The fields `added` returns, as `HeaderRef`s into `text` (x-request-id first, then traceparent,
+    /// then B3), and their text: HTTP/1.1 lines `name: value\r\n`, contiguous, so an HTTP/1.1 upstream
+    /// copies them in one piece. The request id's and traceparent's lines sit at fixed places and their
+    /// names and punctuation are written once (`init`): a request writes only its ids. Used
+    /// synchronously (the upstream head is written from them before the router returns).
     let extra = UnsafeMutableBufferPointer<HeaderRef>.allocate(capacity: 8)
-    let text = UnsafeMutableRawBufferPointer.allocate(byteCount: 256, alignment: 8)
+    let text = UnsafeMutableRawBufferPointer.allocate(byteCount: 320, alignment: 8)
+    /// Where the B3 lines start in `text` (after traceparent's line when W3C is propagated).
+    let b3At: Int
+
+    /// `x-request-id: <36>\r\n` at 0, `traceparent: <55>\r\n` after it (literals: constants folded).
+    static let idName = 14, idLine = 52, tpName = 13, tpLine = 70
 
     init(worker: Worker, config: TracingConfig, spans: SpanRecorder? = nil) {
         self.worker = worker
@@ -34,6 +43,19 @@ final class TracingFilter {
         b3 = config.propagate.contains(.b3)
         self.spans = spans
         fields = .allocate(capacity: 64)
+        precondition(Self.tpLine == Self.tpName + TraceContext.traceparentLength + 2 && Self.idLine == Self.idName + 36 + 2)
+        b3At = Self.idLine + (w3c ? Self.tpLine : 0)
+        let base = text.baseAddress!.assumingMemoryBound(to: UInt8.self)
+        func put(_ s: StaticString, _ at: Int) { (base + at).update(from: s.utf8Start, count: s.utf8CodeUnitCount) }
+        put("x-request-id: ", 0); put("\r\n", Self.idLine - 2)
+        extra[0] = HeaderRef(name: UnsafeRawBufferPointer(start: base, count: 12),
+                             value: UnsafeRawBufferPointer(start: base + Self.idName, count: 36))
+        if w3c {
+            put("traceparent: ", Self.idLine); put("\r\n", Self.idLine + Self.tpLine - 2)
+            extra[1] = HeaderRef(name: UnsafeRawBufferPointer(start: base + Self.idLine, count: 11),
+                                 value: UnsafeRawBufferPointer(start: base + Self.idLine + Self.tpName,
+                                                               count: TraceContext.traceparentLength))
+        }
     }
 
     deinit {
@@ -54,10 +76,10 @@ final class TracingFilter {
         }
     }
 
-    /// The client's fields as the upstream gets them: as they are, unless the client sent trace
-    /// fields the proxy replaces (then a copy without them, valid until the next call).
-    func forwarded(_ headers: UnsafeBufferPointer<HeaderRef>, _ e: Exchange) -> UnsafeBufferPointer<HeaderRef> {
-        guard e.observe.traceFieldsSeen else { return headers }
+    /// The client's fields as the upstream gets them when it sent trace fields the proxy replaces
+    /// (`observe.traceFieldsSeen`; otherwise they go as they are): a copy without them, valid until
+    /// the next call.
+    func forwarded(_ headers: UnsafeBufferPointer<HeaderRef>) -> UnsafeBufferPointer<HeaderRef> {
         if headers.count > fields.count {
             fields.deallocate()
             fields = .allocate(capacity: headers.count)
@@ -70,38 +92,48 @@ final class TracingFilter {
         return UnsafeBufferPointer(rebasing: fields[0..<n])
     }
 
-    /// The proxy's own fields for `e`'s upstream: the trace context in each format the listener
-    /// propagates, and x-request-id when the proxy generated it. Valid until the next call.
-    func added(_ e: Exchange) -> UnsafeBufferPointer<HeaderRef> {
+    /// The proxy's own fields for `e`'s upstream: x-request-id when the proxy generated it, and the
+    /// trace context in each format the listener propagates. Valid until the next call.
+    func added(_ e: Exchange) -> AddedFields {
         let base = text.baseAddress!.assumingMemoryBound(to: UInt8.self)
         let t = e.observe.trace
-        var n = 0
-        var at = 0
-        @inline(__always) func add(_ name: StaticString, _ len: Int) {
-            extra[n] = HeaderRef(name: rawBytes(name), value: UnsafeRawBufferPointer(start: base + at, count: len))
-            n += 1
-            at += len
+        let first = e.observe.generatedID ? 0 : 1
+        if first == 0 {
+            let r = e.observe.requestID
+            writeUUID(r.0, r.1, into: UnsafeMutableRawBufferPointer(start: base + Self.idName, count: 36))
         }
-        if w3c {
-            t.writeTraceparent(base + at)
-            add("traceparent", TraceContext.traceparentLength)
-        }
+        if w3c { t.writeTraceparent(base + Self.idLine + Self.tpName) }
+        var n = w3c ? 2 : 1
+        var at = b3At
         if b3 {
-            if t.b3Single {
-                add("b3", t.writeB3Single(base + at))
-            } else {
-                add("x-b3-traceid", t.writeB3TraceID(base + at))
-                remora_hex16(base + at, t.span); add("x-b3-spanid", 16)
-                if t.parent != 0 { remora_hex16(base + at, t.parent); add("x-b3-parentspanid", 16) }
-                extra[n] = HeaderRef(name: rawBytes("x-b3-sampled"), value: t.sampled ? rawBytes("1") : rawBytes("0"))
+            /// `name: ` at `at`; the value goes at the returned place.
+            @inline(__always) func begin(_ name: StaticString) -> UnsafeMutablePointer<UInt8> {
+                let p = base + at
+                p.update(from: name.utf8Start, count: name.utf8CodeUnitCount)
+                p[name.utf8CodeUnitCount] = 0x3A; p[name.utf8CodeUnitCount + 1] = 0x20
+                return p + name.utf8CodeUnitCount + 2
+            }
+            /// Ends the line begun at `at` with a value of `len` bytes: its `HeaderRef`, then CRLF.
+            @inline(__always) func end(_ name: StaticString, _ len: Int) {
+                let p = base + at, nl = name.utf8CodeUnitCount
+                extra[n] = HeaderRef(name: UnsafeRawBufferPointer(start: p, count: nl),
+                                     value: UnsafeRawBufferPointer(start: p + nl + 2, count: len))
                 n += 1
+                p[nl + 2 + len] = 0x0D; p[nl + 3 + len] = 0x0A
+                at += nl + 4 + len
+            }
+            if t.b3Single {
+                end("b3", t.writeB3Single(begin("b3")))
+            } else {
+                end("x-b3-traceid", t.writeB3TraceID(begin("x-b3-traceid")))
+                remora_hex16(begin("x-b3-spanid"), t.span); end("x-b3-spanid", 16)
+                if t.parent != 0 { remora_hex16(begin("x-b3-parentspanid"), t.parent); end("x-b3-parentspanid", 16) }
+                begin("x-b3-sampled").pointee = t.sampled ? 0x31 : 0x30; end("x-b3-sampled", 1)
             }
         }
-        if e.observe.generatedID {
-            writeUUID(e.observe.requestID.0, e.observe.requestID.1, into: UnsafeMutableRawBufferPointer(start: base + at, count: 36))
-            add("x-request-id", 36)
-        }
-        return UnsafeBufferPointer(rebasing: extra[0..<n])
+        let from = first == 0 ? 0 : Self.idLine
+        return AddedFields(fields: UnsafeBufferPointer(rebasing: extra[first..<n]),
+                           lines: UnsafeRawBufferPointer(start: base + from, count: at - from))
     }
 
     /// The request head arrived: its request id and trace context.
