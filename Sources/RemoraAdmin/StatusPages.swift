@@ -2,16 +2,16 @@ import RemoraCore
 
 /// One cluster as GET /clusters shows it: plain values the proxy fills on the main loop
 /// (`AdminTarget.clusterStatuses`), rendered here. Adding a number is one entry in `fields` (the
-/// cluster's) or `EndpointStatus.fields` (an endpoint's): both renderers show every entry.
+/// cluster's) or `HostStatus.fields` (an endpoint's): both renderers show every entry.
 public struct ClusterStatus: Sendable, Equatable {
     public var name: String
     /// The load balancer (`round_robin`, `peak_ewma`, …).
     public var lb: String
     /// Cluster-wide numbers by name, in order (`rq_active`, breaker limits and what remains, …).
     public var fields: [StatusField]
-    public var endpoints: [EndpointStatus]
+    public var endpoints: [HostStatus]
 
-    public init(name: String, lb: String, fields: [StatusField] = [], endpoints: [EndpointStatus] = []) {
+    public init(name: String, lb: String, fields: [StatusField] = [], endpoints: [HostStatus] = []) {
         self.name = name; self.lb = lb; self.fields = fields; self.endpoints = endpoints
     }
 }
@@ -23,7 +23,9 @@ public struct StatusField: Sendable, Equatable {
     public init(_ name: String, _ value: Int64) { self.name = name; self.value = value }
 }
 
-public struct EndpointStatus: Sendable, Equatable {
+/// One endpoint of a cluster as GET /clusters shows it (Envoy's `host_statuses`). Not RemoraCore's
+/// `EndpointStatus` (the proxy's per-endpoint counters, which fill `fields`): this is the page's row.
+public struct HostStatus: Sendable, Equatable {
     /// `host:port`.
     public var address: String
     public var weight: Int

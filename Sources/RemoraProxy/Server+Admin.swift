@@ -52,7 +52,7 @@ extension Server: AdminTarget {
 extension Server {
     /// The serving snapshot's clusters: cluster-wide numbers (active requests, breaker limits and
     /// what remains of them), then each endpoint's address, weight, health and ejection. Numbers a
-    /// worker keeps per endpoint go in `EndpointStatus.fields` once they are kept where the main loop
+    /// worker keeps per endpoint go in `HostStatus.fields` once they are kept where the main loop
     /// may read them.
     public func clusterStatuses() -> [ClusterStatus] {
         guard let snapshot, let registry else { return [] }
@@ -71,7 +71,7 @@ extension Server {
             }
             let endpoints = c.endpoints.enumerated().map { j, hp in
                 let out = j < shared.endpointCount ? shared.outFlags(j) : 0
-                return EndpointStatus(address: hp.description, weight: j < c.endpointWeights.count ? c.endpointWeights[j] : 1,
+                return HostStatus(address: hp.description, weight: j < c.endpointWeights.count ? c.endpointWeights[j] : 1,
                                       failedHealthCheck: out & 2 != 0, ejected: out & 1 != 0)
             }
             return ClusterStatus(name: c.name, lb: c.lb.rawValue, fields: fields, endpoints: endpoints)

@@ -3,8 +3,8 @@ import Testing
 
 @Suite struct StatusPagesTests {
     let clusters = [ClusterStatus(name: "app", lb: "peak_ewma", fields: [StatusField("rq_active", 2)],
-                                  endpoints: [EndpointStatus(address: "10.0.0.1:80", weight: 3),
-                                              EndpointStatus(address: "10.0.0.2:80", weight: 1, failedHealthCheck: true, ejected: true,
+                                  endpoints: [HostStatus(address: "10.0.0.1:80", weight: 3),
+                                              HostStatus(address: "10.0.0.2:80", weight: 1, failedHealthCheck: true, ejected: true,
                                                              fields: [StatusField("rq_active", 1)])])]
 
     @Test func clustersText() {
