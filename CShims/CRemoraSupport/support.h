@@ -207,9 +207,49 @@ static inline void remora_hex8(uint8_t *dst, uint32_t v, int n) {
     x = __builtin_bswap64(x);
     memcpy(dst, (const uint8_t *)&x + (8 - n), (size_t)n);
 }
+#if defined(__SSE2__)
+#include <emmintrin.h>
+/* 16 bytes (hi's most significant first, then lo's) as 32 lowercase hex digits, with SSE2: nibbles
+ * split and interleaved, then '0' + n (+ 39 above 9), about 20 instructions (trace and request ids). */
+static inline void remora_hex_x2(uint8_t *dst, __m128i v) {
+    const __m128i mask = _mm_set1_epi8(0x0F), nine = _mm_set1_epi8(9);
+    __m128i hi = _mm_and_si128(_mm_srli_epi16(v, 4), mask), lo = _mm_and_si128(v, mask);
+    __m128i a = _mm_unpacklo_epi8(hi, lo), b = _mm_unpackhi_epi8(hi, lo);
+    a = _mm_add_epi8(a, _mm_add_epi8(_mm_set1_epi8('0'), _mm_and_si128(_mm_cmpgt_epi8(a, nine), _mm_set1_epi8(39))));
+    b = _mm_add_epi8(b, _mm_add_epi8(_mm_set1_epi8('0'), _mm_and_si128(_mm_cmpgt_epi8(b, nine), _mm_set1_epi8(39))));
+    _mm_storeu_si128((__m128i *)dst, a);
+    _mm_storeu_si128((__m128i *)(dst + 16), b);
+}
+static inline void remora_hex32(uint8_t *dst, uint64_t hi, uint64_t lo) {
+    remora_hex_x2(dst, _mm_set_epi64x((long long)__builtin_bswap64(lo), (long long)__builtin_bswap64(hi)));
+}
+static inline void remora_hex16(uint8_t *dst, uint64_t v) {
+    const __m128i mask = _mm_set1_epi8(0x0F), nine = _mm_set1_epi8(9);
+    __m128i x = _mm_cvtsi64_si128((long long)__builtin_bswap64(v));
+    __m128i a = _mm_unpacklo_epi8(_mm_and_si128(_mm_srli_epi16(x, 4), mask), _mm_and_si128(x, mask));
+    a = _mm_add_epi8(a, _mm_add_epi8(_mm_set1_epi8('0'), _mm_and_si128(_mm_cmpgt_epi8(a, nine), _mm_set1_epi8(39))));
+    _mm_storeu_si128((__m128i *)dst, a);
+}
+#else
 static inline void remora_hex16(uint8_t *dst, uint64_t v) {
     remora_hex8(dst, (uint32_t)(v >> 32), 8);
     remora_hex8(dst + 8, (uint32_t)v, 8);
+}
+static inline void remora_hex32(uint8_t *dst, uint64_t hi, uint64_t lo) {
+    remora_hex16(dst, hi);
+    remora_hex16(dst + 16, lo);
+}
+#endif
+/* A UUID's 128 bits as `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` (36 bytes at dst; version and variant
+ * bits are the caller's). */
+static inline void remora_uuid36(uint8_t *dst, uint64_t hi, uint64_t lo) {
+    uint8_t d[32];
+    remora_hex32(d, hi, lo);
+    memcpy(dst, d, 8); dst[8] = '-';
+    memcpy(dst + 9, d + 8, 4); dst[13] = '-';
+    memcpy(dst + 14, d + 12, 4); dst[18] = '-';
+    memcpy(dst + 19, d + 16, 4); dst[23] = '-';
+    memcpy(dst + 24, d + 20, 12);
 }
 /* Lowers the calling thread's priority (Linux: nice applies per thread): the access log writer. */
 #include <sys/resource.h>

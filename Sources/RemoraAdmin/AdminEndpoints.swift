@@ -23,7 +23,29 @@ public struct AdminEndpoint: Sendable {
 
 extension AdminEndpoint {
     /// The admin server's endpoints, in the order the 404 answer lists them.
-    public static let all: [AdminEndpoint] = [ready, stats, prometheusStats, configDump, certs, drain, quitquitquit]
+    public static let all: [AdminEndpoint] = [dashboard, ready, stats, prometheusStats, clusters, routes, configDump,
+                                              certs, drain, quitquitquit]
+
+    /// The live dashboard: one self-contained HTML page (no external assets) that polls
+    /// `/stats?format=json` and `/clusters?format=json` (Dashboard.swift).
+    public static let dashboard = AdminEndpoint("/") { _, _ in
+        .init(status: 200, contentType: "text/html; charset=utf-8", body: Dashboard.html)
+    }
+
+    /// Every cluster's endpoints: health, ejection, weight and the numbers the proxy keeps per
+    /// endpoint; Envoy-like `cluster::host::stat::value` lines, `?format=json`.
+    public static let clusters = AdminEndpoint("/clusters") { r, target in
+        let cs = target.clusterStatuses()
+        if format(r.query) == "json" { return .init(status: 200, contentType: "application/json", body: StatusPages.clustersJSON(cs)) }
+        return .init(status: 200, body: StatusPages.clustersText(cs))
+    }
+
+    /// The compiled route tables in match order, with the requests each backend got; `?format=json`.
+    public static let routes = AdminEndpoint("/routes") { r, target in
+        let rs = target.routeStatuses()
+        if format(r.query) == "json" { return .init(status: 200, contentType: "application/json", body: StatusPages.routesJSON(rs)) }
+        return .init(status: 200, body: StatusPages.routesText(rs))
+    }
 
     /// 200 while serving (also while the control server is away: the last good configuration
     /// still serves), 503 while starting, waiting for a first configuration, or draining.

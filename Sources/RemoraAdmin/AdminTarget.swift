@@ -18,10 +18,16 @@ public protocol AdminTarget: AnyObject {
     var nodeName: String { get }
     /// Every certificate the proxy loaded (served, presented upstream, trusted CAs) (GET /certs).
     func certificates() -> [AdminCertificate]
+    /// Every cluster with its endpoints (GET /clusters).
+    func clusterStatuses() -> [ClusterStatus]
+    /// Every listener's compiled routes with their backends' request counts (GET /routes).
+    func routeStatuses() -> [RouteStatus]
 }
 
 extension AdminTarget {
     public var nodeName: String { "remora" }
+    public func clusterStatuses() -> [ClusterStatus] { [] }
+    public func routeStatuses() -> [RouteStatus] { [] }
     public func certificates() -> [AdminCertificate] { [] }
 }
 

@@ -524,17 +524,11 @@ private final class Schema {
                               routes: routes ?? [])
     }
 
-    /// `tracing: { propagate: [w3c], sample_percent: 0 ... 100 }`.
+    /// `tracing: { propagate: [w3c, b3], sample_percent: 0 ... 100, otlp: { endpoint: http://HOST:PORT } }`.
     func tracing(_ n: Node, _ p: String) -> TracingConfig? {
-        guard let m = d.mapping(n, p, keys: ["propagate", "sample_percent"]) else { return nil }
+        guard let m = d.mapping(n, p, keys: ["propagate", "sample_percent", "otlp"]) else { return nil }
         let propagate = m.optional("propagate") { n, p -> [TracingConfig.Propagation]? in
-            d.list(n, p) { n, p -> TracingConfig.Propagation? in
-                if d.string(n, p) == "b3" {
-                    d.fail(n.line, p, "b3 propagation is not supported yet (w3c is)")
-                    return nil
-                }
-                return d.oneOf(n, p)
-            }
+            d.list(n, p) { n, p -> TracingConfig.Propagation? in d.oneOf(n, p) }
         }
         let percent = m.optional("sample_percent") { n, p -> Double? in
             guard let s = d.string(n, p), let v = Double(s), v >= 0, v <= 100 else {
@@ -543,7 +537,18 @@ private final class Schema {
             }
             return v
         }
-        return TracingConfig(propagate: propagate ?? [.w3c], samplePercent: percent ?? 1)
+        let otlp = m.optional("otlp") { n, p -> OTLPConfig? in
+            guard let o = d.mapping(n, p, keys: ["endpoint"]) else { return nil }
+            return o.required("endpoint") { n, p -> OTLPConfig? in
+                guard let s = d.string(n, p) else { return nil }
+                guard let c = OTLPConfig.parse(s) else {
+                    d.fail(n.line, p, "expected http://HOST:PORT (the collector's OTLP/HTTP address; /v1/traces is added)")
+                    return nil
+                }
+                return c
+            }
+        }
+        return TracingConfig(propagate: propagate ?? [.w3c], samplePercent: percent ?? 1, otlp: otlp)
     }
 
     /// `access_log: { path: FILE | stdout, format: json | text | "<format string>" }`.

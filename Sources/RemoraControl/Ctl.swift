@@ -47,6 +47,8 @@ public final class Ctl {
     }
     /// How long a canary step waits for the proxies to ACK its version, ms.
     public var ackTimeout: UInt64 = 30_000
+    /// Standard output is a terminal (`top` redraws; piped, it prints one table).
+    public var interactive: Bool = isatty(1) == 1
     /// Nodes not seen for longer than this are left out of a canary walk, seconds.
     public var liveWithin: UInt64 = 90
 
@@ -78,6 +80,7 @@ public final class Ctl {
                 out("\(g): version \(v)")
                 return 0
             case .canary(let o): return try canary(o)
+            case let .top(admin, interval, count): return try top(admin, interval: interval, count: count)
             }
         } catch {
             err(error.status == 0 ? "remora ctl: \(error.message)" : "remora ctl: \(error.status): \(error.message.trimmingWhitespace)")

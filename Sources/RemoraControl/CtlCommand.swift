@@ -28,6 +28,9 @@ public enum CtlCommand: Equatable, Sendable {
     case apply(group: String, file: String, force: Bool)
     case split(group: String, route: String, weights: [ClusterWeight])
     case canary(CanaryOptions)
+    /// `top ADMIN_URL`: a proxy's golden metrics every `interval` ms; `count` tables (0 = until
+    /// interrupted; piped output: one).
+    case top(admin: ControlURL, interval: UInt64, count: Int)
 }
 
 public struct CtlInvocation: Equatable, Sendable {
@@ -56,12 +59,16 @@ extension CtlInvocation {
                                            walk cluster C up by N points every D (e.g. 30s) to 100 %;
                                            stop and set C back to 0 if its 5xx rate over a step exceeds R
                                            (default 0.01), read from each ACKing proxy's /stats
+      top ADMIN_URL [--interval D] [--count N]
+                                           a proxy's golden metrics per route and backend (req/s, success,
+                                           split, p50/p99) from its admin address, every D (default 1s);
+                                           one table when piped
     URL defaults to http://127.0.0.1:9911; the token comes from F or REMORA_CONTROL_TOKEN.
     """
 
     /// Options may come anywhere, as `--name VALUE` or `--name=VALUE`.
     public static func parse(_ argv: [String]) throws(CtlUsageError) -> CtlInvocation {
-        let valued: Set<String> = ["control", "token-file", "canary", "step", "every", "max-5xx-rate", "f"]
+        let valued: Set<String> = ["control", "token-file", "canary", "step", "every", "max-5xx-rate", "f", "interval", "count"]
         let flags: Set<String> = ["force"]
         var options: [String: String] = [:]
         var given: Set<String> = []
@@ -111,7 +118,7 @@ extension CtlInvocation {
         func group(_ s: String) throws(CtlUsageError) -> String {
             do { return try ControlRequest.checkGroup(s) } catch { throw CtlUsageError(error.message) }
         }
-        guard let sub = positional.first else { throw CtlUsageError("name a command: status, get, apply or split") }
+        guard let sub = positional.first else { throw CtlUsageError("name a command: status, get, apply, split or top") }
         let args = Array(positional.dropFirst())
         let command: CtlCommand
         switch sub {
@@ -161,8 +168,23 @@ extension CtlInvocation {
                     throw CtlUsageError(error.message)
                 }
             }
+        case "top":
+            try allow(["interval", "count"], for: "top")
+            guard args.count == 1 else { throw CtlUsageError("usage: top ADMIN_URL (the proxy's admin address, e.g. http://127.0.0.1:9901)") }
+            guard let admin = ControlURL.parse(args[0]) else { throw CtlUsageError("top: expected ADMIN_URL like http://127.0.0.1:9901, got \(args[0])") }
+            var interval: UInt64 = 1000
+            if let d = options["interval"] {
+                guard let v = ConfigValue.duration(d), v >= 100 else { throw CtlUsageError("--interval: expected a duration of at least 100ms, got \(d)") }
+                interval = v
+            }
+            var count = 0
+            if let c = options["count"] {
+                guard let v = Int(c), v >= 1 else { throw CtlUsageError("--count: expected a number of tables >= 1, got \(c)") }
+                count = v
+            }
+            command = .top(admin: admin, interval: interval, count: count)
         default:
-            throw CtlUsageError("unknown command \(sub) (expected status, get, apply or split)")
+            throw CtlUsageError("unknown command \(sub) (expected status, get, apply, split or top)")
         }
         return CtlInvocation(control: control, tokenFile: options["token-file"], command: command)
     }

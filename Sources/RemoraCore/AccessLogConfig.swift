@@ -108,13 +108,39 @@ public enum AccessLogField: String, Sendable, Equatable, CaseIterable {
 /// id, a new span id, the sampled flag kept) or started (sampled at `samplePercent`). See
 /// docs/observability.md.
 public struct TracingConfig: Sendable, Equatable {
-    public enum Propagation: String, Sendable, Equatable, CaseIterable { case w3c }
+    public enum Propagation: String, Sendable, Equatable, CaseIterable { case w3c, b3 }
     /// Trace header formats read and written. Default [w3c].
     public var propagate: [Propagation]
     /// Percent (0 ... 100) of new traces marked sampled. Default 1.
     public var samplePercent: Double
+    /// Where the proxy's sampled spans go (OTLP/HTTP JSON); nil = not exported.
+    public var otlp: OTLPConfig?
 
-    public init(propagate: [Propagation] = [.w3c], samplePercent: Double = 1) {
-        self.propagate = propagate; self.samplePercent = samplePercent
+    public init(propagate: [Propagation] = [.w3c], samplePercent: Double = 1, otlp: OTLPConfig? = nil) {
+        self.propagate = propagate; self.samplePercent = samplePercent; self.otlp = otlp
+    }
+}
+
+/// `tracing.otlp: { endpoint: http://HOST:PORT }`: spans are POSTed to `<endpoint>/v1/traces` as
+/// OTLP/HTTP JSON by a helper thread, in batches of at most 512 spans or every 5 s.
+public struct OTLPConfig: Sendable, Equatable, Hashable {
+    /// `http://host:port` (an IP address or a name resolved by the exporter thread), no path.
+    public var host: String
+    public var port: Int
+
+    public init(host: String, port: Int) { self.host = host; self.port = port }
+
+    /// Parses `http://host:port`, `http://host:port/` or `host:port`; `[v6]:port` too.
+    public static func parse(_ s: String) -> OTLPConfig? {
+        var rest = Substring(s)
+        if rest.hasPrefix("http://") { rest = rest.dropFirst(7) } else if rest.contains("://") { return nil }
+        if rest.hasSuffix("/") { rest = rest.dropLast() }
+        if rest.hasSuffix("/v1/traces") { rest = rest.dropLast(10) }
+        guard let colon = rest.lastIndex(of: ":"), let port = Int(rest[rest.index(after: colon)...]), port > 0, port < 65536
+        else { return nil }
+        var host = rest[..<colon]
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = host.dropFirst().dropLast() }
+        guard !host.isEmpty, !host.contains("/") else { return nil }
+        return OTLPConfig(host: String(host), port: port)
     }
 }

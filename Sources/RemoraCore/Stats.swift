@@ -110,6 +110,8 @@ public enum ListenerStat: Int, StatGroup, Sendable {
     /// Upgrades (issue 18): connections that became tunnels (WebSocket after a 101), tunnels open,
     /// upgrade requests refused with 403 (not allowed on the route, or toward an HTTP/2 cluster).
     case downstream_cx_upgrades_total, downstream_cx_upgrades_active, downstream_rq_upgrade_refused
+    /// Sampled spans dropped because the OTLP exporter was behind (`tracing.otlp`).
+    case tracing_spans_dropped
 
     public var kind: StatKind {
         switch self {
@@ -177,6 +179,7 @@ public enum ListenerStat: Int, StatGroup, Sendable {
         .downstream_cx_upgrades_total: "Connections upgraded to a tunnel (WebSocket)",
         .downstream_cx_upgrades_active: "Upgraded connections (tunnels) open",
         .downstream_rq_upgrade_refused: "Upgrade requests refused with 403",
+        .tracing_spans_dropped: "Sampled spans dropped because the OTLP exporter was behind",
     ]
 }
 

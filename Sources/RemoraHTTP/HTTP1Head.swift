@@ -35,6 +35,10 @@ public enum HTTP1Head {
         return false
     }
 
+    /// Out of line: requests without added fields pay one compare, not the copy's code around them.
+    @inline(never)
+    static func appendLines(_ out: inout ByteBuffer, _ lines: UnsafeRawBufferPointer) { out.append(lines) }
+
     @inline(__always)
     static func appendHeader(_ out: inout ByteBuffer, _ h: HeaderRef) {
         out.append(h.name); out.append(": "); out.append(h.value); out.append("\r\n")
@@ -45,11 +49,14 @@ public enum HTTP1Head {
     /// not Host); `clientIP` is appended to X-Forwarded-For; `proto` is the listener's scheme, for
     /// X-Forwarded-Proto; `dropExpect` removes `Expect: 100-continue` (the proxy answers it itself).
     /// `clientCert`: the `x-forwarded-client-cert` value to add (empty: none; a client's own never passes).
+    /// `extraLines`: fields the proxy adds itself (request id, trace context) as header lines, written
+    /// as they are after the client's (`AddedFields.lines`).
     /// `upgradeFields` (non-empty for a WebSocket handshake: `connection: upgrade`, `upgrade: …`
     /// lines, the client's own being hop-by-hop) are written as they are.
     public static func writeRequest(_ v: RequestView, framing: BodyFraming, addHost: Bool, clientIP: UnsafeRawBufferPointer,
                                     proto: StaticString, dropExpect: Bool,
                                     clientCert: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
+                                    extraLines: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
                                     upgradeFields: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
                                     into out: inout ByteBuffer) {
         let h = v.headers
@@ -64,6 +71,7 @@ public enum HTTP1Head {
         let hop = policy.hopFilter(h)
         var seen = RequestHead.Seen()
         for i in h.indices where policy.forwards(h, i, hop, &seen) { appendHeader(&out, h[i]) }
+        if extraLines.count > 0 { appendLines(&out, extraLines) }   // the proxy's own fields
         if seen.cookies > 0 {
             out.append("cookie: ")
             var first = true

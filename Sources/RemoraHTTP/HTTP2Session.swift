@@ -207,14 +207,16 @@ public final class HTTP2Session {
         }
     }
 
-    /// A request id or a traceparent is new on every request: kept out of the HPACK dynamic table
+    /// A request id or a trace context (traceparent, B3 ids) is new on every request: kept out of the HPACK dynamic table
     /// (NO_INDEX), where it would only push useful entries out and cost a table search and an insert
     /// per request (+26 % instructions per request on h2c with tracing on). Lengths first: other
     /// fields pay two compares.
     @inline(__always) static func indexFlag(_ f: HeaderRef) -> UInt32 {
         let n = f.name.count, v = f.value.count
         if (n == 11 && v == 55 && f.name.equalsLowercase("traceparent"))
-            || (n == 12 && v >= 16 && f.name.equalsLowercase("x-request-id")) {
+            || (n == 12 && v >= 16 && f.name.equalsLowercase("x-request-id"))
+            || (v >= 16 && ((n == 2 && f.name.equalsLowercase("b3"))
+                            || (n >= 11 && n <= 17 && f.name[0] | 0x20 == 0x78 && f.name[1] == 0x2D && f.name[2] | 0x20 == 0x62 && f.name[3] == 0x33))) {
             return NGHTTP2_NV_FLAG_NO_INDEX.rawValue
         }
         return NGHTTP2_NV_FLAG_NONE.rawValue

@@ -66,6 +66,25 @@ public struct RequestHead {
     }
 }
 
+/// Fields the proxy adds to a request itself (the request id, the trace context): lowercase names,
+/// valid values, nothing for the request-head policy to decide, written after the client's fields.
+/// `fields` for HTTP/2; `lines` — the same fields as HTTP/1.1 header lines (`name: value\r\n` each,
+/// in order) — for HTTP/1.1, which copies them in one piece. The codecs take the one they write
+/// (two words: a wider argument costs every request a few spills, tracing on or off).
+public struct AddedFields {
+    public var fields: UnsafeBufferPointer<HeaderRef>
+    public var lines: UnsafeRawBufferPointer
+
+    @inline(__always)
+    public init(fields: UnsafeBufferPointer<HeaderRef>, lines: UnsafeRawBufferPointer) {
+        self.fields = fields; self.lines = lines
+    }
+
+    public static var none: AddedFields {
+        AddedFields(fields: UnsafeBufferPointer(start: nil, count: 0), lines: UnsafeRawBufferPointer(start: nil, count: 0))
+    }
+}
+
 /// Request heads for an HTTP/2 upstream.
 public enum HTTP2Head {
     /// Stores the request for an HTTP/2 upstream in `block` (kept: a retry submits it again):
@@ -75,6 +94,7 @@ public enum HTTP2Head {
     public static func storeRequest(_ v: RequestView, clientIP: UnsafeRawBufferPointer, proto: StaticString,
                                     dropExpect: Bool, namesLowercase: Bool, extendedConnect: Bool = false,
                                     clientCert: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
+                                    extra: UnsafeBufferPointer<HeaderRef> = UnsafeBufferPointer(start: nil, count: 0),
                                     into block: inout HeaderBlock) {
         block.append(bytesOf(":method"), v.method)
         block.append(bytesOf(":authority"), v.authority)
@@ -90,6 +110,7 @@ public enum HTTP2Head {
         for i in h.indices where policy.forwards(h, i, hop, &seen) {
             if namesLowercase { block.append(h[i].name, h[i].value) } else { block.append(lowercasingName: h[i].name, h[i].value) }
         }
+        for f in extra { block.append(f.name, f.value) }   // the proxy's own fields: lowercase, valid
         let xff = block.beginField(bytesOf("x-forwarded-for"))
         RequestHead.forEachForwardedFor(h, from: seen.forwardedFor) { value in
             block.appendToValue(value)

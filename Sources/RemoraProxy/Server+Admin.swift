@@ -47,3 +47,83 @@ extension Server: AdminTarget {
         beginDrain(timeout: quick ? min(config.drainTimeout, 1_000) : config.drainTimeout)
     }
 }
+
+// MARK: GET /clusters and GET /routes
+
+extension Server {
+    /// The serving snapshot's clusters: cluster-wide numbers (active requests, breaker limits and
+    /// what remains of them), then each endpoint's address, weight, health and ejection. Numbers a
+    /// worker keeps per endpoint go in `HostStatus.fields` once they are kept where the main loop
+    /// may read them.
+    public func clusterStatuses() -> [ClusterStatus] {
+        guard let snapshot, let registry else { return [] }
+        return snapshot.config.clusters.enumerated().map { i, c in
+            let shared = snapshot.shared[i]
+            let blocks = registry.blocks(&registry.clusters, c.name)
+            var fields = [StatusField("rq_active", Int64(bitPattern: blocks.reduce(0) { $0 &+ $1.load(.upstream_rq_active) })),
+                          StatusField("rq_total", Int64(clamping: blocks.reduce(0) { $0 &+ $1.load(.upstream_rq_total) }))]
+            if let b = c.circuitBreaker {
+                for (count, name, limit) in [(ClusterShared.Count.connections, "max_connections", b.maxConnections),
+                                             (.pending, "max_pending_requests", b.maxPending),
+                                             (.requests, "max_requests", b.maxRequests), (.retries, "max_retries", b.maxRetries)] {
+                    fields.append(StatusField("default_priority::\(name)", Int64(limit)))
+                    fields.append(StatusField("default_priority::\(name)::in_use", max(0, shared.load(count))))
+                }
+            }
+            let endpoints = c.endpoints.enumerated().map { j, hp in
+                let out = j < shared.endpointCount ? shared.outFlags(j) : 0
+                return HostStatus(address: hp.description, weight: j < c.endpointWeights.count ? c.endpointWeights[j] : 1,
+                                      failedHealthCheck: out & 2 != 0, ejected: out & 1 != 0)
+            }
+            return ClusterStatus(name: c.name, lb: c.lb.rawValue, fields: fields, endpoints: endpoints)
+        }
+    }
+
+    /// Every HTTP listener's routes in match order, with the requests each backend got.
+    public func routeStatuses() -> [RouteStatus] {
+        guard let snapshot, let registry else { return [] }
+        var out: [RouteStatus] = []
+        for (l, listener) in snapshot.config.listeners.enumerated() where listener.protocol == .http {
+            let table = snapshot.routeTables[l]
+            var configs: [String: RouteConfig] = [:]
+            for vh in listener.virtualHosts { for r in vh.routes { configs[r.name] = r } }
+            for info in table.info {
+                let rc = configs[info.name]
+                let backends = info.backends.map { b in
+                    let name = "\(listener.name).\(info.name).\(b.clusterName)"
+                    let hits = registry.blocks(&registry.routes, name).reduce(0) { $0 &+ $1.load(.upstream_rq_total) }
+                    return RouteBackendStatus(cluster: b.clusterName, weight: Int(b.weight), requests: hits)
+                }
+                out.append(RouteStatus(listener: listener.name, virtualHost: info.virtualHost, name: info.name,
+                                       match: rc.map { Server.describe($0.match) } ?? "?", action: rc.map { Server.describe($0.action) } ?? "?",
+                                       backends: backends))
+            }
+        }
+        return out
+    }
+
+    static func describe(_ m: RouteMatch) -> String {
+        var parts: [String] = []
+        if let g = m.grpc { parts.append("grpc \(g.service)/\(g.method ?? "*")") } else {
+            let kind: String
+            switch m.path.kind {
+            case .prefix: kind = "prefix"
+            case .exact: kind = "exact"
+            case .regex: kind = "regex"
+            }
+            parts.append("\(kind) \(m.path.value)" + (m.path.ignoreCase ? " (ignoring case)" : ""))
+        }
+        if !m.methods.isEmpty { parts.append("methods " + m.methods.joined(separator: ",")) }
+        if !m.headers.isEmpty { parts.append("\(m.headers.count) header condition(s)") }
+        if !m.queryParameters.isEmpty { parts.append("\(m.queryParameters.count) query condition(s)") }
+        return parts.joined(separator: ", ")
+    }
+
+    static func describe(_ a: RouteAction) -> String {
+        switch a {
+        case .forward: return "forward"
+        case .redirect: return "redirect"
+        case .respond: return "direct_response"
+        }
+    }
+}

@@ -158,6 +158,8 @@ public final class WorkerStats: @unchecked Sendable {   // the rings: each writt
     let accessLogWriter: AccessLogWriter
     /// Per listener, per rule slot of its authorization (`ListenerAuthorization.slotNames`).
     let authzRules: [[StatBlock<AuthzRuleStat>]]
+    /// Per listener: this worker's ring of the listener's span exporter (nil: no `tracing.otlp`).
+    var spanExports: [(ring: UnsafeMutablePointer<remora_log_ring>, exporter: SpanExporter)?] = []
 
     init(listeners: [StatBlock<ListenerStat>], clusters: [StatBlock<ClusterStat>],
          routeBackends: [[StatBlock<RouteBackendStat>]], accessLogs: [(ring: UnsafeMutablePointer<remora_log_ring>, format: UInt16)?],
@@ -178,6 +180,8 @@ final class StatRegistry {
 
     /// The access logs' writer thread (started with the first access log).
     let accessLogWriter = AccessLogWriter()
+    /// One span exporter (and its thread) per OTLP collector, created on first use, kept.
+    var spanExporters: [OTLPConfig: SpanExporter] = [:]
 
     init(workers: Int) { self.workers = workers }
 
@@ -214,10 +218,20 @@ final class StatRegistry {
             }
         }
         let a = StatRegistry.authzNames(snapshot).map { names in names.map { blocks(&authz, $0) } }
+        let exporters = snapshot.config.listeners.map { l in
+            l.tracing?.otlp.map { o in
+                if let e = spanExporters[o] { return e }
+                let e = SpanExporter(target: o, serviceName: snapshot.config.node ?? "remora", workers: workers)
+                spanExporters[o] = e
+                return e
+            }
+        }
         return (0..<workers).map { w in
-            WorkerStats(listeners: l.map { $0[w] }, clusters: c.map { $0[w] }, routeBackends: r.map { $0.map { $0[w] } },
-                        accessLogs: logs.map { $0.map { ($0.0.rings[w], $0.1) } }, accessLogWriter: accessLogWriter,
-                        authzRules: a.map { $0.map { $0[w] } })
+            let s = WorkerStats(listeners: l.map { $0[w] }, clusters: c.map { $0[w] }, routeBackends: r.map { $0.map { $0[w] } },
+                                accessLogs: logs.map { $0.map { ($0.0.rings[w], $0.1) } }, accessLogWriter: accessLogWriter,
+                                authzRules: a.map { $0.map { $0[w] } })
+            s.spanExports = exporters.map { $0.map { ($0.rings[w], $0) } }
+            return s
         }
     }
 
@@ -242,6 +256,9 @@ final class StatRegistry {
                 let n = parts.joined(separator: ".")
                 out.add(RouteBackendStat.self, name: n, nameParts: parts, blocks: blocks(&routes, n))
             }
+        }
+        for e in spanExporters.values.sorted(by: { "\($0.target.host):\($0.target.port)" < "\($1.target.host):\($1.target.port)" }) {
+            e.collect(into: &out)
         }
     }
 }

@@ -136,7 +136,8 @@ final class Worker {
                                           tcpCluster: tcp, stats: st.listeners[i], backendStats: st.routeBackends[i],
                                           filters: ListenerRuntime.filters(l, st, i, routes: snap.routeTables[i], worker: self,
                                                                            rateLimitBuckets: snap.rateLimitBuckets[i],
-                                                                           authorization: snap.authorization[i]))
+                                                                           authorization: snap.authorization[i]),
+                                          tracing: ListenerRuntime.tracing(l, st, i, routes: snap.routeTables[i], worker: self))
             runtime.secure(authorization: snap.authorization[i], rules: i < st.authzRules.count ? st.authzRules[i] : [],
                            connections: snap.connections[i], processMaxConnections: snap.config.maxConnections)
             if snap.connectCluster[i] >= 0 {   // CONNECT tunnels (issue 18)
@@ -384,10 +385,14 @@ final class ListenerRuntime {
     let filters: [any HTTPFilter]
     /// `filters` is not empty (one load per request, no array access when there are none).
     let hasFilters: Bool
-    /// The tracing filter among `filters` (the router asks it for the forwarded fields).
+    /// The listener's request ids and trace propagation (`tracing:`): called directly by the exchange
+    /// before the filters (it never answers), not one of `filters`; the router asks it for the
+    /// forwarded fields.
     let tracing: TracingFilter?
+    /// `tracing` without a retain and release per use (the runtime keeps it alive).
+    let tracingRef: Unmanaged<TracingFilter>?
     /// The access log filter among `filters` (it captures the request even when a filter before it
-    /// answers).
+    /// answers; TCP connections and requests refused before an exchange log through it).
     let accessLog: AccessLogFilter?
     /// Path normalization (`path_normalization:`): off entirely when no step is on.
     let normalizesPaths: Bool
@@ -414,12 +419,13 @@ final class ListenerRuntime {
 
     init(worker: Worker, config: ListenerConfig, tls: TLSServerContext? = nil, routes: RouteTable, clusters: [Cluster],
          tcpCluster: Cluster?, stats: StatBlock<ListenerStat>, backendStats: [StatBlock<RouteBackendStat>],
-         filters: [any HTTPFilter]) {
+         filters: [any HTTPFilter], tracing: TracingFilter? = nil) {
         self.worker = worker; self.config = config; self.tls = tls; self.routes = routes; self.clusters = clusters
         scheme = tls == nil ? "http" : "https"
         self.tcpCluster = tcpCluster; self.stats = stats; self.backendStats = backendStats; self.filters = filters
         hasFilters = !filters.isEmpty
-        tracing = filters.first { $0 is TracingFilter } as? TracingFilter
+        self.tracing = tracing
+        tracingRef = tracing.map { Unmanaged.passUnretained($0) }
         accessLog = filters.first { $0 is AccessLogFilter } as? AccessLogFilter
         normalization = PathNormalizer.Options(config)
         normalizesPaths = config.protocol == .http && config.normalizesPaths
@@ -463,22 +469,32 @@ final class ListenerRuntime {
         }
     }
 
-    /// The filters listener `l` (index `i` of the snapshot) configures, in their order: tracing first
-    /// (request id, trace context), authorization, fault injection and rate limits, the access log
-    /// last, so that it sees what the others decided.
+    /// The tracing of listener `l` (index `i` of the snapshot), with its span recorder when it exports.
+    static func tracing(_ l: ListenerConfig, _ st: WorkerStats, _ i: Int, routes: RouteTable, worker: Worker) -> TracingFilter? {
+        guard let t = l.tracing else { return nil }
+        let spans = i < st.spanExports.count ? st.spanExports[i].map {
+            SpanRecorder(ring: $0.ring, exporter: $0.exporter, stats: st.listeners[i], listener: l.name, routes: routes)
+        } : nil
+        return TracingFilter(worker: worker, config: t, spans: spans)
+    }
+
+    /// The filters listener `l` (index `i` of the snapshot) configures, in their order (after tracing,
+    /// which the exchange calls first): the access log (its copy of the request), authorization, fault
+    /// injection and rate limits; every log phase runs once the exchange is over, when all have decided.
     static func filters(_ l: ListenerConfig, _ st: WorkerStats, _ i: Int, routes: RouteTable, worker: Worker,
                         rateLimitBuckets: [SharedTokenBucket?], authorization: ListenerAuthorization? = nil) -> [any HTTPFilter] {
         var out: [any HTTPFilter] = []
-        if let t = l.tracing { out.append(TracingFilter(worker: worker, config: t)) }
+        // The access log takes its copy of the request before a filter may answer it (a fault's
+        // abort, a rate limit); its line is written at the end, after every filter decided.
+        if l.accessLog != nil, let log = st.accessLogs[i] {
+            out.append(AccessLogFilter(ring: log.ring, writer: st.accessLogWriter, format: log.format, stats: st.listeners[i],
+                                       routes: routes))
+        }
         // Authorization before the resilience filters: a denied request spends no token.
         if l.protocol == .http, let a = authorization {
             out.append(AuthorizationFilter(a, stats: st.listeners[i], rules: i < st.authzRules.count ? st.authzRules[i] : []))
         }
         out += resilienceFilters(routes: routes, buckets: rateLimitBuckets)   // fault injection, rate limit
-        if l.accessLog != nil, let log = st.accessLogs[i] {
-            out.append(AccessLogFilter(ring: log.ring, writer: st.accessLogWriter, format: log.format, stats: st.listeners[i],
-                                       routes: routes))
-        }
         return out
     }
 }

@@ -83,7 +83,8 @@ final class FakeTarget: AdminTarget {
     @Test func notFoundListsEveryEndpoint() {
         let r = router.respond(to: req("GET", "/nope"), target: FakeTarget())
         #expect(r.status == 404)
-        #expect(r.body == "admin endpoints: GET /ready, GET /stats, GET /stats/prometheus, GET /config_dump, GET /certs, POST /drain, POST /quitquitquit\n")
+        #expect(r.body == "admin endpoints: GET /, GET /ready, GET /stats, GET /stats/prometheus, GET /clusters, GET /routes, "
+                + "GET /config_dump, GET /certs, POST /drain, POST /quitquitquit\n")
     }
 
     @Test func accessChecksComeFirst() {
@@ -127,7 +128,8 @@ final class FakeTarget: AdminTarget {
         #expect(router.respond(to: req("GET", "/rotate"), target: t).status == 405)
         #expect(router.respond(to: req("POST", "/rotate", [("origin", "http://evil.example")]), target: t).status == 403)
         #expect(router.respond(to: req("POST", "/rotate"), target: t).body == "rotated\n")
-        #expect(router.respond(to: req("GET", "/"), target: t).body.hasSuffix("POST /quitquitquit, GET /hello, POST /rotate\n"))
+        // (GET / is the dashboard now: an unknown path shows the list.)
+        #expect(router.respond(to: req("GET", "/nope"), target: t).body.hasSuffix("POST /quitquitquit, GET /hello, POST /rotate\n"))
     }
 
     @Test func statsText() {

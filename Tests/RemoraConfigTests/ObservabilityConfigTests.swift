@@ -34,10 +34,15 @@ import Testing
         let yaml = listener("{ path: stdout }", tracing: "{ propagate: [ w3c ], sample_percent: 2.5 }")
         let c = try parse(yaml).get()
         #expect(c.listeners[0].tracing == TracingConfig(propagate: [.w3c], samplePercent: 2.5))
-        for (t, message) in [("{ sample_percent: 101 }", "0 to 100"), ("{ propagate: [ b3 ] }", "b3 propagation is not supported")] {
+        let b3 = try parse(listener("{ path: stdout }", tracing: "{ propagate: [ w3c, b3 ], otlp: { endpoint: \"http://127.0.0.1:4318\" } }")).get()
+        #expect(b3.listeners[0].tracing == TracingConfig(propagate: [.w3c, .b3], samplePercent: 1,
+                                                         otlp: OTLPConfig(host: "127.0.0.1", port: 4318)))
+        for (t, message) in [("{ sample_percent: 101 }", "0 to 100"), ("{ propagate: [ zipkin ] }", "zipkin"),
+                             ("{ otlp: { endpoint: \"https://c:4318\" } }", "expected http://HOST:PORT"),
+                             ("{ otlp: {} }", "endpoint")] {
             let bad = listener("{ path: stdout }", tracing: t)
             guard case .failure(let e) = parse(bad) else { Issue.record("accepted \(t)"); continue }
-            #expect(e.errors.contains { $0.message.contains(message) }, "\(t): \(e)")
+            #expect(e.errors.contains { $0.message.contains(message) || $0.path.contains(message) }, "\(t): \(e)")
         }
     }
 

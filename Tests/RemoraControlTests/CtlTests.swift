@@ -38,8 +38,8 @@ private func usageError(_ s: String) -> String? {
     }
 
     @Test func errors() {
-        #expect(usageError("") == "name a command: status, get, apply or split")
-        #expect(usageError("stats") == "unknown command stats (expected status, get, apply or split)")
+        #expect(usageError("") == "name a command: status, get, apply, split or top")
+        #expect(usageError("stats") == "unknown command stats (expected status, get, apply, split or top)")
         #expect(usageError("status web") == "status takes no arguments, got web")
         #expect(usageError("get") == "usage: get GROUP")
         #expect(usageError("get a b") == "usage: get GROUP")

@@ -399,4 +399,37 @@ func rawBytes(_ s: StaticString) -> UnsafeRawBufferPointer {
                 + "x-forwarded-for: 10.0.0.1, 1.2.3.4\r\nx-forwarded-proto: http\r\n\r\n")
         h1.release(); h2.release(); fields.release()
     }
+
+    /// The proxy's own fields (`AddedFields`): HTTP/1.1 copies the lines after the client's fields,
+    /// HTTP/2 stores the same fields there; neither goes through the request-head policy.
+    @Test func bothWritersAddTheProxysFieldsAfterTheClients() {
+        var fields = HeaderBlock()
+        for (n, v) in [("Host", "svc"), ("Accept", "*/*")] {
+            var nb = Array(n.utf8), vb = Array(v.utf8)
+            nb.withUnsafeBytes { nr in vb.withUnsafeBytes { vr in fields.append(nr, vr) } }
+        }
+        let view = fields.withRefs { RequestView(method: rawBytes("GET"), target: rawBytes("/"), authority: rawBytes("svc"), headers: $0) }
+        let lines = Array("x-request-id: abc\r\ntraceparent: 00-x-y-01\r\n".utf8)
+        lines.withUnsafeBytes { text in
+            let added = [HeaderRef(name: UnsafeRawBufferPointer(rebasing: text[0..<12]), value: UnsafeRawBufferPointer(rebasing: text[14..<17])),
+                         HeaderRef(name: UnsafeRawBufferPointer(rebasing: text[19..<30]), value: UnsafeRawBufferPointer(rebasing: text[32..<41]))]
+            added.withUnsafeBufferPointer { refs in
+                let extra = AddedFields(fields: refs, lines: text)
+                var h1 = ByteBuffer()
+                HTTP1Head.writeRequest(view, framing: .none, addHost: false, clientIP: rawBytes("1.2.3.4"), proto: "http",
+                                       dropExpect: true, extraLines: extra.lines, into: &h1)
+                #expect(h1.bytes.string == "GET / HTTP/1.1\r\nHost: svc\r\nAccept: */*\r\n"
+                        + "x-request-id: abc\r\ntraceparent: 00-x-y-01\r\n"
+                        + "x-forwarded-for: 1.2.3.4\r\nx-forwarded-proto: http\r\n\r\n")
+                var h2 = HeaderBlock()
+                HTTP2Head.storeRequest(view, clientIP: rawBytes("1.2.3.4"), proto: "http", dropExpect: true, namesLowercase: false,
+                                       extra: extra.fields, into: &h2)
+                let got = (0..<h2.count).map { "\(h2.name($0).string): \(h2.value($0).string)" }
+                #expect(got == [":method: GET", ":authority: svc", ":path: /", "accept: */*", "x-request-id: abc",
+                                "traceparent: 00-x-y-01", "x-forwarded-for: 1.2.3.4", "x-forwarded-proto: http"])
+                h1.release(); h2.release()
+            }
+        }
+        fields.release()
+    }
 }

@@ -140,7 +140,7 @@ import socket
 import struct
 from pathlib import Path
 
-from harness import build_request, connect
+from harness import build_request, connect, request
 
 
 def read_lines(path: Path) -> list[str]:
@@ -220,6 +220,131 @@ def test_access_log_json_1000_mixed_requests(start_remora, http_backend, refused
         else:
             assert e["response_code"] == 0 and e["response_flags"] == "DC", e
     assert seen == set(expect)
+    assert remora.stat("listener.web.access_log_dropped") == 0
+
+
+def test_access_log_flags_of_local_answers_and_refusals_1000_requests(start_remora, http_backend, refused_endpoint,
+                                                                      tmp_path):
+    """Every answer the proxy made itself carries its flag: FI, DI, RL, UO, URX, NR, UF, UT, DC, and
+    requests refused before an exchange exists (400/431 DPE, 408 DT) get a line too."""
+    import threading
+    backend = http_backend()
+    log = tmp_path / "flags.log"
+
+    def fwd(name, prefix, cl="app", **opts):
+        return {"name": name, "match": {"path": {"prefix": prefix}}, "backends": [{"cluster": cl}], **opts}
+
+    routes = [fwd("retry", "/status/503", "retrying", retry={"attempts": 2, "on": ["5xx"],
+                                                              "backoff": {"base": "1ms", "max": "2ms"}}),
+              fwd("ok", "/status"), fwd("down", "/down", "gone"), fwd("slow", "/sleep/400", timeout="100ms"),
+              fwd("abort", "/fault/abort", fault={"abort": {"status": 503, "percent": 100}}),
+              fwd("delay", "/fault/delay", fault={"delay": {"fixed": "1ms", "percent": 100}}),
+              fwd("limited", "/limited", rate_limit={"per_second": 1, "burst": 1}),
+              fwd("held", "/sleep/5000", "tight"), fwd("tight", "/tight", "tight"),
+              fwd("reset", "/sleep")]
+    cfg = make_config([http_listener("web", routes=routes, access_log={"path": str(log), "format": "json"},
+                                     max_request_header_bytes="4KiB", request_header_timeout="300ms")],
+                      [cluster("app", [backend.endpoint]), cluster("gone", [refused_endpoint]),
+                       cluster("retrying", [backend.endpoint], retry_budget="off"),
+                       cluster("tight", [backend.endpoint], circuit_breaker={"max_requests": 1})])
+    remora = start_remora(cfg)
+    port = remora.port("web")
+    expect: dict[str, str] = {}   # request id (or raw marker) -> kind
+
+    # UO: one request holds the only slot of cluster "tight"; the next ones overflow.
+    held = threading.Thread(target=lambda: request(port, "GET", "/sleep/5000", [("X-Request-Id", "held")], timeout=15))
+    held.start()
+    expect["held"] = "held"
+    remora.wait_stat("cluster.tight.circuit_breakers.default.rq_open", lambda v: v == 1, timeout=5)
+    c = Client(port)
+    kinds = [("200", "/status/200"), ("404", "/nothing"), ("UF", "/down"), ("FI", "/fault/abort"),
+             ("DI", "/fault/delay"), ("RL", "/limited"), ("URX", "/status/503")]
+    n_raw = 0
+    for i in range(999):
+        rid = f"req-{i:04d}"
+        if i < 40:
+            kind, target = "UO", "/tight"
+        elif i % 100 == 41:
+            kind, target = "UT", "/sleep/400"
+        elif i % 100 == 42:
+            kind, target = "DC", "/sleep/300"
+        elif i % 100 in (43, 44, 45):
+            kind = ["DPE400", "DPE431", "DT408"][i % 100 - 43]
+            target = None
+        else:
+            kind, target = kinds[i % len(kinds)]
+        if target is None:   # refused before an exchange exists, on a connection of its own
+            s = connect(port)
+            if kind == "DPE400":
+                s.sendall(b"GET /bad HTTP/1.1\r\nHost: remora.test\r\nX-Request-Id: " + rid.encode()
+                          + b"\r\nno colon here\r\n\r\n")
+            elif kind == "DPE431":
+                s.sendall(b"GET /big HTTP/1.1\r\nHost: remora.test\r\nX-Big: " + b"b" * 8000 + b"\r\n\r\n")
+            else:
+                s.sendall(b"GET /slow HTTP/1.1\r\nHost: remora.test\r\n")   # never finished
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            s.close()
+            assert data.startswith(b"HTTP/1.1 " + kind[-3:].encode()), (kind, data[:60])
+            expect[f"raw-{n_raw}"] = kind
+            n_raw += 1
+            continue
+        expect[rid] = kind
+        headers = [("X-Request-Id", rid)]
+        if kind == "DC":
+            s = connect(port)
+            s.sendall(build_request("GET", target, headers, None, None, "remora.test"))
+            time.sleep(0.05)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))   # RST
+            s.close()
+            continue
+        r = c.request("GET", target, headers)
+        want = {"200": 200, "404": 404, "UF": 503, "FI": 503, "DI": 200, "URX": 503, "UO": 503, "UT": 504}.get(kind)
+        if kind == "RL":
+            assert r.status in (200, 429), r.status
+            if r.status == 200:
+                expect[rid] = "200"   # the bucket's one token
+        else:
+            assert r.status == want, (i, kind, r.status)
+    c.close()
+    held.join(15)
+    lines = wait_lines(log, 1000)
+    assert len(lines) == 1000, f"{len(lines)} lines for 1000 requests"
+    raw = iter(sorted(k for k in expect if k.startswith("raw-")))
+    flags_of = {"200": "-", "held": "-", "404": "NR", "UF": "UF", "FI": "FI", "DI": "DI", "RL": "RL", "URX": "URX",
+                "UO": "UO", "UT": "UT", "DC": "DC", "DPE400": "DPE", "DPE431": "DPE", "DT408": "DT"}
+    status_of = {"200": 200, "held": 200, "404": 404, "UF": 503, "FI": 503, "DI": 200, "RL": 429, "URX": 503,
+                 "UO": 503, "UT": 504, "DC": 0, "DPE400": 400, "DPE431": 431, "DT408": 408}
+    counts: dict[str, int] = {}
+    raw_seen = []
+    for line in lines:
+        e = json.loads(line)
+        rid = e["request_id"]
+        if rid is None or rid.startswith("raw") or e["response_code"] in (400, 408, 431):
+            kinds_raw = {400: "DPE400", 431: "DPE431", 408: "DT408"}
+            kind = kinds_raw[e["response_code"]]
+            raw_seen.append(kind)
+            if kind == "DPE400":
+                assert e["path"] is None and e["method"] is None, e   # not parsed whole
+        else:
+            kind = expect.pop(rid)
+        counts[kind] = counts.get(kind, 0) + 1
+        assert e["response_flags"] == flags_of[kind], (kind, e)
+        assert e["response_code"] == status_of[kind], (kind, e)
+        assert e["protocol"] == "HTTP/1.1"
+        if kind == "URX":
+            assert e["retry_count"] == 1 and e["upstream_cluster"] == "retrying", e
+        if kind == "UO":
+            assert e["upstream_cluster"] == "tight" and e["upstream_host"] is None, e
+        if kind in ("FI", "RL"):
+            assert e["upstream_cluster"] is None and e["route_name"] in ("abort", "limited"), e
+    assert not [k for k in expect if not k.startswith("raw-")], "every request logged once"
+    assert sorted(raw_seen) == sorted(expect[k] for k in expect if k.startswith("raw-"))
+    assert counts["UO"] == 40 and counts["RL"] >= 100 and counts["URX"] >= 100 and counts["DT408"] == 10, counts
     assert remora.stat("listener.web.access_log_dropped") == 0
 
 
@@ -390,3 +515,242 @@ def test_new_traces_sampled_at_sample_percent(start_remora, http_backend, tmp_pa
     assert get(remora.port("web"), "/status/200").status == 200
     m = TRACEPARENT.fullmatch(header_values(last_request(backend), "traceparent")[0])
     assert m and m.group(3) == "01"
+
+
+# -- B3 propagation ----------------------------------------------------------------------------------
+
+def one(headers, name):
+    got = header_values(headers, name)
+    assert len(got) == 1, (name, got)
+    return got[0]
+
+
+def test_b3_multi_and_single_headers_continued_as_the_proxys_child(start_remora, http_backend, tmp_path):
+    remora, backend, _ = traced_proxy(start_remora, http_backend, tmp_path, propagate=["w3c", "b3"], sample_percent=0)
+    port = remora.port("web")
+    trace64, trace128, client_span = "463ac35c9f6413ad", "80f198ee56343ba864fe8b2a57d3eff7", "a2fb4a1d1a96d312"
+    # Multiple headers, a 64-bit trace id, sampled: x-b3-* back with the proxy's span, the client's as parent.
+    assert get(port, "/status/200", headers=[("X-B3-TraceId", trace64), ("X-B3-SpanId", client_span),
+                                             ("X-B3-ParentSpanId", "0000000000000001"), ("X-B3-Sampled", "1")]).status == 200
+    h = last_request(backend)
+    assert one(h, "x-b3-traceid") == trace64 and one(h, "x-b3-parentspanid") == client_span
+    span = one(h, "x-b3-spanid")
+    assert re.fullmatch(r"[0-9a-f]{16}", span) and span != client_span
+    assert one(h, "x-b3-sampled") == "1" and header_values(h, "b3") == []
+    m = TRACEPARENT.fullmatch(one(h, "traceparent"))   # the same span in W3C's form, the trace id left-padded
+    assert m and m.groups() == ("0" * 16 + trace64, span, "01"), m
+    # One `b3` header, 128-bit, not sampled: one `b3` header back, no x-b3-*.
+    assert get(port, "/status/200", headers=[("b3", f"{trace128}-{client_span}-0")]).status == 200
+    h = last_request(backend)
+    b3 = one(h, "b3").split("-")
+    assert b3[0] == trace128 and b3[1] != client_span and b3[2] == "0" and b3[3] == client_span, b3
+    assert not any(header_values(h, n) for n in ("x-b3-traceid", "x-b3-spanid", "x-b3-sampled"))
+    assert TRACEPARENT.fullmatch(one(h, "traceparent")).groups() == (trace128, b3[1], "00")
+    # Ids without a decision: the proxy decides (sample_percent 0); a lone decision without ids is kept.
+    assert get(port, "/status/200", headers=[("x-b3-traceid", trace128), ("x-b3-spanid", client_span)]).status == 200
+    h = last_request(backend)
+    assert one(h, "x-b3-traceid") == trace128 and one(h, "x-b3-sampled") == "0"
+    assert get(port, "/status/200", headers=[("b3", "1")]).status == 200
+    h = last_request(backend)
+    assert one(h, "x-b3-sampled") == "1" and one(h, "x-b3-traceid") != trace128 and header_values(h, "x-b3-parentspanid") == []
+    # W3C comes first when both are sent.
+    w3c_trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert get(port, "/status/200", headers=[("traceparent", f"00-{w3c_trace}-00f067aa0ba902b7-01"),
+                                             ("x-b3-traceid", trace128), ("x-b3-spanid", client_span)]).status == 200
+    h = last_request(backend)
+    assert one(h, "x-b3-traceid") == w3c_trace and one(h, "x-b3-parentspanid") == "00f067aa0ba902b7"
+
+
+def test_b3_only_leaves_traceparent_alone(start_remora, http_backend, tmp_path):
+    remora, backend, _ = traced_proxy(start_remora, http_backend, tmp_path, propagate=["b3"], sample_percent=100)
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    assert get(remora.port("web"), "/status/200", headers=[("traceparent", tp)]).status == 200
+    h = last_request(backend)
+    assert one(h, "traceparent") == tp   # not the proxy's format here: forwarded as it came
+    assert one(h, "x-b3-sampled") == "1" and re.fullmatch(r"[0-9a-f]{32}", one(h, "x-b3-traceid"))
+
+
+@pytest.mark.timeout(30)
+def test_trace_fields_once_each_to_an_http2_upstream_and_a_mirror(start_remora, http_backend):
+    """The proxy's own fields (x-request-id, traceparent, B3) go to an HTTP/2 upstream (the HPACK
+    path: `AddedFields.fields`) and to the route's mirror over HTTP/1.1 (the lines path:
+    `AddedFields.lines`) exactly once each and the same on both; the client's trace fields are
+    replaced, its other fields kept."""
+    pytest.importorskip("h2", reason="hyper-h2 is not installed (pip install h2)")
+    from harness import made_and_closed
+    from test_http2 import H2Backend
+    gen = made_and_closed(H2Backend, failure="h2 backend failed: ")
+    make = next(gen)
+    try:
+        h2b, shadow = make(), http_backend()
+        route = status_route("all", "/", "app")
+        route["mirror"] = {"cluster": "shadow", "percent": 100}
+        remora = start_remora(make_config(
+            [http_listener("web", routes=[route], tracing={"propagate": ["w3c", "b3"], "sample_percent": 100})],
+            [cluster("app", [h2b.endpoint], protocol="http2"), cluster("shadow", [shadow.endpoint])]))
+        port = remora.port("web")
+        trace, client_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+        sent = [[("X-Custom", "kept")],
+                [("traceparent", f"00-{trace}-{client_span}-01"), ("X-B3-TraceId", "not-the-proxys"),
+                 ("X-Custom", "kept")],
+                [("b3", f"{trace}-{client_span}-0"), ("X-Custom", "kept")]]
+        for i, hdrs in enumerate(sent):
+            assert get(port, f"/echo?i={i}", headers=hdrs).status == 200
+            poll(lambda: len(h2b.requests) > i and len(shadow.requests) > i, timeout=5,
+                 what="the request at the HTTP/2 upstream and at the mirror")
+        for i in range(len(sent)):
+            up, sh = h2b.requests[i]["headers"], shadow.requests[i]["headers"]
+            fields = ("x-request-id", "traceparent", "b3", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid",
+                      "x-b3-sampled", "x-custom")
+            assert {n: header_values(up, n) for n in fields} == {n: header_values(sh, n) for n in fields}, (up, sh)
+            assert UUID4.fullmatch(one(up, "x-request-id")) and one(up, "x-custom") == "kept"
+            m = TRACEPARENT.fullmatch(one(up, "traceparent"))
+            assert m, up
+            if i == 0:   # a new trace: B3 in multiple headers, no parent
+                assert m.group(1) != trace and m.group(3) == "01"
+                assert one(up, "x-b3-traceid") == m.group(1) and one(up, "x-b3-spanid") == m.group(2)
+                assert one(up, "x-b3-sampled") == "1" and header_values(up, "x-b3-parentspanid") == []
+            elif i == 1:   # W3C continued; the client's B3 field replaced by the proxy's
+                assert m.group(1) == trace and m.group(2) != client_span and m.group(3) == "01"
+                assert one(up, "x-b3-traceid") == trace and one(up, "x-b3-parentspanid") == client_span
+                assert one(up, "x-b3-spanid") == m.group(2)
+            else:   # one b3 header in, one out
+                assert m.group(1) == trace and m.group(3) == "00"
+                assert one(up, "b3") == f"{trace}-{m.group(2)}-0-{client_span}"
+                assert header_values(up, "x-b3-traceid") == []
+        assert len({one(h2b.requests[i]["headers"], "x-request-id") for i in range(len(sent))}) == len(sent)
+    finally:
+        gen.close()
+
+
+# -- OTLP span export -------------------------------------------------------------------------------
+
+import base64
+import http.server
+import threading
+
+
+class Collector:
+    """An OTLP/HTTP collector stand-in: keeps the JSON bodies POSTed to /v1/traces, parsed with the
+    OpenTelemetry protos (opentelemetry-proto) through protobuf's json_format. OTLP/JSON writes trace
+    and span ids as hex where protobuf's JSON mapping has base64, so they are turned into base64
+    first (what an OTLP/JSON receiver does)."""
+
+    def __init__(self):
+        self.batches = []
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with outer.lock:
+                    outer.batches.append((self.path, self.headers.get("Content-Type"), body))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+    @staticmethod
+    def parse(body: bytes):
+        from google.protobuf import json_format
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+        doc = json.loads(body)
+        for rs in doc.get("resourceSpans", []):
+            for ss in rs.get("scopeSpans", []):
+                for sp in ss.get("spans", []):
+                    for k in ("traceId", "spanId", "parentSpanId"):
+                        if k in sp:
+                            sp[k] = base64.b64encode(bytes.fromhex(sp[k])).decode()
+        return json_format.ParseDict(doc, ExportTraceServiceRequest())
+
+    def spans(self):
+        with self.lock:
+            batches = list(self.batches)
+        out = []
+        for path, ctype, body in batches:
+            assert path == "/v1/traces" and ctype == "application/json"
+            req = self.parse(body)
+            for rs in req.resource_spans:
+                assert rs.resource.attributes[0].key == "service.name"
+                for ss in rs.scope_spans:
+                    out.extend(ss.spans)
+        return out
+
+
+def test_otlp_export_parent_and_child_ids_batched(start_remora, http_backend):
+    backend = http_backend()
+    collector = Collector()
+    try:
+        cfg = make_config([http_listener("web", routes=[status_route("ok", "/status", "app")],
+                                         tracing={"sample_percent": 0,
+                                                  "otlp": {"endpoint": f"http://127.0.0.1:{collector.port}"}})],
+                          [cluster("app", [backend.endpoint])])
+        cfg["node"] = "edge-7"
+        remora = start_remora(cfg)
+        port = remora.port("web")
+        n = 700   # 583 sampled: a full batch of 512 and the rest
+        sent = {}
+        with Client(port) as c:
+            for i in range(n):
+                trace, parent = f"{i + 1:032x}", f"{0xabc000 + i:016x}"
+                flags = "01" if i % 6 else "00"   # every sixth not sampled: not exported
+                r = c.request("GET", f"/status/{200 if i % 10 else 503}",
+                              [("traceparent", f"00-{trace}-{parent}-{flags}")])
+                assert r.status in (200, 503)
+                upstream_tp = one(backend.requests[-1]["headers"], "traceparent")
+                if flags == "01":
+                    sent[trace] = (parent, TRACEPARENT.fullmatch(upstream_tp).group(2), 200 if i % 10 else 503)
+        # A full batch (512) goes at once; the rest within the 5 s timer.
+        poll(lambda: len(collector.spans()) >= 512, timeout=4, what="a full batch of spans")
+        poll(lambda: len(collector.spans()) >= len(sent), timeout=8, what=f"{len(sent)} spans")
+        spans = collector.spans()
+        assert len(spans) == len(sent)
+        assert max(len(Collector.parse(b).resource_spans[0].scope_spans[0].spans) for _, _, b in collector.batches) <= 512
+        assert Collector.parse(collector.batches[0][2]).resource_spans[0].resource.attributes[0].value.string_value == "edge-7"
+        for s in spans:
+            parent, child, status = sent.pop(s.trace_id.hex())
+            assert s.parent_span_id.hex() == parent, "the proxy's span is the child of the client's"
+            assert s.span_id.hex() == child, "and the parent of the upstream's"
+            assert s.kind == 2 and s.name == "ok" and s.end_time_unix_nano >= s.start_time_unix_nano > 0
+            attrs = {a.key: a.value for a in s.attributes}
+            assert attrs["http.request.method"].string_value == "GET"
+            assert attrs["http.response.status_code"].int_value == status
+            assert attrs["upstream_cluster"].string_value == "app"
+            assert s.status.code == (2 if status == 503 else 0)
+        assert not sent
+        stats = remora.stats()
+        name = f"tracing.127.0.0.1:{collector.port}.otlp"
+        assert stats[f"{name}.spans_exported"] == len(spans) and stats[f"{name}.spans_dropped"] == 0
+    finally:
+        collector.close()
+
+
+def test_otlp_collector_down_requests_unaffected_drops_counted(start_remora, http_backend, refused_endpoint):
+    backend = http_backend()
+    cfg = make_config([http_listener("web", routes=[status_route("ok", "/status", "app")],
+                                     tracing={"sample_percent": 100, "otlp": {"endpoint": f"http://{refused_endpoint}"}})],
+                      [cluster("app", [backend.endpoint])])
+    remora = start_remora(cfg)
+    started = time.monotonic()
+    with Client(remora.port("web")) as c:
+        for _ in range(600):
+            assert c.request("GET", "/status/200").status == 200
+    assert time.monotonic() - started < 20
+    name = f"tracing.{refused_endpoint}.otlp"
+    remora.wait_stat(f"{name}.spans_dropped", lambda v: v >= 512, timeout=5, what="a batch dropped")
+    assert remora.stat(f"{name}.spans_exported") == 0 and remora.stat(f"{name}.export_failures") >= 1
+    assert remora.stat("listener.web.downstream_rq_2xx") == 600

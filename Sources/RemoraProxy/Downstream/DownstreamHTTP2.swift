@@ -393,6 +393,7 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
             if name.first != 0x3A && name.contains(byte: 0x5F), listener.config.headersWithUnderscores != .allow {
                 if listener.config.headersWithUnderscores == .reject {
                     listener.stats.inc(.requests_rejected_with_underscores_in_headers)
+                    if let log = listener.accessLog { log.logRefused(proto: 2, status: 0, flags: .DPE, view: nil) }
                     return false
                 }
                 listener.stats.inc(.dropped_headers_with_underscores)
@@ -417,6 +418,7 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
         if endStream { st.requestEnded = true }
         if overloadLevel >= 1 {   // the client may retry it elsewhere: nothing was processed
             listener.stats.inc(.downstream_rq_overload_refused)
+            if let log = listener.accessLog { log.logRefused(proto: 2, status: 0, flags: .OM, view: nil) }
             st.resetCode = 0x7   // REFUSED_STREAM
             markDirty(st)
             return

@@ -288,7 +288,7 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
         case .header:
             if active { return }   // the exchange keeps its own deadlines
             stats.inc(.downstream_rq_timeout)
-            localResponse(408, "request header timeout\n")
+            localResponse(408, "request header timeout\n", flags: .DT)
         case .park:
             park()
             let idle = listener.config.idleTimeout
@@ -327,35 +327,35 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
         if p.isCONNECT { connectRequest(p); return false }
         if overloadLevel >= 1 {
             stats.inc(.downstream_rq_overload_refused)
-            localResponse(503, "overloaded\n")
+            localResponse(503, "overloaded\n", flags: .OM, head: p)
             return false
         }
         // RFC 9112 §3.2: exactly one Host in HTTP/1.1. §6.1: a transfer coding other than chunked
         // cannot be forwarded faithfully once the body is re-framed: refuse it.
         if p.hostCount > 1 || (p.hostCount == 0 && !isHTTP10) {
-            localResponse(400, "exactly one Host header is required\n")
+            localResponse(400, "exactly one Host header is required\n", head: p)
             return false
         }
         // RFC 9112 §6.1: HTTP/1.0 has no chunked coding; a sender using it is not to be trusted with framing.
         if p.transferEncodingIndex >= 0 && isHTTP10 {
-            localResponse(400, "Transfer-Encoding is not allowed in HTTP/1.0\n")
+            localResponse(400, "Transfer-Encoding is not allowed in HTTP/1.0\n", head: p)
             return false
         }
         // RFC 9112 §3.2: origin form, absolute form (http or https, split below) or `*` for OPTIONS.
         // Anything else ("ftp://x/admin", "http://x?q") would reach the upstream as a target the
         // routes never saw as a path.
         if !RequestTarget.isForwardable(p.startLine, isOPTIONS: p.isOPTIONS) {
-            localResponse(400, "invalid request target\n")
+            localResponse(400, "invalid request target\n", head: p)
             return false
         }
         if p.transferEncodingIndex >= 0 && !p.value(p.transferEncodingIndex).equalsLowercase("chunked") {
-            localResponse(501, "only the chunked transfer coding is supported\n")
+            localResponse(501, "only the chunked transfer coding is supported\n", head: p)
             return false
         }
         var expectContinue = false
         if p.expectIndex >= 0 {
             guard p.value(p.expectIndex).equalsLowercase("100-continue") else {
-                localResponse(417, "unsupported expectation\n")
+                localResponse(417, "unsupported expectation\n", head: p)
                 return false
             }
             expectContinue = !isHTTP10
@@ -416,8 +416,18 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
     }
 
     /// An answer from the session itself (before or instead of an exchange); always closes after.
-    func localResponse(_ status: Int, _ body: StaticString) {
+    /// Logged with `flags` when the listener has an access log (`head`: the parser holding the
+    /// request's whole head, for its fields; nil when it was not parsed whole).
+    func localResponse(_ status: Int, _ body: StaticString, flags: ResponseFlags = .DPE, head p: HTTP1Parser? = nil) {
         if !active { active = true }
+        if let log = listener.accessLog {
+            let proto: UInt8 = isHTTP10 ? 1 : 0
+            if let p {
+                p.withRequestView { log.logRefused(proto: proto, status: status, flags: flags, view: $0) }
+            } else {
+                log.logRefused(proto: proto, status: status, flags: flags, view: nil)
+            }
+        }
         keepAlive = false
         stats.inc(.downstream_rq_total)
         stats.incClass(.downstream_rq_1xx, status: status)
@@ -563,11 +573,11 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
     /// (`startConnectTunnel`). Otherwise 405 (no `connect:`) or 403 (another destination).
     func connectRequest(_ p: HTTP1Parser) {
         let l = listener
-        guard l.connectCluster != nil else { localResponse(405, "CONNECT is not supported\n"); return }
-        if p.hasBody { localResponse(400, "a CONNECT request cannot have a body\n"); return }
+        guard l.connectCluster != nil else { localResponse(405, "CONNECT is not supported\n", head: p); return }
+        if p.hasBody { localResponse(400, "a CONNECT request cannot have a body\n", head: p); return }
         guard let i = l.connectTargets[String(decoding: p.startLine, as: UTF8.self).lowercased()] else {
             stats.inc(.downstream_rq_upgrade_refused)
-            localResponse(403, "CONNECT to this destination is not allowed\n")
+            localResponse(403, "CONNECT to this destination is not allowed\n", flags: [], head: p)
             return
         }
         stats.inc(.downstream_rq_total)

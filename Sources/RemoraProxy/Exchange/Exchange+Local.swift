@@ -29,6 +29,8 @@ extension Exchange {
     /// `x-remora-overloaded: true` at once (gRPC UNAVAILABLE), without waiting for anything.
     func overloaded(_ cl: Cluster) {
         clusterStats?.inc(.upstream_rq_5xx)
+        observe.flags.insert(.UO)
+        observe.refusedBy = cl
         if isGRPC { grpcLocal(.unavailable, "cluster \(cl.config.name) is overloaded (circuit breaker)"); return }
         var body = "upstream overloaded: cluster \(cl.config.name) is at its circuit breaker limit\n"
         body.withUTF8 { local(503, body: UnsafeRawBufferPointer($0), location: nil, overloaded: true) }

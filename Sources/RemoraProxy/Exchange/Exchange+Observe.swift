@@ -13,6 +13,7 @@ extension Exchange {
         observe.attempts = 0
         observe.endpoint = -1
         observe.route = -1
+        observe.refusedBy = nil
         observe.bytesSent = 0
         observe.hasTrace = false
     }

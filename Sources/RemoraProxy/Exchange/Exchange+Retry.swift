@@ -25,13 +25,17 @@ extension Exchange {
                              remaining: remaining, random: &worker.rng) {
         case .stop(let why):
             switch why {
-            case .limitExceeded: cl.stats.inc(.upstream_rq_retry_limit_exceeded)
+            case .limitExceeded:
+                cl.stats.inc(.upstream_rq_retry_limit_exceeded)
+                observe.flags.insert(.URX)   // retriable, and the retries are used up (Envoy's URX)
             case .bodyTooLarge: cl.stats.inc(.upstream_rq_retry_body_too_large)
             default: break
             }
             return nil
         case .retry(let wait):
-            return takeRetryBudget(cl) ? wait : nil
+            if takeRetryBudget(cl) { return wait }
+            observe.flags.insert(.UO)   // the retry budget or max_retries refused it (Envoy's UO)
+            return nil
         }
     }
 
@@ -94,6 +98,7 @@ extension Exchange {
         }
         clusterStats?.inc(.upstream_rq_timeout)
         stats.inc(.downstream_rq_timeout)
+        observe.flags.insert(.UT)
         if isGRPC { grpcLocal(.deadlineExceeded, "upstream per-try timeout") } else { local(504, "upstream per-try timeout\n") }
     }
 

@@ -91,6 +91,10 @@ extension Exchange {
     @inline(__always)
     func startRouting(_ l: ListenerRuntime, _ r: RequestStart, clientIP: String) {
         routeIndex = l.routes.match(r.view) ?? -1
+        observe.route = routeIndex   // a filter's answer is logged with its route too
+        // Request id and trace context first (a direct call: tracing never answers, and a listener
+        // with only tracing runs no filter machinery).
+        if let u = l.tracingRef { u._withUnsafeGuaranteedRef { $0.begin(self, r.view) } }
         if l.hasFilters {
             runsFilters = true
             switch runRequestFilters(l.filters, r.view) {
@@ -142,7 +146,6 @@ extension Exchange {
         let ri = routeIndex
         let table = l.routes
         let route = table[ri]
-        observe.route = ri
         responseMutations = table.responseHeaders(route: ri)
         switch route.action {
         case .respond:
@@ -189,20 +192,28 @@ extension Exchange {
         ip.withUTF8 { ipBytes in
             let clientIP = UnsafeRawBufferPointer(ipBytes)
             withMutated(view.headers, mutations) { mutated in
-                // With `tracing:`, the request id and traceparent (Observe/Tracing.swift).
-                let headers = observe.hasTrace ? l.tracing!.forwarded(mutated, self) : mutated
+                // With `tracing:`, the request id and trace context (Observe/Tracing.swift): added after
+                // the client's fields, whose own trace fields are left out when it sent any.
+                var headers = mutated
+                var extra = AddedFields.none
+                if observe.hasTrace, let u = l.tracingRef {
+                    u._withUnsafeGuaranteedRef { t in
+                        if observe.traceFieldsSeen { headers = t.forwarded(mutated) }
+                        extra = t.added(self)
+                    }
+                }
                 var routed = RequestView(method: view.method, target: target, authority: view.authority, headers: headers)
                 // A route that sets Host sets the authority, whatever protocol either side speaks.
                 if !mutations.isEmpty && (r.fromHTTP2 || r.authorityReplacesHost), let i = headers.firstIndex(named: "host") {
                     routed.authority = headers[i].value
                 }
                 if grpcWeb != .off {
-                    withGRPCWebHead(routed) { prepareUpstream(cl, r, $0, clientIP: clientIP, scheme: l.scheme, dropExpect: r.dropExpect) }
+                    withGRPCWebHead(routed) { prepareUpstream(cl, r, $0, clientIP: clientIP, scheme: l.scheme, dropExpect: r.dropExpect, extra: extra) }
                 } else {
-                    prepareUpstream(cl, r, routed, clientIP: clientIP, scheme: l.scheme, dropExpect: r.dropExpect)
+                    prepareUpstream(cl, r, routed, clientIP: clientIP, scheme: l.scheme, dropExpect: r.dropExpect, extra: extra)
                 }
                 // The shadow gets the request as routed (rewritten, with the route's header changes).
-                if let mc = mirrorCluster, upgrade == .none { startShadow(cluster: l.clusters[mc], l, r, routed, clientIP: clientIP) }
+                if let mc = mirrorCluster, upgrade == .none { startShadow(cluster: l.clusters[mc], l, r, routed, clientIP: clientIP, extra: extra) }
             }
         }
         rewritten.release()
@@ -217,7 +228,7 @@ extension Exchange {
     /// gets body bytes only while its upstream keeps up, and is dropped the moment it would have
     /// to wait, so it never slows this request.
     func startShadow(cluster cl: Cluster, _ l: ListenerRuntime, _ r: RequestStart, _ view: RequestView,
-                     clientIP: UnsafeRawBufferPointer) {
+                     clientIP: UnsafeRawBufferPointer, extra: AddedFields) {
         guard cl.admitRequest() else { return }   // no copy over the shadow cluster's max_requests
         let sh = worker.takeExchange()
         sh.primary = self
@@ -226,7 +237,7 @@ extension Exchange {
         sh.begin(downstream: worker.discard, listener: l, stats: worker.shadowStats, isHEAD: r.isHEAD, endStream: r.endStream)
         sh.replayable = false
         sh.routeTimeout = l.config.idleTimeout   // a shadow that never answers is let go
-        sh.prepareUpstream(cl, r, view, clientIP: clientIP, scheme: l.scheme, dropExpect: true)
+        sh.prepareUpstream(cl, r, view, clientIP: clientIP, scheme: l.scheme, dropExpect: true, extra: extra)
         sh.reuseRetries = 0
         sh.connectRetries = 0
         sh.refusedRetries = 0

@@ -86,10 +86,10 @@ extension Exchange {
     /// The handshake as an HTTP/1.1 upstream gets it: the request-head policy's fields, then the
     /// upgrade fields (from HTTP/2: method GET and a Sec-WebSocket-Key, RFC 8441 §5 in reverse).
     func writeUpgradeRequest(_ view: RequestView, _ r: RequestStart, clientIP: UnsafeRawBufferPointer, scheme: StaticString,
-                             addHost: Bool) {
+                             addHost: Bool, extra: AddedFields) {
         if !r.fromHTTP2 {
             HTTP1Head.writeRequest(view, framing: .none, addHost: addHost, clientIP: clientIP, proto: scheme,
-                                   dropExpect: r.dropExpect, clientCert: r.clientCert,
+                                   dropExpect: r.dropExpect, clientCert: r.clientCert, extraLines: extra.lines,
                                    upgradeFields: rawBytes(UpgradeRequest.websocketFields), into: &upHead)
             return
         }
@@ -98,7 +98,7 @@ extension Exchange {
         var get = view
         get.method = rawBytes("GET")
         HTTP1Head.writeRequest(get, framing: .none, addHost: true, clientIP: clientIP, proto: scheme, dropExpect: true,
-                               clientCert: r.clientCert, upgradeFields: fields.bytes, into: &upHead)
+                               clientCert: r.clientCert, extraLines: extra.lines, upgradeFields: fields.bytes, into: &upHead)
         pool.give(&fields)
     }
 }

@@ -9,7 +9,8 @@ extension Exchange {
     /// for retries), by the request-head policy written once in RemoraHTTP (`RequestHead`).
     /// `view` is the request as routed (target rewritten, the route's header changes applied).
     func prepareUpstream(_ cl: Cluster, _ r: RequestStart, _ view: RequestView, clientIP: UnsafeRawBufferPointer,
-                         scheme: StaticString, dropExpect: Bool) {
+                         scheme: StaticString, dropExpect: Bool,
+                         extra: AddedFields = .none) {
         cluster = cl
         upstreamIsHTTP2 = cl.config.protocol != .http1
         reqFraming = r.framing
@@ -17,9 +18,9 @@ extension Exchange {
             // HTTP/1.0 without Host: HTTP/1.1 and HTTP/2 upstreams need one; the cluster's name
             // stands in for it, as nginx's proxy_pass sends its upstream's name (rare, not hot).
             var v = view, name = cl.config.name
-            name.withUTF8 { v.authority = UnsafeRawBufferPointer($0); storeUpstreamHead(r, v, clientIP, scheme, dropExpect, addHost: true) }
+            name.withUTF8 { v.authority = UnsafeRawBufferPointer($0); storeUpstreamHead(r, v, clientIP, scheme, dropExpect, extra, addHost: true) }
         } else {
-            storeUpstreamHead(r, view, clientIP, scheme, dropExpect, addHost: r.fromHTTP2 || r.authorityReplacesHost)
+            storeUpstreamHead(r, view, clientIP, scheme, dropExpect, extra, addHost: r.fromHTTP2 || r.authorityReplacesHost)
         }
         if cl.requestKey != nil { lbHash = cl.requestHash(view.headers, clientIP: clientIP) }
         cl.stats.inc(.upstream_rq_total)
@@ -29,20 +30,20 @@ extension Exchange {
 
     @inline(__always)
     func storeUpstreamHead(_ r: RequestStart, _ view: RequestView, _ clientIP: UnsafeRawBufferPointer,
-                           _ scheme: StaticString, _ dropExpect: Bool, addHost: Bool) {
+                           _ scheme: StaticString, _ dropExpect: Bool, _ extra: AddedFields, addHost: Bool) {
         if upstreamIsHTTP2 {
             reqHead.prepare(pool)
             HTTP2Head.storeRequest(view, clientIP: clientIP, proto: scheme, dropExpect: dropExpect,
                                    namesLowercase: r.fromHTTP2, extendedConnect: upgrade == .websocket,
-                                   clientCert: r.clientCert, into: &reqHead)
+                                   clientCert: r.clientCert, extra: extra.fields, into: &reqHead)
         } else {
             if upHead.base == nil { upHead = pool.take() }
             upHead.clear()
             if upgrade != .none {   // a WebSocket handshake (Exchange+Upgrade.swift)
-                writeUpgradeRequest(view, r, clientIP: clientIP, scheme: scheme, addHost: addHost)
+                writeUpgradeRequest(view, r, clientIP: clientIP, scheme: scheme, addHost: addHost, extra: extra)
             } else {
                 HTTP1Head.writeRequest(view, framing: reqFraming, addHost: addHost, clientIP: clientIP, proto: scheme,
-                                       dropExpect: dropExpect, clientCert: r.clientCert, into: &upHead)
+                                       dropExpect: dropExpect, clientCert: r.clientCert, extraLines: extra.lines, into: &upHead)
             }
         }
     }

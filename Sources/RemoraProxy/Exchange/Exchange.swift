@@ -228,6 +228,7 @@ final class Exchange: DeadlineTimerDelegate {
             u.detach(clean: clean)
         }
         observeFinish()
+        if observe.hasTrace, let t = listener.tracing, t.spans != nil { t.end(self) }
         if runsFilters { for f in listener.filters { f.log(self) } }
         stats.dec(.downstream_rq_active)
         if clusterActive { clusterStats?.dec(.upstream_rq_active); cluster?.releaseRequest(); clusterActive = false }

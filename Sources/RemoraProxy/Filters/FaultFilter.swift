@@ -28,8 +28,8 @@ final class FaultFilter: HTTPFilter {
         let d = f.decide(random: &e.worker.rng)
         if d.isNone { return .next }
         let reply = LocalReply(.faultAbort, status: f.abortStatus, grpcStatus: f.grpcAbortStatus)
-        if d.delay != 0 { e.stats.inc(.fault_delays_injected) }
-        if d.abort { e.stats.inc(.fault_aborts_injected) }
+        if d.delay != 0 { e.stats.inc(.fault_delays_injected); e.observe.flags.insert(.DI) }
+        if d.abort { e.stats.inc(.fault_aborts_injected); e.observe.flags.insert(.FI) }
         if d.delay == 0 { return .reply(reply) }
         return .delay(d.delay, then: d.abort ? reply : nil)
     }

@@ -56,6 +56,7 @@ final class RateLimitFilter: HTTPFilter {
         let t = b.take(now: e.timer.now &* 1_000_000, want: b.policy.batch)
         if t.granted > 0 { held[ri] = t.granted - 1; return .next }
         e.stats.inc(.downstream_rq_rate_limited)
+        e.observe.flags.insert(.RL)
         var reply = LocalReply(.rateLimited, status: 429, grpcStatus: 8)
         reply.values = (UInt32(b.policy.perSecond), 0, UInt32(min(max(1, (t.retryAfter + 999_999_999) / 1_000_000_000), 86_400)))
         return .reply(reply)

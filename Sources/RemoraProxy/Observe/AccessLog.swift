@@ -73,21 +73,7 @@ final class AccessLogFilter: HTTPFilter {
 
     func requestHeaders(_ e: Exchange, _ r: RequestView) -> FilterVerdict {
         var head = e.pool.take()
-        var spans = SIMD16<Int32>(repeating: -1)
-        spans[0] = 0; spans[1] = Int32(r.method.count); head.append(r.method)
-        spans[2] = Int32(head.count); spans[3] = Int32(r.target.count); head.append(r.target)
-        spans[4] = Int32(head.count); spans[5] = Int32(r.authority.count); head.append(r.authority)
-        for h in r.headers {
-            let slot: Int
-            switch h.name.count {
-            case 15 where h.name.equalsLowercase("x-forwarded-for"): slot = 6
-            case 10 where h.name.equalsLowercase("user-agent"): slot = 8
-            case 12 where h.name.equalsLowercase("x-request-id"): slot = 10
-            default: continue
-            }
-            if spans[slot] >= 0 { continue }   // the first one
-            spans[slot] = Int32(head.count); spans[slot + 1] = Int32(h.value.count); head.append(h.value)
-        }
+        var spans = AccessLogFilter.capture(r, into: &head, base: 0)
         if e.observe.hasTrace && e.observe.generatedID {   // the id the tracing filter generated
             spans[10] = Int32(head.count); spans[11] = 36
             head.reserve(head.count + 36)
@@ -137,12 +123,54 @@ final class AccessLogFilter: HTTPFilter {
         record.count = AccessLogRecord.size
         record.append(e.observe.logHead.bytes)
         e.pool.give(&e.observe.logHead)
-        if let c = e.cluster { appendCluster(&r, c, endpoint: e.observe.endpoint) }
+        if let c = e.cluster ?? e.observe.refusedBy { appendCluster(&r, c, endpoint: e.observe.endpoint) }
         let route = e.observe.route
         if route >= 0 && route < routeNames.count {
             r.routeSpan = SIMD2(Int32(record.count - AccessLogRecord.size), Int32(routeNames[route].count))
             routeNames[route].withUnsafeBytes { record.append($0) }
         }
+        push(&r)
+    }
+
+    /// Appends the request fields a line keeps (method, target, authority, the first
+    /// x-forwarded-for, user-agent and x-request-id) to `head`: their (offset, length) from `base`
+    /// in `Observation.logSpans` order, -1 = absent.
+    @inline(__always)
+    static func capture(_ r: RequestView, into head: inout ByteBuffer, base: Int) -> SIMD16<Int32> {
+        var spans = SIMD16<Int32>(repeating: -1)
+        spans[0] = Int32(head.count - base); spans[1] = Int32(r.method.count); head.append(r.method)
+        spans[2] = Int32(head.count - base); spans[3] = Int32(r.target.count); head.append(r.target)
+        spans[4] = Int32(head.count - base); spans[5] = Int32(r.authority.count); head.append(r.authority)
+        for h in r.headers {
+            let slot: Int
+            switch h.name.count {
+            case 15 where h.name.equalsLowercase("x-forwarded-for"): slot = 6
+            case 10 where h.name.equalsLowercase("user-agent"): slot = 8
+            case 12 where h.name.equalsLowercase("x-request-id"): slot = 10
+            default: continue
+            }
+            if spans[slot] >= 0 { continue }   // the first one
+            spans[slot] = Int32(head.count - base); spans[slot + 1] = Int32(h.value.count); head.append(h.value)
+        }
+        return spans
+    }
+
+    /// A request the downstream connection refused before an exchange existed (a malformed head:
+    /// 400 / 431 with `DPE`, the header timeout: 408 `DT`, an overload refusal: 503 or HTTP/2
+    /// REFUSED_STREAM with `OM`): one line with what is known of it (`view`: the head, when it was
+    /// parsed whole). `proto`: as `AccessLogRecord.proto`; `status` 0 = no response (a reset).
+    func logRefused(proto: UInt8, status: Int, flags: ResponseFlags, view: RequestView?) {
+        var r = AccessLogRecord()
+        r.format = format
+        r.proto = proto
+        r.startMicros = realtimeMicros()
+        r.status = Int32(truncatingIfNeeded: status)
+        r.flags = flags.rawValue
+        r.retries = 0
+        record.clear()
+        record.reserve(AccessLogRecord.size)
+        record.count = AccessLogRecord.size
+        if let v = view { r.spans = AccessLogFilter.capture(v, into: &record, base: AccessLogRecord.size) }
         push(&r)
     }
 

@@ -23,6 +23,9 @@ struct Observation {
     var endpoint = -1
     /// The last attempt's time to its response head or failure, ms (Envoy's upstream service time).
     var upstreamMillis: UInt64 = 0
+    /// The cluster whose circuit breaker refused the request before it was taken (`UO`), for the
+    /// access log; nil otherwise.
+    unowned(unsafe) var refusedBy: Cluster?
     /// The matched route (index in the listener's table), -1 = none.
     var route = -1
     /// Response body bytes sent to the client.
@@ -44,66 +47,20 @@ struct Observation {
     /// `traceparent` when `hasTrace`.
     var hasTrace = false
     var trace = TraceContext()
-}
-
-/// W3C trace context of one request: the trace id, the proxy's own span id, its parent (the
-/// client's span; 0 when the proxy started the trace) and the flags (bit 0: sampled).
-struct TraceContext: Equatable {
-    var traceHi: UInt64 = 0
-    var traceLo: UInt64 = 0
-    var span: UInt64 = 0
-    var parent: UInt64 = 0
-    var flags: UInt8 = 0
-
-    /// Parses `traceparent` version 00 (`00-<32 hex>-<16 hex>-<2 hex>`, trace id and parent id not
-    /// zero). nil when it is not one: the proxy starts a new trace then.
-    static func parse(_ v: UnsafeRawBufferPointer) -> TraceContext? {
-        guard v.count >= 55, v[0] == 0x30, v[1] == 0x30, v[2] == 0x2D, v[35] == 0x2D, v[52] == 0x2D,
-              v.count == 55 || v[55] == 0x2D else { return nil }
-        func hex(_ from: Int, _ n: Int) -> UInt64? {
-            var x: UInt64 = 0
-            for i in from..<(from + n) {
-                let c = v[i]
-                let d: UInt8
-                switch c {
-                case 0x30...0x39: d = c - 0x30
-                case 0x61...0x66: d = c - 0x61 + 10
-                default: return nil
-                }
-                x = x << 4 | UInt64(d)
-            }
-            return x
-        }
-        guard let hi = hex(3, 16), let lo = hex(19, 16), let parent = hex(36, 16), let flags = hex(53, 2),
-              hi | lo != 0, parent != 0 else { return nil }
-        return TraceContext(traceHi: hi, traceLo: lo, span: 0, parent: parent, flags: UInt8(flags))
-    }
-
-    /// `00-<trace id>-<span id>-<flags>`: what the upstream gets (the proxy's span is its parent).
-    func write(into p: UnsafeMutableRawBufferPointer) {
-        let b = p.baseAddress!.assumingMemoryBound(to: UInt8.self)
-        b[0] = 0x30; b[1] = 0x30; b[2] = 0x2D
-        remora_hex16(b + 3, traceHi); remora_hex16(b + 19, traceLo)
-        b[35] = 0x2D
-        remora_hex16(b + 36, span)
-        b[52] = 0x2D
-        remora_hex8(b + 53, UInt32(flags), 2)
-    }
-
-    static let length = 55
+    /// The client sent trace fields of a format the listener propagates (they are replaced, so the
+    /// forwarded fields are a filtered copy; else the client's fields go as they are).
+    var traceFieldsSeen = false
+    /// With span export (`tracing.otlp`), for a sampled request: method, target and authority
+    /// (a pooled buffer, given back when the span is recorded) and where the first two end.
+    var spanHead = ByteBuffer()
+    var spanCuts: (Int32, Int32) = (0, 0)
 }
 
 /// A UUIDv4 (RFC 9562) from 128 random bits: `xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx`, 36 bytes.
 func writeUUID(_ hi: UInt64, _ lo: UInt64, into p: UnsafeMutableRawBufferPointer) {
     let hi = hi & ~0xF000 | 0x4000                              // version 4
     let lo = lo & ~(0xC000 << 48) | (0x8000 << 48)               // variant 10
-    let b = p.baseAddress!.assumingMemoryBound(to: UInt8.self)
-    remora_hex8(b, UInt32(truncatingIfNeeded: hi >> 32), 8); b[8] = 0x2D
-    remora_hex8(b + 9, UInt32(truncatingIfNeeded: hi >> 16), 4); b[13] = 0x2D
-    remora_hex8(b + 14, UInt32(truncatingIfNeeded: hi), 4); b[18] = 0x2D
-    remora_hex8(b + 19, UInt32(truncatingIfNeeded: lo >> 48), 4); b[23] = 0x2D
-    remora_hex8(b + 24, UInt32(truncatingIfNeeded: lo >> 32), 4)
-    remora_hex8(b + 28, UInt32(truncatingIfNeeded: lo), 8)
+    remora_uuid36(p.baseAddress!.assumingMemoryBound(to: UInt8.self), hi, lo)
 }
 
 /// The monotonic clock in microseconds (a vDSO call, no syscall).

@@ -150,8 +150,10 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
     func connectUpstream(_ cluster: Cluster) {
         connectAttempts += 1
         let c = TCPConnection(loop: worker.loop)
+        c.tag = Int(truncatingIfNeeded: monotonicMicros() << 1)   // the connect's start (Cluster.connectSettled)
         guard cluster.admitConnection(c) else {   // over max_connections / max_pending: the client is let go
             cluster.overflowed = false
+            flags.insert(.UO)
             c.close()
             if answerConnect { answer(connected: false) } else { down.close() }
             return
@@ -186,7 +188,7 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
     @inline(__always) func peer(of c: TCPConnection) -> TCPConnection? { c === down ? up : down }
 
     func connectionConnected(_ c: TCPConnection, _ status: Int32) {
-        cluster?.connectSettled(c)
+        cluster?.connectSettled(c, connected: status == 0)
         if status != 0 {
             cluster?.stats.inc(.upstream_cx_connect_fail)
             flags.insert(.UF)
@@ -264,7 +266,7 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
         if c === down {
             listener.stats.dec(.downstream_cx_active)
             if isTunnel { listener.stats.dec(.downstream_cx_upgrades_active) }
-            if startMicros != 0, let log = listener.filters.first(where: { $0 is AccessLogFilter }) as? AccessLogFilter {
+            if startMicros != 0, let log = listener.accessLog {
                 log.logConnection(self)
             }
             worker.remove(self)

@@ -197,14 +197,20 @@ final class Cluster {
             overflowed = true
             return false
         }
-        c.tag = 1   // holds a pending slot until connected or closed
+        c.tag |= 1   // holds a pending slot until connected or closed
         return true
     }
 
     /// The connect of `c` ended (connected, failed, or closed first): its pending slot is free.
+    /// `connected`: it succeeded, and the connect time goes to `upstream_cx_connect_ms`.
+    /// (`c.tag`: bit 0, a pending slot held; the bits above, the connect's start in monotonic µs.)
     @inline(__always)
-    func connectSettled(_ c: TCPConnection) {
-        if c.tag == 1 { c.tag = 0; shared.release(.pending) }
+    func connectSettled(_ c: TCPConnection, connected: Bool = false) {
+        if c.tag & 1 == 1 { c.tag &= ~1; shared.release(.pending) }
+        if connected && c.tag > 1 {
+            stats.record(.upstream_cx_connect_ms, micros: monotonicMicros() &- UInt64(c.tag >> 1))
+            c.tag = 0
+        }
     }
 
     /// An upstream connection of this cluster closed (HTTP pools and the TCP proxy alike).
@@ -225,6 +231,7 @@ final class Cluster {
     func connect(_ endpoint: Endpoint) -> TCPConnection? {
         guard mayConnect() else { return nil }
         let c = TCPConnection(loop: worker.loop)
+        c.tag = Int(truncatingIfNeeded: monotonicMicros() << 1)   // the connect's start (connectSettled)
         guard admitConnection(c) else { c.close(); return nil }
         if let tls {
             guard let layer = TLSSocket(client: tls) else { c.close(); return nil }

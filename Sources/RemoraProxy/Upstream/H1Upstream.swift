@@ -132,7 +132,7 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
     // MARK: TCPConnectionDelegate
 
     func connectionConnected(_ c: TCPConnection, _ status: Int32) {
-        cluster.connectSettled(c)
+        cluster.connectSettled(c, connected: status == 0)
         if status != 0 {
             cluster.stats.inc(.upstream_cx_connect_fail)
             cluster.connectFailed(c, status)

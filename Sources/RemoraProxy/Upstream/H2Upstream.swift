@@ -353,7 +353,7 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
     // MARK: TCPConnectionDelegate
 
     func connectionConnected(_ c: TCPConnection, _ status: Int32) {
-        cluster.connectSettled(c)
+        cluster.connectSettled(c, connected: status == 0)
         if status != 0 {
             cluster.stats.inc(.upstream_cx_connect_fail)
             cluster.connectFailed(c, status)
