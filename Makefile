@@ -7,6 +7,9 @@ APT_PACKAGES := libuv1-dev libnghttp2-dev libyaml-dev libre2-dev node-llhttp pkg
 # /stats/prometheus. PIP_IMPORTS: the modules whose absence means "install PIP_PACKAGES".
 PIP_PACKAGES := pytest grpcio==1.85.1 protobuf==7.36.2 h2==4.4.1 prometheus_client==0.26.0
 PIP_IMPORTS := pytest grpc google.protobuf h2 prometheus_client
+# grpcio's own grpc.health.v1 servicer, the peer of the gRPC health-check tests (same version as grpcio).
+PIP_PACKAGES += grpcio-health-checking==1.85.1
+PIP_IMPORTS += grpc_health
 # The hot-path guard (perf/cg_guard.py): callgrind, an nginx backend, strip for valgrind 3.19.
 GUARD_PACKAGES := valgrind nginx binutils
 SWIFT_RELEASE := swift build -c release --static-swift-stdlib

@@ -614,14 +614,13 @@ private final class Schema {
         return o
     }
 
-    /// `health_check: { http: { path, expect } | tcp: {}, interval, timeout, jitter, unhealthy_threshold,
+    /// `health_check: { http: { path, expect } | tcp: {} | grpc: { service }, interval, timeout, jitter, unhealthy_threshold,
     /// healthy_threshold }`.
     func healthCheck(_ n: Node, _ p: String) -> HealthCheckConfig? {
         guard var m = d.mapping(n, p, keys: ["http", "tcp", "grpc", "interval", "timeout", "jitter", "unhealthy_threshold",
                                              "healthy_threshold"]) else { return nil }
-        m.forbid(["grpc"], "gRPC health checks are not supported yet (use http or tcp)")
         let kind: HealthCheckConfig.Kind?
-        switch m.one(of: ["http", "tcp"]) {
+        switch m.one(of: ["http", "tcp", "grpc"]) {
         case "tcp":
             kind = m.optional("tcp") { n, p in d.mapping(n, p, keys: []).map { _ in HealthCheckConfig.Kind.tcp } }
         case "http":
@@ -630,6 +629,14 @@ private final class Schema {
                 let path = h.required("path", rewrittenPath)
                 let expect = h.optional("expect") { d.list($0, $1, ifEmpty: "at least one status") { d.int($0, $1, in: 100...599) } }
                 return path.map { .http(path: $0, expect: expect ?? [200]) }
+            }
+        case "grpc":
+            kind = m.optional("grpc") { n, p -> HealthCheckConfig.Kind? in
+                guard let g = d.mapping(n, p, keys: ["service"]) else { return nil }
+                let service = g.optional("service") { d.value($0, $1, "a service name of printable ASCII (or \"\")") { s in
+                    s.utf8.count <= 1_000 && s.utf8.allSatisfy { $0 > 0x20 && $0 < 0x7F } ? s : nil
+                } }
+                return .grpc(service: service ?? "")
             }
         default: kind = nil
         }

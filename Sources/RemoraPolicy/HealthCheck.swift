@@ -4,8 +4,12 @@ public struct HealthCheckConfig: Sendable, Equatable {
     public enum Kind: Sendable, Equatable {
         /// A TCP connect that succeeds passes.
         case tcp
-        /// `GET path` (HTTP/1.1, `Connection: close`); a status in `expect` passes.
+        /// `GET path` (HTTP/1.1, kept alive between probes); a status in `expect` passes.
         case http(path: String, expect: [Int])
+        /// `grpc.health.v1.Health/Check` for `service` ("" = the server as a whole) over HTTP/2
+        /// (h2c, prior knowledge, one connection kept between probes); SERVING passes, any other
+        /// status, a gRPC error, a reset or a timeout fails.
+        case grpc(service: String)
     }
 
     public var kind: Kind

@@ -4,8 +4,9 @@ import RemoraIO
 import RemoraPolicy
 
 /// Active health checking of one cluster (`health_check:`), once per process, on the main loop:
-/// one probe per endpoint, each on its own jittered timer (a TCP connect, or `GET path` over
-/// HTTP/1.1 on a kept-alive connection, the answer read whole). Results go through RemoraPolicy's
+/// one probe per endpoint, each on its own jittered timer (a TCP connect; `GET path` over
+/// HTTP/1.1 on a kept-alive connection, the answer read whole; or grpc.health.v1.Health/Check over
+/// HTTP/2, one stream per probe on a kept connection: `HealthChecker+GRPC.swift`). Results go through RemoraPolicy's
 /// `HealthState` (thresholds hold for every kind of failure); a flip marks the endpoint in
 /// `ClusterShared`, is logged, and every worker is told through its mailbox (`onChange`), as
 /// outlier detection's ejections are.
@@ -19,17 +20,30 @@ final class HealthChecker {
     var random: FastRandom
     var attempts: UInt64 = 0, successes: UInt64 = 0, failures: UInt64 = 0
     var healthyCount: Int { probes.filter { $0.state.healthy }.count }
+    enum ProbeKind { case tcp, http, grpc }
+    let proto: ProbeKind
     /// The request a probe writes (`http`), built once.
     let request: [UInt8]
+    /// The statuses that pass (`http`).
+    let expect: [Int]
+    /// The request a probe sends (`grpc`), built once.
+    let grpcRequest: GRPCHealthRequest?
 
     init(shared: ClusterShared, config: HealthCheckConfig, addresses: [SocketAddress], loop: EventLoop,
          seed: UInt64, onChange: @escaping () -> Void, log: @escaping (String) -> Void) {
         self.shared = shared; self.config = config; self.loop = loop; self.onChange = onChange; self.log = log
         random = FastRandom(seed: seed)
-        if case .http(let path, _) = config.kind {
+        switch config.kind {
+        case .tcp:
+            proto = .tcp; request = []; expect = []; grpcRequest = nil
+        case .http(let path, let statuses):
+            proto = .http
             request = Array("GET \(path) HTTP/1.1\r\nhost: \(shared.name)\r\nuser-agent: remora-health-check\r\n\r\n".utf8)
-        } else {
-            request = []
+            expect = statuses
+            grpcRequest = nil
+        case .grpc(let service):
+            proto = .grpc; request = []; expect = []
+            grpcRequest = GRPCHealthRequest(authority: shared.name, service: service)
         }
         probes = addresses.enumerated().map { HealthProbe(checker: self, index: $0.offset, address: $0.element) }
     }
@@ -74,6 +88,20 @@ final class HealthProbe: TCPConnectionDelegate, HTTP1ParserDelegate {
     /// The answer did not say `Connection: close`: the connection stays for the next probe.
     var keepAlive = false
     var stopped = false
+    /// `grpc`: the HTTP/2 session on `conn`, and the current probe's stream and what it received
+    /// (`HealthChecker+GRPC.swift`).
+    var h2: HTTP2Session?
+    var streamID: Int32 = -1
+    var grpcStatus = -1
+    var servingStatus: Int?
+    var message: [UInt8] = []
+    var streamClosed = false
+    var streamError: UInt32 = 0
+    var goingAway = false
+    /// DATA bytes received and not yet credited back to the connection's window.
+    var credit = 0
+    /// The probe's timer callback, made once (a closure per schedule would be an allocation per probe).
+    lazy var fire: () -> Void = { [unowned self] in self.run() }
 
     init(checker: HealthChecker, index: Int, address: SocketAddress) {
         self.checker = checker; self.index = index; self.address = address
@@ -96,11 +124,11 @@ final class HealthProbe: TCPConnectionDelegate, HTTP1ParserDelegate {
         let c = conn
         conn = nil
         parser = nil
+        h2 = nil
+        goingAway = false
         inFlight = false
         c?.close()
     }
-
-    var isHTTP: Bool { !checker.request.isEmpty }
 
     func run() {
         guard !stopped else { return }
@@ -108,7 +136,11 @@ final class HealthProbe: TCPConnectionDelegate, HTTP1ParserDelegate {
         status = 0
         complete = false
         if let c = conn {   // an idle keep-alive connection
-            checker.request.withUnsafeBytes { _ = c.write($0) }
+            if checker.proto == .grpc {
+                if !submitGRPC() { finish(passed: false, c, keep: false); return }
+            } else {
+                checker.request.withUnsafeBytes { _ = c.write($0) }
+            }
             c.setDeadline(after: checker.config.timeout)
             return
         }
@@ -121,11 +153,16 @@ final class HealthProbe: TCPConnectionDelegate, HTTP1ParserDelegate {
             return
         }
         conn = c
-        if isHTTP {
+        switch checker.proto {
+        case .tcp: break
+        case .http:
             let p = HTTP1Parser(kind: .response, maxHeadBytes: 16 * 1024, maxHeaders: 64, pauseAfterMessage: false)
             p.delegate = self
             parser = p
             checker.request.withUnsafeBytes { _ = c.write($0) }
+        case .grpc:
+            startGRPC()   // the preface and the request wait in the connection for the connect
+            if !submitGRPC() { finish(passed: false, c, keep: false); return }
         }
         c.setDeadline(after: checker.config.timeout)
         c.startReading()
@@ -152,16 +189,14 @@ final class HealthProbe: TCPConnectionDelegate, HTTP1ParserDelegate {
     func connectionConnected(_ c: TCPConnection, _ status: Int32) {
         guard c === conn else { return }
         if status != 0 { finish(passed: false, c, keep: false); return }
-        if !isHTTP { finish(passed: true, c, keep: false) }
+        if checker.proto == .tcp { finish(passed: true, c, keep: false) }
     }
 
     func connectionRead(_ c: TCPConnection, _ data: UnsafeRawBufferPointer) {
+        if checker.proto == .grpc { grpcRead(c, data); return }
         guard c === conn, inFlight, let p = parser else { lost(c); return }
         if p.feed(data) == .error { finish(passed: false, c, keep: false); return }
-        if complete {
-            guard case .http(_, let expect) = checker.config.kind else { return }
-            finish(passed: expect.contains(status), c, keep: keepAlive)
-        }
+        if complete { finish(passed: checker.expect.contains(status), c, keep: keepAlive) }
     }
 
     func connectionEOF(_ c: TCPConnection) { lost(c) }

@@ -259,7 +259,7 @@ _CODES = {c.value[0]: c.value for c in grpc.StatusCode}
 class GRPCBackend:
     """A grpcio server for remora.test.Echo on an OS-chosen port of 127.0.0.1."""
 
-    def __init__(self, name: str = "backend", max_workers: int = 64, host: str = "127.0.0.1"):
+    def __init__(self, name: str = "backend", max_workers: int = 64, host: str = "127.0.0.1", health: bool = False):
         self.name = name
         self.lock = threading.Lock()
         self.calls: dict[str, CallRecord] = {}
@@ -267,6 +267,13 @@ class GRPCBackend:
                                                              thread_name_prefix=f"grpc-{name}"),
                                   options=SERVER_OPTIONS, maximum_concurrent_rpcs=None)
         echo_pb2_grpc.add_EchoServicer_to_server(_Service(self), self.server)
+        # health=True: grpcio's own grpc.health.v1 servicer (grpcio-health-checking); set statuses
+        # with self.health.set(service, health_pb2.HealthCheckResponse.SERVING | NOT_SERVING).
+        self.health = None
+        if health:
+            from grpc_health.v1 import health as grpc_health, health_pb2_grpc
+            self.health = grpc_health.HealthServicer()
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.port = self.server.add_insecure_port(f"{host}:0")
         assert self.port, "grpc server could not bind"
         self.host = host
