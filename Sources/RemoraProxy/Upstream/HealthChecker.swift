@@ -4,12 +4,17 @@ import RemoraIO
 import RemoraPolicy
 
 /// Active health checking of one cluster (`health_check:`), once per process, on the main loop:
-/// one probe per endpoint, each on its own jittered timer (a TCP connect; `GET path` over
-/// HTTP/1.1 on a kept-alive connection, the answer read whole; or grpc.health.v1.Health/Check over
-/// HTTP/2, one stream per probe on a kept connection: `HealthChecker+GRPC.swift`). Results go through RemoraPolicy's
-/// `HealthState` (thresholds hold for every kind of failure); a flip marks the endpoint in
-/// `ClusterShared`, is logged, and every worker is told through its mailbox (`onChange`), as
-/// outlier detection's ejections are.
+/// one probe per endpoint, each jittered on its own (a TCP connect; `GET path` over HTTP/1.1 on a
+/// kept-alive connection, the answer read whole; or grpc.health.v1.Health/Check over HTTP/2, one
+/// stream per probe on a kept connection: `HealthChecker+GRPC.swift`). Results go through
+/// RemoraPolicy's `HealthState` (thresholds hold for every kind of failure); a flip marks the
+/// endpoint in `ClusterShared`, is logged, and every worker is told through its mailbox
+/// (`onChange`), as outlier detection's ejections are.
+///
+/// Every probe's next run and its timeout are wakes on one timing wheel (RemoraPolicy's
+/// `TimerWheel`) driven by one loop timer: probes due in the same tick (interval / 50, at most
+/// 10 ms) go out in one loop wake-up, and no probe touches libuv's timer heap (a timer per probe
+/// and a deadline per connection were a third of a probe's instructions).
 final class HealthChecker {
     let shared: ClusterShared
     let config: HealthCheckConfig
@@ -28,6 +33,14 @@ final class HealthChecker {
     let expect: [Int]
     /// The request a probe sends (`grpc`), built once.
     let grpcRequest: GRPCHealthRequest?
+    /// Each probe's pending wake (its next run, or its timeout while a probe is out), by index.
+    var wheel: TimerWheel
+    let timer: LoopTimer
+    /// When `timer` fires (0: not armed).
+    var armedAt: UInt64 = 0
+    var stopped = false
+    /// Scratch for the probes a tick hands out.
+    var dueNow: [Int] = []
 
     init(shared: ClusterShared, config: HealthCheckConfig, addresses: [SocketAddress], loop: EventLoop,
          seed: UInt64, onChange: @escaping () -> Void, log: @escaping (String) -> Void) {
@@ -45,13 +58,50 @@ final class HealthChecker {
             proto = .grpc; request = []; expect = []
             grpcRequest = GRPCHealthRequest(authority: shared.name, service: service)
         }
+        wheel = TimerWheel(tick: min(10, max(1, config.interval / 50)), slots: 256, count: addresses.count, now: loop.now)
+        timer = LoopTimer(loop: loop)
+        timer.unref()
         probes = addresses.enumerated().map { HealthProbe(checker: self, index: $0.offset, address: $0.element) }
     }
 
     /// The first probes go out within one (jittered) interval.
-    func start() { for p in probes { p.schedule(after: random.below(max(config.interval, 1)) + 1) } }
+    func start() {
+        for p in probes { p.schedule(after: random.below(max(config.interval, 1)) + 1) }
+        arm()
+    }
 
-    func stop() { for p in probes { p.stop() } }
+    func stop() {
+        stopped = true
+        timer.close()
+        for p in probes { p.stop() }
+    }
+
+    /// `p` wakes at `time` (its next run, or its probe's timeout).
+    @inline(__always)
+    func wake(_ p: HealthProbe, at time: UInt64) {
+        wheel.schedule(p.index, at: time)
+        if armedAt == 0 || time + wheel.tick <= armedAt { arm() }   // due before the tick armed for
+    }
+
+    /// The timer for the wheel's next tick with something in it.
+    func arm() {
+        guard !stopped, let next = wheel.nextWake() else { return }
+        if next == armedAt { return }
+        armedAt = next
+        let now = loop.now
+        timer.start(after: next > now ? next - now : 0, onTimer)
+    }
+
+    /// The timer's callback, made once (not a closure per start).
+    lazy var onTimer: () -> Void = { [unowned self] in self.ticked() }
+
+    func ticked() {
+        armedAt = 0
+        wheel.expire(now: loop.now, into: &dueNow)
+        for i in dueNow { probes[i].wake() }   // a probe cannot be stopped here unless all are
+        dueNow.removeAll(keepingCapacity: true)
+        arm()
+    }
 
     func nextDelay() -> UInt64 { config.nextDelay(random: random.next()) }
 
@@ -67,16 +117,16 @@ final class HealthChecker {
     }
 }
 
-/// One endpoint's probe: a timer, and at most one connection at a time. HTTP probes keep their
+/// One endpoint's probe: a wake on its checker's wheel, and at most one connection at a time. HTTP probes keep their
 /// connection open between probes (keep-alive, as Envoy's health checker does): a new TCP
 /// connection per probe is most of a probe's cost (the kernel's connect and teardown), so a
 /// connection is opened again only when the endpoint closed it or a probe failed.
 final class HealthProbe: TCPConnectionDelegate, HTTP1ParserDelegate {
-    unowned let checker: HealthChecker
+    /// The checker owns its probes and stops them before it goes.
+    unowned(unsafe) let checker: HealthChecker
     let index: Int
     let address: SocketAddress
     var state = HealthState()
-    let timer: LoopTimer
     var conn: TCPConnection?
     /// The HTTP response parser of `conn` (`http` probes).
     var parser: HTTP1Parser?
@@ -100,23 +150,28 @@ final class HealthProbe: TCPConnectionDelegate, HTTP1ParserDelegate {
     var goingAway = false
     /// DATA bytes received and not yet credited back to the connection's window.
     var credit = 0
-    /// The probe's timer callback, made once (a closure per schedule would be an allocation per probe).
-    lazy var fire: () -> Void = { [unowned self] in self.run() }
 
     init(checker: HealthChecker, index: Int, address: SocketAddress) {
         self.checker = checker; self.index = index; self.address = address
-        timer = LoopTimer(loop: checker.loop)
-        timer.unref()
     }
 
     func schedule(after ms: UInt64) {
         guard !stopped else { return }
-        timer.start(after: ms) { [unowned self] in self.run() }
+        checker.wake(self, at: checker.loop.now + ms)
+    }
+
+    /// The probe's timeout, while it is out.
+    func armTimeout() { checker.wake(self, at: checker.loop.now + checker.config.timeout) }
+
+    /// Its wake came: the next probe, or the timeout of the one out.
+    func wake() {
+        if stopped { return }
+        if inFlight { lost(conn); return }
+        run()
     }
 
     func stop() {
         stopped = true
-        timer.close()
         drop()
     }
 
@@ -141,7 +196,7 @@ final class HealthProbe: TCPConnectionDelegate, HTTP1ParserDelegate {
             } else {
                 checker.request.withUnsafeBytes { _ = c.write($0) }
             }
-            c.setDeadline(after: checker.config.timeout)
+            armTimeout()
             return
         }
         let c = TCPConnection(loop: checker.loop)
@@ -164,7 +219,7 @@ final class HealthProbe: TCPConnectionDelegate, HTTP1ParserDelegate {
             startGRPC()   // the preface and the request wait in the connection for the connect
             if !submitGRPC() { finish(passed: false, c, keep: false); return }
         }
-        c.setDeadline(after: checker.config.timeout)
+        armTimeout()
         c.startReading()
     }
 
@@ -172,14 +227,15 @@ final class HealthProbe: TCPConnectionDelegate, HTTP1ParserDelegate {
     func finish(passed: Bool, _ c: TCPConnection?, keep: Bool) {
         if let c, c !== conn { return }   // a late event of a connection already let go
         inFlight = false
-        if keep, let c { c.clearDeadline() } else { drop() }
+        if !keep || c == nil { drop() }
         guard !stopped else { return }
         checker.report(self, passed: passed)
         schedule(after: checker.nextDelay())
     }
 
     /// An idle connection the endpoint closed, or that sent what nobody asked for: let go, no result.
-    func lost(_ c: TCPConnection) {
+    /// While a probe is out (and on its timeout, `c` nil when it had no connection): a failure.
+    func lost(_ c: TCPConnection?) {
         guard c === conn else { return }
         if inFlight { finish(passed: false, c, keep: false) } else { drop() }
     }
