@@ -522,7 +522,7 @@ private final class Schema {
         guard var m = d.mapping(n, p, keys: ["name", "protocol", "endpoints", "connect_timeout", "max_idle_per_endpoint",
                                              "http2", "max_connects_per_second", "idle_timeout", "retry_budget",
                                              "lb", "hash_on", "circuit_breaker", "outlier_detection", "panic_threshold",
-                                             "health_check"])
+                                             "health_check", "slow_start"])
         else { return nil }
         let name = m.required("name") { self.name($0, $1, "cluster", &clusterNames) }
         let proto: ClusterProtocol? = m.optional("protocol", d.oneOf)
@@ -543,6 +543,8 @@ private final class Schema {
         let outlier = m.optional("outlier_detection", outlierDetection)
         let panic = m.optional("panic_threshold", percentInt)
         let health = m.optional("health_check", healthCheck)
+        if lb?.isConsistentHash ?? false { m.forbid(["slow_start"], "not with lb: ring_hash or maglev (a key must stay where it is)") }
+        let slowStart = m.optional("slow_start", slowStartConfig)
         guard let name, let endpoints else { return nil }
         var c = ClusterConfig(name: name, protocol: proto ?? .http1, endpoints: endpoints.map(\.0),
                               connectTimeout: connectTimeout ?? 5_000, maxIdlePerEndpoint: maxIdle,
@@ -555,7 +557,24 @@ private final class Schema {
         c.outlierDetection = outlier
         if let panic { c.panicThreshold = panic }
         c.healthCheck = health
+        c.slowStart = slowStart
         return c
+    }
+
+    /// `slow_start: 30s`, or `{ window: 30s, aggression: 1.0, min_weight_percent: 10 }`.
+    func slowStartConfig(_ n: Node, _ p: String) -> SlowStart? {
+        if case .scalar = n.value { return d.duration(n, p, positive: true).map { SlowStart(window: $0) } }
+        guard let m = d.mapping(n, p, keys: ["window", "aggression", "min_weight_percent"]) else { return nil }
+        let window = m.required("window") { d.duration($0, $1, positive: true) }
+        let aggression = m.optional("aggression") {
+            d.value($0, $1, "a number above 0 and at most 100 like 1.0 or 2") { Double($0).flatMap { $0 > 0 && $0 <= 100 ? $0 : nil } }
+        }
+        let minimum = m.optional("min_weight_percent") {
+            d.value($0, $1, "a whole percentage from 1 to 100") { s in
+                Int(s.hasSuffix("%") ? String(s.dropLast()) : s).flatMap { (1...100).contains($0) ? $0 : nil }
+            }
+        }
+        return window.map { SlowStart(window: $0, aggression: aggression ?? 1, minWeightPercent: minimum ?? 10) }
     }
 
     /// An endpoint: `"host:port"`, or `{ address: "host:port", weight: 3 }`.

@@ -445,6 +445,9 @@ public struct ClusterConfig: Sendable, Equatable {
     /// Below this share of available (not ejected) endpoints, in percent, the balancer uses every
     /// endpoint (`lb_healthy_panic`). 0 ... 100, default 50; 0 turns panic mode off.
     public var panicThreshold: Int = 50
+    /// `slow_start:` — an endpoint new to balancing, healthy again or back from an ejection ramps
+    /// its share up over a window; nil = off (full share at once).
+    public var slowStart: SlowStart?
 
     public static let defaultBalancer = BalancerKind.peakEWMA
 

@@ -56,7 +56,8 @@ public final class Snapshot: Sendable {
                p.config.clusters[j] == c, p.endpoints[j].map(\.description) == eps[i].map(\.description), p.weights[j] == ws[i] {
                 return p.shared[j]
             }
-            return ClusterShared(config: c, endpoints: eps[i].count, addresses: eps[i].map(\.description))
+            return ClusterShared(config: c, endpoints: eps[i].count, addresses: eps[i].map(\.description), weights: ws[i],
+                                 workers: config.workers > 0 ? config.workers : onlineCPUs())
         }
     }
 }

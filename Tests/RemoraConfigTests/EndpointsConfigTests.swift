@@ -85,4 +85,15 @@ import RemoraPolicy
         #expect(error("  - { name: app, endpoints: [ 127.0.0.1:1 ], health_check: { grpc: { path: /x } } }").contains("path"))
         #expect(error("  - { name: app, endpoints: [ 127.0.0.1:1 ], health_check: { interval: 1s } }").contains("exactly one of http, tcp or grpc"))
     }
+
+    @Test func slowStart() {
+        #expect(cluster("  - { name: app, endpoints: [ 127.0.0.1:1 ] }")?.slowStart == nil)
+        #expect(cluster("  - { name: app, endpoints: [ 127.0.0.1:1 ], slow_start: 30s }")?.slowStart == SlowStart(window: 30_000))
+        #expect(cluster("  - { name: app, endpoints: [ 127.0.0.1:1 ], slow_start: { window: 5s, aggression: 2, min_weight_percent: 20% } }")?
+            .slowStart == SlowStart(window: 5_000, aggression: 2, minWeightPercent: 20))
+        #expect(error("  - { name: app, endpoints: [ 127.0.0.1:1 ], slow_start: { aggression: 2 } }").contains("window"))
+        #expect(error("  - { name: app, endpoints: [ 127.0.0.1:1 ], slow_start: { window: 1s, aggression: 0 } }").contains("above 0"))
+        #expect(error("  - { name: app, endpoints: [ 127.0.0.1:1 ], slow_start: { window: 1s, min_weight_percent: 0 } }").contains("from 1 to 100"))
+        #expect(error("  - { name: app, endpoints: [ 127.0.0.1:1 ], lb: maglev, slow_start: 10s }").contains("not with lb: ring_hash or maglev"))
+    }
 }

@@ -19,7 +19,7 @@ import Testing
         #expect(status([0, 0, 0, 0, 2, 0x08, 2]) == GRPC.ServingStatus.notServing.rawValue)
         #expect(status([0, 0, 0, 0, 0]) == 0)   // the default: UNKNOWN
         // unknown fields skipped (varint, length-delimited, fixed64, fixed32)
-        #expect(status([0, 0, 0, 0, 21, 0x10, 0x96, 0x01, 0x1A, 2, 0x61, 0x62, 0x21, 1, 2, 3, 4, 5, 6, 7, 8, 0x2D, 1, 2, 3, 4, 0x08, 1]) == 1)
+        #expect(status([0, 0, 0, 0, 23, 0x10, 0x96, 0x01, 0x1A, 2, 0x61, 0x62, 0x21, 1, 2, 3, 4, 5, 6, 7, 8, 0x2D, 1, 2, 3, 4, 0x08, 1]) == 1)
     }
 
     @Test func malformedResponsesAreNotAnswers() {

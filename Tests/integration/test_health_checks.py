@@ -141,6 +141,38 @@ def test_http_probes_reuse_their_connection(start_remora, health_backend):
     assert remora.stat("cluster.app.health_check.healthy") == 1
 
 
+
+def test_slow_start_ramps_up_a_returning_endpoint(start_remora, health_backend):
+    """slow_start: an endpoint healthy again gets a share that grows over the window (Envoy's curve:
+    weight x max(10 %, elapsed/window)), not half the traffic at once; without it, round robin would
+    give it 50 % from the first request."""
+    a, b = health_backend(keep_alive=True), health_backend(keep_alive=True)
+    a.sick = True
+    remora = start_remora(make_config([http_listener("web")],
+                                      [cluster("app", [a.endpoint, b.endpoint], lb="round_robin", panic_threshold=0,
+                                               slow_start="3s",
+                                               health_check=hc(interval="50ms", unhealthy_threshold=1, healthy_threshold=1))],
+                                      workers=1))
+    remora.wait_stat("cluster.app.health_check.healthy", lambda v: v == 1, timeout=3)
+    a.sick = False
+    remora.wait_stat("cluster.app.health_check.healthy", lambda v: v == 2, timeout=3)
+    shares = []
+    with Client(remora.port("web"), timeout=5) as c:
+        t0 = time.monotonic()
+        for w in range(5):   # five windows of 0.6 s: the 3 s ramp
+            na, nb = len(a.requests), len(b.requests)
+            end = t0 + (w + 1) * 0.6
+            n = 0
+            while time.monotonic() < end and n < 5000:
+                assert c.request("GET", "/echo").status == 200
+                n += 1
+            da, db = len(a.requests) - na, len(b.requests) - nb
+            shares.append(da / max(1, da + db))
+    assert shares[0] < 0.3, shares
+    assert shares[-1] > 0.38, shares
+    assert shares[-1] - shares[0] > 0.15, shares
+
+
 # -- gRPC checks: grpc.health.v1.Health/Check against grpcio's own health servicer ---------------
 
 def _grpc_env():

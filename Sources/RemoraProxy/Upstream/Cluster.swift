@@ -67,11 +67,13 @@ final class Cluster {
         breaker = config.circuitBreaker
         outlierThresholds = config.outlierDetection.map { ($0.consecutive5xx, $0.consecutiveGatewayErrors, $0.consecutiveLocalFailures) }
         let now = worker.loop.now
+        let sh = self.shared
         self.endpoints = endpoints.enumerated().map {
-            Endpoint(index: $0.offset, address: $0.element, weight: $0.offset < weights.count ? weights[$0.offset] : 1, now: now)
+            Endpoint(index: $0.offset, address: $0.element, weight: $0.offset < weights.count ? weights[$0.offset] : 1, now: now,
+                     words: sh.endpointWords(worker: worker.id, endpoint: $0.offset))
         }
         live = self.endpoints
-        balancer = Balancer(config.lb, for: self.endpoints)
+        balancer = Balancer(config.lb, for: self.endpoints, slowStart: config.slowStart, now: now)
         tracksLatency = config.lb == .peakEWMA
         requestKey = config.lb.isConsistentHash ? config.hashOn.map(RequestKey.init) : nil
         maxIdlePerEndpoint = config.maxIdlePerEndpoint ?? Int.max
@@ -112,7 +114,12 @@ final class Cluster {
         let v = shared.version
         guard v != appliedVersion else { return }
         appliedVersion = v
-        for e in endpoints { e.ejected = shared.isEjected(e.index) }
+        let now = worker.loop.now
+        for e in endpoints {
+            let out = shared.isEjected(e.index)
+            if e.ejected && !out { e.rampSince = now }   // back: `slow_start` ramps it up
+            e.ejected = out
+        }
         endpointsChanged()
     }
 
@@ -121,7 +128,7 @@ final class Cluster {
         let available = endpoints.filter { !$0.ejected }
         panicking = available.isEmpty || available.count * 100 < endpoints.count * config.panicThreshold
         live = panicking ? endpoints : available
-        balancer = Balancer(config.lb, for: live)
+        balancer = Balancer(config.lb, for: live, slowStart: config.slowStart, now: worker.loop.now)
     }
 
     /// The outcome hook: every upstream attempt ends here exactly once, with its endpoint and what

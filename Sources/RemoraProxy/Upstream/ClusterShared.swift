@@ -36,10 +36,21 @@ final class ClusterShared: @unchecked Sendable {
     /// Active health checking (`health_check:`), while a snapshot holds this cluster.
     var checker: HealthChecker?
     var overflowLogged = false
+    /// The endpoints' weights (for `endpointStatus`).
+    let weights: [Int]
+    /// Per worker (`rows` of them), per endpoint: the `Endpoint.words` of that worker's `Endpoint`
+    /// (`EndpointWord.count` words, 64-byte aligned: one cache line per endpoint per worker).
+    let rows: Int
+    private let endpointBlock: UnsafeMutablePointer<UInt64>
 
-    init(config: ClusterConfig, endpoints: Int, addresses: [String] = []) {
+    init(config: ClusterConfig, endpoints: Int, addresses: [String] = [], weights: [Int] = [], workers: Int = 1) {
         name = config.name
         self.addresses = addresses
+        self.weights = weights
+        rows = max(1, workers)
+        let m = rows * max(1, endpoints) * EndpointWord.count
+        endpointBlock = UnsafeMutableRawPointer.allocate(byteCount: m * 8, alignment: 64).bindMemory(to: UInt64.self, capacity: m)
+        endpointBlock.initialize(repeating: 0, count: m)
         breaker = config.circuitBreaker
         outlier = config.outlierDetection
         endpointCount = endpoints
@@ -49,7 +60,46 @@ final class ClusterShared: @unchecked Sendable {
         if let o = outlier { detector = OutlierDetector(config: o, endpoints: endpoints) }
     }
 
-    deinit { words.deallocate() }
+    deinit {
+        words.deallocate()
+        endpointBlock.deallocate()
+    }
+
+    // MARK: per-endpoint counters (`Endpoint.words`, read by `endpointStatus`)
+
+    /// Worker `worker`'s words for `endpoint`; nil beyond the rows (the endpoint keeps its own).
+    func endpointWords(worker: Int, endpoint: Int) -> UnsafeMutablePointer<UInt64>? {
+        guard worker >= 0, worker < rows, endpoint < endpointCount else { return nil }
+        return endpointBlock + (worker * endpointCount + endpoint) * EndpointWord.count
+    }
+
+    /// Main loop: every endpoint as the process sees it now (counters summed over workers, health
+    /// and ejection flags, latency decayed to `now`). Reads each word once, relaxed: a value may lag
+    /// a request behind, never tear.
+    func endpointStatus(now: UInt64) -> [EndpointStatus] {
+        (0..<endpointCount).map { e in
+            let flags = remora_atomic_load(words + ejectedBase + e)
+            var s = EndpointStatus(address: e < addresses.count ? addresses[e] : "#\(e)", weight: e < weights.count ? weights[e] : 1,
+                                   failedHealthCheck: flags & 2 != 0, ejected: flags & 1 != 0)
+            var latencySum = 0.0, measured = 0
+            for w in 0..<rows {
+                let p = endpointBlock + (w * endpointCount + e) * EndpointWord.count
+                @inline(__always) func word(_ k: EndpointWord) -> UInt64 { remora_counter_load(p + k.rawValue) }
+                let active = UInt64(max(0, Int64(bitPattern: word(.active))))
+                s.activeRequests += active
+                s.requestsTotal += word(.ended) + active
+                s.responses5xx += word(.responses5xx)
+                s.localFailures += word(.localFailures)
+                let stamp = word(.latencyStamp)
+                if stamp != 0 {
+                    latencySum += PeakEWMA(estimate: Double(bitPattern: word(.latencyEstimate)), stamp: stamp).current(now: now)
+                    measured += 1
+                }
+            }
+            if measured > 0 { s.latencyMs = latencySum / Double(measured) }
+            return s
+        }
+    }
 
     // MARK: circuit breakers
 
