@@ -522,7 +522,7 @@ private final class Schema {
         guard var m = d.mapping(n, p, keys: ["name", "protocol", "endpoints", "connect_timeout", "max_idle_per_endpoint",
                                              "http2", "max_connects_per_second", "idle_timeout", "retry_budget",
                                              "lb", "hash_on", "circuit_breaker", "outlier_detection", "panic_threshold",
-                                             "health_check", "slow_start"])
+                                             "health_check", "slow_start", "dns_refresh"])
         else { return nil }
         let name = m.required("name") { self.name($0, $1, "cluster", &clusterNames) }
         let proto: ClusterProtocol? = m.optional("protocol", d.oneOf)
@@ -545,6 +545,7 @@ private final class Schema {
         let health = m.optional("health_check", healthCheck)
         if lb?.isConsistentHash ?? false { m.forbid(["slow_start"], "not with lb: ring_hash or maglev (a key must stay where it is)") }
         let slowStart = m.optional("slow_start", slowStartConfig)
+        let dnsRefresh = m.optional("dns_refresh") { d.duration($0, $1, positive: true) }
         guard let name, let endpoints else { return nil }
         var c = ClusterConfig(name: name, protocol: proto ?? .http1, endpoints: endpoints.map(\.0),
                               connectTimeout: connectTimeout ?? 5_000, maxIdlePerEndpoint: maxIdle,
@@ -558,6 +559,7 @@ private final class Schema {
         if let panic { c.panicThreshold = panic }
         c.healthCheck = health
         c.slowStart = slowStart
+        c.dnsRefresh = dnsRefresh
         return c
     }
 

@@ -370,6 +370,10 @@ public struct Balancer {
     public private(set) var ramps: Ramps
     /// Smooth weighted round robin's scores on the ramped weights.
     var rampScores: [Double] = []
+    /// The balancer reads the time (`now` must be the loop's): peak EWMA, or a ramp under way. A
+    /// stored flag, so that the caller's test reads one byte of the balancer (a computed property
+    /// of a struct held by a class can cost a copy of the whole struct per request).
+    public private(set) var needsClock: Bool
 
     public init<E: BalancedEndpoint>(_ kind: BalancerKind, for endpoints: [E], slowStart: SlowStart? = nil, now: UInt64 = 0) {
         self.kind = kind
@@ -378,16 +382,16 @@ public struct Balancer {
         ring = kind == .ringHash ? RingHash(for: endpoints) : nil
         maglev = kind == .maglev ? Maglev(for: endpoints) : nil
         ramps = kind.isConsistentHash ? Ramps() : Ramps(slowStart, for: endpoints, now: now)
+        needsClock = kind == .peakEWMA || ramps.until != 0
     }
-
-    /// The balancer reads the time (`now` must be the loop's).
-    @inline(__always)
-    public var needsClock: Bool { kind == .peakEWMA || ramps.until != 0 }
 
     @inline(__always)
     public mutating func pick<E: BalancedEndpoint, R: RandomSource>(_ endpoints: [E], hash: UInt64, now: UInt64,
                                                                    random r: inout R) -> Int {
-        if ramps.until != 0 && ramps.active(now: now) { return pickRamping(endpoints, now: now, random: &r) }
+        if ramps.until != 0 {
+            if ramps.active(now: now) { return pickRamping(endpoints, now: now, random: &r) }
+            needsClock = kind == .peakEWMA   // the last ramp is over
+        }
         switch kind {
         case .roundRobin: return roundRobin.pick(endpoints, hash: hash, now: now, random: &r)
         case .random: return random.pick(endpoints, hash: hash, now: now, random: &r)

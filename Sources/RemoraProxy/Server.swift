@@ -35,6 +35,8 @@ public final class Server {
     var outlierWatched: [ClusterShared] = []
     /// Clusters of the current snapshot with active health checks (their probes run here).
     var healthWatched: [ClusterShared] = []
+    /// Clusters whose endpoint names are resolved again every `dns_refresh` (Server+DNS.swift), by name.
+    var dnsWatched: [String: DNSWatch] = [:]
     var overload: OverloadMonitor?
     var started = 0
     var stopped = 0
@@ -126,6 +128,7 @@ public final class Server {
     func startWorkers(_ snap: Snapshot, fds: [[String: Int32]]) {
         watchOutliers(snap)
         watchHealth(snap)
+        watchDNS(snap)
         registry = StatRegistry(workers: workerCount)
         let stats = registry.stats(for: snap)
         workerMailboxes = Array(repeating: nil, count: workerCount)
@@ -211,6 +214,7 @@ public final class Server {
         for (w, box) in workerMailboxes.enumerated() { box?.post(.apply(snap, stats[w], fds: fds[w])) }
         watchOutliers(snap)
         watchHealth(snap)
+        watchDNS(snap)
         snapshot = snap
         config = cfg
         source = src
@@ -356,6 +360,7 @@ public final class Server {
         outlierWatched = []
         for s in healthWatched { s.checker?.stop(); s.checker = nil }
         healthWatched = []
+        stopDNS()
         registry?.accessLogWriter.finish(timeoutMs: 1_000)   // the last lines, unless the file is stuck
         drainTimer?.close()
         textTimer?.close()

@@ -1,6 +1,7 @@
 import CRemoraSupport
 import RemoraCore
 import RemoraIO
+import RemoraPolicy
 import RemoraRouting
 
 /// One validated, compiled, immutable configuration, shared read-only by every worker.
@@ -13,6 +14,9 @@ public final class Snapshot: Sendable {
     public let endpoints: [[SocketAddress]]
     /// Per cluster, per resolved address: its weight (an address inherits its name's).
     public let weights: [[Int]]
+    /// Per cluster, per configured endpoint: the addresses it resolved to (`endpoints` flattens
+    /// these; a DNS refresh compares and replaces them).
+    public let resolved: [[[SocketAddress]]]
     /// Per TCP listener: cluster index; -1 for HTTP listeners.
     public let tcpCluster: [Int]
     /// Per listener, per route: the route's local rate limit bucket, shared by every worker (nil: none).
@@ -22,7 +26,9 @@ public final class Snapshot: Sendable {
     let shared: [ClusterShared]
 
     /// `previous`: the snapshot this one replaces (its clusters' shared state carries over).
-    public init(config: Config, previous: Snapshot? = nil) throws {
+    /// `resolved`: per cluster index, the addresses of each configured endpoint already resolved
+    /// (a DNS refresh); the other clusters' names are resolved here, synchronously.
+    public init(config: Config, previous: Snapshot? = nil, resolved given: [Int: [[SocketAddress]]] = [:]) throws {
         self.config = config
         var index: [String: Int] = [:]
         for (i, c) in config.clusters.enumerated() { index[c.name] = i }
@@ -33,13 +39,16 @@ public final class Snapshot: Sendable {
         tcpCluster = config.listeners.map { l in l.cluster.flatMap { index[$0] } ?? -1 }
         var eps: [[SocketAddress]] = []
         var ws: [[Int]] = []
-        for c in config.clusters {
+        var all: [[[SocketAddress]]] = []
+        for (ci, c) in config.clusters.enumerated() {
             var list: [SocketAddress] = []
             var w: [Int] = []
+            var per: [[SocketAddress]] = []
             for (i, e) in c.endpoints.enumerated() {
                 do {
-                    let resolved = try Resolver.resolve(e)
+                    let resolved = try given[ci].map { $0[i] } ?? Resolver.resolve(e)
                     list += resolved
+                    per.append(resolved)
                     w += Array(repeating: c.weight(ofEndpoint: i), count: resolved.count)
                 } catch {
                     throw ConfigErrors([ConfigError(file: "", line: 0, path: "clusters.\(c.name).endpoints",
@@ -48,16 +57,25 @@ public final class Snapshot: Sendable {
             }
             eps.append(list)
             ws.append(w)
+            all.append(per)
         }
         endpoints = eps
         weights = ws
+        resolved = all
         shared = config.clusters.enumerated().map { i, c in
             if let p = previous, let j = p.config.clusters.firstIndex(where: { $0.name == c.name }),
                p.config.clusters[j] == c, p.endpoints[j].map(\.description) == eps[i].map(\.description), p.weights[j] == ws[i] {
                 return p.shared[j]
             }
-            return ClusterShared(config: c, endpoints: eps[i].count, addresses: eps[i].map(\.description), weights: ws[i],
-                                 workers: config.workers > 0 ? config.workers : onlineCPUs())
+            let s = ClusterShared(config: c, endpoints: eps[i].count, addresses: eps[i].map(\.description), weights: ws[i],
+                                  workers: config.workers > 0 ? config.workers : onlineCPUs())
+            // Only the endpoint set changed: what stays keeps its health, ejection and counters.
+            if let p = previous, let j = p.config.clusters.firstIndex(where: { $0.name == c.name }),
+               p.config.clusters[j].sameApartFromEndpoints(c) {
+                s.inherit(from: p.shared[j], oldIndex: EndpointSetDiff(old: p.endpoints[j].map(\.description),
+                                                                       new: eps[i].map(\.description)).oldIndex)
+            }
+            return s
         }
     }
 }

@@ -96,4 +96,19 @@ import RemoraPolicy
         #expect(error("  - { name: app, endpoints: [ 127.0.0.1:1 ], slow_start: { window: 1s, min_weight_percent: 0 } }").contains("from 1 to 100"))
         #expect(error("  - { name: app, endpoints: [ 127.0.0.1:1 ], lb: maglev, slow_start: 10s }").contains("not with lb: ring_hash or maglev"))
     }
+
+    @Test func dnsRefresh() {
+        #expect(cluster("  - { name: app, endpoints: [ localhost:1 ] }")?.dnsRefresh == nil)
+        let c = cluster("  - { name: app, endpoints: [ localhost:1 ], dns_refresh: 5s }")
+        #expect(c?.dnsRefresh == 5_000)
+        #expect(error("  - { name: app, endpoints: [ localhost:1 ], dns_refresh: 0s }") != "")
+        #expect(error("  - { name: app, endpoints: [ localhost:1 ], dns_refresh: often }") != "")
+        // Only the endpoint list differs: the same cluster apart from its endpoints.
+        var d = c!
+        d.endpoints = [HostPort(host: "10.0.0.1", port: 1)]
+        #expect(d.sameApartFromEndpoints(c!) && d != c!)
+        d.dnsRefresh = 1_000
+        #expect(!d.sameApartFromEndpoints(c!))
+    }
 }
+

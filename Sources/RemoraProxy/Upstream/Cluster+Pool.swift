@@ -44,6 +44,13 @@ extension Cluster {
     /// Takes back a connection whose exchange finished cleanly, idle until reused or until the
     /// idle timeout; closes it when the endpoint's hard cap is reached or the worker is draining.
     func release(_ u: H1Upstream) {
+        if retired, !u.conn.connecting, let (next, ne) = heir(of: u.endpoint.takeUnretainedValue()),
+           next.takeConnection(from: self) {
+            u.cluster = next   // the endpoint set changed while it was busy: it goes on in the new one
+            u.endpoint = Unmanaged.passUnretained(ne)
+            next.release(u)
+            return
+        }
         u.endpoint._withUnsafeGuaranteedRef { e in
             if worker.draining || retired || e.idle.count >= maxIdlePerEndpoint {
                 u.conn.close()

@@ -35,6 +35,11 @@ final class ClusterShared: @unchecked Sendable {
     var ejectionsOverflow: UInt64 = 0
     /// Active health checking (`health_check:`), while a snapshot holds this cluster.
     var checker: HealthChecker?
+    /// DNS refresh of its endpoint names (`dns_refresh:`), for its counters.
+    var dns: DNSWatch?
+    /// What the health checker of a changed endpoint set starts from (`inherit`): per endpoint its
+    /// state, and the previous checker's counters; nil = a fresh start (every endpoint healthy).
+    var carriedHealth: (states: [HealthState], attempts: UInt64, successes: UInt64, failures: UInt64)?
     var overflowLogged = false
     /// The endpoints' weights (for `endpointStatus`).
     let weights: [Int]
@@ -63,6 +68,45 @@ final class ClusterShared: @unchecked Sendable {
     deinit {
         words.deallocate()
         endpointBlock.deallocate()
+    }
+
+    // MARK: a changed endpoint set
+
+    /// Main loop, when a new snapshot replaces `old` by this one because only the endpoint set
+    /// changed (a DNS refresh, a reload that moved endpoints; `ClusterConfig.sameApartFromEndpoints`).
+    /// `oldIndex`: per endpoint here, its position in `old` (`EndpointSetDiff`), nil when new. An
+    /// endpoint that stays keeps what the process knew of it: its outlier ejection (until when, and
+    /// how many times: `OutlierDetector(carrying:)`), its failures in a row, its health (the next
+    /// checker starts from its `HealthState`) and its counters for the admin (not its active count:
+    /// attempts under way end on the old set's words). A new endpoint of a health-checked cluster
+    /// is out of load balancing until its first probe passes (`HealthState.pendingFirstCheck`). The
+    /// cluster's counters (ejections, health-check attempts) go on from the old ones.
+    func inherit(from old: ClusterShared, oldIndex: [Int?]) {
+        if let o = outlier, let od = old.detector { detector = OutlierDetector(config: o, carrying: od, oldIndex: oldIndex) }
+        ejectionsTotal = old.ejectionsTotal
+        ejectionsByKind = old.ejectionsByKind
+        ejectionsOverflow = old.ejectionsOverflow
+        let checked = old.checker
+        for (i, j) in oldIndex.enumerated() where i < endpointCount {
+            let ejected: Int64 = detector?.isEjected(i) == true ? 1 : 0
+            guard let j, j < old.endpointCount else {
+                if checked != nil { remora_atomic_store(words + ejectedBase + i, 2) }   // pending its first probe
+                continue
+            }
+            remora_atomic_store(words + ejectedBase + i, remora_atomic_load(old.words + old.ejectedBase + j) & 2 | ejected)
+            for k in OutlierKind.allCases { remora_atomic_store(failures(i, k), remora_atomic_load(old.failures(j, k))) }
+            for w in 0..<min(rows, old.rows) {
+                guard let to = endpointWords(worker: w, endpoint: i), let from = old.endpointWords(worker: w, endpoint: j) else { continue }
+                for k in [EndpointWord.ended, .responses5xx, .localFailures, .latencyEstimate, .latencyStamp] {
+                    remora_counter_store(to + k.rawValue, remora_counter_load(from + k.rawValue))
+                }
+            }
+        }
+        if let h = checked {
+            carriedHealth = (oldIndex.map { j in j.flatMap { $0 < h.probes.count ? h.probes[$0].state : nil } ?? .pendingFirstCheck },
+                             h.attempts, h.successes, h.failures)
+        }
+        remora_atomic_add(words + 4 * ClusterShared.stride, 1)   // a new Cluster applies the flags
     }
 
     // MARK: per-endpoint counters (`Endpoint.words`, read by `endpointStatus`)
@@ -203,6 +247,13 @@ final class ClusterShared: @unchecked Sendable {
             out.add(scope: "cluster", name: name, stat: "health_check.success", value: h.successes)
             out.add(scope: "cluster", name: name, stat: "health_check.failure", value: h.failures)
             out.add(scope: "cluster", name: name, stat: "health_check.healthy", value: UInt64(h.healthyCount))
+        }
+        if let w = dns {
+            out.add(scope: "cluster", name: name, stat: "update_attempt", value: w.attempts)
+            out.add(scope: "cluster", name: name, stat: "update_success", value: w.successes)
+            out.add(scope: "cluster", name: name, stat: "update_failure", value: w.failures)
+            out.add(scope: "cluster", name: name, stat: "update_no_rebuild", value: w.noRebuild)
+            out.add(scope: "cluster", name: name, stat: "membership_change", value: w.changes)
         }
     }
 }

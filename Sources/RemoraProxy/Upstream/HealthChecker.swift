@@ -42,8 +42,11 @@ final class HealthChecker {
     /// Scratch for the probes a tick hands out.
     var dueNow: [Int] = []
 
+    /// `carried`: where a changed endpoint set's checker starts from (`ClusterShared.carriedHealth`:
+    /// each endpoint's state, the previous checker's counters); nil: every endpoint healthy.
     init(shared: ClusterShared, config: HealthCheckConfig, addresses: [SocketAddress], loop: EventLoop,
-         seed: UInt64, onChange: @escaping () -> Void, log: @escaping (String) -> Void) {
+         seed: UInt64, carried: (states: [HealthState], attempts: UInt64, successes: UInt64, failures: UInt64)? = nil,
+         onChange: @escaping () -> Void, log: @escaping (String) -> Void) {
         self.shared = shared; self.config = config; self.loop = loop; self.onChange = onChange; self.log = log
         random = FastRandom(seed: seed)
         switch config.kind {
@@ -62,11 +65,16 @@ final class HealthChecker {
         timer = LoopTimer(loop: loop)
         timer.unref()
         probes = addresses.enumerated().map { HealthProbe(checker: self, index: $0.offset, address: $0.element) }
+        if let c = carried {
+            for p in probes where p.index < c.states.count { p.state = c.states[p.index] }
+            attempts = c.attempts; successes = c.successes; failures = c.failures
+        }
     }
 
-    /// The first probes go out within one (jittered) interval.
+    /// The first probes go out within one (jittered) interval; an endpoint waiting for its first
+    /// probe to come into load balancing (`HealthState.pending`) is probed at once.
     func start() {
-        for p in probes { p.schedule(after: random.below(max(config.interval, 1)) + 1) }
+        for p in probes { p.schedule(after: p.state.pending ? 1 : random.below(max(config.interval, 1)) + 1) }
         arm()
     }
 
@@ -108,10 +116,11 @@ final class HealthChecker {
     func report(_ p: HealthProbe, passed: Bool) {
         attempts += 1
         if passed { successes += 1 } else { failures += 1 }
+        let first = p.state.pending
         guard let healthy = p.state.record(passed: passed, unhealthyThreshold: config.unhealthyThreshold,
                                            healthyThreshold: config.healthyThreshold) else { return }
         shared.setUnhealthy(p.index, !healthy)
-        log("cluster \(shared.name): endpoint \(p.address) \(healthy ? "healthy again" : "unhealthy") "
+        log("cluster \(shared.name): endpoint \(p.address) \(first ? "healthy" : healthy ? "healthy again" : "unhealthy") "
             + "(health check; \(healthyCount) of \(probes.count) healthy)")
         onChange()
     }
