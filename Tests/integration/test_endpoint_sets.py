@@ -238,3 +238,61 @@ def test_dns_refresh_keeps_health_and_ejections_of_endpoints_that_stay(hosts_rem
     finally:
         for x in backends:
             x.close()
+
+
+def test_dns_refresh_keeps_busy_http2_connections(hosts_remora):
+    """An HTTP/2 cluster (grpcio backends) whose name gains an address while calls are under way on
+    every connection: the connections to the addresses that stay carry on (taken over once their
+    streams end, not sent a GOAWAY), the new address gets calls, every call succeeds."""
+    grpc = pytest.importorskip("grpc", reason="grpcio is not installed")
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "grpc_fixtures"))
+    import echo_pb2
+    import echo_pb2_grpc
+    from echo_server import GRPCBackend
+
+    start, set_hosts = hosts_remora
+    a = GRPCBackend("a", host="127.0.0.2")
+    made = [a]
+    try:
+        for i, h in enumerate(["127.0.0.3", "127.0.0.4"]):
+            try:
+                made.append(GRPCBackend("bc"[i], host=h, port=a.port))
+            except (AssertionError, RuntimeError) as e:
+                pytest.skip(f"cannot bind {h}:{a.port}: {e}")
+        _, b, c = made
+        set_hosts(["127.0.0.2", "127.0.0.3"])
+        remora = start(make_config([http_listener("web", routes=[{"name": "all", "match": {"path": {"prefix": "/"}},
+                                                                  "backends": [{"cluster": "grpc"}]}])],
+                                   [cluster("grpc", [f"{NAME}:{a.port}"], protocol="http2", lb="round_robin",
+                                            dns_refresh="100ms")], workers=1))
+        with grpc.insecure_channel(f"127.0.0.1:{remora.port('web')}",
+                                   options=[("grpc.enable_http_proxy", 0), ("grpc.enable_retries", 0)]) as ch:
+            stub = echo_pb2_grpc.EchoStub(ch)
+            n = 0
+
+            def wave(k: int = 6):   # k calls of 150 ms at once: both connections busy most of the time
+                nonlocal n
+                futs = [stub.Unary.future(echo_pb2.EchoRequest(message=f"m{n + i}", first_delay_ms=150,
+                                                               call_id=f"call-{n + i}"), timeout=10) for i in range(k)]
+                n += k
+                return [f.result(timeout=10).message for f in futs]
+
+            for _ in range(3):
+                wave()
+            assert remora.stat("cluster.grpc.upstream_cx_total") == 2
+            set_hosts(["127.0.0.2", "127.0.0.3", "127.0.0.4"])
+            t0 = time.monotonic()
+            while remora.stat("cluster.grpc.membership_change") < 1 and time.monotonic() < t0 + 5:
+                wave()   # the refresh lands while streams are open
+            assert remora.stat("cluster.grpc.membership_change") == 1
+            for _ in range(4):
+                wave()
+        assert len(c.calls) > 0, "the new address got no call"
+        assert len(a.calls) > 0 and len(b.calls) > 0
+        assert remora.stat("cluster.grpc.upstream_cx_total") == 3, "a connection to an address that stayed was replaced"
+        assert remora.stat("cluster.grpc.upstream_rq_5xx") == 0
+    finally:
+        for x in made:
+            x.stop(None).wait(5)

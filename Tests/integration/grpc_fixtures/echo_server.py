@@ -257,9 +257,10 @@ _CODES = {c.value[0]: c.value for c in grpc.StatusCode}
 
 
 class GRPCBackend:
-    """A grpcio server for remora.test.Echo on an OS-chosen port of 127.0.0.1."""
+    """A grpcio server for remora.test.Echo on an OS-chosen port of 127.0.0.1 (or `host`, `port`)."""
 
-    def __init__(self, name: str = "backend", max_workers: int = 64, host: str = "127.0.0.1", health: bool = False):
+    def __init__(self, name: str = "backend", max_workers: int = 64, host: str = "127.0.0.1", health: bool = False,
+                 port: int = 0):
         self.name = name
         self.lock = threading.Lock()
         self.calls: dict[str, CallRecord] = {}
@@ -274,7 +275,7 @@ class GRPCBackend:
             from grpc_health.v1 import health as grpc_health, health_pb2_grpc
             self.health = grpc_health.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.port = self.server.add_insecure_port(f"{host}:0")
+        self.port = self.server.add_insecure_port(f"{host}:{port}")   # port 0: the OS chooses
         assert self.port, "grpc server could not bind"
         self.host = host
         self.server.start()
