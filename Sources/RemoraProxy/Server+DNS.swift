@@ -12,6 +12,9 @@ final class DNSWatch {
     /// resolve: its last addresses are kept), `update_no_rebuild` (the addresses were unchanged),
     /// `membership_change` (the endpoint set changed and went to the workers).
     var attempts: UInt64 = 0, successes: UInt64 = 0, failures: UInt64 = 0, noRebuild: UInt64 = 0, changes: UInt64 = 0
+    /// The endpoint names (by position) whose last lookup failed: logged once when they fail, once
+    /// when they resolve again, not at every refresh.
+    var failing: Set<Int> = []
 
     init(loop: EventLoop, interval: Millis) {
         self.interval = interval
@@ -44,6 +47,11 @@ extension Server {
             w.timer.start(after: every, repeat: every) { [unowned self] in self.refreshDNS(name) }
             dnsWatched[c.name] = w
             snap.shared[i].dns = w
+            for (k, e) in c.endpoints.enumerated() where snap.unresolved.contains("\(c.name): \(e)") {
+                w.failing.insert(k)
+                log("cluster \(c.name): \(e) does not resolve yet; trying again every \(every) ms"
+                    + (snap.endpoints[i].isEmpty ? " (until an endpoint resolves, requests are answered 503)" : ""))
+            }
         }
         for (name, w) in dnsWatched where !keep.contains(name) {
             w.timer.close()
@@ -85,15 +93,24 @@ extension Server {
         var now = before
         var failed = false
         for (k, a) in answers.enumerated() {
-            if let a { now[k] = a } else if k < c.endpoints.count {
+            if let a {
+                now[k] = a
+                if w?.failing.remove(k) != nil { log("cluster \(name): \(c.endpoints[k]) resolves again") }
+            } else if k < c.endpoints.count {
                 failed = true
-                log("cluster \(name): cannot resolve \(c.endpoints[k]); keeping \(before[k].count) address(es)")
+                if w?.failing.insert(k).inserted ?? true {
+                    log("cluster \(name): cannot resolve \(c.endpoints[k]); keeping \(before[k].count) address(es)")
+                }
             }
         }
         if failed { w?.failures += 1 } else { w?.successes += 1 }
         if now.map({ $0.map(\.description) }) == before.map({ $0.map(\.description) }) { w?.noRebuild += 1; return }
         let snap: Snapshot
-        do { snap = try Snapshot(config: snapshot.config, previous: snapshot, resolved: [i: now]) } catch {
+        // Every other cluster keeps the addresses it has (no lookup here: they refresh on their own).
+        var given: [Int: [[SocketAddress]]] = [:]
+        for (k, r) in snapshot.resolved.enumerated() { given[k] = r }
+        given[i] = now
+        do { snap = try Snapshot(config: snapshot.config, previous: snapshot, resolved: given) } catch {
             log("cluster \(name): DNS refresh not applied: \(error)")
             return
         }

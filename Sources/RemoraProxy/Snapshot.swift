@@ -17,6 +17,9 @@ public final class Snapshot: Sendable {
     /// Per cluster, per configured endpoint: the addresses it resolved to (`endpoints` flattens
     /// these; a DNS refresh compares and replaces them).
     public let resolved: [[[SocketAddress]]]
+    /// Endpoint names of `dns_refresh` clusters that did not resolve here ("cluster: host:port"): they
+    /// count no address until a refresh resolves them (other clusters' names must resolve).
+    public let unresolved: [String]
     /// Per TCP listener: cluster index; -1 for HTTP listeners.
     public let tcpCluster: [Int]
     /// Per listener, per route: the route's local rate limit bucket, shared by every worker (nil: none).
@@ -40,6 +43,7 @@ public final class Snapshot: Sendable {
         var eps: [[SocketAddress]] = []
         var ws: [[Int]] = []
         var all: [[[SocketAddress]]] = []
+        var missing: [String] = []
         for (ci, c) in config.clusters.enumerated() {
             var list: [SocketAddress] = []
             var w: [Int] = []
@@ -50,6 +54,9 @@ public final class Snapshot: Sendable {
                     list += resolved
                     per.append(resolved)
                     w += Array(repeating: c.weight(ofEndpoint: i), count: resolved.count)
+                } catch where c.dnsRefresh != nil && SocketAddress(ip: e.host, port: e.port) == nil {
+                    per.append([])   // not yet: the refresh keeps trying
+                    missing.append("\(c.name): \(e)")
                 } catch {
                     throw ConfigErrors([ConfigError(file: "", line: 0, path: "clusters.\(c.name).endpoints",
                                                     message: "cannot resolve \(e): \(error)")])
@@ -62,6 +69,7 @@ public final class Snapshot: Sendable {
         endpoints = eps
         weights = ws
         resolved = all
+        unresolved = missing
         shared = config.clusters.enumerated().map { i, c in
             if let p = previous, let j = p.config.clusters.firstIndex(where: { $0.name == c.name }),
                p.config.clusters[j] == c, p.endpoints[j].map(\.description) == eps[i].map(\.description), p.weights[j] == ws[i] {

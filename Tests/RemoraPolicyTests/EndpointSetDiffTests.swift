@@ -71,4 +71,14 @@ import Testing
         #expect(f.record(passed: true, unhealthyThreshold: 3, healthyThreshold: 2) == nil)
         #expect(f.record(passed: true, unhealthyThreshold: 3, healthyThreshold: 2) == true)   // then by the threshold
     }
+
+    @Test func everyBalancerCanBeBuiltForNoEndpoint() {
+        // A `dns_refresh` cluster whose names have not resolved yet has none (the proxy never picks then).
+        for kind in BalancerKind.allCases {
+            let b = Balancer(kind, for: [TestEndpoint](), slowStart: kind.isConsistentHash ? nil : SlowStart(window: 1_000), now: 5)
+            #expect(b.kind == kind)
+        }
+        #expect(OutlierDetector(config: OutlierDetectionConfig(), endpoints: 0).maxEjected <= 0)
+    }
 }
+

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from backends import HTTPBackend
-from harness import Client, Remora, cluster, http_listener, make_config, poll, to_yaml
+from harness import Client, Remora, cluster, http_listener, make_config, poll, request, tcp_listener, to_yaml
 
 NAME = "svc.remora.test"
 
@@ -296,3 +296,35 @@ def test_dns_refresh_keeps_busy_http2_connections(hosts_remora):
     finally:
         for x in made:
             x.stop(None).wait(5)
+
+
+def test_a_name_that_does_not_resolve_yet(hosts_remora):
+    """With dns_refresh, a name that does not resolve at start (a service not created yet) does not
+    stop the proxy: requests get a fast 503 until it resolves, then go through; said once in the
+    log, not at every refresh. The TCP proxy likewise closes the client until then."""
+    start, set_hosts = hosts_remora
+    (b,) = backends_on_one_port(["127.0.0.2"])
+    try:
+        set_hosts([])
+        remora = start(make_config([http_listener("web"), tcp_listener("bulk", "raw")],
+                                   [cluster("app", [f"{NAME}:{b.port}"], dns_refresh="100ms"),
+                                    cluster("raw", [f"{NAME}:{b.port}"], dns_refresh="100ms")], workers=1))
+        t0 = time.monotonic()
+        r = request(remora.port("web"), "GET", "/echo", timeout=5)
+        assert r.status == 503 and time.monotonic() - t0 < 1.0
+        with socket.create_connection(("127.0.0.1", remora.port("bulk")), timeout=5) as s:
+            assert s.recv(100) == b"", "the TCP proxy closes a client it has no endpoint for"
+        time.sleep(0.5)   # a few refreshes that fail
+        assert remora.stderr_tail(200).count("does not resolve yet") == 2   # once per cluster
+        assert "cannot resolve" not in remora.stderr_tail(200), "a name that still fails is not logged again"
+        set_hosts(["127.0.0.2"])
+        remora.wait_stat("cluster.app.membership_change", lambda v: v == 1, timeout=5)
+        assert request(remora.port("web"), "GET", "/echo", timeout=5).status == 200
+        assert len(b.requests) == 1
+        remora.wait_stat("cluster.raw.membership_change", lambda v: v == 1, timeout=5)
+        with socket.create_connection(("127.0.0.1", remora.port("bulk")), timeout=5) as s:
+            s.sendall(b"GET /echo HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            assert s.recv(100).startswith(b"HTTP/1.1 200")
+        assert "resolves again" in remora.stderr_tail(200)
+    finally:
+        b.close()

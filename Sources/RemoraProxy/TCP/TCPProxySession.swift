@@ -43,6 +43,11 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
 
     func connectUpstream() {
         connectAttempts += 1
+        if cluster.live.isEmpty {   // a name that has not resolved yet (`dns_refresh`): nothing to connect to
+            flags.insert(.UF)
+            down.close()
+            return
+        }
         let c = TCPConnection(loop: worker.loop)
         guard cluster.admitConnection(c) else {   // over max_connections / max_pending: the client is let go
             cluster.overflowed = false

@@ -19,6 +19,7 @@ extension Cluster {
     /// A connection carrying `head` for `exchange`: a pooled one (unless `fresh`) or a new one
     /// (connecting; writes wait for it). nil when no connect could even start.
     func openHTTP1(for exchange: Exchange, head: UnsafeRawBufferPointer, isHEAD: Bool, fresh: Bool, hash: UInt64 = 0) -> H1Upstream? {
+        if live.isEmpty { return nil }   // no endpoint (yet): a name `dns_refresh` has not resolved
         let ref = pickEndpoint(hash: hash)
         return ref._withUnsafeGuaranteedRef { e in
             if !fresh {
@@ -77,6 +78,7 @@ extension Cluster {
     /// SETTINGS_MAX_CONCURRENT_STREAMS), or on a new connection.
     /// `retry`: a stream the peer refused goes where the peer's limit is known, or on a new connection.
     func openHTTP2(for exchange: Exchange, head: HeaderBlock, hasBody: Bool, retry: Bool = false, hash: UInt64 = 0) -> H2UpstreamStream? {
+        if live.isEmpty { return nil }
         let ref = pickEndpoint(hash: hash)
         return ref._withUnsafeGuaranteedRef { e in
             var conn = e.h2.first { $0.hasRoom && (!retry || $0.settingsKnown) }

@@ -12,7 +12,8 @@ final class Cluster {
     /// Position in the snapshot's cluster list.
     let index: Int
     let config: ClusterConfig
-    /// At least one, in the snapshot's order.
+    /// In the snapshot's order; none only while every name of a `dns_refresh` cluster is unresolved
+    /// (each request is then answered 503 at once: `openHTTP1`, `openHTTP2`, the TCP proxy).
     let endpoints: [Endpoint]
     /// What the balancer picks among: the endpoints not ejected, or every endpoint when fewer than
     /// `panic_threshold` % are available (panic mode, counted per pick as `lb_healthy_panic`).
@@ -211,7 +212,7 @@ final class Cluster {
     /// `live` and the balancer again, after endpoints were ejected or returned.
     func endpointsChanged() {
         let available = endpoints.filter { !$0.ejected }
-        panicking = available.isEmpty || available.count * 100 < endpoints.count * config.panicThreshold
+        panicking = !endpoints.isEmpty && (available.isEmpty || available.count * 100 < endpoints.count * config.panicThreshold)
         live = panicking ? endpoints : available
         balancer = Balancer(config.lb, for: live, slowStart: config.slowStart, now: worker.loop.now)
     }
