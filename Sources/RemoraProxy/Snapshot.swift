@@ -17,8 +17,9 @@ public final class Snapshot: Sendable {
     /// Per cluster, per configured endpoint: the addresses it resolved to (`endpoints` flattens
     /// these; a DNS refresh compares and replaces them).
     public let resolved: [[[SocketAddress]]]
-    /// Endpoint names of `dns_refresh` clusters that did not resolve here ("cluster: host:port"): they
-    /// count no address until a refresh resolves them (other clusters' names must resolve).
+    /// Endpoint names of `dns_refresh` clusters that did not resolve here ("cluster: host:port") and
+    /// had no addresses in `previous`: they count none until a refresh resolves them (a name with
+    /// addresses in `previous` keeps those; other clusters' names must resolve).
     public let unresolved: [String]
     /// Per TCP listener: cluster index; -1 for HTTP listeners.
     public let tcpCluster: [Int]
@@ -55,8 +56,17 @@ public final class Snapshot: Sendable {
                     per.append(resolved)
                     w += Array(repeating: c.weight(ofEndpoint: i), count: resolved.count)
                 } catch where c.dnsRefresh != nil && SocketAddress(ip: e.host, port: e.port) == nil {
-                    per.append([])   // not yet: the refresh keeps trying
-                    missing.append("\(c.name): \(e)")
+                    // Its last addresses (a reload while the lookup fails), or none yet; the refresh keeps trying.
+                    if let p = previous, let j = p.config.clusters.firstIndex(where: { $0.name == c.name }),
+                       let k = p.config.clusters[j].endpoints.firstIndex(of: e), !p.resolved[j][k].isEmpty {
+                        let last = p.resolved[j][k]
+                        list += last
+                        per.append(last)
+                        w += Array(repeating: c.weight(ofEndpoint: i), count: last.count)
+                    } else {
+                        per.append([])
+                        missing.append("\(c.name): \(e)")
+                    }
                 } catch {
                     throw ConfigErrors([ConfigError(file: "", line: 0, path: "clusters.\(c.name).endpoints",
                                                     message: "cannot resolve \(e): \(error)")])

@@ -328,3 +328,27 @@ def test_a_name_that_does_not_resolve_yet(hosts_remora):
         assert "resolves again" in remora.stderr_tail(200)
     finally:
         b.close()
+
+
+def test_a_name_that_stops_resolving_keeps_its_addresses(hosts_remora):
+    """The name stops resolving (DNS down, NXDOMAIN): the last addresses stay in use, through the
+    refreshes and through a reload made meanwhile; the failure is counted and logged once."""
+    start, set_hosts = hosts_remora
+    (b,) = backends_on_one_port(["127.0.0.2"])
+    try:
+        set_hosts(["127.0.0.2"])
+        doc = make_config([http_listener("web")], [cluster("app", [f"{NAME}:{b.port}"], dns_refresh="100ms")], workers=1)
+        remora = start(doc)
+        assert request(remora.port("web"), "GET", "/echo", timeout=5).status == 200
+        set_hosts([])
+        remora.wait_stat("cluster.app.update_failure", lambda v: v >= 3, timeout=5)
+        assert request(remora.port("web"), "GET", "/echo", timeout=5).status == 200
+        doc["clusters"].append(cluster("other", [f"127.0.0.1:{b.port}"]))   # a reload while the name fails
+        remora.config_path.write_text(to_yaml(doc))
+        os.kill(remora.pid, signal.SIGHUP)
+        remora.wait_stat("server.config_version", lambda v: v == 2, timeout=5)
+        assert request(remora.port("web"), "GET", "/echo", timeout=5).status == 200
+        assert remora.stderr_tail(200).count("cannot resolve") == 1
+        assert len(b.requests) == 3
+    finally:
+        b.close()
