@@ -25,6 +25,9 @@ PIP_IMPORTS += envoy
 # OpenTelemetry protos (needs protobuf >= 5, < 8: works with 7.36.2 above).
 PIP_PACKAGES += opentelemetry-proto==1.45.2
 PIP_IMPORTS += opentelemetry.proto
+# grpcio's own grpc.health.v1 servicer, the peer of the gRPC health-check tests (same version as grpcio).
+PIP_PACKAGES += grpcio-health-checking==1.85.1
+PIP_IMPORTS += grpc_health
 # The hot-path guard (perf/cg_guard.py): callgrind, an nginx backend, strip for valgrind 3.19.
 GUARD_PACKAGES := valgrind nginx binutils
 SWIFT_RELEASE := swift build -c release --static-swift-stdlib

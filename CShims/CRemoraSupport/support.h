@@ -22,6 +22,9 @@ static inline void remora_counter_sub(uint64_t *p, uint64_t v) {
 static inline uint64_t remora_counter_load(const uint64_t *p) {
     return __atomic_load_n(p, __ATOMIC_RELAXED);
 }
+static inline void remora_counter_store(uint64_t *p, uint64_t v) {
+    __atomic_store_n(p, v, __ATOMIC_RELAXED);
+}
 
 /* A word several workers update (the shared token buckets of local rate limits): a relaxed load,
  * then a compare-and-swap (lock cmpxchg) that succeeds only if nobody changed the word meanwhile;

@@ -851,7 +851,7 @@ private final class Schema {
         guard var m = d.mapping(n, p, keys: ["name", "protocol", "endpoints", "connect_timeout", "max_idle_per_endpoint",
                                              "http2", "max_connects_per_second", "idle_timeout", "retry_budget",
                                              "lb", "hash_on", "circuit_breaker", "outlier_detection", "panic_threshold",
-                                             "health_check", "tls"])
+                                             "health_check", "tls", "slow_start", "dns_refresh"])
         else { return nil }
         let name = m.required("name") { self.name($0, $1, "cluster", &clusterNames) }
         let proto: ClusterProtocol? = m.optional("protocol", d.oneOf)
@@ -873,6 +873,9 @@ private final class Schema {
         let panic = m.optional("panic_threshold", percentInt)
         let health = m.optional("health_check", healthCheck)
         let tls = m.optional("tls", clusterTLS)
+        if lb?.isConsistentHash ?? false { m.forbid(["slow_start"], "not with lb: ring_hash or maglev (a key must stay where it is)") }
+        let slowStart = m.optional("slow_start", slowStartConfig)
+        let dnsRefresh = m.optional("dns_refresh") { d.duration($0, $1, positive: true) }
         guard let name, let endpoints else { return nil }
         var c = ClusterConfig(name: name, protocol: proto ?? .http1, endpoints: endpoints.map(\.0),
                               connectTimeout: connectTimeout ?? 5_000, maxIdlePerEndpoint: maxIdle,
@@ -886,7 +889,25 @@ private final class Schema {
         if let panic { c.panicThreshold = panic }
         c.healthCheck = health
         c.tls = tls
+        c.slowStart = slowStart
+        c.dnsRefresh = dnsRefresh
         return c
+    }
+
+    /// `slow_start: 30s`, or `{ window: 30s, aggression: 1.0, min_weight_percent: 10 }`.
+    func slowStartConfig(_ n: Node, _ p: String) -> SlowStart? {
+        if case .scalar = n.value { return d.duration(n, p, positive: true).map { SlowStart(window: $0) } }
+        guard let m = d.mapping(n, p, keys: ["window", "aggression", "min_weight_percent"]) else { return nil }
+        let window = m.required("window") { d.duration($0, $1, positive: true) }
+        let aggression = m.optional("aggression") {
+            d.value($0, $1, "a number above 0 and at most 100 like 1.0 or 2") { Double($0).flatMap { $0 > 0 && $0 <= 100 ? $0 : nil } }
+        }
+        let minimum = m.optional("min_weight_percent") {
+            d.value($0, $1, "a whole percentage from 1 to 100") { s in
+                Int(s.hasSuffix("%") ? String(s.dropLast()) : s).flatMap { (1...100).contains($0) ? $0 : nil }
+            }
+        }
+        return window.map { SlowStart(window: $0, aggression: aggression ?? 1, minWeightPercent: minimum ?? 10) }
     }
 
     /// An endpoint: `"host:port"`, or `{ address: "host:port", weight: 3 }`.
@@ -945,14 +966,13 @@ private final class Schema {
         return o
     }
 
-    /// `health_check: { http: { path, expect } | tcp: {}, interval, timeout, jitter, unhealthy_threshold,
+    /// `health_check: { http: { path, expect } | tcp: {} | grpc: { service }, interval, timeout, jitter, unhealthy_threshold,
     /// healthy_threshold }`.
     func healthCheck(_ n: Node, _ p: String) -> HealthCheckConfig? {
         guard var m = d.mapping(n, p, keys: ["http", "tcp", "grpc", "interval", "timeout", "jitter", "unhealthy_threshold",
                                              "healthy_threshold"]) else { return nil }
-        m.forbid(["grpc"], "gRPC health checks are not supported yet (use http or tcp)")
         let kind: HealthCheckConfig.Kind?
-        switch m.one(of: ["http", "tcp"]) {
+        switch m.one(of: ["http", "tcp", "grpc"]) {
         case "tcp":
             kind = m.optional("tcp") { n, p in d.mapping(n, p, keys: []).map { _ in HealthCheckConfig.Kind.tcp } }
         case "http":
@@ -961,6 +981,14 @@ private final class Schema {
                 let path = h.required("path", rewrittenPath)
                 let expect = h.optional("expect") { d.list($0, $1, ifEmpty: "at least one status") { d.int($0, $1, in: 100...599) } }
                 return path.map { .http(path: $0, expect: expect ?? [200]) }
+            }
+        case "grpc":
+            kind = m.optional("grpc") { n, p -> HealthCheckConfig.Kind? in
+                guard let g = d.mapping(n, p, keys: ["service"]) else { return nil }
+                let service = g.optional("service") { d.value($0, $1, "a service name of printable ASCII (or \"\")") { s in
+                    s.utf8.count <= 1_000 && s.utf8.allSatisfy { $0 > 0x20 && $0 < 0x7F } ? s : nil
+                } }
+                return .grpc(service: service ?? "")
             }
         default: kind = nil
         }

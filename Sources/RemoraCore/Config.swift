@@ -537,6 +537,21 @@ public struct ClusterConfig: Sendable, Equatable {
     public var panicThreshold: Int = 50
     /// TLS toward the endpoints (verification, SNI, client certificate). nil = plaintext (the default).
     public var tls: ClusterTLSConfig?
+    /// `slow_start:` — an endpoint new to balancing, healthy again or back from an ejection ramps
+    /// its share up over a window; nil = off (full share at once).
+    public var slowStart: SlowStart?
+    /// `dns_refresh:` — endpoints given by name are resolved again this often (ms) on the main loop
+    /// and the endpoint set follows (each address an endpoint); nil = resolved once, at load.
+    public var dnsRefresh: Millis?
+
+    /// The same cluster apart from its endpoint list (a DNS refresh or a reload that only moved
+    /// endpoints): what stays may keep its connections.
+    public func sameApartFromEndpoints(_ o: ClusterConfig) -> Bool {
+        var a = self, b = o
+        a.endpoints = []; b.endpoints = []
+        a.endpointWeights = []; b.endpointWeights = []
+        return a == b
+    }
 
     public static let defaultBalancer = BalancerKind.peakEWMA
 

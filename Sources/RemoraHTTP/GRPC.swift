@@ -72,4 +72,68 @@ public enum GRPC {
             out.append(byte: hex.utf8Start[Int(c & 0xF)])
         }
     }
+
+    // MARK: grpc.health.v1.Health/Check (health_check: { grpc: { service } })
+
+    /// The path of the standard health-checking method (grpc/doc/health-checking.md).
+    public static let healthCheckPath = "/grpc.health.v1.Health/Check"
+
+    /// A length-prefixed `HealthCheckRequest { string service = 1; }` (uncompressed), ready to send
+    /// as a request body. The empty service (the server as a whole) is an empty message.
+    public static func healthCheckRequest(service: String) -> [UInt8] {
+        var message: [UInt8] = []
+        let s = Array(service.utf8)
+        if !s.isEmpty {
+            message.append(0x0A)   // field 1, length-delimited
+            var n = s.count
+            while n >= 0x80 { message.append(UInt8(n & 0x7F) | 0x80); n >>= 7 }
+            message.append(UInt8(n))
+            message += s
+        }
+        let n = UInt32(message.count)
+        return [0, UInt8(n >> 24), UInt8(n >> 16 & 0xFF), UInt8(n >> 8 & 0xFF), UInt8(n & 0xFF)] + message
+    }
+
+    /// `HealthCheckResponse.ServingStatus` values.
+    public enum ServingStatus: Int {
+        case unknown = 0, serving = 1, notServing = 2, serviceUnknown = 3
+    }
+
+    /// The serving status in a response body holding one length-prefixed, uncompressed
+    /// `HealthCheckResponse { ServingStatus status = 1; }` (a missing field is 0, UNKNOWN; unknown
+    /// fields are skipped). nil when the body is not exactly one such message: compressed,
+    /// truncated, trailing bytes, or malformed protobuf.
+    public static func healthCheckStatus(_ body: UnsafeRawBufferPointer) -> Int? {
+        guard body.count >= 5, body[0] == 0 else { return nil }
+        let length = Int(body[1]) << 24 | Int(body[2]) << 16 | Int(body[3]) << 8 | Int(body[4])
+        guard body.count == 5 + length else { return nil }
+        var i = 5
+        func varint() -> UInt64? {
+            var v: UInt64 = 0, shift: UInt64 = 0
+            while i < body.count && shift < 64 {
+                let b = body[i]
+                i += 1
+                v |= UInt64(b & 0x7F) << shift
+                if b & 0x80 == 0 { return v }
+                shift += 7
+            }
+            return nil
+        }
+        var status = 0
+        while i < body.count {
+            guard let key = varint() else { return nil }
+            switch key & 7 {
+            case 0:
+                guard let v = varint() else { return nil }
+                if key >> 3 == 1 { status = Int(truncatingIfNeeded: v) }
+            case 1: i += 8
+            case 2:
+                guard let n = varint(), n <= UInt64(body.count - i) else { return nil }
+                i += Int(n)
+            case 5: i += 4
+            default: return nil
+            }
+        }
+        return i == body.count ? status : nil
+    }
 }

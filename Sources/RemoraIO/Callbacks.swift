@@ -64,6 +64,10 @@ let ioSignalCloseCallback: uv_close_cb = { h in
     Unmanaged<SignalWatcher>.fromOpaque(h!.pointee.data).takeUnretainedValue().handleClosed()
 }
 
+let ioGetAddrInfoCallback: uv_getaddrinfo_cb = { req, status, res in
+    Unmanaged<PendingLookup>.fromOpaque(req!.pointee.data).takeRetainedValue().finished(status, res)
+}
+
 let ioLoopTimerCallback: uv_timer_cb = { t in
     Unmanaged<LoopTimer>.fromOpaque(t!.pointee.data).takeUnretainedValue().handler?()
 }

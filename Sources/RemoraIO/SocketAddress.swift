@@ -73,4 +73,49 @@ public enum Resolver {
         if out.isEmpty { throw IOError.uv(op: "resolve \(hp.host)", code: Int32(UV_EAI_NONAME.rawValue)) }
         return out
     }
+
+    /// Resolves `hp` off the loop (uv_getaddrinfo: getaddrinfo on libuv's thread pool) and calls
+    /// `done` on the loop with its addresses in the resolver's order (duplicates dropped), or nil
+    /// when it does not resolve. A literal answers at once, without DNS.
+    public static func resolve(_ hp: HostPort, on loop: EventLoop, _ done: @escaping ([SocketAddress]?) -> Void) {
+        if let a = SocketAddress(ip: hp.host, port: hp.port) { done([a]); return }
+        let lookup = PendingLookup(done)
+        var hints = addrinfo()
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        hints.ai_family = AF_UNSPEC
+        lookup.req.pointee.data = Unmanaged.passRetained(lookup).toOpaque()   // released in `finished`
+        let rc = uv_getaddrinfo(loop.uv, lookup.req, ioGetAddrInfoCallback, hp.host, String(hp.port), &hints)
+        if rc != 0 {
+            Unmanaged.passUnretained(lookup).release()
+            done(nil)
+        }
+    }
+}
+
+/// One `uv_getaddrinfo` under way: its request (freed with it) and what to call with the answer.
+final class PendingLookup {
+    let req: UnsafeMutablePointer<uv_getaddrinfo_t>
+    let done: ([SocketAddress]?) -> Void
+
+    init(_ done: @escaping ([SocketAddress]?) -> Void) {
+        self.done = done
+        req = .allocate(capacity: 1)
+    }
+
+    deinit { req.deallocate() }
+
+    /// The answer (from the getaddrinfo callback): the addresses, then the request's memory let go.
+    func finished(_ status: Int32, _ res: UnsafeMutablePointer<addrinfo>?) {
+        var out: [SocketAddress] = []
+        var ai = res
+        while let a = ai {
+            if let sa = a.pointee.ai_addr, a.pointee.ai_family == AF_INET || a.pointee.ai_family == AF_INET6 {
+                let addr = SocketAddress(copying: sa)
+                if !out.contains(where: { $0.description == addr.description }) { out.append(addr) }
+            }
+            ai = a.pointee.ai_next
+        }
+        if let res { uv_freeaddrinfo(res) }
+        done(status == 0 && !out.isEmpty ? out : nil)
+    }
 }

@@ -4,8 +4,12 @@ public struct HealthCheckConfig: Sendable, Equatable {
     public enum Kind: Sendable, Equatable {
         /// A TCP connect that succeeds passes.
         case tcp
-        /// `GET path` (HTTP/1.1, `Connection: close`); a status in `expect` passes.
+        /// `GET path` (HTTP/1.1, kept alive between probes); a status in `expect` passes.
         case http(path: String, expect: [Int])
+        /// `grpc.health.v1.Health/Check` for `service` ("" = the server as a whole) over HTTP/2
+        /// (h2c, prior knowledge, one connection kept between probes); SERVING passes, any other
+        /// status, a gRPC error, a reset or a timeout fails.
+        case grpc(service: String)
     }
 
     public var kind: Kind
@@ -40,15 +44,35 @@ public struct HealthCheckConfig: Sendable, Equatable {
 /// other way, whatever kind of failure (a refused connect, a timeout, a bad status), so a single
 /// failed probe never takes a healthy endpoint out. Endpoints start healthy (traffic flows from the
 /// start; the first probes can take one out).
+///
+/// An endpoint that joins a running cluster's set (a DNS refresh, a reload that adds it) starts
+/// `pendingFirstCheck` instead, as Envoy's hosts added under active health checking do: out of load
+/// balancing until its first probe, which then decides alone (a pass brings it in at once; a
+/// failure leaves it out, to come back by `healthyThreshold` passes like any unhealthy endpoint).
 public struct HealthState: Sendable, Equatable {
     public private(set) var healthy = true
     /// Results in a row against the current state.
     public private(set) var streak = 0
+    /// Not probed yet since it joined the set (then also not `healthy`).
+    public private(set) var pending = false
 
     public init() {}
 
+    /// A new endpoint of a running cluster: out until its first probe passes.
+    public static var pendingFirstCheck: HealthState {
+        var s = HealthState()
+        s.healthy = false
+        s.pending = true
+        return s
+    }
+
     /// One probe's result; returns the new state when it flipped.
     public mutating func record(passed: Bool, unhealthyThreshold: Int, healthyThreshold: Int) -> Bool? {
+        if pending {
+            pending = false
+            if passed { healthy = true; streak = 0; return true }
+            return nil
+        }
         if passed == healthy { streak = 0; return nil }
         streak += 1
         if streak >= (healthy ? unhealthyThreshold : healthyThreshold) {

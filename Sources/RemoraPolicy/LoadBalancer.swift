@@ -10,10 +10,14 @@ public protocol BalancedEndpoint: AnyObject {
     /// A stable identity for consistent hashing (`ring_hash`, `maglev`): a hash of the endpoint's
     /// address, the same in every worker and every snapshot, so a key stays where it was.
     var hashKey: UInt64 { get }
+    /// When the endpoint came into balancing (new, healthy again, back from an ejection), ms of
+    /// the loop clock; 0 = never, or long ago. Read by `slow_start` when the balancer is built.
+    var rampSince: UInt64 { get }
 }
 
 extension BalancedEndpoint {
     public var latency: PeakEWMA { PeakEWMA() }
+    public var rampSince: UInt64 { 0 }
     public var hashKey: UInt64 { UInt64(UInt(bitPattern: ObjectIdentifier(self).hashValue)) }
 }
 
@@ -353,27 +357,41 @@ public struct Maglev: LoadBalancer {
 /// The cluster's balancer, whichever `lb:` says: one value with a switch on its kind (no existential,
 /// no allocation per pick). Built for one endpoint list (the endpoints available now); rebuilt when
 /// that list changes (an ejection, a health change, a new snapshot), never per request.
+///
+/// `slow_start` (round_robin, random, least_request, peak_ewma; not the consistent hashes, whose
+/// point is that a key stays put): while an endpoint of the list is ramping, each pick scales the
+/// weights by `Ramps` (O(n) per pick, for the window only); otherwise a pick pays one compare.
 public struct Balancer {
     public let kind: BalancerKind
     var roundRobin: RoundRobin
     var random: RandomBalancer
     var ring: RingHash?
     var maglev: Maglev?
+    public private(set) var ramps: Ramps
+    /// Smooth weighted round robin's scores on the ramped weights.
+    var rampScores: [Double] = []
+    /// The balancer reads the time (`now` must be the loop's): peak EWMA, or a ramp under way. A
+    /// stored flag, so that the caller's test reads one byte of the balancer (a computed property
+    /// of a struct held by a class can cost a copy of the whole struct per request).
+    public private(set) var needsClock: Bool
 
-    public init<E: BalancedEndpoint>(_ kind: BalancerKind, for endpoints: [E]) {
+    public init<E: BalancedEndpoint>(_ kind: BalancerKind, for endpoints: [E], slowStart: SlowStart? = nil, now: UInt64 = 0) {
         self.kind = kind
         roundRobin = kind == .roundRobin ? RoundRobin(for: endpoints) : RoundRobin()
         random = kind == .random ? RandomBalancer(for: endpoints) : RandomBalancer()
         ring = kind == .ringHash ? RingHash(for: endpoints) : nil
         maglev = kind == .maglev ? Maglev(for: endpoints) : nil
+        ramps = kind.isConsistentHash ? Ramps() : Ramps(slowStart, for: endpoints, now: now)
+        needsClock = kind == .peakEWMA || ramps.until != 0
     }
-
-    /// The balancer reads the time (`now` must be the loop's).
-    public var needsClock: Bool { kind == .peakEWMA }
 
     @inline(__always)
     public mutating func pick<E: BalancedEndpoint, R: RandomSource>(_ endpoints: [E], hash: UInt64, now: UInt64,
                                                                    random r: inout R) -> Int {
+        if ramps.until != 0 {
+            if ramps.active(now: now) { return pickRamping(endpoints, now: now, random: &r) }
+            needsClock = kind == .peakEWMA   // the last ramp is over
+        }
         switch kind {
         case .roundRobin: return roundRobin.pick(endpoints, hash: hash, now: now, random: &r)
         case .random: return random.pick(endpoints, hash: hash, now: now, random: &r)
@@ -386,5 +404,57 @@ public struct Balancer {
         case .ringHash: return ring!.pick(endpoints, hash: hash, now: now, random: &r)
         case .maglev: return maglev!.pick(endpoints, hash: hash, now: now, random: &r)
         }
+    }
+}
+
+extension Balancer {
+    /// A pick while some endpoint ramps up (`slow_start`), on the scaled weights: smooth weighted
+    /// round robin, weighted random, or for the power-of-two-choices balancers two candidates drawn
+    /// in proportion to their scaled weights, the less loaded winning (a P2C comparison alone
+    /// would ignore weights whenever loads tie, as they do at low concurrency).
+    mutating func pickRamping<E: BalancedEndpoint, R: RandomSource>(_ endpoints: [E], now: UInt64, random r: inout R) -> Int {
+        let n = endpoints.count
+        if n == 1 { return 0 }
+        switch kind {
+        case .roundRobin:
+            if rampScores.count != n { rampScores = Array(repeating: 0, count: n) }
+            var best = 0, total = 0.0
+            for i in 0..<n {
+                let w = ramps.weight(i, endpoints[i].weight, now: now)
+                rampScores[i] += w
+                total += w
+                if rampScores[i] > rampScores[best] { best = i }
+            }
+            rampScores[best] -= total
+            return best
+        case .random:
+            return weightedDraw(endpoints, now: now, excluding: -1, random: &r)
+        case .leastRequest:
+            let a = weightedDraw(endpoints, now: now, excluding: -1, random: &r)
+            let b = weightedDraw(endpoints, now: now, excluding: a, random: &r)
+            return endpoints[a].activeRequests <= endpoints[b].activeRequests ? a : b
+        case .peakEWMA:
+            let a = weightedDraw(endpoints, now: now, excluding: -1, random: &r)
+            let b = weightedDraw(endpoints, now: now, excluding: a, random: &r)
+            let ea = endpoints[a], eb = endpoints[b]
+            return ea.latency.cost(now: now, active: ea.activeRequests) <= eb.latency.cost(now: now, active: eb.activeRequests) ? a : b
+        case .ringHash, .maglev:
+            return 0   // never ramping (`Ramps()`)
+        }
+    }
+
+    /// An index drawn in proportion to the ramped weights, never `excluding`.
+    func weightedDraw<E: BalancedEndpoint, R: RandomSource>(_ endpoints: [E], now: UInt64, excluding: Int,
+                                                            random r: inout R) -> Int {
+        var total = 0.0
+        for i in endpoints.indices where i != excluding { total += ramps.weight(i, endpoints[i].weight, now: now) }
+        var x = Double(r.next() >> 11) * 0x1p-53 * total
+        var last = 0
+        for i in endpoints.indices where i != excluding {
+            x -= ramps.weight(i, endpoints[i].weight, now: now)
+            if x < 0 { return i }
+            last = i
+        }
+        return last
     }
 }

@@ -90,6 +90,30 @@ public struct OutlierDetector: Sendable {
         timesEjected = Array(repeating: 0, count: endpoints)
     }
 
+    /// The detector of a changed endpoint set (a DNS refresh, a reload that moved endpoints): an
+    /// endpoint that stays keeps its ejection (until when) and its ejection count from `old`;
+    /// `oldIndex` gives, per new endpoint, its position in `old` (nil: new, in service, never
+    /// ejected). When the new set is smaller than the carried ejections allow (`maxEjected` of the
+    /// new size, never every endpoint), the ejections that end soonest end now: `max_ejection_percent`
+    /// holds for the set as it is.
+    public init(config: OutlierDetectionConfig, carrying old: OutlierDetector, oldIndex: [Int?]) {
+        self.init(config: config, endpoints: oldIndex.count)
+        for (i, j) in oldIndex.enumerated() {
+            guard let j, j < old.endpoints else { continue }
+            ejectedUntil[i] = old.ejectedUntil[j]
+            timesEjected[i] = old.timesEjected[j]
+            if ejectedUntil[i] != 0 { ejectedCount += 1 }
+        }
+        while ejectedCount > maxEjected {
+            var soonest = -1
+            for i in 0..<endpoints where ejectedUntil[i] != 0 && (soonest < 0 || ejectedUntil[i] < ejectedUntil[soonest]) {
+                soonest = i
+            }
+            ejectedUntil[soonest] = 0
+            ejectedCount -= 1
+        }
+    }
+
     /// How many may be ejected at once: the share rounded down, and never every endpoint.
     public var maxEjected: Int { min(endpoints - 1, endpoints * config.maxEjectionPercent / 100) }
 

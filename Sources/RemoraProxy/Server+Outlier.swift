@@ -72,9 +72,10 @@ extension Server {
         for (i, s) in now where s.checker == nil {
             let h = HealthChecker(shared: s, config: snap.config.clusters[i].healthCheck!, addresses: snap.endpoints[i],
                                   loop: loop, seed: UInt64(truncatingIfNeeded: ObjectIdentifier(s).hashValue) ^ loop.now,
-                                  tls: snap.clusterTLS[i],
+                                  tls: snap.clusterTLS[i], carried: s.carriedHealth,
                                   onChange: { [unowned self] in self.tellWorkers() }, log: { log($0) })
             s.checker = h
+            s.carriedHealth = nil
             h.start()
         }
         healthWatched = now.map(\.element)

@@ -40,6 +40,8 @@ public final class Server {
     var outlierWatched: [ClusterShared] = []
     /// Clusters of the current snapshot with active health checks (their probes run here).
     var healthWatched: [ClusterShared] = []
+    /// Clusters whose endpoint names are resolved again every `dns_refresh` (Server+DNS.swift), by name.
+    var dnsWatched: [String: DNSWatch] = [:]
     var overload: OverloadMonitor?
     var started = 0
     var stopped = 0
@@ -141,6 +143,7 @@ public final class Server {
         watchOutliers(snap)
         watchHealth(snap)
         watchTLS(snap)
+        watchDNS(snap)
         registry = StatRegistry(workers: workerCount)
         let stats = registry.stats(for: snap)
         workerMailboxes = Array(repeating: nil, count: workerCount)
@@ -230,6 +233,7 @@ public final class Server {
         watchOutliers(snap)
         watchHealth(snap)
         watchTLS(snap)
+        watchDNS(snap)
         snapshot = snap
         config = cfg
         source = src
@@ -388,6 +392,7 @@ public final class Server {
         outlierWatched = []
         for s in healthWatched { s.checker?.stop(); s.checker = nil }
         healthWatched = []
+        stopDNS()
         registry?.accessLogWriter.finish(timeoutMs: 1_000)   // the last lines, unless the file is stuck
         drainTimer?.close()
         textTimer?.close()

@@ -1,6 +1,7 @@
 import CRemoraSupport
 import RemoraCore
 import RemoraIO
+import RemoraPolicy
 import RemoraRouting
 import RemoraTLS
 
@@ -14,6 +15,13 @@ public final class Snapshot: Sendable {
     public let endpoints: [[SocketAddress]]
     /// Per cluster, per resolved address: its weight (an address inherits its name's).
     public let weights: [[Int]]
+    /// Per cluster, per configured endpoint: the addresses it resolved to (`endpoints` flattens
+    /// these; a DNS refresh compares and replaces them).
+    public let resolved: [[[SocketAddress]]]
+    /// Endpoint names of `dns_refresh` clusters that did not resolve here ("cluster: host:port") and
+    /// had no addresses in `previous`: they count none until a refresh resolves them (a name with
+    /// addresses in `previous` keeps those; other clusters' names must resolve).
+    public let unresolved: [String]
     /// Per TCP listener: cluster index; -1 for HTTP listeners.
     public let tcpCluster: [Int]
     /// Per listener: the cluster of its CONNECT tunnels (`connect:`), -1 = none.
@@ -40,7 +48,9 @@ public final class Snapshot: Sendable {
     let processConnections: ConnectionCounter
 
     /// `previous`: the snapshot this one replaces (its clusters' shared state carries over).
-    public init(config: Config, previous: Snapshot? = nil) throws {
+    /// `resolved`: per cluster index, the addresses of each configured endpoint already resolved
+    /// (a DNS refresh); the other clusters' names are resolved here, synchronously.
+    public init(config: Config, previous: Snapshot? = nil, resolved given: [Int: [[SocketAddress]]] = [:]) throws {
         self.config = config
         var index: [String: Int] = [:]
         for (i, c) in config.clusters.enumerated() { index[c.name] = i }
@@ -60,17 +70,33 @@ public final class Snapshot: Sendable {
         var targets: [[String: Int]] = []
         var eps: [[SocketAddress]] = []
         var ws: [[Int]] = []
-        for c in config.clusters {
+        var all: [[[SocketAddress]]] = []
+        var missing: [String] = []
+        for (ci, c) in config.clusters.enumerated() {
             var list: [SocketAddress] = []
             var w: [Int] = []
             var t: [String: Int] = [:]
+            var per: [[SocketAddress]] = []
             for (i, e) in c.endpoints.enumerated() {
                 do {
-                    let resolved = try Resolver.resolve(e)
+                    let resolved = try given[ci].map { $0[i] } ?? Resolver.resolve(e)
                     if !resolved.isEmpty, t[e.description.lowercased()] == nil { t[e.description.lowercased()] = list.count }
                     for (k, a) in resolved.enumerated() where t[a.description] == nil { t[a.description] = list.count + k }
                     list += resolved
+                    per.append(resolved)
                     w += Array(repeating: c.weight(ofEndpoint: i), count: resolved.count)
+                } catch where c.dnsRefresh != nil && SocketAddress(ip: e.host, port: e.port) == nil {
+                    // Its last addresses (a reload while the lookup fails), or none yet; the refresh keeps trying.
+                    if let p = previous, let j = p.config.clusters.firstIndex(where: { $0.name == c.name }),
+                       let k = p.config.clusters[j].endpoints.firstIndex(of: e), !p.resolved[j][k].isEmpty {
+                        let last = p.resolved[j][k]
+                        list += last
+                        per.append(last)
+                        w += Array(repeating: c.weight(ofEndpoint: i), count: last.count)
+                    } else {
+                        per.append([])
+                        missing.append("\(c.name): \(e)")
+                    }
                 } catch {
                     throw ConfigErrors([ConfigError(file: "", line: 0, path: "clusters.\(c.name).endpoints",
                                                     message: "cannot resolve \(e): \(error)")])
@@ -79,9 +105,12 @@ public final class Snapshot: Sendable {
             eps.append(list)
             ws.append(w)
             targets.append(t)
+            all.append(per)
         }
         endpoints = eps
         weights = ws
+        resolved = all
+        unresolved = missing
         listenerTLS = try Snapshot.listenerTLS(config, previous: previous)
         clusterTLS = try Snapshot.clusterTLS(config, previous: previous)
         connectTargets = targets
@@ -90,7 +119,15 @@ public final class Snapshot: Sendable {
                p.config.clusters[j] == c, p.endpoints[j].map(\.description) == eps[i].map(\.description), p.weights[j] == ws[i] {
                 return p.shared[j]
             }
-            return ClusterShared(config: c, endpoints: eps[i].count, addresses: eps[i].map(\.description))
+            let s = ClusterShared(config: c, endpoints: eps[i].count, addresses: eps[i].map(\.description), weights: ws[i],
+                                  workers: config.workers > 0 ? config.workers : onlineCPUs())
+            // Only the endpoint set changed: what stays keeps its health, ejection and counters.
+            if let p = previous, let j = p.config.clusters.firstIndex(where: { $0.name == c.name }),
+               p.config.clusters[j].sameApartFromEndpoints(c) {
+                s.inherit(from: p.shared[j], oldIndex: EndpointSetDiff(old: p.endpoints[j].map(\.description),
+                                                                       new: eps[i].map(\.description)).oldIndex)
+            }
+            return s
         }
     }
 

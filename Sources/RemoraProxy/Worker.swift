@@ -117,7 +117,8 @@ final class Worker {
                 clusters.append(old)
             } else {
                 clusters.append(Cluster(worker: self, index: i, config: c, endpoints: eps, weights: snap.weights[i],
-                                        shared: snap.shared[i], stats: st.clusters[i], tls: snap.clusterTLS[i]))
+                                        shared: snap.shared[i], stats: st.clusters[i], tls: snap.clusterTLS[i],
+                                        previous: clusterByName[c.name]))
             }
             byName[c.name] = clusters[i]
         }

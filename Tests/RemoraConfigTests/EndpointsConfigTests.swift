@@ -76,7 +76,39 @@ import RemoraPolicy
                                                     timeout: 500, jitterPercent: 5, unhealthyThreshold: 4, healthyThreshold: 1))
         #expect(cluster("  - { name: app, endpoints: [ 127.0.0.1:1 ], health_check: { tcp: {} } }")?.healthCheck
             == HealthCheckConfig(kind: .tcp))
-        #expect(error("  - { name: app, endpoints: [ 127.0.0.1:1 ], health_check: { grpc: {} } }").contains("not supported yet"))
-        #expect(error("  - { name: app, endpoints: [ 127.0.0.1:1 ], health_check: { interval: 1s } }").contains("exactly one of http or tcp"))
+        // gRPC checks (issue 12 asked for them; they were refused as "not supported yet" before).
+        #expect(cluster("  - { name: app, endpoints: [ 127.0.0.1:1 ], health_check: { grpc: {} } }")?.healthCheck
+            == HealthCheckConfig(kind: .grpc(service: "")))
+        #expect(cluster("  - { name: app, endpoints: [ 127.0.0.1:1 ], health_check: { grpc: { service: pkg.Echo } } }")?.healthCheck
+            == HealthCheckConfig(kind: .grpc(service: "pkg.Echo")))
+        #expect(error("  - { name: app, endpoints: [ 127.0.0.1:1 ], health_check: { grpc: { service: \"a b\" } } }").contains("printable ASCII"))
+        #expect(error("  - { name: app, endpoints: [ 127.0.0.1:1 ], health_check: { grpc: { path: /x } } }").contains("path"))
+        #expect(error("  - { name: app, endpoints: [ 127.0.0.1:1 ], health_check: { interval: 1s } }").contains("exactly one of http, tcp or grpc"))
+    }
+
+    @Test func slowStart() {
+        #expect(cluster("  - { name: app, endpoints: [ 127.0.0.1:1 ] }")?.slowStart == nil)
+        #expect(cluster("  - { name: app, endpoints: [ 127.0.0.1:1 ], slow_start: 30s }")?.slowStart == SlowStart(window: 30_000))
+        #expect(cluster("  - { name: app, endpoints: [ 127.0.0.1:1 ], slow_start: { window: 5s, aggression: 2, min_weight_percent: 20% } }")?
+            .slowStart == SlowStart(window: 5_000, aggression: 2, minWeightPercent: 20))
+        #expect(error("  - { name: app, endpoints: [ 127.0.0.1:1 ], slow_start: { aggression: 2 } }").contains("window"))
+        #expect(error("  - { name: app, endpoints: [ 127.0.0.1:1 ], slow_start: { window: 1s, aggression: 0 } }").contains("above 0"))
+        #expect(error("  - { name: app, endpoints: [ 127.0.0.1:1 ], slow_start: { window: 1s, min_weight_percent: 0 } }").contains("from 1 to 100"))
+        #expect(error("  - { name: app, endpoints: [ 127.0.0.1:1 ], lb: maglev, slow_start: 10s }").contains("not with lb: ring_hash or maglev"))
+    }
+
+    @Test func dnsRefresh() {
+        #expect(cluster("  - { name: app, endpoints: [ localhost:1 ] }")?.dnsRefresh == nil)
+        let c = cluster("  - { name: app, endpoints: [ localhost:1 ], dns_refresh: 5s }")
+        #expect(c?.dnsRefresh == 5_000)
+        #expect(error("  - { name: app, endpoints: [ localhost:1 ], dns_refresh: 0s }") != "")
+        #expect(error("  - { name: app, endpoints: [ localhost:1 ], dns_refresh: often }") != "")
+        // Only the endpoint list differs: the same cluster apart from its endpoints.
+        var d = c!
+        d.endpoints = [HostPort(host: "10.0.0.1", port: 1)]
+        #expect(d.sameApartFromEndpoints(c!) && d != c!)
+        d.dnsRefresh = 1_000
+        #expect(!d.sameApartFromEndpoints(c!))
     }
 }
+

@@ -17,6 +17,7 @@ final class TestEndpoint: BalancedEndpoint {
     var activeRequests = 0
     var latency = PeakEWMA()
     var hashKey: UInt64
+    var rampSince: UInt64 = 0
     init(weight: Int = 1, key: UInt64 = 0) {
         self.weight = weight
         hashKey = key

@@ -72,13 +72,13 @@ def _endpoint(host: str, port: int) -> str:
 
 
 class _ServerBase:
-    def __init__(self, host: str, rcvbuf: int | None = None):
+    def __init__(self, host: str, rcvbuf: int | None = None, port: int = 0):
         self.host = host
         self.lsock = socket.socket(_family(host), socket.SOCK_STREAM)
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if rcvbuf:
             self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.lsock.bind((host, 0))
+        self.lsock.bind((host, port))   # port 0: the OS chooses (a test may reuse it on another address)
         self.lsock.listen(256)
         self.lsock.settimeout(0.1)
         self.port = self.lsock.getsockname()[1]
@@ -160,7 +160,7 @@ def _reset(conn: socket.socket):
 
 class HTTPBackend(_ServerBase):
     def __init__(self, host: str = "127.0.0.1", mode: str = "normal", sndbuf: int | None = None,
-                 rcvbuf: int | None = None):
+                 rcvbuf: int | None = None, port: int = 0):
         assert mode in ("normal", "close_after_response", "drop_reused"), mode
         self.mode = mode
         self.sndbuf = sndbuf
@@ -168,7 +168,7 @@ class HTTPBackend(_ServerBase):
         self.dropped = 0
         self.release = threading.Event()
         self.bytes_sent = 0  # body bytes written by /repeat (for backpressure checks)
-        super().__init__(host, rcvbuf=rcvbuf)
+        super().__init__(host, rcvbuf=rcvbuf, port=port)
 
     # -- request parsing --------------------------------------------------------------------------
 

@@ -124,9 +124,14 @@ class Remora(Proxy):
                       "    cluster: sink"]
         lines.append("clusters:")
         if self.http_port:
-            lines += ["  - name: app", '    endpoints: [ "%s:%d" ]' % (HOST, self.backend_port)]
+            # REMORA_PERF_ENDPOINTS=N: the backend listed N times (balancers pick among N endpoints);
+            # REMORA_CLUSTER_EXTRA: more keys for the cluster, one per line ("lb: round_robin"), to
+            # measure what a balancer or cluster feature costs (perf/README.md).
+            n = max(1, int(os.environ.get("REMORA_PERF_ENDPOINTS", "1") or 1))
+            lines += ["  - name: app", "    endpoints: [ %s ]" % ", ".join(['"%s:%d"' % (HOST, self.backend_port)] * n)]
             if self.h2:
                 lines.append("    protocol: http2")
+            lines += ["    " + x.strip() for x in os.environ.get("REMORA_CLUSTER_EXTRA", "").split("\n") if x.strip()]
         if self.tcp_port:
             lines += ["  - name: sink", '    endpoints: [ "%s:%d" ]' % (HOST, self.sink_port)]
         conf.write_text("\n".join(lines) + "\n")

@@ -31,7 +31,10 @@ extension Exchange {
         clusterStats?.inc(.upstream_rq_5xx)
         observe.flags.insert(.UO)
         observe.refusedBy = cl
-        if isGRPC { grpcLocal(.unavailable, "cluster \(cl.config.name) is overloaded (circuit breaker)"); return }
+        if isGRPC {
+            grpcLocal(code: GRPC.Status.unavailable.rawValue, "cluster \(cl.config.name) is overloaded (circuit breaker)", overloaded: true)
+            return
+        }
         var body = "upstream overloaded: cluster \(cl.config.name) is at its circuit breaker limit\n"
         body.withUTF8 { local(503, body: UnsafeRawBufferPointer($0), location: nil, overloaded: true) }
     }
@@ -86,8 +89,9 @@ extension Exchange {
     /// A gRPC answer from the proxy: HTTP 200, trailers-only, grpc-status and grpc-message.
     func grpcLocal(_ status: GRPC.Status, _ message: String) { grpcLocal(code: status.rawValue, message) }
 
-    /// A gRPC answer with any grpc-status `code` (0 ... 16); `extra`: a filter's header fields.
-    func grpcLocal(code status: Int, _ message: String, extra: [LocalReply.NumericField] = []) {
+    /// A gRPC answer with any grpc-status `code` (0 ... 16); `extra`: a filter's header fields;
+    /// `overloaded`: a circuit breaker's answer (`x-remora-overloaded: true`, as for HTTP).
+    func grpcLocal(code status: Int, _ message: String, extra: [LocalReply.NumericField] = [], overloaded: Bool = false) {
         guard active, let d = downstream else { return }
         detachUpstream()
         responseStarted = true
@@ -103,6 +107,7 @@ extension Exchange {
         var fields = [HeaderRef(name: rawBytes("content-type"), value: rawBytes("application/grpc")),
                       HeaderRef(name: rawBytes("grpc-status"), value: code.bytes),
                       HeaderRef(name: rawBytes("grpc-message"), value: msg.bytes)]
+        if overloaded { fields.append(HeaderRef(name: rawBytes("x-remora-overloaded"), value: rawBytes("true"))) }
         var values = ByteBuffer()
         if !extra.isEmpty { Exchange.appendNumeric(extra, to: &fields, storage: &values) }
         responseNamesLowercase = true

@@ -149,6 +149,11 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
 
     func connectUpstream(_ cluster: Cluster) {
         connectAttempts += 1
+        if cluster.live.isEmpty {   // a name that has not resolved yet (`dns_refresh`): nothing to connect to
+            flags.insert(.UF)
+            down.close()
+            return
+        }
         let c = TCPConnection(loop: worker.loop)
         c.tag = Int(truncatingIfNeeded: monotonicMicros() << 1)   // the connect's start (Cluster.connectSettled)
         guard cluster.admitConnection(c) else {   // over max_connections / max_pending: the client is let go

@@ -19,6 +19,7 @@ extension Cluster {
     /// A connection carrying `head` for `exchange`: a pooled one (unless `fresh`) or a new one
     /// (connecting; writes wait for it). nil when no connect could even start.
     func openHTTP1(for exchange: Exchange, head: UnsafeRawBufferPointer, isHEAD: Bool, fresh: Bool, hash: UInt64 = 0) -> H1Upstream? {
+        if live.isEmpty { return nil }   // no endpoint (yet): a name `dns_refresh` has not resolved
         let ref = pickEndpoint(hash: hash)
         return ref._withUnsafeGuaranteedRef { e in
             if !fresh {
@@ -44,6 +45,13 @@ extension Cluster {
     /// Takes back a connection whose exchange finished cleanly, idle until reused or until the
     /// idle timeout; closes it when the endpoint's hard cap is reached or the worker is draining.
     func release(_ u: H1Upstream) {
+        if retired, !u.conn.connecting, let (next, ne) = heir(of: u.endpoint.takeUnretainedValue()),
+           next.takeConnection(from: self) {
+            u.cluster = next   // the endpoint set changed while it was busy: it goes on in the new one
+            u.endpoint = Unmanaged.passUnretained(ne)
+            next.release(u)
+            return
+        }
         u.endpoint._withUnsafeGuaranteedRef { e in
             if worker.draining || retired || e.idle.count >= maxIdlePerEndpoint {
                 u.conn.close()
@@ -72,6 +80,7 @@ extension Cluster {
     /// `extendedConnect` (RFC 8441 passed through): see `H2UpstreamConnection.open`.
     func openHTTP2(for exchange: Exchange, head: HeaderBlock, hasBody: Bool, retry: Bool = false, hash: UInt64 = 0,
                    extendedConnect: Bool = false) -> H2UpstreamStream? {
+        if live.isEmpty { return nil }
         let ref = pickEndpoint(hash: hash)
         return ref._withUnsafeGuaranteedRef { e in
             var conn = e.h2.first { $0.hasRoom && (!retry || $0.settingsKnown) }

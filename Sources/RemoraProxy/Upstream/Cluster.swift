@@ -13,7 +13,8 @@ final class Cluster {
     /// Position in the snapshot's cluster list.
     let index: Int
     let config: ClusterConfig
-    /// At least one, in the snapshot's order.
+    /// In the snapshot's order; none only while every name of a `dns_refresh` cluster is unresolved
+    /// (each request is then answered 503 at once: `openHTTP1`, `openHTTP2`, the TCP proxy).
     let endpoints: [Endpoint]
     /// What the balancer picks among: the endpoints not ejected, or every endpoint when fewer than
     /// `panic_threshold` % are available (panic mode, counted per pick as `lb_healthy_panic`).
@@ -40,8 +41,15 @@ final class Cluster {
     var creditAt: UInt64 = 0
     /// A retired cluster can be let go once nothing of it is open.
     var isUnused: Bool { openConnections == 0 }
-    /// A newer snapshot dropped or changed this cluster: connections close instead of being pooled.
+    /// A newer snapshot dropped or changed this cluster: connections close instead of being pooled
+    /// (or move to `successor`).
     var retired = false
+    /// The cluster that replaced this one in this worker when only its endpoint set changed
+    /// (`adopt`), and per endpoint here the position there of the same address (nil: gone). A
+    /// connection of this retired cluster that finishes its last request moves there (`heir`)
+    /// instead of closing. Held strongly: a retired cluster lives until its connections are gone.
+    var successor: Cluster?
+    var successorIndex: [Int?] = []
     /// Recycled HTTP/2 stream objects (shared by the cluster's HTTP/2 connections).
     var freeStreams: [H2UpstreamStream] = []
     /// Retries in flight from this worker, within a share of the cluster's active requests
@@ -64,18 +72,22 @@ final class Cluster {
     /// TLS toward the endpoints (`tls:`), shared by every worker; nil: plaintext.
     let tls: TLSClientContext?
 
+    /// `previous`: this worker's cluster of the same name that this one replaces (its endpoint set or
+    /// config changed). When only the endpoints changed, what stays keeps its state (`adopt`).
     init(worker: Worker, index: Int, config: ClusterConfig, endpoints: [SocketAddress], weights: [Int] = [],
-         shared: ClusterShared? = nil, stats: StatBlock<ClusterStat>, tls: TLSClientContext? = nil) {
+         shared: ClusterShared? = nil, stats: StatBlock<ClusterStat>, tls: TLSClientContext? = nil, previous: Cluster? = nil) {
         self.worker = worker; self.index = index; self.config = config; self.stats = stats; self.tls = tls
         self.shared = shared ?? ClusterShared(config: config, endpoints: endpoints.count)
         breaker = config.circuitBreaker
         outlierThresholds = config.outlierDetection.map { ($0.consecutive5xx, $0.consecutiveGatewayErrors, $0.consecutiveLocalFailures) }
         let now = worker.loop.now
+        let sh = self.shared
         self.endpoints = endpoints.enumerated().map {
-            Endpoint(index: $0.offset, address: $0.element, weight: $0.offset < weights.count ? weights[$0.offset] : 1, now: now)
+            Endpoint(index: $0.offset, address: $0.element, weight: $0.offset < weights.count ? weights[$0.offset] : 1, now: now,
+                     words: sh.endpointWords(worker: worker.id, endpoint: $0.offset))
         }
         live = self.endpoints
-        balancer = Balancer(config.lb, for: self.endpoints)
+        balancer = Balancer(config.lb, for: self.endpoints, slowStart: config.slowStart, now: now)
         tracksLatency = config.lb == .peakEWMA
         requestKey = config.lb.isConsistentHash ? config.hashOn.map(RequestKey.init) : nil
         maxIdlePerEndpoint = config.maxIdlePerEndpoint ?? Int.max
@@ -83,7 +95,83 @@ final class Cluster {
         for e in self.endpoints { e.idle.reserveCapacity(min(maxIdlePerEndpoint, 64)) }
         retryBudget = config.retryBudget
         random = FastRandom(seed: worker.rng.next())
+        if let p = previous { adopt(from: p, now: now) }
         applyEjections()
+        if previous != nil { endpointsChanged() }
+    }
+
+    /// Takes over from `old` (the cluster this one replaces in this worker) what belongs to endpoints
+    /// that stay (`EndpointSetDiff`, by address): their latency estimates and ramps, and their idle
+    /// connections (HTTP/1.1 pooled, HTTP/2 with no stream open), which then count here, so a DNS
+    /// refresh or a reload that moves endpoints drops no connection to an endpoint that stays.
+    /// Busy connections finish their requests on `old` (retired) and close. New endpoints start
+    /// their `slow_start` ramp now. Only when nothing but the endpoint list changed.
+    func adopt(from old: Cluster, now: UInt64) {
+        let diff = EndpointSetDiff(old: old.endpoints.map(\.address.description), new: endpoints.map(\.address.description))
+        let keepConnections = config.sameApartFromEndpoints(old.config)
+        if keepConnections {
+            old.successor = self
+            old.successorIndex = Array(repeating: nil, count: old.endpoints.count)
+            for (i, j) in diff.oldIndex.enumerated() { if let j { old.successorIndex[j] = i } }
+        }
+        for (i, e) in endpoints.enumerated() {
+            guard let j = diff.oldIndex[i] else {
+                e.rampSince = now   // new here: `slow_start` ramps it up
+                continue
+            }
+            let o = old.endpoints[j]
+            e.latency = o.latency
+            e.rampSince = o.rampSince
+            guard keepConnections else { continue }
+            let idle = o.idle
+            o.idle.removeAll()
+            for u in idle {
+                if u.conn.connecting || u.conn.tag != 0 || !takeConnection(from: old) { o.idle.append(u); continue }
+                u.cluster = self
+                u.endpoint = Unmanaged.passUnretained(e)
+                e.idle.append(u)
+            }
+            let h2 = o.h2
+            o.h2.removeAll()
+            for c in h2 {
+                if !c.all.isEmpty || !c.connected || c.goingAway || c.closing || !takeConnection(from: old) { o.h2.append(c); continue }
+                c.cluster = self
+                c.endpoint = Unmanaged.passUnretained(e)
+                e.h2.append(c)
+            }
+        }
+    }
+
+    /// Where a connection to `e` goes when it is free again on this retired cluster: the endpoint of
+    /// the same address in the newest cluster that replaced this one with only its endpoint set
+    /// changed. nil: close it (not retired, the address is gone, the config changed, draining).
+    func heir(of e: Endpoint) -> (Cluster, Endpoint)? {
+        guard retired, !worker.draining, let next = successor, e.index < successorIndex.count,
+              let i = successorIndex[e.index] else { return nil }
+        let ne = next.endpoints[i]
+        return next.retired ? next.heir(of: ne) : (next, ne)
+    }
+
+    /// An HTTP/2 connection of this retired cluster whose last stream ended moves to its `heir`
+    /// (counted there); false when it has none or cannot (it then closes).
+    func handOver(_ c: H2UpstreamConnection) -> Bool {
+        guard c.connected, !c.goingAway, !c.closing, let (next, ne) = heir(of: c.endpoint.takeUnretainedValue()),
+              next.takeConnection(from: self) else { return false }
+        removeHTTP2(c)
+        c.cluster = next
+        c.endpoint = Unmanaged.passUnretained(ne)
+        ne.h2.append(c)
+        return true
+    }
+
+    /// Counts one connection of `old` as this cluster's (open connections, `max_connections`).
+    /// False when this cluster's breaker has no room for it (it stays with `old` and closes).
+    func takeConnection(from old: Cluster) -> Bool {
+        if let b = breaker, !shared.acquire(.connections, limit: b.maxConnections) { return false }
+        if old.breaker != nil { old.shared.release(.connections) }
+        old.openConnections -= 1
+        openConnections += 1
+        return true
     }
 
     /// The endpoint for the next attempt (HTTP pools and the TCP proxy alike), unretained. `hash`:
@@ -116,16 +204,21 @@ final class Cluster {
         let v = shared.version
         guard v != appliedVersion else { return }
         appliedVersion = v
-        for e in endpoints { e.ejected = shared.isEjected(e.index) }
+        let now = worker.loop.now
+        for e in endpoints {
+            let out = shared.isEjected(e.index)
+            if e.ejected && !out { e.rampSince = now }   // back: `slow_start` ramps it up
+            e.ejected = out
+        }
         endpointsChanged()
     }
 
     /// `live` and the balancer again, after endpoints were ejected or returned.
     func endpointsChanged() {
         let available = endpoints.filter { !$0.ejected }
-        panicking = available.isEmpty || available.count * 100 < endpoints.count * config.panicThreshold
+        panicking = !endpoints.isEmpty && (available.isEmpty || available.count * 100 < endpoints.count * config.panicThreshold)
         live = panicking ? endpoints : available
-        balancer = Balancer(config.lb, for: live)
+        balancer = Balancer(config.lb, for: live, slowStart: config.slowStart, now: worker.loop.now)
     }
 
     /// The outcome hook: every upstream attempt ends here exactly once, with its endpoint and what
@@ -260,7 +353,8 @@ final class Cluster {
             let list = e.idle
             e.idle.removeAll()
             for u in list { u.isIdle = false; u.conn.close() }
-            for c in e.h2 { c.drain() }
+            let moving = heir(of: e) != nil   // busy HTTP/2 connections move to the heir once free
+            for c in e.h2 where !moving { c.drain() }
         }
     }
 }

@@ -35,11 +35,27 @@ final class ClusterShared: @unchecked Sendable {
     var ejectionsOverflow: UInt64 = 0
     /// Active health checking (`health_check:`), while a snapshot holds this cluster.
     var checker: HealthChecker?
+    /// DNS refresh of its endpoint names (`dns_refresh:`), for its counters.
+    var dns: DNSWatch?
+    /// What the health checker of a changed endpoint set starts from (`inherit`): per endpoint its
+    /// state, and the previous checker's counters; nil = a fresh start (every endpoint healthy).
+    var carriedHealth: (states: [HealthState], attempts: UInt64, successes: UInt64, failures: UInt64)?
     var overflowLogged = false
+    /// The endpoints' weights (for `endpointStatus`).
+    let weights: [Int]
+    /// Per worker (`rows` of them), per endpoint: the `Endpoint.words` of that worker's `Endpoint`
+    /// (`EndpointWord.count` words, 64-byte aligned: one cache line per endpoint per worker).
+    let rows: Int
+    private let endpointBlock: UnsafeMutablePointer<UInt64>
 
-    init(config: ClusterConfig, endpoints: Int, addresses: [String] = []) {
+    init(config: ClusterConfig, endpoints: Int, addresses: [String] = [], weights: [Int] = [], workers: Int = 1) {
         name = config.name
         self.addresses = addresses
+        self.weights = weights
+        rows = max(1, workers)
+        let m = rows * max(1, endpoints) * EndpointWord.count
+        endpointBlock = UnsafeMutableRawPointer.allocate(byteCount: m * 8, alignment: 64).bindMemory(to: UInt64.self, capacity: m)
+        endpointBlock.initialize(repeating: 0, count: m)
         breaker = config.circuitBreaker
         outlier = config.outlierDetection
         endpointCount = endpoints
@@ -49,7 +65,85 @@ final class ClusterShared: @unchecked Sendable {
         if let o = outlier { detector = OutlierDetector(config: o, endpoints: endpoints) }
     }
 
-    deinit { words.deallocate() }
+    deinit {
+        words.deallocate()
+        endpointBlock.deallocate()
+    }
+
+    // MARK: a changed endpoint set
+
+    /// Main loop, when a new snapshot replaces `old` by this one because only the endpoint set
+    /// changed (a DNS refresh, a reload that moved endpoints; `ClusterConfig.sameApartFromEndpoints`).
+    /// `oldIndex`: per endpoint here, its position in `old` (`EndpointSetDiff`), nil when new. An
+    /// endpoint that stays keeps what the process knew of it: its outlier ejection (until when, and
+    /// how many times: `OutlierDetector(carrying:)`), its failures in a row, its health (the next
+    /// checker starts from its `HealthState`) and its counters for the admin (not its active count:
+    /// attempts under way end on the old set's words). A new endpoint of a health-checked cluster
+    /// is out of load balancing until its first probe passes (`HealthState.pendingFirstCheck`). The
+    /// cluster's counters (ejections, health-check attempts) go on from the old ones.
+    func inherit(from old: ClusterShared, oldIndex: [Int?]) {
+        if let o = outlier, let od = old.detector { detector = OutlierDetector(config: o, carrying: od, oldIndex: oldIndex) }
+        ejectionsTotal = old.ejectionsTotal
+        ejectionsByKind = old.ejectionsByKind
+        ejectionsOverflow = old.ejectionsOverflow
+        let checked = old.checker
+        for (i, j) in oldIndex.enumerated() where i < endpointCount {
+            let ejected: Int64 = detector?.isEjected(i) == true ? 1 : 0
+            guard let j, j < old.endpointCount else {
+                if checked != nil { remora_atomic_store(words + ejectedBase + i, 2) }   // pending its first probe
+                continue
+            }
+            remora_atomic_store(words + ejectedBase + i, remora_atomic_load(old.words + old.ejectedBase + j) & 2 | ejected)
+            for k in OutlierKind.allCases { remora_atomic_store(failures(i, k), remora_atomic_load(old.failures(j, k))) }
+            for w in 0..<min(rows, old.rows) {
+                guard let to = endpointWords(worker: w, endpoint: i), let from = old.endpointWords(worker: w, endpoint: j) else { continue }
+                for k in [EndpointWord.ended, .responses5xx, .localFailures, .latencyEstimate, .latencyStamp] {
+                    remora_counter_store(to + k.rawValue, remora_counter_load(from + k.rawValue))
+                }
+            }
+        }
+        if let h = checked {
+            carriedHealth = (oldIndex.map { j in j.flatMap { $0 < h.probes.count ? h.probes[$0].state : nil } ?? .pendingFirstCheck },
+                             h.attempts, h.successes, h.failures)
+        }
+        remora_atomic_add(words + 4 * ClusterShared.stride, 1)   // a new Cluster applies the flags
+    }
+
+    // MARK: per-endpoint counters (`Endpoint.words`, read by `endpointStatus`)
+
+    /// Worker `worker`'s words for `endpoint`; nil beyond the rows (the endpoint keeps its own).
+    func endpointWords(worker: Int, endpoint: Int) -> UnsafeMutablePointer<UInt64>? {
+        guard worker >= 0, worker < rows, endpoint < endpointCount else { return nil }
+        return endpointBlock + (worker * endpointCount + endpoint) * EndpointWord.count
+    }
+
+    /// Main loop: every endpoint as the process sees it now (counters summed over workers, health
+    /// and ejection flags, latency decayed to `now`). Reads each word once, relaxed: a value may lag
+    /// a request behind, never tear.
+    func endpointStatus(now: UInt64) -> [EndpointStatus] {
+        (0..<endpointCount).map { e in
+            let flags = remora_atomic_load(words + ejectedBase + e)
+            var s = EndpointStatus(address: e < addresses.count ? addresses[e] : "#\(e)", weight: e < weights.count ? weights[e] : 1,
+                                   failedHealthCheck: flags & 2 != 0, ejected: flags & 1 != 0)
+            var latencySum = 0.0, measured = 0
+            for w in 0..<rows {
+                let p = endpointBlock + (w * endpointCount + e) * EndpointWord.count
+                @inline(__always) func word(_ k: EndpointWord) -> UInt64 { remora_counter_load(p + k.rawValue) }
+                let active = UInt64(max(0, Int64(bitPattern: word(.active))))
+                s.activeRequests += active
+                s.requestsTotal += word(.ended) + active
+                s.responses5xx += word(.responses5xx)
+                s.localFailures += word(.localFailures)
+                let stamp = word(.latencyStamp)
+                if stamp != 0 {
+                    latencySum += PeakEWMA(estimate: Double(bitPattern: word(.latencyEstimate)), stamp: stamp).current(now: now)
+                    measured += 1
+                }
+            }
+            if measured > 0 { s.latencyMs = latencySum / Double(measured) }
+            return s
+        }
+    }
 
     // MARK: circuit breakers
 
@@ -156,6 +250,13 @@ final class ClusterShared: @unchecked Sendable {
             out.add(scope: "cluster", name: name, stat: "health_check.success", value: h.successes)
             out.add(scope: "cluster", name: name, stat: "health_check.failure", value: h.failures)
             out.add(scope: "cluster", name: name, stat: "health_check.healthy", value: UInt64(h.healthyCount))
+        }
+        if let w = dns {
+            out.add(scope: "cluster", name: name, stat: "update_attempt", value: w.attempts)
+            out.add(scope: "cluster", name: name, stat: "update_success", value: w.successes)
+            out.add(scope: "cluster", name: name, stat: "update_failure", value: w.failures)
+            out.add(scope: "cluster", name: name, stat: "update_no_rebuild", value: w.noRebuild)
+            out.add(scope: "cluster", name: name, stat: "membership_change", value: w.changes)
         }
     }
 }

@@ -5,9 +5,11 @@ import RemoraIO
 /// An HTTP/1.1 client connection to one endpoint, serving one exchange at a time; between
 /// exchanges idle on its endpoint's stack (`Cluster+Pool.swift`) until reused or the idle timeout.
 final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelegate {
-    unowned(unsafe) let cluster: Cluster
-    /// Its endpoint (owned by the cluster, which outlives its connections).
-    let endpoint: Endpoint.Ref
+    /// Its cluster and endpoint (the cluster owns the endpoint and outlives its connections). Both
+    /// change only when a new cluster of a changed endpoint set adopts the connection while it is
+    /// idle (`Cluster.adopt`).
+    unowned(unsafe) var cluster: Cluster
+    var endpoint: Endpoint.Ref
     let conn: TCPConnection
     let parser: HTTP1Parser
     unowned(unsafe) var exchange: Exchange?

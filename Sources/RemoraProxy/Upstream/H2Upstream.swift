@@ -95,9 +95,10 @@ final class H2UpstreamStream: UpstreamStream {
 /// connection takes no new stream, finishes the ones the peer accepted, and the ones it never
 /// processed are retried elsewhere by their exchanges.
 final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, Flushable {
-    unowned(unsafe) let cluster: Cluster
-    /// Its endpoint (owned by the cluster, which outlives its connections).
-    let endpoint: Endpoint.Ref
+    /// Its cluster and endpoint (the cluster owns the endpoint and outlives its connections); moved
+    /// only while no stream is open (`Cluster.adopt`).
+    unowned(unsafe) var cluster: Cluster
+    var endpoint: Endpoint.Ref
     let conn: TCPConnection
     let h2: HTTP2Session
     /// Open streams (each also reachable by id through nghttp2's stream user data).
@@ -490,7 +491,7 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
         }
         st.recycle(pool: pool, into: &cluster.freeStreams)
         if all.isEmpty {
-            if cluster.retired { closeNow() }
+            if cluster.retired && !cluster.handOver(self) { closeNow() }
             if goingAway { schedule() } else if connected && !closing { conn.setDeadline(after: cluster.config.idleTimeout) }
         }
     }

@@ -257,9 +257,10 @@ _CODES = {c.value[0]: c.value for c in grpc.StatusCode}
 
 
 class GRPCBackend:
-    """A grpcio server for remora.test.Echo on an OS-chosen port of 127.0.0.1."""
+    """A grpcio server for remora.test.Echo on an OS-chosen port of 127.0.0.1 (or `host`, `port`)."""
 
-    def __init__(self, name: str = "backend", max_workers: int = 64, host: str = "127.0.0.1", credentials=None):
+    def __init__(self, name: str = "backend", max_workers: int = 64, host: str = "127.0.0.1", credentials=None,
+                 health: bool = False, port: int = 0):
         self.name = name
         self.lock = threading.Lock()
         self.calls: dict[str, CallRecord] = {}
@@ -267,9 +268,16 @@ class GRPCBackend:
                                                              thread_name_prefix=f"grpc-{name}"),
                                   options=SERVER_OPTIONS, maximum_concurrent_rpcs=None)
         echo_pb2_grpc.add_EchoServicer_to_server(_Service(self), self.server)
-        # credentials: grpc.ssl_server_credentials(...) to serve over TLS (test_tls.py).
-        self.port = (self.server.add_secure_port(f"{host}:0", credentials) if credentials is not None
-                     else self.server.add_insecure_port(f"{host}:0"))
+        # health=True: grpcio's own grpc.health.v1 servicer (grpcio-health-checking); set statuses
+        # with self.health.set(service, health_pb2.HealthCheckResponse.SERVING | NOT_SERVING).
+        self.health = None
+        if health:
+            from grpc_health.v1 import health as grpc_health, health_pb2_grpc
+            self.health = grpc_health.HealthServicer()
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        # credentials: grpc.ssl_server_credentials(...) to serve over TLS (test_tls.py); port 0: the OS chooses.
+        self.port = (self.server.add_secure_port(f"{host}:{port}", credentials) if credentials is not None
+                     else self.server.add_insecure_port(f"{host}:{port}"))
         assert self.port, "grpc server could not bind"
         self.host = host
         self.server.start()
