@@ -694,8 +694,9 @@ class H2TunnelBackend(_ServerBase):
     the bytes `bye` end its side of the stream, the client's END_STREAM ends it too. Announces
     SETTINGS_ENABLE_CONNECT_PROTOCOL only with `enable_connect`. Records each request's fields."""
 
-    def __init__(self, enable_connect: bool = True):
+    def __init__(self, enable_connect: bool = True, goaway_at_once: bool = False):
         self.enable_connect = enable_connect
+        self.goaway_at_once = goaway_at_once   # SETTINGS and GOAWAY(last stream 0) in one write
         self.requests: list[dict[bytes, bytes]] = []
         self.streams_per_conn: dict[int, int] = {}
         super().__init__("127.0.0.1")
@@ -706,6 +707,8 @@ class H2TunnelBackend(_ServerBase):
             hc.local_settings = h2.settings.Settings(client=False, initial_values={
                 h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 1})
         hc.initiate_connection()
+        if self.goaway_at_once:
+            hc.close_connection(last_stream_id=0)
         conn.sendall(hc.data_to_send())
         conn.settimeout(0.05)
         while not self.stop.is_set():
@@ -851,3 +854,18 @@ def test_rfc8441_client_leaves_while_waiting_for_upstream_settings(start_remora)
         assert r.stat("listener.web.downstream_cx_upgrades_total") == 0
     finally:
         silent.close()
+
+
+def test_rfc8441_waiting_stream_on_a_connection_going_away_is_refused_not_sent(start_remora, h2_tunnel_backend):
+    """SETTINGS (with extended CONNECT) and a GOAWAY in the same read: the waiting stream cannot be
+    opened there; it is retried on new connections (each going away too) and the client gets 503."""
+    b = h2_tunnel_backend(goaway_at_once=True)
+    r = start_remora(h2_cluster_config(b.endpoint))
+    c = H2WS(r.port("web"))
+    try:
+        c.pump_until(lambda: c.status is not None, 10)
+        assert c.status == 503
+    finally:
+        c.close()
+    assert b.requests == []
+    assert r.stat("cluster.app.upstream_rq_retry") >= 1
