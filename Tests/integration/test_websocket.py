@@ -19,6 +19,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
+from backends import _ServerBase
 from harness import Client, cluster, connect, http_listener, make_config, poll, route, run_curl, to_yaml
 from wire import Reader
 
@@ -341,6 +342,47 @@ def test_upgrade_request_is_routed_rewritten_retried_logged_and_counted(start_re
     assert [e["response_code"] for e in got if e not in ups] == [404]
 
 
+class Slow101Backend(_ServerBase):
+    """Answers a WebSocket handshake with 101 after `delay` seconds and sends a text frame "hi", then
+    holds the connection until the client closes it; counts handshakes."""
+
+    def __init__(self, delay: float):
+        self.delay = delay
+        self.handshakes = 0
+        super().__init__("127.0.0.1")
+
+    def handle(self, conn, conn_id):
+        rd = Reader(conn)
+        head = rd.read_until(b"\r\n\r\n")
+        with self.lock:
+            self.handshakes += 1
+        key = next(line.split(b":", 1)[1].strip().decode() for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"sec-websocket-key:"))
+        time.sleep(self.delay)
+        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     + f"Sec-WebSocket-Accept: {accept_for(key)}\r\n\r\n".encode() + bytes([0x81, 2]) + b"hi")
+        while not self.stop.is_set() and conn.recv(65536):
+            pass
+
+
+def test_upgrade_is_never_hedged(start_remora):
+    """A handshake slower than the route's hedge_after gets no second try racing it: a tunnel is one
+    connection to one backend (a hedge would open a second WebSocket, then cut whichever lost)."""
+    slow = [Slow101Backend(0.4), Slow101Backend(0.4)]
+    try:
+        rt = route("app")
+        rt["retry"] = {"attempts": 2, "hedge_after": "50ms"}
+        r = start_remora(make_config([http_listener("web", routes=[rt])],
+                                     [cluster("app", [b.endpoint for b in slow], lb="round_robin")], workers=1))
+        with ws_connect(url(r, "/h"), open_timeout=5, close_timeout=1) as ws:
+            assert ws.recv(timeout=5) == "hi"
+        assert sum(b.handshakes for b in slow) == 1
+        assert r.stat("cluster.app.upstream_rq_hedged") == 0
+    finally:
+        for b in slow:
+            b.close()
+
+
 # -- RFC 8441: WebSocket over HTTP/2 (extended CONNECT) to an HTTP/1.1 backend ---------------------
 
 import h2.config
@@ -646,16 +688,15 @@ def test_rfc8441_idle_tunnel_closed_after_tunnel_idle_timeout(start_remora, ws_b
 
 # -- RFC 8441 passed through to an HTTP/2 backend (extended CONNECT both sides) ----------------------
 
-from backends import _ServerBase
-
 
 class H2TunnelBackend(_ServerBase):
     """A hyper-h2 h2c server taking extended CONNECT: answers 200 and echoes the stream's DATA back;
     the bytes `bye` end its side of the stream, the client's END_STREAM ends it too. Announces
     SETTINGS_ENABLE_CONNECT_PROTOCOL only with `enable_connect`. Records each request's fields."""
 
-    def __init__(self, enable_connect: bool = True):
+    def __init__(self, enable_connect: bool = True, goaway_at_once: bool = False):
         self.enable_connect = enable_connect
+        self.goaway_at_once = goaway_at_once   # SETTINGS and GOAWAY(last stream 0) in one write
         self.requests: list[dict[bytes, bytes]] = []
         self.streams_per_conn: dict[int, int] = {}
         super().__init__("127.0.0.1")
@@ -666,6 +707,8 @@ class H2TunnelBackend(_ServerBase):
             hc.local_settings = h2.settings.Settings(client=False, initial_values={
                 h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 1})
         hc.initiate_connection()
+        if self.goaway_at_once:
+            hc.close_connection(last_stream_id=0)
         conn.sendall(hc.data_to_send())
         conn.settimeout(0.05)
         while not self.stop.is_set():
@@ -811,3 +854,18 @@ def test_rfc8441_client_leaves_while_waiting_for_upstream_settings(start_remora)
         assert r.stat("listener.web.downstream_cx_upgrades_total") == 0
     finally:
         silent.close()
+
+
+def test_rfc8441_waiting_stream_on_a_connection_going_away_is_refused_not_sent(start_remora, h2_tunnel_backend):
+    """SETTINGS (with extended CONNECT) and a GOAWAY in the same read: the waiting stream cannot be
+    opened there; it is retried on new connections (each going away too) and the client gets 503."""
+    b = h2_tunnel_backend(goaway_at_once=True)
+    r = start_remora(h2_cluster_config(b.endpoint))
+    c = H2WS(r.port("web"))
+    try:
+        c.pump_until(lambda: c.status is not None, 10)
+        assert c.status == 503
+    finally:
+        c.close()
+    assert b.requests == []
+    assert r.stat("cluster.app.upstream_rq_retry") >= 1

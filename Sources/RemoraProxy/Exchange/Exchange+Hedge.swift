@@ -9,9 +9,10 @@ extension Exchange {
     /// a helper exchange (`hedge`, its downstream the worker's discard side) so the two upstreams'
     /// callbacks stay apart. Only for a complete request whose body fits the replay buffer, while
     /// `attempts` allows another try and the cluster's retry budget admits it (a hedge holds the
-    /// request's one unit, as a retry does).
+    /// request's one unit, as a retry does). Never for an upgrade (WebSocket, RFC 8441): a second
+    /// handshake would open a second tunnel on another backend, to be cut when the first answers.
     func startHedge() {
-        guard hedge == nil, requestDone, replayable, !responseStarted, let cl = cluster, retry != nil else { return }
+        guard hedge == nil, requestDone, replayable, !responseStarted, upgrade == .none, let cl = cluster, retry != nil else { return }
         // As for retries: gRPC calls by their policy, other requests when their method may be sent twice.
         guard isGRPC || (retry!.policy.allowsMethod(requestMethod) ?? methodIsIdempotent) else { return }
         guard takeRetryBudget(cl) else { return }

@@ -52,6 +52,7 @@ extension Exchange {
         guard active, upstream === u, let d = downstream, let cl = cluster else { u.conn.close(); return }
         if tunnelOverStream {   // RFC 8441: this exchange is the tunnel from now on
             endAttempt(.response)
+            stopReplay()
             u.tunnel = true
             streamIdleTimeout = listener.config.tunnelIdleTimeout
             stats.inc(.downstream_cx_upgrades_total)
@@ -79,8 +80,15 @@ extension Exchange {
     /// exchange carries the tunnel until either side ends its stream, bounded by the tunnel idle timeout.
     func upstreamStreamTunnel() {
         endAttempt(.response)
+        stopReplay()
         streamIdleTimeout = listener.config.tunnelIdleTimeout
         stats.inc(.downstream_cx_upgrades_total)
+    }
+
+    /// A tunnel carried by this exchange is never tried again: its bytes are no longer kept for a replay.
+    func stopReplay() {
+        replayable = false
+        pool.give(&replay)
     }
 
     /// The handshake as an HTTP/1.1 upstream gets it: the request-head policy's fields, then the

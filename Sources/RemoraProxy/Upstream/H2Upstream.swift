@@ -198,19 +198,20 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
     }
 
     /// After the peer's SETTINGS: each waiting extended CONNECT is submitted if the peer takes it,
-    /// else its attempt fails (an invalid answer: 502) and the connection stays for other requests.
+    /// else its attempt fails (an invalid answer: 502) and the connection stays for other requests;
+    /// one the session cannot take any more (a GOAWAY came too) fails as refused, retried elsewhere.
     func startAwaitingSettings() {
         let waiting = awaitingSettings
         awaitingSettings.removeAll()
         let accepted = h2.remoteEnablesConnectProtocol
-        for s in waiting where s.slot >= 0 {
+        for s in waiting where s.slot >= 0 && s.connection === self {
             if let e = s.exchange, accepted, submit(s, head: e.reqHead, hasBody: e.requestHasBody) {
                 continue
             }
             removeStream(s)
             let e = s.exchange
             s.exchange = nil
-            e?.upstreamFailed(.protocolError)
+            e?.upstreamFailed(accepted ? .refused : .protocolError)   // accepted: no room left (GOAWAY), try elsewhere
             s.recycle(pool: pool, into: &cluster.freeStreams)
         }
         if all.isEmpty && connected && !closing { conn.setDeadline(after: cluster.config.idleTimeout) }
