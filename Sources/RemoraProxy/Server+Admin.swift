@@ -52,9 +52,8 @@ extension Server: AdminTarget {
 
 extension Server {
     /// The serving snapshot's clusters: cluster-wide numbers (active requests, breaker limits and
-    /// what remains of them), then each endpoint's address, weight, health and ejection. Numbers a
-    /// worker keeps per endpoint go in `HostStatus.fields` once they are kept where the main loop
-    /// may read them.
+    /// what remains of them), then each endpoint's address, weight, health, ejection and the
+    /// numbers the workers keep for it (active and total attempts, errors, peak-EWMA latency).
     public func clusterStatuses() -> [ClusterStatus] {
         guard let snapshot, let registry else { return [] }
         return snapshot.config.clusters.enumerated().map { i, c in
@@ -70,10 +69,17 @@ extension Server {
                     fields.append(StatusField("default_priority::\(name)::in_use", max(0, shared.load(count))))
                 }
             }
-            let endpoints = c.endpoints.enumerated().map { j, hp in
-                let out = j < shared.endpointCount ? shared.outFlags(j) : 0
-                return HostStatus(address: hp.description, weight: j < c.endpointWeights.count ? c.endpointWeights[j] : 1,
-                                      failedHealthCheck: out & 2 != 0, ejected: out & 1 != 0)
+            // One row per endpoint address (a name resolves to several; `dns_refresh` follows it),
+            // with the numbers each worker keeps for it, summed (ClusterShared.endpointStatus).
+            let endpoints = shared.endpointStatus(now: loop.now).map { e in
+                var fields = [StatusField("rq_active", Int64(clamping: e.activeRequests)),
+                              StatusField("rq_total", Int64(clamping: e.requestsTotal)),
+                              StatusField("rq_error", Int64(clamping: e.requestErrors)),
+                              StatusField("rq_5xx", Int64(clamping: e.responses5xx)),
+                              StatusField("rq_local_failure", Int64(clamping: e.localFailures))]
+                if let ms = e.latencyMs { fields.append(StatusField("ewma_latency_us", Int64(ms * 1000))) }
+                return HostStatus(address: e.address, weight: e.weight, failedHealthCheck: e.failedHealthCheck,
+                                  ejected: e.ejected, fields: fields)
             }
             return ClusterStatus(name: c.name, lb: c.lb.rawValue, fields: fields, endpoints: endpoints)
         }

@@ -59,6 +59,13 @@ def test_clusters_text_and_json(canary_proxy):
     assert hosts[refused]["healthy"] is False and hosts[refused]["failed_active_health_check"] is True
     assert hosts[refused]["failed_outlier_check"] is False
     assert by_name["stable"]["stats"]["rq_total"] + by_name["canary"]["stats"]["rq_total"] == 50
+    # Per endpoint, the numbers the workers keep for it: every request went to a healthy endpoint.
+    canary_host = by_name["canary"]["host_statuses"][0]
+    assert hosts[stable.endpoint]["stats"]["rq_total"] == by_name["stable"]["stats"]["rq_total"]
+    assert canary_host["stats"]["rq_total"] == by_name["canary"]["stats"]["rq_total"]
+    assert hosts[refused]["stats"]["rq_total"] == 0
+    assert hosts[stable.endpoint]["stats"]["rq_active"] == 0 and hosts[stable.endpoint]["stats"]["rq_error"] == 0
+    assert f"stable::{stable.endpoint}::rq_total::{hosts[stable.endpoint]['stats']['rq_total']}" in lines
 
 
 def test_routes_text_and_json_with_backend_hits(canary_proxy):
