@@ -158,8 +158,10 @@ def wait_lines(path: Path, n: int, timeout: float = 5.0) -> list[str]:
 def test_access_log_json_1000_mixed_requests(start_remora, http_backend, refused_endpoint, tmp_path):
     backend = http_backend()
     log = tmp_path / "web.log"
+    # "patient" (no route timeout) for the client that goes away: on "slow" a busy machine could
+    # let the 100 ms timeout answer 504 before the client's reset arrives.
     routes = [status_route("ok", "/status", "app"), status_route("down", "/down", "gone"),
-              {**status_route("slow", "/sleep", "app"), "timeout": "100ms"}]
+              status_route("patient", "/sleep/2000", "app"), {**status_route("slow", "/sleep", "app"), "timeout": "100ms"}]
     cfg = make_config([http_listener("web", routes=routes, access_log={"path": str(log), "format": "json"})],
                       [cluster("app", [backend.endpoint]), cluster("gone", [refused_endpoint])])
     remora = start_remora(cfg)
@@ -172,7 +174,7 @@ def test_access_log_json_1000_mixed_requests(start_remora, http_backend, refused
         if i % 50 == 7:      # 504: no response head within the route timeout
             kind, target = "504", "/sleep/400"
         elif i % 50 == 19:   # the client goes away before the answer
-            kind, target = "reset", "/sleep/300"
+            kind, target = "reset", "/sleep/2000"
         else:
             kind, target = [("200", "/status/200"), ("404", "/nothing"), ("503", "/down"), ("500", "/status/500")][i % 4]
         expect[rid] = {"kind": kind, "target": target}
