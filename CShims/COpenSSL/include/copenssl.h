@@ -23,6 +23,7 @@ typedef struct remora_tls_conn {
     uint8_t *out;           // wire bytes OpenSSL produced, to be written to the socket
     size_t out_len;
     size_t out_cap;
+    unsigned long last_error; // why a read failed, when the error queue was emptied to check it (remora_tls_read)
 } remora_tls_conn;
 
 // MARK: server side (one per TLS listener)
