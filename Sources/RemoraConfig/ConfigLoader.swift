@@ -234,10 +234,10 @@ private final class Schema {
     }
 
     /// `tls: { certificates: [{ cert, key }], alpn, client_ca, min_version, ticket_key_rotation,
-    /// forward_client_cert }` on a listener.
+    /// forward_client_cert, close_expired, allow_plaintext }` on a listener.
     func listenerTLS(_ n: Node, _ p: String) -> ListenerTLSConfig? {
         guard let m = d.mapping(n, p, keys: ["certificates", "alpn", "client_ca", "min_version", "ticket_key_rotation",
-                                             "forward_client_cert", "close_expired"]) else { return nil }
+                                             "forward_client_cert", "close_expired", "allow_plaintext"]) else { return nil }
         let certs = m.required("certificates") {
             d.list($0, $1, ifEmpty: "at least one certificate is required") { n, p -> TLSCertificateFiles? in
                 guard let m = d.mapping(n, p, keys: ["cert", "key"]) else { return nil }
@@ -259,10 +259,12 @@ private final class Schema {
         }
         let forward = m.optional("forward_client_cert", d.bool)
         let closeExpired = m.optional("close_expired", d.bool)
+        let allowPlaintext = m.optional("allow_plaintext", d.bool)
         guard let certs else { return nil }
         return ListenerTLSConfig(certificates: certs, alpn: alpn ?? ["h2", "http/1.1"], clientCA: ca,
                                  minVersion: minVersion ?? .tls12, ticketKeyRotation: rotation ?? 3_600_000,
-                                 forwardClientCert: forward, closeExpired: closeExpired ?? true)
+                                 forwardClientCert: forward, closeExpired: closeExpired ?? true,
+                                 allowPlaintext: allowPlaintext ?? false)
     }
 
     /// `tls: { ca, server_name, verify_san, cert, key, alpn, min_version }` on a cluster.

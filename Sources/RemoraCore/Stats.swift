@@ -83,6 +83,8 @@ public enum ListenerStat: Int, StatGroup, Sendable {
     /// sending no certificate to a `client_ca` listener, and for one that did not verify; handshakes
     /// that resumed a session (ticket). Envoy's `ssl.*` names.
     case ssl_handshake, ssl_connection_error, ssl_fail_verify_no_cert, ssl_fail_verify_error, ssl_session_reused
+    /// Connections a TLS listener with `allow_plaintext` served in plaintext (their first byte was not TLS).
+    case ssl_plaintext_accepted
     /// Connections closed because their certificate (the listener's or the client's) expired (`close_expired`).
     case ssl_connection_expired
 
@@ -126,6 +128,7 @@ public enum ListenerStat: Int, StatGroup, Sendable {
         .ssl_connection_error: "TLS handshakes that failed",
         .ssl_fail_verify_no_cert: "TLS clients refused for presenting no certificate (client_ca)",
         .ssl_fail_verify_error: "TLS clients refused for a certificate that did not verify",
+        .ssl_plaintext_accepted: "Connections to a TLS listener with allow_plaintext that spoke plaintext",
         .ssl_session_reused: "TLS handshakes that resumed a session",
         .ssl_connection_expired: "TLS connections closed because a certificate they were made with expired",
     ]

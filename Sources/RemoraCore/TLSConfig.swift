@@ -44,13 +44,18 @@ public struct ListenerTLSConfig: Sendable, Equatable {
     /// expires: a renewed certificate then reaches every client, and no connection outlives the
     /// credential it was authenticated with. Default true.
     public var closeExpired: Bool
+    /// The same port also serves clients that do not speak TLS (Istio's "permissive" mode, for a
+    /// migration to TLS or mTLS): a connection whose first byte is not a TLS handshake record (0x16)
+    /// is served in plaintext, scheme `http`, with no principal. Default false: such a client fails
+    /// the handshake.
+    public var allowPlaintext: Bool
 
     public init(certificates: [TLSCertificateFiles], alpn: [String] = ["h2", "http/1.1"], clientCA: String? = nil,
                 minVersion: TLSVersion = .tls12, ticketKeyRotation: Millis = 3_600_000, forwardClientCert: Bool? = nil,
-                closeExpired: Bool = true) {
+                closeExpired: Bool = true, allowPlaintext: Bool = false) {
         self.certificates = certificates; self.alpn = alpn; self.clientCA = clientCA; self.minVersion = minVersion
         self.ticketKeyRotation = ticketKeyRotation; self.forwardClientCert = forwardClientCert ?? (clientCA != nil)
-        self.closeExpired = closeExpired
+        self.closeExpired = closeExpired; self.allowPlaintext = allowPlaintext
     }
 }
 

@@ -27,6 +27,8 @@ public final class TLSSocket: TransportSocket {
     public private(set) var handshakeDone = false
     /// Client: the ClientHello went out.
     var started = false
+    /// Server role with `allow_plaintext`: the first bytes have not arrived yet.
+    var mayBePlaintext = false
     /// Client: application bytes written before the handshake finished.
     var held = ByteBuffer()
     public private(set) var peerPrincipal: String?
@@ -56,6 +58,7 @@ public final class TLSSocket: TransportSocket {
         tls = t
         self.server = server
         client = nil
+        mayBePlaintext = server.config.allowPlaintext
     }
 
     /// A client-role layer toward the cluster's endpoints (resuming its last session).
@@ -90,6 +93,25 @@ public final class TLSSocket: TransportSocket {
     }
 
     public func received(_ c: TCPConnection, _ wire: UnsafeRawBufferPointer) {
+        if mayBePlaintext {
+            mayBePlaintext = false
+            // A TLS connection starts with a handshake record (content type 22); HTTP with a method
+            // or the HTTP/2 preface. A plaintext client: this layer steps aside for good (the
+            // connection is raw TCP from here on, and this object goes with its last reference).
+            if wire.count > 0 && wire[0] != 0x16 {
+                listenerStats?.inc(.ssl_plaintext_accepted)
+                c.transportSocket = nil
+                if !held.isEmpty {   // a tcp listener's upstream spoke first: its bytes, unsealed
+                    let h = held
+                    held = ByteBuffer()
+                    c.write(h.bytes)
+                    var hh = h
+                    hh.release()
+                }
+                c.deliver(wire)
+                return
+            }
+        }
         tls.pointee.in = wire.baseAddress?.assumingMemoryBound(to: UInt8.self)
         tls.pointee.in_len = wire.count
         defer { tls.pointee.in = nil; tls.pointee.in_len = 0 }
@@ -202,6 +224,7 @@ public final class TLSSocket: TransportSocket {
 
     func serverDone(_ c: TCPConnection) {
         listenerStats?.inc(.ssl_handshake)
+        sendHeld(c)
         if remora_tls_session_reused(tls) != 0 { listenerStats?.inc(.ssl_session_reused) }
         if let n = remora_tls_server_name(tls) { serverName = String(cString: n) }
         alpn = negotiatedALPN()
@@ -237,14 +260,19 @@ public final class TLSSocket: TransportSocket {
         }
         clusterStats?.inc(.ssl_handshake)
         if remora_tls_session_reused(tls) != 0 { clusterStats?.inc(.ssl_session_reused) }
-        if !held.isEmpty {
-            let h = held
-            held = ByteBuffer()
-            _ = send(c, h.bytes)
-            var hh = h
-            hh.release()
-        }
+        sendHeld(c)
         c.deliverConnected(0)
+    }
+
+    /// Seals and sends what the application wrote during the handshake (client role: the request;
+    /// server role: a tcp listener's upstream that spoke first).
+    func sendHeld(_ c: TCPConnection) {
+        guard !held.isEmpty else { return }
+        let h = held
+        held = ByteBuffer()
+        _ = send(c, h.bytes)
+        var hh = h
+        hh.release()
     }
 
     func negotiatedALPN() -> String {

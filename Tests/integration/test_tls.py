@@ -225,6 +225,110 @@ def test_forged_xfcc_removed_without_mtls(start_remora, http_backend, pki):
     assert "x-forwarded-client-cert" not in echo_headers(r.stdout)
 
 
+def test_allow_plaintext_serves_both_on_one_port(start_remora, http_backend, pki, tcp_backend):
+    """allow_plaintext (permissive mTLS): TLS clients get TLS (and their identity), plaintext clients
+    h1 and h2c get plaintext with scheme http and no identity; a forged XFCC is removed from both."""
+    backend = http_backend()
+    echo = tcp_backend()
+    lst = tls_listener(pki, client_ca=True, allow_plaintext=True)
+    t = {"certificates": [{"cert": str(pki.web[0]), "key": str(pki.web[1])}], "allow_plaintext": True}
+    remora = start_remora(make_config([lst, tcp_listener("raw", "echo", tls=t)],
+                                      [cluster("app", [backend.endpoint]), cluster("echo", [echo.endpoint])]))
+    port = remora.port("web")
+    forged = "X-Forwarded-Client-Cert: URI=spiffe://forged"
+    # mTLS client: TLS, identity forwarded
+    r = run_curl(["-sS", "--cacert", str(pki.ca.cert), "--cert", str(pki.client[0]), "--key", str(pki.client[1]),
+                  "-H", forged, "--resolve", f"web.test:{port}:127.0.0.1", f"https://web.test:{port}/echo"])
+    assert r.returncode == 0, r.stderr
+    h = echo_headers(r.stdout)
+    assert h["x-forwarded-proto"] == "https" and f"URI={SPIFFE}" in h["x-forwarded-client-cert"].split(";")
+    # plaintext clients, HTTP/1.1 and h2c with prior knowledge, on the same port
+    for flags in ([], ["--http2-prior-knowledge"]):
+        r = run_curl(["-sS", *flags, "-H", forged, "-w", "\n%{http_version}", f"http://127.0.0.1:{port}/echo"])
+        assert r.returncode == 0, r.stderr
+        body, version = r.stdout.rsplit(b"\n", 1)
+        assert version.decode() == ("2" if flags else "1.1")
+        h = echo_headers(body)
+        assert h["x-forwarded-proto"] == "http"
+        assert "x-forwarded-client-cert" not in h
+    remora.wait_stat("listener.web.ssl_plaintext_accepted", lambda v: v == 2)
+    # mTLS is still required of TLS clients
+    with pytest.raises((ssl.SSLError, ConnectionError, http.client.HTTPException, OSError)):
+        https_get(port, pki)
+    remora.wait_stat("listener.web.ssl_fail_verify_no_cert", lambda v: v >= 1)
+    # a tcp listener: raw bytes and TLS both reach the echo backend
+    raw = remora.port("raw")
+    def echoed(sock, data):
+        sock.sendall(data)
+        got = b""
+        while len(got) < len(data):
+            chunk = sock.recv(100)
+            if not chunk:
+                break
+            got += chunk
+        return got
+    with socket.create_connection(("127.0.0.1", raw), timeout=5) as s:
+        assert echoed(s, b"plain bytes") == b"plain bytes"
+    with socket.create_connection(("127.0.0.1", raw), timeout=5) as s:
+        with client_ctx(pki).wrap_socket(s, server_hostname="web.test") as ts:
+            assert echoed(ts, b"sealed bytes") == b"sealed bytes"
+    remora.wait_stat("listener.raw.ssl_plaintext_accepted", lambda v: v == 1)
+    remora.wait_stat("listener.raw.ssl_handshake", lambda v: v == 1)
+
+
+@pytest.mark.parametrize("mixed", [False, True], ids=["tls", "allow_plaintext"])
+def test_tcp_listener_upstream_that_speaks_first(start_remora, pki, mixed):
+    """A TLS tcp listener whose upstream greets first: the greeting, written during the handshake,
+    reaches the client sealed once it is done; with allow_plaintext it waits for the client's first
+    byte and reaches a plaintext client unsealed."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    srv.settimeout(10)
+    def greeter():
+        for _ in range(2 if mixed else 1):
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            with c:
+                c.settimeout(10)
+                c.sendall(b"HELLO ")
+                try:
+                    data = c.recv(100)
+                    if data:
+                        c.sendall(data)
+                    c.recv(100)   # until the client goes
+                except OSError:
+                    pass
+    th = threading.Thread(target=greeter, daemon=True)
+    th.start()
+    t = {"certificates": [{"cert": str(pki.web[0]), "key": str(pki.web[1])}]}
+    if mixed:
+        t["allow_plaintext"] = True
+    remora = start_remora(make_config([tcp_listener("raw", "greeter", tls=t)],
+                                      [cluster("greeter", [f"127.0.0.1:{srv.getsockname()[1]}"])]))
+    raw = remora.port("raw")
+    def exchange(sock):
+        time.sleep(0.3)   # the greeting reaches Remora before the client's first byte
+        sock.sendall(b"x")
+        got = b""
+        while len(got) < 7:
+            chunk = sock.recv(100)
+            if not chunk:
+                break
+            got += chunk
+        return got
+    try:
+        if mixed:
+            with socket.create_connection(("127.0.0.1", raw), timeout=5) as s:
+                assert exchange(s) == b"HELLO x"
+        with socket.create_connection(("127.0.0.1", raw), timeout=5) as s:
+            with client_ctx(pki).wrap_socket(s, server_hostname="web.test") as ts:
+                assert exchange(ts) == b"HELLO x"
+    finally:
+        srv.close()
+        th.join(10)
+
+
 def test_grpc_with_tls_channel_credentials(start_remora, pki):
     grpc = pytest.importorskip("grpc")
     sys.path.insert(0, str(Path(__file__).resolve().parent / "grpc_fixtures"))

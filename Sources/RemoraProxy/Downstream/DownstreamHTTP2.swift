@@ -441,7 +441,7 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
                     RequestStart(view: RequestView(method: method, target: path, authority: authority, headers: regular),
                                  isHEAD: isHEAD, lengthKnown: lengthKnown, contentLength: contentLength,
                                  chunked: false, endStream: endStream, fromHTTP2: true, dropExpect: true,
-                                 clientCert: conn.forwardedClientCert),
+                                 clientCert: conn.forwardedClientCert, plaintext: conn.transportSocket == nil),
                     clientIP: clientIP)
         }
         // An HTTP/1.1 upstream holds the request corked until this read is over (`isReading`).

@@ -23,6 +23,8 @@ struct RequestStart {
     var dropExpect: Bool
     /// The `x-forwarded-client-cert` value of a mutual-TLS connection (empty: none).
     var clientCert = UnsafeRawBufferPointer(start: nil, count: 0)
+    /// The connection has no TLS layer: scheme `http`, even on a TLS listener (`allow_plaintext`).
+    var plaintext = false
 
     /// How the body goes to an HTTP/1.1 upstream.
     var framing: BodyFraming { chunked ? .chunked : (lengthKnown ? .contentLength : (endStream ? .none : .chunked)) }
@@ -101,7 +103,7 @@ extension Exchange {
             return
         case .redirect:
             var location = pool.take()
-            table.writeLocation(route: ri, request: view, scheme: rawBytes(l.scheme), into: &location)
+            table.writeLocation(route: ri, request: view, scheme: rawBytes(r.plaintext ? "http" : l.scheme), into: &location)
             local(route.status, body: UnsafeRawBufferPointer(start: nil, count: 0), location: location.bytes)
             pool.give(&location)
             return
@@ -145,7 +147,7 @@ extension Exchange {
                 if !mutations.isEmpty && (r.fromHTTP2 || r.authorityReplacesHost), let i = headers.firstIndex(named: "host") {
                     routed.authority = headers[i].value
                 }
-                prepareUpstream(cl, r, routed, clientIP: clientIP, scheme: l.scheme, dropExpect: r.dropExpect)
+                prepareUpstream(cl, r, routed, clientIP: clientIP, scheme: r.plaintext ? "http" : l.scheme, dropExpect: r.dropExpect)
                 // The shadow gets the request as routed (rewritten, with the route's header changes).
                 if let mc = mirrorCluster { startShadow(cluster: l.clusters[mc], l, r, routed, clientIP: clientIP) }
             }
@@ -171,7 +173,7 @@ extension Exchange {
         sh.begin(downstream: worker.discard, listener: l, stats: worker.shadowStats, isHEAD: r.isHEAD, endStream: r.endStream)
         sh.replayable = false
         sh.routeTimeout = l.config.idleTimeout   // a shadow that never answers is let go
-        sh.prepareUpstream(cl, r, view, clientIP: clientIP, scheme: l.scheme, dropExpect: true)
+        sh.prepareUpstream(cl, r, view, clientIP: clientIP, scheme: r.plaintext ? "http" : l.scheme, dropExpect: true)
         sh.reuseRetries = 0
         sh.connectRetries = 0
         sh.refusedRetries = 0
