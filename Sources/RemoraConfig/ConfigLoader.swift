@@ -267,9 +267,10 @@ private final class Schema {
                                  allowPlaintext: allowPlaintext ?? false)
     }
 
-    /// `tls: { ca, server_name, verify_san, cert, key, alpn, min_version }` on a cluster.
+    /// `tls: { ca, server_name, verify_san, cert, key, alpn, min_version, close_expired }` on a cluster.
     func clusterTLS(_ n: Node, _ p: String) -> ClusterTLSConfig? {
-        guard var m = d.mapping(n, p, keys: ["ca", "server_name", "verify_san", "cert", "key", "alpn", "min_version"])
+        guard var m = d.mapping(n, p, keys: ["ca", "server_name", "verify_san", "cert", "key", "alpn", "min_version",
+                                             "close_expired"])
         else { return nil }
         if m.has("cert") != m.has("key") {
             d.fail(n.line, p, "cert and key go together (a client certificate needs its key)")
@@ -285,8 +286,9 @@ private final class Schema {
         let cert = m.optional("cert", filePath), key = m.optional("key", filePath)
         let alpn = m.optional("alpn", alpnList)
         let minVersion: TLSVersion? = m.optional("min_version", d.oneOf)
+        let closeExpired = m.optional("close_expired", d.bool)
         return ClusterTLSConfig(ca: ca, serverName: sni, verifySAN: sans ?? [], cert: cert, key: key, alpn: alpn ?? [],
-                                minVersion: minVersion ?? .tls12)
+                                minVersion: minVersion ?? .tls12, closeExpired: closeExpired ?? true)
     }
 
     func filePath(_ n: Node, _ p: String) -> String? {

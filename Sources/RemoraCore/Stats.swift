@@ -187,6 +187,8 @@ public enum ClusterStat: Int, StatGroup, Sendable {
     /// TLS to the endpoints (`tls:`): handshakes completed, failed (any reason), failed because the
     /// server's certificate did not verify or lacked every `verify_san`, resumed a session.
     case ssl_handshake, ssl_connection_error, ssl_fail_verify_error, ssl_session_reused
+    /// Connections not used again because a certificate they were made with expired (`close_expired`).
+    case ssl_connection_expired
 
     public typealias Histogram = ClusterHistogram
     /// Label sets (status, grpc-status, protocol, flags) of the cluster's requests.
@@ -227,6 +229,7 @@ public enum ClusterStat: Int, StatGroup, Sendable {
         .ssl_connection_error: "TLS handshakes with upstreams that failed",
         .ssl_fail_verify_error: "Upstream certificates that did not verify (CA or verify_san)",
         .ssl_session_reused: "TLS handshakes with upstreams that resumed a session",
+        .ssl_connection_expired: "Upstream TLS connections retired because a certificate they were made with expired",
     ]
 }
 

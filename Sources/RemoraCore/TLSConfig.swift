@@ -76,11 +76,15 @@ public struct ClusterTLSConfig: Sendable, Equatable {
     public var alpn: [String]
     /// Default 1.2.
     public var minVersion: TLSVersion
+    /// A connection whose certificate (the server's, or the client certificate it was made with)
+    /// has expired is not given another request: an idle one is closed when next picked or
+    /// released, an HTTP/2 one goes away (GOAWAY) once its streams end. Default true.
+    public var closeExpired: Bool
 
     public init(ca: String? = nil, serverName: String? = nil, verifySAN: [String] = [], cert: String? = nil,
-                key: String? = nil, alpn: [String] = [], minVersion: TLSVersion = .tls12) {
+                key: String? = nil, alpn: [String] = [], minVersion: TLSVersion = .tls12, closeExpired: Bool = true) {
         self.ca = ca; self.serverName = serverName; self.verifySAN = verifySAN; self.cert = cert; self.key = key
-        self.alpn = alpn; self.minVersion = minVersion
+        self.alpn = alpn; self.minVersion = minVersion; self.closeExpired = closeExpired
     }
 }
 

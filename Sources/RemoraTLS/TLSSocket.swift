@@ -44,7 +44,8 @@ public final class TLSSocket: TransportSocket {
     public var listenerStats: StatBlock<ListenerStat>?
     public var clusterStats: StatBlock<ClusterStat>?
     /// When the first of this side's and the peer's certificates expires, Unix seconds (0: unknown),
-    /// known once the handshake is done.
+    /// known once the handshake is done (server role: with an observer; client role: with
+    /// `close_expired`).
     public private(set) var expiresAt: Int64 = 0
     /// Told when the server-role handshake is done (nil: nobody asked).
     public unowned(unsafe) var observer: (any TLSObserver)?
@@ -260,6 +261,7 @@ public final class TLSSocket: TransportSocket {
         }
         clusterStats?.inc(.ssl_handshake)
         if remora_tls_session_reused(tls) != 0 { clusterStats?.inc(.ssl_session_reused) }
+        if cl.config.closeExpired { expiresAt = remora_tls_expiry(tls) }
         sendHeld(c)
         c.deliverConnected(0)
     }

@@ -72,6 +72,8 @@ import Testing
                                       verifySAN: ["spiffe://mesh.local/ns/shop/sa/app", "*.shop.svc"], cert: "s.pem",
                                       key: "s.key", alpn: ["http/1.1"], minVersion: .tls13))
         #expect(try parse(config(clusterTLS: "{}")).get().clusters[0].tls == ClusterTLSConfig())
+        #expect(ClusterTLSConfig().closeExpired)
+        #expect(try parse(config(clusterTLS: "{ close_expired: false }")).get().clusters[0].tls?.closeExpired == false)
         #expect(errors(config(clusterTLS: "{ cert: s.pem }")).contains { $0.message.contains("cert and key go together") })
         #expect(errors(config(clusterTLS: "{ server_name: \"a b\" }")).contains { $0.path == "clusters[0].tls.server_name" })
         #expect(errors(config(clusterTLS: "{ verify_san: [] }")).contains { $0.path == "clusters[0].tls.verify_san" })

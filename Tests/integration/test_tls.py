@@ -652,6 +652,71 @@ def test_health_checks_use_the_cluster_tls(start_remora, tls_backend, pki):
     assert remora.stat("cluster.bad.health_check.healthy") == 0
 
 
+def test_close_expired_upstream_connection_not_reused(start_remora, tls_backend, pki):
+    """A cluster's pooled connection made with a client certificate that has since expired is not
+    given another request: the next one goes on a new connection with the renewed certificate."""
+    import datetime
+    app = pki.ca.issue("app", dns=["app.shop.svc"])
+    b = tls_backend(*app, client_ca=pki.ca.cert)
+    end = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0) + datetime.timedelta(seconds=4)
+    cert, key = pki.ca.issue_until("short", end, uris=["spiffe://mesh.local/ns/shop/sa/short"])
+    tls = {"ca": str(pki.ca.cert), "server_name": "app.shop.svc", "cert": str(cert), "key": str(key)}
+    remora = start_remora(make_config([http_listener("web")], [cluster("app", [b.endpoint], tls=tls)], workers=1))
+    url = f"http://127.0.0.1:{remora.port('web')}/x"
+    def client_cn():
+        r = run_curl(["-sS", url])
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)["client"]["commonName"]
+    assert client_cn() == "short"
+    assert client_cn() == "short"   # the pooled connection
+    pki.ca.issue("renewed", uris=["spiffe://mesh.local/ns/shop/sa/short"], out=cert.with_name("short"))
+    poll(lambda: remora.stats().get("tls.cert_reload", 0) >= 1, timeout=5, what="the renewed certificate loaded")
+    time.sleep(max(0.0, (end - datetime.datetime.now(datetime.timezone.utc)).total_seconds()) + 1.2)
+    assert client_cn() == "renewed"
+    assert remora.stat("cluster.app.ssl_connection_expired") == 1
+    assert remora.stat("cluster.app.ssl_handshake") == 2
+
+
+def test_close_expired_upstream_h2_connection_goes_away(start_remora, pki):
+    """The same toward an HTTP/2 cluster (grpcio requiring client certificates): after the client
+    certificate expires, the next call opens a new connection; the old one is retired."""
+    import datetime
+    grpc = pytest.importorskip("grpc")
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "grpc_fixtures"))
+    import echo_pb2
+    import echo_pb2_grpc
+    from echo_server import GRPCBackend
+    app = pki.ca.issue("grpcapp", dns=["grpc.shop.svc"])
+    creds = grpc.ssl_server_credentials([(app[1].read_bytes(), app[0].read_bytes())],
+                                        root_certificates=pki.ca.cert.read_bytes(), require_client_auth=True)
+    backend = GRPCBackend("T", credentials=creds)
+    end = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0) + datetime.timedelta(seconds=4)
+    cert, key = pki.ca.issue_until("short", end, uris=["spiffe://mesh.local/ns/shop/sa/short"])
+    try:
+        remora = start_remora(make_config(
+            [http_listener("web", routes=[route("g")])],
+            [cluster("g", [backend.endpoint], protocol="http2",
+                     tls={"ca": str(pki.ca.cert), "server_name": "grpc.shop.svc", "cert": str(cert), "key": str(key)})],
+            workers=1))
+        ch = grpc.insecure_channel(f"127.0.0.1:{remora.port('web')}", options=[("grpc.enable_http_proxy", 0)])
+        try:
+            stub = echo_pb2_grpc.EchoStub(ch)
+            for _ in range(2):
+                assert stub.Unary(echo_pb2.EchoRequest(message="a"), timeout=5).message == "a"
+            assert remora.stat("cluster.g.ssl_handshake") == 1
+            pki.ca.issue("renewed", out=cert.with_name("short"))
+            poll(lambda: remora.stats().get("tls.cert_reload", 0) >= 1, timeout=5, what="the renewed certificate loaded")
+            time.sleep(max(0.0, (end - datetime.datetime.now(datetime.timezone.utc)).total_seconds()) + 1.2)
+            assert stub.Unary(echo_pb2.EchoRequest(message="b"), timeout=5).message == "b"
+        finally:
+            ch.close()
+        assert remora.stat("cluster.g.ssl_connection_expired") == 1
+        assert remora.stat("cluster.g.ssl_handshake") == 2
+        remora.wait_stat("cluster.g.upstream_cx_active", lambda v: v == 1, what="the expired connection closed")
+    finally:
+        backend.stop(None).wait(5)
+
+
 def test_close_expired_closes_connections_whose_client_cert_expired(start_remora, http_backend, pki):
     import datetime
     backend = http_backend()
