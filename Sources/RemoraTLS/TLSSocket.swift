@@ -31,6 +31,9 @@ public final class TLSSocket: TransportSocket {
     var mayBePlaintext = false
     /// Client: application bytes written before the handshake finished.
     var held = ByteBuffer()
+    /// Application bytes written while the connection is corked (or parts of one write), sealed
+    /// together into one record at `uncorked` (at most one record's worth: 16 KiB).
+    var plain = ByteBuffer()
     public private(set) var peerPrincipal: String?
     public private(set) var serverName: String?
     /// The negotiated ALPN protocol ("h2", "http/1.1"), or "".
@@ -73,6 +76,7 @@ public final class TLSSocket: TransportSocket {
     deinit {
         remora_tls_conn_free(tls)
         held.release()
+        plain.release()
         forwardedClientCert.release()
     }
 
@@ -143,6 +147,12 @@ public final class TLSSocket: TransportSocket {
         send(c, data, UnsafeRawBufferPointer(start: nil, count: 0), UnsafeRawBufferPointer(start: nil, count: 0))
     }
 
+    /// Small writes are sealed together: the parts of one write, and every write made while the
+    /// connection is corked (an HTTP/2 flush writes frame by frame; an HTTP/1.1 response its head
+    /// then its body), up to one record (16 KiB), so a batch of responses costs one record's
+    /// overhead (header, tag, nonce, OpenSSL's per-call work) instead of one per frame. The bytes
+    /// are copied into this connection's `plain` buffer, never the per-thread buffer: a write can
+    /// happen while `received` is delivering plaintext from that one.
     public func send(_ c: TCPConnection, _ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, _ d: UnsafeRawBufferPointer) -> Bool {
         if !handshakeDone {
             held.append(a); held.append(b); held.append(d)
@@ -150,28 +160,39 @@ public final class TLSSocket: TransportSocket {
         }
         let total = a.count + b.count + d.count
         if total == 0 { return true }
-        if (b.count > 0 || d.count > 0) && total <= Int(REMORA_TLS_PLAIN_SIZE) {
-            // A small head and body: one record, not one per part.
-            let buf = remora_tls_plain_buffer()!
-            var at = 0
-            for part in [a, b, d] where part.count > 0 {
-                UnsafeMutableRawPointer(buf + at).copyMemory(from: part.baseAddress!, byteCount: part.count)
-                at += part.count
-            }
-            if remora_tls_write(tls, buf, Int32(total)) < 0 { failure = lastError(); return false }
-        } else {
-            for part in [a, b, d] where part.count > 0 {
-                if remora_tls_write(tls, part.baseAddress!.assumingMemoryBound(to: UInt8.self), Int32(part.count)) < 0 {
-                    failure = lastError()
-                    return false
-                }
+        let room = Int(REMORA_TLS_PLAIN_SIZE) - plain.count
+        if total <= room && (c.corked || b.count > 0 || d.count > 0 || !plain.isEmpty) {
+            plain.append(a); plain.append(b); plain.append(d)
+            return c.corked ? true : seal(c)
+        }
+        if !plain.isEmpty && !seal(c) { return false }
+        for part in [a, b, d] where part.count > 0 {
+            if remora_tls_write(tls, part.baseAddress!.assumingMemoryBound(to: UInt8.self), Int32(part.count)) < 0 {
+                failure = lastError()
+                return false
             }
         }
         return flush(c)
     }
 
+    /// Seals what `plain` holds (one record) and writes it.
+    func seal(_ c: TCPConnection) -> Bool {
+        let n = plain.count
+        plain.count = 0
+        if n > 0 && remora_tls_write(tls, plain.base!.assumingMemoryBound(to: UInt8.self), Int32(n)) < 0 {
+            failure = lastError()
+            return false
+        }
+        return flush(c)
+    }
+
+    public func uncorked(_ c: TCPConnection) {
+        if !plain.isEmpty { _ = seal(c) }
+    }
+
     public func shutdown(_ c: TCPConnection) {
         guard handshakeDone else { return }
+        if !plain.isEmpty { _ = seal(c) }   // the corked writes go before close_notify
         remora_tls_shutdown(tls)
         flush(c)
     }
@@ -188,6 +209,7 @@ public final class TLSSocket: TransportSocket {
     }
 
     public func releaseIdleBuffers(_ c: TCPConnection) {
+        if plain.isEmpty { plain.release() }
         if handshakeDone { remora_tls_release_buffers(tls) }
     }
 

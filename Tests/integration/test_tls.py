@@ -125,6 +125,40 @@ def test_curl_http1_and_h2_by_alpn_with_https_scheme(start_remora, http_backend,
     remora.wait_stat("listener.web.ssl_connection_error", lambda v: v >= 1)
 
 
+def test_pipelined_requests_in_one_record(start_remora, http_backend, pki):
+    """Many HTTP/1.1 requests in one TLS record, answered locally and by a backend: every response
+    comes back whole and in order (responses are sealed while the record they answer is still being
+    parsed: the decrypted requests must not be overwritten by them)."""
+    backend = http_backend()
+    routes = [{"name": "d", "match": {"path": {"prefix": "/direct/"}}, "direct_response": {"status": 200, "body": "direct-body"}},
+              route("app")]
+    remora = start_remora(make_config([tls_listener(pki, routes=routes)], [cluster("app", [backend.endpoint])]))
+    n = 40
+    reqs = b"".join((b"GET /direct/%d HTTP/1.1\r\nHost: web.test\r\nX-Pad: %s\r\n\r\n" % (i, b"p" * 200)) if i % 2 == 0 else
+                    (b"GET /echo?i=%d HTTP/1.1\r\nHost: web.test\r\n\r\n" % i) for i in range(n))
+    assert len(reqs) < 16384   # one record
+    with socket.create_connection(("127.0.0.1", remora.port("web")), timeout=10) as raw:
+        with client_ctx(pki).wrap_socket(raw, server_hostname="web.test") as t:
+            t.sendall(reqs)
+            f = t.makefile("rb")
+            for i in range(n):
+                status = f.readline()
+                assert status.startswith(b"HTTP/1.1 200"), (i, status)
+                length = None
+                while True:
+                    line = f.readline()
+                    if line in (b"\r\n", b""):
+                        break
+                    k, _, v = line.partition(b":")
+                    if k.strip().lower() == b"content-length":
+                        length = int(v)
+                body = f.read(length)
+                if i % 2 == 0:
+                    assert body == b"direct-body", (i, body)
+                else:
+                    assert json.loads(body)["target"] == f"/echo?i={i}", (i, body)
+
+
 def test_tls12_and_tls13_and_min_version(start_remora, pki):
     direct = [{"name": "d", "match": {"path": {"prefix": "/"}}, "direct_response": {"status": 200, "body": "ok"}}]
     remora = start_remora(make_config([tls_listener(pki, routes=direct),
