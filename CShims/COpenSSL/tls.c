@@ -487,6 +487,8 @@ int remora_tls_read(remora_tls_conn *c, uint8_t *buf, int len) {
     return -1;
 }
 
+int remora_tls_more(remora_tls_conn *c) { return c->in_len > 0 || SSL_has_pending(c->ssl); }
+
 int remora_tls_write(remora_tls_conn *c, const uint8_t *p, int len) {
     int r = SSL_write(c->ssl, p, len);
     return r == len ? r : -1;

@@ -130,6 +130,7 @@ public final class TLSSocket: TransportSocket {
             if n > 0 {
                 c.deliver(UnsafeRawBufferPointer(start: buf, count: Int(n)))
                 if c.isClosing { return }
+                if remora_tls_more(tls) == 0 { break }   // saves a read that would only want more
                 continue
             }
             if n == -1 {   // a bad record: the connection cannot go on
