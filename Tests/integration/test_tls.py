@@ -159,6 +159,37 @@ def test_pipelined_requests_in_one_record(start_remora, http_backend, pki):
                     assert json.loads(body)["target"] == f"/echo?i={i}", (i, body)
 
 
+def test_stalled_handshakes_are_cut_by_request_header_timeout(start_remora, pki):
+    """Clients that connect and send nothing, or half a ClientHello, are closed after the listener's
+    request_header_timeout, while a normal client is served meanwhile."""
+    direct = [{"name": "d", "match": {"path": {"prefix": "/"}}, "direct_response": {"status": 200, "body": "ok"}}]
+    lst = tls_listener(pki, routes=direct)
+    lst["request_header_timeout"] = "1s"
+    remora = start_remora(make_config([lst], []))
+    port = remora.port("web")
+    hello = subprocess.run([OPENSSL, "s_client", "-connect", f"127.0.0.1:{port}", "-brief"], input=b"",
+                           capture_output=True, timeout=10)   # a full handshake, for a real ClientHello's first bytes
+    assert b"TLSv1.3" in hello.stdout + hello.stderr
+    stalled = []
+    for part in (b"", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        if part:
+            s.sendall(part)
+        stalled.append(s)
+    t0 = time.monotonic()
+    status, body, _ = https_get(port, pki, path="/")
+    assert status == 200 and body == b"ok"
+    for s in stalled:
+        with s:
+            try:
+                data = s.recv(100)
+            except ConnectionResetError:
+                data = b""
+            assert not data.startswith(b"HTTP"), data
+    assert time.monotonic() - t0 < 5
+    remora.wait_stat("listener.web.downstream_rq_timeout", lambda v: v >= 2)
+
+
 def test_tls12_and_tls13_and_min_version(start_remora, pki):
     direct = [{"name": "d", "match": {"path": {"prefix": "/"}}, "direct_response": {"status": 200, "body": "ok"}}]
     remora = start_remora(make_config([tls_listener(pki, routes=direct),
