@@ -293,10 +293,10 @@ private final class Schema {
     }
 
     /// `tls: { certificates: [{ cert, key }], alpn, client_ca, min_version, ticket_key_rotation,
-    /// forward_client_cert }` on a listener.
+    /// forward_client_cert, close_expired, allow_plaintext }` on a listener.
     func listenerTLS(_ n: Node, _ p: String) -> ListenerTLSConfig? {
         guard let m = d.mapping(n, p, keys: ["certificates", "alpn", "client_ca", "min_version", "ticket_key_rotation",
-                                             "forward_client_cert", "close_expired"]) else { return nil }
+                                             "forward_client_cert", "close_expired", "allow_plaintext"]) else { return nil }
         let certs = m.required("certificates") {
             d.list($0, $1, ifEmpty: "at least one certificate is required") { n, p -> TLSCertificateFiles? in
                 guard let m = d.mapping(n, p, keys: ["cert", "key"]) else { return nil }
@@ -318,15 +318,18 @@ private final class Schema {
         }
         let forward = m.optional("forward_client_cert", d.bool)
         let closeExpired = m.optional("close_expired", d.bool)
+        let allowPlaintext = m.optional("allow_plaintext", d.bool)
         guard let certs else { return nil }
         return ListenerTLSConfig(certificates: certs, alpn: alpn ?? ["h2", "http/1.1"], clientCA: ca,
                                  minVersion: minVersion ?? .tls12, ticketKeyRotation: rotation ?? 3_600_000,
-                                 forwardClientCert: forward, closeExpired: closeExpired ?? true)
+                                 forwardClientCert: forward, closeExpired: closeExpired ?? true,
+                                 allowPlaintext: allowPlaintext ?? false)
     }
 
-    /// `tls: { ca, server_name, verify_san, cert, key, alpn, min_version }` on a cluster.
+    /// `tls: { ca, server_name, verify_san, cert, key, alpn, min_version, close_expired }` on a cluster.
     func clusterTLS(_ n: Node, _ p: String) -> ClusterTLSConfig? {
-        guard var m = d.mapping(n, p, keys: ["ca", "server_name", "verify_san", "cert", "key", "alpn", "min_version"])
+        guard var m = d.mapping(n, p, keys: ["ca", "server_name", "verify_san", "cert", "key", "alpn", "min_version",
+                                             "close_expired"])
         else { return nil }
         if m.has("cert") != m.has("key") {
             d.fail(n.line, p, "cert and key go together (a client certificate needs its key)")
@@ -342,8 +345,9 @@ private final class Schema {
         let cert = m.optional("cert", filePath), key = m.optional("key", filePath)
         let alpn = m.optional("alpn", alpnList)
         let minVersion: TLSVersion? = m.optional("min_version", d.oneOf)
+        let closeExpired = m.optional("close_expired", d.bool)
         return ClusterTLSConfig(ca: ca, serverName: sni, verifySAN: sans ?? [], cert: cert, key: key, alpn: alpn ?? [],
-                                minVersion: minVersion ?? .tls12)
+                                minVersion: minVersion ?? .tls12, closeExpired: closeExpired ?? true)
     }
 
     func filePath(_ n: Node, _ p: String) -> String? {

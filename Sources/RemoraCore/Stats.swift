@@ -83,6 +83,8 @@ public enum ListenerStat: Int, StatGroup, Sendable {
     /// sending no certificate to a `client_ca` listener, and for one that did not verify; handshakes
     /// that resumed a session (ticket). Envoy's `ssl.*` names.
     case ssl_handshake, ssl_connection_error, ssl_fail_verify_no_cert, ssl_fail_verify_error, ssl_session_reused
+    /// Connections a TLS listener with `allow_plaintext` served in plaintext (their first byte was not TLS).
+    case ssl_plaintext_accepted
     /// Connections closed because their certificate (the listener's or the client's) expired (`close_expired`).
     case ssl_connection_expired
     /// Authorization (`authorization:`, Envoy's `rbac.allowed` / `rbac.denied`): requests (TCP
@@ -153,6 +155,7 @@ public enum ListenerStat: Int, StatGroup, Sendable {
         .ssl_connection_error: "TLS handshakes that failed",
         .ssl_fail_verify_no_cert: "TLS clients refused for presenting no certificate (client_ca)",
         .ssl_fail_verify_error: "TLS clients refused for a certificate that did not verify",
+        .ssl_plaintext_accepted: "Connections to a TLS listener with allow_plaintext that spoke plaintext",
         .ssl_session_reused: "TLS handshakes that resumed a session",
         .ssl_connection_expired: "TLS connections closed because a certificate they were made with expired",
         .rbac_allowed: "Requests (TCP: connections) an authorization policy allowed",
@@ -236,6 +239,8 @@ public enum ClusterStat: Int, StatGroup, Sendable {
     /// TLS to the endpoints (`tls:`): handshakes completed, failed (any reason), failed because the
     /// server's certificate did not verify or lacked every `verify_san`, resumed a session.
     case ssl_handshake, ssl_connection_error, ssl_fail_verify_error, ssl_session_reused
+    /// Connections not used again because a certificate they were made with expired (`close_expired`).
+    case ssl_connection_expired
 
     public typealias Histogram = ClusterHistogram
     /// Label sets (status, grpc-status, protocol, flags) of the cluster's requests.
@@ -276,6 +281,7 @@ public enum ClusterStat: Int, StatGroup, Sendable {
         .ssl_connection_error: "TLS handshakes with upstreams that failed",
         .ssl_fail_verify_error: "Upstream certificates that did not verify (CA or verify_san)",
         .ssl_session_reused: "TLS handshakes with upstreams that resumed a session",
+        .ssl_connection_expired: "Upstream TLS connections retired because a certificate they were made with expired",
     ]
 }
 

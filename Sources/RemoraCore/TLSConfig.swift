@@ -44,13 +44,18 @@ public struct ListenerTLSConfig: Sendable, Equatable {
     /// expires: a renewed certificate then reaches every client, and no connection outlives the
     /// credential it was authenticated with. Default true.
     public var closeExpired: Bool
+    /// The same port also serves clients that do not speak TLS (Istio's "permissive" mode, for a
+    /// migration to TLS or mTLS): a connection whose first byte is not a TLS handshake record (0x16)
+    /// is served in plaintext, scheme `http`, with no principal. Default false: such a client fails
+    /// the handshake.
+    public var allowPlaintext: Bool
 
     public init(certificates: [TLSCertificateFiles], alpn: [String] = ["h2", "http/1.1"], clientCA: String? = nil,
                 minVersion: TLSVersion = .tls12, ticketKeyRotation: Millis = 3_600_000, forwardClientCert: Bool? = nil,
-                closeExpired: Bool = true) {
+                closeExpired: Bool = true, allowPlaintext: Bool = false) {
         self.certificates = certificates; self.alpn = alpn; self.clientCA = clientCA; self.minVersion = minVersion
         self.ticketKeyRotation = ticketKeyRotation; self.forwardClientCert = forwardClientCert ?? (clientCA != nil)
-        self.closeExpired = closeExpired
+        self.closeExpired = closeExpired; self.allowPlaintext = allowPlaintext
     }
 }
 
@@ -71,11 +76,15 @@ public struct ClusterTLSConfig: Sendable, Equatable {
     public var alpn: [String]
     /// Default 1.2.
     public var minVersion: TLSVersion
+    /// A connection whose certificate (the server's, or the client certificate it was made with)
+    /// has expired is not given another request: an idle one is closed when next picked or
+    /// released, an HTTP/2 one goes away (GOAWAY) once its streams end. Default true.
+    public var closeExpired: Bool
 
     public init(ca: String? = nil, serverName: String? = nil, verifySAN: [String] = [], cert: String? = nil,
-                key: String? = nil, alpn: [String] = [], minVersion: TLSVersion = .tls12) {
+                key: String? = nil, alpn: [String] = [], minVersion: TLSVersion = .tls12, closeExpired: Bool = true) {
         self.ca = ca; self.serverName = serverName; self.verifySAN = verifySAN; self.cert = cert; self.key = key
-        self.alpn = alpn; self.minVersion = minVersion
+        self.alpn = alpn; self.minVersion = minVersion; self.closeExpired = closeExpired
     }
 }
 

@@ -71,6 +71,9 @@ public protocol TransportSocket: AnyObject {
     func releaseIdleBuffers(_ c: TCPConnection)
     /// The application will write nothing more: the last wire bytes before FIN.
     func shutdown(_ c: TCPConnection)
+    /// `TCPConnection.uncork`: what the layer collected while the connection was corked goes out now
+    /// (TLS seals the writes of one cork into one record).
+    func uncorked(_ c: TCPConnection)
     /// The peer's verified identity once the handshake is done (a SPIFFE URI SAN, else the first
     /// DNS SAN of its certificate), or nil: no certificate, or not a TLS layer.
     var peerPrincipal: String? { get }
@@ -87,6 +90,7 @@ extension TransportSocket {
     public func receivedEnd(_ c: TCPConnection, _ code: Int32) { c.deliverEnd(code) }
     public func discardUnsent(_ c: TCPConnection) -> Bool { false }
     public func releaseIdleBuffers(_ c: TCPConnection) {}
+    public func uncorked(_ c: TCPConnection) {}
 }
 
 public final class TCPConnection {
@@ -273,6 +277,7 @@ public final class TCPConnection {
     public func uncork() {
         guard corked else { return }
         corked = false
+        if let ts = transportSocket, !failed, !isClosing { ts.uncorked(self) }
         guard !writing, !connecting, !isClosing, !failed, !pending.isEmpty else { return }
         var buf = uvBuf(pending.bytes)
         let r = uv_try_write(stream, &buf, 1)

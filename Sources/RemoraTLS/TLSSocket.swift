@@ -27,8 +27,13 @@ public final class TLSSocket: TransportSocket {
     public private(set) var handshakeDone = false
     /// Client: the ClientHello went out.
     var started = false
+    /// Server role with `allow_plaintext`: the first bytes have not arrived yet.
+    var mayBePlaintext = false
     /// Client: application bytes written before the handshake finished.
     var held = ByteBuffer()
+    /// Application bytes written while the connection is corked (or parts of one write), sealed
+    /// together into one record at `uncorked` (at most one record's worth: 16 KiB).
+    var plain = ByteBuffer()
     public private(set) var peerPrincipal: String?
     public private(set) var serverName: String?
     /// The negotiated ALPN protocol ("h2", "http/1.1"), or "".
@@ -42,7 +47,8 @@ public final class TLSSocket: TransportSocket {
     public var listenerStats: StatBlock<ListenerStat>?
     public var clusterStats: StatBlock<ClusterStat>?
     /// When the first of this side's and the peer's certificates expires, Unix seconds (0: unknown),
-    /// known once the handshake is done.
+    /// known once the handshake is done (server role: with an observer; client role: with
+    /// `close_expired`).
     public private(set) var expiresAt: Int64 = 0
     /// Told when the server-role handshake is done (nil: nobody asked).
     public unowned(unsafe) var observer: (any TLSObserver)?
@@ -56,6 +62,7 @@ public final class TLSSocket: TransportSocket {
         tls = t
         self.server = server
         client = nil
+        mayBePlaintext = server.config.allowPlaintext
     }
 
     /// A client-role layer toward the cluster's endpoints (resuming its last session).
@@ -69,6 +76,7 @@ public final class TLSSocket: TransportSocket {
     deinit {
         remora_tls_conn_free(tls)
         held.release()
+        plain.release()
         forwardedClientCert.release()
     }
 
@@ -90,6 +98,25 @@ public final class TLSSocket: TransportSocket {
     }
 
     public func received(_ c: TCPConnection, _ wire: UnsafeRawBufferPointer) {
+        if mayBePlaintext {
+            mayBePlaintext = false
+            // A TLS connection starts with a handshake record (content type 22); HTTP with a method
+            // or the HTTP/2 preface. A plaintext client: this layer steps aside for good (the
+            // connection is raw TCP from here on, and this object goes with its last reference).
+            if wire.count > 0 && wire[0] != 0x16 {
+                listenerStats?.inc(.ssl_plaintext_accepted)
+                c.transportSocket = nil
+                if !held.isEmpty {   // a tcp listener's upstream spoke first: its bytes, unsealed
+                    let h = held
+                    held = ByteBuffer()
+                    c.write(h.bytes)
+                    var hh = h
+                    hh.release()
+                }
+                c.deliver(wire)
+                return
+            }
+        }
         tls.pointee.in = wire.baseAddress?.assumingMemoryBound(to: UInt8.self)
         tls.pointee.in_len = wire.count
         defer { tls.pointee.in = nil; tls.pointee.in_len = 0 }
@@ -103,6 +130,7 @@ public final class TLSSocket: TransportSocket {
             if n > 0 {
                 c.deliver(UnsafeRawBufferPointer(start: buf, count: Int(n)))
                 if c.isClosing { return }
+                if remora_tls_more(tls) == 0 { break }   // saves a read that would only want more
                 continue
             }
             if n == -1 {   // a bad record: the connection cannot go on
@@ -120,6 +148,12 @@ public final class TLSSocket: TransportSocket {
         send(c, data, UnsafeRawBufferPointer(start: nil, count: 0), UnsafeRawBufferPointer(start: nil, count: 0))
     }
 
+    /// Small writes are sealed together: the parts of one write, and every write made while the
+    /// connection is corked (an HTTP/2 flush writes frame by frame; an HTTP/1.1 response its head
+    /// then its body), up to one record (16 KiB), so a batch of responses costs one record's
+    /// overhead (header, tag, nonce, OpenSSL's per-call work) instead of one per frame. The bytes
+    /// are copied into this connection's `plain` buffer, never the per-thread buffer: a write can
+    /// happen while `received` is delivering plaintext from that one.
     public func send(_ c: TCPConnection, _ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, _ d: UnsafeRawBufferPointer) -> Bool {
         if !handshakeDone {
             held.append(a); held.append(b); held.append(d)
@@ -127,28 +161,39 @@ public final class TLSSocket: TransportSocket {
         }
         let total = a.count + b.count + d.count
         if total == 0 { return true }
-        if (b.count > 0 || d.count > 0) && total <= Int(REMORA_TLS_PLAIN_SIZE) {
-            // A small head and body: one record, not one per part.
-            let buf = remora_tls_plain_buffer()!
-            var at = 0
-            for part in [a, b, d] where part.count > 0 {
-                UnsafeMutableRawPointer(buf + at).copyMemory(from: part.baseAddress!, byteCount: part.count)
-                at += part.count
-            }
-            if remora_tls_write(tls, buf, Int32(total)) < 0 { failure = lastError(); return false }
-        } else {
-            for part in [a, b, d] where part.count > 0 {
-                if remora_tls_write(tls, part.baseAddress!.assumingMemoryBound(to: UInt8.self), Int32(part.count)) < 0 {
-                    failure = lastError()
-                    return false
-                }
+        let room = Int(REMORA_TLS_PLAIN_SIZE) - plain.count
+        if total <= room && (c.corked || b.count > 0 || d.count > 0 || !plain.isEmpty) {
+            plain.append(a); plain.append(b); plain.append(d)
+            return c.corked ? true : seal(c)
+        }
+        if !plain.isEmpty && !seal(c) { return false }
+        for part in [a, b, d] where part.count > 0 {
+            if remora_tls_write(tls, part.baseAddress!.assumingMemoryBound(to: UInt8.self), Int32(part.count)) < 0 {
+                failure = lastError()
+                return false
             }
         }
         return flush(c)
     }
 
+    /// Seals what `plain` holds (one record) and writes it.
+    func seal(_ c: TCPConnection) -> Bool {
+        let n = plain.count
+        plain.count = 0
+        if n > 0 && remora_tls_write(tls, plain.base!.assumingMemoryBound(to: UInt8.self), Int32(n)) < 0 {
+            failure = lastError()
+            return false
+        }
+        return flush(c)
+    }
+
+    public func uncorked(_ c: TCPConnection) {
+        if !plain.isEmpty { _ = seal(c) }
+    }
+
     public func shutdown(_ c: TCPConnection) {
         guard handshakeDone else { return }
+        if !plain.isEmpty { _ = seal(c) }   // the corked writes go before close_notify
         remora_tls_shutdown(tls)
         flush(c)
     }
@@ -165,6 +210,7 @@ public final class TLSSocket: TransportSocket {
     }
 
     public func releaseIdleBuffers(_ c: TCPConnection) {
+        if plain.isEmpty { plain.release() }
         if handshakeDone { remora_tls_release_buffers(tls) }
     }
 
@@ -202,6 +248,7 @@ public final class TLSSocket: TransportSocket {
 
     func serverDone(_ c: TCPConnection) {
         listenerStats?.inc(.ssl_handshake)
+        sendHeld(c)
         if remora_tls_session_reused(tls) != 0 { listenerStats?.inc(.ssl_session_reused) }
         if let n = remora_tls_server_name(tls) { serverName = String(cString: n) }
         alpn = negotiatedALPN()
@@ -237,14 +284,20 @@ public final class TLSSocket: TransportSocket {
         }
         clusterStats?.inc(.ssl_handshake)
         if remora_tls_session_reused(tls) != 0 { clusterStats?.inc(.ssl_session_reused) }
-        if !held.isEmpty {
-            let h = held
-            held = ByteBuffer()
-            _ = send(c, h.bytes)
-            var hh = h
-            hh.release()
-        }
+        if cl.config.closeExpired { expiresAt = remora_tls_expiry(tls) }
+        sendHeld(c)
         c.deliverConnected(0)
+    }
+
+    /// Seals and sends what the application wrote during the handshake (client role: the request;
+    /// server role: a tcp listener's upstream that spoke first).
+    func sendHeld(_ c: TCPConnection) {
+        guard !held.isEmpty else { return }
+        let h = held
+        held = ByteBuffer()
+        _ = send(c, h.bytes)
+        var hh = h
+        hh.release()
     }
 
     func negotiatedALPN() -> String {

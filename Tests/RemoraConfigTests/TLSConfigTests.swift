@@ -34,6 +34,9 @@ import Testing
         #expect(t.minVersion == .tls12 && t.ticketKeyRotation == 3_600_000 && t.closeExpired)
         let off = try parse(config(listenerTLS: "{ certificates: [ { cert: a.pem, key: b } ], close_expired: false }")).get()
         #expect(off.listeners[0].tls?.closeExpired == false)
+        #expect(t.allowPlaintext == false)
+        let mixed = try parse(config(listenerTLS: "{ certificates: [ { cert: a.pem, key: b } ], allow_plaintext: true }")).get()
+        #expect(mixed.listeners[0].tls?.allowPlaintext == true)
         let m = try parse(config(listenerTLS: """
             { certificates: [ { cert: a.pem, key: a.key }, { cert: b.pem, key: b.key } ], alpn: [ http/1.1 ], \
             client_ca: ca.pem, min_version: "1.3", ticket_key_rotation: 10m }
@@ -52,6 +55,7 @@ import Testing
             ("{ certificates: [ { cert: a.pem, key: b } ], min_version: \"1.1\" }", "listeners[0].tls.min_version", "1.2 or 1.3"),
             ("{ certificates: [ { cert: a.pem, key: b } ], ticket_key_rotation: 1s }", "listeners[0].tls.ticket_key_rotation", "between"),
             ("{ certificates: [ { cert: a.pem, key: b } ], sni: x }", "listeners[0].tls.sni", "unknown key"),
+            ("{ certificates: [ { cert: a.pem, key: b } ], allow_plaintext: sometimes }", "listeners[0].tls.allow_plaintext", ""),
         ]
         for (tls, path, message) in cases {
             let e = errors(config(listenerTLS: tls))
@@ -68,6 +72,8 @@ import Testing
                                       verifySAN: ["spiffe://mesh.local/ns/shop/sa/app", "*.shop.svc"], cert: "s.pem",
                                       key: "s.key", alpn: ["http/1.1"], minVersion: .tls13))
         #expect(try parse(config(clusterTLS: "{}")).get().clusters[0].tls == ClusterTLSConfig())
+        #expect(ClusterTLSConfig().closeExpired)
+        #expect(try parse(config(clusterTLS: "{ close_expired: false }")).get().clusters[0].tls?.closeExpired == false)
         #expect(errors(config(clusterTLS: "{ cert: s.pem }")).contains { $0.message.contains("cert and key go together") })
         #expect(errors(config(clusterTLS: "{ server_name: \"a b\" }")).contains { $0.path == "clusters[0].tls.server_name" })
         #expect(errors(config(clusterTLS: "{ verify_san: [] }")).contains { $0.path == "clusters[0].tls.verify_san" })

@@ -125,6 +125,71 @@ def test_curl_http1_and_h2_by_alpn_with_https_scheme(start_remora, http_backend,
     remora.wait_stat("listener.web.ssl_connection_error", lambda v: v >= 1)
 
 
+def test_pipelined_requests_in_one_record(start_remora, http_backend, pki):
+    """Many HTTP/1.1 requests in one TLS record, answered locally and by a backend: every response
+    comes back whole and in order (responses are sealed while the record they answer is still being
+    parsed: the decrypted requests must not be overwritten by them)."""
+    backend = http_backend()
+    routes = [{"name": "d", "match": {"path": {"prefix": "/direct/"}}, "direct_response": {"status": 200, "body": "direct-body"}},
+              route("app")]
+    remora = start_remora(make_config([tls_listener(pki, routes=routes)], [cluster("app", [backend.endpoint])]))
+    n = 40
+    reqs = b"".join((b"GET /direct/%d HTTP/1.1\r\nHost: web.test\r\nX-Pad: %s\r\n\r\n" % (i, b"p" * 200)) if i % 2 == 0 else
+                    (b"GET /echo?i=%d HTTP/1.1\r\nHost: web.test\r\n\r\n" % i) for i in range(n))
+    assert len(reqs) < 16384   # one record
+    with socket.create_connection(("127.0.0.1", remora.port("web")), timeout=10) as raw:
+        with client_ctx(pki).wrap_socket(raw, server_hostname="web.test") as t:
+            t.sendall(reqs)
+            f = t.makefile("rb")
+            for i in range(n):
+                status = f.readline()
+                assert status.startswith(b"HTTP/1.1 200"), (i, status)
+                length = None
+                while True:
+                    line = f.readline()
+                    if line in (b"\r\n", b""):
+                        break
+                    k, _, v = line.partition(b":")
+                    if k.strip().lower() == b"content-length":
+                        length = int(v)
+                body = f.read(length)
+                if i % 2 == 0:
+                    assert body == b"direct-body", (i, body)
+                else:
+                    assert json.loads(body)["target"] == f"/echo?i={i}", (i, body)
+
+
+def test_stalled_handshakes_are_cut_by_request_header_timeout(start_remora, pki):
+    """Clients that connect and send nothing, or half a ClientHello, are closed after the listener's
+    request_header_timeout, while a normal client is served meanwhile."""
+    direct = [{"name": "d", "match": {"path": {"prefix": "/"}}, "direct_response": {"status": 200, "body": "ok"}}]
+    lst = tls_listener(pki, routes=direct)
+    lst["request_header_timeout"] = "1s"
+    remora = start_remora(make_config([lst], []))
+    port = remora.port("web")
+    hello = subprocess.run([OPENSSL, "s_client", "-connect", f"127.0.0.1:{port}", "-brief"], input=b"",
+                           capture_output=True, timeout=10)   # a full handshake, for a real ClientHello's first bytes
+    assert b"TLSv1.3" in hello.stdout + hello.stderr
+    stalled = []
+    for part in (b"", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        if part:
+            s.sendall(part)
+        stalled.append(s)
+    t0 = time.monotonic()
+    status, body, _ = https_get(port, pki, path="/")
+    assert status == 200 and body == b"ok"
+    for s in stalled:
+        with s:
+            try:
+                data = s.recv(100)
+            except ConnectionResetError:
+                data = b""
+            assert not data.startswith(b"HTTP"), data
+    assert time.monotonic() - t0 < 5
+    remora.wait_stat("listener.web.downstream_rq_timeout", lambda v: v >= 2)
+
+
 def test_tls12_and_tls13_and_min_version(start_remora, pki):
     direct = [{"name": "d", "match": {"path": {"prefix": "/"}}, "direct_response": {"status": 200, "body": "ok"}}]
     remora = start_remora(make_config([tls_listener(pki, routes=direct),
@@ -223,6 +288,110 @@ def test_forged_xfcc_removed_without_mtls(start_remora, http_backend, pki):
     r = run_curl(["-sS", "--http2-prior-knowledge", "-H", "x-forwarded-client-cert: URI=spiffe://forged",
                   f"http://127.0.0.1:{remora.port('plain')}/echo"])
     assert "x-forwarded-client-cert" not in echo_headers(r.stdout)
+
+
+def test_allow_plaintext_serves_both_on_one_port(start_remora, http_backend, pki, tcp_backend):
+    """allow_plaintext (permissive mTLS): TLS clients get TLS (and their identity), plaintext clients
+    h1 and h2c get plaintext with scheme http and no identity; a forged XFCC is removed from both."""
+    backend = http_backend()
+    echo = tcp_backend()
+    lst = tls_listener(pki, client_ca=True, allow_plaintext=True)
+    t = {"certificates": [{"cert": str(pki.web[0]), "key": str(pki.web[1])}], "allow_plaintext": True}
+    remora = start_remora(make_config([lst, tcp_listener("raw", "echo", tls=t)],
+                                      [cluster("app", [backend.endpoint]), cluster("echo", [echo.endpoint])]))
+    port = remora.port("web")
+    forged = "X-Forwarded-Client-Cert: URI=spiffe://forged"
+    # mTLS client: TLS, identity forwarded
+    r = run_curl(["-sS", "--cacert", str(pki.ca.cert), "--cert", str(pki.client[0]), "--key", str(pki.client[1]),
+                  "-H", forged, "--resolve", f"web.test:{port}:127.0.0.1", f"https://web.test:{port}/echo"])
+    assert r.returncode == 0, r.stderr
+    h = echo_headers(r.stdout)
+    assert h["x-forwarded-proto"] == "https" and f"URI={SPIFFE}" in h["x-forwarded-client-cert"].split(";")
+    # plaintext clients, HTTP/1.1 and h2c with prior knowledge, on the same port
+    for flags in ([], ["--http2-prior-knowledge"]):
+        r = run_curl(["-sS", *flags, "-H", forged, "-w", "\n%{http_version}", f"http://127.0.0.1:{port}/echo"])
+        assert r.returncode == 0, r.stderr
+        body, version = r.stdout.rsplit(b"\n", 1)
+        assert version.decode() == ("2" if flags else "1.1")
+        h = echo_headers(body)
+        assert h["x-forwarded-proto"] == "http"
+        assert "x-forwarded-client-cert" not in h
+    remora.wait_stat("listener.web.ssl_plaintext_accepted", lambda v: v == 2)
+    # mTLS is still required of TLS clients
+    with pytest.raises((ssl.SSLError, ConnectionError, http.client.HTTPException, OSError)):
+        https_get(port, pki)
+    remora.wait_stat("listener.web.ssl_fail_verify_no_cert", lambda v: v >= 1)
+    # a tcp listener: raw bytes and TLS both reach the echo backend
+    raw = remora.port("raw")
+    def echoed(sock, data):
+        sock.sendall(data)
+        got = b""
+        while len(got) < len(data):
+            chunk = sock.recv(100)
+            if not chunk:
+                break
+            got += chunk
+        return got
+    with socket.create_connection(("127.0.0.1", raw), timeout=5) as s:
+        assert echoed(s, b"plain bytes") == b"plain bytes"
+    with socket.create_connection(("127.0.0.1", raw), timeout=5) as s:
+        with client_ctx(pki).wrap_socket(s, server_hostname="web.test") as ts:
+            assert echoed(ts, b"sealed bytes") == b"sealed bytes"
+    remora.wait_stat("listener.raw.ssl_plaintext_accepted", lambda v: v == 1)
+    remora.wait_stat("listener.raw.ssl_handshake", lambda v: v == 1)
+
+
+@pytest.mark.parametrize("mixed", [False, True], ids=["tls", "allow_plaintext"])
+def test_tcp_listener_upstream_that_speaks_first(start_remora, pki, mixed):
+    """A TLS tcp listener whose upstream greets first: the greeting, written during the handshake,
+    reaches the client sealed once it is done; with allow_plaintext it waits for the client's first
+    byte and reaches a plaintext client unsealed."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    srv.settimeout(10)
+    def greeter():
+        for _ in range(2 if mixed else 1):
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            with c:
+                c.settimeout(10)
+                c.sendall(b"HELLO ")
+                try:
+                    data = c.recv(100)
+                    if data:
+                        c.sendall(data)
+                    c.recv(100)   # until the client goes
+                except OSError:
+                    pass
+    th = threading.Thread(target=greeter, daemon=True)
+    th.start()
+    t = {"certificates": [{"cert": str(pki.web[0]), "key": str(pki.web[1])}]}
+    if mixed:
+        t["allow_plaintext"] = True
+    remora = start_remora(make_config([tcp_listener("raw", "greeter", tls=t)],
+                                      [cluster("greeter", [f"127.0.0.1:{srv.getsockname()[1]}"])]))
+    raw = remora.port("raw")
+    def exchange(sock):
+        time.sleep(0.3)   # the greeting reaches Remora before the client's first byte
+        sock.sendall(b"x")
+        got = b""
+        while len(got) < 7:
+            chunk = sock.recv(100)
+            if not chunk:
+                break
+            got += chunk
+        return got
+    try:
+        if mixed:
+            with socket.create_connection(("127.0.0.1", raw), timeout=5) as s:
+                assert exchange(s) == b"HELLO x"
+        with socket.create_connection(("127.0.0.1", raw), timeout=5) as s:
+            with client_ctx(pki).wrap_socket(s, server_hostname="web.test") as ts:
+                assert exchange(ts) == b"HELLO x"
+    finally:
+        srv.close()
+        th.join(10)
 
 
 def test_grpc_with_tls_channel_credentials(start_remora, pki):
@@ -546,6 +715,71 @@ def test_health_checks_use_the_cluster_tls(start_remora, tls_backend, pki):
     assert remora.stat("cluster.good.health_check.failure") == 0
     assert remora.stat("cluster.good.health_check.healthy") == 1
     assert remora.stat("cluster.bad.health_check.healthy") == 0
+
+
+def test_close_expired_upstream_connection_not_reused(start_remora, tls_backend, pki):
+    """A cluster's pooled connection made with a client certificate that has since expired is not
+    given another request: the next one goes on a new connection with the renewed certificate."""
+    import datetime
+    app = pki.ca.issue("app", dns=["app.shop.svc"])
+    b = tls_backend(*app, client_ca=pki.ca.cert)
+    end = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0) + datetime.timedelta(seconds=4)
+    cert, key = pki.ca.issue_until("short", end, uris=["spiffe://mesh.local/ns/shop/sa/short"])
+    tls = {"ca": str(pki.ca.cert), "server_name": "app.shop.svc", "cert": str(cert), "key": str(key)}
+    remora = start_remora(make_config([http_listener("web")], [cluster("app", [b.endpoint], tls=tls)], workers=1))
+    url = f"http://127.0.0.1:{remora.port('web')}/x"
+    def client_cn():
+        r = run_curl(["-sS", url])
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)["client"]["commonName"]
+    assert client_cn() == "short"
+    assert client_cn() == "short"   # the pooled connection
+    pki.ca.issue("renewed", uris=["spiffe://mesh.local/ns/shop/sa/short"], out=cert.with_name("short"))
+    poll(lambda: remora.stats().get("tls.cert_reload", 0) >= 1, timeout=5, what="the renewed certificate loaded")
+    time.sleep(max(0.0, (end - datetime.datetime.now(datetime.timezone.utc)).total_seconds()) + 1.2)
+    assert client_cn() == "renewed"
+    assert remora.stat("cluster.app.ssl_connection_expired") == 1
+    assert remora.stat("cluster.app.ssl_handshake") == 2
+
+
+def test_close_expired_upstream_h2_connection_goes_away(start_remora, pki):
+    """The same toward an HTTP/2 cluster (grpcio requiring client certificates): after the client
+    certificate expires, the next call opens a new connection; the old one is retired."""
+    import datetime
+    grpc = pytest.importorskip("grpc")
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "grpc_fixtures"))
+    import echo_pb2
+    import echo_pb2_grpc
+    from echo_server import GRPCBackend
+    app = pki.ca.issue("grpcapp", dns=["grpc.shop.svc"])
+    creds = grpc.ssl_server_credentials([(app[1].read_bytes(), app[0].read_bytes())],
+                                        root_certificates=pki.ca.cert.read_bytes(), require_client_auth=True)
+    backend = GRPCBackend("T", credentials=creds)
+    end = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0) + datetime.timedelta(seconds=4)
+    cert, key = pki.ca.issue_until("short", end, uris=["spiffe://mesh.local/ns/shop/sa/short"])
+    try:
+        remora = start_remora(make_config(
+            [http_listener("web", routes=[route("g")])],
+            [cluster("g", [backend.endpoint], protocol="http2",
+                     tls={"ca": str(pki.ca.cert), "server_name": "grpc.shop.svc", "cert": str(cert), "key": str(key)})],
+            workers=1))
+        ch = grpc.insecure_channel(f"127.0.0.1:{remora.port('web')}", options=[("grpc.enable_http_proxy", 0)])
+        try:
+            stub = echo_pb2_grpc.EchoStub(ch)
+            for _ in range(2):
+                assert stub.Unary(echo_pb2.EchoRequest(message="a"), timeout=5).message == "a"
+            assert remora.stat("cluster.g.ssl_handshake") == 1
+            pki.ca.issue("renewed", out=cert.with_name("short"))
+            poll(lambda: remora.stats().get("tls.cert_reload", 0) >= 1, timeout=5, what="the renewed certificate loaded")
+            time.sleep(max(0.0, (end - datetime.datetime.now(datetime.timezone.utc)).total_seconds()) + 1.2)
+            assert stub.Unary(echo_pb2.EchoRequest(message="b"), timeout=5).message == "b"
+        finally:
+            ch.close()
+        assert remora.stat("cluster.g.ssl_connection_expired") == 1
+        assert remora.stat("cluster.g.ssl_handshake") == 2
+        remora.wait_stat("cluster.g.upstream_cx_active", lambda v: v == 1, what="the expired connection closed")
+    finally:
+        backend.stop(None).wait(5)
 
 
 def test_close_expired_closes_connections_whose_client_cert_expired(start_remora, http_backend, pki):

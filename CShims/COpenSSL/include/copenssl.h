@@ -23,6 +23,7 @@ typedef struct remora_tls_conn {
     uint8_t *out;           // wire bytes OpenSSL produced, to be written to the socket
     size_t out_len;
     size_t out_cap;
+    unsigned long last_error; // why a read failed, when the error queue was emptied to check it (remora_tls_read)
 } remora_tls_conn;
 
 // MARK: server side (one per TLS listener)
@@ -77,6 +78,9 @@ int remora_tls_handshake(remora_tls_conn *c);
 
 /// Plaintext into `buf`: > 0 bytes; 0: needs more bytes; -1: failed; -2: the peer sent close_notify.
 int remora_tls_read(remora_tls_conn *c, uint8_t *buf, int len);
+/// After a read that returned bytes: whether another read can return more (wire bytes not yet taken,
+/// or a record OpenSSL already holds); 0 = the next read would only say "wants more bytes".
+int remora_tls_more(remora_tls_conn *c);
 
 /// Encrypts `len` bytes into `out`. `len` on success, -1 on failure.
 int remora_tls_write(remora_tls_conn *c, const uint8_t *p, int len);

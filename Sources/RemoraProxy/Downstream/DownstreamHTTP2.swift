@@ -448,7 +448,7 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
             var start = RequestStart(view: RequestView(method: method, target: path, authority: authority, headers: regular),
                                      isHEAD: isHEAD, lengthKnown: lengthKnown, contentLength: contentLength,
                                      chunked: false, endStream: endStream, fromHTTP2: true, dropExpect: true,
-                                     clientCert: conn.forwardedClientCert)
+                                     clientCert: conn.forwardedClientCert, plaintext: conn.transportSocket == nil)
             if proto.count > 0 {   // extended CONNECT: a WebSocket (or refused) upgrade, its DATA the tunnel's bytes
                 start.upgrade = proto.count == 9 && proto.equalsLowercase("websocket") ? .websocket : .other
                 start.lengthKnown = true   // toward HTTP/1.1 the bytes go as they are, unframed

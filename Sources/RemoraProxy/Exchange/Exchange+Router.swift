@@ -25,6 +25,8 @@ struct RequestStart {
     var clientCert = UnsafeRawBufferPointer(start: nil, count: 0)
     /// The protocol the request asks to upgrade to (`Exchange+Upgrade.swift`); `.none` for almost all.
     var upgrade = UpgradeRequest.none
+    /// The connection has no TLS layer: scheme `http`, even on a TLS listener (`allow_plaintext`).
+    var plaintext = false
 
     /// How the body goes to an HTTP/1.1 upstream.
     var framing: BodyFraming { chunked ? .chunked : (lengthKnown ? .contentLength : (endStream ? .none : .chunked)) }
@@ -153,7 +155,7 @@ extension Exchange {
             return
         case .redirect:
             var location = pool.take()
-            table.writeLocation(route: ri, request: view, scheme: rawBytes(l.scheme), into: &location)
+            table.writeLocation(route: ri, request: view, scheme: rawBytes(r.plaintext ? "http" : l.scheme), into: &location)
             local(route.status, body: UnsafeRawBufferPointer(start: nil, count: 0), location: location.bytes)
             pool.give(&location)
             return
@@ -208,9 +210,9 @@ extension Exchange {
                     routed.authority = headers[i].value
                 }
                 if grpcWeb != .off {
-                    withGRPCWebHead(routed) { prepareUpstream(cl, r, $0, clientIP: clientIP, scheme: l.scheme, dropExpect: r.dropExpect, extra: extra) }
+                    withGRPCWebHead(routed) { prepareUpstream(cl, r, $0, clientIP: clientIP, scheme: r.plaintext ? "http" : l.scheme, dropExpect: r.dropExpect, extra: extra) }
                 } else {
-                    prepareUpstream(cl, r, routed, clientIP: clientIP, scheme: l.scheme, dropExpect: r.dropExpect, extra: extra)
+                    prepareUpstream(cl, r, routed, clientIP: clientIP, scheme: r.plaintext ? "http" : l.scheme, dropExpect: r.dropExpect, extra: extra)
                 }
                 // The shadow gets the request as routed (rewritten, with the route's header changes).
                 if let mc = mirrorCluster, upgrade == .none { startShadow(cluster: l.clusters[mc], l, r, routed, clientIP: clientIP, extra: extra) }
@@ -237,7 +239,7 @@ extension Exchange {
         sh.begin(downstream: worker.discard, listener: l, stats: worker.shadowStats, isHEAD: r.isHEAD, endStream: r.endStream)
         sh.replayable = false
         sh.routeTimeout = l.config.idleTimeout   // a shadow that never answers is let go
-        sh.prepareUpstream(cl, r, view, clientIP: clientIP, scheme: l.scheme, dropExpect: true, extra: extra)
+        sh.prepareUpstream(cl, r, view, clientIP: clientIP, scheme: r.plaintext ? "http" : l.scheme, dropExpect: true, extra: extra)
         sh.reuseRetries = 0
         sh.connectRetries = 0
         sh.refusedRetries = 0

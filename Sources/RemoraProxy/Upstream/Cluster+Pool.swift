@@ -1,6 +1,8 @@
+import Glibc
 import RemoraCore
 import RemoraHTTP
 import RemoraIO
+import RemoraTLS
 
 /// The connection pools of a cluster, per endpoint: idle HTTP/1.1 connections and HTTP/2
 /// connections with free streams. An attempt starts here (the endpoint counts it active) and ends
@@ -26,6 +28,7 @@ extension Cluster {
                 while let u = e.idle.popLast() {
                     u.isIdle = false
                     if !u.conn.connecting { u.conn.clearDeadline() }   // the idle timeout
+                    if closesExpired && certificateExpired(u.conn) { u.conn.close(); continue }
                     stats.inc(.upstream_cx_pool_reuse)
                     if u.begin(exchange: exchange, head: head, isHEAD: isHEAD) {
                         e.activeRequests += 1
@@ -53,7 +56,7 @@ extension Cluster {
             return
         }
         u.endpoint._withUnsafeGuaranteedRef { e in
-            if worker.draining || retired || e.idle.count >= maxIdlePerEndpoint {
+            if worker.draining || retired || e.idle.count >= maxIdlePerEndpoint || (closesExpired && certificateExpired(u.conn)) {
                 u.conn.close()
                 return
             }
@@ -84,6 +87,10 @@ extension Cluster {
         let ref = pickEndpoint(hash: hash)
         return ref._withUnsafeGuaranteedRef { e in
             var conn = e.h2.first { $0.hasRoom && (!retry || $0.settingsKnown) }
+            while closesExpired, let c = conn, certificateExpired(c.conn) {
+                c.drain()   // no new streams (GOAWAY); closes once its streams end
+                conn = e.h2.first { $0.hasRoom && (!retry || $0.settingsKnown) }
+            }
             if conn == nil {
                 guard let c = connect(e) else { return nil }
                 let n = H2UpstreamConnection(cluster: self, endpoint: ref, conn: c)
@@ -99,6 +106,14 @@ extension Cluster {
             e.activeRequests += 1
             return s
         }
+    }
+
+    /// `close_expired`: the connection's certificate (the server's, or ours) has expired; counted
+    /// (the caller retires the connection, so once per connection).
+    func certificateExpired(_ c: TCPConnection) -> Bool {
+        guard let t = c.transportSocket as? TLSSocket, t.expiresAt > 0, Int64(time(nil)) >= t.expiresAt else { return false }
+        stats.inc(.ssl_connection_expired)
+        return true
     }
 
     func removeHTTP2(_ c: H2UpstreamConnection) {

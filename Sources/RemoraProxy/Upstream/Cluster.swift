@@ -71,12 +71,15 @@ final class Cluster {
 
     /// TLS toward the endpoints (`tls:`), shared by every worker; nil: plaintext.
     let tls: TLSClientContext?
+    /// `tls.close_expired`: connections are checked for an expired certificate before reuse.
+    let closesExpired: Bool
 
     /// `previous`: this worker's cluster of the same name that this one replaces (its endpoint set or
     /// config changed). When only the endpoints changed, what stays keeps its state (`adopt`).
     init(worker: Worker, index: Int, config: ClusterConfig, endpoints: [SocketAddress], weights: [Int] = [],
          shared: ClusterShared? = nil, stats: StatBlock<ClusterStat>, tls: TLSClientContext? = nil, previous: Cluster? = nil) {
         self.worker = worker; self.index = index; self.config = config; self.stats = stats; self.tls = tls
+        closesExpired = tls?.config.closeExpired ?? false
         self.shared = shared ?? ClusterShared(config: config, endpoints: endpoints.count)
         breaker = config.circuitBreaker
         outlierThresholds = config.outlierDetection.map { ($0.consecutive5xx, $0.consecutiveGatewayErrors, $0.consecutiveLocalFailures) }
