@@ -300,15 +300,14 @@ final class ListenerSlot: ListenerDelegate {
             if rt.config.protocol == .tls { sniff.start() } else { sniff.startOutbound() }
             return
         case .sidecarInbound:
-            guard let dst = c.originalDestination(), let local = c.localAddress(),
-                  !(dst.port == local.port && dst.ipString == local.ipString),
-                  let target = SocketAddress(ip: dst.isIPv6 ? "::1" : "127.0.0.1", port: dst.port) else {
+            guard let dst = c.originalDestination() else {
                 rt.stats.inc(.sidecar_no_original_dst)
                 rt.stats.dec(.downstream_cx_active)
                 c.close()
                 return
             }
-            s = TCPProxySession(worker: worker, listener: rt, cluster: nil, target: target, down: c)
+            s = TCPProxySession(worker: worker, listener: rt, cluster: nil,
+                                target: .loopback(ipv6: dst.isIPv6, port: dst.port), down: c)
         }
         s.slot = self
         worker.add(s)
@@ -340,6 +339,8 @@ final class ListenerRuntime {
     /// `config.sidecar`, its cluster.
     let sidecar: SidecarRoutes?
     let serviceClusters: [Cluster?]
+    /// Per service, the name of its internal HTTP listener (`outbound_<service>`).
+    let serviceHTTPListeners: [String]
 
     init(worker: Worker, config: ListenerConfig, routes: RouteTable, clusters: [Cluster], tcpCluster: Cluster?,
          stats: StatBlock<ListenerStat>, backendStats: [StatBlock<RouteBackendStat>], filters: [any HTTPFilter]) {
@@ -360,6 +361,7 @@ final class ListenerRuntime {
         }
         self.sni = sni
         self.serviceClusters = serviceClusters
+        serviceHTTPListeners = (config.sidecar?.services ?? []).map(\.httpListener)
         sidecar = config.sidecar.map(SidecarRoutes.init)
     }
 
