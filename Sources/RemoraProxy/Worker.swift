@@ -299,6 +299,12 @@ final class ListenerSlot: ListenerDelegate {
             worker.add(sniff)
             if rt.config.protocol == .tls { sniff.start() } else { sniff.startOutbound() }
             return
+        case .sidecarInbound where rt.sidecar != nil:   // inbound ports read as HTTP
+            let sniff = SniffSession(worker: worker, listener: rt, down: c)
+            sniff.slot = self
+            worker.add(sniff)
+            sniff.startOutbound()
+            return
         case .sidecarInbound:
             guard let dst = c.originalDestination() else {
                 rt.stats.inc(.sidecar_no_original_dst)

@@ -35,6 +35,7 @@ public struct SidecarRoutes: Sendable {
     let byPort: [UInt16: Int]
     let passthrough: Bool
     let serverFirstPorts: Set<UInt16>
+    let sniffUnknown: Bool
 
     public init(_ c: SidecarOutbound) {
         services = c.services
@@ -49,6 +50,7 @@ public struct SidecarRoutes: Sendable {
         byPort = p
         passthrough = c.passthrough
         serverFirstPorts = Set(c.serverFirstPorts)
+        sniffUnknown = c.sniffUnknown
     }
 
     /// The service whose address and port, else whose port, `ip`:`port` is.
@@ -67,7 +69,7 @@ public struct SidecarRoutes: Sendable {
     public func first(ip: IPKey, port: UInt16) -> First {
         guard let i = service(ip: ip, port: port) else {
             if !passthrough { return .deny }
-            return serverFirstPorts.contains(port) ? .tcp(nil) : .sniff(nil)
+            return !sniffUnknown || serverFirstPorts.contains(port) ? .tcp(nil) : .sniff(nil)
         }
         switch services[i].protocol {
         case .tcp: return .tcp(i)

@@ -49,6 +49,15 @@ import Testing
         #expect(deny.first(ip: "10.96.0.10", port: 8080) == .sniff(0))
     }
 
+    @Test func inboundPortsAreNotSniffedWhenUnknown() {
+        var c = SidecarOutbound(services: [SidecarService(name: "inbound_8080", port: 8080, cluster: "inbound_8080")],
+                                passthrough: true, serverFirstPorts: [])
+        c.sniffUnknown = false
+        let r = SidecarRoutes(c)
+        #expect(r.first(ip: "10.0.0.7", port: 8080) == .sniff(0))
+        #expect(r.first(ip: "10.0.0.7", port: 5432) == .tcp(nil))   // bytes to the application at once
+    }
+
     @Test func afterSniffing() {
         let r = routes()
         #expect(r.afterSniff(service: 0, isHTTP: true) == .http(0))

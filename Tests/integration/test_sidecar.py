@@ -394,3 +394,60 @@ def test_run_sidecar_with_control_plane_as_in_kubernetes(pods, tmp_path):
         if remora.proc.returncode is None:
             remora.kill()
     assert code == 0, remora.stderr_tail()
+
+
+@pytest.mark.timeout(120)
+def test_inbound_http_port_goes_through_an_http_listener(pods, tmp_path):
+    """`sidecar.inbound: [{ port: 8081 }]`: a peer's HTTP/1.1 and h2c calls to the pod's port 8081
+    (IPv4 and IPv6) are sniffed, served by the internal listener inbound_8081 (request stats, the
+    request-head policy: the application sees x-forwarded-for) and reach the application at
+    127.0.0.1:8081 through the cluster inbound_8081; an unlisted port (9000) still gets the bytes."""
+    pod, peer, procs = pods
+    # The pod's application: the same HTTP server as the peer's (0.0.0.0:8081, also an echo on 7000).
+    procs.append(subprocess.Popen(["ip", "netns", "exec", pod, *APP, "python3", "-c", SERVERS, "peer"],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    config = {
+        "admin": {"address": f"127.0.0.1:{ADMIN}"},
+        "workers": 1,
+        "drain_timeout": "1s",
+        "sidecar": {"sniff_timeout": "1s", "inbound": [{"port": 8081}]},
+    }
+    wrapper = tmp_path / "remora-in-pod"
+    wrapper.write_text(f"#!/bin/sh\nexec ip netns exec {pod} {remora_bin()} \"$@\"\n")
+    wrapper.chmod(0o755)
+    remora = Remora(wrapper, to_yaml(config), tmp_path, name="sidecar-inbound")
+    try:
+        remora.wait_ready()
+        assert "inbound_8081" not in remora.listeners   # internal
+        wait_port(pod, "127.0.0.1", 8081)
+        wait_port(pod, "127.0.0.1", 9000)
+        in_ns(pod, str(remora_bin()), "iptables", "--uid", "0", "--admin-port", str(ADMIN), "--apply")
+
+        r = in_ns(peer, "curl", "-s", "--noproxy", "*", "--max-time", "10", f"http://{POD_IP}:8081/in/1")
+        seen = json.loads(r.stdout)
+        assert seen["path"] == "/in/1"
+        assert seen["headers"]["x-forwarded-for"] == PEER_IP            # the peer, as Remora saw it
+        assert seen["headers"]["x-forwarded-proto"] == "http"
+        r = in_ns(peer, "curl", "-s", "--noproxy", "*", "--max-time", "10", "--http2-prior-knowledge",
+                  f"http://{POD_IP}:8081/in/h2")
+        assert json.loads(r.stdout)["path"] == "/in/h2"
+        r = in_ns(peer, "curl", "-s", "-g", "--noproxy", "*", "--max-time", "10", f"http://[{POD_IP6}]:8081/in/v6")
+        seen = json.loads(r.stdout)
+        assert seen["path"] == "/in/v6" and seen["headers"]["x-forwarded-for"] == PEER_IP6
+        # An unlisted port: bytes to the application, as before.
+        assert in_ns(peer, "python3", "-c", CLIENT, POD_IP, "9000", "raw").stdout == b"app:raw"
+
+        s = stats(pod)
+        assert s["listener.inbound_8081.downstream_rq_total"] == 3
+        assert s["cluster.inbound_8081.upstream_rq_total"] == 3
+        assert s["listener.sidecar_inbound.http11_found"] == 1
+        assert s["listener.sidecar_inbound.http2_found"] == 1
+        assert s["listener.sidecar_inbound_ipv6.http11_found"] == 1
+        assert s["listener.sidecar_inbound.sidecar_service_matched"] == 2
+        assert s["listener.sidecar_inbound.sidecar_passthrough"] == 1
+        assert remora.alive
+    finally:
+        code = remora.stop(timeout=5) if remora.proc.poll() is None else remora.proc.returncode
+        if remora.proc.returncode is None:
+            remora.kill()
+    assert code == 0, remora.stderr_tail()

@@ -58,7 +58,8 @@ final class SniffSession: Session, TCPConnectionDelegate {
             down.close()
             return
         }
-        original = dst
+        // Inbound: the application, on the loopback address at the port the peer called.
+        original = listener.config.protocol == .sidecarInbound ? .loopback(ipv6: dst.isIPv6, port: dst.port) : dst
         func take(_ i: Int?) {
             guard let i else { return }
             serviceIndex = i
