@@ -326,7 +326,8 @@ def test_run_sidecar_with_control_plane_as_in_kubernetes(pods, tmp_path):
     """deploy/kubernetes' order of things: the rules are installed first (the init container's
     `remora iptables --uid N --admin-port 15000 --apply`), then `remora run --sidecar --control URL
     --token-file F --node N --group G` takes its configuration from `remora control` running in
-    another namespace (a non-loopback control server: the token is required). The first pushed
+    another namespace (a non-loopback control server: the token is required); `remora wait-ready`
+    (a postStart hook) returns once the first version is served, not before. The first pushed
     document has no `sidecar:` section (--sidecar adds the defaults: everything passes through); the
     second names the service, and HTTP to its VIP is then routed to the cluster."""
     pod, peer, procs = pods
@@ -346,7 +347,6 @@ def test_run_sidecar_with_control_plane_as_in_kubernetes(pods, tmp_path):
               "sidecar": {"services": [{"name": "orders", "addresses": [VIP], "port": 80, "cluster": "orders"}]}}
     (tmp_path / "first.yaml").write_text(to_yaml(first))
     (tmp_path / "second.yaml").write_text(to_yaml(second))
-    ctl_in(peer, url, token, "apply", "orders", str(tmp_path / "first.yaml"))
 
     # The init container: rules first, while nothing listens yet.
     in_ns(pod, str(remora_bin()), "iptables", "--uid", "0", "--admin-port", str(ADMIN), "--apply")
@@ -355,8 +355,21 @@ def test_run_sidecar_with_control_plane_as_in_kubernetes(pods, tmp_path):
                        f"--control {url} --token-file {token} --node pod-1 --group orders\n")
     wrapper.chmod(0o755)
     remora = Remora(wrapper, "unused: true\n", tmp_path, name="sidecar-control")
+    waiter = None
     try:
+        # The group has no document yet: the sidecar waits, and so does a postStart hook's
+        # `remora wait-ready` (the application would start only after it returns).
+        wait_port(pod, "127.0.0.1", ADMIN)
+        r = in_ns(pod, str(remora_bin()), "wait-ready", "--admin", f"127.0.0.1:{ADMIN}", "--timeout", "300ms", check=False)
+        assert r.returncode == 1 and b"503 waiting for the control server" in r.stderr, r
+        waiter = subprocess.Popen(["ip", "netns", "exec", pod, str(remora_bin()), "wait-ready", "--admin",
+                                   f"127.0.0.1:{ADMIN}", "--timeout", "20s"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(0.5)
+        assert waiter.poll() is None
+        ctl_in(peer, url, token, "apply", "orders", str(tmp_path / "first.yaml"))
         remora.wait_ready()
+        out, err = waiter.communicate(timeout=10)
+        assert waiter.returncode == 0 and out.startswith(b"remora wait-ready: ready"), (out, err)
         assert set(remora.listeners) == {"egress", "sidecar_outbound", "sidecar_outbound_ipv6", "sidecar_inbound",
                                          "sidecar_inbound_ipv6"}
         assert remora.listeners["sidecar_outbound"][1] == 15001
@@ -390,6 +403,9 @@ def test_run_sidecar_with_control_plane_as_in_kubernetes(pods, tmp_path):
         assert any(line.split()[:2] == ["pod-1", "orders"] and "ACK" in line.split() for line in status.splitlines()), status
         assert remora.alive
     finally:
+        if waiter is not None and waiter.poll() is None:
+            waiter.kill()
+            waiter.wait(5)
         code = remora.stop(timeout=5) if remora.proc.poll() is None else remora.proc.returncode
         if remora.proc.returncode is None:
             remora.kill()
