@@ -39,27 +39,22 @@ static inline int remora_reuseport_socket(const struct sockaddr *addr, int first
 
 /* The destination a connection had before iptables REDIRECT sent it here (netfilter's
  * SO_ORIGINAL_DST for IPv4, IP6T_SO_ORIGINAL_DST for IPv6; both are option 80, at SOL_IP and
- * SOL_IPV6). Written into `out`; returns 0, or -errno (ENOENT: no NAT entry, the connection was
- * not redirected). The constants are spelled out: <linux/netfilter_ipv4.h> clashes with <netinet/in.h>. */
+ * SOL_IPV6). Written into `out`, and the connection's local address (where it was accepted) into
+ * `local`; returns 0, or -errno (ENOENT: no NAT entry, the connection was not redirected). The
+ * constants are spelled out: <linux/netfilter_ipv4.h> clashes with <netinet/in.h>. */
 #define REMORA_SO_ORIGINAL_DST 80
-static inline int remora_original_dst(uv_tcp_t *t, struct sockaddr_storage *out) {
+static inline int remora_original_dst(uv_tcp_t *t, struct sockaddr_storage *out, struct sockaddr_storage *local) {
     uv_os_fd_t fd;
     if (uv_fileno((const uv_handle_t *)t, &fd) != 0) return -EBADF;
-    struct sockaddr_storage local;
-    socklen_t len = sizeof local;
-    if (getsockname(fd, (struct sockaddr *)&local, &len) != 0) return -errno;
+    memset(local, 0, sizeof *local);
+    socklen_t len = sizeof *local;
+    if (getsockname(fd, (struct sockaddr *)local, &len) != 0) return -errno;
     memset(out, 0, sizeof *out);
     len = sizeof *out;
-    int r = local.ss_family == AF_INET6
+    int r = local->ss_family == AF_INET6
         ? getsockopt(fd, SOL_IPV6, REMORA_SO_ORIGINAL_DST, out, &len)
         : getsockopt(fd, SOL_IP, REMORA_SO_ORIGINAL_DST, out, &len);
     return r == 0 ? 0 : -errno;
-}
-
-/* The connection's local address (where it was accepted). 0 or -errno. */
-static inline int remora_local_addr(uv_tcp_t *t, struct sockaddr_storage *out) {
-    int len = sizeof *out;
-    return uv_tcp_getsockname(t, (struct sockaddr *)out, &len);
 }
 
 static inline uv_stream_t *remora_stream(uv_tcp_t *t) { return (uv_stream_t *)t; }

@@ -163,7 +163,7 @@ private final class Schema {
         if let sidecar {
             let clash = c.addSidecar(sidecar)
             if !clash.isEmpty {
-                d.fail(m.line, "sidecar", "the sidecar's listeners need these names, which a listener already has: "
+                d.fail(m.line, "sidecar", "the sidecar's listeners and clusters need these names, which are taken: "
                        + clash.joined(separator: ", "))
             }
         }
@@ -483,7 +483,7 @@ private final class Schema {
     /// (docs/sidecar.md).
     func sidecar(_ n: Node, _ p: String) -> SidecarConfig? {
         guard let m = d.mapping(n, p, keys: ["outbound_port", "inbound_port", "ipv6", "passthrough", "sniff_timeout",
-                                             "server_first_ports", "services"]) else { return nil }
+                                             "server_first_ports", "services", "inbound"]) else { return nil }
         var s = SidecarConfig()
         let port = { (n: Node, p: String) in self.d.int(n, p, in: 1...65_535).map { UInt16($0) } }
         if let v = m.optional("outbound_port", port) { s.outboundPort = v }
@@ -502,6 +502,18 @@ private final class Schema {
         var names: [String: Int] = [:]
         var keys: [String: Int] = [:]
         if let v = m.optional("services", { d.list($0, $1) { sidecarService($0, $1, &names, &keys) } }) { s.services = v }
+        var ports: [String: Int] = [:]
+        if let v = m.optional("inbound", { d.list($0, $1) { n, p -> SidecarInboundPort? in
+            guard let e = d.mapping(n, p, keys: ["port", "protocol"]) else { return nil }
+            let port = e.required("port") { d.int($0, $1, in: 1...65_535).map { UInt16($0) } }
+            let proto: SidecarService.Kind? = e.optional("protocol", d.oneOf)
+            guard let port else { return nil }
+            d.unique("\(port)", "inbound port \(port)", n, p, in: &ports)
+            if port == s.inboundPort || port == s.outboundPort {
+                d.fail(n.line, Fields.join(p, "port"), "\(port) is the sidecar's own listener")
+            }
+            return SidecarInboundPort(port: port, protocol: proto ?? .auto)
+        } }) { s.inbound = v }
         return s
     }
 

@@ -20,6 +20,11 @@ public struct SidecarConfig: Sendable, Equatable {
     public var serverFirstPorts: [UInt16] = [22, 25, 3306]
     /// Destinations the proxy knows, by original address and port.
     public var services: [SidecarService] = []
+    /// Inbound ports served as HTTP (or sniffed, `auto`): their connections go through an internal
+    /// HTTP listener `inbound_<port>` (request stats, access logs, the request-head policy) to the
+    /// cluster `inbound_<port>`, the application at 127.0.0.1:<port>. Other inbound ports: bytes to
+    /// 127.0.0.1:<port> ([::1] for IPv6). Default none.
+    public var inbound: [SidecarInboundPort] = []
     /// Outbound connections whose sniffing found HTTP go through the HTTP listener of their service;
     /// its settings (timeouts, limits) are these listener defaults.
     public init() {}
@@ -43,9 +48,18 @@ public struct SidecarConfig: Sendable, Equatable {
         }
         out.append(make(Self.outboundName, "0.0.0.0", outboundPort, .sidecarOutbound))
         if ipv6 { out.append(make(Self.outboundName + "_ipv6", "::", outboundPort, .sidecarOutbound)) }
-        out.append(make(Self.inboundName, "0.0.0.0", inboundPort, .sidecarInbound))
-        if ipv6 { out.append(make(Self.inboundName + "_ipv6", "::", inboundPort, .sidecarInbound)) }
-        for s in outbound.services where s.protocol != .tcp {
+        let inboundServices = inboundRoutes()
+        func makeInbound(_ name: String, _ host: String) -> ListenerConfig {
+            var l = ListenerConfig(name: name, address: HostPort(host: host, port: inboundPort), protocol: .sidecarInbound)
+            if !inbound.isEmpty {
+                l.sidecar = inboundServices
+                l.sniffTimeout = sniffTimeout
+            }
+            return l
+        }
+        out.append(makeInbound(Self.inboundName, "0.0.0.0"))
+        if ipv6 { out.append(makeInbound(Self.inboundName + "_ipv6", "::")) }
+        for s in outbound.services + inboundServices.services where s.protocol != .tcp {
             var l = ListenerConfig(name: s.httpListener, address: HostPort(host: "0.0.0.0", port: 0), protocol: .http)
             l.isInternal = true
             let routes = s.routes.isEmpty
@@ -58,12 +72,41 @@ public struct SidecarConfig: Sendable, Equatable {
     }
 }
 
-/// What the outbound listener knows (copied into its `ListenerConfig.sidecar`).
+extension SidecarConfig {
+    /// The inbound ports as services of the inbound listener: by port alone, each to its cluster
+    /// and HTTP listener `inbound_<port>`; unlisted ports as bytes at once, never sniffed.
+    func inboundRoutes() -> SidecarOutbound {
+        var r = SidecarOutbound(services: inbound.map {
+            var s = SidecarService(name: "inbound_\($0.port)", port: $0.port, cluster: "inbound_\($0.port)", protocol: $0.protocol)
+            s.httpListener = s.name
+            return s
+        }, passthrough: true, serverFirstPorts: [])
+        r.sniffUnknown = false
+        return r
+    }
+
+    /// The clusters the section stands for: `inbound_<port>`, the application at 127.0.0.1:<port>.
+    public func clusters() -> [ClusterConfig] {
+        inbound.map { ClusterConfig(name: "inbound_\($0.port)", endpoints: [HostPort(host: "127.0.0.1", port: $0.port)]) }
+    }
+}
+
+/// One `sidecar.inbound` entry: a port of the application, and how its traffic is read.
+public struct SidecarInboundPort: Sendable, Equatable {
+    public var port: UInt16
+    public var `protocol`: SidecarService.Kind
+    public init(port: UInt16, protocol: SidecarService.Kind = .auto) { self.port = port; self.protocol = `protocol` }
+}
+
+/// What the outbound listener knows (copied into its `ListenerConfig.sidecar`); the inbound
+/// listener's inbound ports have the same shape.
 public struct SidecarOutbound: Sendable, Equatable {
     public var services: [SidecarService]
     /// Unknown destinations: connect to the original destination (true) or close (false).
     public var passthrough: Bool
     public var serverFirstPorts: [UInt16]
+    /// Unknown destinations are sniffed first (outbound: for the stats); false: bytes at once (inbound).
+    public var sniffUnknown = true
 
     public init(services: [SidecarService], passthrough: Bool, serverFirstPorts: [UInt16]) {
         self.services = services; self.passthrough = passthrough; self.serverFirstPorts = serverFirstPorts
@@ -109,15 +152,18 @@ public struct SNIRoute: Sendable, Equatable {
 }
 
 extension Config {
-    /// Adds the listeners of `sidecar` (`SidecarConfig.listeners`). Returns the names that were
-    /// already taken (then nothing is added).
+    /// Adds the listeners and clusters of `sidecar` (`SidecarConfig.listeners`, `.clusters`).
+    /// Returns the names that were already taken (then nothing is added).
     public mutating func addSidecar(_ sidecar: SidecarConfig) -> [String] {
         let new = sidecar.listeners()
+        let newClusters = sidecar.clusters()
         let taken = Set(listeners.map(\.name))
-        let clash = new.map(\.name).filter(taken.contains)
+        let takenClusters = Set(clusters.map(\.name))
+        let clash = new.map(\.name).filter(taken.contains) + newClusters.map(\.name).filter(takenClusters.contains)
         guard clash.isEmpty else { return clash }
         self.sidecar = sidecar
         listeners += new
+        clusters += newClusters
         return []
     }
 }

@@ -33,6 +33,26 @@ public struct SocketAddress: @unchecked Sendable, CustomStringConvertible {
 
     public var port: UInt16 { withSockaddr { UInt16(remora_sockaddr_port($0)) } }
 
+    /// The address as an `IPKey` (compared and hashed without formatting it). Linux's layouts:
+    /// sockaddr_in's address at byte 4, sockaddr_in6's at byte 8.
+    public var ipKey: IPKey {
+        withUnsafeBytes(of: storage) { raw in
+            isIPv6 ? IPKey(ipv6: UnsafeRawBufferPointer(rebasing: raw[8..<24]))
+                   : IPKey(ipv4: raw.loadUnaligned(fromByteOffset: 4, as: UInt32.self))
+        }
+    }
+
+    /// 127.0.0.1:`port`, or [::1]:`port` (no parsing).
+    public static func loopback(ipv6: Bool, port: UInt16) -> SocketAddress {
+        var a = SocketAddress()
+        withUnsafeMutableBytes(of: &a.storage) { raw in
+            raw.storeBytes(of: sa_family_t(ipv6 ? AF_INET6 : AF_INET), toByteOffset: 0, as: sa_family_t.self)
+            raw.storeBytes(of: port.bigEndian, toByteOffset: 2, as: UInt16.self)
+            if ipv6 { raw[23] = 1 } else { raw.storeBytes(of: UInt32(0x7F00_0001).bigEndian, toByteOffset: 4, as: UInt32.self) }
+        }
+        return a
+    }
+
     /// The numeric address without the port: "127.0.0.1", "::1".
     public var ipString: String {
         withSockaddr { sa in

@@ -505,17 +505,13 @@ public final class TCPConnection {
     // MARK: addresses
 
     /// Where the client was going before iptables REDIRECT brought the connection here
-    /// (`SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST`); nil when the connection was not redirected.
+    /// (`SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST`), and the address it was accepted on; nil when
+    /// the connection was not redirected, or when the original destination is that local address
+    /// (a direct connection to the listener's port, or a loop).
     public func originalDestination() -> SocketAddress? {
-        var a = SocketAddress()
-        guard remora_original_dst(tcp, &a.storage) == 0 else { return nil }
-        return a
-    }
-
-    /// The address the connection was accepted on (or connected from); nil when unknown.
-    public func localAddress() -> SocketAddress? {
-        var a = SocketAddress()
-        guard remora_local_addr(tcp, &a.storage) == 0 else { return nil }
+        var a = SocketAddress(), local = SocketAddress()
+        guard remora_original_dst(tcp, &a.storage, &local.storage) == 0 else { return nil }
+        if a.port == local.port && a.ipKey == local.ipKey { return nil }
         return a
     }
 

@@ -349,17 +349,22 @@ final class ListenerSlot: ListenerDelegate {
             worker.add(sniff)
             if rt.config.protocol == .tls { sniff.start() } else { sniff.startOutbound() }
             return
+        case .sidecarInbound where rt.sidecar != nil:   // inbound ports read as HTTP
+            let sniff = SniffSession(worker: worker, listener: rt, down: c)
+            sniff.slot = self
+            worker.add(sniff)
+            sniff.startOutbound()
+            return
         case .sidecarInbound:
-            guard let dst = c.originalDestination(), let local = c.localAddress(),
-                  !(dst.port == local.port && dst.ipString == local.ipString),
-                  let target = SocketAddress(ip: dst.isIPv6 ? "::1" : "127.0.0.1", port: dst.port) else {
+            guard let dst = c.originalDestination() else {
                 rt.stats.inc(.sidecar_no_original_dst)
                 rt.stats.dec(.downstream_cx_active)
                 counter.release()
                 c.close()
                 return
             }
-            s = TCPProxySession(worker: worker, listener: rt, cluster: nil, target: target, down: c)
+            s = TCPProxySession(worker: worker, listener: rt, cluster: nil,
+                                target: .loopback(ipv6: dst.isIPv6, port: dst.port), down: c)
         }
         s.slot = self
         s.connections = counter
@@ -417,6 +422,8 @@ final class ListenerRuntime {
     /// index by `host:port`); nil = CONNECT is refused.
     var connectCluster: Cluster?
     var connectTargets: [String: Int] = [:]
+    /// Per service, the name of its internal HTTP listener (`outbound_<service>`).
+    let serviceHTTPListeners: [String]
 
     init(worker: Worker, config: ListenerConfig, tls: TLSServerContext? = nil, routes: RouteTable, clusters: [Cluster],
          tcpCluster: Cluster?, stats: StatBlock<ListenerStat>, backendStats: [StatBlock<RouteBackendStat>],
@@ -443,6 +450,7 @@ final class ListenerRuntime {
         }
         self.sni = sni
         self.serviceClusters = serviceClusters
+        serviceHTTPListeners = (config.sidecar?.services ?? []).map(\.httpListener)
         sidecar = config.sidecar.map(SidecarRoutes.init)
     }
 

@@ -23,37 +23,53 @@ public struct SidecarRoutes: Sendable {
         case tcp(Int?)
     }
 
+    /// An original destination: address (binary, no formatting per connection) and port.
+    struct Destination: Hashable {
+        var ip: IPKey
+        var port: UInt16
+    }
+
     let services: [SidecarService]
-    /// By "address|port" (addresses in inet_ntop's form), and by port alone.
-    let byAddress: [String: Int]
+    /// By address and port, and by port alone.
+    let byAddress: [Destination: Int]
     let byPort: [UInt16: Int]
     let passthrough: Bool
     let serverFirstPorts: Set<UInt16>
+    let sniffUnknown: Bool
 
     public init(_ c: SidecarOutbound) {
         services = c.services
-        var a: [String: Int] = [:]
+        var a: [Destination: Int] = [:]
         var p: [UInt16: Int] = [:]
         for (i, s) in c.services.enumerated() {
             if s.addresses.isEmpty { p[s.port] = i }
-            for ip in s.addresses { a["\(ip)|\(s.port)"] = i }
+            // The loader accepts only IP literals here; one that is not could match nothing anyway.
+            for ip in s.addresses { if let k = IPKey(ip) { a[Destination(ip: k, port: s.port)] = i } }
         }
         byAddress = a
         byPort = p
         passthrough = c.passthrough
         serverFirstPorts = Set(c.serverFirstPorts)
+        sniffUnknown = c.sniffUnknown
     }
 
     /// The service whose address and port, else whose port, `ip`:`port` is.
-    public func service(ip: String, port: UInt16) -> Int? {
-        if !byAddress.isEmpty, let i = byAddress["\(ip)|\(port)"] { return i }
+    public func service(ip: IPKey, port: UInt16) -> Int? {
+        if !byAddress.isEmpty, let i = byAddress[Destination(ip: ip, port: port)] { return i }
         return byPort[port]
     }
 
-    public func first(ip: String, port: UInt16) -> First {
+    /// The same for an address literal (tests, tools); a string that is no address matches by port.
+    public func service(ip: String, port: UInt16) -> Int? {
+        service(ip: IPKey(ip) ?? IPKey(hi: ~0, lo: ~0), port: port)
+    }
+
+    public func first(ip: String, port: UInt16) -> First { first(ip: IPKey(ip) ?? IPKey(hi: ~0, lo: ~0), port: port) }
+
+    public func first(ip: IPKey, port: UInt16) -> First {
         guard let i = service(ip: ip, port: port) else {
             if !passthrough { return .deny }
-            return serverFirstPorts.contains(port) ? .tcp(nil) : .sniff(nil)
+            return !sniffUnknown || serverFirstPorts.contains(port) ? .tcp(nil) : .sniff(nil)
         }
         switch services[i].protocol {
         case .tcp: return .tcp(i)

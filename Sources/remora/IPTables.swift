@@ -65,8 +65,10 @@ func iptablesCommand(_ rest: ArraySlice<String>) -> Int32 {
     for c in commands {
         let rc = spawnWait(c)
         if rc != 0 && !clean {
+            let v6 = c.first == "ip6tables" && access("/proc/net/if_inet6", F_OK) != 0
             printErr("remora iptables: \(c.joined(separator: " ")) failed (exit \(rc))"
-                     + (c.contains("-N") ? "; are the rules there already? `remora iptables --uid \(uid) --clean --apply` removes them" : ""))
+                     + (v6 ? "; this host has no IPv6: use --no-ipv6 here, and `ipv6: false` in the sidecar: section"
+                        : c.contains("-N") ? "; are the rules there already? `remora iptables --uid \(uid) --clean --apply` removes them" : ""))
             return 1
         }
     }

@@ -23,6 +23,9 @@ commands:
                            inbound 15006; docs/sidecar.md)
   iptables --uid N [--apply | --clean] [options]
                            print (or apply) the iptables rules that send traffic to the sidecar
+  wait-ready [--admin HOST:PORT] [--timeout 60s]
+                           wait until that proxy is ready (a postStart hook: the application
+                           starts once its sidecar serves)
   validate FILE...         check config files; every error as file:line: path: message
   demo [--port N]          the proxy with a built-in config and two demo backends
   bench [options] URL      load generator: closed/open loop, HdrHistogram latency (bench --help)
@@ -228,6 +231,7 @@ do {
     case "run": code = runCommand(try Args(rest, valued: ["config", "control", "node", "group", "admin", "token-file"],
                                            flags: ["watch", "sidecar"]))
     case "iptables": code = iptablesCommand(rest)
+    case "wait-ready": code = waitReadyCommand(rest)
     case "validate": code = validateCommand(try Args(rest, valued: []))
     case "demo": code = demoCommand(try Args(rest, valued: ["port", "admin-port"]))
     case "bench": code = benchCommand(rest)

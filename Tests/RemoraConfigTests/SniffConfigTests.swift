@@ -148,6 +148,54 @@ private let clusters = """
         #expect(m.contains { $0.hasPrefix("9: sidecar.services[2]: duplicate destination port 80") })
     }
 
+    @Test func sidecarInboundPorts() throws {
+        let c = try parsed("""
+            sidecar:
+              ipv6: false
+              inbound:
+                - { port: 8080, protocol: http }
+                - { port: 9090 }
+                - { port: 5432, protocol: tcp }
+            """).get()
+        #expect(c.sidecar?.inbound == [SidecarInboundPort(port: 8080, protocol: .http), SidecarInboundPort(port: 9090),
+                                       SidecarInboundPort(port: 5432, protocol: .tcp)])
+        // HTTP listeners for the HTTP and auto ports; a cluster per port, the application on 127.0.0.1.
+        #expect(c.listeners.map(\.name) == ["sidecar_outbound", "sidecar_inbound", "inbound_8080", "inbound_9090"])
+        #expect(c.listeners[2].isInternal && c.listeners[2].protocol == .http)
+        #expect(c.clusters.map(\.name) == ["inbound_8080", "inbound_9090", "inbound_5432"])
+        #expect(c.clusters[0].endpoints == [HostPort(host: "127.0.0.1", port: 8080)])
+        let inbound = try #require(c.listeners[1].sidecar)
+        #expect(inbound.services.map(\.cluster) == ["inbound_8080", "inbound_9090", "inbound_5432"])
+        #expect(inbound.services.map(\.httpListener) == ["inbound_8080", "inbound_9090", "inbound_5432"])
+        #expect(!inbound.sniffUnknown && inbound.passthrough)
+        #expect(c.listeners[0].sidecar?.sniffUnknown == true)
+        // Without inbound ports the inbound listener has no routes (bytes to the application).
+        #expect(try parsed("sidecar: {}\n").get().listeners.first { $0.protocol == .sidecarInbound }?.sidecar == nil)
+    }
+
+    @Test func sidecarInboundErrors() {
+        let m = messages("""
+            sidecar:
+              inbound:
+                - { port: 8080 }
+                - { port: 8080, protocol: grpc }
+                - { port: 15006 }
+                - { protocol: http }
+            """)
+        #expect(m.contains { $0.hasPrefix("4: sidecar.inbound[1]: duplicate inbound port 8080") })
+        #expect(m.contains { $0.hasPrefix("4: sidecar.inbound[1].protocol: expected") })
+        #expect(m.contains { $0.hasPrefix("5: sidecar.inbound[2].port: 15006 is the sidecar's own listener") })
+        #expect(m.contains { $0.contains("sidecar.inbound[3].port") })
+        let clash = messages("""
+            clusters:
+              - { name: inbound_8080, endpoints: ["127.0.0.1:1"] }
+            sidecar:
+              inbound: [ { port: 8080 } ]
+            """)
+        #expect(clash.contains { $0.contains("sidecar: the sidecar's listeners and clusters need these names, which are taken: inbound_8080") },
+                "\(clash)")
+    }
+
     @Test func addSidecarNameClash() {
         var c = Config(listeners: [ListenerConfig(name: "sidecar_inbound", address: HostPort(host: "127.0.0.1", port: 0))])
         #expect(c.addSidecar(SidecarConfig()) == ["sidecar_inbound"])

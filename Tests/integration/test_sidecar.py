@@ -326,7 +326,8 @@ def test_run_sidecar_with_control_plane_as_in_kubernetes(pods, tmp_path):
     """deploy/kubernetes' order of things: the rules are installed first (the init container's
     `remora iptables --uid N --admin-port 15000 --apply`), then `remora run --sidecar --control URL
     --token-file F --node N --group G` takes its configuration from `remora control` running in
-    another namespace (a non-loopback control server: the token is required). The first pushed
+    another namespace (a non-loopback control server: the token is required); `remora wait-ready`
+    (a postStart hook) returns once the first version is served, not before. The first pushed
     document has no `sidecar:` section (--sidecar adds the defaults: everything passes through); the
     second names the service, and HTTP to its VIP is then routed to the cluster."""
     pod, peer, procs = pods
@@ -346,7 +347,6 @@ def test_run_sidecar_with_control_plane_as_in_kubernetes(pods, tmp_path):
               "sidecar": {"services": [{"name": "orders", "addresses": [VIP], "port": 80, "cluster": "orders"}]}}
     (tmp_path / "first.yaml").write_text(to_yaml(first))
     (tmp_path / "second.yaml").write_text(to_yaml(second))
-    ctl_in(peer, url, token, "apply", "orders", str(tmp_path / "first.yaml"))
 
     # The init container: rules first, while nothing listens yet.
     in_ns(pod, str(remora_bin()), "iptables", "--uid", "0", "--admin-port", str(ADMIN), "--apply")
@@ -355,8 +355,21 @@ def test_run_sidecar_with_control_plane_as_in_kubernetes(pods, tmp_path):
                        f"--control {url} --token-file {token} --node pod-1 --group orders\n")
     wrapper.chmod(0o755)
     remora = Remora(wrapper, "unused: true\n", tmp_path, name="sidecar-control")
+    waiter = None
     try:
+        # The group has no document yet: the sidecar waits, and so does a postStart hook's
+        # `remora wait-ready` (the application would start only after it returns).
+        wait_port(pod, "127.0.0.1", ADMIN)
+        r = in_ns(pod, str(remora_bin()), "wait-ready", "--admin", f"127.0.0.1:{ADMIN}", "--timeout", "300ms", check=False)
+        assert r.returncode == 1 and b"503 waiting for the control server" in r.stderr, r
+        waiter = subprocess.Popen(["ip", "netns", "exec", pod, str(remora_bin()), "wait-ready", "--admin",
+                                   f"127.0.0.1:{ADMIN}", "--timeout", "20s"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(0.5)
+        assert waiter.poll() is None
+        ctl_in(peer, url, token, "apply", "orders", str(tmp_path / "first.yaml"))
         remora.wait_ready()
+        out, err = waiter.communicate(timeout=10)
+        assert waiter.returncode == 0 and out.startswith(b"remora wait-ready: ready"), (out, err)
         assert set(remora.listeners) == {"egress", "sidecar_outbound", "sidecar_outbound_ipv6", "sidecar_inbound",
                                          "sidecar_inbound_ipv6"}
         assert remora.listeners["sidecar_outbound"][1] == 15001
@@ -388,6 +401,66 @@ def test_run_sidecar_with_control_plane_as_in_kubernetes(pods, tmp_path):
         assert s["listener.sidecar_outbound.sidecar_service_matched"] >= 1
         status = ctl_in(peer, url, token, "status").stdout.decode()
         assert any(line.split()[:2] == ["pod-1", "orders"] and "ACK" in line.split() for line in status.splitlines()), status
+        assert remora.alive
+    finally:
+        if waiter is not None and waiter.poll() is None:
+            waiter.kill()
+            waiter.wait(5)
+        code = remora.stop(timeout=5) if remora.proc.poll() is None else remora.proc.returncode
+        if remora.proc.returncode is None:
+            remora.kill()
+    assert code == 0, remora.stderr_tail()
+
+
+@pytest.mark.timeout(120)
+def test_inbound_http_port_goes_through_an_http_listener(pods, tmp_path):
+    """`sidecar.inbound: [{ port: 8081 }]`: a peer's HTTP/1.1 and h2c calls to the pod's port 8081
+    (IPv4 and IPv6) are sniffed, served by the internal listener inbound_8081 (request stats, the
+    request-head policy: the application sees x-forwarded-for) and reach the application at
+    127.0.0.1:8081 through the cluster inbound_8081; an unlisted port (9000) still gets the bytes."""
+    pod, peer, procs = pods
+    # The pod's application: the same HTTP server as the peer's (0.0.0.0:8081, also an echo on 7000).
+    procs.append(subprocess.Popen(["ip", "netns", "exec", pod, *APP, "python3", "-c", SERVERS, "peer"],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    config = {
+        "admin": {"address": f"127.0.0.1:{ADMIN}"},
+        "workers": 1,
+        "drain_timeout": "1s",
+        "sidecar": {"sniff_timeout": "1s", "inbound": [{"port": 8081}]},
+    }
+    wrapper = tmp_path / "remora-in-pod"
+    wrapper.write_text(f"#!/bin/sh\nexec ip netns exec {pod} {remora_bin()} \"$@\"\n")
+    wrapper.chmod(0o755)
+    remora = Remora(wrapper, to_yaml(config), tmp_path, name="sidecar-inbound")
+    try:
+        remora.wait_ready()
+        assert "inbound_8081" not in remora.listeners   # internal
+        wait_port(pod, "127.0.0.1", 8081)
+        wait_port(pod, "127.0.0.1", 9000)
+        in_ns(pod, str(remora_bin()), "iptables", "--uid", "0", "--admin-port", str(ADMIN), "--apply")
+
+        r = in_ns(peer, "curl", "-s", "--noproxy", "*", "--max-time", "10", f"http://{POD_IP}:8081/in/1")
+        seen = json.loads(r.stdout)
+        assert seen["path"] == "/in/1"
+        assert seen["headers"]["x-forwarded-for"] == PEER_IP            # the peer, as Remora saw it
+        assert seen["headers"]["x-forwarded-proto"] == "http"
+        r = in_ns(peer, "curl", "-s", "--noproxy", "*", "--max-time", "10", "--http2-prior-knowledge",
+                  f"http://{POD_IP}:8081/in/h2")
+        assert json.loads(r.stdout)["path"] == "/in/h2"
+        r = in_ns(peer, "curl", "-s", "-g", "--noproxy", "*", "--max-time", "10", f"http://[{POD_IP6}]:8081/in/v6")
+        seen = json.loads(r.stdout)
+        assert seen["path"] == "/in/v6" and seen["headers"]["x-forwarded-for"] == PEER_IP6
+        # An unlisted port: bytes to the application, as before.
+        assert in_ns(peer, "python3", "-c", CLIENT, POD_IP, "9000", "raw").stdout == b"app:raw"
+
+        s = stats(pod)
+        assert s["listener.inbound_8081.downstream_rq_total"] == 3
+        assert s["cluster.inbound_8081.upstream_rq_total"] == 3
+        assert s["listener.sidecar_inbound.http11_found"] == 1
+        assert s["listener.sidecar_inbound.http2_found"] == 1
+        assert s["listener.sidecar_inbound_ipv6.http11_found"] == 1
+        assert s["listener.sidecar_inbound.sidecar_service_matched"] == 2
+        assert s["listener.sidecar_inbound.sidecar_passthrough"] == 1
         assert remora.alive
     finally:
         code = remora.stop(timeout=5) if remora.proc.poll() is None else remora.proc.returncode

@@ -28,7 +28,6 @@ final class SniffSession: Session, TCPConnectionDelegate {
     var recordsEnd = 0
     /// Sidecar: where the client was going, and the service that destination is (nil: passthrough).
     var original: SocketAddress?
-    var service: SidecarService?
     var serviceIndex: Int?
     var serviceCluster: Cluster?
 
@@ -54,19 +53,19 @@ final class SniffSession: Session, TCPConnectionDelegate {
     /// Decides what needs no bytes (original destination, service, passthrough policy, server-first
     /// ports): closes the connection, hands it over, or starts sniffing.
     func startOutbound() {
-        guard let routes = listener.sidecar, let dst = down.originalDestination(), !isSelf(dst) else {
+        guard let routes = listener.sidecar, let dst = down.originalDestination() else {
             stats.inc(.sidecar_no_original_dst)
             down.close()
             return
         }
-        original = dst
+        // Inbound: the application, on the loopback address at the port the peer called.
+        original = listener.config.protocol == .sidecarInbound ? .loopback(ipv6: dst.isIPv6, port: dst.port) : dst
         func take(_ i: Int?) {
             guard let i else { return }
-            service = listener.config.sidecar?.services[i]
             serviceIndex = i
             serviceCluster = listener.serviceClusters[i]
         }
-        switch routes.first(ip: dst.ipString, port: dst.port) {
+        switch routes.first(ip: dst.ipKey, port: dst.port) {
         case .deny:
             stats.inc(.sidecar_passthrough_denied)
             down.close()
@@ -74,13 +73,6 @@ final class SniffSession: Session, TCPConnectionDelegate {
         case .http(let i): take(i); toHTTP()
         case .sniff(let i): take(i); start()
         }
-    }
-
-    /// The original destination is this listener itself: not redirected (a direct connection to
-    /// the port), or a loop.
-    func isSelf(_ dst: SocketAddress) -> Bool {
-        guard let local = down.localAddress() else { return true }
-        return local.port == dst.port && local.ipString == dst.ipString
     }
 
     // MARK: input
@@ -185,7 +177,7 @@ final class SniffSession: Session, TCPConnectionDelegate {
     /// Bytes: to the service's cluster, or to the original destination. Returns the new session.
     @discardableResult
     func toTCP() -> TCPProxySession? {
-        if service != nil { stats.inc(.sidecar_service_matched) } else { stats.inc(.sidecar_passthrough) }
+        if serviceIndex != nil { stats.inc(.sidecar_service_matched) } else { stats.inc(.sidecar_passthrough) }
         guard let dst = original else { down.close(); return nil }
         let s = TCPProxySession(worker: worker, listener: listener, cluster: serviceCluster,
                                 target: serviceCluster == nil ? dst : nil, down: down, initial: buffer.bytes)
@@ -195,7 +187,7 @@ final class SniffSession: Session, TCPConnectionDelegate {
 
     /// HTTP: the service's internal listener takes the connection and parses what was read.
     func toHTTP() {
-        guard let svc = service, let slot = worker.slots[svc.httpListener] else { toTCP(); return }
+        guard let i = serviceIndex, let slot = worker.slots[listener.serviceHTTPListeners[i]] else { toTCP(); return }
         stats.inc(.sidecar_service_matched)
         down.clearDeadline()
         stats.dec(.downstream_cx_active)   // the connection now counts on the service's listener
