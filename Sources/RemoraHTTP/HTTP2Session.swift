@@ -71,6 +71,11 @@ public final class HTTP2Session {
     var scratch = ByteBuffer()
     /// Empty DATA frames without END_STREAM in a row (CVE-2019-9518 style floods).
     var emptyFrames = 0
+    /// Names of per-request fields (request id, trace context) indexed on this session
+    /// (`namesIndexedOnce`), one bit per name; cleared every 256 header lists that have such fields
+    /// (`indexedLists`).
+    var indexedNames: UInt32 = 0
+    var indexedLists: UInt32 = 0
     /// The peer did something abusive; the session is being torn down (GOAWAY queued).
     public private(set) var abused = false
 
@@ -207,10 +212,10 @@ public final class HTTP2Session {
         }
     }
 
-    /// A request id or a trace context (traceparent, B3 ids) is new on every request: kept out of the HPACK dynamic table
-    /// (NO_INDEX), where it would only push useful entries out and cost a table search and an insert
-    /// per request (+26 % instructions per request on h2c with tracing on). Lengths first: other
-    /// fields pay two compares.
+    /// A request id or a trace context (traceparent, B3 ids) is new on every request: its value is kept
+    /// out of the HPACK dynamic table (NO_INDEX), where it would only push useful entries out and cost a
+    /// table search and an insert per request (+26 % instructions per request on h2c with tracing on).
+    /// Lengths first: other fields pay two compares.
     @inline(__always) static func indexFlag(_ f: HeaderRef) -> UInt32 {
         let n = f.name.count, v = f.value.count
         if (n == 11 && v == 55 && f.name.equalsLowercase("traceparent"))
@@ -220,6 +225,27 @@ public final class HTTP2Session {
             return NGHTTP2_NV_FLAG_NO_INDEX.rawValue
         }
         return NGHTTP2_NV_FLAG_NONE.rawValue
+    }
+
+    /// For the fields `indexFlag` keeps out of the table (in `nv`, the list of a request that has
+    /// such fields: `submitRequest`'s `addedFields`): a *name* is worth a table entry, since a NO_INDEX
+    /// field whose name is in the table refers to it by index instead of Huffman-coding the name again
+    /// (~500 instructions per request for traceparent and x-request-id). So the first such field of
+    /// each name on a session is indexed (a bit per name in `indexedNames`: its length, + 16 for B3's
+    /// `x-b3-*`), and again every 256 such lists, in case later fields pushed the entry out.
+    @inline(never) func namesIndexedOnce(_ nv: UnsafePointer<nghttp2_nv>, _ count: Int) {
+        let nv = UnsafeMutablePointer(mutating: nv)   // withNV's own temporary list
+        let noIndex = UInt8(NGHTTP2_NV_FLAG_NO_INDEX.rawValue)
+        indexedLists &+= 1
+        if indexedLists & 255 == 0 { indexedNames = 0 }
+        for i in 0..<count where nv[i].flags & noIndex != 0 {
+            let n = nv[i].namelen
+            let bit: UInt32 = 1 << UInt32((n + (n > 3 && nv[i].name[2] | 0x20 == 0x62 ? 16 : 0)) & 31)
+            if indexedNames & bit == 0 {
+                indexedNames |= bit
+                nv[i].flags &= ~noIndex
+            }
+        }
     }
 
     static var none: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: nil, count: 0) }
@@ -246,13 +272,14 @@ public final class HTTP2Session {
     /// Client: sends a request head; returns the stream id (< 0 on failure). `hasBody` attaches the
     /// body source. Unless `clean` (lowercase names, no hop-by-hop fields, no Host: the caller
     /// filtered them), names are lowercased and those fields dropped here (`authority` becomes
-    /// `:authority`).
+    /// `:authority`). `addedFields`: the proxy added a request id or trace context (`namesIndexedOnce`).
     public func submitRequest(method: UnsafeRawBufferPointer, scheme: StaticString, authority: UnsafeRawBufferPointer,
                               path: UnsafeRawBufferPointer, headers: UnsafeBufferPointer<HeaderRef>, clean: Bool,
-                              hasBody: Bool, streamData: UnsafeMutableRawPointer?) -> Int32 {
+                              hasBody: Bool, streamData: UnsafeMutableRawPointer?, addedFields: Bool = false) -> Int32 {
         let sch = UnsafeRawBufferPointer(start: scheme.utf8Start, count: scheme.utf8CodeUnitCount)
         return withNV(":method", method, ":scheme", sch, ":authority", authority, ":path", path,
                       headers: headers, dropHost: true, clean: clean) { nv, n in
+            if addedFields { namesIndexedOnce(nv, n) }
             if hasBody {
                 var prd = nghttp2_data_provider(source: nghttp2_data_source(ptr: nil), read_callback: h2ReadCallback)
                 return nghttp2_submit_request(session, nil, nv, n, &prd, streamData)

@@ -625,6 +625,182 @@ def test_trace_fields_once_each_to_an_http2_upstream_and_a_mirror(start_remora, 
         gen.close()
 
 
+def hpack_representations(block: bytes) -> list[tuple[str, int]]:
+    """Each field of an HPACK header block as (kind, name index) in order (RFC 7541 §6): kind
+    `indexed` (name and value from the table), `incremental` (literal, added to the table),
+    `without` (literal, not added) or `never` (literal, never indexed); name index 0 = a literal name.
+    Table size updates are skipped."""
+    out, i = [], 0
+
+    def integer(prefix: int) -> int:
+        nonlocal i
+        v = block[i] & ((1 << prefix) - 1)
+        i += 1
+        if v == (1 << prefix) - 1:
+            shift = 0
+            while True:
+                b = block[i]
+                i += 1
+                v += (b & 0x7F) << shift
+                shift += 7
+                if not b & 0x80:
+                    break
+        return v
+
+    def string():
+        nonlocal i
+        n = integer(7)
+        i += n
+
+    while i < len(block):
+        b = block[i]
+        if b & 0x80:
+            out.append(("indexed", integer(7)))
+            continue
+        if b & 0xE0 == 0x20:
+            integer(5)
+            continue
+        kind, prefix = (("incremental", 6) if b & 0xC0 == 0x40 else ("never", 4) if b & 0xF0 == 0x10 else ("without", 4))
+        index = integer(prefix)
+        if index == 0:
+            string()
+        string()
+        out.append((kind, index))
+    return out
+
+
+class HPACKRecordingBackend:
+    """An h2c (prior knowledge) server on raw frames that keeps every request's HPACK header block as
+    it came (`blocks`: per connection, in order), decodes it with `hpack` (PyPI, hyper-h2's decoder)
+    into `fields` and answers 200 without a body."""
+
+    def __init__(self):
+        import hpack
+        self.hpack = hpack
+        self.blocks: dict[int, list[bytes]] = {}
+        self.fields: dict[int, list[list[tuple[str, str]]]] = {}
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.threads = [threading.Thread(target=self.accept, daemon=True)]
+        self.threads[0].start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def accept(self):
+        n = 0
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except (socket.timeout, OSError):
+                continue
+            n += 1
+            t = threading.Thread(target=self.serve, args=(conn, n), daemon=True)
+            self.threads.append(t)
+            t.start()
+
+    def serve(self, conn, cid):
+        conn.settimeout(0.2)
+        dec, enc = self.hpack.Decoder(), self.hpack.Encoder()
+        buf, pending = b"", b""
+
+        def frame(ftype, flags, sid, payload=b""):
+            return struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) + struct.pack(">I", sid) + payload
+
+        conn.sendall(frame(4, 0, 0))   # our SETTINGS
+        try:
+            while not self.stop.is_set():
+                try:
+                    data = conn.recv(65536)
+                except socket.timeout:
+                    continue
+                if not data:
+                    return
+                buf += data
+                if buf.startswith(b"PRI * HTTP/2.0"):
+                    if len(buf) < 24:
+                        continue
+                    buf = buf[24:]
+                while len(buf) >= 9:
+                    length = int.from_bytes(buf[:3], "big")
+                    if len(buf) < 9 + length:
+                        break
+                    ftype, flags, sid = buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
+                    payload, buf = buf[9:9 + length], buf[9 + length:]
+                    if ftype == 4 and not flags & 1:
+                        conn.sendall(frame(4, 1, 0))   # SETTINGS ACK
+                    elif ftype == 6 and not flags & 1:
+                        conn.sendall(frame(6, 1, 0, payload))   # PING ACK
+                    elif ftype in (1, 9):   # HEADERS, CONTINUATION
+                        if ftype == 1:
+                            pad = payload[0] if flags & 0x8 else 0
+                            payload = payload[(1 if flags & 0x8 else 0) + (5 if flags & 0x20 else 0):len(payload) - pad]
+                        pending += payload
+                        if flags & 0x4:
+                            fields = [(k.decode() if isinstance(k, bytes) else k, v.decode() if isinstance(v, bytes) else v)
+                                      for k, v in dec.decode(pending)]
+                            with self.lock:
+                                self.blocks.setdefault(cid, []).append(pending)
+                                self.fields.setdefault(cid, []).append(fields)
+                            pending = b""
+                            conn.sendall(frame(1, 0x5, sid, enc.encode([(":status", "200"), ("content-length", "0")])))
+                    elif ftype == 7:
+                        return
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self):
+        self.stop.set()
+        self.sock.close()
+        for t in self.threads:
+            t.join(1)
+
+
+@pytest.mark.timeout(30)
+def test_trace_field_names_enter_the_upstream_hpack_table_once_values_never(start_remora, http_backend):
+    """Toward an HTTP/2 upstream the request id and traceparent are new values on every request:
+    never indexed (they would only push useful entries out of the peer's table), but their names go
+    into the table with the first request on a connection and later requests refer to them by
+    index instead of sending the names again (HPACK as a real decoder reads it)."""
+    pytest.importorskip("hpack", reason="hpack is not installed (pip install h2)")
+    backend = HPACKRecordingBackend()
+    try:
+        remora = start_remora(make_config([http_listener("web", tracing={"propagate": ["w3c"], "sample_percent": 0})],
+                                          [cluster("app", [backend.endpoint], protocol="http2")], workers=1))
+        port = remora.port("web")
+        for i in range(8):
+            assert get(port, f"/r{i}").status == 200
+        poll(lambda: sum(len(v) for v in backend.fields.values()) >= 8, timeout=5, what="8 requests at the backend")
+        with backend.lock:
+            conns = {c: list(zip(backend.blocks[c], backend.fields[c])) for c in backend.blocks}
+        assert len(conns) == 1, "one upstream connection carries the 8 requests"
+        ids = set()
+        for n, (block, fields) in enumerate(next(iter(conns.values()))):
+            reps = hpack_representations(block)
+            assert len(reps) == len(fields), (reps, fields)
+            kinds = {name: rep for (name, _), rep in zip(fields, reps)}
+            values = dict(fields)
+            assert TRACEPARENT.fullmatch(values["traceparent"]) and UUID4.fullmatch(values["x-request-id"])
+            ids.add(values["x-request-id"])
+            for name in ("traceparent", "x-request-id"):
+                kind, index = kinds[name]
+                if n == 0:
+                    assert kind == "incremental", (n, name, kind)   # the name (and this one value) enter the table
+                else:
+                    assert kind == "never" and index > 61, (n, name, kind, index)   # a dynamic-table name, a new value
+        assert len(ids) == 8
+    finally:
+        backend.close()
+
+
 # -- OTLP span export -------------------------------------------------------------------------------
 
 import base64
