@@ -178,9 +178,6 @@ final class ClusterShared: @unchecked Sendable {
         resetFailures(endpoint)
     }
 
-    /// Why `endpoint` is out of load balancing (bit 0: ejected, bit 1: failing health checks; 0 = in).
-    func outFlags(_ endpoint: Int) -> Int64 { remora_atomic_load(words + ejectedBase + endpoint) }
-
     /// Main loop: marks `endpoint` unhealthy (its health checks failed) or healthy again.
     func setUnhealthy(_ endpoint: Int, _ on: Bool) { setFlag(endpoint, 2, on) }
 

@@ -183,7 +183,7 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
             guard refs.count >= 3 else { return -1 }
             return h2.submitRequest(method: refs[0].value, scheme: "http", authority: refs[1].value, path: refs[2].value,
                                     headers: UnsafeBufferPointer(rebasing: refs[3...]), clean: true, hasBody: hasBody,
-                                    streamData: Unmanaged.passUnretained(s).toOpaque(), addedFields: e.observe.hasTrace)
+                                    streamData: Unmanaged.passUnretained(s).toOpaque(), addedFields: s.exchange?.observe.hasTrace ?? false)
         }
         if id < 0 { return false }
         s.id = id
