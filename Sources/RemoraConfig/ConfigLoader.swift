@@ -867,7 +867,7 @@ private final class Schema {
         guard var m = d.mapping(n, p, keys: ["name", "protocol", "endpoints", "connect_timeout", "max_idle_per_endpoint",
                                              "http2", "max_connects_per_second", "idle_timeout", "retry_budget",
                                              "lb", "hash_on", "circuit_breaker", "outlier_detection", "panic_threshold",
-                                             "health_check", "tls", "slow_start", "dns_refresh"])
+                                             "health_check", "tls", "slow_start", "dns_refresh", "dns_lookup_family"])
         else { return nil }
         let name = m.required("name") { self.name($0, $1, "cluster", &clusterNames) }
         let proto: ClusterProtocol? = m.optional("protocol", d.oneOf)
@@ -892,6 +892,7 @@ private final class Schema {
         if lb?.isConsistentHash ?? false { m.forbid(["slow_start"], "not with lb: ring_hash or maglev (a key must stay where it is)") }
         let slowStart = m.optional("slow_start", slowStartConfig)
         let dnsRefresh = m.optional("dns_refresh") { d.duration($0, $1, positive: true) }
+        let family: DNSLookupFamily? = m.optional("dns_lookup_family", d.oneOf)
         guard let name, let endpoints else { return nil }
         var c = ClusterConfig(name: name, protocol: proto ?? .http1, endpoints: endpoints.map(\.0),
                               connectTimeout: connectTimeout ?? 5_000, maxIdlePerEndpoint: maxIdle,
@@ -907,6 +908,7 @@ private final class Schema {
         c.tls = tls
         c.slowStart = slowStart
         c.dnsRefresh = dnsRefresh
+        if let family { c.dnsLookupFamily = family }
         return c
     }
 

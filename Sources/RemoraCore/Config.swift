@@ -488,6 +488,31 @@ public struct WeightedBackend: Sendable, Equatable {
     public init(cluster: String, weight: UInt32 = 1) { self.cluster = cluster; self.weight = weight }
 }
 
+/// `dns_lookup_family:` — which of the addresses an endpoint name resolves to become endpoints
+/// (IP literals are taken as written).
+public enum DNSLookupFamily: String, Sendable, Equatable, CaseIterable {
+    /// Every address, IPv4 and IPv6 (the default).
+    case all
+    /// IPv4 addresses only (a name with none does not resolve).
+    case v4Only = "v4_only"
+    /// IPv6 addresses only (a name with none does not resolve).
+    case v6Only = "v6_only"
+    /// The IPv4 addresses when there are any, else the IPv6 ones: `localhost` is 127.0.0.1 only,
+    /// not also ::1 where nothing listens.
+    case v4Preferred = "v4_preferred"
+
+    /// The addresses to keep of `isIPv6` (one per address, in the resolver's order), by index.
+    public func keep(_ isIPv6: [Bool]) -> [Int] {
+        let v4 = isIPv6.indices.filter { !isIPv6[$0] }, v6 = isIPv6.indices.filter { isIPv6[$0] }
+        switch self {
+        case .all: return Array(isIPv6.indices)
+        case .v4Only: return v4
+        case .v6Only: return v6
+        case .v4Preferred: return v4.isEmpty ? v6 : v4
+        }
+    }
+}
+
 public enum ClusterProtocol: String, Sendable, Equatable, CaseIterable {
     case http1
     case http2
@@ -543,6 +568,8 @@ public struct ClusterConfig: Sendable, Equatable {
     /// `dns_refresh:` — endpoints given by name are resolved again this often (ms) on the main loop
     /// and the endpoint set follows (each address an endpoint); nil = resolved once, at load.
     public var dnsRefresh: Millis?
+    /// `dns_lookup_family:` — which addresses of a name are endpoints (default all).
+    public var dnsLookupFamily: DNSLookupFamily = .all
 
     /// The same cluster apart from its endpoint list (a DNS refresh or a reload that only moved
     /// endpoints): what stays may keep its connections.

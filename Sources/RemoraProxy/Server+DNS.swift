@@ -74,7 +74,8 @@ extension Server {
         let answers = Answers(c.endpoints.count)
         for (k, hp) in c.endpoints.enumerated() {
             Resolver.resolve(hp, on: loop) { [unowned self] addrs in
-                answers.list[k] = addrs
+                let kept = addrs.map { a in c.dnsLookupFamily.keep(a.map(\.isIPv6)).map { a[$0] } }
+                answers.list[k] = kept?.isEmpty == true ? nil : kept   // none of the family: as not resolved
                 answers.left -= 1
                 if answers.left == 0 {
                     w.busy = false

@@ -79,7 +79,7 @@ public final class Snapshot: Sendable {
             var per: [[SocketAddress]] = []
             for (i, e) in c.endpoints.enumerated() {
                 do {
-                    let resolved = try given[ci].map { $0[i] } ?? Resolver.resolve(e)
+                    let resolved = try given[ci].map { $0[i] } ?? Snapshot.lookup(e, c.dnsLookupFamily)
                     if !resolved.isEmpty, t[e.description.lowercased()] == nil { t[e.description.lowercased()] = list.count }
                     for (k, a) in resolved.enumerated() where t[a.description] == nil { t[a.description] = list.count + k }
                     list += resolved
@@ -179,6 +179,23 @@ public final class Snapshot: Sendable {
             }
         }
         return out
+    }
+}
+
+extension Snapshot {
+    /// The endpoints of name or literal `e` (synchronously, at load): a name's addresses of
+    /// `family`; throws when it has none.
+    static func lookup(_ e: HostPort, _ family: DNSLookupFamily) throws -> [SocketAddress] {
+        let all = try Resolver.resolve(e)
+        if SocketAddress(ip: e.host, port: e.port) != nil { return all }
+        let kept = family.keep(all.map(\.isIPv6)).map { all[$0] }
+        if kept.isEmpty { throw NoAddressOfFamily(family: family) }
+        return kept
+    }
+
+    struct NoAddressOfFamily: Error, CustomStringConvertible {
+        let family: DNSLookupFamily
+        var description: String { "no address of dns_lookup_family \(family.rawValue)" }
     }
 }
 

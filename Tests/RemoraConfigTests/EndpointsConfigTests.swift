@@ -110,5 +110,16 @@ import RemoraPolicy
         d.dnsRefresh = 1_000
         #expect(!d.sameApartFromEndpoints(c!))
     }
+
+    @Test func dnsLookupFamily() {
+        #expect(cluster("  - { name: app, endpoints: [ localhost:1 ] }")?.dnsLookupFamily == .all)
+        #expect(cluster("  - { name: app, endpoints: [ localhost:1 ], dns_lookup_family: v4_preferred }")?.dnsLookupFamily == .v4Preferred)
+        #expect(error("  - { name: app, endpoints: [ localhost:1 ], dns_lookup_family: ipv4 }").contains("v4_only"))
+        let v6v4v6 = [true, false, true]
+        #expect(DNSLookupFamily.all.keep(v6v4v6) == [0, 1, 2])
+        #expect(DNSLookupFamily.v4Only.keep(v6v4v6) == [1] && DNSLookupFamily.v6Only.keep(v6v4v6) == [0, 2])
+        #expect(DNSLookupFamily.v4Preferred.keep(v6v4v6) == [1] && DNSLookupFamily.v4Preferred.keep([true, true]) == [0, 1])
+        #expect(DNSLookupFamily.v4Only.keep([true]) == [])
+    }
 }
 

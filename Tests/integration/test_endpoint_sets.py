@@ -352,3 +352,26 @@ def test_a_name_that_stops_resolving_keeps_its_addresses(hosts_remora):
         assert len(b.requests) == 3
     finally:
         b.close()
+
+
+@pytest.mark.parametrize("family", ["v4_preferred", "v4_only"])
+def test_dns_lookup_family_leaves_out_the_ipv6_address_nothing_listens_on(hosts_remora, family):
+    """The name has an IPv6 and an IPv4 address and the backend listens on the IPv4 one only (the
+    `localhost` trap): with the family set, only the IPv4 address is an endpoint, no connect fails,
+    at load and after a refresh."""
+    start, set_hosts = hosts_remora
+    (b,) = backends_on_one_port(["127.0.0.2"])
+    try:
+        set_hosts(["::1", "127.0.0.2"])
+        remora = start(make_config([http_listener("web")],
+                                   [cluster("app", [f"{NAME}:{b.port}"], lb="round_robin", dns_refresh="100ms",
+                                            dns_lookup_family=family)], workers=1))
+        with Client(remora.port("web"), timeout=5) as c:
+            assert all(c.request("GET", "/echo").status == 200 for _ in range(10))
+        assert remora.stat("cluster.app.upstream_cx_connect_fail") == 0
+        assert f"[::1]:{b.port}" not in [e for e in remora.stderr_tail(200).split() if e.startswith("[")]
+        set_hosts(["::1", "127.0.0.2", "127.0.0.3"])   # a refresh applies the family too
+        remora.wait_stat("cluster.app.membership_change", lambda v: v == 1, timeout=5)
+        assert "DNS refresh: 2 endpoint(s) (1 new, 0 gone)" in remora.stderr_tail(200)
+    finally:
+        b.close()
