@@ -11,9 +11,12 @@ let package = Package(
     name: "Remora",
     products: [
         .executable(name: "remora", targets: ["remora"]),
+        .executable(name: "remora-xds", targets: ["remora-xds"]),
     ],
     dependencies: [
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+        // remora-xds only (docs/xds.md): the Envoy API messages. Never a dependency of the data plane.
+        .package(url: "https://github.com/apple/swift-protobuf", exact: "1.39.0"),
     ],
     targets: [
         // C modules: system libraries found through pkg-config, plus llhttp built from Debian's node-llhttp.
@@ -65,6 +68,15 @@ let package = Package(
                 dependencies: ["RemoraCore", "RemoraIO", "RemoraHTTP", "RemoraPolicy",
                                .product(name: "Histogram", package: "hdrhistogram-swift")],
                 swiftSettings: hot),
+        // The xDS agent (docs/xds.md), a process of its own beside the proxy: the Envoy API messages generated
+        // once by Tools/xds-protos/generate.py (committed), the translation to Remora's config and the ADS
+        // client; it serves the result to the proxy as a `remora control` server does. Foundation and
+        // SwiftProtobuf stay in this process.
+        .target(name: "RemoraXDSProto", dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")]),
+        .target(name: "RemoraXDS",
+                dependencies: ["RemoraXDSProto", "RemoraCore", "RemoraConfig", "RemoraIO", "RemoraHTTP", "RemoraPolicy",
+                               "RemoraControl", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
+        .executableTarget(name: "remora-xds", dependencies: ["RemoraXDS", "RemoraControl", "RemoraCore"]),
         .executableTarget(name: "remora", dependencies: ["RemoraProxy", "RemoraConfig", "RemoraCore", "RemoraControl",
                                                          "RemoraBench", "RemoraAdmin"]),
 
@@ -77,6 +89,8 @@ let package = Package(
         .testTarget(name: "RemoraBenchTests", dependencies: ["RemoraBench", "RemoraCore", "RemoraHTTP",
                                                               .product(name: "Histogram", package: "hdrhistogram-swift")]),
         .testTarget(name: "RemoraControlTests", dependencies: ["RemoraControl", "RemoraConfig", "RemoraCore"]),
+        .testTarget(name: "RemoraXDSTests", dependencies: ["RemoraXDS", "RemoraXDSProto", "RemoraConfig", "RemoraCore",
+                                                           .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         .testTarget(name: "RemoraAdminTests", dependencies: ["RemoraAdmin", "RemoraCore"]),
         .testTarget(name: "RemoraProxyTests", dependencies: ["RemoraProxy", "RemoraAdmin", "RemoraCore", "RemoraConfig", "RemoraIO", "RemoraPolicy"]),
     ],

@@ -1,0 +1,972 @@
+import Foundation
+import RemoraXDSProto
+import SwiftProtobuf
+
+public typealias Listener = Envoy_Config_Listener_V3_Listener
+public typealias HCM = Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_HttpConnectionManager
+public typealias TcpProxy = Envoy_Extensions_Filters_Network_TcpProxy_V3_TcpProxy
+public typealias Router = Envoy_Extensions_Filters_Http_Router_V3_Router
+public typealias RouteConfiguration = Envoy_Config_Route_V3_RouteConfiguration
+public typealias Cluster = Envoy_Config_Cluster_V3_Cluster
+public typealias ClusterLoadAssignment = Envoy_Config_Endpoint_V3_ClusterLoadAssignment
+public typealias UpstreamHTTPOptions = Envoy_Extensions_Upstreams_Http_V3_HttpProtocolOptions
+public typealias Duration = Google_Protobuf_Duration
+
+/// The xDS resource types remora-xds subscribes to (ADS, state of the world).
+public enum XDSType: String, CaseIterable, Sendable {
+    case listener = "type.googleapis.com/envoy.config.listener.v3.Listener"
+    case route = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+    case cluster = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+    case endpoint = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+
+    /// Envoy's short names (LDS, RDS, CDS, EDS), for logs.
+    public var short: String {
+        switch self { case .listener: "LDS"; case .route: "RDS"; case .cluster: "CDS"; case .endpoint: "EDS" }
+    }
+    /// Wildcard types get everything; the others only the names the accepted resources reference.
+    public var isWildcard: Bool { self == .listener || self == .cluster }
+}
+
+/// The accepted xDS state: every resource by name, per type.
+public struct XDSResources: Sendable {
+    public var listeners: [String: Listener] = [:]
+    public var routes: [String: RouteConfiguration] = [:]
+    public var clusters: [String: Cluster] = [:]
+    public var endpoints: [String: ClusterLoadAssignment] = [:]
+    public init() {}
+
+    /// Decodes a response's resources into this state's `type` (replacing it: state of the world).
+    /// A resource of another type, or one that does not decode, is an error.
+    public mutating func replace(_ type: XDSType, with resources: [Google_Protobuf_Any]) throws(XDSError) {
+        do {
+            switch type {
+            case .listener: listeners = try Self.decode(resources, type) { (m: Listener) in m.name }
+            case .route: routes = try Self.decode(resources, type) { (m: RouteConfiguration) in m.name }
+            case .cluster: clusters = try Self.decode(resources, type) { (m: Cluster) in m.name }
+            case .endpoint: endpoints = try Self.decode(resources, type) { (m: ClusterLoadAssignment) in m.clusterName }
+            }
+        } catch let e as XDSError { throw e } catch { throw XDSError("\(type.short): \(error)") }
+    }
+
+    static func decode<M: Message>(_ rs: [Google_Protobuf_Any], _ type: XDSType, name: (M) -> String) throws -> [String: M] {
+        var out: [String: M] = [:]
+        for r in rs {
+            guard r.typeURL == type.rawValue else {
+                throw XDSError("\(type.short): a resource of type \(r.typeURL) in a response of type \(type.rawValue)")
+            }
+            let m: M
+            do { m = try M(serializedBytes: r.value) } catch { throw XDSError("\(type.short): a resource does not decode: \(error)") }
+            let n = name(m)
+            guard !n.isEmpty else { throw XDSError("\(type.short): a resource without a name") }
+            guard out[n] == nil else { throw XDSError("\(type.short): resource \(n) given twice") }
+            out[n] = m
+        }
+        return out
+    }
+
+    /// Route configurations the listeners ask for over RDS, sorted.
+    public var rdsNames: [String] {
+        var s = Set<String>()
+        for l in listeners.values {
+            for fc in l.filterChains + (l.hasDefaultFilterChain ? [l.defaultFilterChain] : []) {
+                for f in fc.filters {
+                    if case .typedConfig(let any)? = f.configType, any.typeURL.hasSuffix("/" + HCM.protoMessageName),
+                       let h = try? HCM(unpackingAny: any), case .rds(let rds)? = h.routeSpecifier {
+                        s.insert(rds.routeConfigName)
+                    }
+                }
+            }
+        }
+        return s.sorted()
+    }
+
+    /// ClusterLoadAssignments the EDS clusters ask for, sorted.
+    public var edsNames: [String] {
+        Set(clusters.values.compactMap { c -> String? in
+            guard case .type(.eds)? = c.clusterDiscoveryType else { return nil }
+            return c.edsClusterConfig.serviceName.isEmpty ? c.name : c.edsClusterConfig.serviceName
+        }).sorted()
+    }
+}
+
+/// What the translation made of the state.
+public enum Translation: Equatable, Sendable {
+    /// A complete configuration in Remora's schema.
+    case config(YAMLNode)
+    /// Something referenced has not arrived yet (an RDS route configuration, an EDS assignment, any listener).
+    case pending(String)
+}
+
+/// xDS resources → one Remora configuration (docs/xds.md has the table). Pure: no I/O. Every field the
+/// translation does not read makes it throw an `XDSError` naming the field (`leftoverFields`).
+public struct Translator: Sendable {
+    /// `workers:` of the generated configuration (nil: the proxy's default).
+    public var workers: Int?
+    public init(workers: Int? = nil) { self.workers = workers }
+
+    public func translate(_ r: XDSResources) throws(XDSError) -> Translation {
+        var names = NameMap()
+        // Clusters first: routes refer to them by name.
+        var clusterNodes: [YAMLNode] = []
+        var empty = Set<String>()
+        var pendingEDS: [String] = []
+        for name in r.clusters.keys.sorted() {
+            let c = r.clusters[name]!
+            switch try cluster(c, r, &names) {
+            case .some(let node) where node["endpoints"] == .list([]): empty.insert(name)
+            case .some(let node): clusterNodes.append(node)
+            case .none: pendingEDS.append(c.edsClusterConfig.serviceName.isEmpty ? c.name : c.edsClusterConfig.serviceName)
+            }
+        }
+        var listenerNodes: [YAMLNode] = []
+        var pendingRDS: [String] = []
+        for name in r.listeners.keys.sorted() {
+            let ctx = Context(resources: r, empty: empty, clusterNames: names)
+            switch try listener(r.listeners[name]!, ctx, &names) {
+            case .some(let node): listenerNodes.append(node)
+            case .none: pendingRDS.append(name)
+            }
+        }
+        if !pendingEDS.isEmpty { return .pending("EDS assignments \(pendingEDS.joined(separator: ", "))") }
+        if !pendingRDS.isEmpty { return .pending("RDS route configurations of listeners \(pendingRDS.joined(separator: ", "))") }
+        if listenerNodes.isEmpty { return .pending("a listener (LDS has none)") }
+        var doc: [(String, YAMLNode)] = []
+        if let workers { doc.append(("workers", .int(workers))) }
+        doc.append(("listeners", .list(listenerNodes)))
+        doc.append(("clusters", .list(clusterNodes)))
+        return .config(.map(doc))
+    }
+
+    struct Context {
+        var resources: XDSResources
+        /// Clusters whose endpoints are all absent or unhealthy: left out of the configuration; a route
+        /// only to them answers 503 `no healthy upstream`, as Envoy's does.
+        var empty: Set<String>
+        var clusterNames: NameMap
+    }
+
+    // MARK: listeners
+
+    func listener(_ l: Listener, _ ctx: Context, _ names: inout NameMap) throws(XDSError) -> YAMLNode? {
+        let at = "Listener \(l.name)"
+        var rest = l
+        rest.name = ""; rest.clearAddress(); rest.filterChains = []; rest.clearDefaultFilterChain()
+        rest.statPrefix = ""                 // stats are named after the listener
+        rest.trafficDirection = .unspecified // informational
+        var limit: Int?
+        if l.hasPerConnectionBufferLimitBytes {
+            limit = Int(l.perConnectionBufferLimitBytes.value); rest.clearPerConnectionBufferLimitBytes()
+            guard limit! >= 65536 else { throw XDSError("\(at): per_connection_buffer_limit_bytes below 65536 is not supported") }
+        }
+        try refuseLeftovers(rest, at: at)
+        var node: [(String, YAMLNode)] = [("name", .string(names.listener(l.name))), ("address", .string(try address(l.address, at: at + ": address")))]
+        var chains = l.filterChains
+        if l.hasDefaultFilterChain { chains.append(l.defaultFilterChain) }
+        guard chains.count == 1 else {
+            throw XDSError("\(at): \(chains.count) filter chains; only one (with no filter_chain_match) is supported")
+        }
+        let fc = chains[0]
+        var fcRest = fc
+        fcRest.filters = []; fcRest.name = ""
+        try refuseLeftovers(fcRest, at: "\(at): filter_chains[0]", note: fc.transportSocket.isEmpty ? "" : "TLS is not supported yet")
+        guard fc.filters.count == 1 else {
+            throw XDSError("\(at): filter_chains[0] has \(fc.filters.count) network filters; exactly one, http_connection_manager or tcp_proxy, is supported")
+        }
+        let f = fc.filters[0]
+        guard case .typedConfig(let any)? = f.configType else {
+            throw XDSError("\(at): filter_chains[0].filters[0] (\(f.name)): only typed_config is supported")
+        }
+        let fat = "\(at): filter_chains[0].filters[0]"
+        if any.typeURL.hasSuffix("/" + HCM.protoMessageName) {
+            let h: HCM
+            do { h = try HCM(unpackingAny: any) } catch { throw XDSError("\(fat): does not decode: \(error)") }
+            if limit != nil { node.append(("per_connection_buffer_limit", .int(limit!))) }
+            guard let http = try hcm(h, at: fat + ".typed_config", ctx, &names) else { return nil }
+            node.append(contentsOf: http)
+        } else if any.typeURL.hasSuffix("/" + TcpProxy.protoMessageName) {
+            let t: TcpProxy
+            do { t = try TcpProxy(unpackingAny: any) } catch { throw XDSError("\(fat): does not decode: \(error)") }
+            if limit != nil { throw XDSError("\(at): per_connection_buffer_limit_bytes is not supported with tcp_proxy") }
+            node.append(contentsOf: try tcpProxy(t, at: fat + ".typed_config", ctx))
+        } else {
+            throw XDSError("\(fat) (\(f.name)): network filter \(any.typeURL) is not supported (http_connection_manager and tcp_proxy are)")
+        }
+        return .map(node)
+    }
+
+    func tcpProxy(_ t: TcpProxy, at: String, _ ctx: Context) throws(XDSError) -> [(String, YAMLNode)] {
+        var rest = t
+        rest.statPrefix = ""; rest.clusterSpecifier = nil; rest.clearIdleTimeout()
+        try refuseLeftovers(rest, at: at)
+        guard case .cluster(let c)? = t.clusterSpecifier else { throw XDSError("\(at).cluster: required") }
+        guard ctx.resources.clusters[c] != nil else { throw XDSError("\(at).cluster: unknown cluster \(c)") }
+        guard !ctx.empty.contains(c) else { throw XDSError("\(at).cluster: cluster \(c) has no healthy endpoint (Remora cannot keep a TCP listener on an empty cluster)") }
+        var out: [(String, YAMLNode)] = [("protocol", .string("tcp")), ("cluster", .string(ctx.clusterNames.clusterName(c)))]
+        if t.hasIdleTimeout {
+            guard let ms = try positive(t.idleTimeout, at: at + ".idle_timeout") else {
+                throw XDSError("\(at).idle_timeout: 0 (no idle timeout) is not supported")
+            }
+            out.append(("idle_timeout", .string(ms)))
+        }
+        return out
+    }
+
+    func hcm(_ h: HCM, at: String, _ ctx: Context, _ names: inout NameMap) throws(XDSError) -> [(String, YAMLNode)]? {
+        var rest = h
+        rest.statPrefix = ""; rest.routeSpecifier = nil; rest.httpFilters = []
+        rest.clearRequestTimeout(); rest.clearRequestHeadersTimeout(); rest.clearStreamIdleTimeout()
+        rest.clearCommonHTTPProtocolOptions(); rest.clearHTTP2ProtocolOptions()
+        if h.codecType != .auto {
+            throw XDSError("\(at).codec_type: \(h.codecType) is not supported: a Remora listener serves HTTP/1.1 and h2c on one port (AUTO)")
+        }
+        try refuseLeftovers(rest, at: at)
+        // Filters: only the router, last.
+        guard !h.httpFilters.isEmpty else { throw XDSError("\(at).http_filters: empty (the router is required)") }
+        for (i, f) in h.httpFilters.enumerated() {
+            var ok = false
+            if case .typedConfig(let any)? = f.configType {
+                if any.typeURL.hasSuffix("/" + Router.protoMessageName) {
+                    let r: Router
+                    do { r = try Router(unpackingAny: any) } catch { throw XDSError("\(at).http_filters[\(i)]: does not decode: \(error)") }
+                    try refuseLeftovers(r, at: "\(at).http_filters[\(i)].typed_config")
+                    ok = true
+                }
+            } else if f.configType == nil && f.name == "envoy.filters.http.router" {
+                ok = true
+            }
+            guard ok else {
+                throw XDSError("\(at).http_filters[\(i)] (\(f.name)): HTTP filter \(f.typedConfig.typeURL.isEmpty ? f.name : f.typedConfig.typeURL) is not supported (only the router is)")
+            }
+            var fr = f
+            fr.name = ""; fr.configType = nil
+            try refuseLeftovers(fr, at: "\(at).http_filters[\(i)]")
+            guard i == h.httpFilters.count - 1 else { throw XDSError("\(at).http_filters[\(i)]: the router must be the last filter") }
+        }
+        var out: [(String, YAMLNode)] = [("protocol", .string("http"))]
+        if h.hasRequestTimeout {
+            out.append(("request_timeout", .string(try duration(h.requestTimeout, at: at + ".request_timeout"))))
+        }
+        if h.hasRequestHeadersTimeout {
+            guard let ms = try positive(h.requestHeadersTimeout, at: at + ".request_headers_timeout") else {
+                throw XDSError("\(at).request_headers_timeout: 0 (no limit) is not supported")
+            }
+            out.append(("request_header_timeout", .string(ms)))
+        }
+        // One idle timeout in Remora: the smaller of the connection's and the stream's.
+        var idle: [Duration] = []
+        if h.hasStreamIdleTimeout { idle.append(h.streamIdleTimeout) }
+        if h.hasCommonHTTPProtocolOptions {
+            var c = h.commonHTTPProtocolOptions
+            if c.hasIdleTimeout { idle.append(c.idleTimeout); c.clearIdleTimeout() }
+            try refuseLeftovers(c, at: at + ".common_http_protocol_options")
+        }
+        var least: UInt64?
+        for d in idle {
+            guard let ms = try positive(d, at: at + ".idle_timeout"), let v = UInt64(ms.dropLast(2)) else {
+                throw XDSError("\(at): an idle timeout of 0 (none) is not supported")
+            }
+            least = min(least ?? v, v)
+        }
+        if let least { out.append(("idle_timeout", .string("\(least)ms"))) }
+        if h.hasHTTP2ProtocolOptions {
+            out.append(("http2", try http2(h.http2ProtocolOptions, at: at + ".http2_protocol_options", listener: true)))
+        }
+        let rc: RouteConfiguration
+        switch h.routeSpecifier {
+        case .routeConfig(let inline)?:
+            rc = inline
+        case .rds(let rds)?:
+            var rr = rds
+            rr.routeConfigName = ""; rr.clearConfigSource()
+            try refuseLeftovers(rr, at: at + ".rds")
+            try adsSource(rds.configSource, at: at + ".rds.config_source")
+            guard let got = ctx.resources.routes[rds.routeConfigName] else { return nil }
+            rc = got
+        default:
+            throw XDSError("\(at): route_config or rds is required (scoped_routes is not supported)")
+        }
+        out.append(contentsOf: try routeConfiguration(rc, at: "RouteConfiguration \(rc.name)", ctx))
+        return out
+    }
+
+    func adsSource(_ s: Envoy_Config_Core_V3_ConfigSource, at: String) throws(XDSError) {
+        var rest = s
+        guard case .ads? = s.configSourceSpecifier else {
+            throw XDSError("\(at): only ads is supported (remora-xds has one ADS stream)")
+        }
+        rest.configSourceSpecifier = nil; rest.resourceApiVersion = .auto; rest.clearInitialFetchTimeout()
+        try refuseLeftovers(rest, at: at)
+        if s.resourceApiVersion != .auto && s.resourceApiVersion != .v3 { throw XDSError("\(at).resource_api_version: only V3") }
+    }
+
+    func http2(_ o: Envoy_Config_Core_V3_Http2ProtocolOptions, at: String, listener: Bool) throws(XDSError) -> YAMLNode {
+        var rest = o
+        var out: [(String, YAMLNode)] = []
+        if o.hasMaxConcurrentStreams {
+            out.append(("max_concurrent_streams", .int(Int(o.maxConcurrentStreams.value)))); rest.clearMaxConcurrentStreams()
+        }
+        if o.hasInitialStreamWindowSize {
+            out.append(("initial_stream_window", .int(Int(o.initialStreamWindowSize.value)))); rest.clearInitialStreamWindowSize()
+        }
+        if o.hasInitialConnectionWindowSize {
+            out.append(("connection_window", .int(Int(o.initialConnectionWindowSize.value)))); rest.clearInitialConnectionWindowSize()
+        }
+        try refuseLeftovers(rest, at: at)
+        return .map(out)
+    }
+
+    // MARK: routes
+
+    func routeConfiguration(_ rc: RouteConfiguration, at: String, _ ctx: Context) throws(XDSError) -> [(String, YAMLNode)] {
+        var rest = rc
+        rest.name = ""; rest.virtualHosts = []; rest.clearValidateClusters()
+        try refuseLeftovers(rest, at: at, note: "header changes are supported on routes")
+        var routeNames = NameMap()
+        var vhosts: [YAMLNode] = []
+        var vhostNames = NameMap()
+        for (vi, vh) in rc.virtualHosts.enumerated() {
+            let vat = "\(at): virtual_hosts[\(vi)] (\(vh.name))"
+            var vr = vh
+            vr.name = ""; vr.domains = []; vr.routes = []; vr.clearRetryPolicy()
+            try refuseLeftovers(vr, at: vat, note: "header changes are supported on routes")
+            guard !vh.domains.isEmpty else { throw XDSError("\(vat).domains: empty") }
+            for d in vh.domains where d != "*" && (d.dropFirst().contains("*") || (d.hasSuffix("*") && d.count > 1)) {
+                throw XDSError("\(vat).domains: \(d): only exact domains, \"*\" and \"*suffix\" wildcards are supported")
+            }
+            var routes: [YAMLNode] = []
+            for (ri, r) in vh.routes.enumerated() {
+                routes.append(try route(r, at: "\(vat): routes[\(ri)]", index: ri, vhostRetry: vh.hasRetryPolicy ? vh.retryPolicy : nil,
+                                        ctx, &routeNames))
+            }
+            vhosts.append(.map([("name", .string(vhostNames.unique(vh.name.isEmpty ? "vhost\(vi)" : vh.name))),
+                                ("domains", .list(vh.domains.map { .string($0) })), ("routes", .list(routes))]))
+        }
+        if vhosts.count == 1, vhosts[0]["domains"] == .list([.string("*")]), let routes = vhosts[0]["routes"] {
+            return [("routes", routes)]
+        }
+        return [("virtual_hosts", .list(vhosts))]
+    }
+
+    func route(_ r: Envoy_Config_Route_V3_Route, at: String, index: Int, vhostRetry: Envoy_Config_Route_V3_RetryPolicy?,
+               _ ctx: Context, _ names: inout NameMap) throws(XDSError) -> YAMLNode {
+        var rest = r
+        rest.name = ""; rest.clearMatch(); rest.action = nil
+        rest.requestHeadersToAdd = []; rest.requestHeadersToRemove = []
+        rest.responseHeadersToAdd = []; rest.responseHeadersToRemove = []
+        try refuseLeftovers(rest, at: at)
+        var node: [(String, YAMLNode)] = [("name", .string(names.unique(r.name.isEmpty ? "route\(index)" : r.name)))]
+        node.append(("match", try match(r.match, at: at + ".match")))
+        var backendsTo503 = false
+        switch r.action {
+        case .route(let a)?:
+            let (items, allEmpty) = try routeAction(a, at: at + ".route", vhostRetry: vhostRetry, ctx)
+            backendsTo503 = allEmpty
+            if allEmpty {
+                node.append(("direct_response", .map([("status", .int(503)), ("body", .string("no healthy upstream"))])))
+            } else {
+                node.append(contentsOf: items)
+            }
+        case .redirect(let rd)?:
+            node.append(contentsOf: try redirect(rd, at: at + ".redirect"))
+        case .directResponse(let d)?:
+            var dr = d
+            dr.status = 0; dr.clearBody()
+            try refuseLeftovers(dr, at: at + ".direct_response")
+            guard d.status >= 200 && d.status <= 599 else { throw XDSError("\(at).direct_response.status: \(d.status) (200...599)") }
+            var m: [(String, YAMLNode)] = [("status", .int(Int(d.status)))]
+            if d.hasBody {
+                switch d.body.specifier {
+                case .inlineString(let s)?: m.append(("body", .string(s)))
+                case .inlineBytes(let b)?:
+                    guard let s = String(validating: b, as: UTF8.self) else { throw XDSError("\(at).direct_response.body.inline_bytes: not UTF-8") }
+                    m.append(("body", .string(s)))
+                default: throw XDSError("\(at).direct_response.body: only inline_string and inline_bytes are supported")
+                }
+            }
+            node.append(("direct_response", .map(m)))
+        default:
+            throw XDSError("\(at): the action must be route, redirect or direct_response")
+        }
+        if !r.requestHeadersToAdd.isEmpty || !r.requestHeadersToRemove.isEmpty {
+            guard case .route? = r.action else { throw XDSError("\(at).request_headers_to_add: only on routes that proxy") }
+            if !backendsTo503 {
+                node.append(("request_headers", try headerChanges(r.requestHeadersToAdd, r.requestHeadersToRemove, at: at + ".request_headers_to_add")))
+            }
+        }
+        if !r.responseHeadersToAdd.isEmpty || !r.responseHeadersToRemove.isEmpty {
+            node.append(("response_headers", try headerChanges(r.responseHeadersToAdd, r.responseHeadersToRemove, at: at + ".response_headers_to_add")))
+        }
+        return .map(node)
+    }
+
+    func match(_ m: Envoy_Config_Route_V3_RouteMatch, at: String) throws(XDSError) -> YAMLNode {
+        var rest = m
+        rest.pathSpecifier = nil; rest.clearCaseSensitive(); rest.headers = []; rest.queryParameters = []; rest.grpc = Data()
+        try refuseLeftovers(rest, at: at)
+        var out: [(String, YAMLNode)] = []
+        var path: [(String, YAMLNode)] = []
+        switch m.pathSpecifier {
+        case .prefix(let p)?:
+            let p = p.isEmpty ? "/" : p
+            guard p.hasPrefix("/") else { throw XDSError("\(at).prefix: \(p): must start with /") }
+            path.append(("prefix", .string(p)))
+        case .path(let p)?:
+            guard p.hasPrefix("/") else { throw XDSError("\(at).path: \(p): must start with /") }
+            path.append(("exact", .string(p)))
+        case .safeRegex(let r)?:
+            path.append(("regex", .string(try regex(r, at: at + ".safe_regex"))))
+        case .some(let other):
+            throw XDSError("\(at): path match \(Self.caseName(other)) is not supported (prefix, path and safe_regex are)")
+        case nil:
+            throw XDSError("\(at): a path match (prefix, path or safe_regex) is required")
+        }
+        if m.hasCaseSensitive && !m.caseSensitive.value { path.append(("ignore_case", .bool(true))) }
+        out.append(("path", .map(path)))
+        var conditions: [YAMLNode] = []
+        var methods: [YAMLNode] = []
+        if !m.grpc.isEmpty {
+            conditions.append(.map([("name", .string("content-type")), ("prefix", .string("application/grpc"))]))
+        }
+        for (i, h) in m.headers.enumerated() {
+            let hat = "\(at).headers[\(i)] (\(h.name))"
+            if h.name == ":method" {
+                guard case .exactMatch(let v)? = h.headerMatchSpecifier ?? nil, !h.invertMatch else {
+                    if case .stringMatch(let s)? = h.headerMatchSpecifier, case .exact(let v)? = s.matchPattern, !s.ignoreCase, !h.invertMatch {
+                        methods.append(.string(v)); continue
+                    }
+                    throw XDSError("\(hat): only an exact :method match is supported")
+                }
+                methods.append(.string(v)); continue
+            }
+            guard !h.name.hasPrefix(":") else { throw XDSError("\(hat): pseudo-header matches other than :method are not supported") }
+            conditions.append(try headerCondition(h, at: hat))
+        }
+        if !methods.isEmpty { out.append(("methods", .list(methods))) }
+        if !conditions.isEmpty { out.append(("headers", .list(conditions))) }
+        var query: [YAMLNode] = []
+        for (i, q) in m.queryParameters.enumerated() {
+            let qat = "\(at).query_parameters[\(i)] (\(q.name))"
+            var c: [(String, YAMLNode)] = [("name", .string(q.name))]
+            switch q.queryParameterMatchSpecifier {
+            case .stringMatch(let s)?: c.append(contentsOf: try stringMatch(s, at: qat + ".string_match"))
+            case .presentMatch(let p)?: c.append(p ? ("present", .bool(true)) : ("absent", .bool(true)))
+            case nil: c.append(("present", .bool(true)))
+            }
+            query.append(.map(c))
+        }
+        if !query.isEmpty { out.append(("query", .list(query))) }
+        return .map(out)
+    }
+
+    static func caseName<T>(_ v: T) -> String {
+        let s = String(describing: v)
+        return String(s.prefix { $0 != "(" })
+    }
+
+    func headerCondition(_ h: Envoy_Config_Route_V3_HeaderMatcher, at: String) throws(XDSError) -> YAMLNode {
+        var rest = h
+        rest.name = ""; rest.headerMatchSpecifier = nil; rest.invertMatch = false
+        try refuseLeftovers(rest, at: at)
+        var c: [(String, YAMLNode)] = [("name", .string(h.name))]
+        switch h.headerMatchSpecifier {
+        case .exactMatch(let v)?: c.append(("exact", .string(v)))
+        case .prefixMatch(let v)?: c.append(("prefix", .string(v)))
+        case .suffixMatch(let v)?: c.append(("suffix", .string(v)))
+        case .containsMatch(let v)?: c.append(("contains", .string(v)))
+        case .safeRegexMatch(let r)?: c.append(("regex", .string(try regex(r, at: at + ".safe_regex_match"))))
+        case .presentMatch(let p)?: c.append(p ? ("present", .bool(true)) : ("absent", .bool(true)))
+        case .stringMatch(let s)?: c.append(contentsOf: try stringMatch(s, at: at + ".string_match"))
+        case .rangeMatch?: throw XDSError("\(at).range_match is not supported")
+        case nil: c.append(("present", .bool(true)))
+        }
+        if h.invertMatch { c.append(("invert", .bool(true))) }
+        return .map(c)
+    }
+
+    func stringMatch(_ s: Envoy_Type_Matcher_V3_StringMatcher, at: String) throws(XDSError) -> [(String, YAMLNode)] {
+        var out: [(String, YAMLNode)]
+        switch s.matchPattern {
+        case .exact(let v)?: out = [("exact", .string(v))]
+        case .prefix(let v)?: out = [("prefix", .string(v))]
+        case .suffix(let v)?: out = [("suffix", .string(v))]
+        case .contains(let v)?: out = [("contains", .string(v))]
+        case .safeRegex(let r)?: out = [("regex", .string(try regex(r, at: at + ".safe_regex")))]
+        case .custom?: throw XDSError("\(at).custom is not supported")
+        case nil: throw XDSError("\(at): a match pattern is required")
+        }
+        if s.ignoreCase { out.append(("ignore_case", .bool(true))) }
+        return out
+    }
+
+    func regex(_ r: Envoy_Type_Matcher_V3_RegexMatcher, at: String) throws(XDSError) -> String {
+        var rest = r
+        rest.regex = ""; rest.engineType = nil   // google_re2 is the only engine; Remora's is RE2 too
+        try refuseLeftovers(rest, at: at)
+        return r.regex
+    }
+
+    /// Backends and their options; `allEmpty`: every backend is a cluster without healthy endpoints.
+    func routeAction(_ a: Envoy_Config_Route_V3_RouteAction, at: String, vhostRetry: Envoy_Config_Route_V3_RetryPolicy?,
+                     _ ctx: Context) throws(XDSError) -> (items: [(String, YAMLNode)], allEmpty: Bool) {
+        var rest = a
+        rest.clusterSpecifier = nil; rest.clearTimeout(); rest.clearRetryPolicy(); rest.prefixRewrite = ""; rest.clearRegexRewrite()
+        try refuseLeftovers(rest, at: at)
+        var backends: [(name: String, weight: Int)] = []
+        switch a.clusterSpecifier {
+        case .cluster(let c)?: backends = [(c, 1)]
+        case .weightedClusters(let w)?:
+            var wr = w
+            wr.clusters = []
+            try refuseLeftovers(wr, at: at + ".weighted_clusters")
+            for (i, cw) in w.clusters.enumerated() {
+                var cr = cw
+                cr.name = ""; cr.clearWeight()
+                try refuseLeftovers(cr, at: "\(at).weighted_clusters.clusters[\(i)]")
+                backends.append((cw.name, cw.hasWeight ? Int(cw.weight.value) : 0))
+            }
+        case .some(let other):
+            throw XDSError("\(at): \(Self.caseName(other)) is not supported (cluster and weighted_clusters are)")
+        case nil:
+            throw XDSError("\(at): a cluster is required")
+        }
+        for b in backends where ctx.resources.clusters[b.name] == nil {
+            throw XDSError("\(at): unknown cluster \(b.name)")
+        }
+        let live = backends.filter { !ctx.empty.contains($0.name) }
+        if live.isEmpty { return ([], true) }
+        if live.count != backends.count {
+            let gone = backends.filter { ctx.empty.contains($0.name) }.map(\.name)
+            throw XDSError("\(at): cluster(s) \(gone.joined(separator: ", ")) have no healthy endpoint; a split with an empty cluster is not supported")
+        }
+        var items: [(String, YAMLNode)] = []
+        items.append(("backends", .list(backends.map { b in
+            .map([("cluster", .string(ctx.clusterNames.clusterName(b.name))), ("weight", .int(b.weight))])
+        })))
+        // Envoy's default route timeout is 15 s, as Remora's.
+        if a.hasTimeout { items.append(("timeout", .string(try duration(a.timeout, at: at + ".timeout")))) }
+        if a.hasRetryPolicy || vhostRetry != nil {
+            items.append(("retry", try retry(a.hasRetryPolicy ? a.retryPolicy : vhostRetry!, at: at + ".retry_policy")))
+        }
+        if !a.prefixRewrite.isEmpty {
+            items.append(("rewrite", .map([("prefix", .string(a.prefixRewrite))])))
+        } else if a.hasRegexRewrite {
+            var rr = a.regexRewrite
+            rr.clearPattern(); rr.substitution = ""
+            try refuseLeftovers(rr, at: at + ".regex_rewrite")
+            items.append(("rewrite", .map([("regex", .string(try regex(a.regexRewrite.pattern, at: at + ".regex_rewrite.pattern"))),
+                                            ("substitution", .string(a.regexRewrite.substitution))])))
+        }
+        return (items, false)
+    }
+
+    static let retryOn: [String: String] = [
+        "5xx": "5xx", "gateway-error": "gateway-error", "reset": "reset", "connect-failure": "connect-failure",
+        "refused-stream": "refused-stream", "retriable-status-codes": "retriable-status-codes",
+        "cancelled": "cancelled", "deadline-exceeded": "deadline-exceeded", "internal": "internal",
+        "resource-exhausted": "resource-exhausted", "unavailable": "unavailable",
+    ]
+
+    func retry(_ p: Envoy_Config_Route_V3_RetryPolicy, at: String) throws(XDSError) -> YAMLNode {
+        var rest = p
+        rest.retryOn = ""; rest.clearNumRetries(); rest.clearPerTryTimeout(); rest.retriableStatusCodes = []; rest.clearRetryBackOff()
+        rest.hostSelectionRetryMaxAttempts = 0
+        try refuseLeftovers(rest, at: at)
+        var on: [YAMLNode] = []
+        for c in p.retryOn.split(separator: ",").map({ $0.trimmingCharacters() }) where !c.isEmpty {
+            guard let r = Self.retryOn[c] else { throw XDSError("\(at).retry_on: \(c) is not supported") }
+            on.append(.string(r))
+        }
+        guard !on.isEmpty else { throw XDSError("\(at).retry_on: empty") }
+        let retries = p.hasNumRetries ? Int(p.numRetries.value) : 1
+        guard retries <= 9 else { throw XDSError("\(at).num_retries: \(retries) (Remora allows at most 9)") }
+        var out: [(String, YAMLNode)] = [("attempts", .int(retries + 1)), ("on", .list(on))]
+        if !p.retriableStatusCodes.isEmpty { out.append(("status_codes", .list(p.retriableStatusCodes.map { .int(Int($0)) }))) }
+        if p.hasPerTryTimeout { out.append(("per_try_timeout", .string(try duration(p.perTryTimeout, at: at + ".per_try_timeout")))) }
+        // Envoy retries any method; Remora's default is the idempotent ones.
+        out.append(("methods", .list(["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE", "POST", "PATCH"].map { .string($0) })))
+        if p.hasRetryBackOff {
+            var b = p.retryBackOff
+            let base = try duration(b.baseInterval, at: at + ".retry_back_off.base_interval")
+            // Envoy's default max is 10 × base.
+            let max = b.hasMaxInterval ? try duration(b.maxInterval, at: at + ".retry_back_off.max_interval")
+                                       : "\(Self.ms(b.baseInterval) * 10)ms"
+            b.clearBaseInterval(); b.clearMaxInterval()
+            try refuseLeftovers(b, at: at + ".retry_back_off")
+            out.append(("backoff", .map([("base", .string(base)), ("max", .string(max))])))
+        }
+        return .map(out)
+    }
+
+    func redirect(_ r: Envoy_Config_Route_V3_RedirectAction, at: String) throws(XDSError) -> [(String, YAMLNode)] {
+        var rest = r
+        rest.schemeRewriteSpecifier = nil; rest.hostRedirect = ""; rest.portRedirect = 0; rest.pathRewriteSpecifier = nil
+        rest.responseCode = .movedPermanently; rest.stripQuery = false
+        try refuseLeftovers(rest, at: at)
+        var m: [(String, YAMLNode)] = []
+        switch r.schemeRewriteSpecifier {
+        case .httpsRedirect(true)?: m.append(("scheme", .string("https")))
+        case .schemeRedirect(let s)? where s == "http" || s == "https": m.append(("scheme", .string(s)))
+        case .schemeRedirect(let s)?: throw XDSError("\(at).scheme_redirect: \(s) (http or https)")
+        default: break
+        }
+        if !r.hostRedirect.isEmpty || r.portRedirect != 0 {
+            guard !r.hostRedirect.isEmpty else { throw XDSError("\(at).port_redirect without host_redirect is not supported") }
+            m.append(("host", .string(r.portRedirect != 0 ? "\(r.hostRedirect):\(r.portRedirect)" : r.hostRedirect)))
+        }
+        let code: Int
+        switch r.responseCode {
+        case .movedPermanently: code = 301
+        case .found: code = 302
+        case .seeOther: code = 303
+        case .temporaryRedirect: code = 307
+        case .permanentRedirect: code = 308
+        default: throw XDSError("\(at).response_code: \(r.responseCode)")
+        }
+        m.append(("code", .int(code)))
+        if r.stripQuery { m.append(("strip_query", .bool(true))) }
+        var out: [(String, YAMLNode)] = [("redirect", .map(m))]
+        switch r.pathRewriteSpecifier {
+        case .pathRedirect(let p)?: out.append(("rewrite", .map([("path", .string(p))])))
+        case .prefixRewrite(let p)?: out.append(("rewrite", .map([("prefix", .string(p))])))
+        case .regexRewrite?: throw XDSError("\(at).regex_rewrite is not supported in redirects")
+        case nil: break
+        }
+        return out
+    }
+
+    func headerChanges(_ add: [Envoy_Config_Core_V3_HeaderValueOption], _ remove: [String], at: String) throws(XDSError) -> YAMLNode {
+        var set: [(String, YAMLNode)] = [], append: [(String, YAMLNode)] = []
+        var seen = Set<String>()
+        for (i, o) in add.enumerated() {
+            let hat = "\(at)[\(i)]"
+            var rest = o
+            rest.clearHeader(); rest.clearAppend(); rest.appendAction = .appendIfExistsOrAdd
+            try refuseLeftovers(rest, at: hat)
+            var hv = o.header
+            let name = hv.key.lowercased()
+            var value = hv.value
+            if value.isEmpty && !hv.rawValue.isEmpty {
+                guard let s = String(validating: hv.rawValue, as: UTF8.self) else { throw XDSError("\(hat).header.raw_value: not UTF-8") }
+                value = s
+            }
+            hv.key = ""; hv.value = ""; hv.rawValue = Data()
+            try refuseLeftovers(hv, at: hat + ".header")
+            guard !value.contains("%") else { throw XDSError("\(hat).header.value: %VARIABLE% formatters are not supported (values are literal)") }
+            guard seen.insert(name).inserted else { throw XDSError("\(hat): header \(name) changed twice is not supported") }
+            let overwrite: Bool
+            if o.hasAppend {
+                overwrite = !o.append.value
+            } else {
+                switch o.appendAction {
+                case .appendIfExistsOrAdd: overwrite = false
+                case .overwriteIfExistsOrAdd: overwrite = true
+                default: throw XDSError("\(hat).append_action: \(o.appendAction) is not supported")
+                }
+            }
+            if overwrite { set.append((name, .string(value))) } else { append.append((name, .string(value))) }
+        }
+        var out: [(String, YAMLNode)] = []
+        if !set.isEmpty { out.append(("set", .map(set))) }
+        if !append.isEmpty { out.append(("add", .map(append))) }
+        if !remove.isEmpty { out.append(("remove", .list(remove.map { .string($0.lowercased()) }))) }
+        return .map(out)
+    }
+
+    // MARK: clusters
+
+    /// nil: an EDS cluster whose assignment has not arrived. A node with `endpoints: []`: no healthy endpoint.
+    func cluster(_ c: Cluster, _ r: XDSResources, _ names: inout NameMap) throws(XDSError) -> YAMLNode? {
+        let at = "Cluster \(c.name)"
+        var rest = c
+        rest.name = ""; rest.clusterDiscoveryType = nil; rest.clearEdsClusterConfig(); rest.clearConnectTimeout()
+        rest.lbPolicy = .roundRobin; rest.clearLoadAssignment(); rest.healthChecks = []; rest.clearCircuitBreakers()
+        rest.clearOutlierDetection(); rest.clearHTTP2ProtocolOptions(); rest.typedExtensionProtocolOptions = [:]
+        rest.clearCommonHTTPProtocolOptions()
+        try refuseLeftovers(rest, at: at, note: c.transportSocket.isEmpty ? "" : "TLS is not supported yet")
+        var node: [(String, YAMLNode)] = [("name", .string(names.cluster(c.name)))]
+        let cla: ClusterLoadAssignment
+        switch c.clusterDiscoveryType {
+        case .type(.static)?, .type(.strictDns)?, nil:
+            cla = c.loadAssignment
+        case .type(.eds)?:
+            var e = c.edsClusterConfig
+            try adsSource(e.edsConfig, at: at + ".eds_cluster_config.eds_config")
+            e.clearEdsConfig(); e.serviceName = ""
+            try refuseLeftovers(e, at: at + ".eds_cluster_config")
+            guard let got = r.endpoints[c.edsClusterConfig.serviceName.isEmpty ? c.name : c.edsClusterConfig.serviceName] else { return nil }
+            cla = got
+        case .type(let t)?:
+            throw XDSError("\(at).type: \(t) is not supported (STATIC, STRICT_DNS and EDS are)")
+        case .clusterType?:
+            throw XDSError("\(at).cluster_type is not supported")
+        }
+        var protocolOptions: (http2: Envoy_Config_Core_V3_Http2ProtocolOptions?, idle: Duration?) = (nil, nil)
+        if c.hasHTTP2ProtocolOptions { protocolOptions.http2 = c.http2ProtocolOptions }
+        if c.hasCommonHTTPProtocolOptions {
+            var o = c.commonHTTPProtocolOptions
+            if o.hasIdleTimeout { protocolOptions.idle = o.idleTimeout; o.clearIdleTimeout() }
+            try refuseLeftovers(o, at: at + ".common_http_protocol_options")
+        }
+        for (key, any) in c.typedExtensionProtocolOptions {
+            let oat = "\(at).typed_extension_protocol_options[\(key)]"
+            guard any.typeURL.hasSuffix("/" + UpstreamHTTPOptions.protoMessageName) else {
+                throw XDSError("\(oat): \(any.typeURL) is not supported")
+            }
+            let o: UpstreamHTTPOptions
+            do { o = try UpstreamHTTPOptions(unpackingAny: any) } catch { throw XDSError("\(oat): does not decode: \(error)") }
+            var or = o
+            or.clearCommonHTTPProtocolOptions(); or.upstreamProtocolOptions = nil
+            try refuseLeftovers(or, at: oat)
+            if o.hasCommonHTTPProtocolOptions {
+                var co = o.commonHTTPProtocolOptions
+                if co.hasIdleTimeout { protocolOptions.idle = co.idleTimeout; co.clearIdleTimeout() }
+                try refuseLeftovers(co, at: oat + ".common_http_protocol_options")
+            }
+            switch o.upstreamProtocolOptions {
+            case .explicitHTTPConfig(let e)?:
+                switch e.protocolConfig {
+                case .http2ProtocolOptions(let h2)?: protocolOptions.http2 = h2
+                case .httpProtocolOptions(let h1)?: try refuseLeftovers(h1, at: oat + ".explicit_http_config.http_protocol_options")
+                default: throw XDSError("\(oat).explicit_http_config: only http_protocol_options and http2_protocol_options are supported")
+                }
+            case nil: break
+            default: throw XDSError("\(oat): only explicit_http_config is supported")
+            }
+        }
+        if let h2 = protocolOptions.http2 {
+            node.append(("protocol", .string("http2")))
+            let s = try http2(h2, at: at + ".http2_protocol_options", listener: false)
+            if s != .map([]) { node.append(("http2", s)) }
+        }
+        node.append(("endpoints", .list(try endpoints(cla, at: at))))
+        let lb: String
+        switch c.lbPolicy {
+        case .roundRobin: lb = "round_robin"
+        case .leastRequest: lb = "least_request"
+        case .ringHash: lb = "ring_hash"
+        case .random: lb = "random"
+        case .maglev: lb = "maglev"
+        default: throw XDSError("\(at).lb_policy: \(c.lbPolicy) is not supported")
+        }
+        node.append(("lb", .string(lb)))
+        if c.hasConnectTimeout {
+            guard let ms = try positive(c.connectTimeout, at: at + ".connect_timeout") else { throw XDSError("\(at).connect_timeout: must be > 0") }
+            node.append(("connect_timeout", .string(ms)))
+        }
+        if let idle = protocolOptions.idle {
+            guard let ms = try positive(idle, at: at + ".idle_timeout") else { throw XDSError("\(at): idle_timeout 0 (none) is not supported") }
+            node.append(("idle_timeout", .string(ms)))
+        }
+        if c.hasCircuitBreakers { node.append(("circuit_breaker", try breakers(c.circuitBreakers, at: at + ".circuit_breakers"))) }
+        if c.hasOutlierDetection { node.append(("outlier_detection", try outlier(c.outlierDetection, at: at + ".outlier_detection"))) }
+        if c.healthChecks.count > 1 { throw XDSError("\(at).health_checks: \(c.healthChecks.count) health checks; at most one is supported") }
+        if let hc = c.healthChecks.first { node.append(("health_check", try healthCheck(hc, at: at + ".health_checks[0]"))) }
+        return .map(node)
+    }
+
+    func endpoints(_ cla: ClusterLoadAssignment, at: String) throws(XDSError) -> [YAMLNode] {
+        var rest = cla
+        rest.clusterName = ""; rest.endpoints = []
+        try refuseLeftovers(rest, at: at + " (ClusterLoadAssignment \(cla.clusterName))")
+        var out: [YAMLNode] = []
+        for (li, loc) in cla.endpoints.enumerated() {
+            let lat = "\(at): endpoints[\(li)]"
+            var lr = loc
+            lr.lbEndpoints = []; lr.locality = Data()   // locality: informational (no zone-aware balancing)
+            try refuseLeftovers(lr, at: lat)
+            for (ei, e) in loc.lbEndpoints.enumerated() {
+                let eat = "\(lat).lb_endpoints[\(ei)]"
+                var er = e
+                er.hostIdentifier = nil; er.healthStatus = .unknown; er.clearLoadBalancingWeight()
+                try refuseLeftovers(er, at: eat)
+                guard case .endpoint(let ep)? = e.hostIdentifier else { throw XDSError("\(eat): endpoint is required (endpoint_name is not supported)") }
+                var epr = ep
+                epr.clearAddress(); epr.hostname = ""
+                try refuseLeftovers(epr, at: eat + ".endpoint")
+                switch e.healthStatus {
+                case .unhealthy, .draining, .timeout: continue    // out of load balancing, as in Envoy
+                default: break
+                }
+                let addr = try address(ep.address, at: eat + ".endpoint.address")
+                if e.hasLoadBalancingWeight {
+                    let w = Int(e.loadBalancingWeight.value)
+                    guard w >= 1 && w <= 10000 else { throw XDSError("\(eat).load_balancing_weight: \(w) (Remora: 1...10000)") }
+                    out.append(.map([("address", .string(addr)), ("weight", .int(w))]))
+                } else {
+                    out.append(.string(addr))
+                }
+            }
+        }
+        return out
+    }
+
+    func breakers(_ b: Envoy_Config_Cluster_V3_CircuitBreakers, at: String) throws(XDSError) -> YAMLNode {
+        var rest = b
+        rest.thresholds = []
+        try refuseLeftovers(rest, at: at)
+        var out: [(String, YAMLNode)] = []
+        for (i, t) in b.thresholds.enumerated() {
+            let tat = "\(at).thresholds[\(i)]"
+            guard t.priority == .default else { throw XDSError("\(tat).priority: \(t.priority) (only DEFAULT is supported)") }
+            var tr = t
+            tr.clearMaxConnections(); tr.clearMaxPendingRequests(); tr.clearMaxRequests(); tr.clearMaxRetries(); tr.trackRemaining = false
+            try refuseLeftovers(tr, at: tat)
+            if t.hasMaxConnections { out.append(("max_connections", .int(Int(t.maxConnections.value)))) }
+            if t.hasMaxPendingRequests { out.append(("max_pending", .int(Int(t.maxPendingRequests.value)))) }
+            if t.hasMaxRequests { out.append(("max_requests", .int(Int(t.maxRequests.value)))) }
+            if t.hasMaxRetries { out.append(("max_retries", .int(Int(t.maxRetries.value)))) }
+        }
+        return .map(out)
+    }
+
+    func outlier(_ o: Envoy_Config_Cluster_V3_OutlierDetection, at: String) throws(XDSError) -> YAMLNode {
+        var rest = o
+        rest.clearConsecutive5Xx(); rest.clearConsecutiveGatewayFailure(); rest.clearConsecutiveLocalOriginFailure()
+        rest.clearInterval(); rest.clearBaseEjectionTime(); rest.clearMaxEjectionTime(); rest.clearMaxEjectionPercent()
+        rest.clearEnforcingConsecutive5Xx(); rest.clearEnforcingConsecutiveGatewayFailure()
+        rest.clearEnforcingConsecutiveLocalOriginFailure(); rest.splitExternalLocalOriginErrors = false
+        if o.hasEnforcingSuccessRate && o.enforcingSuccessRate.value == 0 { rest.clearEnforcingSuccessRate() }
+        try refuseLeftovers(rest, at: at, note: "success-rate and failure-percentage ejection are not supported")
+        func enforced(_ has: Bool, _ v: UInt32, default d: Bool, _ name: String) throws(XDSError) -> Bool {
+            guard has else { return d }
+            guard v == 0 || v == 100 else { throw XDSError("\(at).\(name): \(v) (only 0 or 100 are supported)") }
+            return v == 100
+        }
+        var out: [(String, YAMLNode)] = []
+        // Envoy's defaults: 5xx enforced at 100 %, gateway failures at 0 % (detected, never ejected), local
+        // origin failures only apart from 5xx when split_external_local_origin_errors.
+        let e5 = try enforced(o.hasEnforcingConsecutive5Xx, o.enforcingConsecutive5Xx.value, default: true, "enforcing_consecutive_5xx")
+        out.append(("consecutive_5xx", .int(e5 ? Int(o.hasConsecutive5Xx ? o.consecutive5Xx.value : 5) : 0)))
+        let eg = try enforced(o.hasEnforcingConsecutiveGatewayFailure, o.enforcingConsecutiveGatewayFailure.value, default: false,
+                              "enforcing_consecutive_gateway_failure")
+        out.append(("consecutive_gateway_errors", .int(eg ? Int(o.hasConsecutiveGatewayFailure ? o.consecutiveGatewayFailure.value : 5) : 0)))
+        let el = try enforced(o.hasEnforcingConsecutiveLocalOriginFailure, o.enforcingConsecutiveLocalOriginFailure.value, default: true,
+                              "enforcing_consecutive_local_origin_failure")
+        let local = o.splitExternalLocalOriginErrors && el
+        out.append(("consecutive_local_failures", .int(local ? Int(o.hasConsecutiveLocalOriginFailure ? o.consecutiveLocalOriginFailure.value : 5) : 0)))
+        out.append(("interval", .string(o.hasInterval ? try duration(o.interval, at: at + ".interval") : "10s")))
+        out.append(("base_ejection_time", .string(o.hasBaseEjectionTime ? try duration(o.baseEjectionTime, at: at + ".base_ejection_time") : "30s")))
+        out.append(("max_ejection_time", .string(o.hasMaxEjectionTime ? try duration(o.maxEjectionTime, at: at + ".max_ejection_time") : "300s")))
+        // Envoy's default is 10 %.
+        out.append(("max_ejection_percent", .int(o.hasMaxEjectionPercent ? Int(o.maxEjectionPercent.value) : 10)))
+        return .map(out)
+    }
+
+    func healthCheck(_ h: Envoy_Config_Core_V3_HealthCheck, at: String) throws(XDSError) -> YAMLNode {
+        var rest = h
+        rest.clearTimeout(); rest.clearInterval(); rest.clearUnhealthyThreshold(); rest.clearHealthyThreshold()
+        rest.intervalJitterPercent = 0; rest.healthChecker = nil; rest.clearReuseConnection()
+        try refuseLeftovers(rest, at: at)
+        if h.hasReuseConnection && !h.reuseConnection.value { throw XDSError("\(at).reuse_connection: false is not supported") }
+        var out: [(String, YAMLNode)] = []
+        switch h.healthChecker {
+        case .httpHealthCheck(let hh)?:
+            var hr = hh
+            hr.path = ""; hr.expectedStatuses = []; hr.codecClientType = .http1
+            try refuseLeftovers(hr, at: at + ".http_health_check")
+            guard hh.codecClientType == .http1 else { throw XDSError("\(at).http_health_check.codec_client_type: only HTTP1") }
+            var m: [(String, YAMLNode)] = [("path", .string(hh.path))]
+            if !hh.expectedStatuses.isEmpty {
+                var codes: [YAMLNode] = []
+                for r in hh.expectedStatuses {
+                    guard r.start >= 100, r.end <= 600, r.start < r.end, codes.count + Int(r.end - r.start) <= 500 else {
+                        throw XDSError("\(at).http_health_check.expected_statuses: [\(r.start), \(r.end)) is not supported")
+                    }
+                    for c in r.start..<r.end { codes.append(.int(Int(c))) }
+                }
+                m.append(("expect", .list(codes)))
+            }
+            out.append(("http", .map(m)))
+        case .tcpHealthCheck(let t)?:
+            try refuseLeftovers(t, at: at + ".tcp_health_check")
+            out.append(("tcp", .map([])))
+        default:
+            throw XDSError("\(at): only http_health_check and tcp_health_check are supported")
+        }
+        guard h.hasTimeout, h.hasInterval, h.hasUnhealthyThreshold, h.hasHealthyThreshold else {
+            throw XDSError("\(at): timeout, interval, unhealthy_threshold and healthy_threshold are required")
+        }
+        out.append(("interval", .string(try duration(h.interval, at: at + ".interval"))))
+        out.append(("timeout", .string(try duration(h.timeout, at: at + ".timeout"))))
+        out.append(("jitter", .int(Int(h.intervalJitterPercent))))
+        out.append(("unhealthy_threshold", .int(Int(h.unhealthyThreshold.value))))
+        out.append(("healthy_threshold", .int(Int(h.healthyThreshold.value))))
+        return .map(out)
+    }
+
+    // MARK: values
+
+    func address(_ a: Envoy_Config_Core_V3_Address, at: String) throws(XDSError) -> String {
+        guard case .socketAddress(let s)? = a.address else { throw XDSError("\(at): only socket_address is supported") }
+        var rest = s
+        rest.address = ""; rest.portSpecifier = nil
+        try refuseLeftovers(rest, at: at + ".socket_address")
+        guard case .portValue(let p)? = s.portSpecifier, p <= 65535 else { throw XDSError("\(at).socket_address: port_value is required") }
+        guard !s.address.isEmpty else { throw XDSError("\(at).socket_address.address: required") }
+        return s.address.contains(":") ? "[\(s.address)]:\(p)" : "\(s.address):\(p)"
+    }
+
+    static func ms(_ d: Duration) -> UInt64 {
+        UInt64(max(0, d.seconds)) * 1000 + UInt64((max(0, d.nanos) + 999_999) / 1_000_000)
+    }
+
+    /// `"Nms"`; Envoy's nanoseconds are rounded up to whole milliseconds.
+    func duration(_ d: Duration, at: String) throws(XDSError) -> String {
+        guard d.seconds >= 0, d.nanos >= 0 else { throw XDSError("\(at): negative duration") }
+        guard d.seconds < 100_000_000 else { throw XDSError("\(at): too long") }
+        return "\(Self.ms(d))ms"
+    }
+
+    /// nil for a zero duration.
+    func positive(_ d: Duration, at: String) throws(XDSError) -> String? {
+        let s = try duration(d, at: at)
+        return Self.ms(d) == 0 ? nil : s
+    }
+}
+
+/// xDS names → Remora names (`[A-Za-z0-9_.-]+`, unique): other bytes become `_`, a clash gets `_2`, `_3`….
+struct NameMap: Sendable {
+    var listeners: [String: String] = [:]
+    var clusters: [String: String] = [:]
+    var used = Set<String>()
+    var usedClusters = Set<String>()
+
+    static func clean(_ s: String) -> String {
+        let c = String(String.UnicodeScalarView(s.unicodeScalars.map { u in
+            (u.value < 128 && (u.properties.isAlphabetic || ("0"..."9").contains(Character(u)) || u == "_" || u == "." || u == "-")) ? u : "_"
+        }))
+        return c.isEmpty ? "_" : String(c.prefix(200))
+    }
+
+    mutating func unique(_ s: String) -> String {
+        let base = Self.clean(s)
+        var n = base, i = 2
+        while !used.insert(n).inserted { n = "\(base)_\(i)"; i += 1 }
+        return n
+    }
+
+    mutating func listener(_ s: String) -> String {
+        if let n = listeners[s] { return n }
+        let n = unique(s)
+        listeners[s] = n
+        return n
+    }
+
+    mutating func cluster(_ s: String) -> String {
+        if let n = clusters[s] { return n }
+        let base = Self.clean(s)
+        var n = base, i = 2
+        while !usedClusters.insert(n).inserted { n = "\(base)_\(i)"; i += 1 }
+        clusters[s] = n
+        return n
+    }
+
+    /// The name a cluster was given (translated before the routes).
+    func clusterName(_ s: String) -> String { clusters[s] ?? Self.clean(s) }
+}
+
+extension Substring {
+    func trimmingCharacters() -> String {
+        String(self.drop { $0 == " " || $0 == "\t" }.reversed().drop { $0 == " " || $0 == "\t" }.reversed())
+    }
+}
