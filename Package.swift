@@ -11,12 +11,9 @@ let package = Package(
     name: "Remora",
     products: [
         .executable(name: "remora", targets: ["remora"]),
-        .executable(name: "remora-xds", targets: ["remora-xds"]),
     ],
     dependencies: [
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
-        // remora-xds only (docs/xds.md): the Envoy API messages. Never a dependency of the data plane.
-        .package(url: "https://github.com/apple/swift-protobuf", exact: "1.39.0"),
     ],
     targets: [
         // C modules: system libraries found through pkg-config, plus llhttp built from Debian's node-llhttp.
@@ -68,15 +65,6 @@ let package = Package(
                 dependencies: ["RemoraCore", "RemoraIO", "RemoraHTTP", "RemoraPolicy",
                                .product(name: "Histogram", package: "hdrhistogram-swift")],
                 swiftSettings: hot),
-        // The xDS agent (docs/xds.md), a process of its own beside the proxy: the Envoy API messages generated
-        // once by Tools/xds-protos/generate.py (committed), the translation to Remora's config and the ADS
-        // client; it serves the result to the proxy as a `remora control` server does. Foundation and
-        // SwiftProtobuf stay in this process.
-        .target(name: "RemoraXDSProto", dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")]),
-        .target(name: "RemoraXDS",
-                dependencies: ["RemoraXDSProto", "RemoraCore", "RemoraConfig", "RemoraIO", "RemoraHTTP", "RemoraPolicy",
-                               "RemoraControl", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
-        .executableTarget(name: "remora-xds", dependencies: ["RemoraXDS", "RemoraControl", "RemoraCore"]),
         .executableTarget(name: "remora", dependencies: ["RemoraProxy", "RemoraConfig", "RemoraCore", "RemoraControl",
                                                          "RemoraBench", "RemoraAdmin"]),
 
@@ -89,8 +77,6 @@ let package = Package(
         .testTarget(name: "RemoraBenchTests", dependencies: ["RemoraBench", "RemoraCore", "RemoraHTTP",
                                                               .product(name: "Histogram", package: "hdrhistogram-swift")]),
         .testTarget(name: "RemoraControlTests", dependencies: ["RemoraControl", "RemoraConfig", "RemoraCore"]),
-        .testTarget(name: "RemoraXDSTests", dependencies: ["RemoraXDS", "RemoraXDSProto", "RemoraConfig", "RemoraCore",
-                                                           .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         .testTarget(name: "RemoraAdminTests", dependencies: ["RemoraAdmin", "RemoraCore"]),
         .testTarget(name: "RemoraProxyTests", dependencies: ["RemoraProxy", "RemoraAdmin", "RemoraCore", "RemoraConfig", "RemoraIO", "RemoraPolicy"]),
     ],
@@ -109,5 +95,31 @@ if Context.environment["REMORA_FUZZ"] != nil {
                           linkerSettings: lld),
         .executableTarget(name: "FuzzConfig", dependencies: ["RemoraConfig", "RemoraRouting", "RemoraCore"],
                           path: "Tests/fuzz/config", linkerSettings: lld),
+    ]
+}
+
+// The xDS agent, remora-xds (docs/xds.md): a process of its own beside the proxy. Declared only when
+// REMORA_XDS is set (`make build`, `make xds-unit` build it in .build-xds/), because SwiftPM builds every
+// executable of a dependency on a plain `swift build` or `swift test`, and swift-protobuf's include a C++
+// protoc: without the variable, the data plane's builds and tests never see swift-protobuf. With
+// REMORA_XDS=tests only the xDS unit tests are declared (`swift build --product RemoraPackageTests`).
+if let mode = Context.environment["REMORA_XDS"] {
+    package.dependencies.append(.package(url: "https://github.com/apple/swift-protobuf", exact: "1.39.0"))
+    let protobuf: Target.Dependency = .product(name: "SwiftProtobuf", package: "swift-protobuf")
+    package.products.append(.executable(name: "remora-xds", targets: ["remora-xds"]))
+    if mode == "tests" { package.targets.removeAll { $0.type == .test } }
+    package.targets += [
+        // The Envoy API messages, generated once by Tools/xds-protos/generate.py (committed).
+        .target(name: "RemoraXDSProto", dependencies: [protobuf], path: "xds/Sources/RemoraXDSProto"),
+        // The translation to Remora's config, the ADS state machine and client, the agent. It serves the
+        // result to the proxy as `remora control` does (RemoraControl's server, embedded).
+        .target(name: "RemoraXDS",
+                dependencies: ["RemoraXDSProto", "RemoraCore", "RemoraConfig", "RemoraIO", "RemoraHTTP", "RemoraPolicy",
+                               "RemoraControl", protobuf],
+                path: "xds/Sources/RemoraXDS"),
+        .executableTarget(name: "remora-xds", dependencies: ["RemoraXDS", "RemoraControl", "RemoraCore"],
+                          path: "xds/Sources/remora-xds"),
+        .testTarget(name: "RemoraXDSTests", dependencies: ["RemoraXDS", "RemoraXDSProto", "RemoraConfig", "RemoraCore", protobuf],
+                    path: "xds/Tests/RemoraXDSTests"),
     ]
 }

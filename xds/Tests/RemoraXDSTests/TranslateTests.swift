@@ -1,0 +1,410 @@
+import Foundation
+import RemoraConfig
+import RemoraXDSProto
+import SwiftProtobuf
+import XCTest
+@testable import RemoraXDS
+
+/// Builders for the Envoy messages the tests send.
+enum Build {
+    static func any<M: Message>(_ m: M) -> Google_Protobuf_Any { try! Google_Protobuf_Any(message: m) }
+
+    static func address(_ host: String, _ port: UInt32) -> Envoy_Config_Core_V3_Address {
+        var s = Envoy_Config_Core_V3_SocketAddress()
+        s.address = host
+        s.portValue = port
+        var a = Envoy_Config_Core_V3_Address()
+        a.socketAddress = s
+        return a
+    }
+
+    static var ads: Envoy_Config_Core_V3_ConfigSource {
+        var c = Envoy_Config_Core_V3_ConfigSource()
+        c.ads = Envoy_Config_Core_V3_AggregatedConfigSource()
+        c.resourceApiVersion = .v3
+        return c
+    }
+
+    static var router: Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_HttpFilter {
+        var f = Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_HttpFilter()
+        f.name = "envoy.filters.http.router"
+        f.typedConfig = any(Envoy_Extensions_Filters_Http_Router_V3_Router())
+        return f
+    }
+
+    static func hcm(rds: String? = nil, inline: Envoy_Config_Route_V3_RouteConfiguration? = nil,
+                    edit: (inout Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_HttpConnectionManager) -> Void = { _ in })
+        -> Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_HttpConnectionManager {
+        var h = Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_HttpConnectionManager()
+        h.statPrefix = "ingress"
+        h.httpFilters = [router]
+        if let rds {
+            var r = Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_Rds()
+            r.routeConfigName = rds
+            r.configSource = ads
+            h.rds = r
+        } else if let inline {
+            h.routeConfig = inline
+        }
+        edit(&h)
+        return h
+    }
+
+    static func listener<M: Message>(_ name: String, port: UInt32, filter: M) -> Envoy_Config_Listener_V3_Listener {
+        var f = Envoy_Config_Listener_V3_Filter()
+        f.name = "f"
+        f.typedConfig = any(filter)
+        var fc = Envoy_Config_Listener_V3_FilterChain()
+        fc.filters = [f]
+        var l = Envoy_Config_Listener_V3_Listener()
+        l.name = name
+        l.address = address("127.0.0.1", port)
+        l.filterChains = [fc]
+        return l
+    }
+
+    static func route(prefix: String = "/", cluster: String, name: String = "") -> Envoy_Config_Route_V3_Route {
+        var m = Envoy_Config_Route_V3_RouteMatch()
+        m.prefix = prefix
+        var a = Envoy_Config_Route_V3_RouteAction()
+        a.cluster = cluster
+        var r = Envoy_Config_Route_V3_Route()
+        r.name = name
+        r.match = m
+        r.route = a
+        return r
+    }
+
+    static func routeConfig(_ name: String, domains: [String] = ["*"], _ routes: [Envoy_Config_Route_V3_Route]) -> Envoy_Config_Route_V3_RouteConfiguration {
+        var vh = Envoy_Config_Route_V3_VirtualHost()
+        vh.name = "vh"
+        vh.domains = domains
+        vh.routes = routes
+        var rc = Envoy_Config_Route_V3_RouteConfiguration()
+        rc.name = name
+        rc.virtualHosts = [vh]
+        return rc
+    }
+
+    static func edsCluster(_ name: String) -> Envoy_Config_Cluster_V3_Cluster {
+        var c = Envoy_Config_Cluster_V3_Cluster()
+        c.name = name
+        c.type = .eds
+        var e = Envoy_Config_Cluster_V3_Cluster.EdsClusterConfig()
+        e.edsConfig = ads
+        c.edsClusterConfig = e
+        return c
+    }
+
+    static func cla(_ name: String, _ endpoints: [(String, UInt32, Envoy_Config_Core_V3_HealthStatus)]) -> Envoy_Config_Endpoint_V3_ClusterLoadAssignment {
+        var loc = Envoy_Config_Endpoint_V3_LocalityLbEndpoints()
+        loc.lbEndpoints = endpoints.map { h, p, s in
+            var ep = Envoy_Config_Endpoint_V3_Endpoint()
+            ep.address = address(h, p)
+            var lb = Envoy_Config_Endpoint_V3_LbEndpoint()
+            lb.endpoint = ep
+            lb.healthStatus = s
+            return lb
+        }
+        var c = Envoy_Config_Endpoint_V3_ClusterLoadAssignment()
+        c.clusterName = name
+        c.endpoints = [loc]
+        return c
+    }
+
+    static func response<M: Message>(_ type: XDSType, _ version: String, nonce: String, _ ms: [M]) -> DiscoveryResponse {
+        var r = DiscoveryResponse()
+        r.typeURL = type.rawValue
+        r.versionInfo = version
+        r.nonce = nonce
+        r.resources = ms.map { any($0) }
+        return r
+    }
+}
+
+final class TranslateTests: XCTestCase {
+    func resources(route: Envoy_Config_Route_V3_Route = Build.route(cluster: "app"),
+                   cluster: Envoy_Config_Cluster_V3_Cluster = Build.edsCluster("app")) -> XDSResources {
+        var r = XDSResources()
+        r.listeners = ["web": Build.listener("web", port: 8080, filter: Build.hcm(rds: "rc"))]
+        r.routes = ["rc": Build.routeConfig("rc", [route])]
+        r.clusters = [cluster.name: cluster]
+        r.endpoints = ["app": Build.cla("app", [("127.0.0.1", 9000, .healthy), ("127.0.0.1", 9001, .unhealthy)])]
+        return r
+    }
+
+    func config(_ r: XDSResources) throws -> YAMLNode {
+        guard case .config(let doc) = try Translator().translate(r) else { XCTFail("pending"); throw XDSError("pending") }
+        if case .failure(let e) = ConfigLoader.parse(yaml: doc.text, file: "t") { XCTFail("\(e)\n\(doc.text)") }
+        return doc
+    }
+
+    func testListenerRDSClusterEDSBecomeOneRemoraConfig() throws {
+        let doc = try config(resources())
+        XCTAssertEqual(doc.text, """
+        listeners:
+          - name: "web"
+            address: "127.0.0.1:8080"
+            protocol: "http"
+            routes:
+              - name: "route0"
+                match:
+                  path:
+                    prefix: "/"
+                backends:
+                  - cluster: "app"
+                    weight: 1
+        clusters:
+          - name: "app"
+            endpoints:
+              - "127.0.0.1:9000"
+            lb: "round_robin"
+
+        """)
+    }
+
+    func testMissingRDSOrEDSIsPendingNotAnError() throws {
+        var r = resources()
+        r.routes = [:]
+        XCTAssertEqual(try Translator().translate(r), .pending("RDS route configurations of listeners web"))
+        r = resources()
+        r.endpoints = [:]
+        XCTAssertEqual(try Translator().translate(r), .pending("EDS assignments app"))
+        XCTAssertEqual(r.rdsNames, ["rc"])
+        XCTAssertEqual(r.edsNames, ["app"])
+    }
+
+    func testUnsupportedFieldsAreNamed() {
+        var route = Build.route(cluster: "app")
+        route.route.hashPolicy = [Data([0x0a, 0x00])]   // any hash policy
+        XCTAssertThrowsError(try Translator().translate(resources(route: route))) { e in
+            XCTAssertTrue("\(e)".contains("routes[0].route.hash_policy is not supported"), "\(e)")
+        }
+        var c = Build.edsCluster("app")
+        c.transportSocket = Data([0x0a, 0x03, 0x74, 0x6c, 0x73])
+        XCTAssertThrowsError(try Translator().translate(resources(cluster: c))) { e in
+            XCTAssertTrue("\(e)".contains("Cluster app.transport_socket is not supported (TLS is not supported yet)"), "\(e)")
+        }
+        var r = resources()
+        var l = r.listeners["web"]!
+        l.listenerFilters = [Data()]
+        r.listeners["web"] = l
+        XCTAssertThrowsError(try Translator().translate(r)) { e in
+            XCTAssertTrue("\(e)".contains("Listener web.listener_filters is not supported"), "\(e)")
+        }
+    }
+
+    func testUnknownHTTPFilterIsRefused() {
+        var r = resources()
+        let h = Build.hcm(rds: "rc") { h in
+            var f = Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_HttpFilter()
+            f.name = "envoy.filters.http.fault"
+            f.typedConfig = Build.any(Google_Protobuf_Struct())
+            h.httpFilters.insert(f, at: 0)
+        }
+        r.listeners["web"] = Build.listener("web", port: 8080, filter: h)
+        XCTAssertThrowsError(try Translator().translate(r)) { e in
+            XCTAssertTrue("\(e)".contains("http_filters[0] (envoy.filters.http.fault): HTTP filter type.googleapis.com/google.protobuf.Struct is not supported"), "\(e)")
+        }
+    }
+
+    func testRouteToUnknownClusterIsAnError() {
+        XCTAssertThrowsError(try Translator().translate(resources(route: Build.route(cluster: "nope")))) { e in
+            XCTAssertTrue("\(e)".contains("unknown cluster nope"), "\(e)")
+        }
+    }
+
+    func testMatchersWeightsRetryHeadersRedirectDirect() throws {
+        var m = Envoy_Config_Route_V3_RouteMatch()
+        var re = Envoy_Type_Matcher_V3_RegexMatcher()
+        re.regex = "/users/[0-9]+"
+        m.safeRegex = re
+        var hm = Envoy_Config_Route_V3_HeaderMatcher()
+        hm.name = "x-env"
+        var sm = Envoy_Type_Matcher_V3_StringMatcher()
+        sm.prefix = "pro"
+        hm.stringMatch = sm
+        hm.invertMatch = true
+        var method = Envoy_Config_Route_V3_HeaderMatcher()
+        method.name = ":method"
+        method.exactMatch = "GET"
+        var q = Envoy_Config_Route_V3_QueryParameterMatcher()
+        q.name = "debug"
+        q.presentMatch = true
+        m.headers = [hm, method]
+        m.queryParameters = [q]
+        var a = Envoy_Config_Route_V3_RouteAction()
+        var w = Envoy_Config_Route_V3_WeightedCluster()
+        w.clusters = [("app", 90), ("app2", 10)].map { n, v in
+            var cw = Envoy_Config_Route_V3_WeightedCluster.ClusterWeight()
+            cw.name = n
+            cw.weight = Google_Protobuf_UInt32Value(UInt32(v))
+            return cw
+        }
+        a.weightedClusters = w
+        a.timeout = Google_Protobuf_Duration(seconds: 2, nanos: 500_000_000)
+        var rp = Envoy_Config_Route_V3_RetryPolicy()
+        rp.retryOn = "5xx, reset"
+        rp.numRetries = Google_Protobuf_UInt32Value(2)
+        a.retryPolicy = rp
+        a.prefixRewrite = "/v2/"
+        var r = Envoy_Config_Route_V3_Route()
+        r.match = m
+        r.route = a
+        var add = Envoy_Config_Core_V3_HeaderValueOption()
+        var hv = Envoy_Config_Core_V3_HeaderValue()
+        hv.key = "X-Env"
+        hv.value = "prod"
+        add.header = hv
+        add.appendAction = .overwriteIfExistsOrAdd
+        r.requestHeadersToAdd = [add]
+        r.responseHeadersToRemove = ["server"]
+        var res = resources(route: r)
+        res.clusters["app2"] = Build.edsCluster("app2")
+        res.endpoints["app2"] = Build.cla("app2", [("127.0.0.1", 9100, .unknown)])
+        let route = try config(res)["listeners"].flatMap { if case .list(let l) = $0 { l[0]["routes"] } else { nil } }
+        guard case .list(let routes)? = route else { return XCTFail("no routes") }
+        let text = YAMLNode.map([("r", routes[0])]).text
+        for want in ["regex: \"/users/[0-9]+\"", "name: \"x-env\"", "prefix: \"pro\"", "invert: true", "methods: [ \"GET\" ]",
+                     "name: \"debug\"", "present: true", "cluster: \"app2\"", "weight: 10", "timeout: \"2500ms\"",
+                     "attempts: 3", "on: [ \"5xx\", \"reset\" ]", "prefix: \"/v2/\"", "x-env: \"prod\"", "remove: [ \"server\" ]"] {
+            XCTAssertTrue(text.contains(want), "\(want) not in\n\(text)")
+        }
+        // Redirect and direct response.
+        var rd = Envoy_Config_Route_V3_RedirectAction()
+        rd.hostRedirect = "new.example"
+        rd.pathRedirect = "/new"
+        rd.responseCode = .found
+        var r2 = Envoy_Config_Route_V3_Route()
+        r2.match = m
+        r2.redirect = rd
+        var d = Envoy_Config_Route_V3_DirectResponseAction()
+        d.status = 418
+        var ds = Envoy_Config_Core_V3_DataSource()
+        ds.inlineString = "teapot"
+        d.body = ds
+        var r3 = Envoy_Config_Route_V3_Route()
+        r3.match = m
+        r3.directResponse = d
+        var res2 = resources()
+        res2.routes["rc"] = Build.routeConfig("rc", [r2, r3])
+        let t2 = try config(res2).text
+        for want in ["host: \"new.example\"", "code: 302", "path: \"/new\"", "status: 418", "body: \"teapot\""] {
+            XCTAssertTrue(t2.contains(want), "\(want) not in\n\(t2)")
+        }
+    }
+
+    func testAClusterWithNoHealthyEndpointAnswers503LikeEnvoy() throws {
+        var r = resources()
+        r.endpoints["app"] = Build.cla("app", [("127.0.0.1", 9000, .unhealthy)])
+        let text = try config(r).text
+        XCTAssertTrue(text.contains("status: 503"), text)
+        XCTAssertFalse(text.contains("clusters:\n  - name"), text)
+    }
+
+    func testNamesAreMadeRemoraNames() {
+        var n = NameMap()
+        XCTAssertEqual(n.cluster("outbound|80||svc.ns.svc.cluster.local"), "outbound_80__svc.ns.svc.cluster.local")
+        XCTAssertEqual(n.cluster("a/b"), "a_b")
+        XCTAssertEqual(n.cluster("a_b"), "a_b_2")
+        XCTAssertEqual(n.clusterName("a/b"), "a_b")
+    }
+
+    func testYAMLQuotesEverythingItIsGiven() {
+        let doc = YAMLNode.map([("k", .string("a: b # c\n\"*&")), ("l", .list([.map([("x", .int(1)), ("y", .bool(true))])]))])
+        XCTAssertEqual(doc.text, "k: \"a: b # c\\n\\\"*&\"\nl:\n  - x: 1\n    y: true\n")
+    }
+}
+
+final class ADSStateTests: XCTestCase {
+    func node() -> XDSNode { var n = XDSNode(); n.id = "n1"; n.cluster = "c"; return n }
+
+    func sends(_ a: [ADSState.Action]) -> [DiscoveryRequest] {
+        a.compactMap { if case .send(let r) = $0 { r } else { nil } }
+    }
+
+    func testWildcardCDSAndLDSThenEDSAndRDSByNameACKedByVersionAndNonce() {
+        var s = ADSState(node: node())
+        let first = sends(s.streamStarted())
+        XCTAssertEqual(first.map(\.typeURL), [XDSType.cluster.rawValue, XDSType.listener.rawValue])
+        XCTAssertEqual(first.map(\.resourceNames), [[], []])
+        XCTAssertEqual(first[0].node.id, "n1")
+
+        var a = s.receive(Build.response(.cluster, "c1", nonce: "1", [Build.edsCluster("app")]))
+        var r = sends(a)
+        XCTAssertEqual(r.count, 2)
+        XCTAssertEqual(r[0].typeURL, XDSType.cluster.rawValue)
+        XCTAssertEqual(r[0].versionInfo, "c1")
+        XCTAssertEqual(r[0].responseNonce, "1")
+        XCTAssertFalse(r[0].hasErrorDetail)
+        XCTAssertEqual(r[1].typeURL, XDSType.endpoint.rawValue)
+        XCTAssertEqual(r[1].resourceNames, ["app"])
+
+        a = s.receive(Build.response(.endpoint, "e1", nonce: "2", [Build.cla("app", [("127.0.0.1", 9000, .healthy)])]))
+        a = s.receive(Build.response(.listener, "l1", nonce: "3", [Build.listener("web", port: 8080, filter: Build.hcm(rds: "rc"))]))
+        r = sends(a)
+        XCTAssertEqual(r.map(\.typeURL), [XDSType.listener.rawValue, XDSType.route.rawValue])
+        XCTAssertEqual(r[1].resourceNames, ["rc"])
+        a = s.receive(Build.response(.route, "r1", nonce: "4", [Build.routeConfig("rc", [Build.route(cluster: "app")])]))
+        XCTAssertTrue(a.contains { if case .publish = $0 { true } else { false } }, "\(a)")
+        XCTAssertEqual(sends(a).first?.versionInfo, "r1")
+        XCTAssertEqual(s.acks, 4)
+        XCTAssertEqual(s.nacks, 0)
+    }
+
+    func testInvalidResponseIsNACKedWithThePreviousVersionAndTheStateKept() {
+        var s = ADSState(node: node())
+        _ = s.streamStarted()
+        _ = s.receive(Build.response(.cluster, "1", nonce: "a", [Build.edsCluster("app")]))
+        _ = s.receive(Build.response(.endpoint, "1", nonce: "b", [Build.cla("app", [("127.0.0.1", 9000, .healthy)])]))
+        _ = s.receive(Build.response(.listener, "1", nonce: "c", [Build.listener("web", port: 8080, filter: Build.hcm(rds: "rc"))]))
+        let good = s.receive(Build.response(.route, "1", nonce: "d", [Build.routeConfig("rc", [Build.route(cluster: "app")])]))
+        XCTAssertTrue(good.contains { if case .publish = $0 { true } else { false } })
+        let published = s.published
+        // A route to an unknown cluster.
+        let bad = s.receive(Build.response(.route, "2", nonce: "e", [Build.routeConfig("rc", [Build.route(cluster: "gone")])]))
+        let r = sends(bad)
+        XCTAssertEqual(r.count, 1)
+        XCTAssertEqual(r[0].versionInfo, "1", "a NACK carries the last accepted version")
+        XCTAssertEqual(r[0].responseNonce, "e")
+        XCTAssertEqual(r[0].resourceNames, ["rc"])
+        XCTAssertTrue(r[0].errorDetail.message.contains("unknown cluster gone"), r[0].errorDetail.message)
+        XCTAssertEqual(r[0].errorDetail.code, 3)
+        XCTAssertFalse(bad.contains { if case .publish = $0 { true } else { false } })
+        XCTAssertEqual(s.published, published)
+        XCTAssertEqual(s.versions[.route], "1")
+        // A new stream resubscribes with the accepted versions.
+        let again = sends(s.streamStarted())
+        XCTAssertEqual(again.map(\.typeURL), [XDSType.cluster, .listener, .endpoint, .route].map(\.rawValue))
+        XCTAssertEqual(again.map(\.versionInfo), ["1", "1", "1", "1"])
+        XCTAssertEqual(again.map(\.responseNonce), ["", "", "", ""])
+    }
+
+    func testConfigRemoraRefusesIsNACKedWithTheLoadersError() {
+        var s = ADSState(node: node())
+        _ = s.streamStarted()
+        _ = s.receive(Build.response(.cluster, "1", nonce: "a", [Build.edsCluster("app")]))
+        _ = s.receive(Build.response(.endpoint, "1", nonce: "b", [Build.cla("app", [("127.0.0.1", 9000, .healthy)])]))
+        // Two listeners on one address: valid xDS resources, refused by Remora's loader.
+        let a = s.receive(Build.response(.listener, "1", nonce: "c", [
+            Build.listener("a", port: 8080, filter: Build.hcm(inline: Build.routeConfig("x", [Build.route(cluster: "app")]))),
+            Build.listener("b", port: 8080, filter: Build.hcm(inline: Build.routeConfig("y", [Build.route(cluster: "app")]))),
+        ]))
+        let r = sends(a)
+        XCTAssertTrue(r.first?.hasErrorDetail == true, "\(a)")
+        XCTAssertTrue(r.first?.errorDetail.message.contains("Remora refuses") == true, r.first?.errorDetail.message ?? "")
+    }
+
+    func testGRPCFraming() {
+        var f = GRPCFramer()
+        let framed = GRPCFramer.frame([1, 2, 3]) + GRPCFramer.frame([])
+        framed.withUnsafeBytes { f.append(UnsafeRawBufferPointer(rebasing: $0[0..<4])) }
+        XCTAssertEqual(f.next(), .none)
+        framed.withUnsafeBytes { f.append(UnsafeRawBufferPointer(rebasing: $0[4...])) }
+        XCTAssertEqual(f.next(), .message([1, 2, 3]))
+        XCTAssertEqual(f.next(), .message([]))
+        XCTAssertEqual(f.next(), .none)
+        [UInt8]([1, 0, 0, 0, 0]).withUnsafeBytes { f.append($0) }
+        XCTAssertEqual(f.next(), .error("compressed gRPC messages are not supported"))
+    }
+}
