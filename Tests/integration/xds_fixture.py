@@ -394,11 +394,13 @@ class XDSAgent:
                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.proxy_err)
 
     def agent_stderr(self) -> str:
-        self.agent_err.flush()
+        if not self.agent_err.closed:
+            self.agent_err.flush()
         return (self.workdir / "remora-xds.stderr").read_text(errors="replace")
 
     def proxy_stderr(self) -> str:
-        self.proxy_err.flush()
+        if not self.proxy_err.closed:
+            self.proxy_err.flush()
         return (self.workdir / "remora.stderr").read_text(errors="replace")
 
     def stop(self) -> tuple[int, int]:

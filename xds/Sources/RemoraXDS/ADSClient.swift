@@ -146,9 +146,11 @@ public final class ADSClient: TCPConnectionDelegate, HTTP2SessionDelegate {
         inRead = true
         let ok = s.receive(data)
         inRead = false
-        let n = data.count
-        s.consumeConnection(n)
-        if stream > 0 { s.consume(stream: stream, receivedBytes); receivedBytes = 0 }
+        // Credit back for what was read: the messages are decoded below, nothing stays buffered but a
+        // partial message.
+        s.consumeConnection(receivedBytes)
+        if stream > 0 { s.consume(stream: stream, receivedBytes) }
+        receivedBytes = 0
         let msgs = received
         received = []
         for m in msgs {
