@@ -215,8 +215,9 @@ public final class ControlServer {
 
     /// Stores `document` as the group's next version (validated as a PUT is) and answers the polls
     /// waiting on the group at once: how a program embedding the server (remora-xds) publishes.
-    public func publish(group: String, document: String) throws(ControlError) -> ControlState.Written {
-        let w = try state.put(group: group, document: document, force: false)
+    /// `validated`: the caller has run the document through `ConfigLoader` already (it is stored as is).
+    public func publish(group: String, document: String, validated: Bool = false) throws(ControlError) -> ControlState.Written {
+        let w = try state.put(group: group, document: document, force: validated)
         if w.changed { changed(group) }
         return w
     }

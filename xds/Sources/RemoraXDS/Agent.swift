@@ -60,7 +60,7 @@ public final class XDSAgent {
         client.log = { [unowned self] s in self.log(s) }
         client.onPublish = { [unowned self] yaml, versions in
             do {
-                let w = try self.control.publish(group: group, document: yaml)
+                let w = try self.control.publish(group: group, document: yaml, validated: true)
                 if w.changed { self.log("group \(group): version \(w.version) (\(versions))") }
             } catch {
                 self.log("cannot store the configuration (\(versions)): \((error as? ControlError)?.message ?? "\(error)")")

@@ -16,7 +16,7 @@ func leftoverFields<M: Message>(_ rest: M) -> [String] {
     if rest.isEqualTo(message: M()) { return [] }
     var names: [String] = []
     for line in rest.textFormatString().split(separator: "\n", omittingEmptySubsequences: true) {
-        guard let first = line.first, first != " " else { continue }
+        guard let first = line.first, first != " ", first != "}" else { continue }
         var name = Substring(line)
         if let end = name.firstIndex(where: { $0 == ":" || $0 == " " || $0 == "{" }) { name = name[..<end] }
         let n = String(name)

@@ -41,7 +41,7 @@ public indirect enum YAMLNode: Equatable, Sendable {
         switch self {
         case .string, .int, .bool: return true
         case .map(let kv): return kv.isEmpty
-        case .list(let l): return l.isEmpty
+        case .list(let l): return l.allSatisfy { if case .map = $0 { false } else if case .list = $0 { false } else { true } }
         }
     }
 

@@ -156,8 +156,7 @@ final class TranslateTests: XCTestCase {
                     weight: 1
         clusters:
           - name: "app"
-            endpoints:
-              - "127.0.0.1:9000"
+            endpoints: [ "127.0.0.1:9000" ]
             lb: "round_robin"
 
         """)
@@ -247,7 +246,12 @@ final class TranslateTests: XCTestCase {
         rp.retryOn = "5xx, reset"
         rp.numRetries = Google_Protobuf_UInt32Value(2)
         a.retryPolicy = rp
-        a.prefixRewrite = "/v2/"
+        var rw = Envoy_Type_Matcher_V3_RegexMatchAndSubstitute()
+        var pat = Envoy_Type_Matcher_V3_RegexMatcher()
+        pat.regex = "^/users/(.*)$"
+        rw.pattern = pat
+        rw.substitution = "/v2/\\1"
+        a.regexRewrite = rw
         var r = Envoy_Config_Route_V3_Route()
         r.match = m
         r.route = a
@@ -267,7 +271,7 @@ final class TranslateTests: XCTestCase {
         let text = YAMLNode.map([("r", routes[0])]).text
         for want in ["regex: \"/users/[0-9]+\"", "name: \"x-env\"", "prefix: \"pro\"", "invert: true", "methods: [ \"GET\" ]",
                      "name: \"debug\"", "present: true", "cluster: \"app2\"", "weight: 10", "timeout: \"2500ms\"",
-                     "attempts: 3", "on: [ \"5xx\", \"reset\" ]", "prefix: \"/v2/\"", "x-env: \"prod\"", "remove: [ \"server\" ]"] {
+                     "attempts: 3", "on: [ \"5xx\", \"reset\" ]", "substitution: \"/v2/\\\\1\"", "x-env: \"prod\"", "remove: [ \"server\" ]"] {
             XCTAssertTrue(text.contains(want), "\(want) not in\n\(text)")
         }
         // Redirect and direct response.
@@ -291,6 +295,53 @@ final class TranslateTests: XCTestCase {
         let t2 = try config(res2).text
         for want in ["host: \"new.example\"", "code: 302", "path: \"/new\"", "status: 418", "body: \"teapot\""] {
             XCTAssertTrue(t2.contains(want), "\(want) not in\n\(t2)")
+        }
+    }
+
+    func testClusterOptions() throws {
+        var c = Build.edsCluster("app")
+        c.lbPolicy = .leastRequest
+        c.connectTimeout = Google_Protobuf_Duration(seconds: 0, nanos: 250_000_000)
+        var t = Envoy_Config_Cluster_V3_CircuitBreakers.Thresholds()
+        t.maxRequests = Google_Protobuf_UInt32Value(200)
+        t.maxRetries = Google_Protobuf_UInt32Value(3)
+        var cb = Envoy_Config_Cluster_V3_CircuitBreakers()
+        cb.thresholds = [t]
+        c.circuitBreakers = cb
+        var od = Envoy_Config_Cluster_V3_OutlierDetection()
+        od.consecutive5Xx = Google_Protobuf_UInt32Value(7)
+        od.maxEjectionPercent = Google_Protobuf_UInt32Value(50)
+        c.outlierDetection = od
+        var hc = Envoy_Config_Core_V3_HealthCheck()
+        hc.timeout = Google_Protobuf_Duration(seconds: 1)
+        hc.interval = Google_Protobuf_Duration(seconds: 5)
+        hc.unhealthyThreshold = Google_Protobuf_UInt32Value(3)
+        hc.healthyThreshold = Google_Protobuf_UInt32Value(2)
+        var hh = Envoy_Config_Core_V3_HealthCheck.HttpHealthCheck()
+        hh.path = "/healthz"
+        var range = Envoy_Type_V3_Int64Range()
+        range.start = 200
+        range.end = 202
+        hh.expectedStatuses = [range]
+        hc.httpHealthCheck = hh
+        c.healthChecks = [hc]
+        var opts = Envoy_Extensions_Upstreams_Http_V3_HttpProtocolOptions()
+        var explicit = Envoy_Extensions_Upstreams_Http_V3_HttpProtocolOptions.ExplicitHttpConfig()
+        var h2 = Envoy_Config_Core_V3_Http2ProtocolOptions()
+        h2.maxConcurrentStreams = Google_Protobuf_UInt32Value(50)
+        explicit.http2ProtocolOptions = h2
+        opts.explicitHTTPConfig = explicit
+        c.typedExtensionProtocolOptions = ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions": Build.any(opts)]
+        let text = try config(resources(cluster: c)).text
+        for want in ["protocol: \"http2\"", "max_concurrent_streams: 50", "lb: \"least_request\"", "connect_timeout: \"250ms\"",
+                     "max_requests: 200", "max_retries: 3", "consecutive_5xx: 7", "consecutive_gateway_errors: 0",
+                     "max_ejection_percent: 50", "path: \"/healthz\"", "expect: [ 200, 201 ]", "unhealthy_threshold: 3"] {
+            XCTAssertTrue(text.contains(want), "\(want) not in\n\(text)")
+        }
+        // A field of a kept message the translation does not read: named.
+        c.outlierDetection.successRateStdevFactor = Google_Protobuf_UInt32Value(1900)
+        XCTAssertThrowsError(try Translator().translate(resources(cluster: c))) { e in
+            XCTAssertTrue("\(e)".contains("Cluster app.outlier_detection.success_rate_stdev_factor is not supported"), "\(e)")
         }
     }
 
