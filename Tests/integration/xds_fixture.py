@@ -354,7 +354,7 @@ static_resources:
         self.config.write_text(boot)
         self.log = open(workdir / f"envoy-{node_id}.log", "wb")
         self.proc = subprocess.Popen([binary, "-c", str(self.config), "--concurrency", "1", "--log-level", "warn",
-                                      "--base-id", str(os.getpid() % 10000 + self.admin_port % 1000 * 10000)],
+                                      "--disable-hot-restart"],   # no shared memory with other Envoys
                                      stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
 
     def stop(self):
