@@ -445,3 +445,25 @@ def test_weight_shift_under_load_fails_no_request(ads, clients, backends):
         if kind == "envoy":
             c.stop()
         server.stop()
+
+
+@pytest.mark.timeout(60)
+def test_last_good_config_survives_restarts_while_the_server_is_down(ads, clients, backends):
+    """Remora only (Envoy restarted without its ADS server has no configuration): the agent keeps the last
+    configuration it published in --state, so a proxy and an agent both restarted while the ADS server is
+    down serve it again; when the server is back, the next version is taken."""
+    made, echo = backends
+    server = ads()
+    port = server.port
+    http_port, tcp_port = free_port(), free_port()
+    server.set(routing_snapshot("v1", http_port, tcp_port, made, echo))
+    c = clients("remora", port)
+    wait_version(http_port, "v1", what="remora")
+    server.stop()
+    assert c.restart_both() == (0, 0)
+    wait_version(http_port, "v1", what="remora restarted without its ADS server")
+    assert fetch(http_port, "/exact", host="api.test")[1][0] == "b"
+    assert tcp_roundtrip(tcp_port) == b"echo:ping"
+    again = ads(port)
+    again.set(routing_snapshot("v2", http_port, tcp_port, made, echo))
+    wait_version(http_port, "v2", timeout=20, what="remora after the ADS server is back")

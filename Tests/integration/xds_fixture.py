@@ -373,10 +373,16 @@ class XDSAgent:
 
     def __init__(self, agent_bin: Path, remora_bin: Path, ads_port: int, workdir: Path, node_id: str = "remora"):
         self.workdir = workdir
-        self.agent_err = open(workdir / "remora-xds.stderr", "wb")
+        self.args = (agent_bin, remora_bin, ads_port, node_id)
+        self.start_agent("127.0.0.1:0")
+        self.start_proxy()
+
+    def start_agent(self, listen: str):
+        agent_bin, _, ads_port, node_id = self.args
+        self.agent_err = open(self.workdir / "remora-xds.stderr", "ab")
         self.agent = subprocess.Popen([str(agent_bin), "--xds", f"127.0.0.1:{ads_port}", "--node-id", node_id,
-                                       "--node-cluster", "test", "--state", str(workdir / "xds-state"),
-                                       "--listen", "127.0.0.1:0", "--workers", "1"],
+                                       "--node-cluster", "test", "--state", str(self.workdir / "xds-state"),
+                                       "--listen", listen, "--workers", "1"],
                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.agent_err)
         control = None
         deadline = time.monotonic() + 10
@@ -388,10 +394,34 @@ class XDSAgent:
                 break
         assert control, "remora-xds did not start: " + self.agent_stderr()
         self.control = control
-        self.proxy_err = open(workdir / "remora.stderr", "wb")
-        self.proxy = subprocess.Popen([str(remora_bin), "run", "--control", f"http://{control}", "--node", node_id,
+
+    def start_proxy(self):
+        _, remora_bin, _, node_id = self.args
+        self.proxy_err = open(self.workdir / "remora.stderr", "ab")
+        self.proxy = subprocess.Popen([str(remora_bin), "run", "--control", f"http://{self.control}", "--node", node_id,
                                        "--group", "xds", "--admin", "127.0.0.1:0"],
                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.proxy_err)
+
+    @staticmethod
+    def _end(p) -> int:
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+        return p.returncode
+
+    def restart_both(self) -> tuple[int, int]:
+        """Stops the proxy and the agent, then starts them again (the agent on the same control address and
+        state directory). The exit codes of the stopped ones."""
+        codes = self._end(self.proxy), self._end(self.agent)
+        self.agent_err.close()
+        self.proxy_err.close()
+        self.start_agent(self.control)
+        self.start_proxy()
+        return codes
 
     def agent_stderr(self) -> str:
         if not self.agent_err.closed:
@@ -404,16 +434,7 @@ class XDSAgent:
         return (self.workdir / "remora.stderr").read_text(errors="replace")
 
     def stop(self) -> tuple[int, int]:
-        codes = []
-        for p in (self.proxy, self.agent):
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(5)
-            codes.append(p.returncode)
+        codes = self._end(self.proxy), self._end(self.agent)
         self.agent_err.close()
         self.proxy_err.close()
-        return codes[0], codes[1]
+        return codes
