@@ -14,6 +14,7 @@ import json
 import math
 import os
 import socket
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,6 +23,12 @@ from pathlib import Path
 import pytest
 
 from harness import poll, remora_bin
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "grpc_fixtures"))
+import grpc  # noqa: E402
+import echo_pb2  # noqa: E402
+import echo_pb2_grpc  # noqa: E402
+from echo_server import GRPCBackend  # noqa: E402
 from xds_fixture import (CDS, EDS, LDS, RDS, ADSServer, Envoy, Snapshot, XDSAgent, assignment, eds_cluster,
                          envoy_binary, free_port, header, http_listener, query, route, route_config, static_cluster,
                          tcp_listener, vhost)
@@ -117,10 +124,14 @@ class Echo:
 @pytest.fixture
 def backends():
     made = {n: Backend(n) for n in ("a", "b", "c")}
+    made["g1"], made["g2"] = GRPCBackend("g1"), GRPCBackend("g2")
     echo = Echo("echo")
     yield made, echo
-    for b in made.values():
-        b.close()
+    for n, b in made.items():
+        if n.startswith("g"):
+            b.server.stop(None).wait(5)
+        else:
+            b.close()
     echo.close()
 
 
@@ -231,14 +242,18 @@ def routing_snapshot(version: str, http_port: int, tcp_port: int, backends, echo
             route({"path": "/direct"}, name="direct", direct=(418, "teapot")),
             route({"prefix": "/split"}, weighted=[("a", split[0]), ("b", split[1])], name="split"),
             route({"path": "/xds-version"}, name="version", direct=(200, version)),
+            route({"prefix": "/remora.test.Echo/Unary", "grpc": True}, "grpc2", name="grpc-unary"),
+            route({"prefix": "/remora.test.Echo/", "grpc": True}, "grpc1", name="grpc"),
             route({"prefix": "/"}, "a", name="rest"),
         ]),
     ])
     return Snapshot(version,
                     listeners=[http_listener("web", http_port, rds="rc"), tcp_listener("tcp", tcp_port, "echo")],
                     routes=[rc],
-                    clusters=[eds_cluster("a"), eds_cluster("b"), eds_cluster("c"), static_cluster("echo", [echo.endpoint])],
-                    endpoints=[assignment(n, [made[n].endpoint]) for n in ("a", "b", "c")])
+                    clusters=[eds_cluster("a"), eds_cluster("b"), eds_cluster("c"), static_cluster("echo", [echo.endpoint]),
+                              eds_cluster("grpc1", http2=True), eds_cluster("grpc2", http2=True)],
+                    endpoints=[assignment(n, [made[n].endpoint]) for n in ("a", "b", "c")]
+                    + [assignment("grpc1", [made["g1"].endpoint]), assignment("grpc2", [made["g2"].endpoint])])
 
 
 PROBES = [
@@ -264,8 +279,18 @@ PROBES = [
 ]
 
 
+def grpc_calls(port: int) -> list:
+    """Which backend answered each gRPC method (by service and method), and a gRPC status from the proxy."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = echo_pb2_grpc.EchoStub(ch)
+        unary = stub.Unary(echo_pb2.EchoRequest(message="u"), timeout=5).backend
+        stream = [r.backend for r in stub.ServerStream(echo_pb2.EchoRequest(message="s", count=2), timeout=5)]
+        return [unary, stream]
+
+
 def observe(http_port: int, tcp_port: int, n_split: int = 1000) -> dict:
-    out = {"probes": [fetch(http_port, p, host=h, headers=hd) for h, p, hd in PROBES], "tcp": tcp_roundtrip(tcp_port)}
+    out = {"probes": [fetch(http_port, p, host=h, headers=hd) for h, p, hd in PROBES], "tcp": tcp_roundtrip(tcp_port),
+           "grpc": grpc_calls(http_port)}
     counts = {"a": 0, "b": 0}
     c = http.client.HTTPConnection("127.0.0.1", http_port, timeout=5)
     for _ in range(n_split):
@@ -308,6 +333,8 @@ def test_routing_matches_envoy(ads, clients, backends):
     for i, (e, r) in enumerate(zip(env["probes"], rem["probes"])):
         assert r == e, f"{PROBES[i]}: Envoy {e}, Remora {r}"
     assert rem["tcp"] == env["tcp"]
+    assert env["grpc"] == ["g2", ["g1", "g1"]], env["grpc"]
+    assert rem["grpc"] == env["grpc"]
     for kind, res in results.items():
         assert within_4sd(res["split"]["b"], 1000, 0.10), (kind, res["split"])
 
@@ -359,7 +386,7 @@ def test_invalid_snapshots_are_nacked_and_the_previous_config_keeps_serving(ads,
             server.set(hashed)
             poll(lambda: len(server.nacks(RDS)) >= 2, 10, 0.05, what="a NACK of RDS v4")
             msg = server.nacks(RDS)[-1].error_detail.message
-            assert "routes[10].route.hash_policy is not supported" in msg, msg
+            assert "routes[12].route.hash_policy is not supported" in msg, msg
             assert fetch(http_port, "/xds-version")[4] == "v1"
             # Then a good version is taken.
             server.set(routing_snapshot("v5", http_port, tcp_port, made, echo))

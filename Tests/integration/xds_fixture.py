@@ -21,7 +21,8 @@ from pathlib import Path
 import grpc
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, protocol_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
@@ -105,6 +106,8 @@ def route(match: dict, cluster: str | None = None, weighted: list[tuple[str, int
         m.path = match["path"]
     elif "regex" in match:
         m.safe_regex.CopyFrom(regex_pb2.RegexMatcher(regex=match["regex"]))
+    if match.get("grpc"):
+        m.grpc.SetInParent()
     m.headers.extend(match.get("headers", []))
     m.query_parameters.extend(match.get("query", []))
     r = route_components_pb2.Route(name=name, match=m)
@@ -166,9 +169,15 @@ def route_config(name: str, vhosts: list) -> route_pb2.RouteConfiguration:
     return route_pb2.RouteConfiguration(name=name, virtual_hosts=vhosts)
 
 
-def eds_cluster(name: str, lb=cluster_pb2.Cluster.ROUND_ROBIN) -> cluster_pb2.Cluster:
-    return cluster_pb2.Cluster(name=name, type=cluster_pb2.Cluster.EDS, connect_timeout=ms(1000), lb_policy=lb,
-                               eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=ads_source()))
+def eds_cluster(name: str, lb=cluster_pb2.Cluster.ROUND_ROBIN, http2: bool = False) -> cluster_pb2.Cluster:
+    c = cluster_pb2.Cluster(name=name, type=cluster_pb2.Cluster.EDS, connect_timeout=ms(1000), lb_policy=lb,
+                            eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=ads_source()))
+    if http2:   # h2c to the endpoints (gRPC), as Envoy configures it since v3
+        o = http_protocol_options_pb2.HttpProtocolOptions(
+            explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+                http2_protocol_options=protocol_pb2.Http2ProtocolOptions()))
+        c.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].Pack(o)
+    return c
 
 
 def static_cluster(name: str, endpoints: list[str]) -> cluster_pb2.Cluster:
