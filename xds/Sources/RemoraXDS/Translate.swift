@@ -143,6 +143,9 @@ public struct Translator: Sendable {
         /// only to them answers 503 `no healthy upstream`, as Envoy's does.
         var empty: Set<String>
         var clusterNames: NameMap
+        /// A route to a cluster CDS does not have is an error (NACK) when true, else it answers 503 as
+        /// Envoy's does (`validate_clusters`: by default true for inline route configurations, false for RDS).
+        var validateClusters = true
     }
 
     // MARK: listeners
@@ -272,6 +275,7 @@ public struct Translator: Sendable {
             out.append(("http2", try http2(h.http2ProtocolOptions, at: at + ".http2_protocol_options", listener: true)))
         }
         let rc: RouteConfiguration
+        var inlineRoutes = true
         switch h.routeSpecifier {
         case .routeConfig(let inline)?:
             rc = inline
@@ -282,10 +286,13 @@ public struct Translator: Sendable {
             try adsSource(rds.configSource, at: at + ".rds.config_source")
             guard let got = ctx.resources.routes[rds.routeConfigName] else { return nil }
             rc = got
+            inlineRoutes = false
         default:
             throw XDSError("\(at): route_config or rds is required (scoped_routes is not supported)")
         }
-        out.append(contentsOf: try routeConfiguration(rc, at: "RouteConfiguration \(rc.name)", ctx))
+        var rctx = ctx
+        rctx.validateClusters = rc.hasValidateClusters ? rc.validateClusters.value : inlineRoutes
+        out.append(contentsOf: try routeConfiguration(rc, at: "RouteConfiguration \(rc.name)", rctx))
         return out
     }
 
@@ -359,10 +366,10 @@ public struct Translator: Sendable {
         var backendsTo503 = false
         switch r.action {
         case .route(let a)?:
-            let (items, allEmpty) = try routeAction(a, at: at + ".route", vhostRetry: vhostRetry, ctx)
-            backendsTo503 = allEmpty
-            if allEmpty {
-                node.append(("direct_response", .map([("status", .int(503)), ("body", .string("no healthy upstream"))])))
+            let (items, local) = try routeAction(a, at: at + ".route", vhostRetry: vhostRetry, ctx)
+            if let local {
+                backendsTo503 = true
+                node.append(("direct_response", .map([("status", .int(503)), ("body", .string(local))])))
             } else {
                 node.append(contentsOf: items)
             }
@@ -505,9 +512,10 @@ public struct Translator: Sendable {
         return r.regex
     }
 
-    /// Backends and their options; `allEmpty`: every backend is a cluster without healthy endpoints.
+    /// Backends and their options, or the body of the 503 Envoy would answer (`local`) when no backend is
+    /// a cluster with healthy endpoints: `no healthy upstream`, or an empty body when none is known to CDS.
     func routeAction(_ a: Envoy_Config_Route_V3_RouteAction, at: String, vhostRetry: Envoy_Config_Route_V3_RetryPolicy?,
-                     _ ctx: Context) throws(XDSError) -> (items: [(String, YAMLNode)], allEmpty: Bool) {
+                     _ ctx: Context) throws(XDSError) -> (items: [(String, YAMLNode)], local: String?) {
         var rest = a
         rest.clusterSpecifier = nil; rest.clearTimeout(); rest.clearRetryPolicy(); rest.prefixRewrite = ""; rest.clearRegexRewrite()
         try refuseLeftovers(rest, at: at)
@@ -529,14 +537,15 @@ public struct Translator: Sendable {
         case nil:
             throw XDSError("\(at): a cluster is required")
         }
-        for b in backends where ctx.resources.clusters[b.name] == nil {
-            throw XDSError("\(at): unknown cluster \(b.name)")
+        let unknown = backends.filter { ctx.resources.clusters[$0.name] == nil }.map(\.name)
+        if let u = unknown.first, ctx.validateClusters {
+            throw XDSError("\(at): unknown cluster \(u)")
         }
-        let live = backends.filter { !ctx.empty.contains($0.name) }
-        if live.isEmpty { return ([], true) }
+        let live = backends.filter { !ctx.empty.contains($0.name) && ctx.resources.clusters[$0.name] != nil }
+        if live.isEmpty { return ([], unknown.count == backends.count ? "" : "no healthy upstream") }
         if live.count != backends.count {
-            let gone = backends.filter { ctx.empty.contains($0.name) }.map(\.name)
-            throw XDSError("\(at): cluster(s) \(gone.joined(separator: ", ")) have no healthy endpoint; a split with an empty cluster is not supported")
+            let gone = backends.filter { ctx.empty.contains($0.name) || ctx.resources.clusters[$0.name] == nil }.map(\.name)
+            throw XDSError("\(at): cluster(s) \(gone.joined(separator: ", ")) unknown or without a healthy endpoint; a split with such a cluster is not supported")
         }
         var items: [(String, YAMLNode)] = []
         items.append(("backends", .list(backends.map { b in
@@ -556,7 +565,7 @@ public struct Translator: Sendable {
             items.append(("rewrite", .map([("regex", .string(try regex(a.regexRewrite.pattern, at: at + ".regex_rewrite.pattern"))),
                                             ("substitution", .string(a.regexRewrite.substitution))])))
         }
-        return (items, false)
+        return (items, nil)
     }
 
     static let retryOn: [String: String] = [
@@ -682,6 +691,9 @@ public struct Translator: Sendable {
         rest.lbPolicy = .roundRobin; rest.clearLoadAssignment(); rest.healthChecks = []; rest.clearCircuitBreakers()
         rest.clearOutlierDetection(); rest.clearHTTP2ProtocolOptions(); rest.typedExtensionProtocolOptions = [:]
         rest.clearCommonHTTPProtocolOptions()
+        if c.type != .strictDns {   // DNS settings of a cluster that resolves nothing: without effect in Envoy too
+            rest.dnsLookupFamily = .auto; rest.respectDnsTtl = false; rest.clearDnsRefreshRate()
+        }
         try refuseLeftovers(rest, at: at, note: c.transportSocket.isEmpty ? "" : "TLS is not supported yet")
         var node: [(String, YAMLNode)] = [("name", .string(names.cluster(c.name)))]
         let cla: ClusterLoadAssignment

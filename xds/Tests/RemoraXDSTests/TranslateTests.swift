@@ -207,8 +207,19 @@ final class TranslateTests: XCTestCase {
         }
     }
 
-    func testRouteToUnknownClusterIsAnError() {
-        XCTAssertThrowsError(try Translator().translate(resources(route: Build.route(cluster: "nope")))) { e in
+    func testRouteToUnknownClusterIsAnErrorWhenClustersAreValidated() throws {
+        // RDS: Envoy's default is validate_clusters false, and such a route answers 503.
+        let text = try config(resources(route: Build.route(cluster: "nope"))).text
+        XCTAssertTrue(text.contains("direct_response:\n          status: 503\n          body: \"\""), text)
+        var r = resources(route: Build.route(cluster: "nope"))
+        r.routes["rc"]!.validateClusters = Google_Protobuf_BoolValue(true)
+        XCTAssertThrowsError(try Translator().translate(r)) { e in
+            XCTAssertTrue("\(e)".contains("routes[0].route: unknown cluster nope"), "\(e)")
+        }
+        // Inline: validated by default.
+        r = resources()
+        r.listeners["web"] = Build.listener("web", port: 8080, filter: Build.hcm(inline: Build.routeConfig("x", [Build.route(cluster: "nope")])))
+        XCTAssertThrowsError(try Translator().translate(r)) { e in
             XCTAssertTrue("\(e)".contains("unknown cluster nope"), "\(e)")
         }
     }
@@ -413,7 +424,9 @@ final class ADSStateTests: XCTestCase {
         XCTAssertTrue(good.contains { if case .publish = $0 { true } else { false } })
         let published = s.published
         // A route to an unknown cluster.
-        let bad = s.receive(Build.response(.route, "2", nonce: "e", [Build.routeConfig("rc", [Build.route(cluster: "gone")])]))
+        var validated = Build.routeConfig("rc", [Build.route(cluster: "gone")])
+        validated.validateClusters = Google_Protobuf_BoolValue(true)
+        let bad = s.receive(Build.response(.route, "2", nonce: "e", [validated]))
         let r = sends(bad)
         XCTAssertEqual(r.count, 1)
         XCTAssertEqual(r[0].versionInfo, "1", "a NACK carries the last accepted version")
