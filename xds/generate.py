@@ -47,6 +47,14 @@ envoy.config.endpoint.v3.ClusterLoadAssignment envoy.config.endpoint.v3.Locality
 envoy.config.endpoint.v3.LbEndpoint envoy.config.endpoint.v3.Endpoint
 envoy.extensions.upstreams.http.v3.HttpProtocolOptions envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig
 google.rpc.Status
+envoy.config.route.v3.RouteAction.RequestMirrorPolicy envoy.config.core.v3.RuntimeFractionalPercent envoy.type.v3.FractionalPercent
+envoy.config.route.v3.RouteAction.HashPolicy envoy.config.route.v3.RouteAction.HashPolicy.Header
+envoy.config.route.v3.RouteAction.HashPolicy.Cookie envoy.config.route.v3.RouteAction.HashPolicy.ConnectionProperties
+envoy.config.cluster.v3.CircuitBreakers.Thresholds.RetryBudget envoy.type.v3.Percent
+envoy.extensions.filters.http.fault.v3.HTTPFault envoy.extensions.filters.http.fault.v3.FaultAbort
+envoy.extensions.filters.common.fault.v3.FaultDelay
+envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit envoy.type.v3.TokenBucket
+envoy.config.accesslog.v3.AccessLog envoy.extensions.access_loggers.file.v3.FileAccessLog
 """.split()
 
 # Shipped by SwiftProtobuf itself.
@@ -59,6 +67,8 @@ ROOT_MODULES = [
     "envoy.extensions.filters.http.router.v3.router_pb2", "envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2",
     "envoy.config.route.v3.route_pb2", "envoy.config.cluster.v3.cluster_pb2", "envoy.config.endpoint.v3.endpoint_pb2",
     "envoy.extensions.upstreams.http.v3.http_protocol_options_pb2", "google.rpc.status_pb2",
+    "envoy.extensions.filters.http.fault.v3.fault_pb2", "envoy.extensions.filters.http.local_ratelimit.v3.local_rate_limit_pb2",
+    "envoy.extensions.access_loggers.file.v3.file_pb2",
 ]
 
 

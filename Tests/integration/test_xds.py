@@ -32,9 +32,10 @@ from echo_server import GRPCBackend  # noqa: E402
 from xds_fixture import (CDS, EDS, LDS, RDS, ADSServer, Envoy, Snapshot, XDSAgent, assignment, eds_cluster,
                          envoy_binary, free_port, header, http_listener, query, route, route_config, static_cluster,
                          tcp_listener, vhost)
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
-from google.protobuf import struct_pb2, any_pb2
+from google.protobuf import struct_pb2, any_pb2, wrappers_pb2
 
 
 def xds_bin() -> Path:
@@ -55,6 +56,7 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True   # the head and the body are two writes
 
     def do_GET(self):
+        self.server.seen.append((self.path, self.headers.get("host")))
         body = json.dumps({"backend": self.server.name, "path": self.path,
                            "headers": {k.lower(): v for k, v in self.headers.items()}}).encode()
         self.send_response(200)
@@ -75,6 +77,7 @@ class Backend:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.server.daemon_threads = True
         self.server.name = name
+        self.server.seen = []   # (path, host) of every request, in order
         self.endpoint = f"127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
@@ -382,11 +385,11 @@ def test_invalid_snapshots_are_nacked_and_the_previous_config_keeps_serving(ads,
             # A field Envoy takes and Remora does not (a route hash policy) is NACKed by name.
             hashed = routing_snapshot("v4", http_port, tcp_port, made, echo)
             r = hashed.resources[RDS][0].virtual_hosts[2].routes[-1]
-            r.route.hash_policy.add().header.header_name = "x-user"
+            r.route.hash_policy.add().query_parameter.name = "user"
             server.set(hashed)
             poll(lambda: len(server.nacks(RDS)) >= 2, 10, 0.05, what="a NACK of RDS v4")
             msg = server.nacks(RDS)[-1].error_detail.message
-            assert "routes[12].route.hash_policy is not supported" in msg, msg
+            assert "routes[12].route.hash_policy[0].query_parameter is not supported" in msg, msg
             assert fetch(http_port, "/xds-version")[4] == "v1"
             # Then a good version is taken.
             server.set(routing_snapshot("v5", http_port, tcp_port, made, echo))
@@ -494,3 +497,145 @@ def test_last_good_config_survives_restarts_while_the_server_is_down(ads, client
     again = ads(port)
     again.set(routing_snapshot("v2", http_port, tcp_port, made, echo))
     wait_version(http_port, "v2", timeout=20, what="remora after the ADS server is back")
+
+
+def mirror_hash_snapshot(version: str, http_port: int, made) -> Snapshot:
+    """A route mirrored to a shadow cluster, a route hashed on a header to a ring-hash cluster of two
+    endpoints, and a route to a cluster CDS does not have (RDS: validate_clusters false, Envoy's default)."""
+    mirrored = route({"prefix": "/mirror"}, "a", name="mirror",
+                     action=lambda a: a.request_mirror_policies.add(cluster="shadow"))
+    sticky = route({"prefix": "/sticky"}, "sticky", name="sticky",
+                   action=lambda a: a.hash_policy.add().header.CopyFrom(
+                       route_components_pb2.RouteAction.HashPolicy.Header(header_name="x-user")))
+    rc = route_config("rc", [vhost("default", ["*"], [
+        route({"path": "/xds-version"}, name="version", direct=(200, version)),
+        mirrored, sticky,
+        route({"prefix": "/nocluster"}, "nowhere", name="nocluster"),
+        route({"prefix": "/"}, "a", name="rest"),
+    ])])
+    return Snapshot(version, listeners=[http_listener("web", http_port, rds="rc")], routes=[rc],
+                    clusters=[eds_cluster("a"), eds_cluster("shadow"), eds_cluster("sticky", lb=cluster_pb2.Cluster.RING_HASH)],
+                    endpoints=[assignment("a", [made["a"].endpoint]), assignment("shadow", [made["c"].endpoint]),
+                               assignment("sticky", [made["a"].endpoint, made["b"].endpoint])])
+
+
+@pytest.mark.timeout(90)
+def test_mirror_hash_policy_and_unknown_cluster_match_envoy(ads, clients, backends):
+    made, _ = backends
+    results = {}
+    for kind in ("envoy", "remora"):
+        for b in made.values():
+            if hasattr(b, "server") and hasattr(b.server, "seen"):
+                b.server.seen.clear()
+        server = ads()
+        http_port = free_port()
+        server.set(mirror_hash_snapshot("v1", http_port, made))
+        c = clients(kind, server.port)
+        wait_version(http_port, "v1", what=kind)
+        assert not server.nacks(), [n.error_detail.message for n in server.nacks()]
+        out = {}
+        # Mirror: every request answered by a, and a copy of each reaches the shadow (c), fire and forget.
+        out["mirror"] = [fetch(http_port, f"/mirror/{i}")[:2] for i in range(10)]
+        shadow = made["c"].server.seen
+        poll(lambda: len(shadow) >= 10, 10, 0.05, what=f"{kind}: 10 shadow requests")
+        time.sleep(0.2)
+        out["shadow_paths"] = sorted(p for p, _ in shadow)
+        out["shadow_hosts"] = sorted({h for _, h in shadow})
+        # Hash policy: each user stays on one endpoint; the users spread over both.
+        conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=5)
+        by_user = {}
+        for u in range(20):
+            by_user[u] = {fetch(http_port, "/sticky", headers={"x-user": f"user-{u}"}, conn=conn)[1][0] for _ in range(5)}
+        conn.close()
+        out["sticky_per_user"] = sorted(len(v) for v in by_user.values())
+        out["sticky_backends"] = sorted(set().union(*by_user.values()))
+        # A route to a cluster that does not exist: 503 with an empty body.
+        out["nocluster"] = fetch(http_port, "/nocluster")
+        results[kind] = out
+        if kind == "envoy":
+            c.stop()
+        server.stop()
+    env, rem = results["envoy"], results["remora"]
+    assert env["mirror"] == [(200, ("a", f"/mirror/{i}", None, None, None)) for i in range(10)], env["mirror"]
+    assert env["shadow_paths"] == sorted(f"/mirror/{i}" for i in range(10)), env
+    assert env["sticky_per_user"] == [1] * 20 and env["sticky_backends"] == ["a", "b"], env
+    assert env["nocluster"][:2] == (503, None) and env["nocluster"][4] == "", env["nocluster"]
+    for k in ("mirror", "shadow_paths", "sticky_per_user", "sticky_backends", "nocluster"):
+        assert rem[k] == env[k], (k, env[k], rem[k])
+    # The one difference, documented (docs/xds.md): Envoy's shadow gets the Host with "-shadow" appended.
+    assert env["shadow_hosts"] == ["www.test-shadow"] and rem["shadow_hosts"] == ["www.test"], (env, rem)
+
+
+def filters_snapshot(version: str, http_port: int, made) -> Snapshot:
+    """Istio's shape: the fault and local rate limit filters before the router, empty at the listener,
+    configured per route (typed_per_filter_config, by the filters' names)."""
+    from envoy.config.core.v3 import base_pb2
+    from envoy.extensions.filters.common.fault.v3 import fault_pb2 as common_fault_pb2
+    from envoy.extensions.filters.http.fault.v3 import fault_pb2
+    from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
+    from envoy.type.v3 import percent_pb2, token_bucket_pb2
+    from xds_fixture import ms, pack, router_filter
+    every = percent_pb2.FractionalPercent(numerator=100)
+    abort = fault_pb2.HTTPFault(abort=fault_pb2.FaultAbort(http_status=503, percentage=every),
+                                headers=[route_components_pb2.HeaderMatcher(name="x-fault", present_match=True)])
+    delay = fault_pb2.HTTPFault(delay=common_fault_pb2.FaultDelay(fixed_delay=ms(300), percentage=every))
+    on = base_pb2.RuntimeFractionalPercent(default_value=every, runtime_key="local_rate_limit_enabled")
+    limit = local_rate_limit_pb2.LocalRateLimit(
+        stat_prefix="rl", filter_enabled=on, filter_enforced=on,
+        token_bucket=token_bucket_pb2.TokenBucket(max_tokens=3, tokens_per_fill=wrappers_pb2.UInt32Value(value=1),
+                                                  fill_interval=ms(1000)))
+
+    def per_route(r, name, cfg):
+        r.typed_per_filter_config[name].CopyFrom(pack(cfg))
+        return r
+
+    rc = route_config("rc", [vhost("default", ["*"], [
+        route({"path": "/xds-version"}, name="version", direct=(200, version)),
+        per_route(route({"prefix": "/abort"}, "a", name="abort"), "envoy.filters.http.fault", abort),
+        per_route(route({"prefix": "/delay"}, "a", name="delay"), "envoy.filters.http.fault", delay),
+        per_route(route({"prefix": "/limited"}, "a", name="limited"), "envoy.filters.http.local_ratelimit", limit),
+        route({"prefix": "/"}, "a", name="rest"),
+    ])])
+    filters = [hcm_pb2.HttpFilter(name="envoy.filters.http.fault", typed_config=pack(fault_pb2.HTTPFault())),
+               hcm_pb2.HttpFilter(name="envoy.filters.http.local_ratelimit",
+                                  typed_config=pack(local_rate_limit_pb2.LocalRateLimit(stat_prefix="rl"))),
+               router_filter()]
+    return Snapshot(version, listeners=[http_listener("web", http_port, rds="rc", http_filters=filters)], routes=[rc],
+                    clusters=[eds_cluster("a")], endpoints=[assignment("a", [made["a"].endpoint])])
+
+
+@pytest.mark.timeout(90)
+def test_fault_and_local_rate_limit_match_envoy(ads, clients, backends):
+    made, _ = backends
+    results = {}
+    for kind in ("envoy", "remora"):
+        server = ads()
+        http_port = free_port()
+        server.set(filters_snapshot("v1", http_port, made))
+        c = clients(kind, server.port)
+        wait_version(http_port, "v1", what=kind)
+        assert not server.nacks(), [n.error_detail.message for n in server.nacks()]
+        out = {}
+        # Abort: only requests that carry x-fault.
+        # (Remora's locally made bodies end with a newline, Envoy's do not: compared without it.)
+        aborted = fetch(http_port, "/abort", headers={"x-fault": "1"})
+        out["abort"] = [aborted[:4] + (aborted[4].rstrip("\n"),), fetch(http_port, "/abort")[:2]]
+        # Delay: 300 ms before the upstream, every request.
+        t0 = time.monotonic()
+        out["delay"] = fetch(http_port, "/delay")[:2]
+        out["delayed"] = time.monotonic() - t0 >= 0.25   # both proxies' timers are coarse: a few ms early at times
+        # The bucket: 3 tokens, 1 a second; 6 requests at once.
+        conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=5)
+        limited = [fetch(http_port, "/limited", conn=conn) for _ in range(6)]
+        conn.close()
+        out["limited_first"] = [r[0] for r in limited[:3]]
+        out["limited_rest"] = sum(1 for r in limited[3:] if (r[0], r[4].rstrip("\n")) == (429, "local_rate_limited")) >= 2
+        results[kind] = out
+        if kind == "envoy":
+            c.stop()
+        server.stop()
+    env, rem = results["envoy"], results["remora"]
+    assert env["abort"] == [(503, None, None, None, "fault filter abort"), (200, ("a", "/abort", None, None, None))], env
+    assert env["delay"] == (200, ("a", "/delay", None, None, None)) and env["delayed"], env
+    assert env["limited_first"] == [200] * 3 and env["limited_rest"], env
+    assert rem == env, (env, rem)

@@ -6,6 +6,8 @@ public typealias Listener = Envoy_Config_Listener_V3_Listener
 public typealias HCM = Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_HttpConnectionManager
 public typealias TcpProxy = Envoy_Extensions_Filters_Network_TcpProxy_V3_TcpProxy
 public typealias Router = Envoy_Extensions_Filters_Http_Router_V3_Router
+public typealias HTTPFault = Envoy_Extensions_Filters_Http_Fault_V3_HTTPFault
+public typealias LocalRateLimit = Envoy_Extensions_Filters_Http_LocalRatelimit_V3_LocalRateLimit
 public typealias RouteConfiguration = Envoy_Config_Route_V3_RouteConfiguration
 public typealias Cluster = Envoy_Config_Cluster_V3_Cluster
 public typealias ClusterLoadAssignment = Envoy_Config_Endpoint_V3_ClusterLoadAssignment
@@ -120,8 +122,9 @@ public struct Translator: Sendable {
         }
         var listenerNodes: [YAMLNode] = []
         var pendingRDS: [String] = []
+        let hashKeys = HashKeys()
         for name in r.listeners.keys.sorted() {
-            let ctx = Context(resources: r, empty: empty, clusterNames: names)
+            let ctx = Context(resources: r, empty: empty, clusterNames: names, hashKeys: hashKeys)
             switch try listener(r.listeners[name]!, ctx, &names) {
             case .some(let node): listenerNodes.append(node)
             case .none: pendingRDS.append(name)
@@ -130,6 +133,16 @@ public struct Translator: Sendable {
         if !pendingEDS.isEmpty { return .pending("EDS assignments \(pendingEDS.joined(separator: ", "))") }
         if !pendingRDS.isEmpty { return .pending("RDS route configurations of listeners \(pendingRDS.joined(separator: ", "))") }
         if listenerNodes.isEmpty { return .pending("a listener (LDS has none)") }
+        // The routes' hash policies become their clusters' hash_on (consistent-hash clusters only: for the
+        // others Envoy has no use for the key either).
+        let xdsName = hashKeys.byCluster.isEmpty ? [:] : Dictionary(names.clusters.map { ($0.value, $0.key) }) { a, _ in a }
+        if !xdsName.isEmpty { clusterNodes = clusterNodes.map { node in
+            guard case .map(var kv) = node, case .string(let lb)? = node["lb"], lb == "ring_hash" || lb == "maglev",
+                  case .string(let name)? = node["name"], let x = xdsName[name],
+                  let key = hashKeys.byCluster[x]?.key else { return node }
+            kv.append(("hash_on", key))
+            return .map(kv)
+        } }
         var doc: [(String, YAMLNode)] = []
         if let workers { doc.append(("workers", .int(workers))) }
         doc.append(("listeners", .list(listenerNodes)))
@@ -146,6 +159,24 @@ public struct Translator: Sendable {
         /// A route to a cluster CDS does not have is an error (NACK) when true, else it answers 503 as
         /// Envoy's does (`validate_clusters`: by default true for inline route configurations, false for RDS).
         var validateClusters = true
+        /// The routes' hash policies, by the xDS cluster they send to (Remora keys a cluster, not a route).
+        var hashKeys = HashKeys()
+        /// The HTTP filters of the listener's chain before the router (fault, local rate limit).
+        var filters = HTTPFilters()
+    }
+
+    /// The fault and local rate limit filters of a listener: their names (the keys of the routes'
+    /// `typed_per_filter_config`) and what the fault filter does on routes without a config of their own.
+    struct HTTPFilters {
+        var faultName: String?
+        var fault: YAMLNode?
+        var rateLimitName: String?
+    }
+
+    /// Envoy's `hash_policy` is a route's and feeds the consistent-hash balancer of the cluster it picks;
+    /// Remora's `hash_on` is the cluster's. Every route to one cluster must then agree.
+    final class HashKeys {
+        var byCluster: [String: (key: YAMLNode, at: String)] = [:]
     }
 
     // MARK: listeners
@@ -223,28 +254,48 @@ public struct Translator: Sendable {
             throw XDSError("\(at).codec_type: \(h.codecType) is not supported: a Remora listener serves HTTP/1.1 and h2c on one port (AUTO)")
         }
         try refuseLeftovers(rest, at: at)
-        // Filters: only the router, last.
+        // Filters: fault and local rate limit (each at most once), then the router, last.
         guard !h.httpFilters.isEmpty else { throw XDSError("\(at).http_filters: empty (the router is required)") }
+        var filters = HTTPFilters()
         for (i, f) in h.httpFilters.enumerated() {
-            var ok = false
-            if case .typedConfig(let any)? = f.configType {
-                if any.typeURL.hasSuffix("/" + Router.protoMessageName) {
-                    let r: Router
-                    do { r = try Router(unpackingAny: any) } catch { throw XDSError("\(at).http_filters[\(i)]: does not decode: \(error)") }
-                    try refuseLeftovers(r, at: "\(at).http_filters[\(i)].typed_config")
-                    ok = true
-                }
-            } else if f.configType == nil && f.name == "envoy.filters.http.router" {
-                ok = true
-            }
-            guard ok else {
-                throw XDSError("\(at).http_filters[\(i)] (\(f.name)): HTTP filter \(f.typedConfig.typeURL.isEmpty ? f.name : f.typedConfig.typeURL) is not supported (only the router is)")
-            }
+            let fat = "\(at).http_filters[\(i)]"
             var fr = f
             fr.name = ""; fr.configType = nil
-            try refuseLeftovers(fr, at: "\(at).http_filters[\(i)]")
-            guard i == h.httpFilters.count - 1 else { throw XDSError("\(at).http_filters[\(i)]: the router must be the last filter") }
+            try refuseLeftovers(fr, at: fat)
+            let last = i == h.httpFilters.count - 1
+            if case .typedConfig(let any)? = f.configType {
+                func decode<M: Message>(_: M.Type) throws(XDSError) -> M {
+                    do { return try M(unpackingAny: any) } catch { throw XDSError("\(fat): does not decode: \(error)") }
+                }
+                if any.typeURL.hasSuffix("/" + Router.protoMessageName) {
+                    try refuseLeftovers(try decode(Router.self), at: fat + ".typed_config")
+                    guard last else { throw XDSError("\(fat): the router must be the last filter") }
+                    continue
+                }
+                if any.typeURL.hasSuffix("/" + HTTPFault.protoMessageName) {
+                    guard !last else { throw XDSError("\(fat) (\(f.name)): the last HTTP filter must be the router") }
+                    guard filters.faultName == nil else { throw XDSError("\(fat): a second fault filter is not supported") }
+                    filters.faultName = f.name
+                    filters.fault = try fault(try decode(HTTPFault.self), at: fat + ".typed_config")
+                    continue
+                }
+                if any.typeURL.hasSuffix("/" + LocalRateLimit.protoMessageName) {
+                    guard !last else { throw XDSError("\(fat) (\(f.name)): the last HTTP filter must be the router") }
+                    guard filters.rateLimitName == nil else { throw XDSError("\(fat): a second local rate limit filter is not supported") }
+                    filters.rateLimitName = f.name
+                    if try rateLimit(try decode(LocalRateLimit.self), at: fat + ".typed_config") != nil {
+                        throw XDSError("\(fat).typed_config.token_bucket: a listener-wide bucket is not supported (Remora's buckets are per route: typed_per_filter_config)")
+                    }
+                    continue
+                }
+            } else if f.configType == nil && f.name == "envoy.filters.http.router" {
+                guard last else { throw XDSError("\(fat): the router must be the last filter") }
+                continue
+            }
+            throw XDSError("\(fat) (\(f.name)): HTTP filter \(f.typedConfig.typeURL.isEmpty ? f.name : f.typedConfig.typeURL) is not supported (the router, fault and local rate limit are)")
         }
+        var ctx = ctx
+        ctx.filters = filters
         var out: [(String, YAMLNode)] = [("protocol", .string("http"))]
         if h.hasRequestTimeout {
             out.append(("request_timeout", .string(try duration(h.requestTimeout, at: at + ".request_timeout"))))
@@ -359,8 +410,24 @@ public struct Translator: Sendable {
         var rest = r
         rest.name = ""; rest.clearMatch(); rest.action = nil
         rest.requestHeadersToAdd = []; rest.requestHeadersToRemove = []
-        rest.responseHeadersToAdd = []; rest.responseHeadersToRemove = []
+        rest.responseHeadersToAdd = []; rest.responseHeadersToRemove = []; rest.typedPerFilterConfig = [:]
         try refuseLeftovers(rest, at: at)
+        // Per-route configurations of the listener's filters; a route without one gets the filter's own.
+        var fault = ctx.filters.fault
+        var rateLimit: YAMLNode?
+        for key in r.typedPerFilterConfig.keys.sorted() {
+            let any = r.typedPerFilterConfig[key]!
+            let pat = "\(at).typed_per_filter_config[\(key)]"
+            if key == ctx.filters.faultName, any.typeURL.hasSuffix("/" + HTTPFault.protoMessageName) {
+                do { fault = try self.fault(try HTTPFault(unpackingAny: any), at: pat) }
+                catch let e as XDSError { throw e } catch { throw XDSError("\(pat): does not decode: \(error)") }
+            } else if key == ctx.filters.rateLimitName, any.typeURL.hasSuffix("/" + LocalRateLimit.protoMessageName) {
+                do { rateLimit = try self.rateLimit(try LocalRateLimit(unpackingAny: any), at: pat) }
+                catch let e as XDSError { throw e } catch { throw XDSError("\(pat): does not decode: \(error)") }
+            } else {
+                throw XDSError("\(pat): \(any.typeURL) is not supported (only the configurations of the listener's fault and local rate limit filters, by their names)")
+            }
+        }
         var node: [(String, YAMLNode)] = [("name", .string(names.unique(r.name.isEmpty ? "route\(index)" : r.name)))]
         node.append(("match", try match(r.match, at: at + ".match")))
         var backendsTo503 = false
@@ -369,9 +436,13 @@ public struct Translator: Sendable {
             let (items, local) = try routeAction(a, at: at + ".route", vhostRetry: vhostRetry, ctx)
             if let local {
                 backendsTo503 = true
+                fault = nil; rateLimit = nil   // no upstream to delay or spare: answered 503 at once
                 node.append(("direct_response", .map([("status", .int(503)), ("body", .string(local))])))
             } else {
                 node.append(contentsOf: items)
+                if let fault { node.append(("fault", fault)) }
+                if let rateLimit { node.append(("rate_limit", rateLimit)) }
+                fault = nil; rateLimit = nil
             }
         case .redirect(let rd)?:
             node.append(contentsOf: try redirect(rd, at: at + ".redirect"))
@@ -393,6 +464,12 @@ public struct Translator: Sendable {
             node.append(("direct_response", .map(m)))
         default:
             throw XDSError("\(at): the action must be route, redirect or direct_response")
+        }
+        if fault != nil {
+            throw XDSError("\(at): a fault on a route that does not proxy (redirect, direct_response) is not supported")
+        }
+        if rateLimit != nil {
+            throw XDSError("\(at): a local rate limit on a route that does not proxy (redirect, direct_response) is not supported")
         }
         if !r.requestHeadersToAdd.isEmpty || !r.requestHeadersToRemove.isEmpty {
             guard case .route? = r.action else { throw XDSError("\(at).request_headers_to_add: only on routes that proxy") }
@@ -518,6 +595,7 @@ public struct Translator: Sendable {
                      _ ctx: Context) throws(XDSError) -> (items: [(String, YAMLNode)], local: String?) {
         var rest = a
         rest.clusterSpecifier = nil; rest.clearTimeout(); rest.clearRetryPolicy(); rest.prefixRewrite = ""; rest.clearRegexRewrite()
+        rest.requestMirrorPolicies = []; rest.hashPolicy = []
         try refuseLeftovers(rest, at: at)
         var backends: [(name: String, weight: Int)] = []
         switch a.clusterSpecifier {
@@ -547,10 +625,20 @@ public struct Translator: Sendable {
             let gone = backends.filter { ctx.empty.contains($0.name) || ctx.resources.clusters[$0.name] == nil }.map(\.name)
             throw XDSError("\(at): cluster(s) \(gone.joined(separator: ", ")) unknown or without a healthy endpoint; a split with such a cluster is not supported")
         }
+        if !a.hashPolicy.isEmpty {
+            let key = try hashKey(a.hashPolicy, at: at + ".hash_policy")
+            for b in backends {
+                if let had = ctx.hashKeys.byCluster[b.name], had.key != key {
+                    throw XDSError("\(at).hash_policy: cluster \(b.name) is given another hash policy by \(had.at) (Remora keys the consistent hash per cluster, so every route to a cluster must hash on the same key)")
+                }
+                ctx.hashKeys.byCluster[b.name] = (key, at)
+            }
+        }
         var items: [(String, YAMLNode)] = []
         items.append(("backends", .list(backends.map { b in
             .map([("cluster", .string(ctx.clusterNames.clusterName(b.name))), ("weight", .int(b.weight))])
         })))
+        if let m = try mirror(a.requestMirrorPolicies, at: at + ".request_mirror_policies", ctx) { items.append(("mirror", m)) }
         // Envoy's default route timeout is 15 s, as Remora's.
         if a.hasTimeout { items.append(("timeout", .string(try duration(a.timeout, at: at + ".timeout")))) }
         if a.hasRetryPolicy || vhostRetry != nil {
@@ -566,6 +654,175 @@ public struct Translator: Sendable {
                                             ("substitution", .string(a.regexRewrite.substitution))])))
         }
         return (items, nil)
+    }
+
+    /// `request_mirror_policies` (at most one) → `mirror`. nil when there is none, or when its cluster has
+    /// no endpoint or (unvalidated) does not exist: Envoy's shadow then fails unseen, and Remora sends none.
+    func mirror(_ ps: [Envoy_Config_Route_V3_RouteAction.RequestMirrorPolicy], at: String, _ ctx: Context) throws(XDSError) -> YAMLNode? {
+        guard let p = ps.first else { return nil }
+        guard ps.count == 1 else { throw XDSError("\(at): \(ps.count) mirror policies; one is supported") }
+        let pat = at + "[0]"
+        var rest = p
+        rest.cluster = ""; rest.clearRuntimeFraction()
+        rest.disableShadowHostSuffixAppend = false   // Remora's shadow keeps the Host as it is (docs/xds.md)
+        rest.clearTraceSampled()                     // tracing of the shadow: without effect
+        try refuseLeftovers(rest, at: pat)
+        guard !p.cluster.isEmpty else { throw XDSError("\(pat).cluster: required (cluster_header is not supported)") }
+        var percent = "100"
+        if p.hasRuntimeFraction {
+            var rf = p.runtimeFraction
+            rf.runtimeKey = ""   // no runtime layer: the default value applies, as in Envoy without one
+            let f = rf.defaultValue
+            rf.clearDefaultValue()
+            try refuseLeftovers(rf, at: pat + ".runtime_fraction")
+            percent = try Self.percent(f, at: pat + ".runtime_fraction.default_value")
+        }
+        if ctx.resources.clusters[p.cluster] == nil {
+            if ctx.validateClusters { throw XDSError("\(pat).cluster: unknown cluster \(p.cluster)") }
+            return nil
+        }
+        if ctx.empty.contains(p.cluster) { return nil }
+        return .map([("cluster", .string(ctx.clusterNames.clusterName(p.cluster))), ("percent", .string(percent))])
+    }
+
+    /// A FractionalPercent as a decimal percentage (`"12.5"`); above 100 % counts as 100 %, as in Envoy.
+    static func percent(_ f: Envoy_Type_V3_FractionalPercent, at: String) throws(XDSError) -> String {
+        let denominator: UInt64
+        switch f.denominator {
+        case .hundred: denominator = 100
+        case .tenThousand: denominator = 10_000
+        case .million: denominator = 1_000_000
+        default: throw XDSError("\(at).denominator: \(f.denominator)")
+        }
+        // In millionths of the whole, then printed as a percentage with up to 4 decimals.
+        let ppm = min(UInt64(f.numerator) * (1_000_000 / denominator), 1_000_000)
+        let whole = ppm / 10_000, frac = ppm % 10_000
+        if frac == 0 { return "\(whole)" }
+        var d = String(frac)
+        d = String(repeating: "0", count: 4 - d.count) + d
+        while d.hasSuffix("0") { d.removeLast() }
+        return "\(whole).\(d)"
+    }
+
+    /// `hash_policy` (one policy) → a cluster `hash_on`: header, cookie (without ttl: Remora makes no
+    /// cookie) or the source IP.
+    func hashKey(_ ps: [Envoy_Config_Route_V3_RouteAction.HashPolicy], at: String) throws(XDSError) -> YAMLNode {
+        guard ps.count == 1 else { throw XDSError("\(at): \(ps.count) hash policies; one is supported") }
+        let p = ps[0]
+        let pat = at + "[0]"
+        var rest = p
+        rest.policySpecifier = nil; rest.terminal = false   // terminal: meaningful only with several policies
+        try refuseLeftovers(rest, at: pat)
+        switch p.policySpecifier {
+        case .header(let h)?:
+            var hr = h
+            hr.headerName = ""
+            try refuseLeftovers(hr, at: pat + ".header")
+            guard !h.headerName.isEmpty, !h.headerName.hasPrefix(":") else {
+                throw XDSError("\(pat).header.header_name: \(h.headerName.isEmpty ? "required" : "pseudo-headers are not supported")")
+            }
+            return .map([("header", .string(h.headerName.lowercased()))])
+        case .cookie(let c)?:
+            var cr = c
+            cr.name = ""
+            try refuseLeftovers(cr, at: pat + ".cookie", note: c.hasTtl ? "Remora hashes on a cookie the client sends; it does not make one" : "")
+            guard !c.name.isEmpty else { throw XDSError("\(pat).cookie.name: required") }
+            return .map([("cookie", .string(c.name))])
+        case .connectionProperties(let cp)?:
+            var cr = cp
+            cr.sourceIp = false
+            try refuseLeftovers(cr, at: pat + ".connection_properties")
+            guard cp.sourceIp else { throw XDSError("\(pat).connection_properties.source_ip: false hashes on nothing") }
+            return .string("source_ip")
+        case .queryParameter?: throw XDSError("\(pat).query_parameter is not supported (header, cookie and connection_properties are)")
+        case .filterState?: throw XDSError("\(pat).filter_state is not supported (header, cookie and connection_properties are)")
+        case nil: throw XDSError("\(pat): a policy is required")
+        }
+    }
+
+    /// An HTTPFault → `fault` (nil: it does nothing). Envoy's unset percentage is 0 %.
+    func fault(_ f: HTTPFault, at: String) throws(XDSError) -> YAMLNode? {
+        var rest = f
+        rest.clearDelay(); rest.clearAbort(); rest.headers = []
+        // Runtime keys: no runtime layer, so the configured values apply (as in Envoy without one).
+        rest.delayPercentRuntime = ""; rest.abortPercentRuntime = ""; rest.delayDurationRuntime = ""
+        rest.abortHTTPStatusRuntime = ""; rest.maxActiveFaultsRuntime = ""; rest.responseRateLimitPercentRuntime = ""
+        rest.abortGrpcStatusRuntime = ""; rest.disableDownstreamClusterStats = false
+        try refuseLeftovers(rest, at: at)
+        var out: [(String, YAMLNode)] = []
+        if f.hasDelay {
+            var d = f.delay
+            d.faultDelaySecifier = nil; d.clearPercentage()
+            try refuseLeftovers(d, at: at + ".delay")
+            guard case .fixedDelay(let fixed)? = f.delay.faultDelaySecifier else {
+                throw XDSError("\(at).delay: fixed_delay is required (header_delay is not supported)")
+            }
+            guard let ms = try positive(fixed, at: at + ".delay.fixed_delay") else { throw XDSError("\(at).delay.fixed_delay: must be > 0") }
+            out.append(("delay", .map([("fixed", .string(ms)), ("percent", .string(try Self.percent(f.delay.percentage, at: at + ".delay.percentage")))])))
+        }
+        if f.hasAbort {
+            var a = f.abort
+            a.errorType = nil; a.clearPercentage()
+            try refuseLeftovers(a, at: at + ".abort")
+            var m: [(String, YAMLNode)] = []
+            switch f.abort.errorType {
+            case .httpStatus(let s)?:
+                guard s >= 200 && s <= 599 else { throw XDSError("\(at).abort.http_status: \(s) (200...599)") }
+                m.append(("status", .int(Int(s))))
+            case .grpcStatus(let g)?:
+                guard g >= 1 && g <= 16 else { throw XDSError("\(at).abort.grpc_status: \(g) (1...16)") }
+                m.append(("grpc_status", .int(Int(g))))
+            case .headerAbort?: throw XDSError("\(at).abort.header_abort is not supported")
+            case nil: throw XDSError("\(at).abort: http_status or grpc_status is required")
+            }
+            m.append(("percent", .string(try Self.percent(f.abort.percentage, at: at + ".abort.percentage"))))
+            out.append(("abort", .map(m)))
+        }
+        if !f.headers.isEmpty {
+            let h = f.headers[0]
+            var hr = h
+            hr.name = ""
+            if case .presentMatch(true)? = h.headerMatchSpecifier { hr.headerMatchSpecifier = nil }
+            guard f.headers.count == 1, leftoverFields(hr).isEmpty, !h.name.isEmpty, !h.name.hasPrefix(":") else {
+                throw XDSError("\(at).headers: only one header that is present (present_match) is supported")
+            }
+            if !out.isEmpty { out.append(("only_with_header", .string(h.name.lowercased()))) }
+        }
+        return out.isEmpty ? nil : .map(out)
+    }
+
+    /// A LocalRateLimit → `rate_limit` (nil: no bucket, or a filter that is not enabled and enforced on
+    /// every request, which in Envoy only counts). Answers 429 `local_rate_limited`, as Envoy's.
+    func rateLimit(_ l: LocalRateLimit, at: String) throws(XDSError) -> YAMLNode? {
+        var rest = l
+        rest.statPrefix = ""; rest.clearTokenBucket(); rest.clearFilterEnabled(); rest.clearFilterEnforced()
+        try refuseLeftovers(rest, at: at)
+        func share(_ has: Bool, _ r: Envoy_Config_Core_V3_RuntimeFractionalPercent, _ name: String) throws(XDSError) -> String {
+            guard has else { return "0" }   // Envoy: unset is 0 %
+            var rr = r
+            rr.runtimeKey = ""; rr.clearDefaultValue()
+            try refuseLeftovers(rr, at: "\(at).\(name)")
+            return try Self.percent(r.defaultValue, at: "\(at).\(name).default_value")
+        }
+        let enabled = try share(l.hasFilterEnabled, l.filterEnabled, "filter_enabled")
+        let enforced = try share(l.hasFilterEnforced, l.filterEnforced, "filter_enforced")
+        guard l.hasTokenBucket else { return nil }
+        if enabled == "0" || enforced == "0" { return nil }
+        guard enabled == "100" && enforced == "100" else {
+            throw XDSError("\(at): filter_enabled \(enabled) % and filter_enforced \(enforced) % (only 0 or 100 are supported)")
+        }
+        let b = l.tokenBucket
+        var br = b
+        br.maxTokens = 0; br.clearTokensPerFill(); br.clearFillInterval()
+        try refuseLeftovers(br, at: at + ".token_bucket")
+        let perFill = UInt64(b.hasTokensPerFill ? b.tokensPerFill.value : 1)
+        let interval = Self.ms(b.fillInterval)
+        guard b.maxTokens >= 1, perFill >= 1, interval >= 1, (perFill * 1000) % interval == 0 else {
+            throw XDSError("\(at).token_bucket: \(perFill) token(s) every \(interval) ms is not a whole number per second (Remora: per_second 1...1000000, burst = max_tokens)")
+        }
+        let perSecond = perFill * 1000 / interval
+        guard perSecond <= 1_000_000, b.maxTokens <= 1_000_000 else { throw XDSError("\(at).token_bucket: above 1000000 per second or burst") }
+        return .map([("per_second", .int(Int(perSecond))), ("burst", .int(Int(b.maxTokens)))])
     }
 
     static let retryOn: [String: String] = [

@@ -8,11 +8,6 @@
 // For information on using the generated types, please see the documentation:
 //   https://github.com/apple/swift-protobuf/
 
-#if canImport(FoundationEssentials)
-import FoundationEssentials
-#else
-import Foundation
-#endif
 import SwiftProtobuf
 
 // If the compiler emits an error on this type, it is because this file
@@ -79,7 +74,14 @@ public nonisolated struct Envoy_Config_Cluster_V3_CircuitBreakers: Sendable {
     /// Clears the value of `maxRetries`. Subsequent reads from it will return its default value.
     public mutating func clearMaxRetries() {self._maxRetries = nil}
 
-    public var retryBudget: Data = Data()
+    public var retryBudget: Envoy_Config_Cluster_V3_CircuitBreakers.Thresholds.RetryBudget {
+      get {_retryBudget ?? Envoy_Config_Cluster_V3_CircuitBreakers.Thresholds.RetryBudget()}
+      set {_retryBudget = newValue}
+    }
+    /// Returns true if `retryBudget` has been explicitly set.
+    public var hasRetryBudget: Bool {self._retryBudget != nil}
+    /// Clears the value of `retryBudget`. Subsequent reads from it will return its default value.
+    public mutating func clearRetryBudget() {self._retryBudget = nil}
 
     public var trackRemaining: Bool = false
 
@@ -94,12 +96,44 @@ public nonisolated struct Envoy_Config_Cluster_V3_CircuitBreakers: Sendable {
 
     public var unknownFields = SwiftProtobuf.UnknownStorage()
 
+    public nonisolated struct RetryBudget: Sendable {
+      // SwiftProtobuf.Message conformance is added in an extension below. See the
+      // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+      // methods supported on all messages.
+
+      public var budgetPercent: Envoy_Type_V3_Percent {
+        get {_budgetPercent ?? Envoy_Type_V3_Percent()}
+        set {_budgetPercent = newValue}
+      }
+      /// Returns true if `budgetPercent` has been explicitly set.
+      public var hasBudgetPercent: Bool {self._budgetPercent != nil}
+      /// Clears the value of `budgetPercent`. Subsequent reads from it will return its default value.
+      public mutating func clearBudgetPercent() {self._budgetPercent = nil}
+
+      public var minRetryConcurrency: SwiftProtobuf.Google_Protobuf_UInt32Value {
+        get {_minRetryConcurrency ?? SwiftProtobuf.Google_Protobuf_UInt32Value()}
+        set {_minRetryConcurrency = newValue}
+      }
+      /// Returns true if `minRetryConcurrency` has been explicitly set.
+      public var hasMinRetryConcurrency: Bool {self._minRetryConcurrency != nil}
+      /// Clears the value of `minRetryConcurrency`. Subsequent reads from it will return its default value.
+      public mutating func clearMinRetryConcurrency() {self._minRetryConcurrency = nil}
+
+      public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+      public init() {}
+
+      fileprivate var _budgetPercent: Envoy_Type_V3_Percent? = nil
+      fileprivate var _minRetryConcurrency: SwiftProtobuf.Google_Protobuf_UInt32Value? = nil
+    }
+
     public init() {}
 
     fileprivate var _maxConnections: SwiftProtobuf.Google_Protobuf_UInt32Value? = nil
     fileprivate var _maxPendingRequests: SwiftProtobuf.Google_Protobuf_UInt32Value? = nil
     fileprivate var _maxRequests: SwiftProtobuf.Google_Protobuf_UInt32Value? = nil
     fileprivate var _maxRetries: SwiftProtobuf.Google_Protobuf_UInt32Value? = nil
+    fileprivate var _retryBudget: Envoy_Config_Cluster_V3_CircuitBreakers.Thresholds.RetryBudget? = nil
     fileprivate var _maxConnectionPools: SwiftProtobuf.Google_Protobuf_UInt32Value? = nil
   }
 
@@ -162,7 +196,7 @@ nonisolated extension Envoy_Config_Cluster_V3_CircuitBreakers.Thresholds: SwiftP
       case 5: try { try decoder.decodeSingularMessageField(value: &self._maxRetries) }()
       case 6: try { try decoder.decodeSingularBoolField(value: &self.trackRemaining) }()
       case 7: try { try decoder.decodeSingularMessageField(value: &self._maxConnectionPools) }()
-      case 8: try { try decoder.decodeSingularBytesField(value: &self.retryBudget) }()
+      case 8: try { try decoder.decodeSingularMessageField(value: &self._retryBudget) }()
       default: break
       }
     }
@@ -194,9 +228,9 @@ nonisolated extension Envoy_Config_Cluster_V3_CircuitBreakers.Thresholds: SwiftP
     try { if let v = self._maxConnectionPools {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
     } }()
-    if !self.retryBudget.isEmpty {
-      try visitor.visitSingularBytesField(value: self.retryBudget, fieldNumber: 8)
-    }
+    try { if let v = self._retryBudget {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 8)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -206,9 +240,48 @@ nonisolated extension Envoy_Config_Cluster_V3_CircuitBreakers.Thresholds: SwiftP
     if lhs._maxPendingRequests != rhs._maxPendingRequests {return false}
     if lhs._maxRequests != rhs._maxRequests {return false}
     if lhs._maxRetries != rhs._maxRetries {return false}
-    if lhs.retryBudget != rhs.retryBudget {return false}
+    if lhs._retryBudget != rhs._retryBudget {return false}
     if lhs.trackRemaining != rhs.trackRemaining {return false}
     if lhs._maxConnectionPools != rhs._maxConnectionPools {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Envoy_Config_Cluster_V3_CircuitBreakers.Thresholds.RetryBudget: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = Envoy_Config_Cluster_V3_CircuitBreakers.Thresholds.protoMessageName + ".RetryBudget"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}budget_percent\0\u{3}min_retry_concurrency\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._budgetPercent) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._minRetryConcurrency) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._budgetPercent {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    try { if let v = self._minRetryConcurrency {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Envoy_Config_Cluster_V3_CircuitBreakers.Thresholds.RetryBudget, rhs: Envoy_Config_Cluster_V3_CircuitBreakers.Thresholds.RetryBudget) -> Bool {
+    if lhs._budgetPercent != rhs._budgetPercent {return false}
+    if lhs._minRetryConcurrency != rhs._minRetryConcurrency {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

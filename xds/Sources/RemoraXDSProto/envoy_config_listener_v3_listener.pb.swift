@@ -196,7 +196,7 @@ public nonisolated struct Envoy_Config_Listener_V3_Listener: @unchecked Sendable
   /// Clears the value of `enableReusePort`. Subsequent reads from it will return its default value.
   public mutating func clearEnableReusePort() {_uniqueStorage()._enableReusePort = nil}
 
-  public var accessLog: [Data] {
+  public var accessLog: [Envoy_Config_Accesslog_V3_AccessLog] {
     get {_storage._accessLog}
     set {_uniqueStorage()._accessLog = newValue}
   }
@@ -337,7 +337,7 @@ nonisolated extension Envoy_Config_Listener_V3_Listener: SwiftProtobuf.Message, 
     var _connectionBalanceConfig: Data = Data()
     var _reusePort: Bool = false
     var _enableReusePort: SwiftProtobuf.Google_Protobuf_BoolValue? = nil
-    var _accessLog: [Data] = []
+    var _accessLog: [Envoy_Config_Accesslog_V3_AccessLog] = []
     var _tcpBacklogSize: SwiftProtobuf.Google_Protobuf_UInt32Value? = nil
     var _maxConnectionsToAcceptPerSocketEvent: SwiftProtobuf.Google_Protobuf_UInt32Value? = nil
     var _bindToPort: SwiftProtobuf.Google_Protobuf_BoolValue? = nil
@@ -427,7 +427,7 @@ nonisolated extension Envoy_Config_Listener_V3_Listener: SwiftProtobuf.Message, 
         case 19: try { try decoder.decodeSingularBytesField(value: &_storage._apiListener) }()
         case 20: try { try decoder.decodeSingularBytesField(value: &_storage._connectionBalanceConfig) }()
         case 21: try { try decoder.decodeSingularBoolField(value: &_storage._reusePort) }()
-        case 22: try { try decoder.decodeRepeatedBytesField(value: &_storage._accessLog) }()
+        case 22: try { try decoder.decodeRepeatedMessageField(value: &_storage._accessLog) }()
         case 24: try { try decoder.decodeSingularMessageField(value: &_storage._tcpBacklogSize) }()
         case 25: try { try decoder.decodeSingularMessageField(value: &_storage._defaultFilterChain) }()
         case 26: try { try decoder.decodeSingularMessageField(value: &_storage._bindToPort) }()
@@ -521,7 +521,7 @@ nonisolated extension Envoy_Config_Listener_V3_Listener: SwiftProtobuf.Message, 
         try visitor.visitSingularBoolField(value: _storage._reusePort, fieldNumber: 21)
       }
       if !_storage._accessLog.isEmpty {
-        try visitor.visitRepeatedBytesField(value: _storage._accessLog, fieldNumber: 22)
+        try visitor.visitRepeatedMessageField(value: _storage._accessLog, fieldNumber: 22)
       }
       try { if let v = _storage._tcpBacklogSize {
         try visitor.visitSingularMessageField(value: v, fieldNumber: 24)

@@ -98,7 +98,7 @@ public nonisolated struct Envoy_Config_Route_V3_RouteConfiguration: @unchecked S
     set {_uniqueStorage()._clusterSpecifierPlugins = newValue}
   }
 
-  public var requestMirrorPolicies: [Data] {
+  public var requestMirrorPolicies: [Envoy_Config_Route_V3_RouteAction.RequestMirrorPolicy] {
     get {_storage._requestMirrorPolicies}
     set {_uniqueStorage()._requestMirrorPolicies = newValue}
   }
@@ -156,7 +156,7 @@ nonisolated extension Envoy_Config_Route_V3_RouteConfiguration: SwiftProtobuf.Me
     var _validateClusters: SwiftProtobuf.Google_Protobuf_BoolValue? = nil
     var _maxDirectResponseBodySizeBytes: SwiftProtobuf.Google_Protobuf_UInt32Value? = nil
     var _clusterSpecifierPlugins: [Data] = []
-    var _requestMirrorPolicies: [Data] = []
+    var _requestMirrorPolicies: [Envoy_Config_Route_V3_RouteAction.RequestMirrorPolicy] = []
     var _ignorePortInHostMatching: Bool = false
     var _vhostHeader: String = String()
     var _ignorePathParametersInPathMatching: Bool = false
@@ -220,7 +220,7 @@ nonisolated extension Envoy_Config_Route_V3_RouteConfiguration: SwiftProtobuf.Me
         case 10: try { try decoder.decodeSingularBoolField(value: &_storage._mostSpecificHeaderMutationsWins) }()
         case 11: try { try decoder.decodeSingularMessageField(value: &_storage._maxDirectResponseBodySizeBytes) }()
         case 12: try { try decoder.decodeRepeatedBytesField(value: &_storage._clusterSpecifierPlugins) }()
-        case 13: try { try decoder.decodeRepeatedBytesField(value: &_storage._requestMirrorPolicies) }()
+        case 13: try { try decoder.decodeRepeatedMessageField(value: &_storage._requestMirrorPolicies) }()
         case 14: try { try decoder.decodeSingularBoolField(value: &_storage._ignorePortInHostMatching) }()
         case 15: try { try decoder.decodeSingularBoolField(value: &_storage._ignorePathParametersInPathMatching) }()
         case 16: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMessageMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.Google_Protobuf_Any>.self, value: &_storage._typedPerFilterConfig) }()
@@ -275,7 +275,7 @@ nonisolated extension Envoy_Config_Route_V3_RouteConfiguration: SwiftProtobuf.Me
         try visitor.visitRepeatedBytesField(value: _storage._clusterSpecifierPlugins, fieldNumber: 12)
       }
       if !_storage._requestMirrorPolicies.isEmpty {
-        try visitor.visitRepeatedBytesField(value: _storage._requestMirrorPolicies, fieldNumber: 13)
+        try visitor.visitRepeatedMessageField(value: _storage._requestMirrorPolicies, fieldNumber: 13)
       }
       if _storage._ignorePortInHostMatching != false {
         try visitor.visitSingularBoolField(value: _storage._ignorePortInHostMatching, fieldNumber: 14)

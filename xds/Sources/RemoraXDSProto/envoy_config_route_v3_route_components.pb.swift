@@ -151,7 +151,7 @@ public nonisolated struct Envoy_Config_Route_V3_VirtualHost: @unchecked Sendable
   /// Clears the value of `requestBodyBufferLimit`. Subsequent reads from it will return its default value.
   public mutating func clearRequestBodyBufferLimit() {_uniqueStorage()._requestBodyBufferLimit = nil}
 
-  public var requestMirrorPolicies: [Data] {
+  public var requestMirrorPolicies: [Envoy_Config_Route_V3_RouteAction.RequestMirrorPolicy] {
     get {_storage._requestMirrorPolicies}
     set {_uniqueStorage()._requestMirrorPolicies = newValue}
   }
@@ -514,7 +514,14 @@ public nonisolated struct Envoy_Config_Route_V3_RouteMatch: Sendable {
   /// Clears the value of `caseSensitive`. Subsequent reads from it will return its default value.
   public mutating func clearCaseSensitive() {self._caseSensitive = nil}
 
-  public var runtimeFraction: Data = Data()
+  public var runtimeFraction: Envoy_Config_Core_V3_RuntimeFractionalPercent {
+    get {_runtimeFraction ?? Envoy_Config_Core_V3_RuntimeFractionalPercent()}
+    set {_runtimeFraction = newValue}
+  }
+  /// Returns true if `runtimeFraction` has been explicitly set.
+  public var hasRuntimeFraction: Bool {self._runtimeFraction != nil}
+  /// Clears the value of `runtimeFraction`. Subsequent reads from it will return its default value.
+  public mutating func clearRuntimeFraction() {self._runtimeFraction = nil}
 
   public var headers: [Envoy_Config_Route_V3_HeaderMatcher] = []
 
@@ -543,6 +550,7 @@ public nonisolated struct Envoy_Config_Route_V3_RouteMatch: Sendable {
   public init() {}
 
   fileprivate var _caseSensitive: SwiftProtobuf.Google_Protobuf_BoolValue? = nil
+  fileprivate var _runtimeFraction: Envoy_Config_Core_V3_RuntimeFractionalPercent? = nil
 }
 
 public nonisolated struct Envoy_Config_Route_V3_RouteAction: @unchecked Sendable {
@@ -737,7 +745,7 @@ public nonisolated struct Envoy_Config_Route_V3_RouteAction: @unchecked Sendable
   /// Clears the value of `retryPolicyTypedConfig`. Subsequent reads from it will return its default value.
   public mutating func clearRetryPolicyTypedConfig() {_uniqueStorage()._retryPolicyTypedConfig = nil}
 
-  public var requestMirrorPolicies: [Data] {
+  public var requestMirrorPolicies: [Envoy_Config_Route_V3_RouteAction.RequestMirrorPolicy] {
     get {_storage._requestMirrorPolicies}
     set {_uniqueStorage()._requestMirrorPolicies = newValue}
   }
@@ -761,7 +769,7 @@ public nonisolated struct Envoy_Config_Route_V3_RouteAction: @unchecked Sendable
   /// Clears the value of `includeVhRateLimits`. Subsequent reads from it will return its default value.
   public mutating func clearIncludeVhRateLimits() {_uniqueStorage()._includeVhRateLimits = nil}
 
-  public var hashPolicy: [Data] {
+  public var hashPolicy: [Envoy_Config_Route_V3_RouteAction.HashPolicy] {
     get {_storage._hashPolicy}
     set {_uniqueStorage()._hashPolicy = newValue}
   }
@@ -913,6 +921,172 @@ public nonisolated struct Envoy_Config_Route_V3_RouteAction: @unchecked Sendable
       .handleInternalRedirect,
     ]
 
+  }
+
+  public nonisolated struct RequestMirrorPolicy: Sendable {
+    // SwiftProtobuf.Message conformance is added in an extension below. See the
+    // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+    // methods supported on all messages.
+
+    public var cluster: String = String()
+
+    public var clusterHeader: String = String()
+
+    public var runtimeFraction: Envoy_Config_Core_V3_RuntimeFractionalPercent {
+      get {_runtimeFraction ?? Envoy_Config_Core_V3_RuntimeFractionalPercent()}
+      set {_runtimeFraction = newValue}
+    }
+    /// Returns true if `runtimeFraction` has been explicitly set.
+    public var hasRuntimeFraction: Bool {self._runtimeFraction != nil}
+    /// Clears the value of `runtimeFraction`. Subsequent reads from it will return its default value.
+    public mutating func clearRuntimeFraction() {self._runtimeFraction = nil}
+
+    public var traceSampled: SwiftProtobuf.Google_Protobuf_BoolValue {
+      get {_traceSampled ?? SwiftProtobuf.Google_Protobuf_BoolValue()}
+      set {_traceSampled = newValue}
+    }
+    /// Returns true if `traceSampled` has been explicitly set.
+    public var hasTraceSampled: Bool {self._traceSampled != nil}
+    /// Clears the value of `traceSampled`. Subsequent reads from it will return its default value.
+    public mutating func clearTraceSampled() {self._traceSampled = nil}
+
+    public var disableShadowHostSuffixAppend: Bool = false
+
+    public var requestHeadersMutations: [Data] = []
+
+    public var hostRewriteLiteral: String = String()
+
+    public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+    public init() {}
+
+    fileprivate var _runtimeFraction: Envoy_Config_Core_V3_RuntimeFractionalPercent? = nil
+    fileprivate var _traceSampled: SwiftProtobuf.Google_Protobuf_BoolValue? = nil
+  }
+
+  public nonisolated struct HashPolicy: Sendable {
+    // SwiftProtobuf.Message conformance is added in an extension below. See the
+    // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+    // methods supported on all messages.
+
+    public var policySpecifier: Envoy_Config_Route_V3_RouteAction.HashPolicy.OneOf_PolicySpecifier? = nil
+
+    public var header: Envoy_Config_Route_V3_RouteAction.HashPolicy.Header {
+      get {
+        if case .header(let v)? = policySpecifier {return v}
+        return Envoy_Config_Route_V3_RouteAction.HashPolicy.Header()
+      }
+      set {policySpecifier = .header(newValue)}
+    }
+
+    public var cookie: Envoy_Config_Route_V3_RouteAction.HashPolicy.Cookie {
+      get {
+        if case .cookie(let v)? = policySpecifier {return v}
+        return Envoy_Config_Route_V3_RouteAction.HashPolicy.Cookie()
+      }
+      set {policySpecifier = .cookie(newValue)}
+    }
+
+    public var connectionProperties: Envoy_Config_Route_V3_RouteAction.HashPolicy.ConnectionProperties {
+      get {
+        if case .connectionProperties(let v)? = policySpecifier {return v}
+        return Envoy_Config_Route_V3_RouteAction.HashPolicy.ConnectionProperties()
+      }
+      set {policySpecifier = .connectionProperties(newValue)}
+    }
+
+    public var queryParameter: Data {
+      get {
+        if case .queryParameter(let v)? = policySpecifier {return v}
+        return Data()
+      }
+      set {policySpecifier = .queryParameter(newValue)}
+    }
+
+    public var filterState: Data {
+      get {
+        if case .filterState(let v)? = policySpecifier {return v}
+        return Data()
+      }
+      set {policySpecifier = .filterState(newValue)}
+    }
+
+    public var terminal: Bool = false
+
+    public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+    public nonisolated enum OneOf_PolicySpecifier: Equatable, Sendable {
+      case header(Envoy_Config_Route_V3_RouteAction.HashPolicy.Header)
+      case cookie(Envoy_Config_Route_V3_RouteAction.HashPolicy.Cookie)
+      case connectionProperties(Envoy_Config_Route_V3_RouteAction.HashPolicy.ConnectionProperties)
+      case queryParameter(Data)
+      case filterState(Data)
+
+    }
+
+    public nonisolated struct Header: Sendable {
+      // SwiftProtobuf.Message conformance is added in an extension below. See the
+      // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+      // methods supported on all messages.
+
+      public var headerName: String = String()
+
+      public var regexRewrite: Envoy_Type_Matcher_V3_RegexMatchAndSubstitute {
+        get {_regexRewrite ?? Envoy_Type_Matcher_V3_RegexMatchAndSubstitute()}
+        set {_regexRewrite = newValue}
+      }
+      /// Returns true if `regexRewrite` has been explicitly set.
+      public var hasRegexRewrite: Bool {self._regexRewrite != nil}
+      /// Clears the value of `regexRewrite`. Subsequent reads from it will return its default value.
+      public mutating func clearRegexRewrite() {self._regexRewrite = nil}
+
+      public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+      public init() {}
+
+      fileprivate var _regexRewrite: Envoy_Type_Matcher_V3_RegexMatchAndSubstitute? = nil
+    }
+
+    public nonisolated struct Cookie: Sendable {
+      // SwiftProtobuf.Message conformance is added in an extension below. See the
+      // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+      // methods supported on all messages.
+
+      public var name: String = String()
+
+      public var ttl: SwiftProtobuf.Google_Protobuf_Duration {
+        get {_ttl ?? SwiftProtobuf.Google_Protobuf_Duration()}
+        set {_ttl = newValue}
+      }
+      /// Returns true if `ttl` has been explicitly set.
+      public var hasTtl: Bool {self._ttl != nil}
+      /// Clears the value of `ttl`. Subsequent reads from it will return its default value.
+      public mutating func clearTtl() {self._ttl = nil}
+
+      public var path: String = String()
+
+      public var attributes: [Data] = []
+
+      public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+      public init() {}
+
+      fileprivate var _ttl: SwiftProtobuf.Google_Protobuf_Duration? = nil
+    }
+
+    public nonisolated struct ConnectionProperties: Sendable {
+      // SwiftProtobuf.Message conformance is added in an extension below. See the
+      // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+      // methods supported on all messages.
+
+      public var sourceIp: Bool = false
+
+      public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+      public init() {}
+    }
+
+    public init() {}
   }
 
   public init() {}
@@ -1384,7 +1558,7 @@ nonisolated extension Envoy_Config_Route_V3_VirtualHost: SwiftProtobuf.Message, 
     var _includeIsTimeoutRetryHeader: Bool = false
     var _perRequestBufferLimitBytes: SwiftProtobuf.Google_Protobuf_UInt32Value? = nil
     var _requestBodyBufferLimit: SwiftProtobuf.Google_Protobuf_UInt64Value? = nil
-    var _requestMirrorPolicies: [Data] = []
+    var _requestMirrorPolicies: [Envoy_Config_Route_V3_RouteAction.RequestMirrorPolicy] = []
     var _metadata: Data = Data()
 
       // This property is used as the initial default value for new instances of the type.
@@ -1456,7 +1630,7 @@ nonisolated extension Envoy_Config_Route_V3_VirtualHost: SwiftProtobuf.Message, 
         case 19: try { try decoder.decodeSingularBoolField(value: &_storage._includeAttemptCountInResponse) }()
         case 20: try { try decoder.decodeSingularMessageField(value: &_storage._retryPolicyTypedConfig) }()
         case 21: try { try decoder.decodeSingularBytesField(value: &_storage._matcher) }()
-        case 22: try { try decoder.decodeRepeatedBytesField(value: &_storage._requestMirrorPolicies) }()
+        case 22: try { try decoder.decodeRepeatedMessageField(value: &_storage._requestMirrorPolicies) }()
         case 23: try { try decoder.decodeSingularBoolField(value: &_storage._includeIsTimeoutRetryHeader) }()
         case 24: try { try decoder.decodeSingularBytesField(value: &_storage._metadata) }()
         case 25: try { try decoder.decodeSingularMessageField(value: &_storage._requestBodyBufferLimit) }()
@@ -1530,7 +1704,7 @@ nonisolated extension Envoy_Config_Route_V3_VirtualHost: SwiftProtobuf.Message, 
         try visitor.visitSingularBytesField(value: _storage._matcher, fieldNumber: 21)
       }
       if !_storage._requestMirrorPolicies.isEmpty {
-        try visitor.visitRepeatedBytesField(value: _storage._requestMirrorPolicies, fieldNumber: 22)
+        try visitor.visitRepeatedMessageField(value: _storage._requestMirrorPolicies, fieldNumber: 22)
       }
       if _storage._includeIsTimeoutRetryHeader != false {
         try visitor.visitSingularBoolField(value: _storage._includeIsTimeoutRetryHeader, fieldNumber: 23)
@@ -2016,7 +2190,7 @@ nonisolated extension Envoy_Config_Route_V3_RouteMatch: SwiftProtobuf.Message, S
       case 6: try { try decoder.decodeRepeatedMessageField(value: &self.headers) }()
       case 7: try { try decoder.decodeRepeatedMessageField(value: &self.queryParameters) }()
       case 8: try { try decoder.decodeSingularBytesField(value: &self.grpc) }()
-      case 9: try { try decoder.decodeSingularBytesField(value: &self.runtimeFraction) }()
+      case 9: try { try decoder.decodeSingularMessageField(value: &self._runtimeFraction) }()
       case 10: try {
         var v: Envoy_Type_Matcher_V3_RegexMatcher?
         var hadOneofValue = false
@@ -2095,9 +2269,9 @@ nonisolated extension Envoy_Config_Route_V3_RouteMatch: SwiftProtobuf.Message, S
     if !self.grpc.isEmpty {
       try visitor.visitSingularBytesField(value: self.grpc, fieldNumber: 8)
     }
-    if !self.runtimeFraction.isEmpty {
-      try visitor.visitSingularBytesField(value: self.runtimeFraction, fieldNumber: 9)
-    }
+    try { if let v = self._runtimeFraction {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 9)
+    } }()
     try { if case .safeRegex(let v)? = self.pathSpecifier {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
     } }()
@@ -2130,7 +2304,7 @@ nonisolated extension Envoy_Config_Route_V3_RouteMatch: SwiftProtobuf.Message, S
   public static func ==(lhs: Envoy_Config_Route_V3_RouteMatch, rhs: Envoy_Config_Route_V3_RouteMatch) -> Bool {
     if lhs.pathSpecifier != rhs.pathSpecifier {return false}
     if lhs._caseSensitive != rhs._caseSensitive {return false}
-    if lhs.runtimeFraction != rhs.runtimeFraction {return false}
+    if lhs._runtimeFraction != rhs._runtimeFraction {return false}
     if lhs.headers != rhs.headers {return false}
     if lhs.queryParameters != rhs.queryParameters {return false}
     if lhs.grpc != rhs.grpc {return false}
@@ -2162,11 +2336,11 @@ nonisolated extension Envoy_Config_Route_V3_RouteAction: SwiftProtobuf.Message, 
     var _earlyDataPolicy: Envoy_Config_Core_V3_TypedExtensionConfig? = nil
     var _retryPolicy: Envoy_Config_Route_V3_RetryPolicy? = nil
     var _retryPolicyTypedConfig: SwiftProtobuf.Google_Protobuf_Any? = nil
-    var _requestMirrorPolicies: [Data] = []
+    var _requestMirrorPolicies: [Envoy_Config_Route_V3_RouteAction.RequestMirrorPolicy] = []
     var _priority: Envoy_Config_Core_V3_RoutingPriority = .default
     var _rateLimits: [Data] = []
     var _includeVhRateLimits: SwiftProtobuf.Google_Protobuf_BoolValue? = nil
-    var _hashPolicy: [Data] = []
+    var _hashPolicy: [Envoy_Config_Route_V3_RouteAction.HashPolicy] = []
     var _cors: Data = Data()
     var _maxGrpcTimeout: SwiftProtobuf.Google_Protobuf_Duration? = nil
     var _grpcTimeoutOffset: SwiftProtobuf.Google_Protobuf_Duration? = nil
@@ -2290,7 +2464,7 @@ nonisolated extension Envoy_Config_Route_V3_RouteAction: SwiftProtobuf.Message, 
         case 11: try { try decoder.decodeSingularEnumField(value: &_storage._priority) }()
         case 13: try { try decoder.decodeRepeatedBytesField(value: &_storage._rateLimits) }()
         case 14: try { try decoder.decodeSingularMessageField(value: &_storage._includeVhRateLimits) }()
-        case 15: try { try decoder.decodeRepeatedBytesField(value: &_storage._hashPolicy) }()
+        case 15: try { try decoder.decodeRepeatedMessageField(value: &_storage._hashPolicy) }()
         case 17: try { try decoder.decodeSingularBytesField(value: &_storage._cors) }()
         case 20: try { try decoder.decodeSingularEnumField(value: &_storage._clusterNotFoundResponseCode) }()
         case 23: try { try decoder.decodeSingularMessageField(value: &_storage._maxGrpcTimeout) }()
@@ -2307,7 +2481,7 @@ nonisolated extension Envoy_Config_Route_V3_RouteAction: SwiftProtobuf.Message, 
             _storage._hostRewriteSpecifier = .hostRewriteHeader(v)
           }
         }()
-        case 30: try { try decoder.decodeRepeatedBytesField(value: &_storage._requestMirrorPolicies) }()
+        case 30: try { try decoder.decodeRepeatedMessageField(value: &_storage._requestMirrorPolicies) }()
         case 31: try { try decoder.decodeSingularMessageField(value: &_storage._maxInternalRedirects) }()
         case 32: try { try decoder.decodeSingularMessageField(value: &_storage._regexRewrite) }()
         case 33: try { try decoder.decodeSingularMessageField(value: &_storage._retryPolicyTypedConfig) }()
@@ -2415,7 +2589,7 @@ nonisolated extension Envoy_Config_Route_V3_RouteAction: SwiftProtobuf.Message, 
         try visitor.visitSingularMessageField(value: v, fieldNumber: 14)
       } }()
       if !_storage._hashPolicy.isEmpty {
-        try visitor.visitRepeatedBytesField(value: _storage._hashPolicy, fieldNumber: 15)
+        try visitor.visitRepeatedMessageField(value: _storage._hashPolicy, fieldNumber: 15)
       }
       if !_storage._cors.isEmpty {
         try visitor.visitSingularBytesField(value: _storage._cors, fieldNumber: 17)
@@ -2445,7 +2619,7 @@ nonisolated extension Envoy_Config_Route_V3_RouteAction: SwiftProtobuf.Message, 
         try visitor.visitSingularStringField(value: v, fieldNumber: 29)
       } }()
       if !_storage._requestMirrorPolicies.isEmpty {
-        try visitor.visitRepeatedBytesField(value: _storage._requestMirrorPolicies, fieldNumber: 30)
+        try visitor.visitRepeatedMessageField(value: _storage._requestMirrorPolicies, fieldNumber: 30)
       }
       try { if let v = _storage._maxInternalRedirects {
         try visitor.visitSingularMessageField(value: v, fieldNumber: 31)
@@ -2542,6 +2716,304 @@ nonisolated extension Envoy_Config_Route_V3_RouteAction.ClusterNotFoundResponseC
 
 nonisolated extension Envoy_Config_Route_V3_RouteAction.InternalRedirectAction: SwiftProtobuf._ProtoNameProviding {
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0PASS_THROUGH_INTERNAL_REDIRECT\0\u{1}HANDLE_INTERNAL_REDIRECT\0")
+}
+
+nonisolated extension Envoy_Config_Route_V3_RouteAction.RequestMirrorPolicy: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = Envoy_Config_Route_V3_RouteAction.protoMessageName + ".RequestMirrorPolicy"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}cluster\0\u{4}\u{2}runtime_fraction\0\u{3}trace_sampled\0\u{3}cluster_header\0\u{3}disable_shadow_host_suffix_append\0\u{3}request_headers_mutations\0\u{3}host_rewrite_literal\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.cluster) }()
+      case 3: try { try decoder.decodeSingularMessageField(value: &self._runtimeFraction) }()
+      case 4: try { try decoder.decodeSingularMessageField(value: &self._traceSampled) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.clusterHeader) }()
+      case 6: try { try decoder.decodeSingularBoolField(value: &self.disableShadowHostSuffixAppend) }()
+      case 7: try { try decoder.decodeRepeatedBytesField(value: &self.requestHeadersMutations) }()
+      case 8: try { try decoder.decodeSingularStringField(value: &self.hostRewriteLiteral) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.cluster.isEmpty {
+      try visitor.visitSingularStringField(value: self.cluster, fieldNumber: 1)
+    }
+    try { if let v = self._runtimeFraction {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    } }()
+    try { if let v = self._traceSampled {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    } }()
+    if !self.clusterHeader.isEmpty {
+      try visitor.visitSingularStringField(value: self.clusterHeader, fieldNumber: 5)
+    }
+    if self.disableShadowHostSuffixAppend != false {
+      try visitor.visitSingularBoolField(value: self.disableShadowHostSuffixAppend, fieldNumber: 6)
+    }
+    if !self.requestHeadersMutations.isEmpty {
+      try visitor.visitRepeatedBytesField(value: self.requestHeadersMutations, fieldNumber: 7)
+    }
+    if !self.hostRewriteLiteral.isEmpty {
+      try visitor.visitSingularStringField(value: self.hostRewriteLiteral, fieldNumber: 8)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Envoy_Config_Route_V3_RouteAction.RequestMirrorPolicy, rhs: Envoy_Config_Route_V3_RouteAction.RequestMirrorPolicy) -> Bool {
+    if lhs.cluster != rhs.cluster {return false}
+    if lhs.clusterHeader != rhs.clusterHeader {return false}
+    if lhs._runtimeFraction != rhs._runtimeFraction {return false}
+    if lhs._traceSampled != rhs._traceSampled {return false}
+    if lhs.disableShadowHostSuffixAppend != rhs.disableShadowHostSuffixAppend {return false}
+    if lhs.requestHeadersMutations != rhs.requestHeadersMutations {return false}
+    if lhs.hostRewriteLiteral != rhs.hostRewriteLiteral {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Envoy_Config_Route_V3_RouteAction.HashPolicy: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = Envoy_Config_Route_V3_RouteAction.protoMessageName + ".HashPolicy"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}header\0\u{1}cookie\0\u{3}connection_properties\0\u{1}terminal\0\u{3}query_parameter\0\u{3}filter_state\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try {
+        var v: Envoy_Config_Route_V3_RouteAction.HashPolicy.Header?
+        var hadOneofValue = false
+        if let current = self.policySpecifier {
+          hadOneofValue = true
+          if case .header(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.policySpecifier = .header(v)
+        }
+      }()
+      case 2: try {
+        var v: Envoy_Config_Route_V3_RouteAction.HashPolicy.Cookie?
+        var hadOneofValue = false
+        if let current = self.policySpecifier {
+          hadOneofValue = true
+          if case .cookie(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.policySpecifier = .cookie(v)
+        }
+      }()
+      case 3: try {
+        var v: Envoy_Config_Route_V3_RouteAction.HashPolicy.ConnectionProperties?
+        var hadOneofValue = false
+        if let current = self.policySpecifier {
+          hadOneofValue = true
+          if case .connectionProperties(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.policySpecifier = .connectionProperties(v)
+        }
+      }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.terminal) }()
+      case 5: try {
+        var v: Data?
+        try decoder.decodeSingularBytesField(value: &v)
+        if let v = v {
+          if self.policySpecifier != nil {try decoder.handleConflictingOneOf()}
+          self.policySpecifier = .queryParameter(v)
+        }
+      }()
+      case 6: try {
+        var v: Data?
+        try decoder.decodeSingularBytesField(value: &v)
+        if let v = v {
+          if self.policySpecifier != nil {try decoder.handleConflictingOneOf()}
+          self.policySpecifier = .filterState(v)
+        }
+      }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    switch self.policySpecifier {
+    case .header?: try {
+      guard case .header(let v)? = self.policySpecifier else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    }()
+    case .cookie?: try {
+      guard case .cookie(let v)? = self.policySpecifier else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    }()
+    case .connectionProperties?: try {
+      guard case .connectionProperties(let v)? = self.policySpecifier else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    }()
+    default: break
+    }
+    if self.terminal != false {
+      try visitor.visitSingularBoolField(value: self.terminal, fieldNumber: 4)
+    }
+    switch self.policySpecifier {
+    case .queryParameter?: try {
+      guard case .queryParameter(let v)? = self.policySpecifier else { preconditionFailure() }
+      try visitor.visitSingularBytesField(value: v, fieldNumber: 5)
+    }()
+    case .filterState?: try {
+      guard case .filterState(let v)? = self.policySpecifier else { preconditionFailure() }
+      try visitor.visitSingularBytesField(value: v, fieldNumber: 6)
+    }()
+    default: break
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Envoy_Config_Route_V3_RouteAction.HashPolicy, rhs: Envoy_Config_Route_V3_RouteAction.HashPolicy) -> Bool {
+    if lhs.policySpecifier != rhs.policySpecifier {return false}
+    if lhs.terminal != rhs.terminal {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Envoy_Config_Route_V3_RouteAction.HashPolicy.Header: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = Envoy_Config_Route_V3_RouteAction.HashPolicy.protoMessageName + ".Header"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}header_name\0\u{3}regex_rewrite\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.headerName) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._regexRewrite) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.headerName.isEmpty {
+      try visitor.visitSingularStringField(value: self.headerName, fieldNumber: 1)
+    }
+    try { if let v = self._regexRewrite {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Envoy_Config_Route_V3_RouteAction.HashPolicy.Header, rhs: Envoy_Config_Route_V3_RouteAction.HashPolicy.Header) -> Bool {
+    if lhs.headerName != rhs.headerName {return false}
+    if lhs._regexRewrite != rhs._regexRewrite {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Envoy_Config_Route_V3_RouteAction.HashPolicy.Cookie: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = Envoy_Config_Route_V3_RouteAction.HashPolicy.protoMessageName + ".Cookie"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}ttl\0\u{1}path\0\u{1}attributes\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._ttl) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.path) }()
+      case 4: try { try decoder.decodeRepeatedBytesField(value: &self.attributes) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    try { if let v = self._ttl {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    if !self.path.isEmpty {
+      try visitor.visitSingularStringField(value: self.path, fieldNumber: 3)
+    }
+    if !self.attributes.isEmpty {
+      try visitor.visitRepeatedBytesField(value: self.attributes, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Envoy_Config_Route_V3_RouteAction.HashPolicy.Cookie, rhs: Envoy_Config_Route_V3_RouteAction.HashPolicy.Cookie) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs._ttl != rhs._ttl {return false}
+    if lhs.path != rhs.path {return false}
+    if lhs.attributes != rhs.attributes {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Envoy_Config_Route_V3_RouteAction.HashPolicy.ConnectionProperties: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = Envoy_Config_Route_V3_RouteAction.HashPolicy.protoMessageName + ".ConnectionProperties"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}source_ip\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBoolField(value: &self.sourceIp) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.sourceIp != false {
+      try visitor.visitSingularBoolField(value: self.sourceIp, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Envoy_Config_Route_V3_RouteAction.HashPolicy.ConnectionProperties, rhs: Envoy_Config_Route_V3_RouteAction.HashPolicy.ConnectionProperties) -> Bool {
+    if lhs.sourceIp != rhs.sourceIp {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
 }
 
 nonisolated extension Envoy_Config_Route_V3_RetryPolicy: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {

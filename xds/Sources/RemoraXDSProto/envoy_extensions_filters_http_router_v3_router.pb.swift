@@ -41,7 +41,7 @@ public nonisolated struct Envoy_Extensions_Filters_Http_Router_V3_Router: Sendab
 
   public var startChildSpan: Bool = false
 
-  public var upstreamLog: [Data] = []
+  public var upstreamLog: [Envoy_Config_Accesslog_V3_AccessLog] = []
 
   public var upstreamLogOptions: Data = Data()
 
@@ -78,7 +78,7 @@ nonisolated extension Envoy_Extensions_Filters_Http_Router_V3_Router: SwiftProto
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularMessageField(value: &self._dynamicStats) }()
       case 2: try { try decoder.decodeSingularBoolField(value: &self.startChildSpan) }()
-      case 3: try { try decoder.decodeRepeatedBytesField(value: &self.upstreamLog) }()
+      case 3: try { try decoder.decodeRepeatedMessageField(value: &self.upstreamLog) }()
       case 4: try { try decoder.decodeSingularBoolField(value: &self.suppressEnvoyHeaders) }()
       case 5: try { try decoder.decodeRepeatedStringField(value: &self.strictCheckHeaders) }()
       case 6: try { try decoder.decodeSingularBoolField(value: &self.respectExpectedRqTimeout) }()
@@ -102,7 +102,7 @@ nonisolated extension Envoy_Extensions_Filters_Http_Router_V3_Router: SwiftProto
       try visitor.visitSingularBoolField(value: self.startChildSpan, fieldNumber: 2)
     }
     if !self.upstreamLog.isEmpty {
-      try visitor.visitRepeatedBytesField(value: self.upstreamLog, fieldNumber: 3)
+      try visitor.visitRepeatedMessageField(value: self.upstreamLog, fieldNumber: 3)
     }
     if self.suppressEnvoyHeaders != false {
       try visitor.visitSingularBoolField(value: self.suppressEnvoyHeaders, fieldNumber: 4)

@@ -203,7 +203,7 @@ public nonisolated struct Envoy_Extensions_Filters_Network_HttpConnectionManager
   /// Clears the value of `delayedCloseTimeout`. Subsequent reads from it will return its default value.
   public mutating func clearDelayedCloseTimeout() {_uniqueStorage()._delayedCloseTimeout = nil}
 
-  public var accessLog: [Data] {
+  public var accessLog: [Envoy_Config_Accesslog_V3_AccessLog] {
     get {_storage._accessLog}
     set {_uniqueStorage()._accessLog = newValue}
   }
@@ -698,7 +698,7 @@ nonisolated extension Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_
     var _requestHeadersTimeout: SwiftProtobuf.Google_Protobuf_Duration? = nil
     var _drainTimeout: SwiftProtobuf.Google_Protobuf_Duration? = nil
     var _delayedCloseTimeout: SwiftProtobuf.Google_Protobuf_Duration? = nil
-    var _accessLog: [Data] = []
+    var _accessLog: [Envoy_Config_Accesslog_V3_AccessLog] = []
     var _accessLogFlushInterval: SwiftProtobuf.Google_Protobuf_Duration? = nil
     var _flushAccessLogOnNewRequest: Bool = false
     var _accessLogOptions: Data = Data()
@@ -852,7 +852,7 @@ nonisolated extension Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_
         case 9: try { try decoder.decodeSingularMessageField(value: &_storage._http2ProtocolOptions) }()
         case 10: try { try decoder.decodeSingularStringField(value: &_storage._serverName) }()
         case 12: try { try decoder.decodeSingularMessageField(value: &_storage._drainTimeout) }()
-        case 13: try { try decoder.decodeRepeatedBytesField(value: &_storage._accessLog) }()
+        case 13: try { try decoder.decodeRepeatedMessageField(value: &_storage._accessLog) }()
         case 14: try { try decoder.decodeSingularMessageField(value: &_storage._useRemoteAddress) }()
         case 15: try { try decoder.decodeSingularMessageField(value: &_storage._generateRequestID) }()
         case 16: try { try decoder.decodeSingularEnumField(value: &_storage._forwardClientCertDetails) }()
@@ -964,7 +964,7 @@ nonisolated extension Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_
         try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
       } }()
       if !_storage._accessLog.isEmpty {
-        try visitor.visitRepeatedBytesField(value: _storage._accessLog, fieldNumber: 13)
+        try visitor.visitRepeatedMessageField(value: _storage._accessLog, fieldNumber: 13)
       }
       try { if let v = _storage._useRemoteAddress {
         try visitor.visitSingularMessageField(value: v, fieldNumber: 14)

@@ -131,7 +131,7 @@ public nonisolated struct Envoy_Extensions_Filters_Network_TcpProxy_V3_TcpProxy:
   /// Clears the value of `upstreamIdleTimeout`. Subsequent reads from it will return its default value.
   public mutating func clearUpstreamIdleTimeout() {_uniqueStorage()._upstreamIdleTimeout = nil}
 
-  public var accessLog: [Data] {
+  public var accessLog: [Envoy_Config_Accesslog_V3_AccessLog] {
     get {_storage._accessLog}
     set {_uniqueStorage()._accessLog = newValue}
   }
@@ -169,10 +169,14 @@ public nonisolated struct Envoy_Extensions_Filters_Network_TcpProxy_V3_TcpProxy:
   /// Clears the value of `maxDownstreamConnectionDuration`. Subsequent reads from it will return its default value.
   public mutating func clearMaxDownstreamConnectionDuration() {_uniqueStorage()._maxDownstreamConnectionDuration = nil}
 
-  public var maxDownstreamConnectionDurationJitterPercentage: Data {
-    get {_storage._maxDownstreamConnectionDurationJitterPercentage}
+  public var maxDownstreamConnectionDurationJitterPercentage: Envoy_Type_V3_Percent {
+    get {_storage._maxDownstreamConnectionDurationJitterPercentage ?? Envoy_Type_V3_Percent()}
     set {_uniqueStorage()._maxDownstreamConnectionDurationJitterPercentage = newValue}
   }
+  /// Returns true if `maxDownstreamConnectionDurationJitterPercentage` has been explicitly set.
+  public var hasMaxDownstreamConnectionDurationJitterPercentage: Bool {_storage._maxDownstreamConnectionDurationJitterPercentage != nil}
+  /// Clears the value of `maxDownstreamConnectionDurationJitterPercentage`. Subsequent reads from it will return its default value.
+  public mutating func clearMaxDownstreamConnectionDurationJitterPercentage() {_uniqueStorage()._maxDownstreamConnectionDurationJitterPercentage = nil}
 
   public var accessLogFlushInterval: SwiftProtobuf.Google_Protobuf_Duration {
     get {_storage._accessLogFlushInterval ?? SwiftProtobuf.Google_Protobuf_Duration()}
@@ -245,13 +249,13 @@ nonisolated extension Envoy_Extensions_Filters_Network_TcpProxy_V3_TcpProxy: Swi
     var _idleTimeout: SwiftProtobuf.Google_Protobuf_Duration? = nil
     var _downstreamIdleTimeout: SwiftProtobuf.Google_Protobuf_Duration? = nil
     var _upstreamIdleTimeout: SwiftProtobuf.Google_Protobuf_Duration? = nil
-    var _accessLog: [Data] = []
+    var _accessLog: [Envoy_Config_Accesslog_V3_AccessLog] = []
     var _maxConnectAttempts: SwiftProtobuf.Google_Protobuf_UInt32Value? = nil
     var _backoffOptions: Data = Data()
     var _hashPolicy: [Data] = []
     var _tunnelingConfig: Data = Data()
     var _maxDownstreamConnectionDuration: SwiftProtobuf.Google_Protobuf_Duration? = nil
-    var _maxDownstreamConnectionDurationJitterPercentage: Data = Data()
+    var _maxDownstreamConnectionDurationJitterPercentage: Envoy_Type_V3_Percent? = nil
     var _accessLogFlushInterval: SwiftProtobuf.Google_Protobuf_Duration? = nil
     var _flushAccessLogOnConnected: Bool = false
     var _accessLogOptions: Data = Data()
@@ -317,7 +321,7 @@ nonisolated extension Envoy_Extensions_Filters_Network_TcpProxy_V3_TcpProxy: Swi
         }()
         case 3: try { try decoder.decodeSingularMessageField(value: &_storage._downstreamIdleTimeout) }()
         case 4: try { try decoder.decodeSingularMessageField(value: &_storage._upstreamIdleTimeout) }()
-        case 5: try { try decoder.decodeRepeatedBytesField(value: &_storage._accessLog) }()
+        case 5: try { try decoder.decodeRepeatedMessageField(value: &_storage._accessLog) }()
         case 7: try { try decoder.decodeSingularMessageField(value: &_storage._maxConnectAttempts) }()
         case 8: try { try decoder.decodeSingularMessageField(value: &_storage._idleTimeout) }()
         case 9: try { try decoder.decodeSingularBytesField(value: &_storage._metadataMatch) }()
@@ -338,7 +342,7 @@ nonisolated extension Envoy_Extensions_Filters_Network_TcpProxy_V3_TcpProxy: Swi
         case 17: try { try decoder.decodeSingularBytesField(value: &_storage._accessLogOptions) }()
         case 18: try { try decoder.decodeSingularBytesField(value: &_storage._backoffOptions) }()
         case 19: try { try decoder.decodeRepeatedBytesField(value: &_storage._proxyProtocolTlvs) }()
-        case 20: try { try decoder.decodeSingularBytesField(value: &_storage._maxDownstreamConnectionDurationJitterPercentage) }()
+        case 20: try { try decoder.decodeSingularMessageField(value: &_storage._maxDownstreamConnectionDurationJitterPercentage) }()
         case 21: try { try decoder.decodeSingularEnumField(value: &_storage._upstreamConnectMode) }()
         case 22: try { try decoder.decodeSingularMessageField(value: &_storage._maxEarlyDataBytes) }()
         default: break
@@ -366,7 +370,7 @@ nonisolated extension Envoy_Extensions_Filters_Network_TcpProxy_V3_TcpProxy: Swi
         try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
       } }()
       if !_storage._accessLog.isEmpty {
-        try visitor.visitRepeatedBytesField(value: _storage._accessLog, fieldNumber: 5)
+        try visitor.visitRepeatedMessageField(value: _storage._accessLog, fieldNumber: 5)
       }
       try { if let v = _storage._maxConnectAttempts {
         try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
@@ -407,9 +411,9 @@ nonisolated extension Envoy_Extensions_Filters_Network_TcpProxy_V3_TcpProxy: Swi
       if !_storage._proxyProtocolTlvs.isEmpty {
         try visitor.visitRepeatedBytesField(value: _storage._proxyProtocolTlvs, fieldNumber: 19)
       }
-      if !_storage._maxDownstreamConnectionDurationJitterPercentage.isEmpty {
-        try visitor.visitSingularBytesField(value: _storage._maxDownstreamConnectionDurationJitterPercentage, fieldNumber: 20)
-      }
+      try { if let v = _storage._maxDownstreamConnectionDurationJitterPercentage {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 20)
+      } }()
       if _storage._upstreamConnectMode != .immediate {
         try visitor.visitSingularEnumField(value: _storage._upstreamConnectMode, fieldNumber: 21)
       }

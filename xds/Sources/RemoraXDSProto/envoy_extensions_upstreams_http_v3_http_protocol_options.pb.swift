@@ -92,12 +92,12 @@ public nonisolated struct Envoy_Extensions_Upstreams_Http_V3_HttpProtocolOptions
     set {_uniqueStorage()._outlierDetection = newValue}
   }
 
-  public var requestMirrorPolicies: [Data] {
+  public var requestMirrorPolicies: [Envoy_Config_Route_V3_RouteAction.RequestMirrorPolicy] {
     get {_storage._requestMirrorPolicies}
     set {_uniqueStorage()._requestMirrorPolicies = newValue}
   }
 
-  public var hashPolicy: [Data] {
+  public var hashPolicy: [Envoy_Config_Route_V3_RouteAction.HashPolicy] {
     get {_storage._hashPolicy}
     set {_uniqueStorage()._hashPolicy = newValue}
   }
@@ -183,8 +183,8 @@ nonisolated extension Envoy_Extensions_Upstreams_Http_V3_HttpProtocolOptions: Sw
     var _httpFilters: [Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_HttpFilter] = []
     var _headerValidationConfig: Envoy_Config_Core_V3_TypedExtensionConfig? = nil
     var _outlierDetection: Data = Data()
-    var _requestMirrorPolicies: [Data] = []
-    var _hashPolicy: [Data] = []
+    var _requestMirrorPolicies: [Envoy_Config_Route_V3_RouteAction.RequestMirrorPolicy] = []
+    var _hashPolicy: [Envoy_Config_Route_V3_RouteAction.HashPolicy] = []
     var _retryPolicy: Envoy_Config_Route_V3_RetryPolicy? = nil
 
       // This property is used as the initial default value for new instances of the type.
@@ -257,8 +257,8 @@ nonisolated extension Envoy_Extensions_Upstreams_Http_V3_HttpProtocolOptions: Sw
         case 6: try { try decoder.decodeRepeatedMessageField(value: &_storage._httpFilters) }()
         case 7: try { try decoder.decodeSingularMessageField(value: &_storage._headerValidationConfig) }()
         case 8: try { try decoder.decodeSingularBytesField(value: &_storage._outlierDetection) }()
-        case 9: try { try decoder.decodeRepeatedBytesField(value: &_storage._requestMirrorPolicies) }()
-        case 10: try { try decoder.decodeRepeatedBytesField(value: &_storage._hashPolicy) }()
+        case 9: try { try decoder.decodeRepeatedMessageField(value: &_storage._requestMirrorPolicies) }()
+        case 10: try { try decoder.decodeRepeatedMessageField(value: &_storage._hashPolicy) }()
         case 11: try { try decoder.decodeSingularMessageField(value: &_storage._retryPolicy) }()
         default: break
         }
@@ -303,10 +303,10 @@ nonisolated extension Envoy_Extensions_Upstreams_Http_V3_HttpProtocolOptions: Sw
         try visitor.visitSingularBytesField(value: _storage._outlierDetection, fieldNumber: 8)
       }
       if !_storage._requestMirrorPolicies.isEmpty {
-        try visitor.visitRepeatedBytesField(value: _storage._requestMirrorPolicies, fieldNumber: 9)
+        try visitor.visitRepeatedMessageField(value: _storage._requestMirrorPolicies, fieldNumber: 9)
       }
       if !_storage._hashPolicy.isEmpty {
-        try visitor.visitRepeatedBytesField(value: _storage._hashPolicy, fieldNumber: 10)
+        try visitor.visitRepeatedMessageField(value: _storage._hashPolicy, fieldNumber: 10)
       }
       try { if let v = _storage._retryPolicy {
         try visitor.visitSingularMessageField(value: v, fieldNumber: 11)

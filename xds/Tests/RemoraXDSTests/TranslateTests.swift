@@ -175,9 +175,10 @@ final class TranslateTests: XCTestCase {
 
     func testUnsupportedFieldsAreNamed() {
         var route = Build.route(cluster: "app")
-        route.route.hashPolicy = [Data([0x0a, 0x00])]   // any hash policy
+        route.route.requestMirrorPolicies = [Envoy_Config_Route_V3_RouteAction.RequestMirrorPolicy()]
+        route.route.requestMirrorPolicies[0].clusterHeader = "x-mirror-to"
         XCTAssertThrowsError(try Translator().translate(resources(route: route))) { e in
-            XCTAssertTrue("\(e)".contains("routes[0].route.hash_policy is not supported"), "\(e)")
+            XCTAssertTrue("\(e)".contains("routes[0].route.request_mirror_policies[0].cluster_header is not supported"), "\(e)")
         }
         var c = Build.edsCluster("app")
         c.transportSocket = Data([0x0a, 0x03, 0x74, 0x6c, 0x73])
@@ -353,6 +354,219 @@ final class TranslateTests: XCTestCase {
         c.outlierDetection.successRateStdevFactor = Google_Protobuf_UInt32Value(1900)
         XCTAssertThrowsError(try Translator().translate(resources(cluster: c))) { e in
             XCTAssertTrue("\(e)".contains("Cluster app.outlier_detection.success_rate_stdev_factor is not supported"), "\(e)")
+        }
+    }
+
+    func testMirrorPolicyBecomesMirror() throws {
+        var route = Build.route(cluster: "app")
+        var mp = Envoy_Config_Route_V3_RouteAction.RequestMirrorPolicy()
+        mp.cluster = "shadow"
+        var rf = Envoy_Config_Core_V3_RuntimeFractionalPercent()
+        rf.runtimeKey = "mirror.share"
+        rf.defaultValue.numerator = 125_000
+        rf.defaultValue.denominator = .million
+        mp.runtimeFraction = rf
+        route.route.requestMirrorPolicies = [mp]
+        var r = resources(route: route)
+        r.clusters["shadow"] = Build.edsCluster("shadow")
+        r.endpoints["shadow"] = Build.cla("shadow", [("127.0.0.1", 9500, .healthy)])
+        var text = try config(r).text
+        XCTAssertTrue(text.contains("mirror:\n          cluster: \"shadow\"\n          percent: \"12.5\""), text)
+        // No runtime fraction: every request. A shadow cluster without endpoints: no mirror (Envoy's shadow fails unseen).
+        r.routes["rc"]!.virtualHosts[0].routes[0].route.requestMirrorPolicies[0].clearRuntimeFraction()
+        text = try config(r).text
+        XCTAssertTrue(text.contains("mirror:\n          cluster: \"shadow\"\n          percent: \"100\""), text)
+        r.endpoints["shadow"] = Build.cla("shadow", [])
+        XCTAssertFalse(try config(r).text.contains("mirror"))
+        // An unknown shadow cluster: NACKed when clusters are validated, else no mirror.
+        r.routes["rc"]!.virtualHosts[0].routes[0].route.requestMirrorPolicies[0].cluster = "nope"
+        XCTAssertFalse(try config(r).text.contains("mirror"))
+        r.routes["rc"]!.validateClusters = Google_Protobuf_BoolValue(true)
+        XCTAssertThrowsError(try Translator().translate(r)) { e in
+            XCTAssertTrue("\(e)".contains("request_mirror_policies[0].cluster: unknown cluster nope"), "\(e)")
+        }
+        // Two policies.
+        r = resources(route: route)
+        r.clusters["shadow"] = Build.edsCluster("shadow")
+        r.endpoints["shadow"] = Build.cla("shadow", [("127.0.0.1", 9500, .healthy)])
+        r.routes["rc"]!.virtualHosts[0].routes[0].route.requestMirrorPolicies.append(mp)
+        XCTAssertThrowsError(try Translator().translate(r)) { e in
+            XCTAssertTrue("\(e)".contains("2 mirror policies; one is supported"), "\(e)")
+        }
+        var f = Envoy_Type_V3_FractionalPercent()
+        for (n, d, want) in [(1, Envoy_Type_V3_FractionalPercent.DenominatorType.hundred, "1"), (5, .tenThousand, "0.05"),
+                             (1, .million, "0.0001"), (250, .hundred, "100"), (0, .million, "0")] {
+            f.numerator = UInt32(n); f.denominator = d
+            XCTAssertEqual(try Translator.percent(f, at: "p"), want)
+        }
+    }
+
+    func testHashPolicyBecomesTheClustersHashOn() throws {
+        var route = Build.route(cluster: "app")
+        var hp = Envoy_Config_Route_V3_RouteAction.HashPolicy()
+        hp.header.headerName = "X-User"
+        route.route.hashPolicy = [hp]
+        var c = Build.edsCluster("app")
+        c.lbPolicy = .ringHash
+        var text = try config(resources(route: route, cluster: c)).text
+        XCTAssertTrue(text.contains("lb: \"ring_hash\"\n    hash_on:\n      header: \"x-user\""), text)
+        // Round robin: the key is of no use (as in Envoy), so none.
+        text = try config(resources(route: route)).text
+        XCTAssertFalse(text.contains("hash_on"), text)
+        // Cookie, source IP, maglev.
+        c.lbPolicy = .maglev
+        hp.cookie.name = "session"
+        route.route.hashPolicy = [hp]
+        text = try config(resources(route: route, cluster: c)).text
+        XCTAssertTrue(text.contains("hash_on:\n      cookie: \"session\""), text)
+        hp.connectionProperties.sourceIp = true
+        route.route.hashPolicy = [hp]
+        text = try config(resources(route: route, cluster: c)).text
+        XCTAssertTrue(text.contains("hash_on: \"source_ip\""), text)
+        // A cookie Envoy would make (ttl): not supported.
+        hp.cookie.name = "session"
+        hp.cookie.ttl = Google_Protobuf_Duration(seconds: 60)
+        route.route.hashPolicy = [hp]
+        XCTAssertThrowsError(try Translator().translate(resources(route: route, cluster: c))) { e in
+            XCTAssertTrue("\(e)".contains("hash_policy[0].cookie.ttl is not supported (Remora hashes on a cookie the client sends; it does not make one)"), "\(e)")
+        }
+        // Two routes to one cluster with different keys.
+        var h1 = Envoy_Config_Route_V3_RouteAction.HashPolicy()
+        h1.header.headerName = "x-a"
+        var h2 = h1
+        h2.header.headerName = "x-b"
+        var r1 = Build.route(prefix: "/a", cluster: "app")
+        r1.route.hashPolicy = [h1]
+        var r2 = Build.route(prefix: "/b", cluster: "app")
+        r2.route.hashPolicy = [h2]
+        var r = resources(cluster: c)
+        r.routes["rc"] = Build.routeConfig("rc", [r1, r2])
+        XCTAssertThrowsError(try Translator().translate(r)) { e in
+            XCTAssertTrue("\(e)".contains("routes[1].route.hash_policy: cluster app is given another hash policy by"), "\(e)")
+        }
+        r2.route.hashPolicy = [h1]
+        r.routes["rc"] = Build.routeConfig("rc", [r1, r2])
+        XCTAssertTrue(try config(r).text.contains("hash_on:\n      header: \"x-a\""))
+        // Query parameters: named.
+        var hq = Envoy_Config_Route_V3_RouteAction.HashPolicy()
+        hq.queryParameter = Data([0x0a, 0x01, 0x75])
+        r1.route.hashPolicy = [hq]
+        r.routes["rc"] = Build.routeConfig("rc", [r1])
+        XCTAssertThrowsError(try Translator().translate(r)) { e in
+            XCTAssertTrue("\(e)".contains("routes[0].route.hash_policy[0].query_parameter is not supported"), "\(e)")
+        }
+    }
+
+    /// A listener with the fault and local rate limit filters before the router, as Istio's have them
+    /// (empty at the listener, configured per route).
+    func filtersListener(fault: HTTPFault = HTTPFault(), rateLimit: LocalRateLimit? = nil) -> Envoy_Config_Listener_V3_Listener {
+        let h = Build.hcm(rds: "rc") { h in
+            var f = Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_HttpFilter()
+            f.name = "envoy.filters.http.fault"
+            f.typedConfig = Build.any(fault)
+            var l = Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_HttpFilter()
+            l.name = "envoy.filters.http.local_ratelimit"
+            var rl = rateLimit ?? LocalRateLimit()
+            rl.statPrefix = "http_local_rate_limiter"
+            l.typedConfig = Build.any(rl)
+            h.httpFilters.insert(contentsOf: [f, l], at: 0)
+        }
+        return Build.listener("web", port: 8080, filter: h)
+    }
+
+    static func fraction(_ n: UInt32, _ d: Envoy_Type_V3_FractionalPercent.DenominatorType = .hundred) -> Envoy_Type_V3_FractionalPercent {
+        var f = Envoy_Type_V3_FractionalPercent()
+        f.numerator = n
+        f.denominator = d
+        return f
+    }
+
+    func testFaultFilterPerRouteAndListenerWide() throws {
+        var fault = HTTPFault()
+        fault.delay.fixedDelay = Google_Protobuf_Duration(seconds: 0, nanos: 200_000_000)
+        fault.delay.percentage = Self.fraction(10)
+        fault.abort.httpStatus = 503
+        fault.abort.percentage = Self.fraction(5000, .million)
+        fault.abortPercentRuntime = "fault.http.abort.abort_percent"
+        var route = Build.route(cluster: "app")
+        route.typedPerFilterConfig["envoy.filters.http.fault"] = Build.any(fault)
+        var r = resources(route: route)
+        r.listeners["web"] = filtersListener()
+        var text = try config(r).text
+        XCTAssertTrue(text.contains("fault:\n          delay:\n            fixed: \"200ms\"\n            percent: \"10\"\n          abort:\n            status: 503\n            percent: \"0.5\""), text)
+        // The listener's own configuration applies to routes without one; a route's replaces it.
+        var wide = HTTPFault()
+        wide.abort.grpcStatus = 14
+        wide.abort.percentage = Self.fraction(100)
+        var h = Envoy_Config_Route_V3_HeaderMatcher()
+        h.name = "X-Fault"
+        h.presentMatch = true
+        wide.headers = [h]
+        r.listeners["web"] = filtersListener(fault: wide)
+        r.routes["rc"] = Build.routeConfig("rc", [route, Build.route(prefix: "/other", cluster: "app")])
+        text = try config(r).text
+        XCTAssertTrue(text.contains("abort:\n            grpc_status: 14\n            percent: \"100\"\n          only_with_header: \"x-fault\""), text)
+        XCTAssertEqual(text.components(separatedBy: "fault:").count, 3, text)
+        // Unsupported parts are named.
+        fault.clearDelay()
+        fault.maxActiveFaults = Google_Protobuf_UInt32Value(10)
+        route.typedPerFilterConfig["envoy.filters.http.fault"] = Build.any(fault)
+        r = resources(route: route)
+        r.listeners["web"] = filtersListener()
+        XCTAssertThrowsError(try Translator().translate(r)) { e in
+            XCTAssertTrue("\(e)".contains("routes[0].typed_per_filter_config[envoy.filters.http.fault].max_active_faults is not supported"), "\(e)")
+        }
+        // A per-route config for a filter the listener does not have.
+        r.listeners["web"] = Build.listener("web", port: 8080, filter: Build.hcm(rds: "rc"))
+        XCTAssertThrowsError(try Translator().translate(r)) { e in
+            XCTAssertTrue("\(e)".contains("typed_per_filter_config[envoy.filters.http.fault]: type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault is not supported"), "\(e)")
+        }
+        // The router must stay last.
+        let h2 = Build.hcm(rds: "rc") { h in
+            var f = Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_HttpFilter()
+            f.name = "fault"
+            f.typedConfig = Build.any(HTTPFault())
+            h.httpFilters.append(f)
+        }
+        r.listeners["web"] = Build.listener("web", port: 8080, filter: h2)
+        XCTAssertThrowsError(try Translator().translate(r)) { e in
+            XCTAssertTrue("\(e)".contains("http_filters[0]: the router must be the last filter"), "\(e)")
+        }
+    }
+
+    func testLocalRateLimitPerRoute() throws {
+        var rl = LocalRateLimit()
+        rl.statPrefix = "rl"
+        rl.tokenBucket.maxTokens = 20
+        rl.tokenBucket.tokensPerFill = Google_Protobuf_UInt32Value(5)
+        rl.tokenBucket.fillInterval = Google_Protobuf_Duration(seconds: 0, nanos: 500_000_000)
+        var on = Envoy_Config_Core_V3_RuntimeFractionalPercent()
+        on.runtimeKey = "local_rate_limit_enabled"
+        on.defaultValue = Self.fraction(100)
+        rl.filterEnabled = on
+        rl.filterEnforced = on
+        var route = Build.route(cluster: "app")
+        route.typedPerFilterConfig["envoy.filters.http.local_ratelimit"] = Build.any(rl)
+        var r = resources(route: route)
+        r.listeners["web"] = filtersListener()
+        XCTAssertTrue(try config(r).text.contains("rate_limit:\n          per_second: 10\n          burst: 20"))
+        // Not enforced (Envoy's default: 0 %): it only counts, so no bucket.
+        rl.clearFilterEnforced()
+        r.routes["rc"]!.virtualHosts[0].routes[0].typedPerFilterConfig["envoy.filters.http.local_ratelimit"] = Build.any(rl)
+        XCTAssertFalse(try config(r).text.contains("rate_limit"))
+        // 3 tokens every 7 s: not a whole number per second.
+        rl.filterEnforced = on
+        rl.tokenBucket.tokensPerFill = Google_Protobuf_UInt32Value(3)
+        rl.tokenBucket.fillInterval = Google_Protobuf_Duration(seconds: 7)
+        r.routes["rc"]!.virtualHosts[0].routes[0].typedPerFilterConfig["envoy.filters.http.local_ratelimit"] = Build.any(rl)
+        XCTAssertThrowsError(try Translator().translate(r)) { e in
+            XCTAssertTrue("\(e)".contains("token_bucket: 3 token(s) every 7000 ms is not a whole number per second"), "\(e)")
+        }
+        // A listener-wide bucket (shared by every route in Envoy): refused.
+        rl.tokenBucket.fillInterval = Google_Protobuf_Duration(seconds: 1)
+        r.listeners["web"] = filtersListener(rateLimit: rl)
+        XCTAssertThrowsError(try Translator().translate(r)) { e in
+            XCTAssertTrue("\(e)".contains("http_filters[1].typed_config.token_bucket: a listener-wide bucket is not supported"), "\(e)")
         }
     }
 
