@@ -8,6 +8,7 @@ public typealias TcpProxy = Envoy_Extensions_Filters_Network_TcpProxy_V3_TcpProx
 public typealias Router = Envoy_Extensions_Filters_Http_Router_V3_Router
 public typealias HTTPFault = Envoy_Extensions_Filters_Http_Fault_V3_HTTPFault
 public typealias LocalRateLimit = Envoy_Extensions_Filters_Http_LocalRatelimit_V3_LocalRateLimit
+public typealias FileAccessLog = Envoy_Extensions_AccessLoggers_File_V3_FileAccessLog
 public typealias RouteConfiguration = Envoy_Config_Route_V3_RouteConfiguration
 public typealias Cluster = Envoy_Config_Cluster_V3_Cluster
 public typealias ClusterLoadAssignment = Envoy_Config_Endpoint_V3_ClusterLoadAssignment
@@ -230,7 +231,7 @@ public struct Translator: Sendable {
 
     func tcpProxy(_ t: TcpProxy, at: String, _ ctx: Context) throws(XDSError) -> [(String, YAMLNode)] {
         var rest = t
-        rest.statPrefix = ""; rest.clusterSpecifier = nil; rest.clearIdleTimeout()
+        rest.statPrefix = ""; rest.clusterSpecifier = nil; rest.clearIdleTimeout(); rest.accessLog = []
         try refuseLeftovers(rest, at: at)
         guard case .cluster(let c)? = t.clusterSpecifier else { throw XDSError("\(at).cluster: required") }
         guard ctx.resources.clusters[c] != nil else { throw XDSError("\(at).cluster: unknown cluster \(c)") }
@@ -242,14 +243,63 @@ public struct Translator: Sendable {
             }
             out.append(("idle_timeout", .string(ms)))
         }
+        if let log = try accessLog(t.accessLog, at: at + ".access_log") { out.append(("access_log", log)) }
         return out
+    }
+
+    /// `access_log` (one file logger) → the listener's `access_log`. No format is Envoy's default line,
+    /// which is Remora's `text`; a format string keeps Envoy's `%COMMAND%`s (Remora's loader refuses the
+    /// ones it does not know, and that message is the NACK's).
+    func accessLog(_ logs: [Envoy_Config_Accesslog_V3_AccessLog], at: String) throws(XDSError) -> YAMLNode? {
+        guard let l = logs.first else { return nil }
+        guard logs.count == 1 else { throw XDSError("\(at): \(logs.count) access logs; one is supported") }
+        let lat = at + "[0]"
+        var lr = l
+        lr.name = ""; lr.configType = nil
+        try refuseLeftovers(lr, at: lat)
+        guard case .typedConfig(let any)? = l.configType, any.typeURL.hasSuffix("/" + FileAccessLog.protoMessageName) else {
+            throw XDSError("\(lat) (\(l.name)): \(l.typedConfig.typeURL) is not supported (the file logger, envoy.extensions.access_loggers.file.v3.FileAccessLog, is)")
+        }
+        let f: FileAccessLog
+        do { f = try FileAccessLog(unpackingAny: any) } catch { throw XDSError("\(lat).typed_config: does not decode: \(error)") }
+        let fat = lat + ".typed_config"
+        var fr = f
+        fr.path = ""; fr.accessLogFormat = nil
+        try refuseLeftovers(fr, at: fat)
+        let path = f.path == "/dev/stdout" ? "stdout" : f.path
+        guard path == "stdout" || path.hasPrefix("/") else { throw XDSError("\(fat).path: \(f.path): an absolute path or /dev/stdout is required") }
+        var format = "text"
+        switch f.accessLogFormat {
+        case nil: break
+        case .format(let s)?: format = s
+        case .logFormat(let lf)?:
+            var r = lf
+            r.format = nil
+            try refuseLeftovers(r, at: fat + ".log_format")
+            switch lf.format {
+            case .textFormat(let s)?: format = s
+            case .textFormatSource(let ds)?:
+                guard case .inlineString(let s)? = ds.specifier else {
+                    throw XDSError("\(fat).log_format.text_format_source: only inline_string is supported")
+                }
+                format = s
+            case .jsonFormat?: throw XDSError("\(fat).log_format.json_format is not supported (Remora's json access log has fixed keys: docs/observability.md)")
+            case nil: break
+            }
+        case .jsonFormat?, .typedJsonFormat?:
+            throw XDSError("\(fat): json_format is not supported (Remora's json access log has fixed keys: docs/observability.md)")
+        }
+        // Envoy's format carries its own line end; Remora ends every line.
+        if format != "text" && format.hasSuffix("\n") { format.removeLast() }
+        if format.isEmpty { format = "text" }
+        return .map([("path", .string(path)), ("format", .string(format))])
     }
 
     func hcm(_ h: HCM, at: String, _ ctx: Context, _ names: inout NameMap) throws(XDSError) -> [(String, YAMLNode)]? {
         var rest = h
         rest.statPrefix = ""; rest.routeSpecifier = nil; rest.httpFilters = []
         rest.clearRequestTimeout(); rest.clearRequestHeadersTimeout(); rest.clearStreamIdleTimeout()
-        rest.clearCommonHTTPProtocolOptions(); rest.clearHTTP2ProtocolOptions()
+        rest.clearCommonHTTPProtocolOptions(); rest.clearHTTP2ProtocolOptions(); rest.accessLog = []
         if h.codecType != .auto {
             throw XDSError("\(at).codec_type: \(h.codecType) is not supported: a Remora listener serves HTTP/1.1 and h2c on one port (AUTO)")
         }
@@ -325,6 +375,7 @@ public struct Translator: Sendable {
         if h.hasHTTP2ProtocolOptions {
             out.append(("http2", try http2(h.http2ProtocolOptions, at: at + ".http2_protocol_options", listener: true)))
         }
+        if let log = try accessLog(h.accessLog, at: at + ".access_log") { out.append(("access_log", log)) }
         let rc: RouteConfiguration
         var inlineRoutes = true
         switch h.routeSpecifier {
@@ -947,7 +998,8 @@ public struct Translator: Sendable {
         rest.name = ""; rest.clusterDiscoveryType = nil; rest.clearEdsClusterConfig(); rest.clearConnectTimeout()
         rest.lbPolicy = .roundRobin; rest.clearLoadAssignment(); rest.healthChecks = []; rest.clearCircuitBreakers()
         rest.clearOutlierDetection(); rest.clearHTTP2ProtocolOptions(); rest.typedExtensionProtocolOptions = [:]
-        rest.clearCommonHTTPProtocolOptions()
+        rest.clearCommonHTTPProtocolOptions(); rest.clearCommonLbConfig()
+        rest.metadata = Data()   // read by filters and subset balancing, neither of which is translated
         if c.type != .strictDns {   // DNS settings of a cluster that resolves nothing: without effect in Envoy too
             rest.dnsLookupFamily = .auto; rest.respectDnsTtl = false; rest.clearDnsRefreshRate()
         }
@@ -1026,7 +1078,27 @@ public struct Translator: Sendable {
             guard let ms = try positive(idle, at: at + ".idle_timeout") else { throw XDSError("\(at): idle_timeout 0 (none) is not supported") }
             node.append(("idle_timeout", .string(ms)))
         }
-        if c.hasCircuitBreakers { node.append(("circuit_breaker", try breakers(c.circuitBreakers, at: at + ".circuit_breakers"))) }
+        // Envoy's clusters always have breakers (1024 connections, pending, requests; 3 retries: Remora's
+        // defaults for a `circuit_breaker:`), and no retry budget unless one is given (Remora's is on by default).
+        let (breaker, budget) = try breakers(c.hasCircuitBreakers ? c.circuitBreakers : .init(), at: at + ".circuit_breakers")
+        node.append(("circuit_breaker", breaker))
+        node.append(("retry_budget", budget))
+        if c.hasCommonLbConfig {
+            var l = c.commonLbConfig
+            let lat = at + ".common_lb_config"
+            // Locality weighting: one locality is all Remora knows (locality is ignored); the merge window
+            // only batches updates.
+            if case .localityWeightedLbConfig? = l.localityConfigSpecifier { l.localityConfigSpecifier = nil }
+            l.clearUpdateMergeWindow(); l.clearHealthyPanicThreshold()
+            try refuseLeftovers(l, at: lat)
+            if c.commonLbConfig.hasHealthyPanicThreshold {
+                let v = c.commonLbConfig.healthyPanicThreshold.value
+                guard v >= 0, v <= 100, v == v.rounded() else {
+                    throw XDSError("\(lat).healthy_panic_threshold: \(v) (Remora: a whole percentage 0...100)")
+                }
+                node.append(("panic_threshold", .int(Int(v))))   // Envoy's default, 50, is Remora's
+            }
+        }
         if c.hasOutlierDetection { node.append(("outlier_detection", try outlier(c.outlierDetection, at: at + ".outlier_detection"))) }
         if c.healthChecks.count > 1 { throw XDSError("\(at).health_checks: \(c.healthChecks.count) health checks; at most one is supported") }
         if let hc = c.healthChecks.first { node.append(("health_check", try healthCheck(hc, at: at + ".health_checks[0]"))) }
@@ -1069,23 +1141,42 @@ public struct Translator: Sendable {
         return out
     }
 
-    func breakers(_ b: Envoy_Config_Cluster_V3_CircuitBreakers, at: String) throws(XDSError) -> YAMLNode {
+    /// `circuit_breaker` and `retry_budget`. Limits above Remora's 1,000,000 (Istio sends 2^32 - 1 for
+    /// "no limit") become 1,000,000. With a `retry_budget`, Envoy no longer applies `max_retries`.
+    func breakers(_ b: Envoy_Config_Cluster_V3_CircuitBreakers, at: String) throws(XDSError) -> (YAMLNode, YAMLNode) {
         var rest = b
         rest.thresholds = []
         try refuseLeftovers(rest, at: at)
         var out: [(String, YAMLNode)] = []
+        var budget: YAMLNode = .string("off")
+        func limit(_ v: UInt32) -> YAMLNode { .int(min(Int(v), 1_000_000)) }
         for (i, t) in b.thresholds.enumerated() {
             let tat = "\(at).thresholds[\(i)]"
             guard t.priority == .default else { throw XDSError("\(tat).priority: \(t.priority) (only DEFAULT is supported)") }
             var tr = t
             tr.clearMaxConnections(); tr.clearMaxPendingRequests(); tr.clearMaxRequests(); tr.clearMaxRetries(); tr.trackRemaining = false
+            tr.clearRetryBudget()
             try refuseLeftovers(tr, at: tat)
-            if t.hasMaxConnections { out.append(("max_connections", .int(Int(t.maxConnections.value)))) }
-            if t.hasMaxPendingRequests { out.append(("max_pending", .int(Int(t.maxPendingRequests.value)))) }
-            if t.hasMaxRequests { out.append(("max_requests", .int(Int(t.maxRequests.value)))) }
-            if t.hasMaxRetries { out.append(("max_retries", .int(Int(t.maxRetries.value)))) }
+            if t.hasMaxConnections { out.append(("max_connections", limit(t.maxConnections.value))) }
+            if t.hasMaxPendingRequests { out.append(("max_pending", limit(t.maxPendingRequests.value))) }
+            if t.hasMaxRequests { out.append(("max_requests", limit(t.maxRequests.value))) }
+            if t.hasRetryBudget {
+                var rb = t.retryBudget
+                rb.clearBudgetPercent(); rb.clearMinRetryConcurrency()
+                try refuseLeftovers(rb, at: tat + ".retry_budget")
+                // Envoy's defaults, 20 % and 3, are Remora's.
+                let percent = t.retryBudget.hasBudgetPercent ? t.retryBudget.budgetPercent.value : 20
+                guard percent >= 0, percent <= 100 else { throw XDSError("\(tat).retry_budget.budget_percent: \(percent) (0...100)") }
+                var p = String(percent)
+                if p.hasSuffix(".0") { p.removeLast(2) }
+                budget = .map([("percent", .string(p)),
+                               ("min_concurrency", .int(Int(t.retryBudget.hasMinRetryConcurrency ? t.retryBudget.minRetryConcurrency.value : 3)))])
+                out.append(("max_retries", .int(1_000_000)))
+            } else if t.hasMaxRetries {
+                out.append(("max_retries", limit(t.maxRetries.value)))
+            }
         }
-        return .map(out)
+        return (.map(out), budget)
     }
 
     func outlier(_ o: Envoy_Config_Cluster_V3_OutlierDetection, at: String) throws(XDSError) -> YAMLNode {

@@ -311,10 +311,14 @@ public nonisolated struct Envoy_Config_Cluster_V3_Cluster: @unchecked Sendable {
     set {_uniqueStorage()._lbConfig = .roundRobinLbConfig(newValue)}
   }
 
-  public var commonLbConfig: Data {
-    get {_storage._commonLbConfig}
+  public var commonLbConfig: Envoy_Config_Cluster_V3_Cluster.CommonLbConfig {
+    get {_storage._commonLbConfig ?? Envoy_Config_Cluster_V3_Cluster.CommonLbConfig()}
     set {_uniqueStorage()._commonLbConfig = newValue}
   }
+  /// Returns true if `commonLbConfig` has been explicitly set.
+  public var hasCommonLbConfig: Bool {_storage._commonLbConfig != nil}
+  /// Clears the value of `commonLbConfig`. Subsequent reads from it will return its default value.
+  public mutating func clearCommonLbConfig() {_uniqueStorage()._commonLbConfig = nil}
 
   public var transportSocket: Data {
     get {_storage._transportSocket}
@@ -619,6 +623,69 @@ public nonisolated struct Envoy_Config_Cluster_V3_Cluster: @unchecked Sendable {
     fileprivate var _edsConfig: Envoy_Config_Core_V3_ConfigSource? = nil
   }
 
+  public nonisolated struct CommonLbConfig: Sendable {
+    // SwiftProtobuf.Message conformance is added in an extension below. See the
+    // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+    // methods supported on all messages.
+
+    public var healthyPanicThreshold: Envoy_Type_V3_Percent {
+      get {_healthyPanicThreshold ?? Envoy_Type_V3_Percent()}
+      set {_healthyPanicThreshold = newValue}
+    }
+    /// Returns true if `healthyPanicThreshold` has been explicitly set.
+    public var hasHealthyPanicThreshold: Bool {self._healthyPanicThreshold != nil}
+    /// Clears the value of `healthyPanicThreshold`. Subsequent reads from it will return its default value.
+    public mutating func clearHealthyPanicThreshold() {self._healthyPanicThreshold = nil}
+
+    public var localityConfigSpecifier: Envoy_Config_Cluster_V3_Cluster.CommonLbConfig.OneOf_LocalityConfigSpecifier? = nil
+
+    public var zoneAwareLbConfig: Data {
+      get {
+        if case .zoneAwareLbConfig(let v)? = localityConfigSpecifier {return v}
+        return Data()
+      }
+      set {localityConfigSpecifier = .zoneAwareLbConfig(newValue)}
+    }
+
+    public var localityWeightedLbConfig: Data {
+      get {
+        if case .localityWeightedLbConfig(let v)? = localityConfigSpecifier {return v}
+        return Data()
+      }
+      set {localityConfigSpecifier = .localityWeightedLbConfig(newValue)}
+    }
+
+    public var updateMergeWindow: SwiftProtobuf.Google_Protobuf_Duration {
+      get {_updateMergeWindow ?? SwiftProtobuf.Google_Protobuf_Duration()}
+      set {_updateMergeWindow = newValue}
+    }
+    /// Returns true if `updateMergeWindow` has been explicitly set.
+    public var hasUpdateMergeWindow: Bool {self._updateMergeWindow != nil}
+    /// Clears the value of `updateMergeWindow`. Subsequent reads from it will return its default value.
+    public mutating func clearUpdateMergeWindow() {self._updateMergeWindow = nil}
+
+    public var ignoreNewHostsUntilFirstHc: Bool = false
+
+    public var closeConnectionsOnHostSetChange: Bool = false
+
+    public var consistentHashingLbConfig: Data = Data()
+
+    public var overrideHostStatus: Data = Data()
+
+    public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+    public nonisolated enum OneOf_LocalityConfigSpecifier: Equatable, Sendable {
+      case zoneAwareLbConfig(Data)
+      case localityWeightedLbConfig(Data)
+
+    }
+
+    public init() {}
+
+    fileprivate var _healthyPanicThreshold: Envoy_Type_V3_Percent? = nil
+    fileprivate var _updateMergeWindow: SwiftProtobuf.Google_Protobuf_Duration? = nil
+  }
+
   public init() {}
 
   fileprivate var _storage = _StorageClass.defaultInstance
@@ -666,7 +733,7 @@ nonisolated extension Envoy_Config_Cluster_V3_Cluster: SwiftProtobuf.Message, Sw
     var _upstreamBindConfig: Data = Data()
     var _lbSubsetConfig: Data = Data()
     var _lbConfig: Envoy_Config_Cluster_V3_Cluster.OneOf_LbConfig?
-    var _commonLbConfig: Data = Data()
+    var _commonLbConfig: Envoy_Config_Cluster_V3_Cluster.CommonLbConfig? = nil
     var _transportSocket: Data = Data()
     var _metadata: Data = Data()
     var _protocolSelection: Envoy_Config_Cluster_V3_Cluster.ClusterProtocolSelection = .useConfiguredProtocol
@@ -795,7 +862,7 @@ nonisolated extension Envoy_Config_Cluster_V3_Cluster: SwiftProtobuf.Message, Sw
         case 24: try { try decoder.decodeSingularBytesField(value: &_storage._transportSocket) }()
         case 25: try { try decoder.decodeSingularBytesField(value: &_storage._metadata) }()
         case 26: try { try decoder.decodeSingularEnumField(value: &_storage._protocolSelection) }()
-        case 27: try { try decoder.decodeSingularBytesField(value: &_storage._commonLbConfig) }()
+        case 27: try { try decoder.decodeSingularMessageField(value: &_storage._commonLbConfig) }()
         case 28: try { try decoder.decodeSingularStringField(value: &_storage._altStatName) }()
         case 29: try { try decoder.decodeSingularMessageField(value: &_storage._commonHTTPProtocolOptions) }()
         case 30: try { try decoder.decodeSingularBytesField(value: &_storage._upstreamConnectionOptions) }()
@@ -940,9 +1007,9 @@ nonisolated extension Envoy_Config_Cluster_V3_Cluster: SwiftProtobuf.Message, Sw
       if _storage._protocolSelection != .useConfiguredProtocol {
         try visitor.visitSingularEnumField(value: _storage._protocolSelection, fieldNumber: 26)
       }
-      if !_storage._commonLbConfig.isEmpty {
-        try visitor.visitSingularBytesField(value: _storage._commonLbConfig, fieldNumber: 27)
-      }
+      try { if let v = _storage._commonLbConfig {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 27)
+      } }()
       if !_storage._altStatName.isEmpty {
         try visitor.visitSingularStringField(value: _storage._altStatName, fieldNumber: 28)
       }
@@ -1153,6 +1220,93 @@ nonisolated extension Envoy_Config_Cluster_V3_Cluster.EdsClusterConfig: SwiftPro
   public static func ==(lhs: Envoy_Config_Cluster_V3_Cluster.EdsClusterConfig, rhs: Envoy_Config_Cluster_V3_Cluster.EdsClusterConfig) -> Bool {
     if lhs._edsConfig != rhs._edsConfig {return false}
     if lhs.serviceName != rhs.serviceName {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Envoy_Config_Cluster_V3_Cluster.CommonLbConfig: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = Envoy_Config_Cluster_V3_Cluster.protoMessageName + ".CommonLbConfig"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}healthy_panic_threshold\0\u{3}zone_aware_lb_config\0\u{3}locality_weighted_lb_config\0\u{3}update_merge_window\0\u{3}ignore_new_hosts_until_first_hc\0\u{3}close_connections_on_host_set_change\0\u{3}consistent_hashing_lb_config\0\u{3}override_host_status\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._healthyPanicThreshold) }()
+      case 2: try {
+        var v: Data?
+        try decoder.decodeSingularBytesField(value: &v)
+        if let v = v {
+          if self.localityConfigSpecifier != nil {try decoder.handleConflictingOneOf()}
+          self.localityConfigSpecifier = .zoneAwareLbConfig(v)
+        }
+      }()
+      case 3: try {
+        var v: Data?
+        try decoder.decodeSingularBytesField(value: &v)
+        if let v = v {
+          if self.localityConfigSpecifier != nil {try decoder.handleConflictingOneOf()}
+          self.localityConfigSpecifier = .localityWeightedLbConfig(v)
+        }
+      }()
+      case 4: try { try decoder.decodeSingularMessageField(value: &self._updateMergeWindow) }()
+      case 5: try { try decoder.decodeSingularBoolField(value: &self.ignoreNewHostsUntilFirstHc) }()
+      case 6: try { try decoder.decodeSingularBoolField(value: &self.closeConnectionsOnHostSetChange) }()
+      case 7: try { try decoder.decodeSingularBytesField(value: &self.consistentHashingLbConfig) }()
+      case 8: try { try decoder.decodeSingularBytesField(value: &self.overrideHostStatus) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._healthyPanicThreshold {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    switch self.localityConfigSpecifier {
+    case .zoneAwareLbConfig?: try {
+      guard case .zoneAwareLbConfig(let v)? = self.localityConfigSpecifier else { preconditionFailure() }
+      try visitor.visitSingularBytesField(value: v, fieldNumber: 2)
+    }()
+    case .localityWeightedLbConfig?: try {
+      guard case .localityWeightedLbConfig(let v)? = self.localityConfigSpecifier else { preconditionFailure() }
+      try visitor.visitSingularBytesField(value: v, fieldNumber: 3)
+    }()
+    case nil: break
+    }
+    try { if let v = self._updateMergeWindow {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    } }()
+    if self.ignoreNewHostsUntilFirstHc != false {
+      try visitor.visitSingularBoolField(value: self.ignoreNewHostsUntilFirstHc, fieldNumber: 5)
+    }
+    if self.closeConnectionsOnHostSetChange != false {
+      try visitor.visitSingularBoolField(value: self.closeConnectionsOnHostSetChange, fieldNumber: 6)
+    }
+    if !self.consistentHashingLbConfig.isEmpty {
+      try visitor.visitSingularBytesField(value: self.consistentHashingLbConfig, fieldNumber: 7)
+    }
+    if !self.overrideHostStatus.isEmpty {
+      try visitor.visitSingularBytesField(value: self.overrideHostStatus, fieldNumber: 8)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Envoy_Config_Cluster_V3_Cluster.CommonLbConfig, rhs: Envoy_Config_Cluster_V3_Cluster.CommonLbConfig) -> Bool {
+    if lhs._healthyPanicThreshold != rhs._healthyPanicThreshold {return false}
+    if lhs.localityConfigSpecifier != rhs.localityConfigSpecifier {return false}
+    if lhs._updateMergeWindow != rhs._updateMergeWindow {return false}
+    if lhs.ignoreNewHostsUntilFirstHc != rhs.ignoreNewHostsUntilFirstHc {return false}
+    if lhs.closeConnectionsOnHostSetChange != rhs.closeConnectionsOnHostSetChange {return false}
+    if lhs.consistentHashingLbConfig != rhs.consistentHashingLbConfig {return false}
+    if lhs.overrideHostStatus != rhs.overrideHostStatus {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

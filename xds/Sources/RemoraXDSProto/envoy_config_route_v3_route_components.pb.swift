@@ -1389,13 +1389,21 @@ public nonisolated struct Envoy_Config_Route_V3_DirectResponseAction: Sendable {
   /// Clears the value of `body`. Subsequent reads from it will return its default value.
   public mutating func clearBody() {self._body = nil}
 
-  public var bodyFormat: Data = Data()
+  public var bodyFormat: Envoy_Config_Core_V3_SubstitutionFormatString {
+    get {_bodyFormat ?? Envoy_Config_Core_V3_SubstitutionFormatString()}
+    set {_bodyFormat = newValue}
+  }
+  /// Returns true if `bodyFormat` has been explicitly set.
+  public var hasBodyFormat: Bool {self._bodyFormat != nil}
+  /// Clears the value of `bodyFormat`. Subsequent reads from it will return its default value.
+  public mutating func clearBodyFormat() {self._bodyFormat = nil}
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _body: Envoy_Config_Core_V3_DataSource? = nil
+  fileprivate var _bodyFormat: Envoy_Config_Core_V3_SubstitutionFormatString? = nil
 }
 
 public nonisolated struct Envoy_Config_Route_V3_HeaderMatcher: Sendable {
@@ -3340,7 +3348,7 @@ nonisolated extension Envoy_Config_Route_V3_DirectResponseAction: SwiftProtobuf.
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularUInt32Field(value: &self.status) }()
       case 2: try { try decoder.decodeSingularMessageField(value: &self._body) }()
-      case 3: try { try decoder.decodeSingularBytesField(value: &self.bodyFormat) }()
+      case 3: try { try decoder.decodeSingularMessageField(value: &self._bodyFormat) }()
       default: break
       }
     }
@@ -3357,16 +3365,16 @@ nonisolated extension Envoy_Config_Route_V3_DirectResponseAction: SwiftProtobuf.
     try { if let v = self._body {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
     } }()
-    if !self.bodyFormat.isEmpty {
-      try visitor.visitSingularBytesField(value: self.bodyFormat, fieldNumber: 3)
-    }
+    try { if let v = self._bodyFormat {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Envoy_Config_Route_V3_DirectResponseAction, rhs: Envoy_Config_Route_V3_DirectResponseAction) -> Bool {
     if lhs.status != rhs.status {return false}
     if lhs._body != rhs._body {return false}
-    if lhs.bodyFormat != rhs.bodyFormat {return false}
+    if lhs._bodyFormat != rhs._bodyFormat {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

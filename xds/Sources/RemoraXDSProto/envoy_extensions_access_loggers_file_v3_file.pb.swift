@@ -8,11 +8,6 @@
 // For information on using the generated types, please see the documentation:
 //   https://github.com/apple/swift-protobuf/
 
-#if canImport(FoundationEssentials)
-import FoundationEssentials
-#else
-import Foundation
-#endif
 import SwiftProtobuf
 
 // If the compiler emits an error on this type, it is because this file
@@ -58,10 +53,10 @@ public nonisolated struct Envoy_Extensions_AccessLoggers_File_V3_FileAccessLog: 
     set {accessLogFormat = .typedJsonFormat(newValue)}
   }
 
-  public var logFormat: Data {
+  public var logFormat: Envoy_Config_Core_V3_SubstitutionFormatString {
     get {
       if case .logFormat(let v)? = accessLogFormat {return v}
-      return Data()
+      return Envoy_Config_Core_V3_SubstitutionFormatString()
     }
     set {accessLogFormat = .logFormat(newValue)}
   }
@@ -72,7 +67,7 @@ public nonisolated struct Envoy_Extensions_AccessLoggers_File_V3_FileAccessLog: 
     case format(String)
     case jsonFormat(SwiftProtobuf.Google_Protobuf_Struct)
     case typedJsonFormat(SwiftProtobuf.Google_Protobuf_Struct)
-    case logFormat(Data)
+    case logFormat(Envoy_Config_Core_V3_SubstitutionFormatString)
 
   }
 
@@ -129,10 +124,15 @@ nonisolated extension Envoy_Extensions_AccessLoggers_File_V3_FileAccessLog: Swif
         }
       }()
       case 5: try {
-        var v: Data?
-        try decoder.decodeSingularBytesField(value: &v)
+        var v: Envoy_Config_Core_V3_SubstitutionFormatString?
+        var hadOneofValue = false
+        if let current = self.accessLogFormat {
+          hadOneofValue = true
+          if case .logFormat(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
         if let v = v {
-          if self.accessLogFormat != nil {try decoder.handleConflictingOneOf()}
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
           self.accessLogFormat = .logFormat(v)
         }
       }()
@@ -164,7 +164,7 @@ nonisolated extension Envoy_Extensions_AccessLoggers_File_V3_FileAccessLog: Swif
     }()
     case .logFormat?: try {
       guard case .logFormat(let v)? = self.accessLogFormat else { preconditionFailure() }
-      try visitor.visitSingularBytesField(value: v, fieldNumber: 5)
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
     }()
     case nil: break
     }

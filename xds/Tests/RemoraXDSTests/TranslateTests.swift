@@ -158,6 +158,8 @@ final class TranslateTests: XCTestCase {
           - name: "app"
             endpoints: [ "127.0.0.1:9000" ]
             lb: "round_robin"
+            circuit_breaker: {}
+            retry_budget: "off"
 
         """)
     }
@@ -350,6 +352,29 @@ final class TranslateTests: XCTestCase {
                      "max_ejection_percent: 50", "path: \"/healthz\"", "expect: [ 200, 201 ]", "unhealthy_threshold: 3"] {
             XCTAssertTrue(text.contains(want), "\(want) not in\n\(text)")
         }
+        XCTAssertTrue(text.contains("retry_budget: \"off\""), text)
+        // Istio's "no limit" (2^32 - 1) is Remora's largest; a retry budget replaces max_retries; the panic threshold.
+        var istio = Envoy_Config_Cluster_V3_CircuitBreakers.Thresholds()
+        istio.maxConnections = Google_Protobuf_UInt32Value(UInt32.max)
+        istio.maxRequests = Google_Protobuf_UInt32Value(UInt32.max)
+        istio.maxRetries = Google_Protobuf_UInt32Value(UInt32.max)
+        istio.trackRemaining = true
+        var budget = Envoy_Config_Cluster_V3_CircuitBreakers.Thresholds.RetryBudget()
+        budget.budgetPercent.value = 25.5
+        istio.retryBudget = budget
+        var c2 = Build.edsCluster("app")
+        c2.circuitBreakers.thresholds = [istio]
+        c2.commonLbConfig.healthyPanicThreshold.value = 0
+        c2.commonLbConfig.localityWeightedLbConfig = Data()
+        let t2 = try config(resources(cluster: c2)).text
+        for want in ["max_connections: 1000000", "max_requests: 1000000", "max_retries: 1000000",
+                     "retry_budget:\n      percent: \"25.5\"\n      min_concurrency: 3", "panic_threshold: 0"] {
+            XCTAssertTrue(t2.contains(want), "\(want) not in\n\(t2)")
+        }
+        c2.commonLbConfig.healthyPanicThreshold.value = 12.5
+        XCTAssertThrowsError(try Translator().translate(resources(cluster: c2))) { e in
+            XCTAssertTrue("\(e)".contains("common_lb_config.healthy_panic_threshold: 12.5"), "\(e)")
+        }
         // A field of a kept message the translation does not read: named.
         c.outlierDetection.successRateStdevFactor = Google_Protobuf_UInt32Value(1900)
         XCTAssertThrowsError(try Translator().translate(resources(cluster: c))) { e in
@@ -409,7 +434,7 @@ final class TranslateTests: XCTestCase {
         var c = Build.edsCluster("app")
         c.lbPolicy = .ringHash
         var text = try config(resources(route: route, cluster: c)).text
-        XCTAssertTrue(text.contains("lb: \"ring_hash\"\n    hash_on:\n      header: \"x-user\""), text)
+        XCTAssertTrue(text.contains("lb: \"ring_hash\"\n") && text.contains("    hash_on:\n      header: \"x-user\""), text)
         // Round robin: the key is of no use (as in Envoy), so none.
         text = try config(resources(route: route)).text
         XCTAssertFalse(text.contains("hash_on"), text)
@@ -567,6 +592,51 @@ final class TranslateTests: XCTestCase {
         r.listeners["web"] = filtersListener(rateLimit: rl)
         XCTAssertThrowsError(try Translator().translate(r)) { e in
             XCTAssertTrue("\(e)".contains("http_filters[1].typed_config.token_bucket: a listener-wide bucket is not supported"), "\(e)")
+        }
+    }
+
+    func testFileAccessLog() throws {
+        func listener(_ f: FileAccessLog?, name: String = "envoy.access_loggers.file") -> Envoy_Config_Listener_V3_Listener {
+            Build.listener("web", port: 8080, filter: Build.hcm(rds: "rc") { h in
+                if let f {
+                    var l = Envoy_Config_Accesslog_V3_AccessLog()
+                    l.name = name
+                    l.typedConfig = Build.any(f)
+                    h.accessLog = [l]
+                }
+            })
+        }
+        var r = resources()
+        var f = FileAccessLog()
+        f.path = "/dev/stdout"
+        r.listeners["web"] = listener(f)
+        XCTAssertTrue(try config(r).text.contains("access_log:\n      path: \"stdout\"\n      format: \"text\""))
+        f.path = "/var/log/web.log"
+        f.logFormat.textFormatSource.inlineString = "%REQ(:METHOD)% %RESPONSE_CODE% %UPSTREAM_HOST%\n"
+        r.listeners["web"] = listener(f)
+        XCTAssertTrue(try config(r).text.contains("path: \"/var/log/web.log\"\n      format: \"%REQ(:METHOD)% %RESPONSE_CODE% %UPSTREAM_HOST%\""))
+        // A command Remora does not know: the loader's error.
+        f.logFormat.textFormatSource.inlineString = "%DOWNSTREAM_LOCAL_ADDRESS%\n"
+        r.listeners["web"] = listener(f)
+        guard case .config(let doc) = try Translator().translate(r), case .failure(let e) = ConfigLoader.parse(yaml: doc.text, file: "t") else {
+            return XCTFail("accepted")
+        }
+        XCTAssertTrue("\(e)".contains("unknown access log command %DOWNSTREAM_LOCAL_ADDRESS%"), "\(e)")
+        // JSON formats and filters: named.
+        f.logFormat.jsonFormat = Google_Protobuf_Struct()
+        r.listeners["web"] = listener(f)
+        XCTAssertThrowsError(try Translator().translate(r)) { e in
+            XCTAssertTrue("\(e)".contains("access_log[0].typed_config.log_format.json_format is not supported"), "\(e)")
+        }
+        r.listeners["web"] = Build.listener("web", port: 8080, filter: Build.hcm(rds: "rc") { h in
+            var l = Envoy_Config_Accesslog_V3_AccessLog()
+            l.name = "f"
+            l.filter = Data([0x0a, 0x00])
+            l.typedConfig = Build.any(FileAccessLog())
+            h.accessLog = [l]
+        })
+        XCTAssertThrowsError(try Translator().translate(r)) { e in
+            XCTAssertTrue("\(e)".contains("access_log[0].filter is not supported"), "\(e)")
         }
     }
 
