@@ -501,7 +501,8 @@ def test_last_good_config_survives_restarts_while_the_server_is_down(ads, client
 
 def mirror_hash_snapshot(version: str, http_port: int, made) -> Snapshot:
     """A route mirrored to a shadow cluster, a route hashed on a header to a ring-hash cluster of two
-    endpoints, and a route to a cluster CDS does not have (RDS: validate_clusters false, Envoy's default)."""
+    endpoints, a route to a cluster CDS does not have (RDS: validate_clusters false, Envoy's default), and
+    header changes at the virtual host and route configuration levels."""
     mirrored = route({"prefix": "/mirror"}, "a", name="mirror",
                      action=lambda a: a.request_mirror_policies.add(cluster="shadow"))
     sticky = route({"prefix": "/sticky"}, "sticky", name="sticky",
@@ -513,6 +514,11 @@ def mirror_hash_snapshot(version: str, http_port: int, made) -> Snapshot:
         route({"prefix": "/nocluster"}, "nowhere", name="nocluster"),
         route({"prefix": "/"}, "a", name="rest"),
     ])])
+    # Header changes of the virtual host (a request header) and of the route configuration (a response header).
+    from envoy.config.core.v3 import base_pb2
+    rc.virtual_hosts[0].request_headers_to_add.add(header=base_pb2.HeaderValue(key="x-added", value="vhost"))
+    rc.response_headers_to_add.add(header=base_pb2.HeaderValue(key="x-resp", value="rc"),
+                                   append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD)
     # The sticky cluster as Istio sends its clusters: breakers at 2^32 - 1 ("no limit"), no panic threshold.
     sticky_cluster = eds_cluster("sticky", lb=cluster_pb2.Cluster.RING_HASH)
     no_limit = wrappers_pb2.UInt32Value(value=2**32 - 1)
@@ -541,7 +547,7 @@ def test_mirror_hash_policy_and_unknown_cluster_match_envoy(ads, clients, backen
         assert not server.nacks(), [n.error_detail.message for n in server.nacks()]
         out = {}
         # Mirror: every request answered by a, and a copy of each reaches the shadow (c), fire and forget.
-        out["mirror"] = [fetch(http_port, f"/mirror/{i}")[:2] for i in range(10)]
+        out["mirror"] = [fetch(http_port, f"/mirror/{i}")[:3] for i in range(10)]
         shadow = made["c"].server.seen
         poll(lambda: len(shadow) >= 10, 10, 0.05, what=f"{kind}: 10 shadow requests")
         time.sleep(0.2)
@@ -562,7 +568,7 @@ def test_mirror_hash_policy_and_unknown_cluster_match_envoy(ads, clients, backen
             c.stop()
         server.stop()
     env, rem = results["envoy"], results["remora"]
-    assert env["mirror"] == [(200, ("a", f"/mirror/{i}", None, None, None)) for i in range(10)], env["mirror"]
+    assert env["mirror"] == [(200, ("a", f"/mirror/{i}", "vhost", None, None), "rc") for i in range(10)], env["mirror"]
     assert env["shadow_paths"] == sorted(f"/mirror/{i}" for i in range(10)), env
     assert env["sticky_per_user"] == [1] * 20 and env["sticky_backends"] == ["a", "b"], env
     assert env["nocluster"][:2] == (503, None) and env["nocluster"][4] == "", env["nocluster"]

@@ -429,7 +429,9 @@ public struct Translator: Sendable {
     func routeConfiguration(_ rc: RouteConfiguration, at: String, _ ctx: Context) throws(XDSError) -> [(String, YAMLNode)] {
         var rest = rc
         rest.name = ""; rest.virtualHosts = []; rest.clearValidateClusters()
-        try refuseLeftovers(rest, at: at, note: "header changes are supported on routes")
+        rest.requestHeadersToAdd = []; rest.requestHeadersToRemove = []; rest.responseHeadersToAdd = []; rest.responseHeadersToRemove = []
+        rest.mostSpecificHeaderMutationsWins = false   // which level wins a conflict: conflicts are refused
+        try refuseLeftovers(rest, at: at)
         var routeNames = NameMap()
         var vhosts: [YAMLNode] = []
         var vhostNames = NameMap()
@@ -437,7 +439,12 @@ public struct Translator: Sendable {
             let vat = "\(at): virtual_hosts[\(vi)] (\(vh.name))"
             var vr = vh
             vr.name = ""; vr.domains = []; vr.routes = []; vr.clearRetryPolicy()
-            try refuseLeftovers(vr, at: vat, note: "header changes are supported on routes")
+            vr.requestHeadersToAdd = []; vr.requestHeadersToRemove = []; vr.responseHeadersToAdd = []; vr.responseHeadersToRemove = []
+            try refuseLeftovers(vr, at: vat)
+            // Header changes of the virtual host and the route configuration apply to each route as well.
+            let outer = OuterHeaders(
+                requestAdd: vh.requestHeadersToAdd + rc.requestHeadersToAdd, requestRemove: vh.requestHeadersToRemove + rc.requestHeadersToRemove,
+                responseAdd: vh.responseHeadersToAdd + rc.responseHeadersToAdd, responseRemove: vh.responseHeadersToRemove + rc.responseHeadersToRemove)
             guard !vh.domains.isEmpty else { throw XDSError("\(vat).domains: empty") }
             for d in vh.domains where d != "*" && (d.dropFirst().contains("*") || (d.hasSuffix("*") && d.count > 1)) {
                 throw XDSError("\(vat).domains: \(d): only exact domains, \"*\" and \"*suffix\" wildcards are supported")
@@ -445,7 +452,7 @@ public struct Translator: Sendable {
             var routes: [YAMLNode] = []
             for (ri, r) in vh.routes.enumerated() {
                 routes.append(try route(r, at: "\(vat): routes[\(ri)]", index: ri, vhostRetry: vh.hasRetryPolicy ? vh.retryPolicy : nil,
-                                        ctx, &routeNames))
+                                        outer: outer, ctx, &routeNames))
             }
             vhosts.append(.map([("name", .string(vhostNames.unique(vh.name.isEmpty ? "vhost\(vi)" : vh.name))),
                                 ("domains", .list(vh.domains.map { .string($0) })), ("routes", .list(routes))]))
@@ -456,8 +463,18 @@ public struct Translator: Sendable {
         return [("virtual_hosts", .list(vhosts))]
     }
 
+    /// The header changes of a route's virtual host and route configuration (Envoy applies route, then
+    /// virtual host, then route configuration; a header changed at two levels is refused, so the order
+    /// does not matter).
+    struct OuterHeaders {
+        var requestAdd: [Envoy_Config_Core_V3_HeaderValueOption] = []
+        var requestRemove: [String] = []
+        var responseAdd: [Envoy_Config_Core_V3_HeaderValueOption] = []
+        var responseRemove: [String] = []
+    }
+
     func route(_ r: Envoy_Config_Route_V3_Route, at: String, index: Int, vhostRetry: Envoy_Config_Route_V3_RetryPolicy?,
-               _ ctx: Context, _ names: inout NameMap) throws(XDSError) -> YAMLNode {
+               outer: OuterHeaders = OuterHeaders(), _ ctx: Context, _ names: inout NameMap) throws(XDSError) -> YAMLNode {
         var rest = r
         rest.name = ""; rest.clearMatch(); rest.action = nil
         rest.requestHeadersToAdd = []; rest.requestHeadersToRemove = []
@@ -524,12 +541,19 @@ public struct Translator: Sendable {
         }
         if !r.requestHeadersToAdd.isEmpty || !r.requestHeadersToRemove.isEmpty {
             guard case .route? = r.action else { throw XDSError("\(at).request_headers_to_add: only on routes that proxy") }
-            if !backendsTo503 {
-                node.append(("request_headers", try headerChanges(r.requestHeadersToAdd, r.requestHeadersToRemove, at: at + ".request_headers_to_add")))
+        }
+        // The virtual host's and route configuration's request changes: without effect where nothing is proxied.
+        if case .route? = r.action, !backendsTo503 {
+            let add = r.requestHeadersToAdd + outer.requestAdd, remove = r.requestHeadersToRemove + outer.requestRemove
+            if !add.isEmpty || !remove.isEmpty {
+                node.append(("request_headers", try headerChanges(add, remove, at: at + ".request_headers_to_add",
+                                                                  levels: !outer.requestAdd.isEmpty || !outer.requestRemove.isEmpty)))
             }
         }
-        if !r.responseHeadersToAdd.isEmpty || !r.responseHeadersToRemove.isEmpty {
-            node.append(("response_headers", try headerChanges(r.responseHeadersToAdd, r.responseHeadersToRemove, at: at + ".response_headers_to_add")))
+        let add = r.responseHeadersToAdd + outer.responseAdd, remove = r.responseHeadersToRemove + outer.responseRemove
+        if !add.isEmpty || !remove.isEmpty {
+            node.append(("response_headers", try headerChanges(add, remove, at: at + ".response_headers_to_add",
+                                                               levels: !outer.responseAdd.isEmpty || !outer.responseRemove.isEmpty)))
         }
         return .map(node)
     }
@@ -951,9 +975,16 @@ public struct Translator: Sendable {
         return out
     }
 
-    func headerChanges(_ add: [Envoy_Config_Core_V3_HeaderValueOption], _ remove: [String], at: String) throws(XDSError) -> YAMLNode {
+    /// `levels`: the changes come from the route and its virtual host or route configuration; a header
+    /// both removed and added, or added twice, is then refused (which level wins is Envoy's ordering).
+    func headerChanges(_ add: [Envoy_Config_Core_V3_HeaderValueOption], _ remove: [String], at: String,
+                       levels: Bool = false) throws(XDSError) -> YAMLNode {
         var set: [(String, YAMLNode)] = [], append: [(String, YAMLNode)] = []
         var seen = Set<String>()
+        let removed = Set(remove.map { $0.lowercased() })
+        if levels, removed.count != remove.count {
+            throw XDSError("\(at): a header removed at two levels (route, virtual host, route configuration) is not supported")
+        }
         for (i, o) in add.enumerated() {
             let hat = "\(at)[\(i)]"
             var rest = o
@@ -969,7 +1000,12 @@ public struct Translator: Sendable {
             hv.key = ""; hv.value = ""; hv.rawValue = Data()
             try refuseLeftovers(hv, at: hat + ".header")
             guard !value.contains("%") else { throw XDSError("\(hat).header.value: %VARIABLE% formatters are not supported (values are literal)") }
-            guard seen.insert(name).inserted else { throw XDSError("\(hat): header \(name) changed twice is not supported") }
+            guard seen.insert(name).inserted else {
+                throw XDSError("\(hat): header \(name) changed twice\(levels ? " (route, virtual host and route configuration levels together)" : "") is not supported")
+            }
+            if levels && removed.contains(name) {
+                throw XDSError("\(hat): header \(name) both added and removed (route, virtual host and route configuration levels together) is not supported")
+            }
             let overwrite: Bool
             if o.hasAppend {
                 overwrite = !o.append.value

@@ -640,6 +640,54 @@ final class TranslateTests: XCTestCase {
         }
     }
 
+    func testVirtualHostAndRouteConfigurationHeaderChangesApplyToEachRoute() throws {
+        func option(_ k: String, _ v: String, overwrite: Bool = true) -> Envoy_Config_Core_V3_HeaderValueOption {
+            var o = Envoy_Config_Core_V3_HeaderValueOption()
+            o.header.key = k
+            o.header.value = v
+            o.appendAction = overwrite ? .overwriteIfExistsOrAdd : .appendIfExistsOrAdd
+            return o
+        }
+        var r = resources()
+        var d = Envoy_Config_Route_V3_Route()
+        d.match.path = "/direct"
+        d.directResponse.status = 204
+        var routed = Build.route(cluster: "app")
+        routed.requestHeadersToAdd = [option("x-route", "1")]
+        r.routes["rc"]!.virtualHosts[0].routes = [d, routed]
+        r.routes["rc"]!.virtualHosts[0].requestHeadersToAdd = [option("x-vhost", "v", overwrite: false)]
+        r.routes["rc"]!.virtualHosts[0].responseHeadersToRemove = ["Server"]
+        r.routes["rc"]!.responseHeadersToAdd = [option("x-mesh", "remora")]
+        r.routes["rc"]!.requestHeadersToRemove = ["x-internal"]
+        let text = try config(r).text
+        XCTAssertTrue(text.contains("""
+                direct_response:
+                  status: 204
+                response_headers:
+                  set:
+                    x-mesh: "remora"
+                  remove: [ "server" ]
+        """), text)
+        XCTAssertTrue(text.contains("""
+                request_headers:
+                  set:
+                    x-route: "1"
+                  add:
+                    x-vhost: "v"
+                  remove: [ "x-internal" ]
+                response_headers:
+        """), text)
+        // The same header at two levels: which wins is Envoy's ordering; refused.
+        r.routes["rc"]!.virtualHosts[0].routes[1].requestHeadersToAdd = [option("x-vhost", "r")]
+        XCTAssertThrowsError(try Translator().translate(r)) { e in
+            XCTAssertTrue("\(e)".contains("header x-vhost changed twice (route, virtual host and route configuration levels together) is not supported"), "\(e)")
+        }
+        r.routes["rc"]!.virtualHosts[0].routes[1].requestHeadersToAdd = [option("x-internal", "r")]
+        XCTAssertThrowsError(try Translator().translate(r)) { e in
+            XCTAssertTrue("\(e)".contains("header x-internal both added and removed"), "\(e)")
+        }
+    }
+
     func testAClusterWithNoHealthyEndpointAnswers503LikeEnvoy() throws {
         var r = resources()
         r.endpoints["app"] = Build.cla("app", [("127.0.0.1", 9000, .unhealthy)])
