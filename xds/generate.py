@@ -56,6 +56,7 @@ envoy.extensions.filters.common.fault.v3.FaultDelay
 envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit envoy.type.v3.TokenBucket
 envoy.config.accesslog.v3.AccessLog envoy.extensions.access_loggers.file.v3.FileAccessLog
 envoy.config.cluster.v3.Cluster.CommonLbConfig envoy.config.core.v3.SubstitutionFormatString
+envoy.config.route.v3.RetryPolicy.RetryHostPredicate envoy.config.route.v3.RouteAction.MaxStreamDuration
 """.split()
 
 # Shipped by SwiftProtobuf itself.

@@ -30,7 +30,7 @@ import echo_pb2  # noqa: E402
 import echo_pb2_grpc  # noqa: E402
 from echo_server import GRPCBackend  # noqa: E402
 from xds_fixture import (CDS, EDS, LDS, RDS, ADSServer, Envoy, Snapshot, XDSAgent, assignment, eds_cluster,
-                         envoy_binary, free_port, header, http_listener, query, route, route_config, static_cluster,
+                         envoy_binary, free_port, header, http_listener, ms, query, route, route_config, static_cluster,
                          tcp_listener, vhost)
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.route.v3 import route_components_pb2
@@ -499,6 +499,24 @@ def test_last_good_config_survives_restarts_while_the_server_is_down(ads, client
     wait_version(http_port, "v2", timeout=20, what="remora after the ADS server is back")
 
 
+def istio_route(r):
+    """A route as istiod sends it: no timeout (0s), its default retry policy with the previous_hosts host
+    predicate, zero max_stream_duration (grpc-timeout honored), a decorator and filter metadata."""
+    a = r.route
+    a.timeout.CopyFrom(ms(0))
+    a.retry_policy.retry_on = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+    a.retry_policy.num_retries.value = 2
+    a.retry_policy.host_selection_retry_max_attempts = 5
+    a.retry_policy.retriable_status_codes.append(503)
+    p = a.retry_policy.retry_host_predicate.add(name="envoy.retry_host_predicates.previous_hosts")
+    p.typed_config.type_url = "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+    a.max_stream_duration.max_stream_duration.CopyFrom(ms(0))
+    a.max_stream_duration.grpc_timeout_header_max.CopyFrom(ms(0))
+    r.decorator.operation = "a.default.svc.cluster.local:80/*"
+    r.metadata.filter_metadata["istio"].update({"config": "/apis/networking.istio.io/v1/namespaces/default/virtual-service/a"})
+    return r
+
+
 def mirror_hash_snapshot(version: str, http_port: int, made) -> Snapshot:
     """A route mirrored to a shadow cluster, a route hashed on a header to a ring-hash cluster of two
     endpoints, a route to a cluster CDS does not have (RDS: validate_clusters false, Envoy's default), and
@@ -512,6 +530,7 @@ def mirror_hash_snapshot(version: str, http_port: int, made) -> Snapshot:
         route({"path": "/xds-version"}, name="version", direct=(200, version)),
         mirrored, sticky,
         route({"prefix": "/nocluster"}, "nowhere", name="nocluster"),
+        istio_route(route({"prefix": "/istio"}, "a", name="istio")),
         route({"prefix": "/"}, "a", name="rest"),
     ])])
     # Header changes of the virtual host (a request header) and of the route configuration (a response header).
@@ -563,6 +582,8 @@ def test_mirror_hash_policy_and_unknown_cluster_match_envoy(ads, clients, backen
         out["sticky_backends"] = sorted(set().union(*by_user.values()))
         # A route to a cluster that does not exist: 503 with an empty body.
         out["nocluster"] = fetch(http_port, "/nocluster")
+        # A route as istiod sends it.
+        out["istio"] = fetch(http_port, "/istio/x")
         results[kind] = out
         if kind == "envoy":
             c.stop()
@@ -572,7 +593,8 @@ def test_mirror_hash_policy_and_unknown_cluster_match_envoy(ads, clients, backen
     assert env["shadow_paths"] == sorted(f"/mirror/{i}" for i in range(10)), env
     assert env["sticky_per_user"] == [1] * 20 and env["sticky_backends"] == ["a", "b"], env
     assert env["nocluster"][:2] == (503, None) and env["nocluster"][4] == "", env["nocluster"]
-    for k in ("mirror", "shadow_paths", "sticky_per_user", "sticky_backends", "nocluster"):
+    assert env["istio"][:2] == (200, ("a", "/istio/x", "vhost", None, None)), env["istio"]
+    for k in ("mirror", "shadow_paths", "sticky_per_user", "sticky_backends", "nocluster", "istio"):
         assert rem[k] == env[k], (k, env[k], rem[k])
     # The one difference, documented (docs/xds.md): Envoy's shadow gets the Host with "-shadow" appended.
     assert env["shadow_hosts"] == ["www.test-shadow"] and rem["shadow_hosts"] == ["www.test"], (env, rem)

@@ -479,6 +479,8 @@ public struct Translator: Sendable {
         rest.name = ""; rest.clearMatch(); rest.action = nil
         rest.requestHeadersToAdd = []; rest.requestHeadersToRemove = []
         rest.responseHeadersToAdd = []; rest.responseHeadersToRemove = []; rest.typedPerFilterConfig = [:]
+        rest.decorator = Data()   // the span's operation name: Remora propagates traces, it reports no spans
+        rest.metadata = Data()    // read by filters, none of which is translated
         try refuseLeftovers(rest, at: at)
         // Per-route configurations of the listener's filters; a route without one gets the filter's own.
         var fault = ctx.filters.fault
@@ -670,8 +672,22 @@ public struct Translator: Sendable {
                      _ ctx: Context) throws(XDSError) -> (items: [(String, YAMLNode)], local: String?) {
         var rest = a
         rest.clusterSpecifier = nil; rest.clearTimeout(); rest.clearRetryPolicy(); rest.prefixRewrite = ""; rest.clearRegexRewrite()
-        rest.requestMirrorPolicies = []; rest.hashPolicy = []
+        rest.requestMirrorPolicies = []; rest.hashPolicy = []; rest.clearMaxStreamDuration()
         try refuseLeftovers(rest, at: at)
+        if a.hasMaxStreamDuration {
+            // Istio sends zeros: no stream limit, and the gRPC deadline (grpc-timeout) honored without a
+            // cap, which is what Remora does. Anything else is a limit Remora does not have.
+            let m = a.maxStreamDuration, mat = at + ".max_stream_duration"
+            var mr = m
+            mr.clearMaxStreamDuration(); mr.clearGrpcTimeoutHeaderMax(); mr.clearGrpcTimeoutHeaderOffset()
+            try refuseLeftovers(mr, at: mat)
+            for (has, d, name) in [(m.hasMaxStreamDuration, m.maxStreamDuration, "max_stream_duration"),
+                                   (m.hasGrpcTimeoutHeaderMax, m.grpcTimeoutHeaderMax, "grpc_timeout_header_max"),
+                                   (m.hasGrpcTimeoutHeaderOffset, m.grpcTimeoutHeaderOffset, "grpc_timeout_header_offset")]
+                where has && Self.ms(d) != 0 {
+                throw XDSError("\(mat).\(name): only 0 is supported (Remora has no stream duration limit; it honors grpc-timeout as sent)")
+            }
+        }
         var backends: [(name: String, weight: Int)] = []
         switch a.clusterSpecifier {
         case .cluster(let c)?: backends = [(c, 1)]
@@ -910,8 +926,20 @@ public struct Translator: Sendable {
     func retry(_ p: Envoy_Config_Route_V3_RetryPolicy, at: String) throws(XDSError) -> YAMLNode {
         var rest = p
         rest.retryOn = ""; rest.clearNumRetries(); rest.clearPerTryTimeout(); rest.retriableStatusCodes = []; rest.clearRetryBackOff()
-        rest.hostSelectionRetryMaxAttempts = 0
+        rest.hostSelectionRetryMaxAttempts = 0; rest.retryHostPredicate = []
         try refuseLeftovers(rest, at: at)
+        // previous_hosts (Istio's default): Remora's retry already goes to another endpoint than the try
+        // before it when the cluster has one.
+        for (i, hp) in p.retryHostPredicate.enumerated() {
+            var hr = hp
+            hr.name = ""; hr.configType = nil
+            try refuseLeftovers(hr, at: "\(at).retry_host_predicate[\(i)]")
+            guard case .typedConfig(let any)? = hp.configType,
+                  any.typeURL == "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate",
+                  any.value.isEmpty else {
+                throw XDSError("\(at).retry_host_predicate[\(i)] (\(hp.name)): only envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate is supported")
+            }
+        }
         var on: [YAMLNode] = []
         for c in p.retryOn.split(separator: ",").map({ $0.trimmingCharacters() }) where !c.isEmpty {
             guard let r = Self.retryOn[c] else { throw XDSError("\(at).retry_on: \(c) is not supported") }

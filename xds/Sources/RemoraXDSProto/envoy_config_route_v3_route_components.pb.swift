@@ -826,10 +826,14 @@ public nonisolated struct Envoy_Config_Route_V3_RouteAction: @unchecked Sendable
     set {_uniqueStorage()._hedgePolicy = newValue}
   }
 
-  public var maxStreamDuration: Data {
-    get {_storage._maxStreamDuration}
+  public var maxStreamDuration: Envoy_Config_Route_V3_RouteAction.MaxStreamDuration {
+    get {_storage._maxStreamDuration ?? Envoy_Config_Route_V3_RouteAction.MaxStreamDuration()}
     set {_uniqueStorage()._maxStreamDuration = newValue}
   }
+  /// Returns true if `maxStreamDuration` has been explicitly set.
+  public var hasMaxStreamDuration: Bool {_storage._maxStreamDuration != nil}
+  /// Clears the value of `maxStreamDuration`. Subsequent reads from it will return its default value.
+  public mutating func clearMaxStreamDuration() {_uniqueStorage()._maxStreamDuration = nil}
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1089,6 +1093,47 @@ public nonisolated struct Envoy_Config_Route_V3_RouteAction: @unchecked Sendable
     public init() {}
   }
 
+  public nonisolated struct MaxStreamDuration: Sendable {
+    // SwiftProtobuf.Message conformance is added in an extension below. See the
+    // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+    // methods supported on all messages.
+
+    public var maxStreamDuration: SwiftProtobuf.Google_Protobuf_Duration {
+      get {_maxStreamDuration ?? SwiftProtobuf.Google_Protobuf_Duration()}
+      set {_maxStreamDuration = newValue}
+    }
+    /// Returns true if `maxStreamDuration` has been explicitly set.
+    public var hasMaxStreamDuration: Bool {self._maxStreamDuration != nil}
+    /// Clears the value of `maxStreamDuration`. Subsequent reads from it will return its default value.
+    public mutating func clearMaxStreamDuration() {self._maxStreamDuration = nil}
+
+    public var grpcTimeoutHeaderMax: SwiftProtobuf.Google_Protobuf_Duration {
+      get {_grpcTimeoutHeaderMax ?? SwiftProtobuf.Google_Protobuf_Duration()}
+      set {_grpcTimeoutHeaderMax = newValue}
+    }
+    /// Returns true if `grpcTimeoutHeaderMax` has been explicitly set.
+    public var hasGrpcTimeoutHeaderMax: Bool {self._grpcTimeoutHeaderMax != nil}
+    /// Clears the value of `grpcTimeoutHeaderMax`. Subsequent reads from it will return its default value.
+    public mutating func clearGrpcTimeoutHeaderMax() {self._grpcTimeoutHeaderMax = nil}
+
+    public var grpcTimeoutHeaderOffset: SwiftProtobuf.Google_Protobuf_Duration {
+      get {_grpcTimeoutHeaderOffset ?? SwiftProtobuf.Google_Protobuf_Duration()}
+      set {_grpcTimeoutHeaderOffset = newValue}
+    }
+    /// Returns true if `grpcTimeoutHeaderOffset` has been explicitly set.
+    public var hasGrpcTimeoutHeaderOffset: Bool {self._grpcTimeoutHeaderOffset != nil}
+    /// Clears the value of `grpcTimeoutHeaderOffset`. Subsequent reads from it will return its default value.
+    public mutating func clearGrpcTimeoutHeaderOffset() {self._grpcTimeoutHeaderOffset = nil}
+
+    public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+    public init() {}
+
+    fileprivate var _maxStreamDuration: SwiftProtobuf.Google_Protobuf_Duration? = nil
+    fileprivate var _grpcTimeoutHeaderMax: SwiftProtobuf.Google_Protobuf_Duration? = nil
+    fileprivate var _grpcTimeoutHeaderOffset: SwiftProtobuf.Google_Protobuf_Duration? = nil
+  }
+
   public init() {}
 
   fileprivate var _storage = _StorageClass.defaultInstance
@@ -1136,7 +1181,7 @@ public nonisolated struct Envoy_Config_Route_V3_RetryPolicy: @unchecked Sendable
     set {_uniqueStorage()._retryPriority = newValue}
   }
 
-  public var retryHostPredicate: [Data] {
+  public var retryHostPredicate: [Envoy_Config_Route_V3_RetryPolicy.RetryHostPredicate] {
     get {_storage._retryHostPredicate}
     set {_uniqueStorage()._retryHostPredicate = newValue}
   }
@@ -1214,6 +1259,33 @@ public nonisolated struct Envoy_Config_Route_V3_RetryPolicy: @unchecked Sendable
       .unixTimestamp,
     ]
 
+  }
+
+  public nonisolated struct RetryHostPredicate: Sendable {
+    // SwiftProtobuf.Message conformance is added in an extension below. See the
+    // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+    // methods supported on all messages.
+
+    public var name: String = String()
+
+    public var configType: Envoy_Config_Route_V3_RetryPolicy.RetryHostPredicate.OneOf_ConfigType? = nil
+
+    public var typedConfig: SwiftProtobuf.Google_Protobuf_Any {
+      get {
+        if case .typedConfig(let v)? = configType {return v}
+        return SwiftProtobuf.Google_Protobuf_Any()
+      }
+      set {configType = .typedConfig(newValue)}
+    }
+
+    public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+    public nonisolated enum OneOf_ConfigType: Equatable, Sendable {
+      case typedConfig(SwiftProtobuf.Google_Protobuf_Any)
+
+    }
+
+    public init() {}
   }
 
   public nonisolated struct RetryBackOff: Sendable {
@@ -2357,7 +2429,7 @@ nonisolated extension Envoy_Config_Route_V3_RouteAction: SwiftProtobuf.Message, 
     var _internalRedirectAction: Envoy_Config_Route_V3_RouteAction.InternalRedirectAction = .passThroughInternalRedirect
     var _maxInternalRedirects: SwiftProtobuf.Google_Protobuf_UInt32Value? = nil
     var _hedgePolicy: Data = Data()
-    var _maxStreamDuration: Data = Data()
+    var _maxStreamDuration: Envoy_Config_Route_V3_RouteAction.MaxStreamDuration? = nil
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -2507,7 +2579,7 @@ nonisolated extension Envoy_Config_Route_V3_RouteAction: SwiftProtobuf.Message, 
             _storage._hostRewriteSpecifier = .hostRewritePathRegex(v)
           }
         }()
-        case 36: try { try decoder.decodeSingularBytesField(value: &_storage._maxStreamDuration) }()
+        case 36: try { try decoder.decodeSingularMessageField(value: &_storage._maxStreamDuration) }()
         case 37: try {
           var v: String?
           try decoder.decodeSingularStringField(value: &v)
@@ -2644,9 +2716,9 @@ nonisolated extension Envoy_Config_Route_V3_RouteAction: SwiftProtobuf.Message, 
       try { if case .hostRewritePathRegex(let v)? = _storage._hostRewriteSpecifier {
         try visitor.visitSingularMessageField(value: v, fieldNumber: 35)
       } }()
-      if !_storage._maxStreamDuration.isEmpty {
-        try visitor.visitSingularBytesField(value: _storage._maxStreamDuration, fieldNumber: 36)
-      }
+      try { if let v = _storage._maxStreamDuration {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 36)
+      } }()
       try { if case .clusterSpecifierPlugin(let v)? = _storage._clusterSpecifier {
         try visitor.visitSingularStringField(value: v, fieldNumber: 37)
       } }()
@@ -3024,6 +3096,50 @@ nonisolated extension Envoy_Config_Route_V3_RouteAction.HashPolicy.ConnectionPro
   }
 }
 
+nonisolated extension Envoy_Config_Route_V3_RouteAction.MaxStreamDuration: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = Envoy_Config_Route_V3_RouteAction.protoMessageName + ".MaxStreamDuration"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}max_stream_duration\0\u{3}grpc_timeout_header_max\0\u{3}grpc_timeout_header_offset\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._maxStreamDuration) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._grpcTimeoutHeaderMax) }()
+      case 3: try { try decoder.decodeSingularMessageField(value: &self._grpcTimeoutHeaderOffset) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._maxStreamDuration {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    try { if let v = self._grpcTimeoutHeaderMax {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    try { if let v = self._grpcTimeoutHeaderOffset {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Envoy_Config_Route_V3_RouteAction.MaxStreamDuration, rhs: Envoy_Config_Route_V3_RouteAction.MaxStreamDuration) -> Bool {
+    if lhs._maxStreamDuration != rhs._maxStreamDuration {return false}
+    if lhs._grpcTimeoutHeaderMax != rhs._grpcTimeoutHeaderMax {return false}
+    if lhs._grpcTimeoutHeaderOffset != rhs._grpcTimeoutHeaderOffset {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension Envoy_Config_Route_V3_RetryPolicy: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RetryPolicy"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}retry_on\0\u{3}num_retries\0\u{3}per_try_timeout\0\u{3}retry_priority\0\u{3}retry_host_predicate\0\u{3}host_selection_retry_max_attempts\0\u{3}retriable_status_codes\0\u{3}retry_back_off\0\u{3}retriable_headers\0\u{3}retriable_request_headers\0\u{3}rate_limited_retry_back_off\0\u{3}retry_options_predicates\0\u{3}per_try_idle_timeout\0")
@@ -3034,7 +3150,7 @@ nonisolated extension Envoy_Config_Route_V3_RetryPolicy: SwiftProtobuf.Message, 
     var _perTryTimeout: SwiftProtobuf.Google_Protobuf_Duration? = nil
     var _perTryIdleTimeout: SwiftProtobuf.Google_Protobuf_Duration? = nil
     var _retryPriority: Data = Data()
-    var _retryHostPredicate: [Data] = []
+    var _retryHostPredicate: [Envoy_Config_Route_V3_RetryPolicy.RetryHostPredicate] = []
     var _retryOptionsPredicates: [Envoy_Config_Core_V3_TypedExtensionConfig] = []
     var _hostSelectionRetryMaxAttempts: Int64 = 0
     var _retriableStatusCodes: [UInt32] = []
@@ -3087,7 +3203,7 @@ nonisolated extension Envoy_Config_Route_V3_RetryPolicy: SwiftProtobuf.Message, 
         case 2: try { try decoder.decodeSingularMessageField(value: &_storage._numRetries) }()
         case 3: try { try decoder.decodeSingularMessageField(value: &_storage._perTryTimeout) }()
         case 4: try { try decoder.decodeSingularBytesField(value: &_storage._retryPriority) }()
-        case 5: try { try decoder.decodeRepeatedBytesField(value: &_storage._retryHostPredicate) }()
+        case 5: try { try decoder.decodeRepeatedMessageField(value: &_storage._retryHostPredicate) }()
         case 6: try { try decoder.decodeSingularInt64Field(value: &_storage._hostSelectionRetryMaxAttempts) }()
         case 7: try { try decoder.decodeRepeatedUInt32Field(value: &_storage._retriableStatusCodes) }()
         case 8: try { try decoder.decodeSingularMessageField(value: &_storage._retryBackOff) }()
@@ -3121,7 +3237,7 @@ nonisolated extension Envoy_Config_Route_V3_RetryPolicy: SwiftProtobuf.Message, 
         try visitor.visitSingularBytesField(value: _storage._retryPriority, fieldNumber: 4)
       }
       if !_storage._retryHostPredicate.isEmpty {
-        try visitor.visitRepeatedBytesField(value: _storage._retryHostPredicate, fieldNumber: 5)
+        try visitor.visitRepeatedMessageField(value: _storage._retryHostPredicate, fieldNumber: 5)
       }
       if _storage._hostSelectionRetryMaxAttempts != 0 {
         try visitor.visitSingularInt64Field(value: _storage._hostSelectionRetryMaxAttempts, fieldNumber: 6)
@@ -3180,6 +3296,57 @@ nonisolated extension Envoy_Config_Route_V3_RetryPolicy: SwiftProtobuf.Message, 
 
 nonisolated extension Envoy_Config_Route_V3_RetryPolicy.ResetHeaderFormat: SwiftProtobuf._ProtoNameProviding {
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0SECONDS\0\u{1}UNIX_TIMESTAMP\0")
+}
+
+nonisolated extension Envoy_Config_Route_V3_RetryPolicy.RetryHostPredicate: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = Envoy_Config_Route_V3_RetryPolicy.protoMessageName + ".RetryHostPredicate"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{4}\u{2}typed_config\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 3: try {
+        var v: SwiftProtobuf.Google_Protobuf_Any?
+        var hadOneofValue = false
+        if let current = self.configType {
+          hadOneofValue = true
+          if case .typedConfig(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.configType = .typedConfig(v)
+        }
+      }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    try { if case .typedConfig(let v)? = self.configType {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Envoy_Config_Route_V3_RetryPolicy.RetryHostPredicate, rhs: Envoy_Config_Route_V3_RetryPolicy.RetryHostPredicate) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.configType != rhs.configType {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
 }
 
 nonisolated extension Envoy_Config_Route_V3_RetryPolicy.RetryBackOff: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {

@@ -688,6 +688,49 @@ final class TranslateTests: XCTestCase {
         }
     }
 
+    /// A route as istiod sends it: no timeout (0s), its default retry policy with the previous_hosts
+    /// predicate, zero max_stream_duration, a decorator and metadata.
+    static func istioRoute(cluster: String) -> Envoy_Config_Route_V3_Route {
+        var r = Build.route(cluster: cluster, name: "default")
+        r.route.timeout = Google_Protobuf_Duration(seconds: 0)
+        var rp = Envoy_Config_Route_V3_RetryPolicy()
+        rp.retryOn = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+        rp.numRetries = Google_Protobuf_UInt32Value(2)
+        var hp = Envoy_Config_Route_V3_RetryPolicy.RetryHostPredicate()
+        hp.name = "envoy.retry_host_predicates.previous_hosts"
+        hp.typedConfig = Google_Protobuf_Any()
+        hp.typedConfig.typeURL = "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+        rp.retryHostPredicate = [hp]
+        rp.hostSelectionRetryMaxAttempts = 5
+        rp.retriableStatusCodes = [503]
+        r.route.retryPolicy = rp
+        var msd = Envoy_Config_Route_V3_RouteAction.MaxStreamDuration()
+        msd.maxStreamDuration = Google_Protobuf_Duration(seconds: 0)
+        msd.grpcTimeoutHeaderMax = Google_Protobuf_Duration(seconds: 0)
+        r.route.maxStreamDuration = msd
+        r.decorator = Data([0x0a, 0x03, 0x61, 0x70, 0x70])     // operation: "app"
+        r.metadata = Data([0x0a, 0x00])
+        return r
+    }
+
+    func testIstioDefaultRouteIsAccepted() throws {
+        let text = try config(resources(route: Self.istioRoute(cluster: "app"))).text
+        for want in ["timeout: \"0ms\"", "attempts: 3", "status_codes: [ 503 ]", "\"connect-failure\", \"refused-stream\", \"unavailable\""] {
+            XCTAssertTrue(text.contains(want), "\(want) not in\n\(text)")
+        }
+        // Another host predicate, or a real stream limit: named.
+        var r = Self.istioRoute(cluster: "app")
+        r.route.retryPolicy.retryHostPredicate[0].typedConfig.typeURL = "type.googleapis.com/envoy.extensions.retry.host.omit_canary_hosts.v3.OmitCanaryHostsPredicate"
+        XCTAssertThrowsError(try Translator().translate(resources(route: r))) { e in
+            XCTAssertTrue("\(e)".contains("retry_policy.retry_host_predicate[0] (envoy.retry_host_predicates.previous_hosts): only envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate is supported"), "\(e)")
+        }
+        r = Self.istioRoute(cluster: "app")
+        r.route.maxStreamDuration.grpcTimeoutHeaderMax = Google_Protobuf_Duration(seconds: 30)
+        XCTAssertThrowsError(try Translator().translate(resources(route: r))) { e in
+            XCTAssertTrue("\(e)".contains("max_stream_duration.grpc_timeout_header_max: only 0 is supported"), "\(e)")
+        }
+    }
+
     func testAClusterWithNoHealthyEndpointAnswers503LikeEnvoy() throws {
         var r = resources()
         r.endpoints["app"] = Build.cla("app", [("127.0.0.1", 9000, .unhealthy)])
