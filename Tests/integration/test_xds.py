@@ -544,9 +544,14 @@ def mirror_hash_snapshot(version: str, http_port: int, made) -> Snapshot:
     sticky_cluster.circuit_breakers.thresholds.add(max_connections=no_limit, max_pending_requests=no_limit,
                                                    max_requests=no_limit, max_retries=no_limit, track_remaining=True)
     sticky_cluster.common_lb_config.healthy_panic_threshold.value = 0
+    # The endpoint as istiod sends it: with metadata (labels, tlsMode).
+    a_endpoints = assignment("a", [made["a"].endpoint])
+    md = a_endpoints.endpoints[0].lb_endpoints[0].metadata.filter_metadata
+    md["istio"].update({"workload": "a;default;a;v1;Kubernetes"})
+    md["envoy.transport_socket_match"].update({"tlsMode": "disabled"})
     return Snapshot(version, listeners=[http_listener("web", http_port, rds="rc")], routes=[rc],
                     clusters=[eds_cluster("a"), eds_cluster("shadow"), sticky_cluster],
-                    endpoints=[assignment("a", [made["a"].endpoint]), assignment("shadow", [made["c"].endpoint]),
+                    endpoints=[a_endpoints, assignment("shadow", [made["c"].endpoint]),
                                assignment("sticky", [made["a"].endpoint, made["b"].endpoint])])
 
 

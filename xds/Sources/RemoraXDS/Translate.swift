@@ -1178,11 +1178,13 @@ public struct Translator: Sendable {
             let lat = "\(at): endpoints[\(li)]"
             var lr = loc
             lr.lbEndpoints = []; lr.locality = Data()   // locality: informational (no zone-aware balancing)
+            lr.metadata = Data()   // metadata: read by subset balancing and transport socket matches, neither translated
             try refuseLeftovers(lr, at: lat)
             for (ei, e) in loc.lbEndpoints.enumerated() {
                 let eat = "\(lat).lb_endpoints[\(ei)]"
                 var er = e
                 er.hostIdentifier = nil; er.healthStatus = .unknown; er.clearLoadBalancingWeight()
+                er.metadata = Data()   // Istio's labels and tlsMode: see the locality's metadata
                 try refuseLeftovers(er, at: eat)
                 guard case .endpoint(let ep)? = e.hostIdentifier else { throw XDSError("\(eat): endpoint is required (endpoint_name is not supported)") }
                 var epr = ep

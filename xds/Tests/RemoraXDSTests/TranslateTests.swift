@@ -718,6 +718,11 @@ final class TranslateTests: XCTestCase {
         for want in ["timeout: \"0ms\"", "attempts: 3", "status_codes: [ 503 ]", "\"connect-failure\", \"refused-stream\", \"unavailable\""] {
             XCTAssertTrue(text.contains(want), "\(want) not in\n\(text)")
         }
+        // Istio's endpoints carry metadata (labels, tlsMode): ignored.
+        var res = resources(route: Self.istioRoute(cluster: "app"))
+        res.endpoints["app"]!.endpoints[0].lbEndpoints[0].metadata = Data([0x0a, 0x00])
+        res.endpoints["app"]!.endpoints[0].metadata = Data([0x0a, 0x00])
+        XCTAssertTrue(try config(res).text.contains("endpoints: [ \"127.0.0.1:9000\" ]"))
         // Another host predicate, or a real stream limit: named.
         var r = Self.istioRoute(cluster: "app")
         r.route.retryPolicy.retryHostPredicate[0].typedConfig.typeURL = "type.googleapis.com/envoy.extensions.retry.host.omit_canary_hosts.v3.OmitCanaryHostsPredicate"
