@@ -422,7 +422,9 @@ def test_server_killed_and_restarted_proxy_keeps_serving_and_resubscribes(ads, c
         again = ads(port)
         again.set(routing_snapshot("v2", http_port, tcp_port, made, echo))
         wait_version(http_port, "v2", timeout=20, what=f"{kind} after the restart")
-        assert again.streams_opened >= 1 and again.acks(LDS)[-1] == "v2"
+        # The ACK and the proxy's swap to v2 race each other: the ACK may be recorded just after v2 serves.
+        poll(lambda: again.acks(LDS)[-1:] == ["v2"], 5, 0.05, what=f"{kind}: the ACK of LDS v2")
+        assert again.streams_opened >= 1
         if kind == "envoy":
             c.stop()
         else:
@@ -571,7 +573,10 @@ def test_mirror_hash_policy_and_unknown_cluster_match_envoy(ads, clients, backen
         assert not server.nacks(), [n.error_detail.message for n in server.nacks()]
         out = {}
         # Mirror: every request answered by a, and a copy of each reaches the shadow (c), fire and forget.
-        out["mirror"] = [fetch(http_port, f"/mirror/{i}")[:3] for i in range(10)]
+        out["mirror"] = []
+        for i in range(10):   # spaced: a copy whose shadow upstream is still busy may be dropped (best effort)
+            out["mirror"].append(fetch(http_port, f"/mirror/{i}")[:3])
+            time.sleep(0.05)
         shadow = made["c"].server.seen
         # Shadowing is best effort in both proxies (a copy that would have to wait is dropped): at least 8.
         deadline = time.monotonic() + 10
