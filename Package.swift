@@ -107,3 +107,29 @@ if Context.environment["REMORA_FUZZ"] != nil {
                           path: "Tests/fuzz/pathnorm", linkerSettings: lld),
     ]
 }
+
+// The xDS agent, remora-xds (docs/xds.md): a process of its own beside the proxy. Declared only when
+// REMORA_XDS is set (`make build`, `make xds-unit` build it in .build-xds/), because SwiftPM builds every
+// executable of a dependency on a plain `swift build` or `swift test`, and swift-protobuf's include a C++
+// protoc: without the variable, the data plane's builds and tests never see swift-protobuf. With
+// REMORA_XDS=tests only the xDS unit tests are declared (`swift build --product RemoraPackageTests`).
+if let mode = Context.environment["REMORA_XDS"] {
+    package.dependencies.append(.package(url: "https://github.com/apple/swift-protobuf", exact: "1.39.0"))
+    let protobuf: Target.Dependency = .product(name: "SwiftProtobuf", package: "swift-protobuf")
+    package.products.append(.executable(name: "remora-xds", targets: ["remora-xds"]))
+    if mode == "tests" { package.targets.removeAll { $0.type == .test } }
+    package.targets += [
+        // The Envoy API messages, generated once by Tools/xds-protos/generate.py (committed).
+        .target(name: "RemoraXDSProto", dependencies: [protobuf], path: "xds/Sources/RemoraXDSProto"),
+        // The translation to Remora's config, the ADS state machine and client, the agent. It serves the
+        // result to the proxy as `remora control` does (RemoraControl's server, embedded).
+        .target(name: "RemoraXDS",
+                dependencies: ["RemoraXDSProto", "RemoraCore", "RemoraConfig", "RemoraIO", "RemoraHTTP", "RemoraPolicy",
+                               "RemoraControl", protobuf],
+                path: "xds/Sources/RemoraXDS"),
+        .executableTarget(name: "remora-xds", dependencies: ["RemoraXDS", "RemoraControl", "RemoraCore"],
+                          path: "xds/Sources/remora-xds"),
+        .testTarget(name: "RemoraXDSTests", dependencies: ["RemoraXDS", "RemoraXDSProto", "RemoraConfig", "RemoraCore", protobuf],
+                    path: "xds/Tests/RemoraXDSTests"),
+    ]
+}

