@@ -290,6 +290,21 @@ static const char tls12_ciphers[] =
     "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
     "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
 
+// The certificate chain and its key into `ctx`; 0 with `err` saying which file is wrong, or that the
+// key does not match the certificate.
+static int use_cert_and_key(SSL_CTX *ctx, const char *cert, const char *key, char *err, size_t errlen) {
+    if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) { set_err(err, errlen, "no certificate in", cert); return 0; }
+    if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) == 1 && SSL_CTX_check_private_key(ctx) == 1) return 1;
+    int reason = ERR_GET_REASON(ERR_peek_last_error());
+    if (reason != X509_R_KEY_VALUES_MISMATCH && reason != SSL_R_PRIVATE_KEY_MISMATCH) {
+        set_err(err, errlen, "no private key in", key);
+        return 0;
+    }
+    snprintf(err, errlen, "the key in %s does not match the certificate in %s", key, cert);
+    ERR_clear_error();
+    return 0;
+}
+
 static int file_readable(const char *path, char *err, size_t errlen, const char *what) {
     FILE *f = fopen(path, "rb");
     if (!f) { snprintf(err, errlen, "cannot read %s %s", what, path); return 0; }
@@ -309,17 +324,7 @@ void *remora_tls_server_ctx_new(remora_tls_server *s, const char *cert, const ch
     SSL_CTX_set_ciphersuites(ctx, tls13_suites);
     SSL_CTX_set_cipher_list(ctx, tls12_ciphers);
     SSL_CTX_set_read_ahead(ctx, 1);
-    if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) { set_err(err, errlen, "no certificate in", cert); goto fail; }
-    if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
-        if (ERR_GET_REASON(ERR_peek_last_error()) != X509_R_KEY_VALUES_MISMATCH &&
-            ERR_GET_REASON(ERR_peek_last_error()) != SSL_R_PRIVATE_KEY_MISMATCH) {
-            set_err(err, errlen, "no private key in", key);
-            goto fail;
-        }
-        snprintf(err, errlen, "the key in %s does not match the certificate in %s", key, cert);
-        ERR_clear_error();
-        goto fail;
-    }
+    if (!use_cert_and_key(ctx, cert, key, err, errlen)) goto fail;
     if (client_ca) {
         if (SSL_CTX_load_verify_locations(ctx, client_ca, NULL) != 1) { set_err(err, errlen, "no CA certificate in", client_ca); goto fail; }
         STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(client_ca);
@@ -399,17 +404,7 @@ void *remora_tls_client_ctx_new(remora_tls_client *c, const char *ca, const char
     }
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
     if (cert) {
-        if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) { set_err(err, errlen, "no certificate in", cert); goto fail; }
-        if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
-            if (ERR_GET_REASON(ERR_peek_last_error()) != X509_R_KEY_VALUES_MISMATCH &&
-                ERR_GET_REASON(ERR_peek_last_error()) != SSL_R_PRIVATE_KEY_MISMATCH) {
-                set_err(err, errlen, "no private key in", key);
-                goto fail;
-            }
-            snprintf(err, errlen, "the key in %s does not match the certificate in %s", key, cert);
-            ERR_clear_error();
-            goto fail;
-        }
+        if (!use_cert_and_key(ctx, cert, key, err, errlen)) goto fail;
     }
     if (alpn_len > 0 && SSL_CTX_set_alpn_protos(ctx, alpn, (unsigned)alpn_len) != 0) { set_err(err, errlen, "bad ALPN list", NULL); goto fail; }
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);

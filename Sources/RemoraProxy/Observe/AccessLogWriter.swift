@@ -64,24 +64,8 @@ final class AccessLogSink: @unchecked Sendable {
 
     /// Formats every record published in ring `r` into `out` and gives the space back.
     func take(_ r: UnsafeMutablePointer<remora_log_ring>) {
-        var a: UnsafePointer<UInt8>?, b: UnsafePointer<UInt8>?
-        var na: UInt64 = 0, nb: UInt64 = 0
-        let n = Int(remora_log_ring_peek(r, &a, &na, &b, &nb))
-        remora_flag_store(&r.pointee.signalled, 0)
-        if n == 0 { return }
-        scratch.clear()
-        scratch.append(UnsafeRawBufferPointer(start: a, count: Int(na)))
-        if nb > 0 { scratch.append(UnsafeRawBufferPointer(start: b, count: Int(nb))) }
-        remora_log_ring_consume(r, UInt64(n))
-        let all = scratch.bytes
-        var off = 0
-        while off + AccessLogRecord.size <= all.count {
-            let rec = all.loadUnaligned(fromByteOffset: off, as: AccessLogRecord.self)
-            let len = Int(rec.length)
-            guard len >= AccessLogRecord.size && off + len <= all.count else { break }
-            formatter.format(rec, strings: UnsafeRawBufferPointer(rebasing: all[(off + AccessLogRecord.size)..<(off + len)]),
-                             into: &out)
-            off += len
+        takeRingRecords(r, &scratch, as: AccessLogRecord.self) { rec, strings in
+            formatter.format(rec, strings: strings, into: &out)
         }
     }
 
@@ -200,5 +184,40 @@ final class AccessLogWriter: @unchecked Sendable {
         ts.tv_sec += ms / 1000 + ns / 1_000_000_000
         ts.tv_nsec = ns % 1_000_000_000
         return ts
+    }
+}
+
+/// A record a worker publishes in a `remora_log_ring`: a fixed head whose first field is the whole
+/// record's length (head and strings), then its strings.
+protocol RingRecord {
+    static var size: Int { get }
+    var length: UInt32 { get }
+}
+
+extension AccessLogRecord: RingRecord {}
+extension SpanRecord: RingRecord {}
+
+/// Takes every record published in ring `r` (copied into `scratch`, since the published bytes may
+/// wrap around the ring's end), gives the ring's space back, then calls `body` with each record's
+/// head and its strings; a torn length ends the batch.
+func takeRingRecords<R: RingRecord>(_ r: UnsafeMutablePointer<remora_log_ring>, _ scratch: inout ByteBuffer, as _: R.Type,
+                                    _ body: (R, UnsafeRawBufferPointer) -> Void) {
+    var a: UnsafePointer<UInt8>?, b: UnsafePointer<UInt8>?
+    var na: UInt64 = 0, nb: UInt64 = 0
+    let n = Int(remora_log_ring_peek(r, &a, &na, &b, &nb))
+    remora_flag_store(&r.pointee.signalled, 0)
+    if n == 0 { return }
+    scratch.clear()
+    scratch.append(UnsafeRawBufferPointer(start: a, count: Int(na)))
+    if nb > 0 { scratch.append(UnsafeRawBufferPointer(start: b, count: Int(nb))) }
+    remora_log_ring_consume(r, UInt64(n))
+    let all = scratch.bytes
+    var off = 0
+    while off + R.size <= all.count {
+        let rec = all.loadUnaligned(fromByteOffset: off, as: R.self)
+        let len = Int(rec.length)
+        guard len >= R.size && off + len <= all.count else { break }
+        body(rec, UnsafeRawBufferPointer(rebasing: all[(off + R.size)..<(off + len)]))
+        off += len
     }
 }

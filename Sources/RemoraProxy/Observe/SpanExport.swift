@@ -197,23 +197,8 @@ final class SpanExporter: @unchecked Sendable {
 
     /// Encodes every record published in ring `r`, sending whenever a batch is full.
     private func take(_ r: UnsafeMutablePointer<remora_log_ring>) {
-        var a: UnsafePointer<UInt8>?, b: UnsafePointer<UInt8>?
-        var na: UInt64 = 0, nb: UInt64 = 0
-        let n = Int(remora_log_ring_peek(r, &a, &na, &b, &nb))
-        remora_flag_store(&r.pointee.signalled, 0)
-        if n == 0 { return }
-        scratch.clear()
-        scratch.append(UnsafeRawBufferPointer(start: a, count: Int(na)))
-        if nb > 0 { scratch.append(UnsafeRawBufferPointer(start: b, count: Int(nb))) }
-        remora_log_ring_consume(r, UInt64(n))
-        let all = scratch.bytes
-        var off = 0
-        while off + SpanRecord.size <= all.count {
-            let rec = all.loadUnaligned(fromByteOffset: off, as: SpanRecord.self)
-            let len = Int(rec.length)
-            guard len >= SpanRecord.size && off + len <= all.count else { break }
-            encode(rec, strings: UnsafeRawBufferPointer(rebasing: all[(off + SpanRecord.size)..<(off + len)]))
-            off += len
+        takeRingRecords(r, &scratch, as: SpanRecord.self) { rec, strings in
+            encode(rec, strings: strings)
             if pending >= SpanExporter.batchSpans { send() }
         }
     }
