@@ -128,7 +128,7 @@ def test_mtls_between_two_sidecars_strict_then_permissive(two_pods, tmp_path):
         assert f"By={ORDERS}" in xfcc and f"URI={FRONTEND}" in xfcc and "Hash=" in xfcc, xfcc
         # Bytes (a tcp service) go the same way, to the bytes path of B's inbound listener.
         r = sc.in_ns(a, "python3", "-c", sc.CLIENT, VIP_ECHO, "7000", "ping over mtls", app=True)
-        assert r.stdout == b"ping over mtls"
+        assert r.stdout == b"ping over mtls", (r, sc.stats(a), ra.stderr_tail())
         sa, sb = sc.stats(a), sc.stats(b)
         assert sa["cluster.orders.ssl_handshake"] == 1 and sa["cluster.echo.ssl_handshake"] == 1
         assert sb["listener.sidecar_inbound.ssl_handshake"] == 2
