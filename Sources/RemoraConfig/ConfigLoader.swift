@@ -499,7 +499,8 @@ private final class Schema {
     /// (docs/sidecar.md).
     func sidecar(_ n: Node, _ p: String) -> SidecarConfig? {
         guard let m = d.mapping(n, p, keys: ["outbound_port", "inbound_port", "ipv6", "passthrough", "sniff_timeout",
-                                             "server_first_ports", "services", "inbound", "mtls"]) else { return nil }
+                                             "server_first_ports", "services", "inbound", "mtls",
+                                             "access_log"]) else { return nil }
         var s = SidecarConfig()
         let port = { (n: Node, p: String) in self.d.int(n, p, in: 1...65_535).map { UInt16($0) } }
         if let v = m.optional("outbound_port", port) { s.outboundPort = v }
@@ -515,6 +516,7 @@ private final class Schema {
             if v < 10 || v > 10_000 { d.fail(m.line, Fields.join(p, "sniff_timeout"), "expected 10ms ... 10s") } else { s.sniffTimeout = v }
         }
         if let v = m.optional("server_first_ports", { d.list($0, $1, port) }) { s.serverFirstPorts = v }
+        s.accessLog = m.optional("access_log", accessLog)
         s.mtls = m.optional("mtls") { n, p -> SidecarMTLS? in
             guard let t = d.mapping(n, p, keys: ["cert", "key", "ca", "mode"]) else { return nil }
             let cert = t.required("cert", filePath), key = t.required("key", filePath), ca = t.required("ca", filePath)

@@ -32,6 +32,10 @@ public struct SidecarConfig: Sendable, Equatable {
     /// also take plaintext (`permissive`); outbound, the clusters of services with `mtls: true`
     /// originate mTLS with the same certificate. nil (default): plaintext both ways, no cost.
     public var mtls: SidecarMTLS?
+    /// An access log for every listener of the sidecar (outbound, inbound, the services' and inbound
+    /// ports' HTTP listeners): requests and byte connections, with the peer's identity under mtls.
+    /// nil (default): none.
+    public var accessLog: AccessLogConfig?
     /// Outbound connections whose sniffing found HTTP go through the HTTP listener of their service;
     /// its settings (timeouts, limits) are these listener defaults.
     public init() {}
@@ -47,6 +51,7 @@ public struct SidecarConfig: Sendable, Equatable {
         for i in outbound.services.indices { outbound.services[i].httpListener = "outbound_" + services[i].name }
         func make(_ name: String, _ host: String, _ port: UInt16, _ proto: ListenerProtocol) -> ListenerConfig {
             var l = ListenerConfig(name: name, address: HostPort(host: host, port: port), protocol: proto)
+            l.accessLog = accessLog
             if proto == .sidecarOutbound {
                 l.sidecar = outbound
                 l.sniffTimeout = sniffTimeout
@@ -59,6 +64,7 @@ public struct SidecarConfig: Sendable, Equatable {
         func makeInbound(_ name: String, _ host: String) -> ListenerConfig {
             var l = ListenerConfig(name: name, address: HostPort(host: host, port: inboundPort), protocol: .sidecarInbound)
             l.tls = mtls?.listenerTLS
+            l.accessLog = accessLog
             if !inbound.isEmpty {
                 l.sidecar = inboundServices
                 l.sniffTimeout = sniffTimeout
@@ -75,6 +81,7 @@ public struct SidecarConfig: Sendable, Equatable {
                 : s.routes
             l.virtualHosts = [VirtualHostConfig(name: "default", routes: routes)]
             l.authorization = s.authorization
+            l.accessLog = accessLog
             out.append(l)
         }
         return out

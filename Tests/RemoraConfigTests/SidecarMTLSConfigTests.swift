@@ -18,6 +18,7 @@ private func messages(_ yaml: String) -> [String] {
         sidecar:
           ipv6: false
           mtls: { cert: w.pem, key: w-key.pem, ca: ca.pem, mode: strict }
+          access_log: { path: /tmp/a.log, format: json }
           services:
             - name: orders
               addresses: [10.96.0.10]
@@ -57,6 +58,9 @@ private func messages(_ yaml: String) -> [String] {
         let app = try #require(c.listeners.first { $0.name == "inbound_8080" })
         #expect(app.authorization?.rules.count == 1)
         #expect(c.listeners.first { $0.name == "outbound_orders" }?.authorization == nil)
+        let sidecarListeners = ["sidecar_outbound", "sidecar_inbound", "outbound_orders", "outbound_plain", "inbound_8080"]
+        #expect(c.listeners.filter { sidecarListeners.contains($0.name) }.allSatisfy { $0.accessLog?.path == "/tmp/a.log" })
+        #expect(c.listeners.count == sidecarListeners.count)
     }
 
     @Test func permissiveByDefault() throws {

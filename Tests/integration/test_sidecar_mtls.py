@@ -103,8 +103,9 @@ def test_mtls_between_two_sidecars_strict_then_permissive(two_pods, tmp_path):
                             ]},
                 "clusters": [{"name": "orders", "endpoints": [f"{B_IP}:8081"]},
                              {"name": "echo", "endpoints": [f"{B_IP}:7000"]}]}
+    access_log = tmp_path / "pod-b-access.log"
     config_b = {**base,
-                "sidecar": {"ipv6": False,
+                "sidecar": {"ipv6": False, "access_log": {"path": str(access_log), "format": "json"},
                             "mtls": {"cert": str(b_cert), "key": str(b_key), "ca": str(ca.cert), "mode": "strict"},
                             "inbound": [{"port": 8081, "protocol": "http",
                                          "authorization": {"rules": [{"name": "frontend",
@@ -135,6 +136,18 @@ def test_mtls_between_two_sidecars_strict_then_permissive(two_pods, tmp_path):
         assert sb["listener.sidecar_inbound.sidecar_service_matched"] == 1   # HTTP to inbound_8081
         assert sb["listener.sidecar_inbound.sidecar_passthrough"] == 1       # bytes to 127.0.0.1:7000
         assert sb["listener.inbound_8081.rbac_allowed"] == 1
+        # B's access log names the caller of the HTTP request (a bytes connection's line has no
+        # peer identity field filled, as on any tcp listener with TLS).
+        deadline = time.monotonic() + 5
+        while True:
+            lines = [json.loads(l) for l in access_log.read_text().splitlines()] if access_log.exists() else []
+            if len(lines) >= 2:
+                break
+            assert time.monotonic() < deadline, f"access log: {lines}"
+            time.sleep(0.1)
+        http_line = next(l for l in lines if l.get("path") == "/orders/1")
+        assert http_line["downstream_peer_identity"] == FRONTEND and http_line["response_code"] == 200, http_line
+        assert any(l.get("bytes_received") == 14 and l.get("path") is None for l in lines), lines   # the echo
 
         # Root in pod A is not captured: a client outside the mesh. Strict: plaintext is refused.
         r = curl(a, f"http://{B_IP}:8081/plain")
