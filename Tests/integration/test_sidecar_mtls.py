@@ -226,3 +226,18 @@ def test_mtls_refuses_a_peer_with_the_wrong_identity(two_pods, tmp_path):
         code_a, code_b = stop(ra), stop(rb)
     assert code_a == 0, ra.stderr_tail()
     assert code_b == 0, rb.stderr_tail()
+
+
+def test_unreadable_mtls_files_name_the_sidecar_field(tmp_path):
+    """The inbound listener's TLS files come from `sidecar.mtls`: an unreadable one is reported there
+    (file, line, field), not under a listener the file does not have. No namespace needed."""
+    ca = CA(tmp_path / "pki")
+    cert, key = ca.issue("w", uris=[FRONTEND])
+    cfg = tmp_path / "v.yaml"
+    cfg.write_text(f"sidecar:\n  ipv6: false\n  mtls:\n    cert: {cert}\n    key: {tmp_path / 'missing-key.pem'}\n"
+                   f"    ca: {ca.cert}\n")
+    r = subprocess.run([str(remora_bin()), "validate", str(cfg)], capture_output=True, timeout=20)
+    assert r.returncode == 1
+    assert f"v.yaml:5: sidecar.mtls.key: cannot read {tmp_path / 'missing-key.pem'}" in r.stderr.decode(), r.stderr
+    cfg.write_text(f"sidecar:\n  mtls: {{ cert: {cert}, key: {key}, ca: {ca.cert}, mode: strict }}\n")
+    assert subprocess.run([str(remora_bin()), "validate", str(cfg)], capture_output=True, timeout=20).returncode == 0
