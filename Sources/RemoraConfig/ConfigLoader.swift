@@ -166,8 +166,24 @@ private final class Schema {
                 d.fail(m.line, "sidecar", "the sidecar's listeners and clusters need these names, which are taken: "
                        + clash.joined(separator: ", "))
             }
+            for (i, message) in c.applySidecarMTLS(sidecar) {
+                d.fail(Self.line(m.nodes["sidecar"], ["services", i, "mtls"]) ?? m.line, "sidecar.services[\(i)].mtls", message)
+            }
         }
         return c
+    }
+
+    /// The line of the node at `path` (map keys and list indexes) under `node`, if it is there.
+    static func line(_ node: Node?, _ path: [any Sendable]) -> Int? {
+        var n = node
+        for step in path {
+            switch (n?.value, step) {
+            case (.map(let entries)?, let key as String): n = entries.first { $0.key == key }?.value
+            case (.list(let items)?, let i as Int): n = i < items.count ? items[i] : nil
+            default: return nil
+            }
+        }
+        return n?.line
     }
 
     /// `node: NAME`: 1 ... 128 visible ASCII characters.
@@ -483,7 +499,8 @@ private final class Schema {
     /// (docs/sidecar.md).
     func sidecar(_ n: Node, _ p: String) -> SidecarConfig? {
         guard let m = d.mapping(n, p, keys: ["outbound_port", "inbound_port", "ipv6", "passthrough", "sniff_timeout",
-                                             "server_first_ports", "services", "inbound"]) else { return nil }
+                                             "server_first_ports", "services", "inbound", "mtls",
+                                             "access_log"]) else { return nil }
         var s = SidecarConfig()
         let port = { (n: Node, p: String) in self.d.int(n, p, in: 1...65_535).map { UInt16($0) } }
         if let v = m.optional("outbound_port", port) { s.outboundPort = v }
@@ -499,27 +516,38 @@ private final class Schema {
             if v < 10 || v > 10_000 { d.fail(m.line, Fields.join(p, "sniff_timeout"), "expected 10ms ... 10s") } else { s.sniffTimeout = v }
         }
         if let v = m.optional("server_first_ports", { d.list($0, $1, port) }) { s.serverFirstPorts = v }
+        s.accessLog = m.optional("access_log", accessLog)
+        s.mtls = m.optional("mtls") { n, p -> SidecarMTLS? in
+            guard let t = d.mapping(n, p, keys: ["cert", "key", "ca", "mode"]) else { return nil }
+            let cert = t.required("cert", filePath), key = t.required("key", filePath), ca = t.required("ca", filePath)
+            let mode: SidecarMTLS.Mode? = t.optional("mode", d.oneOf)
+            guard let cert, let key, let ca else { return nil }
+            return SidecarMTLS(cert: cert, key: key, ca: ca, mode: mode ?? .permissive)
+        }
         var names: [String: Int] = [:]
         var keys: [String: Int] = [:]
         if let v = m.optional("services", { d.list($0, $1) { sidecarService($0, $1, &names, &keys) } }) { s.services = v }
         var ports: [String: Int] = [:]
         if let v = m.optional("inbound", { d.list($0, $1) { n, p -> SidecarInboundPort? in
-            guard let e = d.mapping(n, p, keys: ["port", "protocol"]) else { return nil }
+            guard var e = d.mapping(n, p, keys: ["port", "protocol", "authorization"]) else { return nil }
             let port = e.required("port") { d.int($0, $1, in: 1...65_535).map { UInt16($0) } }
             let proto: SidecarService.Kind? = e.optional("protocol", d.oneOf)
+            if proto == .tcp { e.forbid(["authorization"], "not allowed with protocol: tcp (it is checked per HTTP request)") }
+            let authz = e.optional("authorization") { authorizationPolicy($0, $1, tcp: false) }
             guard let port else { return nil }
             d.unique("\(port)", "inbound port \(port)", n, p, in: &ports)
             if port == s.inboundPort || port == s.outboundPort {
                 d.fail(n.line, Fields.join(p, "port"), "\(port) is the sidecar's own listener")
             }
-            return SidecarInboundPort(port: port, protocol: proto ?? .auto)
+            return SidecarInboundPort(port: port, protocol: proto ?? .auto, authorization: authz)
         } }) { s.inbound = v }
         return s
     }
 
     /// One `sidecar.services` entry: `{ name, addresses: [VIP...], port, cluster, protocol: auto | http | tcp, routes }`.
     func sidecarService(_ n: Node, _ p: String, _ names: inout [String: Int], _ keys: inout [String: Int]) -> SidecarService? {
-        guard var m = d.mapping(n, p, keys: ["name", "addresses", "port", "cluster", "protocol", "routes"]) else { return nil }
+        guard var m = d.mapping(n, p, keys: ["name", "addresses", "port", "cluster", "protocol", "routes", "mtls",
+                                             "identities"]) else { return nil }
         let name = m.required("name") { self.name($0, $1, "service", &names) }
         let addresses = m.optional("addresses") { d.list($0, $1, ifEmpty: "at least one address (or leave addresses out: any address)") { n, p in
             d.value(n, p, #"an IP address like "10.96.0.10" or "fd00::10""#, canonicalIP)
@@ -535,9 +563,19 @@ private final class Schema {
                 d.unique("\(a)|\(port)", "destination \(a == "*" ? "port" : a) \(port)", n, p, in: &keys)
             }
         }
+        let mtls = m.optional("mtls", d.bool)
+        if mtls != true { m.forbid(["identities"], "only with mtls: true (the peer's certificate is checked for them)") }
+        let identities = m.optional("identities") { d.list($0, $1, ifEmpty: "at least one identity (or leave identities out)") { n, p in
+            d.value(n, p, #"a SAN: spiffe://TRUST_DOMAIN/ns/NS/sa/SA or a DNS name"#) { s in
+                s.isEmpty || s.contains(where: { $0 == " " || $0 == "," }) ? nil : s
+            }
+        } }
         guard let name, let port, let cluster else { return nil }
-        return SidecarService(name: name, addresses: addresses ?? [], port: port, cluster: cluster, protocol: proto ?? .auto,
-                              routes: routes ?? [])
+        var s = SidecarService(name: name, addresses: addresses ?? [], port: port, cluster: cluster, protocol: proto ?? .auto,
+                               routes: routes ?? [])
+        s.mtls = mtls ?? false
+        s.identities = identities ?? []
+        return s
     }
 
     /// `tracing: { propagate: [w3c, b3], sample_percent: 0 ... 100, otlp: { endpoint: http://HOST:PORT } }`.

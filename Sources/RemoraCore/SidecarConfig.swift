@@ -1,3 +1,5 @@
+import RemoraPolicy
+
 /// Sidecar mode (docs/sidecar.md): iptables REDIRECT sends an application's outbound connections to
 /// the outbound listener and connections to it to the inbound listener, in the style of Istio's
 /// ports 15001 and 15006. The section (or `remora run --sidecar`) adds those listeners, and one
@@ -25,6 +27,15 @@ public struct SidecarConfig: Sendable, Equatable {
     /// cluster `inbound_<port>`, the application at 127.0.0.1:<port>. Other inbound ports: bytes to
     /// 127.0.0.1:<port> ([::1] for IPv6). Default none.
     public var inbound: [SidecarInboundPort] = []
+    /// Mutual TLS between sidecars (`mtls:`): the workload's certificate and the mesh CA. Inbound,
+    /// the inbound listeners terminate TLS and require a certificate the CA signed (`strict`), or
+    /// also take plaintext (`permissive`); outbound, the clusters of services with `mtls: true`
+    /// originate mTLS with the same certificate. nil (default): plaintext both ways, no cost.
+    public var mtls: SidecarMTLS?
+    /// An access log for every listener of the sidecar (outbound, inbound, the services' and inbound
+    /// ports' HTTP listeners): requests and byte connections, with the peer's identity under mtls.
+    /// nil (default): none.
+    public var accessLog: AccessLogConfig?
     /// Outbound connections whose sniffing found HTTP go through the HTTP listener of their service;
     /// its settings (timeouts, limits) are these listener defaults.
     public init() {}
@@ -40,6 +51,7 @@ public struct SidecarConfig: Sendable, Equatable {
         for i in outbound.services.indices { outbound.services[i].httpListener = "outbound_" + services[i].name }
         func make(_ name: String, _ host: String, _ port: UInt16, _ proto: ListenerProtocol) -> ListenerConfig {
             var l = ListenerConfig(name: name, address: HostPort(host: host, port: port), protocol: proto)
+            l.accessLog = accessLog
             if proto == .sidecarOutbound {
                 l.sidecar = outbound
                 l.sniffTimeout = sniffTimeout
@@ -51,6 +63,8 @@ public struct SidecarConfig: Sendable, Equatable {
         let inboundServices = inboundRoutes()
         func makeInbound(_ name: String, _ host: String) -> ListenerConfig {
             var l = ListenerConfig(name: name, address: HostPort(host: host, port: inboundPort), protocol: .sidecarInbound)
+            l.tls = mtls?.listenerTLS
+            l.accessLog = accessLog
             if !inbound.isEmpty {
                 l.sidecar = inboundServices
                 l.sniffTimeout = sniffTimeout
@@ -66,6 +80,8 @@ public struct SidecarConfig: Sendable, Equatable {
                 ? [RouteConfig(name: "default", action: .forward(ForwardAction(backends: [WeightedBackend(cluster: s.cluster)])))]
                 : s.routes
             l.virtualHosts = [VirtualHostConfig(name: "default", routes: routes)]
+            l.authorization = s.authorization
+            l.accessLog = accessLog
             out.append(l)
         }
         return out
@@ -79,6 +95,7 @@ extension SidecarConfig {
         var r = SidecarOutbound(services: inbound.map {
             var s = SidecarService(name: "inbound_\($0.port)", port: $0.port, cluster: "inbound_\($0.port)", protocol: $0.protocol)
             s.httpListener = s.name
+            s.authorization = $0.authorization
             return s
         }, passthrough: true, serverFirstPorts: [])
         r.sniffUnknown = false
@@ -95,7 +112,48 @@ extension SidecarConfig {
 public struct SidecarInboundPort: Sendable, Equatable {
     public var port: UInt16
     public var `protocol`: SidecarService.Kind
-    public init(port: UInt16, protocol: SidecarService.Kind = .auto) { self.port = port; self.protocol = `protocol` }
+    /// Who may call this port (`authorization:` of its HTTP listener `inbound_<port>`): with `mtls`,
+    /// rules name the calling workloads' SPIFFE identities (`principals`). nil: everyone.
+    public var authorization: AuthorizationPolicy?
+    public init(port: UInt16, protocol: SidecarService.Kind = .auto, authorization: AuthorizationPolicy? = nil) {
+        self.port = port; self.protocol = `protocol`; self.authorization = authorization
+    }
+}
+
+/// `sidecar.mtls`: the workload's identity and the mesh's CA (docs/sidecar.md "Mutual TLS").
+public struct SidecarMTLS: Sendable, Equatable {
+    public enum Mode: String, Sendable, Equatable, CaseIterable {
+        /// Inbound connections must be mTLS with a certificate the CA signed.
+        case strict
+        /// Inbound connections may also be plaintext (Istio's PERMISSIVE; `allow_plaintext`).
+        case permissive
+    }
+    /// The workload's certificate (PEM, leaf first; its SPIFFE URI SAN is the workload's identity)
+    /// and its key: presented inbound as the server's and outbound as the client's.
+    public var cert: String
+    public var key: String
+    /// The mesh CA bundle (PEM): peers' certificates must verify against it, both ways.
+    public var ca: String
+    /// Default `permissive`, as Istio's.
+    public var mode: Mode
+
+    public init(cert: String, key: String, ca: String, mode: Mode = .permissive) {
+        self.cert = cert; self.key = key; self.ca = ca; self.mode = mode
+    }
+
+    /// The inbound listeners' `tls:`: the workload certificate, client certificates required and
+    /// verified against `ca` (their identity is the principal, `x-forwarded-client-cert` forwarded),
+    /// plaintext accepted only in `permissive`. No ALPN is offered: the sniffing decides the protocol.
+    public var listenerTLS: ListenerTLSConfig {
+        ListenerTLSConfig(certificates: [TLSCertificateFiles(cert: cert, key: key)], alpn: [], clientCA: ca,
+                          allowPlaintext: mode == .permissive)
+    }
+
+    /// A mesh cluster's `tls:`: the peer sidecar's certificate verified against `ca` (and carrying
+    /// one of `identities`, when given), the workload certificate presented.
+    public func clusterTLS(identities: [String]) -> ClusterTLSConfig {
+        ClusterTLSConfig(ca: ca, verifySAN: identities, cert: cert, key: key)
+    }
 }
 
 /// What the outbound listener knows (copied into its `ListenerConfig.sidecar`); the inbound
@@ -135,6 +193,14 @@ public struct SidecarService: Sendable, Equatable {
     public var routes: [RouteConfig]
     /// Set by the expansion: the internal HTTP listener's name.
     public var httpListener = ""
+    /// Connections to the service's clusters (`cluster` and the backends of `routes`) are mutual TLS
+    /// with `sidecar.mtls`'s certificate: the endpoints are peer sidecars. Default false.
+    public var mtls = false
+    /// With `mtls`: the peer's certificate must carry one of these SANs (its SPIFFE identity).
+    /// Empty: any certificate the mesh CA signed.
+    public var identities: [String] = []
+    /// Inbound ports only: the HTTP listener's authorization (copied from `SidecarInboundPort`).
+    public var authorization: AuthorizationPolicy?
 
     public init(name: String, addresses: [String] = [], port: UInt16, cluster: String, protocol: Kind = .auto,
                 routes: [RouteConfig] = []) {
@@ -165,5 +231,47 @@ extension Config {
         listeners += new
         clusters += newClusters
         return []
+    }
+
+    /// `services[].mtls`: gives every cluster an mTLS service sends to (its `cluster` and its routes'
+    /// backends) the mesh `tls:` (`SidecarMTLS.clusterTLS`). Returns what is wrong, as (index in
+    /// `services`, message): `mtls` without `sidecar.mtls`, a cluster with its own `tls:`, a cluster
+    /// two services want verified against different identities.
+    public mutating func applySidecarMTLS(_ sidecar: SidecarConfig) -> [(service: Int, message: String)] {
+        var problems: [(service: Int, message: String)] = []
+        var given: [String: (service: String, identities: [String])] = [:]
+        for (i, s) in sidecar.services.enumerated() where s.mtls {
+            let field = i
+            guard let mtls = sidecar.mtls else {
+                problems.append((field, "needs sidecar.mtls (the workload certificate, key and mesh CA)"))
+                continue
+            }
+            var names = [s.cluster]
+            for r in s.routes { names += r.clusterNames }
+            for name in names {
+                guard let j = clusters.firstIndex(where: { $0.name == name }) else { continue }   // reported elsewhere
+                if let prev = given[name] {
+                    if prev.identities != s.identities {
+                        problems.append((field, "cluster \(name) is also used by the mtls service \(prev.service) with other identities"))
+                    }
+                    continue
+                }
+                if clusters[j].tls != nil {
+                    problems.append((field, "cluster \(name) has its own tls: (leave it out: mtls gives it the mesh certificate and CA)"))
+                    continue
+                }
+                clusters[j].tls = mtls.clusterTLS(identities: s.identities)
+                given[name] = (s.name, s.identities)
+            }
+        }
+        return problems
+    }
+}
+
+extension RouteConfig {
+    /// The clusters a forwarding route sends to: its backends' and its mirror's.
+    public var clusterNames: [String] {
+        guard case .forward(let f) = action else { return [] }
+        return f.backends.map(\.cluster) + (f.mirror.map { [$0.cluster] } ?? [])
     }
 }

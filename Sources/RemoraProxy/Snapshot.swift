@@ -155,7 +155,11 @@ public final class Snapshot: Sendable {
             switch Result(catching: { () throws(TLSLoadError) in try TLSServerContext(listener: l.name, config: t, alpn: alpn) }) {
             case .success(let c): out.append(c)
             case .failure(let e):
-                throw ConfigErrors([ConfigError(file: "", line: 0, path: "listeners.\(l.name).tls.\(e.field)", message: e.message)])
+                // The sidecar's inbound listeners take their `tls:` from `sidecar.mtls`: name that field.
+                let path = l.protocol == .sidecarInbound
+                    ? "sidecar.mtls." + (e.field == "client_ca" ? "ca" : e.field.hasSuffix(".key") ? "key" : "cert")
+                    : "listeners.\(l.name).tls.\(e.field)"
+                throw ConfigErrors([ConfigError(file: "", line: 0, path: path, message: e.message)])
             }
         }
         return out

@@ -811,3 +811,26 @@ def test_close_expired_closes_connections_whose_client_cert_expired(start_remora
     finally:
         for c in conns.values():
             c.close()
+
+
+def test_tcp_listener_toward_a_tls_cluster(start_remora, tls_backend, pki):
+    """A tcp listener whose cluster has `tls:` seals the bytes toward it (mutual TLS with `cert`), as a
+    sidecar's `mtls` tcp service does; a client that sends and half-closes at once (its FIN arrives
+    during the upstream handshake) still gets its bytes through and the answer back."""
+    app = pki.ca.issue("app", dns=["app.shop.svc"])
+    sidecar = pki.ca.issue("sidecar", uris=["spiffe://mesh.local/ns/shop/sa/sidecar"], cn="sidecar")
+    b = tls_backend(*app, client_ca=pki.ca.cert)
+    tls = {"ca": str(pki.ca.cert), "verify_san": ["app.shop.svc"], "cert": str(sidecar[0]), "key": str(sidecar[1])}
+    remora = start_remora(make_config([tcp_listener("tcp", "app")], [cluster("app", [b.endpoint], tls=tls)]))
+    with socket.create_connection(("127.0.0.1", remora.port("tcp")), timeout=5) as s:
+        s.sendall(b"GET /x HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n")
+        s.shutdown(socket.SHUT_WR)
+        got = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+    assert got.startswith(b"HTTP/1.1 200"), (got, remora.stderr_tail())
+    assert json.loads(got.split(b"\r\n\r\n", 1)[1])["client"] == {"commonName": "sidecar"}
+    assert remora.stat("cluster.app.ssl_handshake") == 1

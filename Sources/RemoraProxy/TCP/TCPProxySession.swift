@@ -1,6 +1,7 @@
 import RemoraCore
 import RemoraIO
 import RemoraPolicy
+import RemoraTLS
 
 /// A raw TCP connection forwarded to one cluster, or to one address (the sidecar's passthrough
 /// and inbound traffic): a two-way pump with watermarks (a side whose peer writes slower than it
@@ -155,6 +156,15 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
             return
         }
         let c = TCPConnection(loop: worker.loop)
+        if let tls = cluster.tls {   // the cluster's `tls:` (a sidecar's mtls service): the bytes go sealed
+            guard let layer = TLSSocket(client: tls) else {
+                c.close()
+                if answerConnect { answer(connected: false) } else { down.close() }
+                return
+            }
+            layer.clusterStats = cluster.stats
+            c.transportSocket = layer
+        }
         c.tag = Int(truncatingIfNeeded: monotonicMicros() << 1)   // the connect's start (Cluster.connectSettled)
         guard cluster.admitConnection(c) else {   // over max_connections / max_pending: the client is let go
             cluster.overflowed = false
@@ -188,6 +198,7 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
             return
         }
         c.setDeadline(after: cluster.config.connectTimeout)
+        if c.transportSocket != nil { c.startReading() }   // the handshake reads the server's flight
     }
 
     @inline(__always) func peer(of c: TCPConnection) -> TCPConnection? { c === down ? up : down }
@@ -195,6 +206,7 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
     func connectionConnected(_ c: TCPConnection, _ status: Int32) {
         cluster?.connectSettled(c, connected: status == 0)
         if status != 0 {
+            cluster?.connectFailed(c, status)   // a TLS handshake that failed: the log line says why
             cluster?.stats.inc(.upstream_cx_connect_fail)
             flags.insert(.UF)
             if answerConnect { answer(connected: false); return }
@@ -205,6 +217,7 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
         if answerConnect { answer(connected: true) }
         connectLatency = worker.loop.now &- connectStart
         c.startReading()
+        if downEOF { c.shutdownWrite() }
     }
 
     /// The outcome hook for the connection: once, when it ends (a connect that failed or timed out,
@@ -245,6 +258,10 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
 
     func connectionEOF(_ c: TCPConnection) {
         if c === down { downEOF = true } else { upEOF = true }
+        // The client ended before the upstream connected: its FIN waits for the connect (a TLS
+        // upstream's handshake included, which drops a FIN sent while it runs, and the bytes held
+        // for after it), and goes in connectionConnected, after those bytes.
+        if c === down && up != nil && connectLatency == nil { return }
         peer(of: c)?.shutdownWrite()
         if downEOF && upEOF {
             down.finish(linger: 0)
