@@ -465,6 +465,26 @@ final class ListenerRuntime {
         processMaxConnections = process ?? Int.max
     }
 
+    /// A CONNECT request (HTTP/1.1 or HTTP/2) against the listener's policy (counted): CONNECT is not
+    /// routed, so only the listener's rules apply; its path is empty (a rule on paths does not match
+    /// it) and its target is the authority. False: answer 403.
+    func admitConnect(_ view: RequestView, _ c: TCPConnection?, source: IPAddress?) -> Bool {
+        guard let a = authorization, let policy = a.listener else { return true }
+        var v = view
+        var principal = a.needsPrincipal ? c?.peerPrincipal : nil
+        var sni = a.needsServerName ? c?.serverName : nil
+        return withOptionalUTF8(&principal) { p in
+            withOptionalUTF8(&sni) { s in
+                if let p { v.principal = p }
+                let d = policy.decide(HTTPAuthorizationInput(view: v, path: UnsafeRawBufferPointer(start: nil, count: 0),
+                                                             source: source, serverName: s))
+                if d.rule >= 0 && d.rule < authzRules.count { authzRules[d.rule].inc(d.allowed ? .allowed : .denied) }
+                stats.inc(d.allowed ? .rbac_allowed : .rbac_denied)
+                return d.allowed
+            }
+        }
+    }
+
     /// A TCP listener's connection against its policy (counted); false: close it.
     func admitConnection(_ a: ListenerAuthorization, _ c: TCPConnection) -> Bool {
         let source = a.needsSource ? IPAddress.parse(c.peerIP()) : nil

@@ -149,3 +149,35 @@ def test_h2_connect_tunnel_to_allowed_tcp_echo_and_403(start_remora, tcp_backend
         assert st["status"] == 403
     finally:
         s.close()
+
+
+def test_connect_obeys_the_listeners_authorization_h1_and_h2(start_remora, tcp_backend):
+    """CONNECT is not routed, but the listener's policy still applies to it (HTTP/1.1 and HTTP/2):
+    an allow-list that admits only another source address refuses the tunnel with 403 before any
+    connect; a deny rule on a header refuses just those requests."""
+    b = tcp_backend()
+    r = start_remora(connect_config([b.endpoint], authorization={
+        "rules": [{"name": "elsewhere", "from": {"source_cidrs": ["10.0.0.0/8"]}}]}))
+    s, _, head = open_tunnel(r.port("web"), b.endpoint)
+    assert head.startswith(b"HTTP/1.1 403 "), head
+    s.close()
+    s, c, sid = h2_connect(r.port("web"), b.endpoint)
+    st: dict = {}
+    try:
+        h2_pump(s, c, st, lambda: "status" in st)
+        assert st["status"] == 403
+    finally:
+        s.close()
+    assert r.stat("cluster.egress.upstream_cx_total") == 0, "no connect was made for a refused tunnel"
+    assert r.stat("listener.web.rbac_denied") == 2
+    assert r.stat("authz.web.elsewhere.denied") == 0   # no rule matched: denied by the allow-list's default
+    r2 = start_remora(connect_config([b.endpoint], authorization={
+        "deny": [{"name": "evil", "to": {"headers": [{"name": "x-tenant", "exact": "evil"}]}}]}))
+    s = connect(r2.port("web"))
+    s.sendall(f"CONNECT {b.endpoint} HTTP/1.1\r\nHost: {b.endpoint}\r\nx-tenant: evil\r\n\r\n".encode())
+    assert Reader(s).read_until(b"\r\n\r\n").startswith(b"HTTP/1.1 403 ")
+    s.close()
+    s, reader, head = open_tunnel(r2.port("web"), b.endpoint)
+    assert head == b"HTTP/1.1 200 Connection Established\r\n\r\n", head
+    s.close()
+    assert r2.stat("authz.web.evil.denied") == 1

@@ -580,6 +580,14 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
             localResponse(403, "CONNECT to this destination is not allowed\n", flags: [], head: p)
             return
         }
+        if l.authorization != nil {
+            let allowed = p.withRequestView { view in
+                var v = view
+                v.authority = view.target   // authority form: the target is host:port
+                return l.admitConnect(v, conn, source: l.authorization!.needsSource ? sourceAddress : nil)
+            }
+            if !allowed { localResponse(403, "RBAC: access denied\n", flags: .UAEX, head: p); return }
+        }
         stats.inc(.downstream_rq_total)
         connectTo = i
     }

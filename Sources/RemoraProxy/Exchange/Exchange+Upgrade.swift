@@ -123,6 +123,12 @@ extension Exchange {
             local(403, "CONNECT to this destination is not allowed\n")
             return
         }
+        if let a = l.authorization,
+           !l.admitConnect(r.view, downstream?.transportConnection, source: a.needsSource ? downstream?.sourceAddress : nil) {
+            observe.flags.insert(.UAEX)
+            local(403, "RBAC: access denied\n")
+            return
+        }
         cluster = cl
         upstreamIsHTTP2 = false
         tunnelOverStream = true
