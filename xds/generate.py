@@ -62,6 +62,7 @@ envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext envoy.extensions.tr
 envoy.extensions.transport_sockets.tls.v3.CommonTlsContext envoy.extensions.transport_sockets.tls.v3.TlsCertificate
 envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext envoy.extensions.transport_sockets.tls.v3.TlsParameters
 envoy.extensions.transport_sockets.tls.v3.SubjectAltNameMatcher
+envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.SetCurrentClientCertDetails
 """.split()
 
 # Shipped by SwiftProtobuf itself.

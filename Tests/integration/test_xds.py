@@ -793,14 +793,24 @@ def upstream_tls(ca: CA, cert: Path, key: Path, san_uri: str) -> tls_pb2.Upstrea
         tls_params=tls_common_pb2.TlsParameters(tls_minimum_protocol_version=tls_common_pb2.TlsParameters.TLSv1_2)))
 
 
-def tls_snapshot(version: str, port: int, pki: dict, backend: TLSBackend) -> Snapshot:
+def tls_snapshot(version: str, port: int, pki: dict, backend: TLSBackend, xfcc_port: int = 0) -> Snapshot:
     ca = pki["ca"]
     rc = route_config("tls", [vhost("all", ["*"], [
         route({"path": "/xds-version"}, name="version", direct=(200, version)),
         route({"prefix": "/wrong-san"}, "wrong-san", name="wrong-san"),
         route({"prefix": "/"}, "secure", name="secure"),
     ])])
-    listener = http_listener("tls-web", port, route_config=rc)
+    listeners = [http_listener("tls-web", port, route_config=rc)]
+    if xfcc_port:
+        # The same listener with x-forwarded-client-cert written (SANITIZE_SET: By, Hash, URI, DNS).
+        xfcc = http_listener("tls-xfcc", xfcc_port, route_config=rc)
+        h = hcm_pb2.HttpConnectionManager()
+        xfcc.filter_chains[0].filters[0].typed_config.Unpack(h)
+        h.forward_client_cert_details = hcm_pb2.HttpConnectionManager.SANITIZE_SET
+        h.set_current_client_cert_details.uri = True
+        h.set_current_client_cert_details.dns = True
+        xfcc.filter_chains[0].filters[0].typed_config.Pack(h)
+        listeners.append(xfcc)
     down = tls_pb2.DownstreamTlsContext(
         require_client_certificate=wrappers_pb2.BoolValue(value=True),
         common_tls_context=tls_pb2.CommonTlsContext(
@@ -808,12 +818,13 @@ def tls_snapshot(version: str, port: int, pki: dict, backend: TLSBackend) -> Sna
             validation_context=tls_common_pb2.CertificateValidationContext(
                 trusted_ca=core_base_pb2.DataSource(filename=str(ca.cert))),
             tls_params=tls_common_pb2.TlsParameters(tls_minimum_protocol_version=tls_common_pb2.TlsParameters.TLSv1_2)))
-    listener.filter_chains[0].transport_socket.CopyFrom(transport_socket(down))
+    for listener in listeners:
+        listener.filter_chains[0].transport_socket.CopyFrom(transport_socket(down))
     secure = static_cluster("secure", [backend.endpoint])
     secure.transport_socket.CopyFrom(transport_socket(upstream_tls(ca, *pki["proxy"], "spiffe://test/backend")))
     wrong = static_cluster("wrong-san", [backend.endpoint])
     wrong.transport_socket.CopyFrom(transport_socket(upstream_tls(ca, *pki["proxy"], "spiffe://test/someone-else")))
-    return Snapshot(version, listeners=[listener], clusters=[secure, wrong])
+    return Snapshot(version, listeners=listeners, clusters=[secure, wrong])
 
 
 def curl_tls(port: int, path: str, pki: dict, client_cert: bool = True) -> tuple:
@@ -848,8 +859,8 @@ def test_tls_contexts_match_envoy_and_sds_is_nacked(ads, clients, tls_pki):
     results = {}
     for kind in ("envoy", "remora"):
         server = ads()
-        port = free_port()
-        server.set(tls_snapshot("v1", port, pki, backend))
+        port, xfcc_port = free_port(), free_port()
+        server.set(tls_snapshot("v1", port, pki, backend, xfcc_port))
         c = clients(kind, server.port)
         poll(lambda: curl_tls(port, "/xds-version", pki)[3] == "v1", 15, 0.1, what=f"{kind}: TLS listener serving v1")
         assert not server.nacks(), [n.error_detail.message for n in server.nacks()]
@@ -861,12 +872,14 @@ def test_tls_contexts_match_envoy_and_sds_is_nacked(ads, clients, tls_pki):
             "wrong_san": curl_tls(port, "/wrong-san", pki)[:3],
             # No client certificate: the listener refuses the handshake.
             "no_client_cert": curl_tls(port, "/some/path", pki, client_cert=False)[0],
+            # SANITIZE_SET (uri, dns): the backend sees the client's identity in x-forwarded-client-cert.
+            "xfcc": curl_tls(xfcc_port, "/xfcc", pki)[3]["xfcc"],
         }
         results[kind] = out
         if kind == "remora":
             # An SDS secret reference (Istio's form) is NACKed by name; v1 keeps serving.
-            sds = tls_snapshot("v2", port, pki, backend)
-            sds.resources[LDS] = tls_snapshot("v1", port, pki, backend).resources[LDS]   # its routes answer v1
+            sds = tls_snapshot("v2", port, pki, backend, xfcc_port)
+            sds.resources[LDS] = tls_snapshot("v1", port, pki, backend, xfcc_port).resources[LDS]   # its routes answer v1
             ctx = tls_pb2.UpstreamTlsContext()
             sds.resources[CDS][0].transport_socket.typed_config.Unpack(ctx)
             del ctx.common_tls_context.tls_certificates[:]
@@ -887,4 +900,5 @@ def test_tls_contexts_match_envoy_and_sds_is_nacked(ads, clients, tls_pki):
     assert env["secure"] == (True, 200, "2", {"backend": "secure", "path": "/some/path?x=1", "sni": "backend.test",
                                               "client": "spiffe://test/proxy", "xfcc": None, "xfp": "https"}), env
     assert env["wrong_san"] == (True, 503, "2") and env["no_client_cert"] is False, env
+    assert env["xfcc"].startswith("Hash=") and env["xfcc"].endswith(";URI=spiffe://test/client"), env["xfcc"]
     assert rem == env, (env, rem)

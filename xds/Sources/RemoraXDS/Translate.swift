@@ -218,7 +218,8 @@ public struct Translator: Sendable {
             if limit != nil { node.append(("per_connection_buffer_limit", .int(limit!))) }
             guard let http = try hcm(h, at: fat + ".typed_config", ctx, &names) else { return nil }
             if fc.hasTransportSocket {
-                node.append(("tls", try downstreamTLS(fc.transportSocket, at: "\(at): filter_chains[0].transport_socket", http: true)))
+                node.append(("tls", try downstreamTLS(fc.transportSocket, at: "\(at): filter_chains[0].transport_socket", http: true,
+                                                      forwardClientCert: h.forwardClientCertDetails == .sanitizeSet)))
             }
             node.append(contentsOf: http)
         } else if any.typeURL.hasSuffix("/" + TcpProxy.protoMessageName) {
@@ -226,7 +227,8 @@ public struct Translator: Sendable {
             do { t = try TcpProxy(unpackingAny: any) } catch { throw XDSError("\(fat): does not decode: \(error)") }
             if limit != nil { throw XDSError("\(at): per_connection_buffer_limit_bytes is not supported with tcp_proxy") }
             if fc.hasTransportSocket {
-                node.append(("tls", try downstreamTLS(fc.transportSocket, at: "\(at): filter_chains[0].transport_socket", http: false)))
+                node.append(("tls", try downstreamTLS(fc.transportSocket, at: "\(at): filter_chains[0].transport_socket", http: false,
+                                                      forwardClientCert: false)))
             }
             node.append(contentsOf: try tcpProxy(t, at: fat + ".typed_config", ctx))
         } else {
@@ -308,6 +310,16 @@ public struct Translator: Sendable {
         rest.clearCommonHTTPProtocolOptions(); rest.clearHTTP2ProtocolOptions(); rest.accessLog = []
         if h.codecType != .auto {
             throw XDSError("\(at).codec_type: \(h.codecType) is not supported: a Remora listener serves HTTP/1.1 and h2c on one port (AUTO)")
+        }
+        // x-forwarded-client-cert: SANITIZE (the default) removes the client's and adds none; SANITIZE_SET
+        // with uri and dns writes Remora's element (By, Hash, URI, DNS: Envoy's format). listener() reads it.
+        if h.forwardClientCertDetails == .sanitizeSet {
+            var want = HCM.SetCurrentClientCertDetails()
+            want.uri = true; want.dns = true
+            guard h.setCurrentClientCertDetails == want else {
+                throw XDSError("\(at).set_current_client_cert_details: only uri and dns together are supported (Remora's x-forwarded-client-cert carries By, Hash, URI and DNS)")
+            }
+            rest.forwardClientCertDetails = .sanitize; rest.clearSetCurrentClientCertDetails()
         }
         try refuseLeftovers(rest, at: at)
         // Filters: fault and local rate limit (each at most once), then the router, last.

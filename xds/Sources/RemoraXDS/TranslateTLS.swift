@@ -57,8 +57,9 @@ extension Translator {
     }
 
     /// A filter chain's `transport_socket` (DownstreamTlsContext) → `listeners[].tls`. `http`: the chain's
-    /// filter is an HTTP connection manager (ALPN and x-forwarded-client-cert apply).
-    func downstreamTLS(_ ts: TransportSocket, at: String, http: Bool) throws(XDSError) -> YAMLNode {
+    /// filter is an HTTP connection manager (ALPN and x-forwarded-client-cert apply); `forwardClientCert`:
+    /// its `forward_client_cert_details` is SANITIZE_SET (with uri and dns: hcm() checked), else SANITIZE.
+    func downstreamTLS(_ ts: TransportSocket, at: String, http: Bool, forwardClientCert: Bool) throws(XDSError) -> YAMLNode {
         let any = try tlsContextAny(ts, at: at)
         let tat = at + ".typed_config"
         guard any.typeURL.hasSuffix("/" + DownstreamTLS.protoMessageName) else {
@@ -96,9 +97,8 @@ extension Translator {
                 throw XDSError("\(vat) without require_client_certificate (an optional client certificate) is not supported: Remora's client_ca requires one")
             }
             node.append(("client_ca", .string(try file(v.trustedCa, at: vat + ".trusted_ca"))))
-            // The connection manager's forward_client_cert_details is SANITIZE (its default, the only
-            // value hcm() takes): the header is removed and none is added.
-            if http { node.append(("forward_client_cert", .bool(false))) }
+            // SANITIZE (the connection manager's default): the client's header is removed, none is added.
+            if http { node.append(("forward_client_cert", .bool(forwardClientCert))) }
         case .some:
             throw XDSError("\(cat): \(Self.validationFieldName(c)) is not supported (validation_context with trusted_ca is)")
         }

@@ -525,6 +525,27 @@ final class TranslateTests: XCTestCase {
                      "min_version: \"1.2\""] {
             XCTAssertTrue(text.contains(want), "\(want) not in\n\(text)")
         }
+        // SANITIZE_SET with uri and dns: Remora's x-forwarded-client-cert (By, Hash, URI, DNS); other details refused.
+        var set = r
+        set.listeners["web"] = Build.listener("web", port: 8080, filter: Build.hcm(rds: "rc") {
+            $0.forwardClientCertDetails = .sanitizeSet
+            $0.setCurrentClientCertDetails.uri = true
+            $0.setCurrentClientCertDetails.dns = true
+        })
+        set.listeners["web"]!.filterChains[0].transportSocket = Self.transportSocket(d)
+        XCTAssertTrue(try config(set).text.contains("forward_client_cert: true"))
+        set.listeners["web"] = Build.listener("web", port: 8080, filter: Build.hcm(rds: "rc") {
+            $0.forwardClientCertDetails = .sanitizeSet
+            $0.setCurrentClientCertDetails.uri = true
+            $0.setCurrentClientCertDetails.cert = true
+        })
+        XCTAssertThrowsError(try Translator().translate(set)) { e in
+            XCTAssertTrue("\(e)".contains("typed_config.set_current_client_cert_details: only uri and dns together are supported"), "\(e)")
+        }
+        set.listeners["web"] = Build.listener("web", port: 8080, filter: Build.hcm(rds: "rc") { $0.forwardClientCertDetails = .appendForward })
+        XCTAssertThrowsError(try Translator().translate(set)) { e in
+            XCTAssertTrue("\(e)".contains("typed_config.forward_client_cert_details is not supported"), "\(e)")
+        }
         // A CA without require_client_certificate (an optional client certificate), a SAN check on
         // clients, require_sni, session ticket keys: each named.
         let cases: [(String, (inout DownstreamTLS) -> Void)] = [
