@@ -57,6 +57,12 @@ envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit envoy.type.v3.To
 envoy.config.accesslog.v3.AccessLog envoy.extensions.access_loggers.file.v3.FileAccessLog
 envoy.config.cluster.v3.Cluster.CommonLbConfig envoy.config.core.v3.SubstitutionFormatString
 envoy.config.route.v3.RetryPolicy.RetryHostPredicate envoy.config.route.v3.RouteAction.MaxStreamDuration
+envoy.config.core.v3.TransportSocket
+envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+envoy.extensions.transport_sockets.tls.v3.CommonTlsContext envoy.extensions.transport_sockets.tls.v3.TlsCertificate
+envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext envoy.extensions.transport_sockets.tls.v3.TlsParameters
+envoy.extensions.transport_sockets.tls.v3.SubjectAltNameMatcher
+envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.SetCurrentClientCertDetails
 """.split()
 
 # Shipped by SwiftProtobuf itself.
@@ -70,7 +76,7 @@ ROOT_MODULES = [
     "envoy.config.route.v3.route_pb2", "envoy.config.cluster.v3.cluster_pb2", "envoy.config.endpoint.v3.endpoint_pb2",
     "envoy.extensions.upstreams.http.v3.http_protocol_options_pb2", "google.rpc.status_pb2",
     "envoy.extensions.filters.http.fault.v3.fault_pb2", "envoy.extensions.filters.http.local_ratelimit.v3.local_rate_limit_pb2",
-    "envoy.extensions.access_loggers.file.v3.file_pb2",
+    "envoy.extensions.access_loggers.file.v3.file_pb2", "envoy.extensions.transport_sockets.tls.v3.tls_pb2",
 ]
 
 

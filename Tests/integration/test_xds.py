@@ -715,3 +715,190 @@ def test_fault_local_rate_limit_and_access_log_match_envoy(ads, clients, backend
     assert env["log"] == [["503", "-"]] + [["200", a]] * 5, env["log"]
     assert env["log_forwarded"] == [f"GET /abort 200 {a}", f"GET /delay 200 {a}"] + [f"GET /limited 200 {a}"] * 3, env["log_forwarded"]
     assert rem == env, (env, rem)
+
+
+# -- TLS (file-based: UpstreamTlsContext on a cluster, DownstreamTlsContext on a listener) ------------
+
+import ssl  # noqa: E402
+import subprocess  # noqa: E402
+
+from tlspki import CA  # noqa: E402
+from envoy.config.core.v3 import base_pb2 as core_base_pb2  # noqa: E402
+from envoy.config.listener.v3 import listener_components_pb2  # noqa: E402
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2 as tls_common_pb2, tls_pb2  # noqa: E402
+from envoy.type.matcher.v3 import string_pb2  # noqa: E402
+
+
+class _TLSHandler(_Handler):
+    def do_GET(self):
+        sans = dict(self.connection.getpeercert().get("subjectAltName", ()))   # ((type, value), ...)
+        body = json.dumps({"backend": self.server.name, "path": self.path, "sni": getattr(self.connection, "sni", None),
+                           "client": sans.get("URI"), "xfcc": self.headers.get("x-forwarded-client-cert"),
+                           "xfp": self.headers.get("x-forwarded-proto")}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.send_header("x-from", self.server.name)
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class TLSBackend:
+    """An HTTPS (HTTP/1.1) backend that requires a client certificate from `ca` and answers with what it
+    saw: the SNI, the client certificate's URI SAN, the path and the forwarded headers."""
+
+    def __init__(self, name: str, ca: CA, cert: Path, key: Path):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        ctx.load_verify_locations(ca.cert)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+
+        def sni(sock, name, _ctx):
+            sock.sni = name
+        ctx.sni_callback = sni
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _TLSHandler)
+        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)   # handshakes in accept()
+        self.server.daemon_threads = True
+        self.server.name = name
+        self.endpoint = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def transport_socket(ctx) -> core_base_pb2.TransportSocket:
+    return core_base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack_any(ctx))
+
+
+def pack_any(m) -> any_pb2.Any:
+    a = any_pb2.Any()
+    a.Pack(m)
+    return a
+
+
+def tls_certificate(cert: Path, key: Path) -> tls_common_pb2.TlsCertificate:
+    return tls_common_pb2.TlsCertificate(certificate_chain=core_base_pb2.DataSource(filename=str(cert)),
+                                         private_key=core_base_pb2.DataSource(filename=str(key)))
+
+
+def upstream_tls(ca: CA, cert: Path, key: Path, san_uri: str) -> tls_pb2.UpstreamTlsContext:
+    san = tls_common_pb2.SubjectAltNameMatcher(san_type=tls_common_pb2.SubjectAltNameMatcher.URI,
+                                               matcher=string_pb2.StringMatcher(exact=san_uri))
+    return tls_pb2.UpstreamTlsContext(sni="backend.test", common_tls_context=tls_pb2.CommonTlsContext(
+        tls_certificates=[tls_certificate(cert, key)],
+        validation_context=tls_common_pb2.CertificateValidationContext(
+            trusted_ca=core_base_pb2.DataSource(filename=str(ca.cert)), match_typed_subject_alt_names=[san]),
+        tls_params=tls_common_pb2.TlsParameters(tls_minimum_protocol_version=tls_common_pb2.TlsParameters.TLSv1_2)))
+
+
+def tls_snapshot(version: str, port: int, pki: dict, backend: TLSBackend, xfcc_port: int = 0) -> Snapshot:
+    ca = pki["ca"]
+    rc = route_config("tls", [vhost("all", ["*"], [
+        route({"path": "/xds-version"}, name="version", direct=(200, version)),
+        route({"prefix": "/wrong-san"}, "wrong-san", name="wrong-san"),
+        route({"prefix": "/"}, "secure", name="secure"),
+    ])])
+    listeners = [http_listener("tls-web", port, route_config=rc)]
+    if xfcc_port:
+        # The same listener with x-forwarded-client-cert written (SANITIZE_SET: By, Hash, URI, DNS).
+        xfcc = http_listener("tls-xfcc", xfcc_port, route_config=rc)
+        h = hcm_pb2.HttpConnectionManager()
+        xfcc.filter_chains[0].filters[0].typed_config.Unpack(h)
+        h.forward_client_cert_details = hcm_pb2.HttpConnectionManager.SANITIZE_SET
+        h.set_current_client_cert_details.uri = True
+        h.set_current_client_cert_details.dns = True
+        xfcc.filter_chains[0].filters[0].typed_config.Pack(h)
+        listeners.append(xfcc)
+    down = tls_pb2.DownstreamTlsContext(
+        require_client_certificate=wrappers_pb2.BoolValue(value=True),
+        common_tls_context=tls_pb2.CommonTlsContext(
+            tls_certificates=[tls_certificate(*pki["listener"])], alpn_protocols=["h2", "http/1.1"],
+            validation_context=tls_common_pb2.CertificateValidationContext(
+                trusted_ca=core_base_pb2.DataSource(filename=str(ca.cert))),
+            tls_params=tls_common_pb2.TlsParameters(tls_minimum_protocol_version=tls_common_pb2.TlsParameters.TLSv1_2)))
+    for listener in listeners:
+        listener.filter_chains[0].transport_socket.CopyFrom(transport_socket(down))
+    secure = static_cluster("secure", [backend.endpoint])
+    secure.transport_socket.CopyFrom(transport_socket(upstream_tls(ca, *pki["proxy"], "spiffe://test/backend")))
+    wrong = static_cluster("wrong-san", [backend.endpoint])
+    wrong.transport_socket.CopyFrom(transport_socket(upstream_tls(ca, *pki["proxy"], "spiffe://test/someone-else")))
+    return Snapshot(version, listeners=listeners, clusters=[secure, wrong])
+
+
+def curl_tls(port: int, path: str, pki: dict, client_cert: bool = True) -> tuple:
+    """(curl's exit code == 0, status, HTTP version, the backend's JSON or None) through the TLS listener."""
+    args = ["curl", "--silent", "--max-time", "5", "--cacert", str(pki["ca"].cert),
+            "--resolve", f"www.test:{port}:127.0.0.1", "--write-out", "\n%{http_code} %{http_version}"]
+    if client_cert:
+        args += ["--cert", str(pki["client"][0]), "--key", str(pki["client"][1])]
+    p = subprocess.run(args + [f"https://www.test:{port}{path}"], capture_output=True, timeout=10)
+    body, _, tail = p.stdout.decode().rpartition("\n")
+    status, _, version = tail.partition(" ")
+    seen = json.loads(body) if body.startswith("{") else body
+    return (p.returncode == 0, int(status or 0), version, seen)
+
+
+@pytest.fixture
+def tls_pki(tmp_path):
+    ca = CA(tmp_path / "pki")
+    pki = {"ca": ca,
+           "listener": ca.issue("listener", dns=["www.test"]),
+           "client": ca.issue("client", uris=["spiffe://test/client"]),
+           "proxy": ca.issue("proxy", uris=["spiffe://test/proxy"]),
+           "backend": ca.issue("backend", dns=["backend.test"], uris=["spiffe://test/backend"])}
+    backend = TLSBackend("secure", ca, *pki["backend"])
+    yield pki, backend
+    backend.close()
+
+
+@pytest.mark.timeout(90)
+def test_tls_contexts_match_envoy_and_sds_is_nacked(ads, clients, tls_pki):
+    pki, backend = tls_pki
+    results = {}
+    for kind in ("envoy", "remora"):
+        server = ads()
+        port, xfcc_port = free_port(), free_port()
+        server.set(tls_snapshot("v1", port, pki, backend, xfcc_port))
+        c = clients(kind, server.port)
+        poll(lambda: curl_tls(port, "/xds-version", pki)[3] == "v1", 15, 0.1, what=f"{kind}: TLS listener serving v1")
+        assert not server.nacks(), [n.error_detail.message for n in server.nacks()]
+        out = {
+            # mTLS to the listener (h2 by ALPN), then TLS with the proxy's client certificate to the backend,
+            # SNI backend.test, its URI SAN verified.
+            "secure": curl_tls(port, "/some/path?x=1", pki),
+            # The backend's certificate lacks the SAN the cluster asks for: the connect fails (503).
+            "wrong_san": curl_tls(port, "/wrong-san", pki)[:3],
+            # No client certificate: the listener refuses the handshake.
+            "no_client_cert": curl_tls(port, "/some/path", pki, client_cert=False)[0],
+            # SANITIZE_SET (uri, dns): the backend sees the client's identity in x-forwarded-client-cert.
+            "xfcc": curl_tls(xfcc_port, "/xfcc", pki)[3]["xfcc"],
+        }
+        results[kind] = out
+        if kind == "remora":
+            # An SDS secret reference (Istio's form) is NACKed by name; v1 keeps serving.
+            sds = tls_snapshot("v2", port, pki, backend, xfcc_port)
+            sds.resources[LDS] = tls_snapshot("v1", port, pki, backend, xfcc_port).resources[LDS]   # its routes answer v1
+            ctx = tls_pb2.UpstreamTlsContext()
+            sds.resources[CDS][0].transport_socket.typed_config.Unpack(ctx)
+            del ctx.common_tls_context.tls_certificates[:]
+            ctx.common_tls_context.tls_certificate_sds_secret_configs.add(name="default")
+            sds.resources[CDS][0].transport_socket.typed_config.Pack(ctx)
+            server.set(sds)
+            poll(lambda: server.nacks(CDS), 10, 0.05, what="a NACK of CDS v2")
+            msg = server.nacks(CDS)[0].error_detail.message
+            assert ("Cluster secure.transport_socket.typed_config.common_tls_context.tls_certificate_sds_secret_configs"
+                    " is not supported") in msg, msg
+            assert curl_tls(port, "/xds-version", pki)[3] == "v1"
+            assert curl_tls(port, "/again", pki)[1] == 200
+            assert "v2" not in server.acks(CDS)
+        else:
+            c.stop()
+        server.stop()
+    env, rem = results["envoy"], results["remora"]
+    assert env["secure"] == (True, 200, "2", {"backend": "secure", "path": "/some/path?x=1", "sni": "backend.test",
+                                              "client": "spiffe://test/proxy", "xfcc": None, "xfp": "https"}), env
+    assert env["wrong_san"] == (True, 503, "2") and env["no_client_cert"] is False, env
+    assert env["xfcc"].startswith("Hash=") and env["xfcc"].endswith(";URI=spiffe://test/client"), env["xfcc"]
+    assert rem == env, (env, rem)

@@ -202,8 +202,8 @@ public struct Translator: Sendable {
         }
         let fc = chains[0]
         var fcRest = fc
-        fcRest.filters = []; fcRest.name = ""
-        try refuseLeftovers(fcRest, at: "\(at): filter_chains[0]", note: fc.transportSocket.isEmpty ? "" : "TLS is not supported yet")
+        fcRest.filters = []; fcRest.name = ""; fcRest.clearTransportSocket()
+        try refuseLeftovers(fcRest, at: "\(at): filter_chains[0]")
         guard fc.filters.count == 1 else {
             throw XDSError("\(at): filter_chains[0] has \(fc.filters.count) network filters; exactly one, http_connection_manager or tcp_proxy, is supported")
         }
@@ -217,11 +217,19 @@ public struct Translator: Sendable {
             do { h = try HCM(unpackingAny: any) } catch { throw XDSError("\(fat): does not decode: \(error)") }
             if limit != nil { node.append(("per_connection_buffer_limit", .int(limit!))) }
             guard let http = try hcm(h, at: fat + ".typed_config", ctx, &names) else { return nil }
+            if fc.hasTransportSocket {
+                node.append(("tls", try downstreamTLS(fc.transportSocket, at: "\(at): filter_chains[0].transport_socket", http: true,
+                                                      forwardClientCert: h.forwardClientCertDetails == .sanitizeSet)))
+            }
             node.append(contentsOf: http)
         } else if any.typeURL.hasSuffix("/" + TcpProxy.protoMessageName) {
             let t: TcpProxy
             do { t = try TcpProxy(unpackingAny: any) } catch { throw XDSError("\(fat): does not decode: \(error)") }
             if limit != nil { throw XDSError("\(at): per_connection_buffer_limit_bytes is not supported with tcp_proxy") }
+            if fc.hasTransportSocket {
+                node.append(("tls", try downstreamTLS(fc.transportSocket, at: "\(at): filter_chains[0].transport_socket", http: false,
+                                                      forwardClientCert: false)))
+            }
             node.append(contentsOf: try tcpProxy(t, at: fat + ".typed_config", ctx))
         } else {
             throw XDSError("\(fat) (\(f.name)): network filter \(any.typeURL) is not supported (http_connection_manager and tcp_proxy are)")
@@ -302,6 +310,16 @@ public struct Translator: Sendable {
         rest.clearCommonHTTPProtocolOptions(); rest.clearHTTP2ProtocolOptions(); rest.accessLog = []
         if h.codecType != .auto {
             throw XDSError("\(at).codec_type: \(h.codecType) is not supported: a Remora listener serves HTTP/1.1 and h2c on one port (AUTO)")
+        }
+        // x-forwarded-client-cert: SANITIZE (the default) removes the client's and adds none; SANITIZE_SET
+        // with uri and dns writes Remora's element (By, Hash, URI, DNS: Envoy's format). listener() reads it.
+        if h.forwardClientCertDetails == .sanitizeSet {
+            var want = HCM.SetCurrentClientCertDetails()
+            want.uri = true; want.dns = true
+            guard h.setCurrentClientCertDetails == want else {
+                throw XDSError("\(at).set_current_client_cert_details: only uri and dns together are supported (Remora's x-forwarded-client-cert carries By, Hash, URI and DNS)")
+            }
+            rest.forwardClientCertDetails = .sanitize; rest.clearSetCurrentClientCertDetails()
         }
         try refuseLeftovers(rest, at: at)
         // Filters: fault and local rate limit (each at most once), then the router, last.
@@ -1067,7 +1085,8 @@ public struct Translator: Sendable {
         if c.type != .strictDns {   // DNS settings of a cluster that resolves nothing: without effect in Envoy too
             rest.dnsLookupFamily = .auto; rest.respectDnsTtl = false; rest.clearDnsRefreshRate()
         }
-        try refuseLeftovers(rest, at: at, note: c.transportSocket.isEmpty ? "" : "TLS is not supported yet")
+        rest.clearTransportSocket()
+        try refuseLeftovers(rest, at: at)
         var node: [(String, YAMLNode)] = [("name", .string(names.cluster(c.name)))]
         let cla: ClusterLoadAssignment
         switch c.clusterDiscoveryType {
@@ -1123,6 +1142,7 @@ public struct Translator: Sendable {
             let s = try http2(h2, at: at + ".http2_protocol_options", listener: false)
             if s != .map([]) { node.append(("http2", s)) }
         }
+        if c.hasTransportSocket { node.append(("tls", try upstreamTLS(c.transportSocket, at: at + ".transport_socket"))) }
         node.append(("endpoints", .list(try endpoints(cla, at: at))))
         let lb: String
         switch c.lbPolicy {

@@ -320,10 +320,14 @@ public nonisolated struct Envoy_Config_Cluster_V3_Cluster: @unchecked Sendable {
   /// Clears the value of `commonLbConfig`. Subsequent reads from it will return its default value.
   public mutating func clearCommonLbConfig() {_uniqueStorage()._commonLbConfig = nil}
 
-  public var transportSocket: Data {
-    get {_storage._transportSocket}
+  public var transportSocket: Envoy_Config_Core_V3_TransportSocket {
+    get {_storage._transportSocket ?? Envoy_Config_Core_V3_TransportSocket()}
     set {_uniqueStorage()._transportSocket = newValue}
   }
+  /// Returns true if `transportSocket` has been explicitly set.
+  public var hasTransportSocket: Bool {_storage._transportSocket != nil}
+  /// Clears the value of `transportSocket`. Subsequent reads from it will return its default value.
+  public mutating func clearTransportSocket() {_uniqueStorage()._transportSocket = nil}
 
   public var metadata: Data {
     get {_storage._metadata}
@@ -734,7 +738,7 @@ nonisolated extension Envoy_Config_Cluster_V3_Cluster: SwiftProtobuf.Message, Sw
     var _lbSubsetConfig: Data = Data()
     var _lbConfig: Envoy_Config_Cluster_V3_Cluster.OneOf_LbConfig?
     var _commonLbConfig: Envoy_Config_Cluster_V3_Cluster.CommonLbConfig? = nil
-    var _transportSocket: Data = Data()
+    var _transportSocket: Envoy_Config_Core_V3_TransportSocket? = nil
     var _metadata: Data = Data()
     var _protocolSelection: Envoy_Config_Cluster_V3_Cluster.ClusterProtocolSelection = .useConfiguredProtocol
     var _upstreamConnectionOptions: Data = Data()
@@ -859,7 +863,7 @@ nonisolated extension Envoy_Config_Cluster_V3_Cluster: SwiftProtobuf.Message, Sw
             _storage._lbConfig = .ringHashLbConfig(v)
           }
         }()
-        case 24: try { try decoder.decodeSingularBytesField(value: &_storage._transportSocket) }()
+        case 24: try { try decoder.decodeSingularMessageField(value: &_storage._transportSocket) }()
         case 25: try { try decoder.decodeSingularBytesField(value: &_storage._metadata) }()
         case 26: try { try decoder.decodeSingularEnumField(value: &_storage._protocolSelection) }()
         case 27: try { try decoder.decodeSingularMessageField(value: &_storage._commonLbConfig) }()
@@ -998,9 +1002,9 @@ nonisolated extension Envoy_Config_Cluster_V3_Cluster: SwiftProtobuf.Message, Sw
       try { if case .ringHashLbConfig(let v)? = _storage._lbConfig {
         try visitor.visitSingularBytesField(value: v, fieldNumber: 23)
       } }()
-      if !_storage._transportSocket.isEmpty {
-        try visitor.visitSingularBytesField(value: _storage._transportSocket, fieldNumber: 24)
-      }
+      try { if let v = _storage._transportSocket {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 24)
+      } }()
       if !_storage._metadata.isEmpty {
         try visitor.visitSingularBytesField(value: _storage._metadata, fieldNumber: 25)
       }

@@ -81,7 +81,14 @@ public nonisolated struct Envoy_Config_Listener_V3_FilterChain: Sendable {
 
   public var metadata: Data = Data()
 
-  public var transportSocket: Data = Data()
+  public var transportSocket: Envoy_Config_Core_V3_TransportSocket {
+    get {_transportSocket ?? Envoy_Config_Core_V3_TransportSocket()}
+    set {_transportSocket = newValue}
+  }
+  /// Returns true if `transportSocket` has been explicitly set.
+  public var hasTransportSocket: Bool {self._transportSocket != nil}
+  /// Clears the value of `transportSocket`. Subsequent reads from it will return its default value.
+  public mutating func clearTransportSocket() {self._transportSocket = nil}
 
   public var transportSocketConnectTimeout: SwiftProtobuf.Google_Protobuf_Duration {
     get {_transportSocketConnectTimeout ?? SwiftProtobuf.Google_Protobuf_Duration()}
@@ -99,6 +106,7 @@ public nonisolated struct Envoy_Config_Listener_V3_FilterChain: Sendable {
   public init() {}
 
   fileprivate var _useProxyProto: SwiftProtobuf.Google_Protobuf_BoolValue? = nil
+  fileprivate var _transportSocket: Envoy_Config_Core_V3_TransportSocket? = nil
   fileprivate var _transportSocketConnectTimeout: SwiftProtobuf.Google_Protobuf_Duration? = nil
 }
 
@@ -187,7 +195,7 @@ nonisolated extension Envoy_Config_Listener_V3_FilterChain: SwiftProtobuf.Messag
       case 3: try { try decoder.decodeRepeatedMessageField(value: &self.filters) }()
       case 4: try { try decoder.decodeSingularMessageField(value: &self._useProxyProto) }()
       case 5: try { try decoder.decodeSingularBytesField(value: &self.metadata) }()
-      case 6: try { try decoder.decodeSingularBytesField(value: &self.transportSocket) }()
+      case 6: try { try decoder.decodeSingularMessageField(value: &self._transportSocket) }()
       case 7: try { try decoder.decodeSingularStringField(value: &self.name) }()
       case 9: try { try decoder.decodeSingularMessageField(value: &self._transportSocketConnectTimeout) }()
       default: break
@@ -212,9 +220,9 @@ nonisolated extension Envoy_Config_Listener_V3_FilterChain: SwiftProtobuf.Messag
     if !self.metadata.isEmpty {
       try visitor.visitSingularBytesField(value: self.metadata, fieldNumber: 5)
     }
-    if !self.transportSocket.isEmpty {
-      try visitor.visitSingularBytesField(value: self.transportSocket, fieldNumber: 6)
-    }
+    try { if let v = self._transportSocket {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
+    } }()
     if !self.name.isEmpty {
       try visitor.visitSingularStringField(value: self.name, fieldNumber: 7)
     }
@@ -229,7 +237,7 @@ nonisolated extension Envoy_Config_Listener_V3_FilterChain: SwiftProtobuf.Messag
     if lhs.filters != rhs.filters {return false}
     if lhs._useProxyProto != rhs._useProxyProto {return false}
     if lhs.metadata != rhs.metadata {return false}
-    if lhs.transportSocket != rhs.transportSocket {return false}
+    if lhs._transportSocket != rhs._transportSocket {return false}
     if lhs._transportSocketConnectTimeout != rhs._transportSocketConnectTimeout {return false}
     if lhs.name != rhs.name {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}

@@ -290,10 +290,14 @@ public nonisolated struct Envoy_Extensions_Filters_Network_HttpConnectionManager
     set {_uniqueStorage()._forwardClientCertDetails = newValue}
   }
 
-  public var setCurrentClientCertDetails: Data {
-    get {_storage._setCurrentClientCertDetails}
+  public var setCurrentClientCertDetails: Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_HttpConnectionManager.SetCurrentClientCertDetails {
+    get {_storage._setCurrentClientCertDetails ?? Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_HttpConnectionManager.SetCurrentClientCertDetails()}
     set {_uniqueStorage()._setCurrentClientCertDetails = newValue}
   }
+  /// Returns true if `setCurrentClientCertDetails` has been explicitly set.
+  public var hasSetCurrentClientCertDetails: Bool {_storage._setCurrentClientCertDetails != nil}
+  /// Clears the value of `setCurrentClientCertDetails`. Subsequent reads from it will return its default value.
+  public mutating func clearSetCurrentClientCertDetails() {_uniqueStorage()._setCurrentClientCertDetails = nil}
 
   public var forwardClientCertMatcher: Data {
     get {_storage._forwardClientCertMatcher}
@@ -600,6 +604,35 @@ public nonisolated struct Envoy_Extensions_Filters_Network_HttpConnectionManager
 
   }
 
+  public nonisolated struct SetCurrentClientCertDetails: Sendable {
+    // SwiftProtobuf.Message conformance is added in an extension below. See the
+    // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+    // methods supported on all messages.
+
+    public var subject: SwiftProtobuf.Google_Protobuf_BoolValue {
+      get {_subject ?? SwiftProtobuf.Google_Protobuf_BoolValue()}
+      set {_subject = newValue}
+    }
+    /// Returns true if `subject` has been explicitly set.
+    public var hasSubject: Bool {self._subject != nil}
+    /// Clears the value of `subject`. Subsequent reads from it will return its default value.
+    public mutating func clearSubject() {self._subject = nil}
+
+    public var cert: Bool = false
+
+    public var chain: Bool = false
+
+    public var dns: Bool = false
+
+    public var uri: Bool = false
+
+    public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+    public init() {}
+
+    fileprivate var _subject: SwiftProtobuf.Google_Protobuf_BoolValue? = nil
+  }
+
   public init() {}
 
   fileprivate var _storage = _StorageClass.defaultInstance
@@ -713,7 +746,7 @@ nonisolated extension Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_
     var _preserveExternalRequestID: Bool = false
     var _alwaysSetRequestIDInResponse: Bool = false
     var _forwardClientCertDetails: Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_HttpConnectionManager.ForwardClientCertDetails = .sanitize
-    var _setCurrentClientCertDetails: Data = Data()
+    var _setCurrentClientCertDetails: Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_HttpConnectionManager.SetCurrentClientCertDetails? = nil
     var _forwardClientCertMatcher: Data = Data()
     var _proxy100Continue: Bool = false
     var _representIpv4RemoteAddressAsIpv4MappedIpv6: Bool = false
@@ -856,7 +889,7 @@ nonisolated extension Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_
         case 14: try { try decoder.decodeSingularMessageField(value: &_storage._useRemoteAddress) }()
         case 15: try { try decoder.decodeSingularMessageField(value: &_storage._generateRequestID) }()
         case 16: try { try decoder.decodeSingularEnumField(value: &_storage._forwardClientCertDetails) }()
-        case 17: try { try decoder.decodeSingularBytesField(value: &_storage._setCurrentClientCertDetails) }()
+        case 17: try { try decoder.decodeSingularMessageField(value: &_storage._setCurrentClientCertDetails) }()
         case 18: try { try decoder.decodeSingularBoolField(value: &_storage._proxy100Continue) }()
         case 19: try { try decoder.decodeSingularUInt32Field(value: &_storage._xffNumTrustedHops) }()
         case 20: try { try decoder.decodeSingularBoolField(value: &_storage._representIpv4RemoteAddressAsIpv4MappedIpv6) }()
@@ -975,9 +1008,9 @@ nonisolated extension Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_
       if _storage._forwardClientCertDetails != .sanitize {
         try visitor.visitSingularEnumField(value: _storage._forwardClientCertDetails, fieldNumber: 16)
       }
-      if !_storage._setCurrentClientCertDetails.isEmpty {
-        try visitor.visitSingularBytesField(value: _storage._setCurrentClientCertDetails, fieldNumber: 17)
-      }
+      try { if let v = _storage._setCurrentClientCertDetails {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 17)
+      } }()
       if _storage._proxy100Continue != false {
         try visitor.visitSingularBoolField(value: _storage._proxy100Continue, fieldNumber: 18)
       }
@@ -1192,6 +1225,60 @@ nonisolated extension Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_
 
 nonisolated extension Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_HttpConnectionManager.PathWithEscapedSlashesAction: SwiftProtobuf._ProtoNameProviding {
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0IMPLEMENTATION_SPECIFIC_DEFAULT\0\u{1}KEEP_UNCHANGED\0\u{1}REJECT_REQUEST\0\u{1}UNESCAPE_AND_REDIRECT\0\u{1}UNESCAPE_AND_FORWARD\0")
+}
+
+nonisolated extension Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_HttpConnectionManager.SetCurrentClientCertDetails: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_HttpConnectionManager.protoMessageName + ".SetCurrentClientCertDetails"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}subject\0\u{2}\u{2}cert\0\u{1}dns\0\u{1}uri\0\u{1}chain\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._subject) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.cert) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.dns) }()
+      case 5: try { try decoder.decodeSingularBoolField(value: &self.uri) }()
+      case 6: try { try decoder.decodeSingularBoolField(value: &self.chain) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._subject {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    if self.cert != false {
+      try visitor.visitSingularBoolField(value: self.cert, fieldNumber: 3)
+    }
+    if self.dns != false {
+      try visitor.visitSingularBoolField(value: self.dns, fieldNumber: 4)
+    }
+    if self.uri != false {
+      try visitor.visitSingularBoolField(value: self.uri, fieldNumber: 5)
+    }
+    if self.chain != false {
+      try visitor.visitSingularBoolField(value: self.chain, fieldNumber: 6)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_HttpConnectionManager.SetCurrentClientCertDetails, rhs: Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_HttpConnectionManager.SetCurrentClientCertDetails) -> Bool {
+    if lhs._subject != rhs._subject {return false}
+    if lhs.cert != rhs.cert {return false}
+    if lhs.chain != rhs.chain {return false}
+    if lhs.dns != rhs.dns {return false}
+    if lhs.uri != rhs.uri {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
 }
 
 nonisolated extension Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_Rds: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {

@@ -183,9 +183,9 @@ final class TranslateTests: XCTestCase {
             XCTAssertTrue("\(e)".contains("routes[0].route.request_mirror_policies[0].cluster_header is not supported"), "\(e)")
         }
         var c = Build.edsCluster("app")
-        c.transportSocket = Data([0x0a, 0x03, 0x74, 0x6c, 0x73])
+        c.transportSocketMatches = [Data()]
         XCTAssertThrowsError(try Translator().translate(resources(cluster: c))) { e in
-            XCTAssertTrue("\(e)".contains("Cluster app.transport_socket is not supported (TLS is not supported yet)"), "\(e)")
+            XCTAssertTrue("\(e)".contains("Cluster app.transport_socket_matches is not supported"), "\(e)")
         }
         var r = resources()
         var l = r.listeners["web"]!
@@ -380,6 +380,207 @@ final class TranslateTests: XCTestCase {
         XCTAssertThrowsError(try Translator().translate(resources(cluster: c))) { e in
             XCTAssertTrue("\(e)".contains("Cluster app.outlier_detection.success_rate_stdev_factor is not supported"), "\(e)")
         }
+    }
+
+    // MARK: TLS
+
+    static func file(_ f: String) -> Envoy_Config_Core_V3_DataSource {
+        var d = Envoy_Config_Core_V3_DataSource()
+        d.filename = f
+        return d
+    }
+
+    static func certificate(_ cert: String, _ key: String) -> Envoy_Extensions_TransportSockets_Tls_V3_TlsCertificate {
+        var t = Envoy_Extensions_TransportSockets_Tls_V3_TlsCertificate()
+        t.certificateChain = file(cert)
+        t.privateKey = file(key)
+        return t
+    }
+
+    static func transportSocket<M: Message>(_ m: M) -> TransportSocket {
+        var ts = TransportSocket()
+        ts.name = "envoy.transport_sockets.tls"
+        ts.typedConfig = Build.any(m)
+        return ts
+    }
+
+    static func upstreamTLS() -> UpstreamTLS {
+        var u = UpstreamTLS()
+        u.sni = "app.shop.svc"
+        var v = Envoy_Extensions_TransportSockets_Tls_V3_CertificateValidationContext()
+        v.trustedCa = file("/certs/ca.pem")
+        var uri = Envoy_Extensions_TransportSockets_Tls_V3_SubjectAltNameMatcher()
+        uri.sanType = .uri
+        uri.matcher.exact = "spiffe://mesh.local/ns/shop/sa/app"
+        var dns = Envoy_Extensions_TransportSockets_Tls_V3_SubjectAltNameMatcher()
+        dns.sanType = .dns
+        dns.matcher.exact = "app.shop.svc"
+        v.matchTypedSubjectAltNames = [uri, dns]
+        var old = Envoy_Type_Matcher_V3_StringMatcher()
+        old.exact = "legacy.shop.svc"
+        v.matchSubjectAltNames = [old]
+        u.commonTlsContext.validationContext = v
+        u.commonTlsContext.tlsCertificates = [certificate("/certs/sidecar.pem", "/certs/sidecar-key.pem")]
+        u.commonTlsContext.alpnProtocols = ["http/1.1"]
+        u.commonTlsContext.tlsParams.tlsMinimumProtocolVersion = .tlsv13
+        return u
+    }
+
+    func testUpstreamTlsContextBecomesClusterTLS() throws {
+        var c = Build.edsCluster("app")
+        c.transportSocket = Self.transportSocket(Self.upstreamTLS())
+        let text = try config(resources(cluster: c)).text
+        XCTAssertTrue(text.contains("""
+            tls:
+              ca: "/certs/ca.pem"
+              server_name: "app.shop.svc"
+              verify_san: [ "spiffe://mesh.local/ns/shop/sa/app", "app.shop.svc", "legacy.shop.svc" ]
+              cert: "/certs/sidecar.pem"
+              key: "/certs/sidecar-key.pem"
+              alpn: [ "http/1.1" ]
+              min_version: "1.3"
+        """), text)
+        // No validation context: Envoy would accept any server certificate; refused.
+        var u = Self.upstreamTLS()
+        u.commonTlsContext.validationContextType = nil
+        c.transportSocket = Self.transportSocket(u)
+        XCTAssertThrowsError(try Translator().translate(resources(cluster: c))) { e in
+            XCTAssertTrue("\(e)".contains("Cluster app.transport_socket.typed_config.common_tls_context.validation_context (trusted_ca) is required"), "\(e)")
+        }
+        // An inline certificate, a prefix SAN matcher, an IP SAN, TLS 1.1, auto SNI: each named.
+        let cases: [(String, (inout UpstreamTLS) -> Void)] = [
+            ("common_tls_context.tls_certificates[0].certificate_chain.inline_string is not supported (only filename is supported)",
+             { $0.commonTlsContext.tlsCertificates[0].certificateChain.inlineString = "-----BEGIN CERTIFICATE-----" }),
+            ("validation_context.match_typed_subject_alt_names[0].matcher.prefix is not supported (only an exact name is supported)",
+             { $0.commonTlsContext.validationContext.matchTypedSubjectAltNames[0].matcher.prefix = "spiffe://" }),
+            ("validation_context.match_typed_subject_alt_names[1].san_type: IP_ADDRESS is not supported",
+             { $0.commonTlsContext.validationContext.matchTypedSubjectAltNames[1].sanType = .ipAddress }),
+            ("tls_params.tls_minimum_protocol_version: TLSv1_1 is not supported",
+             { $0.commonTlsContext.tlsParams.tlsMinimumProtocolVersion = .tlsv11 }),
+            ("Cluster app.transport_socket.typed_config.auto_host_sni is not supported", { $0.autoHostSni = true }),
+            ("validation_context.crl is not supported", { $0.commonTlsContext.validationContext.crl = Self.file("/certs/crl.pem") }),
+        ]
+        for (want, edit) in cases {
+            var u = Self.upstreamTLS()
+            edit(&u)
+            c.transportSocket = Self.transportSocket(u)
+            XCTAssertThrowsError(try Translator().translate(resources(cluster: c))) { e in
+                XCTAssertTrue("\(e)".contains(want), "\(want) not in \(e)")
+            }
+        }
+        // A transport socket that is not TLS.
+        c.transportSocket = Self.transportSocket(Google_Protobuf_Struct())
+        XCTAssertThrowsError(try Translator().translate(resources(cluster: c))) { e in
+            XCTAssertTrue("\(e)".contains("Cluster app.transport_socket.typed_config: type.googleapis.com/google.protobuf.Struct is not supported"), "\(e)")
+        }
+    }
+
+    func testSDSSecretReferencesAreNACKedByName() {
+        // Istio's form: the certificate and the CA from SDS.
+        var u = Self.upstreamTLS()
+        u.commonTlsContext.tlsCertificates = []
+        u.commonTlsContext.tlsCertificateSdsSecretConfigs = [Data([0x0a, 0x07]) + Data("default".utf8)]
+        var c = Build.edsCluster("app")
+        c.transportSocket = Self.transportSocket(u)
+        XCTAssertThrowsError(try Translator().translate(resources(cluster: c))) { e in
+            XCTAssertTrue("\(e)".contains("Cluster app.transport_socket.typed_config.common_tls_context.tls_certificate_sds_secret_configs is not supported (certificates and CAs are read from files (filename); SDS is not supported)"), "\(e)")
+        }
+        var d = DownstreamTLS()
+        d.commonTlsContext.tlsCertificates = [Self.certificate("/certs/web.pem", "/certs/web-key.pem")]
+        d.commonTlsContext.validationContextSdsSecretConfig = Data([0x0a, 0x09]) + Data("ROOTCA_xx".utf8)
+        var r = resources()
+        r.listeners["web"]!.filterChains[0].transportSocket = Self.transportSocket(d)
+        XCTAssertThrowsError(try Translator().translate(r)) { e in
+            XCTAssertTrue("\(e)".contains("Listener web: filter_chains[0].transport_socket.typed_config.common_tls_context.validation_context_sds_secret_config is not supported"), "\(e)")
+        }
+    }
+
+    func testDownstreamTlsContextBecomesListenerTLS() throws {
+        var d = DownstreamTLS()
+        d.commonTlsContext.tlsCertificates = [Self.certificate("/certs/web.pem", "/certs/web-key.pem"),
+                                              Self.certificate("/certs/api.pem", "/certs/api-key.pem")]
+        var r = resources()
+        r.listeners["web"]!.filterChains[0].transportSocket = Self.transportSocket(d)
+        // No ALPN configured: Envoy offers none (HTTP/1.1); no client certificate asked for.
+        var text = try config(r).text
+        XCTAssertTrue(text.contains("""
+            tls:
+              certificates:
+                - cert: "/certs/web.pem"
+                  key: "/certs/web-key.pem"
+                - cert: "/certs/api.pem"
+                  key: "/certs/api-key.pem"
+              alpn: [ "http/1.1" ]
+        """), text)
+        XCTAssertFalse(text.contains("client_ca"), text)
+        // Mutual TLS, ALPN, minimum version.
+        d.commonTlsContext.validationContext.trustedCa = Self.file("/certs/ca.pem")
+        d.requireClientCertificate = Google_Protobuf_BoolValue(true)
+        d.commonTlsContext.alpnProtocols = ["h2", "http/1.1"]
+        d.commonTlsContext.tlsParams.tlsMinimumProtocolVersion = .tlsv12
+        d.commonTlsContext.tlsParams.tlsMaximumProtocolVersion = .tlsv13
+        r.listeners["web"]!.filterChains[0].transportSocket = Self.transportSocket(d)
+        text = try config(r).text
+        for want in ["client_ca: \"/certs/ca.pem\"", "forward_client_cert: false", "alpn: [ \"h2\", \"http/1.1\" ]",
+                     "min_version: \"1.2\""] {
+            XCTAssertTrue(text.contains(want), "\(want) not in\n\(text)")
+        }
+        // SANITIZE_SET with uri and dns: Remora's x-forwarded-client-cert (By, Hash, URI, DNS); other details refused.
+        var set = r
+        set.listeners["web"] = Build.listener("web", port: 8080, filter: Build.hcm(rds: "rc") {
+            $0.forwardClientCertDetails = .sanitizeSet
+            $0.setCurrentClientCertDetails.uri = true
+            $0.setCurrentClientCertDetails.dns = true
+        })
+        set.listeners["web"]!.filterChains[0].transportSocket = Self.transportSocket(d)
+        XCTAssertTrue(try config(set).text.contains("forward_client_cert: true"))
+        set.listeners["web"] = Build.listener("web", port: 8080, filter: Build.hcm(rds: "rc") {
+            $0.forwardClientCertDetails = .sanitizeSet
+            $0.setCurrentClientCertDetails.uri = true
+            $0.setCurrentClientCertDetails.cert = true
+        })
+        XCTAssertThrowsError(try Translator().translate(set)) { e in
+            XCTAssertTrue("\(e)".contains("typed_config.set_current_client_cert_details: only uri and dns together are supported"), "\(e)")
+        }
+        set.listeners["web"] = Build.listener("web", port: 8080, filter: Build.hcm(rds: "rc") { $0.forwardClientCertDetails = .appendForward })
+        XCTAssertThrowsError(try Translator().translate(set)) { e in
+            XCTAssertTrue("\(e)".contains("typed_config.forward_client_cert_details is not supported"), "\(e)")
+        }
+        // A CA without require_client_certificate (an optional client certificate), a SAN check on
+        // clients, require_sni, session ticket keys: each named.
+        let cases: [(String, (inout DownstreamTLS) -> Void)] = [
+            ("validation_context without require_client_certificate (an optional client certificate) is not supported",
+             { $0.clearRequireClientCertificate() }),
+            ("validation_context.match_subject_alt_names is not supported (Remora checks a client certificate against client_ca only)",
+             { var m = Envoy_Type_Matcher_V3_StringMatcher(); m.exact = "x"; $0.commonTlsContext.validationContext.matchSubjectAltNames = [m] }),
+            ("typed_config.require_sni is not supported", { $0.requireSni = Google_Protobuf_BoolValue(true) }),
+            ("common_tls_context.tls_params.cipher_suites is not supported", { $0.commonTlsContext.tlsParams.cipherSuites = ["ECDHE-RSA-AES128-GCM-SHA256"] }),
+            ("tls_maximum_protocol_version: TLSv1_2 is not supported", { $0.commonTlsContext.tlsParams.tlsMaximumProtocolVersion = .tlsv12 }),
+            ("common_tls_context.tls_certificates[0].private_key.environment_variable is not supported",
+             { $0.commonTlsContext.tlsCertificates[0].privateKey.environmentVariable = "KEY" }),
+        ]
+        for (want, edit) in cases {
+            var bad = d
+            edit(&bad)
+            r.listeners["web"]!.filterChains[0].transportSocket = Self.transportSocket(bad)
+            XCTAssertThrowsError(try Translator().translate(r)) { e in
+                XCTAssertTrue("\(e)".contains(want), "\(want) not in \(e)")
+            }
+        }
+        // A tcp_proxy listener: TLS without ALPN.
+        var t = Envoy_Extensions_Filters_Network_TcpProxy_V3_TcpProxy()
+        t.statPrefix = "tcp"
+        t.cluster = "app"
+        var tl = Build.listener("tcp", port: 9443, filter: t)
+        var plain = d
+        plain.commonTlsContext.alpnProtocols = []
+        tl.filterChains[0].transportSocket = Self.transportSocket(plain)
+        r.listeners["tcp"] = tl
+        r.listeners["web"]!.filterChains[0].clearTransportSocket()
+        text = try config(r).text
+        XCTAssertTrue(text.contains("protocol: \"tcp\""), text)
+        XCTAssertFalse(text.contains("alpn"), text)
+        XCTAssertFalse(text.contains("forward_client_cert"), text)
     }
 
     func testMirrorPolicyBecomesMirror() throws {
