@@ -469,33 +469,31 @@ final class ListenerRuntime {
     /// routed, so only the listener's rules apply; its path is empty (a rule on paths does not match
     /// it) and its target is the authority. False: answer 403.
     func admitConnect(_ view: RequestView, _ c: TCPConnection?, source: IPAddress?) -> Bool {
-        guard let a = authorization, let policy = a.listener else { return true }
-        var v = view
-        var principal = a.needsPrincipal ? c?.peerPrincipal : nil
-        var sni = a.needsServerName ? c?.serverName : nil
-        return withOptionalUTF8(&principal) { p in
-            withOptionalUTF8(&sni) { s in
-                if let p { v.principal = p }
-                let d = policy.decide(HTTPAuthorizationInput(view: v, path: UnsafeRawBufferPointer(start: nil, count: 0),
-                                                             source: source, serverName: s))
-                if d.rule >= 0 && d.rule < authzRules.count { authzRules[d.rule].inc(d.allowed ? .allowed : .denied) }
-                stats.inc(d.allowed ? .rbac_allowed : .rbac_denied)
-                return d.allowed
-            }
+        guard let a = authorization else { return true }
+        return withPeer(a, c) { p, s in
+            var v = view
+            if let p { v.principal = p }
+            return AuthorizationFilter.admit(a, HTTPAuthorizationInput(view: v, path: UnsafeRawBufferPointer(start: nil, count: 0),
+                                                                        source: source, serverName: s),
+                                             stats: stats, rules: authzRules)
         }
     }
 
     /// A TCP listener's connection against its policy (counted); false: close it.
     func admitConnection(_ a: ListenerAuthorization, _ c: TCPConnection) -> Bool {
         let source = a.needsSource ? IPAddress.parse(c.peerIP()) : nil
-        var principal = a.needsPrincipal ? c.peerPrincipal : nil
-        var sni = a.needsServerName ? c.serverName : nil
-        return withOptionalUTF8(&principal) { p in
-            withOptionalUTF8(&sni) { s in
-                AuthorizationFilter.admit(a, ConnectionAuthorizationInput(principal: p, source: source, serverName: s),
-                                          stats: stats, rules: authzRules)
-            }
+        return withPeer(a, c) { p, s in
+            AuthorizationFilter.admit(a, ConnectionAuthorizationInput(principal: p, source: source, serverName: s),
+                                      stats: stats, rules: authzRules)
         }
+    }
+
+    /// `body` with the connection's peer identity and SNI as bytes, each read only when `a` asks.
+    private func withPeer<T>(_ a: ListenerAuthorization, _ c: TCPConnection?,
+                             _ body: (UnsafeRawBufferPointer?, UnsafeRawBufferPointer?) -> T) -> T {
+        var principal = a.needsPrincipal ? c?.peerPrincipal : nil
+        var sni = a.needsServerName ? c?.serverName : nil
+        return withOptionalUTF8(&principal) { p in withOptionalUTF8(&sni) { s in body(p, s) } }
     }
 
     /// The tracing of listener `l` (index `i` of the snapshot), with its span recorder when it exports.

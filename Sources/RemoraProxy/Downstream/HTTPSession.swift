@@ -555,17 +555,25 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
         tunneled = true
         conn.uncork()
         let t = TCPProxySession(tunnel: worker, listener: listener, cluster: cluster, down: conn, up: up)
+        handOver(to: t)
+        if leftover.count > 0 { t.forward(from: up, leftover) }
+        return true
+    }
+
+    /// The tunnel `t` (made after `ending` and `tunneled` were set) takes this session's place in the
+    /// worker and its connection: what the client sent after its request (stashed while the parser
+    /// waited) goes up first; the session's buffers and parser (paused after the request: back to a
+    /// clean state) are given back.
+    func handOver(to t: TCPProxySession) {
         t.slot = slot
         worker.replace(self, with: t)
         if !stash.isEmpty { t.forward(from: conn, stash.bytes) }
-        if leftover.count > 0 { t.forward(from: up, leftover) }
         stash.release(); work.release(); sniff.release()
-        if let p = parserRef {   // (paused after the upgrade request: back to a clean state)
+        if let p = parserRef {
             parserRef = nil
             p._withUnsafeGuaranteedRef { $0.detach(); $0.reset() }
             worker.freeParsers.give(p)
         }
-        return true
     }
 
     /// `CONNECT host:port` (issue 18): allowed when the listener has `connect:` and the target is
@@ -600,16 +608,7 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
         connectTo = -1
         ending = true
         tunneled = true
-        let t = TCPProxySession(connect: worker, listener: listener, cluster: cl, endpoint: endpoint, down: conn)
-        t.slot = slot
-        worker.replace(self, with: t)
-        if !stash.isEmpty { t.forward(from: conn, stash.bytes) }
-        stash.release(); work.release(); sniff.release()
-        if let p = parserRef {
-            parserRef = nil
-            p._withUnsafeGuaranteedRef { $0.detach(); $0.reset() }
-            worker.freeParsers.give(p)
-        }
+        handOver(to: TCPProxySession(connect: worker, listener: listener, cluster: cl, endpoint: endpoint, down: conn))
     }
 
     // MARK: Session

@@ -28,6 +28,10 @@ struct RequestStart {
     /// The connection has no TLS layer: scheme `http`, even on a TLS listener (`allow_plaintext`).
     var plaintext = false
 
+    /// The scheme the request arrived with (X-Forwarded-Proto, redirects): the listener's, but
+    /// `http` on a TLS listener's plaintext connection.
+    @inline(__always) func scheme(_ l: ListenerRuntime) -> StaticString { plaintext ? "http" : l.scheme }
+
     /// How the body goes to an HTTP/1.1 upstream.
     var framing: BodyFraming { chunked ? .chunked : (lengthKnown ? .contentLength : (endStream ? .none : .chunked)) }
     /// A body that may outgrow the replay buffer goes on a fresh HTTP/1.1 connection: a pooled one
@@ -52,21 +56,18 @@ extension Exchange {
         isGRPC = h.firstIndex(named: "content-type").map { GRPC.isGRPC(contentType: h[$0].value) } ?? false
         // The path as routing, authorization and the upstream see it (`path_normalization:`).
         // One scan finds the common case, a path with no "%", "/." or "//": nothing to do.
-        guard l.normalizesPaths, PathNormalizer.mayChange(r.view.target) else {
-            if l.needsPrincipal { return startWithPrincipal(d, l, r, clientIP: clientIP) }
-            return startRouting(l, r, clientIP: clientIP)
-        }
+        guard l.normalizesPaths, PathNormalizer.mayChange(r.view.target) else { return proceed(d, l, r, clientIP: clientIP) }
         var normalized = pool.take()
         normalized.reserve(r.view.target.count)
         let outcome = PathNormalizer.normalize(r.view.target, l.normalization,
                                                into: UnsafeMutableRawBufferPointer(start: normalized.base, count: r.view.target.count))
         switch outcome {
         case .unchanged:
-            if l.needsPrincipal { startWithPrincipal(d, l, r, clientIP: clientIP) } else { startRouting(l, r, clientIP: clientIP) }
+            proceed(d, l, r, clientIP: clientIP)
         case .changed(let n):
             var nr = r
             nr.view.target = UnsafeRawBufferPointer(start: normalized.base, count: n)
-            if l.needsPrincipal { startWithPrincipal(d, l, nr, clientIP: clientIP) } else { startRouting(l, nr, clientIP: clientIP) }
+            proceed(d, l, nr, clientIP: clientIP)
         case .rejected(let why):
             stats.inc(.downstream_rq_failed_path_normalization)
             observe.flags.insert(.DPE)
@@ -76,10 +77,16 @@ extension Exchange {
         pool.give(&normalized)
     }
 
-    /// The peer's identity in the view (`RequestView.principal`), for listeners whose routes match
-    /// on it or whose authorization asks; then the route and the filters.
+    /// The route and the filters, with the peer's identity in the view first when the listener's
+    /// routes match on it or its authorization asks.
+    @inline(__always)
+    func proceed(_ d: any DownstreamSide, _ l: ListenerRuntime, _ r: RequestStart, clientIP: String) {
+        if l.needsPrincipal { startWithPrincipal(d, l, r, clientIP: clientIP) } else { startRouting(l, r, clientIP: clientIP) }
+    }
+
+    /// The peer's identity in the view (`RequestView.principal`), then the route and the filters.
     func startWithPrincipal(_ d: any DownstreamSide, _ l: ListenerRuntime, _ r: RequestStart, clientIP: String) {
-        guard l.needsPrincipal, var p = d.transportConnection?.peerPrincipal, !p.isEmpty else {
+        guard var p = d.transportConnection?.peerPrincipal, !p.isEmpty else {
             return startRouting(l, r, clientIP: clientIP)
         }
         p.withUTF8 { u in
@@ -155,7 +162,7 @@ extension Exchange {
             return
         case .redirect:
             var location = pool.take()
-            table.writeLocation(route: ri, request: view, scheme: rawBytes(r.plaintext ? "http" : l.scheme), into: &location)
+            table.writeLocation(route: ri, request: view, scheme: rawBytes(r.scheme(l)), into: &location)
             local(route.status, body: UnsafeRawBufferPointer(start: nil, count: 0), location: location.bytes)
             pool.give(&location)
             return
@@ -210,9 +217,9 @@ extension Exchange {
                     routed.authority = headers[i].value
                 }
                 if grpcWeb != .off {
-                    withGRPCWebHead(routed) { prepareUpstream(cl, r, $0, clientIP: clientIP, scheme: r.plaintext ? "http" : l.scheme, dropExpect: r.dropExpect, extra: extra) }
+                    withGRPCWebHead(routed) { prepareUpstream(cl, r, $0, clientIP: clientIP, scheme: r.scheme(l), dropExpect: r.dropExpect, extra: extra) }
                 } else {
-                    prepareUpstream(cl, r, routed, clientIP: clientIP, scheme: r.plaintext ? "http" : l.scheme, dropExpect: r.dropExpect, extra: extra)
+                    prepareUpstream(cl, r, routed, clientIP: clientIP, scheme: r.scheme(l), dropExpect: r.dropExpect, extra: extra)
                 }
                 // The shadow gets the request as routed (rewritten, with the route's header changes).
                 if let mc = mirrorCluster, upgrade == .none { startShadow(cluster: l.clusters[mc], l, r, routed, clientIP: clientIP, extra: extra) }
@@ -239,7 +246,7 @@ extension Exchange {
         sh.begin(downstream: worker.discard, listener: l, stats: worker.shadowStats, isHEAD: r.isHEAD, endStream: r.endStream)
         sh.replayable = false
         sh.routeTimeout = l.config.idleTimeout   // a shadow that never answers is let go
-        sh.prepareUpstream(cl, r, view, clientIP: clientIP, scheme: r.plaintext ? "http" : l.scheme, dropExpect: true, extra: extra)
+        sh.prepareUpstream(cl, r, view, clientIP: clientIP, scheme: r.scheme(l), dropExpect: true, extra: extra)
         sh.reuseRetries = 0
         sh.connectRetries = 0
         sh.refusedRetries = 0

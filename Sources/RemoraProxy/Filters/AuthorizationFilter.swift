@@ -141,9 +141,10 @@ final class AuthorizationFilter: HTTPFilter {
         return d.allowed
     }
 
-    /// A TCP listener's connection: its policy's decision (counted); false = close it.
-    static func admit(_ authz: ListenerAuthorization, _ c: ConnectionAuthorizationInput, stats: StatBlock<ListenerStat>,
-                      rules: [StatBlock<AuthzRuleStat>]) -> Bool {
+    /// A request without a route (a TCP listener's connection, a CONNECT): the listener's policy
+    /// alone decides (counted); false = refuse it.
+    static func admit<R: AuthorizationRequest>(_ authz: ListenerAuthorization, _ c: R, stats: StatBlock<ListenerStat>,
+                                               rules: [StatBlock<AuthzRuleStat>]) -> Bool {
         guard let a = authz.listener else { return true }
         let d = a.decide(c)
         if d.rule >= 0 && d.rule < rules.count { rules[d.rule].inc(d.allowed ? .allowed : .denied) }
