@@ -109,6 +109,21 @@ static inline size_t remora_release_startup_text(void) {
     return released;
 }
 
+/* Freed memory goes back to malloc's free lists, not to the kernel: after a burst of connections
+ * that all park at once (each gives back its parser and write buffers), the freed chunks lie between
+ * live ones and stay resident. Every few seconds the main thread asks how much the heaps hold free
+ * (mallinfo2: a walk over each arena's bins under its lock); when it is at least `threshold` bytes,
+ * malloc_trim(0) gives the whole free pages back (MADV_DONTNEED inside each heap, not only at its
+ * top). Workers allocate nothing per request, so the arena locks this takes are not contended on
+ * the request path. Returns the free bytes seen when it trimmed, else 0. */
+#include <malloc.h>
+static inline size_t remora_trim_heap(size_t threshold) {
+    struct mallinfo2 mi = mallinfo2();
+    if (mi.fordblks < threshold) return 0;
+    malloc_trim(0);
+    return mi.fordblks;
+}
+
 /* Histograms (RemoraCore/Stats.swift): per worker, single writer, plain words like the counters.
  * One histogram is REMORA_HIST_STRIDE words: a count per bucket of Envoy's default bounds (not
  * cumulative: word i counts values in (bound[i-1], bound[i]]), the count above the last bound,

@@ -50,6 +50,11 @@ public final class Server {
     var startupTextReleased = 0
     /// Runs that release once, a second after `ready`.
     var textTimer: LoopTimer?
+    /// Gives freed heap memory back to the kernel after bursts (support.h, `remora_trim_heap`):
+    /// checked every 2 s, trimmed when at least 2 MiB lie free in malloc's lists.
+    var heapTimer: LoopTimer?
+    static let heapTrimPeriod: Millis = 2_000
+    static let heapTrimThreshold = 2 << 20
     var draining = false
     var exitCode: Int32 = 0
     /// The config file (SIGHUP and `--watch` reload it).
@@ -360,6 +365,12 @@ public final class Server {
                 textTimer = nil
             }
             textTimer = t
+            let h = LoopTimer(loop: loop)
+            h.unref()
+            h.start(after: Server.heapTrimPeriod, repeat: Server.heapTrimPeriod) {
+                _ = remora_trim_heap(Server.heapTrimThreshold)
+            }
+            heapTimer = h
         }
         ready = true
         var out = ""
@@ -396,6 +407,7 @@ public final class Server {
         registry?.accessLogWriter.finish(timeoutMs: 1_000)   // the last lines, unless the file is stuck
         drainTimer?.close()
         textTimer?.close()
+        heapTimer?.close()
         overload?.close()
         watcher?.close()
         tlsWatchers.values.forEach { $0.close() }

@@ -60,7 +60,7 @@ def svg_chart(rows, meta, rounds):
                          'stroke-width="3" paint-order="stroke">%.2f%s</text>' % (
                     x + bw / 2, y(v) - 4, "#1a7f37" if good else "#c62828", v, "↑" if v > ymax else ""))
             short = {"rps": "rate", "cpu_us_per_req": "CPU", "gbps": "Gbit/s", "cpu_s_per_gb": "CPU",
-                     "added_p50_ms": "p50", "added_p99_ms": "p99", "idle_rss": "idle", "held_rss": "held",
+                     "added_p50_ms": "p50", "added_p99_ms": "p99", "added_p999_ms": "p99.9", "idle_rss": "idle", "held_rss": "held",
                      "per_conn_kb": "/conn"}.get(r["key"], r["key"])
             o.append('<text x="%.1f" y="%d" text-anchor="middle" font-size="9" fill="#555">%s</text>' % (
                 x + bw / 2, top + ph + 12, esc(short)))

@@ -148,6 +148,7 @@ class Report:
         ("churn", "cpu_us_per_req", "CPU per connection", "µs", False, "%.2f"),
         ("latency", "added_p50_ms", "p50 added over direct", "ms", False, "%.3f"),
         ("latency", "added_p99_ms", "p99 added over direct", "ms", False, "%.3f"),
+        ("latency", "added_p999_ms", "p99.9 added over direct", "ms", False, "%.3f"),
         ("latency", "cpu_us_per_req", "CPU per request at fixed rate", "µs", False, "%.2f"),
         ("tcp", "gbps", "Gbit/s", "", True, "%.2f"),
         ("tcp", "cpu_s_per_gb", "CPU per GB", "s", False, "%.3f"),
@@ -283,7 +284,9 @@ class Report:
                      ("p99.9 ms", "r", lambda sm, rs: f(sm["lat_p999_ms"], "%.3f")),
                      ("**p50 added** ms", "r", lambda sm, rs: f(sm.get("added_p50_ms"), "%+.3f")),
                      ("**p99 added** ms", "r", lambda sm, rs: f(sm.get("added_p99_ms"), "%+.3f")),
-                     ("p99 ms per round", "l", lambda sm, rs: self.per_round(rs, "lat_p99_ms", "%.3f"))]
+                     ("**p99.9 added** ms", "r", lambda sm, rs: f(sm.get("added_p999_ms"), "%+.3f")),
+                     ("p99 ms per round", "l", lambda sm, rs: self.per_round(rs, "lat_p99_ms", "%.3f")),
+                     ("p99.9 ms per round", "l", lambda sm, rs: self.per_round(rs, "lat_p999_ms", "%.3f"))]
         elif wrk:
             cols += [("p50 ms", "r", lambda sm, rs: f(sm["lat_p50_ms"], "%.2f")),
                      ("p99 ms", "r", lambda sm, rs: f(sm["lat_p99_ms"], "%.2f"))]
@@ -329,6 +332,7 @@ class Report:
         elif sc == "latency":
             L += self.ratio_lines(s, "added_p50_ms", "p50 added over direct", "<1 = Remora adds less latency")
             L += self.ratio_lines(s, "added_p99_ms", "p99 added over direct", "<1 = Remora adds less latency")
+            L += self.ratio_lines(s, "added_p999_ms", "p99.9 added over direct", "<1 = Remora adds less latency")
             L += self.ratio_lines(s, "cpu_us_per_req", "CPU per request at %d req/s" % p["rate"], "<1 = Remora uses less CPU per request")
         else:
             L += self.ratio_lines(s, "rps", "throughput", ">1 = Remora serves more %s/s" % unit)
