@@ -95,7 +95,7 @@ final class Worker {
         flushHook = IterationHook(loop: loop) { [unowned self] in self.runFlushes() }
         let error = install(snapshot, stats, fds: fds)
         main.post(.started(worker: id, mailbox: mailbox, error: error))
-        if error != nil { beginDrain() }
+        if error != nil { beginDrain(); closeListeners() }
         loop.run()
         scratch.release()
         if !loop.close() { log("loop closed with \(loop.handleCount) handles left") }
@@ -183,6 +183,7 @@ final class Worker {
         case .drain: beginDrain()
         case .forceClose:
             beginDrain()
+            closeListeners()
             var s = sessionHead
             while let cur = s { s = cur.next; cur.abort() }
         }
@@ -199,14 +200,24 @@ final class Worker {
     func beginDrain() {
         if draining { return }
         draining = true
-        for slot in slots.values { slot.socket?.close(); slot.socket = nil }
+        // A sidecar's outbound listener keeps accepting until the drain time is up (`.forceClose`):
+        // the application in the same pod is being stopped too and may still call out while it
+        // shuts down (Istio drains inbound only). Its new HTTP/1.1 connections get one response
+        // with `Connection: close` (`HTTPSession` reads `worker.draining`).
+        for slot in slots.values where !slot.acceptsWhileDraining { slot.socket?.close(); slot.socket = nil }
         var s = sessionHead
         while let cur = s { s = cur.next; cur.drain() }
         maybeFinishDrain()
     }
 
+    /// Closes every listening socket, the sidecar's outbound one too.
+    func closeListeners() {
+        for slot in slots.values { slot.socket?.close(); slot.socket = nil }
+        maybeFinishDrain()
+    }
+
     func maybeFinishDrain() {
-        guard draining, sessionCount == 0 else { return }
+        guard draining, sessionCount == 0, !slots.values.contains(where: { $0.socket != nil }) else { return }
         expiryTimer?.close()
         expiryTimer = nil
         for c in clusterByName.values { c.closeIdle() }
@@ -302,6 +313,9 @@ final class ListenerSlot: ListenerDelegate {
     init(worker: Worker, name: String, current: ListenerRuntime) {
         self.worker = worker; self.name = name; self.current = current
     }
+
+    /// The sidecar's outbound listener stays open while the worker drains (`Worker.beginDrain`).
+    var acceptsWhileDraining: Bool { current.config.protocol == .sidecarOutbound }
 
     func listenerAccepted(_ l: Listener, _ c: TCPConnection) {
         let rt = current

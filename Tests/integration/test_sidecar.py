@@ -13,6 +13,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -311,7 +312,9 @@ def test_run_sidecar_flag_server_first_ports_and_silent_clients(pods, tmp_path):
         assert s["listener.sidecar_outbound.downstream_pre_cx_timeout"] == 1
         assert s["listener.sidecar_outbound.sidecar_passthrough"] == 2
     finally:
-        code = remora.stop(timeout=5) if remora.proc.poll() is None else remora.proc.returncode
+        # A sidecar drains for the whole drain_timeout (5 s by default): its outbound listener keeps
+        # accepting for the application's last calls (test_outbound_keeps_accepting_while_the_sidecar_drains).
+        code = remora.stop(timeout=10) if remora.proc.poll() is None else remora.proc.returncode
         if remora.proc.returncode is None:
             remora.kill()
     assert code == 0, remora.stderr_tail()
@@ -467,3 +470,51 @@ def test_inbound_http_port_goes_through_an_http_listener(pods, tmp_path):
         if remora.proc.returncode is None:
             remora.kill()
     assert code == 0, remora.stderr_tail()
+
+
+@pytest.mark.timeout(120)
+def test_outbound_keeps_accepting_while_the_sidecar_drains(pods, tmp_path):
+    """SIGTERM in a terminating pod: the inbound listener closes at once, but the application (being
+    stopped too) can still call out until the drain time is up; then the sidecar exits."""
+    pod, peer, procs = pods
+    config = {
+        "admin": {"address": f"127.0.0.1:{ADMIN}"},
+        "workers": 1,
+        "drain_timeout": "3s",
+        "sidecar": {"services": [{"name": "orders", "addresses": [VIP], "port": 80, "cluster": "orders"}]},
+        "clusters": [{"name": "orders", "endpoints": [f"{PEER_IP}:8081"]}],
+    }
+    cfg = tmp_path / "sidecar.yaml"
+    cfg.write_text(to_yaml(config))
+    wrapper = tmp_path / "remora-in-pod"
+    wrapper.write_text(f"#!/bin/sh\nexec ip netns exec {pod} {remora_bin()} \"$@\"\n")
+    wrapper.chmod(0o755)
+    remora = Remora(wrapper, to_yaml(config), tmp_path, name="sidecar")
+    try:
+        remora.wait_ready()
+        wait_port(peer, PEER_IP, 8081)
+        wait_port(pod, "127.0.0.1", 9000)
+        in_ns(pod, str(remora_bin()), "iptables", "--uid", "0", "--config", str(cfg), "--apply")
+        curl = ["curl", "-s", "-i", "--noproxy", "*", "--max-time", "5"]
+        assert b"200 OK" in in_ns(pod, *curl, f"http://{VIP}/before", app=True).stdout
+        assert in_ns(peer, "python3", "-c", CLIENT, POD_IP, "9000", "in", check=False).stdout == b"app:in"
+
+        remora.proc.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        time.sleep(0.5)
+        # Outbound: a new connection is still captured and routed; HTTP/1.1 gets one response and
+        # `connection: close`.
+        r = in_ns(pod, *curl, f"http://{VIP}/during-drain", app=True, check=False)
+        assert r.returncode == 0 and b"200 OK" in r.stdout, r
+        assert b"connection: close" in r.stdout.lower()
+        assert json.loads(r.stdout.split(b"\r\n\r\n", 1)[1])["path"] == "/during-drain"
+        # Inbound: refused (its listener closed when the drain began).
+        r = in_ns(peer, "python3", "-c", CLIENT, POD_IP, "9000", "in", check=False)
+        assert r.returncode != 0 and r.stdout == b"", r
+        assert time.monotonic() - t0 < 2.5, "the checks ran past the drain time; the test proves nothing"
+        # The drain time is up: everything closes and the process exits.
+        remora.proc.wait(10)
+        elapsed = time.monotonic() - t0
+        assert 2.5 < elapsed < 8, f"exited {elapsed:.1f} s after SIGTERM (drain_timeout 3s)"
+    finally:
+        remora.stop()
