@@ -54,8 +54,8 @@ class Control:
     """One `remora control` process on a state directory. .stop() or .kill() always ends it."""
 
     def __init__(self, state: Path, listen: str = "127.0.0.1:0", token_file: Path | None = None,
-                 env: dict | None = None, wait: bool = True):
-        args = [str(remora_bin()), "control", "--state", str(state), "--listen", listen]
+                 env: dict | None = None, wait: bool = True, extra: list[str] = ()):
+        args = [str(remora_bin()), "control", "--state", str(state), "--listen", listen, *extra]
         if token_file is not None:
             args += ["--token-file", str(token_file)]
         self.stderr_path = state.parent / f"control-{time.monotonic_ns()}.stderr"
