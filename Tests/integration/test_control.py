@@ -407,7 +407,9 @@ def test_restart_keeps_versions(control, tmp_path):
                        capture_output=True, timeout=10)
     assert p.returncode != 0 and b"in use by another control server" in p.stderr
     assert c.stop() == 0
-    assert sorted(x.name for x in state.iterdir()) == [".lock", "web.version", "web.yaml"]
+    # `ca/`: the mesh CA's root, made on first start (docs/control-plane.md "Mesh CA").
+    assert sorted(x.name for x in state.iterdir()) == [".lock", "ca", "web.version", "web.yaml"]
+    assert sorted(x.name for x in (state / "ca").iterdir()) == ["root-key.pem", "root.pem"]
     assert (state / "web.version").read_text() == "2\n"
     assert (state / "web.yaml").read_bytes() == doc
     c2 = control(state)
