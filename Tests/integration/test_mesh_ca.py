@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -179,6 +180,21 @@ def subjects(bundle: Path) -> list[str]:
     return out
 
 
+def first_der(path: Path) -> bytes:
+    text = path.read_text()
+    return ssl.PEM_cert_to_DER_cert(text[text.index("-----BEGIN CERTIFICATE-----"):text.index("-----END CERTIFICATE-----") + 25])
+
+
+def peer_der(port: int, identity_dir: Path) -> bytes:
+    """The certificate a new mTLS handshake with 127.0.0.1:port presents (with the identity in `identity_dir`)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(str(identity_dir / "bundle.pem"))
+    ctx.load_cert_chain(str(identity_dir / "identity.pem"))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, ctx.wrap_socket(raw) as s:
+        return s.getpeercert(binary_form=True)
+
+
 def wait(pred, timeout: float, what: str, interval: float = 0.1):
     deadline = time.monotonic() + timeout
     while not pred():
@@ -240,6 +256,9 @@ def test_renewal_rotation_and_control_outage_lose_no_request(tmp_path):
         for p in (ra, rb):
             p.wait_stat("identity.cert_issued", lambda v: v >= 2, timeout=15)
         ra.wait_stat("tls.cert_reload", lambda v: v >= 1, timeout=5)   # the file watch settles for 200 ms
+        rb.wait_stat("tls.cert_reload", lambda v: v >= 1, timeout=5)
+        # A new handshake gets B's renewed certificate at once (the one now in its file).
+        assert peer_der(rb.port("mesh_in"), a_dir) == first_der(b_dir / "identity.pem")
 
         # Root rotation: a second root in both bundles, new certificates from it, the old one removed.
         old_root = subjects(a_dir / "bundle.pem")
