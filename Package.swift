@@ -57,12 +57,13 @@ let package = Package(
         // The glue: workers, connection managers, upstream pools, TCP proxy, process lifecycle.
         .target(name: "RemoraProxy",
                 dependencies: ["RemoraCore", "RemoraConfig", "RemoraIO", "RemoraHTTP", "RemoraRouting", "RemoraPolicy",
-                               "RemoraAdmin", "RemoraTLS", "CRemoraSupport"],
+                               "RemoraAdmin", "RemoraTLS", "RemoraControl", "CRemoraSupport"],
                 swiftSettings: hot),
-        // Control plane: `remora control` (desired state, long-poll pushes) and `remora ctl`.
-        // (CYAML: the split edit locates weights in the stored YAML text to change only them.)
+        // Control plane: `remora control` (desired state, long-poll pushes, the mesh CA) and `remora ctl`,
+        // and the proxy's identity agent (CSRs to the CA, renewals). (CYAML: the split edit locates weights
+        // in the stored YAML text to change only them; RemoraTLS: the CA's X.509 work, MeshPKI.)
         .target(name: "RemoraControl", dependencies: ["RemoraCore", "RemoraConfig", "RemoraIO", "RemoraHTTP", "RemoraAdmin",
-                                                       "CYAML"]),
+                                                       "RemoraTLS", "CYAML"]),
         // ns per match of a compiled route table (perf/routing/README.md).
         .executableTarget(name: "RemoraRoutingBench", dependencies: ["RemoraRouting", "RemoraCore", "RemoraPolicy"],
                           path: "perf/routing", exclude: ["README.md"], swiftSettings: hot),
@@ -82,7 +83,7 @@ let package = Package(
         .testTarget(name: "RemoraIOTests", dependencies: ["RemoraIO", "RemoraCore"]),
         .testTarget(name: "RemoraBenchTests", dependencies: ["RemoraBench", "RemoraCore", "RemoraHTTP",
                                                               .product(name: "Histogram", package: "hdrhistogram-swift")]),
-        .testTarget(name: "RemoraControlTests", dependencies: ["RemoraControl", "RemoraConfig", "RemoraCore"]),
+        .testTarget(name: "RemoraControlTests", dependencies: ["RemoraControl", "RemoraConfig", "RemoraCore", "RemoraTLS"]),
         .testTarget(name: "RemoraAdminTests", dependencies: ["RemoraAdmin", "RemoraCore"]),
         .testTarget(name: "RemoraProxyTests", dependencies: ["RemoraProxy", "RemoraAdmin", "RemoraCore", "RemoraConfig", "RemoraIO", "RemoraPolicy"]),
     ],

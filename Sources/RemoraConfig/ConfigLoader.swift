@@ -517,16 +517,13 @@ private final class Schema {
         }
         if let v = m.optional("server_first_ports", { d.list($0, $1, port) }) { s.serverFirstPorts = v }
         s.accessLog = m.optional("access_log", accessLog)
-        s.mtls = m.optional("mtls") { n, p -> SidecarMTLS? in
-            guard let t = d.mapping(n, p, keys: ["cert", "key", "ca", "mode"]) else { return nil }
-            let cert = t.required("cert", filePath), key = t.required("key", filePath), ca = t.required("ca", filePath)
-            let mode: SidecarMTLS.Mode? = t.optional("mode", d.oneOf)
-            guard let cert, let key, let ca else { return nil }
-            return SidecarMTLS(cert: cert, key: key, ca: ca, mode: mode ?? .permissive)
-        }
+        s.mtls = m.optional("mtls", sidecarMTLS)
         var names: [String: Int] = [:]
         var keys: [String: Int] = [:]
-        if let v = m.optional("services", { d.list($0, $1) { sidecarService($0, $1, &names, &keys) } }) { s.services = v }
+        let trustDomain = s.mtls?.fromControl?.trustDomain ?? "mesh.local"
+        if let v = m.optional("services", { d.list($0, $1) { sidecarService($0, $1, &names, &keys, trustDomain: trustDomain) } }) {
+            s.services = v
+        }
         var ports: [String: Int] = [:]
         if let v = m.optional("inbound", { d.list($0, $1) { n, p -> SidecarInboundPort? in
             guard var e = d.mapping(n, p, keys: ["port", "protocol", "authorization"]) else { return nil }
@@ -544,10 +541,74 @@ private final class Schema {
         return s
     }
 
-    /// One `sidecar.services` entry: `{ name, addresses: [VIP...], port, cluster, protocol: auto | http | tcp, routes }`.
-    func sidecarService(_ n: Node, _ p: String, _ names: inout [String: Int], _ keys: inout [String: Int]) -> SidecarService? {
+    /// Lowercase letters, digits, `-`, `.` (and `_` when allowed), 1 to `max` bytes: Kubernetes'
+    /// namespace and service-account names, SPIFFE trust domains.
+    static func isMeshName(_ s: String, max: Int, underscore: Bool) -> Bool {
+        guard !s.isEmpty, s.utf8.count <= max else { return false }
+        for b in s.utf8 {
+            let ok = (b >= 0x61 && b <= 0x7A) || (b >= 0x30 && b <= 0x39) || b == 0x2D || b == 0x2E || (underscore && b == 0x5F)
+            if !ok { return false }
+        }
+        return true
+    }
+
+    /// `sidecar.mtls`: `{ cert, key, ca, mode }` (an operator's files) or `{ from_control: true,
+    /// token_file, control, dir, trust_domain, bundle_refresh, mode }` (issued by `remora control`).
+    func sidecarMTLS(_ n: Node, _ p: String) -> SidecarMTLS? {
+        guard var t = d.mapping(n, p, keys: ["cert", "key", "ca", "mode", "from_control", "token_file", "control", "dir",
+                                             "trust_domain", "bundle_refresh"]) else { return nil }
+        let mode: SidecarMTLS.Mode? = t.optional("mode", d.oneOf)
+        if t.optional("from_control", d.bool) == true {
+            t.forbid(["cert", "key", "ca"], "not with from_control: true (the control server issues the certificate and the bundle)")
+            let token = t.required("token_file", filePath)
+            let control = t.optional("control") { n, p in
+                d.value(n, p, "http://HOST:PORT (the control server)") { s -> String? in
+                    guard s.hasPrefix("http://"), let hp = HostPort.parse(String(s.dropFirst(7).split(separator: "/").first ?? "")),
+                          hp.port != 0 else { return nil }
+                    return "http://\(hp)"
+                }
+            }
+            let dir = t.optional("dir", filePath)
+            let domain = t.optional("trust_domain") { n, p in
+                d.value(n, p, "a trust domain like mesh.local (lowercase letters, digits, \".\", \"-\", \"_\")") { s -> String? in
+                    Self.isMeshName(s, max: 255, underscore: true) ? s : nil
+                }
+            }
+            var refresh: Millis?
+            if let v = t.optional("bundle_refresh", { d.duration($0, $1, positive: true) }) {
+                if v < 1_000 || v > 86_400_000 { d.fail(t.line, Fields.join(p, "bundle_refresh"), "expected 1s ... 24h") } else { refresh = v }
+            }
+            guard let token else { return nil }
+            var source = MeshIdentitySource(tokenFile: token, control: control)
+            if let dir { source.directory = dir.count > 1 && dir.hasSuffix("/") ? String(dir.dropLast()) : dir }
+            if let domain { source.trustDomain = domain }
+            if let refresh { source.bundleRefresh = refresh }
+            return SidecarMTLS(fromControl: source, mode: mode ?? .permissive)
+        }
+        t.forbid(["token_file", "control", "dir", "trust_domain", "bundle_refresh"], "only with from_control: true")
+        let cert = t.required("cert", filePath), key = t.required("key", filePath), ca = t.required("ca", filePath)
+        guard let cert, let key, let ca else { return nil }
+        return SidecarMTLS(cert: cert, key: key, ca: ca, mode: mode ?? .permissive)
+    }
+
+    /// One `sidecar.services` entry: `{ name, addresses: [VIP...], port, cluster, protocol: auto | http | tcp, routes,
+    /// mtls, identities, service_account }`.
+    func sidecarService(_ n: Node, _ p: String, _ names: inout [String: Int], _ keys: inout [String: Int],
+                        trustDomain: String) -> SidecarService? {
         guard var m = d.mapping(n, p, keys: ["name", "addresses", "port", "cluster", "protocol", "routes", "mtls",
-                                             "identities"]) else { return nil }
+                                             "identities", "service_account"]) else { return nil }
+        // `service_account: NS/SA`: the endpoints are sidecars of that identity (mtls, verified).
+        let account = m.optional("service_account") { n, p in
+            d.value(n, p, "NAMESPACE/SERVICE_ACCOUNT like shop/orders") { s -> String? in
+                let parts = s.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
+                guard parts.count == 2, Self.isMeshName(parts[0], max: 63, underscore: false),
+                      Self.isMeshName(parts[1], max: 253, underscore: false) else { return nil }
+                return "spiffe://\(trustDomain)/ns/\(parts[0])/sa/\(parts[1])"
+            }
+        }
+        if m.has("service_account") {
+            m.forbid(["identities"], "not with service_account (it names the identity)")
+        }
         let name = m.required("name") { self.name($0, $1, "service", &names) }
         let addresses = m.optional("addresses") { d.list($0, $1, ifEmpty: "at least one address (or leave addresses out: any address)") { n, p in
             d.value(n, p, #"an IP address like "10.96.0.10" or "fd00::10""#, canonicalIP)
@@ -564,6 +625,7 @@ private final class Schema {
             }
         }
         let mtls = m.optional("mtls", d.bool)
+        if account != nil && mtls == false { d.fail(n.line, Fields.join(p, "mtls"), "service_account means mtls: true") }
         if mtls != true { m.forbid(["identities"], "only with mtls: true (the peer's certificate is checked for them)") }
         let identities = m.optional("identities") { d.list($0, $1, ifEmpty: "at least one identity (or leave identities out)") { n, p in
             d.value(n, p, #"a SAN: spiffe://TRUST_DOMAIN/ns/NS/sa/SA or a DNS name"#) { s in
@@ -575,6 +637,10 @@ private final class Schema {
                                routes: routes ?? [])
         s.mtls = mtls ?? false
         s.identities = identities ?? []
+        if let account {
+            s.mtls = true
+            s.identities = [account]
+        }
         return s
     }
 

@@ -31,6 +31,14 @@ public enum ControlRequest: Equatable {
     /// `route` is a route name, or `listener/route` for one listener's route.
     case split(group: String, route: String, weights: [ClusterWeight])
     case status
+    /// `POST /v1/ca/certificate` (body: a PEM CSR; the identity token is a header, read by the server).
+    case caIssue(csr: String)
+    /// `GET /v1/ca/bundle`: the trust bundle (PEM roots).
+    case caBundle
+    /// `GET /v1/ca`: the CA's state as `name value` lines.
+    case caStatus
+    /// `POST /v1/ca/rotate?step=start[&sign_after=SECONDS]` or `?step=finish[&force=1]`.
+    case caRotate(start: Bool, signAfter: UInt64, force: Bool)
 
     /// Longest long poll a client may ask for, seconds.
     public static let maxWait: UInt64 = 3_600
@@ -38,6 +46,9 @@ public enum ControlRequest: Equatable {
     public static let maxVersion: UInt64 = 1 << 53
     /// Long poll length when the client names none, seconds.
     public static let defaultWait: UInt64 = 30
+    /// Seconds between the start of a root rotation and the new root's first signature (every proxy
+    /// fetches the new bundle meanwhile; they look every `bundle_refresh`, 30 s by default).
+    public static let defaultSignAfter: UInt64 = 90
 
     /// Parses one request. Errors are 400 (malformed), 404 (no such endpoint) or 405 (wrong method).
     public static func parse(method: String, target: String, body: [UInt8]) -> Result<ControlRequest, ControlError> {
@@ -100,6 +111,24 @@ public enum ControlRequest: Equatable {
         case ["status"]:
             try want("GET")
             return .status
+        case ["ca"]:
+            try want("GET")
+            return .caStatus
+        case ["ca", "bundle"]:
+            try want("GET")
+            return .caBundle
+        case ["ca", "certificate"]:
+            try want("POST")
+            guard !body.isEmpty else { throw ControlError(400, "body: a PEM certificate signing request is required") }
+            return .caIssue(csr: String(decoding: body, as: UTF8.self))
+        case ["ca", "rotate"]:
+            try want("POST")
+            let step = try q.required("step")
+            guard step == "start" || step == "finish" else { throw ControlError(400, "step: expected start or finish, got \(step)") }
+            let after = try q.number("sign_after") ?? defaultSignAfter
+            if after > maxWait * 24 { throw ControlError(400, "sign_after: at most \(maxWait * 24) seconds, got \(after)") }
+            let force = try q.optional("force")
+            return .caRotate(start: step == "start", signAfter: after, force: force == "1" || force == "true")
         default:
             throw ControlError(404, "no such endpoint: \(rawPath) (see docs/control-plane.md)")
         }

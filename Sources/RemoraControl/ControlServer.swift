@@ -17,6 +17,8 @@ public final class ControlServer {
         public var listen: HostPort
         /// Bearer token every request must carry; required when `listen` is not a loopback address.
         public var token: String?
+        /// The mesh CA's trust domain, certificate lifetime and root (docs/control-plane.md "Mesh CA").
+        public var ca = MeshCA.Options()
         public init(stateDirectory: String, listen: HostPort = HostPort(host: "127.0.0.1", port: 9911), token: String? = nil) {
             self.stateDirectory = stateDirectory; self.listen = listen; self.token = token
         }
@@ -35,6 +37,8 @@ public final class ControlServer {
 
     public let loop: EventLoop
     public let state: ControlState
+    /// The mesh CA: workload certificates for CSRs with a bootstrap token, the trust bundle.
+    public let ca: MeshCA
     let directory: StateDirectory
     /// Refuses rebinding Hosts, cross-origin requests (every method: even a poll records its node)
     /// and requests without the token.
@@ -83,12 +87,14 @@ public final class ControlServer {
         let groups = try directory.load()
         let dir = directory
         state = ControlState(groups: groups) { g throws(ControlError) in try dir.save(g) }
+        ca = try MeshCA(stateDirectory: directory.path, options: options.ca, now: Int64(time(nil)))
         do {
             http = try LocalHTTPServer(loop: loop, address: addr) { [unowned self] req, pending in self.handle(req, pending) }
         } catch {
             throw ControlError(500, "listen on \(options.listen): \(error)")
         }
         http.maxBodyBytes = 8 << 20
+        ca.log = { [unowned self] in self.log($0) }
         for g in groups {
             if case .failure(let e) = ConfigLoader.parse(yaml: g.document, file: g.name) {
                 log("group \(g.name) version \(g.version) is not a valid configuration (stored with force):\n\(e)")
@@ -145,7 +151,12 @@ public final class ControlServer {
         case .failure(let e):
             return errorResponse(e)
         case .success(let r):
-            do { return try execute(r, pending) } catch { return errorResponse(error) }
+            switch r {
+            case .caIssue, .caBundle, .caStatus, .caRotate:
+                do { return try executeCA(r, identityToken: req.header("x-remora-identity-token")) } catch { return errorResponse(error) }
+            default:
+                do { return try execute(r, pending) } catch { return errorResponse(error) }
+            }
         }
     }
 
@@ -202,6 +213,33 @@ public final class ControlServer {
             return written(w)
         case .status:
             return .init(status: 200, body: state.statusLines(now: now))
+        case .caIssue, .caBundle, .caStatus, .caRotate:
+            throw ControlError(500, "internal error: CA request outside executeCA")
+        }
+    }
+
+    /// The mesh CA's requests (docs/control-plane.md "Mesh CA").
+    func executeCA(_ r: ControlRequest, identityToken: String?) throws(ControlError) -> LocalHTTPServer.Response {
+        let now = Int64(time(nil))
+        switch r {
+        case .caIssue(let csr):
+            do {
+                let (cert, id) = try ca.issue(csr: csr, token: identityToken, now: now)
+                log("issued a certificate for \(id.spiffeID(trustDomain: ca.options.trustDomain)) (\(ca.options.certificateTTL) s)")
+                return .init(status: 200, contentType: "application/x-pem-file", body: cert)
+            } catch {
+                if error.status == 401 || error.status == 403 { log("certificate refused: \(error.message)") }
+                throw error
+            }
+        case .caBundle:
+            return .init(status: 200, contentType: "application/x-pem-file", body: ca.bundle)
+        case .caStatus:
+            return .init(status: 200, body: ca.status(now: now))
+        case let .caRotate(start, signAfter, force):
+            if start { try ca.rotateStart(now: now, signAfter: Int64(signAfter)) } else { try ca.rotateFinish(now: now, force: force) }
+            return .init(status: 200, body: ca.status(now: now))
+        default:
+            throw ControlError(404, "not a CA request")
         }
     }
 

@@ -81,6 +81,18 @@ public final class Ctl {
                 return 0
             case .canary(let o): return try canary(o)
             case let .top(admin, interval, count): return try top(admin, interval: interval, count: count)
+            case .caStatus:
+                out(try expectOK(call("GET", "/v1/ca")).text.trimmingWhitespace)
+                return 0
+            case .caBundle:
+                out(try expectOK(call("GET", "/v1/ca/bundle")).text.trimmingWhitespace)
+                return 0
+            case let .caRotate(start, signAfter, force):
+                var target = "/v1/ca/rotate?step=" + (start ? "start" : "finish")
+                if let signAfter { target += "&sign_after=\(signAfter)" }
+                if force { target += "&force=1" }
+                out(try expectOK(call("POST", target)).text.trimmingWhitespace)
+                return 0
             }
         } catch {
             err(error.status == 0 ? "remora ctl: \(error.message)" : "remora ctl: \(error.status): \(error.message.trimmingWhitespace)")

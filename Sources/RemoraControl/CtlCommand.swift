@@ -31,6 +31,11 @@ public enum CtlCommand: Equatable, Sendable {
     /// `top ADMIN_URL`: a proxy's golden metrics every `interval` ms; `count` tables (0 = until
     /// interrupted; piped output: one).
     case top(admin: ControlURL, interval: UInt64, count: Int)
+    /// `ca status` (`GET /v1/ca`), `ca bundle` (`GET /v1/ca/bundle`).
+    case caStatus
+    case caBundle
+    /// `ca rotate start [--sign-after D]` (seconds) / `ca rotate finish [--force]`.
+    case caRotate(start: Bool, signAfter: UInt64?, force: Bool)
 }
 
 public struct CtlInvocation: Equatable, Sendable {
@@ -59,6 +64,12 @@ extension CtlInvocation {
                                            walk cluster C up by N points every D (e.g. 30s) to 100 %;
                                            stop and set C back to 0 if its 5xx rate over a step exceeds R
                                            (default 0.01), read from each ACKing proxy's /stats
+      ca status | ca bundle                the mesh CA: trust domain, roots, rotation, certificates issued
+                                           and refused | the trust bundle (PEM)
+      ca rotate start [--sign-after D]     a new root joins the trust bundle now and signs from D on
+                                           (default 90s: every proxy fetches the new bundle meanwhile)
+      ca rotate finish [--force]           the old root leaves the bundle (refused while certificates
+                                           it signed may still be valid, unless --force)
       top ADMIN_URL [--interval D] [--count N]
                                            a proxy's golden metrics per route and backend (req/s, success,
                                            split, p50/p99) from its admin address, every D (default 1s);
@@ -68,7 +79,8 @@ extension CtlInvocation {
 
     /// Options may come anywhere, as `--name VALUE` or `--name=VALUE`.
     public static func parse(_ argv: [String]) throws(CtlUsageError) -> CtlInvocation {
-        let valued: Set<String> = ["control", "token-file", "canary", "step", "every", "max-5xx-rate", "f", "interval", "count"]
+        let valued: Set<String> = ["control", "token-file", "canary", "step", "every", "max-5xx-rate", "f", "interval", "count",
+                                   "sign-after"]
         let flags: Set<String> = ["force"]
         var options: [String: String] = [:]
         var given: Set<String> = []
@@ -183,6 +195,28 @@ extension CtlInvocation {
                 count = v
             }
             command = .top(admin: admin, interval: interval, count: count)
+        case "ca":
+            switch args {
+            case ["status"]:
+                try allow([], for: "ca status")
+                command = .caStatus
+            case ["bundle"]:
+                try allow([], for: "ca bundle")
+                command = .caBundle
+            case ["rotate", "start"]:
+                try allow(["sign-after"], for: "ca rotate start")
+                var after: UInt64?
+                if let d = options["sign-after"] {
+                    guard let v = ConfigValue.duration(d) else { throw CtlUsageError("--sign-after: expected a duration like \"90s\" or \"0s\", got \(d)") }
+                    after = v / 1000
+                }
+                command = .caRotate(start: true, signAfter: after, force: false)
+            case ["rotate", "finish"]:
+                try allow(["force"], for: "ca rotate finish")
+                command = .caRotate(start: false, signAfter: nil, force: given.contains("force"))
+            default:
+                throw CtlUsageError("usage: ca status | ca bundle | ca rotate start [--sign-after D] | ca rotate finish [--force]")
+            }
         default:
             throw CtlUsageError("unknown command \(sub) (expected status, get, apply, split or top)")
         }

@@ -85,10 +85,11 @@ public final class StateDirectory {
 
     /// Writes `<directory>/.<name>.tmp`, fsyncs it, renames it over `<directory>/<name>` and
     /// fsyncs the directory, so that after a crash the file is either the old one or the new one.
-    public static func writeAtomically(directory: String, name: String, _ bytes: [UInt8]) throws(ControlError) {
+    public static func writeAtomically(directory: String, name: String, _ bytes: [UInt8], mode: mode_t = 0o644) throws(ControlError) {
         let tmp = directory + "/." + name + ".tmp"
         let final = directory + "/" + name
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        unlink(tmp)   // a leftover temp file keeps its mode: start anew
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
         if fd < 0 { throw failure("create \(tmp)") }
         var ok = true
         var e: Int32 = 0

@@ -136,24 +136,67 @@ public struct SidecarMTLS: Sendable, Equatable {
     public var ca: String
     /// Default `permissive`, as Istio's.
     public var mode: Mode
+    /// `from_control: true`: the certificate, key and bundle are issued by `remora control` and kept
+    /// by the proxy in `cert`, `key` and `ca` (paths in `fromControl.directory`). nil: operator's files.
+    public var fromControl: MeshIdentitySource?
 
     public init(cert: String, key: String, ca: String, mode: Mode = .permissive) {
         self.cert = cert; self.key = key; self.ca = ca; self.mode = mode
     }
 
+    /// The identity from the control server: certificate and key in `<directory>/identity.pem`, the
+    /// trust bundle in `<directory>/bundle.pem` (written by the proxy's identity agent).
+    public init(fromControl source: MeshIdentitySource, mode: Mode = .permissive) {
+        self.init(cert: source.identityFile, key: source.identityFile, ca: source.bundleFile, mode: mode)
+        fromControl = source
+    }
+
+    /// The ALPN protocol a sidecar offers to a peer sidecar: an inbound sidecar in `permissive`
+    /// terminates TLS that offers it and passes any other TLS (the application's own) through.
+    public static let meshALPN = "remora-mesh"
+
     /// The inbound listeners' `tls:`: the workload certificate, client certificates required and
     /// verified against `ca` (their identity is the principal, `x-forwarded-client-cert` forwarded),
-    /// plaintext accepted only in `permissive`. No ALPN is offered: the sniffing decides the protocol.
+    /// plaintext accepted only in `permissive`, where TLS without the `remora-mesh` ALPN is passed
+    /// through as bytes too. No ALPN is chosen: the sniffing decides the protocol.
     public var listenerTLS: ListenerTLSConfig {
-        ListenerTLSConfig(certificates: [TLSCertificateFiles(cert: cert, key: key)], alpn: [], clientCA: ca,
-                          allowPlaintext: mode == .permissive)
+        var t = ListenerTLSConfig(certificates: [TLSCertificateFiles(cert: cert, key: key)], alpn: [], clientCA: ca,
+                                  allowPlaintext: mode == .permissive)
+        t.meshPeersOnly = mode == .permissive
+        return t
     }
 
     /// A mesh cluster's `tls:`: the peer sidecar's certificate verified against `ca` (and carrying
-    /// one of `identities`, when given), the workload certificate presented.
+    /// one of `identities`, when given), the workload certificate presented, ALPN `remora-mesh`
+    /// offered (the peer's inbound chooses none).
     public func clusterTLS(identities: [String]) -> ClusterTLSConfig {
-        ClusterTLSConfig(ca: ca, verifySAN: identities, cert: cert, key: key)
+        ClusterTLSConfig(ca: ca, verifySAN: identities, cert: cert, key: key, alpn: [Self.meshALPN])
     }
+}
+
+/// `sidecar.mtls: { from_control: true, token_file, ... }`: the workload's identity comes from
+/// `remora control` (docs/sidecar.md "Identity from the control server").
+public struct MeshIdentitySource: Sendable, Equatable {
+    /// The bootstrap token `remora control token NS SA` printed, first line of this file.
+    public var tokenFile: String
+    /// `http://HOST:PORT` of the control server; nil: the `--control` URL of `remora run`.
+    public var control: String?
+    /// Where the proxy keeps the key, the certificate and the bundle. Default `/var/run/remora/identity`.
+    public var directory: String
+    /// The mesh's SPIFFE trust domain (services' `service_account` becomes
+    /// `spiffe://TRUST_DOMAIN/ns/NS/sa/SA`). Default `mesh.local`.
+    public var trustDomain: String
+    /// How often the trust bundle is fetched again. Default 30 s.
+    public var bundleRefresh: Millis
+
+    public init(tokenFile: String, control: String? = nil, directory: String = "/var/run/remora/identity",
+                trustDomain: String = "mesh.local", bundleRefresh: Millis = 30_000) {
+        self.tokenFile = tokenFile; self.control = control; self.directory = directory
+        self.trustDomain = trustDomain; self.bundleRefresh = bundleRefresh
+    }
+
+    public var identityFile: String { directory + "/identity.pem" }
+    public var bundleFile: String { directory + "/bundle.pem" }
 }
 
 /// What the outbound listener knows (copied into its `ListenerConfig.sidecar`); the inbound

@@ -85,6 +85,9 @@ public enum ListenerStat: Int, StatGroup, Sendable {
     case ssl_handshake, ssl_connection_error, ssl_fail_verify_no_cert, ssl_fail_verify_error, ssl_session_reused
     /// Connections a TLS listener with `allow_plaintext` served in plaintext (their first byte was not TLS).
     case ssl_plaintext_accepted
+    /// Connections to a sidecar's permissive inbound listener whose TLS did not offer ALPN
+    /// `remora-mesh` (the application's own TLS): passed on as bytes, not terminated.
+    case ssl_passthrough_accepted
     /// Connections closed because their certificate (the listener's or the client's) expired (`close_expired`).
     case ssl_connection_expired
     /// Authorization (`authorization:`, Envoy's `rbac.allowed` / `rbac.denied`): requests (TCP
@@ -156,6 +159,7 @@ public enum ListenerStat: Int, StatGroup, Sendable {
         .ssl_fail_verify_no_cert: "TLS clients refused for presenting no certificate (client_ca)",
         .ssl_fail_verify_error: "TLS clients refused for a certificate that did not verify",
         .ssl_plaintext_accepted: "Connections to a TLS listener with allow_plaintext that spoke plaintext",
+        .ssl_passthrough_accepted: "TLS without ALPN remora-mesh on a permissive sidecar inbound, passed on untouched",
         .ssl_session_reused: "TLS handshakes that resumed a session",
         .ssl_connection_expired: "TLS connections closed because a certificate they were made with expired",
         .rbac_allowed: "Requests (TCP: connections) an authorization policy allowed",

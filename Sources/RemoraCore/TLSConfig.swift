@@ -49,6 +49,10 @@ public struct ListenerTLSConfig: Sendable, Equatable {
     /// is served in plaintext, scheme `http`, with no principal. Default false: such a client fails
     /// the handshake.
     public var allowPlaintext: Bool
+    /// With `allowPlaintext` (a sidecar's inbound listener in `permissive`): a TLS client whose
+    /// ClientHello does not offer ALPN `remora-mesh` is not a peer sidecar but a client of the
+    /// application's own TLS: its bytes are passed on untouched, like plaintext. Default false.
+    public var meshPeersOnly = false
 
     public init(certificates: [TLSCertificateFiles], alpn: [String] = ["h2", "http/1.1"], clientCA: String? = nil,
                 minVersion: TLSVersion = .tls12, ticketKeyRotation: Millis = 3_600_000, forwardClientCert: Bool? = nil,

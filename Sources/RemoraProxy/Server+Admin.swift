@@ -16,6 +16,7 @@ extension Server: AdminTarget {
         var out = StatsSnapshot()
         registry?.collect(snapshot, into: &out)
         addTLSStats(into: &out)
+        addIdentityStats(into: &out)
         out.add(scope: "server", stat: "workers", value: UInt64(clamping: workerCount), kind: .gauge, help: "Worker threads")
         out.add(scope: "server", stat: "config_version", value: UInt64(clamping: version), kind: .gauge,
                 help: "Configurations installed (local) or the control server's version")

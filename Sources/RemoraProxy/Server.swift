@@ -2,6 +2,7 @@ import CRemoraSupport
 import Glibc
 import RemoraAdmin
 import RemoraConfig
+import RemoraControl
 import RemoraCore
 import RemoraIO
 
@@ -67,6 +68,8 @@ public final class Server {
     /// proxy reports ready only once the first configuration from it is installed.
     public var control: (url: String, node: String, group: String, token: String?)?
     var subscriber: Subscriber?
+    /// `sidecar.mtls.from_control`: keeps the workload certificate from the control server renewed.
+    var identityAgent: IdentityAgent?
     var awaitingControl = false
     /// Called on the main loop once every worker is listening (demo prints its hint here).
     public var onReady: (() -> Void)?
@@ -83,6 +86,10 @@ public final class Server {
     /// Runs until drained. Returns the process exit code.
     public func run() -> Int32 {
         remoraIgnoreSIGPIPE()
+        if let e = prepareIdentity(config, attempts: 60) {
+            log("\(ConfigLoader.locate(e, in: source, file: configPath ?? ""))")
+            return 1
+        }
         do { snapshot = try Snapshot(config: config) } catch let e as ConfigErrors {
             log("\(ConfigLoader.locate(e, in: source, file: configPath ?? ""))")
             return 1
@@ -223,6 +230,7 @@ public final class Server {
             return ConfigErrors([ConfigError(file: "", line: 0, path: "admin.token",
                                              message: "fixed at start; a restart changes it")])
         }
+        if let e = prepareIdentity(cfg) { return e }
         let snap: Snapshot
         do { snap = try Snapshot(config: cfg, previous: snapshot) } catch let e as ConfigErrors { return e } catch {
             return ConfigErrors([ConfigError(file: "", line: 0, path: "", message: "\(error)")])
@@ -250,6 +258,7 @@ public final class Server {
     /// The first configuration of a proxy that had none: bind, start the workers (`ready` follows
     /// once they listen).
     func startWith(_ cfg: Config, source src: String) -> ConfigErrors? {
+        if let e = prepareIdentity(cfg) { return e }
         let snap: Snapshot
         do { snap = try Snapshot(config: cfg) } catch let e as ConfigErrors { return e } catch {
             return ConfigErrors([ConfigError(file: "", line: 0, path: "", message: "\(error)")])

@@ -133,7 +133,15 @@ public final class Snapshot: Sendable {
 
     /// Loads every certificate, key and CA file `config` names (`remora validate`): the first problem,
     /// by the path of its field, or nil.
+    /// The identity files of `sidecar.mtls.from_control` are not checked: the proxy fetches them.
     public static func checkTLSFiles(_ config: Config) -> ConfigErrors? {
+        var config = config
+        if let id = config.sidecar?.mtls?.fromControl {
+            for i in config.listeners.indices where config.listeners[i].tls?.certificates.first?.cert == id.identityFile {
+                config.listeners[i].tls = nil
+            }
+            for i in config.clusters.indices where config.clusters[i].tls?.cert == id.identityFile { config.clusters[i].tls = nil }
+        }
         do {
             _ = try listenerTLS(config, previous: nil)
             _ = try clusterTLS(config, previous: nil)

@@ -89,6 +89,29 @@ public final class TLSSocket: TransportSocket {
         return c.writeWire(UnsafeRawBufferPointer(start: tls.pointee.out, count: n))
     }
 
+    /// Whether the first bytes of a connection (a ClientHello) offer ALPN `remora-mesh`: the
+    /// protocol name with its length byte (`0b "remora-mesh"`) inside the first TLS record. A
+    /// ClientHello split over several reads (rare: it is one segment on any usual MTU) is read only
+    /// as far as the first read goes.
+    static func offersMeshALPN(_ wire: UnsafeRawBufferPointer) -> Bool {
+        let needle: StaticString = "\u{0B}remora-mesh"
+        let n = needle.utf8CodeUnitCount
+        guard wire.count >= 5 + n else { return false }
+        let recordEnd = min(wire.count, 5 + (Int(wire[3]) << 8 | Int(wire[4])))
+        guard recordEnd - n >= 5 else { return false }
+        let first = needle.utf8Start[0]
+        var i = 5
+        while i <= recordEnd - n {
+            if wire[i] == first {
+                var j = 1
+                while j < n && wire[i + j] == needle.utf8Start[j] { j += 1 }
+                if j == n { return true }
+            }
+            i += 1
+        }
+        return false
+    }
+
     // MARK: TransportSocket
 
     public func connected(_ c: TCPConnection, status: Int32) {
@@ -103,8 +126,11 @@ public final class TLSSocket: TransportSocket {
             // A TLS connection starts with a handshake record (content type 22); HTTP with a method
             // or the HTTP/2 preface. A plaintext client: this layer steps aside for good (the
             // connection is raw TCP from here on, and this object goes with its last reference).
-            if wire.count > 0 && wire[0] != 0x16 {
-                listenerStats?.inc(.ssl_plaintext_accepted)
+            // A sidecar's permissive inbound (`meshPeersOnly`): TLS that does not offer ALPN
+            // remora-mesh is the application's own, passed on as bytes too.
+            let foreign = wire.count > 0 && wire[0] == 0x16 && server?.config.meshPeersOnly == true && !Self.offersMeshALPN(wire)
+            if wire.count > 0 && (wire[0] != 0x16 || foreign) {
+                listenerStats?.inc(foreign ? .ssl_passthrough_accepted : .ssl_plaintext_accepted)
                 c.transportSocket = nil
                 if !held.isEmpty {   // a tcp listener's upstream spoke first: its bytes, unsealed
                     let h = held

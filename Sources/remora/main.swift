@@ -29,8 +29,12 @@ commands:
   validate FILE...         check config files; every error as file:line: path: message
   demo [--port N]          the proxy with a built-in config and two demo backends
   bench [options] URL      load generator: closed/open loop, HdrHistogram latency (bench --help)
-  control --state DIR [--listen HOST:PORT] [--token-file F]
-                           the control server: holds each group's config, pushes it to proxies
+  control --state DIR [--listen HOST:PORT] [--token-file F] [--trust-domain D] [--cert-ttl 24h]
+          [--ca-cert F --ca-key F]
+                           the control server: holds each group's config, pushes it to proxies;
+                           the mesh CA (workload certificates for CSRs with a bootstrap token)
+  control token --state DIR NAMESPACE SERVICE_ACCOUNT [--revoke]
+                           print a new bootstrap token for that identity (or revoke its tokens)
   ctl [--control URL] status | get G | apply G FILE | split G ROUTE c1=W c2=W
       | split G ROUTE --canary C --step N --every D [--max-5xx-rate R]
                            talk to the control server

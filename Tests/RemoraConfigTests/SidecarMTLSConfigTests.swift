@@ -50,7 +50,9 @@ private func messages(_ yaml: String) -> [String] {
         #expect(tls.forwardClientCert)
         #expect(!tls.allowPlaintext)
         #expect(c.listeners.first { $0.name == "sidecar_outbound" }?.tls == nil)
-        let want = ClusterTLSConfig(ca: "ca.pem", verifySAN: ["spiffe://mesh.local/ns/shop/sa/orders"], cert: "w.pem", key: "w-key.pem")
+        // ALPN remora-mesh offered to the peer sidecar (its permissive inbound tells it from an app's TLS).
+        let want = ClusterTLSConfig(ca: "ca.pem", verifySAN: ["spiffe://mesh.local/ns/shop/sa/orders"], cert: "w.pem", key: "w-key.pem",
+                                    alpn: ["remora-mesh"])
         #expect(c.clusters.first { $0.name == "orders" }?.tls == want)
         #expect(c.clusters.first { $0.name == "orders-v2" }?.tls == want)   // a route's backend too
         #expect(c.clusters.first { $0.name == "plain" }?.tls == nil)
@@ -120,5 +122,65 @@ private func messages(_ yaml: String) -> [String] {
               inbound:
                 - { port: 5432, protocol: tcp, authorization: { rules: [ { name: x, from: { principals: [a] } } ] } }
             """).first?.hasPrefix("3: sidecar.inbound[0].authorization: not allowed with protocol: tcp") == true)
+    }
+
+    /// `mtls: { from_control: true, ... }`: the files are the identity agent's, `service_account`
+    /// names the peer's identity in the trust domain.
+    @Test func fromControl() throws {
+        let c = try parsed("""
+            sidecar:
+              ipv6: false
+              mtls: { from_control: true, token_file: /etc/remora/t, dir: /run/id/, trust_domain: corp.example, mode: strict,
+                      bundle_refresh: 5s }
+              services:
+                - { name: orders, port: 8080, cluster: orders, service_account: shop/orders }
+            clusters: [ { name: orders, endpoints: ["10.1.0.5:8080"] } ]
+            """).get()
+        let m = try #require(c.sidecar?.mtls)
+        #expect(m.fromControl == MeshIdentitySource(tokenFile: "/etc/remora/t", directory: "/run/id", trustDomain: "corp.example",
+                                                    bundleRefresh: 5_000))
+        #expect(m.cert == "/run/id/identity.pem" && m.key == "/run/id/identity.pem" && m.ca == "/run/id/bundle.pem")
+        #expect(m.mode == .strict)
+        let tls = try #require(c.clusters.first { $0.name == "orders" }?.tls)
+        #expect(tls.verifySAN == ["spiffe://corp.example/ns/shop/sa/orders"] && tls.alpn == ["remora-mesh"])
+        #expect(c.sidecar?.services.first?.mtls == true)
+        // Defaults: /var/run/remora/identity, mesh.local, 30 s, the run's --control.
+        let d = try parsed("sidecar:\n  mtls: { from_control: true, token_file: t }\n").get()
+        #expect(d.sidecar?.mtls?.fromControl == MeshIdentitySource(tokenFile: "t"))
+        #expect(d.sidecar?.mtls?.mode == .permissive)
+        #expect(d.listeners.filter { $0.protocol == .sidecarInbound }.allSatisfy { $0.tls?.meshPeersOnly == true })
+    }
+
+    @Test func fromControlRefused() {
+        #expect(messages("""
+            sidecar:
+              mtls: { from_control: true, token_file: t, cert: c.pem }
+            """) == ["2: sidecar.mtls.cert: not with from_control: true (the control server issues the certificate and the bundle)"])
+        #expect(messages("""
+            sidecar:
+              mtls: { from_control: true }
+            """) == ["2: sidecar.mtls.token_file: missing required key \"token_file\""])
+        #expect(messages("""
+            sidecar:
+              mtls: { cert: w.pem, key: k.pem, ca: c.pem, token_file: t }
+            """) == ["2: sidecar.mtls.token_file: only with from_control: true"])
+        #expect(messages("""
+            sidecar:
+              mtls: { from_control: true, token_file: t, control: "https://x:1" }
+            """).first?.hasPrefix("2: sidecar.mtls.control: expected http://HOST:PORT") == true)
+        #expect(messages("""
+            sidecar:
+              mtls: { from_control: true, token_file: t }
+              services:
+                - { name: s, port: 80, cluster: a, service_account: Shop }
+            clusters: [ { name: a, endpoints: ["127.0.0.1:1"] } ]
+            """).first?.hasPrefix("4: sidecar.services[0].service_account: expected NAMESPACE/SERVICE_ACCOUNT") == true)
+        #expect(messages("""
+            sidecar:
+              mtls: { from_control: true, token_file: t }
+              services:
+                - { name: s, port: 80, cluster: a, service_account: shop/a, identities: [x] }
+            clusters: [ { name: a, endpoints: ["127.0.0.1:1"] } ]
+            """) == ["4: sidecar.services[0].identities: not with service_account (it names the identity)"])
     }
 }

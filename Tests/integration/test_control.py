@@ -54,8 +54,8 @@ class Control:
     """One `remora control` process on a state directory. .stop() or .kill() always ends it."""
 
     def __init__(self, state: Path, listen: str = "127.0.0.1:0", token_file: Path | None = None,
-                 env: dict | None = None, wait: bool = True):
-        args = [str(remora_bin()), "control", "--state", str(state), "--listen", listen]
+                 env: dict | None = None, wait: bool = True, extra: list[str] = ()):
+        args = [str(remora_bin()), "control", "--state", str(state), "--listen", listen, *extra]
         if token_file is not None:
             args += ["--token-file", str(token_file)]
         self.stderr_path = state.parent / f"control-{time.monotonic_ns()}.stderr"
@@ -407,7 +407,9 @@ def test_restart_keeps_versions(control, tmp_path):
                        capture_output=True, timeout=10)
     assert p.returncode != 0 and b"in use by another control server" in p.stderr
     assert c.stop() == 0
-    assert sorted(x.name for x in state.iterdir()) == [".lock", "web.version", "web.yaml"]
+    # `ca/`: the mesh CA's root, made on first start (docs/control-plane.md "Mesh CA").
+    assert sorted(x.name for x in state.iterdir()) == [".lock", "ca", "web.version", "web.yaml"]
+    assert sorted(x.name for x in (state / "ca").iterdir()) == ["root-key.pem", "root.pem"]
     assert (state / "web.version").read_text() == "2\n"
     assert (state / "web.yaml").read_bytes() == doc
     c2 = control(state)

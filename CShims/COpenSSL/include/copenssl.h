@@ -128,6 +128,33 @@ int remora_tls_file_cert_info(const char *path, int64_t *not_after, char *sans, 
 
 void remora_tls_ctx_free(void *ctx);
 
+// MARK: mesh CA (ca.c): keys, requests, certificates as PEM text
+
+/// Each returns a malloc'd NUL-terminated PEM string (free with remora_ca_free), or NULL with the
+/// reason in `err`.
+/// A new ECDSA P-256 private key (PKCS#8 PEM).
+char *remora_ca_keygen(char *err, size_t errlen);
+/// A self-signed root: subject O=`organization`, CN=`common_name`, CA:TRUE, keyCertSign, a URI SAN
+/// (the trust domain, `spiffe://mesh.local`; "" for none), validity in Unix seconds.
+char *remora_ca_root_new(const char *key_pem, const char *organization, const char *common_name, const char *uri_san,
+                         int64_t not_before, int64_t not_after, char *err, size_t errlen);
+/// A certificate signing request for `key_pem`; `common_name` and `uri_san` may be "" (none).
+char *remora_ca_csr_new(const char *key_pem, const char *common_name, const char *uri_san, char *err, size_t errlen);
+/// A workload certificate for the request's key: the request's signature must verify and its key
+/// be ECDSA P-256; its subject and SANs are ignored: the certificate carries `uri_san` (and CN
+/// `common_name`, may be ""), CA:FALSE, digitalSignature, serverAuth + clientAuth, signed by the CA.
+char *remora_ca_sign(const char *csr_pem, const char *ca_cert_pem, const char *ca_key_pem, const char *uri_san,
+                     const char *common_name, int64_t not_before, int64_t not_after, char *err, size_t errlen);
+void remora_ca_free(char *p);
+/// The first certificate's validity, Unix seconds. 0 when it cannot be read.
+int remora_ca_cert_times(const char *cert_pem, int64_t *not_before, int64_t *not_after);
+/// 1 when the key belongs to the certificate.
+int remora_ca_key_matches(const char *cert_pem, const char *key_pem);
+/// SHA-256 of the bytes as 64 hex digits (65 bytes with the NUL). 0 on failure.
+int remora_ca_sha256_hex(const uint8_t *p, size_t len, char *hex65);
+/// Random bytes from OpenSSL's CSPRNG. 0 on failure.
+int remora_ca_random(uint8_t *p, size_t len);
+
 #ifdef __cplusplus
 }
 #endif
