@@ -716,6 +716,7 @@ def main() -> int:
         stop["now"] = True
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # even when started with SIGINT ignored (a background job)
 
     def say(msg: str):
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
@@ -783,7 +784,7 @@ def main() -> int:
             seen += len(window)
             say(f"   last 5 s: {counts(window)}")
     except KeyboardInterrupt:
-        say("Ctrl-C: tearing down")
+        say("stopping (Ctrl-C or SIGTERM): tearing down")
     except MeshError as e:
         say(f"failed: {e}")
         return 1
