@@ -55,7 +55,7 @@ sys.path.insert(0, str(PERF))
 from remora_perf.common import HOST, fmt, free_port, median  # noqa: E402
 from remora_perf.parsers import latency_percentiles, parse_h2load  # noqa: E402
 from remora_perf.proxies import find_envoy  # noqa: E402
-from remora_perf.sampling import CpuWindow, cpu_seconds, wait_quiet  # noqa: E402
+from remora_perf.sampling import CpuWindow, cpu_seconds, cpu_user_sys, wait_quiet  # noqa: E402
 
 TRUST = "spiffe://mesh.local/ns/shop/sa/"
 FRONTEND, ORDERS = TRUST + "frontend", TRUST + "orders"
@@ -234,6 +234,9 @@ class Pair:
     def cpu(self) -> float:
         return cpu_seconds([p.pid for p in self.procs])
 
+    def user_sys(self) -> tuple[float, float]:
+        return cpu_user_sys([p.pid for p in self.procs])
+
     def stop(self):
         for p in self.procs:
             if p.poll() is None:
@@ -286,19 +289,24 @@ def one_run(a, who: str, port: int, pair: Pair | None, d: Path, rnd: int) -> dic
     waited, _ = wait_quiet(a.quiet_wait, 0.15) if a.quiet_wait else (0.0, None)
     h2load(a, port, 1, a.rate)                                      # warm-up (connections, TLS to B)
     log_file = d / f"lat-{who}-{rnd}.log"
-    cpu0 = pair.cpu() if pair else 0.0
+    us0 = pair.user_sys() if pair else (0.0, 0.0)
     window = CpuWindow().start()
     r = h2load(a, port, a.duration, a.rate, log_file)
     foreign = window.stop()["foreign_cores"]                       # other processes on the machine, in cores
-    cpu = (pair.cpu() - cpu0) if pair else None
+    us1 = pair.user_sys() if pair else (0.0, 0.0)
+    user, sys_ = us1[0] - us0[0], us1[1] - us0[1]
+    cpu = user + sys_ if pair else None
     lat = latency_percentiles(log_file)
     ok = r["requests"]
     row = {"who": who, "round": rnd, "requests": ok, "failed": r.get("failed"), "non2xx": r.get("non2xx"),
            "p50_ms": lat.get("lat_p50_ms"), "p99_ms": lat.get("lat_p99_ms"),
            "cpu_us_per_req": cpu * 1e6 / ok if cpu is not None and ok else None,
+           "user_us_per_req": user * 1e6 / ok if pair and ok else None,
+           "sys_us_per_req": sys_ * 1e6 / ok if pair and ok else None,
            "rate_achieved": ok / a.duration, "other_procs_cores": foreign, "waited_s": waited}
     say(f"round {rnd} {who:6}: {ok} ok, {r.get('failed')} failed, {r.get('non2xx')} non-2xx, p50 {row['p50_ms']} ms, "
-        f"p99 {row['p99_ms']} ms" + (f", sidecars {row['cpu_us_per_req']:.1f} µs CPU/req" if cpu is not None else "")
+        f"p99 {row['p99_ms']} ms" + (f", sidecars {row['cpu_us_per_req']:.1f} µs CPU/req (user {row['user_us_per_req']:.1f}, "
+                                      f"sys {row['sys_us_per_req']:.1f})" if cpu is not None else "")
         + (f" (other processes {foreign:.2f} cores)" if foreign is not None else "")
         + (f"  ** only {100 * row['rate_achieved'] / a.rate:.0f} % of the rate: saturated, latency not comparable **"
            if row["rate_achieved"] < 0.95 * a.rate else ""))
@@ -384,12 +392,21 @@ def main() -> int:
             raise SystemExit("the nginx backend did not start")
         for name in pairs:
             started[name] = Pair(name, a, d, certs, be, remora, envoy)
-        # Each pair once by hand: the hop works (mTLS made, the authorization rule passed).
+        # Both pairs enforce the same thing: the hop works (mTLS, the rule passes A's identity); at B, A's
+        # certificate gets 200, another identity of the CA 403, no certificate no handshake.
         for name, pair in started.items():
-            r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://{HOST}:{pair.pa}/"],
-                               capture_output=True, text=True, timeout=10)
-            if r.stdout != "200":
-                raise SystemExit(f"{name}: the hop answered {r.stdout!r} (logs in {d})")
+            b = f"https://{HOST}:{pair.pb}/"
+            tls = ["-k", "--cacert", str(certs["ca"])]
+            for what, args, want in (("the hop", [f"http://{HOST}:{pair.pa}/"], "200"),
+                                     ("A's certificate at B", [*tls, "--cert", str(certs["frontend"]), "--key",
+                                                               str(certs["frontend-key"]), b], "200"),
+                                     ("another identity at B", [*tls, "--cert", str(certs["orders"]), "--key",
+                                                                str(certs["orders-key"]), b], "403"),
+                                     ("no certificate at B", [*tls, b], "000")):
+                r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", *args],
+                                   capture_output=True, text=True, timeout=20)
+                if r.stdout != want:
+                    raise SystemExit(f"{name}: {what} answered {r.stdout!r}, expected {want} (logs in {d})")
         who = ["direct"] + pairs
         for rnd in range(1, a.rounds + 1):
             order = who[(rnd - 1) % len(who):] + who[:(rnd - 1) % len(who)]
@@ -434,13 +451,14 @@ def report(a, pairs: list[str], rows: list[dict], cg: dict, d: Path):
     print(f"\n## Mesh hop: client → sidecar → mTLS → sidecar → server ({a.rounds} rounds × {a.duration:g} s at "
           f"{a.rate:g} req/s, {a.connections} connections; medians)\n")
     print(f"direct: p50 {fmt(d50, '%.3f')} ms, p99 {fmt(d99, '%.3f')} ms\n")
-    print("| pair | p50 added | p99 added | CPU µs per request (both sidecars) | Ir per request (A + B) | failed |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| pair | p50 added | p99 added | CPU µs per request (both sidecars) | user / sys | Ir per request (A + B) | failed |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for w in pairs:
         failed = sum((r["failed"] or 0) + (r["non2xx"] or 0) for r in rows if r["who"] == w)
         ir = f"{cg[w]['pair']:,.0f} ({cg[w]['a']:,.0f} + {cg[w]['b']:,.0f})" if w in cg else "-"
         print(f"| {w} | {fmt(added[w]['p50_ms'], '%.3f')} ms | {fmt(added[w]['p99_ms'], '%.3f')} ms | "
-              f"{fmt(med(w, 'cpu_us_per_req'))} | {ir} | {failed} |")
+              f"{fmt(med(w, 'cpu_us_per_req'))} | {fmt(med(w, 'user_us_per_req'))} / {fmt(med(w, 'sys_us_per_req'))} | "
+              f"{ir} | {failed} |")
     if "remora" in pairs and "envoy" in pairs:
         def ratio(x, y):
             return f"{x / y:.2f}" if x is not None and y else "-"
