@@ -10,6 +10,9 @@ APT_PACKAGES += libssl-dev openssl iproute2 iptables
 # chromium-headless-shell (~138 MB download, ~280 MB installed, ~2 min to install here); without it
 # that one test skips and says why.
 APT_PACKAGES += chromium-headless-shell
+# The mesh in network namespaces (Tests/integration/test_mesh_netns.py, `make mesh-demo`): tcpdump captures
+# the bridge between the pods to show that no plaintext HTTP crosses it.
+APT_PACKAGES += tcpdump
 # Test clients and servers from PyPI: grpcio (the generated stubs in Tests/integration/grpc_fixtures need
 # >= 1.85.1 and protobuf 7), hyper-h2 for scripted raw HTTP/2 peers, prometheus_client to parse
 # /stats/prometheus. PIP_IMPORTS: the modules whose absence means "install PIP_PACKAGES".
@@ -46,7 +49,7 @@ FUZZ_SECONDS ?= 60
 ASAN_BIN := .build-asan/release/remora
 ASAN_OPTIONS ?= detect_leaks=0
 
-.PHONY: setup guard-setup build demo test unit xds-unit integration perf perf-guard clean fuzz asan
+.PHONY: setup guard-setup build demo mesh-demo test unit xds-unit integration perf perf-guard clean fuzz asan
 
 setup:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -75,6 +78,15 @@ build: setup
 
 demo: build
 	$(BIN) demo
+
+# The mesh on one machine (deploy/meshlab.py): network namespaces as pods, sidecars with iptables capture,
+# remora control, a 90/10 split over mTLS, until Ctrl-C. Needs root and `ip netns`; says so (and suggests
+# `make demo`) before building anything when they are missing.
+mesh-demo:
+	@python3 deploy/meshlab.py --check
+	@$(MAKE) --no-print-directory setup
+	$(SWIFT_RELEASE) --product remora
+	python3 deploy/meshlab.py --remora $(BIN)
 
 unit: setup
 	swift test

@@ -158,24 +158,39 @@ enum MarkedYAML {
 
 public enum WeightEdit {
     /// `document` with new weights for the backends of route `route` (`ROUTE` in every listener, or
-    /// `LISTENER/ROUTE`). Clusters not named keep their weight. Errors: 404 no such route, 400 a
-    /// cluster that is not one of the route's backends, a route without backends, or a route whose
+    /// `LISTENER/ROUTE`). A sidecar service's routes (`sidecar.services[].routes`) are those of its
+    /// listener `outbound_<service>`. Clusters not named keep their weight. Errors: 404 no such route,
+    /// 400 a cluster that is not one of the route's backends, a route without backends, or a route whose
     /// backends are written with YAML anchors or aliases (shared text cannot be edited in one place).
     public static func apply(to document: String, route spec: String, weights: [ClusterWeight]) throws(ControlError) -> String {
         let (listenerName, routeName) = split(spec)
         let bytes = Array(document.utf8)
-        guard let root = try MarkedYAML.parse(bytes), let listeners = root["listeners"]?.items else {
+        guard let root = try MarkedYAML.parse(bytes) else {
             throw ControlError(404, "no route \(spec): the document has no listeners")
         }
+        // (listener name, its route lists, whether its text is shared through anchors or aliases)
+        var places: [(name: String, routeLists: [MarkedNode], shared: Bool)] = []
+        if let listeners = root["listeners"] {
+            for l in listeners.items ?? [] {
+                var routeLists: [MarkedNode] = []
+                if let r = l["routes"] { routeLists.append(r) }
+                for vh in l["virtual_hosts"]?.items ?? [] { if let r = vh["routes"] { routeLists.append(r) } }
+                places.append((l["name"]?.text ?? "", routeLists, root.anchored || listeners.anchored || l.anchored || l.viaAlias))
+            }
+        }
+        if let sidecar = root["sidecar"], let services = sidecar["services"] {
+            for s in services.items ?? [] {
+                guard let name = s["name"]?.text, let r = s["routes"] else { continue }
+                places.append(("outbound_" + name, [r],
+                               root.anchored || sidecar.anchored || sidecar.viaAlias || services.anchored || services.viaAlias
+                                   || s.anchored || s.viaAlias))
+            }
+        }
+        if places.isEmpty { throw ControlError(404, "no route \(spec): the document has no listeners") }
         var edits: [(start: Int, end: Int, text: String)] = []
         var found = 0
-        for l in listeners {
-            let lname = l["name"]?.text ?? ""
+        for (lname, routeLists, shared) in places {
             if let listenerName, lname != listenerName { continue }
-            var routeLists: [MarkedNode] = []
-            if let r = l["routes"] { routeLists.append(r) }
-            for vh in l["virtual_hosts"]?.items ?? [] { if let r = vh["routes"] { routeLists.append(r) } }
-            let shared = root.anchored || root["listeners"]!.anchored || l.anchored || l.viaAlias
             for list in routeLists {
                 for r in list.items ?? [] where r["name"]?.text == routeName {
                     found += 1
@@ -246,6 +261,23 @@ extension Config {
                     c.listeners[li].virtualHosts[vi].routes[ri].action = .forward(f)
                 }
             }
+        }
+        // A sidecar service's routes are also kept in the section and in the outbound listeners'
+        // copies of the services (its HTTP listener `outbound_<name>` was edited above).
+        func edit(_ services: inout [SidecarService]) {
+            for si in services.indices where listenerName == nil || "outbound_" + services[si].name == listenerName {
+                for ri in services[si].routes.indices where services[si].routes[ri].name == routeName {
+                    guard case .forward(var f) = services[si].routes[ri].action else { continue }
+                    for bi in f.backends.indices {
+                        if let w = weights.first(where: { $0.cluster == f.backends[bi].cluster }) { f.backends[bi].weight = w.weight }
+                    }
+                    services[si].routes[ri].action = .forward(f)
+                }
+            }
+        }
+        if c.sidecar != nil { edit(&c.sidecar!.services) }
+        for li in c.listeners.indices where c.listeners[li].protocol == .sidecarOutbound && c.listeners[li].sidecar != nil {
+            edit(&c.listeners[li].sidecar!.services)
         }
         return c
     }

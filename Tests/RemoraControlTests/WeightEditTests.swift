@@ -147,6 +147,51 @@ let realistic = """
         #expect(try parsed(edited) == before.settingWeights(route: "r", w))
     }
 
+    /// A sidecar's services have routes too (`sidecar.services[].routes`, issue 15's mesh): they are
+    /// the routes of the listener `outbound_<service>`, edited by name or `outbound_<service>/ROUTE`,
+    /// in the section and in every copy the expansion made.
+    @Test func sidecarServiceRoutes() throws {
+        let doc = """
+            # the frontend's sidecar
+            sidecar:
+              ipv6: false
+              services:
+                - name: orders
+                  addresses: [10.233.0.100]
+                  port: 8080
+                  cluster: orders-v1
+                  routes:
+                    - name: split
+                      backends: [ { cluster: orders-v1, weight: 90 }, { cluster: orders-v2, weight: 10 } ]
+                - { name: cache, port: 6379, cluster: redis, protocol: tcp }
+            clusters:
+              - { name: orders-v1, endpoints: [ "10.233.0.11:8080" ] }
+              - { name: orders-v2, endpoints: [ "10.233.0.12:8080" ] }
+              - { name: redis, endpoints: [ "10.233.0.13:6379" ] }
+            """
+        let before = try parsed(doc)
+        let w = [ClusterWeight("orders-v1", 50), ClusterWeight("orders-v2", 50)]
+        for spec in ["split", "outbound_orders/split"] {
+            let edited = try WeightEdit.apply(to: doc, route: spec, weights: w)
+            #expect(edited == doc.replacing("weight: 90 }, { cluster: orders-v2, weight: 10",
+                                            with: "weight: 50 }, { cluster: orders-v2, weight: 50"))
+            let after = try parsed(edited)
+            #expect(after == before.settingWeights(route: spec, w))
+            #expect(after.backends(ofRoute: spec)?.map(\.weight) == [50, 50])
+            guard case .forward(let f)? = after.sidecar?.services.first?.routes.first?.action else {
+                Issue.record("no forwarding route in the section")
+                continue
+            }
+            #expect(f.backends.map(\.weight) == [50, 50])
+        }
+        #expect(throws: ControlError(404, "no route outbound_cache/split in the document")) {
+            _ = try WeightEdit.apply(to: doc, route: "outbound_cache/split", weights: w)
+        }
+        #expect(throws: ControlError(404, "no route split: the document has no listeners")) {
+            _ = try WeightEdit.apply(to: "sidecar: { ipv6: false }\n", route: "split", weights: w)
+        }
+    }
+
     @Test func refusals() throws {
         #expect(throws: ControlError(404, "no route nope in the document")) {
             _ = try WeightEdit.apply(to: realistic, route: "nope", weights: [ClusterWeight("v1", 1)])
