@@ -125,7 +125,7 @@ if let mode = Context.environment["REMORA_XDS"] {
         // result to the proxy as `remora control` does (RemoraControl's server, embedded).
         .target(name: "RemoraXDS",
                 dependencies: ["RemoraXDSProto", "RemoraCore", "RemoraConfig", "RemoraIO", "RemoraHTTP", "RemoraPolicy",
-                               "RemoraControl", protobuf],
+                               "RemoraControl", "RemoraTLS", protobuf],
                 path: "xds/Sources/RemoraXDS"),
         .executableTarget(name: "remora-xds", dependencies: ["RemoraXDS", "RemoraControl", "RemoraCore"],
                           path: "xds/Sources/remora-xds"),
