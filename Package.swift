@@ -120,13 +120,13 @@ if let mode = Context.environment["REMORA_XDS"] {
     package.products.append(.executable(name: "remora-xds", targets: ["remora-xds"]))
     if mode == "tests" { package.targets.removeAll { $0.type == .test } }
     package.targets += [
-        // The Envoy API messages, generated once by Tools/xds-protos/generate.py (committed).
+        // The Envoy API messages, generated once by xds/generate.py (committed).
         .target(name: "RemoraXDSProto", dependencies: [protobuf], path: "xds/Sources/RemoraXDSProto"),
         // The translation to Remora's config, the ADS state machine and client, the agent. It serves the
         // result to the proxy as `remora control` does (RemoraControl's server, embedded).
         .target(name: "RemoraXDS",
                 dependencies: ["RemoraXDSProto", "RemoraCore", "RemoraConfig", "RemoraIO", "RemoraHTTP", "RemoraPolicy",
-                               "RemoraControl", protobuf],
+                               "RemoraControl", "RemoraTLS", protobuf],
                 path: "xds/Sources/RemoraXDS"),
         .executableTarget(name: "remora-xds", dependencies: ["RemoraXDS", "RemoraControl", "RemoraCore"],
                           path: "xds/Sources/remora-xds"),

@@ -63,6 +63,11 @@ envoy.extensions.transport_sockets.tls.v3.CommonTlsContext envoy.extensions.tran
 envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext envoy.extensions.transport_sockets.tls.v3.TlsParameters
 envoy.extensions.transport_sockets.tls.v3.SubjectAltNameMatcher
 envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.SetCurrentClientCertDetails
+envoy.extensions.transport_sockets.tls.v3.Secret envoy.extensions.transport_sockets.tls.v3.SdsSecretConfig
+envoy.extensions.transport_sockets.tls.v3.CommonTlsContext.CombinedCertificateValidationContext
+envoy.config.listener.v3.FilterChainMatch envoy.config.core.v3.CidrRange envoy.config.listener.v3.ListenerFilter
+envoy.service.discovery.v3.DeltaDiscoveryRequest envoy.service.discovery.v3.DeltaDiscoveryResponse
+envoy.service.discovery.v3.Resource
 """.split()
 
 # Shipped by SwiftProtobuf itself.
@@ -77,6 +82,7 @@ ROOT_MODULES = [
     "envoy.extensions.upstreams.http.v3.http_protocol_options_pb2", "google.rpc.status_pb2",
     "envoy.extensions.filters.http.fault.v3.fault_pb2", "envoy.extensions.filters.http.local_ratelimit.v3.local_rate_limit_pb2",
     "envoy.extensions.access_loggers.file.v3.file_pb2", "envoy.extensions.transport_sockets.tls.v3.tls_pb2",
+    "envoy.extensions.transport_sockets.tls.v3.secret_pb2",
 ]
 
 

@@ -142,8 +142,8 @@ def backends():
 def ads():
     servers: list[ADSServer] = []
 
-    def start(port: int = 0) -> ADSServer:
-        s = ADSServer(port).start()
+    def start(port: int = 0, tls: tuple | None = None) -> ADSServer:
+        s = ADSServer(port, tls=tls).start()
         servers.append(s)
         return s
 
@@ -157,11 +157,13 @@ def clients(tmp_path):
     """clients(kind, ads_port) -> Envoy | XDSAgent; all stopped at teardown (the agent and proxy exit 0)."""
     made = []
 
-    def start(kind: str, ads_port: int):
+    def start(kind: str, ads_port: int, ads_tls: dict | None = None, extra: list[str] = (), delta: bool = False):
+        """ads_tls: Envoy's TLS to the ADS server; extra: remora-xds flags; delta: incremental xDS."""
         if kind == "envoy":
-            c = Envoy(ENVOY, ads_port, tmp_path, node_id="envoy")
+            c = Envoy(ENVOY, ads_port, tmp_path, node_id="envoy", ads_tls=ads_tls, delta=delta)
         else:
-            c = XDSAgent(xds_bin(), remora_bin(), ads_port, tmp_path, node_id="remora")
+            c = XDSAgent(xds_bin(), remora_bin(), ads_port, tmp_path, node_id="remora",
+                         extra=list(extra) + (["--xds-delta"] if delta else []))
         made.append(c)
         return c
 
@@ -854,7 +856,7 @@ def tls_pki(tmp_path):
 
 
 @pytest.mark.timeout(90)
-def test_tls_contexts_match_envoy_and_sds_is_nacked(ads, clients, tls_pki):
+def test_tls_contexts_match_envoy_and_static_secrets_are_nacked(ads, clients, tls_pki):
     pki, backend = tls_pki
     results = {}
     for kind in ("envoy", "remora"):
@@ -877,7 +879,8 @@ def test_tls_contexts_match_envoy_and_sds_is_nacked(ads, clients, tls_pki):
         }
         results[kind] = out
         if kind == "remora":
-            # An SDS secret reference (Istio's form) is NACKed by name; v1 keeps serving.
+            # A secret reference without sds_config (a static secret of Envoy's bootstrap; SDS over ADS is
+            # supported: test_sds_secrets_over_ads_…) is NACKed by name; v1 keeps serving.
             sds = tls_snapshot("v2", port, pki, backend, xfcc_port)
             sds.resources[LDS] = tls_snapshot("v1", port, pki, backend, xfcc_port).resources[LDS]   # its routes answer v1
             ctx = tls_pb2.UpstreamTlsContext()
@@ -888,8 +891,8 @@ def test_tls_contexts_match_envoy_and_sds_is_nacked(ads, clients, tls_pki):
             server.set(sds)
             poll(lambda: server.nacks(CDS), 10, 0.05, what="a NACK of CDS v2")
             msg = server.nacks(CDS)[0].error_detail.message
-            assert ("Cluster secure.transport_socket.typed_config.common_tls_context.tls_certificate_sds_secret_configs"
-                    " is not supported") in msg, msg
+            assert ("Cluster secure.transport_socket.typed_config.common_tls_context.tls_certificate_sds_secret_configs[0]"
+                    " (default): sds_config is required") in msg, msg
             assert curl_tls(port, "/xds-version", pki)[3] == "v1"
             assert curl_tls(port, "/again", pki)[1] == 200
             assert "v2" not in server.acks(CDS)
@@ -901,4 +904,437 @@ def test_tls_contexts_match_envoy_and_sds_is_nacked(ads, clients, tls_pki):
                                               "client": "spiffe://test/proxy", "xfcc": None, "xfp": "https"}), env
     assert env["wrong_san"] == (True, 503, "2") and env["no_client_cert"] is False, env
     assert env["xfcc"].startswith("Hash=") and env["xfcc"].endswith(";URI=spiffe://test/client"), env["xfcc"]
+    assert rem == env, (env, rem)
+
+
+# -- ADS over TLS (istiod's port 15012: mutual TLS) ---------------------------------------------------
+
+from tlspki import serial_of  # noqa: E402
+from envoy.config.core.v3 import address_pb2  # noqa: E402
+from envoy.config.listener.v3 import listener_pb2  # noqa: E402
+from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: E402
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2  # noqa: E402
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2  # noqa: E402
+from xds_fixture import SDS, ads_source  # noqa: E402
+
+
+def simple_snapshot(version: str, port: int, backend) -> Snapshot:
+    rc = route_config("rc", [vhost("all", ["*"], [
+        route({"path": "/xds-version"}, name="version", direct=(200, version)),
+        route({"prefix": "/"}, "a", name="rest", request_add={"x-added": "yes"}),
+    ])])
+    return Snapshot(version, listeners=[http_listener("web", port, route_config=rc)],
+                    clusters=[static_cluster("a", [backend.endpoint])])
+
+
+@pytest.fixture
+def ads_pki(tmp_path):
+    ca = CA(tmp_path / "ads-pki")
+    return {"ca": ca, "server": ca.issue("istiod", dns=["istiod.test"]),
+            "client": ca.issue("workload", uris=["spiffe://test/ns/default/sa/web"])}
+
+
+@pytest.mark.timeout(90)
+def test_ads_over_mutual_tls_matches_envoy(ads, clients, backends, ads_pki, tmp_path):
+    made, _ = backends
+    ca, (scert, skey), (ccert, ckey) = ads_pki["ca"], ads_pki["server"], ads_pki["client"]
+    results = {}
+    for kind in ("envoy", "remora"):
+        server = ads(0, tls=(scert, skey, ca.cert))
+        port = free_port()
+        server.set(simple_snapshot("v1", port, made["a"]))
+        c = clients(kind, server.port,
+                    ads_tls={"cert": ccert, "key": ckey, "ca": ca.cert, "sni": "istiod.test", "san": "istiod.test"},
+                    extra=["--xds-ca", str(ca.cert), "--xds-cert", str(ccert), "--xds-key", str(ckey),
+                           "--xds-server-name", "istiod.test"])
+        wait_version(port, "v1", what=kind)
+        results[kind] = [fetch(port, "/some/path"), fetch(port, "/xds-version")]
+        assert server.acks(LDS)[-1:] == ["v1"] and server.acks(CDS)[-1:] == ["v1"], kind
+        assert not server.nacks(), [n.error_detail.message for n in server.nacks()]
+        if kind == "remora":
+            assert server.node_ids() == {"remora"}
+            assert "TLS" not in c.agent_stderr(), c.agent_stderr()
+        else:
+            c.stop()
+        server.stop()
+    assert results["envoy"][0][:2] == (200, ("a", "/some/path", "yes", None, None)), results["envoy"]
+    assert results["remora"] == results["envoy"]
+
+    # The server's certificate must carry the SAN asked for: with another, the agent never gets a
+    # configuration, and says why.
+    server = ads(0, tls=(scert, skey, ca.cert))
+    server.set(simple_snapshot("v1", free_port(), made["a"]))
+    err = tmp_path / "wrong-san.stderr"
+    with open(err, "wb") as e:
+        p = subprocess.Popen([str(xds_bin()), "--xds", f"127.0.0.1:{server.port}", "--node-id", "wrong",
+                              "--state", str(tmp_path / "wrong-state"), "--listen", "127.0.0.1:0",
+                              "--xds-ca", str(ca.cert), "--xds-cert", str(ccert), "--xds-key", str(ckey),
+                              "--xds-san", "spiffe://test/ns/istio-system/sa/someone-else"],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=e)
+        try:
+            poll(lambda: "none of the SANs in verify_san" in err.read_text(), 10, 0.05, what="the SAN refused")
+            assert "wrong" not in server.node_ids()
+        finally:
+            p.terminate()
+            assert p.wait(10) == 0
+    # Without a client certificate the server refuses the handshake: no request either.
+    err2 = tmp_path / "no-cert.stderr"
+    with open(err2, "wb") as e:
+        p = subprocess.Popen([str(xds_bin()), "--xds", f"127.0.0.1:{server.port}", "--node-id", "anonymous",
+                              "--state", str(tmp_path / "anon-state"), "--listen", "127.0.0.1:0",
+                              "--xds-ca", str(ca.cert), "--xds-server-name", "istiod.test"],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=e)
+        try:
+            poll(lambda: "ADS stream" in err2.read_text(), 10, 0.05, what="the stream refused")
+            time.sleep(0.3)
+            assert "anonymous" not in server.node_ids()
+        finally:
+            p.terminate()
+            assert p.wait(10) == 0
+
+
+# -- SDS over ADS: secrets for the listener, the client CA and the cluster's client certificate ---------
+
+def sds_ref(name: str) -> secret_pb2.SdsSecretConfig:
+    return secret_pb2.SdsSecretConfig(name=name, sds_config=ads_source())
+
+
+def cert_secret(name: str, cert: Path, key: Path) -> secret_pb2.Secret:
+    return secret_pb2.Secret(name=name, tls_certificate=tls_common_pb2.TlsCertificate(
+        certificate_chain=core_base_pb2.DataSource(inline_bytes=cert.read_bytes()),
+        private_key=core_base_pb2.DataSource(inline_bytes=key.read_bytes())))
+
+
+def ca_secret(name: str, ca: Path) -> secret_pb2.Secret:
+    return secret_pb2.Secret(name=name, validation_context=tls_common_pb2.CertificateValidationContext(
+        trusted_ca=core_base_pb2.DataSource(inline_string=ca.read_text())))
+
+
+def sds_snapshot(version: str, port: int, pki: dict, backend: TLSBackend, web: tuple) -> Snapshot:
+    """Istio's form: the listener's certificate and client CA, the cluster's client certificate and CA all by
+    SDS (over ADS), the cluster's SAN check in combined_validation_context."""
+    rc = route_config("sds", [vhost("all", ["*"], [
+        route({"path": "/xds-version"}, name="version", direct=(200, version)),
+        route({"prefix": "/"}, "secure", name="secure"),
+    ])])
+    listener = http_listener("sds-web", port, route_config=rc)
+    down = tls_pb2.DownstreamTlsContext(
+        require_client_certificate=wrappers_pb2.BoolValue(value=True),
+        common_tls_context=tls_pb2.CommonTlsContext(
+            tls_certificate_sds_secret_configs=[sds_ref("web-cert")], alpn_protocols=["h2", "http/1.1"],
+            validation_context_sds_secret_config=sds_ref("ROOTCA")))
+    listener.filter_chains[0].transport_socket.CopyFrom(transport_socket(down))
+    san = tls_common_pb2.SubjectAltNameMatcher(san_type=tls_common_pb2.SubjectAltNameMatcher.URI,
+                                               matcher=string_pb2.StringMatcher(exact="spiffe://test/backend"))
+    up = tls_pb2.UpstreamTlsContext(sni="backend.test", common_tls_context=tls_pb2.CommonTlsContext(
+        tls_certificate_sds_secret_configs=[sds_ref("default")],
+        combined_validation_context=tls_pb2.CommonTlsContext.CombinedCertificateValidationContext(
+            default_validation_context=tls_common_pb2.CertificateValidationContext(match_typed_subject_alt_names=[san]),
+            validation_context_sds_secret_config=sds_ref("ROOTCA"))))
+    secure = static_cluster("secure", [backend.endpoint])
+    secure.transport_socket.CopyFrom(transport_socket(up))
+    return Snapshot(version, listeners=[listener], clusters=[secure],
+                    secrets=[cert_secret("web-cert", *web), cert_secret("default", *pki["proxy"]),
+                             ca_secret("ROOTCA", pki["ca"].cert)])
+
+
+def served_serial(port: int, pki: dict, conn_ctx: ssl.SSLContext | None = None) -> str:
+    """The serial of the certificate a new handshake to the listener presents."""
+    ctx = conn_ctx or client_context(pki)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        with ctx.wrap_socket(s, server_hostname="www.test") as t:
+            return serial_of(ssl.DER_cert_to_PEM_cert(t.getpeercert(binary_form=True)))
+
+
+def client_context(pki: dict, check_hostname: bool = True) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(pki["ca"].cert))
+    ctx.check_hostname = check_hostname   # off for http.client, which connects to 127.0.0.1 (the certificate says www.test)
+    ctx.load_cert_chain(*pki["client"])
+    return ctx
+
+
+@pytest.mark.timeout(120)
+def test_sds_secrets_over_ads_match_envoy_and_a_rotated_secret_reaches_new_handshakes(ads, clients, tls_pki, tmp_path):
+    pki, backend = tls_pki
+    ca = pki["ca"]
+    web1 = ca.issue("web-v1", dns=["www.test"])
+    web2 = ca.issue("web-v2", dns=["www.test"])
+    serial1, serial2 = serial_of(web1[0].read_bytes()), serial_of(web2[0].read_bytes())
+    results = {}
+    for kind in ("envoy", "remora"):
+        server = ads()
+        port = free_port()
+        server.set(sds_snapshot("v1", port, pki, backend, web1))
+        c = clients(kind, server.port)
+        poll(lambda: curl_tls(port, "/xds-version", pki)[3] == "v1", 20, 0.1, what=f"{kind}: SDS listener serving v1")
+        assert not server.nacks(), [n.error_detail.message for n in server.nacks()]
+        assert server.acks(SDS)[-1:] == ["v1"], kind
+        out = {"secure": curl_tls(port, "/p?x=1", pki), "serial": served_serial(port, pki) == serial1,
+               "no_client_cert": curl_tls(port, "/p", pki, client_cert=False)[0]}
+        # A connection made with the first certificate stays open across the rotation.
+        held = http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=client_context(pki, check_hostname=False))
+        held.request("GET", "/before", headers={"host": "www.test"})
+        r = held.getresponse()
+        r.read()
+        assert r.status == 200
+        server.set(sds_snapshot("v2", port, pki, backend, web2))
+        poll(lambda: served_serial(port, pki) == serial2, 15, 0.1, what=f"{kind}: new handshakes with the rotated secret")
+        held.request("GET", "/after", headers={"host": "www.test"})
+        r = held.getresponse()
+        body = json.loads(r.read())
+        out["held"] = (r.status, body["path"], serial_of(ssl.DER_cert_to_PEM_cert(held.sock.getpeercert(binary_form=True))) == serial1)
+        held.close()
+        out["after"] = curl_tls(port, "/after-rotation", pki)[:2]
+        assert not server.nacks(), [n.error_detail.message for n in server.nacks()]
+        results[kind] = out
+        if kind == "remora":
+            # The secrets are files only this user can read, in a directory only this user can enter.
+            secrets = tmp_path / "xds-state" / "secrets"
+            assert secrets.stat().st_mode & 0o777 == 0o700
+            files = sorted(p.name for p in secrets.iterdir())
+            assert files == sorted(["web-cert.cert.pem", "web-cert.key.pem", "default.cert.pem", "default.key.pem",
+                                    "ROOTCA.ca.pem"]), files
+            assert all((secrets / f).stat().st_mode & 0o777 == 0o600 for f in files)
+            assert serial_of((secrets / "web-cert.cert.pem").read_bytes()) == serial2
+            assert "PRIVATE KEY" not in (tmp_path / "xds-state" / "xds.yaml").read_text()
+        else:
+            c.stop()
+        server.stop()
+    env, rem = results["envoy"], results["remora"]
+    assert env["secure"] == (True, 200, "2", {"backend": "secure", "path": "/p?x=1", "sni": "backend.test",
+                                              "client": "spiffe://test/proxy", "xfcc": None, "xfp": "https"}), env
+    assert env["serial"] and env["no_client_cert"] is False and env["held"] == (200, "/after", True), env
+    assert env["after"] == (True, 200), env
+    assert rem == env, (env, rem)
+
+
+def test_a_missing_certificate_file_is_nacked_with_its_field(ads, clients, tls_pki, tmp_path):
+    """Envoy NACKs a TLS context whose file it cannot read; so does remora-xds now (it checks every path
+    before it ACKs), and the previous configuration keeps serving."""
+    pki, backend = tls_pki
+    for kind in ("envoy", "remora"):
+        server = ads()
+        port, xfcc_port = free_port(), free_port()
+        server.set(tls_snapshot("v1", port, pki, backend, xfcc_port))
+        c = clients(kind, server.port)
+        poll(lambda: curl_tls(port, "/xds-version", pki)[3] == "v1", 15, 0.1, what=f"{kind}: TLS listener serving v1")
+        bad = tls_snapshot("v2", port, pki, backend, xfcc_port)
+        bad.resources[LDS] = tls_snapshot("v1", port, pki, backend, xfcc_port).resources[LDS]
+        ctx = tls_pb2.UpstreamTlsContext()
+        bad.resources[CDS][0].transport_socket.typed_config.Unpack(ctx)
+        ctx.common_tls_context.tls_certificates[0].certificate_chain.filename = str(tmp_path / "missing.pem")
+        bad.resources[CDS][0].transport_socket.typed_config.Pack(ctx)
+        server.set(bad)
+        poll(lambda: server.nacks(CDS), 10, 0.05, what=f"{kind}: a NACK of CDS v2")
+        msg = server.nacks(CDS)[0].error_detail.message
+        assert "missing.pem" in msg, msg
+        if kind == "remora":
+            assert ("Cluster secure.transport_socket.typed_config.common_tls_context.tls_certificates[0]"
+                    ".certificate_chain.filename: cannot read") in msg, msg
+            assert "refused version" not in c.agent_stderr()
+        assert curl_tls(port, "/xds-version", pki)[3] == "v1"
+        assert "v2" not in server.acks(CDS)
+        if kind == "envoy":
+            c.stop()
+        server.stop()
+
+
+# -- several filter chains: TLS passthrough by server name, TLS + plaintext, destination port ------------
+
+def tls_inspector():
+    return listener_components_pb2.ListenerFilter(name="envoy.filters.listener.tls_inspector",
+                                                  typed_config=pack_any(tls_inspector_pb2.TlsInspector()))
+
+
+def chain(filter_msg, name: str, match=None, ts=None):
+    fc = listener_components_pb2.FilterChain(filters=[listener_components_pb2.Filter(name=name, typed_config=pack_any(filter_msg))])
+    if match is not None:
+        fc.filter_chain_match.CopyFrom(match)
+    if ts is not None:
+        fc.transport_socket.CopyFrom(ts)
+    return fc
+
+
+def chains_snapshot(version: str, ports: dict, made, echoes: dict, pki: dict, extra_match=None) -> Snapshot:
+    from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+    M = listener_components_pb2.FilterChainMatch
+
+    def tcp(cluster):
+        return tcp_proxy_pb2.TcpProxy(stat_prefix="pass", cluster=cluster)
+
+    # TLS passthrough: a.test, *.b.test, anything else to the default chain; a chain for another
+    # destination port never matches.
+    passthrough = listener_pb2.Listener(
+        name="pass", address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address="127.0.0.1", port_value=ports["pass"])),
+        listener_filters=[tls_inspector()],
+        filter_chains=[chain(tcp("ea"), "envoy.filters.network.tcp_proxy", M(server_names=["a.test"], transport_protocol="tls")),
+                       chain(tcp("eb"), "envoy.filters.network.tcp_proxy", M(server_names=["*.b.test"])),
+                       chain(tcp("eb"), "envoy.filters.network.tcp_proxy",
+                             M(destination_port=wrappers_pb2.UInt32Value(value=ports["pass"] + 1), server_names=["c.test"]))],
+        default_filter_chain=chain(tcp("ed"), "envoy.filters.network.tcp_proxy"))
+    # TLS and plaintext on one port (Istio's PERMISSIVE): the same connection manager on both chains.
+    rc = route_config("perm", [vhost("all", ["*"], [route({"path": "/xds-version"}, name="version", direct=(200, version)),
+                                                    route({"prefix": "/"}, "a", name="rest")])])
+    h = hcm_pb2.HttpConnectionManager(stat_prefix="perm", route_config=rc, http_filters=[
+        hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack_any(router_pb2.Router()))])
+    down = tls_pb2.DownstreamTlsContext(common_tls_context=tls_pb2.CommonTlsContext(
+        tls_certificates=[tls_certificate(*pki["listener"])]))
+    hcm_name = "envoy.filters.network.http_connection_manager"
+    perm = listener_pb2.Listener(
+        name="perm", address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address="127.0.0.1", port_value=ports["perm"])),
+        listener_filters=[tls_inspector()],
+        filter_chains=[chain(h, hcm_name, M(transport_protocol="tls"), ts=transport_socket(down)),
+                       chain(h, hcm_name, M(transport_protocol="raw_buffer"))])
+    if extra_match is not None:
+        perm.filter_chains[1].filter_chain_match.MergeFrom(extra_match)
+    # destination_port and prefix_ranges: the chain for this listener's own port and address wins.
+    rc2 = route_config("dport", [vhost("all", ["*"], [route({"prefix": "/"}, "b", name="right")])])
+    rc3 = route_config("other", [vhost("all", ["*"], [route({"prefix": "/"}, "c", name="wrong")])])
+    h2 = hcm_pb2.HttpConnectionManager(stat_prefix="d", route_config=rc2, http_filters=h.http_filters)
+    h3 = hcm_pb2.HttpConnectionManager(stat_prefix="d", route_config=rc3, http_filters=h.http_filters)
+    dport = listener_pb2.Listener(
+        name="dport", address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address="127.0.0.1", port_value=ports["dport"])),
+        filter_chains=[chain(h3, hcm_name),
+                       chain(h2, hcm_name, M(destination_port=wrappers_pb2.UInt32Value(value=ports["dport"]),
+                                             prefix_ranges=[address_pb2.CidrRange(address_prefix="127.0.0.0",
+                                                                                  prefix_len=wrappers_pb2.UInt32Value(value=8))])),
+                       chain(h3, hcm_name, M(destination_port=wrappers_pb2.UInt32Value(value=ports["dport"]),
+                                             prefix_ranges=[address_pb2.CidrRange(address_prefix="10.0.0.0",
+                                                                                  prefix_len=wrappers_pb2.UInt32Value(value=8))])),
+                       chain(h3, hcm_name, M(destination_port=wrappers_pb2.UInt32Value(value=ports["dport"] + 1)))])
+    return Snapshot(version, listeners=[passthrough, perm, dport],
+                    clusters=[static_cluster(n, [e.endpoint]) for n, e in echoes.items()]
+                    + [static_cluster(n, [made[n].endpoint]) for n in ("a", "b", "c")])
+
+
+def client_hello(sni: str | None) -> bytes:
+    """A TLS ClientHello for `sni`, made by Python's ssl module."""
+    ctx = ssl.create_default_context()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=sni)
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
+
+
+def passthrough_to(port: int, sni: str | None) -> str:
+    """Which echo backend a ClientHello with `sni` reached ("" when the connection was closed)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(client_hello(sni))
+        got = b""
+        deadline = time.monotonic() + 5
+        while b":" not in got and time.monotonic() < deadline:
+            try:
+                d = s.recv(100)
+            except OSError:
+                break
+            if not d:
+                break
+            got += d
+        return got.split(b":")[0].decode()
+
+
+@pytest.mark.timeout(90)
+def test_filter_chains_match_envoy(ads, clients, backends, tls_pki):
+    made, _ = backends
+    pki, _ = tls_pki
+    echoes = {n: Echo(n) for n in ("ea", "eb", "ed")}
+    results = {}
+    try:
+        for kind in ("envoy", "remora"):
+            server = ads()
+            ports = {"pass": free_port(), "perm": free_port(), "dport": free_port()}
+            server.set(chains_snapshot("v1", ports, made, echoes, pki))
+            c = clients(kind, server.port)
+            wait_version(ports["perm"], "v1", what=kind)
+            assert not server.nacks(), [n.error_detail.message for n in server.nacks()]
+            plain = fetch(ports["perm"], "/plain")
+            tls = curl_tls(ports["perm"], "/tls", pki, client_cert=False)
+            results[kind] = {
+                "pass": [passthrough_to(ports["pass"], n) for n in ("a.test", "x.b.test", "c.test", "other.test")],
+                "plain": (plain[0], plain[1][:2]),
+                "tls": (tls[0], tls[1], tls[3]["backend"], tls[3]["path"]),
+                "dport": fetch(ports["dport"], "/d")[:2],
+            }
+            if kind == "remora":
+                # application_protocols (ALPN or the HTTP inspector's) does not map: NACKed by name, v1 stays.
+                server.set(chains_snapshot("v2", ports, made, echoes, pki,
+                                           extra_match=listener_components_pb2.FilterChainMatch(application_protocols=["h2c"])))
+                poll(lambda: server.nacks(LDS), 10, 0.05, what="a NACK of LDS v2")
+                msg = server.nacks(LDS)[0].error_detail.message
+                assert "Listener perm: filter_chains[1].filter_chain_match.application_protocols is not supported" in msg, msg
+                assert fetch(ports["perm"], "/xds-version")[4] == "v1"
+            else:
+                c.stop()
+            server.stop()
+    finally:
+        for e in echoes.values():
+            e.close()
+    env, rem = results["envoy"], results["remora"]
+    assert env["pass"] == ["ea", "eb", "ed", "ed"], env
+    assert env["plain"] == (200, ("a", "/plain")) and env["tls"] == (True, 200, "a", "/tls"), env
+    assert env["dport"] == (200, ("b", "/d", None, None, None)), env
+    assert rem == env, (env, rem)
+
+
+# -- incremental (delta) xDS -----------------------------------------------------------------------------
+
+def without_cluster_c(snap: Snapshot) -> Snapshot:
+    """The snapshot with cluster c and its assignment gone, and its routes sent to b."""
+    for rc in snap.resources[RDS]:
+        for vh in rc.virtual_hosts:
+            for r in vh.routes:
+                if r.HasField("route") and r.route.cluster == "c":
+                    r.route.cluster = "b"
+    snap.resources[CDS] = [c for c in snap.resources[CDS] if c.name != "c"]
+    snap.resources[EDS] = [e for e in snap.resources[EDS] if e.cluster_name != "c"]
+    return snap
+
+
+@pytest.mark.timeout(120)
+def test_delta_xds_matches_envoy(ads, clients, backends):
+    made, echo = backends
+    results = {}
+    for kind in ("envoy", "remora"):
+        server = ads()
+        http_port, tcp_port = free_port(), free_port()
+        server.set(routing_snapshot("v1", http_port, tcp_port, made, echo))
+        c = clients(kind, server.port, delta=True)
+        wait_version(http_port, "v1", what=kind)
+        first = [fetch(http_port, p, host=h, headers=hd) for h, p, hd in PROBES]
+        # v2: cluster c removed (removed_resources for CDS; its EDS name unsubscribed), its routes to b.
+        server.set(without_cluster_c(routing_snapshot("v2", http_port, tcp_port, made, echo)))
+        wait_version(http_port, "v2", what=kind)
+        second = [fetch(http_port, p, host=h, headers=hd) for h, p, hd in PROBES]
+        assert not server.delta_nacks(), [n.error_detail.message for n in server.delta_nacks()]
+        assert not server.requests, "state-of-the-world requests on a delta client"
+        assert any(r.type_url == CDS and "c" in r.removed_resources for r in server.delta_responses), kind
+        poll(lambda: "c" in server.delta_unsubscribed(EDS), 5, 0.05, what=f"{kind}: EDS c unsubscribed")
+        assert server.delta_acked(CDS) >= 2 and server.delta_acked(RDS) >= 2, kind
+        results[kind] = (first, second, tcp_roundtrip(tcp_port))
+        if kind == "remora":
+            assert server.node_ids() == {"remora"}
+            # An unknown HTTP filter: the LDS response is NACKed with error_detail, v2 keeps serving.
+            bad = without_cluster_c(routing_snapshot("v3", http_port, tcp_port, made, echo))
+            bad.resources[LDS][0] = unknown_filter_listener(http_port)
+            bad.resources[RDS] = without_cluster_c(routing_snapshot("v2", http_port, tcp_port, made, echo)).resources[RDS]
+            server.set(bad)
+            poll(lambda: server.delta_nacks(LDS), 10, 0.05, what="a delta NACK of LDS")
+            msg = server.delta_nacks(LDS)[0].error_detail.message
+            assert "http_filters[0] (envoy.filters.http.made_up)" in msg, msg
+            assert fetch(http_port, "/xds-version")[4] == "v2"
+            # Then a good version is taken.
+            server.set(without_cluster_c(routing_snapshot("v4", http_port, tcp_port, made, echo)))
+            wait_version(http_port, "v4", what=kind)
+            assert "refused" not in c.proxy_stderr(), c.proxy_stderr()
+        else:
+            c.stop()
+        server.stop()
+    env, rem = results["envoy"], results["remora"]
+    # The fixture is right: /users/42 went to c under v1 and to b under v2.
+    users = PROBES.index(("api.test", "/users/42", {}))
+    assert env[0][users][1][0] == "c" and env[1][users][1][0] == "b", (env[0][users], env[1][users])
+    assert env[2] == b"echo:ping"
     assert rem == env, (env, rem)

@@ -9,6 +9,7 @@ said about each version.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import queue
 import socket
@@ -36,8 +37,9 @@ LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
 RDS = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+SDS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 WILDCARD = {LDS, CDS}
-SHORT = {LDS: "LDS", RDS: "RDS", CDS: "CDS", EDS: "EDS"}
+SHORT = {LDS: "LDS", RDS: "RDS", CDS: "CDS", EDS: "EDS", SDS: "SDS"}
 
 
 def free_port() -> int:
@@ -201,9 +203,10 @@ def assignment(name: str, endpoints: list[str], weights: list[int] | None = None
 class Snapshot:
     """One version of everything: resources by type, each a list of messages."""
 
-    def __init__(self, version: str, listeners=(), routes=(), clusters=(), endpoints=()):
+    def __init__(self, version: str, listeners=(), routes=(), clusters=(), endpoints=(), secrets=()):
         self.version = version
-        self.resources = {LDS: list(listeners), RDS: list(routes), CDS: list(clusters), EDS: list(endpoints)}
+        self.resources = {LDS: list(listeners), RDS: list(routes), CDS: list(clusters), EDS: list(endpoints),
+                          SDS: list(secrets)}
 
     @staticmethod
     def name_of(type_url: str, m) -> str:
@@ -211,6 +214,22 @@ class Snapshot:
 
 
 # -- the server ------------------------------------------------------------------------------------
+
+class _DeltaStream:
+    """A delta stream's state: per type, what the client subscribed to (None: wildcard) and what it has
+    (name -> version), so that each response carries only what changed and what went."""
+
+    def __init__(self):
+        self.out: queue.Queue = queue.Queue()
+        self.subs: dict[str, set | None] = {}
+        self.known: dict[str, dict[str, str]] = {}
+        self.answered: set[str] = set()
+        self.nonce = 0
+
+
+def resource_version(m) -> str:
+    return hashlib.sha256(m.SerializeToString(deterministic=True)).hexdigest()[:12]
+
 
 class _Stream:
     def __init__(self):
@@ -223,30 +242,42 @@ class _Stream:
 
 
 class ADSServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
-    """start() on `port` (0: the OS picks), set(snapshot) pushes to every open watch, stop() ends the streams."""
+    """start() on `port` (0: the OS picks), set(snapshot) pushes to every open watch, stop() ends the streams.
+    `tls`: (cert, key, ca) paths: ADS over TLS that requires a client certificate signed by `ca` (as istiod
+    on 15012); None: h2c."""
 
-    def __init__(self, port: int = 0):
+    def __init__(self, port: int = 0, tls: tuple | None = None):
         self.port = port
+        self.tls = tls
         self.snapshot: Snapshot | None = None
         self.lock = threading.Lock()
         self.streams: list[_Stream] = []
+        self.delta_streams: list[_DeltaStream] = []
         self.requests: list[discovery_pb2.DiscoveryRequest] = []
+        self.delta_requests: list[discovery_pb2.DeltaDiscoveryRequest] = []
+        self.delta_responses: list[discovery_pb2.DeltaDiscoveryResponse] = []
         self.streams_opened = 0
         self.server = None
 
     def start(self) -> "ADSServer":
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, self.server)
-        self.port = self.server.add_insecure_port(f"127.0.0.1:{self.port}")
+        if self.tls:
+            cert, key, ca = (Path(p).read_bytes() for p in self.tls)
+            creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
+            self.port = self.server.add_secure_port(f"127.0.0.1:{self.port}", creds)
+        else:
+            self.port = self.server.add_insecure_port(f"127.0.0.1:{self.port}")
         self.server.start()
         return self
 
     def stop(self):
         if self.server is not None:
             with self.lock:
-                for s in self.streams:
+                for s in self.streams + self.delta_streams:
                     s.out.put(None)
                 self.streams = []
+                self.delta_streams = []
             self.server.stop(0).wait(5)
             self.server = None
 
@@ -256,6 +287,9 @@ class ADSServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             for s in self.streams:
                 for t in list(s.watches):
                     self._maybe_respond(s, t)
+            for d in self.delta_streams:
+                for t in list(d.subs):
+                    self._delta_respond(d, t)
 
     # what the clients said
     def acks(self, type_url: str) -> list[str]:
@@ -269,7 +303,82 @@ class ADSServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
     def node_ids(self) -> set[str]:
         with self.lock:
-            return {r.node.id for r in self.requests if r.node.id}
+            return {r.node.id for r in self.requests + self.delta_requests if r.node.id}
+
+    def delta_nacks(self, type_url: str | None = None) -> list:
+        with self.lock:
+            return [r for r in self.delta_requests if r.HasField("error_detail") and (type_url is None or r.type_url == type_url)]
+
+    def delta_acked(self, type_url: str) -> int:
+        """How many delta responses of `type_url` were ACKed."""
+        with self.lock:
+            return sum(1 for r in self.delta_requests if r.type_url == type_url and r.response_nonce
+                       and not r.HasField("error_detail"))
+
+    def delta_unsubscribed(self, type_url: str) -> list[str]:
+        with self.lock:
+            return [n for r in self.delta_requests if r.type_url == type_url for n in r.resource_names_unsubscribe]
+
+    # -- incremental (delta) xDS
+    def _delta_respond(self, d: _DeltaStream, t: str, force: bool = False):
+        snap = self.snapshot
+        if snap is None:
+            return
+        subs = d.subs.get(t)
+        want = {Snapshot.name_of(t, m): m for m in snap.resources[t] if subs is None or Snapshot.name_of(t, m) in subs}
+        known = d.known.setdefault(t, {})
+        changed = [discovery_pb2.Resource(name=n, version=resource_version(m), resource=pack(m))
+                   for n, m in sorted(want.items()) if known.get(n) != resource_version(m)]
+        removed = sorted(n for n in known if n not in want)
+        if not changed and not removed and not force:
+            return
+        for r in changed:
+            known[r.name] = r.version
+        for n in removed:
+            del known[n]
+        d.nonce += 1
+        resp = discovery_pb2.DeltaDiscoveryResponse(system_version_info=snap.version, type_url=t, nonce=str(d.nonce),
+                                                    resources=changed, removed_resources=removed)
+        self.delta_responses.append(resp)
+        d.out.put(resp)
+
+    def DeltaAggregatedResources(self, request_iterator, context):
+        d = _DeltaStream()
+        with self.lock:
+            self.delta_streams.append(d)
+            self.streams_opened += 1
+
+        def read():
+            try:
+                for req in request_iterator:
+                    with self.lock:
+                        self.delta_requests.append(req)
+                        t = req.type_url
+                        first = t not in d.subs
+                        if first:
+                            wildcard = t in WILDCARD and (not req.resource_names_subscribe or "*" in req.resource_names_subscribe)
+                            d.subs[t] = None if wildcard else set()
+                            d.known[t] = dict(req.initial_resource_versions)
+                        if d.subs[t] is not None:
+                            d.subs[t] |= {n for n in req.resource_names_subscribe if n != "*"}
+                            d.subs[t] -= set(req.resource_names_unsubscribe)
+                        for n in req.resource_names_unsubscribe:
+                            d.known[t].pop(n, None)
+                        if first or req.resource_names_subscribe:
+                            self._delta_respond(d, t, force=first)
+            except Exception:
+                pass
+            d.out.put(None)
+
+        threading.Thread(target=read, daemon=True).start()
+        while True:
+            item = d.out.get()
+            if item is None or not context.is_active():
+                break
+            yield item
+        with self.lock:
+            if d in self.delta_streams:
+                self.delta_streams.remove(d)
 
     def _maybe_respond(self, s: _Stream, t: str):
         snap = self.snapshot
@@ -335,15 +444,31 @@ def envoy_binary() -> str | None:
 
 
 class Envoy:
-    """Envoy 1.40 bootstrapped with ADS only (LDS and CDS over ADS), one worker, admin on a free port."""
+    """Envoy 1.40 bootstrapped with ADS only (LDS and CDS over ADS), one worker, admin on a free port.
+    `ads_tls`: {cert, key, ca, sni, san}: TLS with a client certificate to the ADS server."""
 
-    def __init__(self, binary: str, ads_port: int, workdir: Path, node_id: str = "envoy"):
+    def __init__(self, binary: str, ads_port: int, workdir: Path, node_id: str = "envoy", ads_tls: dict | None = None,
+                 delta: bool = False):
         self.admin_port = free_port()
+        tls = ""
+        if ads_tls:
+            tls = f"""
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: {ads_tls["sni"]}
+        common_tls_context:
+          alpn_protocols: [h2]
+          tls_certificates: [ {{ certificate_chain: {{ filename: "{ads_tls["cert"]}" }}, private_key: {{ filename: "{ads_tls["key"]}" }} }} ]
+          validation_context:
+            trusted_ca: {{ filename: "{ads_tls["ca"]}" }}
+            match_typed_subject_alt_names: [ {{ san_type: DNS, matcher: {{ exact: "{ads_tls["san"]}" }} }} ]"""
         boot = f"""
 node: {{ id: {node_id}, cluster: test }}
 admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {self.admin_port} }} }} }}
 dynamic_resources:
-  ads_config: {{ api_type: GRPC, transport_api_version: V3, grpc_services: [ {{ envoy_grpc: {{ cluster_name: xds }} }} ] }}
+  ads_config: {{ api_type: {"DELTA_GRPC" if delta else "GRPC"}, transport_api_version: V3, grpc_services: [ {{ envoy_grpc: {{ cluster_name: xds }} }} ] }}
   lds_config: {{ ads: {{}}, resource_api_version: V3 }}
   cds_config: {{ ads: {{}}, resource_api_version: V3 }}
 static_resources:
@@ -357,7 +482,7 @@ static_resources:
         explicit_http_config: {{ http2_protocol_options: {{}} }}
     load_assignment:
       cluster_name: xds
-      endpoints: [ {{ lb_endpoints: [ {{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {ads_port} }} }} }} }} ] }} ]
+      endpoints: [ {{ lb_endpoints: [ {{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {ads_port} }} }} }} }} ] }} ]{tls}
 """
         self.config = workdir / f"envoy-{node_id}.yaml"
         self.config.write_text(boot)
@@ -380,8 +505,10 @@ static_resources:
 class XDSAgent:
     """`remora-xds` and the `remora run --control` proxy it feeds."""
 
-    def __init__(self, agent_bin: Path, remora_bin: Path, ads_port: int, workdir: Path, node_id: str = "remora"):
+    def __init__(self, agent_bin: Path, remora_bin: Path, ads_port: int, workdir: Path, node_id: str = "remora",
+                 extra: list[str] = ()):
         self.workdir = workdir
+        self.extra = list(extra)   # more remora-xds flags (--xds-ca, …)
         self.args = (agent_bin, remora_bin, ads_port, node_id)
         self.start_agent("127.0.0.1:0")
         self.start_proxy()
@@ -391,7 +518,7 @@ class XDSAgent:
         self.agent_err = open(self.workdir / "remora-xds.stderr", "ab")
         self.agent = subprocess.Popen([str(agent_bin), "--xds", f"127.0.0.1:{ads_port}", "--node-id", node_id,
                                        "--node-cluster", "test", "--state", str(self.workdir / "xds-state"),
-                                       "--listen", listen, "--workers", "1"],
+                                       "--listen", listen, "--workers", "1", *self.extra],
                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.agent_err)
         control = None
         deadline = time.monotonic() + 10

@@ -3,6 +3,7 @@ import RemoraCore
 import RemoraHTTP
 import RemoraIO
 import RemoraPolicy
+import RemoraTLS
 import SwiftProtobuf
 
 /// gRPC framing of one message: a flag byte (0: not compressed), the length (4 bytes, big endian), the bytes.
@@ -35,7 +36,9 @@ public struct GRPCFramer {
 }
 
 /// The ADS stream: `envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources`
-/// over HTTP/2 cleartext (gRPC, one bidirectional stream), on Remora's own libuv loop and nghttp2 session
+/// over HTTP/2 (gRPC, one bidirectional stream), cleartext or TLS (RemoraTLS, the proxy's own client side:
+/// the server's certificate verified against a CA and, if given, its SANs; an optional client certificate
+/// for mutual TLS, as istiod's port 15012 wants), on Remora's own libuv loop and nghttp2 session
 /// (RemoraIO, RemoraHTTP). Carries out `ADSState`'s actions; when the stream or the connection ends it
 /// reconnects after a capped exponential backoff with full jitter (RemoraPolicy's `Backoff`: 100 ms
 /// doubling to 10 s, reset by a response), and the state keeps the accepted resources meanwhile.
@@ -43,10 +46,15 @@ public final class ADSClient: TCPConnectionDelegate, HTTP2SessionDelegate {
     let loop: EventLoop
     let address: SocketAddress
     let authority: String
+    /// TLS toward the server (nil: h2c). Its files are read again at every connect, so a rotated client
+    /// certificate is used from the next connection on.
+    let tls: ClusterTLSConfig?
     public var state: ADSState
     /// Called with each new configuration.
     public var onPublish: (String, String) -> Void = { _, _ in }
     public var log: (String) -> Void = { _ in }
+    /// Where SDS secrets are written (nil: not written; tests).
+    public var secretFiles: SecretFiles?
 
     var conn: TCPConnection?
     var h2: HTTP2Session?
@@ -68,10 +76,11 @@ public final class ADSClient: TCPConnectionDelegate, HTTP2SessionDelegate {
     public private(set) var connects = 0
     public private(set) var connected = false
 
-    public init(loop: EventLoop, address: SocketAddress, authority: String, state: ADSState) {
+    public init(loop: EventLoop, address: SocketAddress, authority: String, tls: ClusterTLSConfig? = nil, state: ADSState) {
         self.loop = loop
         self.address = address
         self.authority = authority
+        self.tls = tls
         self.state = state
         timer = LoopTimer(loop: loop)
     }
@@ -93,6 +102,18 @@ public final class ADSClient: TCPConnectionDelegate, HTTP2SessionDelegate {
         c.delegate = self
         c.owner = self
         conn = c
+        if let tls {
+            let layer: TLSSocket
+            do {
+                let ctx = try TLSClientContext(cluster: "xds", config: tls, http2: true)
+                guard let l = TLSSocket(client: ctx) else { return lost("TLS: cannot make a connection (OpenSSL)") }
+                layer = l
+            } catch {
+                return lost("TLS: --xds-\(error.field == "ca" ? "ca" : error.field == "cert" ? "cert" : "key"): \(error.message)")
+            }
+            c.transportSocket = layer
+            c.startReading()   // the handshake reads before the stream exists; bytes after it wait for h2
+        }
         if c.connect(to: address) != 0 { lost("connect to \(address) failed at once") }
     }
 
@@ -120,7 +141,12 @@ public final class ADSClient: TCPConnectionDelegate, HTTP2SessionDelegate {
 
     public func connectionConnected(_ c: TCPConnection, _ status: Int32) {
         guard c === conn else { return }
-        if status != 0 { return lost("connect: \(String(cString: strerror(-status)))") }
+        if status != 0 {
+            if status == TLSSocket.handshakeFailed, let ts = c.transportSocket as? TLSSocket {
+                return lost("TLS handshake: \(ts.failure ?? "failed")")
+            }
+            return lost("connect: \(String(cString: strerror(-status)))")
+        }
         let s = HTTP2Session(role: .client, settings: HTTP2Settings())
         s.delegate = self
         h2 = s
@@ -129,8 +155,9 @@ public final class ADSClient: TCPConnectionDelegate, HTTP2SessionDelegate {
                                            ("user-agent", "remora-xds")]
         let id = withHeaderRefs(headers) { refs in
             "POST".withRawBytes { m in authority.withRawBytes { a in
-                "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources".withRawBytes { p in
-                    s.submitRequest(method: m, scheme: "http", authority: a, path: p, headers: refs, clean: true,
+                (state.mode == .delta ? "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
+                                      : "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources").withRawBytes { p in
+                    s.submitRequest(method: m, scheme: tls == nil ? "http" : "https", authority: a, path: p, headers: refs, clean: true,
                                     hasBody: true, streamData: nil)
                 } } }
         }
@@ -154,12 +181,18 @@ public final class ADSClient: TCPConnectionDelegate, HTTP2SessionDelegate {
         let msgs = received
         received = []
         for m in msgs {
-            let r: DiscoveryResponse
-            do { r = try DiscoveryResponse(serializedBytes: m) } catch {
+            let actions: [ADSState.Action]
+            do {
+                if state.mode == .delta {
+                    actions = state.receive(delta: try DeltaDiscoveryResponse(serializedBytes: m))
+                } else {
+                    actions = state.receive(try DiscoveryResponse(serializedBytes: m))
+                }
+            } catch {
                 return lost("a response that does not decode: \(error)")
             }
             backoff.reset()
-            perform(state.receive(r))
+            perform(actions)
             guard conn != nil else { return }
         }
         if let e = frameError { frameError = nil; return lost(e) }
@@ -183,8 +216,16 @@ public final class ADSClient: TCPConnectionDelegate, HTTP2SessionDelegate {
                 guard let bytes: [UInt8] = try? req.serializedBytes() else { continue }
                 outgoing += GRPCFramer.frame(bytes)
                 if !inRead, stream > 0 { h2?.resumeData(stream: stream) }
+            case .sendDelta(let req):
+                guard let bytes: [UInt8] = try? req.serializedBytes() else { continue }
+                outgoing += GRPCFramer.frame(bytes)
+                if !inRead, stream > 0 { h2?.resumeData(stream: stream) }
             case let .publish(yaml, versions):
                 onPublish(yaml, versions)
+            case .writeSecrets(let files):
+                guard let sf = secretFiles else { continue }
+                for e in sf.write(files) { log("SDS: \(e) (the proxy keeps the previous file)") }
+                log("SDS: wrote \(files.map { String($0.path.split(separator: "/").last ?? "") }.joined(separator: ", "))")
             case .log(let s):
                 log(s)
             }

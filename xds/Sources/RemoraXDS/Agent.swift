@@ -2,6 +2,7 @@ import Glibc
 import RemoraControl
 import RemoraCore
 import RemoraIO
+import RemoraTLS
 import RemoraXDSProto
 import SwiftProtobuf
 
@@ -14,6 +15,14 @@ import SwiftProtobuf
 public final class XDSAgent {
     public struct Options {
         public var xds: HostPort
+        /// TLS toward the ADS server (nil: h2c): `ca` (nil: the system's CAs), `serverName` (SNI, also
+        /// the name checked when `verifySAN` is empty), `verifySAN`, `cert` + `key` (mutual TLS).
+        public var xdsTLS: ClusterTLSConfig?
+        /// Where SDS secrets delivered inline are written for the proxy (0700 directory, 0600 files).
+        /// nil: `<stateDirectory>/secrets`.
+        public var secretsDirectory: String?
+        /// Incremental xDS (`DeltaAggregatedResources`) instead of state of the world.
+        public var delta = false
         public var nodeID: String
         public var nodeCluster = ""
         public var metadata: [(String, String)] = []
@@ -54,8 +63,21 @@ public final class XDSAgent {
             node.metadata = s
         }
         let authority = options.xds.host.contains(":") ? "[\(options.xds.host)]:\(options.xds.port)" : "\(options.xds.host):\(options.xds.port)"
-        client = ADSClient(loop: loop, address: addr, authority: authority,
-                           state: ADSState(node: node, translator: Translator(workers: options.workers)))
+        // Secrets go where the proxy can find them whatever its working directory: an absolute path.
+        var secrets = options.secretsDirectory ?? options.stateDirectory + "/secrets"
+        if !secrets.hasPrefix("/") {
+            var buf = [CChar](repeating: 0, count: 4096)
+            if getcwd(&buf, buf.count) != nil { secrets = String(cString: buf) + "/" + secrets }
+        }
+        let secretFiles = SecretFiles(directory: secrets)
+        if let e = secretFiles.prepare() { throw ControlError(400, "--secrets: \(e)") }
+        var translator = Translator(workers: options.workers)
+        translator.secretsDirectory = secrets
+        translator.checkFile = Translator.readableFile
+        var state = ADSState(node: node, translator: translator)
+        if options.delta { state.mode = .delta }
+        client = ADSClient(loop: loop, address: addr, authority: authority, tls: options.xdsTLS, state: state)
+        client.secretFiles = secretFiles
         let group = options.group
         client.log = { [unowned self] s in self.log(s) }
         client.onPublish = { [unowned self] yaml, versions in

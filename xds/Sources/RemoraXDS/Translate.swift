@@ -14,6 +14,8 @@ public typealias Cluster = Envoy_Config_Cluster_V3_Cluster
 public typealias ClusterLoadAssignment = Envoy_Config_Endpoint_V3_ClusterLoadAssignment
 public typealias UpstreamHTTPOptions = Envoy_Extensions_Upstreams_Http_V3_HttpProtocolOptions
 public typealias Duration = Google_Protobuf_Duration
+public typealias Secret = Envoy_Extensions_TransportSockets_Tls_V3_Secret
+public typealias SdsSecretConfig = Envoy_Extensions_TransportSockets_Tls_V3_SdsSecretConfig
 
 /// The xDS resource types remora-xds subscribes to (ADS, state of the world).
 public enum XDSType: String, CaseIterable, Sendable {
@@ -21,10 +23,12 @@ public enum XDSType: String, CaseIterable, Sendable {
     case route = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
     case cluster = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
     case endpoint = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+    /// SDS over the ADS stream: the secrets the TLS contexts name (`sds_config: { ads: {} }`).
+    case secret = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
-    /// Envoy's short names (LDS, RDS, CDS, EDS), for logs.
+    /// Envoy's short names (LDS, RDS, CDS, EDS, SDS), for logs.
     public var short: String {
-        switch self { case .listener: "LDS"; case .route: "RDS"; case .cluster: "CDS"; case .endpoint: "EDS" }
+        switch self { case .listener: "LDS"; case .route: "RDS"; case .cluster: "CDS"; case .endpoint: "EDS"; case .secret: "SDS" }
     }
     /// Wildcard types get everything; the others only the names the accepted resources reference.
     public var isWildcard: Bool { self == .listener || self == .cluster }
@@ -36,6 +40,7 @@ public struct XDSResources: Sendable {
     public var routes: [String: RouteConfiguration] = [:]
     public var clusters: [String: Cluster] = [:]
     public var endpoints: [String: ClusterLoadAssignment] = [:]
+    public var secrets: [String: Secret] = [:]
     public init() {}
 
     /// Decodes a response's resources into this state's `type` (replacing it: state of the world).
@@ -47,8 +52,43 @@ public struct XDSResources: Sendable {
             case .route: routes = try Self.decode(resources, type) { (m: RouteConfiguration) in m.name }
             case .cluster: clusters = try Self.decode(resources, type) { (m: Cluster) in m.name }
             case .endpoint: endpoints = try Self.decode(resources, type) { (m: ClusterLoadAssignment) in m.clusterName }
+            case .secret: secrets = try Self.decode(resources, type) { (m: Secret) in m.name }
             }
         } catch let e as XDSError { throw e } catch { throw XDSError("\(type.short): \(error)") }
+    }
+
+    /// Delta: `updated` replace (or add) resources by name, `removed` names go.
+    public mutating func apply(_ type: XDSType, updated: [Envoy_Service_Discovery_V3_Resource], removed: [String]) throws(XDSError) {
+        for n in removed { remove(type, name: n) }
+        do {
+            for res in updated {
+                guard res.hasResource else { throw XDSError("\(type.short): resource \(res.name) without its body") }
+                switch type {
+                case .listener: listeners[res.name] = try Self.decodeOne(res, type) { (m: Listener) in m.name }
+                case .route: routes[res.name] = try Self.decodeOne(res, type) { (m: RouteConfiguration) in m.name }
+                case .cluster: clusters[res.name] = try Self.decodeOne(res, type) { (m: Cluster) in m.name }
+                case .endpoint: endpoints[res.name] = try Self.decodeOne(res, type) { (m: ClusterLoadAssignment) in m.clusterName }
+                case .secret: secrets[res.name] = try Self.decodeOne(res, type) { (m: Secret) in m.name }
+                }
+            }
+        } catch let e as XDSError { throw e } catch { throw XDSError("\(type.short): \(error)") }
+    }
+
+    public mutating func remove(_ type: XDSType, name: String) {
+        switch type {
+        case .listener: listeners[name] = nil
+        case .route: routes[name] = nil
+        case .cluster: clusters[name] = nil
+        case .endpoint: endpoints[name] = nil
+        case .secret: secrets[name] = nil
+        }
+    }
+
+    static func decodeOne<M: Message>(_ r: Envoy_Service_Discovery_V3_Resource, _ type: XDSType, name: (M) -> String) throws -> M {
+        let m = try decode([r.resource], type, name: name)
+        guard let (n, v) = m.first else { throw XDSError("\(type.short): resource \(r.name) is empty") }
+        guard n == r.name else { throw XDSError("\(type.short): resource \(r.name) carries a resource named \(n)") }
+        return v
     }
 
     static func decode<M: Message>(_ rs: [Google_Protobuf_Any], _ type: XDSType, name: (M) -> String) throws -> [String: M] {
@@ -83,6 +123,37 @@ public struct XDSResources: Sendable {
         return s.sorted()
     }
 
+    /// Secrets the listeners' and clusters' TLS contexts ask for over SDS (`sds_config.ads`), sorted.
+    public var sdsNames: [String] {
+        var s = Set<String>()
+        func add(_ c: Envoy_Extensions_TransportSockets_Tls_V3_CommonTlsContext) {
+            for sc in c.tlsCertificateSdsSecretConfigs where Self.overADS(sc) { s.insert(sc.name) }
+            switch c.validationContextType {
+            case .validationContextSdsSecretConfig(let sc)? where Self.overADS(sc): s.insert(sc.name)
+            case .combinedValidationContext(let cv)? where Self.overADS(cv.validationContextSdsSecretConfig): s.insert(cv.validationContextSdsSecretConfig.name)
+            default: break
+            }
+        }
+        for l in listeners.values {
+            for fc in l.filterChains + (l.hasDefaultFilterChain ? [l.defaultFilterChain] : []) where fc.hasTransportSocket {
+                if case .typedConfig(let any)? = fc.transportSocket.configType, let d = try? DownstreamTLS(unpackingAny: any) {
+                    add(d.commonTlsContext)
+                }
+            }
+        }
+        for c in clusters.values where c.hasTransportSocket {
+            if case .typedConfig(let any)? = c.transportSocket.configType, let u = try? UpstreamTLS(unpackingAny: any) {
+                add(u.commonTlsContext)
+            }
+        }
+        return s.sorted()
+    }
+
+    static func overADS(_ sc: SdsSecretConfig) -> Bool {
+        guard !sc.name.isEmpty, sc.hasSdsConfig, case .ads? = sc.sdsConfig.configSourceSpecifier else { return false }
+        return true
+    }
+
     /// ClusterLoadAssignments the EDS clusters ask for, sorted.
     public var edsNames: [String] {
         Set(clusters.values.compactMap { c -> String? in
@@ -105,7 +176,21 @@ public enum Translation: Equatable, Sendable {
 public struct Translator: Sendable {
     /// `workers:` of the generated configuration (nil: the proxy's default).
     public var workers: Int?
+    /// Where the agent writes secrets that SDS delivers inline (`<dir>/<name>.cert.pem`, `.key.pem`,
+    /// `.ca.pem`: `secretFiles`); the configuration names these paths.
+    public var secretsDirectory = "secrets"
+    /// Checks a file a TLS context names (`filename`): nil when it can be read, else why not. nil (the
+    /// default, and the unit tests'): not checked. The agent checks (`readableFile`), so a missing file
+    /// is NACKed with its field, as Envoy does, rather than pushed for the proxy to refuse.
+    public var checkFile: (@Sendable (String) -> String?)?
     public init(workers: Int? = nil) { self.workers = workers }
+
+    /// `checkFile` reading the file as the agent's user.
+    public static let readableFile: @Sendable (String) -> String? = { path in
+        guard let f = fopen(path, "rb") else { return "cannot read \(path): \(String(cString: strerror(errno)))" }
+        fclose(f)
+        return nil
+    }
 
     public func translate(_ r: XDSResources) throws(XDSError) -> Translation {
         var names = NameMap()
@@ -132,6 +217,8 @@ public struct Translator: Sendable {
             }
         }
         if !pendingEDS.isEmpty { return .pending("EDS assignments \(pendingEDS.joined(separator: ", "))") }
+        let missingSecrets = r.sdsNames.filter { r.secrets[$0] == nil }
+        if !missingSecrets.isEmpty { return .pending("SDS secrets \(missingSecrets.joined(separator: ", "))") }
         if !pendingRDS.isEmpty { return .pending("RDS route configurations of listeners \(pendingRDS.joined(separator: ", "))") }
         if listenerNodes.isEmpty { return .pending("a listener (LDS has none)") }
         // The routes' hash policies become their clusters' hash_on (consistent-hash clusters only: for the
@@ -193,48 +280,245 @@ public struct Translator: Sendable {
             limit = Int(l.perConnectionBufferLimitBytes.value); rest.clearPerConnectionBufferLimitBytes()
             guard limit! >= 65536 else { throw XDSError("\(at): per_connection_buffer_limit_bytes below 65536 is not supported") }
         }
+        // Listener filters: the TLS and HTTP inspectors only, which Envoy needs to match chains by
+        // server_names, transport_protocol (and application_protocols); a Remora listener looks at the
+        // first bytes itself (TLS passthrough, allow_plaintext, h2c).
+        for (i, lf) in l.listenerFilters.enumerated() {
+            let lat = "\(at): listener_filters[\(i)]"
+            var lr = lf
+            lr.name = ""; lr.configType = nil
+            try refuseLeftovers(lr, at: lat)
+            let inspectors = ["envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
+                              "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector"]
+            switch lf.configType {
+            case .typedConfig(let any)?:
+                guard inspectors.contains(where: { any.typeURL.hasSuffix("/" + $0) }) else {
+                    throw XDSError("\(lat) (\(lf.name)): listener filter \(any.typeURL) is not supported (tls_inspector and http_inspector are)")
+                }
+                guard any.value.isEmpty else { throw XDSError("\(lat).typed_config: the inspector's fields are not supported") }
+            case nil:
+                guard ["envoy.filters.listener.tls_inspector", "envoy.filters.listener.http_inspector"].contains(lf.name) else {
+                    throw XDSError("\(lat): listener filter \(lf.name) is not supported (tls_inspector and http_inspector are)")
+                }
+            default:
+                throw XDSError("\(lat) (\(lf.name)): only typed_config is supported")
+            }
+        }
+        rest.listenerFilters = []
         try refuseLeftovers(rest, at: at)
         var node: [(String, YAMLNode)] = [("name", .string(names.listener(l.name))), ("address", .string(try address(l.address, at: at + ": address")))]
-        var chains = l.filterChains
-        if l.hasDefaultFilterChain { chains.append(l.defaultFilterChain) }
-        guard chains.count == 1 else {
-            throw XDSError("\(at): \(chains.count) filter chains; only one (with no filter_chain_match) is supported")
+        let (chains, shape) = try selectChains(l, at: at)
+        switch shape {
+        case .one, .permissive:
+            let c = chains[0]
+            guard var entries = try filterChain(c.fc, at: "\(at): \(c.at)", limit: limit, ctx, &names) else { return nil }
+            if shape == .permissive {
+                // TLS for connections that start with a handshake record, plaintext for the others: the
+                // raw_buffer chain (same filters) is the listener's allow_plaintext.
+                guard let i = entries.firstIndex(where: { $0.0 == "tls" }), case .map(var kv) = entries[i].1 else {
+                    throw XDSError("\(at): \(c.at): transport_protocol tls without a TLS transport_socket is not supported")
+                }
+                kv.append(("allow_plaintext", .bool(true)))
+                entries[i].1 = .map(kv)
+            }
+            node.append(contentsOf: entries)
+        case .passthrough(let fallback):
+            if limit != nil { throw XDSError("\(at): per_connection_buffer_limit_bytes is not supported with tcp_proxy") }
+            var sni: [YAMLNode] = []
+            var cluster: String?
+            for c in chains + (fallback.map { [$0] } ?? []) {
+                let target = try passthroughCluster(c, at: "\(at): \(c.at)", ctx)
+                if c.match.serverNames.isEmpty {
+                    cluster = target
+                } else {
+                    sni.append(.map([("server_names", .list(c.match.serverNames.map { .string($0) })), ("cluster", .string(target))]))
+                }
+            }
+            node.append(("protocol", .string("tls")))
+            node.append(("sni", .list(sni)))
+            if let cluster { node.append(("cluster", .string(cluster))) }
         }
-        let fc = chains[0]
+        return .map(node)
+    }
+
+    /// One filter chain (its `filter_chain_match` already read by `selectChains`) → the listener's
+    /// protocol, filter settings and `tls`. nil: it waits for RDS.
+    func filterChain(_ fc: Envoy_Config_Listener_V3_FilterChain, at cat: String, limit: Int?, _ ctx: Context,
+                     _ names: inout NameMap) throws(XDSError) -> [(String, YAMLNode)]? {
+        var node: [(String, YAMLNode)] = []
         var fcRest = fc
-        fcRest.filters = []; fcRest.name = ""; fcRest.clearTransportSocket()
-        try refuseLeftovers(fcRest, at: "\(at): filter_chains[0]")
+        fcRest.filters = []; fcRest.name = ""; fcRest.clearTransportSocket(); fcRest.clearFilterChainMatch()
+        try refuseLeftovers(fcRest, at: cat)
         guard fc.filters.count == 1 else {
-            throw XDSError("\(at): filter_chains[0] has \(fc.filters.count) network filters; exactly one, http_connection_manager or tcp_proxy, is supported")
+            throw XDSError("\(cat) has \(fc.filters.count) network filters; exactly one, http_connection_manager or tcp_proxy, is supported")
         }
         let f = fc.filters[0]
         guard case .typedConfig(let any)? = f.configType else {
-            throw XDSError("\(at): filter_chains[0].filters[0] (\(f.name)): only typed_config is supported")
+            throw XDSError("\(cat).filters[0] (\(f.name)): only typed_config is supported")
         }
-        let fat = "\(at): filter_chains[0].filters[0]"
+        let fat = "\(cat).filters[0]"
         if any.typeURL.hasSuffix("/" + HCM.protoMessageName) {
             let h: HCM
             do { h = try HCM(unpackingAny: any) } catch { throw XDSError("\(fat): does not decode: \(error)") }
             if limit != nil { node.append(("per_connection_buffer_limit", .int(limit!))) }
             guard let http = try hcm(h, at: fat + ".typed_config", ctx, &names) else { return nil }
             if fc.hasTransportSocket {
-                node.append(("tls", try downstreamTLS(fc.transportSocket, at: "\(at): filter_chains[0].transport_socket", http: true,
-                                                      forwardClientCert: h.forwardClientCertDetails == .sanitizeSet)))
+                node.append(("tls", try downstreamTLS(fc.transportSocket, at: "\(cat).transport_socket", http: true,
+                                                      forwardClientCert: h.forwardClientCertDetails == .sanitizeSet, ctx.resources)))
             }
             node.append(contentsOf: http)
         } else if any.typeURL.hasSuffix("/" + TcpProxy.protoMessageName) {
             let t: TcpProxy
             do { t = try TcpProxy(unpackingAny: any) } catch { throw XDSError("\(fat): does not decode: \(error)") }
-            if limit != nil { throw XDSError("\(at): per_connection_buffer_limit_bytes is not supported with tcp_proxy") }
+            if limit != nil { throw XDSError("\(cat.prefix { $0 != ":" }): per_connection_buffer_limit_bytes is not supported with tcp_proxy") }
             if fc.hasTransportSocket {
-                node.append(("tls", try downstreamTLS(fc.transportSocket, at: "\(at): filter_chains[0].transport_socket", http: false,
-                                                      forwardClientCert: false)))
+                node.append(("tls", try downstreamTLS(fc.transportSocket, at: "\(cat).transport_socket", http: false,
+                                                      forwardClientCert: false, ctx.resources)))
             }
             node.append(contentsOf: try tcpProxy(t, at: fat + ".typed_config", ctx))
         } else {
             throw XDSError("\(fat) (\(f.name)): network filter \(any.typeURL) is not supported (http_connection_manager and tcp_proxy are)")
         }
-        return .map(node)
+        return node
+    }
+
+    // MARK: filter chain selection
+
+    typealias FilterChainMatch = Envoy_Config_Listener_V3_FilterChainMatch
+
+    struct Chain {
+        var fc: Envoy_Config_Listener_V3_FilterChain
+        /// `filter_chains[i]` or `default_filter_chain`.
+        var at: String
+        var match: FilterChainMatch
+    }
+
+    /// What the chains that can match make of the listener.
+    enum ChainShape: Equatable {
+        /// One chain serves every connection.
+        case one
+        /// Two chains with the same filters: `transport_protocol: tls` with TLS, and one for plaintext
+        /// (Istio's PERMISSIVE inbound): one TLS listener with `allow_plaintext`. The TLS chain is first.
+        case permissive
+        /// tcp_proxy chains chosen by `server_names`, without TLS termination (TLS passthrough); the
+        /// chain without names (if any) is the default, or the `default_filter_chain` (the associated value).
+        case passthrough(fallback: Chain?)
+        static func == (a: ChainShape, b: ChainShape) -> Bool {
+            switch (a, b) { case (.one, .one), (.permissive, .permissive), (.passthrough, .passthrough): true; default: false }
+        }
+    }
+
+    /// Envoy's filter chain matching, decided once per listener (a Remora listener has one protocol and
+    /// one TLS context): `destination_port` and `prefix_ranges` (the destination address) against the
+    /// listener's own address — without `use_original_dst` (which is NACKed) every connection's
+    /// destination is that address, so a chain either always or never matches, and the most specific
+    /// ones win, as in Envoy; chains that can never match are not translated. Then `server_names` and
+    /// `transport_protocol` must make one of the shapes of `ChainShape`; anything else, and every other
+    /// field of `filter_chain_match` (`application_protocols`, the source matches, …), is NACKed by name.
+    func selectChains(_ l: Listener, at: String) throws(XDSError) -> ([Chain], ChainShape) {
+        var chains = l.filterChains.enumerated().map { Chain(fc: $0.element, at: "filter_chains[\($0.offset)]", match: $0.element.filterChainMatch) }
+        let fallback = l.hasDefaultFilterChain ? Chain(fc: l.defaultFilterChain, at: "default_filter_chain", match: FilterChainMatch()) : nil
+        if let fallback, fallback.fc.hasFilterChainMatch {
+            throw XDSError("\(at): default_filter_chain.filter_chain_match is not supported (the default chain matches what no other does)")
+        }
+        guard !chains.isEmpty || fallback != nil else { throw XDSError("\(at): filter_chains: at least one is required") }
+        for c in chains {
+            let mat = "\(at): \(c.at).filter_chain_match"
+            var rest = c.match
+            rest.clearDestinationPort(); rest.prefixRanges = []; rest.serverNames = []; rest.transportProtocol = ""
+            try refuseLeftovers(rest, at: mat, note: "destination_port, prefix_ranges, server_names and transport_protocol are")
+            guard ["", "tls", "raw_buffer"].contains(c.match.transportProtocol) else {
+                throw XDSError("\(mat).transport_protocol: \(c.match.transportProtocol) is not supported (tls and raw_buffer are)")
+            }
+        }
+        let sa = l.address.socketAddress
+        // destination_port: the listener's own port, or never.
+        chains = chains.filter { !$0.match.hasDestinationPort || $0.match.destinationPort.value == sa.portValue }
+        if chains.contains(where: { $0.match.hasDestinationPort }) { chains = chains.filter { $0.match.hasDestinationPort } }
+        // prefix_ranges: the longest range holding the listener's own address wins; none: the chains without.
+        if let c = chains.first(where: { !$0.match.prefixRanges.isEmpty }) {
+            guard let ip = IPBytes(sa.address), !ip.isUnspecified else {
+                throw XDSError("\(at): \(c.at).filter_chain_match.prefix_ranges is not supported on a listener bound to \(sa.address) (the destination address differs between connections)")
+            }
+            var longest: [Int] = []
+            for c in chains {
+                var best = -1
+                for (i, r) in c.match.prefixRanges.enumerated() {
+                    guard let net = IPBytes(r.addressPrefix) else {
+                        throw XDSError("\(at): \(c.at).filter_chain_match.prefix_ranges[\(i)].address_prefix: \(r.addressPrefix) is not an IP address")
+                    }
+                    let len = r.hasPrefixLen ? Int(r.prefixLen.value) : 0
+                    if net.contains(ip, prefix: len) { best = max(best, len) }
+                }
+                longest.append(c.match.prefixRanges.isEmpty ? -2 : best)
+            }
+            let top = longest.max() ?? -2
+            chains = zip(chains, longest).filter { top >= 0 ? $0.1 == top : $0.1 == -2 }.map { $0.0 }
+        }
+        if chains.isEmpty {
+            guard let fallback else {
+                throw XDSError("\(at): no filter chain can match the listener's address \(sa.address):\(sa.portValue) (destination_port, prefix_ranges) and there is no default_filter_chain")
+            }
+            return ([fallback], .one)
+        }
+        // server_names: TLS passthrough only.
+        if chains.contains(where: { !$0.match.serverNames.isEmpty }) {
+            let unnamed = chains.filter { $0.match.serverNames.isEmpty }
+            guard unnamed.count + (fallback == nil ? 0 : 1) <= 1 else {
+                throw XDSError("\(at): \((unnamed.map(\.at) + (fallback.map { [$0.at] } ?? [])).joined(separator: " and ")): more than one chain without server_names")
+            }
+            for c in chains + (fallback.map { [$0] } ?? []) where c.match.transportProtocol == "raw_buffer" || c.fc.hasTransportSocket {
+                throw XDSError("\(at): \(c.at): chains chosen by filter_chain_match.server_names are supported for TLS passthrough only (tcp_proxy, no transport_socket, transport_protocol tls or none)")
+            }
+            return (chains.filter { !$0.match.serverNames.isEmpty } + unnamed, .passthrough(fallback: fallback))
+        }
+        // transport_protocol: one chain for all, or tls + plaintext with the same filters (permissive). The
+        // default chain takes what the others leave: plaintext when they are all tls, TLS when all raw_buffer.
+        var tlsSide = chains.filter { $0.match.transportProtocol == "tls" }
+        var plainSide = chains.filter { $0.match.transportProtocol != "tls" }
+        if let fallback {
+            if plainSide.isEmpty { plainSide = [fallback] }
+            else if tlsSide.isEmpty && plainSide.allSatisfy({ $0.match.transportProtocol == "raw_buffer" }) { tlsSide = [fallback] }
+        }
+        if tlsSide.count == 1 && plainSide.count == 1 {
+            let t = tlsSide[0], p = plainSide[0]
+            guard t.fc.hasTransportSocket, !p.fc.hasTransportSocket, t.fc.filters == p.fc.filters else {
+                throw XDSError("\(at): \(t.at) (TLS clients) and \(p.at) (plaintext clients): only the same filters, TLS on the first and none on the second, are supported (TLS with allow_plaintext)")
+            }
+            return ([t], .permissive)
+        }
+        if chains.count == 1 && (tlsSide.isEmpty || plainSide.isEmpty) {
+            let c = chains[0]
+            if c.match.transportProtocol == "tls" && !c.fc.hasTransportSocket {
+                throw XDSError("\(at): \(c.at).filter_chain_match.transport_protocol tls without a transport_socket (TLS passthrough by transport protocol) is not supported")
+            }
+            if c.match.transportProtocol == "raw_buffer" && c.fc.hasTransportSocket {
+                throw XDSError("\(at): \(c.at).filter_chain_match.transport_protocol raw_buffer with a TLS transport_socket never matches a TLS client")
+            }
+            return ([c], .one)
+        }
+        throw XDSError("\(at): \(chains.count) filter chains that filter_chain_match does not tell apart (\(chains.map(\.at).joined(separator: ", "))); Remora supports one chain per listener, TLS passthrough by server_names, or TLS and plaintext (transport_protocol) with the same filters")
+    }
+
+    /// A passthrough chain's cluster: tcp_proxy with `cluster` only.
+    func passthroughCluster(_ c: Chain, at cat: String, _ ctx: Context) throws(XDSError) -> String {
+        var fcRest = c.fc
+        fcRest.filters = []; fcRest.name = ""; fcRest.clearFilterChainMatch()
+        try refuseLeftovers(fcRest, at: cat)
+        guard c.fc.filters.count == 1, case .typedConfig(let any)? = c.fc.filters[0].configType,
+              any.typeURL.hasSuffix("/" + TcpProxy.protoMessageName) else {
+            throw XDSError("\(cat).filters: exactly one tcp_proxy is required on a chain chosen by server_names (TLS passthrough)")
+        }
+        let fat = "\(cat).filters[0].typed_config"
+        let t: TcpProxy
+        do { t = try TcpProxy(unpackingAny: any) } catch { throw XDSError("\(fat): does not decode: \(error)") }
+        var rest = t
+        rest.statPrefix = ""; rest.clusterSpecifier = nil
+        try refuseLeftovers(rest, at: fat, note: "a TLS passthrough chain reads cluster only")
+        guard case .cluster(let name)? = t.clusterSpecifier else { throw XDSError("\(fat).cluster: required") }
+        guard ctx.resources.clusters[name] != nil else { throw XDSError("\(fat).cluster: unknown cluster \(name)") }
+        guard !ctx.empty.contains(name) else { throw XDSError("\(fat).cluster: cluster \(name) has no healthy endpoint (Remora cannot keep a TCP listener on an empty cluster)") }
+        return ctx.clusterNames.clusterName(name)
     }
 
     func tcpProxy(_ t: TcpProxy, at: String, _ ctx: Context) throws(XDSError) -> [(String, YAMLNode)] {
@@ -1142,7 +1426,7 @@ public struct Translator: Sendable {
             let s = try http2(h2, at: at + ".http2_protocol_options", listener: false)
             if s != .map([]) { node.append(("http2", s)) }
         }
-        if c.hasTransportSocket { node.append(("tls", try upstreamTLS(c.transportSocket, at: at + ".transport_socket"))) }
+        if c.hasTransportSocket { node.append(("tls", try upstreamTLS(c.transportSocket, at: at + ".transport_socket", r))) }
         node.append(("endpoints", .list(try endpoints(cla, at: at))))
         let lb: String
         switch c.lbPolicy {
@@ -1414,5 +1698,39 @@ struct NameMap: Sendable {
 extension Substring {
     func trimmingCharacters() -> String {
         String(self.drop { $0 == " " || $0 == "\t" }.reversed().drop { $0 == " " || $0 == "\t" }.reversed())
+    }
+}
+
+/// An IPv4 or IPv6 address as bytes (4 or 16), for `prefix_ranges`.
+struct IPBytes {
+    var bytes: [UInt8]
+
+    init?(_ s: String) {
+        var b4 = in_addr()
+        if inet_pton(AF_INET, s, &b4) == 1 {
+            bytes = withUnsafeBytes(of: &b4) { Array($0) }
+            return
+        }
+        var b6 = in6_addr()
+        if inet_pton(AF_INET6, s, &b6) == 1 {
+            bytes = withUnsafeBytes(of: &b6) { Array($0) }
+            return
+        }
+        return nil
+    }
+
+    var isUnspecified: Bool { bytes.allSatisfy { $0 == 0 } }
+
+    /// `ip` is in this network of `prefix` bits (same family only).
+    func contains(_ ip: IPBytes, prefix: Int) -> Bool {
+        guard ip.bytes.count == bytes.count, prefix >= 0, prefix <= bytes.count * 8 else { return false }
+        var left = prefix
+        for i in 0..<bytes.count where left > 0 {
+            let bits = min(8, left)
+            let mask = UInt8(truncatingIfNeeded: 0xff << (8 - bits))
+            if bytes[i] & mask != ip.bytes[i] & mask { return false }
+            left -= bits
+        }
+        return true
     }
 }

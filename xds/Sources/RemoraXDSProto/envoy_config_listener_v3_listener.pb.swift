@@ -111,7 +111,7 @@ public nonisolated struct Envoy_Config_Listener_V3_Listener: @unchecked Sendable
     set {_uniqueStorage()._drainType = newValue}
   }
 
-  public var listenerFilters: [Data] {
+  public var listenerFilters: [Envoy_Config_Listener_V3_ListenerFilter] {
     get {_storage._listenerFilters}
     set {_uniqueStorage()._listenerFilters = newValue}
   }
@@ -324,7 +324,7 @@ nonisolated extension Envoy_Config_Listener_V3_Listener: SwiftProtobuf.Message, 
     var _metadata: Data = Data()
     var _deprecatedV1: Data = Data()
     var _drainType: Envoy_Config_Listener_V3_Listener.DrainType = .default
-    var _listenerFilters: [Data] = []
+    var _listenerFilters: [Envoy_Config_Listener_V3_ListenerFilter] = []
     var _listenerFiltersTimeout: SwiftProtobuf.Google_Protobuf_Duration? = nil
     var _continueOnListenerFiltersTimeout: Bool = false
     var _transparent: SwiftProtobuf.Google_Protobuf_BoolValue? = nil
@@ -415,7 +415,7 @@ nonisolated extension Envoy_Config_Listener_V3_Listener: SwiftProtobuf.Message, 
         case 6: try { try decoder.decodeSingularBytesField(value: &_storage._metadata) }()
         case 7: try { try decoder.decodeSingularBytesField(value: &_storage._deprecatedV1) }()
         case 8: try { try decoder.decodeSingularEnumField(value: &_storage._drainType) }()
-        case 9: try { try decoder.decodeRepeatedBytesField(value: &_storage._listenerFilters) }()
+        case 9: try { try decoder.decodeRepeatedMessageField(value: &_storage._listenerFilters) }()
         case 10: try { try decoder.decodeSingularMessageField(value: &_storage._transparent) }()
         case 11: try { try decoder.decodeSingularMessageField(value: &_storage._freebind) }()
         case 12: try { try decoder.decodeSingularMessageField(value: &_storage._tcpFastOpenQueueLength) }()
@@ -485,7 +485,7 @@ nonisolated extension Envoy_Config_Listener_V3_Listener: SwiftProtobuf.Message, 
         try visitor.visitSingularEnumField(value: _storage._drainType, fieldNumber: 8)
       }
       if !_storage._listenerFilters.isEmpty {
-        try visitor.visitRepeatedBytesField(value: _storage._listenerFilters, fieldNumber: 9)
+        try visitor.visitRepeatedMessageField(value: _storage._listenerFilters, fieldNumber: 9)
       }
       try { if let v = _storage._transparent {
         try visitor.visitSingularMessageField(value: v, fieldNumber: 10)

@@ -61,53 +61,192 @@ public nonisolated struct Envoy_Config_Listener_V3_Filter: Sendable {
   public init() {}
 }
 
-public nonisolated struct Envoy_Config_Listener_V3_FilterChain: Sendable {
+public nonisolated struct Envoy_Config_Listener_V3_FilterChainMatch: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var filterChainMatch: Data = Data()
+  public var destinationPort: SwiftProtobuf.Google_Protobuf_UInt32Value {
+    get {_destinationPort ?? SwiftProtobuf.Google_Protobuf_UInt32Value()}
+    set {_destinationPort = newValue}
+  }
+  /// Returns true if `destinationPort` has been explicitly set.
+  public var hasDestinationPort: Bool {self._destinationPort != nil}
+  /// Clears the value of `destinationPort`. Subsequent reads from it will return its default value.
+  public mutating func clearDestinationPort() {self._destinationPort = nil}
 
-  public var filters: [Envoy_Config_Listener_V3_Filter] = []
+  public var prefixRanges: [Envoy_Config_Core_V3_CidrRange] = []
+
+  public var addressSuffix: String = String()
+
+  public var suffixLen: SwiftProtobuf.Google_Protobuf_UInt32Value {
+    get {_suffixLen ?? SwiftProtobuf.Google_Protobuf_UInt32Value()}
+    set {_suffixLen = newValue}
+  }
+  /// Returns true if `suffixLen` has been explicitly set.
+  public var hasSuffixLen: Bool {self._suffixLen != nil}
+  /// Clears the value of `suffixLen`. Subsequent reads from it will return its default value.
+  public mutating func clearSuffixLen() {self._suffixLen = nil}
+
+  public var directSourcePrefixRanges: [Envoy_Config_Core_V3_CidrRange] = []
+
+  public var sourceType: Envoy_Config_Listener_V3_FilterChainMatch.ConnectionSourceType = .any
+
+  public var sourcePrefixRanges: [Envoy_Config_Core_V3_CidrRange] = []
+
+  public var sourcePorts: [UInt32] = []
+
+  public var serverNames: [String] = []
+
+  public var transportProtocol: String = String()
+
+  public var applicationProtocols: [String] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated enum ConnectionSourceType: SwiftProtobuf.Enum, Swift.CaseIterable {
+    public typealias RawValue = Int
+    case any // = 0
+    case sameIpOrLoopback // = 1
+    case external // = 2
+    case UNRECOGNIZED(Int)
+
+    public init() {
+      self = .any
+    }
+
+    public init?(rawValue: Int) {
+      switch rawValue {
+      case 0: self = .any
+      case 1: self = .sameIpOrLoopback
+      case 2: self = .external
+      default: self = .UNRECOGNIZED(rawValue)
+      }
+    }
+
+    public var rawValue: Int {
+      switch self {
+      case .any: return 0
+      case .sameIpOrLoopback: return 1
+      case .external: return 2
+      case .UNRECOGNIZED(let i): return i
+      }
+    }
+
+    // The compiler won't synthesize support with the UNRECOGNIZED case.
+    public static let allCases: [Envoy_Config_Listener_V3_FilterChainMatch.ConnectionSourceType] = [
+      .any,
+      .sameIpOrLoopback,
+      .external,
+    ]
+
+  }
+
+  public init() {}
+
+  fileprivate var _destinationPort: SwiftProtobuf.Google_Protobuf_UInt32Value? = nil
+  fileprivate var _suffixLen: SwiftProtobuf.Google_Protobuf_UInt32Value? = nil
+}
+
+public nonisolated struct Envoy_Config_Listener_V3_FilterChain: @unchecked Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var filterChainMatch: Envoy_Config_Listener_V3_FilterChainMatch {
+    get {_storage._filterChainMatch ?? Envoy_Config_Listener_V3_FilterChainMatch()}
+    set {_uniqueStorage()._filterChainMatch = newValue}
+  }
+  /// Returns true if `filterChainMatch` has been explicitly set.
+  public var hasFilterChainMatch: Bool {_storage._filterChainMatch != nil}
+  /// Clears the value of `filterChainMatch`. Subsequent reads from it will return its default value.
+  public mutating func clearFilterChainMatch() {_uniqueStorage()._filterChainMatch = nil}
+
+  public var filters: [Envoy_Config_Listener_V3_Filter] {
+    get {_storage._filters}
+    set {_uniqueStorage()._filters = newValue}
+  }
 
   public var useProxyProto: SwiftProtobuf.Google_Protobuf_BoolValue {
-    get {_useProxyProto ?? SwiftProtobuf.Google_Protobuf_BoolValue()}
-    set {_useProxyProto = newValue}
+    get {_storage._useProxyProto ?? SwiftProtobuf.Google_Protobuf_BoolValue()}
+    set {_uniqueStorage()._useProxyProto = newValue}
   }
   /// Returns true if `useProxyProto` has been explicitly set.
-  public var hasUseProxyProto: Bool {self._useProxyProto != nil}
+  public var hasUseProxyProto: Bool {_storage._useProxyProto != nil}
   /// Clears the value of `useProxyProto`. Subsequent reads from it will return its default value.
-  public mutating func clearUseProxyProto() {self._useProxyProto = nil}
+  public mutating func clearUseProxyProto() {_uniqueStorage()._useProxyProto = nil}
 
-  public var metadata: Data = Data()
+  public var metadata: Data {
+    get {_storage._metadata}
+    set {_uniqueStorage()._metadata = newValue}
+  }
 
   public var transportSocket: Envoy_Config_Core_V3_TransportSocket {
-    get {_transportSocket ?? Envoy_Config_Core_V3_TransportSocket()}
-    set {_transportSocket = newValue}
+    get {_storage._transportSocket ?? Envoy_Config_Core_V3_TransportSocket()}
+    set {_uniqueStorage()._transportSocket = newValue}
   }
   /// Returns true if `transportSocket` has been explicitly set.
-  public var hasTransportSocket: Bool {self._transportSocket != nil}
+  public var hasTransportSocket: Bool {_storage._transportSocket != nil}
   /// Clears the value of `transportSocket`. Subsequent reads from it will return its default value.
-  public mutating func clearTransportSocket() {self._transportSocket = nil}
+  public mutating func clearTransportSocket() {_uniqueStorage()._transportSocket = nil}
 
   public var transportSocketConnectTimeout: SwiftProtobuf.Google_Protobuf_Duration {
-    get {_transportSocketConnectTimeout ?? SwiftProtobuf.Google_Protobuf_Duration()}
-    set {_transportSocketConnectTimeout = newValue}
+    get {_storage._transportSocketConnectTimeout ?? SwiftProtobuf.Google_Protobuf_Duration()}
+    set {_uniqueStorage()._transportSocketConnectTimeout = newValue}
   }
   /// Returns true if `transportSocketConnectTimeout` has been explicitly set.
-  public var hasTransportSocketConnectTimeout: Bool {self._transportSocketConnectTimeout != nil}
+  public var hasTransportSocketConnectTimeout: Bool {_storage._transportSocketConnectTimeout != nil}
   /// Clears the value of `transportSocketConnectTimeout`. Subsequent reads from it will return its default value.
-  public mutating func clearTransportSocketConnectTimeout() {self._transportSocketConnectTimeout = nil}
+  public mutating func clearTransportSocketConnectTimeout() {_uniqueStorage()._transportSocketConnectTimeout = nil}
 
-  public var name: String = String()
+  public var name: String {
+    get {_storage._name}
+    set {_uniqueStorage()._name = newValue}
+  }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
-  fileprivate var _useProxyProto: SwiftProtobuf.Google_Protobuf_BoolValue? = nil
-  fileprivate var _transportSocket: Envoy_Config_Core_V3_TransportSocket? = nil
-  fileprivate var _transportSocketConnectTimeout: SwiftProtobuf.Google_Protobuf_Duration? = nil
+  fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+public nonisolated struct Envoy_Config_Listener_V3_ListenerFilter: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  public var configType: Envoy_Config_Listener_V3_ListenerFilter.OneOf_ConfigType? = nil
+
+  public var typedConfig: SwiftProtobuf.Google_Protobuf_Any {
+    get {
+      if case .typedConfig(let v)? = configType {return v}
+      return SwiftProtobuf.Google_Protobuf_Any()
+    }
+    set {configType = .typedConfig(newValue)}
+  }
+
+  public var configDiscovery: Data {
+    get {
+      if case .configDiscovery(let v)? = configType {return v}
+      return Data()
+    }
+    set {configType = .configDiscovery(newValue)}
+  }
+
+  public var filterDisabled: Data = Data()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated enum OneOf_ConfigType: Equatable, Sendable {
+    case typedConfig(SwiftProtobuf.Google_Protobuf_Any)
+    case configDiscovery(Data)
+
+  }
+
+  public init() {}
 }
 
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
@@ -181,9 +320,9 @@ nonisolated extension Envoy_Config_Listener_V3_Filter: SwiftProtobuf.Message, Sw
   }
 }
 
-nonisolated extension Envoy_Config_Listener_V3_FilterChain: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
-  public static let protoMessageName: String = _protobuf_package + ".FilterChain"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}filter_chain_match\0\u{2}\u{2}filters\0\u{3}use_proxy_proto\0\u{1}metadata\0\u{3}transport_socket\0\u{1}name\0\u{4}\u{2}transport_socket_connect_timeout\0")
+nonisolated extension Envoy_Config_Listener_V3_FilterChainMatch: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".FilterChainMatch"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{4}\u{3}prefix_ranges\0\u{3}address_suffix\0\u{3}suffix_len\0\u{3}source_prefix_ranges\0\u{3}source_ports\0\u{3}destination_port\0\u{3}transport_protocol\0\u{3}application_protocols\0\u{3}server_names\0\u{3}source_type\0\u{3}direct_source_prefix_ranges\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -191,13 +330,17 @@ nonisolated extension Envoy_Config_Listener_V3_FilterChain: SwiftProtobuf.Messag
       // allocates stack space for every case branch when no optimizations are
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
-      case 1: try { try decoder.decodeSingularBytesField(value: &self.filterChainMatch) }()
-      case 3: try { try decoder.decodeRepeatedMessageField(value: &self.filters) }()
-      case 4: try { try decoder.decodeSingularMessageField(value: &self._useProxyProto) }()
-      case 5: try { try decoder.decodeSingularBytesField(value: &self.metadata) }()
-      case 6: try { try decoder.decodeSingularMessageField(value: &self._transportSocket) }()
-      case 7: try { try decoder.decodeSingularStringField(value: &self.name) }()
-      case 9: try { try decoder.decodeSingularMessageField(value: &self._transportSocketConnectTimeout) }()
+      case 3: try { try decoder.decodeRepeatedMessageField(value: &self.prefixRanges) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.addressSuffix) }()
+      case 5: try { try decoder.decodeSingularMessageField(value: &self._suffixLen) }()
+      case 6: try { try decoder.decodeRepeatedMessageField(value: &self.sourcePrefixRanges) }()
+      case 7: try { try decoder.decodeRepeatedUInt32Field(value: &self.sourcePorts) }()
+      case 8: try { try decoder.decodeSingularMessageField(value: &self._destinationPort) }()
+      case 9: try { try decoder.decodeSingularStringField(value: &self.transportProtocol) }()
+      case 10: try { try decoder.decodeRepeatedStringField(value: &self.applicationProtocols) }()
+      case 11: try { try decoder.decodeRepeatedStringField(value: &self.serverNames) }()
+      case 12: try { try decoder.decodeSingularEnumField(value: &self.sourceType) }()
+      case 13: try { try decoder.decodeRepeatedMessageField(value: &self.directSourcePrefixRanges) }()
       default: break
       }
     }
@@ -208,38 +351,237 @@ nonisolated extension Envoy_Config_Listener_V3_FilterChain: SwiftProtobuf.Messag
     // allocates stack space for every if/case branch local when no optimizations
     // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
     // https://github.com/apple/swift-protobuf/issues/1182
-    if !self.filterChainMatch.isEmpty {
-      try visitor.visitSingularBytesField(value: self.filterChainMatch, fieldNumber: 1)
+    if !self.prefixRanges.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.prefixRanges, fieldNumber: 3)
     }
-    if !self.filters.isEmpty {
-      try visitor.visitRepeatedMessageField(value: self.filters, fieldNumber: 3)
+    if !self.addressSuffix.isEmpty {
+      try visitor.visitSingularStringField(value: self.addressSuffix, fieldNumber: 4)
     }
-    try { if let v = self._useProxyProto {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    try { if let v = self._suffixLen {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
     } }()
-    if !self.metadata.isEmpty {
-      try visitor.visitSingularBytesField(value: self.metadata, fieldNumber: 5)
+    if !self.sourcePrefixRanges.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.sourcePrefixRanges, fieldNumber: 6)
     }
-    try { if let v = self._transportSocket {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
-    } }()
-    if !self.name.isEmpty {
-      try visitor.visitSingularStringField(value: self.name, fieldNumber: 7)
+    if !self.sourcePorts.isEmpty {
+      try visitor.visitPackedUInt32Field(value: self.sourcePorts, fieldNumber: 7)
     }
-    try { if let v = self._transportSocketConnectTimeout {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 9)
+    try { if let v = self._destinationPort {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 8)
     } }()
+    if !self.transportProtocol.isEmpty {
+      try visitor.visitSingularStringField(value: self.transportProtocol, fieldNumber: 9)
+    }
+    if !self.applicationProtocols.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.applicationProtocols, fieldNumber: 10)
+    }
+    if !self.serverNames.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.serverNames, fieldNumber: 11)
+    }
+    if self.sourceType != .any {
+      try visitor.visitSingularEnumField(value: self.sourceType, fieldNumber: 12)
+    }
+    if !self.directSourcePrefixRanges.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.directSourcePrefixRanges, fieldNumber: 13)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Envoy_Config_Listener_V3_FilterChainMatch, rhs: Envoy_Config_Listener_V3_FilterChainMatch) -> Bool {
+    if lhs._destinationPort != rhs._destinationPort {return false}
+    if lhs.prefixRanges != rhs.prefixRanges {return false}
+    if lhs.addressSuffix != rhs.addressSuffix {return false}
+    if lhs._suffixLen != rhs._suffixLen {return false}
+    if lhs.directSourcePrefixRanges != rhs.directSourcePrefixRanges {return false}
+    if lhs.sourceType != rhs.sourceType {return false}
+    if lhs.sourcePrefixRanges != rhs.sourcePrefixRanges {return false}
+    if lhs.sourcePorts != rhs.sourcePorts {return false}
+    if lhs.serverNames != rhs.serverNames {return false}
+    if lhs.transportProtocol != rhs.transportProtocol {return false}
+    if lhs.applicationProtocols != rhs.applicationProtocols {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Envoy_Config_Listener_V3_FilterChainMatch.ConnectionSourceType: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ANY\0\u{1}SAME_IP_OR_LOOPBACK\0\u{1}EXTERNAL\0")
+}
+
+nonisolated extension Envoy_Config_Listener_V3_FilterChain: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".FilterChain"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}filter_chain_match\0\u{2}\u{2}filters\0\u{3}use_proxy_proto\0\u{1}metadata\0\u{3}transport_socket\0\u{1}name\0\u{4}\u{2}transport_socket_connect_timeout\0")
+
+  fileprivate class _StorageClass {
+    var _filterChainMatch: Envoy_Config_Listener_V3_FilterChainMatch? = nil
+    var _filters: [Envoy_Config_Listener_V3_Filter] = []
+    var _useProxyProto: SwiftProtobuf.Google_Protobuf_BoolValue? = nil
+    var _metadata: Data = Data()
+    var _transportSocket: Envoy_Config_Core_V3_TransportSocket? = nil
+    var _transportSocketConnectTimeout: SwiftProtobuf.Google_Protobuf_Duration? = nil
+    var _name: String = String()
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _filterChainMatch = source._filterChainMatch
+      _filters = source._filters
+      _useProxyProto = source._useProxyProto
+      _metadata = source._metadata
+      _transportSocket = source._transportSocket
+      _transportSocketConnectTimeout = source._transportSocketConnectTimeout
+      _name = source._name
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularMessageField(value: &_storage._filterChainMatch) }()
+        case 3: try { try decoder.decodeRepeatedMessageField(value: &_storage._filters) }()
+        case 4: try { try decoder.decodeSingularMessageField(value: &_storage._useProxyProto) }()
+        case 5: try { try decoder.decodeSingularBytesField(value: &_storage._metadata) }()
+        case 6: try { try decoder.decodeSingularMessageField(value: &_storage._transportSocket) }()
+        case 7: try { try decoder.decodeSingularStringField(value: &_storage._name) }()
+        case 9: try { try decoder.decodeSingularMessageField(value: &_storage._transportSocketConnectTimeout) }()
+        default: break
+        }
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      try { if let v = _storage._filterChainMatch {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+      } }()
+      if !_storage._filters.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._filters, fieldNumber: 3)
+      }
+      try { if let v = _storage._useProxyProto {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+      } }()
+      if !_storage._metadata.isEmpty {
+        try visitor.visitSingularBytesField(value: _storage._metadata, fieldNumber: 5)
+      }
+      try { if let v = _storage._transportSocket {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
+      } }()
+      if !_storage._name.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._name, fieldNumber: 7)
+      }
+      try { if let v = _storage._transportSocketConnectTimeout {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 9)
+      } }()
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Envoy_Config_Listener_V3_FilterChain, rhs: Envoy_Config_Listener_V3_FilterChain) -> Bool {
-    if lhs.filterChainMatch != rhs.filterChainMatch {return false}
-    if lhs.filters != rhs.filters {return false}
-    if lhs._useProxyProto != rhs._useProxyProto {return false}
-    if lhs.metadata != rhs.metadata {return false}
-    if lhs._transportSocket != rhs._transportSocket {return false}
-    if lhs._transportSocketConnectTimeout != rhs._transportSocketConnectTimeout {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._filterChainMatch != rhs_storage._filterChainMatch {return false}
+        if _storage._filters != rhs_storage._filters {return false}
+        if _storage._useProxyProto != rhs_storage._useProxyProto {return false}
+        if _storage._metadata != rhs_storage._metadata {return false}
+        if _storage._transportSocket != rhs_storage._transportSocket {return false}
+        if _storage._transportSocketConnectTimeout != rhs_storage._transportSocketConnectTimeout {return false}
+        if _storage._name != rhs_storage._name {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Envoy_Config_Listener_V3_ListenerFilter: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ListenerFilter"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{4}\u{2}typed_config\0\u{3}filter_disabled\0\u{3}config_discovery\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 3: try {
+        var v: SwiftProtobuf.Google_Protobuf_Any?
+        var hadOneofValue = false
+        if let current = self.configType {
+          hadOneofValue = true
+          if case .typedConfig(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.configType = .typedConfig(v)
+        }
+      }()
+      case 4: try { try decoder.decodeSingularBytesField(value: &self.filterDisabled) }()
+      case 5: try {
+        var v: Data?
+        try decoder.decodeSingularBytesField(value: &v)
+        if let v = v {
+          if self.configType != nil {try decoder.handleConflictingOneOf()}
+          self.configType = .configDiscovery(v)
+        }
+      }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    try { if case .typedConfig(let v)? = self.configType {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    } }()
+    if !self.filterDisabled.isEmpty {
+      try visitor.visitSingularBytesField(value: self.filterDisabled, fieldNumber: 4)
+    }
+    try { if case .configDiscovery(let v)? = self.configType {
+      try visitor.visitSingularBytesField(value: v, fieldNumber: 5)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Envoy_Config_Listener_V3_ListenerFilter, rhs: Envoy_Config_Listener_V3_ListenerFilter) -> Bool {
     if lhs.name != rhs.name {return false}
+    if lhs.configType != rhs.configType {return false}
+    if lhs.filterDisabled != rhs.filterDisabled {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

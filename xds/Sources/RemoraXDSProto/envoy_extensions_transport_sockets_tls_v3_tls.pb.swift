@@ -116,10 +116,10 @@ public nonisolated struct Envoy_Extensions_TransportSockets_Tls_V3_DownstreamTls
     set {sessionTicketKeysType = .sessionTicketKeys(newValue)}
   }
 
-  public var sessionTicketKeysSdsSecretConfig: Data {
+  public var sessionTicketKeysSdsSecretConfig: Envoy_Extensions_TransportSockets_Tls_V3_SdsSecretConfig {
     get {
       if case .sessionTicketKeysSdsSecretConfig(let v)? = sessionTicketKeysType {return v}
-      return Data()
+      return Envoy_Extensions_TransportSockets_Tls_V3_SdsSecretConfig()
     }
     set {sessionTicketKeysType = .sessionTicketKeysSdsSecretConfig(newValue)}
   }
@@ -160,7 +160,7 @@ public nonisolated struct Envoy_Extensions_TransportSockets_Tls_V3_DownstreamTls
 
   public nonisolated enum OneOf_SessionTicketKeysType: Equatable, Sendable {
     case sessionTicketKeys(Data)
-    case sessionTicketKeysSdsSecretConfig(Data)
+    case sessionTicketKeysSdsSecretConfig(Envoy_Extensions_TransportSockets_Tls_V3_SdsSecretConfig)
     case disableStatelessSessionResumption(Bool)
 
   }
@@ -231,7 +231,7 @@ public nonisolated struct Envoy_Extensions_TransportSockets_Tls_V3_CommonTlsCont
     set {_uniqueStorage()._tlsCertificates = newValue}
   }
 
-  public var tlsCertificateSdsSecretConfigs: [Data] {
+  public var tlsCertificateSdsSecretConfigs: [Envoy_Extensions_TransportSockets_Tls_V3_SdsSecretConfig] {
     get {_storage._tlsCertificateSdsSecretConfigs}
     set {_uniqueStorage()._tlsCertificateSdsSecretConfigs = newValue}
   }
@@ -273,18 +273,18 @@ public nonisolated struct Envoy_Extensions_TransportSockets_Tls_V3_CommonTlsCont
     set {_uniqueStorage()._validationContextType = .validationContext(newValue)}
   }
 
-  public var validationContextSdsSecretConfig: Data {
+  public var validationContextSdsSecretConfig: Envoy_Extensions_TransportSockets_Tls_V3_SdsSecretConfig {
     get {
       if case .validationContextSdsSecretConfig(let v)? = _storage._validationContextType {return v}
-      return Data()
+      return Envoy_Extensions_TransportSockets_Tls_V3_SdsSecretConfig()
     }
     set {_uniqueStorage()._validationContextType = .validationContextSdsSecretConfig(newValue)}
   }
 
-  public var combinedValidationContext: Data {
+  public var combinedValidationContext: Envoy_Extensions_TransportSockets_Tls_V3_CommonTlsContext.CombinedCertificateValidationContext {
     get {
       if case .combinedValidationContext(let v)? = _storage._validationContextType {return v}
-      return Data()
+      return Envoy_Extensions_TransportSockets_Tls_V3_CommonTlsContext.CombinedCertificateValidationContext()
     }
     set {_uniqueStorage()._validationContextType = .combinedValidationContext(newValue)}
   }
@@ -328,11 +328,46 @@ public nonisolated struct Envoy_Extensions_TransportSockets_Tls_V3_CommonTlsCont
 
   public nonisolated enum OneOf_ValidationContextType: Equatable, Sendable {
     case validationContext(Envoy_Extensions_TransportSockets_Tls_V3_CertificateValidationContext)
-    case validationContextSdsSecretConfig(Data)
-    case combinedValidationContext(Data)
+    case validationContextSdsSecretConfig(Envoy_Extensions_TransportSockets_Tls_V3_SdsSecretConfig)
+    case combinedValidationContext(Envoy_Extensions_TransportSockets_Tls_V3_CommonTlsContext.CombinedCertificateValidationContext)
     case validationContextCertificateProvider(Data)
     case validationContextCertificateProviderInstance(Data)
 
+  }
+
+  public nonisolated struct CombinedCertificateValidationContext: Sendable {
+    // SwiftProtobuf.Message conformance is added in an extension below. See the
+    // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+    // methods supported on all messages.
+
+    public var defaultValidationContext: Envoy_Extensions_TransportSockets_Tls_V3_CertificateValidationContext {
+      get {_defaultValidationContext ?? Envoy_Extensions_TransportSockets_Tls_V3_CertificateValidationContext()}
+      set {_defaultValidationContext = newValue}
+    }
+    /// Returns true if `defaultValidationContext` has been explicitly set.
+    public var hasDefaultValidationContext: Bool {self._defaultValidationContext != nil}
+    /// Clears the value of `defaultValidationContext`. Subsequent reads from it will return its default value.
+    public mutating func clearDefaultValidationContext() {self._defaultValidationContext = nil}
+
+    public var validationContextSdsSecretConfig: Envoy_Extensions_TransportSockets_Tls_V3_SdsSecretConfig {
+      get {_validationContextSdsSecretConfig ?? Envoy_Extensions_TransportSockets_Tls_V3_SdsSecretConfig()}
+      set {_validationContextSdsSecretConfig = newValue}
+    }
+    /// Returns true if `validationContextSdsSecretConfig` has been explicitly set.
+    public var hasValidationContextSdsSecretConfig: Bool {self._validationContextSdsSecretConfig != nil}
+    /// Clears the value of `validationContextSdsSecretConfig`. Subsequent reads from it will return its default value.
+    public mutating func clearValidationContextSdsSecretConfig() {self._validationContextSdsSecretConfig = nil}
+
+    public var validationContextCertificateProvider: Data = Data()
+
+    public var validationContextCertificateProviderInstance: Data = Data()
+
+    public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+    public init() {}
+
+    fileprivate var _defaultValidationContext: Envoy_Extensions_TransportSockets_Tls_V3_CertificateValidationContext? = nil
+    fileprivate var _validationContextSdsSecretConfig: Envoy_Extensions_TransportSockets_Tls_V3_SdsSecretConfig? = nil
   }
 
   public init() {}
@@ -430,10 +465,15 @@ nonisolated extension Envoy_Extensions_TransportSockets_Tls_V3_DownstreamTlsCont
         }
       }()
       case 5: try {
-        var v: Data?
-        try decoder.decodeSingularBytesField(value: &v)
+        var v: Envoy_Extensions_TransportSockets_Tls_V3_SdsSecretConfig?
+        var hadOneofValue = false
+        if let current = self.sessionTicketKeysType {
+          hadOneofValue = true
+          if case .sessionTicketKeysSdsSecretConfig(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
         if let v = v {
-          if self.sessionTicketKeysType != nil {try decoder.handleConflictingOneOf()}
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
           self.sessionTicketKeysType = .sessionTicketKeysSdsSecretConfig(v)
         }
       }()
@@ -476,7 +516,7 @@ nonisolated extension Envoy_Extensions_TransportSockets_Tls_V3_DownstreamTlsCont
     }()
     case .sessionTicketKeysSdsSecretConfig?: try {
       guard case .sessionTicketKeysSdsSecretConfig(let v)? = self.sessionTicketKeysType else { preconditionFailure() }
-      try visitor.visitSingularBytesField(value: v, fieldNumber: 5)
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
     }()
     default: break
     }
@@ -527,7 +567,7 @@ nonisolated extension Envoy_Extensions_TransportSockets_Tls_V3_CommonTlsContext:
   fileprivate class _StorageClass {
     var _tlsParams: Envoy_Extensions_TransportSockets_Tls_V3_TlsParameters? = nil
     var _tlsCertificates: [Envoy_Extensions_TransportSockets_Tls_V3_TlsCertificate] = []
-    var _tlsCertificateSdsSecretConfigs: [Data] = []
+    var _tlsCertificateSdsSecretConfigs: [Envoy_Extensions_TransportSockets_Tls_V3_SdsSecretConfig] = []
     var _tlsCertificateProviderInstance: Data = Data()
     var _customTlsCertificateSelector: Envoy_Config_Core_V3_TypedExtensionConfig? = nil
     var _tlsCertificateCertificateProvider: Data = Data()
@@ -591,20 +631,30 @@ nonisolated extension Envoy_Extensions_TransportSockets_Tls_V3_CommonTlsContext:
           }
         }()
         case 4: try { try decoder.decodeRepeatedStringField(value: &_storage._alpnProtocols) }()
-        case 6: try { try decoder.decodeRepeatedBytesField(value: &_storage._tlsCertificateSdsSecretConfigs) }()
+        case 6: try { try decoder.decodeRepeatedMessageField(value: &_storage._tlsCertificateSdsSecretConfigs) }()
         case 7: try {
-          var v: Data?
-          try decoder.decodeSingularBytesField(value: &v)
+          var v: Envoy_Extensions_TransportSockets_Tls_V3_SdsSecretConfig?
+          var hadOneofValue = false
+          if let current = _storage._validationContextType {
+            hadOneofValue = true
+            if case .validationContextSdsSecretConfig(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
           if let v = v {
-            if _storage._validationContextType != nil {try decoder.handleConflictingOneOf()}
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
             _storage._validationContextType = .validationContextSdsSecretConfig(v)
           }
         }()
         case 8: try {
-          var v: Data?
-          try decoder.decodeSingularBytesField(value: &v)
+          var v: Envoy_Extensions_TransportSockets_Tls_V3_CommonTlsContext.CombinedCertificateValidationContext?
+          var hadOneofValue = false
+          if let current = _storage._validationContextType {
+            hadOneofValue = true
+            if case .combinedValidationContext(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
           if let v = v {
-            if _storage._validationContextType != nil {try decoder.handleConflictingOneOf()}
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
             _storage._validationContextType = .combinedValidationContext(v)
           }
         }()
@@ -655,16 +705,16 @@ nonisolated extension Envoy_Extensions_TransportSockets_Tls_V3_CommonTlsContext:
         try visitor.visitRepeatedStringField(value: _storage._alpnProtocols, fieldNumber: 4)
       }
       if !_storage._tlsCertificateSdsSecretConfigs.isEmpty {
-        try visitor.visitRepeatedBytesField(value: _storage._tlsCertificateSdsSecretConfigs, fieldNumber: 6)
+        try visitor.visitRepeatedMessageField(value: _storage._tlsCertificateSdsSecretConfigs, fieldNumber: 6)
       }
       switch _storage._validationContextType {
       case .validationContextSdsSecretConfig?: try {
         guard case .validationContextSdsSecretConfig(let v)? = _storage._validationContextType else { preconditionFailure() }
-        try visitor.visitSingularBytesField(value: v, fieldNumber: 7)
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
       }()
       case .combinedValidationContext?: try {
         guard case .combinedValidationContext(let v)? = _storage._validationContextType else { preconditionFailure() }
-        try visitor.visitSingularBytesField(value: v, fieldNumber: 8)
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 8)
       }()
       default: break
       }
@@ -716,6 +766,55 @@ nonisolated extension Envoy_Extensions_TransportSockets_Tls_V3_CommonTlsContext:
       }
       if !storagesAreEqual {return false}
     }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Envoy_Extensions_TransportSockets_Tls_V3_CommonTlsContext.CombinedCertificateValidationContext: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = Envoy_Extensions_TransportSockets_Tls_V3_CommonTlsContext.protoMessageName + ".CombinedCertificateValidationContext"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}default_validation_context\0\u{3}validation_context_sds_secret_config\0\u{3}validation_context_certificate_provider\0\u{3}validation_context_certificate_provider_instance\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._defaultValidationContext) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._validationContextSdsSecretConfig) }()
+      case 3: try { try decoder.decodeSingularBytesField(value: &self.validationContextCertificateProvider) }()
+      case 4: try { try decoder.decodeSingularBytesField(value: &self.validationContextCertificateProviderInstance) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._defaultValidationContext {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    try { if let v = self._validationContextSdsSecretConfig {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    if !self.validationContextCertificateProvider.isEmpty {
+      try visitor.visitSingularBytesField(value: self.validationContextCertificateProvider, fieldNumber: 3)
+    }
+    if !self.validationContextCertificateProviderInstance.isEmpty {
+      try visitor.visitSingularBytesField(value: self.validationContextCertificateProviderInstance, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Envoy_Extensions_TransportSockets_Tls_V3_CommonTlsContext.CombinedCertificateValidationContext, rhs: Envoy_Extensions_TransportSockets_Tls_V3_CommonTlsContext.CombinedCertificateValidationContext) -> Bool {
+    if lhs._defaultValidationContext != rhs._defaultValidationContext {return false}
+    if lhs._validationContextSdsSecretConfig != rhs._validationContextSdsSecretConfig {return false}
+    if lhs.validationContextCertificateProvider != rhs.validationContextCertificateProvider {return false}
+    if lhs.validationContextCertificateProviderInstance != rhs.validationContextCertificateProviderInstance {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -104,6 +104,140 @@ public nonisolated struct Envoy_Service_Discovery_V3_DiscoveryResponse: Sendable
   public init() {}
 }
 
+public nonisolated struct Envoy_Service_Discovery_V3_DeltaDiscoveryRequest: @unchecked Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var node: Envoy_Config_Core_V3_Node {
+    get {_storage._node ?? Envoy_Config_Core_V3_Node()}
+    set {_uniqueStorage()._node = newValue}
+  }
+  /// Returns true if `node` has been explicitly set.
+  public var hasNode: Bool {_storage._node != nil}
+  /// Clears the value of `node`. Subsequent reads from it will return its default value.
+  public mutating func clearNode() {_uniqueStorage()._node = nil}
+
+  public var typeURL: String {
+    get {_storage._typeURL}
+    set {_uniqueStorage()._typeURL = newValue}
+  }
+
+  public var resourceNamesSubscribe: [String] {
+    get {_storage._resourceNamesSubscribe}
+    set {_uniqueStorage()._resourceNamesSubscribe = newValue}
+  }
+
+  public var resourceNamesUnsubscribe: [String] {
+    get {_storage._resourceNamesUnsubscribe}
+    set {_uniqueStorage()._resourceNamesUnsubscribe = newValue}
+  }
+
+  public var resourceLocatorsSubscribe: [Data] {
+    get {_storage._resourceLocatorsSubscribe}
+    set {_uniqueStorage()._resourceLocatorsSubscribe = newValue}
+  }
+
+  public var resourceLocatorsUnsubscribe: [Data] {
+    get {_storage._resourceLocatorsUnsubscribe}
+    set {_uniqueStorage()._resourceLocatorsUnsubscribe = newValue}
+  }
+
+  public var initialResourceVersions: Dictionary<String,String> {
+    get {_storage._initialResourceVersions}
+    set {_uniqueStorage()._initialResourceVersions = newValue}
+  }
+
+  public var responseNonce: String {
+    get {_storage._responseNonce}
+    set {_uniqueStorage()._responseNonce = newValue}
+  }
+
+  public var errorDetail: Google_Rpc_Status {
+    get {_storage._errorDetail ?? Google_Rpc_Status()}
+    set {_uniqueStorage()._errorDetail = newValue}
+  }
+  /// Returns true if `errorDetail` has been explicitly set.
+  public var hasErrorDetail: Bool {_storage._errorDetail != nil}
+  /// Clears the value of `errorDetail`. Subsequent reads from it will return its default value.
+  public mutating func clearErrorDetail() {_uniqueStorage()._errorDetail = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+public nonisolated struct Envoy_Service_Discovery_V3_DeltaDiscoveryResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var systemVersionInfo: String = String()
+
+  public var resources: [Envoy_Service_Discovery_V3_Resource] = []
+
+  public var typeURL: String = String()
+
+  public var removedResources: [String] = []
+
+  public var removedResourceNames: [Data] = []
+
+  public var nonce: String = String()
+
+  public var controlPlane: Data = Data()
+
+  public var resourceErrors: [Data] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Envoy_Service_Discovery_V3_Resource: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  public var resourceName: Data = Data()
+
+  public var aliases: [String] = []
+
+  public var version: String = String()
+
+  public var resource: SwiftProtobuf.Google_Protobuf_Any {
+    get {_resource ?? SwiftProtobuf.Google_Protobuf_Any()}
+    set {_resource = newValue}
+  }
+  /// Returns true if `resource` has been explicitly set.
+  public var hasResource: Bool {self._resource != nil}
+  /// Clears the value of `resource`. Subsequent reads from it will return its default value.
+  public mutating func clearResource() {self._resource = nil}
+
+  public var ttl: SwiftProtobuf.Google_Protobuf_Duration {
+    get {_ttl ?? SwiftProtobuf.Google_Protobuf_Duration()}
+    set {_ttl = newValue}
+  }
+  /// Returns true if `ttl` has been explicitly set.
+  public var hasTtl: Bool {self._ttl != nil}
+  /// Clears the value of `ttl`. Subsequent reads from it will return its default value.
+  public mutating func clearTtl() {self._ttl = nil}
+
+  public var cacheControl: Data = Data()
+
+  public var metadata: Data = Data()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _resource: SwiftProtobuf.Google_Protobuf_Any? = nil
+  fileprivate var _ttl: SwiftProtobuf.Google_Protobuf_Duration? = nil
+}
+
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "envoy.service.discovery.v3"
@@ -275,6 +409,266 @@ nonisolated extension Envoy_Service_Discovery_V3_DiscoveryResponse: SwiftProtobu
     if lhs.nonce != rhs.nonce {return false}
     if lhs.controlPlane != rhs.controlPlane {return false}
     if lhs.resourceErrors != rhs.resourceErrors {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Envoy_Service_Discovery_V3_DeltaDiscoveryRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".DeltaDiscoveryRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}node\0\u{3}type_url\0\u{3}resource_names_subscribe\0\u{3}resource_names_unsubscribe\0\u{3}initial_resource_versions\0\u{3}response_nonce\0\u{3}error_detail\0\u{3}resource_locators_subscribe\0\u{3}resource_locators_unsubscribe\0")
+
+  fileprivate class _StorageClass {
+    var _node: Envoy_Config_Core_V3_Node? = nil
+    var _typeURL: String = String()
+    var _resourceNamesSubscribe: [String] = []
+    var _resourceNamesUnsubscribe: [String] = []
+    var _resourceLocatorsSubscribe: [Data] = []
+    var _resourceLocatorsUnsubscribe: [Data] = []
+    var _initialResourceVersions: Dictionary<String,String> = [:]
+    var _responseNonce: String = String()
+    var _errorDetail: Google_Rpc_Status? = nil
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _node = source._node
+      _typeURL = source._typeURL
+      _resourceNamesSubscribe = source._resourceNamesSubscribe
+      _resourceNamesUnsubscribe = source._resourceNamesUnsubscribe
+      _resourceLocatorsSubscribe = source._resourceLocatorsSubscribe
+      _resourceLocatorsUnsubscribe = source._resourceLocatorsUnsubscribe
+      _initialResourceVersions = source._initialResourceVersions
+      _responseNonce = source._responseNonce
+      _errorDetail = source._errorDetail
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularMessageField(value: &_storage._node) }()
+        case 2: try { try decoder.decodeSingularStringField(value: &_storage._typeURL) }()
+        case 3: try { try decoder.decodeRepeatedStringField(value: &_storage._resourceNamesSubscribe) }()
+        case 4: try { try decoder.decodeRepeatedStringField(value: &_storage._resourceNamesUnsubscribe) }()
+        case 5: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &_storage._initialResourceVersions) }()
+        case 6: try { try decoder.decodeSingularStringField(value: &_storage._responseNonce) }()
+        case 7: try { try decoder.decodeSingularMessageField(value: &_storage._errorDetail) }()
+        case 8: try { try decoder.decodeRepeatedBytesField(value: &_storage._resourceLocatorsSubscribe) }()
+        case 9: try { try decoder.decodeRepeatedBytesField(value: &_storage._resourceLocatorsUnsubscribe) }()
+        default: break
+        }
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      try { if let v = _storage._node {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+      } }()
+      if !_storage._typeURL.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._typeURL, fieldNumber: 2)
+      }
+      if !_storage._resourceNamesSubscribe.isEmpty {
+        try visitor.visitRepeatedStringField(value: _storage._resourceNamesSubscribe, fieldNumber: 3)
+      }
+      if !_storage._resourceNamesUnsubscribe.isEmpty {
+        try visitor.visitRepeatedStringField(value: _storage._resourceNamesUnsubscribe, fieldNumber: 4)
+      }
+      if !_storage._initialResourceVersions.isEmpty {
+        try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: _storage._initialResourceVersions, fieldNumber: 5)
+      }
+      if !_storage._responseNonce.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._responseNonce, fieldNumber: 6)
+      }
+      try { if let v = _storage._errorDetail {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
+      } }()
+      if !_storage._resourceLocatorsSubscribe.isEmpty {
+        try visitor.visitRepeatedBytesField(value: _storage._resourceLocatorsSubscribe, fieldNumber: 8)
+      }
+      if !_storage._resourceLocatorsUnsubscribe.isEmpty {
+        try visitor.visitRepeatedBytesField(value: _storage._resourceLocatorsUnsubscribe, fieldNumber: 9)
+      }
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Envoy_Service_Discovery_V3_DeltaDiscoveryRequest, rhs: Envoy_Service_Discovery_V3_DeltaDiscoveryRequest) -> Bool {
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._node != rhs_storage._node {return false}
+        if _storage._typeURL != rhs_storage._typeURL {return false}
+        if _storage._resourceNamesSubscribe != rhs_storage._resourceNamesSubscribe {return false}
+        if _storage._resourceNamesUnsubscribe != rhs_storage._resourceNamesUnsubscribe {return false}
+        if _storage._resourceLocatorsSubscribe != rhs_storage._resourceLocatorsSubscribe {return false}
+        if _storage._resourceLocatorsUnsubscribe != rhs_storage._resourceLocatorsUnsubscribe {return false}
+        if _storage._initialResourceVersions != rhs_storage._initialResourceVersions {return false}
+        if _storage._responseNonce != rhs_storage._responseNonce {return false}
+        if _storage._errorDetail != rhs_storage._errorDetail {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Envoy_Service_Discovery_V3_DeltaDiscoveryResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".DeltaDiscoveryResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}system_version_info\0\u{1}resources\0\u{4}\u{2}type_url\0\u{1}nonce\0\u{3}removed_resources\0\u{3}control_plane\0\u{3}removed_resource_names\0\u{3}resource_errors\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.systemVersionInfo) }()
+      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.resources) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.typeURL) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.nonce) }()
+      case 6: try { try decoder.decodeRepeatedStringField(value: &self.removedResources) }()
+      case 7: try { try decoder.decodeSingularBytesField(value: &self.controlPlane) }()
+      case 8: try { try decoder.decodeRepeatedBytesField(value: &self.removedResourceNames) }()
+      case 9: try { try decoder.decodeRepeatedBytesField(value: &self.resourceErrors) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.systemVersionInfo.isEmpty {
+      try visitor.visitSingularStringField(value: self.systemVersionInfo, fieldNumber: 1)
+    }
+    if !self.resources.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.resources, fieldNumber: 2)
+    }
+    if !self.typeURL.isEmpty {
+      try visitor.visitSingularStringField(value: self.typeURL, fieldNumber: 4)
+    }
+    if !self.nonce.isEmpty {
+      try visitor.visitSingularStringField(value: self.nonce, fieldNumber: 5)
+    }
+    if !self.removedResources.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.removedResources, fieldNumber: 6)
+    }
+    if !self.controlPlane.isEmpty {
+      try visitor.visitSingularBytesField(value: self.controlPlane, fieldNumber: 7)
+    }
+    if !self.removedResourceNames.isEmpty {
+      try visitor.visitRepeatedBytesField(value: self.removedResourceNames, fieldNumber: 8)
+    }
+    if !self.resourceErrors.isEmpty {
+      try visitor.visitRepeatedBytesField(value: self.resourceErrors, fieldNumber: 9)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Envoy_Service_Discovery_V3_DeltaDiscoveryResponse, rhs: Envoy_Service_Discovery_V3_DeltaDiscoveryResponse) -> Bool {
+    if lhs.systemVersionInfo != rhs.systemVersionInfo {return false}
+    if lhs.resources != rhs.resources {return false}
+    if lhs.typeURL != rhs.typeURL {return false}
+    if lhs.removedResources != rhs.removedResources {return false}
+    if lhs.removedResourceNames != rhs.removedResourceNames {return false}
+    if lhs.nonce != rhs.nonce {return false}
+    if lhs.controlPlane != rhs.controlPlane {return false}
+    if lhs.resourceErrors != rhs.resourceErrors {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Envoy_Service_Discovery_V3_Resource: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Resource"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{1}resource\0\u{1}name\0\u{1}aliases\0\u{2}\u{2}ttl\0\u{3}cache_control\0\u{3}resource_name\0\u{1}metadata\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.version) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._resource) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 4: try { try decoder.decodeRepeatedStringField(value: &self.aliases) }()
+      case 6: try { try decoder.decodeSingularMessageField(value: &self._ttl) }()
+      case 7: try { try decoder.decodeSingularBytesField(value: &self.cacheControl) }()
+      case 8: try { try decoder.decodeSingularBytesField(value: &self.resourceName) }()
+      case 9: try { try decoder.decodeSingularBytesField(value: &self.metadata) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.version.isEmpty {
+      try visitor.visitSingularStringField(value: self.version, fieldNumber: 1)
+    }
+    try { if let v = self._resource {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 3)
+    }
+    if !self.aliases.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.aliases, fieldNumber: 4)
+    }
+    try { if let v = self._ttl {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
+    } }()
+    if !self.cacheControl.isEmpty {
+      try visitor.visitSingularBytesField(value: self.cacheControl, fieldNumber: 7)
+    }
+    if !self.resourceName.isEmpty {
+      try visitor.visitSingularBytesField(value: self.resourceName, fieldNumber: 8)
+    }
+    if !self.metadata.isEmpty {
+      try visitor.visitSingularBytesField(value: self.metadata, fieldNumber: 9)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Envoy_Service_Discovery_V3_Resource, rhs: Envoy_Service_Discovery_V3_Resource) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.resourceName != rhs.resourceName {return false}
+    if lhs.aliases != rhs.aliases {return false}
+    if lhs.version != rhs.version {return false}
+    if lhs._resource != rhs._resource {return false}
+    if lhs._ttl != rhs._ttl {return false}
+    if lhs.cacheControl != rhs.cacheControl {return false}
+    if lhs.metadata != rhs.metadata {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

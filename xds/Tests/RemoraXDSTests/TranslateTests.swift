@@ -1,4 +1,5 @@
 import Foundation
+import Glibc
 import RemoraConfig
 import RemoraXDSProto
 import SwiftProtobuf
@@ -112,6 +113,22 @@ enum Build {
         return c
     }
 
+    static func delta<M: Message>(_ type: XDSType, nonce: String, _ ms: [(String, String, M)], removed: [String] = []) -> DeltaDiscoveryResponse {
+        var r = DeltaDiscoveryResponse()
+        r.typeURL = type.rawValue
+        r.nonce = nonce
+        r.systemVersionInfo = "s" + nonce
+        r.resources = ms.map { name, version, m in
+            var res = Envoy_Service_Discovery_V3_Resource()
+            res.name = name
+            res.version = version
+            res.resource = any(m)
+            return res
+        }
+        r.removedResources = removed
+        return r
+    }
+
     static func response<M: Message>(_ type: XDSType, _ version: String, nonce: String, _ ms: [M]) -> DiscoveryResponse {
         var r = DiscoveryResponse()
         r.typeURL = type.rawValue
@@ -189,10 +206,12 @@ final class TranslateTests: XCTestCase {
         }
         var r = resources()
         var l = r.listeners["web"]!
-        l.listenerFilters = [Data()]
+        var lf = Envoy_Config_Listener_V3_ListenerFilter()
+        lf.name = "envoy.filters.listener.original_dst"   // the TLS and HTTP inspectors are read (filter chains)
+        l.listenerFilters = [lf]
         r.listeners["web"] = l
         XCTAssertThrowsError(try Translator().translate(r)) { e in
-            XCTAssertTrue("\(e)".contains("Listener web.listener_filters is not supported"), "\(e)")
+            XCTAssertTrue("\(e)".contains("Listener web: listener_filters[0]: listener filter envoy.filters.listener.original_dst is not supported"), "\(e)")
         }
     }
 
@@ -475,23 +494,367 @@ final class TranslateTests: XCTestCase {
         }
     }
 
-    func testSDSSecretReferencesAreNACKedByName() {
-        // Istio's form: the certificate and the CA from SDS.
-        var u = Self.upstreamTLS()
-        u.commonTlsContext.tlsCertificates = []
-        u.commonTlsContext.tlsCertificateSdsSecretConfigs = [Data([0x0a, 0x07]) + Data("default".utf8)]
-        var c = Build.edsCluster("app")
-        c.transportSocket = Self.transportSocket(u)
-        XCTAssertThrowsError(try Translator().translate(resources(cluster: c))) { e in
-            XCTAssertTrue("\(e)".contains("Cluster app.transport_socket.typed_config.common_tls_context.tls_certificate_sds_secret_configs is not supported (certificates and CAs are read from files (filename); SDS is not supported)"), "\(e)")
-        }
-        var d = DownstreamTLS()
-        d.commonTlsContext.tlsCertificates = [Self.certificate("/certs/web.pem", "/certs/web-key.pem")]
-        d.commonTlsContext.validationContextSdsSecretConfig = Data([0x0a, 0x09]) + Data("ROOTCA_xx".utf8)
+    static func sds(_ name: String, ads: Bool = true) -> SdsSecretConfig {
+        var sc = SdsSecretConfig()
+        sc.name = name
+        if ads { sc.sdsConfig = Build.ads }
+        return sc
+    }
+
+    static let certPEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    static let keyPEM = "-----BEGIN PRIVATE KEY-----\nMIGH\n-----END PRIVATE KEY-----\n"
+
+    static func certSecret(_ name: String, cert: String = certPEM, key: String = keyPEM) -> Secret {
+        var t = Envoy_Extensions_TransportSockets_Tls_V3_TlsCertificate()
+        t.certificateChain.inlineBytes = Data(cert.utf8)
+        t.privateKey.inlineString = key
+        var s = Secret()
+        s.name = name
+        s.tlsCertificate = t
+        return s
+    }
+
+    static func caSecret(_ name: String) -> Secret {
+        var v = Envoy_Extensions_TransportSockets_Tls_V3_CertificateValidationContext()
+        v.trustedCa.inlineString = certPEM
+        var s = Secret()
+        s.name = name
+        s.validationContext = v
+        return s
+    }
+
+    /// Istio's form: the listener's certificate and client CA, the cluster's client certificate and CA by
+    /// SDS; the cluster's SAN check in combined_validation_context.
+    func sdsResources() -> XDSResources {
         var r = resources()
+        var d = DownstreamTLS()
+        d.commonTlsContext.tlsCertificateSdsSecretConfigs = [Self.sds("web")]
+        d.commonTlsContext.validationContextSdsSecretConfig = Self.sds("ROOTCA")
+        d.requireClientCertificate = Google_Protobuf_BoolValue(true)
         r.listeners["web"]!.filterChains[0].transportSocket = Self.transportSocket(d)
+        var u = UpstreamTLS()
+        u.commonTlsContext.tlsCertificateSdsSecretConfigs = [Self.sds("default")]
+        var cv = Envoy_Extensions_TransportSockets_Tls_V3_CommonTlsContext.CombinedCertificateValidationContext()
+        var uri = Envoy_Extensions_TransportSockets_Tls_V3_SubjectAltNameMatcher()
+        uri.sanType = .uri
+        uri.matcher.exact = "spiffe://mesh.local/ns/shop/sa/app"
+        cv.defaultValidationContext.matchTypedSubjectAltNames = [uri]
+        cv.validationContextSdsSecretConfig = Self.sds("ROOTCA")
+        u.commonTlsContext.combinedValidationContext = cv
+        var c = r.clusters["app"]!
+        c.transportSocket = Self.transportSocket(u)
+        r.clusters["app"] = c
+        return r
+    }
+
+    func testSDSSecretsBecomeFilesTheConfigurationNames() throws {
+        var t = Translator()
+        t.secretsDirectory = "/run/secrets"
+        var r = sdsResources()
+        XCTAssertEqual(r.sdsNames, ["ROOTCA", "default", "web"])
+        // Envoy's warming: the configuration waits for the secrets.
+        XCTAssertEqual(try t.translate(r), .pending("SDS secrets ROOTCA, default, web"))
+        r.secrets = ["web": Self.certSecret("web"), "default": Self.certSecret("default"), "ROOTCA": Self.caSecret("ROOTCA")]
+        guard case .config(let doc) = try t.translate(r) else { return XCTFail("pending") }
+        let text = doc.text
+        XCTAssertTrue(text.contains("""
+            tls:
+              certificates:
+                - cert: "/run/secrets/web.cert.pem"
+                  key: "/run/secrets/web.key.pem"
+              client_ca: "/run/secrets/ROOTCA.ca.pem"
+        """), text)
+        XCTAssertTrue(text.contains("""
+            tls:
+              ca: "/run/secrets/ROOTCA.ca.pem"
+              verify_san: [ "spiffe://mesh.local/ns/shop/sa/app" ]
+              cert: "/run/secrets/default.cert.pem"
+              key: "/run/secrets/default.key.pem"
+        """), text)
+        XCTAssertFalse(text.contains("PRIVATE KEY"), "keys never enter the configuration")
+        // The files: keys first (a watcher that sees the key waits for its certificate).
+        let files = t.secretFiles(r)
+        XCTAssertEqual(files.map(\.path), ["/run/secrets/default.key.pem", "/run/secrets/web.key.pem",
+                                           "/run/secrets/ROOTCA.ca.pem", "/run/secrets/default.cert.pem", "/run/secrets/web.cert.pem"])
+        XCTAssertEqual(files[1].bytes, Array(Self.keyPEM.utf8))
+        // Names that are not file names: replaced, and a hash keeps two apart.
+        let a = t.secretPath("kubernetes://ns/a", .cert), b = t.secretPath("kubernetes://ns_a", .cert)
+        XCTAssertTrue(a.hasPrefix("/run/secrets/kubernetes___ns_a-") && a.hasSuffix(".cert.pem"), a)
+        XCTAssertNotEqual(a, b)
+        XCTAssertEqual(t.secretPath("..x", .key).hasPrefix("/run/secrets/_.x-"), true)
+    }
+
+    func testSDSErrorsNameTheField() {
+        var t = Translator()
+        t.secretsDirectory = "/s"
+        let base = sdsResources()
+        func fails(_ edit: (inout XDSResources) -> Void, _ want: String, line: UInt = #line) {
+            var r = base
+            r.secrets = ["web": Self.certSecret("web"), "default": Self.certSecret("default"), "ROOTCA": Self.caSecret("ROOTCA")]
+            edit(&r)
+            XCTAssertThrowsError(try t.translate(r), line: line) { e in XCTAssertTrue("\(e)".contains(want), "\(want) not in \(e)", line: line) }
+        }
+        // A static secret (no sds_config), or SDS from another source than the ADS stream.
+        fails({ r in
+            var u = UpstreamTLS()
+            u.commonTlsContext.tlsCertificateSdsSecretConfigs = [Self.sds("default", ads: false)]
+            u.commonTlsContext.validationContextSdsSecretConfig = Self.sds("ROOTCA")
+            var c = r.clusters["app"]!; c.transportSocket = Self.transportSocket(u); r.clusters["app"] = c
+        }, "Cluster app.transport_socket.typed_config.common_tls_context.tls_certificate_sds_secret_configs[0] (default): sds_config is required")
+        fails({ r in
+            var u = UpstreamTLS()
+            var sc = Self.sds("default")
+            sc.sdsConfig.path = "/etc/sds"
+            u.commonTlsContext.tlsCertificateSdsSecretConfigs = [sc]
+            u.commonTlsContext.validationContextSdsSecretConfig = Self.sds("ROOTCA")
+            var c = r.clusters["app"]!; c.transportSocket = Self.transportSocket(u); r.clusters["app"] = c
+        }, "tls_certificate_sds_secret_configs[0].sds_config: only ads is supported")
+        // A CA secret named as a certificate, and the other way round.
+        fails({ r in r.secrets["web"] = Self.caSecret("web") }, "Secret web: a tls_certificate is required")
+        fails({ r in r.secrets["ROOTCA"] = Self.certSecret("ROOTCA") }, "Secret ROOTCA: a validation_context is required")
+        // Not PEM; a password; an environment variable.
+        fails({ r in r.secrets["web"] = Self.certSecret("web", key: "secret") },
+              "Secret web.tls_certificate.private_key: not PEM (no PRIVATE KEY-----)")
+        fails({ r in r.secrets["web"]!.tlsCertificate.password.inlineString = "x" }, "Secret web.tls_certificate.password is not supported")
+        fails({ r in r.secrets["default"]!.tlsCertificate.certificateChain.environmentVariable = "CERT" },
+              "Secret default.tls_certificate.certificate_chain.environment_variable is not supported")
+        // SAN checks in a CA secret (they go in default_validation_context), a CA in the default context.
+        fails({ r in r.secrets["ROOTCA"]!.validationContext.matchSubjectAltNames = [Envoy_Type_Matcher_V3_StringMatcher()] },
+              "Secret ROOTCA.validation_context.match_subject_alt_names is not supported")
+        fails({ r in
+            var c = r.clusters["app"]!
+            var u = try! UpstreamTLS(unpackingAny: c.transportSocket.typedConfig)
+            u.commonTlsContext.combinedValidationContext.defaultValidationContext.trustedCa = Self.file("/ca.pem")
+            c.transportSocket = Self.transportSocket(u); r.clusters["app"] = c
+        }, "combined_validation_context.default_validation_context.trusted_ca is not supported")
+    }
+
+    func testAFileThatCannotBeReadIsNACKedWithItsField() {
+        var t = Translator()
+        t.checkFile = { $0 == "/certs/ca.pem" ? "cannot read /certs/ca.pem: No such file or directory" : nil }
+        var c = Build.edsCluster("app")
+        c.transportSocket = Self.transportSocket(Self.upstreamTLS())
+        XCTAssertThrowsError(try t.translate(resources(cluster: c))) { e in
+            XCTAssertTrue("\(e)".contains("Cluster app.transport_socket.typed_config.common_tls_context.validation_context.trusted_ca.filename: cannot read /certs/ca.pem: No such file or directory"), "\(e)")
+        }
+        t.checkFile = { _ in nil }
+        XCTAssertNoThrow(try t.translate(resources(cluster: c)))
+        // The agent's check reads the file.
+        XCTAssertNil(Translator.readableFile("/proc/self/status"))
+        XCTAssertTrue(Translator.readableFile("/nonexistent/x.pem")?.contains("No such file") == true)
+    }
+
+    func testSecretFilesArePrivateAndReplacedWhole() throws {
+        let dir = NSTemporaryDirectory() + "remora-xds-secrets-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let sf = SecretFiles(directory: dir)
+        XCTAssertNil(sf.prepare())
+        var st = stat()
+        XCTAssertEqual(lstat(dir, &st), 0)
+        XCTAssertEqual(st.st_mode & 0o777, 0o700)
+        XCTAssertEqual(sf.write([SecretFile(path: dir + "/a.key.pem", bytes: Array("one".utf8))]), [])
+        XCTAssertEqual(sf.write([SecretFile(path: dir + "/a.key.pem", bytes: Array("two".utf8))]), [])
+        XCTAssertEqual(try String(contentsOfFile: dir + "/a.key.pem", encoding: .utf8), "two")
+        XCTAssertEqual(lstat(dir + "/a.key.pem", &st), 0)
+        XCTAssertEqual(st.st_mode & 0o777, 0o600)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), ["a.key.pem"], "no temporary file left")
+        // A link where the directory should be is refused.
+        let link = dir + "-link"
+        symlink(dir, link)
+        defer { unlink(link) }
+        XCTAssertTrue(SecretFiles(directory: link).prepare()?.contains("not a directory") == true)
+    }
+
+    // MARK: filter chains
+
+    typealias FCM = Envoy_Config_Listener_V3_FilterChainMatch
+
+    static func tcpChain(_ cluster: String, _ match: FCM? = nil) -> Envoy_Config_Listener_V3_FilterChain {
+        var t = TcpProxy()
+        t.statPrefix = "p"
+        t.cluster = cluster
+        var f = Envoy_Config_Listener_V3_Filter()
+        f.name = "envoy.filters.network.tcp_proxy"
+        f.typedConfig = Build.any(t)
+        var fc = Envoy_Config_Listener_V3_FilterChain()
+        fc.filters = [f]
+        if let match { fc.filterChainMatch = match }
+        return fc
+    }
+
+    static func match(names: [String] = [], transport: String = "", port: UInt32? = nil, ranges: [(String, UInt32)] = []) -> FCM {
+        var m = FCM()
+        m.serverNames = names
+        m.transportProtocol = transport
+        if let port { m.destinationPort = Google_Protobuf_UInt32Value(port) }
+        m.prefixRanges = ranges.map { p, l in
+            var c = Envoy_Config_Core_V3_CidrRange()
+            c.addressPrefix = p
+            c.prefixLen = Google_Protobuf_UInt32Value(l)
+            return c
+        }
+        return m
+    }
+
+    func chainResources(_ edit: (inout Listener) -> Void) -> XDSResources {
+        var r = resources()
+        for n in ["a", "b", "d"] {
+            var c = Envoy_Config_Cluster_V3_Cluster()
+            c.name = n
+            c.type = .static
+            c.loadAssignment = Build.cla(n, [("127.0.0.1", 9100, .healthy)])
+            r.clusters[n] = c
+        }
+        var l = r.listeners["web"]!
+        l.name = "edge"
+        l.address = Build.address("127.0.0.1", 8443)
+        var inspector = Envoy_Config_Listener_V3_ListenerFilter()
+        inspector.name = "envoy.filters.listener.tls_inspector"
+        inspector.typedConfig.typeURL = "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+        l.listenerFilters = [inspector]
+        edit(&l)
+        r.listeners["edge"] = l
+        return r
+    }
+
+    func testTLSPassthroughByServerNames() throws {
+        let r = chainResources { l in
+            l.filterChains = [Self.tcpChain("a", Self.match(names: ["a.test"], transport: "tls")),
+                              Self.tcpChain("b", Self.match(names: ["*.b.test", "b.test"])),
+                              Self.tcpChain("a", Self.match(names: ["c.test"], port: 9999))]   // another port: never
+            l.defaultFilterChain = Self.tcpChain("d")
+        }
+        let text = try config(r).text
+        XCTAssertTrue(text.contains("""
+              - name: "edge"
+                address: "127.0.0.1:8443"
+                protocol: "tls"
+                sni:
+                  - server_names: [ "a.test" ]
+                    cluster: "a"
+                  - server_names: [ "*.b.test", "b.test" ]
+                    cluster: "b"
+                cluster: "d"
+            """), text)
+        // TLS termination on a chain chosen by name is not passthrough.
+        var bad = chainResources { l in
+            var fc = Self.tcpChain("a", Self.match(names: ["a.test"]))
+            var d = DownstreamTLS()
+            d.commonTlsContext.tlsCertificates = [Self.certificate("/c.pem", "/k.pem")]
+            fc.transportSocket = Self.transportSocket(d)
+            l.filterChains = [fc, Self.tcpChain("b")]
+        }
+        XCTAssertThrowsError(try Translator().translate(bad)) { e in
+            XCTAssertTrue("\(e)".contains("Listener edge: filter_chains[0]: chains chosen by filter_chain_match.server_names are supported for TLS passthrough only"), "\(e)")
+        }
+        bad = chainResources { l in l.filterChains = [Self.tcpChain("a", Self.match(names: ["a.test"])), Self.tcpChain("b"), Self.tcpChain("d")] }
+        XCTAssertThrowsError(try Translator().translate(bad)) { e in
+            XCTAssertTrue("\(e)".contains("filter_chains[1] and filter_chains[2]: more than one chain without server_names"), "\(e)")
+        }
+    }
+
+    func testTLSAndPlaintextChainsBecomeAllowPlaintext() throws {
+        var d = DownstreamTLS()
+        d.commonTlsContext.tlsCertificates = [Self.certificate("/c.pem", "/k.pem")]
+        let r = chainResources { l in
+            var tls = l.filterChains[0]
+            tls.filterChainMatch = Self.match(transport: "tls")
+            tls.transportSocket = Self.transportSocket(d)
+            var plain = l.filterChains[0]
+            plain.filterChainMatch = Self.match(transport: "raw_buffer")
+            l.filterChains = [plain, tls]
+        }
+        let text = try config(r).text
+        XCTAssertTrue(text.contains("""
+                tls:
+                  certificates:
+                    - cert: "/c.pem"
+                      key: "/k.pem"
+                  alpn: [ "http/1.1" ]
+                  allow_plaintext: true
+            """), text)
+        // Different filters on the two chains: not one listener.
+        let bad = chainResources { l in
+            var tls = l.filterChains[0]
+            tls.filterChainMatch = Self.match(transport: "tls")
+            tls.transportSocket = Self.transportSocket(d)
+            var plain = Self.tcpChain("a")
+            plain.filterChainMatch = Self.match(transport: "raw_buffer")
+            l.filterChains = [plain, tls]
+        }
+        XCTAssertThrowsError(try Translator().translate(bad)) { e in
+            XCTAssertTrue("\(e)".contains("only the same filters, TLS on the first and none on the second, are supported"), "\(e)")
+        }
+    }
+
+    func testDestinationPortAndPrefixRangesPickTheChainForTheListenersOwnAddress() throws {
+        let r = chainResources { l in
+            l.filterChains = [Self.tcpChain("d"),
+                              Self.tcpChain("a", Self.match(port: 8443, ranges: [("127.0.0.0", 8)])),
+                              Self.tcpChain("b", Self.match(port: 8443, ranges: [("127.0.0.1", 32), ("10.0.0.0", 8)])),
+                              Self.tcpChain("d", Self.match(port: 8443, ranges: [("192.168.0.0", 16)])),
+                              Self.tcpChain("d", Self.match(port: 15006))]
+        }
+        var text = try config(r).text
+        XCTAssertTrue(text.contains("""
+                protocol: "tcp"
+                cluster: "b"
+            """), text)
+        // No chain for this port or address, no default: refused (Envoy would close every connection).
+        var bad = chainResources { l in l.filterChains = [Self.tcpChain("a", Self.match(port: 15006))] }
+        XCTAssertThrowsError(try Translator().translate(bad)) { e in
+            XCTAssertTrue("\(e)".contains("Listener edge: no filter chain can match the listener's address 127.0.0.1:8443"), "\(e)")
+        }
+        // The destination address of a listener on 0.0.0.0 differs between connections.
+        bad = chainResources { l in
+            l.address = Build.address("0.0.0.0", 8443)
+            l.filterChains = [Self.tcpChain("a", Self.match(ranges: [("10.0.0.0", 8)])), Self.tcpChain("b")]
+        }
+        XCTAssertThrowsError(try Translator().translate(bad)) { e in
+            XCTAssertTrue("\(e)".contains("Listener edge: filter_chains[0].filter_chain_match.prefix_ranges is not supported on a listener bound to 0.0.0.0"), "\(e)")
+        }
+        // A default chain only.
+        let only = chainResources { l in l.filterChains = [Self.tcpChain("a", Self.match(port: 1))]; l.defaultFilterChain = Self.tcpChain("d") }
+        text = try config(only).text
+        XCTAssertTrue(text.contains("cluster: \"d\""), text)
+    }
+
+    func testIPRanges() {
+        let net = IPBytes("10.1.0.0")!, ip = IPBytes("10.1.2.3")!
+        XCTAssertTrue(net.contains(ip, prefix: 16))
+        XCTAssertTrue(net.contains(ip, prefix: 0))
+        XCTAssertFalse(net.contains(ip, prefix: 24))
+        XCTAssertFalse(net.contains(ip, prefix: 33))
+        XCTAssertTrue(IPBytes("fd00::")!.contains(IPBytes("fd00::1")!, prefix: 8))
+        XCTAssertFalse(IPBytes("fd00::")!.contains(ip, prefix: 0), "families never mix")
+        XCTAssertTrue(IPBytes("::")!.isUnspecified)
+        XCTAssertTrue(IPBytes("0.0.0.0")!.isUnspecified)
+        XCTAssertNil(IPBytes("example.com"))
+    }
+
+    func testChainMatchesThatDoNotMapAreNACKedByName() {
+        let cases: [(String, (inout FCM) -> Void)] = [
+            ("Listener edge: filter_chains[0].filter_chain_match.application_protocols is not supported", { $0.applicationProtocols = ["h2"] }),
+            ("filter_chains[0].filter_chain_match.source_prefix_ranges is not supported", { $0.sourcePrefixRanges = [Envoy_Config_Core_V3_CidrRange()] }),
+            ("filter_chains[0].filter_chain_match.source_ports is not supported", { $0.sourcePorts = [80] }),
+            ("filter_chains[0].filter_chain_match.transport_protocol: quic is not supported", { $0.transportProtocol = "quic" }),
+        ]
+        for (want, edit) in cases {
+            let r = chainResources { l in
+                var m = Self.match(names: ["a.test"])
+                edit(&m)
+                l.filterChains = [Self.tcpChain("a", m), Self.tcpChain("b")]
+            }
+            XCTAssertThrowsError(try Translator().translate(r)) { e in XCTAssertTrue("\(e)".contains(want), "\(want) not in \(e)") }
+        }
+        // Two chains nothing tells apart; a listener filter other than the inspectors.
+        var r = chainResources { l in l.filterChains = [Self.tcpChain("a"), Self.tcpChain("b")] }
         XCTAssertThrowsError(try Translator().translate(r)) { e in
-            XCTAssertTrue("\(e)".contains("Listener web: filter_chains[0].transport_socket.typed_config.common_tls_context.validation_context_sds_secret_config is not supported"), "\(e)")
+            XCTAssertTrue("\(e)".contains("Listener edge: 2 filter chains that filter_chain_match does not tell apart"), "\(e)")
+        }
+        r = chainResources { l in l.listenerFilters[0].typedConfig.typeURL = "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst" }
+        XCTAssertThrowsError(try Translator().translate(r)) { e in
+            XCTAssertTrue("\(e)".contains("Listener edge: listener_filters[0] (envoy.filters.listener.tls_inspector): listener filter type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst is not supported"), "\(e)")
         }
     }
 
@@ -1038,6 +1401,102 @@ final class ADSStateTests: XCTestCase {
         let r = sends(a)
         XCTAssertTrue(r.first?.hasErrorDetail == true, "\(a)")
         XCTAssertTrue(r.first?.errorDetail.message.contains("Remora refuses") == true, r.first?.errorDetail.message ?? "")
+    }
+
+    func testSDSIsRequestedForTheNamedSecretsAndWrittenBeforeThePublish() {
+        var t = Translator()
+        t.secretsDirectory = "/s"
+        var s = ADSState(node: node(), translator: t)
+        _ = s.streamStarted()
+        var c = Build.edsCluster("app")
+        var u = UpstreamTLS()
+        u.commonTlsContext.tlsCertificateSdsSecretConfigs = [TranslateTests.sds("default")]
+        u.commonTlsContext.validationContextSdsSecretConfig = TranslateTests.sds("ROOTCA")
+        c.transportSocket = TranslateTests.transportSocket(u)
+        var a = s.receive(Build.response(.cluster, "1", nonce: "a", [c]))
+        XCTAssertEqual(sends(a).map(\.typeURL), [XDSType.cluster, .endpoint, .secret].map(\.rawValue))
+        XCTAssertEqual(sends(a).last?.resourceNames, ["ROOTCA", "default"])
+        _ = s.receive(Build.response(.endpoint, "1", nonce: "b", [Build.cla("app", [("127.0.0.1", 9000, .healthy)])]))
+        _ = s.receive(Build.response(.listener, "1", nonce: "c", [Build.listener("web", port: 8080, filter: Build.hcm(inline: Build.routeConfig("x", [Build.route(cluster: "app")])))]))
+        XCTAssertEqual(s.pending, "SDS secrets ROOTCA, default")
+        a = s.receive(Build.response(.secret, "1", nonce: "d", [TranslateTests.certSecret("default"), TranslateTests.caSecret("ROOTCA")]))
+        let kinds = a.map { a -> String in
+            switch a { case .send, .sendDelta: "send"; case .writeSecrets(let f): "write \(f.count)"; case .publish: "publish"; case .log: "log" }
+        }
+        XCTAssertEqual(kinds.filter { $0 != "log" }, ["send", "write 3", "publish"])
+        XCTAssertEqual(sends(a).first?.versionInfo, "1")
+        XCTAssertEqual(sends(a).first?.resourceNames, ["ROOTCA", "default"])
+        // A rotated secret: the files change, the configuration (which names them) does not.
+        a = s.receive(Build.response(.secret, "2", nonce: "e", [TranslateTests.certSecret("default", key: TranslateTests.keyPEM + "\n"),
+                                                               TranslateTests.caSecret("ROOTCA")]))
+        XCTAssertEqual(a.compactMap { if case .writeSecrets(let f) = $0 { f.map(\.path) } else { nil } }, [["/s/default.key.pem"]])
+        XCTAssertFalse(a.contains { if case .publish = $0 { true } else { false } })
+        // Unchanged: nothing written.
+        a = s.receive(Build.response(.secret, "3", nonce: "f", [TranslateTests.certSecret("default", key: TranslateTests.keyPEM + "\n"),
+                                                               TranslateTests.caSecret("ROOTCA")]))
+        XCTAssertFalse(a.contains { if case .writeSecrets = $0 { true } else { false } })
+        // A new stream asks for them again, with the accepted version.
+        let again = sends(s.streamStarted())
+        XCTAssertEqual(again.last?.typeURL, XDSType.secret.rawValue)
+        XCTAssertEqual(again.last?.versionInfo, "3")
+    }
+
+    func deltas(_ a: [ADSState.Action]) -> [DeltaDiscoveryRequest] {
+        a.compactMap { if case .sendDelta(let r) = $0 { r } else { nil } }
+    }
+
+    func testDeltaSubscribesUnsubscribesAndAnswersEachNonce() {
+        var s = ADSState(node: node())
+        s.mode = .delta
+        var r = deltas(s.streamStarted())
+        XCTAssertEqual(r.map(\.typeURL), [XDSType.cluster, .listener].map(\.rawValue))
+        XCTAssertEqual(r.map(\.resourceNamesSubscribe), [[], []], "LDS and CDS: wildcard")
+        XCTAssertEqual(r[0].node.id, "n1")
+        var a = s.receive(delta: Build.delta(.cluster, nonce: "1", [("app", "c1", Build.edsCluster("app")), ("old", "c1", Build.edsCluster("old"))]))
+        r = deltas(a)
+        XCTAssertEqual(r.map(\.typeURL), [XDSType.cluster, .endpoint].map(\.rawValue))
+        XCTAssertEqual(r[0].responseNonce, "1")
+        XCTAssertFalse(r[0].hasErrorDetail)
+        XCTAssertEqual(r[1].resourceNamesSubscribe, ["app", "old"])
+        _ = s.receive(delta: Build.delta(.endpoint, nonce: "2", [("app", "e1", Build.cla("app", [("127.0.0.1", 9000, .healthy)])),
+                                                                ("old", "e1", Build.cla("old", [("127.0.0.1", 9001, .healthy)]))]))
+        a = s.receive(delta: Build.delta(.listener, nonce: "3", [("web", "l1", Build.listener("web", port: 8080, filter: Build.hcm(rds: "rc")))]))
+        XCTAssertEqual(deltas(a).last?.resourceNamesSubscribe, ["rc"])
+        a = s.receive(delta: Build.delta(.route, nonce: "4", [("rc", "r1", Build.routeConfig("rc", [Build.route(cluster: "app")]))]))
+        XCTAssertTrue(a.contains { if case .publish = $0 { true } else { false } }, "\(a)")
+        // A removed cluster: its assignment is unsubscribed and dropped.
+        a = s.receive(delta: Build.delta(.cluster, nonce: "5", [(String, String, Envoy_Config_Cluster_V3_Cluster)](), removed: ["old"]))
+        r = deltas(a)
+        XCTAssertEqual(r.count, 2)
+        XCTAssertEqual(r[0].responseNonce, "5")
+        XCTAssertEqual(r[1].typeURL, XDSType.endpoint.rawValue)
+        XCTAssertEqual(r[1].resourceNamesSubscribe, [])
+        XCTAssertEqual(r[1].resourceNamesUnsubscribe, ["old"])
+        XCTAssertNil(s.resources.clusters["old"])
+        XCTAssertNil(s.resources.endpoints["old"])
+        XCTAssertEqual(s.resourceVersions[.cluster], ["app": "c1"])
+        // A route to an unknown (validated) cluster: NACK with the nonce and error_detail; nothing changes.
+        var bad = Build.routeConfig("rc", [Build.route(cluster: "gone")])
+        bad.validateClusters = Google_Protobuf_BoolValue(true)
+        let published = s.published
+        a = s.receive(delta: Build.delta(.route, nonce: "6", [("rc", "r2", bad)]))
+        r = deltas(a)
+        XCTAssertEqual(r.count, 1)
+        XCTAssertEqual(r[0].responseNonce, "6")
+        XCTAssertTrue(r[0].errorDetail.message.contains("unknown cluster gone"), r[0].errorDetail.message)
+        XCTAssertEqual(s.resourceVersions[.route], ["rc": "r1"])
+        XCTAssertEqual(s.published, published)
+        // A resource named unlike its body is refused.
+        a = s.receive(delta: Build.delta(.route, nonce: "7", [("other", "r3", Build.routeConfig("rc", [Build.route(cluster: "app")]))]))
+        XCTAssertTrue(deltas(a).first?.errorDetail.message.contains("resource other carries a resource named rc") == true, "\(a)")
+        // A new stream: the accepted versions, the names subscribed.
+        r = deltas(s.streamStarted())
+        XCTAssertEqual(r.map(\.typeURL), [XDSType.cluster, .listener, .endpoint, .route].map(\.rawValue))
+        XCTAssertEqual(r[0].initialResourceVersions, ["app": "c1"])
+        XCTAssertEqual(r[2].resourceNamesSubscribe, ["app"])
+        XCTAssertEqual(r[2].initialResourceVersions, ["app": "e1"])
+        XCTAssertEqual(r[3].initialResourceVersions, ["rc": "r1"])
+        XCTAssertEqual(r.map(\.responseNonce), ["", "", "", ""])
     }
 
     func testGRPCFraming() {
