@@ -16,6 +16,7 @@ extension Exchange {
         observe.refusedBy = nil
         observe.bytesSent = 0
         observe.hasTrace = false
+        observe.upstreamPeer = 0
     }
 
     /// The outcome hook's report of one attempt, as the metrics see it: the cluster's upstream
@@ -36,7 +37,8 @@ extension Exchange {
         observe.durationMicros = us
         if !responseDone && observe.flags.isEmpty { observe.flags.insert(.DC) }
         stats.record(.downstream_rq_time, micros: us)
-        let key = RequestSeriesKey(status: observe.status, grpcStatus: responseGRPCStatus, grpc: isGRPC, flags: observe.flags)
+        let key = RequestSeriesKey(status: observe.status, grpcStatus: responseGRPCStatus, grpc: isGRPC, flags: observe.flags,
+                                   downstream: downstream?.transportConnection?.peerTag ?? 0, upstream: observe.upstreamPeer)
         if let cs = clusterStats { cs.recordSeries(key.raw, micros: us) } else { stats.recordSeries(key.raw, micros: us) }
     }
 

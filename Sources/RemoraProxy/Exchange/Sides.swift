@@ -69,6 +69,8 @@ protocol UpstreamStream: AnyObject {
     func flushRequest()
     /// The endpoint it goes to (read when an attempt starts).
     var endpoint: Endpoint.Ref { get }
+    /// The connection's `peerTag` (the upstream's identity for the metrics; 0 on plaintext).
+    var peerTag: UInt16 { get }
     /// The exchange it serves (the one its callbacks go to); a hedge's winning try is handed over.
     var exchange: Exchange? { get set }
 }

@@ -67,6 +67,7 @@ final class H2UpstreamStream: UpstreamStream {
     func resumeResponse() {}
     func responseConsumed(_ n: Int) { connection?.consume(self, n) }
     var wasReused: Bool { onReusedConnection }
+    var peerTag: UInt16 { connection?.conn.peerTag ?? 0 }
     var gotResponseBytes: Bool { gotBytes }
     /// Valid while the stream serves an exchange (read right after `open`).
     var endpoint: Endpoint.Ref { connection!.endpoint }
@@ -362,9 +363,40 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
             failAll(.connectFailed)
             return
         }
+        if cluster.auto && cluster.learned(c, endpoint: endpoint) { switchToHTTP1(c); return }
+        ready(c)
+    }
+
+    /// Connected (and through TLS): what was queued goes out.
+    func ready(_ c: TCPConnection) {
         connected = true
         if all.isEmpty { c.setDeadline(after: cluster.config.idleTimeout) } else { c.clearDeadline() }
         schedule()
+    }
+
+    /// `protocol: auto`: the server chose HTTP/1.1 (or no ALPN) for this connection, opened for h2
+    /// (nothing was sent: `TLSSocket.alpnSwitched`). The connection goes idle into the endpoint's
+    /// HTTP/1.1 pool; each exchange that had a stream here starts again in HTTP/1.1, the first on it
+    /// (`Exchange.upstreamSwitched`). This object lets go of the connection and of its session.
+    func switchToHTTP1(_ c: TCPConnection) {
+        withExtendedLifetime(self) {
+            closing = true
+            cluster.removeHTTP2(self)
+            h2.delegate = nil
+            let streams = all
+            all.removeAll()
+            awaitingSettings.removeAll()
+            let u = H1Upstream(cluster: cluster, endpoint: endpoint, conn: c)   // takes the delegate
+            cluster.release(u)
+            for s in streams {
+                let e = s.exchange
+                s.exchange = nil
+                s.id = -1
+                s.slot = -1
+                e?.upstreamSwitched(toHTTP2: false)
+                s.recycle(pool: pool, into: &cluster.freeStreams)
+            }
+        }
     }
 
     func connectionRead(_ c: TCPConnection, _ data: UnsafeRawBufferPointer) {
