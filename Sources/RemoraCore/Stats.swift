@@ -534,12 +534,24 @@ public struct RequestSeriesKey: Sendable, Equatable, Hashable {
     public init(raw: UInt64) { self.raw = raw }
 
     /// `status` 0...999 (0: no response), `grpcStatus` -1 (none) ... 30, `grpc`: the request was gRPC.
-    /// `downstream`, `upstream`: the client's and the upstream's connection's `TCPConnection.peerTag`.
     @inline(__always)
-    public init(status: Int, grpcStatus: Int, grpc: Bool, flags: ResponseFlags, downstream: UInt16 = 0, upstream: UInt16 = 0) {
+    public init(status: Int, grpcStatus: Int, grpc: Bool, flags: ResponseFlags) {
         raw = 1 << 63 | UInt64(truncatingIfNeeded: status & 0x3ff) | UInt64(truncatingIfNeeded: (grpcStatus + 1) & 0x1f) << 10
             | (grpc ? 1 << 15 : 0) | UInt64(flags.rawValue) << 16
-            | UInt64(downstream & 0x7f) << 48 | UInt64(upstream & 0x7f) << 55 | UInt64(downstream & PeerTag.mutualTLS) << 47
+    }
+
+    /// The same with the peers: `downstream`, `upstream` are the client's and the upstream's
+    /// connection's `TCPConnection.peerTag` (0 and 0: the key above).
+    @inlinable
+    public init(status: Int, grpcStatus: Int, grpc: Bool, flags: ResponseFlags, downstream: UInt16, upstream: UInt16) {
+        self.init(status: status, grpcStatus: grpcStatus, grpc: grpc, flags: flags)
+        raw |= RequestSeriesKey.peerBits(downstream: downstream, upstream: upstream)
+    }
+
+    /// The bits the peers add to a key (0 for two plaintext connections).
+    @inlinable @inline(__always)
+    public static func peerBits(downstream: UInt16, upstream: UInt16) -> UInt64 {
+        UInt64(downstream & 0x7f) << 48 | UInt64(upstream & 0x7f) << 55 | UInt64(downstream & 0x8000) << 47
     }
 
     /// The client's identity (`PeerIdentities` id; 0: none).

@@ -20,8 +20,6 @@ extension Server: AdminTarget {
         out.add(scope: "server", stat: "config_version", value: UInt64(clamping: version), kind: .gauge,
                 help: "Configurations installed (local) or the control server's version")
         out.add(scope: "server", stat: "draining", value: draining ? 1 : 0, kind: .gauge, help: "1 while draining")
-        out.add(scope: "server", stat: "peer_identity_overflow", value: PeerIdentities.shared.overflowed,
-                help: "TLS handshakes whose peer identity got the label other (over the 126 identities metrics name)")
         out.add(scope: "server", stat: "overload_level", value: overloadLevel, kind: .gauge,
                 help: "Overload level: 0 normal, 1 refusing requests, 2 refusing connections")
         out.add(scope: "server", stat: "overload_rss_bytes", value: overloadRSS, kind: .gauge,

@@ -58,7 +58,7 @@ import Testing
                                  downstream: PeerTag.mutualTLS | 126, upstream: 127)
         #expect(k.status == 503 && k.grpcStatus == 14 && k.isGRPC && k.flags == [.UF, .URX, .UAEX])
         #expect(k.sourcePrincipal == 126 && k.destinationPrincipal == 127 && k.mutualTLS && !k.isOverflow)
-        #expect(RequestSeriesKey(status: 200, grpcStatus: -1, grpc: false, flags: [], downstream: 3).mutualTLS == false)
+        #expect(RequestSeriesKey(status: 200, grpcStatus: -1, grpc: false, flags: [], downstream: 3, upstream: 0).mutualTLS == false)
         for i in 3...PeerIdentities.capacity { _ = ids.intern("id-\(i)") }
         #expect(ids.intern("one too many") == PeerIdentities.overflow && ids.intern("and another") == PeerIdentities.overflow)
         #expect(ids.overflowed == 2 && ids.label(PeerIdentities.overflow) == "other")

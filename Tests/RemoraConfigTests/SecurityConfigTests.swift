@@ -6,7 +6,7 @@ import RemoraPolicy
 /// `authorization:`, `path_normalization:`, `max_connections:` and `match.principal`.
 @Suite struct SecurityConfigTests {
     func parse(listener: String, route: String = "", top: String = "", proto: String = "http") -> Result<Config, ConfigErrors> {
-        let body = proto == "tcp" ? "cluster: app" : """
+        let body = proto == "tcp" || proto == "tls" ? "cluster: app" : """
             routes:
                   - name: a
                     backends: [ { cluster: app } ]

@@ -1068,4 +1068,4 @@ def test_peer_identities_label_istio_metrics(start_remora, tls_backend, pki):
     assert all(s.labels["destination_principal"] == app_id for s in plain), "the upstream is TLS for them too"
     counts = [s for s in hist.samples if s.name.endswith("_count") and s.labels["source_principal"] == SPIFFE]
     assert sum(s.value for s in counts) == 3 and counts[0].labels["connection_security_policy"] == "mutual_tls"
-    assert remora.stat("server.peer_identity_overflow") == 0
+    assert remora.stat("tls.peer_identity_overflow") == 0

@@ -32,7 +32,6 @@ extension Exchange {
         guard active, let d = downstream else { return }
         attemptStatus = status
         attemptHeadAt = timer.now
-        observe.upstreamPeer = upstream?.peerTag ?? 0
         if isGRPC && endStream, let i = headers.firstIndex(named: "grpc-status") { attemptGRPCStatus = GRPC.statusCode(headers[i].value) }
         switch decideResponseHead(status: status, headers: headers, endStream: endStream) {
         case .forward:

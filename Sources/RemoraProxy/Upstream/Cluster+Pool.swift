@@ -23,7 +23,8 @@ extension Cluster {
     func openHTTP1(for exchange: Exchange, head: UnsafeRawBufferPointer, isHEAD: Bool, fresh: Bool, hash: UInt64 = 0,
                    endpoint pinned: Endpoint.Ref? = nil) -> H1Upstream? {
         if live.isEmpty { return nil }   // no endpoint (yet): a name `dns_refresh` has not resolved
-        let ref = pinned ?? pickEndpoint(hash: hash)
+        let ref: Endpoint.Ref
+        if let pinned { ref = pinned } else { ref = pickEndpoint(hash: hash) }   // (`??` costs an autoclosure here)
         return ref._withUnsafeGuaranteedRef { e in
             if !fresh {
                 while let u = e.idle.popLast() {
@@ -85,7 +86,8 @@ extension Cluster {
     func openHTTP2(for exchange: Exchange, head: HeaderBlock, hasBody: Bool, retry: Bool = false, hash: UInt64 = 0,
                    extendedConnect: Bool = false, endpoint pinned: Endpoint.Ref? = nil) -> H2UpstreamStream? {
         if live.isEmpty { return nil }
-        let ref = pinned ?? pickEndpoint(hash: hash)
+        let ref: Endpoint.Ref
+        if let pinned { ref = pinned } else { ref = pickEndpoint(hash: hash) }
         return ref._withUnsafeGuaranteedRef { e in
             var conn = e.h2.first { $0.hasRoom && (!retry || $0.settingsKnown) }
             while closesExpired, let c = conn, certificateExpired(c.conn) {

@@ -91,7 +91,6 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
     func resumeResponse() { conn.startReading() }
     func responseConsumed(_ n: Int) {}
     var wasReused: Bool { reused }
-    var peerTag: UInt16 { conn.peerTag }
     func flushRequest() { conn.uncork() }
 
     func detach(clean: Bool) {
@@ -275,6 +274,7 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
         // No body after 204, 304 or a response to HEAD, whatever Content-Length says (RFC 9112 §6.3).
         let noBody = requestIsHEAD || status == 204 || status == 304
         guard let e = exchange else { return true }
+        e.observe.upstreamPeer = conn.peerTag   // the server's identity, for the metrics
         p.withHeaderRefs { h in
             e.upstreamHead(status: status, reason: p.startLine, headers: h,
                            lengthKnown: p.hasContentLength && !p.isChunked, endStream: false)

@@ -67,7 +67,6 @@ final class H2UpstreamStream: UpstreamStream {
     func resumeResponse() {}
     func responseConsumed(_ n: Int) { connection?.consume(self, n) }
     var wasReused: Bool { onReusedConnection }
-    var peerTag: UInt16 { connection?.conn.peerTag ?? 0 }
     var gotResponseBytes: Bool { gotBytes }
     /// Valid while the stream serves an exchange (read right after `open`).
     var endpoint: Endpoint.Ref { connection!.endpoint }
@@ -478,6 +477,7 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
             }
             if status >= 100 && status < 200 { st.fields.removeAll(); return }   // interim: not forwarded
             st.headDelivered = true
+            e.observe.upstreamPeer = conn.peerTag   // the server's identity, for the metrics
             touched.append(e)
             if endStream { st.responseEnded = true }
             st.fields.withRefs { refs in
