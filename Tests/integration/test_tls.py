@@ -1069,3 +1069,54 @@ def test_peer_identities_label_istio_metrics(start_remora, tls_backend, pki):
     counts = [s for s in hist.samples if s.name.endswith("_count") and s.labels["source_principal"] == SPIFFE]
     assert sum(s.value for s in counts) == 3 and counts[0].labels["connection_security_policy"] == "mutual_tls"
     assert remora.stat("tls.peer_identity_overflow") == 0
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx (Debian) is needed")
+def test_auto_cluster_toward_nginx_with_and_without_http2(start_remora, pki, tmp_path):
+    """Debian's nginx as the upstreams of one auto cluster: a server block with `http2` (ALPN h2) and
+    one without (ALPN http/1.1); each answers with the protocol it was spoken to in."""
+    app = pki.ca.issue("app", dns=["app.shop.svc"])
+    ports = []
+    for _ in range(2):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        ports.append(s.getsockname()[1])
+        s.close()
+    d = tmp_path / "nginx"
+    (d / "logs").mkdir(parents=True)
+    conf = d / "nginx.conf"
+    conf.write_text(f"""
+daemon off;
+master_process off;
+user root;
+worker_processes 1;
+error_log {d}/logs/error.log;
+pid {d}/nginx.pid;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;
+    uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+    ssl_certificate {app[0]}; ssl_certificate_key {app[1]};
+    server {{ listen 127.0.0.1:{ports[0]} ssl http2; location / {{ return 200 "$server_protocol h2-block\\n"; }} }}
+    server {{ listen 127.0.0.1:{ports[1]} ssl; location / {{ return 200 "$server_protocol h1-block\\n"; }} }}
+}}
+""")
+    proc = subprocess.Popen(["nginx", "-p", str(d), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        poll(lambda: all(socket.socket().connect_ex(("127.0.0.1", p)) == 0 for p in ports), timeout=10, what="nginx listening")
+        tls = {"ca": str(pki.ca.cert), "server_name": "app.shop.svc", "verify_san": ["app.shop.svc"], "alpn": ["h2", "http/1.1"]}
+        remora = start_remora(make_config([http_listener("web", routes=[route("app")])],
+                                          [cluster("app", [f"127.0.0.1:{p}" for p in ports], lb="round_robin", tls=tls)],
+                                          workers=1))
+        seen = []
+        for i in range(8):
+            status, body = fetch(remora.port("web"), f"/n/{i}")
+            assert status == 200, (body, remora.stderr_tail())
+            seen.append(body.decode().strip())
+        assert seen.count("HTTP/2.0 h2-block") == 4 and seen.count("HTTP/1.1 h1-block") == 4, seen
+        assert remora.stat("cluster.app.upstream_cx_http2_total") == 1
+        assert remora.stat("cluster.app.upstream_cx_http1_total") == 1, "one pooled HTTP/1.1 connection, after the switch"
+    finally:
+        proc.terminate()
+        proc.wait(10)
