@@ -31,6 +31,7 @@ public enum StatsRenderers {
             let (name, labels) = promName(scope: h.scope, nameParts: h.nameParts, stat: h.stat)
             families.add(name, type: "histogram", help: h.help, lines: histogramLines(name, labels, h.value))
         }
+        let ids = PeerIdentities.shared
         for series in s.series {
             let k = series.key
             let dest = series.destination.isEmpty ? "unknown" : series.destination
@@ -41,6 +42,9 @@ public enum StatsRenderers {
                 ("response_code", k.isOverflow ? "other" : "\(k.status)"),
                 ("grpc_response_status", k.isOverflow || k.grpcStatus < 0 ? "" : "\(k.grpcStatus)"),
                 ("response_flags", k.isOverflow ? "-" : k.flags.letters),
+                ("source_principal", k.isOverflow ? "other" : ids.label(k.sourcePrincipal)),
+                ("destination_principal", k.isOverflow ? "other" : ids.label(k.destinationPrincipal)),
+                ("connection_security_policy", k.isOverflow ? "unknown" : k.mutualTLS ? "mutual_tls" : "none"),
             ]
             families.add("istio_requests_total", type: "counter", help: "Requests, by Istio's standard labels",
                          line: "istio_requests_total\(labelText(labels)) \(series.value.count)")
@@ -192,6 +196,11 @@ public enum StatsRenderers {
             out += ",\"response_code\":\(k.isOverflow ? "null" : "\(k.status)")"
             out += ",\"grpc_status\":\(k.isOverflow || k.grpcStatus < 0 ? "null" : "\(k.grpcStatus)")"
             out += ",\"protocol\":\"\(k.isGRPC ? "grpc" : "http")\",\"response_flags\":\(jsonString(k.flags.letters))"
+            if !k.isOverflow && (k.mutualTLS || k.sourcePrincipal != 0 || k.destinationPrincipal != 0) {
+                out += ",\"source_principal\":\(jsonString(PeerIdentities.shared.label(k.sourcePrincipal)))"
+                out += ",\"destination_principal\":\(jsonString(PeerIdentities.shared.label(k.destinationPrincipal)))"
+                out += ",\"connection_security_policy\":\"\(k.mutualTLS ? "mutual_tls" : "none")\""
+            }
             out += ",\"count\":\(v.count),\"p50\":" + (v.quantileMillis(0.5).map(number) ?? "null")
             out += ",\"p99\":" + (v.quantileMillis(0.99).map(number) ?? "null") + "}"
         }

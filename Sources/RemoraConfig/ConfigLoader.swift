@@ -250,7 +250,6 @@ private final class Schema {
         case .tls:
             m.forbid(httpOnly, "only allowed on an http listener")
             m.forbid(["tls"], "not allowed on a tls listener (it passes TLS through by SNI; to terminate TLS, put tls: on an http or tcp listener)")
-            m.forbid(["authorization"], "not supported on a tls listener yet (route server names with sni:, or terminate TLS on a tcp listener)")
         case .http:
             m.forbid(["cluster"], "only allowed on a tcp listener or a tls listener (an http listener uses routes)")
             m.forbid(["sni", "sniff_timeout", "max_sniff_bytes"], "only allowed on a tls listener")
@@ -269,7 +268,9 @@ private final class Schema {
         let tracing = m.optional("tracing", tracing)
         let tls = m.optional("tls", listenerTLS)
         let normalization = m.optional("path_normalization", pathNormalization)
-        let authorization = m.optional("authorization") { authorizationPolicy($0, $1, tcp: proto == .tcp) }
+        let authorization = m.optional("authorization") {
+            authorizationPolicy($0, $1, tcp: proto == .tcp || proto == .tls, passthrough: proto == .tls)
+        }
         let maxConnections = m.optional("max_connections", connectionLimit)
         let tunnelIdleTimeout = m.optional("tunnel_idle_timeout") { d.duration($0, $1) }   // issue 18
         let connect = m.optional("connect") { n, p -> ConnectConfig? in
@@ -398,13 +399,14 @@ private final class Schema {
 
     /// `authorization: { action: allow | deny, rules: [RULE], deny: [RULE] }`: `deny` rules are
     /// checked first; `rules` are allow rules (`action: allow`, the default) or more deny rules.
-    /// On a TCP listener a rule may only name principals, source CIDRs and server names.
-    func authorizationPolicy(_ n: Node, _ p: String, tcp: Bool) -> AuthorizationPolicy? {
+    /// On a TCP listener a rule may only name principals, source CIDRs, server names and ports; on a
+    /// tls (passthrough) listener not principals either (`passthrough`).
+    func authorizationPolicy(_ n: Node, _ p: String, tcp: Bool, passthrough: Bool = false) -> AuthorizationPolicy? {
         guard let m = d.mapping(n, p, keys: ["action", "rules", "deny"]) else { return nil }
         let action = m.optional("action") { d.value($0, $1, "allow or deny") { ["allow", "deny"].contains($0) ? $0 : nil } }
         var names: [String: Int] = [:]
-        let deny = m.optional("deny") { d.list($0, $1) { n, p in self.authorizationRule(n, p, tcp: tcp, names: &names) } }
-        let rules = m.optional("rules") { d.list($0, $1) { n, p in self.authorizationRule(n, p, tcp: tcp, names: &names) } }
+        let deny = m.optional("deny") { d.list($0, $1) { n, p in self.authorizationRule(n, p, tcp: tcp, passthrough: passthrough, names: &names) } }
+        let rules = m.optional("rules") { d.list($0, $1) { n, p in self.authorizationRule(n, p, tcp: tcp, passthrough: passthrough, names: &names) } }
         func named(_ list: [AuthorizationRule]?, _ prefix: String) -> [AuthorizationRule] {
             (list ?? []).enumerated().map { i, r in
                 var r = r
@@ -424,12 +426,17 @@ private final class Schema {
 
     /// `{ name: NAME, from: { principals: [..], source_cidrs: [..] },
     ///    to: { methods: [..], paths: [{ exact | prefix | regex: .. }], headers: [..], server_names: [..] } }`.
-    func authorizationRule(_ n: Node, _ p: String, tcp: Bool, names: inout [String: Int]) -> AuthorizationRule? {
+    func authorizationRule(_ n: Node, _ p: String, tcp: Bool, passthrough: Bool, names: inout [String: Int]) -> AuthorizationRule? {
         guard let m = d.mapping(n, p, keys: ["name", "from", "to"]) else { return nil }
         let name = m.optional("name") { self.name($0, $1, "rule", &names) }
         var rule = AuthorizationRule(name: name ?? "")
         _ = m.optional("from") { n, p -> Bool? in
-            guard let f = d.mapping(n, p, keys: ["principals", "source_cidrs"]) else { return nil }
+            guard var f = d.mapping(n, p, keys: ["principals", "source_cidrs"]) else { return nil }
+            if passthrough {
+                f.forbid(["principals"], "not allowed on a tls listener: it passes TLS through without terminating it, so no client "
+                         + "certificate is verified and a connection has no identity (match server_names or source_cidrs, or "
+                         + "terminate TLS with tls: and client_ca on a tcp listener)")
+            }
             rule.principals = f.optional("principals") { d.list($0, $1) { n, p in
                 d.value(n, p, #"a principal ("spiffe://…", a prefix ending in "*", or "*")"#) { $0.isEmpty ? nil : PrincipalMatch($0) }
             } } ?? []
@@ -439,8 +446,14 @@ private final class Schema {
             return true
         }
         _ = m.optional("to") { n, p -> Bool? in
-            guard var t = d.mapping(n, p, keys: ["methods", "paths", "headers", "server_names"]) else { return nil }
-            if tcp { t.forbid(["methods", "paths", "headers"], "not allowed on a tcp listener (its rules see connections, not requests)") }
+            guard var t = d.mapping(n, p, keys: ["methods", "paths", "headers", "server_names", "ports"]) else { return nil }
+            if tcp {
+                t.forbid(["methods", "paths", "headers"],
+                         "not allowed on a \(passthrough ? "tls" : "tcp") listener (its rules see connections, not requests)")
+            } else {
+                t.forbid(["ports"], "only allowed on tcp and tls listeners (the port a connection was going to)")
+            }
+            rule.ports = t.optional("ports") { d.list($0, $1, ifEmpty: "at least one port") { d.int($0, $1, in: 1...65535) } } ?? []
             rule.methods = t.optional("methods") { d.list($0, $1) { d.checked($0, $1) { RouteSyntax.method($0) } } } ?? []
             rule.paths = t.optional("paths") { d.list($0, $1, authorizationPath) } ?? []
             rule.headers = t.optional("headers") { d.list($0, $1) { n, p -> AuthorizationHeaderMatch? in
@@ -974,7 +987,10 @@ private final class Schema {
                                              "health_check", "tls", "slow_start", "dns_refresh", "dns_lookup_family"])
         else { return nil }
         let name = m.required("name") { self.name($0, $1, "cluster", &clusterNames) }
-        let proto: ClusterProtocol? = m.optional("protocol", d.oneOf)
+        var proto: ClusterProtocol? = m.optional("protocol", d.oneOf)
+        var tls = m.optional("tls", clusterTLS)
+        // A TLS cluster offering both h2 and http/1.1 lets the server's ALPN answer pick (`auto`).
+        if proto == nil, let t = tls, t.alpn.contains("h2"), t.alpn.contains("http/1.1") { proto = .auto }
         let endpoints = m.required("endpoints") {
             d.list($0, $1, ifEmpty: "at least one endpoint is required", endpoint)
         }
@@ -982,7 +998,7 @@ private final class Schema {
         let maxIdle = m.optional("max_idle_per_endpoint") { d.int($0, $1, in: 0...100_000) }
         let connectRate = m.optional("max_connects_per_second") { d.int($0, $1, in: 0...1_000_000) }
         let idleTimeout = m.optional("idle_timeout") { d.duration($0, $1, positive: true) }
-        if proto != .http2 { m.forbid(["http2"], "only allowed on a cluster with protocol: http2") }
+        if proto != .http2 && proto != .auto { m.forbid(["http2"], "only allowed on a cluster with protocol: http2 or auto") }
         let http2 = m.optional("http2", http2Settings)
         let budget = m.has("retry_budget") ? m.optional("retry_budget", retryBudget) : RetryBudget()
         let lb: BalancerKind? = m.optional("lb", d.oneOf)
@@ -992,7 +1008,15 @@ private final class Schema {
         let outlier = m.optional("outlier_detection", outlierDetection)
         let panic = m.optional("panic_threshold", percentInt)
         let health = m.optional("health_check", healthCheck)
-        let tls = m.optional("tls", clusterTLS)
+        if proto == .auto, let line = m.nodes["protocol"]?.line ?? m.nodes["tls"]?.line {
+            if tls == nil && !m.has("tls") {
+                d.fail(line, Fields.join(p, "protocol"), "auto needs tls: (the server's ALPN answer picks HTTP/2 or HTTP/1.1; without TLS there is none)")
+            } else if let t = tls, !t.alpn.isEmpty && !(t.alpn.contains("h2") && t.alpn.contains("http/1.1")) {
+                d.fail(m.nodes["tls"]?.line ?? line, Fields.join(p, "tls.alpn"), "with protocol: auto, alpn must offer both h2 and http/1.1")
+            } else if tls?.alpn.isEmpty == true {
+                tls?.alpn = ["h2", "http/1.1"]
+            }
+        }
         if lb?.isConsistentHash ?? false { m.forbid(["slow_start"], "not with lb: ring_hash or maglev (a key must stay where it is)") }
         let slowStart = m.optional("slow_start", slowStartConfig)
         let dnsRefresh = m.optional("dns_refresh") { d.duration($0, $1, positive: true) }

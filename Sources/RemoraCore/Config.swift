@@ -516,6 +516,9 @@ public enum DNSLookupFamily: String, Sendable, Equatable, CaseIterable {
 public enum ClusterProtocol: String, Sendable, Equatable, CaseIterable {
     case http1
     case http2
+    /// TLS clusters only: each connection speaks what the server's ALPN answer picks (`h2`:
+    /// HTTP/2, `http/1.1` or none: HTTP/1.1). The default of a TLS cluster whose `alpn` offers both.
+    case auto
 }
 
 public struct ClusterConfig: Sendable, Equatable {

@@ -1,4 +1,5 @@
 import CRemoraSupport
+import Synchronization
 
 /// Stats are declared once per component, in Envoy's vocabulary, as the cases of an enum. Each
 /// worker owns one `StatBlock` per scope (a listener, a cluster); it is the only writer. The admin
@@ -245,6 +246,10 @@ public enum ClusterStat: Int, StatGroup, Sendable {
     case ssl_handshake, ssl_connection_error, ssl_fail_verify_error, ssl_session_reused
     /// Connections not used again because a certificate they were made with expired (`close_expired`).
     case ssl_connection_expired
+    /// `protocol: auto`: connections whose server chose HTTP/1.1 (or no ALPN) and h2 (Envoy's
+    /// names), and connections opened for one protocol whose server chose the other (their
+    /// requests moved to the other codec before a byte was sent).
+    case upstream_cx_http1_total, upstream_cx_http2_total, upstream_cx_alpn_switched
 
     public typealias Histogram = ClusterHistogram
     /// Label sets (status, grpc-status, protocol, flags) of the cluster's requests.
@@ -286,6 +291,9 @@ public enum ClusterStat: Int, StatGroup, Sendable {
         .ssl_fail_verify_error: "Upstream certificates that did not verify (CA or verify_san)",
         .ssl_session_reused: "TLS handshakes with upstreams that resumed a session",
         .ssl_connection_expired: "Upstream TLS connections retired because a certificate they were made with expired",
+        .upstream_cx_http1_total: "protocol auto: upstream connections whose server chose HTTP/1.1 (or no ALPN)",
+        .upstream_cx_http2_total: "protocol auto: upstream connections whose server chose h2",
+        .upstream_cx_alpn_switched: "protocol auto: connections opened for one protocol whose server chose the other",
     ]
 }
 
@@ -522,7 +530,8 @@ public struct HistogramValue: Sendable, Equatable {
 }
 
 /// The label set of one request in Istio's standard metrics, packed in one word (the series
-/// table's key): response code, grpc-status, protocol and response flags. Never 0.
+/// table's key): response code, grpc-status, protocol, response flags, and the peers: the client's
+/// identity and whether it came over mutual TLS, the upstream's identity (`PeerTag`s). Never 0.
 public struct RequestSeriesKey: Sendable, Equatable, Hashable {
     public var raw: UInt64
 
@@ -535,12 +544,82 @@ public struct RequestSeriesKey: Sendable, Equatable, Hashable {
             | (grpc ? 1 << 15 : 0) | UInt64(flags.rawValue) << 16
     }
 
+    /// The same with the peers: `downstream`, `upstream` are the client's and the upstream's
+    /// connection's `TCPConnection.peerTag` (0 and 0: the key above).
+    @inlinable
+    public init(status: Int, grpcStatus: Int, grpc: Bool, flags: ResponseFlags, downstream: UInt16, upstream: UInt16) {
+        self.init(status: status, grpcStatus: grpcStatus, grpc: grpc, flags: flags)
+        raw |= RequestSeriesKey.peerBits(downstream: downstream, upstream: upstream)
+    }
+
+    /// The bits the peers add to a key (0 for two plaintext connections).
+    @inlinable @inline(__always)
+    public static func peerBits(downstream: UInt16, upstream: UInt16) -> UInt64 {
+        UInt64(downstream & 0x7f) << 48 | UInt64(upstream & 0x7f) << 55 | UInt64(downstream & 0x8000) << 47
+    }
+
+    /// The client's identity (`PeerIdentities` id; 0: none).
+    public var sourcePrincipal: UInt16 { UInt16(truncatingIfNeeded: raw >> 48 & 0x7f) }
+    /// The upstream's identity (its server certificate's, on a TLS cluster; 0: none).
+    public var destinationPrincipal: UInt16 { UInt16(truncatingIfNeeded: raw >> 55 & 0x7f) }
+    /// The client's connection was mutual TLS (a verified client certificate).
+    public var mutualTLS: Bool { raw >> 62 & 1 == 1 }
+
     /// The entry that collects label sets that found no room in the table.
     public var isOverflow: Bool { raw == UInt64.max }
     public var status: Int { Int(raw & 0x3ff) }
     public var grpcStatus: Int { Int(raw >> 10 & 0x1f) - 1 }
     public var isGRPC: Bool { raw >> 15 & 1 == 1 }
     public var flags: ResponseFlags { ResponseFlags(rawValue: UInt32(truncatingIfNeeded: raw >> 16)) }
+}
+
+/// A connection's peer as Istio's metrics label it (`TCPConnection.peerTag`, set by the TLS layer
+/// once per handshake): the low 7 bits are the peer's identity in `PeerIdentities` (0: none),
+/// `mutualTLS` says a client certificate was verified (server side).
+public enum PeerTag {
+    public static let mutualTLS: UInt16 = 0x8000
+}
+
+/// Peer identities (mTLS principals: SPIFFE URIs, DNS names) as small numbers, so that a request's
+/// metrics labels `source_principal` and `destination_principal` cost nothing per request: each is
+/// interned once per TLS handshake (a lock then, never on the request path) and the request's
+/// series key carries the number. At most `capacity` distinct identities per process keep their
+/// own label; the rest share `overflow` (rendered `other`) and are counted (`overflowed`), so a
+/// client population with many identities cannot grow the metrics without bound.
+public final class PeerIdentities: Sendable {
+    public static let shared = PeerIdentities()
+    public static let capacity = 126
+    public static let overflow: UInt16 = 127
+
+    let state = Mutex<(ids: [String: UInt16], names: [String], overflowed: UInt64)>(([:], [], 0))
+
+    public init() {}
+
+    /// The identity's number, 1 ... 126, or `overflow`; 0 for nil or "".
+    public func intern(_ identity: String?) -> UInt16 {
+        guard let identity, !identity.isEmpty else { return 0 }
+        return state.withLock { s in
+            if let id = s.ids[identity] { return id }
+            guard s.names.count < PeerIdentities.capacity else {
+                s.overflowed &+= 1
+                return PeerIdentities.overflow
+            }
+            s.names.append(identity)
+            let id = UInt16(s.names.count)
+            s.ids[identity] = id
+            return id
+        }
+    }
+
+    /// The label for `id`: the identity, `unknown` (0: none), `other` (over the cap).
+    public func label(_ id: UInt16) -> String {
+        if id == 0 { return "unknown" }
+        if id == PeerIdentities.overflow { return "other" }
+        return state.withLock { Int(id) <= $0.names.count ? $0.names[Int(id) - 1] : "unknown" }
+    }
+
+    /// Handshakes whose identity found no room (over `capacity`).
+    public var overflowed: UInt64 { state.withLock { $0.overflowed } }
 }
 
 /// The process's overload level (`overload:`), written by the main thread once a second from the

@@ -118,6 +118,9 @@ public final class TCPConnection {
     public var owner: AnyObject?
     /// Free for the owner (an index, a state).
     public var tag: Int = 0
+    /// The peer as the metrics label it (`RemoraCore.PeerTag`), set by the TLS layer once its
+    /// handshake is done; 0 on plaintext.
+    public var peerTag: UInt16 = 0
 
     /// Bytes queued beyond this pause the writer's source (the owner checks). Default 256 KiB.
     public var highWatermark = 256 * 1024
@@ -513,6 +516,19 @@ public final class TCPConnection {
         guard remora_original_dst(tcp, &a.storage, &local.storage) == 0 else { return nil }
         if a.port == local.port && a.ipKey == local.ipKey { return nil }
         return a
+    }
+
+    /// The port the client was going to: its original destination's when iptables redirected it,
+    /// else the one it was accepted on; -1 when unknown.
+    public func destinationPort() -> Int {
+        if let o = originalDestination() { return Int(o.port) }
+        var ss = sockaddr_storage()
+        var len = Int32(MemoryLayout<sockaddr_storage>.size)
+        let rc = withUnsafeMutablePointer(to: &ss) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { uv_tcp_getsockname(tcp, $0, &len) }
+        }
+        guard rc == 0 else { return -1 }
+        return withUnsafePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Int(SocketAddress(copying: $0).port) } }
     }
 
     /// The peer's numeric IP ("127.0.0.1", "::1"), or "" when unknown.

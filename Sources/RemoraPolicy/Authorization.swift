@@ -43,11 +43,15 @@ public struct AuthorizationRule: Sendable, Equatable {
     /// `to.server_names`: the TLS SNI is one of these (`api.example.com`, `*.example.com`; ignoring
     /// case); empty = any (and no SNI at all).
     public var serverNames: [String]
+    /// `to.ports`: the port the connection was going to (its original destination when redirected,
+    /// else the listener's) is one of these; empty = any. tcp and tls listeners.
+    public var ports: [Int]
 
     public init(name: String, principals: [PrincipalMatch] = [], sourceCIDRs: [CIDR] = [], methods: [String] = [],
-                paths: [AuthorizationPathMatch] = [], headers: [AuthorizationHeaderMatch] = [], serverNames: [String] = []) {
+                paths: [AuthorizationPathMatch] = [], headers: [AuthorizationHeaderMatch] = [], serverNames: [String] = [],
+                ports: [Int] = []) {
         self.name = name; self.principals = principals; self.sourceCIDRs = sourceCIDRs; self.methods = methods
-        self.paths = paths; self.headers = headers; self.serverNames = serverNames
+        self.paths = paths; self.headers = headers; self.serverNames = serverNames; self.ports = ports
     }
 
     /// Conditions on the request itself (method, path, headers): meaningless on a TCP listener.
@@ -261,6 +265,13 @@ public protocol AuthorizationRequest {
     var headerCount: Int { get }
     func headerName(_ i: Int) -> UnsafeRawBufferPointer
     func headerValue(_ i: Int) -> UnsafeRawBufferPointer
+    /// The port the connection was going to; -1 when unknown (requests: rules with ports are
+    /// only allowed on tcp and tls listeners).
+    var destinationPort: Int { get }
+}
+
+extension AuthorizationRequest {
+    public var destinationPort: Int { -1 }
 }
 
 /// What the authorizer decided, and why.
@@ -285,10 +296,12 @@ public final class Authorizer: @unchecked Sendable {   // immutable after init; 
     public let needsPrincipal: Bool
     public let needsSource: Bool
     public let needsServerName: Bool
+    public let needsPort: Bool
 
     struct Span { var start: Int32; var count: Int32 }
     struct Rule {
         var principals: Span, cidrs: Span, methods: Span, paths: Span, headers: Span, serverNames: Span
+        var ports: Span = Span(start: 0, count: 0)
     }
     /// kind: 0 any, 1 exact, 2 prefix (principals); 1 exact, 2 prefix, 3 regex (paths); 1 exact,
     /// 2 suffix "*.x" (server names, lowercase).
@@ -311,11 +324,12 @@ public final class Authorizer: @unchecked Sendable {   // immutable after init; 
     let cidrs: UnsafeMutableBufferPointer<CIDR>
     let headers: UnsafeMutableBufferPointer<Header>
     let regexes: UnsafeMutableBufferPointer<OpaquePointer>
+    let ports: UnsafeMutableBufferPointer<Int>
 
     /// Compiles `policy`; an invalid regex throws its message (the config loader checked them).
     public init(_ policy: AuthorizationPolicy) throws(RegexError) {
         var bytes: [UInt8] = [], rules: [Rule] = [], texts: [Text] = [], cidrs: [CIDR] = []
-        var headers: [Header] = [], regexes: [OpaquePointer] = []
+        var headers: [Header] = [], regexes: [OpaquePointer] = [], ports: [Int] = []
         func add(_ b: [UInt8]) -> Span {
             bytes += b
             return Span(start: Int32(bytes.count - b.count), count: Int32(b.count))
@@ -327,7 +341,7 @@ public final class Authorizer: @unchecked Sendable {   // immutable after init; 
             }
         }
         func lower(_ s: String) -> [UInt8] { s.utf8.map { $0 &- 65 < 26 ? $0 | 0x20 : $0 } }
-        var principal = false, source = false, sni = false
+        var principal = false, source = false, sni = false, port = false
         for r in policy.rules {
             var c = Rule(principals: Span(start: Int32(texts.count), count: 0), cidrs: Span(start: 0, count: 0),
                          methods: Span(start: 0, count: 0), paths: Span(start: 0, count: 0),
@@ -379,6 +393,9 @@ public final class Authorizer: @unchecked Sendable {   // immutable after init; 
                 headers.append(x)
             }
             c.headers.count = Int32(r.headers.count)
+            c.ports = Span(start: Int32(ports.count), count: Int32(r.ports.count))
+            ports += r.ports
+            port = port || !r.ports.isEmpty
             principal = principal || !r.principals.isEmpty
             source = source || !r.sourceCIDRs.isEmpty
             sni = sni || !r.serverNames.isEmpty
@@ -387,16 +404,17 @@ public final class Authorizer: @unchecked Sendable {   // immutable after init; 
         self.bytes = UnsafeMutableRawBufferPointer.allocate(byteCount: max(bytes.count, 1), alignment: 8)
         self.bytes.copyBytes(from: bytes)
         self.rules = freeze(rules); self.texts = freeze(texts); self.cidrs = freeze(cidrs)
-        self.headers = freeze(headers); self.regexes = freeze(regexes)
+        self.headers = freeze(headers); self.regexes = freeze(regexes); self.ports = freeze(ports)
         ruleNames = policy.rules.map(\.name)
         denyCount = policy.deny.count
-        needsPrincipal = principal; needsSource = source; needsServerName = sni
+        needsPrincipal = principal; needsSource = source; needsServerName = sni; needsPort = port
     }
 
     deinit {
         regexes.forEach(Regex.free)
         bytes.deallocate()
         rules.deallocate(); texts.deallocate(); cidrs.deallocate(); headers.deallocate(); regexes.deallocate()
+        ports.deallocate()
     }
 
     /// Deny rules in order (the first match denies), then allow rules (the first match allows);
@@ -435,6 +453,12 @@ public final class Authorizer: @unchecked Sendable {   // immutable after init; 
             guard let s = r.serverName, any(rule.serverNames, s, ignoreCase: true) else { return false }
         }
         for k in range(rule.headers) where !holds(headers[k], r) { return false }
+        if rule.ports.count > 0 {
+            let p = r.destinationPort
+            var hit = false
+            for k in range(rule.ports) where ports[k] == p { hit = true; break }
+            if !hit { return false }
+        }
         return true
     }
 

@@ -56,7 +56,8 @@ extension Server {
     /// until each loaded certificate expires (0 once it has); reload counts.
     func addTLSStats(into out: inout StatsSnapshot) {
         let certs = loadedCertificates
-        if certs.isEmpty && tlsReloads == 0 && tlsReloadFailures == 0 { return }
+        let overflow = PeerIdentities.shared.overflowed
+        if certs.isEmpty && tlsReloads == 0 && tlsReloadFailures == 0 && overflow == 0 { return }
         let now = Int64(time(nil))
         for c in certs {
             out.add(scope: "tls", name: c.name, stat: "cert_expiry_seconds", value: UInt64(max(0, c.notAfter - now)),
@@ -65,6 +66,8 @@ extension Server {
         out.add(scope: "tls", stat: "cert_reload", value: UInt64(tlsReloads), help: "Certificate reloads after a file changed")
         out.add(scope: "tls", stat: "cert_reload_failed", value: UInt64(tlsReloadFailures),
                 help: "Certificate reloads refused (the previous certificates stayed)")
+        out.add(scope: "tls", stat: "peer_identity_overflow", value: overflow,
+                help: "TLS handshakes whose peer identity is labelled other in the metrics (over the 126 they name)")
     }
 
     /// For `GET /certs`.

@@ -183,8 +183,8 @@ public final class Snapshot: Sendable {
                 out.append(old)
                 continue
             }
-            let h2 = c.protocol != .http1
-            switch Result(catching: { () throws(TLSLoadError) in try TLSClientContext(cluster: c.name, config: t, http2: h2) }) {
+            let h2 = c.protocol != .http1, auto = c.protocol == .auto
+            switch Result(catching: { () throws(TLSLoadError) in try TLSClientContext(cluster: c.name, config: t, http2: h2, auto: auto) }) {
             case .success(let ctx): out.append(ctx)
             case .failure(let e):
                 throw ConfigErrors([ConfigError(file: "", line: 0, path: "clusters.\(c.name).tls.\(e.field)", message: e.message)])

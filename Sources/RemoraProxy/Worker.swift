@@ -68,6 +68,9 @@ final class Worker {
     var sessionHead: Session?
     var sessionCount = 0
     var draining = false
+    /// Plaintext HTTP connections over a connection limit waiting for their first bytes
+    /// (`OverflowRefusal`), at most `OverflowRefusal.maxWaiting`.
+    var refusalsWaiting = 0
     /// `close_expired`: the timer for the earliest certificate expiry among this worker's TLS
     /// connections (`Worker+TLS.swift`), and when it is due (Unix seconds; 0: not armed).
     var expiryTimer: LoopTimer?
@@ -335,11 +338,11 @@ final class ListenerSlot: ListenerDelegate {
         case .admitted: break
         case .overListener:
             rt.stats.inc(.downstream_cx_overflow)
-            ConnectionCounter.refuse(c, http: rt.config.protocol == .http)
+            OverflowRefusal.refuse(c, worker: worker, http: rt.config.protocol == .http, plaintext: rt.tls == nil)
             return
         case .overProcess:
             rt.stats.inc(.downstream_global_cx_overflow)
-            ConnectionCounter.refuse(c, http: rt.config.protocol == .http)
+            OverflowRefusal.refuse(c, worker: worker, http: rt.config.protocol == .http, plaintext: rt.tls == nil)
             return
         }
         rt.stats.inc(.downstream_cx_total)
@@ -496,8 +499,22 @@ final class ListenerRuntime {
     /// A TCP listener's connection against its policy (counted); false: close it.
     func admitConnection(_ a: ListenerAuthorization, _ c: TCPConnection) -> Bool {
         let source = a.needsSource ? IPAddress.parse(c.peerIP()) : nil
+        let port = a.needsPort ? c.destinationPort() : -1
         return withPeer(a, c) { p, s in
-            AuthorizationFilter.admit(a, ConnectionAuthorizationInput(principal: p, source: source, serverName: s),
+            AuthorizationFilter.admit(a, ConnectionAuthorizationInput(principal: p, source: source, serverName: s, destinationPort: port),
+                                      stats: stats, rules: authzRules)
+        }
+    }
+
+    /// A tls (passthrough) listener's connection against its policy, once its ClientHello was read
+    /// (`serverName`: its SNI, nil when none or unreadable); counted; false: close it. No principal:
+    /// TLS is not terminated here (config refuses principal rules on such listeners).
+    func admitPassthrough(_ a: ListenerAuthorization, _ c: TCPConnection, serverName: String?) -> Bool {
+        let source = a.needsSource ? IPAddress.parse(c.peerIP()) : nil
+        let port = a.needsPort ? c.destinationPort() : -1
+        var sni = a.needsServerName ? serverName : nil
+        return withOptionalUTF8(&sni) { s in
+            AuthorizationFilter.admit(a, ConnectionAuthorizationInput(principal: nil, source: source, serverName: s, destinationPort: port),
                                       stats: stats, rules: authzRules)
         }
     }

@@ -153,14 +153,18 @@ public final class TLSClientContext: @unchecked Sendable {
     public let config: ClusterTLSConfig
     public let name: String
     /// The ALPN protocol the cluster speaks ("h2" or "http/1.1"): a server that picks another fails.
+    /// With `auto`, the one it prefers (the first it offers).
     public let expectedALPN: String
+    /// `protocol: auto`: the server's ALPN answer picks each connection's protocol (`TLSSocket.speaksH2`).
+    public let auto: Bool
     let sni: [CChar]?
     let state: Mutex<[CertificateInfo]>
 
-    public init(cluster: String, config: ClusterTLSConfig, http2: Bool) throws(TLSLoadError) {
+    public init(cluster: String, config: ClusterTLSConfig, http2: Bool, auto: Bool = false) throws(TLSLoadError) {
         self.name = cluster
         self.config = config
-        expectedALPN = http2 ? "h2" : "http/1.1"
+        self.auto = auto
+        expectedALPN = auto ? (config.alpn.first ?? "h2") : http2 ? "h2" : "http/1.1"
         sni = config.serverName.map { Array($0.utf8CString) }
         guard let c = remora_tls_client_new() else { throw TLSLoadError(field: "ca", message: "out of memory") }
         client = c

@@ -38,6 +38,14 @@ public final class TLSSocket: TransportSocket {
     public private(set) var serverName: String?
     /// The negotiated ALPN protocol ("h2", "http/1.1"), or "".
     public private(set) var alpn: String = ""
+    /// Client role: the connection's owner speaks HTTP/2 (else HTTP/1.1): what its ALPN answer must be,
+    /// unless the cluster is `auto` and the owner `switchesOnALPN`.
+    public var speaksH2 = false
+    /// Client role on an `auto` cluster (`protocol: auto`): a server that picks the other protocol
+    /// does not fail the handshake; what the owner wrote meanwhile is dropped unsent, `alpnSwitched`
+    /// is set, and the owner hands the connection to the other protocol's codec when told it is connected.
+    public var switchesOnALPN = false
+    public var alpnSwitched = false
     /// Why the handshake failed (for the log), once it has.
     public private(set) var failure: String?
     /// Server role with `forward_client_cert`: the `x-forwarded-client-cert` value for this
@@ -71,6 +79,7 @@ public final class TLSSocket: TransportSocket {
         tls = t
         self.client = client
         server = nil
+        speaksH2 = client.expectedALPN == "h2"
     }
 
     deinit {
@@ -284,6 +293,7 @@ public final class TLSSocket: TransportSocket {
         }
         guard remora_tls_peer_has_cert(tls) != 0, let (id, hash) = peer() else { return }
         peerPrincipal = id.principal
+        c.peerTag = PeerTag.mutualTLS | PeerIdentities.shared.intern(id.principal)   // once per connection
         if let s = server, s.config.forwardClientCert {
             forwardedClientCert.append(string: id.forwardedClientCert(by: s.ownURI, hash: hash))
         }
@@ -294,6 +304,7 @@ public final class TLSSocket: TransportSocket {
         alpn = negotiatedALPN()
         let (id, _) = peer() ?? (PeerIdentity(), "")
         peerPrincipal = id.principal
+        c.peerTag = PeerIdentities.shared.intern(id.principal)
         if !cl.config.verifySAN.isEmpty && !cl.config.verifySAN.contains(where: id.carries) {
             failure = "the server's certificate has none of the SANs in verify_san (it has: "
                 + (id.uris + id.dns).joined(separator: ", ") + ")"
@@ -302,7 +313,14 @@ public final class TLSSocket: TransportSocket {
             c.deliverConnected(TLSSocket.handshakeFailed)
             return
         }
-        if !alpn.isEmpty && alpn != cl.expectedALPN {
+        if cl.auto {
+            // The server's answer picks the protocol (none: HTTP/1.1). The owner wrote for the other one:
+            // its bytes are dropped before a byte of them is sealed, and it switches codecs.
+            if switchesOnALPN && (alpn == "h2") != speaksH2 {
+                alpnSwitched = true
+                held.clear()
+            }
+        } else if !alpn.isEmpty && alpn != cl.expectedALPN {
             failure = "the server chose ALPN \(alpn), the cluster speaks \(cl.expectedALPN)"
             clusterStats?.inc(.ssl_connection_error)
             c.deliverConnected(TLSSocket.handshakeFailed)

@@ -35,7 +35,7 @@ import Testing
         #expect(out.contains("envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name=\"app\",le=\"+Inf\"} 5\n"))
         #expect(out.contains("envoy_cluster_upstream_rq_time_sum{envoy_cluster_name=\"app\"} 2.5\n"))
         #expect(out.contains("envoy_cluster_upstream_rq_time_count{envoy_cluster_name=\"app\"} 5\n"))
-        #expect(out.contains("istio_requests_total{reporter=\"source\",source_workload=\"edge\\\"1\",destination_service=\"app\",destination_workload=\"app\",request_protocol=\"http\",response_code=\"503\",grpc_response_status=\"\",response_flags=\"UF,URX\"} 5\n"))
+        #expect(out.contains("istio_requests_total{reporter=\"source\",source_workload=\"edge\\\"1\",destination_service=\"app\",destination_workload=\"app\",request_protocol=\"http\",response_code=\"503\",grpc_response_status=\"\",response_flags=\"UF,URX\",source_principal=\"unknown\",destination_principal=\"unknown\",connection_security_policy=\"none\"} 5\n"))
         // One HELP and one TYPE per family, even when several stats map to it.
         #expect(out.split(separator: "\n").filter { $0.hasPrefix("# TYPE envoy_cluster_upstream_rq_xx ") }.count == 1)
     }
@@ -44,6 +44,25 @@ import Testing
         let k = RequestSeriesKey(status: 200, grpcStatus: 14, grpc: true, flags: [.DC])
         #expect(k.status == 200 && k.grpcStatus == 14 && k.isGRPC && k.flags == [.DC] && !k.isOverflow)
         #expect(RequestSeriesKey(status: 0, grpcStatus: -1, grpc: false, flags: []).raw != 0)
+        #expect(k.sourcePrincipal == 0 && k.destinationPrincipal == 0 && !k.mutualTLS)
+    }
+
+    /// Peer identities: interned once per connection, carried in the series key (7 bits each, and
+    /// the mutual-TLS bit), rendered as Istio's labels; over the cap they share `other`.
+    @Test func peerIdentitiesInTheSeries() {
+        let ids = PeerIdentities()
+        let a = ids.intern("spiffe://mesh.local/ns/shop/sa/frontend"), b = ids.intern("app.shop.svc")
+        #expect(a == 1 && b == 2 && ids.intern("spiffe://mesh.local/ns/shop/sa/frontend") == 1 && ids.intern(nil) == 0 && ids.intern("") == 0)
+        #expect(ids.label(a) == "spiffe://mesh.local/ns/shop/sa/frontend" && ids.label(0) == "unknown")
+        let k = RequestSeriesKey(status: 503, grpcStatus: 14, grpc: true, flags: [.UF, .URX, .UAEX],
+                                 downstream: PeerTag.mutualTLS | 126, upstream: 127)
+        #expect(k.status == 503 && k.grpcStatus == 14 && k.isGRPC && k.flags == [.UF, .URX, .UAEX])
+        #expect(k.sourcePrincipal == 126 && k.destinationPrincipal == 127 && k.mutualTLS && !k.isOverflow)
+        #expect(RequestSeriesKey(status: 200, grpcStatus: -1, grpc: false, flags: [], downstream: 3, upstream: 0).mutualTLS == false)
+        for i in 3...PeerIdentities.capacity { _ = ids.intern("id-\(i)") }
+        #expect(ids.intern("one too many") == PeerIdentities.overflow && ids.intern("and another") == PeerIdentities.overflow)
+        #expect(ids.overflowed == 2 && ids.label(PeerIdentities.overflow) == "other")
+        #expect(ids.intern("id-5") == 5, "known identities keep theirs")
     }
 
     @Test func quantilesAndText() {

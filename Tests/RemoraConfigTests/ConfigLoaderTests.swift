@@ -482,7 +482,7 @@ extension ListenerConfig {
            - name: x
              protocol: http3
              endpoints: [ 127.0.0.1:1 ]
-         """, 4, "clusters[0].protocol", #"expected http1 or http2, got "http3""#),
+         """, 4, "clusters[0].protocol", #"expected http1, http2 or auto, got "http3""#),
         ("""
          listeners: [ { name: a, address: 127.0.0.1:1, protocol: tcp, cluster: x } ]
          clusters:

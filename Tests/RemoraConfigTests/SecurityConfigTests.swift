@@ -6,7 +6,7 @@ import RemoraPolicy
 /// `authorization:`, `path_normalization:`, `max_connections:` and `match.principal`.
 @Suite struct SecurityConfigTests {
     func parse(listener: String, route: String = "", top: String = "", proto: String = "http") -> Result<Config, ConfigErrors> {
-        let body = proto == "tcp" ? "cluster: app" : """
+        let body = proto == "tcp" || proto == "tls" ? "cluster: app" : """
             routes:
                   - name: a
                     backends: [ { cluster: app } ]
@@ -91,6 +91,23 @@ import RemoraPolicy
         #expect(errors("authorization: { rules: [ { to: { paths: [ { prefix: / } ] } } ] }", proto: "tcp")
             .contains { $0.contains("paths") && $0.contains("not allowed on a tcp listener") })
         #expect(errors("path_normalization: false", proto: "tcp").contains { $0.contains("only allowed on an http listener") })
+    }
+
+    /// tls (passthrough) listeners: SNI, source and port rules at connection time; no principals
+    /// (nothing is terminated, so nobody has an identity), refused with the line and why.
+    @Test func passthroughListenersTakeSNISourceAndPortRules() throws {
+        let ok = "authorization: { rules: [ { from: { source_cidrs: [127.0.0.0/8] }, to: { server_names: [a.test], ports: [443, 8443] } } ] }"
+        let c = try #require(config(ok, proto: "tls"))
+        let r = try #require(c.listeners[0].authorization?.allow[0])
+        #expect(r.serverNames == ["a.test"] && r.ports == [443, 8443] && r.sourceCIDRs == [CIDR("127.0.0.0/8")!])
+        let principals = errors("authorization: { rules: [ { from: { principals: [\"*\"] } } ] }", proto: "tls")
+        #expect(principals.contains { $0.hasPrefix("listeners[0].authorization.rules[0].from.principals: not allowed on a tls listener") && $0.contains("no identity") },
+                "\(principals)")
+        #expect(errors("authorization: { rules: [ { to: { methods: [GET] } } ] }", proto: "tls")
+            .contains { $0.contains("methods") && $0.contains("not allowed on a tls listener") })
+        #expect(errors("authorization: { rules: [ { to: { ports: [80] } } ] }").contains { $0.contains("ports") && $0.contains("only allowed on tcp and tls") })
+        #expect(errors("authorization: { rules: [ { to: { ports: [0] } } ] }", proto: "tcp").contains { $0.contains("ports[0]") })
+        #expect(try #require(config("authorization: { rules: [ { to: { ports: [5432] } } ] }", proto: "tcp")).listeners[0].authorization?.allow[0].ports == [5432])
     }
 
     @Test func pathNormalizationFields() throws {

@@ -79,6 +79,25 @@ import Testing
         #expect(errors(config(clusterTLS: "{ verify_san: [] }")).contains { $0.path == "clusters[0].tls.verify_san" })
     }
 
+    /// `protocol: auto` (the server's ALPN answer picks), explicit or implied by a TLS `alpn` offering both.
+    @Test func autoProtocol() throws {
+        func proto(_ yaml: String) throws -> ClusterConfig { try parse(yaml).get().clusters[0] }
+        let implied = try proto(config(clusterTLS: "{ alpn: [ h2, http/1.1 ] }"))
+        #expect(implied.protocol == .auto && implied.tls?.alpn == ["h2", "http/1.1"])
+        #expect(try proto(config(clusterTLS: "{ alpn: [ http/1.1, h2 ] }")).protocol == .auto)
+        #expect(try proto(config(clusterTLS: "{ alpn: [ http/1.1 ] }")).protocol == .http1)
+        #expect(try proto(config(clusterTLS: "{}")).protocol == .http1)
+        let explicit = try proto(config(clusterTLS: "{ ca: ca.pem }").replacing("    endpoints:", with: "    protocol: auto\n    endpoints:"))
+        #expect(explicit.protocol == .auto && explicit.tls?.alpn == ["h2", "http/1.1"], "auto offers both by default")
+        let noTLS = errors(config().replacing("    endpoints:", with: "    protocol: auto\n    endpoints:"))
+        #expect(noTLS.contains { $0.path == "clusters[0].protocol" && $0.message.contains("auto needs tls") && $0.line == 8 }, "\(noTLS)")
+        let one = errors(config(clusterTLS: "{ alpn: [ h2 ] }").replacing("    endpoints:", with: "    protocol: auto\n    endpoints:"))
+        #expect(one.contains { $0.path == "clusters[0].tls.alpn" && $0.message.contains("both h2 and http/1.1") }, "\(one)")
+        // http2 settings go with auto too (they apply to its h2 connections).
+        #expect(try proto(config(clusterTLS: "{ alpn: [ h2, http/1.1 ] }").replacing(
+            "    endpoints:", with: "    http2: { max_concurrent_streams: 50 }\n    endpoints:")).http2.maxConcurrentStreams == 50)
+    }
+
     @Test func identity() {
         let both = PeerIdentity(sanLines: "D frontend.shop\nU https://x/y\nU spiffe://mesh.local/ns/shop/sa/frontend\nD b.shop\n")
         #expect(both.uris == ["https://x/y", "spiffe://mesh.local/ns/shop/sa/frontend"] && both.dns == ["frontend.shop", "b.shop"])

@@ -9,6 +9,7 @@ struct AuthzReq: AuthorizationRequest {
     var sourceS: String?
     var sniS: String?
     var headers: [(String, String)] = []
+    var destinationPort = -1
 
     init(_ path: String = "/", method: String = "GET", principal: String? = nil, source: String? = nil, sni: String? = nil,
          headers: [(String, String)] = [], authority: String = "example.com") {
@@ -122,6 +123,24 @@ struct AuthzReq: AuthorizationRequest {
         #expect(!a.decide(AuthzReq(sni: "internal")).allowed)
         #expect(!a.decide(AuthzReq(sni: "example.com")).allowed)
         #expect(!a.decide(AuthzReq()).allowed, "no SNI")
+    }
+
+    @Test func destinationPorts() throws {
+        let a = try Authorizer(AuthorizationPolicy(allow: [AuthorizationRule(name: "r", ports: [443, 8443])],
+                                                   deny: [AuthorizationRule(name: "d", serverNames: ["bad.test"], ports: [8443])]))
+        let none = try Authorizer(AuthorizationPolicy(allow: [AuthorizationRule(name: "r")]))
+        #expect(a.needsPort && !none.needsPort)
+        var r = AuthzReq()
+        #expect(!a.decide(r).allowed, "an unknown port matches no port rule")
+        r.destinationPort = 443
+        #expect(a.decide(r).allowed)
+        r.destinationPort = 444
+        #expect(!a.decide(r).allowed)
+        var bad = AuthzReq(sni: "bad.test")
+        bad.destinationPort = 8443
+        #expect(a.decide(bad) == AuthorizationDecision(allowed: false, rule: 0))
+        bad.destinationPort = 443
+        #expect(a.decide(bad).allowed)
     }
 
     @Test func cidrsIPv4AndIPv6() throws {

@@ -22,6 +22,32 @@ import Testing
         #expect(process.open == 6)
     }
 
+    /// Over the limit, a plaintext HTTP client's first bytes say which refusal it gets: the HTTP/2
+    /// preface (even split over reads) a GOAWAY, anything else a 503.
+    @Test func prefaceDetection() {
+        func feed(_ parts: [String]) -> Bool? {
+            var matched = 0
+            var last: Bool?
+            for p in parts {
+                last = Array(p.utf8).withUnsafeBytes { OverflowRefusal.isPreface($0, matched: &matched) }
+                if last != nil { return last }
+            }
+            return last
+        }
+        #expect(feed(["PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\u{12}\u{4}"]) == true)
+        #expect(feed(["PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"]) == true)
+        #expect(feed(["PRI * HT", "TP/2.0\r\n\r\nSM\r\n\r\n"]) == true)
+        #expect(feed(["PRI * HT"]) == nil, "a prefix: wait for more")
+        #expect(feed(["GET / HTTP/1.1\r\n\r\n"]) == false)
+        #expect(feed(["PRIX"]) == false)
+        #expect(feed(["P", "OST /"]) == false)
+        let f = OverflowRefusal.goAway
+        #expect(f[0..<9] == [0, 0, 0, 4, 0, 0, 0, 0, 0], "an empty SETTINGS first")
+        #expect(f[12] == 7 && f[13] == 0 && Array(f[14..<18]) == [0, 0, 0, 0], "GOAWAY on stream 0")
+        #expect(Array(f[18..<22]) == [0, 0, 0, 0] && Array(f[22..<26]) == [0, 0, 0, 7], "last stream 0, REFUSED_STREAM")
+        #expect(Int(f[9]) << 16 | Int(f[10]) << 8 | Int(f[11]) == f.count - 18)
+    }
+
     @Test func countsStayExactUnderConcurrentWorkers() async {
         let process = ConnectionCounter(process: nil)
         let l = ConnectionCounter(process: process)

@@ -314,6 +314,59 @@ def test_listener_max_connections_n_plus_one(start_remora, http_backend):
     assert remora.stat("listener.web.downstream_cx_overflow") == 2
 
 
+def h2c_over_limit(port: int):
+    """hyper-h2 with prior knowledge over the limit: the events it reads before the close."""
+    import h2.config
+    import h2.connection
+    import h2.events
+    s = connect(port)
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    c.initiate_connection()
+    c.send_headers(1, [(":method", "GET"), (":path", "/x"), (":scheme", "http"), (":authority", "remora.test")], end_stream=True)
+    s.sendall(c.data_to_send())
+    events, deadline = [], time.monotonic() + 5
+    try:
+        while time.monotonic() < deadline:
+            data = s.recv(65536)
+            if not data:
+                break
+            events += c.receive_data(data)
+    except ConnectionResetError:
+        pass
+    finally:
+        s.close()
+    return events
+
+
+def test_h2c_client_over_max_connections_gets_goaway(start_remora, http_backend):
+    """Over `max_connections`, a client that opens with the HTTP/2 preface gets SETTINGS and a GOAWAY
+    (last stream 0: nothing was processed, REFUSED_STREAM) and the close; an HTTP/1.1 client on the
+    same listener still gets its 503. hyper-h2 and nghttp read the frames."""
+    import h2.events
+    import h2.errors
+    backend = http_backend()
+    remora = start_remora(make_config([http_listener("web", routes=[fwd()], max_connections=1)],
+                                      [cluster("app", [backend.endpoint])], workers=1))
+    port = remora.port("web")
+    held = hold(port, 1)
+    events = h2c_over_limit(port)
+    gone = [e for e in events if isinstance(e, h2.events.ConnectionTerminated)]
+    assert len(gone) == 1, events
+    assert gone[0].error_code == h2.errors.ErrorCodes.REFUSED_STREAM and gone[0].last_stream_id == 0
+    assert gone[0].additional_data == b"too many connections"
+    assert not [e for e in events if isinstance(e, h2.events.ResponseReceived)]
+    r = subprocess.run(["nghttp", "-v", "-t", "5", f"http://127.0.0.1:{port}/x"], capture_output=True, timeout=20)
+    out = r.stdout.decode(errors="replace")
+    assert "recv GOAWAY frame" in out and "error_code=REFUSED_STREAM" in out and "last_stream_id=0" in out, out
+    assert over_limit(port)[0] == 503
+    assert remora.stat("listener.web.downstream_cx_overflow") == 3
+    held[0][0].close()
+    poll(lambda: remora.stat("listener.web.downstream_cx_active") == 0, 5, what="the held connection counted out")
+    r = subprocess.run(["nghttp", "-t", "5", f"http://127.0.0.1:{port}/ok"], capture_output=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    assert remora.stat("listener.web.downstream_cx_overflow") == 3
+
+
 def test_process_wide_max_connections(start_remora, http_backend, tcp_backend):
     backend = http_backend()
     echo = tcp_backend()

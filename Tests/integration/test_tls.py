@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent import futures
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -424,7 +425,7 @@ class TLSBackend:
     """A threaded HTTP/1.1 server over TLS that answers with the request's headers (and the client
     certificate's subject, when it sent one)."""
 
-    def __init__(self, cert, key, client_ca=None):
+    def __init__(self, cert, key, client_ca=None, alpn=None):
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -432,16 +433,23 @@ class TLSBackend:
 
             def do_GET(self):
                 peer = self.connection.getpeercert()
+                outer.requests.append((id(self.connection), self.request_version, self.path))
+                n = int(self.headers.get("content-length") or 0)
+                got = self.rfile.read(n) if n else b""
                 body = json.dumps({"headers": [[k, v] for k, v in self.headers.items()],
-                                   "client": dict(x[0] for x in peer["subject"]) if peer else None}).encode()
+                                   "client": dict(x[0] for x in peer["subject"]) if peer else None,
+                                   "proto": "http/1.1", "path": self.path, "body": len(got)}).encode()
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
 
+            do_POST = do_GET
+
             def log_message(self, *a):
                 pass
 
+        self.requests = []
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -449,6 +457,8 @@ class TLSBackend:
         if client_ca:
             ctx.load_verify_locations(str(client_ca))
             ctx.verify_mode = ssl.CERT_REQUIRED
+        if alpn:
+            ctx.set_alpn_protocols(alpn)
         self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -834,3 +844,279 @@ def test_tcp_listener_toward_a_tls_cluster(start_remora, tls_backend, pki):
     assert got.startswith(b"HTTP/1.1 200"), (got, remora.stderr_tail())
     assert json.loads(got.split(b"\r\n\r\n", 1)[1])["client"] == {"commonName": "sidecar"}
     assert remora.stat("cluster.app.ssl_handshake") == 1
+
+
+# -- protocol: auto (the server's ALPN answer picks HTTP/2 or HTTP/1.1 per connection) -------------
+
+class H2TLSBackend:
+    """A TLS server that selects ALPN h2 and speaks HTTP/2 (hyper-h2), one thread per connection; it
+    answers every request with JSON saying so, and counts connections and streams."""
+
+    def __init__(self, cert, key):
+        import h2.config  # noqa: F401
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(str(cert), str(key))
+        self.ctx.set_alpn_protocols(["h2"])
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.sock.settimeout(0.2)
+        self.endpoint = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.connections = 0
+        self.streams = []
+        self.alive = True
+        self.threads = [threading.Thread(target=self.accept, daemon=True)]
+        self.threads[0].start()
+
+    def accept(self):
+        while self.alive:
+            try:
+                c, _ = self.sock.accept()
+            except (socket.timeout, OSError):
+                continue
+            t = threading.Thread(target=self.serve, args=(c,), daemon=True)
+            self.threads.append(t)
+            t.start()
+
+    def serve(self, raw):
+        import h2.config
+        import h2.connection
+        import h2.events
+        raw.settimeout(10)
+        try:
+            s = self.ctx.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError):
+            raw.close()
+            return
+        self.connections += 1
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+        conn.initiate_connection()
+        s.sendall(conn.data_to_send())
+        heads, bodies = {}, {}
+        try:
+            while self.alive:
+                data = s.recv(65536)
+                if not data:
+                    break
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, h2.events.RequestReceived):
+                        heads[ev.stream_id] = dict(ev.headers)
+                        bodies[ev.stream_id] = 0
+                    elif isinstance(ev, h2.events.DataReceived):
+                        bodies[ev.stream_id] = bodies.get(ev.stream_id, 0) + len(ev.data)
+                        conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    elif isinstance(ev, h2.events.StreamEnded):
+                        h = heads.get(ev.stream_id, {})
+                        self.streams.append(h.get(":path"))
+                        body = json.dumps({"proto": "h2", "path": h.get(":path"), "body": bodies.get(ev.stream_id, 0),
+                                           "headers": [[k, v] for k, v in h.items()]}).encode()
+                        conn.send_headers(ev.stream_id, [(":status", "200"), ("content-length", str(len(body)))])
+                        conn.send_data(ev.stream_id, body, end_stream=True)
+                s.sendall(conn.data_to_send())
+        except (ssl.SSLError, OSError, Exception):
+            pass
+        finally:
+            s.close()
+
+    def close(self):
+        self.alive = False
+        self.sock.close()
+
+
+@pytest.fixture
+def alpn_servers(pki, tls_backend):
+    app = pki.ca.issue("app", dns=["app.shop.svc"])
+    h2srv = H2TLSBackend(*app)
+    h1srv = tls_backend(*app, alpn=["http/1.1"])
+    yield h2srv, h1srv
+    h2srv.close()
+
+
+def fetch(port, path, method="GET", body=None, timeout=10):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers={"Host": "remora.test"})
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def test_auto_cluster_speaks_what_each_server_selects(start_remora, pki, alpn_servers):
+    """One `alpn: [h2, http/1.1]` cluster (protocol auto, implied) over two endpoints: a hyper-h2
+    server that selects h2 and a Python ssl server that selects http/1.1. Each request reaches its
+    endpoint in the protocol that endpoint's server chose; the first requests, sent at once before any
+    handshake finished, are all answered too (the connection opened for h2 to the HTTP/1.1 server
+    switches, its streams move to HTTP/1.1 connections), and afterwards each pool keeps its kind:
+    the HTTP/2 server sees one connection, the HTTP/1.1 one reused keep-alive connections."""
+    h2srv, h1srv = alpn_servers
+    tls = {"ca": str(pki.ca.cert), "server_name": "app.shop.svc", "alpn": ["h2", "http/1.1"]}
+    remora = start_remora(make_config([http_listener("web", routes=[route("app")])],
+                                      [cluster("app", [h2srv.endpoint, h1srv.endpoint], lb="round_robin", tls=tls)],
+                                      workers=1))
+    port = remora.port("web")
+    with futures.ThreadPoolExecutor(12) as pool:
+        jobs = [pool.submit(fetch, port, f"/burst/{i}", *(("POST", b"x" * 1000) if i % 3 == 0 else ()))
+                for i in range(12)]
+        got = [j.result() for j in jobs]
+    for status, body in got:
+        assert status == 200, (body, remora.stderr_tail())
+    burst = [json.loads(b) for _, b in got]
+    assert {b["proto"] for b in burst} == {"h2", "http/1.1"}
+    assert all(b["body"] == 1000 for b in burst if b["path"].endswith(("/0", "/3", "/6", "/9"))), burst
+    for i in range(20):
+        status, body = fetch(port, f"/seq/{i}")
+        assert status == 200, body
+    seq = [p for p in h2srv.streams if p.startswith("/seq/")]
+    seq1 = [r for r in h1srv.requests if r[2].startswith("/seq/")]
+    assert len(seq) == 10 and len(seq1) == 10, (seq, seq1)
+    assert all(r[1] == "HTTP/1.1" for r in h1srv.requests)
+    assert len({r[0] for r in seq1}) == 1, "sequential HTTP/1.1 requests reuse one pooled connection"
+    assert h2srv.connections == 1, "one HTTP/2 connection carries every stream to the h2 server"
+    assert remora.stat("cluster.app.upstream_cx_http2_total") == 1
+    assert remora.stat("cluster.app.upstream_cx_http1_total") >= 1
+    assert remora.stat("cluster.app.upstream_cx_alpn_switched") >= 1
+    assert remora.stat("cluster.app.upstream_rq_5xx") == 0
+
+
+def test_auto_cluster_preferring_http1_switches_to_h2(start_remora, pki, alpn_servers):
+    """`alpn: [http/1.1, h2]`: a new endpoint is tried in HTTP/1.1; the h2 server's answer moves the
+    connection to HTTP/2 (the request goes as a stream on it) and later requests go there too."""
+    h2srv, _ = alpn_servers
+    tls = {"ca": str(pki.ca.cert), "server_name": "app.shop.svc", "alpn": ["http/1.1", "h2"]}
+    remora = start_remora(make_config([http_listener("web", routes=[route("app")])],
+                                      [cluster("app", [h2srv.endpoint], tls=tls)], workers=1))
+    for i in range(5):
+        status, body = fetch(remora.port("web"), f"/x/{i}", *(("POST", b"y" * 300) if i == 0 else ()))
+        assert status == 200, (body, remora.stderr_tail())
+        assert json.loads(body)["proto"] == "h2"
+    assert json.loads(fetch(remora.port("web"), "/y", "POST", b"z" * 10)[1])["body"] == 10
+    assert h2srv.connections == 1
+    assert remora.stat("cluster.app.upstream_cx_alpn_switched") == 1
+    assert remora.stat("cluster.app.upstream_cx_http2_total") == 1
+
+
+@pytest.mark.parametrize("alpn", [["h2", "http/1.1"], ["http/1.1", "h2"]])
+def test_grpc_over_an_auto_cluster(start_remora, pki, alpn):
+    """gRPC to a grpcio server with TLS credentials through a cluster with `protocol: auto`: the
+    server selects h2 whatever is preferred, so the calls go as HTTP/2 streams."""
+    grpc = pytest.importorskip("grpc")
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "grpc_fixtures"))
+    import echo_pb2
+    import echo_pb2_grpc
+    from echo_server import GRPCBackend
+    app = pki.ca.issue("grpcapp", dns=["grpc.shop.svc"])
+    creds = grpc.ssl_server_credentials([(app[1].read_bytes(), app[0].read_bytes())])
+    backend = GRPCBackend("T", credentials=creds)
+    try:
+        remora = start_remora(make_config(
+            [http_listener("web", routes=[route("g")])],
+            [cluster("g", [backend.endpoint], protocol="auto",
+                     tls={"ca": str(pki.ca.cert), "server_name": "grpc.shop.svc", "alpn": alpn})], workers=1))
+        ch = grpc.insecure_channel(f"127.0.0.1:{remora.port('web')}", options=[("grpc.enable_http_proxy", 0)])
+        try:
+            stub = echo_pb2_grpc.EchoStub(ch)
+            for i in range(3):
+                reply = stub.Unary(echo_pb2.EchoRequest(message=f"auto {i}"), timeout=5)
+                assert reply.message == f"auto {i}" and reply.backend == "T"
+        finally:
+            ch.close()
+        assert remora.stat("cluster.g.upstream_cx_http2_total") == 1
+        assert remora.stat("cluster.g.upstream_cx_alpn_switched") == (1 if alpn[0] == "http/1.1" else 0)
+    finally:
+        backend.stop(None).wait(5)
+
+
+# -- peer identities in Istio's metrics -----------------------------------------------------------
+
+def test_peer_identities_label_istio_metrics(start_remora, tls_backend, pki):
+    """`istio_requests_total` and `istio_request_duration_milliseconds` carry `source_principal` (the
+    client certificate's identity), `destination_principal` (the upstream server certificate's) and
+    `connection_security_policy` (`mutual_tls` / `none`), parsed with prometheus_client."""
+    from prometheus_client.parser import text_string_to_metric_families
+    app_id = "spiffe://mesh.local/ns/shop/sa/app"
+    app = pki.ca.issue("app", dns=["app.shop.svc"], uris=[app_id])
+    other = pki.ca.issue("batch", uris=["spiffe://mesh.local/ns/other/sa/batch"])
+    b = tls_backend(*app)
+    tls = {"ca": str(pki.ca.cert), "verify_san": [app_id]}
+    remora = start_remora(make_config(
+        [tls_listener(pki, client_ca=True, routes=[route("app")]), http_listener("plain", routes=[route("app")])],
+        [cluster("app", [b.endpoint], tls=tls)]))
+    sent = {SPIFFE: 3, "spiffe://mesh.local/ns/other/sa/batch": 2}
+    for _ in range(sent[SPIFFE]):
+        assert https_get(remora.port("web"), pki, path="/a", cert=pki.client)[0] == 200
+    for _ in range(sent["spiffe://mesh.local/ns/other/sa/batch"]):
+        assert https_get(remora.port("web"), pki, path="/b", cert=other)[0] == 200
+    for _ in range(4):
+        r = run_curl(["-sS", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{remora.port('plain')}/c"])
+        assert r.stdout == b"200"
+
+    def series():
+        fams = {f.name: f for f in text_string_to_metric_families(remora.admin_get("/stats/prometheus").body.decode())}
+        return fams["istio_requests"].samples, fams["istio_request_duration_milliseconds"]
+    poll(lambda: sum(s.value for s in series()[0]) == 9, timeout=5, what="9 requests in istio_requests_total")
+    samples, hist = series()
+    for s in samples:
+        assert {"source_principal", "destination_principal", "connection_security_policy"} <= set(s.labels), s
+    for who, n in sent.items():
+        got = [s for s in samples if s.labels["source_principal"] == who]
+        assert sum(s.value for s in got) == n, samples
+        assert all(s.labels["connection_security_policy"] == "mutual_tls" and s.labels["destination_principal"] == app_id
+                   for s in got), got
+    plain = [s for s in samples if s.labels["source_principal"] == "unknown"]
+    assert sum(s.value for s in plain) == 4 and all(s.labels["connection_security_policy"] == "none" for s in plain)
+    assert all(s.labels["destination_principal"] == app_id for s in plain), "the upstream is TLS for them too"
+    counts = [s for s in hist.samples if s.name.endswith("_count") and s.labels["source_principal"] == SPIFFE]
+    assert sum(s.value for s in counts) == 3 and counts[0].labels["connection_security_policy"] == "mutual_tls"
+    assert remora.stat("tls.peer_identity_overflow") == 0
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx (Debian) is needed")
+def test_auto_cluster_toward_nginx_with_and_without_http2(start_remora, pki, tmp_path):
+    """Debian's nginx as the upstreams of one auto cluster: a server block with `http2` (ALPN h2) and
+    one without (ALPN http/1.1); each answers with the protocol it was spoken to in."""
+    app = pki.ca.issue("app", dns=["app.shop.svc"])
+    ports = []
+    for _ in range(2):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        ports.append(s.getsockname()[1])
+        s.close()
+    d = tmp_path / "nginx"
+    (d / "logs").mkdir(parents=True)
+    conf = d / "nginx.conf"
+    conf.write_text(f"""
+daemon off;
+master_process off;
+user root;
+worker_processes 1;
+error_log {d}/logs/error.log;
+pid {d}/nginx.pid;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;
+    uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+    ssl_certificate {app[0]}; ssl_certificate_key {app[1]};
+    server {{ listen 127.0.0.1:{ports[0]} ssl http2; location / {{ return 200 "$server_protocol h2-block\\n"; }} }}
+    server {{ listen 127.0.0.1:{ports[1]} ssl; location / {{ return 200 "$server_protocol h1-block\\n"; }} }}
+}}
+""")
+    proc = subprocess.Popen(["nginx", "-p", str(d), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        poll(lambda: all(socket.socket().connect_ex(("127.0.0.1", p)) == 0 for p in ports), timeout=10, what="nginx listening")
+        tls = {"ca": str(pki.ca.cert), "server_name": "app.shop.svc", "verify_san": ["app.shop.svc"], "alpn": ["h2", "http/1.1"]}
+        remora = start_remora(make_config([http_listener("web", routes=[route("app")])],
+                                          [cluster("app", [f"127.0.0.1:{p}" for p in ports], lb="round_robin", tls=tls)],
+                                          workers=1))
+        seen = []
+        for i in range(8):
+            status, body = fetch(remora.port("web"), f"/n/{i}")
+            assert status == 200, (body, remora.stderr_tail())
+            seen.append(body.decode().strip())
+        assert seen.count("HTTP/2.0 h2-block") == 4 and seen.count("HTTP/1.1 h1-block") == 4, seen
+        assert remora.stat("cluster.app.upstream_cx_http2_total") == 1
+        assert remora.stat("cluster.app.upstream_cx_http1_total") == 1, "one pooled HTTP/1.1 connection, after the switch"
+    finally:
+        proc.terminate()
+        proc.wait(10)

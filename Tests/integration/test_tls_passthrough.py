@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from backends import _ServerBase
-from harness import cluster, made_and_closed, make_config, poll, run_curl
+from harness import cluster, made_and_closed, make_config, poll, remora_bin, run_curl
 
 HERE = Path(__file__).resolve().parent
 SAMPLES = (HERE.parents[0] / "RemoraHTTPTests" / "ClientHelloSamples.swift").read_text()
@@ -215,3 +215,81 @@ def test_not_tls_and_silence_are_closed(tls_setup):
         assert s.recv(100) == b""
     poll(lambda: remora.stat("listener.egress.downstream_cx_active") == 0, 5, what="connections closed")
     remora.assert_alive()
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def test_authorization_on_a_passthrough_listener(start_remora, tmp_path):
+    """`authorization:` on a tls listener, decided once the ClientHello is read: server names (SNI),
+    source CIDRs and the destination port; deny rules first. A denied connection is closed before
+    any byte reaches a cluster (the client sees no certificate); counted per listener and rule."""
+    a_cert, a_key = make_cert(tmp_path, "a.test", ["a.test"])
+    b_cert, b_key = make_cert(tmp_path, "b.test", ["*.b.test", "b.test"])
+    gen = made_and_closed(lambda n, c, k: TLSBackend(n, c, k))
+    make = next(gen)
+    a, b = make("a", a_cert, a_key), make("b", b_cert, b_key)
+    port = free_port()
+    sni = [{"server_names": ["a.test"], "cluster": "a"}, {"server_names": ["*.b.test"], "cluster": "b"}]
+    policy = {"deny": [{"name": "blocked", "to": {"server_names": ["x.b.test"]}}],
+              "rules": [{"name": "local", "from": {"source_cidrs": ["127.0.0.0/8"]},
+                         "to": {"server_names": ["a.test", "*.b.test"], "ports": [port]}}]}
+    try:
+        remora = start_remora(make_config(
+            [{"name": "guarded", "address": f"127.0.0.1:{port}", "protocol": "tls", "sni": sni, "cluster": "a",
+              "authorization": policy},
+             {"name": "elsewhere", "address": "127.0.0.1:0", "protocol": "tls", "sni": sni,
+              "authorization": {"rules": [{"name": "https-only", "to": {"ports": [443]}}]}},
+             {"name": "remote", "address": "127.0.0.1:0", "protocol": "tls", "sni": sni,
+              "authorization": {"rules": [{"name": "tenants", "from": {"source_cidrs": ["10.0.0.0/8"]}}]}}],
+            [cluster("a", [a.endpoint]), cluster("b", [b.endpoint])]))
+        r = curl_https(port, "a.test", a_cert)
+        assert r.returncode == 0 and r.stdout == b"backend a\n", r.stderr
+        assert curl_https(port, "y.b.test", b_cert).stdout == b"backend b\n"
+        assert "CN = b.test" in s_client_subject(port, "z.b.test")
+        before = a.connections + b.connections
+        r = curl_https(port, "x.b.test", b_cert)          # the deny rule
+        assert r.returncode != 0 and r.stdout == b""
+        assert s_client_subject(port, "unknown.example") == ""   # no allow rule names it (the default cluster is not asked)
+        assert s_client_subject(port, None) == ""                # no SNI: a server_names rule cannot match
+        assert s_client_subject(remora.port("elsewhere"), "a.test") == ""   # arrived on another port than 443
+        assert s_client_subject(remora.port("remote"), "a.test") == ""      # 127.0.0.1 is not in 10.0.0.0/8
+        assert a.connections + b.connections == before, "denied connections never reach a backend"
+        assert remora.stat("listener.guarded.rbac_allowed") == 3
+        assert remora.stat("listener.guarded.rbac_denied") == 3
+        assert remora.stat("authz.guarded.blocked.denied") == 1
+        assert remora.stat("authz.guarded.local.allowed") == 3
+        assert remora.stat("listener.elsewhere.rbac_denied") == 1
+        assert remora.stat("listener.remote.rbac_denied") == 1
+        assert remora.stat("listener.guarded.tls_found") == 6
+    finally:
+        for _ in gen:
+            pass
+
+
+def test_principal_rules_on_a_passthrough_listener_are_refused(tmp_path):
+    """Nothing is terminated on a tls listener, so no peer has an identity: a principal rule there is
+    a configuration error, named by file, line and field, with the reason."""
+    cfg = tmp_path / "remora.yaml"
+    cfg.write_text("""listeners:
+  - name: egress
+    address: 127.0.0.1:0
+    protocol: tls
+    cluster: a
+    authorization:
+      rules:
+        - from:
+            principals: ["spiffe://mesh.local/ns/shop/sa/frontend"]
+clusters:
+  - { name: a, endpoints: [ 127.0.0.1:1 ] }
+""")
+    r = subprocess.run([str(remora_bin()), "validate", str(cfg)], capture_output=True, timeout=20)
+    out = (r.stdout + r.stderr).decode()
+    assert r.returncode != 0, out
+    assert f"{cfg}:9: listeners[0].authorization.rules[0].from.principals: not allowed on a tls listener" in out, out
+    assert "no identity" in out

@@ -7,6 +7,7 @@ import RemoraPolicy
 final class H2ServerStream: DownstreamSide {
     unowned(unsafe) var connection: H2ServerConnection?
     var transportConnection: TCPConnection? { connection?.conn }
+    var peerTag: UInt16 { connection?.conn.peerTag ?? 0 }
     var sourceAddress: IPAddress? { connection?.sourceAddress }
     var id: Int32 = -1
     var exchange: Exchange?

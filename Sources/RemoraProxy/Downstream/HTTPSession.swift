@@ -28,6 +28,7 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
     var listener: ListenerRuntime { listenerSlot.current }
     let conn: TCPConnection
     var transportConnection: TCPConnection? { conn }
+    var peerTag: UInt16 { conn.peerTag }
     /// Parsed from `clientIP` the first time a policy asks (then once per connection).
     lazy var sourceAddress: IPAddress? = IPAddress.parse(clientIP)
     /// The request parser (+1), taken from the worker at the first request and given back when

@@ -29,10 +29,12 @@ extension Exchange {
         h.isGRPC = isGRPC
         h.cluster = cl
         h.upstreamIsHTTP2 = upstreamIsHTTP2
+        h.upstreamAuto = upstreamAuto
         h.reqFraming = reqFraming
-        if upstreamIsHTTP2 {
+        if upstreamIsHTTP2 || upstreamAuto {
             h.reqHead = reqHead   // borrowed: this exchange outlives the hedge (`endHedge` gives it back)
-        } else {
+        }
+        if !upstreamIsHTTP2 || upstreamAuto {
             h.upHead = pool.take()
             h.upHead.append(upHead.bytes)
         }
@@ -98,7 +100,7 @@ extension Exchange {
     static func endHedge(_ h: Exchange) {
         h.hedgeOf = nil
         h.relaying = false
-        if h.upstreamIsHTTP2 { h.reqHead = HeaderBlock() }
+        if h.upstreamIsHTTP2 || h.upstreamAuto { h.reqHead = HeaderBlock() }
         h.finish(clean: false)
     }
 }

@@ -16,6 +16,7 @@ extension Exchange {
         observe.refusedBy = nil
         observe.bytesSent = 0
         observe.hasTrace = false
+        observe.upstreamPeer = 0
     }
 
     /// The outcome hook's report of one attempt, as the metrics see it: the cluster's upstream
@@ -36,8 +37,9 @@ extension Exchange {
         observe.durationMicros = us
         if !responseDone && observe.flags.isEmpty { observe.flags.insert(.DC) }
         stats.record(.downstream_rq_time, micros: us)
-        let key = RequestSeriesKey(status: observe.status, grpcStatus: responseGRPCStatus, grpc: isGRPC, flags: observe.flags)
-        if let cs = clusterStats { cs.recordSeries(key.raw, micros: us) } else { stats.recordSeries(key.raw, micros: us) }
+        let key = RequestSeriesKey(status: observe.status, grpcStatus: responseGRPCStatus, grpc: isGRPC, flags: observe.flags).raw
+            | RequestSeriesKey.peerBits(downstream: downstream?.peerTag ?? 0, upstream: observe.upstreamPeer)
+        if let cs = clusterStats { cs.recordSeries(key, micros: us) } else { stats.recordSeries(key, micros: us) }
     }
 
     /// The grpc-status the client got: the proxy's own, else the upstream's (-1 = none).

@@ -131,6 +131,7 @@ extension Exchange {
         }
         cluster = cl
         upstreamIsHTTP2 = false
+        upstreamAuto = false
         tunnelOverStream = true
         streamIdleTimeout = l.config.tunnelIdleTimeout
         reqFraming = .contentLength

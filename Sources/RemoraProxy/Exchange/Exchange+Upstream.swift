@@ -12,7 +12,8 @@ extension Exchange {
                          scheme: StaticString, dropExpect: Bool,
                          extra: AddedFields = .none) {
         cluster = cl
-        upstreamIsHTTP2 = cl.config.protocol != .http1
+        upstreamAuto = cl.auto
+        upstreamIsHTTP2 = cl.auto ? cl.prefersH2 : cl.config.protocol != .http1
         reqFraming = r.framing
         if view.authority.isEmpty {
             // HTTP/1.0 without Host: HTTP/1.1 and HTTP/2 upstreams need one; the cluster's name
@@ -31,12 +32,13 @@ extension Exchange {
     @inline(__always)
     func storeUpstreamHead(_ r: RequestStart, _ view: RequestView, _ clientIP: UnsafeRawBufferPointer,
                            _ scheme: StaticString, _ dropExpect: Bool, _ extra: AddedFields, addHost: Bool) {
-        if upstreamIsHTTP2 {
+        if upstreamIsHTTP2 || upstreamAuto {   // auto: both, the attempt picks (`dispatch`)
             reqHead.prepare(pool)
             HTTP2Head.storeRequest(view, clientIP: clientIP, proto: scheme, dropExpect: dropExpect,
                                    namesLowercase: r.fromHTTP2, extendedConnect: upgrade == .websocket,
                                    clientCert: r.clientCert, extra: extra.fields, into: &reqHead)
-        } else {
+        }
+        if !upstreamIsHTTP2 || upstreamAuto {
             if upHead.base == nil { upHead = pool.take() }
             upHead.clear()
             if upgrade != .none {   // a WebSocket handshake (Exchange+Upgrade.swift)
@@ -50,12 +52,20 @@ extension Exchange {
 
     /// Sends the request on an upstream: an idle pooled HTTP/1.1 connection unless `fresh`, an
     /// HTTP/2 connection with a free stream, or a new connection. Starts an attempt.
-    func dispatch(fresh: Bool) {
+    /// `endpoint`: this one rather than the balancer's pick (`upstreamSwitched`).
+    func dispatch(fresh: Bool, endpoint: Endpoint.Ref? = nil) {
         guard let cl = cluster else { return }
+        var pinned = endpoint
+        if upstreamAuto && pinned == nil && !cl.live.isEmpty {
+            // `protocol: auto`: the endpoint first, then the protocol its server chose (or the preferred one).
+            let ref = cl.pickEndpoint(hash: lbHash)
+            pinned = ref
+            upstreamIsHTTP2 = ref._withUnsafeGuaranteedRef { $0.speaksH2 } ?? cl.prefersH2
+        }
         let u: (any UpstreamStream)? = upstreamIsHTTP2
             ? cl.openHTTP2(for: self, head: reqHead, hasBody: requestHasBody, retry: fresh, hash: lbHash,
-                           extendedConnect: upgrade == .websocket)
-            : cl.openHTTP1(for: self, head: upHead.bytes, isHEAD: isHEAD, fresh: fresh, hash: lbHash)
+                           extendedConnect: upgrade == .websocket, endpoint: pinned)
+            : cl.openHTTP1(for: self, head: upHead.bytes, isHEAD: isHEAD, fresh: fresh, hash: lbHash, endpoint: pinned)
         guard let u else {
             if cl.overflowed { cl.overflowed = false; overloaded(cl) } else { noUpstream(.connectFailed) }
             return
@@ -75,6 +85,24 @@ extension Exchange {
         cl.stats.add(.upstream_cx_tx_bytes_total, UInt64(upHead.count))
         if !replay.isEmpty { u.sendBody(replay.bytes) }
         if requestDone && requestHasBody { u.sendEnd(trailers: nil) }
+    }
+
+    /// `protocol: auto`: the connection this attempt waited for was opened for the other protocol
+    /// than its server chose, and nothing of the request was sent on it. The attempt starts again on
+    /// the same endpoint in the server's protocol (both heads are stored), unless part of the body
+    /// went to it and is not kept for a replay: then it fails as a failed connect.
+    func upstreamSwitched(toHTTP2: Bool) {
+        guard active, upstream != nil, let ep = attemptEndpoint else { return }
+        upstream = nil   // the connection's old codec has let go of this exchange
+        if !upstreamAuto || (requestHasBody && !replayable && hedgeOf == nil) {
+            endAttempt(.connectFailure)
+            noUpstream(.connectFailed)
+            return
+        }
+        ep._withUnsafeGuaranteedRef { $0.activeRequests -= 1 }
+        attemptEndpoint = nil
+        upstreamIsHTTP2 = toHTTP2
+        dispatch(fresh: false, endpoint: ep)
     }
 
     // MARK: failed attempts

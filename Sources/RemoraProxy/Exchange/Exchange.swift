@@ -96,8 +96,11 @@ final class Exchange: DeadlineTimerDelegate {
     /// whose codec refuses both, or from the proxy, with no route changes): an HTTP/2 client side
     /// can pass it on as it is.
     var responseNamesLowercase = false
-    /// The chosen cluster speaks HTTP/2 (copied at start).
+    /// The chosen cluster speaks HTTP/2 (copied at start; `protocol: auto`: set per attempt).
     var upstreamIsHTTP2 = false
+    /// The chosen cluster is `protocol: auto`: the head is stored for both protocols (`upHead` and
+    /// `reqHead`), and each attempt speaks what its endpoint's server chose.
+    var upstreamAuto = false
     /// Counters of the chosen backend of the route (the real split).
     var backendStats: StatBlock<RouteBackendStat>?
     /// Request bytes passed on while the upstream was blocked: credit owed to the client.
@@ -235,6 +238,7 @@ final class Exchange: DeadlineTimerDelegate {
         pool.give(&upHead)
         pool.give(&replay)
         reqHead.release(to: pool)
+        upstreamAuto = false
         if let sh = shadow { shadow = nil; sh.primary = nil }   // a complete copy runs on by itself
         if let p = primary { primary = nil; p.shadow = nil }
         let d = downstream

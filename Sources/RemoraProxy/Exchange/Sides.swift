@@ -31,6 +31,8 @@ protocol DownstreamSide: AnyObject {
     var responseBudget: ResponseBudget? { get }
     /// The client's connection (its peer identity and SNI are read from it), or nil (a shadow's).
     var transportConnection: TCPConnection? { get }
+    /// The client connection's `TCPConnection.peerTag` (its identity for the metrics; 0: none).
+    var peerTag: UInt16 { get }
     /// The client's address, parsed once per connection (authorization's source CIDRs); nil when unknown.
     var sourceAddress: IPAddress? { get }
     /// An upgrade was accepted (101, already written by `respondHead`): the downstream and `upstream`
@@ -43,6 +45,7 @@ protocol DownstreamSide: AnyObject {
 extension DownstreamSide {
     var responseBudget: ResponseBudget? { nil }
     var transportConnection: TCPConnection? { nil }
+    var peerTag: UInt16 { 0 }
     var sourceAddress: IPAddress? { nil }
     func startTunnel(cluster: Cluster, upstream: TCPConnection, leftover: UnsafeRawBufferPointer) -> Bool { false }
 }

@@ -18,6 +18,7 @@ final class ListenerAuthorization: @unchecked Sendable {   // immutable
     let needsPrincipal: Bool
     let needsSource: Bool
     let needsServerName: Bool
+    let needsPort: Bool
 
     /// nil when neither the listener nor any of its routes has a policy.
     init?(_ l: ListenerConfig) throws {
@@ -41,6 +42,7 @@ final class ListenerAuthorization: @unchecked Sendable {   // immutable
         needsPrincipal = every.contains { $0?.needsPrincipal ?? false }
         needsSource = every.contains { $0?.needsSource ?? false }
         needsServerName = every.contains { $0?.needsServerName ?? false }
+        needsPort = every.contains { $0?.needsPort ?? false }
     }
 }
 
@@ -60,11 +62,12 @@ struct HTTPAuthorizationInput: AuthorizationRequest {
     func headerValue(_ i: Int) -> UnsafeRawBufferPointer { view.headers[i].value }
 }
 
-/// A connection as the authorizer reads it (TCP listeners): no request, only the peer.
+/// A connection as the authorizer reads it (tcp and tls listeners): no request, only the peer.
 struct ConnectionAuthorizationInput: AuthorizationRequest {
     let principal: UnsafeRawBufferPointer?
     let source: IPAddress?
     let serverName: UnsafeRawBufferPointer?
+    var destinationPort: Int = -1
     var method: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: nil, count: 0) }
     var path: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: nil, count: 0) }
     var authority: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: nil, count: 0) }

@@ -37,6 +37,9 @@ struct Observation {
     var logSpans = SIMD16<Int32>(repeating: -1)
     /// (offset, length) in `logHead` of the client's TLS identity (`downstream_peer_identity`); -1: none.
     var logPeer = SIMD2<Int32>(repeating: -1)
+    /// The upstream connection's `peerTag` (its server's identity, on a TLS cluster), taken when the
+    /// response head arrives; 0 = none.
+    var upstreamPeer: UInt16 = 0
     /// The client's protocol: 0 HTTP/1.1, 1 HTTP/1.0, 2 HTTP/2.
     var downstreamProtocol: UInt8 = 0
     /// Tracing (`tracing:`): the x-request-id the proxy generated (a UUIDv4's 128 bits), when the

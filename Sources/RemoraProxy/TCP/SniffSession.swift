@@ -158,6 +158,11 @@ final class SniffSession: Session, TCPConnectionDelegate {
     /// `protocol: tls`: the cluster for `name`, or close.
     func routeTLS(_ name: String?) {
         if name != nil { stats.inc(.sni_found) } else { stats.inc(.sni_not_found) }
+        // `authorization:` once the ClientHello is read: SNI, source address, destination port.
+        if let a = listener.authorization, !listener.admitPassthrough(a, down, serverName: name) {
+            down.close()
+            return
+        }
         let i: Int
         if let m = listener.sni.match(name) {
             stats.inc(.sni_route_matched)

@@ -20,9 +20,11 @@ extension Cluster {
 
     /// A connection carrying `head` for `exchange`: a pooled one (unless `fresh`) or a new one
     /// (connecting; writes wait for it). nil when no connect could even start.
-    func openHTTP1(for exchange: Exchange, head: UnsafeRawBufferPointer, isHEAD: Bool, fresh: Bool, hash: UInt64 = 0) -> H1Upstream? {
+    func openHTTP1(for exchange: Exchange, head: UnsafeRawBufferPointer, isHEAD: Bool, fresh: Bool, hash: UInt64 = 0,
+                   endpoint pinned: Endpoint.Ref? = nil) -> H1Upstream? {
         if live.isEmpty { return nil }   // no endpoint (yet): a name `dns_refresh` has not resolved
-        let ref = pickEndpoint(hash: hash)
+        let ref: Endpoint.Ref
+        if let pinned { ref = pinned } else { ref = pickEndpoint(hash: hash) }   // (`??` costs an autoclosure here)
         return ref._withUnsafeGuaranteedRef { e in
             if !fresh {
                 while let u = e.idle.popLast() {
@@ -37,7 +39,7 @@ extension Cluster {
                     u.conn.close()   // the backend closed it while pooled
                 }
             }
-            guard let c = connect(e) else { return nil }
+            guard let c = connect(e, h2: false) else { return nil }
             let u = H1Upstream(cluster: self, endpoint: ref, conn: c)
             _ = u.begin(exchange: exchange, head: head, isHEAD: isHEAD)
             e.activeRequests += 1
@@ -82,9 +84,10 @@ extension Cluster {
     /// `retry`: a stream the peer refused goes where the peer's limit is known, or on a new connection.
     /// `extendedConnect` (RFC 8441 passed through): see `H2UpstreamConnection.open`.
     func openHTTP2(for exchange: Exchange, head: HeaderBlock, hasBody: Bool, retry: Bool = false, hash: UInt64 = 0,
-                   extendedConnect: Bool = false) -> H2UpstreamStream? {
+                   extendedConnect: Bool = false, endpoint pinned: Endpoint.Ref? = nil) -> H2UpstreamStream? {
         if live.isEmpty { return nil }
-        let ref = pickEndpoint(hash: hash)
+        let ref: Endpoint.Ref
+        if let pinned { ref = pinned } else { ref = pickEndpoint(hash: hash) }
         return ref._withUnsafeGuaranteedRef { e in
             var conn = e.h2.first { $0.hasRoom && (!retry || $0.settingsKnown) }
             while closesExpired, let c = conn, certificateExpired(c.conn) {
@@ -92,7 +95,7 @@ extension Cluster {
                 conn = e.h2.first { $0.hasRoom && (!retry || $0.settingsKnown) }
             }
             if conn == nil {
-                guard let c = connect(e) else { return nil }
+                guard let c = connect(e, h2: true) else { return nil }
                 let n = H2UpstreamConnection(cluster: self, endpoint: ref, conn: c)
                 e.h2.append(n)
                 conn = n
@@ -119,5 +122,21 @@ extension Cluster {
     func removeHTTP2(_ c: H2UpstreamConnection) {
         let e = c.endpoint.takeUnretainedValue()
         if let i = e.h2.firstIndex(where: { $0 === c }) { e.h2.remove(at: i) }
+    }
+
+    // MARK: protocol: auto
+
+    /// A connection of an `auto` cluster finished its TLS handshake: its endpoint speaks what the
+    /// server chose (requests to it are sent in that protocol from now on); true when the owner
+    /// wrote for the other protocol and must switch (`TLSSocket.alpnSwitched`, cleared here).
+    func learned(_ c: TCPConnection, endpoint: Endpoint.Ref) -> Bool {
+        guard let t = c.transportSocket as? TLSSocket else { return false }
+        let h2 = t.alpn == "h2"
+        endpoint._withUnsafeGuaranteedRef { $0.speaksH2 = h2 }
+        stats.inc(h2 ? .upstream_cx_http2_total : .upstream_cx_http1_total)
+        guard t.alpnSwitched else { return false }
+        t.alpnSwitched = false
+        stats.inc(.upstream_cx_alpn_switched)
+        return true
     }
 }

@@ -73,6 +73,10 @@ final class Cluster {
     let tls: TLSClientContext?
     /// `tls.close_expired`: connections are checked for an expired certificate before reuse.
     let closesExpired: Bool
+    /// `protocol: auto`: each connection speaks what its server's ALPN answer picked; an endpoint
+    /// not heard from yet is tried in the preferred one (`prefersH2`: `tls.alpn` lists h2 first).
+    let auto: Bool
+    let prefersH2: Bool
 
     /// `previous`: this worker's cluster of the same name that this one replaces (its endpoint set or
     /// config changed). When only the endpoints changed, what stays keeps its state (`adopt`).
@@ -80,6 +84,8 @@ final class Cluster {
          shared: ClusterShared? = nil, stats: StatBlock<ClusterStat>, tls: TLSClientContext? = nil, previous: Cluster? = nil) {
         self.worker = worker; self.index = index; self.config = config; self.stats = stats; self.tls = tls
         closesExpired = tls?.config.closeExpired ?? false
+        auto = config.protocol == .auto && tls != nil
+        prefersH2 = tls?.expectedALPN == "h2"
         self.shared = shared ?? ClusterShared(config: config, endpoints: endpoints.count)
         breaker = config.circuitBreaker
         outlierThresholds = config.outlierDetection.map { ($0.consecutive5xx, $0.consecutiveGatewayErrors, $0.consecutiveLocalFailures) }
@@ -323,8 +329,9 @@ final class Cluster {
         worker.log("cluster \(config.name): TLS handshake with \(c.peerIP()) failed: \(t.failure ?? "unknown reason")")
     }
 
-    /// A new TCP connection to `endpoint`, connecting, with the connect timeout armed.
-    func connect(_ endpoint: Endpoint) -> TCPConnection? {
+    /// A new TCP connection to `endpoint`, connecting, with the connect timeout armed. `h2`: the
+    /// protocol the connection's owner speaks (`protocol: auto`: the server's ALPN answer may switch it).
+    func connect(_ endpoint: Endpoint, h2: Bool? = nil) -> TCPConnection? {
         guard mayConnect() else { return nil }
         let c = TCPConnection(loop: worker.loop)
         c.tag = Int(truncatingIfNeeded: monotonicMicros() << 1)   // the connect's start (connectSettled)
@@ -332,6 +339,10 @@ final class Cluster {
         if let tls {
             guard let layer = TLSSocket(client: tls) else { c.close(); return nil }
             layer.clusterStats = stats
+            if auto, let h2 {
+                layer.speaksH2 = h2
+                layer.switchesOnALPN = true
+            }
             c.transportSocket = layer
         }
         stats.inc(.upstream_cx_total)

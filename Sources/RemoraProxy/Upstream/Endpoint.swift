@@ -50,6 +50,10 @@ final class Endpoint: BalancedEndpoint {
     var idle: [H1Upstream] = []
     /// HTTP/2 connections (new streams go to the first with room).
     var h2: [H2UpstreamConnection] = []
+    /// `protocol: auto`: what the endpoint's last TLS handshake chose (true: h2, false: HTTP/1.1);
+    /// nil until one finished. Requests to it are sent in that protocol; a new connection whose
+    /// server answers otherwise switches (`Cluster.learned`).
+    var speaksH2: Bool?
 
     /// Attempts under way (started by the cluster's pool, not yet reported to `attemptEnded`),
     /// kept in `words` so the admin can read it. A plain aligned word load and store here, not the C

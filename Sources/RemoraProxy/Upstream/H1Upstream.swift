@@ -142,6 +142,7 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
             fail(.connectFailed)
             return
         }
+        if cluster.auto && cluster.learned(c, endpoint: endpoint) { switchToHTTP2(c); return }
         if answerConnect, let e = exchange {   // an HTTP/2 CONNECT: the tunnel is open
             answerConnect = false
             c.clearDeadline()
@@ -151,6 +152,23 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
         }
         // Pooled while connecting (its exchange went away before a byte left): idle from now.
         if isIdle { c.setDeadline(after: cluster.config.idleTimeout) } else { c.clearDeadline() }
+    }
+
+    /// `protocol: auto`: the server chose h2 for this connection, opened for HTTP/1.1 (nothing of the
+    /// request was sent: `TLSSocket.alpnSwitched`). It becomes an HTTP/2 connection of the endpoint,
+    /// and the exchange, if any, starts again there as a stream (`Exchange.upstreamSwitched`).
+    func switchToHTTP2(_ c: TCPConnection) {
+        withExtendedLifetime(self) {
+            let e = exchange
+            exchange = nil
+            parser.delegate = nil
+            cluster.removeIdle(self)
+            c.uncork()
+            let n = H2UpstreamConnection(cluster: cluster, endpoint: endpoint, conn: c)   // takes the delegate
+            endpoint._withUnsafeGuaranteedRef { $0.h2.append(n) }
+            n.ready(c)
+            e?.upstreamSwitched(toHTTP2: true)
+        }
     }
 
     func connectionRead(_ c: TCPConnection, _ data: UnsafeRawBufferPointer) {
@@ -256,6 +274,7 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
         // No body after 204, 304 or a response to HEAD, whatever Content-Length says (RFC 9112 §6.3).
         let noBody = requestIsHEAD || status == 204 || status == 304
         guard let e = exchange else { return true }
+        e.observe.upstreamPeer = conn.peerTag   // the server's identity, for the metrics
         p.withHeaderRefs { h in
             e.upstreamHead(status: status, reason: p.startLine, headers: h,
                            lengthKnown: p.hasContentLength && !p.isChunked, endStream: false)

@@ -362,9 +362,40 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
             failAll(.connectFailed)
             return
         }
+        if cluster.auto && cluster.learned(c, endpoint: endpoint) { switchToHTTP1(c); return }
+        ready(c)
+    }
+
+    /// Connected (and through TLS): what was queued goes out.
+    func ready(_ c: TCPConnection) {
         connected = true
         if all.isEmpty { c.setDeadline(after: cluster.config.idleTimeout) } else { c.clearDeadline() }
         schedule()
+    }
+
+    /// `protocol: auto`: the server chose HTTP/1.1 (or no ALPN) for this connection, opened for h2
+    /// (nothing was sent: `TLSSocket.alpnSwitched`). The connection goes idle into the endpoint's
+    /// HTTP/1.1 pool; each exchange that had a stream here starts again in HTTP/1.1, the first on it
+    /// (`Exchange.upstreamSwitched`). This object lets go of the connection and of its session.
+    func switchToHTTP1(_ c: TCPConnection) {
+        withExtendedLifetime(self) {
+            closing = true
+            cluster.removeHTTP2(self)
+            h2.delegate = nil
+            let streams = all
+            all.removeAll()
+            awaitingSettings.removeAll()
+            let u = H1Upstream(cluster: cluster, endpoint: endpoint, conn: c)   // takes the delegate
+            cluster.release(u)
+            for s in streams {
+                let e = s.exchange
+                s.exchange = nil
+                s.id = -1
+                s.slot = -1
+                e?.upstreamSwitched(toHTTP2: false)
+                s.recycle(pool: pool, into: &cluster.freeStreams)
+            }
+        }
     }
 
     func connectionRead(_ c: TCPConnection, _ data: UnsafeRawBufferPointer) {
@@ -446,6 +477,7 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
             }
             if status >= 100 && status < 200 { st.fields.removeAll(); return }   // interim: not forwarded
             st.headDelivered = true
+            e.observe.upstreamPeer = conn.peerTag   // the server's identity, for the metrics
             touched.append(e)
             if endStream { st.responseEnded = true }
             st.fields.withRefs { refs in
