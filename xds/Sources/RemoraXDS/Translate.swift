@@ -1426,7 +1426,17 @@ public struct Translator: Sendable {
             let s = try http2(h2, at: at + ".http2_protocol_options", listener: false)
             if s != .map([]) { node.append(("http2", s)) }
         }
-        if c.hasTransportSocket { node.append(("tls", try upstreamTLS(c.transportSocket, at: at + ".transport_socket", r))) }
+        if c.hasTransportSocket {
+            let tls = try upstreamTLS(c.transportSocket, at: at + ".transport_socket", r)
+            // Without http2 options Envoy speaks HTTP/1.1 whatever ALPN the server picks; Remora would
+            // take a TLS cluster offering both h2 and http/1.1 for `protocol: auto`, so say http1.
+            if protocolOptions.http2 == nil, case .map(let fields) = tls,
+               case .list(let alpn)? = fields.first(where: { $0.0 == "alpn" })?.1,
+               alpn.contains(.string("h2")) && alpn.contains(.string("http/1.1")) {
+                node.append(("protocol", .string("http1")))
+            }
+            node.append(("tls", tls))
+        }
         node.append(("endpoints", .list(try endpoints(cla, at: at))))
         let lb: String
         switch c.lbPolicy {

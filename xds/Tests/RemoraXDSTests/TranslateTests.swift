@@ -459,6 +459,13 @@ final class TranslateTests: XCTestCase {
               alpn: [ "http/1.1" ]
               min_version: "1.3"
         """), text)
+        XCTAssertFalse(text.contains("protocol: \"http1\""), text)
+        // Offering h2 and http/1.1 without http2 options: Envoy speaks HTTP/1.1 whatever the server picks,
+        // so the cluster says http1 (Remora would otherwise let ALPN pick: protocol auto).
+        var both = Self.upstreamTLS()
+        both.commonTlsContext.alpnProtocols = ["h2", "http/1.1"]
+        c.transportSocket = Self.transportSocket(both)
+        XCTAssertTrue(try config(resources(cluster: c)).text.contains("protocol: \"http1\""))
         // No validation context: Envoy would accept any server certificate; refused.
         var u = Self.upstreamTLS()
         u.commonTlsContext.validationContextType = nil
