@@ -47,6 +47,10 @@ final class Worker {
     var retired: [Cluster] = []
     var mailbox: Mailbox<WorkerMessage>!
     var rng: FastRandom
+    /// Latency histograms are recorded (the listener's and clusters' request times, Istio's series).
+    /// Always true but with `REMORA_PERF_NO_HISTOGRAMS` in the environment: a measuring switch for
+    /// `perf/cg_features.py` (what the histograms cost per request), not a setting.
+    let recordsHistograms: Bool
     /// Scratch space for assembling heads and frames before a write (used synchronously only).
     var scratch = ByteBuffer(capacity: 16 * 1024)
     /// Head and body buffers lent to exchanges (idle connections own none).
@@ -85,6 +89,7 @@ final class Worker {
         var seed: UInt64 = 0
         withUnsafeMutableBytes(of: &seed) { _ = getentropy($0.baseAddress, 8) }
         rng = FastRandom(seed: seed ^ UInt64(id))
+        recordsHistograms = getenv("REMORA_PERF_NO_HISTOGRAMS") == nil
     }
 
     /// Runs the worker on the calling thread until it has drained. `fds` are its bound sockets by

@@ -24,7 +24,7 @@ extension Exchange {
         observe.attempts &+= 1
         observe.endpoint = endpoint
         observe.upstreamMillis = outcome.latency
-        clusterStats?.record(.upstream_rq_time, micros: outcome.latency &* 1000)
+        if worker.recordsHistograms { clusterStats?.record(.upstream_rq_time, micros: outcome.latency &* 1000) }
     }
 
     /// The exchange ends: its duration, a DC flag when the client went away without a complete
@@ -35,6 +35,7 @@ extension Exchange {
         let us = monotonicMicros() &- observe.startMicros
         observe.durationMicros = us
         if !responseDone && observe.flags.isEmpty { observe.flags.insert(.DC) }
+        guard worker.recordsHistograms else { return }
         stats.record(.downstream_rq_time, micros: us)
         let key = RequestSeriesKey(status: observe.status, grpcStatus: responseGRPCStatus, grpc: isGRPC, flags: observe.flags)
         if let cs = clusterStats { cs.recordSeries(key.raw, micros: us) } else { stats.recordSeries(key.raw, micros: us) }
