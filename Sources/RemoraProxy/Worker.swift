@@ -396,6 +396,8 @@ final class ListenerRuntime {
     let filters: [any HTTPFilter]
     /// `filters` is not empty (one load per request, no array access when there are none).
     let hasFilters: Bool
+    /// Some filter has a `responseHeaders` phase (none of today's do: the phase is skipped).
+    let hasResponseFilters: Bool
     /// The listener's request ids and trace propagation (`tracing:`): called directly by the exchange
     /// before the filters (it never answers), not one of `filters`; the router asks it for the
     /// forwarded fields.
@@ -437,6 +439,7 @@ final class ListenerRuntime {
         scheme = tls == nil ? "http" : "https"
         self.tcpCluster = tcpCluster; self.stats = stats; self.backendStats = backendStats; self.filters = filters
         hasFilters = !filters.isEmpty
+        hasResponseFilters = filters.contains { $0.hasResponsePhase }
         self.tracing = tracing
         tracingRef = tracing.map { Unmanaged.passUnretained($0) }
         accessLog = filters.first { $0 is AccessLogFilter } as? AccessLogFilter
