@@ -91,7 +91,7 @@ def measure(scenario: str, requests: int, warmup: int) -> dict:
     funcs = self_cost_per_function(Path(r["dump"]))
     kept = {name: round(c / ok, 1) for name, c in funcs.items() if c / ok >= MIN_KEPT}
     return {"ir_per_req": round(r["ir_per_req"], 1), "requests": ok, "warmup": warmup,
-            "load": cg.get("params", {}).get("h2load", ""), "functions": kept}
+            "load": cg.get("params", {}).get("h2load", ""), "functions": kept, "dump": r["dump"]}
 
 
 def report_growth(name: str, now: dict, base: dict, limit: int = 15) -> None:
@@ -139,7 +139,7 @@ def main() -> int:
             failed.append(name)
             report_growth(name, now, b)
     if a.update:
-        base["scenarios"].update(measured)
+        base["scenarios"].update({n: {k: v for k, v in m.items() if k != "dump"} for n, m in measured.items()})
         BASELINE.write_text(json.dumps(base, indent=1, sort_keys=True) + "\n")
         print(f"baseline written: {BASELINE}")
         return 0

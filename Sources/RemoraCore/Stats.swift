@@ -234,6 +234,10 @@ public enum ClusterStat: Int, StatGroup, Sendable {
     case upstream_cx_connect_rate_limited
     /// Requests cancelled before any byte of them left: the connection went back to the pool.
     case upstream_rq_cancelled_unsent
+    /// Mirrored copies (`mirror:`, counted in the shadow cluster) dropped by design before their
+    /// request was complete: the cluster could not take body bytes at once, the client went away, or
+    /// the cluster's `max_requests` was reached.
+    case upstream_rq_mirror_dropped
     /// Connections closed after carrying no request for the cluster's `idle_timeout`.
     case upstream_cx_idle_timeout
     /// Picks made over every endpoint because fewer than `panic_threshold` % were available.
@@ -286,6 +290,7 @@ public enum ClusterStat: Int, StatGroup, Sendable {
         .upstream_cx_tx_bytes_total: "Bytes sent to upstreams",
         .upstream_cx_connect_rate_limited: "Connects refused by max_connects_per_second",
         .upstream_rq_cancelled_unsent: "Requests cancelled before any byte of them was sent",
+        .upstream_rq_mirror_dropped: "Mirrored copies dropped before their request was complete (the cluster could not take the body at once, the client went away, or max_requests)",
         .ssl_handshake: "TLS handshakes with upstreams completed",
         .ssl_connection_error: "TLS handshakes with upstreams that failed",
         .ssl_fail_verify_error: "Upstream certificates that did not verify (CA or verify_san)",

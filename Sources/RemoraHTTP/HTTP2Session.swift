@@ -72,7 +72,7 @@ public final class HTTP2Session {
     /// Empty DATA frames without END_STREAM in a row (CVE-2019-9518 style floods).
     var emptyFrames = 0
     /// Names of per-request fields (request id, trace context) indexed on this session
-    /// (`namesIndexedOnce`), one bit per name; cleared every 256 header lists that have such fields
+    /// (`nameFlags`), one bit per name; cleared every 256 header lists that have such fields
     /// (`indexedLists`).
     var indexedNames: UInt32 = 0
     var indexedLists: UInt32 = 0
@@ -169,10 +169,12 @@ public final class HTTP2Session {
     /// hop-by-hop fields are dropped (and Host when `dropHost`: `:authority` replaces it) and names
     /// are lowercased into `scratch`. nghttp2 copies names and values (pseudo-header names are
     /// literals: not copied).
+    /// `addedFields`: the list has fields the proxy added (request id, trace context), whose names are
+    /// indexed once per session (`nameFlags`).
     @inline(__always)
     func withNV<R>(_ p0: StaticString?, _ v0: UnsafeRawBufferPointer, _ p1: StaticString?, _ v1: UnsafeRawBufferPointer,
                    _ p2: StaticString?, _ v2: UnsafeRawBufferPointer, _ p3: StaticString?, _ v3: UnsafeRawBufferPointer,
-                   headers h: UnsafeBufferPointer<HeaderRef>, dropHost: Bool, clean: Bool,
+                   headers h: UnsafeBufferPointer<HeaderRef>, dropHost: Bool, clean: Bool, addedFields: Bool = false,
                    _ body: (UnsafePointer<nghttp2_nv>, Int) -> R) -> R {
         let hop = clean ? HopFilter.none : HopFilter(h, keepTETrailers: true)
         if !clean {
@@ -194,14 +196,27 @@ public final class HTTP2Session {
             if let p1 { add(p1.utf8Start, p1.utf8CodeUnitCount, v1, literal) }
             if let p2 { add(p2.utf8Start, p2.utf8CodeUnitCount, v2, literal) }
             if let p3 { add(p3.utf8Start, p3.utf8CodeUnitCount, v3, literal) }
+            if addedFields {
+                indexedLists &+= 1
+                if indexedLists & 255 == 0 { indexedNames = 0 }
+            }
             for i in h.indices {
                 let name = h[i].name
+                if !clean {
+                    if hop.isHopByHop(h, i) { continue }
+                    if dropHost && name.count == 4 && name.equalsLowercase("host") { continue }
+                }
+                // A request id or trace field: its literal name, neither copied nor lowercased by nghttp2.
+                // (Value and name lengths first: other fields pay two compares.)
+                if h[i].value.count >= 16 && (UInt(bitPattern: name.count &- 11) < 2 || name.count == 17 || name.count == 2),
+                   let literal = HTTP2Session.perRequestName(h[i]) {
+                    add(literal.utf8Start, literal.utf8CodeUnitCount, h[i].value, nameFlags(literal, addedFields))
+                    continue
+                }
                 if clean {
                     add(name.baseAddress!, name.count, h[i].value, HTTP2Session.indexFlag(h[i]))
                     continue
                 }
-                if hop.isHopByHop(h, i) { continue }
-                if dropHost && name.count == 4 && name.equalsLowercase("host") { continue }
                 let start = scratch.count
                 scratch.append(name)
                 let b = (scratch.base! + start).assumingMemoryBound(to: UInt8.self)
@@ -215,37 +230,62 @@ public final class HTTP2Session {
     /// A request id or a trace context (traceparent, B3 ids) is new on every request: its value is kept
     /// out of the HPACK dynamic table (NO_INDEX), where it would only push useful entries out and cost a
     /// table search and an insert per request (+26 % instructions per request on h2c with tracing on).
-    /// Lengths first: other fields pay two compares.
+    /// The known names are `perRequestName`'s; this is the rest: another `x-b3-…` field with a long
+    /// value (a client's) stays out of the table too. Lengths first: other fields pay two compares.
     @inline(__always) static func indexFlag(_ f: HeaderRef) -> UInt32 {
-        let n = f.name.count, v = f.value.count
-        if (n == 11 && v == 55 && f.name.equalsLowercase("traceparent"))
-            || (n == 12 && v >= 16 && f.name.equalsLowercase("x-request-id"))
-            || (v >= 16 && ((n == 2 && f.name.equalsLowercase("b3"))
-                            || (n >= 11 && n <= 17 && f.name[0] | 0x20 == 0x78 && f.name[1] == 0x2D && f.name[2] | 0x20 == 0x62 && f.name[3] == 0x33))) {
+        let n = f.name.count
+        if n >= 11 && n <= 17 && f.value.count >= 16
+            && f.name[0] | 0x20 == 0x78 && f.name[1] == 0x2D && f.name[2] | 0x20 == 0x62 && f.name[3] == 0x33 {
             return NGHTTP2_NV_FLAG_NO_INDEX.rawValue
         }
         return NGHTTP2_NV_FLAG_NONE.rawValue
     }
 
-    /// For the fields `indexFlag` keeps out of the table (in `nv`, the list of a request that has
-    /// such fields: `submitRequest`'s `addedFields`): a *name* is worth a table entry, since a NO_INDEX
-    /// field whose name is in the table refers to it by index instead of Huffman-coding the name again
-    /// (~500 instructions per request for traceparent and x-request-id). So the first such field of
-    /// each name on a session is indexed (a bit per name in `indexedNames`: its length, + 16 for B3's
-    /// `x-b3-*`), and again every 256 such lists, in case later fields pushed the entry out.
-    @inline(never) func namesIndexedOnce(_ nv: UnsafePointer<nghttp2_nv>, _ count: Int) {
-        let nv = UnsafeMutablePointer(mutating: nv)   // withNV's own temporary list
-        let noIndex = UInt8(NGHTTP2_NV_FLAG_NO_INDEX.rawValue)
-        indexedLists &+= 1
-        if indexedLists & 255 == 0 { indexedNames = 0 }
-        for i in 0..<count where nv[i].flags & noIndex != 0 {
-            let n = nv[i].namelen
-            let bit: UInt32 = 1 << UInt32((n + (n > 3 && nv[i].name[2] | 0x20 == 0x62 ? 16 : 0)) & 31)
-            if indexedNames & bit == 0 {
-                indexedNames |= bit
-                nv[i].flags &= ~noIndex
-            }
+    /// The name of a per-request field (request id, traceparent, B3 ids, with a value of 16 bytes or
+    /// more; traceparent exactly 55) whose value stays out of the table, as a literal (nil for other
+    /// fields): nghttp2 takes a literal name as it is (NO_COPY_NAME: it lives as long as the process),
+    /// instead of copying and lowercasing it on every request. Lengths first: other fields pay a switch.
+    @inline(__always) static func perRequestName(_ f: HeaderRef) -> StaticString? {
+        let v = f.value.count
+        guard v >= 16, let p = f.name.baseAddress else { return nil }
+        switch f.name.count {
+        case 11:
+            if v == 55 && same(p, 11, "traceparent") { return "traceparent" }
+            return same(p, 11, "x-b3-spanid") ? "x-b3-spanid" : nil
+        case 12:
+            if same(p, 12, "x-request-id") { return "x-request-id" }
+            return same(p, 12, "x-b3-traceid") ? "x-b3-traceid" : nil
+        case 17: return same(p, 17, "x-b3-parentspanid") ? "x-b3-parentspanid" : nil
+        case 2: return f.name.equalsLowercase("b3") ? "b3" : nil
+        default: return nil
         }
+    }
+
+    /// The `n` bytes (8 ... 24) at `p` equal literal `s` (lowercase letters, digits and '-') in any
+    /// case: as `equalsLowercase`, by 8-byte words (the last one overlapping) instead of bytes.
+    @inline(__always) static func same(_ p: UnsafeRawPointer, _ n: Int, _ s: StaticString) -> Bool {
+        let q = UnsafeRawPointer(s.utf8Start), m: UInt64 = 0x2020_2020_2020_2020
+        @inline(__always) func w(_ at: Int) -> Bool {
+            p.loadUnaligned(fromByteOffset: at, as: UInt64.self) | m == q.loadUnaligned(fromByteOffset: at, as: UInt64.self)
+        }
+        return w(0) && (n <= 16 || w(8)) && w(n &- 8)
+    }
+
+    /// The flags of per-request field `name` (a `perRequestName` literal): its value out of the table
+    /// (NO_INDEX), its name a literal. A *name* is worth a table entry, though, since a NO_INDEX field
+    /// whose name is in the table refers to it by index instead of Huffman-coding the name again
+    /// (~500 instructions per request for traceparent and x-request-id): in a list with the proxy's own
+    /// fields (`added`), the first field of each such name on a session is indexed (a bit per name in
+    /// `indexedNames`: its length, + 16 for B3's `x-b3-…`), and again every 256 such lists
+    /// (`indexedLists`), in case later fields pushed the entry out.
+    @inline(__always) func nameFlags(_ name: StaticString, _ added: Bool) -> UInt32 {
+        let noIndex = NGHTTP2_NV_FLAG_NO_INDEX.rawValue | NGHTTP2_NV_FLAG_NO_COPY_NAME.rawValue
+        guard added else { return noIndex }
+        let n = name.utf8CodeUnitCount
+        let bit: UInt32 = 1 << UInt32((n + (n > 3 && name.utf8Start[2] == 0x62 ? 16 : 0)) & 31)
+        if indexedNames & bit != 0 { return noIndex }
+        indexedNames |= bit
+        return NGHTTP2_NV_FLAG_NO_COPY_NAME.rawValue
     }
 
     static var none: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: nil, count: 0) }
@@ -272,14 +312,13 @@ public final class HTTP2Session {
     /// Client: sends a request head; returns the stream id (< 0 on failure). `hasBody` attaches the
     /// body source. Unless `clean` (lowercase names, no hop-by-hop fields, no Host: the caller
     /// filtered them), names are lowercased and those fields dropped here (`authority` becomes
-    /// `:authority`). `addedFields`: the proxy added a request id or trace context (`namesIndexedOnce`).
+    /// `:authority`). `addedFields`: the proxy added a request id or trace context (`nameFlags`).
     public func submitRequest(method: UnsafeRawBufferPointer, scheme: StaticString, authority: UnsafeRawBufferPointer,
                               path: UnsafeRawBufferPointer, headers: UnsafeBufferPointer<HeaderRef>, clean: Bool,
                               hasBody: Bool, streamData: UnsafeMutableRawPointer?, addedFields: Bool = false) -> Int32 {
         let sch = UnsafeRawBufferPointer(start: scheme.utf8Start, count: scheme.utf8CodeUnitCount)
         return withNV(":method", method, ":scheme", sch, ":authority", authority, ":path", path,
-                      headers: headers, dropHost: true, clean: clean) { nv, n in
-            if addedFields { namesIndexedOnce(nv, n) }
+                      headers: headers, dropHost: true, clean: clean, addedFields: addedFields) { nv, n in
             if hasBody {
                 var prd = nghttp2_data_provider(source: nghttp2_data_source(ptr: nil), read_callback: h2ReadCallback)
                 return nghttp2_submit_request(session, nil, nv, n, &prd, streamData)

@@ -47,6 +47,10 @@ final class Worker {
     var retired: [Cluster] = []
     var mailbox: Mailbox<WorkerMessage>!
     var rng: FastRandom
+    /// Latency histograms are recorded (the listener's and clusters' request times, Istio's series).
+    /// Always true but with `REMORA_PERF_NO_HISTOGRAMS` in the environment: a measuring switch for
+    /// `perf/cg_features.py` (what the histograms cost per request), not a setting.
+    let recordsHistograms: Bool
     /// Scratch space for assembling heads and frames before a write (used synchronously only).
     var scratch = ByteBuffer(capacity: 16 * 1024)
     /// Head and body buffers lent to exchanges (idle connections own none).
@@ -88,6 +92,7 @@ final class Worker {
         var seed: UInt64 = 0
         withUnsafeMutableBytes(of: &seed) { _ = getentropy($0.baseAddress, 8) }
         rng = FastRandom(seed: seed ^ UInt64(id))
+        recordsHistograms = getenv("REMORA_PERF_NO_HISTOGRAMS") == nil
     }
 
     /// Runs the worker on the calling thread until it has drained. `fds` are its bound sockets by
@@ -408,6 +413,8 @@ final class ListenerRuntime {
     let filters: [any HTTPFilter]
     /// `filters` is not empty (one load per request, no array access when there are none).
     let hasFilters: Bool
+    /// Some filter has a `responseHeaders` phase (none of today's do: the phase is skipped).
+    let hasResponseFilters: Bool
     /// The listener's request ids and trace propagation (`tracing:`): called directly by the exchange
     /// before the filters (it never answers), not one of `filters`; the router asks it for the
     /// forwarded fields.
@@ -449,6 +456,7 @@ final class ListenerRuntime {
         scheme = tls == nil ? "http" : "https"
         self.tcpCluster = tcpCluster; self.stats = stats; self.backendStats = backendStats; self.filters = filters
         hasFilters = !filters.isEmpty
+        hasResponseFilters = filters.contains { $0.hasResponsePhase }
         self.tracing = tracing
         tracingRef = tracing.map { Unmanaged.passUnretained($0) }
         accessLog = filters.first { $0 is AccessLogFilter } as? AccessLogFilter

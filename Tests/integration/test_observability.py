@@ -932,3 +932,36 @@ def test_otlp_collector_down_requests_unaffected_drops_counted(start_remora, htt
     remora.wait_stat(f"{name}.spans_dropped", lambda v: v >= 512, timeout=5, what="a batch dropped")
     assert remora.stat(f"{name}.spans_exported") == 0 and remora.stat(f"{name}.export_failures") >= 1
     assert remora.stat("listener.web.downstream_rq_2xx") == 600
+
+
+def test_mirrored_copies_export_no_span_and_count_in_no_istio_series(start_remora, http_backend):
+    """A mirrored copy is not a client request: no span of its own, no Istio series. An exchange is
+    recycled from request to request, and a copy made on one that had served a sampled request must
+    not export that request's span again (the collector got duplicates of earlier span ids) nor count
+    in the shadow cluster's series."""
+    main, shadow = http_backend(), http_backend()
+    collector = Collector()
+    try:
+        cfg = make_config([http_listener("web", routes=[{"name": "m", "match": {"path": {"prefix": "/"}},
+                                                          "backends": [{"cluster": "app"}],
+                                                          "mirror": {"cluster": "shadow"}}],
+                                         tracing={"sample_percent": 100,
+                                                  "otlp": {"endpoint": f"http://127.0.0.1:{collector.port}"}})],
+                          [cluster("app", [main.endpoint]), cluster("shadow", [shadow.endpoint])], workers=1)
+        remora = start_remora(cfg)
+        n = 40
+        with Client(remora.port("web")) as c:
+            for i in range(n):
+                assert c.request("GET", f"/status/200?i={i}").status == 200
+        poll(lambda: len(shadow.requests) >= n, timeout=5, what=f"{n} copies at the shadow")
+        poll(lambda: len(collector.spans()) >= n, timeout=8, what=f"{n} spans")
+        time.sleep(5.5)   # the exporter's next batch (every 5 s): nothing more may come
+        spans = collector.spans()
+        ids = [s.span_id.hex() for s in spans]
+        assert len(spans) == n and len(set(ids)) == n, f"{len(spans)} spans for {n} requests, {len(set(ids))} distinct"
+        fams = scrape(remora)
+        assert total(fams, "istio_requests", "istio_requests_total", destination_service="app") == n
+        assert total(fams, "istio_requests", "istio_requests_total", destination_service="shadow") == 0
+        assert total(fams, "istio_requests", "istio_requests_total") == n
+    finally:
+        collector.close()

@@ -51,7 +51,7 @@ extension Exchange {
 
     /// The client went away or reset the stream: cancel upstream, drop everything.
     func downstreamAborted() {
-        if let sh = shadow, !sh.requestDone { shadow = nil; sh.primary = nil; sh.finish(clean: false) }
+        if let sh = shadow, !sh.requestDone { dropShadow(sh) }
         guard active else { return }
         stats.inc(.downstream_rq_rx_reset)
         finish(clean: false)

@@ -134,7 +134,7 @@ extension Exchange {
                 }
                 let h = UnsafeBufferPointer(rebasing: buf[0..<m])
                 withMutated(h, responseMutations) { h in
-                    if runsFilters { runResponseFilters(status: status, headers: h) }
+                    if runsFilters && listener.hasResponseFilters { runResponseFilters(status: status, headers: h) }
                     d.respondHead(status: status, reason: reason, headers: h, lengthKnown: false, endStream: endStream)
                 }
             }

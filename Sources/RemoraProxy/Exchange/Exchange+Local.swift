@@ -72,7 +72,7 @@ extension Exchange {
         responseNamesLowercase = responseMutations.isEmpty
         fields.withUnsafeBufferPointer { f in
             withMutated(f, responseMutations) { h in
-                if runsFilters { runResponseFilters(status: status, headers: h) }
+                if runsFilters && listener.hasResponseFilters { runResponseFilters(status: status, headers: h) }
                 d.respondHead(status: status, reason: UnsafeRawBufferPointer(start: nil, count: 0), headers: h,
                               lengthKnown: true, endStream: isHEAD || body.count == 0)
             }
@@ -112,7 +112,7 @@ extension Exchange {
         if !extra.isEmpty { Exchange.appendNumeric(extra, to: &fields, storage: &values) }
         responseNamesLowercase = true
         fields.withUnsafeBufferPointer { f in
-            if runsFilters { runResponseFilters(status: 200, headers: f) }
+            if runsFilters && listener.hasResponseFilters { runResponseFilters(status: 200, headers: f) }
             d.respondHead(status: 200, reason: UnsafeRawBufferPointer(start: nil, count: 0), headers: f,
                           lengthKnown: false, endStream: true)
         }

@@ -65,7 +65,7 @@ extension Exchange {
             respondGRPCWebHead(d, status: status, reason: reason, headers: headers, endStream: endStream)
         } else {
             withMutated(headers, responseMutations) { h in
-                if runsFilters { runResponseFilters(status: status, headers: h) }
+                if runsFilters && listener.hasResponseFilters { runResponseFilters(status: status, headers: h) }
                 d.respondHead(status: status, reason: reason, headers: h, lengthKnown: lengthKnown, endStream: endStream)
             }
         }

@@ -238,7 +238,10 @@ extension Exchange {
     /// to wait, so it never slows this request.
     func startShadow(cluster cl: Cluster, _ l: ListenerRuntime, _ r: RequestStart, _ view: RequestView,
                      clientIP: UnsafeRawBufferPointer, extra: AddedFields) {
-        guard cl.admitRequest() else { return }   // no copy over the shadow cluster's max_requests
+        guard cl.admitRequest() else {   // no copy over the shadow cluster's max_requests
+            cl.stats.inc(.upstream_rq_mirror_dropped)
+            return
+        }
         let sh = worker.takeExchange()
         sh.primary = self
         shadow = sh
@@ -254,15 +257,22 @@ extension Exchange {
         sh.arm(.stream)
     }
 
-    /// The shadow copy gets these body bytes only if its upstream can take them now.
+    /// The shadow copy gets these body bytes only if its upstream can take them now; otherwise it is
+    /// dropped, and counted (`upstream_rq_mirror_dropped`) unless it had already ended by itself.
     func feedShadow(_ data: UnsafeRawBufferPointer) {
         guard let sh = shadow else { return }
         if let u = sh.upstream, !u.requestBlocked, sh.active, !sh.responseDone {
             u.sendBody(data)
         } else {
-            shadow = nil
-            sh.primary = nil
-            sh.finish(clean: false)
+            dropShadow(sh)
         }
+    }
+
+    /// Lets the shadow copy go before its request is complete: counted when it was still running.
+    func dropShadow(_ sh: Exchange) {
+        shadow = nil
+        sh.primary = nil
+        if sh.active, !sh.responseDone { sh.cluster?.stats.inc(.upstream_rq_mirror_dropped) }
+        sh.finish(clean: false)
     }
 }

@@ -192,6 +192,10 @@ final class Exchange: DeadlineTimerDelegate {
         dispatchDelay = 0
         upgrade = .none
         grpcWeb = .off
+        // Not a client request until `observeStart` says so: a shadow or a hedge on a recycled exchange
+        // must not record the metrics or export the span of the request the exchange served before.
+        observe.startMicros = 0
+        observe.hasTrace = false
     }
 
     var inDownstreamRead: Bool { downstream?.isReading ?? false }
@@ -231,7 +235,7 @@ final class Exchange: DeadlineTimerDelegate {
             u.detach(clean: clean)
         }
         observeFinish()
-        if observe.hasTrace, let t = listener.tracing, t.spans != nil { t.end(self) }
+        if observe.hasTrace, let u = listener.tracingRef { u._withUnsafeGuaranteedRef { if $0.spans != nil { $0.end(self) } } }
         if runsFilters { for f in listener.filters { f.log(self) } }
         stats.dec(.downstream_rq_active)
         if clusterActive { clusterStats?.dec(.upstream_rq_active); cluster?.releaseRequest(); clusterActive = false }

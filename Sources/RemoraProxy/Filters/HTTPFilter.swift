@@ -83,10 +83,14 @@ protocol HTTPFilter: AnyObject {
     func responseHeaders(_ exchange: Exchange, status: Int, headers: UnsafeBufferPointer<HeaderRef>)
     /// The exchange is over (whatever its outcome).
     func log(_ exchange: Exchange)
+    /// The filter implements `responseHeaders` (the exchange skips that phase on a listener where no
+    /// filter does: a loop and a call per response for nothing).
+    var hasResponsePhase: Bool { get }
 }
 
 extension HTTPFilter {
     func requestHeaders(_ exchange: Exchange, _ request: RequestView) -> FilterVerdict { .next }
     func responseHeaders(_ exchange: Exchange, status: Int, headers: UnsafeBufferPointer<HeaderRef>) {}
     func log(_ exchange: Exchange) {}
+    var hasResponsePhase: Bool { false }
 }
