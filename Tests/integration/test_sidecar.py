@@ -157,6 +157,15 @@ def stats(ns: str) -> dict[str, int]:
     return out
 
 
+def sidecar_in(pod: str, config: dict, tmp_path: Path, name: str = "sidecar") -> Remora:
+    """Remora started on `config` inside the namespace `pod` (a wrapper that execs it there keeps the
+    pid, so the harness's stop() reaches it)."""
+    wrapper = tmp_path / "remora-in-pod"
+    wrapper.write_text(f"#!/bin/sh\nexec ip netns exec {pod} {remora_bin()} \"$@\"\n")
+    wrapper.chmod(0o755)
+    return Remora(wrapper, to_yaml(config), tmp_path, name=name)
+
+
 @pytest.mark.timeout(120)
 def test_outbound_http_is_routed_tcp_passes_through_inbound_reaches_the_app(pods, tmp_path):
     pod, peer, procs = pods
@@ -172,11 +181,7 @@ def test_outbound_http_is_routed_tcp_passes_through_inbound_reaches_the_app(pods
     }
     cfg = tmp_path / "sidecar.yaml"
     cfg.write_text(to_yaml(config))
-    # The wrapper runs remora inside the pod (exec keeps the pid, so the harness's stop() reaches it).
-    wrapper = tmp_path / "remora-in-pod"
-    wrapper.write_text(f"#!/bin/sh\nexec ip netns exec {pod} {remora_bin()} \"$@\"\n")
-    wrapper.chmod(0o755)
-    remora = Remora(wrapper, to_yaml(config), tmp_path, name="sidecar")
+    remora = sidecar_in(pod, config, tmp_path, name="sidecar")
     try:
         remora.wait_ready()
         assert {"sidecar_outbound", "sidecar_inbound", "sidecar_outbound_ipv6", "sidecar_inbound_ipv6"} <= set(remora.listeners)
@@ -431,10 +436,7 @@ def test_inbound_http_port_goes_through_an_http_listener(pods, tmp_path):
         "drain_timeout": "1s",
         "sidecar": {"sniff_timeout": "1s", "inbound": [{"port": 8081}]},
     }
-    wrapper = tmp_path / "remora-in-pod"
-    wrapper.write_text(f"#!/bin/sh\nexec ip netns exec {pod} {remora_bin()} \"$@\"\n")
-    wrapper.chmod(0o755)
-    remora = Remora(wrapper, to_yaml(config), tmp_path, name="sidecar-inbound")
+    remora = sidecar_in(pod, config, tmp_path, name="sidecar-inbound")
     try:
         remora.wait_ready()
         assert "inbound_8081" not in remora.listeners   # internal
@@ -486,10 +488,7 @@ def test_outbound_keeps_accepting_while_the_sidecar_drains(pods, tmp_path):
     }
     cfg = tmp_path / "sidecar.yaml"
     cfg.write_text(to_yaml(config))
-    wrapper = tmp_path / "remora-in-pod"
-    wrapper.write_text(f"#!/bin/sh\nexec ip netns exec {pod} {remora_bin()} \"$@\"\n")
-    wrapper.chmod(0o755)
-    remora = Remora(wrapper, to_yaml(config), tmp_path, name="sidecar")
+    remora = sidecar_in(pod, config, tmp_path, name="sidecar")
     try:
         remora.wait_ready()
         wait_port(peer, PEER_IP, 8081)
