@@ -25,13 +25,8 @@ public struct SecretFile: Equatable, Sendable {
 extension Translator {
     /// A cluster's `transport_socket` (UpstreamTlsContext) → `clusters[].tls`.
     func upstreamTLS(_ ts: TransportSocket, at: String, _ r: XDSResources) throws(XDSError) -> YAMLNode {
-        let any = try tlsContextAny(ts, at: at)
+        let u = try tlsContext(ts, at: at, as: UpstreamTLS.self)
         let tat = at + ".typed_config"
-        guard any.typeURL.hasSuffix("/" + UpstreamTLS.protoMessageName) else {
-            throw XDSError("\(tat): \(any.typeURL) is not supported (envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext is)")
-        }
-        let u: UpstreamTLS
-        do { u = try UpstreamTLS(unpackingAny: any) } catch { throw XDSError("\(tat): does not decode: \(error)") }
         var rest = u
         rest.clearCommonTlsContext(); rest.sni = ""
         try refuseLeftovers(rest, at: tat)
@@ -69,13 +64,8 @@ extension Translator {
     /// filter is an HTTP connection manager (ALPN and x-forwarded-client-cert apply); `forwardClientCert`:
     /// its `forward_client_cert_details` is SANITIZE_SET (with uri and dns: hcm() checked), else SANITIZE.
     func downstreamTLS(_ ts: TransportSocket, at: String, http: Bool, forwardClientCert: Bool, _ r: XDSResources) throws(XDSError) -> YAMLNode {
-        let any = try tlsContextAny(ts, at: at)
+        let d = try tlsContext(ts, at: at, as: DownstreamTLS.self)
         let tat = at + ".typed_config"
-        guard any.typeURL.hasSuffix("/" + DownstreamTLS.protoMessageName) else {
-            throw XDSError("\(tat): \(any.typeURL) is not supported (envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext is)")
-        }
-        let d: DownstreamTLS
-        do { d = try DownstreamTLS(unpackingAny: any) } catch { throw XDSError("\(tat): does not decode: \(error)") }
         var rest = d
         rest.clearCommonTlsContext(); rest.clearRequireClientCertificate()
         try refuseLeftovers(rest, at: tat)
@@ -275,14 +265,20 @@ extension Translator {
 
     // MARK: parts
 
-    func tlsContextAny(_ ts: TransportSocket, at: String) throws(XDSError) -> Google_Protobuf_Any {
+    /// The TLS context a `transport_socket` carries in its typed_config, as `M` (the upstream or the
+    /// downstream context); any other type, or one that does not decode, is NACKed.
+    func tlsContext<M: SwiftProtobuf.Message>(_ ts: TransportSocket, at: String, as: M.Type) throws(XDSError) -> M {
         var rest = ts
         rest.name = ""; rest.configType = nil
         try refuseLeftovers(rest, at: at)
         guard case .typedConfig(let any)? = ts.configType else {
             throw XDSError("\(at) (\(ts.name)): typed_config is required (the TLS transport socket, envoy.transport_sockets.tls)")
         }
-        return any
+        let tat = at + ".typed_config"
+        guard any.typeURL.hasSuffix("/" + M.protoMessageName) else {
+            throw XDSError("\(tat): \(any.typeURL) is not supported (\(M.protoMessageName) is)")
+        }
+        do { return try M(unpackingAny: any) } catch { throw XDSError("\(tat): does not decode: \(error)") }
     }
 
     /// Everything of a CommonTlsContext but the fields the callers read (certificates, the validation
