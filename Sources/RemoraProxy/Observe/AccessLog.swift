@@ -41,6 +41,45 @@ struct AccessLogRecord {
     static let size = MemoryLayout<AccessLogRecord>.stride
 }
 
+/// Names as bytes end to end, with an (offset, length) per index: what a record copies, without
+/// an array (and its retain) per look-up.
+struct NameTable {
+    private var bytes = ByteBuffer()
+    private var spans = ByteBuffer()
+    private(set) var count = 0
+
+    mutating func reset(_ names: [String]) {
+        bytes.clear(); spans.clear()
+        count = names.count
+        for n in names {
+            var v = SIMD2<Int32>(Int32(bytes.count), Int32(n.utf8.count))
+            withUnsafeBytes(of: &v) { spans.append($0) }
+            bytes.append(string: n)
+        }
+    }
+
+    /// Appends name `i` (< count) to `buf`; returns its length.
+    @inline(__always) func append(_ i: Int, to buf: inout ByteBuffer) -> Int {
+        let v = spans.base!.loadUnaligned(fromByteOffset: i &* 8, as: SIMD2<Int32>.self)
+        let n = Int(v[1])
+        if n > 0 { buf.append(bytes.base! + Int(v[0]), n) }
+        return n
+    }
+
+    mutating func release() { bytes.release(); spans.release(); count = 0 }
+}
+
+extension SIMD16 where Scalar == Int32 {
+    /// Sets the (offset, length) pair at `i`, `i + 1` with two stores (a SIMD element assignment
+    /// moves the whole vector through the stack).
+    @inline(__always) mutating func set(_ i: Int, _ offset: Int, _ length: Int) {
+        withUnsafeMutableBytes(of: &self) {
+            $0.storeBytes(of: Int32(truncatingIfNeeded: offset), toByteOffset: i &* 4, as: Int32.self)
+            $0.storeBytes(of: Int32(truncatingIfNeeded: length), toByteOffset: i &* 4 &+ 4, as: Int32.self)
+        }
+    }
+}
+
 /// A listener's access log, as an HTTP filter (`log` phase): at `requestHeaders` it copies the
 /// request fields its line needs into a pooled buffer of the exchange; when the exchange is over
 /// it appends one record (numbers and those bytes) to the worker's ring of the log's file. The
@@ -54,22 +93,25 @@ final class AccessLogFilter: HTTPFilter {
     /// The listener's stats (`access_log_dropped`).
     let stats: StatBlock<ListenerStat>
     /// Route names by index of the listener's table, as bytes.
-    let routeNames: [[UInt8]]
+    var routeNames = NameTable()
     /// The record being built (reused).
     var record = ByteBuffer(capacity: 1024)
-    /// Names of the last cluster seen: its own and its endpoints' (SocketAddress.description formats
-    /// with printf: done once per cluster runtime, not per request).
+    /// Names of the last cluster seen: its own, then its endpoints' (SocketAddress.description
+    /// formats with printf: done once per cluster runtime, not per request).
     unowned(unsafe) var namesOf: Cluster?
-    var clusterName: [UInt8] = []
-    var hostNames: [[UInt8]] = []
+    var clusterNames = NameTable()
 
     init(ring: UnsafeMutablePointer<remora_log_ring>, writer: AccessLogWriter, format: UInt16,
          stats: StatBlock<ListenerStat>, routes: RouteTable) {
         sink = ring; self.writer = writer; self.format = format; self.stats = stats
-        routeNames = routes.info.map { Array($0.name.utf8) }
+        routeNames.reset(routes.info.map(\.name))
     }
 
-    deinit { record.release() }
+    deinit {
+        record.release()
+        routeNames.release()
+        clusterNames.release()
+    }
 
     func requestHeaders(_ e: Exchange, _ r: RequestView) -> FilterVerdict {
         // The record is built in a pooled buffer of the exchange: room for its head, then the
@@ -80,7 +122,7 @@ final class AccessLogFilter: HTTPFilter {
         head.count = base
         var spans = AccessLogFilter.capture(r, into: &head, base: base)
         if e.observe.hasTrace && e.observe.generatedID {   // the id the tracing filter generated
-            spans[10] = Int32(head.count - base); spans[11] = 36
+            spans.set(10, head.count - base, 36)
             head.reserve(head.count + 36)
             writeUUID(e.observe.requestID.0, e.observe.requestID.1,
                       into: UnsafeMutableRawBufferPointer(start: head.base! + head.count, count: 36))
@@ -131,8 +173,8 @@ final class AccessLogFilter: HTTPFilter {
         if let c = e.cluster ?? e.observe.refusedBy { appendCluster(&r, c, endpoint: e.observe.endpoint, to: &e.observe.logHead) }
         let route = e.observe.route
         if route >= 0 && route < routeNames.count {
-            r.routeSpan = SIMD2(Int32(e.observe.logHead.count - AccessLogRecord.size), Int32(routeNames[route].count))
-            routeNames[route].withUnsafeBytes { e.observe.logHead.append($0) }
+            let at = e.observe.logHead.count - AccessLogRecord.size
+            r.routeSpan = SIMD2(Int32(at), Int32(routeNames.append(route, to: &e.observe.logHead)))
         }
         push(&r, &e.observe.logHead)
         e.pool.give(&e.observe.logHead)
@@ -144,9 +186,9 @@ final class AccessLogFilter: HTTPFilter {
     @inline(__always)
     static func capture(_ r: RequestView, into head: inout ByteBuffer, base: Int) -> SIMD16<Int32> {
         var spans = SIMD16<Int32>(repeating: -1)
-        spans[0] = Int32(head.count - base); spans[1] = Int32(r.method.count); head.append(r.method)
-        spans[2] = Int32(head.count - base); spans[3] = Int32(r.target.count); head.append(r.target)
-        spans[4] = Int32(head.count - base); spans[5] = Int32(r.authority.count); head.append(r.authority)
+        spans.set(0, head.count - base, r.method.count); head.append(r.method)
+        spans.set(2, head.count - base, r.target.count); head.append(r.target)
+        spans.set(4, head.count - base, r.authority.count); head.append(r.authority)
         for h in r.headers {
             let slot: Int
             switch h.name.count {
@@ -156,7 +198,7 @@ final class AccessLogFilter: HTTPFilter {
             default: continue
             }
             if spans[slot] >= 0 { continue }   // the first one
-            spans[slot] = Int32(head.count - base); spans[slot + 1] = Int32(h.value.count); head.append(h.value)
+            spans.set(slot, head.count - base, h.value.count); head.append(h.value)
         }
         return spans
     }
@@ -185,15 +227,14 @@ final class AccessLogFilter: HTTPFilter {
     @inline(__always) func appendCluster(_ r: inout AccessLogRecord, _ c: Cluster, endpoint: Int, to buf: inout ByteBuffer) {
         if namesOf !== c {
             namesOf = c
-            clusterName = Array(c.config.name.utf8)
-            hostNames = c.endpoints.map { Array($0.address.description.utf8) }
+            clusterNames.reset([c.config.name] + c.endpoints.map(\.address.description))
         }
         let base = AccessLogRecord.size
-        r.spans[14] = Int32(buf.count - base); r.spans[15] = Int32(clusterName.count)
-        clusterName.withUnsafeBytes { buf.append($0) }
-        if endpoint >= 0 && endpoint < hostNames.count {
-            r.spans[12] = Int32(buf.count - base); r.spans[13] = Int32(hostNames[endpoint].count)
-            hostNames[endpoint].withUnsafeBytes { buf.append($0) }
+        let at = buf.count - base
+        r.spans.set(14, at, clusterNames.append(0, to: &buf))
+        if endpoint >= 0 && endpoint &+ 1 < clusterNames.count {
+            let at = buf.count - base
+            r.spans.set(12, at, clusterNames.append(endpoint &+ 1, to: &buf))
         }
     }
 
