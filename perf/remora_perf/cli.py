@@ -29,6 +29,10 @@ def parse_args(argv):
     ap.add_argument("--latency-rate", type=int, default=int(env.get("LATENCY_RATE", 10000)),
                     help="total req/s of the latency scenario (spread over --latency-clients connections)")
     ap.add_argument("--latency-clients", type=int, default=16, help="h2load -c (latency)")
+    ap.add_argument("--latency-tool", choices=("h2load", "remora-bench"), default="h2load",
+                    help="latency scenario's load generator: h2load --rps (latency from each request's send), or "
+                         "`remora bench -R` (open loop, latency from each request's intended send time: coordinated "
+                         "omission corrected, as wrk2)")
     ap.add_argument("--only", default=",".join(ALL_PROXIES), help="comma-separated proxies")
     ap.add_argument("--scenarios", default=",".join(ALL_SCENARIOS), help="comma-separated, any of: " + ",".join(ALL_SCENARIOS))
     ap.add_argument("--callgrind", action="store_true", help="also measure instructions/request under callgrind (slow)")

@@ -1,4 +1,5 @@
-"""Reading the load generators' output: wrk, h2load (summary and --log-file percentiles)."""
+"""Reading the load generators' output: wrk, h2load (summary and --log-file percentiles), remora bench --json."""
+import json
 import re
 
 
@@ -75,3 +76,24 @@ def latency_percentiles(path):
 
     return {"lat_samples": n, "lat_p50_ms": q(0.50), "lat_p90_ms": q(0.90), "lat_p99_ms": q(0.99),
             "lat_p999_ms": q(0.999), "lat_max_ms": vals[-1] / 1000.0}
+
+
+def remora_bench_latency(path):
+    """Rate, counts and percentiles of a `remora bench --json` run (latency from each request's intended
+    send time, ms)."""
+    try:
+        d = json.loads(open(path).read())
+    except (OSError, ValueError):
+        return {}
+    lat = d.get("latency_ms") or {}
+    pc = lat.get("percentiles") or {}
+    ok = sum(n for code, n in (d.get("status") or {}).items() if code.startswith("2"))
+    out = {"rps": d.get("requests_per_s"), "requests": d.get("responses"), "non2xx": (d.get("responses") or 0) - ok,
+           "socket_errors": d.get("errors_total") or 0, "lat_samples": lat.get("count")}
+    for key, name in (("p50", "lat_p50_ms"), ("p90", "lat_p90_ms"), ("p99", "lat_p99_ms"), ("p99.9", "lat_p999_ms"),
+                      ("p100", "lat_max_ms")):
+        if key in pc:
+            out[name] = pc[key]
+    late = d.get("sends") or {}
+    out["late_sends"] = late.get("late")
+    return out

@@ -1,5 +1,6 @@
 """The report: medians per proxy, the headline (Remora ÷ best peer, Remora ÷ Envoy), one markdown section per
 scenario, the problems and the exact commands (mixin Report of Bench; the chart is plot.py)."""
+import os
 import time
 
 from .common import (ALL_SCENARIOS, BEST_OF, GRPC_PATH, GRPC_REQUEST, GRPC_RESPONSE, LARGE_BYTES, OUT, PEERS, POST_BYTES,
@@ -303,7 +304,7 @@ class Report:
             cols += [("TCP connects / conn (system-wide)", "r", lambda sm, rs: f(sm["tcp_opens_per_req"], "%.2f"))]
         cols += [("proxy process CPU", "r", lambda sm, rs: f(self.pct(sm["proxy_cpu_util"]), "%.0f%%")),
                  ("backend process CPU", "r", lambda sm, rs: f(self.pct(sm["backend_cpu_util"]), "%.0f%%")),
-                 ("%s process CPU" % p["load"].split()[0], "r", lambda sm, rs: f(self.pct(sm["loadgen_cpu_util"]), "%.0f%%")),
+                 ("%s process CPU" % os.path.basename(p["load"].split()[0]), "r", lambda sm, rs: f(self.pct(sm["loadgen_cpu_util"]), "%.0f%%")),
                  ("load core busy", "r", lambda sm, rs: f(self.pct(sm["load_core_busy"]), "%.0f%%")),
                  ("proxy core busy", "r", lambda sm, rs: f(self.pct(sm["proxy_core_busy"]), "%.0f%%")),
                  ("other procs (cores)", "r", lambda sm, rs: f(sm["foreign_cores"], "%.2f")),

@@ -12,7 +12,7 @@ import time
 
 from .common import (GRPC_PATH, GRPC_REQUEST, GRPC_RESPONSE, HOST, LARGE_BYTES, PERF, POST_BYTES, exit_desc, grpc_frame,
                      log, tail)
-from .parsers import latency_percentiles, parse_h2load, parse_wrk
+from .parsers import latency_percentiles, parse_h2load, parse_wrk, remora_bench_latency
 from .sampling import CpuWindow, children_cpu, cpu_seconds, cpu_user_sys, mem_snapshot, tcp_active_opens
 
 
@@ -57,6 +57,12 @@ class HTTPScenarios:
             return ["h2load", "-t1", "-c%d" % a.h2_clients, "-m%d" % a.h2_streams] + bound + [
                     "-d", str(self.grpc_req), "-H", "content-type: application/grpc", "-H", "te: trailers",
                     "http://%s:%d%s" % (HOST, port, GRPC_PATH)], parse_h2load
+        if sc == "latency" and a.latency_tool == "remora-bench":
+            argv = [a.remora_bin, "bench", "-t", "1", "-c", str(a.latency_clients), "-R", str(a.latency_rate),
+                    "-d", "%ds" % seconds, "--no-progress"]
+            if rnd_tag:
+                argv += ["--json", str(self.outdir / ("latency-%s.json" % rnd_tag))]
+            return argv + [url], lambda _: {}
         if sc == "latency":
             argv = ["h2load", "--h1", "-t1", "-c%d" % a.latency_clients, "--rps=%g" % (a.latency_rate / a.latency_clients),
                     "-D", str(seconds)]
@@ -92,6 +98,8 @@ class HTTPScenarios:
     def http_scenario(self, sc):
         a = self.args
         tool, h2, title = self.HTTP[sc]
+        if sc == "latency" and a.latency_tool == "remora-bench":
+            tool, title = a.remora_bin, title + " (remora bench -R: coordinated omission corrected)"
         if not shutil.which(tool):
             self.err("%s: %s not installed; scenario skipped" % (sc, tool))
             return
@@ -281,7 +289,9 @@ class HTTPScenarios:
                 run["tcp_opens_per_req"] = (o1 - o0) / run["requests"]
         if sc == "large" and run.get("rps"):
             run["gbps"] = run["rps"] * LARGE_BYTES * 8 / 1e9
-        if sc == "latency":
+        if sc == "latency" and a.latency_tool == "remora-bench":
+            run.update(remora_bench_latency(self.outdir / ("latency-%s.json" % tag)))
+        elif sc == "latency":
             logf = self.outdir / ("latency-%s.tsv" % tag)
             run.update(latency_percentiles(logf))
             try:
