@@ -260,6 +260,7 @@ class HTTPScenarios:
             if a.warmup > 0 or sc == "large":
                 warm, wparse = self.load_argv(sc, port, max(1, a.warmup))
                 w0 = self.r.run(warm, cpu=a.load_cpu, timeout=a.warmup + 60, note="warm-up")
+                run["warmup_requests"] = wparse(w0.stdout).get("requests")
                 if sc == "large":  # size the measured run (N requests) to take about `dur` seconds at the warm-up rate
                     wr = wparse(w0.stdout).get("rps") or 0
                     count = int(min(max(wr * dur, a.large_connections * 16), 1e6))
