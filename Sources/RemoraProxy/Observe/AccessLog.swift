@@ -291,7 +291,7 @@ struct AccessLogFormatter {
     final class Compiled {
         let ops: [Op]
         let json: Bool
-        /// Every literal of the format, end to end, then 8 bytes of padding (word copies read past).
+        /// Every literal of the format, end to end, then 16 bytes of padding (word copies read past).
         let literals: UnsafeMutableRawPointer
         /// The most a line takes besides its strings: the literals, the widest number, time, flags
         /// and quotes of each field, and the slack word copies write into.
@@ -299,8 +299,8 @@ struct AccessLogFormatter {
 
         init(_ pieces: [(String, AccessLogField?, Bool)], json: Bool) {
             let total = pieces.reduce(0) { $0 + $1.0.utf8.count }
-            let lits = UnsafeMutableRawPointer.allocate(byteCount: total + 8, alignment: 8)
-            lits.initializeMemory(as: UInt8.self, repeating: 0, count: total + 8)
+            let lits = UnsafeMutableRawPointer.allocate(byteCount: total + 16, alignment: 8)
+            lits.initializeMemory(as: UInt8.self, repeating: 0, count: total + 16)
             literals = lits
             var ops: [Op] = [], at = 0
             for (text, field, quoted) in pieces {
@@ -313,7 +313,7 @@ struct AccessLogFormatter {
             self.json = json
             // per field: quotes (2) and the widest fixed value (a number: 20 digits, the time: 24,
             // every flag's letters), or `null`; strings add 6 bytes each of theirs (`\u00XX`);
-            // 8 bytes of slack for the last word copy.
+            // 16 bytes of slack for the last word copies.
             let flags = ResponseFlags(rawValue: .max).letters.utf8.count
             bound = total + 16 + ops.reduce(0) { $0 + 2 + ($1.field == .responseFlags ? flags : 24) }
         }
@@ -361,8 +361,12 @@ struct AccessLogFormatter {
         var p = start
         let json = c.json
         for op in c.ops {
-            Self.copy(to: p, from: c.literals + Int(op.literal), Int(op.literalCount))
-            p += Int(op.literalCount)
+            // two words unconditionally (most literals are shorter), then the rest
+            let lit = c.literals + Int(op.literal), n = Int(op.literalCount)
+            p.storeBytes(of: lit.loadUnaligned(as: UInt64.self), as: UInt64.self)
+            p.storeBytes(of: lit.loadUnaligned(fromByteOffset: 8, as: UInt64.self), toByteOffset: 8, as: UInt64.self)
+            if n > 16 { Self.copy(to: p + 16, from: lit + 16, n &- 16) }
+            p += n
             guard let f = op.field else { continue }
             let quote = json && op.quoted
             if quote { p.storeBytes(of: 0x22, as: UInt8.self); p += 1 }
