@@ -10,6 +10,11 @@ Features (each measured alone against the same binary's plain run):
   tracing     `tracing: { propagate: [w3c], sample_percent: 1 }` on the listener: an x-request-id and a
               new trace generated per request (h2load sends neither), traceparent and x-request-id
               written toward the upstream (REMORA_PERF_TRACING=1)
+  propagation the same listener behind another traced hop: h2load's requests go through a front Remora
+              with tracing on (not measured), so every request reaches the measured proxy with a new
+              x-request-id and traceparent, as in a mesh; off = the same path with the measured
+              proxy's tracing off (it forwards both fields untouched), on = it continues the trace
+              (a new span id in traceparent) (REMORA_PERF_FRONT=1)
   json        `access_log: { format: json }` on the listener (REMORA_PERF_ACCESS_LOG=json); the figure
               counts every thread: the worker's part and the writer thread's (formatting and writing)
               are shown apart
@@ -38,10 +43,13 @@ import cg_guard  # noqa: E402  (measure, demangle)
 
 FEATURES = {
     "tracing": {"REMORA_PERF_TRACING": "1"},
+    "propagation": {"REMORA_PERF_TRACING": "1", "REMORA_PERF_FRONT": "1"},
     "json": {"REMORA_PERF_ACCESS_LOG": "json"},
     "histograms": {"REMORA_PERF_NO_HISTOGRAMS": "1"},   # the *off* run: the plain run has them on
 }
-OUR_ENV = ("REMORA_PERF_TRACING", "REMORA_PERF_ACCESS_LOG", "REMORA_PERF_NO_HISTOGRAMS")
+OUR_ENV = ("REMORA_PERF_TRACING", "REMORA_PERF_ACCESS_LOG", "REMORA_PERF_NO_HISTOGRAMS", "REMORA_PERF_FRONT")
+# Features compared with their own plain run rather than the scenario's (the same load, the feature off).
+OFF = {"propagation": {"REMORA_PERF_FRONT": "1"}}
 # The access log writer thread's own functions (no worker calls them per request: it only posts the
 # writer's semaphore, inlined).
 WRITER = re.compile(r"AccessLogWriter|AccessLogSink|AccessLogFormatter|takeRingRecords")
@@ -118,15 +126,23 @@ def main() -> int:
             return 2
     plain: dict[str, dict] = {}
     runs: dict[tuple[str, str], dict] = {}
+    offs: dict[tuple[str, str], dict] = {}
     for s in scenarios:
-        plain[s] = run(s, {}, a.requests, a.warmup)
-        print(f"{s:5} plain {plain[s]['ir_per_req']:10,.0f} Ir/request", file=sys.stderr, flush=True)
+        if any(f not in OFF for f in features):
+            plain[s] = run(s, {}, a.requests, a.warmup)
+            print(f"{s:5} plain {plain[s]['ir_per_req']:10,.0f} Ir/request", file=sys.stderr, flush=True)
         for f in features:
+            if f in OFF:
+                offs[(s, f)] = run(s, OFF[f], a.requests, a.warmup)
+                print(f"{s:5} {f:10} off {offs[(s, f)]['ir_per_req']:6,.0f} Ir/request", file=sys.stderr, flush=True)
             runs[(s, f)] = run(s, FEATURES[f], a.requests, a.warmup)
             print(f"{s:5} {f:10} {runs[(s, f)]['ir_per_req']:10,.0f} Ir/request", file=sys.stderr, flush=True)
 
+    def base(s: str, f: str) -> dict:
+        return offs.get((s, f)) or plain[s]
+
     every = set()
-    for m in list(plain.values()) + list(runs.values()):
+    for m in list(plain.values()) + list(runs.values()) + list(offs.values()):
         every |= set(m["functions"])
     names = cg_guard.demangle(sorted(every)) if a.functions else {}
 
@@ -140,7 +156,7 @@ def main() -> int:
             if f == "histograms":   # the plain run has them on
                 off.append(runs[(s, f)]["ir_per_req"]); on.append(plain[s]["ir_per_req"])
             else:
-                off.append(plain[s]["ir_per_req"]); on.append(runs[(s, f)]["ir_per_req"])
+                off.append(base(s, f)["ir_per_req"]); on.append(runs[(s, f)]["ir_per_req"])
         print(f"| {f} | off | " + " | ".join(f"{x:,.0f}" for x in off) + " |")
         print(f"| | on | " + " | ".join(f"{x:,.0f}" for x in on) + " |")
         print(f"| | **cost** | " + " | ".join(f"**{y - x:+,.0f} ({(y / x - 1) * 100:+.1f} %)**" for x, y in zip(off, on)) + " |")
@@ -154,7 +170,7 @@ def main() -> int:
     if a.functions:
         for f in features:
             for s in scenarios:
-                lo, hi = (runs[(s, f)], plain[s]) if f == "histograms" else (plain[s], runs[(s, f)])
+                lo, hi = (runs[(s, f)], plain[s]) if f == "histograms" else (base(s, f), runs[(s, f)])
                 print(f"\n{f} on vs off, {s}: own instructions per request of the functions that changed most")
                 for d, k in diff(lo, hi, a.functions):
                     print(f"  {d:+9.1f}  {lo['functions'].get(k, 0.0):9.1f} -> {hi['functions'].get(k, 0.0):9.1f}  "

@@ -26,9 +26,15 @@ public struct TraceContext: Equatable, Sendable {
 
     // MARK: reading
 
-    /// `n` hex digits of `v` from `from` (either case) as a number; nil on any other byte.
+    /// `n` hex digits of `v` from `from` (either case) as a number; nil on any other byte, or when
+    /// `v` is shorter. 16 digits (every id) are read 8 at a time.
     @inline(__always)
     static func hex(_ v: UnsafeRawBufferPointer, _ from: Int, _ n: Int) -> UInt64? {
+        guard from >= 0, from + n <= v.count, let base = v.baseAddress else { return nil }
+        if n == 16 {
+            guard let hi = hex8(base + from), let lo = hex8(base + from + 8) else { return nil }
+            return hi << 32 | lo
+        }
         var x: UInt64 = 0
         for i in from..<(from + n) {
             let c = v[i]
@@ -44,13 +50,37 @@ public struct TraceContext: Equatable, Sendable {
         return x
     }
 
+    /// The 8 hex digits (either case) at `p` as a number; nil on any other byte. All 8 at once: every
+    /// byte below 0x80, then in '0'...'9' or, with bit 5 set, in 'a'...'f' (a byte b < 0x80 plus
+    /// 0x80 - k has its top bit set exactly when b >= k, and no carry leaves the byte); then each
+    /// byte's value (its low nibble, + 9 for a letter) and the nibbles packed in pairs, fours, eights.
+    @inline(__always)
+    static func hex8(_ p: UnsafeRawPointer) -> UInt64? {
+        let x = UInt64(littleEndian: p.loadUnaligned(as: UInt64.self))
+        let ones: UInt64 = 0x0101_0101_0101_0101, tops: UInt64 = 0x8080_8080_8080_8080
+        if x & tops != 0 { return nil }
+        @inline(__always) func atLeast(_ y: UInt64, _ k: UInt64) -> UInt64 { (y &+ (0x80 &- k) &* ones) & tops }
+        let lower = x | 0x2020_2020_2020_2020
+        let digit = atLeast(x, 0x30) & ~atLeast(x, 0x3A)
+        let letter = atLeast(lower, 0x61) & ~atLeast(lower, 0x67)
+        guard digit | letter == tops else { return nil }
+        let n = (x & 0x0F0F_0F0F_0F0F_0F0F) &+ 9 &* ((x >> 6) & ones)
+        let pairs = (n << 4 | n >> 8) & 0x00FF_00FF_00FF_00FF
+        let fours = (pairs << 8 | pairs >> 16) & 0x0000_FFFF_0000_FFFF
+        return (fours << 16 | fours >> 32) & 0xFFFF_FFFF
+    }
+
     /// Parses `traceparent` version 00 (`00-<32 hex>-<16 hex>-<2 hex>`, trace id and parent id not
     /// zero; a later version's longer value is read by its first 55 bytes). nil when it is not one.
     public static func parseTraceparent(_ v: UnsafeRawBufferPointer) -> TraceContext? {
-        guard v.count >= 55, v[0] == 0x30, v[1] == 0x30, v[2] == 0x2D, v[35] == 0x2D, v[52] == 0x2D,
-              v.count == 55 || v[55] == 0x2D else { return nil }
-        guard let hi = hex(v, 3, 16), let lo = hex(v, 19, 16), let parent = hex(v, 36, 16), let flags = hex(v, 53, 2),
-              hi | lo != 0, parent != 0 else { return nil }
+        guard v.count >= 55, let b = v.baseAddress,
+              b.loadUnaligned(as: UInt32.self) & 0xFF_FFFF == 0x2D_3030,   // "00-"
+              b.load(fromByteOffset: 35, as: UInt8.self) == 0x2D, b.load(fromByteOffset: 52, as: UInt8.self) == 0x2D,
+              v.count == 55 || b.load(fromByteOffset: 55, as: UInt8.self) == 0x2D,
+              let h0 = hex8(b + 3), let h1 = hex8(b + 11), let l0 = hex8(b + 19), let l1 = hex8(b + 27),
+              let p0 = hex8(b + 36), let p1 = hex8(b + 44), let flags = hex(v, 53, 2) else { return nil }
+        let hi = h0 << 32 | h1, lo = l0 << 32 | l1, parent = p0 << 32 | p1
+        guard hi | lo != 0, parent != 0 else { return nil }
         return TraceContext(traceHi: hi, traceLo: lo, parent: parent, flags: UInt8(flags))
     }
 

@@ -13,6 +13,34 @@ import Testing
         return String(decoding: b[0..<len], as: UTF8.self)
     }
 
+    /// The 8-digits-at-once reader against a byte-by-byte one: every byte value at every position
+    /// of a valid run, and random runs in both cases.
+    @Test func hexEightAtOnceMatchesByteByByte() {
+        func reference(_ b: [UInt8]) -> UInt64? {
+            var x: UInt64 = 0
+            for c in b {
+                guard let d = "0123456789abcdef".utf8.firstIndex(of: c | (c >= 0x41 && c <= 0x46 ? 0x20 : 0)) else { return nil }
+                x = x << 4 | UInt64("0123456789abcdef".utf8.distance(from: "0123456789abcdef".utf8.startIndex, to: d))
+            }
+            return x
+        }
+        for pos in 0..<8 {
+            for c in 0...255 {
+                var b = Array("09afAF3c".utf8)
+                b[pos] = UInt8(c)
+                #expect(b.withUnsafeBytes { TraceContext.hex8($0.baseAddress!) } == reference(b), "byte \(c) at \(pos)")
+            }
+        }
+        var rng = SystemRandomNumberGenerator()
+        let alphabet = Array("0123456789abcdefABCDEF".utf8)
+        for _ in 0..<2000 {
+            let b = (0..<8).map { _ in alphabet[Int(rng.next() % UInt64(alphabet.count))] }
+            #expect(b.withUnsafeBytes { TraceContext.hex8($0.baseAddress!) } == reference(b))
+        }
+        #expect(bytes("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b") { TraceContext.parseTraceparent($0) } == nil,
+                "54 bytes: short")
+    }
+
     @Test func traceparentRoundTrip() {
         let t = bytes("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01") { TraceContext.parseTraceparent($0) }
         #expect(t?.traceHi == 0x4bf92f3577b34da6 && t?.traceLo == 0xa3ce929d0e0e4736 && t?.parent == 0x00f067aa0ba902b7)

@@ -90,9 +90,10 @@ class Remora(Proxy):
     name = "remora"
     logs = ("stdout.log", "stderr.log")
 
-    def __init__(self, runner, cpu, nofile, binary):
+    def __init__(self, runner, cpu, nofile, binary, front=False):
         super().__init__(runner, cpu, nofile)
         self.binary = binary
+        self.front = front
 
     def argv(self, under_valgrind):
         conf = self.dir / "remora.yaml"
@@ -105,8 +106,9 @@ class Remora(Proxy):
             log_format = os.environ.get("REMORA_PERF_ACCESS_LOG")
             if log_format:
                 lines.append("    access_log: { path: %s, format: %s }" % (self.dir / "access.log", log_format))
-            # REMORA_PERF_TRACING=1: request ids and W3C trace propagation on (cost of tracing).
-            if os.environ.get("REMORA_PERF_TRACING"):
+            # REMORA_PERF_TRACING=1: request ids and W3C trace propagation on (cost of tracing); a front
+            # proxy (REMORA_PERF_FRONT, scenario_callgrind.py) always has them.
+            if os.environ.get("REMORA_PERF_TRACING") or self.front:
                 lines.append("    tracing: { propagate: [ w3c ], sample_percent: 1 }")
             # REMORA_PERF_LISTENER_EXTRA: more keys for the listener, one per line ("path_normalization: false",
             # "authorization: { deny: [ ... ] }"), to measure what a listener feature costs (perf/README.md).

@@ -8,6 +8,7 @@ import shutil
 import time
 
 from .common import GRPC_REQUEST, HOST, grpc_frame, log
+from .proxies import Remora
 
 
 class CallgrindScenario:
@@ -38,12 +39,25 @@ class CallgrindScenario:
                 res["failed"][name] = p.error
                 self.err("callgrind: " + p.error)
                 continue
+            # REMORA_PERF_FRONT=1: the load goes through a Remora in front (tracing on, not measured), so the
+            # measured proxy gets a new x-request-id and traceparent on every request, as a sidecar behind
+            # another traced hop does (perf/cg_features.py's `propagation`).
+            front = None
+            if os.environ.get("REMORA_PERF_FRONT"):
+                front = Remora(self.r, a.proxy_cpu, self.nofile, a.remora_bin, front=True)
+                if not front.start(backend_port=p.http_port, tag="front-", h2=h2):
+                    res["failed"][name] = front.error
+                    p.stop()
+                    continue
+                p.load_port = front.http_port
             try:
                 res["proxies"][name] = self.callgrind_one(p, outfile)
                 r = res["proxies"][name]
                 log("callgrind %-8s %s" % (name, ("%.0f Ir/request" % r["ir_per_req"]) if r.get("ir_per_req") else r.get("error")))
             finally:
                 p.stop()
+                if front:
+                    front.stop()
 
     def cg_load_argv(self, port, n):
         """h2load for the callgrind scenario, n requests: h1 keep-alive, or the h2c / grpc scenario's load."""
@@ -57,12 +71,13 @@ class CallgrindScenario:
         pid = str(p.proc.pid)  # taskset/setpriv exec into valgrind, so this is valgrind's (= the proxy's) pid
         if p.name == "nginx":  # master_process off: one process
             pass
-        self.r.run(self.cg_load_argv(p.http_port, a.cg_warmup), cpu=a.load_cpu, timeout=600, note="warm-up")
+        port = getattr(p, "load_port", None) or p.http_port
+        self.r.run(self.cg_load_argv(port, a.cg_warmup), cpu=a.load_cpu, timeout=600, note="warm-up")
         z = self.r.run(["callgrind_control", "-z", pid], timeout=60, note="zero the counters")
         if z.returncode != 0:
             r["error"] = "callgrind_control -z failed: " + (z.stdout + z.stderr)[:300]
             return r
-        h = self.r.run(self.cg_load_argv(p.http_port, a.cg_requests), cpu=a.load_cpu, timeout=3600)
+        h = self.r.run(self.cg_load_argv(port, a.cg_requests), cpu=a.load_cpu, timeout=3600)
         m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed", h.stdout)
         if not m:
             r["error"] = "cannot parse h2load output: " + (h.stdout + h.stderr)[-300:]

@@ -207,7 +207,7 @@ extension Exchange {
                 var extra = AddedFields.none
                 if observe.hasTrace, let u = l.tracingRef {
                     u._withUnsafeGuaranteedRef { t in
-                        if observe.traceFieldsSeen { headers = t.forwarded(mutated) }
+                        if observe.traceFieldsSeen { headers = t.forwarded(mutated, at: mutations.isEmpty ? observe.onlyTraceField : -1) }
                         extra = t.added(self)
                     }
                 }

@@ -53,6 +53,10 @@ struct Observation {
     /// The client sent trace fields of a format the listener propagates (they are replaced, so the
     /// forwarded fields are a filtered copy; else the client's fields go as they are).
     var traceFieldsSeen = false
+    /// Where the client's traceparent is among its fields when it is the only trace field the
+    /// proxy replaces (-1 otherwise): `TracingFilter.forwarded` copies around it when the route
+    /// changes no fields.
+    var onlyTraceField = -1
     /// With span export (`tracing.otlp`), for a sampled request: method, target and authority
     /// (a pooled buffer, given back when the span is recorded) and where the first two end.
     var spanHead = ByteBuffer()

@@ -79,10 +79,18 @@ final class TracingFilter {
     /// The client's fields as the upstream gets them when it sent trace fields the proxy replaces
     /// (`observe.traceFieldsSeen`; otherwise they go as they are): a copy without them, valid until
     /// the next call.
-    func forwarded(_ headers: UnsafeBufferPointer<HeaderRef>) -> UnsafeBufferPointer<HeaderRef> {
+    /// `at`: where the client's only trace field, a traceparent, is in `headers` (-1: not known):
+    /// the fields around it are copied in two pieces, unexamined.
+    func forwarded(_ headers: UnsafeBufferPointer<HeaderRef>, at: Int) -> UnsafeBufferPointer<HeaderRef> {
         if headers.count > fields.count {
             fields.deallocate()
             fields = .allocate(capacity: headers.count)
+        }
+        if at >= 0 && at < headers.count {
+            let d = fields.baseAddress!, s = headers.baseAddress!
+            d.update(from: s, count: at)
+            (d + at).update(from: s + at + 1, count: headers.count - at - 1)
+            return UnsafeBufferPointer(start: d, count: headers.count - 1)
         }
         var n = 0
         for h in headers where !replaces(h.name) {
@@ -139,39 +147,42 @@ final class TracingFilter {
     /// The request head arrived: its request id and trace context.
     func begin(_ e: Exchange, _ r: RequestView) {
         var hasID = false
-        var seen = false
+        var seen = 0           // trace fields the proxy replaces
+        var traceparentAt = -1
         var parsed: TraceContext?
         var single: TraceContext?
         var decision: Bool?
         var tid: UnsafeRawBufferPointer?, sid: UnsafeRawBufferPointer?
         var smp: UnsafeRawBufferPointer?, dbg: UnsafeRawBufferPointer?
-        for h in r.headers {
+        for (i, h) in r.headers.enumerated() {
             let name = h.name
             switch name.count {
             case 12:
                 if name.equalsLowercase("x-request-id") { hasID = true }
-                else if b3 && name.equalsLowercase("x-b3-traceid") { tid = h.value; seen = true }
-                else if b3 && name.equalsLowercase("x-b3-sampled") { smp = h.value; seen = true }
+                else if b3 && name.equalsLowercase("x-b3-traceid") { tid = h.value; seen &+= 1 }
+                else if b3 && name.equalsLowercase("x-b3-sampled") { smp = h.value; seen &+= 1 }
             case 11:
                 if w3c && name.equalsLowercase("traceparent") {
-                    seen = true
+                    seen &+= 1
+                    traceparentAt = i
                     if parsed == nil { parsed = TraceContext.parseTraceparent(h.value) }
-                } else if b3 && name.equalsLowercase("x-b3-spanid") { sid = h.value; seen = true }
+                } else if b3 && name.equalsLowercase("x-b3-spanid") { sid = h.value; seen &+= 1 }
             case 2 where b3 && name.equalsLowercase("b3"):
-                seen = true
+                seen &+= 1
                 if single == nil { single = TraceContext.parseB3(h.value, decision: &decision) }
             case 10 where b3 && name.equalsLowercase("x-b3-flags"):
-                dbg = h.value; seen = true
+                dbg = h.value; seen &+= 1
             case 17 where b3 && name.equalsLowercase("x-b3-parentspanid"):
-                seen = true
+                seen &+= 1
             default: continue
             }
         }
         e.observe.generatedID = !hasID
-        e.observe.traceFieldsSeen = seen
+        e.observe.traceFieldsSeen = seen > 0
+        e.observe.onlyTraceField = seen == 1 ? traceparentAt : -1
         if !hasID { e.observe.requestID = (worker.rng.next(), worker.rng.next()) }
         // W3C first, then B3's single header, then its multiple headers.
-        if b3 && parsed == nil && seen {
+        if b3 && parsed == nil && seen > 0 {
             parsed = single ?? TraceContext.fromB3(traceID: tid, spanID: sid, sampled: smp, debug: dbg)
             if parsed == nil, let s = smp { decision = TraceContext.b3SampledState(s) }
         }
