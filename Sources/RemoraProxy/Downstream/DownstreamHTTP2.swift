@@ -11,8 +11,18 @@ final class H2ServerStream: DownstreamSide {
     var sourceAddress: IPAddress? { connection?.sourceAddress }
     var id: Int32 = -1
     var exchange: Exchange?
-    /// Request head (pseudo-headers and fields), then request trailers.
-    var fields = HeaderBlock()
+    /// Request head (pseudo-headers and fields), then request trailers. Stored apart from the object
+    /// (`fieldsStorage`) so that the session appends to it directly (`HTTP2Session.collectHeaders`).
+    var fields: HeaderBlock {
+        unsafeAddress { UnsafePointer(fieldsStorage) }
+        unsafeMutableAddress { fieldsStorage }
+    }
+    let fieldsStorage: UnsafeMutablePointer<HeaderBlock> = {
+        let p = UnsafeMutablePointer<HeaderBlock>.allocate(capacity: 1)
+        p.initialize(to: HeaderBlock())
+        return p
+    }()
+    deinit { fieldsStorage.deallocate() }   // (its buffers went back to the pool in `recycle`)
     var started = false
     var requestEnded = false
     /// Response head waiting to be submitted (copied: the exchange's view is gone by then).
@@ -269,9 +279,13 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
         dirty.removeAll(keepingCapacity: true)
         var ok = send()
         while ok && !h2.trailersDue.isEmpty {
-            let due = h2.trailersDue
+            // By index, then emptied in place: a copy of the list would make `removeAll` allocate anew
+            // (`submitTrailers` does not add to it; only `send`'s data source reads do).
+            for i in 0..<h2.trailersDue.count {
+                let id = h2.trailersDue[i]
+                if let s = stream(id) { s.out.trailers.withRefs { h2.submitTrailers(stream: id, $0) } }
+            }
             h2.trailersDue.removeAll(keepingCapacity: true)
-            for id in due { if let s = stream(id) { s.out.trailers.withRefs { h2.submitTrailers(stream: id, $0) } } }
             ok = send()
         }
         if !ok || h2.abused || (!h2.wantsRead && !h2.wantsWrite) { closeConnection() }
@@ -381,11 +395,14 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
     func h2BeginHeaders(_ s: HTTP2Session, stream id: Int32) {
         if let st = stream(id) {   // trailers of an open stream: the request head was copied already
             st.fields.removeAll()
+            s.collectHeaders(stream: id, into: st.fieldsStorage, limit: maxHeaderListSize, underscores: true)
             return
         }
         let st = worker.freeServerStreams.popLast() ?? H2ServerStream()
         st.prepare(self, id)
         addStream(st)
+        // Fields go straight into the stream's block; names with `_` still come to `h2Header` (the policy).
+        s.collectHeaders(stream: id, into: st.fieldsStorage, limit: maxHeaderListSize, underscores: true)
     }
 
     func h2Header(_ s: HTTP2Session, stream: Int32, name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) -> Bool {

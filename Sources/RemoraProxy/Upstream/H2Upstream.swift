@@ -13,8 +13,18 @@ final class H2UpstreamStream: UpstreamStream {
     unowned(unsafe) var connection: H2UpstreamConnection?
     unowned(unsafe) var exchange: Exchange?
     var id: Int32 = -1
-    /// Response head, then trailers, as they arrive.
-    var fields = HeaderBlock()
+    /// Response head, then trailers, as they arrive. Stored apart from the object (`fieldsStorage`)
+    /// so that the session appends to it directly (`HTTP2Session.collectHeaders`).
+    var fields: HeaderBlock {
+        unsafeAddress { UnsafePointer(fieldsStorage) }
+        unsafeMutableAddress { fieldsStorage }
+    }
+    let fieldsStorage: UnsafeMutablePointer<HeaderBlock> = {
+        let p = UnsafeMutablePointer<HeaderBlock>.allocate(capacity: 1)
+        p.initialize(to: HeaderBlock())
+        return p
+    }()
+    deinit { fieldsStorage.deallocate() }   // (its buffers went back to the pool in `recycle`)
     var headDelivered = false
     var responseEnded = false
     var gotBytes = false
@@ -306,9 +316,13 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
         toConsume.removeAll(keepingCapacity: true)
         var ok = send()
         while ok && !h2.trailersDue.isEmpty {
-            let due = h2.trailersDue
+            // By index, then emptied in place: a copy of the list would make `removeAll` allocate anew
+            // (`submitTrailers` does not add to it; only `send`'s data source reads do).
+            for i in 0..<h2.trailersDue.count {
+                let id = h2.trailersDue[i]
+                if let s = stream(id) { s.out.trailers.withRefs { h2.submitTrailers(stream: id, $0) } }
+            }
             h2.trailersDue.removeAll(keepingCapacity: true)
-            for id in due { if let s = stream(id) { s.out.trailers.withRefs { h2.submitTrailers(stream: id, $0) } } }
             ok = send()
         }
         if !ok { failAll(.protocolError) }
@@ -448,6 +462,7 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
         withStream(stream, else: ()) { st in
             st.fields.prepare(pool)
             st.gotBytes = true
+            s.collectHeaders(stream: stream, into: st.fieldsStorage, limit: maxHeaderListSize, underscores: false)
         }
     }
 
