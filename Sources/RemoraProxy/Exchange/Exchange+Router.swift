@@ -179,8 +179,8 @@ extension Exchange {
         }
         let requestTimeout = route.requestTimeout == .max ? l.config.requestTimeout : route.requestTimeout
         if !isGRPC && !r.endStream && requestTimeout > 0 { requestDeadline = timer.now &+ requestTimeout }
-        let backend = table.pick(route: ri, request: view, random: worker.rng.next())
-        let mirrorCluster = table.mirror(route: ri, random: worker.rng.next())
+        let backend = table.pick(route: ri, request: view, random: withWorker { $0.rng.next() })
+        let mirrorCluster = table.mirror(route: ri, random: withWorker { $0.rng.next() })
         let cl = l.clusters[backend.cluster]
         if upgrade != .none && refusesUpgrade(route, cl, r) { return }   // one flag test for other requests
         backendStats = l.backendStats[backend.slot]

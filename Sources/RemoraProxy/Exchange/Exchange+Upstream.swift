@@ -54,7 +54,10 @@ extension Exchange {
     /// HTTP/2 connection with a free stream, or a new connection. Starts an attempt.
     /// `endpoint`: this one rather than the balancer's pick (`upstreamSwitched`).
     func dispatch(fresh: Bool, endpoint: Endpoint.Ref? = nil) {
-        guard let cl = cluster else { return }
+        withCluster(()) { dispatch($0, fresh: fresh, endpoint: endpoint) }
+    }
+
+    func dispatch(_ cl: Cluster, fresh: Bool, endpoint: Endpoint.Ref?) {
         var pinned = endpoint
         if upstreamAuto && pinned == nil && !cl.live.isEmpty {
             // `protocol: auto`: the endpoint first, then the protocol its server chose (or the preferred one).
@@ -164,14 +167,14 @@ extension Exchange {
     /// complete responses alike.
     @inline(__always)
     func endAttempt(_ kind: AttemptOutcome.Kind) {
-        guard let endpoint = attemptEndpoint, let cl = cluster else { return }
+        guard let endpoint = attemptEndpoint, let cl = clusterRef else { return }
         attemptEndpoint = nil
         lastTryEndpoint = endpoint
         tryDeadline = 0
         let outcome = AttemptOutcome(kind: kind, status: attemptStatus, grpcStatus: attemptGRPCStatus,
                                      latency: (attemptHeadAt != 0 ? attemptHeadAt : timer.now) &- attemptStart)
         observeAttempt(endpoint: endpoint._withUnsafeGuaranteedRef { $0.index }, outcome)
-        cl.attemptEnded(endpoint: endpoint, outcome)
+        cl._withUnsafeGuaranteedRef { $0.attemptEnded(endpoint: endpoint, outcome) }
     }
 
     /// The request's method is idempotent: a request lost in the keep-alive close race may be sent

@@ -20,6 +20,12 @@ final class Exchange: DeadlineTimerDelegate {
     enum Deadline { case upstreamHead, stream }
 
     unowned(unsafe) let worker: Worker
+    /// `worker` without a retain and release per use (`withWorker`: an `unowned(unsafe)` reference
+    /// costs both at every use); the worker outlives its exchanges.
+    let workerRef: Unmanaged<Worker>
+    @inline(__always) func withWorker<R>(_ body: (Worker) -> R) -> R { workerRef._withUnsafeGuaranteedRef(body) }
+    /// The worker records latency histograms (fixed for its life).
+    let recordsHistograms: Bool
     /// The worker's buffers (a strong `let`: reached without a retain).
     let pool: BufferPool
     let timer: DeadlineTimer
@@ -28,7 +34,17 @@ final class Exchange: DeadlineTimerDelegate {
     var listener: ListenerRuntime!
     /// The listener's stats (a shadow request counts in the worker's unlisted shadow block).
     var stats: StatBlock<ListenerStat>!
-    unowned(unsafe) var cluster: Cluster? { didSet { clusterStats = cluster?.stats } }
+    /// The chosen cluster (the listener runtime this exchange holds keeps it): not retained, and
+    /// reached on the hot path as a guaranteed reference (`withCluster`).
+    var clusterRef: Unmanaged<Cluster>?
+    var cluster: Cluster? {
+        get { clusterRef?.takeUnretainedValue() }
+        set { clusterRef = newValue.map { Unmanaged.passUnretained($0) }; clusterStats = newValue?.stats }
+    }
+    @inline(__always) func withCluster<R>(_ none: R, _ body: (Cluster) -> R) -> R {
+        guard let c = clusterRef else { return none }
+        return c._withUnsafeGuaranteedRef(body)
+    }
     /// The cluster's counters (a plain value: counting costs no retain of the cluster).
     var clusterStats: StatBlock<ClusterStat>?
     /// The listener's stream idle timeout, ms (copied at start).
@@ -152,6 +168,8 @@ final class Exchange: DeadlineTimerDelegate {
 
     init(worker: Worker) {
         self.worker = worker
+        workerRef = Unmanaged.passUnretained(worker)
+        recordsHistograms = worker.recordsHistograms
         pool = worker.pool
         timer = DeadlineTimer(loop: worker.loop)
         timer.delegate = self
@@ -238,7 +256,7 @@ final class Exchange: DeadlineTimerDelegate {
         if observe.hasTrace, let u = listener.tracingRef { u._withUnsafeGuaranteedRef { if $0.spans != nil { $0.end(self) } } }
         if runsFilters { for f in listener.filters { f.log(self) } }
         stats.dec(.downstream_rq_active)
-        if clusterActive { clusterStats?.dec(.upstream_rq_active); cluster?.releaseRequest(); clusterActive = false }
+        if clusterActive { clusterStats?.dec(.upstream_rq_active); withCluster(()) { $0.releaseRequest() }; clusterActive = false }
         pool.give(&upHead)
         pool.give(&replay)
         reqHead.release(to: pool)
@@ -247,7 +265,8 @@ final class Exchange: DeadlineTimerDelegate {
         if let p = primary { primary = nil; p.shadow = nil }
         let d = downstream
         downstream = nil
-        cluster = nil
+        clusterRef = nil
+        clusterStats = nil
         listener = nil
         backendStats = nil
         responseMutations = HeaderMutations()

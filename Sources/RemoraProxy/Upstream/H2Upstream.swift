@@ -10,7 +10,15 @@ protocol Flushable: AnyObject {
 
 /// One stream of an upstream HTTP/2 connection: the upstream half of one exchange. Recycled.
 final class H2UpstreamStream: UpstreamStream {
-    unowned(unsafe) var connection: H2UpstreamConnection?
+    /// Its connection while it serves one (the connection outlives its streams): not retained, and
+    /// reached on the hot path as a guaranteed reference (`withConnection`; an `unowned(unsafe)`
+    /// reference costs a retain and a release at every use).
+    var connectionRef: Unmanaged<H2UpstreamConnection>?
+    var connection: H2UpstreamConnection? { connectionRef?.takeUnretainedValue() }
+    @inline(__always) func withConnection<R>(_ none: R, _ body: (H2UpstreamConnection) -> R) -> R {
+        guard let c = connectionRef else { return none }
+        return c._withUnsafeGuaranteedRef(body)
+    }
     unowned(unsafe) var exchange: Exchange?
     var id: Int32 = -1
     /// Response head, then trailers, as they arrive. Stored apart from the object (`fieldsStorage`)
@@ -43,7 +51,7 @@ final class H2UpstreamStream: UpstreamStream {
 
     func reset(for e: Exchange, on c: H2UpstreamConnection) {
         exchange = e
-        connection = c
+        connectionRef = Unmanaged.passUnretained(c)
         headDelivered = false
         responseEnded = false
         gotBytes = false
@@ -54,38 +62,40 @@ final class H2UpstreamStream: UpstreamStream {
 
     /// Gives back the credit pledged against the downstream's budget.
     @inline(__always) func releasePledge() {
-        if let b = pledge, let c = connection { b.pledged -= c.raisedWindow - c.baseWindow }
+        if let b = pledge { withConnection(()) { c in b.pledged -= c.raisedWindow - c.baseWindow } }
         pledge = nil
     }
 
     // MARK: UpstreamStream
 
     func sendBody(_ data: UnsafeRawBufferPointer) {
-        guard let c = connection else { return }
-        out.append(data, pool: c.cluster.worker.pool)
-        c.resume(self)
+        withConnection(()) { c in
+            out.append(data, pool: c.pool)
+            c.resume(self)
+        }
     }
 
     func sendEnd(trailers t: UnsafeBufferPointer<HeaderRef>?) {
-        guard let c = connection else { return }
-        out.end(trailers: t, pool: c.cluster.worker.pool)
-        c.resume(self)
+        withConnection(()) { c in
+            out.end(trailers: t, pool: c.pool)
+            c.resume(self)
+        }
     }
 
-    var requestBlocked: Bool { out.pending > 256 * 1024 || (connection?.conn.isAboveHighWatermark ?? false) }
+    var requestBlocked: Bool { out.pending > 256 * 1024 || withConnection(false) { $0.conn.isAboveHighWatermark } }
     func pauseResponse() {}          // credit is withheld by the exchange instead
     func resumeResponse() {}
-    func responseConsumed(_ n: Int) { connection?.consume(self, n) }
+    func responseConsumed(_ n: Int) { withConnection(()) { $0.consume(self, n) } }
     var wasReused: Bool { onReusedConnection }
     var gotResponseBytes: Bool { gotBytes }
     /// Valid while the stream serves an exchange (read right after `open`).
-    var endpoint: Endpoint.Ref { connection!.endpoint }
+    var endpoint: Endpoint.Ref { connectionRef!._withUnsafeGuaranteedRef { $0.endpoint } }
     func flushRequest() {}           // the connection flushes at the end of the iteration
 
     func detach(clean: Bool) {
         if pledge != nil { releasePledge() }
         exchange = nil
-        if !(clean && responseEnded) { connection?.cancel(self) }
+        if !(clean && responseEnded) { withConnection(()) { $0.cancel(self) } }
     }
 
     /// Back to the cluster's free list (the stream is closed).
@@ -93,7 +103,7 @@ final class H2UpstreamStream: UpstreamStream {
         if pledge != nil { releasePledge() }
         fields.release(to: pool)
         out.release(to: pool)
-        connection = nil
+        connectionRef = nil
         exchange = nil
         id = -1
         free.append(self)
@@ -132,6 +142,8 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
 
     /// The worker's buffer pool; the cluster's header list limit (as sent in SETTINGS).
     let pool: BufferPool
+    /// The worker (the same for every cluster the connection may move to), without a retain per use.
+    let workerRef: Unmanaged<Worker>
     let maxHeaderListSize: Int
     /// Each stream's receive window starts at `baseWindow` (the protocol's 64 KiB, or the cluster's
     /// `initial_stream_window` when smaller) and is raised to `raisedWindow` (the cluster's) once it
@@ -143,6 +155,7 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
     init(cluster: Cluster, endpoint: Endpoint.Ref, conn: TCPConnection) {
         self.cluster = cluster
         pool = cluster.worker.pool
+        workerRef = Unmanaged.passUnretained(cluster.worker)
         maxHeaderListSize = cluster.config.http2.maxHeaderListSize
         self.endpoint = endpoint
         self.conn = conn
@@ -294,7 +307,7 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
     func schedule() {
         if flushScheduled || closing { return }
         flushScheduled = true
-        cluster.worker.scheduleFlush(self)
+        workerRef._withUnsafeGuaranteedRef { $0.scheduleFlush(self) }
     }
 
     /// Writes what nghttp2 has queued (after applying what waited for the end of its callbacks).
