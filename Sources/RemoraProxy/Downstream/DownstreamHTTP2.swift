@@ -465,6 +465,7 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
         }
         let e = withWorker { $0.takeExchange() }
         st.exchange = e
+        e.h2Downstream = Unmanaged.passUnretained(st)   // its hot path reaches the stream directly
         st.fields.withRefs { refs in
             var method = UnsafeRawBufferPointer(start: nil, count: 0), path = method, authority = method, proto = method
             var firstRegular = refs.count

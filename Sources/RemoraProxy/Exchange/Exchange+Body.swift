@@ -35,7 +35,7 @@ extension Exchange {
             owedCredit += data.count
             if !requestPaused { requestPaused = true; downstream?.pauseRequest() }
         } else {
-            downstream?.requestConsumed(data.count)
+            withDownstream(()) { $0.requestConsumed(data.count) }
         }
         armAfterRequestProgress()
     }

@@ -39,7 +39,7 @@ extension Exchange {
         guard recordsHistograms else { return }
         stats.record(.downstream_rq_time, micros: us)
         let key = RequestSeriesKey(status: observe.status, grpcStatus: responseGRPCStatus, grpc: isGRPC, flags: observe.flags).raw
-            | RequestSeriesKey.peerBits(downstream: downstream?.peerTag ?? 0, upstream: observe.upstreamPeer)
+            | RequestSeriesKey.peerBits(downstream: withDownstream(0) { $0.peerTag }, upstream: observe.upstreamPeer)
         if let cs = clusterStats { cs.recordSeries(key, micros: us) } else { stats.recordSeries(key, micros: us) }
     }
 

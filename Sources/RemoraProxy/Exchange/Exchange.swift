@@ -30,6 +30,18 @@ final class Exchange: DeadlineTimerDelegate {
     let pool: BufferPool
     let timer: DeadlineTimer
     unowned(unsafe) var downstream: (any DownstreamSide)?
+    /// The downstream when it is an HTTP/2 stream (its connection sets this before `start`; cleared
+    /// with `downstream` in `finish`): reached on the hot path as its own type and without a retain
+    /// (`withDownstream`), where a use of `downstream` costs a retain, a release and a witness call.
+    var h2Downstream: Unmanaged<H2ServerStream>?
+
+    /// `body` with the downstream (`none` when there is none), an HTTP/2 stream without a retain.
+    @inline(__always)
+    func withDownstream<R>(_ none: R, _ body: (any DownstreamSide) -> R) -> R {
+        if let s = h2Downstream { return s._withUnsafeGuaranteedRef { body($0) } }
+        guard let d = downstream else { return none }
+        return body(d)
+    }
     /// The listener's runtime of the snapshot this request started on (held while it runs).
     var listener: ListenerRuntime!
     /// The listener's stats (a shadow request counts in the worker's unlisted shadow block).
@@ -146,7 +158,12 @@ final class Exchange: DeadlineTimerDelegate {
     var hedge: Exchange?
     /// For a hedge: the request it tries for (nil otherwise); while `relaying`, the request that took
     /// its upstream, which it passes the end of the upstream's read to.
-    unowned(unsafe) var hedgeOf: Exchange?
+    var hedgeOf: Exchange? {
+        get { hedgeOfRef?.takeUnretainedValue() }
+        set { hedgeOfRef = newValue.map { Unmanaged.passUnretained($0) } }
+    }
+    /// (Stored unmanaged: testing it costs no retain, on every head and read of every request.)
+    var hedgeOfRef: Unmanaged<Exchange>?
     var relaying = false
     /// Absolute loop time at which the first try gets a hedge (folded into `tryDeadline`); 0 = none.
     var hedgeAt: UInt64 = 0
@@ -223,8 +240,8 @@ final class Exchange: DeadlineTimerDelegate {
 
     /// The upstream finished one read: what it wrote toward the client may leave now.
     func upstreamReadDone() {
-        if hedgeOf != nil { hedgeReadDone(); return }
-        downstream?.flushResponse()
+        if hedgeOfRef != nil { hedgeReadDone(); return }
+        withDownstream(()) { $0.flushResponse() }
     }
 
     // MARK: the end
@@ -263,13 +280,14 @@ final class Exchange: DeadlineTimerDelegate {
         upstreamAuto = false
         if let sh = shadow { shadow = nil; sh.primary = nil }   // a complete copy runs on by itself
         if let p = primary { primary = nil; p.shadow = nil }
-        let d = downstream
+        let d = downstream, h2 = h2Downstream
         downstream = nil
+        h2Downstream = nil
         clusterRef = nil
         clusterStats = nil
         listener = nil
         backendStats = nil
         responseMutations = HeaderMutations()
-        d?.exchangeDone(self)
+        if let h2 { h2._withUnsafeGuaranteedRef { $0.exchangeDone(self) } } else { d?.exchangeDone(self) }
     }
 }
