@@ -19,7 +19,13 @@ final class H2UpstreamStream: UpstreamStream {
         guard let c = connectionRef else { return none }
         return c._withUnsafeGuaranteedRef(body)
     }
-    unowned(unsafe) var exchange: Exchange?
+    /// The exchange it serves: not retained (stored unmanaged, so that a read that cannot end the
+    /// exchange — `submit`'s trace flag, a response head — needs no retain: `exchangeRef`).
+    var exchangeRef: Unmanaged<Exchange>?
+    var exchange: Exchange? {
+        get { exchangeRef?.takeUnretainedValue() }
+        set { exchangeRef = newValue.map { Unmanaged.passUnretained($0) } }
+    }
     var id: Int32 = -1
     /// Response head, then trailers, as they arrive. Stored apart from the object (`fieldsStorage`)
     /// so that the session appends to it directly (`HTTP2Session.collectHeaders`).
@@ -117,7 +123,12 @@ final class H2UpstreamStream: UpstreamStream {
 final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, Flushable {
     /// Its cluster and endpoint (the cluster owns the endpoint and outlives its connections); moved
     /// only while no stream is open (`Cluster.adopt`).
-    unowned(unsafe) var cluster: Cluster
+    var cluster: Cluster {
+        get { clusterRef.takeUnretainedValue() }
+        set { clusterRef = Unmanaged.passUnretained(newValue) }
+    }
+    /// (Stored unmanaged: reached as a guaranteed reference where it is hot.)
+    var clusterRef: Unmanaged<Cluster>
     var endpoint: Endpoint.Ref
     let conn: TCPConnection
     let h2: HTTP2Session
@@ -153,7 +164,7 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
     let raisedWindow: Int
 
     init(cluster: Cluster, endpoint: Endpoint.Ref, conn: TCPConnection) {
-        self.cluster = cluster
+        clusterRef = Unmanaged.passUnretained(cluster)
         pool = cluster.worker.pool
         workerRef = Unmanaged.passUnretained(cluster.worker)
         maxHeaderListSize = cluster.config.http2.maxHeaderListSize
@@ -173,6 +184,20 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
 
     /// The peer's SETTINGS arrived (its stream limit is known).
     var settingsKnown = false
+
+    /// The first connection of `e` with room for a stream (and whose peer's SETTINGS arrived, when
+    /// `settingsKnown`), unretained: the endpoint's list holds its connections, and reading it
+    /// element by element costs no retain (`first(where:)` retained the list and each candidate).
+    @inline(__always)
+    static func withRoom(in e: Endpoint, settingsKnown: Bool) -> Unmanaged<H2UpstreamConnection>? {
+        e.h2.withUnsafeBufferPointer { list in
+            for i in list.indices {
+                let c = Unmanaged.passUnretained(list[i])
+                if c._withUnsafeGuaranteedRef({ $0.hasRoom && (!settingsKnown || $0.settingsKnown) }) { return c }
+            }
+            return nil
+        }
+    }
 
     var hasRoom: Bool {
         !goingAway && !closing && h2.canOpenStream && all.count < h2.remoteMaxConcurrentStreams
@@ -206,7 +231,7 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
             guard refs.count >= 3 else { return -1 }
             return h2.submitRequest(method: refs[0].value, scheme: "http", authority: refs[1].value, path: refs[2].value,
                                     headers: UnsafeBufferPointer(rebasing: refs[3...]), clean: true, hasBody: hasBody,
-                                    streamData: Unmanaged.passUnretained(s).toOpaque(), addedFields: s.exchange?.observe.hasTrace ?? false)
+                                    streamData: Unmanaged.passUnretained(s).toOpaque(), addedFields: s.exchangeRef?._withUnsafeGuaranteedRef { $0.observe.hasTrace } ?? false)
         }
         if id < 0 { return false }
         s.id = id
@@ -491,8 +516,20 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
     }
 
     func headersComplete(_ st: H2UpstreamStream, endStream: Bool) {
-        guard let e = st.exchange else { return }
+        guard let ref = st.exchangeRef else { return }
         if !st.headDelivered {
+            // `touched` holds the exchange (from before it sees the head) until this read is over.
+            ref._withUnsafeGuaranteedRef { responseHead(st, $0, endStream: endStream) }
+        } else {
+            let e = ref.takeUnretainedValue()   // (retained: the trailers may end it)
+            st.responseEnded = true
+            st.fields.withRefs { e.upstreamEnd(trailers: $0) }
+        }
+    }
+
+    @inline(__always)
+    func responseHead(_ st: H2UpstreamStream, _ e: Exchange, endStream: Bool) {
+        do {
             var status = 0
             var lengthKnown = false
             for i in 0..<st.fields.count {
@@ -514,9 +551,6 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
                 e.upstreamHead(status: status, reason: UnsafeRawBufferPointer(start: nil, count: 0), headers: regular,
                                lengthKnown: lengthKnown, endStream: endStream)
             }
-        } else {
-            st.responseEnded = true
-            st.fields.withRefs { e.upstreamEnd(trailers: $0) }
         }
     }
 
@@ -550,7 +584,7 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
         if !st.responseEnded, let e {
             e.upstreamFailed(errorCode == 0x7 ? .refused : .reset(code: errorCode == 0 ? 0x2 : errorCode))
         }
-        st.recycle(pool: pool, into: &cluster.freeStreams)
+        clusterRef._withUnsafeGuaranteedRef { st.recycle(pool: pool, into: &$0.freeStreams) }
         if all.isEmpty {
             if cluster.retired && !cluster.handOver(self) { closeNow() }
             if goingAway { schedule() } else if connected && !closing { conn.setDeadline(after: cluster.config.idleTimeout) }
