@@ -358,10 +358,12 @@ public final class HTTP2Session {
         }
     }
 
-    /// Trailer fields, ending the stream (after the body source reported `trailers`).
-    public func submitTrailers(stream: Int32, _ trailers: UnsafeBufferPointer<HeaderRef>) {
+    /// Trailer fields, ending the stream (after the body source reported `trailers`). `clean`: the
+    /// names are lowercase and no hop-by-hop field is among them (trailers received over HTTP/2, whose
+    /// codec refuses both), so they are not filtered again.
+    public func submitTrailers(stream: Int32, _ trailers: UnsafeBufferPointer<HeaderRef>, clean: Bool = false) {
         withNV(nil, Self.none, nil, Self.none, nil, Self.none, nil, Self.none, headers: trailers, dropHost: false,
-               clean: false) { nv, n in
+               clean: clean) { nv, n in
             _ = nghttp2_submit_trailer(session, stream, nv, n)
         }
     }

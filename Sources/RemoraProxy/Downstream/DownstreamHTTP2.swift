@@ -104,6 +104,8 @@ final class H2ServerStream: DownstreamSide {
     func respondEnd(trailers t: UnsafeBufferPointer<HeaderRef>?) {
         withConnection(()) { c in
             out.end(trailers: t, pool: c.pool)
+            // From an HTTP/2 upstream (or the proxy itself): already lowercase, no hop-by-hop field.
+            out.trailersClean = exchange?.upstreamIsHTTP2 ?? false
             c.resume(self)
         }
     }
@@ -305,7 +307,7 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
             // (`submitTrailers` does not add to it; only `send`'s data source reads do).
             for i in 0..<h2.trailersDue.count {
                 let id = h2.trailersDue[i]
-                if let s = stream(id) { s.out.trailers.withRefs { h2.submitTrailers(stream: id, $0) } }
+                if let s = stream(id) { s.out.trailers.withRefs { h2.submitTrailers(stream: id, $0, clean: s.out.trailersClean) } }
             }
             h2.trailersDue.removeAll(keepingCapacity: true)
             ok = send()

@@ -11,7 +11,8 @@ extension Exchange {
     func prepareUpstream(_ cl: Cluster, _ r: RequestStart, _ view: RequestView, clientIP: UnsafeRawBufferPointer,
                          scheme: StaticString, dropExpect: Bool,
                          extra: AddedFields = .none) {
-        cluster = cl
+        clusterRef = Unmanaged.passUnretained(cl)   // (not `cluster = cl`: its setter takes an owned reference)
+        clusterStats = cl.stats
         upstreamAuto = cl.auto
         upstreamIsHTTP2 = cl.auto ? cl.prefersH2 : cl.config.protocol != .http1
         reqFraming = r.framing

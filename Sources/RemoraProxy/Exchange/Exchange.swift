@@ -264,10 +264,11 @@ final class Exchange: DeadlineTimerDelegate {
         retryAt = 0
         if let h = hedge { hedge = nil; Exchange.endHedge(h) }
         if holdsRetryBudget { releaseRetryBudget() }
-        if let u = upstream {
-            upstream = nil
+        if upstream != nil {
+            var u: (any UpstreamStream)? = nil
+            swap(&u, &upstream)   // moved out: no retain for the copy
             endAttempt(responseDone ? .response : .cancelled)
-            u.detach(clean: clean)
+            u!.detach(clean: clean)
         }
         observeFinish()
         if observe.hasTrace, let u = listener.tracingRef { u._withUnsafeGuaranteedRef { if $0.spans != nil { $0.end(self) } } }
