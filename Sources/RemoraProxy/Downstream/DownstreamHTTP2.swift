@@ -475,11 +475,15 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
             var contentLength: UInt64 = 0
             for i in refs.indices {
                 let n = refs[i].name
-                if n.first != 0x3A { if firstRegular == refs.count { firstRegular = i }; continue }
-                if n.equalsLowercase(":method") { method = refs[i].value }
-                else if n.equalsLowercase(":path") { path = refs[i].value }
-                else if n.equalsLowercase(":authority") { authority = refs[i].value }
-                else if n.equalsLowercase(":protocol") { proto = refs[i].value }   // RFC 8441 (nghttp2 checked it)
+                // Pseudo-fields come first (nghttp2 refuses one after a regular field).
+                if n.first != 0x3A { firstRegular = i; break }
+                switch n.count {
+                case 7: if n.equalsLowercase(":method") { method = refs[i].value }   // (or :scheme)
+                case 5: if n.equalsLowercase(":path") { path = refs[i].value }
+                case 10: if n.equalsLowercase(":authority") { authority = refs[i].value }
+                case 9: if n.equalsLowercase(":protocol") { proto = refs[i].value }   // RFC 8441 (nghttp2 checked it)
+                default: break
+                }
             }
             let regular = UnsafeBufferPointer(rebasing: refs[firstRegular...])
             if let i = regular.firstIndex(named: "content-length") {

@@ -96,15 +96,15 @@ extension Exchange {
 
     @inline(__always)
     func upstreamBody(_ d: any DownstreamSide, _ data: UnsafeRawBufferPointer) {
-        guard let u = upstream else { return }
+        guard hasUpstream else { return }
         clusterStats?.add(.upstream_cx_rx_bytes_total, UInt64(data.count))
         observe.bytesSent &+= UInt64(data.count)
         if grpcWeb != .off { respondGRPCWebBody(d, data) } else { d.respondBody(data) }
         if d.responseBlocked {
             owedUpstreamCredit += data.count
-            if !responsePaused { responsePaused = true; u.pauseResponse() }
+            if !responsePaused { responsePaused = true; withUpstream(()) { $0.pauseResponse() } }
         } else {
-            u.responseConsumed(data.count)
+            withUpstream(()) { $0.responseConsumed(data.count) }
         }
         arm(.stream)
     }

@@ -66,15 +66,29 @@ extension Exchange {
             pinned = ref
             upstreamIsHTTP2 = ref._withUnsafeGuaranteedRef { $0.speaksH2 } ?? cl.prefersH2
         }
-        let u: (any UpstreamStream)? = upstreamIsHTTP2
-            ? cl.openHTTP2(for: self, head: reqHead, hasBody: requestHasBody, retry: fresh, hash: lbHash,
-                           extendedConnect: upgrade == .websocket, endpoint: pinned)
-            : cl.openHTTP1(for: self, head: upHead.bytes, isHEAD: isHEAD, fresh: fresh, hash: lbHash, endpoint: pinned)
-        guard let u else {
-            if cl.overflowed { cl.overflowed = false; overloaded(cl) } else { noUpstream(.connectFailed) }
-            return
+        if upstreamIsHTTP2 {
+            guard let s = cl.openHTTP2(for: self, head: reqHead, hasBody: requestHasBody, retry: fresh, hash: lbHash,
+                                       extendedConnect: upgrade == .websocket, endpoint: pinned)
+            else { return noStream(cl) }
+            let ref = Unmanaged.passUnretained(s)
+            upstream = s
+            h2Upstream = ref   // (after `upstream`, whose change clears it)
+        } else {
+            guard let s = cl.openHTTP1(for: self, head: upHead.bytes, isHEAD: isHEAD, fresh: fresh, hash: lbHash, endpoint: pinned)
+            else { return noStream(cl) }
+            upstream = s
         }
-        upstream = u
+        withUpstream(()) { startAttempt(cl, $0) }
+    }
+
+    /// No upstream could be opened for the attempt.
+    func noStream(_ cl: Cluster) {
+        if cl.overflowed { cl.overflowed = false; overloaded(cl) } else { noUpstream(.connectFailed) }
+    }
+
+    /// An attempt starts on `u` (just opened): its clock and deadlines, then what of the request is here.
+    @inline(__always)
+    func startAttempt(_ cl: Cluster, _ u: any UpstreamStream) {
         attemptEndpoint = u.endpoint
         attemptStart = timer.now
         attemptHeadAt = 0

@@ -61,7 +61,22 @@ final class Exchange: DeadlineTimerDelegate {
     var clusterStats: StatBlock<ClusterStat>?
     /// The listener's stream idle timeout, ms (copied at start).
     var streamIdleTimeout: Millis = 0
-    var upstream: (any UpstreamStream)?
+    var upstream: (any UpstreamStream)? { didSet { h2Upstream = nil } }
+    /// The upstream when it is an HTTP/2 stream (`dispatch` sets this after `upstream`; any change of
+    /// `upstream` clears it): reached on the hot path as its own type and without a retain
+    /// (`withUpstream`); `upstream` holds the reference.
+    var h2Upstream: Unmanaged<H2UpstreamStream>?
+
+    /// `body` with the upstream (`none` when there is none), an HTTP/2 stream without a retain.
+    @inline(__always)
+    func withUpstream<R>(_ none: R, _ body: (any UpstreamStream) -> R) -> R {
+        if let s = h2Upstream { return s._withUnsafeGuaranteedRef { body($0) } }
+        guard let u = upstream else { return none }
+        return body(u)
+    }
+
+    /// There is an upstream (without a retain to find out).
+    @inline(__always) var hasUpstream: Bool { h2Upstream != nil || upstream != nil }
     var deadlineKind = Deadline.stream
 
     var active = false
