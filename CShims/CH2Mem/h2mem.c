@@ -19,7 +19,7 @@
 #define CLASSES 10
 #define HEADER 16
 #define LARGE 0xFF
-#define REMORA_H2MEM_KEEP_BYTES (128 * 1024)
+#define REMORA_H2MEM_KEEP_BYTES (512 * 1024)
 
 typedef struct block { struct block *next; } block;
 typedef struct { block *head[CLASSES]; uint32_t kept[CLASSES]; } lists;

@@ -78,6 +78,14 @@ public final class HTTP2Session {
     var indexedLists: UInt32 = 0
     /// The peer did something abusive; the session is being torn down (GOAWAY queued).
     public private(set) var abused = false
+    /// The header block being received goes straight into this block (`collectHeaders`), not
+    /// through `h2Header`, while it is on `headerStream`; nil: every field goes to `h2Header`.
+    var headerTarget: UnsafeMutablePointer<HeaderBlock>?
+    var headerStream: Int32 = 0
+    /// The list size beyond which the stream is refused (as a false from `h2Header`).
+    var headerLimit = 0
+    /// Names with `_` still go to `h2Header` (the owner's policy decides about them).
+    var underscoresToDelegate = false
 
     public init(role: Role, settings: HTTP2Settings) {
         self.role = role
@@ -129,6 +137,29 @@ public final class HTTP2Session {
     public func releaseIdleMemory() {
         scratch.release()
         trailersDue = []
+    }
+
+    /// From `h2BeginHeaders` only: the fields of the block starting on `stream` are appended to
+    /// `block` directly (one call less per field, and no stream lookup), while the block's list size
+    /// stays within `limit`: beyond it the stream is refused, as when `h2Header` returns false.
+    /// `underscores`: names with `_` (pseudo-fields aside) go to `h2Header` instead. `block` must stay
+    /// valid until the block ends or the stream closes (the session forgets it then by itself).
+    @inline(__always)
+    public func collectHeaders(stream: Int32, into block: UnsafeMutablePointer<HeaderBlock>, limit: Int, underscores: Bool) {
+        headerTarget = block
+        headerStream = stream
+        headerLimit = limit
+        underscoresToDelegate = underscores
+    }
+
+    /// The header callback's fast path (`collectHeaders`): nil when the field goes to `h2Header`,
+    /// else whether the stream may go on.
+    @inline(__always)
+    func collect(stream: Int32, _ name: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer) -> Bool? {
+        guard let t = headerTarget, headerStream == stream else { return nil }
+        if underscoresToDelegate && name.first != 0x3A && name.contains(byte: 0x5F) { return nil }
+        t.pointee.append(name, value)
+        return t.pointee.listSize <= headerLimit
     }
 
     // MARK: reading and writing
@@ -327,10 +358,12 @@ public final class HTTP2Session {
         }
     }
 
-    /// Trailer fields, ending the stream (after the body source reported `trailers`).
-    public func submitTrailers(stream: Int32, _ trailers: UnsafeBufferPointer<HeaderRef>) {
+    /// Trailer fields, ending the stream (after the body source reported `trailers`). `clean`: the
+    /// names are lowercase and no hop-by-hop field is among them (trailers received over HTTP/2, whose
+    /// codec refuses both), so they are not filtered again.
+    public func submitTrailers(stream: Int32, _ trailers: UnsafeBufferPointer<HeaderRef>, clean: Bool = false) {
         withNV(nil, Self.none, nil, Self.none, nil, Self.none, nil, Self.none, headers: trailers, dropHost: false,
-               clean: false) { nv, n in
+               clean: clean) { nv, n in
             _ = nghttp2_submit_trailer(session, stream, nv, n)
         }
     }
@@ -401,6 +434,7 @@ public final class HTTP2Session {
         let endStream = hd.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0
         switch Int(hd.type) {
         case Int(NGHTTP2_HEADERS.rawValue):
+            headerTarget = nil
             withDelegate(()) { $0.h2HeadersComplete(self, stream: hd.stream_id, endStream: endStream) }
         case Int(NGHTTP2_DATA.rawValue):
             if hd.length == 0 && !endStream {

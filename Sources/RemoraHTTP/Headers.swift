@@ -54,8 +54,8 @@ public struct HeaderBlock {
         reserveArena(nl &+ vl)
         let offset = arena.count
         let base = arena.base!
-        if nl > 0 { (base + offset).copyMemory(from: name.baseAddress!, byteCount: nl) }
-        if vl > 0 { (base + (offset &+ nl)).copyMemory(from: value.baseAddress!, byteCount: vl) }
+        if nl > 0 { copySmall(base + offset, name.baseAddress!, nl) }
+        if vl > 0 { copySmall(base + (offset &+ nl), value.baseAddress!, vl) }
         arena.count = offset &+ nl &+ vl
         endField(nameOffset: offset, nameLength: nl)
     }
@@ -82,7 +82,7 @@ public struct HeaderBlock {
     public mutating func appendToValue(_ bytes: UnsafeRawBufferPointer) {
         guard let p = bytes.baseAddress, bytes.count > 0 else { return }
         reserveArena(bytes.count)
-        (arena.base! + arena.count).copyMemory(from: p, byteCount: bytes.count)
+        copySmall(arena.base! + arena.count, p, bytes.count)
         arena.count &+= bytes.count
     }
 
@@ -192,10 +192,12 @@ extension HopFilter {
 }
 
 extension UnsafeBufferPointer where Element == HeaderRef {
-    /// Index of the first field named `lower` (a lowercase literal), or nil.
-    @inline(__always)
+    /// Index of the first field named `lower` (a lowercase literal), or nil. Inlined where it is
+    /// called, so the literal's length and bytes are constants (not read from a `StaticString` per field).
+    @inlinable @inline(__always)
     public func firstIndex(named lower: StaticString) -> Int? {
-        for i in indices where self[i].name.count == lower.utf8CodeUnitCount && self[i].name.equalsLowercase(lower) { return i }
+        let n = lower.utf8CodeUnitCount
+        for i in indices where self[i].name.count == n && self[i].name.equalsLowercase(lower) { return i }
         return nil
     }
 }

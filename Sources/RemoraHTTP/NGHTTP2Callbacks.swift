@@ -12,15 +12,17 @@ private func makeCallbacks() -> OpaquePointer {
     var cbs: OpaquePointer?
     nghttp2_session_callbacks_new(&cbs)
     nghttp2_session_callbacks_set_on_begin_headers_callback(cbs) { _, frame, user in
-        with(user) { s in s.withDelegate(()) { $0.h2BeginHeaders(s, stream: frame!.pointee.hd.stream_id) } }
+        with(user) { s in
+            s.headerTarget = nil   // the delegate may hand over the new block's storage (`collectHeaders`)
+            s.withDelegate(()) { $0.h2BeginHeaders(s, stream: frame!.pointee.hd.stream_id) }
+        }
         return 0
     }
     nghttp2_session_callbacks_set_on_header_callback(cbs) { _, frame, name, namelen, value, valuelen, _, user in
         with(user) { s in
-            let ok = s.withDelegate(false) {
-                $0.h2Header(s, stream: frame!.pointee.hd.stream_id, name: UnsafeRawBufferPointer(start: name, count: namelen),
-                            value: UnsafeRawBufferPointer(start: value, count: valuelen))
-            }
+            let stream = frame!.pointee.hd.stream_id
+            let n = UnsafeRawBufferPointer(start: name, count: namelen), v = UnsafeRawBufferPointer(start: value, count: valuelen)
+            let ok = s.collect(stream: stream, n, v) ?? s.withDelegate(false) { $0.h2Header(s, stream: stream, name: n, value: v) }
             return ok ? 0 : Int32(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)   // resets the stream
         }
     }
@@ -32,7 +34,10 @@ private func makeCallbacks() -> OpaquePointer {
         return 0
     }
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs) { _, stream, code, user in
-        with(user) { s in s.withDelegate(()) { $0.h2StreamClosed(s, stream: stream, errorCode: code) } }
+        with(user) { s in
+            if s.headerStream == stream { s.headerTarget = nil }
+            s.withDelegate(()) { $0.h2StreamClosed(s, stream: stream, errorCode: code) }
+        }
         return 0
     }
     return cbs!

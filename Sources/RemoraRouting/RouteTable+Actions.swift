@@ -46,6 +46,7 @@ extension RouteTable {
     /// "?query") and returns true; returns false, appending nothing, when the route does not
     /// rewrite (send the target as received). An absolute-form target comes out in origin form.
     public func rewriteTarget(route i: Int, target: UnsafeRawBufferPointer, into out: inout ByteBuffer) -> Bool {
+        if routes[i].rewrite == .none { return false }   // (before the scan for "?": most routes do not rewrite)
         let path = Bytes.path(target)
         guard writePath(route: i, path, into: &out) else { return false }
         out.append(Bytes.rest(target, after: path))

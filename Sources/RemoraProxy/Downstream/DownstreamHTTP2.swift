@@ -5,14 +5,32 @@ import RemoraPolicy
 
 /// One client stream of an HTTP/2 connection: the downstream half of one exchange. Recycled.
 final class H2ServerStream: DownstreamSide {
-    unowned(unsafe) var connection: H2ServerConnection?
+    /// Its connection while it serves one (the connection outlives its streams): not retained, and
+    /// reached on the hot path as a guaranteed reference (`withConnection`; an `unowned(unsafe)`
+    /// reference costs a retain and a release at every use).
+    var connectionRef: Unmanaged<H2ServerConnection>?
+    var connection: H2ServerConnection? { connectionRef?.takeUnretainedValue() }
+    @inline(__always) func withConnection<R>(_ none: R, _ body: (H2ServerConnection) -> R) -> R {
+        guard let c = connectionRef else { return none }
+        return c._withUnsafeGuaranteedRef(body)
+    }
     var transportConnection: TCPConnection? { connection?.conn }
-    var peerTag: UInt16 { connection?.conn.peerTag ?? 0 }
+    var peerTag: UInt16 { withConnection(0) { $0.conn.peerTag } }
     var sourceAddress: IPAddress? { connection?.sourceAddress }
     var id: Int32 = -1
     var exchange: Exchange?
-    /// Request head (pseudo-headers and fields), then request trailers.
-    var fields = HeaderBlock()
+    /// Request head (pseudo-headers and fields), then request trailers. Stored apart from the object
+    /// (`fieldsStorage`) so that the session appends to it directly (`HTTP2Session.collectHeaders`).
+    var fields: HeaderBlock {
+        unsafeAddress { UnsafePointer(fieldsStorage) }
+        unsafeMutableAddress { fieldsStorage }
+    }
+    let fieldsStorage: UnsafeMutablePointer<HeaderBlock> = {
+        let p = UnsafeMutablePointer<HeaderBlock>.allocate(capacity: 1)
+        p.initialize(to: HeaderBlock())
+        return p
+    }()
+    deinit { fieldsStorage.deallocate() }   // (its buffers went back to the pool in `recycle`)
     var started = false
     var requestEnded = false
     /// Response head waiting to be submitted (copied: the exchange's view is gone by then).
@@ -36,7 +54,7 @@ final class H2ServerStream: DownstreamSide {
     }
 
     func prepare(_ c: H2ServerConnection, _ id: Int32) {
-        connection = c
+        connectionRef = Unmanaged.passUnretained(c)
         budgetRef = Unmanaged.passUnretained(c.budget)
         self.id = id
         started = false
@@ -46,8 +64,7 @@ final class H2ServerStream: DownstreamSide {
         out.reset()
         resetCode = nil
         closed = false
-        let pool = c.worker.pool
-        fields.prepare(pool)
+        fields.prepare(c.pool)
     }
 
     static let bodyWatermark = 256 * 1024
@@ -56,7 +73,11 @@ final class H2ServerStream: DownstreamSide {
 
     func respondHead(status: Int, reason: UnsafeRawBufferPointer, headers: UnsafeBufferPointer<HeaderRef>,
                      lengthKnown: Bool, endStream: Bool) {
-        guard let c = connection else { return }
+        withConnection(()) { c in respondHead(c, status: status, headers: headers, endStream: endStream) }
+    }
+
+    @inline(__always)
+    func respondHead(_ c: H2ServerConnection, status: Int, headers: UnsafeBufferPointer<HeaderRef>, endStream: Bool) {
         if endStream { out.ended = true }
         if !c.inSession {   // the usual case (the head comes from an upstream read): submit now, no copy
             c.h2.submitResponse(stream: id, status: status, headers: headers, hasBody: !endStream,
@@ -64,7 +85,7 @@ final class H2ServerStream: DownstreamSide {
             c.schedule()
             return
         }
-        responseHead.prepare(c.worker.pool)
+        responseHead.prepare(c.pool)
         for f in headers { responseHead.append(f.name, f.value) }   // lowercased and filtered when submitted
         responseStatus = status
         headPending = true
@@ -73,39 +94,45 @@ final class H2ServerStream: DownstreamSide {
     }
 
     func respondBody(_ data: UnsafeRawBufferPointer) {
-        guard let c = connection else { return }
-        out.append(data, pool: c.worker.pool)
-        if withBudget(false, { b in b.buffered += data.count; return b.buffered > b.limit && !b.over }) { c.budgetExceeded() }
-        c.resume(self)
+        withConnection(()) { c in
+            out.append(data, pool: c.pool)
+            if withBudget(false, { b in b.buffered += data.count; return b.buffered > b.limit && !b.over }) { c.budgetExceeded() }
+            c.resume(self)
+        }
     }
 
     func respondEnd(trailers t: UnsafeBufferPointer<HeaderRef>?) {
-        guard let c = connection else { return }
-        out.end(trailers: t, pool: c.worker.pool)
-        c.resume(self)
+        withConnection(()) { c in
+            out.end(trailers: t, pool: c.pool)
+            // From an HTTP/2 upstream (or the proxy itself): already lowercase, no hop-by-hop field.
+            out.trailersClean = exchange?.upstreamIsHTTP2 ?? false
+            c.resume(self)
+        }
     }
 
     func respondReset(code: UInt32) {
         resetCode = code
-        connection?.markDirty(self)
+        withConnection(()) { $0.markDirty(self) }
     }
 
     /// Its own buffer is above the watermark, or its connection's streams together hold more than
     /// the connection's budget.
     var responseBlocked: Bool { out.pending > H2ServerStream.bodyWatermark || withBudget(false) { $0.over } }
     var responseBudget: ResponseBudget? { connection?.budget }
-    func requestConsumed(_ n: Int) { connection?.consume(self, n) }
+    func requestConsumed(_ n: Int) { withConnection(()) { $0.consume(self, n) } }
     func pauseRequest() {}      // HTTP/2: the credit the exchange withholds is the pause
     func resumeRequest() {}
     /// Inside the connection's read: an HTTP/1.1 upstream holds the request head back (corked) until
     /// the read is over, so a stream reset in the same read never sends it.
-    var isReading: Bool { connection?.inReceive ?? false }
+    var isReading: Bool { withConnection(false) { $0.inReceive } }
     func flushResponse() {}     // the connection flushes at the end of the iteration
 
     func exchangeDone(_ e: Exchange) {
         exchange = nil
-        connection?.worker.recycle(e)
-        connection?.schedule()   // DATA still arriving for this stream is consumed and dropped
+        withConnection(()) { c in
+            c.withWorker { $0.recycle(e) }
+            c.schedule()   // DATA still arriving for this stream is consumed and dropped
+        }
     }
 
     func recycle(pool: BufferPool) {
@@ -115,7 +142,7 @@ final class H2ServerStream: DownstreamSide {
         fields.release(to: pool)
         responseHead.release(to: pool)
         out.release(to: pool)
-        connection = nil
+        connectionRef = nil
         id = -1
     }
 }
@@ -127,6 +154,11 @@ final class H2ServerStream: DownstreamSide {
 /// frees its stream lists and write buffers (nghttp2's session, with its HPACK tables, stays).
 final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDelegate, Flushable {
     unowned(unsafe) let worker: Worker
+    /// `worker` without a retain and release per use (`withWorker`; the worker outlives its connections).
+    let workerRef: Unmanaged<Worker>
+    @inline(__always) func withWorker<R>(_ body: (Worker) -> R) -> R { workerRef._withUnsafeGuaranteedRef(body) }
+    /// The worker's buffers (a strong `let`: reached without a retain, unlike `worker`'s).
+    let pool: BufferPool
     /// The listener; `listener` is its runtime for the current snapshot (each stream takes it anew).
     let listenerSlot: ListenerSlot
     var listener: ListenerRuntime { listenerSlot.current }
@@ -160,6 +192,8 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
 
     init(worker: Worker, slot: ListenerSlot, conn: TCPConnection, clientIP: String, initial: UnsafeRawBufferPointer) {
         self.worker = worker
+        workerRef = Unmanaged.passUnretained(worker)
+        pool = worker.pool
         listenerSlot = slot
         self.conn = conn
         self.clientIP = clientIP
@@ -200,7 +234,7 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
     func schedule() {
         if flushScheduled || closing { return }
         flushScheduled = true
-        worker.scheduleFlush(self)
+        withWorker { $0.scheduleFlush(self) }
     }
 
     func resume(_ s: H2ServerStream) { if s.out.deferred { markDirty(s) } else { schedule() } }
@@ -269,9 +303,13 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
         dirty.removeAll(keepingCapacity: true)
         var ok = send()
         while ok && !h2.trailersDue.isEmpty {
-            let due = h2.trailersDue
+            // By index, then emptied in place: a copy of the list would make `removeAll` allocate anew
+            // (`submitTrailers` does not add to it; only `send`'s data source reads do).
+            for i in 0..<h2.trailersDue.count {
+                let id = h2.trailersDue[i]
+                if let s = stream(id) { s.out.trailers.withRefs { h2.submitTrailers(stream: id, $0, clean: s.out.trailersClean) } }
+            }
             h2.trailersDue.removeAll(keepingCapacity: true)
-            for id in due { if let s = stream(id) { s.out.trailers.withRefs { h2.submitTrailers(stream: id, $0) } } }
             ok = send()
         }
         if !ok || h2.abused || (!h2.wantsRead && !h2.wantsWrite) { closeConnection() }
@@ -381,11 +419,14 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
     func h2BeginHeaders(_ s: HTTP2Session, stream id: Int32) {
         if let st = stream(id) {   // trailers of an open stream: the request head was copied already
             st.fields.removeAll()
+            s.collectHeaders(stream: id, into: st.fieldsStorage, limit: maxHeaderListSize, underscores: true)
             return
         }
-        let st = worker.freeServerStreams.popLast() ?? H2ServerStream()
+        let st = withWorker { $0.freeServerStreams.popLast() } ?? H2ServerStream()
         st.prepare(self, id)
         addStream(st)
+        // Fields go straight into the stream's block; names with `_` still come to `h2Header` (the policy).
+        s.collectHeaders(stream: id, into: st.fieldsStorage, limit: maxHeaderListSize, underscores: true)
     }
 
     func h2Header(_ s: HTTP2Session, stream: Int32, name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) -> Bool {
@@ -424,8 +465,9 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
             markDirty(st)
             return
         }
-        let e = worker.takeExchange()
+        let e = withWorker { $0.takeExchange() }
         st.exchange = e
+        e.h2Downstream = Unmanaged.passUnretained(st)   // its hot path reaches the stream directly
         st.fields.withRefs { refs in
             var method = UnsafeRawBufferPointer(start: nil, count: 0), path = method, authority = method, proto = method
             var firstRegular = refs.count
@@ -433,11 +475,15 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
             var contentLength: UInt64 = 0
             for i in refs.indices {
                 let n = refs[i].name
-                if n.first != 0x3A { if firstRegular == refs.count { firstRegular = i }; continue }
-                if n.equalsLowercase(":method") { method = refs[i].value }
-                else if n.equalsLowercase(":path") { path = refs[i].value }
-                else if n.equalsLowercase(":authority") { authority = refs[i].value }
-                else if n.equalsLowercase(":protocol") { proto = refs[i].value }   // RFC 8441 (nghttp2 checked it)
+                // Pseudo-fields come first (nghttp2 refuses one after a regular field).
+                if n.first != 0x3A { firstRegular = i; break }
+                switch n.count {
+                case 7: if n.equalsLowercase(":method") { method = refs[i].value }   // (or :scheme)
+                case 5: if n.equalsLowercase(":path") { path = refs[i].value }
+                case 10: if n.equalsLowercase(":authority") { authority = refs[i].value }
+                case 9: if n.equalsLowercase(":protocol") { proto = refs[i].value }   // RFC 8441 (nghttp2 checked it)
+                default: break
+                }
             }
             let regular = UnsafeBufferPointer(rebasing: refs[firstRegular...])
             if let i = regular.firstIndex(named: "content-length") {
@@ -481,16 +527,18 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
     }
 
     func h2StreamClosed(_ s: HTTP2Session, stream: Int32, errorCode: UInt32) {
-        // A retained reference: removing the stream drops the connection's.
-        guard let st = self.stream(stream), st.slot >= 0 else { return }
-        removeStream(st)
-        st.closed = true
-        if let e = st.exchange {
-            // Closed before the exchange finished: the client cancelled (or the stream failed).
-            e.downstreamAborted()
+        withStream(stream, else: ()) { st in
+            guard st.slot >= 0 else { return }
+            // Into the free list first: it holds the stream once `all` lets go of it (so no retain here).
+            withWorker { $0.freeServerStreams.append(st) }
+            removeStream(st)
+            st.closed = true
+            if let e = st.exchange {
+                // Closed before the exchange finished: the client cancelled (or the stream failed).
+                e.downstreamAborted()
+            }
+            st.recycle(pool: pool)
         }
-        st.recycle(pool: worker.pool)
-        worker.freeServerStreams.append(st)
         if budget.over { budgetCheck() }
         if draining && all.isEmpty { schedule() }
     }

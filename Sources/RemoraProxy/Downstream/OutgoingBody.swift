@@ -15,6 +15,9 @@ struct OutgoingBody {
     var ended = false
     var trailers = HeaderBlock()
     var hasTrailers = false
+    /// The trailers' names are lowercase and none is hop-by-hop (they came over HTTP/2): submitted
+    /// without a second filtering pass.
+    var trailersClean = false
     /// The data source said "nothing yet": nghttp2 waits for `resumeData`.
     var deferred = false
 
@@ -24,6 +27,7 @@ struct OutgoingBody {
     mutating func reset() {
         ended = false
         hasTrailers = false
+        trailersClean = false
         deferred = false
         head = 0
         bytes.count = 0

@@ -15,7 +15,7 @@ extension Exchange {
             }
             return
         }
-        guard active, !responseDone, let u = upstream else {
+        guard active, !responseDone, hasUpstream else {
             if retryAt != 0 && active && !responseDone { bufferWhileWaiting(data) } else { downstream?.requestConsumed(data.count) }
             return
         }
@@ -30,12 +30,15 @@ extension Exchange {
         }
         clusterStats?.add(.upstream_cx_tx_bytes_total, UInt64(data.count))
         if shadow != nil { feedShadow(data) }
-        u.sendBody(data)
-        if u.requestBlocked {
+        let blocked = withUpstream(false) { u in
+            u.sendBody(data)
+            return u.requestBlocked
+        }
+        if blocked {
             owedCredit += data.count
             if !requestPaused { requestPaused = true; downstream?.pauseRequest() }
         } else {
-            downstream?.requestConsumed(data.count)
+            withDownstream(()) { $0.requestConsumed(data.count) }
         }
         armAfterRequestProgress()
     }
@@ -45,7 +48,7 @@ extension Exchange {
         requestDeadline = 0
         if let sh = shadow { sh.requestEnd(trailers: trailers) }
         guard active else { return }
-        if let u = upstream, !responseDone, requestHasBody { u.sendEnd(trailers: trailers) }
+        if !responseDone, requestHasBody { withUpstream(()) { $0.sendEnd(trailers: trailers) } }
         if responseDone { finish(clean: true) } else { armAfterRequestProgress() }
     }
 

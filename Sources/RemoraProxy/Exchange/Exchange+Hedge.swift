@@ -62,6 +62,7 @@ extension Exchange {
         h.relaying = true
         u.exchange = self
         upstream = u
+        upstreamIsHTTP2 = h.upstreamIsHTTP2   // (`protocol: auto`: the hedge's endpoint may speak the other one)
         attemptEndpoint = h.attemptEndpoint
         attemptStart = h.attemptStart
         attemptStatus = 0

@@ -25,7 +25,7 @@ extension Exchange {
         observe.attempts &+= 1
         observe.endpoint = endpoint
         observe.upstreamMillis = outcome.latency
-        if worker.recordsHistograms { clusterStats?.record(.upstream_rq_time, micros: outcome.latency &* 1000) }
+        if recordsHistograms { clusterStats?.record(.upstream_rq_time, micros: outcome.latency &* 1000) }
     }
 
     /// The exchange ends: its duration, a DC flag when the client went away without a complete
@@ -36,10 +36,10 @@ extension Exchange {
         let us = monotonicMicros() &- observe.startMicros
         observe.durationMicros = us
         if !responseDone && observe.flags.isEmpty { observe.flags.insert(.DC) }
-        guard worker.recordsHistograms else { return }
+        guard recordsHistograms else { return }
         stats.record(.downstream_rq_time, micros: us)
         let key = RequestSeriesKey(status: observe.status, grpcStatus: responseGRPCStatus, grpc: isGRPC, flags: observe.flags).raw
-            | RequestSeriesKey.peerBits(downstream: downstream?.peerTag ?? 0, upstream: observe.upstreamPeer)
+            | RequestSeriesKey.peerBits(downstream: withDownstream(0) { $0.peerTag }, upstream: observe.upstreamPeer)
         if let cs = clusterStats { cs.recordSeries(key, micros: us) } else { stats.recordSeries(key, micros: us) }
     }
 

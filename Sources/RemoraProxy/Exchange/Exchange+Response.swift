@@ -29,7 +29,15 @@ extension Exchange {
                       lengthKnown: Bool, endStream: Bool) {
         if let p = hedgeOf { p.hedgeHead(self, status: status, reason: reason, headers: headers, lengthKnown: lengthKnown,
                                          endStream: endStream); return }
-        guard active, let d = downstream else { return }
+        guard active else { return }
+        withDownstream(()) { d in
+            upstreamHead(d, status: status, reason: reason, headers: headers, lengthKnown: lengthKnown, endStream: endStream)
+        }
+    }
+
+    @inline(__always)
+    func upstreamHead(_ d: any DownstreamSide, status: Int, reason: UnsafeRawBufferPointer, headers: UnsafeBufferPointer<HeaderRef>,
+                      lengthKnown: Bool, endStream: Bool) {
         attemptStatus = status
         attemptHeadAt = timer.now
         if isGRPC && endStream, let i = headers.firstIndex(named: "grpc-status") { attemptGRPCStatus = GRPC.statusCode(headers[i].value) }
@@ -63,6 +71,9 @@ extension Exchange {
         if grpcWeb != .off {
             responseNamesLowercase = false
             respondGRPCWebHead(d, status: status, reason: reason, headers: headers, endStream: endStream)
+        } else if responseMutations.isEmpty {   // (no closure: its context would retain `self` and `d`)
+            if runsFilters && listener.hasResponseFilters { runResponseFilters(status: status, headers: headers) }
+            d.respondHead(status: status, reason: reason, headers: headers, lengthKnown: lengthKnown, endStream: endStream)
         } else {
             withMutated(headers, responseMutations) { h in
                 if runsFilters && listener.hasResponseFilters { runResponseFilters(status: status, headers: h) }
@@ -79,21 +90,32 @@ extension Exchange {
     }
 
     func upstreamBody(_ data: UnsafeRawBufferPointer) {
-        guard active, let d = downstream, let u = upstream else { return }
+        guard active else { return }
+        withDownstream(()) { upstreamBody($0, data) }
+    }
+
+    @inline(__always)
+    func upstreamBody(_ d: any DownstreamSide, _ data: UnsafeRawBufferPointer) {
+        guard hasUpstream else { return }
         clusterStats?.add(.upstream_cx_rx_bytes_total, UInt64(data.count))
         observe.bytesSent &+= UInt64(data.count)
         if grpcWeb != .off { respondGRPCWebBody(d, data) } else { d.respondBody(data) }
         if d.responseBlocked {
             owedUpstreamCredit += data.count
-            if !responsePaused { responsePaused = true; u.pauseResponse() }
+            if !responsePaused { responsePaused = true; withUpstream(()) { $0.pauseResponse() } }
         } else {
-            u.responseConsumed(data.count)
+            withUpstream(()) { $0.responseConsumed(data.count) }
         }
         arm(.stream)
     }
 
     func upstreamEnd(trailers: UnsafeBufferPointer<HeaderRef>?) {
-        guard active, let d = downstream else { return }
+        guard active else { return }
+        withDownstream(()) { upstreamEnd($0, trailers: trailers) }
+    }
+
+    @inline(__always)
+    func upstreamEnd(_ d: any DownstreamSide, trailers: UnsafeBufferPointer<HeaderRef>?) {
         if isGRPC, let t = trailers, let i = t.firstIndex(named: "grpc-status") { attemptGRPCStatus = GRPC.statusCode(t[i].value) }
         responseDone = true
         if grpcWeb != .off { respondGRPCWebEnd(d, trailers: trailers) } else { d.respondEnd(trailers: trailers) }

@@ -179,8 +179,8 @@ extension Exchange {
         }
         let requestTimeout = route.requestTimeout == .max ? l.config.requestTimeout : route.requestTimeout
         if !isGRPC && !r.endStream && requestTimeout > 0 { requestDeadline = timer.now &+ requestTimeout }
-        let backend = table.pick(route: ri, request: view, random: worker.rng.next())
-        let mirrorCluster = table.mirror(route: ri, random: worker.rng.next())
+        let backend = table.pick(route: ri, request: view, random: withWorker { $0.rng.next() })
+        let mirrorCluster = table.mirror(route: ri, random: withWorker { $0.rng.next() })
         let cl = l.clusters[backend.cluster]
         if upgrade != .none && refusesUpgrade(route, cl, r) { return }   // one flag test for other requests
         backendStats = l.backendStats[backend.slot]
@@ -197,8 +197,7 @@ extension Exchange {
         var target = view.target
         if table.rewriteTarget(route: ri, target: view.target, into: &rewritten) { target = rewritten.bytes }
         let mutations = table.requestHeaders(route: ri)
-        var ip = clientIP
-        ip.withUTF8 { ipBytes in
+        withUTF8(of: clientIP) { ipBytes in
             let clientIP = UnsafeRawBufferPointer(ipBytes)
             withMutated(view.headers, mutations) { mutated in
                 // With `tracing:`, the request id and trace context (Observe/Tracing.swift): added after
@@ -275,4 +274,13 @@ extension Exchange {
         if sh.active, !sh.responseDone { sh.cluster?.stats.inc(.upstream_rq_mirror_dropped) }
         sh.finish(clean: false)
     }
+}
+
+/// `body` with the UTF-8 bytes of `s`, without the copy (a retain and a release) that `String.withUTF8`,
+/// a mutating method, needs when the string is native and contiguous, as a connection's address is.
+@inline(__always)
+func withUTF8<R>(of s: String, _ body: (UnsafeBufferPointer<UInt8>) -> R) -> R {
+    if let r = s.utf8.withContiguousStorageIfAvailable(body) { return r }
+    var copy = s
+    return copy.withUTF8(body)
 }

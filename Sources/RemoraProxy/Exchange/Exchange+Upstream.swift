@@ -11,7 +11,8 @@ extension Exchange {
     func prepareUpstream(_ cl: Cluster, _ r: RequestStart, _ view: RequestView, clientIP: UnsafeRawBufferPointer,
                          scheme: StaticString, dropExpect: Bool,
                          extra: AddedFields = .none) {
-        cluster = cl
+        clusterRef = Unmanaged.passUnretained(cl)   // (not `cluster = cl`: its setter takes an owned reference)
+        clusterStats = cl.stats
         upstreamAuto = cl.auto
         upstreamIsHTTP2 = cl.auto ? cl.prefersH2 : cl.config.protocol != .http1
         reqFraming = r.framing
@@ -54,7 +55,10 @@ extension Exchange {
     /// HTTP/2 connection with a free stream, or a new connection. Starts an attempt.
     /// `endpoint`: this one rather than the balancer's pick (`upstreamSwitched`).
     func dispatch(fresh: Bool, endpoint: Endpoint.Ref? = nil) {
-        guard let cl = cluster else { return }
+        withCluster(()) { dispatch($0, fresh: fresh, endpoint: endpoint) }
+    }
+
+    func dispatch(_ cl: Cluster, fresh: Bool, endpoint: Endpoint.Ref?) {
         var pinned = endpoint
         if upstreamAuto && pinned == nil && !cl.live.isEmpty {
             // `protocol: auto`: the endpoint first, then the protocol its server chose (or the preferred one).
@@ -62,15 +66,29 @@ extension Exchange {
             pinned = ref
             upstreamIsHTTP2 = ref._withUnsafeGuaranteedRef { $0.speaksH2 } ?? cl.prefersH2
         }
-        let u: (any UpstreamStream)? = upstreamIsHTTP2
-            ? cl.openHTTP2(for: self, head: reqHead, hasBody: requestHasBody, retry: fresh, hash: lbHash,
-                           extendedConnect: upgrade == .websocket, endpoint: pinned)
-            : cl.openHTTP1(for: self, head: upHead.bytes, isHEAD: isHEAD, fresh: fresh, hash: lbHash, endpoint: pinned)
-        guard let u else {
-            if cl.overflowed { cl.overflowed = false; overloaded(cl) } else { noUpstream(.connectFailed) }
-            return
+        if upstreamIsHTTP2 {
+            guard let s = cl.openHTTP2(for: self, head: reqHead, hasBody: requestHasBody, retry: fresh, hash: lbHash,
+                                       extendedConnect: upgrade == .websocket, endpoint: pinned)
+            else { return noStream(cl) }
+            let ref = Unmanaged.passUnretained(s)
+            upstream = s
+            h2Upstream = ref   // (after `upstream`, whose change clears it)
+        } else {
+            guard let s = cl.openHTTP1(for: self, head: upHead.bytes, isHEAD: isHEAD, fresh: fresh, hash: lbHash, endpoint: pinned)
+            else { return noStream(cl) }
+            upstream = s
         }
-        upstream = u
+        withUpstream(()) { startAttempt(cl, $0) }
+    }
+
+    /// No upstream could be opened for the attempt.
+    func noStream(_ cl: Cluster) {
+        if cl.overflowed { cl.overflowed = false; overloaded(cl) } else { noUpstream(.connectFailed) }
+    }
+
+    /// An attempt starts on `u` (just opened): its clock and deadlines, then what of the request is here.
+    @inline(__always)
+    func startAttempt(_ cl: Cluster, _ u: any UpstreamStream) {
         attemptEndpoint = u.endpoint
         attemptStart = timer.now
         attemptHeadAt = 0
@@ -164,14 +182,14 @@ extension Exchange {
     /// complete responses alike.
     @inline(__always)
     func endAttempt(_ kind: AttemptOutcome.Kind) {
-        guard let endpoint = attemptEndpoint, let cl = cluster else { return }
+        guard let endpoint = attemptEndpoint, let cl = clusterRef else { return }
         attemptEndpoint = nil
         lastTryEndpoint = endpoint
         tryDeadline = 0
         let outcome = AttemptOutcome(kind: kind, status: attemptStatus, grpcStatus: attemptGRPCStatus,
                                      latency: (attemptHeadAt != 0 ? attemptHeadAt : timer.now) &- attemptStart)
         observeAttempt(endpoint: endpoint._withUnsafeGuaranteedRef { $0.index }, outcome)
-        cl.attemptEnded(endpoint: endpoint, outcome)
+        cl._withUnsafeGuaranteedRef { $0.attemptEnded(endpoint: endpoint, outcome) }
     }
 
     /// The request's method is idempotent: a request lost in the keep-alive close race may be sent

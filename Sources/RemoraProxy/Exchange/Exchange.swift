@@ -20,20 +20,63 @@ final class Exchange: DeadlineTimerDelegate {
     enum Deadline { case upstreamHead, stream }
 
     unowned(unsafe) let worker: Worker
+    /// `worker` without a retain and release per use (`withWorker`: an `unowned(unsafe)` reference
+    /// costs both at every use); the worker outlives its exchanges.
+    let workerRef: Unmanaged<Worker>
+    @inline(__always) func withWorker<R>(_ body: (Worker) -> R) -> R { workerRef._withUnsafeGuaranteedRef(body) }
+    /// The worker records latency histograms (fixed for its life).
+    let recordsHistograms: Bool
     /// The worker's buffers (a strong `let`: reached without a retain).
     let pool: BufferPool
     let timer: DeadlineTimer
     unowned(unsafe) var downstream: (any DownstreamSide)?
+    /// The downstream when it is an HTTP/2 stream (its connection sets this before `start`; cleared
+    /// with `downstream` in `finish`): reached on the hot path as its own type and without a retain
+    /// (`withDownstream`), where a use of `downstream` costs a retain, a release and a witness call.
+    var h2Downstream: Unmanaged<H2ServerStream>?
+
+    /// `body` with the downstream (`none` when there is none), an HTTP/2 stream without a retain.
+    @inline(__always)
+    func withDownstream<R>(_ none: R, _ body: (any DownstreamSide) -> R) -> R {
+        if let s = h2Downstream { return s._withUnsafeGuaranteedRef { body($0) } }
+        guard let d = downstream else { return none }
+        return body(d)
+    }
     /// The listener's runtime of the snapshot this request started on (held while it runs).
     var listener: ListenerRuntime!
     /// The listener's stats (a shadow request counts in the worker's unlisted shadow block).
     var stats: StatBlock<ListenerStat>!
-    unowned(unsafe) var cluster: Cluster? { didSet { clusterStats = cluster?.stats } }
+    /// The chosen cluster (the listener runtime this exchange holds keeps it): not retained, and
+    /// reached on the hot path as a guaranteed reference (`withCluster`).
+    var clusterRef: Unmanaged<Cluster>?
+    var cluster: Cluster? {
+        get { clusterRef?.takeUnretainedValue() }
+        set { clusterRef = newValue.map { Unmanaged.passUnretained($0) }; clusterStats = newValue?.stats }
+    }
+    @inline(__always) func withCluster<R>(_ none: R, _ body: (Cluster) -> R) -> R {
+        guard let c = clusterRef else { return none }
+        return c._withUnsafeGuaranteedRef(body)
+    }
     /// The cluster's counters (a plain value: counting costs no retain of the cluster).
     var clusterStats: StatBlock<ClusterStat>?
     /// The listener's stream idle timeout, ms (copied at start).
     var streamIdleTimeout: Millis = 0
-    var upstream: (any UpstreamStream)?
+    var upstream: (any UpstreamStream)? { didSet { h2Upstream = nil } }
+    /// The upstream when it is an HTTP/2 stream (`dispatch` sets this after `upstream`; any change of
+    /// `upstream` clears it): reached on the hot path as its own type and without a retain
+    /// (`withUpstream`); `upstream` holds the reference.
+    var h2Upstream: Unmanaged<H2UpstreamStream>?
+
+    /// `body` with the upstream (`none` when there is none), an HTTP/2 stream without a retain.
+    @inline(__always)
+    func withUpstream<R>(_ none: R, _ body: (any UpstreamStream) -> R) -> R {
+        if let s = h2Upstream { return s._withUnsafeGuaranteedRef { body($0) } }
+        guard let u = upstream else { return none }
+        return body(u)
+    }
+
+    /// There is an upstream (without a retain to find out).
+    @inline(__always) var hasUpstream: Bool { h2Upstream != nil || upstream != nil }
     var deadlineKind = Deadline.stream
 
     var active = false
@@ -130,7 +173,12 @@ final class Exchange: DeadlineTimerDelegate {
     var hedge: Exchange?
     /// For a hedge: the request it tries for (nil otherwise); while `relaying`, the request that took
     /// its upstream, which it passes the end of the upstream's read to.
-    unowned(unsafe) var hedgeOf: Exchange?
+    var hedgeOf: Exchange? {
+        get { hedgeOfRef?.takeUnretainedValue() }
+        set { hedgeOfRef = newValue.map { Unmanaged.passUnretained($0) } }
+    }
+    /// (Stored unmanaged: testing it costs no retain, on every head and read of every request.)
+    var hedgeOfRef: Unmanaged<Exchange>?
     var relaying = false
     /// Absolute loop time at which the first try gets a hedge (folded into `tryDeadline`); 0 = none.
     var hedgeAt: UInt64 = 0
@@ -152,6 +200,8 @@ final class Exchange: DeadlineTimerDelegate {
 
     init(worker: Worker) {
         self.worker = worker
+        workerRef = Unmanaged.passUnretained(worker)
+        recordsHistograms = worker.recordsHistograms
         pool = worker.pool
         timer = DeadlineTimer(loop: worker.loop)
         timer.delegate = self
@@ -205,8 +255,8 @@ final class Exchange: DeadlineTimerDelegate {
 
     /// The upstream finished one read: what it wrote toward the client may leave now.
     func upstreamReadDone() {
-        if hedgeOf != nil { hedgeReadDone(); return }
-        downstream?.flushResponse()
+        if hedgeOfRef != nil { hedgeReadDone(); return }
+        withDownstream(()) { $0.flushResponse() }
     }
 
     // MARK: the end
@@ -229,28 +279,31 @@ final class Exchange: DeadlineTimerDelegate {
         retryAt = 0
         if let h = hedge { hedge = nil; Exchange.endHedge(h) }
         if holdsRetryBudget { releaseRetryBudget() }
-        if let u = upstream {
-            upstream = nil
+        if upstream != nil {
+            var u: (any UpstreamStream)? = nil
+            swap(&u, &upstream)   // moved out: no retain for the copy
             endAttempt(responseDone ? .response : .cancelled)
-            u.detach(clean: clean)
+            u!.detach(clean: clean)
         }
         observeFinish()
         if observe.hasTrace, let u = listener.tracingRef { u._withUnsafeGuaranteedRef { if $0.spans != nil { $0.end(self) } } }
         if runsFilters { for f in listener.filters { f.log(self) } }
         stats.dec(.downstream_rq_active)
-        if clusterActive { clusterStats?.dec(.upstream_rq_active); cluster?.releaseRequest(); clusterActive = false }
+        if clusterActive { clusterStats?.dec(.upstream_rq_active); withCluster(()) { $0.releaseRequest() }; clusterActive = false }
         pool.give(&upHead)
         pool.give(&replay)
         reqHead.release(to: pool)
         upstreamAuto = false
         if let sh = shadow { shadow = nil; sh.primary = nil }   // a complete copy runs on by itself
         if let p = primary { primary = nil; p.shadow = nil }
-        let d = downstream
+        let d = downstream, h2 = h2Downstream
         downstream = nil
-        cluster = nil
+        h2Downstream = nil
+        clusterRef = nil
+        clusterStats = nil
         listener = nil
         backendStats = nil
         responseMutations = HeaderMutations()
-        d?.exchangeDone(self)
+        if let h2 { h2._withUnsafeGuaranteedRef { $0.exchangeDone(self) } } else { d?.exchangeDone(self) }
     }
 }

@@ -89,19 +89,19 @@ extension Cluster {
         let ref: Endpoint.Ref
         if let pinned { ref = pinned } else { ref = pickEndpoint(hash: hash) }
         return ref._withUnsafeGuaranteedRef { e in
-            var conn = e.h2.first { $0.hasRoom && (!retry || $0.settingsKnown) }
-            while closesExpired, let c = conn, certificateExpired(c.conn) {
+            var conn = H2UpstreamConnection.withRoom(in: e, settingsKnown: retry)
+            while closesExpired, let c = conn?.takeUnretainedValue(), certificateExpired(c.conn) {   // (retained: it may leave the list)
                 c.drain()   // no new streams (GOAWAY); closes once its streams end
-                conn = e.h2.first { $0.hasRoom && (!retry || $0.settingsKnown) }
+                conn = H2UpstreamConnection.withRoom(in: e, settingsKnown: retry)
             }
             if conn == nil {
                 guard let c = connect(e, h2: true) else { return nil }
                 let n = H2UpstreamConnection(cluster: self, endpoint: ref, conn: c)
-                e.h2.append(n)
-                conn = n
+                e.h2.append(n)   // (the endpoint's list holds it from here)
+                conn = Unmanaged.passUnretained(n)
             }
             let s = freeStreams.popLast() ?? H2UpstreamStream()
-            if !conn!.open(s, for: exchange, head: head, hasBody: hasBody, extendedConnect: extendedConnect) {
+            if !conn!._withUnsafeGuaranteedRef({ $0.open(s, for: exchange, head: head, hasBody: hasBody, extendedConnect: extendedConnect) }) {
                 freeStreams.append(s)
                 return nil
             }

@@ -10,11 +10,35 @@ protocol Flushable: AnyObject {
 
 /// One stream of an upstream HTTP/2 connection: the upstream half of one exchange. Recycled.
 final class H2UpstreamStream: UpstreamStream {
-    unowned(unsafe) var connection: H2UpstreamConnection?
-    unowned(unsafe) var exchange: Exchange?
+    /// Its connection while it serves one (the connection outlives its streams): not retained, and
+    /// reached on the hot path as a guaranteed reference (`withConnection`; an `unowned(unsafe)`
+    /// reference costs a retain and a release at every use).
+    var connectionRef: Unmanaged<H2UpstreamConnection>?
+    var connection: H2UpstreamConnection? { connectionRef?.takeUnretainedValue() }
+    @inline(__always) func withConnection<R>(_ none: R, _ body: (H2UpstreamConnection) -> R) -> R {
+        guard let c = connectionRef else { return none }
+        return c._withUnsafeGuaranteedRef(body)
+    }
+    /// The exchange it serves: not retained (stored unmanaged, so that a read that cannot end the
+    /// exchange — `submit`'s trace flag, a response head — needs no retain: `exchangeRef`).
+    var exchangeRef: Unmanaged<Exchange>?
+    var exchange: Exchange? {
+        get { exchangeRef?.takeUnretainedValue() }
+        set { exchangeRef = newValue.map { Unmanaged.passUnretained($0) } }
+    }
     var id: Int32 = -1
-    /// Response head, then trailers, as they arrive.
-    var fields = HeaderBlock()
+    /// Response head, then trailers, as they arrive. Stored apart from the object (`fieldsStorage`)
+    /// so that the session appends to it directly (`HTTP2Session.collectHeaders`).
+    var fields: HeaderBlock {
+        unsafeAddress { UnsafePointer(fieldsStorage) }
+        unsafeMutableAddress { fieldsStorage }
+    }
+    let fieldsStorage: UnsafeMutablePointer<HeaderBlock> = {
+        let p = UnsafeMutablePointer<HeaderBlock>.allocate(capacity: 1)
+        p.initialize(to: HeaderBlock())
+        return p
+    }()
+    deinit { fieldsStorage.deallocate() }   // (its buffers went back to the pool in `recycle`)
     var headDelivered = false
     var responseEnded = false
     var gotBytes = false
@@ -33,7 +57,7 @@ final class H2UpstreamStream: UpstreamStream {
 
     func reset(for e: Exchange, on c: H2UpstreamConnection) {
         exchange = e
-        connection = c
+        connectionRef = Unmanaged.passUnretained(c)
         headDelivered = false
         responseEnded = false
         gotBytes = false
@@ -44,38 +68,40 @@ final class H2UpstreamStream: UpstreamStream {
 
     /// Gives back the credit pledged against the downstream's budget.
     @inline(__always) func releasePledge() {
-        if let b = pledge, let c = connection { b.pledged -= c.raisedWindow - c.baseWindow }
+        if let b = pledge { withConnection(()) { c in b.pledged -= c.raisedWindow - c.baseWindow } }
         pledge = nil
     }
 
     // MARK: UpstreamStream
 
     func sendBody(_ data: UnsafeRawBufferPointer) {
-        guard let c = connection else { return }
-        out.append(data, pool: c.cluster.worker.pool)
-        c.resume(self)
+        withConnection(()) { c in
+            out.append(data, pool: c.pool)
+            c.resume(self)
+        }
     }
 
     func sendEnd(trailers t: UnsafeBufferPointer<HeaderRef>?) {
-        guard let c = connection else { return }
-        out.end(trailers: t, pool: c.cluster.worker.pool)
-        c.resume(self)
+        withConnection(()) { c in
+            out.end(trailers: t, pool: c.pool)
+            c.resume(self)
+        }
     }
 
-    var requestBlocked: Bool { out.pending > 256 * 1024 || (connection?.conn.isAboveHighWatermark ?? false) }
+    var requestBlocked: Bool { out.pending > 256 * 1024 || withConnection(false) { $0.conn.isAboveHighWatermark } }
     func pauseResponse() {}          // credit is withheld by the exchange instead
     func resumeResponse() {}
-    func responseConsumed(_ n: Int) { connection?.consume(self, n) }
+    func responseConsumed(_ n: Int) { withConnection(()) { $0.consume(self, n) } }
     var wasReused: Bool { onReusedConnection }
     var gotResponseBytes: Bool { gotBytes }
     /// Valid while the stream serves an exchange (read right after `open`).
-    var endpoint: Endpoint.Ref { connection!.endpoint }
+    var endpoint: Endpoint.Ref { connectionRef!._withUnsafeGuaranteedRef { $0.endpoint } }
     func flushRequest() {}           // the connection flushes at the end of the iteration
 
     func detach(clean: Bool) {
         if pledge != nil { releasePledge() }
         exchange = nil
-        if !(clean && responseEnded) { connection?.cancel(self) }
+        if !(clean && responseEnded) { withConnection(()) { $0.cancel(self) } }
     }
 
     /// Back to the cluster's free list (the stream is closed).
@@ -83,7 +109,7 @@ final class H2UpstreamStream: UpstreamStream {
         if pledge != nil { releasePledge() }
         fields.release(to: pool)
         out.release(to: pool)
-        connection = nil
+        connectionRef = nil
         exchange = nil
         id = -1
         free.append(self)
@@ -97,7 +123,12 @@ final class H2UpstreamStream: UpstreamStream {
 final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, Flushable {
     /// Its cluster and endpoint (the cluster owns the endpoint and outlives its connections); moved
     /// only while no stream is open (`Cluster.adopt`).
-    unowned(unsafe) var cluster: Cluster
+    var cluster: Cluster {
+        get { clusterRef.takeUnretainedValue() }
+        set { clusterRef = Unmanaged.passUnretained(newValue) }
+    }
+    /// (Stored unmanaged: reached as a guaranteed reference where it is hot.)
+    var clusterRef: Unmanaged<Cluster>
     var endpoint: Endpoint.Ref
     let conn: TCPConnection
     let h2: HTTP2Session
@@ -122,6 +153,8 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
 
     /// The worker's buffer pool; the cluster's header list limit (as sent in SETTINGS).
     let pool: BufferPool
+    /// The worker (the same for every cluster the connection may move to), without a retain per use.
+    let workerRef: Unmanaged<Worker>
     let maxHeaderListSize: Int
     /// Each stream's receive window starts at `baseWindow` (the protocol's 64 KiB, or the cluster's
     /// `initial_stream_window` when smaller) and is raised to `raisedWindow` (the cluster's) once it
@@ -131,8 +164,9 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
     let raisedWindow: Int
 
     init(cluster: Cluster, endpoint: Endpoint.Ref, conn: TCPConnection) {
-        self.cluster = cluster
+        clusterRef = Unmanaged.passUnretained(cluster)
         pool = cluster.worker.pool
+        workerRef = Unmanaged.passUnretained(cluster.worker)
         maxHeaderListSize = cluster.config.http2.maxHeaderListSize
         self.endpoint = endpoint
         self.conn = conn
@@ -150,6 +184,20 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
 
     /// The peer's SETTINGS arrived (its stream limit is known).
     var settingsKnown = false
+
+    /// The first connection of `e` with room for a stream (and whose peer's SETTINGS arrived, when
+    /// `settingsKnown`), unretained: the endpoint's list holds its connections, and reading it
+    /// element by element costs no retain (`first(where:)` retained the list and each candidate).
+    @inline(__always)
+    static func withRoom(in e: Endpoint, settingsKnown: Bool) -> Unmanaged<H2UpstreamConnection>? {
+        e.h2.withUnsafeBufferPointer { list in
+            for i in list.indices {
+                let c = Unmanaged.passUnretained(list[i])
+                if c._withUnsafeGuaranteedRef({ $0.hasRoom && (!settingsKnown || $0.settingsKnown) }) { return c }
+            }
+            return nil
+        }
+    }
 
     var hasRoom: Bool {
         !goingAway && !closing && h2.canOpenStream && all.count < h2.remoteMaxConcurrentStreams
@@ -183,7 +231,7 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
             guard refs.count >= 3 else { return -1 }
             return h2.submitRequest(method: refs[0].value, scheme: "http", authority: refs[1].value, path: refs[2].value,
                                     headers: UnsafeBufferPointer(rebasing: refs[3...]), clean: true, hasBody: hasBody,
-                                    streamData: Unmanaged.passUnretained(s).toOpaque(), addedFields: s.exchange?.observe.hasTrace ?? false)
+                                    streamData: Unmanaged.passUnretained(s).toOpaque(), addedFields: s.exchangeRef?._withUnsafeGuaranteedRef { $0.observe.hasTrace } ?? false)
         }
         if id < 0 { return false }
         s.id = id
@@ -284,7 +332,7 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
     func schedule() {
         if flushScheduled || closing { return }
         flushScheduled = true
-        cluster.worker.scheduleFlush(self)
+        workerRef._withUnsafeGuaranteedRef { $0.scheduleFlush(self) }
     }
 
     /// Writes what nghttp2 has queued (after applying what waited for the end of its callbacks).
@@ -306,9 +354,13 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
         toConsume.removeAll(keepingCapacity: true)
         var ok = send()
         while ok && !h2.trailersDue.isEmpty {
-            let due = h2.trailersDue
+            // By index, then emptied in place: a copy of the list would make `removeAll` allocate anew
+            // (`submitTrailers` does not add to it; only `send`'s data source reads do).
+            for i in 0..<h2.trailersDue.count {
+                let id = h2.trailersDue[i]
+                if let s = stream(id) { s.out.trailers.withRefs { h2.submitTrailers(stream: id, $0) } }
+            }
             h2.trailersDue.removeAll(keepingCapacity: true)
-            for id in due { if let s = stream(id) { s.out.trailers.withRefs { h2.submitTrailers(stream: id, $0) } } }
             ok = send()
         }
         if !ok { failAll(.protocolError) }
@@ -448,6 +500,7 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
         withStream(stream, else: ()) { st in
             st.fields.prepare(pool)
             st.gotBytes = true
+            s.collectHeaders(stream: stream, into: st.fieldsStorage, limit: maxHeaderListSize, underscores: false)
         }
     }
 
@@ -463,8 +516,20 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
     }
 
     func headersComplete(_ st: H2UpstreamStream, endStream: Bool) {
-        guard let e = st.exchange else { return }
+        guard let ref = st.exchangeRef else { return }
         if !st.headDelivered {
+            // `touched` holds the exchange (from before it sees the head) until this read is over.
+            ref._withUnsafeGuaranteedRef { responseHead(st, $0, endStream: endStream) }
+        } else {
+            let e = ref.takeUnretainedValue()   // (retained: the trailers may end it)
+            st.responseEnded = true
+            st.fields.withRefs { e.upstreamEnd(trailers: $0) }
+        }
+    }
+
+    @inline(__always)
+    func responseHead(_ st: H2UpstreamStream, _ e: Exchange, endStream: Bool) {
+        do {
             var status = 0
             var lengthKnown = false
             for i in 0..<st.fields.count {
@@ -486,9 +551,6 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
                 e.upstreamHead(status: status, reason: UnsafeRawBufferPointer(start: nil, count: 0), headers: regular,
                                lengthKnown: lengthKnown, endStream: endStream)
             }
-        } else {
-            st.responseEnded = true
-            st.fields.withRefs { e.upstreamEnd(trailers: $0) }
         }
     }
 
@@ -522,7 +584,7 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
         if !st.responseEnded, let e {
             e.upstreamFailed(errorCode == 0x7 ? .refused : .reset(code: errorCode == 0 ? 0x2 : errorCode))
         }
-        st.recycle(pool: pool, into: &cluster.freeStreams)
+        clusterRef._withUnsafeGuaranteedRef { st.recycle(pool: pool, into: &$0.freeStreams) }
         if all.isEmpty {
             if cluster.retired && !cluster.handOver(self) { closeNow() }
             if goingAway { schedule() } else if connected && !closing { conn.setDeadline(after: cluster.config.idleTimeout) }
