@@ -8,6 +8,10 @@ final class CorkedEcho: ListenerDelegate, TCPConnectionDelegate {
     var requestsMadeAfterAnswer: Bool?
     var queueCapacityAfterAnswer = -1
     var queueCapacityAfterRelease = -1
+    /// The loop's spare queue storage after each answer (`EventLoop.spareQueue`).
+    var spareAfterAnswer: [Int] = []
+    /// Queue storage the connection held while its bytes were corked.
+    var queueCapacityWhileCorked = -1
     func listenerAccepted(_ l: Listener, _ c: TCPConnection) {
         c.delegate = self
         c.owner = self
@@ -16,9 +20,11 @@ final class CorkedEcho: ListenerDelegate, TCPConnectionDelegate {
     func connectionRead(_ c: TCPConnection, _ data: UnsafeRawBufferPointer) {
         c.cork()
         c.write(data)
+        queueCapacityWhileCorked = c.pending.capacity
         c.uncork()   // leaves with uv_try_write: no uv_write_t needed
         requestsMadeAfterAnswer = c.reqs != nil
-        queueCapacityAfterAnswer = c.pending.capacity
+        queueCapacityAfterAnswer = c.pending.capacity + c.inflight.capacity
+        spareAfterAnswer.append(c.loop.spareQueue.capacity)
         c.releaseIdleBuffers()
         queueCapacityAfterRelease = c.pending.capacity + c.inflight.capacity
     }
@@ -28,7 +34,8 @@ final class CorkedEcho: ListenerDelegate, TCPConnectionDelegate {
 
 @Suite struct ConnectionMemoryTests {
     /// An accepted connection whose writes all go out at once never allocates its uv requests, and
-    /// an idle one can give its write queue's storage back (issue 17: memory per idle connection).
+    /// holds no write queue storage once its corked answer has left: the storage is the loop's
+    /// spare (issue 17: memory per idle connection).
     @Test func acceptedConnectionHoldsNoRequestsAndReleasesItsQueue() throws {
         let loop = EventLoop()
         let fd = try ListenSocket.bind(SocketAddress(ip: "127.0.0.1", port: 0)!)
@@ -53,7 +60,11 @@ final class CorkedEcho: ListenerDelegate, TCPConnectionDelegate {
         loop.run()
         #expect(client.received == Array("GET / HTTP/1.1\r\n\r\n".utf8))
         #expect(server.requestsMadeAfterAnswer == false)
-        #expect(server.queueCapacityAfterAnswer > 0)   // the corked bytes had a buffer
+        #expect(server.queueCapacityWhileCorked > 0)   // the corked bytes had a buffer
+        // ... which went to the loop once they had left: the connection holds none between answers
+        // (before: it kept it until it was parked).
+        #expect(server.queueCapacityAfterAnswer == 0)
+        #expect(server.spareAfterAnswer.last ?? 0 > 0)
         #expect(server.queueCapacityAfterRelease == 0)
         #expect(loop.handleCount == 0)
         #expect(loop.close())
