@@ -553,6 +553,9 @@ public final class TCPConnection {
         return withUnsafePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Int(SocketAddress(copying: $0).port) } }
     }
 
+    /// TCP_NODELAY is on for the socket (one getsockopt; tests).
+    var isNoDelay: Bool { remora_tcp_nodelay_is_on(tcp) != 0 }
+
     /// The peer's numeric IP ("127.0.0.1", "::1"), or "" when unknown.
     public func peerIP() -> String {
         var ss = sockaddr_storage()

@@ -32,7 +32,52 @@ final class CorkedEcho: ListenerDelegate, TCPConnectionDelegate {
     func connectionError(_ c: TCPConnection, _ code: Int32) { c.close() }
 }
 
+/// Records TCP_NODELAY of each accepted socket, then echoes like `CorkedEcho`.
+final class NoDelayProbe: ListenerDelegate, TCPConnectionDelegate {
+    var noDelay: [Bool] = []
+    func listenerAccepted(_ l: Listener, _ c: TCPConnection) {
+        noDelay.append(c.isNoDelay)
+        c.delegate = self
+        c.owner = self
+        c.startReading()
+    }
+    func connectionRead(_ c: TCPConnection, _ data: UnsafeRawBufferPointer) { c.write(data) }
+    func connectionEOF(_ c: TCPConnection) { c.close() }
+    func connectionError(_ c: TCPConnection, _ code: Int32) { c.close() }
+}
+
 @Suite struct ConnectionMemoryTests {
+    /// Every accepted socket has TCP_NODELAY on, from the listening socket (Linux copies it at
+    /// accept): the listener finds that out on its first socket and then makes no setsockopt per
+    /// connection (issue 17: system calls per connection).
+    @Test func acceptedSocketsInheritNoDelay() throws {
+        let loop = EventLoop()
+        let fd = try ListenSocket.bind(SocketAddress(ip: "127.0.0.1", port: 0)!)
+        let addr = ListenSocket.localAddress(fd)!
+        let server = NoDelayProbe()
+        let listener = try Listener(loop: loop, fd: fd)
+        listener.delegate = server
+        let clients = (0..<3).map { _ in Client(payload: Array("x".utf8)) }
+        for client in clients {
+            let c = TCPConnection(loop: loop)
+            c.delegate = client
+            c.owner = client
+            #expect(c.connect(to: addr) == 0)
+        }
+        let guardTimer = LoopTimer(loop: loop)
+        guardTimer.start(after: 10_000) { loop.stop() }
+        guardTimer.unref()
+        let stopper = LoopTimer(loop: loop)
+        stopper.start(after: 5, repeat: 5) { if clients.allSatisfy(\.eof) { stopper.close(); listener.close() } }
+        loop.run()
+        guardTimer.close()
+        loop.run()
+        #expect(server.noDelay == [true, true, true])
+        #expect(listener.noDelayChecked && listener.noDelayInherited)
+        #expect(loop.handleCount == 0)
+        #expect(loop.close())
+    }
+
     /// An accepted connection whose writes all go out at once never allocates its uv requests, and
     /// holds no write queue storage once its corked answer has left: the storage is the loop's
     /// spare (issue 17: memory per idle connection).
