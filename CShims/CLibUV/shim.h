@@ -26,6 +26,7 @@ static inline int remora_reuseport_socket(const struct sockaddr *addr, int first
         int e = errno; close(fd); return -e;
     }
     if (domain == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);   /* accepted sockets inherit it */
     socklen_t len = domain == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
     if (bind(fd, addr, len) != 0) { int e = errno; close(fd); return -e; }
     if (first && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
@@ -78,6 +79,16 @@ static inline int remora_sockaddr_ip(const struct sockaddr *sa, char *dst, size_
     else if (sa->sa_family == AF_INET6) r = uv_ip6_name((const struct sockaddr_in6 *)sa, dst, cap);
     if (r != 0) return 0;
     return (int)strlen(dst);
+}
+
+/* Whether TCP_NODELAY is on for the socket of `t` (an accepted socket inherits it from its
+ * listening socket on Linux: `Listener` checks the first one and then skips the setsockopt). */
+static inline int remora_tcp_nodelay_is_on(uv_tcp_t *t) {
+    uv_os_fd_t fd;
+    if (uv_fileno((const uv_handle_t *)t, &fd) != 0) return 0;
+    int v = 0;
+    socklen_t len = sizeof v;
+    return getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &v, &len) == 0 && v != 0;
 }
 
 /* The libuv handles one TCP connection always has, in one allocation: the socket and its timer. */

@@ -463,6 +463,8 @@ public struct ParserFreeList {
     @usableFromInline var kept = 0
     /// More given back are freed.
     public let maxKept: Int
+    /// Another parser given back would be kept, not freed.
+    @inlinable public var hasRoom: Bool { kept < maxKept }
 
     public init(maxKept: Int) { self.maxKept = maxKept }
 

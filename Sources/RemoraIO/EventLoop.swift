@@ -9,6 +9,11 @@ public final class EventLoop {
     /// Size of the shared read buffer; also the most one read callback hands over.
     public static let readBufferSize = 64 * 1024
     let readBuffer: UnsafeMutableRawPointer
+    /// Write-queue storage no connection holds (`TCPConnection.borrowQueue`): a connection that
+    /// queues bytes (corked, or the kernel took only part) borrows it when it has none of its own
+    /// and gives it back once they have left and the loop has none, so a connection whose writes
+    /// all leave at once holds no queue storage between writes. At most one is kept.
+    var spareQueue = ByteBuffer()
 
     public init() {
         uv = .allocate(capacity: 1)
@@ -43,6 +48,7 @@ public final class EventLoop {
         guard uv_loop_close(uv) == 0 else { return false }
         uv.deallocate()
         readBuffer.deallocate()
+        spareQueue.release()
         return true
     }
 }

@@ -17,6 +17,11 @@ public final class Listener {
     public private(set) var isClosing = false
     /// Free for the owner (listener index).
     public var tag: Int = 0
+    /// Accepted sockets come with TCP_NODELAY from the listening socket (set in `init`; Linux copies
+    /// it to each accepted socket), so `accept` makes no setsockopt per connection. Found out on the
+    /// first accepted socket (one getsockopt); until then, and if it is off, each gets the setsockopt.
+    var noDelayInherited = false
+    var noDelayChecked = false
 
     /// Takes ownership of `fd` (from `ListenSocket.bind`) and starts listening.
     public init(loop: EventLoop, fd: Int32, backlog: Int32 = 1024) throws {
@@ -25,7 +30,10 @@ public final class Listener {
         uv_tcp_init(loop.uv, tcp)
         tcp.pointee.data = Unmanaged.passRetained(self).toOpaque()
         var rc = uv_tcp_open(tcp, uv_os_sock_t(fd))
-        if rc == 0 { rc = uv_listen(remora_stream(tcp), backlog, ioConnectionCallback) }
+        if rc == 0 {
+            _ = uv_tcp_nodelay(tcp, 1)   // inherited by accepted sockets (`noDelayInherited`)
+            rc = uv_listen(remora_stream(tcp), backlog, ioConnectionCallback)
+        }
         if rc != 0 {
             close()
             throw IOError.uv(op: "listen", code: rc)
@@ -35,7 +43,13 @@ public final class Listener {
     func accept() {
         let c = TCPConnection(loop: loop)
         if uv_accept(remora_stream(tcp), c.stream) != 0 { c.close(); return }
-        uv_tcp_nodelay(c.tcp, 1)
+        if !noDelayInherited {
+            if !noDelayChecked {
+                noDelayChecked = true
+                noDelayInherited = remora_tcp_nodelay_is_on(c.tcp) != 0
+            }
+            if !noDelayInherited { uv_tcp_nodelay(c.tcp, 1) }
+        }
         if let d = delegate { d.listenerAccepted(self, c) } else { c.close() }
     }
 

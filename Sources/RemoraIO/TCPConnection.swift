@@ -32,7 +32,9 @@ extension TCPConnectionDelegate {
 /// allocated per read or write. The socket and timer are one allocation made with the connection;
 /// the requests (write, connect, shutdown) a second one made on first need and kept until the
 /// connection is freed, so an accepted connection whose writes all leave through `uv_try_write`
-/// never makes it. What an idle connection holds: `idleMemory` in docs/architecture.md.
+/// never makes it. The queue's storage is borrowed from the loop while bytes wait in it (a corked
+/// head and body) and given back once they have left (`EventLoop.spareQueue`). What an idle
+/// connection holds: "Memory" in docs/architecture.md.
 ///
 /// Writes go out with `uv_try_write` first; whatever the kernel does not take is copied into the
 /// queue and written with one `uv_write` at a time (two buffers: the one libuv is writing and the
@@ -250,6 +252,7 @@ public final class TCPConnection {
         let total = a.count + b.count + c.count
         if total == 0 { return true }
         if writing || connecting || corked || !pending.isEmpty {
+            if pending.capacity == 0 { borrowQueue() }
             pending.append(a); pending.append(b); pending.append(c)
             noteQueued()
             return true
@@ -262,6 +265,7 @@ public final class TCPConnection {
         if r == total { return true }
         if r < 0 && r != Int32(UV_EAGAIN.rawValue) { failed = true; return false }
         var skip = max(0, Int(r))
+        if pending.capacity == 0 { borrowQueue() }
         for part in [a, b, c] where part.count > 0 {   // small fixed array: stack-promoted
             if skip >= part.count { skip -= part.count; continue }
             pending.append(part.baseAddress! + skip, part.count - skip)
@@ -287,6 +291,7 @@ public final class TCPConnection {
         if r > 0 { writesStarted &+= 1 }
         if r == pending.count {
             pending.clear(keepingAtMost: 64 * 1024)
+            returnQueue(&pending)
             flushFinished()
             if aboveHigh && !isClosing {   // the queue went above the watermark and is empty again
                 aboveHigh = false
@@ -301,6 +306,21 @@ public final class TCPConnection {
 
     @inline(__always) func uvBuf(_ b: UnsafeRawBufferPointer) -> uv_buf_t {
         uv_buf_init(UnsafeMutableRawPointer(mutating: b.baseAddress)?.assumingMemoryBound(to: CChar.self), UInt32(b.count))
+    }
+
+    /// Storage for the queue from the loop's spare, when it has one (see `EventLoop.spareQueue`):
+    /// no allocation, and the storage goes back once the bytes have left.
+    @inline(__always) func borrowQueue() {
+        if loop.spareQueue.capacity != 0 {
+            Unmanaged.passUnretained(loop)._withUnsafeGuaranteedRef { swap(&pending, &$0.spareQueue) }   // no retain of the loop
+        }
+    }
+
+    /// `b` is empty: its storage becomes the loop's spare when the loop has none (else it stays).
+    @inline(__always) func returnQueue(_ b: inout ByteBuffer) {
+        if b.capacity != 0 && loop.spareQueue.capacity == 0 {
+            Unmanaged.passUnretained(loop)._withUnsafeGuaranteedRef { swap(&b, &$0.spareQueue) }
+        }
     }
 
     @inline(__always) func noteQueued() {
@@ -328,6 +348,8 @@ public final class TCPConnection {
         }
         if !pending.isEmpty { startWrite(); return }
         pending.clear(keepingAtMost: 64 * 1024)
+        returnQueue(&inflight)
+        returnQueue(&pending)
         flushFinished()
         if aboveHigh && !isClosing {
             aboveHigh = false
@@ -530,6 +552,9 @@ public final class TCPConnection {
         guard rc == 0 else { return -1 }
         return withUnsafePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Int(SocketAddress(copying: $0).port) } }
     }
+
+    /// TCP_NODELAY is on for the socket (one getsockopt; tests).
+    var isNoDelay: Bool { remora_tcp_nodelay_is_on(tcp) != 0 }
 
     /// The peer's numeric IP ("127.0.0.1", "::1"), or "" when unknown.
     public func peerIP() -> String {

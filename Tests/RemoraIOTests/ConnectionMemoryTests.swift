@@ -8,6 +8,10 @@ final class CorkedEcho: ListenerDelegate, TCPConnectionDelegate {
     var requestsMadeAfterAnswer: Bool?
     var queueCapacityAfterAnswer = -1
     var queueCapacityAfterRelease = -1
+    /// The loop's spare queue storage after each answer (`EventLoop.spareQueue`).
+    var spareAfterAnswer: [Int] = []
+    /// Queue storage the connection held while its bytes were corked.
+    var queueCapacityWhileCorked = -1
     func listenerAccepted(_ l: Listener, _ c: TCPConnection) {
         c.delegate = self
         c.owner = self
@@ -16,9 +20,11 @@ final class CorkedEcho: ListenerDelegate, TCPConnectionDelegate {
     func connectionRead(_ c: TCPConnection, _ data: UnsafeRawBufferPointer) {
         c.cork()
         c.write(data)
+        queueCapacityWhileCorked = c.pending.capacity
         c.uncork()   // leaves with uv_try_write: no uv_write_t needed
         requestsMadeAfterAnswer = c.reqs != nil
-        queueCapacityAfterAnswer = c.pending.capacity
+        queueCapacityAfterAnswer = c.pending.capacity + c.inflight.capacity
+        spareAfterAnswer.append(c.loop.spareQueue.capacity)
         c.releaseIdleBuffers()
         queueCapacityAfterRelease = c.pending.capacity + c.inflight.capacity
     }
@@ -26,9 +32,55 @@ final class CorkedEcho: ListenerDelegate, TCPConnectionDelegate {
     func connectionError(_ c: TCPConnection, _ code: Int32) { c.close() }
 }
 
+/// Records TCP_NODELAY of each accepted socket, then echoes like `CorkedEcho`.
+final class NoDelayProbe: ListenerDelegate, TCPConnectionDelegate {
+    var noDelay: [Bool] = []
+    func listenerAccepted(_ l: Listener, _ c: TCPConnection) {
+        noDelay.append(c.isNoDelay)
+        c.delegate = self
+        c.owner = self
+        c.startReading()
+    }
+    func connectionRead(_ c: TCPConnection, _ data: UnsafeRawBufferPointer) { c.write(data) }
+    func connectionEOF(_ c: TCPConnection) { c.close() }
+    func connectionError(_ c: TCPConnection, _ code: Int32) { c.close() }
+}
+
 @Suite struct ConnectionMemoryTests {
+    /// Every accepted socket has TCP_NODELAY on, from the listening socket (Linux copies it at
+    /// accept): the listener finds that out on its first socket and then makes no setsockopt per
+    /// connection (issue 17: system calls per connection).
+    @Test func acceptedSocketsInheritNoDelay() throws {
+        let loop = EventLoop()
+        let fd = try ListenSocket.bind(SocketAddress(ip: "127.0.0.1", port: 0)!)
+        let addr = ListenSocket.localAddress(fd)!
+        let server = NoDelayProbe()
+        let listener = try Listener(loop: loop, fd: fd)
+        listener.delegate = server
+        let clients = (0..<3).map { _ in Client(payload: Array("x".utf8)) }
+        for client in clients {
+            let c = TCPConnection(loop: loop)
+            c.delegate = client
+            c.owner = client
+            #expect(c.connect(to: addr) == 0)
+        }
+        let guardTimer = LoopTimer(loop: loop)
+        guardTimer.start(after: 10_000) { loop.stop() }
+        guardTimer.unref()
+        let stopper = LoopTimer(loop: loop)
+        stopper.start(after: 5, repeat: 5) { if clients.allSatisfy(\.eof) { stopper.close(); listener.close() } }
+        loop.run()
+        guardTimer.close()
+        loop.run()
+        #expect(server.noDelay == [true, true, true])
+        #expect(listener.noDelayChecked && listener.noDelayInherited)
+        #expect(loop.handleCount == 0)
+        #expect(loop.close())
+    }
+
     /// An accepted connection whose writes all go out at once never allocates its uv requests, and
-    /// an idle one can give its write queue's storage back (issue 17: memory per idle connection).
+    /// holds no write queue storage once its corked answer has left: the storage is the loop's
+    /// spare (issue 17: memory per idle connection).
     @Test func acceptedConnectionHoldsNoRequestsAndReleasesItsQueue() throws {
         let loop = EventLoop()
         let fd = try ListenSocket.bind(SocketAddress(ip: "127.0.0.1", port: 0)!)
@@ -53,7 +105,11 @@ final class CorkedEcho: ListenerDelegate, TCPConnectionDelegate {
         loop.run()
         #expect(client.received == Array("GET / HTTP/1.1\r\n\r\n".utf8))
         #expect(server.requestsMadeAfterAnswer == false)
-        #expect(server.queueCapacityAfterAnswer > 0)   // the corked bytes had a buffer
+        #expect(server.queueCapacityWhileCorked > 0)   // the corked bytes had a buffer
+        // ... which went to the loop once they had left: the connection holds none between answers
+        // (before: it kept it until it was parked).
+        #expect(server.queueCapacityAfterAnswer == 0)
+        #expect(server.spareAfterAnswer.last ?? 0 > 0)
         #expect(server.queueCapacityAfterRelease == 0)
         #expect(loop.handleCount == 0)
         #expect(loop.close())

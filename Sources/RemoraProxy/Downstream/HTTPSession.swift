@@ -94,11 +94,14 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
 
     /// Takes a parser from the worker (a new one when none is free), set up for the current listener.
     @inline(never) func takeParser() {
-        let cfg = listener.config
-        let ref = worker.freeParsers.take() ?? newParser()
+        // Two fields read in place, not a copy of the whole config (this runs for most requests).
+        let maxHead = listenerSlot.current.config.maxRequestHeaderBytes
+        let underscores = listenerSlot.current.config.headersWithUnderscores
+        // The worker reached without a retain (a mutating access through `unowned(unsafe)` makes one).
+        let ref = Unmanaged.passUnretained(worker)._withUnsafeGuaranteedRef { $0.freeParsers.take() } ?? newParser()
         ref._withUnsafeGuaranteedRef { p in
-            p.maxHeadBytes = cfg.maxRequestHeaderBytes
-            p.underscoreAction = cfg.headersWithUnderscores
+            p.maxHeadBytes = maxHead
+            p.underscoreAction = underscores
             p.attach(self)
         }
         parserRef = ref
@@ -120,7 +123,20 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
         guard let p = parserRef else { return }
         parserRef = nil
         p._withUnsafeGuaranteedRef { $0.detach() }
-        worker.freeParsers.give(p)
+        Unmanaged.passUnretained(worker)._withUnsafeGuaranteedRef { $0.freeParsers.give(p) }
+    }
+
+    /// After a request, once the parser has been resumed with nothing stashed (`resumeInput`, or
+    /// `feed` when the exchange ended inside it): the parser goes back to the worker when it is idle
+    /// and the worker keeps it (its list is not full), so that a keep-alive connection between requests holds none and the
+    /// parsers in use are about the requests in flight, not the connections of the last second
+    /// (after a burst of new connections, parsers given back at `park` lay freed between the
+    /// connections' objects, ~0.5 KiB each). When the list is full the connection keeps its parser
+    /// until it parks: a parser is never freed and made again per request.
+    /// The callers know the parser is between messages with nothing stashed and not inside `feed`.
+    @inline(__always) func lendParserBack() {
+        assert(parserIdle, "a parser lent back must be between messages")
+        if !active && !ending && worker.freeParsers.hasRoom { giveBackParser() }
     }
 
     /// Gives up what an idle connection does not need: the parser, the stash's spare storage and
@@ -222,7 +238,7 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
             resumePending = false
             parserPaused = false
             withParser { $0.resume() }
-            if stash.isEmpty { updateReading(); return }
+            if stash.isEmpty { updateReading(); lendParserBack(); return }
             swap(&stash, &work)
             input = work.bytes
             arm(.header, listener.config.requestHeaderTimeout)
@@ -241,6 +257,7 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
             parserPaused = false
             withParser { $0.resume() }
             updateReading()
+            lendParserBack()
             return
         }
         if !flushScheduled { flushScheduled = true; worker.scheduleFlush(self) }
