@@ -37,8 +37,8 @@ def parse_args(argv):
     ap.add_argument("--scenarios", default=",".join(ALL_SCENARIOS), help="comma-separated, any of: " + ",".join(ALL_SCENARIOS))
     ap.add_argument("--callgrind", action="store_true", help="also measure instructions/request under callgrind (slow)")
     ap.add_argument("--cg-requests", type=int, default=20000, help="requests measured under callgrind")
-    ap.add_argument("--cg-scenario", choices=("h1", "h2c", "grpc"), default="h1",
-                    help="load measured under callgrind: h1 keep-alive (h2load --h1 -c16), h2c or grpc (h2load -c16 -m32)")
+    ap.add_argument("--cg-scenario", choices=("h1", "h2c", "grpc", "h2c-h1"), default="h1",
+                    help="load measured under callgrind: h1 keep-alive (h2load --h1 -c16), h2c or grpc (h2load -c16 -m32), h2c-h1 (h2c clients as h2c, HTTP/1.1 upstream)")
     ap.add_argument("--cg-warmup", type=int, default=2000, help="warm-up requests under callgrind (not counted)")
     ap.add_argument("--conns", type=int, default=int(env.get("CONNS", 10000)), help="idle connections for the memory scenario")
     ap.add_argument("--settle", type=float, default=2.0, help="seconds to wait before reading memory")

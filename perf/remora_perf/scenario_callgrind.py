@@ -17,7 +17,8 @@ class CallgrindScenario:
     def scenario_callgrind(self):
         a = self.args
         be = self.ensure_backend()
-        h2 = a.cg_scenario != "h1"
+        h2 = a.cg_scenario in ("h2c", "grpc")   # HTTP/2 upstream; h2c-h1: h2c clients, HTTP/1.1 upstream
+        front_h2 = a.cg_scenario != "h1"
         if a.cg_scenario == "grpc":
             self.grpc_req = self.outdir / "grpc-request.bin"
             self.grpc_req.write_bytes(grpc_frame(GRPC_REQUEST))
@@ -35,7 +36,7 @@ class CallgrindScenario:
             cgdir.mkdir(exist_ok=True)
             outfile = cgdir / ("callgrind.%s.out" % name)
             vg = ["valgrind", "--tool=callgrind", "--callgrind-out-file=%s" % outfile] + os.environ.get("REMORA_CG_ARGS", "").split()
-            if not p.start(backend_port=be.h2_port if h2 else be.port, valgrind=vg, tag="cg-", h2=h2):
+            if not p.start(backend_port=be.h2_port if h2 else be.port, valgrind=vg, tag="cg-", h2=h2, front_h2=front_h2):
                 res["failed"][name] = p.error
                 self.err("callgrind: " + p.error)
                 continue
