@@ -13,6 +13,14 @@ public struct HeaderBlock {
 
     public init() {}
 
+    /// An empty block at a fixed address (an HTTP/2 stream's, which the session appends to
+    /// directly: `HTTP2Session.collectHeaders`); the owner deallocates it.
+    public static func allocate() -> UnsafeMutablePointer<HeaderBlock> {
+        let p = UnsafeMutablePointer<HeaderBlock>.allocate(capacity: 1)
+        p.initialize(to: HeaderBlock())
+        return p
+    }
+
     /// Takes storage from `pool` for an empty block that has none.
     @inline(__always)
     public mutating func prepareIfEmpty(_ pool: BufferPool) {

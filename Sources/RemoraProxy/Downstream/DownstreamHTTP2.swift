@@ -25,11 +25,7 @@ final class H2ServerStream: DownstreamSide {
         unsafeAddress { UnsafePointer(fieldsStorage) }
         unsafeMutableAddress { fieldsStorage }
     }
-    let fieldsStorage: UnsafeMutablePointer<HeaderBlock> = {
-        let p = UnsafeMutablePointer<HeaderBlock>.allocate(capacity: 1)
-        p.initialize(to: HeaderBlock())
-        return p
-    }()
+    let fieldsStorage = HeaderBlock.allocate()
     deinit { fieldsStorage.deallocate() }   // (its buffers went back to the pool in `recycle`)
     var started = false
     var requestEnded = false

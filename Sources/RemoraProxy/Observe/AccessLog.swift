@@ -94,7 +94,8 @@ final class AccessLogFilter: HTTPFilter {
     let stats: StatBlock<ListenerStat>
     /// Route names by index of the listener's table, as bytes.
     var routeNames = NameTable()
-    /// The record being built (reused).
+    /// The record being built for a refused request or a TCP connection (reused); an exchange's
+    /// record is built in its own pooled buffer (`observe.logHead`).
     var record = ByteBuffer(capacity: 1024)
     /// Names of the last cluster seen: its own, then its endpoints' (SocketAddress.description
     /// formats with printf: done once per cluster runtime, not per request).
@@ -169,6 +170,8 @@ final class AccessLogFilter: HTTPFilter {
         if e.observe.logHead.count < AccessLogRecord.size {   // no request head was captured
             e.observe.logHead.reserve(AccessLogRecord.size + 256)
             e.observe.logHead.count = AccessLogRecord.size
+            r.spans = SIMD16(repeating: -1)
+            r.peerSpan = SIMD2(repeating: -1)
         }
         if let c = e.cluster ?? e.observe.refusedBy { appendCluster(&r, c, endpoint: e.observe.endpoint, to: &e.observe.logHead) }
         let route = e.observe.route
