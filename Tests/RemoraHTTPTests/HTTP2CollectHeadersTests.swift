@@ -42,23 +42,10 @@ import Testing
         func h2ReadBody(_ s: HTTP2Session, stream: Int32, into buf: UnsafeMutableRawBufferPointer) -> (count: Int, eof: Bool, trailers: Bool)? { nil }
     }
 
-    /// Keeps the bytes of literals put for a test.
-    final class Bytes {
-        var blocks: [UnsafeMutableRawBufferPointer] = []
-        func of(_ s: String) -> UnsafeRawBufferPointer {
-            let u = Array(s.utf8)
-            let b = UnsafeMutableRawBufferPointer.allocate(byteCount: max(u.count, 1), alignment: 1)
-            b.copyBytes(from: u)
-            blocks.append(b)
-            return UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(b)[0..<u.count])
-        }
-        deinit { blocks.forEach { $0.deallocate() } }
-    }
-
     /// One request with `fields` from a client session to `server` (whose delegate is `c`); then the
     /// server's answer (SETTINGS acks, resets) read back by the client. The client's own delegate.
     @discardableResult
-    func request(_ fields: [(String, String)], client: HTTP2Session, server: HTTP2Session, bytes: Bytes) -> Collector {
+    func request(_ fields: [(String, String)], client: HTTP2Session, server: HTTP2Session, bytes: TestBytes) -> Collector {
         let back = Collector()
         client.delegate = back
         let refs = fields.map { HeaderRef(name: bytes.of($0.0), value: bytes.of($0.1)) }
@@ -81,7 +68,7 @@ import Testing
         let server = HTTP2Session(role: .server, settings: HTTP2Settings())
         let c = Collector()
         server.delegate = c
-        let bytes = Bytes()
+        let bytes = TestBytes()
         for round in 0..<3 {   // the target moves on with every block (a new stream each time)
             request([("content-type", "application/grpc"), ("te", "trailers"), ("x-long-name-for-a-field", "v\(round)")],
                     client: client, server: server, bytes: bytes)
@@ -99,7 +86,7 @@ import Testing
         let c = Collector()
         c.underscores = true
         server.delegate = c
-        let bytes = Bytes()
+        let bytes = TestBytes()
         request([("x_forwarded", "1"), ("accept", "*/*")], client: client, server: server, bytes: bytes)
         #expect(c.viaDelegate == ["x_forwarded"])   // the owner's policy decides about it
         #expect(c.collected.last == "accept:*/*")
@@ -112,7 +99,7 @@ import Testing
         let c = Collector()
         c.limit = 300
         server.delegate = c
-        let bytes = Bytes()
+        let bytes = TestBytes()
         let back = request([("x-big", String(repeating: "a", count: 400))], client: client, server: server, bytes: bytes)
         #expect(c.completed.isEmpty)   // never handed on
         #expect(back.closed.count == 1 && back.closed[0].1 != 0)   // the client sees its stream reset

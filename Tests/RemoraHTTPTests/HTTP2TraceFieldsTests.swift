@@ -22,19 +22,6 @@ import Testing
         func h2ReadBody(_ s: HTTP2Session, stream: Int32, into buf: UnsafeMutableRawBufferPointer) -> (count: Int, eof: Bool, trailers: Bool)? { nil }
     }
 
-    /// Bytes that stay put for a test (freed at its end).
-    final class Bytes {
-        var blocks: [UnsafeMutableRawBufferPointer] = []
-        func of(_ s: String) -> UnsafeRawBufferPointer {
-            let u = Array(s.utf8)
-            let b = UnsafeMutableRawBufferPointer.allocate(byteCount: max(u.count, 1), alignment: 1)
-            b.copyBytes(from: u)
-            blocks.append(b)
-            return UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(b)[0..<u.count])
-        }
-        deinit { blocks.forEach { $0.deallocate() } }
-    }
-
     /// Sends `fields` (after the pseudo-headers) `times` times on one client session, each request
     /// read by one server session; the fields the server got for each request.
     func roundTrip(_ fields: [(String, String)], clean: Bool, added: Bool, times: Int = 3) -> [[(String, String)]] {
@@ -42,7 +29,7 @@ import Testing
         let server = HTTP2Session(role: .server, settings: HTTP2Settings())
         let rec = Recorder()
         server.delegate = rec
-        let bytes = Bytes()
+        let bytes = TestBytes()
         let refs = fields.map { HeaderRef(name: bytes.of($0.0), value: bytes.of($0.1)) }
         var out: [[(String, String)]] = []
         for _ in 0..<times {
@@ -86,7 +73,7 @@ import Testing
     }
 
     @Test func perRequestNames() {
-        let bytes = Bytes()
+        let bytes = TestBytes()
         func name(_ n: String, _ v: String) -> String? {
             HTTP2Session.perRequestName(HeaderRef(name: bytes.of(n), value: bytes.of(v))).map { "\($0)" }
         }
