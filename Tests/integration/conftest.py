@@ -55,6 +55,8 @@ def pytest_runtest_makereport(item, call):
         for b in getattr(item, "_backends", []):
             if b.errors:
                 rep.sections.append((f"backend errors ({b.endpoint})", "\n".join(b.errors)))
+        for title, text in getattr(item, "_diagnostics", lambda: [])():
+            rep.sections.append((title, text))
 
 
 @pytest.fixture(scope="session")

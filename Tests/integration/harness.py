@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import random
 import signal
 import socket
 import subprocess
@@ -354,6 +355,21 @@ def run_curl(args: list[str], timeout: float = 20.0) -> subprocess.CompletedProc
     return subprocess.run(["curl", "--silent", "--show-error", "--max-time", str(int(timeout - 2)),
                            "--noproxy", "*", *args],
                           capture_output=True, timeout=timeout)
+
+
+def free_port() -> int:
+    """A port free when returned, for configs that must name one before the process binds it (LDS listeners,
+    Envoy's admin). It lies below the ephemeral range (Linux: 32768-60999), so no client socket's automatic
+    bind can take it in the meantime; the OS confirms it is free."""
+    for _ in range(200):
+        p = random.randrange(20000, 32768)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p))
+            except OSError:
+                continue
+            return p
+    raise AssertionError("no free port below the ephemeral range")
 
 
 def poll(pred, timeout: float, interval: float = 0.02, what: str = "condition"):

@@ -33,7 +33,7 @@ import test_control as tc
 import test_sidecar as sc
 import test_sidecar_mtls as sm
 from test_sidecar_mtls import two_pods  # noqa: F401 - the fixture
-from harness import Remora, get, http_listener, remora_bin, route
+from harness import free_port, Remora, get, http_listener, remora_bin, route
 from tlspki import CA
 
 FRONTEND = "spiffe://mesh.local/ns/shop/sa/frontend"
@@ -63,12 +63,6 @@ def csr(tmp: Path, name: str, subj: str, san: str | None = None, algorithm: list
     r = openssl(*args)
     assert r.returncode == 0, r
     return r.stdout
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_issued_certificate_carries_the_tokens_identity(tmp_path):

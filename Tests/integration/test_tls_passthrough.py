@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from backends import _ServerBase
-from harness import cluster, made_and_closed, make_config, poll, remora_bin, run_curl
+from harness import free_port, cluster, made_and_closed, make_config, poll, remora_bin, run_curl
 
 HERE = Path(__file__).resolve().parent
 SAMPLES = (HERE.parents[0] / "RemoraHTTPTests" / "ClientHelloSamples.swift").read_text()
@@ -215,14 +215,6 @@ def test_not_tls_and_silence_are_closed(tls_setup):
         assert s.recv(100) == b""
     poll(lambda: remora.stat("listener.egress.downstream_cx_active") == 0, 5, what="connections closed")
     remora.assert_alive()
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def test_authorization_on_a_passthrough_listener(start_remora, tmp_path):

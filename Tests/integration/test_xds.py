@@ -139,8 +139,9 @@ def backends():
 
 
 @pytest.fixture
-def ads():
+def ads(request):
     servers: list[ADSServer] = []
+    request.node._ads_servers = servers
 
     def start(port: int = 0, tls: tuple | None = None) -> ADSServer:
         s = ADSServer(port, tls=tls).start()
@@ -153,9 +154,22 @@ def ads():
 
 
 @pytest.fixture
-def clients(tmp_path):
-    """clients(kind, ads_port) -> Envoy | XDSAgent; all stopped at teardown (the agent and proxy exit 0)."""
+def clients(tmp_path, request):
+    """clients(kind, ads_port) -> Envoy | XDSAgent; all stopped at teardown (the agent and proxy exit 0).
+    A failed test's report shows their logs and the NACKs the ADS servers received."""
     made = []
+
+    def diagnostics():
+        for c in made:
+            if isinstance(c, XDSAgent):
+                yield "remora-xds stderr", c.agent_stderr()[-6000:]
+                yield "remora stderr (fed by remora-xds)", c.proxy_stderr()[-6000:]
+            else:
+                yield f"envoy log (exit {c.proc.poll()})", c.log_text()[-6000:]
+        for s in getattr(request.node, "_ads_servers", []):
+            yield f"NACKs at the ADS server on port {s.port}", "\n".join(
+                f"{n.type_url} {n.version_info}: {n.error_detail.message}" for n in s.nacks()) or "none"
+    request.node._diagnostics = diagnostics
 
     def start(kind: str, ads_port: int, ads_tls: dict | None = None, extra: list[str] = (), delta: bool = False):
         """ads_tls: Envoy's TLS to the ADS server; extra: remora-xds flags; delta: incremental xDS."""

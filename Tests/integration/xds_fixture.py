@@ -19,6 +19,8 @@ import time
 from concurrent import futures
 from pathlib import Path
 
+from harness import free_port  # noqa: F401 - re-exported for the xDS tests
+
 import grpc
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 from envoy.config.cluster.v3 import cluster_pb2
@@ -40,15 +42,6 @@ EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 SDS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 WILDCARD = {LDS, CDS}
 SHORT = {LDS: "LDS", RDS: "RDS", CDS: "CDS", EDS: "EDS", SDS: "SDS"}
-
-
-def free_port() -> int:
-    """A port the OS picked, free when returned (listeners in LDS need a fixed port for Envoy and Remora)."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def pack(msg) -> any_pb2.Any:
@@ -486,10 +479,16 @@ static_resources:
 """
         self.config = workdir / f"envoy-{node_id}.yaml"
         self.config.write_text(boot)
-        self.log = open(workdir / f"envoy-{node_id}.log", "wb")
+        self.log_path = workdir / f"envoy-{node_id}.log"
+        self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([binary, "-c", str(self.config), "--concurrency", "1", "--log-level", "warn",
                                       "--disable-hot-restart"],   # no shared memory with other Envoys
                                      stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def log_text(self) -> str:
+        if not self.log.closed:
+            self.log.flush()
+        return self.log_path.read_text(errors="replace")
 
     def stop(self):
         if self.proc.poll() is None:
