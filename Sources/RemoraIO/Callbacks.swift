@@ -10,8 +10,7 @@ private func conn(_ p: UnsafeMutableRawPointer?, _ body: (TCPConnection) -> Void
 }
 
 let ioAllocCallback: uv_alloc_cb = { handle, _, buf in
-    let p = Unmanaged<EventLoop>.fromOpaque(handle!.pointee.loop.pointee.data)._withUnsafeGuaranteedRef { $0.readBuffer }
-    buf!.pointee = uv_buf_init(p.assumingMemoryBound(to: CChar.self), UInt32(EventLoop.readBufferSize))
+    conn(handle!.pointee.data) { buf!.pointee = uv_buf_init($0.readBuffer.assumingMemoryBound(to: CChar.self), $0.readLimit) }
 }
 
 let ioReadCallback: uv_read_cb = { stream, n, _ in

@@ -6,8 +6,14 @@ import RemoraCore
 /// read buffer at all.
 public final class EventLoop {
     public let uv: UnsafeMutablePointer<uv_loop_t>
-    /// Size of the shared read buffer; also the most one read callback hands over.
-    public static let readBufferSize = 64 * 1024
+    /// Size of the shared read buffer; also the most one read callback hands over (a connection may
+    /// ask for less: `TCPConnection.readLimit`). 256 KiB: a bulk transfer leaves in writes of 256 KiB,
+    /// which on loopback (MTU 64 KiB) is four full segments and a small one, where 64 KiB reads made a
+    /// full segment and a 53-byte one per write (1 MiB responses: ~1.4× the bytes per second).
+    public static let readBufferSize = 256 * 1024
+    /// The most one read of an HTTP/1.1 upstream hands to an HTTP/2 stream (`TCPConnection.readLimit`):
+    /// what a stream can receive beyond its connection's buffer limit before it is paused.
+    public static let streamReadSize: UInt32 = 64 * 1024
     let readBuffer: UnsafeMutableRawPointer
     /// Write-queue storage no connection holds (`TCPConnection.borrowQueue`): a connection that
     /// queues bytes (corked, or the kernel took only part) borrows it when it has none of its own

@@ -108,6 +108,8 @@ public final class TCPConnection {
     public unowned(unsafe) let loop: EventLoop
     /// The loop's read buffer (fixed for its life; reached without a retain of `loop`).
     let readBuffer: UnsafeMutableRawPointer
+    /// The most one read hands over (at most `EventLoop.readBufferSize`, the default).
+    public var readLimit = UInt32(EventLoop.readBufferSize)
     /// Receives the events. Not retained: `owner` does that.
     public unowned(unsafe) var delegate: (any TCPConnectionDelegate)?
     /// The byte layer (TLS), or nil for raw TCP (see `TransportSocket`). Set before the first byte.

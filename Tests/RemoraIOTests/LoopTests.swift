@@ -87,3 +87,78 @@ final class Client: TCPConnectionDelegate {
         ListenSocket.closeFD(fd)
     }
 }
+
+/// Sends `payload` to each accepted connection, then closes it.
+final class Sender: ListenerDelegate, TCPConnectionDelegate {
+    let payload: [UInt8]
+    init(payload: [UInt8]) { self.payload = payload }
+    func listenerAccepted(_ l: Listener, _ c: TCPConnection) {
+        c.delegate = self
+        c.owner = self
+        payload.withUnsafeBytes { _ = c.write($0) }
+        c.finish(linger: 0)
+    }
+    func connectionRead(_ c: TCPConnection, _ data: UnsafeRawBufferPointer) {}
+    func connectionEOF(_ c: TCPConnection) { c.close() }
+    func connectionError(_ c: TCPConnection, _ code: Int32) { c.close() }
+}
+
+/// Starts reading 50 ms after connecting (so that the kernel holds more than one read's worth), and
+/// records the size of every read.
+final class SlowReader: TCPConnectionDelegate {
+    var received: [UInt8] = []
+    var reads: [Int] = []
+    var eof = false
+    var timer: LoopTimer?
+    func connectionConnected(_ c: TCPConnection, _ status: Int32) {
+        #expect(status == 0)
+        let t = LoopTimer(loop: c.loop)
+        t.start(after: 50) { t.close(); c.startReading() }
+        timer = t
+    }
+    func connectionRead(_ c: TCPConnection, _ data: UnsafeRawBufferPointer) { received += data; reads.append(data.count) }
+    func connectionEOF(_ c: TCPConnection) { eof = true; c.close() }
+    func connectionError(_ c: TCPConnection, _ code: Int32) { c.close() }
+}
+
+extension LoopTests {
+    /// One read hands over up to 256 KiB by default, and at most `readLimit` when a connection sets it
+    /// (an HTTP/1.1 upstream toward an HTTP/2 stream reads 64 KiB at a time: H1Upstream.begin).
+    @Test(arguments: [nil, 64 * 1024, 1000] as [Int?])
+    func readsHandOverAtMostTheReadLimit(limit: Int?) throws {
+        let loop = EventLoop()
+        let fd = try ListenSocket.bind(SocketAddress(ip: "127.0.0.1", port: 0)!)
+        let addr = ListenSocket.localAddress(fd)!
+        var payload = [UInt8](repeating: 0, count: 1 << 20)
+        for i in payload.indices { payload[i] = UInt8(truncatingIfNeeded: i &* 7) }
+        let server = Sender(payload: payload)
+        let listener = try Listener(loop: loop, fd: fd)
+        listener.delegate = server
+        let client = SlowReader()
+        let c = TCPConnection(loop: loop)
+        if let limit { c.readLimit = UInt32(limit) }
+        c.delegate = client
+        c.owner = client
+        #expect(c.connect(to: addr) == 0)
+        let guardTimer = LoopTimer(loop: loop)
+        guardTimer.start(after: 10_000) { loop.stop() }
+        guardTimer.unref()
+        let stopper = LoopTimer(loop: loop)
+        stopper.start(after: 10, repeat: 10) {
+            if client.eof { stopper.close(); listener.close() }
+        }
+        loop.run()
+        guardTimer.close()
+        loop.run()
+        #expect(client.received == payload)
+        let largest = client.reads.max() ?? 0
+        if let limit {
+            #expect(largest <= limit)
+        } else {
+            #expect(largest > 64 * 1024)   // the kernel held more than 64 KiB when reading began
+            #expect(largest <= EventLoop.readBufferSize)
+        }
+        #expect(loop.handleCount == 0)
+        #expect(loop.close())
+    }
+}

@@ -56,6 +56,8 @@ final class H1Upstream: UpstreamStream, TCPConnectionDelegate, HTTP1ParserDelega
         interim = false
         upgraded = false
         tunnel = false
+        // Toward an HTTP/2 stream one read is what the stream may hold beyond its connection's limit.
+        conn.readLimit = e.h2Downstream == nil ? UInt32(EventLoop.readBufferSize) : EventLoop.streamReadSize
         if e.inDownstreamRead { conn.cork() }   // head and body of the same read leave together
         startedEmpty = conn.queuedBytes == 0
         writesAtBegin = conn.writesStarted
