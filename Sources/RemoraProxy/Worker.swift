@@ -146,7 +146,8 @@ final class Worker {
                                           filters: ListenerRuntime.filters(l, st, i, routes: snap.routeTables[i], worker: self,
                                                                            rateLimitBuckets: snap.rateLimitBuckets[i],
                                                                            authorization: snap.authorization[i]),
-                                          tracing: ListenerRuntime.tracing(l, st, i, routes: snap.routeTables[i], worker: self))
+                                          tracing: ListenerRuntime.tracing(l, st, i, routes: snap.routeTables[i], worker: self),
+                                          accessLog: ListenerRuntime.accessLog(l, st, i, routes: snap.routeTables[i]))
             runtime.secure(authorization: snap.authorization[i], rules: i < st.authzRules.count ? st.authzRules[i] : [],
                            connections: snap.connections[i], processMaxConnections: snap.config.maxConnections)
             if snap.connectCluster[i] >= 0 {   // CONNECT tunnels (issue 18)
@@ -421,9 +422,13 @@ final class ListenerRuntime {
     let tracing: TracingFilter?
     /// `tracing` without a retain and release per use (the runtime keeps it alive).
     let tracingRef: Unmanaged<TracingFilter>?
-    /// The access log filter among `filters` (it captures the request even when a filter before it
-    /// answers; TCP connections and requests refused before an exchange log through it).
+    /// The access log (`access_log:`): called directly by the exchange, like `tracing`, not one of
+    /// `filters`: it copies the request before the filters run (so a request a filter answers is
+    /// logged too) and writes its line after their log phases. TCP connections and requests refused
+    /// before an exchange log through it too.
     let accessLog: AccessLogFilter?
+    /// `accessLog` without a retain and release per use (the runtime keeps it alive).
+    let accessLogRef: Unmanaged<AccessLogFilter>?
     /// Path normalization (`path_normalization:`): off entirely when no step is on.
     let normalizesPaths: Bool
     let normalization: PathNormalizer.Options
@@ -451,7 +456,7 @@ final class ListenerRuntime {
 
     init(worker: Worker, config: ListenerConfig, tls: TLSServerContext? = nil, routes: RouteTable, clusters: [Cluster],
          tcpCluster: Cluster?, stats: StatBlock<ListenerStat>, backendStats: [StatBlock<RouteBackendStat>],
-         filters: [any HTTPFilter], tracing: TracingFilter? = nil) {
+         filters: [any HTTPFilter], tracing: TracingFilter? = nil, accessLog: AccessLogFilter? = nil) {
         self.worker = worker; self.config = config; self.tls = tls; self.routes = routes; self.clusters = clusters
         scheme = tls == nil ? "http" : "https"
         self.tcpCluster = tcpCluster; self.stats = stats; self.backendStats = backendStats; self.filters = filters
@@ -459,7 +464,8 @@ final class ListenerRuntime {
         hasResponseFilters = filters.contains { $0.hasResponsePhase }
         self.tracing = tracing
         tracingRef = tracing.map { Unmanaged.passUnretained($0) }
-        accessLog = filters.first { $0 is AccessLogFilter } as? AccessLogFilter
+        self.accessLog = accessLog
+        accessLogRef = accessLog.map { Unmanaged.passUnretained($0) }
         normalization = PathNormalizer.Options(config)
         normalizesPaths = config.protocol == .http && config.normalizesPaths
         var sni = ServerNameTable<Int>()
@@ -544,18 +550,19 @@ final class ListenerRuntime {
         return TracingFilter(worker: worker, config: t, spans: spans)
     }
 
-    /// The filters listener `l` (index `i` of the snapshot) configures, in their order (after tracing,
-    /// which the exchange calls first): the access log (its copy of the request), authorization, fault
-    /// injection and rate limits; every log phase runs once the exchange is over, when all have decided.
+    /// Listener `l`'s access log (index `i` of the snapshot), nil when it has none.
+    static func accessLog(_ l: ListenerConfig, _ st: WorkerStats, _ i: Int, routes: RouteTable) -> AccessLogFilter? {
+        guard l.accessLog != nil, let log = st.accessLogs[i] else { return nil }
+        return AccessLogFilter(ring: log.ring, writer: st.accessLogWriter, format: log.format, stats: st.listeners[i], routes: routes)
+    }
+
+    /// The filters listener `l` (index `i` of the snapshot) configures, in their order (after tracing
+    /// and the access log's copy of the request, which the exchange makes first): authorization, fault
+    /// injection and rate limits; every log phase runs once the exchange is over, when all have decided,
+    /// then the access log's.
     static func filters(_ l: ListenerConfig, _ st: WorkerStats, _ i: Int, routes: RouteTable, worker: Worker,
                         rateLimitBuckets: [SharedTokenBucket?], authorization: ListenerAuthorization? = nil) -> [any HTTPFilter] {
         var out: [any HTTPFilter] = []
-        // The access log takes its copy of the request before a filter may answer it (a fault's
-        // abort, a rate limit); its line is written at the end, after every filter decided.
-        if l.accessLog != nil, let log = st.accessLogs[i] {
-            out.append(AccessLogFilter(ring: log.ring, writer: st.accessLogWriter, format: log.format, stats: st.listeners[i],
-                                       routes: routes))
-        }
         // Authorization before the resilience filters: a denied request spends no token.
         if l.protocol == .http, let a = authorization {
             out.append(AuthorizationFilter(a, stats: st.listeners[i], rules: i < st.authzRules.count ? st.authzRules[i] : []))

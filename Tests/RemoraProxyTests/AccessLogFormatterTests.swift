@@ -75,6 +75,69 @@ import Testing
         #expect(got.contains("\"user_agent\":\"\","), "an empty string is a string, not null")
     }
 
+    /// The JSON line is written by straight-line code (`formatJSON`), not from the field list: every
+    /// field must land under its own key, in `AccessLogField.allCases` order, present or absent.
+    @Test func jsonHasEveryFieldUnderItsKey() {
+        var f = AccessLogFormatter()
+        f.formats = [AccessLogFormatter.compile(.json)]
+        var r = AccessLogRecord()
+        r.proto = 1
+        r.startMicros = 1_796_620_000_123_456
+        r.durationMicros = 45_678
+        r.bytesReceived = 11
+        r.bytesSent = 22
+        r.upstreamMillis = 33
+        r.status = 503
+        r.grpcStatus = 14
+        r.flags = ResponseFlags([.URX]).rawValue
+        r.retries = 2
+        var strings = ByteBuffer()
+        func put(_ text: String) -> (Int32, Int32) {
+            let at = Int32(strings.count)
+            strings.append(string: text)
+            return (at, Int32(text.utf8.count))
+        }
+        // each string slot gets its own text: a slot written under another key shows
+        let slots: [(Int, String)] = [(0, "GET"), (2, "/p"), (4, "auth.test"), (6, "10.0.0.1"), (8, "ua/1"),
+                                      (10, "rid-1"), (12, "10.1.1.1:80"), (14, "cluster-c")]
+        for (i, text) in slots { let (o, n) = put(text); r.spans[i] = o; r.spans[i + 1] = n }
+        let route = put("route-r"), peer = put("spiffe://t/x")
+        r.routeSpan = SIMD2(route.0, route.1)
+        r.peerSpan = SIMD2(peer.0, peer.1)
+        strings.reserve(strings.count + 8)
+        let want: [AccessLogField: String] = [
+            .startTime: "\"2026-12-07T05:06:40.123Z\"", .method: "\"GET\"", .path: "\"/p\"", .protocol: "\"HTTP/1.0\"",
+            .responseCode: "503", .grpcStatus: "14", .responseFlags: "\"\(ResponseFlags([.URX]).letters)\"",
+            .bytesReceived: "11", .bytesSent: "22", .duration: "45", .upstreamServiceTime: "33",
+            .upstreamHost: "\"10.1.1.1:80\"", .routeName: "\"route-r\"", .upstreamCluster: "\"cluster-c\"",
+            .requestID: "\"rid-1\"", .xForwardedFor: "\"10.0.0.1\"", .userAgent: "\"ua/1\"", .authority: "\"auth.test\"",
+            .retryCount: "2", .peerIdentity: "\"spiffe://t/x\"",
+        ]
+        #expect(want.count == AccessLogField.allCases.count)
+        func expected(_ value: (AccessLogField) -> String) -> String {
+            "{" + AccessLogField.allCases.map { "\"\($0.jsonKey)\":\(value($0))" }.joined(separator: ",") + "}\n"
+        }
+        var out = ByteBuffer()
+        f.format(r, strings: strings.bytes, into: &out)
+        #expect(String(decoding: out.bytes, as: UTF8.self) == expected { want[$0]! })
+        // every string and optional number absent: null
+        var none = AccessLogRecord()
+        none.startMicros = r.startMicros
+        out.clear()
+        f.format(none, strings: strings.bytes, into: &out)
+        let absent = expected {
+            switch $0 {
+            case .startTime: return want[.startTime]!
+            case .protocol: return "\"HTTP/1.1\""
+            case .responseFlags: return "\"-\""
+            case .bytesReceived, .bytesSent, .duration: return "0"
+            default: return "null"
+            }
+        }
+        #expect(String(decoding: out.bytes, as: UTF8.self) == absent)
+        out.release(); strings.release()
+    }
+
     @Test func textFormatWritesValuesAsTheyAre() {
         let format = AccessLogFormat.text(try! AccessLogFormat.parse("%PROTOCOL% %REQ(:PATH)% \"%REQ(USER-AGENT)%\" %RESPONSE_FLAGS%/%RESPONSE_FLAGS% %UPSTREAM_HOST% %DURATION%").get())
         for n in 0...17 {

@@ -392,7 +392,8 @@ final class HTTPSession: Session, TCPConnectionDelegate, HTTP1ParserDelegate, Do
                     RequestStart(view: v, isHEAD: isHEAD, lengthKnown: p.hasContentLength,
                                  contentLength: p.contentLength, chunked: p.isChunked, endStream: !p.hasBody,
                                  fromHTTP2: false, authorityReplacesHost: absolute != nil, dropExpect: expectContinue,
-                                 clientCert: conn.forwardedClientCert, upgrade: upgrade, plaintext: conn.transportSocket == nil),
+                                 clientCert: conn.forwardedClientCert, upgrade: upgrade, plaintext: conn.transportSocket == nil,
+                                 http10: isHTTP10),
                     clientIP: clientIP)
         }
         // The proxy answers `Expect: 100-continue` itself once the request is on its way.

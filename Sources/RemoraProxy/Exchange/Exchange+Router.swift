@@ -27,6 +27,8 @@ struct RequestStart {
     var upgrade = UpgradeRequest.none
     /// The connection has no TLS layer: scheme `http`, even on a TLS listener (`allow_plaintext`).
     var plaintext = false
+    /// An HTTP/1.0 request (the access log's protocol).
+    var http10 = false
 
     /// The scheme the request arrived with (X-Forwarded-Proto, redirects): the listener's, but
     /// `http` on a TLS listener's plaintext connection.
@@ -71,10 +73,19 @@ extension Exchange {
         case .rejected(let why):
             stats.inc(.downstream_rq_failed_path_normalization)
             observe.flags.insert(.DPE)
-            if l.hasFilters { runsFilters = true; l.accessLog.map { _ = $0.requestHeaders(self, r.view) } }
+            if l.hasFilters { runsFilters = true }
+            captureForLog(l, r)
             local(400, body: rawBytes(why.message), location: nil)
         }
         pool.give(&normalized)
+    }
+
+    /// The access log's copy of the request (a direct call, without a retain); its line is written
+    /// when the exchange is over (`finish`).
+    @inline(__always) func captureForLog(_ l: ListenerRuntime, _ r: RequestStart) {
+        guard let a = l.accessLogRef else { return }
+        logsAccess = true
+        a._withUnsafeGuaranteedRef { $0.requestHeaders(self, r) }
     }
 
     /// The route and the filters, with the peer's identity in the view first when the listener's
@@ -104,6 +115,7 @@ extension Exchange {
         // Request id and trace context first (a direct call: tracing never answers, and a listener
         // with only tracing runs no filter machinery).
         if let u = l.tracingRef { u._withUnsafeGuaranteedRef { $0.begin(self, r.view) } }
+        captureForLog(l, r)   // before a filter may answer (a fault's abort, a rate limit)
         if l.hasFilters {
             runsFilters = true
             switch runRequestFilters(l.filters, r.view) {
@@ -134,8 +146,6 @@ extension Exchange {
             case .delay(let ms, then: nil):
                 if ms > dispatchDelay { dispatchDelay = ms; delayedReply = nil }
             default:
-                // The access log (the last filter) still captures a request another filter answered.
-                if let log = listener.accessLog, f !== log { _ = log.requestHeaders(self, view) }
                 return v
             }
         }

@@ -158,6 +158,8 @@ final class Exchange: DeadlineTimerDelegate {
     unowned(unsafe) var primary: Exchange?
     /// The listener's filters see this exchange (not a shadow; none configured: false).
     var runsFilters = false
+    /// The listener's access log has this exchange's request and writes its line at `finish`.
+    var logsAccess = false
     /// The route the request matched (an index into the listener's route table), -1 = none; set
     /// before the filters run, so they can read per-route settings (`Filters/`).
     var routeIndex = -1
@@ -239,6 +241,7 @@ final class Exchange: DeadlineTimerDelegate {
         retryAt = 0
         lastTryEndpoint = nil
         runsFilters = false
+        logsAccess = false
         dispatchDelay = 0
         upgrade = .none
         grpcWeb = .off
@@ -288,6 +291,7 @@ final class Exchange: DeadlineTimerDelegate {
         observeFinish()
         if observe.hasTrace, let u = listener.tracingRef { u._withUnsafeGuaranteedRef { if $0.spans != nil { $0.end(self) } } }
         if runsFilters { for f in listener.filters { f.log(self) } }
+        if logsAccess, let a = listener.accessLogRef { a._withUnsafeGuaranteedRef { $0.log(self) } }
         stats.dec(.downstream_rq_active)
         if clusterActive { clusterStats?.dec(.upstream_rq_active); withCluster(()) { $0.releaseRequest() }; clusterActive = false }
         pool.give(&upHead)

@@ -80,12 +80,12 @@ extension SIMD16 where Scalar == Int32 {
     }
 }
 
-/// A listener's access log, as an HTTP filter (`log` phase): at `requestHeaders` it copies the
-/// request fields its line needs into a pooled buffer of the exchange; when the exchange is over
-/// it appends one record (numbers and those bytes) to the worker's ring of the log's file. The
-/// writer thread formats and writes it (`AccessLogWriter`). Nothing here formats, waits or
-/// allocates per request once warm.
-final class AccessLogFilter: HTTPFilter {
+/// A listener's access log, called by the exchange like a filter's phases (`captureForLog`, then
+/// `finish`): at `requestHeaders` it copies the request fields its line needs into a pooled buffer
+/// of the exchange; when the exchange is over (`log`) it appends one record (numbers and those
+/// bytes) to the worker's ring of the log's file. The writer thread formats and writes it
+/// (`AccessLogWriter`). Nothing here formats, waits or allocates per request once warm.
+final class AccessLogFilter {
     let sink: UnsafeMutablePointer<remora_log_ring>
     let writer: AccessLogWriter
     /// The listener's format in its sink.
@@ -97,10 +97,16 @@ final class AccessLogFilter: HTTPFilter {
     /// The record being built for a refused request or a TCP connection (reused); an exchange's
     /// record is built in its own pooled buffer (`observe.logHead`).
     var record = ByteBuffer(capacity: 1024)
-    /// Names of the last cluster seen: its own, then its endpoints' (SocketAddress.description
-    /// formats with printf: done once per cluster runtime, not per request).
-    unowned(unsafe) var namesOf: Cluster?
+    /// Names of the last cluster seen (its identity: compared, never dereferenced): its own, then
+    /// its endpoints' (SocketAddress.description formats with printf: done once per cluster
+    /// runtime, not per request).
+    var namesOf: UnsafeMutableRawPointer?
     var clusterNames = NameTable()
+    /// The wall clock minus the monotonic clock (µs), and when (monotonic) it was taken: a start
+    /// time is the exchange's monotonic start plus this, with no clock read per request. Taken
+    /// again after a second, so a step of the wall clock shows within one.
+    var wallOffset: UInt64 = 0
+    var wallOffsetAt: UInt64 = 0
 
     init(ring: UnsafeMutablePointer<remora_log_ring>, writer: AccessLogWriter, format: UInt16,
          stats: StatBlock<ListenerStat>, routes: RouteTable) {
@@ -114,14 +120,14 @@ final class AccessLogFilter: HTTPFilter {
         clusterNames.release()
     }
 
-    func requestHeaders(_ e: Exchange, _ r: RequestView) -> FilterVerdict {
+    func requestHeaders(_ e: Exchange, _ start: RequestStart) {
         // The record is built in a pooled buffer of the exchange: room for its head, then the
         // strings; `log` fills the head in and hands the whole buffer to the ring.
         let base = AccessLogRecord.size
         var head = e.pool.take()
         head.reserve(base + 512)
         head.count = base
-        var spans = AccessLogFilter.capture(r, into: &head, base: base)
+        var spans = AccessLogFilter.capture(start.view, into: &head, base: base)
         if e.observe.hasTrace && e.observe.generatedID {   // the id the tracing filter generated
             spans.set(10, head.count - base, 36)
             head.reserve(head.count + 36)
@@ -129,24 +135,15 @@ final class AccessLogFilter: HTTPFilter {
                       into: UnsafeMutableRawBufferPointer(start: head.base! + head.count, count: 36))
             head.count += 36
         }
-        // By type identity (a load), not a dynamic cast (a runtime call) per request.
+        e.observe.downstreamProtocol = start.fromHTTP2 ? 2 : (start.http10 ? 1 : 0)
         e.observe.logPeer = SIMD2(repeating: -1)
-        if let d = e.downstream {
-            let t = ObjectIdentifier(type(of: d))
-            let h2 = t == ObjectIdentifier(H2ServerStream.self)
-            e.observe.downstreamProtocol = h2 ? 2
-                : (t == ObjectIdentifier(HTTPSession.self) && unsafeDowncast(d, to: HTTPSession.self).isHTTP10 ? 1 : 0)
-            // The client's TLS identity (mutual TLS): only connections with a transport socket have one.
-            let conn = h2 ? unsafeDowncast(d, to: H2ServerStream.self).connection?.conn
-                : (t == ObjectIdentifier(HTTPSession.self) ? unsafeDowncast(d, to: HTTPSession.self).conn : nil)
-            if let c = conn, c.transportSocket != nil, let p = c.peerPrincipal {
-                e.observe.logPeer = SIMD2(Int32(head.count - base), Int32(p.utf8.count))
-                head.append(string: p)
-            }
+        // The client's TLS identity (mutual TLS): only connections with a TLS layer have one.
+        if !start.plaintext, let p = e.withDownstream(nil, { $0.transportConnection?.peerPrincipal }) {
+            e.observe.logPeer = SIMD2(Int32(head.count - base), Int32(p.utf8.count))
+            head.append(string: p)
         }
         e.observe.logHead = head
         e.observe.logSpans = spans
-        return .next
     }
 
     func log(_ e: Exchange) {
@@ -154,7 +151,12 @@ final class AccessLogFilter: HTTPFilter {
         r.format = format
         r.proto = e.observe.downstreamProtocol
         r.durationMicros = e.observe.durationMicros
-        r.startMicros = realtimeMicros() &- r.durationMicros
+        let now = e.observe.startMicros &+ r.durationMicros   // monotonic, when observeFinish ran
+        if now &- wallOffsetAt > 1_000_000 || wallOffsetAt == 0 {
+            wallOffset = realtimeMicros() &- monotonicMicros()
+            wallOffsetAt = now
+        }
+        r.startMicros = e.observe.startMicros &+ wallOffset
         r.bytesReceived = e.requestBodyBytes
         r.bytesSent = e.observe.bytesSent
         r.status = Int32(truncatingIfNeeded: e.observe.status)
@@ -173,7 +175,11 @@ final class AccessLogFilter: HTTPFilter {
             r.spans = SIMD16(repeating: -1)
             r.peerSpan = SIMD2(repeating: -1)
         }
-        if let c = e.cluster ?? e.observe.refusedBy { appendCluster(&r, c, endpoint: e.observe.endpoint, to: &e.observe.logHead) }
+        if let c = e.clusterRef {
+            c._withUnsafeGuaranteedRef { appendCluster(&r, $0, endpoint: e.observe.endpoint, to: &e.observe.logHead) }
+        } else if let c = e.observe.refusedBy {
+            appendCluster(&r, c, endpoint: e.observe.endpoint, to: &e.observe.logHead)
+        }
         let route = e.observe.route
         if route >= 0 && route < routeNames.count {
             let at = e.observe.logHead.count - AccessLogRecord.size
@@ -228,8 +234,9 @@ final class AccessLogFilter: HTTPFilter {
     /// The cluster's name and the endpoint's `host:port` (cached per cluster runtime), appended to
     /// the record being built in `buf`.
     @inline(__always) func appendCluster(_ r: inout AccessLogRecord, _ c: Cluster, endpoint: Int, to buf: inout ByteBuffer) {
-        if namesOf !== c {
-            namesOf = c
+        let id = Unmanaged.passUnretained(c).toOpaque()
+        if namesOf != id {
+            namesOf = id
             clusterNames.reset([c.config.name] + c.endpoints.map(\.address.description))
         }
         let base = AccessLogRecord.size
@@ -282,13 +289,11 @@ final class AccessLogFilter: HTTPFilter {
 /// same words.
 struct AccessLogFormatter {
     /// One step of a line: the literal bytes at `literal ..< literal + literalCount` of the
-    /// compiled format's literals, then a field (nil: none). `quoted`: a JSON string value
-    /// (quotes around it, `null` when absent); JSON numbers are bare or `null`.
+    /// compiled format's literals, then a field (nil: none).
     struct Op {
         var literal: Int32
         var literalCount: Int32
         var field: AccessLogField?
-        var quoted: Bool
     }
 
     final class Compiled {
@@ -300,16 +305,16 @@ struct AccessLogFormatter {
         /// and quotes of each field, and the slack word copies write into.
         let bound: Int
 
-        init(_ pieces: [(String, AccessLogField?, Bool)], json: Bool) {
+        init(_ pieces: [(String, AccessLogField?)], json: Bool) {
             let total = pieces.reduce(0) { $0 + $1.0.utf8.count }
             let lits = UnsafeMutableRawPointer.allocate(byteCount: total + 16, alignment: 8)
             lits.initializeMemory(as: UInt8.self, repeating: 0, count: total + 16)
             literals = lits
             var ops: [Op] = [], at = 0
-            for (text, field, quoted) in pieces {
+            for (text, field) in pieces {
                 let bytes = Array(text.utf8)
                 bytes.withUnsafeBytes { (lits + at).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-                ops.append(Op(literal: Int32(at), literalCount: Int32(bytes.count), field: field, quoted: quoted))
+                ops.append(Op(literal: Int32(at), literalCount: Int32(bytes.count), field: field))
                 at += bytes.count
             }
             self.ops = ops
@@ -328,19 +333,19 @@ struct AccessLogFormatter {
         switch format {
         case .json:
             var pieces = AccessLogField.allCases.enumerated().map { i, f in
-                ((i == 0 ? "{\"" : ",\"") + f.jsonKey + "\":", Optional(f), !f.isNumber)
+                ((i == 0 ? "{\"" : ",\"") + f.jsonKey + "\":", Optional(f))
             }
-            pieces.append(("}\n", nil, false))
+            pieces.append(("}\n", nil))
             return Compiled(pieces, json: true)
         case .text(let parts):
-            var pieces: [(String, AccessLogField?, Bool)] = [], lit = ""
+            var pieces: [(String, AccessLogField?)] = [], lit = ""
             for p in parts {
                 switch p {
                 case .literal(let t): lit += t
-                case .field(let f): pieces.append((lit, f, false)); lit = ""
+                case .field(let f): pieces.append((lit, f)); lit = ""
                 }
             }
-            pieces.append((lit + "\n", nil, false))
+            pieces.append((lit + "\n", nil))
             return Compiled(pieces, json: false)
         }
     }
@@ -361,8 +366,11 @@ struct AccessLogFormatter {
         let c = formats[Int(r.format)]
         out.reserve(out.count + c.bound + strings.count * 6)
         let start = out.base! + out.count
+        if c.json {
+            out.count += formatJSON(c, r, strings, at: start) - start
+            return
+        }
         var p = start
-        let json = c.json
         for op in c.ops {
             // two words unconditionally (most literals are shorter), then the rest
             let lit = c.literals + Int(op.literal), n = Int(op.literalCount)
@@ -371,37 +379,110 @@ struct AccessLogFormatter {
             if n > 16 { Self.copy(to: p + 16, from: lit + 16, n &- 16) }
             p += n
             guard let f = op.field else { continue }
-            let quote = json && op.quoted
-            if quote { p.storeBytes(of: 0x22, as: UInt8.self); p += 1 }
-            if let q = value(f, r, strings, json: json, at: p) {
+            if let q = value(f, r, strings, at: p) {
                 p = q
-                if quote { p.storeBytes(of: 0x22, as: UInt8.self); p += 1 }
             } else {
-                if quote { p -= 1 }
-                // `null` (JSON) or `-` (text); one word, the rest is overwritten
-                p.storeBytes(of: json ? 0x6C6C_756E : 0x2D, as: UInt32.self)
-                p += json ? 4 : 1
+                p.storeBytes(of: 0x2D, as: UInt8.self)   // `-`
+                p += 1
             }
         }
         out.count += p - start
     }
 
-    /// Writes field `f` of `r` at `p`; the end, or nil when the record has none.
+    /// The JSON line of `r` at `p` (`c` is `compile(.json)`: its ops are `AccessLogField.allCases`
+    /// in order, then the closing brace); returns the end. The same bytes as the ops interpreted one
+    /// by one (`value`), in straight-line code: no dispatch per field.
     @inline(__always)
-    mutating func value(_ f: AccessLogField, _ r: AccessLogRecord, _ s: UnsafeRawBufferPointer, json: Bool,
+    mutating func formatJSON(_ c: Compiled, _ r: AccessLogRecord, _ s: UnsafeRawBufferPointer,
+                             at start: UnsafeMutableRawPointer) -> UnsafeMutableRawPointer {
+        var p = start
+        c.ops.withUnsafeBufferPointer { ops in
+            let lits = c.literals
+            /// Literal `i` (the key of field `i`, with its separator).
+            @inline(__always) func key(_ i: Int) {
+                let lit = lits + Int(ops[i].literal), n = Int(ops[i].literalCount)
+                p.storeBytes(of: lit.loadUnaligned(as: UInt64.self), as: UInt64.self)
+                p.storeBytes(of: lit.loadUnaligned(fromByteOffset: 8, as: UInt64.self), toByteOffset: 8, as: UInt64.self)
+                if n > 16 { Self.copy(to: p + 16, from: lit + 16, n &- 16) }
+                p += n
+            }
+            /// A string field: quoted and escaped, or `null`.
+            @inline(__always) func string(_ i: Int, _ span: (Int32, Int32)) {
+                key(i)
+                if let q = self.string(span.0, span.1, s, true, p + 1) {
+                    p.storeBytes(of: 0x22, as: UInt8.self)
+                    q.storeBytes(of: 0x22, as: UInt8.self)
+                    p = q + 1
+                } else {
+                    p.storeBytes(of: 0x6C6C_756E, as: UInt32.self)
+                    p += 4
+                }
+            }
+            /// A number field, or `null` when absent.
+            @inline(__always) func number(_ i: Int, _ v: UInt64, _ present: Bool = true) {
+                key(i)
+                if present {
+                    p = Self.decimal(v, at: p)
+                } else {
+                    p.storeBytes(of: 0x6C6C_756E, as: UInt32.self)
+                    p += 4
+                }
+            }
+            // AccessLogField.allCases order
+            key(0)
+            p.storeBytes(of: 0x22, as: UInt8.self)
+            p = time(r.startMicros, at: p + 1)
+            p.storeBytes(of: 0x22, as: UInt8.self)
+            p += 1
+            string(1, (r.spans[0], r.spans[1]))
+            string(2, (r.spans[2], r.spans[3]))
+            key(3)
+            p.storeBytes(of: 0x22, as: UInt8.self)
+            p = value(.protocol, r, s, at: p + 1)!
+            p.storeBytes(of: 0x22, as: UInt8.self)
+            p += 1
+            number(4, UInt64(truncatingIfNeeded: r.status), r.status >= 0)
+            number(5, UInt64(truncatingIfNeeded: r.grpcStatus), r.grpcStatus >= 0)
+            key(6)
+            p.storeBytes(of: 0x22, as: UInt8.self)
+            p = value(.responseFlags, r, s, at: p + 1)!
+            p.storeBytes(of: 0x22, as: UInt8.self)
+            p += 1
+            number(7, r.bytesReceived)
+            number(8, r.bytesSent)
+            number(9, r.durationMicros / 1000)
+            number(10, UInt64(truncatingIfNeeded: r.upstreamMillis), r.upstreamMillis >= 0)
+            string(11, (r.spans[12], r.spans[13]))
+            string(12, (r.routeSpan[0], r.routeSpan[1]))
+            string(13, (r.spans[14], r.spans[15]))
+            string(14, (r.spans[10], r.spans[11]))
+            string(15, (r.spans[6], r.spans[7]))
+            string(16, (r.spans[8], r.spans[9]))
+            string(17, (r.spans[4], r.spans[5]))
+            number(18, UInt64(truncatingIfNeeded: r.retries), r.retries >= 0)
+            string(19, (r.peerSpan[0], r.peerSpan[1]))
+            key(20)   // }\n
+        }
+        return p
+    }
+
+    /// Writes field `f` of `r` at `p` as a text format does (strings as they are); the end, or nil
+    /// when the record has none.
+    @inline(__always)
+    mutating func value(_ f: AccessLogField, _ r: AccessLogRecord, _ s: UnsafeRawBufferPointer,
                         at p: UnsafeMutableRawPointer) -> UnsafeMutableRawPointer? {
         switch f {
         case .startTime: return time(r.startMicros, at: p)
-        case .method: return string(r.spans[0], r.spans[1], s, json, p)
-        case .path: return string(r.spans[2], r.spans[3], s, json, p)
-        case .authority: return string(r.spans[4], r.spans[5], s, json, p)
-        case .xForwardedFor: return string(r.spans[6], r.spans[7], s, json, p)
-        case .userAgent: return string(r.spans[8], r.spans[9], s, json, p)
-        case .requestID: return string(r.spans[10], r.spans[11], s, json, p)
-        case .upstreamHost: return string(r.spans[12], r.spans[13], s, json, p)
-        case .upstreamCluster: return string(r.spans[14], r.spans[15], s, json, p)
-        case .routeName: return string(r.routeSpan[0], r.routeSpan[1], s, json, p)
-        case .peerIdentity: return string(r.peerSpan[0], r.peerSpan[1], s, json, p)
+        case .method: return string(r.spans[0], r.spans[1], s, false, p)
+        case .path: return string(r.spans[2], r.spans[3], s, false, p)
+        case .authority: return string(r.spans[4], r.spans[5], s, false, p)
+        case .xForwardedFor: return string(r.spans[6], r.spans[7], s, false, p)
+        case .userAgent: return string(r.spans[8], r.spans[9], s, false, p)
+        case .requestID: return string(r.spans[10], r.spans[11], s, false, p)
+        case .upstreamHost: return string(r.spans[12], r.spans[13], s, false, p)
+        case .upstreamCluster: return string(r.spans[14], r.spans[15], s, false, p)
+        case .routeName: return string(r.routeSpan[0], r.routeSpan[1], s, false, p)
+        case .peerIdentity: return string(r.peerSpan[0], r.peerSpan[1], s, false, p)
         case .protocol:
             // "HTTP/1.1", "HTTP/1.0", "HTTP/2", "TCP" as one little-endian word each
             switch r.proto {

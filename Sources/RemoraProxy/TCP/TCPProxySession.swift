@@ -56,7 +56,7 @@ final class TCPProxySession: Session, TCPConnectionDelegate {
         idleTimeout = listener.config.idleTimeout
         isTunnel = false
         super.init()
-        if !listener.filters.isEmpty { startMicros = monotonicMicros() }
+        if listener.accessLog != nil { startMicros = monotonicMicros() }
         down.delegate = self
         down.owner = self
         down.setDeadline(after: idleTimeout)
