@@ -64,14 +64,7 @@ final class NoDelayProbe: ListenerDelegate, TCPConnectionDelegate {
             c.owner = client
             #expect(c.connect(to: addr) == 0)
         }
-        let guardTimer = LoopTimer(loop: loop)
-        guardTimer.start(after: 10_000) { loop.stop() }
-        guardTimer.unref()
-        let stopper = LoopTimer(loop: loop)
-        stopper.start(after: 5, repeat: 5) { if clients.allSatisfy(\.eof) { stopper.close(); listener.close() } }
-        loop.run()
-        guardTimer.close()
-        loop.run()
+        runLoop(loop, every: 5, until: { clients.allSatisfy(\.eof) }, then: { listener.close() })
         #expect(server.noDelay == [true, true, true])
         #expect(listener.noDelayChecked && listener.noDelayInherited)
         #expect(loop.handleCount == 0)
@@ -95,14 +88,7 @@ final class NoDelayProbe: ListenerDelegate, TCPConnectionDelegate {
         #expect(c.reqs == nil)
         #expect(c.connect(to: addr) == 0)
         #expect(c.reqs != nil)   // an outgoing connect needs its uv_connect_t
-        let guardTimer = LoopTimer(loop: loop)
-        guardTimer.start(after: 10_000) { loop.stop() }
-        guardTimer.unref()
-        let stopper = LoopTimer(loop: loop)
-        stopper.start(after: 5, repeat: 5) { if client.eof { stopper.close(); listener.close() } }
-        loop.run()
-        guardTimer.close()
-        loop.run()
+        runLoop(loop, every: 5, until: { client.eof }, then: { listener.close() })
         #expect(client.received == Array("GET / HTTP/1.1\r\n\r\n".utf8))
         #expect(server.requestsMadeAfterAnswer == false)
         #expect(server.queueCapacityWhileCorked > 0)   // the corked bytes had a buffer

@@ -33,6 +33,21 @@ final class Client: TCPConnectionDelegate {
     func connectionError(_ c: TCPConnection, _ code: Int32) { c.close() }
 }
 
+/// Runs `loop` until `done()` (checked every `every` ms), then runs `then` (close the listener and what
+/// else is open) and lets the loop end by itself; at most 10 s.
+func runLoop(_ loop: EventLoop, every: UInt64 = 10, until done: @escaping () -> Bool, then: @escaping () -> Void) {
+    let guardTimer = LoopTimer(loop: loop)
+    guardTimer.start(after: 10_000) { loop.stop() }   // bound the test
+    guardTimer.unref()
+    let stopper = LoopTimer(loop: loop)
+    stopper.start(after: every, repeat: every) {
+        if done() { stopper.close(); then() }
+    }
+    loop.run()
+    guardTimer.close()
+    loop.run()
+}
+
 @Suite struct LoopTests {
     @Test func echoLargePayloadWithHalfCloseAndCloseCleanly() throws {
         let loop = EventLoop()
@@ -48,17 +63,7 @@ final class Client: TCPConnectionDelegate {
         c.delegate = client
         c.owner = client
         #expect(c.connect(to: addr) == 0)
-        let guardTimer = LoopTimer(loop: loop)
-        guardTimer.start(after: 10_000) { loop.stop() }   // bound the test
-        guardTimer.unref()
-        // Run until the client saw EOF, then close the listener and let the loop end by itself.
-        let stopper = LoopTimer(loop: loop)
-        stopper.start(after: 10, repeat: 10) {
-            if client.eof { stopper.close(); listener.close() }
-        }
-        loop.run()
-        guardTimer.close()
-        loop.run()
+        runLoop(loop, until: { client.eof }, then: { listener.close() })
         #expect(client.received == payload)
         #expect(server.closedConnections == 1)
         #expect(loop.handleCount == 0)
@@ -140,16 +145,7 @@ extension LoopTests {
         c.delegate = client
         c.owner = client
         #expect(c.connect(to: addr) == 0)
-        let guardTimer = LoopTimer(loop: loop)
-        guardTimer.start(after: 10_000) { loop.stop() }
-        guardTimer.unref()
-        let stopper = LoopTimer(loop: loop)
-        stopper.start(after: 10, repeat: 10) {
-            if client.eof { stopper.close(); listener.close() }
-        }
-        loop.run()
-        guardTimer.close()
-        loop.run()
+        runLoop(loop, until: { client.eof }, then: { listener.close() })
         #expect(client.received == payload)
         let largest = client.reads.max() ?? 0
         if let limit {

@@ -59,16 +59,7 @@ final class Collector: ListenerDelegate, TCPConnectionDelegate {
         c.owner = client
         c.transportSocket = layer
         #expect(c.connect(to: addr) == 0)
-        let guardTimer = LoopTimer(loop: loop)
-        guardTimer.start(after: 10_000) { loop.stop() }
-        guardTimer.unref()
-        let stopper = LoopTimer(loop: loop)
-        stopper.start(after: 10, repeat: 10) {
-            if server.eof { stopper.close(); listener.close(); c.close() }
-        }
-        loop.run()
-        guardTimer.close()
-        loop.run()
+        runLoop(loop, until: { server.eof }, then: { listener.close(); c.close() })
         #expect(loop.handleCount == 0)
         #expect(loop.close())
         return (layer, server, payload)

@@ -4,7 +4,7 @@ import os
 import signal
 import sys
 
-from .common import ALL_PROXIES, ALL_SCENARIOS, REPO, Interrupted, log
+from .common import ALL_PROXIES, ALL_SCENARIOS, REPO, Interrupted, base_proxy, log
 from .driver import Bench
 from .proxies import find_envoy
 
@@ -78,10 +78,11 @@ def parse_args(argv):
     if a.tcp_duration is None:
         a.tcp_duration = a.duration
     a.only = [p.strip() for p in a.only.split(",") if p.strip()]
-    bad = [p for p in a.only if p not in ALL_PROXIES]
+    bad = [p for p in a.only if base_proxy(p) not in ALL_PROXIES
+           or (p != base_proxy(p) and base_proxy(p) not in ("remora", "nginx", "envoy"))]
     if bad:
         ap.error("unknown proxy %s (choose from %s)" % (bad, ALL_PROXIES))
-    if a.envoy_bin is None and "envoy" in a.only:
+    if a.envoy_bin is None and any(base_proxy(p) == "envoy" for p in a.only):
         a.envoy_bin = find_envoy()
     a.scenarios = [s.strip() for s in a.scenarios.split(",") if s.strip()]
     bad = [s for s in a.scenarios if s not in ALL_SCENARIOS]

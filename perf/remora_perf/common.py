@@ -13,6 +13,13 @@ REPO = PERF.parent
 OUT = PERF / "out"
 ALL_PROXIES = ["remora", "haproxy", "nginx", "nghttpx", "envoy"]
 PEERS = [p for p in ALL_PROXIES if p != "remora"]
+# `--only remora+jsonlog`: that proxy with a JSON access log on its HTTP listener (remora, nginx, envoy),
+# measured in the same rounds as the plain one (perf/log_cost.py); never a "best peer".
+LOG_VARIANT = "+jsonlog"
+
+
+def base_proxy(name):
+    return name[:-len(LOG_VARIANT)] if name.endswith(LOG_VARIANT) else name
 # "best peer" in the headline: the C proxies; Envoy (C++, the sidecar most meshes run) has its own column
 BEST_OF = ["haproxy", "nginx", "nghttpx"]
 TITLES = {"remora": "Remora", "haproxy": "HAProxy", "nginx": "nginx", "nghttpx": "nghttpx", "envoy": "Envoy"}

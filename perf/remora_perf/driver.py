@@ -10,7 +10,7 @@ import sys
 import time
 
 from .backend import Backend
-from .common import ALL_PROXIES, OUT, REPO, SUPPORTS, Interrupted, first_line, log
+from .common import ALL_PROXIES, OUT, REPO, SUPPORTS, Interrupted, base_proxy, first_line, log
 from .proxies import Envoy, HAProxy, Nghttpx, Nginx, Remora
 from .report import Report
 from .runner import Runner, raise_nofile
@@ -41,6 +41,12 @@ class Bench(HTTPScenarios, TCPScenario, MemoryScenario, CallgrindScenario, Repor
         self.results["errors"].append(msg)
 
     def make_proxy(self, name):
+        p = self.make_base_proxy(base_proxy(name))
+        if name != p.name:   # `<proxy>+jsonlog`
+            p.name, p.access_log = name, "json"
+        return p
+
+    def make_base_proxy(self, name):
         a = self.args
         if name == "remora":
             return Remora(self.r, a.proxy_cpu, self.nofile, a.remora_bin)
@@ -64,7 +70,7 @@ class Bench(HTTPScenarios, TCPScenario, MemoryScenario, CallgrindScenario, Repor
         return names[k:] + names[:k]
 
     def proxies_for(self, sc):
-        return [n for n in self.args.only if n in SUPPORTS.get(sc, ALL_PROXIES)]
+        return [n for n in self.args.only if base_proxy(n) in SUPPORTS.get(sc, ALL_PROXIES)]
 
 
     # ---------------- shared by the scenarios: noisy machine, CPU windows

@@ -30,6 +30,13 @@ class Proxy:
         self.instance = 0
         self.h2 = False
         self.front_h2 = False
+        # "json": the HTTP listener writes a JSON access log (a `<proxy>+jsonlog` variant of perf/run.sh
+        # --only, so one run measures a proxy with and without its log in the same rounds: log_cost.py);
+        # REMORA_PERF_ACCESS_LOG does it for every proxy of a run.
+        self.access_log = None
+
+    def log_format(self):
+        return os.environ.get("REMORA_PERF_ACCESS_LOG") or self.access_log
 
     # backend_port: an HTTP listener forwarding to it; sink_port: a TCP listener forwarding to it;
     # h2: the HTTP listener takes h2c (prior knowledge) and the upstream is h2c; front_h2: the listener takes h2c,
@@ -103,7 +110,7 @@ class Remora(Proxy):
                       "    address: %s:%d" % (HOST, self.http_port),
                       "    protocol: http"]
             # REMORA_PERF_ACCESS_LOG=json|text: the same run with the listener's access log on (cost of logs).
-            log_format = os.environ.get("REMORA_PERF_ACCESS_LOG")
+            log_format = self.log_format()
             if log_format:
                 lines.append("    access_log: { path: %s, format: %s }" % (self.dir / "access.log", log_format))
             # REMORA_PERF_TRACING=1: request ids and W3C trace propagation on (cost of tracing); a front
@@ -276,7 +283,7 @@ events {{ worker_connections {max(1024, self.nofile - 100)}; }}
                 pool, http2 = (1024, " http2") if self.front_h2 else (128, "")
                 location = 'proxy_pass http://app;\n            proxy_http_version 1.1;\n            proxy_set_header Connection "";'
             # REMORA_PERF_ACCESS_LOG=json: nginx's JSON-escaped access log, buffered (64 KiB, flushed each second)
-            if os.environ.get("REMORA_PERF_ACCESS_LOG") == "json":
+            if self.log_format() == "json":
                 access_log = (f"log_format json escape=json '{NGINX_JSON_LOG}';\n"
                               f"    access_log {self.dir}/access.log json buffer=64k flush=1s;")
             else:
@@ -421,7 +428,7 @@ class Envoy(Proxy):
                        "dynamic_stats": False}}]}
             # REMORA_PERF_ACCESS_LOG=json: Envoy's file access log with the fields of Remora's JSON line (what
             # envoy#10415 measured); Envoy buffers it and flushes from its own thread, as Remora's writer does.
-            if os.environ.get("REMORA_PERF_ACCESS_LOG") == "json":
+            if self.log_format() == "json":
                 hcm["access_log"] = [{"name": "envoy.access_loggers.file", "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
                     "path": str(self.dir / "access.log"),

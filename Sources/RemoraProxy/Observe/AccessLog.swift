@@ -152,7 +152,7 @@ final class AccessLogFilter {
         r.proto = e.observe.downstreamProtocol
         r.durationMicros = e.observe.durationMicros
         let now = e.observe.startMicros &+ r.durationMicros   // monotonic, when observeFinish ran
-        if now &- wallOffsetAt > 1_000_000 || wallOffsetAt == 0 {
+        if now &- wallOffsetAt > 1_000_000 {   // (true at first: wallOffsetAt is 0)
             wallOffset = realtimeMicros() &- monotonicMicros()
             wallOffsetAt = now
         }
