@@ -241,6 +241,21 @@ static inline void remora_hex_x2(uint8_t *dst, __m128i v) {
 static inline void remora_hex32(uint8_t *dst, uint64_t hi, uint64_t lo) {
     remora_hex_x2(dst, _mm_set_epi64x((long long)__builtin_bswap64(lo), (long long)__builtin_bswap64(hi)));
 }
+/* The 16 hex digits (either case) at p as a number in *out: 1, or 0 when any byte is not one. All 16
+ * at once with SSE2: each byte in '0'...'9' or, with bit 5 set, in 'a'...'f' (signed compares: bytes
+ * >= 0x80 fail both); its value; the nibbles of each pair joined in a 16-bit lane, packed to 8 bytes,
+ * most significant first (traceparent ids: TraceContext.parseTraceparent). */
+static inline int remora_hex16_read(const uint8_t *p, uint64_t *out) {
+    __m128i x = _mm_loadu_si128((const __m128i *)p), lower = _mm_or_si128(x, _mm_set1_epi8(0x20));
+    __m128i digit = _mm_and_si128(_mm_cmpgt_epi8(x, _mm_set1_epi8('0' - 1)), _mm_cmplt_epi8(x, _mm_set1_epi8('9' + 1)));
+    __m128i letter = _mm_and_si128(_mm_cmpgt_epi8(lower, _mm_set1_epi8('a' - 1)), _mm_cmplt_epi8(lower, _mm_set1_epi8('f' + 1)));
+    if (_mm_movemask_epi8(_mm_or_si128(digit, letter)) != 0xFFFF) return 0;
+    __m128i v = _mm_or_si128(_mm_and_si128(digit, _mm_sub_epi8(x, _mm_set1_epi8('0'))),
+                             _mm_andnot_si128(digit, _mm_sub_epi8(lower, _mm_set1_epi8('a' - 10))));
+    __m128i pairs = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(v, _mm_set1_epi16(0x00FF)), 4), _mm_srli_epi16(v, 8));
+    *out = __builtin_bswap64((uint64_t)_mm_cvtsi128_si64(_mm_packus_epi16(pairs, pairs)));
+    return 1;
+}
 static inline void remora_hex16(uint8_t *dst, uint64_t v) {
     const __m128i mask = _mm_set1_epi8(0x0F), nine = _mm_set1_epi8(9);
     __m128i x = _mm_cvtsi64_si128((long long)__builtin_bswap64(v));

@@ -70,6 +70,19 @@ public struct TraceContext: Equatable, Sendable {
         return (fours << 16 | fours >> 32) & 0xFFFF_FFFF
     }
 
+    /// The 16 hex digits (either case) at `p` as a number; nil on any other byte (SSE2 on x86-64:
+    /// `remora_hex16_read`; elsewhere two `hex8`).
+    @inline(__always)
+    static func hex16(_ p: UnsafeRawPointer) -> UInt64? {
+        #if arch(x86_64)
+        var x: UInt64 = 0
+        return remora_hex16_read(p.assumingMemoryBound(to: UInt8.self), &x) == 1 ? x : nil
+        #else
+        guard let a = hex8(p), let b = hex8(p + 8) else { return nil }
+        return a << 32 | b
+        #endif
+    }
+
     /// Parses `traceparent` version 00 (`00-<32 hex>-<16 hex>-<2 hex>`, trace id and parent id not
     /// zero; a later version's longer value is read by its first 55 bytes). nil when it is not one.
     public static func parseTraceparent(_ v: UnsafeRawBufferPointer) -> TraceContext? {
@@ -77,9 +90,8 @@ public struct TraceContext: Equatable, Sendable {
               b.loadUnaligned(as: UInt32.self) & 0xFF_FFFF == 0x2D_3030,   // "00-"
               b.load(fromByteOffset: 35, as: UInt8.self) == 0x2D, b.load(fromByteOffset: 52, as: UInt8.self) == 0x2D,
               v.count == 55 || b.load(fromByteOffset: 55, as: UInt8.self) == 0x2D,
-              let h0 = hex8(b + 3), let h1 = hex8(b + 11), let l0 = hex8(b + 19), let l1 = hex8(b + 27),
-              let p0 = hex8(b + 36), let p1 = hex8(b + 44), let flags = hex(v, 53, 2) else { return nil }
-        let hi = h0 << 32 | h1, lo = l0 << 32 | l1, parent = p0 << 32 | p1
+              let hi = hex16(b + 3), let lo = hex16(b + 19), let parent = hex16(b + 36),
+              let flags = hex(v, 53, 2) else { return nil }
         guard hi | lo != 0, parent != 0 else { return nil }
         return TraceContext(traceHi: hi, traceLo: lo, parent: parent, flags: UInt8(flags))
     }

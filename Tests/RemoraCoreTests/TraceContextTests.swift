@@ -41,6 +41,31 @@ import Testing
                 "54 bytes: short")
     }
 
+    /// The 16-digits-at-once reader (SSE2) against two 8-digit ones: every byte value at every
+    /// position of a valid run, and random runs in both cases.
+    @Test func hexSixteenAtOnceMatchesTwoEights() {
+        func reference(_ b: [UInt8]) -> UInt64? {
+            b.withUnsafeBytes { p in
+                guard let a = TraceContext.hex8(p.baseAddress!), let c = TraceContext.hex8(p.baseAddress! + 8) else { return nil }
+                return a << 32 | c
+            }
+        }
+        for pos in 0..<16 {
+            for c in 0...255 {
+                var b = Array("09afAF3c4bF92f35".utf8)
+                b[pos] = UInt8(c)
+                #expect(b.withUnsafeBytes { TraceContext.hex16($0.baseAddress!) } == reference(b), "byte \(c) at \(pos)")
+            }
+        }
+        var rng = SystemRandomNumberGenerator()
+        let alphabet = Array("0123456789abcdefABCDEF".utf8)
+        for _ in 0..<2000 {
+            let b = (0..<16).map { _ in alphabet[Int(rng.next() % UInt64(alphabet.count))] }
+            #expect(b.withUnsafeBytes { TraceContext.hex16($0.baseAddress!) } == reference(b))
+        }
+        #expect(Array("4bf92f3577b34da6".utf8).withUnsafeBytes { TraceContext.hex16($0.baseAddress!) } == 0x4bf9_2f35_77b3_4da6)
+    }
+
     @Test func traceparentRoundTrip() {
         let t = bytes("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01") { TraceContext.parseTraceparent($0) }
         #expect(t?.traceHi == 0x4bf92f3577b34da6 && t?.traceLo == 0xa3ce929d0e0e4736 && t?.parent == 0x00f067aa0ba902b7)
