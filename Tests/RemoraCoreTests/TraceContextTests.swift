@@ -13,9 +13,9 @@ import Testing
         return String(decoding: b[0..<len], as: UTF8.self)
     }
 
-    /// The 8-digits-at-once reader against a byte-by-byte one: every byte value at every position
-    /// of a valid run, and random runs in both cases.
-    @Test func hexEightAtOnceMatchesByteByByte() {
+    /// `read` (a reader of `valid.count` hex digits at once) against a byte-by-byte one: every byte
+    /// value at every position of the valid run `valid`, and random runs in both cases.
+    static func expectMatchesByteByByte(_ valid: String, _ read: (UnsafeRawPointer) -> UInt64?) {
         func reference(_ b: [UInt8]) -> UInt64? {
             var x: UInt64 = 0
             for c in b {
@@ -24,45 +24,31 @@ import Testing
             }
             return x
         }
-        for pos in 0..<8 {
+        let n = valid.utf8.count
+        for pos in 0..<n {
             for c in 0...255 {
-                var b = Array("09afAF3c".utf8)
+                var b = Array(valid.utf8)
                 b[pos] = UInt8(c)
-                #expect(b.withUnsafeBytes { TraceContext.hex8($0.baseAddress!) } == reference(b), "byte \(c) at \(pos)")
+                #expect(b.withUnsafeBytes { read($0.baseAddress!) } == reference(b), "byte \(c) at \(pos)")
             }
         }
         var rng = SystemRandomNumberGenerator()
         let alphabet = Array("0123456789abcdefABCDEF".utf8)
         for _ in 0..<2000 {
-            let b = (0..<8).map { _ in alphabet[Int(rng.next() % UInt64(alphabet.count))] }
-            #expect(b.withUnsafeBytes { TraceContext.hex8($0.baseAddress!) } == reference(b))
+            let b = (0..<n).map { _ in alphabet[Int(rng.next() % UInt64(alphabet.count))] }
+            #expect(b.withUnsafeBytes { read($0.baseAddress!) } == reference(b))
         }
+    }
+
+    @Test func hexEightAtOnceMatchesByteByByte() {
+        Self.expectMatchesByteByByte("09afAF3c") { TraceContext.hex8($0) }
         #expect(bytes("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b") { TraceContext.parseTraceparent($0) } == nil,
                 "54 bytes: short")
     }
 
-    /// The 16-digits-at-once reader (SSE2) against two 8-digit ones: every byte value at every
-    /// position of a valid run, and random runs in both cases.
-    @Test func hexSixteenAtOnceMatchesTwoEights() {
-        func reference(_ b: [UInt8]) -> UInt64? {
-            b.withUnsafeBytes { p in
-                guard let a = TraceContext.hex8(p.baseAddress!), let c = TraceContext.hex8(p.baseAddress! + 8) else { return nil }
-                return a << 32 | c
-            }
-        }
-        for pos in 0..<16 {
-            for c in 0...255 {
-                var b = Array("09afAF3c4bF92f35".utf8)
-                b[pos] = UInt8(c)
-                #expect(b.withUnsafeBytes { TraceContext.hex16($0.baseAddress!) } == reference(b), "byte \(c) at \(pos)")
-            }
-        }
-        var rng = SystemRandomNumberGenerator()
-        let alphabet = Array("0123456789abcdefABCDEF".utf8)
-        for _ in 0..<2000 {
-            let b = (0..<16).map { _ in alphabet[Int(rng.next() % UInt64(alphabet.count))] }
-            #expect(b.withUnsafeBytes { TraceContext.hex16($0.baseAddress!) } == reference(b))
-        }
+    /// The 16-digits-at-once reader (SSE2 on x86-64).
+    @Test func hexSixteenAtOnceMatchesByteByByte() {
+        Self.expectMatchesByteByByte("09afAF3c4bF92f35") { TraceContext.hex16($0) }
         #expect(Array("4bf92f3577b34da6".utf8).withUnsafeBytes { TraceContext.hex16($0.baseAddress!) } == 0x4bf9_2f35_77b3_4da6)
     }
 

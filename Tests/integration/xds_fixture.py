@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import queue
-import socket
 import subprocess
 import threading
 import time
