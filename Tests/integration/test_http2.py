@@ -941,6 +941,27 @@ def test_response_trailers_h2_backend_to_both_clients(start_remora, h2_backend):
             f"HTTP/1.1 client asked for trailers (TE: trailers) and got {trailers}"
 
 
+def data_segments_in(sock: socket.socket) -> int:
+    """Segments with data the socket has received (Linux tcp_info.tcpi_data_segs_in)."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 160)
+    return struct.unpack_from("<I", info, 152)[0]
+
+
+def test_response_with_trailers_leaves_in_one_write(start_remora, h2_backend):
+    """A response whose HEADERS, DATA and trailers reach the proxy together (every gRPC unary call)
+    leaves toward the client in one write: one segment on loopback, where two writes (the trailers
+    on their own, as before) make two."""
+    p = h2_upstream_proxy(start_remora, h2_backend())
+    with H2Client(p.port) as c:
+        assert c.get("/trailers").status == 200   # settings exchanged, upstream connection open
+        c.pump(0.3)
+        for _ in range(3):
+            before = data_segments_in(c.sock)
+            st = c.get("/trailers")
+            assert bytes(st.body) == b"hello" and ("grpc-status", "0") in (st.trailers or [])
+            assert data_segments_in(c.sock) - before == 1, "the response came in more than one segment"
+
+
 # -- resets both ways -----------------------------------------------------------------------------
 
 def test_client_reset_cancels_h1_upstream(h2proxy):

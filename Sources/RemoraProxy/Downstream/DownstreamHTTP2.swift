@@ -297,6 +297,8 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
         }
         for s in dirty { s.isDirty = false }
         dirty.removeAll(keepingCapacity: true)
+        // Corked across the trailers too: a gRPC response's HEADERS, DATA and trailers leave in one write.
+        conn.cork()
         var ok = send()
         while ok && !h2.trailersDue.isEmpty {
             // By index, then emptied in place: a copy of the list would make `removeAll` allocate anew
@@ -308,17 +310,17 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
             h2.trailersDue.removeAll(keepingCapacity: true)
             ok = send()
         }
+        conn.uncork()
         if !ok || h2.abused || (!h2.wantsRead && !h2.wantsWrite) { closeConnection() }
         else if draining && all.isEmpty { closeConnection() }
     }
 
-    /// Every queued frame into one write (the socket is corked while nghttp2 serializes). While the
+    /// Every queued frame to the socket, which `flush` corks: they leave in one write. While the
     /// client does not read, frames stay inside nghttp2 (whose queue limits then end a flood) instead
     /// of piling up in the socket's buffer; `connectionDrained` resumes.
     func send() -> Bool {
         inSession = true
-        conn.cork()
-        defer { conn.uncork(); inSession = false }
+        defer { inSession = false }
         return h2.send(until: { conn.isAboveHighWatermark }) { b in
             listener.stats.add(.downstream_cx_tx_bytes_total, UInt64(b.count))
             return conn.write(b)

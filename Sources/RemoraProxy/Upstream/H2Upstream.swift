@@ -348,6 +348,7 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
         toCancel.removeAll(keepingCapacity: true)
         toResume.removeAll(keepingCapacity: true)
         toConsume.removeAll(keepingCapacity: true)
+        conn.cork()   // across the trailers too: one write
         var ok = send()
         while ok && !h2.trailersDue.isEmpty {
             // By index, then emptied in place: a copy of the list would make `removeAll` allocate anew
@@ -359,15 +360,15 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
             h2.trailersDue.removeAll(keepingCapacity: true)
             ok = send()
         }
+        conn.uncork()
         if !ok { failAll(.protocolError) }
         else if goingAway && all.isEmpty { closeNow() }
     }
 
-    /// Every queued frame into one write (the socket is corked while nghttp2 serializes).
+    /// Every queued frame to the socket, which `flush` corks: they leave in one write.
     func send() -> Bool {
         inSession = true
-        conn.cork()
-        defer { conn.uncork(); inSession = false }
+        defer { inSession = false }
         return h2.send(until: { conn.isAboveHighWatermark }) { conn.write($0) }
     }
 
