@@ -235,6 +235,8 @@ public final class BufferPool {
     /// The kept buffers, a stack of `kept` entries (manual storage: no array bookkeeping per call).
     @usableFromInline let free: UnsafeMutablePointer<ByteBuffer>
     @usableFromInline var kept = 0
+    /// The fewest buffers kept since the last `trim` (the bottom ones, which no `take` reached).
+    @usableFromInline var lowest = 0
     /// Capacity of a new buffer, bytes.
     public let initialCapacity: Int
     /// Buffers kept for reuse at most; more are freed when given back. The default, 2,048 (8 MiB of
@@ -257,6 +259,7 @@ public final class BufferPool {
     public func take() -> ByteBuffer {
         if kept > 0 {
             kept -= 1
+            if kept < lowest { lowest = kept }
             return (free + kept).move()
         }
         return ByteBuffer(capacity: initialCapacity)
@@ -275,6 +278,23 @@ public final class BufferPool {
             b = ByteBuffer()
         }
     }
+
+    /// Frees the buffers no `take` reached since the last call: kept through a whole period without
+    /// use, as after a burst (see `Recycler`). Returns how many.
+    @discardableResult
+    public func trim() -> Int {
+        let n = lowest
+        if n > 0 {
+            for i in 0..<n { free[i].release() }
+            free.moveInitialize(from: free + n, count: kept - n)
+            kept -= n
+        }
+        lowest = kept
+        return n
+    }
+
+    /// Buffers kept for reuse now.
+    public var keptCount: Int { kept }
 
     deinit {
         for i in 0..<kept { free[i].release() }

@@ -56,11 +56,11 @@ final class Worker {
     /// Head and body buffers lent to exchanges (idle connections own none).
     let pool = BufferPool()
     /// Recycled exchanges and HTTP/2 server streams (nothing allocated per request once warm).
-    var freeExchanges: [Exchange] = []
+    var freeExchanges = Recycler<Exchange>()
     /// Where mirrored requests' responses go, and what they count in (not listed in /stats).
     lazy var discard = DiscardDownstream(worker: self)
     let shadowStats = StatBlock<ListenerStat>()
-    var freeServerStreams: [H2ServerStream] = []
+    var freeServerStreams = Recycler<H2ServerStream>()
     /// HTTP/1.1 request parsers given back by parked sessions (`HTTPSession.park`), for the next
     /// session that needs one (at most 256 kept).
     var freeParsers = ParserFreeList(maxKept: 256)
@@ -79,6 +79,10 @@ final class Worker {
     /// connections (`Worker+TLS.swift`), and when it is due (Unix seconds; 0: not armed).
     var expiryTimer: LoopTimer?
     var expiryDue: Int64 = 0
+    /// Every `trimPeriod` ms, what the pools kept but nothing took during the whole period is let
+    /// go (`trimPools`).
+    var trimTimer: LoopTimer?
+    static let trimPeriod: UInt64 = 5_000
     /// Log lines on their way to the main thread, which writes them (`log`).
     let logBuffer: WorkerLog
     var main: Mailbox<MainMessage>!
@@ -101,6 +105,10 @@ final class Worker {
         self.main = main
         mailbox = Mailbox(loop: loop) { [unowned self] m in self.handle(m) }
         flushHook = IterationHook(loop: loop) { [unowned self] in self.runFlushes() }
+        let trim = LoopTimer(loop: loop)
+        trim.unref()
+        trim.start(after: Worker.trimPeriod, repeat: Worker.trimPeriod) { [unowned self] in self.trimPools() }
+        trimTimer = trim
         let error = install(snapshot, stats, fds: fds)
         main.post(.started(worker: id, mailbox: mailbox, error: error))
         if error != nil { beginDrain(); closeListeners() }
@@ -233,18 +241,31 @@ final class Worker {
         for c in retired { c.closeIdle() }
         mailbox.close()
         flushHook?.close()
-        for e in freeExchanges { e.timer.close() }
-        freeExchanges.removeAll()
+        trimTimer?.close()
+        trimTimer = nil
+        freeExchanges.removeAll { $0.timer.close() }
         freeParsers.removeAll()
     }
 
     // MARK: pools and deferred work
 
-    func takeExchange() -> Exchange { freeExchanges.popLast() ?? Exchange(worker: self) }
+    func takeExchange() -> Exchange { freeExchanges.take() ?? Exchange(worker: self) }
 
     func recycle(_ e: Exchange) {
         if draining && sessionCount == 0 { e.timer.close(); return }
-        freeExchanges.append(e)
+        freeExchanges.give(e)
+    }
+
+    /// Lets go of the buffers, exchanges and stream objects the pools kept through a whole period
+    /// without use: what a burst (say 512 HTTP/2 streams in flight) took goes back to malloc, and the
+    /// main thread's heap trim (`Server.heapTrimThreshold`) returns the pages to the kernel. A steady
+    /// load keeps what it uses, and nothing here runs per request. Returns how many went.
+    @discardableResult
+    func trimPools() -> Int {
+        var n = pool.trim() + freeExchanges.trim { $0.timer.close() } + freeServerStreams.trim()
+        for c in clusterByName.values { n += c.freeStreams.trim() }
+        for c in retired { n += c.freeStreams.trim() }
+        return n
     }
 
     func scheduleFlush(_ f: any Flushable) {

@@ -408,7 +408,7 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
             s.closed = true
             s.exchange?.downstreamAborted()
             s.recycle(pool: worker.pool)
-            worker.freeServerStreams.append(s)
+            worker.freeServerStreams.give(s)
         }
     }
 
@@ -420,7 +420,7 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
             s.collectHeaders(stream: id, into: st.fieldsStorage, limit: maxHeaderListSize, underscores: true)
             return
         }
-        let st = withWorker { $0.freeServerStreams.popLast() } ?? H2ServerStream()
+        let st = withWorker { $0.freeServerStreams.take() } ?? H2ServerStream()
         st.prepare(self, id)
         addStream(st)
         // Fields go straight into the stream's block; names with `_` still come to `h2Header` (the policy).
@@ -528,7 +528,7 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
         withStream(stream, else: ()) { st in
             guard st.slot >= 0 else { return }
             // Into the free list first: it holds the stream once `all` lets go of it (so no retain here).
-            withWorker { $0.freeServerStreams.append(st) }
+            withWorker { $0.freeServerStreams.give(st) }
             removeStream(st)
             st.closed = true
             if let e = st.exchange {

@@ -100,9 +100,9 @@ extension Cluster {
                 e.h2.append(n)   // (the endpoint's list holds it from here)
                 conn = Unmanaged.passUnretained(n)
             }
-            let s = freeStreams.popLast() ?? H2UpstreamStream()
+            let s = freeStreams.take() ?? H2UpstreamStream()
             if !conn!._withUnsafeGuaranteedRef({ $0.open(s, for: exchange, head: head, hasBody: hasBody, extendedConnect: extendedConnect) }) {
-                freeStreams.append(s)
+                freeStreams.give(s)
                 return nil
             }
             stats.inc(.upstream_cx_pool_reuse)

@@ -51,7 +51,7 @@ final class Cluster {
     var successor: Cluster?
     var successorIndex: [Int?] = []
     /// Recycled HTTP/2 stream objects (shared by the cluster's HTTP/2 connections).
-    var freeStreams: [H2UpstreamStream] = []
+    var freeStreams = Recycler<H2UpstreamStream>()
     /// Retries in flight from this worker, within a share of the cluster's active requests
     /// (`retry_budget`); nil = unbounded.
     var retryBudget: RetryBudget?

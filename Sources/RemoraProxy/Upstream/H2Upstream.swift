@@ -101,14 +101,14 @@ final class H2UpstreamStream: UpstreamStream {
     }
 
     /// Back to the cluster's free list (the stream is closed).
-    func recycle(pool: BufferPool, into free: inout [H2UpstreamStream]) {
+    func recycle(pool: BufferPool, into free: inout Recycler<H2UpstreamStream>) {
         if pledge != nil { releasePledge() }
         fields.release(to: pool)
         out.release(to: pool)
         connectionRef = nil
         exchange = nil
         id = -1
-        free.append(self)
+        free.give(self)
     }
 }
 
