@@ -4,7 +4,7 @@ import os
 import signal
 import sys
 
-from .common import ALL_PROXIES, ALL_SCENARIOS, REPO, Interrupted, base_proxy, log
+from .common import ALL_PROXIES, ALL_SCENARIOS, REPO, VARIANTS, Interrupted, base_proxy, log, variant
 from .driver import Bench
 from .proxies import find_envoy
 
@@ -79,7 +79,7 @@ def parse_args(argv):
         a.tcp_duration = a.duration
     a.only = [p.strip() for p in a.only.split(",") if p.strip()]
     bad = [p for p in a.only if base_proxy(p) not in ALL_PROXIES
-           or (p != base_proxy(p) and base_proxy(p) not in ("remora", "nginx", "envoy"))]
+           or (variant(p) and base_proxy(p) not in VARIANTS[variant(p)])]
     if bad:
         ap.error("unknown proxy %s (choose from %s)" % (bad, ALL_PROXIES))
     if a.envoy_bin is None and any(base_proxy(p) == "envoy" for p in a.only):

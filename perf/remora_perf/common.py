@@ -13,13 +13,20 @@ REPO = PERF.parent
 OUT = PERF / "out"
 ALL_PROXIES = ["remora", "haproxy", "nginx", "nghttpx", "envoy"]
 PEERS = [p for p in ALL_PROXIES if p != "remora"]
-# `--only remora+jsonlog`: that proxy with a JSON access log on its HTTP listener (remora, nginx, envoy),
-# measured in the same rounds as the plain one (perf/log_cost.py); never a "best peer".
-LOG_VARIANT = "+jsonlog"
+# Variants of a proxy, measured in the same rounds as the plain one; never a "best peer".
+# `--only remora+jsonlog`: that proxy with a JSON access log on its HTTP listener (remora, nginx, envoy;
+# perf/log_cost.py). `--only remora+tracing`: Remora with `tracing: { propagate: [w3c] }` on it (h2load
+# sends no trace fields: every request starts a trace, with a new x-request-id and traceparent).
+VARIANTS = {"+jsonlog": ("remora", "nginx", "envoy"), "+tracing": ("remora",)}
+
+
+def variant(name):
+    """The variant suffix of `name` ('+jsonlog', '+tracing'), or ''."""
+    return next((v for v in VARIANTS if name.endswith(v)), "")
 
 
 def base_proxy(name):
-    return name[:-len(LOG_VARIANT)] if name.endswith(LOG_VARIANT) else name
+    return name[:len(name) - len(variant(name))]
 # "best peer" in the headline: the C proxies; Envoy (C++, the sidecar most meshes run) has its own column
 BEST_OF = ["haproxy", "nginx", "nghttpx"]
 TITLES = {"remora": "Remora", "haproxy": "HAProxy", "nginx": "nginx", "nghttpx": "nghttpx", "envoy": "Envoy"}

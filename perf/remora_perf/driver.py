@@ -10,7 +10,7 @@ import sys
 import time
 
 from .backend import Backend
-from .common import ALL_PROXIES, OUT, REPO, SUPPORTS, Interrupted, base_proxy, first_line, log
+from .common import ALL_PROXIES, OUT, REPO, SUPPORTS, Interrupted, base_proxy, first_line, log, variant
 from .proxies import Envoy, HAProxy, Nghttpx, Nginx, Remora
 from .report import Report
 from .runner import Runner, raise_nofile
@@ -42,8 +42,12 @@ class Bench(HTTPScenarios, TCPScenario, MemoryScenario, CallgrindScenario, Repor
 
     def make_proxy(self, name):
         p = self.make_base_proxy(base_proxy(name))
-        if name != p.name:   # `<proxy>+jsonlog`
-            p.name, p.access_log = name, "json"
+        if name != p.name:   # `<proxy>+jsonlog`, `remora+tracing`
+            p.name = name
+            if variant(name) == "+jsonlog":
+                p.access_log = "json"
+            else:
+                p.tracing = True
         return p
 
     def make_base_proxy(self, name):

@@ -34,6 +34,9 @@ class Proxy:
         # --only, so one run measures a proxy with and without its log in the same rounds: log_cost.py);
         # REMORA_PERF_ACCESS_LOG does it for every proxy of a run.
         self.access_log = None
+        # `remora+tracing`: the HTTP listener propagates W3C trace context (REMORA_PERF_TRACING does it
+        # for every Remora of a run).
+        self.tracing = False
 
     def log_format(self):
         return os.environ.get("REMORA_PERF_ACCESS_LOG") or self.access_log
@@ -115,7 +118,7 @@ class Remora(Proxy):
                 lines.append("    access_log: { path: %s, format: %s }" % (self.dir / "access.log", log_format))
             # REMORA_PERF_TRACING=1: request ids and W3C trace propagation on (cost of tracing); a front
             # proxy (REMORA_PERF_FRONT, scenario_callgrind.py) always has them.
-            if os.environ.get("REMORA_PERF_TRACING") or self.front:
+            if os.environ.get("REMORA_PERF_TRACING") or self.front or self.tracing:
                 lines.append("    tracing: { propagate: [ w3c ], sample_percent: 1 }")
             # REMORA_PERF_LISTENER_EXTRA: more keys for the listener, one per line ("path_normalization: false",
             # "authorization: { deny: [ ... ] }"), to measure what a listener feature costs (perf/README.md).
