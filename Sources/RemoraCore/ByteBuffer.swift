@@ -293,9 +293,6 @@ public final class BufferPool {
         return n
     }
 
-    /// Buffers kept for reuse now.
-    public var keptCount: Int { kept }
-
     deinit {
         for i in 0..<kept { free[i].release() }
         free.deallocate()

@@ -4,13 +4,10 @@
 /// what it uses. One per owner thread (not thread-safe).
 public struct Recycler<T: AnyObject> {
     @usableFromInline var stack: [T] = []
-    public var items: [T] { stack }
     /// The fewest items held since the last `trim`.
     @usableFromInline var lowest = 0
 
     public init() {}
-
-    public var count: Int { stack.count }
 
     @inlinable @inline(__always)
     public mutating func take() -> T? {

@@ -190,6 +190,21 @@ public final class HTTP2Session {
         return true
     }
 
+    /// `send`, then the trailers of the streams whose body ended during it (`trailersDue`): `submit`
+    /// hands each stream's to `submitTrailers`, and those are sent too, until none is due.
+    public func send(until full: () -> Bool, _ write: (UnsafeRawBufferPointer) -> Bool,
+                     trailers submit: (Int32) -> Void) -> Bool {
+        var ok = send(until: full, write)
+        while ok && !trailersDue.isEmpty {
+            // By index, then emptied in place: a copy of the list would make `removeAll` allocate anew
+            // (`submitTrailers` does not add to it; only `send`'s data source reads do).
+            for i in 0..<trailersDue.count { submit(trailersDue[i]) }
+            trailersDue.removeAll(keepingCapacity: true)
+            ok = send(until: full, write)
+        }
+        return ok
+    }
+
     public var wantsRead: Bool { nghttp2_session_want_read(session) != 0 }
     public var wantsWrite: Bool { nghttp2_session_want_write(session) != 0 }
 

@@ -259,13 +259,13 @@ final class Worker {
     /// Lets go of the buffers, exchanges and stream objects the pools kept through a whole period
     /// without use: what a burst (say 512 HTTP/2 streams in flight) took goes back to malloc, and the
     /// main thread's heap trim (`Server.heapTrimThreshold`) returns the pages to the kernel. A steady
-    /// load keeps what it uses, and nothing here runs per request. Returns how many went.
-    @discardableResult
-    func trimPools() -> Int {
-        var n = pool.trim() + freeExchanges.trim { $0.timer.close() } + freeServerStreams.trim()
-        for c in clusterByName.values { n += c.freeStreams.trim() }
-        for c in retired { n += c.freeStreams.trim() }
-        return n
+    /// load keeps what it uses, and nothing here runs per request.
+    func trimPools() {
+        pool.trim()
+        freeExchanges.trim { $0.timer.close() }
+        freeServerStreams.trim()
+        for c in clusterByName.values { c.freeStreams.trim() }
+        for c in retired { c.freeStreams.trim() }
     }
 
     func scheduleFlush(_ f: any Flushable) {

@@ -18,9 +18,9 @@ import Testing
         var dropped: [Int] = []
         #expect(r.trim { dropped.append($0.n) } == 7)
         #expect(dropped == Array(0..<7))          // the bottom of the stack: untouched for the period
-        #expect(r.items.map(\.n) == [7, 8, 9])    // what the load used stays, in order
+        #expect(r.stack.map(\.n) == [7, 8, 9])    // what the load used stays, in order
         #expect(r.trim() == 3)                    // a period without any take: the rest goes
-        #expect(r.count == 0)
+        #expect(r.stack.count == 0)
         #expect(r.trim() == 0)
     }
 
@@ -33,24 +33,24 @@ import Testing
         #expect(r.take() == nil)
         for x in taken.reversed() { r.give(x) }
         #expect(r.trim() == 0)
-        #expect(r.count == 4)
+        #expect(r.stack.count == 4)
     }
 
     @Test func bufferPoolTrimFreesTheBuffersNoTakeReached() {
         let pool = BufferPool(initialCapacity: 64, maxKept: 16)
         var held = (0..<8).map { _ in pool.take() }
         for i in held.indices { pool.give(&held[i]) }
-        #expect(pool.keptCount == 8)
+        #expect(pool.kept == 8)
         #expect(pool.trim() == 0)
         var b = pool.take(), c = pool.take()
         pool.give(&c); pool.give(&b)
         #expect(pool.trim() == 6)
-        #expect(pool.keptCount == 2)
+        #expect(pool.kept == 2)
         var d = pool.take()                        // still usable after the shift down
         #expect(d.capacity >= 64 && d.count == 0)
         pool.give(&d)
         #expect(pool.trim() == 1)                  // the one not taken in this period
         #expect(pool.trim() == 1)
-        #expect(pool.keptCount == 0)
+        #expect(pool.kept == 0)
     }
 }

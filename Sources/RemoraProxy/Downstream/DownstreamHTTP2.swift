@@ -297,34 +297,25 @@ final class H2ServerConnection: Session, TCPConnectionDelegate, HTTP2SessionDele
         }
         for s in dirty { s.isDirty = false }
         dirty.removeAll(keepingCapacity: true)
-        // Corked across the trailers too: a gRPC response's HEADERS, DATA and trailers leave in one write.
-        conn.cork()
-        var ok = send()
-        while ok && !h2.trailersDue.isEmpty {
-            // By index, then emptied in place: a copy of the list would make `removeAll` allocate anew
-            // (`submitTrailers` does not add to it; only `send`'s data source reads do).
-            for i in 0..<h2.trailersDue.count {
-                let id = h2.trailersDue[i]
-                if let s = stream(id) { s.out.trailers.withRefs { h2.submitTrailers(stream: id, $0, clean: s.out.trailersClean) } }
-            }
-            h2.trailersDue.removeAll(keepingCapacity: true)
-            ok = send()
-        }
-        conn.uncork()
+        let ok = send()
         if !ok || h2.abused || (!h2.wantsRead && !h2.wantsWrite) { closeConnection() }
         else if draining && all.isEmpty { closeConnection() }
     }
 
-    /// Every queued frame to the socket, which `flush` corks: they leave in one write. While the
-    /// client does not read, frames stay inside nghttp2 (whose queue limits then end a flood) instead
-    /// of piling up in the socket's buffer; `connectionDrained` resumes.
+    /// Every queued frame into one write, the trailers of bodies that end too (the socket is corked
+    /// while nghttp2 serializes: a gRPC response's HEADERS, DATA and trailers leave together). While
+    /// the client does not read, frames stay inside nghttp2 (whose queue limits then end a flood)
+    /// instead of piling up in the socket's buffer; `connectionDrained` resumes.
     func send() -> Bool {
         inSession = true
-        defer { inSession = false }
-        return h2.send(until: { conn.isAboveHighWatermark }) { b in
+        conn.cork()
+        defer { conn.uncork(); inSession = false }
+        return h2.send(until: { conn.isAboveHighWatermark }, { b in
             listener.stats.add(.downstream_cx_tx_bytes_total, UInt64(b.count))
             return conn.write(b)
-        }
+        }, trailers: { id in
+            if let s = stream(id) { s.out.trailers.withRefs { h2.submitTrailers(stream: id, $0, clean: s.out.trailersClean) } }
+        })
     }
 
     /// The streams hold more than the budget: every exchange feeding this connection stops reading

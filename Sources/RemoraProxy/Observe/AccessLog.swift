@@ -372,12 +372,7 @@ struct AccessLogFormatter {
         }
         var p = start
         for op in c.ops {
-            // two words unconditionally (most literals are shorter), then the rest
-            let lit = c.literals + Int(op.literal), n = Int(op.literalCount)
-            p.storeBytes(of: lit.loadUnaligned(as: UInt64.self), as: UInt64.self)
-            p.storeBytes(of: lit.loadUnaligned(fromByteOffset: 8, as: UInt64.self), toByteOffset: 8, as: UInt64.self)
-            if n > 16 { Self.copy(to: p + 16, from: lit + 16, n &- 16) }
-            p += n
+            p = Self.literal(op, c, at: p)
             guard let f = op.field else { continue }
             if let q = value(f, r, strings, at: p) {
                 p = q
@@ -397,15 +392,8 @@ struct AccessLogFormatter {
                              at start: UnsafeMutableRawPointer) -> UnsafeMutableRawPointer {
         var p = start
         c.ops.withUnsafeBufferPointer { ops in
-            let lits = c.literals
             /// Literal `i` (the key of field `i`, with its separator).
-            @inline(__always) func key(_ i: Int) {
-                let lit = lits + Int(ops[i].literal), n = Int(ops[i].literalCount)
-                p.storeBytes(of: lit.loadUnaligned(as: UInt64.self), as: UInt64.self)
-                p.storeBytes(of: lit.loadUnaligned(fromByteOffset: 8, as: UInt64.self), toByteOffset: 8, as: UInt64.self)
-                if n > 16 { Self.copy(to: p + 16, from: lit + 16, n &- 16) }
-                p += n
-            }
+            @inline(__always) func key(_ i: Int) { p = Self.literal(ops[i], c, at: p) }
             /// A string field: quoted and escaped, or `null`.
             @inline(__always) func string(_ i: Int, _ span: (Int32, Int32)) {
                 key(i)
@@ -464,6 +452,17 @@ struct AccessLogFormatter {
             key(20)   // }\n
         }
         return p
+    }
+
+    /// Copies `op`'s literal to `p`: two words unconditionally (most literals are shorter), then the
+    /// rest; returns its end.
+    @inline(__always)
+    static func literal(_ op: Op, _ c: Compiled, at p: UnsafeMutableRawPointer) -> UnsafeMutableRawPointer {
+        let lit = c.literals + Int(op.literal), n = Int(op.literalCount)
+        p.storeBytes(of: lit.loadUnaligned(as: UInt64.self), as: UInt64.self)
+        p.storeBytes(of: lit.loadUnaligned(fromByteOffset: 8, as: UInt64.self), toByteOffset: 8, as: UInt64.self)
+        if n > 16 { copy(to: p + 16, from: lit + 16, n &- 16) }
+        return p + n
     }
 
     /// Writes field `f` of `r` at `p` as a text format does (strings as they are); the end, or nil

@@ -348,28 +348,19 @@ final class H2UpstreamConnection: TCPConnectionDelegate, HTTP2SessionDelegate, F
         toCancel.removeAll(keepingCapacity: true)
         toResume.removeAll(keepingCapacity: true)
         toConsume.removeAll(keepingCapacity: true)
-        conn.cork()   // across the trailers too: one write
-        var ok = send()
-        while ok && !h2.trailersDue.isEmpty {
-            // By index, then emptied in place: a copy of the list would make `removeAll` allocate anew
-            // (`submitTrailers` does not add to it; only `send`'s data source reads do).
-            for i in 0..<h2.trailersDue.count {
-                let id = h2.trailersDue[i]
-                if let s = stream(id) { s.out.trailers.withRefs { h2.submitTrailers(stream: id, $0) } }
-            }
-            h2.trailersDue.removeAll(keepingCapacity: true)
-            ok = send()
-        }
-        conn.uncork()
-        if !ok { failAll(.protocolError) }
+        if !send() { failAll(.protocolError) }
         else if goingAway && all.isEmpty { closeNow() }
     }
 
-    /// Every queued frame to the socket, which `flush` corks: they leave in one write.
+    /// Every queued frame into one write, the trailers of bodies that end too (the socket is corked
+    /// while nghttp2 serializes).
     func send() -> Bool {
         inSession = true
-        defer { inSession = false }
-        return h2.send(until: { conn.isAboveHighWatermark }) { conn.write($0) }
+        conn.cork()
+        defer { conn.uncork(); inSession = false }
+        return h2.send(until: { conn.isAboveHighWatermark }, { conn.write($0) }, trailers: { id in
+            if let s = stream(id) { s.out.trailers.withRefs { h2.submitTrailers(stream: id, $0) } }
+        })
     }
 
     func drain() {
